@@ -1,0 +1,209 @@
+// Package config is halb's configuration contract: the types a YAML file
+// decodes into, their defaults, and the validation that knows the protocols
+// behind them (VRRP RFC 3768 / RFC 5798, IPVS, Maglev).
+//
+// Loading is strict: an unknown key is an error, not a silently ignored line,
+// and every problem in a file is reported at once with its field path and,
+// where it can be known, its line. This package never touches the host: it
+// neither opens sockets nor looks at interfaces, so `halb check` can run
+// anywhere.
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Config is one complete halb configuration.
+type Config struct {
+	Log      Log       `mapstructure:"log"`
+	Control  Control   `mapstructure:"control"`
+	Datapath Datapath  `mapstructure:"datapath"`
+	VRRP     VRRP      `mapstructure:"vrrp"`
+	Services []Service `mapstructure:"services"`
+}
+
+// Log sets the daemon's logging; a reload changes the level.
+type Log struct {
+	Level  string `mapstructure:"level"`  // debug | info | warn | error
+	Format string `mapstructure:"format"` // text | json
+}
+
+// Control is how a person or a monitoring system reaches the daemon.
+type Control struct {
+	Socket  string `mapstructure:"socket"`  // unix socket for `halb status`
+	Metrics string `mapstructure:"metrics"` // Prometheus host:port; "" = off
+}
+
+// Datapath modes.
+const (
+	ModeAuto = "auto"
+	ModeXDP  = "xdp"
+	ModeTC   = "tc"
+	ModeIPVS = "ipvs"
+)
+
+// Datapath chooses and sizes the layer-4 data path.
+type Datapath struct {
+	Mode             string   `mapstructure:"mode"` // auto | xdp | tc | ipvs
+	Interfaces       []string `mapstructure:"interfaces"`
+	XDPMode          string   `mapstructure:"xdp_mode"` // auto | native | generic
+	BPFFS            string   `mapstructure:"bpffs"`
+	ConntrackEntries int      `mapstructure:"conntrack_entries"`
+	MaglevTableSize  int      `mapstructure:"maglev_table_size"`
+}
+
+// VRRP holds the virtual router instances and the groups that move together.
+type VRRP struct {
+	Instances  []Instance  `mapstructure:"instances"`
+	SyncGroups []SyncGroup `mapstructure:"sync_groups"`
+}
+
+// Instance is one virtual router: one VRID on one interface for one address
+// family (RFC 5798 §2.1: IPv4 and IPv6 virtual routers are separate).
+type Instance struct {
+	Name              string           `mapstructure:"name"`
+	Interface         string           `mapstructure:"interface"`
+	VRID              int              `mapstructure:"vrid"`
+	Version           int              `mapstructure:"version"`
+	Priority          int              `mapstructure:"priority"`
+	AdvertInterval    time.Duration    `mapstructure:"advert_interval"`
+	Preempt           bool             `mapstructure:"preempt"`
+	PreemptDelay      time.Duration    `mapstructure:"preempt_delay"`
+	Accept            bool             `mapstructure:"accept"`
+	UnicastSrc        netip.Addr       `mapstructure:"unicast_src"`
+	UnicastPeers      []netip.Addr     `mapstructure:"unicast_peers"`
+	VirtualIPs        []netip.Prefix   `mapstructure:"virtual_ips"`
+	TrackInterfaces   []TrackInterface `mapstructure:"track_interfaces"`
+	TrackScripts      []TrackScript    `mapstructure:"track_scripts"`
+	Notify            string           `mapstructure:"notify"`
+	UseVMAC           bool             `mapstructure:"use_vmac"`
+	VMACXmitBase      bool             `mapstructure:"vmac_xmit_base"`
+	AuthPass          string           `mapstructure:"auth_pass"`
+	GARPMasterDelay   time.Duration    `mapstructure:"garp_master_delay"`
+	GARPMasterRepeat  int              `mapstructure:"garp_master_repeat"`
+	GARPMasterRefresh time.Duration    `mapstructure:"garp_master_refresh"`
+}
+
+// IPv6 reports whether the instance is an IPv6 virtual router. The family
+// is the family of its virtual addresses.
+func (in *Instance) IPv6() bool {
+	return len(in.VirtualIPs) > 0 && in.VirtualIPs[0].Addr().Is6()
+}
+
+// TrackInterface lowers the priority by Weight when the interface goes down,
+// or puts the instance in FAULT when Weight is 0 (a plain name in YAML).
+type TrackInterface struct {
+	Name   string `mapstructure:"name"`
+	Weight int    `mapstructure:"weight"`
+}
+
+// TrackScript runs Command every Interval; after Fall failures it lowers the
+// priority by Weight (or faults the instance when Weight is 0), after Rise
+// successes it restores it.
+type TrackScript struct {
+	Command  []string      `mapstructure:"command"`
+	Interval time.Duration `mapstructure:"interval"`
+	Timeout  time.Duration `mapstructure:"timeout"`
+	Rise     int           `mapstructure:"rise"`
+	Fall     int           `mapstructure:"fall"`
+	Weight   int           `mapstructure:"weight"`
+}
+
+// SyncGroup makes its instances change state together.
+type SyncGroup struct {
+	Name      string   `mapstructure:"name"`
+	Instances []string `mapstructure:"instances"`
+}
+
+// Service is one virtual service: traffic to VIP:Port/Protocol is spread
+// over the backends.
+type Service struct {
+	Name         string         `mapstructure:"name"`
+	VIP          netip.Addr     `mapstructure:"vip"`
+	Port         int            `mapstructure:"port"`
+	Protocol     string         `mapstructure:"protocol"`  // tcp | udp
+	Scheduler    string         `mapstructure:"scheduler"` // see schedulers
+	Forward      string         `mapstructure:"forward"`   // dr | tun | nat
+	Persistence  time.Duration  `mapstructure:"persistence"`
+	Quorum       int            `mapstructure:"quorum"`
+	SorryBackend netip.AddrPort `mapstructure:"sorry_backend"`
+	Backends     []Backend      `mapstructure:"backends"`
+	HealthCheck  HealthCheck    `mapstructure:"health_check"`
+}
+
+// Backend is one real server. Weight 0 drains it: no new flows, existing
+// flows stay.
+type Backend struct {
+	Address netip.Addr `mapstructure:"address"`
+	Port    int        `mapstructure:"port"`
+	Weight  int        `mapstructure:"weight"`
+}
+
+// HealthCheck decides whether a backend takes new flows.
+type HealthCheck struct {
+	Type         string        `mapstructure:"type"` // tcp | http | https | udp | exec | none
+	Interval     time.Duration `mapstructure:"interval"`
+	Timeout      time.Duration `mapstructure:"timeout"`
+	Rise         int           `mapstructure:"rise"`
+	Fall         int           `mapstructure:"fall"`
+	Path         string        `mapstructure:"path"`
+	ExpectStatus []int         `mapstructure:"expect_status"`
+	Command      []string      `mapstructure:"command"`
+}
+
+// Defaults of the keys that sit outside lists. They are registered with
+// viper so that HALB_* environment variables override them even when the
+// file does not mention them.
+var topDefaults = map[string]any{
+	"log.level":                  "info",
+	"log.format":                 "text",
+	"control.socket":             "/run/halb/halb.sock",
+	"control.metrics":            "",
+	"datapath.mode":              ModeAuto,
+	"datapath.interfaces":        []string{},
+	"datapath.xdp_mode":          "auto",
+	"datapath.bpffs":             "/sys/fs/bpf/halb",
+	"datapath.conntrack_entries": 65536,
+	"datapath.maglev_table_size": 65537,
+}
+
+// Defaults of list items. keepalived's defaults where halb has the same
+// knob (priority 100, advert 1s, preempt on, GARP 5 × after 5s), so that a
+// migrated instance behaves as it did.
+var (
+	instanceDefaults = map[string]any{
+		"priority":            100,
+		"advert_interval":     "1s",
+		"preempt":             true,
+		"preempt_delay":       "0s",
+		"accept":              false,
+		"garp_master_delay":   "5s",
+		"garp_master_repeat":  5,
+		"garp_master_refresh": "0s",
+	}
+	trackScriptDefaults = map[string]any{
+		"interval": "2s",
+		"timeout":  "1s",
+		"rise":     1,
+		"fall":     1,
+	}
+	serviceDefaults = map[string]any{
+		"protocol":    "tcp",
+		"scheduler":   "mh",
+		"forward":     "dr",
+		"persistence": "0s",
+		"quorum":      1,
+	}
+	backendDefaults = map[string]any{
+		"weight": 1,
+	}
+	healthCheckDefaults = map[string]any{
+		"interval":      "2s",
+		"timeout":       "1s",
+		"rise":          2,
+		"fall":          3,
+		"path":          "/",
+		"expect_status": []any{200},
+	}
+)

@@ -1,0 +1,247 @@
+package config
+
+import (
+	"cmp"
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	yaml "go.yaml.in/yaml/v3"
+)
+
+// Problem is one thing wrong with a configuration.
+type Problem struct {
+	Path string // field path, like vrrp.instances[0].vrid; "" for the file as a whole
+	Line int    // line in the file, 0 when unknown
+	Env  string // the environment variable the value came from, if any
+	Msg  string
+}
+
+func (p Problem) String() string {
+	var b strings.Builder
+	if p.Path != "" {
+		b.WriteString(p.Path)
+		b.WriteString(": ")
+	}
+	b.WriteString(p.Msg)
+	if p.Env != "" {
+		fmt.Fprintf(&b, " (set by %s)", p.Env)
+	}
+	return b.String()
+}
+
+// Error lists every problem found in one configuration file.
+type Error struct {
+	File     string
+	Problems []Problem
+}
+
+func (e *Error) add(p Problem) { e.Problems = append(e.Problems, p) }
+
+// Error prints one problem per line, each as FILE:LINE: PATH: MESSAGE.
+func (e *Error) Error() string {
+	var b strings.Builder
+	for i, p := range e.Problems {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(e.File)
+		if p.Line > 0 {
+			fmt.Fprintf(&b, ":%d", p.Line)
+		}
+		b.WriteString(": ")
+		b.WriteString(p.String())
+	}
+	return b.String()
+}
+
+// finish attaches lines (and environment sources) to the problems and sorts
+// them in file order.
+func (e *Error) finish(lines map[string]int) *Error {
+	for i := range e.Problems {
+		p := &e.Problems[i]
+		if env := envFor(p.Path); env != "" {
+			p.Env = env
+			continue
+		}
+		if p.Line == 0 {
+			p.Line = lineFor(p.Path, lines)
+		}
+	}
+	slices.SortStableFunc(e.Problems, func(a, b Problem) int {
+		return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Path, b.Path))
+	})
+	return e
+}
+
+// lineFor finds the line of path, or of its nearest ancestor in the file: a
+// default that fails validation is reported where its parent is.
+func lineFor(path string, lines map[string]int) int {
+	for p := path; p != ""; p = parentPath(p) {
+		if l, ok := lines[p]; ok {
+			return l
+		}
+	}
+	return 0
+}
+
+// envFor names the environment variable that set path, if one did. Only
+// keys outside lists can be overridden from the environment.
+func envFor(path string) string {
+	if _, ok := topDefaults[path]; !ok {
+		return ""
+	}
+	name := EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(path, ".", "_"))
+	if _, ok := os.LookupEnv(name); ok {
+		return name
+	}
+	return ""
+}
+
+// shapeWalk walks the YAML tree against the Config type before decoding.
+// It finds what decoding alone cannot report well: unknown and repeated keys
+// with their lines. It also records the line of every key and list item.
+type shapeWalk struct {
+	lines    map[string]int
+	problems []Problem
+	fatal    bool // the document is not a mapping at all
+}
+
+var scalarStructs = map[reflect.Type]bool{
+	reflect.TypeFor[time.Duration](): true,
+}
+
+func (w *shapeWalk) walk(n *yaml.Node, t reflect.Type, path string) {
+	if n.Kind == yaml.DocumentNode {
+		if len(n.Content) == 0 {
+			return // an empty file: all defaults
+		}
+		n = n.Content[0]
+		if n.Kind != yaml.MappingNode {
+			w.problems = append(w.problems, Problem{Line: n.Line, Msg: "the file must be a mapping of keys (log:, datapath:, vrrp:, services:)"})
+			w.fatal = true
+			return
+		}
+	}
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	switch {
+	case t.Kind() == reflect.Struct && n.Kind == yaml.MappingNode && !isScalarType(t):
+		seen := map[string]int{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			key := k.Value
+			child := key
+			if path != "" {
+				child = path + "." + key
+			}
+			if key == "<<" {
+				w.walk(val, t, path) // YAML merge key: its mapping's keys belong here
+				continue
+			}
+			if first, dup := seen[key]; dup {
+				w.problems = append(w.problems, Problem{Path: child, Line: k.Line,
+					Msg: fmt.Sprintf("key %q appears twice (first on line %d): keep one", key, first)})
+				continue
+			}
+			seen[key] = k.Line
+			w.lines[child] = k.Line
+			field, ok := fieldByTag(t, key)
+			if !ok {
+				w.problems = append(w.problems, Problem{Path: child, Line: k.Line, Msg: unknownKeyMessage(t, key)})
+				continue
+			}
+			w.walk(val, field.Type, child)
+		}
+	case t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode:
+		for i, item := range n.Content {
+			child := fmt.Sprintf("%s[%d]", path, i)
+			w.lines[child] = item.Line
+			w.walk(item, t.Elem(), child)
+		}
+	}
+}
+
+func isScalarType(t reflect.Type) bool {
+	return scalarStructs[t] || t.PkgPath() == "net/netip"
+}
+
+func fieldByTag(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if f.Tag.Get("mapstructure") == key {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+// keepalivedNames maps keepalived.conf keywords to halb's, because the
+// people most likely to write a wrong key are migrating from keepalived.
+var keepalivedNames = map[string]string{
+	"virtual_router_id":          "vrid",
+	"advert_int":                 "advert_interval",
+	"virtual_ipaddress":          "virtual_ips",
+	"unicast_src_ip":             "unicast_src",
+	"unicast_peer":               "unicast_peers",
+	"nopreempt":                  "preempt: false",
+	"track_interface":            "track_interfaces",
+	"track_script":               "track_scripts",
+	"notify_master":              "notify (one script for every state)",
+	"notify_backup":              "notify (one script for every state)",
+	"notify_fault":               "notify (one script for every state)",
+	"state":                      "priority (the highest priority becomes MASTER; there is no initial state)",
+	"lb_algo":                    "scheduler",
+	"lb_kind":                    "forward",
+	"real_server":                "backends",
+	"persistence_timeout":        "persistence",
+	"virtual_server":             "services",
+	"vrrp_instance":              "vrrp.instances",
+	"authentication":             "auth_pass",
+	"garp_master_refresh_repeat": "garp_master_repeat",
+}
+
+func unknownKeyMessage(t reflect.Type, key string) string {
+	msg := fmt.Sprintf("unknown key %q", key)
+	if alt, ok := keepalivedNames[key]; ok {
+		return msg + "; halb calls this " + alt
+	}
+	best, bestDist := "", 3
+	var known []string
+	for i := range t.NumField() {
+		name := t.Field(i).Tag.Get("mapstructure")
+		known = append(known, name)
+		if d := editDistance(key, name); d < bestDist {
+			best, bestDist = name, d
+		}
+	}
+	if best != "" {
+		return msg + fmt.Sprintf("; did you mean %q?", best)
+	}
+	return msg + "; known keys here: " + strings.Join(known, ", ")
+}
+
+// editDistance is the Levenshtein distance, for "did you mean" hints.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

@@ -1,0 +1,510 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Schedulers every data path implements, and those only IPVS has.
+var (
+	commonSchedulers = []string{"mh", "rr", "wrr", "sh"}
+	ipvsSchedulers   = []string{"lc", "wlc", "sed", "nq", "dh", "lblc", "lblcr", "fo", "ovf", "twos"}
+)
+
+// Limits that come from the protocols and the kernel.
+const (
+	maxIfNameLen   = 15 // IFNAMSIZ less the NUL
+	maxAuthPass    = 8  // RFC 2338 §5.3.7: simple text password, 8 octets
+	maxTrackWeight = 254
+	maxTableSize   = 1 << 24
+	maxAdvertSize  = 1280 // the IPv6 minimum MTU: an advert that fits goes everywhere
+)
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
+// Validate checks a decoded configuration as a whole and returns every
+// problem it finds.
+func Validate(c *Config) []Problem {
+	v := &validator{}
+	v.log(c.Log)
+	v.control(c.Control)
+	v.datapath(c)
+	v.vrrp(&c.VRRP)
+	v.services(c)
+	return v.problems
+}
+
+type validator struct{ problems []Problem }
+
+func (v *validator) errf(path, format string, args ...any) {
+	v.problems = append(v.problems, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) oneOf(path, value string, allowed ...string) {
+	if !slices.Contains(allowed, value) {
+		v.errf(path, "%q is not one of %s", value, strings.Join(allowed, ", "))
+	}
+}
+
+func (v *validator) intRange(path string, n, lo, hi int) bool {
+	if n < lo || n > hi {
+		v.errf(path, "%d is out of range: use %d..%d", n, lo, hi)
+		return false
+	}
+	return true
+}
+
+func (v *validator) absPath(path, value, what string) {
+	if !filepath.IsAbs(value) {
+		v.errf(path, "%q must be an absolute path to %s", value, what)
+	}
+}
+
+func (v *validator) ifName(path, name string) {
+	switch {
+	case name == "":
+		v.errf(path, "an interface name is required")
+	case len(name) > maxIfNameLen:
+		v.errf(path, "%q is longer than the kernel's %d-character limit for interface names", name, maxIfNameLen)
+	case strings.ContainsAny(name, "/: \t") || name == "." || name == "..":
+		v.errf(path, "%q is not a valid interface name", name)
+	}
+}
+
+func (v *validator) name(path, name, what string) {
+	if !nameRE.MatchString(name) {
+		v.errf(path, "%q is not a valid %s name: use 1 to 64 letters, digits, '_', '.' or '-'", name, what)
+	}
+}
+
+// unicast checks an address that must name one host.
+func (v *validator) unicast(path string, a netip.Addr) {
+	switch {
+	case !a.IsValid():
+		v.errf(path, "an address is required")
+	case a.IsUnspecified():
+		v.errf(path, "%s is the unspecified address: name a real one", a)
+	case a.IsMulticast():
+		v.errf(path, "%s is a multicast address: a unicast one is needed", a)
+	case a.IsLoopback():
+		v.errf(path, "%s is a loopback address: it cannot be reached from the network", a)
+	case a.Is4In6():
+		v.errf(path, "%s is an IPv4-mapped IPv6 address: write it as %s", a, a.Unmap())
+	}
+}
+
+func (v *validator) positive(path string, d time.Duration) bool {
+	if d <= 0 {
+		v.errf(path, "%s must be positive", d)
+		return false
+	}
+	return true
+}
+
+func (v *validator) nonNegative(path string, d time.Duration) {
+	if d < 0 {
+		v.errf(path, "%s must not be negative", d)
+	}
+}
+
+func (v *validator) log(l Log) {
+	v.oneOf("log.level", l.Level, "debug", "info", "warn", "error")
+	v.oneOf("log.format", l.Format, "text", "json")
+}
+
+func (v *validator) control(c Control) {
+	if c.Socket == "" {
+		v.errf("control.socket", "a socket path is required (default /run/halb/halb.sock)")
+	} else {
+		v.absPath("control.socket", c.Socket, "the control socket")
+	}
+	if c.Metrics != "" {
+		host, port, err := net.SplitHostPort(c.Metrics)
+		n, perr := strconv.Atoi(port)
+		switch {
+		case err != nil || perr != nil || n < 1 || n > 65535:
+			v.errf("control.metrics", "%q is not HOST:PORT (like 127.0.0.1:9130); leave it empty to turn metrics off", c.Metrics)
+		case host != "" && net.ParseIP(host) == nil && host != "localhost":
+			v.errf("control.metrics", "%q: listen on an IP address (or localhost), not a host name", c.Metrics)
+		}
+	}
+}
+
+func (v *validator) datapath(c *Config) {
+	d := c.Datapath
+	v.oneOf("datapath.mode", d.Mode, ModeAuto, ModeXDP, ModeTC, ModeIPVS)
+	v.oneOf("datapath.xdp_mode", d.XDPMode, "auto", "native", "generic")
+	seen := map[string]bool{}
+	for i, name := range d.Interfaces {
+		path := fmt.Sprintf("datapath.interfaces[%d]", i)
+		v.ifName(path, name)
+		if seen[name] {
+			v.errf(path, "%q is listed twice", name)
+		}
+		seen[name] = true
+	}
+	if len(c.Services) > 0 && len(d.Interfaces) == 0 && d.Mode != ModeIPVS {
+		v.errf("datapath.interfaces", "services need at least one interface where VIP traffic arrives, like [eth0]")
+	}
+	if d.BPFFS == "" {
+		v.errf("datapath.bpffs", "a directory on a bpf filesystem is required (default /sys/fs/bpf/halb)")
+	} else {
+		v.absPath("datapath.bpffs", d.BPFFS, "a directory on a bpf filesystem")
+	}
+	v.intRange("datapath.conntrack_entries", d.ConntrackEntries, 1, maxTableSize)
+	if v.intRange("datapath.maglev_table_size", d.MaglevTableSize, 3, maxTableSize) && !isPrime(d.MaglevTableSize) {
+		v.errf("datapath.maglev_table_size", "%d is not prime: Maglev needs a prime table size, like 65537 or 251", d.MaglevTableSize)
+	}
+}
+
+func isPrime(n int) bool {
+	if n < 2 {
+		return false
+	}
+	for i := 2; i*i <= n; i++ {
+		if n%i == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (v *validator) vrrp(r *VRRP) {
+	names := map[string]int{}
+	type routerKey struct {
+		ifname string
+		v6     bool
+		vrid   int
+	}
+	routers := map[routerKey]int{}
+	vipOwner := map[netip.Addr]string{}
+	for i := range r.Instances {
+		in := &r.Instances[i]
+		path := fmt.Sprintf("vrrp.instances[%d]", i)
+		v.instance(path, in)
+		if first, dup := names[in.Name]; dup && in.Name != "" {
+			v.errf(path+".name", "%q is already the name of vrrp.instances[%d]", in.Name, first)
+		} else {
+			names[in.Name] = i
+		}
+		// RFC 5798 §5.2.3: the VRID identifies the virtual router on its
+		// LAN, separately for IPv4 and IPv6.
+		k := routerKey{in.Interface, in.IPv6(), in.VRID}
+		if first, dup := routers[k]; dup {
+			v.errf(path+".vrid", "vrid %d is already used on %s for %s by vrrp.instances[%d]", in.VRID, in.Interface, family(in.IPv6()), first)
+		} else {
+			routers[k] = i
+		}
+		for j, p := range in.VirtualIPs {
+			if owner, dup := vipOwner[p.Addr()]; dup && owner != in.Name {
+				v.errf(fmt.Sprintf("%s.virtual_ips[%d]", path, j), "%s is already a virtual IP of instance %q: two instances would fight over it", p.Addr(), owner)
+			}
+			vipOwner[p.Addr()] = in.Name
+		}
+	}
+
+	grouped := map[string]string{}
+	groupNames := map[string]bool{}
+	for i, g := range r.SyncGroups {
+		path := fmt.Sprintf("vrrp.sync_groups[%d]", i)
+		v.name(path+".name", g.Name, "sync group")
+		if groupNames[g.Name] {
+			v.errf(path+".name", "%q names two sync groups", g.Name)
+		}
+		groupNames[g.Name] = true
+		if len(g.Instances) < 2 {
+			v.errf(path+".instances", "a sync group needs at least two instances to move together, it has %d", len(g.Instances))
+		}
+		for j, name := range g.Instances {
+			ipath := fmt.Sprintf("%s.instances[%d]", path, j)
+			if _, ok := names[name]; !ok {
+				v.errf(ipath, "no instance is named %q", name)
+				continue
+			}
+			if other, dup := grouped[name]; dup {
+				v.errf(ipath, "instance %q is already in sync group %q: an instance can be in one group only", name, other)
+				continue
+			}
+			grouped[name] = g.Name
+		}
+	}
+}
+
+func family(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+func (v *validator) instance(path string, in *Instance) {
+	v.name(path+".name", in.Name, "instance")
+	v.ifName(path+".interface", in.Interface)
+	v.intRange(path+".vrid", in.VRID, 1, 255)
+	v.intRange(path+".priority", in.Priority, 1, 255)
+	versionOK := in.Version == 2 || in.Version == 3
+	if !versionOK {
+		v.errf(path+".version", "%d is not a VRRP version: use 2 (RFC 3768) or 3 (RFC 5798)", in.Version)
+	}
+
+	switch {
+	case in.Version == 2:
+		// RFC 3768 §5.3.7: Adver Int is an 8-bit count of seconds.
+		if in.AdvertInterval < time.Second || in.AdvertInterval > 255*time.Second || in.AdvertInterval%time.Second != 0 {
+			v.errf(path+".advert_interval", "%s does not fit VRRPv2, which counts whole seconds from 1s to 255s; use version: 3 for sub-second adverts", in.AdvertInterval)
+		}
+	case in.Version == 3:
+		// RFC 5798 §5.2.7: Max Adver Int is a 12-bit count of centiseconds.
+		if in.AdvertInterval < 10*time.Millisecond || in.AdvertInterval > 4095*10*time.Millisecond || in.AdvertInterval%(10*time.Millisecond) != 0 {
+			v.errf(path+".advert_interval", "%s does not fit VRRPv3, which counts centiseconds: use 10ms..40.95s in steps of 10ms", in.AdvertInterval)
+		}
+	}
+	v.nonNegative(path+".preempt_delay", in.PreemptDelay)
+	if in.PreemptDelay > 1000*time.Second {
+		v.errf(path+".preempt_delay", "%s is longer than 1000s", in.PreemptDelay)
+	}
+
+	v6 := in.IPv6()
+	if len(in.VirtualIPs) == 0 {
+		v.errf(path+".virtual_ips", "at least one virtual IP is required")
+	}
+	seen := map[netip.Addr]bool{}
+	for j, p := range in.VirtualIPs {
+		vpath := fmt.Sprintf("%s.virtual_ips[%d]", path, j)
+		v.unicast(vpath, p.Addr())
+		switch {
+		case p.Addr().Is6() != v6:
+			v.errf(vpath, "%s is %s but the instance's first virtual IP is %s: IPv4 and IPv6 need separate instances (RFC 5798 §2.1)", p, family(p.Addr().Is6()), family(v6))
+		case seen[p.Addr()]:
+			v.errf(vpath, "%s is listed twice", p.Addr())
+		}
+		seen[p.Addr()] = true
+	}
+	if v6 && in.Version == 2 {
+		v.errf(path+".version", "IPv6 virtual IPs need VRRP version 3: VRRPv2 carries IPv4 only (RFC 3768)")
+	}
+	if n := len(in.VirtualIPs); n > 0 {
+		addrLen, ipHdr := 4, 20
+		if v6 {
+			addrLen, ipHdr = 16, 40
+		}
+		// The advert's count field is one octet (RFC 5798 §5.2.5), and the
+		// advert must not need fragmenting.
+		if size := ipHdr + 8 + n*addrLen; n > 255 || size > maxAdvertSize {
+			v.errf(path+".virtual_ips", "%d addresses make a %d-byte advert: keep it within 255 addresses and %d bytes, or split them over several instances", n, size, maxAdvertSize)
+		}
+	}
+
+	if in.UnicastSrc.IsValid() {
+		v.unicast(path+".unicast_src", in.UnicastSrc)
+		if in.UnicastSrc.Is6() != v6 && len(in.VirtualIPs) > 0 {
+			v.errf(path+".unicast_src", "%s is %s but the instance is %s", in.UnicastSrc, family(in.UnicastSrc.Is6()), family(v6))
+		}
+	}
+	peers := map[netip.Addr]bool{}
+	for j, peer := range in.UnicastPeers {
+		ppath := fmt.Sprintf("%s.unicast_peers[%d]", path, j)
+		v.unicast(ppath, peer)
+		switch {
+		case peer.Is6() != v6 && len(in.VirtualIPs) > 0:
+			v.errf(ppath, "%s is %s but the instance is %s", peer, family(peer.Is6()), family(v6))
+		case peers[peer]:
+			v.errf(ppath, "%s is listed twice", peer)
+		case peer == in.UnicastSrc:
+			v.errf(ppath, "%s is this node's own unicast_src: list only the other nodes", peer)
+		}
+		peers[peer] = true
+	}
+
+	if in.AuthPass != "" {
+		if in.Version == 3 {
+			v.errf(path+".auth_pass", "VRRPv3 has no authentication (RFC 5798 §9): remove auth_pass or use version: 2")
+		}
+		if len(in.AuthPass) > maxAuthPass {
+			v.errf(path+".auth_pass", "is %d bytes; VRRPv2 simple passwords are at most %d bytes", len(in.AuthPass), maxAuthPass)
+		}
+	}
+
+	tracked := map[string]bool{}
+	for j, ti := range in.TrackInterfaces {
+		tpath := fmt.Sprintf("%s.track_interfaces[%d]", path, j)
+		v.ifName(tpath+".name", ti.Name)
+		v.intRange(tpath+".weight", ti.Weight, -maxTrackWeight, maxTrackWeight)
+		if tracked[ti.Name] {
+			v.errf(tpath+".name", "%q is tracked twice", ti.Name)
+		}
+		tracked[ti.Name] = true
+	}
+	for j, ts := range in.TrackScripts {
+		tpath := fmt.Sprintf("%s.track_scripts[%d]", path, j)
+		v.command(tpath+".command", ts.Command)
+		v.positive(tpath+".interval", ts.Interval)
+		v.positive(tpath+".timeout", ts.Timeout)
+		v.intRange(tpath+".rise", ts.Rise, 1, 1000)
+		v.intRange(tpath+".fall", ts.Fall, 1, 1000)
+		v.intRange(tpath+".weight", ts.Weight, -maxTrackWeight, maxTrackWeight)
+	}
+	if in.Notify != "" {
+		v.absPath(path+".notify", in.Notify, "an executable")
+	}
+	if in.VMACXmitBase && !in.UseVMAC {
+		v.errf(path+".vmac_xmit_base", "only means something with use_vmac: true")
+	}
+	v.nonNegative(path+".garp_master_delay", in.GARPMasterDelay)
+	v.intRange(path+".garp_master_repeat", in.GARPMasterRepeat, 1, 255)
+	v.nonNegative(path+".garp_master_refresh", in.GARPMasterRefresh)
+}
+
+// command checks an argv that halb runs without a shell.
+func (v *validator) command(path string, argv []string) {
+	if len(argv) == 0 {
+		v.errf(path, "a command is required, as a list: [/usr/local/bin/check, --flag]")
+		return
+	}
+	switch {
+	case strings.ContainsAny(argv[0], " \t") && len(argv) == 1:
+		v.errf(path+"[0]", "%q contains spaces: commands run without a shell, so write each argument as its own list item", argv[0])
+	case !filepath.IsAbs(argv[0]):
+		v.errf(path+"[0]", "%q must be an absolute path to the program", argv[0])
+	}
+}
+
+func (v *validator) services(c *Config) {
+	type serviceKey struct {
+		vip   netip.Addr
+		port  int
+		proto string
+	}
+	keys := map[serviceKey]int{}
+	names := map[string]int{}
+	for i := range c.Services {
+		s := &c.Services[i]
+		path := fmt.Sprintf("services[%d]", i)
+		v.service(path, s, c.Datapath)
+		if first, dup := names[s.Name]; dup && s.Name != "" {
+			v.errf(path+".name", "%q is already the name of services[%d]", s.Name, first)
+		} else {
+			names[s.Name] = i
+		}
+		k := serviceKey{s.VIP, s.Port, s.Protocol}
+		if first, dup := keys[k]; dup {
+			v.errf(path, "%s port %d/%s is already services[%d]: a (vip, port, protocol) can be served once", s.VIP, s.Port, s.Protocol, first)
+		} else {
+			keys[k] = i
+		}
+	}
+}
+
+func (v *validator) service(path string, s *Service, d Datapath) {
+	v.name(path+".name", s.Name, "service")
+	v.unicast(path+".vip", s.VIP)
+	v.intRange(path+".port", s.Port, 1, 65535)
+	v.oneOf(path+".protocol", s.Protocol, "tcp", "udp")
+	bpfOnly := d.Mode == ModeXDP || d.Mode == ModeTC
+	switch {
+	case slices.Contains(commonSchedulers, s.Scheduler):
+	case slices.Contains(ipvsSchedulers, s.Scheduler):
+		if bpfOnly {
+			v.errf(path+".scheduler", "%q is an IPVS scheduler and datapath.mode is %s: use one of %s, or datapath.mode: ipvs", s.Scheduler, d.Mode, strings.Join(commonSchedulers, ", "))
+		}
+	default:
+		v.errf(path+".scheduler", "%q is not a scheduler: use one of %s (or with IPVS: %s)", s.Scheduler, strings.Join(commonSchedulers, ", "), strings.Join(ipvsSchedulers, ", "))
+	}
+	v.oneOf(path+".forward", s.Forward, "dr", "tun", "nat")
+	if s.Forward == "nat" && bpfOnly {
+		v.errf(path+".forward", "nat is not in the eBPF data path yet: use dr or tun, or datapath.mode: ipvs (mode auto runs NAT services on IPVS)")
+	}
+	v.nonNegative(path+".persistence", s.Persistence)
+	if s.Persistence%time.Second != 0 {
+		v.errf(path+".persistence", "%s is not whole seconds: client affinity is kept in seconds", s.Persistence)
+	}
+	v.intRange(path+".quorum", s.Quorum, 1, max(1, len(s.Backends)))
+
+	if s.SorryBackend.IsValid() {
+		v.unicast(path+".sorry_backend", s.SorryBackend.Addr())
+		if s.SorryBackend.Port() == 0 {
+			v.errf(path+".sorry_backend", "%s needs a port from 1 to 65535", s.SorryBackend)
+		}
+		if s.VIP.IsValid() && s.SorryBackend.Addr().Is6() != s.VIP.Is6() {
+			v.errf(path+".sorry_backend", "%s is %s but the vip is %s", s.SorryBackend, family(s.SorryBackend.Addr().Is6()), family(s.VIP.Is6()))
+		}
+	}
+
+	if len(s.Backends) == 0 {
+		v.errf(path+".backends", "at least one backend is required")
+	}
+	if s.Scheduler == "mh" && len(s.Backends) >= d.MaglevTableSize && d.MaglevTableSize > 0 {
+		v.errf(path+".backends", "%d backends do not fit a Maglev table of %d: raise datapath.maglev_table_size", len(s.Backends), d.MaglevTableSize)
+	}
+	seen := map[netip.AddrPort]bool{}
+	for j, b := range s.Backends {
+		bpath := fmt.Sprintf("%s.backends[%d]", path, j)
+		v.unicast(bpath+".address", b.Address)
+		if b.Address.IsValid() && s.VIP.IsValid() {
+			if b.Address.Is6() != s.VIP.Is6() {
+				v.errf(bpath+".address", "%s is %s but the vip is %s", b.Address, family(b.Address.Is6()), family(s.VIP.Is6()))
+			}
+			if b.Address == s.VIP {
+				v.errf(bpath+".address", "%s is the service's own vip", b.Address)
+			}
+		}
+		if v.intRange(bpath+".port", b.Port, 1, 65535) && b.Port != s.Port && (s.Forward == "dr" || s.Forward == "tun") {
+			// DR and tunnelling hand the packet over unchanged: the backend
+			// sees the VIP's port.
+			v.errf(bpath+".port", "%d differs from the service port %d, but forward: %s cannot rewrite ports; use port %d or forward: nat", b.Port, s.Port, s.Forward, s.Port)
+		}
+		v.intRange(bpath+".weight", b.Weight, 0, 65535)
+		ap := netip.AddrPortFrom(b.Address, uint16(b.Port))
+		if seen[ap] {
+			v.errf(bpath, "%s is listed twice", ap)
+		}
+		seen[ap] = true
+	}
+	v.healthCheck(path+".health_check", s)
+}
+
+func (v *validator) healthCheck(path string, s *Service) {
+	h := s.HealthCheck
+	v.oneOf(path+".type", h.Type, "tcp", "http", "https", "udp", "exec", "none")
+	if h.Type == "none" {
+		return
+	}
+	if v.positive(path+".interval", h.Interval) && v.positive(path+".timeout", h.Timeout) && h.Timeout > h.Interval {
+		v.errf(path+".timeout", "%s is longer than the interval %s: checks would overlap", h.Timeout, h.Interval)
+	}
+	v.intRange(path+".rise", h.Rise, 1, 1000)
+	v.intRange(path+".fall", h.Fall, 1, 1000)
+	switch h.Type {
+	case "tcp", "http", "https":
+		if s.Protocol == "udp" {
+			v.errf(path+".type", "%s cannot check a UDP service: use udp, exec or none", h.Type)
+		}
+	case "udp":
+		if s.Protocol == "tcp" {
+			v.errf(path+".type", "udp cannot check a TCP service: use tcp, http, https, exec or none")
+		}
+	}
+	if h.Type == "http" || h.Type == "https" {
+		if !strings.HasPrefix(h.Path, "/") {
+			v.errf(path+".path", "%q must start with /", h.Path)
+		}
+		if len(h.ExpectStatus) == 0 {
+			v.errf(path+".expect_status", "at least one status code is required, like [200]")
+		}
+		for j, code := range h.ExpectStatus {
+			v.intRange(fmt.Sprintf("%s.expect_status[%d]", path, j), code, 100, 599)
+		}
+	}
+	if h.Type == "exec" {
+		v.command(path+".command", h.Command)
+	} else if len(h.Command) > 0 {
+		v.errf(path+".command", "is only used with type: exec")
+	}
+}
