@@ -1,0 +1,94 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/halb-lb/halb/config"
+)
+
+func newCheckCmd(f *flags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "check",
+		Short: "Validate the configuration without touching the host",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(f.configPath())
+			if err != nil {
+				return err
+			}
+			return writeSummary(cmd.OutOrStdout(), f.configPath(), cfg)
+		},
+	}
+}
+
+// writeSummary prints one screen that lets a person see what halb will do
+// with the file: the instances it runs and the services it balances.
+func writeSummary(w io.Writer, path string, c *config.Config) error {
+	fmt.Fprintf(w, "%s: valid\n\n", path)
+	if c.Datapath.Mode == config.ModeIPVS {
+		fmt.Fprintf(w, "datapath  mode ipvs\n\n")
+	} else {
+		fmt.Fprintf(w, "datapath  mode %s on %s (xdp_mode %s), pinned under %s\n\n",
+			c.Datapath.Mode, orNone(strings.Join(c.Datapath.Interfaces, ", ")), c.Datapath.XDPMode, c.Datapath.BPFFS)
+	}
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "INSTANCE\tINTERFACE\tVRID\tVERSION\tPRIORITY\tADVERT\tPREEMPT\tPEERS\tVIRTUAL IPS\n")
+	for _, in := range c.VRRP.Instances {
+		peers := "multicast"
+		if len(in.UnicastPeers) > 0 {
+			peers = joinAny(in.UnicastPeers)
+		}
+		preempt := "no"
+		if in.Preempt {
+			preempt = "yes"
+			if in.PreemptDelay > 0 {
+				preempt += " after " + in.PreemptDelay.String()
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\tv%d\t%d\t%s\t%s\t%s\t%s\n",
+			in.Name, in.Interface, in.VRID, in.Version, in.Priority, in.AdvertInterval, preempt, peers, joinAny(in.VirtualIPs))
+	}
+	if len(c.VRRP.Instances) == 0 {
+		fmt.Fprintf(tw, "(none)\n")
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "SERVICE\tVIP\tSCHEDULER\tFORWARD\tCHECK\tBACKENDS\n")
+	for _, s := range c.Services {
+		backends := make([]string, 0, len(s.Backends))
+		for _, b := range s.Backends {
+			backends = append(backends, fmt.Sprintf("%s w%d", netip.AddrPortFrom(b.Address, uint16(b.Port)), b.Weight))
+		}
+		check := s.HealthCheck.Type
+		if check != "none" {
+			check += " every " + s.HealthCheck.Interval.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\t%s\n",
+			s.Name, netip.AddrPortFrom(s.VIP, uint16(s.Port)), s.Protocol, s.Scheduler, s.Forward, check, strings.Join(backends, ", "))
+	}
+	if len(c.Services) == 0 {
+		fmt.Fprintf(tw, "(none)\n")
+	}
+	return tw.Flush()
+}
+
+func joinAny[T fmt.Stringer](xs []T) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = x.String()
+	}
+	return strings.Join(parts, ", ")
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(no interfaces)"
+	}
+	return s
+}

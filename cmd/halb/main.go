@@ -1,0 +1,73 @@
+// Command halb is a high-availability load balancer: VRRP moves virtual
+// IPs between nodes, and an eBPF (or, where the kernel has no BTF, IPVS)
+// data path spreads the traffic to them over backends.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/viper"
+
+	"github.com/halb-lb/halb/config"
+)
+
+// Exit statuses of ../shared/spec/cli.md.
+const (
+	exitOK        = 0
+	exitFailure   = 1
+	exitBadConfig = 2
+)
+
+const defaultConfig = "/etc/halb/halb.yaml"
+
+func main() {
+	os.Exit(execute(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// execute runs the command line and returns the exit status; tests call it
+// directly.
+func execute(args []string, stdout, stderr io.Writer) int {
+	root := newRoot()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.Execute()
+	if err == nil {
+		return exitOK
+	}
+	var cerr *config.Error
+	if errors.As(err, &cerr) {
+		fmt.Fprintln(root.ErrOrStderr(), cerr.Error())
+		fmt.Fprintf(root.ErrOrStderr(), "%s: %d problem(s)\n", cerr.File, len(cerr.Problems))
+		return exitBadConfig
+	}
+	fmt.Fprintln(root.ErrOrStderr(), "halb:", err)
+	return exitFailure
+}
+
+// flags is what every command may read: the config path comes from -c,
+// else HALB_CONFIG, else the default.
+type flags struct {
+	v *viper.Viper
+}
+
+func (f *flags) configPath() string { return f.v.GetString("config") }
+
+func newRoot() *cobra.Command {
+	f := &flags{v: viper.New()}
+	root := &cobra.Command{
+		Use:           "halb",
+		Short:         "High-availability load balancer: VRRP failover and an eBPF/IPVS layer-4 data path",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringP("config", "c", defaultConfig, "configuration file")
+	_ = f.v.BindPFlag("config", root.PersistentFlags().Lookup("config"))
+	_ = f.v.BindEnv("config", config.EnvPrefix+"_CONFIG")
+	root.AddCommand(newRunCmd(f), newCheckCmd(f), newProbeCmd(f), newVersionCmd())
+	return root
+}

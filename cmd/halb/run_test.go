@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as halb: with HALB_TEST_MAIN=1 it runs main, so
+// `halb run` is tested as a real process receiving real signals.
+func TestMain(m *testing.M) {
+	if os.Getenv("HALB_TEST_MAIN") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+type daemonProc struct {
+	cmd   *exec.Cmd
+	lines chan string
+}
+
+func startHalb(t *testing.T, args ...string) *daemonProc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "HALB_TEST_MAIN=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &daemonProc{cmd: cmd, lines: make(chan string, 100)}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return p
+}
+
+// waitFor reads log lines until one contains want; the deadline is generous
+// because it only bounds a hang, it measures nothing.
+func (p *daemonProc) waitFor(t *testing.T, want string) string {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case line, ok := <-p.lines:
+			if !ok {
+				t.Fatalf("halb exited before logging %q", want)
+			}
+			if strings.Contains(line, want) {
+				return line
+			}
+		case <-deadline:
+			t.Fatalf("halb did not log %q", want)
+		}
+	}
+}
+
+func (p *daemonProc) exitCode(t *testing.T) int {
+	t.Helper()
+	err := p.cmd.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0
+}
+
+func TestRunRefusesBadConfig(t *testing.T) {
+	p := startHalb(t, "run", "-c", "../../config/testdata/broken/vrid-256.yaml")
+	p.waitFor(t, "vrrp.instances[0].vrid")
+	if code := p.exitCode(t); code != exitBadConfig {
+		t.Errorf("exit status %d, want %d", code, exitBadConfig)
+	}
+}
+
+// A bad file on SIGHUP is refused and the old config keeps running; a good
+// one is taken, its log level included; SIGTERM stops cleanly.
+func TestRunReloadAndStop(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "halb.yaml")
+	good, err := os.ReadFile("../../configs/pi-ipvs.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(data string) {
+		if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(string(good))
+
+	p := startHalb(t, "run", "-c", path)
+	p.waitFor(t, "halb starting")
+
+	write(strings.Replace(string(good), "vrid: 42", "vrid: 420", 1))
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	line := p.waitFor(t, "config rejected")
+	if !strings.Contains(line, "vrrp.instances[0].vrid") {
+		t.Errorf("rejection does not name the field: %s", line)
+	}
+
+	write(strings.Replace(string(good), "level: info", "level: debug", 1))
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitFor(t, "config reloaded")
+
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.waitFor(t, "halb stopping")
+	if code := p.exitCode(t); code != exitOK {
+		t.Errorf("exit status after SIGTERM = %d, want 0", code)
+	}
+}

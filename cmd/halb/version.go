@@ -1,0 +1,40 @@
+package main
+
+import (
+	"fmt"
+	"runtime"
+	"runtime/debug"
+
+	"github.com/spf13/cobra"
+)
+
+// Set at build time by the Makefile: -X main.version=... -X main.commit=...
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print version, commit, Go version and target",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "halb %s\ncommit  %s\ngo      %s\ntarget  %s\n", version, commit, runtime.Version(), target())
+		},
+	}
+}
+
+// target names the platform the binary was built for, with the ARM
+// variant, which matters on a Raspberry Pi.
+func target() string {
+	t := runtime.GOOS + "/" + runtime.GOARCH
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "GOARM" && runtime.GOARCH == "arm" {
+				t += " GOARM=" + s.Value
+			}
+		}
+	}
+	return t
+}

@@ -1,0 +1,105 @@
+// Package daemon is the life of `halb run`: it loads the configuration,
+// decides the data path, and handles reloads and shutdown.
+//
+// It is the one place that knows about every part of halb; the parts never
+// know about each other through it. A bad configuration, at start or on
+// reload, must never be half-applied: at start it stops the daemon before
+// anything is touched, on reload the running configuration stays.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"syscall"
+
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/loader"
+)
+
+// Daemon is one running halb.
+type Daemon struct {
+	path   string
+	host   loader.Host
+	level  slog.LevelVar
+	log    *slog.Logger
+	format string
+	cfg    *config.Config
+}
+
+// New loads the configuration at path and sets up logging to w. A bad
+// configuration returns the *config.Error unchanged so the caller can exit
+// with the "bad config" status.
+func New(path string, w io.Writer, host loader.Host) (*Daemon, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{path: path, host: host, cfg: cfg, format: cfg.Log.Format}
+	lvl, _ := ParseLevel(cfg.Log.Level) // validated by config
+	d.level.Set(lvl)
+	d.log = NewLogger(w, cfg.Log.Format, &d.level)
+	return d, nil
+}
+
+// Config is the configuration in force.
+func (d *Daemon) Config() *config.Config { return d.cfg }
+
+// Run runs until ctx ends or a SIGTERM/SIGINT arrives on signals; SIGHUP
+// reloads. It returns nil on a clean shutdown.
+func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
+	report := d.host.Probe()
+	decision := loader.Choose(d.cfg.Datapath.Mode, report)
+	d.log.Info("halb starting",
+		"config", d.path,
+		"kernel", report.KernelRelease,
+		"datapath", decision.Mode,
+		"reason", decision.Reason,
+		"instances", len(d.cfg.VRRP.Instances),
+		"services", len(d.cfg.Services))
+	for _, w := range decision.Warnings {
+		d.log.Warn("datapath", "warning", w)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			d.log.Info("halb stopping", "reason", ctx.Err())
+			return nil
+		case sig := <-signals:
+			switch sig {
+			case syscall.SIGHUP:
+				_ = d.Reload()
+			case syscall.SIGTERM, os.Interrupt:
+				d.log.Info("halb stopping", "signal", sig.String())
+				return nil
+			}
+		}
+	}
+}
+
+// Reload reads the file again. A bad file is refused and logged problem by
+// problem; the running configuration stays in force.
+func (d *Daemon) Reload() error {
+	cfg, err := config.Load(d.path)
+	if err != nil {
+		var cerr *config.Error
+		if errors.As(err, &cerr) {
+			for _, p := range cerr.Problems {
+				d.log.Error("config rejected, keeping the running one", "file", cerr.File, "line", p.Line, "problem", p.String())
+			}
+		} else {
+			d.log.Error("config rejected, keeping the running one", "err", err)
+		}
+		return err
+	}
+	lvl, _ := ParseLevel(cfg.Log.Level)
+	d.level.Set(lvl)
+	if cfg.Log.Format != d.format {
+		d.log.Warn("log.format changes at the next restart", "running", d.format, "configured", cfg.Log.Format)
+	}
+	d.cfg = cfg
+	d.log.Info("config reloaded", "file", d.path, "instances", len(cfg.VRRP.Instances), "services", len(cfg.Services))
+	return nil
+}

@@ -1,0 +1,145 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// SystemKernel asks the running kernel.
+type SystemKernel struct{}
+
+var _ Kernel = SystemKernel{}
+
+// ProgramType reports whether a program of type t loads. cilium/ebpf caches
+// the answer for the life of the process.
+func (SystemKernel) ProgramType(t ebpf.ProgramType) error {
+	if err := features.HaveProgramType(t); err != nil {
+		return fmt.Errorf("load %s program: %w", t, err)
+	}
+	return nil
+}
+
+// XDPLink attaches a pass-everything XDP program through a bpf_link to the
+// loopback of a throwaway network namespace. cilium/ebpf has no exported
+// probe for XDP links, and attaching to an invalid ifindex fails with EINVAL
+// whether or not links are supported, so only a real attach tells.
+func (SystemKernel) XDPLink() error {
+	return inThrowawayNetns(func() error {
+		prog, err := trivialProgram(ebpf.XDP, "halb_probe_xdp", 2) // XDP_PASS
+		if err != nil {
+			return err
+		}
+		defer prog.Close()
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			return fmt.Errorf("find lo in the probe's network namespace: %w", err)
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: lo.Index})
+		if err != nil {
+			return fmt.Errorf("attach XDP link to lo: %w", err)
+		}
+		if err := l.Close(); err != nil {
+			return fmt.Errorf("detach XDP link from lo: %w", err)
+		}
+		return nil
+	})
+}
+
+// TCX attaches a sched_cls program to the ingress of the loopback of a
+// throwaway network namespace through a tcx link (Linux 6.6 and later).
+func (SystemKernel) TCX() error {
+	return inThrowawayNetns(func() error {
+		prog, err := trivialProgram(ebpf.SchedCLS, "halb_probe_tcx", 0) // TC_ACT_OK
+		if err != nil {
+			return err
+		}
+		defer prog.Close()
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			return fmt.Errorf("find lo in the probe's network namespace: %w", err)
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Program: prog, Interface: lo.Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return fmt.Errorf("attach tcx link to lo ingress: %w", err)
+		}
+		if err := l.Close(); err != nil {
+			return fmt.Errorf("detach tcx link from lo: %w", err)
+		}
+		return nil
+	})
+}
+
+// IPVSFamily resolves the "IPVS" generic netlink family, the interface the
+// IPVS data path drives. Asking for a family that is not registered makes
+// the kernel try to load its module (net-pf-16-proto-16-family-IPVS), so on
+// a host with ip_vs shipped as a module this check may load it.
+func (SystemKernel) IPVSFamily() error {
+	_, err := netlink.GenlFamilyGet("IPVS")
+	if errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("resolve generic netlink family IPVS: not registered, ip_vs is not loaded (%w)", err)
+	}
+	if err != nil {
+		return fmt.Errorf("resolve generic netlink family IPVS: %w", err)
+	}
+	return nil
+}
+
+func trivialProgram(t ebpf.ProgramType, name string, ret int64) (*ebpf.Program, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         name,
+		Type:         t,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, int32(ret)), asm.Return()},
+		License:      "MIT",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load %s program: %w", t, err)
+	}
+	return prog, nil
+}
+
+// inThrowawayNetns runs fn on an OS thread moved into a new, empty network
+// namespace, so that whatever fn attaches never reaches the host's
+// interfaces; the namespace disappears with the last reference to it.
+//
+// The thread goes back to its own namespace before it is unlocked. If it
+// cannot, it stays locked, and the runtime ends it with the goroutine rather
+// than hand it to other goroutines. Just never unlocking is not enough: when
+// the goroutine happens to run on the main thread, the runtime cannot end
+// that thread and parks it instead, and /proc/self/net would then describe
+// the throwaway namespace for the rest of the process's life.
+func inThrowawayNetns(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open this thread's network namespace: %w", err)
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("unshare network namespace for the probe (needs CAP_SYS_ADMIN): %w", err)
+			return
+		}
+		fnErr := fn()
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			// Leave the thread locked: it dies with this goroutine.
+			errc <- errors.Join(fnErr, fmt.Errorf("return the probe's thread to its network namespace: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- fnErr
+	}()
+	return <-errc
+}
