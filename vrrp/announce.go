@@ -1,0 +1,73 @@
+package vrrp
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/ndp"
+)
+
+// Announcements tell the link that the virtual addresses moved, so that
+// switches and neighbours stop sending to the old master at once instead
+// of when their caches expire (RFC 5798 §6.4.2: gratuitous ARP for IPv4,
+// unsolicited Neighbor Advertisement for IPv6).
+
+var (
+	broadcastMAC  = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	allNodesMAC   = net.HardwareAddr{0x33, 0x33, 0x00, 0x00, 0x00, 0x01} // ff02::1
+	allNodesGroup = netip.MustParseAddr("ff02::1")
+)
+
+// GratuitousARP builds an Ethernet frame holding an ARP request in which
+// the sender and target address are both vip: every host that has vip in
+// its cache updates it to mac.
+func GratuitousARP(mac net.HardwareAddr, vip netip.Addr) ([]byte, error) {
+	p, err := arp.NewPacket(arp.OperationRequest, mac, vip, broadcastMAC, vip)
+	if err != nil {
+		return nil, fmt.Errorf("gratuitous ARP for %s: %w", vip, err)
+	}
+	payload, err := p.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("gratuitous ARP for %s: %w", vip, err)
+	}
+	f := ethernet.Frame{Destination: broadcastMAC, Source: mac, EtherType: ethernet.EtherTypeARP, Payload: payload}
+	return f.MarshalBinary()
+}
+
+// UnsolicitedNA builds an Ethernet frame holding an unsolicited Neighbor
+// Advertisement for vip to all nodes, with the Override flag so that caches
+// replace the old master's address, and the Target Link-Layer Address
+// option (RFC 4861 §4.4, §7.2.6). src is the IPv6 source: a link-local
+// address of the interface, as RFC 4861 asks of router-like senders.
+func UnsolicitedNA(mac net.HardwareAddr, src, vip netip.Addr) ([]byte, error) {
+	na := &ndp.NeighborAdvertisement{
+		Override:      true,
+		TargetAddress: vip,
+		Options:       []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: mac}},
+	}
+	icmp, err := ndp.MarshalMessageChecksum(na, src, allNodesGroup)
+	if err != nil {
+		return nil, fmt.Errorf("neighbor advertisement for %s: %w", vip, err)
+	}
+	f := ethernet.Frame{Destination: allNodesMAC, Source: mac, EtherType: ethernet.EtherTypeIPv6,
+		Payload: append(ipv6Header(src, allNodesGroup, 58, len(icmp)), icmp...)}
+	return f.MarshalBinary()
+}
+
+// ipv6Header is a fixed IPv6 header with hop limit 255, which neighbour
+// discovery requires of every message it accepts (RFC 4861 §7.1.2).
+func ipv6Header(src, dst netip.Addr, next byte, payloadLen int) []byte {
+	h := make([]byte, 40)
+	h[0] = 6 << 4
+	binary.BigEndian.PutUint16(h[4:6], uint16(payloadLen))
+	h[6] = next
+	h[7] = 255
+	s, d := src.As16(), dst.As16()
+	copy(h[8:24], s[:])
+	copy(h[24:40], d[:])
+	return h
+}
