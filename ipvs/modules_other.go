@@ -1,0 +1,14 @@
+//go:build !linux
+
+package ipvs
+
+import (
+	"errors"
+	"os"
+)
+
+func finitModule(*os.File, string, int) error {
+	return errors.New("loading kernel modules needs Linux")
+}
+
+func finitOutcome(error) finitResult { return finitOther }
