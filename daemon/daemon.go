@@ -13,10 +13,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
+	"sync"
 	"syscall"
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/loader"
+	"github.com/halb-lb/halb/vrrp"
 )
 
 // Daemon is one running halb.
@@ -27,6 +30,8 @@ type Daemon struct {
 	log    *slog.Logger
 	format string
 	cfg    *config.Config
+
+	instances []*vrrp.Instance
 }
 
 // New loads the configuration at path and sets up logging to w. A bad
@@ -62,6 +67,25 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	for _, w := range decision.Warnings {
 		d.log.Warn("datapath", "warning", w)
 	}
+
+	vctx, stopVRRP := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, ic := range d.cfg.VRRP.Instances {
+		in := vrrp.NewInstance(ic, d.log)
+		d.instances = append(d.instances, in)
+		wg.Go(func() {
+			if err := in.Run(vctx); err != nil {
+				d.log.Error("vrrp instance stopped", "instance", ic.Name, "err", err)
+			}
+		})
+	}
+	// On the way out every instance gives its VIPs up and, as Master,
+	// sends priority 0 so the backup takes over after skew time.
+	defer func() {
+		stopVRRP()
+		wg.Wait()
+	}()
+
 	for {
 		select {
 		case <-ctx.Done():
@@ -98,6 +122,12 @@ func (d *Daemon) Reload() error {
 	d.level.Set(lvl)
 	if cfg.Log.Format != d.format {
 		d.log.Warn("log.format changes at the next restart", "running", d.format, "configured", cfg.Log.Format)
+	}
+	if !reflect.DeepEqual(cfg.VRRP, d.cfg.VRRP) {
+		// Applying VRRP changes in place, keeping unchanged instances in
+		// their state, is not built yet: say so rather than half-apply.
+		d.log.Warn("vrrp changes take effect at the next restart")
+		cfg.VRRP = d.cfg.VRRP
 	}
 	d.cfg = cfg
 	d.log.Info("config reloaded", "file", d.path, "instances", len(cfg.VRRP.Instances), "services", len(cfg.Services))

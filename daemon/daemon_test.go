@@ -31,7 +31,9 @@ const goodConfig = `
 log: {level: info}
 vrrp:
   instances:
-    - {name: VI_1, interface: eth0, vrid: 7, virtual_ips: [192.0.2.7/24]}
+    # An interface that does not exist: the instance waits in FAULT and
+    # sends nothing, so this in-process test never touches a real link.
+    - {name: VI_1, interface: halbnone0, vrid: 7, virtual_ips: [192.0.2.7/24]}
 `
 
 func newTestDaemon(t *testing.T) (*Daemon, string, *bytes.Buffer) {

@@ -284,6 +284,10 @@ func (m *Machine) SetPriority(now time.Time, p uint8) []Action {
 	return nil
 }
 
+// SetPrimary sets this router's own address, once it is known: it may
+// appear on the interface after the instance started.
+func (m *Machine) SetPrimary(a netip.Addr) { m.p.Primary = a }
+
 // SetFault records that reason holds the instance in Fault (a missing
 // interface or address, a failed tracked object). Faults add up: the
 // instance leaves Fault only when all have cleared.

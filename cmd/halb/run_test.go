@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/halb-lb/halb/internal/netnstest"
 )
 
 // The test binary doubles as halb: with HALB_TEST_MAIN=1 it runs main, so
@@ -27,15 +29,18 @@ type daemonProc struct {
 	lines chan string
 }
 
+// startHalb starts halb in a network namespace of its own: the daemon
+// opens VRRP sockets, and those must never reach the host's links.
 func startHalb(t *testing.T, args ...string) *daemonProc {
 	t.Helper()
+	ns := netnstest.New(t)
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "HALB_TEST_MAIN=1")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	if err := ns.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	p := &daemonProc{cmd: cmd, lines: make(chan string, 100)}

@@ -1,0 +1,319 @@
+package vrrp
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/halb-lb/halb/internal/netnstest"
+)
+
+// These tests run the real halb binary, one process per node, each in a
+// network namespace of its own, joined by a veth pair: what a pair of
+// load balancers on one LAN looks like.
+
+var halbBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "halb-vrrp-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	halbBin = filepath.Join(dir, "halb")
+	if out, err := exec.Command("go", "build", "-o", halbBin, "../cmd/halb").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build halb: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// lan is two namespaces joined by a veth pair, "lan0" on each side.
+type lan struct {
+	ns   [2]*netnstest.NS
+	h    [2]*netlink.Handle
+	addr [2]netip.Addr
+}
+
+func newLAN(t *testing.T, v6 bool) *lan {
+	t.Helper()
+	l := &lan{}
+	for i := range l.ns {
+		l.ns[i] = netnstest.New(t)
+		l.h[i] = l.ns[i].Netlink(t)
+		// Link-local addresses must be usable at once: DAD would hold
+		// them tentative for a second, and VRRPv3 over IPv6 sends from one.
+		if err := l.ns[i].Do(func() error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0o644)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "lan0"}, PeerName: "peer0",
+		PeerNamespace: netlink.NsFd(l.ns[1].Handle())}
+	if err := l.h[0].LinkAdd(veth); err != nil {
+		t.Fatalf("veth: %v", err)
+	}
+	peer, err := l.h[1].LinkByName("peer0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.h[1].LinkSetName(peer, "lan0"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range l.ns {
+		link, err := l.h[i].LinkByName("lan0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.addr[i] = netip.MustParseAddr(fmt.Sprintf("192.0.2.%d", i+1))
+		if v6 {
+			l.addr[i] = netip.MustParseAddr(fmt.Sprintf("2001:db8::%d", i+1))
+		}
+		a := toAddr(netip.PrefixFrom(l.addr[i], map[bool]int{false: 24, true: 64}[v6]))
+		if err := l.h[i].AddrAdd(link, a); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.h[i].LinkSetUp(link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return l
+}
+
+// syncBuffer collects a process's log for the test's failure output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// node is one halb process.
+type node struct {
+	name string
+	ns   *netnstest.NS
+	cfg  string
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan struct{}
+}
+
+func newNode(t *testing.T, name string, ns *netnstest.NS, config string) *node {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name+".yaml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := &node{name: name, ns: ns, cfg: path, log: &syncBuffer{}}
+	t.Cleanup(func() {
+		n.stop(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("log of %s:\n%s", n.name, n.log)
+		}
+	})
+	return n
+}
+
+func (n *node) start(t *testing.T) {
+	t.Helper()
+	n.cmd = exec.Command(halbBin, "run", "-c", n.cfg)
+	n.cmd.Stderr = n.log
+	n.done = make(chan struct{})
+	if err := n.ns.Start(n.cmd); err != nil {
+		t.Fatal(err)
+	}
+	go func(cmd *exec.Cmd, done chan struct{}) {
+		_ = cmd.Wait()
+		close(done)
+	}(n.cmd, n.done)
+}
+
+func (n *node) stop(sig syscall.Signal) {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	_ = n.cmd.Process.Signal(sig)
+	select {
+	case <-n.done:
+	case <-time.After(10 * time.Second):
+		_ = n.cmd.Process.Kill()
+		<-n.done
+	}
+	n.cmd = nil
+}
+
+// hasAddr reports whether a is on lan0 in the namespace behind h.
+func hasAddr(h *netlink.Handle, a netip.Addr) bool {
+	link, err := h.LinkByName("lan0")
+	if err != nil {
+		return false
+	}
+	list, err := h.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return false
+	}
+	for _, x := range list {
+		if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
+			return true
+		}
+	}
+	return false
+}
+
+// waitAddr waits until a's presence on lan0 is want and returns how long
+// that took. The limit only bounds a hang; the figures are printed, not
+// asserted.
+func waitAddr(t *testing.T, h *netlink.Handle, a netip.Addr, want bool, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < limit {
+		if hasAddr(h, a) == want {
+			return time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("%s present = %v after %v, want %v", a, !want, limit, want)
+	return 0
+}
+
+type variant struct {
+	name     string
+	version  int
+	v6       bool
+	unicast  bool
+	interval time.Duration
+}
+
+func (v variant) config(l *lan, i, priority int, preempt bool) string {
+	vip := "192.0.2.100/24"
+	if v.v6 {
+		vip = "2001:db8::100/64"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `log: {level: debug}
+vrrp:
+  instances:
+    - name: VI_T
+      interface: lan0
+      vrid: 51
+      version: %d
+      priority: %d
+      advert_interval: %s
+      preempt: %v
+      garp_master_delay: 1s
+      garp_master_repeat: 1
+      virtual_ips: [%s]
+`, v.version, priority, v.interval, preempt, vip)
+	if v.unicast {
+		fmt.Fprintf(&b, "      unicast_src: %s\n      unicast_peers: [%s]\n", l.addr[i], l.addr[1-i])
+	}
+	return b.String()
+}
+
+func (v variant) vip() netip.Addr {
+	if v.v6 {
+		return netip.MustParseAddr("2001:db8::100")
+	}
+	return netip.MustParseAddr("192.0.2.100")
+}
+
+// masterDown is RFC 5798's bound for a backup of priority p to take over.
+func (v variant) masterDown(p int) time.Duration {
+	skew := time.Duration(256-p) * v.interval / 256
+	if v.version == 2 {
+		skew = time.Duration(256-p) * time.Second / 256
+	}
+	return 3*v.interval + skew
+}
+
+var variants = []variant{
+	{"v2-ipv4-multicast", 2, false, false, time.Second},
+	{"v3-ipv4-multicast", 3, false, false, 200 * time.Millisecond},
+	{"v3-ipv4-unicast", 3, false, true, 200 * time.Millisecond},
+	{"v3-ipv6-multicast", 3, true, false, 200 * time.Millisecond},
+	{"v3-ipv6-unicast", 3, true, true, 200 * time.Millisecond},
+}
+
+// The higher priority holds the VIP; SIGKILL moves it to the backup within
+// the master down interval; the returning node pre-empts; SIGTERM hands
+// over within skew time.
+func TestFailover(t *testing.T) {
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			l := newLAN(t, v.v6)
+			a := newNode(t, "a", l.ns[0], v.config(l, 0, 150, true))
+			b := newNode(t, "b", l.ns[1], v.config(l, 1, 100, true))
+			limit := 5*v.masterDown(100) + 5*time.Second
+
+			b.start(t)
+			waitAddr(t, l.h[1], v.vip(), true, limit) // alone, b becomes master
+			a.start(t)
+			took := waitAddr(t, l.h[0], v.vip(), true, limit)
+			waitAddr(t, l.h[1], v.vip(), false, limit)
+			t.Logf("a (150) pre-empted b (100) after %v", took.Round(time.Millisecond))
+
+			a.stop(syscall.SIGKILL)
+			took = waitAddr(t, l.h[1], v.vip(), true, limit)
+			t.Logf("SIGKILL of master: backup holds the VIP after %v (RFC bound 3×interval+skew = %v)",
+				took.Round(time.Millisecond), v.masterDown(100))
+
+			// A killed halb cannot take its VIP down; the restarted one
+			// removes it at once and takes it back only by pre-emption.
+			a.start(t)
+			took = waitAddr(t, l.h[1], v.vip(), false, limit)
+			waitAddr(t, l.h[0], v.vip(), true, limit)
+			t.Logf("returning a pre-empted after %v", took.Round(time.Millisecond))
+
+			a.stop(syscall.SIGTERM)
+			took = waitAddr(t, l.h[1], v.vip(), true, limit)
+			if hasAddr(l.h[0], v.vip()) {
+				t.Error("a still holds the VIP after SIGTERM")
+			}
+			t.Logf("SIGTERM of master: backup holds the VIP after %v (skew time %v)",
+				took.Round(time.Millisecond), v.masterDown(100)-3*v.interval)
+		})
+	}
+}
+
+// With preempt: false the returning higher-priority node stays Backup.
+func TestNoPreempt(t *testing.T) {
+	v := variants[1]
+	l := newLAN(t, false)
+	a := newNode(t, "a", l.ns[0], v.config(l, 0, 150, false))
+	b := newNode(t, "b", l.ns[1], v.config(l, 1, 100, false))
+	limit := 5*v.masterDown(100) + 5*time.Second
+	b.start(t)
+	waitAddr(t, l.h[1], v.vip(), true, limit)
+	a.start(t)
+	// Give a several master down intervals to (wrongly) take over.
+	time.Sleep(3 * v.masterDown(150))
+	if hasAddr(l.h[0], v.vip()) || !hasAddr(l.h[1], v.vip()) {
+		t.Fatal("with preempt: false the higher-priority node took the VIP")
+	}
+	if !strings.Contains(a.log.String(), "to=BACKUP") {
+		t.Errorf("a did not settle as BACKUP:\n%s", a.log)
+	}
+}

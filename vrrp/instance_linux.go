@@ -1,0 +1,508 @@
+package vrrp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/mdlayher/packet"
+	"github.com/vishvananda/netlink"
+
+	"github.com/halb-lb/halb/config"
+)
+
+// Instance runs one configured virtual router: it feeds the state machine
+// with adverts, timers and what netlink says about its interface, and
+// carries out the machine's actions on sockets and addresses.
+//
+// It never needs a restart: a missing interface or address holds it in
+// Fault, and the netlink event that brings them clears the fault.
+type Instance struct {
+	cfg   config.Instance
+	log   *slog.Logger
+	m     *Machine
+	rules receiveRules
+
+	// Owned by the Run goroutine.
+	link     netlink.Link
+	conn     *conn
+	src      netip.Addr // the advert source: unicast_src, else the interface's own
+	linkMAC  net.HardwareAddr
+	lladdr   netip.Addr // IPv6: the interface's link-local address
+	vips     vipSet
+	garpNext time.Time
+	garpLeft int // bursts still due before refreshes take over
+
+	mu     sync.Mutex
+	status Status
+}
+
+// Status is a snapshot of an instance for `halb status` and metrics.
+type Status struct {
+	Name       string
+	VRID       int
+	Interface  string
+	State      State
+	Priority   uint8
+	Since      time.Time
+	Reason     string
+	Faults     []string
+	Sent       uint64
+	Received   uint64
+	Drops      map[string]uint64
+	VirtualIPs []netip.Prefix
+}
+
+// NewInstance prepares an instance; Run starts it.
+func NewInstance(cfg config.Instance, log *slog.Logger) *Instance {
+	in := &Instance{
+		cfg: cfg,
+		log: log.With("instance", cfg.Name, "vrid", cfg.VRID),
+		m: NewMachine(Params{
+			Version:        cfg.Version,
+			Priority:       uint8(cfg.Priority),
+			AdvertInterval: cfg.AdvertInterval,
+			Preempt:        cfg.Preempt,
+			PreemptDelay:   cfg.PreemptDelay,
+			Primary:        cfg.UnicastSrc,
+		}),
+		rules: receiveRules{
+			version:  cfg.Version,
+			vrid:     uint8(cfg.VRID),
+			interval: cfg.AdvertInterval,
+			peers:    cfg.UnicastPeers,
+		},
+		src: cfg.UnicastSrc,
+	}
+	if cfg.AuthPass != "" {
+		in.rules.authType = AuthSimple
+		copy(in.rules.authData[:], cfg.AuthPass)
+	}
+	in.vips = vipSet{h: &netlink.Handle{}, prefixes: cfg.VirtualIPs}
+	in.status = Status{Name: cfg.Name, VRID: cfg.VRID, Interface: cfg.Interface, State: Initialize,
+		Priority: uint8(cfg.Priority), Since: time.Now(), Drops: map[string]uint64{}, VirtualIPs: cfg.VirtualIPs}
+	return in
+}
+
+// Status returns a snapshot.
+func (in *Instance) Status() Status {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	s := in.status
+	s.Drops = make(map[string]uint64, len(in.status.Drops))
+	for k, v := range in.status.Drops {
+		s.Drops[k] = v
+	}
+	s.Faults = slices.Clone(in.status.Faults)
+	return s
+}
+
+// Run runs the instance until ctx ends; then it gives up the VIPs and, if
+// it was Master, tells the backups with a priority-0 advert.
+func (in *Instance) Run(ctx context.Context) error {
+	links := make(chan netlink.LinkUpdate, 64)
+	addrs := make(chan netlink.AddrUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	if err := in.subscribe(links, addrs, done); err != nil {
+		return err
+	}
+	adverts := make(chan packetIn, 64)
+
+	in.evaluate(time.Now(), adverts)
+	if in.link != nil {
+		// VIPs left behind by a halb that was killed: this node is not
+		// Master until the protocol says so.
+		if err := in.vips.remove(in.link); err != nil {
+			in.log.Warn("cannot remove leftover virtual IPs", "err", err)
+		}
+	}
+	in.apply(in.m.Start(time.Now()))
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		in.arm(timer)
+		select {
+		case <-ctx.Done():
+			in.apply(in.m.Shutdown(time.Now()))
+			if in.conn != nil {
+				in.conn.close()
+			}
+			return nil
+		case u, ok := <-links:
+			if !ok {
+				return errors.New("netlink link subscription ended")
+			}
+			if u.Attrs().Name == in.cfg.Interface || (in.link != nil && int(u.Index) == in.link.Attrs().Index) {
+				in.evaluate(time.Now(), adverts)
+			}
+		case u, ok := <-addrs:
+			if !ok {
+				return errors.New("netlink address subscription ended")
+			}
+			if in.link != nil && u.LinkIndex == in.link.Attrs().Index {
+				in.evaluate(time.Now(), adverts)
+			}
+		case p := <-adverts:
+			in.receive(time.Now(), p)
+		case now := <-timer.C:
+			in.apply(in.m.Tick(now))
+			in.announceDue(now)
+		}
+	}
+}
+
+func (in *Instance) subscribe(links chan netlink.LinkUpdate, addrs chan netlink.AddrUpdate, done chan struct{}) error {
+	onErr := func(err error) { in.log.Error("netlink subscription", "err", err) }
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		return fmt.Errorf("subscribe to link updates: %w", err)
+	}
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		return fmt.Errorf("subscribe to address updates: %w", err)
+	}
+	return nil
+}
+
+// arm sets the timer to the earliest of the machine's deadline and the
+// next announcement.
+func (in *Instance) arm(t *time.Timer) {
+	next := in.m.Deadline()
+	if !in.garpNext.IsZero() && (next.IsZero() || in.garpNext.Before(next)) {
+		next = in.garpNext
+	}
+	d := time.Hour
+	if !next.IsZero() {
+		d = max(time.Until(next), 0)
+	}
+	t.Reset(d)
+}
+
+// Fault reasons, one per condition, so each clears on its own.
+func (in *Instance) faultMissing() string { return "interface " + in.cfg.Interface + " missing" }
+func (in *Instance) faultDown() string    { return "interface " + in.cfg.Interface + " down" }
+func (in *Instance) faultNoSrc() string {
+	if in.cfg.UnicastSrc.IsValid() {
+		return fmt.Sprintf("unicast_src %s not on %s", in.cfg.UnicastSrc, in.cfg.Interface)
+	}
+	if in.cfg.IPv6() {
+		return "no IPv6 link-local address on " + in.cfg.Interface
+	}
+	return "no IPv4 address on " + in.cfg.Interface
+}
+func (in *Instance) faultSocket() string { return "VRRP socket on " + in.cfg.Interface }
+
+// evaluate looks at the interface and its addresses as they are now and
+// sets or clears the faults that depend on them. It runs at start and on
+// every netlink event about the interface.
+func (in *Instance) evaluate(now time.Time, adverts chan<- packetIn) {
+	defer in.publishFaults()
+	link, err := netlink.LinkByName(in.cfg.Interface)
+	if err != nil {
+		in.link = nil
+		in.closeConn()
+		in.apply(in.m.SetFault(now, in.faultMissing()))
+		return
+	}
+	if in.link == nil || in.link.Attrs().Index != link.Attrs().Index || in.conn == nil {
+		// New, or deleted and made again: a new index needs a new socket
+		// (and a new multicast membership).
+		in.closeConn()
+		c, err := in.openConn(link)
+		if err != nil {
+			in.log.Warn("cannot open VRRP socket", "interface", in.cfg.Interface, "err", err)
+			in.apply(in.m.SetFault(now, in.faultSocket()))
+		} else {
+			in.conn = c
+			go c.readLoop(adverts)
+			in.apply(in.m.ClearFault(now, in.faultSocket()))
+		}
+	}
+	in.link = link
+	in.linkMAC = link.Attrs().HardwareAddr
+	in.apply(in.m.ClearFault(now, in.faultMissing()))
+
+	if linkUp(link) {
+		in.apply(in.m.ClearFault(now, in.faultDown()))
+	} else {
+		in.apply(in.m.SetFault(now, in.faultDown()))
+	}
+
+	if src, ok := in.findSource(link); ok {
+		in.src = src
+		in.m.SetPrimary(src)
+		in.apply(in.m.ClearFault(now, in.faultNoSrc()))
+	} else {
+		in.apply(in.m.SetFault(now, in.faultNoSrc()))
+	}
+
+	if in.m.State() == Master {
+		in.repairVIPs()
+	}
+}
+
+func linkUp(l netlink.Link) bool {
+	a := l.Attrs()
+	if a.Flags&net.FlagUp == 0 {
+		return false
+	}
+	switch a.OperState {
+	case netlink.OperDown, netlink.OperLowerLayerDown, netlink.OperNotPresent:
+		return false
+	}
+	return true
+}
+
+// findSource picks the advert source: unicast_src when it is on the link,
+// else the first address of the family (IPv6: link-local, RFC 5798
+// §5.1.2.1).
+func (in *Instance) findSource(link netlink.Link) (netip.Addr, bool) {
+	family := netlink.FAMILY_V4
+	if in.cfg.IPv6() {
+		family = netlink.FAMILY_V6
+	}
+	list, err := netlink.AddrList(link, family)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	var first netip.Addr
+	in.lladdr = netip.Addr{}
+	for _, a := range list {
+		addr, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		addr = addr.Unmap()
+		if addr.Is6() && addr.IsLinkLocalUnicast() && !in.lladdr.IsValid() {
+			in.lladdr = addr
+		}
+		if in.cfg.UnicastSrc.IsValid() {
+			if addr == in.cfg.UnicastSrc {
+				first = addr
+			}
+			continue
+		}
+		if in.vips.owns(addr) || first.IsValid() {
+			continue
+		}
+		if addr.Is4() || addr.IsLinkLocalUnicast() {
+			first = addr
+		}
+	}
+	return first, first.IsValid()
+}
+
+func (in *Instance) openConn(link netlink.Link) (*conn, error) {
+	a := link.Attrs()
+	ifi := &net.Interface{Index: a.Index, Name: a.Name, MTU: a.MTU, HardwareAddr: a.HardwareAddr, Flags: a.Flags}
+	return openConn(ifi, in.cfg.IPv6(), in.cfg.UnicastSrc, in.cfg.UnicastPeers)
+}
+
+func (in *Instance) closeConn() {
+	if in.conn != nil {
+		in.conn.close()
+		in.conn = nil
+	}
+}
+
+func (c *conn) readLoop(out chan<- packetIn) {
+	buf := make([]byte, 1500)
+	for {
+		p, err := c.receive(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		out <- p
+	}
+}
+
+func (in *Instance) receive(now time.Time, p packetIn) {
+	if p.src == in.src {
+		return // our own, looped back by a unicast peer list or a bridge
+	}
+	a, err := in.rules.accept(p.payload, p.src, p.dst, p.ttl)
+	if err != nil {
+		reason := dropReason(err)
+		in.mu.Lock()
+		in.status.Drops[reason]++
+		in.mu.Unlock()
+		if !errors.Is(err, ErrOtherVRID) {
+			in.log.Debug("advert dropped", "from", p.src, "reason", reason, "err", err)
+		}
+		return
+	}
+	in.mu.Lock()
+	in.status.Received++
+	in.mu.Unlock()
+	in.apply(in.m.Receive(now, Received{Priority: a.Priority, Interval: a.Interval, Src: p.src}))
+}
+
+// apply carries out the machine's actions in order.
+func (in *Instance) apply(acts []Action) {
+	for _, a := range acts {
+		switch a.Kind {
+		case SendAdvert:
+			in.sendAdvert(a.Priority)
+		case TakeOver:
+			in.takeOver()
+		case GiveUp:
+			in.giveUp()
+		case Transition:
+			in.log.Info("transition", "from", a.From.String(), "to", a.To.String(), "reason", a.Reason)
+			in.mu.Lock()
+			in.status.State, in.status.Since, in.status.Reason = a.To, time.Now(), a.Reason
+			in.mu.Unlock()
+		}
+	}
+	in.mu.Lock()
+	in.status.Priority = in.m.Priority()
+	in.mu.Unlock()
+}
+
+func (in *Instance) sendAdvert(priority uint8) {
+	if in.conn == nil || !in.src.IsValid() {
+		return
+	}
+	a := &Advert{
+		Version:  in.cfg.Version,
+		VRID:     uint8(in.cfg.VRID),
+		Priority: priority,
+		Interval: in.cfg.AdvertInterval,
+		AuthType: in.rules.authType,
+		AuthData: in.rules.authData,
+	}
+	for _, p := range in.cfg.VirtualIPs {
+		a.Addrs = append(a.Addrs, p.Addr())
+	}
+	if err := in.conn.send(a, in.src); err != nil {
+		in.log.Warn("advert not sent", "err", err)
+		return
+	}
+	in.mu.Lock()
+	in.status.Sent++
+	in.mu.Unlock()
+}
+
+func (in *Instance) takeOver() {
+	if in.link == nil {
+		return
+	}
+	if err := in.vips.add(in.link); err != nil {
+		in.log.Error("cannot add virtual IPs", "err", err)
+	}
+	in.garpLeft = 2 // one burst now, one after garp_master_delay
+	in.garpNext = time.Now()
+	in.announceDue(time.Now())
+}
+
+func (in *Instance) giveUp() {
+	in.garpNext, in.garpLeft = time.Time{}, 0
+	if in.link == nil {
+		return
+	}
+	if err := in.vips.remove(in.link); err != nil {
+		in.log.Error("cannot remove virtual IPs", "err", err)
+	}
+}
+
+// repairVIPs puts back VIPs that someone deleted while this node is
+// Master: the backups think they are here.
+func (in *Instance) repairVIPs() {
+	list, err := netlink.AddrList(in.link, netlink.FAMILY_ALL)
+	if err != nil {
+		return
+	}
+	present := map[netip.Addr]bool{}
+	for _, a := range list {
+		if addr, ok := netip.AddrFromSlice(a.IP); ok {
+			present[addr.Unmap()] = true
+		}
+	}
+	for _, p := range in.cfg.VirtualIPs {
+		if !present[p.Addr()] {
+			in.log.Warn("virtual IP was removed while MASTER; restoring it", "vip", p.String())
+			if err := in.vips.add(in.link); err != nil {
+				in.log.Error("cannot restore virtual IPs", "err", err)
+			}
+			in.garpLeft = max(in.garpLeft, 1)
+			in.garpNext = time.Now()
+			return
+		}
+	}
+}
+
+// announceDue sends the gratuitous ARPs / unsolicited NAs that are due:
+// garp_master_repeat of each at takeover, again after garp_master_delay,
+// then one round every garp_master_refresh (keepalived's schedule).
+func (in *Instance) announceDue(now time.Time) {
+	if in.garpNext.IsZero() || now.Before(in.garpNext) || in.m.State() != Master {
+		return
+	}
+	in.announce(in.cfg.GARPMasterRepeat)
+	if in.garpLeft > 0 {
+		in.garpLeft--
+	}
+	switch {
+	case in.garpLeft > 0 && in.cfg.GARPMasterDelay > 0:
+		in.garpNext = now.Add(in.cfg.GARPMasterDelay)
+	case in.cfg.GARPMasterRefresh > 0:
+		in.garpNext = now.Add(in.cfg.GARPMasterRefresh)
+	default:
+		in.garpNext = time.Time{}
+	}
+}
+
+func (in *Instance) announce(repeat int) {
+	if in.link == nil || len(in.linkMAC) == 0 {
+		return
+	}
+	ifi := &net.Interface{Index: in.link.Attrs().Index, Name: in.link.Attrs().Name, HardwareAddr: in.linkMAC}
+	c, err := packet.Listen(ifi, packet.Raw, 0, nil)
+	if err != nil {
+		in.log.Warn("cannot announce virtual IPs", "err", err)
+		return
+	}
+	defer c.Close()
+	for _, p := range in.cfg.VirtualIPs {
+		var frame []byte
+		var dst net.HardwareAddr
+		if p.Addr().Is4() {
+			frame, err = GratuitousARP(in.linkMAC, p.Addr())
+			dst = broadcastMAC
+		} else {
+			src := in.lladdr
+			if !src.IsValid() {
+				src = p.Addr()
+			}
+			frame, err = UnsolicitedNA(in.linkMAC, src, p.Addr())
+			dst = allNodesMAC
+		}
+		if err != nil {
+			in.log.Warn("cannot build announcement", "vip", p.String(), "err", err)
+			continue
+		}
+		for range repeat {
+			if _, err := c.WriteTo(frame, &packet.Addr{HardwareAddr: dst}); err != nil {
+				in.log.Warn("announcement not sent", "vip", p.String(), "err", err)
+				break
+			}
+		}
+	}
+}
+
+func (in *Instance) publishFaults() {
+	f := in.m.Faults()
+	slices.Sort(f)
+	in.mu.Lock()
+	in.status.Faults = f
+	in.mu.Unlock()
+}
