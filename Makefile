@@ -9,7 +9,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # distribution (and on a Raspberry Pi's).
 BUILD    := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 
-.PHONY: all build test lint generate cross clean
+.PHONY: all build test lint generate cross fuzz clean
 
 all: build
 
@@ -26,6 +26,13 @@ lint:
 
 generate:
 	$(GO) generate ./...
+
+# The parsers of bytes from the network and from users, fuzzed for
+# FUZZTIME each. Not part of `make test`: it runs until the time is up.
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./vrrp
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config
 
 cross:
 	GOOS=linux GOARCH=amd64 $(BUILD) -o $(BINDIR)/halb-linux-amd64 ./cmd/halb

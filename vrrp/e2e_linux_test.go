@@ -49,6 +49,17 @@ type lan struct {
 
 func newLAN(t *testing.T, v6 bool) *lan {
 	t.Helper()
+	l := newHosts(t, v6)
+	l.connect(t)
+	for i := range l.ns {
+		l.addAddr(t, i)
+	}
+	return l
+}
+
+// newHosts makes the two namespaces without the link between them.
+func newHosts(t *testing.T, v6 bool) *lan {
+	t.Helper()
 	l := &lan{}
 	for i := range l.ns {
 		l.ns[i] = netnstest.New(t)
@@ -60,7 +71,18 @@ func newLAN(t *testing.T, v6 bool) *lan {
 		}); err != nil {
 			t.Fatal(err)
 		}
+		l.addr[i] = netip.MustParseAddr(fmt.Sprintf("192.0.2.%d", i+1))
+		if v6 {
+			l.addr[i] = netip.MustParseAddr(fmt.Sprintf("2001:db8::%d", i+1))
+		}
 	}
+	return l
+}
+
+// connect joins the namespaces with a veth pair named lan0 on both sides,
+// both ends up.
+func (l *lan) connect(t *testing.T) {
+	t.Helper()
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "lan0"}, PeerName: "peer0",
 		PeerNamespace: netlink.NsFd(l.ns[1].Handle())}
 	if err := l.h[0].LinkAdd(veth); err != nil {
@@ -74,23 +96,51 @@ func newLAN(t *testing.T, v6 bool) *lan {
 		t.Fatal(err)
 	}
 	for i := range l.ns {
-		link, err := l.h[i].LinkByName("lan0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.addr[i] = netip.MustParseAddr(fmt.Sprintf("192.0.2.%d", i+1))
-		if v6 {
-			l.addr[i] = netip.MustParseAddr(fmt.Sprintf("2001:db8::%d", i+1))
-		}
-		a := toAddr(netip.PrefixFrom(l.addr[i], map[bool]int{false: 24, true: 64}[v6]))
-		if err := l.h[i].AddrAdd(link, a); err != nil {
-			t.Fatal(err)
-		}
-		if err := l.h[i].LinkSetUp(link); err != nil {
-			t.Fatal(err)
-		}
+		l.setUp(t, i, true)
 	}
-	return l
+}
+
+func (l *lan) link(t *testing.T, i int) netlink.Link {
+	t.Helper()
+	link, err := l.h[i].LinkByName("lan0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return link
+}
+
+func (l *lan) setUp(t *testing.T, i int, up bool) {
+	t.Helper()
+	set := l.h[i].LinkSetUp
+	if !up {
+		set = l.h[i].LinkSetDown
+	}
+	if err := set(l.link(t, i)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// addAddr puts node i's own address on its lan0.
+func (l *lan) addAddr(t *testing.T, i int) {
+	t.Helper()
+	if err := l.h[i].AddrAdd(l.link(t, i), l.prefix(i)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (l *lan) delAddr(t *testing.T, i int) {
+	t.Helper()
+	if err := l.h[i].AddrDel(l.link(t, i), l.prefix(i)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (l *lan) prefix(i int) *netlink.Addr {
+	bits := 24
+	if l.addr[i].Is6() {
+		bits = 64
+	}
+	return toAddr(netip.PrefixFrom(l.addr[i], bits))
 }
 
 // syncBuffer collects a process's log for the test's failure output.
@@ -251,7 +301,7 @@ func (v variant) masterDown(p int) time.Duration {
 
 var variants = []variant{
 	{"v2-ipv4-multicast", 2, false, false, time.Second},
-	{"v3-ipv4-multicast", 3, false, false, 200 * time.Millisecond},
+	{"v3-ipv4-multicast", 3, false, false, 100 * time.Millisecond},
 	{"v3-ipv4-unicast", 3, false, true, 200 * time.Millisecond},
 	{"v3-ipv6-multicast", 3, true, false, 200 * time.Millisecond},
 	{"v3-ipv6-unicast", 3, true, true, 200 * time.Millisecond},

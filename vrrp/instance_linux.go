@@ -202,12 +202,14 @@ func (in *Instance) faultSocket() string { return "VRRP socket on " + in.cfg.Int
 // sets or clears the faults that depend on them. It runs at start and on
 // every netlink event about the interface.
 func (in *Instance) evaluate(now time.Time, adverts chan<- packetIn) {
-	defer in.publishFaults()
+	faults := map[string]bool{}
+	defer func() { in.setFaults(now, faults) }()
+
 	link, err := netlink.LinkByName(in.cfg.Interface)
 	if err != nil {
 		in.link = nil
 		in.closeConn()
-		in.apply(in.m.SetFault(now, in.faultMissing()))
+		faults[in.faultMissing()] = true
 		return
 	}
 	if in.link == nil || in.link.Attrs().Index != link.Attrs().Index || in.conn == nil {
@@ -217,34 +219,49 @@ func (in *Instance) evaluate(now time.Time, adverts chan<- packetIn) {
 		c, err := in.openConn(link)
 		if err != nil {
 			in.log.Warn("cannot open VRRP socket", "interface", in.cfg.Interface, "err", err)
-			in.apply(in.m.SetFault(now, in.faultSocket()))
+			faults[in.faultSocket()] = true
 		} else {
 			in.conn = c
 			go c.readLoop(adverts)
-			in.apply(in.m.ClearFault(now, in.faultSocket()))
 		}
 	}
 	in.link = link
 	in.linkMAC = link.Attrs().HardwareAddr
-	in.apply(in.m.ClearFault(now, in.faultMissing()))
-
-	if linkUp(link) {
-		in.apply(in.m.ClearFault(now, in.faultDown()))
-	} else {
-		in.apply(in.m.SetFault(now, in.faultDown()))
+	if !linkUp(link) {
+		faults[in.faultDown()] = true
 	}
-
 	if src, ok := in.findSource(link); ok {
 		in.src = src
 		in.m.SetPrimary(src)
-		in.apply(in.m.ClearFault(now, in.faultNoSrc()))
 	} else {
-		in.apply(in.m.SetFault(now, in.faultNoSrc()))
+		faults[in.faultNoSrc()] = true
 	}
-
-	if in.m.State() == Master {
+	if len(faults) == 0 && in.m.State() == Master {
 		in.repairVIPs()
 	}
+}
+
+// setFaults makes the machine's faults those in want: new ones first, so
+// that a fault that replaces another never lets the instance out of Fault
+// in between; each change is logged with its reason.
+func (in *Instance) setFaults(now time.Time, want map[string]bool) {
+	had := map[string]bool{}
+	for _, r := range in.m.Faults() {
+		had[r] = true
+	}
+	for r := range want {
+		if !had[r] {
+			in.log.Warn("fault", "reason", r)
+			in.apply(in.m.SetFault(now, r))
+		}
+	}
+	for r := range had {
+		if !want[r] {
+			in.log.Info("fault cleared", "reason", r)
+			in.apply(in.m.ClearFault(now, r))
+		}
+	}
+	in.publishFaults()
 }
 
 func linkUp(l netlink.Link) bool {
