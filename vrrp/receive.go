@@ -11,8 +11,8 @@ import (
 // Reasons an advert that parsed is still dropped (RFC 5798 §7.1, RFC 3768
 // §7.1). Parse's own errors (ErrChecksum, ErrLength, ...) are the others.
 var (
-	// ErrTTL: the TTL or hop limit is not 255, so the advert crossed a
-	// router (RFC 5798 §5.1.1.3, §5.1.2.3).
+	// ErrTTL: the TTL or hop limit of a multicast advert is not 255, so
+	// it crossed a router (RFC 5798 §5.1.1.3, §5.1.2.3).
 	ErrTTL = errors.New("vrrp: TTL/hop limit is not 255")
 	// ErrOtherVRID: the advert is for another virtual router on the link.
 	ErrOtherVRID = errors.New("vrrp: advert for another VRID")
@@ -42,7 +42,12 @@ type receiveRules struct {
 // accept parses and checks one received advert; the error says why it was
 // dropped.
 func (r *receiveRules) accept(payload []byte, src, dst netip.Addr, ttl int) (*Advert, error) {
-	if ttl != 255 {
+	// Unicast adverts are exempt, as in keepalived ("MUST verify that the
+	// IPv4 TTL/IPv6 HL is 255 (but not if unicast)"): unicast mode exists
+	// to cross routers, the source is checked against unicast_peers
+	// instead, and keepalived sends IPv6 unicast adverts with the default
+	// hop limit (64), setting only the multicast one to 255.
+	if len(r.peers) == 0 && ttl != 255 {
 		return nil, ErrTTL
 	}
 	a, err := Parse(payload, src, dst)

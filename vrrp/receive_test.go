@@ -74,3 +74,25 @@ func TestMalformedAdvertsAreDroppedAndCounted(t *testing.T) {
 		t.Errorf("a good advert was not taken: received %d, deadline %v", in.Status().Received, in.m.Deadline().Sub(t0))
 	}
 }
+
+// In unicast mode the sender is checked against unicast_peers instead of
+// the TTL: keepalived sends IPv6 unicast adverts with hop limit 64.
+func TestUnicastRules(t *testing.T) {
+	peer := netip.MustParseAddr("2001:db8::2")
+	me := netip.MustParseAddr("2001:db8::1")
+	a := &Advert{Version: 3, VRID: 51, Priority: 150, Interval: 500 * time.Millisecond,
+		Addrs: []netip.Addr{netip.MustParseAddr("2001:db8::100")}}
+	r := receiveRules{version: 3, vrid: 51, peers: []netip.Addr{peer}}
+	b, err := a.Marshal(nil, peer, me)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.accept(b, peer, me, 64); err != nil {
+		t.Errorf("unicast advert from a peer with hop limit 64 refused: %v", err)
+	}
+	stranger := netip.MustParseAddr("2001:db8::3")
+	b, _ = a.Marshal(nil, stranger, me)
+	if _, err := r.accept(b, stranger, me, 255); dropReason(err) != "not_peer" {
+		t.Errorf("advert from a non-peer: %v, want not_peer", err)
+	}
+}
