@@ -1,0 +1,32 @@
+package service
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/halb-lb/halb/config"
+)
+
+func TestFromConfig(t *testing.T) {
+	cfg, err := config.Load("../configs/halb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := FromConfig(cfg.Services)
+	if len(got) != 3 {
+		t.Fatalf("%d services, want 3", len(got))
+	}
+	web, web6, dns := got[0], got[1], got[2]
+	if web.Key.String() != "192.0.2.100:80/tcp" || web.Forward != DR || web.Scheduler != "mh" || web.Persistence != 0 {
+		t.Errorf("web = %+v", web)
+	}
+	if len(web.Backends) != 3 || web.Backends[2].Weight != 0 || web.Backends[0].AddrPort() != netip.MustParseAddrPort("198.51.100.11:80") {
+		t.Errorf("web backends = %+v", web.Backends)
+	}
+	if web6.Key.String() != "[2001:db8::100]:443/tcp" || web6.Forward != TUN {
+		t.Errorf("web6 = %+v", web6)
+	}
+	if dns.Key.Proto != UDP || dns.Backends[0].Port != 53 {
+		t.Errorf("dns = %+v", dns)
+	}
+}
