@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/ipvs"
 	"github.com/halb-lb/halb/loader"
 )
 
@@ -20,22 +23,34 @@ func newProbeCmd(f *flags) *cobra.Command {
 		Short: "Report what the kernel can do and which data path halb picks, and why",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			mode, note := configuredMode(cmd, f.configPath())
+			cfg, note := loadForProbe(cmd, f.configPath())
+			mode := config.ModeAuto
+			if cfg != nil {
+				mode = cfg.Datapath.Mode
+			}
 			report := loader.Host{Root: root}.Probe()
 			decision := loader.Choose(mode, report)
+			needed := neededModules(cfg, report)
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				return enc.Encode(struct {
 					loader.Report
 					ConfiguredMode string          `json:"configured_mode"`
+					IPVSNeeded     []moduleNeed    `json:"ipvs_needed"`
 					Decision       loader.Decision `json:"decision"`
-				}{report, mode, decision})
+				}{report, mode, needed, decision})
 			}
 			if note != "" {
 				fmt.Fprintln(cmd.OutOrStdout(), note)
 			}
-			return report.WriteTable(cmd.OutOrStdout(), decision)
+			if err := report.WriteTable(cmd.OutOrStdout(), decision); err != nil {
+				return err
+			}
+			for _, n := range needed {
+				fmt.Fprintf(cmd.OutOrStdout(), "config needs          %s: %s\n", n.Module, n.State)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the facts as JSON")
@@ -47,19 +62,65 @@ func newProbeCmd(f *flags) *cobra.Command {
 	return cmd
 }
 
-// configuredMode is datapath.mode from the config when it can be read, and
-// auto otherwise: the probe is useful before any config exists, so a
-// missing or broken file is mentioned, not fatal.
-func configuredMode(cmd *cobra.Command, path string) (mode, note string) {
+// loadForProbe reads the config when it can: the probe is useful before
+// any config exists, so a missing or broken file is mentioned, not fatal.
+func loadForProbe(cmd *cobra.Command, path string) (*config.Config, string) {
 	cfg, err := config.Load(path)
 	switch {
 	case err == nil:
-		return cfg.Datapath.Mode, fmt.Sprintf("datapath.mode %s from %s", cfg.Datapath.Mode, path)
+		return cfg, fmt.Sprintf("datapath.mode %s from %s", cfg.Datapath.Mode, path)
 	case errors.Is(err, fs.ErrNotExist) && !cmd.Flags().Changed("config"):
-		return config.ModeAuto, ""
+		return nil, ""
 	default:
-		return config.ModeAuto, fmt.Sprintf("%s not used (%v); judging datapath.mode auto", path, firstLine(err))
+		return nil, fmt.Sprintf("%s not used (%v); judging datapath.mode auto", path, firstLine(err))
 	}
+}
+
+// moduleNeed is one kernel module the config's IPVS services need, and
+// whether the host has it.
+type moduleNeed struct {
+	Module string `json:"module"`
+	State  string `json:"state"` // loaded | built in | loadable | missing
+}
+
+// neededModules lists ip_vs and the scheduler modules the configured
+// services would need on the IPVS data path.
+func neededModules(cfg *config.Config, r loader.Report) []moduleNeed {
+	if cfg == nil || len(cfg.Services) == 0 {
+		return []moduleNeed{}
+	}
+	var scheds []string
+	for _, s := range cfg.Services {
+		scheds = append(scheds, s.Scheduler)
+	}
+	mods, err := ipvs.Needed(scheds)
+	if err != nil {
+		return []moduleNeed{{Module: err.Error(), State: "unknown"}}
+	}
+	out := make([]moduleNeed, 0, len(mods))
+	for _, m := range mods {
+		n := moduleNeed{Module: m, State: "missing"}
+		if m == "ip_vs" {
+			switch {
+			case r.IPVS.Loaded || r.IPVS.Family.Supported:
+				n.State = "loaded"
+			case r.IPVS.Builtin:
+				n.State = "built in"
+			case r.IPVS.Loadable:
+				n.State = "loadable"
+			}
+		} else {
+			sched := strings.TrimPrefix(m, "ip_vs_")
+			switch {
+			case slices.Contains(r.IPVS.LoadedSchedulers, sched):
+				n.State = "loaded"
+			case slices.Contains(r.IPVS.Schedulers, sched):
+				n.State = "loadable"
+			}
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 func firstLine(err error) string {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/halb-lb/halb/internal/netnstest"
@@ -24,6 +25,10 @@ type probeJSON struct {
 		Builtin  bool `json:"builtin"`
 		Loadable bool `json:"loadable"`
 	} `json:"ipvs"`
+	IPVSNeeded []struct {
+		Module string `json:"module"`
+		State  string `json:"state"`
+	} `json:"ipvs_needed"`
 	Decision struct {
 		Mode   string `json:"mode"`
 		Reason string `json:"reason"`
@@ -32,7 +37,12 @@ type probeJSON struct {
 
 func probe(t *testing.T, args ...string) probeJSON {
 	t.Helper()
-	code, out, errs := run(t, append([]string{"probe", "--json", "-c", filepath.Join(t.TempDir(), "none.yaml")}, args...)...)
+	return probeWith(t, filepath.Join(t.TempDir(), "none.yaml"), args...)
+}
+
+func probeWith(t *testing.T, config string, args ...string) probeJSON {
+	t.Helper()
+	code, out, errs := run(t, append([]string{"probe", "--json", "-c", config}, args...)...)
 	if code != exitOK {
 		t.Fatalf("halb probe exit %d: %s", code, errs)
 	}
@@ -65,6 +75,31 @@ func TestProbeThisHost(t *testing.T) {
 
 // A Raspberry Pi kernel, as a tree: no BTF, IPVS shipped as modules.
 func TestProbeRootWithoutBTF(t *testing.T) {
+	root := piTree(t)
+	p := probe(t, "--root", root)
+	if p.KernelRelease != "6.6.31+rpt-rpi-v8" || p.BTF.Present {
+		t.Errorf("probe read the wrong tree: %+v", p)
+	}
+	if p.Decision.Mode != "ipvs" || p.Decision.Reason != "ipvs: no kernel BTF at /sys/kernel/btf/vmlinux" {
+		t.Errorf("decision = %+v, want ipvs for want of BTF", p.Decision)
+	}
+	if !p.IPVS.Loadable {
+		t.Errorf("ip_vs.ko.xz in modules.dep not seen as loadable: %+v", p.IPVS)
+	}
+
+	// configs/pi-ipvs.yaml uses lc and wrr: this kernel ships wrr only.
+	p = probeWith(t, "../../configs/pi-ipvs.yaml", "--root", root)
+	var got []string
+	for _, n := range p.IPVSNeeded {
+		got = append(got, n.Module+"="+n.State)
+	}
+	if want := "ip_vs=loadable ip_vs_lc=missing ip_vs_wrr=loadable"; strings.Join(got, " ") != want {
+		t.Errorf("ipvs_needed = %v, want %s", got, want)
+	}
+}
+
+func piTree(t *testing.T) string {
+	t.Helper()
 	root := t.TempDir()
 	files := map[string]string{
 		"proc/sys/kernel/osrelease": "6.6.31+rpt-rpi-v8\n",
@@ -83,14 +118,5 @@ func TestProbeRootWithoutBTF(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p := probe(t, "--root", root)
-	if p.KernelRelease != "6.6.31+rpt-rpi-v8" || p.BTF.Present {
-		t.Errorf("probe read the wrong tree: %+v", p)
-	}
-	if p.Decision.Mode != "ipvs" || p.Decision.Reason != "ipvs: no kernel BTF at /sys/kernel/btf/vmlinux" {
-		t.Errorf("decision = %+v, want ipvs for want of BTF", p.Decision)
-	}
-	if !p.IPVS.Loadable {
-		t.Errorf("ip_vs.ko.xz in modules.dep not seen as loadable: %+v", p.IPVS)
-	}
+	return root
 }
