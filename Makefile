@@ -9,7 +9,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # distribution (and on a Raspberry Pi's).
 BUILD    := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 
-.PHONY: all build test lint generate cross fuzz clean
+.PHONY: all build test lint generate generate-check cross fuzz clean
 
 all: build
 
@@ -17,7 +17,7 @@ build:
 	$(BUILD) -o $(BINDIR)/halb ./cmd/halb
 
 # Privileged tests need root: they skip without it, and fail when CI=true.
-test: lint
+test: lint generate-check
 	$(GO) tool gotestsum --format testname -- -count=1 ./...
 
 lint:
@@ -26,6 +26,11 @@ lint:
 
 generate:
 	$(GO) generate ./...
+
+# The bpf2go outputs are committed so that a plain `go build` needs no
+# clang; this proves they are what the C sources compile to.
+generate-check: generate
+	@git diff --exit-code -- loader bpf || { echo "generated eBPF files are stale: run make generate and commit them" >&2; exit 1; }
 
 # The parsers of bytes from the network and from users, fuzzed for
 # FUZZTIME each. Not part of `make test`: it runs until the time is up.

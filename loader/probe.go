@@ -1,10 +1,12 @@
-// Package loader holds the capability probe now; later the generated bpf2go
-// bindings, attach, pin and map writers.
+// Package loader is the kernel side of halb's eBPF data path: the
+// capability probe that decides which data path a host can run (XDP, tc
+// or IPVS) and why, and the bpf2go bindings of bpf/halb_lb.c with the
+// writers that fill its maps.
 //
-// The probe tells which data path a host can run (XDP, tc or IPVS) and why.
-// It must never change the host: it reads files, loads throwaway programs
-// that it closes again, and attaches only inside a network namespace of its
-// own that disappears when the check returns.
+// The probe must never change the host: it reads files, loads throwaway
+// programs that it closes again, and attaches only inside a network
+// namespace of its own that disappears when the check returns. The map
+// writers change one service's entries without disturbing other flows.
 package loader
 
 import (

@@ -1,0 +1,146 @@
+/* halb.h: the layout of every map that halb_lb.c shares with the loader.
+ *
+ * bpf2go turns these types into Go (loader/halb_bpfel.go), so this file is
+ * the one contract between the data path and its control plane; change a
+ * type here and the loader follows at the next `make generate`.
+ *
+ * Conventions:
+ *  - An address is 16 bytes: IPv6 as is, IPv4 in its IPv4-mapped form
+ *    ::ffff:a.b.c.d (RFC 4291 §2.5.5.2), so one key layout serves both
+ *    families. Addresses are in network byte order; ports are in host byte
+ *    order, so that `bpftool map dump` shows port 80 and not 20480.
+ *  - Hash keys are compared byte for byte, so every key spells out its
+ *    padding as a field, and whoever builds a key zeroes it.
+ *  - Backend id 0 means "no backend": a Maglev table fresh from the kernel is
+ *    all zeros and must send nothing anywhere.
+ *  - No bitfields: their order follows the compiler target, and both the
+ *    little- and the big-endian object are built from this file.
+ */
+#ifndef HALB_H
+#define HALB_H
+
+#include <linux/types.h>
+
+/* Sizes of the fixed maps. The loader may change the Maglev table size
+ * (datapath.maglev_table_size) and the conntrack size
+ * (datapath.conntrack_entries) at load time. */
+#define HALB_MAX_SERVICES 1024
+#define HALB_MAX_BACKENDS 4096
+#define HALB_MAX_TX_PORTS 64
+#define HALB_CT_ENTRIES 65536
+#define HALB_MAGLEV_SIZE 65537 /* prime, as Maglev needs */
+
+/* The small enums are packed to one byte, so that map records can hold them
+ * by their own type and `bpftool map dump` prints their names. */
+enum __attribute__((packed)) family {
+	FAMILY_IPV4 = 4,
+	FAMILY_IPV6 = 6,
+};
+
+/* How a service reaches its backends. 0 is no mode at all, so a record that
+ * was never written forwards nothing. */
+enum __attribute__((packed)) forward_mode {
+	FORWARD_NONE = 0,
+	FORWARD_DR = 1,  /* rewrite the MACs; the backend holds the VIP itself */
+	FORWARD_TUN = 2, /* IPIP / IP6IP6: not in this program yet, dropped as
+			  * DROP_UNSUPPORTED */
+};
+
+enum __attribute__((packed)) service_flags {
+	/* Persistence: hash the client address only, so every flow of one
+	 * client meets the same backend while the Maglev table holds still. */
+	SERVICE_F_SOURCE_HASH = 1 << 0,
+};
+
+enum __attribute__((packed)) backend_flags {
+	/* The record is in use. A conntrack entry that names a backend without
+	 * it is scheduled again, so removing a backend moves its flows. A
+	 * drained backend (weight 0) keeps the flag and only leaves the Maglev
+	 * table: its flows stay, new ones go elsewhere. */
+	BACKEND_F_ACTIVE = 1 << 0,
+};
+
+/* Why halb_xdp_lb dropped a packet: the index into halb_drops. */
+enum drop_reason {
+	DROP_MALFORMED = 0,   /* a TCP/UDP packet to a VIP with broken headers */
+	DROP_NO_BACKEND = 1,  /* no Maglev table, or its slot names no active backend */
+	DROP_NO_TX_PORT = 2,  /* the backend's interface is missing from halb_tx_ports */
+	DROP_UNSUPPORTED = 3, /* the service's forward mode is not implemented here */
+	DROP_REASONS,         /* the number of reasons: the size of halb_drops */
+};
+
+/* A 16-byte address; words lets the program copy and hash it four bytes at
+ * a time. */
+union addr {
+	__u8 bytes[16];
+	__be32 words[4];
+};
+
+/* halb_services key: one virtual service. */
+struct service_key {
+	union addr vip;
+	__u16 port;         /* host byte order */
+	__u8 proto;         /* IPPROTO_TCP or IPPROTO_UDP */
+	enum family family;
+};
+
+/* halb_services value. */
+struct service {
+	__u32 id; /* index into halb_maglev and halb_service_stats */
+	enum forward_mode forward;
+	enum service_flags flags; /* a set of flags */
+	__u16 pad;
+};
+
+/* halb_vips key. The set of VIPs lets the program tell a broken packet to a
+ * VIP (dropped and counted) from a broken packet to anyone else (left to the
+ * stack) before it can read the port. */
+struct vip_key {
+	union addr addr;
+	enum family family;
+	__u8 pad[3];
+};
+
+/* halb_vips value. */
+struct vip {
+	__u32 services; /* how many halb_services entries use this VIP; the
+			 * loader keeps the count */
+};
+
+/* halb_backends value, indexed by backend id. */
+struct backend {
+	union addr addr;  /* the backend's own address (the tunnel end for TUN) */
+	enum family family;
+	enum backend_flags flags; /* a set of flags */
+	__u8 mac[6];      /* the backend's MAC: the DR destination */
+	__u8 src_mac[6];  /* the MAC of the interface that reaches it */
+	__u16 pad;
+	__u32 ifindex;    /* that interface: XDP_TX when it is the one the
+			   * packet came in on, else a redirect through
+			   * halb_tx_ports */
+};
+
+/* halb_ct key: the 5-tuple of one direction of a flow, client to VIP. */
+struct flow {
+	union addr saddr;
+	union addr daddr;
+	__u16 sport;  /* host byte order */
+	__u16 dport;  /* host byte order */
+	__u8 proto;   /* IPPROTO_TCP or IPPROTO_UDP */
+	enum family family;
+	__u8 pad[2];
+};
+
+/* halb_ct value. */
+struct ct_entry {
+	__u32 backend_id;
+};
+
+/* halb_service_stats and halb_backend_stats value (per CPU). */
+struct stats {
+	__u64 packets;
+	__u64 bytes;     /* whole frames, Ethernet header included */
+	__u64 new_flows; /* flows scheduled by Maglev, not found in halb_ct */
+};
+
+#endif /* HALB_H */

@@ -1,0 +1,454 @@
+package loader
+
+// The C is in bpf/: halb_lb.c (the program and its maps), halb.h (the map
+// layout, which bpf2go turns into the halb* Go types) and jhash.h.
+//
+// clang -target bpf does not search Debian's multiarch include directory,
+// where <asm/types.h> lives (every uapi header includes it); -idirafter
+// names it for the architectures halb builds on. Only the directory that
+// exists is read, and all of them hold the same definitions, so the objects
+// come out the same on any of these hosts.
+//
+//go:generate go tool bpf2go -tags linux -type addr -type family -type forward_mode -type service_flags -type backend_flags -type drop_reason halb ../bpf/halb_lb.c -- -I../bpf -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu -idirafter /usr/include/arm-linux-gnueabihf -O2 -g -Wall -Werror -mcpu=v3
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults for Options, the same as the configuration's.
+const (
+	DefaultMaglevTableSize  = 65537
+	DefaultConntrackEntries = 65536
+)
+
+// Options size the maps whose size the configuration chooses.
+type Options struct {
+	// MaglevTableSize is M, the slots in every service's Maglev table
+	// (datapath.maglev_table_size, a prime). 0 means
+	// DefaultMaglevTableSize.
+	MaglevTableSize uint32
+	// ConntrackEntries is how many flows halb_ct remembers
+	// (datapath.conntrack_entries). 0 means DefaultConntrackEntries.
+	ConntrackEntries uint32
+}
+
+// LB is halb's XDP load balancer in the kernel: the program halb_xdp_lb and
+// its maps, loaded but attached nowhere. Its methods write the maps the
+// program reads and read the counters it keeps; it is safe for concurrent
+// use.
+type LB struct {
+	objs halbObjects
+	// maglev is the template of one service's Maglev table, sized at load.
+	maglev *ebpf.MapSpec
+	// mu serialises the service writers, which keep halb_vips in step
+	// with halb_services.
+	mu sync.Mutex
+}
+
+// Load loads halb_xdp_lb and creates its maps, sized by opts. It needs
+// CAP_BPF and CAP_NET_ADMIN (or root).
+func Load(opts Options) (*LB, error) {
+	if opts.MaglevTableSize == 0 {
+		opts.MaglevTableSize = DefaultMaglevTableSize
+	}
+	if opts.ConntrackEntries == 0 {
+		opts.ConntrackEntries = DefaultConntrackEntries
+	}
+	spec, err := loadHalb()
+	if err != nil {
+		return nil, err
+	}
+	// The program computes hash % M with M from halb_maglev_size, and the
+	// verifier checks its table lookups against the inner map's size:
+	// both come from the one option.
+	maglev := spec.Maps[halbMapHalbMaglev].InnerMap
+	maglev.MaxEntries = opts.MaglevTableSize
+	if err := spec.Variables[halbVarHalbMaglevSize].Set(opts.MaglevTableSize); err != nil {
+		return nil, fmt.Errorf("set %s: %w", halbVarHalbMaglevSize, err)
+	}
+	spec.Maps[halbMapHalbCt].MaxEntries = opts.ConntrackEntries
+
+	lb := &LB{maglev: maglev.Copy()}
+	if err := spec.LoadAndAssign(&lb.objs, nil); err != nil {
+		return nil, fmt.Errorf("load %s: %w", halbProgHalbXdpLb, err)
+	}
+	return lb, nil
+}
+
+// Close releases the program and the maps. Attachments and pins made from
+// them keep them alive.
+func (lb *LB) Close() error { return lb.objs.Close() }
+
+// Program is halb_xdp_lb, ready to attach.
+func (lb *LB) Program() *ebpf.Program { return lb.objs.HalbXdpLb }
+
+// MaglevTableSize is M, the length of every table SetMaglevTable takes.
+func (lb *LB) MaglevTableSize() int { return int(lb.maglev.MaxEntries) }
+
+// Proto is a service's transport protocol.
+type Proto uint8
+
+const (
+	TCP Proto = unix.IPPROTO_TCP
+	UDP Proto = unix.IPPROTO_UDP
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto(%d)", uint8(p))
+}
+
+// ServiceKey is what a packet must be addressed to for a service to take
+// it.
+type ServiceKey struct {
+	VIP   netip.Addr
+	Port  uint16
+	Proto Proto
+}
+
+func (k ServiceKey) String() string {
+	return netip.AddrPortFrom(k.VIP, k.Port).String() + "/" + k.Proto.String()
+}
+
+// Forward is how a service reaches its backends.
+type Forward uint8
+
+// ForwardDR rewrites the Ethernet addresses only; the backend holds the VIP
+// itself and answers the client directly. (forward: tun is not written yet;
+// the C enum already has room for it.)
+const ForwardDR = Forward(halbForwardModeFORWARD_DR)
+
+// Service is how the data path serves one ServiceKey.
+type Service struct {
+	// ID names the service in the maps: the index of its Maglev table and
+	// of its counters. Unique, below MaxServices.
+	ID      uint32
+	Forward Forward
+	// Persistence hashes the client's address alone, so all of one
+	// client's flows meet one backend while the Maglev table holds still.
+	Persistence bool
+}
+
+// MaxServices is how many services the maps hold; IDs run below it.
+func (lb *LB) MaxServices() uint32 { return lb.objs.HalbMaglev.MaxEntries() }
+
+// MaxBackends is how many backends the maps hold; IDs run from 1 to
+// MaxBackends-1 (0 means "no backend").
+func (lb *LB) MaxBackends() uint32 { return lb.objs.HalbBackends.MaxEntries() }
+
+// PutService adds the service at key, or changes it.
+func (lb *LB) PutService(key ServiceKey, svc Service) error {
+	k, err := serviceKey(key)
+	if err != nil {
+		return err
+	}
+	if svc.ID >= lb.MaxServices() {
+		return fmt.Errorf("service %s: id %d is out of range: the maps hold ids 0 to %d", key, svc.ID, lb.MaxServices()-1)
+	}
+	if svc.Forward != ForwardDR {
+		return fmt.Errorf("service %s: forward mode %d: %w", key, svc.Forward, ebpf.ErrNotSupported)
+	}
+	v := halbService{Id: svc.ID, Forward: halbForwardMode(svc.Forward)}
+	if svc.Persistence {
+		v.Flags |= halbServiceFlagsSERVICE_F_SOURCE_HASH
+	}
+
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	if err := lb.objs.HalbServices.Put(&k, &v); err != nil {
+		return fmt.Errorf("write service %s: %w", key, err)
+	}
+	return lb.syncVIP(k.Vip, k.Family)
+}
+
+// DeleteService removes the service at key. Its Maglev table and counters
+// stay until the ID is reused or DeleteMaglevTable removes the table.
+func (lb *LB) DeleteService(key ServiceKey) error {
+	k, err := serviceKey(key)
+	if err != nil {
+		return err
+	}
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	if err := lb.objs.HalbServices.Delete(&k); err != nil {
+		return fmt.Errorf("delete service %s: %w", key, err)
+	}
+	return lb.syncVIP(k.Vip, k.Family)
+}
+
+// syncVIP makes halb_vips count the services on one VIP, and forget the
+// VIP when none is left.
+func (lb *LB) syncVIP(vip halbAddr, family halbFamily) error {
+	var (
+		k halbServiceKey
+		v halbService
+		n uint32
+	)
+	it := lb.objs.HalbServices.Iterate()
+	for it.Next(&k, &v) {
+		if k.Vip == vip && k.Family == family {
+			n++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", halbMapHalbServices, err)
+	}
+	key := halbVipKey{Addr: vip, Family: family}
+	if n == 0 {
+		err := lb.objs.HalbVips.Delete(&key)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from %s: %w", halbMapHalbVips, err)
+		}
+		return nil
+	}
+	if err := lb.objs.HalbVips.Put(&key, &halbVip{Services: n}); err != nil {
+		return fmt.Errorf("write %s: %w", halbMapHalbVips, err)
+	}
+	return nil
+}
+
+// Backend is one real server as the data path sees it.
+type Backend struct {
+	// Addr is the backend's own address. DR does not use it; it is there
+	// for bpftool readers and for forward: tun.
+	Addr netip.Addr
+	// MAC is the backend's Ethernet address, the destination of its
+	// frames.
+	MAC net.HardwareAddr
+	// Ifindex is the interface that reaches the backend. When the program
+	// is attached there, it sends frames back out (XDP_TX); otherwise the
+	// interface must be a tx port (AddTxPort).
+	Ifindex int
+	// SrcMAC is that interface's own address, the source of the frames.
+	SrcMAC net.HardwareAddr
+}
+
+// PutBackend writes backend id and makes it active: conntrack entries that
+// name it are honoured.
+func (lb *LB) PutBackend(id uint32, b Backend) error {
+	if id == 0 || id >= lb.MaxBackends() {
+		return fmt.Errorf("backend %d: id out of range: the maps hold ids 1 to %d", id, lb.MaxBackends()-1)
+	}
+	addr, family, err := addrOf(b.Addr)
+	if err != nil {
+		return fmt.Errorf("backend %d: %w", id, err)
+	}
+	if len(b.MAC) != 6 || len(b.SrcMAC) != 6 {
+		return fmt.Errorf("backend %d: MAC %q and SrcMAC %q must both be 6-byte Ethernet addresses", id, b.MAC, b.SrcMAC)
+	}
+	if b.Ifindex <= 0 {
+		return fmt.Errorf("backend %d: ifindex %d is not an interface", id, b.Ifindex)
+	}
+	v := halbBackend{
+		Addr:    addr,
+		Family:  family,
+		Flags:   halbBackendFlagsBACKEND_F_ACTIVE,
+		Ifindex: uint32(b.Ifindex),
+	}
+	copy(v.Mac[:], b.MAC)
+	copy(v.SrcMac[:], b.SrcMAC)
+	if err := lb.objs.HalbBackends.Put(id, &v); err != nil {
+		return fmt.Errorf("write backend %d: %w", id, err)
+	}
+	return nil
+}
+
+// DeleteBackend clears backend id. Flows that conntrack remembers for it
+// are scheduled again by their service's Maglev table, which should no
+// longer name it. (To drain a backend instead, leave it and take it out of
+// the Maglev tables: its flows stay, new ones go elsewhere.)
+func (lb *LB) DeleteBackend(id uint32) error {
+	if err := lb.objs.HalbBackends.Put(id, &halbBackend{}); err != nil {
+		return fmt.Errorf("clear backend %d: %w", id, err)
+	}
+	return nil
+}
+
+// AddTxPort lets the program redirect frames to interface ifindex. The
+// kernel resolves ifindex in the network namespace of the calling thread.
+func (lb *LB) AddTxPort(ifindex int) error {
+	i := uint32(ifindex)
+	if err := lb.objs.HalbTxPorts.Put(&i, &i); err != nil {
+		return fmt.Errorf("add tx port ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// DeleteTxPort stops redirects to interface ifindex.
+func (lb *LB) DeleteTxPort(ifindex int) error {
+	i := uint32(ifindex)
+	if err := lb.objs.HalbTxPorts.Delete(&i); err != nil {
+		return fmt.Errorf("delete tx port ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// SetMaglevTable gives service id a new Maglev table: table[slot] is the
+// backend id for the flows that hash to slot, 0 for none, and
+// len(table) is MaglevTableSize. The table is written into a new map that
+// then replaces the old one in a single update, so no packet ever sees a
+// table half written.
+func (lb *LB) SetMaglevTable(service uint32, table []uint32) error {
+	if len(table) != lb.MaglevTableSize() {
+		return fmt.Errorf("maglev table of service %d: %d slots, want %d", service, len(table), lb.MaglevTableSize())
+	}
+	spec := lb.maglev.Copy()
+	spec.Name = fmt.Sprintf("halb_mgl_%d", service)
+	m, err := ebpf.NewMap(spec)
+	if err != nil {
+		return fmt.Errorf("create maglev table of service %d: %w", service, err)
+	}
+	// halb_maglev holds its own reference once the table is in.
+	defer m.Close()
+
+	slots := make([]uint32, len(table))
+	for i := range slots {
+		slots[i] = uint32(i)
+	}
+	if _, err := m.BatchUpdate(slots, table, nil); errors.Is(err, ebpf.ErrNotSupported) {
+		// Batch updates need Linux 5.6; a new array is all zeros, so
+		// writing the other slots one by one is enough.
+		for i, id := range table {
+			if id == 0 {
+				continue
+			}
+			if err := m.Put(uint32(i), id); err != nil {
+				return fmt.Errorf("write maglev table of service %d: %w", service, err)
+			}
+		}
+	} else if err != nil {
+		return fmt.Errorf("write maglev table of service %d: %w", service, err)
+	}
+	if err := lb.objs.HalbMaglev.Put(service, m); err != nil {
+		return fmt.Errorf("install maglev table of service %d: %w", service, err)
+	}
+	return nil
+}
+
+// DeleteMaglevTable removes the table of service id: its packets are
+// dropped as DropNoBackend.
+func (lb *LB) DeleteMaglevTable(service uint32) error {
+	if err := lb.objs.HalbMaglev.Delete(service); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete maglev table of service %d: %w", service, err)
+	}
+	return nil
+}
+
+// Stats are a service's or a backend's counters, summed over CPUs. A
+// service counts every packet addressed to it, a backend every packet sent
+// to it; bytes are whole frames.
+type Stats struct {
+	Packets  uint64
+	Bytes    uint64
+	NewFlows uint64 // flows Maglev scheduled because conntrack did not know them
+}
+
+// ServiceStats reads the counters of service id.
+func (lb *LB) ServiceStats(id uint32) (Stats, error) {
+	return sumStats(lb.objs.HalbServiceStats, halbMapHalbServiceStats, id)
+}
+
+// BackendStats reads the counters of backend id.
+func (lb *LB) BackendStats(id uint32) (Stats, error) {
+	return sumStats(lb.objs.HalbBackendStats, halbMapHalbBackendStats, id)
+}
+
+func sumStats(m *ebpf.Map, name string, id uint32) (Stats, error) {
+	var perCPU []halbStats
+	if err := m.Lookup(id, &perCPU); err != nil {
+		return Stats{}, fmt.Errorf("read %d from %s: %w", id, name, err)
+	}
+	var s Stats
+	for _, c := range perCPU {
+		s.Packets += c.Packets
+		s.Bytes += c.Bytes
+		s.NewFlows += c.NewFlows
+	}
+	return s, nil
+}
+
+// DropReason is why halb_xdp_lb dropped a packet.
+type DropReason uint32
+
+const (
+	// DropMalformed: a TCP or UDP packet to a VIP whose headers are cut
+	// short or invalid.
+	DropMalformed = DropReason(halbDropReasonDROP_MALFORMED)
+	// DropNoBackend: the service has no Maglev table, or the packet's slot
+	// names no active backend (every backend drained or removed).
+	DropNoBackend = DropReason(halbDropReasonDROP_NO_BACKEND)
+	// DropNoTxPort: the backend's interface is not a tx port.
+	DropNoTxPort = DropReason(halbDropReasonDROP_NO_TX_PORT)
+	// DropUnsupported: the service's forward mode is not in this program.
+	DropUnsupported = DropReason(halbDropReasonDROP_UNSUPPORTED)
+)
+
+func (r DropReason) String() string {
+	switch r {
+	case DropMalformed:
+		return "malformed"
+	case DropNoBackend:
+		return "no-backend"
+	case DropNoTxPort:
+		return "no-tx-port"
+	case DropUnsupported:
+		return "unsupported"
+	}
+	return fmt.Sprintf("drop(%d)", uint32(r))
+}
+
+// Drops reads how many packets were dropped for each reason, summed over
+// CPUs.
+func (lb *LB) Drops() (map[DropReason]uint64, error) {
+	drops := make(map[DropReason]uint64, halbDropReasonDROP_REASONS)
+	for r := range DropReason(halbDropReasonDROP_REASONS) {
+		var perCPU []uint64
+		if err := lb.objs.HalbDrops.Lookup(uint32(r), &perCPU); err != nil {
+			return nil, fmt.Errorf("read %s from %s: %w", r, halbMapHalbDrops, err)
+		}
+		for _, n := range perCPU {
+			drops[r] += n
+		}
+	}
+	return drops, nil
+}
+
+func serviceKey(key ServiceKey) (halbServiceKey, error) {
+	addr, family, err := addrOf(key.VIP)
+	if err != nil {
+		return halbServiceKey{}, fmt.Errorf("service %s: %w", key, err)
+	}
+	if key.Port == 0 {
+		return halbServiceKey{}, fmt.Errorf("service %s: port 0 cannot be served", key)
+	}
+	if key.Proto != TCP && key.Proto != UDP {
+		return halbServiceKey{}, fmt.Errorf("service %s: only tcp and udp can be served", key)
+	}
+	return halbServiceKey{Vip: addr, Port: key.Port, Proto: uint8(key.Proto), Family: family}, nil
+}
+
+// addrOf gives an address in the maps' form: 16 bytes, IPv4 mapped into
+// IPv6 (an IPv4-mapped IPv6 address counts as the IPv4 address it maps).
+func addrOf(a netip.Addr) (halbAddr, halbFamily, error) {
+	if !a.IsValid() {
+		return halbAddr{}, 0, errors.New("no address")
+	}
+	a = a.Unmap()
+	family := halbFamilyFAMILY_IPV6
+	if a.Is4() {
+		family = halbFamilyFAMILY_IPV4
+	}
+	return halbAddr{Bytes: a.As16()}, family, nil
+}

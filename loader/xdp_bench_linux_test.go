@@ -1,0 +1,178 @@
+package loader
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/halb-lb/halb/internal/netnstest"
+)
+
+// BenchmarkXDP times halb_xdp_lb per packet, as the kernel measures it in
+// BPF_PROG_TEST_RUN, next to a program that only returns XDP_PASS:
+//
+//	empty    the floor: the test-run loop and an XDP program that does nothing.
+//	ct-hit   one flow over and over: parse, service, conntrack hit, DR.
+//	syn      one SYN over and over: a SYN always takes the Maglev choice, so
+//	         every run hashes, reads the Maglev table and writes halb_ct,
+//	         all on warm caches.
+//	ct-miss  a new flow every packet: conntrack miss, jhash, Maglev,
+//	         conntrack insert, DR, with halb_ct full, so that every insert
+//	         also evicts the oldest flow: a busy balancer's steady state.
+//
+// The first three run b.N times inside one BPF_PROG_TEST_RUN. A miss needs
+// a different packet each time, so ct-miss makes one test run per packet,
+// and the kernel's timing of a single run costs more than the empty
+// program; that cost, measured on the empty program the same way, is taken
+// off. Single runs are noisier than the others.
+//
+// Metrics: ns/pkt, and x-empty, the ratio to the empty program. ns/op is
+// suppressed: it would count the syscalls too.
+func BenchmarkXDP(b *testing.B) {
+	ns := netnstest.New(b)
+	lb, err := Load(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { lb.Close() })
+	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "halb_bench_pass",
+		Type:         ebpf.XDP,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}, // XDP_PASS
+		License:      "MIT",
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { empty.Close() })
+
+	// Without a context, a test run's ingress interface is the namespace's
+	// loopback (ifindex 1): a backend behind it is sent back out, XDP_TX.
+	mac := net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x01, 0x00}
+	web := ServiceKey{vip4, 80, TCP}
+	backends := []uint32{1, 2, 3}
+	for _, id := range backends {
+		be := Backend{Addr: netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + id)}), MAC: mac, Ifindex: 1, SrcMAC: mac}
+		if err := lb.PutBackend(id, be); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := lb.PutService(web, Service{ID: 1, Forward: ForwardDR}); err != nil {
+		b.Fatal(err)
+	}
+	table := make([]uint32, lb.MaglevTableSize())
+	for i := range table {
+		table[i] = backends[i%len(backends)]
+	}
+	if err := lb.SetMaglevTable(1, table); err != nil {
+		b.Fatal(err)
+	}
+	ack := packet{src: ap(client4, 40000), dst: ap(vip4, 80), ack: true}.frame(b, routerMAC, mac)
+	syn := packet{src: ap(client4, 40001), dst: ap(vip4, 80)}.frame(b, routerMAC, mac)
+
+	// inNS runs fn in the bench's namespace, where ifindex 1 is its own
+	// loopback.
+	inNS := func(b *testing.B, fn func() error) {
+		b.Helper()
+		if err := ns.Do(fn); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// bulk times n runs of prog on frame in a single test run.
+	bulk := func(prog *ebpf.Program, frame []byte, n int, want xdpAction) (float64, error) {
+		action, per, err := prog.Benchmark(frame, n, nil)
+		if err != nil {
+			return 0, err
+		}
+		if xdpAction(action) != want {
+			return 0, fmt.Errorf("%s returned %v, want %v", prog, xdpAction(action), want)
+		}
+		return float64(per.Nanoseconds()), nil
+	}
+	// single times n test runs of one run each, on the frames next returns.
+	single := func(prog *ebpf.Program, n int, next func() []byte, want xdpAction) (float64, error) {
+		var total time.Duration
+		for range n {
+			action, per, err := prog.Benchmark(next(), 1, nil)
+			if err != nil {
+				return 0, err
+			}
+			if xdpAction(action) != want {
+				return 0, fmt.Errorf("%s returned %v, want %v", prog, xdpAction(action), want)
+			}
+			total += per
+		}
+		return float64(total.Nanoseconds()) / float64(n), nil
+	}
+
+	// The floor, measured once for the ratios and the single-run cost.
+	var emptyBulk, emptySingle float64
+	inNS(b, func() (err error) {
+		if emptyBulk, err = bulk(empty, ack, 1_000_000, xdpPass); err != nil {
+			return err
+		}
+		emptySingle, err = single(empty, 20_000, func() []byte { return ack }, xdpPass)
+		return err
+	})
+	report := func(b *testing.B, nsPerPkt float64) {
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(nsPerPkt, "ns/pkt")
+		b.ReportMetric(nsPerPkt/emptyBulk, "x-empty")
+	}
+
+	b.Run("empty", func(b *testing.B) {
+		var per float64
+		inNS(b, func() (err error) { per, err = bulk(empty, ack, b.N, xdpPass); return err })
+		report(b, per)
+	})
+
+	b.Run("ct-hit", func(b *testing.B) {
+		var per float64
+		inNS(b, func() (err error) {
+			// The first run puts the flow in halb_ct.
+			if _, err := bulk(lb.Program(), ack, 1, xdpTX); err != nil {
+				return err
+			}
+			per, err = bulk(lb.Program(), ack, b.N, xdpTX)
+			return err
+		})
+		report(b, per)
+	})
+
+	b.Run("syn", func(b *testing.B) {
+		var per float64
+		inNS(b, func() (err error) { per, err = bulk(lb.Program(), syn, b.N, xdpTX); return err })
+		report(b, per)
+	})
+
+	// Flow n comes from 203.0.113.(n>>16) port n&0xffff: 2^24 flows. The
+	// count goes on across the rounds of ct-miss, so no flow repeats.
+	flows := bytes.Clone(ack)
+	flowSeq := 0
+	next := func() []byte {
+		flowSeq++
+		flows[14+15] = byte(flowSeq >> 16)                         // last octet of the source address
+		binary.BigEndian.PutUint16(flows[14+20:], uint16(flowSeq)) // source port
+		return flows
+	}
+	b.Run("ct-miss", func(b *testing.B) {
+		var per float64
+		inNS(b, func() (err error) {
+			if flowSeq == 0 { // fill halb_ct first
+				if _, err := single(lb.Program(), DefaultConntrackEntries, next, xdpTX); err != nil {
+					return err
+				}
+			}
+			per, err = single(lb.Program(), b.N, next, xdpTX)
+			return err
+		})
+		report(b, per-emptySingle+emptyBulk)
+	})
+}

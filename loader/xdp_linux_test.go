@@ -1,0 +1,549 @@
+package loader
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/halb-lb/halb/internal/netnstest"
+)
+
+var (
+	vip4    = netip.MustParseAddr("192.0.2.100")
+	vip6    = netip.MustParseAddr("2001:db8::100")
+	other4  = netip.MustParseAddr("192.0.2.200") // on the same link, not a VIP
+	client4 = netip.MustParseAddr("203.0.113.7")
+	client6 = netip.MustParseAddr("2001:db8:ff::7")
+)
+
+func ap(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
+
+// cut keeps the first n bytes of frame: a packet truncated on the wire.
+func cut(frame []byte, n int) []byte { return frame[:n] }
+
+// TestXDP is the specification of halb_xdp_lb: what it does with each kind
+// of frame, shown as the frame that comes out. Every service here has a
+// single backend, so where a flow goes depends only on the service; the
+// Maglev choice among several backends is TestXDPScheduling's.
+func TestXDP(t *testing.T) {
+	tb := newTestbed(t, Options{})
+	tb.backend(t, 1, "198.51.100.11", tb.halb0)
+	tb.backend(t, 2, "198.51.100.12", tb.halb1)
+	tb.backend(t, 3, "2001:db8:1::11", tb.halb0)
+	tb.backend(t, 4, "2001:db8:1::12", tb.halb1)
+	for _, s := range []struct {
+		key     ServiceKey
+		id      uint32
+		backend uint32
+	}{
+		{ServiceKey{vip4, 80, TCP}, 1, 1},
+		{ServiceKey{vip4, 53, UDP}, 2, 2},
+		{ServiceKey{vip6, 80, TCP}, 3, 3},
+		{ServiceKey{vip6, 53, UDP}, 4, 4},
+	} {
+		tb.service(t, s.key, Service{ID: s.id, Forward: ForwardDR})
+		tb.table(t, s.id, s.backend)
+	}
+
+	var (
+		tcp4 = packet{src: ap(client4, 40000), dst: ap(vip4, 80)}
+		udp4 = packet{src: ap(client4, 40000), dst: ap(vip4, 53), proto: layers.IPProtocolUDP}
+		tcp6 = packet{src: ap(client6, 40000), dst: ap(vip6, 80)}
+		udp6 = packet{src: ap(client6, 40000), dst: ap(vip6, 53), proto: layers.IPProtocolUDP}
+	)
+	// with returns p from another source port: every forwarded case is a
+	// flow of its own, so each counts as a new flow.
+	port := uint16(41000)
+	with := func(p packet, change func(*packet)) packet {
+		port++
+		p.src = ap(p.src.Addr(), port)
+		if change != nil {
+			change(&p)
+		}
+		return p
+	}
+	badIHL := tcp4.frame(t, routerMAC, halb0MAC)
+	badIHL[14] = 0x44 // version 4, header length 4 words
+
+	cases := []struct {
+		name    string
+		p       packet
+		in      []byte // when the frame is not p's own
+		action  xdpAction
+		service uint32 // the service the frame is for, 0 for none
+		backend uint32 // where it goes: its MACs replace the frame's
+	}{
+		// Forwarded: the output is the input with the backend's MAC as
+		// destination and the egress interface's as source.
+		{name: "ipv4 tcp syn to a backend behind the ingress interface", p: with(tcp4, nil), action: xdpTX, service: 1, backend: 1},
+		{name: "ipv4 tcp ack without conntrack", p: with(tcp4, func(p *packet) { p.ack = true }), action: xdpTX, service: 1, backend: 1},
+		{name: "ipv4 udp to a backend behind another interface", p: with(udp4, nil), action: xdpRedirect, service: 2, backend: 2},
+		{name: "ipv6 tcp syn", p: with(tcp6, nil), action: xdpTX, service: 3, backend: 3},
+		{name: "ipv6 udp", p: with(udp6, nil), action: xdpRedirect, service: 4, backend: 4},
+		{name: "802.1Q tagged ipv4 tcp keeps its tag", p: with(tcp4, func(p *packet) { p.vlans = []uint16{100} }), action: xdpTX, service: 1, backend: 1},
+		{name: "802.1ad tagged ipv6 udp keeps its tag", p: with(udp6, func(p *packet) { p.vlans, p.tpid = []uint16{200}, layers.EthernetTypeQinQ }), action: xdpRedirect, service: 4, backend: 4},
+		{name: "ipv4 with options", p: with(tcp4, func(p *packet) {
+			p.ipv4Opts = []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}} // router alert
+		}), action: xdpTX, service: 1, backend: 1},
+		{name: "ipv4 first fragment is balanced on its ports", p: with(udp4, func(p *packet) { p.moreFrags = true }), action: xdpRedirect, service: 2, backend: 2},
+
+		// Not for a service: passed untouched.
+		{name: "tcp to a VIP port without a service", p: packet{src: ap(client4, 40000), dst: ap(vip4, 8080)}, action: xdpPass},
+		{name: "udp to a tcp service's port", p: packet{src: ap(client4, 40000), dst: ap(vip4, 80), proto: layers.IPProtocolUDP}, action: xdpPass},
+		{name: "ipv6 udp to a tcp service's port", p: packet{src: ap(client6, 40000), dst: ap(vip6, 80), proto: layers.IPProtocolUDP}, action: xdpPass},
+		{name: "ipv4 to an address that is not a VIP", p: packet{src: ap(client4, 40000), dst: ap(other4, 80)}, action: xdpPass},
+		{name: "arp request for the VIP", in: arpRequest(t, vip4), action: xdpPass},
+		{name: "icmp echo to the VIP", p: packet{src: ap(client4, 0), dst: ap(vip4, 0), proto: layers.IPProtocolICMPv4}, action: xdpPass},
+		{name: "ipv4 later fragment to the VIP", p: with(tcp4, func(p *packet) { p.fragOffset = 185 }), action: xdpPass},
+		{name: "ipv6 with a hop-by-hop header to the VIP", p: with(tcp6, func(p *packet) { p.hopByHop = true }), action: xdpPass},
+		{name: "two stacked VLAN tags", p: with(tcp4, func(p *packet) { p.vlans, p.tpid = []uint16{200, 100}, layers.EthernetTypeQinQ }), action: xdpPass},
+
+		// Cut short before the destination address: not known to be
+		// ours, passed.
+		{name: "vlan tag cut short", in: cut(with(tcp4, func(p *packet) { p.vlans = []uint16{100} }).frame(t, routerMAC, halb0MAC), 16), action: xdpPass},
+		{name: "ipv4 header cut before the addresses", in: cut(tcp4.frame(t, routerMAC, halb0MAC), 14+16), action: xdpPass},
+		{name: "ipv6 header cut before the addresses", in: cut(tcp6.frame(t, routerMAC, halb0MAC), 14+30), action: xdpPass},
+		// Broken after it: dropped when the address is a VIP.
+		{name: "ipv4 options cut short, to a VIP", in: cut(with(tcp4, func(p *packet) {
+			p.ipv4Opts = []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}}
+		}).frame(t, routerMAC, halb0MAC), 14+22), action: xdpDrop},
+		{name: "ipv4 header length below 5 words, to a VIP", in: badIHL, action: xdpDrop},
+		{name: "tcp header cut short, to a VIP", in: cut(tcp4.frame(t, routerMAC, halb0MAC), 14+20+10), action: xdpDrop},
+		{name: "udp header cut short, to a VIP", in: cut(udp4.frame(t, routerMAC, halb0MAC), 14+20+4), action: xdpDrop},
+		{name: "ipv6 tcp header cut short, to a VIP", in: cut(tcp6.frame(t, routerMAC, halb0MAC), 14+40+12), action: xdpDrop},
+		{name: "tcp header cut short, to another address", in: cut(packet{src: ap(client4, 40000), dst: ap(other4, 80)}.frame(t, routerMAC, halb0MAC), 14+20+10), action: xdpPass},
+	}
+
+	var (
+		wantServices = map[uint32]Stats{}
+		wantBackends = map[uint32]Stats{}
+		wantDrops    = map[DropReason]uint64{}
+	)
+	for _, c := range cases {
+		in := c.in
+		if in == nil {
+			in = c.p.frame(t, routerMAC, halb0MAC)
+		}
+		t.Run(c.name, func(t *testing.T) {
+			action, out := tb.run(t, in)
+			want := in
+			if c.backend != 0 {
+				want = tb.forwardedTo(t, c.p, c.backend)
+			}
+			if action != c.action {
+				t.Errorf("action %v, want %v", action, c.action)
+			}
+			if !bytes.Equal(out, want) {
+				t.Errorf("output frame differs\ngot  %x\nwant %x", out, want)
+			}
+			if c.backend != 0 {
+				verifyChecksums(t, out)
+			}
+		})
+
+		n := uint64(len(in))
+		if c.service != 0 {
+			s := wantServices[c.service]
+			s.Packets, s.Bytes, s.NewFlows = s.Packets+1, s.Bytes+n, s.NewFlows+1
+			wantServices[c.service] = s
+		}
+		if c.backend != 0 {
+			s := wantBackends[c.backend]
+			s.Packets, s.Bytes, s.NewFlows = s.Packets+1, s.Bytes+n, s.NewFlows+1
+			wantBackends[c.backend] = s
+		}
+		if c.action == xdpDrop {
+			wantDrops[DropMalformed]++
+		}
+	}
+
+	t.Run("counters", func(t *testing.T) {
+		for id := uint32(1); id <= 4; id++ {
+			tb.wantServiceStats(t, id, wantServices[id])
+			tb.wantBackendStats(t, id, wantBackends[id])
+		}
+		tb.wantDrops(t, wantDrops)
+	})
+}
+
+// TestXDPScheduling is how halb_xdp_lb picks a backend among several:
+// conntrack first, the Maglev table for flows conntrack does not know.
+func TestXDPScheduling(t *testing.T) {
+	netnstest.Require(t)
+	web4 := ServiceKey{vip4, 80, TCP}
+	web6 := ServiceKey{vip6, 80, TCP}
+	// All frames of a test have this length: TCP SYNs and ACKs from an
+	// IPv4 client, without options.
+	frameLen := uint64(len(packet{src: ap(client4, 1), dst: ap(vip4, 80)}.frame(t, routerMAC, halb0MAC)))
+	stats := func(packets, newFlows uint64) Stats {
+		return Stats{Packets: packets, Bytes: packets * frameLen, NewFlows: newFlows}
+	}
+	syn := func(port uint16) packet { return packet{src: ap(client4, port), dst: ap(vip4, 80)} }
+	ack := func(port uint16) packet { return packet{src: ap(client4, port), dst: ap(vip4, 80), ack: true} }
+
+	// Run with the default table size and a small one: the program's
+	// modulus must follow the loader's option.
+	for _, size := range []uint32{DefaultMaglevTableSize, 251} {
+		t.Run(fmt.Sprintf("a non-SYN packet without conntrack takes the Maglev choice (M=%d)", size), func(t *testing.T) {
+			tb := newTestbed(t, Options{MaglevTableSize: size})
+			tb.backend(t, 1, "198.51.100.11", tb.halb0)
+			tb.backend(t, 5, "198.51.100.15", tb.halb0)
+			tb.backend(t, 6, "198.51.100.16", tb.halb0)
+			tb.backend(t, 3, "2001:db8:1::11", tb.halb0)
+			tb.backend(t, 8, "2001:db8:1::18", tb.halb0)
+			tb.backend(t, 9, "2001:db8:1::19", tb.halb0)
+			tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
+			tb.service(t, web6, Service{ID: 2, Forward: ForwardDR})
+			tables := map[uint32][]uint32{1: tb.table(t, 1, 1, 5, 6), 2: tb.table(t, 2, 3, 8, 9)}
+
+			for _, f := range []struct {
+				client, vip netip.Addr
+				service     uint32
+			}{{client4, vip4, 1}, {client6, vip6, 2}} {
+				chosen := map[uint32]int{}
+				for i := range uint16(12) {
+					p := packet{src: ap(f.client, 50000+i), dst: ap(f.vip, 80), ack: true}
+					table := tables[f.service]
+					want := table[flowHash(p.src, p.dst, uint8(layers.IPProtocolTCP), false)%uint32(len(table))]
+					tb.expectForward(t, p, xdpTX, want)
+					if got, ok := tb.conntrack(t, p); !ok || got != want {
+						t.Errorf("%v: conntrack holds backend %d (present %v), want %d", p, got, ok, want)
+					}
+					chosen[want]++
+				}
+				if len(chosen) < 2 {
+					t.Errorf("12 flows to %s all hashed to one backend: %v", f.vip, chosen)
+				}
+				tb.wantServiceStats(t, f.service, Stats{Packets: 12, Bytes: 12 * uint64(len(packet{src: ap(f.client, 1), dst: ap(f.vip, 80)}.frame(t, routerMAC, halb0MAC))), NewFlows: 12})
+			}
+		})
+	}
+
+	t.Run("conntrack keeps a flow's backend when the Maglev table changes", func(t *testing.T) {
+		tb := newTestbed(t, Options{})
+		tb.backend(t, 1, "198.51.100.11", tb.halb0)
+		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
+		tb.table(t, 1, 1)
+		tb.expectForward(t, syn(40000), xdpTX, 1)
+
+		tb.backend(t, 5, "198.51.100.15", tb.halb1)
+		tb.table(t, 1, 5)
+		tb.expectForward(t, ack(40000), xdpTX, 1)       // conntrack
+		tb.expectForward(t, syn(40001), xdpRedirect, 5) // a new flow takes the new table
+		// A SYN on a known 5-tuple is a new connection: the new table.
+		tb.expectForward(t, syn(40000), xdpRedirect, 5)
+		tb.expectForward(t, ack(40000), xdpRedirect, 5)
+
+		tb.wantServiceStats(t, 1, stats(5, 3))
+		tb.wantBackendStats(t, 1, stats(2, 1))
+		tb.wantBackendStats(t, 5, stats(3, 2))
+		tb.wantDrops(t, nil)
+	})
+
+	t.Run("a removed backend's flows are scheduled again", func(t *testing.T) {
+		tb := newTestbed(t, Options{})
+		tb.backend(t, 1, "198.51.100.11", tb.halb0)
+		tb.backend(t, 5, "198.51.100.15", tb.halb0)
+		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
+		tb.table(t, 1, 1)
+		tb.expectForward(t, syn(40000), xdpTX, 1)
+
+		if err := tb.lb.DeleteBackend(1); err != nil {
+			t.Fatal(err)
+		}
+		tb.expectDrop(t, ack(40000)) // the table still names backend 1
+		tb.table(t, 1, 5)
+		tb.expectForward(t, ack(40000), xdpTX, 5)
+
+		tb.wantServiceStats(t, 1, stats(3, 2))
+		tb.wantBackendStats(t, 5, stats(1, 1))
+		tb.wantDrops(t, map[DropReason]uint64{DropNoBackend: 1})
+	})
+
+	t.Run("a drained backend keeps its flows and gets no new ones", func(t *testing.T) {
+		tb := newTestbed(t, Options{})
+		tb.backend(t, 1, "198.51.100.11", tb.halb0)
+		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
+		tb.table(t, 1, 1)
+		tb.expectForward(t, syn(40000), xdpTX, 1)
+
+		tb.table(t, 1) // weight 0: out of the table, still a backend
+		tb.expectForward(t, ack(40000), xdpTX, 1)
+		tb.expectDrop(t, syn(40001))
+
+		tb.wantBackendStats(t, 1, stats(2, 1))
+		tb.wantDrops(t, map[DropReason]uint64{DropNoBackend: 1})
+	})
+
+	t.Run("no table or an empty one drops as no-backend", func(t *testing.T) {
+		tb := newTestbed(t, Options{})
+		tb.backend(t, 1, "198.51.100.11", tb.halb0)
+		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
+		tb.expectDrop(t, syn(40000))
+		tb.table(t, 1)
+		tb.expectDrop(t, syn(40001))
+		tb.table(t, 1, 1)
+		if err := tb.lb.DeleteMaglevTable(1); err != nil {
+			t.Fatal(err)
+		}
+		tb.expectDrop(t, syn(40002))
+
+		tb.wantServiceStats(t, 1, stats(3, 0))
+		tb.wantBackendStats(t, 1, Stats{})
+		tb.wantDrops(t, map[DropReason]uint64{DropNoBackend: 3})
+	})
+
+	t.Run("persistence sends all of a client's flows to one backend", func(t *testing.T) {
+		tb := newTestbed(t, Options{})
+		tb.backend(t, 1, "198.51.100.11", tb.halb0)
+		tb.backend(t, 5, "198.51.100.15", tb.halb0)
+		tb.backend(t, 6, "198.51.100.16", tb.halb0)
+		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR, Persistence: true})
+		table := tb.table(t, 1, 1, 5, 6)
+
+		chosen := map[uint32]int{}
+		for host := byte(1); host <= 8; host++ {
+			client := netip.AddrFrom4([4]byte{203, 0, 113, host})
+			want := table[flowHash(ap(client, 0), ap(vip4, 80), 0, true)%uint32(len(table))]
+			for port := uint16(40000); port < 40003; port++ {
+				tb.expectForward(t, packet{src: ap(client, port), dst: ap(vip4, 80)}, xdpTX, want)
+			}
+			chosen[want]++
+		}
+		if len(chosen) < 2 {
+			t.Errorf("8 clients all hashed to one backend: %v", chosen)
+		}
+		tb.wantServiceStats(t, 1, stats(24, 24))
+	})
+
+	t.Run("a backend behind an interface that is not a tx port drops as no-tx-port", func(t *testing.T) {
+		tb := newTestbed(t, Options{})
+		tb.backend(t, 7, "198.51.100.17", tb.halb2)
+		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
+		tb.table(t, 1, 7)
+		action, _ := tb.run(t, syn(40000).frame(t, routerMAC, halb0MAC))
+		if action != xdpDrop {
+			t.Errorf("action %v, want XDP_DROP", action)
+		}
+		tb.wantBackendStats(t, 7, Stats{})
+		tb.wantDrops(t, map[DropReason]uint64{DropNoTxPort: 1})
+	})
+
+	t.Run("a forward mode the program lacks drops as unsupported", func(t *testing.T) {
+		tb := newTestbed(t, Options{})
+		err := tb.lb.PutService(web4, Service{ID: 1, Forward: Forward(halbForwardModeFORWARD_TUN)})
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			t.Errorf("PutService with forward: tun: %v, want ErrNotSupported", err)
+		}
+		// Written behind the loader's back, as a newer halb would.
+		k, err := serviceKey(web4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tb.lb.objs.HalbServices.Put(&k, &halbService{Id: 1, Forward: halbForwardModeFORWARD_TUN}); err != nil {
+			t.Fatal(err)
+		}
+		tb.expectDrop(t, syn(40000))
+		tb.wantDrops(t, map[DropReason]uint64{DropUnsupported: 1})
+	})
+}
+
+// TestLBWriters covers what the map writers refuse and the VIP set they
+// keep beside the services.
+func TestLBWriters(t *testing.T) {
+	tb := newTestbed(t, Options{})
+	lb := tb.lb
+
+	for _, c := range []struct {
+		key ServiceKey
+		svc Service
+	}{
+		{ServiceKey{netip.Addr{}, 80, TCP}, Service{ID: 1, Forward: ForwardDR}},
+		{ServiceKey{vip4, 0, TCP}, Service{ID: 1, Forward: ForwardDR}},
+		{ServiceKey{vip4, 80, Proto(1)}, Service{ID: 1, Forward: ForwardDR}},
+		{ServiceKey{vip4, 80, TCP}, Service{ID: lb.MaxServices(), Forward: ForwardDR}},
+		{ServiceKey{vip4, 80, TCP}, Service{ID: 1}},
+	} {
+		if err := lb.PutService(c.key, c.svc); err == nil {
+			t.Errorf("PutService(%s, %+v) succeeded", c.key, c.svc)
+		}
+	}
+	for _, c := range []struct {
+		id uint32
+		b  Backend
+	}{
+		{0, Backend{Addr: vip4, MAC: halb1MAC, SrcMAC: halb0MAC, Ifindex: tb.halb0}},
+		{lb.MaxBackends(), Backend{Addr: vip4, MAC: halb1MAC, SrcMAC: halb0MAC, Ifindex: tb.halb0}},
+		{1, Backend{Addr: vip4, MAC: halb1MAC[:4], SrcMAC: halb0MAC, Ifindex: tb.halb0}},
+		{1, Backend{Addr: vip4, MAC: halb1MAC, SrcMAC: halb0MAC}},
+		{1, Backend{MAC: halb1MAC, SrcMAC: halb0MAC, Ifindex: tb.halb0}},
+	} {
+		if err := lb.PutBackend(c.id, c.b); err == nil {
+			t.Errorf("PutBackend(%d, %+v) succeeded", c.id, c.b)
+		}
+	}
+	if err := lb.SetMaglevTable(1, make([]uint32, 251)); err == nil {
+		t.Errorf("SetMaglevTable with 251 slots succeeded; the table size is %d", lb.MaglevTableSize())
+	}
+
+	vipCount := func(a netip.Addr) uint32 {
+		t.Helper()
+		addr, family, err := addrOf(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v halbVip
+		err = lb.objs.HalbVips.Lookup(&halbVipKey{Addr: addr, Family: family}, &v)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.Services
+	}
+	// An IPv4-mapped IPv6 VIP is the IPv4 VIP.
+	mapped := netip.AddrFrom16(vip4.As16())
+	keys := []ServiceKey{{vip4, 80, TCP}, {mapped, 443, TCP}, {vip6, 80, TCP}}
+	for i, k := range keys {
+		tb.service(t, k, Service{ID: uint32(i), Forward: ForwardDR})
+	}
+	if n4, n6 := vipCount(vip4), vipCount(vip6); n4 != 2 || n6 != 1 {
+		t.Errorf("halb_vips counts %d services on %s and %d on %s, want 2 and 1", n4, vip4, n6, vip6)
+	}
+	for i, k := range keys {
+		if err := lb.DeleteService(k); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if n := vipCount(vip4); n != 1 {
+				t.Errorf("halb_vips counts %d services on %s after one went, want 1", n, vip4)
+			}
+		}
+	}
+	if n4, n6 := vipCount(vip4), vipCount(vip6); n4 != 0 || n6 != 0 {
+		t.Errorf("halb_vips still counts %d services on %s and %d on %s", n4, vip4, n6, vip6)
+	}
+}
+
+// conntrack returns the backend halb_ct holds for p's flow.
+func (tb *testbed) conntrack(t *testing.T, p packet) (uint32, bool) {
+	t.Helper()
+	saddr, family, err := addrOf(p.src.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	daddr, _, err := addrOf(p.dst.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	proto := p.proto
+	if proto == 0 {
+		proto = layers.IPProtocolTCP
+	}
+	key := halbFlow{
+		Saddr: saddr, Daddr: daddr, Sport: p.src.Port(), Dport: p.dst.Port(),
+		Proto: uint8(proto), Family: family,
+	}
+	var e halbCtEntry
+	err = tb.lb.objs.HalbCt.Lookup(&key, &e)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.BackendId, true
+}
+
+func (tb *testbed) wantServiceStats(t *testing.T, id uint32, want Stats) {
+	t.Helper()
+	got, err := tb.lb.ServiceStats(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Errorf("service %d counters %+v, want %+v", id, got, want)
+	}
+}
+
+func (tb *testbed) wantBackendStats(t *testing.T, id uint32, want Stats) {
+	t.Helper()
+	got, err := tb.lb.BackendStats(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Errorf("backend %d counters %+v, want %+v", id, got, want)
+	}
+}
+
+// wantDrops checks every drop counter: those missing from want are 0.
+func (tb *testbed) wantDrops(t *testing.T, want map[DropReason]uint64) {
+	t.Helper()
+	got, err := tb.lb.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r, n := range got {
+		if n != want[r] {
+			t.Errorf("drops %s: %d, want %d", r, n, want[r])
+		}
+	}
+}
+
+// TestLoad checks what bpftool users see: every map and the program carry
+// their names and BTF (a map whose BTF the kernel refuses is created
+// without it, silently, and bpftool then dumps hex), and the options size
+// the maps.
+func TestLoad(t *testing.T) {
+	netnstest.Require(t)
+	lb, err := Load(Options{MaglevTableSize: 251, ConntrackEntries: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+
+	maps := reflect.ValueOf(lb.objs.halbMaps)
+	for i := range maps.NumField() {
+		name := maps.Type().Field(i).Tag.Get("ebpf")
+		info, err := maps.Field(i).Interface().(*ebpf.Map).Info()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		// The kernel keeps 15 characters of a name.
+		if want := name[:min(len(name), 15)]; info.Name != want {
+			t.Errorf("map %s is named %q, want %q", name, info.Name, want)
+		}
+		// Maps of maps and of devices hold file descriptors and
+		// ifindexes, and the kernel takes no BTF for them.
+		_, hasBTF := info.BTFID()
+		if !hasBTF && name != halbMapHalbMaglev && name != halbMapHalbTxPorts {
+			t.Errorf("map %s has no BTF", name)
+		}
+	}
+	info, err := lb.Program().Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := info.BTFID(); info.Name != halbProgHalbXdpLb || !ok {
+		t.Errorf("program is named %q (BTF %v), want %q with BTF", info.Name, ok, halbProgHalbXdpLb)
+	}
+
+	if got := lb.objs.HalbCt.MaxEntries(); got != 1024 {
+		t.Errorf("halb_ct holds %d entries, want 1024", got)
+	}
+	var m uint32
+	if err := lb.objs.HalbMaglevSize.Get(&m); err != nil || m != 251 || lb.MaglevTableSize() != 251 {
+		t.Errorf("halb_maglev_size is %d (%v) and MaglevTableSize %d, want 251", m, err, lb.MaglevTableSize())
+	}
+	if err := lb.SetMaglevTable(0, make([]uint32, 251)); err != nil {
+		t.Errorf("SetMaglevTable with 251 slots: %v", err)
+	}
+}
