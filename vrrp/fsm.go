@@ -73,6 +73,9 @@ const (
 	TakeOver
 	// GiveUp removes the virtual addresses on leaving Master.
 	GiveUp
+	// Reannounce repeats the gratuitous ARPs / unsolicited NAs: another
+	// master was heard, so neighbours may have learnt its MAC.
+	Reannounce
 	// Transition reports a state change, for the log and the status.
 	Transition
 )
@@ -93,6 +96,8 @@ func (a Action) String() string {
 		return "take over"
 	case GiveUp:
 		return "give up"
+	case Reannounce:
+		return "reannounce"
 	case Transition:
 		return fmt.Sprintf("%s -> %s (%s)", a.From, a.To, a.Reason)
 	}
@@ -254,7 +259,13 @@ func (m *Machine) masterReceive(now time.Time, r Received) []Action {
 		}
 		return m.becomeBackup(now, why)
 	}
-	return nil // discard: we remain master, our next advert tells them
+	// Two masters: a partition has healed, or a node came up without
+	// hearing us. The RFC discards the advert and lets our next one settle
+	// it; like keepalived, answer at once so the loser steps down within
+	// one advert, and announce the VIPs again so that neighbours which
+	// learnt the loser's MAC come back to ours.
+	m.adver = now.Add(m.p.AdvertInterval)
+	return []Action{{Kind: SendAdvert, Priority: m.p.Priority}, {Kind: Reannounce}}
 }
 
 func (m *Machine) learnInterval(r Received) {

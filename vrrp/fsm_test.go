@@ -139,15 +139,15 @@ func TestMachine(t *testing.T) {
 				// learned 2s interval: 6s + 156/256 × 2s
 				deadline: 5*sec + 6*sec + 2*skew100},
 		}},
-		{"master ignores a lower priority", v3, []step{
+		{"a master hearing a weaker master answers at once and reannounces", v3, []step{
 			{do: start(0), skipCheck: true},
 			{do: tick(down100), skipCheck: true},
-			{do: recv(4*sec, 99, sec, upper), actions: "", state: Master, deadline: down100 + sec},
+			{do: recv(4*sec, 99, sec, upper), actions: "send advert priority 100; reannounce", state: Master, deadline: 5 * sec},
 		}},
 		{"equal priority: the higher primary address wins (§6.4.3)", v3, []step{
 			{do: start(0), skipCheck: true},
 			{do: tick(down100), skipCheck: true},
-			{do: recv(4*sec, 100, sec, lower), actions: "", state: Master, deadline: down100 + sec},
+			{do: recv(4*sec, 100, sec, lower), actions: "send advert priority 100; reannounce", state: Master, deadline: 5 * sec},
 			{do: recv(4*sec, 100, sec, upper), actions: "give up; MASTER -> BACKUP (equal priority 100 from higher address 192.0.2.20)", state: Backup, deadline: 4*sec + down100},
 		}},
 		{"master answers a priority-0 advert at once (§6.4.3)", v3, []step{

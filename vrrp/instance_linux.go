@@ -39,6 +39,8 @@ type Instance struct {
 	garpNext time.Time
 	garpLeft int // bursts still due before refreshes take over
 
+	notify *notifier // nil without a notify script
+
 	mu     sync.Mutex
 	status Status
 }
@@ -85,6 +87,9 @@ func NewInstance(cfg config.Instance, log *slog.Logger) *Instance {
 		copy(in.rules.authData[:], cfg.AuthPass)
 	}
 	in.vips = vipSet{h: &netlink.Handle{}, prefixes: cfg.VirtualIPs}
+	if cfg.Notify != "" {
+		in.notify = newNotifier(cfg, in.log)
+	}
 	in.status = Status{Name: cfg.Name, VRID: cfg.VRID, Interface: cfg.Interface, State: Initialize,
 		Priority: uint8(cfg.Priority), Since: time.Now(), Drops: map[string]uint64{}, VirtualIPs: cfg.VirtualIPs}
 	return in
@@ -135,12 +140,15 @@ func (in *Instance) Run(ctx context.Context) error {
 			if in.conn != nil {
 				in.conn.close()
 			}
+			if in.notify != nil {
+				in.notify.close()
+			}
 			return nil
 		case u, ok := <-links:
 			if !ok {
 				return errors.New("netlink link subscription ended")
 			}
-			if u.Attrs().Name == in.cfg.Interface || (in.link != nil && int(u.Index) == in.link.Attrs().Index) {
+			if in.concerns(u) {
 				in.evaluate(time.Now(), adverts)
 			}
 		case u, ok := <-addrs:
@@ -204,6 +212,7 @@ func (in *Instance) faultSocket() string { return "VRRP socket on " + in.cfg.Int
 func (in *Instance) evaluate(now time.Time, adverts chan<- packetIn) {
 	faults := map[string]bool{}
 	defer func() { in.setFaults(now, faults) }()
+	in.track(now, faults)
 
 	link, err := netlink.LinkByName(in.cfg.Interface)
 	if err != nil {
@@ -238,6 +247,51 @@ func (in *Instance) evaluate(now time.Time, adverts chan<- packetIn) {
 	}
 	if len(faults) == 0 && in.m.State() == Master {
 		in.repairVIPs()
+	}
+}
+
+// concerns reports whether a link update is about the instance's own
+// interface or one it tracks.
+func (in *Instance) concerns(u netlink.LinkUpdate) bool {
+	name := u.Attrs().Name
+	if name == in.cfg.Interface || (in.link != nil && int(u.Index) == in.link.Attrs().Index) {
+		return true
+	}
+	for _, ti := range in.cfg.TrackInterfaces {
+		if ti.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// track applies track_interfaces, as keepalived does: weight 0 faults the
+// instance while the interface is down; a negative weight is added to the
+// priority while it is down, a positive one while it is up. The result
+// stays within 1..254, so tracking never makes an owner or a
+// priority-0 advert.
+func (in *Instance) track(now time.Time, faults map[string]bool) {
+	if len(in.cfg.TrackInterfaces) == 0 {
+		return
+	}
+	delta := 0
+	for _, ti := range in.cfg.TrackInterfaces {
+		link, err := netlink.LinkByName(ti.Name)
+		up := err == nil && linkUp(link)
+		switch {
+		case ti.Weight == 0 && !up:
+			faults["tracked interface "+ti.Name+" down"] = true
+		case ti.Weight < 0 && !up, ti.Weight > 0 && up:
+			delta += ti.Weight
+		}
+	}
+	prio := in.cfg.Priority
+	if delta != 0 {
+		prio = min(max(prio+delta, 1), 254)
+	}
+	if uint8(prio) != in.m.Priority() {
+		in.log.Info("priority changed by tracked interfaces", "from", in.m.Priority(), "to", prio)
+		in.apply(in.m.SetPriority(now, uint8(prio)))
 	}
 }
 
@@ -373,11 +427,16 @@ func (in *Instance) apply(acts []Action) {
 			in.takeOver()
 		case GiveUp:
 			in.giveUp()
+		case Reannounce:
+			in.announce(in.cfg.GARPMasterRepeat)
 		case Transition:
 			in.log.Info("transition", "from", a.From.String(), "to", a.To.String(), "reason", a.Reason)
 			in.mu.Lock()
 			in.status.State, in.status.Since, in.status.Reason = a.To, time.Now(), a.Reason
 			in.mu.Unlock()
+			if in.notify != nil {
+				in.notify.notify(a.To, in.m.Priority())
+			}
 		}
 	}
 	in.mu.Lock()
