@@ -1,11 +1,11 @@
-// Package ipvs is halb's IPVS data path for kernels without BTF; this file
-// set loads the kernel modules it needs.
+// This file set loads the kernel modules IPVS needs.
 //
 // halb loads what it needs explicitly and says precisely what is missing: it
 // does not leave schedulers to the kernel's on-demand loading, which some
 // distributions switch off. It must never unload a module, pass module
 // parameters or force flags, or load anything it was not asked for beyond the
 // dependencies modules.dep lists.
+
 package ipvs
 
 import (

@@ -1,0 +1,44 @@
+// Package ipvs is halb's data path on Linux IPVS, for kernels without BTF (a
+// Raspberry Pi's, for one): it loads the kernel modules IPVS needs and keeps
+// IPVS's virtual services equal to halb's over generic netlink, with
+// github.com/cloudflare/ipvs.
+//
+// A Datapath reconciles: every Apply reads what the kernel holds and changes
+// only what differs, so it restores whatever someone removed (ipvsadm -C)
+// and is a no-op when nothing changed. IPVS announces no changes, so the
+// daemon calls Apply again every ResyncInterval as well as on every change.
+//
+// It must never change or remove an IPVS service it does not own, never
+// unload a module, and never leave a service half-programmed because a
+// scheduler is missing: modules are loaded, or their absence reported, before
+// the first change.
+//
+// # Ownership
+//
+// IPVS has no owner or comment field, so the table itself cannot say which
+// services halb made. halb owns a service when its (VIP, port, protocol) is
+// in the configuration, or was in the configuration of a previous Apply, by
+// this process or an earlier one. The second set lives in a state file
+// (DefaultStateFile, on the /run tmpfs) that lists the keys of the services
+// halb has programmed. halb writes it before it changes the kernel, so that
+// a crash halfway leaves no service unaccounted for, and rewrites it after,
+// without the services it removed.
+//
+// Why a file and not "every service whose key is in the configuration":
+// that rule would leave behind, after a restart, every service removed from
+// the configuration while halb was down. Why /run: IPVS's table and /run both
+// start empty at boot, so the file never claims services from before the
+// last boot, which someone else may have set up since.
+//
+// The consequences, each on purpose:
+//   - A service someone added with ipvsadm and whose key halb's configuration
+//     does not name is never touched, across restarts too.
+//   - A service whose key the configuration names is halb's, whoever made
+//     it: halb takes it over (and logs that) and, when the key leaves the
+//     configuration, removes it.
+//   - In a service halb owns, halb owns every destination: one added by hand
+//     is removed at the next Apply.
+//   - If the state file is lost while halb is down, the services removed
+//     from the configuration meanwhile stay in the kernel (halb no longer
+//     knows they were its own); ipvsadm -D removes them.
+package ipvs
