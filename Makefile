@@ -46,3 +46,11 @@ cross:
 
 clean:
 	rm -rf $(BINDIR)
+
+# halb on Debian's kernel, whose IPVS is loadable modules, booted in QEMU
+# (TCG: no KVM needed). Needs root; the first run installs QEMU and
+# downloads the kernel package (~70 MB) into test/vm/.cache. `make test`
+# runs the same test through ./...; this target runs it alone.
+.PHONY: vm-test
+vm-test:
+	$(GO) test -count=1 -v ./test/vm/

@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# build.sh [HALB_BINARY] — build the kernel and initramfs that run.sh boots.
+#
+# halb's IPVS data path has to be tested against a real kernel whose IPVS is
+# made of loadable modules, as on Raspberry Pi OS and Debian. The host's own
+# kernel cannot be used for that (no loadable modules here), so this script
+# takes Debian's kernel package as it is shipped and builds a small initramfs
+# around it:
+#
+#   /init                 test/vm/init: mounts, lo up, runs halb.scenario=NAME
+#   /scenarios/*.sh       test/vm/scenarios/: lib.sh and one script a scenario
+#   /lib/modules/<rel>/   ip_vs, its schedulers, veth and what they need
+#                         (the closure over modules.dep and modules.softdep),
+#                         with the modules.* files depmod wrote for just these
+#   /bin, /sbin, ...      busybox-static and its applets
+#   /bin/kmod             the host's kmod as /sbin/modprobe, insmod, lsmod...,
+#                         as on Debian: busybox's modprobe ignores
+#                         modules.softdep, and ip_vs needs libcrc32c, whose
+#                         softdep on crc32c only kmod honours
+#   /usr/sbin             halb, ipvsadm and iproute2's ip
+#   /lib, /lib64          the shared libraries of kmod, ipvsadm and ip (ldd)
+#   /etc/halb/ipvs.yaml   test/vm/halb-ipvs.yaml
+#
+# Outputs, under the cache directory ($HALB_VM_CACHE, else test/vm/.cache):
+#   amd64/vmlinuz  amd64/initramfs.cpio.zst  amd64/kernel-release
+#
+# Idempotent: host tools are installed only when missing; the .deb files are
+# downloaded once and kept; the kernel's module subset is extracted again only
+# when the package or the module list changes. Without HALB_BINARY it builds
+# halb from this checkout (CGO_ENABLED=0, so it runs on busybox's bare root).
+#
+# Exit status 3 means a prerequisite could not be had (a tool would not
+# install, a package would not download): the Go test skips on that outside
+# CI and fails in CI. Any other failure is a bug here.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cache=${HALB_VM_CACHE:-$here/.cache}
+arch=amd64 # Debian's architecture name; arm64 would need its own qemu and console
+out=$cache/$arch
+
+# Modules the initramfs carries, with everything modules.dep says they need.
+# ip_vs_ftp and ip_vs_pe_sip are left out: they are not schedulers, and they
+# would pull in nf_nat and the conntrack helpers.
+modules=(ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_fo ip_vs_ovf ip_vs_lblc
+	ip_vs_lblcr ip_vs_dh ip_vs_sh ip_vs_mh ip_vs_sed ip_vs_nq veth)
+# The stamp that says the staged kernel is up to date; bump it when the way
+# the closure is computed changes.
+stage_version=2
+
+log() { printf 'build.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+# unavailable: a prerequisite is missing and cannot be had on this machine.
+unavailable() { log "prerequisite unavailable: $*"; exit 3; }
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
+
+apt_updated=
+apt_update() {
+	[[ -n $apt_updated ]] && return 0
+	log "apt-get update"
+	apt-get update -qq >&2 || unavailable "apt-get update failed: is Debian's archive reachable?"
+	apt_updated=1
+}
+
+# need_tools CMD=PACKAGE...: install the packages whose command is missing.
+need_tools() {
+	local pkgs=() spec
+	for spec in "$@"; do
+		command -v "${spec%%=*}" >/dev/null 2>&1 || pkgs+=("${spec#*=}")
+	done
+	((${#pkgs[@]})) || return 0
+	[[ $(id -u) -eq 0 ]] || unavailable "missing ${pkgs[*]}: run as root, or install them"
+	apt_update
+	log "apt-get install ${pkgs[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2 ||
+		unavailable "apt-get install ${pkgs[*]} failed"
+}
+
+# candidate PACKAGE: the version apt would install, or nothing.
+candidate() {
+	apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2 }'
+}
+
+# fetch PACKAGE: print the path of PACKAGE's .deb in the cache, downloading
+# the candidate version when it is not there yet. Offline, the newest cached
+# .deb of PACKAGE does.
+fetch() {
+	local pkg=$1 ver deb
+	mkdir -p "$cache/debs"
+	ver=$(candidate "$pkg")
+	if [[ -z $ver ]]; then
+		apt_update
+		ver=$(candidate "$pkg")
+	fi
+	if [[ -z $ver ]]; then
+		deb=$(find "$cache/debs" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n1)
+		[[ -n $deb ]] || unavailable "no package $pkg in apt's lists and none cached"
+		log "using cached $deb: apt knows no $pkg"
+		echo "$deb"
+		return
+	fi
+	# apt-get download names the file after the version, epoch as %3a.
+	deb=$cache/debs/${pkg}_${ver/:/%3a}_$arch.deb
+	if [[ ! -s $deb ]]; then
+		local t
+		t=$(now)
+		log "download $pkg $ver"
+		(cd "$cache/debs" && apt-get download -qq -o APT::Sandbox::User=root "$pkg=$ver" >&2) ||
+			unavailable "apt-get download $pkg=$ver failed"
+		[[ -s $deb ]] || die "apt-get download $pkg=$ver did not write $deb"
+		log "downloaded $(du -h "$deb" | cut -f1) in $(since "$t")"
+		# Older versions of the package are of no more use.
+		find "$cache/debs" -maxdepth 1 -name "${pkg}_*.deb" ! -name "$(basename "$deb")" -delete
+	fi
+	echo "$deb"
+}
+
+# kernel_package: the versioned image package linux-image-$arch depends on
+# (linux-image-amd64 is a metapackage), e.g. linux-image-6.1.0-56-amd64.
+kernel_package() {
+	local pkg
+	if [[ -n ${HALB_VM_KERNEL_PACKAGE:-} ]]; then
+		echo "$HALB_VM_KERNEL_PACKAGE"
+		return
+	fi
+	pkg=$(apt-cache depends "linux-image-$arch" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+	if [[ -z $pkg ]]; then
+		apt_update
+		pkg=$(apt-cache depends "linux-image-$arch" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+	fi
+	if [[ -z $pkg ]]; then
+		# Offline: the newest image package already cached.
+		pkg=$(find "$cache/debs" -maxdepth 1 -name "linux-image-[0-9]*-${arch}_*.deb" -printf '%f\n' 2>/dev/null |
+			sed 's/_.*//' | sort -V | tail -n1)
+	fi
+	[[ -n $pkg ]] || unavailable "cannot resolve linux-image-$arch to a versioned kernel package"
+	echo "$pkg"
+}
+
+# stage_kernel DEB: extract vmlinuz and the module subset into $cache/kernel,
+# unless that was done already for this package and module list.
+stage_kernel() {
+	local deb=$1 stamp kver full t
+	stamp="$stage_version $(basename "$deb") ${modules[*]}"
+	if [[ -f $cache/kernel/.stamp && $(cat "$cache/kernel/.stamp") == "$stamp" ]]; then
+		return
+	fi
+	t=$(now)
+	rm -rf "$cache/kernel" "$cache/kernel.tmp"
+	full=$cache/kernel.tmp
+	mkdir -p "$full"
+	dpkg-deb -x "$deb" "$full"
+	kver=$(ls -1 "$full/lib/modules")
+	[[ $(wc -w <<<"$kver") -eq 1 ]] || die "$deb holds $(wc -w <<<"$kver") module trees, want one"
+	# The package ships no modules.dep: the postinst runs depmod.
+	depmod -b "$full" "$kver"
+
+	# The closure: a modules.dep line lists all of a module's dependencies,
+	# transitively; each of them is visited too for its softdeps.
+	# modules.softdep names the modules a module asks for at run time
+	# (libcrc32c needs crc32c, through the crypto API); its names may be
+	# aliases.
+	local dir=$full/lib/modules/$kver files=() queue=("${modules[@]}") seen=" " m line soft f
+	while ((${#queue[@]})); do
+		m=${queue[0]}
+		queue=("${queue[@]:1}")
+		[[ $seen == *" $m "* ]] && continue
+		seen+="$m "
+		line=$(awk -v m="$m" '{ f = $1; sub(/:$/, "", f); n = f; sub(/.*\//, "", n); sub(/\.ko.*/, "", n); gsub(/-/, "_", n) } n == m { print; exit }' "$dir/modules.dep")
+		if [[ -z $line ]]; then
+			# A softdep name that is only an alias is fine; a module asked
+			# for by name is not.
+			[[ " ${modules[*]} " != *" $m "* ]] || die "$(basename "$deb"): modules.dep has no $m"
+			continue
+		fi
+		# "kernel/x/a.ko: kernel/y/b.ko kernel/z/c.ko"; split on purpose.
+		# shellcheck disable=SC2206
+		files+=(${line/:/})
+		for f in ${line/:/}; do
+			f=${f##*/}
+			f=${f%%.ko*}
+			queue+=("${f//-/_}")
+		done
+		soft=$(awk -v m="$m" '$1 == "softdep" && $2 == m { for (i = 3; i <= NF; i++) if ($i != "pre:" && $i != "post:") print $i }' "$dir/modules.softdep")
+		for f in $soft; do
+			# An alias stands for every module that has it (crc32c:
+			# crc32c_generic and crc32c_intel), as for modprobe.
+			mapfile -t -O "${#queue[@]}" queue < <(awk -v a="$f" '$1 == "alias" && $2 == a { print $3 }' "$dir/modules.alias")
+			queue+=("${f//-/_}")
+		done
+	done
+	mkdir -p "$cache/kernel/lib/modules/$kver"
+	(cd "$dir" && printf '%s\n' "${files[@]}" | sort -u | cpio -pdm --quiet "$cache/kernel/lib/modules/$kver")
+	cp "$dir/modules.builtin" "$dir/modules.builtin.modinfo" "$dir/modules.order" "$cache/kernel/lib/modules/$kver/"
+	cp "$full/boot/vmlinuz-$kver" "$cache/kernel/vmlinuz"
+	cp "$full/boot/config-$kver" "$cache/kernel/config"
+	echo "$kver" >"$cache/kernel/release"
+	rm -rf "$full"
+	# modules.dep, .softdep and .alias (the kernel's on-demand requests name
+	# aliases: net-pf-16-proto-16-family-IPVS, crypto-crc32c) for just the
+	# files carried.
+	depmod -b "$cache/kernel" "$kver"
+	echo "$stamp" >"$cache/kernel/.stamp"
+	log "kernel $kver: $(printf '%s\n' "${files[@]}" | sort -u | wc -l) module files staged in $(since "$t")"
+}
+
+# copy_binary SRC DEST_DIR: a dynamically linked program and its libraries
+# (the ldd closure), at the paths the dynamic loader looks for them.
+copy_binary() {
+	local src=$1 dst=$2 lib
+	install -D -m 0755 "$src" "$stage$dst/$(basename "$src")"
+	for lib in $(ldd "$src" | awk '/=> \// { print $3 } /^[[:space:]]*\/[^ ]*ld-linux/ { print $1 }'); do
+		[[ -e $stage$lib ]] || install -D -m 0755 "$(readlink -f "$lib")" "$stage$lib"
+	done
+}
+
+main() {
+	local t_all halb kpkg kdeb bbdeb kver t ldd_out
+	t_all=$(now)
+	mkdir -p "$cache"
+	exec 9>"$cache/.lock"
+	flock 9 # one build at a time per cache
+
+	need_tools qemu-system-x86_64=qemu-system-x86 kmod=kmod cpio=cpio zstd=zstd \
+		ipvsadm=ipvsadm ip=iproute2 dpkg-deb=dpkg ldd=libc-bin flock=util-linux
+
+	kpkg=$(kernel_package)
+	kdeb=$(fetch "$kpkg")
+	# A new ABI is a new package name: drop the kernels it replaced.
+	find "$cache/debs" -maxdepth 1 -name "linux-image-[0-9]*-${arch}_*.deb" ! -name "$(basename "$kdeb")" -delete
+	# busybox-static is taken from its .deb rather than installed, so the
+	# host's own busybox (initramfs-tools uses the dynamic one) stays.
+	bbdeb=$(fetch busybox-static)
+	stage_kernel "$kdeb"
+	kver=$(cat "$cache/kernel/release")
+
+	if [[ $# -ge 1 ]]; then
+		halb=$(readlink -f "$1")
+		[[ -x $halb ]] || die "$1: not an executable"
+	else
+		t=$(now)
+		halb=$cache/halb
+		(cd "$repo" && CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath -o "$halb" ./cmd/halb) ||
+			die "go build ./cmd/halb failed"
+		log "built halb in $(since "$t")"
+	fi
+	if ldd_out=$(LC_ALL=C ldd "$halb" 2>&1); [[ $ldd_out != *"not a dynamic executable"* ]]; then
+		die "$halb is dynamically linked: build it with CGO_ENABLED=0"
+	fi
+
+	t=$(now)
+	stage=$cache/stage
+	rm -rf "$stage" "$cache/busybox"
+	mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,etc/halb,proc,sys,dev,run,tmp,root,lib/modules,scenarios}
+
+	dpkg-deb -x "$bbdeb" "$cache/busybox"
+	install -m 0755 "$cache/busybox/bin/busybox" "$stage/bin/busybox"
+	rm -rf "$cache/busybox"
+	local applet
+	for applet in $("$stage/bin/busybox" --list-full); do
+		case ${applet##*/} in
+		busybox | ip) continue ;; # iproute2's ip is carried: busybox's has no netns or veth peers
+		esac
+		ln -sf /bin/busybox "$stage/$applet"
+	done
+
+	copy_binary "$(readlink -f "$(command -v kmod)")" /bin
+	for applet in modprobe insmod rmmod lsmod modinfo depmod; do
+		ln -sf /bin/kmod "$stage/sbin/$applet"
+	done
+	cp -a "$cache/kernel/lib/modules/$kver" "$stage/lib/modules/"
+	copy_binary "$(command -v ipvsadm)" /usr/sbin
+	copy_binary "$(command -v ip)" /usr/sbin
+	install -m 0755 "$halb" "$stage/usr/sbin/halb"
+	install -m 0644 "$here/halb-ipvs.yaml" "$stage/etc/halb/ipvs.yaml"
+	install -m 0755 "$here/init" "$stage/init"
+	install -m 0644 "$here"/scenarios/*.sh "$stage/scenarios/"
+	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
+	printf 'root:x:0:\n' >"$stage/etc/group"
+
+	mkdir -p "$out"
+	# Reproducible: same inputs, same bytes (file order and owners fixed,
+	# mtimes set to the epoch).
+	find "$stage" -exec touch -h -d @0 {} +
+	(cd "$stage" && find . -print0 | LC_ALL=C sort -z |
+		cpio --null -o -H newc --owner 0:0 --reproducible --quiet) |
+		zstd -q -T0 -12 -f -o "$out/initramfs.cpio.zst.tmp"
+	mv "$out/initramfs.cpio.zst.tmp" "$out/initramfs.cpio.zst"
+	cp "$cache/kernel/vmlinuz" "$out/vmlinuz"
+	echo "$kver" >"$out/kernel-release"
+	log "initramfs $(du -h "$out/initramfs.cpio.zst" | cut -f1) ($(du -sh "$stage" | cut -f1) unpacked) in $(since "$t")"
+	log "kernel $kver ($kpkg), built in $(since "$t_all"): $out"
+}
+
+main "$@"
