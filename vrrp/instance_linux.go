@@ -168,7 +168,14 @@ func (in *Instance) Run(ctx context.Context) error {
 }
 
 func (in *Instance) subscribe(links chan netlink.LinkUpdate, addrs chan netlink.AddrUpdate, done chan struct{}) error {
-	onErr := func(err error) { in.log.Error("netlink subscription", "err", err) }
+	onErr := func(err error) {
+		select {
+		case <-done:
+			// Closing the subscription at shutdown interrupts its read.
+		default:
+			in.log.Error("netlink subscription", "err", err)
+		}
+	}
 	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		return fmt.Errorf("subscribe to link updates: %w", err)
 	}
