@@ -146,14 +146,27 @@ func (in *Instance) Run(ctx context.Context) error {
 			return nil
 		case u, ok := <-links:
 			if !ok {
-				return errors.New("netlink link subscription ended")
+				// The kernel dropped the subscription (ENOBUFS on a busy
+				// host): subscribe again and look afresh, since events were
+				// lost.
+				links = make(chan netlink.LinkUpdate, 64)
+				in.resubscribe(ctx, func() error {
+					return netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: in.onSubscriptionError(done)})
+				})
+				in.evaluate(time.Now(), adverts)
+				continue
 			}
 			if in.concerns(u) {
 				in.evaluate(time.Now(), adverts)
 			}
 		case u, ok := <-addrs:
 			if !ok {
-				return errors.New("netlink address subscription ended")
+				addrs = make(chan netlink.AddrUpdate, 64)
+				in.resubscribe(ctx, func() error {
+					return netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: in.onSubscriptionError(done)})
+				})
+				in.evaluate(time.Now(), adverts)
+				continue
 			}
 			if in.link != nil && u.LinkIndex == in.link.Attrs().Index {
 				in.evaluate(time.Now(), adverts)
@@ -168,14 +181,7 @@ func (in *Instance) Run(ctx context.Context) error {
 }
 
 func (in *Instance) subscribe(links chan netlink.LinkUpdate, addrs chan netlink.AddrUpdate, done chan struct{}) error {
-	onErr := func(err error) {
-		select {
-		case <-done:
-			// Closing the subscription at shutdown interrupts its read.
-		default:
-			in.log.Error("netlink subscription", "err", err)
-		}
-	}
+	onErr := in.onSubscriptionError(done)
 	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		return fmt.Errorf("subscribe to link updates: %w", err)
 	}
@@ -183,6 +189,34 @@ func (in *Instance) subscribe(links chan netlink.LinkUpdate, addrs chan netlink.
 		return fmt.Errorf("subscribe to address updates: %w", err)
 	}
 	return nil
+}
+
+func (in *Instance) onSubscriptionError(done chan struct{}) func(error) {
+	return func(err error) {
+		select {
+		case <-done:
+			// Closing the subscription at shutdown interrupts its read.
+		default:
+			in.log.Error("netlink subscription", "err", err)
+		}
+	}
+}
+
+// resubscribe retries a subscription until it succeeds, a few times a
+// second: without it the instance would be deaf to its interface.
+func (in *Instance) resubscribe(ctx context.Context, sub func() error) {
+	for attempt := 1; ctx.Err() == nil; attempt++ {
+		err := sub()
+		if err == nil {
+			in.log.Warn("netlink subscription renewed", "attempt", attempt)
+			return
+		}
+		in.log.Error("cannot renew netlink subscription", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // arm sets the timer to the earliest of the machine's deadline and the
