@@ -60,7 +60,7 @@ enum __attribute__((packed)) backend_flags {
 	BACKEND_F_ACTIVE = 1 << 0,
 };
 
-/* Why halb_xdp_lb dropped a packet: the index into halb_drops. */
+/* Why halb_xdp_lb or halb_tc_lb dropped a packet: the index into halb_drops. */
 enum drop_reason {
 	DROP_MALFORMED = 0,   /* a TCP/UDP packet to a VIP with broken headers */
 	DROP_NO_BACKEND = 1,  /* no Maglev table, or its slot names no active backend */
@@ -107,17 +107,24 @@ struct vip {
 			 * loader keeps the count */
 };
 
-/* halb_backends value, indexed by backend id. */
+/* halb_backends value, indexed by backend id. The program reads flags, the
+ * MACs, ifindex and service; addr, port and weight are there for bpftool
+ * readers and for a restarted loader, which rebuilds its view of what it
+ * programmed from the maps alone. */
 struct backend {
 	union addr addr;  /* the backend's own address (the tunnel end for TUN) */
 	enum family family;
 	enum backend_flags flags; /* a set of flags */
 	__u8 mac[6];      /* the backend's MAC: the DR destination */
 	__u8 src_mac[6];  /* the MAC of the interface that reaches it */
-	__u16 pad;
-	__u32 ifindex;    /* that interface: XDP_TX when it is the one the
-			   * packet came in on, else a redirect through
-			   * halb_tx_ports */
+	__u16 port;       /* host byte order; DR leaves the packet's port as is */
+	__u32 ifindex;    /* that interface: XDP_TX (tc: a redirect to its
+			   * egress) when it is the one the packet came in on,
+			   * else a redirect through halb_tx_ports */
+	__u32 service;    /* the id of the service it serves: conntrack
+			   * entries that name the backend count for this
+			   * service only */
+	__u32 weight;     /* its share of the Maglev table; 0: drained */
 };
 
 /* halb_ct key: the 5-tuple of one direction of a flow, client to VIP. */

@@ -1,4 +1,7 @@
-/* halb_lb.c: halb's layer-4 load balancer, as an XDP program.
+/* halb_lb.c: halb's layer-4 load balancer, as an XDP program (halb_xdp_lb)
+ * and the same logic as a tc program (halb_tc_lb) for where XDP cannot
+ * attach. Both share every map; the loader attaches one of them to an
+ * interface, never both.
  *
  * halb_xdp_lb looks at every frame that arrives on the interfaces where VIP
  * traffic lands. A TCP or UDP packet to a service in halb_services goes to
@@ -13,11 +16,13 @@
  * failover, and the same hash over the same table finds the same backend.
  *
  * Forwarding (forward: dr) rewrites the Ethernet addresses and sends the
- * frame back out (XDP_TX) or to the backend's interface (XDP_REDIRECT); the
- * IP packet is not changed, and the backend answers the client directly.
+ * frame back out (XDP_TX) or to the backend's interface (XDP_REDIRECT; tc:
+ * bpf_redirect to either); the IP packet is not changed, and the backend
+ * answers the client directly.
  *
  * What the program does with packets it cannot fully read:
- *  - not IPv4 or IPv6 (ARP, LLDP, two stacked VLAN tags, ...): pass.
+ *  - not IPv4 or IPv6 (ARP, LLDP, two stacked VLAN tags, ...): pass (tc:
+ *    TC_ACT_UNSPEC, which tcx takes as "next").
  *  - too short to hold the Ethernet or VLAN header, or the fixed IPv4/IPv6
  *    header: pass. The destination is unknown, so the packet is not known to
  *    be ours; the kernel drops it and counts it where it counts such things.
@@ -41,6 +46,7 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
@@ -258,17 +264,16 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 	return PARSE_OK;
 }
 
-/* drop counts a dropped packet. Drops are the cold path, so it is a call of
- * its own rather than inlined; that also puts enum drop_reason into the
- * object's BTF, where bpf2go finds it. */
-static __noinline int drop(enum drop_reason reason)
+/* count_drop counts a dropped packet. Drops are the cold path, so it is a
+ * call of its own rather than inlined; that also puts enum drop_reason into
+ * the object's BTF, where bpf2go finds it. */
+static __noinline void count_drop(enum drop_reason reason)
 {
 	__u32 key = reason;
 	__u64 *count = bpf_map_lookup_elem(&halb_drops, &key);
 
 	if (count)
 		*count += 1;
-	return XDP_DROP;
 }
 
 /* count adds one packet to a per-CPU stats record and returns it. */
@@ -344,7 +349,10 @@ static __always_inline __u32 maglev_pick(const struct service *svc, __u32 hash)
 /* schedule finds the backend for pkt: the one halb_ct remembers, or else the
  * Maglev choice, which it then remembers. A SYN always takes the Maglev
  * choice: it starts a new connection, perhaps on a reused 5-tuple whose old
- * backend has since been drained. */
+ * backend has since been drained. A remembered backend that no longer
+ * serves this service (its id was freed and handed to another service's
+ * backend) does not count: a flow only ever goes to its own service's
+ * backends. */
 static __always_inline struct backend *schedule(const struct service *svc,
 						const struct packet *pkt,
 						__u32 *id, int *new_flow)
@@ -357,7 +365,7 @@ static __always_inline struct backend *schedule(const struct service *svc,
 		ct = bpf_map_lookup_elem(&halb_ct, &pkt->flow);
 		if (ct) {
 			b = active_backend(ct->backend_id);
-			if (b) {
+			if (b && b->service == svc->id) {
 				*id = ct->backend_id;
 				*new_flow = 0;
 				return b;
@@ -378,44 +386,47 @@ static __always_inline struct backend *schedule(const struct service *svc,
 	return b;
 }
 
-/* forward_dr sends the frame to backend b on the link layer. */
-static __always_inline int forward_dr(struct xdp_md *ctx, struct ethhdr *eth,
-				      const struct backend *b)
-{
-	__builtin_memcpy(eth->h_dest, b->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, b->src_mac, ETH_ALEN);
-	if (b->ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	/* On a missing port this returns the low bits of the flags: 0, which
-	 * is XDP_ABORTED. */
-	return bpf_redirect_map(&halb_tx_ports, b->ifindex, 0);
-}
+/* What balance made of a frame. */
+enum verdict {
+	VERDICT_PASS,    /* not for a service: on to the kernel */
+	VERDICT_DROP,    /* for a service, dropped and counted */
+	VERDICT_FORWARD, /* for backend d->b; the MACs are rewritten */
+};
 
-SEC("xdp")
-int halb_xdp_lb(struct xdp_md *ctx)
+/* A forwarding decision, for the hook to carry out and then count. */
+struct decision {
+	struct backend *b;
+	struct stats *svc_stats;
+	__u32 backend_id;
+	__u32 len;    /* frame length, for the byte counters */
+	int new_flow; /* scheduled by Maglev, not found in halb_ct */
+};
+
+/* balance is the whole load balancer but the last step, which differs
+ * between XDP and tc: it finds the frame's service and backend and rewrites
+ * the Ethernet addresses for DR (the IP packet is not changed, and the
+ * backend answers the client directly). len is the frame's whole length. */
+static __always_inline enum verdict balance(void *data, void *data_end, __u32 len,
+					    struct decision *d)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct packet pkt = {};
 	struct service_key skey = {};
-	struct stats *svc_stats, *be_stats;
 	struct service *svc;
-	struct backend *b;
-	__u32 backend_id;
-	int new_flow;
-	int action;
 
 	if ((void *)(eth + 1) > data_end)
-		return XDP_PASS;
+		return VERDICT_PASS;
 
 	switch (parse(eth, data_end, &pkt)) {
 	case PARSE_OK:
 		break;
 	case PARSE_MALFORMED:
-		return is_vip(&pkt.flow) ? drop(DROP_MALFORMED) : XDP_PASS;
+		if (!is_vip(&pkt.flow))
+			return VERDICT_PASS;
+		count_drop(DROP_MALFORMED);
+		return VERDICT_DROP;
 	default:
-		return XDP_PASS;
+		return VERDICT_PASS;
 	}
 
 	skey.vip = pkt.flow.daddr;
@@ -424,28 +435,112 @@ int halb_xdp_lb(struct xdp_md *ctx)
 	skey.family = pkt.flow.family;
 	svc = bpf_map_lookup_elem(&halb_services, &skey);
 	if (!svc)
-		return XDP_PASS;
+		return VERDICT_PASS;
 
-	pkt.len = data_end - data;
-	svc_stats = count(&halb_service_stats, svc->id, pkt.len);
+	d->len = len;
+	d->svc_stats = count(&halb_service_stats, svc->id, len);
 
-	if (svc->forward != FORWARD_DR)
-		return drop(DROP_UNSUPPORTED);
+	if (svc->forward != FORWARD_DR) {
+		count_drop(DROP_UNSUPPORTED);
+		return VERDICT_DROP;
+	}
 
-	b = schedule(svc, &pkt, &backend_id, &new_flow);
-	if (!b)
-		return drop(DROP_NO_BACKEND);
+	d->b = schedule(svc, &pkt, &d->backend_id, &d->new_flow);
+	if (!d->b) {
+		count_drop(DROP_NO_BACKEND);
+		return VERDICT_DROP;
+	}
+	__builtin_memcpy(eth->h_dest, d->b->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, d->b->src_mac, ETH_ALEN);
+	return VERDICT_FORWARD;
+}
 
-	action = forward_dr(ctx, eth, b);
-	if (action != XDP_TX && action != XDP_REDIRECT)
-		return drop(DROP_NO_TX_PORT);
+/* forwarded counts a frame that went to its backend. */
+static __always_inline void forwarded(const struct decision *d)
+{
+	struct stats *be_stats = count(&halb_backend_stats, d->backend_id, d->len);
 
-	be_stats = count(&halb_backend_stats, backend_id, pkt.len);
-	if (new_flow) {
-		if (svc_stats)
-			svc_stats->new_flows++;
+	if (d->new_flow) {
+		if (d->svc_stats)
+			d->svc_stats->new_flows++;
 		if (be_stats)
 			be_stats->new_flows++;
 	}
+}
+
+/* halb_xdp_lb sends a frame back out of the interface it came in on
+ * (XDP_TX) or to the backend's interface (XDP_REDIRECT). */
+SEC("xdp")
+int halb_xdp_lb(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct decision d = {};
+	int action;
+
+	switch (balance(data, data_end, data_end - data, &d)) {
+	case VERDICT_PASS:
+		return XDP_PASS;
+	case VERDICT_DROP:
+		return XDP_DROP;
+	default:
+		break;
+	}
+
+	if (d.b->ifindex == ctx->ingress_ifindex) {
+		action = XDP_TX;
+	} else {
+		/* On a missing port this returns the low bits of the flags:
+		 * 0, which is XDP_ABORTED. */
+		action = bpf_redirect_map(&halb_tx_ports, d.b->ifindex, 0);
+		if (action != XDP_REDIRECT) {
+			count_drop(DROP_NO_TX_PORT);
+			return XDP_DROP;
+		}
+	}
+	forwarded(&d);
 	return action;
+}
+
+/* The most of a frame the parser reads: Ethernet, a VLAN tag, IPv4 with
+ * the longest options and a TCP header. */
+#define HALB_PARSE_LEN (ETH_HLEN + 4 + 60 + 20)
+
+/* halb_tc_lb is halb_xdp_lb for the tc ingress hook (tcx), where XDP cannot
+ * attach: the same maps, the same decisions, and the frame goes out of the
+ * backend's interface (bpf_redirect to its egress; the same interface as
+ * the ingress is allowed and is how DR hairpins). On the skb path the
+ * kernel has usually moved a VLAN tag into the skb's metadata before tc
+ * runs, and puts it back on the way out. */
+SEC("tc")
+int halb_tc_lb(struct __sk_buff *skb)
+{
+	struct decision d = {};
+	void *data, *data_end;
+	__u32 linear = skb->data_end - skb->data;
+
+	/* Direct packet access reaches the linear part of the skb only: pull
+	 * the headers into it. Failure leaves the frame short, and the parser
+	 * passes what it cannot read. */
+	if (linear < HALB_PARSE_LEN && linear < skb->len)
+		bpf_skb_pull_data(skb, skb->len < HALB_PARSE_LEN ? skb->len : HALB_PARSE_LEN);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+
+	switch (balance(data, data_end, skb->len, &d)) {
+	case VERDICT_PASS:
+		return TC_ACT_UNSPEC; /* tcx: TCX_NEXT, on to the next program or the stack */
+	case VERDICT_DROP:
+		return TC_ACT_SHOT;
+	default:
+		break;
+	}
+
+	if (d.b->ifindex != skb->ingress_ifindex &&
+	    !bpf_map_lookup_elem(&halb_tx_ports, &d.b->ifindex)) {
+		count_drop(DROP_NO_TX_PORT);
+		return TC_ACT_SHOT;
+	}
+	forwarded(&d);
+	return bpf_redirect(d.b->ifindex, 0);
 }

@@ -10,15 +10,18 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"reflect"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/loader"
+	"github.com/halb-lb/halb/service"
 	"github.com/halb-lb/halb/vrrp"
 )
 
@@ -32,6 +35,8 @@ type Daemon struct {
 	cfg    *config.Config
 
 	instances []*vrrp.Instance
+	mode      string           // the data path the probe chose
+	dp        service.Datapath // nil while there are no services
 }
 
 // New loads the configuration at path and sets up logging to w. A bad
@@ -68,6 +73,23 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 		d.log.Warn("datapath", "warning", w)
 	}
 
+	// The data path comes first, so that traffic flows the moment VRRP
+	// brings a VIP here; if it cannot be programmed, nothing else starts.
+	d.mode = decision.Mode
+	defer func() {
+		if d.dp != nil {
+			d.dp.Close() // what is programmed stays: traffic flows on
+		}
+	}()
+	if err := d.apply(ctx); err != nil {
+		return fmt.Errorf("program services: %w", err)
+	}
+	if d.dp != nil {
+		d.log.Info("services programmed", "datapath", d.dp.Name(), "services", len(d.cfg.Services))
+	}
+	resync := time.NewTicker(resyncInterval)
+	defer resync.Stop()
+
 	vctx, stopVRRP := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for _, ic := range d.cfg.VRRP.Instances {
@@ -91,10 +113,18 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 		case <-ctx.Done():
 			d.log.Info("halb stopping", "reason", ctx.Err())
 			return nil
+		case <-resync.C:
+			if err := d.apply(ctx); err != nil {
+				d.log.Error("resync of the data path failed", "err", err)
+			}
 		case sig := <-signals:
 			switch sig {
 			case syscall.SIGHUP:
-				_ = d.Reload()
+				if d.Reload() == nil {
+					if err := d.apply(ctx); err != nil {
+						d.log.Error("reloaded services not fully programmed; retrying at the next resync", "err", err)
+					}
+				}
 			case syscall.SIGTERM, os.Interrupt:
 				d.log.Info("halb stopping", "signal", sig.String())
 				return nil

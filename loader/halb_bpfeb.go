@@ -25,8 +25,10 @@ type halbBackend struct {
 	Flags   halbBackendFlags
 	Mac     [6]uint8
 	SrcMac  [6]uint8
-	Pad     uint16
+	Port    uint16
 	Ifindex uint32
+	Service uint32
+	Weight  uint32
 }
 
 type halbBackendFlags uint8
@@ -130,6 +132,7 @@ const (
 	halbMapHalbServices     = "halb_services"
 	halbMapHalbTxPorts      = "halb_tx_ports"
 	halbMapHalbVips         = "halb_vips"
+	halbProgHalbTcLb        = "halb_tc_lb"
 	halbProgHalbXdpLb       = "halb_xdp_lb"
 	halbVarHalbMaglevSize   = "halb_maglev_size"
 )
@@ -176,6 +179,7 @@ type halbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type halbProgramSpecs struct {
+	HalbTcLb  *ebpf.ProgramSpec `ebpf:"halb_tc_lb"`
 	HalbXdpLb *ebpf.ProgramSpec `ebpf:"halb_xdp_lb"`
 }
 
@@ -257,11 +261,13 @@ type halbVariables struct {
 //
 // It can be passed to loadHalbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type halbPrograms struct {
+	HalbTcLb  *ebpf.Program `ebpf:"halb_tc_lb"`
 	HalbXdpLb *ebpf.Program `ebpf:"halb_xdp_lb"`
 }
 
 func (p *halbPrograms) Close() error {
 	return _HalbClose(
+		p.HalbTcLb,
 		p.HalbXdpLb,
 	)
 }

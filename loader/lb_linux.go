@@ -39,8 +39,8 @@ type Options struct {
 	ConntrackEntries uint32
 }
 
-// LB is halb's XDP load balancer in the kernel: the program halb_xdp_lb and
-// its maps, loaded but attached nowhere. Its methods write the maps the
+// LB is halb's load balancer in the kernel: the programs halb_xdp_lb and
+// halb_tc_lb and their maps, loaded but attached nowhere. Its methods write the maps the
 // program reads and read the counters it keeps; it is safe for concurrent
 // use.
 type LB struct {
@@ -52,9 +52,19 @@ type LB struct {
 	mu sync.Mutex
 }
 
-// Load loads halb_xdp_lb and creates its maps, sized by opts. It needs
-// CAP_BPF and CAP_NET_ADMIN (or root).
+// Load loads halb_xdp_lb and halb_tc_lb and creates their maps, sized by
+// opts, pinned nowhere. It needs CAP_BPF and CAP_NET_ADMIN (or root).
 func Load(opts Options) (*LB, error) {
+	spec, maglev, err := newSpec(opts)
+	if err != nil {
+		return nil, err
+	}
+	return load(spec, maglev, nil)
+}
+
+// newSpec is the collection sized by opts, and the template of one
+// service's Maglev table.
+func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 	if opts.MaglevTableSize == 0 {
 		opts.MaglevTableSize = DefaultMaglevTableSize
 	}
@@ -63,7 +73,7 @@ func Load(opts Options) (*LB, error) {
 	}
 	spec, err := loadHalb()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// The program computes hash % M with M from halb_maglev_size, and the
 	// verifier checks its table lookups against the inner map's size:
@@ -71,12 +81,16 @@ func Load(opts Options) (*LB, error) {
 	maglev := spec.Maps[halbMapHalbMaglev].InnerMap
 	maglev.MaxEntries = opts.MaglevTableSize
 	if err := spec.Variables[halbVarHalbMaglevSize].Set(opts.MaglevTableSize); err != nil {
-		return nil, fmt.Errorf("set %s: %w", halbVarHalbMaglevSize, err)
+		return nil, nil, fmt.Errorf("set %s: %w", halbVarHalbMaglevSize, err)
 	}
 	spec.Maps[halbMapHalbCt].MaxEntries = opts.ConntrackEntries
+	return spec, maglev.Copy(), nil
+}
 
-	lb := &LB{maglev: maglev.Copy()}
-	if err := spec.LoadAndAssign(&lb.objs, nil); err != nil {
+// load loads spec; copts says where maps are pinned, if anywhere.
+func load(spec *ebpf.CollectionSpec, maglev *ebpf.MapSpec, copts *ebpf.CollectionOptions) (*LB, error) {
+	lb := &LB{maglev: maglev}
+	if err := spec.LoadAndAssign(&lb.objs, copts); err != nil {
 		return nil, fmt.Errorf("load %s: %w", halbProgHalbXdpLb, err)
 	}
 	return lb, nil
@@ -88,6 +102,9 @@ func (lb *LB) Close() error { return lb.objs.Close() }
 
 // Program is halb_xdp_lb, ready to attach.
 func (lb *LB) Program() *ebpf.Program { return lb.objs.HalbXdpLb }
+
+// TCProgram is halb_tc_lb, the same balancer for the tc ingress hook.
+func (lb *LB) TCProgram() *ebpf.Program { return lb.objs.HalbTcLb }
 
 // MaglevTableSize is M, the length of every table SetMaglevTable takes.
 func (lb *LB) MaglevTableSize() int { return int(lb.maglev.MaxEntries) }
@@ -225,7 +242,9 @@ type Backend struct {
 	// for bpftool readers and for forward: tun.
 	Addr netip.Addr
 	// MAC is the backend's Ethernet address, the destination of its
-	// frames.
+	// frames. Without one (nil) the record is written inactive: it holds
+	// the backend's place while its address is being resolved, and the
+	// program sends it nothing.
 	MAC net.HardwareAddr
 	// Ifindex is the interface that reaches the backend. When the program
 	// is attached there, it sends frames back out (XDP_TX); otherwise the
@@ -233,36 +252,55 @@ type Backend struct {
 	Ifindex int
 	// SrcMAC is that interface's own address, the source of the frames.
 	SrcMAC net.HardwareAddr
+
+	// The program does not read these; they let bpftool readers, and a
+	// restarted loader, tell whose backend a record is.
+	Port    uint16 // the backend's port; DR keeps the packet's
+	Service uint32 // the ID of the service it serves
+	Weight  uint32 // its share of the service's Maglev table; 0 drains it
 }
 
-// PutBackend writes backend id and makes it active: conntrack entries that
-// name it are honoured.
+// PutBackend writes backend id and, when it has a MAC, makes it active:
+// conntrack entries that name it are honoured.
 func (lb *LB) PutBackend(id uint32, b Backend) error {
-	if id == 0 || id >= lb.MaxBackends() {
-		return fmt.Errorf("backend %d: id out of range: the maps hold ids 1 to %d", id, lb.MaxBackends()-1)
-	}
-	addr, family, err := addrOf(b.Addr)
+	v, err := lb.backendRecord(id, b)
 	if err != nil {
-		return fmt.Errorf("backend %d: %w", id, err)
+		return err
 	}
-	if len(b.MAC) != 6 || len(b.SrcMAC) != 6 {
-		return fmt.Errorf("backend %d: MAC %q and SrcMAC %q must both be 6-byte Ethernet addresses", id, b.MAC, b.SrcMAC)
-	}
-	if b.Ifindex <= 0 {
-		return fmt.Errorf("backend %d: ifindex %d is not an interface", id, b.Ifindex)
-	}
-	v := halbBackend{
-		Addr:    addr,
-		Family:  family,
-		Flags:   halbBackendFlagsBACKEND_F_ACTIVE,
-		Ifindex: uint32(b.Ifindex),
-	}
-	copy(v.Mac[:], b.MAC)
-	copy(v.SrcMac[:], b.SrcMAC)
 	if err := lb.objs.HalbBackends.Put(id, &v); err != nil {
 		return fmt.Errorf("write backend %d: %w", id, err)
 	}
 	return nil
+}
+
+func (lb *LB) backendRecord(id uint32, b Backend) (halbBackend, error) {
+	if id == 0 || id >= lb.MaxBackends() {
+		return halbBackend{}, fmt.Errorf("backend %d: id out of range: the maps hold ids 1 to %d", id, lb.MaxBackends()-1)
+	}
+	addr, family, err := addrOf(b.Addr)
+	if err != nil {
+		return halbBackend{}, fmt.Errorf("backend %d: %w", id, err)
+	}
+	if (b.MAC != nil && len(b.MAC) != 6) || len(b.SrcMAC) != 6 {
+		return halbBackend{}, fmt.Errorf("backend %d: MAC %q and SrcMAC %q must be 6-byte Ethernet addresses (MAC may be missing)", id, b.MAC, b.SrcMAC)
+	}
+	if b.Ifindex <= 0 {
+		return halbBackend{}, fmt.Errorf("backend %d: ifindex %d is not an interface", id, b.Ifindex)
+	}
+	v := halbBackend{
+		Addr:    addr,
+		Family:  family,
+		Ifindex: uint32(b.Ifindex),
+		Port:    b.Port,
+		Service: b.Service,
+		Weight:  b.Weight,
+	}
+	if b.MAC != nil {
+		v.Flags = halbBackendFlagsBACKEND_F_ACTIVE
+		copy(v.Mac[:], b.MAC)
+	}
+	copy(v.SrcMac[:], b.SrcMAC)
+	return v, nil
 }
 
 // DeleteBackend clears backend id. Flows that conntrack remembers for it
@@ -342,6 +380,113 @@ func (lb *LB) SetMaglevTable(service uint32, table []uint32) error {
 func (lb *LB) DeleteMaglevTable(service uint32) error {
 	if err := lb.objs.HalbMaglev.Delete(service); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete maglev table of service %d: %w", service, err)
+	}
+	return nil
+}
+
+// MaglevTable reads the table of service id back from the kernel, or nil
+// when it has none.
+func (lb *LB) MaglevTable(service uint32) ([]uint32, error) {
+	var id uint32
+	err := lb.objs.HalbMaglev.Lookup(service, &id)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read maglev table of service %d: %w", service, err)
+	}
+	m, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if err != nil {
+		return nil, fmt.Errorf("open maglev table of service %d: %w", service, err)
+	}
+	defer m.Close()
+	table := make([]uint32, m.MaxEntries())
+	keys := make([]uint32, len(table))
+	var cursor ebpf.MapBatchCursor
+	n, err := m.BatchLookup(&cursor, keys, table, nil)
+	if (err == nil || errors.Is(err, ebpf.ErrKeyNotExist)) && n == len(table) {
+		return table, nil
+	}
+	if err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		return nil, fmt.Errorf("read maglev table of service %d: %w", service, err)
+	}
+	// Batch lookups need Linux 5.6; or the batch stopped short.
+	for i := range table {
+		if err := m.Lookup(uint32(i), &table[i]); err != nil {
+			return nil, fmt.Errorf("read maglev table of service %d: %w", service, err)
+		}
+	}
+	return table, nil
+}
+
+// purgeConntrack deletes the flows halb_ct remembers for any of the
+// backends in ids and returns how many it deleted. It reads the table in
+// batches, so that a large one takes milliseconds rather than seconds.
+func (lb *LB) purgeConntrack(ids map[uint32]bool) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	var stale []halbFlow
+	keys := make([]halbFlow, 4096)
+	vals := make([]halbCtEntry, len(keys))
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := lb.objs.HalbCt.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			if ids[vals[i].BackendId] {
+				stale = append(stale, keys[i])
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			// Batches need Linux 5.6 (and a bucket larger than a batch
+			// fails one): one key at a time instead.
+			stale = stale[:0]
+			if err := lb.scanConntrack(ids, &stale); err != nil {
+				return 0, err
+			}
+			break
+		}
+	}
+	n := 0
+	for i := range stale {
+		err := lb.objs.HalbCt.Delete(&stale[i])
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("delete from %s: %w", halbMapHalbCt, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+func (lb *LB) scanConntrack(ids map[uint32]bool, stale *[]halbFlow) error {
+	var (
+		k halbFlow
+		v halbCtEntry
+	)
+	it := lb.objs.HalbCt.Iterate()
+	for it.Next(&k, &v) {
+		if ids[v.BackendId] {
+			*stale = append(*stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", halbMapHalbCt, err)
+	}
+	return nil
+}
+
+// resetStats zeroes the counters of id in a per-CPU stats map, before the
+// id names a new service or backend.
+func resetStats(m *ebpf.Map, name string, id uint32) error {
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
+	}
+	if err := m.Put(id, make([]halbStats, cpus)); err != nil {
+		return fmt.Errorf("reset %d in %s: %w", id, name, err)
 	}
 	return nil
 }

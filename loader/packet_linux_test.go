@@ -33,6 +33,21 @@ type testbed struct {
 	lb                  *LB
 	halb0, halb1, halb2 int // ifindexes
 	backends            map[uint32]Backend
+	tc                  bool // run halb_tc_lb rather than halb_xdp_lb
+}
+
+// on makes the testbed run prog, halb_xdp_lb or halb_tc_lb.
+func (tb *testbed) on(prog string) *testbed {
+	tb.tc = prog == halbProgHalbTcLb
+	return tb
+}
+
+// forPrograms runs f as a subtest for each of the programs: they share
+// their logic and must agree on every case.
+func forPrograms(t *testing.T, f func(t *testing.T, prog string)) {
+	for _, prog := range []string{halbProgHalbXdpLb, halbProgHalbTcLb} {
+		t.Run(prog, func(t *testing.T) { f(t, prog) })
+	}
 }
 
 func newTestbed(t *testing.T, opts Options) *testbed {
@@ -102,9 +117,19 @@ func (tb *testbed) service(t *testing.T, key ServiceKey, svc Service) {
 }
 
 // table installs a Maglev table for service id whose slots cycle through
-// backends (all slots 0 when there are none).
+// backends (all slots 0 when there are none), and makes those backends the
+// service's: the program honours a conntrack entry only for a backend of
+// the packet's service.
 func (tb *testbed) table(t *testing.T, service uint32, backends ...uint32) []uint32 {
 	t.Helper()
+	for _, id := range backends {
+		b := tb.backends[id]
+		b.Service = service
+		if err := tb.lb.PutBackend(id, b); err != nil {
+			t.Fatal(err)
+		}
+		tb.backends[id] = b
+	}
 	table := make([]uint32, tb.lb.MaglevTableSize())
 	for i := range table {
 		if len(backends) > 0 {
@@ -125,25 +150,67 @@ type xdpMD struct {
 	EgressIfindex           uint32
 }
 
+// skbCtx is the start of struct __sk_buff, the context BPF_PROG_TEST_RUN
+// hands a tc program; the kernel takes a prefix.
+type skbCtx struct {
+	Len, PktType, Mark, QueueMapping, Protocol uint32
+	VlanPresent, VlanTCI, VlanProto, Priority  uint32
+	IngressIfindex, Ifindex                    uint32
+}
+
+// The tc verdicts halb_tc_lb returns.
+const (
+	tcActUnspec   = 0xffffffff // TC_ACT_UNSPEC (-1): tcx goes on to the next program or the stack
+	tcActShot     = 2
+	tcActRedirect = 7
+)
+
 // run feeds frame to the program as if it had arrived on halb0 and returns
-// the action and the frame as the program left it.
+// the action and the frame as the program left it. halb_tc_lb's verdicts
+// come back as the XDP actions that mean the same: TC_ACT_UNSPEC as
+// XDP_PASS, TC_ACT_SHOT as XDP_DROP, TC_ACT_REDIRECT as XDP_REDIRECT.
 func (tb *testbed) run(t *testing.T, frame []byte) (xdpAction, []byte) {
 	t.Helper()
+	prog := tb.lb.Program()
 	opts := &ebpf.RunOptions{
 		Data:    frame,
 		DataOut: make([]byte, len(frame)+256),
 		Context: xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(tb.halb0)},
 	}
-	var action uint32
+	if tb.tc {
+		prog = tb.lb.TCProgram()
+		opts.Context = skbCtx{IngressIfindex: uint32(tb.halb0), Ifindex: uint32(tb.halb0)}
+	}
+	var ret uint32
 	err := tb.ns.Do(func() error {
 		var err error
-		action, err = tb.lb.Program().Run(opts)
+		ret, err = prog.Run(opts)
 		return err
 	})
 	if err != nil {
-		t.Fatalf("run %s: %v", tb.lb.Program(), err)
+		t.Fatalf("run %s: %v", prog, err)
 	}
-	return xdpAction(action), opts.DataOut
+	if !tb.tc {
+		return xdpAction(ret), opts.DataOut
+	}
+	switch ret {
+	case tcActUnspec:
+		return xdpPass, opts.DataOut
+	case tcActShot:
+		return xdpDrop, opts.DataOut
+	case tcActRedirect:
+		return xdpRedirect, opts.DataOut
+	}
+	return xdpAction(1000 + ret), opts.DataOut
+}
+
+// expect is the action the testbed's program gives for what XDP does with
+// action: halb_tc_lb redirects where halb_xdp_lb transmits.
+func (tb *testbed) expect(action xdpAction) xdpAction {
+	if tb.tc && action == xdpTX {
+		return xdpRedirect
+	}
+	return action
 }
 
 // forwardedTo is frame as DR sends it to backend id: only the MACs change.
@@ -162,7 +229,7 @@ func (tb *testbed) expectForward(t *testing.T, p packet, action xdpAction, id ui
 	t.Helper()
 	action2, out := tb.run(t, p.frame(t, routerMAC, halb0MAC))
 	want := tb.forwardedTo(t, p, id)
-	if action2 != action || !bytes.Equal(out, want) {
+	if action2 != tb.expect(action) || !bytes.Equal(out, want) {
 		t.Fatalf("%v: got %v to %s, want %v to backend %d (%s)\ngot  %x\nwant %x",
 			p, action2, macOf(out), action, id, tb.backends[id].MAC, out, want)
 	}
@@ -200,6 +267,9 @@ func (a xdpAction) String() string {
 	names := []string{"XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT"}
 	if int(a) < len(names) {
 		return names[a]
+	}
+	if a >= 1000 {
+		return fmt.Sprintf("tc(%d)", int32(a-1000))
 	}
 	return fmt.Sprintf("xdp(%d)", uint32(a))
 }

@@ -59,7 +59,7 @@ func BenchmarkXDP(b *testing.B) {
 	web := ServiceKey{vip4, 80, TCP}
 	backends := []uint32{1, 2, 3}
 	for _, id := range backends {
-		be := Backend{Addr: netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + id)}), MAC: mac, Ifindex: 1, SrcMAC: mac}
+		be := Backend{Addr: netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + id)}), MAC: mac, Ifindex: 1, SrcMAC: mac, Service: 1}
 		if err := lb.PutBackend(id, be); err != nil {
 			b.Fatal(err)
 		}

@@ -27,12 +27,15 @@ func ap(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a,
 // cut keeps the first n bytes of frame: a packet truncated on the wire.
 func cut(frame []byte, n int) []byte { return frame[:n] }
 
-// TestXDP is the specification of halb_xdp_lb: what it does with each kind
-// of frame, shown as the frame that comes out. Every service here has a
-// single backend, so where a flow goes depends only on the service; the
-// Maglev choice among several backends is TestXDPScheduling's.
-func TestXDP(t *testing.T) {
-	tb := newTestbed(t, Options{})
+// TestXDP is the specification of halb_xdp_lb, and of halb_tc_lb beside
+// it: what they do with each kind of frame, shown as the frame that comes
+// out. Every service here has a single backend, so where a flow goes
+// depends only on the service; the Maglev choice among several backends is
+// TestXDPScheduling's.
+func TestXDP(t *testing.T) { forPrograms(t, testSpec) }
+
+func testSpec(t *testing.T, prog string) {
+	tb := newTestbed(t, Options{}).on(prog)
 	tb.backend(t, 1, "198.51.100.11", tb.halb0)
 	tb.backend(t, 2, "198.51.100.12", tb.halb1)
 	tb.backend(t, 3, "2001:db8:1::11", tb.halb0)
@@ -78,6 +81,9 @@ func TestXDP(t *testing.T) {
 		action  xdpAction
 		service uint32 // the service the frame is for, 0 for none
 		backend uint32 // where it goes: its MACs replace the frame's
+		// BPF_PROG_TEST_RUN refuses the frame as an skb (EINVAL): a tc
+		// program cannot be shown it.
+		noSKB bool
 	}{
 		// Forwarded: the output is the input with the backend's MAC as
 		// destination and the egress interface's as source.
@@ -107,8 +113,8 @@ func TestXDP(t *testing.T) {
 		// Cut short before the destination address: not known to be
 		// ours, passed.
 		{name: "vlan tag cut short", in: cut(with(tcp4, func(p *packet) { p.vlans = []uint16{100} }).frame(t, routerMAC, halb0MAC), 16), action: xdpPass},
-		{name: "ipv4 header cut before the addresses", in: cut(tcp4.frame(t, routerMAC, halb0MAC), 14+16), action: xdpPass},
-		{name: "ipv6 header cut before the addresses", in: cut(tcp6.frame(t, routerMAC, halb0MAC), 14+30), action: xdpPass},
+		{name: "ipv4 header cut before the addresses", in: cut(tcp4.frame(t, routerMAC, halb0MAC), 14+16), action: xdpPass, noSKB: true},
+		{name: "ipv6 header cut before the addresses", in: cut(tcp6.frame(t, routerMAC, halb0MAC), 14+30), action: xdpPass, noSKB: true},
 		// Broken after it: dropped when the address is a VIP.
 		{name: "ipv4 options cut short, to a VIP", in: cut(with(tcp4, func(p *packet) {
 			p.ipv4Opts = []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}}
@@ -126,6 +132,12 @@ func TestXDP(t *testing.T) {
 		wantDrops    = map[DropReason]uint64{}
 	)
 	for _, c := range cases {
+		if tb.tc && c.noSKB {
+			// Not a case for tc: BPF_PROG_TEST_RUN refuses (EINVAL) to
+			// build an skb whose IP header is cut short, and the stack
+			// never hands tc one either.
+			continue
+		}
 		in := c.in
 		if in == nil {
 			in = c.p.frame(t, routerMAC, halb0MAC)
@@ -136,8 +148,8 @@ func TestXDP(t *testing.T) {
 			if c.backend != 0 {
 				want = tb.forwardedTo(t, c.p, c.backend)
 			}
-			if action != c.action {
-				t.Errorf("action %v, want %v", action, c.action)
+			if action != tb.expect(c.action) {
+				t.Errorf("action %v, want %v", action, tb.expect(c.action))
 			}
 			if !bytes.Equal(out, want) {
 				t.Errorf("output frame differs\ngot  %x\nwant %x", out, want)
@@ -172,9 +184,12 @@ func TestXDP(t *testing.T) {
 	})
 }
 
-// TestXDPScheduling is how halb_xdp_lb picks a backend among several:
-// conntrack first, the Maglev table for flows conntrack does not know.
-func TestXDPScheduling(t *testing.T) {
+// TestXDPScheduling is how halb_xdp_lb and halb_tc_lb pick a backend among
+// several: conntrack first, the Maglev table for flows conntrack does not
+// know.
+func TestXDPScheduling(t *testing.T) { forPrograms(t, testScheduling) }
+
+func testScheduling(t *testing.T, prog string) {
 	netnstest.Require(t)
 	web4 := ServiceKey{vip4, 80, TCP}
 	web6 := ServiceKey{vip6, 80, TCP}
@@ -191,7 +206,7 @@ func TestXDPScheduling(t *testing.T) {
 	// modulus must follow the loader's option.
 	for _, size := range []uint32{DefaultMaglevTableSize, 251} {
 		t.Run(fmt.Sprintf("a non-SYN packet without conntrack takes the Maglev choice (M=%d)", size), func(t *testing.T) {
-			tb := newTestbed(t, Options{MaglevTableSize: size})
+			tb := newTestbed(t, Options{MaglevTableSize: size}).on(prog)
 			tb.backend(t, 1, "198.51.100.11", tb.halb0)
 			tb.backend(t, 5, "198.51.100.15", tb.halb0)
 			tb.backend(t, 6, "198.51.100.16", tb.halb0)
@@ -226,7 +241,7 @@ func TestXDPScheduling(t *testing.T) {
 	}
 
 	t.Run("conntrack keeps a flow's backend when the Maglev table changes", func(t *testing.T) {
-		tb := newTestbed(t, Options{})
+		tb := newTestbed(t, Options{}).on(prog)
 		tb.backend(t, 1, "198.51.100.11", tb.halb0)
 		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
 		tb.table(t, 1, 1)
@@ -246,8 +261,29 @@ func TestXDPScheduling(t *testing.T) {
 		tb.wantDrops(t, nil)
 	})
 
+	t.Run("conntrack counts only backends of the packet's service", func(t *testing.T) {
+		tb := newTestbed(t, Options{}).on(prog)
+		tb.backend(t, 1, "198.51.100.11", tb.halb0)
+		tb.backend(t, 5, "198.51.100.15", tb.halb1)
+		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
+		tb.table(t, 1, 1)
+		tb.expectForward(t, syn(40000), xdpTX, 1)
+
+		// Backend 1 leaves web4, and its id now names a backend of
+		// service 2: the flow conntrack remembers for it goes by
+		// web4's table instead.
+		tb.table(t, 1, 5)
+		tb.table(t, 2, 1)
+		tb.expectForward(t, ack(40000), xdpRedirect, 5)
+		if got, ok := tb.conntrack(t, ack(40000)); !ok || got != 5 {
+			t.Errorf("conntrack holds backend %d (present %v), want 5", got, ok)
+		}
+		tb.wantBackendStats(t, 5, stats(1, 1))
+		tb.wantDrops(t, nil)
+	})
+
 	t.Run("a removed backend's flows are scheduled again", func(t *testing.T) {
-		tb := newTestbed(t, Options{})
+		tb := newTestbed(t, Options{}).on(prog)
 		tb.backend(t, 1, "198.51.100.11", tb.halb0)
 		tb.backend(t, 5, "198.51.100.15", tb.halb0)
 		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
@@ -267,7 +303,7 @@ func TestXDPScheduling(t *testing.T) {
 	})
 
 	t.Run("a drained backend keeps its flows and gets no new ones", func(t *testing.T) {
-		tb := newTestbed(t, Options{})
+		tb := newTestbed(t, Options{}).on(prog)
 		tb.backend(t, 1, "198.51.100.11", tb.halb0)
 		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
 		tb.table(t, 1, 1)
@@ -282,7 +318,7 @@ func TestXDPScheduling(t *testing.T) {
 	})
 
 	t.Run("no table or an empty one drops as no-backend", func(t *testing.T) {
-		tb := newTestbed(t, Options{})
+		tb := newTestbed(t, Options{}).on(prog)
 		tb.backend(t, 1, "198.51.100.11", tb.halb0)
 		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
 		tb.expectDrop(t, syn(40000))
@@ -300,7 +336,7 @@ func TestXDPScheduling(t *testing.T) {
 	})
 
 	t.Run("persistence sends all of a client's flows to one backend", func(t *testing.T) {
-		tb := newTestbed(t, Options{})
+		tb := newTestbed(t, Options{}).on(prog)
 		tb.backend(t, 1, "198.51.100.11", tb.halb0)
 		tb.backend(t, 5, "198.51.100.15", tb.halb0)
 		tb.backend(t, 6, "198.51.100.16", tb.halb0)
@@ -323,7 +359,7 @@ func TestXDPScheduling(t *testing.T) {
 	})
 
 	t.Run("a backend behind an interface that is not a tx port drops as no-tx-port", func(t *testing.T) {
-		tb := newTestbed(t, Options{})
+		tb := newTestbed(t, Options{}).on(prog)
 		tb.backend(t, 7, "198.51.100.17", tb.halb2)
 		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
 		tb.table(t, 1, 7)
@@ -336,7 +372,7 @@ func TestXDPScheduling(t *testing.T) {
 	})
 
 	t.Run("a forward mode the program lacks drops as unsupported", func(t *testing.T) {
-		tb := newTestbed(t, Options{})
+		tb := newTestbed(t, Options{}).on(prog)
 		err := tb.lb.PutService(web4, Service{ID: 1, Forward: Forward(halbForwardModeFORWARD_TUN)})
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			t.Errorf("PutService with forward: tun: %v, want ErrNotSupported", err)
@@ -528,12 +564,14 @@ func TestLoad(t *testing.T) {
 			t.Errorf("map %s has no BTF", name)
 		}
 	}
-	info, err := lb.Program().Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := info.BTFID(); info.Name != halbProgHalbXdpLb || !ok {
-		t.Errorf("program is named %q (BTF %v), want %q with BTF", info.Name, ok, halbProgHalbXdpLb)
+	for name, prog := range map[string]*ebpf.Program{halbProgHalbXdpLb: lb.Program(), halbProgHalbTcLb: lb.TCProgram()} {
+		info, err := prog.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := info.BTFID(); info.Name != name || !ok {
+			t.Errorf("program is named %q (BTF %v), want %q with BTF", info.Name, ok, name)
+		}
 	}
 
 	if got := lb.objs.HalbCt.MaxEntries(); got != 1024 {

@@ -1,0 +1,51 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/ipvs"
+	"github.com/halb-lb/halb/loader"
+	"github.com/halb-lb/halb/service"
+)
+
+// resyncInterval is how often the data path is applied again although
+// nothing changed: IPVS sends no change notifications, so a table someone
+// flushed is only noticed by looking.
+const resyncInterval = ipvs.ResyncInterval
+
+// openDatapath opens the data path the probe chose.
+func (d *Daemon) openDatapath(ctx context.Context, mode string) (service.Datapath, error) {
+	switch mode {
+	case config.ModeIPVS:
+		return ipvs.Open(ctx, ipvs.Options{Log: d.log})
+	case config.ModeXDP, config.ModeTC:
+		return d.openBPF(ctx, mode)
+	}
+	return nil, fmt.Errorf("no data path for mode %q", mode)
+}
+
+// apply programs the configured services, opening the data path the first
+// time there are any. It is bounded in time so that a stuck kernel call
+// cannot stall the daemon's loop for ever.
+func (d *Daemon) apply(ctx context.Context) error {
+	if d.dp == nil {
+		if len(d.cfg.Services) == 0 {
+			return nil
+		}
+		dp, err := d.openDatapath(ctx, d.mode)
+		if err != nil {
+			return fmt.Errorf("open %s data path: %w", d.mode, err)
+		}
+		d.dp = dp
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return d.dp.Apply(ctx, service.FromConfig(d.cfg.Services))
+}
+
+func (d *Daemon) openBPF(_ context.Context, mode string) (service.Datapath, error) {
+	return loader.NewDatapath(d.cfg.Datapath, mode, d.log)
+}

@@ -1,0 +1,565 @@
+package loader
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/halb-lb/halb/maglev"
+	"github.com/halb-lb/halb/service"
+)
+
+// svcState is a service as the maps hold it.
+type svcState struct {
+	name     string
+	key      service.Key
+	id       uint32
+	rec      halbService
+	backends map[netip.AddrPort]*beState
+	// table is the signature of the Maglev table last written (see
+	// signature); "" after a restart, when the table in the kernel is read
+	// back and compared before it is written again.
+	table string
+}
+
+// beState is a backend as the maps hold it.
+type beState struct {
+	id  uint32
+	rec halbBackend
+	via *attachment
+}
+
+func (b *beState) live() bool {
+	return b.rec.Weight > 0 && b.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0
+}
+
+func (s *svcState) String() string {
+	if s.name == "" {
+		return s.key.String()
+	}
+	return s.name + " (" + s.key.String() + ")"
+}
+
+// Apply makes the maps serve exactly services, changing only what differs:
+// a service whose backends and weights are unchanged keeps its Maglev table
+// and its flows untouched. A backend of weight 0 is drained: its flows
+// stay, and it gets no new ones. A backend whose MAC is not in the
+// neighbour table yet is asked for and joins its service's table when the
+// answer comes.
+//
+// A service the data path cannot serve (forward: tun or nat, an IPVS-only
+// scheduler) or a backend it cannot reach on the link layer is left out and
+// reported in the error (errors.Is ErrUnsupported for the former); the
+// rest is applied all the same.
+func (d *Datapath) Apply(ctx context.Context, services []service.Service) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("apply: the data path is closed")
+	}
+	d.desired = slices.Clone(services)
+	err := d.reconcile()
+	d.lastErr = errString(err)
+	if len(d.swap) > 0 {
+		err = errors.Join(err, d.swapPrograms())
+	}
+	return err
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// reconcile writes d.desired into the maps. d.mu is held.
+func (d *Datapath) reconcile() error {
+	var errs []error
+	want := map[service.Key]*service.Service{}
+	for i := range d.desired {
+		s := &d.desired[i]
+		s.Key.VIP = s.Key.VIP.Unmap()
+		if err := checkService(s); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if _, dup := want[s.Key]; dup {
+			errs = append(errs, fmt.Errorf("service %s: %s is listed twice", s.Name, s.Key))
+			continue
+		}
+		want[s.Key] = s
+	}
+	for _, key := range sortedKeys(d.applied) {
+		if want[key] == nil {
+			errs = append(errs, d.removeService(d.applied[key]))
+		}
+	}
+	n := &neighbours{nl: d.nl}
+	d.pending = 0
+	for _, key := range sortedKeys(want) {
+		errs = append(errs, d.applyService(want[key], n))
+	}
+	return errors.Join(errs...)
+}
+
+func checkService(s *service.Service) error {
+	name := s.Name + " (" + s.Key.String() + ")"
+	if s.Forward != service.DR {
+		return fmt.Errorf("service %s: forward %s: %w yet; use forward: dr, or datapath.mode: ipvs", name, s.Forward, ErrUnsupported)
+	}
+	switch s.Scheduler {
+	case "", "mh", "rr", "wrr", "sh":
+	default:
+		return fmt.Errorf("service %s: scheduler %s: %w; use mh, rr, wrr or sh (all Maglev here), or datapath.mode: ipvs", name, s.Scheduler, ErrUnsupported)
+	}
+	if !s.Key.VIP.IsValid() || s.Key.Port == 0 || (s.Key.Proto != service.TCP && s.Key.Proto != service.UDP) {
+		return fmt.Errorf("service %s: needs a VIP, a port and tcp or udp", name)
+	}
+	return nil
+}
+
+// backendKey is a backend's identity within its service and its Maglev
+// key: DR leaves the packet's port alone, so a backend without a port
+// serves the service's.
+func backendKey(s *service.Service, b service.Backend) netip.AddrPort {
+	port := b.Port
+	if port == 0 {
+		port = s.Key.Port
+	}
+	return netip.AddrPortFrom(b.Addr.Unmap(), port)
+}
+
+// applyService writes one service. The order keeps every packet served
+// while it happens: new backends first, then the Maglev table that names
+// them, then the service record that leads to the table, and only then the
+// backends that left are cleared.
+func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
+	var errs []error
+	st := d.applied[s.Key]
+	isNew := st == nil
+	if isNew {
+		id, ok := d.svcIDs.take()
+		if !ok {
+			return fmt.Errorf("service %s (%s): the maps hold %d services and all are in use", s.Name, s.Key, d.lb.MaxServices())
+		}
+		if err := resetStats(d.lb.objs.HalbServiceStats, halbMapHalbServiceStats, id); err != nil {
+			d.svcIDs.free(id)
+			return err
+		}
+		st = &svcState{key: s.Key, id: id, backends: map[netip.AddrPort]*beState{}}
+		d.applied[s.Key] = st
+	}
+	st.name = s.Name
+
+	// What each backend's record should be.
+	type wantBackend struct {
+		b   Backend
+		via *attachment
+	}
+	wantBE := map[netip.AddrPort]*wantBackend{}
+	for _, b := range s.Backends {
+		ap := backendKey(s, b)
+		if _, dup := wantBE[ap]; dup {
+			errs = append(errs, fmt.Errorf("service %s: backend %s is listed twice", st, ap))
+			continue
+		}
+		if ap.Addr().Is4() != s.Key.VIP.Unmap().Is4() {
+			errs = append(errs, fmt.Errorf("service %s: backend %s is not of the VIP's address family", st, ap))
+			continue
+		}
+		via, err := d.via(ap.Addr())
+		if err != nil {
+			errs = append(errs, fmt.Errorf("service %s: backend %s: %w", st, ap, err))
+			continue
+		}
+		mac, err := n.lookup(via.ifindex, ap.Addr())
+		if err != nil {
+			errs = append(errs, fmt.Errorf("service %s: backend %s: %w", st, ap, err))
+		}
+		if mac == nil {
+			if old := st.backends[ap]; old != nil && old.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 && int(old.rec.Ifindex) == via.ifindex {
+				// Keep the MAC we had: the entry may have been
+				// garbage collected, since the kernel does not see
+				// the traffic XDP forwards.
+				mac = net.HardwareAddr(old.rec.Mac[:])
+			} else {
+				d.pending++
+			}
+			d.solicit(via, ap.Addr())
+		}
+		wantBE[ap] = &wantBackend{via: via, b: Backend{
+			Addr:    ap.Addr(),
+			MAC:     mac,
+			Ifindex: via.ifindex,
+			SrcMAC:  via.mac,
+			Port:    ap.Port(),
+			Service: st.id,
+			Weight:  b.Weight,
+		}}
+	}
+
+	// IDs for new backends; conntrack forgets what it knew of them.
+	fresh := map[uint32]bool{}
+	for _, ap := range sortedAddrPorts(wantBE) {
+		if st.backends[ap] != nil {
+			continue
+		}
+		id, ok := d.beIDs.take()
+		if !ok {
+			errs = append(errs, fmt.Errorf("service %s: backend %s: the maps hold %d backends and all are in use", st, ap, d.lb.MaxBackends()-1))
+			delete(wantBE, ap)
+			continue
+		}
+		fresh[id] = true
+		st.backends[ap] = &beState{id: id}
+	}
+	if n, err := d.lb.purgeConntrack(fresh); err != nil {
+		errs = append(errs, err)
+	} else if n > 0 {
+		d.log.Debug("forgot flows of reused backend ids", "service", st.String(), "flows", n)
+	}
+
+	for _, ap := range sortedAddrPorts(wantBE) {
+		w, be := wantBE[ap], st.backends[ap]
+		rec, err := d.lb.backendRecord(be.id, w.b)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("service %s: %w", st, err))
+			continue
+		}
+		be.via = w.via
+		if fresh[be.id] {
+			if err := resetStats(d.lb.objs.HalbBackendStats, halbMapHalbBackendStats, be.id); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		} else if rec == be.rec {
+			continue
+		}
+		if err := d.lb.objs.HalbBackends.Put(be.id, &rec); err != nil {
+			errs = append(errs, fmt.Errorf("service %s: write backend %s (id %d): %w", st, ap, be.id, err))
+			continue
+		}
+		if !fresh[be.id] && rec.Mac != be.rec.Mac && be.rec.Mac != ([6]byte{}) {
+			d.log.Info("backend mac changed", "service", st.String(), "backend", ap.String(),
+				"old", net.HardwareAddr(be.rec.Mac[:]).String(), "new", net.HardwareAddr(rec.Mac[:]).String())
+		}
+		be.rec = rec
+	}
+
+	if err := d.writeTable(st, isNew); err != nil {
+		errs = append(errs, err)
+	}
+
+	rec := halbService{Id: st.id, Forward: halbForwardModeFORWARD_DR}
+	if s.Persistence > 0 || s.Scheduler == "sh" {
+		rec.Flags |= halbServiceFlagsSERVICE_F_SOURCE_HASH
+	}
+	if isNew || rec != st.rec {
+		svc := Service{ID: st.id, Forward: ForwardDR, Persistence: rec.Flags&halbServiceFlagsSERVICE_F_SOURCE_HASH != 0}
+		if err := d.lb.PutService(serviceKeyOf(st.key), svc); err != nil {
+			errs = append(errs, err)
+		} else {
+			st.rec = rec
+		}
+	}
+
+	// Backends that left: out of the table already, now out of the maps.
+	for _, ap := range sortedAddrPorts(st.backends) {
+		if wantBE[ap] != nil {
+			continue
+		}
+		if err := d.dropBackend(st, ap); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if isNew {
+		d.log.Info("service added", "service", st.String(), "id", st.id, "backends", len(st.backends))
+	}
+	return errors.Join(errs...)
+}
+
+// writeTable builds the service's Maglev table from its live backends and
+// writes it when it differs from the one in the kernel.
+func (d *Datapath) writeTable(st *svcState, isNew bool) error {
+	var live []*beState
+	var keys []netip.AddrPort
+	for _, ap := range sortedAddrPorts(st.backends) {
+		if be := st.backends[ap]; be.live() {
+			live = append(live, be)
+			keys = append(keys, ap)
+		}
+	}
+	sig := signature(keys, live)
+	if sig == st.table && !isNew {
+		return nil
+	}
+	mb := make([]maglev.Backend, len(live))
+	for i, be := range live {
+		mb[i] = maglev.Backend{Key: keys[i].String(), Weight: be.rec.Weight}
+	}
+	idx, err := maglev.Build(mb, d.lb.MaglevTableSize())
+	if err != nil {
+		return fmt.Errorf("service %s: maglev table: %w", st, err)
+	}
+	table := make([]uint32, len(idx))
+	for slot, i := range idx {
+		if i != maglev.NoBackend {
+			table[slot] = live[i].id
+		}
+	}
+	if st.table == "" && !isNew {
+		// After a restart: the table the last halb wrote may be this
+		// very one.
+		old, err := d.lb.MaglevTable(st.id)
+		if err == nil && slices.Equal(old, table) {
+			st.table = sig
+			return nil
+		}
+	}
+	if err := d.lb.SetMaglevTable(st.id, table); err != nil {
+		return fmt.Errorf("service %s: %w", st, err)
+	}
+	st.table = sig
+	return nil
+}
+
+// signature names what a Maglev table is built from: the live backends'
+// keys, weights and IDs (and, for all services alike, the table size).
+func signature(keys []netip.AddrPort, live []*beState) string {
+	var b strings.Builder
+	for i, be := range live {
+		fmt.Fprintf(&b, "%s=%d@%d;", keys[i], be.rec.Weight, be.id)
+	}
+	if b.Len() == 0 {
+		return "empty"
+	}
+	return b.String()
+}
+
+// dropBackend clears a backend that left its service and frees its ID. Its
+// flows are scheduled again by the service's table, which no longer names
+// it.
+func (d *Datapath) dropBackend(st *svcState, ap netip.AddrPort) error {
+	be := st.backends[ap]
+	if err := d.lb.DeleteBackend(be.id); err != nil {
+		return fmt.Errorf("service %s: backend %s: %w", st, ap, err)
+	}
+	d.beIDs.free(be.id)
+	delete(st.backends, ap)
+	d.log.Info("backend removed", "service", st.String(), "backend", ap.String(), "id", be.id)
+	return nil
+}
+
+// removeService takes a service out: first the record that leads packets
+// to it (they go to the kernel from then on), then its table and backends.
+func (d *Datapath) removeService(st *svcState) error {
+	if err := d.lb.DeleteService(serviceKeyOf(st.key)); err != nil {
+		return err
+	}
+	if err := d.lb.DeleteMaglevTable(st.id); err != nil {
+		return err
+	}
+	for _, ap := range sortedAddrPorts(st.backends) {
+		if err := d.dropBackend(st, ap); err != nil {
+			return err
+		}
+	}
+	d.svcIDs.free(st.id)
+	delete(d.applied, st.key)
+	d.log.Info("service removed", "service", st.String(), "id", st.id)
+	return nil
+}
+
+// adopt reads what an earlier halb left in the maps, so that Apply
+// changes only what differs. Records that belong to nothing are cleared.
+func (d *Datapath) adopt() error {
+	byID := map[uint32]*svcState{}
+	var (
+		k halbServiceKey
+		v halbService
+	)
+	it := d.lb.objs.HalbServices.Iterate()
+	var bad []halbServiceKey
+	for it.Next(&k, &v) {
+		key := service.Key{VIP: addrFrom(k.Vip, k.Family), Port: k.Port, Proto: service.Protocol(k.Proto)}
+		if !d.svcIDs.mark(v.Id) {
+			bad = append(bad, k)
+			continue
+		}
+		st := &svcState{key: key, id: v.Id, rec: v, backends: map[netip.AddrPort]*beState{}}
+		byID[v.Id] = st
+		d.applied[key] = st
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", halbMapHalbServices, err)
+	}
+	for _, k := range bad {
+		// A second service with one ID: a newer halb wrote it, or a
+		// person did. Apply writes it again.
+		if err := d.lb.objs.HalbServices.Delete(&k); err != nil {
+			return fmt.Errorf("delete from %s: %w", halbMapHalbServices, err)
+		}
+	}
+
+	var (
+		id uint32
+		b  halbBackend
+	)
+	bit := d.lb.objs.HalbBackends.Iterate()
+	var orphans []uint32
+	for bit.Next(&id, &b) {
+		if b == (halbBackend{}) {
+			continue
+		}
+		st := byID[b.Service]
+		ap := netip.AddrPortFrom(addrFrom(b.Addr, b.Family), b.Port)
+		if st == nil || st.backends[ap] != nil || !d.beIDs.mark(id) {
+			orphans = append(orphans, id)
+			continue
+		}
+		st.backends[ap] = &beState{id: id, rec: b}
+	}
+	if err := bit.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", halbMapHalbBackends, err)
+	}
+	for _, id := range orphans {
+		if err := d.lb.DeleteBackend(id); err != nil {
+			return err
+		}
+	}
+
+	var (
+		slot, inner uint32
+		tables      []uint32
+	)
+	mit := d.lb.objs.HalbMaglev.Iterate()
+	for mit.Next(&slot, &inner) {
+		if byID[slot] == nil {
+			tables = append(tables, slot)
+		}
+	}
+	if err := mit.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", halbMapHalbMaglev, err)
+	}
+	for _, slot := range tables {
+		if err := d.lb.DeleteMaglevTable(slot); err != nil {
+			return err
+		}
+	}
+	// halb_vips may have been replaced while halb_services was kept.
+	d.lb.mu.Lock()
+	defer d.lb.mu.Unlock()
+	for _, st := range d.applied {
+		sk := serviceKeyOf(st.key)
+		k, err := serviceKey(sk)
+		if err != nil {
+			continue
+		}
+		if err := d.lb.syncVIP(k.Vip, k.Family); err != nil {
+			return err
+		}
+	}
+	if len(d.applied) > 0 {
+		d.log.Info("found services pinned by an earlier halb", "services", len(d.applied))
+	}
+	return nil
+}
+
+// ServiceStatus is one service as the data path serves it.
+type ServiceStatus struct {
+	Name     string
+	Key      service.Key
+	ID       uint32
+	Stats    Stats
+	Backends []BackendStatus
+}
+
+// BackendStatus is one backend of a service.
+type BackendStatus struct {
+	Addr      netip.AddrPort
+	ID        uint32
+	Weight    uint32
+	Interface string           // the one of datapath.interfaces it is on
+	MAC       net.HardwareAddr // nil while its neighbour entry is awaited
+	// Live: it takes new flows (weight above 0 and a MAC). A backend that
+	// is not live keeps the flows it has.
+	Live  bool
+	Stats Stats
+}
+
+// Status reads what the data path serves and its counters, services in
+// key order and backends in address order.
+func (d *Datapath) Status() ([]ServiceStatus, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("status: the data path is closed")
+	}
+	var out []ServiceStatus
+	for _, key := range sortedKeys(d.applied) {
+		st := d.applied[key]
+		stats, err := d.lb.ServiceStats(st.id)
+		if err != nil {
+			return nil, err
+		}
+		ss := ServiceStatus{Name: st.name, Key: key, ID: st.id, Stats: stats}
+		for _, ap := range sortedAddrPorts(st.backends) {
+			be := st.backends[ap]
+			stats, err := d.lb.BackendStats(be.id)
+			if err != nil {
+				return nil, err
+			}
+			bs := BackendStatus{Addr: ap, ID: be.id, Weight: be.rec.Weight, Live: be.live(), Stats: stats}
+			if be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 {
+				bs.MAC = slices.Clone(net.HardwareAddr(be.rec.Mac[:]))
+			}
+			if be.via != nil {
+				bs.Interface = be.via.Interface
+			}
+			ss.Backends = append(ss.Backends, bs)
+		}
+		out = append(out, ss)
+	}
+	return out, nil
+}
+
+func serviceKeyOf(k service.Key) ServiceKey {
+	return ServiceKey{VIP: k.VIP, Port: k.Port, Proto: Proto(k.Proto)}
+}
+
+func addrFrom(a halbAddr, f halbFamily) netip.Addr {
+	addr := netip.AddrFrom16(a.Bytes)
+	if f == halbFamilyFAMILY_IPV4 {
+		return addr.Unmap()
+	}
+	return addr
+}
+
+func sortedKeys[V any](m map[service.Key]V) []service.Key {
+	keys := make([]service.Key, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b service.Key) int {
+		return cmp.Or(a.VIP.Compare(b.VIP), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Proto, b.Proto))
+	})
+	return keys
+}
+
+func sortedAddrPorts[V any](m map[netip.AddrPort]V) []netip.AddrPort {
+	keys := make([]netip.AddrPort, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, netip.AddrPort.Compare)
+	return keys
+}

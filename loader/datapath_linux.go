@@ -1,0 +1,553 @@
+package loader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/service"
+)
+
+// ErrUnsupported marks a service the eBPF data path cannot serve yet (a
+// forward mode or scheduler it lacks); the IPVS data path can.
+var ErrUnsupported = errors.New("not supported by the eBPF data path")
+
+// Hook is where a program is attached to an interface.
+type Hook string
+
+const (
+	HookXDPNative  Hook = "xdp native"  // halb_xdp_lb in the driver
+	HookXDPGeneric Hook = "xdp generic" // halb_xdp_lb on the skb path, any driver
+	HookTCX        Hook = "tcx"         // halb_tc_lb on the tc ingress hook
+)
+
+func (h Hook) xdp() bool { return h != HookTCX }
+
+// Attachment is the program on one of datapath.interfaces.
+type Attachment struct {
+	Interface string
+	Hook      Hook
+}
+
+// Datapath is halb's eBPF data path: halb_xdp_lb (or halb_tc_lb) attached
+// to datapath.interfaces, and the maps it reads, all pinned under
+// datapath.bpffs. It implements service.Datapath.
+//
+// Pins make it outlive the process: Close leaves the program attached and
+// the maps as they are, so traffic keeps flowing while halb restarts, and
+// the next NewDatapath adopts what it finds. Cleanup takes it all away.
+//
+// A Datapath works in the network namespace NewDatapath was called in,
+// whichever goroutine calls its methods later.
+type Datapath struct {
+	cfg  config.Datapath
+	log  *slog.Logger
+	dir  string
+	lb   *LB
+	ns   netns.NsHandle
+	nl   *netlink.Handle
+	name string
+
+	ifaces []*attachment
+	// swap holds adopted links still running the program of the halb
+	// before this one. They switch to this one's program at the end of the
+	// first Apply when some pinned maps had to be replaced (the old
+	// program keeps serving from the old maps until the new ones are
+	// written), or at once when none were.
+	swap []*attachment
+
+	mu      sync.Mutex
+	desired []service.Service
+	applied map[service.Key]*svcState
+	svcIDs  *serviceIDs
+	beIDs   *backendIDs
+	pending int    // backends waiting for their MAC
+	lastErr string // what the last apply could not do, said once
+	closed  bool
+
+	kick   chan struct{}
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+var _ service.Datapath = (*Datapath)(nil)
+
+type attachment struct {
+	Attachment
+	ifindex int
+	mac     net.HardwareAddr
+	link    link.Link
+}
+
+// NewDatapath loads halb's programs and maps, or adopts those pinned under
+// cfg.BPFFS by an earlier halb, and attaches to every interface in
+// cfg.Interfaces. mode is the data path the probe chose (loader.Choose):
+// "xdp" attaches halb_xdp_lb as cfg.XDPMode says (auto: native, else
+// generic, else halb_tc_lb through tcx); "tc" attaches halb_tc_lb through
+// tcx. It mounts a bpf filesystem on the parent of cfg.BPFFS when there is
+// none.
+//
+// It works in the network namespace of the calling thread, which stays the
+// Datapath's for its life. It needs root (CAP_SYS_ADMIN for the mount,
+// CAP_BPF and CAP_NET_ADMIN for the rest).
+func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapath, err error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	hooks, err := hooksFor(mode, cfg.XDPMode)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Interfaces) == 0 {
+		return nil, errors.New("datapath.interfaces is empty: name the interfaces where VIP traffic arrives")
+	}
+	if cfg.BPFFS == "" || !filepath.IsAbs(cfg.BPFFS) {
+		return nil, fmt.Errorf("datapath.bpffs %q: need an absolute path on a bpf filesystem, such as /sys/fs/bpf/halb", cfg.BPFFS)
+	}
+	if cfg.MaglevTableSize < 0 || cfg.ConntrackEntries < 0 {
+		return nil, fmt.Errorf("datapath.maglev_table_size %d and datapath.conntrack_entries %d must not be negative", cfg.MaglevTableSize, cfg.ConntrackEntries)
+	}
+
+	d := &Datapath{
+		cfg:     cfg,
+		log:     log.With("datapath", mode),
+		dir:     filepath.Clean(cfg.BPFFS),
+		ns:      netns.None(),
+		applied: map[service.Key]*svcState{},
+		kick:    make(chan struct{}, 1),
+	}
+	defer func() {
+		if err != nil {
+			d.release()
+		}
+	}()
+	if d.ns, err = netns.Get(); err != nil {
+		return nil, fmt.Errorf("network namespace of the data path: %w", err)
+	}
+	if d.nl, err = netlink.NewHandleAt(d.ns); err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	if err := prepareBPFFS(d.dir, d.log); err != nil {
+		return nil, err
+	}
+
+	spec, maglev, err := newSpec(Options{
+		MaglevTableSize:  uint32(cfg.MaglevTableSize),
+		ConntrackEntries: uint32(cfg.ConntrackEntries),
+	})
+	if err != nil {
+		return nil, err
+	}
+	replaced, err := dropIncompatiblePins(d.dir, spec, d.log)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range pinnedMaps {
+		spec.Maps[name].Pinning = ebpf.PinByName
+	}
+	if d.lb, err = load(spec, maglev, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.dir}}); err != nil {
+		return nil, err
+	}
+	d.svcIDs = newServiceIDs(d.lb.MaxServices())
+	d.beIDs = newBackendIDs(d.lb.MaxBackends())
+	if err := d.adopt(); err != nil {
+		return nil, err
+	}
+
+	for _, ifname := range cfg.Interfaces {
+		a, err := d.attach(ifname, hooks)
+		if err != nil {
+			return nil, err
+		}
+		d.ifaces = append(d.ifaces, a)
+	}
+	if err := d.syncTxPorts(); err != nil {
+		return nil, err
+	}
+	if err := d.tidyPins(); err != nil {
+		return nil, err
+	}
+	d.name = config.ModeXDP
+	if !slices.ContainsFunc(d.ifaces, func(a *attachment) bool { return a.Hook.xdp() }) {
+		d.name = config.ModeTC
+	}
+	if len(replaced) == 0 {
+		if err := d.swapPrograms(); err != nil {
+			return nil, err
+		}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	d.wg.Go(func() { d.watchNeighbours(ctx) })
+	d.wg.Go(func() { d.refresher(ctx) })
+	for _, a := range d.ifaces {
+		d.log.Info("data path attached", "interface", a.Interface, "hook", string(a.Hook), "bpffs", d.dir)
+	}
+	return d, nil
+}
+
+// hooksFor lists the hooks to try, best first.
+func hooksFor(mode, xdpMode string) ([]Hook, error) {
+	switch mode {
+	case config.ModeTC:
+		return []Hook{HookTCX}, nil
+	case config.ModeXDP:
+		switch xdpMode {
+		case "native":
+			return []Hook{HookXDPNative}, nil
+		case "generic":
+			return []Hook{HookXDPGeneric}, nil
+		case "auto", "":
+			return []Hook{HookXDPNative, HookXDPGeneric, HookTCX}, nil
+		}
+		return nil, fmt.Errorf("datapath.xdp_mode %q: use auto, native or generic", xdpMode)
+	}
+	return nil, fmt.Errorf("data path %q: the eBPF data path runs as xdp or tc", mode)
+}
+
+// Name is "xdp", or "tc" when every interface has halb_tc_lb.
+func (d *Datapath) Name() string { return d.name }
+
+// Attachments tells what is attached where, in datapath.interfaces order.
+func (d *Datapath) Attachments() []Attachment {
+	out := make([]Attachment, len(d.ifaces))
+	for i, a := range d.ifaces {
+		out[i] = a.Attachment
+	}
+	return out
+}
+
+// attach puts a program on ifname: the link an earlier halb pinned there
+// when it is in one of hooks, or else a new one, the first of hooks that
+// attaches.
+func (d *Datapath) attach(ifname string, hooks []Hook) (*attachment, error) {
+	nlLink, err := d.nl.LinkByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("datapath.interfaces: %s: %w", ifname, err)
+	}
+	attrs := nlLink.Attrs()
+	a := &attachment{
+		Attachment: Attachment{Interface: ifname},
+		ifindex:    attrs.Index,
+		mac:        attrs.HardwareAddr,
+	}
+	if len(a.mac) != 6 {
+		return nil, fmt.Errorf("datapath.interfaces: %s has no Ethernet address (%q): DR needs an Ethernet interface", ifname, a.mac)
+	}
+	xdpPin := linkPin(d.dir, halbProgHalbXdpLb, ifname)
+	tcPin := linkPin(d.dir, halbProgHalbTcLb, ifname)
+	oldXDP := d.pinnedLink(xdpPin, a.ifindex)
+	oldTC := d.pinnedLink(tcPin, a.ifindex)
+
+	if oldXDP != nil {
+		h := d.xdpHook(attrs.Index)
+		switch {
+		case slices.Contains(hooks, h):
+			a.Hook, a.link = h, oldXDP
+			d.swap = append(d.swap, a)
+			oldXDP = nil
+		case slices.ContainsFunc(hooks, Hook.xdp):
+			// Native and generic XDP cannot be on one interface at
+			// once: the old one must go first, and traffic passes to
+			// the kernel until the new one is in.
+			d.log.Warn("attached xdp mode differs from datapath.xdp_mode, attaching again",
+				"interface", ifname, "attached", string(h), "want", string(hooks[0]))
+			if err := dropLink(oldXDP, xdpPin); err != nil {
+				return nil, err
+			}
+			oldXDP = nil
+		}
+		// Else tc replaces XDP: XDP runs first and goes once tc is in.
+	}
+	var errs []error
+	for _, h := range hooks {
+		if a.link != nil {
+			break
+		}
+		if h == HookTCX && oldTC != nil {
+			a.Hook, a.link = h, oldTC
+			d.swap = append(d.swap, a)
+			oldTC = nil
+			break
+		}
+		l, err := d.attachNew(h, a.ifindex)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", h, err))
+			continue
+		}
+		pin := xdpPin
+		if h == HookTCX {
+			pin = tcPin
+		}
+		if err := pinReplace(l, pin); err != nil {
+			l.Close()
+			return nil, err
+		}
+		a.Hook, a.link = h, l
+	}
+	if a.link == nil {
+		for _, l := range []link.Link{oldXDP, oldTC} {
+			if l != nil {
+				l.Close() // its pin keeps it attached
+			}
+		}
+		return nil, fmt.Errorf("attach to %s: %w", ifname, errors.Join(errs...))
+	}
+	if len(errs) > 0 {
+		d.log.Info("fell back to another hook", "interface", ifname, "hook", string(a.Hook), "tried", errors.Join(errs...).Error())
+	}
+	// What an earlier halb attached and this one does not use goes now
+	// that the new program is in; XDP runs before tc, so the two overlap
+	// without a gap.
+	if oldXDP != nil {
+		if err := dropLink(oldXDP, xdpPin); err != nil {
+			return nil, err
+		}
+	}
+	if oldTC != nil {
+		if err := dropLink(oldTC, tcPin); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+func (d *Datapath) attachNew(h Hook, ifindex int) (link.Link, error) {
+	switch h {
+	case HookXDPNative:
+		return link.AttachXDP(link.XDPOptions{Program: d.lb.Program(), Interface: ifindex, Flags: link.XDPDriverMode})
+	case HookXDPGeneric:
+		return link.AttachXDP(link.XDPOptions{Program: d.lb.Program(), Interface: ifindex, Flags: link.XDPGenericMode})
+	default:
+		return link.AttachTCX(link.TCXOptions{Program: d.lb.TCProgram(), Interface: ifindex, Attach: ebpf.AttachTCXIngress})
+	}
+}
+
+// pinnedLink opens the link pinned at path when it is attached to ifindex.
+// A pin of a link that is attached elsewhere or nowhere any more (its
+// interface was deleted, or renamed and another took the name) is
+// removed.
+func (d *Datapath) pinnedLink(path string, ifindex int) link.Link {
+	l, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("removing an unreadable pin", "pin", path, "err", err)
+			_ = os.Remove(path)
+		}
+		return nil
+	}
+	on := 0
+	if info, err := l.Info(); err == nil {
+		if x := info.XDP(); x != nil {
+			on = int(x.Ifindex)
+		} else if t := info.TCX(); t != nil {
+			on = int(t.Ifindex)
+		}
+	}
+	if on != ifindex {
+		d.log.Warn("removing a pinned link that is not attached to its interface", "pin", path, "ifindex", on, "want", ifindex)
+		if err := dropLink(l, path); err != nil {
+			d.log.Warn("remove pinned link", "pin", path, "err", err)
+		}
+		return nil
+	}
+	return l
+}
+
+// xdpHook tells how XDP is attached to ifindex.
+func (d *Datapath) xdpHook(ifindex int) Hook {
+	l, err := d.nl.LinkByIndex(ifindex)
+	if err == nil && l.Attrs().Xdp != nil && l.Attrs().Xdp.AttachMode == nl.XDP_ATTACHED_SKB {
+		return HookXDPGeneric
+	}
+	return HookXDPNative
+}
+
+// dropLink detaches l and removes its pin. Without the pin and this
+// handle the kernel releases the link even when the detach failed.
+func dropLink(l link.Link, pin string) error {
+	defer l.Close()
+	var errs []error
+	if err := l.Detach(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("detach %s: %w", pin, err))
+	}
+	if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("unpin %s: %w", pin, err))
+	}
+	return errors.Join(errs...)
+}
+
+// swapPrograms gives adopted links this halb's programs.
+func (d *Datapath) swapPrograms() error {
+	for _, a := range d.swap {
+		prog := d.lb.Program()
+		if a.Hook == HookTCX {
+			prog = d.lb.TCProgram()
+		}
+		if err := a.link.Update(prog); err != nil {
+			return fmt.Errorf("replace the program on %s: %w", a.Interface, err)
+		}
+		d.log.Info("adopted the pinned data path", "interface", a.Interface, "hook", string(a.Hook))
+	}
+	d.swap = nil
+	return nil
+}
+
+// syncTxPorts makes halb_tx_ports hold exactly the attached interfaces.
+// The kernel reads an ifindex in the network namespace of the thread that
+// writes it: this runs in NewDatapath's.
+func (d *Datapath) syncTxPorts() error {
+	want := map[uint32]bool{}
+	for _, a := range d.ifaces {
+		want[uint32(a.ifindex)] = true
+	}
+	var (
+		k, v  uint32
+		stale []uint32
+	)
+	it := d.lb.objs.HalbTxPorts.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", halbMapHalbTxPorts, err)
+	}
+	for _, i := range stale {
+		if err := d.lb.DeleteTxPort(int(i)); err != nil {
+			return err
+		}
+	}
+	for _, a := range d.ifaces {
+		if err := d.lb.AddTxPort(a.ifindex); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tidyPins pins the programs in use, and removes the pins of programs no
+// longer in use and of links on interfaces that left datapath.interfaces.
+func (d *Datapath) tidyPins() error {
+	keep := map[string]bool{}
+	for _, a := range d.ifaces {
+		prog := d.lb.Program()
+		name := halbProgHalbXdpLb
+		if a.Hook == HookTCX {
+			prog, name = d.lb.TCProgram(), halbProgHalbTcLb
+		}
+		keep[linkPin(d.dir, name, a.Interface)] = true
+		if !keep[filepath.Join(d.dir, name)] {
+			keep[filepath.Join(d.dir, name)] = true
+			if err := pinReplace(prog, filepath.Join(d.dir, name)); err != nil {
+				return err
+			}
+		}
+	}
+	entries, err := os.ReadDir(d.dir)
+	if err != nil {
+		return fmt.Errorf("read datapath.bpffs %s: %w", d.dir, err)
+	}
+	for _, e := range entries {
+		path := filepath.Join(d.dir, e.Name())
+		switch {
+		case keep[path]:
+		case isLinkPin(e.Name()):
+			d.log.Info("detaching from an interface no longer in datapath.interfaces", "pin", path)
+			if err := detachPinned(path); err != nil {
+				d.log.Warn("detach", "pin", path, "err", err)
+			}
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("unpin %s: %w", path, err)
+			}
+		case e.Name() == halbProgHalbXdpLb || e.Name() == halbProgHalbTcLb || strings.HasPrefix(e.Name(), tmpPrefix):
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("unpin %s: %w", path, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Close stops the Datapath's own work and releases its handles. What is
+// pinned stays: the program stays attached and keeps forwarding with the
+// maps as they are, for the next halb to adopt.
+func (d *Datapath) Close() error {
+	d.stop()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	d.release()
+	return nil
+}
+
+// Cleanup detaches the programs and removes everything pinned under
+// datapath.bpffs, the directory too (the bpf filesystem stays mounted): the
+// host is as it was before halb, and traffic to the VIPs goes to the kernel.
+// The Datapath is closed afterwards.
+func (d *Datapath) Cleanup() error {
+	d.stop()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	if !d.closed {
+		for _, a := range d.ifaces {
+			if err := a.link.Detach(); err != nil {
+				errs = append(errs, fmt.Errorf("detach from %s: %w", a.Interface, err))
+			}
+		}
+		d.closed = true
+		d.release()
+	}
+	errs = append(errs, RemovePinned(d.dir))
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	d.log.Info("data path removed", "bpffs", d.dir)
+	return nil
+}
+
+func (d *Datapath) stop() {
+	if d.cancel != nil {
+		d.cancel()
+	}
+	d.wg.Wait()
+}
+
+// release closes every handle; pins keep what they pin.
+func (d *Datapath) release() {
+	for _, a := range d.ifaces {
+		a.link.Close()
+	}
+	for _, a := range d.swap {
+		a.link.Close()
+	}
+	if d.lb != nil {
+		d.lb.Close()
+	}
+	if d.nl != nil {
+		d.nl.Close()
+	}
+	if d.ns.IsOpen() {
+		d.ns.Close()
+	}
+}

@@ -1,0 +1,683 @@
+package loader
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/service"
+)
+
+// The bench for the Datapath: the balancer's namespace with halb0
+// (192.0.2.1/24), whose veth peer sits in a second namespace that holds the
+// backends' addresses and answers ARP for them.
+type dpBench struct {
+	lb, peers *netnstest.NS
+	cfg       config.Datapath
+	log       *logBuffer
+}
+
+var (
+	web  = service.Key{VIP: netip.MustParseAddr("198.51.100.10"), Port: 80, Proto: service.TCP}
+	web6 = service.Key{VIP: netip.MustParseAddr("2001:db8:100::10"), Port: 443, Proto: service.TCP}
+	be6  = netip.MustParseAddr("2001:db8::11")
+	dns  = service.Key{VIP: netip.MustParseAddr("198.51.100.10"), Port: 53, Proto: service.UDP}
+	be11 = netip.MustParseAddr("192.0.2.11")
+	be12 = netip.MustParseAddr("192.0.2.12")
+	be13 = netip.MustParseAddr("192.0.2.13")
+	be14 = netip.MustParseAddr("192.0.2.14")
+)
+
+func newDPBench(t *testing.T) *dpBench {
+	t.Helper()
+	b := &dpBench{lb: netnstest.New(t), peers: netnstest.New(t), log: &logBuffer{}}
+	for _, ns := range []*netnstest.NS{b.lb, b.peers} {
+		// No duplicate address detection: link-local addresses are
+		// usable at once, and neighbour discovery answers at once.
+		err := ns.Do(func() error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0o644)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := b.lb.Netlink(t)
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "halb0", HardwareAddr: halb0MAC}, PeerName: "halb0p"}
+	if err := h.LinkAdd(veth); err != nil {
+		t.Fatalf("add veth: %v", err)
+	}
+	peer, err := h.LinkByName("halb0p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetNsFd(peer, int(b.peers.Handle())); err != nil {
+		t.Fatalf("move halb0p: %v", err)
+	}
+	up(t, h, "halb0", "192.0.2.1/24", "2001:db8::1/64")
+	up(t, b.peers.Netlink(t), "halb0p", "192.0.2.11/24", "192.0.2.12/24", "192.0.2.13/24", "192.0.2.14/24", "2001:db8::11/64")
+
+	root := filepath.Join(t.TempDir(), "bpffs")
+	if err := os.Mkdir(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if onBPFFS(root) {
+			if err := unix.Unmount(root, 0); err != nil {
+				t.Errorf("unmount %s: %v", root, err)
+			}
+		}
+	})
+	b.cfg = config.Datapath{
+		Mode:             config.ModeXDP,
+		Interfaces:       []string{"halb0"},
+		XDPMode:          "native",
+		BPFFS:            filepath.Join(root, "halb"),
+		ConntrackEntries: 1024,
+		MaglevTableSize:  251,
+	}
+	return b
+}
+
+func up(t *testing.T, h *netlink.Handle, name string, addrs ...string) {
+	t.Helper()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		addr, err := netlink.ParseAddr(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.AddrAdd(l, addr); err != nil {
+			t.Fatalf("add %s to %s: %v", a, name, err)
+		}
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start makes a Datapath in the balancer's namespace; the test closes it
+// if the test has not.
+func (b *dpBench) start(t *testing.T, cfg config.Datapath, mode string) *Datapath {
+	t.Helper()
+	var dp *Datapath
+	err := b.lb.Do(func() error {
+		var err error
+		dp, err = NewDatapath(cfg, mode, slog.New(slog.NewTextHandler(b.log, &slog.HandlerOptions{Level: slog.LevelDebug})))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("NewDatapath: %v", err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	return dp
+}
+
+// logBuffer collects log lines from several goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func svc(key service.Key, backends ...service.Backend) service.Service {
+	return service.Service{Name: "web", Key: key, Scheduler: "mh", Forward: service.DR, Backends: backends}
+}
+
+func backend(a netip.Addr, weight uint32) service.Backend {
+	return service.Backend{Addr: a, Port: 80, Weight: weight}
+}
+
+// waitLive waits until the backends of key that want live are live (they
+// have a MAC), and returns the service.
+func waitLive(t *testing.T, dp *Datapath, key service.Key, want int) ServiceStatus {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := dp.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range st {
+			if s.Key != key {
+				continue
+			}
+			live := 0
+			for _, b := range s.Backends {
+				if b.Live {
+					live++
+				}
+			}
+			if live == want {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not %d live backends after 10s: %+v", key, want, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// table reads service id's Maglev table and the kernel's ID of the map
+// that holds it.
+func table(t *testing.T, dp *Datapath, id uint32) ([]uint32, uint32) {
+	t.Helper()
+	var inner uint32
+	if err := dp.lb.objs.HalbMaglev.Lookup(id, &inner); err != nil {
+		t.Fatalf("maglev table of service %d: %v", id, err)
+	}
+	tb, err := dp.lb.MaglevTable(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tb, inner
+}
+
+func slotsOf(table []uint32) map[uint32]int {
+	n := map[uint32]int{}
+	for _, id := range table {
+		n[id]++
+	}
+	return n
+}
+
+func backendOf(s ServiceStatus, a netip.Addr) BackendStatus {
+	for _, b := range s.Backends {
+		if b.Addr.Addr() == a {
+			return b
+		}
+	}
+	return BackendStatus{}
+}
+
+// TestDatapathApply covers what Apply writes: IDs, Maglev tables from
+// weights and MACs, drains, removals, and the services it refuses.
+func TestDatapathApply(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	ctx := context.Background()
+	if dp.Name() != "xdp" || !slices.Equal(dp.Attachments(), []Attachment{{"halb0", HookXDPNative}}) {
+		t.Fatalf("Name %q, Attachments %v; want xdp native on halb0", dp.Name(), dp.Attachments())
+	}
+
+	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be11, 1), backend(be12, 1), backend(be13, 2))}); err != nil {
+		t.Fatal(err)
+	}
+	s := waitLive(t, dp, web, 3)
+	if s.ID != 0 {
+		t.Errorf("first service has id %d, want 0", s.ID)
+	}
+	peerMAC := func() net.HardwareAddr {
+		l, err := b.peers.Netlink(t).LinkByName("halb0p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Attrs().HardwareAddr
+	}()
+	for i, a := range []netip.Addr{be11, be12, be13} {
+		got := backendOf(s, a)
+		if got.ID != uint32(i+1) || got.Interface != "halb0" || !bytes.Equal(got.MAC, peerMAC) {
+			t.Errorf("backend %s: %+v, want id %d on halb0 with MAC %s", a, got, i+1, peerMAC)
+		}
+	}
+	tb, inner := table(t, dp, s.ID)
+	if n := slotsOf(tb); n[0] != 0 || n[1] < 55 || n[1] > 70 || n[3] < 115 || n[3] > 135 {
+		t.Errorf("slots per backend id %v: want about 63, 63 and 125 of 251 for weights 1, 1, 2", n)
+	}
+
+	// The same services again: nothing is written.
+	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be13, 2), backend(be12, 1), backend(be11, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, again := table(t, dp, s.ID); again != inner {
+		t.Errorf("applying the same backends in another order replaced the maglev table (map %d, now %d)", inner, again)
+	}
+
+	// An IPv6 service, persistent: its backend's MAC comes from neighbour
+	// discovery, and its record asks for source hashing.
+	v6 := service.Service{Name: "web6", Key: web6, Scheduler: "sh", Forward: service.DR,
+		Backends: []service.Backend{{Addr: be6, Port: 443, Weight: 1}}}
+	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be13, 2), backend(be12, 1), backend(be11, 1)), v6}); err != nil {
+		t.Fatal(err)
+	}
+	s6 := waitLive(t, dp, web6, 1)
+	if got := backendOf(s6, be6); !bytes.Equal(got.MAC, peerMAC) || got.Addr.Port() != 443 {
+		t.Errorf("backend %s: %+v, want port 443 and MAC %s", be6, got, peerMAC)
+	}
+	k6, err := serviceKey(serviceKeyOf(web6))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec6 halbService
+	if err := dp.lb.objs.HalbServices.Lookup(&k6, &rec6); err != nil || rec6.Flags != halbServiceFlagsSERVICE_F_SOURCE_HASH || rec6.Id != s6.ID {
+		t.Errorf("%s in halb_services: %+v (%v), want id %d and source hashing", web6, rec6, err, s6.ID)
+	}
+
+	// Drain be12, remove be13, add be14 and a second service; web6 goes.
+	err = dp.Apply(ctx, []service.Service{
+		svc(web, backend(be11, 1), backend(be12, 0), backend(be14, 1)),
+		svc(dns, service.Backend{Addr: be11, Weight: 1}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = waitLive(t, dp, web, 2)
+	if got := backendOf(s, be12); got.ID != 2 || got.Live || got.MAC == nil || got.Weight != 0 {
+		t.Errorf("drained backend %s: %+v, want id 2 with its MAC, not live", be12, got)
+	}
+	// web6's backend took id 4, and dns comes first (services are written
+	// in key order) and takes id 5; ids 3 and 4, freed just now, must wait
+	// behind every unused one.
+	if got := backendOf(s, be14); got.ID != 6 {
+		t.Errorf("new backend %s has id %d, want 6", be14, got.ID)
+	}
+	var rec halbBackend
+	if err := dp.lb.objs.HalbBackends.Lookup(uint32(3), &rec); err != nil || rec != (halbBackend{}) {
+		t.Errorf("removed backend's record: %+v (%v), want cleared", rec, err)
+	}
+	if err := dp.lb.objs.HalbBackends.Lookup(uint32(2), &rec); err != nil || rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE == 0 || rec.Weight != 0 {
+		t.Errorf("drained backend's record: %+v (%v), want active with weight 0", rec, err)
+	}
+	tb, _ = table(t, dp, s.ID)
+	if n := slotsOf(tb); len(n) != 2 || n[1] == 0 || n[6] == 0 {
+		t.Errorf("slots per backend id %v: want backends 1 and 6 only", n)
+	}
+	st, err := dp.Status()
+	if err != nil || len(st) != 2 || st[0].Key != dns || st[0].ID != 1 || st[0].Backends[0].Addr.Port() != 53 {
+		t.Errorf("status %+v (%v): want dns with web6's freed id 1 and its backend on port 53 first", st, err)
+	}
+
+	// What the data path cannot do is refused; the rest is applied.
+	tun := svc(dns, backend(be11, 1))
+	tun.Forward = service.TUN
+	err = dp.Apply(ctx, []service.Service{
+		svc(web, backend(be11, 1), backend(be14, 1), backend(netip.MustParseAddr("203.0.113.9"), 1)),
+		tun,
+	})
+	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "forward tun") ||
+		!strings.Contains(err.Error(), "203.0.113.9") {
+		t.Errorf("Apply with forward: tun and an unreachable backend: %v; want ErrUnsupported naming tun, and the backend", err)
+	}
+	st, _ = dp.Status()
+	if len(st) != 1 || st[0].Key != web || len(st[0].Backends) != 2 {
+		t.Errorf("status %+v: want web alone with its two reachable backends", st)
+	}
+
+	// Nothing left.
+	if err := dp.Apply(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*ebpf.Map{dp.lb.objs.HalbServices, dp.lb.objs.HalbVips, dp.lb.objs.HalbMaglev} {
+		var k, v []byte
+		if it := m.Iterate(); it.Next(&k, &v) {
+			t.Errorf("%v is not empty after applying no services", m)
+		}
+	}
+}
+
+// A backend whose MAC is unknown waits out of the table, and joins it when
+// the neighbour table learns its address.
+func TestDatapathNeighbourLater(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	late := netip.MustParseAddr("192.0.2.20") // nobody has it yet
+	if err := dp.Apply(context.Background(), []service.Service{svc(web, backend(be11, 1), backend(late, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	s := waitLive(t, dp, web, 1)
+	if got := backendOf(s, late); got.ID == 0 || got.Live || got.MAC != nil {
+		t.Fatalf("backend %s without a neighbour: %+v, want an id and no MAC", late, got)
+	}
+	tb, _ := table(t, dp, s.ID)
+	if n := slotsOf(tb); len(n) != 1 {
+		t.Fatalf("slots per backend id %v: want %s alone", n, be11)
+	}
+	// The address turns up: the retry's ARP request finds it.
+	up(t, b.peers.Netlink(t), "halb0p", "192.0.2.20/24")
+	s = waitLive(t, dp, web, 2)
+	tb, _ = table(t, dp, s.ID)
+	if n := slotsOf(tb); len(n) != 2 {
+		t.Fatalf("slots per backend id %v: want both backends", n)
+	}
+
+	// Its MAC changes: the record follows, the table stays.
+	_, inner := table(t, dp, s.ID)
+	newMAC := net.HardwareAddr{0x02, 0, 0, 0, 0x99, 0x01}
+	h := b.lb.Netlink(t)
+	l, _ := h.LinkByName("halb0")
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, IP: late.AsSlice(), HardwareAddr: newMAC, State: netlink.NUD_PERMANENT}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !bytes.Equal(backendOf(waitLive(t, dp, web, 2), late).MAC, newMAC) {
+		if time.Now().After(deadline) {
+			t.Fatalf("backend %s kept its old MAC after the neighbour table changed", late)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, again := table(t, dp, s.ID); again != inner {
+		t.Errorf("a MAC change replaced the maglev table")
+	}
+}
+
+// pins lists what is pinned under dir.
+func pins(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// xdpOn tells which program is attached to halb0 and how.
+func xdpOn(t *testing.T, b *dpBench) (progID uint32, mode uint32) {
+	t.Helper()
+	l, err := b.lb.Netlink(t).LinkByName("halb0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x := l.Attrs().Xdp; x != nil && x.Attached {
+		return x.ProgId, x.AttachMode
+	}
+	return 0, 0
+}
+
+func mapID(t *testing.T, m *ebpf.Map) ebpf.MapID {
+	t.Helper()
+	info, err := m.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
+}
+
+// TestDatapathRestart is halb restarting: Close leaves everything pinned
+// and forwarding, the next Datapath adopts it and changes nothing that
+// did not change, an incompatible map is replaced with a log line, and
+// Cleanup leaves nothing behind.
+func TestDatapathRestart(t *testing.T) {
+	b := newDPBench(t)
+	ctx := context.Background()
+	services := []service.Service{svc(web, backend(be11, 1), backend(be12, 1))}
+
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	s := waitLive(t, dp, web, 2)
+	tb, inner := table(t, dp, s.ID)
+	servicesID := mapID(t, dp.lb.objs.HalbServices)
+	ctID := mapID(t, dp.lb.objs.HalbCt)
+	wantPins := []string{"halb_backend_stats", "halb_backends", "halb_ct", "halb_drops", "halb_maglev",
+		"halb_service_stats", "halb_services", "halb_tx_ports", "halb_vips", "halb_xdp_lb", "halb_xdp_lb_halb0"}
+	if got := pins(t, b.cfg.BPFFS); !slices.Equal(got, wantPins) {
+		t.Errorf("pins %v, want %v", got, wantPins)
+	}
+	prog1, mode := xdpOn(t, b)
+	if prog1 == 0 || mode != nl.XDP_ATTACHED_DRV {
+		t.Fatalf("XDP on halb0: program %d mode %d, want native", prog1, mode)
+	}
+
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if prog, _ := xdpOn(t, b); prog != prog1 {
+		t.Fatalf("after Close the program on halb0 is %d, want %d still attached", prog, prog1)
+	}
+
+	// The restart: everything adopted, the program replaced in place.
+	dp = b.start(t, b.cfg, config.ModeXDP)
+	if got := mapID(t, dp.lb.objs.HalbServices); got != servicesID {
+		t.Errorf("halb_services is map %d after the restart, want the pinned %d", got, servicesID)
+	}
+	prog2, mode := xdpOn(t, b)
+	if prog2 == prog1 || prog2 == 0 || mode != nl.XDP_ATTACHED_DRV {
+		t.Errorf("after the restart halb0 runs program %d (mode %d), want the new one, not %d, natively", prog2, mode, prog1)
+	}
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	s2 := waitLive(t, dp, web, 2)
+	tb2, inner2 := table(t, dp, s2.ID)
+	if s2.ID != s.ID || !slices.EqualFunc(s2.Backends, s.Backends, func(a, b BackendStatus) bool { return a.ID == b.ID }) {
+		t.Errorf("after the restart %+v, want the same ids as %+v", s2, s)
+	}
+	if inner2 != inner || !slices.Equal(tb2, tb) {
+		t.Errorf("the restart rewrote an unchanged maglev table (map %d, was %d)", inner2, inner)
+	}
+	dp.Close()
+
+	// Another table size: halb_maglev cannot take the new tables and is
+	// replaced; the program on halb0 changes only once they are written.
+	cfg := b.cfg
+	cfg.MaglevTableSize = 257
+	dp = b.start(t, cfg, config.ModeXDP)
+	if !strings.Contains(b.log.String(), "replacing it") || !strings.Contains(b.log.String(), "map=halb_maglev") {
+		t.Errorf("no log line says halb_maglev was replaced:\n%s", b.log)
+	}
+	if got := mapID(t, dp.lb.objs.HalbCt); got != ctID {
+		t.Errorf("halb_ct was replaced too (map %d, was %d): only halb_maglev changed", got, ctID)
+	}
+	if prog, _ := xdpOn(t, b); prog != prog2 {
+		t.Errorf("program on halb0 replaced before the new maps were written")
+	}
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	s3 := waitLive(t, dp, web, 2)
+	if tb3, _ := table(t, dp, s3.ID); len(tb3) != 257 {
+		t.Errorf("maglev table of %d slots, want 257", len(tb3))
+	}
+	if prog, _ := xdpOn(t, b); prog == prog2 || prog == 0 {
+		t.Errorf("program on halb0 still %d after the first apply, want the new one", prog)
+	}
+
+	// Cleanup: nothing attached, nothing pinned.
+	if err := dp.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if prog, _ := xdpOn(t, b); prog != 0 {
+		t.Errorf("program %d still on halb0 after Cleanup", prog)
+	}
+	if _, err := os.Stat(b.cfg.BPFFS); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%s still there after Cleanup: %v %v", b.cfg.BPFFS, err, pins(t, b.cfg.BPFFS))
+	}
+}
+
+// TestDatapathTC attaches halb_tc_lb through tcx, then moves to XDP on a
+// restart without a moment where neither is attached.
+func TestDatapathTC(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeTC)
+	if dp.Name() != "tc" || !slices.Equal(dp.Attachments(), []Attachment{{"halb0", HookTCX}}) {
+		t.Fatalf("Name %q, Attachments %v; want tc through tcx on halb0", dp.Name(), dp.Attachments())
+	}
+	if err := dp.Apply(context.Background(), []service.Service{svc(web, backend(be11, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	waitLive(t, dp, web, 1)
+	if got := pins(t, b.cfg.BPFFS); !slices.Contains(got, "halb_tc_lb_halb0") || !slices.Contains(got, "halb_tc_lb") || slices.Contains(got, "halb_xdp_lb") {
+		t.Errorf("pins %v: want halb_tc_lb and its link on halb0, and no halb_xdp_lb", got)
+	}
+	dp.Close()
+
+	cfg := b.cfg
+	cfg.XDPMode = "auto"
+	dp = b.start(t, cfg, config.ModeXDP)
+	if !slices.Equal(dp.Attachments(), []Attachment{{"halb0", HookXDPNative}}) {
+		t.Errorf("Attachments %v after moving to xdp, want native on halb0", dp.Attachments())
+	}
+	if got := pins(t, b.cfg.BPFFS); slices.Contains(got, "halb_tc_lb_halb0") || slices.Contains(got, "halb_tc_lb") {
+		t.Errorf("pins %v: the tc link and program should be gone", got)
+	}
+	if err := dp.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// xdp_mode auto falls back from native XDP to generic on a driver without
+// native XDP (a bridge); native alone is refused there, naming the reason.
+func TestDatapathFallback(t *testing.T) {
+	b := newDPBench(t)
+	h := b.lb.Netlink(t)
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}); err != nil {
+		t.Fatal(err)
+	}
+	up(t, h, "br0")
+	cfg := b.cfg
+	cfg.Interfaces = []string{"halb0", "br0"}
+	cfg.XDPMode = "auto"
+	dp := b.start(t, cfg, config.ModeXDP)
+	want := []Attachment{{"halb0", HookXDPNative}, {"br0", HookXDPGeneric}}
+	if got := dp.Attachments(); !slices.Equal(got, want) {
+		t.Errorf("Attachments %v, want %v", got, want)
+	}
+	if err := dp.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.XDPMode = "native"
+	err := b.lb.Do(func() error {
+		dp, err := NewDatapath(cfg, config.ModeXDP, nil)
+		if err == nil {
+			dp.Cleanup()
+		}
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "attach to br0") || !strings.Contains(err.Error(), "xdp native") {
+		t.Errorf("native XDP on br0: %v, want an error naming br0 and xdp native", err)
+	}
+	if err := RemovePinned(cfg.BPFFS); err != nil {
+		t.Fatal(err)
+	}
+	if prog, _ := xdpOn(t, b); prog != 0 {
+		t.Errorf("program %d left on halb0 after RemovePinned", prog)
+	}
+}
+
+// The bpf filesystem is mounted on datapath.bpffs's parent only when that
+// is empty: a mount would hide what it holds.
+func TestPrepareBPFFSRefusesFullDirectory(t *testing.T) {
+	netnstest.Require(t)
+	parent := t.TempDir()
+	if err := os.WriteFile(filepath.Join(parent, "keep"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := prepareBPFFS(filepath.Join(parent, "halb"), slog.Default())
+	if err == nil || !strings.Contains(err.Error(), "not empty") {
+		t.Errorf("prepareBPFFS over a directory with a file: %v, want a refusal", err)
+	}
+	if onBPFFS(parent) {
+		unix.Unmount(parent, 0)
+		t.Fatal("mounted over a directory that was not empty")
+	}
+}
+
+// purgeConntrack finds every flow of the backends it is given, across
+// batches.
+func TestPurgeConntrack(t *testing.T) {
+	netnstest.Require(t)
+	lb, err := Load(Options{ConntrackEntries: 65536})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	const flows = 10000
+	for i := range flows {
+		k := halbFlow{Sport: uint16(i), Dport: 80, Proto: 6, Family: halbFamilyFAMILY_IPV4}
+		if err := lb.objs.HalbCt.Put(&k, &halbCtEntry{BackendId: uint32(i%4 + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := lb.purgeConntrack(map[uint32]bool{2: true, 4: true})
+	if err != nil || n != flows/2 {
+		t.Fatalf("purged %d flows (%v), want %d", n, err, flows/2)
+	}
+	var (
+		k    halbFlow
+		v    halbCtEntry
+		left int
+	)
+	for it := lb.objs.HalbCt.Iterate(); it.Next(&k, &v); left++ {
+		if v.BackendId == 2 || v.BackendId == 4 {
+			t.Fatalf("flow %+v of backend %d survived", k, v.BackendId)
+		}
+	}
+	if left != flows/2 {
+		t.Errorf("%d flows left, want %d", left, flows/2)
+	}
+}
+
+// An interface deleted and made again while halb was stopped: the pinned
+// link is defunct, and the next Datapath attaches afresh.
+func TestDatapathInterfaceRecreated(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h := b.lb.Netlink(t)
+	l, err := h.LinkByName("halb0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "halb0", HardwareAddr: halb0MAC}, PeerName: "halb0p"}); err != nil {
+		t.Fatal(err)
+	}
+	up(t, h, "halb0", "192.0.2.1/24")
+
+	dp = b.start(t, b.cfg, config.ModeXDP)
+	if prog, mode := xdpOn(t, b); prog == 0 || mode != nl.XDP_ATTACHED_DRV {
+		t.Errorf("halb0 made again: program %d mode %d, want attached natively", prog, mode)
+	}
+	if !strings.Contains(b.log.String(), "not attached to its interface") {
+		t.Errorf("no log line about the defunct link:\n%s", b.log)
+	}
+	if err := dp.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+}

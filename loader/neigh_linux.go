@@ -1,0 +1,223 @@
+package loader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// DR sends a backend's frames to its MAC, which the kernel's neighbour
+// table knows once it has resolved the backend's address. The data path
+// asks the kernel to resolve what it lacks, listens to the neighbour
+// table, and applies again when a backend's MAC appears or changes.
+
+// neighbourStates are the states in which an entry's MAC can be trusted.
+const neighbourStates = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY |
+	netlink.NUD_PROBE | netlink.NUD_PERMANENT | netlink.NUD_NOARP
+
+// Bounds of the background work.
+const (
+	applyDelay    = 50 * time.Millisecond // gathers a burst of neighbour updates into one apply
+	retryPending  = 5 * time.Second       // asks again for MACs still missing
+	resubscribeAt = 1 * time.Second       // after the neighbour subscription fails
+)
+
+// neighbours caches the neighbour table during one apply, one dump per
+// interface and family.
+type neighbours struct {
+	nl    *netlink.Handle
+	cache map[[2]int]map[netip.Addr]net.HardwareAddr
+}
+
+// lookup returns addr's MAC on ifindex, or nil when the kernel has none
+// worth using.
+func (n *neighbours) lookup(ifindex int, addr netip.Addr) (net.HardwareAddr, error) {
+	family := netlink.FAMILY_V6
+	if addr.Is4() {
+		family = netlink.FAMILY_V4
+	}
+	key := [2]int{ifindex, family}
+	if n.cache == nil {
+		n.cache = map[[2]int]map[netip.Addr]net.HardwareAddr{}
+	}
+	known, ok := n.cache[key]
+	if !ok {
+		list, err := n.nl.NeighList(ifindex, family)
+		if err != nil {
+			return nil, fmt.Errorf("read the neighbour table: %w", err)
+		}
+		known = map[netip.Addr]net.HardwareAddr{}
+		for _, e := range list {
+			a, ok := netip.AddrFromSlice(e.IP)
+			if ok && e.State&neighbourStates != 0 && len(e.HardwareAddr) == 6 {
+				known[a.Unmap()] = e.HardwareAddr
+			}
+		}
+		n.cache[key] = known
+	}
+	return known[addr], nil
+}
+
+// via finds the one of datapath.interfaces that reaches addr directly.
+func (d *Datapath) via(addr netip.Addr) (*attachment, error) {
+	routes, err := d.nl.RouteGet(addr.AsSlice())
+	if err != nil {
+		return nil, fmt.Errorf("no route: %w", err)
+	}
+	if len(routes) == 0 {
+		return nil, errors.New("no route")
+	}
+	r := routes[0]
+	if r.Gw != nil {
+		return nil, fmt.Errorf("reached through the gateway %s: forward: dr needs the backend on the link of one of datapath.interfaces (%s); use forward: tun for a routed backend",
+			r.Gw, strings.Join(d.cfg.Interfaces, ", "))
+	}
+	for _, a := range d.ifaces {
+		if a.ifindex == r.LinkIndex {
+			return a, nil
+		}
+	}
+	name := fmt.Sprintf("ifindex %d", r.LinkIndex)
+	if l, err := d.nl.LinkByIndex(r.LinkIndex); err == nil {
+		name = l.Attrs().Name
+	}
+	return nil, fmt.Errorf("reached through %s, which is not one of datapath.interfaces (%s): add it there, or move the backend onto their link",
+		name, strings.Join(d.cfg.Interfaces, ", "))
+}
+
+// solicit asks the kernel to resolve addr on a's interface, as if it had a
+// packet for it (NTF_USE): an ARP request or a neighbour solicitation goes
+// out, and the answer comes back as a neighbour update.
+func (d *Datapath) solicit(a *attachment, addr netip.Addr) {
+	err := d.nl.NeighSet(&netlink.Neigh{
+		LinkIndex: a.ifindex,
+		IP:        addr.AsSlice(),
+		State:     netlink.NUD_NONE,
+		Flags:     netlink.NTF_USE,
+	})
+	if err != nil {
+		d.log.Warn("cannot ask for a backend's mac", "backend", addr.String(), "interface", a.Interface, "err", err)
+	}
+}
+
+// watchNeighbours applies again when the MAC of a backend appears or
+// changes, until ctx ends.
+func (d *Datapath) watchNeighbours(ctx context.Context) {
+	for ctx.Err() == nil {
+		updates := make(chan netlink.NeighUpdate, 256)
+		done := make(chan struct{})
+		err := netlink.NeighSubscribeWithOptions(updates, done, netlink.NeighSubscribeOptions{
+			Namespace: &d.ns,
+			ErrorCallback: func(err error) {
+				if ctx.Err() == nil {
+					d.log.Warn("neighbour updates", "err", err)
+				}
+			},
+		})
+		if err != nil {
+			d.log.Warn("cannot follow the neighbour table, asking again every few seconds", "err", err)
+		} else {
+			// Whatever happened while nobody listened.
+			d.poke()
+			d.follow(ctx, updates)
+			close(done)
+			for range updates {
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(resubscribeAt):
+		}
+	}
+}
+
+// follow reads updates until ctx ends or the subscription does.
+func (d *Datapath) follow(ctx context.Context, updates <-chan netlink.NeighUpdate) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case u, ok := <-updates:
+			if !ok {
+				return
+			}
+			if u.Type == unix.RTM_NEWNEIGH && u.State&neighbourStates != 0 && len(u.HardwareAddr) == 6 && d.changes(u.Neigh) {
+				d.poke()
+			}
+		}
+	}
+}
+
+// changes reports whether n tells a backend's MAC that the maps lack.
+func (d *Datapath) changes(n netlink.Neigh) bool {
+	addr, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return false
+	}
+	addr = addr.Unmap()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, st := range d.applied {
+		for ap, be := range st.backends {
+			if ap.Addr() == addr && int(be.rec.Ifindex) == n.LinkIndex &&
+				(be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE == 0 || !macEqual(be.rec.Mac[:], n.HardwareAddr)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func macEqual(a, b []byte) bool { return string(a) == string(b) }
+
+// poke asks the refresher for an apply.
+func (d *Datapath) poke() {
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+// refresher applies the last services again when poked, and every
+// retryPending while MACs are missing, until ctx ends.
+func (d *Datapath) refresher(ctx context.Context) {
+	tick := time.NewTicker(retryPending)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			d.mu.Lock()
+			pending := d.pending
+			d.mu.Unlock()
+			if pending == 0 {
+				continue
+			}
+		case <-d.kick:
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(applyDelay):
+			}
+		}
+		d.mu.Lock()
+		if !d.closed && d.desired != nil {
+			// The problems Apply returned are the daemon's to
+			// report; only new ones are logged here.
+			err := errString(d.reconcile())
+			if err != "" && err != d.lastErr {
+				d.log.Warn("apply after a neighbour change", "err", err)
+			}
+			d.lastErr = err
+		}
+		d.mu.Unlock()
+	}
+}

@@ -1,0 +1,233 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// The pins under datapath.bpffs. Their names are the objects' own, so that
+// `bpftool map dump pinned /sys/fs/bpf/halb/halb_services` and `bpftool prog
+// show name halb_xdp_lb` find the same things; a link is named after its
+// program and interface (halb_xdp_lb_eth0).
+var pinnedMaps = []string{
+	halbMapHalbServices,
+	halbMapHalbVips,
+	halbMapHalbBackends,
+	halbMapHalbMaglev,
+	halbMapHalbCt,
+	halbMapHalbTxPorts,
+	halbMapHalbServiceStats,
+	halbMapHalbBackendStats,
+	halbMapHalbDrops,
+}
+
+// What a restart loses when a pinned map must be replaced, for the log.
+var replaceEffect = map[string]string{
+	halbMapHalbServices:     "services are written again at the next apply",
+	halbMapHalbVips:         "services are written again at the next apply",
+	halbMapHalbBackends:     "backends are written again at the next apply",
+	halbMapHalbMaglev:       "maglev tables are written again at the next apply",
+	halbMapHalbCt:           "established flows are scheduled again by their maglev tables",
+	halbMapHalbTxPorts:      "tx ports are written again now",
+	halbMapHalbServiceStats: "service counters start again from zero",
+	halbMapHalbBackendStats: "backend counters start again from zero",
+	halbMapHalbDrops:        "drop counters start again from zero",
+}
+
+// linkPin is where the link of prog on ifname is pinned. A bpf filesystem
+// takes no dots in names, and VLAN interfaces have them (eth0.100): a dot
+// becomes a dash.
+func linkPin(dir, prog, ifname string) string {
+	return filepath.Join(dir, prog+"_"+strings.ReplaceAll(ifname, ".", "-"))
+}
+
+// tmpPrefix marks a pin on its way to its name (pinReplace).
+const tmpPrefix = "new_"
+
+// prepareBPFFS makes dir a directory on a bpf filesystem. When dir's parent
+// is on none, it mounts one there first: hosts that boot without
+// /sys/fs/bpf mounted get what `mount -t bpf bpf /sys/fs/bpf` would give.
+func prepareBPFFS(dir string, log *slog.Logger) error {
+	if onBPFFS(dir) {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if !onBPFFS(parent) {
+		// Mounting hides what the directory holds: only an empty one
+		// (as /sys/fs/bpf is before anything is mounted there) is
+		// taken.
+		entries, err := os.ReadDir(parent)
+		if err != nil {
+			return fmt.Errorf("datapath.bpffs %s: %w", dir, err)
+		}
+		if len(entries) > 0 {
+			return fmt.Errorf("datapath.bpffs %s: %s is not on a bpf filesystem and not empty; mount one there (mount -t bpf bpf %s) or choose another path", dir, parent, parent)
+		}
+		if err := unix.Mount("bpf", parent, "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount a bpf filesystem on %s for datapath.bpffs %s: %w", parent, dir, err)
+		}
+		log.Info("mounted a bpf filesystem", "path", parent)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create datapath.bpffs %s: %w", dir, err)
+	}
+	if !onBPFFS(dir) {
+		return fmt.Errorf("datapath.bpffs %s is not on a bpf filesystem", dir)
+	}
+	return nil
+}
+
+func onBPFFS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC
+}
+
+// dropIncompatiblePins removes the pins of maps that spec can no longer
+// use, each with a log line that says why and what it costs, so that
+// loading creates them anew. The old maps live on as long as the program
+// attached before the restart uses them: traffic flows on until the new
+// program takes over. It returns the names of the maps it removed.
+func dropIncompatiblePins(dir string, spec *ebpf.CollectionSpec, log *slog.Logger) ([]string, error) {
+	var replaced []string
+	for _, name := range pinnedMaps {
+		path := filepath.Join(dir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		reason := ""
+		if err != nil {
+			reason = err.Error()
+		} else {
+			if err := spec.Maps[name].Compatible(m); err != nil {
+				reason = err.Error()
+			} else if name == halbMapHalbMaglev {
+				reason = maglevIncompatible(m, spec.Maps[name].InnerMap)
+			}
+			m.Close()
+		}
+		if reason == "" {
+			continue
+		}
+		if err := os.Remove(path); err != nil {
+			return replaced, fmt.Errorf("replace pinned map %s: %w", path, err)
+		}
+		log.Warn("pinned map does not fit this configuration, replacing it",
+			"map", name, "reason", reason, "effect", replaceEffect[name])
+		replaced = append(replaced, name)
+	}
+	return replaced, nil
+}
+
+// maglevIncompatible tells why a pinned halb_maglev cannot take tables
+// made from inner, or "" when it can. The kernel does not report an
+// outer map's inner template, so the first table in it stands for all;
+// an empty halb_maglev holds nothing worth keeping and is replaced too.
+func maglevIncompatible(outer *ebpf.Map, inner *ebpf.MapSpec) string {
+	var (
+		key, id uint32
+		found   bool
+	)
+	it := outer.Iterate()
+	for it.Next(&key, &id) {
+		found = true
+		break
+	}
+	if !found {
+		return "empty, and its table size cannot be told"
+	}
+	m, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if err != nil {
+		return fmt.Sprintf("read its table %d: %v", key, err)
+	}
+	defer m.Close()
+	if m.MaxEntries() != inner.MaxEntries {
+		return fmt.Sprintf("maglev tables of %d slots, and datapath.maglev_table_size is %d", m.MaxEntries(), inner.MaxEntries)
+	}
+	return ""
+}
+
+// pinReplace pins obj at path, replacing what was there in one rename so
+// that the name never goes missing.
+func pinReplace(obj interface{ Pin(string) error }, path string) error {
+	tmp := filepath.Join(filepath.Dir(path), tmpPrefix+filepath.Base(path))
+	_ = os.Remove(tmp)
+	if err := obj.Pin(tmp); err != nil {
+		return fmt.Errorf("pin %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("pin %s: %w", path, err)
+	}
+	return nil
+}
+
+// RemovePinned detaches every program halb attached through the links
+// pinned in dir, and removes everything halb pinned there and then dir
+// itself: what `halb run --cleanup` does on its way out. Files halb did not
+// name are left, and so is dir when they are there. A dir that does not
+// exist is already clean.
+func RemovePinned(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read datapath.bpffs %s: %w", dir, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		path := filepath.Join(dir, name)
+		switch {
+		case isLinkPin(strings.TrimPrefix(name, tmpPrefix)):
+			errs = append(errs, detachPinned(path))
+		case isHalbPin(name):
+		default:
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove datapath.bpffs %s: %w", dir, err))
+	}
+	return errors.Join(errs...)
+}
+
+// isLinkPin reports whether name is one of the links halb pins.
+func isLinkPin(name string) bool {
+	return strings.HasPrefix(name, halbProgHalbXdpLb+"_") || strings.HasPrefix(name, halbProgHalbTcLb+"_")
+}
+
+// isHalbPin reports whether name is a map or program halb pins (or a
+// leftover of pinReplace).
+func isHalbPin(name string) bool {
+	name = strings.TrimPrefix(name, tmpPrefix)
+	return name == halbProgHalbXdpLb || name == halbProgHalbTcLb || isLinkPin(name) ||
+		slices.Contains(pinnedMaps, name)
+}
+
+// detachPinned detaches the link pinned at path, even when other holders
+// keep it open.
+func detachPinned(path string) error {
+	l, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		return fmt.Errorf("open pinned link %s: %w", path, err)
+	}
+	defer l.Close()
+	if err := l.Detach(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("detach %s: %w", path, err)
+	}
+	return nil
+}
