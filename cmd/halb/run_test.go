@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/loader"
 )
 
 // The test binary doubles as halb: with HALB_TEST_MAIN=1 it runs main, so
@@ -33,7 +38,11 @@ type daemonProc struct {
 // opens VRRP sockets, and those must never reach the host's links.
 func startHalb(t *testing.T, args ...string) *daemonProc {
 	t.Helper()
-	ns := netnstest.New(t)
+	return startHalbIn(t, netnstest.New(t), args...)
+}
+
+func startHalbIn(t *testing.T, ns *netnstest.NS, args ...string) *daemonProc {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "HALB_TEST_MAIN=1")
 	stderr, err := cmd.StderrPipe()
@@ -137,5 +146,75 @@ vrrp:
 	p.waitFor(t, "halb stopping")
 	if code := p.exitCode(t); code != exitOK {
 		t.Errorf("exit status after SIGTERM = %d, want 0", code)
+	}
+}
+
+// halb run with datapath.mode: xdp attaches the program to the configured
+// interface, programs the service and pins it all under datapath.bpffs;
+// stopping leaves the pins (and so the forwarding) in place.
+func TestRunProgramsXDP(t *testing.T) {
+	ns := netnstest.New(t)
+	h := ns.Netlink(t)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"eth0", "eth1"} {
+		link, err := h.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkSetUp(link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eth0, _ := h.LinkByName("eth0")
+	addr, _ := netlink.ParseAddr("198.51.100.1/24")
+	if err := h.AddrAdd(eth0, addr); err != nil {
+		t.Fatal(err)
+	}
+	// The backend's MAC, as ARP would have learnt it.
+	if err := h.NeighAdd(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, State: netlink.NUD_PERMANENT,
+		IP: net.ParseIP("198.51.100.11"), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, 0x11}}); err != nil {
+		t.Fatal(err)
+	}
+
+	fs := filepath.Join(t.TempDir(), "bpffs")
+	if err := os.Mkdir(fs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	pins := filepath.Join(fs, "halb")
+	t.Cleanup(func() {
+		_ = loader.RemovePinned(pins)
+		_ = unix.Unmount(fs, 0)
+	})
+	cfg := filepath.Join(t.TempDir(), "halb.yaml")
+	if err := os.WriteFile(cfg, []byte(`datapath:
+  mode: xdp
+  interfaces: [eth0]
+  bpffs: `+pins+`
+services:
+  - name: web
+    vip: 192.0.2.100
+    port: 80
+    backends: [{address: 198.51.100.11}]
+    health_check: {type: none}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	p := startHalbIn(t, ns, "run", "-c", cfg)
+	p.waitFor(t, "services programmed")
+	for _, pin := range []string{"halb_xdp_lb", "halb_xdp_lb_eth0", "halb_services", "halb_backends", "halb_ct", "halb_maglev"} {
+		if _, err := os.Stat(filepath.Join(pins, pin)); err != nil {
+			t.Errorf("pin %s: %v", pin, err)
+		}
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.waitFor(t, "halb stopping")
+	if code := p.exitCode(t); code != exitOK {
+		t.Errorf("exit status %d", code)
+	}
+	if _, err := os.Stat(filepath.Join(pins, "halb_xdp_lb_eth0")); err != nil {
+		t.Errorf("the link pin is gone after a clean stop; forwarding would stop with halb: %v", err)
 	}
 }
