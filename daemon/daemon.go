@@ -92,8 +92,18 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 
 	vctx, stopVRRP := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	groups := map[string]*vrrp.Group{}
+	for _, sg := range d.cfg.VRRP.SyncGroups {
+		g := vrrp.NewGroup(sg.Name)
+		for _, name := range sg.Instances {
+			groups[name] = g
+		}
+	}
 	for _, ic := range d.cfg.VRRP.Instances {
 		in := vrrp.NewInstance(ic, d.log)
+		if g := groups[ic.Name]; g != nil {
+			in.JoinGroup(g)
+		}
 		d.instances = append(d.instances, in)
 		wg.Go(func() {
 			if err := in.Run(vctx); err != nil {

@@ -119,6 +119,9 @@ type Machine struct {
 	adver               time.Time // Adver_Timer deadline (Master)
 	preemptAt           time.Time // when a pending pre-emption may go ahead
 	faults              map[string]bool
+	// held keeps a backup from becoming master: another member of its
+	// sync group is in Fault.
+	held bool
 }
 
 // NewMachine returns a machine in Initialize.
@@ -196,6 +199,10 @@ func (m *Machine) Tick(now time.Time) []Action {
 	switch m.state {
 	case Backup:
 		if !m.masterDown.IsZero() && !now.Before(m.masterDown) {
+			if m.held {
+				m.masterDown = now.Add(m.MasterDownInterval())
+				return nil
+			}
 			return m.becomeMaster(now, "master down timer")
 		}
 	case Master:
@@ -298,6 +305,33 @@ func (m *Machine) SetPriority(now time.Time, p uint8) []Action {
 // SetPrimary sets this router's own address, once it is known: it may
 // appear on the interface after the instance started.
 func (m *Machine) SetPrimary(a netip.Addr) { m.p.Primary = a }
+
+// Hold keeps the machine from being Master while another member of its
+// sync group is in Fault: a Master steps down, a Backup stays Backup when
+// its master down timer fires. Release lets it go on as usual.
+func (m *Machine) Hold(now time.Time, why string) []Action {
+	m.held = true
+	if m.state == Master {
+		return m.becomeBackup(now, why)
+	}
+	return nil
+}
+
+// Release ends a Hold.
+func (m *Machine) Release() { m.held = false }
+
+// Follow moves the machine to the state another member of its sync group
+// went to (keepalived's vrrp_sync_group): Master only from Backup and when
+// nothing holds it back, Backup only from Master.
+func (m *Machine) Follow(now time.Time, to State, why string) []Action {
+	switch {
+	case to == Master && m.state == Backup && !m.held && len(m.faults) == 0:
+		return m.becomeMaster(now, why)
+	case to == Backup && m.state == Master:
+		return m.becomeBackup(now, why)
+	}
+	return nil
+}
 
 // SetFault records that reason holds the instance in Fault (a missing
 // interface or address, a failed tracked object). Faults add up: the

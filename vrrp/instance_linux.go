@@ -41,6 +41,9 @@ type Instance struct {
 
 	notify *notifier // nil without a notify script
 
+	group     *Group // nil outside a sync group
+	groupCmds chan groupCmd
+
 	mu     sync.Mutex
 	status Status
 }
@@ -93,6 +96,14 @@ func NewInstance(cfg config.Instance, log *slog.Logger) *Instance {
 	in.status = Status{Name: cfg.Name, VRID: cfg.VRID, Interface: cfg.Interface, State: Initialize,
 		Priority: uint8(cfg.Priority), Since: time.Now(), Drops: map[string]uint64{}, VirtualIPs: cfg.VirtualIPs}
 	return in
+}
+
+// JoinGroup makes the instance a member of a sync group; call it before
+// Run.
+func (in *Instance) JoinGroup(g *Group) {
+	in.group = g
+	in.groupCmds = make(chan groupCmd, 16)
+	g.join(in.cfg.Name, in.groupCmds)
 }
 
 // Status returns a snapshot.
@@ -173,6 +184,17 @@ func (in *Instance) Run(ctx context.Context) error {
 			}
 		case p := <-adverts:
 			in.receive(time.Now(), p)
+		case cmd := <-in.groupCmds:
+			now := time.Now()
+			if cmd.hold {
+				in.apply(in.m.Hold(now, cmd.why))
+			}
+			if cmd.release {
+				in.m.Release()
+			}
+			if cmd.follow != Initialize {
+				in.apply(in.m.Follow(now, cmd.follow, cmd.why))
+			}
 		case now := <-timer.C:
 			in.apply(in.m.Tick(now))
 			in.announceDue(now)
@@ -477,6 +499,9 @@ func (in *Instance) apply(acts []Action) {
 			in.mu.Unlock()
 			if in.notify != nil {
 				in.notify.notify(a.To, in.m.Priority())
+			}
+			if in.group != nil {
+				in.group.report(in.cfg.Name, a.From, a.To)
 			}
 		}
 	}
