@@ -21,14 +21,34 @@ import (
 // HALB_LOG_LEVEL overrides log.level.
 const EnvPrefix = "HALB"
 
-// Load reads, decodes and validates the file at path. The error, when the
-// file is readable, is an *Error listing every problem.
+// Load reads, decodes and validates the file at path, and checks that the
+// scripts it names can be run safely on this host (CheckScripts). The
+// error, when the file is readable, is an *Error listing every problem.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return Parse(data, path)
+	cfg, err := Parse(data, path)
+	if err != nil {
+		return nil, err
+	}
+	if problems := CheckScripts(cfg); len(problems) > 0 {
+		e := &Error{File: path, Problems: problems}
+		return nil, e.finish(lineIndex(data))
+	}
+	return cfg, nil
+}
+
+// lineIndex maps field paths to their lines, for problems found after
+// decoding.
+func lineIndex(data []byte) map[string]int {
+	lines := map[string]int{}
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) == nil {
+		(&shapeWalk{lines: lines}).walk(&doc, reflect.TypeFor[Config](), "")
+	}
+	return lines
 }
 
 // Parse decodes and validates a configuration held in memory; name is used

@@ -10,8 +10,8 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// Two instances on two links in one sync group: taking one link down on
-// the master moves both VIPs to the other node, and bringing it back moves
+// Two instances on two links in one sync group: one of them failing on
+// the master moves both VIPs to the other node, and its recovery moves
 // both back.
 func TestSyncGroup(t *testing.T) {
 	l := newLAN(t, false)
@@ -83,28 +83,29 @@ vrrp:
 	b.start(t)
 	waitBoth(0)
 
-	// Only the inside link fails on a; the group moves both instances.
-	setLink := func(up bool) {
+	// Only the inside instance fails on a (its own address goes: taking
+	// the link down would take the carrier off b's end of the veth too);
+	// the group moves both instances.
+	lan1 := func() netlink.Link {
 		lk, err := l.h[0].LinkByName("lan1")
 		if err != nil {
 			t.Fatal(err)
 		}
-		set := l.h[0].LinkSetDown
-		if up {
-			set = l.h[0].LinkSetUp
-		}
-		if err := set(lk); err != nil {
-			t.Fatal(err)
-		}
+		return lk
 	}
-	setLink(false)
+	own := toAddr(netip.MustParsePrefix("198.51.100.1/24"))
+	if err := l.h[0].AddrDel(lan1(), own); err != nil {
+		t.Fatal(err)
+	}
 	took := waitBoth(1)
-	t.Logf("lan1 down on a: both VIPs on b after %v", took.Round(time.Millisecond))
+	t.Logf("inside address gone on a: both VIPs on b after %v", took.Round(time.Millisecond))
 	waitLog(t, a, "sync group ROUTER: a member is in FAULT")
 
-	setLink(true)
+	if err := l.h[0].AddrAdd(lan1(), own); err != nil {
+		t.Fatal(err)
+	}
 	took = waitBoth(0)
-	t.Logf("lan1 back: both VIPs on a after %v", took.Round(time.Millisecond))
+	t.Logf("address back: both VIPs on a after %v", took.Round(time.Millisecond))
 
 	a.stop(syscall.SIGTERM)
 	waitBoth(1)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,6 +44,8 @@ type Instance struct {
 
 	group     *Group // nil outside a sync group
 	groupCmds chan groupCmd
+
+	scripts []scriptState // one per track script
 
 	mu     sync.Mutex
 	status Status
@@ -93,6 +96,10 @@ func NewInstance(cfg config.Instance, log *slog.Logger) *Instance {
 	if cfg.Notify != "" {
 		in.notify = newNotifier(cfg, in.log)
 	}
+	in.scripts = make([]scriptState, len(cfg.TrackScripts))
+	for i := range in.scripts {
+		in.scripts[i].ok = true
+	}
 	in.status = Status{Name: cfg.Name, VRID: cfg.VRID, Interface: cfg.Interface, State: Initialize,
 		Priority: uint8(cfg.Priority), Since: time.Now(), Drops: map[string]uint64{}, VirtualIPs: cfg.VirtualIPs}
 	return in
@@ -130,6 +137,10 @@ func (in *Instance) Run(ctx context.Context) error {
 		return err
 	}
 	adverts := make(chan packetIn, 64)
+	scriptResults := make(chan scriptResult, 16)
+	scriptCtx, stopScripts := context.WithCancel(ctx)
+	defer stopScripts()
+	runScripts(scriptCtx, in.cfg.Name, in.cfg.TrackScripts, scriptResults)
 
 	in.evaluate(time.Now(), adverts)
 	if in.link != nil {
@@ -184,6 +195,16 @@ func (in *Instance) Run(ctx context.Context) error {
 			}
 		case p := <-adverts:
 			in.receive(time.Now(), p)
+		case r := <-scriptResults:
+			ts := in.cfg.TrackScripts[r.index]
+			if in.scripts[r.index].update(ts, r.err) {
+				if in.scripts[r.index].ok {
+					in.log.Info("track script good again", "script", ts.Command[0], "successes", ts.Rise)
+				} else {
+					in.log.Warn("track script failing", "script", ts.Command[0], "failures", ts.Fall, "err", r.err, "output", r.output)
+				}
+				in.evaluate(time.Now(), adverts)
+			}
 		case cmd := <-in.groupCmds:
 			now := time.Now()
 			if cmd.hold {
@@ -328,15 +349,13 @@ func (in *Instance) concerns(u netlink.LinkUpdate) bool {
 	return false
 }
 
-// track applies track_interfaces, as keepalived does: weight 0 faults the
-// instance while the interface is down; a negative weight is added to the
-// priority while it is down, a positive one while it is up. The result
+// track applies track_interfaces and track_scripts, as keepalived does:
+// weight 0 faults the instance while the interface is down (the script
+// fails); a negative weight is added to the priority while it is down
+// (failing), a positive one while it is up (good). The result
 // stays within 1..254, so tracking never makes an owner or a
 // priority-0 advert.
 func (in *Instance) track(now time.Time, faults map[string]bool) {
-	if len(in.cfg.TrackInterfaces) == 0 {
-		return
-	}
 	delta := 0
 	for _, ti := range in.cfg.TrackInterfaces {
 		link, err := netlink.LinkByName(ti.Name)
@@ -348,12 +367,21 @@ func (in *Instance) track(now time.Time, faults map[string]bool) {
 			delta += ti.Weight
 		}
 	}
+	for i, ts := range in.cfg.TrackScripts {
+		ok := in.scripts[i].ok
+		switch {
+		case ts.Weight == 0 && !ok:
+			faults["track script "+strings.Join(ts.Command, " ")+" failing"] = true
+		case ts.Weight < 0 && !ok, ts.Weight > 0 && ok:
+			delta += ts.Weight
+		}
+	}
 	prio := in.cfg.Priority
 	if delta != 0 {
 		prio = min(max(prio+delta, 1), 254)
 	}
 	if uint8(prio) != in.m.Priority() {
-		in.log.Info("priority changed by tracked interfaces", "from", in.m.Priority(), "to", prio)
+		in.log.Info("priority changed by tracking", "from", in.m.Priority(), "to", prio)
 		in.apply(in.m.SetPriority(now, uint8(prio)))
 	}
 }

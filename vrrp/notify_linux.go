@@ -1,14 +1,11 @@
 package vrrp
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"log/slog"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/halb-lb/halb/config"
@@ -68,35 +65,23 @@ func (n *notifier) loop() {
 }
 
 func (n *notifier) run(args []string) {
-	ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, n.cfg.Notify, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = time.Second
 	vips := make([]string, len(n.cfg.VirtualIPs))
 	for i, p := range n.cfg.VirtualIPs {
 		vips[i] = p.String()
 	}
-	cmd.Env = append(os.Environ(),
-		"HALB_INSTANCE="+n.cfg.Name,
-		"HALB_STATE="+args[2],
-		"HALB_PRIORITY="+args[3],
-		"HALB_VRID="+strconv.Itoa(n.cfg.VRID),
-		"HALB_INTERFACE="+n.cfg.Interface,
-		"HALB_VIRTUAL_IPS="+strings.Join(vips, " "),
-	)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	err := cmd.Run()
-	output := strings.TrimSpace(out.String())
-	if len(output) > 2048 {
-		output = output[:2048] + "..."
+	env := []string{
+		"HALB_INSTANCE=" + n.cfg.Name,
+		"HALB_STATE=" + args[2],
+		"HALB_PRIORITY=" + args[3],
+		"HALB_VRID=" + strconv.Itoa(n.cfg.VRID),
+		"HALB_INTERFACE=" + n.cfg.Interface,
+		"HALB_VIRTUAL_IPS=" + strings.Join(vips, " "),
 	}
+	start := time.Now()
+	output, err := runProgram(context.Background(), notifyTimeout, append([]string{n.cfg.Notify}, args...), env)
 	attrs := []any{"script", n.cfg.Notify, "state", args[2], "priority", args[3], "took", time.Since(start).Round(time.Millisecond), "output", output}
 	switch {
-	case ctx.Err() != nil:
+	case errors.Is(err, errTimeout):
 		n.log.Error("notify script killed at its timeout", append(attrs, "timeout", notifyTimeout)...)
 	case err != nil:
 		n.log.Warn("notify script failed", append(attrs, "err", err)...)

@@ -71,7 +71,7 @@ func TestTrackInterfaceAndNotify(t *testing.T) {
 	took := waitAddr(t, l.h[1], v.vip(), true, limit)
 	waitAddr(t, l.h[0], v.vip(), false, limit)
 	t.Logf("uplink down: b took over after %v", took.Round(time.Millisecond))
-	waitLog(t, a, "priority changed by tracked interfaces")
+	waitLog(t, a, "priority changed by tracking")
 
 	setLink(true)
 	took = waitAddr(t, l.h[0], v.vip(), true, limit)

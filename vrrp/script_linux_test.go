@@ -1,0 +1,103 @@
+package vrrp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/halb-lb/halb/config"
+)
+
+func TestScriptRiseAndFall(t *testing.T) {
+	ts := config.TrackScript{Rise: 2, Fall: 3}
+	s := scriptState{ok: true}
+	fail, pass := errors.New("exit status 1"), error(nil)
+	steps := []struct {
+		err     error
+		changed bool
+		ok      bool
+	}{
+		{fail, false, true}, {fail, false, true}, {pass, false, true}, // a success resets the count
+		{fail, false, true}, {fail, false, true}, {fail, true, false}, // third failure in a row
+		{fail, false, false}, {pass, false, false}, {fail, false, false},
+		{pass, false, false}, {pass, true, true}, // second success in a row
+	}
+	for i, st := range steps {
+		if changed := s.update(ts, st.err); changed != st.changed || s.ok != st.ok {
+			t.Fatalf("step %d: changed %v ok %v, want %v %v", i, changed, s.ok, st.changed, st.ok)
+		}
+	}
+}
+
+// A script that hangs is killed at its timeout together with the children
+// it started, and counts as failed.
+func TestHangingScriptIsKilled(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "child.pid")
+	script := filepath.Join(dir, "hang.sh")
+	body := fmt.Sprintf("#!/bin/sh\nsleep 300 &\necho $! > %s\nwait\n", pidFile)
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := runProgram(context.Background(), 300*time.Millisecond, []string{script}, nil)
+	if !errors.Is(err, errTimeout) {
+		t.Fatalf("err = %v, want a timeout", err)
+	}
+	t.Logf("hanging script returned after %v", time.Since(start).Round(time.Millisecond))
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); strings.Contains(string(stat), ") Z ") {
+			break // dead, waiting for its parent to reap it
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the script's child %d outlived the timeout", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A maintenance-file track script with weight -60 moves the Master after
+// fall runs and back after rise runs.
+func TestTrackScript(t *testing.T) {
+	v := variant{"v3-ipv4", 3, false, false, 100 * time.Millisecond}
+	l := newLAN(t, false)
+	flag := filepath.Join(t.TempDir(), "maintenance")
+	cfgA := v.config(l, 0, 150, true) + fmt.Sprintf(`      track_scripts:
+        - {command: [/usr/bin/test, "!", -e, %s], interval: 100ms, timeout: 1s, rise: 2, fall: 2, weight: -60}
+`, flag)
+	a := newNode(t, "a", l.ns[0], cfgA)
+	b := newNode(t, "b", l.ns[1], v.config(l, 1, 100, true))
+	limit := 10 * time.Second
+	a.start(t)
+	waitAddr(t, l.h[0], v.vip(), true, limit)
+	b.start(t)
+	waitLog(t, b, "to=BACKUP")
+
+	if err := os.WriteFile(flag, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	took := waitAddr(t, l.h[1], v.vip(), true, limit)
+	waitLog(t, a, "track script failing")
+	t.Logf("maintenance file: b took over after %v (fall 2 × 100ms, then master down)", took.Round(time.Millisecond))
+
+	if err := os.Remove(flag); err != nil {
+		t.Fatal(err)
+	}
+	took = waitAddr(t, l.h[0], v.vip(), true, limit)
+	waitAddr(t, l.h[1], v.vip(), false, limit)
+	t.Logf("file removed: a pre-empted after %v", took.Round(time.Millisecond))
+	a.stop(syscall.SIGTERM)
+}
