@@ -28,6 +28,9 @@ type conn struct {
 	v6    bool
 	ifi   *net.Interface
 	peers []netip.Addr // unicast mode; empty = multicast
+	// joins: the conn receives adverts, so it joins the group in
+	// multicast mode.
+	joins bool
 	p4    *ipv4.PacketConn
 	p6    *ipv6.PacketConn
 }
@@ -44,8 +47,11 @@ type packetIn struct {
 // yet on the host: the address arriving later needs no new socket. This is
 // exactly where keepalived fails at boot with "Cannot assign requested
 // address".
-func openConn(ifi *net.Interface, v6 bool, bind netip.Addr, peers []netip.Addr) (*conn, error) {
-	c := &conn{v6: v6, ifi: ifi, peers: peers}
+//
+// A send-only conn (receive false) joins no group: a VMAC's socket sends
+// the adverts while the base interface's socket receives them.
+func openConn(ifi *net.Interface, v6 bool, bind netip.Addr, peers []netip.Addr, receive bool) (*conn, error) {
+	c := &conn{v6: v6, ifi: ifi, peers: peers, joins: receive}
 	network, addr := "ip4:112", "0.0.0.0"
 	if v6 {
 		network, addr = "ip6:112", "::"
@@ -119,7 +125,7 @@ func (c *conn) configure(pc net.PacketConn) error {
 				return p.SetControlMessage(ipv6.FlagHopLimit|ipv6.FlagDst|ipv6.FlagInterface, true)
 			}},
 		}
-		if len(c.peers) == 0 {
+		if len(c.peers) == 0 && c.joins {
 			settings = append(settings, setting{"join ff02::12", func() error {
 				return p.JoinGroup(c.ifi, &net.IPAddr{IP: group6.AsSlice()})
 			}})
@@ -137,7 +143,7 @@ func (c *conn) configure(pc net.PacketConn) error {
 				return p.SetControlMessage(ipv4.FlagTTL|ipv4.FlagDst|ipv4.FlagInterface, true)
 			}},
 		}
-		if len(c.peers) == 0 {
+		if len(c.peers) == 0 && c.joins {
 			settings = append(settings, setting{"join 224.0.0.18", func() error {
 				return p.JoinGroup(c.ifi, &net.IPAddr{IP: group4.AsSlice()})
 			}})

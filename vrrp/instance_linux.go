@@ -31,10 +31,16 @@ type Instance struct {
 	rules receiveRules
 
 	// Owned by the Run goroutine.
-	link     netlink.Link
-	conn     *conn
+	link netlink.Link
+	conn *conn
+	// vipLink holds the VIPs and sends the announcements: the VMAC with
+	// use_vmac, else the interface itself; vipMAC is its MAC. xmit, when
+	// set, sends the adverts from the VMAC, so that they carry the virtual
+	// MAC (RFC 5798 §7.3).
+	vipLink  netlink.Link
+	vipMAC   net.HardwareAddr
+	xmit     *conn
 	src      netip.Addr // the advert source: unicast_src, else the interface's own
-	linkMAC  net.HardwareAddr
 	lladdr   netip.Addr // IPv6: the interface's link-local address
 	vips     vipSet
 	garpNext time.Time
@@ -143,10 +149,10 @@ func (in *Instance) Run(ctx context.Context) error {
 	runScripts(scriptCtx, in.cfg.Name, in.cfg.TrackScripts, scriptResults)
 
 	in.evaluate(time.Now(), adverts)
-	if in.link != nil {
+	if in.vipLink != nil {
 		// VIPs left behind by a halb that was killed: this node is not
 		// Master until the protocol says so.
-		if err := in.vips.remove(in.link); err != nil {
+		if err := in.vips.remove(in.vipLink); err != nil {
 			in.log.Warn("cannot remove leftover virtual IPs", "err", err)
 		}
 	}
@@ -159,8 +165,11 @@ func (in *Instance) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			in.apply(in.m.Shutdown(time.Now()))
-			if in.conn != nil {
-				in.conn.close()
+			in.closeConn()
+			if in.cfg.UseVMAC {
+				if err := removeVMAC(in.cfg.VRID, in.cfg.IPv6()); err != nil {
+					in.log.Warn("cannot remove the VMAC interface", "err", err)
+				}
 			}
 			if in.notify != nil {
 				in.notify.close()
@@ -190,7 +199,7 @@ func (in *Instance) Run(ctx context.Context) error {
 				in.evaluate(time.Now(), adverts)
 				continue
 			}
-			if in.link != nil && u.LinkIndex == in.link.Attrs().Index {
+			if (in.link != nil && u.LinkIndex == in.link.Attrs().Index) || (in.vipLink != nil && u.LinkIndex == in.vipLink.Attrs().Index) {
 				in.evaluate(time.Now(), adverts)
 			}
 		case p := <-adverts:
@@ -300,7 +309,7 @@ func (in *Instance) evaluate(now time.Time, adverts chan<- packetIn) {
 
 	link, err := netlink.LinkByName(in.cfg.Interface)
 	if err != nil {
-		in.link = nil
+		in.link, in.vipLink = nil, nil
 		in.closeConn()
 		faults[in.faultMissing()] = true
 		return
@@ -319,7 +328,10 @@ func (in *Instance) evaluate(now time.Time, adverts chan<- packetIn) {
 		}
 	}
 	in.link = link
-	in.linkMAC = link.Attrs().HardwareAddr
+	in.vipLink, in.vipMAC = link, link.Attrs().HardwareAddr
+	if in.cfg.UseVMAC {
+		in.setupVMAC(link, faults)
+	}
 	if !linkUp(link) {
 		faults[in.faultDown()] = true
 	}
@@ -463,7 +475,7 @@ func (in *Instance) findSource(link netlink.Link) (netip.Addr, bool) {
 func (in *Instance) openConn(link netlink.Link) (*conn, error) {
 	a := link.Attrs()
 	ifi := &net.Interface{Index: a.Index, Name: a.Name, MTU: a.MTU, HardwareAddr: a.HardwareAddr, Flags: a.Flags}
-	return openConn(ifi, in.cfg.IPv6(), in.cfg.UnicastSrc, in.cfg.UnicastPeers)
+	return openConn(ifi, in.cfg.IPv6(), in.cfg.UnicastSrc, in.cfg.UnicastPeers, true)
 }
 
 func (in *Instance) closeConn() {
@@ -471,6 +483,41 @@ func (in *Instance) closeConn() {
 		in.conn.close()
 		in.conn = nil
 	}
+	if in.xmit != nil {
+		in.xmit.close()
+		in.xmit = nil
+	}
+}
+
+// setupVMAC makes sure the instance's macvlan exists on link and that
+// adverts leave from it (unless vmac_xmit_base); a failure faults the
+// instance.
+func (in *Instance) setupVMAC(link netlink.Link, faults map[string]bool) {
+	v6 := in.cfg.IPv6()
+	vm, err := ensureVMAC(link, in.cfg.VRID, v6)
+	if err != nil {
+		in.log.Warn("cannot set up the VMAC interface", "err", err)
+		faults["VMAC "+vmacName(in.cfg.VRID, v6)] = true
+		return
+	}
+	if in.xmit != nil && in.xmit.ifi.Index != vm.Attrs().Index {
+		in.xmit.close()
+		in.xmit = nil
+	}
+	in.vipLink, in.vipMAC = vm, vm.Attrs().HardwareAddr
+	if in.cfg.VMACXmitBase || in.xmit != nil {
+		return
+	}
+	a := vm.Attrs()
+	ifi := &net.Interface{Index: a.Index, Name: a.Name, MTU: a.MTU, HardwareAddr: a.HardwareAddr, Flags: a.Flags}
+	// Send only: the adverts are received on the base interface.
+	c, err := openConn(ifi, v6, netip.Addr{}, in.cfg.UnicastPeers, false)
+	if err != nil {
+		in.log.Warn("cannot open the VMAC's VRRP socket", "err", err)
+		faults["VMAC "+vmacName(in.cfg.VRID, v6)] = true
+		return
+	}
+	in.xmit = c
 }
 
 func (c *conn) readLoop(out chan<- packetIn) {
@@ -553,7 +600,11 @@ func (in *Instance) sendAdvert(priority uint8) {
 	for _, p := range in.cfg.VirtualIPs {
 		a.Addrs = append(a.Addrs, p.Addr())
 	}
-	if err := in.conn.send(a, in.src); err != nil {
+	c := in.conn
+	if in.xmit != nil {
+		c = in.xmit
+	}
+	if err := c.send(a, in.src); err != nil {
 		in.log.Warn("advert not sent", "err", err)
 		return
 	}
@@ -563,10 +614,10 @@ func (in *Instance) sendAdvert(priority uint8) {
 }
 
 func (in *Instance) takeOver() {
-	if in.link == nil {
+	if in.vipLink == nil {
 		return
 	}
-	if err := in.vips.add(in.link); err != nil {
+	if err := in.vips.add(in.vipLink); err != nil {
 		in.log.Error("cannot add virtual IPs", "err", err)
 	}
 	in.garpLeft = 2 // one burst now, one after garp_master_delay
@@ -576,10 +627,10 @@ func (in *Instance) takeOver() {
 
 func (in *Instance) giveUp() {
 	in.garpNext, in.garpLeft = time.Time{}, 0
-	if in.link == nil {
+	if in.vipLink == nil {
 		return
 	}
-	if err := in.vips.remove(in.link); err != nil {
+	if err := in.vips.remove(in.vipLink); err != nil {
 		in.log.Error("cannot remove virtual IPs", "err", err)
 	}
 }
@@ -587,7 +638,7 @@ func (in *Instance) giveUp() {
 // repairVIPs puts back VIPs that someone deleted while this node is
 // Master: the backups think they are here.
 func (in *Instance) repairVIPs() {
-	list, err := netlink.AddrList(in.link, netlink.FAMILY_ALL)
+	list, err := netlink.AddrList(in.vipLink, netlink.FAMILY_ALL)
 	if err != nil {
 		return
 	}
@@ -600,7 +651,7 @@ func (in *Instance) repairVIPs() {
 	for _, p := range in.cfg.VirtualIPs {
 		if !present[p.Addr()] {
 			in.log.Warn("virtual IP was removed while MASTER; restoring it", "vip", p.String())
-			if err := in.vips.add(in.link); err != nil {
+			if err := in.vips.add(in.vipLink); err != nil {
 				in.log.Error("cannot restore virtual IPs", "err", err)
 			}
 			in.garpLeft = max(in.garpLeft, 1)
@@ -632,10 +683,10 @@ func (in *Instance) announceDue(now time.Time) {
 }
 
 func (in *Instance) announce(repeat int) {
-	if in.link == nil || len(in.linkMAC) == 0 {
+	if in.vipLink == nil || len(in.vipMAC) == 0 {
 		return
 	}
-	ifi := &net.Interface{Index: in.link.Attrs().Index, Name: in.link.Attrs().Name, HardwareAddr: in.linkMAC}
+	ifi := &net.Interface{Index: in.vipLink.Attrs().Index, Name: in.vipLink.Attrs().Name, HardwareAddr: in.vipMAC}
 	c, err := packet.Listen(ifi, packet.Raw, 0, nil)
 	if err != nil {
 		in.log.Warn("cannot announce virtual IPs", "err", err)
@@ -646,14 +697,14 @@ func (in *Instance) announce(repeat int) {
 		var frame []byte
 		var dst net.HardwareAddr
 		if p.Addr().Is4() {
-			frame, err = GratuitousARP(in.linkMAC, p.Addr())
+			frame, err = GratuitousARP(in.vipMAC, p.Addr())
 			dst = broadcastMAC
 		} else {
 			src := in.lladdr
 			if !src.IsValid() {
 				src = p.Addr()
 			}
-			frame, err = UnsolicitedNA(in.linkMAC, src, p.Addr())
+			frame, err = UnsolicitedNA(in.vipMAC, src, p.Addr())
 			dst = allNodesMAC
 		}
 		if err != nil {

@@ -14,14 +14,18 @@ import (
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
-// A partition gives two Masters; when it heals exactly one remains within
-// three advert intervals, and a third host's neighbour entry for the VIP
-// ends on the winner's MAC.
-//
-// The LAN is a bridge in a "switch" namespace with a port for each of a, b
-// and an observer c. Isolating a's and b's ports from each other (bridge
-// port isolation) partitions the two nodes while both still reach c.
-func TestSplitBrainHeals(t *testing.T) {
+// switched is a LAN of three hosts on a bridge in a "switch" namespace:
+// a and b run halb, c observes.
+type switched struct {
+	swh     *netlink.Handle
+	hosts   []*netnstest.NS
+	handles []*netlink.Handle
+	ports   []netlink.Link
+	l       *lan // a and b, for the node helpers
+}
+
+func newSwitched(t *testing.T) *switched {
+	t.Helper()
 	sw := netnstest.New(t)
 	swh := sw.Netlink(t)
 	if err := swh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}); err != nil {
@@ -60,6 +64,19 @@ func TestSplitBrainHeals(t *testing.T) {
 	}
 	l := &lan{ns: [2]*netnstest.NS{hosts[0], hosts[1]}, h: [2]*netlink.Handle{handles[0], handles[1]},
 		addr: [2]netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")}}
+	return &switched{swh: swh, hosts: hosts, handles: handles, ports: ports, l: l}
+}
+
+// A partition gives two Masters; when it heals exactly one remains within
+// three advert intervals, and a third host's neighbour entry for the VIP
+// ends on the winner's MAC.
+//
+// The LAN is a bridge in a "switch" namespace with a port for each of a, b
+// and an observer c. Isolating a's and b's ports from each other (bridge
+// port isolation) partitions the two nodes while both still reach c.
+func TestSplitBrainHeals(t *testing.T) {
+	s := newSwitched(t)
+	swh, hosts, handles, ports, l := s.swh, s.hosts, s.handles, s.ports, s.l
 	// c learns MACs from gratuitous ARP, as switches and routers do.
 	if err := hosts[2].Do(func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/conf/lan0/arp_accept", []byte("1"), 0o644)
