@@ -4,7 +4,8 @@
 // does not leave schedulers to the kernel's on-demand loading, which some
 // distributions switch off. It must never unload a module, pass module
 // parameters or force flags, or load anything it was not asked for beyond the
-// dependencies modules.dep lists.
+// dependencies modules.dep lists and the soft dependencies modules.softdep
+// lists.
 
 package ipvs
 
@@ -174,10 +175,11 @@ const (
 // Ensure makes each named module available: present already (loaded or built
 // in), or loaded now. It runs the system's modprobe when there is one and
 // otherwise loads the module and its modules.dep dependencies itself with
-// finit_module(2). A module counts as loaded once /sys/module/<name>/initstate
-// says "live", that is once its init function has returned: a module's
-// directory appears before that, and a caller that used IPVS at that moment
-// would find no "IPVS" generic netlink family yet.
+// finit_module(2), each with the soft dependencies modules.softdep lists for
+// it, as kmod does (see loadNative). A module counts as loaded once
+// /sys/module/<name>/initstate says "live", that is once its init function
+// has returned: a module's directory appears before that, and a caller that
+// used IPVS at that moment would find no "IPVS" generic netlink family yet.
 //
 // Names may use '-' or '_'. Every module that is not shipped is reported; any
 // other failure stops Ensure, since the next module would fail the same way.
@@ -289,6 +291,126 @@ func parseModulesBuiltin(r io.Reader) (map[string]bool, error) {
 	return b, sc.Err()
 }
 
+// softdep is one module's line of modules.softdep: the names to load before
+// it (pre) and after it (post). A name may be a module's or an alias.
+type softdep struct {
+	pre, post []string
+}
+
+// modulesSoftdep is modules.softdep by module name.
+//
+// depmod writes it from the modules' own "softdep" tags: a module that asks
+// the kernel for something at run time, rather than calling a symbol, says
+// there what has to be loaded with it. On Debian 12 that is libcrc32c,
+// which needs the crypto API's crc32c in its init function ("softdep
+// libcrc32c pre: crc32c"); with the kernel's on-demand loading off and no
+// crc32c loaded, libcrc32c, and so ip_vs, fail to load with ENOENT.
+type modulesSoftdep map[string]softdep
+
+// parseModulesSoftdep reads lines "softdep MODULE pre: A B post: C", pre:
+// and post: each optional and in either order. As kmod does, it skips
+// anything else, and the words of a line that come before any pre: or post:
+// (Debian 12's has "softdep cifs gcm": cifs wrote MODULE_SOFTDEP("gcm")).
+// Several lines for one module add up: depmod writes one a MODULE_SOFTDEP
+// ("softdep ksmbd pre: crc32", "softdep ksmbd pre: gcm", ...). kmod's
+// modprobe honours only the first of them; halb loads them all.
+func parseModulesSoftdep(r io.Reader) (modulesSoftdep, error) {
+	d := modulesSoftdep{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 3 || f[0] != "softdep" {
+			continue
+		}
+		name := strings.ReplaceAll(f[1], "-", "_")
+		sd := d[name]
+		var list *[]string
+		for _, w := range f[2:] {
+			switch {
+			case w == "pre:":
+				list = &sd.pre
+			case w == "post:":
+				list = &sd.post
+			case list != nil && !slices.Contains(*list, w):
+				*list = append(*list, w)
+			}
+		}
+		if sd.pre != nil || sd.post != nil {
+			d[name] = sd
+		}
+	}
+	return d, sc.Err()
+}
+
+// moduleAlias is one line of modules.alias: "alias PATTERN MODULE".
+type moduleAlias struct {
+	pattern string // normalised, may hold shell wildcards
+	module  string
+}
+
+// parseModulesAlias reads modules.alias; lines other than "alias PATTERN
+// MODULE" are skipped.
+func parseModulesAlias(r io.Reader) ([]moduleAlias, error) {
+	var aliases []moduleAlias
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 3 && f[0] == "alias" {
+			aliases = append(aliases, moduleAlias{pattern: aliasNormalise(f[1]), module: strings.ReplaceAll(f[2], "-", "_")})
+		}
+	}
+	return aliases, sc.Err()
+}
+
+// aliasNormalise turns '-' into '_' outside brackets, as kmod's
+// alias_normalize does, so that "crc32c-intel" and "crc32c_intel" are one
+// alias and a pattern's "[a-z]" stays a range.
+func aliasNormalise(s string) string {
+	b := []byte(s)
+	depth := 0
+	for i, c := range b {
+		switch {
+		case c == '[':
+			depth++
+		case c == ']' && depth > 0:
+			depth--
+		case c == '-' && depth == 0:
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
+// resolveSoft returns the modules a soft dependency's name stands for, as
+// kmod looks such a name up: the module of that name when modules.dep lists
+// it or it is built in, else every module with a matching alias in
+// modules.alias, in that file's order ("crc32c": crc32c_intel and
+// crc32c_generic, both loaded, as modprobe does; the crypto API then uses
+// the faster). Aliases from /etc/modprobe.d are not read: this path is for
+// hosts without kmod, which have none.
+func resolveSoft(name string, dep modulesDep, builtin map[string]bool, aliases []moduleAlias) []string {
+	if mod := strings.ReplaceAll(name, "-", "_"); dep[mod].path != "" || builtin[mod] {
+		return []string{mod}
+	}
+	a := aliasNormalise(name)
+	var mods []string
+	for _, al := range aliases {
+		ok := al.pattern == a
+		if !ok && strings.ContainsAny(al.pattern, "*?[") {
+			// fnmatch(3) as kmod calls it lets '*' match '/', path.Match
+			// does not; no alias a soft dependency names holds one. A bad
+			// pattern matches nothing.
+			ok, _ = path.Match(al.pattern, a)
+		}
+		if ok && !slices.Contains(mods, al.module) {
+			mods = append(mods, al.module)
+		}
+	}
+	return mods
+}
+
 // loadStep is one module to load: its name and its file as modules.dep
 // writes it.
 type loadStep struct {
@@ -354,6 +476,16 @@ type host struct {
 	dep    modulesDep
 	depErr error
 	depSet bool
+
+	softdeps   modulesSoftdep // empty when modules.softdep cannot be read
+	softdepSet bool
+	aliases    []moduleAlias // empty when modules.alias cannot be read
+	aliasesSet bool
+
+	// visited holds the modules the native loader has taken up in this
+	// Ensure call, so that soft dependencies that name each other (a post:
+	// b, b pre: a) end.
+	visited map[string]bool
 }
 
 // path turns a host path into the one to read under Root.
@@ -421,6 +553,37 @@ func (h *host) modulesDep() (modulesDep, error) {
 		})
 	}
 	return h.dep, h.depErr
+}
+
+// softdepsOf returns what modules.softdep lists for name. The file is read
+// once; when it cannot be read, that is logged and modules load without
+// soft dependencies, as they did before depmod wrote the file (kmod 13).
+func (h *host) softdepsOf(name string) softdep {
+	if !h.softdepSet {
+		h.softdepSet = true
+		err := h.parseModulesFile("modules.softdep", func(r io.Reader) (err error) {
+			h.softdeps, err = parseModulesSoftdep(r)
+			return err
+		})
+		if err != nil {
+			h.logger().Warn("cannot read modules.softdep; loading modules without their soft dependencies", "err", err)
+		}
+	}
+	return h.softdeps[name]
+}
+
+func (h *host) moduleAliases() []moduleAlias {
+	if !h.aliasesSet {
+		h.aliasesSet = true
+		err := h.parseModulesFile("modules.alias", func(r io.Reader) (err error) {
+			h.aliases, err = parseModulesAlias(r)
+			return err
+		})
+		if err != nil {
+			h.logger().Warn("cannot read modules.alias; soft dependencies named by an alias are not loaded", "err", err)
+		}
+	}
+	return h.aliases
 }
 
 // parseModulesFile opens /lib/modules/<release>/<name> and parses it.
@@ -573,9 +736,20 @@ func (h *host) runModprobe(ctx context.Context, prog, name string) error {
 	}
 	// modprobe's words are the only account of why; check what can be
 	// checked on the host first, then read them.
+	gone, goneFile, isGone := h.missingFile(name)
 	switch {
 	case h.modulesDisabled():
 		return h.errorf(name, "", stepRun, prog, fmt.Errorf("%w: %w", err, ErrModulesDisabled), disabledFix)
+	case isGone:
+		// kmod words a module file that cannot be opened as "Unknown symbol
+		// in module, or unknown parameter", and the kernel log has nothing:
+		// the kernel never saw it.
+		neededBy := ""
+		if gone.name != name {
+			neededBy = name
+		}
+		return h.errorf(gone.name, neededBy, stepRun, prog,
+			fmt.Errorf("%w: modules.dep lists %s but there is no such file: %w", err, goneFile, ErrModuleNotShipped), h.goneFix())
 	case h.notShipped(name) || strings.Contains(msg, "not found in directory"):
 		return h.errorf(name, "", stepRun, prog, fmt.Errorf("%w: %w", err, ErrModuleNotShipped), h.notShippedFix(name))
 	case strings.Contains(msg, "Operation not permitted"):
@@ -597,6 +771,42 @@ func runProgram(ctx context.Context, prog string, args ...string) ([]byte, error
 	return stderr.Bytes(), err
 }
 
+// missingFile returns the first module of name's load order, name or a
+// dependency, that is not loaded and whose file modules.dep lists but is not
+// there, and that file as the host sees it; false when there is none or
+// modules.dep cannot be read.
+func (h *host) missingFile(name string) (loadStep, string, bool) {
+	dep, err := h.modulesDep()
+	if err != nil {
+		return loadStep{}, "", false
+	}
+	dir, err := h.modulesDir()
+	if err != nil {
+		return loadStep{}, "", false
+	}
+	order, _ := dep.loadOrder(name)
+	for _, s := range order {
+		if st := h.state(s.name); st == stateLive || st == stateBuiltin {
+			continue
+		}
+		file := s.file
+		if !path.IsAbs(file) {
+			file = path.Join(dir, file)
+		}
+		if _, err := os.Stat(h.path(file)); errors.Is(err, fs.ErrNotExist) {
+			return s, file, true
+		}
+	}
+	return loadStep{}, "", false
+}
+
+// goneFix tells what to do about a module file modules.dep lists and the
+// host lacks.
+func (h *host) goneFix() string {
+	rel, _ := h.kernelRelease()
+	return fmt.Sprintf("reinstall this kernel's modules (%s), or run depmod %s if the file was removed on purpose", modulesPackages(rel), rel)
+}
+
 // notShipped reports whether modules.dep, when it can be read, lacks name and
 // the kernel does not have it built in.
 func (h *host) notShipped(name string) bool {
@@ -609,8 +819,14 @@ func (h *host) notShipped(name string) bool {
 	return !listed && !builtin[name]
 }
 
-// loadNative loads name and its dependencies with finit_module, for hosts
-// without modprobe.
+// loadNative loads name with finit_module, for hosts without modprobe, the
+// way kmod's modprobe does: the dependencies modules.dep lists first, and
+// around each module that is not loaded yet (a dependency or name itself)
+// the soft dependencies modules.softdep lists for it, pre: just before it
+// and post: just after it, each with its own dependencies and soft
+// dependencies. A soft dependency that cannot be loaded is logged and does
+// not stop the load, as with kmod: the module may do without it, and when it
+// cannot, its own failure names the soft dependency as the likely cause.
 func (h *host) loadNative(ctx context.Context, name string) error {
 	rel, err := h.kernelRelease()
 	if err != nil {
@@ -618,7 +834,7 @@ func (h *host) loadNative(ctx context.Context, name string) error {
 	}
 	dir := path.Join(libModulesDir, rel)
 	depPath := path.Join(dir, "modules.dep")
-	dep, err := h.modulesDep()
+	_, err = h.modulesDep()
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if _, statErr := os.Stat(h.path(dir)); errors.Is(statErr, fs.ErrNotExist) {
@@ -629,35 +845,110 @@ func (h *host) loadNative(ctx context.Context, name string) error {
 	case err != nil:
 		return h.errorf(name, "", stepFind, depPath, err, fmt.Sprintf("run depmod %s to write it again", rel))
 	}
-	order, ok := dep.loadOrder(name)
+	if h.visited == nil {
+		h.visited = map[string]bool{}
+	}
+	return h.loadTree(ctx, name, dir)
+}
+
+// loadTree loads name and its modules.dep dependencies, each with its soft
+// dependencies. modules.dep has been read.
+func (h *host) loadTree(ctx context.Context, name, dir string) error {
+	order, ok := h.dep.loadOrder(name)
 	if !ok {
-		return h.errorf(name, "", stepFind, depPath, fmt.Errorf("not listed: %w", ErrModuleNotShipped), h.notShippedFix(name))
+		return h.errorf(name, "", stepFind, path.Join(dir, "modules.dep"), fmt.Errorf("not listed: %w", ErrModuleNotShipped), h.notShippedFix(name))
 	}
 	for _, s := range order {
 		neededBy := ""
 		if s.name != name {
 			neededBy = name
 		}
-		if err := ctx.Err(); err != nil {
-			return h.errorf(s.name, neededBy, stepFinit, s.file, err, "")
-		}
-		switch h.state(s.name) {
-		case stateLive, stateBuiltin:
-			continue
-		case stateComing:
-			if err := h.settle(ctx, s.name, neededBy, ""); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := h.finit(s, dir, neededBy); err != nil {
-			return err
-		}
-		if err := h.settle(ctx, s.name, neededBy, ""); err != nil {
+		if err := h.loadOne(ctx, s, neededBy, dir); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// loadOne loads one module of a load order, unless it is there already,
+// with its soft dependencies around it.
+func (h *host) loadOne(ctx context.Context, s loadStep, neededBy, dir string) error {
+	if err := ctx.Err(); err != nil {
+		return h.errorf(s.name, neededBy, stepFinit, s.file, err, "")
+	}
+	switch h.state(s.name) {
+	case stateLive, stateBuiltin:
+		return nil
+	case stateComing:
+		return h.settle(ctx, s.name, neededBy, "")
+	}
+	h.visited[s.name] = true
+	soft := h.softdepsOf(s.name)
+	var missing []string // pre: soft dependencies that could not be loaded, and why
+	for _, n := range soft.pre {
+		if why := h.loadSoft(ctx, n, s.name, "pre", dir); why != "" {
+			missing = append(missing, why)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return h.errorf(s.name, neededBy, stepFinit, s.file, err, "")
+	}
+	if err := h.finit(s, dir, neededBy, missing); err != nil {
+		return err
+	}
+	if err := h.settle(ctx, s.name, neededBy, ""); err != nil {
+		return err
+	}
+	for _, n := range soft.post {
+		h.loadSoft(ctx, n, s.name, "post", dir)
+	}
+	return nil
+}
+
+// loadSoft loads the modules that the soft dependency n of module of
+// stands for (when: "pre" or "post"), best effort. It returns "" when one of
+// them is loaded, or is being loaded further up this chain of soft
+// dependencies; otherwise it logs why and returns "N (why)" for the error of
+// the module that wanted it. An alias may stand for several modules: kmod
+// loads them all, and so does halb; the failure of one whose alternative
+// loaded is logged at debug level only (crc32c_intel refuses a CPU without
+// SSE4.2, and crc32c_generic does the job).
+func (h *host) loadSoft(ctx context.Context, n, of, when, dir string) string {
+	builtin, _ := h.builtins()
+	mods := resolveSoft(n, h.dep, builtin, h.moduleAliases())
+	if len(mods) == 0 {
+		why := "no module or alias of that name in modules.dep or modules.alias"
+		h.logger().Warn("soft dependency not loaded", "module", of, "softdep", n, "when", when, "err", why)
+		return fmt.Sprintf("%s (%s)", n, why)
+	}
+	for _, m := range mods {
+		if st := h.state(m); st == stateLive || st == stateBuiltin || h.visited[m] {
+			return ""
+		}
+	}
+	var errs []error
+	for _, m := range mods {
+		if err := h.loadTree(ctx, m, dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) < len(mods) {
+		for _, err := range errs {
+			h.logger().Debug("soft dependency alternative not loaded", "module", of, "softdep", n, "err", err)
+		}
+		return ""
+	}
+	whys := make([]string, 0, len(errs))
+	for _, err := range errs {
+		h.logger().Warn("soft dependency not loaded", "module", of, "softdep", n, "when", when, "err", err)
+		var me *ModuleError
+		if errors.As(err, &me) {
+			whys = append(whys, fmt.Sprintf("%s: %s %s: %v", me.Module, me.Step, me.Path, me.Err))
+		} else {
+			whys = append(whys, err.Error())
+		}
+	}
+	return fmt.Sprintf("%s (%s)", n, strings.Join(whys, "; "))
 }
 
 // finit loads one module file with finit_module(2). Compressed files go to
@@ -667,7 +958,11 @@ func (h *host) loadNative(ctx context.Context, name string) error {
 // for hosts without modprobe, every distribution that compresses its modules
 // ships kmod, and the xz and zstd decoders would add to a static binary that
 // also runs on Raspberry Pis.
-func (h *host) finit(s loadStep, dir, neededBy string) error {
+//
+// softMissing lists the pre: soft dependencies of the module that could not
+// be loaded, as loadSoft describes them; when the module fails, they are
+// named as the likely cause.
+func (h *host) finit(s loadStep, dir, neededBy string, softMissing []string) error {
 	file := s.file
 	if !path.IsAbs(file) {
 		file = path.Join(dir, file)
@@ -689,8 +984,7 @@ func (h *host) finit(s loadStep, dir, neededBy string) error {
 	}
 	f, err := os.Open(h.path(file))
 	if errors.Is(err, fs.ErrNotExist) {
-		return h.errorf(s.name, neededBy, stepFinit, file, fmt.Errorf("modules.dep lists it but there is no such file: %w", ErrModuleNotShipped),
-			fmt.Sprintf("reinstall this kernel's modules (%s), or run depmod %s if the file was removed on purpose", modulesPackages(h.release), h.release))
+		return h.errorf(s.name, neededBy, stepFinit, file, fmt.Errorf("modules.dep lists it but there is no such file: %w", ErrModuleNotShipped), h.goneFix())
 	}
 	if err != nil {
 		return h.errorf(s.name, neededBy, stepFinit, file, err, "")
@@ -706,7 +1000,8 @@ func (h *host) finit(s loadStep, dir, neededBy string) error {
 		return nil
 	}
 	var fix string
-	switch finitOutcome(err) {
+	outcome := finitOutcome(err)
+	switch outcome {
 	case finitExists: // loaded meanwhile by someone else
 		return nil
 	case finitDenied:
@@ -716,11 +1011,27 @@ func (h *host) finit(s loadStep, dir, neededBy string) error {
 	case finitBadFormat:
 		fix = fmt.Sprintf("the file is not a module this kernel accepts (built for another kernel, or damaged): reinstall this kernel's modules (%s); the kernel log (dmesg) says more", modulesPackages(h.release))
 	case finitUnknownSymbol:
-		fix = fmt.Sprintf("the module needs a symbol the kernel lacks (a dependency modules.dep does not list, or a module built for another kernel): run depmod %s; the kernel log (dmesg) names the symbol", h.release)
+		// ENOENT is either the loader's "Unknown symbol" or the module's
+		// own init function, which failed to find something it asks the
+		// kernel for at run time: a crypto algorithm (libcrc32c asks for
+		// crc32c), another module. modules.dep cannot be at fault in the
+		// second case, so depmod is not the first thing to suggest.
+		err = fmt.Errorf("the kernel answered ENOENT, though the file is there: %w", err)
+		fix = "either its init function asked the kernel for something it could not find " +
+			"(a crypto algorithm, another module: without modprobe the kernel loads nothing on demand) " +
+			"or it needs a symbol no loaded module exports; the kernel log (dmesg) says which: " +
+			"load what it asks for first, or, for \"Unknown symbol\", run depmod " + h.release
 	case finitNoDecompress:
 		fix = "the kernel cannot decompress this module itself: install kmod so that halb loads modules through modprobe"
 	default:
 		fix = "the kernel log (dmesg) may say why"
+	}
+	if len(softMissing) > 0 && (outcome == finitUnknownSymbol || outcome == finitOther) {
+		// The module's init function failed, and what modules.softdep says
+		// it asks for at run time is missing: that is the cause to fix.
+		fix = fmt.Sprintf("modules.softdep says to load %s before %s, and halb could not: that is the likely cause; "+
+			"make it loadable (it comes with this kernel's modules: %s); the kernel log (dmesg) says what %s asked for",
+			strings.Join(softMissing, ", "), s.name, modulesPackages(h.release), s.name)
 	}
 	return h.errorf(s.name, neededBy, stepFinit, file, err, fix)
 }

@@ -85,6 +85,27 @@ func trixieHost() files {
 	return f
 }
 
+// crcDep is what Debian 12's modules.dep adds for crc32c: two modules that
+// register it with the crypto API, neither of them a dependency of anything.
+const crcDep = `kernel/arch/x86/crypto/crc32c-intel.ko:
+kernel/crypto/crc32c_generic.ko:
+`
+
+// softdepHost is nativeHost as Debian 12 really is: crc32c is a module, not
+// built in, and modules.softdep and modules.alias say that libcrc32c wants
+// it loaded first and which modules provide it.
+func softdepHost() files {
+	dir := "/lib/modules/" + debianRelease + "/"
+	return nativeHost().with(
+		dir+"modules.dep", debianDep+crcDep,
+		dir+"modules.builtin", "kernel/net/ipv6/ipv6.ko\n",
+		dir+"modules.softdep", debianSoftdep,
+		dir+"modules.alias", debianAlias,
+		dir+"kernel/arch/x86/crypto/crc32c-intel.ko", "\x7fELF",
+		dir+"kernel/crypto/crc32c_generic.ko", "\x7fELF",
+	)
+}
+
 func (f files) with(kv ...string) files {
 	for i := 0; i < len(kv); i += 2 {
 		if kv[i+1] == "<none>" {
@@ -138,7 +159,11 @@ type fakeKernel struct {
 	runStderr string           // modprobe's standard error when it fails
 	runErr    error            // modprobe's failure
 	finitErr  map[string]error // by module name
-	initstate string           // written on load: "live" unless set; "-" writes nothing
+	// requires makes a module's init function fail with ENOENT unless one
+	// of the modules listed for it is loaded, as libcrc32c's does when the
+	// crypto API has no crc32c.
+	requires  map[string][]string
+	initstate string // written on load: "live" unless set; "-" writes nothing
 }
 
 func (k *fakeKernel) run(_ context.Context, prog string, args ...string) ([]byte, error) {
@@ -158,6 +183,14 @@ func (k *fakeKernel) finit(f *os.File, params string, flags int) error {
 	}
 	name := modnameFromPath(file)
 	err := k.finitErr[name]
+	if alts, ok := k.requires[name]; ok && err == nil {
+		err = unix.ENOENT
+		for _, a := range alts {
+			if _, statErr := os.Stat(filepath.Join(k.root, "sys/module", a, "initstate")); statErr == nil {
+				err = nil
+			}
+		}
+	}
 	if err == nil || errors.Is(err, unix.EEXIST) {
 		k.appear(name)
 	}
@@ -184,6 +217,13 @@ func (k *fakeKernel) appear(name string) {
 func debianFile(p string) string { return path.Join("/lib/modules", debianRelease, p) }
 func trixieFile(p string) string { return path.Join("/lib/modules", trixieRelease, p) }
 
+var (
+	crcIntel   = finitCall{debianFile("kernel/arch/x86/crypto/crc32c-intel.ko"), 0}
+	crcGeneric = finitCall{debianFile("kernel/crypto/crc32c_generic.ko"), 0}
+	// libcrc32c's init function asks the crypto API for crc32c.
+	needsCRC32C = map[string][]string{"libcrc32c": {"crc32c_intel", "crc32c_generic"}}
+)
+
 var debianIPVS = []finitCall{
 	{debianFile("kernel/lib/libcrc32c.ko"), 0},
 	{debianFile("kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko"), 0},
@@ -204,6 +244,7 @@ func TestEnsure(t *testing.T) {
 		wantFinits []finitCall
 		wantIs     error    // a sentinel the error wraps
 		wantMsg    []string // parts of the error message; none: no error
+		wantNot    []string // what the error message must not say
 	}{
 		{
 			name:    "already loaded: nothing run",
@@ -308,6 +349,96 @@ func TestEnsure(t *testing.T) {
 			wantFinits: []finitCall{
 				{debianFile("kernel/net/netfilter/ipvs/ip_vs.ko"), 0},
 			},
+		},
+		{
+			name:       "no modprobe: libcrc32c's soft dependency crc32c first, every module with that alias",
+			host:       softdepHost(),
+			kernel:     fakeKernel{requires: needsCRC32C},
+			modules:    []string{"ip_vs", "ip_vs_wrr", "ip_vs_mh"},
+			wantFinits: append([]finitCall{crcIntel, crcGeneric}, append(slices.Clone(debianIPVS), finitCall{debianFile("kernel/net/netfilter/ipvs/ip_vs_wrr.ko"), 0}, finitCall{debianFile("kernel/net/netfilter/ipvs/ip_vs_mh.ko"), 0})...),
+		},
+		{
+			name:       "no modprobe: one module of a soft dependency's alias failing is fine",
+			host:       softdepHost(),
+			kernel:     fakeKernel{requires: needsCRC32C, finitErr: map[string]error{"crc32c_intel": unix.ENODEV}},
+			modules:    []string{"ip_vs"},
+			wantFinits: append([]finitCall{crcIntel, crcGeneric}, debianIPVS...),
+		},
+		{
+			name:       "no modprobe: a soft dependency already loaded is not loaded again",
+			host:       softdepHost().live("crc32c_generic"),
+			kernel:     fakeKernel{requires: needsCRC32C},
+			modules:    []string{"ip_vs"},
+			wantFinits: debianIPVS,
+		},
+		{
+			name:       "no modprobe: no soft dependencies for a module already loaded",
+			host:       softdepHost().live("libcrc32c"),
+			kernel:     fakeKernel{requires: needsCRC32C},
+			modules:    []string{"ip_vs"},
+			wantFinits: debianIPVS[1:],
+		},
+		{
+			name: "no modprobe: crc32c not shipped: libcrc32c's error names it, not depmod",
+			host: softdepHost().with(
+				"/lib/modules/"+debianRelease+"/modules.dep", debianDep,
+				"/lib/modules/"+debianRelease+"/modules.alias", "",
+			),
+			kernel:     fakeKernel{requires: needsCRC32C},
+			modules:    []string{"ip_vs", "ip_vs_wrr"},
+			wantFinits: debianIPVS[:1],
+			wantMsg: []string{
+				"load kernel module libcrc32c (needed by ip_vs) for kernel " + debianRelease + ": finit_module " + debianFile("kernel/lib/libcrc32c.ko") + ": the kernel answered ENOENT, though the file is there: no such file or directory",
+				"modules.softdep says to load crc32c (no module or alias of that name in modules.dep or modules.alias) before libcrc32c, and halb could not: that is the likely cause",
+				"linux-image-" + debianRelease,
+			},
+			wantNot: []string{"depmod"},
+		},
+		{
+			name:       "no modprobe: crc32c's modules fail to load: libcrc32c's error says why",
+			host:       softdepHost(),
+			kernel:     fakeKernel{requires: needsCRC32C, finitErr: map[string]error{"crc32c_intel": unix.ENODEV, "crc32c_generic": unix.ENOEXEC}},
+			modules:    []string{"ip_vs"},
+			wantFinits: []finitCall{crcIntel, crcGeneric, debianIPVS[0]},
+			wantMsg: []string{
+				"load kernel module libcrc32c (needed by ip_vs)",
+				"modules.softdep says to load crc32c (crc32c_intel: finit_module " + crcIntel.file + ": no such device; crc32c_generic: finit_module " + crcGeneric.file + ": exec format error) before libcrc32c",
+			},
+			wantNot: []string{"depmod"},
+		},
+		{
+			name:       "no modprobe: ENOENT without soft dependencies: init function or symbol, dmesg says",
+			host:       nativeHost(),
+			kernel:     fakeKernel{requires: needsCRC32C},
+			modules:    []string{"ip_vs"},
+			wantFinits: debianIPVS[:1],
+			wantMsg:    []string{"libcrc32c (needed by ip_vs)", "its init function asked the kernel for something it could not find", `for "Unknown symbol", run depmod ` + debianRelease},
+		},
+		{
+			name: "no modprobe: post: after the module; a soft dependency nobody ships is skipped",
+			host: softdepHost().with("/lib/modules/"+debianRelease+"/modules.softdep",
+				"softdep ip_vs_mh pre: crypto-nosuch post: ip_vs_rr\n").live("libcrc32c", "nf_defrag_ipv4", "nf_defrag_ipv6", "nf_conntrack", "ip_vs"),
+			modules: []string{"ip_vs_mh"},
+			wantFinits: []finitCall{
+				{debianFile("kernel/net/netfilter/ipvs/ip_vs_mh.ko"), 0},
+				{debianFile("kernel/net/netfilter/ipvs/ip_vs_rr.ko"), 0},
+			},
+		},
+		{
+			name: "no modprobe: soft dependencies that name each other end",
+			host: softdepHost().with("/lib/modules/"+debianRelease+"/modules.softdep",
+				"softdep ip_vs_rr pre: ip_vs_wrr\nsoftdep ip_vs_wrr pre: ip_vs_rr post: ip_vs_rr\n").live("libcrc32c", "nf_defrag_ipv4", "nf_defrag_ipv6", "nf_conntrack", "ip_vs"),
+			modules: []string{"ip_vs_rr"},
+			wantFinits: []finitCall{
+				{debianFile("kernel/net/netfilter/ipvs/ip_vs_wrr.ko"), 0},
+				{debianFile("kernel/net/netfilter/ipvs/ip_vs_rr.ko"), 0},
+			},
+		},
+		{
+			name:     "modprobe: soft dependencies are modprobe's business",
+			host:     softdepHost().with("/sbin/modprobe*", ""),
+			modules:  []string{"ip_vs"},
+			wantRuns: [][]string{{"/sbin/modprobe", "ip_vs"}},
 		},
 		{
 			name:    "not in modules.dep: not shipped",
@@ -453,6 +584,34 @@ func TestEnsure(t *testing.T) {
 			wantMsg:  []string{"exit status 1: modprobe: FATAL: Module ip_vs_twos not found", "module not shipped with this kernel", "CONFIG_IP_VS_TWOS"},
 		},
 		{
+			name:     "modprobe fails: modules.dep lists a file that is gone",
+			host:     debianHost().with(debianFile("kernel/net/netfilter/ipvs/ip_vs_wrr.ko"), "<none>").live("libcrc32c", "nf_defrag_ipv4", "nf_defrag_ipv6", "nf_conntrack", "ip_vs"),
+			kernel:   fakeKernel{runErr: errors.New("exit status 1"), runStderr: "modprobe: ERROR: could not insert 'ip_vs_wrr': Unknown symbol in module, or unknown parameter (see dmesg)\n"},
+			modules:  []string{"ip_vs_wrr"},
+			wantRuns: [][]string{{"/sbin/modprobe", "ip_vs_wrr"}},
+			wantIs:   ErrModuleNotShipped,
+			wantMsg:  []string{"load kernel module ip_vs_wrr for kernel " + debianRelease + ": run /sbin/modprobe: exit status 1: modprobe: ERROR: could not insert 'ip_vs_wrr': Unknown symbol in module, or unknown parameter (see dmesg): modules.dep lists " + debianFile("kernel/net/netfilter/ipvs/ip_vs_wrr.ko") + " but there is no such file", "reinstall this kernel's modules", "run depmod " + debianRelease + " if the file was removed on purpose"},
+			wantNot:  []string{"dmesg) may say why"},
+		},
+		{
+			name:     "modprobe fails: a dependency's file is gone",
+			host:     debianHost().with(debianFile("kernel/net/netfilter/nf_conntrack.ko"), "<none>").live("libcrc32c"),
+			kernel:   fakeKernel{runErr: errors.New("exit status 1"), runStderr: "modprobe: ERROR: could not insert 'nf_conntrack': Unknown symbol in module, or unknown parameter (see dmesg)\n"},
+			modules:  []string{"ip_vs"},
+			wantRuns: [][]string{{"/sbin/modprobe", "ip_vs"}},
+			wantIs:   ErrModuleNotShipped,
+			wantMsg:  []string{"load kernel module nf_conntrack (needed by ip_vs) for kernel " + debianRelease, "modules.dep lists " + debianFile("kernel/net/netfilter/nf_conntrack.ko") + " but there is no such file"},
+		},
+		{
+			name:     "modprobe fails: a loaded module's file being gone is not the cause",
+			host:     debianHost().with(debianFile("kernel/net/netfilter/ipvs/ip_vs.ko"), "<none>").live("libcrc32c", "nf_defrag_ipv4", "nf_defrag_ipv6", "nf_conntrack", "ip_vs"),
+			kernel:   fakeKernel{runErr: errors.New("exit status 1"), runStderr: "modprobe: ERROR: could not insert 'ip_vs_rr': Key was rejected by service\n"},
+			modules:  []string{"ip_vs_rr"},
+			wantRuns: [][]string{{"/sbin/modprobe", "ip_vs_rr"}},
+			wantIs:   ErrSignatureRejected,
+			wantNot:  []string{"no such file"},
+		},
+		{
 			name:     "modprobe fails: no permission",
 			host:     debianHost().with("/proc/self/status", "CapEff:\t"+capNone+"\n"),
 			kernel:   fakeKernel{runErr: errors.New("exit status 1"), runStderr: "modprobe: ERROR: could not insert 'ip_vs': Operation not permitted\n"},
@@ -513,6 +672,11 @@ func TestEnsure(t *testing.T) {
 			for _, part := range tc.wantMsg {
 				if !strings.Contains(err.Error(), part) {
 					t.Errorf("error:\n%v\nwant it to contain %q", err, part)
+				}
+			}
+			for _, part := range tc.wantNot {
+				if strings.Contains(err.Error(), part) {
+					t.Errorf("error:\n%v\nwant it not to contain %q", err, part)
 				}
 			}
 			if strings.HasPrefix(tc.modules[0], "../") {

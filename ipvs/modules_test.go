@@ -177,3 +177,106 @@ func TestModuleErrorMessage(t *testing.T) {
 		t.Errorf("errors.As: %+v", me)
 	}
 }
+
+// debianSoftdep is an excerpt of Debian 12's modules.softdep (6.1.0-56),
+// with its odd lines: words before any pre: (cifs), one line per soft
+// dependency (ksmbd), post:, a name with a colon.
+const debianSoftdep = `# Soft dependencies extracted from modules themselves.
+softdep ext4 pre: crypto-crc32c
+softdep cifs gcm
+softdep cifs ccm
+softdep ksmbd pre: crc32
+softdep ksmbd pre: gcm
+softdep libcrc32c pre: crc32c
+softdep ipmi_msghandler post: ipmi_devintf
+softdep intel_lpss pre: platform:idma64
+`
+
+func TestParseModulesSoftdep(t *testing.T) {
+	d, err := parseModulesSoftdep(strings.NewReader(debianSoftdep + `softdep a-b post: c pre: d e post: f
+softdep g pre: h pre: h
+not a softdep line
+softdep i
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := modulesSoftdep{
+		"ext4":            {pre: []string{"crypto-crc32c"}},
+		"ksmbd":           {pre: []string{"crc32", "gcm"}},
+		"libcrc32c":       {pre: []string{"crc32c"}},
+		"ipmi_msghandler": {post: []string{"ipmi_devintf"}},
+		"intel_lpss":      {pre: []string{"platform:idma64"}},
+		"a_b":             {pre: []string{"d", "e"}, post: []string{"c", "f"}},
+		"g":               {pre: []string{"h"}},
+	}
+	if len(d) != len(want) {
+		t.Errorf("parsed %d modules, want %d: %v", len(d), len(want), d)
+	}
+	for name, w := range want {
+		if got := d[name]; !slices.Equal(got.pre, w.pre) || !slices.Equal(got.post, w.post) {
+			t.Errorf("%s: pre %q post %q, want pre %q post %q", name, got.pre, got.post, w.pre, w.post)
+		}
+	}
+}
+
+// debianAlias is the crc32c part of Debian 12's modules.alias, and a PCI
+// alias whose pattern has a bracket and whose module's name has dashes.
+const debianAlias = `# Aliases extracted from modules themselves.
+alias crypto-crc32c-intel crc32c_intel
+alias crc32c-intel crc32c_intel
+alias crypto-crc32c crc32c_intel
+alias crc32c crc32c_intel
+alias cpu:type:x86,ven*fam*mod*:feature:*0094* crc32c_intel
+alias crypto-crc32c-generic crc32c_generic
+alias crc32c-generic crc32c_generic
+alias crypto-crc32c crc32c_generic
+alias crc32c crc32c_generic
+alias pci:v00008086d*sv*sd*bc0[Cc]sc80i00* intel-lpss-pci
+`
+
+func TestResolveSoft(t *testing.T) {
+	aliases, err := parseModulesAlias(strings.NewReader(debianAlias))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep, err := parseModulesDep(strings.NewReader(debianDep + `kernel/arch/x86/crypto/crc32c-intel.ko:
+kernel/crypto/crc32c_generic.ko:
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	builtin := map[string]bool{"ipv6": true}
+	for _, tc := range []struct {
+		name string
+		want []string
+	}{
+		{"crc32c", []string{"crc32c_intel", "crc32c_generic"}}, // every module with the alias, as modprobe
+		{"crypto-crc32c", []string{"crc32c_intel", "crc32c_generic"}},
+		{"crypto_crc32c", []string{"crc32c_intel", "crc32c_generic"}},
+		{"crc32c_generic", []string{"crc32c_generic"}}, // a module name: that module alone
+		{"crc32c-intel", []string{"crc32c_intel"}},
+		{"ipv6", []string{"ipv6"}}, // built in: nothing to load, and nothing missing
+		{"cpu:type:x86,ven0000fam0006mod003F:feature:,0094,", []string{"crc32c_intel"}},
+		{"pci:v00008086d00001234sv0sd0bc0Csc80i00", []string{"intel_lpss_pci"}},
+		{"crc32", nil},
+	} {
+		if got := resolveSoft(tc.name, dep, builtin, aliases); !slices.Equal(got, tc.want) {
+			t.Errorf("resolveSoft(%q) = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestAliasNormalise(t *testing.T) {
+	for in, want := range map[string]string{
+		"crc32c-intel":        "crc32c_intel",
+		"crypto-crc32c":       "crypto_crc32c",
+		"pci:v[0-9]*-x":       "pci:v[0-9]*_x",
+		"a[b-c]d-e[-]":        "a[b-c]d_e[-]",
+		"usb:v1D6Bp0001d*dc*": "usb:v1D6Bp0001d*dc*",
+	} {
+		if got := aliasNormalise(in); got != want {
+			t.Errorf("aliasNormalise(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -19,7 +19,7 @@
 #                         softdep on crc32c only kmod honours
 #   /usr/sbin             halb, ipvsadm and iproute2's ip
 #   /lib, /lib64          the shared libraries of kmod, ipvsadm and ip (ldd)
-#   /etc/halb/ipvs.yaml   test/vm/halb-ipvs.yaml
+#   /etc/halb/NAME.yaml   test/vm/halb-NAME.yaml: ipvs.yaml, ipvs-two.yaml
 #
 # Outputs, under the cache directory ($HALB_VM_CACHE, else test/vm/.cache):
 #   amd64/vmlinuz  amd64/initramfs.cpio.zst  amd64/kernel-release
@@ -275,7 +275,11 @@ main() {
 	copy_binary "$(command -v ipvsadm)" /usr/sbin
 	copy_binary "$(command -v ip)" /usr/sbin
 	install -m 0755 "$halb" "$stage/usr/sbin/halb"
-	install -m 0644 "$here/halb-ipvs.yaml" "$stage/etc/halb/ipvs.yaml"
+	local conf
+	for conf in "$here"/halb-*.yaml; do
+		conf=${conf##*/}
+		install -m 0644 "$here/$conf" "$stage/etc/halb/${conf#halb-}"
+	done
 	install -m 0755 "$here/init" "$stage/init"
 	install -m 0644 "$here"/scenarios/*.sh "$stage/scenarios/"
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"

@@ -25,9 +25,24 @@
 #   halb_start ARGS...         `halb run ARGS` in the background, its output
 #                              in $HALB_LOG, its pid in $HALB_PID
 #   halb_stop                  SIGTERM; fail unless it exits 0 within 10 s
+#   halb_wait SECS WHAT ERE    wait until halb's log matches ERE; fail at
+#                              once, showing the log, if halb exits first
+#   halb_run_fails ARGS...     `halb run ARGS` must exit with status 1 (a
+#                              failure, not a bad config) within 30 s; its
+#                              output is in $OUT afterwards
+#   expect_in FILE ERE WHAT / expect_not_in FILE ERE WHAT   grep -E on FILE
+#   loaded_modules             the names in /proc/modules, on one line
+#   expect_ipvs_service VIP:PORT SCHED ADDR:PORT:WEIGHT...  ipvsadm -Ln lists
+#                              TCP VIP:PORT with SCHED and exactly these
+#                              real servers, Masq, with these weights
+#   expect_ipvs_two            both services of /etc/halb/ipvs-two.yaml
+#   ipvs_count                 how many services ipvsadm -Ln lists
 #   modprobe_off / modprobe_on  kernel.modprobe = /bin/false or /sbin/modprobe:
 #                              off models a distribution on which the
 #                              kernel's on-demand module loading fails
+#   modprobe_hide / modprobe_unhide  no modprobe program at all (kmod's is
+#                              moved to /run/hidden), as on a minimal system:
+#                              halb loads modules with finit_module itself
 #   nat_topology               client and two backends in network namespaces
 #                              around this (the director's) namespace
 #   backend_serve NS PORT NAME  a TCP server in NS that answers NAME, forever
@@ -40,8 +55,12 @@ OUT=/tmp/halb-vm-out
 # (FEATURE_SH_STANDALONE). These names go to the real tools instead: kmod,
 # whose modprobe honours modules.softdep as on a Debian host, and iproute2's
 # ip, which has netns and veth peers. `busybox modprobe` is still there.
+# busybox's depmod writes modules.dep but none of the modules.*.bin indexes
+# kmod reads first: after it, kmod's modprobe would go on loading what the
+# stale modules.dep.bin says.
 ip() { /usr/sbin/ip "$@"; }
 modprobe() { /sbin/modprobe "$@"; }
+depmod() { /sbin/depmod "$@"; }
 insmod() { /sbin/insmod "$@"; }
 rmmod() { /sbin/rmmod "$@"; }
 lsmod() { /sbin/lsmod "$@"; }
@@ -185,6 +204,77 @@ halb_stop() {
 	[ "$rc" -eq 0 ] || fail "halb run exited with status $rc after SIGTERM, want 0"
 }
 
+halb_wait() {
+	secs=$1 what=$2 pattern=$3
+	tries=$((secs * 10))
+	until grep -qE "$pattern" "$HALB_LOG"; do
+		if ! halb_running; then
+			wait "$HALB_PID"
+			rc=$?
+			echo "--- $HALB_LOG"
+			cat "$HALB_LOG"
+			echo "---"
+			fail "$what: halb exited with status $rc first; its log ends: $(tail -n2 "$HALB_LOG" | tr '\n' ' ')"
+		fi
+		tries=$((tries - 1))
+		if [ "$tries" -le 0 ]; then
+			cat "$HALB_LOG"
+			fail "$what: not within ${secs}s"
+		fi
+		sleep 0.1
+	done
+	echo "ok: $what"
+}
+
+halb_run_fails() {
+	echo "+ halb run $*   (must exit with status 1)"
+	timeout 30 halb run "$@" >"$OUT" 2>&1
+	rc=$?
+	cat "$OUT"
+	[ "$rc" -eq 1 ] || fail "'halb run $*' exited with status $rc, want 1"
+	echo "(exit status 1, as wanted)"
+}
+
+expect_in() {
+	grep -qE "$2" "$1" || fail "$3: no line of $1 matches '$2'"
+	echo "ok: $3"
+}
+
+expect_not_in() {
+	if grep -E "$2" "$1"; then
+		fail "$3: $1 has the lines above, matching '$2'"
+	fi
+	echo "ok: $3"
+}
+
+loaded_modules() {
+	cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ' | sed 's/ $//'
+}
+
+expect_ipvs_service() {
+	svc=$1 sched=$2
+	shift 2
+	ipvsadm -Ln -t "$svc" >/tmp/ipvs-svc.txt 2>&1 || fail "ipvsadm -Ln lists no service TCP $svc: $(cat /tmp/ipvs-svc.txt)"
+	grep -qE "^TCP  $svc $sched( |\$)" /tmp/ipvs-svc.txt ||
+		fail "service TCP $svc is not scheduled by $sched: $(head -n4 /tmp/ipvs-svc.txt | tail -n1)"
+	for rs in "$@"; do
+		grep -qE "^  -> ${rs%:*} +Masq +${rs##*:} " /tmp/ipvs-svc.txt ||
+			fail "service TCP $svc lacks real server ${rs%:*} Masq weight ${rs##*:}: $(grep -- '->' /tmp/ipvs-svc.txt | tail -n +2 | tr -s ' ' | tr '\n' ';')"
+	done
+	have=$(grep -c '^  -> [0-9]' /tmp/ipvs-svc.txt)
+	[ "$have" -eq "$#" ] || fail "service TCP $svc has $have real servers, want $#"
+	echo "ok: TCP $svc $sched -> $* (Masq, ADDR:PORT:WEIGHT)"
+}
+
+expect_ipvs_two() {
+	expect_ipvs_service 192.0.2.10:80 wrr 198.51.100.10:8080:3 198.51.100.14:8080:1
+	expect_ipvs_service 192.0.2.11:443 mh 198.51.100.10:8443:1 198.51.100.14:8443:2
+}
+
+ipvs_count() {
+	ipvsadm -Ln | grep -c '^[A-Z][A-Z]*  '
+}
+
 modprobe_off() {
 	echo /bin/false >/proc/sys/kernel/modprobe
 	echo "kernel.modprobe = /bin/false: the kernel cannot load modules on demand"
@@ -193,6 +283,32 @@ modprobe_off() {
 modprobe_on() {
 	echo /sbin/modprobe >/proc/sys/kernel/modprobe
 	echo "kernel.modprobe = /sbin/modprobe (kmod)"
+}
+
+# Where halb looks for modprobe: kernel.modprobe, then these.
+MODPROBES="/sbin/modprobe /usr/sbin/modprobe"
+
+modprobe_hide() {
+	modprobe_off
+	mkdir -p /run/hidden
+	for p in $MODPROBES; do
+		if [ -e "$p" ] || [ -L "$p" ]; then
+			run mv "$p" "/run/hidden/$(echo "$p" | tr / _)"
+		fi
+	done
+	for p in $MODPROBES; do
+		[ ! -e "$p" ] || fail "$p is still there"
+	done
+	echo "no modprobe: none of $MODPROBES exists"
+}
+
+modprobe_unhide() {
+	for p in $MODPROBES; do
+		h=/run/hidden/$(echo "$p" | tr / _)
+		if [ -e "$h" ] || [ -L "$h" ]; then
+			run mv "$h" "$p"
+		fi
+	done
 }
 
 # The network for NAT through IPVS; the addresses are those of

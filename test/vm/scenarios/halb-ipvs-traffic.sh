@@ -1,0 +1,31 @@
+# halb-ipvs-traffic: traffic through the service halb programs. halb runs
+# /etc/halb/ipvs.yaml (one NAT service, wrr, two backends of weight 1) with
+# on-demand loading off; its VRRP instance becomes MASTER and puts the VIP
+# on lan0, and connections from the client namespace to the VIP come back
+# from both backends.
+n=100
+
+step "topology: client, b1 and b2 in network namespaces, backends serving"
+nat_topology
+backend_serve b1 8080 b1
+backend_serve b2 8080 b2
+
+step "halb run programs the service and takes the VIP"
+modprobe_off
+halb_start -c /etc/halb/ipvs.yaml
+halb_wait 30 "halb logged 'services programmed'" 'msg="services programmed" datapath=ipvs services=1'
+wait_until 20 "$VIP on lan0" sh -c "ip -o addr show dev lan0 | grep -q ' $VIP/32 '"
+run_to /tmp/ipvs.txt ipvsadm -Ln
+expect_ipvs_service "$VIP:80" wrr "$B1:8080:1" "$B2:8080:1"
+
+step "$n connections from the client to $VIP:80"
+connect_many "$n" "$VIP" 80 >/tmp/answers
+b1=$(grep -cx b1 /tmp/answers)
+b2=$(grep -cx b2 /tmp/answers)
+echo "split of $n connections: b1 $b1, b2 $b2"
+[ "$((b1 + b2))" -eq "$n" ] || fail "$((b1 + b2)) of $n connections answered by a backend; answers: $(sort /tmp/answers | uniq -c | tr '\n' ' ')"
+if [ "$b1" -eq 0 ] || [ "$b2" -eq 0 ]; then
+	fail "one backend got nothing: b1 $b1, b2 $b2"
+fi
+run_to /tmp/stats ipvsadm -Ln --stats
+halb_stop
