@@ -132,6 +132,10 @@ func (d *Datapath) Apply(ctx context.Context, services []service.Service) error 
 		owned[t.key] = true
 	}
 	p := plan(want, have, owned)
+	for i := range p.services {
+		sc := &p.services[i]
+		sc.restore = sc.old == nil && d.owned[sc.t.key]
+	}
 
 	for _, t := range want {
 		if c, ok := have[t.key]; ok && !d.owned[t.key] {
@@ -413,6 +417,9 @@ type changes struct {
 type serviceChange struct {
 	t   target
 	old *cfipvs.Service // nil: create
+	// restore: halb owned the service already and the kernel lost it
+	// (ipvsadm -C, or an edit behind halb's back).
+	restore bool
 }
 
 type destChange struct {
@@ -548,10 +555,16 @@ func (d *Datapath) execute(ctx context.Context, c changes, present keySet) []err
 			continue
 		}
 		done = append(done, sc)
-		if sc.old == nil {
+		switch {
+		case sc.restore:
+			// Ours, and gone from the kernel: someone flushed or edited
+			// the table behind halb's back.
+			present[sc.t.key] = true
+			d.log.Warn("ipvs service was missing from the kernel; restored", "service", sc.t.name, "scheduler", sc.t.svc.Scheduler)
+		case sc.old == nil:
 			present[sc.t.key] = true
 			d.log.Info("ipvs service added", "service", sc.t.name, "scheduler", sc.t.svc.Scheduler, "persistence", persistence(sc.t.svc))
-		} else {
+		default:
 			d.log.Info("ipvs service changed", "service", sc.t.name,
 				"scheduler", sc.t.svc.Scheduler, "persistence", persistence(sc.t.svc),
 				"was_scheduler", sc.old.Scheduler, "was_persistence", persistence(*sc.old))

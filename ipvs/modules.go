@@ -1010,7 +1010,7 @@ func (h *host) finit(s loadStep, dir, neededBy string, softMissing []string) err
 		err, fix = fmt.Errorf("%w: %w", err, ErrSignatureRejected), signatureFix
 	case finitBadFormat:
 		fix = fmt.Sprintf("the file is not a module this kernel accepts (built for another kernel, or damaged): reinstall this kernel's modules (%s); the kernel log (dmesg) says more", modulesPackages(h.release))
-	case finitUnknownSymbol:
+	case finitNotFound:
 		// ENOENT is either the loader's "Unknown symbol" or the module's
 		// own init function, which failed to find something it asks the
 		// kernel for at run time: a crypto algorithm (libcrc32c asks for
@@ -1026,7 +1026,7 @@ func (h *host) finit(s loadStep, dir, neededBy string, softMissing []string) err
 	default:
 		fix = "the kernel log (dmesg) may say why"
 	}
-	if len(softMissing) > 0 && (outcome == finitUnknownSymbol || outcome == finitOther) {
+	if len(softMissing) > 0 && (outcome == finitNotFound || outcome == finitOther) {
 		// The module's init function failed, and what modules.softdep says
 		// it asks for at run time is missing: that is the cause to fix.
 		fix = fmt.Sprintf("modules.softdep says to load %s before %s, and halb could not: that is the likely cause; "+
@@ -1046,7 +1046,7 @@ const (
 	finitDenied
 	finitSignature
 	finitBadFormat
-	finitUnknownSymbol
+	finitNotFound
 	finitNoDecompress
 )
 

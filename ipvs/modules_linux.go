@@ -31,8 +31,9 @@ func finitOutcome(err error) finitResult {
 		// or truncated.
 		return finitBadFormat
 	case errors.Is(err, unix.ENOENT):
-		// "Unknown symbol": a dependency is not loaded.
-		return finitUnknownSymbol
+		// "Unknown symbol": a dependency (or soft dependency) is not
+		// loaded; the module's own init can answer ENOENT too.
+		return finitNotFound
 	case errors.Is(err, unix.EOPNOTSUPP):
 		// MODULE_INIT_COMPRESSED_FILE without CONFIG_MODULE_DECOMPRESS.
 		return finitNoDecompress
