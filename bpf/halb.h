@@ -42,8 +42,9 @@ enum __attribute__((packed)) family {
 enum __attribute__((packed)) forward_mode {
 	FORWARD_NONE = 0,
 	FORWARD_DR = 1,  /* rewrite the MACs; the backend holds the VIP itself */
-	FORWARD_TUN = 2, /* IPIP / IP6IP6: not in this program yet, dropped as
-			  * DROP_UNSUPPORTED */
+	FORWARD_TUN = 2, /* IPIP (RFC 2003) for IPv4 services, IP6IP6 (RFC 2473)
+			  * for IPv6 ones: the backend holds the VIP and
+			  * decapsulates */
 };
 
 enum __attribute__((packed)) service_flags {
@@ -66,7 +67,29 @@ enum drop_reason {
 	DROP_NO_BACKEND = 1,  /* no Maglev table, or its slot names no active backend */
 	DROP_NO_TX_PORT = 2,  /* the backend's interface is missing from halb_tx_ports */
 	DROP_UNSUPPORTED = 3, /* the service's forward mode is not implemented here */
+	DROP_NO_ROUTE = 4,    /* TUN: the kernel has no route to the backend from
+			       * the balancer's address, or does not forward
+			       * (net.ipv4.conf.*.forwarding, net.ipv6.conf.*.forwarding) */
+	DROP_NO_NEIGH = 5,    /* TUN, XDP: the next hop's MAC is not in the
+			       * neighbour table yet (the loader asks for it) */
+	DROP_TOO_BIG = 6,     /* TUN: the packet and the outer header exceed the
+			       * egress MTU */
+	DROP_ENCAP = 7,       /* TUN: no room for the outer header, or a frame
+			       * the tc hook cannot encapsulate */
 	DROP_REASONS,         /* the number of reasons: the size of halb_drops */
+};
+
+/* What halb_xdp_lb or halb_tc_lb did besides forwarding and dropping: the
+ * index into halb_events. */
+enum event {
+	/* halb_tc_lb: a TUN packet whose next hop the neighbour table lacks,
+	 * handed to the kernel (bpf_redirect_neigh), which resolves it and
+	 * sends the packet on. */
+	EVENT_NEIGH_RESOLVE = 0,
+	/* An ICMP "fragmentation needed" or ICMPv6 "packet too big" about a
+	 * flow of a service, sent to the flow's backend. */
+	EVENT_ICMP_TOO_BIG = 1,
+	EVENTS, /* the number of events: the size of halb_events */
 };
 
 /* A 16-byte address; words lets the program copy and hash it four bytes at
@@ -92,6 +115,18 @@ struct service {
 	__u16 pad;
 };
 
+/* halb_service_ids value, indexed by service id: the key that leads to the
+ * service, and its record. A packet whose flow halb_ct knows reaches its
+ * service through its backend's service id and this array, and needs no
+ * second hash lookup; the key must be the packet's, so that the array
+ * leads where halb_services would. The loader writes an entry after the
+ * service's halb_services entry and clears it before that goes; an entry
+ * never written is all zeros, and its family matches no packet. */
+struct service_slot {
+	struct service_key key;
+	struct service svc;
+};
+
 /* halb_vips key. The set of VIPs lets the program tell a broken packet to a
  * VIP (dropped and counted) from a broken packet to anyone else (left to the
  * stack) before it can read the port. */
@@ -107,20 +142,26 @@ struct vip {
 			 * loader keeps the count */
 };
 
-/* halb_backends value, indexed by backend id. The program reads flags, the
- * MACs, ifindex and service; addr, port and weight are there for bpftool
- * readers and for a restarted loader, which rebuilds its view of what it
- * programmed from the maps alone. */
+/* halb_backends value, indexed by backend id. The program reads flags,
+ * ifindex and service; DR reads the MACs, TUN the addresses;
+ * port and weight are there for bpftool readers and for a restarted
+ * loader, which rebuilds its view of what it programmed from the maps
+ * alone. */
 struct backend {
 	union addr addr;  /* the backend's own address (the tunnel end for TUN) */
+	union addr src;   /* TUN: the balancer's address toward the backend, the
+			   * outer source */
 	enum family family;
 	enum backend_flags flags; /* a set of flags */
-	__u8 mac[6];      /* the backend's MAC: the DR destination */
-	__u8 src_mac[6];  /* the MAC of the interface that reaches it */
-	__u16 port;       /* host byte order; DR leaves the packet's port as is */
-	__u32 ifindex;    /* that interface: XDP_TX (tc: a redirect to its
-			   * egress) when it is the one the packet came in on,
-			   * else a redirect through halb_tx_ports */
+	__u8 mac[6];      /* DR: the backend's MAC, the destination */
+	__u8 src_mac[6];  /* DR: the MAC of the interface that reaches it */
+	__u16 port;       /* host byte order; DR and TUN leave the packet's
+			   * port as is */
+	__u32 ifindex;    /* the interface that reaches it (TUN: reaches its
+			   * next hop): XDP_TX (tc: a redirect to its egress)
+			   * when it is the one the packet came in on, else a
+			   * redirect through halb_tx_ports. TUN asks the FIB
+			   * for the next hop out of it. */
 	__u32 service;    /* the id of the service it serves: conntrack
 			   * entries that name the backend count for this
 			   * service only */

@@ -11,14 +11,35 @@
  *
  * The backend of a flow is the one halb_ct remembers; a flow halb_ct does
  * not know is scheduled by the service's Maglev table (halb_maglev) and then
- * remembered. A TCP packet that is not a SYN is scheduled like any other: it
+ * remembered. A packet of a known flow finds its service through the
+ * backend's service id (halb_service_ids), checked against the packet's
+ * address, port and protocol; that spares the hot path its second hash
+ * lookup. Any other packet finds it by those in halb_services. A TCP packet that is not a SYN is scheduled like any other: it
  * belongs to a flow that another halb node was carrying before a VRRP
  * failover, and the same hash over the same table finds the same backend.
  *
- * Forwarding (forward: dr) rewrites the Ethernet addresses and sends the
- * frame back out (XDP_TX) or to the backend's interface (XDP_REDIRECT; tc:
- * bpf_redirect to either); the IP packet is not changed, and the backend
- * answers the client directly.
+ * forward: dr rewrites the Ethernet addresses and sends the frame back out
+ * (XDP_TX) or to the backend's interface (XDP_REDIRECT; tc: bpf_redirect to
+ * either); the IP packet is not changed, and the backend answers the client
+ * directly.
+ *
+ * forward: tun puts the IP packet, unchanged, inside an outer IPv4 (IPIP,
+ * RFC 2003) or IPv6 (IP6IP6, RFC 2473) header from the balancer's address
+ * to the backend's, and sends it to the next hop the kernel's FIB names
+ * (bpf_fib_lookup): the backend may be routed, off the balancer's links.
+ * When the neighbour table lacks the next hop's MAC, XDP drops the packet
+ * (DROP_NO_NEIGH) while the loader has the kernel resolve it; tc hands it
+ * to the kernel's neighbour layer (bpf_redirect_neigh), which resolves the
+ * MAC and sends it. Passing it to the stack would not do: the stack drops
+ * a packet that arrives with one of its own addresses as the source (a
+ * martian), and the original packet, to a VIP the balancer holds, would
+ * be answered by the balancer itself.
+ *
+ * An ICMP "fragmentation needed" (RFC 792) or ICMPv6 "packet too big" (RFC
+ * 4443 §3.2) to a VIP is about a packet the backend sent to a client: the
+ * program reads the flow from the packet it quotes and sends the ICMP
+ * packet to that flow's backend, DR or TUN as the service says, so that
+ * path MTU discovery works for the backend (RFC 1191, RFC 8201).
  *
  * What the program does with packets it cannot fully read:
  *  - not IPv4 or IPv6 (ARP, LLDP, two stacked VLAN tags, ...): pass (tc:
@@ -36,7 +57,10 @@
  *    traffic is not served.
  *  - IPv6 with extension headers (the fragment header among them) is not
  *    parsed: pass.
- *  - ICMP and other protocols, even to a VIP: pass (the VIP answers pings).
+ *  - ICMP and other protocols, even to a VIP: pass (the VIP answers pings),
+ *    but for ICMP "too big" errors that quote a TCP/UDP packet from a
+ *    service's VIP. One that quotes something else, or too little to read
+ *    the ports, passes.
  *
  * The program uses uapi and libbpf headers only, and no CO-RE: it must load
  * on kernels without BTF.
@@ -70,6 +94,13 @@ struct {
 	__type(key, struct service_key);
 	__type(value, struct service);
 } halb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HALB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct service_slot);
+} halb_service_ids SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -145,20 +176,49 @@ struct {
 	__type(value, __u64);
 } halb_drops SEC(".maps");
 
+/* Other things worth counting, by enum event. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EVENTS);
+	__type(key, __u32); /* enum event */
+	__type(value, __u64);
+} halb_events SEC(".maps");
+
 /* No uapi header defines the 802.1Q tag. */
 struct vlan_hdr {
 	__be16 tci;
 	__be16 proto;
 };
 
+/* The ICMP and ICMPv6 header as far as the errors need it (linux/icmp.h
+ * would pull in libc's headers): type, code, checksum, and a word that
+ * holds the MTU (RFC 1191 §4, RFC 4443 §3.2). The quoted packet follows. */
+struct icmp_err {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 mtu;
+};
+
+#define ICMP_DEST_UNREACH 3 /* RFC 792 */
+#define ICMP_FRAG_NEEDED 4
+#define ICMPV6_PKT_TOOBIG 2 /* RFC 4443 §3.2 */
+
+/* Nor, for a BPF target, the address families. */
+#define HALB_AF_INET 2
+#define HALB_AF_INET6 10
+
 #define IPV4_FRAG_OFFSET 0x1fff /* the fragment offset bits of frag_off */
+#define IPV4_DF 0x4000          /* don't fragment */
 #define TCP_FLAGS_BYTE 13       /* CWR ECE URG ACK PSH RST SYN FIN */
 #define TCP_FLAG_ACK 0x10
 #define TCP_FLAG_SYN 0x02
+#define TUN_TTL 64              /* of the outer header */
 
 /* What the parser made of a frame. */
 enum parse_result {
-	PARSE_OK,        /* a TCP/UDP packet: pkt->flow is complete */
+	PARSE_OK,        /* a TCP/UDP packet, or an ICMP error about one:
+			  * pkt->flow is complete */
 	PARSE_PASS,      /* not ours, or not known to be ours */
 	PARSE_MALFORMED, /* broken after the destination address: pkt->flow
 			  * holds family and addresses only */
@@ -166,8 +226,11 @@ enum parse_result {
 
 struct packet {
 	struct flow flow; /* also the halb_ct key: keep it zeroed before use */
-	__u32 len;        /* frame length, for the byte counters */
+	__u16 l3_off;     /* where the IP header starts in the frame */
+	__u16 ip_len;     /* the IP packet's length, by its header */
 	__u8 syn;         /* a TCP SYN without ACK: a connection starts */
+	__u8 icmp;        /* an ICMP error about flow; flow is the quoted
+			   * packet's, turned around */
 };
 
 static __always_inline void addr_from_ipv4(union addr *a, __be32 ip)
@@ -184,6 +247,81 @@ static __always_inline void addr_from_ipv6(union addr *a, const struct in6_addr 
 	a->words[1] = ip->in6_u.u6_addr32[1];
 	a->words[2] = ip->in6_u.u6_addr32[2];
 	a->words[3] = ip->in6_u.u6_addr32[3];
+}
+
+/* parse_ports reads the ports of a TCP or UDP header at l4 into flow,
+ * turned around when reverse: the header of a packet from the VIP. */
+static __always_inline int parse_ports(void *l4, void *data_end, struct flow *flow,
+				       int reverse)
+{
+	__be16 *ports = l4;
+
+	/* The first 8 bytes of the transport header: what an ICMP error
+	 * quotes at the least (RFC 792), and more than the ports. */
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+	if (reverse) {
+		flow->sport = bpf_ntohs(ports[1]);
+		flow->dport = bpf_ntohs(ports[0]);
+	} else {
+		flow->sport = bpf_ntohs(ports[0]);
+		flow->dport = bpf_ntohs(ports[1]);
+	}
+	return 0;
+}
+
+/* parse_icmp4 reads the flow of an ICMP "fragmentation needed" at l4: the
+ * packet it quotes went from the VIP to a client, and flow becomes the
+ * client's direction. The IPv4 addresses are in flow already. */
+static __always_inline enum parse_result parse_icmp4(void *l4, void *data_end,
+						     struct packet *pkt)
+{
+	struct icmp_err *icmp = l4;
+	struct iphdr *inner = (void *)(icmp + 1);
+	__u8 version_ihl;
+
+	if ((void *)(inner + 1) > data_end)
+		return PARSE_PASS;
+	if (icmp->type != ICMP_DEST_UNREACH || icmp->code != ICMP_FRAG_NEEDED)
+		return PARSE_PASS;
+	version_ihl = *(__u8 *)inner;
+	if (version_ihl != 0x45) /* options in a quoted header: not worth it */
+		return PARSE_PASS;
+	if (inner->saddr != pkt->flow.daddr.words[3] ||
+	    inner->frag_off & bpf_htons(IPV4_FRAG_OFFSET) ||
+	    (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP))
+		return PARSE_PASS;
+	if (parse_ports(inner + 1, data_end, &pkt->flow, 1))
+		return PARSE_PASS;
+	pkt->flow.saddr.words[3] = inner->daddr;
+	pkt->flow.proto = inner->protocol;
+	pkt->icmp = 1;
+	return PARSE_OK;
+}
+
+/* parse_icmp6 is parse_icmp4 for an ICMPv6 "packet too big". */
+static __always_inline enum parse_result parse_icmp6(void *l4, void *data_end,
+						     struct packet *pkt)
+{
+	struct icmp_err *icmp = l4;
+	struct ipv6hdr *inner = (void *)(icmp + 1);
+
+	if ((void *)(inner + 1) > data_end)
+		return PARSE_PASS;
+	if (icmp->type != ICMPV6_PKT_TOOBIG)
+		return PARSE_PASS;
+	if (inner->saddr.in6_u.u6_addr32[0] != pkt->flow.daddr.words[0] ||
+	    inner->saddr.in6_u.u6_addr32[1] != pkt->flow.daddr.words[1] ||
+	    inner->saddr.in6_u.u6_addr32[2] != pkt->flow.daddr.words[2] ||
+	    inner->saddr.in6_u.u6_addr32[3] != pkt->flow.daddr.words[3] ||
+	    (inner->nexthdr != IPPROTO_TCP && inner->nexthdr != IPPROTO_UDP))
+		return PARSE_PASS;
+	if (parse_ports(inner + 1, data_end, &pkt->flow, 1))
+		return PARSE_PASS;
+	addr_from_ipv6(&pkt->flow.saddr, &inner->daddr);
+	pkt->flow.proto = inner->nexthdr;
+	pkt->icmp = 1;
+	return PARSE_OK;
 }
 
 /* parse fills pkt from the frame that starts with eth. The caller has
@@ -204,6 +342,7 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		proto = vlan->proto;
 		l3 = vlan + 1;
 	}
+	pkt->l3_off = l3 - (void *)eth;
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *iph = l3;
@@ -222,8 +361,11 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 			return PARSE_MALFORMED;
 		if (iph->frag_off & bpf_htons(IPV4_FRAG_OFFSET))
 			return PARSE_PASS;
+		pkt->ip_len = bpf_ntohs(iph->tot_len);
 		l4proto = iph->protocol;
 		l4 = l3 + ihl * 4;
+		if (l4proto == IPPROTO_ICMP)
+			return parse_icmp4(l4, data_end, pkt);
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6h = l3;
 
@@ -234,8 +376,11 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		addr_from_ipv6(&pkt->flow.daddr, &ip6h->daddr);
 		if (*(__u8 *)ip6h >> 4 != 6)
 			return PARSE_MALFORMED;
+		pkt->ip_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
 		l4proto = ip6h->nexthdr;
 		l4 = ip6h + 1;
+		if (l4proto == IPPROTO_ICMPV6)
+			return parse_icmp6(l4, data_end, pkt);
 	} else {
 		return PARSE_PASS;
 	}
@@ -271,6 +416,16 @@ static __noinline void count_drop(enum drop_reason reason)
 {
 	__u32 key = reason;
 	__u64 *count = bpf_map_lookup_elem(&halb_drops, &key);
+
+	if (count)
+		*count += 1;
+}
+
+/* count_event is count_drop for halb_events. */
+static __noinline void count_event(enum event event)
+{
+	__u32 key = event;
+	__u64 *count = bpf_map_lookup_elem(&halb_events, &key);
 
 	if (count)
 		*count += 1;
@@ -346,37 +501,35 @@ static __always_inline __u32 maglev_pick(const struct service *svc, __u32 hash)
 	return id ? *id : 0;
 }
 
-/* schedule finds the backend for pkt: the one halb_ct remembers, or else the
- * Maglev choice, which it then remembers. A SYN always takes the Maglev
- * choice: it starts a new connection, perhaps on a reused 5-tuple whose old
- * backend has since been drained. A remembered backend that no longer
- * serves this service (its id was freed and handed to another service's
- * backend) does not count: a flow only ever goes to its own service's
- * backends. */
+/* schedule finds the backend for pkt: the one halb_ct remembers (ct, which
+ * the caller looked up, or NULL), or else the Maglev choice, which it then
+ * remembers. A SYN always takes the Maglev choice: it starts a new
+ * connection, perhaps on a reused 5-tuple whose old backend has since been
+ * drained. A remembered backend that no longer serves this service (its
+ * id was freed and handed to another service's backend) does not count: a
+ * flow only ever goes to its own service's backends. An ICMP error goes
+ * where its flow goes, and is not a flow to remember. */
 static __always_inline struct backend *schedule(const struct service *svc,
 						const struct packet *pkt,
+						const struct ct_entry *ct,
 						__u32 *id, int *new_flow)
 {
 	struct ct_entry entry;
-	struct ct_entry *ct;
 	struct backend *b;
 
-	if (!pkt->syn) {
-		ct = bpf_map_lookup_elem(&halb_ct, &pkt->flow);
-		if (ct) {
-			b = active_backend(ct->backend_id);
-			if (b && b->service == svc->id) {
-				*id = ct->backend_id;
-				*new_flow = 0;
-				return b;
-			}
+	*new_flow = 0;
+	if (ct) {
+		b = active_backend(ct->backend_id);
+		if (b && b->service == svc->id) {
+			*id = ct->backend_id;
+			return b;
 		}
 	}
 
 	*id = maglev_pick(svc, flow_hash(&pkt->flow, svc->flags & SERVICE_F_SOURCE_HASH));
 	b = active_backend(*id);
-	if (!b)
-		return NULL;
+	if (!b || pkt->icmp)
+		return b;
 	entry.backend_id = *id;
 	/* If the table is full the LRU evicts its oldest flow; if the update
 	 * fails anyway the next packet is scheduled again, to the same place
@@ -386,11 +539,37 @@ static __always_inline struct backend *schedule(const struct service *svc,
 	return b;
 }
 
+/* known_service is the service of a flow halb_ct knows, through the
+ * backend it names and halb_service_ids, when that service is the one at
+ * key: what halb_services holds at key, without the hash lookup. NULL
+ * sends the packet the long way. */
+static __always_inline struct service *known_service(const struct ct_entry *ct,
+						      const struct service_key *key)
+{
+	const __u32 *want = (const __u32 *)key;
+	struct service_slot *slot;
+	struct backend *b;
+	__u32 *have;
+
+	b = active_backend(ct->backend_id);
+	if (!b)
+		return NULL;
+	slot = bpf_map_lookup_elem(&halb_service_ids, &b->service);
+	if (!slot)
+		return NULL;
+	have = (__u32 *)&slot->key;
+	if (have[0] != want[0] || have[1] != want[1] || have[2] != want[2] ||
+	    have[3] != want[3] || have[4] != want[4])
+		return NULL;
+	return &slot->svc;
+}
+
 /* What balance made of a frame. */
 enum verdict {
 	VERDICT_PASS,    /* not for a service: on to the kernel */
 	VERDICT_DROP,    /* for a service, dropped and counted */
-	VERDICT_FORWARD, /* for backend d->b; the MACs are rewritten */
+	VERDICT_FORWARD, /* DR to backend d->b; the MACs are rewritten */
+	VERDICT_TUNNEL,  /* TUN to backend d->b; the frame is as it came */
 };
 
 /* A forwarding decision, for the hook to carry out and then count. */
@@ -398,13 +577,17 @@ struct decision {
 	struct backend *b;
 	struct stats *svc_stats;
 	__u32 backend_id;
-	__u32 len;    /* frame length, for the byte counters */
-	int new_flow; /* scheduled by Maglev, not found in halb_ct */
+	__u32 len;      /* frame length, for the byte counters */
+	int new_flow;   /* scheduled by Maglev, not found in halb_ct */
+	__u16 l3_off;   /* where the IP header starts */
+	__u16 ip_len;   /* the IP packet's length */
+	__u8 family;    /* enum family of the packet */
+	__u8 icmp;      /* an ICMP error about a flow */
 };
 
 /* balance is the whole load balancer but the last step, which differs
- * between XDP and tc: it finds the frame's service and backend and rewrites
- * the Ethernet addresses for DR (the IP packet is not changed, and the
+ * between XDP and tc: it finds the frame's service and backend, and for DR
+ * rewrites the Ethernet addresses (the IP packet is not changed, and the
  * backend answers the client directly). len is the frame's whole length. */
 static __always_inline enum verdict balance(void *data, void *data_end, __u32 len,
 					    struct decision *d)
@@ -412,7 +595,8 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	struct ethhdr *eth = data;
 	struct packet pkt = {};
 	struct service_key skey = {};
-	struct service *svc;
+	struct ct_entry *ct = NULL;
+	struct service *svc = NULL;
 
 	if ((void *)(eth + 1) > data_end)
 		return VERDICT_PASS;
@@ -433,22 +617,37 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	skey.port = pkt.flow.dport;
 	skey.proto = pkt.flow.proto;
 	skey.family = pkt.flow.family;
-	svc = bpf_map_lookup_elem(&halb_services, &skey);
+	/* A flow halb_ct knows finds its service through its backend; any
+	 * other packet, and a SYN, by the service's key. */
+	if (!pkt.syn) {
+		ct = bpf_map_lookup_elem(&halb_ct, &pkt.flow);
+		if (ct)
+			svc = known_service(ct, &skey);
+	}
+	if (!svc)
+		svc = bpf_map_lookup_elem(&halb_services, &skey);
 	if (!svc)
 		return VERDICT_PASS;
 
 	d->len = len;
 	d->svc_stats = count(&halb_service_stats, svc->id, len);
 
-	if (svc->forward != FORWARD_DR) {
+	if (svc->forward != FORWARD_DR && svc->forward != FORWARD_TUN) {
 		count_drop(DROP_UNSUPPORTED);
 		return VERDICT_DROP;
 	}
 
-	d->b = schedule(svc, &pkt, &d->backend_id, &d->new_flow);
+	d->b = schedule(svc, &pkt, ct, &d->backend_id, &d->new_flow);
 	if (!d->b) {
 		count_drop(DROP_NO_BACKEND);
 		return VERDICT_DROP;
+	}
+	d->icmp = pkt.icmp;
+	if (svc->forward == FORWARD_TUN) {
+		d->l3_off = pkt.l3_off;
+		d->ip_len = pkt.ip_len;
+		d->family = pkt.flow.family;
+		return VERDICT_TUNNEL;
 	}
 	__builtin_memcpy(eth->h_dest, d->b->mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, d->b->src_mac, ETH_ALEN);
@@ -460,12 +659,184 @@ static __always_inline void forwarded(const struct decision *d)
 {
 	struct stats *be_stats = count(&halb_backend_stats, d->backend_id, d->len);
 
+	if (d->icmp)
+		count_event(EVENT_ICMP_TOO_BIG);
 	if (d->new_flow) {
 		if (d->svc_stats)
 			d->svc_stats->new_flows++;
 		if (be_stats)
 			be_stats->new_flows++;
 	}
+}
+
+/* The outer header of a TUN packet, by family. */
+static __always_inline __u32 outer_len(const struct decision *d)
+{
+	return d->family == FAMILY_IPV4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+}
+
+/* tun_route asks the FIB for the next hop from the balancer's address to
+ * backend d->b, as the balancer's own packet would go (tot_len 0: the
+ * caller checks the MTU itself). On success fib names the egress
+ * interface and the MACs. */
+static __always_inline int tun_route(void *ctx, const struct decision *d,
+				     struct bpf_fib_lookup *fib, __u16 tot_len)
+{
+	const struct backend *b = d->b;
+
+	fib->ifindex = b->ifindex;
+	fib->tot_len = tot_len;
+	if (d->family == FAMILY_IPV4) {
+		fib->family = HALB_AF_INET;
+		fib->l4_protocol = IPPROTO_IPIP;
+		fib->ipv4_src = b->src.words[3];
+		fib->ipv4_dst = b->addr.words[3];
+	} else {
+		fib->family = HALB_AF_INET6;
+		fib->l4_protocol = IPPROTO_IPV6;
+		__builtin_memcpy(fib->ipv6_src, b->src.words, 16);
+		__builtin_memcpy(fib->ipv6_dst, b->addr.words, 16);
+	}
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), BPF_FIB_LOOKUP_OUTPUT);
+}
+
+/* tun_drop counts a TUN packet the FIB gave no next hop for. */
+static __always_inline void tun_drop(int rc)
+{
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		count_drop(DROP_NO_NEIGH);
+		break;
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		count_drop(DROP_TOO_BIG);
+		break;
+	default:
+		count_drop(DROP_NO_ROUTE);
+	}
+}
+
+/* csum_fold folds a 32-bit one's complement sum to the 16-bit checksum. */
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/* encap writes the outer IP header at outer for the inner packet that
+ * follows it, from the balancer's address to backend b. The outer header
+ * takes the inner one's DSCP and ECN (RFC 2003 §3.1, RFC 2473 §5.1: the
+ * traffic class and, for IPv6, the flow label, so that ECMP spreads the
+ * flows), IPv4's DF bit and identification, and a TTL or hop limit of
+ * TUN_TTL. data_end bounds the frame. */
+static __always_inline int encap(void *outer, void *data_end, const struct decision *d)
+{
+	const struct backend *b = d->b;
+
+	if (d->family == FAMILY_IPV4) {
+		struct iphdr *oh = outer;
+		struct iphdr *ih = (void *)(oh + 1);
+		__u16 *w = outer;
+		__u32 sum = 0;
+
+		if ((void *)(ih + 1) > data_end)
+			return -1;
+		*(__u8 *)oh = 0x45;
+		oh->tos = ih->tos;
+		oh->tot_len = bpf_htons(sizeof(*oh) + d->ip_len);
+		oh->id = ih->id;
+		oh->frag_off = ih->frag_off & bpf_htons(IPV4_DF);
+		oh->ttl = TUN_TTL;
+		oh->protocol = IPPROTO_IPIP;
+		oh->check = 0;
+		oh->saddr = b->src.words[3];
+		oh->daddr = b->addr.words[3];
+		for (int i = 0; i < (int)(sizeof(*oh) / 2); i++)
+			sum += w[i];
+		oh->check = csum_fold(sum);
+	} else {
+		struct ipv6hdr *oh = outer;
+		struct ipv6hdr *ih = (void *)(oh + 1);
+
+		if ((void *)(ih + 1) > data_end)
+			return -1;
+		/* Version, traffic class and flow label: the inner's. */
+		*(__be32 *)oh = *(__be32 *)ih;
+		oh->payload_len = bpf_htons(d->ip_len);
+		oh->nexthdr = IPPROTO_IPV6;
+		oh->hop_limit = TUN_TTL;
+		__builtin_memcpy(&oh->saddr, b->src.words, 16);
+		__builtin_memcpy(&oh->daddr, b->addr.words, 16);
+	}
+	return 0;
+}
+
+/* xdp_xmit sends the frame out of ifindex: back out (XDP_TX) when it is
+ * the ingress interface, else through halb_tx_ports. */
+static __always_inline int xdp_xmit(struct xdp_md *ctx, __u32 ifindex)
+{
+	int action;
+
+	if (ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	/* On a missing port this returns the low bits of the flags: 0,
+	 * which is XDP_ABORTED. */
+	action = bpf_redirect_map(&halb_tx_ports, ifindex, 0);
+	if (action != XDP_REDIRECT) {
+		count_drop(DROP_NO_TX_PORT);
+		return XDP_DROP;
+	}
+	return action;
+}
+
+/* xdp_tunnel encapsulates the frame for TUN and sends it to the next hop.
+ * The FIB and the egress port come first, so that a frame that cannot go
+ * is dropped as it came. */
+static __always_inline int xdp_tunnel(struct xdp_md *ctx, const struct decision *d)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 outer = outer_len(d);
+	void *data, *data_end;
+	struct ethhdr *eth;
+	int rc, action;
+
+	if (d->b->family != d->family) {
+		count_drop(DROP_UNSUPPORTED);
+		return XDP_DROP;
+	}
+	if (d->ip_len > d->len - d->l3_off) {
+		count_drop(DROP_MALFORMED);
+		return XDP_DROP;
+	}
+	rc = tun_route(ctx, d, &fib, outer + d->ip_len);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		tun_drop(rc);
+		return XDP_DROP;
+	}
+	/* A redirect happens after the program returns: the frame can
+	 * change until then. */
+	action = xdp_xmit(ctx, fib.ifindex);
+	if (action == XDP_DROP)
+		return action;
+	/* The IP packet stays where it is; in front of it go a new Ethernet
+	 * header and the outer header, in place of the old Ethernet header
+	 * and its VLAN tag, if any: the FIB's next hop is untagged. Ethernet
+	 * padding after the packet stays, outside the outer length. */
+	if (bpf_xdp_adjust_head(ctx, (int)d->l3_off - (int)(ETH_HLEN + outer))) {
+		count_drop(DROP_ENCAP);
+		return XDP_DROP;
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end || encap(eth + 1, data_end, d)) {
+		count_drop(DROP_ENCAP);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	eth->h_proto = d->family == FAMILY_IPV4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
+	return action;
 }
 
 /* halb_xdp_lb sends a frame back out of the interface it came in on
@@ -483,41 +854,121 @@ int halb_xdp_lb(struct xdp_md *ctx)
 		return XDP_PASS;
 	case VERDICT_DROP:
 		return XDP_DROP;
-	default:
+	case VERDICT_TUNNEL:
+		action = xdp_tunnel(ctx, &d);
 		break;
+	default:
+		action = xdp_xmit(ctx, d.b->ifindex);
 	}
-
-	if (d.b->ifindex == ctx->ingress_ifindex) {
-		action = XDP_TX;
-	} else {
-		/* On a missing port this returns the low bits of the flags:
-		 * 0, which is XDP_ABORTED. */
-		action = bpf_redirect_map(&halb_tx_ports, d.b->ifindex, 0);
-		if (action != XDP_REDIRECT) {
-			count_drop(DROP_NO_TX_PORT);
-			return XDP_DROP;
-		}
-	}
-	forwarded(&d);
+	if (action != XDP_DROP)
+		forwarded(&d);
 	return action;
 }
 
 /* The most of a frame the parser reads: Ethernet, a VLAN tag, IPv4 with
- * the longest options and a TCP header. */
-#define HALB_PARSE_LEN (ETH_HLEN + 4 + 60 + 20)
+ * the longest options, and an ICMP header quoting an IPv4 header and 8
+ * bytes of TCP or UDP (a TCP header alone is shorter). */
+#define HALB_PARSE_LEN (ETH_HLEN + 4 + 60 + 8 + 20 + 8)
+
+/* tc_egress_ok tells whether the tc program may send a frame out of
+ * ifindex: the ingress interface, or one in halb_tx_ports. */
+static __always_inline int tc_egress_ok(struct __sk_buff *skb, __u32 ifindex)
+{
+	if (ifindex == skb->ingress_ifindex || bpf_map_lookup_elem(&halb_tx_ports, &ifindex))
+		return 1;
+	count_drop(DROP_NO_TX_PORT);
+	return 0;
+}
+
+/* tc_encap makes room for the outer header with bpf_skb_adjust_room,
+ * which marks the skb as encapsulated so that GSO segments it right, and
+ * writes it. The kernel has usually taken a VLAN tag into the skb's
+ * metadata; it goes, as in XDP. A tag still in the frame (a second one)
+ * makes the frame one tc cannot encapsulate. On success the frame starts
+ * with its old Ethernet header. */
+static __always_inline int tc_encap(struct __sk_buff *skb, const struct decision *d)
+{
+	__u64 flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV6;
+	void *data, *data_end;
+	struct ethhdr *eth;
+
+	if (d->family == FAMILY_IPV4)
+		flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4;
+	if (skb->vlan_present)
+		bpf_skb_vlan_pop(skb);
+	if (d->l3_off != ETH_HLEN || bpf_skb_adjust_room(skb, outer_len(d), BPF_ADJ_ROOM_MAC, flags))
+		goto fail;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end || encap(eth + 1, data_end, d))
+		goto fail;
+	return 0;
+fail:
+	count_drop(DROP_ENCAP);
+	return -1;
+}
+
+/* tc_tunnel is xdp_tunnel for tc. A next hop the neighbour table lacks is
+ * left to the kernel's neighbour layer (bpf_redirect_neigh), which
+ * resolves it and sends the packet. */
+static __always_inline int tc_tunnel(struct __sk_buff *skb, const struct decision *d)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 outer = outer_len(d);
+	void *data, *data_end;
+	struct ethhdr *eth;
+	int rc;
+
+	if (d->b->family != d->family) {
+		count_drop(DROP_UNSUPPORTED);
+		return TC_ACT_SHOT;
+	}
+	if (d->ip_len > d->len - d->l3_off) {
+		count_drop(DROP_MALFORMED);
+		return TC_ACT_SHOT;
+	}
+	/* A GSO packet is checked against the MTU segment by segment where
+	 * it leaves (tot_len 0 lets it through); any other by its length
+	 * with the outer header. */
+	rc = tun_route(skb, d, &fib, skb->gso_segs > 1 ? 0 : outer + d->ip_len);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		if (!tc_egress_ok(skb, fib.ifindex) || tc_encap(skb, d))
+			return TC_ACT_SHOT;
+		count_event(EVENT_NEIGH_RESOLVE);
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		tun_drop(rc);
+		return TC_ACT_SHOT;
+	}
+	if (!tc_egress_ok(skb, fib.ifindex) || tc_encap(skb, d))
+		return TC_ACT_SHOT;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		count_drop(DROP_ENCAP);
+		return TC_ACT_SHOT;
+	}
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	return bpf_redirect(fib.ifindex, 0);
+}
 
 /* halb_tc_lb is halb_xdp_lb for the tc ingress hook (tcx), where XDP cannot
  * attach: the same maps, the same decisions, and the frame goes out of the
  * backend's interface (bpf_redirect to its egress; the same interface as
  * the ingress is allowed and is how DR hairpins). On the skb path the
  * kernel has usually moved a VLAN tag into the skb's metadata before tc
- * runs, and puts it back on the way out. */
+ * runs, and puts it back on the way out (DR). */
 SEC("tc")
 int halb_tc_lb(struct __sk_buff *skb)
 {
 	struct decision d = {};
 	void *data, *data_end;
 	__u32 linear = skb->data_end - skb->data;
+	int action;
 
 	/* Direct packet access reaches the linear part of the skb only: pull
 	 * the headers into it. Failure leaves the frame short, and the parser
@@ -532,15 +983,15 @@ int halb_tc_lb(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC; /* tcx: TCX_NEXT, on to the next program or the stack */
 	case VERDICT_DROP:
 		return TC_ACT_SHOT;
-	default:
+	case VERDICT_TUNNEL:
+		action = tc_tunnel(skb, &d);
 		break;
+	default:
+		if (!tc_egress_ok(skb, d.b->ifindex))
+			return TC_ACT_SHOT;
+		action = bpf_redirect(d.b->ifindex, 0);
 	}
-
-	if (d.b->ifindex != skb->ingress_ifindex &&
-	    !bpf_map_lookup_elem(&halb_tx_ports, &d.b->ifindex)) {
-		count_drop(DROP_NO_TX_PORT);
-		return TC_ACT_SHOT;
-	}
-	forwarded(&d);
-	return bpf_redirect(d.b->ifindex, 0);
+	if (action != TC_ACT_SHOT)
+		forwarded(&d);
+	return action;
 }

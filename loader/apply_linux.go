@@ -38,6 +38,9 @@ func (b *beState) live() bool {
 	return b.rec.Weight > 0 && b.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0
 }
 
+// tunnel tells a TUN backend, which has an outer source address.
+func (b *beState) tunnel() bool { return b.rec.Src != halbAddr{} }
+
 func (s *svcState) String() string {
 	if s.name == "" {
 		return s.key.String()
@@ -52,10 +55,17 @@ func (s *svcState) String() string {
 // neighbour table yet is asked for and joins its service's table when the
 // answer comes.
 //
-// A service the data path cannot serve (forward: tun or nat, an IPVS-only
-// scheduler) or a backend it cannot reach on the link layer is left out and
-// reported in the error (errors.Is ErrUnsupported for the former); the
-// rest is applied all the same.
+// forward: tun backends may be anywhere the kernel routes to out of one of
+// datapath.interfaces; the next hop's MAC comes from the kernel's FIB for
+// each packet, and the data path asks the kernel to resolve the next hops
+// it does not know yet.
+//
+// A service the data path cannot serve (forward: nat, an IPVS-only
+// scheduler) or a backend it cannot reach (DR: on the link layer of one of
+// datapath.interfaces; TUN: through one of them) is left out and reported
+// in the error (errors.Is ErrUnsupported for the former); the rest is
+// applied all the same. So is a TUN service whose interface does not
+// forward, which the program cannot route for; the error says so.
 func (d *Datapath) Apply(ctx context.Context, services []service.Service) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -105,6 +115,7 @@ func (d *Datapath) reconcile() error {
 	}
 	n := &neighbours{nl: d.nl}
 	d.pending = 0
+	d.hops = map[hop]bool{}
 	for _, key := range sortedKeys(want) {
 		errs = append(errs, d.applyService(want[key], n))
 	}
@@ -113,8 +124,8 @@ func (d *Datapath) reconcile() error {
 
 func checkService(s *service.Service) error {
 	name := s.Name + " (" + s.Key.String() + ")"
-	if s.Forward != service.DR {
-		return fmt.Errorf("service %s: forward %s: %w yet; use forward: dr, or datapath.mode: ipvs", name, s.Forward, ErrUnsupported)
+	if s.Forward != service.DR && s.Forward != service.TUN {
+		return fmt.Errorf("service %s: forward %s: %w; use forward: dr or tun, or datapath.mode: ipvs", name, s.Forward, ErrUnsupported)
 	}
 	switch s.Scheduler {
 	case "", "mh", "rr", "wrr", "sh":
@@ -128,8 +139,8 @@ func checkService(s *service.Service) error {
 }
 
 // backendKey is a backend's identity within its service and its Maglev
-// key: DR leaves the packet's port alone, so a backend without a port
-// serves the service's.
+// key: DR and TUN leave the packet's port alone, so a backend without a
+// port serves the service's.
 func backendKey(s *service.Service, b service.Backend) netip.AddrPort {
 	port := b.Port
 	if port == 0 {
@@ -161,10 +172,6 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 	st.name = s.Name
 
 	// What each backend's record should be.
-	type wantBackend struct {
-		b   Backend
-		via *attachment
-	}
 	wantBE := map[netip.AddrPort]*wantBackend{}
 	for _, b := range s.Backends {
 		ap := backendKey(s, b)
@@ -174,6 +181,17 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 		}
 		if ap.Addr().Is4() != s.Key.VIP.Unmap().Is4() {
 			errs = append(errs, fmt.Errorf("service %s: backend %s is not of the VIP's address family", st, ap))
+			continue
+		}
+		if s.Forward == service.TUN {
+			w, err := d.tunnelEnd(st, ap, n)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if w != nil {
+				w.b.Service, w.b.Weight = st.id, b.Weight
+				wantBE[ap] = w
+			}
 			continue
 		}
 		via, err := d.via(ap.Addr())
@@ -186,7 +204,7 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 			errs = append(errs, fmt.Errorf("service %s: backend %s: %w", st, ap, err))
 		}
 		if mac == nil {
-			if old := st.backends[ap]; old != nil && old.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 && int(old.rec.Ifindex) == via.ifindex {
+			if old := st.backends[ap]; old != nil && old.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 && int(old.rec.Ifindex) == via.ifindex && old.rec.Mac != ([6]byte{}) {
 				// Keep the MAC we had: the entry may have been
 				// garbage collected, since the kernel does not see
 				// the traffic XDP forwards.
@@ -248,7 +266,7 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 			errs = append(errs, fmt.Errorf("service %s: write backend %s (id %d): %w", st, ap, be.id, err))
 			continue
 		}
-		if !fresh[be.id] && rec.Mac != be.rec.Mac && be.rec.Mac != ([6]byte{}) {
+		if !fresh[be.id] && rec.Mac != be.rec.Mac && be.rec.Mac != ([6]byte{}) && rec.Mac != ([6]byte{}) {
 			d.log.Info("backend mac changed", "service", st.String(), "backend", ap.String(),
 				"old", net.HardwareAddr(be.rec.Mac[:]).String(), "new", net.HardwareAddr(rec.Mac[:]).String())
 		}
@@ -259,12 +277,16 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 		errs = append(errs, err)
 	}
 
-	rec := halbService{Id: st.id, Forward: halbForwardModeFORWARD_DR}
+	fwd := ForwardDR
+	if s.Forward == service.TUN {
+		fwd = ForwardTUN
+	}
+	rec := halbService{Id: st.id, Forward: halbForwardMode(fwd)}
 	if s.Persistence > 0 || s.Scheduler == "sh" {
 		rec.Flags |= halbServiceFlagsSERVICE_F_SOURCE_HASH
 	}
 	if isNew || rec != st.rec {
-		svc := Service{ID: st.id, Forward: ForwardDR, Persistence: rec.Flags&halbServiceFlagsSERVICE_F_SOURCE_HASH != 0}
+		svc := Service{ID: st.id, Forward: fwd, Persistence: rec.Flags&halbServiceFlagsSERVICE_F_SOURCE_HASH != 0}
 		if err := d.lb.PutService(serviceKeyOf(st.key), svc); err != nil {
 			errs = append(errs, err)
 		} else {
@@ -285,6 +307,69 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 		d.log.Info("service added", "service", st.String(), "id", st.id, "backends", len(st.backends))
 	}
 	return errors.Join(errs...)
+}
+
+// wantBackend is what a backend's record should be, and the one of
+// datapath.interfaces that reaches it.
+type wantBackend struct {
+	b   Backend
+	via *attachment
+}
+
+// tunnelEnd is what the record of TUN backend ap should be: the kernel's
+// route to it names the interface, which must be one of
+// datapath.interfaces, and the outer source, the address the kernel would
+// send from. A next hop the neighbour table lacks is asked for: until it
+// is known, XDP drops the backend's packets (DropNoNeigh). It returns the
+// record and, when something needs the user, an error; the record is nil
+// when the backend cannot be served.
+func (d *Datapath) tunnelEnd(st *svcState, ap netip.AddrPort, n *neighbours) (*wantBackend, error) {
+	fail := func(err error) error { return fmt.Errorf("service %s: backend %s: %w", st, ap, err) }
+	routes, err := d.nl.RouteGet(ap.Addr().AsSlice())
+	if err != nil || len(routes) == 0 {
+		return nil, fail(fmt.Errorf("no route (%v)", err))
+	}
+	r := routes[0]
+	via := d.attachmentOf(r.LinkIndex)
+	if via == nil {
+		return nil, fail(fmt.Errorf("routed through %s, which is not one of datapath.interfaces (%s): add it there, or route the backend through one of them",
+			d.linkName(r.LinkIndex), strings.Join(d.cfg.Interfaces, ", ")))
+	}
+	src, ok := netip.AddrFromSlice(r.Src)
+	if !ok || src.Unmap().Is4() != ap.Addr().Is4() {
+		return nil, fail(fmt.Errorf("the kernel has no source address toward it on %s: give %s an address of its family", via.Interface, via.Interface))
+	}
+	next := ap.Addr()
+	if gw, ok := netip.AddrFromSlice(r.Gw); ok && r.Gw != nil {
+		next = gw.Unmap()
+	}
+	d.hops[hop{ifindex: via.ifindex, addr: next}] = true
+	var errs []error
+	mac, err := n.lookup(via.ifindex, next)
+	if err != nil {
+		errs = append(errs, fail(err))
+	}
+	if mac == nil {
+		d.pending++
+		d.solicit(via, next)
+	}
+	if on, err := d.forwarding(via.Interface, next.Is4()); err != nil {
+		errs = append(errs, fail(err))
+	} else if !on {
+		family := "ipv6"
+		if next.Is4() {
+			family = "ipv4"
+		}
+		errs = append(errs, fail(fmt.Errorf("forward: tun needs forwarding on %s, where the kernel's FIB lookup refuses without it: sysctl -w net.%s.conf.%s.forwarding=1",
+			via.Interface, family, via.Interface)))
+	}
+	return &wantBackend{via: via, b: Backend{
+		Addr:    ap.Addr(),
+		Src:     src.Unmap(),
+		Ifindex: via.ifindex,
+		SrcMAC:  via.mac,
+		Port:    ap.Port(),
+	}}, errors.Join(errs...)
 }
 
 // writeTable builds the service's Maglev table from its live backends and
@@ -455,9 +540,13 @@ func (d *Datapath) adopt() error {
 			return err
 		}
 	}
-	// halb_vips may have been replaced while halb_services was kept.
+	// halb_vips and halb_service_ids may have been replaced (or, from an
+	// older halb, be new) while halb_services was kept.
 	d.lb.mu.Lock()
 	defer d.lb.mu.Unlock()
+	if err := d.lb.syncServiceIDs(); err != nil {
+		return err
+	}
 	for _, st := range d.applied {
 		sk := serviceKeyOf(st.key)
 		k, err := serviceKey(sk)
@@ -488,10 +577,11 @@ type BackendStatus struct {
 	Addr      netip.AddrPort
 	ID        uint32
 	Weight    uint32
-	Interface string           // the one of datapath.interfaces it is on
-	MAC       net.HardwareAddr // nil while its neighbour entry is awaited
-	// Live: it takes new flows (weight above 0 and a MAC). A backend that
-	// is not live keeps the flows it has.
+	Interface string           // the one of datapath.interfaces it is on (TUN: its next hop)
+	MAC       net.HardwareAddr // DR: nil while its neighbour entry is awaited
+	TunnelSrc netip.Addr       // TUN: the outer source address
+	// Live: it takes new flows (weight above 0, and for DR a MAC). A
+	// backend that is not live keeps the flows it has.
 	Live  bool
 	Stats Stats
 }
@@ -519,7 +609,9 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 				return nil, err
 			}
 			bs := BackendStatus{Addr: ap, ID: be.id, Weight: be.rec.Weight, Live: be.live(), Stats: stats}
-			if be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 {
+			if be.tunnel() {
+				bs.TunnelSrc = addrFrom(be.rec.Src, be.rec.Family)
+			} else if be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 {
 				bs.MAC = slices.Clone(net.HardwareAddr(be.rec.Mac[:]))
 			}
 			if be.via != nil {

@@ -75,8 +75,9 @@ type Datapath struct {
 	applied map[service.Key]*svcState
 	svcIDs  *serviceIDs
 	beIDs   *backendIDs
-	pending int    // backends waiting for their MAC
-	lastErr string // what the last apply could not do, said once
+	pending int          // backends waiting for their MAC, or for their next hop's
+	hops    map[hop]bool // the next hops of TUN backends
+	lastErr string       // what the last apply could not do, said once
 	closed  bool
 
 	kick   chan struct{}

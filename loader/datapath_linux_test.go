@@ -320,15 +320,15 @@ func TestDatapathApply(t *testing.T) {
 	}
 
 	// What the data path cannot do is refused; the rest is applied.
-	tun := svc(dns, backend(be11, 1))
-	tun.Forward = service.TUN
+	nat := svc(dns, backend(be11, 1))
+	nat.Forward = service.NAT
 	err = dp.Apply(ctx, []service.Service{
 		svc(web, backend(be11, 1), backend(be14, 1), backend(netip.MustParseAddr("203.0.113.9"), 1)),
-		tun,
+		nat,
 	})
-	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "forward tun") ||
+	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "forward nat") ||
 		!strings.Contains(err.Error(), "203.0.113.9") {
-		t.Errorf("Apply with forward: tun and an unreachable backend: %v; want ErrUnsupported naming tun, and the backend", err)
+		t.Errorf("Apply with forward: nat and an unreachable backend: %v; want ErrUnsupported naming nat, and the backend", err)
 	}
 	st, _ = dp.Status()
 	if len(st) != 1 || st[0].Key != web || len(st[0].Backends) != 2 {
@@ -449,8 +449,8 @@ func TestDatapathRestart(t *testing.T) {
 	tb, inner := table(t, dp, s.ID)
 	servicesID := mapID(t, dp.lb.objs.HalbServices)
 	ctID := mapID(t, dp.lb.objs.HalbCt)
-	wantPins := []string{"halb_backend_stats", "halb_backends", "halb_ct", "halb_drops", "halb_maglev",
-		"halb_service_stats", "halb_services", "halb_tx_ports", "halb_vips", "halb_xdp_lb", "halb_xdp_lb_halb0"}
+	wantPins := []string{"halb_backend_stats", "halb_backends", "halb_ct", "halb_drops", "halb_events", "halb_maglev",
+		"halb_service_ids", "halb_service_stats", "halb_services", "halb_tx_ports", "halb_vips", "halb_xdp_lb", "halb_xdp_lb_halb0"}
 	if got := pins(t, b.cfg.BPFFS); !slices.Equal(got, wantPins) {
 		t.Errorf("pins %v, want %v", got, wantPins)
 	}
@@ -679,5 +679,116 @@ func TestDatapathInterfaceRecreated(t *testing.T) {
 	}
 	if err := dp.Cleanup(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// forward: tun takes backends anywhere the kernel routes to through one of
+// datapath.interfaces, with the balancer's address toward each as the
+// outer source, and asks for the next hops' MACs; an interface that does
+// not forward is reported, since the program's FIB lookups need it, and a
+// backend routed elsewhere is left out.
+func TestDatapathTUN(t *testing.T) {
+	b := newDPBench(t)
+	h := b.lb.Netlink(t)
+	routed := netip.MustParseAddr("203.0.113.9")
+	_, dst, _ := net.ParseCIDR("203.0.113.0/24")
+	if err := h.RouteAdd(&netlink.Route{Dst: dst, Gw: be12.AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "other0"}, PeerName: "other0p"}); err != nil {
+		t.Fatal(err)
+	}
+	up(t, h, "other0p")
+	up(t, h, "other0", "198.51.100.1/24")
+	elsewhere := netip.MustParseAddr("198.51.100.50")
+
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	ctx := context.Background()
+	tun := service.Service{Name: "tun", Key: web, Scheduler: "mh", Forward: service.TUN,
+		Backends: []service.Backend{{Addr: be11, Weight: 1}, {Addr: routed, Weight: 1}, {Addr: elsewhere, Weight: 1}}}
+	tun6 := service.Service{Name: "tun6", Key: web6, Scheduler: "mh", Forward: service.TUN,
+		Backends: []service.Backend{{Addr: be6, Weight: 1}}}
+
+	err := dp.Apply(ctx, []service.Service{tun, tun6})
+	for _, want := range []string{"sysctl -w net.ipv4.conf.halb0.forwarding=1", "sysctl -w net.ipv6.conf.halb0.forwarding=1",
+		"198.51.100.50:80: routed through other0, which is not one of datapath.interfaces"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Apply without forwarding: %v; want an error that says %q", err, want)
+		}
+	}
+	s := waitLive(t, dp, web, 2)
+	src := netip.MustParseAddr("192.0.2.1")
+	for _, a := range []netip.Addr{be11, routed} {
+		got := backendOf(s, a)
+		if got.ID == 0 || got.TunnelSrc != src || got.Interface != "halb0" || got.MAC != nil || !got.Live {
+			t.Errorf("tunnel end %s: %+v, want live on halb0 from %s without a MAC", a, got, src)
+		}
+		var rec halbBackend
+		if err := dp.lb.objs.HalbBackends.Lookup(got.ID, &rec); err != nil || addrFrom(rec.Src, rec.Family) != src ||
+			rec.Flags != halbBackendFlagsBACKEND_F_ACTIVE || rec.Addr != (halbAddr{Bytes: a.As16()}) {
+			t.Errorf("record of %s: %+v (%v), want active with source %s", a, rec, err, src)
+		}
+	}
+	if got := backendOf(s, elsewhere); got.ID != 0 {
+		t.Errorf("backend %s routed through other0 was written: %+v", elsewhere, got)
+	}
+	s6 := waitLive(t, dp, web6, 1)
+	if got := backendOf(s6, be6); got.TunnelSrc != netip.MustParseAddr("2001:db8::1") {
+		t.Errorf("ipv6 tunnel end %s: %+v, want source 2001:db8::1", be6, got)
+	}
+	k, err := serviceKey(serviceKeyOf(web))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec halbService
+	if err := dp.lb.objs.HalbServices.Lookup(&k, &rec); err != nil || rec.Forward != halbForwardModeFORWARD_TUN {
+		t.Errorf("%s in halb_services: %+v (%v), want forward tun", web, rec, err)
+	}
+
+	// The routed backend's next hop is asked for, and the neighbour
+	// table learns it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		list, err := h.NeighList(0, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.ContainsFunc(list, func(n netlink.Neigh) bool {
+			return n.IP.Equal(be12.AsSlice()) && n.State&neighbourStates != 0
+		}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no neighbour entry for the next hop %s after 10s: %v", be12, list)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// With forwarding on, and the backend elsewhere gone, all is well.
+	err = b.lb.Do(func() error {
+		for _, p := range []string{"/proc/sys/net/ipv4/conf/halb0/forwarding", "/proc/sys/net/ipv6/conf/halb0/forwarding"} {
+			if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun.Backends = tun.Backends[:2]
+	if err := dp.Apply(ctx, []service.Service{tun, tun6}); err != nil {
+		t.Errorf("Apply with forwarding on: %v", err)
+	}
+
+	// Back to DR: the same backends, with MACs; the routed one cannot be.
+	tun.Forward = service.DR
+	err = dp.Apply(ctx, []service.Service{tun})
+	if err == nil || !strings.Contains(err.Error(), "use forward: tun for a routed backend") {
+		t.Errorf("DR with a routed backend: %v, want a refusal that points at forward: tun", err)
+	}
+	s = waitLive(t, dp, web, 1)
+	if got := backendOf(s, be11); got.MAC == nil || got.TunnelSrc.IsValid() {
+		t.Errorf("backend %s after the move to DR: %+v, want a MAC and no tunnel source", be11, got)
 	}
 }

@@ -21,6 +21,7 @@ type halbAddr struct {
 type halbBackend struct {
 	_       structs.HostLayout
 	Addr    halbAddr
+	Src     halbAddr
 	Family  halbFamily
 	Flags   halbBackendFlags
 	Mac     [6]uint8
@@ -49,7 +50,19 @@ const (
 	halbDropReasonDROP_NO_BACKEND  halbDropReason = 1
 	halbDropReasonDROP_NO_TX_PORT  halbDropReason = 2
 	halbDropReasonDROP_UNSUPPORTED halbDropReason = 3
-	halbDropReasonDROP_REASONS     halbDropReason = 4
+	halbDropReasonDROP_NO_ROUTE    halbDropReason = 4
+	halbDropReasonDROP_NO_NEIGH    halbDropReason = 5
+	halbDropReasonDROP_TOO_BIG     halbDropReason = 6
+	halbDropReasonDROP_ENCAP       halbDropReason = 7
+	halbDropReasonDROP_REASONS     halbDropReason = 8
+)
+
+type halbEvent uint32
+
+const (
+	halbEventEVENT_NEIGH_RESOLVE halbEvent = 0
+	halbEventEVENT_ICMP_TOO_BIG  halbEvent = 1
+	halbEventEVENTS              halbEvent = 2
 )
 
 type halbFamily uint8
@@ -100,6 +113,12 @@ type halbServiceKey struct {
 	Family halbFamily
 }
 
+type halbServiceSlot struct {
+	_   structs.HostLayout
+	Key halbServiceKey
+	Svc halbService
+}
+
 type halbStats struct {
 	_        structs.HostLayout
 	Packets  uint64
@@ -127,7 +146,9 @@ const (
 	halbMapHalbBackends     = "halb_backends"
 	halbMapHalbCt           = "halb_ct"
 	halbMapHalbDrops        = "halb_drops"
+	halbMapHalbEvents       = "halb_events"
 	halbMapHalbMaglev       = "halb_maglev"
+	halbMapHalbServiceIds   = "halb_service_ids"
 	halbMapHalbServiceStats = "halb_service_stats"
 	halbMapHalbServices     = "halb_services"
 	halbMapHalbTxPorts      = "halb_tx_ports"
@@ -191,7 +212,9 @@ type halbMapSpecs struct {
 	HalbBackends     *ebpf.MapSpec `ebpf:"halb_backends"`
 	HalbCt           *ebpf.MapSpec `ebpf:"halb_ct"`
 	HalbDrops        *ebpf.MapSpec `ebpf:"halb_drops"`
+	HalbEvents       *ebpf.MapSpec `ebpf:"halb_events"`
 	HalbMaglev       *ebpf.MapSpec `ebpf:"halb_maglev"`
+	HalbServiceIds   *ebpf.MapSpec `ebpf:"halb_service_ids"`
 	HalbServiceStats *ebpf.MapSpec `ebpf:"halb_service_stats"`
 	HalbServices     *ebpf.MapSpec `ebpf:"halb_services"`
 	HalbTxPorts      *ebpf.MapSpec `ebpf:"halb_tx_ports"`
@@ -229,7 +252,9 @@ type halbMaps struct {
 	HalbBackends     *ebpf.Map `ebpf:"halb_backends"`
 	HalbCt           *ebpf.Map `ebpf:"halb_ct"`
 	HalbDrops        *ebpf.Map `ebpf:"halb_drops"`
+	HalbEvents       *ebpf.Map `ebpf:"halb_events"`
 	HalbMaglev       *ebpf.Map `ebpf:"halb_maglev"`
+	HalbServiceIds   *ebpf.Map `ebpf:"halb_service_ids"`
 	HalbServiceStats *ebpf.Map `ebpf:"halb_service_stats"`
 	HalbServices     *ebpf.Map `ebpf:"halb_services"`
 	HalbTxPorts      *ebpf.Map `ebpf:"halb_tx_ports"`
@@ -242,7 +267,9 @@ func (m *halbMaps) Close() error {
 		m.HalbBackends,
 		m.HalbCt,
 		m.HalbDrops,
+		m.HalbEvents,
 		m.HalbMaglev,
+		m.HalbServiceIds,
 		m.HalbServiceStats,
 		m.HalbServices,
 		m.HalbTxPorts,

@@ -9,7 +9,7 @@ package loader
 // exists is read, and all of them hold the same definitions, so the objects
 // come out the same on any of these hosts.
 //
-//go:generate go tool bpf2go -tags linux -type addr -type family -type forward_mode -type service_flags -type backend_flags -type drop_reason halb ../bpf/halb_lb.c -- -I../bpf -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu -idirafter /usr/include/arm-linux-gnueabihf -O2 -g -Wall -Werror -mcpu=v3
+//go:generate go tool bpf2go -tags linux -type addr -type family -type forward_mode -type service_flags -type backend_flags -type drop_reason -type event halb ../bpf/halb_lb.c -- -I../bpf -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu -idirafter /usr/include/arm-linux-gnueabihf -O2 -g -Wall -Werror -mcpu=v3
 
 import (
 	"errors"
@@ -142,10 +142,29 @@ func (k ServiceKey) String() string {
 // Forward is how a service reaches its backends.
 type Forward uint8
 
-// ForwardDR rewrites the Ethernet addresses only; the backend holds the VIP
-// itself and answers the client directly. (forward: tun is not written yet;
-// the C enum already has room for it.)
-const ForwardDR = Forward(halbForwardModeFORWARD_DR)
+const (
+	// ForwardDR rewrites the Ethernet addresses only; the backend holds
+	// the VIP itself and answers the client directly.
+	ForwardDR = Forward(halbForwardModeFORWARD_DR)
+	// ForwardTUN puts the packet in an outer IPv4 (IPIP) or IPv6
+	// (IP6IP6) header from the balancer's address to the backend's, and
+	// sends it to the next hop the kernel's FIB names; the backend
+	// decapsulates, holds the VIP, and answers the client directly. Its
+	// backends have a Src. The FIB lookup needs forwarding enabled on the
+	// backends' interfaces (net.ipv4.conf.IF.forwarding,
+	// net.ipv6.conf.IF.forwarding).
+	ForwardTUN = Forward(halbForwardModeFORWARD_TUN)
+)
+
+func (f Forward) String() string {
+	switch f {
+	case ForwardDR:
+		return "dr"
+	case ForwardTUN:
+		return "tun"
+	}
+	return fmt.Sprintf("forward(%d)", uint8(f))
+}
 
 // Service is how the data path serves one ServiceKey.
 type Service struct {
@@ -174,8 +193,8 @@ func (lb *LB) PutService(key ServiceKey, svc Service) error {
 	if svc.ID >= lb.MaxServices() {
 		return fmt.Errorf("service %s: id %d is out of range: the maps hold ids 0 to %d", key, svc.ID, lb.MaxServices()-1)
 	}
-	if svc.Forward != ForwardDR {
-		return fmt.Errorf("service %s: forward mode %d: %w", key, svc.Forward, ebpf.ErrNotSupported)
+	if svc.Forward != ForwardDR && svc.Forward != ForwardTUN {
+		return fmt.Errorf("service %s: forward mode %s: %w", key, svc.Forward, ebpf.ErrNotSupported)
 	}
 	v := halbService{Id: svc.ID, Forward: halbForwardMode(svc.Forward)}
 	if svc.Persistence {
@@ -184,8 +203,20 @@ func (lb *LB) PutService(key ServiceKey, svc Service) error {
 
 	lb.mu.Lock()
 	defer lb.mu.Unlock()
+	var old halbService
+	hadOld := lb.objs.HalbServices.Lookup(&k, &old) == nil
 	if err := lb.objs.HalbServices.Put(&k, &v); err != nil {
 		return fmt.Errorf("write service %s: %w", key, err)
+	}
+	// halb_service_ids after halb_services: the short way to a service
+	// leads where the long way does.
+	if err := lb.objs.HalbServiceIds.Put(svc.ID, &halbServiceSlot{Key: k, Svc: v}); err != nil {
+		return fmt.Errorf("write service %s to %s: %w", key, halbMapHalbServiceIds, err)
+	}
+	if hadOld && old.Id != svc.ID {
+		if err := lb.clearSlot(old.Id, k); err != nil {
+			return err
+		}
 	}
 	return lb.syncVIP(k.Vip, k.Family)
 }
@@ -199,10 +230,68 @@ func (lb *LB) DeleteService(key ServiceKey) error {
 	}
 	lb.mu.Lock()
 	defer lb.mu.Unlock()
+	var old halbService
+	if err := lb.objs.HalbServices.Lookup(&k, &old); err == nil {
+		// The short way goes first: no packet may reach the service
+		// once it is gone from halb_services.
+		if err := lb.clearSlot(old.Id, k); err != nil {
+			return err
+		}
+	}
 	if err := lb.objs.HalbServices.Delete(&k); err != nil {
 		return fmt.Errorf("delete service %s: %w", key, err)
 	}
 	return lb.syncVIP(k.Vip, k.Family)
+}
+
+// clearSlot clears service id's entry in halb_service_ids when it leads to
+// key. lb.mu is held.
+func (lb *LB) clearSlot(id uint32, k halbServiceKey) error {
+	var slot halbServiceSlot
+	if err := lb.objs.HalbServiceIds.Lookup(id, &slot); err != nil {
+		return fmt.Errorf("read %d from %s: %w", id, halbMapHalbServiceIds, err)
+	}
+	if slot.Key != k {
+		return nil
+	}
+	if err := lb.objs.HalbServiceIds.Put(id, &halbServiceSlot{}); err != nil {
+		return fmt.Errorf("clear %d in %s: %w", id, halbMapHalbServiceIds, err)
+	}
+	return nil
+}
+
+// syncServiceIDs makes halb_service_ids hold exactly what halb_services
+// says, as after a restart that adopted halb_services but not it. lb.mu
+// is held.
+func (lb *LB) syncServiceIDs() error {
+	var (
+		k halbServiceKey
+		v halbService
+	)
+	want := map[uint32]halbServiceSlot{}
+	it := lb.objs.HalbServices.Iterate()
+	for it.Next(&k, &v) {
+		if v.Id < lb.MaxServices() {
+			want[v.Id] = halbServiceSlot{Key: k, Svc: v}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", halbMapHalbServices, err)
+	}
+	for id := range lb.MaxServices() {
+		var have halbServiceSlot
+		if err := lb.objs.HalbServiceIds.Lookup(id, &have); err != nil {
+			return fmt.Errorf("read %d from %s: %w", id, halbMapHalbServiceIds, err)
+		}
+		if have == want[id] {
+			continue
+		}
+		slot := want[id]
+		if err := lb.objs.HalbServiceIds.Put(id, &slot); err != nil {
+			return fmt.Errorf("write %d to %s: %w", id, halbMapHalbServiceIds, err)
+		}
+	}
+	return nil
 }
 
 // syncVIP makes halb_vips count the services on one VIP, and forget the
@@ -238,19 +327,25 @@ func (lb *LB) syncVIP(vip halbAddr, family halbFamily) error {
 
 // Backend is one real server as the data path sees it.
 type Backend struct {
-	// Addr is the backend's own address. DR does not use it; it is there
-	// for bpftool readers and for forward: tun.
+	// Addr is the backend's own address: the outer destination for
+	// forward: tun. DR does not use it; it is there for bpftool readers.
 	Addr netip.Addr
+	// Src makes the backend a tunnel end (forward: tun): it is the
+	// balancer's own address toward Addr, of Addr's family, the outer
+	// source. A tunnel end is active without a MAC: the program asks the
+	// kernel's FIB for the next hop out of Ifindex.
+	Src netip.Addr
 	// MAC is the backend's Ethernet address, the destination of its
-	// frames. Without one (nil) the record is written inactive: it holds
-	// the backend's place while its address is being resolved, and the
-	// program sends it nothing.
+	// frames (DR). Without one (nil) a DR backend's record is written
+	// inactive: it holds the backend's place while its address is being
+	// resolved, and the program sends it nothing.
 	MAC net.HardwareAddr
-	// Ifindex is the interface that reaches the backend. When the program
-	// is attached there, it sends frames back out (XDP_TX); otherwise the
-	// interface must be a tx port (AddTxPort).
+	// Ifindex is the interface that reaches the backend (for a tunnel
+	// end, its next hop). When the program is attached there, it sends
+	// frames back out (XDP_TX); otherwise the interface must be a tx port
+	// (AddTxPort).
 	Ifindex int
-	// SrcMAC is that interface's own address, the source of the frames.
+	// SrcMAC is that interface's own address, the source of DR's frames.
 	SrcMAC net.HardwareAddr
 
 	// The program does not read these; they let bpftool readers, and a
@@ -294,6 +389,14 @@ func (lb *LB) backendRecord(id uint32, b Backend) (halbBackend, error) {
 		Port:    b.Port,
 		Service: b.Service,
 		Weight:  b.Weight,
+	}
+	if b.Src.IsValid() {
+		src, srcFamily, err := addrOf(b.Src)
+		if err != nil || srcFamily != family {
+			return halbBackend{}, fmt.Errorf("backend %d: tunnel source %s is not an address of %s's family", id, b.Src, b.Addr)
+		}
+		v.Src = src
+		v.Flags = halbBackendFlagsBACKEND_F_ACTIVE
 	}
 	if b.MAC != nil {
 		v.Flags = halbBackendFlagsBACKEND_F_ACTIVE
@@ -538,6 +641,21 @@ const (
 	DropNoTxPort = DropReason(halbDropReasonDROP_NO_TX_PORT)
 	// DropUnsupported: the service's forward mode is not in this program.
 	DropUnsupported = DropReason(halbDropReasonDROP_UNSUPPORTED)
+	// DropNoRoute: forward: tun, and the kernel's FIB has no route from
+	// the balancer's address to the backend, or forwarding is disabled on
+	// the backend's interface (the FIB lookup needs it).
+	DropNoRoute = DropReason(halbDropReasonDROP_NO_ROUTE)
+	// DropNoNeigh: forward: tun in XDP, and the neighbour table lacks the
+	// next hop's MAC. The Datapath asks the kernel to resolve the next
+	// hops of its tunnel ends; halb_tc_lb hands such packets to the
+	// kernel instead (EventNeighResolve).
+	DropNoNeigh = DropReason(halbDropReasonDROP_NO_NEIGH)
+	// DropTooBig: forward: tun, and the packet with its outer header
+	// exceeds the egress interface's MTU.
+	DropTooBig = DropReason(halbDropReasonDROP_TOO_BIG)
+	// DropEncap: forward: tun, and the frame has no room for the outer
+	// header, or (tc) carries a VLAN tag in its data.
+	DropEncap = DropReason(halbDropReasonDROP_ENCAP)
 )
 
 func (r DropReason) String() string {
@@ -550,6 +668,14 @@ func (r DropReason) String() string {
 		return "no-tx-port"
 	case DropUnsupported:
 		return "unsupported"
+	case DropNoRoute:
+		return "no-route"
+	case DropNoNeigh:
+		return "no-neigh"
+	case DropTooBig:
+		return "too-big"
+	case DropEncap:
+		return "encap"
 	}
 	return fmt.Sprintf("drop(%d)", uint32(r))
 }
@@ -568,6 +694,46 @@ func (lb *LB) Drops() (map[DropReason]uint64, error) {
 		}
 	}
 	return drops, nil
+}
+
+// Event is something halb_xdp_lb or halb_tc_lb counts besides forwarding
+// and dropping.
+type Event uint32
+
+const (
+	// EventNeighResolve: halb_tc_lb had a forward: tun packet for a next
+	// hop the neighbour table lacks, and handed it to the kernel
+	// (bpf_redirect_neigh), which resolves the next hop and sends it.
+	EventNeighResolve = Event(halbEventEVENT_NEIGH_RESOLVE)
+	// EventICMPTooBig: an ICMP "fragmentation needed" or ICMPv6 "packet
+	// too big" about a flow of a service went to the flow's backend, so
+	// that its path MTU discovery works.
+	EventICMPTooBig = Event(halbEventEVENT_ICMP_TOO_BIG)
+)
+
+func (e Event) String() string {
+	switch e {
+	case EventNeighResolve:
+		return "neigh-resolve"
+	case EventICMPTooBig:
+		return "icmp-too-big"
+	}
+	return fmt.Sprintf("event(%d)", uint32(e))
+}
+
+// Events reads how many times each event happened, summed over CPUs.
+func (lb *LB) Events() (map[Event]uint64, error) {
+	events := make(map[Event]uint64, halbEventEVENTS)
+	for e := range Event(halbEventEVENTS) {
+		var perCPU []uint64
+		if err := lb.objs.HalbEvents.Lookup(uint32(e), &perCPU); err != nil {
+			return nil, fmt.Errorf("read %s from %s: %w", e, halbMapHalbEvents, err)
+		}
+		for _, n := range perCPU {
+			events[e] += n
+		}
+	}
+	return events, nil
 }
 
 func serviceKey(key ServiceKey) (halbServiceKey, error) {

@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -65,6 +69,79 @@ func (n *neighbours) lookup(ifindex int, addr netip.Addr) (net.HardwareAddr, err
 	return known[addr], nil
 }
 
+// hop is the next hop toward a TUN backend, on one of datapath.interfaces.
+type hop struct {
+	ifindex int
+	addr    netip.Addr
+}
+
+// attachmentOf is the one of datapath.interfaces with ifindex, or nil.
+func (d *Datapath) attachmentOf(ifindex int) *attachment {
+	for _, a := range d.ifaces {
+		if a.ifindex == ifindex {
+			return a
+		}
+	}
+	return nil
+}
+
+// linkName names interface ifindex for an error.
+func (d *Datapath) linkName(ifindex int) string {
+	if l, err := d.nl.LinkByIndex(ifindex); err == nil {
+		return l.Attrs().Name
+	}
+	return fmt.Sprintf("ifindex %d", ifindex)
+}
+
+// forwarding tells whether ifname forwards the family of IPv4 (v4) or
+// IPv6: bpf_fib_lookup refuses to route for an interface that does not.
+// /proc/sys/net shows the network namespace of the thread that opens it,
+// so the read runs on a thread in the Datapath's.
+func (d *Datapath) forwarding(ifname string, v4 bool) (bool, error) {
+	family := "ipv6"
+	if v4 {
+		family = "ipv4"
+	}
+	path := filepath.Join("/proc/sys/net", family, "conf", ifname, "forwarding")
+	var b []byte
+	err := inNS(d.ns, func() (err error) {
+		b, err = os.ReadFile(path)
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", path, err)
+	}
+	return strings.TrimSpace(string(b)) != "0", nil
+}
+
+// inNS runs fn on a thread in the network namespace ns. A thread that
+// cannot return to its own namespace stays locked and ends with the
+// goroutine, so that no other goroutine runs in the wrong one.
+func inNS(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		err = fn()
+		if back := netns.Set(orig); back != nil {
+			errc <- errors.Join(err, fmt.Errorf("return to the namespace: %w", back))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	return <-errc
+}
+
 // via finds the one of datapath.interfaces that reaches addr directly.
 func (d *Datapath) via(addr netip.Addr) (*attachment, error) {
 	routes, err := d.nl.RouteGet(addr.AsSlice())
@@ -79,17 +156,11 @@ func (d *Datapath) via(addr netip.Addr) (*attachment, error) {
 		return nil, fmt.Errorf("reached through the gateway %s: forward: dr needs the backend on the link of one of datapath.interfaces (%s); use forward: tun for a routed backend",
 			r.Gw, strings.Join(d.cfg.Interfaces, ", "))
 	}
-	for _, a := range d.ifaces {
-		if a.ifindex == r.LinkIndex {
-			return a, nil
-		}
-	}
-	name := fmt.Sprintf("ifindex %d", r.LinkIndex)
-	if l, err := d.nl.LinkByIndex(r.LinkIndex); err == nil {
-		name = l.Attrs().Name
+	if a := d.attachmentOf(r.LinkIndex); a != nil {
+		return a, nil
 	}
 	return nil, fmt.Errorf("reached through %s, which is not one of datapath.interfaces (%s): add it there, or move the backend onto their link",
-		name, strings.Join(d.cfg.Interfaces, ", "))
+		d.linkName(r.LinkIndex), strings.Join(d.cfg.Interfaces, ", "))
 }
 
 // solicit asks the kernel to resolve addr on a's interface, as if it had a
@@ -151,6 +222,12 @@ func (d *Datapath) follow(ctx context.Context, updates <-chan netlink.NeighUpdat
 			if u.Type == unix.RTM_NEWNEIGH && u.State&neighbourStates != 0 && len(u.HardwareAddr) == 6 && d.changes(u.Neigh) {
 				d.poke()
 			}
+			if u.Type == unix.RTM_DELNEIGH && d.isHop(u.Neigh) {
+				// The kernel forgot a TUN next hop (garbage
+				// collection: it does not see the traffic XDP
+				// sends there): ask for it again.
+				d.poke()
+			}
 		}
 	}
 }
@@ -166,13 +243,24 @@ func (d *Datapath) changes(n netlink.Neigh) bool {
 	defer d.mu.Unlock()
 	for _, st := range d.applied {
 		for ap, be := range st.backends {
-			if ap.Addr() == addr && int(be.rec.Ifindex) == n.LinkIndex &&
+			if ap.Addr() == addr && int(be.rec.Ifindex) == n.LinkIndex && !be.tunnel() &&
 				(be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE == 0 || !macEqual(be.rec.Mac[:], n.HardwareAddr)) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// isHop reports whether n is the neighbour entry of a TUN next hop.
+func (d *Datapath) isHop(n netlink.Neigh) bool {
+	addr, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.hops[hop{ifindex: n.LinkIndex, addr: addr.Unmap()}]
 }
 
 func macEqual(a, b []byte) bool { return string(a) == string(b) }

@@ -287,6 +287,10 @@ type packet struct {
 	ipv4Opts   []layers.IPv4Option
 	fragOffset uint16 // IPv4, in 8-byte units; a later fragment carries no TCP/UDP header
 	moreFrags  bool   // IPv4: MF
+	dontFrag   bool   // IPv4: DF
+	id         uint16 // IPv4: the identification
+	tos        uint8  // IPv4 TOS, IPv6 traffic class
+	flowLabel  uint32 // IPv6
 	hopByHop   bool   // IPv6: a hop-by-hop options header before TCP/UDP
 }
 
@@ -322,18 +326,21 @@ func (p packet) frame(t testing.TB, src, dst net.HardwareAddr) []byte {
 	)
 	if p.dst.Addr().Is4() {
 		ip := &layers.IPv4{
-			Version: 4, TTL: 64, Protocol: proto,
+			Version: 4, TTL: 64, Protocol: proto, TOS: p.tos, Id: p.id,
 			SrcIP: p.src.Addr().AsSlice(), DstIP: p.dst.Addr().AsSlice(),
 			Options: p.ipv4Opts, FragOffset: p.fragOffset,
 		}
 		if p.moreFrags {
 			ip.Flags = layers.IPv4MoreFragments
 		}
+		if p.dontFrag {
+			ip.Flags |= layers.IPv4DontFragment
+		}
 		network, netType = ip, layers.EthernetTypeIPv4
 		ls = append(ls, ip)
 	} else {
 		ip := &layers.IPv6{
-			Version: 6, HopLimit: 64, NextHeader: proto,
+			Version: 6, HopLimit: 64, NextHeader: proto, TrafficClass: p.tos, FlowLabel: p.flowLabel,
 			SrcIP: p.src.Addr().AsSlice(), DstIP: p.dst.Addr().AsSlice(),
 		}
 		if p.hopByHop {
@@ -414,12 +421,14 @@ func arpRequest(t testing.TB, ip netip.Addr) []byte {
 		})
 }
 
-// verifyChecksums recomputes the IPv4 header checksum and the TCP or UDP
-// checksum of frame, independently of how the frame was built.
+// verifyChecksums recomputes the IPv4 header checksum and the TCP, UDP,
+// ICMP or ICMPv6 checksum of frame, independently of how the frame was
+// built.
 func verifyChecksums(t testing.TB, frame []byte) {
 	t.Helper()
 	// Decoding errors past the transport layer (a UDP payload on port 53
-	// is not DNS) do not matter here; a missing layer does.
+	// is not DNS, an ICMP error's quote is cut short) do not matter here;
+	// a missing layer does.
 	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
 	var pseudo []byte
 	switch ip := pkt.NetworkLayer().(type) {
@@ -430,12 +439,26 @@ func verifyChecksums(t testing.TB, frame []byte) {
 		if ip.Flags&layers.IPv4MoreFragments != 0 || ip.FragOffset != 0 {
 			return // the transport checksum covers the whole datagram
 		}
+		if ip.Protocol == layers.IPProtocolICMPv4 {
+			// No pseudo-header (RFC 792).
+			if sum := checksum(ip.Payload); sum != 0 {
+				t.Errorf("ICMP checksum does not verify (residue %#04x)", sum)
+			}
+			return
+		}
 		pseudo = append(append(bytes.Clone(ip.SrcIP.To4()), ip.DstIP.To4()...), 0, byte(ip.Protocol), 0, 0)
 		binary.BigEndian.PutUint16(pseudo[10:], uint16(len(ip.Payload)))
 	case *layers.IPv6:
 		pseudo = append(append(bytes.Clone(ip.SrcIP.To16()), ip.DstIP.To16()...), 0, 0, 0, 0, 0, 0, 0, 0)
 		binary.BigEndian.PutUint32(pseudo[32:], uint32(len(ip.Payload)))
 		pseudo[39] = byte(ip.NextHeader)
+		if ip.NextHeader == layers.IPProtocolICMPv6 {
+			// RFC 4443 §2.3: the pseudo-header of RFC 8200 §8.1.
+			if sum := checksum(append(pseudo, ip.Payload...)); sum != 0 {
+				t.Errorf("ICMPv6 checksum does not verify (residue %#04x)", sum)
+			}
+			return
+		}
 	default:
 		t.Fatalf("output has no IP layer")
 	}

@@ -20,6 +20,7 @@ import (
 // program and interface (halb_xdp_lb_eth0).
 var pinnedMaps = []string{
 	halbMapHalbServices,
+	halbMapHalbServiceIds,
 	halbMapHalbVips,
 	halbMapHalbBackends,
 	halbMapHalbMaglev,
@@ -28,11 +29,13 @@ var pinnedMaps = []string{
 	halbMapHalbServiceStats,
 	halbMapHalbBackendStats,
 	halbMapHalbDrops,
+	halbMapHalbEvents,
 }
 
 // What a restart loses when a pinned map must be replaced, for the log.
 var replaceEffect = map[string]string{
 	halbMapHalbServices:     "services are written again at the next apply",
+	halbMapHalbServiceIds:   "rebuilt from halb_services now",
 	halbMapHalbVips:         "services are written again at the next apply",
 	halbMapHalbBackends:     "backends are written again at the next apply",
 	halbMapHalbMaglev:       "maglev tables are written again at the next apply",
@@ -41,6 +44,7 @@ var replaceEffect = map[string]string{
 	halbMapHalbServiceStats: "service counters start again from zero",
 	halbMapHalbBackendStats: "backend counters start again from zero",
 	halbMapHalbDrops:        "drop counters start again from zero",
+	halbMapHalbEvents:       "event counters start again from zero",
 }
 
 // linkPin is where the link of prog on ifname is pinned. A bpf filesystem

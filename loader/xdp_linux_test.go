@@ -282,6 +282,45 @@ func testScheduling(t *testing.T, prog string) {
 		tb.wantDrops(t, nil)
 	})
 
+	// A flow conntrack knows reaches its service through its backend's
+	// service id; that way must close with the service.
+	t.Run("conntrack leads to a service only while it is there", func(t *testing.T) {
+		tb := newTestbed(t, Options{}).on(prog)
+		tb.backend(t, 1, "198.51.100.11", tb.halb0)
+		tb.backend(t, 5, "198.51.100.15", tb.halb1)
+		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
+		tb.table(t, 1, 1)
+		tb.expectForward(t, syn(40000), xdpTX, 1)
+		tb.expectForward(t, ack(40000), xdpTX, 1)
+
+		// The service goes, its backend stays: the flow's packets go
+		// to the kernel.
+		if err := tb.lb.DeleteService(web4); err != nil {
+			t.Fatal(err)
+		}
+		in := ack(40000).frame(t, routerMAC, halb0MAC)
+		if action, out := tb.run(t, in); action != xdpPass || !bytes.Equal(out, in) {
+			t.Fatalf("ack of a deleted service's flow: %v, want XDP_PASS untouched", action)
+		}
+
+		// It comes back under another id, with another table: the
+		// backend's id no longer leads to it, and the flow takes the
+		// new table.
+		tb.service(t, web4, Service{ID: 2, Forward: ForwardDR})
+		tb.table(t, 2, 5)
+		tb.expectForward(t, ack(40000), xdpRedirect, 5)
+		tb.wantServiceStats(t, 1, stats(2, 1))
+		tb.wantServiceStats(t, 2, stats(1, 1))
+
+		// Back to id 1: conntrack names backend 5, of id 2, which no
+		// longer leads to the service; id 1's table decides.
+		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
+		tb.expectForward(t, ack(40000), xdpTX, 1)
+		tb.expectForward(t, ack(40000), xdpTX, 1)
+		tb.wantServiceStats(t, 1, stats(4, 2))
+		tb.wantDrops(t, nil)
+	})
+
 	t.Run("a removed backend's flows are scheduled again", func(t *testing.T) {
 		tb := newTestbed(t, Options{}).on(prog)
 		tb.backend(t, 1, "198.51.100.11", tb.halb0)
@@ -372,17 +411,19 @@ func testScheduling(t *testing.T, prog string) {
 	})
 
 	t.Run("a forward mode the program lacks drops as unsupported", func(t *testing.T) {
-		tb := newTestbed(t, Options{}).on(prog)
-		err := tb.lb.PutService(web4, Service{ID: 1, Forward: Forward(halbForwardModeFORWARD_TUN)})
+		tb := newTestbed(t, Options{})
+		tb.on(prog)
+		lacking := Forward(halbForwardModeFORWARD_TUN + 1) // nat, in a newer halb
+		err := tb.lb.PutService(web4, Service{ID: 1, Forward: lacking})
 		if !errors.Is(err, ebpf.ErrNotSupported) {
-			t.Errorf("PutService with forward: tun: %v, want ErrNotSupported", err)
+			t.Errorf("PutService with forward %s: %v, want ErrNotSupported", lacking, err)
 		}
 		// Written behind the loader's back, as a newer halb would.
 		k, err := serviceKey(web4)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := tb.lb.objs.HalbServices.Put(&k, &halbService{Id: 1, Forward: halbForwardModeFORWARD_TUN}); err != nil {
+		if err := tb.lb.objs.HalbServices.Put(&k, &halbService{Id: 1, Forward: halbForwardMode(lacking)}); err != nil {
 			t.Fatal(err)
 		}
 		tb.expectDrop(t, syn(40000))

@@ -1,0 +1,548 @@
+package loader
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// The testbed's network for forward: tun, where the program asks the
+// kernel's FIB for each packet's next hop:
+//
+//	halb0 192.0.2.1/24, 2001:db8:0:10::1/64   tunnel ends 192.0.2.21 and
+//	                                          2001:db8:0:10::21 on the link;
+//	                                          192.0.2.99 without a
+//	                                          neighbour entry
+//	halb1 198.51.100.1/24, 2001:db8:0:11::1/64 the gateways 198.51.100.254 and
+//	                                          2001:db8:0:11::fe, to the
+//	                                          routed tunnel ends in
+//	                                          203.0.113.128/25 and
+//	                                          2001:db8:0:20::/64
+//	halb2 2001:db8:0:12::1/64                 not a tx port; the gateway
+//	                                          2001:db8:0:12::fe to
+//	                                          2001:db8:0:30::/64
+//
+// Neighbour entries are permanent, so the MACs are known; forwarding is on,
+// as the FIB lookup needs.
+var (
+	tunSrc4   = netip.MustParseAddr("192.0.2.1")
+	tunSrc4b  = netip.MustParseAddr("198.51.100.1")
+	tunSrc6   = netip.MustParseAddr("2001:db8:0:10::1")
+	tunSrc6b  = netip.MustParseAddr("2001:db8:0:11::1")
+	tunSrc6c  = netip.MustParseAddr("2001:db8:0:12::1")
+	onLink4   = netip.MustParseAddr("192.0.2.21")
+	onLink6   = netip.MustParseAddr("2001:db8:0:10::21")
+	noNeigh4  = netip.MustParseAddr("192.0.2.99")
+	routed4   = netip.MustParseAddr("203.0.113.130")
+	routed6   = netip.MustParseAddr("2001:db8:0:20::21")
+	unrouted6 = netip.MustParseAddr("2001:db8:dead::1")
+	behind2   = netip.MustParseAddr("2001:db8:0:30::1") // via halb2
+	gw4       = netip.MustParseAddr("198.51.100.254")
+	gw6       = netip.MustParseAddr("2001:db8:0:11::fe")
+	gw6c      = netip.MustParseAddr("2001:db8:0:12::fe")
+	router4   = netip.MustParseAddr("198.51.100.77") // sends ICMP errors
+	router6   = netip.MustParseAddr("2001:db8:0:11::77")
+
+	onLink4MAC = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x02, 0x21}
+	onLink6MAC = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x02, 0x26}
+	gw4MAC     = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x02, 0xfe}
+	gw6MAC     = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x02, 0xf6}
+	gw6cMAC    = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x02, 0xfc}
+)
+
+// tunNet gives the testbed's namespace the addresses, routes, neighbours
+// and forwarding above.
+func (tb *testbed) tunNet(t *testing.T) {
+	t.Helper()
+	err := tb.ns.Do(func() error {
+		for _, p := range []string{
+			"/proc/sys/net/ipv4/conf/all/forwarding",
+			"/proc/sys/net/ipv6/conf/all/forwarding",
+		} {
+			if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := tb.ns.Netlink(t)
+	for _, l := range []struct {
+		ifindex int
+		addrs   []string
+	}{
+		{tb.halb0, []string{"192.0.2.1/24", "2001:db8:0:10::1/64"}},
+		{tb.halb1, []string{"198.51.100.1/24", "2001:db8:0:11::1/64"}},
+		{tb.halb2, []string{"2001:db8:0:12::1/64"}},
+	} {
+		link, err := h.LinkByIndex(l.ifindex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The peer up too: a link without carrier has no usable routes.
+		peer, err := h.LinkByName(link.Attrs().Name + "p")
+		if err == nil {
+			err = h.LinkSetUp(peer)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range l.addrs {
+			addr, err := netlink.ParseAddr(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr.Flags = unix.IFA_F_NODAD
+			if err := h.AddrAdd(link, addr); err != nil {
+				t.Fatalf("add %s: %v", a, err)
+			}
+		}
+	}
+	for _, n := range []struct {
+		ifindex int
+		addr    netip.Addr
+		mac     net.HardwareAddr
+	}{
+		{tb.halb0, onLink4, onLink4MAC},
+		{tb.halb0, onLink6, onLink6MAC},
+		{tb.halb1, gw4, gw4MAC},
+		{tb.halb1, gw6, gw6MAC},
+		{tb.halb2, gw6c, gw6cMAC},
+	} {
+		err := h.NeighAdd(&netlink.Neigh{LinkIndex: n.ifindex, IP: n.addr.AsSlice(), HardwareAddr: n.mac, State: netlink.NUD_PERMANENT})
+		if err != nil {
+			t.Fatalf("neighbour %s: %v", n.addr, err)
+		}
+	}
+	for _, r := range []struct {
+		dst string
+		gw  netip.Addr
+	}{
+		{"203.0.113.128/25", gw4},
+		{"2001:db8:0:20::/64", gw6},
+		{"2001:db8:0:30::/64", gw6c},
+	} {
+		_, dst, err := net.ParseCIDR(r.dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.RouteAdd(&netlink.Route{Dst: dst, Gw: r.gw.AsSlice()}); err != nil {
+			t.Fatalf("route %s via %s: %v", r.dst, r.gw, err)
+		}
+	}
+}
+
+// tunBackend adds tunnel end id at addr, from the balancer's src, whose
+// next hop is behind ifindex. The program finds the MACs itself.
+func (tb *testbed) tunBackend(t *testing.T, id uint32, addr, src netip.Addr, ifindex int) {
+	t.Helper()
+	b := Backend{
+		Addr:    addr,
+		Src:     src,
+		Ifindex: ifindex,
+		SrcMAC:  map[int]net.HardwareAddr{tb.halb0: halb0MAC, tb.halb1: halb1MAC, tb.halb2: halb2MAC}[ifindex],
+	}
+	if err := tb.lb.PutBackend(id, b); err != nil {
+		t.Fatal(err)
+	}
+	tb.backends[id] = b
+}
+
+// tunneled is frame in as forward: tun sends it: the IP packet that starts
+// at l3 of in, unchanged, behind an outer header from outerSrc to
+// outerDst that copies its DSCP and ECN (IPv6: traffic class and flow
+// label) and, for IPv4, its DF bit and identification, in an untagged
+// Ethernet frame from src to dst. Ethernet padding after the packet stays
+// after it, outside the outer header's length.
+func tunneled(t testing.TB, in []byte, l3 int, src, dst net.HardwareAddr, outerSrc, outerDst netip.Addr) []byte {
+	t.Helper()
+	inner := in[l3:]
+	eth := &layers.Ethernet{SrcMAC: src, DstMAC: dst}
+	var (
+		ip      gopacket.SerializableLayer
+		ipLen   int
+		padding []byte
+	)
+	if outerDst.Is4() {
+		eth.EthernetType = layers.EthernetTypeIPv4
+		ip4 := &layers.IPv4{
+			Version: 4, TOS: inner[1], Id: binary.BigEndian.Uint16(inner[4:]), TTL: 64,
+			Protocol: layers.IPProtocolIPv4, SrcIP: outerSrc.AsSlice(), DstIP: outerDst.AsSlice(),
+		}
+		if inner[6]&0x40 != 0 {
+			ip4.Flags = layers.IPv4DontFragment
+		}
+		ip, ipLen = ip4, int(binary.BigEndian.Uint16(inner[2:]))
+	} else {
+		eth.EthernetType = layers.EthernetTypeIPv6
+		first := binary.BigEndian.Uint32(inner)
+		ip = &layers.IPv6{
+			Version: 6, TrafficClass: uint8(first >> 20), FlowLabel: first & 0xfffff, HopLimit: 64,
+			NextHeader: layers.IPProtocolIPv6, SrcIP: outerSrc.AsSlice(), DstIP: outerDst.AsSlice(),
+		}
+		ipLen = 40 + int(binary.BigEndian.Uint16(inner[4:]))
+	}
+	inner, padding = inner[:ipLen], inner[ipLen:]
+	return append(serialize(t, eth, ip, gopacket.Payload(bytes.Clone(inner))), padding...)
+}
+
+// verifyTunnel checks the outer header of a forward: tun frame, its
+// checksum and length, and then the checksums of the packet inside.
+func verifyTunnel(t testing.TB, frame []byte) {
+	t.Helper()
+	var inner []byte
+	switch binary.BigEndian.Uint16(frame[12:]) {
+	case uint16(layers.EthernetTypeIPv4):
+		outer := frame[14:34]
+		if sum := checksum(outer); sum != 0 {
+			t.Errorf("outer IPv4 header checksum does not verify (residue %#04x)", sum)
+		}
+		inner = frame[34:]
+		if n, want := int(binary.BigEndian.Uint16(outer[2:])), 20+int(binary.BigEndian.Uint16(inner[2:])); n != want {
+			t.Errorf("outer IPv4 total length %d, want %d", n, want)
+		}
+	case uint16(layers.EthernetTypeIPv6):
+		inner = frame[54:]
+		if n, want := int(binary.BigEndian.Uint16(frame[14+4:])), 40+int(binary.BigEndian.Uint16(inner[4:])); n != want {
+			t.Errorf("outer IPv6 payload length %d, want %d", n, want)
+		}
+	default:
+		t.Fatalf("outer frame is not IP: %x", frame[:14])
+	}
+	verifyChecksums(t, append(bytes.Clone(frame[:14]), inner...))
+}
+
+// TestTUN is the specification of forward: tun in halb_xdp_lb and
+// halb_tc_lb: the frame that comes out for each kind of frame and route.
+func TestTUN(t *testing.T) { forPrograms(t, testTUN) }
+
+func testTUN(t *testing.T, prog string) {
+	tb := newTestbed(t, Options{}).on(prog)
+	tb.tunNet(t)
+	tb.tunBackend(t, 1, onLink4, tunSrc4, tb.halb0)
+	tb.tunBackend(t, 2, routed4, tunSrc4b, tb.halb1)
+	tb.tunBackend(t, 3, routed6, tunSrc6b, tb.halb1)
+	tb.tunBackend(t, 4, onLink6, tunSrc6, tb.halb0)
+	tb.tunBackend(t, 5, noNeigh4, tunSrc4, tb.halb0)
+	tb.tunBackend(t, 6, unrouted6, tunSrc6, tb.halb0)
+	tb.tunBackend(t, 7, behind2, tunSrc6c, tb.halb2)
+	services := []struct {
+		key     ServiceKey
+		backend uint32
+	}{
+		{ServiceKey{vip4, 80, TCP}, 1},
+		{ServiceKey{vip4, 53, UDP}, 2},
+		{ServiceKey{vip6, 80, TCP}, 3},
+		{ServiceKey{vip6, 53, UDP}, 4},
+		{ServiceKey{vip4, 81, TCP}, 5},
+		{ServiceKey{vip6, 81, TCP}, 6},
+		{ServiceKey{vip6, 82, TCP}, 7},
+	}
+	for i, s := range services {
+		id := uint32(i + 1)
+		tb.service(t, s.key, Service{ID: id, Forward: ForwardTUN})
+		tb.table(t, id, s.backend)
+	}
+	port := uint16(42000)
+	flow := func(dst netip.Addr, dport uint16, proto layers.IPProtocol) packet {
+		port++
+		client := client4
+		if dst.Is6() {
+			client = client6
+		}
+		return packet{src: ap(client, port), dst: ap(dst, dport), proto: proto}
+	}
+	tagged := flow(vip4, 80, 0)
+	tagged.vlans = []uint16{100}
+	marked := flow(vip4, 80, 0)
+	marked.tos, marked.dontFrag, marked.id = 0xb8, true, 0x1234 // EF, DF
+	labelled := flow(vip6, 80, 0)
+	labelled.tos, labelled.flowLabel = 0x2e, 0xbeef
+	ack6 := flow(vip6, 53, layers.IPProtocolUDP)
+
+	type outcome struct {
+		action   xdpAction
+		hop      net.HardwareAddr // the next hop's MAC; nil: dropped untouched
+		src      netip.Addr       // outer source
+		drop     DropReason
+		event    Event
+		counted  bool // an event, not a drop
+		viaHalb1 bool // the egress is halb1, not the ingress halb0
+	}
+	cases := []struct {
+		name    string
+		p       packet
+		backend uint32
+		xdp, tc outcome // tc: when it differs
+		tcSame  bool
+	}{
+		{name: "ipv4 tcp to a tunnel end on the ingress link", p: flow(vip4, 80, 0), backend: 1,
+			xdp: outcome{action: xdpTX, hop: onLink4MAC, src: tunSrc4}, tcSame: true},
+		{name: "ipv4 tcp keeps its DSCP, DF and identification", p: marked, backend: 1,
+			xdp: outcome{action: xdpTX, hop: onLink4MAC, src: tunSrc4}, tcSame: true},
+		{name: "ipv4 udp to a routed tunnel end behind another interface", p: flow(vip4, 53, layers.IPProtocolUDP), backend: 2,
+			xdp: outcome{action: xdpRedirect, hop: gw4MAC, src: tunSrc4b, viaHalb1: true}, tcSame: true},
+		{name: "ipv6 tcp to a routed tunnel end", p: flow(vip6, 80, 0), backend: 3,
+			xdp: outcome{action: xdpRedirect, hop: gw6MAC, src: tunSrc6b, viaHalb1: true}, tcSame: true},
+		{name: "ipv6 tcp keeps its traffic class and flow label", p: labelled, backend: 3,
+			xdp: outcome{action: xdpRedirect, hop: gw6MAC, src: tunSrc6b, viaHalb1: true}, tcSame: true},
+		{name: "ipv6 udp to a tunnel end on the ingress link", p: ack6, backend: 4,
+			xdp: outcome{action: xdpTX, hop: onLink6MAC, src: tunSrc6}, tcSame: true},
+		// XDP rebuilds the Ethernet header, and the FIB's next hop is
+		// untagged. tc sees a tag in the frame only when the kernel
+		// did not take it into the skb's metadata, and drops.
+		{name: "802.1Q tagged ipv4 goes out untagged", p: tagged, backend: 1,
+			xdp: outcome{action: xdpTX, hop: onLink4MAC, src: tunSrc4},
+			tc:  outcome{action: xdpDrop, drop: DropEncap}},
+		// No neighbour entry: XDP drops, the Datapath has the kernel
+		// resolve it; tc hands the encapsulated packet to the kernel's
+		// neighbour layer, the MACs left for it to fill.
+		{name: "a next hop without a neighbour entry", p: flow(vip4, 81, 0), backend: 5,
+			xdp: outcome{action: xdpDrop, drop: DropNoNeigh},
+			tc:  outcome{action: xdpRedirect, hop: halb0MAC, src: tunSrc4, event: EventNeighResolve, counted: true}},
+		{name: "no route to the tunnel end", p: flow(vip6, 81, 0), backend: 6,
+			xdp: outcome{action: xdpDrop, drop: DropNoRoute}, tcSame: true},
+		{name: "a next hop behind an interface that is not a tx port", p: flow(vip6, 82, 0), backend: 7,
+			xdp: outcome{action: xdpDrop, drop: DropNoTxPort}, tcSame: true},
+	}
+
+	wantDrops := map[DropReason]uint64{}
+	wantEvents := map[Event]uint64{}
+	wantBackends := map[uint32]Stats{}
+	for _, c := range cases {
+		o := c.xdp
+		if tb.tc && !c.tcSame {
+			o = c.tc
+		}
+		in := c.p.frame(t, routerMAC, halb0MAC)
+		l3 := 14 + 4*len(c.p.vlans)
+		t.Run(c.name, func(t *testing.T) {
+			action, out := tb.run(t, in)
+			if action != tb.expect(o.action) {
+				t.Errorf("action %v, want %v", action, tb.expect(o.action))
+			}
+			want := in
+			if o.hop != nil {
+				src := halb0MAC
+				if o.viaHalb1 {
+					src = halb1MAC
+				}
+				if o.counted { // not sent by the program: the MACs are the frame's
+					src = routerMAC
+				}
+				want = tunneled(t, in, l3, src, o.hop, o.src, tb.backends[c.backend].Addr)
+			}
+			if !bytes.Equal(out, want) {
+				t.Errorf("output frame differs\ngot  %x\nwant %x", out, want)
+			}
+			if o.hop != nil {
+				verifyTunnel(t, out)
+			}
+		})
+		switch {
+		case o.counted:
+			wantEvents[o.event]++
+		case o.action == xdpDrop:
+			wantDrops[o.drop]++
+		}
+		if o.action != xdpDrop {
+			s := wantBackends[c.backend]
+			s.Packets, s.Bytes, s.NewFlows = s.Packets+1, s.Bytes+uint64(len(in)), s.NewFlows+1
+			wantBackends[c.backend] = s
+		}
+	}
+	t.Run("counters", func(t *testing.T) {
+		tb.wantDrops(t, wantDrops)
+		tb.wantEvents(t, wantEvents)
+		for id := uint32(1); id <= 7; id++ {
+			tb.wantBackendStats(t, id, wantBackends[id])
+		}
+	})
+}
+
+// wantEvents checks every event counter: those missing from want are 0.
+func (tb *testbed) wantEvents(t *testing.T, want map[Event]uint64) {
+	t.Helper()
+	got, err := tb.lb.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for e, n := range got {
+		if n != want[e] {
+			t.Errorf("events %s: %d, want %d", e, n, want[e])
+		}
+	}
+}
+
+// tooBig is the ICMP error a router at from sends to vip about a packet
+// the VIP sent to client (whose first bytes it quotes): "fragmentation
+// needed" (RFC 792, RFC 1191 §4) for IPv4, "packet too big" (RFC 4443
+// §3.2) for IPv6, with a next-hop MTU of 1400. quote is how much of the
+// packet it quotes; 0 means all.
+func tooBig(t testing.TB, from netip.Addr, sent packet, quote int) []byte {
+	t.Helper()
+	p := sent.frame(t, halb0MAC, routerMAC)
+	quoted := p[14:]
+	if quote > 0 {
+		quoted = quoted[:quote]
+	}
+	eth := &layers.Ethernet{SrcMAC: routerMAC, DstMAC: halb0MAC}
+	vip := sent.src.Addr()
+	if vip.Is4() {
+		eth.EthernetType = layers.EthernetTypeIPv4
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: from.AsSlice(), DstIP: vip.AsSlice()}
+		icmp := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeFragmentationNeeded), Seq: 1400}
+		return serialize(t, eth, ip, icmp, gopacket.Payload(quoted))
+	}
+	eth.EthernetType = layers.EthernetTypeIPv6
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6, SrcIP: from.AsSlice(), DstIP: vip.AsSlice()}
+	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypePacketTooBig, 0)}
+	if err := icmp.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	return serialize(t, eth, ip, icmp, gopacket.Payload(append([]byte{0, 0, 0x05, 0x78}, quoted...)))
+}
+
+// TestICMPTooBig is how halb_xdp_lb and halb_tc_lb treat an ICMP "too big"
+// error to a VIP: it goes to the backend of the flow it quotes, as
+// conntrack or Maglev say and as the service forwards, so that path MTU
+// discovery works for the backend that sent the packet; other ICMP passes.
+func TestICMPTooBig(t *testing.T) { forPrograms(t, testICMPTooBig) }
+
+func testICMPTooBig(t *testing.T, prog string) {
+	tb := newTestbed(t, Options{}).on(prog)
+	tb.tunNet(t)
+	web4 := ServiceKey{vip4, 80, TCP}
+	dns4 := ServiceKey{vip4, 53, UDP}
+	web6 := ServiceKey{vip6, 80, TCP}
+	tb.backend(t, 1, "198.51.100.11", tb.halb0)
+	tb.backend(t, 2, "198.51.100.12", tb.halb1)
+	tb.backend(t, 5, "198.51.100.15", tb.halb0)
+	tb.tunBackend(t, 3, routed6, tunSrc6b, tb.halb1)
+	tb.tunBackend(t, 4, onLink6, tunSrc6, tb.halb0)
+	tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
+	tb.service(t, dns4, Service{ID: 2, Forward: ForwardDR})
+	tb.service(t, web6, Service{ID: 3, Forward: ForwardTUN})
+	tb.table(t, 2, 2)
+
+	// The flows start on one backend, and the tables then move to
+	// another: an error about a flow goes where conntrack says.
+	tb.table(t, 1, 1)
+	tb.expectForward(t, packet{src: ap(client4, 40000), dst: ap(vip4, 80)}, xdpTX, 1)
+	tb.table(t, 1, 5)
+	tb.table(t, 3, 3)
+	syn6 := packet{src: ap(client6, 40000), dst: ap(vip6, 80)}
+	if action, _ := tb.run(t, syn6.frame(t, routerMAC, halb0MAC)); action != tb.expect(xdpRedirect) {
+		t.Fatalf("ipv6 syn: %v", action)
+	}
+	tb.table(t, 3, 4)
+
+	reply := func(p packet) packet { p.src, p.dst = p.dst, p.src; return p }
+	// A quote whose source is not the VIP, sent to the VIP.
+	notFromVIP := tooBig(t, router4, packet{src: ap(other4, 80), dst: ap(client4, 40000), ack: true}, 0)
+	copy(notFromVIP[14+16:], vip4.AsSlice())
+	binary.BigEndian.PutUint16(notFromVIP[14+10:], 0)
+	binary.BigEndian.PutUint16(notFromVIP[14+10:], ^checksum(notFromVIP[14:34]))
+	// Destination unreachable, but not "fragmentation needed".
+	portUnreachable := tooBig(t, router4, reply(packet{src: ap(client4, 40000), dst: ap(vip4, 80), ack: true}), 0)
+	portUnreachable[14+20+1] = 3 // port unreachable
+	binary.BigEndian.PutUint16(portUnreachable[14+20+2:], 0)
+	binary.BigEndian.PutUint16(portUnreachable[14+20+2:], ^checksum(portUnreachable[14+20:]))
+
+	cases := []struct {
+		name    string
+		in      []byte
+		action  xdpAction
+		backend uint32 // 0: passed untouched
+		tunnel  bool
+	}{
+		{name: "ipv4 fragmentation needed about a flow in conntrack goes to its backend (DR)",
+			in: tooBig(t, router4, reply(packet{src: ap(client4, 40000), dst: ap(vip4, 80), ack: true}), 0), action: xdpTX, backend: 1},
+		{name: "quoting the IP header and 8 bytes is enough",
+			in: tooBig(t, router4, reply(packet{src: ap(client4, 40000), dst: ap(vip4, 80), ack: true}), 28), action: xdpTX, backend: 1},
+		{name: "about a flow conntrack does not know: the Maglev choice",
+			in: tooBig(t, router4, reply(packet{src: ap(client4, 40001), dst: ap(vip4, 80), ack: true}), 0), action: xdpTX, backend: 5},
+		{name: "about a udp flow",
+			in: tooBig(t, router4, reply(packet{src: ap(client4, 40002), dst: ap(vip4, 53), proto: layers.IPProtocolUDP}), 0), action: xdpRedirect, backend: 2},
+		{name: "ipv6 packet too big about a flow in conntrack goes to its backend (TUN)",
+			in: tooBig(t, router6, reply(packet{src: ap(client6, 40000), dst: ap(vip6, 80), ack: true}), 0), action: xdpRedirect, backend: 3, tunnel: true},
+		{name: "ipv6 about a flow conntrack does not know",
+			in: tooBig(t, router6, reply(packet{src: ap(client6, 40001), dst: ap(vip6, 80), ack: true}), 48), action: xdpTX, backend: 4, tunnel: true},
+
+		{name: "quoting too little to read the ports passes",
+			in: tooBig(t, router4, reply(packet{src: ap(client4, 40000), dst: ap(vip4, 80), ack: true}), 22), action: xdpPass},
+		{name: "ipv6 quoting too little passes",
+			in: tooBig(t, router6, reply(packet{src: ap(client6, 40000), dst: ap(vip6, 80), ack: true}), 43), action: xdpPass},
+		{name: "about a packet that did not come from the VIP passes", in: notFromVIP, action: xdpPass},
+		{name: "about a port without a service passes",
+			in: tooBig(t, router4, reply(packet{src: ap(client4, 40000), dst: ap(vip4, 8080), ack: true}), 0), action: xdpPass},
+		{name: "another destination unreachable passes", in: portUnreachable, action: xdpPass},
+	}
+
+	forwarded := uint64(0)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			action, out := tb.run(t, c.in)
+			if action != tb.expect(c.action) {
+				t.Errorf("action %v, want %v", action, tb.expect(c.action))
+			}
+			want := c.in
+			b := tb.backends[c.backend]
+			switch {
+			case c.backend == 0:
+			case c.tunnel:
+				src, hop := halb1MAC, gw6MAC
+				if c.backend == 4 {
+					src, hop = halb0MAC, onLink6MAC
+				}
+				want = tunneled(t, c.in, 14, src, hop, b.Src, b.Addr)
+			default:
+				want = append(append(bytes.Clone(b.MAC), b.SrcMAC...), c.in[12:]...)
+			}
+			if !bytes.Equal(out, want) {
+				t.Errorf("output frame differs\ngot  %x\nwant %x", out, want)
+			}
+			switch {
+			case c.tunnel:
+				verifyTunnel(t, out)
+			case c.backend != 0:
+				verifyChecksums(t, out)
+			}
+		})
+		if c.backend != 0 {
+			forwarded++
+		}
+	}
+	t.Run("counters", func(t *testing.T) {
+		tb.wantEvents(t, map[Event]uint64{EventICMPTooBig: forwarded})
+		tb.wantDrops(t, nil)
+		// Errors are not flows: conntrack learnt none.
+		for _, p := range []packet{
+			{src: ap(client4, 40001), dst: ap(vip4, 80)},
+			{src: ap(client4, 40002), dst: ap(vip4, 53), proto: layers.IPProtocolUDP},
+			{src: ap(client6, 40001), dst: ap(vip6, 80)},
+		} {
+			if id, ok := tb.conntrack(t, p); ok {
+				t.Errorf("%v: conntrack holds backend %d after an ICMP error, want nothing", p, id)
+			}
+		}
+		// The backend counts the error as a packet, not as a new flow.
+		s, err := tb.lb.BackendStats(5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Packets != 1 || s.NewFlows != 0 {
+			t.Errorf("backend 5 counters %+v, want 1 packet and no new flow", s)
+		}
+	})
+}
