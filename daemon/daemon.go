@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/health"
 	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
 	"github.com/halb-lb/halb/vrrp"
@@ -37,6 +38,10 @@ type Daemon struct {
 	instances []*vrrp.Instance
 	mode      string           // the data path the probe chose
 	dp        service.Datapath // nil while there are no services
+	health    *health.Monitor
+	// healthChanged wakes the loop to re-apply when a backend's health
+	// changes; it holds one pending wake-up at most.
+	healthChanged chan struct{}
 }
 
 // New loads the configuration at path and sets up logging to w. A bad
@@ -76,6 +81,20 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	// The data path comes first, so that traffic flows the moment VRRP
 	// brings a VIP here; if it cannot be programmed, nothing else starts.
 	d.mode = decision.Mode
+	d.healthChanged = make(chan struct{}, 1)
+	d.health = health.NewMonitor(health.Options{OnChange: func(ev health.Event) {
+		d.log.Info("backend health", ev.Attrs()...)
+		select {
+		case d.healthChanged <- struct{}{}:
+		default:
+		}
+	}})
+	if err := d.health.Update(d.cfg.Services); err != nil {
+		return fmt.Errorf("health checks: %w", err)
+	}
+	hctx, stopHealth := context.WithCancel(ctx)
+	defer stopHealth()
+	go func() { _ = d.health.Run(hctx) }()
 	defer func() {
 		if d.dp != nil {
 			d.dp.Close() // what is programmed stays: traffic flows on
@@ -127,6 +146,10 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 			if err := d.apply(ctx); err != nil {
 				d.log.Error("resync of the data path failed", "err", err)
 			}
+		case <-d.healthChanged:
+			if err := d.apply(ctx); err != nil {
+				d.log.Error("backend weights not fully programmed; retrying at the next resync", "err", err)
+			}
 		case sig := <-signals:
 			switch sig {
 			case syscall.SIGHUP:
@@ -168,6 +191,14 @@ func (d *Daemon) Reload() error {
 		// their state, is not built yet: say so rather than half-apply.
 		d.log.Warn("vrrp changes take effect at the next restart")
 		cfg.VRRP = d.cfg.VRRP
+	}
+	if d.health != nil {
+		// Unchanged checks keep their state; new backends start presumed
+		// healthy.
+		if err := d.health.Update(cfg.Services); err != nil {
+			d.log.Error("config rejected, keeping the running one", "err", err)
+			return err
+		}
 	}
 	d.cfg = cfg
 	d.log.Info("config reloaded", "file", d.path, "instances", len(cfg.VRRP.Instances), "services", len(cfg.Services))

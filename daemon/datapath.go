@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/health"
 	"github.com/halb-lb/halb/ipvs"
 	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
@@ -43,7 +44,13 @@ func (d *Daemon) apply(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return d.dp.Apply(ctx, service.FromConfig(d.cfg.Services))
+	states := map[health.Key]health.State{}
+	if d.health != nil {
+		states = d.health.States()
+	}
+	// Configured weights, with unhealthy backends drained and quorum and
+	// the sorry backend applied.
+	return d.dp.Apply(ctx, health.Services(d.cfg.Services, states))
 }
 
 func (d *Daemon) openBPF(_ context.Context, mode string) (service.Datapath, error) {

@@ -413,6 +413,9 @@ func (d *Datapath) writeTable(st *svcState, isNew bool) error {
 	if err := d.lb.SetMaglevTable(st.id, table); err != nil {
 		return fmt.Errorf("service %s: %w", st, err)
 	}
+	if !isNew {
+		d.log.Info("maglev table rebuilt", "service", st.String(), "live_backends", len(live))
+	}
 	st.table = sig
 	return nil
 }

@@ -151,7 +151,8 @@ vrrp:
 
 // halb run with datapath.mode: xdp attaches the program to the configured
 // interface, programs the service and pins it all under datapath.bpffs;
-// stopping leaves the pins (and so the forwarding) in place.
+// health checks that fail take backends out of the Maglev table; stopping
+// leaves the pins (and so the forwarding) in place.
 func TestRunProgramsXDP(t *testing.T) {
 	ns := netnstest.New(t)
 	h := ns.Netlink(t)
@@ -172,10 +173,12 @@ func TestRunProgramsXDP(t *testing.T) {
 	if err := h.AddrAdd(eth0, addr); err != nil {
 		t.Fatal(err)
 	}
-	// The backend's MAC, as ARP would have learnt it.
-	if err := h.NeighAdd(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, State: netlink.NUD_PERMANENT,
-		IP: net.ParseIP("198.51.100.11"), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, 0x11}}); err != nil {
-		t.Fatal(err)
+	// The backends' MACs, as ARP would have learnt them.
+	for i, ip := range []string{"198.51.100.11", "198.51.100.12"} {
+		if err := h.NeighAdd(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, State: netlink.NUD_PERMANENT,
+			IP: net.ParseIP(ip), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, byte(0x11 + i)}}); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	fs := filepath.Join(t.TempDir(), "bpffs")
@@ -196,14 +199,18 @@ services:
   - name: web
     vip: 192.0.2.100
     port: 80
-    backends: [{address: 198.51.100.11}]
-    health_check: {type: none}
+    backends: [{address: 198.51.100.11}, {address: 198.51.100.12}]
+    # Nothing listens at either backend: the first check takes them out.
+    health_check: {type: tcp, interval: 200ms, timeout: 100ms}
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
 	p := startHalbIn(t, ns, "run", "-c", cfg)
 	p.waitFor(t, "services programmed")
+	// Health drives the data path: a failed backend leaves the table.
+	p.waitFor(t, "backend health")
+	p.waitFor(t, "maglev table rebuilt")
 	for _, pin := range []string{"halb_xdp_lb", "halb_xdp_lb_eth0", "halb_services", "halb_backends", "halb_ct", "halb_maglev"} {
 		if _, err := os.Stat(filepath.Join(pins, pin)); err != nil {
 			t.Errorf("pin %s: %v", pin, err)
