@@ -35,6 +35,10 @@ type Daemon struct {
 	format string
 	cfg    *config.Config
 
+	// Cleanup removes the data path at shutdown instead of leaving it
+	// pinned (halb run --cleanup).
+	Cleanup bool
+
 	instances []*vrrp.Instance
 	mode      string           // the data path the probe chose
 	dp        service.Datapath // nil while there are no services
@@ -96,9 +100,18 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	defer stopHealth()
 	go func() { _ = d.health.Run(hctx) }()
 	defer func() {
-		if d.dp != nil {
-			d.dp.Close() // what is programmed stays: traffic flows on
+		if d.dp == nil {
+			return
 		}
+		if c, ok := d.dp.(service.Cleaner); ok && d.Cleanup {
+			if err := c.Cleanup(); err != nil {
+				d.log.Error("data path cleanup incomplete", "datapath", d.dp.Name(), "err", err)
+			} else {
+				d.log.Info("data path removed", "datapath", d.dp.Name())
+			}
+			return
+		}
+		d.dp.Close() // what is programmed stays: traffic flows on
 	}()
 	if err := d.apply(ctx); err != nil {
 		return fmt.Errorf("program services: %w", err)

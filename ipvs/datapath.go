@@ -97,6 +97,13 @@ func (d *Datapath) Close() error {
 	return err
 }
 
+// Cleanup removes every IPVS service halb owns (hand-made ones stay) and
+// closes the Datapath: `halb run --cleanup`.
+func (d *Datapath) Cleanup() error {
+	err := d.Apply(context.Background(), nil)
+	return errors.Join(err, d.Close())
+}
+
 // Apply makes IPVS's table hold exactly services, as far as halb owns it:
 // it creates the services that are missing, updates those whose scheduler
 // or persistence differ, removes those halb owns that are no longer wanted,

@@ -771,3 +771,22 @@ func TestTakeOverLogged(t *testing.T) {
 		t.Errorf("take-over log does not name the service and what it was:\n%s", logs.String())
 	}
 }
+
+// Cleanup (halb run --cleanup) removes what halb made and nothing else.
+func TestCleanup(t *testing.T) {
+	k := &fakeIPVS{}
+	handMade(k)
+	d, err := New(k, Options{Modules: &fakeModules{}, StateFile: filepath.Join(t.TempDir(), "ipvs-services")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Apply(context.Background(), []service.Service{web, api}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := k.table(), sortedTable(handMadeTable); got != want {
+		t.Errorf("table after cleanup:\n%s\nwant only the hand-made services:\n%s", got, want)
+	}
+}

@@ -91,6 +91,12 @@ type Datapath interface {
 	Close() error
 }
 
+// Cleaner is a Datapath that can remove everything it programmed, for
+// `halb run --cleanup`: afterwards traffic to the VIPs goes to the kernel.
+type Cleaner interface {
+	Cleanup() error
+}
+
 // FromConfig turns configured services into the model, with every backend
 // at its configured weight (health comes later, from the checker).
 func FromConfig(cfg []config.Service) []Service {

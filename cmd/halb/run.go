@@ -13,7 +13,8 @@ import (
 )
 
 func newRunCmd(f *flags) *cobra.Command {
-	return &cobra.Command{
+	var cleanup bool
+	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the daemon in the foreground; SIGHUP reloads, SIGTERM stops",
 		Args:  cobra.NoArgs,
@@ -22,10 +23,13 @@ func newRunCmd(f *flags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			d.Cleanup = cleanup
 			signals := make(chan os.Signal, 4)
 			signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
 			defer signal.Stop(signals)
 			return d.Run(context.Background(), signals)
 		},
 	}
+	cmd.Flags().BoolVar(&cleanup, "cleanup", false, "on shutdown remove the data path (eBPF pins and attachments, halb's IPVS services) instead of leaving it to forward")
+	return cmd
 }

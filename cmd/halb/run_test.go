@@ -224,4 +224,20 @@ services:
 	if _, err := os.Stat(filepath.Join(pins, "halb_xdp_lb_eth0")); err != nil {
 		t.Errorf("the link pin is gone after a clean stop; forwarding would stop with halb: %v", err)
 	}
+
+	// Started again it adopts what is pinned; with --cleanup it removes
+	// it all on the way out.
+	p = startHalbIn(t, ns, "run", "--cleanup", "-c", cfg)
+	p.waitFor(t, "services programmed")
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.waitFor(t, "data path removed")
+	if code := p.exitCode(t); code != exitOK {
+		t.Errorf("exit status %d with --cleanup", code)
+	}
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		t.Errorf("%s still there after --cleanup: %v", pins, err)
+	}
+	if link, err := h.LinkByName("eth0"); err != nil || link.Attrs().Xdp != nil && link.Attrs().Xdp.Attached {
+		t.Errorf("XDP still attached to eth0 after --cleanup")
+	}
 }
