@@ -6,16 +6,22 @@
 # the console. The guest's /init prints "HALB-VM-RESULT: PASS SCENARIO" or
 # "HALB-VM-RESULT: FAIL SCENARIO reason" and powers off. This script exits 0
 # only on the PASS line; otherwise it prints the whole console and exits 1.
-# The console is kept in $cache/amd64/logs/SCENARIO.log either way.
+# The console is kept in $cache/ARCH/logs/SCENARIO.log either way.
 #
-# Environment: HALB_VM_CACHE (build.sh's cache), HALB_VM_TIMEOUT (seconds
-# for the whole boot, default 120), HALB_VM_VERBOSE=1 (print the console on
-# success too).
+# Environment: HALB_VM_ARCH (amd64, the default, or arm64: the guest that
+# build.sh made with the same setting), HALB_VM_CACHE (build.sh's cache),
+# HALB_VM_TIMEOUT (seconds for the whole boot, default 120),
+# HALB_VM_VERBOSE=1 (print the console on success too).
+#
+# A scenario runs on amd64 only, unless a line "# arch: amd64 arm64" in it
+# names the architectures whose guest has what it needs (the arm64 guest has
+# no iproute2, so no network namespaces).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${HALB_VM_CACHE:-$here/.cache}
-out=$cache/amd64
+arch=${HALB_VM_ARCH:-amd64}
+out=$cache/$arch
 limit=${HALB_VM_TIMEOUT:-120}
 
 [[ $# -eq 1 ]] || { echo "usage: $0 SCENARIO" >&2; exit 2; }
@@ -31,11 +37,16 @@ start=$(date +%s.%N)
 set +e
 # The guest gets 30 s less than the whole boot, so that a scenario that hangs
 # still prints its FAIL line.
-timeout --kill-after=5 "$limit" qemu-system-x86_64 \
-	-accel tcg -cpu max -m 512 -smp 1 \
+case $arch in
+amd64) qemu=(qemu-system-x86_64 -cpu max) console=ttyS0 ;;
+arm64) qemu=(qemu-system-aarch64 -M virt -cpu cortex-a72) console=ttyAMA0 ;;
+*) echo "run.sh: HALB_VM_ARCH=$arch: want amd64 or arm64" >&2; exit 2 ;;
+esac
+timeout --kill-after=5 "$limit" "${qemu[@]}" \
+	-accel tcg -m 512 -smp 1 \
 	-nographic -no-reboot -nic none \
 	-kernel "$out/vmlinuz" -initrd "$out/initramfs.cpio.zst" \
-	-append "console=ttyS0 quiet panic=-1 halb.scenario=$scenario halb.timeout=$((limit - 30))" \
+	-append "console=$console quiet panic=-1 halb.scenario=$scenario halb.timeout=$((limit - 30))" \
 	</dev/null >"$log" 2>&1
 status=$?
 set -e
@@ -45,7 +56,7 @@ secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 marker=$(tr -d '\r' <"$log" | grep -a '^HALB-VM-RESULT: ' | tail -n1 || true)
 if [[ $marker == "HALB-VM-RESULT: PASS $scenario" ]]; then
 	[[ ${HALB_VM_VERBOSE:-} == 1 ]] && tr -d '\r' <"$log"
-	echo "run.sh: $scenario passed in ${secs}s (console: $log)"
+	echo "run.sh: $scenario ($arch) passed in ${secs}s (console: $log)"
 	exit 0
 fi
 tr -d '\r' <"$log"

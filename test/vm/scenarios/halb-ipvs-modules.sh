@@ -4,6 +4,8 @@
 # modprobe as on Debian, and programs both services of
 # /etc/halb/ipvs-two.yaml. Started again, it finds everything in place and
 # changes nothing.
+#
+# arch: amd64 arm64
 conf=/etc/halb/ipvs-two.yaml
 # What ipvs/datapath.go logs for each change it makes, and the module
 # loader for each module it loads.

@@ -4,6 +4,8 @@
 # needs libcrc32c, whose init function asks the crypto API for crc32c, and
 # only modules.softdep ("libcrc32c pre: crc32c") says to load crc32c first
 # (scenario ipvsadm-smoke shows a loader without it failing).
+#
+# arch: amd64 arm64
 conf=/etc/halb/ipvs-two.yaml
 
 step "no modprobe anywhere, on-demand loading off, nothing loaded"

@@ -1,6 +1,8 @@
 # probe-ipvs: what `halb probe --json` says about IPVS on a kernel that ships
 # it as modules (Debian's), before and after the modules are loaded, and
 # whether the probe itself loads any.
+#
+# arch: amd64 arm64
 rel=$(uname -r)
 all_schedulers="dh fo lblc lblcr lc mh nq ovf rr sed sh wlc wrr"
 
