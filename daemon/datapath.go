@@ -23,7 +23,15 @@ func (d *Daemon) openDatapath(ctx context.Context, mode string) (service.Datapat
 	case config.ModeIPVS:
 		return ipvs.Open(ctx, ipvs.Options{Log: d.log})
 	case config.ModeXDP, config.ModeTC:
-		return d.openBPF(ctx, mode)
+		bpf, err := d.openBPF(ctx, mode)
+		if err != nil || d.cfg.Datapath.Mode != config.ModeAuto {
+			return bpf, err
+		}
+		// auto: NAT and IPVS-only schedulers are not in the eBPF data
+		// path, so those services run on IPVS beside it.
+		return &service.Split{First: bpf, OpenSecond: func(ctx context.Context) (service.Datapath, error) {
+			return ipvs.Open(ctx, ipvs.Options{Log: d.log})
+		}}, nil
 	}
 	return nil, fmt.Errorf("no data path for mode %q", mode)
 }
