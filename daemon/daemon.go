@@ -16,6 +16,7 @@ import (
 	"os"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +47,7 @@ type Daemon struct {
 	// healthChanged wakes the loop to re-apply when a backend's health
 	// changes; it holds one pending wake-up at most.
 	healthChanged chan struct{}
+	datapathName  atomic.Pointer[string] // for the control socket's goroutines
 }
 
 // New loads the configuration at path and sets up logging to w. A bad
@@ -118,6 +120,8 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	}
 	if d.dp != nil {
 		d.log.Info("services programmed", "datapath", d.dp.Name(), "services", len(d.cfg.Services))
+		name := d.dp.Name()
+		d.datapathName.Store(&name)
 	}
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()
@@ -143,6 +147,13 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 			}
 		})
 	}
+	cctx, stopControl := context.WithCancel(ctx)
+	defer stopControl()
+	if err := d.serveControl(cctx, d.cfg.Control.Socket); err != nil {
+		// halb status will not answer, but the load balancer runs.
+		d.log.Error("no control socket", "err", err)
+	}
+
 	// On the way out every instance gives its VIPs up and, as Master,
 	// sends priority 0 so the backup takes over after skew time.
 	defer func() {

@@ -68,6 +68,6 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringP("config", "c", defaultConfig, "configuration file")
 	_ = f.v.BindPFlag("config", root.PersistentFlags().Lookup("config"))
 	_ = f.v.BindEnv("config", config.EnvPrefix+"_CONFIG")
-	root.AddCommand(newRunCmd(f), newCheckCmd(f), newProbeCmd(f), newVersionCmd())
+	root.AddCommand(newRunCmd(f), newCheckCmd(f), newProbeCmd(f), newStatusCmd(f), newVersionCmd())
 	return root
 }

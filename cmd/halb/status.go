@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/daemon"
+)
+
+func newStatusCmd(f *flags) *cobra.Command {
+	var asJSON bool
+	var socket string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Ask the running daemon for VRRP states, the data path and backend health",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if socket == "" {
+				socket = "/run/halb/halb.sock"
+				if cfg, err := config.Load(f.configPath()); err == nil {
+					socket = cfg.Control.Socket
+				}
+			}
+			st, raw, err := fetchStatus(cmd.Context(), socket)
+			if err != nil {
+				return fmt.Errorf("no halb daemon answers on %s (is halb run going, and are you root?): %w", socket, err)
+			}
+			if asJSON {
+				_, err := cmd.OutOrStdout().Write(raw)
+				return err
+			}
+			return writeStatus(cmd.OutOrStdout(), st)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	cmd.Flags().StringVarP(&socket, "socket", "s", "", "control socket (default: control.socket from the config, else /run/halb/halb.sock)")
+	return cmd
+}
+
+func fetchStatus(ctx context.Context, socket string) (daemon.Status, []byte, error) {
+	var st daemon.Status
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	client := &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		}},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://halb/v1/status", nil)
+	if err != nil {
+		return st, nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return st, nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return st, nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return st, nil, fmt.Errorf("daemon answered %s", resp.Status)
+	}
+	return st, raw, json.Unmarshal(raw, &st)
+}
+
+func writeStatus(w io.Writer, st daemon.Status) error {
+	fmt.Fprintf(w, "datapath  %s\n\n", st.Datapath)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "INSTANCE\tINTERFACE\tVRID\tSTATE\tPRIORITY\tFOR\tREASON\tVIRTUAL IPS\n")
+	for _, in := range st.Instances {
+		reason := in.Reason
+		if len(in.Faults) > 0 {
+			reason = strings.Join(in.Faults, "; ")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n", in.Name, in.Interface, in.VRID, in.State, in.Priority,
+			time.Since(in.Since).Round(time.Second), reason, strings.Join(in.VirtualIPs, ", "))
+	}
+	if len(st.Instances) == 0 {
+		fmt.Fprintln(tw, "(none)")
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "SERVICE\tBACKEND\tCHECK\tHEALTH\tLAST ERROR\n")
+	for _, b := range st.Backends {
+		health := b.Health
+		if !b.Confirmed {
+			health += " (presumed)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Service, b.Backend, b.Check, health, b.LastError)
+	}
+	if len(st.Backends) == 0 {
+		fmt.Fprintln(tw, "(no health-checked backends)")
+	}
+	return tw.Flush()
+}

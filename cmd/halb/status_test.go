@@ -1,0 +1,69 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// halb status asks the running daemon: a table by default, JSON with
+// --json; with no daemon it exits 1 and says so.
+func TestStatus(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "halb.sock")
+	cfg := filepath.Join(dir, "halb.yaml")
+	if err := os.WriteFile(cfg, []byte(`control: {socket: `+sock+`}
+vrrp:
+  instances:
+    - {name: VI_S, interface: lan9, vrid: 9, virtual_ips: [192.0.2.9/24]}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startHalb(t, "run", "-c", cfg)
+	p.waitFor(t, "interface lan9 missing")
+
+	var code int
+	var out, errs string
+	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(50 * time.Millisecond) {
+		if code, out, errs = run(t, "status", "--json", "-s", sock); code == exitOK {
+			break
+		}
+	}
+	if code != exitOK {
+		t.Fatalf("halb status --json: exit %d: %s", code, errs)
+	}
+	var st struct {
+		Instances []struct {
+			Name   string   `json:"name"`
+			State  string   `json:"state"`
+			Faults []string `json:"faults"`
+		} `json:"instances"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if len(st.Instances) != 1 || st.Instances[0].State != "FAULT" || strings.Join(st.Instances[0].Faults, ",") != "interface lan9 missing" {
+		t.Errorf("status = %+v, want VI_S in FAULT for want of lan9", st)
+	}
+
+	// The table, reading the socket path from the config.
+	code, out, errs = run(t, "status", "-c", cfg)
+	if code != exitOK || !strings.Contains(out, "VI_S") || !strings.Contains(out, "FAULT") || !strings.Contains(out, "interface lan9 missing") {
+		t.Errorf("halb status: exit %d\n%s%s", code, out, errs)
+	}
+	if info, err := os.Stat(sock); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("control socket mode: %v %v, want 0600", info.Mode(), err)
+	}
+
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.waitFor(t, "halb stopping")
+	p.exitCode(t)
+	code, _, errs = run(t, "status", "-s", sock)
+	if code != exitFailure || !strings.Contains(errs, "no halb daemon answers") {
+		t.Errorf("with no daemon: exit %d, %q", code, errs)
+	}
+}

@@ -1,0 +1,114 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Status is what `halb status` shows: the VRRP instances, the data path
+// and the backends' health. Its JSON is the control socket's contract.
+type Status struct {
+	Datapath  string           `json:"datapath"`
+	Instances []InstanceStatus `json:"instances"`
+	Backends  []BackendStatus  `json:"backends"`
+}
+
+// InstanceStatus is one VRRP instance.
+type InstanceStatus struct {
+	Name       string            `json:"name"`
+	Interface  string            `json:"interface"`
+	VRID       int               `json:"vrid"`
+	State      string            `json:"state"`
+	Priority   int               `json:"priority"`
+	Since      time.Time         `json:"since"`
+	Reason     string            `json:"reason"`
+	Faults     []string          `json:"faults"`
+	VirtualIPs []string          `json:"virtual_ips"`
+	Sent       uint64            `json:"adverts_sent"`
+	Received   uint64            `json:"adverts_received"`
+	Dropped    map[string]uint64 `json:"adverts_dropped"`
+}
+
+// BackendStatus is one backend's health.
+type BackendStatus struct {
+	Service   string `json:"service"`
+	Backend   string `json:"backend"`
+	Check     string `json:"check"`
+	Health    string `json:"health"`
+	Confirmed bool   `json:"confirmed"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+func (d *Daemon) status() Status {
+	s := Status{Datapath: "none", Instances: []InstanceStatus{}, Backends: []BackendStatus{}}
+	if name := d.datapathName.Load(); name != nil {
+		s.Datapath = *name
+	}
+	for _, in := range d.instances {
+		st := in.Status()
+		is := InstanceStatus{Name: st.Name, Interface: st.Interface, VRID: st.VRID, State: st.State.String(),
+			Priority: int(st.Priority), Since: st.Since, Reason: st.Reason, Faults: st.Faults,
+			Sent: st.Sent, Received: st.Received, Dropped: st.Drops}
+		for _, p := range st.VirtualIPs {
+			is.VirtualIPs = append(is.VirtualIPs, p.String())
+		}
+		s.Instances = append(s.Instances, is)
+	}
+	if d.health != nil {
+		for _, b := range d.health.Snapshot() {
+			bs := BackendStatus{Service: b.Service, Backend: b.Backend.String(), Check: b.Check,
+				Health: b.State.String(), Confirmed: b.Confirmed}
+			if b.Last.Err != nil {
+				bs.LastError = b.Last.Err.Error()
+			}
+			s.Backends = append(s.Backends, bs)
+		}
+	}
+	return s
+}
+
+// serveControl answers `halb status` on the control socket, root only
+// (mode 0600), until ctx ends; then the socket is removed.
+func (d *Daemon) serveControl(ctx context.Context, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("control socket directory: %w", err)
+	}
+	// A socket left by a halb that was killed: nobody answers on it.
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return fmt.Errorf("control socket %s: another halb is running", path)
+	}
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("control socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(d.status())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+		_ = os.Remove(path)
+	}()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("control socket stopped", "err", err)
+		}
+	}()
+	return nil
+}
