@@ -9,7 +9,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # distribution (and on a Raspberry Pi's).
 BUILD    := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 
-.PHONY: all build test lint generate generate-check cross fuzz clean
+.PHONY: all build test lint generate generate-check cross fuzz install clean
 
 all: build
 
@@ -43,6 +43,16 @@ cross:
 	GOOS=linux GOARCH=amd64 $(BUILD) -o $(BINDIR)/halb-linux-amd64 ./cmd/halb
 	GOOS=linux GOARCH=arm64 $(BUILD) -o $(BINDIR)/halb-linux-arm64 ./cmd/halb
 	GOOS=linux GOARCH=arm GOARM=7 $(BUILD) -o $(BINDIR)/halb-linux-armv7 ./cmd/halb
+
+# Installs the binary, the systemd unit, the example config (only when
+# there is none yet: a user's config is never overwritten) and the
+# modules-load.d file. DESTDIR stages it elsewhere.
+PREFIX ?= /usr/local
+install: build
+	install -D -m 0755 $(BINDIR)/halb $(DESTDIR)$(PREFIX)/bin/halb
+	install -D -m 0644 configs/systemd/halb.service $(DESTDIR)/etc/systemd/system/halb.service
+	install -D -m 0644 configs/modules-load.d/halb.conf $(DESTDIR)/etc/modules-load.d/halb.conf
+	test -e $(DESTDIR)/etc/halb/halb.yaml || install -D -m 0600 configs/halb.yaml $(DESTDIR)/etc/halb/halb.yaml
 
 clean:
 	rm -rf $(BINDIR)

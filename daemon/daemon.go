@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	sd "github.com/coreos/go-systemd/v22/daemon"
+
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/health"
 	"github.com/halb-lb/halb/loader"
@@ -157,10 +159,12 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	// On the way out every instance gives its VIPs up and, as Master,
 	// sends priority 0 so the backup takes over after skew time.
 	defer func() {
+		d.notifySystemd(sd.SdNotifyStopping)
 		stopVRRP()
 		wg.Wait()
 	}()
 
+	d.notifySystemd(sd.SdNotifyReady)
 	for {
 		select {
 		case <-ctx.Done():
@@ -177,11 +181,13 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 		case sig := <-signals:
 			switch sig {
 			case syscall.SIGHUP:
+				d.notifySystemd(sd.SdNotifyReloading)
 				if d.Reload() == nil {
 					if err := d.apply(ctx); err != nil {
 						d.log.Error("reloaded services not fully programmed; retrying at the next resync", "err", err)
 					}
 				}
+				d.notifySystemd(sd.SdNotifyReady)
 			case syscall.SIGTERM, os.Interrupt:
 				d.log.Info("halb stopping", "signal", sig.String())
 				return nil

@@ -241,3 +241,78 @@ services:
 		t.Errorf("XDP still attached to eth0 after --cleanup")
 	}
 }
+
+// Under systemd (Type=notify) halb says READY=1 when it runs, RELOADING=1
+// and READY=1 around a reload, and STOPPING=1 on the way out.
+func TestSystemdNotify(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	cfg := filepath.Join(dir, "halb.yaml")
+	if err := os.WriteFile(cfg, []byte("control: {socket: "+filepath.Join(dir, "halb.sock")+"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startHalb(t, "run", "-c", cfg)
+	read := func() string {
+		t.Helper()
+		buf := make([]byte, 256)
+		_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v", err)
+		}
+		return string(buf[:n])
+	}
+	if got := read(); got != "READY=1" {
+		t.Fatalf("first notification %q, want READY=1", got)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	if got := read(); !strings.HasPrefix(got, "RELOADING=1\nMONOTONIC_USEC=") {
+		t.Errorf("on SIGHUP %q, want RELOADING=1 with MONOTONIC_USEC", got)
+	}
+	if got := read(); got != "READY=1" {
+		t.Errorf("after the reload %q, want READY=1", got)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if got := read(); got != "STOPPING=1" {
+		t.Errorf("on SIGTERM %q, want STOPPING=1", got)
+	}
+	if code := p.exitCode(t); code != exitOK {
+		t.Errorf("exit status %d", code)
+	}
+}
+
+// make install stages the binary, the unit, the modules-load.d file and
+// the example config, and never overwrites a config that is there.
+func TestMakeInstall(t *testing.T) {
+	dest := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dest, "etc/halb"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mine := filepath.Join(dest, "etc/halb/halb.yaml")
+	if err := os.WriteFile(mine, []byte("# mine\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("make", "-C", "../..", "install", "DESTDIR="+dest, "BINDIR="+t.TempDir()).CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	for _, f := range []string{"usr/local/bin/halb", "etc/systemd/system/halb.service", "etc/modules-load.d/halb.conf"} {
+		if _, err := os.Stat(filepath.Join(dest, f)); err != nil {
+			t.Errorf("%s not installed: %v", f, err)
+		}
+	}
+	if data, _ := os.ReadFile(mine); string(data) != "# mine\n" {
+		t.Errorf("make install overwrote the existing config")
+	}
+	unit, _ := os.ReadFile(filepath.Join(dest, "etc/systemd/system/halb.service"))
+	for _, want := range []string{"Type=notify", "After=network-online.target", "Wants=network-online.target", "ExecStartPre=/usr/local/bin/halb check", "ExecReload=", "CapabilityBoundingSet="} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("unit lacks %q", want)
+		}
+	}
+}
