@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/halb-lb/halb/vrrp"
 )
 
 // Status is what `halb status` shows: the VRRP instances, the data path
@@ -51,7 +53,11 @@ func (d *Daemon) status() Status {
 	if name := d.datapathName.Load(); name != nil {
 		s.Datapath = *name
 	}
-	for _, in := range d.instances {
+	var instances []*vrrp.Instance
+	if d.vrrp != nil {
+		instances = d.vrrp.instances()
+	}
+	for _, in := range instances {
 		st := in.Status()
 		is := InstanceStatus{Name: st.Name, Interface: st.Interface, VRID: st.VRID, State: st.State.String(),
 			Priority: int(st.Priority), Since: st.Since, Reason: st.Reason, Faults: st.Faults,

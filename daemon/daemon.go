@@ -14,8 +14,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"reflect"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -26,7 +24,6 @@ import (
 	"github.com/halb-lb/halb/health"
 	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
-	"github.com/halb-lb/halb/vrrp"
 )
 
 // Daemon is one running halb.
@@ -42,10 +39,10 @@ type Daemon struct {
 	// pinned (halb run --cleanup).
 	Cleanup bool
 
-	instances []*vrrp.Instance
-	mode      string           // the data path the probe chose
-	dp        service.Datapath // nil while there are no services
-	health    *health.Monitor
+	vrrp   *vrrpSet
+	mode   string           // the data path the probe chose
+	dp     service.Datapath // nil while there are no services
+	health *health.Monitor
 	// healthChanged wakes the loop to re-apply when a backend's health
 	// changes; it holds one pending wake-up at most.
 	healthChanged chan struct{}
@@ -128,27 +125,8 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()
 
-	vctx, stopVRRP := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	groups := map[string]*vrrp.Group{}
-	for _, sg := range d.cfg.VRRP.SyncGroups {
-		g := vrrp.NewGroup(sg.Name)
-		for _, name := range sg.Instances {
-			groups[name] = g
-		}
-	}
-	for _, ic := range d.cfg.VRRP.Instances {
-		in := vrrp.NewInstance(ic, d.log)
-		if g := groups[ic.Name]; g != nil {
-			in.JoinGroup(g)
-		}
-		d.instances = append(d.instances, in)
-		wg.Go(func() {
-			if err := in.Run(vctx); err != nil {
-				d.log.Error("vrrp instance stopped", "instance", ic.Name, "err", err)
-			}
-		})
-	}
+	d.vrrp = newVRRPSet(d.log)
+	d.vrrp.apply(d.cfg.VRRP)
 	cctx, stopControl := context.WithCancel(ctx)
 	defer stopControl()
 	if err := d.serveControl(cctx, d.cfg.Control.Socket); err != nil {
@@ -160,8 +138,7 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	// sends priority 0 so the backup takes over after skew time.
 	defer func() {
 		d.notifySystemd(sd.SdNotifyStopping)
-		stopVRRP()
-		wg.Wait()
+		d.vrrp.stopAll()
 	}()
 
 	d.notifySystemd(sd.SdNotifyReady)
@@ -216,12 +193,6 @@ func (d *Daemon) Reload() error {
 	if cfg.Log.Format != d.format {
 		d.log.Warn("log.format changes at the next restart", "running", d.format, "configured", cfg.Log.Format)
 	}
-	if !reflect.DeepEqual(cfg.VRRP, d.cfg.VRRP) {
-		// Applying VRRP changes in place, keeping unchanged instances in
-		// their state, is not built yet: say so rather than half-apply.
-		d.log.Warn("vrrp changes take effect at the next restart")
-		cfg.VRRP = d.cfg.VRRP
-	}
 	if d.health != nil {
 		// Unchanged checks keep their state; new backends start presumed
 		// healthy.
@@ -229,6 +200,9 @@ func (d *Daemon) Reload() error {
 			d.log.Error("config rejected, keeping the running one", "err", err)
 			return err
 		}
+	}
+	if d.vrrp != nil {
+		d.vrrp.apply(cfg.VRRP)
 	}
 	d.cfg = cfg
 	d.log.Info("config reloaded", "file", d.path, "instances", len(cfg.VRRP.Instances), "services", len(cfg.Services))

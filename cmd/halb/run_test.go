@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -315,4 +316,63 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("unit lacks %q", want)
 		}
 	}
+}
+
+// A reload applies VRRP changes in place: an unchanged instance keeps
+// running in its state, a new one starts, a changed one restarts, a
+// removed one stops.
+func TestRunReloadVRRP(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "halb.yaml")
+	sock := filepath.Join(dir, "halb.sock")
+	write := func(instances string) {
+		if err := os.WriteFile(cfg, []byte("control: {socket: "+sock+"}\nvrrp:\n  instances:\n"+instances), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type instance struct {
+		Name     string    `json:"name"`
+		State    string    `json:"state"`
+		Priority int       `json:"priority"`
+		Since    time.Time `json:"since"`
+	}
+	// status waits until halb status lists n instances and returns them.
+	status := func(n int) []instance {
+		t.Helper()
+		var st struct {
+			Instances []instance `json:"instances"`
+		}
+		for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(50 * time.Millisecond) {
+			code, out, _ := run(t, "status", "--json", "-s", sock)
+			if code == exitOK && json.Unmarshal([]byte(out), &st) == nil && len(st.Instances) == n && st.Instances[n-1].State != "INIT" {
+				return st.Instances
+			}
+		}
+		t.Fatalf("halb status never listed %d running instances: %+v", n, st.Instances)
+		return nil
+	}
+	const viA = "    - {name: VI_A, interface: lan9, vrid: 1, virtual_ips: [192.0.2.1/24]}\n"
+	const viB = "    - {name: VI_B, interface: lan8, vrid: 2, virtual_ips: [192.0.2.2/24]}\n"
+	write(viA)
+	p := startHalb(t, "run", "-c", cfg)
+	first := status(1)[0]
+
+	write(viA + viB)
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitFor(t, "config reloaded")
+	got := status(2)
+	if got[0].Name != "VI_A" || !got[0].Since.Equal(first.Since) || got[1].Name != "VI_B" || got[1].State != "FAULT" {
+		t.Errorf("after adding VI_B: %+v; VI_A must keep its state since %v", got, first.Since)
+	}
+
+	write(strings.Replace(viA, "vrid: 1,", "vrid: 1, priority: 90,", 1))
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitFor(t, "config reloaded")
+	got = status(1)
+	if got[0].Name != "VI_A" || got[0].Priority != 90 {
+		t.Errorf("after changing VI_A and removing VI_B: %+v, want VI_A alone at priority 90", got)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.waitFor(t, "halb stopping")
+	p.exitCode(t)
 }

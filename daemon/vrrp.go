@@ -1,0 +1,147 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/vrrp"
+)
+
+// vrrpSet runs the configured VRRP instances. A reload changes only what
+// changed: an instance whose configuration (and sync group) is the same
+// keeps running in its state; a changed one is stopped, as at shutdown
+// (priority 0, VIPs given up), and started anew; a removed one is stopped;
+// a new one starts.
+type vrrpSet struct {
+	log *slog.Logger
+
+	mu      sync.Mutex // guards running for the control socket
+	running map[string]*runningInstance
+	order   []string
+	groups  map[string]*vrrp.Group // by group signature
+}
+
+type runningInstance struct {
+	cfg   config.Instance
+	group string // the signature of its sync group; "" when in none
+	inst  *vrrp.Instance
+	stop  context.CancelFunc
+	done  chan struct{}
+}
+
+func newVRRPSet(log *slog.Logger) *vrrpSet {
+	return &vrrpSet{log: log, running: map[string]*runningInstance{}, groups: map[string]*vrrp.Group{}}
+}
+
+// groupSignatures names each instance's sync group by its name and
+// members, so that a group whose membership changes is a new group.
+func groupSignatures(c config.VRRP) map[string]string {
+	sig := map[string]string{}
+	for _, g := range c.SyncGroups {
+		members := slices.Clone(g.Instances)
+		slices.Sort(members)
+		s := g.Name + ":" + strings.Join(members, ",")
+		for _, m := range g.Instances {
+			sig[m] = s
+		}
+	}
+	return sig
+}
+
+// apply makes the running instances those of c.
+func (s *vrrpSet) apply(c config.VRRP) {
+	sigs := groupSignatures(c)
+	want := map[string]config.Instance{}
+	for _, ic := range c.Instances {
+		want[ic.Name] = ic
+	}
+	// Stop what left or changed, all at once, then wait: instances of one
+	// sync group go down together.
+	var stopping []*runningInstance
+	for name, r := range s.running {
+		ic, ok := want[name]
+		if ok && reflect.DeepEqual(ic, r.cfg) && sigs[name] == r.group {
+			continue
+		}
+		if ok {
+			s.log.Info("vrrp instance changed; restarting it", "instance", name)
+		} else {
+			s.log.Info("vrrp instance removed", "instance", name)
+		}
+		r.stop()
+		stopping = append(stopping, r)
+	}
+	for _, r := range stopping {
+		<-r.done
+	}
+	s.mu.Lock()
+	for _, r := range stopping {
+		delete(s.running, r.cfg.Name)
+	}
+	s.mu.Unlock()
+	// Groups nobody runs in any more are forgotten.
+	inUse := map[string]bool{}
+	for _, r := range s.running {
+		inUse[r.group] = true
+	}
+	for sig := range s.groups {
+		if !inUse[sig] {
+			delete(s.groups, sig)
+		}
+	}
+
+	var order []string
+	for _, ic := range c.Instances {
+		order = append(order, ic.Name)
+		if _, ok := s.running[ic.Name]; ok {
+			continue
+		}
+		in := vrrp.NewInstance(ic, s.log)
+		if sig := sigs[ic.Name]; sig != "" {
+			g := s.groups[sig]
+			if g == nil {
+				g = vrrp.NewGroup(sig[:strings.Index(sig, ":")])
+				s.groups[sig] = g
+			}
+			in.JoinGroup(g)
+		}
+		ctx, stop := context.WithCancel(context.Background())
+		r := &runningInstance{cfg: ic, group: sigs[ic.Name], inst: in, stop: stop, done: make(chan struct{})}
+		go func() {
+			defer close(r.done)
+			if err := in.Run(ctx); err != nil {
+				s.log.Error("vrrp instance stopped", "instance", ic.Name, "err", err)
+			}
+		}()
+		s.mu.Lock()
+		s.running[ic.Name] = r
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	s.order = order
+	s.mu.Unlock()
+}
+
+// stopAll stops every instance: each gives its VIPs up and, as Master,
+// sends priority 0 so the backup takes over after skew time.
+func (s *vrrpSet) stopAll() {
+	s.apply(config.VRRP{})
+}
+
+// instances lists the running instances in configuration order.
+func (s *vrrpSet) instances() []*vrrp.Instance {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*vrrp.Instance
+	for _, name := range s.order {
+		if r, ok := s.running[name]; ok {
+			out = append(out, r.inst)
+		}
+	}
+	return out
+}
