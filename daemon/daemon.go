@@ -46,7 +46,8 @@ type Daemon struct {
 	// healthChanged wakes the loop to re-apply when a backend's health
 	// changes; it holds one pending wake-up at most.
 	healthChanged chan struct{}
-	datapathName  atomic.Pointer[string] // for the control socket's goroutines
+	datapathName  atomic.Pointer[string]      // for the control socket's goroutines
+	counters      atomic.Pointer[bpfCounters] // the eBPF data path's, for /metrics
 }
 
 // New loads the configuration at path and sets up logging to w. A bad
@@ -87,13 +88,19 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	// brings a VIP here; if it cannot be programmed, nothing else starts.
 	d.mode = decision.Mode
 	d.healthChanged = make(chan struct{}, 1)
-	d.health = health.NewMonitor(health.Options{OnChange: func(ev health.Event) {
-		d.log.Info("backend health", ev.Attrs()...)
-		select {
-		case d.healthChanged <- struct{}{}:
-		default:
-		}
-	}})
+	latency := newCheckLatency()
+	d.health = health.NewMonitor(health.Options{
+		OnChange: func(ev health.Event) {
+			d.log.Info("backend health", ev.Attrs()...)
+			select {
+			case d.healthChanged <- struct{}{}:
+			default:
+			}
+		},
+		OnResult: func(r health.Result) {
+			latency.WithLabelValues(r.Service, r.Check).Observe(r.Latency.Seconds())
+		},
+	})
 	if err := d.health.Update(d.cfg.Services); err != nil {
 		return fmt.Errorf("health checks: %w", err)
 	}
@@ -121,6 +128,13 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 		d.log.Info("services programmed", "datapath", d.dp.Name(), "services", len(d.cfg.Services))
 		name := d.dp.Name()
 		d.datapathName.Store(&name)
+	}
+	if d.cfg.Control.Metrics != "" {
+		mctx, stopMetrics := context.WithCancel(ctx)
+		defer stopMetrics()
+		if err := d.serveMetrics(mctx, d.cfg.Control.Metrics, latency); err != nil {
+			return err
+		}
 	}
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()

@@ -658,3 +658,13 @@ func sortedAddrPorts[V any](m map[netip.AddrPort]V) []netip.AddrPort {
 	slices.SortFunc(keys, netip.AddrPort.Compare)
 	return keys
 }
+
+// Drops reads the per-CPU drop counters, summed, by reason.
+func (d *Datapath) Drops() (map[DropReason]uint64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("drops: the data path is closed")
+	}
+	return d.lb.Drops()
+}

@@ -59,18 +59,19 @@ type Instance struct {
 
 // Status is a snapshot of an instance for `halb status` and metrics.
 type Status struct {
-	Name       string
-	VRID       int
-	Interface  string
-	State      State
-	Priority   uint8
-	Since      time.Time
-	Reason     string
-	Faults     []string
-	Sent       uint64
-	Received   uint64
-	Drops      map[string]uint64
-	VirtualIPs []netip.Prefix
+	Name        string
+	VRID        int
+	Interface   string
+	State       State
+	Priority    uint8
+	Since       time.Time
+	Reason      string
+	Faults      []string
+	Sent        uint64
+	Received    uint64
+	Transitions uint64
+	Drops       map[string]uint64
+	VirtualIPs  []netip.Prefix
 }
 
 // NewInstance prepares an instance; Run starts it.
@@ -571,6 +572,7 @@ func (in *Instance) apply(acts []Action) {
 			in.log.Info("transition", "from", a.From.String(), "to", a.To.String(), "reason", a.Reason)
 			in.mu.Lock()
 			in.status.State, in.status.Since, in.status.Reason = a.To, time.Now(), a.Reason
+			in.status.Transitions++
 			in.mu.Unlock()
 			if in.notify != nil {
 				in.notify.notify(a.To, in.m.Priority())

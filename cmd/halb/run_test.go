@@ -192,7 +192,9 @@ func TestRunProgramsXDP(t *testing.T) {
 		_ = unix.Unmount(fs, 0)
 	})
 	cfg := filepath.Join(t.TempDir(), "halb.yaml")
-	if err := os.WriteFile(cfg, []byte(`datapath:
+	metrics := freeAddr(t)
+	if err := os.WriteFile(cfg, []byte(`control: {socket: `+filepath.Join(t.TempDir(), "halb.sock")+`, metrics: "`+metrics+`"}
+datapath:
   mode: xdp
   interfaces: [eth0]
   bpffs: `+pins+`
@@ -212,6 +214,17 @@ services:
 	// Health drives the data path: a failed backend leaves the table.
 	p.waitFor(t, "backend health")
 	p.waitFor(t, "maglev table rebuilt")
+	body := scrape(t, ns, metrics)
+	for _, want := range []string{
+		`halb_backend_healthy{backend="198.51.100.11:80",service="web"} 0`,
+		`halb_datapath_new_flows_total{backend="",service="web"} 0`,
+		`halb_datapath_packets_total{backend="198.51.100.12:80",service="web"} 0`,
+		`halb_health_check_seconds_count{check="tcp",service="web"}`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 	for _, pin := range []string{"halb_xdp_lb", "halb_xdp_lb_eth0", "halb_services", "halb_backends", "halb_ct", "halb_maglev"} {
 		if _, err := os.Stat(filepath.Join(pins, pin)); err != nil {
 			t.Errorf("pin %s: %v", pin, err)

@@ -1,0 +1,146 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/halb-lb/halb/health"
+	"github.com/halb-lb/halb/loader"
+	"github.com/halb-lb/halb/service"
+	"github.com/halb-lb/halb/vrrp"
+)
+
+// Metric descriptions. Counters the kernel or the instances keep are read
+// at scrape time, so a scrape always sees the same figures halb status
+// does.
+var (
+	descState       = prometheus.NewDesc("halb_vrrp_state", "1 for the state each VRRP instance is in, 0 for the others.", []string{"instance", "state"}, nil)
+	descPriority    = prometheus.NewDesc("halb_vrrp_priority", "Current priority, tracking included.", []string{"instance"}, nil)
+	descTransitions = prometheus.NewDesc("halb_vrrp_transitions_total", "State changes.", []string{"instance"}, nil)
+	descSent        = prometheus.NewDesc("halb_vrrp_adverts_sent_total", "Adverts sent.", []string{"instance"}, nil)
+	descReceived    = prometheus.NewDesc("halb_vrrp_adverts_received_total", "Adverts received and accepted.", []string{"instance"}, nil)
+	descDropped     = prometheus.NewDesc("halb_vrrp_adverts_dropped_total", "Adverts dropped, by reason.", []string{"instance", "reason"}, nil)
+	descHealthy     = prometheus.NewDesc("halb_backend_healthy", "1 when the backend passes its health check.", []string{"service", "backend"}, nil)
+	descPackets     = prometheus.NewDesc("halb_datapath_packets_total", "Packets the eBPF data path matched to a service or forwarded to a backend.", []string{"service", "backend"}, nil)
+	descBytes       = prometheus.NewDesc("halb_datapath_bytes_total", "Bytes, as packets.", []string{"service", "backend"}, nil)
+	descFlows       = prometheus.NewDesc("halb_datapath_new_flows_total", "New flows scheduled.", []string{"service", "backend"}, nil)
+	descDrops       = prometheus.NewDesc("halb_datapath_drops_total", "Packets the eBPF data path dropped, by reason.", []string{"reason"}, nil)
+)
+
+var vrrpStates = []vrrp.State{vrrp.Initialize, vrrp.Backup, vrrp.Master, vrrp.Fault}
+
+// bpfCounters is what the eBPF data path can tell a scrape.
+type bpfCounters interface {
+	Status() ([]loader.ServiceStatus, error)
+	Drops() (map[loader.DropReason]uint64, error)
+}
+
+// collector reads the daemon's state at scrape time.
+type collector struct{ d *Daemon }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	if c.d.vrrp != nil {
+		for _, in := range c.d.vrrp.instances() {
+			st := in.Status()
+			for _, s := range vrrpStates {
+				v := 0.0
+				if st.State == s {
+					v = 1
+				}
+				ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, v, st.Name, s.String())
+			}
+			ch <- prometheus.MustNewConstMetric(descPriority, prometheus.GaugeValue, float64(st.Priority), st.Name)
+			ch <- prometheus.MustNewConstMetric(descTransitions, prometheus.CounterValue, float64(st.Transitions), st.Name)
+			ch <- prometheus.MustNewConstMetric(descSent, prometheus.CounterValue, float64(st.Sent), st.Name)
+			ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(st.Received), st.Name)
+			for reason, n := range st.Drops {
+				ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), st.Name, reason)
+			}
+		}
+	}
+	if c.d.health != nil {
+		for _, b := range c.d.health.Snapshot() {
+			v := 0.0
+			if b.State == health.Healthy {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, v, b.Service, b.Backend.String())
+		}
+	}
+	if src := c.d.counters.Load(); src != nil {
+		c.collectDatapath(ch, *src)
+	}
+}
+
+func (c collector) collectDatapath(ch chan<- prometheus.Metric, src bpfCounters) {
+	if services, err := src.Status(); err == nil {
+		for _, s := range services {
+			put := func(backend string, st loader.Stats) {
+				ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(st.Packets), s.Name, backend)
+				ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.Bytes), s.Name, backend)
+				ch <- prometheus.MustNewConstMetric(descFlows, prometheus.CounterValue, float64(st.NewFlows), s.Name, backend)
+			}
+			put("", s.Stats) // the service as a whole
+			for _, b := range s.Backends {
+				put(b.Addr.String(), b.Stats)
+			}
+		}
+	}
+	if drops, err := src.Drops(); err == nil {
+		for reason, n := range drops {
+			ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(n), reason.String())
+		}
+	}
+}
+
+// countersOf finds the eBPF data path's counters, beside IPVS or not.
+func countersOf(dp service.Datapath) bpfCounters {
+	if s, ok := dp.(*service.Split); ok {
+		dp = s.First
+	}
+	c, _ := dp.(bpfCounters)
+	return c
+}
+
+// newCheckLatency is the histogram of health-check latencies.
+func newCheckLatency() *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "halb_health_check_seconds",
+		Help:    "Time a health check took, by service and check type.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14), // 0.5 ms .. 4 s
+	}, []string{"service", "check"})
+}
+
+// serveMetrics serves /metrics on addr until ctx ends.
+func (d *Daemon) serveMetrics(ctx context.Context, addr string, latency *prometheus.HistogramVec) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{d}, latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("metrics listener stopped", "err", err)
+		}
+	}()
+	d.log.Info("metrics", "listen", ln.Addr().String())
+	return nil
+}
