@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -81,6 +82,25 @@ func (p *daemonProc) waitFor(t *testing.T, want string) string {
 			}
 		case <-deadline:
 			t.Fatalf("halb did not log %q", want)
+		}
+	}
+}
+
+// waitForAll reads log lines until each of wants has appeared, in any
+// order: what goroutines log may interleave.
+func (p *daemonProc) waitForAll(t *testing.T, wants ...string) {
+	t.Helper()
+	left := slices.Clone(wants)
+	deadline := time.After(20 * time.Second)
+	for len(left) > 0 {
+		select {
+		case line, ok := <-p.lines:
+			if !ok {
+				t.Fatalf("halb exited before logging %q", left)
+			}
+			left = slices.DeleteFunc(left, func(w string) bool { return strings.Contains(line, w) })
+		case <-deadline:
+			t.Fatalf("halb did not log %q", left)
 		}
 	}
 }
@@ -203,17 +223,16 @@ services:
     vip: 192.0.2.100
     port: 80
     backends: [{address: 198.51.100.11}, {address: 198.51.100.12}]
-    # Nothing listens at either backend: the first check takes them out.
-    health_check: {type: tcp, interval: 200ms, timeout: 100ms}
+    # Nothing answers at either backend: the first check takes them out,
+    # a second after start, long after the services are first programmed.
+    health_check: {type: tcp, interval: 2s, timeout: 1s}
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
 	p := startHalbIn(t, ns, "run", "-c", cfg)
-	p.waitFor(t, "services programmed")
 	// Health drives the data path: a failed backend leaves the table.
-	p.waitFor(t, "backend health")
-	p.waitFor(t, "maglev table rebuilt")
+	p.waitForAll(t, "services programmed", "backend health", "maglev table rebuilt")
 	body := scrape(t, ns, metrics)
 	for _, want := range []string{
 		`halb_backend_healthy{backend="198.51.100.11:80",service="web"} 0`,
