@@ -29,18 +29,8 @@ vrrp:
 		t.Fatal(err)
 	}
 	p := startHalb(t, "run", "-c", cfg)
-	p.waitFor(t, "interface lan9 missing")
 
-	var code int
-	var out, errs string
-	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(50 * time.Millisecond) {
-		if code, out, errs = run(t, "status", "--json", "-s", sock); code == exitOK {
-			break
-		}
-	}
-	if code != exitOK {
-		t.Fatalf("halb status --json: exit %d: %s", code, errs)
-	}
+	// The instance reaches FAULT on its own goroutine: ask until it has.
 	var st struct {
 		Instances []struct {
 			Name   string   `json:"name"`
@@ -48,11 +38,19 @@ vrrp:
 			Faults []string `json:"faults"`
 		} `json:"instances"`
 	}
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("not JSON: %v\n%s", err, out)
+	var code int
+	var out, errs string
+	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(50 * time.Millisecond) {
+		code, out, errs = run(t, "status", "--json", "-s", sock)
+		if code == exitOK && json.Unmarshal([]byte(out), &st) == nil && len(st.Instances) == 1 && st.Instances[0].State != "INIT" {
+			break
+		}
+	}
+	if code != exitOK {
+		t.Fatalf("halb status --json: exit %d: %s", code, errs)
 	}
 	if len(st.Instances) != 1 || st.Instances[0].State != "FAULT" || strings.Join(st.Instances[0].Faults, ",") != "interface lan9 missing" {
-		t.Errorf("status = %+v, want VI_S in FAULT for want of lan9", st)
+		t.Errorf("status = %+v, want VI_S in FAULT for want of lan9\n%s", st, out)
 	}
 
 	// The table, reading the socket path from the config.
@@ -90,8 +88,15 @@ vrrp:
 	// from inside it.
 	ns := netnstest.New(t)
 	p := startHalbIn(t, ns, "run", "-c", cfg)
-	p.waitFor(t, "interface lan9 missing")
-	body := scrape(t, ns, addr)
+	p.waitFor(t, "to=FAULT")
+	// The transition is logged just before it is recorded: scrape until
+	// it shows.
+	var body string
+	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(20 * time.Millisecond) {
+		if body = scrape(t, ns, addr); strings.Contains(body, `halb_vrrp_state{instance="VI_M",state="FAULT"} 1`) {
+			break
+		}
+	}
 	for _, want := range []string{
 		`halb_vrrp_state{instance="VI_M",state="FAULT"} 1`,
 		`halb_vrrp_state{instance="VI_M",state="MASTER"} 0`,
