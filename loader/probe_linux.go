@@ -33,32 +33,24 @@ func (SystemKernel) ProgramType(t ebpf.ProgramType) error {
 // probe for XDP links, and attaching to an invalid ifindex fails with EINVAL
 // whether or not links are supported, so only a real attach tells.
 func (SystemKernel) XDPLink() error {
-	return inThrowawayNetns(func() error {
-		prog, err := trivialProgram(ebpf.XDP, "halb_probe_xdp", 2) // XDP_PASS
-		if err != nil {
-			return err
-		}
-		defer prog.Close()
-		lo, err := net.InterfaceByName("lo")
-		if err != nil {
-			return fmt.Errorf("find lo in the probe's network namespace: %w", err)
-		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: lo.Index})
-		if err != nil {
-			return fmt.Errorf("attach XDP link to lo: %w", err)
-		}
-		if err := l.Close(); err != nil {
-			return fmt.Errorf("detach XDP link from lo: %w", err)
-		}
-		return nil
+	return attachToThrowawayLo(ebpf.XDP, "halb_probe_xdp", 2 /* XDP_PASS */, "XDP link", func(p *ebpf.Program, lo int) (link.Link, error) {
+		return link.AttachXDP(link.XDPOptions{Program: p, Interface: lo})
 	})
 }
 
 // TCX attaches a sched_cls program to the ingress of the loopback of a
 // throwaway network namespace through a tcx link (Linux 6.6 and later).
 func (SystemKernel) TCX() error {
+	return attachToThrowawayLo(ebpf.SchedCLS, "halb_probe_tcx", 0 /* TC_ACT_OK */, "tcx link", func(p *ebpf.Program, lo int) (link.Link, error) {
+		return link.AttachTCX(link.TCXOptions{Program: p, Interface: lo, Attach: ebpf.AttachTCXIngress})
+	})
+}
+
+// attachToThrowawayLo loads a program that returns ret and attaches it, as
+// attach says, to lo in a network namespace of its own, then detaches it.
+func attachToThrowawayLo(t ebpf.ProgramType, name string, ret int64, what string, attach func(*ebpf.Program, int) (link.Link, error)) error {
 	return inThrowawayNetns(func() error {
-		prog, err := trivialProgram(ebpf.SchedCLS, "halb_probe_tcx", 0) // TC_ACT_OK
+		prog, err := trivialProgram(t, name, ret)
 		if err != nil {
 			return err
 		}
@@ -67,12 +59,12 @@ func (SystemKernel) TCX() error {
 		if err != nil {
 			return fmt.Errorf("find lo in the probe's network namespace: %w", err)
 		}
-		l, err := link.AttachTCX(link.TCXOptions{Program: prog, Interface: lo.Index, Attach: ebpf.AttachTCXIngress})
+		l, err := attach(prog, lo.Index)
 		if err != nil {
-			return fmt.Errorf("attach tcx link to lo ingress: %w", err)
+			return fmt.Errorf("attach %s to lo: %w", what, err)
 		}
 		if err := l.Close(); err != nil {
-			return fmt.Errorf("detach tcx link from lo: %w", err)
+			return fmt.Errorf("detach %s from lo: %w", what, err)
 		}
 		return nil
 	})
