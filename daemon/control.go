@@ -20,6 +20,28 @@ type Status struct {
 	Datapath  string           `json:"datapath"`
 	Instances []InstanceStatus `json:"instances"`
 	Backends  []BackendStatus  `json:"backends"`
+	// Services is what the eBPF data path serves, with its counters.
+	Services []ServiceStatus `json:"services"`
+}
+
+// ServiceStatus is one service as the eBPF data path holds it.
+type ServiceStatus struct {
+	Name     string                `json:"name"`
+	Key      string                `json:"key"`
+	Packets  uint64                `json:"packets"`
+	Bytes    uint64                `json:"bytes"`
+	NewFlows uint64                `json:"new_flows"`
+	Backends []ServiceBackendStats `json:"backends"`
+}
+
+// ServiceBackendStats is one backend of a service in the data path.
+type ServiceBackendStats struct {
+	Backend  string `json:"backend"`
+	Weight   uint32 `json:"weight"`
+	Live     bool   `json:"live"` // takes new flows
+	Packets  uint64 `json:"packets"`
+	Bytes    uint64 `json:"bytes"`
+	NewFlows uint64 `json:"new_flows"`
 }
 
 // InstanceStatus is one VRRP instance.
@@ -49,7 +71,7 @@ type BackendStatus struct {
 }
 
 func (d *Daemon) status() Status {
-	s := Status{Datapath: "none", Instances: []InstanceStatus{}, Backends: []BackendStatus{}}
+	s := Status{Datapath: "none", Instances: []InstanceStatus{}, Backends: []BackendStatus{}, Services: []ServiceStatus{}}
 	if name := d.datapathName.Load(); name != nil {
 		s.Datapath = *name
 	}
@@ -75,6 +97,19 @@ func (d *Daemon) status() Status {
 				bs.LastError = b.Last.Err.Error()
 			}
 			s.Backends = append(s.Backends, bs)
+		}
+	}
+	if src := d.counters.Load(); src != nil {
+		if services, err := (*src).Status(); err == nil {
+			for _, sv := range services {
+				ss := ServiceStatus{Name: sv.Name, Key: sv.Key.String(), Packets: sv.Stats.Packets, Bytes: sv.Stats.Bytes,
+					NewFlows: sv.Stats.NewFlows, Backends: []ServiceBackendStats{}}
+				for _, b := range sv.Backends {
+					ss.Backends = append(ss.Backends, ServiceBackendStats{Backend: b.Addr.String(), Weight: b.Weight, Live: b.Live,
+						Packets: b.Stats.Packets, Bytes: b.Stats.Bytes, NewFlows: b.Stats.NewFlows})
+				}
+				s.Services = append(s.Services, ss)
+			}
 		}
 	}
 	return s

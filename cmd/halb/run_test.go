@@ -213,7 +213,8 @@ func TestRunProgramsXDP(t *testing.T) {
 	})
 	cfg := filepath.Join(t.TempDir(), "halb.yaml")
 	metrics := freeAddr(t)
-	if err := os.WriteFile(cfg, []byte(`control: {socket: `+filepath.Join(t.TempDir(), "halb.sock")+`, metrics: "`+metrics+`"}
+	sock := filepath.Join(t.TempDir(), "halb.sock")
+	if err := os.WriteFile(cfg, []byte(`control: {socket: `+sock+`, metrics: "`+metrics+`"}
 datapath:
   mode: xdp
   interfaces: [eth0]
@@ -233,6 +234,40 @@ services:
 	p := startHalbIn(t, ns, "run", "-c", cfg)
 	// Health drives the data path: a failed backend leaves the table.
 	p.waitForAll(t, "services programmed", "backend health", "maglev table rebuilt")
+	// halb status shows the data path's view: both backends drained once
+	// each has had its first check (spread over the interval).
+	type backend struct {
+		Backend string `json:"backend"`
+		Weight  uint32 `json:"weight"`
+		Live    bool   `json:"live"`
+	}
+	var backends []backend
+	drained := func() bool {
+		code, out, _ := run(t, "status", "--json", "-s", sock)
+		var st struct {
+			Services []struct {
+				Backends []backend `json:"backends"`
+			} `json:"services"`
+		}
+		if code != exitOK || json.Unmarshal([]byte(out), &st) != nil || len(st.Services) != 1 {
+			return false
+		}
+		backends = st.Services[0].Backends
+		for _, b := range backends {
+			if b.Live || b.Weight != 0 {
+				return false
+			}
+		}
+		return len(backends) == 2
+	}
+	for start := time.Now(); !drained(); time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 15*time.Second {
+			t.Fatalf("backends in halb status: %+v, want both drained after failing their checks", backends)
+		}
+	}
+	if code, out, _ := run(t, "status", "-s", sock); code != exitOK || !strings.Contains(out, "(drained)") {
+		t.Errorf("the status table does not show the drained backends:\n%s", out)
+	}
 	body := scrape(t, ns, metrics)
 	for _, want := range []string{
 		`halb_backend_healthy{backend="198.51.100.11:80",service="web"} 0`,

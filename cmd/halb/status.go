@@ -104,5 +104,19 @@ func writeStatus(w io.Writer, st daemon.Status) error {
 	if len(st.Backends) == 0 {
 		fmt.Fprintln(tw, "(no health-checked backends)")
 	}
+	if len(st.Services) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintf(tw, "SERVICE\tBACKEND\tWEIGHT\tNEW FLOWS\tPACKETS\tBYTES\n")
+		for _, s := range st.Services {
+			fmt.Fprintf(tw, "%s %s\t(all)\t\t%d\t%d\t%d\n", s.Name, s.Key, s.NewFlows, s.Packets, s.Bytes)
+			for _, b := range s.Backends {
+				weight := fmt.Sprint(b.Weight)
+				if !b.Live {
+					weight += " (drained)"
+				}
+				fmt.Fprintf(tw, "\t%s\t%s\t%d\t%d\t%d\n", b.Backend, weight, b.NewFlows, b.Packets, b.Bytes)
+			}
+		}
+	}
 	return tw.Flush()
 }
