@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/halb-lb/halb/service"
 	"github.com/halb-lb/halb/vrrp"
 )
 
@@ -20,14 +21,15 @@ type Status struct {
 	Datapath  string           `json:"datapath"`
 	Instances []InstanceStatus `json:"instances"`
 	Backends  []BackendStatus  `json:"backends"`
-	// Services is what the eBPF data path serves, with its counters.
+	// Services is what the data path serves, with its counters.
 	Services []ServiceStatus `json:"services"`
 }
 
-// ServiceStatus is one service as the eBPF data path holds it.
+// ServiceStatus is one service as the data path holds it.
 type ServiceStatus struct {
 	Name     string                `json:"name"`
 	Key      string                `json:"key"`
+	Datapath string                `json:"datapath"` // xdp, tc or ipvs
 	Packets  uint64                `json:"packets"`
 	Bytes    uint64                `json:"bytes"`
 	NewFlows uint64                `json:"new_flows"`
@@ -42,6 +44,9 @@ type ServiceBackendStats struct {
 	Packets  uint64 `json:"packets"`
 	Bytes    uint64 `json:"bytes"`
 	NewFlows uint64 `json:"new_flows"`
+	// Connections IPVS holds now; the eBPF data path does not count them.
+	Active   *uint64 `json:"active_connections,omitempty"`
+	Inactive *uint64 `json:"inactive_connections,omitempty"`
 }
 
 // InstanceStatus is one VRRP instance.
@@ -99,20 +104,32 @@ func (d *Daemon) status() Status {
 			s.Backends = append(s.Backends, bs)
 		}
 	}
-	if src := d.counters.Load(); src != nil {
-		if services, err := (*src).Status(); err == nil {
-			for _, sv := range services {
-				ss := ServiceStatus{Name: sv.Name, Key: sv.Key.String(), Packets: sv.Stats.Packets, Bytes: sv.Stats.Bytes,
-					NewFlows: sv.Stats.NewFlows, Backends: []ServiceBackendStats{}}
-				for _, b := range sv.Backends {
-					ss.Backends = append(ss.Backends, ServiceBackendStats{Backend: b.Addr.String(), Weight: b.Weight, Live: b.Live,
-						Packets: b.Stats.Packets, Bytes: b.Stats.Bytes, NewFlows: b.Stats.NewFlows})
-				}
-				s.Services = append(s.Services, ss)
+	if dp := d.datapath.Load(); dp != nil {
+		if r, ok := (*dp).(service.Reporter); ok {
+			reports, err := r.Report()
+			if err != nil {
+				d.log.Warn("status: reading the data path's counters", "err", err)
+			}
+			for _, sv := range reports {
+				s.Services = append(s.Services, serviceStatus(sv))
 			}
 		}
 	}
 	return s
+}
+
+func serviceStatus(r service.Report) ServiceStatus {
+	ss := ServiceStatus{Name: r.Name, Key: r.Key.String(), Datapath: r.Datapath, Packets: r.Stats.Packets, Bytes: r.Stats.Bytes,
+		NewFlows: r.Stats.NewFlows, Backends: []ServiceBackendStats{}}
+	for _, b := range r.Backends {
+		bs := ServiceBackendStats{Backend: b.Addr.String(), Weight: b.Weight, Live: b.Live,
+			Packets: b.Stats.Packets, Bytes: b.Stats.Bytes, NewFlows: b.Stats.NewFlows}
+		if r.Datapath == "ipvs" {
+			bs.Active, bs.Inactive = &b.Stats.Active, &b.Stats.Inactive
+		}
+		ss.Backends = append(ss.Backends, bs)
+	}
+	return ss
 }
 
 // serveControl answers `halb status` on the control socket, root only

@@ -46,8 +46,8 @@ type Daemon struct {
 	// healthChanged wakes the loop to re-apply when a backend's health
 	// changes; it holds one pending wake-up at most.
 	healthChanged chan struct{}
-	datapathName  atomic.Pointer[string]      // for the control socket's goroutines
-	counters      atomic.Pointer[bpfCounters] // the eBPF data path's, for /metrics
+	datapathName  atomic.Pointer[string]           // for the control socket's goroutines
+	datapath      atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
 }
 
 // New loads the configuration at path and sets up logging to w. A bad

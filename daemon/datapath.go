@@ -49,9 +49,7 @@ func (d *Daemon) apply(ctx context.Context) error {
 			return fmt.Errorf("open %s data path: %w", d.mode, err)
 		}
 		d.dp = dp
-		if c := countersOf(dp); c != nil {
-			d.counters.Store(&c)
-		}
+		d.datapath.Store(&dp)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

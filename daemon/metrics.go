@@ -29,17 +29,17 @@ var (
 	descReceived    = prometheus.NewDesc("halb_vrrp_adverts_received_total", "Adverts received and accepted.", []string{"instance"}, nil)
 	descDropped     = prometheus.NewDesc("halb_vrrp_adverts_dropped_total", "Adverts dropped, by reason.", []string{"instance", "reason"}, nil)
 	descHealthy     = prometheus.NewDesc("halb_backend_healthy", "1 when the backend passes its health check.", []string{"service", "backend"}, nil)
-	descPackets     = prometheus.NewDesc("halb_datapath_packets_total", "Packets the eBPF data path matched to a service or forwarded to a backend.", []string{"service", "backend"}, nil)
+	descPackets     = prometheus.NewDesc("halb_datapath_packets_total", "Packets the data path matched to a service or forwarded to a backend (IPVS: incoming packets).", []string{"service", "backend"}, nil)
 	descBytes       = prometheus.NewDesc("halb_datapath_bytes_total", "Bytes, as packets.", []string{"service", "backend"}, nil)
-	descFlows       = prometheus.NewDesc("halb_datapath_new_flows_total", "New flows scheduled.", []string{"service", "backend"}, nil)
+	descFlows       = prometheus.NewDesc("halb_datapath_new_flows_total", "New flows (IPVS: connections) scheduled.", []string{"service", "backend"}, nil)
+	descActive      = prometheus.NewDesc("halb_datapath_active_connections", "Connections IPVS holds for a backend now, by state (active, inactive).", []string{"service", "backend", "state"}, nil)
 	descDrops       = prometheus.NewDesc("halb_datapath_drops_total", "Packets the eBPF data path dropped, by reason.", []string{"reason"}, nil)
 )
 
 var vrrpStates = []vrrp.State{vrrp.Initialize, vrrp.Backup, vrrp.Master, vrrp.Fault}
 
-// bpfCounters is what the eBPF data path can tell a scrape.
-type bpfCounters interface {
-	Status() ([]loader.ServiceStatus, error)
+// dropCounter is the eBPF data path's drop counters.
+type dropCounter interface {
 	Drops() (map[loader.DropReason]uint64, error)
 }
 
@@ -77,15 +77,18 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, v, b.Service, b.Backend.String())
 		}
 	}
-	if src := c.d.counters.Load(); src != nil {
-		c.collectDatapath(ch, *src)
+	if dp := c.d.datapath.Load(); dp != nil {
+		c.collectDatapath(ch, *dp)
 	}
 }
 
-func (c collector) collectDatapath(ch chan<- prometheus.Metric, src bpfCounters) {
-	if services, err := src.Status(); err == nil {
-		for _, s := range services {
-			put := func(backend string, st loader.Stats) {
+func (c collector) collectDatapath(ch chan<- prometheus.Metric, dp service.Datapath) {
+	if r, ok := dp.(service.Reporter); ok {
+		// A failed read leaves the services out of this scrape, the
+		// others' figures still go out.
+		reports, _ := r.Report()
+		for _, s := range reports {
+			put := func(backend string, st service.Stats) {
 				ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(st.Packets), s.Name, backend)
 				ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.Bytes), s.Name, backend)
 				ch <- prometheus.MustNewConstMetric(descFlows, prometheus.CounterValue, float64(st.NewFlows), s.Name, backend)
@@ -93,23 +96,23 @@ func (c collector) collectDatapath(ch chan<- prometheus.Metric, src bpfCounters)
 			put("", s.Stats) // the service as a whole
 			for _, b := range s.Backends {
 				put(b.Addr.String(), b.Stats)
+				if s.Datapath == "ipvs" {
+					ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(b.Stats.Active), s.Name, b.Addr.String(), "active")
+					ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(b.Stats.Inactive), s.Name, b.Addr.String(), "inactive")
+				}
 			}
 		}
 	}
-	if drops, err := src.Drops(); err == nil {
-		for reason, n := range drops {
-			ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(n), reason.String())
+	if split, ok := dp.(*service.Split); ok {
+		dp = split.First
+	}
+	if dc, ok := dp.(dropCounter); ok {
+		if drops, err := dc.Drops(); err == nil {
+			for reason, n := range drops {
+				ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(n), reason.String())
+			}
 		}
 	}
-}
-
-// countersOf finds the eBPF data path's counters, beside IPVS or not.
-func countersOf(dp service.Datapath) bpfCounters {
-	if s, ok := dp.(*service.Split); ok {
-		dp = s.First
-	}
-	c, _ := dp.(bpfCounters)
-	return c
 }
 
 // newCheckLatency is the histogram of health-check latencies.

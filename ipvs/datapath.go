@@ -55,7 +55,8 @@ type Datapath struct {
 	mods  ModuleLoader
 	state string
 	log   *slog.Logger
-	owned keySet // what the state file lists
+	owned keySet   // what the state file lists
+	want  []target // what the last Apply asked for, for Report
 }
 
 var _ service.Datapath = (*Datapath)(nil)
@@ -123,6 +124,7 @@ func (d *Datapath) Apply(ctx context.Context, services []service.Service) error 
 	if err != nil {
 		return err
 	}
+	d.want = want
 	if err := d.ensureModules(ctx, want); err != nil {
 		return err
 	}
@@ -192,6 +194,7 @@ func (d *Datapath) record(keys keySet) error {
 // target is one service as IPVS should hold it.
 type target struct {
 	name  string // "web (192.0.2.10:80/tcp)", for errors and logs
+	cfg   string // "web", the service's name in the config
 	key   service.Key
 	svc   cfipvs.Service
 	dests []cfipvs.Destination
@@ -222,7 +225,7 @@ func targets(services []service.Service) ([]target, error) {
 		}
 		seen[s.Key] = name
 
-		t := target{name: name, key: s.Key}
+		t := target{name: name, cfg: s.Name, key: s.Key}
 		t.svc = cfipvs.Service{Address: s.Key.VIP, Port: s.Key.Port, Scheduler: s.Scheduler}
 		switch {
 		case !s.Key.VIP.IsValid():

@@ -38,6 +38,9 @@ type fakeIPVS struct {
 type fakeService struct {
 	svc   cfipvs.Service
 	dests []cfipvs.Destination
+	// What the kernel counted, as Services and Destinations report it.
+	stats     cfipvs.Stats
+	destStats map[netip.AddrPort]cfipvs.DestinationExtended
 }
 
 // kernelErr is an errno as cloudflare/ipvs returns it: wrapped in
@@ -77,7 +80,7 @@ func (k *fakeIPVS) Services() ([]cfipvs.ServiceExtended, error) {
 	}
 	var out []cfipvs.ServiceExtended
 	for _, f := range k.services {
-		out = append(out, cfipvs.ServiceExtended{Service: f.svc})
+		out = append(out, cfipvs.ServiceExtended{Service: f.svc, Stats64: f.stats})
 	}
 	return out, nil
 }
@@ -91,7 +94,9 @@ func (k *fakeIPVS) Destinations(s cfipvs.Service) ([]cfipvs.DestinationExtended,
 	}
 	var out []cfipvs.DestinationExtended
 	for _, d := range f.dests {
-		out = append(out, cfipvs.DestinationExtended{Destination: d})
+		x := f.destStats[destKey(d)]
+		x.Destination = d
+		out = append(out, x)
 	}
 	return out, nil
 }

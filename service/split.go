@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 )
 
 // BPFSchedulers are the schedulers the eBPF data path implements; the
@@ -24,15 +25,24 @@ func NeedsIPVS(s Service) bool {
 type Split struct {
 	First      Datapath
 	OpenSecond func(context.Context) (Datapath, error)
-	second     Datapath
+
+	mu     sync.Mutex // guards second, which Report reads from elsewhere
+	second Datapath
+}
+
+func (s *Split) halves() []Datapath {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return []Datapath{s.First, s.second}
 }
 
 // Name names both halves once the second is open.
 func (s *Split) Name() string {
-	if s.second == nil {
+	second := s.halves()[1]
+	if second == nil {
 		return s.First.Name()
 	}
-	return s.First.Name() + "+" + s.second.Name()
+	return s.First.Name() + "+" + second.Name()
 }
 
 // Apply gives each half its services. The second half is applied even
@@ -48,16 +58,18 @@ func (s *Split) Apply(ctx context.Context, services []Service) error {
 		}
 	}
 	var errs []error
-	if s.second == nil && len(second) > 0 {
+	if s.halves()[1] == nil && len(second) > 0 {
 		dp, err := s.OpenSecond(ctx)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("open the data path for NAT and IPVS-only schedulers: %w", err))
 		}
+		s.mu.Lock()
 		s.second = dp
+		s.mu.Unlock()
 	}
 	errs = append(errs, s.First.Apply(ctx, first))
-	if s.second != nil {
-		errs = append(errs, s.second.Apply(ctx, second))
+	if dp := s.halves()[1]; dp != nil {
+		errs = append(errs, dp.Apply(ctx, second))
 	}
 	return errors.Join(errs...)
 }
@@ -65,8 +77,8 @@ func (s *Split) Apply(ctx context.Context, services []Service) error {
 // Close closes both halves.
 func (s *Split) Close() error {
 	err := s.First.Close()
-	if s.second != nil {
-		err = errors.Join(err, s.second.Close())
+	if dp := s.halves()[1]; dp != nil {
+		err = errors.Join(err, dp.Close())
 	}
 	return err
 }
@@ -74,8 +86,8 @@ func (s *Split) Close() error {
 // Cleanup removes what both halves programmed, where they can.
 func (s *Split) Cleanup() error {
 	var errs []error
-	for _, dp := range []Datapath{s.First, s.second} {
-		if c, ok := dp.(Cleaner); ok && dp != nil {
+	for _, dp := range s.halves() {
+		if c, ok := dp.(Cleaner); ok {
 			errs = append(errs, c.Cleanup())
 		} else if dp != nil {
 			errs = append(errs, dp.Close())

@@ -24,6 +24,15 @@ func (f *fakeDatapath) Apply(_ context.Context, s []Service) error {
 	return nil
 }
 
+// Report reports the services of the last Apply, each with one packet.
+func (f *fakeDatapath) Report() ([]Report, error) {
+	var out []Report
+	for _, name := range f.applied[len(f.applied)-1] {
+		out = append(out, Report{Name: name, Datapath: f.name, Stats: Stats{Packets: 1}})
+	}
+	return out, nil
+}
+
 func TestSplit(t *testing.T) {
 	vip := netip.MustParseAddr("192.0.2.1")
 	dr := Service{Name: "dr", Key: Key{VIP: vip, Port: 80, Proto: TCP}, Scheduler: "mh", Forward: DR}
@@ -61,6 +70,20 @@ func TestSplit(t *testing.T) {
 	}
 	if got := ipvs.applied[1]; len(got) != 0 || opened != 1 {
 		t.Errorf("IPVS got %v after the NAT services left (opened %d)", got, opened)
+	}
+	if err := s.Apply(ctx, []Service{dr, nat}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := s.Report()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range rep {
+		got = append(got, r.Datapath+":"+r.Name)
+	}
+	if want := []string{"xdp:dr", "ipvs:nat"}; !slices.Equal(got, want) {
+		t.Errorf("Report: %v, want %v", got, want)
 	}
 	if err := s.Close(); err != nil || !bpf.closed || !ipvs.closed {
 		t.Errorf("close: %v %v %v", err, bpf.closed, ipvs.closed)

@@ -106,15 +106,21 @@ func writeStatus(w io.Writer, st daemon.Status) error {
 	}
 	if len(st.Services) > 0 {
 		fmt.Fprintln(tw)
-		fmt.Fprintf(tw, "SERVICE\tBACKEND\tWEIGHT\tNEW FLOWS\tPACKETS\tBYTES\n")
+		// CONNS: what IPVS holds now, active/inactive; the eBPF data
+		// path does not count open flows.
+		fmt.Fprintf(tw, "SERVICE\tBACKEND\tWEIGHT\tNEW FLOWS\tCONNS\tPACKETS\tBYTES\n")
 		for _, s := range st.Services {
-			fmt.Fprintf(tw, "%s %s\t(all)\t\t%d\t%d\t%d\n", s.Name, s.Key, s.NewFlows, s.Packets, s.Bytes)
+			fmt.Fprintf(tw, "%s %s (%s)\t(all)\t\t%d\t\t%d\t%d\n", s.Name, s.Key, s.Datapath, s.NewFlows, s.Packets, s.Bytes)
 			for _, b := range s.Backends {
 				weight := fmt.Sprint(b.Weight)
 				if !b.Live {
 					weight += " (drained)"
 				}
-				fmt.Fprintf(tw, "\t%s\t%s\t%d\t%d\t%d\n", b.Backend, weight, b.NewFlows, b.Packets, b.Bytes)
+				conns := "-"
+				if b.Active != nil && b.Inactive != nil {
+					conns = fmt.Sprintf("%d/%d", *b.Active, *b.Inactive)
+				}
+				fmt.Fprintf(tw, "\t%s\t%s\t%d\t%s\t%d\t%d\n", b.Backend, weight, b.NewFlows, conns, b.Packets, b.Bytes)
 			}
 		}
 	}

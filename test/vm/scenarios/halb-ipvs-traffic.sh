@@ -28,4 +28,20 @@ if [ "$b1" -eq 0 ] || [ "$b2" -eq 0 ]; then
 	fail "one backend got nothing: b1 $b1, b2 $b2"
 fi
 run_to /tmp/stats ipvsadm -Ln --stats
+
+step "halb status shows IPVS's counters: $n connections, b1 $b1, b2 $b2"
+run_to /tmp/status.txt halb status -c /etc/halb/ipvs.yaml
+grep -q "(ipvs)" /tmp/status.txt || fail "halb status does not name the ipvs data path"
+run_to /tmp/status.json halb status --json -c /etc/halb/ipvs.yaml
+# IPVS's connection counters lag (the kernel sums them every 2 s), so the
+# service's must only have started; the connections each backend holds now
+# (active + inactive, the closed ones wait in TIME_WAIT) are exact.
+grep -q "\"datapath\":\"ipvs\",\"packets\":[1-9][0-9]*,\"bytes\":[1-9][0-9]*,\"new_flows\":[1-9][0-9]*," /tmp/status.json ||
+	fail "halb status --json counts no packets, bytes or connections for the service"
+for b in "$B1:8080 $b1" "$B2:8080 $b2"; do
+	set -- $b
+	conns=$(grep -o "\"backend\":\"$1\",[^}]*" /tmp/status.json | sed -n 's/.*"active_connections":\([0-9]*\),"inactive_connections":\([0-9]*\).*/\1 + \2/p')
+	[ -n "$conns" ] || fail "halb status --json has no connection counts for backend $1"
+	[ "$(($conns))" -eq "$2" ] || fail "halb status --json: backend $1 holds $conns connections, it answered $2"
+done
 halb_stop
