@@ -1,0 +1,593 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/netnstest"
+)
+
+// TestDaemon runs `halb run` itself (XDP, DR) on the network of TestDR, in
+// front of three backends and a sorry server, and shows what the daemon
+// adds to the data path:
+//
+//   - a backend whose server stops leaves the rotation within fall ×
+//     interval plus one interval, and comes back after rise successes;
+//   - with fewer healthy backends than the quorum, traffic goes to the
+//     sorry server;
+//   - 1000 requests and more through the VIP while three reloads add a backend,
+//     change a weight and add a service: none fails;
+//   - a reload with a broken file is refused, its errors logged by field
+//     path, and the running configuration keeps serving.
+func TestDaemon(t *testing.T) {
+	netnstest.Require(t)
+	halb := buildHalb(t)
+
+	sw := netnstest.New(t)
+	lan := newLAN(t, sw)
+	clientNS := netnstest.New(t)
+	lan.plug(clientNS, "sw-client", "192.0.2.10/24")
+	lb := netnstest.New(t)
+	lan.xdpPass(lan.plug(lb, "sw-lb", "192.0.2.2/24"))
+	servers := map[string]*server{}
+	for i, name := range []string{"be1", "be2", "be3", "be4", "sorry"} {
+		ns := netnstest.New(t)
+		lan.plug(ns, "sw-"+name, fmt.Sprintf("192.0.2.%d/24", 11+i))
+		holdVIP(t, ns)
+		servers[name] = startServer(t, ns, name, 80)
+		startServer(t, ns, name, 81) // the service the last reload adds
+	}
+	routeVIP(t, clientNS)
+	if err := clientNS.Do(func() error { return txChecksumOff("eth0") }); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	fs := filepath.Join(dir, "bpffs")
+	if err := os.Mkdir(fs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		var st unix.Statfs_t
+		if unix.Statfs(fs, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
+			_ = unix.Unmount(fs, 0)
+		}
+	})
+	d := &daemon{t: t, bin: halb, cfg: filepath.Join(dir, "halb.yaml"), sock: filepath.Join(dir, "halb.sock"), pins: filepath.Join(fs, "halb")}
+	d.write(daemonConfig{backends: []string{"be1", "be2", "be3"}, weight1: 1})
+	d.start(lb)
+
+	c := &client{ns: clientNS}
+	d.waitLive("web", "all three backends live", 3)
+	counts := c.spread(t, 40000, 60)
+	t.Logf("60 connections: %v", counts)
+	if len(counts) != 3 || total(counts) != 60 {
+		t.Fatalf("60 connections went to %v, want all three backends", counts)
+	}
+
+	t.Run("a failed backend leaves and comes back", func(t *testing.T) {
+		servers["be2"].stop()
+		stopped := time.Now()
+		d.waitLive("web", "be2 out of rotation", 2)
+		// fall × interval plus one interval, and the time it takes to
+		// see it: status is polled every 50 ms, and an apply is quick.
+		took, bound := time.Since(stopped), daemonFall*daemonInterval+daemonInterval
+		t.Logf("be2 out of rotation %s after its server stopped (bound %s)", took.Round(time.Millisecond), bound)
+		if took > bound+time.Second {
+			t.Errorf("be2 left the rotation after %s, want within %s", took, bound)
+		}
+		if counts := c.spread(t, 40100, 60); counts["be2"] != 0 || total(counts) != 60 {
+			t.Errorf("with be2 down: %v", counts)
+		}
+		servers["be2"].start()
+		back := time.Now()
+		d.waitLive("web", "be2 back", 3)
+		t.Logf("be2 back %s after its server started (rise %d × interval %s)", time.Since(back).Round(time.Millisecond), daemonRise, daemonInterval)
+		if counts := c.spread(t, 40200, 60); counts["be2"] == 0 {
+			t.Errorf("be2 got no connection once back: %v", counts)
+		}
+	})
+
+	t.Run("below quorum traffic goes to the sorry server", func(t *testing.T) {
+		servers["be1"].stop()
+		servers["be2"].stop()
+		d.waitLive("web", "the sorry server alone", 1, "192.0.2.15:80")
+		if counts := c.spread(t, 40300, 30); counts["sorry"] != 30 {
+			t.Errorf("one healthy backend of a quorum of 2: %v, want all 30 on the sorry server", counts)
+		}
+		servers["be1"].start()
+		servers["be2"].start()
+		d.waitLive("web", "quorum regained", 3)
+		if counts := c.spread(t, 40400, 30); counts["sorry"] != 0 || total(counts) != 30 {
+			t.Errorf("quorum regained: %v, want no connection on the sorry server", counts)
+		}
+	})
+
+	t.Run("requests through three reloads", func(t *testing.T) {
+		// Ports 42000 to 47999 for the requests.
+		load := c.load(4, 42000, 6000)
+		for _, step := range []struct {
+			what string
+			cfg  daemonConfig
+			want func() bool
+		}{
+			{"add be4", daemonConfig{backends: []string{"be1", "be2", "be3", "be4"}, weight1: 1},
+				func() bool { return len(d.live("web")) == 4 }},
+			{"weight 3 for be1", daemonConfig{backends: []string{"be1", "be2", "be3", "be4"}, weight1: 3},
+				func() bool { return d.weight("web", "192.0.2.11:80") == 3 }},
+			{"add a service on port 81", daemonConfig{backends: []string{"be1", "be2", "be3", "be4"}, weight1: 3, port81: true},
+				func() bool { return len(d.live("web81")) == 4 }},
+		} {
+			// Each reload with requests going on before and after it.
+			at := load.count()
+			for start := time.Now(); load.count() < at+150 && time.Since(start) < runTimeout; {
+				time.Sleep(10 * time.Millisecond)
+			}
+			d.write(step.cfg)
+			d.reload()
+			d.waitFor(step.what, step.want)
+		}
+		res := load.stop(t, max(load.count()+150, 1000))
+		n := total(res.answers) + len(res.failed)
+		t.Logf("%d requests through three reloads: %d failed, answers %v", n, len(res.failed), res.answers)
+		if len(res.failed) != 0 || n < 1000 {
+			t.Errorf("%d of %d requests failed: %v", len(res.failed), n, res.failed)
+		}
+		if res.answers["be4"] == 0 {
+			t.Errorf("be4, added by a reload during the load, answered none of the requests: %v", res.answers)
+		}
+		if counts := c.spreadTo(t, 81, 43500, 40); total(counts) != 40 || len(counts) != 4 {
+			t.Errorf("the service added by reload: %v, want 40 connections over four backends", counts)
+		}
+	})
+
+	t.Run("a broken file changes nothing", func(t *testing.T) {
+		if err := os.WriteFile(d.cfg, []byte(strings.Replace(d.text, "port: 81", "port: 0", 1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d.reload()
+		d.waitLog("services[1].port")
+		if n := len(d.live("web81")); n != 4 {
+			t.Errorf("web81 has %d live backends after a refused reload, want 4", n)
+		}
+		if counts := c.spreadTo(t, 81, 43600, 20); total(counts) != 20 {
+			t.Errorf("web81 after a refused reload: %v", counts)
+		}
+	})
+
+	d.stop()
+	if _, err := os.Stat(d.pins); !os.IsNotExist(err) {
+		t.Errorf("%s still there after halb run --cleanup stopped: %v", d.pins, err)
+	}
+}
+
+// routeVIP routes the VIP from ns through the balancer, 192.0.2.2.
+func routeVIP(t *testing.T, ns *netnstest.NS) {
+	t.Helper()
+	h := ns.Netlink(t)
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RouteAdd(&netlink.Route{
+		LinkIndex: eth0.Attrs().Index,
+		Dst:       &net.IPNet{IP: vip.AsSlice(), Mask: net.CIDRMask(32, 32)},
+		Gw:        net.IP{192, 0, 2, 2},
+	}); err != nil {
+		t.Fatalf("route the VIP through the balancer: %v", err)
+	}
+}
+
+// The health check of TestDaemon's services.
+const (
+	daemonInterval = 500 * time.Millisecond
+	daemonFall     = 2
+	daemonRise     = 2
+)
+
+type daemonConfig struct {
+	backends []string // of web, by name
+	weight1  int      // be1's weight
+	port81   bool     // the second service
+}
+
+var daemonAddrs = map[string]string{"be1": "192.0.2.11", "be2": "192.0.2.12", "be3": "192.0.2.13", "be4": "192.0.2.14"}
+
+// daemon is one `halb run --cleanup` in the balancer's namespace.
+type daemon struct {
+	t                    *testing.T
+	bin, cfg, sock, pins string
+	text                 string // the config last written
+	cmd                  *exec.Cmd
+	out                  *syncBuffer
+}
+
+func (d *daemon) write(c daemonConfig) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "control: {socket: %s, metrics: \"\"}\n", d.sock)
+	fmt.Fprintf(&b, "datapath: {mode: xdp, xdp_mode: native, interfaces: [eth0], bpffs: %s}\n", d.pins)
+	b.WriteString("services:\n")
+	service := func(name string, port int) {
+		fmt.Fprintf(&b, "  - name: %s\n    vip: %s\n    port: %d\n    quorum: 2\n    sorry_backend: 192.0.2.15:%d\n    backends:\n", name, vip, port, port)
+		for _, be := range c.backends {
+			w := 1
+			if be == "be1" {
+				w = c.weight1
+			}
+			fmt.Fprintf(&b, "      - {address: %s, weight: %d}\n", daemonAddrs[be], w)
+		}
+		fmt.Fprintf(&b, "    health_check: {type: tcp, interval: %s, timeout: 300ms, rise: %d, fall: %d}\n", daemonInterval, daemonRise, daemonFall)
+	}
+	service("web", 80)
+	if c.port81 {
+		service("web81", 81)
+	}
+	d.text = b.String()
+	if err := os.WriteFile(d.cfg, []byte(d.text), 0o600); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func (d *daemon) start(ns *netnstest.NS) {
+	t := d.t
+	d.out = &syncBuffer{}
+	d.cmd = exec.Command(d.bin, "run", "--cleanup", "-c", d.cfg)
+	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
+	if err := ns.Start(d.cmd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			_ = d.cmd.Process.Kill()
+			_ = d.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("halb's log:\n%s", d.out)
+		}
+	})
+}
+
+func (d *daemon) reload() {
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func (d *daemon) stop() {
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			d.t.Errorf("halb run: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		d.t.Fatal("halb did not stop within 20 s of SIGTERM")
+	}
+}
+
+// statusBackend is one backend in `halb status --json`.
+type statusBackend struct {
+	Backend string `json:"backend"`
+	Weight  uint32 `json:"weight"`
+	Live    bool   `json:"live"`
+}
+
+// backends asks the daemon for service name's backends in the data path.
+func (d *daemon) backends(name string) []statusBackend {
+	out, err := exec.Command(d.bin, "status", "--json", "-s", d.sock).Output()
+	if err != nil {
+		return nil
+	}
+	var st struct {
+		Services []struct {
+			Name     string          `json:"name"`
+			Backends []statusBackend `json:"backends"`
+		} `json:"services"`
+	}
+	if json.Unmarshal(out, &st) != nil {
+		return nil
+	}
+	for _, s := range st.Services {
+		if s.Name == name {
+			return s.Backends
+		}
+	}
+	return nil
+}
+
+// live returns the backends of service name that take new flows.
+func (d *daemon) live(name string) []string {
+	var out []string
+	for _, b := range d.backends(name) {
+		if b.Live {
+			out = append(out, b.Backend)
+		}
+	}
+	return out
+}
+
+func (d *daemon) weight(name, backend string) uint32 {
+	for _, b := range d.backends(name) {
+		if b.Backend == backend {
+			return b.Weight
+		}
+	}
+	return 0
+}
+
+// waitLive waits until service name has n live backends, and, when given,
+// these among them.
+func (d *daemon) waitLive(name, what string, n int, among ...string) {
+	d.waitFor(what, func() bool {
+		live := d.live(name)
+		for _, want := range among {
+			if !strings.Contains(strings.Join(live, " "), want) {
+				return false
+			}
+		}
+		return len(live) == n
+	})
+}
+
+func (d *daemon) waitFor(what string, ok func() bool) {
+	d.t.Helper()
+	for start := time.Now(); !ok(); time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			d.t.Fatalf("%s: not within 20 s; halb status has %+v", what, d.backends("web"))
+		}
+	}
+}
+
+func (d *daemon) waitLog(text string) {
+	d.t.Helper()
+	d.waitFor("halb logs "+text, func() bool { return strings.Contains(d.out.String(), text) })
+}
+
+// server is a backend's TCP server, as serve's, that can stop and start.
+type server struct {
+	t    *testing.T
+	ns   *netnstest.NS
+	name string
+	port int
+	mu   sync.Mutex
+	ln   net.Listener
+}
+
+func startServer(t *testing.T, ns *netnstest.NS, name string, port int) *server {
+	s := &server{t: t, ns: ns, name: name, port: port}
+	s.start()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *server) start() {
+	var ln net.Listener
+	err := s.ns.Do(func() error {
+		var err error
+		// Every address: the VIP for traffic, its own for health checks.
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", s.port))
+		return err
+	})
+	if err != nil {
+		s.t.Fatalf("%s: listen on port %d: %v", s.name, s.port, err)
+	}
+	s.mu.Lock()
+	s.ln = ln
+	s.mu.Unlock()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_ = conn.SetDeadline(time.Now().Add(2 * runTimeout))
+				fmt.Fprintf(conn, "%s\n", s.name)
+				sc := bufio.NewScanner(conn)
+				for sc.Scan() {
+					fmt.Fprintf(conn, "%s: %s\n", s.name, sc.Text())
+				}
+			}()
+		}
+	}()
+}
+
+// stop closes the listener: new connections are refused, as when the
+// server process ends.
+func (s *server) stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln != nil {
+		s.ln.Close()
+		s.ln = nil
+	}
+}
+
+// spreadTo is spread to another port of the VIP.
+func (c *client) spreadTo(t *testing.T, port uint16, first, n int) map[string]int {
+	t.Helper()
+	counts := map[string]int{}
+	err := c.ns.Do(func() error {
+		for i := range n {
+			cn, err := dialTo(netip.AddrPortFrom(vip, port), first+i)
+			if err != nil {
+				return fmt.Errorf("connection %d of %d: %w", i+1, n, err)
+			}
+			counts[cn.backend]++
+			cn.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v (so far %v)", err, counts)
+	}
+	return counts
+}
+
+// dialTo is dial to dst.
+func dialTo(dst netip.AddrPort, port int) (*conn, error) {
+	d := net.Dialer{Timeout: opTimeout, LocalAddr: &net.TCPAddr{IP: clientIP.AsSlice(), Port: port}}
+	nc, err := d.Dial("tcp", dst.String())
+	if err != nil {
+		return nil, err
+	}
+	c := &conn{Conn: nc, r: bufio.NewReader(nc)}
+	_ = nc.SetDeadline(time.Now().Add(opTimeout))
+	line, err := c.r.ReadString('\n')
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("read the greeting from port %d: %w", port, err)
+	}
+	c.backend = strings.TrimSpace(line)
+	return c, nil
+}
+
+// loadResult is what a load run saw.
+type loadResult struct {
+	answers map[string]int
+	failed  []string
+}
+
+// loadRun is requests to the VIP from several workers at once, until
+// stopped.
+type loadRun struct {
+	mu    sync.Mutex
+	res   loadResult
+	next  int // the next request's number
+	max   int
+	stopc chan struct{}
+	done  chan struct{}
+}
+
+// load starts workers that make requests to the VIP, each on a fresh
+// connection from its own port (first, first+1, ...): connect, read the
+// greeting, send a line and read the answer. It makes at most max
+// requests, and runs at most runTimeout.
+func (c *client) load(workers, first, max int) *loadRun {
+	r := &loadRun{res: loadResult{answers: map[string]int{}}, max: max, stopc: make(chan struct{}), done: make(chan struct{})}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.ns.Do(func() error {
+				deadline := time.Now().Add(runTimeout)
+				for time.Now().Before(deadline) {
+					select {
+					case <-r.stopc:
+						return nil
+					default:
+					}
+					r.mu.Lock()
+					i := r.next
+					r.next++
+					r.mu.Unlock()
+					if i >= r.max {
+						return nil
+					}
+					backend, err := request(first + i)
+					r.mu.Lock()
+					if err != nil {
+						r.res.failed = append(r.res.failed, fmt.Sprintf("request %d: %v", i, err))
+					} else {
+						r.res.answers[backend]++
+					}
+					r.mu.Unlock()
+					time.Sleep(5 * time.Millisecond) // a steady load, not a flood
+				}
+				return nil
+			})
+		}()
+	}
+	go func() { wg.Wait(); close(r.done) }()
+	return r
+}
+
+// count is how many requests have ended.
+func (r *loadRun) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return total(r.res.answers) + len(r.res.failed)
+}
+
+// stop stops the workers once n requests have ended, and returns what
+// they saw.
+func (r *loadRun) stop(t *testing.T, n int) loadResult {
+	t.Helper()
+	for start := time.Now(); r.count() < n; time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > runTimeout {
+			t.Fatalf("%d of %d requests in %s", r.count(), n, runTimeout)
+		}
+	}
+	close(r.stopc)
+	<-r.done
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.res
+}
+
+// request is one request on a fresh connection from port.
+func request(port int) (string, error) {
+	cn, err := dialTo(netip.AddrPortFrom(vip, 80), port)
+	if err != nil {
+		return "", err
+	}
+	defer cn.Close()
+	if _, err := fmt.Fprintf(cn, "hello\n"); err != nil {
+		return "", err
+	}
+	line, err := cn.r.ReadString('\n')
+	if want := cn.backend + ": hello\n"; err != nil || line != want {
+		return "", fmt.Errorf("answer %q (%v), want %q", line, err, want)
+	}
+	return cn.backend, nil
+}
+
+// buildHalb builds ./cmd/halb for the test.
+func buildHalb(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "halb")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/halb-lb/halb/cmd/halb")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build halb: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// syncBuffer is a bytes.Buffer that a process writes while the test
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
