@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/internal/netnstest"
 )
@@ -37,42 +36,14 @@ import (
 func TestDaemon(t *testing.T) {
 	netnstest.Require(t)
 	halb := buildHalb(t)
-
-	sw := netnstest.New(t)
-	lan := newLAN(t, sw)
-	clientNS := netnstest.New(t)
-	lan.plug(clientNS, "sw-client", "192.0.2.10/24")
-	lb := netnstest.New(t)
-	lan.xdpPass(lan.plug(lb, "sw-lb", "192.0.2.2/24"))
-	servers := map[string]*server{}
-	for i, name := range []string{"be1", "be2", "be3", "be4", "sorry"} {
-		ns := netnstest.New(t)
-		lan.plug(ns, "sw-"+name, fmt.Sprintf("192.0.2.%d/24", 11+i))
-		holdVIP(t, ns)
-		servers[name] = startServer(t, ns, name, 80)
-		startServer(t, ns, name, 81) // the service the last reload adds
-	}
-	routeVIP(t, clientNS)
-	if err := clientNS.Do(func() error { return txChecksumOff("eth0") }); err != nil {
-		t.Fatal(err)
-	}
-
-	dir := t.TempDir()
-	fs := filepath.Join(dir, "bpffs")
-	if err := os.Mkdir(fs, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		var st unix.Statfs_t
-		if unix.Statfs(fs, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
-			_ = unix.Unmount(fs, 0)
-		}
-	})
-	d := &daemon{t: t, bin: halb, cfg: filepath.Join(dir, "halb.yaml"), sock: filepath.Join(dir, "halb.sock"), pins: filepath.Join(fs, "halb")}
+	n := newDaemonNet(t, "lb")
+	routeVIP(t, n.client)
+	servers := n.servers
+	d := n.daemon(t, halb, "lb")
 	d.write(daemonConfig{backends: []string{"be1", "be2", "be3"}, weight1: 1})
-	d.start(lb)
+	d.start(n.lbs["lb"])
 
-	c := &client{ns: clientNS}
+	c := &client{ns: n.client}
 	d.waitLive("web", "all three backends live", 3)
 	counts := c.spread(t, 40000, 60)
 	t.Logf("60 connections: %v", counts)
@@ -204,6 +175,9 @@ type daemonConfig struct {
 	backends []string // of web, by name
 	weight1  int      // be1's weight
 	port81   bool     // the second service
+	// With a priority, a VRRP instance (v3, 100 ms adverts) holds the
+	// VIP on eth0.
+	vrrpPriority int
 }
 
 var daemonAddrs = map[string]string{"be1": "192.0.2.11", "be2": "192.0.2.12", "be3": "192.0.2.13", "be4": "192.0.2.14"}
@@ -236,6 +210,9 @@ func (d *daemon) write(c daemonConfig) {
 	service("web", 80)
 	if c.port81 {
 		service("web81", 81)
+	}
+	if c.vrrpPriority > 0 {
+		fmt.Fprintf(&b, "vrrp:\n  instances:\n    - {name: VI_1, interface: eth0, vrid: 51, version: 3, priority: %d, advert_interval: 100ms, virtual_ips: [%s/32]}\n", c.vrrpPriority, vip)
 	}
 	d.text = b.String()
 	if err := os.WriteFile(d.cfg, []byte(d.text), 0o600); err != nil {
