@@ -20,8 +20,10 @@ import (
 // a Backup does not hold the VIPs, so its copy of the rules matches
 // nothing. That way a failover never waits for a firewall change.
 //
-// VRRPv2 (RFC 3768) has no Accept_Mode: its instances are never filtered,
-// whatever `accept` says, as keepalived does outside vrrp_strict.
+// Which instances are filtered is config.Instance.NoAccept's to say, so
+// that `halb check` tells the same story. VRRPv2 (RFC 3768) has no
+// Accept_Mode: its instances are never filtered, whatever `accept` says,
+// as keepalived does outside vrrp_strict.
 
 // IP protocol numbers the rules match on.
 const (
@@ -83,12 +85,6 @@ func (r AcceptRule) String() string {
 	return b.String()
 }
 
-// Filtered reports whether the instance's VIPs are filtered: a VRRPv3
-// instance with Accept_Mode False that is not the address owner.
-func Filtered(in config.Instance) bool {
-	return in.Version == 3 && !in.Accept && in.Priority != 255 && len(in.VirtualIPs) > 0
-}
-
 // ICMP types a filtered VIP still accepts.
 var (
 	// Errors about traffic the node sent from the VIP, halb's services
@@ -105,7 +101,7 @@ var (
 )
 
 // AcceptRules returns the filter that enforces Accept_Mode for c: for each
-// VIP of a filtered instance, accept halb's own services on it (IPVS
+// VIP of an instance that is NoAccept, accept halb's own services on it (IPVS
 // takes them after the filter; the eBPF data path takes them before it),
 // ICMP errors and Neighbor Discovery, and drop the rest. It is empty when
 // no instance is filtered.
@@ -113,7 +109,7 @@ func AcceptRules(c *config.Config) []AcceptRule {
 	var rules []AcceptRule
 	seen := map[netip.Addr]bool{}
 	for _, in := range c.VRRP.Instances {
-		if !Filtered(in) {
+		if !in.NoAccept() {
 			continue
 		}
 		for _, p := range in.VirtualIPs {
