@@ -9,11 +9,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/halb-lb/halb/config"
 )
 
 // halb itself: a v3 Master with accept: false filters its VIP, one with
-// accept: true or as the address owner does not; a reload that turns
-// accept on removes the filter, and exit removes it.
+// accept: true or as the address owner does not, and clears a table a
+// killed halb left; a reload that turns accept on removes the filter, and
+// exit removes it.
 func TestAcceptMode(t *testing.T) {
 	vip := netip.MustParseAddr("192.0.2.100")
 	conf := func(priority int, accept bool) string {
@@ -55,6 +58,15 @@ vrrp:
 			table, err := OpenAcceptTable(int(l.ns[0].Handle()))
 			if err != nil {
 				t.Fatal(err)
+			}
+			if tc.want != closed {
+				// A table left by a killed halb that filtered: the start
+				// must clear it.
+				left := &config.Config{VRRP: config.VRRP{Instances: []config.Instance{{Name: "VI_A", Version: 3, Priority: 100,
+					VirtualIPs: []netip.Prefix{netip.PrefixFrom(vip, 24)}}}}}
+				if err := table.Apply(AcceptRules(left)); err != nil {
+					t.Fatal(err)
+				}
 			}
 			n := newNode(t, "a", l.ns[0], conf(tc.priority, tc.accept))
 			n.start(t)
