@@ -48,13 +48,20 @@ func (e *Error) Error() string {
 		if i > 0 {
 			b.WriteByte('\n')
 		}
-		b.WriteString(e.File)
-		if p.Line > 0 {
-			fmt.Fprintf(&b, ":%d", p.Line)
-		}
-		b.WriteString(": ")
-		b.WriteString(p.String())
+		b.WriteString(p.In(e.File))
 	}
+	return b.String()
+}
+
+// In prints the problem as found in file: FILE:LINE: PATH: MESSAGE.
+func (p Problem) In(file string) string {
+	var b strings.Builder
+	b.WriteString(file)
+	if p.Line > 0 {
+		fmt.Fprintf(&b, ":%d", p.Line)
+	}
+	b.WriteString(": ")
+	b.WriteString(p.String())
 	return b.String()
 }
 

@@ -40,6 +40,7 @@ type Daemon struct {
 	Cleanup bool
 
 	vrrp   *vrrpSet
+	accept *acceptFilter
 	mode   string           // the data path the probe chose
 	dp     service.Datapath // nil while there are no services
 	health *health.Monitor
@@ -139,6 +140,15 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()
 
+	// The accept filter is in place before any instance can become
+	// Master, and goes after every instance has given its VIPs up.
+	accept, err := newAcceptFilter(d.log)
+	if err != nil {
+		return fmt.Errorf("accept_mode filter: %w", err)
+	}
+	d.accept = accept
+	d.accept.apply(d.cfg)
+	defer d.accept.remove()
 	d.vrrp = newVRRPSet(d.log)
 	d.vrrp.apply(d.cfg.VRRP)
 	cctx, stopControl := context.WithCancel(ctx)
@@ -165,6 +175,7 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 			if err := d.apply(ctx); err != nil {
 				d.log.Error("resync of the data path failed", "err", err)
 			}
+			d.accept.apply(d.cfg) // only when the last change failed
 		case <-d.healthChanged:
 			if err := d.apply(ctx); err != nil {
 				d.log.Error("backend weights not fully programmed; retrying at the next resync", "err", err)
@@ -214,6 +225,9 @@ func (d *Daemon) Reload() error {
 			d.log.Error("config rejected, keeping the running one", "err", err)
 			return err
 		}
+	}
+	if d.accept != nil {
+		d.accept.apply(cfg) // only when the rules changed
 	}
 	if d.vrrp != nil {
 		d.vrrp.apply(cfg.VRRP)

@@ -65,7 +65,8 @@ func (s *vrrpSet) apply(c config.VRRP) {
 	var stopping []*runningInstance
 	for name, r := range s.running {
 		ic, ok := want[name]
-		if ok && reflect.DeepEqual(ic, r.cfg) && sigs[name] == r.group {
+		if ok && sameInstance(ic, r.cfg) && sigs[name] == r.group {
+			r.cfg = ic
 			continue
 		}
 		if ok {
@@ -127,6 +128,14 @@ func (s *vrrpSet) apply(c config.VRRP) {
 	s.mu.Unlock()
 }
 
+// sameInstance reports whether a running instance configured as b can go
+// on as a. Accept_Mode does not count: the accept filter carries it out,
+// and a reload that changes it changes the filter, not the instance.
+func sameInstance(a, b config.Instance) bool {
+	a.Accept, b.Accept = false, false
+	return reflect.DeepEqual(a, b)
+}
+
 // stopAll stops every instance: each gives its VIPs up and, as Master,
 // sends priority 0 so the backup takes over after skew time.
 func (s *vrrpSet) stopAll() {
@@ -144,4 +153,67 @@ func (s *vrrpSet) instances() []*vrrp.Instance {
 		}
 	}
 	return out
+}
+
+// acceptFilter keeps the kernel's Accept_Mode filter (vrrp.AcceptRules) equal
+// to what the configuration in force asks for. It is a function of the
+// configuration alone, so that failover never waits on it.
+type acceptFilter struct {
+	log     *slog.Logger
+	table   *vrrp.AcceptTable
+	applied []vrrp.AcceptRule
+	// stale is set while the kernel may not hold applied: at start (a
+	// killed halb may have left a table) and after a change failed.
+	stale bool
+}
+
+func newAcceptFilter(log *slog.Logger) (*acceptFilter, error) {
+	table, err := vrrp.OpenAcceptTable(0)
+	if err != nil {
+		return nil, err
+	}
+	return &acceptFilter{log: log, table: table, stale: true}, nil
+}
+
+// apply installs c's rules when they differ from the ones in force or the
+// last change failed; otherwise it does nothing.
+func (a *acceptFilter) apply(c *config.Config) {
+	rules := vrrp.AcceptRules(c)
+	if !a.stale && slices.Equal(rules, a.applied) {
+		return
+	}
+	table := "inet " + vrrp.AcceptTableName
+	if err := a.table.Apply(rules); err != nil {
+		a.stale = true
+		a.log.Error("accept_mode filter not installed; retrying at the next resync: a master will accept all traffic to its vips",
+			"table", table, "err", err, "fix", "a kernel with nf_tables, or accept: true on the v3 instances")
+		return
+	}
+	had := len(a.applied) > 0
+	a.applied, a.stale = rules, false
+	var vips []string
+	for _, r := range rules {
+		if r.Drop {
+			vips = append(vips, r.Dst.String())
+		}
+	}
+	switch {
+	case len(vips) > 0:
+		a.log.Info("accept_mode filter installed", "table", table, "vips", strings.Join(vips, ","),
+			"effect", "as master, these vips take only halb's services, icmp errors and neighbour discovery; accept: true lifts it")
+	case had:
+		a.log.Info("accept_mode filter removed", "table", table)
+	}
+}
+
+// remove takes the filter out of the kernel, at exit.
+func (a *acceptFilter) remove() {
+	if err := a.table.Remove(); err != nil {
+		a.log.Error("accept_mode filter not removed", "table", "inet "+vrrp.AcceptTableName, "err", err,
+			"fix", "nft delete table inet "+vrrp.AcceptTableName)
+		return
+	}
+	if len(a.applied) > 0 {
+		a.log.Info("accept_mode filter removed", "table", "inet "+vrrp.AcceptTableName)
+	}
 }

@@ -5,7 +5,8 @@
 // The advert codec (advert.go) and the state machine are pure: they take
 // bytes, addresses and times and give back decisions, and run in tests without
 // root. Only the *_linux.go files touch the system (raw sockets, multicast
-// membership, netlink for virtual addresses); nothing else in this package may
-// make a syscall. The codec's golden vectors are keepalived's own adverts,
-// captured by testdata/capture.sh.
+// membership, netlink for virtual addresses, nf_tables for the Accept_Mode
+// filter); nothing else in this package may make a syscall. The codec's
+// golden vectors are keepalived's own adverts, captured by
+// testdata/capture.sh.
 package vrrp

@@ -30,7 +30,11 @@ func newCheckCmd(f *flags) *cobra.Command {
 // writeSummary prints one screen that lets a person see what halb will do
 // with the file: the instances it runs and the services it balances.
 func writeSummary(w io.Writer, path string, c *config.Config) error {
-	fmt.Fprintf(w, "%s: valid\n\n", path)
+	fmt.Fprintf(w, "%s: valid\n", path)
+	for _, n := range config.Notes(path, c) {
+		fmt.Fprintln(w, n.In(path))
+	}
+	fmt.Fprintln(w)
 	if c.Datapath.Mode == config.ModeIPVS {
 		fmt.Fprintf(w, "datapath  mode ipvs\n\n")
 	} else {
