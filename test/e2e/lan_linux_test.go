@@ -523,15 +523,41 @@ func (c *conn) ping(t *testing.T, when string) {
 	}
 }
 
+// echo sends line on an open connection and wants it back from its
+// backend.
+func (c *conn) echo(t *testing.T, line string) {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(opTimeout))
+	if _, err := fmt.Fprintf(c, "%s\n", line); err != nil {
+		t.Fatalf("write %d bytes to %s: %v", len(line), c.backend, err)
+	}
+	got, err := c.r.ReadString('\n')
+	if want := c.backend + ": " + line + "\n"; err != nil || got != want {
+		t.Fatalf("%d bytes to %s: answer of %d bytes (%v), want %d", len(line), c.backend, len(got), err, len(want))
+	}
+}
+
 // txChecksumOff turns TX checksum offload off on ifname, as `ethtool -K
-// ifname tx off` does (SIOCETHTOOL, ETHTOOL_STXCSUM).
+// ifname tx off` does.
 func txChecksumOff(ifname string) error {
+	return ethtoolOff(ifname, unix.ETHTOOL_STXCSUM, "tx checksum offload")
+}
+
+// tsoOff turns TCP segmentation offload off on ifname, as `ethtool -K
+// ifname tso off` does.
+func tsoOff(ifname string) error {
+	return ethtoolOff(ifname, unix.ETHTOOL_STSO, "tcp segmentation offload")
+}
+
+// ethtoolOff sets the ethtool feature that cmd, an ETHTOOL_S* command, sets
+// to off on ifname (SIOCETHTOOL).
+func ethtoolOff(ifname string, cmd uint32, what string) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	value := struct{ cmd, data uint32 }{cmd: unix.ETHTOOL_STXCSUM}
+	value := struct{ cmd, data uint32 }{cmd: cmd}
 	var ifr struct {
 		name [unix.IFNAMSIZ]byte
 		data unsafe.Pointer
@@ -540,7 +566,7 @@ func txChecksumOff(ifname string) error {
 	copy(ifr.name[:], ifname)
 	ifr.data = unsafe.Pointer(&value)
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); errno != 0 {
-		return fmt.Errorf("turn tx checksum offload off on %s: %w", ifname, errno)
+		return fmt.Errorf("turn %s off on %s: %w", what, ifname, errno)
 	}
 	return nil
 }

@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,6 +58,20 @@ func testTUN(t *testing.T, mode, xdpMode string, hook loader.Hook) {
 	var decaps []*decapObjects
 	for i, b := range backends {
 		decaps = append(decaps, decapsulate(t, bed.backends[i], b.addr, b.addr6))
+		roomForTunnel(t, bed.backends[i])
+	}
+	if hook == loader.HookXDPGeneric {
+		// Over a veth, a sender with TSO hands generic XDP packets of
+		// up to 64 KB, which the program cannot tunnel: the outer one
+		// would exceed the MTU, and XDP cannot segment (too-big). A
+		// sender behind a real NIC sends no packet larger than the
+		// MTU, and GRO is off on an interface with generic XDP. tc
+		// sees the same packets as GSO and leaves their MTU to the
+		// segmentation at egress; native XDP on a veth turns GSO off
+		// on the peer.
+		if err := bed.client.ns.Do(func() error { return tsoOff("eth0") }); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// The program asks the kernel's FIB for the tunnels' next hops, which
 	// it answers only for an interface that forwards. The balancer still
@@ -117,6 +133,9 @@ func testTUN(t *testing.T, mode, xdpMode string, hook loader.Hook) {
 		keep := c.connect(t, 39999)
 		defer keep.Close()
 		keep.ping(t, "before the drain")
+		// More than one segment: the largest segments fit through
+		// the tunnel too.
+		keep.echo(t, strings.Repeat("x", 8000))
 		keeps = append(keeps, keep)
 	}
 	for i := range services {
@@ -148,6 +167,11 @@ func testTUN(t *testing.T, mode, xdpMode string, hook loader.Hook) {
 		t.Fatal(err)
 	}
 	t.Logf("data path drops: %v", drops)
+	for reason, n := range drops {
+		if n != 0 {
+			t.Errorf("the data path dropped %d packets as %s", n, reason)
+		}
+	}
 	if err := dp.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
@@ -180,6 +204,35 @@ func decapsulate(t *testing.T, ns *netnstest.NS, end4, end6 netip.Addr) *decapOb
 	}
 	attachXDP(t, ns, objs.HalbtestDecap, eth0.Attrs().Index)
 	return &objs
+}
+
+// roomForTunnel has a backend advertise a TCP MSS that leaves room for the
+// outer header on the balancer's 1500-byte link: 1440 over IPv4 (1500 - 20
+// outer - 20 inner - 20 TCP), 1400 over IPv6 (1500 - 40 - 40 - 20), on
+// host routes to the client. A client's full-size segment would otherwise
+// not fit in the tunnel, and the balancer drops it (too-big) without
+// telling the client.
+func roomForTunnel(t *testing.T, ns *netnstest.NS) {
+	t.Helper()
+	h := ns.Netlink(t)
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct {
+		dst netip.Addr
+		mss int
+	}{{clientIP, 1440}, {clientIP6, 1400}} {
+		err := h.RouteAdd(&netlink.Route{
+			LinkIndex: eth0.Attrs().Index,
+			Scope:     netlink.SCOPE_LINK,
+			Dst:       &net.IPNet{IP: r.dst.AsSlice(), Mask: net.CIDRMask(r.dst.BitLen(), r.dst.BitLen())},
+			AdvMSS:    r.mss,
+		})
+		if err != nil {
+			t.Fatalf("route to the client %s with advmss %d: %v", r.dst, r.mss, err)
+		}
+	}
 }
 
 // readDecap reads a decapsulator's counters.
