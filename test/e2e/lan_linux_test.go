@@ -293,6 +293,16 @@ func newLAN(t *testing.T, sw *netnstest.NS) *lan {
 func (l *lan) plug(ns *netnstest.NS, swName string, addrs ...netip.Addr) int {
 	t := l.t
 	t.Helper()
+	// No duplicate address detection, for the link-local address either:
+	// the test made every address on this LAN, and until DAD of the
+	// link-local one ends (a second or two) neighbour discovery of the
+	// others does not complete.
+	err := ns.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: swName, MasterIndex: l.bridge},
 		PeerName:      "eth0",
@@ -318,8 +328,6 @@ func (l *lan) plug(ns *netnstest.NS, swName string, addrs ...netip.Addr) int {
 		if a.Is6() {
 			bits = 64
 		}
-		// No duplicate address detection: the address is usable at
-		// once, and the test made every address on this LAN.
 		na := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}, Flags: unix.IFA_F_NODAD}
 		if err := h.AddrAdd(eth0, na); err != nil {
 			t.Fatalf("add %s to eth0 of %s: %v", a, swName, err)
