@@ -30,7 +30,7 @@ generate:
 # The bpf2go outputs are committed so that a plain `go build` needs no
 # clang; this proves they are what the C sources compile to.
 generate-check: generate
-	@git diff --exit-code -- loader bpf || { echo "generated eBPF files are stale: run make generate and commit them" >&2; exit 1; }
+	@git diff --exit-code -- loader bpf test/e2e || { echo "generated eBPF files are stale: run make generate and commit them" >&2; exit 1; }
 
 # The parsers of bytes from the network and from users, fuzzed for
 # FUZZTIME each. Not part of `make test`: it runs until the time is up.

@@ -6,3 +6,8 @@
 // must never send a packet outside the namespaces they make, and use
 // documentation addresses only (RFC 5737, RFC 3849).
 package e2e
+
+// decap.c is TestTUN's decapsulator on the backends; its compiled objects
+// are committed, like the loader's, so that the tests need no clang.
+//
+//go:generate go tool bpf2go -tags linux decap decap.c -- -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu -idirafter /usr/include/arm-linux-gnueabihf -O2 -g -Wall -Werror -mcpu=v3
