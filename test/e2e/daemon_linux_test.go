@@ -43,7 +43,7 @@ func TestDaemon(t *testing.T) {
 	d.write(daemonConfig{backends: []string{"be1", "be2", "be3"}, weight1: 1})
 	d.start(n.lbs["lb"])
 
-	c := &client{ns: n.client}
+	c := &client{ns: n.client, src: clientIP, vip: vip}
 	d.waitLive("web", "all three backends live", 3)
 	counts := c.spread(t, 40000, 60)
 	t.Logf("60 connections: %v", counts)
@@ -337,18 +337,23 @@ func (d *daemon) waitLog(text string) {
 	d.waitFor("halb logs "+text, func() bool { return strings.Contains(d.out.String(), text) })
 }
 
-// server is a backend's TCP server, as serve's, that can stop and start.
+// server is a backend's TCP server, which can stop and start: it greets
+// each connection with its name, then answers each line it reads with
+// "name: line".
 type server struct {
 	t    *testing.T
 	ns   *netnstest.NS
 	name string
-	port int
+	addr netip.AddrPort // a zero address: every address
 	mu   sync.Mutex
 	ln   net.Listener
 }
 
-func startServer(t *testing.T, ns *netnstest.NS, name string, port int) *server {
-	s := &server{t: t, ns: ns, name: name, port: port}
+// startServer starts a server on addr and port in ns. With a zero addr it
+// listens on every address: the VIP for traffic, its own for health checks.
+func startServer(t *testing.T, ns *netnstest.NS, name string, addr netip.Addr, port uint16) *server {
+	t.Helper()
+	s := &server{t: t, ns: ns, name: name, addr: netip.AddrPortFrom(addr, port)}
 	s.start()
 	t.Cleanup(s.stop)
 	return s
@@ -358,12 +363,15 @@ func (s *server) start() {
 	var ln net.Listener
 	err := s.ns.Do(func() error {
 		var err error
-		// Every address: the VIP for traffic, its own for health checks.
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", s.port))
+		a := s.addr.String()
+		if !s.addr.Addr().IsValid() {
+			a = fmt.Sprintf(":%d", s.addr.Port())
+		}
+		ln, err = net.Listen("tcp", a)
 		return err
 	})
 	if err != nil {
-		s.t.Fatalf("%s: listen on port %d: %v", s.name, s.port, err)
+		s.t.Fatalf("%s: listen on %s: %v", s.name, s.addr, err)
 	}
 	s.mu.Lock()
 	s.ln = ln
@@ -404,7 +412,7 @@ func (c *client) spreadTo(t *testing.T, port uint16, first, n int) map[string]in
 	counts := map[string]int{}
 	err := c.ns.Do(func() error {
 		for i := range n {
-			cn, err := dialTo(netip.AddrPortFrom(vip, port), first+i)
+			cn, err := c.dialService(port, first+i)
 			if err != nil {
 				return fmt.Errorf("connection %d of %d: %w", i+1, n, err)
 			}
@@ -417,24 +425,6 @@ func (c *client) spreadTo(t *testing.T, port uint16, first, n int) map[string]in
 		t.Fatalf("%v (so far %v)", err, counts)
 	}
 	return counts
-}
-
-// dialTo is dial to dst.
-func dialTo(dst netip.AddrPort, port int) (*conn, error) {
-	d := net.Dialer{Timeout: opTimeout, LocalAddr: &net.TCPAddr{IP: clientIP.AsSlice(), Port: port}}
-	nc, err := d.Dial("tcp", dst.String())
-	if err != nil {
-		return nil, err
-	}
-	c := &conn{Conn: nc, r: bufio.NewReader(nc)}
-	_ = nc.SetDeadline(time.Now().Add(opTimeout))
-	line, err := c.r.ReadString('\n')
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("read the greeting from port %d: %w", port, err)
-	}
-	c.backend = strings.TrimSpace(line)
-	return c, nil
 }
 
 // loadResult is what a load run saw.
@@ -480,7 +470,7 @@ func (c *client) load(workers, first, max int) *loadRun {
 					if i >= r.max {
 						return nil
 					}
-					backend, err := request(first + i)
+					backend, err := c.request(first + i)
 					r.mu.Lock()
 					if err != nil {
 						r.res.failed = append(r.res.failed, fmt.Sprintf("request %d: %v", i, err))
@@ -522,8 +512,8 @@ func (r *loadRun) stop(t *testing.T, n int) loadResult {
 }
 
 // request is one request on a fresh connection from port.
-func request(port int) (string, error) {
-	cn, err := dialTo(netip.AddrPortFrom(vip, 80), port)
+func (c *client) request(port int) (string, error) {
+	cn, err := c.dial(port)
 	if err != nil {
 		return "", err
 	}

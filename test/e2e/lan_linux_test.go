@@ -417,33 +417,7 @@ func holdVIP(t *testing.T, ns *netnstest.NS) {
 // with name, then answers each line it reads with "name: line".
 func serve(t *testing.T, ns *netnstest.NS, name string, addr netip.Addr) {
 	t.Helper()
-	var ln net.Listener
-	err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 80).String())
-		return err
-	})
-	if err != nil {
-		t.Fatalf("%s: listen on %s: %v", name, addr, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				_ = conn.SetDeadline(time.Now().Add(2 * runTimeout))
-				fmt.Fprintf(conn, "%s\n", name)
-				sc := bufio.NewScanner(conn)
-				for sc.Scan() {
-					fmt.Fprintf(conn, "%s: %s\n", name, sc.Text())
-				}
-			}()
-		}
-	}()
+	startServer(t, ns, name, addr, 80)
 }
 
 // client makes connections from src in the client namespace to vip.
@@ -461,9 +435,12 @@ type conn struct {
 
 // dial connects from the client's port to the VIP and reads the greeting.
 // It runs on a thread in the client's namespace.
-func (c *client) dial(port int) (*conn, error) {
+func (c *client) dial(port int) (*conn, error) { return c.dialService(80, port) }
+
+// dialService is dial to another port of the VIP.
+func (c *client) dialService(svcPort uint16, port int) (*conn, error) {
 	d := net.Dialer{Timeout: opTimeout, LocalAddr: &net.TCPAddr{IP: c.src.AsSlice(), Port: port}}
-	nc, err := d.Dial("tcp", netip.AddrPortFrom(c.vip, 80).String())
+	nc, err := d.Dial("tcp", netip.AddrPortFrom(c.vip, svcPort).String())
 	if err != nil {
 		return nil, err
 	}

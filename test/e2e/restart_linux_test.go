@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,7 +40,7 @@ func TestHitlessRestart(t *testing.T) {
 	d.start(n.lbs["lb"])
 	d.waitLive("web", "all three backends live", 3)
 
-	c := &client{ns: n.client}
+	c := &client{ns: n.client, src: clientIP, vip: vip}
 	conns := c.connectMany(t, 50000, nConns)
 	progID := n.xdpProgram(t, "lb")
 	before := ctKeys(t, d.pins)
@@ -132,7 +133,7 @@ func TestFailoverKeepsFlows(t *testing.T) {
 		d.waitLive("web", "all three backends live", 3)
 	}
 
-	c := &client{ns: n.client}
+	c := &client{ns: n.client, src: clientIP, vip: vip}
 	conns := c.connectMany(t, 51000, nConns)
 	spread := map[string]int{}
 	for _, cn := range conns {
@@ -187,19 +188,19 @@ func newDaemonNet(t *testing.T, balancers ...string) *daemonNet {
 	n := &daemonNet{lbs: map[string]*netnstest.NS{}, servers: map[string]*server{}, dir: t.TempDir()}
 	n.lan = newLAN(t, netnstest.New(t))
 	n.client = netnstest.New(t)
-	n.lan.plug(n.client, "sw-client", "192.0.2.10/24")
+	n.lan.plug(n.client, "sw-client", clientIP)
 	for i, name := range balancers {
 		ns := netnstest.New(t)
 		// XDP_TX into a veth needs an XDP program on its peer.
-		n.lan.xdpPass(n.lan.plug(ns, "sw-"+name, fmt.Sprintf("192.0.2.%d/24", 2+i)))
+		n.lan.xdpPass(n.lan.plug(ns, "sw-"+name, netip.AddrFrom4([4]byte{192, 0, 2, byte(2 + i)})))
 		n.lbs[name] = ns
 	}
 	for i, name := range []string{"be1", "be2", "be3", "be4", "sorry"} {
 		ns := netnstest.New(t)
-		n.lan.plug(ns, "sw-"+name, fmt.Sprintf("192.0.2.%d/24", 11+i))
+		n.lan.plug(ns, "sw-"+name, netip.AddrFrom4([4]byte{192, 0, 2, byte(11 + i)}))
 		holdVIP(t, ns)
-		n.servers[name] = startServer(t, ns, name, 80)
-		startServer(t, ns, name, 81)
+		n.servers[name] = startServer(t, ns, name, netip.Addr{}, 80)
+		startServer(t, ns, name, netip.Addr{}, 81)
 	}
 	if err := n.client.Do(func() error { return txChecksumOff("eth0") }); err != nil {
 		t.Fatal(err)
@@ -276,7 +277,7 @@ func (c *client) connectMany(t *testing.T, first, n int) []*conn {
 	})
 	err := c.ns.Do(func() error {
 		for i := range n {
-			cn, err := dial(first + i)
+			cn, err := c.dial(first + i)
 			if err != nil {
 				return fmt.Errorf("connection %d of %d: %w", i+1, n, err)
 			}
