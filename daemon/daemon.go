@@ -130,13 +130,6 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 		name := d.dp.Name()
 		d.datapathName.Store(&name)
 	}
-	if d.cfg.Control.Metrics != "" {
-		mctx, stopMetrics := context.WithCancel(ctx)
-		defer stopMetrics()
-		if err := d.serveMetrics(mctx, d.cfg.Control.Metrics, latency); err != nil {
-			return err
-		}
-	}
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()
 
@@ -151,6 +144,14 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	defer d.accept.remove()
 	d.vrrp = newVRRPSet(d.log)
 	d.vrrp.apply(d.cfg.VRRP)
+	// Metrics last: a scrape reads d.vrrp and d.accept.
+	if d.cfg.Control.Metrics != "" {
+		mctx, stopMetrics := context.WithCancel(ctx)
+		defer stopMetrics()
+		if err := d.serveMetrics(mctx, d.cfg.Control.Metrics, latency); err != nil {
+			return err
+		}
+	}
 	cctx, stopControl := context.WithCancel(ctx)
 	defer stopControl()
 	if err := d.serveControl(cctx, d.cfg.Control.Socket); err != nil {

@@ -33,6 +33,7 @@ var (
 	descBytes       = prometheus.NewDesc("halb_datapath_bytes_total", "Bytes, as packets.", []string{"service", "backend"}, nil)
 	descFlows       = prometheus.NewDesc("halb_datapath_new_flows_total", "New flows (IPVS: connections) scheduled.", []string{"service", "backend"}, nil)
 	descActive      = prometheus.NewDesc("halb_datapath_active_connections", "Connections IPVS holds for a backend now, by state (active, inactive).", []string{"service", "backend", "state"}, nil)
+	descAcceptDrops = prometheus.NewDesc("halb_vrrp_accept_dropped_total", "Packets to a VIP the v3 Accept_Mode filter dropped (accept: false).", []string{"vip"}, nil)
 	descDrops       = prometheus.NewDesc("halb_datapath_drops_total", "Packets the eBPF data path dropped, by reason.", []string{"reason"}, nil)
 )
 
@@ -75,6 +76,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 				v = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, v, b.Service, b.Backend.String())
+		}
+	}
+	if c.d.accept != nil {
+		for vip, n := range c.d.accept.dropped() {
+			ch <- prometheus.MustNewConstMetric(descAcceptDrops, prometheus.CounterValue, float64(n), vip.String())
 		}
 	}
 	if dp := c.d.datapath.Load(); dp != nil {

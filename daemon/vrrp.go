@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -159,6 +160,7 @@ func (s *vrrpSet) instances() []*vrrp.Instance {
 // to what the configuration in force asks for. It is a function of the
 // configuration alone, so that failover never waits on it.
 type acceptFilter struct {
+	mu      sync.Mutex // apply and remove run on the daemon's loop, dropped on a scrape
 	log     *slog.Logger
 	table   *vrrp.AcceptTable
 	applied []vrrp.AcceptRule
@@ -178,6 +180,8 @@ func newAcceptFilter(log *slog.Logger) (*acceptFilter, error) {
 // apply installs c's rules when they differ from the ones in force or the
 // last change failed; otherwise it does nothing.
 func (a *acceptFilter) apply(c *config.Config) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	rules := vrrp.AcceptRules(c)
 	if !a.stale && slices.Equal(rules, a.applied) {
 		return
@@ -208,6 +212,8 @@ func (a *acceptFilter) apply(c *config.Config) {
 
 // remove takes the filter out of the kernel, at exit.
 func (a *acceptFilter) remove() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if err := a.table.Remove(); err != nil {
 		a.log.Error("accept_mode filter not removed", "table", "inet "+vrrp.AcceptTableName, "err", err,
 			"fix", "nft delete table inet "+vrrp.AcceptTableName)
@@ -216,4 +222,28 @@ func (a *acceptFilter) remove() {
 	if len(a.applied) > 0 {
 		a.log.Info("accept_mode filter removed", "table", "inet "+vrrp.AcceptTableName)
 	}
+}
+
+// dropped is how many packets the filter dropped, by VIP.
+func (a *acceptFilter) dropped() map[netip.Addr]uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var vips []netip.Addr
+	for _, r := range a.applied {
+		if r.Drop {
+			vips = append(vips, r.Dst)
+		}
+	}
+	if len(vips) == 0 {
+		return nil
+	}
+	counts, err := a.table.Counters()
+	if err != nil || len(counts) != len(vips) {
+		return nil
+	}
+	out := make(map[netip.Addr]uint64, len(vips))
+	for i, v := range vips {
+		out[v] += counts[i]
+	}
+	return out
 }

@@ -3,14 +3,18 @@ package vrrp
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/netnstest"
 )
 
 // halb itself: a v3 Master with accept: false filters its VIP, one with
@@ -19,8 +23,11 @@ import (
 // exit removes it.
 func TestAcceptMode(t *testing.T) {
 	vip := netip.MustParseAddr("192.0.2.100")
+	sock := t.TempDir() + "/halb.sock"
 	conf := func(priority int, accept bool) string {
+		// Metrics on the node namespace's own loopback.
 		return fmt.Sprintf(`log: {level: debug}
+control: {socket: `+sock+`, metrics: "127.0.0.1:9470"}
 vrrp:
   instances:
     - name: VI_A
@@ -88,6 +95,19 @@ vrrp:
 			if got != tc.want {
 				t.Errorf("VIP reach = %+v, want %+v", got, tc.want)
 			}
+			if tc.want == closed {
+				// The probes the filter dropped are counted.
+				var body string
+				counted := regexp.MustCompile(`halb_vrrp_accept_dropped_total\{vip="192.0.2.100"\} [1-9]`)
+				if err := eventually(openWait, func() error {
+					if body = scrapeIn(l.ns[0], "127.0.0.1:9470"); !counted.MatchString(body) {
+						return errors.New("not yet")
+					}
+					return nil
+				}); err != nil {
+					t.Errorf("no drops counted in halb_vrrp_accept_dropped_total:\n%s", body)
+				}
+			}
 			if installed, want := table.Installed(), tc.want == closed; installed != want {
 				t.Errorf("table inet %s installed = %v, want %v", AcceptTableName, installed, want)
 			}
@@ -132,4 +152,25 @@ vrrp:
 			}
 		})
 	}
+}
+
+// scrapeIn GETs /metrics from addr inside ns, on a connection made on
+// the namespace's thread (an http.Client would dial from any thread); ""
+// when it cannot.
+func scrapeIn(ns *netnstest.NS, addr string) string {
+	var body []byte
+	_ = ns.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.WriteString(c, "GET /metrics HTTP/1.0\r\n\r\n"); err != nil {
+			return err
+		}
+		body, err = io.ReadAll(c)
+		return err
+	})
+	return string(body)
 }
