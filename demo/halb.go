@@ -142,6 +142,16 @@ func withoutTime(line string) string {
 	return line
 }
 
+// exited reports whether the halb process has ended.
+func (n *node) exited() bool {
+	select {
+	case <-n.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // kill ends halb at once, without a goodbye advert: what a crash or a
 // power cut does.
 func (n *node) kill() {
@@ -157,10 +167,8 @@ func (n *node) stop(wait time.Duration) bool {
 	if n.cmd == nil || n.cmd.Process == nil {
 		return true
 	}
-	select {
-	case <-n.done:
+	if n.exited() {
 		return true
-	default:
 	}
 	_ = n.cmd.Process.Signal(syscall.SIGTERM)
 	select {

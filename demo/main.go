@@ -106,6 +106,9 @@ func run(halb string, phase time.Duration, cleanOnly bool, out io.Writer) int {
 	defer cancel()
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	// Output into a closed pipe (make demo | head) must not end the
+	// demo before it has cleaned up.
+	signal.Ignore(syscall.SIGPIPE)
 	go func() {
 		for first := true; ; first = false {
 			sig := <-signals
@@ -120,17 +123,19 @@ func run(halb string, phase time.Duration, cleanOnly bool, out io.Writer) int {
 
 	d := &demo{halb: halb, phase: phase, out: out}
 	err = d.play(ctx)
+	if err != nil && ctx.Err() == nil {
+		fmt.Fprintln(out, "halb demo failed:", err)
+	}
 	d.teardown()
 	if serr := sweep(); serr != nil {
-		err = errors.Join(err, fmt.Errorf("clean-up incomplete (sudo %s -clean tries again): %w", os.Args[0], serr))
-	} else {
-		d.say("cleaned up: no namespace, link, pin or process of the demo is left")
+		fmt.Fprintf(out, "halb demo: clean-up incomplete (sudo %s -clean tries again): %v\n", os.Args[0], serr)
+		return 1
 	}
+	d.say("cleaned up: no namespace, link, pin or process of the demo is left")
 	switch {
 	case ctx.Err() != nil:
 		return 130
 	case err != nil:
-		fmt.Fprintln(out, "halb demo failed:", err)
 		return 1
 	}
 	return 0
@@ -168,7 +173,7 @@ func (d *demo) play(ctx context.Context) error {
 	if err := lb1.start(d.halb, d.out); err != nil {
 		return err
 	}
-	err := d.waitFor(ctx, readyWait, "lb1 MASTER with three live backends", func() bool {
+	err := d.waitFor(ctx, readyWait, "lb1 MASTER with three live backends", []*node{lb1}, func() bool {
 		s, err := lb1.status(ctx, d.halb)
 		return err == nil && s.state() == "MASTER" && len(s.live()) == 3
 	})
@@ -179,7 +184,7 @@ func (d *demo) play(ctx context.Context) error {
 	if err := lb2.start(d.halb, d.out); err != nil {
 		return err
 	}
-	err = d.waitFor(ctx, readyWait, "lb2 BACKUP with three live backends", func() bool {
+	err = d.waitFor(ctx, readyWait, "lb2 BACKUP with three live backends", d.lbs, func() bool {
 		s, err := lb2.status(ctx, d.halb)
 		return err == nil && s.state() == "BACKUP" && len(s.live()) == 3
 	})
@@ -203,10 +208,14 @@ func (d *demo) play(ctx context.Context) error {
 	d.say("phase 2: lb1 dies: its halb is killed (SIGKILL, no goodbye advert) and its link goes down, as in a power cut")
 	killed := time.Now()
 	lb1.kill()
-	if eth0, err := lb1.eth0(); err == nil {
-		_ = lb1.nl.LinkSetDown(eth0)
+	eth0, err := lb1.eth0()
+	if err == nil {
+		err = lb1.nl.LinkSetDown(eth0)
 	}
-	err = d.waitFor(ctx, failoverWait, "lb2 MASTER and the client's ARP pointing at it", func() bool {
+	if err != nil {
+		return fmt.Errorf("take down lb1's link: %w", err)
+	}
+	err = d.waitFor(ctx, failoverWait, "lb2 MASTER and the client's ARP pointing at it", []*node{lb2}, func() bool {
 		s, err := lb2.status(ctx, d.halb)
 		return err == nil && s.state() == "MASTER" && d.client.vipAt() == "lb2"
 	})
@@ -225,7 +234,7 @@ func (d *demo) play(ctx context.Context) error {
 	d.say("phase 3: be2's web server stops")
 	stopped := time.Now()
 	d.backends[1].stopServing()
-	err = d.waitFor(ctx, drainWait, "lb2 to drain be2", func() bool {
+	err = d.waitFor(ctx, drainWait, "lb2 to drain be2", []*node{lb2}, func() bool {
 		s, err := lb2.status(ctx, d.halb)
 		return err == nil && !slices.Contains(s.live(), beIPs[1].addr.Addr().String())
 	})
@@ -279,12 +288,18 @@ func (d *demo) window(ctx context.Context) (tally, error) {
 	return d.client.tally(from, time.Now()), nil
 }
 
-// waitFor polls cond until it holds, for at most limit.
-func (d *demo) waitFor(ctx context.Context, limit time.Duration, what string, cond func() bool) error {
+// waitFor polls cond until it holds, for at most limit; the nodes in up
+// must keep running meanwhile.
+func (d *demo) waitFor(ctx context.Context, limit time.Duration, what string, up []*node, cond func() bool) error {
 	deadline := time.Now().Add(limit)
 	for !cond() {
+		for _, n := range up {
+			if n.exited() {
+				return fmt.Errorf("halb on %s exited while the demo waited for %s\n%s", n.name, what, d.logs())
+			}
+		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("no %s after %s; the end of the nodes' logs:\n%s", what, limit, d.logs())
+			return fmt.Errorf("no %s after %s\n%s", what, limit, d.logs())
 		}
 		select {
 		case <-ctx.Done():
@@ -300,12 +315,19 @@ func (d *demo) waitFor(ctx context.Context, limit time.Duration, what string, co
 func (d *demo) logs() string {
 	var b strings.Builder
 	for _, n := range d.lbs {
+		if n.cmd == nil {
+			continue // not started
+		}
 		data, _ := os.ReadFile(strings.TrimSuffix(n.config, ".yaml") + ".log")
 		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 		if len(lines) > 15 {
 			lines = lines[len(lines)-15:]
 		}
-		fmt.Fprintf(&b, "--- %s halb log (last lines)\n%s\n", n.name, strings.Join(lines, "\n"))
+		state := "running"
+		if n.exited() {
+			state = n.cmd.ProcessState.String()
+		}
+		fmt.Fprintf(&b, "--- %s: halb %s; the end of its log:\n%s\n", n.name, state, strings.Join(lines, "\n"))
 	}
 	return b.String()
 }
