@@ -99,6 +99,13 @@ func sweep() error {
 	return errors.Join(errs...)
 }
 
+// leftOver reports whether anything of a demo is there to sweep.
+func leftOver() bool {
+	names, _ := namespaces()
+	_, err := os.Stat(stateDir)
+	return len(names) > 0 || err == nil
+}
+
 // namespaces lists the demo's named network namespaces.
 func namespaces() ([]string, error) {
 	entries, err := os.ReadDir(netnsDir)

@@ -71,7 +71,7 @@ func TestDemo(t *testing.T) {
 		}
 		waitNoProcess(t, halb)
 		out, err := exec.Command(demo, "-clean").CombinedOutput()
-		if err != nil {
+		if err != nil || !strings.Contains(string(out), "removing what an earlier demo left") {
 			t.Fatalf("demo -clean: %v\n%s", err, out)
 		}
 		checkNothingLeft(t, before, halb, demo)

@@ -84,6 +84,9 @@ func run(halb string, phase time.Duration, cleanOnly bool, out io.Writer) int {
 		return 1
 	}
 	defer unlock()
+	if leftOver() {
+		fmt.Fprintf(out, "==> removing what an earlier demo left (namespaces %s*, %s)\n", prefix, stateDir)
+	}
 	if err := sweep(); err != nil {
 		fmt.Fprintln(out, "halb demo: cannot remove what an earlier demo left:", err)
 		return 1
@@ -102,8 +105,8 @@ func run(halb string, phase time.Duration, cleanOnly bool, out io.Writer) int {
 
 	// The first Ctrl-C (or SIGTERM) stops the demo; the clean-up that
 	// follows is bounded, and later signals do not cut it short.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	// Output into a closed pipe (make demo | head) must not end the
@@ -114,7 +117,7 @@ func run(halb string, phase time.Duration, cleanOnly bool, out io.Writer) int {
 			sig := <-signals
 			if first {
 				fmt.Fprintf(out, "\n%s: stopping and cleaning up\n", sig)
-				cancel()
+				cancel(stopped{sig.(syscall.Signal)})
 			} else {
 				fmt.Fprintln(out, "still cleaning up; it takes a few seconds more")
 			}
@@ -132,14 +135,20 @@ func run(halb string, phase time.Duration, cleanOnly bool, out io.Writer) int {
 		return 1
 	}
 	d.say("cleaned up: no namespace, link, pin or process of the demo is left")
+	var sig stopped
 	switch {
-	case ctx.Err() != nil:
-		return 130
+	case errors.As(context.Cause(ctx), &sig):
+		return 128 + int(sig.Signal) // as a shell reports a process the signal ended
 	case err != nil:
 		return 1
 	}
 	return 0
 }
+
+// stopped is the cause of a demo cut short by a signal.
+type stopped struct{ syscall.Signal }
+
+func (s stopped) Error() string { return "stopped by " + s.Signal.String() }
 
 type demo struct {
 	halb  string
