@@ -9,12 +9,21 @@ LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # distribution (and on a Raspberry Pi's).
 BUILD    := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 
-.PHONY: all build test lint generate generate-check cross fuzz install clean
+.PHONY: all build demo test lint generate generate-check cross fuzz install clean
 
 all: build
 
 build:
 	$(BUILD) -o $(BINDIR)/halb ./cmd/halb
+
+# halb at work in under a minute, as root: two nodes in a VRRP pair in
+# front of three web servers, in network namespaces that it makes and
+# removes (demo/main.go). DEMOFLAGS=-phase=3s shortens it; -clean only
+# removes what a killed demo left.
+DEMOFLAGS ?=
+demo: build
+	$(GO) build -o $(BINDIR)/halb-demo ./demo
+	$(BINDIR)/halb-demo -halb $(BINDIR)/halb $(DEMOFLAGS)
 
 # Privileged tests need root: they skip without it, and fail when CI=true.
 test: lint generate-check
