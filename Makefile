@@ -31,6 +31,7 @@ test: lint generate-check
 
 lint:
 	$(GO) vet ./...
+	$(GO) vet -tags soak ./test/e2e/
 	$(GO) tool staticcheck ./...
 
 generate:
@@ -47,6 +48,13 @@ FUZZTIME ?= 60s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./vrrp
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config
+
+# The soak test: halb under a steady load for SOAK (at most 10m) while
+# links and backends flap and the config reloads. Not part of `make test`.
+SOAK ?= 10m
+.PHONY: soak
+soak:
+	HALB_SOAK_DURATION=$(SOAK) $(GO) test -tags soak -count=1 -v -timeout 20m -run '^TestSoak$$' ./test/e2e/
 
 cross:
 	GOOS=linux GOARCH=amd64 $(BUILD) -o $(BINDIR)/halb-linux-amd64 ./cmd/halb

@@ -187,13 +187,14 @@ type daemon struct {
 	t                    *testing.T
 	bin, cfg, sock, pins string
 	text                 string // the config last written
+	metrics              string // control.metrics, in the balancer's namespace; "" for none
 	cmd                  *exec.Cmd
 	out                  *syncBuffer
 }
 
 func (d *daemon) write(c daemonConfig) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "control: {socket: %s, metrics: \"\"}\n", d.sock)
+	fmt.Fprintf(&b, "control: {socket: %s, metrics: %q}\n", d.sock, d.metrics)
 	fmt.Fprintf(&b, "datapath: {mode: xdp, xdp_mode: native, interfaces: [eth0], bpffs: %s}\n", d.pins)
 	b.WriteString("services:\n")
 	service := func(name string, port int) {
