@@ -23,6 +23,9 @@ import (
 //
 //	empty          the floor: the test-run loop and an XDP program that
 //	               does nothing.
+//	lru-lookup     a program that only looks up one 16-byte key in an LRU
+//	               hash of halb_ct4's shape and size: what any conntrack
+//	               hit pays before it has parsed a byte.
 //	ct-hit         one flow over and over: parse, conntrack hit, the
 //	               service through the backend's id, DR.
 //	syn            one SYN over and over: a SYN always takes the Maglev
@@ -36,7 +39,7 @@ import (
 //	               insert also evicts the oldest flow: a busy balancer's
 //	               steady state.
 //
-// The first three run b.N times inside one BPF_PROG_TEST_RUN. A miss needs
+// The first four run b.N times inside one BPF_PROG_TEST_RUN. A miss needs
 // a different packet each time, and TUN changes its frame (a second run
 // would see the outer header), so those make one test run per packet, and
 // the kernel's timing of a single run costs more than the empty program;
@@ -45,8 +48,18 @@ import (
 // colder for a large program than for the empty one: ct-hit-single shows
 // how much that adds to ct-hit. Single runs are noisier than the others.
 //
-// Metrics: ns/pkt, and x-empty, the ratio to the empty line. ns/op is
-// suppressed: it would count the syscalls too.
+// The machine is shared, and its load moves while the benchmark runs; so
+// every line is measured in rounds, each round timing the empty program
+// right before the measured one, and reports the median of the rounds:
+// the ratio is to the empty program of the same moment. A single run is
+// the median of its round's runs, which leaves out the runs an interrupt
+// or a preemption landed in. The kernel reports whole nanoseconds, so the
+// empty line (about 10 ns) is known to within a tenth of itself.
+//
+// Metrics: ns/pkt, and x-empty, the ratio to the empty program. ns/op is
+// suppressed: it would count the syscalls too. The empty line also shows
+// single-ns, the cost of its single run, which the single lines have
+// taken off.
 func BenchmarkXDP(b *testing.B) {
 	ns := netnstest.New(b)
 	lb, err := Load(Options{})
@@ -148,7 +161,7 @@ func BenchmarkXDP(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	// bulk times n runs of prog on frame in a single test run.
+	// bulk times n runs of prog on frame in a single test run: ns per run.
 	bulk := func(prog *ebpf.Program, frame []byte, n int, want xdpAction) (float64, error) {
 		action, per, err := prog.Benchmark(frame, n, nil)
 		if err != nil {
@@ -159,9 +172,10 @@ func BenchmarkXDP(b *testing.B) {
 		}
 		return float64(per.Nanoseconds()), nil
 	}
-	// single times n test runs of one run each, on the frames next returns.
+	// single times n test runs of one run each, on the frames next
+	// returns: the median run.
 	single := func(prog *ebpf.Program, n int, next func() []byte, want xdpAction) (float64, error) {
-		var total time.Duration
+		runs := make([]time.Duration, 0, n)
 		for range n {
 			action, per, err := prog.Benchmark(next(), 1, nil)
 			if err != nil {
@@ -170,90 +184,126 @@ func BenchmarkXDP(b *testing.B) {
 			if xdpAction(action) != want {
 				return 0, fmt.Errorf("%s returned %v, want %v", prog, xdpAction(action), want)
 			}
-			total += per
+			runs = append(runs, per)
 		}
-		return float64(total.Nanoseconds()) / float64(n), nil
+		slices.Sort(runs)
+		return float64(runs[len(runs)/2].Nanoseconds()), nil
+	}
+	median := func(v []float64) float64 {
+		slices.Sort(v)
+		return v[len(v)/2]
 	}
 
-	// The floor, measured before the rest for the ratios and the
-	// single-run cost: the median of five, as other work on the machine
-	// can slow any one of them.
-	var emptyBulk, emptySingle float64
-	inNS(b, func() error {
-		var bulks, singles []float64
-		for range 5 {
-			per, err := bulk(empty, ack, 1_000_000, xdpPass)
-			if err != nil {
-				return err
+	// measure reports b.N packets of run (which times n packets and
+	// returns ns per packet) in rounds, each after the empty program:
+	// bulk, and when isSingle single too, whose extra cost it takes off
+	// run's. run nil measures the empty program itself.
+	const rounds = 9
+	measure := func(b *testing.B, isSingle bool, run func(n int) (float64, error)) {
+		n := max(1, b.N/rounds)
+		var pers, ratios, singles []float64
+		inNS(b, func() error {
+			for range rounds {
+				floor, err := bulk(empty, ack, max(n, 100_000), xdpPass)
+				if err != nil {
+					return err
+				}
+				extra := 0.0
+				if isSingle {
+					emptySingle, err := single(empty, min(n, 20_000), func() []byte { return ack }, xdpPass)
+					if err != nil {
+						return err
+					}
+					singles = append(singles, emptySingle)
+					extra = emptySingle - floor
+				}
+				per := floor
+				if run != nil {
+					if per, err = run(n); err != nil {
+						return err
+					}
+				} else {
+					extra = 0
+				}
+				pers = append(pers, per-extra)
+				ratios = append(ratios, (per-extra)/floor)
 			}
-			bulks = append(bulks, per)
-			if per, err = single(empty, 20_000, func() []byte { return ack }, xdpPass); err != nil {
-				return err
-			}
-			singles = append(singles, per)
-		}
-		slices.Sort(bulks)
-		slices.Sort(singles)
-		emptyBulk, emptySingle = bulks[2], singles[2]
-		return nil
-	})
-	// The ratios are to the empty line of the same run, measured as the
-	// others are, once it has run.
-	ratioBase := emptyBulk
-	report := func(b *testing.B, nsPerPkt float64) {
+			return nil
+		})
 		b.ReportMetric(0, "ns/op")
-		b.ReportMetric(nsPerPkt, "ns/pkt")
-		b.ReportMetric(nsPerPkt/ratioBase, "x-empty")
+		b.ReportMetric(median(pers), "ns/pkt")
+		b.ReportMetric(median(ratios), "x-empty")
+		if len(singles) > 0 {
+			b.ReportMetric(median(singles), "single-ns")
+		}
 	}
 
 	b.Run("empty", func(b *testing.B) {
-		var per float64
-		inNS(b, func() (err error) { per, err = bulk(empty, ack, b.N, xdpPass); return err })
-		ratioBase = per
-		report(b, per)
+		measure(b, true, nil)
+	})
+
+	b.Run("lru-lookup", func(b *testing.B) {
+		m, err := ebpf.NewMap(&ebpf.MapSpec{
+			Name: "halb_bench_lru", Type: ebpf.LRUHash, KeySize: 16, ValueSize: 4,
+			MaxEntries: DefaultConntrackEntries,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer m.Close()
+		if err := m.Put(make([]byte, 16), uint32(1)); err != nil {
+			b.Fatal(err)
+		}
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name: "halb_bench_lru",
+			Type: ebpf.XDP,
+			Instructions: asm.Instructions{
+				asm.Mov.Imm(asm.R1, 0),
+				asm.StoreMem(asm.RFP, -16, asm.R1, asm.DWord),
+				asm.StoreMem(asm.RFP, -8, asm.R1, asm.DWord),
+				asm.Mov.Reg(asm.R2, asm.RFP),
+				asm.Add.Imm(asm.R2, -16),
+				asm.LoadMapPtr(asm.R1, m.FD()),
+				asm.FnMapLookupElem.Call(),
+				asm.Mov.Imm(asm.R1, 3), // XDP_TX on a hit
+				asm.JNE.Imm(asm.R0, 0, "out"),
+				asm.Mov.Imm(asm.R1, 1), // XDP_DROP
+				asm.Mov.Reg(asm.R0, asm.R1).WithSymbol("out"),
+				asm.Return(),
+			},
+			License: "MIT",
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer prog.Close()
+		measure(b, false, func(n int) (float64, error) { return bulk(prog, ack, n, xdpTX) })
 	})
 
 	b.Run("ct-hit", func(b *testing.B) {
-		var per float64
-		inNS(b, func() (err error) {
-			// The first run puts the flow in halb_ct.
-			if _, err := bulk(lb.Program(), ack, 1, xdpTX); err != nil {
-				return err
-			}
-			per, err = bulk(lb.Program(), ack, b.N, xdpTX)
-			return err
-		})
-		report(b, per)
+		// The first run puts the flow in halb_ct4.
+		inNS(b, func() error { _, err := bulk(lb.Program(), ack, 1, xdpTX); return err })
+		measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), ack, n, xdpTX) })
 	})
 
 	b.Run("syn", func(b *testing.B) {
-		var per float64
-		inNS(b, func() (err error) { per, err = bulk(lb.Program(), syn, b.N, xdpTX); return err })
-		report(b, per)
+		measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), syn, n, xdpTX) })
 	})
 
-	// single reports single runs with the floor's extra cost taken off.
-	reportSingle := func(b *testing.B, per float64) { report(b, per-emptySingle+emptyBulk) }
-
 	b.Run("ct-hit-single", func(b *testing.B) {
-		var per float64
-		inNS(b, func() (err error) {
-			per, err = single(lb.Program(), b.N, func() []byte { return ack }, xdpTX)
-			return err
+		measure(b, true, func(n int) (float64, error) {
+			return single(lb.Program(), n, func() []byte { return ack }, xdpTX)
 		})
-		reportSingle(b, per)
 	})
 
 	b.Run("ct-hit-tun", func(b *testing.B) {
-		var per float64
-		inNS(b, func() (err error) {
-			if _, err := single(lb.Program(), 1, func() []byte { return tunAck }, xdpRedirect); err != nil {
-				return err
-			}
-			per, err = single(lb.Program(), b.N, func() []byte { return tunAck }, xdpRedirect)
+		inNS(b, func() error {
+			_, err := single(lb.Program(), 1, func() []byte { return tunAck }, xdpRedirect)
 			return err
 		})
-		reportSingle(b, per)
+		measure(b, true, func(n int) (float64, error) {
+			return single(lb.Program(), n, func() []byte { return tunAck }, xdpRedirect)
+		})
 	})
 
 	// Flow n comes from 203.0.113.(n>>16) port n&0xffff: 2^24 flows. The
@@ -267,16 +317,12 @@ func BenchmarkXDP(b *testing.B) {
 		return flows
 	}
 	b.Run("ct-miss", func(b *testing.B) {
-		var per float64
-		inNS(b, func() (err error) {
-			if flowSeq == 0 { // fill halb_ct first
-				if _, err := single(lb.Program(), DefaultConntrackEntries, next, xdpTX); err != nil {
-					return err
-				}
-			}
-			per, err = single(lb.Program(), b.N, next, xdpTX)
-			return err
-		})
-		reportSingle(b, per)
+		if flowSeq == 0 { // fill halb_ct4 first
+			inNS(b, func() error {
+				_, err := single(lb.Program(), DefaultConntrackEntries, next, xdpTX)
+				return err
+			})
+		}
+		measure(b, true, func(n int) (float64, error) { return single(lb.Program(), n, next, xdpTX) })
 	})
 }
