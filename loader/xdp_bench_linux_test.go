@@ -10,6 +10,7 @@ import (
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -23,9 +24,9 @@ import (
 //
 //	empty          the floor: the test-run loop and an XDP program that
 //	               does nothing.
-//	lru-lookup     a program that only looks up one 16-byte key in an LRU
-//	               hash of halb_ct4's shape and size: what any conntrack
-//	               hit pays before it has parsed a byte.
+//	lru-lookup     a program that only looks up one key in an LRU hash of
+//	               halb_ct's key size and entries: what any conntrack hit
+//	               pays before it has parsed a byte.
 //	ct-hit         one flow over and over: parse, conntrack hit, the
 //	               service through the backend's id, DR.
 //	syn            one SYN over and over: a SYN always takes the Maglev
@@ -243,36 +244,35 @@ func BenchmarkXDP(b *testing.B) {
 	})
 
 	b.Run("lru-lookup", func(b *testing.B) {
+		// The key of halb_ct, struct flow, rounded up to whole words.
+		keySize := (int(unsafe.Sizeof(halbFlow{})) + 7) &^ 7
 		m, err := ebpf.NewMap(&ebpf.MapSpec{
-			Name: "halb_bench_lru", Type: ebpf.LRUHash, KeySize: 16, ValueSize: 4,
+			Name: "halb_bench_lru", Type: ebpf.LRUHash, KeySize: uint32(keySize), ValueSize: 4,
 			MaxEntries: DefaultConntrackEntries,
 		})
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer m.Close()
-		if err := m.Put(make([]byte, 16), uint32(1)); err != nil {
+		if err := m.Put(make([]byte, keySize), uint32(1)); err != nil {
 			b.Fatal(err)
 		}
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name: "halb_bench_lru",
-			Type: ebpf.XDP,
-			Instructions: asm.Instructions{
-				asm.Mov.Imm(asm.R1, 0),
-				asm.StoreMem(asm.RFP, -16, asm.R1, asm.DWord),
-				asm.StoreMem(asm.RFP, -8, asm.R1, asm.DWord),
-				asm.Mov.Reg(asm.R2, asm.RFP),
-				asm.Add.Imm(asm.R2, -16),
-				asm.LoadMapPtr(asm.R1, m.FD()),
-				asm.FnMapLookupElem.Call(),
-				asm.Mov.Imm(asm.R1, 3), // XDP_TX on a hit
-				asm.JNE.Imm(asm.R0, 0, "out"),
-				asm.Mov.Imm(asm.R1, 1), // XDP_DROP
-				asm.Mov.Reg(asm.R0, asm.R1).WithSymbol("out"),
-				asm.Return(),
-			},
-			License: "MIT",
-		})
+		insns := asm.Instructions{asm.Mov.Imm(asm.R1, 0)}
+		for off := -keySize; off < 0; off += 8 {
+			insns = append(insns, asm.StoreMem(asm.RFP, int16(off), asm.R1, asm.DWord))
+		}
+		insns = append(insns,
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, int32(-keySize)),
+			asm.LoadMapPtr(asm.R1, m.FD()),
+			asm.FnMapLookupElem.Call(),
+			asm.Mov.Imm(asm.R1, 3), // XDP_TX on a hit
+			asm.JNE.Imm(asm.R0, 0, "out"),
+			asm.Mov.Imm(asm.R1, 1), // XDP_DROP
+			asm.Mov.Reg(asm.R0, asm.R1).WithSymbol("out"),
+			asm.Return(),
+		)
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "halb_bench_lru", Type: ebpf.XDP, Instructions: insns, License: "MIT"})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -281,7 +281,7 @@ func BenchmarkXDP(b *testing.B) {
 	})
 
 	b.Run("ct-hit", func(b *testing.B) {
-		// The first run puts the flow in halb_ct4.
+		// The first run puts the flow in halb_ct.
 		inNS(b, func() error { _, err := bulk(lb.Program(), ack, 1, xdpTX); return err })
 		measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), ack, n, xdpTX) })
 	})
@@ -317,7 +317,7 @@ func BenchmarkXDP(b *testing.B) {
 		return flows
 	}
 	b.Run("ct-miss", func(b *testing.B) {
-		if flowSeq == 0 { // fill halb_ct4 first
+		if flowSeq == 0 { // fill halb_ct first
 			inNS(b, func() error {
 				_, err := single(lb.Program(), DefaultConntrackEntries, next, xdpTX)
 				return err
