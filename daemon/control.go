@@ -18,7 +18,10 @@ import (
 // Status is what `halb status` shows: the VRRP instances, the data path
 // and the backends' health. Its JSON is the control socket's contract.
 type Status struct {
-	Datapath  string           `json:"datapath"`
+	Datapath string `json:"datapath"`
+	// Hooks: where and how the eBPF programs are attached ("eth0: xdp
+	// native"); none for IPVS.
+	Hooks     []string         `json:"hooks"`
 	Instances []InstanceStatus `json:"instances"`
 	Backends  []BackendStatus  `json:"backends"`
 	// Services is what the data path serves, with its counters.
@@ -76,7 +79,7 @@ type BackendStatus struct {
 }
 
 func (d *Daemon) status() Status {
-	s := Status{Datapath: "none", Instances: []InstanceStatus{}, Backends: []BackendStatus{}, Services: []ServiceStatus{}}
+	s := Status{Datapath: "none", Hooks: []string{}, Instances: []InstanceStatus{}, Backends: []BackendStatus{}, Services: []ServiceStatus{}}
 	if name := d.datapathName.Load(); name != nil {
 		s.Datapath = *name
 	}
@@ -105,6 +108,9 @@ func (d *Daemon) status() Status {
 		}
 	}
 	if dp := d.datapath.Load(); dp != nil {
+		if h, ok := (*dp).(service.Hooker); ok {
+			s.Hooks = append(s.Hooks, h.Hooks()...)
+		}
 		if r, ok := (*dp).(service.Reporter); ok {
 			reports, err := r.Report()
 			if err != nil {

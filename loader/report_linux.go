@@ -25,3 +25,14 @@ func (d *Datapath) Report() ([]service.Report, error) {
 func (s Stats) report() service.Stats {
 	return service.Stats{Packets: s.Packets, Bytes: s.Bytes, NewFlows: s.NewFlows}
 }
+
+var _ service.Hooker = (*Datapath)(nil)
+
+// Hooks says where the programs are attached and how: "eth0: xdp native".
+func (d *Datapath) Hooks() []string {
+	var out []string
+	for _, a := range d.Attachments() {
+		out = append(out, a.Interface+": "+string(a.Hook))
+	}
+	return out
+}

@@ -56,3 +56,20 @@ func (s *Split) Report() ([]Report, error) {
 	}
 	return out, errors.Join(errs...)
 }
+
+// A Hooker is a Datapath that hooks into network interfaces, and says
+// where and how: "eth0: xdp native". IPVS, inside the stack, is not one.
+type Hooker interface {
+	Hooks() []string
+}
+
+// Hooks are the hooks of both halves.
+func (s *Split) Hooks() []string {
+	var out []string
+	for _, dp := range s.halves() {
+		if h, ok := dp.(Hooker); ok {
+			out = append(out, h.Hooks()...)
+		}
+	}
+	return out
+}

@@ -267,6 +267,8 @@ services:
 	}
 	if code, out, _ := run(t, "status", "-s", sock); code != exitOK || !strings.Contains(out, "(drained)") {
 		t.Errorf("the status table does not show the drained backends:\n%s", out)
+	} else if !strings.Contains(out, "eth0: xdp native") {
+		t.Errorf("the status table does not say how the program is attached:\n%s", out)
 	}
 	body := scrape(t, ns, metrics)
 	for _, want := range []string{

@@ -78,7 +78,11 @@ func fetchStatus(ctx context.Context, socket string) (daemon.Status, []byte, err
 }
 
 func writeStatus(w io.Writer, st daemon.Status) error {
-	fmt.Fprintf(w, "datapath  %s\n\n", st.Datapath)
+	fmt.Fprintf(w, "datapath  %s\n", st.Datapath)
+	for _, h := range st.Hooks {
+		fmt.Fprintf(w, "          %s\n", h)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "INSTANCE\tINTERFACE\tVRID\tSTATE\tPRIORITY\tFOR\tREASON\tVIRTUAL IPS\n")
 	for _, in := range st.Instances {
