@@ -20,8 +20,10 @@ import (
 func TestVMAC(t *testing.T) {
 	s := newSwitched(t)
 	v := variant{"v3-ipv4", 3, false, false, 100 * time.Millisecond}
-	a := newNode(t, "a", s.hosts[0], v.config(s.l, 0, 150, true)+"      use_vmac: true\n")
-	b := newNode(t, "b", s.hosts[1], v.config(s.l, 1, 100, true)+"      use_vmac: true\n")
+	// accept: the test tells the nodes apart by connecting to the VIP,
+	// which a v3 Master without Accept_Mode filters.
+	a := newNode(t, "a", s.hosts[0], v.config(s.l, 0, 150, true)+"      use_vmac: true\n      accept: true\n")
+	b := newNode(t, "b", s.hosts[1], v.config(s.l, 1, 100, true)+"      use_vmac: true\n      accept: true\n")
 	vmac := net.HardwareAddr{0x00, 0x00, 0x5e, 0x00, 0x01, 51}
 
 	onVMAC := func(i int) bool {
