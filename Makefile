@@ -56,10 +56,16 @@ SOAK ?= 10m
 soak:
 	HALB_SOAK_DURATION=$(SOAK) $(GO) test -tags soak -count=1 -v -timeout 20m -run '^TestSoak$$' ./test/e2e/
 
-cross:
-	GOOS=linux GOARCH=amd64 $(BUILD) -o $(BINDIR)/halb-linux-amd64 ./cmd/halb
-	GOOS=linux GOARCH=arm64 $(BUILD) -o $(BINDIR)/halb-linux-arm64 ./cmd/halb
-	GOOS=linux GOARCH=arm GOARM=7 $(BUILD) -o $(BINDIR)/halb-linux-armv7 ./cmd/halb
+# One static binary per target: $(BINDIR)/halb-linux-arm64 is what a
+# Raspberry Pi 3/4/5 on a 64-bit OS runs, armv7 a 32-bit one. test/vm
+# boots the amd64 and arm64 ones.
+cross: $(BINDIR)/halb-linux-amd64 $(BINDIR)/halb-linux-arm64 $(BINDIR)/halb-linux-armv7
+
+.PHONY: $(BINDIR)/halb-linux-amd64 $(BINDIR)/halb-linux-arm64 $(BINDIR)/halb-linux-armv7
+$(BINDIR)/halb-linux-amd64 $(BINDIR)/halb-linux-arm64:
+	GOOS=linux GOARCH=$(subst $(BINDIR)/halb-linux-,,$@) $(BUILD) -o $@ ./cmd/halb
+$(BINDIR)/halb-linux-armv7:
+	GOOS=linux GOARCH=arm GOARM=7 $(BUILD) -o $@ ./cmd/halb
 
 # Installs the binary, the systemd unit, the example config (only when
 # there is none yet: a user's config is never overwritten) and the
