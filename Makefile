@@ -34,10 +34,14 @@ generate-check: generate
 
 # The parsers of bytes from the network and from users, fuzzed for
 # FUZZTIME each. Not part of `make test`: it runs until the time is up.
+# Minimizing a new input is capped: at go's default (60s) the first large
+# config the fuzzer finds interesting can eat the whole FUZZTIME.
 FUZZTIME ?= 60s
+FUZZMINIMIZETIME ?= 5s
+FUZZ := $(GO) test -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME)
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./vrrp
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config
+	$(FUZZ) -fuzz '^FuzzParse$$' ./vrrp
+	$(FUZZ) -fuzz '^FuzzLoad$$' ./config
 
 cross:
 	GOOS=linux GOARCH=amd64 $(BUILD) -o $(BINDIR)/halb-linux-amd64 ./cmd/halb
