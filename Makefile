@@ -32,8 +32,9 @@ generate:
 generate-check: generate
 	@git diff --exit-code -- loader bpf || { echo "generated eBPF files are stale: run make generate and commit them" >&2; exit 1; }
 
-# The parsers of bytes from the network and from users, fuzzed for
-# FUZZTIME each. Not part of `make test`: it runs until the time is up.
+# The parsers of bytes from the network and from users, and the eBPF
+# programs (FuzzXDP, as root: BPF_PROG_TEST_RUN), fuzzed for FUZZTIME
+# each. Not part of `make test`: it runs until the time is up.
 # Minimizing a new input is capped: at go's default (60s) the first large
 # config the fuzzer finds interesting can eat the whole FUZZTIME.
 FUZZTIME ?= 60s
@@ -42,6 +43,7 @@ FUZZ := $(GO) test -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINI
 fuzz:
 	$(FUZZ) -fuzz '^FuzzParse$$' ./vrrp
 	$(FUZZ) -fuzz '^FuzzLoad$$' ./config
+	$(FUZZ) -fuzz '^FuzzXDP$$' ./loader
 
 cross:
 	GOOS=linux GOARCH=amd64 $(BUILD) -o $(BINDIR)/halb-linux-amd64 ./cmd/halb

@@ -25,8 +25,8 @@ import (
 // comment: which frames are for a service, which are malformed, which go
 // to the kernel. For every frame and both programs:
 //
-//   - the run succeeds (tc: but for frames the kernel refuses to make an
-//     skb of, before the program runs) and the verdict is one of pass,
+//   - the run succeeds (but for frames the kernel refuses before the
+//     program runs: too short) and the verdict is one of pass,
 //     drop, XDP_TX and redirect;
 //   - a frame the model passes comes out passed and unchanged: the program
 //     sits on a host's main interface and must not touch its traffic;
@@ -536,10 +536,10 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 	defer fb.clearConntrack(t)
 	action, out, err := fb.run(in)
 	if err != nil {
-		// The kernel makes no skb of a frame without a whole Ethernet
-		// header, or whose IP header is cut short; the program never
-		// sees it.
-		if tb.tc && errors.Is(err, unix.EINVAL) && skbRefused(in) {
+		// BPF_PROG_TEST_RUN takes no frame shorter than an Ethernet
+		// header, and makes no skb of one whose IP header is cut
+		// short: the program never sees those.
+		if errors.Is(err, unix.EINVAL) && (len(in) < 14 || tb.tc && skbRefused(in)) {
 			return
 		}
 		t.Fatalf("%s: run %x: %v", prog, in, err)
@@ -765,11 +765,9 @@ func (fb *fuzzBench) run(in []byte) (xdpAction, []byte, error) {
 	return xdpAction(1000 + ret), opts.DataOut, nil
 }
 
-// skbRefused tells the frames BPF_PROG_TEST_RUN makes no skb of.
+// skbRefused tells the frames of at least an Ethernet header that
+// BPF_PROG_TEST_RUN makes no skb of.
 func skbRefused(in []byte) bool {
-	if len(in) < 14 {
-		return true
-	}
 	switch binary.BigEndian.Uint16(in[12:]) {
 	case 0x0800:
 		return len(in) < 14+20
