@@ -259,19 +259,24 @@ var fuzzTargets = func() []ServiceKey {
 
 // Recipe bits of a built frame; recipe 0 means raw.
 const (
-	rcTarget    = 0xf // bits 0-3: the target, modulo the targets
-	rcProtoShft = 4   // bits 4-5: 0 the target's protocol, 1 the other
-	// of TCP and UDP, 2 an ICMP "too big" quoting a packet of the flow
-	// from the VIP, 3 an ICMP echo
-	rcTagShft   = 6 // bits 6-7: no tag, 802.1Q, 802.1ad, two tags
-	rcAck       = 1 << 8
-	rcOptions   = 1 << 9  // IPv4 options, IPv6 hop-by-hop header
-	rcMF        = 1 << 10 // IPv4 more fragments
-	rcLater     = 1 << 11 // IPv4 a later fragment
-	rcDF        = 1 << 12
-	rcPayload   = 1 << 13 // raw is the IP payload's tail, counted in the IP length; else it trails as padding
+	// Bits 0-3: the target, modulo len(fuzzTargets).
+	rcTarget = 0xf
+	// Bits 4-5: 0 the target's protocol, 1 the other of TCP and UDP,
+	// 2 an ICMP "too big" quoting a packet of the flow from the VIP,
+	// 3 an ICMP echo.
+	rcProtoShft = 4
+	// Bits 6-7: no VLAN tag, 802.1Q, 802.1ad, two tags.
+	rcTagShft = 6
+	rcAck     = 1 << 8
+	rcOptions = 1 << 9  // IPv4 options, or an IPv6 hop-by-hop header
+	rcMF      = 1 << 10 // IPv4 more fragments
+	rcLater   = 1 << 11 // IPv4, a later fragment
+	rcDF      = 1 << 12 // IPv4 don't fragment
+	// raw is the tail of the IP payload, counted in the IP length;
+	// without it raw trails the packet as Ethernet padding.
+	rcPayload   = 1 << 13
 	rcPortShft  = 16      // bits 16-31: the client's port
-	rcTOSShft   = 32      // bits 32-39: TOS, traffic class
+	rcTOSShft   = 32      // bits 32-39: TOS or traffic class
 	rcQuoteShft = 40      // bits 40-47: how much an ICMP error quotes, 0 all
 	rcBuilt     = 1 << 63 // set in every seed recipe, so none is 0
 )
@@ -351,21 +356,14 @@ func buildFrame(t testing.TB, raw []byte, recipe uint64) []byte {
 		frame = p.frame(t, routerMAC, halb0MAC)
 	}
 
-	// Tags go in after the MACs; tooBig makes untagged frames only.
-	if tags := recipe >> rcTagShft & 3; tags != 0 && mode == 2 {
-		tpid := []uint16{0x8100, 0x88a8, 0x88a8}[tags-1]
-		tag := binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, tpid), 100)
-		if tags == 3 {
-			tag = append(tag, 0x81, 0x00, 0x00, 200)
-		}
+	// Tags go in after the MACs, outermost first.
+	if tags := recipe >> rcTagShft & 3; tags != 0 {
+		tag := map[uint64][]byte{
+			1: {0x81, 0x00, 0x00, 100},                        // 802.1Q
+			2: {0x88, 0xa8, 0x00, 100},                        // 802.1ad
+			3: {0x88, 0xa8, 0x00, 200, 0x81, 0x00, 0x00, 100}, // two: the program reads no further
+		}[tags]
 		frame = append(append(bytes.Clone(frame[:12]), tag...), frame[12:]...)
-	} else if tags != 0 {
-		// packet.frame tags the frame itself: rebuild it so.
-		p.vlans = [][]uint16{nil, {100}, {100}, {200, 100}}[tags]
-		if tags >= 2 {
-			p.tpid = layers.EthernetTypeQinQ
-		}
-		frame = p.frame(t, routerMAC, halb0MAC)
 	}
 	frame = append(frame, raw...)
 	if recipe&rcPayload != 0 {
