@@ -42,12 +42,18 @@ generate:
 generate-check: generate
 	@git diff --exit-code -- loader bpf test/e2e || { echo "generated eBPF files are stale: run make generate and commit them" >&2; exit 1; }
 
-# The parsers of bytes from the network and from users, fuzzed for
-# FUZZTIME each. Not part of `make test`: it runs until the time is up.
+# The parsers of bytes from the network and from users, and the eBPF
+# programs (FuzzXDP, as root: BPF_PROG_TEST_RUN), fuzzed for FUZZTIME
+# each. Not part of `make test`: it runs until the time is up.
+# Minimizing a new input is capped: at go's default (60s) the first large
+# config the fuzzer finds interesting can eat the whole FUZZTIME.
 FUZZTIME ?= 60s
+FUZZMINIMIZETIME ?= 5s
+FUZZ := $(GO) test -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME)
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./vrrp
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config
+	$(FUZZ) -fuzz '^FuzzParse$$' ./vrrp
+	$(FUZZ) -fuzz '^FuzzLoad$$' ./config
+	$(FUZZ) -fuzz '^FuzzXDP$$' ./loader
 
 # The soak test: halb under a steady load for SOAK (at most 10m) while
 # links and backends flap and the config reloads. Not part of `make test`.

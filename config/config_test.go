@@ -186,26 +186,3 @@ func TestEnvironmentOverrides(t *testing.T) {
 		t.Fatalf("a bad override must name its variable, got %v", err)
 	}
 }
-
-func FuzzParse(f *testing.F) {
-	for _, glob := range []string{"../configs/*.yaml", "testdata/broken/*.yaml"} {
-		files, _ := filepath.Glob(glob)
-		for _, file := range files {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				f.Fatal(err)
-			}
-			f.Add(data)
-		}
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := Parse(data, "fuzz.yaml")
-		if (cfg == nil) == (err == nil) {
-			t.Fatalf("Parse must return a config or an error, got %v, %v", cfg, err)
-		}
-		var cerr *Error
-		if err != nil && (!errors.As(err, &cerr) || len(cerr.Problems) == 0) {
-			t.Fatalf("error without problems: %v", err)
-		}
-	})
-}
