@@ -870,6 +870,11 @@ __noinline __u32 halb_xdp_csum(struct xdp_md *ctx, __u32 off, __u32 sum)
  *    an MTU under 1280 (RFC 8201 §4). A larger packet is told the tunnel
  *    MTU or 1280, whichever is larger (RFC 2473 §7.1 (c)).
  *
+ * There is no rate limit, which RFC 4443 §2.4 (f) asks of a node that
+ * originates ICMPv6 errors: each answer takes the place of a larger packet
+ * from the one client it goes to, and costs less than forwarding that
+ * packet would have.
+ *
  * It returns 0 when the frame is the answer, -1 when the frame is to be
  * dropped: it may be half rewritten then. */
 static __always_inline int xdp_too_big(struct xdp_md *ctx, const struct decision *d, __u32 mtu)
