@@ -73,9 +73,16 @@ enum drop_reason {
 	DROP_NO_NEIGH = 5,    /* TUN, XDP: the next hop's MAC is not in the
 			       * neighbour table yet (the loader asks for it) */
 	DROP_TOO_BIG = 6,     /* TUN: the packet and the outer header exceed the
-			       * egress MTU */
+			       * egress MTU, and the client was not told: tc,
+			       * IPv4 without DF, an ICMP error, an IPv6
+			       * packet that fits the minimum MTU */
 	DROP_ENCAP = 7,       /* TUN: no room for the outer header, or a frame
 			       * the tc hook cannot encapsulate */
+	DROP_TOO_BIG_ANSWERED = 8, /* TUN, XDP: as DROP_TOO_BIG, and the
+				    * client was sent an ICMP "fragmentation
+				    * needed" or ICMPv6 "packet too big" in
+				    * its place; DROP_TOO_BIG counts those
+				    * that could not be answered */
 	DROP_REASONS,         /* the number of reasons: the size of halb_drops */
 };
 

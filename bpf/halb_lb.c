@@ -35,6 +35,13 @@
  * martian), and the original packet, to a VIP the balancer holds, would
  * be answered by the balancer itself.
  *
+ * A TUN packet that does not fit the path to its backend with the outer
+ * header is dropped. XDP answers the client in its place, as IPVS does,
+ * with an ICMP "fragmentation needed" or ICMPv6 "packet too big" that
+ * names the tunnel's MTU (xdp_too_big says when it cannot). tc drops such
+ * a packet unanswered; it sees a sender's large TCP segments as one GSO
+ * packet, which it does not check against the MTU (tc_tunnel).
+ *
  * An ICMP "fragmentation needed" (RFC 792) or ICMPv6 "packet too big" (RFC
  * 4443 §3.2) to a VIP is about a packet the backend sent to a client: the
  * program reads the flow from the packet it quotes and sends the ICMP
@@ -583,6 +590,8 @@ struct decision {
 	__u16 ip_len;   /* the IP packet's length */
 	__u8 family;    /* enum family of the packet */
 	__u8 icmp;      /* an ICMP error about a flow */
+	__u8 answered;  /* XDP: too big for the tunnel; the client was sent
+			 * an ICMP error in the frame's place */
 };
 
 /* balance is the whole load balancer but the last step, which differs
@@ -789,10 +798,201 @@ static __always_inline int xdp_xmit(struct xdp_md *ctx, __u32 ifindex)
 	return action;
 }
 
+/* The IPv6 minimum link MTU (RFC 8200 §5). */
+#define IPV6_MIN_MTU 1280
+/* The most of the offending packet an ICMP error quotes: all that fits in
+ * 576 bytes for IPv4 (RFC 1812 §4.3.2.3), in the minimum MTU for IPv6
+ * (RFC 4443 §2.4 (c)). */
+#define ICMP4_QUOTE_MAX (576 - sizeof(struct iphdr) - sizeof(struct icmp_err))
+#define ICMP6_QUOTE_MAX (IPV6_MIN_MTU - sizeof(struct ipv6hdr) - sizeof(struct icmp_err))
+#define ICMP_TTL 64             /* of an ICMP error halb sends */
+
+/* halb_xdp_csum adds the bytes of the frame of ctx from off to its end to
+ * the one's complement sum (RFC 1071), as 16-bit words with an odd last
+ * byte padded with a zero, and returns it folded to 32 bits for csum_fold:
+ * an ICMP error's ICMP header and quote, CSUM_MAX bytes at the most. It
+ * reads four bytes at a time, in the host's byte order, which the sum does
+ * not mind (RFC 1071 §2 (B), (C)).
+ *
+ * A global function: the verifier checks it once, not once for every way
+ * the program comes to it, which with a loop of hundreds of passes would
+ * cost it more than the rest of the program. */
+#define CSUM_MAX (sizeof(struct icmp_err) + ICMP6_QUOTE_MAX)
+__noinline __u32 halb_xdp_csum(struct xdp_md *ctx, __u32 off, __u32 sum)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 acc = sum;
+	__u16 last = 0;
+	__u32 *w;
+	__u16 *h;
+
+	/* The caller's offset is under 128; the bound is for the verifier. */
+	if (off > 128)
+		return sum;
+	w = data + off;
+	for (int i = 0; i < (int)(CSUM_MAX / 4); i++) {
+		if ((void *)(w + 1) > data_end)
+			break;
+		acc += *w++;
+	}
+	h = (__u16 *)w;
+	if ((void *)(h + 1) <= data_end)
+		acc += *h++;
+	if ((void *)h + 1 <= data_end) {
+		*(__u8 *)&last = *(__u8 *)h;
+		acc += last;
+	}
+	acc = (acc & 0xffffffff) + (acc >> 32);
+	acc = (acc & 0xffffffff) + (acc >> 32);
+	return acc;
+}
+
+/* xdp_too_big answers a TUN packet that does not fit the path to its
+ * backend, mtu bytes with the outer header, as IPVS does: with an ICMP
+ * "fragmentation needed" (RFC 792, RFC 1191 §4) or ICMPv6 "packet too big"
+ * (RFC 4443 §3.2) from the VIP to the client, built in place of the packet
+ * and sent back out of the interface it came in on (XDP_TX), so that the
+ * client's path MTU discovery learns the tunnel's MTU. The Ethernet header
+ * and VLAN tag stay, the MACs swapped; a new IP and ICMP header go in
+ * front of the packet, which becomes the error's quote, cut to length.
+ *
+ * It does not answer, and the caller drops the packet and counts it as
+ * DROP_TOO_BIG:
+ *  - an ICMP error: no error about an error (RFC 1122 §3.2.2, RFC 4443
+ *    §2.4 (e.1)).
+ *  - IPv4 without DF. IPVS fragments such a packet's outer header (RFC
+ *    2003 §5.1 allows it); XDP cannot fragment, and without DF the
+ *    client may not do path MTU discovery at all. TCP stacks set DF.
+ *  - IPv6 that fits the minimum MTU of 1280 bytes, which only a tunnel
+ *    MTU under 1320 leaves too big: RFC 2473 §7.1 has the tunnel entry
+ *    point fragment the outer packet, and a "packet too big" cannot name
+ *    an MTU under 1280 (RFC 8201 §4). A larger packet is told the tunnel
+ *    MTU or 1280, whichever is larger (RFC 2473 §7.1 (c)).
+ *
+ * There is no rate limit, which RFC 4443 §2.4 (f) asks of a node that
+ * originates ICMPv6 errors: each answer takes the place of a larger packet
+ * from the one client it goes to, and costs less than forwarding that
+ * packet would have.
+ *
+ * It returns 0 when the frame is the answer, -1 when the frame is to be
+ * dropped: it may be half rewritten then. */
+static __always_inline int xdp_too_big(struct xdp_md *ctx, const struct decision *d, __u32 mtu)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l3_off = d->l3_off;
+	__u32 quote = d->ip_len;
+	__u32 room, sum = 0;
+	struct ethhdr *eth, *old;
+	struct icmp_err *icmp;
+
+	if (d->icmp)
+		return -1;
+	/* The parser takes one VLAN tag at most: l3_off is ETH_HLEN or 4
+	 * more. The bound is for the verifier. */
+	if (l3_off > ETH_HLEN + sizeof(struct vlan_hdr))
+		return -1;
+	if (d->family == FAMILY_IPV4) {
+		struct iphdr *ih = data + l3_off;
+
+		if ((void *)(ih + 1) > data_end || !(ih->frag_off & bpf_htons(IPV4_DF)))
+			return -1;
+		mtu -= sizeof(struct iphdr);
+		room = sizeof(struct iphdr) + sizeof(struct icmp_err);
+		if (quote > ICMP4_QUOTE_MAX)
+			quote = ICMP4_QUOTE_MAX;
+	} else {
+		mtu -= sizeof(struct ipv6hdr);
+		if (mtu < IPV6_MIN_MTU)
+			mtu = IPV6_MIN_MTU;
+		if (d->ip_len <= mtu)
+			return -1;
+		room = sizeof(struct ipv6hdr) + sizeof(struct icmp_err);
+		if (quote > ICMP6_QUOTE_MAX)
+			quote = ICMP6_QUOTE_MAX;
+	}
+
+	/* The frame's end: the quote's; Ethernet padding goes with the
+	 * rest. xdp_tunnel has checked that the packet is in the frame. */
+	if (bpf_xdp_adjust_tail(ctx, (int)(l3_off + quote) - (int)d->len))
+		return -1;
+	if (bpf_xdp_adjust_head(ctx, -(int)room))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	old = data + room;
+	if ((void *)old + ETH_HLEN + sizeof(struct vlan_hdr) > data_end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, old->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, old->h_dest, ETH_ALEN);
+	eth->h_proto = old->h_proto;
+	if (l3_off != ETH_HLEN)
+		__builtin_memcpy(eth + 1, old + 1, sizeof(struct vlan_hdr));
+
+	if (d->family == FAMILY_IPV4) {
+		struct iphdr *ip = data + l3_off;
+		struct iphdr *ih = data + l3_off + room;
+		__u16 *w = (__u16 *)ip;
+		__u32 ipsum = 0;
+
+		if ((void *)(ih + 1) > data_end)
+			return -1;
+		icmp = (void *)(ip + 1);
+		*(__u8 *)ip = 0x45;
+		ip->tos = 0;
+		ip->tot_len = bpf_htons(room + quote);
+		/* DF and no identification: an atomic datagram (RFC 6864
+		 * §4.1), of 576 bytes at the most. */
+		ip->id = 0;
+		ip->frag_off = bpf_htons(IPV4_DF);
+		ip->ttl = ICMP_TTL;
+		ip->protocol = IPPROTO_ICMP;
+		ip->check = 0;
+		ip->saddr = ih->daddr;
+		ip->daddr = ih->saddr;
+		for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
+			ipsum += w[i];
+		ip->check = csum_fold(ipsum);
+		icmp->type = ICMP_DEST_UNREACH;
+		icmp->code = ICMP_FRAG_NEEDED;
+		icmp->checksum = 0;
+		icmp->mtu = bpf_htonl(mtu & 0xffff); /* RFC 1191 §4: the low 16 bits */
+	} else {
+		struct ipv6hdr *ip = data + l3_off;
+		struct ipv6hdr *ih = data + l3_off + room;
+		__u16 *w = (__u16 *)&ip->saddr;
+
+		if ((void *)(ih + 1) > data_end)
+			return -1;
+		icmp = (void *)(ip + 1);
+		*(__be32 *)ip = bpf_htonl(0x60000000);
+		ip->payload_len = bpf_htons(sizeof(*icmp) + quote);
+		ip->nexthdr = IPPROTO_ICMPV6;
+		ip->hop_limit = ICMP_TTL;
+		ip->saddr = ih->daddr;
+		ip->daddr = ih->saddr;
+		icmp->type = ICMPV6_PKT_TOOBIG;
+		icmp->code = 0;
+		icmp->checksum = 0;
+		icmp->mtu = bpf_htonl(mtu);
+		/* The pseudo-header (RFC 8200 §8.1, RFC 4443 §2.3): the
+		 * addresses, the length and the next header. */
+		for (int i = 0; i < 16; i++)
+			sum += w[i];
+		sum += bpf_htons(sizeof(*icmp) + quote);
+		sum += bpf_htons(IPPROTO_ICMPV6);
+	}
+	sum = halb_xdp_csum(ctx, l3_off + room - sizeof(*icmp), sum);
+	icmp->checksum = csum_fold(sum);
+	return 0;
+}
+
 /* xdp_tunnel encapsulates the frame for TUN and sends it to the next hop.
  * The FIB and the egress port come first, so that a frame that cannot go
  * is dropped as it came. */
-static __always_inline int xdp_tunnel(struct xdp_md *ctx, const struct decision *d)
+static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 {
 	struct bpf_fib_lookup fib = {};
 	__u32 outer = outer_len(d);
@@ -809,6 +1009,11 @@ static __always_inline int xdp_tunnel(struct xdp_md *ctx, const struct decision 
 		return XDP_DROP;
 	}
 	rc = tun_route(ctx, d, &fib, outer + d->ip_len);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && !xdp_too_big(ctx, d, fib.mtu_result)) {
+		count_drop(DROP_TOO_BIG_ANSWERED);
+		d->answered = 1;
+		return XDP_TX;
+	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		tun_drop(rc);
 		return XDP_DROP;
@@ -860,7 +1065,7 @@ int halb_xdp_lb(struct xdp_md *ctx)
 	default:
 		action = xdp_xmit(ctx, d.b->ifindex);
 	}
-	if (action != XDP_DROP)
+	if (action != XDP_DROP && !d.answered)
 		forwarded(&d);
 	return action;
 }

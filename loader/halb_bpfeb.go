@@ -46,15 +46,16 @@ type halbCtEntry struct {
 type halbDropReason uint32
 
 const (
-	halbDropReasonDROP_MALFORMED   halbDropReason = 0
-	halbDropReasonDROP_NO_BACKEND  halbDropReason = 1
-	halbDropReasonDROP_NO_TX_PORT  halbDropReason = 2
-	halbDropReasonDROP_UNSUPPORTED halbDropReason = 3
-	halbDropReasonDROP_NO_ROUTE    halbDropReason = 4
-	halbDropReasonDROP_NO_NEIGH    halbDropReason = 5
-	halbDropReasonDROP_TOO_BIG     halbDropReason = 6
-	halbDropReasonDROP_ENCAP       halbDropReason = 7
-	halbDropReasonDROP_REASONS     halbDropReason = 8
+	halbDropReasonDROP_MALFORMED        halbDropReason = 0
+	halbDropReasonDROP_NO_BACKEND       halbDropReason = 1
+	halbDropReasonDROP_NO_TX_PORT       halbDropReason = 2
+	halbDropReasonDROP_UNSUPPORTED      halbDropReason = 3
+	halbDropReasonDROP_NO_ROUTE         halbDropReason = 4
+	halbDropReasonDROP_NO_NEIGH         halbDropReason = 5
+	halbDropReasonDROP_TOO_BIG          halbDropReason = 6
+	halbDropReasonDROP_ENCAP            halbDropReason = 7
+	halbDropReasonDROP_TOO_BIG_ANSWERED halbDropReason = 8
+	halbDropReasonDROP_REASONS          halbDropReason = 9
 )
 
 type halbEvent uint32

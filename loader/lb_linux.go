@@ -651,8 +651,15 @@ const (
 	// kernel instead (EventNeighResolve).
 	DropNoNeigh = DropReason(halbDropReasonDROP_NO_NEIGH)
 	// DropTooBig: forward: tun, and the packet with its outer header
-	// exceeds the egress interface's MTU.
+	// exceeds the egress interface's MTU, and the client was not told:
+	// halb_tc_lb, IPv4 without DF, an ICMP error, IPv6 that fits in
+	// 1280 bytes.
 	DropTooBig = DropReason(halbDropReasonDROP_TOO_BIG)
+	// DropTooBigAnswered: as DropTooBig, and halb_xdp_lb sent the client
+	// an ICMP "fragmentation needed" or ICMPv6 "packet too big" with the
+	// tunnel's MTU in its place, as IPVS does: the client's path MTU
+	// discovery sends smaller packets next.
+	DropTooBigAnswered = DropReason(halbDropReasonDROP_TOO_BIG_ANSWERED)
 	// DropEncap: forward: tun, and the frame has no room for the outer
 	// header, or (tc) carries a VLAN tag in its data.
 	DropEncap = DropReason(halbDropReasonDROP_ENCAP)
@@ -674,6 +681,8 @@ func (r DropReason) String() string {
 		return "no-neigh"
 	case DropTooBig:
 		return "too-big"
+	case DropTooBigAnswered:
+		return "too-big-answered"
 	case DropEncap:
 		return "encap"
 	}

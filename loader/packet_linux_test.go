@@ -292,6 +292,7 @@ type packet struct {
 	tos        uint8  // IPv4 TOS, IPv6 traffic class
 	flowLabel  uint32 // IPv6
 	hopByHop   bool   // IPv6: a hop-by-hop options header before TCP/UDP
+	data       []byte // the payload; nil: payload
 }
 
 var payload = []byte("halb test payload")
@@ -324,6 +325,10 @@ func (p packet) frame(t testing.TB, src, dst net.HardwareAddr) []byte {
 		netType layers.EthernetType
 		ls      []gopacket.SerializableLayer
 	)
+	data := payload
+	if p.data != nil {
+		data = p.data
+	}
 	if p.dst.Addr().Is4() {
 		ip := &layers.IPv4{
 			Version: 4, TTL: 64, Protocol: proto, TOS: p.tos, Id: p.id,
@@ -356,7 +361,7 @@ func (p packet) frame(t testing.TB, src, dst net.HardwareAddr) []byte {
 
 	switch {
 	case p.fragOffset != 0:
-		ls = append(ls, gopacket.Payload(payload))
+		ls = append(ls, gopacket.Payload(data))
 	case proto == layers.IPProtocolTCP:
 		tcp := &layers.TCP{
 			SrcPort: layers.TCPPort(p.src.Port()), DstPort: layers.TCPPort(p.dst.Port()),
@@ -368,16 +373,16 @@ func (p packet) frame(t testing.TB, src, dst net.HardwareAddr) []byte {
 		if err := tcp.SetNetworkLayerForChecksum(network); err != nil {
 			t.Fatal(err)
 		}
-		ls = append(ls, tcp, gopacket.Payload(payload))
+		ls = append(ls, tcp, gopacket.Payload(data))
 	case proto == layers.IPProtocolUDP:
 		udp := &layers.UDP{SrcPort: layers.UDPPort(p.src.Port()), DstPort: layers.UDPPort(p.dst.Port())}
 		if err := udp.SetNetworkLayerForChecksum(network); err != nil {
 			t.Fatal(err)
 		}
-		ls = append(ls, udp, gopacket.Payload(payload))
+		ls = append(ls, udp, gopacket.Payload(data))
 	case proto == layers.IPProtocolICMPv4:
 		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoRequest, 0), Id: 1, Seq: 1},
-			gopacket.Payload(payload))
+			gopacket.Payload(data))
 	default:
 		t.Fatalf("no builder for %s", proto)
 	}

@@ -30,6 +30,11 @@ import (
 //	                                          2001:db8:0:12::fe to
 //	                                          2001:db8:0:30::/64
 //
+// and, through halb1's gateways, routes with a locked MTU smaller than the
+// links', where a full-size packet does not fit the tunnel:
+// 203.0.113.64/26 (MTU 1000), 203.0.113.0/26 (500), 2001:db8:0:21::/64
+// (1400) and 2001:db8:0:22::/64 (1300).
+//
 // Neighbour entries are permanent, so the MACs are known; forwarding is on,
 // as the FIB lookup needs.
 var (
@@ -44,7 +49,11 @@ var (
 	routed4   = netip.MustParseAddr("203.0.113.130")
 	routed6   = netip.MustParseAddr("2001:db8:0:20::21")
 	unrouted6 = netip.MustParseAddr("2001:db8:dead::1")
-	behind2   = netip.MustParseAddr("2001:db8:0:30::1") // via halb2
+	behind2   = netip.MustParseAddr("2001:db8:0:30::1")  // via halb2
+	narrow4   = netip.MustParseAddr("203.0.113.70")      // MTU 1000
+	narrower4 = netip.MustParseAddr("203.0.113.10")      // MTU 500
+	narrow6   = netip.MustParseAddr("2001:db8:0:21::21") // MTU 1400
+	narrower6 = netip.MustParseAddr("2001:db8:0:22::21") // MTU 1300
 	gw4       = netip.MustParseAddr("198.51.100.254")
 	gw6       = netip.MustParseAddr("2001:db8:0:11::fe")
 	gw6c      = netip.MustParseAddr("2001:db8:0:12::fe")
@@ -127,16 +136,24 @@ func (tb *testbed) tunNet(t *testing.T) {
 	for _, r := range []struct {
 		dst string
 		gw  netip.Addr
+		mtu int
 	}{
-		{"203.0.113.128/25", gw4},
-		{"2001:db8:0:20::/64", gw6},
-		{"2001:db8:0:30::/64", gw6c},
+		{"203.0.113.128/25", gw4, 0},
+		{"2001:db8:0:20::/64", gw6, 0},
+		{"2001:db8:0:30::/64", gw6c, 0},
+		// Locked: the FIB lookup of a forwarded packet heeds a route's
+		// MTU only then.
+		{"203.0.113.64/26", gw4, 1000},
+		{"203.0.113.0/26", gw4, 500},
+		{"2001:db8:0:21::/64", gw6, 1400},
+		{"2001:db8:0:22::/64", gw6, 1300},
 	} {
 		_, dst, err := net.ParseCIDR(r.dst)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := h.RouteAdd(&netlink.Route{Dst: dst, Gw: r.gw.AsSlice()}); err != nil {
+		route := &netlink.Route{Dst: dst, Gw: r.gw.AsSlice(), MTU: r.mtu, MTULock: r.mtu != 0}
+		if err := h.RouteAdd(route); err != nil {
 			t.Fatalf("route %s via %s: %v", r.dst, r.gw, err)
 		}
 	}
@@ -222,6 +239,43 @@ func verifyTunnel(t testing.TB, frame []byte) {
 	verifyChecksums(t, append(bytes.Clone(frame[:14]), inner...))
 }
 
+// answered is the ICMP error halb_xdp_lb sends back for frame in, whose IP
+// packet starts at l3 and does not fit the tunnel: "fragmentation needed"
+// (RFC 792, RFC 1191 §4) for IPv4, "packet too big" (RFC 4443 §3.2) for
+// IPv6, naming mtu, from the VIP to the client with a TTL or hop limit of
+// 64, on the frame's VLAN and back to the MAC it came from. It quotes the
+// packet as far as the error stays within 576 bytes (IPv4, RFC 1812
+// §4.3.2.3) or 1280 (IPv6, RFC 4443 §2.4), without Ethernet padding.
+func answered(t testing.TB, in []byte, l3 int, mtu uint32) []byte {
+	t.Helper()
+	decoded := gopacket.NewPacket(in, layers.LayerTypeEthernet, gopacket.Default)
+	eth := &layers.Ethernet{SrcMAC: in[0:6], DstMAC: in[6:12], EthernetType: layers.EthernetType(binary.BigEndian.Uint16(in[12:]))}
+	head := []gopacket.SerializableLayer{eth}
+	if l3 > 14 {
+		tag := decoded.Layer(layers.LayerTypeDot1Q).(*layers.Dot1Q)
+		head = append(head, &layers.Dot1Q{VLANIdentifier: tag.VLANIdentifier, Type: tag.Type})
+	}
+	inner := in[l3:]
+	switch ip := decoded.NetworkLayer().(type) {
+	case *layers.IPv4:
+		quote := inner[:min(int(ip.Length), 576-20-8)]
+		return serialize(t, append(head,
+			&layers.IPv4{Version: 4, TTL: 64, Flags: layers.IPv4DontFragment, Protocol: layers.IPProtocolICMPv4, SrcIP: ip.DstIP, DstIP: ip.SrcIP},
+			&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeFragmentationNeeded), Seq: uint16(mtu)},
+			gopacket.Payload(quote))...)
+	case *layers.IPv6:
+		quote := inner[:min(40+int(ip.Length), 1280-40-8)]
+		reply := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6, SrcIP: ip.DstIP, DstIP: ip.SrcIP}
+		icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypePacketTooBig, 0)}
+		if err := icmp.SetNetworkLayerForChecksum(reply); err != nil {
+			t.Fatal(err)
+		}
+		return serialize(t, append(head, reply, icmp, gopacket.Payload(append(binary.BigEndian.AppendUint32(nil, mtu), quote...)))...)
+	}
+	t.Fatalf("not an IP frame: %x", in)
+	return nil
+}
+
 // TestTUN is the specification of forward: tun in halb_xdp_lb and
 // halb_tc_lb: the frame that comes out for each kind of frame and route.
 func TestTUN(t *testing.T) { forPrograms(t, testTUN) }
@@ -236,6 +290,10 @@ func testTUN(t *testing.T, prog string) {
 	tb.tunBackend(t, 5, noNeigh4, tunSrc4, tb.halb0)
 	tb.tunBackend(t, 6, unrouted6, tunSrc6, tb.halb0)
 	tb.tunBackend(t, 7, behind2, tunSrc6c, tb.halb2)
+	tb.tunBackend(t, 8, narrow4, tunSrc4b, tb.halb1)
+	tb.tunBackend(t, 9, narrow6, tunSrc6b, tb.halb1)
+	tb.tunBackend(t, 10, narrower6, tunSrc6b, tb.halb1)
+	tb.tunBackend(t, 11, narrower4, tunSrc4b, tb.halb1)
 	services := []struct {
 		key     ServiceKey
 		backend uint32
@@ -247,6 +305,10 @@ func testTUN(t *testing.T, prog string) {
 		{ServiceKey{vip4, 81, TCP}, 5},
 		{ServiceKey{vip6, 81, TCP}, 6},
 		{ServiceKey{vip6, 82, TCP}, 7},
+		{ServiceKey{vip4, 83, TCP}, 8},
+		{ServiceKey{vip6, 83, TCP}, 9},
+		{ServiceKey{vip6, 84, TCP}, 10},
+		{ServiceKey{vip4, 85, TCP}, 11},
 	}
 	for i, s := range services {
 		id := uint32(i + 1)
@@ -269,6 +331,23 @@ func testTUN(t *testing.T, prog string) {
 	labelled := flow(vip6, 80, 0)
 	labelled.tos, labelled.flowLabel = 0x2e, 0xbeef
 	ack6 := flow(vip6, 53, layers.IPProtocolUDP)
+	// big is p grown to an IP packet of n bytes, a TCP segment of an
+	// open connection with DF set, as a client that does path MTU
+	// discovery sends it.
+	big := func(p packet, n int) packet {
+		hdr := 20 + 20
+		if p.dst.Addr().Is6() {
+			hdr = 40 + 20
+		}
+		p.ack, p.dontFrag, p.data = true, true, bytes.Repeat([]byte{'x'}, n-hdr)
+		return p
+	}
+	bigNoDF := big(flow(vip4, 83, 0), 1000)
+	bigNoDF.dontFrag = false
+	bigTagged := big(flow(vip4, 83, 0), 1000)
+	bigTagged.vlans = []uint16{100}
+	// An ICMP error about a large packet the VIP sent, itself too big.
+	bigError := tooBig(t, router6, packet{src: ap(vip6, 83), dst: ap(client6, 42999), ack: true, data: bytes.Repeat([]byte{'x'}, 1340)}, 0)
 
 	type outcome struct {
 		action   xdpAction
@@ -276,12 +355,14 @@ func testTUN(t *testing.T, prog string) {
 		src      netip.Addr       // outer source
 		drop     DropReason
 		event    Event
-		counted  bool // an event, not a drop
-		viaHalb1 bool // the egress is halb1, not the ingress halb0
+		counted  bool   // an event, not a drop
+		viaHalb1 bool   // the egress is halb1, not the ingress halb0
+		answer   uint32 // the MTU of the ICMP error sent back in its place
 	}
 	cases := []struct {
 		name    string
 		p       packet
+		in      []byte // the frame, when not p's
 		backend uint32
 		xdp, tc outcome // tc: when it differs
 		tcSame  bool
@@ -314,6 +395,33 @@ func testTUN(t *testing.T, prog string) {
 			xdp: outcome{action: xdpDrop, drop: DropNoRoute}, tcSame: true},
 		{name: "a next hop behind an interface that is not a tx port", p: flow(vip6, 82, 0), backend: 7,
 			xdp: outcome{action: xdpDrop, drop: DropNoTxPort}, tcSame: true},
+
+		// Too big for the tunnel: XDP answers the client with the
+		// tunnel's MTU, as IPVS does, where it may; tc drops what it
+		// sees whole (it leaves GSO packets to segmentation).
+		{name: "ipv4 with DF too big for the tunnel is answered with fragmentation needed", p: big(flow(vip4, 83, 0), 1000), backend: 8,
+			xdp: outcome{action: xdpTX, answer: 1000 - 20},
+			tc:  outcome{action: xdpDrop, drop: DropTooBig}},
+		{name: "802.1Q tagged ipv4 too big is answered on its VLAN", p: bigTagged, backend: 8,
+			xdp: outcome{action: xdpTX, answer: 1000 - 20},
+			tc:  outcome{action: xdpDrop, drop: DropTooBig}},
+		// 503 bytes: the error quotes all of it, and its checksum
+		// covers an odd number of bytes.
+		{name: "ipv4 shorter than 548 bytes is quoted whole", p: big(flow(vip4, 85, 0), 503), backend: 11,
+			xdp: outcome{action: xdpTX, answer: 500 - 20},
+			tc:  outcome{action: xdpDrop, drop: DropTooBig}},
+		{name: "ipv4 without DF too big for the tunnel is dropped unanswered", p: bigNoDF, backend: 8,
+			xdp: outcome{action: xdpDrop, drop: DropTooBig}, tcSame: true},
+		{name: "ipv6 too big for the tunnel is answered with packet too big", p: big(flow(vip6, 83, 0), 1400), backend: 9,
+			xdp: outcome{action: xdpTX, answer: 1400 - 40},
+			tc:  outcome{action: xdpDrop, drop: DropTooBig}},
+		{name: "ipv6 packet too big names 1280 for a tunnel MTU under it", p: big(flow(vip6, 84, 0), 1300), backend: 10,
+			xdp: outcome{action: xdpTX, answer: 1280},
+			tc:  outcome{action: xdpDrop, drop: DropTooBig}},
+		{name: "ipv6 that fits in 1280 bytes is dropped unanswered", p: big(flow(vip6, 84, 0), 1270), backend: 10,
+			xdp: outcome{action: xdpDrop, drop: DropTooBig}, tcSame: true},
+		{name: "an ICMP error too big for the tunnel is dropped unanswered", in: bigError, backend: 9,
+			xdp: outcome{action: xdpDrop, drop: DropTooBig}, tcSame: true},
 	}
 
 	wantDrops := map[DropReason]uint64{}
@@ -324,7 +432,10 @@ func testTUN(t *testing.T, prog string) {
 		if tb.tc && !c.tcSame {
 			o = c.tc
 		}
-		in := c.p.frame(t, routerMAC, halb0MAC)
+		in := c.in
+		if in == nil {
+			in = c.p.frame(t, routerMAC, halb0MAC)
+		}
 		l3 := 14 + 4*len(c.p.vlans)
 		t.Run(c.name, func(t *testing.T) {
 			action, out := tb.run(t, in)
@@ -332,6 +443,9 @@ func testTUN(t *testing.T, prog string) {
 				t.Errorf("action %v, want %v", action, tb.expect(o.action))
 			}
 			want := in
+			if o.answer != 0 {
+				want = answered(t, in, l3, o.answer)
+			}
 			if o.hop != nil {
 				src := halb0MAC
 				if o.viaHalb1 {
@@ -345,17 +459,22 @@ func testTUN(t *testing.T, prog string) {
 			if !bytes.Equal(out, want) {
 				t.Errorf("output frame differs\ngot  %x\nwant %x", out, want)
 			}
-			if o.hop != nil {
+			switch {
+			case o.hop != nil:
 				verifyTunnel(t, out)
+			case o.answer != 0:
+				verifyChecksums(t, out)
 			}
 		})
 		switch {
 		case o.counted:
 			wantEvents[o.event]++
+		case o.answer != 0:
+			wantDrops[DropTooBigAnswered]++
 		case o.action == xdpDrop:
 			wantDrops[o.drop]++
 		}
-		if o.action != xdpDrop {
+		if o.action != xdpDrop && o.answer == 0 {
 			s := wantBackends[c.backend]
 			s.Packets, s.Bytes, s.NewFlows = s.Packets+1, s.Bytes+uint64(len(in)), s.NewFlows+1
 			wantBackends[c.backend] = s
@@ -364,7 +483,7 @@ func testTUN(t *testing.T, prog string) {
 	t.Run("counters", func(t *testing.T) {
 		tb.wantDrops(t, wantDrops)
 		tb.wantEvents(t, wantEvents)
-		for id := uint32(1); id <= 7; id++ {
+		for id := range tb.backends {
 			tb.wantBackendStats(t, id, wantBackends[id])
 		}
 	})
