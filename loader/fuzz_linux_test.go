@@ -400,6 +400,8 @@ type expectation struct {
 	l3      int          // where the IP header starts
 	family  int          // 4 or 6
 	ipLen   int          // the IP packet's length, by its header
+	icmp    bool         // an ICMP error about a flow
+	df      bool         // IPv4 with don't fragment set
 }
 
 type expectVerdict int
@@ -448,7 +450,7 @@ func (fb *fuzzBench) model(in []byte) expectation {
 		if be16(l3+6)&0x1fff != 0 {
 			return pass("a later IPv4 fragment")
 		}
-		e.family, e.ipLen = 4, int(be16(l3+2))
+		e.family, e.ipLen, e.df = 4, int(be16(l3+2)), ip[6]&0x40 != 0
 		proto, l4 = ip[9], l3+int(ip[0]&0xf)*4
 		isICMP = proto == 1
 	case 0x86dd:
@@ -498,6 +500,7 @@ func (fb *fuzzBench) model(in []byte) expectation {
 			return pass("ICMP quotes too little to read the ports")
 		}
 		port = be16(inner + innerLen) // the quoted packet's source
+		e.icmp = true
 	case proto == 6 || proto == 17:
 		if n := map[uint8]int{6: 20, 17: 8}[proto]; len(in) < l4+n {
 			return fb.malformed(dst, "transport header cut short")
@@ -600,6 +603,16 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 	case want.ipLen > len(in)-want.l3:
 		dropWhy = "the IP length runs past the frame"
 	case outer+want.ipLen > fuzzMTU:
+		// XDP answers with ICMP what path MTU discovery can use: IPv4
+		// with DF, IPv6 over the minimum MTU, never an ICMP error.
+		answered := !want.icmp && (want.family == 4 && want.df || want.family == 6 && want.ipLen > 1280)
+		if !tb.tc && answered {
+			if action != xdpTX {
+				fail("%v, want XDP_TX of an ICMP too big", action)
+			}
+			checkTooBig(fail, in, out, want, outer)
+			return
+		}
 		dropWhy = "too big for the MTU with the outer header"
 	case tb.tc && want.l3 != 14:
 		dropWhy = "a VLAN tag in the frame (tc)"
@@ -616,6 +629,53 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 		fail("XDP_DROP of a frame for a tun service that can take it")
 	}
 	fb.checkTUN(t, fail, in, out, action, want, b)
+}
+
+// checkTooBig checks XDP's answer to a packet too big for the tunnel: the
+// frame turned around (MACs swapped, a VLAN tag kept), from the VIP to the
+// client, ICMP "fragmentation needed" or ICMPv6 "packet too big" naming
+// the tunnel's MTU and quoting the start of the packet, checksums right.
+func checkTooBig(fail func(string, ...any), in, out []byte, want expectation, outer int) {
+	l3 := want.l3
+	if len(out) < l3+48 || !bytes.Equal(out[:6], in[6:12]) || !bytes.Equal(out[6:12], in[:6]) ||
+		!bytes.Equal(out[12:l3], in[12:l3]) {
+		fail("too big: the answer is not the frame turned around")
+	}
+	ip, orig := out[l3:], in[l3:]
+	if want.family == 4 {
+		hl := 20
+		n := int(binary.BigEndian.Uint16(ip[2:]))
+		switch {
+		case ip[0] != 0x45 || ip[9] != 1 || ip[8] != 64 || n != len(ip) || n > 576:
+			fail("too big: IPv4 header %x, want 20 bytes, ICMP, TTL 64, the frame's length up to 576", ip[:20])
+		case !bytes.Equal(ip[12:16], orig[16:20]) || !bytes.Equal(ip[16:20], orig[12:16]):
+			fail("too big: answer from %x to %x, want the VIP to the client", ip[12:16], ip[16:20])
+		case checksum(ip[:hl]) != 0 || checksum(ip[hl:n]) != 0:
+			fail("too big: a checksum does not verify")
+		case ip[hl] != 3 || ip[hl+1] != 4 || int(binary.BigEndian.Uint16(ip[hl+6:])) != fuzzMTU-outer:
+			fail("too big: ICMP %d/%d MTU %d, want 3/4 MTU %d", ip[hl], ip[hl+1], binary.BigEndian.Uint16(ip[hl+6:]), fuzzMTU-outer)
+		case !bytes.Equal(ip[hl+8:n], orig[:n-hl-8]):
+			fail("too big: the quote is not the start of the packet")
+		}
+		return
+	}
+	n := 40 + int(binary.BigEndian.Uint16(ip[4:]))
+	var pseudo []byte
+	pseudo = append(pseudo, ip[8:40]...)
+	pseudo = binary.BigEndian.AppendUint32(pseudo, uint32(n-40))
+	pseudo = append(pseudo, 0, 0, 0, 58)
+	switch {
+	case ip[0]>>4 != 6 || ip[6] != 58 || ip[7] != 64 || n != len(ip) || n > 1280:
+		fail("too big: IPv6 header %x, want ICMPv6, hop limit 64, the frame's length up to 1280", ip[:40])
+	case !bytes.Equal(ip[8:24], orig[24:40]) || !bytes.Equal(ip[24:40], orig[8:24]):
+		fail("too big: answer from %x to %x, want the VIP to the client", ip[8:24], ip[24:40])
+	case checksum(append(pseudo, ip[40:n]...)) != 0:
+		fail("too big: the ICMPv6 checksum does not verify")
+	case ip[40] != 2 || ip[41] != 0 || int(binary.BigEndian.Uint32(ip[44:])) != max(fuzzMTU-outer, 1280):
+		fail("too big: ICMPv6 %d/%d MTU %d, want 2/0 MTU %d", ip[40], ip[41], binary.BigEndian.Uint32(ip[44:]), max(fuzzMTU-outer, 1280))
+	case !bytes.Equal(ip[48:n], orig[:n-48]):
+		fail("too big: the quote is not the start of the packet")
+	}
 }
 
 // checkDR checks a frame forwarded by dr: the IP packet unchanged, the
