@@ -234,7 +234,8 @@ enum parse_result {
 struct packet {
 	struct flow flow; /* also the halb_ct key: keep it zeroed before use */
 	__u16 l3_off;     /* where the IP header starts in the frame */
-	__u16 ip_len;     /* the IP packet's length, by its header */
+	__u32 ip_len;     /* the IP packet's length, by its header: IPv6's
+			   * header and payload can exceed 16 bits */
 	__u8 syn;         /* a TCP SYN without ACK: a connection starts */
 	__u8 icmp;        /* an ICMP error about flow; flow is the quoted
 			   * packet's, turned around */
@@ -369,6 +370,11 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		if (iph->frag_off & bpf_htons(IPV4_FRAG_OFFSET))
 			return PARSE_PASS;
 		pkt->ip_len = bpf_ntohs(iph->tot_len);
+		/* A length that does not cover the headers (RFC 1812
+		 * §5.2.2): the packet would go on with its real bytes as
+		 * padding, which a backend drops. */
+		if (pkt->ip_len < ihl * 4 + 8)
+			return PARSE_MALFORMED;
 		l4proto = iph->protocol;
 		l4 = l3 + ihl * 4;
 		if (l4proto == IPPROTO_ICMP)
@@ -382,6 +388,9 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		addr_from_ipv6(&pkt->flow.saddr, &ip6h->saddr);
 		addr_from_ipv6(&pkt->flow.daddr, &ip6h->daddr);
 		if (*(__u8 *)ip6h >> 4 != 6)
+			return PARSE_MALFORMED;
+		/* A jumbogram's payload length is 0: not for halb. */
+		if (bpf_ntohs(ip6h->payload_len) < 8)
 			return PARSE_MALFORMED;
 		pkt->ip_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
 		l4proto = ip6h->nexthdr;
@@ -587,7 +596,7 @@ struct decision {
 	__u32 len;      /* frame length, for the byte counters */
 	int new_flow;   /* scheduled by Maglev, not found in halb_ct */
 	__u16 l3_off;   /* where the IP header starts */
-	__u16 ip_len;   /* the IP packet's length */
+	__u32 ip_len;   /* the IP packet's length */
 	__u8 family;    /* enum family of the packet */
 	__u8 icmp;      /* an ICMP error about a flow */
 	__u8 answered;  /* XDP: too big for the tunnel; the client was sent
@@ -722,6 +731,16 @@ static __always_inline void tun_drop(int rc)
 	default:
 		count_drop(DROP_NO_ROUTE);
 	}
+}
+
+/* tun_overflows tells whether d's packet is too long for the outer
+ * header's 16-bit length: IPv4's counts itself, IPv6's only its payload,
+ * the inner packet. Only a GSO packet on the skb path comes near. */
+static __always_inline int tun_overflows(const struct decision *d)
+{
+	__u32 limit = d->family == FAMILY_IPV4 ? 0xffff - sizeof(struct iphdr) : 0xffff;
+
+	return d->ip_len > limit;
 }
 
 /* csum_fold folds a 32-bit one's complement sum to the 16-bit checksum. */
@@ -1008,6 +1027,10 @@ static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 		count_drop(DROP_MALFORMED);
 		return XDP_DROP;
 	}
+	if (tun_overflows(d)) {
+		count_drop(DROP_TOO_BIG);
+		return XDP_DROP;
+	}
 	rc = tun_route(ctx, d, &fib, outer + d->ip_len);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && !xdp_too_big(ctx, d, fib.mtu_result)) {
 		count_drop(DROP_TOO_BIG_ANSWERED);
@@ -1131,6 +1154,10 @@ static __always_inline int tc_tunnel(struct __sk_buff *skb, const struct decisio
 	}
 	if (d->ip_len > d->len - d->l3_off) {
 		count_drop(DROP_MALFORMED);
+		return TC_ACT_SHOT;
+	}
+	if (tun_overflows(d)) {
+		count_drop(DROP_TOO_BIG);
 		return TC_ACT_SHOT;
 	}
 	/* A GSO packet is checked against the MTU segment by segment where

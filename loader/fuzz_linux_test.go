@@ -452,6 +452,9 @@ func (fb *fuzzBench) model(in []byte) expectation {
 		}
 		e.family, e.ipLen, e.df = 4, int(be16(l3+2)), ip[6]&0x40 != 0
 		proto, l4 = ip[9], l3+int(ip[0]&0xf)*4
+		if e.ipLen < l4-l3+8 {
+			return fb.malformed(dst, "IPv4 total length short of the headers")
+		}
 		isICMP = proto == 1
 	case 0x86dd:
 		if len(in) < l3+40 {
@@ -464,6 +467,9 @@ func (fb *fuzzBench) model(in []byte) expectation {
 		}
 		e.family, e.ipLen = 6, 40+int(be16(l3+4))
 		proto, l4 = ip[6], l3+40
+		if e.ipLen < 48 {
+			return fb.malformed(dst, "IPv6 payload length short of a transport header")
+		}
 		isICMP = proto == 58
 	default:
 		return pass("not IP")

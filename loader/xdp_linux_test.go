@@ -73,6 +73,10 @@ func testSpec(t *testing.T, prog string) {
 	}
 	badIHL := tcp4.frame(t, routerMAC, halb0MAC)
 	badIHL[14] = 0x44 // version 4, header length 4 words
+	shortLen := tcp4.frame(t, routerMAC, halb0MAC)
+	shortLen[14+3] = 20 // total length 20: the IPv4 header and nothing more
+	shortLen6 := tcp6.frame(t, routerMAC, halb0MAC)
+	shortLen6[14+4], shortLen6[14+5] = 0, 0 // payload length 0
 
 	cases := []struct {
 		name    string
@@ -120,6 +124,8 @@ func testSpec(t *testing.T, prog string) {
 			p.ipv4Opts = []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}}
 		}).frame(t, routerMAC, halb0MAC), 14+22), action: xdpDrop},
 		{name: "ipv4 header length below 5 words, to a VIP", in: badIHL, action: xdpDrop},
+		{name: "ipv4 total length short of the headers, to a VIP", in: shortLen, action: xdpDrop},
+		{name: "ipv6 payload length short of a transport header, to a VIP", in: shortLen6, action: xdpDrop},
 		{name: "tcp header cut short, to a VIP", in: cut(tcp4.frame(t, routerMAC, halb0MAC), 14+20+10), action: xdpDrop},
 		{name: "udp header cut short, to a VIP", in: cut(udp4.frame(t, routerMAC, halb0MAC), 14+20+4), action: xdpDrop},
 		{name: "ipv6 tcp header cut short, to a VIP", in: cut(tcp6.frame(t, routerMAC, halb0MAC), 14+40+12), action: xdpDrop},
