@@ -191,6 +191,21 @@ struct ct_entry {
 	__u32 backend_id;
 };
 
+/* halb_nexthops value (per CPU), indexed by backend id: where the last
+ * FIB lookup for a TUN backend said its packets go. The FIB costs more than
+ * the rest of a TUN packet's path together, so a CPU asks it once and then
+ * again only when the loader says something changed (gen) or the entry has
+ * aged (stamp). ifindex 0: nothing cached. */
+struct nexthop {
+	__u64 stamp;     /* bpf_ktime_get_coarse_ns() when it was filled */
+	__u32 gen;       /* halb_nexthop_gen when it was filled */
+	__u32 ifindex;   /* the egress interface */
+	__u16 mtu;       /* the route's MTU, at most 0xffff */
+	__u8 dmac[6];    /* the next hop's MAC */
+	__u8 smac[6];    /* the egress interface's MAC */
+	__u16 pad;
+};
+
 /* halb_service_stats and halb_backend_stats value (per CPU). */
 struct stats {
 	__u64 packets;

@@ -27,7 +27,10 @@
  * RFC 2003) or IPv6 (IP6IP6, RFC 2473) header from the balancer's address
  * to the backend's, and sends it to the next hop the kernel's FIB names
  * (bpf_fib_lookup): the backend may be routed, off the balancer's links.
- * When the neighbour table lacks the next hop's MAC, XDP drops the packet
+ * The FIB costs XDP more than the rest of the packet's path, so XDP keeps
+ * its answer per CPU and backend (halb_nexthops) until the loader reports
+ * a route, neighbour or backend change, or a second has passed. When the
+ * neighbour table lacks the next hop's MAC, XDP drops the packet
  * (DROP_NO_NEIGH) while the loader has the kernel resolve it; tc hands it
  * to the kernel's neighbour layer (bpf_redirect_neigh), which resolves the
  * MAC and sends it. Passing it to the stack would not do: the stack drops
@@ -174,6 +177,25 @@ struct {
 	__type(key, __u32);
 	__type(value, struct stats);
 } halb_backend_stats SEC(".maps");
+
+/* A TUN backend's next hop as this CPU last had it from the FIB (struct
+ * nexthop). A cache: never pinned, so a restart starts it empty. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HALB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct nexthop);
+} halb_nexthops SEC(".maps");
+
+/* The loader bumps halb_nexthop_gen whenever a route, a neighbour or a
+ * backend changes: every cached next hop filled before is then asked of
+ * the FIB again. */
+volatile __u32 halb_nexthop_gen;
+
+/* How long a cached next hop is trusted without a bump: the bound on a
+ * stale one while no loader runs to bump halb_nexthop_gen (halb killed,
+ * the program still attached). */
+#define NEXTHOP_TTL_NS 1000000000ULL
 
 /* Packets dropped, by enum drop_reason. */
 struct {
@@ -718,6 +740,48 @@ static __always_inline int tun_route(void *ctx, const struct decision *d,
 	return bpf_fib_lookup(ctx, fib, sizeof(*fib), BPF_FIB_LOOKUP_OUTPUT);
 }
 
+/* tun_nexthop finds the next hop toward d's backend for XDP: from this
+ * CPU's halb_nexthops while it is fresh, else from the FIB, which it then
+ * caches. It returns a BPF_FIB_LKUP_RET_ code; on success *out is the
+ * entry. The route's MTU comes from a first lookup for the longest packet
+ * (FRAG_NEEDED answers with it; success means any length fits), the MACs
+ * from a second one that no length can fail; a next hop without a MAC yet
+ * (NO_NEIGH) is not cached. */
+static __always_inline int tun_nexthop(struct xdp_md *ctx, const struct decision *d,
+				       struct nexthop **out)
+{
+	__u32 gen = halb_nexthop_gen;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct bpf_fib_lookup fib = {};
+	struct nexthop *nh;
+	__u16 mtu = 0xffff;
+	int rc;
+
+	nh = bpf_map_lookup_elem(&halb_nexthops, &d->backend_id);
+	if (!nh)
+		return BPF_FIB_LKUP_RET_NOT_FWDED;
+	*out = nh;
+	if (nh->ifindex && nh->gen == gen && now - nh->stamp < NEXTHOP_TTL_NS)
+		return BPF_FIB_LKUP_RET_SUCCESS;
+
+	nh->ifindex = 0;
+	rc = tun_route(ctx, d, &fib, 0xffff);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		mtu = fib.mtu_result;
+		__builtin_memset(&fib, 0, sizeof(fib));
+		rc = tun_route(ctx, d, &fib, 0);
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return rc;
+	nh->stamp = now;
+	nh->gen = gen;
+	nh->mtu = mtu;
+	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
+	nh->ifindex = fib.ifindex;
+	return rc;
+}
+
 /* tun_drop counts a TUN packet the FIB gave no next hop for. */
 static __always_inline void tun_drop(int rc)
 {
@@ -1009,11 +1073,11 @@ static __always_inline int xdp_too_big(struct xdp_md *ctx, const struct decision
 }
 
 /* xdp_tunnel encapsulates the frame for TUN and sends it to the next hop.
- * The FIB and the egress port come first, so that a frame that cannot go
+ * The next hop and the egress port come first, so that a frame that cannot go
  * is dropped as it came. */
 static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 {
-	struct bpf_fib_lookup fib = {};
+	struct nexthop *nh = NULL;
 	__u32 outer = outer_len(d);
 	void *data, *data_end;
 	struct ethhdr *eth;
@@ -1031,19 +1095,23 @@ static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 		count_drop(DROP_TOO_BIG);
 		return XDP_DROP;
 	}
-	rc = tun_route(ctx, d, &fib, outer + d->ip_len);
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && !xdp_too_big(ctx, d, fib.mtu_result)) {
-		count_drop(DROP_TOO_BIG_ANSWERED);
-		d->answered = 1;
-		return XDP_TX;
-	}
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+	rc = tun_nexthop(ctx, d, &nh);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || !nh) {
 		tun_drop(rc);
+		return XDP_DROP;
+	}
+	if (outer + d->ip_len > nh->mtu) {
+		if (!xdp_too_big(ctx, d, nh->mtu)) {
+			count_drop(DROP_TOO_BIG_ANSWERED);
+			d->answered = 1;
+			return XDP_TX;
+		}
+		count_drop(DROP_TOO_BIG);
 		return XDP_DROP;
 	}
 	/* A redirect happens after the program returns: the frame can
 	 * change until then. */
-	action = xdp_xmit(ctx, fib.ifindex);
+	action = xdp_xmit(ctx, nh->ifindex);
 	if (action == XDP_DROP)
 		return action;
 	/* The IP packet stays where it is; in front of it go a new Ethernet
@@ -1061,8 +1129,8 @@ static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 		count_drop(DROP_ENCAP);
 		return XDP_DROP;
 	}
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
 	eth->h_proto = d->family == FAMILY_IPV4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
 	return action;
 }

@@ -92,6 +92,17 @@ const (
 	halbForwardModeFORWARD_TUN  halbForwardMode = 2
 )
 
+type halbNexthop struct {
+	_       structs.HostLayout
+	Stamp   uint64
+	Gen     uint32
+	Ifindex uint32
+	Mtu     uint16
+	Dmac    [6]uint8
+	Smac    [6]uint8
+	Pad     uint16
+}
+
 type halbService struct {
 	_       structs.HostLayout
 	Id      uint32
@@ -149,6 +160,7 @@ const (
 	halbMapHalbDrops        = "halb_drops"
 	halbMapHalbEvents       = "halb_events"
 	halbMapHalbMaglev       = "halb_maglev"
+	halbMapHalbNexthops     = "halb_nexthops"
 	halbMapHalbServiceIds   = "halb_service_ids"
 	halbMapHalbServiceStats = "halb_service_stats"
 	halbMapHalbServices     = "halb_services"
@@ -157,6 +169,7 @@ const (
 	halbProgHalbTcLb        = "halb_tc_lb"
 	halbProgHalbXdpLb       = "halb_xdp_lb"
 	halbVarHalbMaglevSize   = "halb_maglev_size"
+	halbVarHalbNexthopGen   = "halb_nexthop_gen"
 )
 
 // loadHalb returns the embedded CollectionSpec for halb.
@@ -215,6 +228,7 @@ type halbMapSpecs struct {
 	HalbDrops        *ebpf.MapSpec `ebpf:"halb_drops"`
 	HalbEvents       *ebpf.MapSpec `ebpf:"halb_events"`
 	HalbMaglev       *ebpf.MapSpec `ebpf:"halb_maglev"`
+	HalbNexthops     *ebpf.MapSpec `ebpf:"halb_nexthops"`
 	HalbServiceIds   *ebpf.MapSpec `ebpf:"halb_service_ids"`
 	HalbServiceStats *ebpf.MapSpec `ebpf:"halb_service_stats"`
 	HalbServices     *ebpf.MapSpec `ebpf:"halb_services"`
@@ -227,6 +241,7 @@ type halbMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type halbVariableSpecs struct {
 	HalbMaglevSize *ebpf.VariableSpec `ebpf:"halb_maglev_size"`
+	HalbNexthopGen *ebpf.VariableSpec `ebpf:"halb_nexthop_gen"`
 }
 
 // halbObjects contains all objects after they have been loaded into the kernel.
@@ -255,6 +270,7 @@ type halbMaps struct {
 	HalbDrops        *ebpf.Map `ebpf:"halb_drops"`
 	HalbEvents       *ebpf.Map `ebpf:"halb_events"`
 	HalbMaglev       *ebpf.Map `ebpf:"halb_maglev"`
+	HalbNexthops     *ebpf.Map `ebpf:"halb_nexthops"`
 	HalbServiceIds   *ebpf.Map `ebpf:"halb_service_ids"`
 	HalbServiceStats *ebpf.Map `ebpf:"halb_service_stats"`
 	HalbServices     *ebpf.Map `ebpf:"halb_services"`
@@ -270,6 +286,7 @@ func (m *halbMaps) Close() error {
 		m.HalbDrops,
 		m.HalbEvents,
 		m.HalbMaglev,
+		m.HalbNexthops,
 		m.HalbServiceIds,
 		m.HalbServiceStats,
 		m.HalbServices,
@@ -283,6 +300,7 @@ func (m *halbMaps) Close() error {
 // It can be passed to loadHalbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type halbVariables struct {
 	HalbMaglevSize *ebpf.Variable `ebpf:"halb_maglev_size"`
+	HalbNexthopGen *ebpf.Variable `ebpf:"halb_nexthop_gen"`
 }
 
 // halbPrograms contains all programs after they have been loaded into the kernel.

@@ -9,7 +9,7 @@ package loader
 // exists is read, and all of them hold the same definitions, so the objects
 // come out the same on any of these hosts.
 //
-//go:generate go tool bpf2go -tags linux -type addr -type family -type forward_mode -type service_flags -type backend_flags -type drop_reason -type event halb ../bpf/halb_lb.c -- -I../bpf -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu -idirafter /usr/include/arm-linux-gnueabihf -O2 -g -Wall -Werror -mcpu=v3
+//go:generate go tool bpf2go -tags linux -type addr -type family -type forward_mode -type service_flags -type backend_flags -type drop_reason -type event -type nexthop halb ../bpf/halb_lb.c -- -I../bpf -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu -idirafter /usr/include/arm-linux-gnueabihf -O2 -g -Wall -Werror -mcpu=v3
 
 import (
 	"errors"
@@ -50,6 +50,8 @@ type LB struct {
 	// mu serialises the service writers, which keep halb_vips in step
 	// with halb_services.
 	mu sync.Mutex
+	// genMu serialises the bumps of halb_nexthop_gen.
+	genMu sync.Mutex
 }
 
 // Load loads halb_xdp_lb and halb_tc_lb and creates their maps, sized by
@@ -365,6 +367,24 @@ func (lb *LB) PutBackend(id uint32, b Backend) error {
 	if err := lb.objs.HalbBackends.Put(id, &v); err != nil {
 		return fmt.Errorf("write backend %d: %w", id, err)
 	}
+	// The id may have served another backend, whose next hop the CPUs
+	// still cache.
+	return lb.ForgetNexthops()
+}
+
+// ForgetNexthops makes every CPU ask the FIB again for the next hops of
+// TUN backends, which it caches in halb_nexthops (for at most a second
+// without this): after a route, a neighbour or a backend changed.
+func (lb *LB) ForgetNexthops() error {
+	lb.genMu.Lock()
+	defer lb.genMu.Unlock()
+	var gen uint32
+	if err := lb.objs.HalbNexthopGen.Get(&gen); err != nil {
+		return fmt.Errorf("read %s: %w", halbVarHalbNexthopGen, err)
+	}
+	if err := lb.objs.HalbNexthopGen.Set(gen + 1); err != nil {
+		return fmt.Errorf("bump %s: %w", halbVarHalbNexthopGen, err)
+	}
 	return nil
 }
 
@@ -414,7 +434,7 @@ func (lb *LB) DeleteBackend(id uint32) error {
 	if err := lb.objs.HalbBackends.Put(id, &halbBackend{}); err != nil {
 		return fmt.Errorf("clear backend %d: %w", id, err)
 	}
-	return nil
+	return lb.ForgetNexthops()
 }
 
 // AddTxPort lets the program redirect frames to interface ifindex. The

@@ -179,27 +179,42 @@ func (d *Datapath) solicit(a *attachment, addr netip.Addr) {
 }
 
 // watchNeighbours applies again when the MAC of a backend appears or
-// changes, until ctx ends.
+// changes, and makes the program ask the FIB again for TUN next hops when
+// a route or a neighbour changes, until ctx ends.
 func (d *Datapath) watchNeighbours(ctx context.Context) {
 	for ctx.Err() == nil {
-		updates := make(chan netlink.NeighUpdate, 256)
+		neighs := make(chan netlink.NeighUpdate, 256)
+		routes := make(chan netlink.RouteUpdate, 256)
 		done := make(chan struct{})
-		err := netlink.NeighSubscribeWithOptions(updates, done, netlink.NeighSubscribeOptions{
-			Namespace: &d.ns,
-			ErrorCallback: func(err error) {
-				if ctx.Err() == nil {
-					d.log.Warn("neighbour updates", "err", err)
-				}
-			},
+		onErr := func(err error) {
+			if ctx.Err() == nil {
+				d.log.Warn("neighbour and route updates", "err", err)
+			}
+		}
+		err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{
+			Namespace: &d.ns, ErrorCallback: onErr,
 		})
+		if err == nil {
+			err = netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{
+				Namespace: &d.ns, ErrorCallback: onErr,
+			})
+			if err != nil {
+				close(done)
+				for range neighs {
+				}
+			}
+		}
 		if err != nil {
-			d.log.Warn("cannot follow the neighbour table, asking again every few seconds", "err", err)
+			d.log.Warn("cannot follow the neighbour table and routes, asking again every few seconds", "err", err)
 		} else {
 			// Whatever happened while nobody listened.
+			d.forgetNexthops()
 			d.poke()
-			d.follow(ctx, updates)
+			d.follow(ctx, neighs, routes)
 			close(done)
-			for range updates {
+			for range neighs {
+			}
+			for range routes {
 			}
 		}
 		select {
@@ -209,16 +224,22 @@ func (d *Datapath) watchNeighbours(ctx context.Context) {
 	}
 }
 
-// follow reads updates until ctx ends or the subscription does.
-func (d *Datapath) follow(ctx context.Context, updates <-chan netlink.NeighUpdate) {
+// follow reads updates until ctx ends or a subscription does.
+func (d *Datapath) follow(ctx context.Context, neighs <-chan netlink.NeighUpdate, routes <-chan netlink.RouteUpdate) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case u, ok := <-updates:
+		case _, ok := <-routes:
 			if !ok {
 				return
 			}
+			d.forgetNexthops()
+		case u, ok := <-neighs:
+			if !ok {
+				return
+			}
+			d.forgetNexthops()
 			if u.Type == unix.RTM_NEWNEIGH && u.State&neighbourStates != 0 && len(u.HardwareAddr) == 6 && d.changes(u.Neigh) {
 				d.poke()
 			}
@@ -229,6 +250,14 @@ func (d *Datapath) follow(ctx context.Context, updates <-chan netlink.NeighUpdat
 				d.poke()
 			}
 		}
+	}
+}
+
+// forgetNexthops drops the next hops the program caches for TUN backends:
+// any route or neighbour may be one of theirs.
+func (d *Datapath) forgetNexthops() {
+	if err := d.lb.ForgetNexthops(); err != nil {
+		d.log.Warn("cannot make the data path look up tun next hops again", "err", err)
 	}
 }
 

@@ -665,3 +665,56 @@ func testICMPTooBig(t *testing.T, prog string) {
 		}
 	})
 }
+
+// TestTUNNextHopChanges: halb_xdp_lb caches each TUN backend's next hop
+// per CPU; once the loader says so (ForgetNexthops, which the Datapath
+// calls on every route and neighbour update), a new MAC for the gateway
+// and a new MTU on the route are what the next packets get.
+func TestTUNNextHopChanges(t *testing.T) {
+	tb := newTestbed(t, Options{})
+	tb.tunNet(t)
+	tb.tunBackend(t, 1, routed4, tunSrc4b, tb.halb1)
+	tb.service(t, ServiceKey{vip4, 80, TCP}, Service{ID: 1, Forward: ForwardTUN})
+	tb.table(t, 1, 1)
+	h := tb.ns.Netlink(t)
+
+	send := func(t *testing.T, p packet, hop net.HardwareAddr) {
+		t.Helper()
+		in := p.frame(t, routerMAC, halb0MAC)
+		action, out := tb.run(t, in)
+		want := tunneled(t, in, 14, halb1MAC, hop, tunSrc4b, routed4)
+		if action != xdpRedirect || !bytes.Equal(out, want) {
+			t.Errorf("%v, frame\n%x\nwant XDP_REDIRECT, frame\n%x", action, out, want)
+		}
+	}
+	syn := packet{src: ap(client4, 43000), dst: ap(vip4, 80)}
+	for range 3 { // the first fills the cache, the others read it
+		send(t, syn, gw4MAC)
+	}
+
+	moved := net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x02, 0xee}
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: tb.halb1, IP: gw4.AsSlice(), HardwareAddr: moved, State: netlink.NUD_PERMANENT}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.lb.ForgetNexthops(); err != nil {
+		t.Fatal(err)
+	}
+	send(t, syn, moved)
+
+	// The route to the backend gets a locked MTU of 1000: a 1200-byte
+	// DF packet no longer fits the tunnel and is answered.
+	_, dst, _ := net.ParseCIDR("203.0.113.128/25")
+	if err := h.RouteReplace(&netlink.Route{Dst: dst, Gw: gw4.AsSlice(), MTU: 1000, MTULock: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.lb.ForgetNexthops(); err != nil {
+		t.Fatal(err)
+	}
+	big := packet{src: ap(client4, 43001), dst: ap(vip4, 80), ack: true, dontFrag: true, data: bytes.Repeat([]byte{'x'}, 1200-40)}
+	in := big.frame(t, routerMAC, halb0MAC)
+	action, out := tb.run(t, in)
+	if want := answered(t, in, 14, 1000-20); action != xdpTX || !bytes.Equal(out, want) {
+		t.Errorf("1200 bytes over a 1000-byte route: %v, frame\n%x\nwant XDP_TX, frame\n%x", action, out, want)
+	}
+	send(t, syn, moved) // a small one still goes
+}
