@@ -171,7 +171,7 @@ type node struct {
 	done chan struct{}
 }
 
-func newNode(t *testing.T, name string, ns *netnstest.NS, config string) *node {
+func newNode(t testing.TB, name string, ns *netnstest.NS, config string) *node {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), name+".yaml")
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
@@ -187,7 +187,7 @@ func newNode(t *testing.T, name string, ns *netnstest.NS, config string) *node {
 	return n
 }
 
-func (n *node) start(t *testing.T) {
+func (n *node) start(t testing.TB) {
 	t.Helper()
 	n.cmd = exec.Command(halbBin, "run", "-c", n.cfg)
 	n.cmd.Stderr = n.log
@@ -236,7 +236,7 @@ func hasAddr(h *netlink.Handle, a netip.Addr) bool {
 // waitAddr waits until a's presence on lan0 is want and returns how long
 // that took. The limit only bounds a hang; the figures are printed, not
 // asserted.
-func waitAddr(t *testing.T, h *netlink.Handle, a netip.Addr, want bool, limit time.Duration) time.Duration {
+func waitAddr(t testing.TB, h *netlink.Handle, a netip.Addr, want bool, limit time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for time.Since(start) < limit {

@@ -35,7 +35,7 @@ type keepalived struct {
 	child int
 }
 
-func newKeepalived(t *testing.T, name string, ns *netnstest.NS, config string) *keepalived {
+func newKeepalived(t testing.TB, name string, ns *netnstest.NS, config string) *keepalived {
 	t.Helper()
 	k := &keepalived{name: name, ns: ns, dir: t.TempDir(), log: &syncBuffer{}}
 	if err := os.WriteFile(filepath.Join(k.dir, "keepalived.conf"), []byte(config), 0o600); err != nil {
@@ -50,7 +50,7 @@ func newKeepalived(t *testing.T, name string, ns *netnstest.NS, config string) *
 	return k
 }
 
-func (k *keepalived) start(t *testing.T) {
+func (k *keepalived) start(t testing.TB) {
 	t.Helper()
 	// -n: no daemon; -P: VRRP only; -l -D -G: detailed log on the console,
 	// none to syslog; -R: a VRRP child that dies stays dead (a crash is a
@@ -234,7 +234,7 @@ vrrp_instance VI_T {
 // returns at once, so that takeover times do not include how long the
 // signalled process takes to exit; wait waits for that.
 type peer interface {
-	start(t *testing.T)
+	start(t testing.TB)
 	signal(sig syscall.Signal)
 	wait()
 }

@@ -24,7 +24,7 @@ type switched struct {
 	l       *lan // a and b, for the node helpers
 }
 
-func newSwitched(t *testing.T) *switched {
+func newSwitched(t testing.TB) *switched {
 	t.Helper()
 	sw := netnstest.New(t)
 	swh := sw.Netlink(t)
