@@ -342,7 +342,7 @@ func (d *daemon) waitLog(text string) {
 // each connection with its name, then answers each line it reads with
 // "name: line".
 type server struct {
-	t    *testing.T
+	t    testing.TB
 	ns   *netnstest.NS
 	name string
 	addr netip.AddrPort // a zero address: every address
@@ -352,7 +352,7 @@ type server struct {
 
 // startServer starts a server on addr and port in ns. With a zero addr it
 // listens on every address: the VIP for traffic, its own for health checks.
-func startServer(t *testing.T, ns *netnstest.NS, name string, addr netip.Addr, port uint16) *server {
+func startServer(t testing.TB, ns *netnstest.NS, name string, addr netip.Addr, port uint16) *server {
 	t.Helper()
 	s := &server{t: t, ns: ns, name: name, addr: netip.AddrPortFrom(addr, port)}
 	s.start()

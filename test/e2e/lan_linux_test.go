@@ -75,7 +75,7 @@ type bed struct {
 }
 
 // newBed builds the network for a data path on hook.
-func newBed(t *testing.T, hook loader.Hook) *bed {
+func newBed(t testing.TB, hook loader.Hook) *bed {
 	t.Helper()
 	b := &bed{lan: newLAN(t, netnstest.New(t)), lb: netnstest.New(t)}
 	clientNS := netnstest.New(t)
@@ -130,7 +130,7 @@ func newBed(t *testing.T, hook loader.Hook) *bed {
 
 // datapathConfig is the data path's configuration for mode on the
 // balancer's eth0, pinned in a bpffs of the test's own.
-func datapathConfig(t *testing.T, mode, xdpMode string) config.Datapath {
+func datapathConfig(t testing.TB, mode, xdpMode string) config.Datapath {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "bpffs")
 	if err := os.Mkdir(root, 0o700); err != nil {
@@ -192,7 +192,7 @@ func checkSpread(t *testing.T, what string, counts map[string]int, n int) {
 
 // start runs a Datapath inside the balancer's namespace, as halb would be
 // started there.
-func start(t *testing.T, lb *netnstest.NS, cfg config.Datapath) *loader.Datapath {
+func start(t testing.TB, lb *netnstest.NS, cfg config.Datapath) *loader.Datapath {
 	t.Helper()
 	var dp *loader.Datapath
 	err := lb.Do(func() error {
@@ -209,7 +209,7 @@ func start(t *testing.T, lb *netnstest.NS, cfg config.Datapath) *loader.Datapath
 
 // waitLive waits until the services have n live backends in all: for DR,
 // their MACs known.
-func waitLive(t *testing.T, dp *loader.Datapath, n int) {
+func waitLive(t testing.TB, dp *loader.Datapath, n int) {
 	t.Helper()
 	deadline := time.Now().Add(liveWait)
 	for {
@@ -235,7 +235,7 @@ func waitLive(t *testing.T, dp *loader.Datapath, n int) {
 	}
 }
 
-func logStatus(t *testing.T, dp *loader.Datapath) {
+func logStatus(t testing.TB, dp *loader.Datapath) {
 	t.Helper()
 	st, err := dp.Status()
 	if err != nil {
@@ -268,13 +268,13 @@ func total(counts map[string]int) int {
 
 // lan is the bridge in the switch namespace.
 type lan struct {
-	t      *testing.T
+	t      testing.TB
 	ns     *netnstest.NS
 	h      *netlink.Handle
 	bridge int
 }
 
-func newLAN(t *testing.T, sw *netnstest.NS) *lan {
+func newLAN(t testing.TB, sw *netnstest.NS) *lan {
 	t.Helper()
 	l := &lan{t: t, ns: sw, h: sw.Netlink(t)}
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
@@ -362,7 +362,7 @@ func (l *lan) xdpPass(ifindex int) {
 }
 
 // attachXDP attaches prog natively to ifindex in ns until t ends.
-func attachXDP(t *testing.T, ns *netnstest.NS, prog *ebpf.Program, ifindex int) {
+func attachXDP(t testing.TB, ns *netnstest.NS, prog *ebpf.Program, ifindex int) {
 	t.Helper()
 	// The link resolves ifindex in the namespace of the attaching thread.
 	var lk link.Link
@@ -382,7 +382,7 @@ func attachXDP(t *testing.T, ns *netnstest.NS, prog *ebpf.Program, ifindex int) 
 // on; arp_announce=2: never name the VIP as the source of its own
 // requests), so that the clients' frames for the VIP go to the balancer
 // alone. Neighbour discovery answers only for eth0's own addresses.
-func holdVIP(t *testing.T, ns *netnstest.NS) {
+func holdVIP(t testing.TB, ns *netnstest.NS) {
 	t.Helper()
 	h := ns.Netlink(t)
 	lo, err := h.LinkByName("lo")
@@ -415,7 +415,7 @@ func holdVIP(t *testing.T, ns *netnstest.NS) {
 
 // serve runs a TCP server on addr port 80 in ns: it greets each connection
 // with name, then answers each line it reads with "name: line".
-func serve(t *testing.T, ns *netnstest.NS, name string, addr netip.Addr) {
+func serve(t testing.TB, ns *netnstest.NS, name string, addr netip.Addr) {
 	t.Helper()
 	startServer(t, ns, name, addr, 80)
 }
