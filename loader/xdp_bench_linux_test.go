@@ -29,16 +29,23 @@ import (
 //	               pays before it has parsed a byte.
 //	ct-hit         one flow over and over: parse, conntrack hit, the
 //	               service through the backend's id, DR.
+//	ct-hit-v6      ct-hit for an IPv6 flow.
 //	syn            one SYN over and over: a SYN always takes the Maglev
 //	               choice, so every run hashes, reads the Maglev table and
 //	               writes halb_ct, all on warm caches.
 //	ct-hit-single  ct-hit, one test run per packet, as the next two must.
 //	ct-hit-tun     one flow of a forward: tun service over and over:
 //	               conntrack hit, FIB lookup, outer header, checksum.
+//	lru-insert     a program that only inserts a new key into a full LRU
+//	               hash of halb_ct's key size and entries: what any
+//	               conntrack miss pays for remembering the flow.
 //	ct-miss        a new flow every packet: conntrack miss, jhash, Maglev,
 //	               conntrack insert, DR, with halb_ct full, so that every
 //	               insert also evicts the oldest flow: a busy balancer's
 //	               steady state.
+//	ct-miss-bulk   ct-miss inside one test run: a small program makes
+//	               each frame a new flow and tail-calls halb_xdp_lb; what
+//	               that program costs by itself is taken off.
 //
 // The first four run b.N times inside one BPF_PROG_TEST_RUN. A miss needs
 // a different packet each time, and TUN changes its frame (a second run
@@ -71,6 +78,7 @@ func BenchmarkXDP(b *testing.B) {
 	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "halb_bench_pass",
 		Type:         ebpf.XDP,
+		AttachType:   ebpf.AttachXDP,                                         // as halb_xdp_lb, for ct-miss-bulk's tail calls
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}, // XDP_PASS
 		License:      "MIT",
 	})
@@ -101,6 +109,25 @@ func BenchmarkXDP(b *testing.B) {
 		b.Fatal(err)
 	}
 	ack := packet{src: ap(client4, 40000), dst: ap(vip4, 80), ack: true}.frame(b, routerMAC, mac)
+	// The same service in IPv6, on the same backends' table.
+	web6 := ServiceKey{vip6, 80, TCP}
+	for _, id := range []uint32{5, 6, 7} {
+		be := Backend{Addr: netip.MustParseAddr(fmt.Sprintf("2001:db8:100::%d", id)), MAC: mac, Ifindex: 1, SrcMAC: mac, Service: 3}
+		if err := lb.PutBackend(id, be); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := lb.PutService(web6, Service{ID: 3, Forward: ForwardDR}); err != nil {
+		b.Fatal(err)
+	}
+	table6 := make([]uint32, lb.MaglevTableSize())
+	for i := range table6 {
+		table6[i] = 5 + uint32(i%3)
+	}
+	if err := lb.SetMaglevTable(3, table6); err != nil {
+		b.Fatal(err)
+	}
+	ack6 := packet{src: ap(client6, 40000), dst: ap(vip6, 80), ack: true}.frame(b, routerMAC, mac)
 	syn := packet{src: ap(client4, 40001), dst: ap(vip4, 80)}.frame(b, routerMAC, mac)
 
 	// forward: tun to 192.0.2.21 on halb0 (a tx port; the test run's
@@ -286,6 +313,11 @@ func BenchmarkXDP(b *testing.B) {
 		measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), ack, n, xdpTX) })
 	})
 
+	b.Run("ct-hit-v6", func(b *testing.B) {
+		inNS(b, func() error { _, err := bulk(lb.Program(), ack6, 1, xdpTX); return err })
+		measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), ack6, n, xdpTX) })
+	})
+
 	b.Run("syn", func(b *testing.B) {
 		measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), syn, n, xdpTX) })
 	})
@@ -316,6 +348,139 @@ func BenchmarkXDP(b *testing.B) {
 		binary.BigEndian.PutUint16(flows[14+20:], uint16(flowSeq)) // source port
 		return flows
 	}
+	b.Run("lru-insert", func(b *testing.B) {
+		// The floor of ct-miss: a program that only inserts a new key
+		// (the frame's first bytes, which next changes) into a full
+		// LRU hash of halb_ct's key size and entries, evicting the
+		// oldest, as halb_ct does for every new flow.
+		keySize := (int(unsafe.Sizeof(halbFlow{})) + 7) &^ 7
+		m, err := ebpf.NewMap(&ebpf.MapSpec{
+			Name: "halb_bench_lru", Type: ebpf.LRUHash, KeySize: uint32(keySize), ValueSize: 4,
+			MaxEntries: DefaultConntrackEntries,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer m.Close()
+		insns := asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // ctx->data
+			asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // ctx->data_end
+			asm.Mov.Reg(asm.R4, asm.R2),
+			asm.Add.Imm(asm.R4, int32(keySize)),
+			asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		}
+		for off := 0; off < keySize; off += 8 {
+			insns = append(insns,
+				asm.LoadMem(asm.R4, asm.R2, int16(off), asm.DWord),
+				asm.StoreMem(asm.RFP, int16(off-keySize), asm.R4, asm.DWord))
+		}
+		insns = append(insns,
+			asm.StoreImm(asm.RFP, int16(-keySize-8), 1, asm.Word), // the value (halb_ct's is 4 bytes)
+			asm.LoadMapPtr(asm.R1, m.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, int32(-keySize)),
+			asm.Mov.Reg(asm.R3, asm.RFP),
+			asm.Add.Imm(asm.R3, int32(-keySize-8)),
+			asm.Mov.Imm(asm.R4, 0), // BPF_ANY
+			asm.FnMapUpdateElem.Call(),
+			asm.Mov.Imm(asm.R0, 3), // XDP_TX
+			asm.Return(),
+			asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
+			asm.Return(),
+		)
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "halb_bench_ins", Type: ebpf.XDP, Instructions: insns, License: "MIT"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer prog.Close()
+		// Its own sequence of frames, so that ct-miss's flows stay new.
+		frame := bytes.Clone(ack)
+		seq := 0
+		fresh := func() []byte {
+			seq++
+			binary.BigEndian.PutUint32(frame[0:], uint32(seq))
+			return frame
+		}
+		inNS(b, func() error {
+			_, err := single(prog, DefaultConntrackEntries, fresh, xdpTX)
+			return err
+		})
+		measure(b, true, func(n int) (float64, error) { return single(prog, n, fresh, xdpTX) })
+	})
+
+	b.Run("ct-miss-bulk", func(b *testing.B) {
+		// ct-miss without a syscall between packets: a small program
+		// turns the frame into a new flow (it counts in the source
+		// address, which halb does not checksum) and tail-calls
+		// halb_xdp_lb, all inside one test run, as for ct-hit. The same
+		// program tail-calling the empty one is measured beside it, and
+		// what it costs over the empty program is taken off.
+		fresh := func(target *ebpf.Program) (*ebpf.Program, func(), error) {
+			progs, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+			if err != nil {
+				return nil, nil, err
+			}
+			const src = 14 + 12 // the IPv4 source address
+			insns := asm.Instructions{
+				asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // ctx->data
+				asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // ctx->data_end
+				asm.Mov.Reg(asm.R4, asm.R2),
+				asm.Add.Imm(asm.R4, src+4),
+				asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+				asm.LoadMem(asm.R4, asm.R2, src, asm.Word),
+				asm.Add.Imm(asm.R4, 1),
+				asm.StoreMem(asm.R2, src, asm.R4, asm.Word),
+				asm.LoadMapPtr(asm.R2, progs.FD()),
+				asm.Mov.Imm(asm.R3, 0),
+				asm.FnTailCall.Call(),
+				asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
+				asm.Return(),
+			}
+			// A tail call needs the attach type of the program it calls:
+			// halb_xdp_lb's, and so the empty program's.
+			prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "halb_bench_new", Type: ebpf.XDP, AttachType: ebpf.AttachXDP, Instructions: insns, License: "MIT"})
+			if err == nil {
+				err = progs.Put(uint32(0), target)
+			}
+			if err != nil {
+				if prog != nil {
+					prog.Close()
+				}
+				progs.Close()
+				return nil, nil, err
+			}
+			return prog, func() { prog.Close(); progs.Close() }, nil
+		}
+		toLB, closeLB, err := fresh(lb.Program())
+		if err != nil {
+			b.Fatalf("%+v", err)
+		}
+		defer closeLB()
+		toEmpty, closeEmpty, err := fresh(empty)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer closeEmpty()
+		frame := bytes.Clone(ack)
+		frame[14+12] = 100     // 100.0.0.0 and up: no other line's flows
+		inNS(b, func() error { // fill halb_ct
+			_, err := bulk(toLB, frame, DefaultConntrackEntries, xdpTX)
+			return err
+		})
+		measure(b, false, func(n int) (float64, error) {
+			both, err := bulk(toLB, frame, n, xdpTX)
+			if err != nil {
+				return 0, err
+			}
+			wrapper, err := bulk(toEmpty, frame, n, xdpPass)
+			if err != nil {
+				return 0, err
+			}
+			floor, err := bulk(empty, ack, n, xdpPass)
+			return both - wrapper + floor, err
+		})
+	})
+
 	b.Run("ct-miss", func(b *testing.B) {
 		if flowSeq == 0 { // fill halb_ct first
 			inNS(b, func() error {
