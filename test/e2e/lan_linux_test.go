@@ -235,7 +235,7 @@ func waitLive(t testing.TB, dp *loader.Datapath, n int) {
 	}
 }
 
-func logStatus(t testing.TB, dp *loader.Datapath) {
+func logStatus(t *testing.T, dp *loader.Datapath) {
 	t.Helper()
 	st, err := dp.Status()
 	if err != nil {

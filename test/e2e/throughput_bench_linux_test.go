@@ -40,9 +40,10 @@ const (
 //   - xdp-generic: the same program on the skb path (generic XDP);
 //   - kernel: no halb at all. The balancer forwards by plain routing
 //     (ip_forward=1) with an ECMP route to the VIP over the three backends,
-//     hashed on L4 (fib_multipath_hash_policy=1) so that flows spread as
-//     Maglev spreads them; ICMP redirects are off, so the client keeps
-//     sending through the balancer.
+//     hashed on the 5-tuple (fib_multipath_hash_policy=3, custom, with
+//     fib_multipath_hash_fields=0x37) so that flows spread as Maglev
+//     spreads them; ICMP redirects are off, so the client keeps sending
+//     through the balancer.
 //
 // Each variant has a network of its own, and all three get the same
 // namespaces and links, including the XDP_PASS program on the switch's
@@ -215,9 +216,9 @@ func xdpPackets(dp *loader.Datapath) (uint64, error) {
 	return n, nil
 }
 
-// tuneClient lets the client open a connection per request for
-// loadDuration without running out of ports: it closes first, so each
-// port spends a minute in TIME_WAIT unless it may be reused.
+// tuneClient lets the client open a connection per request through all
+// the rounds without running out of ports: it closes first, so each port
+// spends a minute in TIME_WAIT unless it may be reused.
 func tuneClient(b *testing.B, c *client) {
 	b.Helper()
 	err := sysctls(c.ns, map[string]string{
@@ -237,9 +238,17 @@ func kernelForward(b *testing.B, bed *bed) {
 	// next hop on the client's own subnet, which is when it would send
 	// the client an ICMP redirect; the client would then go to that
 	// backend directly, around the balancer. Neither side may do that.
+	//
+	// The hash is the custom policy (3) over the 5-tuple (fields
+	// 0x37: addresses, protocol, ports), not the L4 policy (1): that
+	// one takes the hash an skb already carries, and an skb from a
+	// socket in a namespace on this host carries its socket's, which
+	// TCP changes when it retransmits, so one flow's packets would
+	// go to two backends. The custom policy always reads the headers.
 	err := sysctls(bed.lb, map[string]string{
 		"net/ipv4/ip_forward":                  "1",
-		"net/ipv4/fib_multipath_hash_policy":   "1",
+		"net/ipv4/fib_multipath_hash_policy":   "3",
+		"net/ipv4/fib_multipath_hash_fields":   "0x0037",
 		"net/ipv4/conf/all/send_redirects":     "0",
 		"net/ipv4/conf/eth0/send_redirects":    "0",
 		"net/ipv4/conf/default/send_redirects": "0",
