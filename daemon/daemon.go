@@ -47,8 +47,11 @@ type Daemon struct {
 	// healthChanged wakes the loop to re-apply when a backend's health
 	// changes; it holds one pending wake-up at most.
 	healthChanged chan struct{}
-	datapathName  atomic.Pointer[string]           // for the control socket's goroutines
-	datapath      atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
+	// quorumLost is, by service name, whether the last apply found the
+	// service below its quorum, so that a change is logged once.
+	quorumLost   map[string]bool
+	datapathName atomic.Pointer[string]           // for the control socket's goroutines
+	datapath     atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
 }
 
 // New loads the configuration at path and sets up logging to w. A bad

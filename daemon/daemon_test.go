@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/health"
 	"github.com/halb-lb/halb/loader"
 )
 
@@ -90,5 +93,49 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 	// With no BTF in the probed tree the decision is IPVS, and it is logged.
 	if !strings.Contains(logs.String(), "datapath=ipvs") || !strings.Contains(logs.String(), "halb stopping") {
 		t.Errorf("logs:\n%s", logs)
+	}
+}
+
+// A service's quorum is logged when it is lost and when it is regained,
+// one line each time, and not at every apply in between.
+func TestLogQuorum(t *testing.T) {
+	var logs bytes.Buffer
+	var level slog.LevelVar
+	svc := config.Service{Name: "web", Quorum: 2, SorryBackend: netip.MustParseAddrPort("198.51.100.99:80"),
+		HealthCheck: config.HealthCheck{Type: "tcp"}}
+	var keys []health.Key
+	for _, a := range []string{"198.51.100.11", "198.51.100.12", "198.51.100.13"} {
+		svc.Backends = append(svc.Backends, config.Backend{Address: netip.MustParseAddr(a), Port: 80, Weight: 1})
+		keys = append(keys, health.Key{Service: "web", Backend: netip.AddrPortFrom(netip.MustParseAddr(a), 80)})
+	}
+	d := &Daemon{cfg: &config.Config{Services: []config.Service{svc}}, log: NewLogger(&logs, "text", &level)}
+	down := func(n int) map[health.Key]health.State {
+		m := map[health.Key]health.State{}
+		for i, k := range keys {
+			m[k] = health.Healthy
+			if i < n {
+				m[k] = health.Unhealthy
+			}
+		}
+		return m
+	}
+	for _, step := range []struct {
+		down int
+		want string // the line logged; "" for none
+	}{
+		{0, ""},
+		{1, ""},
+		{2, `level=WARN msg="service quorum lost" service=web healthy=1 quorum=2 sorry_backend=198.51.100.99:80`},
+		{3, ""},
+		{2, ""},
+		{1, `level=INFO msg="service quorum regained" service=web healthy=2 quorum=2 sorry_backend=198.51.100.99:80`},
+		{0, ""},
+	} {
+		logs.Reset()
+		d.logQuorum(down(step.down))
+		got := strings.TrimSpace(logs.String())
+		if _, line, _ := strings.Cut(got, " "); line != step.want { // past the time
+			t.Errorf("%d backends down: logged %q, want %q", step.down, got, step.want)
+		}
 	}
 }

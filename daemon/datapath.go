@@ -57,9 +57,36 @@ func (d *Daemon) apply(ctx context.Context) error {
 	if d.health != nil {
 		states = d.health.States()
 	}
+	d.logQuorum(states)
 	// Configured weights, with unhealthy backends drained and quorum and
 	// the sorry backend applied.
 	return d.dp.Apply(ctx, health.Services(d.cfg.Services, states))
+}
+
+// logQuorum logs, one line per service, each service that lost or regained
+// its quorum since the last apply: the moment its new flows move to the
+// sorry backend (or are dropped) and back, which the backends' own health
+// lines do not say. A service the daemon has not seen before counts as
+// having had quorum, so one that starts below it is logged too.
+func (d *Daemon) logQuorum(states map[health.Key]health.State) {
+	lost := make(map[string]bool, len(d.cfg.Services))
+	for _, s := range d.cfg.Services {
+		lost[s.Name] = health.QuorumLost(s, states)
+		if lost[s.Name] == d.quorumLost[s.Name] {
+			continue
+		}
+		sorry := "none"
+		if s.SorryBackend.IsValid() {
+			sorry = s.SorryBackend.String()
+		}
+		attrs := []any{"service", s.Name, "healthy", health.Live(s, states), "quorum", max(s.Quorum, 1), "sorry_backend", sorry}
+		if lost[s.Name] {
+			d.log.Warn("service quorum lost", attrs...)
+		} else {
+			d.log.Info("service quorum regained", attrs...)
+		}
+	}
+	d.quorumLost = lost
 }
 
 func (d *Daemon) openBPF(_ context.Context, mode string) (service.Datapath, error) {

@@ -56,13 +56,19 @@ func Backends(s config.Service, states map[Key]State) []service.Backend {
 // QuorumLost reports whether fewer of s's backends are live than its
 // quorum asks, by the rule of Backends; the daemon logs when it changes.
 func QuorumLost(s config.Service, states map[Key]State) bool {
+	return Live(s, states) < max(s.Quorum, 1)
+}
+
+// Live is how many of s's backends are live by the rule of Backends
+// (healthy, weight above 0): the figure quorum is compared with.
+func Live(s config.Service, states map[Key]State) int {
 	live := 0
 	for _, b := range s.Backends {
 		if weight(s, b, states) > 0 {
 			live++
 		}
 	}
-	return live < max(s.Quorum, 1)
+	return live
 }
 
 // weight is b's weight by its health alone: configured, or 0 when it is

@@ -69,6 +69,17 @@ func TestBackends(t *testing.T) {
 			if lost := QuorumLost(tt.svc, tt.states); lost != tt.lost {
 				t.Errorf("QuorumLost = %v, want %v", lost, tt.lost)
 			}
+			// With quorum met, the live backends are those Backends
+			// gives a weight.
+			taking := 0
+			for _, b := range got {
+				if b.Weight > 0 {
+					taking++
+				}
+			}
+			if live := Live(tt.svc, tt.states); !tt.lost && live != taking {
+				t.Errorf("Live = %d, want %d", live, taking)
+			}
 		})
 	}
 }

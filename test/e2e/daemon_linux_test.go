@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -87,6 +88,16 @@ func TestDaemon(t *testing.T) {
 		if counts := c.spread(t, 40400, 30); counts["sorry"] != 0 || total(counts) != 30 {
 			t.Errorf("quorum regained: %v, want no connection on the sorry server", counts)
 		}
+		// One line when the quorum went, one when it came back: with the
+		// second backend back, or the third when both came back within
+		// one apply.
+		lines := quorumLines.FindAllString(d.out.String(), -1)
+		t.Logf("quorum log lines: %q", lines)
+		if len(lines) != 2 ||
+			!strings.Contains(lines[0], `level=WARN msg="service quorum lost" service=web healthy=1 quorum=2 sorry_backend=192.0.2.15:80`) ||
+			!regexp.MustCompile(`level=INFO msg="service quorum regained" service=web healthy=[23] quorum=2 sorry_backend=192.0.2.15:80`).MatchString(lines[1]) {
+			t.Errorf("quorum log lines %q, want one lost (healthy=1) then one regained for web", lines)
+		}
 	})
 
 	t.Run("requests through three reloads", func(t *testing.T) {
@@ -146,6 +157,9 @@ func TestDaemon(t *testing.T) {
 		t.Errorf("%s still there after halb run --cleanup stopped: %v", d.pins, err)
 	}
 }
+
+// quorumLines are the daemon's log lines about a service's quorum.
+var quorumLines = regexp.MustCompile(`(?m)^.*msg="service quorum .*$`)
 
 // routeVIP routes the VIP from ns through the balancer, 192.0.2.2.
 func routeVIP(t *testing.T, ns *netnstest.NS) {
