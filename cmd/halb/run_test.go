@@ -275,6 +275,11 @@ services:
 		`halb_backend_healthy{backend="198.51.100.11:80",service="web"} 0`,
 		`halb_datapath_new_flows_total{backend="",service="web"} 0`,
 		`halb_datapath_packets_total{backend="198.51.100.12:80",service="web"} 0`,
+		`halb_datapath_bytes_total{backend="",service="web"} 0`,
+		`halb_datapath_bytes_total{backend="198.51.100.11:80",service="web"} 0`,
+		// Every reason has a sample, zero until a drop.
+		`halb_datapath_drops_total{reason="no-backend"} `,
+		`halb_datapath_drops_total{reason="malformed"} `,
 		`halb_health_check_seconds_count{check="tcp",service="web"}`,
 	} {
 		if !strings.Contains(body, want) {

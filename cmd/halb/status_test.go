@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/net/ipv4"
+
 	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/vrrp"
 )
 
 // halb status asks the running daemon: a table by default, JSON with
@@ -72,7 +77,9 @@ vrrp:
 }
 
 // control.metrics serves Prometheus metrics: VRRP state, adverts, backend
-// health, data-path counters.
+// health, data-path counters. VI_D's link leads to a peer that sends it
+// one advert it takes and one it drops, so that the adverts received and
+// dropped have samples (the dropped family has none until a drop).
 func TestMetrics(t *testing.T) {
 	addr := freeAddr(t)
 	dir := t.TempDir()
@@ -81,19 +88,34 @@ func TestMetrics(t *testing.T) {
 vrrp:
   instances:
     - {name: VI_M, interface: lan9, vrid: 9, virtual_ips: [192.0.2.9/24]}
+    - {name: VI_D, interface: eth0, vrid: 10, version: 3, virtual_ips: [192.0.2.10/24]}
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	// halb runs in a namespace of its own, with its own loopback: scrape
 	// from inside it.
 	ns := netnstest.New(t)
+	peer := netnstest.New(t)
+	peerLink(t, ns, peer)
 	p := startHalbIn(t, ns, "run", "-c", cfg)
-	p.waitFor(t, "to=FAULT")
-	// The transition is logged just before it is recorded: scrape until
-	// it shows.
+	p.waitForAll(t, "to=FAULT", "to=BACKUP")
+	// The transition is logged just before it is recorded, and VI_D's
+	// socket may open after it: send and scrape until it all shows.
+	advert, err := (&vrrp.Advert{Version: 3, VRID: 10, Priority: 200, Interval: time.Second,
+		Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.10")}}).Marshal(nil, peerAddr, vrrpGroup)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var body string
-	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(20 * time.Millisecond) {
-		if body = scrape(t, ns, addr); strings.Contains(body, `halb_vrrp_state{instance="VI_M",state="FAULT"} 1`) {
+	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(100 * time.Millisecond) {
+		// TTL 255 is taken; TTL 1 is what a router would have left of
+		// it (RFC 5798 §5.1.1.3), dropped.
+		sendAdvert(t, peer, advert, 255)
+		sendAdvert(t, peer, advert, 1)
+		body = scrape(t, ns, addr)
+		if strings.Contains(body, `halb_vrrp_state{instance="VI_M",state="FAULT"} 1`) &&
+			!strings.Contains(body, `halb_vrrp_adverts_received_total{instance="VI_D"} 0`) &&
+			strings.Contains(body, `halb_vrrp_adverts_dropped_total{instance="VI_D",reason="ttl"}`) {
 			break
 		}
 	}
@@ -103,11 +125,87 @@ vrrp:
 		`halb_vrrp_transitions_total{instance="VI_M"} 1`,
 		`halb_vrrp_priority{instance="VI_M"} 100`,
 		`halb_vrrp_adverts_sent_total{instance="VI_M"} 0`,
+		`halb_vrrp_adverts_received_total{instance="VI_M"} 0`,
+		`halb_vrrp_state{instance="VI_D",state="BACKUP"} 1`,
+		`halb_vrrp_adverts_received_total{instance="VI_D"} `,
+		`halb_vrrp_adverts_dropped_total{instance="VI_D",reason="ttl"} `,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
 		}
+	}
+	if strings.Contains(body, `halb_vrrp_adverts_received_total{instance="VI_D"} 0`) {
+		t.Errorf("VI_D received none of the peer's adverts")
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, "halb_vrrp_adverts_") && strings.Contains(line, "VI_D") {
+			t.Log(line)
+		}
+	}
+	if t.Failed() {
+		t.Logf("metrics:\n%s", body)
+	}
+}
+
+// The peer of TestMetrics, on the other end of halb's eth0.
+var (
+	peerAddr  = netip.MustParseAddr("198.51.100.2")
+	vrrpGroup = netip.MustParseAddr("224.0.0.18")
+)
+
+// peerLink joins ns's eth0 (198.51.100.1/24) to peer's eth0 (peerAddr) by
+// a veth pair.
+func peerLink(t *testing.T, ns, peer *netnstest.NS) {
+	t.Helper()
+	h := ns.Netlink(t)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0",
+		PeerNamespace: netlink.NsFd(int(peer.Handle()))}); err != nil {
+		t.Fatal(err)
+	}
+	for _, side := range []struct {
+		h    *netlink.Handle
+		addr string
+	}{{h, "198.51.100.1/24"}, {peer.Netlink(t), peerAddr.String() + "/24"}} {
+		link, err := side.h.LinkByName("eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, _ := netlink.ParseAddr(side.addr)
+		if err := side.h.AddrAdd(link, a); err != nil {
+			t.Fatal(err)
+		}
+		if err := side.h.LinkSetUp(link); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// sendAdvert sends payload from peer's eth0 to the VRRP group with ttl.
+func sendAdvert(t *testing.T, peer *netnstest.NS, payload []byte, ttl int) {
+	t.Helper()
+	err := peer.Do(func() error {
+		c, err := net.ListenPacket("ip4:112", peerAddr.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		pc := ipv4.NewPacketConn(c)
+		if err := pc.SetMulticastInterface(ifi); err != nil {
+			return err
+		}
+		if err := pc.SetMulticastTTL(ttl); err != nil {
+			return err
+		}
+		_, err = pc.WriteTo(payload, nil, &net.IPAddr{IP: vrrpGroup.AsSlice()})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("send an advert with TTL %d: %v", ttl, err)
 	}
 }
 
