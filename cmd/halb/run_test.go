@@ -390,6 +390,26 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("unit lacks %q", want)
 		}
 	}
+
+	// Where there is no config yet, the example goes in, readable by
+	// root alone: it may come to hold auth_pass.
+	fresh := t.TempDir()
+	if out, err := exec.Command("make", "-C", "../..", "install", "DESTDIR="+fresh, "BINDIR="+t.TempDir()).CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	example, err := os.ReadFile("../../configs/halb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	installed := filepath.Join(fresh, "etc/halb/halb.yaml")
+	if data, err := os.ReadFile(installed); err != nil || string(data) != string(example) {
+		t.Errorf("%s is not configs/halb.yaml: %v", installed, err)
+	}
+	if info, err := os.Stat(installed); err != nil {
+		t.Error(err)
+	} else if info.Mode().Perm() != 0o600 {
+		t.Errorf("installed config mode %v, want 0600", info.Mode().Perm())
+	}
 }
 
 // A reload applies VRRP changes in place: an unchanged instance keeps
