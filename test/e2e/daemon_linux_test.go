@@ -30,8 +30,11 @@ import (
 //     interval plus one interval, and comes back after rise successes;
 //   - with fewer healthy backends than the quorum, traffic goes to the
 //     sorry server;
-//   - 1000 requests and more through the VIP while three reloads add a backend,
-//     change a weight and add a service: none fails;
+//   - while three reloads add a backend, change a weight and add a
+//     service, 1000 connections held open through the VIP keep exchanging
+//     with their backends and 32 requesters make 1000 requests and more
+//     on fresh connections: none fails, no held connection changes
+//     backend;
 //   - a reload with a broken file is refused, its errors logged by field
 //     path, and the running configuration keeps serving.
 func TestDaemon(t *testing.T) {
@@ -106,8 +109,20 @@ func TestDaemon(t *testing.T) {
 	})
 
 	t.Run("requests through three reloads", func(t *testing.T) {
-		// Ports 42000 to 47999 for the requests.
-		load := c.load(4, 42000, 6000)
+		// heldConns connections stay open across the reloads, each
+		// exchanging a line round after round on the flow it began
+		// with: an unchanged service keeps its flows, so an answer from
+		// another backend, or none, is a failure. Beside them 32
+		// requesters make requests on fresh connections, ports 42000 to
+		// 42000+loadMax-1: those end in TIME_WAIT here, so no other
+		// connection of the test may bind them.
+		held := c.connectMany(t, 41000, heldConns)
+		spread := map[string]int{}
+		for _, cn := range held {
+			spread[cn.backend]++
+		}
+		busy := startBusy(held)
+		load := c.load(32, 42000, loadMax, 20*time.Millisecond)
 		for _, step := range []struct {
 			what string
 			cfg  daemonConfig
@@ -120,25 +135,36 @@ func TestDaemon(t *testing.T) {
 			{"add a service on port 81", daemonConfig{backends: []string{"be1", "be2", "be3", "be4"}, weight1: 3, port81: true},
 				func() bool { return len(d.live("web81")) == 4 }},
 		} {
-			// Each reload with requests going on before and after it.
+			// Each reload with a round over the held connections and 150
+			// requests before it, and requests going on during it.
+			busy.rounds(t, 1)
 			at := load.count()
-			for start := time.Now(); load.count() < at+150 && time.Since(start) < runTimeout; {
+			for start := time.Now(); load.count() < min(at+150, loadMax) && time.Since(start) < runTimeout; {
 				time.Sleep(10 * time.Millisecond)
 			}
+			inFlight := load.inFlight()
 			d.write(step.cfg)
 			d.reload()
 			d.waitFor(step.what, step.want)
+			t.Logf("%s: at the reload %d of the requesters' requests in flight, %d connections held", step.what, inFlight, heldConns)
 		}
-		res := load.stop(t, max(load.count()+150, 1000))
+		// Every held connection exchanges again after the last reload.
+		busy.rounds(t, 2)
+		res := load.stop(t, min(max(load.count()+150, 1000), loadMax))
+		hres := busy.stop()
 		n := total(res.answers) + len(res.failed)
-		t.Logf("%d requests through three reloads: %d failed, answers %v", n, len(res.failed), res.answers)
+		t.Logf("%d requests on fresh connections through three reloads: %d failed, answers %v", n, len(res.failed), res.answers)
+		t.Logf("%d held connections (%v), %d exchanges on them: %d failed", heldConns, spread, hres.ok+len(hres.failed), len(hres.failed))
 		if len(res.failed) != 0 || n < 1000 {
 			t.Errorf("%d of %d requests failed: %v", len(res.failed), n, res.failed)
+		}
+		if len(hres.failed) != 0 {
+			t.Errorf("%d exchanges on the held connections failed, first: %v", len(hres.failed), hres.failed[0])
 		}
 		if res.answers["be4"] == 0 {
 			t.Errorf("be4, added by a reload during the load, answered none of the requests: %v", res.answers)
 		}
-		if counts := c.spreadTo(t, 81, 43500, 40); total(counts) != 40 || len(counts) != 4 {
+		if counts := c.spreadTo(t, 81, 40500, 40); total(counts) != 40 || len(counts) != 4 {
 			t.Errorf("the service added by reload: %v, want 40 connections over four backends", counts)
 		}
 	})
@@ -152,7 +178,7 @@ func TestDaemon(t *testing.T) {
 		if n := len(d.live("web81")); n != 4 {
 			t.Errorf("web81 has %d live backends after a refused reload, want 4", n)
 		}
-		if counts := c.spreadTo(t, 81, 43600, 20); total(counts) != 20 {
+		if counts := c.spreadTo(t, 81, 40600, 20); total(counts) != 20 {
 			t.Errorf("web81 after a refused reload: %v", counts)
 		}
 	})
@@ -182,6 +208,13 @@ func routeVIP(t *testing.T, ns *netnstest.NS) {
 		t.Fatalf("route the VIP through the balancer: %v", err)
 	}
 }
+
+// The reload test of TestDaemon: connections held open across the
+// reloads, and the most requests on fresh connections beside them.
+const (
+	heldConns = 1000
+	loadMax   = 16000
+)
 
 // The health check of TestDaemon's services.
 const (
@@ -484,15 +517,18 @@ type loadRun struct {
 	res   loadResult
 	next  int // the next request's number
 	max   int
+	busy  int // requests under way
 	stopc chan struct{}
 	done  chan struct{}
 }
 
-// load starts workers that make requests to the VIP, each on a fresh
-// connection from its own port (first, first+1, ...): connect, read the
-// greeting, send a line and read the answer. It makes at most max
-// requests, and runs at most runTimeout.
-func (c *client) load(workers, first, max int) *loadRun {
+// load starts workers that make requests to the VIP one after the other,
+// each on a fresh connection from its own port (first, first+1, ...):
+// connect, read the greeting, hold the connection open for hold, send a
+// line and read the answer. The hold keeps each worker's request in
+// flight most of the time, and the load steady rather than a flood. It
+// makes at most max requests, and runs at most runTimeout.
+func (c *client) load(workers, first, max int, hold time.Duration) *loadRun {
 	r := &loadRun{res: loadResult{answers: map[string]int{}}, max: max, stopc: make(chan struct{}), done: make(chan struct{})}
 	var wg sync.WaitGroup
 	for range workers {
@@ -510,19 +546,21 @@ func (c *client) load(workers, first, max int) *loadRun {
 					r.mu.Lock()
 					i := r.next
 					r.next++
-					r.mu.Unlock()
 					if i >= r.max {
+						r.mu.Unlock()
 						return nil
 					}
-					backend, err := c.request(first + i)
+					r.busy++
+					r.mu.Unlock()
+					backend, err := c.requestHeld(first+i, hold)
 					r.mu.Lock()
+					r.busy--
 					if err != nil {
 						r.res.failed = append(r.res.failed, fmt.Sprintf("request %d: %v", i, err))
 					} else {
 						r.res.answers[backend]++
 					}
 					r.mu.Unlock()
-					time.Sleep(5 * time.Millisecond) // a steady load, not a flood
 				}
 				return nil
 			})
@@ -530,6 +568,13 @@ func (c *client) load(workers, first, max int) *loadRun {
 	}
 	go func() { wg.Wait(); close(r.done) }()
 	return r
+}
+
+// inFlight is how many requests are under way.
+func (r *loadRun) inFlight() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.busy
 }
 
 // count is how many requests have ended.
@@ -568,6 +613,21 @@ func (c *client) request(port int) (string, error) {
 	line, err := cn.r.ReadString('\n')
 	if want := cn.backend + ": hello\n"; err != nil || line != want {
 		return "", fmt.Errorf("answer %q (%v), want %q", line, err, want)
+	}
+	return cn.backend, nil
+}
+
+// requestHeld is request with the connection held open for hold between
+// the greeting and the line.
+func (c *client) requestHeld(port int, hold time.Duration) (string, error) {
+	cn, err := c.dial(port)
+	if err != nil {
+		return "", err
+	}
+	defer cn.Close()
+	time.Sleep(hold)
+	if err := cn.exchange("hello", opTimeout); err != nil {
+		return "", err
 	}
 	return cn.backend, nil
 }
