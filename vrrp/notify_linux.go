@@ -20,14 +20,17 @@ const notifyTimeout = 10 * time.Second
 // time and in order, on a goroutine of its own: a slow or hanging script
 // never delays a transition.
 type notifier struct {
-	cfg   config.Instance
-	log   *slog.Logger
-	queue chan []string
-	done  chan struct{}
+	cfg config.Instance
+	log *slog.Logger
+	// timeout is notifyTimeout; a test that waits for a kill shortens
+	// it before the instance runs.
+	timeout time.Duration
+	queue   chan []string
+	done    chan struct{}
 }
 
 func newNotifier(cfg config.Instance, log *slog.Logger) *notifier {
-	n := &notifier{cfg: cfg, log: log, queue: make(chan []string, 256), done: make(chan struct{})}
+	n := &notifier{cfg: cfg, log: log, timeout: notifyTimeout, queue: make(chan []string, 256), done: make(chan struct{})}
 	go n.loop()
 	return n
 }
@@ -78,11 +81,11 @@ func (n *notifier) run(args []string) {
 		"HALB_VIRTUAL_IPS=" + strings.Join(vips, " "),
 	}
 	start := time.Now()
-	output, err := runProgram(context.Background(), notifyTimeout, append([]string{n.cfg.Notify}, args...), env)
+	output, err := runProgram(context.Background(), n.timeout, append([]string{n.cfg.Notify}, args...), env)
 	attrs := []any{"script", n.cfg.Notify, "state", args[2], "priority", args[3], "took", time.Since(start).Round(time.Millisecond), "output", output}
 	switch {
 	case errors.Is(err, errTimeout):
-		n.log.Error("notify script killed at its timeout", append(attrs, "timeout", notifyTimeout)...)
+		n.log.Error("notify script killed at its timeout", append(attrs, "timeout", n.timeout)...)
 	case err != nil:
 		n.log.Warn("notify script failed", append(attrs, "err", err)...)
 	default:
