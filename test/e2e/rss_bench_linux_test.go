@@ -1,0 +1,320 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/netnstest"
+)
+
+// BenchmarkIdleRSS runs `halb run` (XDP native, DR) with S services of N
+// backends each, health_check none, and measures the daemon once it is
+// programmed and idle:
+//
+//	programmed-s   from starting the process to its "services programmed"
+//	               log line: config load, program load, the first Apply.
+//	live-s         from starting it until `halb status` shows every
+//	               backend live (their MACs resolved by ARP).
+//	rss-MiB        VmRSS after 15 s idle, which takes in one resync (the
+//	               daemon applies the same services again every 10 s).
+//	hwm-MiB        VmHWM, the peak: the first Apply, and the status
+//	               queries this benchmark made while waiting.
+//	idle-cpu-%     the CPU time (user and system) the daemon used in the
+//	               15 idle seconds, as a share of one CPU.
+//
+// The balancer's eth0 (192.0.2.2/24) is a veth whose peer, in a namespace
+// of its own, holds the backends' addresses 192.0.2.100-199 and answers
+// ARP for them; nothing else is sent. Services are on VIPs 198.51.100.10
+// and up, 100 ports each (8000-8099); every service has backends
+// 192.0.2.100 and up on its port.
+//
+// 1000x100 does not run: the eBPF maps hold 4095 backends (one per
+// backend of each service; HALB_MAX_BACKENDS in bpf/halb.h), and the
+// daemon exits when its first Apply cannot place them all: the line
+// reports exited-s, when it did, and logs what it said. 1000x4 and 40x100 are the largest
+// shapes of each kind that fit. ns/op is suppressed: b.N is ignored, each
+// line is one daemon; run with -benchtime 1x.
+func BenchmarkIdleRSS(b *testing.B) {
+	netnstest.Require(b)
+	bin := rssBuildHalb(b)
+	for _, sh := range []struct{ services, backends int }{{1000, 100}, {1000, 4}, {40, 100}} {
+		b.Run(fmt.Sprintf("%dx%d", sh.services, sh.backends), func(b *testing.B) {
+			idleRSS(b, bin, sh.services, sh.backends)
+		})
+	}
+}
+
+// The idle wait, and the bounds of the waits before it.
+const (
+	rssIdle        = 15 * time.Second
+	rssProgrammed  = 5 * time.Minute
+	rssLive        = time.Minute
+	rssStopTimeout = time.Minute
+)
+
+func idleRSS(b *testing.B, bin string, services, backends int) {
+	lb, peers := netnstest.New(b), netnstest.New(b)
+	h := lb.Netlink(b)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0p"}); err != nil {
+		b.Fatalf("add veth: %v", err)
+	}
+	peer, err := h.LinkByName("eth0p")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := h.LinkSetNsFd(peer, int(peers.Handle())); err != nil {
+		b.Fatalf("move eth0p: %v", err)
+	}
+	rssUp(b, h, "eth0", "192.0.2.2/24")
+	addrs := make([]string, 0, 100)
+	for i := range min(backends, 100) {
+		addrs = append(addrs, fmt.Sprintf("192.0.2.%d/24", 100+i))
+	}
+	rssUp(b, peers.Netlink(b), "eth0p", addrs...)
+
+	dir := b.TempDir()
+	// An empty directory for halb to mount its bpf filesystem on.
+	fs := filepath.Join(dir, "bpffs")
+	if err := os.Mkdir(fs, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		var st unix.Statfs_t
+		if unix.Statfs(fs, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
+			_ = unix.Unmount(fs, 0)
+		}
+	})
+	sock := filepath.Join(dir, "halb.sock")
+	cfg := filepath.Join(dir, "halb.yaml")
+	if err := os.WriteFile(cfg, rssConfig(sock, filepath.Join(fs, "halb"), services, backends), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	checkStart := time.Now()
+	if out, err := exec.Command(bin, "check", "-c", cfg).CombinedOutput(); err != nil {
+		b.Fatalf("halb check refuses the %dx%d config: %v\n%.2000s", services, backends, err, out)
+	}
+	b.Logf("halb check accepts the config in %s", time.Since(checkStart).Round(time.Millisecond))
+
+	out := &syncBuffer{}
+	cmd := exec.Command(bin, "run", "--cleanup", "-c", cfg)
+	cmd.Stdout, cmd.Stderr = out, out
+	exited := make(chan struct{})
+	start := time.Now()
+	if err := lb.Start(cmd); err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = cmd.Wait(); close(exited) }()
+	b.Cleanup(func() {
+		select {
+		case <-exited:
+			return
+		default:
+		}
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(rssStopTimeout):
+			b.Errorf("halb did not stop within %s of SIGTERM", rssStopTimeout)
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+
+	at, ok := rssWait(b, exited, rssProgrammed, func() bool { return strings.Contains(out.String(), "services programmed") })
+	if !ok {
+		rssExited(b, out.String(), time.Since(start), services, backends)
+		return
+	}
+	programmed := at.Sub(start)
+	at, ok = rssWait(b, exited, rssLive, func() bool { return rssAllLive(bin, sock, services*backends) })
+	if !ok {
+		b.Fatalf("halb exited before every backend was live:\n%.4000s", out.String())
+	}
+	live := at.Sub(start)
+
+	cpu0 := rssCPU(b, cmd.Process.Pid)
+	select {
+	case <-exited:
+		b.Fatalf("halb exited while idle:\n%.4000s", out.String())
+	case <-time.After(rssIdle):
+	}
+	cpu := rssCPU(b, cmd.Process.Pid) - cpu0
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	rss, hwm := rssField(b, status, "VmRSS"), rssField(b, status, "VmHWM")
+
+	load, _ := os.ReadFile("/proc/loadavg")
+	b.Logf("programmed after %s, every backend live after %s; load average %s",
+		programmed.Round(time.Millisecond), live.Round(time.Millisecond),
+		strings.Join(strings.Fields(string(load))[:3], " "))
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(programmed.Seconds(), "programmed-s")
+	b.ReportMetric(live.Seconds(), "live-s")
+	b.ReportMetric(float64(rss)/1024, "rss-MiB")
+	b.ReportMetric(float64(hwm)/1024, "hwm-MiB")
+	b.ReportMetric(100*cpu.Seconds()/rssIdle.Seconds(), "idle-cpu-%")
+}
+
+// rssConfig is the configuration of S services of N backends each.
+func rssConfig(sock, pins string, services, backends int) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "control: {socket: %s}\n", sock)
+	fmt.Fprintf(&b, "datapath: {mode: xdp, xdp_mode: native, interfaces: [eth0], bpffs: %s}\n", pins)
+	b.WriteString("services:\n")
+	for i := range services {
+		fmt.Fprintf(&b, "  - name: svc%d\n    vip: 198.51.100.%d\n    port: %d\n    health_check: {type: none}\n    backends:\n", i, 10+i/100, 8000+i%100)
+		for j := range backends {
+			fmt.Fprintf(&b, "      - {address: 192.0.2.%d}\n", 100+j%100)
+		}
+	}
+	return []byte(b.String())
+}
+
+// rssWait polls ok every 20 ms until it holds, and returns when it did;
+// false when the daemon exited first. It fails b after bound.
+func rssWait(b *testing.B, exited <-chan struct{}, bound time.Duration, ok func() bool) (time.Time, bool) {
+	b.Helper()
+	start := time.Now()
+	for !ok() {
+		select {
+		case <-exited:
+			return time.Time{}, false
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Since(start) > bound {
+			b.Fatalf("not within %s", bound)
+		}
+	}
+	return time.Now(), true
+}
+
+// rssExited reports a daemon that exited before it was programmed, after
+// took: when the maps had no room for the backends, the limit the
+// 1000x100 line documents, the line says so (exited-s, and
+// backends-refused, the refusals in its error); else b fails.
+func rssExited(b *testing.B, out string, took time.Duration, services, backends int) {
+	b.Helper()
+	full := strings.Count(out, "all are in use")
+	if full == 0 {
+		b.Fatalf("halb exited before it was programmed:\n%.4000s", out)
+	}
+	line := out
+	if i := strings.Index(out, "program services"); i >= 0 {
+		line = out[strings.LastIndexByte(out[:i], '\n')+1:]
+	}
+	line, _, _ = strings.Cut(line, "\n")
+	b.Logf("halb exited %s after it started, before it was programmed: %d of %d backends found the maps full; its error begins: %.400s",
+		took.Round(time.Millisecond), full, services*backends, line)
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(took.Seconds(), "exited-s")
+	b.ReportMetric(float64(full), "backends-refused")
+}
+
+// rssAllLive tells whether `halb status` shows n backends, all live.
+func rssAllLive(bin, sock string, n int) bool {
+	out, err := exec.Command(bin, "status", "--json", "-s", sock).Output()
+	if err != nil {
+		return false
+	}
+	var st struct {
+		Services []struct {
+			Backends []statusBackend `json:"backends"`
+		} `json:"services"`
+	}
+	if json.Unmarshal(out, &st) != nil {
+		return false
+	}
+	live := 0
+	for _, s := range st.Services {
+		for _, be := range s.Backends {
+			if be.Live {
+				live++
+			}
+		}
+	}
+	return live == n
+}
+
+// rssCPU is the user and system time process pid has used.
+func rssCPU(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: utime and stime are the 14th and 15th of the line.
+	s := string(stat)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("/proc/%d/stat: %q", pid, s)
+	}
+	// USER_HZ is 100 on every Linux architecture halb builds for.
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// rssField reads a "Name:  1234 kB" line of /proc/PID/status, in KiB.
+func rssField(b *testing.B, status []byte, name string) int64 {
+	b.Helper()
+	for line := range strings.SplitSeq(string(status), "\n") {
+		v, ok := strings.CutPrefix(line, name+":")
+		if !ok {
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+		if err != nil {
+			b.Fatalf("%s: %q", name, line)
+		}
+		return kb
+	}
+	b.Fatalf("no %s in /proc/PID/status", name)
+	return 0
+}
+
+// rssUp gives interface name addrs and brings it up.
+func rssUp(b *testing.B, h *netlink.Handle, name string, addrs ...string) {
+	b.Helper()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, a := range addrs {
+		addr, err := netlink.ParseAddr(a)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := h.AddrAdd(l, addr); err != nil {
+			b.Fatalf("add %s to %s: %v", a, name, err)
+		}
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// rssBuildHalb builds ./cmd/halb for the benchmark.
+func rssBuildHalb(b *testing.B) string {
+	b.Helper()
+	bin := filepath.Join(b.TempDir(), "halb")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/halb-lb/halb/cmd/halb")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("go build halb: %v\n%s", err, out)
+	}
+	return bin
+}
