@@ -101,3 +101,75 @@ func TestTrackScript(t *testing.T) {
 	t.Logf("file removed: a pre-empted after %v", took.Round(time.Millisecond))
 	a.stop(syscall.SIGTERM)
 }
+
+// A track script that hangs is killed at its timeout and counts as failed:
+// after fall such runs the Master's priority drops by the weight and the
+// peer takes over; once the script answers again (rise runs) the Master
+// pre-empts back.
+func TestHangingTrackScriptMovesMaster(t *testing.T) {
+	v := variant{"v3-ipv4", 3, false, false, 100 * time.Millisecond}
+	l := newLAN(t, false)
+	dir := t.TempDir()
+	flag, pids := filepath.Join(dir, "hang"), filepath.Join(dir, "pids")
+	const (
+		timeout = 300 * time.Millisecond
+		fall    = 2
+	)
+	// While the flag exists the check hangs, as one blocked on a dead NFS
+	// mount or an unanswered connect would; exec keeps the pid the test
+	// checks on.
+	check := fmt.Sprintf("if [ -e %s ]; then echo $$ >> %s; exec sleep 60; fi", flag, pids)
+	cfgA := v.config(l, 0, 150, true) + fmt.Sprintf(`      track_scripts:
+        - {command: [/bin/sh, -c, %q], interval: 100ms, timeout: %v, rise: 2, fall: %d, weight: -60}
+`, check, timeout, fall)
+	a := newNode(t, "a", l.ns[0], cfgA)
+	b := newNode(t, "b", l.ns[1], v.config(l, 1, 100, true))
+	limit := 10 * time.Second
+	a.start(t)
+	waitAddr(t, l.h[0], v.vip(), true, limit)
+	b.start(t)
+	waitLog(t, b, "to=BACKUP")
+
+	if err := os.WriteFile(flag, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	took := waitAddr(t, l.h[1], v.vip(), true, limit)
+	waitAddr(t, l.h[0], v.vip(), false, limit)
+	waitLog(t, a, "track script failing")
+	t.Logf("check hangs: b took over after %v (fall %d × timeout %v, then b's master down interval %v)",
+		took.Round(time.Millisecond), fall, timeout, v.masterDown(100))
+	// Each failing run lasted its whole timeout: a faster move would mean
+	// the hang was not what counted.
+	if took < fall*timeout {
+		t.Errorf("b took over %v after the check began to hang, sooner than fall × timeout = %v", took, fall*timeout)
+	}
+	for _, line := range strings.Split(a.log.String(), "\n") {
+		if strings.Contains(line, "track script failing") && !strings.Contains(line, errTimeout.Error()) {
+			t.Errorf("the failure is not logged as a timeout: %s", line)
+		}
+	}
+
+	if err := os.Remove(flag); err != nil {
+		t.Fatal(err)
+	}
+	took = waitAddr(t, l.h[0], v.vip(), true, limit)
+	waitAddr(t, l.h[1], v.vip(), false, limit)
+	waitLog(t, a, "track script good again")
+	t.Logf("check answers again: a pre-empted after %v", took.Round(time.Millisecond))
+	a.stop(syscall.SIGTERM)
+
+	// Every hanging run was killed, not left behind.
+	hung := strings.Fields(readFile(t, pids))
+	if len(hung) < fall {
+		t.Errorf("%d runs hung, want at least fall = %d", len(hung), fall)
+	}
+	for _, line := range hung {
+		pid, err := strconv.Atoi(line)
+		if err != nil {
+			t.Fatalf("pid file: %v", err)
+		}
+		if !processGone(pid, limit) {
+			t.Errorf("hanging check %d outlived its timeout", pid)
+		}
+	}
+}
