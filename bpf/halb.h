@@ -22,8 +22,9 @@
 #include <linux/types.h>
 
 /* Sizes of the fixed maps. The loader may change the Maglev table size
- * (datapath.maglev_table_size) and the conntrack size
- * (datapath.conntrack_entries) at load time. */
+ * (datapath.maglev_table_size), the conntrack size
+ * (datapath.conntrack_entries) and the size of every map indexed by
+ * backend id (datapath.max_backends) at load time. */
 #define HALB_MAX_SERVICES 1024
 #define HALB_MAX_BACKENDS 4096
 #define HALB_MAX_TX_PORTS 64

@@ -51,6 +51,10 @@ type Datapath struct {
 	BPFFS            string   `mapstructure:"bpffs"`
 	ConntrackEntries int      `mapstructure:"conntrack_entries"`
 	MaglevTableSize  int      `mapstructure:"maglev_table_size"`
+	// MaxBackends sizes the eBPF maps of backends: how many backend
+	// records all the services the eBPF data path serves may hold
+	// together (IDs 1 to MaxBackends-1).
+	MaxBackends int `mapstructure:"max_backends"`
 }
 
 // VRRP holds the virtual router instances and the groups that move together.
@@ -166,6 +170,7 @@ var topDefaults = map[string]any{
 	"datapath.bpffs":             "/sys/fs/bpf/halb",
 	"datapath.conntrack_entries": 65536,
 	"datapath.maglev_table_size": 65537,
+	"datapath.max_backends":      4096,
 }
 
 // Defaults of list items. keepalived's defaults where halb has the same

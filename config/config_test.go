@@ -162,6 +162,9 @@ services:
 	if cfg.Services[1].HealthCheck.Type != "none" {
 		t.Errorf("udp service check = %q, want none", cfg.Services[1].HealthCheck.Type)
 	}
+	if cfg.Datapath.MaxBackends != 4096 {
+		t.Errorf("datapath.max_backends defaults to %d, want 4096", cfg.Datapath.MaxBackends)
+	}
 	if cfg.Datapath.MaglevTableSize != 65537 || cfg.Datapath.BPFFS != "/sys/fs/bpf/halb" || cfg.Control.Socket != "/run/halb/halb.sock" {
 		t.Errorf("datapath/control defaults = %+v %+v", cfg.Datapath, cfg.Control)
 	}

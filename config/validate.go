@@ -162,6 +162,23 @@ func (v *validator) datapath(c *Config) {
 	if v.intRange("datapath.maglev_table_size", d.MaglevTableSize, 3, maxTableSize) && !isPrime(d.MaglevTableSize) {
 		v.errf("datapath.maglev_table_size", "%d is not prime: Maglev needs a prime table size, like 65537 or 251", d.MaglevTableSize)
 	}
+	if v.intRange("datapath.max_backends", d.MaxBackends, 2, maxTableSize) && d.Mode != ModeIPVS {
+		// Every backend of a service the eBPF data path may serve takes
+		// one record, and ID 0 is "no backend". NAT services go to IPVS
+		// (auto) or are refused (xdp, tc) elsewhere.
+		n := 0
+		for _, s := range c.Services {
+			if s.Forward != "nat" {
+				n += len(s.Backends)
+				if s.SorryBackend.IsValid() {
+					n++
+				}
+			}
+		}
+		if n > d.MaxBackends-1 {
+			v.errf("datapath.max_backends", "the services have %d backends (sorry backends included), and the eBPF maps hold %d: raise datapath.max_backends to at least %d", n, d.MaxBackends-1, n+1)
+		}
+	}
 }
 
 func isPrime(n int) bool {

@@ -119,8 +119,8 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	if cfg.BPFFS == "" || !filepath.IsAbs(cfg.BPFFS) {
 		return nil, fmt.Errorf("datapath.bpffs %q: need an absolute path on a bpf filesystem, such as /sys/fs/bpf/halb", cfg.BPFFS)
 	}
-	if cfg.MaglevTableSize < 0 || cfg.ConntrackEntries < 0 {
-		return nil, fmt.Errorf("datapath.maglev_table_size %d and datapath.conntrack_entries %d must not be negative", cfg.MaglevTableSize, cfg.ConntrackEntries)
+	if cfg.MaglevTableSize < 0 || cfg.ConntrackEntries < 0 || cfg.MaxBackends < 0 {
+		return nil, fmt.Errorf("datapath.maglev_table_size %d, datapath.conntrack_entries %d and datapath.max_backends %d must not be negative", cfg.MaglevTableSize, cfg.ConntrackEntries, cfg.MaxBackends)
 	}
 
 	d := &Datapath{
@@ -149,6 +149,7 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	spec, maglev, err := newSpec(Options{
 		MaglevTableSize:  uint32(cfg.MaglevTableSize),
 		ConntrackEntries: uint32(cfg.ConntrackEntries),
+		MaxBackends:      uint32(cfg.MaxBackends),
 	})
 	if err != nil {
 		return nil, err

@@ -26,6 +26,7 @@ import (
 const (
 	DefaultMaglevTableSize  = 65537
 	DefaultConntrackEntries = 65536
+	DefaultMaxBackends      = 4096
 )
 
 // Options size the maps whose size the configuration chooses.
@@ -37,6 +38,10 @@ type Options struct {
 	// ConntrackEntries is how many flows halb_ct remembers
 	// (datapath.conntrack_entries). 0 means DefaultConntrackEntries.
 	ConntrackEntries uint32
+	// MaxBackends sizes halb_backends and the per-backend maps beside it
+	// (datapath.max_backends): backend IDs run from 1 to MaxBackends-1.
+	// 0 means DefaultMaxBackends.
+	MaxBackends uint32
 }
 
 // LB is halb's load balancer in the kernel: the programs halb_xdp_lb and
@@ -73,6 +78,9 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 	if opts.ConntrackEntries == 0 {
 		opts.ConntrackEntries = DefaultConntrackEntries
 	}
+	if opts.MaxBackends == 0 {
+		opts.MaxBackends = DefaultMaxBackends
+	}
 	spec, err := loadHalb()
 	if err != nil {
 		return nil, nil, err
@@ -86,6 +94,11 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 		return nil, nil, fmt.Errorf("set %s: %w", halbVarHalbMaglevSize, err)
 	}
 	spec.Maps[halbMapHalbCt].MaxEntries = opts.ConntrackEntries
+	// Every map indexed by backend ID has the same size: the program
+	// bounds its lookups by the map, not by HALB_MAX_BACKENDS.
+	for _, name := range []string{halbMapHalbBackends, halbMapHalbBackendStats, halbMapHalbNexthops} {
+		spec.Maps[name].MaxEntries = opts.MaxBackends
+	}
 	return spec, maglev.Copy(), nil
 }
 

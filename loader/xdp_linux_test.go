@@ -587,11 +587,25 @@ func (tb *testbed) wantDrops(t *testing.T, want map[DropReason]uint64) {
 // the maps.
 func TestLoad(t *testing.T) {
 	netnstest.Require(t)
-	lb, err := Load(Options{MaglevTableSize: 251, ConntrackEntries: 1024})
+	lb, err := Load(Options{MaglevTableSize: 251, ConntrackEntries: 1024, MaxBackends: 100_001})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lb.Close()
+	// datapath.max_backends sizes every map indexed by backend id alike.
+	for name, m := range map[string]*ebpf.Map{
+		halbMapHalbBackends: lb.objs.HalbBackends, halbMapHalbBackendStats: lb.objs.HalbBackendStats, halbMapHalbNexthops: lb.objs.HalbNexthops,
+	} {
+		if m.MaxEntries() != 100_001 {
+			t.Errorf("%s holds %d entries, want max_backends 100001", name, m.MaxEntries())
+		}
+	}
+	if lb.MaxBackends() != 100_001 {
+		t.Errorf("MaxBackends() = %d, want 100001", lb.MaxBackends())
+	}
+	if err := lb.PutBackend(100_000, Backend{Addr: netip.MustParseAddr("198.51.100.11"), SrcMAC: routerMAC, Ifindex: 1, Service: 1}); err != nil {
+		t.Errorf("the last backend id: %v", err)
+	}
 
 	maps := reflect.ValueOf(lb.objs.halbMaps)
 	for i := range maps.NumField() {
