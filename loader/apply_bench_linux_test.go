@@ -43,13 +43,11 @@ import (
 // name another backend ID after the Apply than before it, and
 // slots-dangling, the slots that name an ID the service no longer has.
 //
-// 1000x100 does not fit: the maps hold HALB_MAX_BACKENDS (4096) backend
-// records, IDs 1 to 4095, one per backend of each service (bpf/halb.h),
-// and no configuration knob changes that. Apply then places the first
-// 4095 backends in key order and refuses the rest, and every service still
-// gets its table; the line says how many were placed and refused, and logs
-// the first refusal. 1000x4 (1000 tables) and 40x100 (100-backend tables)
-// are the largest shapes of each kind that fit.
+// Every backend of every service takes a backend record: 1000x100 needs
+// datapath.max_backends 100001 (the default, 4096, holds 4095), which the
+// shapes above the default set, as `halb check` asks. Were the maps too
+// small, Apply would place what fits and refuse the rest: the lines report
+// backends-placed and backends-refused, and log the first refusal.
 //
 // The backends are DR, on halb0's link with permanent neighbour entries,
 // so that every placed backend is live at once and in its table: no
@@ -71,13 +69,13 @@ import (
 // kernel is the map's own memory-usage estimate). ns/op is suppressed: b.N
 // is ignored, each line is one Apply; run with -benchtime 1x.
 func BenchmarkApply(b *testing.B) {
-	for _, sh := range []applyShape{{1000, 100}, {1000, 4}, {40, 100}} {
+	for _, sh := range []applyShape{{1000, 100}} {
 		b.Run(sh.String(), func(b *testing.B) {
-			ab := newApplyBench(b)
+			ab := newApplyBench(b, sh.maxBackends())
 			ab.report(b, ab.apply(b, sh.services()), sh.services())
 		})
 		b.Run(sh.String()+"-no-change", func(b *testing.B) {
-			ab := newApplyBench(b)
+			ab := newApplyBench(b, sh.maxBackends())
 			svcs := sh.services()
 			ab.apply(b, svcs)
 			ab.report(b, ab.apply(b, svcs), svcs)
@@ -97,7 +95,7 @@ func BenchmarkApply(b *testing.B) {
 // change and applies it again, and reports the second Apply and how many
 // slots of the Maglev table name another backend after it.
 func benchOneBackend(b *testing.B, change func(*service.Service)) {
-	ab := newApplyBench(b)
+	ab := newApplyBench(b, DefaultMaxBackends)
 	s := service.Service{
 		Name: "big", Key: service.Key{VIP: netip.MustParseAddr("198.51.100.10"), Port: 80, Proto: service.TCP},
 		Scheduler: "mh", Forward: service.DR,
@@ -154,6 +152,10 @@ type applyShape struct{ nServices, nBackends int }
 
 func (sh applyShape) String() string { return fmt.Sprintf("%dx%d", sh.nServices, sh.nBackends) }
 
+// maxBackends is datapath.max_backends for the shape: the default, or one
+// more than its backends (ID 0 is "no backend").
+func (sh applyShape) maxBackends() int { return max(DefaultMaxBackends, sh.nServices*sh.nBackends+1) }
+
 // services builds the shape's services: service i is on VIP
 // 198.51.100.(10 + i/100), port 8000 + i%100, and its backends are
 // 192.0.2.100 and up on that port.
@@ -184,7 +186,7 @@ type applyBench struct {
 	dp *Datapath
 }
 
-func newApplyBench(b *testing.B) *applyBench {
+func newApplyBench(b *testing.B, maxBackends int) *applyBench {
 	b.Helper()
 	ab := &applyBench{ns: netnstest.New(b)}
 	h := ab.ns.Netlink(b)
@@ -240,6 +242,7 @@ func newApplyBench(b *testing.B) *applyBench {
 		BPFFS:            filepath.Join(root, "halb"),
 		MaglevTableSize:  DefaultMaglevTableSize,
 		ConntrackEntries: DefaultConntrackEntries,
+		MaxBackends:      maxBackends,
 	}
 	err = ab.ns.Do(func() error {
 		var err error
