@@ -34,12 +34,13 @@ type Instance struct {
 	link netlink.Link
 	conn *conn
 	// vipLink holds the VIPs and sends the announcements: the VMAC with
-	// use_vmac, else the interface itself; vipMAC is its MAC. xmit, when
-	// set, sends the adverts from the VMAC, so that they carry the virtual
-	// MAC (RFC 5798 §7.3).
+	// use_vmac, else the interface itself; vipMAC is its MAC. vmacConn is
+	// the VMAC's socket (setupVMAC): unless vmac_xmit_base it sends the
+	// adverts, so that they carry the virtual MAC (RFC 5798 §7.3); in
+	// multicast mode it receives them.
 	vipLink  netlink.Link
 	vipMAC   net.HardwareAddr
-	xmit     *conn
+	vmacConn *conn
 	src      netip.Addr // the advert source: unicast_src, else the interface's own
 	lladdr   netip.Addr // IPv6: the interface's link-local address
 	vips     vipSet
@@ -331,7 +332,7 @@ func (in *Instance) evaluate(now time.Time, adverts chan<- packetIn) {
 	in.link = link
 	in.vipLink, in.vipMAC = link, link.Attrs().HardwareAddr
 	if in.cfg.UseVMAC {
-		in.setupVMAC(link, faults)
+		in.setupVMAC(link, faults, adverts)
 	}
 	if !linkUp(link) {
 		faults[in.faultDown()] = true
@@ -476,7 +477,10 @@ func (in *Instance) findSource(link netlink.Link) (netip.Addr, bool) {
 func (in *Instance) openConn(link netlink.Link) (*conn, error) {
 	a := link.Attrs()
 	ifi := &net.Interface{Index: a.Index, Name: a.Name, MTU: a.MTU, HardwareAddr: a.HardwareAddr, Flags: a.Flags}
-	return openConn(ifi, in.cfg.IPv6(), in.cfg.UnicastSrc, in.cfg.UnicastPeers, true)
+	// With use_vmac, multicast adverts are read on the VMAC (setupVMAC):
+	// joining here as well would read every advert twice.
+	receive := !in.cfg.UseVMAC || len(in.cfg.UnicastPeers) > 0
+	return openConn(ifi, in.cfg.IPv6(), in.cfg.UnicastSrc, in.cfg.UnicastPeers, receive)
 }
 
 func (in *Instance) closeConn() {
@@ -484,16 +488,25 @@ func (in *Instance) closeConn() {
 		in.conn.close()
 		in.conn = nil
 	}
-	if in.xmit != nil {
-		in.xmit.close()
-		in.xmit = nil
+	if in.vmacConn != nil {
+		in.vmacConn.close()
+		in.vmacConn = nil
 	}
 }
 
-// setupVMAC makes sure the instance's macvlan exists on link and that
-// adverts leave from it (unless vmac_xmit_base); a failure faults the
-// instance.
-func (in *Instance) setupVMAC(link netlink.Link, faults map[string]bool) {
+// setupVMAC makes sure the instance's macvlan exists on link, that
+// adverts leave from it (unless vmac_xmit_base) and, in multicast mode,
+// that they are read on it; a failure faults the instance.
+//
+// Reading on the VMAC is what keepalived does, and the only place the
+// peer's adverts can be read: a private macvlan takes every multicast
+// frame whose source MAC is its own for itself, so the adverts of a peer
+// sending from its VMAC (the same virtual MAC) never reach the base
+// interface. The cost: joining the group there makes even a Backup's VMAC
+// send IGMP / MLD reports, at the join and on each querier's query, and a
+// switch then learns the virtual MAC at the Backup until the Master's
+// next frame.
+func (in *Instance) setupVMAC(link netlink.Link, faults map[string]bool, adverts chan<- packetIn) {
 	v6 := in.cfg.IPv6()
 	vm, err := ensureVMAC(link, in.cfg.VRID, v6)
 	if err != nil {
@@ -501,24 +514,29 @@ func (in *Instance) setupVMAC(link netlink.Link, faults map[string]bool) {
 		faults["VMAC "+vmacName(in.cfg.VRID, v6)] = true
 		return
 	}
-	if in.xmit != nil && in.xmit.ifi.Index != vm.Attrs().Index {
-		in.xmit.close()
-		in.xmit = nil
+	if in.vmacConn != nil && in.vmacConn.ifi.Index != vm.Attrs().Index {
+		in.vmacConn.close()
+		in.vmacConn = nil
 	}
 	in.vipLink, in.vipMAC = vm, vm.Attrs().HardwareAddr
-	if in.cfg.VMACXmitBase || in.xmit != nil {
+	// Unicast adverts go to the base interface's address: they arrive
+	// there.
+	receive := len(in.cfg.UnicastPeers) == 0
+	if (in.cfg.VMACXmitBase && !receive) || in.vmacConn != nil {
 		return
 	}
 	a := vm.Attrs()
 	ifi := &net.Interface{Index: a.Index, Name: a.Name, MTU: a.MTU, HardwareAddr: a.HardwareAddr, Flags: a.Flags}
-	// Send only: the adverts are received on the base interface.
-	c, err := openConn(ifi, v6, netip.Addr{}, in.cfg.UnicastPeers, false)
+	c, err := openConn(ifi, v6, netip.Addr{}, in.cfg.UnicastPeers, receive)
 	if err != nil {
 		in.log.Warn("cannot open the VMAC's VRRP socket", "err", err)
 		faults["VMAC "+vmacName(in.cfg.VRID, v6)] = true
 		return
 	}
-	in.xmit = c
+	in.vmacConn = c
+	if receive {
+		go c.readLoop(adverts)
+	}
 }
 
 func (c *conn) readLoop(out chan<- packetIn) {
@@ -603,8 +621,8 @@ func (in *Instance) sendAdvert(priority uint8) {
 		a.Addrs = append(a.Addrs, p.Addr())
 	}
 	c := in.conn
-	if in.xmit != nil {
-		c = in.xmit
+	if in.vmacConn != nil && !in.cfg.VMACXmitBase {
+		c = in.vmacConn
 	}
 	if err := c.send(a, in.src); err != nil {
 		in.log.Warn("advert not sent", "err", err)
