@@ -252,6 +252,11 @@ func newApplyBench(b *testing.B, maxBackends int) *applyBench {
 	if err != nil {
 		b.Fatalf("NewDatapath: %v", err)
 	}
+	// The Datapath's neighbour watcher pokes its refresher once it has
+	// subscribed, and a refresher that finds services applied by then
+	// applies them all again, holding the lock a measured Apply needs.
+	// Let that poke pass while there is nothing to apply.
+	time.Sleep(500 * time.Millisecond)
 	// Cleanup, not Close: the Maglev tables of 1000 services hold a
 	// quarter of a GiB of kernel memory, which the pins would keep until
 	// the bpffs is unmounted.
