@@ -273,8 +273,11 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 		be.rec = rec
 	}
 
-	if err := d.writeTable(st, isNew); err != nil {
-		errs = append(errs, err)
+	// The table is built without the backends that leave, before their
+	// records and ids go: a slot must never name a freed id.
+	tableErr := d.writeTable(st, isNew, wantBE)
+	if tableErr != nil {
+		errs = append(errs, tableErr)
 	}
 
 	fwd := ForwardDR
@@ -295,8 +298,10 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 	}
 
 	// Backends that left: out of the table already, now out of the maps.
+	// If the table could not be written they stay, in it and in the
+	// maps, until an Apply writes one without them.
 	for _, ap := range sortedAddrPorts(st.backends) {
-		if wantBE[ap] != nil {
+		if wantBE[ap] != nil || tableErr != nil {
 			continue
 		}
 		if err := d.dropBackend(st, ap); err != nil {
@@ -372,13 +377,14 @@ func (d *Datapath) tunnelEnd(st *svcState, ap netip.AddrPort, n *neighbours) (*w
 	}}, errors.Join(errs...)
 }
 
-// writeTable builds the service's Maglev table from its live backends and
-// writes it when it differs from the one in the kernel.
-func (d *Datapath) writeTable(st *svcState, isNew bool) error {
+// writeTable builds the service's Maglev table from its live backends
+// that are in want, and writes it when it differs from the one in the
+// kernel.
+func (d *Datapath) writeTable(st *svcState, isNew bool, want map[netip.AddrPort]*wantBackend) error {
 	var live []*beState
 	var keys []netip.AddrPort
 	for _, ap := range sortedAddrPorts(st.backends) {
-		if be := st.backends[ap]; be.live() {
+		if be := st.backends[ap]; be.live() && want[ap] != nil {
 			live = append(live, be)
 			keys = append(keys, ap)
 		}

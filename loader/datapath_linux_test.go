@@ -792,3 +792,25 @@ func TestDatapathTUN(t *testing.T) {
 		t.Errorf("backend %s after the move to DR: %+v, want a MAC and no tunnel source", be11, got)
 	}
 }
+
+// A backend that leaves is out of its service's table when Apply returns:
+// no slot names its freed id, so no new flow meets a cleared record
+// (DROP_NO_BACKEND) while the next Apply is still to come.
+func TestDatapathRemovedBackendLeavesTable(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	ctx := context.Background()
+	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be11, 1), backend(be12, 1), backend(be13, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	s := waitLive(t, dp, web, 3)
+	gone := backendOf(s, be13).ID
+	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be11, 1), backend(be12, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	tb, _ := table(t, dp, s.ID)
+	n := slotsOf(tb)
+	if n[gone] != 0 || n[0] != 0 || len(n) != 2 {
+		t.Errorf("slots per backend id after removing %s (id %d): %v, want only the two that stay", be13, gone, n)
+	}
+}
