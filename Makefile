@@ -9,7 +9,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # distribution (and on a Raspberry Pi's).
 BUILD    := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 
-.PHONY: all build demo test lint generate generate-check cross fuzz install clean
+.PHONY: all build demo test lint generate generate-check cross fuzz install clean bench
 
 all: build
 
@@ -54,6 +54,25 @@ fuzz:
 	$(FUZZ) -fuzz '^FuzzParse$$' ./vrrp
 	$(FUZZ) -fuzz '^FuzzLoad$$' ./config
 	$(FUZZ) -fuzz '^FuzzXDP$$' ./loader
+
+# The figures of BENCHMARKS.md, as root, in about 10 minutes: the data
+# path per packet (BPF_PROG_TEST_RUN, as ratios to an empty program), the
+# Maglev build, the control plane (1000 services x 100 backends), the
+# daemon's idle memory, requests per second through the VIP against plain
+# kernel forwarding, and failover against keepalived. Each line goes to
+# the terminal and to $(BENCHOUT). Not part of `make test`: it asserts
+# nothing, it measures.
+BENCHOUT ?= $(BINDIR)/bench.txt
+BENCH := $(GO) test -count=1 -run '^$$' -timeout 40m
+bench: SHELL := /bin/bash
+bench:
+	@mkdir -p $(BINDIR)
+	@{ uname -r; nproc; grep -m1 'model name' /proc/cpuinfo; git describe --always --dirty; } | tee $(BENCHOUT)
+	set -o pipefail; $(BENCH) -bench '^BenchmarkXDP$$' -benchtime 2000000x ./loader | tee -a $(BENCHOUT)
+	set -o pipefail; $(BENCH) -bench '^BenchmarkBuild$$' ./maglev | tee -a $(BENCHOUT)
+	set -o pipefail; $(BENCH) -bench '^BenchmarkApply$$' -benchtime 1x ./loader | tee -a $(BENCHOUT)
+	set -o pipefail; $(BENCH) -bench '^(BenchmarkIdleRSS|BenchmarkThroughput)$$' -benchtime 1x ./test/e2e | tee -a $(BENCHOUT)
+	set -o pipefail; $(BENCH) -bench '^BenchmarkFailover$$' -benchtime 1x ./vrrp | tee -a $(BENCHOUT)
 
 # The soak test: halb under a steady load for SOAK (at most 10m) while
 # links and backends flap and the config reloads. Not part of `make test`.
