@@ -271,16 +271,7 @@ func BenchmarkXDP(b *testing.B) {
 	})
 
 	b.Run("lru-lookup", func(b *testing.B) {
-		// The key of halb_ct, struct flow, rounded up to whole words.
-		keySize := (int(unsafe.Sizeof(halbFlow{})) + 7) &^ 7
-		m, err := ebpf.NewMap(&ebpf.MapSpec{
-			Name: "halb_bench_lru", Type: ebpf.LRUHash, KeySize: uint32(keySize), ValueSize: 4,
-			MaxEntries: DefaultConntrackEntries,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer m.Close()
+		m, keySize := lruLikeCT(b)
 		if err := m.Put(make([]byte, keySize), uint32(1)); err != nil {
 			b.Fatal(err)
 		}
@@ -353,15 +344,7 @@ func BenchmarkXDP(b *testing.B) {
 		// (the frame's first bytes, which next changes) into a full
 		// LRU hash of halb_ct's key size and entries, evicting the
 		// oldest, as halb_ct does for every new flow.
-		keySize := (int(unsafe.Sizeof(halbFlow{})) + 7) &^ 7
-		m, err := ebpf.NewMap(&ebpf.MapSpec{
-			Name: "halb_bench_lru", Type: ebpf.LRUHash, KeySize: uint32(keySize), ValueSize: 4,
-			MaxEntries: DefaultConntrackEntries,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer m.Close()
+		m, keySize := lruLikeCT(b)
 		insns := asm.Instructions{
 			asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // ctx->data
 			asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // ctx->data_end
@@ -490,4 +473,20 @@ func BenchmarkXDP(b *testing.B) {
 		}
 		measure(b, true, func(n int) (float64, error) { return single(lb.Program(), n, next, xdpTX) })
 	})
+}
+
+// lruLikeCT is an LRU hash of halb_ct's size whose keys are halb_ct's,
+// struct flow, rounded up to whole words (keySize), for the floors that
+// time the kernel's LRU alone.
+func lruLikeCT(b *testing.B) (m *ebpf.Map, keySize int) {
+	keySize = (int(unsafe.Sizeof(halbFlow{})) + 7) &^ 7
+	m, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "halb_bench_lru", Type: ebpf.LRUHash, KeySize: uint32(keySize), ValueSize: 4,
+		MaxEntries: DefaultConntrackEntries,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close() })
+	return m, keySize
 }
