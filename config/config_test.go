@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -187,5 +188,209 @@ func TestEnvironmentOverrides(t *testing.T) {
 	var cerr *Error
 	if !errors.As(err, &cerr) || len(cerr.Problems) != 1 || cerr.Problems[0].Env != "HALB_LOG_LEVEL" {
 		t.Fatalf("a bad override must name its variable, got %v", err)
+	}
+}
+
+// baseConfig is valid, and every key the table tests below change appears
+// in it once, so that a case is the one change it names.
+const baseConfig = `datapath:
+  interfaces: [eth0]
+vrrp:
+  instances:
+    - name: VI_1
+      interface: eth0
+      vrid: 51
+      priority: 150
+      preempt: true
+      preempt_delay: 0s
+      unicast_src: 192.0.2.1
+      unicast_peers: [192.0.2.2]
+      virtual_ips: [192.0.2.100/24]
+      auth_pass: secret
+      track_scripts:
+        - {command: [/bin/true], interval: 2s, timeout: 1s, rise: 1, fall: 1}
+      garp_master_delay: 5s
+      garp_master_refresh: 0s
+services:
+  - name: web
+    vip: 192.0.2.100
+    port: 80
+    persistence: 0s
+    sorry_backend: "198.51.100.99:80"
+    backends:
+      - {address: 198.51.100.11, port: 80, weight: 1}
+    health_check: {type: http, interval: 2s, timeout: 1s, rise: 2, fall: 3, expect_status: [200]}
+`
+
+// with returns baseConfig with each old text (which must be there once)
+// replaced by the new one that follows it.
+func with(t *testing.T, pairs ...string) []byte {
+	t.Helper()
+	s := baseConfig
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if n := strings.Count(s, pairs[i]); n != 1 {
+			t.Fatalf("%q appears %d times in the base config, want once", pairs[i], n)
+		}
+		s = strings.Replace(s, pairs[i], pairs[i+1], 1)
+	}
+	return []byte(s)
+}
+
+// problemCase is one change to baseConfig and the problem it must cause
+// (an empty path: none).
+type problemCase struct {
+	name    string
+	changes []string
+	path    string
+	text    string
+}
+
+func runProblemCases(t *testing.T, cases []problemCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := Parse(with(t, c.changes...), "t.yaml")
+			if c.path == "" {
+				if err != nil {
+					t.Fatalf("refused:\n%v", err)
+				}
+				if cfg == nil {
+					t.Fatal("no config and no error")
+				}
+				return
+			}
+			var cerr *Error
+			if !errors.As(err, &cerr) {
+				t.Fatalf("accepted; want %s: ...%s", c.path, c.text)
+			}
+			for _, p := range cerr.Problems {
+				if p.Path == c.path && strings.Contains(p.Msg, c.text) {
+					if p.Line == 0 && p.Env == "" {
+						t.Errorf("%v has no line", p)
+					}
+					return
+				}
+			}
+			t.Errorf("want %s: ...%s; got:\n%v", c.path, c.text, err)
+		})
+	}
+}
+
+func TestBaseConfigIsValid(t *testing.T) {
+	if _, err := Parse([]byte(baseConfig), "t.yaml"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Numbers and booleans are strict: nothing is rounded, truncated or read
+// as another type, and each problem names the field and what it takes.
+func TestStrictTypes(t *testing.T) {
+	runProblemCases(t, []problemCase{
+		{"port with a fraction", []string{"port: 80\n", "port: 80.9\n"}, "services[0].port", "80.9 is not a whole number"},
+		{"weight true", []string{"weight: 1}", "weight: true}"}, "services[0].backends[0].weight", "true is not a whole number"},
+		{"rise true", []string{"rise: 2,", "rise: true,"}, "services[0].health_check.rise", "true is not a whole number"},
+		{"track script fall false", []string{"fall: 1}", "fall: false}"}, "vrrp.instances[0].track_scripts[0].fall", "false is not a whole number"},
+		{"priority quoted", []string{"priority: 150", `priority: "150"`}, "vrrp.instances[0].priority", `"150" is not a whole number: write it without quotes`},
+		{"vrid as text", []string{"vrid: 51", "vrid: fifty"}, "vrrp.instances[0].vrid", `"fifty" is not a whole number`},
+		{"preempt 1", []string{"preempt: true", "preempt: 1"}, "vrrp.instances[0].preempt", "1 is not true or false"},
+		{"preempt yes", []string{"preempt: true", "preempt: yes"}, "vrrp.instances[0].preempt", `"yes" is not true or false`},
+		{"preempt quoted", []string{"preempt: true", `preempt: "true"`}, "vrrp.instances[0].preempt", "write it without quotes"},
+		{"preempt empty", []string{"preempt: true", "preempt:"}, "vrrp.instances[0].preempt", "has no value"},
+		{"weight empty", []string{"weight: 1}", "weight: }"}, "services[0].backends[0].weight", "has no value"},
+		{"expect_status bool", []string{"expect_status: [200]", "expect_status: [true]"}, "services[0].health_check.expect_status[0]", "true is not a whole number"},
+		{"port beyond int64", []string{"port: 80\n", "port: 99999999999999999999\n"}, "services[0].port", "99999999999999999999 is too large"},
+		{"weight beyond int64", []string{"weight: 1}", "weight: 18446744073709551615}"}, "services[0].backends[0].weight", "18446744073709551615 is too large"},
+		{"rise 1e300", []string{"rise: 2,", "rise: 1e300,"}, "services[0].health_check.rise", "1e300 is too large"},
+		{"rise nan", []string{"rise: 2,", "rise: .nan,"}, "services[0].health_check.rise", ".nan is not a whole number"},
+		// Text keys take text: YAML reads 0123 as 83 and 1.10 as 1.1, so
+		// turning the number back into text would change it.
+		{"name a number", []string{"name: VI_1", "name: 5"}, "vrrp.instances[0].name", `5 is not a string: write it in quotes ("5")`},
+		{"auth_pass octal-looking", []string{"auth_pass: secret", "auth_pass: 0123"}, "vrrp.instances[0].auth_pass", `0123 is not a string: write it in quotes ("0123")`},
+		{"auth_pass boolean", []string{"auth_pass: secret", "auth_pass: true"}, "vrrp.instances[0].auth_pass", "true is not a string"},
+		{"name a date", []string{"name: web", "name: 2001-12-14"}, "services[0].name", "2001-12-14 is not a string"},
+		// What stays accepted: a whole number written as a float is that
+		// number, quoted numbers as text, one item for a list.
+		{"port 80.0", []string{"port: 80\n", "port: 80.0\n"}, "", ""},
+		{"weight 1e0", []string{"weight: 1}", "weight: 1e0}"}, "", ""},
+		{"name quoted number", []string{"name: VI_1", `name: "5"`}, "", ""},
+		{"one status", []string{"expect_status: [200]", "expect_status: 200"}, "", ""},
+	})
+}
+
+// Every type problem in a file is reported at once, each on its line.
+func TestStrictTypesAllAtOnce(t *testing.T) {
+	_, err := Parse(with(t, "priority: 150", "priority: 1.5", "preempt: true", "preempt: 0",
+		"port: 80\n", "port: 80.9\n", "weight: 1}", "weight: true}"), "t.yaml")
+	var cerr *Error
+	if !errors.As(err, &cerr) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	var got []string
+	for _, p := range cerr.Problems {
+		got = append(got, p.Path+":"+strconv.Itoa(p.Line))
+	}
+	want := "vrrp.instances[0].priority:8 vrrp.instances[0].preempt:9 services[0].port:22 services[0].backends[0].weight:26"
+	if strings.Join(got, " ") != want {
+		t.Errorf("problems = %v\nwant      %s\n%v", got, want, err)
+	}
+}
+
+// HALB_* variables hold text and are converted to their key's type; one
+// that does not convert is named in the problem.
+func TestEnvironmentOverridesTyped(t *testing.T) {
+	t.Setenv("HALB_DATAPATH_MAX_BACKENDS", " 8192 ")
+	t.Setenv("HALB_DATAPATH_INTERFACES", "eth0, eth1")
+	cfg, err := Parse([]byte(baseConfig), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Datapath.MaxBackends != 8192 || strings.Join(cfg.Datapath.Interfaces, " ") != "eth0 eth1" {
+		t.Errorf("overrides not applied: %+v", cfg.Datapath)
+	}
+
+	t.Setenv("HALB_DATAPATH_MAX_BACKENDS", "8k")
+	t.Setenv("HALB_DATAPATH_MAGLEV_TABLE_SIZE", "251.5")
+	_, err = Parse([]byte(baseConfig), "t.yaml")
+	var cerr *Error
+	if !errors.As(err, &cerr) || len(cerr.Problems) != 2 {
+		t.Fatalf("want two problems, got %v", err)
+	}
+	for i, want := range []string{"HALB_DATAPATH_MAGLEV_TABLE_SIZE", "HALB_DATAPATH_MAX_BACKENDS"} {
+		if p := cerr.Problems[i]; p.Env != want || !strings.Contains(p.String(), "is not a whole number (set by "+want+")") {
+			t.Errorf("problem %d = %q, want one naming %s", i, p.String(), want)
+		}
+	}
+}
+
+// fromEnv converts a variable's text to each kind of key; no boolean key
+// sits outside a list today, so booleans are tested here directly.
+func TestFromEnv(t *testing.T) {
+	for _, c := range []struct {
+		text string
+		typ  reflect.Type
+		want any
+		err  string
+	}{
+		{"true", reflect.TypeFor[bool](), true, ""},
+		{" false", reflect.TypeFor[bool](), false, ""},
+		{"1", reflect.TypeFor[bool](), true, ""},
+		{"yes", reflect.TypeFor[bool](), nil, `"yes" is not true or false`},
+		{"42", reflect.TypeFor[int](), int64(42), ""},
+		{"-7", reflect.TypeFor[int](), int64(-7), ""},
+		{"4.5", reflect.TypeFor[int](), nil, `"4.5" is not a whole number`},
+		{"0x10", reflect.TypeFor[int](), nil, "not a whole number"},
+		{"99999999999999999999", reflect.TypeFor[int](), nil, "not a whole number"},
+		{"a,,b ", reflect.TypeFor[[]string](), []string{"a", "b"}, ""},
+		{"", reflect.TypeFor[[]string](), []string{}, ""},
+		{" debug", reflect.TypeFor[string](), " debug", ""},
+		{"1s", reflect.TypeFor[time.Duration](), "1s", ""},
+	} {
+		got, err := fromEnv(c.text, c.typ)
+		switch {
+		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
+			t.Errorf("fromEnv(%q, %v) = %v, %v; want error %q", c.text, c.typ, got, err, c.err)
+		case c.err == "" && (err != nil || !reflect.DeepEqual(got, c.want)):
+			t.Errorf("fromEnv(%q, %v) = %#v, %v; want %#v", c.text, c.typ, got, err, c.want)
+		}
 	}
 }

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
+	"math"
 	"net/netip"
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -53,6 +56,12 @@ func lineIndex(data []byte) map[string]int {
 
 // Parse decodes and validates a configuration held in memory; name is used
 // in messages. Environment overrides apply.
+//
+// Types are strict: a number key takes a YAML number and a boolean key
+// true or false, and nothing is rounded, truncated or guessed (the weakly
+// typed decoding this replaced read `port: 80.9` as 80 and `weight: true`
+// as 1). HALB_* variables hold text, so they alone are converted, to the
+// type of the key they set.
 func Parse(data []byte, name string) (*Config, error) {
 	e := &Error{File: name}
 
@@ -62,9 +71,13 @@ func Parse(data []byte, name string) (*Config, error) {
 		return nil, e
 	}
 	lines := map[string]int{}
-	shape := &shapeWalk{lines: lines}
+	shape := &shapeWalk{lines: lines, texts: map[string]string{}}
 	shape.walk(&doc, reflect.TypeFor[Config](), "")
+	failed := map[string]bool{}
 	for _, p := range shape.problems {
+		if p.Path != "" {
+			failed[p.Path] = true
+		}
 		e.add(p)
 	}
 	if shape.fatal {
@@ -73,9 +86,6 @@ func Parse(data []byte, name string) (*Config, error) {
 
 	v := viper.New()
 	v.SetConfigType("yaml")
-	v.SetEnvPrefix(EnvPrefix)
-	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
-	v.AutomaticEnv()
 	for k, d := range topDefaults {
 		v.SetDefault(k, d)
 	}
@@ -83,20 +93,34 @@ func Parse(data []byte, name string) (*Config, error) {
 		e.add(Problem{Msg: "read: " + err.Error()})
 		return nil, e.finish(lines)
 	}
-	fillListDefaults(v)
+	for _, p := range applyEnv(v) {
+		failed[p.Path] = true
+		e.add(p)
+	}
+	derived := fillListDefaults(v)
 
 	var cfg Config
-	decodeErr := v.UnmarshalExact(&cfg, viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(
-		durationHook, addrHook, prefixHook, addrPortHook, trackInterfaceHook,
-		mapstructure.StringToWeakSliceHookFunc(","),
-	)))
-	failed := map[string]bool{}
-	for _, p := range decodeProblems(decodeErr) {
+	decodeErr := v.UnmarshalExact(&cfg, func(dc *mapstructure.DecoderConfig) {
+		dc.WeaklyTypedInput = false
+		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
+			durationHook, addrHook, prefixHook, addrPortHook, trackInterfaceHook,
+			mapstructure.StringToWeakSliceHookFunc(","), oneItemListHook, wholeNumberHook,
+		)
+	})
+	// A value copied from another key (a backend's port from its
+	// service's) that failed is reported once, where it was written.
+	skip := func(path string) bool {
+		return underFailed(path, failed) || failed[derived[path]]
+	}
+	for _, p := range decodeProblems(decodeErr, shape.texts) {
+		if skip(p.Path) {
+			continue
+		}
 		failed[p.Path] = true
 		e.add(p)
 	}
 	for _, p := range Validate(&cfg) {
-		if !underFailed(p.Path, failed) {
+		if !skip(p.Path) {
 			e.add(p)
 		}
 	}
@@ -106,11 +130,91 @@ func Parse(data []byte, name string) (*Config, error) {
 	return &cfg, nil
 }
 
+// applyEnv sets each key outside a list that a HALB_* variable names
+// (HALB_LOG_LEVEL sets log.level), converted from the variable's text to
+// the key's type: a whole number, true or false, a comma-separated list.
+// It returns a problem for each variable that does not convert.
+func applyEnv(v *viper.Viper) []Problem {
+	var problems []Problem
+	for _, key := range slices.Sorted(maps.Keys(topDefaults)) {
+		name := envName(key)
+		text, ok := os.LookupEnv(name)
+		if !ok {
+			continue
+		}
+		value, err := fromEnv(text, keyType(key))
+		if err != nil {
+			problems = append(problems, Problem{Path: key, Env: name, Msg: err.Error()})
+			continue
+		}
+		v.Set(key, value)
+	}
+	return problems
+}
+
+// envName is the variable that overrides key: log.level -> HALB_LOG_LEVEL.
+func envName(key string) string {
+	return EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+// keyType is the Go type of the dotted key in Config.
+func keyType(key string) reflect.Type {
+	t := reflect.TypeFor[Config]()
+	for part := range strings.SplitSeq(key, ".") {
+		f, ok := fieldByTag(t, part)
+		if !ok {
+			return nil
+		}
+		t = f.Type
+	}
+	return t
+}
+
+// fromEnv converts a variable's text to a value of type t.
+func fromEnv(text string, t reflect.Type) (any, error) {
+	if t == nil || t == reflect.TypeFor[time.Duration]() {
+		return text, nil // durationHook reads it, with its own message
+	}
+	s := strings.TrimSpace(text)
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n, err := strconv.ParseInt(s, 10, t.Bits())
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a whole number", text)
+		}
+		return n, nil
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, err := strconv.ParseUint(s, 10, t.Bits())
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a whole number of 0 or more", text)
+		}
+		return n, nil
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not true or false", text)
+		}
+		return b, nil
+	case reflect.Slice:
+		items := []string{}
+		for item := range strings.SplitSeq(s, ",") {
+			if item = strings.TrimSpace(item); item != "" {
+				items = append(items, item)
+			}
+		}
+		return items, nil
+	}
+	return text, nil
+}
+
 // fillListDefaults gives each list item the keys it omits. Items of lists
 // are out of reach of viper's own defaults, and filling them in before
 // decoding keeps "absent" and "zero" apart (weight 0 drains a backend; an
-// absent weight is 1).
-func fillListDefaults(v *viper.Viper) {
+// absent weight is 1). It returns the field paths it copied from another
+// key (a backend's port from its service's), each with the key it came
+// from.
+func fillListDefaults(v *viper.Viper) map[string]string {
+	derived := map[string]string{}
 	if instances, ok := v.Get("vrrp.instances").([]any); ok {
 		for _, it := range instances {
 			m, ok := it.(map[string]any)
@@ -135,16 +239,22 @@ func fillListDefaults(v *viper.Viper) {
 		v.Set("vrrp.instances", instances)
 	}
 	if services, ok := v.Get("services").([]any); ok {
-		for _, it := range services {
+		for i, it := range services {
 			m, ok := it.(map[string]any)
 			if !ok {
 				continue
 			}
 			setMissing(m, serviceDefaults)
-			for _, b := range listOfMaps(m["backends"]) {
+			backends, _ := m["backends"].([]any)
+			for j, item := range backends {
+				b, ok := item.(map[string]any)
+				if !ok {
+					continue
+				}
 				setMissing(b, backendDefaults)
 				if _, ok := b["port"]; !ok && m["port"] != nil {
 					b["port"] = m["port"]
+					derived[fmt.Sprintf("services[%d].backends[%d].port", i, j)] = fmt.Sprintf("services[%d].port", i)
 				}
 			}
 			hc, ok := m["health_check"].(map[string]any)
@@ -166,6 +276,7 @@ func fillListDefaults(v *viper.Viper) {
 		}
 		v.Set("services", services)
 	}
+	return derived
 }
 
 func setMissing(m map[string]any, defaults map[string]any) {
@@ -273,9 +384,70 @@ func trackInterfaceHook(f reflect.Type, t reflect.Type, data any) (any, error) {
 	return TrackInterface{Name: data.(string)}, nil
 }
 
+// oneItemListHook reads a single number or boolean where a list is expected
+// as a list of one (`expect_status: 200`), as a single string already is;
+// the item itself is then decoded as strictly as any other.
+func oneItemListHook(f reflect.Type, t reflect.Type, data any) (any, error) {
+	if t.Kind() != reflect.Slice || data == nil {
+		return data, nil
+	}
+	switch f.Kind() {
+	case reflect.Slice, reflect.Array, reflect.Map, reflect.String:
+		return data, nil
+	}
+	return []any{data}, nil
+}
+
+// wholeNumberHook stops a number from changing on its way into an integer
+// field: the decoder, even when strict, truncates 80.9 to 80 and wraps an
+// unsigned value beyond the int64 range into a negative one. A float that
+// is a whole number (80.0, 1e3) is that number.
+func wholeNumberHook(_ reflect.Type, t reflect.Type, data any) (any, error) {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+	default:
+		return data, nil
+	}
+	if t == reflect.TypeFor[time.Duration]() {
+		return data, nil // durationHook has read it
+	}
+	switch n := data.(type) {
+	case float64:
+		if n != math.Trunc(n) {
+			return nil, &valueError{n, "is not a whole number"}
+		}
+		if n < math.MinInt64 || n >= math.MaxInt64 {
+			return nil, &valueError{n, "is too large a number"}
+		}
+		return int64(n), nil
+	case uint64:
+		if n > math.MaxInt64 {
+			return nil, &valueError{n, "is too large a number"}
+		}
+		return int64(n), nil
+	case uint:
+		if uint64(n) > math.MaxInt64 {
+			return nil, &valueError{n, "is too large a number"}
+		}
+		return int64(n), nil
+	}
+	return data, nil
+}
+
+// valueError is a hook's verdict on a value, which the message shows as the
+// file wrote it where it can.
+type valueError struct {
+	value any
+	what  string
+}
+
+func (e *valueError) Error() string { return fmt.Sprint(e.value) + " " + e.what }
+
 // decodeProblems turns mapstructure's joined errors into problems, one per
-// field, with the field path mapstructure already tracks.
-func decodeProblems(err error) []Problem {
+// field, with the field path mapstructure already tracks. texts holds each
+// scalar as the file wrote it, so that a message quotes 0123 and not the
+// 83 that YAML read it as.
+func decodeProblems(err error, texts map[string]string) []Problem {
 	if err == nil {
 		return nil
 	}
@@ -295,7 +467,7 @@ func decodeProblems(err error) []Problem {
 			case strings.HasPrefix(inner.Error(), "has invalid keys"):
 				// reported, with lines, by the shape walk
 			default:
-				out = append(out, Problem{Path: e.Name(), Msg: friendlyDecodeMessage(inner)})
+				out = append(out, Problem{Path: e.Name(), Msg: friendlyDecodeMessage(inner, texts[e.Name()])})
 			}
 		case interface{ Unwrap() error }:
 			visit(e.Unwrap())
@@ -312,16 +484,69 @@ func hasDecodeError(err error) bool {
 	return errors.As(err, &de)
 }
 
-func friendlyDecodeMessage(err error) string {
+// friendlyDecodeMessage says what was found and what the key takes; text
+// is the value as written in the file, when it was.
+func friendlyDecodeMessage(err error, text string) string {
+	var value any
+	var expected reflect.Type
 	var pe *mapstructure.ParseError
-	if errors.As(err, &pe) {
-		return fmt.Sprintf("%v is not %s", quoteValue(pe.Value), kindName(pe.Expected.Type()))
-	}
 	var ue *mapstructure.UnconvertibleTypeError
-	if errors.As(err, &ue) {
-		return fmt.Sprintf("%v is not %s", quoteValue(ue.Value), kindName(ue.Expected.Type()))
+	var ve *valueError
+	switch {
+	case errors.As(err, &ve):
+		if text != "" {
+			return text + " " + ve.what
+		}
+		return ve.Error()
+	case errors.As(err, &pe):
+		value, expected = pe.Value, pe.Expected.Type()
+	case errors.As(err, &ue):
+		value, expected = ue.Value, ue.Expected.Type()
+	default:
+		msg := err.Error()
+		if strings.HasPrefix(msg, "source data must be an array or slice") {
+			return "a list is expected here, like [a, b]"
+		}
+		return msg
 	}
-	return err.Error()
+	shown := quoteValue(value)
+	if text != "" {
+		shown = text
+	}
+	msg := fmt.Sprintf("%s is not %s", shown, kindName(expected))
+	switch {
+	case expected.Kind() == reflect.String:
+		// A number or boolean read as text would be YAML's reading of it,
+		// not what was written: 0123 is 83, 1_000 is 1000, 1.10 is 1.1.
+		if _, isString := value.(string); !isString && text != "" {
+			msg += fmt.Sprintf(": write it in quotes (%q) to keep it as written", text)
+		} else if !isString {
+			msg += ": write it in quotes"
+		}
+	case expected.Kind() == reflect.Bool || isIntKind(expected.Kind()):
+		if s, isString := value.(string); isString && parsesAs(s, expected.Kind()) {
+			msg += ": write it without quotes"
+		}
+	}
+	return msg
+}
+
+func isIntKind(k reflect.Kind) bool {
+	switch k {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	}
+	return false
+}
+
+// parsesAs reports whether s would be a value of kind k without quotes.
+func parsesAs(s string, k reflect.Kind) bool {
+	if k == reflect.Bool {
+		return s == "true" || s == "false"
+	}
+	_, err := strconv.ParseInt(s, 10, 64)
+	return err == nil
 }
 
 func quoteValue(v any) string {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -101,7 +102,7 @@ func envFor(path string) string {
 	if _, ok := topDefaults[path]; !ok {
 		return ""
 	}
-	name := EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(path, ".", "_"))
+	name := envName(path)
 	if _, ok := os.LookupEnv(name); ok {
 		return name
 	}
@@ -110,9 +111,12 @@ func envFor(path string) string {
 
 // shapeWalk walks the YAML tree against the Config type before decoding.
 // It finds what decoding alone cannot report well: unknown and repeated keys
-// with their lines. It also records the line of every key and list item.
+// with their lines, and number and boolean keys left without a value. It
+// also records the line of every key and list item and, when texts is not
+// nil, every scalar as the file wrote it.
 type shapeWalk struct {
 	lines    map[string]int
+	texts    map[string]string
 	problems []Problem
 	fatal    bool // the document is not a mapping at all
 }
@@ -170,6 +174,29 @@ func (w *shapeWalk) walk(n *yaml.Node, t reflect.Type, path string) {
 			w.lines[child] = item.Line
 			w.walk(item, t.Elem(), child)
 		}
+	case n.Kind == yaml.ScalarNode:
+		w.scalar(n, t, path)
+	}
+}
+
+// scalar records how the file wrote a scalar and refuses an empty value
+// for a number or a boolean: decoding would make it 0 or false, so that
+// `weight:` would drain a backend and `preempt:` turn pre-emption off,
+// where leaving the key out gives the default.
+func (w *shapeWalk) scalar(n *yaml.Node, t reflect.Type, path string) {
+	if w.texts != nil {
+		text := n.Value
+		if n.ShortTag() == "!!str" {
+			text = strconv.Quote(n.Value)
+		}
+		w.texts[path] = text
+	}
+	if n.ShortTag() != "!!null" || t == reflect.TypeFor[time.Duration]() {
+		return
+	}
+	if t.Kind() == reflect.Bool || isIntKind(t.Kind()) {
+		w.problems = append(w.problems, Problem{Path: path, Line: n.Line,
+			Msg: fmt.Sprintf("has no value: write %s, or leave the key out for its default", kindName(t))})
 	}
 }
 

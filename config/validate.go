@@ -422,7 +422,7 @@ func (v *validator) services(c *Config) {
 func (v *validator) service(path string, s *Service, d Datapath) {
 	v.name(path+".name", s.Name, "service")
 	v.unicast(path+".vip", s.VIP)
-	v.intRange(path+".port", s.Port, 1, 65535)
+	portOK := v.intRange(path+".port", s.Port, 1, 65535)
 	v.oneOf(path+".protocol", s.Protocol, "tcp", "udp")
 	bpfOnly := d.Mode == ModeXDP || d.Mode == ModeTC
 	switch {
@@ -472,7 +472,7 @@ func (v *validator) service(path string, s *Service, d Datapath) {
 				v.errf(bpath+".address", "%s is the service's own vip", b.Address)
 			}
 		}
-		if v.intRange(bpath+".port", b.Port, 1, 65535) && b.Port != s.Port && (s.Forward == "dr" || s.Forward == "tun") {
+		if v.intRange(bpath+".port", b.Port, 1, 65535) && portOK && b.Port != s.Port && (s.Forward == "dr" || s.Forward == "tun") {
 			// DR and tunnelling hand the packet over unchanged: the backend
 			// sees the VIP's port.
 			v.errf(bpath+".port", "%d differs from the service port %d, but forward: %s cannot rewrite ports; use port %d or forward: nat", b.Port, s.Port, s.Forward, s.Port)
