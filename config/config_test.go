@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	yaml "go.yaml.in/yaml/v3"
 )
 
 // Want is the expectation a broken config carries in its first line:
@@ -393,4 +395,150 @@ func TestFromEnv(t *testing.T) {
 			t.Errorf("fromEnv(%q, %v) = %#v, %v; want %#v", c.text, c.typ, got, err, c.want)
 		}
 	}
+}
+
+// Each duration's bounds, named in configs/halb.yaml: the value at a
+// bound is valid, one step beyond it is refused.
+func TestDurationBounds(t *testing.T) {
+	const (
+		hc = "interval: 2s, timeout: 1s, rise: 2"
+		ts = "interval: 2s, timeout: 1s, rise: 1"
+	)
+	hcPath := "services[0].health_check"
+	tsPath := "vrrp.instances[0].track_scripts[0]"
+	runProblemCases(t, []problemCase{
+		{"health interval at the floor", []string{hc, "interval: 50ms, timeout: 10ms, rise: 2"}, "", ""},
+		{"health interval below the floor", []string{hc, "interval: 49ms, timeout: 10ms, rise: 2"}, hcPath + ".interval", "49ms is out of range: use 50ms..24h0m0s"},
+		{"health interval 1ns", []string{hc, "interval: 1ns, timeout: 1s, rise: 2"}, hcPath + ".interval", "out of range"},
+		{"health interval over a day", []string{hc, "interval: 25h, timeout: 1s, rise: 2"}, hcPath + ".interval", "out of range"},
+		{"health timeout below the floor", []string{hc, "interval: 2s, timeout: 9ms, rise: 2"}, hcPath + ".timeout", "9ms is out of range: use 10ms"},
+		{"health timeout equal to the interval", []string{hc, "interval: 2s, timeout: 2s, rise: 2"}, hcPath + ".timeout", "2s is as long as the interval 2s"},
+		{"health timeout over the interval", []string{hc, "interval: 2s, timeout: 3s, rise: 2"}, hcPath + ".timeout", "3s is longer than the interval 2s"},
+		{"health timeout just under the interval", []string{hc, "interval: 2s, timeout: 1999ms, rise: 2"}, "", ""},
+		{"track interval at the floor", []string{ts, "interval: 50ms, timeout: 10ms, rise: 1"}, "", ""},
+		{"track interval 1ns", []string{ts, "interval: 1ns, timeout: 1ns, rise: 1"}, tsPath + ".interval", "1ns is out of range: use 50ms"},
+		{"track timeout 1ns", []string{ts, "interval: 2s, timeout: 1ns, rise: 1"}, tsPath + ".timeout", "1ns is out of range: use 10ms"},
+		{"track timeout equal to the interval", []string{ts, "interval: 1s, timeout: 1s, rise: 1"}, tsPath + ".timeout", "as long as the interval"},
+		{"track timeout over the interval", []string{ts, "interval: 100ms, timeout: 1s, rise: 1"}, tsPath + ".timeout", "longer than the interval"},
+		{"garp refresh off", []string{"garp_master_refresh: 0s", "garp_master_refresh: 0s"}, "", ""},
+		{"garp refresh at the floor", []string{"garp_master_refresh: 0s", "garp_master_refresh: 1s"}, "", ""},
+		{"garp refresh 1ns", []string{"garp_master_refresh: 0s", "garp_master_refresh: 1ns"}, "vrrp.instances[0].garp_master_refresh", "use 0 (no refresh) or 1s..24h0m0s"},
+		{"garp refresh 999ms", []string{"garp_master_refresh: 0s", "garp_master_refresh: 999ms"}, "vrrp.instances[0].garp_master_refresh", "out of range"},
+		{"garp refresh negative", []string{"garp_master_refresh: 0s", "garp_master_refresh: -1s"}, "vrrp.instances[0].garp_master_refresh", "must not be negative"},
+		{"garp delay off", []string{"garp_master_delay: 5s", "garp_master_delay: 0s"}, "", ""},
+		{"garp delay 1ns", []string{"garp_master_delay: 5s", "garp_master_delay: 1ns"}, "vrrp.instances[0].garp_master_delay", "use 0 (no second burst) or 1s"},
+		{"garp delay over a day", []string{"garp_master_delay: 5s", "garp_master_delay: 24h1s"}, "vrrp.instances[0].garp_master_delay", "out of range"},
+		{"preempt delay at the floor", []string{"preempt_delay: 0s", "preempt_delay: 10ms"}, "", ""},
+		{"preempt delay 1ns", []string{"preempt_delay: 0s", "preempt_delay: 1ns"}, "vrrp.instances[0].preempt_delay", "use 0 (pre-empt at once) or 10ms"},
+		{"preempt delay at the ceiling", []string{"preempt_delay: 0s", "preempt_delay: 1000s"}, "", ""},
+		{"preempt delay over the ceiling", []string{"preempt_delay: 0s", "preempt_delay: 1001s"}, "vrrp.instances[0].preempt_delay", "out of range"},
+		{"v3 advert at the floor", []string{"priority: 150", "priority: 150\n      version: 3\n      advert_interval: 10ms", "auth_pass: secret", "auth_pass: \"\""}, "", ""},
+		{"v3 advert 1ns", []string{"priority: 150", "priority: 150\n      version: 3\n      advert_interval: 1ns", "auth_pass: secret", "auth_pass: \"\""}, "vrrp.instances[0].advert_interval", "10ms..40.95s"},
+		{"v3 advert 5ms", []string{"priority: 150", "priority: 150\n      version: 3\n      advert_interval: 5ms", "auth_pass: secret", "auth_pass: \"\""}, "vrrp.instances[0].advert_interval", "10ms..40.95s"},
+		{"persistence 1ns", []string{"persistence: 0s", "persistence: 1ns"}, "services[0].persistence", "use 0 (off) or 1s"},
+		{"persistence at the ceiling", []string{"persistence: 0s", "persistence: 4294967s"}, "", ""},
+		{"persistence over what IPVS keeps", []string{"persistence: 0s", "persistence: 4294968s"}, "services[0].persistence", "out of range"},
+		{"persistence the longest duration", []string{"persistence: 0s", "persistence: 2562047h47m16.854775807s"}, "services[0].persistence", "out of range"},
+		{"duration beyond int64", []string{"persistence: 0s", "persistence: 2562048h"}, "services[0].persistence", "is not a duration"},
+	})
+}
+
+// Every time.Duration in Config has a floor: 1ns is refused wherever it
+// is written. The fields are found by reflection, so that a duration added
+// later is covered too (baseConfig must then show its key).
+func TestEveryDurationHasAFloor(t *testing.T) {
+	var doc map[string]any
+	if err := yaml.Unmarshal([]byte(baseConfig), &doc); err != nil {
+		t.Fatal(err)
+	}
+	paths := durationPaths(reflect.TypeFor[Config](), "")
+	if len(paths) < 9 {
+		t.Fatalf("found %d duration fields, want at least 9: %v", len(paths), paths)
+	}
+	for _, path := range paths {
+		t.Run(path, func(t *testing.T) {
+			var copied map[string]any
+			data, _ := yaml.Marshal(doc)
+			if err := yaml.Unmarshal(data, &copied); err != nil {
+				t.Fatal(err)
+			}
+			if !setPath(copied, path, "1ns") {
+				t.Fatalf("baseConfig has no place for %s: add the key, or an item of its list", path)
+			}
+			data, err := yaml.Marshal(copied)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Parse(data, "t.yaml")
+			var cerr *Error
+			if !errors.As(err, &cerr) {
+				t.Fatalf("%s: 1ns accepted", path)
+			}
+			for _, p := range cerr.Problems {
+				if p.Path == path {
+					return
+				}
+			}
+			t.Errorf("%s: 1ns drew no problem of its own:\n%v", path, err)
+		})
+	}
+}
+
+// durationPaths lists the field paths of the durations under t, with
+// index 0 for lists.
+func durationPaths(t reflect.Type, prefix string) []string {
+	var out []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		path := f.Tag.Get("mapstructure")
+		if prefix != "" {
+			path = prefix + "." + path
+		}
+		ft := f.Type
+		switch {
+		case ft == reflect.TypeFor[time.Duration]():
+			out = append(out, path)
+		case ft.Kind() == reflect.Struct && !isScalarType(ft):
+			out = append(out, durationPaths(ft, path)...)
+		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct && !isScalarType(ft.Elem()):
+			out = append(out, durationPaths(ft.Elem(), path+"[0]")...)
+		}
+	}
+	return out
+}
+
+// setPath sets the value at a field path like a.b[0].c in a decoded YAML
+// document, creating the last key; it reports whether the path was there.
+func setPath(doc map[string]any, path string, value any) bool {
+	var cur any = doc
+	parts := strings.Split(path, ".")
+	for i, part := range parts {
+		name, index, isList := strings.Cut(part, "[")
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return false
+		}
+		if i == len(parts)-1 && !isList {
+			m[name] = value
+			return true
+		}
+		cur, ok = m[name]
+		if !ok {
+			if isList {
+				return false
+			}
+			sub := map[string]any{}
+			m[name] = sub
+			cur = sub
+		}
+		if isList {
+			n, _ := strconv.Atoi(strings.TrimSuffix(index, "]"))
+			list, ok := cur.([]any)
+			if !ok || n >= len(list) {
+				return false
+			}
+			cur = list[n]
+		}
+	}
+	return false
 }

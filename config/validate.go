@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -25,6 +26,23 @@ const (
 	maxTrackWeight = 254
 	maxTableSize   = 1 << 24
 	maxAdvertSize  = 1280 // the IPv6 minimum MTU: an advert that fits goes everywhere
+)
+
+// Bounds of the durations, so that no value can make halb spin a core or
+// flood the link: each is named in configs/halb.yaml. Time-out floors are
+// what a check on a LAN needs to answer at all; interval floors keep a
+// check to at most 20 runs a second; the ceilings keep the arithmetic that
+// spreads the runs over an interval inside int64.
+const (
+	minCheckInterval = 50 * time.Millisecond // health checks, track scripts
+	minCheckTimeout  = 10 * time.Millisecond
+	maxCheckInterval = 24 * time.Hour
+	minPreemptDelay  = 10 * time.Millisecond // VRRPv3's advert unit: less cannot be told from 0
+	maxPreemptDelay  = 1000 * time.Second    // keepalived's limit
+	minGARPInterval  = time.Second           // garp_master_delay and garp_master_refresh, when not 0
+	maxGARPInterval  = 24 * time.Hour
+	// IPVS keeps a persistence time-out in milliseconds in 32 bits.
+	maxPersistence = math.MaxUint32 / 1000 * time.Second
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
@@ -100,17 +118,37 @@ func (v *validator) unicast(path string, a netip.Addr) {
 	}
 }
 
-func (v *validator) positive(path string, d time.Duration) bool {
-	if d <= 0 {
-		v.errf(path, "%s must be positive", d)
+// duration checks that d lies in lo..hi; off, when not "", is what 0
+// means, and makes 0 valid too.
+func (v *validator) duration(path string, d, lo, hi time.Duration, off string) bool {
+	switch {
+	case d == 0 && off != "":
+		return true
+	case d < 0:
+		v.errf(path, "%s must not be negative", d)
+		return false
+	case d < lo || d > hi:
+		if off != "" {
+			v.errf(path, "%s is out of range: use 0 (%s) or %s..%s", d, off, lo, hi)
+		} else {
+			v.errf(path, "%s is out of range: use %s..%s", d, lo, hi)
+		}
 		return false
 	}
 	return true
 }
 
-func (v *validator) nonNegative(path string, d time.Duration) {
-	if d < 0 {
-		v.errf(path, "%s must not be negative", d)
+// checkTiming checks the interval and time-out of a periodic check: the
+// time-out ends a run before the next one is due.
+func (v *validator) checkTiming(path string, interval, timeout time.Duration) {
+	iok := v.duration(path+".interval", interval, minCheckInterval, maxCheckInterval, "")
+	tok := v.duration(path+".timeout", timeout, minCheckTimeout, maxCheckInterval, "")
+	if iok && tok && timeout >= interval {
+		than := "longer than"
+		if timeout == interval {
+			than = "as long as"
+		}
+		v.errf(path+".timeout", "%s is %s the interval %s: a run must end before the next is due; lower the timeout or raise the interval", timeout, than, interval)
 	}
 }
 
@@ -283,10 +321,7 @@ func (v *validator) instance(path string, in *Instance) {
 			v.errf(path+".advert_interval", "%s does not fit VRRPv3, which counts centiseconds: use 10ms..40.95s in steps of 10ms", in.AdvertInterval)
 		}
 	}
-	v.nonNegative(path+".preempt_delay", in.PreemptDelay)
-	if in.PreemptDelay > 1000*time.Second {
-		v.errf(path+".preempt_delay", "%s is longer than 1000s", in.PreemptDelay)
-	}
+	v.duration(path+".preempt_delay", in.PreemptDelay, minPreemptDelay, maxPreemptDelay, "pre-empt at once")
 
 	v6 := in.IPv6()
 	if len(in.VirtualIPs) == 0 {
@@ -362,8 +397,7 @@ func (v *validator) instance(path string, in *Instance) {
 	for j, ts := range in.TrackScripts {
 		tpath := fmt.Sprintf("%s.track_scripts[%d]", path, j)
 		v.command(tpath+".command", ts.Command)
-		v.positive(tpath+".interval", ts.Interval)
-		v.positive(tpath+".timeout", ts.Timeout)
+		v.checkTiming(tpath, ts.Interval, ts.Timeout)
 		v.intRange(tpath+".rise", ts.Rise, 1, 1000)
 		v.intRange(tpath+".fall", ts.Fall, 1, 1000)
 		v.intRange(tpath+".weight", ts.Weight, -maxTrackWeight, maxTrackWeight)
@@ -374,9 +408,12 @@ func (v *validator) instance(path string, in *Instance) {
 	if in.VMACXmitBase && !in.UseVMAC {
 		v.errf(path+".vmac_xmit_base", "only means something with use_vmac: true")
 	}
-	v.nonNegative(path+".garp_master_delay", in.GARPMasterDelay)
+	// A second burst or a refresh more often than once a second would
+	// flood the LAN with ARP for nothing: switches and neighbours learn
+	// from the first.
+	v.duration(path+".garp_master_delay", in.GARPMasterDelay, minGARPInterval, maxGARPInterval, "no second burst")
 	v.intRange(path+".garp_master_repeat", in.GARPMasterRepeat, 1, 255)
-	v.nonNegative(path+".garp_master_refresh", in.GARPMasterRefresh)
+	v.duration(path+".garp_master_refresh", in.GARPMasterRefresh, minGARPInterval, maxGARPInterval, "no refresh")
 }
 
 // command checks an argv that halb runs without a shell.
@@ -438,8 +475,7 @@ func (v *validator) service(path string, s *Service, d Datapath) {
 	if s.Forward == "nat" && bpfOnly {
 		v.errf(path+".forward", "nat is not in the eBPF data path yet: use dr or tun, or datapath.mode: ipvs (mode auto runs NAT services on IPVS)")
 	}
-	v.nonNegative(path+".persistence", s.Persistence)
-	if s.Persistence%time.Second != 0 {
+	if v.duration(path+".persistence", s.Persistence, time.Second, maxPersistence, "off") && s.Persistence%time.Second != 0 {
 		v.errf(path+".persistence", "%s is not whole seconds: client affinity is kept in seconds", s.Persistence)
 	}
 	v.intRange(path+".quorum", s.Quorum, 1, max(1, len(s.Backends)))
@@ -493,9 +529,7 @@ func (v *validator) healthCheck(path string, s *Service) {
 	if h.Type == "none" {
 		return
 	}
-	if v.positive(path+".interval", h.Interval) && v.positive(path+".timeout", h.Timeout) && h.Timeout > h.Interval {
-		v.errf(path+".timeout", "%s is longer than the interval %s: checks would overlap", h.Timeout, h.Interval)
-	}
+	v.checkTiming(path, h.Interval, h.Timeout)
 	v.intRange(path+".rise", h.Rise, 1, 1000)
 	v.intRange(path+".fall", h.Fall, 1, 1000)
 	switch h.Type {

@@ -76,7 +76,7 @@ func TestTrackScript(t *testing.T) {
 	l := newLAN(t, false)
 	flag := filepath.Join(t.TempDir(), "maintenance")
 	cfgA := v.config(l, 0, 150, true) + fmt.Sprintf(`      track_scripts:
-        - {command: [/usr/bin/test, "!", -e, %s], interval: 100ms, timeout: 1s, rise: 2, fall: 2, weight: -60}
+        - {command: [/usr/bin/test, "!", -e, %s], interval: 1500ms, timeout: 1s, rise: 2, fall: 2, weight: -60}
 `, flag)
 	a := newNode(t, "a", l.ns[0], cfgA)
 	b := newNode(t, "b", l.ns[1], v.config(l, 1, 100, true))
@@ -91,7 +91,7 @@ func TestTrackScript(t *testing.T) {
 	}
 	took := waitAddr(t, l.h[1], v.vip(), true, limit)
 	waitLog(t, a, "track script failing")
-	t.Logf("maintenance file: b took over after %v (fall 2 × 100ms, then master down)", took.Round(time.Millisecond))
+	t.Logf("maintenance file: b took over after %v (fall 2 × 1.5s, then master down)", took.Round(time.Millisecond))
 
 	if err := os.Remove(flag); err != nil {
 		t.Fatal(err)
@@ -120,7 +120,7 @@ func TestHangingTrackScriptMovesMaster(t *testing.T) {
 	// checks on.
 	check := fmt.Sprintf("if [ -e %s ]; then echo $$ >> %s; exec sleep 60; fi", flag, pids)
 	cfgA := v.config(l, 0, 150, true) + fmt.Sprintf(`      track_scripts:
-        - {command: [/bin/sh, -c, %q], interval: 100ms, timeout: %v, rise: 2, fall: %d, weight: -60}
+        - {command: [/bin/sh, -c, %q], interval: 400ms, timeout: %v, rise: 2, fall: %d, weight: -60}
 `, check, timeout, fall)
 	a := newNode(t, "a", l.ns[0], cfgA)
 	b := newNode(t, "b", l.ns[1], v.config(l, 1, 100, true))
