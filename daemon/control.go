@@ -50,6 +50,9 @@ type ServiceBackendStats struct {
 	// Connections IPVS holds now; the eBPF data path does not count them.
 	Active   *uint64 `json:"active_connections,omitempty"`
 	Inactive *uint64 `json:"inactive_connections,omitempty"`
+	// Problem: why the data path cannot serve it now (no route, no
+	// neighbour, interface missing); it tries again by itself.
+	Problem string `json:"problem,omitempty"`
 }
 
 // InstanceStatus is one VRRP instance.
@@ -129,7 +132,7 @@ func serviceStatus(r service.Report) ServiceStatus {
 		NewFlows: r.Stats.NewFlows, Backends: []ServiceBackendStats{}}
 	for _, b := range r.Backends {
 		bs := ServiceBackendStats{Backend: b.Addr.String(), Weight: b.Weight, Live: b.Live,
-			Packets: b.Stats.Packets, Bytes: b.Stats.Bytes, NewFlows: b.Stats.NewFlows}
+			Packets: b.Stats.Packets, Bytes: b.Stats.Bytes, NewFlows: b.Stats.NewFlows, Problem: b.Problem}
 		if r.Datapath == "ipvs" {
 			bs.Active, bs.Inactive = &b.Stats.Active, &b.Stats.Inactive
 		}

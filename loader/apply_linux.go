@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/halb-lb/halb/maglev"
 	"github.com/halb-lb/halb/service"
@@ -25,6 +26,27 @@ type svcState struct {
 	// signature); "" after a restart, when the table in the kernel is read
 	// back and compared before it is written again.
 	table string
+	// problems are the backends the data path cannot serve now, or not
+	// fully, and why; those among backends keep their id and record,
+	// inactive (but a TUN backend waiting for its next hop).
+	problems map[netip.AddrPort]*problem
+}
+
+// problem is why a backend is not served: the host gives no way to it
+// (no route, routed elsewhere, no source address, forwarding off, its
+// interface missing), or the neighbour table lacks its MAC or its next
+// hop's yet. None of these is the configuration's fault, and all can mend
+// without halb: at boot routes and interfaces come late. So a backend
+// with a problem is reported, not refused, and tried again on the next
+// netlink event and every retryPending.
+type problem struct {
+	reason string
+	// wait: the kernel was asked to resolve a MAC and the answer should
+	// come by itself; logged only if it has not come by the next retry.
+	wait   bool
+	weight uint32 // configured, for Status
+	since  time.Time
+	logged bool
 }
 
 // beState is a backend as the maps hold it.
@@ -61,11 +83,15 @@ func (s *svcState) String() string {
 // it does not know yet.
 //
 // A service the data path cannot serve (forward: nat, an IPVS-only
-// scheduler) or a backend it cannot reach (DR: on the link layer of one of
-// datapath.interfaces; TUN: through one of them) is left out and reported
-// in the error (errors.Is ErrUnsupported for the former); the rest is
-// applied all the same. So is a TUN service whose interface does not
-// forward, which the program cannot route for; the error says so.
+// scheduler) is left out and reported in the error (errors.Is
+// ErrUnsupported); the rest is applied all the same. A backend it cannot
+// reach now (DR: not on the link layer of one of datapath.interfaces;
+// TUN: not routed through one of them, or through one that does not
+// forward, which the program cannot route for) is no error: the host may
+// still be bringing its network up. It is left out of its service's
+// table, so that new flows go to the backends that can be reached,
+// reported in Status with the reason, and tried again at each route,
+// address, link or neighbour change and every retryPending.
 func (d *Datapath) Apply(ctx context.Context, services []service.Service) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -116,6 +142,7 @@ func (d *Datapath) reconcile() error {
 	n := &neighbours{nl: d.nl}
 	d.pending = 0
 	d.hops = map[hop]bool{}
+	d.now = time.Now()
 	for _, key := range sortedKeys(want) {
 		errs = append(errs, d.applyService(want[key], n))
 	}
@@ -173,9 +200,22 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 
 	// What each backend's record should be.
 	wantBE := map[netip.AddrPort]*wantBackend{}
+	probs := map[netip.AddrPort]*problem{}
+	note := func(ap netip.AddrPort, weight uint32, reason string, wait bool) {
+		probs[ap] = &problem{reason: reason, wait: wait, weight: weight}
+	}
+	// A backend that cannot be reached any more keeps its id, its
+	// counters and its record, inactive: the table leaves it out, and
+	// the flows it had are scheduled again.
+	unreachable := func(ap netip.AddrPort, weight uint32, reason string) {
+		note(ap, weight, reason, false)
+		if old := st.backends[ap]; old != nil {
+			wantBE[ap] = &wantBackend{via: old.via, unreachable: true, b: Backend{Weight: weight}}
+		}
+	}
 	for _, b := range s.Backends {
 		ap := backendKey(s, b)
-		if _, dup := wantBE[ap]; dup {
+		if _, dup := wantBE[ap]; dup || probs[ap] != nil {
 			errs = append(errs, fmt.Errorf("service %s: backend %s is listed twice", st, ap))
 			continue
 		}
@@ -184,24 +224,27 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 			continue
 		}
 		if s.Forward == service.TUN {
-			w, err := d.tunnelEnd(st, ap, n)
-			if err != nil {
-				errs = append(errs, err)
-			}
-			if w != nil {
-				w.b.Service, w.b.Weight = st.id, b.Weight
+			w, reason := d.tunnelEnd(ap.Addr(), n)
+			switch {
+			case w == nil:
+				unreachable(ap, b.Weight, reason)
+			case reason != "":
+				note(ap, b.Weight, reason, true)
+				fallthrough
+			default:
+				w.b.Service, w.b.Weight, w.b.Port = st.id, b.Weight, ap.Port()
 				wantBE[ap] = w
 			}
 			continue
 		}
 		via, err := d.via(ap.Addr())
 		if err != nil {
-			errs = append(errs, fmt.Errorf("service %s: backend %s: %w", st, ap, err))
+			unreachable(ap, b.Weight, err.Error())
 			continue
 		}
 		mac, err := n.lookup(via.ifindex, ap.Addr())
 		if err != nil {
-			errs = append(errs, fmt.Errorf("service %s: backend %s: %w", st, ap, err))
+			note(ap, b.Weight, err.Error(), true)
 		}
 		if mac == nil {
 			if old := st.backends[ap]; old != nil && old.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 && int(old.rec.Ifindex) == via.ifindex && old.rec.Mac != ([6]byte{}) {
@@ -209,8 +252,8 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 				// garbage collected, since the kernel does not see
 				// the traffic XDP forwards.
 				mac = net.HardwareAddr(old.rec.Mac[:])
-			} else {
-				d.pending++
+			} else if err == nil {
+				note(ap, b.Weight, fmt.Sprintf("its MAC is not in the neighbour table of %s yet: asked for it (ARP or neighbour solicitation)", via.Interface), true)
 			}
 			d.solicit(via, ap.Addr())
 		}
@@ -224,11 +267,13 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 			Weight:  b.Weight,
 		}}
 	}
+	d.pending += len(probs)
+	d.noteProblems(st, probs, wantBE)
 
 	// IDs for new backends; conntrack forgets what it knew of them.
 	fresh := map[uint32]bool{}
 	for _, ap := range sortedAddrPorts(wantBE) {
-		if st.backends[ap] != nil {
+		if st.backends[ap] != nil || wantBE[ap].unreachable {
 			continue
 		}
 		id, ok := d.beIDs.take()
@@ -248,7 +293,7 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 
 	for _, ap := range sortedAddrPorts(wantBE) {
 		w, be := wantBE[ap], st.backends[ap]
-		rec, err := d.lb.backendRecord(be.id, w.b)
+		rec, err := d.recordOf(be, w)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("service %s: %w", st, err))
 			continue
@@ -314,67 +359,114 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 	return errors.Join(errs...)
 }
 
+// recordOf is what be's record should become: the one w describes, or
+// for a backend that cannot be reached now, the one it has, inactive.
+func (d *Datapath) recordOf(be *beState, w *wantBackend) (halbBackend, error) {
+	if !w.unreachable {
+		return d.lb.backendRecord(be.id, w.b)
+	}
+	rec := be.rec
+	if rec != (halbBackend{}) {
+		rec.Flags &^= halbBackendFlagsBACKEND_F_ACTIVE
+		rec.Weight = w.b.Weight
+	}
+	return rec, nil
+}
+
+// noteProblems makes probs the service's problems and logs what changed:
+// a problem at once, or for one that waits for the neighbour table only
+// when it is still there after retryPending, and its end when its start
+// was logged and the backend is still in want.
+func (d *Datapath) noteProblems(st *svcState, probs map[netip.AddrPort]*problem, want map[netip.AddrPort]*wantBackend) {
+	for _, ap := range sortedAddrPorts(probs) {
+		p, old := probs[ap], st.problems[ap]
+		p.since = d.now
+		if old != nil && old.reason == p.reason {
+			p.since, p.logged = old.since, old.logged
+		}
+		said := old != nil && old.logged
+		if !p.logged && (!p.wait || said || d.now.Sub(p.since) >= retryPending) {
+			p.logged = true
+			d.log.Warn("backend not served", "service", st.String(), "backend", ap.String(), "reason", p.reason)
+		}
+	}
+	for _, ap := range sortedAddrPorts(st.problems) {
+		if old := st.problems[ap]; old.logged && probs[ap] == nil && want[ap] != nil {
+			d.log.Info("backend served again", "service", st.String(), "backend", ap.String(), "was", old.reason)
+		}
+	}
+	st.problems = probs
+}
+
 // wantBackend is what a backend's record should be, and the one of
 // datapath.interfaces that reaches it.
 type wantBackend struct {
 	b   Backend
 	via *attachment
+	// unreachable: the backend has an id but no way to it now; its
+	// record stays as it was, inactive, with the weight of b.
+	unreachable bool
 }
 
-// tunnelEnd is what the record of TUN backend ap should be: the kernel's
-// route to it names the interface, which must be one of
-// datapath.interfaces, and the outer source, the address the kernel would
-// send from. A next hop the neighbour table lacks is asked for: until it
-// is known, XDP drops the backend's packets (DropNoNeigh). It returns the
-// record and, when something needs the user, an error; the record is nil
-// when the backend cannot be served.
-func (d *Datapath) tunnelEnd(st *svcState, ap netip.AddrPort, n *neighbours) (*wantBackend, error) {
-	fail := func(err error) error { return fmt.Errorf("service %s: backend %s: %w", st, ap, err) }
-	routes, err := d.nl.RouteGet(ap.Addr().AsSlice())
+// tunnelEnd is what the record of TUN backend addr should be: the
+// kernel's route to it names the interface, which must be one of
+// datapath.interfaces that forwards (bpf_fib_lookup refuses to route for
+// one that does not), and the outer source, the address the kernel would
+// send from. When one of these is missing it returns no record, and why.
+//
+// A next hop the neighbour table lacks is asked for, and the backend is
+// served all the same, with the reason: XDP drops its packets
+// (DropNoNeigh) until the answer comes, and tc has the kernel resolve it
+// (bpf_redirect_neigh). Taking it out of the table would cost more: the
+// kernel forgets such entries now and then, since it does not see the
+// traffic XDP sends there, and every backend behind that next hop would
+// leave and rejoin each time, moving its share of new flows away and
+// back. A next hop that is gone for good takes the backends' health
+// checks with it, and those drain them.
+func (d *Datapath) tunnelEnd(addr netip.Addr, n *neighbours) (*wantBackend, string) {
+	routes, err := d.nl.RouteGet(addr.AsSlice())
 	if err != nil || len(routes) == 0 {
-		return nil, fail(fmt.Errorf("no route (%v)", err))
+		return nil, d.noRoute(err)
 	}
 	r := routes[0]
 	via := d.attachmentOf(r.LinkIndex)
 	if via == nil {
-		return nil, fail(fmt.Errorf("routed through %s, which is not one of datapath.interfaces (%s): add it there, or route the backend through one of them",
-			d.linkName(r.LinkIndex), strings.Join(d.cfg.Interfaces, ", ")))
+		return nil, d.routedElsewhere(r.LinkIndex)
 	}
 	src, ok := netip.AddrFromSlice(r.Src)
-	if !ok || src.Unmap().Is4() != ap.Addr().Is4() {
-		return nil, fail(fmt.Errorf("the kernel has no source address toward it on %s: give %s an address of its family", via.Interface, via.Interface))
+	if !ok || src.Unmap().Is4() != addr.Is4() {
+		return nil, fmt.Sprintf("the kernel has no source address toward it on %s: give %s an address of its family", via.Interface, via.Interface)
 	}
-	next := ap.Addr()
+	next := addr
 	if gw, ok := netip.AddrFromSlice(r.Gw); ok && r.Gw != nil {
 		next = gw.Unmap()
 	}
-	d.hops[hop{ifindex: via.ifindex, addr: next}] = true
-	var errs []error
-	mac, err := n.lookup(via.ifindex, next)
-	if err != nil {
-		errs = append(errs, fail(err))
-	}
-	if mac == nil {
-		d.pending++
-		d.solicit(via, next)
-	}
 	if on, err := d.forwarding(via.Interface, next.Is4()); err != nil {
-		errs = append(errs, fail(err))
+		return nil, err.Error()
 	} else if !on {
 		family := "ipv6"
 		if next.Is4() {
 			family = "ipv4"
 		}
-		errs = append(errs, fail(fmt.Errorf("forward: tun needs forwarding on %s, where the kernel's FIB lookup refuses without it: sysctl -w net.%s.conf.%s.forwarding=1",
-			via.Interface, family, via.Interface)))
+		return nil, fmt.Sprintf("forward: tun needs forwarding on %s, where the kernel's FIB lookup refuses without it: sysctl -w net.%s.conf.%s.forwarding=1",
+			via.Interface, family, via.Interface)
 	}
-	return &wantBackend{via: via, b: Backend{
-		Addr:    ap.Addr(),
+	w := &wantBackend{via: via, b: Backend{
+		Addr:    addr,
 		Src:     src.Unmap(),
 		Ifindex: via.ifindex,
 		SrcMAC:  via.mac,
-		Port:    ap.Port(),
-	}}, errors.Join(errs...)
+	}}
+	mac, err := n.lookup(via.ifindex, next)
+	d.hops[hop{ifindex: via.ifindex, addr: next}] = mac == nil
+	if err != nil {
+		return w, err.Error()
+	}
+	if mac == nil {
+		d.solicit(via, next)
+		return w, fmt.Sprintf("the MAC of its next hop %s is not in the neighbour table of %s yet: asked for it", next, via.Interface)
+	}
+	return w, ""
 }
 
 // writeTable builds the service's Maglev table from its live backends
@@ -593,6 +685,10 @@ type BackendStatus struct {
 	// backend that is not live keeps the flows it has.
 	Live  bool
 	Stats Stats
+	// Problem is why the data path cannot serve it now, or not fully
+	// (no route, no neighbour, its interface missing); "" when it can.
+	// One that never could has no ID.
+	Problem string
 }
 
 // Status reads what the data path serves and its counters, services in
@@ -611,13 +707,28 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 			return nil, err
 		}
 		ss := ServiceStatus{Name: st.name, Key: key, ID: st.id, Stats: stats}
-		for _, ap := range sortedAddrPorts(st.backends) {
+		keys := sortedAddrPorts(st.backends)
+		for ap := range st.problems {
+			if st.backends[ap] == nil {
+				keys = append(keys, ap)
+			}
+		}
+		slices.SortFunc(keys, netip.AddrPort.Compare)
+		for _, ap := range keys {
+			bs := BackendStatus{Addr: ap}
+			if p := st.problems[ap]; p != nil {
+				bs.Problem, bs.Weight = p.reason, p.weight
+			}
 			be := st.backends[ap]
+			if be == nil {
+				ss.Backends = append(ss.Backends, bs)
+				continue
+			}
 			stats, err := d.lb.BackendStats(be.id)
 			if err != nil {
 				return nil, err
 			}
-			bs := BackendStatus{Addr: ap, ID: be.id, Weight: be.rec.Weight, Live: be.live(), Stats: stats}
+			bs.ID, bs.Weight, bs.Live, bs.Stats = be.id, be.rec.Weight, be.live(), stats
 			if be.tunnel() {
 				bs.TunnelSrc = addrFrom(be.rec.Src, be.rec.Family)
 			} else if be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -75,9 +76,10 @@ type Datapath struct {
 	applied map[service.Key]*svcState
 	svcIDs  *serviceIDs
 	beIDs   *backendIDs
-	pending int          // backends waiting for their MAC, or for their next hop's
-	hops    map[hop]bool // the next hops of TUN backends
+	pending int          // backends with a problem, tried again every retryPending
+	hops    map[hop]bool // the next hops of TUN backends, true while unresolved
 	lastErr string       // what the last apply could not do, said once
+	now     time.Time    // when the reconcile under way started
 	closed  bool
 
 	kick   chan struct{}
@@ -195,7 +197,7 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
-	d.wg.Go(func() { d.watchNeighbours(ctx) })
+	d.wg.Go(func() { d.watchNetwork(ctx) })
 	d.wg.Go(func() { d.refresher(ctx) })
 	for _, a := range d.ifaces {
 		d.log.Info("data path attached", "interface", a.Interface, "hook", string(a.Hook), "bpffs", d.dir)
@@ -230,6 +232,22 @@ func (d *Datapath) Attachments() []Attachment {
 	out := make([]Attachment, len(d.ifaces))
 	for i, a := range d.ifaces {
 		out[i] = a.Attachment
+	}
+	return out
+}
+
+// linkChanged is called on every link update.
+func (d *Datapath) linkChanged() {}
+
+// waitingFor names the ones of datapath.interfaces the program is not
+// attached to (they are missing), in configured order. d.mu is held, or
+// the Datapath is being made.
+func (d *Datapath) waitingFor() []string {
+	var out []string
+	for _, name := range d.cfg.Interfaces {
+		if !slices.ContainsFunc(d.ifaces, func(a *attachment) bool { return a.Interface == name }) {
+			out = append(out, name)
+		}
 	}
 	return out
 }

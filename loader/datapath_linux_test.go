@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -319,20 +320,28 @@ func TestDatapathApply(t *testing.T) {
 		t.Errorf("status %+v (%v): want dns with web6's freed id 1 and its backend on port 53 first", st, err)
 	}
 
-	// What the data path cannot do is refused; the rest is applied.
+	// What the data path cannot do is refused; the rest is applied. A
+	// backend it cannot reach is no error: it is reported with the
+	// reason, out of the table.
 	nat := svc(dns, backend(be11, 1))
 	nat.Forward = service.NAT
+	unrouted := netip.MustParseAddr("203.0.113.9")
 	err = dp.Apply(ctx, []service.Service{
-		svc(web, backend(be11, 1), backend(be14, 1), backend(netip.MustParseAddr("203.0.113.9"), 1)),
+		svc(web, backend(be11, 1), backend(be14, 1), backend(unrouted, 1)),
 		nat,
 	})
 	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "forward nat") ||
-		!strings.Contains(err.Error(), "203.0.113.9") {
-		t.Errorf("Apply with forward: nat and an unreachable backend: %v; want ErrUnsupported naming nat, and the backend", err)
+		strings.Contains(err.Error(), "203.0.113.9") {
+		t.Errorf("Apply with forward: nat and an unreachable backend: %v; want ErrUnsupported naming nat, and not the backend", err)
 	}
 	st, _ = dp.Status()
-	if len(st) != 1 || st[0].Key != web || len(st[0].Backends) != 2 {
-		t.Errorf("status %+v: want web alone with its two reachable backends", st)
+	if len(st) != 1 || st[0].Key != web || len(st[0].Backends) != 3 {
+		t.Errorf("status %+v: want web alone with its two reachable backends and the unreachable one", st)
+	} else if got := backendOf(st[0], unrouted); got.ID != 0 || got.Live || !strings.Contains(got.Problem, "no route") {
+		t.Errorf("unreachable backend %s: %+v, want no id, not live, and the problem \"no route\"", unrouted, got)
+	}
+	if tb, _ := table(t, dp, st[0].ID); len(slotsOf(tb)) != 2 {
+		t.Errorf("slots per backend id %v: want the two reachable backends", slotsOf(tb))
 	}
 
 	// Nothing left.
@@ -709,12 +718,43 @@ func TestDatapathTUN(t *testing.T) {
 	tun6 := service.Service{Name: "tun6", Key: web6, Scheduler: "mh", Forward: service.TUN,
 		Backends: []service.Backend{{Addr: be6, Weight: 1}}}
 
-	err := dp.Apply(ctx, []service.Service{tun, tun6})
-	for _, want := range []string{"sysctl -w net.ipv4.conf.halb0.forwarding=1", "sysctl -w net.ipv6.conf.halb0.forwarding=1",
-		"198.51.100.50:80: routed through other0, which is not one of datapath.interfaces"} {
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("Apply without forwarding: %v; want an error that says %q", err, want)
+	// Without forwarding the program's FIB lookups fail: the backends
+	// are not served, and each says why. So is the one routed elsewhere.
+	if err := dp.Apply(ctx, []service.Service{tun, tun6}); err != nil {
+		t.Errorf("Apply without forwarding: %v; want the problems in Status, not an error", err)
+	}
+	problems := map[netip.Addr]string{}
+	st, err := dp.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st {
+		for _, b := range s.Backends {
+			problems[b.Addr.Addr()] = b.Problem
+			if b.Live {
+				t.Errorf("backend %s is live without forwarding: %+v", b.Addr, b)
+			}
 		}
+	}
+	for a, want := range map[netip.Addr]string{
+		be11: "sysctl -w net.ipv4.conf.halb0.forwarding=1", routed: "sysctl -w net.ipv4.conf.halb0.forwarding=1",
+		be6: "sysctl -w net.ipv6.conf.halb0.forwarding=1", elsewhere: "routed through other0, which is not one of datapath.interfaces",
+	} {
+		if !strings.Contains(problems[a], want) {
+			t.Errorf("backend %s: problem %q, want one that says %q", a, problems[a], want)
+		}
+	}
+	// Forwarding on: the retry takes them in without another Apply.
+	err = b.lb.Do(func() error {
+		for _, p := range []string{"/proc/sys/net/ipv4/conf/halb0/forwarding", "/proc/sys/net/ipv6/conf/halb0/forwarding"} {
+			if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	s := waitLive(t, dp, web, 2)
 	src := netip.MustParseAddr("192.0.2.1")
@@ -729,7 +769,7 @@ func TestDatapathTUN(t *testing.T) {
 			t.Errorf("record of %s: %+v (%v), want active with source %s", a, rec, err, src)
 		}
 	}
-	if got := backendOf(s, elsewhere); got.ID != 0 {
+	if got := backendOf(s, elsewhere); got.ID != 0 || !strings.Contains(got.Problem, "routed through other0") {
 		t.Errorf("backend %s routed through other0 was written: %+v", elsewhere, got)
 	}
 	s6 := waitLive(t, dp, web6, 1)
@@ -765,31 +805,26 @@ func TestDatapathTUN(t *testing.T) {
 	}
 
 	// With forwarding on, and the backend elsewhere gone, all is well.
-	err = b.lb.Do(func() error {
-		for _, p := range []string{"/proc/sys/net/ipv4/conf/halb0/forwarding", "/proc/sys/net/ipv6/conf/halb0/forwarding"} {
-			if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	tun.Backends = tun.Backends[:2]
 	if err := dp.Apply(ctx, []service.Service{tun, tun6}); err != nil {
 		t.Errorf("Apply with forwarding on: %v", err)
 	}
+	if s := waitLive(t, dp, web, 2); len(s.Backends) != 2 || backendOf(s, elsewhere).Addr.IsValid() {
+		t.Errorf("backends after %s left: %+v", elsewhere, s.Backends)
+	}
 
-	// Back to DR: the same backends, with MACs; the routed one cannot be.
+	// Back to DR: the same backends, with MACs; the routed one cannot be,
+	// and says why.
 	tun.Forward = service.DR
-	err = dp.Apply(ctx, []service.Service{tun})
-	if err == nil || !strings.Contains(err.Error(), "use forward: tun for a routed backend") {
-		t.Errorf("DR with a routed backend: %v, want a refusal that points at forward: tun", err)
+	if err := dp.Apply(ctx, []service.Service{tun}); err != nil {
+		t.Errorf("DR with a routed backend: %v, want its problem in Status, not an error", err)
 	}
 	s = waitLive(t, dp, web, 1)
 	if got := backendOf(s, be11); got.MAC == nil || got.TunnelSrc.IsValid() {
 		t.Errorf("backend %s after the move to DR: %+v, want a MAC and no tunnel source", be11, got)
+	}
+	if got := backendOf(s, routed); got.Live || !strings.Contains(got.Problem, "use forward: tun for a routed backend") {
+		t.Errorf("DR with a routed backend: %+v, want it not live with a problem that points at forward: tun", got)
 	}
 }
 
@@ -812,5 +847,80 @@ func TestDatapathRemovedBackendLeavesTable(t *testing.T) {
 	n := slotsOf(tb)
 	if n[gone] != 0 || n[0] != 0 || len(n) != 2 {
 		t.Errorf("slots per backend id after removing %s (id %d): %v, want only the two that stay", be13, gone, n)
+	}
+}
+
+// A backend the host has no way to yet (booting before its network) is no
+// error: Apply serves the others, Status says why it is not served, and a
+// route that comes later brings it in without another Apply. One that
+// loses its way keeps its id, out of the table, until the way is back.
+func TestDatapathUnreachableBackend(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	ctx := context.Background()
+	late := netip.MustParseAddr("203.0.113.20") // on halb0p, but halb0 has no route to it yet
+	up(t, b.peers.Netlink(t), "halb0p", "203.0.113.20/24")
+	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be11, 1), backend(be12, 1), backend(late, 1))}); err != nil {
+		t.Fatalf("Apply with an unreachable backend: %v, want no error", err)
+	}
+	s := waitLive(t, dp, web, 2)
+	if got := backendOf(s, late); got.ID != 0 || got.Live || !strings.Contains(got.Problem, "no route") {
+		t.Errorf("backend %s without a route: %+v, want no id, not live, problem \"no route\"", late, got)
+	}
+	if tb, _ := table(t, dp, s.ID); len(slotsOf(tb)) != 2 || slotsOf(tb)[0] != 0 {
+		t.Errorf("slots per backend id %v: want the two reachable backends alone", slotsOf(tb))
+	}
+	if !regexp.MustCompile(`level=WARN msg="backend not served" .*backend=203.0.113.20:80 reason="no route`).MatchString(b.log.String()) {
+		t.Errorf("no log line for the unreachable backend:\n%s", b.log)
+	}
+
+	// The route comes: no Apply, the netlink event brings it in.
+	h := b.lb.Netlink(t)
+	halb0, err := h.LinkByName("halb0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	route := &netlink.Route{LinkIndex: halb0.Attrs().Index, Scope: netlink.SCOPE_LINK,
+		Dst: &net.IPNet{IP: net.IP{203, 0, 113, 0}, Mask: net.CIDRMask(24, 32)}}
+	if err := h.RouteAdd(route); err != nil {
+		t.Fatal(err)
+	}
+	s = waitLive(t, dp, web, 3)
+	got := backendOf(s, late)
+	if got.ID == 0 || got.Problem != "" || got.MAC == nil {
+		t.Errorf("backend %s once routed: %+v, want an id, a MAC and no problem", late, got)
+	}
+	if tb, _ := table(t, dp, s.ID); len(slotsOf(tb)) != 3 {
+		t.Errorf("slots per backend id %v: want all three backends", slotsOf(tb))
+	}
+	if !regexp.MustCompile(`level=INFO msg="backend served again" .*backend=203.0.113.20:80`).MatchString(b.log.String()) {
+		t.Errorf("no log line for the backend served again:\n%s", b.log)
+	}
+
+	// The route goes: the next Apply (the daemon's periodic one) takes
+	// it out of the table, keeping its id and counters.
+	id := got.ID
+	if err := h.RouteDel(route); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be11, 1), backend(be12, 1), backend(late, 1))}); err != nil {
+		t.Fatalf("Apply after the route went: %v", err)
+	}
+	s = waitLive(t, dp, web, 2)
+	if got := backendOf(s, late); got.ID != id || got.Live || !strings.Contains(got.Problem, "no route") {
+		t.Errorf("backend %s after its route went: %+v, want id %d kept, not live, problem \"no route\"", late, got, id)
+	}
+	if tb, _ := table(t, dp, s.ID); slotsOf(tb)[id] != 0 {
+		t.Errorf("slots per backend id %v: backend %d has no route and is still in the table", slotsOf(tb), id)
+	}
+	var rec halbBackend
+	if err := dp.lb.objs.HalbBackends.Lookup(id, &rec); err != nil || rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 || rec.Addr != (halbAddr{Bytes: late.As16()}) {
+		t.Errorf("record of %s without a route: %+v (%v), want kept and inactive", late, rec, err)
+	}
+	if err := h.RouteAdd(route); err != nil {
+		t.Fatal(err)
+	}
+	if got := backendOf(waitLive(t, dp, web, 3), late); got.ID != id {
+		t.Errorf("backend %s back with id %d, want its old id %d", late, got.ID, id)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -145,11 +146,8 @@ func inNS(ns netns.NsHandle, fn func() error) error {
 // via finds the one of datapath.interfaces that reaches addr directly.
 func (d *Datapath) via(addr netip.Addr) (*attachment, error) {
 	routes, err := d.nl.RouteGet(addr.AsSlice())
-	if err != nil {
-		return nil, fmt.Errorf("no route: %w", err)
-	}
-	if len(routes) == 0 {
-		return nil, errors.New("no route")
+	if err != nil || len(routes) == 0 {
+		return nil, errors.New(d.noRoute(err))
 	}
 	r := routes[0]
 	if r.Gw != nil {
@@ -159,8 +157,31 @@ func (d *Datapath) via(addr netip.Addr) (*attachment, error) {
 	if a := d.attachmentOf(r.LinkIndex); a != nil {
 		return a, nil
 	}
-	return nil, fmt.Errorf("reached through %s, which is not one of datapath.interfaces (%s): add it there, or move the backend onto their link",
-		d.linkName(r.LinkIndex), strings.Join(d.cfg.Interfaces, ", "))
+	return nil, errors.New(d.routedElsewhere(r.LinkIndex))
+}
+
+// noRoute says that the kernel has no route to a backend, and which of
+// datapath.interfaces halb is still waiting for, which may be why.
+func (d *Datapath) noRoute(err error) string {
+	msg := "no route"
+	if err != nil {
+		msg = fmt.Sprintf("no route (%v)", err)
+	}
+	if w := d.waitingFor(); len(w) > 0 {
+		msg += fmt.Sprintf("; datapath.interfaces %s missing", strings.Join(w, ", "))
+	}
+	return msg
+}
+
+// routedElsewhere says that the kernel routes a backend through ifindex,
+// which is none of datapath.interfaces.
+func (d *Datapath) routedElsewhere(ifindex int) string {
+	msg := fmt.Sprintf("routed through %s, which is not one of datapath.interfaces (%s): add it there, or route the backend through one of them",
+		d.linkName(ifindex), strings.Join(d.cfg.Interfaces, ", "))
+	if w := d.waitingFor(); len(w) > 0 {
+		msg += fmt.Sprintf("; datapath.interfaces %s missing", strings.Join(w, ", "))
+	}
+	return msg
 }
 
 // solicit asks the kernel to resolve addr on a's interface, as if it had a
@@ -178,44 +199,30 @@ func (d *Datapath) solicit(a *attachment, addr netip.Addr) {
 	}
 }
 
-// watchNeighbours applies again when the MAC of a backend appears or
-// changes, and makes the program ask the FIB again for TUN next hops when
-// a route or a neighbour changes, until ctx ends.
-func (d *Datapath) watchNeighbours(ctx context.Context) {
+// watchNetwork follows the namespace's neighbours, routes, addresses and
+// links until ctx ends. It applies again when the MAC of a backend
+// appears or changes, or when anything changes while some backend cannot
+// be served (a route, an address or an interface may be what it lacked);
+// it makes the program ask the FIB again for TUN next hops when a route
+// or a neighbour changes; and it hands link changes to linkChanged.
+func (d *Datapath) watchNetwork(ctx context.Context) {
 	for ctx.Err() == nil {
-		neighs := make(chan netlink.NeighUpdate, 256)
-		routes := make(chan netlink.RouteUpdate, 256)
-		done := make(chan struct{})
-		onErr := func(err error) {
-			if ctx.Err() == nil {
-				d.log.Warn("neighbour and route updates", "err", err)
-			}
+		u := subscriptions{
+			neighs: make(chan netlink.NeighUpdate, 256),
+			routes: make(chan netlink.RouteUpdate, 256),
+			addrs:  make(chan netlink.AddrUpdate, 256),
+			links:  make(chan netlink.LinkUpdate, 256),
+			done:   make(chan struct{}),
 		}
-		err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{
-			Namespace: &d.ns, ErrorCallback: onErr,
-		})
-		if err == nil {
-			err = netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{
-				Namespace: &d.ns, ErrorCallback: onErr,
-			})
-			if err != nil {
-				close(done)
-				for range neighs {
-				}
-			}
-		}
-		if err != nil {
-			d.log.Warn("cannot follow the neighbour table and routes, asking again every few seconds", "err", err)
+		if err := u.subscribe(ctx, d.ns, d.log); err != nil {
+			d.log.Warn("cannot follow the neighbour table, routes, addresses and links, asking again every few seconds", "err", err)
 		} else {
 			// Whatever happened while nobody listened.
 			d.forgetNexthops()
+			d.linkChanged()
 			d.poke()
-			d.follow(ctx, neighs, routes)
-			close(done)
-			for range neighs {
-			}
-			for range routes {
-			}
+			d.follow(ctx, &u)
+			u.close()
 		}
 		select {
 		case <-ctx.Done():
@@ -224,32 +231,117 @@ func (d *Datapath) watchNeighbours(ctx context.Context) {
 	}
 }
 
+// subscriptions are the netlink updates watchNetwork reads.
+type subscriptions struct {
+	neighs chan netlink.NeighUpdate
+	routes chan netlink.RouteUpdate
+	addrs  chan netlink.AddrUpdate
+	links  chan netlink.LinkUpdate
+	done   chan struct{}
+}
+
+// subscribe starts all four subscriptions in ns, or none.
+func (u *subscriptions) subscribe(ctx context.Context, ns netns.NsHandle, log *slog.Logger) error {
+	onErr := func(err error) {
+		if ctx.Err() == nil {
+			log.Warn("netlink updates", "err", err)
+		}
+	}
+	started := 0
+	err := netlink.NeighSubscribeWithOptions(u.neighs, u.done, netlink.NeighSubscribeOptions{Namespace: &ns, ErrorCallback: onErr})
+	if err == nil {
+		started++
+		err = netlink.RouteSubscribeWithOptions(u.routes, u.done, netlink.RouteSubscribeOptions{Namespace: &ns, ErrorCallback: onErr})
+	}
+	if err == nil {
+		started++
+		err = netlink.AddrSubscribeWithOptions(u.addrs, u.done, netlink.AddrSubscribeOptions{Namespace: &ns, ErrorCallback: onErr})
+	}
+	if err == nil {
+		started++
+		err = netlink.LinkSubscribeWithOptions(u.links, u.done, netlink.LinkSubscribeOptions{Namespace: &ns, ErrorCallback: onErr})
+	}
+	if err == nil {
+		return nil
+	}
+	// The ones that started end when done closes and close their
+	// channels; the others never will.
+	close(u.done)
+	for i, c := range []func(){drain(u.neighs), drain(u.routes), drain(u.addrs)} {
+		if i < started {
+			c()
+		}
+	}
+	return err
+}
+
+// close ends the subscriptions and waits until each has closed its channel.
+func (u *subscriptions) close() {
+	close(u.done)
+	drain(u.neighs)()
+	drain(u.routes)()
+	drain(u.addrs)()
+	drain(u.links)()
+}
+
+func drain[T any](c <-chan T) func() {
+	return func() {
+		for range c {
+		}
+	}
+}
+
 // follow reads updates until ctx ends or a subscription does.
-func (d *Datapath) follow(ctx context.Context, neighs <-chan netlink.NeighUpdate, routes <-chan netlink.RouteUpdate) {
+func (d *Datapath) follow(ctx context.Context, u *subscriptions) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case _, ok := <-routes:
+		case _, ok := <-u.routes:
 			if !ok {
 				return
 			}
 			d.forgetNexthops()
-		case u, ok := <-neighs:
+			d.pokeIfTroubled()
+		case _, ok := <-u.addrs:
+			if !ok {
+				return
+			}
+			d.pokeIfTroubled()
+		case _, ok := <-u.links:
+			if !ok {
+				return
+			}
+			d.linkChanged()
+			d.pokeIfTroubled()
+		case n, ok := <-u.neighs:
 			if !ok {
 				return
 			}
 			d.forgetNexthops()
-			if u.Type == unix.RTM_NEWNEIGH && u.State&neighbourStates != 0 && len(u.HardwareAddr) == 6 && d.changes(u.Neigh) {
+			switch {
+			case n.Type == unix.RTM_NEWNEIGH && n.State&neighbourStates != 0 && len(n.HardwareAddr) == 6 &&
+				(d.changes(n.Neigh) || d.isHop(n.Neigh, true)):
 				d.poke()
-			}
-			if u.Type == unix.RTM_DELNEIGH && d.isHop(u.Neigh) {
+			case n.Type == unix.RTM_DELNEIGH && d.isHop(n.Neigh, false):
 				// The kernel forgot a TUN next hop (garbage
 				// collection: it does not see the traffic XDP
 				// sends there): ask for it again.
 				d.poke()
 			}
 		}
+	}
+}
+
+// pokeIfTroubled asks for an apply when some backend cannot be served:
+// the change may be what it lacked. Changes that take a way to a backend
+// away are for the daemon's periodic apply to see.
+func (d *Datapath) pokeIfTroubled() {
+	d.mu.Lock()
+	troubled := d.pending > 0
+	d.mu.Unlock()
+	if troubled {
+		d.poke()
 	}
 }
 
@@ -281,15 +373,17 @@ func (d *Datapath) changes(n netlink.Neigh) bool {
 	return false
 }
 
-// isHop reports whether n is the neighbour entry of a TUN next hop.
-func (d *Datapath) isHop(n netlink.Neigh) bool {
+// isHop reports whether n is the neighbour entry of a TUN next hop, one
+// that was not resolved at the last apply when unresolved is set.
+func (d *Datapath) isHop(n netlink.Neigh, unresolved bool) bool {
 	addr, ok := netip.AddrFromSlice(n.IP)
 	if !ok {
 		return false
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.hops[hop{ifindex: n.LinkIndex, addr: addr.Unmap()}]
+	waiting, ok := d.hops[hop{ifindex: n.LinkIndex, addr: addr.Unmap()}]
+	return ok && (waiting || !unresolved)
 }
 
 func macEqual(a, b []byte) bool { return string(a) == string(b) }
@@ -303,7 +397,7 @@ func (d *Datapath) poke() {
 }
 
 // refresher applies the last services again when poked, and every
-// retryPending while MACs are missing, until ctx ends.
+// retryPending while some backend cannot be served, until ctx ends.
 func (d *Datapath) refresher(ctx context.Context) {
 	tick := time.NewTicker(retryPending)
 	defer tick.Stop()

@@ -15,7 +15,7 @@ func (d *Datapath) Report() ([]service.Report, error) {
 	for _, s := range status {
 		r := service.Report{Name: s.Name, Key: s.Key, Datapath: name, Stats: s.Stats.report()}
 		for _, b := range s.Backends {
-			r.Backends = append(r.Backends, service.BackendReport{Addr: b.Addr, Weight: b.Weight, Live: b.Live, Stats: b.Stats.report()})
+			r.Backends = append(r.Backends, service.BackendReport{Addr: b.Addr, Weight: b.Weight, Live: b.Live, Stats: b.Stats.report(), Problem: b.Problem})
 		}
 		out = append(out, r)
 	}

@@ -23,6 +23,11 @@ type BackendReport struct {
 	// backend whose MAC is not known yet) keeps the flows it has.
 	Live  bool
 	Stats Stats
+	// Problem is why the data path cannot serve the backend now, or not
+	// fully: no route to it, routed through an interface the data path
+	// is not on, no neighbour entry, its interface missing. "" when
+	// nothing is wrong. The data path tries again by itself.
+	Problem string
 }
 
 // Stats are a data path's counters for a service or a backend, since the

@@ -112,19 +112,23 @@ func writeStatus(w io.Writer, st daemon.Status) error {
 		fmt.Fprintln(tw)
 		// CONNS: what IPVS holds now, active/inactive; the eBPF data
 		// path does not count open flows.
-		fmt.Fprintf(tw, "SERVICE\tBACKEND\tWEIGHT\tNEW FLOWS\tCONNS\tPACKETS\tBYTES\n")
+		// PROBLEM: why the data path cannot serve a backend now.
+		fmt.Fprintf(tw, "SERVICE\tBACKEND\tWEIGHT\tNEW FLOWS\tCONNS\tPACKETS\tBYTES\tPROBLEM\n")
 		for _, s := range st.Services {
-			fmt.Fprintf(tw, "%s %s (%s)\t(all)\t\t%d\t\t%d\t%d\n", s.Name, s.Key, s.Datapath, s.NewFlows, s.Packets, s.Bytes)
+			fmt.Fprintf(tw, "%s %s (%s)\t(all)\t\t%d\t\t%d\t%d\t\n", s.Name, s.Key, s.Datapath, s.NewFlows, s.Packets, s.Bytes)
 			for _, b := range s.Backends {
 				weight := fmt.Sprint(b.Weight)
-				if !b.Live {
+				switch {
+				case b.Problem != "" && !b.Live:
+					weight += " (not served)"
+				case !b.Live:
 					weight += " (drained)"
 				}
 				conns := "-"
 				if b.Active != nil && b.Inactive != nil {
 					conns = fmt.Sprintf("%d/%d", *b.Active, *b.Inactive)
 				}
-				fmt.Fprintf(tw, "\t%s\t%s\t%d\t%s\t%d\t%d\n", b.Backend, weight, b.NewFlows, conns, b.Packets, b.Bytes)
+				fmt.Fprintf(tw, "\t%s\t%s\t%d\t%s\t%d\t%d\t%s\n", b.Backend, weight, b.NewFlows, conns, b.Packets, b.Bytes, b.Problem)
 			}
 		}
 	}
