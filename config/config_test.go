@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -225,11 +226,16 @@ services:
 `
 
 // with returns baseConfig with each old text (which must be there once)
-// replaced by the new one that follows it.
+// replaced by the new one that follows it; an empty old text appends the
+// new one.
 func with(t *testing.T, pairs ...string) []byte {
 	t.Helper()
 	s := baseConfig
 	for i := 0; i+1 < len(pairs); i += 2 {
+		if pairs[i] == "" {
+			s += pairs[i+1] // an empty old text: append the new one
+			continue
+		}
 		if n := strings.Count(s, pairs[i]); n != 1 {
 			t.Fatalf("%q appears %d times in the base config, want once", pairs[i], n)
 		}
@@ -541,4 +547,40 @@ func setPath(doc map[string]any, path string, value any) bool {
 		}
 	}
 	return false
+}
+
+// A virtual IP is never also a host's address: the node's own
+// unicast_src, a peer, a backend or a sorry backend, in any instance or
+// service; each problem names both fields.
+func TestAddressClashes(t *testing.T) {
+	const (
+		vips       = "virtual_ips: [192.0.2.100/24]"
+		lastInst   = "      garp_master_refresh: 0s\n"
+		secondInst = lastInst + "    - {name: VI_2, interface: eth1, vrid: 52, unicast_src: %s, unicast_peers: [%s], virtual_ips: [%s]}\n"
+		secondSvc  = "  - {name: dns, vip: %s, port: 53, protocol: udp, backends: [{address: %s}]}\n"
+	)
+	runProblemCases(t, []problemCase{
+		{"vip is unicast_src", []string{vips, "virtual_ips: [192.0.2.100/24, 192.0.2.1/24]"},
+			"vrrp.instances[0].virtual_ips[1]", "192.0.2.1 is also vrrp.instances[0].unicast_src, this node's own address"},
+		{"vip is a peer", []string{vips, "virtual_ips: [192.0.2.100/24, 192.0.2.2/24]"},
+			"vrrp.instances[0].virtual_ips[1]", "192.0.2.2 is also vrrp.instances[0].unicast_peers[0], a peer's own address"},
+		{"vip is another instance's unicast_src", []string{lastInst, fmt.Sprintf(secondInst, "192.0.2.100", "192.0.2.3", "192.0.2.200/24")},
+			"vrrp.instances[0].virtual_ips[0]", "is also vrrp.instances[1].unicast_src"},
+		{"vip is another instance's peer", []string{lastInst, fmt.Sprintf(secondInst, "192.0.2.4", "192.0.2.1", "192.0.2.1/24")},
+			"vrrp.instances[1].virtual_ips[0]", "is also vrrp.instances[0].unicast_src"},
+		{"vip is a backend", []string{vips, "virtual_ips: [192.0.2.100/24, 198.51.100.11/24]"},
+			"services[0].backends[0].address", "198.51.100.11 is also vrrp.instances[0].virtual_ips[1], an address this node takes over"},
+		{"vip is a sorry backend", []string{vips, "virtual_ips: [192.0.2.100/24, 198.51.100.99/24]"},
+			"services[0].sorry_backend", "198.51.100.99 is also vrrp.instances[0].virtual_ips[1]"},
+		{"sorry backend is the service's vip", []string{`sorry_backend: "198.51.100.99:80"`, `sorry_backend: "192.0.2.100:80"`},
+			"services[0].sorry_backend", "the service's own vip"},
+		{"backend is its own service's vip", []string{"", fmt.Sprintf(secondSvc, "192.0.2.100", "192.0.2.100")},
+			"services[1].backends[0].address", "the service's own vip"},
+		{"backend of another service is the first's vip", []string{"", fmt.Sprintf(secondSvc, "192.0.2.150", "192.0.2.100")},
+			"services[1].backends[0].address", "192.0.2.100 is also vrrp.instances[0].virtual_ips[0]"},
+		{"backend is a service vip outside VRRP", []string{"", fmt.Sprintf(secondSvc, "192.0.2.150", "198.51.100.21") +
+			fmt.Sprintf(secondSvc, "192.0.2.151", "192.0.2.150")},
+			"services[2].backends[0].address", "192.0.2.150 is also services[1].vip"},
+		{"distinct addresses", []string{"", fmt.Sprintf(secondSvc, "192.0.2.150", "198.51.100.21")}, "", ""},
+	})
 }

@@ -56,6 +56,7 @@ func Validate(c *Config) []Problem {
 	v.datapath(c)
 	v.vrrp(&c.VRRP)
 	v.services(c)
+	v.addressClashes(c)
 	return v.problems
 }
 
@@ -504,9 +505,6 @@ func (v *validator) service(path string, s *Service, d Datapath) {
 			if b.Address.Is6() != s.VIP.Is6() {
 				v.errf(bpath+".address", "%s is %s but the vip is %s", b.Address, family(b.Address.Is6()), family(s.VIP.Is6()))
 			}
-			if b.Address == s.VIP {
-				v.errf(bpath+".address", "%s is the service's own vip", b.Address)
-			}
 		}
 		if v.intRange(bpath+".port", b.Port, 1, 65535) && portOK && b.Port != s.Port && (s.Forward == "dr" || s.Forward == "tun") {
 			// DR and tunnelling hand the packet over unchanged: the backend
@@ -557,5 +555,66 @@ func (v *validator) healthCheck(path string, s *Service) {
 		v.command(path+".command", h.Command)
 	} else if len(h.Command) > 0 {
 		v.errf(path+".command", "is only used with type: exec")
+	}
+}
+
+// addressClashes refuses an address that is both one this node takes over
+// (a virtual IP, or a service's vip) and the address of a host: the node's
+// own unicast_src, a peer, a backend or a sorry backend, across all
+// instances and services. Each problem names both fields.
+func (v *validator) addressClashes(c *Config) {
+	// A virtual IP moves: halb adds it on MASTER and removes it on leaving
+	// MASTER, so one that is also a host's address is taken from that host.
+	type host struct{ path, what string }
+	hosts := map[netip.Addr][]host{}
+	for i, in := range c.VRRP.Instances {
+		path := fmt.Sprintf("vrrp.instances[%d]", i)
+		if in.UnicastSrc.IsValid() {
+			a := in.UnicastSrc.WithZone("")
+			hosts[a] = append(hosts[a], host{path + ".unicast_src", "this node's own address, which it would lose (ssh to it included) whenever it leaves MASTER"})
+		}
+		for j, peer := range in.UnicastPeers {
+			a := peer.WithZone("")
+			hosts[a] = append(hosts[a], host{fmt.Sprintf("%s.unicast_peers[%d]", path, j), "a peer's own address, which this node would take from it as MASTER"})
+		}
+	}
+	held := map[netip.Addr]string{} // address -> the first field that holds it
+	for i, in := range c.VRRP.Instances {
+		for j, p := range in.VirtualIPs {
+			vpath := fmt.Sprintf("vrrp.instances[%d].virtual_ips[%d]", i, j)
+			for _, h := range hosts[p.Addr()] {
+				v.errf(vpath, "%s is also %s, %s: give the virtual IP an address of its own", p.Addr(), h.path, h.what)
+			}
+			if _, ok := held[p.Addr()]; !ok {
+				held[p.Addr()] = vpath
+			}
+		}
+	}
+	for i, s := range c.Services {
+		if _, ok := held[s.VIP]; !ok && s.VIP.IsValid() {
+			held[s.VIP] = fmt.Sprintf("services[%d].vip", i)
+		}
+	}
+
+	// A backend at an address this node answers for is this node: what is
+	// balanced to it comes back here instead of reaching a server.
+	backend := func(path string, a, ownVIP netip.Addr) {
+		a = a.WithZone("")
+		switch {
+		case !a.IsValid():
+		case a == ownVIP:
+			v.errf(path, "%s is the service's own vip: name the backend's own address", a)
+		case held[a] != "":
+			v.errf(path, "%s is also %s, an address this node takes over: traffic sent to it would come back to this node; name the backend's own address", a, held[a])
+		}
+	}
+	for i, s := range c.Services {
+		path := fmt.Sprintf("services[%d]", i)
+		for j, b := range s.Backends {
+			backend(fmt.Sprintf("%s.backends[%d].address", path, j), b.Address, s.VIP)
+		}
+		if s.SorryBackend.IsValid() {
+			backend(path+".sorry_backend", s.SorryBackend.Addr(), s.VIP)
+		}
 	}
 }
