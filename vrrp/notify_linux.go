@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/halb-lb/halb/config"
@@ -15,22 +16,45 @@ import (
 // group is killed then.
 const notifyTimeout = 10 * time.Second
 
+// notifyStopWait bounds what stopping an instance waits for: the call
+// running at the stop gets this long to finish before it is killed, and
+// the STOP call this long to run. Without it a slow script held a stop, a
+// shutdown or a reload that restarts the instance for a whole timeout per
+// queued call (87 s with three hostile adverts and a 30 s script).
+const notifyStopWait = 2 * time.Second
+
 // notifier runs an instance's notify script on every transition, with
 // keepalived's arguments (INSTANCE <name> <STATE> <priority>), one run at a
-// time and in order, on a goroutine of its own: a slow or hanging script
-// never delays a transition.
+// time, on a goroutine of its own: a slow or hanging script never delays a
+// transition.
+//
+// At most one call waits behind the running one: a newer transition
+// replaces it (logged), since the script only needs to learn the state the
+// instance is in now, and a queue of calls that each may run for the whole
+// timeout is what let a peer flapping the state hold the instance's stop
+// for minutes.
 type notifier struct {
 	cfg config.Instance
 	log *slog.Logger
-	// timeout is notifyTimeout; a test that waits for a kill shortens
-	// it before the instance runs.
-	timeout time.Duration
-	queue   chan []string
-	done    chan struct{}
+	// timeout is notifyTimeout and stopWait notifyStopWait; a test that
+	// waits for a kill shortens them before the instance runs.
+	timeout  time.Duration
+	stopWait time.Duration
+
+	wake chan struct{} // a call is pending, or close was called
+	done chan struct{} // the loop has ended
+
+	mu      sync.Mutex
+	pending []string // the next call's arguments; nil when none
+	closing bool
+	// cancelRunning kills the call running since before close; nil when
+	// none.
+	cancelRunning context.CancelFunc
 }
 
 func newNotifier(cfg config.Instance, log *slog.Logger) *notifier {
-	n := &notifier{cfg: cfg, log: log, timeout: notifyTimeout, queue: make(chan []string, 256), done: make(chan struct{})}
+	n := &notifier{cfg: cfg, log: log, timeout: notifyTimeout, stopWait: notifyStopWait,
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go n.loop()
 	return n
 }
@@ -44,30 +68,79 @@ func notifyName(s State) string {
 	return s.String()
 }
 
-// notify queues one run; it never blocks.
+// notify makes a call due, replacing one that has not started; it never
+// blocks.
 func (n *notifier) notify(s State, priority uint8) {
 	args := []string{"INSTANCE", n.cfg.Name, notifyName(s), strconv.Itoa(int(priority))}
+	n.mu.Lock()
+	if n.closing {
+		n.mu.Unlock()
+		n.log.Warn("notify call after stop; dropped", "state", args[2])
+		return
+	}
+	old := n.pending
+	n.pending = args
+	n.mu.Unlock()
+	if old != nil {
+		n.log.Warn("notify call superseded before it ran; dropped", "state", old[2], "by", args[2])
+	}
+	n.poke()
+}
+
+func (n *notifier) poke() {
 	select {
-	case n.queue <- args:
+	case n.wake <- struct{}{}:
 	default:
-		n.log.Error("notify queue full; call dropped", "state", s.String())
 	}
 }
 
-// close waits for the queued runs, at most for their timeouts.
+// close runs the pending call (the STOP one, when the instance stops),
+// bounded by stopWait, after the running one, which gets stopWait to
+// finish before it is killed. It returns within about twice stopWait.
 func (n *notifier) close() {
-	close(n.queue)
+	n.mu.Lock()
+	n.closing = true
+	cancel := n.cancelRunning
+	n.mu.Unlock()
+	n.poke()
+	if cancel != nil {
+		t := time.AfterFunc(n.stopWait, cancel)
+		defer t.Stop()
+	}
 	<-n.done
 }
 
 func (n *notifier) loop() {
 	defer close(n.done)
-	for args := range n.queue {
-		n.run(args)
+	for {
+		n.mu.Lock()
+		args, closing := n.pending, n.closing
+		n.pending = nil
+		if args == nil {
+			n.mu.Unlock()
+			if closing {
+				return
+			}
+			<-n.wake
+			continue
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		timeout := n.timeout
+		if closing {
+			timeout = min(timeout, n.stopWait)
+		} else {
+			n.cancelRunning = cancel
+		}
+		n.mu.Unlock()
+		n.run(ctx, timeout, args)
+		n.mu.Lock()
+		n.cancelRunning = nil
+		n.mu.Unlock()
+		cancel()
 	}
 }
 
-func (n *notifier) run(args []string) {
+func (n *notifier) run(ctx context.Context, timeout time.Duration, args []string) {
 	vips := make([]string, len(n.cfg.VirtualIPs))
 	for i, p := range n.cfg.VirtualIPs {
 		vips[i] = p.String()
@@ -81,11 +154,13 @@ func (n *notifier) run(args []string) {
 		"HALB_VIRTUAL_IPS=" + strings.Join(vips, " "),
 	}
 	start := time.Now()
-	output, err := runProgram(context.Background(), n.timeout, append([]string{n.cfg.Notify}, args...), env)
+	output, err := runProgram(ctx, timeout, append([]string{n.cfg.Notify}, args...), env)
 	attrs := []any{"script", n.cfg.Notify, "state", args[2], "priority", args[3], "took", time.Since(start).Round(time.Millisecond), "output", output}
 	switch {
+	case errors.Is(err, errTimeout) && ctx.Err() != nil:
+		n.log.Warn("notify script killed at stop", append(attrs, "wait", n.stopWait)...)
 	case errors.Is(err, errTimeout):
-		n.log.Error("notify script killed at its timeout", append(attrs, "timeout", n.timeout)...)
+		n.log.Error("notify script killed at its timeout", append(attrs, "timeout", timeout)...)
 	case err != nil:
 		n.log.Warn("notify script failed", append(attrs, "err", err)...)
 	default:

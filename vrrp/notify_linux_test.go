@@ -276,3 +276,73 @@ func processGone(pid int, limit time.Duration) bool {
 	}
 	return false
 }
+
+// A notify script that outlives every transition cannot hold the
+// instance's stop: calls queued behind the running one are coalesced into
+// the newest (the others dropped, and logged), and at the stop the running
+// call gets a short wait before it is killed, then STOP runs, as bounded.
+// Before, each queued call ran for the whole notify timeout in turn, and a
+// stop after a few transitions took over a minute.
+func TestNotifyQueueDoesNotHoldStop(t *testing.T) {
+	v := variant{"v3-ipv4", 3, false, false, 100 * time.Millisecond}
+	l := newLAN(t, false)
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls")
+	script := filepath.Join(dir, "notify.sh")
+	// Every call hangs for 30 s in a child, as a slow curl would: longer
+	// than the notify timeout (10 s, left as it is).
+	body := fmt.Sprintf("#!/bin/sh\necho \"$3\" >> %s\nsleep 30 &\nwait\n", calls)
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	limit := 10 * time.Second
+	a := startInProcess(t, l.ns[0], v.config(l, 0, 150, true)+"      notify: "+script+"\n", func(*Instance) {})
+	transitions := func() int {
+		n := 0
+		a.log.mu.Lock()
+		defer a.log.mu.Unlock()
+		for _, r := range a.log.records {
+			if r.Msg == "transition" {
+				n++
+			}
+		}
+		return n
+	}
+	waitTransitions := func(want int) {
+		t.Helper()
+		for start := time.Now(); transitions() < want; time.Sleep(10 * time.Millisecond) {
+			if time.Since(start) > limit {
+				t.Fatalf("%d transitions within %v, want %d", transitions(), limit, want)
+			}
+		}
+	}
+	waitTransitions(2) // INIT -> BACKUP -> MASTER
+	// Three faults and recoveries: nine more transitions, each a notify
+	// call, while the first call still hangs.
+	for i := range 3 {
+		l.setUp(t, 0, false)
+		waitTransitions(3 + 3*i)
+		l.setUp(t, 0, true)
+		waitTransitions(5 + 3*i)
+	}
+	start := time.Now()
+	a.stop(t)
+	took := time.Since(start)
+	t.Logf("stop with a hanging notify call and %d transitions queued behind it took %v; calls run: %q",
+		transitions()-1, took.Round(time.Millisecond), readFile(t, calls))
+	// notifyStopWait for the running call, as long for STOP, and room for
+	// a loaded machine; before, well over a minute.
+	if took > limit {
+		t.Errorf("stop took %v, want under %v", took, limit)
+	}
+	if _, ok := a.log.find(func(r logRecord) bool { return r.Msg == "notify call superseded before it ran; dropped" }); !ok {
+		t.Errorf("no superseded notify call logged")
+	}
+	if _, ok := a.log.find(func(r logRecord) bool { return r.Msg == "notify script killed at stop" }); !ok {
+		t.Errorf("the running notify call was not killed at stop")
+	}
+	got := strings.Fields(readFile(t, calls))
+	if len(got) == 0 || got[len(got)-1] != "STOP" {
+		t.Errorf("notify calls %q, want STOP last", got)
+	}
+}
