@@ -168,8 +168,10 @@ func (in *Instance) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			in.apply(in.m.Shutdown(time.Now()))
 			in.closeConn()
-			if in.cfg.UseVMAC {
-				if err := removeVMAC(in.cfg.VRID, in.cfg.IPv6()); err != nil {
+			if in.cfg.UseVMAC && in.link != nil {
+				// Without its base interface the VMAC is gone too: the
+				// kernel deletes a macvlan with its parent.
+				if err := removeVMAC(in.cfg.VRID, in.cfg.IPv6(), in.link.Attrs().Index); err != nil {
 					in.log.Warn("cannot remove the VMAC interface", "err", err)
 				}
 			}
@@ -511,7 +513,7 @@ func (in *Instance) setupVMAC(link netlink.Link, faults map[string]bool, adverts
 	vm, err := ensureVMAC(link, in.cfg.VRID, v6)
 	if err != nil {
 		in.log.Warn("cannot set up the VMAC interface", "err", err)
-		faults["VMAC "+vmacName(in.cfg.VRID, v6)] = true
+		faults["VMAC "+vmacName(in.cfg.VRID, v6, link.Attrs().Index)] = true
 		return
 	}
 	if in.vmacConn != nil && in.vmacConn.ifi.Index != vm.Attrs().Index {
@@ -530,7 +532,7 @@ func (in *Instance) setupVMAC(link netlink.Link, faults map[string]bool, adverts
 	c, err := openConn(ifi, v6, netip.Addr{}, in.cfg.UnicastPeers, receive)
 	if err != nil {
 		in.log.Warn("cannot open the VMAC's VRRP socket", "err", err)
-		faults["VMAC "+vmacName(in.cfg.VRID, v6)] = true
+		faults["VMAC "+vmacName(in.cfg.VRID, v6, link.Attrs().Index)] = true
 		return
 	}
 	in.vmacConn = c

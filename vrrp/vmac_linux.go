@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/vishvananda/netlink"
 )
@@ -19,13 +20,33 @@ func virtualMAC(vrid int, v6 bool) net.HardwareAddr {
 	return net.HardwareAddr{0x00, 0x00, 0x5e, 0x00, 0x01, byte(vrid)}
 }
 
-// vmacName names the macvlan of an instance, as keepalived does.
-func vmacName(vrid int, v6 bool) string {
+// vmacName names the macvlan of an instance: keepalived's vrrp.<vrid>
+// (vrrp6.<vrid> for IPv6) followed by the base interface's index, since
+// one VRID may run on several interfaces and each needs a macvlan of its
+// own (with the bare vrrp.<vrid> the second instance took the first one's
+// name). A name has at most 15 bytes (IFNAMSIZ); an index too long for
+// that is written in base 36 after a shorter prefix (vr.<vrid>.<index> or
+// vr6.<vrid>.<index>), which no readable name can equal.
+func vmacName(vrid int, v6 bool, baseIndex int) string {
+	prefix, short := "vrrp", "vr"
 	if v6 {
-		return fmt.Sprintf("vrrp6.%d", vrid)
+		prefix, short = "vrrp6", "vr6"
 	}
-	return fmt.Sprintf("vrrp.%d", vrid)
+	if name := fmt.Sprintf("%s.%d.%d", prefix, vrid, baseIndex); len(name) <= maxIfName {
+		return name
+	}
+	return fmt.Sprintf("%s.%d.%s", short, vrid, strconv.FormatInt(int64(baseIndex), 36))
 }
+
+// maxIfName is the longest interface name Linux takes (IFNAMSIZ less
+// the terminating NUL).
+const maxIfName = 15
+
+// vmacAlias marks a macvlan as made by halb (the link's ifalias, which
+// `ip -d link` shows): halb removes or reuses only a link that carries it
+// and has the parent and MAC it would have made, never someone else's
+// link that happens to have the name.
+const vmacAlias = "halb vrrp vmac"
 
 // vmacSysctls make the VMAC interface answer ARP only for the VIPs it
 // holds, and accept what it sends to itself (keepalived's settings). IPv6 gets no
@@ -61,18 +82,17 @@ func setSysctls(ifname string, list []struct{ path, value string }) error {
 }
 
 // ensureVMAC makes (or finds) the instance's macvlan on base, private
-// mode, with the virtual MAC, configured and up.
+// mode, with the virtual MAC, configured and up. A link of that name that
+// halb did not make is left alone, and is an error.
 func ensureVMAC(base netlink.Link, vrid int, v6 bool) (netlink.Link, error) {
-	name := vmacName(vrid, v6)
+	name := vmacName(vrid, v6, base.Attrs().Index)
 	mac := virtualMAC(vrid, v6)
 	if l, err := netlink.LinkByName(name); err == nil {
-		if l.Attrs().ParentIndex == base.Attrs().Index && l.Attrs().HardwareAddr.String() == mac.String() {
-			return l, netlink.LinkSetUp(l)
+		if !isOwnVMAC(l, base.Attrs().Index, mac) {
+			return nil, fmt.Errorf("interface %s exists and is not the VMAC halb makes on %s (a macvlan with MAC %s and alias %q): remove or rename it",
+				name, base.Attrs().Name, mac, vmacAlias)
 		}
-		// Left over on an interface that was deleted and made again.
-		if err := netlink.LinkDel(l); err != nil {
-			return nil, fmt.Errorf("remove stale %s: %w", name, err)
-		}
+		return l, netlink.LinkSetUp(l)
 	}
 	mv := &netlink.Macvlan{
 		LinkAttrs: netlink.LinkAttrs{Name: name, ParentIndex: base.Attrs().Index, HardwareAddr: mac},
@@ -80,6 +100,14 @@ func ensureVMAC(base netlink.Link, vrid int, v6 bool) (netlink.Link, error) {
 	}
 	if err := netlink.LinkAdd(mv); err != nil {
 		return nil, fmt.Errorf("create VMAC %s on %s: %w", name, base.Attrs().Name, err)
+	}
+	// The kernel takes no alias at creation: set it now, and take back a
+	// link that cannot be marked (nothing would ever remove it).
+	if err := netlink.LinkSetAlias(mv, vmacAlias); err != nil {
+		if derr := netlink.LinkDel(mv); derr != nil {
+			err = errors.Join(err, fmt.Errorf("remove it again: %w", derr))
+		}
+		return nil, fmt.Errorf("mark VMAC %s as halb's: %w", name, err)
 	}
 	if err := setSysctls(name, vmacSysctls); err != nil {
 		return nil, err
@@ -97,10 +125,19 @@ func ensureVMAC(base netlink.Link, vrid int, v6 bool) (netlink.Link, error) {
 	return l, nil
 }
 
-// removeVMAC deletes the instance's macvlan, if it is there.
-func removeVMAC(vrid int, v6 bool) error {
-	l, err := netlink.LinkByName(vmacName(vrid, v6))
-	if err != nil {
+// isOwnVMAC reports whether l is a macvlan halb made on the interface with
+// index base for mac.
+func isOwnVMAC(l netlink.Link, base int, mac net.HardwareAddr) bool {
+	_, ok := l.(*netlink.Macvlan)
+	a := l.Attrs()
+	return ok && a.ParentIndex == base && a.HardwareAddr.String() == mac.String() && a.Alias == vmacAlias
+}
+
+// removeVMAC deletes the instance's macvlan on the interface with index
+// base, if it is there and halb made it.
+func removeVMAC(vrid int, v6 bool, base int) error {
+	l, err := netlink.LinkByName(vmacName(vrid, v6, base))
+	if err != nil || !isOwnVMAC(l, base, virtualMAC(vrid, v6)) {
 		return nil
 	}
 	return netlink.LinkDel(l)

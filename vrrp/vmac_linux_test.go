@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -34,7 +35,7 @@ func TestVMAC(t *testing.T) {
 	vmac := net.HardwareAddr{0x00, 0x00, 0x5e, 0x00, 0x01, 51}
 
 	onVMAC := func(i int) bool {
-		lk, err := s.handles[i].LinkByName("vrrp.51")
+		lk, err := s.handles[i].LinkByName(vmacOf(t, s.handles[i], false))
 		if err != nil {
 			return false
 		}
@@ -95,7 +96,7 @@ func TestVMAC(t *testing.T) {
 	}
 
 	a.start(t)
-	wait(func() bool { return onVMAC(0) }, "the VIP on a's vrrp.51")
+	wait(func() bool { return onVMAC(0) }, "the VIP on a's VMAC")
 	b.start(t)
 	waitLog(t, b, "to=BACKUP")
 	if err := dial(); !errors.Is(err, syscall.ECONNREFUSED) {
@@ -103,10 +104,10 @@ func TestVMAC(t *testing.T) {
 	}
 	if got := neighMAC(); !bytes.Equal(got, vmac) {
 		lan, _ := s.handles[0].LinkByName("lan0")
-		vm, _ := s.handles[0].LinkByName("vrrp.51")
+		vm, _ := s.handles[0].LinkByName(vmacOf(t, s.handles[0], false))
 		var dbg string
 		_ = s.hosts[0].Do(func() error {
-			for _, f := range []string{"all/arp_ignore", "lan0/arp_ignore", "lan0/arp_filter", "vrrp.51/arp_ignore"} {
+			for _, f := range []string{"all/arp_ignore", "lan0/arp_ignore", "lan0/arp_filter", vmacOf(t, s.handles[0], false) + "/arp_ignore"} {
 				b, _ := os.ReadFile("/proc/sys/net/ipv4/conf/" + f)
 				dbg += f + "=" + string(bytes.TrimSpace(b)) + " "
 			}
@@ -117,13 +118,13 @@ func TestVMAC(t *testing.T) {
 	t.Logf("a is master: c reaches the VIP at %s", vmac)
 
 	a.stop(syscall.SIGTERM)
-	wait(func() bool { return onVMAC(1) }, "the VIP on b's vrrp.51")
+	wait(func() bool { return onVMAC(1) }, "the VIP on b's VMAC")
 	wait(func() bool { return dial() == nil }, "a connection from c accepted by b")
 	if got := neighMAC(); !bytes.Equal(got, vmac) {
 		t.Fatalf("after the failover c has %v for the VIP, want the virtual MAC %s", got, vmac)
 	}
 	t.Logf("b is master: c reaches it at the same %s", vmac)
-	if _, err := s.handles[0].LinkByName("vrrp.51"); err == nil {
+	if _, err := s.handles[0].LinkByName(vmacOf(t, s.handles[0], false)); err == nil {
 		t.Error("a left its VMAC interface behind after SIGTERM")
 	}
 }
@@ -204,7 +205,8 @@ func parseAdvertFrame(f []byte) (advertSeen, bool) {
 // leave: from the VMAC with the virtual MAC as their source (RFC 5798
 // §7.3), or with vmac_xmit_base from the base interface with its own MAC.
 // A third host checks both from the wire, for IPv4 (00:00:5e:00:01:<vrid>
-// on vrrp.<vrid>) and IPv6 (00:00:5e:00:02:<vrid> on vrrp6.<vrid>), before
+// on vrrp.<vrid>.<index>) and IPv6 (00:00:5e:00:02:<vrid> on
+// vrrp6.<vrid>.<index>), before
 // and after a failover, and finds the VIP at the virtual MAC throughout.
 func TestVMACAdvertSource(t *testing.T) {
 	for _, tc := range []struct {
@@ -220,7 +222,7 @@ func TestVMACAdvertSource(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newSwitched(t)
 			v := variant{tc.name, 3, tc.v6, false, 100 * time.Millisecond}
-			vmac, vmacIf, family := virtualMAC(51, tc.v6), vmacName(51, tc.v6), netlink.FAMILY_V4
+			vmac, family := virtualMAC(51, tc.v6), netlink.FAMILY_V4
 			limit := 10 * time.Second
 			if tc.v6 {
 				family = netlink.FAMILY_V6
@@ -252,7 +254,7 @@ func TestVMACAdvertSource(t *testing.T) {
 			// onVMAC reports whether node i holds the VIP on its VMAC, and
 			// not on lan0.
 			onVMAC := func(i int) bool {
-				lk, err := s.handles[i].LinkByName(vmacIf)
+				lk, err := s.handles[i].LinkByName(vmacOf(t, s.handles[i], tc.v6))
 				if err != nil {
 					return false
 				}
@@ -268,7 +270,7 @@ func TestVMACAdvertSource(t *testing.T) {
 				t.Helper()
 				for start := time.Now(); !onVMAC(i); time.Sleep(10 * time.Millisecond) {
 					if time.Since(start) > limit {
-						t.Fatalf("node %d does not hold %s on %s alone after %v", i, v.vip(), vmacIf, limit)
+						t.Fatalf("node %d does not hold %s on %s alone after %v", i, v.vip(), vmacOf(t, s.handles[i], tc.v6), limit)
 					}
 				}
 			}
@@ -363,4 +365,146 @@ func waitLinkLocal(t *testing.T, h *netlink.Handle, limit time.Duration) {
 		}
 	}
 	t.Fatalf("no usable IPv6 link-local address on lan0 after %v", limit)
+}
+
+// vmacOf is the name of VRID 51's VMAC on lan0 behind h.
+func vmacOf(t testing.TB, h *netlink.Handle, v6 bool) string {
+	t.Helper()
+	lk, err := h.LinkByName("lan0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vmacName(51, v6, lk.Attrs().Index)
+}
+
+// One VRID with use_vmac on two interfaces: each instance gets a VMAC of
+// its own (named after its base interface), both become Master and keep
+// their VMAC, and each stop removes only its own. Before, both wanted
+// vrrp.51: the second deleted the first one's and stayed in Fault (file
+// exists). A link that has a VMAC's name but was not made by halb is never
+// removed: the instance that wants the name faults instead.
+func TestVMACSameVRIDTwoInterfaces(t *testing.T) {
+	ns := netnstest.New(t)
+	h := ns.Netlink(t)
+	for i, name := range []string{"lan0", "lan1"} {
+		peer := fmt.Sprintf("peer%d", i)
+		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peer}); err != nil {
+			t.Fatal(err)
+		}
+		if p, err := h.LinkByName(peer); err != nil || h.LinkSetUp(p) != nil {
+			t.Fatalf("bring %s up: %v", peer, err)
+		}
+		lk, _ := h.LinkByName(name)
+		if err := h.AddrAdd(lk, toAddr(netip.MustParsePrefix([]string{"192.0.2.1/24", "198.51.100.1/24"}[i]))); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkSetUp(lk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	index := func(name string) int {
+		lk, err := h.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return lk.Attrs().Index
+	}
+	names := []string{vmacName(51, false, index("lan0")), vmacName(51, false, index("lan1"))}
+	if names[0] == names[1] {
+		t.Fatalf("both VMACs are named %s", names[0])
+	}
+	vips := []netip.Addr{netip.MustParseAddr("192.0.2.100"), netip.MustParseAddr("198.51.100.100")}
+	cfg := `log: {level: debug}
+vrrp:
+  instances:
+    - {name: VI_0, interface: lan0, vrid: 51, version: 3, priority: 150, advert_interval: 100ms, use_vmac: true, virtual_ips: [192.0.2.100/24]}
+    - {name: VI_1, interface: lan1, vrid: 51, version: 3, priority: 150, advert_interval: 100ms, use_vmac: true, virtual_ips: [198.51.100.100/24]}
+`
+	// holds reports whether the VMAC named name is up with vip on it, a
+	// macvlan on base with the virtual MAC.
+	holds := func(name, base string, vip netip.Addr) bool {
+		lk, err := h.LinkByName(name)
+		if err != nil || lk.Attrs().ParentIndex != index(base) || !bytes.Equal(lk.Attrs().HardwareAddr, virtualMAC(51, false)) {
+			return false
+		}
+		list, _ := h.AddrList(lk, netlink.FAMILY_V4)
+		for _, a := range list {
+			if x, ok := netip.AddrFromSlice(a.IP); ok && x.Unmap() == vip {
+				return true
+			}
+		}
+		return false
+	}
+	limit := 10 * time.Second
+	n := newNode(t, "n", ns, cfg)
+	n.start(t)
+	for start := time.Now(); !holds(names[0], "lan0", vips[0]) || !holds(names[1], "lan1", vips[1]); time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > limit {
+			t.Fatalf("after %v: %s holds %s = %v, %s holds %s = %v; want both", limit,
+				names[0], vips[0], holds(names[0], "lan0", vips[0]), names[1], vips[1], holds(names[1], "lan1", vips[1]))
+		}
+	}
+	// Some adverts later, both still Master on their own VMAC.
+	time.Sleep(time.Second)
+	if !holds(names[0], "lan0", vips[0]) || !holds(names[1], "lan1", vips[1]) {
+		t.Fatalf("a VMAC lost its VIP: %s %v, %s %v", names[0], holds(names[0], "lan0", vips[0]), names[1], holds(names[1], "lan1", vips[1]))
+	}
+	if log := n.log.String(); strings.Count(log, "to=MASTER") != 2 || strings.Contains(log, "to=FAULT") {
+		t.Fatalf("want both instances Master and no fault; log:\n%s", log)
+	}
+	t.Logf("VRID 51 is Master on lan0 (%s) and lan1 (%s)", names[0], names[1])
+	n.stop(syscall.SIGTERM)
+	for _, name := range names {
+		if _, err := h.LinkByName(name); err == nil {
+			t.Errorf("%s left behind after SIGTERM", name)
+		}
+	}
+
+	// Someone else's link under the name lan1's VMAC would have.
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: names[1]}}); err != nil {
+		t.Fatal(err)
+	}
+	n = newNode(t, "n2", ns, cfg)
+	n.start(t)
+	waitLog(t, n, "not the VMAC halb makes")
+	for start := time.Now(); !holds(names[0], "lan0", vips[0]); time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > limit {
+			t.Fatalf("VI_0 does not hold %s on %s beside the foreign %s", vips[0], names[0], names[1])
+		}
+	}
+	n.stop(syscall.SIGTERM)
+	lk, err := h.LinkByName(names[1])
+	if err != nil {
+		t.Fatalf("the bridge %s that halb did not make was removed", names[1])
+	}
+	if lk.Type() != "bridge" {
+		t.Fatalf("%s is a %s now, want the bridge left as it was", names[1], lk.Type())
+	}
+	if _, err := h.LinkByName(names[0]); err == nil {
+		t.Errorf("%s left behind after SIGTERM", names[0])
+	}
+}
+
+// TestVMACName checks that names fit IFNAMSIZ and differ for every VRID,
+// family and base index, up to the largest index.
+func TestVMACName(t *testing.T) {
+	seen := map[string]string{}
+	for _, idx := range []int{1, 2, 99999, 100000, 999999, 1000000, 1 << 20, 1<<31 - 1} {
+		for _, vrid := range []int{1, 51, 99, 255} {
+			for _, v6 := range []bool{false, true} {
+				name := vmacName(vrid, v6, idx)
+				key := fmt.Sprintf("vrid %d v6 %v index %d", vrid, v6, idx)
+				if len(name) > maxIfName || strings.ContainsAny(name, "/: ") {
+					t.Errorf("%s: name %q is not a valid interface name", key, name)
+				}
+				if other, ok := seen[name]; ok {
+					t.Errorf("%s and %s both get %q", key, other, name)
+				}
+				seen[name] = key
+			}
+		}
+	}
+	if got := vmacName(51, false, 2); got != "vrrp.51.2" {
+		t.Errorf("vmacName(51, IPv4, 2) = %q, want vrrp.51.2", got)
+	}
 }
