@@ -30,6 +30,7 @@
 #define HALB_MAX_TX_PORTS 64
 #define HALB_CT_ENTRIES 65536
 #define HALB_MAGLEV_SIZE 65537 /* prime, as Maglev needs */
+#define HALB_MAX_LOCAL_MACS 1024 /* interfaces and the VMACs on them */
 
 /* The small enums are packed to one byte, so that map records can hold them
  * by their own type and `bpftool map dump` prints their names. */
@@ -62,9 +63,16 @@ enum __attribute__((packed)) backend_flags {
 	BACKEND_F_ACTIVE = 1 << 0,
 };
 
-/* Why halb_xdp_lb or halb_tc_lb dropped a packet: the index into halb_drops. */
+/* Why halb_xdp_lb or halb_tc_lb dropped a packet: the index into halb_drops.
+ * The values are kept when reasons are added, so that a counter keeps its
+ * name across versions. Every reason about the packet itself (the ones
+ * from DROP_IP_HEADER on, and DROP_MALFORMED) is counted only for a
+ * packet to a VIP in a frame addressed to this node; anyone else's goes to
+ * the kernel untouched. */
 enum drop_reason {
-	DROP_MALFORMED = 0,   /* a TCP/UDP packet to a VIP with broken headers */
+	DROP_MALFORMED = 0,   /* to a VIP: a TCP or UDP header that its IP length
+			       * says is there but the program cannot read (tc:
+			       * it could not be pulled into the skb's head) */
 	DROP_NO_BACKEND = 1,  /* no Maglev table, or its slot names no active backend */
 	DROP_NO_TX_PORT = 2,  /* the backend's interface is missing from halb_tx_ports */
 	DROP_UNSUPPORTED = 3, /* the service's forward mode is not implemented here */
@@ -84,6 +92,23 @@ enum drop_reason {
 				    * needed" or ICMPv6 "packet too big" in
 				    * its place; DROP_TOO_BIG counts those
 				    * that could not be answered */
+	DROP_IP_HEADER = 9,   /* to a VIP: IPv4 with a version other than 4 or
+			       * a header length below 5 words (RFC 791 §3.1),
+			       * IPv6 with a version other than 6 */
+	DROP_IP_LENGTH = 10,  /* to a VIP: an IPv4 total length or IPv6 payload
+			       * length that runs past the frame, or that
+			       * leaves no room for the IP header and 8 bytes
+			       * of transport header. Bytes past the length
+			       * (Ethernet padding) are fine. */
+	DROP_TCP_HEADER = 11, /* to a VIP: TCP with a data offset below 5 words
+			       * or past the segment (RFC 9293 §3.1), or a
+			       * segment too short for the header */
+	DROP_UDP_HEADER = 12, /* to a VIP: UDP whose length is below 8 or runs
+			       * past the IP payload (RFC 768) */
+	DROP_BAD_SOURCE = 13, /* to a VIP: from an address no client can have
+			       * (halb_checks.h says which and why) */
+	DROP_VIP_SOURCE = 14, /* for a service: from one of the VIPs, which
+			       * only a forged or looped packet carries */
 	DROP_REASONS,         /* the number of reasons: the size of halb_drops */
 };
 
@@ -97,6 +122,15 @@ enum event {
 	/* An ICMP "fragmentation needed" or ICMPv6 "packet too big" about a
 	 * flow of a service, sent to the flow's backend. */
 	EVENT_ICMP_TOO_BIG = 1,
+	/* A frame that halb_xdp_lb or halb_tc_lb would have balanced or
+	 * dropped, but whose destination MAC is in halb_local_macs for no
+	 * interface it came in on: a broadcast, a multicast, or a unicast
+	 * frame for another host (flooded by a switch that has not learnt
+	 * the MAC, or seen in promiscuous mode). It goes to the kernel
+	 * untouched, as every frame that is not this node's must: the node
+	 * the frame is for balances it. Counted rather than dropped, so
+	 * that a node that sees its VIPs' traffic go elsewhere can tell. */
+	EVENT_OTHER_HOST = 2,
 	EVENTS, /* the number of events: the size of halb_events */
 };
 
@@ -205,6 +239,22 @@ struct nexthop {
 	__u8 dmac[6];    /* the next hop's MAC */
 	__u8 smac[6];    /* the egress interface's MAC */
 	__u16 pad;
+};
+
+/* halb_local_macs key: a destination MAC that makes a frame arriving on
+ * ifindex this node's to balance. The loader keeps one for each attached
+ * interface's own MAC, and one for each VRRP virtual MAC (RFC 5798 §7.3)
+ * that the node holds on a macvlan child of the interface (use_vmac). */
+struct local_mac {
+	__u32 ifindex; /* the interface the program is attached to */
+	__u8 mac[6];
+	__u8 pad[2];
+};
+
+/* halb_local_macs value. */
+struct local_mac_via {
+	__u32 ifindex; /* the interface that holds the MAC: the key's own, or
+			* its VMAC child's; for bpftool readers */
 };
 
 /* halb_service_stats and halb_backend_stats value (per CPU). */

@@ -9,6 +9,13 @@
  * untouched, so the program can sit on a host's main interface without
  * disturbing its other traffic.
  *
+ * Only a frame addressed to this node is balanced or dropped: to the
+ * interface's own MAC, or to a VRRP virtual MAC the node holds, as the
+ * loader keeps them in halb_local_macs. A broadcast, a multicast or another
+ * host's unicast frame goes to the kernel untouched (counted as
+ * EVENT_OTHER_HOST when it was for a service), or every node that sees a
+ * flooded frame would send it to a backend.
+ *
  * The backend of a flow is the one halb_ct remembers; a flow halb_ct does
  * not know is scheduled by the service's Maglev table (halb_maglev) and then
  * remembered. A packet of a known flow finds its service through the
@@ -57,9 +64,15 @@
  *  - too short to hold the Ethernet or VLAN header, or the fixed IPv4/IPv6
  *    header: pass. The destination is unknown, so the packet is not known to
  *    be ours; the kernel drops it and counts it where it counts such things.
- *  - IPv4 with a bad version or header length, or a TCP/UDP header cut
- *    short, to a VIP in halb_vips: drop, counted as DROP_MALFORMED. To any
- *    other address: pass.
+ *  - to a VIP in halb_vips, whatever the protocol: IPv4 with a bad version
+ *    or header length (DROP_IP_HEADER); an IP length past the frame or
+ *    short of the headers (DROP_IP_LENGTH; Ethernet padding after the
+ *    packet is fine); a source no client can have, such as 0.0.0.0,
+ *    255.255.255.255, loopback or multicast (DROP_BAD_SOURCE, see
+ *    halb_checks.h); and for TCP and UDP a data offset or a length that
+ *    does not fit the packet (DROP_TCP_HEADER, DROP_UDP_HEADER): drop. To
+ *    any other address: pass.
+ *  - for a service, from one of the VIPs: drop (DROP_VIP_SOURCE).
  *  - IPv4 fragments other than the first carry no ports: pass. The first
  *    fragment is balanced like any packet. The program does not reassemble,
  *    so a fragmented datagram to a service ends up split between a backend
@@ -87,6 +100,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "halb.h"
+#include "halb_checks.h"
 #include "jhash.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
@@ -197,6 +211,19 @@ volatile __u32 halb_nexthop_gen;
  * the program still attached). */
 #define NEXTHOP_TTL_NS 1000000000ULL
 
+/* The destination MACs that make a frame this node's, by the interface it
+ * arrives on (struct local_mac): frames to any other MAC are another
+ * host's, and go to the kernel untouched. The loader writes the entries of
+ * an interface before the program runs there, and keeps them as its MAC
+ * and its VMAC children change. Never pinned: a loader fills it anew at
+ * every start, from the interfaces as they are then. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HALB_MAX_LOCAL_MACS);
+	__type(key, struct local_mac);
+	__type(value, struct local_mac_via);
+} halb_local_macs SEC(".maps");
+
 /* Packets dropped, by enum drop_reason. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -239,6 +266,7 @@ struct icmp_err {
 
 #define IPV4_FRAG_OFFSET 0x1fff /* the fragment offset bits of frag_off */
 #define IPV4_DF 0x4000          /* don't fragment */
+#define TCP_DOFF_BYTE 12        /* the data offset, in its high 4 bits */
 #define TCP_FLAGS_BYTE 13       /* CWR ECE URG ACK PSH RST SYN FIN */
 #define TCP_FLAG_ACK 0x10
 #define TCP_FLAG_SYN 0x02
@@ -246,15 +274,17 @@ struct icmp_err {
 
 /* What the parser made of a frame. */
 enum parse_result {
-	PARSE_OK,        /* a TCP/UDP packet, or an ICMP error about one:
-			  * pkt->flow is complete */
-	PARSE_PASS,      /* not ours, or not known to be ours */
-	PARSE_MALFORMED, /* broken after the destination address: pkt->flow
-			  * holds family and addresses only */
+	PARSE_OK,   /* a TCP/UDP packet, or an ICMP error about one:
+		     * pkt->flow is complete */
+	PARSE_PASS, /* not ours, or not known to be ours */
+	PARSE_DROP, /* broken after the destination address, or from a source
+		     * no client has: pkt->flow holds family and addresses
+		     * only, pkt->drop says why; dropped when to a VIP */
 };
 
 struct packet {
 	struct flow flow; /* also the halb_ct key: keep it zeroed before use */
+	__u8 drop;        /* PARSE_DROP: the enum drop_reason */
 	__u16 l3_off;     /* where the IP header starts in the frame */
 	__u32 ip_len;     /* the IP packet's length, by its header: IPv6's
 			   * header and payload can exceed 16 bits */
@@ -354,14 +384,32 @@ static __always_inline enum parse_result parse_icmp6(void *l4, void *data_end,
 	return PARSE_OK;
 }
 
-/* parse fills pkt from the frame that starts with eth. The caller has
- * checked that the Ethernet header is there. */
-static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_end,
+/* drop_as sets why pkt is to be dropped. */
+static __always_inline enum parse_result drop_as(struct packet *pkt, enum drop_reason reason)
+{
+	pkt->drop = reason;
+	return PARSE_DROP;
+}
+
+/* parse fills pkt from the frame that starts with eth, len bytes long; the
+ * program can read up to data_end (tc: the skb's head, which may end
+ * before the frame does). The caller has checked that the Ethernet header
+ * is there.
+ *
+ * It checks what the packet's path to a backend would trust: the IP
+ * header's version and length against the frame, the source address, and
+ * the transport header against the IP length, each where its fields are
+ * read anyway. The checks of the IP header come before the protocol is
+ * known, so that they hold for whatever reaches a VIP; a later IPv4
+ * fragment carries no transport header and goes to the kernel before the
+ * length check, as it always did. */
+static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_end, __u32 len,
 					       struct packet *pkt)
 {
 	void *l3 = eth + 1;
 	void *l4;
 	__be16 proto = eth->h_proto;
+	__u32 l3_len, hdr_len;
 	__u8 l4proto;
 
 	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
@@ -373,6 +421,10 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		l3 = vlan + 1;
 	}
 	pkt->l3_off = l3 - (void *)eth;
+	/* What the frame holds from the IP header on. The caller's len
+	 * covers at least the Ethernet header, and the parser returns before
+	 * it compares against l3_len when the frame ends inside a VLAN tag. */
+	l3_len = len - pkt->l3_off;
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *iph = l3;
@@ -388,17 +440,23 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		version_ihl = *(__u8 *)iph;
 		ihl = version_ihl & 0x0f;
 		if (version_ihl >> 4 != 4 || ihl < 5)
-			return PARSE_MALFORMED;
+			return drop_as(pkt, DROP_IP_HEADER);
 		if (iph->frag_off & bpf_htons(IPV4_FRAG_OFFSET))
 			return PARSE_PASS;
 		pkt->ip_len = bpf_ntohs(iph->tot_len);
-		/* A length that does not cover the headers (RFC 1812
-		 * §5.2.2): the packet would go on with its real bytes as
-		 * padding, which a backend drops. */
-		if (pkt->ip_len < ihl * 4 + 8)
-			return PARSE_MALFORMED;
+		hdr_len = ihl * 4;
+		/* A length past the frame: a backend would read what is not
+		 * there, or (TUN) the outer header would claim it. One short
+		 * of the headers (RFC 1812 §5.2.2): the packet would go on
+		 * with its real bytes as padding, which a backend drops. A
+		 * frame longer than the length is fine: Ethernet pads short
+		 * frames to 60 bytes, and the padding goes along. */
+		if (pkt->ip_len > l3_len || pkt->ip_len < hdr_len + 8)
+			return drop_as(pkt, DROP_IP_LENGTH);
+		if (bad_source4(iph->saddr))
+			return drop_as(pkt, DROP_BAD_SOURCE);
 		l4proto = iph->protocol;
-		l4 = l3 + ihl * 4;
+		l4 = l3 + hdr_len;
 		if (l4proto == IPPROTO_ICMP)
 			return parse_icmp4(l4, data_end, pkt);
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
@@ -410,11 +468,15 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		addr_from_ipv6(&pkt->flow.saddr, &ip6h->saddr);
 		addr_from_ipv6(&pkt->flow.daddr, &ip6h->daddr);
 		if (*(__u8 *)ip6h >> 4 != 6)
-			return PARSE_MALFORMED;
-		/* A jumbogram's payload length is 0: not for halb. */
-		if (bpf_ntohs(ip6h->payload_len) < 8)
-			return PARSE_MALFORMED;
-		pkt->ip_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
+			return drop_as(pkt, DROP_IP_HEADER);
+		hdr_len = sizeof(*ip6h);
+		pkt->ip_len = hdr_len + bpf_ntohs(ip6h->payload_len);
+		/* As for IPv4. A jumbogram's payload length is 0 (RFC 2675):
+		 * not for halb. */
+		if (pkt->ip_len > l3_len || pkt->ip_len < hdr_len + 8)
+			return drop_as(pkt, DROP_IP_LENGTH);
+		if (bad_source6(pkt->flow.saddr.words))
+			return drop_as(pkt, DROP_BAD_SOURCE);
 		l4proto = ip6h->nexthdr;
 		l4 = ip6h + 1;
 		if (l4proto == IPPROTO_ICMPV6)
@@ -425,19 +487,36 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 
 	if (l4proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
+		__u32 doff;
 		__u8 flags;
 
+		/* The segment holds the fixed header, and the data offset
+		 * counts it and stays inside the segment (RFC 9293 §3.1): a
+		 * backend's TCP drops anything else, and halb would have
+		 * balanced, and remembered, a flow for nothing. */
+		if (pkt->ip_len < hdr_len + sizeof(*th))
+			return drop_as(pkt, DROP_TCP_HEADER);
 		if ((void *)(th + 1) > data_end)
-			return PARSE_MALFORMED;
+			return drop_as(pkt, DROP_MALFORMED);
+		doff = ((__u8 *)th)[TCP_DOFF_BYTE] >> 4;
+		if (doff < 5 || doff * 4 > pkt->ip_len - hdr_len)
+			return drop_as(pkt, DROP_TCP_HEADER);
 		pkt->flow.sport = bpf_ntohs(th->source);
 		pkt->flow.dport = bpf_ntohs(th->dest);
 		flags = ((__u8 *)th)[TCP_FLAGS_BYTE];
 		pkt->syn = (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	} else if (l4proto == IPPROTO_UDP) {
 		struct udphdr *uh = l4;
+		__u32 ulen;
 
 		if ((void *)(uh + 1) > data_end)
-			return PARSE_MALFORMED;
+			return drop_as(pkt, DROP_MALFORMED);
+		/* RFC 768: the length counts the header. A datagram shorter
+		 * than the IP payload is allowed (what follows is not UDP's),
+		 * a longer one is not there. */
+		ulen = bpf_ntohs(uh->len);
+		if (ulen < sizeof(*uh) || ulen > pkt->ip_len - hdr_len)
+			return drop_as(pkt, DROP_UDP_HEADER);
 		pkt->flow.sport = bpf_ntohs(uh->source);
 		pkt->flow.dport = bpf_ntohs(uh->dest);
 	} else {
@@ -481,14 +560,37 @@ static __always_inline struct stats *count(void *stats_map, __u32 id, __u32 len)
 	return s;
 }
 
-static __always_inline int is_vip(const struct flow *flow)
+/* is_vip tells whether addr, of the flow's family, is a VIP in halb_vips. */
+static __always_inline int is_vip(const union addr *addr, enum family family)
 {
 	struct vip_key key = {
-		.addr = flow->daddr,
-		.family = flow->family,
+		.addr = *addr,
+		.family = family,
 	};
 
 	return bpf_map_lookup_elem(&halb_vips, &key) != NULL;
+}
+
+/* for_this_node tells whether the frame at eth, which arrived on ifindex,
+ * is addressed to this node: to the interface's own MAC or to a VRRP
+ * virtual MAC it holds, as halb_local_macs says. Only such a frame is
+ * balanced or dropped. Any other (a broadcast, a multicast, a unicast
+ * frame flooded by a switch that has not learnt its MAC) reaches every
+ * node on the link: balanced by each, one SYN would reach a backend once
+ * through the Master and once through the Backup.
+ *
+ * tc's pkt_type cannot stand in for the lookup: the kernel sets it against
+ * the interface's own MAC alone, and a frame to a VMAC is PACKET_OTHERHOST
+ * on the parent, where tc runs before macvlan hands it to the child. */
+static __always_inline int for_this_node(const struct ethhdr *eth, __u32 ifindex)
+{
+	struct local_mac key = { .ifindex = ifindex };
+
+	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
+	if (bpf_map_lookup_elem(&halb_local_macs, &key))
+		return 1;
+	count_event(EVENT_OTHER_HOST);
+	return 0;
 }
 
 /* flow_hash hashes the addresses as big-endian numbers, so that a little-
@@ -628,9 +730,14 @@ struct decision {
 /* balance is the whole load balancer but the last step, which differs
  * between XDP and tc: it finds the frame's service and backend, and for DR
  * rewrites the Ethernet addresses (the IP packet is not changed, and the
- * backend answers the client directly). len is the frame's whole length. */
+ * backend answers the client directly). len is the frame's whole length,
+ * ifindex the interface it came in on.
+ *
+ * Whether the frame is this node's (for_this_node) is asked last, once it
+ * would be balanced or dropped: the host's other traffic does not pay for
+ * the lookup. */
 static __always_inline enum verdict balance(void *data, void *data_end, __u32 len,
-					    struct decision *d)
+					    __u32 ifindex, struct decision *d)
 {
 	struct ethhdr *eth = data;
 	struct packet pkt = {};
@@ -641,13 +748,13 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	if ((void *)(eth + 1) > data_end)
 		return VERDICT_PASS;
 
-	switch (parse(eth, data_end, &pkt)) {
+	switch (parse(eth, data_end, len, &pkt)) {
 	case PARSE_OK:
 		break;
-	case PARSE_MALFORMED:
-		if (!is_vip(&pkt.flow))
+	case PARSE_DROP:
+		if (!is_vip(&pkt.flow.daddr, pkt.flow.family) || !for_this_node(eth, ifindex))
 			return VERDICT_PASS;
-		count_drop(DROP_MALFORMED);
+		count_drop(pkt.drop);
 		return VERDICT_DROP;
 	default:
 		return VERDICT_PASS;
@@ -666,7 +773,7 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	}
 	if (!svc)
 		svc = bpf_map_lookup_elem(&halb_services, &skey);
-	if (!svc)
+	if (!svc || !for_this_node(eth, ifindex))
 		return VERDICT_PASS;
 
 	d->len = len;
@@ -677,6 +784,15 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 		return VERDICT_DROP;
 	}
 
+	/* A packet from a VIP is forged, or a backend's answer to a forged
+	 * one, and its backend would answer a VIP: back to a balancer. It is
+	 * checked once per flow, where halb_ct does not know it, rather than
+	 * for every packet: halb_ct learns only flows that passed, and its
+	 * key holds the source. */
+	if (!ct && is_vip(&pkt.flow.saddr, pkt.flow.family)) {
+		count_drop(DROP_VIP_SOURCE);
+		return VERDICT_DROP;
+	}
 	d->b = schedule(svc, &pkt, ct, &d->backend_id, &d->new_flow);
 	if (!d->b) {
 		count_drop(DROP_NO_BACKEND);
@@ -997,7 +1113,7 @@ static __always_inline int xdp_too_big(struct xdp_md *ctx, const struct decision
 	}
 
 	/* The frame's end: the quote's; Ethernet padding goes with the
-	 * rest. xdp_tunnel has checked that the packet is in the frame. */
+	 * rest. The parser has checked that the packet is in the frame. */
 	if (bpf_xdp_adjust_tail(ctx, (int)(l3_off + quote) - (int)d->len))
 		return -1;
 	if (bpf_xdp_adjust_head(ctx, -(int)room))
@@ -1087,10 +1203,6 @@ static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 		count_drop(DROP_UNSUPPORTED);
 		return XDP_DROP;
 	}
-	if (d->ip_len > d->len - d->l3_off) {
-		count_drop(DROP_MALFORMED);
-		return XDP_DROP;
-	}
 	if (tun_overflows(d)) {
 		count_drop(DROP_TOO_BIG);
 		return XDP_DROP;
@@ -1145,7 +1257,7 @@ int halb_xdp_lb(struct xdp_md *ctx)
 	struct decision d = {};
 	int action;
 
-	switch (balance(data, data_end, data_end - data, &d)) {
+	switch (balance(data, data_end, data_end - data, ctx->ingress_ifindex, &d)) {
 	case VERDICT_PASS:
 		return XDP_PASS;
 	case VERDICT_DROP:
@@ -1220,10 +1332,6 @@ static __always_inline int tc_tunnel(struct __sk_buff *skb, const struct decisio
 		count_drop(DROP_UNSUPPORTED);
 		return TC_ACT_SHOT;
 	}
-	if (d->ip_len > d->len - d->l3_off) {
-		count_drop(DROP_MALFORMED);
-		return TC_ACT_SHOT;
-	}
 	if (tun_overflows(d)) {
 		count_drop(DROP_TOO_BIG);
 		return TC_ACT_SHOT;
@@ -1278,7 +1386,7 @@ int halb_tc_lb(struct __sk_buff *skb)
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 
-	switch (balance(data, data_end, skb->len, &d)) {
+	switch (balance(data, data_end, skb->len, skb->ingress_ifindex, &d)) {
 	case VERDICT_PASS:
 		return TC_ACT_UNSPEC; /* tcx: TCX_NEXT, on to the next program or the stack */
 	case VERDICT_DROP:

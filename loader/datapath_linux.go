@@ -199,6 +199,7 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	d.cancel = cancel
 	d.wg.Go(func() { d.watchNetwork(ctx) })
 	d.wg.Go(func() { d.refresher(ctx) })
+	d.wg.Go(func() { d.watchLocalMACs(ctx) })
 	for _, a := range d.ifaces {
 		d.log.Info("data path attached", "interface", a.Interface, "hook", string(a.Hook), "bpffs", d.dir)
 	}
@@ -268,6 +269,11 @@ func (d *Datapath) attach(ifname string, hooks []Hook) (*attachment, error) {
 	}
 	if len(a.mac) != 6 {
 		return nil, fmt.Errorf("datapath.interfaces: %s has no Ethernet address (%q): DR needs an Ethernet interface", ifname, a.mac)
+	}
+	// The program balances only frames to the MACs in halb_local_macs:
+	// they go in before it runs here (localmac_linux.go).
+	if _, err := d.syncLocalMACs(a.ifindex, ifname); err != nil {
+		return nil, err
 	}
 	xdpPin := linkPin(d.dir, halbProgHalbXdpLb, ifname)
 	tcPin := linkPin(d.dir, halbProgHalbTcLb, ifname)

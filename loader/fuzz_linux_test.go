@@ -178,6 +178,11 @@ func newFuzzBench(f *testing.F) *fuzzBench {
 	if err := ns.Do(func() error { return lb.AddTxPort(tb.halb1) }); err != nil {
 		f.Fatal(err)
 	}
+	// halb0's own MAC and a VMAC it holds: frames to either are the
+	// node's.
+	if err := lb.SetLocalMACs(tb.halb0, []LocalMAC{{MAC: halb0MAC, Via: tb.halb0}, {MAC: testVMAC, Via: 1000}}); err != nil {
+		f.Fatal(err)
+	}
 
 	fb := &fuzzBench{tb: tb, backends: map[uint32]fuzzBackend{}}
 	dr := func(addr string, ifindex int, src net.HardwareAddr, id byte) fuzzBackend {
@@ -417,8 +422,19 @@ func pass(why string) expectation { return expectation{verdict: expectPass, why:
 // model reads in as the rules in bpf/halb_lb.c say the program must: at
 // most one VLAN tag; IPv4 without later fragments and IPv6 without
 // extension headers; TCP, UDP or an ICMP "too big" quoting a TCP or UDP
-// packet from the VIP.
+// packet from the VIP; the header, length and source checks; and nothing
+// but passing for a frame that is not addressed to halb0 (its own MAC or
+// the VMAC it holds).
 func (fb *fuzzBench) model(in []byte) expectation {
+	e := fb.modelPacket(in)
+	if e.verdict != expectPass && !bytes.Equal(in[:6], halb0MAC) && !bytes.Equal(in[:6], testVMAC) {
+		return pass("not addressed to this node: " + e.why)
+	}
+	return e
+}
+
+// modelPacket is model but for the destination MAC.
+func (fb *fuzzBench) modelPacket(in []byte) expectation {
 	be16 := func(off int) uint16 { return binary.BigEndian.Uint16(in[off:]) }
 	if len(in) < 14 {
 		return pass("shorter than an Ethernet header")
@@ -431,11 +447,11 @@ func (fb *fuzzBench) model(in []byte) expectation {
 		etype, l3 = be16(16), 18
 	}
 	var (
-		dst    netip.Addr
-		proto  uint8
-		l4     int
-		e      = expectation{l3: l3}
-		isICMP bool
+		src, dst netip.Addr
+		proto    uint8
+		l4       int
+		e        = expectation{l3: l3}
+		isICMP   bool
 	)
 	switch etype {
 	case 0x0800:
@@ -443,7 +459,7 @@ func (fb *fuzzBench) model(in []byte) expectation {
 			return pass("IPv4 header cut short")
 		}
 		ip := in[l3:]
-		dst = netip.AddrFrom4([4]byte(ip[16:20]))
+		src, dst = netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
 		if ip[0]>>4 != 4 || ip[0]&0xf < 5 {
 			return fb.malformed(dst, "IPv4 version or header length")
 		}
@@ -452,6 +468,9 @@ func (fb *fuzzBench) model(in []byte) expectation {
 		}
 		e.family, e.ipLen, e.df = 4, int(be16(l3+2)), ip[6]&0x40 != 0
 		proto, l4 = ip[9], l3+int(ip[0]&0xf)*4
+		if e.ipLen > len(in)-l3 {
+			return fb.malformed(dst, "IPv4 total length past the frame")
+		}
 		if e.ipLen < l4-l3+8 {
 			return fb.malformed(dst, "IPv4 total length short of the headers")
 		}
@@ -461,18 +480,24 @@ func (fb *fuzzBench) model(in []byte) expectation {
 			return pass("IPv6 header cut short")
 		}
 		ip := in[l3:]
-		dst = netip.AddrFrom16([16]byte(ip[24:40]))
+		src, dst = netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40]))
 		if ip[0]>>4 != 6 {
 			return fb.malformed(dst, "IPv6 version")
 		}
 		e.family, e.ipLen = 6, 40+int(be16(l3+4))
 		proto, l4 = ip[6], l3+40
+		if e.ipLen > len(in)-l3 {
+			return fb.malformed(dst, "IPv6 payload length past the frame")
+		}
 		if e.ipLen < 48 {
 			return fb.malformed(dst, "IPv6 payload length short of a transport header")
 		}
 		isICMP = proto == 58
 	default:
 		return pass("not IP")
+	}
+	if why := noClient(src); why != "" {
+		return fb.malformed(dst, "from "+src.String()+": "+why)
 	}
 
 	var port uint16
@@ -494,8 +519,9 @@ func (fb *fuzzBench) model(in []byte) expectation {
 		if e.family == 4 && (in[inner] != 0x45 || be16(inner+6)&0x1fff != 0) {
 			return pass("ICMP quotes IPv4 options or a later fragment")
 		}
-		src, _ := netip.AddrFromSlice(in[inner+srcOff : inner+srcOff+dst.BitLen()/8])
-		if src != dst {
+		n := dst.BitLen() / 8
+		quotedSrc, _ := netip.AddrFromSlice(in[inner+srcOff : inner+srcOff+n])
+		if quotedSrc != dst {
 			return pass("ICMP quotes a packet not from the VIP")
 		}
 		proto = in[inner+protoOff]
@@ -506,10 +532,21 @@ func (fb *fuzzBench) model(in []byte) expectation {
 			return pass("ICMP quotes too little to read the ports")
 		}
 		port = be16(inner + innerLen) // the quoted packet's source
+		// The flow is the client's: the quoted packet's destination.
+		src, _ = netip.AddrFromSlice(in[inner+srcOff+n : inner+srcOff+2*n])
 		e.icmp = true
-	case proto == 6 || proto == 17:
-		if n := map[uint8]int{6: 20, 17: 8}[proto]; len(in) < l4+n {
-			return fb.malformed(dst, "transport header cut short")
+	case proto == 6:
+		seg := e.ipLen - (l4 - l3)
+		if seg < 20 {
+			return fb.malformed(dst, "TCP segment shorter than its header")
+		}
+		if doff := int(in[l4+12] >> 4); doff < 5 || doff*4 > seg {
+			return fb.malformed(dst, "TCP data offset below 5 or past the segment")
+		}
+		port = be16(l4 + 2)
+	case proto == 17:
+		if ulen := int(be16(l4 + 4)); ulen < 8 || ulen > e.ipLen-(l4-l3) {
+			return fb.malformed(dst, "UDP length below 8 or past the IP payload")
 		}
 		port = be16(l4 + 2)
 	default:
@@ -517,21 +554,64 @@ func (fb *fuzzBench) model(in []byte) expectation {
 	}
 	key := ServiceKey{VIP: dst, Port: port, Proto: Proto(proto)}
 	for i := range fb.services {
-		if fb.services[i].key == key {
-			e.verdict, e.svc, e.why = expectService, &fb.services[i], "for service "+key.String()
-			return e
+		if fb.services[i].key != key {
+			continue
 		}
+		// halb_ct is empty for every input: each flow is new, and one
+		// from a VIP is refused.
+		if fb.isVIP(src) {
+			return expectation{verdict: expectDrop, why: "from a VIP to service " + key.String()}
+		}
+		e.verdict, e.svc, e.why = expectService, &fb.services[i], "for service "+key.String()
+		return e
 	}
 	return pass("no service at " + key.String())
 }
 
-// malformed is a frame broken after its destination address: dropped when
-// that is a VIP, else passed.
-func (fb *fuzzBench) malformed(dst netip.Addr, why string) expectation {
-	for _, s := range fb.services {
-		if s.key.VIP == dst {
-			return expectation{verdict: expectDrop, why: "malformed to a VIP: " + why}
+// noClient says why no client can have the source address a, or "" when
+// one can: the list of bpf/halb_checks.h, written from its RFCs apart from
+// it.
+func noClient(a netip.Addr) string {
+	if a.Is4() {
+		b := a.As4()
+		switch {
+		case b[0] == 0:
+			return `"this network" (RFC 1122)`
+		case a.IsLoopback():
+			return "loopback"
+		case a.IsMulticast():
+			return "multicast"
+		case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+			return "the limited broadcast"
 		}
+		return ""
+	}
+	b := a.As16()
+	switch {
+	case a.IsMulticast():
+		return "multicast"
+	case a.Is4In6():
+		return "IPv4-mapped"
+	case [12]byte(b[:12]) == [12]byte{}:
+		return "::/96: unspecified, loopback, IPv4-compatible"
+	}
+	return ""
+}
+
+func (fb *fuzzBench) isVIP(a netip.Addr) bool {
+	for _, s := range fb.services {
+		if s.key.VIP == a {
+			return true
+		}
+	}
+	return false
+}
+
+// malformed is a frame broken after its destination address, or from a
+// source no client has: dropped when that is a VIP, else passed.
+func (fb *fuzzBench) malformed(dst netip.Addr, why string) expectation {
+	if fb.isVIP(dst) {
+		return expectation{verdict: expectDrop, why: "malformed to a VIP: " + why}
 	}
 	return pass("malformed, not to a VIP: " + why)
 }
@@ -606,8 +686,6 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 	switch {
 	case b.Addr.Is4() != (want.family == 4):
 		dropWhy = "the backend's family is not the packet's"
-	case want.ipLen > len(in)-want.l3:
-		dropWhy = "the IP length runs past the frame"
 	case outer+want.ipLen > fuzzMTU:
 		// XDP answers with ICMP what path MTU discovery can use: IPv4
 		// with DF, IPv6 over the minimum MTU, never an ICMP error.
@@ -907,6 +985,30 @@ func fuzzSeeds(t testing.TB) []fuzzSeed {
 	badIHL := tcp4.frame(t, routerMAC, halb0MAC)
 	badIHL[14] = 0x44
 	raw(badIHL)
+
+	// One of each drop reason about the packet itself, and padding that
+	// is none.
+	edit := func(p packet, change func([]byte) []byte) { raw(change(p.frame(t, routerMAC, halb0MAC))) }
+	edit(tcp4, func(b []byte) []byte { return setIPLength(b, 14, len(b)-14+1) })
+	edit(tcp6, func(b []byte) []byte { return setIPLength(b, 14, len(b)-14-40+1) })
+	edit(tcp4, func(b []byte) []byte { return setIPLength(append(b, make([]byte, 20)...), 14, 32) })
+	edit(tcp4, func(b []byte) []byte { b[14+20+12] = 4 << 4; return b })
+	edit(tcp4, func(b []byte) []byte { b[14+20+12] = 15 << 4; return b })
+	edit(udp4, func(b []byte) []byte { binary.BigEndian.PutUint16(b[14+20+4:], 7); return b })
+	edit(udp4, func(b []byte) []byte { binary.BigEndian.PutUint16(b[14+20+4:], uint16(len(b)-14-20+1)); return b })
+	edit(tcp4, func(b []byte) []byte { return append(b, make([]byte, 30)...) })
+	edit(tun4, func(b []byte) []byte { return append(b, make([]byte, 30)...) })
+	for _, src := range []string{"255.255.255.255", "0.0.0.0", "127.0.0.1", "224.0.0.18", "240.0.0.1", vip4.String()} {
+		raw(with(tcp4, func(p *packet) { p.src = ap(netip.MustParseAddr(src), 40000) }).frame(t, routerMAC, halb0MAC))
+	}
+	for _, src := range []string{"::", "::1", "ff02::1", "::ffff:203.0.113.7", "fe80::7", vip6.String()} {
+		raw(with(tcp6, func(p *packet) { p.src = ap(netip.MustParseAddr(src), 40000) }).frame(t, routerMAC, halb0MAC))
+	}
+	// Frames to MACs that are not halb0's, and to the VMAC it holds.
+	for _, mac := range []net.HardwareAddr{layers.EthernetBroadcast, {0x01, 0x00, 0x5e, 0x00, 0x00, 0x01}, {0x33, 0x33, 0, 0, 0, 1}, routerMAC, otherVMAC, testVMAC} {
+		raw(tcp4.frame(t, routerMAC, mac))
+		raw(tun6.frame(t, routerMAC, mac))
+	}
 	reply := func(p packet) packet { p.src, p.dst, p.ack = p.dst, p.src, true; return p }
 	for _, quote := range []int{0, 28, 22} {
 		raw(tooBig(t, router4, reply(tcp4), quote))

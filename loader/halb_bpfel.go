@@ -55,7 +55,13 @@ const (
 	halbDropReasonDROP_TOO_BIG          halbDropReason = 6
 	halbDropReasonDROP_ENCAP            halbDropReason = 7
 	halbDropReasonDROP_TOO_BIG_ANSWERED halbDropReason = 8
-	halbDropReasonDROP_REASONS          halbDropReason = 9
+	halbDropReasonDROP_IP_HEADER        halbDropReason = 9
+	halbDropReasonDROP_IP_LENGTH        halbDropReason = 10
+	halbDropReasonDROP_TCP_HEADER       halbDropReason = 11
+	halbDropReasonDROP_UDP_HEADER       halbDropReason = 12
+	halbDropReasonDROP_BAD_SOURCE       halbDropReason = 13
+	halbDropReasonDROP_VIP_SOURCE       halbDropReason = 14
+	halbDropReasonDROP_REASONS          halbDropReason = 15
 )
 
 type halbEvent uint32
@@ -63,7 +69,8 @@ type halbEvent uint32
 const (
 	halbEventEVENT_NEIGH_RESOLVE halbEvent = 0
 	halbEventEVENT_ICMP_TOO_BIG  halbEvent = 1
-	halbEventEVENTS              halbEvent = 2
+	halbEventEVENT_OTHER_HOST    halbEvent = 2
+	halbEventEVENTS              halbEvent = 3
 )
 
 type halbFamily uint8
@@ -91,6 +98,18 @@ const (
 	halbForwardModeFORWARD_DR   halbForwardMode = 1
 	halbForwardModeFORWARD_TUN  halbForwardMode = 2
 )
+
+type halbLocalMac struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Mac     [6]uint8
+	Pad     [2]uint8
+}
+
+type halbLocalMacVia struct {
+	_       structs.HostLayout
+	Ifindex uint32
+}
 
 type halbNexthop struct {
 	_       structs.HostLayout
@@ -159,6 +178,7 @@ const (
 	halbMapHalbCt           = "halb_ct"
 	halbMapHalbDrops        = "halb_drops"
 	halbMapHalbEvents       = "halb_events"
+	halbMapHalbLocalMacs    = "halb_local_macs"
 	halbMapHalbMaglev       = "halb_maglev"
 	halbMapHalbNexthops     = "halb_nexthops"
 	halbMapHalbServiceIds   = "halb_service_ids"
@@ -227,6 +247,7 @@ type halbMapSpecs struct {
 	HalbCt           *ebpf.MapSpec `ebpf:"halb_ct"`
 	HalbDrops        *ebpf.MapSpec `ebpf:"halb_drops"`
 	HalbEvents       *ebpf.MapSpec `ebpf:"halb_events"`
+	HalbLocalMacs    *ebpf.MapSpec `ebpf:"halb_local_macs"`
 	HalbMaglev       *ebpf.MapSpec `ebpf:"halb_maglev"`
 	HalbNexthops     *ebpf.MapSpec `ebpf:"halb_nexthops"`
 	HalbServiceIds   *ebpf.MapSpec `ebpf:"halb_service_ids"`
@@ -269,6 +290,7 @@ type halbMaps struct {
 	HalbCt           *ebpf.Map `ebpf:"halb_ct"`
 	HalbDrops        *ebpf.Map `ebpf:"halb_drops"`
 	HalbEvents       *ebpf.Map `ebpf:"halb_events"`
+	HalbLocalMacs    *ebpf.Map `ebpf:"halb_local_macs"`
 	HalbMaglev       *ebpf.Map `ebpf:"halb_maglev"`
 	HalbNexthops     *ebpf.Map `ebpf:"halb_nexthops"`
 	HalbServiceIds   *ebpf.Map `ebpf:"halb_service_ids"`
@@ -285,6 +307,7 @@ func (m *halbMaps) Close() error {
 		m.HalbCt,
 		m.HalbDrops,
 		m.HalbEvents,
+		m.HalbLocalMacs,
 		m.HalbMaglev,
 		m.HalbNexthops,
 		m.HalbServiceIds,

@@ -1,7 +1,8 @@
 package loader
 
 // The C is in bpf/: halb_lb.c (the program and its maps), halb.h (the map
-// layout, which bpf2go turns into the halb* Go types) and jhash.h.
+// layout, which bpf2go turns into the halb* Go types), halb_checks.h (the
+// source addresses no client has) and jhash.h.
 //
 // clang -target bpf does not search Debian's multiarch include directory,
 // where <asm/types.h> lives (every uapi header includes it); -idirafter
@@ -57,6 +58,8 @@ type LB struct {
 	mu sync.Mutex
 	// genMu serialises the bumps of halb_nexthop_gen.
 	genMu sync.Mutex
+	// macMu serialises the writers of halb_local_macs.
+	macMu sync.Mutex
 }
 
 // Load loads halb_xdp_lb and halb_tc_lb and creates their maps, sized by
@@ -660,12 +663,16 @@ func sumStats(m *ebpf.Map, name string, id uint32) (Stats, error) {
 	return s, nil
 }
 
-// DropReason is why halb_xdp_lb dropped a packet.
+// DropReason is why halb_xdp_lb dropped a packet. The reasons about the
+// packet itself (DropMalformed, and DropIPHeader to DropVIPSource) are
+// counted only for packets to a VIP in frames addressed to this node: the
+// program passes anyone else's to the kernel untouched.
 type DropReason uint32
 
 const (
-	// DropMalformed: a TCP or UDP packet to a VIP whose headers are cut
-	// short or invalid.
+	// DropMalformed: a TCP or UDP packet to a VIP whose header its IP
+	// length says is there, but which the program could not read
+	// (halb_tc_lb: the kernel could not pull it into the skb's head).
 	DropMalformed = DropReason(halbDropReasonDROP_MALFORMED)
 	// DropNoBackend: the service has no Maglev table, or the packet's slot
 	// names no active backend (every backend drained or removed).
@@ -696,6 +703,28 @@ const (
 	// DropEncap: forward: tun, and the frame has no room for the outer
 	// header, or (tc) carries a VLAN tag in its data.
 	DropEncap = DropReason(halbDropReasonDROP_ENCAP)
+	// DropIPHeader: to a VIP, IPv4 whose version is not 4 or whose header
+	// length is below 5 words, or IPv6 whose version is not 6.
+	DropIPHeader = DropReason(halbDropReasonDROP_IP_HEADER)
+	// DropIPLength: to a VIP, an IPv4 total length or IPv6 payload length
+	// that runs past the frame, or leaves no room for the IP header and 8
+	// bytes. Ethernet padding after the packet is fine.
+	DropIPLength = DropReason(halbDropReasonDROP_IP_LENGTH)
+	// DropTCPHeader: to a VIP, TCP whose data offset is below 5 words or
+	// past the segment, or a segment too short for the header.
+	DropTCPHeader = DropReason(halbDropReasonDROP_TCP_HEADER)
+	// DropUDPHeader: to a VIP, UDP whose length is below 8 or past the
+	// IP payload.
+	DropUDPHeader = DropReason(halbDropReasonDROP_UDP_HEADER)
+	// DropBadSource: to a VIP, from an address no client can have:
+	// 0.0.0.0/8, loopback, multicast, 255.255.255.255, and in IPv6 ::/96
+	// (unspecified, loopback) and IPv4-mapped addresses (bpf/halb_checks.h
+	// gives the reasons).
+	DropBadSource = DropReason(halbDropReasonDROP_BAD_SOURCE)
+	// DropVIPSource: for a service, from one of the VIPs: forged, or a
+	// backend's answer to a forged packet, which would loop through the
+	// balancer.
+	DropVIPSource = DropReason(halbDropReasonDROP_VIP_SOURCE)
 )
 
 func (r DropReason) String() string {
@@ -718,6 +747,18 @@ func (r DropReason) String() string {
 		return "too-big-answered"
 	case DropEncap:
 		return "encap"
+	case DropIPHeader:
+		return "ip-header"
+	case DropIPLength:
+		return "ip-length"
+	case DropTCPHeader:
+		return "tcp-header"
+	case DropUDPHeader:
+		return "udp-header"
+	case DropBadSource:
+		return "bad-source"
+	case DropVIPSource:
+		return "vip-source"
 	}
 	return fmt.Sprintf("drop(%d)", uint32(r))
 }
@@ -751,6 +792,11 @@ const (
 	// too big" about a flow of a service went to the flow's backend, so
 	// that its path MTU discovery works.
 	EventICMPTooBig = Event(halbEventEVENT_ICMP_TOO_BIG)
+	// EventOtherHost: a frame that would have been balanced or dropped
+	// was addressed to a MAC that is not this node's (a broadcast, a
+	// multicast, or another host's unicast frame that a switch flooded),
+	// and went to the kernel untouched: the node it is for balances it.
+	EventOtherHost = Event(halbEventEVENT_OTHER_HOST)
 )
 
 func (e Event) String() string {
@@ -759,6 +805,8 @@ func (e Event) String() string {
 		return "neigh-resolve"
 	case EventICMPTooBig:
 		return "icmp-too-big"
+	case EventOtherHost:
+		return "other-host"
 	}
 	return fmt.Sprintf("event(%d)", uint32(e))
 }

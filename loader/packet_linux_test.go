@@ -26,6 +26,10 @@ var (
 	halb0MAC  = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x10}
 	halb1MAC  = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x11}
 	halb2MAC  = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x12}
+	// testVMAC is the VRRP virtual MAC of VRID 51, which halb0 holds on
+	// the bench; otherVMAC is VRID 52's, which it does not.
+	testVMAC  = net.HardwareAddr{0x00, 0x00, 0x5e, 0x00, 0x01, 51}
+	otherVMAC = net.HardwareAddr{0x00, 0x00, 0x5e, 0x00, 0x01, 52}
 )
 
 type testbed struct {
@@ -88,6 +92,12 @@ func newTestbed(t *testing.T, opts Options) *testbed {
 	t.Cleanup(func() { lb.Close() })
 	tb.lb = lb
 	if err := ns.Do(func() error { return lb.AddTxPort(tb.halb1) }); err != nil {
+		t.Fatal(err)
+	}
+	// Frames arrive on halb0 addressed to it or to the VMAC it holds, as
+	// the Datapath would have them (the VMAC's interface is made up: the
+	// program does not read it).
+	if err := lb.SetLocalMACs(tb.halb0, []LocalMAC{{MAC: halb0MAC, Via: tb.halb0}, {MAC: testVMAC, Via: 1000}}); err != nil {
 		t.Fatal(err)
 	}
 	return tb

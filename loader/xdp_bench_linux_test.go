@@ -90,6 +90,11 @@ func BenchmarkXDP(b *testing.B) {
 	// Without a context, a test run's ingress interface is the namespace's
 	// loopback (ifindex 1): a backend behind it is sent back out, XDP_TX.
 	mac := net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x01, 0x00}
+	// The frames are addressed to mac: the program balances them only
+	// when it is a MAC of the ingress interface.
+	if err := lb.SetLocalMACs(1, []LocalMAC{{MAC: mac, Via: 1}}); err != nil {
+		b.Fatal(err)
+	}
 	web := ServiceKey{vip4, 80, TCP}
 	backends := []uint32{1, 2, 3}
 	for _, id := range backends {

@@ -2,8 +2,10 @@ package loader
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -26,6 +28,21 @@ func ap(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a,
 
 // cut keeps the first n bytes of frame: a packet truncated on the wire.
 func cut(frame []byte, n int) []byte { return frame[:n] }
+
+// setIPLength sets the length field of the IP header at l3 in frame: an
+// IPv4 total length (the header checksum summed again), an IPv6 payload
+// length.
+func setIPLength(frame []byte, l3, n int) []byte {
+	ip := frame[l3:]
+	if ip[0]>>4 == 6 {
+		binary.BigEndian.PutUint16(ip[4:], uint16(n))
+		return frame
+	}
+	binary.BigEndian.PutUint16(ip[2:], uint16(n))
+	binary.BigEndian.PutUint16(ip[10:], 0)
+	binary.BigEndian.PutUint16(ip[10:], ^checksum(ip[:int(ip[0]&0xf)*4]))
+	return frame
+}
 
 // TestXDP is the specification of halb_xdp_lb, and of halb_tc_lb beside
 // it: what they do with each kind of frame, shown as the frame that comes
@@ -78,6 +95,36 @@ func testSpec(t *testing.T, prog string) {
 	shortLen6 := tcp6.frame(t, routerMAC, halb0MAC)
 	shortLen6[14+4], shortLen6[14+5] = 0, 0 // payload length 0
 
+	// Frames whose headers say more or less than they hold. Each changes
+	// one field, IPv4 header checksums kept valid, so that the one field
+	// is what the program must catch.
+	tcp4Frame := func() []byte { return with(tcp4, nil).frame(t, routerMAC, halb0MAC) }
+	tcp6Frame := func() []byte { return with(tcp6, nil).frame(t, routerMAC, halb0MAC) }
+	udp4Frame := func() []byte { return with(udp4, nil).frame(t, routerMAC, halb0MAC) }
+	longLen := setIPLength(tcp4Frame(), 14, len(tcp4Frame())-14+1)               // one byte past the frame
+	longLen6 := setIPLength(tcp6Frame(), 14, len(tcp6Frame())-14-40+1)           // the same in IPv6
+	longLenMax := setIPLength(tcp4Frame(), 14, 0xffff)                           // a lot past it
+	tcpShort := setIPLength(append(tcp4Frame(), make([]byte, 20)...), 14, 20+12) // 12 bytes of TCP, padding after
+	doffLow := tcp4Frame()
+	doffLow[14+20+12] = 4 << 4 // data offset 4 words
+	doffLow6 := tcp6Frame()
+	doffLow6[14+40+12] = 0 // data offset 0
+	doffPast := tcp4Frame()
+	doffPast[14+20+12] = 15 << 4 // 60 bytes of header in a 37-byte segment
+	udpLenLow := udp4Frame()
+	binary.BigEndian.PutUint16(udpLenLow[14+20+4:], 7)
+	udpLenPast := udp4Frame()
+	binary.BigEndian.PutUint16(udpLenPast[14+20+4:], uint16(len(udpLenPast)-14-20+1))
+	padding := make([]byte, 30) // Ethernet pads a frame to 60 bytes; any trailer goes along
+	from := func(p packet, src string) packet {
+		p = with(p, nil)
+		p.src = ap(netip.MustParseAddr(src), p.src.Port())
+		return p
+	}
+	to := func(p packet, mac net.HardwareAddr) []byte { return with(p, nil).frame(t, routerMAC, mac) }
+	broadcastBadIHL := bytes.Clone(badIHL)
+	copy(broadcastBadIHL, layers.EthernetBroadcast)
+
 	cases := []struct {
 		name    string
 		p       packet
@@ -85,6 +132,12 @@ func testSpec(t *testing.T, prog string) {
 		action  xdpAction
 		service uint32 // the service the frame is for, 0 for none
 		backend uint32 // where it goes: its MACs replace the frame's
+		pad     []byte // after the packet, in the frame that comes in and goes out
+		vmac    bool   // p's frame to testVMAC, which halb0 holds, not to halb0's MAC
+		drop    DropReason
+		// A frame for a service (or malformed to a VIP) to a MAC that is
+		// not the node's: passed, counted as EventOtherHost.
+		other bool
 		// BPF_PROG_TEST_RUN refuses the frame as an skb (EINVAL): a tc
 		// program cannot be shown it.
 		noSKB bool
@@ -122,20 +175,68 @@ func testSpec(t *testing.T, prog string) {
 		// Broken after it: dropped when the address is a VIP.
 		{name: "ipv4 options cut short, to a VIP", in: cut(with(tcp4, func(p *packet) {
 			p.ipv4Opts = []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}}
-		}).frame(t, routerMAC, halb0MAC), 14+22), action: xdpDrop},
-		{name: "ipv4 header length below 5 words, to a VIP", in: badIHL, action: xdpDrop},
-		{name: "ipv4 total length short of the headers, to a VIP", in: shortLen, action: xdpDrop},
-		{name: "ipv6 payload length short of a transport header, to a VIP", in: shortLen6, action: xdpDrop},
-		{name: "tcp header cut short, to a VIP", in: cut(tcp4.frame(t, routerMAC, halb0MAC), 14+20+10), action: xdpDrop},
-		{name: "udp header cut short, to a VIP", in: cut(udp4.frame(t, routerMAC, halb0MAC), 14+20+4), action: xdpDrop},
-		{name: "ipv6 tcp header cut short, to a VIP", in: cut(tcp6.frame(t, routerMAC, halb0MAC), 14+40+12), action: xdpDrop},
+		}).frame(t, routerMAC, halb0MAC), 14+22), action: xdpDrop, drop: DropIPLength},
+		{name: "ipv4 header length below 5 words, to a VIP", in: badIHL, action: xdpDrop, drop: DropIPHeader},
+		{name: "ipv4 total length short of the headers, to a VIP", in: shortLen, action: xdpDrop, drop: DropIPLength},
+		{name: "ipv6 payload length short of a transport header, to a VIP", in: shortLen6, action: xdpDrop, drop: DropIPLength},
+		{name: "tcp header cut short, to a VIP", in: cut(tcp4.frame(t, routerMAC, halb0MAC), 14+20+10), action: xdpDrop, drop: DropIPLength},
+		{name: "udp header cut short, to a VIP", in: cut(udp4.frame(t, routerMAC, halb0MAC), 14+20+4), action: xdpDrop, drop: DropIPLength},
+		{name: "ipv6 tcp header cut short, to a VIP", in: cut(tcp6.frame(t, routerMAC, halb0MAC), 14+40+12), action: xdpDrop, drop: DropIPLength},
 		{name: "tcp header cut short, to another address", in: cut(packet{src: ap(client4, 40000), dst: ap(other4, 80)}.frame(t, routerMAC, halb0MAC), 14+20+10), action: xdpPass},
+
+		// Lengths and offsets that the frame does not bear out:
+		// dropped to a VIP, whatever the frame holds after them.
+		{name: "ipv4 total length one byte past the frame", in: longLen, action: xdpDrop, drop: DropIPLength},
+		{name: "ipv4 total length 65535 in a short frame", in: longLenMax, action: xdpDrop, drop: DropIPLength},
+		{name: "ipv6 payload length one byte past the frame", in: longLen6, action: xdpDrop, drop: DropIPLength},
+		{name: "tcp data offset below 5 words", in: doffLow, action: xdpDrop, drop: DropTCPHeader},
+		{name: "ipv6 tcp data offset 0", in: doffLow6, action: xdpDrop, drop: DropTCPHeader},
+		{name: "tcp data offset past the segment", in: doffPast, action: xdpDrop, drop: DropTCPHeader},
+		{name: "tcp segment shorter than a tcp header, padding after it", in: tcpShort, action: xdpDrop, drop: DropTCPHeader},
+		{name: "udp length below 8", in: udpLenLow, action: xdpDrop, drop: DropUDPHeader},
+		{name: "udp length past the ip payload", in: udpLenPast, action: xdpDrop, drop: DropUDPHeader},
+		// Padding after the packet (Ethernet's minimum frame, a
+		// trailer) is no fault: balanced, the padding along.
+		{name: "ipv4 tcp with ethernet padding after the packet", p: with(tcp4, nil), pad: padding, action: xdpTX, service: 1, backend: 1},
+		{name: "ipv4 udp with a trailer after the packet", p: with(udp4, nil), pad: padding, action: xdpRedirect, service: 2, backend: 2},
+		{name: "ipv6 tcp with a trailer after the packet", p: with(tcp6, nil), pad: padding, action: xdpTX, service: 3, backend: 3},
+
+		// Sources no client has (bpf/halb_checks.h), and the VIPs.
+		{name: "from 255.255.255.255", p: from(tcp4, "255.255.255.255"), action: xdpDrop, drop: DropBadSource},
+		{name: "from 0.0.0.0", p: from(udp4, "0.0.0.0"), action: xdpDrop, drop: DropBadSource},
+		{name: "from loopback", p: from(tcp4, "127.0.0.1"), action: xdpDrop, drop: DropBadSource},
+		{name: "from a multicast address", p: from(tcp4, "224.0.0.18"), action: xdpDrop, drop: DropBadSource},
+		{name: "icmp echo from 255.255.255.255 to a VIP", p: packet{src: ap(netip.MustParseAddr("255.255.255.255"), 0), dst: ap(vip4, 0), proto: layers.IPProtocolICMPv4}, action: xdpDrop, drop: DropBadSource},
+		{name: "from 255.255.255.255 to another address", p: packet{src: ap(netip.MustParseAddr("255.255.255.255"), 40000), dst: ap(other4, 80)}, action: xdpPass},
+		{name: "ipv6 from the unspecified address", p: from(tcp6, "::"), action: xdpDrop, drop: DropBadSource},
+		{name: "ipv6 from loopback", p: from(udp6, "::1"), action: xdpDrop, drop: DropBadSource},
+		{name: "ipv6 from a multicast address", p: from(tcp6, "ff02::1"), action: xdpDrop, drop: DropBadSource},
+		{name: "ipv6 from an ipv4-mapped address", p: from(tcp6, "::ffff:203.0.113.7"), action: xdpDrop, drop: DropBadSource},
+		{name: "from 240.0.0.1, reserved but routable, is balanced", p: from(tcp4, "240.0.0.1"), action: xdpTX, service: 1, backend: 1},
+		{name: "ipv6 from a link-local address is balanced", p: from(tcp6, "fe80::7"), action: xdpTX, service: 3, backend: 3},
+		{name: "syn from the VIP itself", p: from(tcp4, vip4.String()), action: xdpDrop, service: 1, drop: DropVIPSource},
+		{name: "ack from the VIP itself", p: from(with(tcp4, func(p *packet) { p.ack = true }), vip4.String()), action: xdpDrop, service: 1, drop: DropVIPSource},
+		{name: "ipv6 udp from the VIP itself", p: from(udp6, vip6.String()), action: xdpDrop, service: 4, drop: DropVIPSource},
+
+		// Frames not addressed to this node: another host's, whatever
+		// they hold, passed untouched. The node they are for balances
+		// them; a VMAC the node holds is its own.
+		{name: "broadcast syn to a service", in: to(tcp4, layers.EthernetBroadcast), action: xdpPass, other: true},
+		{name: "ipv4 multicast mac, udp to a service", in: to(udp4, net.HardwareAddr{0x01, 0x00, 0x5e, 0x00, 0x00, 0x01}), action: xdpPass, other: true},
+		{name: "ipv6 multicast mac, tcp to a service", in: to(tcp6, net.HardwareAddr{0x33, 0x33, 0x00, 0x00, 0x00, 0x01}), action: xdpPass, other: true},
+		{name: "another host's unicast mac, syn to a service", in: to(tcp4, routerMAC), action: xdpPass, other: true},
+		{name: "a VMAC the node does not hold, syn to a service", in: to(tcp4, otherVMAC), action: xdpPass, other: true},
+		{name: "broadcast, malformed to a VIP", in: broadcastBadIHL, action: xdpPass, other: true},
+		{name: "broadcast to a VIP port without a service", in: to(packet{src: ap(client4, 40000), dst: ap(vip4, 8080)}, layers.EthernetBroadcast), action: xdpPass},
+		{name: "syn to a VMAC the node holds", p: with(tcp4, nil), vmac: true, action: xdpTX, service: 1, backend: 1},
+		{name: "ipv6 udp to a VMAC the node holds", p: with(udp6, nil), vmac: true, action: xdpRedirect, service: 4, backend: 4},
 	}
 
 	var (
 		wantServices = map[uint32]Stats{}
 		wantBackends = map[uint32]Stats{}
 		wantDrops    = map[DropReason]uint64{}
+		wantEvents   = map[Event]uint64{}
 	)
 	for _, c := range cases {
 		if tb.tc && c.noSKB {
@@ -146,13 +247,17 @@ func testSpec(t *testing.T, prog string) {
 		}
 		in := c.in
 		if in == nil {
-			in = c.p.frame(t, routerMAC, halb0MAC)
+			dst := halb0MAC
+			if c.vmac {
+				dst = testVMAC
+			}
+			in = append(c.p.frame(t, routerMAC, dst), c.pad...)
 		}
 		t.Run(c.name, func(t *testing.T) {
 			action, out := tb.run(t, in)
 			want := in
 			if c.backend != 0 {
-				want = tb.forwardedTo(t, c.p, c.backend)
+				want = append(tb.forwardedTo(t, c.p, c.backend), c.pad...)
 			}
 			if action != tb.expect(c.action) {
 				t.Errorf("action %v, want %v", action, tb.expect(c.action))
@@ -161,14 +266,17 @@ func testSpec(t *testing.T, prog string) {
 				t.Errorf("output frame differs\ngot  %x\nwant %x", out, want)
 			}
 			if c.backend != 0 {
-				verifyChecksums(t, out)
+				verifyChecksums(t, out[:len(out)-len(c.pad)])
 			}
 		})
 
 		n := uint64(len(in))
 		if c.service != 0 {
 			s := wantServices[c.service]
-			s.Packets, s.Bytes, s.NewFlows = s.Packets+1, s.Bytes+n, s.NewFlows+1
+			s.Packets, s.Bytes = s.Packets+1, s.Bytes+n
+			if c.backend != 0 {
+				s.NewFlows++
+			}
 			wantServices[c.service] = s
 		}
 		if c.backend != 0 {
@@ -177,7 +285,10 @@ func testSpec(t *testing.T, prog string) {
 			wantBackends[c.backend] = s
 		}
 		if c.action == xdpDrop {
-			wantDrops[DropMalformed]++
+			wantDrops[c.drop]++
+		}
+		if c.other {
+			wantEvents[EventOtherHost]++
 		}
 	}
 
@@ -187,6 +298,7 @@ func testSpec(t *testing.T, prog string) {
 			tb.wantBackendStats(t, id, wantBackends[id])
 		}
 		tb.wantDrops(t, wantDrops)
+		tb.wantEvents(t, wantEvents)
 	})
 }
 

@@ -1,0 +1,348 @@
+package loader
+
+// A frame is this node's to balance only when it is addressed to it: to the
+// MAC of the interface it arrives on, or to a VRRP virtual MAC (RFC 5798
+// §7.3) that the node holds there (use_vmac). A broadcast, a multicast or a
+// unicast frame that a switch floods reaches every node on the link, and
+// balanced by each, one SYN would reach a backend once through the Master
+// and once through the Backup. The program reads the MACs from
+// halb_local_macs; this file keeps that map: LB.SetLocalMACs writes it,
+// and the Datapath fills it for an interface before its program runs
+// there, then follows netlink link and address events to keep it true.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+)
+
+// LocalMAC is a destination MAC that makes a frame this node's.
+type LocalMAC struct {
+	MAC net.HardwareAddr
+	// Via is the interface that holds the MAC: the one the frame arrives
+	// on, or its VMAC child. The program does not read it; bpftool
+	// readers do.
+	Via int
+}
+
+func (m LocalMAC) String() string { return fmt.Sprintf("%s via ifindex %d", m.MAC, m.Via) }
+
+// SetLocalMACs makes macs the destination MACs that make a frame arriving on
+// ifindex this node's: the program balances (or drops, when malformed)
+// frames to these and passes every other to the kernel untouched. An
+// interface without any passes everything. The new MACs go in before the
+// old ones leave, so that a MAC in both sets is never missing.
+func (lb *LB) SetLocalMACs(ifindex int, macs []LocalMAC) error {
+	if ifindex <= 0 {
+		return fmt.Errorf("local macs: ifindex %d is not an interface", ifindex)
+	}
+	want := map[halbLocalMac]halbLocalMacVia{}
+	for _, m := range macs {
+		if len(m.MAC) != 6 {
+			return fmt.Errorf("local macs of ifindex %d: %q is not a 6-byte Ethernet address", ifindex, m.MAC)
+		}
+		k := halbLocalMac{Ifindex: uint32(ifindex)}
+		copy(k.Mac[:], m.MAC)
+		want[k] = halbLocalMacVia{Ifindex: uint32(m.Via)}
+	}
+
+	lb.macMu.Lock()
+	defer lb.macMu.Unlock()
+	have, err := lb.localMACs(ifindex)
+	if err != nil {
+		return err
+	}
+	for k, v := range want {
+		if old, ok := have[k]; ok && old == v {
+			continue
+		}
+		if err := lb.objs.HalbLocalMacs.Put(&k, &v); err != nil {
+			return fmt.Errorf("write %s to %s: %w", net.HardwareAddr(k.Mac[:]), halbMapHalbLocalMacs, err)
+		}
+	}
+	for k := range have {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if err := lb.objs.HalbLocalMacs.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete %s from %s: %w", net.HardwareAddr(k.Mac[:]), halbMapHalbLocalMacs, err)
+		}
+	}
+	return nil
+}
+
+// LocalMACs reads the MACs halb_local_macs holds for ifindex, in no
+// particular order.
+func (lb *LB) LocalMACs(ifindex int) ([]LocalMAC, error) {
+	lb.macMu.Lock()
+	defer lb.macMu.Unlock()
+	have, err := lb.localMACs(ifindex)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]LocalMAC, 0, len(have))
+	for k, v := range have {
+		out = append(out, LocalMAC{MAC: net.HardwareAddr(k.Mac[:]), Via: int(v.Ifindex)})
+	}
+	return out, nil
+}
+
+// localMACs reads ifindex's entries. lb.macMu is held.
+func (lb *LB) localMACs(ifindex int) (map[halbLocalMac]halbLocalMacVia, error) {
+	have := map[halbLocalMac]halbLocalMacVia{}
+	var (
+		k halbLocalMac
+		v halbLocalMacVia
+	)
+	it := lb.objs.HalbLocalMacs.Iterate()
+	for it.Next(&k, &v) {
+		if k.Ifindex == uint32(ifindex) {
+			have[k] = v
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", halbMapHalbLocalMacs, err)
+	}
+	return have, nil
+}
+
+// isVMAC tells a VRRP virtual router MAC, 00-00-5E-00-01-{VRID} (IPv4) or
+// 00-00-5E-00-02-{VRID} (IPv6), RFC 5798 §7.3.
+func isVMAC(mac net.HardwareAddr) bool {
+	return len(mac) == 6 && mac[0] == 0 && mac[1] == 0 && mac[2] == 0x5e && mac[3] == 0 &&
+		(mac[4] == 1 || mac[4] == 2)
+}
+
+// vmacChild tells whether l is a VRRP VMAC on the interface parent: a
+// macvlan on it with a virtual router MAC, as use_vmac makes (and
+// keepalived's use_vmac too).
+func vmacChild(l netlink.Link, parent int) bool {
+	a := l.Attrs()
+	return a.ParentIndex == parent && l.Type() == "macvlan" && isVMAC(a.HardwareAddr)
+}
+
+// holdsVIP tells whether a VMAC is its node's now: up, and holding an
+// address other than a link-local one. Being up is not enough: a Backup
+// keeps its VMAC up to read the Master's adverts there, and only the
+// Master holds the VIPs on it. A Backup that balanced frames to the VMAC
+// would balance every one a switch floods to both nodes.
+func holdsVIP(h *netlink.Handle, l netlink.Link) (bool, error) {
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		return false, nil
+	}
+	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return false, fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
+	}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if ok && !ip.Unmap().IsLinkLocalUnicast() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// localMACsOf lists the MACs that make a frame arriving on ifindex this
+// node's: the interface's own, and those of the VMACs on it that the node
+// holds (holdsVIP). It also returns the ifindexes of every VMAC on it,
+// held or not, whose address changes can change the list.
+func localMACsOf(h *netlink.Handle, ifindex int) ([]LocalMAC, []int, error) {
+	l, err := h.LinkByIndex(ifindex)
+	if err != nil {
+		return nil, nil, fmt.Errorf("interface %d: %w", ifindex, err)
+	}
+	var macs []LocalMAC
+	if mac := l.Attrs().HardwareAddr; len(mac) == 6 {
+		macs = append(macs, LocalMAC{MAC: mac, Via: ifindex})
+	}
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	var vmacs []int
+	for _, c := range links {
+		if !vmacChild(c, ifindex) {
+			continue
+		}
+		vmacs = append(vmacs, c.Attrs().Index)
+		held, err := holdsVIP(h, c)
+		if err != nil {
+			return nil, nil, err
+		}
+		if held {
+			macs = append(macs, LocalMAC{MAC: c.Attrs().HardwareAddr, Via: c.Attrs().Index})
+		}
+	}
+	return macs, vmacs, nil
+}
+
+// syncLocalMACs writes the MACs of interface ifindex into halb_local_macs
+// (localMACsOf), and logs them when they change. It returns the
+// interface's VMACs.
+func (d *Datapath) syncLocalMACs(ifindex int, name string) ([]int, error) {
+	macs, vmacs, err := localMACsOf(d.nl, ifindex)
+	if err != nil {
+		return nil, fmt.Errorf("local macs of %s: %w", name, err)
+	}
+	old, err := d.lb.LocalMACs(ifindex)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.lb.SetLocalMACs(ifindex, macs); err != nil {
+		return nil, fmt.Errorf("local macs of %s: %w", name, err)
+	}
+	if !sameMACs(old, macs) {
+		list := make([]string, len(macs))
+		for i, m := range macs {
+			list[i] = m.MAC.String()
+		}
+		d.log.Info("balancing frames to these macs", "interface", name, "macs", list)
+	}
+	return vmacs, nil
+}
+
+func sameMACs(a, b []LocalMAC) bool {
+	key := func(ms []LocalMAC) []string {
+		out := make([]string, len(ms))
+		for i, m := range ms {
+			out[i] = fmt.Sprintf("%s/%d", m.MAC, m.Via)
+		}
+		slices.Sort(out)
+		return out
+	}
+	return slices.Equal(key(a), key(b))
+}
+
+// syncAllLocalMACs syncs every attached interface and returns the
+// ifindexes whose link and address events matter: the interfaces and
+// their VMACs.
+func (d *Datapath) syncAllLocalMACs() map[int]bool {
+	d.mu.Lock()
+	ifaces := make(map[int]string, len(d.ifaces))
+	for _, a := range d.ifaces {
+		ifaces[a.ifindex] = a.Interface
+	}
+	d.mu.Unlock()
+	watch := map[int]bool{}
+	for ifindex, name := range ifaces {
+		watch[ifindex] = true
+		vmacs, err := d.syncLocalMACs(ifindex, name)
+		if err != nil {
+			d.log.Warn("cannot update the macs the data path balances", "interface", name, "err", err)
+			continue
+		}
+		for _, i := range vmacs {
+			watch[i] = true
+		}
+	}
+	return watch
+}
+
+// Bounds of the MAC watcher.
+const (
+	macResubscribeAt = 1 * time.Second  // after a link or address subscription fails
+	macSafetySync    = 30 * time.Second // a full pass, for events a netlink overflow lost
+)
+
+// watchLocalMACs keeps halb_local_macs true to the interfaces until ctx
+// ends: a changed MAC, a VMAC that appears, goes, goes up or down, gains
+// or loses its VIPs. Events of other interfaces are left alone; a slow
+// periodic pass catches what a full netlink buffer loses.
+func (d *Datapath) watchLocalMACs(ctx context.Context) {
+	for ctx.Err() == nil {
+		links := make(chan netlink.LinkUpdate, 64)
+		addrs := make(chan netlink.AddrUpdate, 64)
+		done := make(chan struct{})
+		onErr := func(err error) {
+			if ctx.Err() == nil {
+				d.log.Warn("link and address updates", "err", err)
+			}
+		}
+		err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{
+			Namespace: &d.ns, ErrorCallback: onErr,
+		})
+		if err == nil {
+			err = netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{
+				Namespace: &d.ns, ErrorCallback: onErr,
+			})
+			if err != nil {
+				close(done)
+				for range links {
+				}
+			}
+		}
+		if err != nil {
+			d.log.Warn("cannot follow link and address changes, checking the balanced macs every few seconds", "err", err)
+			d.syncAllLocalMACs()
+		} else {
+			d.followLocalMACs(ctx, links, addrs)
+			close(done)
+			for range links {
+			}
+			for range addrs {
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(macResubscribeAt):
+		}
+	}
+}
+
+// followLocalMACs syncs once (whatever changed while nobody listened), then
+// again after each event that concerns an attached interface or a VMAC on
+// one, until ctx ends or a subscription does. A burst of events makes one
+// sync.
+func (d *Datapath) followLocalMACs(ctx context.Context, links <-chan netlink.LinkUpdate, addrs <-chan netlink.AddrUpdate) {
+	watch := d.syncAllLocalMACs()
+	tick := time.NewTicker(macSafetySync)
+	defer tick.Stop()
+	for {
+		sync := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			sync = true
+		case u, ok := <-links:
+			if !ok {
+				return
+			}
+			a := u.Attrs()
+			// A new VMAC is not in watch yet: its parent is.
+			sync = watch[int(u.Index)] || watch[a.ParentIndex]
+		case u, ok := <-addrs:
+			if !ok {
+				return
+			}
+			sync = watch[u.LinkIndex]
+		}
+		if !sync {
+			continue
+		}
+		// What else is queued is covered by the sync to come.
+		for drained := false; !drained; {
+			select {
+			case _, ok := <-links:
+				if !ok {
+					return
+				}
+			case _, ok := <-addrs:
+				if !ok {
+					return
+				}
+			default:
+				drained = true
+			}
+		}
+		watch = d.syncAllLocalMACs()
+	}
+}

@@ -1,0 +1,237 @@
+package loader
+
+import (
+	"context"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/service"
+)
+
+// TestSetLocalMACs covers the writer of halb_local_macs: an interface's set
+// is replaced whole, other interfaces' sets stay, and what is not an
+// Ethernet address or an interface is refused.
+func TestSetLocalMACs(t *testing.T) {
+	tb := newTestbed(t, Options{})
+	lb := tb.lb
+	macs := func(ifindex int) []string {
+		t.Helper()
+		got, err := lb.LocalMACs(ifindex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, m := range got {
+			out = append(out, m.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if err := lb.SetLocalMACs(tb.halb1, []LocalMAC{{MAC: halb1MAC, Via: tb.halb1}, {MAC: otherVMAC, Via: 77}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := lb.SetLocalMACs(tb.halb1, []LocalMAC{{MAC: halb2MAC, Via: tb.halb1}, {MAC: otherVMAC, Via: 78}}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{LocalMAC{otherVMAC, 78}.String(), LocalMAC{halb2MAC, tb.halb1}.String()}
+	slices.Sort(want)
+	if got := macs(tb.halb1); !slices.Equal(got, want) {
+		t.Errorf("halb1's macs %v, want %v", got, want)
+	}
+	if got := macs(tb.halb0); len(got) != 2 {
+		t.Errorf("halb0's macs %v changed with halb1's", got)
+	}
+	if err := lb.SetLocalMACs(tb.halb1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := macs(tb.halb1); len(got) != 0 {
+		t.Errorf("halb1's macs %v after setting none", got)
+	}
+	for _, c := range []struct {
+		ifindex int
+		macs    []LocalMAC
+	}{
+		{0, []LocalMAC{{MAC: halb1MAC}}},
+		{tb.halb1, []LocalMAC{{MAC: halb1MAC[:4]}}},
+		{tb.halb1, []LocalMAC{{}}},
+	} {
+		if err := lb.SetLocalMACs(c.ifindex, c.macs); err == nil {
+			t.Errorf("SetLocalMACs(%d, %v) succeeded", c.ifindex, c.macs)
+		}
+	}
+}
+
+// TestDatapathLocalMACs sends real frames from the backends' side of the
+// link into the balancer's attached program: only frames to halb0's own
+// MAC, or to the VMAC of a VRRP instance while it holds its VIPs there,
+// reach the backend; a broadcast SYN to the VIP, another host's frame, and
+// a Backup's VMAC (up, but without VIPs) go to the kernel. The Datapath
+// follows a VMAC that appears, gains and loses its VIPs, and halb0's MAC
+// changing.
+func TestDatapathLocalMACs(t *testing.T) {
+	b := newDPBench(t)
+	// Generic XDP: its XDP_TX into a veth needs nothing on the peer.
+	b.cfg.XDPMode = "generic"
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	if err := dp.Apply(context.Background(), []service.Service{svc(web, backend(be11, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	id := backendOf(waitLive(t, dp, web, 1), be11).ID
+	h := b.lb.Netlink(t)
+	halb0, err := h.LinkByName("halb0")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	port := uint16(42000)
+	send := func(dst net.HardwareAddr) {
+		t.Helper()
+		port++
+		frame := packet{src: ap(client4, port), dst: ap(web.VIP, web.Port)}.frame(t, routerMAC, dst)
+		sendFrame(t, b.peers, "halb0p", frame)
+	}
+	// expect waits for the backend's and the other-host counters to reach
+	// forwarded and other; a frame the program has not seen yet leaves
+	// both short.
+	forwarded, other := uint64(0), uint64(0)
+	expect := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			st, err := dp.lb.BackendStats(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev, err := dp.lb.Events()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Packets == forwarded && ev[EventOtherHost] == other {
+				return
+			}
+			if st.Packets > forwarded || ev[EventOtherHost] > other || time.Now().After(deadline) {
+				t.Fatalf("%s: backend got %d frames and %d went to the kernel as another host's, want %d and %d",
+					what, st.Packets, ev[EventOtherHost], forwarded, other)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// waitMACs waits until the Datapath balances frames to want on halb0.
+	waitMACs := func(what string, want ...net.HardwareAddr) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			got, err := dp.lb.LocalMACs(halb0.Attrs().Index)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var have []string
+			for _, m := range got {
+				have = append(have, m.MAC.String())
+			}
+			var wanted []string
+			for _, m := range want {
+				wanted = append(wanted, m.String())
+			}
+			slices.Sort(have)
+			slices.Sort(wanted)
+			if slices.Equal(have, wanted) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: halb_local_macs holds %v for halb0, want %v", what, have, wanted)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	send(layers2Broadcast)
+	other++
+	expect("a broadcast SYN to the VIP")
+	send(net.HardwareAddr{0x01, 0x00, 0x5e, 0x00, 0x00, 0x12})
+	other++
+	expect("a multicast frame")
+	send(routerMAC)
+	other++
+	expect("another host's frame")
+	send(halb0MAC)
+	forwarded++
+	expect("a frame to halb0's MAC")
+
+	// A VMAC as a Backup has it: up, no VIPs.
+	vmac := &netlink.Macvlan{
+		LinkAttrs: netlink.LinkAttrs{Name: "vrrp.51", ParentIndex: halb0.Attrs().Index, HardwareAddr: testVMAC},
+		Mode:      netlink.MACVLAN_MODE_PRIVATE,
+	}
+	if err := h.LinkAdd(vmac); err != nil {
+		t.Fatalf("add VMAC: %v", err)
+	}
+	up(t, h, "vrrp.51")
+	time.Sleep(100 * time.Millisecond) // time to (wrongly) take it
+	waitMACs("a Backup's VMAC", halb0MAC)
+	send(testVMAC)
+	other++
+	expect("a frame to a Backup's VMAC")
+
+	// Master: the VIP on the VMAC.
+	vip := &netlink.Addr{IPNet: &net.IPNet{IP: web.VIP.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	if err := h.AddrAdd(vmac, vip); err != nil {
+		t.Fatal(err)
+	}
+	waitMACs("the Master's VMAC", halb0MAC, testVMAC)
+	send(testVMAC)
+	forwarded++
+	expect("a frame to the Master's VMAC")
+
+	// Backup again.
+	if err := h.AddrDel(vmac, vip); err != nil {
+		t.Fatal(err)
+	}
+	waitMACs("the VMAC after its VIP left", halb0MAC)
+	send(testVMAC)
+	other++
+	expect("a frame to the VMAC after its VIP left")
+
+	// halb0's MAC changes: frames to the old one are another host's.
+	newMAC := net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x20}
+	if err := h.LinkSetHardwareAddr(halb0, newMAC); err != nil {
+		t.Fatal(err)
+	}
+	waitMACs("halb0's new MAC", newMAC)
+	send(halb0MAC)
+	other++
+	expect("a frame to halb0's old MAC")
+	send(newMAC)
+	forwarded++
+	expect("a frame to halb0's new MAC")
+}
+
+var layers2Broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+// sendFrame sends frame out of ifname in ns, as it is: an AF_PACKET socket
+// that only sends.
+func sendFrame(t *testing.T, ns *netnstest.NS, ifname string, frame []byte) {
+	t.Helper()
+	err := ns.Do(func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6})
+	})
+	if err != nil {
+		t.Fatalf("send a frame out of %s: %v", ifname, err)
+	}
+}
