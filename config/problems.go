@@ -279,3 +279,19 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// Locate gives each problem without a line the line of its field (or of
+// the nearest field above it) in the file at path, when the file can be
+// read: for notes and warnings made after the file was parsed.
+func Locate(path string, problems []Problem) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	lines := lineIndex(data)
+	for i := range problems {
+		if problems[i].Line == 0 {
+			problems[i].Line = lineFor(problems[i].Path, lines)
+		}
+	}
+}

@@ -16,22 +16,33 @@ func newCheckCmd(f *flags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "check",
 		Short: "Validate the configuration without touching the host",
-		Args:  cobra.NoArgs,
+		Long: `Validate the configuration without touching the host.
+
+A valid file is summarised, after notes on what it does and warnings about
+this host (read, never changed): a virtual IP that is already an address of
+a local interface, a backend with no route from here. Warnings leave the
+exit status 0: the file is valid, and may be meant for another host.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(f.configPath())
+			path := f.configPath()
+			cfg, err := config.Load(path)
 			if err != nil {
 				return err
 			}
-			return writeSummary(cmd.OutOrStdout(), f.configPath(), cfg)
+			return writeSummary(cmd.OutOrStdout(), path, cfg, checkHost(cmd.Context(), path, cfg))
 		},
 	}
 }
 
 // writeSummary prints one screen that lets a person see what halb will do
-// with the file: the instances it runs and the services it balances.
-func writeSummary(w io.Writer, path string, c *config.Config) error {
+// with the file: notes and warnings about this host first, then the
+// instances it runs and the services it balances.
+func writeSummary(w io.Writer, path string, c *config.Config, warnings []config.Problem) error {
 	fmt.Fprintf(w, "%s: valid\n", path)
 	for _, n := range config.Notes(path, c) {
+		fmt.Fprintln(w, n.In(path))
+	}
+	for _, n := range warnings {
 		fmt.Fprintln(w, n.In(path))
 	}
 	fmt.Fprintln(w)
