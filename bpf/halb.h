@@ -242,9 +242,10 @@ struct nexthop {
 };
 
 /* halb_local_macs key: a destination MAC that makes a frame arriving on
- * ifindex this node's to balance. The loader keeps one for each attached
- * interface's own MAC, and one for each VRRP virtual MAC (RFC 5798 §7.3)
- * that the node holds on a macvlan child of the interface (use_vmac). */
+ * ifindex this node's to balance. The loader keeps the attached
+ * interface's own MAC, those of its bridge or bond and of VLANs on it, and
+ * each VRRP virtual MAC (RFC 5798 §7.3) that the node holds on a macvlan
+ * child of these (use_vmac) while it is Master. */
 struct local_mac {
 	__u32 ifindex; /* the interface the program is attached to */
 	__u8 mac[6];

@@ -1,8 +1,9 @@
 package loader
 
 // A frame is this node's to balance only when it is addressed to it: to the
-// MAC of the interface it arrives on, or to a VRRP virtual MAC (RFC 5798
-// §7.3) that the node holds there (use_vmac). A broadcast, a multicast or a
+// MAC of the interface it arrives on (or of its bridge, its bond, a VLAN on
+// it), or to a VRRP virtual MAC (RFC 5798 §7.3) that the node holds there
+// (use_vmac); localMACsOf says which. A broadcast, a multicast or a
 // unicast frame that a switch floods reaches every node on the link, and
 // balanced by each, one SYN would reach a backend once through the Master
 // and once through the Backup. The program reads the MACs from
@@ -120,12 +121,10 @@ func isVMAC(mac net.HardwareAddr) bool {
 		(mac[4] == 1 || mac[4] == 2)
 }
 
-// vmacChild tells whether l is a VRRP VMAC on the interface parent: a
-// macvlan on it with a virtual router MAC, as use_vmac makes (and
-// keepalived's use_vmac too).
-func vmacChild(l netlink.Link, parent int) bool {
-	a := l.Attrs()
-	return a.ParentIndex == parent && l.Type() == "macvlan" && isVMAC(a.HardwareAddr)
+// isVMACLink tells whether l is a VRRP VMAC: a macvlan with a virtual
+// router MAC, as use_vmac makes it (halb's and keepalived's alike).
+func isVMACLink(l netlink.Link) bool {
+	return l.Type() == "macvlan" && isVMAC(l.Attrs().HardwareAddr)
 }
 
 // holdsVIP tells whether a VMAC is its node's now: up, and holding an
@@ -150,45 +149,88 @@ func holdsVIP(h *netlink.Handle, l netlink.Link) (bool, error) {
 	return false, nil
 }
 
+// maxStack bounds the walks up and down a stack of interfaces.
+const maxStack = 8
+
 // localMACsOf lists the MACs that make a frame arriving on ifindex this
-// node's: the interface's own, and those of the VMACs on it that the node
-// holds (holdsVIP). It also returns the ifindexes of every VMAC on it,
-// held or not, whose address changes can change the list.
+// node's, and the interfaces whose link and address events can change the
+// list. A frame is the node's when it is addressed to
+//   - the interface, or the bridge or bond it is a port of (and so on up):
+//     the node's addresses may sit on any of these;
+//   - a VLAN interface on one of those: the program reads a VLAN tag, and
+//     a VLAN interface may have a MAC of its own;
+//   - a VRRP VMAC on one of those or on such a VLAN, while the node holds
+//     its VIPs there (holdsVIP). An interface above that is itself a VMAC
+//     counts only while held, too.
+//
+// Any other interface's MAC is another host's as far as halb is
+// concerned: the other ports of a bridge, a container's macvlan, a veth's
+// peer.
 func localMACsOf(h *netlink.Handle, ifindex int) ([]LocalMAC, []int, error) {
-	l, err := h.LinkByIndex(ifindex)
-	if err != nil {
-		return nil, nil, fmt.Errorf("interface %d: %w", ifindex, err)
-	}
-	var macs []LocalMAC
-	if mac := l.Attrs().HardwareAddr; len(mac) == 6 {
-		macs = append(macs, LocalMAC{MAC: mac, Via: ifindex})
-	}
 	links, err := h.LinkList()
 	if err != nil {
 		return nil, nil, fmt.Errorf("list interfaces: %w", err)
 	}
-	var vmacs []int
-	for _, c := range links {
-		if !vmacChild(c, ifindex) {
+	byIndex := make(map[int]netlink.Link, len(links))
+	for _, l := range links {
+		byIndex[l.Attrs().Index] = l
+	}
+	if byIndex[ifindex] == nil {
+		return nil, nil, fmt.Errorf("interface %d: %w", ifindex, errors.New("not found"))
+	}
+	// The interface and its masters.
+	base := map[int]bool{}
+	for i, n := ifindex, 0; i != 0 && byIndex[i] != nil && !base[i] && n < maxStack; n++ {
+		base[i] = true
+		i = byIndex[i].Attrs().MasterIndex
+	}
+	// stacked tells whether l is a VLAN or a VMAC on a base, directly or
+	// through VLANs.
+	var stacked func(l netlink.Link, depth int) bool
+	stacked = func(l netlink.Link, depth int) bool {
+		if depth >= maxStack || (l.Type() != "vlan" && !isVMACLink(l)) {
+			return false
+		}
+		p := l.Attrs().ParentIndex
+		if base[p] {
+			return true
+		}
+		parent := byIndex[p]
+		return parent != nil && parent.Type() == "vlan" && stacked(parent, depth+1)
+	}
+
+	var (
+		macs  []LocalMAC
+		watch []int
+	)
+	for _, l := range links {
+		a := l.Attrs()
+		if !base[a.Index] && !stacked(l, 0) {
 			continue
 		}
-		vmacs = append(vmacs, c.Attrs().Index)
-		held, err := holdsVIP(h, c)
-		if err != nil {
-			return nil, nil, err
+		watch = append(watch, a.Index)
+		if len(a.HardwareAddr) != 6 {
+			continue
 		}
-		if held {
-			macs = append(macs, LocalMAC{MAC: c.Attrs().HardwareAddr, Via: c.Attrs().Index})
+		if isVMACLink(l) {
+			held, err := holdsVIP(h, l)
+			if err != nil {
+				return nil, nil, err
+			}
+			if !held {
+				continue
+			}
 		}
+		macs = append(macs, LocalMAC{MAC: a.HardwareAddr, Via: a.Index})
 	}
-	return macs, vmacs, nil
+	return macs, watch, nil
 }
 
 // syncLocalMACs writes the MACs of interface ifindex into halb_local_macs
 // (localMACsOf), and logs them when they change. It returns the
-// interface's VMACs.
+// interfaces whose events can change them.
 func (d *Datapath) syncLocalMACs(ifindex int, name string) ([]int, error) {
-	macs, vmacs, err := localMACsOf(d.nl, ifindex)
+	macs, watch, err := localMACsOf(d.nl, ifindex)
 	if err != nil {
 		return nil, fmt.Errorf("local macs of %s: %w", name, err)
 	}
@@ -206,7 +248,7 @@ func (d *Datapath) syncLocalMACs(ifindex int, name string) ([]int, error) {
 		}
 		d.log.Info("balancing frames to these macs", "interface", name, "macs", list)
 	}
-	return vmacs, nil
+	return watch, nil
 }
 
 func sameMACs(a, b []LocalMAC) bool {
@@ -222,8 +264,8 @@ func sameMACs(a, b []LocalMAC) bool {
 }
 
 // syncAllLocalMACs syncs every attached interface and returns the
-// ifindexes whose link and address events matter: the interfaces and
-// their VMACs.
+// ifindexes whose link and address events matter: the interfaces, their
+// masters, and the VLANs and VMACs on them.
 func (d *Datapath) syncAllLocalMACs() map[int]bool {
 	d.mu.Lock()
 	ifaces := make(map[int]string, len(d.ifaces))
@@ -234,12 +276,12 @@ func (d *Datapath) syncAllLocalMACs() map[int]bool {
 	watch := map[int]bool{}
 	for ifindex, name := range ifaces {
 		watch[ifindex] = true
-		vmacs, err := d.syncLocalMACs(ifindex, name)
+		stack, err := d.syncLocalMACs(ifindex, name)
 		if err != nil {
 			d.log.Warn("cannot update the macs the data path balances", "interface", name, "err", err)
 			continue
 		}
-		for _, i := range vmacs {
+		for _, i := range stack {
 			watch[i] = true
 		}
 	}
@@ -317,7 +359,8 @@ func (d *Datapath) followLocalMACs(ctx context.Context, links <-chan netlink.Lin
 				return
 			}
 			a := u.Attrs()
-			// A new VMAC is not in watch yet: its parent is.
+			// A new VLAN or VMAC is not in watch yet: its parent is.
+			// An interface that joins a bridge or bond is.
 			sync = watch[int(u.Index)] || watch[a.ParentIndex]
 		case u, ok := <-addrs:
 			if !ok {

@@ -2,6 +2,7 @@ package loader
 
 import (
 	"context"
+	"errors"
 	"net"
 	"slices"
 	"testing"
@@ -73,8 +74,8 @@ func TestSetLocalMACs(t *testing.T) {
 // MAC, or to the VMAC of a VRRP instance while it holds its VIPs there,
 // reach the backend; a broadcast SYN to the VIP, another host's frame, and
 // a Backup's VMAC (up, but without VIPs) go to the kernel. The Datapath
-// follows a VMAC that appears, gains and loses its VIPs, and halb0's MAC
-// changing.
+// follows a VMAC that appears, gains and loses its VIPs, VLANs, VMACs on
+// them and a bridge coming and going, and halb0's MAC changing.
 func TestDatapathLocalMACs(t *testing.T) {
 	b := newDPBench(t)
 	// Generic XDP: its XDP_TX into a veth needs nothing on the peer.
@@ -165,6 +166,21 @@ func TestDatapathLocalMACs(t *testing.T) {
 	forwarded++
 	expect("a frame to halb0's MAC")
 
+	// A bridge halb0 joins: the node's addresses may sit on it.
+	brMAC := net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x40}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", HardwareAddr: brMAC}}
+	if err := h.LinkAdd(br); err != nil {
+		t.Fatalf("add bridge: %v", err)
+	}
+	if err := h.LinkSetMaster(halb0, br); err != nil {
+		t.Fatal(err)
+	}
+	waitMACs("halb0 in a bridge", halb0MAC, brMAC)
+	if err := h.LinkSetNoMaster(halb0); err != nil {
+		t.Fatal(err)
+	}
+	waitMACs("halb0 out of the bridge", halb0MAC)
+
 	// A VMAC as a Backup has it: up, no VIPs.
 	vmac := &netlink.Macvlan{
 		LinkAttrs: netlink.LinkAttrs{Name: "vrrp.51", ParentIndex: halb0.Attrs().Index, HardwareAddr: testVMAC},
@@ -198,6 +214,43 @@ func TestDatapathLocalMACs(t *testing.T) {
 	send(testVMAC)
 	other++
 	expect("a frame to the VMAC after its VIP left")
+
+	// A macvlan that is no VMAC is another host's (a container's).
+	container := &netlink.Macvlan{
+		LinkAttrs: netlink.LinkAttrs{Name: "mv0", ParentIndex: halb0.Attrs().Index, HardwareAddr: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x31}},
+		Mode:      netlink.MACVLAN_MODE_BRIDGE,
+	}
+	if err := h.LinkAdd(container); err != nil {
+		t.Fatalf("add macvlan: %v", err)
+	}
+	up(t, h, "mv0", "192.0.2.99/24")
+	// A VLAN on halb0 with a MAC of its own, and a VMAC on the VLAN,
+	// where the kernel has VLANs (8021q).
+	vlanMAC := net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x30}
+	vlan := &netlink.Vlan{LinkAttrs: netlink.LinkAttrs{Name: "halb0.100", ParentIndex: halb0.Attrs().Index, HardwareAddr: vlanMAC}, VlanId: 100}
+	switch err := h.LinkAdd(vlan); {
+	case errors.Is(err, unix.EOPNOTSUPP):
+		t.Logf("no VLANs in this kernel: %v", err)
+	case err != nil:
+		t.Fatalf("add VLAN: %v", err)
+	default:
+		up(t, h, "halb0.100")
+		waitMACs("a VLAN on halb0", halb0MAC, vlanMAC)
+		vlanVMAC := net.HardwareAddr{0x00, 0x00, 0x5e, 0x00, 0x02, 52}
+		onVLAN := &netlink.Macvlan{
+			LinkAttrs: netlink.LinkAttrs{Name: "vrrp6.52", ParentIndex: vlan.Attrs().Index, HardwareAddr: vlanVMAC},
+			Mode:      netlink.MACVLAN_MODE_PRIVATE,
+		}
+		if err := h.LinkAdd(onVLAN); err != nil {
+			t.Fatalf("add VMAC on the VLAN: %v", err)
+		}
+		up(t, h, "vrrp6.52", "2001:db8:100::10/128")
+		waitMACs("a held VMAC on a VLAN on halb0", halb0MAC, vlanMAC, vlanVMAC)
+		if err := h.LinkDel(vlan); err != nil {
+			t.Fatal(err)
+		}
+		waitMACs("the VLAN and its VMAC gone", halb0MAC)
+	}
 
 	// halb0's MAC changes: frames to the old one are another host's.
 	newMAC := net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x20}
