@@ -43,7 +43,7 @@ type Instance struct {
 	vmacConn *conn
 	src      netip.Addr // the advert source: unicast_src, else the interface's own
 	lladdr   netip.Addr // IPv6: the interface's link-local address
-	vips     vipSet
+	vips     *vipSet
 	garpNext time.Time
 	garpLeft int // bursts still due before refreshes take over
 
@@ -100,7 +100,7 @@ func NewInstance(cfg config.Instance, log *slog.Logger) *Instance {
 		in.rules.authType = AuthSimple
 		copy(in.rules.authData[:], cfg.AuthPass)
 	}
-	in.vips = vipSet{h: &netlink.Handle{}, prefixes: cfg.VirtualIPs}
+	in.vips = newVIPSet(cfg.VirtualIPs)
 	if cfg.Notify != "" {
 		in.notify = newNotifier(cfg, in.log)
 	}
@@ -153,9 +153,13 @@ func (in *Instance) Run(ctx context.Context) error {
 	in.evaluate(time.Now(), adverts)
 	if in.vipLink != nil {
 		// VIPs left behind by a halb that was killed: this node is not
-		// Master until the protocol says so.
+		// Master until the protocol says so. Only halb's own go (vip_linux.go).
 		if err := in.vips.remove(in.vipLink); err != nil {
 			in.log.Warn("cannot remove leftover virtual IPs", "err", err)
+		}
+		for _, p := range in.vips.foreign(in.vipLink) {
+			in.log.Warn("virtual IP is on the interface and halb did not add it; it stays whatever the state",
+				"vip", p.String(), "interface", in.vipLink.Attrs().Name)
 		}
 	}
 	in.apply(in.m.Start(time.Now()))
@@ -639,8 +643,13 @@ func (in *Instance) takeOver() {
 	if in.vipLink == nil {
 		return
 	}
-	if err := in.vips.add(in.vipLink); err != nil {
+	foreign, err := in.vips.add(in.vipLink)
+	if err != nil {
 		in.log.Error("cannot add virtual IPs", "err", err)
+	}
+	for _, p := range foreign {
+		in.log.Warn("virtual IP already on the interface and not added by halb; served as it is and never removed",
+			"vip", p.String(), "interface", in.vipLink.Attrs().Name)
 	}
 	in.garpLeft = 2 // one burst now, one after garp_master_delay
 	in.garpNext = time.Now()
@@ -673,7 +682,7 @@ func (in *Instance) repairVIPs() {
 	for _, p := range in.cfg.VirtualIPs {
 		if !present[p.Addr()] {
 			in.log.Warn("virtual IP was removed while MASTER; restoring it", "vip", p.String())
-			if err := in.vips.add(in.vipLink); err != nil {
+			if _, err := in.vips.add(in.vipLink); err != nil {
 				in.log.Error("cannot restore virtual IPs", "err", err)
 			}
 			in.garpLeft = max(in.garpLeft, 1)
