@@ -24,23 +24,39 @@ import (
 // HALB_LOG_LEVEL overrides log.level.
 const EnvPrefix = "HALB"
 
-// Load reads, decodes and validates the file at path, and checks that the
-// scripts it names can be run safely on this host (CheckScripts). The
-// error, when the file is readable, is an *Error listing every problem.
+// Load reads the file at path safely (ReadFile), decodes and validates it,
+// and checks that the scripts it names can be run safely on this host
+// (CheckScripts). The error, when the file is readable, is an *Error
+// listing every problem. Callers that talk to a person use
+// LoadWithWarnings.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	cfg, _, err := LoadWithWarnings(path)
+	return cfg, err
+}
+
+// LoadWithWarnings is Load that also returns the warnings about a valid
+// file: what a person must be told that does not stop halb using it (a
+// password in a file others can read). `halb check` prints them, the
+// daemon logs them at start and on every reload.
+func LoadWithWarnings(path string) (*Config, []Problem, error) {
+	data, fi, err := readFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
+		return nil, nil, err
 	}
 	cfg, err := Parse(data, path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	lines := lineIndex(data)
 	if problems := CheckScripts(cfg); len(problems) > 0 {
 		e := &Error{File: path, Problems: problems}
-		return nil, e.finish(lineIndex(data))
+		return nil, nil, e.finish(lines)
 	}
-	return cfg, nil
+	warnings := fileWarnings(path, fi, cfg)
+	for i := range warnings {
+		warnings[i].Line = lineFor(warnings[i].Path, lines)
+	}
+	return cfg, warnings, nil
 }
 
 // lineIndex maps field paths to their lines, for problems found after

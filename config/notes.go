@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"os"
 	"strings"
 )
 
@@ -48,7 +47,7 @@ func Notes(path string, c *Config) []Problem {
 	if len(notes) == 0 {
 		return nil
 	}
-	if data, err := os.ReadFile(path); err == nil {
+	if data, err := ReadFile(path); err == nil {
 		lines := lineIndex(data)
 		for i := range notes {
 			notes[i].Line = lineFor(notes[i].Path, lines)

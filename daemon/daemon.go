@@ -58,7 +58,7 @@ type Daemon struct {
 // configuration returns the *config.Error unchanged so the caller can exit
 // with the "bad config" status.
 func New(path string, w io.Writer, host loader.Host) (*Daemon, error) {
-	cfg, err := config.Load(path)
+	cfg, warnings, err := config.LoadWithWarnings(path)
 	if err != nil {
 		return nil, err
 	}
@@ -66,6 +66,7 @@ func New(path string, w io.Writer, host loader.Host) (*Daemon, error) {
 	lvl, _ := ParseLevel(cfg.Log.Level) // validated by config
 	d.level.Set(lvl)
 	d.log = NewLogger(w, cfg.Log.Format, &d.level)
+	d.logConfigWarnings(warnings)
 	return d, nil
 }
 
@@ -205,7 +206,7 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 // Reload reads the file again. A bad file is refused and logged problem by
 // problem; the running configuration stays in force.
 func (d *Daemon) Reload() error {
-	cfg, err := config.Load(d.path)
+	cfg, warnings, err := config.LoadWithWarnings(d.path)
 	if err != nil {
 		var cerr *config.Error
 		if errors.As(err, &cerr) {
@@ -238,5 +239,14 @@ func (d *Daemon) Reload() error {
 	}
 	d.cfg = cfg
 	d.log.Info("config reloaded", "file", d.path, "instances", len(cfg.VRRP.Instances), "services", len(cfg.Services))
+	d.logConfigWarnings(warnings)
 	return nil
+}
+
+// logConfigWarnings logs what config.LoadWithWarnings found about a file
+// it accepted, such as a password others can read.
+func (d *Daemon) logConfigWarnings(warnings []config.Problem) {
+	for _, w := range warnings {
+		d.log.Warn("config file", "file", d.path, "line", w.Line, "warning", w.String())
+	}
 }

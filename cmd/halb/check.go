@@ -25,11 +25,14 @@ exit status 0: the file is valid, and may be meant for another host.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path := f.configPath()
-			cfg, err := config.Load(path)
+			cfg, warnings, err := config.LoadWithWarnings(path)
 			if err != nil {
 				return err
 			}
-			return writeSummary(cmd.OutOrStdout(), path, cfg, checkHost(cmd.Context(), path, cfg))
+			// The file's own warnings (a password others can read), then
+			// the host's.
+			warnings = append(warnings, checkHost(cmd.Context(), path, cfg)...)
+			return writeSummary(cmd.OutOrStdout(), path, cfg, warnings)
 		},
 	}
 }
