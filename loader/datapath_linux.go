@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/service"
@@ -63,7 +64,10 @@ type Datapath struct {
 	nl   *netlink.Handle
 	name string
 
-	ifaces []*attachment
+	hooks []Hook // to try on each interface, best first (hooksOn)
+	mode  string // the mode NewDatapath was asked for
+
+	ifaces []*attachment // in datapath.interfaces order; not those missing
 	// swap holds adopted links still running the program of the halb
 	// before this one. They switch to this one's program at the end of the
 	// first Apply when some pinned maps had to be replaced (the old
@@ -79,8 +83,11 @@ type Datapath struct {
 	pending int          // backends with a problem, tried again every retryPending
 	hops    map[hop]bool // the next hops of TUN backends, true while unresolved
 	lastErr string       // what the last apply could not do, said once
-	now     time.Time    // when the reconcile under way started
-	closed  bool
+	// attachErr is the last error attaching to each interface that
+	// appeared late, said once.
+	attachErr map[string]string
+	now       time.Time // when the reconcile under way started
+	closed    bool
 
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -94,6 +101,17 @@ type attachment struct {
 	ifindex int
 	mac     net.HardwareAddr
 	link    link.Link
+	// adopted: the link was pinned by an earlier halb (a failed start
+	// leaves it).
+	adopted bool
+}
+
+// progName is the name of the program on a's hook.
+func (a *attachment) progName() string {
+	if a.Hook == HookTCX {
+		return halbProgHalbTcLb
+	}
+	return halbProgHalbXdpLb
 }
 
 // NewDatapath loads halb's programs and maps, or adopts those pinned under
@@ -130,11 +148,23 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 		log:     log.With("datapath", mode),
 		dir:     filepath.Clean(cfg.BPFFS),
 		ns:      netns.None(),
+		hooks:   hooks,
+		mode:    mode,
 		applied: map[service.Key]*svcState{},
 		kick:    make(chan struct{}, 1),
+
+		attachErr: map[string]string{},
 	}
+	// A start that fails takes back what it made, and only that: the
+	// links it attached, the pins it made, the directory and the bpf
+	// filesystem it created. What an earlier halb pinned and this one
+	// adopted stays, and keeps forwarding.
+	var made madeAtStart
 	defer func() {
 		if err != nil {
+			if uerr := d.undo(&made); uerr != nil {
+				d.log.Error("undoing a failed start left something behind", "err", uerr)
+			}
 			d.release()
 		}
 	}()
@@ -144,7 +174,7 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	if d.nl, err = netlink.NewHandleAt(d.ns); err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	if err := prepareBPFFS(d.dir, d.log); err != nil {
+	if made.mount, made.dir, err = prepareBPFFS(d.dir, d.log); err != nil {
 		return nil, err
 	}
 
@@ -160,6 +190,7 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	if err != nil {
 		return nil, err
 	}
+	made.pins = absentPins(d.dir)
 	for _, name := range pinnedMaps {
 		spec.Maps[name].Pinning = ebpf.PinByName
 	}
@@ -173,7 +204,13 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	}
 
 	for _, ifname := range cfg.Interfaces {
-		a, err := d.attach(ifname, hooks)
+		a, err := d.attach(ifname)
+		if errors.As(err, new(netlink.LinkNotFoundError)) {
+			// Booting before the network: the interface is
+			// attached to when it appears (linkChanged).
+			d.log.Warn("data path interface missing, waiting for it", "interface", ifname)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -185,10 +222,7 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	if err := d.tidyPins(); err != nil {
 		return nil, err
 	}
-	d.name = config.ModeXDP
-	if !slices.ContainsFunc(d.ifaces, func(a *attachment) bool { return a.Hook.xdp() }) {
-		d.name = config.ModeTC
-	}
+	d.setName()
 	if len(replaced) == 0 {
 		if err := d.swapPrograms(); err != nil {
 			return nil, err
@@ -204,6 +238,76 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 		d.log.Info("data path attached", "interface", a.Interface, "hook", string(a.Hook), "bpffs", d.dir)
 	}
 	return d, nil
+}
+
+// madeAtStart is what NewDatapath made, for undo.
+type madeAtStart struct {
+	mount string          // where it mounted a bpf filesystem, or ""
+	dir   bool            // it created datapath.bpffs
+	pins  map[string]bool // pins absent before it loaded, by path
+}
+
+// absentPins are the paths under dir of the maps and programs halb pins
+// that are not there now.
+func absentPins(dir string) map[string]bool {
+	out := map[string]bool{}
+	for _, name := range append(slices.Clone(pinnedMaps), halbProgHalbXdpLb, halbProgHalbTcLb) {
+		path := filepath.Join(dir, name)
+		if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+			out[path] = true
+		}
+	}
+	return out
+}
+
+// undo takes back what a failed NewDatapath made: the links it attached
+// anew (detached and unpinned), the pins that were not there before it
+// (other than links), datapath.bpffs when it made it and it is empty
+// again, and then the bpf filesystem it mounted when nothing else is in
+// it. Adopted links and maps stay as they were pinned.
+func (d *Datapath) undo(made *madeAtStart) error {
+	var errs []error
+	for _, a := range d.ifaces {
+		if a.adopted {
+			continue
+		}
+		if err := dropLink(a.link, linkPin(d.dir, a.progName(), a.Interface)); err != nil {
+			errs = append(errs, err)
+		}
+		a.link = nil
+	}
+	for path := range made.pins {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
+		}
+	}
+	if made.dir {
+		if err := os.Remove(d.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove datapath.bpffs %s: %w", d.dir, err))
+		}
+	}
+	if made.mount != "" && bpffsUnused(made.mount) {
+		if err := unix.Unmount(made.mount, 0); err != nil {
+			errs = append(errs, fmt.Errorf("unmount the bpf filesystem on %s: %w", made.mount, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// bpffsUnused tells whether the bpf filesystem mounted on dir holds
+// nothing but what the kernel puts in every new one (the iterators of
+// bpf_preload, maps.debug and progs.debug).
+func bpffsUnused(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if e.Name() != "maps.debug" && e.Name() != "progs.debug" {
+			return false
+		}
+	}
+	return true
 }
 
 // hooksFor lists the hooks to try, best first.
@@ -226,10 +330,30 @@ func hooksFor(mode, xdpMode string) ([]Hook, error) {
 }
 
 // Name is "xdp", or "tc" when every interface has halb_tc_lb.
-func (d *Datapath) Name() string { return d.name }
+func (d *Datapath) Name() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.name
+}
+
+// setName names the data path after its hooks: "tc" when no interface
+// has XDP, and the mode it was opened in while it waits for all of them.
+// d.mu is held, or the Datapath is being made.
+func (d *Datapath) setName() {
+	d.name = d.mode
+	if len(d.ifaces) > 0 {
+		d.name = config.ModeXDP
+		if !slices.ContainsFunc(d.ifaces, func(a *attachment) bool { return a.Hook.xdp() }) {
+			d.name = config.ModeTC
+		}
+	}
+}
 
 // Attachments tells what is attached where, in datapath.interfaces order.
+// An interface halb waits for is not there.
 func (d *Datapath) Attachments() []Attachment {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	out := make([]Attachment, len(d.ifaces))
 	for i, a := range d.ifaces {
 		out[i] = a.Attachment
@@ -237,8 +361,110 @@ func (d *Datapath) Attachments() []Attachment {
 	return out
 }
 
-// linkChanged is called on every link update.
-func (d *Datapath) linkChanged() {}
+// linkChanged follows datapath.interfaces after a link update: it
+// attaches to one that appeared (halb started before it, or it was
+// deleted and made again), lets go of one that went (the kernel detached
+// the program with it), and takes a changed MAC into the backends'
+// records. The first is what lets halb start before the network, as a
+// VRRP instance waits in FAULT for its interface.
+func (d *Datapath) linkChanged() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
+	changed := false
+	for _, name := range d.cfg.Interfaces {
+		i := slices.IndexFunc(d.ifaces, func(a *attachment) bool { return a.Interface == name })
+		l, err := d.nl.LinkByName(name)
+		var gone netlink.LinkNotFoundError
+		switch {
+		case err != nil && !errors.As(err, &gone):
+			d.log.Warn("cannot read a data path interface", "interface", name, "err", err)
+			continue
+		case i >= 0 && (err != nil || l.Attrs().Index != d.ifaces[i].ifindex):
+			d.letGo(i)
+			changed = true
+			i = -1
+		case i >= 0 && !macEqual(l.Attrs().HardwareAddr, d.ifaces[i].mac):
+			if len(l.Attrs().HardwareAddr) == 6 {
+				d.log.Info("data path interface has a new mac", "interface", name, "mac", l.Attrs().HardwareAddr.String())
+				d.ifaces[i].mac = slices.Clone(l.Attrs().HardwareAddr)
+				changed = true
+			}
+		}
+		if i >= 0 || err != nil {
+			continue
+		}
+		if d.attachLate(name) {
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	err := inNS(d.ns, d.syncTxPorts)
+	if err == nil {
+		err = d.tidyPins()
+	}
+	if err != nil {
+		d.log.Warn("data path interfaces changed", "err", err)
+	}
+	d.setName()
+	d.poke()
+}
+
+// letGo forgets d.ifaces[i], which went away or was made again with
+// another index: the kernel detached the program with it.
+func (d *Datapath) letGo(i int) {
+	a := d.ifaces[i]
+	d.log.Warn("data path interface gone, waiting for it", "interface", a.Interface)
+	d.ifaces = slices.Delete(d.ifaces, i, i+1)
+	d.swap = slices.DeleteFunc(d.swap, func(s *attachment) bool { return s == a })
+	if err := dropLink(a.link, linkPin(d.dir, a.progName(), a.Interface)); err != nil {
+		d.log.Warn("let go of a data path interface", "interface", a.Interface, "err", err)
+	}
+}
+
+// attachLate attaches to name, one of datapath.interfaces that appeared
+// after the start, and puts it in its place in d.ifaces. A failure is
+// logged when it differs from the last one for name, and tried again at
+// the next link update.
+func (d *Datapath) attachLate(name string) bool {
+	pending := len(d.swap) > 0
+	var a *attachment
+	err := inNS(d.ns, func() (err error) {
+		a, err = d.attach(name)
+		return err
+	})
+	if err != nil {
+		if msg := err.Error(); d.attachErr[name] != msg {
+			d.attachErr[name] = msg
+			d.log.Warn("cannot attach to a data path interface, trying again when it changes", "interface", name, "err", err)
+		}
+		return false
+	}
+	delete(d.attachErr, name)
+	// Keep datapath.interfaces order.
+	at := 0
+	for _, n := range d.cfg.Interfaces {
+		if n == name {
+			break
+		}
+		if at < len(d.ifaces) && d.ifaces[at].Interface == n {
+			at++
+		}
+	}
+	d.ifaces = slices.Insert(d.ifaces, at, a)
+	if a.adopted && !pending {
+		// Its maps are in use already: no first Apply to wait for.
+		if err := d.swapPrograms(); err != nil {
+			d.log.Warn("adopt a pinned link", "interface", name, "err", err)
+		}
+	}
+	d.log.Info("data path attached", "interface", name, "hook", string(a.Hook), "bpffs", d.dir)
+	return true
+}
 
 // waitingFor names the ones of datapath.interfaces the program is not
 // attached to (they are missing), in configured order. d.mu is held, or
@@ -254,9 +480,13 @@ func (d *Datapath) waitingFor() []string {
 }
 
 // attach puts a program on ifname: the link an earlier halb pinned there
-// when it is in one of hooks, or else a new one, the first of hooks that
-// attaches.
-func (d *Datapath) attach(ifname string, hooks []Hook) (*attachment, error) {
+// when it is in one of the hooks to try there, or else a new one, the
+// first of them that attaches. An adopted link joins d.swap, to get this
+// halb's program. A missing interface is a netlink.LinkNotFoundError.
+//
+// It runs on the calling thread, which must be in the Datapath's network
+// namespace: the kernel reads the ifindex of a new link there.
+func (d *Datapath) attach(ifname string) (*attachment, error) {
 	nlLink, err := d.nl.LinkByName(ifname)
 	if err != nil {
 		return nil, fmt.Errorf("datapath.interfaces: %s: %w", ifname, err)
@@ -275,17 +505,24 @@ func (d *Datapath) attach(ifname string, hooks []Hook) (*attachment, error) {
 	if _, err := d.syncLocalMACs(a.ifindex, ifname); err != nil {
 		return nil, err
 	}
+	hooks := d.hooksOn(nlLink)
 	xdpPin := linkPin(d.dir, halbProgHalbXdpLb, ifname)
 	tcPin := linkPin(d.dir, halbProgHalbTcLb, ifname)
 	oldXDP := d.pinnedLink(xdpPin, a.ifindex)
 	oldTC := d.pinnedLink(tcPin, a.ifindex)
+	closeOld := func() {
+		for _, l := range []link.Link{oldXDP, oldTC} {
+			if l != nil {
+				l.Close() // its pin keeps it attached
+			}
+		}
+	}
 
 	if oldXDP != nil {
 		h := d.xdpHook(attrs.Index)
 		switch {
 		case slices.Contains(hooks, h):
-			a.Hook, a.link = h, oldXDP
-			d.swap = append(d.swap, a)
+			a.Hook, a.link, a.adopted = h, oldXDP, true
 			oldXDP = nil
 		case slices.ContainsFunc(hooks, Hook.xdp):
 			// Native and generic XDP cannot be on one interface at
@@ -294,6 +531,8 @@ func (d *Datapath) attach(ifname string, hooks []Hook) (*attachment, error) {
 			d.log.Warn("attached xdp mode differs from datapath.xdp_mode, attaching again",
 				"interface", ifname, "attached", string(h), "want", string(hooks[0]))
 			if err := dropLink(oldXDP, xdpPin); err != nil {
+				oldXDP = nil
+				closeOld()
 				return nil, err
 			}
 			oldXDP = nil
@@ -306,8 +545,7 @@ func (d *Datapath) attach(ifname string, hooks []Hook) (*attachment, error) {
 			break
 		}
 		if h == HookTCX && oldTC != nil {
-			a.Hook, a.link = h, oldTC
-			d.swap = append(d.swap, a)
+			a.Hook, a.link, a.adopted = h, oldTC, true
 			oldTC = nil
 			break
 		}
@@ -322,16 +560,13 @@ func (d *Datapath) attach(ifname string, hooks []Hook) (*attachment, error) {
 		}
 		if err := pinReplace(l, pin); err != nil {
 			l.Close()
+			closeOld()
 			return nil, err
 		}
 		a.Hook, a.link = h, l
 	}
 	if a.link == nil {
-		for _, l := range []link.Link{oldXDP, oldTC} {
-			if l != nil {
-				l.Close() // its pin keeps it attached
-			}
-		}
+		closeOld()
 		return nil, fmt.Errorf("attach to %s: %w", ifname, errors.Join(errs...))
 	}
 	if len(errs) > 0 {
@@ -340,17 +575,30 @@ func (d *Datapath) attach(ifname string, hooks []Hook) (*attachment, error) {
 	// What an earlier halb attached and this one does not use goes now
 	// that the new program is in; XDP runs before tc, so the two overlap
 	// without a gap.
+	var dropErrs []error
 	if oldXDP != nil {
-		if err := dropLink(oldXDP, xdpPin); err != nil {
-			return nil, err
-		}
+		dropErrs = append(dropErrs, dropLink(oldXDP, xdpPin))
 	}
 	if oldTC != nil {
-		if err := dropLink(oldTC, tcPin); err != nil {
-			return nil, err
+		dropErrs = append(dropErrs, dropLink(oldTC, tcPin))
+	}
+	if err := errors.Join(dropErrs...); err != nil {
+		if !a.adopted {
+			_ = dropLink(a.link, linkPin(d.dir, a.progName(), ifname))
+		} else {
+			a.link.Close()
 		}
+		return nil, err
+	}
+	if a.adopted {
+		d.swap = append(d.swap, a)
 	}
 	return a, nil
+}
+
+// hooksOn lists the hooks to try on l, best first: datapath.xdp_mode's.
+func (d *Datapath) hooksOn(l netlink.Link) []Hook {
+	return d.hooks
 }
 
 func (d *Datapath) attachNew(h Hook, ifindex int) (link.Link, error) {
@@ -470,8 +718,14 @@ func (d *Datapath) syncTxPorts() error {
 
 // tidyPins pins the programs in use, and removes the pins of programs no
 // longer in use and of links on interfaces that left datapath.interfaces.
+// The pins of an interface halb waits for stay: attach judges them when
+// it appears.
 func (d *Datapath) tidyPins() error {
 	keep := map[string]bool{}
+	for _, name := range d.waitingFor() {
+		keep[linkPin(d.dir, halbProgHalbXdpLb, name)] = true
+		keep[linkPin(d.dir, halbProgHalbTcLb, name)] = true
+	}
 	for _, a := range d.ifaces {
 		prog := d.lb.Program()
 		name := halbProgHalbXdpLb
@@ -561,11 +815,10 @@ func (d *Datapath) stop() {
 
 // release closes every handle; pins keep what they pin.
 func (d *Datapath) release() {
-	for _, a := range d.ifaces {
-		a.link.Close()
-	}
-	for _, a := range d.swap {
-		a.link.Close()
+	for _, a := range append(d.ifaces, d.swap...) {
+		if a.link != nil {
+			a.link.Close()
+		}
 	}
 	if d.lb != nil {
 		d.lb.Close()

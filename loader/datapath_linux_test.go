@@ -613,7 +613,7 @@ func TestPrepareBPFFSRefusesFullDirectory(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(parent, "keep"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err := prepareBPFFS(filepath.Join(parent, "halb"), slog.Default())
+	_, _, err := prepareBPFFS(filepath.Join(parent, "halb"), slog.Default())
 	if err == nil || !strings.Contains(err.Error(), "not empty") {
 		t.Errorf("prepareBPFFS over a directory with a file: %v, want a refusal", err)
 	}
@@ -922,5 +922,161 @@ func TestDatapathUnreachableBackend(t *testing.T) {
 	}
 	if got := backendOf(waitLive(t, dp, web, 3), late); got.ID != id {
 		t.Errorf("backend %s back with id %d, want its old id %d", late, got.ID, id)
+	}
+}
+
+// startErr is NewDatapath in the balancer's namespace, for a start that
+// should fail.
+func (b *dpBench) startErr(t *testing.T, cfg config.Datapath) error {
+	t.Helper()
+	return b.lb.Do(func() error {
+		dp, err := NewDatapath(cfg, config.ModeXDP, slog.New(slog.NewTextHandler(b.log, &slog.HandlerOptions{Level: slog.LevelDebug})))
+		if err == nil {
+			dp.Close()
+		}
+		return err
+	})
+}
+
+// waitAttachments waits until dp is attached to want, in that order.
+func waitAttachments(t *testing.T, dp *Datapath, want ...string) {
+	t.Helper()
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		var got []string
+		for _, a := range dp.Attachments() {
+			got = append(got, a.Interface)
+		}
+		if slices.Equal(got, want) {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("attached to %v after 10s, want %v", got, want)
+		}
+	}
+}
+
+// A data-path interface that is missing at the start is waited for, as a
+// VRRP instance waits for its own: halb starts on the others, attaches
+// when the interface appears, lets go when it goes, and attaches again
+// when it is made again.
+func TestDatapathInterfaceLate(t *testing.T) {
+	b := newDPBench(t)
+	cfg := b.cfg
+	cfg.Interfaces = []string{"late0", "halb0"}
+	dp := b.start(t, cfg, config.ModeXDP)
+	if !regexp.MustCompile(`level=WARN msg="data path interface missing, waiting for it" .*interface=late0`).MatchString(b.log.String()) {
+		t.Errorf("no log line about the missing late0:\n%s", b.log)
+	}
+	waitAttachments(t, dp, "halb0")
+	if dp.Name() != config.ModeXDP {
+		t.Errorf("Name %q, want xdp", dp.Name())
+	}
+	if err := dp.Apply(context.Background(), []service.Service{svc(web, backend(be11, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	waitLive(t, dp, web, 1)
+
+	h := b.lb.Netlink(t)
+	mac := net.HardwareAddr{0x02, 0, 0, 0, 0x1a, 0x7e}
+	makeLate := func() int {
+		t.Helper()
+		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "late0", HardwareAddr: mac}, PeerName: "late0p"}); err != nil {
+			t.Fatal(err)
+		}
+		up(t, h, "late0p")
+		up(t, h, "late0")
+		l, err := h.LinkByName("late0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Attrs().Index
+	}
+	pin := filepath.Join(b.cfg.BPFFS, "halb_xdp_lb_late0")
+	for round := range 2 {
+		ifindex := makeLate()
+		waitAttachments(t, dp, "late0", "halb0")
+		l, err := h.LinkByIndex(ifindex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if x := l.Attrs().Xdp; x == nil || !x.Attached || x.AttachMode != nl.XDP_ATTACHED_DRV {
+			t.Errorf("round %d: late0 appeared, xdp %+v: want halb's program attached natively", round, x)
+		}
+		if _, err := os.Stat(pin); err != nil {
+			t.Errorf("round %d: late0's link is not pinned: %v", round, err)
+		}
+		var v uint32
+		if err := dp.lb.objs.HalbTxPorts.Lookup(uint32(ifindex), &v); err != nil {
+			t.Errorf("round %d: late0 (ifindex %d) is not a tx port: %v", round, ifindex, err)
+		}
+		if !strings.Contains(b.log.String(), `msg="data path attached" datapath=xdp interface=late0`) {
+			t.Errorf("round %d: no log line for the late attach:\n%s", round, b.log)
+		}
+		if err := h.LinkDel(l); err != nil {
+			t.Fatal(err)
+		}
+		waitAttachments(t, dp, "halb0")
+		if _, err := os.Stat(pin); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("round %d: late0 went and its pin stayed: %v", round, err)
+		}
+		if err := dp.lb.objs.HalbTxPorts.Lookup(uint32(ifindex), &v); err == nil {
+			t.Errorf("round %d: late0 went and ifindex %d is still a tx port", round, ifindex)
+		}
+	}
+	if s := waitLive(t, dp, web, 1); backendOf(s, be11).Interface != "halb0" {
+		t.Errorf("backend on halb0 after late0 came and went: %+v", s)
+	}
+}
+
+// A start that fails on its second interface leaves nothing it made: no
+// program on the first, no pins, no bpffs directory or mount. What an
+// earlier halb pinned and this one adopted stays attached and pinned.
+func TestDatapathFailedStartUndoes(t *testing.T) {
+	b := newDPBench(t)
+	h := b.lb.Netlink(t)
+	// A bridge has an Ethernet address and no native XDP.
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br9"}}); err != nil {
+		t.Fatal(err)
+	}
+	up(t, h, "br9")
+	cfg := b.cfg
+	cfg.Interfaces = []string{"halb0", "br9"}
+
+	err := b.startErr(t, cfg)
+	if err == nil || !strings.Contains(err.Error(), "attach to br9") {
+		t.Fatalf("start with native XDP on a bridge: %v, want a failure to attach to br9", err)
+	}
+	if prog, _ := xdpOn(t, b); prog != 0 {
+		t.Errorf("the failed start left program %d attached to halb0", prog)
+	}
+	if names := pins(t, b.cfg.BPFFS); len(names) != 0 {
+		t.Errorf("the failed start left pins %v", names)
+	}
+	if _, err := os.Stat(b.cfg.BPFFS); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the failed start left %s: %v", b.cfg.BPFFS, err)
+	}
+	if onBPFFS(filepath.Dir(b.cfg.BPFFS)) {
+		t.Errorf("the failed start left the bpf filesystem it mounted on %s\n%s", filepath.Dir(b.cfg.BPFFS), b.log)
+	}
+
+	// An earlier halb's data path, adopted by a start that fails.
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	if err := dp.Apply(context.Background(), []service.Service{svc(web, backend(be11, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	waitLive(t, dp, web, 1)
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before := pins(t, b.cfg.BPFFS)
+	prog, _ := xdpOn(t, b)
+	if err := b.startErr(t, cfg); err == nil {
+		t.Fatal("second start with native XDP on a bridge succeeded")
+	}
+	if now, _ := xdpOn(t, b); now != prog || prog == 0 {
+		t.Errorf("program on halb0 %d after a failed start, want the earlier halb's %d", now, prog)
+	}
+	if after := pins(t, b.cfg.BPFFS); !slices.Equal(after, before) {
+		t.Errorf("pins %v after a failed start, want the earlier halb's %v", after, before)
 	}
 }

@@ -60,9 +60,11 @@ const tmpPrefix = "new_"
 // prepareBPFFS makes dir a directory on a bpf filesystem. When dir's parent
 // is on none, it mounts one there first: hosts that boot without
 // /sys/fs/bpf mounted get what `mount -t bpf bpf /sys/fs/bpf` would give.
-func prepareBPFFS(dir string, log *slog.Logger) error {
+// It says where it mounted one ("" if nowhere) and whether it created dir,
+// for a start that fails to take back.
+func prepareBPFFS(dir string, log *slog.Logger) (mounted string, created bool, err error) {
 	if onBPFFS(dir) {
-		return nil
+		return "", false, nil
 	}
 	parent := filepath.Dir(dir)
 	if !onBPFFS(parent) {
@@ -71,23 +73,26 @@ func prepareBPFFS(dir string, log *slog.Logger) error {
 		// taken.
 		entries, err := os.ReadDir(parent)
 		if err != nil {
-			return fmt.Errorf("datapath.bpffs %s: %w", dir, err)
+			return "", false, fmt.Errorf("datapath.bpffs %s: %w", dir, err)
 		}
 		if len(entries) > 0 {
-			return fmt.Errorf("datapath.bpffs %s: %s is not on a bpf filesystem and not empty; mount one there (mount -t bpf bpf %s) or choose another path", dir, parent, parent)
+			return "", false, fmt.Errorf("datapath.bpffs %s: %s is not on a bpf filesystem and not empty; mount one there (mount -t bpf bpf %s) or choose another path", dir, parent, parent)
 		}
 		if err := unix.Mount("bpf", parent, "bpf", 0, "mode=0700"); err != nil {
-			return fmt.Errorf("mount a bpf filesystem on %s for datapath.bpffs %s: %w", parent, dir, err)
+			return "", false, fmt.Errorf("mount a bpf filesystem on %s for datapath.bpffs %s: %w", parent, dir, err)
 		}
+		mounted = parent
 		log.Info("mounted a bpf filesystem", "path", parent)
 	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("create datapath.bpffs %s: %w", dir, err)
+	err = os.Mkdir(dir, 0o700)
+	created = err == nil
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		return mounted, false, fmt.Errorf("create datapath.bpffs %s: %w", dir, err)
 	}
 	if !onBPFFS(dir) {
-		return fmt.Errorf("datapath.bpffs %s is not on a bpf filesystem", dir)
+		return mounted, created, fmt.Errorf("datapath.bpffs %s is not on a bpf filesystem", dir)
 	}
-	return nil
+	return mounted, created, nil
 }
 
 func onBPFFS(path string) bool {
@@ -160,16 +165,34 @@ func maglevIncompatible(outer *ebpf.Map, inner *ebpf.MapSpec) string {
 	return ""
 }
 
+// pinner is a map, program or link.
+type pinner interface {
+	Pin(string) error
+	Unpin() error
+}
+
 // pinReplace pins obj at path, replacing what was there in one rename so
 // that the name never goes missing.
-func pinReplace(obj interface{ Pin(string) error }, path string) error {
+//
+// cilium/ebpf remembers where it pinned an object and takes a second Pin
+// to that place for a no-op; after the rename it would remember tmp, and
+// the next pinReplace (an interface that appeared late, a pin restored)
+// would pin nothing. So it is made to forget: Unpin removes tmp, which is
+// gone already.
+func pinReplace(obj pinner, path string) error {
 	tmp := filepath.Join(filepath.Dir(path), tmpPrefix+filepath.Base(path))
 	_ = os.Remove(tmp)
+	if err := obj.Unpin(); err != nil {
+		return fmt.Errorf("pin %s: forget the last pin: %w", path, err)
+	}
 	if err := obj.Pin(tmp); err != nil {
 		return fmt.Errorf("pin %s: %w", tmp, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		_ = os.Remove(tmp)
+		return fmt.Errorf("pin %s: %w", path, err)
+	}
+	if err := obj.Unpin(); err != nil {
 		return fmt.Errorf("pin %s: %w", path, err)
 	}
 	return nil
