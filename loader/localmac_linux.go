@@ -166,17 +166,27 @@ const maxStack = 8
 // Any other interface's MAC is another host's as far as halb is
 // concerned: the other ports of a bridge, a container's macvlan, a veth's
 // peer.
-func localMACsOf(h *netlink.Handle, ifindex int) ([]LocalMAC, []int, error) {
+//
+// It also returns the interfaces whose frames carry ifindex's as their
+// ingress: the ports of a bond, where XDP in the driver runs the bond's
+// program with the port's ifindex. They take the same MACs.
+func localMACsOf(h *netlink.Handle, ifindex int) (macs []LocalMAC, ports, watch []int, err error) {
 	links, err := h.LinkList()
 	if err != nil {
-		return nil, nil, fmt.Errorf("list interfaces: %w", err)
+		return nil, nil, nil, fmt.Errorf("list interfaces: %w", err)
 	}
+	return localMACsFrom(links, ifindex, func(l netlink.Link) (bool, error) { return holdsVIP(h, l) })
+}
+
+// localMACsFrom is localMACsOf over the interfaces in links; held tells
+// whether the node holds a VMAC's VIPs.
+func localMACsFrom(links []netlink.Link, ifindex int, held func(netlink.Link) (bool, error)) (macs []LocalMAC, ports, watch []int, err error) {
 	byIndex := make(map[int]netlink.Link, len(links))
 	for _, l := range links {
 		byIndex[l.Attrs().Index] = l
 	}
 	if byIndex[ifindex] == nil {
-		return nil, nil, fmt.Errorf("interface %d: %w", ifindex, errors.New("not found"))
+		return nil, nil, nil, fmt.Errorf("interface %d: %w", ifindex, errors.New("not found"))
 	}
 	// The interface and its masters.
 	base := map[int]bool{}
@@ -199,12 +209,13 @@ func localMACsOf(h *netlink.Handle, ifindex int) ([]LocalMAC, []int, error) {
 		return parent != nil && parent.Type() == "vlan" && stacked(parent, depth+1)
 	}
 
-	var (
-		macs  []LocalMAC
-		watch []int
-	)
+	bond := byIndex[ifindex].Type() == "bond"
 	for _, l := range links {
 		a := l.Attrs()
+		if bond && a.MasterIndex == ifindex {
+			ports = append(ports, a.Index)
+			watch = append(watch, a.Index)
+		}
 		if !base[a.Index] && !stacked(l, 0) {
 			continue
 		}
@@ -213,24 +224,24 @@ func localMACsOf(h *netlink.Handle, ifindex int) ([]LocalMAC, []int, error) {
 			continue
 		}
 		if isVMACLink(l) {
-			held, err := holdsVIP(h, l)
+			ok, err := held(l)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
-			if !held {
+			if !ok {
 				continue
 			}
 		}
 		macs = append(macs, LocalMAC{MAC: a.HardwareAddr, Via: a.Index})
 	}
-	return macs, watch, nil
+	return macs, ports, watch, nil
 }
 
-// syncLocalMACs writes the MACs of interface ifindex into halb_local_macs
-// (localMACsOf), and logs them when they change. It returns the
-// interfaces whose events can change them.
+// syncLocalMACs writes the MACs of interface ifindex, and of its bond's
+// ports, into halb_local_macs (localMACsOf), and logs them when they
+// change. It returns the interfaces whose events can change them.
 func (d *Datapath) syncLocalMACs(ifindex int, name string) ([]int, error) {
-	macs, watch, err := localMACsOf(d.nl, ifindex)
+	macs, ports, watch, err := localMACsOf(d.nl, ifindex)
 	if err != nil {
 		return nil, fmt.Errorf("local macs of %s: %w", name, err)
 	}
@@ -238,8 +249,11 @@ func (d *Datapath) syncLocalMACs(ifindex int, name string) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := d.lb.SetLocalMACs(ifindex, macs); err != nil {
-		return nil, fmt.Errorf("local macs of %s: %w", name, err)
+	// The ports first: the bond's frames arrive there in native XDP.
+	for _, i := range append(ports, ifindex) {
+		if err := d.lb.SetLocalMACs(i, macs); err != nil {
+			return nil, fmt.Errorf("local macs of %s: %w", name, err)
+		}
 	}
 	if !sameMACs(old, macs) {
 		list := make([]string, len(macs))
@@ -360,8 +374,8 @@ func (d *Datapath) followLocalMACs(ctx context.Context, links <-chan netlink.Lin
 			}
 			a := u.Attrs()
 			// A new VLAN or VMAC is not in watch yet: its parent is.
-			// An interface that joins a bridge or bond is.
-			sync = watch[int(u.Index)] || watch[a.ParentIndex]
+			// A port that joins a bond: its master is.
+			sync = watch[int(u.Index)] || watch[a.ParentIndex] || watch[a.MasterIndex]
 		case u, ok := <-addrs:
 			if !ok {
 				return

@@ -288,3 +288,58 @@ func sendFrame(t *testing.T, ns *netnstest.NS, ifname string, frame []byte) {
 		t.Fatalf("send a frame out of %s: %v", ifname, err)
 	}
 }
+
+// TestLocalMACsFrom is which MACs make a frame the node's, from a made-up
+// list of interfaces: an interface's own, its bridge's or bond's, a
+// VLAN's on it, and VMACs whose VIPs the node holds, on it or on such a
+// VLAN; not a Backup's VMAC, a container's macvlan, a veth's peer or
+// another bridge port. A bond's ports take the bond's MACs.
+func TestLocalMACsFrom(t *testing.T) {
+	mac := func(last byte) net.HardwareAddr { return net.HardwareAddr{0x02, 0, 0, 0, 0, last} }
+	vmac := func(v6 byte, vrid byte) net.HardwareAddr { return net.HardwareAddr{0, 0, 0x5e, 0, v6, vrid} }
+	attrs := func(index int, name string, m net.HardwareAddr, parent, master int) netlink.LinkAttrs {
+		return netlink.LinkAttrs{Index: index, Name: name, HardwareAddr: m, ParentIndex: parent, MasterIndex: master}
+	}
+	links := []netlink.Link{
+		&netlink.Device{LinkAttrs: attrs(1, "lo", make(net.HardwareAddr, 6), 0, 0)},
+		&netlink.Device{LinkAttrs: attrs(2, "eth0", mac(2), 0, 0)},
+		&netlink.Vlan{LinkAttrs: attrs(3, "eth0.100", mac(3), 2, 0), VlanId: 100},
+		&netlink.Macvlan{LinkAttrs: attrs(4, "vrrp.51", vmac(1, 51), 2, 0)},
+		&netlink.Macvlan{LinkAttrs: attrs(5, "vrrp.52", vmac(1, 52), 2, 0)},
+		&netlink.Macvlan{LinkAttrs: attrs(6, "mv0", mac(6), 2, 0)},
+		&netlink.Macvlan{LinkAttrs: attrs(7, "vrrp6.53", vmac(2, 53), 3, 0)},
+		&netlink.Veth{LinkAttrs: attrs(8, "veth0", mac(8), 2, 0)},
+		&netlink.Bridge{LinkAttrs: attrs(9, "br0", mac(9), 0, 0)},
+		&netlink.Device{LinkAttrs: attrs(10, "eth1", mac(10), 0, 9)},
+		&netlink.Device{LinkAttrs: attrs(16, "eth2", mac(16), 0, 9)},
+		&netlink.Bond{LinkAttrs: attrs(11, "bond0", mac(11), 0, 0)},
+		&netlink.Device{LinkAttrs: attrs(12, "eth3", mac(11), 0, 11)},
+		&netlink.Device{LinkAttrs: attrs(13, "eth4", mac(11), 0, 11)},
+		&netlink.Vlan{LinkAttrs: attrs(14, "mv0.7", mac(14), 6, 0), VlanId: 7},
+		&netlink.Macvlan{LinkAttrs: attrs(15, "vrrp.54", vmac(1, 54), 2, 0)},
+	}
+	held := map[string]bool{"vrrp.51": true, "vrrp6.53": true}
+	holds := func(l netlink.Link) (bool, error) { return held[l.Attrs().Name], nil }
+	for _, c := range []struct {
+		ifindex int
+		macs    []LocalMAC
+		ports   []int
+	}{
+		{2, []LocalMAC{{mac(2), 2}, {mac(3), 3}, {vmac(1, 51), 4}, {vmac(2, 53), 7}}, nil},
+		{10, []LocalMAC{{mac(9), 9}, {mac(10), 10}}, nil},
+		{11, []LocalMAC{{mac(11), 11}}, []int{12, 13}},
+		{4, []LocalMAC{{vmac(1, 51), 4}}, nil}, // attached to a VMAC the node holds
+		{15, nil, nil},                         // to one it does not
+	} {
+		macs, ports, _, err := localMACsFrom(links, c.ifindex, holds)
+		if err != nil {
+			t.Fatalf("ifindex %d: %v", c.ifindex, err)
+		}
+		if !sameMACs(macs, c.macs) || !slices.Equal(ports, c.ports) {
+			t.Errorf("ifindex %d: macs %v, ports %v; want %v, %v", c.ifindex, macs, ports, c.macs, c.ports)
+		}
+	}
+	if _, _, _, err := localMACsFrom(links, 99, holds); err == nil {
+		t.Error("an interface that is not there: no error")
+	}
+}
