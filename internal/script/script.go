@@ -1,7 +1,16 @@
 // Package script runs the programs a halb configuration names (notify and
 // track scripts, exec health checks) the way a daemon running as root
 // must: argv without a shell, in a process group of its own that is killed
-// whole when the run ends, so a script that forks leaves nothing behind.
+// whole when the run ends, so a script that forks leaves nothing behind;
+// and only a program that no one but root could have written (Check, the
+// policy of internal/trust), checked again at every run and run from the
+// very file descriptor that was checked, so that swapping the file or a
+// symlink on its path between the check and the exec runs nothing else.
+//
+// A program is named by its absolute path. A bare name looked up on PATH
+// is refused rather than resolved: PATH is the environment of whoever
+// starts halb, so `halb check` and the daemon could find different
+// programs under one name.
 package script
 
 import (
@@ -15,7 +24,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/trust"
 )
+
+// beforeExec, when a test sets it, runs between the check and the exec:
+// where an attacker would swap the file.
+var beforeExec func()
 
 // ErrTimeout: ctx ended before the program exited; its process group was
 // killed.
@@ -25,15 +40,88 @@ var ErrTimeout = errors.New("no exit within the timeout: process group killed")
 // cannot grow the daemon's memory.
 const maxOutput = 4096
 
+// ErrRefused: the program fails the policy (Check) and was not run.
+var ErrRefused = errors.New("refused")
+
+// RefusedError is a program that fails the policy; Err says which part
+// of its path and the fix. It is ErrRefused.
+type RefusedError struct{ Err error }
+
+func (e *RefusedError) Error() string        { return "refused: " + e.Err.Error() }
+func (e *RefusedError) Unwrap() error        { return e.Err }
+func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
+
+// Check reports whether program may be run: an absolute path to a regular,
+// executable file that, with every directory and symlink on its path, is
+// owned by root (or the user halb runs as) and writable by no one else
+// (internal/trust). Its error names the component and the fix; it is
+// ErrRefused for a policy failure and an *fs.PathError for a missing file.
+func Check(program string) error {
+	f, err := open(program)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return nil
+}
+
+// open is Check that keeps the checked file open (O_PATH) to run it.
+func open(program string) (*os.File, error) {
+	f, err := trust.Open(program, trust.ForExec)
+	var nr *trust.NotRegularError
+	switch {
+	case errors.Is(err, trust.ErrUntrusted):
+		return nil, &RefusedError{err}
+	case errors.As(err, &nr):
+		return nil, &RefusedError{nr}
+	case err != nil:
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if fi.Mode().Perm()&0o111 == 0 {
+		f.Close()
+		return nil, &RefusedError{fmt.Errorf("%s is not executable: chmod +x it", program)}
+	}
+	return f, nil
+}
+
+// programFD is the descriptor the child finds the checked program on: the
+// first of exec.Cmd's ExtraFiles.
+const programFD = 3
+
 // Run runs argv, with env added to the daemon's environment, until it
 // exits or ctx ends. It returns the start of the combined output, trimmed.
 // The group is killed after a normal exit too: a script's processes live
 // no longer than the script.
+//
+// argv[0] is checked (Check) at every run; a program that fails is not
+// started and the error wraps ErrRefused. The child executes the checked
+// file through /proc/self/fd, so nothing done to the path after the check
+// changes what runs. That descriptor stays open in the program, without
+// close-on-exec: the interpreter of a #! script opens the script by the
+// name the kernel hands it, /proc/self/fd/3, and so such a script sees
+// that as its $0.
 func Run(ctx context.Context, argv []string, env []string) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
+	prog, err := open(argv[0])
+	if err != nil {
+		return "", fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	defer prog.Close()
+	if beforeExec != nil {
+		beforeExec()
+	}
+	cmd := &exec.Cmd{
+		Path:       fmt.Sprintf("/proc/self/fd/%d", programFD),
+		Args:       argv,
+		ExtraFiles: []*os.File{prog},
+	}
 	cmd.Env = append(os.Environ(), env...)
 	out := &headWriter{max: maxOutput}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -44,6 +132,7 @@ func Run(ctx context.Context, argv []string, env []string) (string, error) {
 	if err := cmd.Start(); err != nil {
 		return "", fmt.Errorf("start %s: %w", argv[0], err)
 	}
+	prog.Close() // the child has its own copy
 	pid := cmd.Process.Pid
 	exited := make(chan struct{})
 	go func() {
@@ -62,7 +151,7 @@ func Run(ctx context.Context, argv []string, env []string) (string, error) {
 	// run after the reap, so it is not used.)
 	_ = unix.Kill(-pid, unix.SIGKILL)
 	<-exited
-	err := cmd.Wait()
+	err = cmd.Wait()
 	output := strings.TrimSpace(string(out.buf))
 	switch {
 	case cmd.ProcessState != nil && cmd.ProcessState.Success():
