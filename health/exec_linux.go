@@ -8,8 +8,10 @@ import (
 	"github.com/halb-lb/halb/internal/script"
 )
 
-// Check runs the command through internal/script: argv without a shell,
-// in a process group that dies whole with the check.
+// Check runs the command through internal/script: checked against the
+// script policy at this run (a program that fails it is a failed check,
+// and does not run), argv without a shell, in a process group that dies
+// whole with the check.
 func (e execChecker) Check(ctx context.Context, k Key) error {
 	out, err := script.Run(ctx, e.argv, execEnv(k))
 	if err == nil {

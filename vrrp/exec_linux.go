@@ -13,6 +13,11 @@ import (
 // was killed.
 var errTimeout = script.ErrTimeout
 
+// errRefused: the program failed halb's script policy when it was about
+// to run (internal/script), and did not run. For a track script that is a
+// failed run; a notify call is logged and skipped.
+var errRefused = script.ErrRefused
+
 // runProgram runs argv (no shell) with extra environment, its whole
 // process group killed at the timeout (internal/script). It returns the
 // output on one line, for the log.

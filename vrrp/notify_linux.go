@@ -161,6 +161,8 @@ func (n *notifier) run(ctx context.Context, timeout time.Duration, args []string
 		n.log.Warn("notify script killed at stop", append(attrs, "wait", n.stopWait)...)
 	case errors.Is(err, errTimeout):
 		n.log.Error("notify script killed at its timeout", append(attrs, "timeout", timeout)...)
+	case errors.Is(err, errRefused):
+		n.log.Error("notify script refused, not run", append(attrs, "err", err)...)
 	case err != nil:
 		n.log.Warn("notify script failed", append(attrs, "err", err)...)
 	default:
