@@ -233,6 +233,7 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	d.cancel = cancel
 	d.wg.Go(func() { d.watchNetwork(ctx) })
 	d.wg.Go(func() { d.refresher(ctx) })
+	d.wg.Go(func() { d.guardPins(ctx) })
 	d.wg.Go(func() { d.watchLocalMACs(ctx) })
 	for _, a := range d.ifaces {
 		d.log.Info("data path attached", "interface", a.Interface, "hook", string(a.Hook), "bpffs", d.dir)
@@ -627,11 +628,7 @@ func (d *Datapath) pinnedLink(path string, ifindex int) link.Link {
 	}
 	on := 0
 	if info, err := l.Info(); err == nil {
-		if x := info.XDP(); x != nil {
-			on = int(x.Ifindex)
-		} else if t := info.TCX(); t != nil {
-			on = int(t.Ifindex)
-		}
+		on = linkIfindex(info)
 	}
 	if on != ifindex {
 		d.log.Warn("removing a pinned link that is not attached to its interface", "pin", path, "ifindex", on, "want", ifindex)
@@ -766,8 +763,9 @@ func (d *Datapath) tidyPins() error {
 }
 
 // Close stops the Datapath's own work and releases its handles. What is
-// pinned stays: the program stays attached and keeps forwarding with the
-// maps as they are, for the next halb to adopt.
+// pinned stays (pins that went missing are restored first): the program
+// stays attached and keeps forwarding with the maps as they are, for the
+// next halb to adopt.
 func (d *Datapath) Close() error {
 	d.stop()
 	d.mu.Lock()
@@ -775,6 +773,9 @@ func (d *Datapath) Close() error {
 	if d.closed {
 		return nil
 	}
+	// A pin removed since the last check would take its link, and the
+	// program with it, away with this halb.
+	d.checkPins()
 	d.closed = true
 	d.release()
 	return nil

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -1078,5 +1079,93 @@ func TestDatapathFailedStartUndoes(t *testing.T) {
 	}
 	if after := pins(t, b.cfg.BPFFS); !slices.Equal(after, before) {
 		t.Errorf("pins %v after a failed start, want the earlier halb's %v", after, before)
+	}
+}
+
+// Pins taken away under a running halb come back: the maps, the program
+// and the link are pinned again from the objects it holds, with a log
+// line, within a few seconds, and a link pin removed just before a stop is
+// restored by the stop itself, so the program stays attached across the
+// restart that follows.
+func TestDatapathPinsRestored(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	if err := dp.Apply(context.Background(), []service.Service{svc(web, backend(be11, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	waitLive(t, dp, web, 1)
+	want := pins(t, b.cfg.BPFFS)
+	prog, _ := xdpOn(t, b)
+	linkPinPath := filepath.Join(b.cfg.BPFFS, "halb_xdp_lb_halb0")
+	if !slices.Contains(want, "halb_xdp_lb_halb0") || !slices.Contains(want, "halb_services") || prog == 0 {
+		t.Fatalf("pins %v, program %d: want halb_xdp_lb_halb0 and the maps, and a program on halb0", want, prog)
+	}
+
+	// rm -r of the whole directory.
+	if err := os.RemoveAll(b.cfg.BPFFS); err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); !slices.Equal(pins(t, b.cfg.BPFFS), want); time.Sleep(100 * time.Millisecond) {
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("pins %v 30s after they were removed, want %v again", pins(t, b.cfg.BPFFS), want)
+		}
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(b.cfg.BPFFS, "halb_services"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mapID(t, m); got != mapID(t, dp.lb.objs.HalbServices) {
+		t.Errorf("restored halb_services pin names map %d, want halb's own %d", got, mapID(t, dp.lb.objs.HalbServices))
+	}
+	m.Close()
+	for _, p := range []string{"halb_services", "halb_xdp_lb", "halb_xdp_lb_halb0"} {
+		if !regexp.MustCompile(`level=WARN msg="restored a pin removed from under halb" .*pin=\S*/` + p + ` .*was=missing`).MatchString(b.log.String()) {
+			t.Errorf("no log line for the restored pin %s:\n%s", p, b.log)
+		}
+	}
+
+	// The link detached from under halb (bpftool link detach): the
+	// program goes on again.
+	l, err := link.LoadPinnedLink(linkPinPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
+		if now, _ := xdpOn(t, b); now == prog && strings.Contains(b.log.String(), "attached it again") {
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("the program was not attached again 30s after its link was detached:\n%s", b.log)
+		}
+	}
+
+	// The link's pin alone, just before a stop.
+	if err := os.Remove(linkPinPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(linkPinPath); err != nil {
+		t.Errorf("link pin removed before the stop is still missing after it: %v", err)
+	}
+	if now, _ := xdpOn(t, b); now != prog {
+		t.Fatalf("program on halb0 after the stop: %d, want %d still attached", now, prog)
+	}
+
+	// The next halb adopts the link.
+	dp = b.start(t, b.cfg, config.ModeXDP)
+	if now, _ := xdpOn(t, b); now == 0 {
+		t.Errorf("no program on halb0 after the restart")
+	}
+	if !strings.Contains(b.log.String(), `msg="adopted the pinned data path" datapath=xdp interface=halb0`) {
+		t.Errorf("the restarted data path did not adopt the link:\n%s", b.log)
+	}
+	if err := dp.Cleanup(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,0 +1,234 @@
+package loader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// The pins are what keeps the data path alive between two halbs: a link
+// whose pin is gone is detached when halb closes it, and a map whose pin
+// is gone is not found by the next halb, which starts from empty maps. A
+// person (rm -r /sys/fs/bpf/halb), a script or a tool that tidies bpffs
+// can take them away under a running halb, which would notice nothing
+// until it stops, and then leave the interface without its program. So a
+// cheap check runs every pinCheckInterval, and once more on Close: each
+// pin is there and names the object halb holds open, or is pinned again
+// from it, with a log line. It is apart from Apply and from the daemon's
+// periodic apply on purpose: those are about services and may become
+// driven by events only, while nothing announces that a pin went.
+
+// pinCheckInterval is how often the pins are checked: a few bpf syscalls
+// per pin.
+const pinCheckInterval = 5 * time.Second
+
+// guardPins checks the pins every pinCheckInterval until ctx ends.
+func (d *Datapath) guardPins(ctx context.Context) {
+	tick := time.NewTicker(pinCheckInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		d.mu.Lock()
+		if !d.closed {
+			d.checkPins()
+		}
+		d.mu.Unlock()
+	}
+}
+
+// pinned is one object halb keeps pinned, and where.
+type pinned struct {
+	path string
+	obj  pinner
+	id   uint32 // the kernel's id of obj
+	kind string // map, program or link
+}
+
+// checkPins pins again, from the objects halb holds open, whatever is not
+// pinned where it should be, and attaches again a program whose link was
+// detached from under halb. d.mu is held.
+func (d *Datapath) checkPins() {
+	if !onBPFFS(d.dir) {
+		if _, _, err := prepareBPFFS(d.dir, d.log); err != nil {
+			d.log.Error("datapath.bpffs is gone and cannot be made again; a restart will lose the data path", "bpffs", d.dir, "err", err)
+			return
+		}
+		d.log.Warn("datapath.bpffs was removed, made it again", "bpffs", d.dir)
+	}
+	d.reattachDetached()
+	for _, p := range d.pins() {
+		why := pinProblem(p)
+		if why == "" {
+			continue
+		}
+		if err := pinReplace(p.obj, p.path); err != nil {
+			d.log.Error("cannot restore a pin; a restart will lose it", "pin", p.path, "was", why, "err", err)
+			continue
+		}
+		d.log.Warn("restored a pin removed from under halb", "pin", p.path, "kind", p.kind, "was", why)
+	}
+}
+
+// pins lists what should be pinned now: the maps, the programs in use
+// and the links.
+func (d *Datapath) pins() []pinned {
+	var out []pinned
+	add := func(path string, obj pinner, kind string, id uint32, ok bool) {
+		if ok {
+			out = append(out, pinned{path: path, obj: obj, id: id, kind: kind})
+		}
+	}
+	maps := d.lb.mapsByName()
+	for _, name := range pinnedMaps {
+		if m := maps[name]; m != nil {
+			id, ok := idOfMap(m)
+			add(filepath.Join(d.dir, name), m, "map", id, ok)
+		}
+	}
+	progs := map[string]bool{}
+	for _, a := range d.ifaces {
+		if !progs[a.progName()] {
+			progs[a.progName()] = true
+			prog := d.lb.Program()
+			if a.Hook == HookTCX {
+				prog = d.lb.TCProgram()
+			}
+			id, ok := idOfProg(prog)
+			add(filepath.Join(d.dir, a.progName()), prog, "program", id, ok)
+		}
+		if info, err := a.link.Info(); err == nil {
+			add(linkPin(d.dir, a.progName(), a.Interface), a.link, "link", uint32(info.ID), true)
+		}
+	}
+	return out
+}
+
+// pinProblem says what is wrong with p's pin, or "" when it is there and
+// is p's object.
+func pinProblem(p pinned) string {
+	if _, err := os.Lstat(p.path); errors.Is(err, os.ErrNotExist) {
+		return "missing"
+	}
+	var (
+		id  uint32
+		ok  bool
+		err error
+	)
+	opts := &ebpf.LoadPinOptions{ReadOnly: true}
+	switch p.kind {
+	case "map":
+		var m *ebpf.Map
+		if m, err = ebpf.LoadPinnedMap(p.path, opts); err == nil {
+			id, ok = idOfMap(m)
+			m.Close()
+		}
+	case "program":
+		var prog *ebpf.Program
+		if prog, err = ebpf.LoadPinnedProgram(p.path, opts); err == nil {
+			id, ok = idOfProg(prog)
+			prog.Close()
+		}
+	default:
+		var l link.Link
+		if l, err = link.LoadPinnedLink(p.path, opts); err == nil {
+			if info, ierr := l.Info(); ierr == nil {
+				id, ok = uint32(info.ID), true
+			}
+			l.Close()
+		}
+	}
+	switch {
+	case err != nil:
+		return fmt.Sprintf("unreadable (%v)", err)
+	case ok && id != p.id:
+		return fmt.Sprintf("another %s (id %d)", p.kind, id)
+	}
+	return ""
+}
+
+// reattachDetached attaches again the program of an interface whose link
+// was detached from under halb (bpftool link detach) while the interface
+// stayed: the link is defunct, and the interface gets no program. An
+// interface that went is linkChanged's to let go.
+func (d *Datapath) reattachDetached() {
+	for _, a := range d.ifaces {
+		info, err := a.link.Info()
+		if err != nil || linkIfindex(info) != 0 {
+			continue
+		}
+		if l, err := d.nl.LinkByIndex(a.ifindex); err != nil || l.Attrs().Name != a.Interface {
+			continue
+		}
+		pin := linkPin(d.dir, a.progName(), a.Interface)
+		var l link.Link
+		err = inNS(d.ns, func() (err error) {
+			l, err = d.attachNew(a.Hook, a.ifindex)
+			return err
+		})
+		if err == nil {
+			err = pinReplace(l, pin)
+			if err != nil {
+				l.Close()
+			}
+		}
+		if err != nil {
+			d.log.Error("the program was detached from an interface and cannot be attached again", "interface", a.Interface, "hook", string(a.Hook), "err", err)
+			continue
+		}
+		a.link.Close()
+		a.link, a.adopted = l, false
+		d.log.Warn("the program was detached from under halb, attached it again", "interface", a.Interface, "hook", string(a.Hook))
+	}
+}
+
+// linkIfindex is the interface a link is attached to, 0 when none.
+func linkIfindex(info *link.Info) int {
+	if x := info.XDP(); x != nil {
+		return int(x.Ifindex)
+	}
+	if t := info.TCX(); t != nil {
+		return int(t.Ifindex)
+	}
+	return 0
+}
+
+func idOfMap(m *ebpf.Map) (uint32, bool) {
+	info, err := m.Info()
+	if err != nil {
+		return 0, false
+	}
+	id, ok := info.ID()
+	return uint32(id), ok
+}
+
+func idOfProg(p *ebpf.Program) (uint32, bool) {
+	info, err := p.Info()
+	if err != nil {
+		return 0, false
+	}
+	id, ok := info.ID()
+	return uint32(id), ok
+}
+
+// mapsByName are the LB's maps by their names in the object file.
+func (lb *LB) mapsByName() map[string]*ebpf.Map {
+	out := map[string]*ebpf.Map{}
+	v := reflect.ValueOf(lb.objs.halbMaps)
+	for i := range v.NumField() {
+		if m, ok := v.Field(i).Interface().(*ebpf.Map); ok && m != nil {
+			out[v.Type().Field(i).Tag.Get("ebpf")] = m
+		}
+	}
+	return out
+}
