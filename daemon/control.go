@@ -1,14 +1,13 @@
 package daemon
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/halb-lb/halb/service"
@@ -141,41 +140,56 @@ func serviceStatus(r service.Report) ServiceStatus {
 	return ss
 }
 
-// serveControl answers `halb status` on the control socket, root only
-// (mode 0600), until ctx ends; then the socket is removed.
-func (d *Daemon) serveControl(ctx context.Context, path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("control socket directory: %w", err)
+// listenControl makes the control socket, root only (mode 0600). The
+// caller holds the socket's lock, so a socket file there is one that a
+// killed halb left behind.
+func listenControl(path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("control socket %s: remove the one a killed halb left: %w", path, err)
 	}
-	// A socket left by a halb that was killed: nobody answers on it.
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return fmt.Errorf("control socket %s: another halb is running", path)
-	}
-	_ = os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
-		return fmt.Errorf("control socket: %w", err)
+		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
-		return fmt.Errorf("control socket: %w", err)
+		return nil, fmt.Errorf("control socket: %w", err)
 	}
+	return ln, nil
+}
+
+// controlHandler answers `halb status`.
+func (d *Daemon) controlHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(d.status())
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return mux
+}
+
+// server is an HTTP server on a listener made at start, before anything
+// visible changed; its goroutine is waited for when it closes.
+type server struct {
+	srv  *http.Server
+	done chan struct{}
+}
+
+func (d *Daemon) serve(name string, ln net.Listener, h http.Handler) *server {
+	s := &server{srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}, done: make(chan struct{})}
 	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-		_ = os.Remove(path)
-	}()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("control socket stopped", "err", err)
+		defer close(s.done)
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("server stopped", "server", name, "err", err)
 		}
 	}()
-	return nil
+	return s
+}
+
+// close stops the server (a unix socket's file goes with its listener)
+// and waits for its goroutine, which returns as soon as the listener is
+// closed.
+func (s *server) close() {
+	_ = s.srv.Close()
+	<-s.done
 }

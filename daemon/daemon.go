@@ -13,9 +13,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
@@ -26,14 +27,30 @@ import (
 	"github.com/halb-lb/halb/service"
 )
 
+// Bounds on what the daemon waits for, so that neither a reload nor a
+// shutdown can hang: a config read that takes longer is given up (the
+// running configuration stays), and at shutdown what has not stopped
+// within its bound is left behind with a log line naming it. A config read
+// has nothing to undo, so shutdown hardly waits for it.
+const (
+	readTimeout     = 10 * time.Second
+	shutdownTimeout = 5 * time.Second
+	readGrace       = time.Second
+)
+
 // Daemon is one running halb.
 type Daemon struct {
-	path   string
-	host   loader.Host
-	level  slog.LevelVar
-	log    *slog.Logger
-	format string
-	cfg    *config.Config
+	path  string
+	host  loader.Host
+	level slog.LevelVar
+	log   *slog.Logger
+	cfg   *config.Config
+	// boot is the configuration the daemon started with: the keys of
+	// restartKeys keep its values until the next start.
+	boot *config.Config
+	// load reads and checks the file (config.LoadWithWarnings); a test
+	// may slow it.
+	load func(path string) (*config.Config, []config.Problem, error)
 
 	// Cleanup removes the data path at shutdown instead of leaving it
 	// pinned (halb run --cleanup).
@@ -43,7 +60,9 @@ type Daemon struct {
 	accept *acceptFilter
 	mode   string           // the data path the probe chose
 	dp     service.Datapath // nil while there are no services
-	health *health.Monitor
+	// bpffsLock is held from the first time the eBPF data path is needed.
+	bpffsLock *lockFile
+	health    *health.Monitor
 	// healthChanged wakes the loop to re-apply when a backend's health
 	// changes; it holds one pending wake-up at most.
 	healthChanged chan struct{}
@@ -62,7 +81,7 @@ func New(path string, w io.Writer, host loader.Host) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{path: path, host: host, cfg: cfg, format: cfg.Log.Format}
+	d := &Daemon{path: path, host: host, cfg: cfg, boot: cfg, load: config.LoadWithWarnings, healthChanged: make(chan struct{}, 1)}
 	lvl, _ := ParseLevel(cfg.Log.Level) // validated by config
 	d.level.Set(lvl)
 	d.log = NewLogger(w, cfg.Log.Format, &d.level)
@@ -73,11 +92,19 @@ func New(path string, w io.Writer, host loader.Host) (*Daemon, error) {
 // Config is the configuration in force.
 func (d *Daemon) Config() *config.Config { return d.cfg }
 
-// Run runs until ctx ends or a SIGTERM/SIGINT arrives on signals; SIGHUP
-// reloads. It returns nil on a clean shutdown.
-func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
+// Run runs until ctx ends or a signal arrives on stop; each signal on
+// reload reads the file again. It returns nil on a clean shutdown.
+//
+// Start is all or nothing: everything that can fail and that nobody else
+// can see (the socket's directory, the locks, the listeners, the health
+// checks) is done before the first change a peer or a packet could see
+// (the data path, the accept filter, VIPs), and every way out undoes what
+// was done. The caller gives stop and reload channels of their own, so
+// that any number of reloads can never crowd a SIGTERM out (Go drops a
+// signal whose channel is full: that is how reloads coalesce).
+func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	report := d.host.Probe()
-	decision := loader.Choose(d.cfg.Datapath.Mode, report)
+	decision := loader.Choose(d.boot.Datapath.Mode, report)
 	d.log.Info("halb starting",
 		"config", d.path,
 		"kernel", report.KernelRelease,
@@ -88,11 +115,42 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	for _, w := range decision.Warnings {
 		d.log.Warn("datapath", "warning", w)
 	}
-
-	// The data path comes first, so that traffic flows the moment VRRP
-	// brings a VIP here; if it cannot be programmed, nothing else starts.
 	d.mode = decision.Mode
-	d.healthChanged = make(chan struct{}, 1)
+
+	// First what can fail, in this order, before anything is touched.
+	socket := d.boot.Control.Socket
+	if err := CheckControlSocket(d.path, d.boot); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
+		return fmt.Errorf("control socket directory: %w", err)
+	}
+	if err := CheckControlSocket(d.path, d.boot); err != nil { // what MkdirAll found or made
+		return err
+	}
+	ctlLock, err := lockControl(socket)
+	if err != nil {
+		return err
+	}
+	defer ctlLock.release()
+	if len(d.cfg.Services) > 0 {
+		if err := d.lockBPFFS(); err != nil {
+			return err
+		}
+	}
+	defer func() { d.bpffsLock.release() }()
+	ctlListener, err := listenControl(socket)
+	if err != nil {
+		return err
+	}
+	defer ctlListener.Close() // once served, the server closes it first
+	var metricsListener net.Listener
+	if d.boot.Control.Metrics != "" {
+		if metricsListener, err = listenMetrics(d.boot.Control.Metrics); err != nil {
+			return err
+		}
+		defer metricsListener.Close()
+	}
 	latency := newCheckLatency()
 	d.health = health.NewMonitor(health.Options{
 		OnChange: func(ev health.Event) {
@@ -109,72 +167,67 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 	if err := d.health.Update(d.cfg.Services); err != nil {
 		return fmt.Errorf("health checks: %w", err)
 	}
+	accept, err := newAcceptFilter(d.log)
+	if err != nil {
+		return fmt.Errorf("accept_mode filter: %w", err)
+	}
+	d.accept = accept
+	d.vrrp = newVRRPSet(d.log)
+
 	hctx, stopHealth := context.WithCancel(ctx)
-	defer stopHealth()
-	go func() { _ = d.health.Run(hctx) }()
-	defer func() {
-		if d.dp == nil {
-			return
-		}
-		if c, ok := d.dp.(service.Cleaner); ok && d.Cleanup {
-			if err := c.Cleanup(); err != nil {
-				d.log.Error("data path cleanup incomplete", "datapath", d.dp.Name(), "err", err)
-			} else {
-				d.log.Info("data path removed", "datapath", d.dp.Name())
-			}
-			return
-		}
-		d.dp.Close() // what is programmed stays: traffic flows on
+	healthDone := make(chan struct{})
+	go func() {
+		defer close(healthDone)
+		_ = d.health.Run(hctx)
 	}()
+	defer func() {
+		stopHealth()
+		d.waitAtShutdown(healthDone, "health checks", shutdownTimeout)
+	}()
+	// Served from now: status and scrapes read d.vrrp and d.accept,
+	// which exist, and the data path once it is open.
+	ctl := d.serve("control socket", ctlListener, d.controlHandler())
+	defer ctl.close()
+	if metricsListener != nil {
+		m := d.serve("metrics", metricsListener, d.metricsHandler(latency))
+		defer m.close()
+		d.log.Info("metrics", "listen", metricsListener.Addr().String())
+	}
+
+	// The data path comes first, so that traffic flows the moment VRRP
+	// brings a VIP here; if it cannot be programmed, nothing else starts.
+	defer d.closeDatapath()
 	if err := d.apply(ctx); err != nil {
 		return fmt.Errorf("program services: %w", err)
 	}
 	if d.dp != nil {
 		d.log.Info("services programmed", "datapath", d.dp.Name(), "services", len(d.cfg.Services))
-		name := d.dp.Name()
-		d.datapathName.Store(&name)
 	}
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()
 
 	// The accept filter is in place before any instance can become
 	// Master, and goes after every instance has given its VIPs up.
-	accept, err := newAcceptFilter(d.log)
-	if err != nil {
-		return fmt.Errorf("accept_mode filter: %w", err)
-	}
-	d.accept = accept
 	d.accept.apply(d.cfg)
 	defer d.accept.remove()
-	d.vrrp = newVRRPSet(d.log)
-	d.vrrp.apply(d.cfg.VRRP)
-	// Metrics last: a scrape reads d.vrrp and d.accept.
-	if d.cfg.Control.Metrics != "" {
-		mctx, stopMetrics := context.WithCancel(ctx)
-		defer stopMetrics()
-		if err := d.serveMetrics(mctx, d.cfg.Control.Metrics, latency); err != nil {
-			return err
-		}
-	}
-	cctx, stopControl := context.WithCancel(ctx)
-	defer stopControl()
-	if err := d.serveControl(cctx, d.cfg.Control.Socket); err != nil {
-		// halb status will not answer, but the load balancer runs.
-		d.log.Error("no control socket", "err", err)
-	}
-
 	// On the way out every instance gives its VIPs up and, as Master,
 	// sends priority 0 so the backup takes over after skew time.
 	defer func() {
 		d.notifySystemd(sd.SdNotifyStopping)
-		d.vrrp.stopAll()
+		d.vrrp.stopAll(time.Now().Add(shutdownTimeout))
 	}()
+	d.vrrp.apply(d.cfg.VRRP)
 
+	reads := newReader(d.load, d.path)
+	defer func() { d.waitAtShutdown(reads.idle(), "config read", readGrace) }()
 	d.notifySystemd(sd.SdNotifyReady)
 	for {
 		select {
 		case <-ctx.Done():
 			d.log.Info("halb stopping", "reason", ctx.Err())
+			return nil
+		case sig := <-stop:
+			d.log.Info("halb stopping", "signal", sig.String())
 			return nil
 		case <-resync.C:
 			if err := d.apply(ctx); err != nil {
@@ -185,28 +238,92 @@ func (d *Daemon) Run(ctx context.Context, signals <-chan os.Signal) error {
 			if err := d.apply(ctx); err != nil {
 				d.log.Error("backend weights not fully programmed; retrying at the next resync", "err", err)
 			}
-		case sig := <-signals:
-			switch sig {
-			case syscall.SIGHUP:
+		case <-reload:
+			switch {
+			case !reads.busy():
 				d.notifySystemd(sd.SdNotifyReloading)
-				if d.Reload() == nil {
+				reads.start()
+			case reads.abandoned:
+				d.log.Error("config not reloaded: the last read of the file is still blocked", "file", d.path, "since", reads.began.Format(time.RFC3339))
+			default:
+				reads.pending = true // one more read when this one ends
+			}
+		case res := <-reads.results:
+			if reads.finish() {
+				if d.reloadWith(res.cfg, res.warnings, res.err) == nil {
 					if err := d.apply(ctx); err != nil {
 						d.log.Error("reloaded services not fully programmed; retrying at the next resync", "err", err)
 					}
 				}
 				d.notifySystemd(sd.SdNotifyReady)
-			case syscall.SIGTERM, os.Interrupt:
-				d.log.Info("halb stopping", "signal", sig.String())
-				return nil
 			}
+			if reads.pending {
+				reads.pending = false
+				d.notifySystemd(sd.SdNotifyReloading)
+				reads.start()
+			}
+		case <-reads.timeout():
+			reads.abandon()
+			d.log.Error("config rejected, keeping the running one", "file", d.path,
+				"err", "reading the file took longer than "+readTimeout.String(), "fix", "make the file a regular file on a local file system")
+			d.notifySystemd(sd.SdNotifyReady)
 		}
 	}
 }
 
-// Reload reads the file again. A bad file is refused and logged problem by
-// problem; the running configuration stays in force.
+// lockBPFFS takes the lock on datapath.bpffs when the data path the probe
+// chose is eBPF, before the data path is first opened.
+func (d *Daemon) lockBPFFS() error {
+	if d.bpffsLock != nil || (d.mode != config.ModeXDP && d.mode != config.ModeTC) {
+		return nil
+	}
+	l, err := lockBPFFS(d.boot.Datapath.BPFFS)
+	if err != nil {
+		return err
+	}
+	d.bpffsLock = l
+	return nil
+}
+
+// closeDatapath leaves what is programmed in place, so that traffic flows
+// on, or with --cleanup removes it.
+func (d *Daemon) closeDatapath() {
+	if d.dp == nil {
+		return
+	}
+	if c, ok := d.dp.(service.Cleaner); ok && d.Cleanup {
+		if err := c.Cleanup(); err != nil {
+			d.log.Error("data path cleanup incomplete", "datapath", d.dp.Name(), "err", err)
+		} else {
+			d.log.Info("data path removed", "datapath", d.dp.Name())
+		}
+		return
+	}
+	d.dp.Close()
+}
+
+// waitAtShutdown waits for done, at most for bound.
+func (d *Daemon) waitAtShutdown(done <-chan struct{}, what string, bound time.Duration) {
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		d.log.Error("did not stop in time; exiting without it", "what", what)
+	}
+}
+
+// Reload reads the file again and applies it, as a SIGHUP does. A bad
+// file is refused and logged problem by problem; the running
+// configuration stays in force.
 func (d *Daemon) Reload() error {
-	cfg, warnings, err := config.LoadWithWarnings(d.path)
+	cfg, warnings, err := d.load(d.path)
+	return d.reloadWith(cfg, warnings, err)
+}
+
+// reloadWith takes a configuration read off the loop, or logs why it was
+// refused; the caller programs the data path.
+func (d *Daemon) reloadWith(cfg *config.Config, warnings []config.Problem, err error) error {
 	if err != nil {
 		var cerr *config.Error
 		if errors.As(err, &cerr) {
@@ -218,11 +335,6 @@ func (d *Daemon) Reload() error {
 		}
 		return err
 	}
-	lvl, _ := ParseLevel(cfg.Log.Level)
-	d.level.Set(lvl)
-	if cfg.Log.Format != d.format {
-		d.log.Warn("log.format changes at the next restart", "running", d.format, "configured", cfg.Log.Format)
-	}
 	if d.health != nil {
 		// Unchanged checks keep their state; new backends start presumed
 		// healthy.
@@ -231,6 +343,9 @@ func (d *Daemon) Reload() error {
 			return err
 		}
 	}
+	lvl, _ := ParseLevel(cfg.Log.Level)
+	d.level.Set(lvl)
+	d.warnRestartKeys(cfg)
 	if d.accept != nil {
 		d.accept.apply(cfg) // only when the rules changed
 	}

@@ -41,8 +41,9 @@ vrrp:
 
 func newTestDaemon(t *testing.T) (*Daemon, string, *bytes.Buffer) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "halb.yaml")
-	if err := os.WriteFile(path, []byte(goodConfig), 0o600); err != nil {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "halb.yaml")
+	if err := os.WriteFile(path, []byte(goodConfig+"control: {socket: "+filepath.Join(dir, "halb.sock")+"}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var logs bytes.Buffer
@@ -85,9 +86,9 @@ func TestReloadAppliesLevel(t *testing.T) {
 
 func TestRunStopsOnSIGTERM(t *testing.T) {
 	d, _, logs := newTestDaemon(t)
-	signals := make(chan os.Signal, 1)
-	signals <- syscall.SIGTERM
-	if err := d.Run(context.Background(), signals); err != nil {
+	stop := make(chan os.Signal, 1)
+	stop <- syscall.SIGTERM
+	if err := d.Run(context.Background(), stop, nil); err != nil {
 		t.Fatal(err)
 	}
 	// With no BTF in the probed tree the decision is IPVS, and it is logged.

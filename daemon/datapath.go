@@ -24,7 +24,7 @@ func (d *Daemon) openDatapath(ctx context.Context, mode string) (service.Datapat
 		return ipvs.Open(ctx, ipvs.Options{Log: d.log})
 	case config.ModeXDP, config.ModeTC:
 		bpf, err := d.openBPF(ctx, mode)
-		if err != nil || d.cfg.Datapath.Mode != config.ModeAuto {
+		if err != nil || d.boot.Datapath.Mode != config.ModeAuto {
 			return bpf, err
 		}
 		// auto: NAT and IPVS-only schedulers are not in the eBPF data
@@ -44,12 +44,17 @@ func (d *Daemon) apply(ctx context.Context) error {
 		if len(d.cfg.Services) == 0 {
 			return nil
 		}
+		if err := d.lockBPFFS(); err != nil {
+			return err
+		}
 		dp, err := d.openDatapath(ctx, d.mode)
 		if err != nil {
 			return fmt.Errorf("open %s data path: %w", d.mode, err)
 		}
 		d.dp = dp
 		d.datapath.Store(&dp)
+		name := dp.Name()
+		d.datapathName.Store(&name)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -90,5 +95,7 @@ func (d *Daemon) logQuorum(states map[health.Key]health.State) {
 }
 
 func (d *Daemon) openBPF(_ context.Context, mode string) (service.Datapath, error) {
-	return loader.NewDatapath(d.cfg.Datapath, mode, d.log)
+	// The data path keeps the datapath keys it started with
+	// (restartKeys).
+	return loader.NewDatapath(d.boot.Datapath, mode, d.log)
 }

@@ -1,12 +1,9 @@
 package daemon
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -130,26 +127,21 @@ func newCheckLatency() *prometheus.HistogramVec {
 	}, []string{"service", "check"})
 }
 
-// serveMetrics serves /metrics on addr until ctx ends.
-func (d *Daemon) serveMetrics(ctx context.Context, addr string, latency *prometheus.HistogramVec) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{d}, latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+// listenMetrics opens the control.metrics listener; it is served once
+// the daemon runs.
+func listenMetrics(addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("metrics listener: %w", err)
+		return nil, fmt.Errorf("control.metrics %s: %w; free the port or configure another", addr, err)
 	}
+	return ln, nil
+}
+
+// metricsHandler serves /metrics.
+func (d *Daemon) metricsHandler(latency *prometheus.HistogramVec) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{d}, latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("metrics listener stopped", "err", err)
-		}
-	}()
-	d.log.Info("metrics", "listen", ln.Addr().String())
-	return nil
+	return mux
 }

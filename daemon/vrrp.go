@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/vrrp"
@@ -18,25 +19,35 @@ import (
 // keeps running in its state; a changed one is stopped, as at shutdown
 // (priority 0, VIPs given up), and started anew; a removed one is stopped;
 // a new one starts.
+//
+// apply runs on the daemon's loop and never waits for an instance to stop
+// (a notify script may hold one for seconds): an instance that takes the
+// place of stopping ones waits for them on its own goroutine, so that two
+// instances never hold the same VRID, VIPs or VMAC at once.
 type vrrpSet struct {
 	log *slog.Logger
 
-	mu      sync.Mutex // guards running for the control socket
+	mu      sync.Mutex // guards running, order and r.inst for the control socket
 	running map[string]*runningInstance
 	order   []string
 	groups  map[string]*vrrp.Group // by group signature
+	// stopping are the instances told to stop that may not have yet.
+	stopping []*runningInstance
+	// run is (*vrrp.Instance).Run; a test makes an instance slow to stop.
+	run func(context.Context, *vrrp.Instance) error
 }
 
 type runningInstance struct {
 	cfg   config.Instance
-	group string // the signature of its sync group; "" when in none
-	inst  *vrrp.Instance
+	group string         // the signature of its sync group; "" when in none
+	inst  *vrrp.Instance // nil while it waits for the instances it replaces
 	stop  context.CancelFunc
-	done  chan struct{}
+	done  chan struct{} // closed when its goroutine has returned
 }
 
 func newVRRPSet(log *slog.Logger) *vrrpSet {
-	return &vrrpSet{log: log, running: map[string]*runningInstance{}, groups: map[string]*vrrp.Group{}}
+	return &vrrpSet{log: log, running: map[string]*runningInstance{}, groups: map[string]*vrrp.Group{},
+		run: func(ctx context.Context, in *vrrp.Instance) error { return in.Run(ctx) }}
 }
 
 // groupSignatures names each instance's sync group by its name and
@@ -54,16 +65,16 @@ func groupSignatures(c config.VRRP) map[string]string {
 	return sig
 }
 
-// apply makes the running instances those of c.
+// apply makes the running instances those of c. It returns at once.
 func (s *vrrpSet) apply(c config.VRRP) {
 	sigs := groupSignatures(c)
 	want := map[string]config.Instance{}
 	for _, ic := range c.Instances {
 		want[ic.Name] = ic
 	}
-	// Stop what left or changed, all at once, then wait: instances of one
-	// sync group go down together.
-	var stopping []*runningInstance
+	// Stop what left or changed, all at once: instances of one sync
+	// group go down together.
+	s.mu.Lock()
 	for name, r := range s.running {
 		ic, ok := want[name]
 		if ok && sameInstance(ic, r.cfg) && sigs[name] == r.group {
@@ -76,16 +87,11 @@ func (s *vrrpSet) apply(c config.VRRP) {
 			s.log.Info("vrrp instance removed", "instance", name)
 		}
 		r.stop()
-		stopping = append(stopping, r)
-	}
-	for _, r := range stopping {
-		<-r.done
-	}
-	s.mu.Lock()
-	for _, r := range stopping {
-		delete(s.running, r.cfg.Name)
+		s.stopping = append(s.stopping, r)
+		delete(s.running, name)
 	}
 	s.mu.Unlock()
+	s.stopping = slices.DeleteFunc(s.stopping, func(r *runningInstance) bool { return isClosed(r.done) })
 	// Groups nobody runs in any more are forgotten.
 	inUse := map[string]bool{}
 	for _, r := range s.running {
@@ -103,30 +109,69 @@ func (s *vrrpSet) apply(c config.VRRP) {
 		if _, ok := s.running[ic.Name]; ok {
 			continue
 		}
-		in := vrrp.NewInstance(ic, s.log)
+		var g *vrrp.Group
 		if sig := sigs[ic.Name]; sig != "" {
-			g := s.groups[sig]
+			g = s.groups[sig]
 			if g == nil {
 				g = vrrp.NewGroup(sig[:strings.Index(sig, ":")])
 				s.groups[sig] = g
 			}
-			in.JoinGroup(g)
 		}
-		ctx, stop := context.WithCancel(context.Background())
-		r := &runningInstance{cfg: ic, group: sigs[ic.Name], inst: in, stop: stop, done: make(chan struct{})}
-		go func() {
-			defer close(r.done)
-			if err := in.Run(ctx); err != nil {
-				s.log.Error("vrrp instance stopped", "instance", ic.Name, "err", err)
-			}
-		}()
-		s.mu.Lock()
-		s.running[ic.Name] = r
-		s.mu.Unlock()
+		s.start(ic, sigs[ic.Name], g)
 	}
 	s.mu.Lock()
 	s.order = order
 	s.mu.Unlock()
+}
+
+// start runs the instance ic on a goroutine of its own, once every
+// instance stopping now has stopped.
+func (s *vrrpSet) start(ic config.Instance, group string, g *vrrp.Group) {
+	ctx, stop := context.WithCancel(context.Background())
+	r := &runningInstance{cfg: ic, group: group, stop: stop, done: make(chan struct{})}
+	wait := slices.Clone(s.stopping)
+	run := s.run
+	newInstance := func() *vrrp.Instance {
+		in := vrrp.NewInstance(ic, s.log)
+		if g != nil {
+			in.JoinGroup(g)
+		}
+		return in
+	}
+	if len(wait) == 0 {
+		r.inst = newInstance() // listed in halb status from now
+	}
+	s.mu.Lock()
+	s.running[ic.Name] = r
+	s.mu.Unlock()
+	go func() {
+		defer close(r.done)
+		for _, old := range wait {
+			select {
+			case <-old.done:
+			case <-ctx.Done():
+				return
+			}
+		}
+		s.mu.Lock()
+		if r.inst == nil {
+			r.inst = newInstance()
+		}
+		in := r.inst
+		s.mu.Unlock()
+		if err := run(ctx, in); err != nil {
+			s.log.Error("vrrp instance stopped", "instance", ic.Name, "err", err)
+		}
+	}()
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // sameInstance reports whether a running instance configured as b can go
@@ -138,9 +183,28 @@ func sameInstance(a, b config.Instance) bool {
 }
 
 // stopAll stops every instance: each gives its VIPs up and, as Master,
-// sends priority 0 so the backup takes over after skew time.
-func (s *vrrpSet) stopAll() {
+// sends priority 0 so the backup takes over after skew time. It waits for
+// them, and for those a reload stopped, until the deadline, and names any
+// that have not stopped by then.
+func (s *vrrpSet) stopAll(deadline time.Time) {
 	s.apply(config.VRRP{})
+	timeout := time.NewTimer(time.Until(deadline))
+	defer timeout.Stop()
+	for _, r := range s.stopping {
+		select {
+		case <-r.done:
+		case <-timeout.C:
+			var left []string
+			for _, r := range s.stopping {
+				if !isClosed(r.done) {
+					left = append(left, r.cfg.Name)
+				}
+			}
+			s.log.Error("vrrp instances did not stop in time; exiting without them", "instances", strings.Join(left, ","))
+			return
+		}
+	}
+	s.stopping = nil
 }
 
 // instances lists the running instances in configuration order.
@@ -149,7 +213,7 @@ func (s *vrrpSet) instances() []*vrrp.Instance {
 	defer s.mu.Unlock()
 	var out []*vrrp.Instance
 	for _, name := range s.order {
-		if r, ok := s.running[name]; ok {
+		if r, ok := s.running[name]; ok && r.inst != nil {
 			out = append(out, r.inst)
 		}
 	}

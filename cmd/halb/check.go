@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/daemon"
 )
 
 func newCheckCmd(f *flags) *cobra.Command {
@@ -27,6 +28,9 @@ exit status 0: the file is valid, and may be meant for another host.`,
 			path := f.configPath()
 			cfg, warnings, err := config.LoadWithWarnings(path)
 			if err != nil {
+				return err
+			}
+			if err := daemon.CheckControlSocket(path, cfg); err != nil {
 				return err
 			}
 			// The file's own warnings (a password others can read), then

@@ -24,10 +24,16 @@ func newRunCmd(f *flags) *cobra.Command {
 				return err
 			}
 			d.Cleanup = cleanup
-			signals := make(chan os.Signal, 4)
-			signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
-			defer signal.Stop(signals)
-			return d.Run(context.Background(), signals)
+			// A channel each: Go drops a signal whose channel is full, so
+			// SIGHUPs coalesce in theirs (one pending reload at most) and
+			// can never crowd out a SIGTERM.
+			stop := make(chan os.Signal, 1)
+			reload := make(chan os.Signal, 1)
+			signal.Notify(stop, syscall.SIGTERM, os.Interrupt)
+			signal.Notify(reload, syscall.SIGHUP)
+			defer signal.Stop(stop)
+			defer signal.Stop(reload)
+			return d.Run(context.Background(), stop, reload)
 		},
 	}
 	cmd.Flags().BoolVar(&cleanup, "cleanup", false, "on shutdown remove the data path (eBPF pins and attachments, halb's IPVS services) instead of leaving it to forward")

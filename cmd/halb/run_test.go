@@ -135,6 +135,7 @@ func TestRunReloadAndStop(t *testing.T) {
 	// is about the daemon's life.
 	good := []byte(`log:
   level: info
+control: {socket: ` + filepath.Join(dir, "halb.sock") + `}
 vrrp:
   instances:
     - name: VI_PI
