@@ -173,7 +173,12 @@ type node struct {
 
 func newNode(t testing.TB, name string, ns *netnstest.NS, config string) *node {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), name+".yaml")
+	dir := t.TempDir()
+	path := filepath.Join(dir, name+".yaml")
+	if !strings.Contains(config, "control:") {
+		// One halb per control socket: each node has its own.
+		config = "control: {socket: " + filepath.Join(dir, name+".sock") + "}\n" + config
+	}
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
