@@ -14,9 +14,11 @@
 package script
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -54,8 +56,9 @@ func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
 // Check reports whether program may be run: an absolute path to a regular,
 // executable file that, with every directory and symlink on its path, is
 // owned by root (or the user halb runs as) and writable by no one else
-// (internal/trust). Its error names the component and the fix; it is
-// ErrRefused for a policy failure and an *fs.PathError for a missing file.
+// (internal/trust); for a #! script, its interpreter likewise. Its error
+// names the component and the fix; it is ErrRefused for a policy failure
+// and an *fs.PathError for a missing file.
 func Check(program string) error {
 	f, err := open(program)
 	if err != nil {
@@ -67,6 +70,73 @@ func Check(program string) error {
 
 // open is Check that keeps the checked file open (O_PATH) to run it.
 func open(program string) (*os.File, error) {
+	f, err := openProgram(program)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkInterpreter(f, program, 1); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// maxInterpreters is the kernel's bound on #! scripts run through #!
+// scripts (BINPRM_MAX_RECURSION).
+const maxInterpreters = 4
+
+// checkInterpreter: the kernel runs a #! script's interpreter by the path
+// on its first line, so the interpreter is a program halb runs too, and
+// is held to the same policy. (Its path is then trusted, so it cannot be
+// swapped between this check and the exec.) A first line halb cannot
+// read is left to the exec, which fails the same way.
+func checkInterpreter(f *os.File, program string, depth int) error {
+	interp, ok := shebang(f)
+	if !ok {
+		return nil
+	}
+	if depth > maxInterpreters {
+		return &RefusedError{fmt.Errorf("%s: more than %d #! interpreters in a row", program, maxInterpreters)}
+	}
+	i, err := openProgram(interp)
+	var re *RefusedError
+	switch {
+	case errors.As(err, &re):
+		return &RefusedError{fmt.Errorf("the #! interpreter of %s: %w", program, re.Err)}
+	case err != nil:
+		return fmt.Errorf("the #! interpreter of %s: %w", program, err)
+	}
+	defer i.Close()
+	return checkInterpreter(i, interp, depth+1)
+}
+
+// shebang reads the interpreter's path from a #! first line, through the
+// descriptor that was checked.
+func shebang(f *os.File) (string, bool) {
+	r, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+	if err != nil {
+		return "", false
+	}
+	defer r.Close()
+	buf := make([]byte, 256) // the kernel reads no more (BINPRM_BUF_SIZE)
+	n, _ := io.ReadFull(r, buf)
+	line, found := bytes.CutPrefix(buf[:n], []byte("#!"))
+	if !found {
+		return "", false
+	}
+	if i := bytes.IndexByte(line, '\n'); i >= 0 {
+		line = line[:i]
+	}
+	fields := strings.Fields(string(line))
+	if len(fields) == 0 {
+		return "", false
+	}
+	return fields[0], true
+}
+
+// openProgram opens one program under the policy: trust.Open, and
+// executable.
+func openProgram(program string) (*os.File, error) {
 	f, err := trust.Open(program, trust.ForExec)
 	var nr *trust.NotRegularError
 	switch {

@@ -159,3 +159,52 @@ func TestCheckRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckInterpreter: the kernel runs a #! script's interpreter by its
+// path, so an interpreter others could replace is refused like the script
+// would be, and a missing one is an error before anything runs.
+func TestCheckInterpreter(t *testing.T) {
+	base := t.TempDir()
+	open := filepath.Join(base, "open")
+	if err := os.Mkdir(open, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	sh, err := os.ReadFile("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	interp := filepath.Join(open, "sh")
+	if err := os.WriteFile(interp, sh, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	viaOpen := writeScript(t, filepath.Join(base, "via-open"), "#!"+interp+" -e\necho ran\n", 0o755)
+	viaMissing := writeScript(t, filepath.Join(base, "via-missing"), "#! "+filepath.Join(base, "nosuch")+"\necho ran\n", 0o755)
+	viaRelative := writeScript(t, filepath.Join(base, "via-relative"), "#!sh\necho ran\n", 0o755)
+	nested := writeScript(t, filepath.Join(base, "nested"), "#!"+viaOpen+"\n", 0o755)
+	good := writeScript(t, filepath.Join(base, "good"), "#!/bin/sh -e\necho ran\n", 0o755)
+
+	for _, tc := range []struct {
+		program string
+		refused bool
+		want    string
+	}{
+		{viaOpen, true, "the #! interpreter of " + viaOpen + ": " + open + " is writable by a user other than root"},
+		{nested, true, "the #! interpreter of " + viaOpen + ": " + open + " is writable"},
+		{viaRelative, true, "the #! interpreter of " + viaRelative + ": sh is not an absolute path"},
+		{viaMissing, false, "the #! interpreter of " + viaMissing + ": open " + filepath.Join(base, "nosuch") + ": no such file"},
+	} {
+		err := Check(tc.program)
+		if err == nil || errors.Is(err, ErrRefused) != tc.refused || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Check(%s) = %v, want refused %v saying %q", tc.program, err, tc.refused, tc.want)
+		}
+		if out, err := run(t, tc.program); err == nil || out != "" {
+			t.Errorf("Run(%s) = %q, %v; want an error and nothing run", tc.program, out, err)
+		}
+	}
+	if out, err := run(t, good); err != nil || out != "ran" {
+		t.Errorf("a script through /bin/sh: %q, %v", out, err)
+	}
+}
