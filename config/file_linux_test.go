@@ -169,7 +169,12 @@ func TestConfigFileNotRegular(t *testing.T) {
 			t.Fatalf("Load(%s) still running after a minute", path)
 		}
 	}
-	// The notes read the file through the same reader.
+	// The notes and Locate read the file through the same reader.
+	problems := []Problem{{Path: "log.level", Msg: "x"}}
+	Locate(fifo, problems)
+	if problems[0].Line != 0 {
+		t.Errorf("a line from a FIFO: %v", problems)
+	}
 	if notes := Notes(fifo, &Config{VRRP: VRRP{Instances: []Instance{{Version: 3, VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.1/24")}}}}}); len(notes) != 1 || notes[0].Line != 0 {
 		t.Errorf("notes for a FIFO: %v", notes)
 	}
