@@ -258,6 +258,14 @@ struct local_mac_via {
 			* its VMAC child's; for bpftool readers */
 };
 
+/* halb_mac_cache value (per CPU): the last frame's interface and
+ * destination MAC that halb_local_macs held, while halb_local_macs_gen
+ * was gen. */
+struct local_mac_cache {
+	__u32 gen;
+	struct local_mac key;
+};
+
 /* halb_service_stats and halb_backend_stats value (per CPU). */
 struct stats {
 	__u64 packets;

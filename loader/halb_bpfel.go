@@ -106,6 +106,12 @@ type halbLocalMac struct {
 	Pad     [2]uint8
 }
 
+type halbLocalMacCache struct {
+	_   structs.HostLayout
+	Gen uint32
+	Key halbLocalMac
+}
+
 type halbLocalMacVia struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -179,6 +185,7 @@ const (
 	halbMapHalbDrops        = "halb_drops"
 	halbMapHalbEvents       = "halb_events"
 	halbMapHalbLocalMacs    = "halb_local_macs"
+	halbMapHalbMacCache     = "halb_mac_cache"
 	halbMapHalbMaglev       = "halb_maglev"
 	halbMapHalbNexthops     = "halb_nexthops"
 	halbMapHalbServiceIds   = "halb_service_ids"
@@ -188,6 +195,7 @@ const (
 	halbMapHalbVips         = "halb_vips"
 	halbProgHalbTcLb        = "halb_tc_lb"
 	halbProgHalbXdpLb       = "halb_xdp_lb"
+	halbVarHalbLocalMacsGen = "halb_local_macs_gen"
 	halbVarHalbMaglevSize   = "halb_maglev_size"
 	halbVarHalbNexthopGen   = "halb_nexthop_gen"
 )
@@ -248,6 +256,7 @@ type halbMapSpecs struct {
 	HalbDrops        *ebpf.MapSpec `ebpf:"halb_drops"`
 	HalbEvents       *ebpf.MapSpec `ebpf:"halb_events"`
 	HalbLocalMacs    *ebpf.MapSpec `ebpf:"halb_local_macs"`
+	HalbMacCache     *ebpf.MapSpec `ebpf:"halb_mac_cache"`
 	HalbMaglev       *ebpf.MapSpec `ebpf:"halb_maglev"`
 	HalbNexthops     *ebpf.MapSpec `ebpf:"halb_nexthops"`
 	HalbServiceIds   *ebpf.MapSpec `ebpf:"halb_service_ids"`
@@ -261,8 +270,9 @@ type halbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type halbVariableSpecs struct {
-	HalbMaglevSize *ebpf.VariableSpec `ebpf:"halb_maglev_size"`
-	HalbNexthopGen *ebpf.VariableSpec `ebpf:"halb_nexthop_gen"`
+	HalbLocalMacsGen *ebpf.VariableSpec `ebpf:"halb_local_macs_gen"`
+	HalbMaglevSize   *ebpf.VariableSpec `ebpf:"halb_maglev_size"`
+	HalbNexthopGen   *ebpf.VariableSpec `ebpf:"halb_nexthop_gen"`
 }
 
 // halbObjects contains all objects after they have been loaded into the kernel.
@@ -291,6 +301,7 @@ type halbMaps struct {
 	HalbDrops        *ebpf.Map `ebpf:"halb_drops"`
 	HalbEvents       *ebpf.Map `ebpf:"halb_events"`
 	HalbLocalMacs    *ebpf.Map `ebpf:"halb_local_macs"`
+	HalbMacCache     *ebpf.Map `ebpf:"halb_mac_cache"`
 	HalbMaglev       *ebpf.Map `ebpf:"halb_maglev"`
 	HalbNexthops     *ebpf.Map `ebpf:"halb_nexthops"`
 	HalbServiceIds   *ebpf.Map `ebpf:"halb_service_ids"`
@@ -308,6 +319,7 @@ func (m *halbMaps) Close() error {
 		m.HalbDrops,
 		m.HalbEvents,
 		m.HalbLocalMacs,
+		m.HalbMacCache,
 		m.HalbMaglev,
 		m.HalbNexthops,
 		m.HalbServiceIds,
@@ -322,8 +334,9 @@ func (m *halbMaps) Close() error {
 //
 // It can be passed to loadHalbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type halbVariables struct {
-	HalbMaglevSize *ebpf.Variable `ebpf:"halb_maglev_size"`
-	HalbNexthopGen *ebpf.Variable `ebpf:"halb_nexthop_gen"`
+	HalbLocalMacsGen *ebpf.Variable `ebpf:"halb_local_macs_gen"`
+	HalbMaglevSize   *ebpf.Variable `ebpf:"halb_maglev_size"`
+	HalbNexthopGen   *ebpf.Variable `ebpf:"halb_nexthop_gen"`
 }
 
 // halbPrograms contains all programs after they have been loaded into the kernel.

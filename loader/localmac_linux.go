@@ -68,6 +68,7 @@ func (lb *LB) SetLocalMACs(ifindex int, macs []LocalMAC) error {
 			return fmt.Errorf("write %s to %s: %w", net.HardwareAddr(k.Mac[:]), halbMapHalbLocalMacs, err)
 		}
 	}
+	deleted := false
 	for k := range have {
 		if _, ok := want[k]; ok {
 			continue
@@ -75,6 +76,20 @@ func (lb *LB) SetLocalMACs(ifindex int, macs []LocalMAC) error {
 		if err := lb.objs.HalbLocalMacs.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete %s from %s: %w", net.HardwareAddr(k.Mac[:]), halbMapHalbLocalMacs, err)
 		}
+		deleted = true
+	}
+	if !deleted {
+		return nil
+	}
+	// Each CPU caches the last MAC it found (halb_mac_cache) until
+	// the generation moves: a MAC that left must not stay there. One that
+	// came needs no bump: the cache only ever says yes.
+	var gen uint32
+	if err := lb.objs.HalbLocalMacsGen.Get(&gen); err != nil {
+		return fmt.Errorf("read %s: %w", halbVarHalbLocalMacsGen, err)
+	}
+	if err := lb.objs.HalbLocalMacsGen.Set(gen + 1); err != nil {
+		return fmt.Errorf("bump %s: %w", halbVarHalbLocalMacsGen, err)
 	}
 	return nil
 }

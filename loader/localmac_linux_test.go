@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -341,5 +342,59 @@ func TestLocalMACsFrom(t *testing.T) {
 	}
 	if _, _, _, err := localMACsFrom(links, 99, holds); err == nil {
 		t.Error("an interface that is not there: no error")
+	}
+}
+
+// TestLocalMACCache: each CPU remembers the last MAC it found in
+// halb_local_macs (halb_mac_cache); a MAC that leaves the map must leave
+// the cache with it, or a CPU would go on balancing frames to an old MAC
+// or to a VMAC the node gave up. Both runs are on one CPU, so the second
+// meets what the first cached.
+func TestLocalMACCache(t *testing.T) { forPrograms(t, testLocalMACCache) }
+
+func testLocalMACCache(t *testing.T, prog string) {
+	tb := newTestbed(t, Options{}).on(prog)
+	tb.backend(t, 1, "198.51.100.11", tb.halb0)
+	tb.service(t, ServiceKey{vip4, 80, TCP}, Service{ID: 1, Forward: ForwardDR})
+	tb.table(t, 1, 1)
+	frame := packet{src: ap(client4, 40000), dst: ap(vip4, 80)}.frame(t, routerMAC, testVMAC)
+
+	var actions []uint32
+	err := tb.ns.Do(func() error {
+		var one unix.CPUSet
+		one.Set(0)
+		if err := unix.SchedSetaffinity(0, &one); err != nil {
+			return err
+		}
+		run := func() error {
+			p, opts := tb.lb.Program(), &ebpf.RunOptions{
+				Data: frame, DataOut: make([]byte, len(frame)+256),
+				Context: xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(tb.halb0)},
+			}
+			if tb.tc {
+				p, opts.Context = tb.lb.TCProgram(), skbCtx{IngressIfindex: uint32(tb.halb0), Ifindex: uint32(tb.halb0)}
+			}
+			ret, err := p.Run(opts)
+			actions = append(actions, ret)
+			return err
+		}
+		if err := run(); err != nil {
+			return err
+		}
+		// The node gives the VMAC up.
+		if err := tb.lb.SetLocalMACs(tb.halb0, []LocalMAC{{MAC: halb0MAC, Via: tb.halb0}}); err != nil {
+			return err
+		}
+		return run()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass, forward := uint32(xdpPass), uint32(xdpTX)
+	if tb.tc {
+		pass, forward = tcActUnspec, tcActRedirect
+	}
+	if len(actions) != 2 || actions[0] != forward || actions[1] != pass {
+		t.Errorf("verdicts %v, want %d while the VMAC is held, then %d", actions, forward, pass)
 	}
 }
