@@ -1,15 +1,25 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/loader"
+	"github.com/halb-lb/halb/vrrp"
 )
 
 // waitExit reads halb's log to its end (halb blocks on a full pipe
@@ -181,4 +191,325 @@ func (n *notifyListener) expect(t *testing.T, want string) {
 			return
 		}
 	}
+}
+
+// A control socket in a directory others can write is refused by halb
+// check and by halb run, which then touches nothing: no socket, no lock.
+func TestSocketDirectoryOthersCanWrite(t *testing.T) {
+	netnstest.Require(t)
+	dir := t.TempDir()
+	open := filepath.Join(dir, "open")
+	if err := os.Mkdir(open, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "halb.yaml")
+	if err := os.WriteFile(cfg, []byte(`control: {socket: `+filepath.Join(open, "halb.sock")+`}
+vrrp:
+  instances:
+    - {name: VI_L, interface: lan9, vrid: 9, virtual_ips: [192.0.2.9/24]}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := "control.socket: " + open + " is writable by group or others (mode 0777)"
+	code, _, errs := run(t, "check", "-c", cfg)
+	if code != exitBadConfig || !strings.Contains(errs, want) || !strings.Contains(errs, "chmod go-w "+open) {
+		t.Errorf("halb check: exit %d, want %d with %q and the fix:\n%s", code, exitBadConfig, want, errs)
+	}
+	p := startHalb(t, "run", "-c", cfg)
+	code, log := p.waitExit(t, 20*time.Second)
+	if code != exitBadConfig || !strings.Contains(log, want) {
+		t.Errorf("halb run: exit %d, want %d with %q:\n%s", code, exitBadConfig, want, log)
+	}
+	if entries, err := os.ReadDir(open); err != nil || len(entries) != 0 {
+		t.Errorf("halb run left %v in %s (%v)", entries, open, err)
+	}
+}
+
+// lbNS is a namespace with eth0 (198.51.100.1/24, its peer eth1) for a
+// halb that programs XDP and holds a VIP, and a bpffs of the test's own.
+func lbNS(t *testing.T) (ns *netnstest.NS, h *netlink.Handle, fs string) {
+	t.Helper()
+	ns = netnstest.New(t)
+	h = ns.Netlink(t)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"eth0", "eth1"} {
+		link, err := h.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkSetUp(link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eth0, _ := h.LinkByName("eth0")
+	addr, _ := netlink.ParseAddr("198.51.100.1/24")
+	if err := h.AddrAdd(eth0, addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.NeighAdd(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, State: netlink.NUD_PERMANENT,
+		IP: net.ParseIP("198.51.100.11"), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, 0x11}}); err != nil {
+		t.Fatal(err)
+	}
+	fs = filepath.Join(t.TempDir(), "bpffs")
+	if err := os.Mkdir(fs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		entries, _ := os.ReadDir(fs)
+		for _, e := range entries {
+			_ = loader.RemovePinned(filepath.Join(fs, e.Name()))
+		}
+		_ = unix.Unmount(fs, 0)
+	})
+	return ns, h, fs
+}
+
+// lbConfig writes a config for a halb on lbNS: a service through XDP on
+// eth0 and a v3 instance for its VIP whose accept_mode filter is on.
+func lbConfig(t *testing.T, socket, pins, metrics string, priority int) string {
+	t.Helper()
+	cfg := filepath.Join(t.TempDir(), "halb.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`control: {socket: %s, metrics: %q}
+datapath: {mode: xdp, interfaces: [eth0], bpffs: %s}
+vrrp:
+  instances:
+    - {name: VI_1, interface: eth0, vrid: 51, version: 3, priority: %d, advert_interval: 100ms, virtual_ips: [192.0.2.100/24]}
+services:
+  - name: web
+    vip: 192.0.2.100
+    port: 80
+    backends: [{address: 198.51.100.11}]
+    health_check: {type: none}
+`, socket, metrics, pins, priority)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// vipOn reports whether 192.0.2.100 is on eth0.
+func vipOn(t *testing.T, h *netlink.Handle) bool {
+	t.Helper()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := h.AddrList(eth0, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if a.IP.Equal(net.ParseIP("192.0.2.100")) {
+			return true
+		}
+	}
+	return false
+}
+
+// A second halb on the same control socket or the same bpffs path exits 1
+// naming the first one's pid, having changed nothing: the first one's
+// VIP, accept_mode table, pins and socket are intact, and it still
+// answers. A halb killed with SIGKILL leaves lock files that block nobody.
+func TestRunSecondHalbRefused(t *testing.T) {
+	ns, h, fs := lbNS(t)
+	dir := t.TempDir()
+	sock, pins := filepath.Join(dir, "halb.sock"), filepath.Join(fs, "halb")
+	cfg := lbConfig(t, sock, pins, "", 200)
+	first := startHalbIn(t, ns, "run", "-c", cfg)
+	first.waitFor(t, "services programmed")
+	var firstLog syncLog
+	go func() { // keep its pipe flowing, and its log for a failure
+		for line := range first.lines {
+			firstLog.add(line)
+		}
+	}()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the first halb's log:\n%s", firstLog.String())
+		}
+	})
+	master := func() bool {
+		code, out, _ := run(t, "status", "--json", "-s", sock)
+		var st struct {
+			Instances []struct{ State string } `json:"instances"`
+		}
+		return code == exitOK && json.Unmarshal([]byte(out), &st) == nil && len(st.Instances) == 1 && st.Instances[0].State == "MASTER"
+	}
+	for start := time.Now(); !master(); time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("the first halb never became MASTER")
+		}
+	}
+	table, err := vrrp.OpenAcceptTable(int(ns.Handle()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := func() []string {
+		entries, _ := os.ReadDir(pins)
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		return names
+	}
+	wantPins := pinned()
+	intact := func(after string) {
+		t.Helper()
+		if !vipOn(t, h) {
+			t.Errorf("after %s: the first halb's VIP is gone from eth0", after)
+		}
+		if !table.Installed() {
+			t.Errorf("after %s: the first halb's accept_mode table is gone", after)
+		}
+		if got := pinned(); !slices.Equal(got, wantPins) || len(got) == 0 {
+			t.Errorf("after %s: pins %v, want %v", after, got, wantPins)
+		}
+		if info, err := os.Stat(sock); err != nil || info.Mode()&os.ModeSocket == 0 {
+			t.Errorf("after %s: the first halb's socket: %v", after, err)
+		}
+		if !master() {
+			t.Errorf("after %s: the first halb no longer answers as MASTER", after)
+		}
+	}
+	pid := strconv.Itoa(first.cmd.Process.Pid)
+	for _, tc := range []struct {
+		what, socket, pins, want string
+	}{
+		{"the same config", sock, pins, "control socket " + sock + " is in use by halb pid " + pid},
+		{"the same socket", sock, filepath.Join(fs, "other"), "control socket " + sock + " is in use by halb pid " + pid},
+		{"the same bpffs", filepath.Join(dir, "other.sock"), pins, "datapath.bpffs " + pins + " is in use by halb pid " + pid},
+	} {
+		// Priority 255: on old halbs, the second one took the VIP at
+		// once, then gave it up on its way out.
+		second := startHalbIn(t, ns, "run", "-c", lbConfig(t, tc.socket, tc.pins, "", 255))
+		code, log := second.waitExit(t, 20*time.Second)
+		if code != exitFailure || !strings.Contains(log, tc.want) {
+			t.Errorf("a second halb on %s: exit %d, want 1 with %q:\n%s", tc.what, code, tc.want, log)
+		}
+		intact("a second halb on " + tc.what)
+	}
+
+	// Killed, the first one leaves its lock files behind; they do not
+	// keep the next halb out.
+	_ = first.cmd.Process.Kill()
+	_ = first.cmd.Wait()
+	for _, lock := range []string{sock + ".lock"} {
+		if _, err := os.Stat(lock); err != nil {
+			t.Errorf("no stale lock file to test with: %v", err)
+		}
+	}
+	next := startHalbIn(t, ns, "run", "-c", cfg)
+	next.waitFor(t, "services programmed")
+	for start := time.Now(); !master(); time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("a halb after a killed one never became MASTER")
+		}
+	}
+	_ = next.cmd.Process.Signal(syscall.SIGTERM)
+	if code, log := next.waitExit(t, 20*time.Second); code != exitOK {
+		t.Errorf("exit %d:\n%s", code, log)
+	}
+	for _, lock := range []string{sock + ".lock"} {
+		if _, err := os.Stat(lock); !os.IsNotExist(err) {
+			t.Errorf("%s left after a clean stop: %v", lock, err)
+		}
+	}
+}
+
+// A start that fails late changes nothing: with the metrics port taken,
+// halb exits 1 naming it, and its VIP (priority 255: Master at once) was
+// never added, nor its accept_mode table made.
+func TestRunMetricsPortInUse(t *testing.T) {
+	ns, h, fs := lbNS(t)
+	var taken net.Listener
+	if err := ns.Do(func() (err error) {
+		taken, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	// Every address added in the namespace, for as long as halb runs.
+	updates := make(chan netlink.AddrUpdate, 256)
+	done := make(chan struct{})
+	defer close(done)
+	handle := ns.Handle()
+	if err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{Namespace: &handle}); err != nil {
+		t.Fatal(err)
+	}
+	vipAdded := func() bool {
+		for {
+			select {
+			case u := <-updates:
+				if u.NewAddr && u.LinkAddress.IP.Equal(net.ParseIP("192.0.2.100")) {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	}
+	dir := t.TempDir()
+	sock, pins := filepath.Join(dir, "halb.sock"), filepath.Join(fs, "halb")
+	addr := taken.Addr().String()
+	table, err := vrrp.OpenAcceptTable(int(ns.Handle()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for try := range 3 {
+		p := startHalbIn(t, ns, "run", "-c", lbConfig(t, sock, pins, addr, 255))
+		code, log := p.waitExit(t, 20*time.Second)
+		if code != exitFailure || !strings.Contains(log, "control.metrics "+addr) {
+			t.Errorf("try %d: exit %d, want 1 naming control.metrics %s:\n%s", try, code, addr, log)
+		}
+		if vipAdded() || vipOn(t, h) {
+			t.Errorf("try %d: the VIP was added to eth0 by a start that failed", try)
+		}
+		if table.Installed() {
+			t.Errorf("try %d: the accept_mode table is there after a start that failed", try)
+		}
+		if _, err := os.Stat(sock); !os.IsNotExist(err) {
+			t.Errorf("try %d: the control socket is left: %v", try, err)
+		}
+	}
+
+	// The same halb with a free port adds the VIP, and the watch above
+	// sees it: it would have seen the failed starts' too.
+	p := startHalbIn(t, ns, "run", "-c", lbConfig(t, sock, pins, freeAddr(t), 255))
+	p.waitFor(t, "services programmed")
+	for start := time.Now(); !vipOn(t, h); time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("halb with a free metrics port never added its VIP")
+		}
+	}
+	for start := time.Now(); !vipAdded(); time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the address watch missed the VIP being added")
+		}
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.waitExit(t, 20*time.Second)
+}
+
+// syncLog is a log one goroutine writes and the test reads.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) add(line string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.WriteString(line)
+	l.b.WriteByte('\n')
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

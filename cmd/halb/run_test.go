@@ -28,6 +28,10 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
+	if sock := os.Getenv("HALB_TEST_FAKE_STATUS"); sock != "" {
+		serveFakeStatus(sock)
+		return
+	}
 	os.Exit(m.Run())
 }
 

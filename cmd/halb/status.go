@@ -3,15 +3,18 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/daemon"
@@ -32,6 +35,10 @@ func newStatusCmd(f *flags) *cobra.Command {
 				}
 			}
 			st, raw, err := fetchStatus(cmd.Context(), socket)
+			var untrusted *untrustedPeerError
+			if errors.As(err, &untrusted) {
+				return err
+			}
 			if err != nil {
 				return fmt.Errorf("no halb daemon answers on %s (is halb run going, and are you root?): %w", socket, err)
 			}
@@ -55,7 +62,15 @@ func fetchStatus(ctx context.Context, socket string) (daemon.Status, []byte, err
 	client := &http.Client{
 		Timeout: 5 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+			c, err := (&net.Dialer{}).DialContext(ctx, "unix", socket)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkPeer(c, socket); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return c, nil
 		}},
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://halb/v1/status", nil)
@@ -75,6 +90,46 @@ func fetchStatus(ctx context.Context, socket string) (daemon.Status, []byte, err
 		return st, nil, fmt.Errorf("daemon answered %s", resp.Status)
 	}
 	return st, raw, json.Unmarshal(raw, &st)
+}
+
+// untrustedPeerError is a control socket served by a user who is neither
+// root nor the caller.
+type untrustedPeerError struct {
+	socket   string
+	uid, pid int32
+}
+
+func (e *untrustedPeerError) Error() string {
+	return fmt.Sprintf("refusing the answer on %s: it comes from uid %d (pid %d), not root, so it may show a state that is not halb's; "+
+		"find out who made that socket, and keep control.socket in a directory only root can write such as /run/halb", e.socket, e.uid, e.pid)
+}
+
+// checkPeer trusts the daemon at the other end of c only when the kernel
+// says it runs as root or as the caller (SO_PEERCRED): anyone else who
+// made a socket at that path could show root a state of their choosing.
+func checkPeer(c net.Conn, socket string) error {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("control socket %s: not a unix socket", socket)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return err
+	}
+	if credErr != nil {
+		return fmt.Errorf("control socket %s: who serves it (SO_PEERCRED): %w", socket, credErr)
+	}
+	if cred.Uid != 0 && int(cred.Uid) != os.Geteuid() {
+		return &untrustedPeerError{socket: socket, uid: int32(cred.Uid), pid: cred.Pid}
+	}
+	return nil
 }
 
 func writeStatus(w io.Writer, st daemon.Status) error {

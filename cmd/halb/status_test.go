@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -246,4 +251,96 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// serveFakeStatus is what a local user could serve at a control socket
+// path they made: a state of their choosing. It says "ready" on stdout
+// once it listens, and serves until killed.
+func serveFakeStatus(sock string) {
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println("ready")
+	_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, `{"datapath":"xdp","instances":[{"name":"VI_FAKE","state":"MASTER"}]}`)
+	}))
+}
+
+// halb status believes only a daemon that runs as root or as the caller
+// (SO_PEERCRED): root asking a socket a local user serves is refused and
+// shown nothing; that user asking their own is answered.
+func TestStatusRefusesUntrustedPeer(t *testing.T) {
+	netnstest.Require(t)
+	uid := unusedUID(t)
+	// A directory the user can reach, with a copy of this binary (the
+	// build directory is root's alone) and a directory of the user's.
+	dir, err := os.MkdirTemp("", "halb-peercred-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "halb.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	theirs := filepath.Join(dir, "user")
+	if err := os.Mkdir(theirs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(theirs, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(theirs, "halb.sock")
+	asUser := func(env string, args ...string) *exec.Cmd {
+		cmd := exec.Command("setpriv", append([]string{"--reuid", strconv.Itoa(uid), "--regid", strconv.Itoa(uid), "--clear-groups", bin}, args...)...)
+		cmd.Env = append(os.Environ(), env)
+		return cmd
+	}
+	fake := asUser("HALB_TEST_FAKE_STATUS=" + sock)
+	out, err := fake.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fake.Start(); err != nil {
+		t.Fatalf("setpriv: %v", err)
+	}
+	t.Cleanup(func() { _ = fake.Process.Kill(); _ = fake.Wait() })
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("the fake daemon did not start: %q %v", line, err)
+	}
+
+	code, stdout, stderr := run(t, "status", "-s", sock)
+	if code != exitFailure || strings.Contains(stdout, "VI_FAKE") {
+		t.Errorf("root asking a socket uid %d serves: exit %d, shown:\n%s", uid, code, stdout)
+	}
+	if want := fmt.Sprintf("comes from uid %d (pid %d), not root", uid, fake.Process.Pid); !strings.Contains(stderr, want) {
+		t.Errorf("the refusal does not say %q:\n%s", want, stderr)
+	}
+
+	// The user's own daemon, to the user, is theirs to believe.
+	mine, err := asUser("HALB_TEST_MAIN=1", "status", "--json", "-s", sock).CombinedOutput()
+	if err != nil || !strings.Contains(string(mine), "VI_FAKE") {
+		t.Errorf("uid %d asking its own socket: %v\n%s", uid, err, mine)
+	}
+}
+
+// unusedUID is a uid no account has.
+func unusedUID(t *testing.T) int {
+	t.Helper()
+	for uid := 64000; uid < 65000; uid++ {
+		if _, err := user.LookupId(strconv.Itoa(uid)); err != nil {
+			return uid
+		}
+	}
+	t.Fatal("no unused uid in 64000..64999")
+	return 0
 }
