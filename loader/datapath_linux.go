@@ -597,11 +597,6 @@ func (d *Datapath) attach(ifname string) (*attachment, error) {
 	return a, nil
 }
 
-// hooksOn lists the hooks to try on l, best first: datapath.xdp_mode's.
-func (d *Datapath) hooksOn(l netlink.Link) []Hook {
-	return d.hooks
-}
-
 func (d *Datapath) attachNew(h Hook, ifindex int) (link.Link, error) {
 	switch h {
 	case HookXDPNative:

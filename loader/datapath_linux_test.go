@@ -539,6 +539,7 @@ func TestDatapathRestart(t *testing.T) {
 // restart without a moment where neither is attached.
 func TestDatapathTC(t *testing.T) {
 	b := newDPBench(t)
+	b.peerXDPPass(t) // so that auto may pick native XDP on the veth
 	dp := b.start(t, b.cfg, config.ModeTC)
 	if dp.Name() != "tc" || !slices.Equal(dp.Attachments(), []Attachment{{"halb0", HookTCX}}) {
 		t.Fatalf("Name %q, Attachments %v; want tc through tcx on halb0", dp.Name(), dp.Attachments())
@@ -568,8 +569,10 @@ func TestDatapathTC(t *testing.T) {
 
 // xdp_mode auto falls back from native XDP to generic on a driver without
 // native XDP (a bridge); native alone is refused there, naming the reason.
+// (halb0's peer has an XDP program: see TestDatapathVethPeer.)
 func TestDatapathFallback(t *testing.T) {
 	b := newDPBench(t)
+	b.peerXDPPass(t) // so that auto may pick native XDP on the veth
 	h := b.lb.Netlink(t)
 	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}); err != nil {
 		t.Fatal(err)
