@@ -68,6 +68,9 @@ type InstanceStatus struct {
 	Sent       uint64            `json:"adverts_sent"`
 	Received   uint64            `json:"adverts_received"`
 	Dropped    map[string]uint64 `json:"adverts_dropped"`
+	// Conflicts counts, by VIP, ARP / NA claims on a VIP held as Master
+	// from another MAC (each answered, rate-limited, with an announcement).
+	Conflicts map[string]uint64 `json:"address_conflicts"`
 }
 
 // BackendStatus is one backend's health.
@@ -93,7 +96,7 @@ func (d *Daemon) status() Status {
 		st := in.Status()
 		is := InstanceStatus{Name: st.Name, Interface: st.Interface, VRID: st.VRID, State: st.State.String(),
 			Priority: int(st.Priority), Since: st.Since, Reason: st.Reason, Faults: st.Faults,
-			Sent: st.Sent, Received: st.Received, Dropped: st.Drops}
+			Sent: st.Sent, Received: st.Received, Dropped: st.Drops, Conflicts: st.Conflicts}
 		for _, p := range st.VirtualIPs {
 			is.VirtualIPs = append(is.VirtualIPs, p.String())
 		}

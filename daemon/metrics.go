@@ -25,6 +25,7 @@ var (
 	descSent        = prometheus.NewDesc("halb_vrrp_adverts_sent_total", "Adverts sent.", []string{"instance"}, nil)
 	descReceived    = prometheus.NewDesc("halb_vrrp_adverts_received_total", "Adverts received and accepted.", []string{"instance"}, nil)
 	descDropped     = prometheus.NewDesc("halb_vrrp_adverts_dropped_total", "Adverts dropped, by reason.", []string{"instance", "reason"}, nil)
+	descConflicts   = prometheus.NewDesc("halb_vrrp_address_conflicts_total", "ARP / NA claims on a VIP held as Master from another MAC.", []string{"instance", "vip"}, nil)
 	descHealthy     = prometheus.NewDesc("halb_backend_healthy", "1 when the backend passes its health check.", []string{"service", "backend"}, nil)
 	descPackets     = prometheus.NewDesc("halb_datapath_packets_total", "Packets the data path matched to a service or forwarded to a backend (IPVS: incoming packets).", []string{"service", "backend"}, nil)
 	descBytes       = prometheus.NewDesc("halb_datapath_bytes_total", "Bytes, as packets.", []string{"service", "backend"}, nil)
@@ -63,6 +64,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(st.Received), st.Name)
 			for reason, n := range st.Drops {
 				ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), st.Name, reason)
+			}
+			for vip, n := range st.Conflicts {
+				ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.CounterValue, float64(n), st.Name, vip)
 			}
 		}
 	}

@@ -49,6 +49,10 @@ type Instance struct {
 
 	notify *notifier // nil without a notify script
 
+	// conflicts answers other hosts' claims on the VIPs while Master
+	// (conflict.go); nil otherwise.
+	conflicts *conflictWatch
+
 	group     *Group // nil outside a sync group
 	groupCmds chan groupCmd
 
@@ -72,7 +76,10 @@ type Status struct {
 	Received    uint64
 	Transitions uint64
 	Drops       map[string]uint64
-	VirtualIPs  []netip.Prefix
+	// Conflicts counts, by VIP, the ARP / NA claims on a VIP this node
+	// held as Master from a MAC not its own.
+	Conflicts  map[string]uint64
+	VirtualIPs []netip.Prefix
 }
 
 // NewInstance prepares an instance; Run starts it.
@@ -109,7 +116,7 @@ func NewInstance(cfg config.Instance, log *slog.Logger) *Instance {
 		in.scripts[i].ok = true
 	}
 	in.status = Status{Name: cfg.Name, VRID: cfg.VRID, Interface: cfg.Interface, State: Initialize,
-		Priority: uint8(cfg.Priority), Since: time.Now(), Drops: map[string]uint64{}, VirtualIPs: cfg.VirtualIPs}
+		Priority: uint8(cfg.Priority), Since: time.Now(), Drops: map[string]uint64{}, Conflicts: map[string]uint64{}, VirtualIPs: cfg.VirtualIPs}
 	return in
 }
 
@@ -130,6 +137,10 @@ func (in *Instance) Status() Status {
 	for k, v := range in.status.Drops {
 		s.Drops[k] = v
 	}
+	s.Conflicts = make(map[string]uint64, len(in.status.Conflicts))
+	for k, v := range in.status.Conflicts {
+		s.Conflicts[k] = v
+	}
 	s.Faults = slices.Clone(in.status.Faults)
 	return s
 }
@@ -148,6 +159,7 @@ func (in *Instance) Run(ctx context.Context) error {
 	scriptResults := make(chan scriptResult, 16)
 	scriptCtx, stopScripts := context.WithCancel(ctx)
 	defer stopScripts()
+	defer func() { in.conflicts.stop() }()
 	runScripts(scriptCtx, in.cfg.Name, in.cfg.TrackScripts, scriptResults)
 
 	in.evaluate(time.Now(), adverts)
@@ -351,6 +363,7 @@ func (in *Instance) evaluate(now time.Time, adverts chan<- packetIn) {
 	}
 	if len(faults) == 0 && in.m.State() == Master {
 		in.repairVIPs()
+		in.watchConflicts()
 	}
 }
 
@@ -654,10 +667,13 @@ func (in *Instance) takeOver() {
 	in.garpLeft = 2 // one burst now, one after garp_master_delay
 	in.garpNext = time.Now()
 	in.announceDue(time.Now())
+	in.watchConflicts()
 }
 
 func (in *Instance) giveUp() {
 	in.garpNext, in.garpLeft = time.Time{}, 0
+	in.conflicts.stop()
+	in.conflicts = nil
 	if in.vipLink == nil {
 		return
 	}
@@ -757,4 +773,48 @@ func (in *Instance) publishFaults() {
 	in.mu.Lock()
 	in.status.Faults = f
 	in.mu.Unlock()
+}
+
+// watchConflicts makes sure that, as Master, the instance answers claims
+// on its VIPs on the link that holds them; a failure is logged and tried
+// again at the next netlink event about the interface.
+func (in *Instance) watchConflicts() {
+	if in.vipLink == nil || len(in.vipMAC) == 0 {
+		return
+	}
+	if in.conflicts != nil && in.conflicts.ifindex == in.vipLink.Attrs().Index {
+		return
+	}
+	in.conflicts.stop()
+	in.conflicts = nil
+	a := in.vipLink.Attrs()
+	ifi := &net.Interface{Index: a.Index, Name: a.Name, MTU: a.MTU, HardwareAddr: in.vipMAC, Flags: a.Flags}
+	var base net.HardwareAddr
+	if in.link != nil {
+		base = in.link.Attrs().HardwareAddr
+	}
+	w, err := startConflictWatch(ifi, base, in.lladdr, in.cfg.VirtualIPs, in.onConflict)
+	if err != nil {
+		in.log.Warn("cannot watch for address conflicts", "err", err)
+		return
+	}
+	in.conflicts = w
+}
+
+// onConflict counts a claim on a VIP by another host and logs the ones
+// answered (at most one per VIP per conflictAnswerInterval, with how many
+// claims came since the last); it runs on the watch's goroutine.
+func (in *Instance) onConflict(r conflictReport) {
+	in.mu.Lock()
+	in.status.Conflicts[r.vip.String()]++
+	in.mu.Unlock()
+	if !r.answered {
+		return
+	}
+	attrs := []any{"vip", r.vip.String(), "mac", r.mac.String(), "claims", r.claims}
+	if r.err != nil {
+		in.log.Error("address conflict: another host claims a virtual IP; answer not sent", append(attrs, "err", r.err)...)
+		return
+	}
+	in.log.Warn("address conflict: another host claims a virtual IP; answered with our announcement", attrs...)
 }

@@ -1,0 +1,175 @@
+package vrrp
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/ndp"
+	"golang.org/x/net/bpf"
+)
+
+// A Master defends the virtual addresses it holds. Another host that sends
+// a gratuitous ARP, an ARP reply or request with a VIP as its sender, or a
+// Neighbor Advertisement for a VIP, moves the LAN's neighbour entries (and
+// so the clients) to itself, silently: by mistake (a host configured with
+// the VIP), in a split brain, or as an attack. The Master logs such a
+// claim, counts it, and answers with its own announcement, at most one per
+// VIP per conflictAnswerInterval, so that two Masters (or a host flooding
+// claims) cannot make an announcement storm between them.
+
+// conflictAnswerInterval is the least time between two answers for one
+// VIP; claims in between are counted, and the next log says how many.
+const conflictAnswerInterval = time.Second
+
+// claim is a frame in which the host at mac says it holds ip.
+type claim struct {
+	ip  netip.Addr
+	mac net.HardwareAddr
+}
+
+// arpClaim reads an Ethernet frame holding an ARP packet: any request or
+// reply whose sender protocol address is set claims that address for the
+// sender hardware address. An ARP probe (sender 0.0.0.0, RFC 5227) asks
+// and claims nothing.
+func arpClaim(frame []byte) (claim, bool) {
+	var f ethernet.Frame
+	if err := f.UnmarshalBinary(frame); err != nil || f.EtherType != ethernet.EtherTypeARP {
+		return claim{}, false
+	}
+	var p arp.Packet
+	if err := p.UnmarshalBinary(f.Payload); err != nil {
+		return claim{}, false
+	}
+	ip := p.SenderIP.Unmap()
+	if !ip.Is4() || ip.IsUnspecified() || isZeroMAC(p.SenderHardwareAddr) {
+		return claim{}, false
+	}
+	return claim{ip: ip, mac: p.SenderHardwareAddr}, true
+}
+
+// naClaim reads an Ethernet frame holding an IPv6 Neighbor Advertisement:
+// it claims its target for the MAC in its Target Link-Layer Address
+// option, or without one for the frame's source.
+func naClaim(frame []byte) (claim, bool) {
+	var f ethernet.Frame
+	if err := f.UnmarshalBinary(frame); err != nil || f.EtherType != ethernet.EtherTypeIPv6 {
+		return claim{}, false
+	}
+	ip := f.Payload
+	if len(ip) < 40 || ip[0]>>4 != 6 || ip[6] != 58 {
+		return claim{}, false
+	}
+	n := 40 + int(binary.BigEndian.Uint16(ip[4:6]))
+	if n > len(ip) {
+		return claim{}, false
+	}
+	m, err := ndp.ParseMessage(ip[40:n])
+	if err != nil {
+		return claim{}, false
+	}
+	na, ok := m.(*ndp.NeighborAdvertisement)
+	if !ok {
+		return claim{}, false
+	}
+	c := claim{ip: na.TargetAddress, mac: f.Source}
+	for _, o := range na.Options {
+		if l, ok := o.(*ndp.LinkLayerAddress); ok && l.Direction == ndp.Target {
+			c.mac = l.Addr
+		}
+	}
+	if !c.ip.IsValid() || isZeroMAC(c.mac) {
+		return claim{}, false
+	}
+	return c, true
+}
+
+func isZeroMAC(m net.HardwareAddr) bool {
+	return len(m) == 0 || bytes.Equal(m, make(net.HardwareAddr, len(m)))
+}
+
+// conflicts tells whether a claim takes a VIP from us, and whether to
+// answer it now.
+type conflicts struct {
+	vips map[netip.Addr]bool
+	ours []net.HardwareAddr // the interface's MAC and the VMAC
+	last map[netip.Addr]time.Time
+	held map[netip.Addr]uint64 // claims since the last answer, per VIP
+}
+
+func newConflicts(vips []netip.Prefix, ours ...net.HardwareAddr) *conflicts {
+	c := &conflicts{vips: map[netip.Addr]bool{}, last: map[netip.Addr]time.Time{}, held: map[netip.Addr]uint64{}}
+	for _, p := range vips {
+		c.vips[p.Addr()] = true
+	}
+	for _, m := range ours {
+		if len(m) > 0 {
+			c.ours = append(c.ours, m)
+		}
+	}
+	return c
+}
+
+// check reports whether cl claims one of the VIPs for another MAC
+// (conflict) and, if so, whether this is the claim to answer (answer),
+// with the number of claims for that VIP since the last answer, this one
+// included.
+func (c *conflicts) check(now time.Time, cl claim) (conflict, answer bool, claims uint64) {
+	if !c.vips[cl.ip] {
+		return false, false, 0
+	}
+	for _, m := range c.ours {
+		if bytes.Equal(m, cl.mac) {
+			return false, false, 0
+		}
+	}
+	c.held[cl.ip]++
+	if last, ok := c.last[cl.ip]; ok && now.Sub(last) < conflictAnswerInterval {
+		return true, false, c.held[cl.ip]
+	}
+	c.last[cl.ip] = now
+	claims = c.held[cl.ip]
+	c.held[cl.ip] = 0
+	return true, true, claims
+}
+
+// arpFilter admits to the ARP socket only packets whose sender protocol
+// address is one of vips: the daemon never wakes for the LAN's other ARP.
+func arpFilter(vips []netip.Addr) ([]bpf.RawInstruction, error) {
+	var v4 []netip.Addr
+	for _, a := range vips {
+		if a.Is4() {
+			v4 = append(v4, a)
+		}
+	}
+	// Ethernet header (14) + ARP: sender protocol address at 14+14.
+	prog := []bpf.Instruction{bpf.LoadAbsolute{Off: 28, Size: 4}}
+	for i, a := range v4 {
+		// Jump to accept (after the remaining compares and the drop).
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: binary.BigEndian.Uint32(a.AsSlice()), SkipTrue: uint8(len(v4) - i)})
+	}
+	prog = append(prog, bpf.RetConstant{Val: 0}, bpf.RetConstant{Val: 0xffff})
+	return bpf.Assemble(prog)
+}
+
+// naFilter admits to the IPv6 socket only ICMPv6 Neighbor Advertisements
+// without extension headers (as neighbour discovery sends them), so that
+// adverts and the rest of the traffic stay in the kernel.
+func naFilter() ([]bpf.RawInstruction, error) {
+	return bpf.Assemble([]bpf.Instruction{
+		bpf.LoadAbsolute{Off: 14 + 6, Size: 1}, // next header
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 58, SkipFalse: 2},
+		bpf.LoadAbsolute{Off: 14 + 40, Size: 1}, // ICMPv6 type
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(ipv6NeighborAdvert), SkipTrue: 1},
+		bpf.RetConstant{Val: 0},
+		bpf.RetConstant{Val: 0xffff},
+	})
+}
+
+// ipv6NeighborAdvert is the ICMPv6 type of a Neighbor Advertisement (RFC
+// 4861 §4.4).
+const ipv6NeighborAdvert = 136

@@ -1,0 +1,159 @@
+package vrrp
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/mdlayher/packet"
+	"golang.org/x/net/bpf"
+)
+
+// conflictWatch reads, while the instance is Master, the ARP packets and
+// Neighbor Advertisements that claim one of its VIPs, on sockets of their
+// own with kernel filters (conflict.go): the advert path never sees them,
+// and the daemon wakes only for a claim on a VIP.
+type conflictWatch struct {
+	ifindex int
+	conns   []*packet.Conn
+	quit    chan struct{} // closed at stop
+	wg      sync.WaitGroup
+}
+
+// conflictAnswerDelay is how long a claim waits for its answer. A peer
+// that takes over by the protocol sends its advert and then its
+// gratuitous ARP at once: in that time the instance reads the advert and
+// stops being Master, and the claim is not answered. Answering at once
+// would race the advert and could pull the clients back to a node that is
+// giving the VIP up.
+const conflictAnswerDelay = 200 * time.Millisecond
+
+// conflictReport is what the watch tells the instance about one claim.
+type conflictReport struct {
+	vip      netip.Addr
+	mac      net.HardwareAddr
+	answered bool
+	claims   uint64 // since the last answer, this one included
+	err      error  // the answer could not be sent
+}
+
+// startConflictWatch opens the sockets on ifi (the link that holds the
+// VIPs, whose MAC the answers carry) and reads them until stop. base is
+// the base interface's MAC with use_vmac, else nil; lladdr the IPv6
+// source of answers. report runs on the watch's goroutines.
+func startConflictWatch(ifi *net.Interface, base net.HardwareAddr, lladdr netip.Addr, vips []netip.Prefix, report func(conflictReport)) (*conflictWatch, error) {
+	w := &conflictWatch{ifindex: ifi.Index, quit: make(chan struct{})}
+	check := newConflicts(vips, ifi.HardwareAddr, base)
+	var mu sync.Mutex // check is shared by both sockets
+	var v4, v6 []netip.Addr
+	for _, p := range vips {
+		if p.Addr().Is4() {
+			v4 = append(v4, p.Addr())
+		} else {
+			v6 = append(v6, p.Addr())
+		}
+	}
+	type kind struct {
+		proto  int
+		filter func() ([]bpf.RawInstruction, error)
+		parse  func([]byte) (claim, bool)
+	}
+	var kinds []kind
+	if len(v4) > 0 {
+		kinds = append(kinds, kind{0x0806 /* ETH_P_ARP */, func() ([]bpf.RawInstruction, error) { return arpFilter(v4) }, arpClaim})
+	}
+	if len(v6) > 0 {
+		kinds = append(kinds, kind{0x86dd /* ETH_P_IPV6 */, naFilter, naClaim})
+	}
+	for _, k := range kinds {
+		filter, err := k.filter()
+		if err != nil {
+			w.stop()
+			return nil, fmt.Errorf("address conflict filter: %w", err)
+		}
+		c, err := packet.Listen(ifi, packet.Raw, k.proto, &packet.Config{Filter: filter})
+		if err != nil {
+			w.stop()
+			return nil, fmt.Errorf("listen for address conflicts on %s: %w", ifi.Name, err)
+		}
+		w.conns = append(w.conns, c)
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			buf := make([]byte, 1500)
+			for {
+				n, _, err := c.ReadFrom(buf)
+				if err != nil {
+					// Closed by stop (which closes quit first), or a
+					// passing error such as the link going down: the
+					// instance leaves Master then and stops the watch.
+					select {
+					case <-w.quit:
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+					continue
+				}
+				cl, ok := k.parse(buf[:n])
+				if !ok {
+					continue
+				}
+				mu.Lock()
+				conflict, answer, claims := check.check(time.Now(), cl)
+				mu.Unlock()
+				if !conflict {
+					continue
+				}
+				r := conflictReport{vip: cl.ip, mac: cl.mac, answered: answer, claims: claims}
+				if answer {
+					select {
+					case <-w.quit:
+						r.answered = false // no longer Master
+					case <-time.After(conflictAnswerDelay):
+						r.err = answerClaim(c, ifi.HardwareAddr, lladdr, cl.ip)
+					}
+				}
+				report(r)
+			}
+		}()
+	}
+	return w, nil
+}
+
+// answerClaim sends one gratuitous ARP or unsolicited NA for vip from
+// mac, as at takeover.
+func answerClaim(c *packet.Conn, mac net.HardwareAddr, lladdr, vip netip.Addr) error {
+	var frame []byte
+	var err error
+	dst := broadcastMAC
+	if vip.Is4() {
+		frame, err = GratuitousARP(mac, vip)
+	} else {
+		src := lladdr
+		if !src.IsValid() {
+			src = vip
+		}
+		frame, err = UnsolicitedNA(mac, src, vip)
+		dst = allNodesMAC
+	}
+	if err != nil {
+		return err
+	}
+	_, err = c.WriteTo(frame, &packet.Addr{HardwareAddr: dst})
+	return err
+}
+
+// stop closes the sockets and waits for the readers: no answer leaves
+// after stop returns.
+func (w *conflictWatch) stop() {
+	if w == nil {
+		return
+	}
+	close(w.quit)
+	for _, c := range w.conns {
+		c.Close()
+	}
+	w.wg.Wait()
+}
