@@ -368,6 +368,16 @@ func TestEnvironmentOverridesTyped(t *testing.T) {
 			t.Errorf("problem %d = %q, want one naming %s", i, p.String(), want)
 		}
 	}
+
+	// A problem with an item of a list the environment set names the
+	// variable too.
+	os.Unsetenv("HALB_DATAPATH_MAX_BACKENDS")
+	os.Unsetenv("HALB_DATAPATH_MAGLEV_TABLE_SIZE")
+	t.Setenv("HALB_DATAPATH_INTERFACES", "eth0,an-interface-name-too-long")
+	_, err = Parse([]byte(baseConfig), "t.yaml")
+	if !errors.As(err, &cerr) || len(cerr.Problems) != 1 || cerr.Problems[0].Path != "datapath.interfaces[1]" || cerr.Problems[0].Env != "HALB_DATAPATH_INTERFACES" {
+		t.Errorf("want datapath.interfaces[1] set by HALB_DATAPATH_INTERFACES, got %v", err)
+	}
 }
 
 // fromEnv converts a variable's text to each kind of key; no boolean key
@@ -583,4 +593,53 @@ func TestAddressClashes(t *testing.T) {
 			"services[2].backends[0].address", "192.0.2.150 is also services[1].vip"},
 		{"distinct addresses", []string{"", fmt.Sprintf(secondSvc, "192.0.2.150", "198.51.100.21")}, "", ""},
 	})
+}
+
+// Aliases that nest make a small file name a huge number of values: 3 kB
+// here name 8 million track-script arguments. Parse refuses it, having
+// walked a bounded number of nodes, instead of expanding it.
+func TestAliasExpansionBounded(t *testing.T) {
+	const k = 200
+	var b strings.Builder
+	b.WriteString("vrrp:\n  instances:\n    - &i {name: a, interface: eth0, vrid: 1, virtual_ips: [192.0.2.1], track_scripts: [")
+	b.WriteString("&t {command: [&c /bin/true" + strings.Repeat(", *c", k-1) + "]}")
+	b.WriteString(strings.Repeat(", *t", k-1) + "]}\n")
+	b.WriteString(strings.Repeat("    - *i\n", k-1))
+	_, err := Parse([]byte(b.String()), "t.yaml")
+	var cerr *Error
+	if !errors.As(err, &cerr) || len(cerr.Problems) != 1 || !strings.Contains(cerr.Problems[0].Msg, "aliases (*name) in the file expand to more than") {
+		t.Fatalf("want one problem about the aliases' expansion, got %v", err)
+	}
+}
+
+// Anchors, aliases and merge keys used to write a file once are fine.
+func TestAliasesWithinBounds(t *testing.T) {
+	cfg, err := Parse([]byte(`datapath:
+  interfaces: [eth0]
+x-defaults: &hc {type: tcp, interval: 1s, timeout: 500ms}
+`), "t.yaml")
+	if err == nil || !strings.Contains(err.Error(), `unknown key "x-defaults"`) {
+		t.Fatalf("an unknown key holding an anchor: %v, %v", cfg, err)
+	}
+	cfg, err = Parse([]byte(`datapath:
+  interfaces: [eth0]
+services:
+  - &web
+    name: web
+    vip: 192.0.2.100
+    port: 80
+    backends: &backends [{address: 198.51.100.11}, {address: 198.51.100.12}]
+    health_check: &hc {type: tcp, interval: 1s, timeout: 500ms}
+  - <<: *web
+    name: web-alt
+    port: 8080
+    backends: [{address: 198.51.100.11, port: 8080}]
+    health_check: *hc
+`), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.Services[1]; s.VIP != cfg.Services[0].VIP || s.Port != 8080 || s.HealthCheck.Interval != time.Second {
+		t.Errorf("merged service = %+v", s)
+	}
 }

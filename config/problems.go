@@ -96,15 +96,18 @@ func lineFor(path string, lines map[string]int) int {
 	return 0
 }
 
-// envFor names the environment variable that set path, if one did. Only
-// keys outside lists can be overridden from the environment.
+// envFor names the environment variable that set path, or the key above
+// it (datapath.interfaces[1] comes from HALB_DATAPATH_INTERFACES), if one
+// did. Only keys outside lists can be overridden from the environment.
 func envFor(path string) string {
-	if _, ok := topDefaults[path]; !ok {
+	for p := path; p != ""; p = parentPath(p) {
+		if _, ok := topDefaults[p]; !ok {
+			continue
+		}
+		if _, ok := os.LookupEnv(envName(p)); ok {
+			return envName(p)
+		}
 		return ""
-	}
-	name := envName(path)
-	if _, ok := os.LookupEnv(name); ok {
-		return name
 	}
 	return ""
 }
@@ -118,7 +121,28 @@ type shapeWalk struct {
 	lines    map[string]int
 	texts    map[string]string
 	problems []Problem
-	fatal    bool // the document is not a mapping at all
+	fatal    bool // the document is not a mapping at all, or too big once its aliases are followed
+	// budget is how many more nodes the walk may visit. Following aliases
+	// (*name) can visit a node many times: a 15 kB file whose aliases nest
+	// three deep names a billion values, and walking them all would hold
+	// `halb check` and a reload for minutes and fill memory with paths.
+	budget, limit int
+}
+
+// Bounds of the nodes a walk visits: a file's own nodes, and as many
+// again several times over through aliases, or at least minWalkBudget.
+const (
+	walkBudgetFactor = 4
+	minWalkBudget    = 100_000
+)
+
+// countNodes counts the nodes of a document without following aliases.
+func countNodes(n *yaml.Node) int {
+	c := 1
+	for _, child := range n.Content {
+		c += countNodes(child)
+	}
+	return c
 }
 
 var scalarStructs = map[reflect.Type]bool{
@@ -126,6 +150,10 @@ var scalarStructs = map[reflect.Type]bool{
 }
 
 func (w *shapeWalk) walk(n *yaml.Node, t reflect.Type, path string) {
+	if w.limit == 0 {
+		w.limit = max(walkBudgetFactor*countNodes(n), minWalkBudget)
+		w.budget = w.limit
+	}
 	if n.Kind == yaml.DocumentNode {
 		if len(n.Content) == 0 {
 			return // an empty file: all defaults
@@ -136,6 +164,15 @@ func (w *shapeWalk) walk(n *yaml.Node, t reflect.Type, path string) {
 			w.fatal = true
 			return
 		}
+	}
+	if w.fatal {
+		return
+	}
+	if w.budget--; w.budget < 0 {
+		w.problems = append(w.problems, Problem{Line: n.Line, Msg: fmt.Sprintf(
+			"the aliases (*name) in the file expand to more than %d values: write the repeated parts out, or repeat them less", w.limit)})
+		w.fatal = true
+		return
 	}
 	if n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias
