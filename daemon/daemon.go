@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/health"
+	"github.com/halb-lb/halb/ipvs"
 	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
 )
@@ -195,8 +197,11 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	}
 
 	// The data path comes first, so that traffic flows the moment VRRP
-	// brings a VIP here; if it cannot be programmed, nothing else starts.
-	defer d.closeDatapath()
+	// brings a VIP here; if it cannot be programmed, nothing else starts,
+	// and a data path this start made goes again (one an earlier halb
+	// left, which this one adopted, stays as it forwards).
+	fresh, started := d.datapathAbsent(), false
+	defer func() { d.closeDatapath(!started && fresh) }()
 	if err := d.apply(ctx); err != nil {
 		return fmt.Errorf("program services: %w", err)
 	}
@@ -218,6 +223,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	}()
 	d.vrrp.apply(d.cfg.VRRP)
 
+	started = true
 	reads := newReader(d.load, d.path)
 	defer func() { d.waitAtShutdown(reads.idle(), "config read", readGrace) }()
 	d.notifySystemd(sd.SdNotifyReady)
@@ -286,20 +292,41 @@ func (d *Daemon) lockBPFFS() error {
 }
 
 // closeDatapath leaves what is programmed in place, so that traffic flows
-// on, or with --cleanup removes it.
-func (d *Daemon) closeDatapath() {
+// on, or with --cleanup (or undo, for a start that failed) removes it.
+func (d *Daemon) closeDatapath(undo bool) {
 	if d.dp == nil {
 		return
 	}
-	if c, ok := d.dp.(service.Cleaner); ok && d.Cleanup {
+	if c, ok := d.dp.(service.Cleaner); ok && (d.Cleanup || undo) {
+		reason := "--cleanup"
+		if undo {
+			reason = "the start failed"
+		}
 		if err := c.Cleanup(); err != nil {
-			d.log.Error("data path cleanup incomplete", "datapath", d.dp.Name(), "err", err)
+			d.log.Error("data path cleanup incomplete", "datapath", d.dp.Name(), "reason", reason, "err", err)
 		} else {
-			d.log.Info("data path removed", "datapath", d.dp.Name())
+			d.log.Info("data path removed", "datapath", d.dp.Name(), "reason", reason)
 		}
 		return
 	}
 	d.dp.Close()
+}
+
+// datapathAbsent reports whether no earlier halb left a data path that
+// this one would adopt: no datapath.bpffs directory for the eBPF data
+// path, no state file of halb's IPVS services.
+func (d *Daemon) datapathAbsent() bool {
+	absent := func(path string) bool {
+		_, err := os.Lstat(path)
+		return errors.Is(err, fs.ErrNotExist)
+	}
+	if (d.mode == config.ModeXDP || d.mode == config.ModeTC) && !absent(d.boot.Datapath.BPFFS) {
+		return false
+	}
+	if (d.mode == config.ModeIPVS || d.boot.Datapath.Mode == config.ModeAuto) && !absent(ipvs.DefaultStateFile) {
+		return false
+	}
+	return true
 }
 
 // waitAtShutdown waits for done, at most for bound.

@@ -513,3 +513,54 @@ func (l *syncLog) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// A start that fails once the data path is programmed takes back the data
+// path it made: more services than the eBPF maps hold, and halb exits 1
+// with no program left on eth0 and nothing pinned.
+func TestRunFailedStartRemovesItsDataPath(t *testing.T) {
+	ns, h, fs := lbNS(t)
+	pins := filepath.Join(fs, "halb")
+	var b strings.Builder
+	fmt.Fprintf(&b, "control: {socket: %s}\ndatapath: {mode: xdp, interfaces: [eth0], bpffs: %s, maglev_table_size: 251}\nservices:\n",
+		filepath.Join(t.TempDir(), "halb.sock"), pins)
+	for port := 1; port <= 1025; port++ { // the maps hold 1024
+		fmt.Fprintf(&b, "  - {name: s%d, vip: 192.0.2.100, port: %d, backends: [{address: 198.51.100.11}], health_check: {type: none}}\n", port, port)
+	}
+	cfg := filepath.Join(t.TempDir(), "halb.yaml")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startHalbIn(t, ns, "run", "-c", cfg)
+	code, log := p.waitExit(t, 120*time.Second)
+	if code != exitFailure || !strings.Contains(log, "all are in use") {
+		t.Fatalf("exit %d, want 1 for want of room in the maps:\n%.3000s", code, log)
+	}
+	if !strings.Contains(log, `msg="data path removed" datapath=xdp reason="the start failed"`) {
+		t.Errorf("the undo is not logged:\n%.3000s", log)
+	}
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		t.Errorf("%s is left after a failed start: %v", pins, err)
+	}
+	if eth0, err := h.LinkByName("eth0"); err != nil || eth0.Attrs().Xdp != nil && eth0.Attrs().Xdp.Attached {
+		t.Errorf("XDP still attached to eth0 after a failed start (%v)", err)
+	}
+
+	// A data path an earlier halb left forwarding is not this start's to
+	// take away: it stays, attached and pinned.
+	earlier := startHalbIn(t, ns, "run", "-c", lbConfig(t, filepath.Join(t.TempDir(), "halb.sock"), pins, "", 100))
+	earlier.waitFor(t, "services programmed")
+	_ = earlier.cmd.Process.Signal(syscall.SIGTERM)
+	if code, log := earlier.waitExit(t, 20*time.Second); code != exitOK {
+		t.Fatalf("exit %d:\n%s", code, log)
+	}
+	p = startHalbIn(t, ns, "run", "-c", cfg)
+	if code, log := p.waitExit(t, 120*time.Second); code != exitFailure || strings.Contains(log, "data path removed") {
+		t.Errorf("exit %d, want 1 and the adopted data path left alone:\n%.3000s", code, log)
+	}
+	if _, err := os.Stat(filepath.Join(pins, "halb_xdp_lb_eth0")); err != nil {
+		t.Errorf("the adopted link pin is gone after a failed start: %v", err)
+	}
+	if eth0, err := h.LinkByName("eth0"); err != nil || eth0.Attrs().Xdp == nil || !eth0.Attrs().Xdp.Attached {
+		t.Errorf("the adopted program is off eth0 after a failed start (%v)", err)
+	}
+}
