@@ -456,24 +456,21 @@ func linkUp(l netlink.Link) bool {
 
 // findSource picks the advert source: unicast_src when it is on the link,
 // else the first address of the family (IPv6: link-local, RFC 5798
-// §5.1.2.1).
+// §5.1.2.1) that is not a VIP; a VIP that halb did not add (the host's own
+// address given as a VIP) only when there is no other, since it stays on
+// the link whatever the state.
 func (in *Instance) findSource(link netlink.Link) (netip.Addr, bool) {
-	family := netlink.FAMILY_V4
-	if in.cfg.IPv6() {
-		family = netlink.FAMILY_V6
-	}
-	list, err := netlink.AddrList(link, family)
+	list, err := listAddrs(link.Attrs().Index)
 	if err != nil {
 		return netip.Addr{}, false
 	}
-	var first netip.Addr
+	var first, fallback netip.Addr
 	in.lladdr = netip.Addr{}
-	for _, a := range list {
-		addr, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
+	for _, e := range list {
+		addr := e.prefix.Addr()
+		if addr.Is6() != in.cfg.IPv6() {
 			continue
 		}
-		addr = addr.Unmap()
 		if addr.Is6() && addr.IsLinkLocalUnicast() && !in.lladdr.IsValid() {
 			in.lladdr = addr
 		}
@@ -483,12 +480,18 @@ func (in *Instance) findSource(link netlink.Link) (netip.Addr, bool) {
 			}
 			continue
 		}
-		if in.vips.owns(addr) || first.IsValid() {
+		if first.IsValid() || !(addr.Is4() || addr.IsLinkLocalUnicast()) {
 			continue
 		}
-		if addr.Is4() || addr.IsLinkLocalUnicast() {
+		switch {
+		case !in.vips.owns(addr):
 			first = addr
+		case !in.vips.isOwn(e) && !fallback.IsValid():
+			fallback = addr
 		}
+	}
+	if !first.IsValid() {
+		first = fallback
 	}
 	return first, first.IsValid()
 }

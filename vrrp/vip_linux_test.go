@@ -3,6 +3,7 @@ package vrrp
 import (
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -193,4 +194,39 @@ func TestForeignVIPSurvives(t *testing.T) {
 	waitLog(t, a, "to=BACKUP")
 	waitAddr(t, l.h[0], v.vip(), false, limit)
 	t.Logf("the VIP a killed halb left behind was removed by the next run")
+}
+
+// The host's only address given as a VIP (the VRRP address owner's
+// set-up, without unicast_src) stays, and is the advert source: the
+// instance runs (Backup, then Master when the peer leaves) instead of
+// waiting in Fault for an address of its own. Before, halb deleted the
+// address at start.
+func TestForeignVIPOnlyAddress(t *testing.T) {
+	v := variant{"v3-ipv4", 3, false, false, 100 * time.Millisecond}
+	l := newLAN(t, false)
+	l.delAddr(t, 0)
+	vip := netip.PrefixFrom(v.vip(), 24)
+	if err := l.h[0].AddrAdd(l.link(t, 0), toAddr(vip)); err != nil {
+		t.Fatal(err)
+	}
+	limit := 10 * time.Second
+	b := newNode(t, "b", l.ns[1], v.config(l, 1, 200, true))
+	b.start(t)
+	waitAddr(t, l.h[1], v.vip(), true, limit)
+	a := newNode(t, "a", l.ns[0], v.config(l, 0, 100, true))
+	a.start(t)
+	waitLog(t, a, "to=BACKUP")
+	time.Sleep(2 * v.masterDown(100))
+	if log := a.log.String(); strings.Contains(log, "to=FAULT") || strings.Contains(log, "to=MASTER") {
+		t.Fatalf("a left BACKUP while b is Master; log:\n%s", log)
+	}
+	if !hasAddr(l.h[0], v.vip()) {
+		t.Fatal("the host's only address, equal to the VIP, is gone")
+	}
+	b.stop(syscall.SIGTERM)
+	waitLog(t, a, "to=MASTER")
+	a.stop(syscall.SIGTERM)
+	if !hasAddr(l.h[0], v.vip()) {
+		t.Fatal("the host's only address, equal to the VIP, went with halb's stop")
+	}
 }
