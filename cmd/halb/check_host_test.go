@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/daemon"
 	"github.com/halb-lb/halb/internal/netnstest"
@@ -59,10 +61,11 @@ func TestCheckWarnsUnroutedBackends(t *testing.T) {
 }
 
 // A virtual IP that is already an address of a local interface draws a
-// warning naming it and the interface (halb would take it over); a backend
-// with a route draws none. A virtual IP that a running halb on the
-// configuration's socket holds as MASTER is on the interface because halb
-// put it there, and draws none.
+// warning naming it and the interface (the host's own address, which halb
+// would leave there while the peer is MASTER); one carrying halb's mark
+// does not, nor does a backend with a route. A virtual IP that a running
+// halb on the configuration's socket holds as MASTER (the way to tell on
+// a kernel that keeps no mark) draws none either.
 func TestCheckWarnsVIPOnLocalInterface(t *testing.T) {
 	ns := netnstest.New(t)
 	h := ns.Netlink(t)
@@ -82,6 +85,21 @@ func TestCheckWarnsVIPOnLocalInterface(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// 192.0.2.70 as halb adds a VIP: marked with IFA_PROTO 0x68.
+	if err := ns.Do(func() error {
+		req := nl.NewNetlinkRequest(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+		msg := nl.NewIfAddrmsg(unix.AF_INET)
+		msg.Index = uint32(eth0.Attrs().Index)
+		msg.Prefixlen = 24
+		req.AddData(msg)
+		req.AddData(nl.NewRtAttr(unix.IFA_LOCAL, []byte{192, 0, 2, 70}))
+		req.AddData(nl.NewRtAttr(unix.IFA_ADDRESS, []byte{192, 0, 2, 70}))
+		req.AddData(nl.NewRtAttr(11 /* IFA_PROTO */, []byte{0x68}))
+		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "halb.sock")
@@ -100,6 +118,7 @@ vrrp:
       virtual_ips:
         - 192.0.2.60/24
         - 192.0.2.50/24
+        - 192.0.2.70/24
 services:
   - name: web
     vip: 192.0.2.60
@@ -114,12 +133,12 @@ services:
 	if code != exitOK {
 		t.Fatalf("exit %d, want 0\n%s%s", code, out, errs)
 	}
-	want := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(file) + `:14: vrrp\.instances\[0\]\.virtual_ips\[1\]: warning: 192\.0\.2\.50 is already an address of eth0 on this host, and no running halb holds it: halb would take it over`)
+	want := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(file) + `:14: vrrp\.instances\[0\]\.virtual_ips\[1\]: warning: 192\.0\.2\.50 is already an address of eth0 on this host, and not one halb added`)
 	if !want.MatchString(out) {
 		t.Errorf("no warning about 192.0.2.50 on eth0 at line 14:\n%s", out)
 	}
 	if n := strings.Count(out, "warning:"); n != 1 {
-		t.Errorf("%d warnings, want 1 (192.0.2.60 is not on an interface, 198.51.100.11 is routed):\n%s", n, out)
+		t.Errorf("%d warnings, want 1 (192.0.2.60 is not on an interface, 192.0.2.70 carries halb's mark, 198.51.100.11 is routed):\n%s", n, out)
 	}
 
 	// A halb on the control socket that holds the VIP as MASTER.
@@ -130,7 +149,7 @@ services:
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		_ = json.NewEncoder(w).Encode(daemon.Status{Instances: []daemon.InstanceStatus{{
 			Name: "VI_1", Interface: "eth0", VRID: 51, State: "MASTER",
-			VirtualIPs: []string{"192.0.2.60/24", "192.0.2.50/24"},
+			VirtualIPs: []string{"192.0.2.60/24", "192.0.2.50/24", "192.0.2.70/24"},
 		}}})
 	})}
 	go func() { _ = srv.Serve(l) }()
