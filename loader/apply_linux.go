@@ -387,7 +387,11 @@ func (d *Datapath) noteProblems(st *svcState, probs map[netip.AddrPort]*problem,
 		said := old != nil && old.logged
 		if !p.logged && (!p.wait || said || d.now.Sub(p.since) >= retryPending) {
 			p.logged = true
-			d.log.Warn("backend not served", "service", st.String(), "backend", ap.String(), "reason", p.reason)
+			msg := "backend not served"
+			if w := want[ap]; w != nil && !w.unreachable && w.b.Src.IsValid() {
+				msg = "backend served, its next hop not resolved"
+			}
+			d.log.Warn(msg, "service", st.String(), "backend", ap.String(), "reason", p.reason)
 		}
 	}
 	for _, ap := range sortedAddrPorts(st.problems) {
