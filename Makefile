@@ -52,6 +52,7 @@ FUZZMINIMIZETIME ?= 5s
 FUZZ := $(GO) test -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME)
 fuzz:
 	$(FUZZ) -fuzz '^FuzzParse$$' ./vrrp
+	$(FUZZ) -fuzz '^FuzzClaims$$' ./vrrp
 	$(FUZZ) -fuzz '^FuzzLoad$$' ./config
 	$(FUZZ) -fuzz '^FuzzXDP$$' ./loader
 

@@ -32,8 +32,16 @@ import (
 // On the switched LAN a runs halb (alone: Master), b claims the VIP, c is
 // the client.
 func TestAddressConflictAnswered(t *testing.T) {
-	for _, v6 := range []bool{false, true} {
-		t.Run(map[bool]string{false: "ipv4", true: "ipv6"}[v6], func(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		v6, vmac bool
+	}{
+		{"ipv4", false, false},
+		{"ipv6", true, false},
+		{"ipv4-vmac", false, true},
+	} {
+		v6 := tc.v6
+		t.Run(tc.name, func(t *testing.T) {
 			s := newSwitched(t)
 			limit := 10 * time.Second
 			vip := netip.MustParsePrefix("192.0.2.100/24")
@@ -54,6 +62,11 @@ func TestAddressConflictAnswered(t *testing.T) {
 				return lk.Attrs().HardwareAddr
 			}
 			aMAC, bMAC := mac(0), mac(1)
+			extra := ""
+			if tc.vmac {
+				// The VIP and the answers are on the VMAC.
+				aMAC, extra = virtualMAC(51, v6), "      use_vmac: true\n"
+			}
 			sock := filepath.Join(t.TempDir(), "halb.sock")
 			a := newNode(t, "a", s.hosts[0], fmt.Sprintf(`log: {level: debug}
 control: {socket: %s}
@@ -69,7 +82,7 @@ vrrp:
       garp_master_repeat: 1
       accept: true
       virtual_ips: [%s]
-`, sock, vip))
+%s`, sock, vip, extra))
 			// accept: c pings the VIP, which a v3 Master without
 			// Accept_Mode filters.
 			a.start(t)

@@ -158,3 +158,20 @@ func TestConflictFilters(t *testing.T) {
 		}
 	}
 }
+
+// The claim parsers read frames any host on the link can send: they must
+// never panic, and a claim they return names an address and a MAC.
+func FuzzClaims(f *testing.F) {
+	garp, _ := GratuitousARP(theirMAC, vip4)
+	na, _ := UnsolicitedNA(theirMAC, netip.MustParseAddr("fe80::2"), vip6)
+	f.Add(garp)
+	f.Add(na)
+	f.Add(na[:60])
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		for _, parse := range []func([]byte) (claim, bool){arpClaim, naClaim} {
+			if c, ok := parse(frame); ok && (!c.ip.IsValid() || isZeroMAC(c.mac)) {
+				t.Fatalf("claim %+v without an address or a MAC", c)
+			}
+		}
+	})
+}
