@@ -316,6 +316,14 @@ func TestStrictTypes(t *testing.T) {
 		{"auth_pass octal-looking", []string{"auth_pass: secret", "auth_pass: 0123"}, "vrrp.instances[0].auth_pass", `0123 is not a string: write it in quotes ("0123")`},
 		{"auth_pass boolean", []string{"auth_pass: secret", "auth_pass: true"}, "vrrp.instances[0].auth_pass", "true is not a string"},
 		{"name a date", []string{"name: web", "name: 2001-12-14"}, "services[0].name", "2001-12-14 is not a string"},
+		// Addresses and mappings take nothing else.
+		{"vip a number", []string{"vip: 192.0.2.100", "vip: 5"}, "services[0].vip", "5 is not an IP address"},
+		{"vip a mapping", []string{"vip: 192.0.2.100", "vip: {a: 1}"}, "services[0].vip", "a mapping is not an IP address"},
+		{"unicast_src true", []string{"unicast_src: 192.0.2.1", "unicast_src: true"}, "vrrp.instances[0].unicast_src", "true is not an IP address"},
+		{"virtual IP a number", []string{"virtual_ips: [192.0.2.100/24]", "virtual_ips: [5]"}, "vrrp.instances[0].virtual_ips[0]", "5 is not an IP address or ADDRESS/LENGTH"},
+		{"sorry_backend a number", []string{`sorry_backend: "198.51.100.99:80"`, "sorry_backend: 5"}, "services[0].sorry_backend", "5 is not ADDRESS:PORT"},
+		{"health_check a number", []string{"health_check: {type: http, interval: 2s, timeout: 1s, rise: 2, fall: 3, expect_status: [200]}", "health_check: 5"}, "services[0].health_check", "5 is not a mapping of keys"},
+		{"command a number", []string{"command: [/bin/true]", "command: 5"}, "vrrp.instances[0].track_scripts[0].command[0]", `5 is not a string: write it in quotes ("5")`},
 		// What stays accepted: a whole number written as a float is that
 		// number, quoted numbers as text, one item for a list.
 		{"port 80.0", []string{"port: 80\n", "port: 80.0\n"}, "", ""},

@@ -119,7 +119,7 @@ func Parse(data []byte, name string) (*Config, error) {
 	decodeErr := v.UnmarshalExact(&cfg, func(dc *mapstructure.DecoderConfig) {
 		dc.WeaklyTypedInput = false
 		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
-			durationHook, addrHook, prefixHook, addrPortHook, trackInterfaceHook,
+			durationHook, textOnlyHook, addrHook, prefixHook, addrPortHook, trackInterfaceHook,
 			mapstructure.StringToWeakSliceHookFunc(","), oneItemListHook, wholeNumberHook,
 		)
 	})
@@ -339,6 +339,24 @@ func durationHook(_ reflect.Type, t reflect.Type, data any) (any, error) {
 	return data, nil
 }
 
+// textTypes are the types written as text in YAML, with what each takes.
+var textTypes = map[reflect.Type]string{
+	reflect.TypeFor[netip.Addr]():     "an IP address",
+	reflect.TypeFor[netip.Prefix]():   "an IP address or ADDRESS/LENGTH (like 192.0.2.100/24)",
+	reflect.TypeFor[netip.AddrPort](): "ADDRESS:PORT (like 198.51.100.99:80)",
+}
+
+// textOnlyHook refuses anything but text for an address: the decoder would
+// otherwise try a number as a mapping, and fill the address from a mapping
+// without a word.
+func textOnlyHook(f reflect.Type, t reflect.Type, data any) (any, error) {
+	what, ok := textTypes[t]
+	if !ok || data == nil || f == t || f.Kind() == reflect.String {
+		return data, nil
+	}
+	return nil, &valueError{quoteValue(data), "is not " + what}
+}
+
 func addrHook(f reflect.Type, t reflect.Type, data any) (any, error) {
 	if t != reflect.TypeFor[netip.Addr]() || f.Kind() != reflect.String {
 		return data, nil
@@ -483,7 +501,11 @@ func decodeProblems(err error, texts map[string]string) []Problem {
 			case strings.HasPrefix(inner.Error(), "has invalid keys"):
 				// reported, with lines, by the shape walk
 			default:
-				out = append(out, Problem{Path: e.Name(), Msg: friendlyDecodeMessage(inner, texts[e.Name()])})
+				text, ok := texts[e.Name()]
+				if parent, found := strings.CutSuffix(e.Name(), "[0]"); !ok && found {
+					text = texts[parent] // a single value read as a list of one
+				}
+				out = append(out, Problem{Path: e.Name(), Msg: friendlyDecodeMessage(inner, text)})
 			}
 		case interface{ Unwrap() error }:
 			visit(e.Unwrap())
@@ -520,8 +542,14 @@ func friendlyDecodeMessage(err error, text string) string {
 		value, expected = ue.Value, ue.Expected.Type()
 	default:
 		msg := err.Error()
-		if strings.HasPrefix(msg, "source data must be an array or slice") {
+		switch {
+		case strings.HasPrefix(msg, "source data must be an array or slice"):
 			return "a list is expected here, like [a, b]"
+		case strings.HasPrefix(msg, "expected a map or struct"):
+			if text != "" {
+				return text + " is not a mapping of keys"
+			}
+			return "a mapping of keys is expected here, like {key: value}"
 		}
 		return msg
 	}
