@@ -20,6 +20,13 @@ type conflictWatch struct {
 	conns   []*packet.Conn
 	quit    chan struct{} // closed at stop
 	wg      sync.WaitGroup
+
+	// mu is held across an answer's send and by stop while it marks the
+	// watch stopped: no answer leaves after stop. timers are the answers
+	// still waiting, which stop cancels rather than waits for.
+	mu      sync.Mutex
+	stopped bool
+	timers  map[*time.Timer]bool
 }
 
 // conflictAnswerDelay is how long a claim waits for its answer. A peer
@@ -30,11 +37,12 @@ type conflictWatch struct {
 // giving the VIP up.
 const conflictAnswerDelay = 200 * time.Millisecond
 
-// conflictReport is what the watch tells the instance about one claim.
+// conflictReport is what the watch tells the instance: a claim, at once,
+// to count; later, for the claims that are answered, the answer.
 type conflictReport struct {
 	vip      netip.Addr
 	mac      net.HardwareAddr
-	answered bool
+	answered bool   // this reports the answer to a claim reported before
 	claims   uint64 // since the last answer, this one included
 	err      error  // the answer could not be sent
 }
@@ -44,7 +52,7 @@ type conflictReport struct {
 // the base interface's MAC with use_vmac, else nil; lladdr the IPv6
 // source of answers. report runs on the watch's goroutines.
 func startConflictWatch(ifi *net.Interface, base net.HardwareAddr, lladdr netip.Addr, vips []netip.Prefix, report func(conflictReport)) (*conflictWatch, error) {
-	w := &conflictWatch{ifindex: ifi.Index, quit: make(chan struct{})}
+	w := &conflictWatch{ifindex: ifi.Index, quit: make(chan struct{}), timers: map[*time.Timer]bool{}}
 	check := newConflicts(vips, ifi.HardwareAddr, base)
 	var mu sync.Mutex // check is shared by both sockets
 	var v4, v6 []netip.Addr
@@ -106,16 +114,30 @@ func startConflictWatch(ifi *net.Interface, base net.HardwareAddr, lladdr netip.
 				if !conflict {
 					continue
 				}
-				r := conflictReport{vip: cl.ip, mac: cl.mac, answered: answer, claims: claims}
-				if answer {
-					select {
-					case <-w.quit:
-						r.answered = false // no longer Master
-					case <-time.After(conflictAnswerDelay):
-						r.err = answerClaim(c, ifi.HardwareAddr, lladdr, cl.ip)
-					}
-				}
+				r := conflictReport{vip: cl.ip, mac: cl.mac, claims: claims}
 				report(r)
+				if !answer {
+					continue
+				}
+				// The answer waits on a timer of its own, so that the
+				// reader goes on counting claims meanwhile.
+				w.mu.Lock()
+				w.wg.Add(1)
+				var t *time.Timer
+				t = time.AfterFunc(conflictAnswerDelay, func() {
+					defer w.wg.Done()
+					w.mu.Lock()
+					defer w.mu.Unlock()
+					delete(w.timers, t)
+					if w.stopped {
+						return // no longer Master
+					}
+					r.answered = true
+					r.err = answerClaim(c, ifi.HardwareAddr, lladdr, r.vip)
+					report(r)
+				})
+				w.timers[t] = true
+				w.mu.Unlock()
 			}
 		}()
 	}
@@ -151,7 +173,15 @@ func (w *conflictWatch) stop() {
 	if w == nil {
 		return
 	}
+	w.mu.Lock()
+	w.stopped = true
 	close(w.quit)
+	for t := range w.timers {
+		if t.Stop() {
+			w.wg.Done() // its function will not run
+		}
+	}
+	w.mu.Unlock()
 	for _, c := range w.conns {
 		c.Close()
 	}

@@ -804,14 +804,14 @@ func (in *Instance) watchConflicts() {
 	in.conflicts = w
 }
 
-// onConflict counts a claim on a VIP by another host and logs the ones
-// answered (at most one per VIP per conflictAnswerInterval, with how many
-// claims came since the last); it runs on the watch's goroutine.
+// onConflict counts a claim on a VIP by another host, and logs an answer
+// (at most one per VIP per conflictAnswerInterval, with how many claims
+// came since the last); it runs on the watch's goroutines.
 func (in *Instance) onConflict(r conflictReport) {
-	in.mu.Lock()
-	in.status.Conflicts[r.vip.String()]++
-	in.mu.Unlock()
 	if !r.answered {
+		in.mu.Lock()
+		in.status.Conflicts[r.vip.String()]++
+		in.mu.Unlock()
 		return
 	}
 	attrs := []any{"vip", r.vip.String(), "mac", r.mac.String(), "claims", r.claims}
