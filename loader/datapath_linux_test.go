@@ -1126,6 +1126,12 @@ func TestDatapathPinsRestored(t *testing.T) {
 			t.Errorf("no log line for the restored pin %s:\n%s", p, b.log)
 		}
 	}
+	// Pins in place are left alone: a check later restores nothing.
+	seen := len(b.log.String())
+	time.Sleep(pinCheckInterval + time.Second)
+	if later := b.log.String()[seen:]; strings.Contains(later, "restored a pin") || strings.Contains(later, "attached it again") {
+		t.Errorf("a check with every pin in place restored something:\n%s", later)
+	}
 
 	// The link detached from under halb (bpftool link detach): the
 	// program goes on again.

@@ -125,23 +125,24 @@ func pinProblem(p pinned) string {
 		ok  bool
 		err error
 	)
-	opts := &ebpf.LoadPinOptions{ReadOnly: true}
+	// The kernel opens a pinned program or link only read-write; a map
+	// read-only is enough to learn its id.
 	switch p.kind {
 	case "map":
 		var m *ebpf.Map
-		if m, err = ebpf.LoadPinnedMap(p.path, opts); err == nil {
+		if m, err = ebpf.LoadPinnedMap(p.path, &ebpf.LoadPinOptions{ReadOnly: true}); err == nil {
 			id, ok = idOfMap(m)
 			m.Close()
 		}
 	case "program":
 		var prog *ebpf.Program
-		if prog, err = ebpf.LoadPinnedProgram(p.path, opts); err == nil {
+		if prog, err = ebpf.LoadPinnedProgram(p.path, nil); err == nil {
 			id, ok = idOfProg(prog)
 			prog.Close()
 		}
 	default:
 		var l link.Link
-		if l, err = link.LoadPinnedLink(p.path, opts); err == nil {
+		if l, err = link.LoadPinnedLink(p.path, nil); err == nil {
 			if info, ierr := l.Info(); ierr == nil {
 				id, ok = uint32(info.ID), true
 			}
