@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // The virtual router MAC of RFC 5798 §7.3: 00-00-5E-00-01-{VRID} for IPv4,
@@ -120,9 +121,30 @@ func ensureVMAC(base netlink.Link, vrid int, v6 bool) (netlink.Link, error) {
 		return nil, err
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
+		if errors.Is(err, unix.EADDRINUSE) {
+			if other := macvlanWithMAC(base.Attrs().Index, mac, l.Attrs().Index); other != "" {
+				err = fmt.Errorf("%w: %s on %s already has MAC %s (keepalived's VMAC, or one an older halb left): remove it", err, other, base.Attrs().Name, mac)
+			}
+		}
 		return nil, fmt.Errorf("bring up VMAC %s: %w", name, err)
 	}
 	return l, nil
+}
+
+// macvlanWithMAC names another link on the interface with index base that
+// has mac, "" when there is none: the kernel lets only one of them up.
+func macvlanWithMAC(base int, mac net.HardwareAddr, except int) string {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return ""
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Index != except && a.ParentIndex == base && a.HardwareAddr.String() == mac.String() {
+			return a.Name
+		}
+	}
+	return ""
 }
 
 // isOwnVMAC reports whether l is a macvlan halb made on the interface with

@@ -508,3 +508,36 @@ func TestVMACName(t *testing.T) {
 		t.Errorf("vmacName(51, IPv4, 2) = %q, want vrrp.51.2", got)
 	}
 }
+
+// A macvlan with the virtual MAC that halb did not make (keepalived's
+// vrrp.51, or one an older halb left) keeps halb's VMAC down: the error
+// names it, and it stays.
+func TestVMACMACTaken(t *testing.T) {
+	ns := netnstest.New(t)
+	h := ns.Netlink(t)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "lan0"}, PeerName: "peer0"}); err != nil {
+		t.Fatal(err)
+	}
+	base, _ := h.LinkByName("lan0")
+	if err := h.LinkAdd(&netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{Name: "vrrp.51", ParentIndex: base.Attrs().Index,
+		HardwareAddr: virtualMAC(51, false)}, Mode: netlink.MACVLAN_MODE_PRIVATE}); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := h.LinkByName("vrrp.51")
+	for _, l := range []netlink.Link{base, old} {
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := ns.Do(func() error {
+		_, err := ensureVMAC(base, 51, false)
+		return err
+	})
+	t.Logf("ensureVMAC beside vrrp.51: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "vrrp.51 on lan0 already has MAC") {
+		t.Errorf("ensureVMAC beside another macvlan with the MAC: %v, want an error naming vrrp.51", err)
+	}
+	if _, err := h.LinkByName("vrrp.51"); err != nil {
+		t.Errorf("the macvlan halb did not make is gone: %v", err)
+	}
+}
