@@ -5,6 +5,11 @@
 // know about each other through it. A bad configuration, at start or on
 // reload, must never be half-applied: at start it stops the daemon before
 // anything is touched, on reload the running configuration stays.
+//
+// Its loop must never wait on anything unbounded (a file read, an instance
+// that stops slowly, a script): SIGTERM is honoured within a bound
+// whatever came before it. One daemon holds a control socket and a bpffs
+// path (flock), and none touches the host before it holds them.
 package daemon
 
 import (
