@@ -114,6 +114,14 @@ func (a *attachment) progName() string {
 	return halbProgHalbXdpLb
 }
 
+// progFor is the program of lb that runs on a's hook.
+func (a *attachment) progFor(lb *LB) *ebpf.Program {
+	if a.Hook == HookTCX {
+		return lb.TCProgram()
+	}
+	return lb.Program()
+}
+
 // NewDatapath loads halb's programs and maps, or adopts those pinned under
 // cfg.BPFFS by an earlier halb, and attaches to every interface in
 // cfg.Interfaces. mode is the data path the probe chose (loader.Choose):
@@ -661,11 +669,7 @@ func dropLink(l link.Link, pin string) error {
 // swapPrograms gives adopted links this halb's programs.
 func (d *Datapath) swapPrograms() error {
 	for _, a := range d.swap {
-		prog := d.lb.Program()
-		if a.Hook == HookTCX {
-			prog = d.lb.TCProgram()
-		}
-		if err := a.link.Update(prog); err != nil {
+		if err := a.link.Update(a.progFor(d.lb)); err != nil {
 			return fmt.Errorf("replace the program on %s: %w", a.Interface, err)
 		}
 		d.log.Info("adopted the pinned data path", "interface", a.Interface, "hook", string(a.Hook))
@@ -719,15 +723,10 @@ func (d *Datapath) tidyPins() error {
 		keep[linkPin(d.dir, halbProgHalbTcLb, name)] = true
 	}
 	for _, a := range d.ifaces {
-		prog := d.lb.Program()
-		name := halbProgHalbXdpLb
-		if a.Hook == HookTCX {
-			prog, name = d.lb.TCProgram(), halbProgHalbTcLb
-		}
-		keep[linkPin(d.dir, name, a.Interface)] = true
-		if !keep[filepath.Join(d.dir, name)] {
-			keep[filepath.Join(d.dir, name)] = true
-			if err := pinReplace(prog, filepath.Join(d.dir, name)); err != nil {
+		keep[linkPin(d.dir, a.progName(), a.Interface)] = true
+		if path := filepath.Join(d.dir, a.progName()); !keep[path] {
+			keep[path] = true
+			if err := pinReplace(a.progFor(d.lb), path); err != nil {
 				return err
 			}
 		}

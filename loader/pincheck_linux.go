@@ -100,12 +100,8 @@ func (d *Datapath) pins() []pinned {
 	for _, a := range d.ifaces {
 		if !progs[a.progName()] {
 			progs[a.progName()] = true
-			prog := d.lb.Program()
-			if a.Hook == HookTCX {
-				prog = d.lb.TCProgram()
-			}
-			id, ok := idOfProg(prog)
-			add(filepath.Join(d.dir, a.progName()), prog, "program", id, ok)
+			id, ok := idOfProg(a.progFor(d.lb))
+			add(filepath.Join(d.dir, a.progName()), a.progFor(d.lb), "program", id, ok)
 		}
 		if info, err := a.link.Info(); err == nil {
 			add(linkPin(d.dir, a.progName(), a.Interface), a.link, "link", uint32(info.ID), true)
