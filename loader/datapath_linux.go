@@ -104,6 +104,9 @@ type attachment struct {
 	// adopted: the link was pinned by an earlier halb (a failed start
 	// leaves it).
 	adopted bool
+	// bareVeth: a veth whose peer has no native XDP program, or may
+	// have none (veth_linux.go).
+	bareVeth bool
 }
 
 // progName is the name of the program on a's hook.
@@ -231,6 +234,7 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 		return nil, err
 	}
 	d.setName()
+	d.warnRedirects()
 	if len(replaced) == 0 {
 		if err := d.swapPrograms(); err != nil {
 			return nil, err
@@ -420,6 +424,7 @@ func (d *Datapath) linkChanged() {
 		d.log.Warn("data path interfaces changed", "err", err)
 	}
 	d.setName()
+	d.warnRedirects()
 	d.poke()
 }
 
@@ -514,7 +519,9 @@ func (d *Datapath) attach(ifname string) (*attachment, error) {
 	if _, err := d.syncLocalMACs(a.ifindex, ifname); err != nil {
 		return nil, err
 	}
-	hooks := d.hooksOn(nlLink)
+	peer := d.vethPeerOf(nlLink)
+	a.bareVeth = peer.isVeth && !peer.xdp
+	hooks := d.hooksOn(nlLink, peer)
 	xdpPin := linkPin(d.dir, halbProgHalbXdpLb, ifname)
 	tcPin := linkPin(d.dir, halbProgHalbTcLb, ifname)
 	oldXDP := d.pinnedLink(xdpPin, a.ifindex)

@@ -95,12 +95,8 @@ func linkInNetNsID(nsid, ifindex int) (netlink.Link, error) {
 // but for a veth whose peer has no XDP program (or may have none) in
 // auto, where native XDP would lose every frame it forwards. In native it
 // is what the user asked for, and a warning says how to make it work.
-func (d *Datapath) hooksOn(l netlink.Link) []Hook {
-	if !slices.Contains(d.hooks, HookXDPNative) {
-		return d.hooks
-	}
-	p := d.vethPeerOf(l)
-	if !p.isVeth || p.xdp {
+func (d *Datapath) hooksOn(l netlink.Link, p vethPeer) []Hook {
+	if !slices.Contains(d.hooks, HookXDPNative) || !p.isVeth || p.xdp {
 		return d.hooks
 	}
 	attrs := []any{"interface", l.Attrs().Name}
@@ -120,4 +116,24 @@ func (d *Datapath) hooksOn(l netlink.Link) []Hook {
 	}
 	d.log.Info("veth peer has no xdp program, so native xdp would drop what it forwards: using generic xdp", attrs...)
 	return slices.DeleteFunc(slices.Clone(d.hooks), func(h Hook) bool { return h == HookXDPNative })
+}
+
+// warnRedirects warns about the other way native XDP loses frames in a
+// veth: one interface's program redirecting them (XDP_REDIRECT) into
+// another of datapath.interfaces, a veth whose peer has no XDP program,
+// where a backend is. auto spares the veth itself (hooksOn), not a
+// physical interface that redirects into it. d.mu is held, or the
+// Datapath is being made.
+func (d *Datapath) warnRedirects() {
+	for _, from := range d.ifaces {
+		if from.Hook != HookXDPNative {
+			continue
+		}
+		for _, to := range d.ifaces {
+			if to != from && to.bareVeth {
+				d.log.Warn("frames native xdp redirects into a veth whose peer has no xdp program are dropped by the veth driver: attach an xdp program to its peer (one that returns XDP_PASS is enough) or set datapath.xdp_mode: generic",
+					"from", from.Interface, "into", to.Interface)
+			}
+		}
+	}
 }

@@ -164,20 +164,25 @@ func TestDatapathVethPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A veth pair within the balancer's namespace.
+	// A veth pair within the balancer's namespace, beside halb0: vp0
+	// gets generic XDP, and halb0's native program, which redirects
+	// frames for backends on vp0's link into it, draws a warning.
 	h := b.lb.Netlink(t)
 	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "vp0"}, PeerName: "vp0p"}); err != nil {
 		t.Fatal(err)
 	}
 	up(t, h, "vp0p")
 	up(t, h, "vp0")
-	cfg.Interfaces = []string{"vp0"}
+	cfg.Interfaces = []string{"halb0", "vp0"}
 	dp = b.start(t, cfg, config.ModeXDP)
-	if got := dp.Attachments(); !slices.Equal(got, []Attachment{{"vp0", HookXDPGeneric}}) {
-		t.Errorf("auto on vp0, whose peer in the same namespace has no XDP program: %v, want generic XDP", got)
+	if got := dp.Attachments(); !slices.Equal(got, []Attachment{{"halb0", HookXDPNative}, {"vp0", HookXDPGeneric}}) {
+		t.Errorf("auto on halb0 and vp0, whose peer in the same namespace has no XDP program: %v, want native on halb0, generic on vp0", got)
 	}
 	if !regexp.MustCompile(`msg="veth peer has no xdp program.*" .*interface=vp0 peer=vp0p`).MatchString(b.log.String()) {
 		t.Errorf("no log line naming vp0's peer:\n%s", b.log)
+	}
+	if !regexp.MustCompile(`level=WARN msg="frames native xdp redirects into a veth whose peer has no xdp program are dropped .*" .*from=halb0 into=vp0`).MatchString(b.log.String()) {
+		t.Errorf("no warning about halb0 redirecting into vp0:\n%s", b.log)
 	}
 	if err := dp.Cleanup(); err != nil {
 		t.Fatal(err)
