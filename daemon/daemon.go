@@ -318,14 +318,18 @@ func (d *Daemon) closeDatapath(undo bool) {
 }
 
 // datapathAbsent reports whether no earlier halb left a data path that
-// this one would adopt: no datapath.bpffs directory for the eBPF data
-// path, no state file of halb's IPVS services.
+// this one would adopt: nothing in datapath.bpffs for the eBPF data path,
+// no state file of halb's IPVS services.
 func (d *Daemon) datapathAbsent() bool {
 	absent := func(path string) bool {
 		_, err := os.Lstat(path)
 		return errors.Is(err, fs.ErrNotExist)
 	}
-	if (d.mode == config.ModeXDP || d.mode == config.ModeTC) && !absent(d.boot.Datapath.BPFFS) {
+	empty := func(dir string) bool {
+		entries, err := os.ReadDir(dir)
+		return errors.Is(err, fs.ErrNotExist) || err == nil && len(entries) == 0
+	}
+	if (d.mode == config.ModeXDP || d.mode == config.ModeTC) && !empty(d.boot.Datapath.BPFFS) {
 		return false
 	}
 	if (d.mode == config.ModeIPVS || d.boot.Datapath.Mode == config.ModeAuto) && !absent(ipvs.DefaultStateFile) {
