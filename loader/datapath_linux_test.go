@@ -975,6 +975,9 @@ func TestDatapathInterfaceLate(t *testing.T) {
 	if dp.Name() != config.ModeXDP {
 		t.Errorf("Name %q, want xdp", dp.Name())
 	}
+	if got, want := dp.Hooks(), []string{"late0: missing, waiting for it", "halb0: xdp native"}; !slices.Equal(got, want) {
+		t.Errorf("Hooks %q, want %q", got, want)
+	}
 	if err := dp.Apply(context.Background(), []service.Service{svc(web, backend(be11, 1))}); err != nil {
 		t.Fatal(err)
 	}
@@ -999,6 +1002,9 @@ func TestDatapathInterfaceLate(t *testing.T) {
 	for round := range 2 {
 		ifindex := makeLate()
 		waitAttachments(t, dp, "late0", "halb0")
+		if got, want := dp.Hooks(), []string{"late0: xdp native", "halb0: xdp native"}; !slices.Equal(got, want) {
+			t.Errorf("round %d: Hooks %q, want %q", round, got, want)
+		}
 		l, err := h.LinkByIndex(ifindex)
 		if err != nil {
 			t.Fatal(err)

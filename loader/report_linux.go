@@ -1,6 +1,10 @@
 package loader
 
-import "github.com/halb-lb/halb/service"
+import (
+	"slices"
+
+	"github.com/halb-lb/halb/service"
+)
 
 var _ service.Reporter = (*Datapath)(nil)
 
@@ -28,11 +32,20 @@ func (s Stats) report() service.Stats {
 
 var _ service.Hooker = (*Datapath)(nil)
 
-// Hooks says where the programs are attached and how: "eth0: xdp native".
+// Hooks says where the programs are attached and how, "eth0: xdp
+// native", and which of datapath.interfaces halb waits for, "eth1:
+// missing, waiting for it", in datapath.interfaces order.
 func (d *Datapath) Hooks() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	var out []string
-	for _, a := range d.Attachments() {
-		out = append(out, a.Interface+": "+string(a.Hook))
+	for _, name := range d.cfg.Interfaces {
+		i := slices.IndexFunc(d.ifaces, func(a *attachment) bool { return a.Interface == name })
+		if i < 0 {
+			out = append(out, name+": missing, waiting for it")
+			continue
+		}
+		out = append(out, name+": "+string(d.ifaces[i].Hook))
 	}
 	return out
 }
