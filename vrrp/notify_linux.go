@@ -16,12 +16,17 @@ import (
 // group is killed then.
 const notifyTimeout = 10 * time.Second
 
-// notifyStopWait bounds what stopping an instance waits for: the call
-// running at the stop gets this long to finish before it is killed, and
-// the STOP call this long to run. Without it a slow script held a stop, a
+// notifyStopWait and notifyStopTimeout bound what stopping an instance
+// waits for: the call running at the stop gets notifyStopWait to finish
+// before it is killed (it announced a state the instance is leaving), and
+// the STOP call notifyStopTimeout to run; together they stay within the
+// daemon's 5 s for a shutdown. Without them a slow script held a stop, a
 // shutdown or a reload that restarts the instance for a whole timeout per
 // queued call (87 s with three hostile adverts and a 30 s script).
-const notifyStopWait = 2 * time.Second
+const (
+	notifyStopWait    = time.Second
+	notifyStopTimeout = 2 * time.Second
+)
 
 // notifier runs an instance's notify script on every transition, with
 // keepalived's arguments (INSTANCE <name> <STATE> <priority>), one run at a
@@ -36,10 +41,12 @@ const notifyStopWait = 2 * time.Second
 type notifier struct {
 	cfg config.Instance
 	log *slog.Logger
-	// timeout is notifyTimeout and stopWait notifyStopWait; a test that
-	// waits for a kill shortens them before the instance runs.
-	timeout  time.Duration
-	stopWait time.Duration
+	// timeout is notifyTimeout, stopWait notifyStopWait and stopTimeout
+	// notifyStopTimeout; a test that waits for a kill shortens them before
+	// the instance runs.
+	timeout     time.Duration
+	stopWait    time.Duration
+	stopTimeout time.Duration
 
 	wake chan struct{} // a call is pending, or close was called
 	done chan struct{} // the loop has ended
@@ -53,7 +60,7 @@ type notifier struct {
 }
 
 func newNotifier(cfg config.Instance, log *slog.Logger) *notifier {
-	n := &notifier{cfg: cfg, log: log, timeout: notifyTimeout, stopWait: notifyStopWait,
+	n := &notifier{cfg: cfg, log: log, timeout: notifyTimeout, stopWait: notifyStopWait, stopTimeout: notifyStopTimeout,
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go n.loop()
 	return n
@@ -95,8 +102,9 @@ func (n *notifier) poke() {
 }
 
 // close runs the pending call (the STOP one, when the instance stops),
-// bounded by stopWait, after the running one, which gets stopWait to
-// finish before it is killed. It returns within about twice stopWait.
+// bounded by stopTimeout, after the running one, which gets stopWait to
+// finish before it is killed. It returns within about stopWait plus
+// stopTimeout.
 func (n *notifier) close() {
 	n.mu.Lock()
 	n.closing = true
@@ -127,7 +135,7 @@ func (n *notifier) loop() {
 		ctx, cancel := context.WithCancel(context.Background())
 		timeout := n.timeout
 		if closing {
-			timeout = min(timeout, n.stopWait)
+			timeout = min(timeout, n.stopTimeout)
 		} else {
 			n.cancelRunning = cancel
 		}

@@ -330,7 +330,7 @@ func TestNotifyQueueDoesNotHoldStop(t *testing.T) {
 	took := time.Since(start)
 	t.Logf("stop with a hanging notify call and %d transitions queued behind it took %v; calls run: %q",
 		transitions()-1, took.Round(time.Millisecond), readFile(t, calls))
-	// notifyStopWait for the running call, as long for STOP, and room for
+	// notifyStopWait for the running call, notifyStopTimeout for STOP, room for
 	// a loaded machine; before, well over a minute.
 	if took > limit {
 		t.Errorf("stop took %v, want under %v", took, limit)
