@@ -250,6 +250,11 @@ func checkOwner(p string, st *unix.Stat_t) error {
 		return &Error{Path: p, Msg: fmt.Sprintf("is a symlink owned by uid %d, a user other than root, who can repoint it "+
 			"and so choose what halb runs or reads as root: replace it with a link root owns (chown -h root %s)", st.Uid, p)}
 	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return &Error{Path: p, Msg: fmt.Sprintf("is owned by uid %d, so it is writable by a user other than root, "+
+			"who could put their own file in halb's path and so choose what halb runs or reads as root: "+
+			"keep the file in a directory that root owns, or chown root %s", st.Uid, p)}
+	}
 	return &Error{Path: p, Msg: fmt.Sprintf("is owned by uid %d, so it is writable by a user other than root, "+
 		"who could choose what halb runs or reads as root: chown root %s and chmod go-w %s", st.Uid, p, p)}
 }
@@ -262,7 +267,8 @@ func checkDir(p string, st *unix.Stat_t) error {
 		return nil
 	}
 	return &Error{Path: p, Msg: fmt.Sprintf("is writable by a user other than root (mode %04o), who could put their own "+
-		"file in its place and so choose what halb runs or reads as root: chmod go-w %s", st.Mode&0o7777, p)}
+		"file in halb's path and so choose what halb runs or reads as root: chmod go-w %s, "+
+		"or keep the file in a directory only root can write", st.Mode&0o7777, p)}
 }
 
 func checkFile(p string, st *unix.Stat_t) error {

@@ -135,3 +135,18 @@ func TestOpenHoldsTheCheckedFile(t *testing.T) {
 		t.Fatalf("read %q, %v; want the file that was checked", b, err)
 	}
 }
+
+// TestOpenStrangersDirectory: a directory another user owns is theirs to
+// fill, whatever its mode, and the fix names a directory root owns.
+func TestOpenStrangersDirectory(t *testing.T) {
+	u := trusttest.NewStranger(t)
+	_, shared := trusttest.OpenDir(t, os.ModeSticky|0o777)
+	home := filepath.Join(shared, "home")
+	u.MustSh(t, "mkdir -m 0755 "+home)
+	f := write(t, filepath.Join(home, "halb.yaml"), "x", 0o600)
+	_, err := trust.Open(f, trust.ForRead)
+	if !errors.Is(err, trust.ErrUntrusted) || !strings.Contains(err.Error(), home+" is owned by uid") ||
+		!strings.Contains(err.Error(), "keep the file in a directory that root owns") {
+		t.Fatalf("a root-owned file in a stranger's directory: %v", err)
+	}
+}
