@@ -651,3 +651,72 @@ services:
 		t.Errorf("merged service = %+v", s)
 	}
 }
+
+// A file of more values than halb reads in one configuration is refused
+// with one problem, before YAML builds a tree of them: a flow list on one
+// line and a block list alike.
+func TestTooManyValues(t *testing.T) {
+	head := "services:\n  - name: web\n    health_check:\n      expect_status: "
+	flow := head + "[" + strings.Repeat("9,", maxNodes) + "9]\n"
+	block := head + "\n" + strings.Repeat("        - 9\n", maxNodes+1)
+	for name, data := range map[string]string{"flow": flow, "block": block} {
+		_, err := Parse([]byte(data), "t.yaml")
+		var cerr *Error
+		if !errors.As(err, &cerr) || len(cerr.Problems) != 1 || !strings.Contains(cerr.Problems[0].Msg, "values or more, beyond the") {
+			t.Errorf("%s list of %d items: want one problem about its size, got %d problems", name, maxNodes+1, len(cerr.Problems))
+		}
+	}
+}
+
+// roughNodes counts no more than YAML finds in halb's own files, and
+// ignores commas and brackets in quotes and comments.
+func TestRoughNodes(t *testing.T) {
+	files, _ := filepath.Glob("testdata/broken/*.yaml")
+	files = append(files, "../configs/halb.yaml", "../configs/pi-ipvs.yaml")
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc yaml.Node
+		if yaml.Unmarshal(data, &doc) != nil {
+			continue
+		}
+		if r, n := roughNodes(data), countNodes(&doc); r > n {
+			t.Errorf("%s: roughNodes %d > %d nodes", f, r, n)
+		}
+	}
+	for _, c := range []struct {
+		yaml string
+		want int
+	}{
+		{"a: [1, 2, 3]", 4},
+		{"a: '1, 2, [3]'", 1},
+		{`a: "1, \", 2"`, 1},
+		{`a: 'it''s, [x]'`, 1},
+		{"a: b # c, d, [e]\n", 1},
+		{"a: b#c,d\n", 2},
+		{"a: it's, [x, y]", 4},
+		{"# only, a, comment\n\n  \n", 0},
+		{"- 1\n- 2\r\n- 3", 3},
+	} {
+		if got := roughNodes([]byte(c.yaml)); got != c.want {
+			t.Errorf("roughNodes(%q) = %d, want %d", c.yaml, got, c.want)
+		}
+	}
+}
+
+// A file wrong throughout prints its first problems and a count, not a
+// screen per problem.
+func TestManyProblemsShownBounded(t *testing.T) {
+	data := "services:\n  - name: web\n    health_check:\n      type: http\n      expect_status: [" + strings.Repeat("9, ", 149) + "9]\n"
+	_, err := Parse([]byte(data), "t.yaml")
+	var cerr *Error
+	if !errors.As(err, &cerr) || len(cerr.Problems) < 150 {
+		t.Fatalf("want at least 150 problems, got %v", err)
+	}
+	lines := strings.Split(cerr.Error(), "\n")
+	if len(lines) != maxShownProblems+1 || lines[maxShownProblems] != fmt.Sprintf("t.yaml: %d more problems not shown: fix those above and check again", len(cerr.Problems)-maxShownProblems) {
+		t.Errorf("%d lines, last %q", len(lines), lines[len(lines)-1])
+	}
+}

@@ -24,6 +24,70 @@ import (
 // HALB_LOG_LEVEL overrides log.level.
 const EnvPrefix = "HALB"
 
+// maxNodes bounds the YAML nodes (keys, values, list items) of a file that
+// Parse decodes, so that reading one costs seconds and not minutes: each
+// node is decoded several times over (YAML, viper, mapstructure), and a
+// file of tiny list items within the size limit holds millions. A
+// configuration of 2000 services with 10 backends each holds about
+// 170 000.
+const maxNodes = 1 << 19
+
+// roughNodes counts, without parsing, what must each be a YAML node:
+// every line that holds more than a comment, every flow collection and
+// every comma between flow items, outside quotes and comments. It lets
+// Parse refuse a file of millions of tiny items before YAML builds a tree
+// of them, which takes as long as everything after it.
+func roughNodes(data []byte) int {
+	n := 0
+	content := false // the current line holds more than blanks and a comment
+	start := true    // a scalar may start here: a quote opens a quoted one
+	var quote byte   // the quote of the quoted scalar we are in, or 0
+	for i := 0; i < len(data); i++ {
+		c := data[i]
+		switch {
+		case quote == '"' && c == '\\':
+			i++ // an escaped character, a quote included
+		case quote != 0:
+			if c == quote {
+				if quote == '\'' && i+1 < len(data) && data[i+1] == '\'' {
+					i++ // '' is a quote inside a single-quoted scalar
+				} else {
+					quote, start = 0, false
+				}
+			}
+		case c == '\n' || c == '\r':
+			if content {
+				n++
+			}
+			content, start = false, true
+		case c == '#' && (i == 0 || data[i-1] == ' ' || data[i-1] == '\t' || data[i-1] == '\n' || data[i-1] == '\r'):
+			for i+1 < len(data) && data[i+1] != '\n' && data[i+1] != '\r' {
+				i++ // a comment runs to the end of the line
+			}
+		case c == ' ' || c == '\t':
+		default:
+			content = true
+			switch c {
+			case ',', '[', '{':
+				n++
+				start = true
+			case ':', '-', '?':
+				start = true
+			case '"', '\'':
+				if start {
+					quote = c
+				}
+			default:
+				start = false
+			}
+		}
+	}
+	if content {
+		n++
+	}
+	return n
+}
+
 // Load reads the file at path safely (ReadFile), decodes and validates it,
 // and checks that the scripts it names can be run safely on this host
 // (CheckScripts). The error, when the file is readable, is an *Error
@@ -81,10 +145,21 @@ func lineIndex(data []byte) map[string]int {
 func Parse(data []byte, name string) (*Config, error) {
 	e := &Error{File: name}
 
+	tooBig := func(n int) (*Config, error) {
+		e.add(Problem{Msg: fmt.Sprintf("the file holds %d values or more, beyond the %d halb reads in one configuration: "+
+			"is it the right file?", n, maxNodes)})
+		return nil, e
+	}
+	if n := roughNodes(data); n > maxNodes {
+		return tooBig(n)
+	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		e.add(Problem{Line: yamlErrorLine(err), Msg: "not valid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")})
 		return nil, e
+	}
+	if n := countNodes(&doc); n > maxNodes {
+		return tooBig(n)
 	}
 	lines := map[string]int{}
 	shape := &shapeWalk{lines: lines, texts: map[string]string{}}

@@ -42,10 +42,20 @@ type Error struct {
 
 func (e *Error) add(p Problem) { e.Problems = append(e.Problems, p) }
 
-// Error prints one problem per line, each as FILE:LINE: PATH: MESSAGE.
+// maxShownProblems is how many problems Error prints: a file that is wrong
+// throughout (a list of half a million bad items) is better told by its
+// first problems and a count than by a screen that scrolls for minutes.
+const maxShownProblems = 100
+
+// Error prints one problem per line, each as FILE:LINE: PATH: MESSAGE, the
+// first maxShownProblems of them and then how many more there are.
 func (e *Error) Error() string {
 	var b strings.Builder
 	for i, p := range e.Problems {
+		if i == maxShownProblems {
+			fmt.Fprintf(&b, "\n%s: %d more problems not shown: fix those above and check again", e.File, len(e.Problems)-i)
+			break
+		}
 		if i > 0 {
 			b.WriteByte('\n')
 		}
