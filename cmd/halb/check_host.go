@@ -55,6 +55,17 @@ func hostWarnings(c *config.Config, held map[netip.Addr]bool) []config.Problem {
 		}
 	}
 
+	// One route lookup per address: a backend often serves several
+	// services.
+	routes := map[netip.Addr]string{}
+	noRoute := func(a netip.Addr) string {
+		msg, ok := routes[a]
+		if !ok {
+			msg = routeProblem(a)
+			routes[a] = msg
+		}
+		return msg
+	}
 	for i, s := range c.Services {
 		path := fmt.Sprintf("services[%d]", i)
 		for j, b := range s.Backends {
@@ -71,10 +82,10 @@ func hostWarnings(c *config.Config, held map[netip.Addr]bool) []config.Problem {
 	return warnings
 }
 
-// noRoute says why this host cannot send to a, or "" when it can: the
-// kernel's own route lookup (`ip route get`), so unreachable, prohibit and
-// blackhole routes count as none.
-func noRoute(a netip.Addr) string {
+// routeProblem says why this host cannot send to a, or "" when it can:
+// the kernel's own route lookup (`ip route get`), so unreachable, prohibit
+// and blackhole routes count as none.
+func routeProblem(a netip.Addr) string {
 	if !a.IsValid() {
 		return ""
 	}
