@@ -323,6 +323,7 @@ func TestStrictTypes(t *testing.T) {
 		{"virtual IP a number", []string{"virtual_ips: [192.0.2.100/24]", "virtual_ips: [5]"}, "vrrp.instances[0].virtual_ips[0]", "5 is not an IP address or ADDRESS/LENGTH"},
 		{"sorry_backend a number", []string{`sorry_backend: "198.51.100.99:80"`, "sorry_backend: 5"}, "services[0].sorry_backend", "5 is not ADDRESS:PORT"},
 		{"health_check a number", []string{"health_check: {type: http, interval: 2s, timeout: 1s, rise: 2, fall: 3, expect_status: [200]}", "health_check: 5"}, "services[0].health_check", "5 is not a mapping of keys"},
+		{"tracked interface a number", []string{"auth_pass: secret", "auth_pass: secret\n      track_interfaces: [eth1, 5]"}, "vrrp.instances[0].track_interfaces[1]", "5 is not an interface name"},
 		{"command a number", []string{"command: [/bin/true]", "command: 5"}, "vrrp.instances[0].track_scripts[0].command[0]", `5 is not a string: write it in quotes ("5")`},
 		// What stays accepted: a whole number written as a float is that
 		// number, quoted numbers as text, one item for a list.

@@ -487,10 +487,16 @@ func addrPortHook(f reflect.Type, t reflect.Type, data any) (any, error) {
 
 // trackInterfaceHook lets a tracked interface be written as its bare name.
 func trackInterfaceHook(f reflect.Type, t reflect.Type, data any) (any, error) {
-	if t != reflect.TypeFor[TrackInterface]() || f.Kind() != reflect.String {
+	if t != reflect.TypeFor[TrackInterface]() {
 		return data, nil
 	}
-	return TrackInterface{Name: data.(string)}, nil
+	switch f.Kind() {
+	case reflect.String:
+		return TrackInterface{Name: data.(string)}, nil
+	case reflect.Map, reflect.Struct, reflect.Invalid:
+		return data, nil
+	}
+	return nil, &valueError{quoteValue(data), "is not an interface name or {name: eth2, weight: -20}"}
 }
 
 // oneItemListHook reads a single number or boolean where a list is expected
