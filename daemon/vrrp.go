@@ -246,9 +246,12 @@ func newAcceptFilter(log *slog.Logger) (*acceptFilter, error) {
 func (a *acceptFilter) apply(c *config.Config) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	rules := vrrp.AcceptRules(c)
+	rules, hostOwn := vrrp.LeaveOutHostAddrs(vrrp.AcceptRules(c))
 	if !a.stale && slices.Equal(rules, a.applied) {
 		return
+	}
+	for _, vip := range hostOwn {
+		a.log.Warn("accept_mode filter leaves out a vip that is the host's own address (on an interface, not added by halb)", "vip", vip)
 	}
 	table := "inet " + vrrp.AcceptTableName
 	if err := a.table.Apply(rules); err != nil {

@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -150,4 +151,38 @@ func ruleExprs(r AcceptRule) []expr.Any {
 		return append(e, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})
 	}
 	return append(e, &expr.Verdict{Kind: expr.VerdictAccept})
+}
+
+// LeaveOutHostAddrs drops from rules those for a VIP that is on one of the
+// host's interfaces without halb's mark (vip_linux.go): the host's own
+// address given as a VIP, RFC 5798's address owner, which accepts its
+// traffic whatever Accept_Mode says. Filtering it would drop the host's
+// own traffic, ssh included, on every node and in every state. It returns
+// the VIPs left out; when the addresses cannot be read, rules as they are.
+func LeaveOutHostAddrs(rules []AcceptRule) ([]AcceptRule, []netip.Addr) {
+	if len(rules) == 0 {
+		return rules, nil
+	}
+	addrs, err := dumpAddrs()
+	if err != nil {
+		return rules, nil
+	}
+	host := map[netip.Addr]bool{}
+	for _, e := range addrs {
+		if e.proto != halbAddrProto {
+			host[e.prefix.Addr()] = true
+		}
+	}
+	var kept []AcceptRule
+	var out []netip.Addr
+	for _, r := range rules {
+		if !host[r.Dst] {
+			kept = append(kept, r)
+			continue
+		}
+		if r.Drop {
+			out = append(out, r.Dst)
+		}
+	}
+	return kept, out
 }

@@ -40,6 +40,7 @@ const ifaProto = 11
 
 // ifAddr is one address on an interface, as the kernel lists it.
 type ifAddr struct {
+	index  int // the interface's
 	prefix netip.Prefix
 	proto  uint8
 	flags  uint32
@@ -170,6 +171,21 @@ func findAddr(list []ifAddr, a netip.Addr) (ifAddr, bool) {
 // listAddrs lists the addresses on the interface with index ifindex, with
 // their IFA_PROTO, which vishvananda/netlink's AddrList does not read.
 func listAddrs(ifindex int) ([]ifAddr, error) {
+	all, err := dumpAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []ifAddr
+	for _, e := range all {
+		if e.index == ifindex {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// dumpAddrs lists the addresses of every interface, in one dump.
+func dumpAddrs() ([]ifAddr, error) {
 	req := nl.NewNetlinkRequest(unix.RTM_GETADDR, unix.NLM_F_DUMP)
 	req.AddData(nl.NewIfAddrmsg(unix.AF_UNSPEC))
 	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWADDR)
@@ -179,15 +195,12 @@ func listAddrs(ifindex int) ([]ifAddr, error) {
 	var out []ifAddr
 	for _, m := range msgs {
 		msg := nl.DeserializeIfAddrmsg(m)
-		if int(msg.Index) != ifindex {
-			continue
-		}
 		attrs, err := nl.ParseRouteAttr(m[msg.Len():])
 		if err != nil {
 			continue
 		}
 		var local, address []byte
-		e := ifAddr{flags: uint32(msg.Flags)}
+		e := ifAddr{index: int(msg.Index), flags: uint32(msg.Flags)}
 		for _, a := range attrs {
 			switch a.Attr.Type {
 			case unix.IFA_LOCAL:

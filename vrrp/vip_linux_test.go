@@ -230,3 +230,23 @@ func TestForeignVIPOnlyAddress(t *testing.T) {
 		t.Fatal("the host's only address, equal to the VIP, went with halb's stop")
 	}
 }
+
+// The Accept_Mode filter (v3, accept: false) leaves out a VIP that is the
+// host's own address: it would drop the host's own traffic (ssh, here a
+// ping) in every state. The address owner accepts whatever Accept_Mode
+// says (RFC 5798 §6.4.3).
+func TestAcceptFilterSparesHostAddress(t *testing.T) {
+	v := variant{"v3-ipv4", 3, false, false, 100 * time.Millisecond}
+	l := newLAN(t, false)
+	l.delAddr(t, 0)
+	if err := l.h[0].AddrAdd(l.link(t, 0), toAddr(netip.PrefixFrom(v.vip(), 24))); err != nil {
+		t.Fatal(err)
+	}
+	a := newNode(t, "a", l.ns[0], v.config(l, 0, 100, true))
+	a.start(t)
+	waitLog(t, a, "to=MASTER")
+	waitLog(t, a, "accept_mode filter leaves out a vip that is the host's own address")
+	if err := eventually(5*time.Second, func() error { return ping(l.ns[1], v.vip(), time.Second) }); err != nil {
+		t.Fatalf("the host's own address %s, also a VIP, does not answer a ping with halb running: %v", v.vip(), err)
+	}
+}
