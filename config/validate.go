@@ -563,19 +563,19 @@ func (v *validator) healthCheck(path string, s *Service) {
 // own unicast_src, a peer, a backend or a sorry backend, across all
 // instances and services. Each problem names both fields.
 func (v *validator) addressClashes(c *Config) {
-	// A virtual IP moves: halb adds it on MASTER and removes it on leaving
-	// MASTER, so one that is also a host's address is taken from that host.
+	// A virtual IP moves to whichever node is MASTER, so one that is also
+	// a host's address would be claimed by a node that is not that host.
 	type host struct{ path, what string }
 	hosts := map[netip.Addr][]host{}
 	for i, in := range c.VRRP.Instances {
 		path := fmt.Sprintf("vrrp.instances[%d]", i)
 		if in.UnicastSrc.IsValid() {
 			a := in.UnicastSrc.WithZone("")
-			hosts[a] = append(hosts[a], host{path + ".unicast_src", "this node's own address, which it would lose (ssh to it included) whenever it leaves MASTER"})
+			hosts[a] = append(hosts[a], host{path + ".unicast_src", "this node's own address: a virtual IP moves to whichever node is MASTER, and while the peer holds it, it answers for this node's address too (ssh to it included)"})
 		}
 		for j, peer := range in.UnicastPeers {
 			a := peer.WithZone("")
-			hosts[a] = append(hosts[a], host{fmt.Sprintf("%s.unicast_peers[%d]", path, j), "a peer's own address, which this node would take from it as MASTER"})
+			hosts[a] = append(hosts[a], host{fmt.Sprintf("%s.unicast_peers[%d]", path, j), "a peer's own address, which this node would claim as MASTER"})
 		}
 	}
 	held := map[netip.Addr]string{} // address -> the first field that holds it
@@ -583,7 +583,7 @@ func (v *validator) addressClashes(c *Config) {
 		for j, p := range in.VirtualIPs {
 			vpath := fmt.Sprintf("vrrp.instances[%d].virtual_ips[%d]", i, j)
 			for _, h := range hosts[p.Addr()] {
-				v.errf(vpath, "%s is also %s, %s: give the virtual IP an address of its own", p.Addr(), h.path, h.what)
+				v.errf(vpath, "%s is also %s, %s; give the virtual IP an address of its own", p.Addr(), h.path, h.what)
 			}
 			if _, ok := held[p.Addr()]; !ok {
 				held[p.Addr()] = vpath
