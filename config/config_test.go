@@ -669,6 +669,30 @@ func TestTooManyValues(t *testing.T) {
 	}
 }
 
+// The bound on values still takes the largest configuration halb is built
+// for (the control plane's target: 1000 services of 100 backends, each
+// with address, port and weight).
+func TestLargestSiteParses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("parses a 7 MB file")
+	}
+	var b strings.Builder
+	b.WriteString("datapath:\n  mode: xdp\n  interfaces: [eth0]\n  max_backends: 131072\nservices:\n")
+	for s := range 1000 {
+		fmt.Fprintf(&b, "  - name: svc%d\n    vip: 203.0.113.%d\n    port: %d\n    scheduler: mh\n    forward: dr\n    backends:\n", s, 1+s%250, 1000+s)
+		for k := range 100 {
+			fmt.Fprintf(&b, "      - address: 198.51.%d.%d\n        port: %d\n        weight: 1\n", 100+k/250, 1+k%250, 1000+s)
+		}
+	}
+	cfg, err := Parse([]byte(b.String()), "large.yaml")
+	if err != nil {
+		t.Fatalf("a 1000x100 configuration is refused: %v", err)
+	}
+	if n := len(cfg.Services) * len(cfg.Services[0].Backends); n != 100000 {
+		t.Errorf("%d backends, want 100000", n)
+	}
+}
+
 // roughNodes counts no more than YAML finds in halb's own files, and
 // ignores commas and brackets in quotes and comments.
 func TestRoughNodes(t *testing.T) {
