@@ -212,6 +212,13 @@ volatile __u32 halb_nexthop_gen;
  * the program still attached). */
 #define NEXTHOP_TTL_NS 1000000000ULL
 
+/* halb_vip_last[b] is non-zero when a VIP in halb_vips ends in the byte b.
+ * A new flow's source is looked up in halb_vips only when its last byte
+ * says it may be there: most clients' are not, and they skip a hash
+ * lookup. The loader sets a VIP's byte before it writes the VIP, and
+ * clears bytes after VIPs leave. */
+volatile __u8 halb_vip_last[256];
+
 /* The destination MACs that make a frame this node's, by the interface it
  * arrives on (struct local_mac): frames to any other MAC are another
  * host's, and go to the kernel untouched. The loader writes the entries of
@@ -822,7 +829,8 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	 * checked once per flow, where halb_ct does not know it, rather than
 	 * for every packet: halb_ct learns only flows that passed, and its
 	 * key holds the source. */
-	if (!ct && is_vip(&pkt.flow.saddr, pkt.flow.family)) {
+	if (!ct && halb_vip_last[pkt.flow.saddr.bytes[15]] &&
+	    is_vip(&pkt.flow.saddr, pkt.flow.family)) {
 		count_drop(DROP_VIP_SOURCE);
 		return VERDICT_DROP;
 	}

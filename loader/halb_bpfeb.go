@@ -198,6 +198,7 @@ const (
 	halbVarHalbLocalMacsGen = "halb_local_macs_gen"
 	halbVarHalbMaglevSize   = "halb_maglev_size"
 	halbVarHalbNexthopGen   = "halb_nexthop_gen"
+	halbVarHalbVipLast      = "halb_vip_last"
 )
 
 // loadHalb returns the embedded CollectionSpec for halb.
@@ -273,6 +274,7 @@ type halbVariableSpecs struct {
 	HalbLocalMacsGen *ebpf.VariableSpec `ebpf:"halb_local_macs_gen"`
 	HalbMaglevSize   *ebpf.VariableSpec `ebpf:"halb_maglev_size"`
 	HalbNexthopGen   *ebpf.VariableSpec `ebpf:"halb_nexthop_gen"`
+	HalbVipLast      *ebpf.VariableSpec `ebpf:"halb_vip_last"`
 }
 
 // halbObjects contains all objects after they have been loaded into the kernel.
@@ -337,6 +339,7 @@ type halbVariables struct {
 	HalbLocalMacsGen *ebpf.Variable `ebpf:"halb_local_macs_gen"`
 	HalbMaglevSize   *ebpf.Variable `ebpf:"halb_maglev_size"`
 	HalbNexthopGen   *ebpf.Variable `ebpf:"halb_nexthop_gen"`
+	HalbVipLast      *ebpf.Variable `ebpf:"halb_vip_last"`
 }
 
 // halbPrograms contains all programs after they have been loaded into the kernel.

@@ -111,6 +111,11 @@ func load(spec *ebpf.CollectionSpec, maglev *ebpf.MapSpec, copts *ebpf.Collectio
 	if err := spec.LoadAndAssign(&lb.objs, copts); err != nil {
 		return nil, fmt.Errorf("load %s: %w", halbProgHalbXdpLb, err)
 	}
+	// halb_vips may be pinned, and full, from an earlier halb.
+	if err := lb.syncVIPLast(nil); err != nil {
+		lb.Close()
+		return nil, err
+	}
 	return lb, nil
 }
 
@@ -335,10 +340,41 @@ func (lb *LB) syncVIP(vip halbAddr, family halbFamily) error {
 		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete from %s: %w", halbMapHalbVips, err)
 		}
-		return nil
+		return lb.syncVIPLast(nil)
+	}
+	// The VIP's last byte first: a packet from the VIP must not pass the
+	// program's filter while the VIP is in halb_vips.
+	if err := lb.syncVIPLast(&vip); err != nil {
+		return err
 	}
 	if err := lb.objs.HalbVips.Put(&key, &halbVip{Services: n}); err != nil {
 		return fmt.Errorf("write %s: %w", halbMapHalbVips, err)
+	}
+	return nil
+}
+
+// syncVIPLast makes halb_vip_last name the last bytes of the VIPs in
+// halb_vips, and also's when it is not nil: the filter in front of the
+// program's check of a new flow's source against the VIPs. lb.mu is held,
+// or nobody else has lb yet.
+func (lb *LB) syncVIPLast(also *halbAddr) error {
+	var (
+		last [256]uint8
+		k    halbVipKey
+		v    halbVip
+	)
+	if also != nil {
+		last[also.Bytes[15]] = 1
+	}
+	it := lb.objs.HalbVips.Iterate()
+	for it.Next(&k, &v) {
+		last[k.Addr.Bytes[15]] = 1
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", halbMapHalbVips, err)
+	}
+	if err := lb.objs.HalbVipLast.Set(last); err != nil {
+		return fmt.Errorf("write %s: %w", halbVarHalbVipLast, err)
 	}
 	return nil
 }

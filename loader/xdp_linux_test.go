@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -214,6 +215,10 @@ func testSpec(t *testing.T, prog string) {
 		{name: "ipv6 from an ipv4-mapped address", p: from(tcp6, "::ffff:203.0.113.7"), action: xdpDrop, drop: DropBadSource},
 		{name: "from 240.0.0.1, reserved but routable, is balanced", p: from(tcp4, "240.0.0.1"), action: xdpTX, service: 1, backend: 1},
 		{name: "ipv6 from a link-local address is balanced", p: from(tcp6, "fe80::7"), action: xdpTX, service: 3, backend: 3},
+		// The program looks a source up in halb_vips only when its last
+		// byte is a VIP's; the lookup, not the byte, decides.
+		{name: "from a client whose last byte is the VIP's is balanced", p: from(tcp4, "203.0.113.100"), action: xdpTX, service: 1, backend: 1},
+		{name: "ipv6 from a client whose last byte is the VIP's is balanced", p: from(udp6, "2001:db8:ff::100"), action: xdpRedirect, service: 4, backend: 4},
 		{name: "syn from the VIP itself", p: from(tcp4, vip4.String()), action: xdpDrop, service: 1, drop: DropVIPSource},
 		{name: "ack from the VIP itself", p: from(with(tcp4, func(p *packet) { p.ack = true }), vip4.String()), action: xdpDrop, service: 1, drop: DropVIPSource},
 		{name: "ipv6 udp from the VIP itself", p: from(udp6, vip6.String()), action: xdpDrop, service: 4, drop: DropVIPSource},
@@ -612,6 +617,24 @@ func TestLBWriters(t *testing.T) {
 	if n4, n6 := vipCount(vip4), vipCount(vip6); n4 != 2 || n6 != 1 {
 		t.Errorf("halb_vips counts %d services on %s and %d on %s, want 2 and 1", n4, vip4, n6, vip6)
 	}
+	// halb_vip_last names the VIPs' last bytes, and only those.
+	lastBytes := func() []int {
+		t.Helper()
+		var last [256]uint8
+		if err := lb.objs.HalbVipLast.Get(&last); err != nil {
+			t.Fatal(err)
+		}
+		var set []int
+		for b, v := range last {
+			if v != 0 {
+				set = append(set, b)
+			}
+		}
+		return set
+	}
+	if got, want := lastBytes(), []int{int(vip6.As16()[15]), int(vip4.As16()[15])}; !slices.Equal(got, want) {
+		t.Errorf("halb_vip_last names last bytes %v, want %v", got, want)
+	}
 	for i, k := range keys {
 		if err := lb.DeleteService(k); err != nil {
 			t.Fatal(err)
@@ -624,6 +647,9 @@ func TestLBWriters(t *testing.T) {
 	}
 	if n4, n6 := vipCount(vip4), vipCount(vip6); n4 != 0 || n6 != 0 {
 		t.Errorf("halb_vips still counts %d services on %s and %d on %s", n4, vip4, n6, vip6)
+	}
+	if got := lastBytes(); len(got) != 0 {
+		t.Errorf("halb_vip_last still names last bytes %v with no VIP left", got)
 	}
 }
 
