@@ -540,4 +540,115 @@ func TestVMACMACTaken(t *testing.T) {
 	if _, err := h.LinkByName("vrrp.51"); err != nil {
 		t.Errorf("the macvlan halb did not make is gone: %v", err)
 	}
+	// The failed call leaves nothing of its own: no VMAC named as halb
+	// names them, and the base interface's settings as they were.
+	links, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		if n := l.Attrs().Name; n == vmacName(51, false, base.Attrs().Index) || l.Attrs().Alias == vmacAlias {
+			t.Errorf("after the failure %s (alias %q) is left on the host", n, l.Attrs().Alias)
+		}
+	}
+	if got := baseSettings(t, ns, "lan0"); got != "0 0 0" {
+		t.Errorf("lan0's arp_ignore arp_filter arp_announce after the failure: %s, want 0 0 0 as before", got)
+	}
+}
+
+// baseSettings reads ifname's arp_ignore, arp_filter and arp_announce in ns.
+func baseSettings(t *testing.T, ns *netnstest.NS, ifname string) string {
+	t.Helper()
+	var vals []string
+	err := ns.Do(func() error {
+		for _, k := range []string{"arp_ignore", "arp_filter", "arp_announce"} {
+			b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + ifname + "/" + k)
+			if err != nil {
+				return err
+			}
+			vals = append(vals, strings.TrimSpace(string(b)))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(vals, " ")
+}
+
+// The base interface's ARP settings halb changes for its VMACs are put
+// back when the last VMAC on it goes (as keepalived does), and a setting
+// someone changed in between is theirs and stays.
+func TestVMACBaseSettingsRestored(t *testing.T) {
+	ns := netnstest.New(t)
+	h := ns.Netlink(t)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "lan0"}, PeerName: "peer0"}); err != nil {
+		t.Fatal(err)
+	}
+	base, _ := h.LinkByName("lan0")
+	if err := h.LinkSetUp(base); err != nil {
+		t.Fatal(err)
+	}
+	idx := base.Attrs().Index
+	ensure := func(vrid int, v6 bool) {
+		t.Helper()
+		if err := ns.Do(func() error { _, err := ensureVMAC(base, vrid, v6); return err }); err != nil {
+			t.Fatalf("ensureVMAC %d: %v", vrid, err)
+		}
+	}
+	remove := func(vrid int, v6 bool) {
+		t.Helper()
+		if err := ns.Do(func() error { return removeVMAC(vrid, v6, idx) }); err != nil {
+			t.Fatalf("removeVMAC %d: %v", vrid, err)
+		}
+	}
+	if got := baseSettings(t, ns, "lan0"); got != "0 0 0" {
+		t.Fatalf("lan0 starts with %s, want 0 0 0", got)
+	}
+	ensure(51, false)
+	ensure(51, false) // found again, as at each netlink event
+	ensure(52, true)
+	if got := baseSettings(t, ns, "lan0"); got != "1 1 2" {
+		t.Errorf("lan0 with two VMACs: %s, want 1 1 2", got)
+	}
+	remove(51, false)
+	if got := baseSettings(t, ns, "lan0"); got != "1 1 2" {
+		t.Errorf("lan0 with one VMAC left: %s, want 1 1 2 until the last goes", got)
+	}
+	remove(52, true)
+	if got := baseSettings(t, ns, "lan0"); got != "0 0 0" {
+		t.Errorf("lan0 with its VMACs gone: %s, want 0 0 0 as before", got)
+	}
+
+	// arp_filter changed by the user while halb's VMAC is there: theirs.
+	ensure(53, false)
+	if err := ns.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/conf/lan0/arp_filter", []byte("0"), 0o644)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	remove(53, false)
+	if got := baseSettings(t, ns, "lan0"); got != "0 0 0" {
+		t.Errorf("lan0 after a VMAC whose arp_filter the user reset: %s, want 0 0 0", got)
+	}
+	if err := ns.Do(func() error {
+		for _, k := range []string{"arp_ignore", "arp_announce"} {
+			if err := os.WriteFile("/proc/sys/net/ipv4/conf/lan0/"+k, []byte("3"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ensure(54, false)
+	if err := ns.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/conf/lan0/arp_announce", []byte("1"), 0o644)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	remove(54, false)
+	if got := baseSettings(t, ns, "lan0"); got != "3 0 1" {
+		t.Errorf("lan0 set to 3 0 3, halb's VMAC, the user's arp_announce 1, VMAC gone: %s, want 3 0 1", got)
+	}
 }
