@@ -144,11 +144,24 @@ func serviceStatus(r service.Report) ServiceStatus {
 }
 
 // listenControl makes the control socket, root only (mode 0600). The
-// caller holds the socket's lock, so a socket file there is one that a
-// killed halb left behind.
+// caller holds the socket's lock, so a socket there is one that a killed
+// halb left behind, and only that is removed: anything else at the path
+// (a file the path names by mistake) is refused and left as it is, and so
+// is a socket that something still answers on.
 func listenControl(path string) (net.Listener, error) {
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("control socket %s: remove the one a killed halb left: %w", path, err)
+	if err := checkSocketPath(path); err != nil {
+		return nil, fmt.Errorf("control.socket: %w", err)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("control.socket: %s is answered by a process that holds no halb lock on it (an older halb?); stop it, or give this halb a control.socket of its own", path)
+		}
+		// Between the look and the remove only root (or halb's user)
+		// could swap the socket: checkPrivateDir holds for its directory.
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("control socket %s: remove the one a killed halb left: %w", path, err)
+		}
 	}
 	ln, err := net.Listen("unix", path)
 	if err != nil {

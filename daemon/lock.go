@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,12 +32,22 @@ type LockedError struct {
 	Lock string // the lock file
 	PID  int    // the holder, 0 when it has not written its pid yet
 	Fix  string
+	// Dead says why the pid in the file is not the holder ("halb pid 12
+	// is not running"), and Other who holds the file open instead (from
+	// /proc/locks), when the holder is no running halb.
+	Dead, Other string
 }
 
 func (e *LockedError) Error() string {
 	holder := "another halb"
 	if e.PID > 0 {
 		holder = "halb pid " + strconv.Itoa(e.PID)
+	}
+	if e.Other != "" {
+		// The pid in the file is gone, yet the lock is held: whoever
+		// holds it, it is no halb that this one should wait for.
+		return fmt.Sprintf("%s is locked, but not by a running halb: %s; the lock file %s is held open by %s: %s, or stop that process",
+			e.What, e.Dead, e.Lock, e.Other, e.Fix)
 	}
 	return fmt.Sprintf("%s is in use by %s (lock %s): %s", e.What, holder, e.Lock, e.Fix)
 }
@@ -54,11 +65,17 @@ type lockFile struct {
 
 // acquireLock takes the lock at path without waiting. what and fix are for
 // the message when another halb holds it.
+//
+// The file is root's (or halb's user's) alone, mode 0600: a user who
+// could open it could hold a lock on it, and keep every halb out. One
+// that others can read is made private if halb owns it, and refused if
+// it belongs to someone else; one that holds anything but a pid is
+// someone's file at a path that happens to be halb's, and is left alone.
 func acquireLock(path, what, fix string) (*lockFile, error) {
 	// A halb that stops removes its lock file: one opened just before
 	// that is a lock on a file nobody else will see. Try again then.
 	for range 5 {
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o644)
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("lock for %s: %w", what, err)
 		}
@@ -67,11 +84,15 @@ func acquireLock(path, what, fix string) (*lockFile, error) {
 			f.Close()
 			return nil, fmt.Errorf("lock for %s: %s is not a regular file; remove it", what, path)
 		}
+		if err := checkLockFile(f, info); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock for %s: %w", what, err)
+		}
 		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			pid := readPID(f)
 			f.Close()
 			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, &LockedError{What: what, Lock: path, PID: pid, Fix: fix}
+				return nil, lockedError(what, path, fix, pid, info)
 			}
 			return nil, fmt.Errorf("lock for %s: flock %s: %w", what, path, err)
 		}
@@ -90,6 +111,147 @@ func acquireLock(path, what, fix string) (*lockFile, error) {
 		return &lockFile{path: path, f: f}, nil
 	}
 	return nil, fmt.Errorf("lock for %s: %s keeps being replaced; is a halb starting and stopping in a loop?", what, path)
+}
+
+// checkLockFile refuses a file at a lock's path that is not a halb lock
+// (empty, or a pid and a newline) or that belongs to a user other than
+// root and halb's, and takes read and write away from group and others on
+// one of halb's own that has them (the 0644 of older halbs).
+func checkLockFile(f *os.File, info fs.FileInfo) error {
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: no owner information", f.Name())
+	}
+	if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s is owned by uid %d, neither root nor halb's user: that user could hold it and keep halb out; remove it", f.Name(), st.Uid)
+	}
+	if info.Size() > 0 && !isPIDFile(f, info.Size()) {
+		return fmt.Errorf("%s is there and is no halb lock file (it holds something other than a pid): halb leaves it alone; move it away, or choose another path", f.Name())
+	}
+	if info.Mode().Perm()&0o077 != 0 {
+		if err := f.Chmod(0o600); err != nil {
+			return fmt.Errorf("make %s private (mode 0600): %w", f.Name(), err)
+		}
+	}
+	return nil
+}
+
+// isPIDFile reports whether the file holds a pid and a newline, as halb
+// writes it.
+func isPIDFile(f *os.File, size int64) bool {
+	if size > 32 {
+		return false
+	}
+	buf := make([]byte, size)
+	if n, _ := f.ReadAt(buf, 0); int64(n) != size {
+		return false
+	}
+	s, ok := strings.CutSuffix(string(buf), "\n")
+	if !ok {
+		return false
+	}
+	_, err := strconv.ParseUint(s, 10, 31)
+	return err == nil
+}
+
+// lockedError names who holds the lock on the file info describes: the
+// halb whose pid is in it, or, when that pid is not running, the
+// processes /proc/locks shows holding it, so that a process that only
+// opened the file to keep halb out is named and not mistaken for halb.
+func lockedError(what, path, fix string, pid int, info fs.FileInfo) *LockedError {
+	e := &LockedError{What: what, Lock: path, PID: pid, Fix: fix}
+	if pid > 0 && processAlive(pid) {
+		return e
+	}
+	if pid > 0 {
+		e.Dead = "halb pid " + strconv.Itoa(pid) + ", named in it, is not running"
+	} else {
+		e.Dead = "no halb pid is written in it"
+	}
+	e.Other = "a process halb cannot name"
+	holders := flockHolders(info)
+	if len(holders) == 0 {
+		// flock(1) takes the lock for the shell that keeps the file
+		// open, and /proc/locks names flock's own pid, gone by now.
+		holders = openers(info)
+	}
+	if len(holders) > 0 {
+		var names []string
+		for _, h := range holders {
+			name := "pid " + strconv.Itoa(h)
+			if comm, err := os.ReadFile("/proc/" + strconv.Itoa(h) + "/comm"); err == nil {
+				name += " (" + strings.TrimSpace(string(comm)) + ")"
+			}
+			names = append(names, name)
+		}
+		e.Other = strings.Join(names, ", ")
+	}
+	return e
+}
+
+// openers lists the processes that have the file info describes open,
+// from /proc/*/fd: the slow way, taken only to name who keeps halb out.
+func openers(info fs.FileInfo) []int {
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		dir := "/proc/" + p.Name() + "/fd"
+		fds, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			if st, err := os.Stat(dir + "/" + fd.Name()); err == nil && os.SameFile(st, info) {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// processAlive reports whether a process with the pid exists; one of
+// another user's is alive too (EPERM).
+func processAlive(pid int) bool {
+	err := unix.Kill(pid, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
+}
+
+// flockHolders lists the pids /proc/locks gives for flock locks on the
+// file info describes. A pid is 0 there for a holder in another pid
+// namespace; those are left out.
+func flockHolders(info fs.FileInfo) []int {
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	data, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return nil
+	}
+	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
+	var pids []int
+	for _, line := range strings.Split(string(data), "\n") {
+		// "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF"; a waiter's
+		// line has "->" after the number.
+		f := strings.Fields(line)
+		if len(f) < 6 || f[1] != "FLOCK" {
+			continue
+		}
+		pid, err := strconv.Atoi(f[4])
+		if err != nil || pid <= 0 || f[5] != want || slices.Contains(pids, pid) || !processAlive(pid) {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
 }
 
 func readPID(f *os.File) int {
@@ -164,13 +326,94 @@ func escapePath(p string) string {
 // CheckControlSocket refuses a control socket in a directory that a user
 // other than root (or halb's own user) could change: there they could put
 // a socket of their own in halb's place, and `halb status` would show
-// their state. halb check and halb run both call it. The error is a
-// *config.Error naming control.socket.
+// their state. It refuses a path the kernel cannot bind (longer than
+// sun_path holds), and a path where something other than a socket is:
+// halb replaces only a socket a killed halb left, never a file (a typo
+// that names the config file must not delete it). halb check and halb run
+// both call it. The error is a *config.Error naming control.socket.
 func CheckControlSocket(file string, c *config.Config) error {
-	if err := checkPrivateDir(filepath.Dir(c.Control.Socket)); err != nil {
-		return &config.Error{File: file, Problems: []config.Problem{{Path: "control.socket", Msg: err.Error()}}}
+	problem := func(msg string) error {
+		return &config.Error{File: file, Problems: []config.Problem{{Path: "control.socket", Msg: msg}}}
+	}
+	socket := c.Control.Socket
+	if len(socket) > maxSocketPath {
+		return problem(fmt.Sprintf("%s is %d bytes long; a unix socket's path holds at most %d (sun_path): choose a shorter path, such as the default /run/halb/halb.sock",
+			socket, len(socket), maxSocketPath))
+	}
+	if err := checkPrivateDir(filepath.Dir(socket)); err != nil {
+		return problem(err.Error())
+	}
+	if err := checkSocketPath(socket); err != nil {
+		return problem(err.Error())
+	}
+	if err := checkLockPath(socket + ".lock"); err != nil {
+		return problem(err.Error())
 	}
 	return nil
+}
+
+// checkLockPath refuses, as acquireLock would, a file at a lock's path
+// that is not a halb lock file, so that halb check says so too.
+func checkLockPath(path string) error {
+	info, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !info.Mode().IsRegular() {
+		return fmt.Errorf("%s, the control socket's lock, is %s: halb leaves it alone; give control.socket a path of its own", path, describeFile(info))
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if info.Size() > 0 && !isPIDFile(f, info.Size()) {
+		return fmt.Errorf("%s, the control socket's lock, is there and is no halb lock file (it holds something other than a pid): halb leaves it alone; give control.socket a path of its own", path)
+	}
+	return nil
+}
+
+// maxSocketPath is the longest path a unix socket can be bound at: the
+// 108 bytes of sun_path less the NUL that ends it.
+const maxSocketPath = len(unix.RawSockaddrUnix{}.Path) - 1
+
+// checkSocketPath refuses a path where something other than a unix
+// socket is, naming what is there; nothing, or a socket, is fine (the
+// socket is one a killed halb left, or a running halb's, which its lock
+// tells apart).
+func checkSocketPath(path string) error {
+	info, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if info.Mode().Type() == fs.ModeSocket {
+		return nil
+	}
+	return fmt.Errorf("%s is %s, not a socket: halb replaces only a socket a killed halb left, and leaves this alone; give control.socket a path of its own, such as the default /run/halb/halb.sock", path, describeFile(info))
+}
+
+// describeFile says what kind of file info is, for a message.
+func describeFile(info fs.FileInfo) string {
+	switch t := info.Mode().Type(); {
+	case t == 0:
+		return fmt.Sprintf("a regular file (%d bytes)", info.Size())
+	case t&fs.ModeDir != 0:
+		return "a directory"
+	case t&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case t&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case t&fs.ModeDevice != 0:
+		return "a device"
+	default:
+		return "a file of mode " + info.Mode().String()
+	}
 }
 
 // checkPrivateDir checks the directory dir and every directory above it,

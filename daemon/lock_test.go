@@ -3,6 +3,7 @@ package daemon
 import (
 	"bufio"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/trust/trusttest"
 )
 
 // A lock turns a second taker away naming the holder's pid, and is free
@@ -171,5 +173,184 @@ func TestCheckControlSocket(t *testing.T) {
 		case !strings.Contains(err.Error(), tc.want):
 			t.Errorf("%s: %v, want %q", tc.socket, err, tc.want)
 		}
+	}
+}
+
+// Something other than a socket at control.socket (the config file, by a
+// typo) is refused by CheckControlSocket and by listenControl, naming the
+// path and what is there, and is left as it was; so is a file at the
+// socket's lock path that is no halb lock. A socket a killed halb left is
+// replaced; one that something answers on is not.
+func TestControlSocketPathTaken(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "halb.yaml")
+	const content = "vrrp: {}\n"
+	if err := os.WriteFile(conf, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	notLock := filepath.Join(dir, "other.sock")
+	if err := os.WriteFile(notLock+".lock", []byte("my notes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ socket, want string }{
+		{conf, conf + " is a regular file (9 bytes), not a socket"},
+		{sub, sub + " is a directory, not a socket"},
+		{notLock, notLock + ".lock, the control socket's lock, is there and is no halb lock file"},
+	} {
+		err := CheckControlSocket("halb.yaml", &config.Config{Control: config.Control{Socket: tc.socket}})
+		var cerr *config.Error
+		if !errors.As(err, &cerr) || cerr.Problems[0].Path != "control.socket" || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("CheckControlSocket(%s) = %v, want a control.socket problem with %q", tc.socket, err, tc.want)
+		}
+	}
+	if _, err := listenControl(conf); err == nil || !strings.Contains(err.Error(), conf+" is a regular file") {
+		t.Errorf("listenControl on a regular file: %v, want it refused naming the file", err)
+	}
+	if _, err := acquireLock(notLock+".lock", "control socket "+notLock, "fix"); err == nil || !strings.Contains(err.Error(), "no halb lock file") {
+		t.Errorf("acquireLock on someone's file: %v, want it refused", err)
+	}
+	if got, err := os.ReadFile(conf); err != nil || string(got) != content {
+		t.Errorf("the file at control.socket is now %q (%v), want it untouched", got, err)
+	}
+	if got, err := os.ReadFile(notLock + ".lock"); err != nil || string(got) != "my notes\n" {
+		t.Errorf("the file at the lock's path is now %q (%v), want it untouched", got, err)
+	}
+	if info, err := os.Stat(sub); err != nil || !info.IsDir() {
+		t.Errorf("the directory at control.socket: %v", err)
+	}
+
+	// A socket a killed halb left: replaced.
+	sock := filepath.Join(dir, "halb.sock")
+	left, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left.(*net.UnixListener).SetUnlinkOnClose(false)
+	left.Close()
+	if err := CheckControlSocket("halb.yaml", &config.Config{Control: config.Control{Socket: sock}}); err != nil {
+		t.Errorf("a stale socket: %v", err)
+	}
+	ln, err := listenControl(sock)
+	if err != nil {
+		t.Fatalf("a stale socket is not replaced: %v", err)
+	}
+	// One that answers: not removed.
+	if _, err := listenControl(sock); err == nil || !strings.Contains(err.Error(), "is answered by a process") {
+		t.Errorf("a socket that answers: %v, want it refused", err)
+	}
+	if info, err := os.Lstat(sock); err != nil || info.Mode().Type() != os.ModeSocket {
+		t.Errorf("the answering socket is gone: %v", err)
+	}
+	ln.Close()
+}
+
+// A path longer than sun_path holds passes no check: it would fail at
+// bind with EINVAL.
+func TestControlSocketPathTooLong(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []int{107, 108} {
+		sock := filepath.Join(dir, strings.Repeat("s", n-len(dir)-1))
+		if len(sock) != n {
+			t.Fatalf("path of %d bytes, want %d", len(sock), n)
+		}
+		err := CheckControlSocket("halb.yaml", &config.Config{Control: config.Control{Socket: sock}})
+		switch {
+		case n <= 107 && err != nil:
+			t.Errorf("%d bytes: %v", n, err)
+		case n <= 107:
+			ln, err := listenControl(sock)
+			if err != nil {
+				t.Errorf("%d bytes passed the check, then: %v", n, err)
+			} else {
+				ln.Close()
+			}
+		case err == nil || !strings.Contains(err.Error(), "at most 107 (sun_path)"):
+			t.Errorf("%d bytes: %v, want it refused naming the limit", n, err)
+		}
+	}
+}
+
+// A local user cannot keep halb from starting by holding its lock file:
+// the file is 0600, an older halb's 0644 one is made private, one of
+// another user is refused, and a lock held by someone other than the
+// halb whose pid is in the file is reported as such, naming the holder.
+func TestLockFileStranger(t *testing.T) {
+	stranger := trusttest.NewStranger(t)
+	_, dir := trusttest.OpenDir(t, 0o755)
+	path := filepath.Join(dir, "halb.sock.lock")
+	l, err := acquireLock(path, "control socket x", "fix it")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := os.Stat(path); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("lock file mode: %v %v, want 0600", info.Mode(), err)
+	}
+	if out, err := stranger.Sh(`exec 9<"` + path + `"`); err == nil {
+		t.Errorf("a stranger opened the lock file: %s", out)
+	}
+	l.release()
+
+	// What a halb killed before this fix left: its pid, now dead, in a
+	// file others can read, which a stranger opened and holds.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadPID := strconv.Itoa(dead.Process.Pid)
+	if err := os.WriteFile(path, []byte(deadPID+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	id := strconv.Itoa(stranger.UID)
+	holder := exec.Command("setpriv", "--reuid="+id, "--regid="+id, "--clear-groups", "--",
+		"/bin/sh", "-c", `exec 9<"$0" && flock -s -n 9 && echo locked && exec sleep 60`, path)
+	out, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatalf("the stranger never took the lock: %v", err)
+	}
+	_, err = acquireLock(path, "control socket x", "fix it")
+	want := []string{"halb pid " + deadPID + ", named in it, is not running",
+		"held open by pid " + strconv.Itoa(holder.Process.Pid) + " (sleep)", path}
+	for _, w := range want {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("lock held by a stranger: %v, want %q", err, w)
+		}
+	}
+	if err != nil && strings.Contains(err.Error(), "in use by halb pid") {
+		t.Errorf("a dead pid named as the holder: %v", err)
+	}
+	_ = holder.Process.Kill()
+	_ = holder.Wait()
+	l, err = acquireLock(path, "control socket x", "fix it")
+	if err != nil {
+		t.Fatalf("after the stranger let go: %v", err)
+	}
+	if info, err := os.Stat(path); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("an older halb's lock file: mode %v %v, want it made 0600", info.Mode(), err)
+	}
+	l.release()
+
+	// One a stranger owns (made before the directory was root's alone).
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, stranger.UID, stranger.UID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acquireLock(path, "control socket x", "fix it"); err == nil || !strings.Contains(err.Error(), "owned by uid "+id) {
+		t.Errorf("a lock file a stranger owns: %v, want it refused", err)
 	}
 }

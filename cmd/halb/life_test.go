@@ -564,3 +564,36 @@ func TestRunFailedStartRemovesItsDataPath(t *testing.T) {
 		t.Errorf("the adopted program is off eth0 after a failed start (%v)", err)
 	}
 }
+
+// control.socket naming the config file itself (a typo, or
+// HALB_CONTROL_SOCKET): halb check and halb run refuse it, naming the
+// path and what is there, and the file is left as it was.
+func TestControlSocketIsTheConfig(t *testing.T) {
+	netnstest.Require(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "halb.yaml")
+	body := `control: {socket: ` + cfg + `}
+vrrp:
+  instances:
+    - {name: VI_L, interface: lan9, vrid: 9, virtual_ips: [192.0.2.9/24]}
+`
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := "control.socket: " + cfg + " is a regular file"
+	code, _, errs := run(t, "check", "-c", cfg)
+	if code != exitBadConfig || !strings.Contains(errs, want) {
+		t.Errorf("halb check: exit %d, want %d with %q:\n%s", code, exitBadConfig, want, errs)
+	}
+	p := startHalb(t, "run", "-c", cfg)
+	code, log := p.waitExit(t, 20*time.Second)
+	if code != exitBadConfig || !strings.Contains(log, want) {
+		t.Errorf("halb run: exit %d, want %d with %q:\n%s", code, exitBadConfig, want, log)
+	}
+	if got, err := os.ReadFile(cfg); err != nil || string(got) != body {
+		t.Errorf("the config file is now %q (%v)", got, err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("halb left %v in %s", entries, dir)
+	}
+}
