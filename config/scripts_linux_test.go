@@ -114,3 +114,41 @@ func TestLoadRefusesStrangersScripts(t *testing.T) {
 		})
 	}
 }
+
+// TestLoadRefusesStrangersArguments: a track script or exec health check
+// that runs root's own interpreter on a local user's script ([/bin/sh,
+// /tmp/u/evil.sh]) is refused when the config is loaded, at the field of
+// that argument, saying what to fix.
+func TestLoadRefusesStrangersArguments(t *testing.T) {
+	u := trusttest.NewStranger(t)
+	base, shared := trusttest.OpenDir(t, os.ModeSticky|0o777) // like /tmp
+	good := filepath.Join(base, "good")
+	if err := os.WriteFile(good, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rootsScript := filepath.Join(base, "check.sh")
+	if err := os.WriteFile(rootsScript, []byte("exit 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	evil := filepath.Join(shared, "evil.sh")
+	u.MustSh(t, "printf 'id\\n' > "+evil)
+
+	if got := loadProblems(t, writeConfig(t, scriptsConfig(good, "/bin/sh, "+rootsScript, "/bin/bash, "+rootsScript))); got != "" {
+		t.Fatalf("root's script through /bin/sh refused:\n%s", got)
+	}
+	for _, where := range []struct {
+		field string
+		cfg   string
+	}{
+		{"vrrp.instances[0].track_scripts[0].command[1]", scriptsConfig(good, "/bin/sh, "+evil, good)},
+		{"vrrp.instances[0].track_scripts[0].command[2]", scriptsConfig(good, "/usr/bin/env, /usr/bin/python3, "+evil, good)},
+		{"services[0].health_check.command[1]", scriptsConfig(good, good, "/bin/bash, "+evil)},
+		{"services[0].health_check.command[1]", scriptsConfig(good, good, "/bin/sh, --file="+evil)},
+	} {
+		got := loadProblems(t, writeConfig(t, where.cfg))
+		if !strings.Contains(got, where.field+": ") || !strings.Contains(got, evil+" is owned by uid") ||
+			!strings.Contains(got, "where only root can change them") {
+			t.Errorf("got\n%s\nwant a problem at %s naming %s and the fix", got, where.field, evil)
+		}
+	}
+}

@@ -91,12 +91,17 @@ const maxInterpreters = 4
 // swapped between this check and the exec.) A first line halb cannot
 // read is left to the exec, which fails the same way.
 func checkInterpreter(f *os.File, program string, depth int) error {
-	interp, ok := shebang(f)
+	interp, arg, ok := shebang(f)
 	if !ok {
 		return nil
 	}
 	if depth > maxInterpreters {
 		return &RefusedError{fmt.Errorf("%s: more than %d #! interpreters in a row", program, maxInterpreters)}
+	}
+	if arg != "" {
+		if err := CheckArg(arg); err != nil {
+			return fmt.Errorf("the #! line of %s: %w", program, err)
+		}
 	}
 	i, err := openProgram(interp)
 	var re *RefusedError
@@ -111,27 +116,29 @@ func checkInterpreter(f *os.File, program string, depth int) error {
 }
 
 // shebang reads the interpreter's path from a #! first line, through the
-// descriptor that was checked.
-func shebang(f *os.File) (string, bool) {
+// descriptor that was checked, and the argument the kernel gives it from
+// the rest of the line (all of it, as one argument).
+func shebang(f *os.File) (interp, arg string, ok bool) {
 	r, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
 	if err != nil {
-		return "", false
+		return "", "", false
 	}
 	defer r.Close()
 	buf := make([]byte, 256) // the kernel reads no more (BINPRM_BUF_SIZE)
 	n, _ := io.ReadFull(r, buf)
 	line, found := bytes.CutPrefix(buf[:n], []byte("#!"))
 	if !found {
-		return "", false
+		return "", "", false
 	}
 	if i := bytes.IndexByte(line, '\n'); i >= 0 {
 		line = line[:i]
 	}
-	fields := strings.Fields(string(line))
-	if len(fields) == 0 {
-		return "", false
+	rest := strings.TrimSpace(string(line))
+	if rest == "" {
+		return "", "", false
 	}
-	return fields[0], true
+	interp, arg, _ = strings.Cut(strings.ReplaceAll(rest, "\t", " "), " ")
+	return interp, strings.TrimSpace(arg), true
 }
 
 // openProgram opens one program under the policy: trust.Open, and
@@ -168,8 +175,9 @@ const programFD = 3
 // The group is killed after a normal exit too: a script's processes live
 // no longer than the script.
 //
-// argv[0] is checked (Check) at every run; a program that fails is not
-// started and the error wraps ErrRefused. The child executes the checked
+// argv[0] is checked (Check), and the paths its arguments name
+// (CheckArgs), at every run; a command that fails is not started and the
+// error wraps ErrRefused. It runs in /. The child executes the checked
 // file through /proc/self/fd, so nothing done to the path after the check
 // changes what runs. That descriptor stays open in the program, without
 // close-on-exec: the interpreter of a #! script opens the script by the
@@ -184,6 +192,9 @@ func Run(ctx context.Context, argv []string, env []string) (string, error) {
 		return "", fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	defer prog.Close()
+	if err := CheckArgs(argv); err != nil {
+		return "", fmt.Errorf("start %s: %w", argv[0], err)
+	}
 	if beforeExec != nil {
 		beforeExec()
 	}
@@ -191,6 +202,10 @@ func Run(ctx context.Context, argv []string, env []string) (string, error) {
 		Path:       fmt.Sprintf("/proc/self/fd/%d", programFD),
 		Args:       argv,
 		ExtraFiles: []*os.File{prog},
+		// The directory a relative argument is resolved against, and
+		// judged against by CheckArgs: / as under systemd, whatever
+		// directory halb was started from.
+		Dir: "/",
 	}
 	cmd.Env = append(os.Environ(), env...)
 	out := &headWriter{max: maxOutput}

@@ -298,3 +298,115 @@ func fileMode(st *unix.Stat_t) fs.FileMode {
 	}
 	return m
 }
+
+// CheckArg holds a path that a program halb runs is given as an argument
+// (a script for /bin/sh, a module for python3, a file to read) to the
+// policy: the program will open it as root, so whoever could change it
+// chooses what root runs or reads. It walks the path like Open, judging
+// every component as written and as symlinks resolve it, and then:
+//
+//   - a final file that is regular, a FIFO or a socket must not be
+//     writable by others; a device is allowed whatever its mode (what
+//     /dev/null or /dev/zero give is the kernel's, not a user's);
+//   - a final directory must not be writable by others, sticky or not:
+//     the program may run or read what is in it (python3 runs a
+//     directory's __main__.py, run-parts its files), and in a sticky
+//     directory like /tmp others can add entries;
+//   - a path that does not exist is allowed only if the nearest directory
+//     on it that does exist is writable by root alone (sticky or not), so
+//     that no one else can create it between this check and the run; a
+//     path under a non-directory can never exist, and is allowed.
+//
+// Nothing is opened for reading. The error is an *Error (ErrUntrusted)
+// or, for what the system refused, an *fs.PathError.
+func CheckArg(name string) error {
+	if !path.IsAbs(name) {
+		return &Error{Path: name, Msg: "is not an absolute path: write it from /"}
+	}
+	w := &walk{}
+	defer w.close()
+	if err := w.enter("/", unix.AT_FDCWD, "/"); err != nil {
+		return err
+	}
+	todo := components(name)
+	links := 0
+	for len(todo) > 0 {
+		elem := todo[0]
+		todo = todo[1:]
+		if elem == ".." {
+			w.up()
+			continue
+		}
+		parent := w.top()
+		p := path.Join(parent.path, elem)
+		fd, err := unix.Openat(parent.fd, elem, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err == unix.ENOENT {
+			return checkHolder(parent, name, true)
+		}
+		if err != nil {
+			return &fs.PathError{Op: "open", Path: p, Err: err}
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return &fs.PathError{Op: "fstat", Path: p, Err: err}
+		}
+		if err := checkOwner(p, &st); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFLNK:
+			target, err := readlink(fd, &st)
+			unix.Close(fd)
+			if err != nil {
+				return &fs.PathError{Op: "readlink", Path: p, Err: err}
+			}
+			if links++; links > maxLinks {
+				return &fs.PathError{Op: "open", Path: name, Err: unix.ELOOP}
+			}
+			if path.IsAbs(target) {
+				w.toRoot()
+			}
+			todo = append(components(target), todo...)
+		case unix.S_IFDIR:
+			if err := checkDir(p, &st); err != nil {
+				unix.Close(fd)
+				return err
+			}
+			w.push(fd, p)
+		default:
+			unix.Close(fd)
+			if len(todo) > 0 {
+				return nil // nothing can be created under a file
+			}
+			if st.Mode&unix.S_IFMT == unix.S_IFCHR || st.Mode&unix.S_IFMT == unix.S_IFBLK {
+				return nil
+			}
+			return checkFile(p, &st)
+		}
+	}
+	return checkHolder(w.top(), name, false)
+}
+
+// checkHolder: a directory given to a program, or the nearest existing
+// directory above a path that does not exist yet, must be writable by
+// root alone; the sticky bit does not help here (see CheckArg).
+func checkHolder(d dirFD, name string, missing bool) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(d.fd, &st); err != nil {
+		return &fs.PathError{Op: "fstat", Path: d.path, Err: err}
+	}
+	if st.Mode&0o022 == 0 {
+		return nil
+	}
+	if !missing {
+		return &Error{Path: d.path, Msg: fmt.Sprintf("is a directory writable by users other than root (mode %04o), "+
+			"and the program is given it as root: what others put there, it may run or read. "+
+			"Use a directory only root can write (chmod go-w,-t %s)", st.Mode&0o7777, d.path)}
+	}
+	return &Error{Path: d.path, Msg: fmt.Sprintf("is writable by users other than root (mode %04o), and %s, "+
+		"given to the program as root, does not exist there yet: another user could create it, with contents "+
+		"of their choosing, before the program opens it. Create it as root, or use a path in a directory only root can write",
+		st.Mode&0o7777, name)}
+}

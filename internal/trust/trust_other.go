@@ -18,3 +18,8 @@ const (
 func Open(name string, flags int) (*os.File, error) {
 	return nil, &os.PathError{Op: "open", Path: name, Err: errors.ErrUnsupported}
 }
+
+// CheckArg needs what Open needs.
+func CheckArg(name string) error {
+	return &os.PathError{Op: "check", Path: name, Err: errors.ErrUnsupported}
+}
