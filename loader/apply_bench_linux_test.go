@@ -228,6 +228,11 @@ func newApplyBench(b *testing.B, maxBackends int) *applyBench {
 	if err := os.Mkdir(root, 0o700); err != nil {
 		b.Fatal(err)
 	}
+	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
+	// the test's own is mounted here, as an operator would.
+	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
+		b.Fatal(err)
+	}
 	b.Cleanup(func() {
 		if onBPFFS(root) {
 			if err := unix.Unmount(root, 0); err != nil {

@@ -57,32 +57,78 @@ func linkPin(dir, prog, ifname string) string {
 // tmpPrefix marks a pin on its way to its name (pinReplace).
 const tmpPrefix = "new_"
 
-// prepareBPFFS makes dir a directory on a bpf filesystem. When dir's parent
-// is on none, it mounts one there first: hosts that boot without
-// /sys/fs/bpf mounted get what `mount -t bpf bpf /sys/fs/bpf` would give.
-// It says where it mounted one ("" if nowhere) and whether it created dir,
-// for a start that fails to take back.
-func prepareBPFFS(dir string, log *slog.Logger) (mounted string, created bool, err error) {
-	if onBPFFS(dir) {
-		return "", false, nil
-	}
+// hostBPFFS is where a host's bpf filesystem is mounted (what systemd
+// mounts at boot, and where bpftool and every other loader look). It is
+// the only place halb mounts one.
+const hostBPFFS = "/sys/fs/bpf"
+
+// CheckBPFFS says, changing nothing, why dir cannot be datapath.bpffs on
+// this host, or nil when it can: dir, or the directory it would be made
+// in, is on a bpf filesystem, or is /sys/fs/bpf or under it, where halb
+// mounts one when the host booted without. Anywhere else a mount of
+// halb's would hide what the directory holds and outlive halb, so the
+// operator mounts one.
+func CheckBPFFS(dir string) error {
+	_, err := bpffsPlan(filepath.Clean(dir))
+	return err
+}
+
+// bpffsPlan says where a bpf filesystem must be mounted for dir to be on
+// one: "" when none is needed, hostBPFFS when it is missing there, or an
+// error naming the mount to make when dir is elsewhere.
+func bpffsPlan(dir string) (mount string, err error) {
 	parent := filepath.Dir(dir)
-	if !onBPFFS(parent) {
-		// Mounting hides what the directory holds: only an empty one
-		// (as /sys/fs/bpf is before anything is mounted there) is
-		// taken.
-		entries, err := os.ReadDir(parent)
-		if err != nil {
-			return "", false, fmt.Errorf("datapath.bpffs %s: %w", dir, err)
+	if onBPFFS(dir) || onBPFFS(parent) {
+		return "", nil
+	}
+	if dir != hostBPFFS && parent != hostBPFFS {
+		return "", fmt.Errorf("datapath.bpffs %s: %s is not on a bpf filesystem; mount one there (mount -t bpf bpf %s) "+
+			"or choose a path under %s", dir, parent, parent, hostBPFFS)
+	}
+	// Mounting hides what the directory holds: only an empty one (as
+	// /sys/fs/bpf is before anything is mounted there) is taken.
+	entries, err := os.ReadDir(hostBPFFS)
+	if err != nil {
+		return "", fmt.Errorf("datapath.bpffs %s: %w; mount a bpf filesystem (mount -t bpf bpf %s)", dir, err, hostBPFFS)
+	}
+	if len(entries) > 0 {
+		return "", fmt.Errorf("datapath.bpffs %s: %s is not on a bpf filesystem and not empty; mount one there (mount -t bpf bpf %s)",
+			dir, hostBPFFS, hostBPFFS)
+	}
+	return hostBPFFS, nil
+}
+
+// prepareBPFFS makes dir a directory on a bpf filesystem. When dir is
+// /sys/fs/bpf or directly under it and no bpf filesystem is mounted
+// there, it mounts one: hosts that boot without get what `mount -t bpf
+// bpf /sys/fs/bpf` would give. Anywhere else it refuses, before changing
+// anything, a dir that is not on a bpf filesystem (bpffsPlan). It says
+// where it mounted one ("" if nowhere) and whether it created dir, for a
+// start that fails to take back.
+func prepareBPFFS(dir string, log *slog.Logger) (mounted string, created bool, err error) {
+	mount, err := bpffsPlan(dir)
+	if err != nil {
+		return "", false, err
+	}
+	if mount != "" {
+		if err := unix.Mount("bpf", mount, "bpf", 0, "mode=0700"); err != nil {
+			return "", false, fmt.Errorf("mount a bpf filesystem on %s for datapath.bpffs %s: %w", mount, dir, err)
 		}
-		if len(entries) > 0 {
-			return "", false, fmt.Errorf("datapath.bpffs %s: %s is not on a bpf filesystem and not empty; mount one there (mount -t bpf bpf %s) or choose another path", dir, parent, parent)
+		mounted = mount
+		log.Info("mounted a bpf filesystem", "path", mount)
+		if private, ns := privateMountNS(); private {
+			// ip netns exec gives its command a mount namespace of
+			// its own (to mount the namespace's /sys): what halb
+			// mounts there goes with its last process, and the
+			// pins with it, so a restart adopts nothing and an
+			// exit detaches the data path.
+			log.Warn("mounted the bpf filesystem in a private mount namespace: its pins are lost when halb exits; "+
+				"run halb with nsenter --net=/run/netns/NAME rather than ip netns exec, to keep the host's mounts",
+				"path", mount, "mnt_ns", ns)
 		}
-		if err := unix.Mount("bpf", parent, "bpf", 0, "mode=0700"); err != nil {
-			return "", false, fmt.Errorf("mount a bpf filesystem on %s for datapath.bpffs %s: %w", parent, dir, err)
-		}
-		mounted = parent
-		log.Info("mounted a bpf filesystem", "path", parent)
+	}
+	if dir == mount {
+		return mounted, false, nil
 	}
 	err = os.Mkdir(dir, 0o700)
 	created = err == nil
@@ -93,6 +139,25 @@ func prepareBPFFS(dir string, log *slog.Logger) (mounted string, created bool, e
 		return mounted, created, fmt.Errorf("datapath.bpffs %s is not on a bpf filesystem", dir)
 	}
 	return mounted, created, nil
+}
+
+// initMountNS is the mount namespace of the host's mounts: PID 1's. A
+// test points it at its own process's.
+var initMountNS = "/proc/1/ns/mnt"
+
+// privateMountNS tells whether the calling thread's mount namespace is not
+// init's (PID 1's), and names it. Not being able to tell is not private:
+// the warning it drives must not be a false alarm.
+func privateMountNS() (bool, string) {
+	self, err := os.Readlink("/proc/thread-self/ns/mnt")
+	if err != nil {
+		return false, ""
+	}
+	init, err := os.Readlink(initMountNS)
+	if err != nil {
+		return false, self
+	}
+	return self != init, self
 }
 
 func onBPFFS(path string) bool {

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/vrrp"
 )
 
@@ -52,6 +53,14 @@ func hostWarnings(c *config.Config, held map[netip.Addr]bool) []config.Problem {
 				"%s is already an address of %s on this host, and not one halb added: halb leaves it there in every "+
 					"state, so while the peer is MASTER both nodes answer for it; if it is this node's own address, "+
 					"give the virtual IP an address of its own", p.Addr(), ifname)
+		}
+	}
+
+	// Where halb would pin the data path: a path it refuses at run (not
+	// on a bpf filesystem, and not /sys/fs/bpf where it mounts one).
+	if c.Datapath.Mode != config.ModeIPVS {
+		if err := loader.CheckBPFFS(c.Datapath.BPFFS); err != nil {
+			warn("datapath.bpffs", "halb run refuses this path on this host: %v", err)
 		}
 	}
 

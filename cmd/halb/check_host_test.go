@@ -160,3 +160,48 @@ services:
 		t.Errorf("with the VIP held by a running halb: exit %d, want 0 and no warning\n%s%s", code, out, errs)
 	}
 }
+
+// A datapath.bpffs on no bpf filesystem and outside /sys/fs/bpf, where
+// halb run refuses it, draws a warning naming the mount to make; one
+// under a bpf filesystem draws none. Nothing is mounted or made.
+func TestCheckWarnsBPFFSOffBPF(t *testing.T) {
+	netnstest.Require(t)
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "emptyb")
+	if err := os.Mkdir(empty, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mounted := filepath.Join(dir, "bpffs")
+	if err := os.Mkdir(mounted, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpf", mounted, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(mounted, 0) })
+	for _, c := range []struct {
+		bpffs string
+		warn  bool
+	}{{filepath.Join(empty, "halb"), true}, {filepath.Join(mounted, "halb"), false}} {
+		file := filepath.Join(dir, "halb.yaml")
+		if err := os.WriteFile(file, []byte("control: {socket: "+filepath.Join(dir, "halb.sock")+"}\n"+
+			"datapath: {mode: xdp, interfaces: [lo], bpffs: "+c.bpffs+"}\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, out, errs := run(t, "check", "-c", file)
+		if code != exitOK {
+			t.Fatalf("bpffs %s: exit %d, want 0\n%s%s", c.bpffs, code, out, errs)
+		}
+		want := "datapath.bpffs: warning: halb run refuses this path on this host"
+		if got := strings.Contains(out, want) && strings.Contains(out, "mount -t bpf bpf "+empty); got != c.warn {
+			t.Errorf("bpffs %s: warning naming mount -t bpf bpf %s: %v, want %v\n%s", c.bpffs, empty, got, c.warn, out)
+		}
+		if _, err := os.Stat(c.bpffs); err == nil {
+			t.Errorf("halb check made %s", c.bpffs)
+		}
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(empty, &st); err != nil || uint32(st.Type) == unix.BPF_FS_MAGIC {
+		t.Errorf("halb check mounted a bpf filesystem on %s (%v)", empty, err)
+	}
+}

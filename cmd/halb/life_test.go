@@ -259,6 +259,11 @@ func lbNS(t *testing.T) (ns *netnstest.NS, h *netlink.Handle, fs string) {
 	if err := os.Mkdir(fs, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
+	// the test's own is mounted here, as an operator would.
+	if err := unix.Mount("bpf", fs, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		entries, _ := os.ReadDir(fs)
 		for _, e := range entries {

@@ -211,6 +211,11 @@ func TestRunProgramsXDP(t *testing.T) {
 	if err := os.Mkdir(fs, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
+	// the test's own is mounted here, as an operator would.
+	if err := unix.Mount("bpf", fs, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
 	pins := filepath.Join(fs, "halb")
 	t.Cleanup(func() {
 		_ = loader.RemovePinned(pins)

@@ -136,6 +136,11 @@ func datapathConfig(t testing.TB, mode, xdpMode string) config.Datapath {
 	if err := os.Mkdir(root, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
+	// the test's own is mounted here, as an operator would.
+	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		var st unix.Statfs_t
 		if unix.Statfs(root, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {

@@ -210,6 +210,11 @@ func newDaemonNet(t *testing.T, balancers ...string) *daemonNet {
 	if err := os.Mkdir(fs, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
+	// the test's own is mounted here, as an operator would.
+	if err := unix.Mount("bpf", fs, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		var st unix.Statfs_t
 		if unix.Statfs(fs, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
