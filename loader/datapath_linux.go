@@ -130,8 +130,8 @@ func (a *attachment) progFor(lb *LB) *ebpf.Program {
 // cfg.Interfaces. mode is the data path the probe chose (loader.Choose):
 // "xdp" attaches halb_xdp_lb as cfg.XDPMode says (auto: native, else
 // generic, else halb_tc_lb through tcx); "tc" attaches halb_tc_lb through
-// tcx. It mounts a bpf filesystem on the parent of cfg.BPFFS when there is
-// none.
+// tcx. It mounts a bpf filesystem on /sys/fs/bpf when cfg.BPFFS is there and
+// none is mounted, and refuses a cfg.BPFFS on no bpf filesystem elsewhere.
 //
 // It works in the network namespace of the calling thread, which stays the
 // Datapath's for its life. It needs root (CAP_SYS_ADMIN for the mount,
@@ -514,6 +514,12 @@ func (d *Datapath) attach(ifname string) (*attachment, error) {
 	if len(a.mac) != 6 {
 		return nil, fmt.Errorf("datapath.interfaces: %s has no Ethernet address (%q): DR needs an Ethernet interface", ifname, a.mac)
 	}
+	// Another halb's program on a hook here: refused before anything
+	// changes, as halb_tc_lb beside another's halb_xdp_lb would balance
+	// every flow twice.
+	if err := d.otherHalb(nlLink); err != nil {
+		return nil, err
+	}
 	// The program balances only frames to the MACs in halb_local_macs:
 	// they go in before it runs here (localmac_linux.go).
 	if _, err := d.syncLocalMACs(a.ifindex, ifname); err != nil {
@@ -586,7 +592,22 @@ func (d *Datapath) attach(ifname string) (*attachment, error) {
 		return nil, fmt.Errorf("attach to %s: %w", ifname, errors.Join(errs...))
 	}
 	if len(errs) > 0 {
-		d.log.Info("fell back to another hook", "interface", ifname, "hook", string(a.Hook), "tried", errors.Join(errs...).Error())
+		tried := errors.Join(errs...).Error()
+		if joined := errors.Join(errs...); errors.Is(joined, unix.EBUSY) || errors.Is(joined, unix.EEXIST) {
+			// Another program (not halb's: otherHalb refused those)
+			// holds the XDP hook (EBUSY, or EEXIST when it is in the
+			// other XDP mode) and runs before halb's on tc: what it
+			// passes is balanced, what it drops or redirects is not.
+			held := uint32(0)
+			if x := attrs.Xdp; x != nil {
+				held = x.ProgId
+			}
+			d.log.Warn("another program holds the xdp hook, fell back to another hook",
+				"interface", ifname, "hook", string(a.Hook), "xdp_prog_id", held,
+				"xdp_prog", programName(ebpf.ProgramID(held)), "tried", tried)
+		} else {
+			d.log.Info("fell back to another hook", "interface", ifname, "hook", string(a.Hook), "tried", tried)
+		}
 	}
 	// What an earlier halb attached and this one does not use goes now
 	// that the new program is in; XDP runs before tc, so the two overlap

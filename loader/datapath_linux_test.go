@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -78,6 +81,11 @@ func newDPBench(t *testing.T) *dpBench {
 
 	root := filepath.Join(t.TempDir(), "bpffs")
 	if err := os.Mkdir(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
+	// the test's own is mounted here, as an operator would.
+	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -609,22 +617,128 @@ func TestDatapathFallback(t *testing.T) {
 	}
 }
 
-// The bpf filesystem is mounted on datapath.bpffs's parent only when that
-// is empty: a mount would hide what it holds.
-func TestPrepareBPFFSRefusesFullDirectory(t *testing.T) {
+// A datapath.bpffs whose parent is on no bpf filesystem, outside
+// /sys/fs/bpf, is refused with the mount to make, and nothing is mounted
+// or made: empty or not, the directory is not halb's to mount over.
+func TestPrepareBPFFSRefusesOutsideSysFsBpf(t *testing.T) {
 	netnstest.Require(t)
+	for _, full := range []bool{false, true} {
+		parent := t.TempDir()
+		if full {
+			if err := os.WriteFile(filepath.Join(parent, "keep"), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := mountCount(t)
+		dir := filepath.Join(parent, "halb")
+		mounted, created, err := prepareBPFFS(dir, slog.Default())
+		want := "mount -t bpf bpf " + parent
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("prepareBPFFS %s (parent holds a file: %v): %v, want a refusal naming %q", dir, full, err, want)
+		}
+		if cerr := CheckBPFFS(dir); cerr == nil || !strings.Contains(cerr.Error(), want) {
+			t.Errorf("CheckBPFFS %s: %v, want a refusal naming %q", dir, cerr, want)
+		}
+		if onBPFFS(parent) {
+			unix.Unmount(parent, 0)
+			t.Fatalf("mounted a bpf filesystem on %s", parent)
+		}
+		if mounted != "" || created || mountCount(t) != before {
+			t.Errorf("prepareBPFFS %s mounted %q, created %v, mounts %d then %d", dir, mounted, created, before, mountCount(t))
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("prepareBPFFS made %s: %v", dir, err)
+		}
+	}
+	// On a bpf filesystem, the same path is fine.
 	parent := t.TempDir()
-	if err := os.WriteFile(filepath.Join(parent, "keep"), nil, 0o600); err != nil {
+	if err := unix.Mount("bpf", parent, "bpf", 0, "mode=0700"); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err := prepareBPFFS(filepath.Join(parent, "halb"), slog.Default())
-	if err == nil || !strings.Contains(err.Error(), "not empty") {
-		t.Errorf("prepareBPFFS over a directory with a file: %v, want a refusal", err)
+	defer unix.Unmount(parent, 0)
+	if err := CheckBPFFS(filepath.Join(parent, "halb")); err != nil {
+		t.Errorf("CheckBPFFS under a bpf filesystem: %v", err)
 	}
-	if onBPFFS(parent) {
-		unix.Unmount(parent, 0)
-		t.Fatal("mounted over a directory that was not empty")
+	if _, _, err := prepareBPFFS(filepath.Join(parent, "halb"), slog.Default()); err != nil {
+		t.Errorf("prepareBPFFS under a bpf filesystem: %v", err)
 	}
+}
+
+// On a host booted without a bpf filesystem, halb mounts one on
+// /sys/fs/bpf as today; in a mount namespace of its own (ip netns exec),
+// where that mount dies with halb, it says so and names nsenter. The test
+// makes such a namespace on its own thread, with an empty /sys/fs/bpf.
+func TestPrepareBPFFSMountsSysFsBpfInPrivateNS(t *testing.T) {
+	netnstest.Require(t)
+	var (
+		logs              bytes.Buffer
+		mounted, onFS     string
+		created, fsBefore bool
+	)
+	hostBefore, mountsBefore := onBPFFS(hostBPFFS), mountCount(t)
+	// The mount namespace the test started in stands for the host's
+	// (PID 1's may not be readable in a container): held open, it is
+	// read through the descriptor.
+	host, err := os.Open("/proc/thread-self/ns/mnt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	defer func(was string) { initMountNS = was }(initMountNS)
+	initMountNS = fmt.Sprintf("/proc/self/fd/%d", host.Fd())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The thread is never unlocked: it ends with the goroutine,
+		// and its mount namespace with it.
+		runtime.LockOSThread()
+		if err = unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_FS); err != nil {
+			return
+		}
+		if err = unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			return
+		}
+		// What ip netns exec gives: a /sys of its own, so an empty
+		// /sys/fs/bpf with no bpf filesystem on it.
+		if err = unix.Mount("tmpfs", "/sys/fs", "tmpfs", 0, "mode=0755"); err != nil {
+			return
+		}
+		if err = os.Mkdir(hostBPFFS, 0o755); err != nil {
+			return
+		}
+		fsBefore = onBPFFS(hostBPFFS)
+		log := slog.New(slog.NewTextHandler(&logs, nil))
+		mounted, created, err = prepareBPFFS(filepath.Join(hostBPFFS, "halb"), log)
+		if onBPFFS(filepath.Join(hostBPFFS, "halb")) {
+			onFS = "bpf"
+		}
+	}()
+	<-done
+	if err != nil {
+		t.Fatalf("prepareBPFFS /sys/fs/bpf/halb in a private mount namespace: %v\n%s", err, logs.String())
+	}
+	if fsBefore || mounted != hostBPFFS || !created || onFS != "bpf" {
+		t.Errorf("mounted %q, created %v, on bpf %q (bpf before: %v), want a bpf filesystem mounted on %s and halb made in it",
+			mounted, created, onFS, fsBefore, hostBPFFS)
+	}
+	if !strings.Contains(logs.String(), "nsenter --net=/run/netns/NAME") {
+		t.Errorf("no warning naming nsenter:\n%s", logs.String())
+	}
+	// The test's own mount namespace is untouched.
+	if onBPFFS(hostBPFFS) != hostBefore || mountCount(t) != mountsBefore {
+		t.Errorf("the mount namespace of the test changed: bpf on %s %v then %v, %d mounts then %d",
+			hostBPFFS, hostBefore, onBPFFS(hostBPFFS), mountsBefore, mountCount(t))
+	}
+}
+
+// mountCount is how many mounts the test's mount namespace has.
+func mountCount(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/thread-self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Count(b, []byte("\n"))
 }
 
 // purgeConntrack finds every flow of the backends it is given, across
@@ -1052,6 +1166,7 @@ func TestDatapathFailedStartUndoes(t *testing.T) {
 	cfg := b.cfg
 	cfg.Interfaces = []string{"halb0", "br9"}
 
+	mountsBefore := mountCount(t)
 	err := b.startErr(t, cfg)
 	if err == nil || !strings.Contains(err.Error(), "attach to br9") {
 		t.Fatalf("start with native XDP on a bridge: %v, want a failure to attach to br9", err)
@@ -1065,8 +1180,8 @@ func TestDatapathFailedStartUndoes(t *testing.T) {
 	if _, err := os.Stat(b.cfg.BPFFS); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the failed start left %s: %v", b.cfg.BPFFS, err)
 	}
-	if onBPFFS(filepath.Dir(b.cfg.BPFFS)) {
-		t.Errorf("the failed start left the bpf filesystem it mounted on %s\n%s", filepath.Dir(b.cfg.BPFFS), b.log)
+	if after := mountCount(t); after != mountsBefore {
+		t.Errorf("the failed start left a mount: %d mounts before, %d after\n%s", mountsBefore, after, b.log)
 	}
 
 	// An earlier halb's data path, adopted by a start that fails.
@@ -1183,4 +1298,119 @@ func TestDatapathPinsRestored(t *testing.T) {
 	if err := dp.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A second halb with a bpffs of its own on an interface where the first
+// one's program runs is refused, whichever hook it would take, naming the
+// interface, the first one's program id and its pin, and changes nothing:
+// the first one's program stays the only one on halb0 and the second
+// leaves no pins. Before, it fell back to tcx and both balanced.
+func TestDatapathRefusesAnotherHalb(t *testing.T) {
+	b := newDPBench(t)
+	b.start(t, b.cfg, config.ModeXDP)
+	h := b.lb.Netlink(t)
+	xdpProg := func() uint32 {
+		l, err := h.LinkByName("halb0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if x := l.Attrs().Xdp; x != nil {
+			return x.ProgId
+		}
+		return 0
+	}
+	held := xdpProg()
+	if held == 0 {
+		t.Fatal("the first halb attached no XDP program to halb0")
+	}
+
+	root := filepath.Join(t.TempDir(), "bpffs2")
+	if err := os.Mkdir(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(root, 0) })
+	for _, c := range []struct{ mode, xdpMode string }{
+		{config.ModeXDP, "auto"}, {config.ModeXDP, "generic"}, {config.ModeTC, ""},
+	} {
+		cfg := b.cfg
+		cfg.BPFFS, cfg.XDPMode = filepath.Join(root, "halb"), c.xdpMode
+		err := b.lb.Do(func() error {
+			dp, err := NewDatapath(cfg, c.mode, slog.New(slog.NewTextHandler(b.log, nil)))
+			if err == nil {
+				dp.Cleanup()
+			}
+			return err
+		})
+		if !errors.Is(err, ErrOtherHalb) {
+			t.Fatalf("second halb (%s %s) on halb0: %v, want ErrOtherHalb", c.mode, c.xdpMode, err)
+		}
+		for _, want := range []string{"halb0", fmt.Sprintf("program id %d", held), linkPin(b.cfg.BPFFS, halbProgHalbXdpLb, "halb0")} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("second halb (%s %s): %v, want it to name %q", c.mode, c.xdpMode, err, want)
+			}
+		}
+		if got := xdpProg(); got != held {
+			t.Errorf("second halb (%s %s): XDP program on halb0 %d, want the first's %d", c.mode, c.xdpMode, got, held)
+		}
+		if n := tcxCount(t, b, "halb0"); n != 0 {
+			t.Errorf("second halb (%s %s): %d tcx programs on halb0, want none", c.mode, c.xdpMode, n)
+		}
+		if names := pins(t, cfg.BPFFS); len(names) != 0 {
+			t.Errorf("second halb (%s %s) left pins %v", c.mode, c.xdpMode, names)
+		}
+	}
+}
+
+// A program not halb's on the XDP hook keeps halb on tcx, as before, and
+// that is said as a warning: halb then balances only what it passes.
+func TestDatapathFallbackPastForeignXDPWarns(t *testing.T) {
+	b := newDPBench(t)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "other_xdp", Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}, // XDP_PASS
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	var other link.Link
+	if err := b.lb.Do(func() error {
+		l, err := b.lb.Netlink(t).LinkByName("halb0")
+		if err != nil {
+			return err
+		}
+		other, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: l.Attrs().Index, Flags: link.XDPDriverMode})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	cfg := b.cfg
+	cfg.XDPMode = "auto"
+	dp := b.start(t, cfg, config.ModeXDP)
+	if got := dp.Attachments(); len(got) != 1 || got[0].Hook != HookTCX {
+		t.Fatalf("attachments %+v, want halb0 on tcx", got)
+	}
+	if !regexp.MustCompile(`level=WARN msg="another program holds the xdp hook[^\n]*interface=halb0[^\n]*xdp_prog=other_xdp`).MatchString(b.log.String()) {
+		t.Errorf("no warning naming the program on halb0's XDP hook:\n%s", b.log)
+	}
+	dp.Cleanup()
+}
+
+// tcxCount is how many programs the tcx ingress hook of ifname holds in
+// the balancer's namespace.
+func tcxCount(t *testing.T, b *dpBench, ifname string) int {
+	t.Helper()
+	l, err := b.lb.Netlink(t).LinkByName(ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(res.Programs)
 }
