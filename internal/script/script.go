@@ -1,11 +1,16 @@
 // Package script runs the programs a halb configuration names (notify and
 // track scripts, exec health checks) the way a daemon running as root
-// must: argv without a shell, in a process group of its own that is killed
-// whole when the run ends, so a script that forks leaves nothing behind;
+// must: argv without a shell, in / (as under systemd), in a cgroup v2 of
+// its own and a process group of its own that are killed whole when the
+// run ends, so that a script that forks leaves nothing behind, even a
+// child that made itself a session of its own (cgroup.go: where no cgroup
+// v2 is writable, the process group alone, and such a child escapes);
 // and only a program that no one but root could have written (Check, the
 // policy of internal/trust), checked again at every run and run from the
 // very file descriptor that was checked, so that swapping the file or a
 // symlink on its path between the check and the exec runs nothing else.
+// The paths its arguments name are held to the same policy (args.go):
+// root's /bin/sh given a user's script runs the user's code.
 //
 // A program is named by its absolute path. A bare name looked up on PATH
 // is refused rather than resolved: PATH is the environment of whoever
@@ -211,10 +216,22 @@ func Run(ctx context.Context, argv []string, env []string) (string, error) {
 	out := &headWriter{max: maxOutput}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// A process that left the group (setsid) and kept the output pipe
-	// open cannot hold Wait for longer than this.
-	cmd.WaitDelay = time.Second
+	// Once the program has exited and its cgroup or group was killed, the
+	// output it wrote is in the pipe already and is read at once; only a
+	// process that escaped the kill (no cgroup, and it left the group)
+	// can hold the pipe open, and it cannot hold Wait longer than this.
+	cmd.WaitDelay = 100 * time.Millisecond
+	sc, err := newScope()
+	if err != nil {
+		fellBack(err)
+	} else {
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = sc.fd
+	}
 	if err := cmd.Start(); err != nil {
+		if sc != nil {
+			sc.end()
+		}
 		return "", fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	prog.Close() // the child has its own copy
@@ -235,6 +252,11 @@ func Run(ctx context.Context, argv []string, env []string) (string, error) {
 	// group that took the number over. (exec.CommandContext's Cancel could
 	// run after the reap, so it is not used.)
 	_ = unix.Kill(-pid, unix.SIGKILL)
+	if sc != nil {
+		// Everyone the program started, whatever group or session they
+		// moved to; the cgroup is gone before Run returns.
+		sc.end()
+	}
 	<-exited
 	err = cmd.Wait()
 	output := strings.TrimSpace(string(out.buf))

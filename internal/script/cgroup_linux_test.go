@@ -1,0 +1,122 @@
+package script
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/netnstest"
+)
+
+// requireCgroups: the test is about runs in a cgroup of their own, which
+// needs root and a writable cgroup v2.
+func requireCgroups(t *testing.T) {
+	t.Helper()
+	netnstest.Require(t)
+	sc, err := newScope()
+	if err != nil {
+		netnstest.SkipOrFail(t, "no cgroup v2 to run programs in: %v", err)
+	}
+	sc.end()
+}
+
+// markedPIDs is the live processes whose command line holds marker, a
+// random word only this test's scripts use: those are provably the
+// test's own.
+func markedPIDs(t *testing.T, marker string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(b, []byte(marker)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func newMarker(t *testing.T) string {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	marker := "halb-escapee-" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		for _, pid := range markedPIDs(t, marker) {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+	})
+	return marker
+}
+
+// TestRunLeavesNothingBehind: a script whose child leaves its process
+// group and session (setsid), ignores SIGTERM and keeps the output pipe
+// open, as a notify script that starts a helper in the background would,
+// leaves no process behind when Run returns, whether the script timed out
+// or exited, and Run does not wait on the pipe the child holds. (Before,
+// the child lived on as root, reparented to init, and held each Run for a
+// second more.) No cgroup of the run is left either.
+func TestRunLeavesNothingBehind(t *testing.T) {
+	requireCgroups(t)
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name    string
+		tail    string // after the escapee is started
+		timeout time.Duration
+		want    error
+	}{
+		{"timed out", "trap '' TERM\nsleep 30\n", time.Second, ErrTimeout},
+		{"exited", "echo done\nexit 0\n", 30 * time.Second, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			marker := newMarker(t)
+			prog := writeScript(t, filepath.Join(dir, "escape"), "#!/bin/sh\n"+
+				"(setsid /bin/sh -c 'trap \"\" TERM; while :; do sleep 1; done' "+marker+" </dev/null &)\n"+
+				// the escapee must be running before the script goes on
+				"for i in $(seq 100); do pgrep -f "+marker+" >/dev/null && break; sleep 0.05; done\n"+
+				tc.tail, 0o755)
+			ctx, cancel := context.WithTimeout(context.Background(), tc.timeout)
+			defer cancel()
+			start := time.Now()
+			out, err := Run(ctx, []string{prog}, nil)
+			took := time.Since(start)
+			if !errors.Is(err, tc.want) && !(tc.want == nil && err == nil) {
+				t.Fatalf("Run: %q, %v; want %v", out, err, tc.want)
+			}
+			if pids := markedPIDs(t, marker); len(pids) != 0 {
+				t.Errorf("after Run returned, the script's escaped child still runs: pids %v", pids)
+			}
+			// Loose: a bound on the order of the timeout, far from the
+			// escapee's life.
+			if took > tc.timeout+10*time.Second {
+				t.Errorf("Run took %s with a timeout of %s", took, tc.timeout)
+			}
+			t.Logf("Run took %s", took)
+			base, err := ownCgroup()
+			if err != nil {
+				t.Fatal(err)
+			}
+			left, _ := filepath.Glob(filepath.Join(base, "halb-run-"+strconv.Itoa(os.Getpid())+"-*"))
+			if len(left) != 0 {
+				t.Errorf("cgroups of runs left behind: %v", left)
+			}
+		})
+	}
+}
