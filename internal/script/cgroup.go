@@ -41,7 +41,34 @@ const cgroupWait = 2 * time.Second
 var (
 	runSeq       atomic.Uint64
 	fallbackOnce sync.Once
+	staleOnce    sync.Once
 )
+
+// runPrefix names a run's cgroup, followed by halb's pid and a sequence
+// number.
+const runPrefix = "halb-run-"
+
+// removeStale ends the runs a halb that is gone left behind (killed with
+// SIGKILL mid-run, without systemd to kill its cgroup): their programs
+// still run as root, in cgroups of their own. Only cgroups named for a pid
+// that no process has now are touched: another halb in the same cgroup
+// keeps its runs.
+func removeStale(base string) {
+	dirs, _ := filepath.Glob(filepath.Join(base, runPrefix+"*-*"))
+	for _, dir := range dirs {
+		pidStr, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(dir), runPrefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid <= 0 || pid == os.Getpid() || unix.Kill(pid, 0) != unix.ESRCH {
+			continue
+		}
+		slog.Warn("ending the runs a halb that is gone left behind", "cgroup", dir, "pid", pid)
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		(&scope{dir: dir, fd: fd}).end()
+	}
+}
 
 // scope is the cgroup of one run.
 type scope struct {
@@ -56,7 +83,8 @@ func newScope() (*scope, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(base, fmt.Sprintf("halb-run-%d-%d", os.Getpid(), runSeq.Add(1)))
+	staleOnce.Do(func() { removeStale(base) })
+	dir := filepath.Join(base, fmt.Sprintf("%s%d-%d", runPrefix, os.Getpid(), runSeq.Add(1)))
 	if err := unix.Mkdir(dir, 0o755); err != nil {
 		return nil, &os.PathError{Op: "mkdir", Path: dir, Err: err}
 	}

@@ -6,9 +6,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -113,10 +116,89 @@ func TestRunLeavesNothingBehind(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			left, _ := filepath.Glob(filepath.Join(base, "halb-run-"+strconv.Itoa(os.Getpid())+"-*"))
+			left, _ := filepath.Glob(filepath.Join(base, runPrefix+strconv.Itoa(os.Getpid())+"-*"))
 			if len(left) != 0 {
 				t.Errorf("cgroups of runs left behind: %v", left)
 			}
 		})
+	}
+}
+
+// TestStaleRunsEnded: the runs of a halb that died mid-run (SIGKILL, no
+// systemd to kill its cgroup) still run as root in their cgroups; the
+// next halb ends them and removes the cgroups, and leaves alone the
+// cgroups of a halb that is alive.
+func TestStaleRunsEnded(t *testing.T) {
+	requireCgroups(t)
+	base, err := ownCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A pid no process has: one this test started and reaped.
+	dead := 0
+	for range 10 {
+		c := exec.Command("/bin/true")
+		if err := c.Run(); err != nil {
+			t.Fatal(err)
+		}
+		if unix.Kill(c.Process.Pid, 0) == unix.ESRCH {
+			dead = c.Process.Pid
+			break
+		}
+	}
+	if dead == 0 {
+		t.Fatal("no dead pid found")
+	}
+	marker := newMarker(t)
+	start := func(dir string) *exec.Cmd {
+		t.Helper()
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+			for range 100 {
+				if err := unix.Rmdir(dir); err != unix.EBUSY {
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		c := exec.Command("/bin/sh", "-c", "while :; do sleep 1; done", marker)
+		c.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	staleDir := filepath.Join(base, fmt.Sprintf("%s%d-1", runPrefix, dead))
+	liveDir := filepath.Join(base, fmt.Sprintf("%s%d-1", runPrefix, os.Getppid())) // the go command: alive
+	stale, live := start(staleDir), start(liveDir)
+	defer func() { _ = live.Process.Kill(); _ = live.Wait() }()
+
+	removeStale(base)
+	waited := make(chan error, 1)
+	go func() { waited <- stale.Wait() }()
+	select {
+	case err := <-waited:
+		if err == nil {
+			t.Errorf("the stale run exited by itself, want it killed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stale run still runs 10s after removeStale")
+	}
+	if _, err := os.Stat(staleDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale cgroup %s: %v, want it removed", staleDir, err)
+	}
+	if _, err := os.Stat(liveDir); err != nil {
+		t.Errorf("a live halb's cgroup %s was touched: %v", liveDir, err)
+	}
+	if err := live.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("a live halb's run was killed: %v", err)
 	}
 }
