@@ -146,6 +146,13 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 		}
 	}
 	defer func() { d.bpffsLock.release() }()
+	// One halb per virtual router: a second one would take the first
+	// one's VIPs and be a second Master on this host.
+	d.vrrp = newVRRPSet(d.log, LockDir)
+	if err := d.vrrp.lockAll(d.cfg.VRRP); err != nil {
+		return err
+	}
+	defer d.vrrp.releaseLocks() // after stopAll, below
 	ctlListener, err := listenControl(socket)
 	if err != nil {
 		return err
@@ -179,7 +186,6 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 		return fmt.Errorf("accept_mode filter: %w", err)
 	}
 	d.accept = accept
-	d.vrrp = newVRRPSet(d.log)
 
 	hctx, stopHealth := context.WithCancel(ctx)
 	healthDone := make(chan struct{})

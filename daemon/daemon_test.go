@@ -140,3 +140,17 @@ func TestLogQuorum(t *testing.T) {
 		}
 	}
 }
+
+// TestMain keeps the in-process daemons' locks out of the host's
+// /run/halb: their instances would otherwise lock halbnone0's virtual
+// router host-wide, against any halb a test elsewhere runs.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "halb-locks-")
+	if err != nil {
+		panic(err)
+	}
+	LockDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}

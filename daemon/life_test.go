@@ -214,7 +214,7 @@ func TestRunLoopDuringBlockedRead(t *testing.T) {
 func TestVRRPSetNeverWaitsOnTheLoop(t *testing.T) {
 	var logs syncBuffer
 	var level slog.LevelVar
-	s := newVRRPSet(NewLogger(&logs, "text", &level))
+	s := newVRRPSet(NewLogger(&logs, "text", &level), t.TempDir())
 	events := make(chan string, 10)
 	release := make(chan struct{}) // lets stopping instances finish
 	s.run = func(ctx context.Context, in *vrrp.Instance) error {

@@ -287,15 +287,74 @@ func lockControl(socket string) (*lockFile, error) {
 
 // lockBPFFS takes the lock on a bpffs path: one halb per set of pins.
 func lockBPFFS(bpffs string) (*lockFile, error) {
-	if err := os.MkdirAll(LockDir, 0o755); err != nil {
-		return nil, fmt.Errorf("lock directory: %w", err)
-	}
-	if err := checkPrivateDir(LockDir); err != nil {
-		return nil, fmt.Errorf("lock directory: %w", err)
+	if err := makeLockDir(LockDir); err != nil {
+		return nil, err
 	}
 	bpffs = filepath.Clean(bpffs)
 	return acquireLock(filepath.Join(LockDir, "bpffs"+escapePath(bpffs)+".lock"), "datapath.bpffs "+bpffs,
 		"stop that halb first, or give this one a datapath.bpffs of its own")
+}
+
+// makeLockDir makes the directory of the locks that are not beside the
+// control socket, and checks that only root (or halb's user) can change
+// it.
+func makeLockDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("lock directory: %w", err)
+	}
+	if err := checkPrivateDir(dir); err != nil {
+		return fmt.Errorf("lock directory: %w", err)
+	}
+	return nil
+}
+
+// instanceKey is what makes a VRRP instance one virtual router on this
+// host: two halbs that run the same one both act as its router, and each
+// takes the VIPs from the other (RFC 5798 §5.2.3: the VRID names the
+// router on its LAN, per address family).
+type instanceKey struct {
+	iface string
+	vrid  int
+	v6    bool
+}
+
+func keyOf(ic config.Instance) instanceKey {
+	return instanceKey{iface: ic.Interface, vrid: ic.VRID, v6: ic.IPv6()}
+}
+
+func (k instanceKey) family() string {
+	if k.v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// lockInstance takes the lock on the virtual router k in the network
+// namespace netns (interfaces of one name in two namespaces are two
+// LANs): one halb per virtual router. name is the instance's, for the
+// message.
+func lockInstance(dir, netns, name string, k instanceKey) (*lockFile, error) {
+	if err := makeLockDir(dir); err != nil {
+		return nil, err
+	}
+	file := fmt.Sprintf("vrrp-netns%s-%s-vrid%d-%s.lock", netns, escapePath(k.iface), k.vrid, strings.ToLower(k.family()))
+	what := fmt.Sprintf("vrrp instance %s (interface %s, vrid %d, %s)", name, k.iface, k.vrid, k.family())
+	return acquireLock(filepath.Join(dir, file), what,
+		"stop that halb first, or give this instance a vrid of its own on that interface")
+}
+
+// netnsID names the network namespace halb runs in by the inode of its
+// /proc/self/ns/net, which every process in it shares.
+func netnsID() (string, error) {
+	info, err := os.Stat("/proc/self/ns/net")
+	if err != nil {
+		return "", fmt.Errorf("network namespace: %w", err)
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok {
+		return "", fmt.Errorf("network namespace: no inode for /proc/self/ns/net")
+	}
+	return strconv.FormatUint(st.Ino, 10), nil
 }
 
 // escapePath names a path in one file name, as systemd names mount units:

@@ -35,6 +35,14 @@ type vrrpSet struct {
 	stopping []*runningInstance
 	// run is (*vrrp.Instance).Run; a test makes an instance slow to stop.
 	run func(context.Context, *vrrp.Instance) error
+
+	// locks are the virtual routers this halb holds (lockInstance), in
+	// lockDir: one for each running instance and each stopping one that
+	// has not stopped, so that no other halb runs one at the same time.
+	// Only the daemon's loop uses them.
+	locks   map[instanceKey]*lockFile
+	lockDir string
+	netns   string // netnsID, read at the first lock
 }
 
 type runningInstance struct {
@@ -45,9 +53,72 @@ type runningInstance struct {
 	done  chan struct{} // closed when its goroutine has returned
 }
 
-func newVRRPSet(log *slog.Logger) *vrrpSet {
+func newVRRPSet(log *slog.Logger, lockDir string) *vrrpSet {
 	return &vrrpSet{log: log, running: map[string]*runningInstance{}, groups: map[string]*vrrp.Group{},
-		run: func(ctx context.Context, in *vrrp.Instance) error { return in.Run(ctx) }}
+		run:   func(ctx context.Context, in *vrrp.Instance) error { return in.Run(ctx) },
+		locks: map[instanceKey]*lockFile{}, lockDir: lockDir}
+}
+
+// lockAll takes the lock of every instance of c, at start, before
+// anything is changed: a halb whose virtual router another halb runs
+// exits naming it (*LockedError) and holds none.
+func (s *vrrpSet) lockAll(c config.VRRP) error {
+	for _, ic := range c.Instances {
+		if err := s.lock(ic); err != nil {
+			s.releaseLocks()
+			return err
+		}
+	}
+	return nil
+}
+
+// lock takes the lock of ic's virtual router unless this halb holds it.
+func (s *vrrpSet) lock(ic config.Instance) error {
+	k := keyOf(ic)
+	if s.locks[k] != nil {
+		return nil
+	}
+	if s.netns == "" {
+		id, err := netnsID()
+		if err != nil {
+			return err
+		}
+		s.netns = id
+	}
+	l, err := lockInstance(s.lockDir, s.netns, ic.Name, k)
+	if err != nil {
+		return err
+	}
+	s.locks[k] = l
+	return nil
+}
+
+// releaseUnused lets go of the virtual routers no instance runs and no
+// stopping one still holds.
+func (s *vrrpSet) releaseUnused() {
+	used := map[instanceKey]bool{}
+	for _, r := range s.running {
+		used[keyOf(r.cfg)] = true
+	}
+	for _, r := range s.stopping {
+		if !isClosed(r.done) {
+			used[keyOf(r.cfg)] = true
+		}
+	}
+	for k, l := range s.locks {
+		if !used[k] {
+			l.release()
+			delete(s.locks, k)
+		}
+	}
+}
+
+// releaseLocks lets go of every lock, at exit.
+func (s *vrrpSet) releaseLocks() {
+	for k, l := range s.locks {
+		l.release()
+		delete(s.locks, k)
+	}
 }
 
 // groupSignatures names each instance's sync group by its name and
@@ -109,6 +180,13 @@ func (s *vrrpSet) apply(c config.VRRP) {
 		if _, ok := s.running[ic.Name]; ok {
 			continue
 		}
+		// Another halb running this virtual router keeps it: this one
+		// runs the rest, and tries again at the next reload.
+		if err := s.lock(ic); err != nil {
+			s.log.Error("vrrp instance not started", "instance", ic.Name, "err", err)
+			order = order[:len(order)-1]
+			continue
+		}
 		var g *vrrp.Group
 		if sig := sigs[ic.Name]; sig != "" {
 			g = s.groups[sig]
@@ -122,6 +200,7 @@ func (s *vrrpSet) apply(c config.VRRP) {
 	s.mu.Lock()
 	s.order = order
 	s.mu.Unlock()
+	s.releaseUnused()
 }
 
 // start runs the instance ic on a goroutine of its own, once every

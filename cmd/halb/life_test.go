@@ -602,3 +602,102 @@ vrrp:
 		t.Errorf("halb left %v in %s", entries, dir)
 	}
 }
+
+// A second halb with a control socket and bpffs of its own but the first
+// one's virtual router (interface, VRID, family) exits 1 naming the first
+// one's pid, and the first keeps its VIP and stays MASTER; a running halb
+// that a reload gives that virtual router keeps running without it,
+// saying why. On 4ff18e6 the second took the VIP as a second MASTER.
+func TestRunSameVirtualRouterRefused(t *testing.T) {
+	ns, h, fs := lbNS(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "halb.sock")
+	first := startHalbIn(t, ns, "run", "-c", lbConfig(t, sock, filepath.Join(fs, "halb"), "", 200))
+	first.waitFor(t, "services programmed")
+	var firstLog syncLog
+	go func() {
+		for line := range first.lines {
+			firstLog.add(line)
+		}
+	}()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the first halb's log:\n%s", firstLog.String())
+		}
+	})
+	states := func(sock string) []string {
+		code, out, _ := run(t, "status", "--json", "-s", sock)
+		var st struct {
+			Instances []struct{ Name, State string } `json:"instances"`
+		}
+		if code != exitOK || json.Unmarshal([]byte(out), &st) != nil {
+			return nil
+		}
+		var s []string
+		for _, in := range st.Instances {
+			s = append(s, in.Name+" "+in.State)
+		}
+		return s
+	}
+	master := func() bool { return slices.Equal(states(sock), []string{"VI_1 MASTER"}) }
+	for start := time.Now(); !master(); time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("the first halb never became MASTER")
+		}
+	}
+	pid := strconv.Itoa(first.cmd.Process.Pid)
+	want := "vrrp instance VI_1 (interface eth0, vrid 51, IPv4) is in use by halb pid " + pid
+
+	second := startHalbIn(t, ns, "run", "-c", lbConfig(t, filepath.Join(dir, "second.sock"), filepath.Join(fs, "second"), "", 255))
+	code, log := second.waitExit(t, 20*time.Second)
+	if code != exitFailure || !strings.Contains(log, want) {
+		t.Errorf("a second halb on the same virtual router: exit %d, want 1 with %q:\n%s", code, want, log)
+	}
+	if !vipOn(t, h) || !master() {
+		t.Errorf("after the second halb: VIP on eth0 %v, first halb's instances %v, want the VIP and VI_1 MASTER", vipOn(t, h), states(sock))
+	}
+
+	// A third halb runs another virtual router, then a reload asks it for
+	// the first one's too.
+	third := filepath.Join(dir, "third.yaml")
+	thirdSock := filepath.Join(dir, "third.sock")
+	conf := func(extra string) {
+		t.Helper()
+		if err := os.WriteFile(third, []byte(`control: {socket: `+thirdSock+`}
+vrrp:
+  instances:
+    - {name: VI_2, interface: eth0, vrid: 52, priority: 100, virtual_ips: [192.0.2.102/24]}
+`+extra), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conf("")
+	p := startHalbIn(t, ns, "run", "-c", third)
+	for start := time.Now(); len(states(thirdSock)) != 1; time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("the third halb never answered")
+		}
+	}
+	conf("    - {name: VI_1, interface: eth0, vrid: 51, version: 3, priority: 255, advert_interval: 100ms, virtual_ips: [192.0.2.100/24]}\n")
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	line := p.waitFor(t, "vrrp instance not started")
+	if !strings.Contains(line, "instance=VI_1") || !strings.Contains(line, want) {
+		t.Errorf("the reload's refusal: %s, want VI_1 and %q", line, want)
+	}
+	p.waitFor(t, "config reloaded")
+	if got := states(thirdSock); len(got) != 1 || !strings.HasPrefix(got[0], "VI_2 ") {
+		t.Errorf("the third halb after the reload runs %v, want VI_2 alone", got)
+	}
+	if !vipOn(t, h) || !master() {
+		t.Errorf("after the reload: VIP on eth0 %v, first halb's instances %v, want the VIP and VI_1 MASTER", vipOn(t, h), states(sock))
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code, log := p.waitExit(t, 20*time.Second); code != exitOK {
+		t.Errorf("the third halb: exit %d:\n%s", code, log)
+	}
+	if !vipOn(t, h) || !master() {
+		t.Errorf("after the third halb stopped: VIP on eth0 %v, first halb's instances %v", vipOn(t, h), states(sock))
+	}
+	_ = first.cmd.Process.Signal(syscall.SIGTERM)
+	_ = first.cmd.Wait()
+}
