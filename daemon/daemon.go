@@ -153,6 +153,17 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 		return err
 	}
 	defer d.vrrp.releaseLocks() // after stopAll, below
+	// The Accept_Mode filter is one table per network namespace: one
+	// halb's.
+	accept, err := newAcceptFilter(d.log, LockDir)
+	if err != nil {
+		return fmt.Errorf("accept_mode filter: %w", err)
+	}
+	if err := accept.claimFor(d.cfg); err != nil {
+		return err
+	}
+	d.accept = accept
+	defer d.accept.remove() // after the instances, below, gave their VIPs up
 	ctlListener, err := listenControl(socket)
 	if err != nil {
 		return err
@@ -181,11 +192,6 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	if err := d.health.Update(d.cfg.Services); err != nil {
 		return fmt.Errorf("health checks: %w", err)
 	}
-	accept, err := newAcceptFilter(d.log)
-	if err != nil {
-		return fmt.Errorf("accept_mode filter: %w", err)
-	}
-	d.accept = accept
 
 	hctx, stopHealth := context.WithCancel(ctx)
 	healthDone := make(chan struct{})
@@ -225,7 +231,6 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	// The accept filter is in place before any instance can become
 	// Master, and goes after every instance has given its VIPs up.
 	d.accept.apply(d.cfg)
-	defer d.accept.remove()
 	// On the way out every instance gives its VIPs up and, as Master,
 	// sends priority 0 so the backup takes over after skew time.
 	defer func() {
@@ -250,7 +255,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 			if err := d.apply(ctx); err != nil {
 				d.log.Error("resync of the data path failed", "err", err)
 			}
-			d.accept.apply(d.cfg) // only when the last change failed
+			d.accept.apply(d.cfg) // when the last change failed, or the kernel lost it
 		case <-d.healthChanged:
 			if err := d.apply(ctx); err != nil {
 				d.log.Error("backend weights not fully programmed; retrying at the next resync", "err", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -302,6 +303,15 @@ func (s *vrrpSet) instances() []*vrrp.Instance {
 // acceptFilter keeps the kernel's Accept_Mode filter (vrrp.AcceptRules) equal
 // to what the configuration in force asks for. It is a function of the
 // configuration alone, so that failover never waits on it.
+//
+// The table has one name per network namespace, so it belongs to one
+// halb: the one holding its lock (acceptLockName). A halb that does not
+// hold it never touches the table, so that a second halb on the host
+// neither replaces the first one's rules nor deletes them at its stop.
+//
+// Others can change the table too: `nft flush ruleset`, which
+// nftables.service runs at start and reload, removes it. Each resync
+// reads it back and reinstalls it when it is not what halb applied.
 type acceptFilter struct {
 	mu      sync.Mutex // apply and remove run on the daemon's loop, dropped on a scrape
 	log     *slog.Logger
@@ -310,29 +320,91 @@ type acceptFilter struct {
 	// stale is set while the kernel may not hold applied: at start (a
 	// killed halb may have left a table) and after a change failed.
 	stale bool
+	// lock is held while this halb owns the table; lockDir holds it.
+	lock    *lockFile
+	lockDir string
+	// refused is the last reason the lock was not had, logged once.
+	refused string
 }
 
-func newAcceptFilter(log *slog.Logger) (*acceptFilter, error) {
+func newAcceptFilter(log *slog.Logger, lockDir string) (*acceptFilter, error) {
 	table, err := vrrp.OpenAcceptTable(0)
 	if err != nil {
 		return nil, err
 	}
-	return &acceptFilter{log: log, table: table, stale: true}, nil
+	return &acceptFilter{log: log, table: table, stale: true, lockDir: lockDir}, nil
 }
 
-// apply installs c's rules when they differ from the ones in force or the
-// last change failed; otherwise it does nothing.
+// claim takes the table's lock unless this halb holds it.
+func (a *acceptFilter) claim() error {
+	if a.lock != nil {
+		return nil
+	}
+	netns, err := netnsID()
+	if err != nil {
+		return err
+	}
+	if err := makeLockDir(a.lockDir); err != nil {
+		return err
+	}
+	l, err := acquireLock(filepath.Join(a.lockDir, "nft-netns"+netns+"-inet-"+vrrp.AcceptTableName+".lock"),
+		"accept_mode filter (nftables table inet "+vrrp.AcceptTableName+")",
+		"stop that halb first, run this one in a network namespace of its own, or set accept: true on its v3 instances")
+	if err != nil {
+		return err
+	}
+	a.lock = l
+	return nil
+}
+
+// claimFor takes the table's lock when c needs the filter, at start,
+// with the other locks: a halb whose filter another halb holds exits.
+func (a *acceptFilter) claimFor(c *config.Config) error {
+	if len(vrrp.AcceptRules(c)) == 0 {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.claim()
+}
+
+// apply installs c's rules when they differ from the ones in force, the
+// last change failed, or the kernel no longer holds what was installed;
+// otherwise it does nothing.
 func (a *acceptFilter) apply(c *config.Config) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	rules, hostOwn := vrrp.LeaveOutHostAddrs(vrrp.AcceptRules(c))
+	table := "inet " + vrrp.AcceptTableName
 	if !a.stale && slices.Equal(rules, a.applied) {
+		if len(rules) == 0 {
+			return
+		}
+		ok, why := a.table.Holds(rules)
+		if ok {
+			return
+		}
+		a.log.Warn("accept_mode filter changed or removed outside halb; reinstalling", "table", table, "found", why,
+			"cause", "nft flush ruleset (nftables.service start or reload) removes it")
+	}
+	if err := a.claim(); err != nil {
+		if len(rules) == 0 {
+			// Another halb's table, or none: not this one's to remove.
+			a.applied, a.stale = nil, false
+			return
+		}
+		a.stale = true
+		if msg := err.Error(); msg != a.refused {
+			a.refused = msg
+			a.log.Error("accept_mode filter not installed; retrying at each resync: a master will accept all traffic to its vips",
+				"table", table, "err", err)
+		}
 		return
 	}
+	a.refused = ""
 	for _, vip := range hostOwn {
 		a.log.Warn("accept_mode filter leaves out a vip that is the host's own address (on an interface, not added by halb)", "vip", vip)
 	}
-	table := "inet " + vrrp.AcceptTableName
 	if err := a.table.Apply(rules); err != nil {
 		a.stale = true
 		a.log.Error("accept_mode filter not installed; retrying at the next resync: a master will accept all traffic to its vips",
@@ -354,12 +426,24 @@ func (a *acceptFilter) apply(c *config.Config) {
 	case had:
 		a.log.Info("accept_mode filter removed", "table", table)
 	}
+	if len(rules) == 0 {
+		a.lock.release() // no table: another halb may have one
+		a.lock = nil
+	}
 }
 
-// remove takes the filter out of the kernel, at exit.
+// remove takes the filter out of the kernel, at exit, if this halb owns
+// it.
 func (a *acceptFilter) remove() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.lock == nil {
+		return
+	}
+	defer func() {
+		a.lock.release()
+		a.lock = nil
+	}()
 	if err := a.table.Remove(); err != nil {
 		a.log.Error("accept_mode filter not removed", "table", "inet "+vrrp.AcceptTableName, "err", err,
 			"fix", "nft delete table inet "+vrrp.AcceptTableName)

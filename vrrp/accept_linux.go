@@ -1,6 +1,7 @@
 package vrrp
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 
@@ -92,6 +93,77 @@ func (t *AcceptTable) Remove() error {
 func (t *AcceptTable) Installed() bool {
 	_, err := t.conn.ListTableOfFamily(AcceptTableName, nftables.TableFamilyINet)
 	return err == nil
+}
+
+// Holds reports whether the kernel holds exactly the table Apply(rules)
+// made: the one chain, hooked as Apply hooks it, with rules's rules in
+// order (counters aside). It returns why not: a table that `nft flush
+// ruleset` removed, or one someone changed. Any error reading the table
+// counts as not holding it.
+func (t *AcceptTable) Holds(rules []AcceptRule) (bool, string) {
+	if !t.Installed() {
+		return false, "the table is gone"
+	}
+	chains, err := t.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, "listing its chains: " + err.Error()
+	}
+	var chain *nftables.Chain
+	n := 0
+	for _, c := range chains {
+		if c.Table == nil || c.Table.Name != AcceptTableName {
+			continue
+		}
+		n++
+		if c.Name == acceptChainName {
+			chain = c
+		}
+	}
+	switch {
+	case chain == nil:
+		return false, "its chain " + acceptChainName + " is gone"
+	case n != 1:
+		return false, fmt.Sprintf("it has %d chains, not halb's one", n)
+	case chain.Hooknum == nil || *chain.Hooknum != *nftables.ChainHookInput ||
+		chain.Priority == nil || *chain.Priority != *nftables.ChainPriorityFilter ||
+		chain.Policy == nil || *chain.Policy != nftables.ChainPolicyAccept || chain.Type != nftables.ChainTypeFilter:
+		return false, "its chain " + acceptChainName + " is hooked otherwise"
+	}
+	got, err := t.conn.GetRules(t.table, chain)
+	if err != nil {
+		return false, "listing its rules: " + err.Error()
+	}
+	if len(got) != len(rules) {
+		return false, fmt.Sprintf("it has %d rules, not halb's %d", len(got), len(rules))
+	}
+	for i, r := range rules {
+		if !sameExprs(got[i].Exprs, ruleExprs(r)) {
+			return false, fmt.Sprintf("rule %d is not halb's", i+1)
+		}
+	}
+	return true, ""
+}
+
+// sameExprs compares a rule read from the kernel with one Apply made,
+// counters' values aside, by their netlink encoding.
+func sameExprs(got, want []expr.Any) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for i := range got {
+		if _, ok := got[i].(*expr.Counter); ok {
+			if _, ok := want[i].(*expr.Counter); !ok {
+				return false
+			}
+			continue
+		}
+		a, err1 := expr.Marshal(byte(nftables.TableFamilyINet), got[i])
+		b, err2 := expr.Marshal(byte(nftables.TableFamilyINet), want[i])
+		if err1 != nil || err2 != nil || !bytes.Equal(a, b) {
+			return false
+		}
+	}
+	return true
 }
 
 // Counters returns the drop counters' packet counts in rule order, one per

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -700,4 +701,72 @@ vrrp:
 	}
 	_ = first.cmd.Process.Signal(syscall.SIGTERM)
 	_ = first.cmd.Wait()
+}
+
+// The accept_mode table that `nft flush ruleset` (nftables.service's start
+// and reload) removes under a running halb comes back at the next resync,
+// with a log line; and it is the first halb's alone: a second halb in the
+// namespace (its own socket, bpffs and VRID) that needs a filter exits 1
+// naming the first, whose table stays. On 4ff18e6 the table never came
+// back, and the second halb replaced it.
+func TestAcceptFilterFlushedAndOwned(t *testing.T) {
+	ns, _, fs := lbNS(t)
+	dir := t.TempDir()
+	first := startHalbIn(t, ns, "run", "-c", lbConfig(t, filepath.Join(dir, "halb.sock"), filepath.Join(fs, "halb"), "", 200))
+	first.waitFor(t, "accept_mode filter installed")
+	table, err := vrrp.OpenAcceptTable(int(ns.Handle()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !table.Installed() {
+		t.Fatal("no accept_mode table after halb logged it installed")
+	}
+
+	second := filepath.Join(dir, "second.yaml")
+	if err := os.WriteFile(second, []byte(`control: {socket: `+filepath.Join(dir, "second.sock")+`}
+vrrp:
+  instances:
+    - {name: VI_2, interface: eth0, vrid: 52, version: 3, priority: 200, virtual_ips: [192.0.2.102/24]}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startHalbIn(t, ns, "run", "-c", second)
+	code, log := p.waitExit(t, 20*time.Second)
+	want := "accept_mode filter (nftables table inet halb_accept) is in use by halb pid " + strconv.Itoa(first.cmd.Process.Pid)
+	if code != exitFailure || !strings.Contains(log, want) {
+		t.Errorf("a second halb needing the filter: exit %d, want 1 with %q:\n%s", code, want, log)
+	}
+	if !table.Installed() {
+		t.Error("the first halb's table is gone after the second halb")
+	}
+
+	if err := ns.Do(func() error {
+		conn, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		conn.FlushRuleset()
+		return conn.Flush()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if table.Installed() {
+		t.Fatal("the table survived nft flush ruleset")
+	}
+	// The resync runs every 10 s; waitFor's 20 s covers one.
+	line := first.waitFor(t, "accept_mode filter changed or removed outside halb; reinstalling")
+	if !strings.Contains(line, `found="the table is gone"`) {
+		t.Errorf("the log line does not say what was found: %s", line)
+	}
+	first.waitFor(t, "accept_mode filter installed")
+	if !table.Installed() {
+		t.Error("the table is not back after halb logged it reinstalled")
+	}
+	_ = first.cmd.Process.Signal(syscall.SIGTERM)
+	if code, log := first.waitExit(t, 20*time.Second); code != exitOK {
+		t.Errorf("exit %d:\n%s", code, log)
+	}
+	if table.Installed() {
+		t.Error("the table is left after halb stopped")
+	}
 }
