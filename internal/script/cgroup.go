@@ -79,14 +79,14 @@ type scope struct {
 // newScope makes the cgroup for one run under halb's own, or says why it
 // cannot (then the run uses its process group alone).
 func newScope() (*scope, error) {
-	base, err := ownCgroup()
+	dir, err := mkRunDir(false)
+	if errors.Is(err, unix.ENOENT) {
+		// halb's cgroup moved (a service manager migrated it): find it
+		// again.
+		dir, err = mkRunDir(true)
+	}
 	if err != nil {
 		return nil, err
-	}
-	staleOnce.Do(func() { removeStale(base) })
-	dir := filepath.Join(base, fmt.Sprintf("%s%d-%d", runPrefix, os.Getpid(), runSeq.Add(1)))
-	if err := unix.Mkdir(dir, 0o755); err != nil {
-		return nil, &os.PathError{Op: "mkdir", Path: dir, Err: err}
 	}
 	// cgroup.kill came in Linux 5.14, after CLONE_INTO_CGROUP (5.7): with
 	// it, both are there.
@@ -100,6 +100,35 @@ func newScope() (*scope, error) {
 		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
 	return &scope{dir: dir, fd: fd}, nil
+}
+
+// cgroupBase caches ownCgroup, which reads mountinfo (long on a host with
+// many mounts), for the runs after the first.
+var cgroupBase struct {
+	sync.Mutex
+	dir string
+}
+
+// mkRunDir makes the cgroup directory of one run below halb's cgroup,
+// looked up again if fresh.
+func mkRunDir(fresh bool) (string, error) {
+	cgroupBase.Lock()
+	base := cgroupBase.dir
+	if base == "" || fresh {
+		var err error
+		if base, err = ownCgroup(); err != nil {
+			cgroupBase.Unlock()
+			return "", err
+		}
+		cgroupBase.dir = base
+	}
+	cgroupBase.Unlock()
+	staleOnce.Do(func() { removeStale(base) })
+	dir := filepath.Join(base, fmt.Sprintf("%s%d-%d", runPrefix, os.Getpid(), runSeq.Add(1)))
+	if err := unix.Mkdir(dir, 0o755); err != nil {
+		return "", &os.PathError{Op: "mkdir", Path: dir, Err: err}
+	}
+	return dir, nil
 }
 
 // fellBack logs, once per daemon, that runs are not contained by a
