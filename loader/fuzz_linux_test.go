@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -31,7 +32,11 @@ import (
 //   - a frame the model passes comes out passed and unchanged: the program
 //     sits on a host's main interface and must not touch its traffic;
 //   - a frame is dropped only when it is malformed and to a VIP, or for a
-//     service that cannot take it (no backend, no route, too big, ...);
+//     service that cannot take it (no backend, no route, too big, ...),
+//     and counted once in halb_drops under the reason the model gives
+//     (the ip-header, ip-length, tcp-header, udp-header, bad-source and
+//     vip-source checks among them); a frame passed or forwarded is
+//     counted nowhere;
 //   - a frame that is forwarded is for a configured service (its address,
 //     port and protocol, or an ICMP "too big" quoting one of its flows),
 //     and goes to one of that service's backends, well formed: for dr the
@@ -401,6 +406,7 @@ func fixLength(frame []byte, n int) {
 type expectation struct {
 	verdict expectVerdict
 	why     string
+	reason  DropReason   // for expectDrop: the halb_drops counter it goes up
 	svc     *fuzzService // for a service
 	l3      int          // where the IP header starts
 	family  int          // 4 or 6
@@ -461,7 +467,7 @@ func (fb *fuzzBench) modelPacket(in []byte) expectation {
 		ip := in[l3:]
 		src, dst = netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
 		if ip[0]>>4 != 4 || ip[0]&0xf < 5 {
-			return fb.malformed(dst, "IPv4 version or header length")
+			return fb.malformed(dst, DropIPHeader, "IPv4 version or header length")
 		}
 		if be16(l3+6)&0x1fff != 0 {
 			return pass("a later IPv4 fragment")
@@ -469,10 +475,10 @@ func (fb *fuzzBench) modelPacket(in []byte) expectation {
 		e.family, e.ipLen, e.df = 4, int(be16(l3+2)), ip[6]&0x40 != 0
 		proto, l4 = ip[9], l3+int(ip[0]&0xf)*4
 		if e.ipLen > len(in)-l3 {
-			return fb.malformed(dst, "IPv4 total length past the frame")
+			return fb.malformed(dst, DropIPLength, "IPv4 total length past the frame")
 		}
 		if e.ipLen < l4-l3+8 {
-			return fb.malformed(dst, "IPv4 total length short of the headers")
+			return fb.malformed(dst, DropIPLength, "IPv4 total length short of the headers")
 		}
 		isICMP = proto == 1
 	case 0x86dd:
@@ -482,22 +488,22 @@ func (fb *fuzzBench) modelPacket(in []byte) expectation {
 		ip := in[l3:]
 		src, dst = netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40]))
 		if ip[0]>>4 != 6 {
-			return fb.malformed(dst, "IPv6 version")
+			return fb.malformed(dst, DropIPHeader, "IPv6 version")
 		}
 		e.family, e.ipLen = 6, 40+int(be16(l3+4))
 		proto, l4 = ip[6], l3+40
 		if e.ipLen > len(in)-l3 {
-			return fb.malformed(dst, "IPv6 payload length past the frame")
+			return fb.malformed(dst, DropIPLength, "IPv6 payload length past the frame")
 		}
 		if e.ipLen < 48 {
-			return fb.malformed(dst, "IPv6 payload length short of a transport header")
+			return fb.malformed(dst, DropIPLength, "IPv6 payload length short of a transport header")
 		}
 		isICMP = proto == 58
 	default:
 		return pass("not IP")
 	}
 	if why := noClient(src); why != "" {
-		return fb.malformed(dst, "from "+src.String()+": "+why)
+		return fb.malformed(dst, DropBadSource, "from "+src.String()+": "+why)
 	}
 
 	var port uint16
@@ -538,15 +544,15 @@ func (fb *fuzzBench) modelPacket(in []byte) expectation {
 	case proto == 6:
 		seg := e.ipLen - (l4 - l3)
 		if seg < 20 {
-			return fb.malformed(dst, "TCP segment shorter than its header")
+			return fb.malformed(dst, DropTCPHeader, "TCP segment shorter than its header")
 		}
 		if doff := int(in[l4+12] >> 4); doff < 5 || doff*4 > seg {
-			return fb.malformed(dst, "TCP data offset below 5 or past the segment")
+			return fb.malformed(dst, DropTCPHeader, "TCP data offset below 5 or past the segment")
 		}
 		port = be16(l4 + 2)
 	case proto == 17:
 		if ulen := int(be16(l4 + 4)); ulen < 8 || ulen > e.ipLen-(l4-l3) {
-			return fb.malformed(dst, "UDP length below 8 or past the IP payload")
+			return fb.malformed(dst, DropUDPHeader, "UDP length below 8 or past the IP payload")
 		}
 		port = be16(l4 + 2)
 	default:
@@ -560,7 +566,7 @@ func (fb *fuzzBench) modelPacket(in []byte) expectation {
 		// halb_ct is empty for every input: each flow is new, and one
 		// from a VIP is refused.
 		if fb.isVIP(src) {
-			return expectation{verdict: expectDrop, why: "from a VIP to service " + key.String()}
+			return expectation{verdict: expectDrop, reason: DropVIPSource, why: "from a VIP to service " + key.String()}
 		}
 		e.verdict, e.svc, e.why = expectService, &fb.services[i], "for service "+key.String()
 		return e
@@ -609,9 +615,9 @@ func (fb *fuzzBench) isVIP(a netip.Addr) bool {
 
 // malformed is a frame broken after its destination address, or from a
 // source no client has: dropped when that is a VIP, else passed.
-func (fb *fuzzBench) malformed(dst netip.Addr, why string) expectation {
+func (fb *fuzzBench) malformed(dst netip.Addr, reason DropReason, why string) expectation {
 	if fb.isVIP(dst) {
-		return expectation{verdict: expectDrop, why: "malformed to a VIP: " + why}
+		return expectation{verdict: expectDrop, reason: reason, why: "malformed to a VIP: " + why}
 	}
 	return pass("malformed, not to a VIP: " + why)
 }
@@ -621,6 +627,10 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 	t.Helper()
 	tb := fb.tb.on(prog)
 	defer fb.clearConntrack(t)
+	before, err := tb.lb.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
 	action, out, err := fb.run(in)
 	if err != nil {
 		// BPF_PROG_TEST_RUN takes no frame shorter than an Ethernet
@@ -634,6 +644,28 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 	fail := func(format string, args ...any) {
 		t.Helper()
 		t.Fatalf("%s: %s (model: %s)\nin  %x\nout %x", prog, fmt.Sprintf(format, args...), want.why, in, out)
+	}
+	// The drop counters that went up, and by how much: one frame is
+	// counted once, under the reason it was dropped for, or not at all.
+	after, err := tb.lb.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := map[DropReason]uint64{}
+	for r, n := range after {
+		if n != before[r] {
+			counted[r] = n - before[r]
+		}
+	}
+	wantCounted := func(reason DropReason, counts bool) {
+		t.Helper()
+		want := map[DropReason]uint64{}
+		if counts {
+			want[reason] = 1
+		}
+		if !maps.Equal(counted, want) {
+			fail("%v counted as drops %v, want %v", action, counted, want)
+		}
 	}
 	switch action {
 	case xdpPass, xdpDrop, xdpRedirect:
@@ -650,11 +682,13 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 		if action != xdpPass || !bytes.Equal(out, in) {
 			fail("%v, want XDP_PASS untouched", action)
 		}
+		wantCounted(0, false)
 		return
 	case expectDrop:
 		if action != xdpDrop {
 			fail("%v, want XDP_DROP", action)
 		}
+		wantCounted(want.reason, true)
 		return
 	}
 
@@ -664,6 +698,7 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 		if action != xdpDrop {
 			fail("%v from a service without backends", action)
 		}
+		wantCounted(DropNoBackend, true)
 		return
 	}
 	if action == xdpPass {
@@ -674,6 +709,7 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 			fail("XDP_DROP of a frame for a dr service whose backends are all reachable")
 		}
 		fb.checkDR(t, fail, in, out, action, s)
+		wantCounted(0, false)
 		return
 	}
 	// forward: tun has a single backend per service on the bench.
@@ -682,10 +718,10 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 	if want.family == 6 {
 		outer = 40
 	}
-	dropWhy := ""
+	dropWhy, dropReason := "", DropReason(0)
 	switch {
 	case b.Addr.Is4() != (want.family == 4):
-		dropWhy = "the backend's family is not the packet's"
+		dropWhy, dropReason = "the backend's family is not the packet's", DropUnsupported
 	case outer+want.ipLen > fuzzMTU:
 		// XDP answers with ICMP what path MTU discovery can use: IPv4
 		// with DF, IPv6 over the minimum MTU, never an ICMP error.
@@ -695,24 +731,27 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 				fail("%v, want XDP_TX of an ICMP too big", action)
 			}
 			checkTooBig(fail, in, out, want, outer)
+			wantCounted(DropTooBigAnswered, true)
 			return
 		}
-		dropWhy = "too big for the MTU with the outer header"
+		dropWhy, dropReason = "too big for the MTU with the outer header", DropTooBig
 	case tb.tc && want.l3 != 14:
-		dropWhy = "a VLAN tag in the frame (tc)"
+		dropWhy, dropReason = "a VLAN tag in the frame (tc)", DropEncap
 	case !tb.tc && b.hop == nil:
-		dropWhy = "no neighbour entry for the next hop (XDP)"
+		dropWhy, dropReason = "no neighbour entry for the next hop (XDP)", DropNoNeigh
 	}
 	if dropWhy != "" {
 		if action != xdpDrop {
 			fail("%v, want XDP_DROP: %s", action, dropWhy)
 		}
+		wantCounted(dropReason, true)
 		return
 	}
 	if action == xdpDrop {
 		fail("XDP_DROP of a frame for a tun service that can take it")
 	}
 	fb.checkTUN(t, fail, in, out, action, want, b)
+	wantCounted(0, false)
 }
 
 // checkTooBig checks XDP's answer to a packet too big for the tunnel: the
