@@ -241,15 +241,20 @@ struct nexthop {
 	__u16 pad;
 };
 
-/* halb_local_macs key: a destination MAC that makes a frame arriving on
- * ifindex this node's to balance. The loader keeps the attached
- * interface's own MAC, those of its bridge or bond and of VLANs on it, and
- * each VRRP virtual MAC (RFC 5798 §7.3) that the node holds on a macvlan
- * child of these (use_vmac) while it is Master. */
+/* halb_local_macs key: a destination MAC, on a VLAN, that makes a frame
+ * arriving on ifindex this node's to balance. The loader keeps the
+ * attached interface's own MAC, those of its bridge or bond (untagged),
+ * those of the VLANs on it (each with its VLAN id), and each VRRP virtual
+ * MAC (RFC 5798 §7.3) that the node holds on a macvlan child of these
+ * (use_vmac) while it is Master. A frame tagged with a VLAN the host does
+ * not have is not the host's, whatever its MAC: the kernel would drop it,
+ * and balanced it would leave still tagged, onto a VLAN no one routes. */
 struct local_mac {
 	__u32 ifindex; /* the interface the program is attached to */
 	__u8 mac[6];
-	__u8 pad[2];
+	__u16 vlan;    /* the VLAN id of the frame's tag (802.1Q or 802.1ad),
+			* 0 when untagged or priority-tagged (IEEE 802.1Q
+			* §9.6: VID 0 is no VLAN) */
 };
 
 /* halb_local_macs value. */

@@ -74,6 +74,9 @@
  *    does not fit the packet (DROP_TCP_HEADER, DROP_UDP_HEADER): drop. To
  *    any other address: pass.
  *  - for a service, from one of the VIPs: drop (DROP_VIP_SOURCE).
+ *  - tagged with a VLAN the node has no interface for (halb_local_macs
+ *    holds each VLAN's MACs with its id): pass, as a frame to another
+ *    MAC: balanced, it would leave still tagged onto a VLAN not ours.
  *  - IPv4 fragments other than the first carry no ports: pass. The first
  *    fragment is balanced like any packet. The program does not reassemble,
  *    so a fragmented datagram to a service ends up split between a backend
@@ -311,6 +314,7 @@ struct packet {
 	struct flow flow; /* also the halb_ct key: keep it zeroed before use */
 	__u8 drop;        /* PARSE_DROP: the enum drop_reason */
 	__u16 l3_off;     /* where the IP header starts in the frame */
+	__u16 vlan;       /* the VLAN id of the frame's tag, 0 if none */
 	__u32 ip_len;     /* the IP packet's length, by its header: IPv6's
 			   * header and payload can exceed 16 bits */
 	__u8 syn;         /* a TCP SYN without ACK: a connection starts */
@@ -442,6 +446,7 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 
 		if ((void *)(vlan + 1) > data_end)
 			return PARSE_PASS;
+		pkt->vlan = bpf_ntohs(vlan->tci) & 0x0fff;
 		proto = vlan->proto;
 		l3 = vlan + 1;
 	}
@@ -451,6 +456,13 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 	 * it compares against l3_len when the frame ends inside a VLAN tag. */
 	l3_len = len - pkt->l3_off;
 
+	/* The IPv4 header checksum is not verified here, though XDP runs
+	 * before ip_rcv, which would: halb changes no byte of the IP packet
+	 * (DR rewrites the MACs, TUN puts an outer header in front), and the
+	 * backend's ip_rcv verifies it and drops a damaged one, counted in
+	 * its InHdrErrors. A damaged header at worst opens a halb_ct entry
+	 * for a flow that does not exist, as any forged SYN does, while the
+	 * sum would cost every packet. */
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *iph = l3;
 		__u8 version_ihl, ihl;
@@ -598,8 +610,8 @@ static __always_inline int is_vip(const union addr *addr, enum family family)
 
 /* for_this_node tells whether the frame at eth, which arrived on ifindex,
  * is addressed to this node: to the interface's own MAC (or its bridge's,
- * a VLAN's on it) or to a VRRP virtual MAC it holds, as halb_local_macs
- * says. Only such a frame is balanced or dropped. Any other (a broadcast,
+ * a VLAN's on it on that VLAN) or to a VRRP virtual MAC it holds, as
+ * halb_local_macs says; vlan is the id of the frame's tag, 0 if none. Only such a frame is balanced or dropped. Any other (a broadcast,
  * a multicast, a unicast frame flooded by a switch that has not learnt its
  * MAC) reaches every node on the link: balanced by each, one SYN would
  * reach a backend once through the Master and once through the Backup.
@@ -607,9 +619,9 @@ static __always_inline int is_vip(const union addr *addr, enum family family)
  * tc's pkt_type cannot stand in for the lookup: the kernel sets it against
  * the interface's own MAC alone, and a frame to a VMAC is PACKET_OTHERHOST
  * on the parent, where tc runs before macvlan hands it to the child. */
-static __always_inline int for_this_node(const struct ethhdr *eth, __u32 ifindex)
+static __always_inline int for_this_node(const struct ethhdr *eth, __u32 ifindex, __u16 vlan)
 {
-	struct local_mac key = { .ifindex = ifindex };
+	struct local_mac key = { .ifindex = ifindex, .vlan = vlan };
 	struct local_mac_cache *c;
 	/* The generation is read before the map: a change after it moves
 	 * the generation past what the cache is filled with. */
@@ -617,7 +629,7 @@ static __always_inline int for_this_node(const struct ethhdr *eth, __u32 ifindex
 
 	/* The MAC is compared in place, 4 bytes and 2. */
 	c = bpf_map_lookup_elem(&halb_mac_cache, &zero);
-	if (c && c->gen == gen && c->key.ifindex == ifindex &&
+	if (c && c->gen == gen && c->key.ifindex == ifindex && c->key.vlan == vlan &&
 	    *(__u32 *)c->key.mac == *(const __u32 *)eth->h_dest &&
 	    *(__u16 *)&c->key.mac[4] == *(const __u16 *)&eth->h_dest[4])
 		return 1;
@@ -777,7 +789,7 @@ struct decision {
  * would be balanced or dropped: the host's other traffic does not pay for
  * the lookup. */
 static __always_inline enum verdict balance(void *data, void *data_end, __u32 len,
-					    __u32 ifindex, struct decision *d)
+					    __u32 ifindex, __u16 vlan_meta, struct decision *d)
 {
 	struct ethhdr *eth = data;
 	struct packet pkt = {};
@@ -792,7 +804,9 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	case PARSE_OK:
 		break;
 	case PARSE_DROP:
-		if (!is_vip(&pkt.flow.daddr, pkt.flow.family) || !for_this_node(eth, ifindex))
+		if (vlan_meta)
+			pkt.vlan = vlan_meta;
+		if (!is_vip(&pkt.flow.daddr, pkt.flow.family) || !for_this_node(eth, ifindex, pkt.vlan))
 			return VERDICT_PASS;
 		count_drop(pkt.drop);
 		return VERDICT_DROP;
@@ -813,7 +827,10 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	}
 	if (!svc)
 		svc = bpf_map_lookup_elem(&halb_services, &skey);
-	if (!svc || !for_this_node(eth, ifindex))
+	/* tc: a tag the NIC took out of the frame is the frame's VLAN. */
+	if (vlan_meta)
+		pkt.vlan = vlan_meta;
+	if (!svc || !for_this_node(eth, ifindex, pkt.vlan))
 		return VERDICT_PASS;
 
 	d->len = len;
@@ -834,6 +851,22 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 		count_drop(DROP_VIP_SOURCE);
 		return VERDICT_DROP;
 	}
+	/* Two other sources are let through, on purpose:
+	 *  - a backend of this service: a backend that is also a client of
+	 *    its own service, its VIP held where its routing table does not
+	 *    send its own packets (another namespace, a policy rule), is a
+	 *    known DR setup, and Maglev may send it back to itself, or to a
+	 *    peer backend. A forged one makes that backend answer itself:
+	 *    nothing a spoofed client address does not already allow, and no
+	 *    loop, as the answer comes from the VIP to a backend, not to a VIP.
+	 *  - the balancer's own address: from outside only a forgery (the
+	 *    node's own packets to a VIP never cross its ingress hook: a VIP it
+	 *    holds is local, one it does not leaves by another node). The
+	 *    backend's answer reaches this node's stack, which holds no such
+	 *    connection and resets it; the kernel's martian-source check
+	 *    (accept_local) is what XDP skips. Dropping it would need the
+	 *    node's addresses in a map kept like halb_local_macs, for a case
+	 *    that neither loops nor amplifies. */
 	d->b = schedule(svc, &pkt, ct, &d->backend_id, &d->new_flow);
 	if (!d->b) {
 		count_drop(DROP_NO_BACKEND);
@@ -1298,7 +1331,7 @@ int halb_xdp_lb(struct xdp_md *ctx)
 	struct decision d = {};
 	int action;
 
-	switch (balance(data, data_end, data_end - data, ctx->ingress_ifindex, &d)) {
+	switch (balance(data, data_end, data_end - data, ctx->ingress_ifindex, 0, &d)) {
 	case VERDICT_PASS:
 		return XDP_PASS;
 	case VERDICT_DROP:
@@ -1427,7 +1460,8 @@ int halb_tc_lb(struct __sk_buff *skb)
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 
-	switch (balance(data, data_end, skb->len, skb->ingress_ifindex, &d)) {
+	switch (balance(data, data_end, skb->len, skb->ingress_ifindex,
+			skb->vlan_present ? skb->vlan_tci & 0x0fff : 0, &d)) {
 	case VERDICT_PASS:
 		return TC_ACT_UNSPEC; /* tcx: TCX_NEXT, on to the next program or the stack */
 	case VERDICT_DROP:

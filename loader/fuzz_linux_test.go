@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -185,7 +186,7 @@ func newFuzzBench(f *testing.F) *fuzzBench {
 	}
 	// halb0's own MAC and a VMAC it holds: frames to either are the
 	// node's.
-	if err := lb.SetLocalMACs(tb.halb0, []LocalMAC{{MAC: halb0MAC, Via: tb.halb0}, {MAC: testVMAC, Via: 1000}}); err != nil {
+	if err := lb.SetLocalMACs(tb.halb0, testLocalMACs(tb.halb0)); err != nil {
 		f.Fatal(err)
 	}
 
@@ -426,7 +427,7 @@ const (
 func pass(why string) expectation { return expectation{verdict: expectPass, why: why} }
 
 // model reads in as the rules in bpf/halb_lb.c say the program must: at
-// most one VLAN tag; IPv4 without later fragments and IPv6 without
+// most one VLAN tag, on a VLAN the node has (testVLANs); IPv4 without later fragments and IPv6 without
 // extension headers; TCP, UDP or an ICMP "too big" quoting a TCP or UDP
 // packet from the VIP; the header, length and source checks; and nothing
 // but passing for a frame that is not addressed to halb0 (its own MAC or
@@ -435,6 +436,12 @@ func (fb *fuzzBench) model(in []byte) expectation {
 	e := fb.modelPacket(in)
 	if e.verdict != expectPass && !bytes.Equal(in[:6], halb0MAC) && !bytes.Equal(in[:6], testVMAC) {
 		return pass("not addressed to this node: " + e.why)
+	}
+	// The VLAN of the (first) tag: 0, priority-tagged, is no VLAN.
+	if e.verdict != expectPass && len(in) >= 18 && (in[12] == 0x81 && in[13] == 0x00 || in[12] == 0x88 && in[13] == 0xa8) {
+		if vid := binary.BigEndian.Uint16(in[14:]) & 0xfff; vid != 0 && !slices.Contains(testVLANs, vid) {
+			return pass(fmt.Sprintf("on VLAN %d, which the node does not have: %s", vid, e.why))
+		}
 	}
 	return e
 }
@@ -722,6 +729,10 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 	switch {
 	case b.Addr.Is4() != (want.family == 4):
 		dropWhy, dropReason = "the backend's family is not the packet's", DropUnsupported
+	case !tb.tc && b.hop == nil:
+		// XDP learns the MTU from the next hop's entry: without one
+		// the packet is not known to be too big, answered or not.
+		dropWhy, dropReason = "no neighbour entry for the next hop (XDP)", DropNoNeigh
 	case outer+want.ipLen > fuzzMTU:
 		// XDP answers with ICMP what path MTU discovery can use: IPv4
 		// with DF, IPv6 over the minimum MTU, never an ICMP error.
@@ -737,8 +748,6 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 		dropWhy, dropReason = "too big for the MTU with the outer header", DropTooBig
 	case tb.tc && want.l3 != 14:
 		dropWhy, dropReason = "a VLAN tag in the frame (tc)", DropEncap
-	case !tb.tc && b.hop == nil:
-		dropWhy, dropReason = "no neighbour entry for the next hop (XDP)", DropNoNeigh
 	}
 	if dropWhy != "" {
 		if action != xdpDrop {

@@ -103,7 +103,7 @@ type halbLocalMac struct {
 	_       structs.HostLayout
 	Ifindex uint32
 	Mac     [6]uint8
-	Pad     [2]uint8
+	Vlan    uint16
 }
 
 type halbLocalMacCache struct {

@@ -31,9 +31,18 @@ type LocalMAC struct {
 	// on, or its VMAC child. The program does not read it; bpftool
 	// readers do.
 	Via int
+	// VLAN is the VLAN id the frame must be tagged with, 0 for an
+	// untagged frame: the MAC of a VLAN interface is the host's only on
+	// that VLAN.
+	VLAN uint16
 }
 
-func (m LocalMAC) String() string { return fmt.Sprintf("%s via ifindex %d", m.MAC, m.Via) }
+func (m LocalMAC) String() string {
+	if m.VLAN != 0 {
+		return fmt.Sprintf("%s vlan %d via ifindex %d", m.MAC, m.VLAN, m.Via)
+	}
+	return fmt.Sprintf("%s via ifindex %d", m.MAC, m.Via)
+}
 
 // SetLocalMACs makes macs the destination MACs that make a frame arriving on
 // ifindex this node's: the program balances (or drops, when malformed)
@@ -49,7 +58,10 @@ func (lb *LB) SetLocalMACs(ifindex int, macs []LocalMAC) error {
 		if len(m.MAC) != 6 {
 			return fmt.Errorf("local macs of ifindex %d: %q is not a 6-byte Ethernet address", ifindex, m.MAC)
 		}
-		k := halbLocalMac{Ifindex: uint32(ifindex)}
+		if m.VLAN > 4094 {
+			return fmt.Errorf("local macs of ifindex %d: vlan %d is not a VLAN id (1-4094)", ifindex, m.VLAN)
+		}
+		k := halbLocalMac{Ifindex: uint32(ifindex), Vlan: m.VLAN}
 		copy(k.Mac[:], m.MAC)
 		want[k] = halbLocalMacVia{Ifindex: uint32(m.Via)}
 	}
@@ -105,7 +117,7 @@ func (lb *LB) LocalMACs(ifindex int) ([]LocalMAC, error) {
 	}
 	out := make([]LocalMAC, 0, len(have))
 	for k, v := range have {
-		out = append(out, LocalMAC{MAC: net.HardwareAddr(k.Mac[:]), Via: int(v.Ifindex)})
+		out = append(out, LocalMAC{MAC: net.HardwareAddr(k.Mac[:]), Via: int(v.Ifindex), VLAN: k.Vlan})
 	}
 	return out, nil
 }
@@ -247,9 +259,22 @@ func localMACsFrom(links []netlink.Link, ifindex int, held func(netlink.Link) (b
 				continue
 			}
 		}
-		macs = append(macs, LocalMAC{MAC: a.HardwareAddr, Via: a.Index})
+		macs = append(macs, LocalMAC{MAC: a.HardwareAddr, Via: a.Index, VLAN: vlanOf(l, byIndex, base)})
 	}
 	return macs, ports, watch, nil
+}
+
+// vlanOf is the VLAN a frame to l's MAC arrives tagged with on a base
+// interface: the id of the VLAN link in l's chain that sits on a base
+// (l itself, or the VLAN a VMAC is on), 0 when none is.
+func vlanOf(l netlink.Link, byIndex map[int]netlink.Link, base map[int]bool) uint16 {
+	for n := 0; l != nil && !base[l.Attrs().Index] && n < maxStack; n++ {
+		if v, ok := l.(*netlink.Vlan); ok && base[l.Attrs().ParentIndex] {
+			return uint16(v.VlanId)
+		}
+		l = byIndex[l.Attrs().ParentIndex]
+	}
+	return 0
 }
 
 // syncLocalMACs writes the MACs of interface ifindex, and of its bond's
@@ -274,6 +299,9 @@ func (d *Datapath) syncLocalMACs(ifindex int, name string) ([]int, error) {
 		list := make([]string, len(macs))
 		for i, m := range macs {
 			list[i] = m.MAC.String()
+			if m.VLAN != 0 {
+				list[i] += fmt.Sprintf(" vlan %d", m.VLAN)
+			}
 		}
 		d.log.Info("balancing frames to these macs", "interface", name, "macs", list)
 	}
@@ -284,7 +312,7 @@ func sameMACs(a, b []LocalMAC) bool {
 	key := func(ms []LocalMAC) []string {
 		out := make([]string, len(ms))
 		for i, m := range ms {
-			out[i] = fmt.Sprintf("%s/%d", m.MAC, m.Via)
+			out[i] = m.String()
 		}
 		slices.Sort(out)
 		return out

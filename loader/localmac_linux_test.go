@@ -42,12 +42,12 @@ func TestSetLocalMACs(t *testing.T) {
 	if err := lb.SetLocalMACs(tb.halb1, []LocalMAC{{MAC: halb2MAC, Via: tb.halb1}, {MAC: otherVMAC, Via: 78}}); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{LocalMAC{otherVMAC, 78}.String(), LocalMAC{halb2MAC, tb.halb1}.String()}
+	want := []string{LocalMAC{MAC: otherVMAC, Via: 78}.String(), LocalMAC{MAC: halb2MAC, Via: tb.halb1}.String()}
 	slices.Sort(want)
 	if got := macs(tb.halb1); !slices.Equal(got, want) {
 		t.Errorf("halb1's macs %v, want %v", got, want)
 	}
-	if got := macs(tb.halb0); len(got) != 2 {
+	if got := macs(tb.halb0); len(got) != len(testLocalMACs(tb.halb0)) {
 		t.Errorf("halb0's macs %v changed with halb1's", got)
 	}
 	if err := lb.SetLocalMACs(tb.halb1, nil); err != nil {
@@ -292,8 +292,8 @@ func sendFrame(t *testing.T, ns *netnstest.NS, ifname string, frame []byte) {
 
 // TestLocalMACsFrom is which MACs make a frame the node's, from a made-up
 // list of interfaces: an interface's own, its bridge's or bond's, a
-// VLAN's on it, and VMACs whose VIPs the node holds, on it or on such a
-// VLAN; not a Backup's VMAC, a container's macvlan, a veth's peer or
+// VLAN's on it (on that VLAN), and VMACs whose VIPs the node holds, on it
+// or on such a VLAN (on that VLAN); not a Backup's VMAC, a container's macvlan, a veth's peer or
 // another bridge port. A bond's ports take the bond's MACs.
 func TestLocalMACsFrom(t *testing.T) {
 	mac := func(last byte) net.HardwareAddr { return net.HardwareAddr{0x02, 0, 0, 0, 0, last} }
@@ -326,11 +326,13 @@ func TestLocalMACsFrom(t *testing.T) {
 		macs    []LocalMAC
 		ports   []int
 	}{
-		{2, []LocalMAC{{mac(2), 2}, {mac(3), 3}, {vmac(1, 51), 4}, {vmac(2, 53), 7}}, nil},
-		{10, []LocalMAC{{mac(9), 9}, {mac(10), 10}}, nil},
-		{11, []LocalMAC{{mac(11), 11}}, []int{12, 13}},
-		{4, []LocalMAC{{vmac(1, 51), 4}}, nil}, // attached to a VMAC the node holds
-		{15, nil, nil},                         // to one it does not
+		// A VLAN's MAC, and a VMAC's on the VLAN, are the node's on
+		// that VLAN only.
+		{2, []LocalMAC{{mac(2), 2, 0}, {mac(3), 3, 100}, {vmac(1, 51), 4, 0}, {vmac(2, 53), 7, 100}}, nil},
+		{10, []LocalMAC{{mac(9), 9, 0}, {mac(10), 10, 0}}, nil},
+		{11, []LocalMAC{{mac(11), 11, 0}}, []int{12, 13}},
+		{4, []LocalMAC{{vmac(1, 51), 4, 0}}, nil}, // attached to a VMAC the node holds
+		{15, nil, nil}, // to one it does not
 	} {
 		macs, ports, _, err := localMACsFrom(links, c.ifindex, holds)
 		if err != nil {

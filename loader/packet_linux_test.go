@@ -94,10 +94,11 @@ func newTestbed(t *testing.T, opts Options) *testbed {
 	if err := ns.Do(func() error { return lb.AddTxPort(tb.halb1) }); err != nil {
 		t.Fatal(err)
 	}
-	// Frames arrive on halb0 addressed to it or to the VMAC it holds, as
-	// the Datapath would have them (the VMAC's interface is made up: the
-	// program does not read it).
-	if err := lb.SetLocalMACs(tb.halb0, []LocalMAC{{MAC: halb0MAC, Via: tb.halb0}, {MAC: testVMAC, Via: 1000}}); err != nil {
+	// Frames arrive on halb0 addressed to it or to the VMAC it holds,
+	// untagged or on the VLANs the bench has, as the Datapath would have
+	// them (the VMAC's interface is made up: the program does not read
+	// it).
+	if err := lb.SetLocalMACs(tb.halb0, testLocalMACs(tb.halb0)); err != nil {
 		t.Fatal(err)
 	}
 	return tb
@@ -579,3 +580,17 @@ func jhashWords(k []uint32, seed uint32) uint32 {
 }
 
 func rol(w uint32, s uint) uint32 { return w<<s | w>>(32-s) }
+
+// testVLANs are the VLANs halb0 carries on the bench, as VLAN interfaces
+// on it would: tagged frames on any other are not the node's.
+var testVLANs = []uint16{100, 200}
+
+// testLocalMACs are halb0's MAC and the VMAC it holds, untagged and on
+// each of testVLANs.
+func testLocalMACs(halb0 int) []LocalMAC {
+	var out []LocalMAC
+	for _, vlan := range append([]uint16{0}, testVLANs...) {
+		out = append(out, LocalMAC{MAC: halb0MAC, Via: halb0, VLAN: vlan}, LocalMAC{MAC: testVMAC, Via: 1000, VLAN: vlan})
+	}
+	return out
+}

@@ -166,6 +166,8 @@ func testSpec(t *testing.T, prog string) {
 		{name: "icmp echo to the VIP", p: packet{src: ap(client4, 0), dst: ap(vip4, 0), proto: layers.IPProtocolICMPv4}, action: xdpPass},
 		{name: "ipv4 later fragment to the VIP", p: with(tcp4, func(p *packet) { p.fragOffset = 185 }), action: xdpPass},
 		{name: "ipv6 with a hop-by-hop header to the VIP", p: with(tcp6, func(p *packet) { p.hopByHop = true }), action: xdpPass},
+		{name: "802.1Q tagged with a VLAN the node does not have", p: with(tcp4, func(p *packet) { p.vlans = []uint16{300} }), action: xdpPass, other: true},
+		{name: "802.1ad tagged with a VLAN the node does not have", p: with(udp6, func(p *packet) { p.vlans, p.tpid = []uint16{4094}, layers.EthernetTypeQinQ }), action: xdpPass, other: true},
 		{name: "two stacked VLAN tags", p: with(tcp4, func(p *packet) { p.vlans, p.tpid = []uint16{200, 100}, layers.EthernetTypeQinQ }), action: xdpPass},
 
 		// Cut short before the destination address: not known to be
