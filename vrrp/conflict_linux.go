@@ -17,6 +17,8 @@ import (
 // and the daemon wakes only for a claim on a VIP.
 type conflictWatch struct {
 	ifindex int
+	mac     net.HardwareAddr // the answers' source: the link's MAC
+	lladdr  netip.Addr
 	conns   []*packet.Conn
 	quit    chan struct{} // closed at stop
 	wg      sync.WaitGroup
@@ -29,30 +31,41 @@ type conflictWatch struct {
 	timers  map[*time.Timer]bool
 }
 
-// conflictAnswerDelay is how long a claim waits for its answer. A peer
-// that takes over by the protocol sends its advert and then its
-// gratuitous ARP at once: in that time the instance reads the advert and
-// stops being Master, and the claim is not answered. Answering at once
-// would race the advert and could pull the clients back to a node that is
-// giving the VIP up.
+// conflictAnswerDelay is how long a claim waits before the instance
+// decides on its answer. A peer that takes over by the protocol sends its
+// advert and then its gratuitous ARP at once: in that time the advert
+// reaches the instance. The decision itself is the instance's, on its own
+// loop, after the adverts already read (answerDue): so however late that
+// loop runs on a loaded host, an advert that came before the claim is
+// handled first, the instance is no longer Master, and the claim is not
+// answered. Answering on a timer of the watch's own raced the loop, and
+// could pull the clients back to a node giving the VIP up.
 const conflictAnswerDelay = 200 * time.Millisecond
 
 // conflictReport is what the watch tells the instance: a claim, at once,
-// to count; later, for the claims that are answered, the answer.
+// to count; later, for the claims to answer, that the answer is due; and
+// once sent, the answer.
 type conflictReport struct {
 	vip      netip.Addr
 	mac      net.HardwareAddr
+	due      bool   // the claim's answer is due: the instance decides
 	answered bool   // this reports the answer to a claim reported before
 	claims   uint64 // since the last answer, this one included
 	err      error  // the answer could not be sent
+
+	watch *conflictWatch // the watch that read the claim
+	conn  *packet.Conn   // and the socket to answer on
 }
 
 // startConflictWatch opens the sockets on ifi (the link that holds the
 // VIPs, whose MAC the answers carry) and reads them until stop. base is
 // the base interface's MAC with use_vmac, else nil; lladdr the IPv6
-// source of answers. report runs on the watch's goroutines.
-func startConflictWatch(ifi *net.Interface, base net.HardwareAddr, lladdr netip.Addr, vips []netip.Prefix, report func(conflictReport)) (*conflictWatch, error) {
-	w := &conflictWatch{ifindex: ifi.Index, quit: make(chan struct{}), timers: map[*time.Timer]bool{}}
+// source of answers. report runs on the watch's goroutines, and must not
+// block: a claim whose answer is due goes to due, which the instance's
+// loop reads and answers through answer, if it is still Master.
+func startConflictWatch(ifi *net.Interface, base net.HardwareAddr, lladdr netip.Addr, vips []netip.Prefix,
+	report func(conflictReport), due chan<- conflictReport) (*conflictWatch, error) {
+	w := &conflictWatch{ifindex: ifi.Index, mac: ifi.HardwareAddr, lladdr: lladdr, quit: make(chan struct{}), timers: map[*time.Timer]bool{}}
 	check := newConflicts(vips, ifi.HardwareAddr, base)
 	var mu sync.Mutex // check is shared by both sockets
 	var v4, v6 []netip.Addr
@@ -114,27 +127,32 @@ func startConflictWatch(ifi *net.Interface, base net.HardwareAddr, lladdr netip.
 				if !conflict {
 					continue
 				}
-				r := conflictReport{vip: cl.ip, mac: cl.mac, claims: claims}
+				r := conflictReport{vip: cl.ip, mac: cl.mac, claims: claims, watch: w, conn: c}
 				report(r)
 				if !answer {
 					continue
 				}
 				// The answer waits on a timer of its own, so that the
-				// reader goes on counting claims meanwhile.
+				// reader goes on counting claims meanwhile; then the
+				// instance decides. The hand-over waits for the
+				// instance's loop, or for stop (which that loop calls).
 				w.mu.Lock()
 				w.wg.Add(1)
 				var t *time.Timer
 				t = time.AfterFunc(conflictAnswerDelay, func() {
 					defer w.wg.Done()
 					w.mu.Lock()
-					defer w.mu.Unlock()
 					delete(w.timers, t)
-					if w.stopped {
+					stopped := w.stopped
+					w.mu.Unlock()
+					if stopped {
 						return // no longer Master
 					}
-					r.answered = true
-					r.err = answerClaim(c, ifi.HardwareAddr, lladdr, r.vip)
-					report(r)
+					r.due = true
+					select {
+					case due <- r:
+					case <-w.quit:
+					}
 				})
 				w.timers[t] = true
 				w.mu.Unlock()
@@ -142,6 +160,20 @@ func startConflictWatch(ifi *net.Interface, base net.HardwareAddr, lladdr netip.
 		}()
 	}
 	return w, nil
+}
+
+// answer sends the announcement for a due claim r, unless the watch has
+// stopped (the instance left Master), and returns r as answered, with
+// the error of the send, if any; ok is false when nothing was sent.
+func (w *conflictWatch) answer(r conflictReport) (_ conflictReport, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		return r, false
+	}
+	r.due, r.answered = false, true
+	r.err = answerClaim(r.conn, w.mac, w.lladdr, r.vip)
+	return r, true
 }
 
 // answerClaim sends one gratuitous ARP or unsolicited NA for vip from

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"math"
 	"net"
 	"net/netip"
@@ -18,6 +19,7 @@ import (
 	"github.com/mdlayher/packet"
 	"github.com/vishvananda/netlink"
 
+	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
@@ -272,7 +274,9 @@ func conflictsInStatus(t *testing.T, sock string, vip netip.Addr) int64 {
 // sends its advert and then its gratuitous ARP: the old Master gives the
 // VIP up on the advert and does not answer the ARP, which would pull the
 // clients back to it. Repeated for a few takeovers, since the two arrive
-// together.
+// together. The answer is decided on the instance's loop after the
+// adverts it has read (TestConflictAnswerWaitsForAdverts), so a loop that
+// runs late on a loaded host does not make this flake.
 func TestConflictNotAnsweredOnTakeover(t *testing.T) {
 	s := newSwitched(t)
 	v := variant{"v3-ipv4", 3, false, false, 100 * time.Millisecond}
@@ -291,5 +295,119 @@ func TestConflictNotAnsweredOnTakeover(t *testing.T) {
 	}
 	if strings.Contains(a.log.String(), "address conflict") {
 		t.Errorf("a took a takeover by the protocol for a conflict:\n%s", a.log)
+	}
+}
+
+// The answer to a claim is the instance's decision, taken on its loop
+// after the adverts already read: a peer that takes over sends its advert
+// before its claim, and however late the old Master's loop comes to them
+// (here: well past conflictAnswerDelay, as on a loaded host), the advert
+// is handled first, the instance leaves Master and nothing answers the
+// claim. With no advert waiting, the same late loop answers it. Before,
+// the watch answered on its own timer once conflictAnswerDelay had
+// passed, whatever the loop had yet to read: the old Master pulled the
+// clients back from the new one.
+func TestConflictAnswerWaitsForAdverts(t *testing.T) {
+	for _, queued := range []bool{true, false} {
+		t.Run(fmt.Sprintf("advert queued %v", queued), func(t *testing.T) {
+			testConflictAnswerWaits(t, queued)
+		})
+	}
+}
+
+func testConflictAnswerWaits(t *testing.T, queued bool) {
+	ns := netnstest.New(t)
+	h := ns.Netlink(t)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "lan0"}, PeerName: "peer0"}); err != nil {
+		t.Fatal(err)
+	}
+	lan0, _ := h.LinkByName("lan0")
+	peer0, _ := h.LinkByName("peer0")
+	for _, l := range []netlink.Link{lan0, peer0} {
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vip := netip.MustParsePrefix("192.0.2.100/32")
+	logs := &syncBuffer{}
+	in := NewInstance(config.Instance{Name: "VI_1", Interface: "lan0", VRID: 51, Version: 3, Priority: 100,
+		AdvertInterval: 100 * time.Millisecond, Preempt: true, VirtualIPs: []netip.Prefix{vip}},
+		slog.New(slog.NewTextHandler(logs, nil)))
+	now := time.Now()
+	in.apply(in.m.Start(now))
+	in.apply(in.m.Tick(now.Add(in.m.MasterDownInterval())))
+	if in.m.State() != Master {
+		t.Fatalf("the instance is %s, want MASTER", in.m.State())
+	}
+	a := lan0.Attrs()
+	ifi := &net.Interface{Index: a.Index, Name: a.Name, MTU: a.MTU, HardwareAddr: a.HardwareAddr, Flags: net.FlagUp}
+	var peer *packet.Conn
+	err := ns.Do(func() error {
+		w, err := startConflictWatch(ifi, nil, netip.Addr{}, []netip.Prefix{vip}, in.onConflict, in.conflictDue)
+		if err != nil {
+			return err
+		}
+		in.conflicts = w
+		pa := peer0.Attrs()
+		peer, err = packet.Listen(&net.Interface{Index: pa.Index, Name: pa.Name, HardwareAddr: pa.HardwareAddr}, packet.Raw, 0x0806, nil)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.conflicts.stop(); peer.Close() })
+
+	// The peer's advert (priority 200) is read first, then its claim.
+	adverts := make(chan packetIn, 64)
+	if queued {
+		src, dst := netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("224.0.0.18")
+		payload, err := (&Advert{Version: 3, VRID: 51, Priority: 200, Interval: 100 * time.Millisecond,
+			Addrs: []netip.Addr{vip.Addr()}}).Marshal(nil, src, dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		adverts <- packetIn{payload: payload, src: src, dst: dst, ttl: 255}
+	}
+	claim, err := GratuitousARP(peer0.Attrs().HardwareAddr, vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := peer.WriteTo(claim, &packet.Addr{HardwareAddr: broadcastMAC}); err != nil {
+		t.Fatal(err)
+	}
+	var r conflictReport
+	select {
+	case r = <-in.conflictDue:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the claim's answer was not due within 10 s")
+	}
+	// The loop comes to it late.
+	time.Sleep(3 * conflictAnswerDelay)
+	in.answerDue(r, adverts)
+
+	// What left lan0 for the VIP, read on its peer for a second.
+	answers := 0
+	buf := make([]byte, 1500)
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		_ = peer.SetReadDeadline(deadline)
+		n, _, err := peer.ReadFrom(buf)
+		if err != nil {
+			break
+		}
+		if cl, ok := arpClaim(buf[:n]); ok && cl.ip == vip.Addr() && bytes.Equal(cl.mac, a.HardwareAddr) {
+			answers++
+		}
+	}
+	answeredLog := strings.Contains(logs.String(), "answered with our announcement")
+	t.Logf("state %s, %d answers, answer logged %v", in.m.State(), answers, answeredLog)
+	if queued {
+		if in.m.State() != Backup || answers != 0 || answeredLog {
+			t.Errorf("with the peer's advert read before the claim: state %s, %d answers (logged %v), want BACKUP and none\n%s",
+				in.m.State(), answers, answeredLog, logs)
+		}
+		return
+	}
+	if in.m.State() != Master || answers != 1 || !answeredLog {
+		t.Errorf("with no advert: state %s, %d answers (logged %v), want MASTER and one\n%s", in.m.State(), answers, answeredLog, logs)
 	}
 }

@@ -53,6 +53,10 @@ type Instance struct {
 	// (conflict.go); nil otherwise.
 	conflicts *conflictWatch
 
+	// conflictDue carries from the watch the claims whose answer is due:
+	// the Run loop decides on them (answerDue).
+	conflictDue chan conflictReport
+
 	group     *Group // nil outside a sync group
 	groupCmds chan groupCmd
 
@@ -101,7 +105,8 @@ func NewInstance(cfg config.Instance, log *slog.Logger) *Instance {
 			interval: cfg.AdvertInterval,
 			peers:    cfg.UnicastPeers,
 		},
-		src: cfg.UnicastSrc,
+		src:         cfg.UnicastSrc,
+		conflictDue: make(chan conflictReport, 16),
 	}
 	if cfg.AuthPass != "" {
 		in.rules.authType = AuthSimple
@@ -235,20 +240,54 @@ func (in *Instance) Run(ctx context.Context) error {
 				in.evaluate(time.Now(), adverts)
 			}
 		case cmd := <-in.groupCmds:
-			now := time.Now()
-			if cmd.hold {
-				in.apply(in.m.Hold(now, cmd.why))
-			}
-			if cmd.release {
-				in.m.Release()
-			}
-			if cmd.follow != Initialize {
-				in.apply(in.m.Follow(now, cmd.follow, cmd.why))
-			}
+			in.groupCmd(cmd)
+		case r := <-in.conflictDue:
+			in.answerDue(r, adverts)
 		case now := <-timer.C:
 			in.apply(in.m.Tick(now))
 			in.announceDue(now)
 		}
+	}
+}
+
+// groupCmd carries out what the sync group asks of the instance.
+func (in *Instance) groupCmd(cmd groupCmd) {
+	now := time.Now()
+	if cmd.hold {
+		in.apply(in.m.Hold(now, cmd.why))
+	}
+	if cmd.release {
+		in.m.Release()
+	}
+	if cmd.follow != Initialize {
+		in.apply(in.m.Follow(now, cmd.follow, cmd.why))
+	}
+}
+
+// answerDue decides on a claim whose answer is due. A peer taking over by
+// the protocol sent its advert before its claim: whatever the adverts and
+// sync-group orders already waiting say is handled first, so that an
+// instance that is giving the VIPs up (no longer Master, its watch
+// stopped) does not answer and pull the clients back. Only the watch now
+// running answers, and only as Master.
+func (in *Instance) answerDue(r conflictReport, adverts <-chan packetIn) {
+	for range cap(adverts) + cap(in.groupCmds) {
+		select {
+		case p := <-adverts:
+			in.receive(time.Now(), p)
+			continue
+		case cmd := <-in.groupCmds:
+			in.groupCmd(cmd)
+			continue
+		default:
+		}
+		break
+	}
+	if in.conflicts != r.watch || in.m.State() != Master {
+		return
+	}
+	if r, ok := r.watch.answer(r); ok {
+		in.onConflict(r)
 	}
 }
 
@@ -796,7 +835,7 @@ func (in *Instance) watchConflicts() {
 	if in.link != nil {
 		base = in.link.Attrs().HardwareAddr
 	}
-	w, err := startConflictWatch(ifi, base, in.lladdr, in.cfg.VirtualIPs, in.onConflict)
+	w, err := startConflictWatch(ifi, base, in.lladdr, in.cfg.VirtualIPs, in.onConflict, in.conflictDue)
 	if err != nil {
 		in.log.Warn("cannot watch for address conflicts", "err", err)
 		return
