@@ -185,6 +185,15 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	if d.nl, err = netlink.NewHandleAt(d.ns); err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
+	// Another halb on one of the interfaces is refused before a mount,
+	// a pin or a program (attach asks again, for one that appears late).
+	for _, ifname := range cfg.Interfaces {
+		if l, lerr := d.nl.LinkByName(ifname); lerr == nil {
+			if err := d.otherHalb(l); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if made.mount, made.dir, err = prepareBPFFS(d.dir, d.log); err != nil {
 		return nil, err
 	}

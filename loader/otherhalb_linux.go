@@ -27,10 +27,12 @@ var ErrOtherHalb = errors.New("the interface runs another halb's data path")
 func (d *Datapath) otherHalb(l netlink.Link) error {
 	attrs := l.Attrs()
 	ours := map[ebpf.ProgramID]bool{}
-	for _, p := range []*ebpf.Program{d.lb.Program(), d.lb.TCProgram()} {
-		if info, err := p.Info(); err == nil {
-			if id, ok := info.ID(); ok {
-				ours[id] = true
+	if d.lb != nil { // nil before NewDatapath loads
+		for _, p := range []*ebpf.Program{d.lb.Program(), d.lb.TCProgram()} {
+			if info, err := p.Info(); err == nil {
+				if id, ok := info.ID(); ok {
+					ours[id] = true
+				}
 			}
 		}
 	}
