@@ -160,16 +160,23 @@ func isPIDFile(f *os.File, size int64) bool {
 // opened the file to keep halb out is named and not mistaken for halb.
 func lockedError(what, path, fix string, pid int, info fs.FileInfo) *LockedError {
 	e := &LockedError{What: what, Lock: path, PID: pid, Fix: fix}
-	if pid > 0 && processAlive(pid) {
+	// /proc/locks names the halb that holds it; when it names nobody
+	// (a holder in another pid namespace), a live pid is trusted.
+	named := flockHolders(info)
+	alive := pid > 0 && processAlive(pid)
+	if alive && (len(named) == 0 || slices.Contains(named, pid)) {
 		return e
 	}
-	if pid > 0 {
+	holders := slices.DeleteFunc(named, func(p int) bool { return !processAlive(p) })
+	switch {
+	case alive:
+		e.Dead = "halb pid " + strconv.Itoa(pid) + ", named in it, does not hold it"
+	case pid > 0:
 		e.Dead = "halb pid " + strconv.Itoa(pid) + ", named in it, is not running"
-	} else {
+	default:
 		e.Dead = "no halb pid is written in it"
 	}
 	e.Other = "a process halb cannot name"
-	holders := flockHolders(info)
 	if len(holders) == 0 {
 		// flock(1) takes the lock for the shell that keeps the file
 		// open, and /proc/locks names flock's own pid, gone by now.
@@ -225,8 +232,9 @@ func processAlive(pid int) bool {
 }
 
 // flockHolders lists the pids /proc/locks gives for flock locks on the
-// file info describes. A pid is 0 there for a holder in another pid
-// namespace; those are left out.
+// file info describes: those that took them, which may have exited since
+// (flock(1) takes one for its shell). A pid is 0 there for a holder in
+// another pid namespace; those are left out.
 func flockHolders(info fs.FileInfo) []int {
 	st, ok := info.Sys().(*syscall.Stat_t)
 	if !ok {
@@ -236,7 +244,7 @@ func flockHolders(info fs.FileInfo) []int {
 	if err != nil {
 		return nil
 	}
-	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
+	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(uint64(st.Dev)), unix.Minor(uint64(st.Dev)), st.Ino) // Dev is 32 bits on some targets
 	var pids []int
 	for _, line := range strings.Split(string(data), "\n") {
 		// "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF"; a waiter's
@@ -246,7 +254,7 @@ func flockHolders(info fs.FileInfo) []int {
 			continue
 		}
 		pid, err := strconv.Atoi(f[4])
-		if err != nil || pid <= 0 || f[5] != want || slices.Contains(pids, pid) || !processAlive(pid) {
+		if err != nil || pid <= 0 || f[5] != want || slices.Contains(pids, pid) {
 			continue
 		}
 		pids = append(pids, pid)

@@ -332,6 +332,18 @@ func TestLockFileStranger(t *testing.T) {
 	if err != nil && strings.Contains(err.Error(), "in use by halb pid") {
 		t.Errorf("a dead pid named as the holder: %v", err)
 	}
+	// A live pid in the file (a pid reused since) that does not hold
+	// the lock is not named as the holder either.
+	self := strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(path, []byte(self+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = acquireLock(path, "control socket x", "fix it")
+	for _, w := range []string{"halb pid " + self + ", named in it, does not hold it", "held open by pid " + strconv.Itoa(holder.Process.Pid)} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("lock held by a stranger, a live pid in the file: %v, want %q", err, w)
+		}
+	}
 	_ = holder.Process.Kill()
 	_ = holder.Wait()
 	l, err = acquireLock(path, "control socket x", "fix it")
