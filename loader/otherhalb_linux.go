@@ -112,7 +112,11 @@ func pinnedLinkProgram(path string) ebpf.ProgramID {
 func findLinkPin(id ebpf.ProgramID, prog, ifname string) string {
 	base := filepath.Base(linkPin("", prog, ifname))
 	budget := 10000
-	data, err := os.ReadFile("/proc/self/mounts")
+	// The mounts this thread sees, which are those its walk resolves:
+	// /proc/self is the thread group leader, whose mount namespace a
+	// thread that unshared its own (and, in Go, was wedged rather than
+	// ended because it was the main thread) may hold apart.
+	data, err := os.ReadFile("/proc/thread-self/mounts")
 	if err != nil {
 		return ""
 	}
