@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/trust"
 )
 
 // LockDir holds the locks on bpffs paths: bpffs holds no regular files, so
@@ -467,20 +468,10 @@ func checkSocketPath(path string) error {
 
 // describeFile says what kind of file info is, for a message.
 func describeFile(info fs.FileInfo) string {
-	switch t := info.Mode().Type(); {
-	case t == 0:
+	if info.Mode().IsRegular() {
 		return fmt.Sprintf("a regular file (%d bytes)", info.Size())
-	case t&fs.ModeDir != 0:
-		return "a directory"
-	case t&fs.ModeSymlink != 0:
-		return "a symbolic link"
-	case t&fs.ModeNamedPipe != 0:
-		return "a named pipe"
-	case t&fs.ModeDevice != 0:
-		return "a device"
-	default:
-		return "a file of mode " + info.Mode().String()
 	}
+	return trust.KindOf(info.Mode())
 }
 
 // checkPrivateDir checks the directory dir and every directory above it,

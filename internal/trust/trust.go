@@ -50,9 +50,11 @@ func (e *NotRegularError) Error() string {
 	return fmt.Sprintf("%s is %s, not a regular file", e.Path, e.Kind)
 }
 
-// kindOf names a file type for a person.
-func kindOf(m fs.FileMode) string {
+// KindOf names a file type for a person ("a FIFO", "a directory").
+func KindOf(m fs.FileMode) string {
 	switch {
+	case m.IsRegular():
+		return "a regular file"
 	case m.IsDir():
 		return "a directory"
 	case m&fs.ModeNamedPipe != 0:
@@ -66,5 +68,5 @@ func kindOf(m fs.FileMode) string {
 	case m&fs.ModeSymlink != 0:
 		return "a symlink"
 	}
-	return "not a regular file"
+	return "a file of mode " + m.String()
 }

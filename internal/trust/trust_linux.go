@@ -101,7 +101,7 @@ func Open(name string, flags int) (*os.File, error) {
 // identity is compared anyway.
 func openFinal(parent dirFD, elem, p string, fd int, st *unix.Stat_t, flags int) (*os.File, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, &NotRegularError{Path: p, Kind: kindOf(fileMode(st))}
+		return nil, &NotRegularError{Path: p, Kind: KindOf(fileMode(st))}
 	}
 	if err := checkFile(p, st); err != nil {
 		return nil, err
