@@ -37,62 +37,20 @@ func Open(name string, flags int) (*os.File, error) {
 	}
 	w := &walk{}
 	defer w.close()
-	if err := w.enter("/", unix.AT_FDCWD, "/"); err != nil {
+	e, err := w.resolve(name)
+	switch {
+	case err != nil:
 		return nil, err
+	case e.missing:
+		return nil, &fs.PathError{Op: "open", Path: e.path, Err: unix.ENOENT}
+	case e.dir:
+		return nil, &NotRegularError{Path: w.top().path, Kind: "a directory"}
 	}
-	todo := components(name)
-	links := 0
-	for len(todo) > 0 {
-		elem := todo[0]
-		todo = todo[1:]
-		if elem == ".." {
-			w.up()
-			continue
-		}
-		parent := w.top()
-		p := path.Join(parent.path, elem)
-		fd, err := unix.Openat(parent.fd, elem, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return nil, &fs.PathError{Op: "open", Path: p, Err: err}
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
-			unix.Close(fd)
-			return nil, &fs.PathError{Op: "fstat", Path: p, Err: err}
-		}
-		if err := checkOwner(p, &st); err != nil {
-			unix.Close(fd)
-			return nil, err
-		}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFLNK:
-			target, err := readlink(fd, &st)
-			unix.Close(fd)
-			if err != nil {
-				return nil, &fs.PathError{Op: "readlink", Path: p, Err: err}
-			}
-			if links++; links > maxLinks {
-				return nil, &fs.PathError{Op: "open", Path: name, Err: unix.ELOOP}
-			}
-			if path.IsAbs(target) {
-				w.toRoot()
-			}
-			todo = append(components(target), todo...)
-		case unix.S_IFDIR:
-			if err := checkDir(p, &st); err != nil {
-				unix.Close(fd)
-				return nil, err
-			}
-			w.push(fd, p)
-		default:
-			defer unix.Close(fd)
-			if len(todo) > 0 {
-				return nil, &fs.PathError{Op: "open", Path: p, Err: unix.ENOTDIR}
-			}
-			return openFinal(parent, elem, p, fd, &st, flags)
-		}
+	defer unix.Close(e.fd)
+	if e.under {
+		return nil, &fs.PathError{Op: "open", Path: e.path, Err: unix.ENOTDIR}
 	}
-	return nil, &NotRegularError{Path: w.top().path, Kind: "a directory"}
+	return openFinal(e.parent, e.elem, e.path, e.fd, &e.st, flags)
 }
 
 // openFinal checks the last component, which fd holds (O_PATH), and
@@ -166,6 +124,82 @@ func readlink(fd int, st *unix.Stat_t) (string, error) {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
+}
+
+// walkEnd is where resolve stopped: at a directory (dir: the walk's top
+// is it), at a name that does not exist (missing: the walk's top is the
+// nearest directory above it), or at a file of another type, held in fd
+// (O_PATH; the caller closes it), with st its status; under says that
+// components were left after that file, which can have none.
+type walkEnd struct {
+	parent       dirFD
+	elem, path   string
+	fd           int
+	st           unix.Stat_t
+	dir, missing bool
+	under        bool
+}
+
+// resolve walks name from / one component at a time, never following a
+// symlink by name: each component must pass checkOwner, each directory
+// checkDir, and a symlink is judged as itself and then by what it names.
+// Open and CheckArg differ only in what they make of where it ends.
+func (w *walk) resolve(name string) (walkEnd, error) {
+	if err := w.enter("/", unix.AT_FDCWD, "/"); err != nil {
+		return walkEnd{}, err
+	}
+	todo := components(name)
+	links := 0
+	for len(todo) > 0 {
+		elem := todo[0]
+		todo = todo[1:]
+		if elem == ".." {
+			w.up()
+			continue
+		}
+		parent := w.top()
+		p := path.Join(parent.path, elem)
+		fd, err := unix.Openat(parent.fd, elem, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err == unix.ENOENT {
+			return walkEnd{path: p, missing: true}, nil
+		}
+		if err != nil {
+			return walkEnd{}, &fs.PathError{Op: "open", Path: p, Err: err}
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return walkEnd{}, &fs.PathError{Op: "fstat", Path: p, Err: err}
+		}
+		if err := checkOwner(p, &st); err != nil {
+			unix.Close(fd)
+			return walkEnd{}, err
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFLNK:
+			target, err := readlink(fd, &st)
+			unix.Close(fd)
+			if err != nil {
+				return walkEnd{}, &fs.PathError{Op: "readlink", Path: p, Err: err}
+			}
+			if links++; links > maxLinks {
+				return walkEnd{}, &fs.PathError{Op: "open", Path: name, Err: unix.ELOOP}
+			}
+			if path.IsAbs(target) {
+				w.toRoot()
+			}
+			todo = append(components(target), todo...)
+		case unix.S_IFDIR:
+			if err := checkDir(p, &st); err != nil {
+				unix.Close(fd)
+				return walkEnd{}, err
+			}
+			w.push(fd, p)
+		default:
+			return walkEnd{parent: parent, elem: elem, path: p, fd: fd, st: st, under: len(todo) > 0}, nil
+		}
+	}
+	return walkEnd{dir: true}, nil
 }
 
 // components splits a path into its names, "." and empty ones dropped.
@@ -325,68 +359,23 @@ func CheckArg(name string) error {
 	}
 	w := &walk{}
 	defer w.close()
-	if err := w.enter("/", unix.AT_FDCWD, "/"); err != nil {
+	e, err := w.resolve(name)
+	switch {
+	case err != nil:
 		return err
+	case e.missing:
+		return checkHolder(w.top(), name, true)
+	case e.dir:
+		return checkHolder(w.top(), name, false)
 	}
-	todo := components(name)
-	links := 0
-	for len(todo) > 0 {
-		elem := todo[0]
-		todo = todo[1:]
-		if elem == ".." {
-			w.up()
-			continue
-		}
-		parent := w.top()
-		p := path.Join(parent.path, elem)
-		fd, err := unix.Openat(parent.fd, elem, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err == unix.ENOENT {
-			return checkHolder(parent, name, true)
-		}
-		if err != nil {
-			return &fs.PathError{Op: "open", Path: p, Err: err}
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
-			unix.Close(fd)
-			return &fs.PathError{Op: "fstat", Path: p, Err: err}
-		}
-		if err := checkOwner(p, &st); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFLNK:
-			target, err := readlink(fd, &st)
-			unix.Close(fd)
-			if err != nil {
-				return &fs.PathError{Op: "readlink", Path: p, Err: err}
-			}
-			if links++; links > maxLinks {
-				return &fs.PathError{Op: "open", Path: name, Err: unix.ELOOP}
-			}
-			if path.IsAbs(target) {
-				w.toRoot()
-			}
-			todo = append(components(target), todo...)
-		case unix.S_IFDIR:
-			if err := checkDir(p, &st); err != nil {
-				unix.Close(fd)
-				return err
-			}
-			w.push(fd, p)
-		default:
-			unix.Close(fd)
-			if len(todo) > 0 {
-				return nil // nothing can be created under a file
-			}
-			if st.Mode&unix.S_IFMT == unix.S_IFCHR || st.Mode&unix.S_IFMT == unix.S_IFBLK {
-				return nil
-			}
-			return checkFile(p, &st)
-		}
+	unix.Close(e.fd)
+	switch t := e.st.Mode & unix.S_IFMT; {
+	case e.under:
+		return nil // nothing can be created under a file
+	case t == unix.S_IFCHR || t == unix.S_IFBLK:
+		return nil
 	}
-	return checkHolder(w.top(), name, false)
+	return checkFile(e.path, &e.st)
 }
 
 // checkHolder: a directory given to a program, or the nearest existing
