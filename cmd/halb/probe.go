@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"slices"
 	"strings"
@@ -31,26 +32,11 @@ func newProbeCmd(f *flags) *cobra.Command {
 			report := loader.Host{Root: root}.Probe()
 			decision := loader.Choose(mode, report)
 			needed := neededModules(cfg, report)
+			out := probeOutput{report, mode, needed, decision}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(struct {
-					loader.Report
-					ConfiguredMode string          `json:"configured_mode"`
-					IPVSNeeded     []moduleNeed    `json:"ipvs_needed"`
-					Decision       loader.Decision `json:"decision"`
-				}{report, mode, needed, decision})
+				return out.writeJSON(cmd.OutOrStdout())
 			}
-			if note != "" {
-				fmt.Fprintln(cmd.OutOrStdout(), note)
-			}
-			if err := report.WriteTable(cmd.OutOrStdout(), decision); err != nil {
-				return err
-			}
-			for _, n := range needed {
-				fmt.Fprintf(cmd.OutOrStdout(), "config needs          %s: %s\n", n.Module, n.State)
-			}
-			return nil
+			return out.writeTable(cmd.OutOrStdout(), note)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the facts as JSON")
@@ -60,6 +46,37 @@ func newProbeCmd(f *flags) *cobra.Command {
 	cmd.Flags().StringVar(&root, "root", "", "filesystem root to probe instead of /")
 	_ = cmd.Flags().MarkHidden("root")
 	return cmd
+}
+
+// probeOutput is what `halb probe` prints: the probe's facts, the mode the
+// config asks for, the modules its services need and the decision. The
+// JSON keys are part of the command-line contract.
+type probeOutput struct {
+	loader.Report
+	ConfiguredMode string          `json:"configured_mode"`
+	IPVSNeeded     []moduleNeed    `json:"ipvs_needed"`
+	Decision       loader.Decision `json:"decision"`
+}
+
+func (o probeOutput) writeJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(o)
+}
+
+// writeTable prints the table, after note (where the mode came from) when
+// there is one.
+func (o probeOutput) writeTable(w io.Writer, note string) error {
+	if note != "" {
+		fmt.Fprintln(w, note)
+	}
+	if err := o.Report.WriteTable(w, o.Decision); err != nil {
+		return err
+	}
+	for _, n := range o.IPVSNeeded {
+		fmt.Fprintf(w, "config needs          %s: %s\n", n.Module, n.State)
+	}
+	return nil
 }
 
 // loadForProbe reads the config when it can: the probe is useful before

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/loader"
 )
 
 type probeJSON struct {
@@ -119,4 +122,141 @@ func piTree(t *testing.T) string {
 		}
 	}
 	return root
+}
+
+var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata/ from the current output")
+
+// probeOutputs are fixed probe results, one per kind of host, for the
+// golden tests of what `halb probe` prints.
+func probeOutputs() map[string]probeOutput {
+	allCaps := map[string]bool{"CAP_BPF": true, "CAP_PERFMON": true, "CAP_NET_ADMIN": true,
+		"CAP_NET_RAW": true, "CAP_SYS_MODULE": true, "CAP_SYS_ADMIN": true}
+	return map[string]probeOutput{
+		// A Raspberry Pi: no BTF, IPVS as modules, a config whose services
+		// need a scheduler the kernel does not ship.
+		"pi": {
+			Report: loader.Report{
+				KernelRelease: "6.6.31+rpt-rpi-v8",
+				BTF:           loader.BTF{Path: "/sys/kernel/btf/vmlinux"},
+				BPFFS:         loader.BPFFS{Mounts: []string{}},
+				XDP:           loader.Feature{Error: "load XDP program: not supported"},
+				SchedCLS:      loader.Feature{Supported: true},
+				XDPLink:       loader.Feature{Error: "attach XDP link to lo: not supported"},
+				TCX:           loader.Feature{Error: "attach tcx link to lo: not supported"},
+				Capabilities:  loader.Capabilities{CapEff: "000001ffffffffff", Effective: allCaps},
+				IPVS: loader.IPVS{
+					Family:           loader.Feature{Error: "resolve generic netlink family IPVS: not registered, ip_vs is not loaded (no such file or directory)"},
+					Loadable:         true,
+					ModulesDir:       "/lib/modules/6.6.31+rpt-rpi-v8",
+					Schedulers:       []string{"rr", "wrr"},
+					LoadedSchedulers: []string{},
+				},
+			},
+			ConfiguredMode: "auto",
+			IPVSNeeded: []moduleNeed{
+				{Module: "ip_vs", State: "loadable"},
+				{Module: "ip_vs_lc", State: "missing"},
+				{Module: "ip_vs_wrr", State: "loadable"},
+			},
+			Decision: loader.Decision{Mode: "ipvs", Reason: "ipvs: no kernel BTF at /sys/kernel/btf/vmlinux"},
+		},
+		// A server: BTF, two bpffs mounts, ip_vs built in and loaded, a
+		// container's capabilities.
+		"server": {
+			Report: loader.Report{
+				KernelRelease: "6.12.0-1-amd64",
+				BTF:           loader.BTF{Path: "/sys/kernel/btf/vmlinux", Present: true},
+				BPFFS:         loader.BPFFS{Mounted: true, Mounts: []string{"/sys/fs/bpf", "/run/halb bpf"}},
+				XDP:           loader.Feature{Supported: true},
+				SchedCLS:      loader.Feature{Supported: true},
+				XDPLink:       loader.Feature{Error: "unshare network namespace for the probe (needs CAP_SYS_ADMIN): operation not permitted"},
+				TCX:           loader.Feature{Supported: true},
+				Capabilities: loader.Capabilities{CapEff: "00000000a80425fb", Effective: map[string]bool{
+					"CAP_BPF": false, "CAP_PERFMON": false, "CAP_NET_ADMIN": false,
+					"CAP_NET_RAW": true, "CAP_SYS_MODULE": false, "CAP_SYS_ADMIN": false}},
+				IPVS: loader.IPVS{
+					Family:           loader.Feature{Supported: true},
+					Loaded:           true,
+					Builtin:          true,
+					ModulesDir:       "/lib/modules/6.12.0-1-amd64",
+					Schedulers:       []string{"mh", "rr", "wrr"},
+					LoadedSchedulers: []string{"rr"},
+				},
+			},
+			ConfiguredMode: "xdp",
+			IPVSNeeded:     []moduleNeed{},
+			Decision: loader.Decision{Mode: "xdp", Reason: "configured: datapath.mode: xdp", Warnings: []string{
+				"XDP programs load but the XDP bpf_link check failed: unshare network namespace for the probe (needs CAP_SYS_ADMIN): operation not permitted"}},
+		},
+		// Nothing readable: every section says why.
+		"unknown": {
+			Report: loader.Report{
+				KernelReleaseError: "read kernel release: open /proc/sys/kernel/osrelease: no such file or directory",
+				BTF:                loader.BTF{Path: "/sys/kernel/btf/vmlinux", Error: "check kernel BTF: permission denied"},
+				BPFFS:              loader.BPFFS{Mounts: []string{}, Error: "read mounts: open /proc/mounts: no such file or directory"},
+				XDP:                loader.Feature{Error: "load XDP program: operation not permitted"},
+				SchedCLS:           loader.Feature{Error: "load SchedCLS program: operation not permitted"},
+				XDPLink:            loader.Feature{Error: "load XDP program: operation not permitted"},
+				TCX:                loader.Feature{Error: "load SchedCLS program: operation not permitted"},
+				Capabilities: loader.Capabilities{Effective: map[string]bool{},
+					Error: "read capabilities: open /proc/self/status: no such file or directory"},
+				IPVS: loader.IPVS{
+					Family:           loader.Feature{Error: "resolve generic netlink family IPVS: not registered"},
+					Schedulers:       []string{},
+					LoadedSchedulers: []string{},
+					Problems:         []string{"kernel release unknown: cannot look in /lib/modules"},
+				},
+			},
+			ConfiguredMode: "auto",
+			IPVSNeeded:     []moduleNeed{{Module: `scheduler "roundrobin": IPVS has no such scheduler (use one of mh, rr)`, State: "unknown"}},
+			Decision: loader.Decision{Mode: "ipvs",
+				Reason:   "ipvs: no kernel BTF at /sys/kernel/btf/vmlinux (check kernel BTF: permission denied)",
+				Warnings: []string{"IPVS is not usable: first", "second"}},
+		},
+	}
+}
+
+// The table and the JSON `halb probe` prints for fixed probe results stay
+// byte for byte what they were: the golden files in testdata/ were written
+// by the code before the table moved from loader to cmd/halb.
+func TestProbeOutputGolden(t *testing.T) {
+	for name, out := range probeOutputs() {
+		t.Run(name, func(t *testing.T) {
+			var table, js bytes.Buffer
+			note := ""
+			if name == "pi" {
+				note = "datapath.mode auto from /etc/halb/halb.yaml"
+			}
+			if err := out.writeTable(&table, note); err != nil {
+				t.Fatal(err)
+			}
+			if err := out.writeJSON(&js); err != nil {
+				t.Fatal(err)
+			}
+			golden(t, "probe-"+name+".txt", table.Bytes())
+			golden(t, "probe-"+name+".json", js.Bytes())
+		})
+	}
+}
+
+// golden compares got with testdata/name, or writes it there with -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	p := filepath.Join("testdata", name)
+	if *updateGolden {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("%v (go test -run TestProbeOutputGolden -update writes it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs:\n--- got\n%s--- want\n%s", p, got, want)
+	}
 }
