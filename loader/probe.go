@@ -1,6 +1,7 @@
 // Package loader is the kernel side of halb's eBPF data path: the
-// capability probe that decides which data path a host can run (XDP, tc
-// or IPVS) and why, the bpf2go bindings of bpf/halb_lb.c with the writers
+// capability probe that finds out what the kernel has and decides which
+// data path a host can run (XDP, tc or IPVS) and why (cmd/halb prints it),
+// the bpf2go bindings of bpf/halb_lb.c with the writers
 // that fill its maps, and Datapath, which attaches and pins the programs
 // and turns the daemon's services into map entries.
 //
@@ -18,7 +19,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -26,7 +26,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/cilium/ebpf"
 
@@ -110,6 +109,16 @@ var capabilityBits = []struct {
 	{"CAP_NET_RAW", 13},
 	{"CAP_SYS_MODULE", 16},
 	{"CAP_SYS_ADMIN", 21},
+}
+
+// CapabilityNames are the capabilities Capabilities.Effective reports, in
+// the order a reader should see them.
+func CapabilityNames() []string {
+	names := make([]string, 0, len(capabilityBits))
+	for _, cb := range capabilityBits {
+		names = append(names, cb.name)
+	}
+	return names
 }
 
 // IPVS is what the host offers the IPVS fallback data path.
@@ -531,95 +540,4 @@ func ipvsWarnings(r Report) []string {
 		return []string{"ip_vs is a module that is not loaded and CAP_SYS_MODULE is missing: run modprobe ip_vs before halb starts"}
 	}
 	return nil
-}
-
-// WriteTable writes the report and the decision as the table `halb probe`
-// prints.
-func (r Report) WriteTable(w io.Writer, d Decision) error {
-	var buf bytes.Buffer
-	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
-	row := func(key, value string) { fmt.Fprintf(tw, "%s\t%s\n", key, value) }
-
-	if r.KernelReleaseError != "" {
-		row("kernel", "unknown: "+r.KernelReleaseError)
-	} else {
-		row("kernel", r.KernelRelease)
-	}
-	btf := yesNo(r.BTF.Present, r.BTF.Error) + "  " + r.BTF.Path
-	row("BTF", btf)
-	bpffs := yesNo(r.BPFFS.Mounted, r.BPFFS.Error)
-	if r.BPFFS.Mounted {
-		bpffs += "  " + strings.Join(r.BPFFS.Mounts, " ")
-	}
-	row("bpffs", bpffs)
-	row("XDP program", yesNo(r.XDP.Supported, r.XDP.Error))
-	row("sched_cls program", yesNo(r.SchedCLS.Supported, r.SchedCLS.Error))
-	row("XDP link", yesNo(r.XDPLink.Supported, r.XDPLink.Error))
-	row("tcx link", yesNo(r.TCX.Supported, r.TCX.Error))
-
-	if r.Capabilities.Error != "" {
-		row("capabilities", "unknown: "+r.Capabilities.Error)
-	} else {
-		var have, missing []string
-		for _, cb := range capabilityBits {
-			if r.Capabilities.Effective[cb.name] {
-				have = append(have, cb.name)
-			} else {
-				missing = append(missing, cb.name)
-			}
-		}
-		row("capabilities", orNone(have)+"  (CapEff "+r.Capabilities.CapEff+")")
-		row("missing capabilities", orNone(missing))
-	}
-
-	i := r.IPVS
-	row("IPVS family", yesNo(i.Family.Supported, i.Family.Error))
-	row("ip_vs", strings.Join([]string{
-		choice(i.Loaded, "loaded", "not loaded"),
-		choice(i.Builtin, "built in", "not built in"),
-		choice(i.Loadable, "module available", "no module"),
-	}, ", "))
-	row("IPVS schedulers", orNone(i.Schedulers)+"  (loaded: "+orNone(i.LoadedSchedulers)+")")
-	for _, p := range i.Problems {
-		row("IPVS problem", p)
-	}
-	row("IPVS usable", yesNo(i.Usable(), ""))
-
-	row("datapath", d.Mode)
-	row("reason", d.Reason)
-	for _, warn := range d.Warnings {
-		row("warning", warn)
-	}
-	if err := tw.Flush(); err != nil {
-		return fmt.Errorf("format probe table: %w", err)
-	}
-	if _, err := w.Write(buf.Bytes()); err != nil {
-		return fmt.Errorf("write probe table: %w", err)
-	}
-	return nil
-}
-
-func yesNo(ok bool, why string) string {
-	switch {
-	case ok:
-		return "yes"
-	case why != "":
-		return "no: " + why
-	default:
-		return "no"
-	}
-}
-
-func choice(ok bool, yes, no string) string {
-	if ok {
-		return yes
-	}
-	return no
-}
-
-func orNone(s []string) string {
-	if len(s) == 0 {
-		return "none"
-	}
-	return strings.Join(s, " ")
 }

@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -285,13 +284,6 @@ func TestProbeEmptyRoot(t *testing.T) {
 	if d.Mode != config.ModeIPVS || len(d.Warnings) != 1 || !strings.Contains(d.Warnings[0], "for kernel the running kernel") {
 		t.Errorf("Choose(auto) = %+v", d)
 	}
-	var buf bytes.Buffer
-	if err := r.WriteTable(&buf, d); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(buf.String(), "unknown: read kernel release: ") {
-		t.Errorf("table does not say the release is unknown:\n%s", buf.String())
-	}
 }
 
 // report builds a Report for Choose: BTF and bpffs present, and the named
@@ -489,58 +481,6 @@ func TestChoose(t *testing.T) {
 
 func equalDecision(a, b Decision) bool {
 	return a.Mode == b.Mode && a.Reason == b.Reason && slices.Equal(a.Warnings, b.Warnings)
-}
-
-func TestWriteTable(t *testing.T) {
-	r := report(true, errNoXDP, nil)
-	r.KernelRelease = "6.18.1"
-	r.Capabilities.Effective = map[string]bool{"CAP_BPF": true, "CAP_NET_ADMIN": true}
-	r.IPVS = IPVS{
-		Family:           feature(errNoFamily),
-		Loadable:         true,
-		ModulesDir:       "/lib/modules/6.18.1",
-		Schedulers:       []string{"mh", "rr", "wrr"},
-		LoadedSchedulers: []string{},
-	}
-	d := Decision{Mode: config.ModeTC, Reason: "tc: because", Warnings: []string{"first", "second"}}
-	var buf bytes.Buffer
-	if err := r.WriteTable(&buf, d); err != nil {
-		t.Fatal(err)
-	}
-	out := buf.String()
-	for _, line := range []string{
-		"kernel                6.18.1\n",
-		"BTF                   yes  /sys/kernel/btf/vmlinux\n",
-		"bpffs                 yes  /sys/fs/bpf\n",
-		"XDP program           no: load XDP program: not supported\n",
-		"sched_cls program     yes\n",
-		"XDP link              no: load XDP program: not supported\n",
-		"tcx link              yes\n",
-		"capabilities          CAP_BPF CAP_NET_ADMIN  (CapEff 000001ffffffffff)\n",
-		"missing capabilities  CAP_PERFMON CAP_NET_RAW CAP_SYS_MODULE CAP_SYS_ADMIN\n",
-		"IPVS family           no: resolve generic netlink family IPVS: not registered\n",
-		"ip_vs                 not loaded, not built in, module available\n",
-		"IPVS schedulers       mh rr wrr  (loaded: none)\n",
-		"IPVS usable           yes\n",
-		"datapath              tc\n",
-		"reason                tc: because\n",
-		"warning               first\nwarning               second\n",
-	} {
-		if !strings.Contains(out, line) {
-			t.Errorf("table lacks %q:\n%s", line, out)
-		}
-	}
-}
-
-type failingWriter struct{}
-
-func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
-
-func TestWriteTableError(t *testing.T) {
-	err := report(true, nil, nil).WriteTable(failingWriter{}, Decision{})
-	if err == nil || err.Error() != "write probe table: disk full" {
-		t.Fatalf("WriteTable to a failing writer = %v, want the write error", err)
-	}
 }
 
 // `halb probe --json` prints these keys; the CLI contract depends on them.

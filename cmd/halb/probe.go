@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"io/fs"
 	"slices"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -70,7 +72,7 @@ func (o probeOutput) writeTable(w io.Writer, note string) error {
 	if note != "" {
 		fmt.Fprintln(w, note)
 	}
-	if err := o.Report.WriteTable(w, o.Decision); err != nil {
+	if err := writeFacts(w, o.Report, o.Decision); err != nil {
 		return err
 	}
 	for _, n := range o.IPVSNeeded {
@@ -138,6 +140,98 @@ func neededModules(cfg *config.Config, r loader.Report) []moduleNeed {
 		out = append(out, n)
 	}
 	return out
+}
+
+// writeFacts writes the probe's facts and the decision as aligned rows:
+// loader finds out what the kernel has, and this is how a person reads it.
+func writeFacts(w io.Writer, r loader.Report, d loader.Decision) error {
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
+	row := func(key, value string) { fmt.Fprintf(tw, "%s\t%s\n", key, value) }
+
+	if r.KernelReleaseError != "" {
+		row("kernel", "unknown: "+r.KernelReleaseError)
+	} else {
+		row("kernel", r.KernelRelease)
+	}
+	btf := yesNo(r.BTF.Present, r.BTF.Error) + "  " + r.BTF.Path
+	row("BTF", btf)
+	bpffs := yesNo(r.BPFFS.Mounted, r.BPFFS.Error)
+	if r.BPFFS.Mounted {
+		bpffs += "  " + strings.Join(r.BPFFS.Mounts, " ")
+	}
+	row("bpffs", bpffs)
+	row("XDP program", yesNo(r.XDP.Supported, r.XDP.Error))
+	row("sched_cls program", yesNo(r.SchedCLS.Supported, r.SchedCLS.Error))
+	row("XDP link", yesNo(r.XDPLink.Supported, r.XDPLink.Error))
+	row("tcx link", yesNo(r.TCX.Supported, r.TCX.Error))
+
+	if r.Capabilities.Error != "" {
+		row("capabilities", "unknown: "+r.Capabilities.Error)
+	} else {
+		var have, missing []string
+		for _, name := range loader.CapabilityNames() {
+			if r.Capabilities.Effective[name] {
+				have = append(have, name)
+			} else {
+				missing = append(missing, name)
+			}
+		}
+		row("capabilities", wordsOrNone(have)+"  (CapEff "+r.Capabilities.CapEff+")")
+		row("missing capabilities", wordsOrNone(missing))
+	}
+
+	i := r.IPVS
+	row("IPVS family", yesNo(i.Family.Supported, i.Family.Error))
+	row("ip_vs", strings.Join([]string{
+		choice(i.Loaded, "loaded", "not loaded"),
+		choice(i.Builtin, "built in", "not built in"),
+		choice(i.Loadable, "module available", "no module"),
+	}, ", "))
+	row("IPVS schedulers", wordsOrNone(i.Schedulers)+"  (loaded: "+wordsOrNone(i.LoadedSchedulers)+")")
+	for _, p := range i.Problems {
+		row("IPVS problem", p)
+	}
+	row("IPVS usable", yesNo(i.Usable(), ""))
+
+	row("datapath", d.Mode)
+	row("reason", d.Reason)
+	for _, warn := range d.Warnings {
+		row("warning", warn)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("format probe table: %w", err)
+	}
+	if _, err := w.Write(buf.Bytes()); err != nil {
+		return fmt.Errorf("write probe table: %w", err)
+	}
+	return nil
+}
+
+func yesNo(ok bool, why string) string {
+	switch {
+	case ok:
+		return "yes"
+	case why != "":
+		return "no: " + why
+	default:
+		return "no"
+	}
+}
+
+func choice(ok bool, yes, no string) string {
+	if ok {
+		return yes
+	}
+	return no
+}
+
+// wordsOrNone joins s with spaces, or says "none".
+func wordsOrNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, " ")
 }
 
 func firstLine(err error) string {

@@ -3,12 +3,16 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/loader"
 )
@@ -258,5 +262,89 @@ func golden(t *testing.T, name string, got []byte) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Errorf("%s differs:\n--- got\n%s--- want\n%s", p, got, want)
+	}
+}
+
+// noKernel answers every kernel check of the probe with "not supported".
+type noKernel struct{}
+
+var errNotSupported = errors.New("not supported")
+
+func (noKernel) ProgramType(ebpf.ProgramType) error { return errNotSupported }
+func (noKernel) XDPLink() error                     { return errNotSupported }
+func (noKernel) TCX() error                         { return errNotSupported }
+func (noKernel) IPVSFamily() error                  { return errNotSupported }
+
+func TestWriteFacts(t *testing.T) {
+	r := loader.Report{
+		KernelRelease: "6.18.1",
+		BTF:           loader.BTF{Path: "/sys/kernel/btf/vmlinux", Present: true},
+		BPFFS:         loader.BPFFS{Mounted: true, Mounts: []string{"/sys/fs/bpf"}},
+		XDP:           loader.Feature{Error: "load XDP program: not supported"},
+		SchedCLS:      loader.Feature{Supported: true},
+		XDPLink:       loader.Feature{Error: "load XDP program: not supported"},
+		TCX:           loader.Feature{Supported: true},
+		Capabilities: loader.Capabilities{CapEff: "000001ffffffffff",
+			Effective: map[string]bool{"CAP_BPF": true, "CAP_NET_ADMIN": true}},
+		IPVS: loader.IPVS{
+			Family:           loader.Feature{Error: "resolve generic netlink family IPVS: not registered"},
+			Loadable:         true,
+			ModulesDir:       "/lib/modules/6.18.1",
+			Schedulers:       []string{"mh", "rr", "wrr"},
+			LoadedSchedulers: []string{},
+		},
+	}
+	d := loader.Decision{Mode: config.ModeTC, Reason: "tc: because", Warnings: []string{"first", "second"}}
+	var buf bytes.Buffer
+	if err := writeFacts(&buf, r, d); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, line := range []string{
+		"kernel                6.18.1\n",
+		"BTF                   yes  /sys/kernel/btf/vmlinux\n",
+		"bpffs                 yes  /sys/fs/bpf\n",
+		"XDP program           no: load XDP program: not supported\n",
+		"sched_cls program     yes\n",
+		"XDP link              no: load XDP program: not supported\n",
+		"tcx link              yes\n",
+		"capabilities          CAP_BPF CAP_NET_ADMIN  (CapEff 000001ffffffffff)\n",
+		"missing capabilities  CAP_PERFMON CAP_NET_RAW CAP_SYS_MODULE CAP_SYS_ADMIN\n",
+		"IPVS family           no: resolve generic netlink family IPVS: not registered\n",
+		"ip_vs                 not loaded, not built in, module available\n",
+		"IPVS schedulers       mh rr wrr  (loaded: none)\n",
+		"IPVS usable           yes\n",
+		"datapath              tc\n",
+		"reason                tc: because\n",
+		"warning               first\nwarning               second\n",
+	} {
+		if !strings.Contains(out, line) {
+			t.Errorf("table lacks %q:\n%s", line, out)
+		}
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+func TestWriteFactsError(t *testing.T) {
+	r := loader.Report{BTF: loader.BTF{Present: true}, BPFFS: loader.BPFFS{Mounted: true}}
+	err := writeFacts(failingWriter{}, r, loader.Decision{})
+	if err == nil || err.Error() != "write probe table: disk full" {
+		t.Fatalf("writeFacts to a failing writer = %v, want the write error", err)
+	}
+}
+
+// A probe that could read nothing says in the table that the release is
+// unknown.
+func TestWriteFactsEmptyRoot(t *testing.T) {
+	r := loader.Host{Root: t.TempDir(), Kernel: noKernel{}}.Probe()
+	var buf bytes.Buffer
+	if err := writeFacts(&buf, r, loader.Choose(config.ModeAuto, r)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "unknown: read kernel release: ") {
+		t.Errorf("table does not say the release is unknown:\n%s", buf.String())
 	}
 }
