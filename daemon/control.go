@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"time"
 
+	"github.com/halb-lb/halb/health"
 	"github.com/halb-lb/halb/service"
 	"github.com/halb-lb/halb/vrrp"
 )
@@ -83,17 +86,67 @@ type BackendStatus struct {
 	LastError string `json:"last_error,omitempty"`
 }
 
-func (d *Daemon) status() Status {
+// observed is what `halb status` and /metrics read from the running
+// daemon, each part at the moment it is asked. The daemon is one; the
+// golden test (golden_test.go) gives fixed parts, so that what an operator
+// reads is compared byte for byte across changes.
+type observed interface {
+	// servingDatapath is the data path's name as it opened, "" before,
+	// and the data path itself, nil before.
+	servingDatapath() (string, service.Datapath)
+	instances() []vrrp.Status
+	backends() []health.Status
+	// acceptDrops is, by VIP, what the Accept_Mode filter dropped.
+	acceptDrops() map[netip.Addr]uint64
+}
+
+func (d *Daemon) servingDatapath() (string, service.Datapath) {
+	var name string
+	var dp service.Datapath
+	if n := d.datapathName.Load(); n != nil {
+		name = *n
+	}
+	if p := d.datapath.Load(); p != nil {
+		dp = *p
+	}
+	return name, dp
+}
+
+func (d *Daemon) instances() []vrrp.Status {
+	if d.vrrp == nil {
+		return nil
+	}
+	var out []vrrp.Status
+	for _, in := range d.vrrp.instances() {
+		out = append(out, in.Status())
+	}
+	return out
+}
+
+func (d *Daemon) backends() []health.Status {
+	if d.health == nil {
+		return nil
+	}
+	return d.health.Snapshot()
+}
+
+func (d *Daemon) acceptDrops() map[netip.Addr]uint64 {
+	if d.accept == nil {
+		return nil
+	}
+	return d.accept.dropped()
+}
+
+func (d *Daemon) status() Status { return statusOf(d, d.log) }
+
+// statusOf is what `halb status` shows of o.
+func statusOf(o observed, log *slog.Logger) Status {
 	s := Status{Datapath: "none", Hooks: []string{}, Instances: []InstanceStatus{}, Backends: []BackendStatus{}, Services: []ServiceStatus{}}
-	if name := d.datapathName.Load(); name != nil {
-		s.Datapath = *name
+	name, dp := o.servingDatapath()
+	if name != "" {
+		s.Datapath = name
 	}
-	var instances []*vrrp.Instance
-	if d.vrrp != nil {
-		instances = d.vrrp.instances()
-	}
-	for _, in := range instances {
-		st := in.Status()
+	for _, st := range o.instances() {
 		is := InstanceStatus{Name: st.Name, Interface: st.Interface, VRID: st.VRID, State: st.State.String(),
 			Priority: int(st.Priority), Since: st.Since, Reason: st.Reason, Faults: st.Faults,
 			Sent: st.Sent, Received: st.Received, Dropped: st.Drops, Conflicts: st.Conflicts}
@@ -102,24 +155,22 @@ func (d *Daemon) status() Status {
 		}
 		s.Instances = append(s.Instances, is)
 	}
-	if d.health != nil {
-		for _, b := range d.health.Snapshot() {
-			bs := BackendStatus{Service: b.Service, Backend: b.Backend.String(), Check: b.Check,
-				Health: b.State.String(), Confirmed: b.Confirmed}
-			if b.Last.Err != nil {
-				bs.LastError = b.Last.Err.Error()
-			}
-			s.Backends = append(s.Backends, bs)
+	for _, b := range o.backends() {
+		bs := BackendStatus{Service: b.Service, Backend: b.Backend.String(), Check: b.Check,
+			Health: b.State.String(), Confirmed: b.Confirmed}
+		if b.Last.Err != nil {
+			bs.LastError = b.Last.Err.Error()
 		}
+		s.Backends = append(s.Backends, bs)
 	}
-	if dp := d.datapath.Load(); dp != nil {
-		if h, ok := (*dp).(service.Hooker); ok {
+	if dp != nil {
+		if h, ok := dp.(service.Hooker); ok {
 			s.Hooks = append(s.Hooks, h.Hooks()...)
 		}
-		if r, ok := (*dp).(service.Reporter); ok {
+		if r, ok := dp.(service.Reporter); ok {
 			reports, err := r.Report()
 			if err != nil {
-				d.log.Warn("status: reading the data path's counters", "err", err)
+				log.Warn("status: reading the data path's counters", "err", err)
 			}
 			for _, sv := range reports {
 				s.Services = append(s.Services, serviceStatus(sv))
@@ -175,11 +226,13 @@ func listenControl(path string) (net.Listener, error) {
 }
 
 // controlHandler answers `halb status`.
-func (d *Daemon) controlHandler() http.Handler {
+func (d *Daemon) controlHandler() http.Handler { return statusHandler(d, d.log) }
+
+func statusHandler(o observed, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(d.status())
+		_ = json.NewEncoder(w).Encode(statusOf(o, log))
 	})
 	return mux
 }

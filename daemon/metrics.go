@@ -43,49 +43,42 @@ type dropCounter interface {
 }
 
 // collector reads the daemon's state at scrape time.
-type collector struct{ d *Daemon }
+type collector struct{ o observed }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	if c.d.vrrp != nil {
-		for _, in := range c.d.vrrp.instances() {
-			st := in.Status()
-			for _, s := range vrrpStates {
-				v := 0.0
-				if st.State == s {
-					v = 1
-				}
-				ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, v, st.Name, s.String())
-			}
-			ch <- prometheus.MustNewConstMetric(descPriority, prometheus.GaugeValue, float64(st.Priority), st.Name)
-			ch <- prometheus.MustNewConstMetric(descTransitions, prometheus.CounterValue, float64(st.Transitions), st.Name)
-			ch <- prometheus.MustNewConstMetric(descSent, prometheus.CounterValue, float64(st.Sent), st.Name)
-			ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(st.Received), st.Name)
-			for reason, n := range st.Drops {
-				ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), st.Name, reason)
-			}
-			for vip, n := range st.Conflicts {
-				ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.CounterValue, float64(n), st.Name, vip)
-			}
-		}
-	}
-	if c.d.health != nil {
-		for _, b := range c.d.health.Snapshot() {
+	for _, st := range c.o.instances() {
+		for _, s := range vrrpStates {
 			v := 0.0
-			if b.State == health.Healthy {
+			if st.State == s {
 				v = 1
 			}
-			ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, v, b.Service, b.Backend.String())
+			ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, v, st.Name, s.String())
+		}
+		ch <- prometheus.MustNewConstMetric(descPriority, prometheus.GaugeValue, float64(st.Priority), st.Name)
+		ch <- prometheus.MustNewConstMetric(descTransitions, prometheus.CounterValue, float64(st.Transitions), st.Name)
+		ch <- prometheus.MustNewConstMetric(descSent, prometheus.CounterValue, float64(st.Sent), st.Name)
+		ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(st.Received), st.Name)
+		for reason, n := range st.Drops {
+			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), st.Name, reason)
+		}
+		for vip, n := range st.Conflicts {
+			ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.CounterValue, float64(n), st.Name, vip)
 		}
 	}
-	if c.d.accept != nil {
-		for vip, n := range c.d.accept.dropped() {
-			ch <- prometheus.MustNewConstMetric(descAcceptDrops, prometheus.CounterValue, float64(n), vip.String())
+	for _, b := range c.o.backends() {
+		v := 0.0
+		if b.State == health.Healthy {
+			v = 1
 		}
+		ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, v, b.Service, b.Backend.String())
 	}
-	if dp := c.d.datapath.Load(); dp != nil {
-		c.collectDatapath(ch, *dp)
+	for vip, n := range c.o.acceptDrops() {
+		ch <- prometheus.MustNewConstMetric(descAcceptDrops, prometheus.CounterValue, float64(n), vip.String())
+	}
+	if _, dp := c.o.servingDatapath(); dp != nil {
+		c.collectDatapath(ch, dp)
 	}
 }
 

@@ -46,7 +46,7 @@ func newStatusCmd(f *flags) *cobra.Command {
 				_, err := cmd.OutOrStdout().Write(raw)
 				return err
 			}
-			return writeStatus(cmd.OutOrStdout(), st)
+			return writeStatus(cmd.OutOrStdout(), st, time.Now())
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
@@ -132,7 +132,9 @@ func checkPeer(c net.Conn, socket string) error {
 	return nil
 }
 
-func writeStatus(w io.Writer, st daemon.Status) error {
+// writeStatus renders st as a table; now is when it is read, for how long
+// each instance has been in its state.
+func writeStatus(w io.Writer, st daemon.Status, now time.Time) error {
 	fmt.Fprintf(w, "datapath  %s\n", st.Datapath)
 	for _, h := range st.Hooks {
 		fmt.Fprintf(w, "          %s\n", h)
@@ -146,7 +148,7 @@ func writeStatus(w io.Writer, st daemon.Status) error {
 			reason = strings.Join(in.Faults, "; ")
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n", in.Name, in.Interface, in.VRID, in.State, in.Priority,
-			time.Since(in.Since).Round(time.Second), reason, strings.Join(in.VirtualIPs, ", "))
+			now.Sub(in.Since).Round(time.Second), reason, strings.Join(in.VirtualIPs, ", "))
 	}
 	if len(st.Instances) == 0 {
 		fmt.Fprintln(tw, "(none)")

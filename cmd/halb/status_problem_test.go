@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/halb-lb/halb/daemon"
 )
@@ -23,7 +24,7 @@ func TestStatusBackendProblem(t *testing.T) {
 		t.Fatalf("problem from JSON: %q", p)
 	}
 	var out bytes.Buffer
-	if err := writeStatus(&out, st); err != nil {
+	if err := writeStatus(&out, st, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	for _, re := range []string{

@@ -1,0 +1,178 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/halb-lb/halb/health"
+	"github.com/halb-lb/halb/internal/golden"
+	"github.com/halb-lb/halb/loader"
+	"github.com/halb-lb/halb/service"
+	"github.com/halb-lb/halb/vrrp"
+)
+
+// The golden files are what an operator reads: the bytes of `halb status
+// --json` and of a /metrics scrape (less the Go and process collectors,
+// which describe the test binary). They are rendered from fixed parts, one
+// case per kind of data path, and compared byte for byte, so that a change
+// to how the daemon reaches its parts cannot change what it shows. Only a
+// change meant to show something else rewrites them (go test -run
+// TestGolden ./daemon/ -update), and its diff is the review.
+func TestGolden(t *testing.T) {
+	for _, c := range goldenCases() {
+		t.Run(c.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			statusHandler(c.parts, slog.New(slog.DiscardHandler)).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v1/status", nil))
+			if rec.Code != http.StatusOK {
+				t.Fatalf("status: %d %s", rec.Code, rec.Body)
+			}
+			compareGolden(t, c.name+".status.json", rec.Body.Bytes())
+			compareGolden(t, c.name+".metrics.txt", scrape(t, c.parts))
+		})
+	}
+}
+
+// scrape is what /metrics serves from the daemon's own collectors.
+func scrape(t *testing.T, o observed) []byte {
+	t.Helper()
+	latency := newCheckLatency()
+	for _, l := range []struct {
+		service, check string
+		seconds        float64
+	}{{"web", "http", 0.0004}, {"web", "http", 0.003}, {"web", "http", 2.5}, {"dns", "udp", 0.001}, {"db", "tcp", 9}} {
+		latency.WithLabelValues(l.service, l.check).Observe(l.seconds)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{o}, latency)
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("metrics: %d %s", rec.Code, rec.Body)
+	}
+	return rec.Body.Bytes()
+}
+
+func compareGolden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	golden.Compare(t, filepath.Join("testdata", "golden", name), got)
+}
+
+// fixedParts are a daemon's parts frozen at one moment.
+type fixedParts struct {
+	name   string
+	dp     service.Datapath
+	insts  []vrrp.Status
+	health []health.Status
+	accept map[netip.Addr]uint64
+}
+
+func (f fixedParts) servingDatapath() (string, service.Datapath) { return f.name, f.dp }
+func (f fixedParts) instances() []vrrp.Status                    { return f.insts }
+func (f fixedParts) backends() []health.Status                   { return f.health }
+func (f fixedParts) acceptDrops() map[netip.Addr]uint64          { return f.accept }
+
+type goldenCase struct {
+	name  string
+	parts fixedParts
+}
+
+func goldenCases() []goldenCase {
+	since := time.Date(2026, 12, 6, 16, 0, 0, 0, time.UTC)
+	insts := []vrrp.Status{
+		{Name: "VI_1", VRID: 51, Interface: "eth0", State: vrrp.Master, Priority: 150, Since: since, Reason: "higher priority than the master's",
+			Sent: 1200, Received: 3, Transitions: 2, Drops: map[string]uint64{"auth": 4, "ttl": 1}, Conflicts: map[string]uint64{"192.0.2.100": 2},
+			VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24"), netip.MustParsePrefix("2001:db8::100/64")}},
+		{Name: "VI_2", VRID: 52, Interface: "eth1", State: vrrp.Fault, Priority: 100, Since: since.Add(-time.Hour), Reason: "fault",
+			Faults: []string{"interface eth1 down", "track script chk_db failed"}, Drops: map[string]uint64{}, Conflicts: map[string]uint64{},
+			VirtualIPs: []netip.Prefix{netip.MustParsePrefix("203.0.113.5/24")}},
+		{Name: "VI_3", VRID: 53, Interface: "eth0", State: vrrp.Backup, Priority: 90, Since: since, Reason: "master's adverts",
+			Received: 700, Transitions: 1, Drops: map[string]uint64{}, Conflicts: map[string]uint64{}},
+	}
+	backends := []health.Status{
+		{Key: health.Key{Service: "dns", Backend: netip.MustParseAddrPort("198.51.100.21:53")}, Check: "udp", State: health.Healthy, Confirmed: true, Successes: 9},
+		{Key: health.Key{Service: "web", Backend: netip.MustParseAddrPort("198.51.100.11:80")}, Check: "http", State: health.Healthy, Confirmed: true, Successes: 3},
+		{Key: health.Key{Service: "web", Backend: netip.MustParseAddrPort("198.51.100.12:80")}, Check: "http", State: health.Unhealthy, Confirmed: true, Failures: 4,
+			Last: health.Result{Err: errors.New("GET /healthz: status 503, want one of [200]")}},
+		{Key: health.Key{Service: "web6", Backend: netip.MustParseAddrPort("[2001:db8::11]:443")}, Check: "tcp", State: health.Healthy},
+	}
+	accept := map[netip.Addr]uint64{netip.MustParseAddr("192.0.2.100"): 17, netip.MustParseAddr("2001:db8::100"): 0}
+
+	xdp := func() service.Datapath { return &goldenBPF{} }
+	split := &service.Split{First: xdp(), OpenSecond: func(context.Context) (service.Datapath, error) { return goldenIPVS{}, nil }}
+	// The NAT service opens the second half, as in datapath.mode auto.
+	if err := split.Apply(context.Background(), []service.Service{{Name: "db", Forward: service.NAT, Scheduler: "rr"}}); err != nil {
+		panic(err)
+	}
+	return []goldenCase{
+		{"none", fixedParts{}},
+		{"xdp", fixedParts{name: "xdp", dp: xdp(), insts: insts, health: backends, accept: accept}},
+		{"ipvs", fixedParts{name: "ipvs", dp: goldenIPVS{}, insts: insts[:1], health: backends}},
+		{"split", fixedParts{name: "xdp", dp: split, insts: insts, health: backends, accept: accept}},
+	}
+}
+
+// goldenBPF reports as the eBPF data path does: a DR service with one
+// backend served, one drained and one it has no route to; a TUN service
+// over IPv6; no open connections; drop counters by reason.
+type goldenBPF struct{}
+
+func (goldenBPF) Name() string                                   { return "xdp" }
+func (goldenBPF) Apply(context.Context, []service.Service) error { return nil }
+func (goldenBPF) Close() error                                   { return nil }
+func (goldenBPF) Hooks() []string {
+	return []string{"eth0: xdp native", "eth1: missing, waiting for it"}
+}
+func (goldenBPF) Report() ([]service.Report, error) {
+	return []service.Report{
+		{Name: "web", Key: service.Key{VIP: netip.MustParseAddr("192.0.2.100"), Port: 80, Proto: service.TCP}, Datapath: "xdp",
+			Stats: service.Stats{Packets: 123456, Bytes: 98765432, NewFlows: 4321},
+			Backends: []service.BackendReport{
+				{Addr: netip.MustParseAddrPort("198.51.100.11:80"), Weight: 100, Live: true, Stats: service.Stats{Packets: 123000, Bytes: 98700000, NewFlows: 4300}},
+				{Addr: netip.MustParseAddrPort("198.51.100.12:80"), Weight: 0, Stats: service.Stats{Packets: 456, Bytes: 65432, NewFlows: 21}},
+				{Addr: netip.MustParseAddrPort("198.51.100.13:80"), Weight: 50, Problem: "no route; datapath.interfaces eth1 missing"},
+			}},
+		{Name: "web6", Key: service.Key{VIP: netip.MustParseAddr("2001:db8::100"), Port: 443, Proto: service.TCP}, Datapath: "xdp",
+			Backends: []service.BackendReport{
+				{Addr: netip.MustParseAddrPort("[2001:db8::11]:443"), Weight: 1, Live: true, Problem: "next hop 2001:db8::1 on eth0: no neighbour entry yet, asked the kernel"},
+			}},
+		{Name: "dns", Key: service.Key{VIP: netip.MustParseAddr("192.0.2.100"), Port: 53, Proto: service.UDP}, Datapath: "xdp",
+			Stats: service.Stats{Packets: 10, Bytes: 640, NewFlows: 10}},
+	}, nil
+}
+
+func (goldenBPF) Drops() (map[loader.DropReason]uint64, error) {
+	return map[loader.DropReason]uint64{
+		loader.DropMalformed: 1, loader.DropNoBackend: 7, loader.DropNoTxPort: 0, loader.DropUnsupported: 0,
+		loader.DropNoRoute: 3, loader.DropNoNeigh: 2, loader.DropTooBig: 0, loader.DropTooBigAnswered: 5,
+		loader.DropEncap: 0, loader.DropIPHeader: 0, loader.DropIPLength: 1, loader.DropTCPHeader: 0,
+		loader.DropUDPHeader: 0, loader.DropBadSource: 9, loader.DropVIPSource: 0,
+	}, nil
+}
+
+// goldenIPVS reports as IPVS does: incoming packets, connections
+// scheduled, and each backend's open connections.
+type goldenIPVS struct{}
+
+func (goldenIPVS) Name() string                                   { return "ipvs" }
+func (goldenIPVS) Apply(context.Context, []service.Service) error { return nil }
+func (goldenIPVS) Close() error                                   { return nil }
+func (goldenIPVS) Report() ([]service.Report, error) {
+	return []service.Report{
+		{Name: "db", Key: service.Key{VIP: netip.MustParseAddr("192.0.2.101"), Port: 5432, Proto: service.TCP}, Datapath: "ipvs",
+			Stats: service.Stats{Packets: 2000, Bytes: 300000, NewFlows: 40},
+			Backends: []service.BackendReport{
+				{Addr: netip.MustParseAddrPort("198.51.100.31:5432"), Weight: 1, Live: true, Stats: service.Stats{Packets: 2000, Bytes: 300000, NewFlows: 40, Active: 3, Inactive: 12}},
+				{Addr: netip.MustParseAddrPort("198.51.100.32:5432"), Weight: 0, Stats: service.Stats{Inactive: 1}},
+			}},
+	}, nil
+}
