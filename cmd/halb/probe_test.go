@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/golden"
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/loader"
 )
@@ -128,8 +128,6 @@ func piTree(t *testing.T) string {
 	return root
 }
 
-var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata/ from the current output")
-
 // probeOutputs are fixed probe results, one per kind of host, for the
 // golden tests of what `halb probe` prints.
 func probeOutputs() map[string]probeOutput {
@@ -237,31 +235,9 @@ func TestProbeOutputGolden(t *testing.T) {
 			if err := out.writeJSON(&js); err != nil {
 				t.Fatal(err)
 			}
-			golden(t, "probe-"+name+".txt", table.Bytes())
-			golden(t, "probe-"+name+".json", js.Bytes())
+			golden.Compare(t, filepath.Join("testdata", "probe-"+name+".txt"), table.Bytes())
+			golden.Compare(t, filepath.Join("testdata", "probe-"+name+".json"), js.Bytes())
 		})
-	}
-}
-
-// golden compares got with testdata/name, or writes it there with -update.
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	p := filepath.Join("testdata", name)
-	if *updateGolden {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatalf("%v (go test -run TestProbeOutputGolden -update writes it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs:\n--- got\n%s--- want\n%s", p, got, want)
 	}
 }
 
