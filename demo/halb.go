@@ -97,7 +97,7 @@ func (n *node) start(halb string, out io.Writer) error {
 	// Its own process group, so that a Ctrl-C reaches the demo alone and
 	// the demo stops the nodes in order; and killed if the demo dies
 	// (strictly: if the thread that forked it ends, which happens with
-	// the process, or earlier only for a thread onLockedThread could
+	// the process, or earlier only for a thread internal/nsthread could
 	// not bring back from the namespace).
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stderr, err := n.cmd.StderrPipe()

@@ -1,14 +1,12 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -17,6 +15,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/nsthread"
 )
 
 // A host of the demo's LAN: a named network namespace (`ip netns exec
@@ -31,21 +31,9 @@ type host struct {
 // newHost makes the namespace prefix+name with its loopback up.
 func newHost(name string) (*host, error) {
 	h := &host{name: name}
-	err := onLockedThread(func() error {
-		orig, err := netns.Get()
-		if err != nil {
-			return err
-		}
-		defer orig.Close()
-		// NewNamed moves this thread into the new namespace.
-		h.handle, err = netns.NewNamed(prefix + name)
-		if err != nil {
-			return err
-		}
-		return netns.Set(orig)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create network namespace %s%s: %w", prefix, name, err)
+	var err error
+	if h.handle, err = nsthread.NewNamed(prefix + name); err != nil {
+		return nil, err
 	}
 	if h.nl, err = netlink.NewHandleAt(h.handle); err != nil {
 		h.close()
@@ -73,43 +61,11 @@ func (h *host) close() {
 // do runs fn on a thread inside the namespace. Sockets fn opens stay
 // there; a process fn starts runs there.
 func (h *host) do(fn func() error) error {
-	return onLockedThread(func() error {
-		orig, err := netns.Get()
-		if err != nil {
-			return err
-		}
-		defer orig.Close()
-		if err := netns.Set(h.handle); err != nil {
-			return fmt.Errorf("enter %s%s: %w", prefix, h.name, err)
-		}
-		fnErr := fn()
-		if err := netns.Set(orig); err != nil {
-			return errors.Join(fnErr, errThreadLost)
-		}
-		return fnErr
-	})
+	return nsthread.Do(h.handle, fn)
 }
 
 // spawn starts cmd inside the namespace.
 func (h *host) spawn(cmd *exec.Cmd) error { return h.do(cmd.Start) }
-
-var errThreadLost = errors.New("could not return a thread to its namespace")
-
-// onLockedThread runs fn on a goroutine locked to its thread, so that no
-// other goroutine ever runs in a namespace it did not ask for. A thread
-// left in the wrong namespace is not unlocked: the runtime ends it.
-func onLockedThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		err := fn()
-		if !errors.Is(err, errThreadLost) {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
-}
 
 // eth0 is the host's interface on the LAN.
 func (h *host) eth0() (netlink.Link, error) {

@@ -2,7 +2,8 @@
 //
 // Every namespace is made by the test that asks for it and removed when that
 // test ends. Work inside a namespace runs on an OS thread locked for the
-// purpose, so no other goroutine ever finds itself in the wrong namespace.
+// purpose (internal/nsthread, which the demo uses too), so no other
+// goroutine ever finds itself in the wrong namespace.
 //
 // A test that cannot get the privileges it needs is skipped on a developer's
 // machine and fails when CI=true: a privileged test that silently skips in CI
@@ -11,16 +12,16 @@
 package netnstest
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"sync/atomic"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/halb-lb/halb/internal/nsthread"
 )
 
 // InCI reports whether the tests run in CI, where privileged tests must run.
@@ -58,20 +59,7 @@ func New(t testing.TB) *NS {
 	t.Helper()
 	Require(t)
 	name := fmt.Sprintf("halbtest-%d-%d", os.Getpid(), seq.Add(1))
-	var handle netns.NsHandle
-	err := onLockedThread(func() error {
-		orig, err := netns.Get()
-		if err != nil {
-			return fmt.Errorf("get current netns: %w", err)
-		}
-		defer orig.Close()
-		// NewNamed moves this thread into the new namespace.
-		handle, err = netns.NewNamed(name)
-		if err != nil {
-			return fmt.Errorf("create netns %s: %w", name, err)
-		}
-		return netns.Set(orig)
-	})
+	handle, err := nsthread.NewNamed(name)
 	if err != nil {
 		SkipOrFail(t, "%v", err)
 	}
@@ -111,43 +99,11 @@ func (ns *NS) Netlink(t testing.TB) *netlink.Handle {
 // Do runs fn on a locked OS thread inside the namespace and returns its
 // error. Sockets that fn opens stay in the namespace after Do returns.
 func (ns *NS) Do(fn func() error) error {
-	return onLockedThread(func() error {
-		orig, err := netns.Get()
-		if err != nil {
-			return fmt.Errorf("get current netns: %w", err)
-		}
-		defer orig.Close()
-		if err := netns.Set(ns.handle); err != nil {
-			return fmt.Errorf("enter netns %s: %w", ns.Name, err)
-		}
-		fnErr := fn()
-		if err := netns.Set(orig); err != nil {
-			return errors.Join(fnErr, errThreadLost)
-		}
-		return fnErr
-	})
+	return nsthread.Do(ns.handle, fn)
 }
 
 // Start starts cmd inside the namespace: a child forked from a thread
 // inherits that thread's namespace.
 func (ns *NS) Start(cmd *exec.Cmd) error {
 	return ns.Do(cmd.Start)
-}
-
-var errThreadLost = errors.New("could not return thread to its namespace; thread discarded")
-
-// onLockedThread runs fn on a goroutine locked to its thread. When fn leaves
-// the thread in a namespace it could not restore, the thread is not
-// unlocked, so the runtime ends it with the goroutine instead of reusing it.
-func onLockedThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		err := fn()
-		if !errors.Is(err, errThreadLost) {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
 }

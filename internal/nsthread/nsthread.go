@@ -1,0 +1,89 @@
+// Package nsthread runs code inside a network namespace on an OS thread
+// locked for the purpose, and makes named network namespaces, for the
+// tests (internal/netnstest) and the demo, which both build LANs of
+// namespaces.
+//
+// A thread's network namespace is the thread's alone: a goroutine that
+// moves its thread and then lets the Go scheduler have it back would hand
+// the namespace to whatever goroutine runs there next. So every step runs
+// on a goroutine of its own, locked to its thread, and the thread goes
+// back to the namespace it came from before it is unlocked. It must never
+// unlock a thread whose namespace it could not put back: such a thread
+// stays locked and the runtime ends it with its goroutine (the main
+// thread, which the runtime cannot end, is parked for good instead), so
+// that no other goroutine ever runs in a namespace it did not ask for.
+package nsthread
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+)
+
+// ErrThreadLost is in the error of a step whose thread could not go back
+// to its own namespace; that thread has been discarded.
+var ErrThreadLost = errors.New("could not return a thread to its network namespace; the thread is discarded")
+
+// restore puts the thread back into its namespace; a test makes it fail.
+var restore = netns.Set
+
+// NewNamed makes the network namespace name, which `ip netns exec name`
+// reaches too, and returns a handle to it. The caller's thread stays where
+// it is; the thread netns.NewNamed moves is handled as Do handles its own.
+func NewNamed(name string) (netns.NsHandle, error) {
+	var handle netns.NsHandle
+	err := onLockedThread(func() error {
+		var err error
+		// NewNamed moves this thread into the new namespace (it may
+		// have moved it even when it fails).
+		handle, err = netns.NewNamed(name)
+		return err
+	})
+	if err != nil {
+		if handle.IsOpen() {
+			handle.Close()
+			_ = netns.DeleteNamed(name)
+		}
+		return netns.None(), fmt.Errorf("create network namespace %s: %w", name, err)
+	}
+	return handle, nil
+}
+
+// Do runs fn on a thread inside ns and returns fn's error. Sockets fn
+// opens stay in ns after Do returns, and so does a process fn starts.
+func Do(ns netns.NsHandle, fn func() error) error {
+	return onLockedThread(func() error {
+		if err := netns.Set(ns); err != nil {
+			return fmt.Errorf("enter network namespace %s: %w", ns, err)
+		}
+		return fn()
+	})
+}
+
+// onLockedThread runs step on a new goroutine locked to its thread, then
+// puts the thread back into the namespace it started in, whatever step
+// did or how it failed, and unlocks it only if that worked.
+func onLockedThread(step func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread() // nothing has moved it yet
+			errc <- fmt.Errorf("open this thread's network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		stepErr := step()
+		if err := restore(orig); err != nil {
+			// Left locked: the thread ends with this goroutine.
+			errc <- errors.Join(stepErr, fmt.Errorf("%w: %w", ErrThreadLost, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- stepErr
+	}()
+	return <-errc
+}
