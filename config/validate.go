@@ -13,10 +13,18 @@ import (
 	"time"
 )
 
-// Schedulers every data path implements, and those only IPVS has.
+// The schedulers each data path implements, as services.scheduler names
+// them: the one list that the validation here, the eBPF loader, the IPVS
+// data path and the split between them all read.
 var (
-	commonSchedulers = []string{"mh", "rr", "wrr", "sh"}
-	ipvsSchedulers   = []string{"lc", "wlc", "sed", "nq", "dh", "lblc", "lblcr", "fo", "ovf", "twos"}
+	// BPFSchedulers are those of the eBPF data path (all of them Maglev
+	// there); IPVS has them too.
+	BPFSchedulers = []string{"mh", "rr", "wrr", "sh"}
+	// IPVSSchedulers are IPVS's, BPFSchedulers first; each is the kernel
+	// module ip_vs_<name>.
+	IPVSSchedulers = append(slices.Clip(BPFSchedulers), "lc", "wlc", "sed", "nq", "dh", "lblc", "lblcr", "fo", "ovf", "twos")
+	// ipvsOnlySchedulers are those IPVS alone has.
+	ipvsOnlySchedulers = IPVSSchedulers[len(BPFSchedulers):]
 )
 
 // Limits that come from the protocols and the kernel.
@@ -464,13 +472,13 @@ func (v *validator) service(path string, s *Service, d Datapath) {
 	v.oneOf(path+".protocol", s.Protocol, "tcp", "udp")
 	bpfOnly := d.Mode == ModeXDP || d.Mode == ModeTC
 	switch {
-	case slices.Contains(commonSchedulers, s.Scheduler):
-	case slices.Contains(ipvsSchedulers, s.Scheduler):
+	case slices.Contains(BPFSchedulers, s.Scheduler):
+	case slices.Contains(ipvsOnlySchedulers, s.Scheduler):
 		if bpfOnly {
-			v.errf(path+".scheduler", "%q is an IPVS scheduler and datapath.mode is %s: use one of %s, or datapath.mode: ipvs", s.Scheduler, d.Mode, strings.Join(commonSchedulers, ", "))
+			v.errf(path+".scheduler", "%q is an IPVS scheduler and datapath.mode is %s: use one of %s, or datapath.mode: ipvs", s.Scheduler, d.Mode, strings.Join(BPFSchedulers, ", "))
 		}
 	default:
-		v.errf(path+".scheduler", "%q is not a scheduler: use one of %s (or with IPVS: %s)", s.Scheduler, strings.Join(commonSchedulers, ", "), strings.Join(ipvsSchedulers, ", "))
+		v.errf(path+".scheduler", "%q is not a scheduler: use one of %s (or with IPVS: %s)", s.Scheduler, strings.Join(BPFSchedulers, ", "), strings.Join(ipvsOnlySchedulers, ", "))
 	}
 	v.oneOf(path+".forward", s.Forward, "dr", "tun", "nat")
 	if s.Forward == "nat" && bpfOnly {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/maglev"
 	"github.com/halb-lb/halb/service"
 )
@@ -154,10 +155,9 @@ func checkService(s *service.Service) error {
 	if s.Forward != service.DR && s.Forward != service.TUN {
 		return fmt.Errorf("service %s: forward %s: %w; use forward: dr or tun, or datapath.mode: ipvs", name, s.Forward, ErrUnsupported)
 	}
-	switch s.Scheduler {
-	case "", "mh", "rr", "wrr", "sh":
-	default:
-		return fmt.Errorf("service %s: scheduler %s: %w; use mh, rr, wrr or sh (all Maglev here), or datapath.mode: ipvs", name, s.Scheduler, ErrUnsupported)
+	if s.Scheduler != "" && !slices.Contains(config.BPFSchedulers, s.Scheduler) {
+		return fmt.Errorf("service %s: scheduler %s: %w; use one of %s (all Maglev here), or datapath.mode: ipvs",
+			name, s.Scheduler, ErrUnsupported, strings.Join(config.BPFSchedulers, ", "))
 	}
 	if !s.Key.VIP.IsValid() || s.Key.Port == 0 || (s.Key.Proto != service.TCP && s.Key.Proto != service.UDP) {
 		return fmt.Errorf("service %s: needs a VIP, a port and tcp or udp", name)

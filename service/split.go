@@ -6,17 +6,15 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-)
 
-// BPFSchedulers are the schedulers the eBPF data path implements; the
-// others exist only in IPVS.
-var BPFSchedulers = []string{"mh", "rr", "wrr", "sh"}
+	"github.com/halb-lb/halb/config"
+)
 
 // NeedsIPVS reports whether only IPVS can carry s: NAT, or an IPVS-only
 // scheduler. With datapath.mode auto such services go to IPVS while the
 // rest stay on eBPF.
 func NeedsIPVS(s Service) bool {
-	return s.Forward == NAT || !slices.Contains(BPFSchedulers, s.Scheduler)
+	return s.Forward == NAT || !slices.Contains(config.BPFSchedulers, s.Scheduler)
 }
 
 // Split is a Datapath that hands each service to one of two data paths:
