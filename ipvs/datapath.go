@@ -15,6 +15,7 @@ import (
 	cfipvs "github.com/cloudflare/ipvs"
 	"github.com/cloudflare/ipvs/netmask"
 
+	"github.com/halb-lb/halb/internal/kmod"
 	"github.com/halb-lb/halb/service"
 )
 
@@ -25,14 +26,14 @@ import (
 // the destinations of each of halb's services, and changes nothing.
 const ResyncInterval = 10 * time.Second
 
-// ModuleLoader makes kernel modules available; Modules is the host's.
+// ModuleLoader makes kernel modules available; kmod.Loader is the host's.
 type ModuleLoader interface {
 	Ensure(ctx context.Context, names ...string) error
 }
 
 // Options configure a Datapath. The zero value works on the host.
 type Options struct {
-	// Modules loads ip_vs and the schedulers; nil means Modules{}.
+	// Modules loads ip_vs and the schedulers; nil means the host's loader.
 	Modules ModuleLoader
 	// StateFile records the services halb owns; "" means DefaultStateFile.
 	StateFile string
@@ -42,7 +43,7 @@ type Options struct {
 
 func (o Options) modules() ModuleLoader {
 	if o.Modules == nil {
-		return Modules{Log: o.Log}
+		return hostModules(o.Log)
 	}
 	return o.Modules
 }
@@ -354,7 +355,7 @@ func (d *Datapath) ensureModules(ctx context.Context, want []target) error {
 			}
 		}
 		errs = append(errs, &SchedulerError{Service: strings.Join(users, ", "), Scheduler: sched, Err: err})
-		if !errors.Is(err, ErrModuleNotShipped) {
+		if !errors.Is(err, kmod.ErrNotShipped) {
 			break // Ensure's rule: the next module would fail the same way
 		}
 	}

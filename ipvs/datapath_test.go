@@ -15,6 +15,7 @@ import (
 
 	cfipvs "github.com/cloudflare/ipvs"
 
+	"github.com/halb-lb/halb/internal/kmod"
 	"github.com/halb-lb/halb/service"
 )
 
@@ -416,8 +417,8 @@ func sortedTable(s string) string {
 func TestApplyMissingSchedulerModule(t *testing.T) {
 	k := &fakeIPVS{}
 	mods := &fakeModules{missing: map[string]error{
-		"ip_vs_wlc": &ModuleError{Module: "ip_vs_wlc", Release: "6.1.0-18-amd64", Step: stepFind, Path: "/lib/modules/6.1.0-18-amd64/modules.dep",
-			Err: errors.Join(errors.New("not listed"), ErrModuleNotShipped), Fix: "install this kernel's modules"},
+		"ip_vs_wlc": &kmod.Error{Module: "ip_vs_wlc", Release: "6.1.0-18-amd64", Step: kmod.StepFind, Path: "/lib/modules/6.1.0-18-amd64/modules.dep",
+			Err: errors.Join(errors.New("not listed"), kmod.ErrNotShipped), Fix: "install this kernel's modules"},
 	}}
 	state := filepath.Join(t.TempDir(), "ipvs-services")
 	d, err := New(k, Options{Modules: mods, StateFile: state})
@@ -425,8 +426,8 @@ func TestApplyMissingSchedulerModule(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = d.Apply(context.Background(), []service.Service{web, with(api, func(s *service.Service) { s.Scheduler = "wlc" })})
-	if !errors.Is(err, ErrSchedulerMissing) || !errors.Is(err, ErrModuleNotShipped) {
-		t.Fatalf("Apply = %v, want ErrSchedulerMissing and ErrModuleNotShipped", err)
+	if !errors.Is(err, ErrSchedulerMissing) || !errors.Is(err, kmod.ErrNotShipped) {
+		t.Fatalf("Apply = %v, want ErrSchedulerMissing and kmod.ErrNotShipped", err)
 	}
 	for _, s := range []string{"ip_vs_wlc", "api (192.0.2.11:443/tcp)", "nothing changed", "install this kernel's modules"} {
 		if !strings.Contains(err.Error(), s) {
@@ -452,15 +453,15 @@ func TestApplyMissingSchedulerModule(t *testing.T) {
 func TestApplyMissingIPVSModule(t *testing.T) {
 	k := &fakeIPVS{}
 	mods := &fakeModules{missing: map[string]error{
-		"ip_vs": &ModuleError{Module: "ip_vs", Step: stepRun, Path: "/sbin/modprobe", Err: ErrNoPermission, Fix: "run halb as root"},
+		"ip_vs": &kmod.Error{Module: "ip_vs", Step: kmod.StepRun, Path: "/sbin/modprobe", Err: kmod.ErrNoPermission, Fix: "run halb as root"},
 	}}
 	d, err := New(k, Options{Modules: mods, StateFile: filepath.Join(t.TempDir(), "s")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	err = d.Apply(context.Background(), []service.Service{web})
-	if !errors.Is(err, ErrNoPermission) || !strings.Contains(err.Error(), "ip_vs") || errors.Is(err, ErrSchedulerMissing) {
-		t.Errorf("Apply = %v, want ErrNoPermission naming ip_vs", err)
+	if !errors.Is(err, kmod.ErrNoPermission) || !strings.Contains(err.Error(), "ip_vs") || errors.Is(err, ErrSchedulerMissing) {
+		t.Errorf("Apply = %v, want kmod.ErrNoPermission naming ip_vs", err)
 	}
 	if k.reads != 0 {
 		t.Errorf("Apply read the table without ip_vs")

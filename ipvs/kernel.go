@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"syscall"
 	"time"
 
 	cfipvs "github.com/cloudflare/ipvs"
+
+	"github.com/halb-lb/halb/internal/kmod"
 )
 
 // Kernel is IPVS's table as halb reads and changes it: the calls of
@@ -53,18 +54,18 @@ var (
 type SchedulerError struct {
 	Service   string // the service, as Apply names it in errors
 	Scheduler string // "wlc"
-	Err       error  // the cause: a *ModuleError, or the kernel's ENOENT
+	Err       error  // the cause: a *kmod.Error, or the kernel's ENOENT
 }
 
 func (e *SchedulerError) Error() string {
 	mod := "ip_vs_" + e.Scheduler
-	var me *ModuleError
+	var me *kmod.Error
 	if errors.As(e.Err, &me) {
 		// The module loader has said what failed and how to fix it.
 		return fmt.Sprintf("service %s: scheduler %s needs kernel module %s: %v", e.Service, e.Scheduler, mod, e.Err)
 	}
-	return fmt.Sprintf("service %s: the kernel has no IPVS scheduler %s (%v): kernel module %s is not loaded; load it (modprobe %s) or list it in %s, and check that the kernel ships it (CONFIG_IP_VS_%s)",
-		e.Service, e.Scheduler, e.Err, mod, mod, BootConfig, strings.ToUpper(e.Scheduler))
+	return fmt.Sprintf("service %s: the kernel has no IPVS scheduler %s (%v): kernel module %s is not loaded; load it (modprobe %s) or list it in %s, and check that the kernel ships it (%s)",
+		e.Service, e.Scheduler, e.Err, mod, mod, kmod.BootConfig, kernelConfig(mod))
 }
 
 func (e *SchedulerError) Unwrap() []error { return []error{ErrSchedulerMissing, e.Err} }

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/halb-lb/halb/internal/kmod"
 )
 
 func TestListed(t *testing.T) {
@@ -32,7 +34,7 @@ func TestListed(t *testing.T) {
 
 func TestSchedulerError(t *testing.T) {
 	kernel := &SchedulerError{Service: "web (192.0.2.10:80/tcp)", Scheduler: "wlc", Err: kernelErr(syscall.ENOENT)}
-	for _, s := range []string{"web (192.0.2.10:80/tcp)", "ip_vs_wlc", "modprobe ip_vs_wlc", BootConfig, "CONFIG_IP_VS_WLC"} {
+	for _, s := range []string{"web (192.0.2.10:80/tcp)", "ip_vs_wlc", "modprobe ip_vs_wlc", kmod.BootConfig, "CONFIG_IP_VS_WLC"} {
 		if !strings.Contains(kernel.Error(), s) {
 			t.Errorf("%q does not say %q", kernel, s)
 		}
@@ -40,12 +42,13 @@ func TestSchedulerError(t *testing.T) {
 	if !errors.Is(kernel, ErrSchedulerMissing) || !errors.Is(kernel, syscall.ENOENT) {
 		t.Errorf("%v: want ErrSchedulerMissing and ENOENT", kernel)
 	}
-	loader := &SchedulerError{Service: "web", Scheduler: "mh", Err: &ModuleError{Module: "ip_vs_mh", Step: stepRun, Path: "/sbin/modprobe", Err: ErrModulesDisabled, Fix: disabledFix}}
+	const disabledFix = "nothing can be loaded until the next boot"
+	loader := &SchedulerError{Service: "web", Scheduler: "mh", Err: &kmod.Error{Module: "ip_vs_mh", Step: kmod.StepRun, Path: "/sbin/modprobe", Err: kmod.ErrDisabled, Fix: disabledFix}}
 	if !strings.Contains(loader.Error(), "needs kernel module ip_vs_mh") || !strings.Contains(loader.Error(), disabledFix) || strings.Contains(loader.Error(), "modprobe ip_vs_mh") {
 		t.Errorf("%q: want the module loader's account and fix, not a second one", loader)
 	}
-	if !errors.Is(loader, ErrModulesDisabled) {
-		t.Errorf("%v: want ErrModulesDisabled", loader)
+	if !errors.Is(loader, kmod.ErrDisabled) {
+		t.Errorf("%v: want kmod.ErrDisabled", loader)
 	}
 }
 
@@ -96,11 +99,11 @@ func TestConnect(t *testing.T) {
 		}
 	})
 	t.Run("ip_vs cannot be loaded", func(t *testing.T) {
-		mods := &fakeModules{missing: map[string]error{"ip_vs": &ModuleError{Module: "ip_vs", Step: stepFind, Err: ErrModuleNotShipped}}}
+		mods := &fakeModules{missing: map[string]error{"ip_vs": &kmod.Error{Module: "ip_vs", Step: kmod.StepFind, Err: kmod.ErrNotShipped}}}
 		dl := &dialer{missing: 100}
 		_, err := connect(ctx, mods, dl.dial, 3, time.Millisecond)
-		if !errors.Is(err, ErrModuleNotShipped) || !strings.Contains(err.Error(), "ip_vs could not be loaded") || dl.dials != 1 {
-			t.Errorf("connect = %v after %d dials, want ErrModuleNotShipped after 1", err, dl.dials)
+		if !errors.Is(err, kmod.ErrNotShipped) || !strings.Contains(err.Error(), "ip_vs could not be loaded") || dl.dials != 1 {
+			t.Errorf("connect = %v after %d dials, want kmod.ErrNotShipped after 1", err, dl.dials)
 		}
 	})
 	t.Run("another failure", func(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -30,6 +31,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/kmod"
 )
 
 // Host says where the probe looks. Zero value = the real host.
@@ -346,21 +348,21 @@ func (h Host) probeIPVS(release string) IPVS {
 	}
 
 	var schedulers []string
-	builtin, err := h.modulesList(path.Join(i.ModulesDir, "modules.builtin"), "cannot tell what is built in")
+	builtin, err := moduleIndex(h, path.Join(i.ModulesDir, "modules.builtin"), "cannot tell what is built in", kmod.ParseBuiltin)
 	if err != nil {
 		i.Problems = append(i.Problems, err.Error())
 	}
-	for _, m := range builtin {
+	for m := range builtin {
 		i.Builtin = i.Builtin || m == "ip_vs"
 		if s, ok := isIPVSScheduler(m); ok {
 			schedulers = append(schedulers, s)
 		}
 	}
-	modules, err := h.modulesList(path.Join(i.ModulesDir, "modules.dep"), "run depmod")
+	dep, err := moduleIndex(h, path.Join(i.ModulesDir, "modules.dep"), "run depmod", kmod.ParseDep)
 	if err != nil {
 		i.Problems = append(i.Problems, err.Error())
 	}
-	for _, m := range modules {
+	for m := range dep {
 		i.Loadable = i.Loadable || m == "ip_vs"
 		if s, ok := isIPVSScheduler(m); ok {
 			schedulers = append(schedulers, s)
@@ -371,43 +373,23 @@ func (h Host) probeIPVS(release string) IPVS {
 	return i
 }
 
-// modulesList returns the module names in a modules.builtin or modules.dep
-// file. Both have one module path per line; modules.dep follows the path with
-// ":" and its dependencies. A missing file is reported with hint.
-func (h Host) modulesList(p, hint string) ([]string, error) {
+// moduleIndex reads one of the module lists depmod writes (modules.dep,
+// modules.builtin) with its parser from internal/kmod, the one the IPVS
+// data path's loader reads them with. A missing file is reported with hint.
+func moduleIndex[T any](h Host, p, hint string, parse func(io.Reader) (T, error)) (T, error) {
+	var zero T
 	data, err := h.readFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("no %s: %s", p, hint)
+		return zero, fmt.Errorf("no %s: %s", p, hint)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", p, err)
+		return zero, fmt.Errorf("read %s: %w", p, err)
 	}
-	var names []string
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		file, _, _ := strings.Cut(sc.Text(), ":")
-		if name := moduleName(file); name != "" {
-			names = append(names, name)
-		}
+	index, err := parse(bytes.NewReader(data))
+	if err != nil {
+		return zero, fmt.Errorf("read %s: %w", p, err)
 	}
-	if err := sc.Err(); err != nil {
-		return names, fmt.Errorf("read %s: %w", p, err)
-	}
-	return names, nil
-}
-
-// moduleName turns "kernel/net/netfilter/ipvs/ip_vs_rr.ko.xz" into "ip_vs_rr"
-// the way kmod does: base name, no .ko or compression suffix, "-" read as "_".
-func moduleName(file string) string {
-	base := path.Base(strings.TrimSpace(file))
-	for _, ext := range []string{".xz", ".zst", ".gz"} {
-		base = strings.TrimSuffix(base, ext)
-	}
-	name, ok := strings.CutSuffix(base, ".ko")
-	if !ok || name == "" {
-		return ""
-	}
-	return strings.ReplaceAll(name, "-", "_")
+	return index, nil
 }
 
 // Decision is the data path chosen for datapath.mode on a probed host.

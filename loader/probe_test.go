@@ -547,21 +547,3 @@ func TestUnescapeMount(t *testing.T) {
 		}
 	}
 }
-
-func TestModuleName(t *testing.T) {
-	for in, want := range map[string]string{
-		"kernel/net/netfilter/ipvs/ip_vs.ko":        "ip_vs",
-		"kernel/net/netfilter/ipvs/ip_vs_rr.ko.xz":  "ip_vs_rr",
-		"kernel/net/netfilter/ipvs/ip_vs_mh.ko.zst": "ip_vs_mh",
-		"kernel/net/netfilter/ipvs/ip_vs_sh.ko.gz":  "ip_vs_sh",
-		"kernel/drivers/net/some-driver.ko":         "some_driver",
-		"  kernel/x/y.ko  ":                         "y",
-		"kernel/x/notamodule.txt":                   "",
-		"":                                          "",
-		".ko":                                       "",
-	} {
-		if got := moduleName(in); got != want {
-			t.Errorf("moduleName(%q) = %q, want %q", in, got, want)
-		}
-	}
-}

@@ -1,4 +1,4 @@
-package ipvs
+package kmod
 
 import (
 	"errors"

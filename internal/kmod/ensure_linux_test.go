@@ -1,4 +1,4 @@
-package ipvs
+package kmod
 
 import (
 	"context"
@@ -181,7 +181,7 @@ func (k *fakeKernel) finit(f *os.File, params string, flags int) error {
 	if params != "" {
 		k.t.Errorf("finit_module(%s) with params %q, want none", file, params)
 	}
-	name := modnameFromPath(file)
+	name := NameFromPath(file)
 	err := k.finitErr[name]
 	if alts, ok := k.requires[name]; ok && err == nil {
 		err = unix.ENOENT
@@ -444,14 +444,14 @@ func TestEnsure(t *testing.T) {
 			name:    "not in modules.dep: not shipped",
 			host:    nativeHost().live("ip_vs"),
 			modules: []string{"ip_vs_twos"},
-			wantIs:  ErrModuleNotShipped,
+			wantIs:  ErrNotShipped,
 			wantMsg: []string{"load kernel module ip_vs_twos for kernel " + debianRelease, "find /lib/modules/" + debianRelease + "/modules.dep: not listed", "linux-image-" + debianRelease, "CONFIG_IP_VS_TWOS"},
 		},
 		{
 			name:    "every module not shipped is reported",
 			host:    nativeHost().live("libcrc32c", "nf_defrag_ipv4", "nf_defrag_ipv6", "nf_conntrack", "ip_vs"),
 			modules: []string{"ip_vs_twos", "ip_vs_rr", "ip_vs_ovf"},
-			wantIs:  ErrModuleNotShipped,
+			wantIs:  ErrNotShipped,
 			wantMsg: []string{"ip_vs_twos for kernel", "ip_vs_ovf for kernel", "CONFIG_IP_VS_OVF"},
 			wantFinits: []finitCall{
 				{debianFile("kernel/net/netfilter/ipvs/ip_vs_rr.ko"), 0},
@@ -461,14 +461,14 @@ func TestEnsure(t *testing.T) {
 			name:    "modules.dep lists a file that is gone",
 			host:    nativeHost().with("/lib/modules/"+debianRelease+"/kernel/net/netfilter/ipvs/ip_vs.ko", "<none>").live("libcrc32c", "nf_defrag_ipv4", "nf_defrag_ipv6", "nf_conntrack"),
 			modules: []string{"ip_vs"},
-			wantIs:  ErrModuleNotShipped,
+			wantIs:  ErrNotShipped,
 			wantMsg: []string{"ip_vs.ko: modules.dep lists it but there is no such file", "reinstall"},
 		},
 		{
 			name:    "no /lib/modules/<release>: modules not installed",
 			host:    nativeHost().with("/lib/modules/"+debianRelease+"/modules.dep", "<none>", "/lib/modules/"+debianRelease+"/modules.builtin", "<none>", "/proc/sys/kernel/osrelease", "6.6.31+rpt-rpi-v8\n"),
 			modules: []string{"ip_vs"},
-			wantIs:  ErrModuleNotShipped,
+			wantIs:  ErrNotShipped,
 			wantMsg: []string{"for kernel 6.6.31+rpt-rpi-v8: find /lib/modules/6.6.31+rpt-rpi-v8: no such directory", "reboot into the kernel"},
 		},
 		{
@@ -507,7 +507,7 @@ func TestEnsure(t *testing.T) {
 			kernel:     fakeKernel{finitErr: map[string]error{"libcrc32c": unix.EPERM}},
 			modules:    []string{"ip_vs"},
 			wantFinits: debianIPVS[:1],
-			wantIs:     ErrModulesDisabled,
+			wantIs:     ErrDisabled,
 			wantMsg:    []string{"module loading is disabled (kernel.modules_disabled = 1)", "until the next boot", BootConfig},
 		},
 		{
@@ -580,7 +580,7 @@ func TestEnsure(t *testing.T) {
 			kernel:   fakeKernel{runErr: errors.New("exit status 1"), runStderr: "modprobe: FATAL: Module ip_vs_twos not found in directory /lib/modules/" + debianRelease + "\n"},
 			modules:  []string{"ip_vs_twos"},
 			wantRuns: [][]string{{"/sbin/modprobe", "ip_vs_twos"}},
-			wantIs:   ErrModuleNotShipped,
+			wantIs:   ErrNotShipped,
 			wantMsg:  []string{"exit status 1: modprobe: FATAL: Module ip_vs_twos not found", "module not shipped with this kernel", "CONFIG_IP_VS_TWOS"},
 		},
 		{
@@ -589,7 +589,7 @@ func TestEnsure(t *testing.T) {
 			kernel:   fakeKernel{runErr: errors.New("exit status 1"), runStderr: "modprobe: ERROR: could not insert 'ip_vs_wrr': Unknown symbol in module, or unknown parameter (see dmesg)\n"},
 			modules:  []string{"ip_vs_wrr"},
 			wantRuns: [][]string{{"/sbin/modprobe", "ip_vs_wrr"}},
-			wantIs:   ErrModuleNotShipped,
+			wantIs:   ErrNotShipped,
 			wantMsg:  []string{"load kernel module ip_vs_wrr for kernel " + debianRelease + ": run /sbin/modprobe: exit status 1: modprobe: ERROR: could not insert 'ip_vs_wrr': Unknown symbol in module, or unknown parameter (see dmesg): modules.dep lists " + debianFile("kernel/net/netfilter/ipvs/ip_vs_wrr.ko") + " but there is no such file", "reinstall this kernel's modules", "run depmod " + debianRelease + " if the file was removed on purpose"},
 			wantNot:  []string{"dmesg) may say why"},
 		},
@@ -599,7 +599,7 @@ func TestEnsure(t *testing.T) {
 			kernel:   fakeKernel{runErr: errors.New("exit status 1"), runStderr: "modprobe: ERROR: could not insert 'nf_conntrack': Unknown symbol in module, or unknown parameter (see dmesg)\n"},
 			modules:  []string{"ip_vs"},
 			wantRuns: [][]string{{"/sbin/modprobe", "ip_vs"}},
-			wantIs:   ErrModuleNotShipped,
+			wantIs:   ErrNotShipped,
 			wantMsg:  []string{"load kernel module nf_conntrack (needed by ip_vs) for kernel " + debianRelease, "modules.dep lists " + debianFile("kernel/net/netfilter/nf_conntrack.ko") + " but there is no such file"},
 		},
 		{
@@ -626,7 +626,7 @@ func TestEnsure(t *testing.T) {
 			kernel:   fakeKernel{runErr: errors.New("exit status 1"), runStderr: "modprobe: ERROR: could not insert 'ip_vs': Operation not permitted\n"},
 			modules:  []string{"ip_vs"},
 			wantRuns: [][]string{{"/sbin/modprobe", "ip_vs"}},
-			wantIs:   ErrModulesDisabled,
+			wantIs:   ErrDisabled,
 			wantMsg:  []string{"module loading is disabled", BootConfig},
 		},
 		{
@@ -648,7 +648,8 @@ func TestEnsure(t *testing.T) {
 			k := tc.kernel
 			k.t = t
 			k.root = tc.host.write(t)
-			m := Modules{Root: k.root, Release: tc.release, Run: k.run, FinitModule: k.finit, Settle: time.Millisecond}
+			m := Loader{Root: k.root, Release: tc.release, Run: k.run, FinitModule: k.finit, Settle: time.Millisecond,
+				KernelConfig: configSymbol}
 			err := m.Ensure(context.Background(), tc.modules...)
 
 			if !slices.EqualFunc(k.runs, tc.wantRuns, slices.Equal) {
@@ -682,11 +683,24 @@ func TestEnsure(t *testing.T) {
 			if strings.HasPrefix(tc.modules[0], "../") {
 				return
 			}
-			var me *ModuleError
+			var me *Error
 			if !errors.As(err, &me) {
-				t.Errorf("error is not a *ModuleError: %T", err)
+				t.Errorf("error is not a *Error: %T", err)
 			}
 		})
+	}
+}
+
+// configSymbol names the kernel option of a module as IPVS's do.
+func configSymbol(module string) string { return "CONFIG_" + strings.ToUpper(module) }
+
+// Without KernelConfig the fix for a module this kernel does not ship names
+// no build option: the loader does not guess one.
+func TestNotShippedFixWithoutKernelConfig(t *testing.T) {
+	root := debianHost().with("/sbin/modprobe*", "<none>", "/proc/sys/kernel/modprobe", "\n").write(t)
+	err := Loader{Root: root, Settle: time.Millisecond}.Ensure(context.Background(), "ip_vs_twos")
+	if !errors.Is(err, ErrNotShipped) || strings.Contains(err.Error(), "CONFIG_") || !strings.Contains(err.Error(), "linux-image-"+debianRelease) {
+		t.Errorf("Ensure(ip_vs_twos) = %v, want not shipped, the package named and no kernel option", err)
 	}
 }
 
@@ -695,7 +709,7 @@ func TestEnsureCancelled(t *testing.T) {
 	k := &fakeKernel{t: t, root: root, initstate: "coming"}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := Modules{Root: root, Run: k.run, Settle: time.Hour}.Ensure(ctx, "ip_vs")
+	err := Loader{Root: root, Run: k.run, Settle: time.Hour}.Ensure(ctx, "ip_vs")
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("Ensure with a cancelled context: %v, want context.Canceled", err)
 	}
