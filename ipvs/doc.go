@@ -1,7 +1,8 @@
 // Package ipvs is halb's data path on Linux IPVS, for kernels without BTF (a
-// Raspberry Pi's, for one): it loads the kernel modules IPVS needs and keeps
-// IPVS's virtual services equal to halb's over generic netlink, with
-// github.com/cloudflare/ipvs.
+// Raspberry Pi's, for one): it says which kernel modules IPVS needs (ip_vs
+// and one ip_vs_<scheduler> per scheduler in use), has internal/kmod load
+// each of them explicitly, and keeps IPVS's virtual services equal to
+// halb's over generic netlink, with github.com/cloudflare/ipvs.
 //
 // A Datapath reconciles: every Apply reads what the kernel holds and changes
 // only what differs, so it restores whatever someone removed (ipvsadm -C)

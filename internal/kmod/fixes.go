@@ -1,3 +1,5 @@
+// Why the kernel refused a module, and what the user should do about it.
+
 package kmod
 
 import (

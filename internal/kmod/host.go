@@ -1,3 +1,6 @@
+// What the host says about its modules (/sys/module, the lists under
+// /lib/modules), read once per Ensure, and loading through modprobe.
+
 package kmod
 
 import (

@@ -1,3 +1,7 @@
+// The lists depmod writes under /lib/modules/<release>, parsed by pure
+// functions, and what follows from them alone: a module's load order and
+// what a soft dependency stands for.
+
 package kmod
 
 import (

@@ -1,3 +1,6 @@
+// Loading without modprobe: finit_module(2) over modules.dep and
+// modules.softdep, as kmod's modprobe would.
+
 package kmod
 
 import (
