@@ -27,34 +27,7 @@ type Status struct {
 	Instances []InstanceStatus `json:"instances"`
 	Backends  []BackendStatus  `json:"backends"`
 	// Services is what the data path serves, with its counters.
-	Services []ServiceStatus `json:"services"`
-}
-
-// ServiceStatus is one service as the data path holds it.
-type ServiceStatus struct {
-	Name     string                `json:"name"`
-	Key      string                `json:"key"`
-	Datapath string                `json:"datapath"` // xdp, tc or ipvs
-	Packets  uint64                `json:"packets"`
-	Bytes    uint64                `json:"bytes"`
-	NewFlows uint64                `json:"new_flows"`
-	Backends []ServiceBackendStats `json:"backends"`
-}
-
-// ServiceBackendStats is one backend of a service in the data path.
-type ServiceBackendStats struct {
-	Backend  string `json:"backend"`
-	Weight   uint32 `json:"weight"`
-	Live     bool   `json:"live"` // takes new flows
-	Packets  uint64 `json:"packets"`
-	Bytes    uint64 `json:"bytes"`
-	NewFlows uint64 `json:"new_flows"`
-	// Connections IPVS holds now; the eBPF data path does not count them.
-	Active   *uint64 `json:"active_connections,omitempty"`
-	Inactive *uint64 `json:"inactive_connections,omitempty"`
-	// Problem: why the data path cannot serve it now (no route, no
-	// neighbour, interface missing); it tries again by itself.
-	Problem string `json:"problem,omitempty"`
+	Services []service.Report `json:"services"`
 }
 
 // InstanceStatus is one VRRP instance.
@@ -141,7 +114,7 @@ func (d *Daemon) status() Status { return statusOf(d, d.log) }
 
 // statusOf is what `halb status` shows of o.
 func statusOf(o observed, log *slog.Logger) Status {
-	s := Status{Datapath: "none", Hooks: []string{}, Instances: []InstanceStatus{}, Backends: []BackendStatus{}, Services: []ServiceStatus{}}
+	s := Status{Datapath: "none", Hooks: []string{}, Instances: []InstanceStatus{}, Backends: []BackendStatus{}, Services: []service.Report{}}
 	name, dp := o.servingDatapath()
 	if name != "" {
 		s.Datapath = name
@@ -164,34 +137,19 @@ func statusOf(o observed, log *slog.Logger) Status {
 		s.Backends = append(s.Backends, bs)
 	}
 	if dp != nil {
-		if h, ok := dp.(service.Hooker); ok {
-			s.Hooks = append(s.Hooks, h.Hooks()...)
+		s.Hooks = append(s.Hooks, dp.Hooks()...)
+		reports, err := dp.Report()
+		if err != nil {
+			log.Warn("status: reading the data path's counters", "err", err)
 		}
-		if r, ok := dp.(service.Reporter); ok {
-			reports, err := r.Report()
-			if err != nil {
-				log.Warn("status: reading the data path's counters", "err", err)
+		for _, r := range reports {
+			if r.Backends == nil {
+				r.Backends = []service.BackendReport{} // [] in the JSON, not null
 			}
-			for _, sv := range reports {
-				s.Services = append(s.Services, serviceStatus(sv))
-			}
+			s.Services = append(s.Services, r)
 		}
 	}
 	return s
-}
-
-func serviceStatus(r service.Report) ServiceStatus {
-	ss := ServiceStatus{Name: r.Name, Key: r.Key.String(), Datapath: r.Datapath, Packets: r.Stats.Packets, Bytes: r.Stats.Bytes,
-		NewFlows: r.Stats.NewFlows, Backends: []ServiceBackendStats{}}
-	for _, b := range r.Backends {
-		bs := ServiceBackendStats{Backend: b.Addr.String(), Weight: b.Weight, Live: b.Live,
-			Packets: b.Stats.Packets, Bytes: b.Stats.Bytes, NewFlows: b.Stats.NewFlows, Problem: b.Problem}
-		if r.Datapath == "ipvs" {
-			bs.Active, bs.Inactive = &b.Stats.Active, &b.Stats.Inactive
-		}
-		ss.Backends = append(ss.Backends, bs)
-	}
-	return ss
 }
 
 // listenControl makes the control socket, root only (mode 0600). The

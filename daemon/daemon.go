@@ -2,7 +2,11 @@
 // decides the data path, and handles reloads and shutdown.
 //
 // It is the one place that knows about every part of halb; the parts never
-// know about each other through it. A bad configuration, at start or on
+// know about each other through it. It knows a data path only as a
+// service.Datapath, opened by package datapaths, and shows what that
+// reports (status, counters) as it comes: it must never branch on which
+// data path it drives, nor reach into loader or ipvs beyond the probe
+// (loader.Host, loader.Choose). A bad configuration, at start or on
 // reload, must never be half-applied: at start it stops the daemon before
 // anything is touched, on reload the running configuration stays.
 //
@@ -17,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -28,8 +31,8 @@ import (
 	sd "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/datapaths"
 	"github.com/halb-lb/halb/health"
-	"github.com/halb-lb/halb/ipvs"
 	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
 )
@@ -75,7 +78,9 @@ type Daemon struct {
 	healthChanged chan struct{}
 	// quorumLost is, by service name, whether the last apply found the
 	// service below its quorum, so that a change is logged once.
-	quorumLost   map[string]bool
+	quorumLost map[string]bool
+	// lastResync is when the data path was last applied for its resync.
+	lastResync   time.Time
 	datapathName atomic.Pointer[string]           // for the control socket's goroutines
 	datapath     atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
 }
@@ -252,10 +257,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 			d.log.Info("halb stopping", "signal", sig.String())
 			return nil
 		case <-resync.C:
-			if err := d.apply(ctx); err != nil {
-				d.log.Error("resync of the data path failed", "err", err)
-			}
-			d.accept.apply(d.cfg) // when the last change failed, or the kernel lost it
+			d.resync(ctx)
 		case <-d.healthChanged:
 			if err := d.apply(ctx); err != nil {
 				d.log.Error("backend weights not fully programmed; retrying at the next resync", "err", err)
@@ -329,25 +331,8 @@ func (d *Daemon) closeDatapath(undo bool) {
 }
 
 // datapathAbsent reports whether no earlier halb left a data path that
-// this one would adopt: nothing in datapath.bpffs for the eBPF data path,
-// no state file of halb's IPVS services.
-func (d *Daemon) datapathAbsent() bool {
-	absent := func(path string) bool {
-		_, err := os.Lstat(path)
-		return errors.Is(err, fs.ErrNotExist)
-	}
-	empty := func(dir string) bool {
-		entries, err := os.ReadDir(dir)
-		return errors.Is(err, fs.ErrNotExist) || err == nil && len(entries) == 0
-	}
-	if (d.mode == config.ModeXDP || d.mode == config.ModeTC) && !empty(d.boot.Datapath.BPFFS) {
-		return false
-	}
-	if (d.mode == config.ModeIPVS || d.boot.Datapath.Mode == config.ModeAuto) && !absent(ipvs.DefaultStateFile) {
-		return false
-	}
-	return true
-}
+// this one would adopt.
+func (d *Daemon) datapathAbsent() bool { return datapaths.Absent(d.boot.Datapath, d.mode) }
 
 // waitAtShutdown waits for done, at most for bound.
 func (d *Daemon) waitAtShutdown(done <-chan struct{}, what string, bound time.Duration) {

@@ -5,35 +5,39 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/datapaths"
 	"github.com/halb-lb/halb/health"
-	"github.com/halb-lb/halb/ipvs"
-	"github.com/halb-lb/halb/loader"
-	"github.com/halb-lb/halb/service"
 )
 
-// resyncInterval is how often the data path is applied again although
-// nothing changed: IPVS sends no change notifications, so a table someone
-// flushed is only noticed by looking.
-const resyncInterval = ipvs.ResyncInterval
+// resyncInterval is how often the daemon looks again at what others may
+// have changed behind its back: the accept filter, and the data path when
+// it asks (service.Datapath.Resync).
+const resyncInterval = 10 * time.Second
 
-// openDatapath opens the data path the probe chose.
-func (d *Daemon) openDatapath(ctx context.Context, mode string) (service.Datapath, error) {
-	switch mode {
-	case config.ModeIPVS:
-		return ipvs.Open(ctx, ipvs.Options{Log: d.log})
-	case config.ModeXDP, config.ModeTC:
-		bpf, err := d.openBPF(ctx, mode)
-		if err != nil || d.boot.Datapath.Mode != config.ModeAuto {
-			return bpf, err
+// resync applies the services again when the data path asks for it, or
+// opens the data path when an earlier try failed, and restores the accept
+// filter when the last change failed or the kernel lost it.
+func (d *Daemon) resync(ctx context.Context) {
+	if d.resyncDue(time.Now()) {
+		if err := d.apply(ctx); err != nil {
+			d.log.Error("resync of the data path failed", "err", err)
 		}
-		// auto: NAT and IPVS-only schedulers are not in the eBPF data
-		// path, so those services run on IPVS beside it.
-		return &service.Split{First: bpf, OpenSecond: func(ctx context.Context) (service.Datapath, error) {
-			return ipvs.Open(ctx, ipvs.Options{Log: d.log})
-		}}, nil
 	}
-	return nil, fmt.Errorf("no data path for mode %q", mode)
+	d.accept.apply(d.cfg)
+}
+
+// resyncDue reports whether the data path's resync interval has passed
+// since its last resync, give or take half a tick of the daemon's.
+func (d *Daemon) resyncDue(now time.Time) bool {
+	if d.dp == nil {
+		return true // no services yet, or the open failed: apply opens it
+	}
+	every := d.dp.Resync()
+	if every <= 0 || now.Sub(d.lastResync) < every-resyncInterval/2 {
+		return false
+	}
+	d.lastResync = now
+	return true
 }
 
 // apply programs the configured services, opening the data path the first
@@ -47,7 +51,7 @@ func (d *Daemon) apply(ctx context.Context) error {
 		if err := d.lockBPFFS(); err != nil {
 			return err
 		}
-		dp, err := d.openDatapath(ctx, d.mode)
+		dp, err := datapaths.Open(ctx, d.boot.Datapath, d.mode, d.log) // the datapath keys it started with (restartKeys)
 		if err != nil {
 			return fmt.Errorf("open %s data path: %w", d.mode, err)
 		}
@@ -92,10 +96,4 @@ func (d *Daemon) logQuorum(states map[health.Key]health.State) {
 		}
 	}
 	d.quorumLost = lost
-}
-
-func (d *Daemon) openBPF(_ context.Context, mode string) (service.Datapath, error) {
-	// The data path keeps the datapath keys it started with
-	// (restartKeys).
-	return loader.NewDatapath(d.boot.Datapath, mode, d.log)
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/halb-lb/halb/health"
 	"github.com/halb-lb/halb/internal/golden"
-	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
 	"github.com/halb-lb/halb/vrrp"
 )
@@ -124,11 +123,9 @@ func goldenCases() []goldenCase {
 // goldenBPF reports as the eBPF data path does: a DR service with one
 // backend served, one drained and one it has no route to; a TUN service
 // over IPv6; no open connections; drop counters by reason.
-type goldenBPF struct{}
+type goldenBPF struct{ nopDatapath }
 
-func (goldenBPF) Name() string                                   { return "xdp" }
-func (goldenBPF) Apply(context.Context, []service.Service) error { return nil }
-func (goldenBPF) Close() error                                   { return nil }
+func (goldenBPF) Name() string { return "xdp" }
 func (goldenBPF) Hooks() []string {
 	return []string{"eth0: xdp native", "eth1: missing, waiting for it"}
 }
@@ -150,29 +147,26 @@ func (goldenBPF) Report() ([]service.Report, error) {
 	}, nil
 }
 
-func (goldenBPF) Drops() (map[loader.DropReason]uint64, error) {
-	return map[loader.DropReason]uint64{
-		loader.DropMalformed: 1, loader.DropNoBackend: 7, loader.DropNoTxPort: 0, loader.DropUnsupported: 0,
-		loader.DropNoRoute: 3, loader.DropNoNeigh: 2, loader.DropTooBig: 0, loader.DropTooBigAnswered: 5,
-		loader.DropEncap: 0, loader.DropIPHeader: 0, loader.DropIPLength: 1, loader.DropTCPHeader: 0,
-		loader.DropUDPHeader: 0, loader.DropBadSource: 9, loader.DropVIPSource: 0,
-	}, nil
+func (goldenBPF) Counters() ([]service.Counter, error) {
+	return []service.Counter{{Name: "drops", Help: "Packets the eBPF data path dropped, by reason.", Label: "reason", Values: map[string]uint64{
+		"malformed": 1, "no-backend": 7, "no-tx-port": 0, "unsupported": 0, "no-route": 3, "no-neigh": 2, "too-big": 0,
+		"too-big-answered": 5, "encap": 0, "ip-header": 0, "ip-length": 1, "tcp-header": 0, "udp-header": 0,
+		"bad-source": 9, "vip-source": 0,
+	}}}, nil
 }
 
 // goldenIPVS reports as IPVS does: incoming packets, connections
 // scheduled, and each backend's open connections.
-type goldenIPVS struct{}
+type goldenIPVS struct{ nopDatapath }
 
-func (goldenIPVS) Name() string                                   { return "ipvs" }
-func (goldenIPVS) Apply(context.Context, []service.Service) error { return nil }
-func (goldenIPVS) Close() error                                   { return nil }
+func (goldenIPVS) Name() string { return "ipvs" }
 func (goldenIPVS) Report() ([]service.Report, error) {
 	return []service.Report{
 		{Name: "db", Key: service.Key{VIP: netip.MustParseAddr("192.0.2.101"), Port: 5432, Proto: service.TCP}, Datapath: "ipvs",
 			Stats: service.Stats{Packets: 2000, Bytes: 300000, NewFlows: 40},
 			Backends: []service.BackendReport{
-				{Addr: netip.MustParseAddrPort("198.51.100.31:5432"), Weight: 1, Live: true, Stats: service.Stats{Packets: 2000, Bytes: 300000, NewFlows: 40, Active: 3, Inactive: 12}},
-				{Addr: netip.MustParseAddrPort("198.51.100.32:5432"), Weight: 0, Stats: service.Stats{Inactive: 1}},
+				{Addr: netip.MustParseAddrPort("198.51.100.31:5432"), Weight: 1, Live: true, Stats: service.Stats{Packets: 2000, Bytes: 300000, NewFlows: 40, Conns: &service.Conns{Active: 3, Inactive: 12}}},
+				{Addr: netip.MustParseAddrPort("198.51.100.32:5432"), Weight: 0, Stats: service.Stats{Conns: &service.Conns{Inactive: 1}}},
 			}},
 	}, nil
 }

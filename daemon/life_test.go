@@ -135,7 +135,10 @@ func TestRestartKeysCoverStartOnlySections(t *testing.T) {
 }
 
 // countingDatapath counts applies, so that a test sees the loop at work.
-type countingDatapath struct{ applied chan struct{} }
+type countingDatapath struct {
+	nopDatapath
+	applied chan struct{}
+}
 
 func (c countingDatapath) Name() string { return "counting" }
 func (c countingDatapath) Apply(context.Context, []service.Service) error {
@@ -145,7 +148,6 @@ func (c countingDatapath) Apply(context.Context, []service.Service) error {
 	}
 	return nil
 }
-func (countingDatapath) Close() error { return nil }
 
 // A config read that blocks (a file on a hung mount) stalls neither the
 // health-driven re-apply nor SIGTERM; many SIGHUPs meanwhile make one

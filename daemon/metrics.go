@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/halb-lb/halb/health"
-	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
 	"github.com/halb-lb/halb/vrrp"
 )
@@ -32,15 +31,9 @@ var (
 	descFlows       = prometheus.NewDesc("halb_datapath_new_flows_total", "New flows (IPVS: connections) scheduled.", []string{"service", "backend"}, nil)
 	descActive      = prometheus.NewDesc("halb_datapath_active_connections", "Connections IPVS holds for a backend now, by state (active, inactive).", []string{"service", "backend", "state"}, nil)
 	descAcceptDrops = prometheus.NewDesc("halb_vrrp_accept_dropped_total", "Packets to a VIP the v3 Accept_Mode filter dropped (accept: false).", []string{"vip"}, nil)
-	descDrops       = prometheus.NewDesc("halb_datapath_drops_total", "Packets the eBPF data path dropped, by reason.", []string{"reason"}, nil)
 )
 
 var vrrpStates = []vrrp.State{vrrp.Initialize, vrrp.Backup, vrrp.Master, vrrp.Fault}
-
-// dropCounter is the eBPF data path's drop counters.
-type dropCounter interface {
-	Drops() (map[loader.DropReason]uint64, error)
-}
 
 // collector reads the daemon's state at scrape time.
 type collector struct{ o observed }
@@ -82,35 +75,30 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// collectDatapath sends what the data path counted. A failed read leaves
+// its figures out of this scrape; the others' still go out.
 func (c collector) collectDatapath(ch chan<- prometheus.Metric, dp service.Datapath) {
-	if r, ok := dp.(service.Reporter); ok {
-		// A failed read leaves the services out of this scrape, the
-		// others' figures still go out.
-		reports, _ := r.Report()
-		for _, s := range reports {
-			put := func(backend string, st service.Stats) {
-				ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(st.Packets), s.Name, backend)
-				ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.Bytes), s.Name, backend)
-				ch <- prometheus.MustNewConstMetric(descFlows, prometheus.CounterValue, float64(st.NewFlows), s.Name, backend)
-			}
-			put("", s.Stats) // the service as a whole
-			for _, b := range s.Backends {
-				put(b.Addr.String(), b.Stats)
-				if s.Datapath == "ipvs" {
-					ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(b.Stats.Active), s.Name, b.Addr.String(), "active")
-					ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(b.Stats.Inactive), s.Name, b.Addr.String(), "inactive")
-				}
+	reports, _ := dp.Report()
+	for _, s := range reports {
+		put := func(backend string, st service.Stats) {
+			ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(st.Packets), s.Name, backend)
+			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.Bytes), s.Name, backend)
+			ch <- prometheus.MustNewConstMetric(descFlows, prometheus.CounterValue, float64(st.NewFlows), s.Name, backend)
+		}
+		put("", s.Stats) // the service as a whole
+		for _, b := range s.Backends {
+			put(b.Addr.String(), b.Stats)
+			if b.Conns != nil {
+				ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(b.Conns.Active), s.Name, b.Addr.String(), "active")
+				ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(b.Conns.Inactive), s.Name, b.Addr.String(), "inactive")
 			}
 		}
 	}
-	if split, ok := dp.(*service.Split); ok {
-		dp = split.First
-	}
-	if dc, ok := dp.(dropCounter); ok {
-		if drops, err := dc.Drops(); err == nil {
-			for reason, n := range drops {
-				ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(n), reason.String())
-			}
+	counters, _ := dp.Counters()
+	for _, c := range counters {
+		desc := prometheus.NewDesc("halb_datapath_"+c.Name+"_total", c.Help, []string{c.Label}, nil)
+		for value, n := range c.Values {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(n), value)
 		}
 	}
 }

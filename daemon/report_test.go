@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -12,20 +13,39 @@ import (
 	"github.com/halb-lb/halb/service"
 )
 
-// reportingDatapath is a data path that reports fixed counters, as IPVS
-// does for a web service with one backend busy and one drained.
-type reportingDatapath struct{ name string }
+// nopDatapath is a data path that serves nothing; the test data paths
+// embed it and say what they do differently.
+type nopDatapath struct{}
 
-func (r reportingDatapath) Name() string                                 { return r.name }
-func (reportingDatapath) Apply(context.Context, []service.Service) error { return nil }
-func (reportingDatapath) Close() error                                   { return nil }
+func (nopDatapath) Name() string                                   { return "nop" }
+func (nopDatapath) Apply(context.Context, []service.Service) error { return nil }
+func (nopDatapath) Resync() time.Duration                          { return 0 }
+func (nopDatapath) Report() ([]service.Report, error)              { return nil, nil }
+func (nopDatapath) Hooks() []string                                { return nil }
+func (nopDatapath) Counters() ([]service.Counter, error)           { return nil, nil }
+func (nopDatapath) Cleanup() error                                 { return nil }
+func (nopDatapath) Close() error                                   { return nil }
+
+// reportingDatapath is a data path that reports fixed counters, as IPVS
+// does for a web service with one backend busy and one drained; as the
+// eBPF data path, it counts no open connections.
+type reportingDatapath struct {
+	nopDatapath
+	name string
+}
+
+func (r reportingDatapath) Name() string { return r.name }
 func (r reportingDatapath) Report() ([]service.Report, error) {
+	var busy, drained *service.Conns
+	if r.name == "ipvs" {
+		busy, drained = &service.Conns{Active: 2, Inactive: 1}, &service.Conns{}
+	}
 	return []service.Report{{
 		Name: "web", Key: service.Key{VIP: netip.MustParseAddr("192.0.2.10"), Port: 80, Proto: service.TCP}, Datapath: r.name,
 		Stats: service.Stats{Packets: 70, Bytes: 7000, NewFlows: 7},
 		Backends: []service.BackendReport{
-			{Addr: netip.MustParseAddrPort("198.51.100.1:80"), Weight: 1, Live: true, Stats: service.Stats{Packets: 70, Bytes: 7000, NewFlows: 7, Active: 2, Inactive: 1}},
-			{Addr: netip.MustParseAddrPort("198.51.100.2:80"), Weight: 0},
+			{Addr: netip.MustParseAddrPort("198.51.100.1:80"), Weight: 1, Live: true, Stats: service.Stats{Packets: 70, Bytes: 7000, NewFlows: 7, Conns: busy}},
+			{Addr: netip.MustParseAddrPort("198.51.100.2:80"), Weight: 0, Stats: service.Stats{Conns: drained}},
 		},
 	}}, nil
 }
@@ -40,11 +60,11 @@ func TestStatusAndMetricsReportTheDatapath(t *testing.T) {
 		t.Fatalf("services: %+v", st.Services)
 	}
 	s := st.Services[0]
-	if s.Name != "web" || s.Key != "192.0.2.10:80/tcp" || s.Datapath != "ipvs" || s.Packets != 70 || s.NewFlows != 7 || len(s.Backends) != 2 {
+	if s.Name != "web" || s.Key.String() != "192.0.2.10:80/tcp" || s.Datapath != "ipvs" || s.Packets != 70 || s.NewFlows != 7 || len(s.Backends) != 2 {
 		t.Fatalf("service: %+v", s)
 	}
 	busy, drained := s.Backends[0], s.Backends[1]
-	if busy.Active == nil || *busy.Active != 2 || *busy.Inactive != 1 || !busy.Live || drained.Live {
+	if busy.Conns == nil || busy.Active != 2 || busy.Inactive != 1 || !busy.Live || drained.Live {
 		t.Errorf("backends: %+v %+v", busy, drained)
 	}
 
@@ -72,7 +92,7 @@ halb_datapath_active_connections{backend="198.51.100.2:80",service="web",state="
 	if n, _ := testutil.GatherAndCount(reg, "halb_datapath_active_connections"); n != 0 {
 		t.Errorf("%d active-connection series for an eBPF data path", n)
 	}
-	if b := d.status().Services[0].Backends[0]; b.Active != nil {
+	if b := d.status().Services[0].Backends[0]; b.Conns != nil {
 		t.Errorf("eBPF backend with active connections: %+v", b)
 	}
 }

@@ -19,12 +19,15 @@ import (
 	"github.com/halb-lb/halb/service"
 )
 
-// ResyncInterval is how often the daemon should call Apply when nothing has
+// resyncInterval is how often the daemon should call Apply when nothing has
 // changed. IPVS sends no notice when someone changes its table (its generic
 // netlink family has no multicast group), so halb finds out by looking: a
 // pass that finds nothing to do costs one dump of the services and one of
 // the destinations of each of halb's services, and changes nothing.
-const ResyncInterval = 10 * time.Second
+const resyncInterval = 10 * time.Second
+
+// Resync is resyncInterval.
+func (d *Datapath) Resync() time.Duration { return resyncInterval }
 
 // ModuleLoader makes kernel modules available; kmod.Loader is the host's.
 type ModuleLoader interface {

@@ -7,7 +7,8 @@
 // A Datapath reconciles: every Apply reads what the kernel holds and changes
 // only what differs, so it restores whatever someone removed (ipvsadm -C)
 // and is a no-op when nothing changed. IPVS announces no changes, so the
-// daemon calls Apply again every ResyncInterval as well as on every change.
+// Datapath asks the daemon (Resync) to call Apply again every 10 s as well
+// as on every change.
 //
 // It must never change or remove an IPVS service it does not own, never
 // unload a module, and never leave a service half-programmed because a

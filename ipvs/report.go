@@ -10,8 +10,6 @@ import (
 	"github.com/halb-lb/halb/service"
 )
 
-var _ service.Reporter = (*Datapath)(nil)
-
 // Report reads IPVS's counters for the services of the last Apply, in its
 // order, as `ipvsadm -Ln --stats` shows them: packets and bytes in,
 // connections scheduled, and each destination's active and inactive
@@ -51,7 +49,7 @@ func (d *Datapath) Report() ([]service.Report, error) {
 		r := service.Report{Name: t.cfg, Key: t.key, Datapath: d.Name(), Stats: statsOf(s.Stats, s.Stats64)}
 		for _, x := range dests {
 			st := statsOf(x.Stats, x.Stats64)
-			st.Active, st.Inactive = uint64(x.ActiveConnections), uint64(x.InactiveConnections)
+			st.Conns = &service.Conns{Active: uint64(x.ActiveConnections), Inactive: uint64(x.InactiveConnections)}
 			r.Backends = append(r.Backends, service.BackendReport{Addr: destKey(x.Destination), Weight: x.Weight, Live: x.Weight > 0, Stats: st})
 		}
 		slices.SortFunc(r.Backends, func(a, b service.BackendReport) int { return a.Addr.Compare(b.Addr) })
@@ -69,3 +67,9 @@ func statsOf(s32, s64 cfipvs.Stats) service.Stats {
 	}
 	return service.Stats{Packets: s.IncomingPackets, Bytes: s.IncomingBytes, NewFlows: s.Connections}
 }
+
+// Hooks is none: IPVS works inside the stack.
+func (d *Datapath) Hooks() []string { return nil }
+
+// Counters is none: IPVS counts by service and backend only.
+func (d *Datapath) Counters() ([]service.Counter, error) { return nil, nil }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	cfipvs "github.com/cloudflare/ipvs"
@@ -41,14 +42,14 @@ func TestReport(t *testing.T) {
 		t.Errorf("web: %+v", got)
 	}
 	want := []service.BackendReport{
-		{Addr: netip.MustParseAddrPort("10.0.0.1:80"), Weight: 1, Live: true, Stats: service.Stats{Packets: 70, Bytes: 7000, NewFlows: 7, Active: 2, Inactive: 1}},
-		{Addr: netip.MustParseAddrPort("10.0.0.2:80"), Weight: 0, Live: false},
+		{Addr: netip.MustParseAddrPort("10.0.0.1:80"), Weight: 1, Live: true, Stats: service.Stats{Packets: 70, Bytes: 7000, NewFlows: 7, Conns: &service.Conns{Active: 2, Inactive: 1}}},
+		{Addr: netip.MustParseAddrPort("10.0.0.2:80"), Weight: 0, Live: false, Stats: service.Stats{Conns: &service.Conns{}}},
 	}
 	if len(got.Backends) != len(want) {
 		t.Fatalf("web backends: %+v", got.Backends)
 	}
 	for i := range want {
-		if got.Backends[i] != want[i] {
+		if !reflect.DeepEqual(got.Backends[i], want[i]) {
 			t.Errorf("web backend %d: %+v, want %+v", i, got.Backends[i], want[i])
 		}
 	}

@@ -668,31 +668,25 @@ func (d *Datapath) adopt() error {
 	return nil
 }
 
-// ServiceStatus is one service as the data path serves it.
+// ServiceStatus is one service as Report shows it, with the eBPF data
+// path's own facts beside: the ids the maps know it and its backends by,
+// and how each backend is reached. Report is Status less those.
 type ServiceStatus struct {
-	Name     string
-	Key      service.Key
+	// Report.Backends stays empty: the backends are below, each with
+	// its Report.
+	service.Report
 	ID       uint32
-	Stats    Stats
 	Backends []BackendStatus
 }
 
 // BackendStatus is one backend of a service.
 type BackendStatus struct {
-	Addr      netip.AddrPort
+	service.BackendReport
+	// ID names it in the maps; 0 for one that never could be served.
 	ID        uint32
-	Weight    uint32
 	Interface string           // the one of datapath.interfaces it is on (TUN: its next hop)
 	MAC       net.HardwareAddr // DR: nil while its neighbour entry is awaited
 	TunnelSrc netip.Addr       // TUN: the outer source address
-	// Live: it takes new flows (weight above 0, and for DR a MAC). A
-	// backend that is not live keeps the flows it has.
-	Live  bool
-	Stats Stats
-	// Problem is why the data path cannot serve it now, or not fully
-	// (no route, no neighbour, its interface missing); "" when it can.
-	// One that never could has no ID.
-	Problem string
 }
 
 // Status reads what the data path serves and its counters, services in
@@ -710,7 +704,7 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 		if err != nil {
 			return nil, err
 		}
-		ss := ServiceStatus{Name: st.name, Key: key, ID: st.id, Stats: stats}
+		ss := ServiceStatus{Report: service.Report{Name: st.name, Key: key, Datapath: d.name, Stats: stats.report()}, ID: st.id}
 		keys := sortedAddrPorts(st.backends)
 		for ap := range st.problems {
 			if st.backends[ap] == nil {
@@ -719,7 +713,7 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 		}
 		slices.SortFunc(keys, netip.AddrPort.Compare)
 		for _, ap := range keys {
-			bs := BackendStatus{Addr: ap}
+			bs := BackendStatus{BackendReport: service.BackendReport{Addr: ap}}
 			if p := st.problems[ap]; p != nil {
 				bs.Problem, bs.Weight = p.reason, p.weight
 			}
@@ -732,7 +726,7 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 			if err != nil {
 				return nil, err
 			}
-			bs.ID, bs.Weight, bs.Live, bs.Stats = be.id, be.rec.Weight, be.live(), stats
+			bs.ID, bs.Weight, bs.Live, bs.Stats = be.id, be.rec.Weight, be.live(), stats.report()
 			if be.tunnel() {
 				bs.TunnelSrc = addrFrom(be.rec.Src, be.rec.Family)
 			} else if be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 {

@@ -2,24 +2,33 @@ package loader
 
 import (
 	"slices"
+	"time"
 
 	"github.com/halb-lb/halb/service"
 )
 
-var _ service.Reporter = (*Datapath)(nil)
+// resyncInterval is how often the daemon applies the services again
+// though nothing changed. The eBPF data path follows the kernel by itself
+// (link, address, route and neighbour events, retryPending, the pin
+// check); the daemon's pass every 10 s, which it has always made, is kept
+// until the data path's own resync replaces it.
+const resyncInterval = 10 * time.Second
 
-// Report is Status in the data-path-neutral form the daemon shows.
+// Resync is resyncInterval.
+func (d *Datapath) Resync() time.Duration { return resyncInterval }
+
+// Report is Status less what only the eBPF data path knows (ids, MACs,
+// next hops).
 func (d *Datapath) Report() ([]service.Report, error) {
 	status, err := d.Status()
 	if err != nil {
 		return nil, err
 	}
-	name := d.Name()
 	out := make([]service.Report, 0, len(status))
 	for _, s := range status {
-		r := service.Report{Name: s.Name, Key: s.Key, Datapath: name, Stats: s.Stats.report()}
+		r := s.Report
 		for _, b := range s.Backends {
-			r.Backends = append(r.Backends, service.BackendReport{Addr: b.Addr, Weight: b.Weight, Live: b.Live, Stats: b.Stats.report(), Problem: b.Problem})
+			r.Backends = append(r.Backends, b.BackendReport)
 		}
 		out = append(out, r)
 	}
@@ -30,7 +39,18 @@ func (s Stats) report() service.Stats {
 	return service.Stats{Packets: s.Packets, Bytes: s.Bytes, NewFlows: s.NewFlows}
 }
 
-var _ service.Hooker = (*Datapath)(nil)
+// Counters are the drops, by reason (DropReason's names).
+func (d *Datapath) Counters() ([]service.Counter, error) {
+	drops, err := d.Drops()
+	if err != nil {
+		return nil, err
+	}
+	c := service.Counter{Name: "drops", Help: "Packets the eBPF data path dropped, by reason.", Label: "reason", Values: make(map[string]uint64, len(drops))}
+	for r, n := range drops {
+		c.Values[r.String()] = n
+	}
+	return []service.Counter{c}, nil
+}
 
 // Hooks says where the programs are attached and how, "eth0: xdp
 // native", and which of datapath.interfaces halb waits for, "eth1:

@@ -1,16 +1,23 @@
-// Package service is the model of what halb balances: virtual services and
-// their backends, as both data paths (eBPF and IPVS) receive them, and the
-// interface the daemon drives them through.
+// Package service is the model of what halb balances and of what the
+// daemon knows of a data path: virtual services and their backends, as
+// both data paths (eBPF and IPVS) receive them; the one interface the
+// daemon drives them through (Datapath: apply, resync, report, clean up,
+// close); the one status model they report in (Report, Counter), which the
+// daemon shows as it is; Split, the two at once; and the errors a caller
+// acts on (ErrUnsupported, ErrClosed).
 //
-// It holds no kernel code. The daemon turns configuration plus health into
-// a []Service and hands it to a Datapath; it never learns which data path
-// it talks to beyond its name.
+// It holds no kernel code and must never name a data path's
+// implementation: the daemon turns configuration plus health into a
+// []Service and hands it to a Datapath, and learns nothing about it beyond
+// this package. A figure only one data path keeps is optional here (nil
+// Conns, a Counter it alone reports), never a branch on its name.
 package service
 
 import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/halb-lb/halb/config"
@@ -32,6 +39,21 @@ func (p Protocol) String() string {
 		return "udp"
 	}
 	return fmt.Sprintf("proto(%d)", uint8(p))
+}
+
+// parseProtocol reads what String wrote.
+func parseProtocol(s string) (Protocol, error) {
+	switch s {
+	case "tcp":
+		return TCP, nil
+	case "udp":
+		return UDP, nil
+	}
+	var n uint8
+	if _, err := fmt.Sscanf(s, "proto(%d)", &n); err != nil {
+		return 0, fmt.Errorf("protocol %q: want tcp, udp or proto(N)", s)
+	}
+	return Protocol(n), nil
 }
 
 // Forward is how packets reach a backend.
@@ -58,6 +80,28 @@ func (k Key) String() string {
 	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.VIP, k.Port), k.Proto)
 }
 
+// MarshalText is String: a key reads "192.0.2.10:80/tcp" in the status
+// JSON.
+func (k Key) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// UnmarshalText reads what MarshalText wrote, for `halb status`.
+func (k *Key) UnmarshalText(b []byte) error {
+	addr, proto, ok := strings.Cut(string(b), "/")
+	if !ok {
+		return fmt.Errorf("service key %q: want address:port/protocol", b)
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return fmt.Errorf("service key %q: %w", b, err)
+	}
+	p, err := parseProtocol(proto)
+	if err != nil {
+		return fmt.Errorf("service key %q: %w", b, err)
+	}
+	*k = Key{VIP: ap.Addr(), Port: ap.Port(), Proto: p}
+	return nil
+}
+
 // Service is one virtual service as a data path programs it.
 type Service struct {
 	Name        string
@@ -78,21 +122,32 @@ type Backend struct {
 
 func (b Backend) AddrPort() netip.AddrPort { return netip.AddrPortFrom(b.Addr, b.Port) }
 
-// Datapath is what the daemon drives. Both implementations own only what
-// they created: other services in the kernel are left alone.
+// Datapath is what the daemon drives, and all it knows of a data path:
+// the eBPF one (loader), IPVS (ipvs), or both at once (Split). Each owns
+// only what it created: other services in the kernel are left alone.
 type Datapath interface {
 	// Name is what the daemon logs: "xdp", "tc" or "ipvs".
 	Name() string
 	// Apply makes the kernel's services exactly these, changing only what
 	// differs, so that unchanged services keep their flows.
 	Apply(ctx context.Context, services []Service) error
+	// Resync is how often the daemon calls Apply again with the same
+	// services, to restore what others changed behind halb's back (IPVS
+	// tells no one); 0 when the data path needs no such call. The daemon
+	// looks at it on each of its own ticks, so it resyncs at most that
+	// often.
+	Resync() time.Duration
+	Reporter
+	Cleaner
 	// Close releases the data path's handles; what is programmed stays,
 	// so traffic keeps flowing while halb restarts.
 	Close() error
 }
 
-// Cleaner is a Datapath that can remove everything it programmed, for
-// `halb run --cleanup`: afterwards traffic to the VIPs goes to the kernel.
+// Cleaner is the part of a Datapath that removes everything it
+// programmed, for `halb run --cleanup` and a start that failed:
+// afterwards traffic to the VIPs goes to the kernel. It closes the
+// Datapath too.
 type Cleaner interface {
 	Cleanup() error
 }

@@ -30,3 +30,27 @@ func TestFromConfig(t *testing.T) {
 		t.Errorf("dns = %+v", dns)
 	}
 }
+
+// A key reads as text in the status JSON, and `halb status` reads it back.
+func TestKeyText(t *testing.T) {
+	for _, k := range []Key{
+		{VIP: netip.MustParseAddr("192.0.2.10"), Port: 80, Proto: TCP},
+		{VIP: netip.MustParseAddr("2001:db8::100"), Port: 53, Proto: UDP},
+		{VIP: netip.MustParseAddr("192.0.2.10"), Port: 9, Proto: 132},
+	} {
+		text, err := k.MarshalText()
+		if err != nil || string(text) != k.String() {
+			t.Errorf("%v: %q, %v", k, text, err)
+		}
+		var back Key
+		if err := back.UnmarshalText(text); err != nil || back != k {
+			t.Errorf("%q read back as %v, %v", text, back, err)
+		}
+	}
+	for _, bad := range []string{"", "192.0.2.10:80", "192.0.2.10/tcp", "192.0.2.10:80/sctp"} {
+		var k Key
+		if err := k.UnmarshalText([]byte(bad)); err == nil {
+			t.Errorf("%q read as %v", bad, k)
+		}
+	}
+}

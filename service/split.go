@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/halb-lb/halb/config"
 )
@@ -32,6 +33,15 @@ func (s *Split) halves() []Datapath {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return []Datapath{s.First, s.second}
+}
+
+// open is the halves that are open: the first, and the second once it is.
+func (s *Split) open() []Datapath {
+	h := s.halves()
+	if h[1] == nil {
+		return h[:1]
+	}
+	return h
 }
 
 // Name names both halves once the second is open.
@@ -72,24 +82,65 @@ func (s *Split) Apply(ctx context.Context, services []Service) error {
 	return errors.Join(errs...)
 }
 
-// Close closes both halves.
-func (s *Split) Close() error {
-	err := s.First.Close()
-	if dp := s.halves()[1]; dp != nil {
-		err = errors.Join(err, dp.Close())
+// Resync is the shorter of the halves' resync intervals, as one Apply
+// applies both; 0 when neither wants one.
+func (s *Split) Resync() time.Duration {
+	var every time.Duration
+	for _, dp := range s.open() {
+		if r := dp.Resync(); r > 0 && (every == 0 || r < every) {
+			every = r
+		}
 	}
-	return err
+	return every
 }
 
-// Cleanup removes what both halves programmed, where they can.
+// Report is what both halves report, the first's services first.
+func (s *Split) Report() ([]Report, error) {
+	var out []Report
+	var errs []error
+	for _, dp := range s.open() {
+		rep, err := dp.Report()
+		out = append(out, rep...)
+		errs = append(errs, err)
+	}
+	return out, errors.Join(errs...)
+}
+
+// Hooks are the hooks of both halves.
+func (s *Split) Hooks() []string {
+	var out []string
+	for _, dp := range s.open() {
+		out = append(out, dp.Hooks()...)
+	}
+	return out
+}
+
+// Counters are both halves' counters, a family both keep summed.
+func (s *Split) Counters() ([]Counter, error) {
+	var out []Counter
+	var errs []error
+	for _, dp := range s.open() {
+		c, err := dp.Counters()
+		out = mergeCounters(out, c)
+		errs = append(errs, err)
+	}
+	return out, errors.Join(errs...)
+}
+
+// Close closes both halves.
+func (s *Split) Close() error {
+	var errs []error
+	for _, dp := range s.open() {
+		errs = append(errs, dp.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Cleanup removes what both halves programmed.
 func (s *Split) Cleanup() error {
 	var errs []error
-	for _, dp := range s.halves() {
-		if c, ok := dp.(Cleaner); ok {
-			errs = append(errs, c.Cleanup())
-		} else if dp != nil {
-			errs = append(errs, dp.Close())
-		}
+	for _, dp := range s.open() {
+		errs = append(errs, dp.Cleanup())
 	}
 	return errors.Join(errs...)
 }

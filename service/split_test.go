@@ -2,19 +2,29 @@ package service
 
 import (
 	"context"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 )
 
 type fakeDatapath struct {
-	name    string
-	applied [][]string
-	closed  bool
+	name     string
+	resync   time.Duration
+	hooks    []string
+	counters []Counter
+	applied  [][]string
+	closed   bool
+	cleaned  bool
 }
 
-func (f *fakeDatapath) Name() string { return f.name }
-func (f *fakeDatapath) Close() error { f.closed = true; return nil }
+func (f *fakeDatapath) Name() string                 { return f.name }
+func (f *fakeDatapath) Close() error                 { f.closed = true; return nil }
+func (f *fakeDatapath) Cleanup() error               { f.cleaned = true; return f.Close() }
+func (f *fakeDatapath) Resync() time.Duration        { return f.resync }
+func (f *fakeDatapath) Hooks() []string              { return f.hooks }
+func (f *fakeDatapath) Counters() ([]Counter, error) { return f.counters, nil }
 func (f *fakeDatapath) Apply(_ context.Context, s []Service) error {
 	var names []string
 	for _, x := range s {
@@ -87,5 +97,45 @@ func TestSplit(t *testing.T) {
 	}
 	if err := s.Close(); err != nil || !bpf.closed || !ipvs.closed {
 		t.Errorf("close: %v %v %v", err, bpf.closed, ipvs.closed)
+	}
+}
+
+// The split data path merges what its halves report, so that the daemon
+// shows one data path: hooks and counters of both, a counter family both
+// keep summed, the shorter resync, and Cleanup of both.
+func TestSplitMerges(t *testing.T) {
+	drops := func(values map[string]uint64) []Counter {
+		return []Counter{{Name: "drops", Help: "dropped", Label: "reason", Values: values}}
+	}
+	bpf := &fakeDatapath{name: "xdp", resync: 30 * time.Second, hooks: []string{"eth0: xdp native"},
+		counters: drops(map[string]uint64{"no-backend": 2, "encap": 1})}
+	ipvs := &fakeDatapath{name: "ipvs", resync: 10 * time.Second,
+		counters: append(drops(map[string]uint64{"no-backend": 3}), Counter{Name: "other", Label: "x", Values: map[string]uint64{"y": 1}})}
+	s := &Split{First: bpf, OpenSecond: func(context.Context) (Datapath, error) { return ipvs, nil }}
+
+	if got := s.Resync(); got != 30*time.Second {
+		t.Errorf("Resync before the second half opened: %s, want the first's", got)
+	}
+	if err := s.Apply(context.Background(), []Service{{Name: "nat", Forward: NAT, Scheduler: "rr"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Resync(); got != 10*time.Second {
+		t.Errorf("Resync: %s, want the shorter one", got)
+	}
+	if got := s.Hooks(); !slices.Equal(got, []string{"eth0: xdp native"}) {
+		t.Errorf("Hooks: %v", got)
+	}
+	got, err := s.Counters()
+	if err != nil || len(got) != 2 || got[0].Name != "drops" || got[1].Name != "other" {
+		t.Fatalf("Counters: %+v, %v", got, err)
+	}
+	if want := map[string]uint64{"no-backend": 5, "encap": 1}; !maps.Equal(got[0].Values, want) {
+		t.Errorf("drops: %v, want %v", got[0].Values, want)
+	}
+	if bpf.counters[0].Values["no-backend"] != 2 {
+		t.Error("merging changed a half's counters")
+	}
+	if err := s.Cleanup(); err != nil || !bpf.cleaned || !ipvs.cleaned {
+		t.Errorf("Cleanup: %v, halves cleaned %v %v", err, bpf.cleaned, ipvs.cleaned)
 	}
 }

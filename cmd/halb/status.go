@@ -182,10 +182,10 @@ func writeStatus(w io.Writer, st daemon.Status, now time.Time) error {
 					weight += " (drained)"
 				}
 				conns := "-"
-				if b.Active != nil && b.Inactive != nil {
-					conns = fmt.Sprintf("%d/%d", *b.Active, *b.Inactive)
+				if b.Conns != nil {
+					conns = fmt.Sprintf("%d/%d", b.Active, b.Inactive)
 				}
-				fmt.Fprintf(tw, "\t%s\t%s\t%d\t%s\t%d\t%d\t%s\n", b.Backend, weight, b.NewFlows, conns, b.Packets, b.Bytes, b.Problem)
+				fmt.Fprintf(tw, "\t%s\t%s\t%d\t%s\t%d\t%d\t%s\n", b.Addr, weight, b.NewFlows, conns, b.Packets, b.Bytes, b.Problem)
 			}
 		}
 	}

@@ -1,0 +1,66 @@
+// Package datapaths opens the data path the probe chose: the eBPF one
+// (loader), IPVS (ipvs), or with datapath.mode auto the eBPF one with IPVS
+// beside it for what only IPVS can carry (service.Split). It is the one
+// place that names the implementations; the daemon gets a
+// service.Datapath and drives nothing else.
+//
+// It must never hold state or touch the kernel itself: it only chooses
+// and calls the constructors.
+package datapaths
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/ipvs"
+	"github.com/halb-lb/halb/loader"
+	"github.com/halb-lb/halb/service"
+)
+
+// Open opens the data path for mode, the one the probe chose
+// (loader.Choose) from cfg.Mode. The eBPF data path keeps cfg for its
+// life.
+func Open(ctx context.Context, cfg config.Datapath, mode string, log *slog.Logger) (service.Datapath, error) {
+	openIPVS := func(ctx context.Context) (service.Datapath, error) {
+		return ipvs.Open(ctx, ipvs.Options{Log: log})
+	}
+	switch mode {
+	case config.ModeIPVS:
+		return openIPVS(ctx)
+	case config.ModeXDP, config.ModeTC:
+		bpf, err := loader.NewDatapath(cfg, mode, log)
+		if err != nil || cfg.Mode != config.ModeAuto {
+			return bpf, err
+		}
+		// auto: NAT and IPVS-only schedulers are not in the eBPF data
+		// path, so those services run on IPVS beside it.
+		return &service.Split{First: bpf, OpenSecond: openIPVS}, nil
+	}
+	return nil, fmt.Errorf("no data path for mode %q", mode)
+}
+
+// Absent reports whether no earlier halb left a data path that Open for
+// mode would adopt: nothing in cfg.BPFFS for the eBPF data path, no state
+// file of halb's IPVS services.
+func Absent(cfg config.Datapath, mode string) bool {
+	absent := func(path string) bool {
+		_, err := os.Lstat(path)
+		return errors.Is(err, fs.ErrNotExist)
+	}
+	empty := func(dir string) bool {
+		entries, err := os.ReadDir(dir)
+		return errors.Is(err, fs.ErrNotExist) || err == nil && len(entries) == 0
+	}
+	if (mode == config.ModeXDP || mode == config.ModeTC) && !empty(cfg.BPFFS) {
+		return false
+	}
+	if (mode == config.ModeIPVS || cfg.Mode == config.ModeAuto) && !absent(ipvs.DefaultStateFile) {
+		return false
+	}
+	return true
+}
