@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ethernet"
@@ -70,4 +71,91 @@ func ipv6Header(src, dst netip.Addr, next byte, payloadLen int) []byte {
 	copy(h[8:24], s[:])
 	copy(h[24:40], d[:])
 	return h
+}
+
+// garpSchedule is keepalived's schedule of announcements for a Master:
+// garp_master_repeat of each at takeover, again after garp_master_delay,
+// then one round every garp_master_refresh.
+type garpSchedule struct {
+	next time.Time // zero: none due
+	left int       // bursts still due before refreshes take over
+}
+
+// start schedules the takeover's two bursts: one now, one after
+// garp_master_delay.
+func (g *garpSchedule) start(now time.Time) { g.left, g.next = 2, now }
+
+// again makes a burst due now (a VIP was put back), keeping the rest.
+func (g *garpSchedule) again(now time.Time) { g.left, g.next = max(g.left, 1), now }
+
+func (g *garpSchedule) stop() { g.next, g.left = time.Time{}, 0 }
+
+// due reports whether a burst is due at now and, if so, schedules the
+// next one.
+func (g *garpSchedule) due(now time.Time, delay, refresh time.Duration) bool {
+	if g.next.IsZero() || now.Before(g.next) {
+		return false
+	}
+	if g.left > 0 {
+		g.left--
+	}
+	switch {
+	case g.left > 0 && delay > 0:
+		g.next = now.Add(delay)
+	case refresh > 0:
+		g.next = now.Add(refresh)
+	default:
+		g.next = time.Time{}
+	}
+	return true
+}
+
+// announceDue sends the gratuitous ARPs / unsolicited NAs that are due
+// while Master.
+func (in *Instance) announceDue(now time.Time) {
+	if in.m.State() != Master {
+		return
+	}
+	if in.garp.due(now, in.cfg.GARPMasterDelay, in.cfg.GARPMasterRefresh) {
+		in.announce(in.cfg.GARPMasterRepeat)
+	}
+}
+
+// announce sends repeat announcements of each VIP on the link that holds
+// them, from its MAC.
+func (in *Instance) announce(repeat int) {
+	ifc := in.vipIfc
+	if ifc.Index == 0 || len(ifc.HardwareAddr) == 0 {
+		return
+	}
+	for _, p := range in.cfg.VirtualIPs {
+		frame, dst, err := announcement(ifc.HardwareAddr, in.lladdr, p.Addr())
+		if err != nil {
+			in.log.Warn("cannot build announcement", "vip", p.String(), "err", err)
+			continue
+		}
+		for range repeat {
+			if err := in.link.sendFrame(ifc, frame, dst); err != nil {
+				in.log.Warn("announcement not sent", "vip", p.String(), "err", err)
+				break
+			}
+		}
+	}
+}
+
+// announcement is the frame that tells the link that mac holds vip, and
+// its destination: a gratuitous ARP to all, or an unsolicited NA to all
+// nodes from lladdr (from vip when the interface has no link-local
+// address).
+func announcement(mac net.HardwareAddr, lladdr, vip netip.Addr) ([]byte, net.HardwareAddr, error) {
+	if vip.Is4() {
+		f, err := GratuitousARP(mac, vip)
+		return f, broadcastMAC, err
+	}
+	src := lladdr
+	if !src.IsValid() {
+		src = vip
+	}
+	f, err := UnsolicitedNA(mac, src, vip)
+	return f, allNodesMAC, err
 }

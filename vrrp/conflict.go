@@ -173,3 +173,94 @@ func naFilter() ([]bpf.RawInstruction, error) {
 // ipv6NeighborAdvert is the ICMPv6 type of a Neighbor Advertisement (RFC
 // 4861 §4.4).
 const ipv6NeighborAdvert = 136
+
+// conflictReport is what the watch tells the instance: a claim, at once,
+// to count; later, for the claims to answer, that the answer is due; and
+// once sent, the answer.
+type conflictReport struct {
+	vip      netip.Addr
+	mac      net.HardwareAddr
+	due      bool   // the claim's answer is due: the instance decides
+	answered bool   // this reports the answer to a claim reported before
+	claims   uint64 // since the last answer, this one included
+	err      error  // the answer could not be sent
+
+	watch conflictWatcher // the watch that read the claim
+	conn  net.PacketConn  // and the socket to answer on
+}
+
+// watchConflicts makes sure that, as Master, the instance answers claims
+// on its VIPs on the link that holds them; a failure is logged and tried
+// again at the next change the link reports about the interface.
+func (in *Instance) watchConflicts() {
+	ifc := in.vipIfc
+	if ifc.Index == 0 || len(ifc.HardwareAddr) == 0 {
+		return
+	}
+	if in.conflicts != nil && in.conflicts.ifindex() == ifc.Index {
+		return
+	}
+	in.stopConflicts()
+	var base net.HardwareAddr
+	if in.ifc.Index != 0 {
+		base = in.ifc.HardwareAddr
+	}
+	w, err := in.link.watchConflicts(ifc, base, in.lladdr, in.onConflict, in.conflictDue)
+	if err != nil {
+		in.log.Warn("cannot watch for address conflicts", "err", err)
+		return
+	}
+	in.conflicts = w
+}
+
+func (in *Instance) stopConflicts() {
+	if in.conflicts != nil {
+		in.conflicts.stop()
+		in.conflicts = nil
+	}
+}
+
+// onConflict counts a claim on a VIP by another host, and logs an answer
+// (at most one per VIP per conflictAnswerInterval, with how many claims
+// came since the last); it runs on the watch's goroutines.
+func (in *Instance) onConflict(r conflictReport) {
+	if !r.answered {
+		in.mu.Lock()
+		in.status.Conflicts[r.vip.String()]++
+		in.mu.Unlock()
+		return
+	}
+	attrs := []any{"vip", r.vip.String(), "mac", r.mac.String(), "claims", r.claims}
+	if r.err != nil {
+		in.log.Error("address conflict: another host claims a virtual IP; answer not sent", append(attrs, "err", r.err)...)
+		return
+	}
+	in.log.Warn("address conflict: another host claims a virtual IP; answered with our announcement", attrs...)
+}
+
+// answerDue decides on a claim whose answer is due. A peer taking over by
+// the protocol sent its advert before its claim: whatever the adverts and
+// sync-group orders already waiting say is handled first, so that an
+// instance that is giving the VIPs up (no longer Master, its watch
+// stopped) does not answer and pull the clients back. Only the watch now
+// running answers, and only as Master.
+func (in *Instance) answerDue(now time.Time, r conflictReport) {
+	for range cap(in.adverts) + cap(in.groupCmds) {
+		select {
+		case p := <-in.adverts:
+			in.receive(now, p)
+			continue
+		case cmd := <-in.groupCmds:
+			in.groupCmd(now, cmd)
+			continue
+		default:
+		}
+		break
+	}
+	if in.conflicts == nil || in.conflicts != r.watch || in.m.State() != Master {
+		return
+	}
+	if r, ok := r.watch.answer(r); ok {
+		in.onConflict(r)
+	}
+}

@@ -16,12 +16,12 @@ import (
 // own with kernel filters (conflict.go): the advert path never sees them,
 // and the daemon wakes only for a claim on a VIP.
 type conflictWatch struct {
-	ifindex int
-	mac     net.HardwareAddr // the answers' source: the link's MAC
-	lladdr  netip.Addr
-	conns   []*packet.Conn
-	quit    chan struct{} // closed at stop
-	wg      sync.WaitGroup
+	index  int
+	mac    net.HardwareAddr // the answers' source: the link's MAC
+	lladdr netip.Addr
+	conns  []*packet.Conn
+	quit   chan struct{} // closed at stop
+	wg     sync.WaitGroup
 
 	// mu is held across an answer's send and by stop while it marks the
 	// watch stopped: no answer leaves after stop. timers are the answers
@@ -42,21 +42,6 @@ type conflictWatch struct {
 // could pull the clients back to a node giving the VIP up.
 const conflictAnswerDelay = 200 * time.Millisecond
 
-// conflictReport is what the watch tells the instance: a claim, at once,
-// to count; later, for the claims to answer, that the answer is due; and
-// once sent, the answer.
-type conflictReport struct {
-	vip      netip.Addr
-	mac      net.HardwareAddr
-	due      bool   // the claim's answer is due: the instance decides
-	answered bool   // this reports the answer to a claim reported before
-	claims   uint64 // since the last answer, this one included
-	err      error  // the answer could not be sent
-
-	watch *conflictWatch // the watch that read the claim
-	conn  *packet.Conn   // and the socket to answer on
-}
-
 // startConflictWatch opens the sockets on ifi (the link that holds the
 // VIPs, whose MAC the answers carry) and reads them until stop. base is
 // the base interface's MAC with use_vmac, else nil; lladdr the IPv6
@@ -65,7 +50,7 @@ type conflictReport struct {
 // loop reads and answers through answer, if it is still Master.
 func startConflictWatch(ifi *net.Interface, base net.HardwareAddr, lladdr netip.Addr, vips []netip.Prefix,
 	report func(conflictReport), due chan<- conflictReport) (*conflictWatch, error) {
-	w := &conflictWatch{ifindex: ifi.Index, mac: ifi.HardwareAddr, lladdr: lladdr, quit: make(chan struct{}), timers: map[*time.Timer]bool{}}
+	w := &conflictWatch{index: ifi.Index, mac: ifi.HardwareAddr, lladdr: lladdr, quit: make(chan struct{}), timers: map[*time.Timer]bool{}}
 	check := newConflicts(vips, ifi.HardwareAddr, base)
 	var mu sync.Mutex // check is shared by both sockets
 	var v4, v6 []netip.Addr
@@ -178,26 +163,16 @@ func (w *conflictWatch) answer(r conflictReport) (_ conflictReport, ok bool) {
 
 // answerClaim sends one gratuitous ARP or unsolicited NA for vip from
 // mac, as at takeover.
-func answerClaim(c *packet.Conn, mac net.HardwareAddr, lladdr, vip netip.Addr) error {
-	var frame []byte
-	var err error
-	dst := broadcastMAC
-	if vip.Is4() {
-		frame, err = GratuitousARP(mac, vip)
-	} else {
-		src := lladdr
-		if !src.IsValid() {
-			src = vip
-		}
-		frame, err = UnsolicitedNA(mac, src, vip)
-		dst = allNodesMAC
-	}
+func answerClaim(c net.PacketConn, mac net.HardwareAddr, lladdr, vip netip.Addr) error {
+	frame, dst, err := announcement(mac, lladdr, vip)
 	if err != nil {
 		return err
 	}
 	_, err = c.WriteTo(frame, &packet.Addr{HardwareAddr: dst})
 	return err
 }
+
+func (w *conflictWatch) ifindex() int { return w.index }
 
 // stop closes the sockets and waits for the readers: no answer leaves
 // after stop returns.

@@ -334,8 +334,8 @@ func testConflictAnswerWaits(t *testing.T, queued bool) {
 		AdvertInterval: 100 * time.Millisecond, Preempt: true, VirtualIPs: []netip.Prefix{vip}},
 		slog.New(slog.NewTextHandler(logs, nil)))
 	now := time.Now()
-	in.apply(in.m.Start(now))
-	in.apply(in.m.Tick(now.Add(in.m.MasterDownInterval())))
+	in.apply(now, in.m.Start(now))
+	in.apply(now, in.m.Tick(now.Add(in.m.MasterDownInterval())))
 	if in.m.State() != Master {
 		t.Fatalf("the instance is %s, want MASTER", in.m.State())
 	}
@@ -355,10 +355,9 @@ func testConflictAnswerWaits(t *testing.T, queued bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { in.conflicts.stop(); peer.Close() })
+	t.Cleanup(func() { in.stopConflicts(); peer.Close() })
 
 	// The peer's advert (priority 200) is read first, then its claim.
-	adverts := make(chan packetIn, 64)
 	if queued {
 		src, dst := netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("224.0.0.18")
 		payload, err := (&Advert{Version: 3, VRID: 51, Priority: 200, Interval: 100 * time.Millisecond,
@@ -366,7 +365,7 @@ func testConflictAnswerWaits(t *testing.T, queued bool) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		adverts <- packetIn{payload: payload, src: src, dst: dst, ttl: 255}
+		in.adverts <- packetIn{payload: payload, src: src, dst: dst, ttl: 255}
 	}
 	claim, err := GratuitousARP(peer0.Attrs().HardwareAddr, vip.Addr())
 	if err != nil {
@@ -383,7 +382,7 @@ func testConflictAnswerWaits(t *testing.T, queued bool) {
 	}
 	// The loop comes to it late.
 	time.Sleep(3 * conflictAnswerDelay)
-	in.answerDue(r, adverts)
+	in.answerDue(time.Now(), r)
 
 	// What left lan0 for the VIP, read on its peer for a second.
 	answers := 0

@@ -20,7 +20,7 @@ func TestMalformedAdvertsAreDroppedAndCounted(t *testing.T) {
 		VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}}
 	in := NewInstance(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	in.src = netip.MustParseAddr("192.0.2.1")
-	in.apply(in.m.Start(t0))
+	in.apply(t0, in.m.Start(t0))
 	deadline := in.m.Deadline()
 
 	good := func(mut func(a *Advert)) []byte {

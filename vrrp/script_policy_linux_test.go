@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,7 +50,8 @@ func markerAbsent(t *testing.T, marker string) {
 func TestNotifyRefusedAtRun(t *testing.T) {
 	prog, marker := strangersScript(t)
 	var logs syncBuffer
-	n := newNotifier(config.Instance{Name: "VI_1", Notify: prog}, slog.New(slog.NewTextHandler(&logs, nil)))
+	n := newNotifier(config.Instance{Name: "VI_1", Notify: prog}, slog.New(slog.NewTextHandler(&logs, nil)), runProgram)
+	go n.loop()
 	n.notify(Master, 100)
 	n.close()
 	if !strings.Contains(logs.String(), `level=ERROR msg="notify script refused, not run"`) || !strings.Contains(logs.String(), "mode 0777") {
@@ -64,9 +66,11 @@ func TestTrackScriptRefusedAtRun(t *testing.T) {
 	prog, marker := strangersScript(t)
 	ts := config.TrackScript{Command: []string{prog}, Interval: 50 * time.Millisecond, Timeout: 5 * time.Second, Rise: 1, Fall: 1}
 	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	defer cancel()
 	results := make(chan scriptResult, 1)
-	runScripts(ctx, "VI_1", []config.TrackScript{ts}, results)
+	wg.Go(func() { runScript(ctx, "VI_1", 0, ts, runProgram, results) })
 	var r scriptResult
 	select {
 	case r = <-results:

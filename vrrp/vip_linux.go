@@ -133,21 +133,6 @@ func (v *vipSet) remove(link netlink.Link) error {
 	return errors.Join(errs...)
 }
 
-// foreign lists the VIPs on link that halb did not put there.
-func (v *vipSet) foreign(link netlink.Link) []netip.Prefix {
-	have, err := listAddrs(link.Attrs().Index)
-	if err != nil {
-		return nil
-	}
-	var out []netip.Prefix
-	for _, p := range v.prefixes {
-		if e, ok := findAddr(have, p.Addr()); ok && !v.isOwn(e) {
-			out = append(out, e.prefix)
-		}
-	}
-	return out
-}
-
 // owns reports whether a is one of the VIPs, so a deleted-address event
 // can be told apart from one about another address.
 func (v *vipSet) owns(a netip.Addr) bool {

@@ -41,6 +41,7 @@ const (
 type notifier struct {
 	cfg config.Instance
 	log *slog.Logger
+	run runProgramFunc
 	// timeout is notifyTimeout, stopWait notifyStopWait and stopTimeout
 	// notifyStopTimeout; a test that waits for a kill shortens them before
 	// the instance runs.
@@ -59,11 +60,11 @@ type notifier struct {
 	cancelRunning context.CancelFunc
 }
 
-func newNotifier(cfg config.Instance, log *slog.Logger) *notifier {
-	n := &notifier{cfg: cfg, log: log, timeout: notifyTimeout, stopWait: notifyStopWait, stopTimeout: notifyStopTimeout,
+// newNotifier prepares the notifier; its loop runs on a goroutine of the
+// instance's Run, and close ends it.
+func newNotifier(cfg config.Instance, log *slog.Logger, run runProgramFunc) *notifier {
+	return &notifier{cfg: cfg, log: log, run: run, timeout: notifyTimeout, stopWait: notifyStopWait, stopTimeout: notifyStopTimeout,
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
-	go n.loop()
-	return n
 }
 
 // notifyName is the state as keepalived's notify scripts know it: the
@@ -140,7 +141,7 @@ func (n *notifier) loop() {
 			n.cancelRunning = cancel
 		}
 		n.mu.Unlock()
-		n.run(ctx, timeout, args)
+		n.call(ctx, timeout, args)
 		n.mu.Lock()
 		n.cancelRunning = nil
 		n.mu.Unlock()
@@ -148,7 +149,7 @@ func (n *notifier) loop() {
 	}
 }
 
-func (n *notifier) run(ctx context.Context, timeout time.Duration, args []string) {
+func (n *notifier) call(ctx context.Context, timeout time.Duration, args []string) {
 	vips := make([]string, len(n.cfg.VirtualIPs))
 	for i, p := range n.cfg.VirtualIPs {
 		vips[i] = p.String()
@@ -162,7 +163,7 @@ func (n *notifier) run(ctx context.Context, timeout time.Duration, args []string
 		"HALB_VIRTUAL_IPS=" + strings.Join(vips, " "),
 	}
 	start := time.Now()
-	output, err := runProgram(ctx, timeout, append([]string{n.cfg.Notify}, args...), env)
+	output, err := n.run(ctx, timeout, append([]string{n.cfg.Notify}, args...), env)
 	attrs := []any{"script", n.cfg.Notify, "state", args[2], "priority", args[3], "took", time.Since(start).Round(time.Millisecond), "output", output}
 	switch {
 	case errors.Is(err, errTimeout) && ctx.Err() != nil:

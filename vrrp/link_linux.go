@@ -4,14 +4,254 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
+	"time"
 
+	"github.com/mdlayher/packet"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/config"
 )
+
+// kernelLink is the link of an instance on Linux: netlink for interfaces,
+// addresses and the VMAC, raw IP sockets for the adverts (conn, below),
+// a packet socket for the announcements. It works in the network
+// namespace of the thread that calls it, as the instance's Run does.
+type kernelLink struct {
+	cfg  config.Instance
+	log  *slog.Logger
+	vips *vipSet
+
+	// frames is the packet socket announcements leave on, kept open on
+	// the interface with index framesOn until the link closes or that
+	// interface changes.
+	frames   *packet.Conn
+	framesOn int
+
+	wg sync.WaitGroup // watch's goroutine
+}
+
+func newKernelLink(cfg config.Instance, log *slog.Logger) *kernelLink {
+	return &kernelLink{cfg: cfg, log: log, vips: newVIPSet(cfg.VirtualIPs)}
+}
+
+func (k *kernelLink) lookup(name string) (iface, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return iface{}, err
+	}
+	return ifaceOf(l), nil
+}
+
+// ifaceOf is what the instance needs to know of a netlink link.
+func ifaceOf(l netlink.Link) iface {
+	a := l.Attrs()
+	up := a.Flags&net.FlagUp != 0
+	switch a.OperState {
+	case netlink.OperDown, netlink.OperLowerLayerDown, netlink.OperNotPresent:
+		up = false
+	}
+	return iface{Interface: net.Interface{Index: a.Index, Name: a.Name, MTU: a.MTU, HardwareAddr: a.HardwareAddr, Flags: a.Flags}, up: up}
+}
+
+// asNetlink names ifi for the vipSet and VMAC calls, which read only its
+// index and name.
+func asNetlink(ifi iface) netlink.Link {
+	return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifi.Index, Name: ifi.Name}}
+}
+
+func (k *kernelLink) addrs(ifindex int) ([]linkAddr, error) {
+	list, err := listAddrs(ifindex)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]linkAddr, len(list))
+	for i, e := range list {
+		out[i] = linkAddr{prefix: e.prefix, halb: k.vips.owns(e.prefix.Addr()) && k.vips.isOwn(e)}
+	}
+	return out, nil
+}
+
+func (k *kernelLink) openAdverts(ifi iface, bind netip.Addr, receive bool) (advertConn, error) {
+	ni := ifi.Interface
+	c, err := openConn(&ni, k.cfg.IPv6(), bind, k.cfg.UnicastPeers, receive)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (k *kernelLink) ensureVMAC(base iface) (iface, error) {
+	l, err := netlink.LinkByIndex(base.Index)
+	if err != nil {
+		return iface{}, fmt.Errorf("find %s for its VMAC: %w", base.Name, err)
+	}
+	vm, err := ensureVMAC(l, k.cfg.VRID, k.cfg.IPv6())
+	if err != nil {
+		return iface{}, err
+	}
+	return ifaceOf(vm), nil
+}
+
+func (k *kernelLink) removeVMAC(base iface) error {
+	return removeVMAC(k.cfg.VRID, k.cfg.IPv6(), base.Index)
+}
+
+func (k *kernelLink) addVIPs(ifi iface) ([]netip.Prefix, error) {
+	return k.vips.add(asNetlink(ifi))
+}
+
+func (k *kernelLink) removeVIPs(ifi iface) error {
+	return k.vips.remove(asNetlink(ifi))
+}
+
+// sendFrame writes frame on a packet socket of ifi's; a socket that
+// failed is closed, and the next frame opens a new one.
+func (k *kernelLink) sendFrame(ifi iface, frame []byte, dst net.HardwareAddr) error {
+	if k.frames != nil && k.framesOn != ifi.Index {
+		k.closeFrames()
+	}
+	if k.frames == nil {
+		ni := ifi.Interface
+		c, err := packet.Listen(&ni, packet.Raw, 0, nil)
+		if err != nil {
+			return fmt.Errorf("open a packet socket on %s: %w", ifi.Name, err)
+		}
+		k.frames, k.framesOn = c, ifi.Index
+	}
+	if _, err := k.frames.WriteTo(frame, &packet.Addr{HardwareAddr: dst}); err != nil {
+		k.closeFrames()
+		return err
+	}
+	return nil
+}
+
+func (k *kernelLink) closeFrames() {
+	if k.frames != nil {
+		k.frames.Close()
+		k.frames = nil
+	}
+}
+
+func (k *kernelLink) watchConflicts(ifi iface, base net.HardwareAddr, lladdr netip.Addr,
+	report func(conflictReport), due chan<- conflictReport) (conflictWatcher, error) {
+	ni := ifi.Interface
+	w, err := startConflictWatch(&ni, base, lladdr, k.cfg.VirtualIPs, report, due)
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+func (k *kernelLink) close() {
+	k.closeFrames()
+	k.wg.Wait()
+}
+
+// watch subscribes to link and address updates and forwards those of
+// use to out, on a goroutine of its own (waited for by close). When the
+// kernel drops a subscription (ENOBUFS on a busy host), it subscribes
+// again and says so, since events were lost: without that the instance
+// would be deaf to its interface.
+func (k *kernelLink) watch(ctx context.Context, out chan<- change) error {
+	done := make(chan struct{})
+	onErr := func(err error) {
+		select {
+		case <-done:
+			// Closing the subscription at the end interrupts its read.
+		default:
+			k.log.Error("netlink subscription", "err", err)
+		}
+	}
+	subLinks := func(ch chan netlink.LinkUpdate) error {
+		return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr})
+	}
+	subAddrs := func(ch chan netlink.AddrUpdate) error {
+		return netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr})
+	}
+	links := make(chan netlink.LinkUpdate, 64)
+	addrs := make(chan netlink.AddrUpdate, 64)
+	if err := subLinks(links); err != nil {
+		close(done)
+		return fmt.Errorf("subscribe to link updates: %w", err)
+	}
+	if err := subAddrs(addrs); err != nil {
+		close(done)
+		drain(links)
+		return fmt.Errorf("subscribe to address updates: %w", err)
+	}
+	k.wg.Go(func() {
+		// At the end the subscriptions close, and their goroutines
+		// (vishvananda/netlink's) end once what they hold is read.
+		defer func() {
+			close(done)
+			drain(links)
+			drain(addrs)
+		}()
+		for {
+			var c change
+			select {
+			case <-ctx.Done():
+				return
+			case u, ok := <-links:
+				if !ok {
+					links = resubscribe(ctx, k.log, subLinks)
+					c.lost = true
+					break
+				}
+				c = change{name: u.Attrs().Name, index: int(u.Index)}
+			case u, ok := <-addrs:
+				if !ok {
+					addrs = resubscribe(ctx, k.log, subAddrs)
+					c.lost = true
+					break
+				}
+				c = change{index: u.LinkIndex, addr: true}
+			}
+			select {
+			case out <- c:
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
+	return nil
+}
+
+// resubscribe retries a subscription until it succeeds, a few times a
+// second, or ctx ends (nil then: nothing to read).
+func resubscribe[U any](ctx context.Context, log *slog.Logger, sub func(chan U) error) chan U {
+	for attempt := 1; ctx.Err() == nil; attempt++ {
+		ch := make(chan U, 64)
+		err := sub(ch)
+		if err == nil {
+			log.Warn("netlink subscription renewed", "attempt", attempt)
+			return ch
+		}
+		log.Error("cannot renew netlink subscription", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// drain reads ch until it is closed; nil is no channel.
+func drain[U any](ch chan U) {
+	if ch == nil {
+		return
+	}
+	for range ch {
+	}
+}
 
 // The VRRP multicast groups (RFC 5798 §5.1.1.2, §5.1.2.2).
 var (
@@ -33,13 +273,6 @@ type conn struct {
 	joins bool
 	p4    *ipv4.PacketConn
 	p6    *ipv6.PacketConn
-}
-
-// packetIn is one received advert with what the receive checks need.
-type packetIn struct {
-	payload  []byte
-	src, dst netip.Addr
-	ttl      int
 }
 
 // openConn opens the socket. In unicast mode it binds to bind (unicast_src)
@@ -226,6 +459,8 @@ func (c *conn) receive(buf []byte) (packetIn, error) {
 	in.payload = append([]byte(nil), buf[:n]...)
 	return in, nil
 }
+
+func (c *conn) ifindex() int { return c.ifi.Index }
 
 func (c *conn) close() error {
 	if c.v6 {
