@@ -1,0 +1,347 @@
+package vrrp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+)
+
+// fakeLink is a link (link.go) held in memory: interfaces with their
+// state and addresses that a test sets, and a record of everything the
+// instance sent and changed. It lets the instance's logic run without
+// root, as mdlayher/arp's tests run its Client over a fake PacketConn.
+type fakeLink struct {
+	vrid int
+	v6   bool
+	vips []netip.Prefix
+
+	mu     sync.Mutex
+	ifaces map[string]*fakeIface
+	next   int // the index the next interface gets
+	// openErr, when set, fails openAdverts; vmacErr fails ensureVMAC.
+	openErr, vmacErr error
+	conns            []*fakeConn
+	adverts          []sentAdvert
+	frames           []sentFrame
+	watches          []*fakeWatch
+	changes          chan<- change
+	closed           bool
+}
+
+type fakeIface struct {
+	ifc   iface
+	addrs []linkAddr
+}
+
+type sentAdvert struct {
+	ifindex  int
+	src      netip.Addr
+	priority uint8
+}
+
+type sentFrame struct {
+	ifindex int
+	frame   []byte
+	dst     net.HardwareAddr
+}
+
+func newFakeLink(vrid int, v6 bool, vips []netip.Prefix) *fakeLink {
+	return &fakeLink{vrid: vrid, v6: v6, vips: vips, ifaces: map[string]*fakeIface{}, next: 2}
+}
+
+// addIface makes an interface, up or down, with the given addresses (the
+// host's own, not halb's).
+func (f *fakeLink) addIface(name string, up bool, addrs ...string) iface {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	idx := f.next
+	f.next++
+	fi := &fakeIface{ifc: iface{Interface: net.Interface{Index: idx, Name: name, MTU: 1500,
+		HardwareAddr: net.HardwareAddr{0x02, 0, 0, 0, 0, byte(idx)}}, up: up}}
+	for _, a := range addrs {
+		fi.addrs = append(fi.addrs, linkAddr{prefix: netip.MustParsePrefix(a)})
+	}
+	f.ifaces[name] = fi
+	return fi.ifc
+}
+
+func (f *fakeLink) delIface(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.ifaces, name)
+}
+
+func (f *fakeLink) setUp(name string, up bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ifaces[name].ifc.up = up
+}
+
+func (f *fakeLink) addAddr(name, prefix string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi := f.ifaces[name]
+	fi.addrs = append(fi.addrs, linkAddr{prefix: netip.MustParsePrefix(prefix)})
+}
+
+func (f *fakeLink) delAddr(name string, addr netip.Addr) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi := f.ifaces[name]
+	fi.addrs = slices.DeleteFunc(fi.addrs, func(a linkAddr) bool { return a.prefix.Addr() == addr })
+}
+
+// has reports whether addr is on the interface called name, and whether
+// halb put it there.
+func (f *fakeLink) has(name string, addr netip.Addr) (on, halb bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi := f.ifaces[name]
+	if fi == nil {
+		return false, false
+	}
+	for _, a := range fi.addrs {
+		if a.prefix.Addr() == addr {
+			return true, a.halb
+		}
+	}
+	return false, false
+}
+
+func (f *fakeLink) sentFrames() []sentFrame {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.frames)
+}
+
+func (f *fakeLink) sentAdverts() []sentAdvert {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.adverts)
+}
+
+// openConns are the sockets the instance has open.
+func (f *fakeLink) openConns() []*fakeConn {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*fakeConn
+	for _, c := range f.conns {
+		if !c.isClosed() {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// notify sends a change to the instance's Run, as the kernel's events do.
+func (f *fakeLink) notify(ctx context.Context, c change) {
+	f.mu.Lock()
+	ch := f.changes
+	f.mu.Unlock()
+	select {
+	case ch <- c:
+	case <-ctx.Done():
+	}
+}
+
+func (f *fakeLink) byIndex(index int) *fakeIface {
+	for _, fi := range f.ifaces {
+		if fi.ifc.Index == index {
+			return fi
+		}
+	}
+	return nil
+}
+
+func (f *fakeLink) lookup(name string) (iface, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi := f.ifaces[name]
+	if fi == nil {
+		return iface{}, fmt.Errorf("link %s not found", name)
+	}
+	return fi.ifc, nil
+}
+
+func (f *fakeLink) addrs(ifindex int) ([]linkAddr, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi := f.byIndex(ifindex)
+	if fi == nil {
+		return nil, fmt.Errorf("no interface with index %d", ifindex)
+	}
+	return slices.Clone(fi.addrs), nil
+}
+
+func (f *fakeLink) watch(ctx context.Context, out chan<- change) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.changes = out
+	return nil
+}
+
+func (f *fakeLink) openAdverts(ifi iface, bind netip.Addr, receive bool) (advertConn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.openErr != nil {
+		return nil, f.openErr
+	}
+	c := &fakeConn{link: f, index: ifi.Index, receiving: receive, in: make(chan fakeRead, 16), done: make(chan struct{})}
+	f.conns = append(f.conns, c)
+	return c, nil
+}
+
+func (f *fakeLink) vmacName(base iface) string { return vmacName(f.vrid, f.v6, base.Index) }
+
+func (f *fakeLink) ensureVMAC(base iface) (iface, error) {
+	f.mu.Lock()
+	if f.vmacErr != nil {
+		defer f.mu.Unlock()
+		return iface{}, f.vmacErr
+	}
+	fi := f.ifaces[f.vmacName(base)]
+	f.mu.Unlock()
+	if fi != nil {
+		return fi.ifc, nil
+	}
+	ifc := f.addIface(f.vmacName(base), true)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ifaces[ifc.Name].ifc.HardwareAddr = virtualMAC(f.vrid, f.v6)
+	return f.ifaces[ifc.Name].ifc, nil
+}
+
+func (f *fakeLink) removeVMAC(base iface) error {
+	f.delIface(f.vmacName(base))
+	return nil
+}
+
+func (f *fakeLink) addVIPs(ifi iface) (foreign []netip.Prefix, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi := f.byIndex(ifi.Index)
+	if fi == nil {
+		return nil, fmt.Errorf("no interface with index %d", ifi.Index)
+	}
+	for _, p := range f.vips {
+		i := slices.IndexFunc(fi.addrs, func(a linkAddr) bool { return a.prefix.Addr() == p.Addr() })
+		switch {
+		case i < 0:
+			fi.addrs = append(fi.addrs, linkAddr{prefix: p, halb: true})
+		case !fi.addrs[i].halb:
+			foreign = append(foreign, p)
+		}
+	}
+	return foreign, nil
+}
+
+func (f *fakeLink) removeVIPs(ifi iface) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fi := f.byIndex(ifi.Index); fi != nil {
+		fi.addrs = slices.DeleteFunc(fi.addrs, func(a linkAddr) bool { return a.halb })
+	}
+	return nil
+}
+
+func (f *fakeLink) sendFrame(ifi iface, frame []byte, dst net.HardwareAddr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frames = append(f.frames, sentFrame{ifindex: ifi.Index, frame: slices.Clone(frame), dst: dst})
+	return nil
+}
+
+func (f *fakeLink) watchConflicts(ifi iface, base net.HardwareAddr, lladdr netip.Addr,
+	report func(conflictReport), due chan<- conflictReport) (conflictWatcher, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := &fakeWatch{index: ifi.Index}
+	f.watches = append(f.watches, w)
+	return w, nil
+}
+
+func (f *fakeLink) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+}
+
+// fakeConn is an advert socket: what the instance sends is recorded on
+// its link; what a test puts in comes out of receive.
+type fakeConn struct {
+	link      *fakeLink
+	index     int
+	receiving bool
+	in        chan fakeRead
+	done      chan struct{}
+	once      sync.Once
+}
+
+// fakeRead is one result of receive: an advert, or an error.
+type fakeRead struct {
+	p   packetIn
+	err error
+}
+
+func (c *fakeConn) send(a *Advert, src netip.Addr) error {
+	c.link.mu.Lock()
+	defer c.link.mu.Unlock()
+	c.link.adverts = append(c.link.adverts, sentAdvert{ifindex: c.index, src: src, priority: a.Priority})
+	return nil
+}
+
+func (c *fakeConn) receive(buf []byte) (packetIn, error) {
+	select {
+	case r := <-c.in:
+		return r.p, r.err
+	case <-c.done:
+		return packetIn{}, net.ErrClosed
+	}
+}
+
+func (c *fakeConn) close() error {
+	c.once.Do(func() { close(c.done) })
+	return nil
+}
+
+func (c *fakeConn) isClosed() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *fakeConn) ifindex() int { return c.index }
+
+// fakeWatch is a conflict watch that reads nothing.
+type fakeWatch struct {
+	index   int
+	mu      sync.Mutex
+	stopped bool
+}
+
+func (w *fakeWatch) ifindex() int { return w.index }
+
+func (w *fakeWatch) answer(r conflictReport) (conflictReport, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		return r, false
+	}
+	r.answered = true
+	return r, true
+}
+
+func (w *fakeWatch) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopped = true
+}
+
+var errFake = errors.New("fake failure")
