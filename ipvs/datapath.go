@@ -122,7 +122,7 @@ func (d *Datapath) Apply(ctx context.Context, services []service.Service) error 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.k == nil {
-		return errors.New("ipvs data path: Apply after Close")
+		return fmt.Errorf("ipvs apply: %w", service.ErrClosed)
 	}
 	want, err := targets(services)
 	if err != nil {

@@ -721,8 +721,8 @@ func TestApplyAfterClose(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Apply(context.Background(), nil); err == nil {
-		t.Error("Apply after Close succeeded")
+	if err := d.Apply(context.Background(), nil); !errors.Is(err, service.ErrClosed) {
+		t.Errorf("Apply after Close: %v, want ErrClosed", err)
 	}
 	if d.Name() != "ipvs" {
 		t.Errorf("Name() = %q", d.Name())

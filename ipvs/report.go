@@ -19,7 +19,7 @@ func (d *Datapath) Report() ([]service.Report, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.k == nil {
-		return nil, errors.New("ipvs data path: Report after Close")
+		return nil, fmt.Errorf("ipvs report: %w", service.ErrClosed)
 	}
 	list, err := d.k.Services()
 	switch err = listed(err); {

@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"path/filepath"
 	"reflect"
@@ -61,7 +62,7 @@ func TestReport(t *testing.T) {
 		t.Errorf("after a flush: %+v, %v", rep, err)
 	}
 	d.Close()
-	if _, err := d.Report(); err == nil {
-		t.Error("Report after Close: no error")
+	if _, err := d.Report(); !errors.Is(err, service.ErrClosed) {
+		t.Errorf("Report after Close: %v, want ErrClosed", err)
 	}
 }

@@ -85,7 +85,7 @@ func (s *svcState) String() string {
 //
 // A service the data path cannot serve (forward: nat, an IPVS-only
 // scheduler) is left out and reported in the error (errors.Is
-// ErrUnsupported); the rest is applied all the same. A backend it cannot
+// service.ErrUnsupported); the rest is applied all the same. A backend it cannot
 // reach now (DR: not on the link layer of one of datapath.interfaces;
 // TUN: not routed through one of them, or through one that does not
 // forward, which the program cannot route for) is no error: the host may
@@ -100,7 +100,7 @@ func (d *Datapath) Apply(ctx context.Context, services []service.Service) error 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errors.New("apply: the data path is closed")
+		return fmt.Errorf("apply: %w", service.ErrClosed)
 	}
 	d.desired = slices.Clone(services)
 	err := d.reconcile()
@@ -153,11 +153,11 @@ func (d *Datapath) reconcile() error {
 func checkService(s *service.Service) error {
 	name := s.Name + " (" + s.Key.String() + ")"
 	if s.Forward != service.DR && s.Forward != service.TUN {
-		return fmt.Errorf("service %s: forward %s: %w; use forward: dr or tun, or datapath.mode: ipvs", name, s.Forward, ErrUnsupported)
+		return fmt.Errorf("service %s: %w; use forward: dr or tun, or datapath.mode: ipvs", name, unsupported("forward "+s.Forward.String()))
 	}
 	if s.Scheduler != "" && !slices.Contains(config.BPFSchedulers, s.Scheduler) {
-		return fmt.Errorf("service %s: scheduler %s: %w; use one of %s (all Maglev here), or datapath.mode: ipvs",
-			name, s.Scheduler, ErrUnsupported, strings.Join(config.BPFSchedulers, ", "))
+		return fmt.Errorf("service %s: %w; use one of %s (all Maglev here), or datapath.mode: ipvs",
+			name, unsupported("scheduler "+s.Scheduler), strings.Join(config.BPFSchedulers, ", "))
 	}
 	if !s.Key.VIP.IsValid() || s.Key.Port == 0 || (s.Key.Proto != service.TCP && s.Key.Proto != service.UDP) {
 		return fmt.Errorf("service %s: needs a VIP, a port and tcp or udp", name)
@@ -224,12 +224,12 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 			continue
 		}
 		if s.Forward == service.TUN {
-			w, reason := d.tunnelEnd(ap.Addr(), n)
+			w, err := d.tunnelEnd(ap.Addr(), n)
 			switch {
 			case w == nil:
-				unreachable(ap, b.Weight, reason)
-			case reason != "":
-				note(ap, b.Weight, reason, true)
+				unreachable(ap, b.Weight, err.Error())
+			case err != nil:
+				note(ap, b.Weight, err.Error(), true)
 				fallthrough
 			default:
 				w.b.Service, w.b.Weight, w.b.Port = st.id, b.Weight, ap.Port()
@@ -427,7 +427,7 @@ type wantBackend struct {
 // leave and rejoin each time, moving its share of new flows away and
 // back. A next hop that is gone for good takes the backends' health
 // checks with it, and those drain them.
-func (d *Datapath) tunnelEnd(addr netip.Addr, n *neighbours) (*wantBackend, string) {
+func (d *Datapath) tunnelEnd(addr netip.Addr, n *neighbours) (*wantBackend, error) {
 	routes, err := d.nl.RouteGet(addr.AsSlice())
 	if err != nil || len(routes) == 0 {
 		return nil, d.noRoute(err)
@@ -439,20 +439,20 @@ func (d *Datapath) tunnelEnd(addr netip.Addr, n *neighbours) (*wantBackend, stri
 	}
 	src, ok := netip.AddrFromSlice(r.Src)
 	if !ok || src.Unmap().Is4() != addr.Is4() {
-		return nil, fmt.Sprintf("the kernel has no source address toward it on %s: give %s an address of its family", via.Interface, via.Interface)
+		return nil, fmt.Errorf("the kernel has no source address toward it on %s: give %s an address of its family", via.Interface, via.Interface)
 	}
 	next := addr
 	if gw, ok := netip.AddrFromSlice(r.Gw); ok && r.Gw != nil {
 		next = gw.Unmap()
 	}
 	if on, err := d.forwarding(via.Interface, next.Is4()); err != nil {
-		return nil, err.Error()
+		return nil, err
 	} else if !on {
 		family := "ipv6"
 		if next.Is4() {
 			family = "ipv4"
 		}
-		return nil, fmt.Sprintf("forward: tun needs forwarding on %s, where the kernel's FIB lookup refuses without it: sysctl -w net.%s.conf.%s.forwarding=1",
+		return nil, fmt.Errorf("forward: tun needs forwarding on %s, where the kernel's FIB lookup refuses without it: sysctl -w net.%s.conf.%s.forwarding=1",
 			via.Interface, family, via.Interface)
 	}
 	w := &wantBackend{via: via, b: Backend{
@@ -464,13 +464,13 @@ func (d *Datapath) tunnelEnd(addr netip.Addr, n *neighbours) (*wantBackend, stri
 	mac, err := n.lookup(via.ifindex, next)
 	d.hops[hop{ifindex: via.ifindex, addr: next}] = mac == nil
 	if err != nil {
-		return w, err.Error()
+		return w, err
 	}
 	if mac == nil {
 		d.solicit(via, next)
-		return w, fmt.Sprintf("the MAC of its next hop %s is not in the neighbour table of %s yet: asked for it", next, via.Interface)
+		return w, fmt.Errorf("the MAC of its next hop %s is not in the neighbour table of %s yet: asked for it", next, via.Interface)
 	}
-	return w, ""
+	return w, nil
 }
 
 // writeTable builds the service's Maglev table from its live backends
@@ -695,7 +695,7 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, errors.New("status: the data path is closed")
+		return nil, fmt.Errorf("status: %w", service.ErrClosed)
 	}
 	var out []ServiceStatus
 	for _, key := range sortedKeys(d.applied) {
@@ -779,7 +779,7 @@ func (d *Datapath) Drops() (map[DropReason]uint64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, errors.New("drops: the data path is closed")
+		return nil, fmt.Errorf("drops: %w", service.ErrClosed)
 	}
 	return d.lb.Drops()
 }

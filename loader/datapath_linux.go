@@ -24,9 +24,11 @@ import (
 	"github.com/halb-lb/halb/service"
 )
 
-// ErrUnsupported marks a service the eBPF data path cannot serve yet (a
-// forward mode or scheduler it lacks); the IPVS data path can.
-var ErrUnsupported = errors.New("not supported by the eBPF data path")
+// unsupported is the error for a service the eBPF data path cannot serve
+// (a forward mode or scheduler it lacks); the IPVS data path can.
+func unsupported(feature string) error {
+	return &service.UnsupportedError{Datapath: "the eBPF data path", Feature: feature}
+}
 
 // Hook is where a program is attached to an interface.
 type Hook string

@@ -339,7 +339,7 @@ func TestDatapathApply(t *testing.T) {
 		svc(web, backend(be11, 1), backend(be14, 1), backend(unrouted, 1)),
 		nat,
 	})
-	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "forward nat") ||
+	if !errors.Is(err, service.ErrUnsupported) || !strings.Contains(err.Error(), "forward nat") ||
 		strings.Contains(err.Error(), "203.0.113.9") {
 		t.Errorf("Apply with forward: nat and an unreachable backend: %v; want ErrUnsupported naming nat, and not the backend", err)
 	}

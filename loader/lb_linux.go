@@ -217,7 +217,7 @@ func (lb *LB) PutService(key ServiceKey, svc Service) error {
 		return fmt.Errorf("service %s: id %d is out of range: the maps hold ids 0 to %d", key, svc.ID, lb.MaxServices()-1)
 	}
 	if svc.Forward != ForwardDR && svc.Forward != ForwardTUN {
-		return fmt.Errorf("service %s: forward mode %s: %w", key, svc.Forward, ebpf.ErrNotSupported)
+		return fmt.Errorf("service %s: %w", key, unsupported("forward mode "+svc.Forward.String()))
 	}
 	v := halbService{Id: svc.ID, Forward: halbForwardMode(svc.Forward)}
 	if svc.Persistence {

@@ -147,7 +147,7 @@ func inNS(ns netns.NsHandle, fn func() error) error {
 func (d *Datapath) via(addr netip.Addr) (*attachment, error) {
 	routes, err := d.nl.RouteGet(addr.AsSlice())
 	if err != nil || len(routes) == 0 {
-		return nil, errors.New(d.noRoute(err))
+		return nil, d.noRoute(err)
 	}
 	r := routes[0]
 	if r.Gw != nil {
@@ -157,31 +157,31 @@ func (d *Datapath) via(addr netip.Addr) (*attachment, error) {
 	if a := d.attachmentOf(r.LinkIndex); a != nil {
 		return a, nil
 	}
-	return nil, errors.New(d.routedElsewhere(r.LinkIndex))
+	return nil, d.routedElsewhere(r.LinkIndex)
 }
 
 // noRoute says that the kernel has no route to a backend, and which of
 // datapath.interfaces halb is still waiting for, which may be why.
-func (d *Datapath) noRoute(err error) string {
-	msg := "no route"
-	if err != nil {
-		msg = fmt.Sprintf("no route (%v)", err)
-	}
+func (d *Datapath) noRoute(err error) error {
+	var missing string
 	if w := d.waitingFor(); len(w) > 0 {
-		msg += fmt.Sprintf("; datapath.interfaces %s missing", strings.Join(w, ", "))
+		missing = fmt.Sprintf("; datapath.interfaces %s missing", strings.Join(w, ", "))
 	}
-	return msg
+	if err != nil {
+		return fmt.Errorf("no route (%w)%s", err, missing)
+	}
+	return errors.New("no route" + missing)
 }
 
 // routedElsewhere says that the kernel routes a backend through ifindex,
 // which is none of datapath.interfaces.
-func (d *Datapath) routedElsewhere(ifindex int) string {
+func (d *Datapath) routedElsewhere(ifindex int) error {
 	msg := fmt.Sprintf("routed through %s, which is not one of datapath.interfaces (%s): add it there, or route the backend through one of them",
 		d.linkName(ifindex), strings.Join(d.cfg.Interfaces, ", "))
 	if w := d.waitingFor(); len(w) > 0 {
 		msg += fmt.Sprintf("; datapath.interfaces %s missing", strings.Join(w, ", "))
 	}
-	return msg
+	return errors.New(msg)
 }
 
 // solicit asks the kernel to resolve addr on a's interface, as if it had a

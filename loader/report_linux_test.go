@@ -2,8 +2,11 @@ package loader
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"maps"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/halb-lb/halb/config"
@@ -61,5 +64,62 @@ func TestDatapathReportAndCounters(t *testing.T) {
 	}
 	if dp.Resync() <= 0 {
 		t.Errorf("Resync %s: the daemon's periodic apply stays until the data path resyncs by itself", dp.Resync())
+	}
+}
+
+// The eBPF data path speaks the errors every data path does: a service it
+// cannot serve is service.ErrUnsupported with what it lacks, and every
+// call after Close is service.ErrClosed.
+func TestDatapathErrors(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	nat := svc(web, backend(be11, 1))
+	nat.Forward = service.NAT
+	lc := svc(web6, backend(be6, 1))
+	lc.Scheduler = "lc"
+	err := dp.Apply(context.Background(), []service.Service{nat, lc})
+	var unsupported *service.UnsupportedError
+	if !errors.Is(err, service.ErrUnsupported) || !errors.As(err, &unsupported) {
+		t.Fatalf("Apply with forward nat: %v, want ErrUnsupported", err)
+	}
+	if unsupported.Feature != "forward nat" || unsupported.Datapath != "the eBPF data path" {
+		t.Errorf("detail %+v, want forward nat on the eBPF data path", unsupported)
+	}
+	if !strings.Contains(err.Error(), "scheduler lc: not supported by the eBPF data path") {
+		t.Errorf("Apply: %v, want the scheduler named too", err)
+	}
+
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, reportErr := dp.Report()
+	_, statusErr := dp.Status()
+	_, countersErr := dp.Counters()
+	_, dropsErr := dp.Drops()
+	for what, err := range map[string]error{
+		"Apply": dp.Apply(context.Background(), nil), "Report": reportErr, "Status": statusErr,
+		"Counters": countersErr, "Drops": dropsErr,
+	} {
+		if !errors.Is(err, service.ErrClosed) {
+			t.Errorf("%s after Close: %v, want ErrClosed", what, err)
+		}
+	}
+}
+
+// Every enum the loader names reads as a value it does not know instead
+// of panicking: a newer halb's program may count a drop reason this one
+// lacks.
+func TestLoaderEnumStringOutOfRange(t *testing.T) {
+	for _, c := range []struct{ got, want string }{
+		{DropVIPSource.String(), "vip-source"},
+		{DropReason(halbDropReasonDROP_REASONS).String(), fmt.Sprintf("drop(%d)", halbDropReasonDROP_REASONS)},
+		{EventOtherHost.String(), "other-host"},
+		{Event(halbEventEVENTS).String(), fmt.Sprintf("event(%d)", halbEventEVENTS)},
+		{ForwardTUN.String(), "tun"}, {Forward(200).String(), "forward(200)"},
+		{TCP.String(), "tcp"}, {Proto(0).String(), "proto(0)"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%q, want %q", c.got, c.want)
+		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/service"
 )
 
 var (
@@ -540,8 +541,8 @@ func testScheduling(t *testing.T, prog string) {
 		tb.on(prog)
 		lacking := Forward(halbForwardModeFORWARD_TUN + 1) // nat, in a newer halb
 		err := tb.lb.PutService(web4, Service{ID: 1, Forward: lacking})
-		if !errors.Is(err, ebpf.ErrNotSupported) {
-			t.Errorf("PutService with forward %s: %v, want ErrNotSupported", lacking, err)
+		if !errors.Is(err, service.ErrUnsupported) {
+			t.Errorf("PutService with forward %s: %v, want ErrUnsupported", lacking, err)
 		}
 		// Written behind the loader's back, as a newer halb would.
 		k, err := serviceKey(web4)

@@ -65,8 +65,15 @@ const (
 	NAT                // rewrite the destination address and port
 )
 
+var forwardNames = [...]string{DR: "dr", TUN: "tun", NAT: "nat"}
+
+// String names f; a value it does not know reads "forward(N)", never a
+// panic.
 func (f Forward) String() string {
-	return [...]string{"dr", "tun", "nat"}[f]
+	if int(f) < len(forwardNames) {
+		return forwardNames[f]
+	}
+	return fmt.Sprintf("forward(%d)", uint8(f))
 }
 
 // Key identifies a service: one (VIP, port, protocol).
@@ -140,7 +147,8 @@ type Datapath interface {
 	Reporter
 	Cleaner
 	// Close releases the data path's handles; what is programmed stays,
-	// so traffic keeps flowing while halb restarts.
+	// so traffic keeps flowing while halb restarts. Apply and Report
+	// after Close fail with an error that errors.Is ErrClosed.
 	Close() error
 }
 

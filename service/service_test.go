@@ -54,3 +54,17 @@ func TestKeyText(t *testing.T) {
 		}
 	}
 }
+
+// Every enum names a value it does not know instead of panicking: a
+// newer halb's value, or a bad one, still reads in a log line.
+func TestEnumStringOutOfRange(t *testing.T) {
+	for _, c := range []struct{ got, want string }{
+		{DR.String(), "dr"}, {TUN.String(), "tun"}, {NAT.String(), "nat"},
+		{Forward(3).String(), "forward(3)"}, {Forward(255).String(), "forward(255)"},
+		{TCP.String(), "tcp"}, {UDP.String(), "udp"}, {Protocol(0).String(), "proto(0)"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%q, want %q", c.got, c.want)
+		}
+	}
+}
