@@ -15,7 +15,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/service"
 )
@@ -37,7 +37,7 @@ import (
 type dpBench struct {
 	lb, peers *netnstest.NS
 	cfg       config.Datapath
-	log       *logBuffer
+	log       *halbtest.Log
 }
 
 var (
@@ -53,7 +53,7 @@ var (
 
 func newDPBench(t *testing.T) *dpBench {
 	t.Helper()
-	b := &dpBench{lb: netnstest.New(t), peers: netnstest.New(t), log: &logBuffer{}}
+	b := &dpBench{lb: netnstest.New(t), peers: netnstest.New(t), log: &halbtest.Log{}}
 	for _, ns := range []*netnstest.NS{b.lb, b.peers} {
 		// No duplicate address detection: link-local addresses are
 		// usable at once, and neighbour discovery answers at once.
@@ -141,24 +141,6 @@ func (b *dpBench) start(t *testing.T, cfg config.Datapath, mode string) *Datapat
 	}
 	t.Cleanup(func() { dp.Close() })
 	return dp
-}
-
-// logBuffer collects log lines from several goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 func svc(key service.Key, backends ...service.Backend) service.Service {
