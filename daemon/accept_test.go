@@ -13,6 +13,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/vrrp"
 )
@@ -39,7 +40,7 @@ func TestAcceptFilterRestoredAndOwned(t *testing.T) {
 	cfg := acceptConfig()
 	want := vrrp.AcceptRules(cfg)
 	err := ns.Do(func() error {
-		var logs syncBuffer
+		var logs halbtest.Log
 		var level slog.LevelVar
 		a, err := newAcceptFilter(NewLogger(&logs, "text", &level), lockDir)
 		if err != nil {
@@ -97,7 +98,7 @@ func TestAcceptFilterRestoredAndOwned(t *testing.T) {
 
 		// A second halb's filter: refused at start, and it touches
 		// nothing, neither on apply nor at its exit.
-		var logs2 syncBuffer
+		var logs2 halbtest.Log
 		b, err := newAcceptFilter(NewLogger(&logs2, "text", &level), lockDir)
 		if err != nil {
 			return err

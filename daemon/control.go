@@ -194,29 +194,3 @@ func statusHandler(o observed, log *slog.Logger) http.Handler {
 	})
 	return mux
 }
-
-// server is an HTTP server on a listener made at start, before anything
-// visible changed; its goroutine is waited for when it closes.
-type server struct {
-	srv  *http.Server
-	done chan struct{}
-}
-
-func (d *Daemon) serve(name string, ln net.Listener, h http.Handler) *server {
-	s := &server{srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}, done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("server stopped", "server", name, "err", err)
-		}
-	}()
-	return s
-}
-
-// close stops the server (a unix socket's file goes with its listener)
-// and waits for its goroutine, which returns as soon as the listener is
-// closed.
-func (s *server) close() {
-	_ = s.srv.Close()
-	<-s.done
-}

@@ -25,6 +25,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -198,23 +199,21 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 		return fmt.Errorf("health checks: %w", err)
 	}
 
-	hctx, stopHealth := context.WithCancel(ctx)
-	healthDone := make(chan struct{})
-	go func() {
-		defer close(healthDone)
-		_ = d.health.Run(hctx)
-	}()
+	// From here on, goroutines beside the loop: Run waits for them on
+	// its way out (after the data path and the instances, below).
+	var w workers
 	defer func() {
-		stopHealth()
-		d.waitAtShutdown(healthDone, "health checks", shutdownTimeout)
+		if left := w.stop(shutdownTimeout); len(left) > 0 {
+			d.log.Error("did not stop in time; exiting without it", "what", strings.Join(left, ","))
+		}
 	}()
+	hctx, stopHealth := context.WithCancel(ctx)
+	w.Go("health checks", func() { _ = d.health.Run(hctx) }, stopHealth)
 	// Served from now: status and scrapes read d.vrrp and d.accept,
 	// which exist, and the data path once it is open.
-	ctl := d.serve("control socket", ctlListener, d.controlHandler())
-	defer ctl.close()
+	d.serve(&w, "control socket", ctlListener, d.controlHandler())
 	if metricsListener != nil {
-		m := d.serve("metrics", metricsListener, d.metricsHandler(latency))
-		defer m.close()
+		d.serve(&w, "metrics", metricsListener, d.metricsHandler(latency))
 		d.log.Info("metrics", "listen", metricsListener.Addr().String())
 	}
 

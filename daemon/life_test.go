@@ -3,7 +3,10 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -14,28 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/service"
 	"github.com/halb-lb/halb/vrrp"
 )
-
-// syncBuffer is a log both the daemon's goroutines and the test use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A reload that changes a key the running daemon does not apply again
 // says so, one warning per key with both values; keys it applies draw no
@@ -154,7 +142,7 @@ func (c countingDatapath) Apply(context.Context, []service.Service) error {
 // read more, not one each.
 func TestRunLoopDuringBlockedRead(t *testing.T) {
 	d, _, _ := newTestDaemon(t)
-	var logs syncBuffer
+	var logs halbtest.Log
 	d.log = NewLogger(&logs, "text", &d.level)
 	dp := countingDatapath{applied: make(chan struct{}, 1)}
 	d.dp = dp
@@ -214,7 +202,7 @@ func TestRunLoopDuringBlockedRead(t *testing.T) {
 // (given its VIPs up); and at shutdown an instance that never stops is
 // given up on at the deadline, by name.
 func TestVRRPSetNeverWaitsOnTheLoop(t *testing.T) {
-	var logs syncBuffer
+	var logs halbtest.Log
 	var level slog.LevelVar
 	s := newVRRPSet(NewLogger(&logs, "text", &level), t.TempDir())
 	events := make(chan string, 10)
@@ -276,4 +264,107 @@ func TestVRRPSetNeverWaitsOnTheLoop(t *testing.T) {
 	if e := next(); e != "stop VI_1" {
 		t.Errorf("VI_1 at shutdown: %q", e)
 	}
+}
+
+// Every goroutine the daemon starts is its own to stop: a start, a
+// reload that restarts an instance and replaces a health check, a status
+// request and a scrape, then a stop, leave none running once Run has
+// returned.
+func TestRunLeavesNoGoroutine(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	before := halbtest.Running()
+	d, path, _ := newTestDaemon(t)
+	var logs halbtest.Log
+	d.log = NewLogger(&logs, "text", &d.level)
+	d.dp = countingDatapath{applied: make(chan struct{}, 1)}
+	dir := filepath.Dir(path)
+	sock := filepath.Join(dir, "halb.sock")
+	metrics := freePort(t)
+	// Backends no check reaches during the test: the first check of each
+	// comes at an offset within the interval, of an hour and more.
+	withChecks := func(priority int) string {
+		return strings.Replace(goodConfig, "vrid: 7,", fmt.Sprintf("vrid: 7, priority: %d,", priority), 1) +
+			"control: {socket: " + sock + ", metrics: \"" + metrics + "\"}\n" +
+			"datapath: {interfaces: [halbnone0]}\n" + `services:
+  - name: web
+    vip: 192.0.2.80
+    port: 80
+    backends: [{address: 198.51.100.11}, {address: 198.51.100.12}]
+    health_check: {type: tcp, interval: ` + fmt.Sprint(priority) + `m, timeout: 1s}
+`
+	}
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(withChecks(100))
+	if err := d.Reload(); err != nil { // as New would have read it
+		t.Fatal(err)
+	}
+	d.boot = d.cfg
+	stop, reload := make(chan os.Signal, 1), make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() { done <- d.Run(context.Background(), stop, reload) }()
+	waitLog := func(what string) {
+		t.Helper()
+		for start := time.Now(); !strings.Contains(logs.String(), what); time.Sleep(10 * time.Millisecond) {
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("no %q logged within 10s:\n%s", what, logs.String())
+			}
+		}
+	}
+	waitLog(`msg="services programmed"`)
+
+	logs.Reset()
+	write(withChecks(90)) // a new priority restarts VI_1; a new interval, both checks
+	reload <- syscall.SIGHUP
+	waitLog(`msg="config reloaded"`)
+
+	client := &http.Client{Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			var dialer net.Dialer
+			if addr == "halb:80" {
+				return dialer.DialContext(ctx, "unix", sock)
+			}
+			return dialer.DialContext(ctx, "tcp", addr)
+		},
+	}}
+	for _, url := range []string{"http://halb/v1/status", "http://" + metrics + "/metrics"} {
+		resp, err := client.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %s", url, resp.Status)
+		}
+	}
+
+	stop <- syscall.SIGTERM
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no stop within 20s of SIGTERM:\n%s", logs.String())
+	}
+	if left := halbtest.Left(before, "github.com/halb-lb/halb/"); len(left) > 0 {
+		t.Errorf("%d goroutines the daemon started still run after Run returned:\n%s", len(left), strings.Join(left, "\n\n"))
+	}
+}
+
+// freePort is a TCP address on the loopback that nothing listens on.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
