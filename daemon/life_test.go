@@ -279,7 +279,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	d.dp = countingDatapath{applied: make(chan struct{}, 1)}
 	dir := filepath.Dir(path)
 	sock := filepath.Join(dir, "halb.sock")
-	metrics := freePort(t)
+	metrics := halbtest.FreeAddr(t)
 	// Backends no check reaches during the test: the first check of each
 	// comes at an offset within the interval, of an hour and more.
 	withChecks := func(priority int) string {
@@ -356,15 +356,4 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	if left := halbtest.Left(before, "github.com/halb-lb/halb/"); len(left) > 0 {
 		t.Errorf("%d goroutines the daemon started still run after Run returned:\n%s", len(left), strings.Join(left, "\n\n"))
 	}
-}
-
-// freePort is a TCP address on the loopback that nothing listens on.
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }

@@ -17,11 +17,7 @@ import (
 func TestDatapathLeavesNoGoroutine(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	before := halbtest.Running()
-	k := &fakeIPVS{}
-	d, err := New(k, Options{Modules: &fakeModules{}, StateFile: filepath.Join(t.TempDir(), "state")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDatapath(t, &fakeIPVS{}, filepath.Join(t.TempDir(), "state"))
 	if err := d.Apply(context.Background(), []service.Service{web, api}); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/vrrp"
@@ -485,7 +486,7 @@ func TestRunMetricsPortInUse(t *testing.T) {
 
 	// The same halb with a free port adds the VIP, and the watch above
 	// sees it: it would have seen the failed starts' too.
-	p := startHalbIn(t, ns, "run", "-c", lbConfig(t, sock, pins, freeAddr(t), 255))
+	p := startHalbIn(t, ns, "run", "-c", lbConfig(t, sock, pins, halbtest.FreeAddr(t), 255))
 	p.waitFor(t, "services programmed")
 	for start := time.Now(); !vipOn(t, h); time.Sleep(50 * time.Millisecond) {
 		if time.Since(start) > 20*time.Second {

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/loader"
 )
@@ -222,7 +223,7 @@ func TestRunProgramsXDP(t *testing.T) {
 		_ = unix.Unmount(fs, 0)
 	})
 	cfg := filepath.Join(t.TempDir(), "halb.yaml")
-	metrics := freeAddr(t)
+	metrics := halbtest.FreeAddr(t)
 	sock := filepath.Join(t.TempDir(), "halb.sock")
 	if err := os.WriteFile(cfg, []byte(`control: {socket: `+sock+`, metrics: "`+metrics+`"}
 datapath:

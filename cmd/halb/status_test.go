@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv4"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/vrrp"
 )
@@ -86,7 +87,7 @@ vrrp:
 // one advert it takes and one it drops, so that the adverts received and
 // dropped have samples (the dropped family has none until a drop).
 func TestMetrics(t *testing.T) {
-	addr := freeAddr(t)
+	addr := halbtest.FreeAddr(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "halb.yaml")
 	if err := os.WriteFile(cfg, []byte(`control: {socket: `+filepath.Join(dir, "halb.sock")+`, metrics: "`+addr+`"}
@@ -240,17 +241,6 @@ func scrape(t *testing.T, ns *netnstest.NS, addr string) string {
 		t.Fatal(err)
 	}
 	return body
-}
-
-// freeAddr is a loopback address with a port nobody listens on now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // serveFakeStatus is what a local user could serve at a control socket
