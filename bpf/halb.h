@@ -21,6 +21,19 @@
 
 #include <linux/types.h>
 
+/* The loader writes and reads every struct below through the Go types that
+ * bpf2go makes of them (loader/halb_bpfel.go), byte for byte. Each struct's
+ * size, and the offset of each field that follows a field of another size,
+ * is asserted here: a change that moves a byte fails to compile until the
+ * assertion changes with it, so that the change is made on purpose, and a
+ * hole the compiler would add (a hash key that carries garbage) shows.
+ * loader's TestMapLayout checks the Go side against the same numbers. */
+#define HALB_ASSERT_SIZE(type, size) \
+	_Static_assert(sizeof(type) == (size), #type " is not " #size " bytes")
+#define HALB_ASSERT_OFFSET(type, field, off) \
+	_Static_assert(__builtin_offsetof(type, field) == (off), \
+		       #type "." #field " is not at " #off)
+
 /* Sizes of the fixed maps. The loader may change the Maglev table size
  * (datapath.maglev_table_size), the conntrack size
  * (datapath.conntrack_entries) and the size of every map indexed by
@@ -62,6 +75,11 @@ enum __attribute__((packed)) backend_flags {
 	 * table: its flows stay, new ones go elsewhere. */
 	BACKEND_F_ACTIVE = 1 << 0,
 };
+
+HALB_ASSERT_SIZE(enum family, 1);
+HALB_ASSERT_SIZE(enum forward_mode, 1);
+HALB_ASSERT_SIZE(enum service_flags, 1);
+HALB_ASSERT_SIZE(enum backend_flags, 1);
 
 /* Why halb_xdp_lb or halb_tc_lb dropped a packet: the index into halb_drops.
  * The values are kept when reasons are added, so that a counter keeps its
@@ -140,6 +158,7 @@ union addr {
 	__u8 bytes[16];
 	__be32 words[4];
 };
+HALB_ASSERT_SIZE(union addr, 16);
 
 /* halb_services key: one virtual service. */
 struct service_key {
@@ -148,6 +167,10 @@ struct service_key {
 	__u8 proto;         /* IPPROTO_TCP or IPPROTO_UDP */
 	enum family family;
 };
+HALB_ASSERT_SIZE(struct service_key, 20);
+HALB_ASSERT_OFFSET(struct service_key, port, 16);
+HALB_ASSERT_OFFSET(struct service_key, proto, 18);
+HALB_ASSERT_OFFSET(struct service_key, family, 19);
 
 /* halb_services value. */
 struct service {
@@ -156,6 +179,9 @@ struct service {
 	enum service_flags flags; /* a set of flags */
 	__u16 pad;
 };
+HALB_ASSERT_SIZE(struct service, 8);
+HALB_ASSERT_OFFSET(struct service, forward, 4);
+HALB_ASSERT_OFFSET(struct service, flags, 5);
 
 /* halb_service_ids value, indexed by service id: the key that leads to the
  * service, and its record. A packet whose flow halb_ct knows reaches its
@@ -168,6 +194,8 @@ struct service_slot {
 	struct service_key key;
 	struct service svc;
 };
+HALB_ASSERT_SIZE(struct service_slot, 28);
+HALB_ASSERT_OFFSET(struct service_slot, svc, 20);
 
 /* halb_vips key. The set of VIPs lets the program tell a broken packet to a
  * VIP (dropped and counted) from a broken packet to anyone else (left to the
@@ -177,12 +205,15 @@ struct vip_key {
 	enum family family;
 	__u8 pad[3];
 };
+HALB_ASSERT_SIZE(struct vip_key, 20);
+HALB_ASSERT_OFFSET(struct vip_key, family, 16);
 
 /* halb_vips value. */
 struct vip {
 	__u32 services; /* how many halb_services entries use this VIP; the
 			 * loader keeps the count */
 };
+HALB_ASSERT_SIZE(struct vip, 4);
 
 /* halb_backends value, indexed by backend id. The program reads flags,
  * ifindex and service; DR reads the MACs, TUN the addresses;
@@ -209,6 +240,15 @@ struct backend {
 			   * service only */
 	__u32 weight;     /* its share of the Maglev table; 0: drained */
 };
+HALB_ASSERT_SIZE(struct backend, 60);
+HALB_ASSERT_OFFSET(struct backend, family, 32);
+HALB_ASSERT_OFFSET(struct backend, flags, 33);
+HALB_ASSERT_OFFSET(struct backend, mac, 34);
+HALB_ASSERT_OFFSET(struct backend, src_mac, 40);
+HALB_ASSERT_OFFSET(struct backend, port, 46);
+HALB_ASSERT_OFFSET(struct backend, ifindex, 48);
+HALB_ASSERT_OFFSET(struct backend, service, 52);
+HALB_ASSERT_OFFSET(struct backend, weight, 56);
 
 /* halb_ct key: the 5-tuple of one direction of a flow, client to VIP. */
 struct flow {
@@ -220,11 +260,17 @@ struct flow {
 	enum family family;
 	__u8 pad[2];
 };
+HALB_ASSERT_SIZE(struct flow, 40);
+HALB_ASSERT_OFFSET(struct flow, sport, 32);
+HALB_ASSERT_OFFSET(struct flow, dport, 34);
+HALB_ASSERT_OFFSET(struct flow, proto, 36);
+HALB_ASSERT_OFFSET(struct flow, family, 37);
 
 /* halb_ct value. */
 struct ct_entry {
 	__u32 backend_id;
 };
+HALB_ASSERT_SIZE(struct ct_entry, 4);
 
 /* halb_nexthops value (per CPU), indexed by backend id: where the last
  * FIB lookup for a TUN backend said its packets go. The FIB costs more than
@@ -240,6 +286,12 @@ struct nexthop {
 	__u8 smac[6];    /* the egress interface's MAC */
 	__u16 pad;
 };
+HALB_ASSERT_SIZE(struct nexthop, 32);
+HALB_ASSERT_OFFSET(struct nexthop, gen, 8);
+HALB_ASSERT_OFFSET(struct nexthop, ifindex, 12);
+HALB_ASSERT_OFFSET(struct nexthop, mtu, 16);
+HALB_ASSERT_OFFSET(struct nexthop, dmac, 18);
+HALB_ASSERT_OFFSET(struct nexthop, smac, 24);
 
 /* halb_local_macs key: a destination MAC, on a VLAN, that makes a frame
  * arriving on ifindex this node's to balance. The loader keeps the
@@ -256,12 +308,16 @@ struct local_mac {
 			* 0 when untagged or priority-tagged (IEEE 802.1Q
 			* §9.6: VID 0 is no VLAN) */
 };
+HALB_ASSERT_SIZE(struct local_mac, 12);
+HALB_ASSERT_OFFSET(struct local_mac, mac, 4);
+HALB_ASSERT_OFFSET(struct local_mac, vlan, 10);
 
 /* halb_local_macs value. */
 struct local_mac_via {
 	__u32 ifindex; /* the interface that holds the MAC: the key's own, or
 			* its VMAC child's; for bpftool readers */
 };
+HALB_ASSERT_SIZE(struct local_mac_via, 4);
 
 /* halb_mac_cache value (per CPU): the last frame's interface and
  * destination MAC that halb_local_macs held, while halb_local_macs_gen
@@ -270,6 +326,8 @@ struct local_mac_cache {
 	__u32 gen;
 	struct local_mac key;
 };
+HALB_ASSERT_SIZE(struct local_mac_cache, 16);
+HALB_ASSERT_OFFSET(struct local_mac_cache, key, 4);
 
 /* halb_service_stats and halb_backend_stats value (per CPU). */
 struct stats {
@@ -277,5 +335,6 @@ struct stats {
 	__u64 bytes;     /* whole frames, Ethernet header included */
 	__u64 new_flows; /* flows scheduled by Maglev, not found in halb_ct */
 };
+HALB_ASSERT_SIZE(struct stats, 24);
 
 #endif /* HALB_H */

@@ -734,7 +734,13 @@ static __always_inline struct backend *schedule(const struct service *svc,
 /* known_service is the service of a flow halb_ct knows, through the
  * backend it names and halb_service_ids, when that service is the one at
  * key: what halb_services holds at key, without the hash lookup. NULL
- * sends the packet the long way. */
+ * sends the packet the long way. The keys are compared as five words, as
+ * the hash map compares them byte for byte: a service_key is 20 bytes
+ * without a hole (halb.h), 4-aligned, and first in a service_slot. */
+_Static_assert(sizeof(struct service_key) == 5 * sizeof(__u32) &&
+		       _Alignof(struct service_key) == sizeof(__u32) &&
+		       __builtin_offsetof(struct service_slot, key) == 0,
+	       "known_service compares a service_key as five aligned words");
 static __always_inline struct service *known_service(const struct ct_entry *ct,
 						      const struct service_key *key)
 {
