@@ -22,9 +22,10 @@
  * remembered. A packet of a known flow finds its service through the
  * backend's service id (halb_service_ids), checked against the packet's
  * address, port and protocol; that spares the hot path its second hash
- * lookup. Any other packet finds it by those in halb_services. A TCP packet that is not a SYN is scheduled like any other: it
- * belongs to a flow that another halb node was carrying before a VRRP
- * failover, and the same hash over the same table finds the same backend.
+ * lookup. Any other packet finds it by those in halb_services. A TCP
+ * packet that is not a SYN is scheduled like any other: it belongs to a
+ * flow that another halb node was carrying before a VRRP failover, and the
+ * same hash over the same table finds the same backend.
  *
  * forward: dr rewrites the Ethernet addresses and sends the frame back out
  * (XDP_TX) or to the backend's interface (XDP_REDIRECT; tc: bpf_redirect to
@@ -35,16 +36,7 @@
  * RFC 2003) or IPv6 (IP6IP6, RFC 2473) header from the balancer's address
  * to the backend's, and sends it to the next hop the kernel's FIB names
  * (bpf_fib_lookup): the backend may be routed, off the balancer's links.
- * The FIB costs XDP more than the rest of the packet's path, so XDP keeps
- * its answer per CPU and backend (halb_nexthops) until the loader reports
- * a route, neighbour or backend change, or a second has passed. When the
- * neighbour table lacks the next hop's MAC, XDP drops the packet
- * (DROP_NO_NEIGH) while the loader has the kernel resolve it; tc hands it
- * to the kernel's neighbour layer (bpf_redirect_neigh), which resolves the
- * MAC and sends it. Passing it to the stack would not do: the stack drops
- * a packet that arrives with one of its own addresses as the source (a
- * martian), and the original packet, to a VIP the balancer holds, would
- * be answered by the balancer itself.
+ * halb_tunnel.h says how the next hop is found and kept.
  *
  * A TUN packet that does not fit the path to its backend with the outer
  * header is dropped. XDP answers the client in its place, as IPVS does,
@@ -91,6 +83,25 @@
  *
  * The program uses uapi and libbpf headers only, and no CO-RE: it must load
  * on kernels without BTF.
+ *
+ * Where to read what. One packet reads in this file and at most two
+ * headers: this file holds the two entry points (halb_xdp_lb, halb_tc_lb),
+ * balance(), the one decision both carry out (the service, the backend by
+ * halb_ct or Maglev, the DR rewrite), and each hook's TUN step
+ * (xdp_tunnel, tc_tunnel); halb_parse.h reads the packet; halb_tunnel.h
+ * adds what a TUN packet needs. The headers, each one concern:
+ *  - halb.h: the type of every map's key and value, and of the counters'
+ *    indexes: the contract with the loader, which bpf2go turns into Go.
+ *  - halb_maps.h: the maps, the global variables the loader sets, and the
+ *    counters (count_drop, count_event, count).
+ *  - halb_parse.h: the parser (struct packet) and the wire headers that no
+ *    uapi header has; halb_checks.h: the sources no client has.
+ *  - halb_tunnel.h: forward: tun: the FIB and the per-CPU next-hop cache,
+ *    the outer IPIP or IP6IP6 header.
+ *  - halb_icmp.h: the "fragmentation needed" or "packet too big" that XDP
+ *    sends a client in place of a TUN packet too big for the tunnel.
+ *  - halb_csum.h: the checksums of the headers halb writes.
+ *  - jhash.h: the hash of a flow, the same on every node.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -98,504 +109,20 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
-#include <linux/tcp.h>
-#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 #include "halb.h"
-#include "halb_checks.h"
+#include "halb_maps.h"
+#include "halb_parse.h"
+#include "halb_tunnel.h"
+#include "halb_icmp.h"
 #include "jhash.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* The Maglev table size M, the same for every service. The loader sets it
- * together with the size of the inner maps of halb_maglev. */
-volatile const __u32 halb_maglev_size = HALB_MAGLEV_SIZE;
-
 /* A constant seed, so that every halb node hashes a flow alike. */
 #define HALB_HASH_SEED 0x68616c62 /* "halb" */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, HALB_MAX_SERVICES);
-	__type(key, struct service_key);
-	__type(value, struct service);
-} halb_services SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, HALB_MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, struct service_slot);
-} halb_service_ids SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, HALB_MAX_SERVICES);
-	__type(key, struct vip_key);
-	__type(value, struct vip);
-} halb_vips SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, HALB_MAX_BACKENDS);
-	__type(key, __u32);
-	__type(value, struct backend);
-} halb_backends SEC(".maps");
-
-/* One service's Maglev table: slot -> backend id. The loader builds a new
- * table aside and swaps it into halb_maglev in one update, so a packet sees
- * either the old table or the new one, never half of each. */
-struct maglev_table {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, HALB_MAGLEV_SIZE);
-	__type(key, __u32);
-	__type(value, __u32);
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, HALB_MAX_SERVICES);
-	__type(key, __u32);
-	__array(values, struct maglev_table);
-} halb_maglev SEC(".maps");
-
-/* One LRU shared by all CPUs: a flow's packets arrive on one CPU anyway
- * (RSS), and a shared list lets a busy CPU use the whole table. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, HALB_CT_ENTRIES);
-	__type(key, struct flow);
-	__type(value, struct ct_entry);
-} halb_ct SEC(".maps");
-
-/* Interfaces that backends are reached through, keyed by ifindex (value:
- * the same ifindex). A DEVMAP_HASH rather than a plain DEVMAP, so that the
- * key is the ifindex itself and nobody has to hand out slots. */
-struct {
-	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
-	__uint(max_entries, HALB_MAX_TX_PORTS);
-	__type(key, __u32);
-	__type(value, __u32);
-} halb_tx_ports SEC(".maps");
-
-/* Every packet matched to a service, whatever became of it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, HALB_MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, struct stats);
-} halb_service_stats SEC(".maps");
-
-/* Every packet sent to a backend. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, HALB_MAX_BACKENDS);
-	__type(key, __u32);
-	__type(value, struct stats);
-} halb_backend_stats SEC(".maps");
-
-/* A TUN backend's next hop as this CPU last had it from the FIB (struct
- * nexthop). A cache: never pinned, so a restart starts it empty. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, HALB_MAX_BACKENDS);
-	__type(key, __u32);
-	__type(value, struct nexthop);
-} halb_nexthops SEC(".maps");
-
-/* The loader bumps halb_nexthop_gen whenever a route, a neighbour or a
- * backend changes: every cached next hop filled before is then asked of
- * the FIB again. */
-volatile __u32 halb_nexthop_gen;
-
-/* How long a cached next hop is trusted without a bump: the bound on a
- * stale one while no loader runs to bump halb_nexthop_gen (halb killed,
- * the program still attached). */
-#define NEXTHOP_TTL_NS 1000000000ULL
-
-/* halb_vip_last[b] is non-zero when a VIP in halb_vips ends in the byte b.
- * A new flow's source is looked up in halb_vips only when its last byte
- * says it may be there: most clients' are not, and they skip a hash
- * lookup. The loader sets a VIP's byte before it writes the VIP, and
- * clears bytes after VIPs leave. */
-volatile __u8 halb_vip_last[256];
-
-/* The destination MACs that make a frame this node's, by the interface it
- * arrives on (struct local_mac): frames to any other MAC are another
- * host's, and go to the kernel untouched. The loader writes the entries of
- * an interface before the program runs there, and keeps them as its MAC
- * and its VMAC children change. Never pinned: a loader fills it anew at
- * every start, from the interfaces as they are then. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, HALB_MAX_LOCAL_MACS);
-	__type(key, struct local_mac);
-	__type(value, struct local_mac_via);
-} halb_local_macs SEC(".maps");
-
-/* The loader bumps halb_local_macs_gen after every change to
- * halb_local_macs: each CPU's halb_mac_cache filled before is then
- * asked of the map again. */
-volatile __u32 halb_local_macs_gen;
-
-/* What this CPU last found in halb_local_macs. The hash lookup added
- * about 10 ns to a conntrack hit, half as much again as the rest of halb's
- * own work there, and a CPU sees frames to one MAC on one interface
- * nearly always: an array lookup the verifier inlines and a few compares
- * cost a fraction of it. A cache: never pinned. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct local_mac_cache);
-} halb_mac_cache SEC(".maps");
-
-/* Packets dropped, by enum drop_reason. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DROP_REASONS);
-	__type(key, __u32); /* enum drop_reason: array keys must be plain integers */
-	__type(value, __u64);
-} halb_drops SEC(".maps");
-
-/* Other things worth counting, by enum event. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EVENTS);
-	__type(key, __u32); /* enum event */
-	__type(value, __u64);
-} halb_events SEC(".maps");
-
-/* No uapi header defines the 802.1Q tag. */
-struct vlan_hdr {
-	__be16 tci;
-	__be16 proto;
-};
-
-/* The ICMP and ICMPv6 header as far as the errors need it (linux/icmp.h
- * would pull in libc's headers): type, code, checksum, and a word that
- * holds the MTU (RFC 1191 §4, RFC 4443 §3.2). The quoted packet follows. */
-struct icmp_err {
-	__u8 type;
-	__u8 code;
-	__sum16 checksum;
-	__be32 mtu;
-};
-
-#define ICMP_DEST_UNREACH 3 /* RFC 792 */
-#define ICMP_FRAG_NEEDED 4
-#define ICMPV6_PKT_TOOBIG 2 /* RFC 4443 §3.2 */
-
-/* Nor, for a BPF target, the address families. */
-#define HALB_AF_INET 2
-#define HALB_AF_INET6 10
-
-#define IPV4_FRAG_OFFSET 0x1fff /* the fragment offset bits of frag_off */
-#define IPV4_DF 0x4000          /* don't fragment */
-#define TCP_DOFF_BYTE 12        /* the data offset, in its high 4 bits */
-#define TCP_FLAGS_BYTE 13       /* CWR ECE URG ACK PSH RST SYN FIN */
-#define TCP_FLAG_ACK 0x10
-#define TCP_FLAG_SYN 0x02
-#define TUN_TTL 64              /* of the outer header */
-
-/* What the parser made of a frame. */
-enum parse_result {
-	PARSE_OK,   /* a TCP/UDP packet, or an ICMP error about one:
-		     * pkt->flow is complete */
-	PARSE_PASS, /* not ours, or not known to be ours */
-	PARSE_DROP, /* broken after the destination address, or from a source
-		     * no client has: pkt->flow holds family and addresses
-		     * only, pkt->drop says why; dropped when to a VIP */
-};
-
-struct packet {
-	struct flow flow; /* also the halb_ct key: keep it zeroed before use */
-	__u8 drop;        /* PARSE_DROP: the enum drop_reason */
-	__u16 l3_off;     /* where the IP header starts in the frame */
-	__u16 vlan;       /* the VLAN id of the frame's tag, 0 if none */
-	__u32 ip_len;     /* the IP packet's length, by its header: IPv6's
-			   * header and payload can exceed 16 bits */
-	__u8 syn;         /* a TCP SYN without ACK: a connection starts */
-	__u8 icmp;        /* an ICMP error about flow; flow is the quoted
-			   * packet's, turned around */
-};
-
-static __always_inline void addr_from_ipv4(union addr *a, __be32 ip)
-{
-	a->words[0] = 0;
-	a->words[1] = 0;
-	a->words[2] = bpf_htonl(0x0000ffff);
-	a->words[3] = ip;
-}
-
-static __always_inline void addr_from_ipv6(union addr *a, const struct in6_addr *ip)
-{
-	a->words[0] = ip->in6_u.u6_addr32[0];
-	a->words[1] = ip->in6_u.u6_addr32[1];
-	a->words[2] = ip->in6_u.u6_addr32[2];
-	a->words[3] = ip->in6_u.u6_addr32[3];
-}
-
-/* parse_ports reads the ports of a TCP or UDP header at l4 into flow,
- * turned around when reverse: the header of a packet from the VIP. */
-static __always_inline int parse_ports(void *l4, void *data_end, struct flow *flow,
-				       int reverse)
-{
-	__be16 *ports = l4;
-
-	/* The first 8 bytes of the transport header: what an ICMP error
-	 * quotes at the least (RFC 792), and more than the ports. */
-	if ((void *)(ports + 2) > data_end)
-		return -1;
-	if (reverse) {
-		flow->sport = bpf_ntohs(ports[1]);
-		flow->dport = bpf_ntohs(ports[0]);
-	} else {
-		flow->sport = bpf_ntohs(ports[0]);
-		flow->dport = bpf_ntohs(ports[1]);
-	}
-	return 0;
-}
-
-/* parse_icmp4 reads the flow of an ICMP "fragmentation needed" at l4: the
- * packet it quotes went from the VIP to a client, and flow becomes the
- * client's direction. The IPv4 addresses are in flow already. */
-static __always_inline enum parse_result parse_icmp4(void *l4, void *data_end,
-						     struct packet *pkt)
-{
-	struct icmp_err *icmp = l4;
-	struct iphdr *inner = (void *)(icmp + 1);
-	__u8 version_ihl;
-
-	if ((void *)(inner + 1) > data_end)
-		return PARSE_PASS;
-	if (icmp->type != ICMP_DEST_UNREACH || icmp->code != ICMP_FRAG_NEEDED)
-		return PARSE_PASS;
-	version_ihl = *(__u8 *)inner;
-	if (version_ihl != 0x45) /* options in a quoted header: not worth it */
-		return PARSE_PASS;
-	if (inner->saddr != pkt->flow.daddr.words[3] ||
-	    inner->frag_off & bpf_htons(IPV4_FRAG_OFFSET) ||
-	    (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP))
-		return PARSE_PASS;
-	if (parse_ports(inner + 1, data_end, &pkt->flow, 1))
-		return PARSE_PASS;
-	pkt->flow.saddr.words[3] = inner->daddr;
-	pkt->flow.proto = inner->protocol;
-	pkt->icmp = 1;
-	return PARSE_OK;
-}
-
-/* parse_icmp6 is parse_icmp4 for an ICMPv6 "packet too big". */
-static __always_inline enum parse_result parse_icmp6(void *l4, void *data_end,
-						     struct packet *pkt)
-{
-	struct icmp_err *icmp = l4;
-	struct ipv6hdr *inner = (void *)(icmp + 1);
-
-	if ((void *)(inner + 1) > data_end)
-		return PARSE_PASS;
-	if (icmp->type != ICMPV6_PKT_TOOBIG)
-		return PARSE_PASS;
-	if (inner->saddr.in6_u.u6_addr32[0] != pkt->flow.daddr.words[0] ||
-	    inner->saddr.in6_u.u6_addr32[1] != pkt->flow.daddr.words[1] ||
-	    inner->saddr.in6_u.u6_addr32[2] != pkt->flow.daddr.words[2] ||
-	    inner->saddr.in6_u.u6_addr32[3] != pkt->flow.daddr.words[3] ||
-	    (inner->nexthdr != IPPROTO_TCP && inner->nexthdr != IPPROTO_UDP))
-		return PARSE_PASS;
-	if (parse_ports(inner + 1, data_end, &pkt->flow, 1))
-		return PARSE_PASS;
-	addr_from_ipv6(&pkt->flow.saddr, &inner->daddr);
-	pkt->flow.proto = inner->nexthdr;
-	pkt->icmp = 1;
-	return PARSE_OK;
-}
-
-/* drop_as sets why pkt is to be dropped. */
-static __always_inline enum parse_result drop_as(struct packet *pkt, enum drop_reason reason)
-{
-	pkt->drop = reason;
-	return PARSE_DROP;
-}
-
-/* parse fills pkt from the frame that starts with eth, len bytes long; the
- * program can read up to data_end (tc: the skb's head, which may end
- * before the frame does). The caller has checked that the Ethernet header
- * is there.
- *
- * It checks what the packet's path to a backend would trust: the IP
- * header's version and length against the frame, the source address, and
- * the transport header against the IP length, each where its fields are
- * read anyway. The checks of the IP header come before the protocol is
- * known, so that they hold for whatever reaches a VIP; a later IPv4
- * fragment carries no transport header and goes to the kernel before the
- * length check, as it always did. */
-static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_end, __u32 len,
-					       struct packet *pkt)
-{
-	void *l3 = eth + 1;
-	void *l4;
-	__be16 proto = eth->h_proto;
-	__u32 l3_len, hdr_len;
-	__u8 l4proto;
-
-	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
-		struct vlan_hdr *vlan = l3;
-
-		if ((void *)(vlan + 1) > data_end)
-			return PARSE_PASS;
-		pkt->vlan = bpf_ntohs(vlan->tci) & 0x0fff;
-		proto = vlan->proto;
-		l3 = vlan + 1;
-	}
-	pkt->l3_off = l3 - (void *)eth;
-	/* What the frame holds from the IP header on. The caller's len
-	 * covers at least the Ethernet header, and the parser returns before
-	 * it compares against l3_len when the frame ends inside a VLAN tag. */
-	l3_len = len - pkt->l3_off;
-
-	/* The IPv4 header checksum is not verified here, though XDP runs
-	 * before ip_rcv, which would: halb changes no byte of the IP packet
-	 * (DR rewrites the MACs, TUN puts an outer header in front), and the
-	 * backend's ip_rcv verifies it and drops a damaged one, counted in
-	 * its InHdrErrors. A damaged header at worst opens a halb_ct entry
-	 * for a flow that does not exist, as any forged SYN does, while the
-	 * sum would cost every packet. */
-	if (proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *iph = l3;
-		__u8 version_ihl, ihl;
-
-		if ((void *)(iph + 1) > data_end)
-			return PARSE_PASS;
-		pkt->flow.family = FAMILY_IPV4;
-		addr_from_ipv4(&pkt->flow.saddr, iph->saddr);
-		addr_from_ipv4(&pkt->flow.daddr, iph->daddr);
-		/* Read as a byte: the bitfields in struct iphdr follow the
-		 * byte order of the headers, not of the target. */
-		version_ihl = *(__u8 *)iph;
-		ihl = version_ihl & 0x0f;
-		if (version_ihl >> 4 != 4 || ihl < 5)
-			return drop_as(pkt, DROP_IP_HEADER);
-		if (iph->frag_off & bpf_htons(IPV4_FRAG_OFFSET))
-			return PARSE_PASS;
-		pkt->ip_len = bpf_ntohs(iph->tot_len);
-		hdr_len = ihl * 4;
-		/* A length past the frame: a backend would read what is not
-		 * there, or (TUN) the outer header would claim it. One short
-		 * of the headers (RFC 1812 §5.2.2): the packet would go on
-		 * with its real bytes as padding, which a backend drops. A
-		 * frame longer than the length is fine: Ethernet pads short
-		 * frames to 60 bytes, and the padding goes along. */
-		if (pkt->ip_len > l3_len || pkt->ip_len < hdr_len + 8)
-			return drop_as(pkt, DROP_IP_LENGTH);
-		if (bad_source4(iph->saddr))
-			return drop_as(pkt, DROP_BAD_SOURCE);
-		l4proto = iph->protocol;
-		l4 = l3 + hdr_len;
-		if (l4proto == IPPROTO_ICMP)
-			return parse_icmp4(l4, data_end, pkt);
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6h = l3;
-
-		if ((void *)(ip6h + 1) > data_end)
-			return PARSE_PASS;
-		pkt->flow.family = FAMILY_IPV6;
-		addr_from_ipv6(&pkt->flow.saddr, &ip6h->saddr);
-		addr_from_ipv6(&pkt->flow.daddr, &ip6h->daddr);
-		if (*(__u8 *)ip6h >> 4 != 6)
-			return drop_as(pkt, DROP_IP_HEADER);
-		hdr_len = sizeof(*ip6h);
-		pkt->ip_len = hdr_len + bpf_ntohs(ip6h->payload_len);
-		/* As for IPv4. A jumbogram's payload length is 0 (RFC 2675):
-		 * not for halb. */
-		if (pkt->ip_len > l3_len || pkt->ip_len < hdr_len + 8)
-			return drop_as(pkt, DROP_IP_LENGTH);
-		if (bad_source6(pkt->flow.saddr.words))
-			return drop_as(pkt, DROP_BAD_SOURCE);
-		l4proto = ip6h->nexthdr;
-		l4 = ip6h + 1;
-		if (l4proto == IPPROTO_ICMPV6)
-			return parse_icmp6(l4, data_end, pkt);
-	} else {
-		return PARSE_PASS;
-	}
-
-	if (l4proto == IPPROTO_TCP) {
-		struct tcphdr *th = l4;
-		__u32 doff;
-		__u8 flags;
-
-		/* The segment holds the fixed header, and the data offset
-		 * counts it and stays inside the segment (RFC 9293 §3.1): a
-		 * backend's TCP drops anything else, and halb would have
-		 * balanced, and remembered, a flow for nothing. */
-		if (pkt->ip_len < hdr_len + sizeof(*th))
-			return drop_as(pkt, DROP_TCP_HEADER);
-		if ((void *)(th + 1) > data_end)
-			return drop_as(pkt, DROP_MALFORMED);
-		doff = ((__u8 *)th)[TCP_DOFF_BYTE] >> 4;
-		if (doff < 5 || doff * 4 > pkt->ip_len - hdr_len)
-			return drop_as(pkt, DROP_TCP_HEADER);
-		pkt->flow.sport = bpf_ntohs(th->source);
-		pkt->flow.dport = bpf_ntohs(th->dest);
-		flags = ((__u8 *)th)[TCP_FLAGS_BYTE];
-		pkt->syn = (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
-	} else if (l4proto == IPPROTO_UDP) {
-		struct udphdr *uh = l4;
-		__u32 ulen;
-
-		if ((void *)(uh + 1) > data_end)
-			return drop_as(pkt, DROP_MALFORMED);
-		/* RFC 768: the length counts the header. A datagram shorter
-		 * than the IP payload is allowed (what follows is not UDP's),
-		 * a longer one is not there. */
-		ulen = bpf_ntohs(uh->len);
-		if (ulen < sizeof(*uh) || ulen > pkt->ip_len - hdr_len)
-			return drop_as(pkt, DROP_UDP_HEADER);
-		pkt->flow.sport = bpf_ntohs(uh->source);
-		pkt->flow.dport = bpf_ntohs(uh->dest);
-	} else {
-		return PARSE_PASS;
-	}
-	pkt->flow.proto = l4proto;
-	return PARSE_OK;
-}
-
-/* count_drop counts a dropped packet. Drops are the cold path, so it is a
- * call of its own rather than inlined; that also puts enum drop_reason into
- * the object's BTF, where bpf2go finds it. */
-static __noinline void count_drop(enum drop_reason reason)
-{
-	__u32 key = reason;
-	__u64 *count = bpf_map_lookup_elem(&halb_drops, &key);
-
-	if (count)
-		*count += 1;
-}
-
-/* count_event is count_drop for halb_events. */
-static __noinline void count_event(enum event event)
-{
-	__u32 key = event;
-	__u64 *count = bpf_map_lookup_elem(&halb_events, &key);
-
-	if (count)
-		*count += 1;
-}
-
-/* count adds one packet to a per-CPU stats record and returns it. */
-static __always_inline struct stats *count(void *stats_map, __u32 id, __u32 len)
-{
-	struct stats *s = bpf_map_lookup_elem(stats_map, &id);
-
-	if (s) {
-		s->packets++;
-		s->bytes += len;
-	}
-	return s;
-}
 
 /* is_vip tells whether addr, of the flow's family, is a VIP in halb_vips. */
 static __always_inline int is_vip(const union addr *addr, enum family family)
@@ -905,160 +432,6 @@ static __always_inline void forwarded(const struct decision *d)
 	}
 }
 
-/* The outer header of a TUN packet, by family. */
-static __always_inline __u32 outer_len(const struct decision *d)
-{
-	return d->family == FAMILY_IPV4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
-}
-
-/* tun_route asks the FIB for the next hop from the balancer's address to
- * backend d->b, as the balancer's own packet would go (tot_len 0: the
- * caller checks the MTU itself). On success fib names the egress
- * interface and the MACs. */
-static __always_inline int tun_route(void *ctx, const struct decision *d,
-				     struct bpf_fib_lookup *fib, __u16 tot_len)
-{
-	const struct backend *b = d->b;
-
-	fib->ifindex = b->ifindex;
-	fib->tot_len = tot_len;
-	if (d->family == FAMILY_IPV4) {
-		fib->family = HALB_AF_INET;
-		fib->l4_protocol = IPPROTO_IPIP;
-		fib->ipv4_src = b->src.words[3];
-		fib->ipv4_dst = b->addr.words[3];
-	} else {
-		fib->family = HALB_AF_INET6;
-		fib->l4_protocol = IPPROTO_IPV6;
-		__builtin_memcpy(fib->ipv6_src, b->src.words, 16);
-		__builtin_memcpy(fib->ipv6_dst, b->addr.words, 16);
-	}
-	return bpf_fib_lookup(ctx, fib, sizeof(*fib), BPF_FIB_LOOKUP_OUTPUT);
-}
-
-/* tun_nexthop finds the next hop toward d's backend for XDP: from this
- * CPU's halb_nexthops while it is fresh, else from the FIB, which it then
- * caches. It returns a BPF_FIB_LKUP_RET_ code; on success *out is the
- * entry. The route's MTU comes from a first lookup for the longest packet
- * (FRAG_NEEDED answers with it; success means any length fits), the MACs
- * from a second one that no length can fail; a next hop without a MAC yet
- * (NO_NEIGH) is not cached. */
-static __always_inline int tun_nexthop(struct xdp_md *ctx, const struct decision *d,
-				       struct nexthop **out)
-{
-	__u32 gen = halb_nexthop_gen;
-	__u64 now = bpf_ktime_get_coarse_ns();
-	struct bpf_fib_lookup fib = {};
-	struct nexthop *nh;
-	__u16 mtu = 0xffff;
-	int rc;
-
-	nh = bpf_map_lookup_elem(&halb_nexthops, &d->backend_id);
-	if (!nh)
-		return BPF_FIB_LKUP_RET_NOT_FWDED;
-	*out = nh;
-	if (nh->ifindex && nh->gen == gen && now - nh->stamp < NEXTHOP_TTL_NS)
-		return BPF_FIB_LKUP_RET_SUCCESS;
-
-	nh->ifindex = 0;
-	rc = tun_route(ctx, d, &fib, 0xffff);
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		mtu = fib.mtu_result;
-		__builtin_memset(&fib, 0, sizeof(fib));
-		rc = tun_route(ctx, d, &fib, 0);
-	}
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return rc;
-	nh->stamp = now;
-	nh->gen = gen;
-	nh->mtu = mtu;
-	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
-	nh->ifindex = fib.ifindex;
-	return rc;
-}
-
-/* tun_drop counts a TUN packet the FIB gave no next hop for. */
-static __always_inline void tun_drop(int rc)
-{
-	switch (rc) {
-	case BPF_FIB_LKUP_RET_NO_NEIGH:
-		count_drop(DROP_NO_NEIGH);
-		break;
-	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
-		count_drop(DROP_TOO_BIG);
-		break;
-	default:
-		count_drop(DROP_NO_ROUTE);
-	}
-}
-
-/* tun_overflows tells whether d's packet is too long for the outer
- * header's 16-bit length: IPv4's counts itself, IPv6's only its payload,
- * the inner packet. Only a GSO packet on the skb path comes near. */
-static __always_inline int tun_overflows(const struct decision *d)
-{
-	__u32 limit = d->family == FAMILY_IPV4 ? 0xffff - sizeof(struct iphdr) : 0xffff;
-
-	return d->ip_len > limit;
-}
-
-/* csum_fold folds a 32-bit one's complement sum to the 16-bit checksum. */
-static __always_inline __u16 csum_fold(__u32 sum)
-{
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
-}
-
-/* encap writes the outer IP header at outer for the inner packet that
- * follows it, from the balancer's address to backend b. The outer header
- * takes the inner one's DSCP and ECN (RFC 2003 §3.1, RFC 2473 §5.1: the
- * traffic class and, for IPv6, the flow label, so that ECMP spreads the
- * flows), IPv4's DF bit and identification, and a TTL or hop limit of
- * TUN_TTL. data_end bounds the frame. */
-static __always_inline int encap(void *outer, void *data_end, const struct decision *d)
-{
-	const struct backend *b = d->b;
-
-	if (d->family == FAMILY_IPV4) {
-		struct iphdr *oh = outer;
-		struct iphdr *ih = (void *)(oh + 1);
-		__u16 *w = outer;
-		__u32 sum = 0;
-
-		if ((void *)(ih + 1) > data_end)
-			return -1;
-		*(__u8 *)oh = 0x45;
-		oh->tos = ih->tos;
-		oh->tot_len = bpf_htons(sizeof(*oh) + d->ip_len);
-		oh->id = ih->id;
-		oh->frag_off = ih->frag_off & bpf_htons(IPV4_DF);
-		oh->ttl = TUN_TTL;
-		oh->protocol = IPPROTO_IPIP;
-		oh->check = 0;
-		oh->saddr = b->src.words[3];
-		oh->daddr = b->addr.words[3];
-		for (int i = 0; i < (int)(sizeof(*oh) / 2); i++)
-			sum += w[i];
-		oh->check = csum_fold(sum);
-	} else {
-		struct ipv6hdr *oh = outer;
-		struct ipv6hdr *ih = (void *)(oh + 1);
-
-		if ((void *)(ih + 1) > data_end)
-			return -1;
-		/* Version, traffic class and flow label: the inner's. */
-		*(__be32 *)oh = *(__be32 *)ih;
-		oh->payload_len = bpf_htons(d->ip_len);
-		oh->nexthdr = IPPROTO_IPV6;
-		oh->hop_limit = TUN_TTL;
-		__builtin_memcpy(&oh->saddr, b->src.words, 16);
-		__builtin_memcpy(&oh->daddr, b->addr.words, 16);
-	}
-	return 0;
-}
-
 /* xdp_xmit sends the frame out of ifindex: back out (XDP_TX) when it is
  * the ingress interface, else through halb_tx_ports. */
 static __always_inline int xdp_xmit(struct xdp_md *ctx, __u32 ifindex)
@@ -1077,204 +450,13 @@ static __always_inline int xdp_xmit(struct xdp_md *ctx, __u32 ifindex)
 	return action;
 }
 
-/* The IPv6 minimum link MTU (RFC 8200 §5). */
-#define IPV6_MIN_MTU 1280
-/* The most of the offending packet an ICMP error quotes: all that fits in
- * 576 bytes for IPv4 (RFC 1812 §4.3.2.3), in the minimum MTU for IPv6
- * (RFC 4443 §2.4 (c)). */
-#define ICMP4_QUOTE_MAX (576 - sizeof(struct iphdr) - sizeof(struct icmp_err))
-#define ICMP6_QUOTE_MAX (IPV6_MIN_MTU - sizeof(struct ipv6hdr) - sizeof(struct icmp_err))
-#define ICMP_TTL 64             /* of an ICMP error halb sends */
-
-/* halb_xdp_csum adds the bytes of the frame of ctx from off to its end to
- * the one's complement sum (RFC 1071), as 16-bit words with an odd last
- * byte padded with a zero, and returns it folded to 32 bits for csum_fold:
- * an ICMP error's ICMP header and quote, CSUM_MAX bytes at the most. It
- * reads four bytes at a time, in the host's byte order, which the sum does
- * not mind (RFC 1071 §2 (B), (C)).
- *
- * A global function: the verifier checks it once, not once for every way
- * the program comes to it, which with a loop of hundreds of passes would
- * cost it more than the rest of the program. */
-#define CSUM_MAX (sizeof(struct icmp_err) + ICMP6_QUOTE_MAX)
-__noinline __u32 halb_xdp_csum(struct xdp_md *ctx, __u32 off, __u32 sum)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u64 acc = sum;
-	__u16 last = 0;
-	__u32 *w;
-	__u16 *h;
-
-	/* The caller's offset is under 128; the bound is for the verifier. */
-	if (off > 128)
-		return sum;
-	w = data + off;
-	for (int i = 0; i < (int)(CSUM_MAX / 4); i++) {
-		if ((void *)(w + 1) > data_end)
-			break;
-		acc += *w++;
-	}
-	h = (__u16 *)w;
-	if ((void *)(h + 1) <= data_end)
-		acc += *h++;
-	if ((void *)h + 1 <= data_end) {
-		*(__u8 *)&last = *(__u8 *)h;
-		acc += last;
-	}
-	acc = (acc & 0xffffffff) + (acc >> 32);
-	acc = (acc & 0xffffffff) + (acc >> 32);
-	return acc;
-}
-
-/* xdp_too_big answers a TUN packet that does not fit the path to its
- * backend, mtu bytes with the outer header, as IPVS does: with an ICMP
- * "fragmentation needed" (RFC 792, RFC 1191 §4) or ICMPv6 "packet too big"
- * (RFC 4443 §3.2) from the VIP to the client, built in place of the packet
- * and sent back out of the interface it came in on (XDP_TX), so that the
- * client's path MTU discovery learns the tunnel's MTU. The Ethernet header
- * and VLAN tag stay, the MACs swapped; a new IP and ICMP header go in
- * front of the packet, which becomes the error's quote, cut to length.
- *
- * It does not answer, and the caller drops the packet and counts it as
- * DROP_TOO_BIG:
- *  - an ICMP error: no error about an error (RFC 1122 §3.2.2, RFC 4443
- *    §2.4 (e.1)).
- *  - IPv4 without DF. IPVS fragments such a packet's outer header (RFC
- *    2003 §5.1 allows it); XDP cannot fragment, and without DF the
- *    client may not do path MTU discovery at all. TCP stacks set DF.
- *  - IPv6 that fits the minimum MTU of 1280 bytes, which only a tunnel
- *    MTU under 1320 leaves too big: RFC 2473 §7.1 has the tunnel entry
- *    point fragment the outer packet, and a "packet too big" cannot name
- *    an MTU under 1280 (RFC 8201 §4). A larger packet is told the tunnel
- *    MTU or 1280, whichever is larger (RFC 2473 §7.1 (c)).
- *
- * There is no rate limit, which RFC 4443 §2.4 (f) asks of a node that
- * originates ICMPv6 errors: each answer takes the place of a larger packet
- * from the one client it goes to, and costs less than forwarding that
- * packet would have.
- *
- * It returns 0 when the frame is the answer, -1 when the frame is to be
- * dropped: it may be half rewritten then. */
-static __always_inline int xdp_too_big(struct xdp_md *ctx, const struct decision *d, __u32 mtu)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u32 l3_off = d->l3_off;
-	__u32 quote = d->ip_len;
-	__u32 room, sum = 0;
-	struct ethhdr *eth, *old;
-	struct icmp_err *icmp;
-
-	if (d->icmp)
-		return -1;
-	/* The parser takes one VLAN tag at most: l3_off is ETH_HLEN or 4
-	 * more. The bound is for the verifier. */
-	if (l3_off > ETH_HLEN + sizeof(struct vlan_hdr))
-		return -1;
-	if (d->family == FAMILY_IPV4) {
-		struct iphdr *ih = data + l3_off;
-
-		if ((void *)(ih + 1) > data_end || !(ih->frag_off & bpf_htons(IPV4_DF)))
-			return -1;
-		mtu -= sizeof(struct iphdr);
-		room = sizeof(struct iphdr) + sizeof(struct icmp_err);
-		if (quote > ICMP4_QUOTE_MAX)
-			quote = ICMP4_QUOTE_MAX;
-	} else {
-		mtu -= sizeof(struct ipv6hdr);
-		if (mtu < IPV6_MIN_MTU)
-			mtu = IPV6_MIN_MTU;
-		if (d->ip_len <= mtu)
-			return -1;
-		room = sizeof(struct ipv6hdr) + sizeof(struct icmp_err);
-		if (quote > ICMP6_QUOTE_MAX)
-			quote = ICMP6_QUOTE_MAX;
-	}
-
-	/* The frame's end: the quote's; Ethernet padding goes with the
-	 * rest. The parser has checked that the packet is in the frame. */
-	if (bpf_xdp_adjust_tail(ctx, (int)(l3_off + quote) - (int)d->len))
-		return -1;
-	if (bpf_xdp_adjust_head(ctx, -(int)room))
-		return -1;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	old = data + room;
-	if ((void *)old + ETH_HLEN + sizeof(struct vlan_hdr) > data_end)
-		return -1;
-	__builtin_memcpy(eth->h_dest, old->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, old->h_dest, ETH_ALEN);
-	eth->h_proto = old->h_proto;
-	if (l3_off != ETH_HLEN)
-		__builtin_memcpy(eth + 1, old + 1, sizeof(struct vlan_hdr));
-
-	if (d->family == FAMILY_IPV4) {
-		struct iphdr *ip = data + l3_off;
-		struct iphdr *ih = data + l3_off + room;
-		__u16 *w = (__u16 *)ip;
-		__u32 ipsum = 0;
-
-		if ((void *)(ih + 1) > data_end)
-			return -1;
-		icmp = (void *)(ip + 1);
-		*(__u8 *)ip = 0x45;
-		ip->tos = 0;
-		ip->tot_len = bpf_htons(room + quote);
-		/* DF and no identification: an atomic datagram (RFC 6864
-		 * §4.1), of 576 bytes at the most. */
-		ip->id = 0;
-		ip->frag_off = bpf_htons(IPV4_DF);
-		ip->ttl = ICMP_TTL;
-		ip->protocol = IPPROTO_ICMP;
-		ip->check = 0;
-		ip->saddr = ih->daddr;
-		ip->daddr = ih->saddr;
-		for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
-			ipsum += w[i];
-		ip->check = csum_fold(ipsum);
-		icmp->type = ICMP_DEST_UNREACH;
-		icmp->code = ICMP_FRAG_NEEDED;
-		icmp->checksum = 0;
-		icmp->mtu = bpf_htonl(mtu & 0xffff); /* RFC 1191 §4: the low 16 bits */
-	} else {
-		struct ipv6hdr *ip = data + l3_off;
-		struct ipv6hdr *ih = data + l3_off + room;
-		__u16 *w = (__u16 *)&ip->saddr;
-
-		if ((void *)(ih + 1) > data_end)
-			return -1;
-		icmp = (void *)(ip + 1);
-		*(__be32 *)ip = bpf_htonl(0x60000000);
-		ip->payload_len = bpf_htons(sizeof(*icmp) + quote);
-		ip->nexthdr = IPPROTO_ICMPV6;
-		ip->hop_limit = ICMP_TTL;
-		ip->saddr = ih->daddr;
-		ip->daddr = ih->saddr;
-		icmp->type = ICMPV6_PKT_TOOBIG;
-		icmp->code = 0;
-		icmp->checksum = 0;
-		icmp->mtu = bpf_htonl(mtu);
-		/* The pseudo-header (RFC 8200 §8.1, RFC 4443 §2.3): the
-		 * addresses, the length and the next header. */
-		for (int i = 0; i < 16; i++)
-			sum += w[i];
-		sum += bpf_htons(sizeof(*icmp) + quote);
-		sum += bpf_htons(IPPROTO_ICMPV6);
-	}
-	sum = halb_xdp_csum(ctx, l3_off + room - sizeof(*icmp), sum);
-	icmp->checksum = csum_fold(sum);
-	return 0;
-}
-
 /* xdp_tunnel encapsulates the frame for TUN and sends it to the next hop.
  * The next hop and the egress port come first, so that a frame that cannot go
  * is dropped as it came. */
 static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 {
 	struct nexthop *nh = NULL;
-	__u32 outer = outer_len(d);
+	__u32 outer = outer_len(d->family);
 	void *data, *data_end;
 	struct ethhdr *eth;
 	int rc, action;
@@ -1283,17 +465,18 @@ static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 		count_drop(DROP_UNSUPPORTED);
 		return XDP_DROP;
 	}
-	if (tun_overflows(d)) {
+	if (tun_overflows(d->family, d->ip_len)) {
 		count_drop(DROP_TOO_BIG);
 		return XDP_DROP;
 	}
-	rc = tun_nexthop(ctx, d, &nh);
+	rc = tun_nexthop(ctx, d->b, d->backend_id, d->family, &nh);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS || !nh) {
 		tun_drop(rc);
 		return XDP_DROP;
 	}
 	if (outer + d->ip_len > nh->mtu) {
-		if (!xdp_too_big(ctx, d, nh->mtu)) {
+		if (!d->icmp &&
+		    !xdp_too_big(ctx, d->len, d->family, d->l3_off, d->ip_len, nh->mtu)) {
 			count_drop(DROP_TOO_BIG_ANSWERED);
 			d->answered = 1;
 			return XDP_TX;
@@ -1317,7 +500,7 @@ static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	eth = data;
-	if ((void *)(eth + 1) > data_end || encap(eth + 1, data_end, d)) {
+	if ((void *)(eth + 1) > data_end || encap(eth + 1, data_end, d->b, d->family, d->ip_len)) {
 		count_drop(DROP_ENCAP);
 		return XDP_DROP;
 	}
@@ -1384,12 +567,12 @@ static __always_inline int tc_encap(struct __sk_buff *skb, const struct decision
 		flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4;
 	if (skb->vlan_present)
 		bpf_skb_vlan_pop(skb);
-	if (d->l3_off != ETH_HLEN || bpf_skb_adjust_room(skb, outer_len(d), BPF_ADJ_ROOM_MAC, flags))
+	if (d->l3_off != ETH_HLEN || bpf_skb_adjust_room(skb, outer_len(d->family), BPF_ADJ_ROOM_MAC, flags))
 		goto fail;
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	eth = data;
-	if ((void *)(eth + 1) > data_end || encap(eth + 1, data_end, d))
+	if ((void *)(eth + 1) > data_end || encap(eth + 1, data_end, d->b, d->family, d->ip_len))
 		goto fail;
 	return 0;
 fail:
@@ -1403,7 +586,7 @@ fail:
 static __always_inline int tc_tunnel(struct __sk_buff *skb, const struct decision *d)
 {
 	struct bpf_fib_lookup fib = {};
-	__u32 outer = outer_len(d);
+	__u32 outer = outer_len(d->family);
 	void *data, *data_end;
 	struct ethhdr *eth;
 	int rc;
@@ -1412,14 +595,14 @@ static __always_inline int tc_tunnel(struct __sk_buff *skb, const struct decisio
 		count_drop(DROP_UNSUPPORTED);
 		return TC_ACT_SHOT;
 	}
-	if (tun_overflows(d)) {
+	if (tun_overflows(d->family, d->ip_len)) {
 		count_drop(DROP_TOO_BIG);
 		return TC_ACT_SHOT;
 	}
 	/* A GSO packet is checked against the MTU segment by segment where
 	 * it leaves (tot_len 0 lets it through); any other by its length
 	 * with the outer header. */
-	rc = tun_route(skb, d, &fib, skb->gso_segs > 1 ? 0 : outer + d->ip_len);
+	rc = tun_route(skb, d->b, d->family, &fib, skb->gso_segs > 1 ? 0 : outer + d->ip_len);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		if (!tc_egress_ok(skb, fib.ifindex) || tc_encap(skb, d))
 			return TC_ACT_SHOT;

@@ -1,0 +1,75 @@
+/* halb_csum.h: the Internet checksum (RFC 1071) of the headers halb writes:
+ * the outer IPv4 header of a TUN packet (halb_tunnel.h), and the IPv4 and
+ * ICMP headers of an ICMP error (halb_icmp.h). halb changes no byte that
+ * another checksum covers, so it never updates one.
+ */
+#ifndef HALB_CSUM_H
+#define HALB_CSUM_H
+
+#include <linux/bpf.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+
+/* csum_fold folds a 32-bit one's complement sum to the 16-bit checksum. */
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/* csum_ipv4_header is the checksum of the IPv4 header at ip (RFC 791
+ * §3.1), which has no options and whose check is 0. bpf_csum_diff with
+ * nothing to take away sums the 20 bytes in the kernel, in one call that
+ * XDP and tc programs alike may make. */
+static __always_inline __sum16 csum_ipv4_header(struct iphdr *ip)
+{
+	return csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)ip, sizeof(*ip), 0));
+}
+
+/* The most bytes halb_xdp_csum sums: an ICMPv6 error of the IPv6 minimum
+ * MTU (RFC 8200 §5) without its IPv6 header, the longest ICMP header and
+ * quote halb_icmp.h writes. */
+#define CSUM_MAX (1280 - 40)
+
+/* halb_xdp_csum adds the bytes of the frame of ctx from off to its end to
+ * the one's complement sum (RFC 1071), as 16-bit words with an odd last
+ * byte padded with a zero, and returns it folded to 32 bits for csum_fold:
+ * an ICMP error's ICMP header and quote, CSUM_MAX bytes at the most. It
+ * reads four bytes at a time, in the host's byte order, which the sum does
+ * not mind (RFC 1071 §2 (B), (C)).
+ *
+ * A global function: the verifier checks it once, not once for every way
+ * the program comes to it, which with a loop of hundreds of passes would
+ * cost it more than the rest of the program. */
+__noinline __u32 halb_xdp_csum(struct xdp_md *ctx, __u32 off, __u32 sum)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 acc = sum;
+	__u16 last = 0;
+	__u32 *w;
+	__u16 *h;
+
+	/* The caller's offset is under 128; the bound is for the verifier. */
+	if (off > 128)
+		return sum;
+	w = data + off;
+	for (int i = 0; i < (int)(CSUM_MAX / 4); i++) {
+		if ((void *)(w + 1) > data_end)
+			break;
+		acc += *w++;
+	}
+	h = (__u16 *)w;
+	if ((void *)(h + 1) <= data_end)
+		acc += *h++;
+	if ((void *)h + 1 <= data_end) {
+		*(__u8 *)&last = *(__u8 *)h;
+		acc += last;
+	}
+	acc = (acc & 0xffffffff) + (acc >> 32);
+	acc = (acc & 0xffffffff) + (acc >> 32);
+	return acc;
+}
+
+#endif /* HALB_CSUM_H */

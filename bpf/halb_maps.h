@@ -1,0 +1,203 @@
+/* halb_maps.h: every map and global variable of halb_lb.c, the ones the
+ * loader writes and the ones it reads back, and the counters the program
+ * keeps in them.
+ *
+ * The types of their keys and values are in halb.h, which bpf2go turns into
+ * Go; the names here are what `bpftool map show` prints and what the loader
+ * looks up. A cache among them (halb_nexthops, halb_mac_cache) is never
+ * pinned, so a restart starts it empty.
+ */
+#ifndef HALB_MAPS_H
+#define HALB_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "halb.h"
+
+/* The Maglev table size M, the same for every service. The loader sets it
+ * together with the size of the inner maps of halb_maglev. */
+volatile const __u32 halb_maglev_size = HALB_MAGLEV_SIZE;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HALB_MAX_SERVICES);
+	__type(key, struct service_key);
+	__type(value, struct service);
+} halb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HALB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct service_slot);
+} halb_service_ids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HALB_MAX_SERVICES);
+	__type(key, struct vip_key);
+	__type(value, struct vip);
+} halb_vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HALB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend);
+} halb_backends SEC(".maps");
+
+/* One service's Maglev table: slot -> backend id. The loader builds a new
+ * table aside and swaps it into halb_maglev in one update, so a packet sees
+ * either the old table or the new one, never half of each. */
+struct maglev_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HALB_MAGLEV_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, HALB_MAX_SERVICES);
+	__type(key, __u32);
+	__array(values, struct maglev_table);
+} halb_maglev SEC(".maps");
+
+/* One LRU shared by all CPUs: a flow's packets arrive on one CPU anyway
+ * (RSS), and a shared list lets a busy CPU use the whole table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HALB_CT_ENTRIES);
+	__type(key, struct flow);
+	__type(value, struct ct_entry);
+} halb_ct SEC(".maps");
+
+/* Interfaces that backends are reached through, keyed by ifindex (value:
+ * the same ifindex). A DEVMAP_HASH rather than a plain DEVMAP, so that the
+ * key is the ifindex itself and nobody has to hand out slots. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, HALB_MAX_TX_PORTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} halb_tx_ports SEC(".maps");
+
+/* Every packet matched to a service, whatever became of it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HALB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct stats);
+} halb_service_stats SEC(".maps");
+
+/* Every packet sent to a backend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HALB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct stats);
+} halb_backend_stats SEC(".maps");
+
+/* A TUN backend's next hop as this CPU last had it from the FIB (struct
+ * nexthop). A cache: never pinned, so a restart starts it empty. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HALB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct nexthop);
+} halb_nexthops SEC(".maps");
+
+/* The loader bumps halb_nexthop_gen whenever a route, a neighbour or a
+ * backend changes: every cached next hop filled before is then asked of
+ * the FIB again. */
+volatile __u32 halb_nexthop_gen;
+
+/* halb_vip_last[b] is non-zero when a VIP in halb_vips ends in the byte b.
+ * A new flow's source is looked up in halb_vips only when its last byte
+ * says it may be there: most clients' are not, and they skip a hash
+ * lookup. The loader sets a VIP's byte before it writes the VIP, and
+ * clears bytes after VIPs leave. */
+volatile __u8 halb_vip_last[256];
+
+/* The destination MACs that make a frame this node's, by the interface it
+ * arrives on (struct local_mac): frames to any other MAC are another
+ * host's, and go to the kernel untouched. The loader writes the entries of
+ * an interface before the program runs there, and keeps them as its MAC
+ * and its VMAC children change. Never pinned: a loader fills it anew at
+ * every start, from the interfaces as they are then. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HALB_MAX_LOCAL_MACS);
+	__type(key, struct local_mac);
+	__type(value, struct local_mac_via);
+} halb_local_macs SEC(".maps");
+
+/* The loader bumps halb_local_macs_gen after every change to
+ * halb_local_macs: each CPU's halb_mac_cache filled before is then
+ * asked of the map again. */
+volatile __u32 halb_local_macs_gen;
+
+/* What this CPU last found in halb_local_macs. The hash lookup added
+ * about 10 ns to a conntrack hit, half as much again as the rest of halb's
+ * own work there, and a CPU sees frames to one MAC on one interface
+ * nearly always: an array lookup the verifier inlines and a few compares
+ * cost a fraction of it. A cache: never pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct local_mac_cache);
+} halb_mac_cache SEC(".maps");
+
+/* Packets dropped, by enum drop_reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASONS);
+	__type(key, __u32); /* enum drop_reason: array keys must be plain integers */
+	__type(value, __u64);
+} halb_drops SEC(".maps");
+
+/* Other things worth counting, by enum event. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EVENTS);
+	__type(key, __u32); /* enum event */
+	__type(value, __u64);
+} halb_events SEC(".maps");
+
+/* count_drop counts a dropped packet. Drops are the cold path, so it is a
+ * call of its own rather than inlined; that also puts enum drop_reason into
+ * the object's BTF, where bpf2go finds it. */
+static __noinline void count_drop(enum drop_reason reason)
+{
+	__u32 key = reason;
+	__u64 *count = bpf_map_lookup_elem(&halb_drops, &key);
+
+	if (count)
+		*count += 1;
+}
+
+/* count_event is count_drop for halb_events. */
+static __noinline void count_event(enum event event)
+{
+	__u32 key = event;
+	__u64 *count = bpf_map_lookup_elem(&halb_events, &key);
+
+	if (count)
+		*count += 1;
+}
+
+/* count adds one packet to a per-CPU stats record and returns it. */
+static __always_inline struct stats *count(void *stats_map, __u32 id, __u32 len)
+{
+	struct stats *s = bpf_map_lookup_elem(stats_map, &id);
+
+	if (s) {
+		s->packets++;
+		s->bytes += len;
+	}
+	return s;
+}
+
+#endif /* HALB_MAPS_H */
