@@ -1,8 +1,10 @@
 package loader
 
-// The C is in bpf/: halb_lb.c (the program and its maps), halb.h (the map
-// layout, which bpf2go turns into the halb* Go types), halb_checks.h (the
-// source addresses no client has) and jhash.h.
+// The C is in bpf/: halb_lb.c (the entry points and balance(); its top
+// comment says which header holds what), halb.h (the map layout, which
+// bpf2go turns into the halb* Go types; TestMapLayout holds the Go side to
+// its asserted sizes) and a header per concern (maps, parse, checks,
+// tunnel, icmp, csum, jhash).
 //
 // clang -target bpf does not search Debian's multiarch include directory,
 // where <asm/types.h> lives (every uapi header includes it); -idirafter
