@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,8 +26,9 @@ type Split struct {
 	First      Datapath
 	OpenSecond func(context.Context) (Datapath, error)
 
-	mu     sync.Mutex // guards second, which Report reads from elsewhere
-	second Datapath
+	mu     sync.Mutex // guards second, which Report reads from elsewhere, and closed
+	second Datapath   // nil until OpenSecond succeeded
+	closed bool       // set by Close and Cleanup: Apply opens nothing more
 }
 
 func (s *Split) halves() []Datapath {
@@ -35,51 +37,87 @@ func (s *Split) halves() []Datapath {
 	return []Datapath{s.First, s.second}
 }
 
-// open is the halves that are open: the first, and the second once it is.
+// open is the halves that are open: the first, and the second once it
+// is. A nil half is left out, so that no method calls through one.
 func (s *Split) open() []Datapath {
-	h := s.halves()
-	if h[1] == nil {
-		return h[:1]
+	var out []Datapath
+	for _, dp := range s.halves() {
+		if dp != nil {
+			out = append(out, dp)
+		}
 	}
-	return h
+	return out
 }
 
 // Name names both halves once the second is open.
 func (s *Split) Name() string {
-	second := s.halves()[1]
-	if second == nil {
-		return s.First.Name()
+	var names []string
+	for _, dp := range s.open() {
+		names = append(names, dp.Name())
 	}
-	return s.First.Name() + "+" + second.Name()
+	return strings.Join(names, "+")
 }
 
 // Apply gives each half its services. The second half is applied even
 // when it gets none, so that services which moved back to the first
-// leave it.
+// leave it. After Close it fails with ErrClosed and opens nothing.
 func (s *Split) Apply(ctx context.Context, services []Service) error {
-	var first, second []Service
+	if s.isClosed() {
+		return fmt.Errorf("split apply: %w", ErrClosed)
+	}
+	var parts [2][]Service
 	for _, svc := range services {
 		if NeedsIPVS(svc) {
-			second = append(second, svc)
+			parts[1] = append(parts[1], svc)
 		} else {
-			first = append(first, svc)
+			parts[0] = append(parts[0], svc)
 		}
 	}
 	var errs []error
-	if s.halves()[1] == nil && len(second) > 0 {
-		dp, err := s.OpenSecond(ctx)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("open the data path for NAT and IPVS-only schedulers: %w", err))
-		}
-		s.mu.Lock()
-		s.second = dp
-		s.mu.Unlock()
+	if len(parts[1]) > 0 {
+		errs = append(errs, s.openSecond(ctx))
 	}
-	errs = append(errs, s.First.Apply(ctx, first))
-	if dp := s.halves()[1]; dp != nil {
-		errs = append(errs, dp.Apply(ctx, second))
+	halves := s.halves()
+	if halves[0] == nil && len(parts[0]) > 0 {
+		errs = append(errs, errors.New("split apply: no data path for the services eBPF carries"))
+	}
+	for i, dp := range halves {
+		if dp != nil {
+			errs = append(errs, dp.Apply(ctx, parts[i]))
+		}
 	}
 	return errors.Join(errs...)
+}
+
+func (s *Split) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// openSecond opens the second half unless it is open. A half that failed
+// to open is not kept (an opener may hand back a non-nil interface
+// holding a nil pointer with its error), so the next Apply tries again.
+// The open runs without the lock, as it may wait for a kernel module; a
+// Close meanwhile wins, and the half just opened is closed again.
+func (s *Split) openSecond(ctx context.Context) error {
+	if s.halves()[1] != nil {
+		return nil
+	}
+	dp, err := s.OpenSecond(ctx)
+	if err != nil {
+		return fmt.Errorf("open the data path for NAT and IPVS-only schedulers: %w", err)
+	}
+	if dp == nil {
+		return errors.New("open the data path for NAT and IPVS-only schedulers: the opener returned none")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.Join(fmt.Errorf("split apply: %w", ErrClosed), dp.Close())
+	}
+	s.second = dp
+	return nil
 }
 
 // Resync is the shorter of the halves' resync intervals, as one Apply
@@ -127,8 +165,9 @@ func (s *Split) Counters() ([]Counter, error) {
 	return out, errors.Join(errs...)
 }
 
-// Close closes both halves.
+// Close closes both halves; Apply then fails with ErrClosed.
 func (s *Split) Close() error {
+	s.markClosed()
 	var errs []error
 	for _, dp := range s.open() {
 		errs = append(errs, dp.Close())
@@ -136,11 +175,18 @@ func (s *Split) Close() error {
 	return errors.Join(errs...)
 }
 
-// Cleanup removes what both halves programmed.
+// Cleanup removes what both halves programmed, and closes them.
 func (s *Split) Cleanup() error {
+	s.markClosed()
 	var errs []error
 	for _, dp := range s.open() {
 		errs = append(errs, dp.Cleanup())
 	}
 	return errors.Join(errs...)
+}
+
+func (s *Split) markClosed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
 }

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"net/netip"
 	"slices"
@@ -137,5 +138,93 @@ func TestSplitMerges(t *testing.T) {
 	}
 	if err := s.Cleanup(); err != nil || !bpf.cleaned || !ipvs.cleaned {
 		t.Errorf("Cleanup: %v, halves cleaned %v %v", err, bpf.cleaned, ipvs.cleaned)
+	}
+}
+
+// An opener that fails may hand back a non-nil Datapath holding a nil
+// pointer (ipvs.Open's *Datapath through the interface). Split keeps no
+// such half: Apply returns the error, every other method works on the
+// first half alone, and the next Apply tries the open again.
+func TestSplitSecondFailsToOpen(t *testing.T) {
+	bpf := &fakeDatapath{name: "xdp"}
+	noIPVS := errors.New("ip_vs could not be loaded")
+	opened := 0
+	s := &Split{First: bpf, OpenSecond: func(context.Context) (Datapath, error) {
+		opened++
+		var none *fakeDatapath
+		return none, noIPVS
+	}}
+	nat := Service{Name: "nat", Forward: NAT, Scheduler: "rr"}
+	dr := Service{Name: "dr", Forward: DR, Scheduler: "mh"}
+	ctx := context.Background()
+
+	for i := range 2 {
+		err := s.Apply(ctx, []Service{dr, nat})
+		if !errors.Is(err, noIPVS) {
+			t.Fatalf("Apply %d: %v, want the open's error", i, err)
+		}
+	}
+	if opened != 2 {
+		t.Errorf("opened %d times in 2 applies, want a retry on each", opened)
+	}
+	if got := bpf.applied; len(got) != 2 || !slices.Equal(got[1], []string{"dr"}) {
+		t.Errorf("eBPF got %v, want its service on each apply", got)
+	}
+	if s.Name() != "xdp" {
+		t.Errorf("Name: %s", s.Name())
+	}
+	if rep, err := s.Report(); err != nil || len(rep) != 1 {
+		t.Errorf("Report: %v, %v", rep, err)
+	}
+	if _, err := s.Counters(); err != nil {
+		t.Errorf("Counters: %v", err)
+	}
+	if h, r := s.Hooks(), s.Resync(); len(h) != 0 || r != 0 {
+		t.Errorf("Hooks %v, Resync %s: want the first half's", h, r)
+	}
+	if err := s.Cleanup(); err != nil || !bpf.cleaned {
+		t.Errorf("Cleanup: %v, first cleaned %v", err, bpf.cleaned)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+}
+
+// A Split with no first half (a caller's mistake) reports it instead of
+// panicking.
+func TestSplitNilFirst(t *testing.T) {
+	s := &Split{OpenSecond: func(context.Context) (Datapath, error) { return &fakeDatapath{name: "ipvs"}, nil }}
+	err := s.Apply(context.Background(), []Service{{Name: "dr", Forward: DR, Scheduler: "mh"}})
+	if err == nil {
+		t.Error("Apply with no first half: no error")
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+}
+
+// After Close (or Cleanup) Apply fails with ErrClosed and opens no new
+// second half, which nobody would close.
+func TestSplitApplyAfterClose(t *testing.T) {
+	for _, end := range []string{"Close", "Cleanup"} {
+		t.Run(end, func(t *testing.T) {
+			bpf := &fakeDatapath{name: "xdp"}
+			opened := 0
+			s := &Split{First: bpf, OpenSecond: func(context.Context) (Datapath, error) {
+				opened++
+				return &fakeDatapath{name: "ipvs"}, nil
+			}}
+			stop := map[string]func() error{"Close": s.Close, "Cleanup": s.Cleanup}[end]
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			err := s.Apply(context.Background(), []Service{{Name: "nat", Forward: NAT, Scheduler: "rr"}})
+			if !errors.Is(err, ErrClosed) {
+				t.Errorf("Apply after %s: %v, want ErrClosed", end, err)
+			}
+			if opened != 0 || len(bpf.applied) != 0 {
+				t.Errorf("Apply after %s opened %d second halves, applied the first %d times", end, opened, len(bpf.applied))
+			}
+		})
 	}
 }
