@@ -27,13 +27,13 @@ import (
 // life.
 func Open(ctx context.Context, cfg config.Datapath, mode string, log *slog.Logger) (service.Datapath, error) {
 	openIPVS := func(ctx context.Context) (service.Datapath, error) {
-		return ipvs.Open(ctx, ipvs.Options{Log: log})
+		return opened(ipvs.Open(ctx, ipvs.Options{Log: log}))
 	}
 	switch mode {
 	case config.ModeIPVS:
 		return openIPVS(ctx)
 	case config.ModeXDP, config.ModeTC:
-		bpf, err := loader.NewDatapath(cfg, mode, log)
+		bpf, err := opened(loader.NewDatapath(cfg, mode, log))
 		if err != nil || cfg.Mode != config.ModeAuto {
 			return bpf, err
 		}
@@ -42,6 +42,16 @@ func Open(ctx context.Context, cfg config.Datapath, mode string, log *slog.Logge
 		return &service.Split{First: bpf, OpenSecond: openIPVS}, nil
 	}
 	return nil, fmt.Errorf("no data path for mode %q", mode)
+}
+
+// opened is a constructor's result as a service.Datapath: nil with the
+// error when it failed. Returned as it is, its nil *T would make a non-nil
+// interface that panics on the first call (service.Split kept one).
+func opened[T service.Datapath](dp T, err error) (service.Datapath, error) {
+	if err != nil {
+		return nil, err
+	}
+	return dp, nil
 }
 
 // Absent reports whether no earlier halb left a data path that Open for

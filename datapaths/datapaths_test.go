@@ -2,11 +2,15 @@ package datapaths
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/ipvs"
+	"github.com/halb-lb/halb/loader"
+	"github.com/halb-lb/halb/service"
 )
 
 // An eBPF data path counts as left behind when datapath.bpffs holds
@@ -34,5 +38,22 @@ func TestAbsentBPF(t *testing.T) {
 func TestOpenUnknownMode(t *testing.T) {
 	if dp, err := Open(context.Background(), config.Datapath{}, "dpdk", nil); err == nil {
 		t.Errorf("mode dpdk opened %v", dp)
+	}
+}
+
+// A constructor that fails returns a nil pointer; as a service.Datapath
+// that must be a nil interface, or a caller that keeps it (service.Split
+// did) panics on its first call.
+func TestOpenedNilOnError(t *testing.T) {
+	failed := errors.New("ip_vs could not be loaded")
+	if dp, err := opened((*ipvs.Datapath)(nil), failed); dp != nil || err != failed {
+		t.Errorf("failed IPVS open: %#v, %v; want a nil data path and the error", dp, err)
+	}
+	if dp, err := opened((*loader.Datapath)(nil), failed); dp != nil || err != failed {
+		t.Errorf("failed eBPF open: %#v, %v; want a nil data path and the error", dp, err)
+	}
+	ok := &ipvs.Datapath{}
+	if dp, err := opened(ok, nil); dp != service.Datapath(ok) || err != nil {
+		t.Errorf("IPVS open: %#v, %v; want the data path", dp, err)
 	}
 }
