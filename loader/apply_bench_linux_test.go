@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/halb-lb/halb/internal/halbtest"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -16,7 +17,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/internal/netnstest"
@@ -224,22 +224,7 @@ func newApplyBench(b *testing.B, maxBackends int) *applyBench {
 		}
 	}
 
-	root := filepath.Join(b.TempDir(), "bpffs")
-	if err := os.Mkdir(root, 0o700); err != nil {
-		b.Fatal(err)
-	}
-	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
-	// the test's own is mounted here, as an operator would.
-	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if onBPFFS(root) {
-			if err := unix.Unmount(root, 0); err != nil {
-				b.Errorf("unmount %s: %v", root, err)
-			}
-		}
-	})
+	root := halbtest.BPFFS(b)
 	cfg := config.Datapath{
 		Mode:             config.ModeXDP,
 		Interfaces:       []string{"halb0"},

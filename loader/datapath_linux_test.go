@@ -79,22 +79,7 @@ func newDPBench(t *testing.T) *dpBench {
 	up(t, h, "halb0", "192.0.2.1/24", "2001:db8::1/64")
 	up(t, b.peers.Netlink(t), "halb0p", "192.0.2.11/24", "192.0.2.12/24", "192.0.2.13/24", "192.0.2.14/24", "2001:db8::11/64")
 
-	root := filepath.Join(t.TempDir(), "bpffs")
-	if err := os.Mkdir(root, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
-	// the test's own is mounted here, as an operator would.
-	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if onBPFFS(root) {
-			if err := unix.Unmount(root, 0); err != nil {
-				t.Errorf("unmount %s: %v", root, err)
-			}
-		}
-	})
+	root := halbtest.BPFFS(t)
 	b.cfg = config.Datapath{
 		Mode:             config.ModeXDP,
 		Interfaces:       []string{"halb0"},
@@ -1306,14 +1291,7 @@ func TestDatapathRefusesAnotherHalb(t *testing.T) {
 		t.Fatal("the first halb attached no XDP program to halb0")
 	}
 
-	root := filepath.Join(t.TempDir(), "bpffs2")
-	if err := os.Mkdir(root, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(root, 0) })
+	root := halbtest.BPFFS(t)
 	for _, c := range []struct{ mode, xdpMode string }{
 		{config.ModeXDP, "auto"}, {config.ModeXDP, "generic"}, {config.ModeTC, ""},
 	} {

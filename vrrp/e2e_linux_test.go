@@ -1,14 +1,13 @@
 package vrrp
 
 import (
-	"bytes"
 	"fmt"
+	"github.com/halb-lb/halb/internal/halbtest"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,9 +35,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	halbBin = filepath.Join(dir, "halb")
-	if out, err := exec.Command("go", "build", "-o", halbBin, "../cmd/halb").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build halb: %v\n%s", err, out)
+	if halbBin, err = halbtest.BuildIn(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -150,22 +148,7 @@ func (l *lan) prefix(i int) *netlink.Addr {
 }
 
 // syncBuffer collects a process's log for the test's failure output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = halbtest.Log
 
 // node is one halb process.
 type node struct {
@@ -173,8 +156,8 @@ type node struct {
 	ns   *netnstest.NS
 	cfg  string
 	cmd  *exec.Cmd
+	proc *halbtest.Proc
 	log  *syncBuffer
-	done chan struct{}
 }
 
 func newNode(t testing.TB, name string, ns *netnstest.NS, config string) *node {
@@ -201,29 +184,15 @@ func newNode(t testing.TB, name string, ns *netnstest.NS, config string) *node {
 func (n *node) start(t testing.TB) {
 	t.Helper()
 	n.cmd = exec.Command(halbBin, "run", "-c", n.cfg)
-	n.cmd.Stderr = n.log
-	n.done = make(chan struct{})
-	if err := n.ns.Start(n.cmd); err != nil {
-		t.Fatal(err)
-	}
-	go func(cmd *exec.Cmd, done chan struct{}) {
-		_ = cmd.Wait()
-		close(done)
-	}(n.cmd, n.done)
+	n.proc = halbtest.Start(t, n.ns, n.cmd, halbtest.Options{Log: n.log})
 }
 
 func (n *node) stop(sig syscall.Signal) {
-	if n.cmd == nil || n.cmd.Process == nil {
+	if n.proc == nil {
 		return
 	}
-	_ = n.cmd.Process.Signal(sig)
-	select {
-	case <-n.done:
-	case <-time.After(10 * time.Second):
-		_ = n.cmd.Process.Kill()
-		<-n.done
-	}
-	n.cmd = nil
+	_ = n.proc.Stop(sig, 10*time.Second)
+	n.cmd, n.proc = nil, nil
 }
 
 // hasAddr reports whether a is on lan0 in the namespace behind h.

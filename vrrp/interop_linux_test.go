@@ -249,16 +249,15 @@ func (h halbPeer) signal(sig syscall.Signal) {
 }
 
 func (h halbPeer) wait() {
-	if h.cmd == nil {
+	if h.proc == nil {
 		return
 	}
 	select {
-	case <-h.done:
+	case <-h.proc.Done():
 	case <-time.After(10 * time.Second):
-		_ = h.cmd.Process.Kill()
-		<-h.done
+		h.proc.Kill()
 	}
-	h.cmd = nil
+	h.cmd, h.proc = nil, nil
 }
 
 // TestKeepalivedInterop runs halb against keepalived, each way round: the

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"github.com/halb-lb/halb/internal/halbtest"
 	"net"
 	"net/http"
 	"os"
@@ -171,14 +172,7 @@ func TestCheckWarnsBPFFSOffBPF(t *testing.T) {
 	if err := os.Mkdir(empty, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	mounted := filepath.Join(dir, "bpffs")
-	if err := os.Mkdir(mounted, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("bpf", mounted, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(mounted, 0) })
+	mounted := halbtest.BPFFS(t)
 	for _, c := range []struct {
 		bpffs string
 		warn  bool

@@ -16,7 +16,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
@@ -231,7 +230,9 @@ vrrp:
 }
 
 // lbNS is a namespace with eth0 (198.51.100.1/24, its peer eth1) for a
-// halb that programs XDP and holds a VIP, and a bpffs of the test's own.
+// halb that programs XDP and holds a VIP, the MACs of the backends
+// 198.51.100.11 and .12 as ARP would have learnt them, and a bpffs of the
+// test's own.
 func lbNS(t *testing.T) (ns *netnstest.NS, h *netlink.Handle, fs string) {
 	t.Helper()
 	ns = netnstest.New(t)
@@ -253,25 +254,18 @@ func lbNS(t *testing.T) (ns *netnstest.NS, h *netlink.Handle, fs string) {
 	if err := h.AddrAdd(eth0, addr); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.NeighAdd(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, State: netlink.NUD_PERMANENT,
-		IP: net.ParseIP("198.51.100.11"), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, 0x11}}); err != nil {
-		t.Fatal(err)
+	for i, ip := range []string{"198.51.100.11", "198.51.100.12"} {
+		if err := h.NeighAdd(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, State: netlink.NUD_PERMANENT,
+			IP: net.ParseIP(ip), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, byte(0x11 + i)}}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	fs = filepath.Join(t.TempDir(), "bpffs")
-	if err := os.Mkdir(fs, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
-	// the test's own is mounted here, as an operator would.
-	if err := unix.Mount("bpf", fs, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
+	fs = halbtest.BPFFS(t)
+	t.Cleanup(func() { // before the unmount
 		entries, _ := os.ReadDir(fs)
 		for _, e := range entries {
 			_ = loader.RemovePinned(filepath.Join(fs, e.Name()))
 		}
-		_ = unix.Unmount(fs, 0)
 	})
 	return ns, h, fs
 }
@@ -402,8 +396,7 @@ func TestRunSecondHalbRefused(t *testing.T) {
 
 	// Killed, the first one leaves its lock files behind; they do not
 	// keep the next halb out.
-	_ = first.cmd.Process.Kill()
-	_ = first.cmd.Wait()
+	first.Kill()
 	for _, lock := range []string{sock + ".lock"} {
 		if _, err := os.Stat(lock); err != nil {
 			t.Errorf("no stale lock file to test with: %v", err)
@@ -700,8 +693,8 @@ vrrp:
 	if !vipOn(t, h) || !master() {
 		t.Errorf("after the third halb stopped: VIP on eth0 %v, first halb's instances %v", vipOn(t, h), states(sock))
 	}
-	_ = first.cmd.Process.Signal(syscall.SIGTERM)
-	_ = first.cmd.Wait()
+	_ = first.Signal(syscall.SIGTERM)
+	<-first.Done()
 }
 
 // The accept_mode table that `nft flush ruleset` (nftables.service's start

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"net"
@@ -14,12 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
 	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
-	"github.com/halb-lb/halb/loader"
 )
 
 // The test binary doubles as halb: with HALB_TEST_MAIN=1 it runs main, so
@@ -37,8 +32,9 @@ func TestMain(m *testing.M) {
 }
 
 type daemonProc struct {
+	*halbtest.Proc
 	cmd   *exec.Cmd
-	lines chan string
+	lines <-chan string
 }
 
 // startHalb starts halb in a network namespace of its own: the daemon
@@ -52,23 +48,8 @@ func startHalbIn(t *testing.T, ns *netnstest.NS, args ...string) *daemonProc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "HALB_TEST_MAIN=1")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.Start(cmd); err != nil {
-		t.Fatal(err)
-	}
-	p := &daemonProc{cmd: cmd, lines: make(chan string, 100)}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			p.lines <- sc.Text()
-		}
-		close(p.lines)
-	}()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	return p
+	proc := halbtest.Start(t, ns, cmd, halbtest.Options{Lines: true})
+	return &daemonProc{Proc: proc, cmd: cmd, lines: proc.Lines()}
 }
 
 // waitFor reads log lines until one contains want; the deadline is generous
@@ -112,7 +93,7 @@ func (p *daemonProc) waitForAll(t *testing.T, wants ...string) {
 
 func (p *daemonProc) exitCode(t *testing.T) int {
 	t.Helper()
-	err := p.cmd.Wait()
+	err := p.Err()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		return ee.ExitCode()
@@ -181,47 +162,8 @@ vrrp:
 // health checks that fail take backends out of the Maglev table; stopping
 // leaves the pins (and so the forwarding) in place.
 func TestRunProgramsXDP(t *testing.T) {
-	ns := netnstest.New(t)
-	h := ns.Netlink(t)
-	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth1"}); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"eth0", "eth1"} {
-		link, err := h.LinkByName(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := h.LinkSetUp(link); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eth0, _ := h.LinkByName("eth0")
-	addr, _ := netlink.ParseAddr("198.51.100.1/24")
-	if err := h.AddrAdd(eth0, addr); err != nil {
-		t.Fatal(err)
-	}
-	// The backends' MACs, as ARP would have learnt them.
-	for i, ip := range []string{"198.51.100.11", "198.51.100.12"} {
-		if err := h.NeighAdd(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, State: netlink.NUD_PERMANENT,
-			IP: net.ParseIP(ip), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, byte(0x11 + i)}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	fs := filepath.Join(t.TempDir(), "bpffs")
-	if err := os.Mkdir(fs, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
-	// the test's own is mounted here, as an operator would.
-	if err := unix.Mount("bpf", fs, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatal(err)
-	}
+	ns, h, fs := lbNS(t)
 	pins := filepath.Join(fs, "halb")
-	t.Cleanup(func() {
-		_ = loader.RemovePinned(pins)
-		_ = unix.Unmount(fs, 0)
-	})
 	cfg := filepath.Join(t.TempDir(), "halb.yaml")
 	metrics := halbtest.FreeAddr(t)
 	sock := filepath.Join(t.TempDir(), "halb.sock")

@@ -2,14 +2,13 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
@@ -39,7 +39,7 @@ import (
 //     path, and the running configuration keeps serving.
 func TestDaemon(t *testing.T) {
 	netnstest.Require(t)
-	halb := buildHalb(t)
+	halb := halbtest.Build(t)
 	n := newDaemonNet(t, "lb")
 	routeVIP(t, n.client)
 	servers := n.servers
@@ -240,8 +240,8 @@ type daemon struct {
 	bin, cfg, sock, pins string
 	text                 string // the config last written
 	metrics              string // control.metrics, in the balancer's namespace; "" for none
-	cmd                  *exec.Cmd
-	out                  *syncBuffer
+	proc                 *halbtest.Proc
+	out                  *halbtest.Log
 }
 
 func (d *daemon) write(c daemonConfig) {
@@ -274,41 +274,23 @@ func (d *daemon) write(c daemonConfig) {
 }
 
 func (d *daemon) start(ns *netnstest.NS) {
-	t := d.t
-	d.out = &syncBuffer{}
-	d.cmd = exec.Command(d.bin, "run", "--cleanup", "-c", d.cfg)
-	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
-	if err := ns.Start(d.cmd); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if d.cmd.ProcessState == nil {
-			_ = d.cmd.Process.Kill()
-			_ = d.cmd.Wait()
-		}
-		if t.Failed() {
-			t.Logf("halb's log:\n%s", d.out)
-		}
-	})
+	d.proc = halbtest.Start(d.t, ns, exec.Command(d.bin, "run", "--cleanup", "-c", d.cfg), halbtest.Options{})
+	d.out = d.proc.Log
 }
 
 func (d *daemon) reload() {
-	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := d.proc.Signal(syscall.SIGHUP); err != nil {
 		d.t.Fatal(err)
 	}
 }
 
 func (d *daemon) stop() {
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			d.t.Errorf("halb run: %v", err)
-		}
-	case <-time.After(20 * time.Second):
+	err := d.proc.Stop(syscall.SIGTERM, 20*time.Second)
+	if errors.Is(err, halbtest.ErrStillRunning) {
 		d.t.Fatal("halb did not stop within 20 s of SIGTERM")
+	}
+	if err != nil {
+		d.t.Errorf("halb run: %v", err)
 	}
 }
 
@@ -630,35 +612,4 @@ func (c *client) requestHeld(port int, hold time.Duration) (string, error) {
 		return "", err
 	}
 	return cn.backend, nil
-}
-
-// buildHalb builds ./cmd/halb for the test.
-func buildHalb(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "halb")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/halb-lb/halb/cmd/halb")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build halb: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// syncBuffer is a bytes.Buffer that a process writes while the test
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

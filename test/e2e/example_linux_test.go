@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
@@ -46,10 +46,10 @@ func TestExampleRunsWithoutIPv6Routes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	halb := buildHalb(t)
+	halb := halbtest.Build(t)
 	n := newExampleNet(t)
 
-	d := &daemon{t: t, bin: halb, cfg: file, sock: filepath.Join(n.dir, "halb.sock"), pins: filepath.Join(n.dir, "bpffs", "halb")}
+	d := &daemon{t: t, bin: halb, cfg: file, sock: filepath.Join(n.dir, "halb.sock"), pins: filepath.Join(n.fs, "halb")}
 	// The example's control.socket and datapath.bpffs are the host's
 	// (/run/halb/halb.sock, /sys/fs/bpf/halb): the test's own instead, so
 	// that it touches nothing of a halb the host may run. Both keys sit
@@ -115,8 +115,8 @@ func TestExampleRunsWithoutIPv6Routes(t *testing.T) {
 			t.Logf("web6's %s: %s", found.Backend, found.Problem)
 		}
 	}
-	if d.cmd.ProcessState != nil {
-		t.Fatalf("halb run exited: %v", d.cmd.ProcessState)
+	if d.proc.Exited() {
+		t.Fatalf("halb run exited: %v", d.proc.Err())
 	}
 	stopping := time.Now()
 	d.stop()
@@ -126,6 +126,7 @@ func TestExampleRunsWithoutIPv6Routes(t *testing.T) {
 // exampleNet is the network of TestExampleRunsWithoutIPv6Routes.
 type exampleNet struct {
 	dir        string
+	fs         string // a bpf filesystem for the pins
 	lb, client *netnstest.NS
 }
 
@@ -181,21 +182,7 @@ func newExampleNet(t *testing.T) *exampleNet {
 		}
 	}
 	// bpffs for the pins below it.
-	fs := filepath.Join(n.dir, "bpffs")
-	if err := os.Mkdir(fs, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
-	// the test's own is mounted here, as an operator would.
-	if err := unix.Mount("bpf", fs, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		var st unix.Statfs_t
-		if unix.Statfs(fs, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
-			_ = unix.Unmount(fs, 0)
-		}
-	})
+	n.fs = halbtest.BPFFS(t)
 	return n
 }
 

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
@@ -132,23 +133,7 @@ func newBed(t testing.TB, hook loader.Hook) *bed {
 // balancer's eth0, pinned in a bpffs of the test's own.
 func datapathConfig(t testing.TB, mode, xdpMode string) config.Datapath {
 	t.Helper()
-	root := filepath.Join(t.TempDir(), "bpffs")
-	if err := os.Mkdir(root, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
-	// the test's own is mounted here, as an operator would.
-	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		var st unix.Statfs_t
-		if unix.Statfs(root, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
-			if err := unix.Unmount(root, 0); err != nil {
-				t.Errorf("unmount %s: %v", root, err)
-			}
-		}
-	})
+	root := halbtest.BPFFS(t)
 	return config.Datapath{
 		Mode:             mode,
 		Interfaces:       []string{"eth0"},

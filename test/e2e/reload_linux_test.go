@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
@@ -24,7 +25,7 @@ import (
 // gratuitous ARP).
 func TestReloadKeepsVRRP(t *testing.T) {
 	netnstest.Require(t)
-	halb := buildHalb(t)
+	halb := halbtest.Build(t)
 	n := newDaemonNet(t, "lb1", "lb2")
 	onLink(t, n.client)
 	nodes := map[string]*daemon{}

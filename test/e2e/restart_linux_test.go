@@ -15,8 +15,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
@@ -32,7 +32,7 @@ const nConns = 200
 // entries of the connections survive it.
 func TestHitlessRestart(t *testing.T) {
 	netnstest.Require(t)
-	halb := buildHalb(t)
+	halb := halbtest.Build(t)
 	n := newDaemonNet(t, "lb")
 	routeVIP(t, n.client)
 	d := n.daemon(t, halb, "lb")
@@ -47,10 +47,7 @@ func TestHitlessRestart(t *testing.T) {
 	busy := startBusy(conns)
 
 	// SIGKILL: nothing is cleaned up, the program stays attached.
-	if err := d.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	_ = d.cmd.Wait()
+	d.proc.Kill()
 	busy.rounds(t, 2)
 	if id := n.xdpProgram(t, "lb"); id != progID {
 		t.Errorf("XDP program on the balancer's eth0 is %d after SIGKILL, was %d", id, progID)
@@ -74,10 +71,7 @@ func TestHitlessRestart(t *testing.T) {
 	// The upgrade: a halb whose halb_ct differs. Here the pin is swapped
 	// for a map of another key size while halb is down, as a newer
 	// binary would find the older map; the running program keeps its own.
-	if err := d.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	_ = d.cmd.Wait()
+	d.proc.Kill()
 	pinIncompatibleCT(t, d.pins)
 	busy.rounds(t, 1)
 	d.start(n.lbs["lb"])
@@ -111,7 +105,7 @@ func TestHitlessRestart(t *testing.T) {
 // between the nodes.
 func TestFailoverKeepsFlows(t *testing.T) {
 	netnstest.Require(t)
-	halb := buildHalb(t)
+	halb := halbtest.Build(t)
 	n := newDaemonNet(t, "lb1", "lb2")
 	// The client finds the VIP by ARP on the LAN, so a takeover shows
 	// in its neighbour table.
@@ -143,10 +137,7 @@ func TestFailoverKeepsFlows(t *testing.T) {
 
 	// lb1 dies: off the network, then its halb killed.
 	n.unplug(t, "lb1")
-	if err := lb1.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	_ = lb1.cmd.Wait()
+	lb1.proc.Kill()
 	lb2.waitState("MASTER")
 
 	// Every connection makes one request; TCP retransmits over the gap.
@@ -181,6 +172,7 @@ type daemonNet struct {
 	lbs     map[string]*netnstest.NS
 	servers map[string]*server
 	dir     string
+	fs      string // a bpf filesystem, for each balancer's pins
 }
 
 func newDaemonNet(t *testing.T, balancers ...string) *daemonNet {
@@ -206,28 +198,14 @@ func newDaemonNet(t *testing.T, balancers ...string) *daemonNet {
 		t.Fatal(err)
 	}
 	// bpffs for the pins, one per balancer below it.
-	fs := filepath.Join(n.dir, "bpffs")
-	if err := os.Mkdir(fs, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
-	// the test's own is mounted here, as an operator would.
-	if err := unix.Mount("bpf", fs, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		var st unix.Statfs_t
-		if unix.Statfs(fs, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
-			_ = unix.Unmount(fs, 0)
-		}
-	})
+	n.fs = halbtest.BPFFS(t)
 	return n
 }
 
 // daemon is a halb for balancer name, with its own files and pins.
 func (n *daemonNet) daemon(t *testing.T, bin, name string) *daemon {
 	return &daemon{t: t, bin: bin, cfg: filepath.Join(n.dir, name+".yaml"), sock: filepath.Join(n.dir, name+".sock"),
-		pins: filepath.Join(n.dir, "bpffs", name)}
+		pins: filepath.Join(n.fs, name)}
 }
 
 // xdpProgram is the id of the XDP program on balancer name's eth0.

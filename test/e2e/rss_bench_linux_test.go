@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,8 +14,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
@@ -48,7 +49,7 @@ import (
 // -benchtime 1x.
 func BenchmarkIdleRSS(b *testing.B) {
 	netnstest.Require(b)
-	bin := rssBuildHalb(b)
+	bin := halbtest.Build(b)
 	for _, sh := range []struct{ services, backends int }{{1000, 100}} {
 		b.Run(fmt.Sprintf("%dx%d", sh.services, sh.backends), func(b *testing.B) {
 			idleRSS(b, bin, sh.services, sh.backends)
@@ -85,22 +86,7 @@ func idleRSS(b *testing.B, bin string, services, backends int) {
 	rssUp(b, peers.Netlink(b), "eth0p", addrs...)
 
 	dir := b.TempDir()
-	// A bpf filesystem of the benchmark's own.
-	fs := filepath.Join(dir, "bpffs")
-	if err := os.Mkdir(fs, 0o700); err != nil {
-		b.Fatal(err)
-	}
-	// halb mounts a bpf filesystem only on /sys/fs/bpf: a path of
-	// the test's own is mounted here, as an operator would.
-	if err := unix.Mount("bpf", fs, "bpf", 0, "mode=0700"); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		var st unix.Statfs_t
-		if unix.Statfs(fs, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
-			_ = unix.Unmount(fs, 0)
-		}
-	})
+	fs := halbtest.BPFFS(b)
 	sock := filepath.Join(dir, "halb.sock")
 	cfg := filepath.Join(dir, "halb.yaml")
 	if err := os.WriteFile(cfg, rssConfig(sock, filepath.Join(fs, "halb"), services, backends), 0o600); err != nil {
@@ -112,28 +98,16 @@ func idleRSS(b *testing.B, bin string, services, backends int) {
 	}
 	b.Logf("halb check accepts the config in %s", time.Since(checkStart).Round(time.Millisecond))
 
-	out := &syncBuffer{}
-	cmd := exec.Command(bin, "run", "--cleanup", "-c", cfg)
-	cmd.Stdout, cmd.Stderr = out, out
-	exited := make(chan struct{})
+	// Its log is shown by the benchmark, cut to size, not whole.
 	start := time.Now()
-	if err := lb.Start(cmd); err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = cmd.Wait(); close(exited) }()
+	proc := halbtest.Start(b, lb, exec.Command(bin, "run", "--cleanup", "-c", cfg), halbtest.Options{Log: &halbtest.Log{}})
+	out, exited := proc.Log, proc.Done()
 	b.Cleanup(func() {
-		select {
-		case <-exited:
+		if proc.Exited() {
 			return
-		default:
 		}
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(rssStopTimeout):
+		if err := proc.Stop(syscall.SIGTERM, rssStopTimeout); errors.Is(err, halbtest.ErrStillRunning) {
 			b.Errorf("halb did not stop within %s of SIGTERM", rssStopTimeout)
-			_ = cmd.Process.Kill()
-			<-exited
 		}
 	})
 
@@ -149,14 +123,14 @@ func idleRSS(b *testing.B, bin string, services, backends int) {
 	}
 	live := at.Sub(start)
 
-	cpu0 := rssCPU(b, cmd.Process.Pid)
+	cpu0 := rssCPU(b, proc.Pid())
 	select {
 	case <-exited:
 		b.Fatalf("halb exited while idle:\n%.4000s", out.String())
 	case <-time.After(rssIdle):
 	}
-	cpu := rssCPU(b, cmd.Process.Pid) - cpu0
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	cpu := rssCPU(b, proc.Pid()) - cpu0
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", proc.Pid()))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -312,16 +286,4 @@ func rssUp(b *testing.B, h *netlink.Handle, name string, addrs ...string) {
 	if err := h.LinkSetUp(l); err != nil {
 		b.Fatal(err)
 	}
-}
-
-// rssBuildHalb builds ./cmd/halb for the benchmark.
-func rssBuildHalb(b *testing.B) string {
-	b.Helper()
-	bin := filepath.Join(b.TempDir(), "halb")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/halb-lb/halb/cmd/halb")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("go build halb: %v\n%s", err, out)
-	}
-	return bin
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
@@ -37,7 +38,7 @@ func TestSoak(t *testing.T) {
 		}
 		duration = d
 	}
-	halb := buildHalb(t)
+	halb := halbtest.Build(t)
 	n := newDaemonNet(t, "lb")
 	routeVIP(t, n.client)
 	d := n.daemon(t, halb, "lb")

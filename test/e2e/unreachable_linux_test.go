@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
@@ -24,7 +25,7 @@ import (
 // that only the data path's own retry can bring be3 in.
 func TestDaemonUnreachableBackend(t *testing.T) {
 	netnstest.Require(t)
-	halb := buildHalb(t)
+	halb := halbtest.Build(t)
 	n := newDaemonNet(t, "lb")
 	routeVIP(t, n.client)
 	be3 := n.servers["be3"].ns
@@ -64,8 +65,8 @@ services:
 
 	c := &client{ns: n.client, src: clientIP, vip: vip}
 	d.waitLive("web", "be1 and be2 live", 2)
-	if d.cmd.ProcessState != nil {
-		t.Fatalf("halb run exited: %v", d.cmd.ProcessState)
+	if d.proc.Exited() {
+		t.Fatalf("halb run exited: %v", d.proc.Err())
 	}
 	if counts := c.spread(t, 40000, 40); counts["be1"] == 0 || counts["be2"] == 0 || total(counts) != 40 {
 		t.Errorf("40 connections with be3 unreachable went to %v, want be1 and be2 alone", counts)
