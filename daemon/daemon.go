@@ -13,7 +13,10 @@
 // Its loop must never wait on anything unbounded (a file read, an instance
 // that stops slowly, a script): SIGTERM is honoured within a bound
 // whatever came before it. One daemon holds a control socket and a bpffs
-// path (flock), and none touches the host before it holds them.
+// path (flock), and none touches the host before it holds them. Every
+// goroutine it starts has an owner that stops it and waits for it, within
+// that bound: Run for its servers and the health monitor (workers.go),
+// vrrpSet for the instances, reader for a config read.
 package daemon
 
 import (
