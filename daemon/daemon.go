@@ -297,13 +297,14 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	}
 }
 
-// lockBPFFS takes the lock on datapath.bpffs when the data path the probe
-// chose is eBPF, before the data path is first opened.
+// lockBPFFS takes the lock on the bpffs path the data path the probe
+// chose pins in (datapaths.Pins), if any, before it is first opened.
 func (d *Daemon) lockBPFFS() error {
-	if d.bpffsLock != nil || (d.mode != config.ModeXDP && d.mode != config.ModeTC) {
+	pins := datapaths.Pins(d.boot.Datapath, d.mode)
+	if d.bpffsLock != nil || pins == "" {
 		return nil
 	}
-	l, err := lockBPFFS(d.boot.Datapath.BPFFS)
+	l, err := lockBPFFS(pins)
 	if err != nil {
 		return err
 	}
@@ -317,12 +318,12 @@ func (d *Daemon) closeDatapath(undo bool) {
 	if d.dp == nil {
 		return
 	}
-	if c, ok := d.dp.(service.Cleaner); ok && (d.Cleanup || undo) {
+	if d.Cleanup || undo {
 		reason := "--cleanup"
 		if undo {
 			reason = "the start failed"
 		}
-		if err := c.Cleanup(); err != nil {
+		if err := d.dp.Cleanup(); err != nil {
 			d.log.Error("data path cleanup incomplete", "datapath", d.dp.Name(), "reason", reason, "err", err)
 		} else {
 			d.log.Info("data path removed", "datapath", d.dp.Name(), "reason", reason)

@@ -54,6 +54,16 @@ func opened[T service.Datapath](dp T, err error) (service.Datapath, error) {
 	return dp, nil
 }
 
+// Pins is the bpffs directory the data path for mode pins its maps and
+// programs in, which one halb at a time may use (the daemon locks it
+// before Open); "" when that data path pins nothing (IPVS).
+func Pins(cfg config.Datapath, mode string) string {
+	if mode == config.ModeXDP || mode == config.ModeTC {
+		return cfg.BPFFS
+	}
+	return ""
+}
+
 // Absent reports whether no earlier halb left a data path that Open for
 // mode would adopt: nothing in cfg.BPFFS for the eBPF data path, no state
 // file of halb's IPVS services.
@@ -66,7 +76,7 @@ func Absent(cfg config.Datapath, mode string) bool {
 		entries, err := os.ReadDir(dir)
 		return errors.Is(err, fs.ErrNotExist) || err == nil && len(entries) == 0
 	}
-	if (mode == config.ModeXDP || mode == config.ModeTC) && !empty(cfg.BPFFS) {
+	if pins := Pins(cfg, mode); pins != "" && !empty(pins) {
 		return false
 	}
 	if (mode == config.ModeIPVS || cfg.Mode == config.ModeAuto) && !absent(ipvs.DefaultStateFile) {

@@ -57,3 +57,14 @@ func TestOpenedNilOnError(t *testing.T) {
 		t.Errorf("IPVS open: %#v, %v; want the data path", dp, err)
 	}
 }
+
+// The daemon locks what Pins names before it opens the data path: the
+// bpffs directory of the eBPF modes, nothing for IPVS.
+func TestPins(t *testing.T) {
+	cfg := config.Datapath{Mode: config.ModeAuto, BPFFS: "/sys/fs/bpf/halb"}
+	for mode, want := range map[string]string{config.ModeXDP: cfg.BPFFS, config.ModeTC: cfg.BPFFS, config.ModeIPVS: ""} {
+		if got := Pins(cfg, mode); got != want {
+			t.Errorf("Pins(%s) = %q, want %q", mode, got, want)
+		}
+	}
+}
