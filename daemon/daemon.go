@@ -84,7 +84,10 @@ type Daemon struct {
 	// service below its quorum, so that a change is logged once.
 	quorumLost map[string]bool
 	// lastResync is when the data path was last applied for its resync.
-	lastResync   time.Time
+	lastResync time.Time
+	// applyFailed is set while the last apply failed: the next tick
+	// retries it, whatever the data path's Resync.
+	applyFailed  bool
 	datapathName atomic.Pointer[string]           // for the control socket's goroutines
 	datapath     atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
 }

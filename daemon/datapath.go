@@ -14,9 +14,10 @@ import (
 // it asks (service.Datapath.Resync).
 const resyncInterval = 10 * time.Second
 
-// resync applies the services again when the data path asks for it, or
-// opens the data path when an earlier try failed, and restores the accept
-// filter when the last change failed or the kernel lost it.
+// resync applies the services again when the data path asks for it or
+// the last apply failed, or opens the data path when an earlier try
+// failed, and restores the accept filter when the last change failed or
+// the kernel lost it.
 func (d *Daemon) resync(ctx context.Context) {
 	if d.resyncDue(time.Now()) {
 		if err := d.apply(ctx); err != nil {
@@ -26,11 +27,16 @@ func (d *Daemon) resync(ctx context.Context) {
 	d.accept.apply(d.cfg)
 }
 
-// resyncDue reports whether the data path's resync interval has passed
-// since its last resync, give or take half a tick of the daemon's.
+// resyncDue reports whether the last apply failed, or the data path's
+// resync interval has passed since its last resync, give or take half a
+// tick of the daemon's. A failed apply is retried even for a data path
+// that wants no resync (Resync 0: it learns of changes by events).
 func (d *Daemon) resyncDue(now time.Time) bool {
 	if d.dp == nil {
 		return true // no services yet, or the open failed: apply opens it
+	}
+	if d.applyFailed {
+		return true
 	}
 	every := d.dp.Resync()
 	if every <= 0 || now.Sub(d.lastResync) < every-resyncInterval/2 {
@@ -42,8 +48,10 @@ func (d *Daemon) resyncDue(now time.Time) bool {
 
 // apply programs the configured services, opening the data path the first
 // time there are any. It is bounded in time so that a stuck kernel call
-// cannot stall the daemon's loop for ever.
-func (d *Daemon) apply(ctx context.Context) error {
+// cannot stall the daemon's loop for ever. It remembers whether it failed,
+// for the next tick to retry (resyncDue).
+func (d *Daemon) apply(ctx context.Context) (err error) {
+	defer func() { d.applyFailed = err != nil }()
 	if d.dp == nil {
 		if len(d.cfg.Services) == 0 {
 			return nil

@@ -1,8 +1,14 @@
 package daemon
 
 import (
+	"context"
+	"errors"
+	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/service"
 )
 
 // resyncingDatapath asks for a resync every every.
@@ -51,5 +57,41 @@ func TestResyncDue(t *testing.T) {
 				t.Errorf("ticks %s, want %s", got, c.want)
 			}
 		})
+	}
+}
+
+// failingOnce is an event-driven data path (Resync 0) whose first Apply
+// fails.
+type failingOnce struct {
+	nopDatapath
+	applies int
+}
+
+func (f *failingOnce) Apply(context.Context, []service.Service) error {
+	f.applies++
+	if f.applies == 1 {
+		return errors.New("the kernel said no")
+	}
+	return nil
+}
+
+// A failed apply is retried at the next tick even when the data path
+// wants no resync, as the daemon's log line promises; once it succeeds
+// the ticks apply nothing more.
+func TestResyncRetriesFailedApply(t *testing.T) {
+	dp := &failingOnce{}
+	d := &Daemon{cfg: &config.Config{}, log: slog.New(slog.DiscardHandler), accept: &acceptFilter{}, dp: dp}
+	ctx := context.Background()
+	if err := d.apply(ctx); err == nil {
+		t.Fatal("the first apply did not fail")
+	}
+	d.resync(ctx)
+	if dp.applies != 2 {
+		t.Fatalf("%d applies after a failed one and a tick, want the retry", dp.applies)
+	}
+	d.resync(ctx)
+	d.resync(ctx)
+	if dp.applies != 2 {
+		t.Errorf("%d applies after the retry succeeded, want none more with Resync 0", dp.applies)
 	}
 }
