@@ -129,6 +129,40 @@ kernel/drivers/net/veth.ko.xz:
 	}
 }
 
+// A line of modules.dep that names no module file (a vendor's blob) is
+// skipped, as the probe did before it shared internal/kmod's parser: IPVS
+// stays usable with the schedulers the other lines list.
+func TestProbeModulesDepOddLine(t *testing.T) {
+	const rel = "6.1.0-18-amd64"
+	for _, odd := range []string{
+		"extra/vendor_blob.ko.bz2:",
+		"extra/vendor_blob.ko.bz2: kernel/net/netfilter/ipvs/ip_vs.ko",
+		"updates/readme.txt:",
+	} {
+		t.Run(odd, func(t *testing.T) {
+			root := t.TempDir()
+			writeTree(t, root, map[string]string{
+				"proc/sys/kernel/osrelease": rel + "\n",
+				"proc/mounts":               procMounts,
+				"proc/self/status":          status("000001ffffffffff"),
+				"sys/module/":               "",
+				"lib/modules/" + rel + "/modules.dep": "kernel/net/netfilter/ipvs/ip_vs.ko: kernel/net/netfilter/nf_conntrack.ko\n" +
+					odd + "\n" +
+					"kernel/net/netfilter/ipvs/ip_vs_rr.ko: kernel/net/netfilter/ipvs/ip_vs.ko\n" +
+					"kernel/net/netfilter/nf_conntrack.ko:\n",
+				"lib/modules/" + rel + "/modules.builtin": "kernel/net/unix/unix.ko\n",
+			})
+			i := Host{Root: root, Kernel: fakeKernel{ipvsFamily: errNoFamily}}.Probe().IPVS
+			if !i.Loadable || !i.Usable() || len(i.Problems) != 0 {
+				t.Errorf("IPVS = %+v, want loadable and usable, no problems", i)
+			}
+			if !slices.Equal(i.Schedulers, []string{"rr"}) {
+				t.Errorf("Schedulers = %q, want [rr]", i.Schedulers)
+			}
+		})
+	}
+}
+
 // A kernel built without IPVS, once with its modules installed and once
 // without.
 func TestProbeNoIPVS(t *testing.T) {

@@ -55,9 +55,12 @@ type DepEntry struct {
 // Dep is modules.dep by module name.
 type Dep map[string]DepEntry
 
-// ParseDep reads modules.dep: "module.ko: dependencies" a line. A line of
-// any other form is an error naming its number, since depmod writes none
-// and loading by a damaged list could load the wrong file.
+// ParseDep reads modules.dep: "module.ko: dependencies" a line. A line
+// with no ":" is an error naming its number, since depmod writes none and
+// loading by a damaged list could load the wrong file. A line whose file
+// is no module halb could load (a vendor's "extra/blob.ko.bz2:") is
+// skipped, as both readers before this one did: it cannot be what halb
+// asks for, and one such line must not make IPVS unusable.
 func ParseDep(r io.Reader) (Dep, error) {
 	d := Dep{}
 	sc := bufio.NewScanner(r)
@@ -74,7 +77,7 @@ func ParseDep(r io.Reader) (Dep, error) {
 		}
 		name := NameFromPath(file)
 		if name == "" {
-			return nil, fmt.Errorf("line %d: %q is not a module file (.ko, .ko.gz, .ko.xz or .ko.zst)", n, file)
+			continue
 		}
 		d[name] = DepEntry{Path: file, Deps: strings.Fields(deps)}
 	}

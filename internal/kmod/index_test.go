@@ -126,11 +126,34 @@ d.ko:
 func TestParseDepMalformed(t *testing.T) {
 	for _, in := range []string{
 		"kernel/a.ko:\nkernel/b.ko kernel/a.ko\n",
-		"kernel/a.ko:\nkernel/notamodule.txt: kernel/a.ko\n",
+		"kernel/a.ko:\n: kernel/a.ko\n",
 	} {
 		_, err := ParseDep(strings.NewReader(in))
 		if err == nil || !strings.Contains(err.Error(), "line 2") {
 			t.Errorf("ParseDep(%q) error = %v, want one naming line 2", in, err)
+		}
+	}
+}
+
+// A line whose file is no module halb could load is skipped, as both
+// readers before ParseDep did (the probe's and the IPVS loader's): one
+// vendor's odd file must not make modules.dep unreadable.
+func TestParseDepSkipsNonModules(t *testing.T) {
+	for _, odd := range []string{
+		"extra/vendor_blob.ko.bz2:",
+		"kernel/notamodule.txt: kernel/a.ko",
+		"extra/vendor_blob.ko.bz2: kernel/a.ko",
+		"firmware/:",
+	} {
+		in := "kernel/a.ko:\n" + odd + "\nkernel/b-c.ko.xz: kernel/a.ko\n"
+		d, err := ParseDep(strings.NewReader(in))
+		if err != nil {
+			t.Errorf("ParseDep with %q: %v, want the line skipped", odd, err)
+			continue
+		}
+		want := Dep{"a": {Path: "kernel/a.ko"}, "b_c": {Path: "kernel/b-c.ko.xz", Deps: []string{"kernel/a.ko"}}}
+		if !maps.EqualFunc(d, want, func(x, y DepEntry) bool { return x.Path == y.Path && slices.Equal(x.Deps, y.Deps) }) {
+			t.Errorf("ParseDep with %q = %v, want %v", odd, d, want)
 		}
 	}
 }
