@@ -143,7 +143,6 @@ static __always_inline int xdp_too_big(struct xdp_md *ctx, __u32 len, __u8 famil
 	} else {
 		struct ipv6hdr *ip = data + l3_off;
 		struct ipv6hdr *ih = data + l3_off + room;
-		__u16 *w = (__u16 *)&ip->saddr;
 
 		if ((void *)(ih + 1) > data_end)
 			return -1;
@@ -160,8 +159,7 @@ static __always_inline int xdp_too_big(struct xdp_md *ctx, __u32 len, __u8 famil
 		icmp->mtu = bpf_htonl(mtu);
 		/* The pseudo-header (RFC 8200 §8.1, RFC 4443 §2.3): the
 		 * addresses, the length and the next header. */
-		for (int i = 0; i < 16; i++)
-			sum += w[i];
+		sum = csum_add16(&ip->saddr, 16, 0);
 		sum += bpf_htons(sizeof(*icmp) + quote);
 		sum += bpf_htons(IPPROTO_ICMPV6);
 	}
