@@ -156,13 +156,22 @@ func checkService(s *service.Service) error {
 		return fmt.Errorf("service %s: %w; use forward: dr or tun, or datapath.mode: ipvs", name, unsupported("forward "+s.Forward.String()))
 	}
 	if s.Scheduler != "" && !slices.Contains(config.BPFSchedulers, s.Scheduler) {
-		return fmt.Errorf("service %s: %w; use one of %s (all Maglev here), or datapath.mode: ipvs",
-			name, unsupported("scheduler "+s.Scheduler), strings.Join(config.BPFSchedulers, ", "))
+		return fmt.Errorf("service %s: %w; use %s (all Maglev here), or datapath.mode: ipvs",
+			name, unsupported("scheduler "+s.Scheduler), orList(config.BPFSchedulers))
 	}
 	if !s.Key.VIP.IsValid() || s.Key.Port == 0 || (s.Key.Proto != service.TCP && s.Key.Proto != service.UDP) {
 		return fmt.Errorf("service %s: needs a VIP, a port and tcp or udp", name)
 	}
 	return nil
+}
+
+// orList reads a list as a sentence does: "mh, rr, wrr or sh".
+func orList(items []string) string {
+	if len(items) < 2 {
+		return strings.Join(items, "")
+	}
+	last := len(items) - 1
+	return strings.Join(items[:last], ", ") + " or " + items[last]
 }
 
 // backendKey is a backend's identity within its service and its Maglev

@@ -85,8 +85,8 @@ func TestDatapathErrors(t *testing.T) {
 	if unsupported.Feature != "forward nat" || unsupported.Datapath != "the eBPF data path" {
 		t.Errorf("detail %+v, want forward nat on the eBPF data path", unsupported)
 	}
-	if !strings.Contains(err.Error(), "scheduler lc: not supported by the eBPF data path") {
-		t.Errorf("Apply: %v, want the scheduler named too", err)
+	if !strings.Contains(err.Error(), "scheduler lc: not supported by the eBPF data path; use mh, rr, wrr or sh (all Maglev here), or datapath.mode: ipvs") {
+		t.Errorf("Apply: %v, want the scheduler named too, and the ones to use", err)
 	}
 
 	if err := dp.Close(); err != nil {
@@ -102,6 +102,21 @@ func TestDatapathErrors(t *testing.T) {
 	} {
 		if !errors.Is(err, service.ErrClosed) {
 			t.Errorf("%s after Close: %v, want ErrClosed", what, err)
+		}
+	}
+}
+
+// The schedulers to use instead read as a sentence, from the one list.
+func TestOrList(t *testing.T) {
+	for _, c := range []struct {
+		in   []string
+		want string
+	}{
+		{nil, ""}, {[]string{"mh"}, "mh"}, {[]string{"mh", "rr"}, "mh or rr"},
+		{[]string{"mh", "rr", "wrr", "sh"}, "mh, rr, wrr or sh"},
+	} {
+		if got := orList(c.in); got != c.want {
+			t.Errorf("orList(%q) = %q, want %q", c.in, got, c.want)
 		}
 	}
 }
