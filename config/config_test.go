@@ -745,3 +745,24 @@ func TestManyProblemsShownBounded(t *testing.T) {
 		t.Errorf("%d lines, last %q", len(lines), lines[len(lines)-1])
 	}
 }
+
+// The scheduler lists are handed out as copies: a package that changes
+// what it got changes no other package's list, nor what validation reads.
+func TestSchedulerListsAreCopies(t *testing.T) {
+	bpf, ipvs := BPFSchedulers(), IPVSSchedulers()
+	if want := []string{"mh", "rr", "wrr", "sh"}; !reflect.DeepEqual(bpf, want) {
+		t.Fatalf("BPFSchedulers = %q, want %q", bpf, want)
+	}
+	if len(ipvs) != 14 || !reflect.DeepEqual(ipvs[:4], bpf) || ipvs[4] != "lc" {
+		t.Fatalf("IPVSSchedulers = %q, want the eBPF ones first, then lc ... twos", ipvs)
+	}
+	bpf[0] = "changed"
+	_ = append(bpf[:1], "appended")
+	ipvs[0], ipvs[4] = "changed", "changed"
+	if got := BPFSchedulers(); got[0] != "mh" || got[1] != "rr" {
+		t.Errorf("BPFSchedulers after a caller changed its copy: %q", got)
+	}
+	if got := IPVSSchedulers(); got[0] != "mh" || got[4] != "lc" {
+		t.Errorf("IPVSSchedulers after a caller changed its copy: %q", got)
+	}
+}

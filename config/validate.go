@@ -15,17 +15,24 @@ import (
 
 // The schedulers each data path implements, as services.scheduler names
 // them: the one list that the validation here, the eBPF loader, the IPVS
-// data path and the split between them all read.
+// data path and the split between them all read. Other packages get
+// copies (BPFSchedulers, IPVSSchedulers), so none can change the list
+// another reads.
 var (
-	// BPFSchedulers are those of the eBPF data path (all of them Maglev
+	// bpfSchedulers are those of the eBPF data path (all of them Maglev
 	// there); IPVS has them too.
-	BPFSchedulers = []string{"mh", "rr", "wrr", "sh"}
-	// IPVSSchedulers are IPVS's, BPFSchedulers first; each is the kernel
-	// module ip_vs_<name>.
-	IPVSSchedulers = append(slices.Clip(BPFSchedulers), "lc", "wlc", "sed", "nq", "dh", "lblc", "lblcr", "fo", "ovf", "twos")
+	bpfSchedulers = []string{"mh", "rr", "wrr", "sh"}
 	// ipvsOnlySchedulers are those IPVS alone has.
-	ipvsOnlySchedulers = IPVSSchedulers[len(BPFSchedulers):]
+	ipvsOnlySchedulers = []string{"lc", "wlc", "sed", "nq", "dh", "lblc", "lblcr", "fo", "ovf", "twos"}
 )
+
+// BPFSchedulers returns the schedulers of the eBPF data path (all of them
+// Maglev there); IPVS has them too. The slice is the caller's own.
+func BPFSchedulers() []string { return slices.Clone(bpfSchedulers) }
+
+// IPVSSchedulers returns IPVS's schedulers, BPFSchedulers first; each is
+// the kernel module ip_vs_<name>. The slice is the caller's own.
+func IPVSSchedulers() []string { return slices.Concat(bpfSchedulers, ipvsOnlySchedulers) }
 
 // Limits that come from the protocols and the kernel.
 const (
@@ -472,13 +479,13 @@ func (v *validator) service(path string, s *Service, d Datapath) {
 	v.oneOf(path+".protocol", s.Protocol, "tcp", "udp")
 	bpfOnly := d.Mode == ModeXDP || d.Mode == ModeTC
 	switch {
-	case slices.Contains(BPFSchedulers, s.Scheduler):
+	case slices.Contains(bpfSchedulers, s.Scheduler):
 	case slices.Contains(ipvsOnlySchedulers, s.Scheduler):
 		if bpfOnly {
-			v.errf(path+".scheduler", "%q is an IPVS scheduler and datapath.mode is %s: use one of %s, or datapath.mode: ipvs", s.Scheduler, d.Mode, strings.Join(BPFSchedulers, ", "))
+			v.errf(path+".scheduler", "%q is an IPVS scheduler and datapath.mode is %s: use one of %s, or datapath.mode: ipvs", s.Scheduler, d.Mode, strings.Join(bpfSchedulers, ", "))
 		}
 	default:
-		v.errf(path+".scheduler", "%q is not a scheduler: use one of %s (or with IPVS: %s)", s.Scheduler, strings.Join(BPFSchedulers, ", "), strings.Join(ipvsOnlySchedulers, ", "))
+		v.errf(path+".scheduler", "%q is not a scheduler: use one of %s (or with IPVS: %s)", s.Scheduler, strings.Join(bpfSchedulers, ", "), strings.Join(ipvsOnlySchedulers, ", "))
 	}
 	v.oneOf(path+".forward", s.Forward, "dr", "tun", "nat")
 	if s.Forward == "nat" && bpfOnly {

@@ -14,7 +14,7 @@ import (
 
 // schedulers are IPVS's schedulers as services.scheduler names them; each is
 // the module ip_vs_<name>.
-var schedulers = config.IPVSSchedulers
+var schedulers = config.IPVSSchedulers()
 
 // Needed returns the modules a director needs for services that use the
 // given schedulers: ip_vs first, then ip_vs_<scheduler> once each, in the

@@ -155,9 +155,9 @@ func checkService(s *service.Service) error {
 	if s.Forward != service.DR && s.Forward != service.TUN {
 		return fmt.Errorf("service %s: %w; use forward: dr or tun, or datapath.mode: ipvs", name, unsupported("forward "+s.Forward.String()))
 	}
-	if s.Scheduler != "" && !slices.Contains(config.BPFSchedulers, s.Scheduler) {
+	if s.Scheduler != "" && !slices.Contains(config.BPFSchedulers(), s.Scheduler) {
 		return fmt.Errorf("service %s: %w; use %s (all Maglev here), or datapath.mode: ipvs",
-			name, unsupported("scheduler "+s.Scheduler), orList(config.BPFSchedulers))
+			name, unsupported("scheduler "+s.Scheduler), orList(config.BPFSchedulers()))
 	}
 	if !s.Key.VIP.IsValid() || s.Key.Port == 0 || (s.Key.Proto != service.TCP && s.Key.Proto != service.UDP) {
 		return fmt.Errorf("service %s: needs a VIP, a port and tcp or udp", name)

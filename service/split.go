@@ -16,7 +16,7 @@ import (
 // scheduler. With datapath.mode auto such services go to IPVS while the
 // rest stay on eBPF.
 func NeedsIPVS(s Service) bool {
-	return s.Forward == NAT || !slices.Contains(config.BPFSchedulers, s.Scheduler)
+	return s.Forward == NAT || !slices.Contains(config.BPFSchedulers(), s.Scheduler)
 }
 
 // Split is a Datapath that hands each service to one of two data paths:
