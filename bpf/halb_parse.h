@@ -9,8 +9,9 @@
  * not the parser's to say: it reports why (PARSE_DROP, pkt->drop), and the
  * caller drops it only when it is to a VIP of this node.
  *
- * It also defines the wire headers that no uapi header halb may include
- * has, for the parser and for the ICMP errors halb_icmp.h writes.
+ * It also defines the wire formats that none of the uapi headers halb may
+ * include does (the VLAN tag, the ICMP error header), for the parser and
+ * for the ICMP errors halb_icmp.h writes.
  */
 #ifndef HALB_PARSE_H
 #define HALB_PARSE_H
