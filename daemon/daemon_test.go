@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -12,23 +11,11 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/health"
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/loader"
 )
-
-// noKernel answers every kernel question with "no", so the daemon's tests
-// do not depend on the machine they run on.
-type noKernel struct{}
-
-var errNo = errors.New("not on this test kernel")
-
-func (noKernel) ProgramType(ebpf.ProgramType) error { return errNo }
-func (noKernel) XDPLink() error                     { return errNo }
-func (noKernel) TCX() error                         { return errNo }
-func (noKernel) IPVSFamily() error                  { return errNo }
 
 const goodConfig = `
 log: {level: info}
@@ -47,7 +34,7 @@ func newTestDaemon(t *testing.T) (*Daemon, string, *bytes.Buffer) {
 		t.Fatal(err)
 	}
 	var logs bytes.Buffer
-	d, err := New(path, &logs, loader.Host{Root: t.TempDir(), Kernel: noKernel{}})
+	d, err := New(path, &logs, loader.Host{Root: t.TempDir(), Kernel: halbtest.NoKernel{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/loader"
 )
 
@@ -23,7 +24,7 @@ func TestConfigWarningsLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	var logs bytes.Buffer
-	d, err := New(path, &logs, loader.Host{Root: t.TempDir(), Kernel: noKernel{}})
+	d, err := New(path, &logs, loader.Host{Root: t.TempDir(), Kernel: halbtest.NoKernel{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,10 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/internal/golden"
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/loader"
 )
@@ -241,16 +240,6 @@ func TestProbeOutputGolden(t *testing.T) {
 	}
 }
 
-// noKernel answers every kernel check of the probe with "not supported".
-type noKernel struct{}
-
-var errNotSupported = errors.New("not supported")
-
-func (noKernel) ProgramType(ebpf.ProgramType) error { return errNotSupported }
-func (noKernel) XDPLink() error                     { return errNotSupported }
-func (noKernel) TCX() error                         { return errNotSupported }
-func (noKernel) IPVSFamily() error                  { return errNotSupported }
-
 func TestWriteFacts(t *testing.T) {
 	r := loader.Report{
 		KernelRelease: "6.18.1",
@@ -315,7 +304,7 @@ func TestWriteFactsError(t *testing.T) {
 // A probe that could read nothing says in the table that the release is
 // unknown.
 func TestWriteFactsEmptyRoot(t *testing.T) {
-	r := loader.Host{Root: t.TempDir(), Kernel: noKernel{}}.Probe()
+	r := loader.Host{Root: t.TempDir(), Kernel: halbtest.NoKernel{}}.Probe()
 	var buf bytes.Buffer
 	if err := writeFacts(&buf, r, loader.Choose(config.ModeAuto, r)); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,8 @@
 // namespace with its output in a Log the test reads while halb writes it
 // (Start), stopped within a bound or killed when the test ends (Proc), a
 // bpf filesystem of the test's own for the pins (BPFFS), a free loopback
-// port (FreeAddr), and snapshots of the goroutines, to prove that a
+// port (FreeAddr), a kernel that answers the probe "no" to everything
+// (NoKernel), and snapshots of the goroutines, to prove that a
 // component's Close or Run returns only once everything it started has
 // returned (Running, Left).
 //
