@@ -16,6 +16,7 @@ import (
 
 	"github.com/halb-lb/halb/health"
 	"github.com/halb-lb/halb/internal/golden"
+	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
 	"github.com/halb-lb/halb/vrrp"
 )
@@ -148,11 +149,11 @@ func (goldenBPF) Report() ([]service.Report, error) {
 }
 
 func (goldenBPF) Counters() ([]service.Counter, error) {
-	return []service.Counter{{Name: "drops", Help: "Packets the eBPF data path dropped, by reason.", Label: "reason", Values: map[string]uint64{
+	return []service.Counter{loader.DropsCounter(map[string]uint64{
 		"malformed": 1, "no-backend": 7, "no-tx-port": 0, "unsupported": 0, "no-route": 3, "no-neigh": 2, "too-big": 0,
 		"too-big-answered": 5, "encap": 0, "ip-header": 0, "ip-length": 1, "tcp-header": 0, "udp-header": 0,
 		"bad-source": 9, "vip-source": 0,
-	}}}, nil
+	})}, nil
 }
 
 // goldenIPVS reports as IPVS does: incoming packets, connections

@@ -59,7 +59,8 @@ func TestDatapathReportAndCounters(t *testing.T) {
 	for r, n := range drops {
 		named[r.String()] = n
 	}
-	if c.Name != "drops" || c.Label != "reason" || c.Help == "" || !maps.Equal(c.Values, named) || len(c.Values) != int(halbDropReasonDROP_REASONS) {
+	if want := DropsCounter(nil); c.Name != want.Name || c.Label != want.Label || c.Help != want.Help || c.Help == "" ||
+		!maps.Equal(c.Values, named) || len(c.Values) != int(halbDropReasonDROP_REASONS) {
 		t.Errorf("Counters: %+v, want every drop reason by name: %v", c, named)
 	}
 	if dp.Resync() <= 0 {
