@@ -5,8 +5,8 @@
 // know about each other through it. It knows a data path only as a
 // service.Datapath, opened by package datapaths, and shows what that
 // reports (status, counters) as it comes: it must never branch on which
-// data path it drives, nor reach into loader or ipvs beyond the probe
-// (loader.Host, loader.Choose). A bad configuration, at start or on
+// data path it drives, nor reach into loader or ipvs (the probe too comes
+// through datapaths: Host, Choose). A bad configuration, at start or on
 // reload, must never be half-applied: at start it stops the daemon before
 // anything is touched, on reload the running configuration stays.
 //
@@ -37,7 +37,6 @@ import (
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/datapaths"
 	"github.com/halb-lb/halb/health"
-	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
 )
 
@@ -55,7 +54,7 @@ const (
 // Daemon is one running halb.
 type Daemon struct {
 	path  string
-	host  loader.Host
+	host  datapaths.Host
 	level slog.LevelVar
 	log   *slog.Logger
 	cfg   *config.Config
@@ -95,7 +94,7 @@ type Daemon struct {
 // New loads the configuration at path and sets up logging to w. A bad
 // configuration returns the *config.Error unchanged so the caller can exit
 // with the "bad config" status.
-func New(path string, w io.Writer, host loader.Host) (*Daemon, error) {
+func New(path string, w io.Writer, host datapaths.Host) (*Daemon, error) {
 	cfg, warnings, err := config.LoadWithWarnings(path)
 	if err != nil {
 		return nil, err
@@ -123,7 +122,7 @@ func (d *Daemon) Config() *config.Config { return d.cfg }
 // signal whose channel is full: that is how reloads coalesce).
 func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	report := d.host.Probe()
-	decision := loader.Choose(d.boot.Datapath.Mode, report)
+	decision := datapaths.Choose(d.boot.Datapath.Mode, report)
 	d.log.Info("halb starting",
 		"config", d.path,
 		"kernel", report.KernelRelease,

@@ -1,8 +1,9 @@
 // Package datapaths opens the data path the probe chose: the eBPF one
 // (loader), IPVS (ipvs), or with datapath.mode auto the eBPF one with IPVS
 // beside it for what only IPVS can carry (service.Split). It is the one
-// place that names the implementations; the daemon gets a
-// service.Datapath and drives nothing else.
+// place that names the implementations; the daemon gets the probe (Host,
+// Choose), a service.Datapath and what to lock (Pins) from here, and
+// drives nothing else.
 //
 // It must never hold state or touch the kernel itself: it only chooses
 // and calls the constructors.
@@ -21,6 +22,13 @@ import (
 	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
 )
+
+// Host is the machine the probe reads (loader's probe, which knows what
+// each data path needs of the kernel).
+type Host = loader.Host
+
+// Choose is the data path for datapath.mode on a probed host, and why.
+func Choose(mode string, r loader.Report) loader.Decision { return loader.Choose(mode, r) }
 
 // Open opens the data path for mode, the one the probe chose
 // (loader.Choose) from cfg.Mode. The eBPF data path keeps cfg for its
