@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/nsthread"
 	"github.com/halb-lb/halb/service"
 )
 
@@ -427,7 +428,7 @@ func (d *Datapath) linkChanged() {
 	if !changed {
 		return
 	}
-	err := inNS(d.ns, d.syncTxPorts)
+	err := nsthread.Do(d.ns, d.syncTxPorts)
 	if err == nil {
 		err = d.tidyPins()
 	}
@@ -458,7 +459,7 @@ func (d *Datapath) letGo(i int) {
 func (d *Datapath) attachLate(name string) bool {
 	pending := len(d.swap) > 0
 	var a *attachment
-	err := inNS(d.ns, func() (err error) {
+	err := nsthread.Do(d.ns, func() (err error) {
 		a, err = d.attach(name)
 		return err
 	})

@@ -9,13 +9,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/nsthread"
 )
 
 // DR sends a backend's frames to its MAC, which the kernel's neighbour
@@ -105,7 +106,7 @@ func (d *Datapath) forwarding(ifname string, v4 bool) (bool, error) {
 	}
 	path := filepath.Join("/proc/sys/net", family, "conf", ifname, "forwarding")
 	var b []byte
-	err := inNS(d.ns, func() (err error) {
+	err := nsthread.Do(d.ns, func() (err error) {
 		b, err = os.ReadFile(path)
 		return err
 	})
@@ -113,34 +114,6 @@ func (d *Datapath) forwarding(ifname string, v4 bool) (bool, error) {
 		return false, fmt.Errorf("read %s: %w", path, err)
 	}
 	return strings.TrimSpace(string(b)) != "0", nil
-}
-
-// inNS runs fn on a thread in the network namespace ns. A thread that
-// cannot return to its own namespace stays locked and ends with the
-// goroutine, so that no other goroutine runs in the wrong one.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		err = fn()
-		if back := netns.Set(orig); back != nil {
-			errc <- errors.Join(err, fmt.Errorf("return to the namespace: %w", back))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
 }
 
 // via finds the one of datapath.interfaces that reaches addr directly.

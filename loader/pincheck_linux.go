@@ -11,6 +11,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/halb-lb/halb/internal/nsthread"
 )
 
 // The pins are what keeps the data path alive between two halbs: a link
@@ -169,7 +171,7 @@ func (d *Datapath) reattachDetached() {
 		}
 		pin := linkPin(d.dir, a.progName(), a.Interface)
 		var l link.Link
-		err = inNS(d.ns, func() (err error) {
+		err = nsthread.Do(d.ns, func() (err error) {
 			l, err = d.attachNew(a.Hook, a.ifindex)
 			return err
 		})

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -12,6 +11,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/nsthread"
 )
 
 // SystemKernel asks the running kernel.
@@ -98,40 +99,13 @@ func trivialProgram(t ebpf.ProgramType, name string, ret int64) (*ebpf.Program, 
 	return prog, nil
 }
 
-// inThrowawayNetns runs fn on an OS thread moved into a new, empty network
-// namespace, so that whatever fn attaches never reaches the host's
-// interfaces; the namespace disappears with the last reference to it.
-//
-// The thread goes back to its own namespace before it is unlocked. If it
-// cannot, it stays locked, and the runtime ends it with the goroutine rather
-// than hand it to other goroutines. Just never unlocking is not enough: when
-// the goroutine happens to run on the main thread, the runtime cannot end
-// that thread and parks it instead, and /proc/self/net would then describe
-// the throwaway namespace for the rest of the process's life.
+// inThrowawayNetns runs fn on a thread in a new, empty network namespace,
+// so that whatever fn attaches never reaches the host's interfaces, and
+// says in the probe's words why the namespace could not be made.
 func inThrowawayNetns(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open this thread's network namespace: %w", err)
-			return
-		}
-		defer unix.Close(orig)
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unshare network namespace for the probe (needs CAP_SYS_ADMIN): %w", err)
-			return
-		}
-		fnErr := fn()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			// Leave the thread locked: it dies with this goroutine.
-			errc <- errors.Join(fnErr, fmt.Errorf("return the probe's thread to its network namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
-	}()
-	return <-errc
+	err := nsthread.DoThrowaway(fn)
+	if enter, ok := errors.AsType[*nsthread.EnterError](err); ok {
+		return fmt.Errorf("unshare network namespace for the probe (needs CAP_SYS_ADMIN): %w", enter.Err)
+	}
+	return err
 }

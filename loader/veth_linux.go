@@ -8,6 +8,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/nsthread"
 )
 
 // A veth hands the frames native XDP sends back out (XDP_TX, or
@@ -54,7 +56,7 @@ func (d *Datapath) vethPeerOf(l netlink.Link) vethPeer {
 		peer, err = d.nl.LinkByIndex(attrs.ParentIndex)
 	} else {
 		p.netnsid = attrs.NetNsID
-		err = inNS(d.ns, func() (err error) {
+		err = nsthread.Do(d.ns, func() (err error) {
 			peer, err = linkInNetNsID(attrs.NetNsID, attrs.ParentIndex)
 			return err
 		})

@@ -1,7 +1,9 @@
 // Package nsthread runs code inside a network namespace on an OS thread
-// locked for the purpose, and makes named network namespaces, for the
+// locked for the purpose, and makes named network namespaces: for the
 // tests (internal/netnstest) and the demo, which both build LANs of
-// namespaces.
+// namespaces, and for the loader, which works in the namespace of its data
+// path and probes the kernel in a throwaway one. It is the one place in
+// the tree that locks a thread and moves it between namespaces.
 //
 // A thread's network namespace is the thread's alone: a goroutine that
 // moves its thread and then lets the Go scheduler have it back would hand
@@ -20,14 +22,30 @@ import (
 	"runtime"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // ErrThreadLost is in the error of a step whose thread could not go back
 // to its own namespace; that thread has been discarded.
 var ErrThreadLost = errors.New("could not return a thread to its network namespace; the thread is discarded")
 
-// restore puts the thread back into its namespace; a test makes it fail.
-var restore = netns.Set
+// EnterError is the error of a step that never ran because its thread
+// could not get into the namespace; the thread is back home and unlocked.
+// Op says what was tried, so that a caller can say it in its own words.
+type EnterError struct {
+	Op  string // "enter network namespace NS", "unshare network namespace"
+	Err error
+}
+
+func (e *EnterError) Error() string { return e.Op + ": " + e.Err.Error() }
+func (e *EnterError) Unwrap() error { return e.Err }
+
+// restore puts the thread back into its namespace, and unshare moves it
+// into a new one; a test makes them fail.
+var (
+	restore = netns.Set
+	unshare = func() error { return unix.Unshare(unix.CLONE_NEWNET) }
+)
 
 // NewNamed makes the network namespace name, which `ip netns exec name`
 // reaches too, and returns a handle to it. The caller's thread stays where
@@ -56,7 +74,20 @@ func NewNamed(name string) (netns.NsHandle, error) {
 func Do(ns netns.NsHandle, fn func() error) error {
 	return onLockedThread(func() error {
 		if err := netns.Set(ns); err != nil {
-			return fmt.Errorf("enter network namespace %s: %w", ns, err)
+			return &EnterError{Op: fmt.Sprintf("enter network namespace %s", ns), Err: err}
+		}
+		return fn()
+	})
+}
+
+// DoThrowaway runs fn on a thread moved into a new, empty network
+// namespace, so that whatever fn attaches never reaches the host's
+// interfaces; the namespace goes with the last reference to it (a socket
+// or link fn leaves open keeps it). Making it needs CAP_SYS_ADMIN.
+func DoThrowaway(fn func() error) error {
+	return onLockedThread(func() error {
+		if err := unshare(); err != nil {
+			return &EnterError{Op: "unshare network namespace", Err: err}
 		}
 		return fn()
 	})
@@ -64,7 +95,10 @@ func Do(ns netns.NsHandle, fn func() error) error {
 
 // onLockedThread runs step on a new goroutine locked to its thread, then
 // puts the thread back into the namespace it started in, whatever step
-// did or how it failed, and unlocks it only if that worked.
+// did or how it failed, and unlocks it only if that worked. Just never
+// unlocking is not enough: the goroutine may run on the main thread, which
+// the runtime parks rather than ends, and /proc/self/net would then
+// describe the wrong namespace for the rest of the process's life.
 func onLockedThread(step func() error) error {
 	errc := make(chan error, 1)
 	go func() {

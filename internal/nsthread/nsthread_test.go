@@ -3,10 +3,12 @@ package nsthread_test
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -151,5 +153,94 @@ func TestDoReturnsStepError(t *testing.T) {
 	}
 	if want := fmt.Sprintf("net:[%d]", st.Ino); in != want {
 		t.Errorf("the step ran in %s, want %s", in, want)
+	}
+}
+
+// home is the network namespace of the process's main thread.
+func home(t *testing.T) string {
+	t.Helper()
+	ns, err := netnsOf(strconv.Itoa(os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// DoThrowaway runs its step in a namespace of its own, which has nothing
+// but lo, and brings the thread home afterwards.
+func TestDoThrowawayRunsInAFreshNamespace(t *testing.T) {
+	netnstest.Require(t)
+	h := home(t)
+	var in string
+	var ifs []net.Interface
+	err := nsthread.DoThrowaway(func() (err error) {
+		in, _ = os.Readlink("/proc/thread-self/ns/net")
+		ifs, err = net.Interfaces()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in == "" || in == h {
+		t.Errorf("the step ran in %q, want a namespace other than the process's %s", in, h)
+	}
+	if len(ifs) != 1 || ifs[0].Name != "lo" {
+		t.Errorf("the throwaway namespace has links %v, want only lo", ifs)
+	}
+	if s := strays(t, h); len(s) > 0 {
+		t.Fatalf("threads left outside the process's namespace %s: %v", h, s)
+	}
+}
+
+// A step whose thread cannot get into its namespace does not run; the
+// error says what was tried, and the thread, which never moved, goes back
+// to the pool (it is not lost).
+func TestStepThatCannotEnterDoesNotRun(t *testing.T) {
+	netnstest.Require(t)
+	h := home(t)
+	for _, tc := range []struct {
+		name string
+		do   func(func() error) error
+		op   string
+	}{
+		{"Do on a closed handle", func(fn func() error) error { return nsthread.Do(netns.None(), fn) }, "enter network namespace"},
+		{"DoThrowaway without CAP_SYS_ADMIN", func(fn func() error) error {
+			undo := nsthread.FailUnshare()
+			defer undo()
+			return nsthread.DoThrowaway(fn)
+		}, "unshare network namespace"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ran := false
+			err := tc.do(func() error { ran = true; return nil })
+			var enter *nsthread.EnterError
+			if ran || !errors.As(err, &enter) || errors.Is(err, nsthread.ErrThreadLost) {
+				t.Fatalf("ran %v, error %v; want an EnterError alone and no run", ran, err)
+			}
+			if !strings.HasPrefix(enter.Op, tc.op) || enter.Err == nil {
+				t.Errorf("EnterError %+v, want Op starting %q and the kernel's error", enter, tc.op)
+			}
+			if s := strays(t, h); len(s) > 0 {
+				t.Fatalf("threads left outside the process's namespace %s: %v", h, s)
+			}
+		})
+	}
+}
+
+// The thread DoThrowaway moved is discarded, as Do's is, when it cannot go
+// back.
+func TestDoThrowawayDiscardsThreadItCannotRestore(t *testing.T) {
+	netnstest.Require(t)
+	var tid atomic.Int64
+	undo := nsthread.FailRestore(func() { tid.Store(int64(unix.Gettid())) })
+	want := errors.New("the step's own failure")
+	err := nsthread.DoThrowaway(func() error { return want })
+	undo()
+	if !errors.Is(err, nsthread.ErrThreadLost) || !errors.Is(err, want) {
+		t.Fatalf("DoThrowaway with a failing restore: %v; want ErrThreadLost joined with the step's error", err)
+	}
+	waitThreadEnds(t, int(tid.Load()))
+	if s := strays(t, home(t)); len(s) > 0 {
+		t.Fatalf("threads left outside the process's namespace: %v", s)
 	}
 }
