@@ -204,8 +204,15 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 		return fmt.Errorf("health checks: %w", err)
 	}
 
+	// A data path this start made goes again if the start fails (one an
+	// earlier halb left, which this one adopted, stays as it forwards);
+	// either way it is closed last, once the servers, whose handlers read
+	// it, have stopped.
+	fresh, started := d.datapathAbsent(), false
+	defer func() { d.closeDatapath(!started && fresh) }()
+
 	// From here on, goroutines beside the loop: Run waits for them on
-	// its way out (after the data path and the instances, below).
+	// its way out (after the instances, below, and before the data path).
 	var w workers
 	defer func() {
 		if left := w.stop(shutdownTimeout); len(left) > 0 {
@@ -223,11 +230,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	}
 
 	// The data path comes first, so that traffic flows the moment VRRP
-	// brings a VIP here; if it cannot be programmed, nothing else starts,
-	// and a data path this start made goes again (one an earlier halb
-	// left, which this one adopted, stays as it forwards).
-	fresh, started := d.datapathAbsent(), false
-	defer func() { d.closeDatapath(!started && fresh) }()
+	// brings a VIP here; if it cannot be programmed, nothing else starts.
 	if err := d.apply(ctx); err != nil {
 		return fmt.Errorf("program services: %w", err)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -179,14 +178,7 @@ func TestRunLoopDuringBlockedRead(t *testing.T) {
 	within("the apply a health change asks for, with the read blocked", dp.applied)
 
 	stop <- syscall.SIGTERM
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("SIGTERM not honoured within 10s while a config read blocked\n%s", logs.String())
-	}
+	runReturns(t, done, 10*time.Second, "of SIGTERM while a config read blocked", &logs)
 	select {
 	case <-reading:
 		t.Error("a second read started while the first was still blocked")
@@ -307,31 +299,14 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	stop, reload := make(chan os.Signal, 1), make(chan os.Signal, 1)
 	done := make(chan error, 1)
 	go func() { done <- d.Run(context.Background(), stop, reload) }()
-	waitLog := func(what string) {
-		t.Helper()
-		for start := time.Now(); !strings.Contains(logs.String(), what); time.Sleep(10 * time.Millisecond) {
-			if time.Since(start) > 10*time.Second {
-				t.Fatalf("no %q logged within 10s:\n%s", what, logs.String())
-			}
-		}
-	}
-	waitLog(`msg="services programmed"`)
+	waitLogged(t, &logs, `msg="services programmed"`)
 
 	logs.Reset()
 	write(withChecks(90)) // a new priority restarts VI_1; a new interval, both checks
 	reload <- syscall.SIGHUP
-	waitLog(`msg="config reloaded"`)
+	waitLogged(t, &logs, `msg="config reloaded"`)
 
-	client := &http.Client{Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			var dialer net.Dialer
-			if addr == "halb:80" {
-				return dialer.DialContext(ctx, "unix", sock)
-			}
-			return dialer.DialContext(ctx, "tcp", addr)
-		},
-	}}
+	client := controlClient(sock)
 	for _, url := range []string{"http://halb/v1/status", "http://" + metrics + "/metrics"} {
 		resp, err := client.Get(url)
 		if err != nil {
@@ -345,14 +320,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	}
 
 	stop <- syscall.SIGTERM
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("no stop within 20s of SIGTERM:\n%s", logs.String())
-	}
+	runReturns(t, done, 20*time.Second, "of SIGTERM", &logs)
 	if left := halbtest.Left(before, "github.com/halb-lb/halb/"); len(left) > 0 {
 		t.Errorf("%d goroutines the daemon started still run after Run returned:\n%s", len(left), strings.Join(left, "\n\n"))
 	}

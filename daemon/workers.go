@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -15,13 +16,32 @@ import (
 // bound, so that nothing stuck can hold a SIGTERM for ever, and names any
 // it leaves behind. (The VRRP instances have their owner in vrrpSet, the
 // config reads theirs in reader, the data path's goroutines theirs in the
-// data path.)
+// data path.) Run stops them before it closes the data path, which the
+// servers' handlers read.
 type workers struct {
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	stops    []func()
 	running  map[string]int // by name, the workers that have not returned
 	stopping bool           // stop has begun: nothing more starts
+	late     context.Context
+	giveUp   context.CancelFunc // ends late, once stop no longer waits
+}
+
+// overdue is done once stop has given up waiting: a worker still winding
+// down (a server waiting for its handlers) then cuts what is left.
+func (w *workers) overdue() context.Context {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.init()
+	return w.late
+}
+
+// init makes late; the caller holds mu.
+func (w *workers) init() {
+	if w.late == nil {
+		w.late, w.giveUp = context.WithCancel(context.Background())
+	}
 }
 
 // Go starts fn as the worker name; stop tells it to return, without
@@ -72,8 +92,10 @@ func (w *workers) returned(name string) {
 func (w *workers) stop(bound time.Duration) []string {
 	w.mu.Lock()
 	w.stopping = true
+	w.init()
 	stops := slices.Clone(w.stops)
 	w.mu.Unlock()
+	defer w.giveUp() // after left is counted: those still running are left
 	for _, stop := range slices.Backward(stops) {
 		stop()
 	}
@@ -97,13 +119,33 @@ func (w *workers) stop(bound time.Duration) []string {
 }
 
 // serve serves h on ln, a listener made at start before anything visible
-// changed, as the worker name. Stopping it closes the server and its
-// listener (a unix socket's file goes with it), and Serve returns at once.
+// changed, as the worker name. Stopping it closes its listener (a unix
+// socket's file goes with it) and lets the requests in flight finish, so
+// that none reads a data path Run has closed; those still running when
+// stop gives up are cut, and the worker is named as left behind.
 func (d *Daemon) serve(w *workers, name string, ln net.Listener, h http.Handler) {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	quit := make(chan struct{})
+	overdue := w.overdue()
 	w.Go(name, func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("server stopped", "server", name, "err", err)
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln) }()
+		select {
+		case err := <-served: // failed on its own
+			d.logServed(name, err)
+			return
+		case <-quit:
 		}
-	}, func() { _ = srv.Close() })
+		if err := srv.Shutdown(overdue); err != nil {
+			_ = srv.Close()
+		}
+		d.logServed(name, <-served)
+	}, func() { close(quit) })
+}
+
+// logServed logs why a server stopped, unless it was told to.
+func (d *Daemon) logServed(name string, err error) {
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		d.log.Error("server stopped", "server", name, "err", err)
+	}
 }
