@@ -4,9 +4,10 @@
 //
 // Loading is strict: an unknown key is an error, not a silently ignored line,
 // and every problem in a file is reported at once with its field path and,
-// where it can be known, its line. This package never touches the host: it
-// neither opens sockets nor looks at interfaces, so `halb check` can run
-// anywhere.
+// where it can be known, its line. This package must never change the
+// host, open a socket or look at an interface: it reads the file it is
+// given, the environment and, to check them, the programs the file names
+// (internal/script), so that `halb check` can run anywhere.
 package config
 
 import (

@@ -5,8 +5,9 @@
 // Choose), a service.Datapath and what to lock (Pins) from here, and
 // drives nothing else.
 //
-// It must never hold state or touch the kernel itself: it only chooses
-// and calls the constructors.
+// It must never hold state or change the kernel or a file itself: beyond
+// looking whether an earlier halb left pins or IPVS's state file (Absent),
+// it only chooses and calls the constructors.
 package datapaths
 
 import (

@@ -19,7 +19,7 @@
 //
 // On the way out, Ctrl-C included, the demo removes all it made: the
 // namespaces (and with them every veth), the pins, the bpf filesystem and
-// /run/halbdemo. It never touches anything not named halbdemo. A demo
+// /run/halbdemo. It must never touch anything not named halbdemo. A demo
 // killed outright leaves them; the next run, or `halb-demo -clean`,
 // removes them.
 package main

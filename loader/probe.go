@@ -1,17 +1,19 @@
 // Package loader is the kernel side of halb's eBPF data path: the
 // capability probe that finds out what the kernel has and decides which
 // data path a host can run (XDP, tc or IPVS) and why (cmd/halb prints it),
-// the bpf2go bindings of bpf/halb_lb.c with the writers
-// that fill its maps, and Datapath, which attaches and pins the programs
-// and turns the daemon's services into map entries.
+// the bpf2go bindings of bpf/halb_lb.c with the writers that fill its
+// maps, and Datapath, which attaches and pins the programs and turns the
+// daemon's services into map entries.
 //
 // The probe must never change the host: it reads files, loads throwaway
 // programs that it closes again, and attaches only inside a network
-// namespace of its own that disappears when the check returns. The map
-// writers change one service's entries without disturbing other flows.
-// Datapath touches only what it pins under datapath.bpffs and the
-// interfaces in datapath.interfaces, and never stops forwarding on its
-// own: only Cleanup detaches.
+// namespace of its own (internal/nsthread) that disappears when the check
+// returns. The one change it may cause is the kernel's own: resolving the
+// IPVS generic netlink family may make a kernel with ip_vs as a module
+// load it (IPVSFamily). The map writers change one service's entries
+// without disturbing other flows. Datapath touches only what it pins
+// under datapath.bpffs and the interfaces in datapath.interfaces, and
+// never stops forwarding on its own: only Cleanup detaches.
 package loader
 
 import (

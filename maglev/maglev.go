@@ -12,7 +12,7 @@
 // architecture. Build sorts the backends by key and hashes keys with the
 // fixed hashes in hash.go; TestGolden pins the result.
 //
-// This package is pure: it never touches the kernel and never writes a map.
+// This package is pure: it must never touch the kernel nor write a map.
 // The loader writes the tables it builds.
 package maglev
 

@@ -1,6 +1,13 @@
 // Command halb is a high-availability load balancer: VRRP moves virtual
 // IPs between nodes, and an eBPF (or, where the kernel has no BTF, IPVS)
 // data path spreads the traffic to them over backends.
+//
+// Each subcommand is a front on a package: run on daemon, check on config
+// (with a read-only look at this host), probe on the loader's probe (its
+// table and JSON are rendered here), status on the running daemon's
+// control socket. Only `halb run` may change the host: check, probe and
+// status must never change it, save that the probe's lookup of the IPVS
+// netlink family may make the kernel itself load ip_vs (see loader).
 package main
 
 import (

@@ -16,6 +16,12 @@
 // is refused rather than resolved: PATH is the environment of whoever
 // starts halb, so `halb check` and the daemon could find different
 // programs under one name.
+//
+// It must never run a program through a shell it adds, a program or an
+// argument path it has not checked at that run, or a file other than the
+// descriptor it checked; and a run must never outlive its context: its
+// process group, and its cgroup where there is one, are killed when the
+// run ends.
 package script
 
 import (

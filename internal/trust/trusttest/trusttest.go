@@ -3,6 +3,10 @@
 // gid that no account on the host has, taken with setpriv for one command,
 // so nothing is added to the host's user database and nothing is left to
 // clean up but the files the test made in its own temporary directories.
+//
+// It is for tests only (only _test.go files import it) and must never add,
+// change or remove an account or a group in the host's user database: the
+// stranger is a number no account uses, not an account.
 package trusttest
 
 import (
