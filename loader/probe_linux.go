@@ -100,12 +100,22 @@ func trivialProgram(t ebpf.ProgramType, name string, ret int64) (*ebpf.Program, 
 }
 
 // inThrowawayNetns runs fn on a thread in a new, empty network namespace,
-// so that whatever fn attaches never reaches the host's interfaces, and
-// says in the probe's words why the namespace could not be made.
+// so that whatever fn attaches never reaches the host's interfaces.
 func inThrowawayNetns(fn func() error) error {
-	err := nsthread.DoThrowaway(fn)
-	if enter, ok := errors.AsType[*nsthread.EnterError](err); ok {
-		return fmt.Errorf("unshare network namespace for the probe (needs CAP_SYS_ADMIN): %w", enter.Err)
+	return inProbeWords(nsthread.DoThrowaway(fn))
+}
+
+// inProbeWords says why the probe's namespace could not be made in the
+// words `halb probe` has always printed, which name the capability it
+// needs; any other error, a lost thread included, stays as it is.
+func inProbeWords(err error) error {
+	enter, ok := errors.AsType[*nsthread.EnterError](err)
+	if !ok {
+		return err
 	}
-	return err
+	unshare := fmt.Errorf("unshare network namespace for the probe (needs CAP_SYS_ADMIN): %w", enter.Err)
+	if errors.Is(err, nsthread.ErrThreadLost) {
+		return errors.Join(unshare, err)
+	}
+	return unshare
 }

@@ -2,6 +2,7 @@ package loader
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/internal/nsthread"
 )
 
 // The real host probe. halb's development and CI machines run the same
@@ -203,5 +205,45 @@ func TestLinkChecksLeaveHostAlone(t *testing.T) {
 		if ns != hostNS {
 			t.Errorf("thread %s is in %s, want the host's %s", task.Name(), ns, hostNS)
 		}
+	}
+}
+
+// A namespace the probe could not make is reported as `halb probe` has
+// always printed it (cmd/halb's tests hold that text); what fn returned,
+// and a thread lost on the way back, pass through.
+func TestInProbeWords(t *testing.T) {
+	eperm := &nsthread.EnterError{Op: "unshare network namespace", Err: os.ErrPermission}
+	lost := fmt.Errorf("%w: %w", nsthread.ErrThreadLost, errors.New("setns refused"))
+	fnErr := errors.New("attach xdp link to lo: invalid argument")
+	for _, tc := range []struct {
+		name string
+		in   error
+		want string
+		is   []error
+	}{
+		{"no error", nil, "", nil},
+		{"fn's error", fnErr, fnErr.Error(), []error{fnErr}},
+		{"cannot unshare", eperm, "unshare network namespace for the probe (needs CAP_SYS_ADMIN): permission denied", []error{os.ErrPermission}},
+		{"cannot unshare, then lost", errors.Join(eperm, lost),
+			"unshare network namespace for the probe (needs CAP_SYS_ADMIN): permission denied\n" + eperm.Error() + "\n" + lost.Error(),
+			[]error{os.ErrPermission, nsthread.ErrThreadLost}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := inProbeWords(tc.in)
+			if tc.in == nil {
+				if got != nil {
+					t.Fatalf("inProbeWords(nil) = %v", got)
+				}
+				return
+			}
+			if got == nil || got.Error() != tc.want {
+				t.Fatalf("got %v, want %q", got, tc.want)
+			}
+			for _, target := range tc.is {
+				if !errors.Is(got, target) {
+					t.Errorf("%v is not %v", got, target)
+				}
+			}
+		})
 	}
 }
