@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,4 +175,87 @@ func FuzzClaims(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A Master defends its VIPs over the link's conflict watch: the watch
+// starts with the takeover on the interface that holds the VIPs and
+// stops when the VIPs are given up; every claim is counted; a due answer
+// goes out through the watch that read the claim, and only while it is
+// still the running one.
+func TestVIPDefenceOverFakeLink(t *testing.T) {
+	cfg := baseConfig()
+	f := upLAN(cfg)
+	d := newDriven(t, cfg, f)
+	now := d.toMaster(t)
+	lan0, _ := f.lookup("lan0")
+	ws := f.conflictWatches()
+	if len(ws) != 1 || ws[0].index != lan0.Index || ws[0].isStopped() {
+		t.Fatalf("conflict watches %+v at takeover, want one running on lan0", ws)
+	}
+	w1 := ws[0]
+
+	// Claims are counted as they are read, answered or not.
+	w1.claim(vipA.Addr(), theirMAC, 1)
+	r := w1.claim(vipA.Addr(), theirMAC, 2)
+	if got := d.Status().Conflicts[vipA.Addr().String()]; got != 2 {
+		t.Errorf("%d conflicts counted, want 2", got)
+	}
+	d.answerDue(now, r)
+	if asked, answers := w1.counts(); asked != 1 || answers != 1 {
+		t.Errorf("as MASTER: answer asked %d times, %d sent; want 1, 1", asked, answers)
+	}
+	if !strings.Contains(d.log.String(), "answered with our announcement") {
+		t.Errorf("the answer was not logged:\n%s", d.log)
+	}
+
+	// A higher priority takes over: the watch stops with the VIPs.
+	d.receive(now, advertFrom(t, cfg, peerA, 200))
+	if d.m.State() != Backup || !w1.isStopped() {
+		t.Fatalf("after a higher priority's advert: state %s, watch stopped %v", d.m.State(), w1.isStopped())
+	}
+	// Master again: a new watch. A claim the old one read is not
+	// answered, by either.
+	now = now.Add(time.Minute)
+	d.tick(now)
+	ws = f.conflictWatches()
+	if d.m.State() != Master || len(ws) != 2 || ws[1].isStopped() {
+		t.Fatalf("MASTER again: state %s, watches %+v; want a second one running", d.m.State(), ws)
+	}
+	d.answerDue(now, r)
+	// The first watch was asked once, as MASTER; the second never.
+	for i, want := range []int{1, 0} {
+		if asked, _ := ws[i].counts(); asked != want {
+			t.Errorf("watch %d asked to answer %d times, want %d: a claim of the stopped watch went to a watch", i, asked, want)
+		}
+	}
+}
+
+// A claim whose answer is due waits for what came before it: an advert
+// already read that makes the Master give up is handled first, and the
+// claim is not answered (the peer took over by the protocol). An instance
+// no longer Master answers nothing, even on a watch still running.
+func TestVIPDefenceYieldsToAdverts(t *testing.T) {
+	cfg := baseConfig()
+	f := upLAN(cfg)
+	d := newDriven(t, cfg, f)
+	now := d.toMaster(t)
+	w := f.conflictWatches()[0]
+	r := w.claim(vipA.Addr(), theirMAC, 1)
+	d.adverts <- advertFrom(t, cfg, peerA, 200)
+	d.answerDue(now, r)
+	if asked, _ := w.counts(); d.m.State() != Backup || asked != 0 || len(d.adverts) != 0 {
+		t.Errorf("a due claim behind a higher priority's advert: state %s, answer asked %d times, %d adverts queued; want BACKUP, none",
+			d.m.State(), asked, len(d.adverts))
+	}
+
+	// The machine has moved on and its watch is (not yet) stopped.
+	d = newDriven(t, cfg, upLAN(cfg))
+	now = d.toMaster(t)
+	w = d.fake.conflictWatches()[0]
+	r = w.claim(vipA.Addr(), theirMAC, 1)
+	d.m.Receive(now, Received{Priority: 200, Interval: cfg.AdvertInterval, Src: peerA})
+	d.answerDue(now, r)
+	if asked, _ := w.counts(); asked != 0 {
+		t.Errorf("as %s: answer asked %d times, want none", d.m.State(), asked)
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // fakeLink is a link (link.go) held in memory: interfaces with their
@@ -30,6 +32,10 @@ type fakeLink struct {
 	watches          []*fakeWatch
 	changes          chan<- change
 	closed           bool
+	// linger, when set, makes a socket's reader wait that long after
+	// the socket is closed before its read returns, as a slow kernel
+	// might: a test sees whether Run waited for it.
+	linger time.Duration
 }
 
 type fakeIface struct {
@@ -148,6 +154,13 @@ func (f *fakeLink) notify(ctx context.Context, c change) {
 	}
 }
 
+// pendingChanges is how many changes Run has not taken yet.
+func (f *fakeLink) pendingChanges() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.changes)
+}
+
 func (f *fakeLink) byIndex(index int) *fakeIface {
 	for _, fi := range f.ifaces {
 		if fi.ifc.Index == index {
@@ -190,7 +203,8 @@ func (f *fakeLink) openAdverts(ifi iface, bind netip.Addr, receive bool) (advert
 	if f.openErr != nil {
 		return nil, f.openErr
 	}
-	c := &fakeConn{link: f, index: ifi.Index, receiving: receive, in: make(chan fakeRead, 16), done: make(chan struct{})}
+	c := &fakeConn{link: f, index: ifi.Index, bind: bind, receiving: receive, linger: f.linger,
+		in: make(chan fakeRead, 16), done: make(chan struct{})}
 	f.conns = append(f.conns, c)
 	return c, nil
 }
@@ -259,9 +273,17 @@ func (f *fakeLink) watchConflicts(ifi iface, base net.HardwareAddr, lladdr netip
 	report func(conflictReport), due chan<- conflictReport) (conflictWatcher, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	w := &fakeWatch{index: ifi.Index}
+	w := &fakeWatch{index: ifi.Index, report: report, due: due}
 	f.watches = append(f.watches, w)
 	return w, nil
+}
+
+// conflictWatches are the conflict watches the instance started, in
+// order.
+func (f *fakeLink) conflictWatches() []*fakeWatch {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.watches)
 }
 
 func (f *fakeLink) close() {
@@ -275,10 +297,16 @@ func (f *fakeLink) close() {
 type fakeConn struct {
 	link      *fakeLink
 	index     int
+	bind      netip.Addr
 	receiving bool
 	in        chan fakeRead
 	done      chan struct{}
 	once      sync.Once
+	// linger: the read that the close ends returns that much later.
+	// read is set once someone reads the socket, ended once that read
+	// has returned after the close.
+	linger      time.Duration
+	read, ended atomic.Bool
 }
 
 // fakeRead is one result of receive: an advert, or an error.
@@ -295,10 +323,13 @@ func (c *fakeConn) send(a *Advert, src netip.Addr) error {
 }
 
 func (c *fakeConn) receive(buf []byte) (packetIn, error) {
+	c.read.Store(true)
 	select {
 	case r := <-c.in:
 		return r.p, r.err
 	case <-c.done:
+		time.Sleep(c.linger)
+		c.ended.Store(true)
 		return packetIn{}, net.ErrClosed
 	}
 }
@@ -319,11 +350,26 @@ func (c *fakeConn) isClosed() bool {
 
 func (c *fakeConn) ifindex() int { return c.index }
 
-// fakeWatch is a conflict watch that reads nothing.
+// fakeWatch is a conflict watch whose claims a test makes up: claim
+// reports one as the watch's reader does, and makes its answer due.
 type fakeWatch struct {
-	index   int
+	index  int
+	report func(conflictReport)
+	due    chan<- conflictReport
+
 	mu      sync.Mutex
 	stopped bool
+	asked   int // calls of answer, stopped or not
+	answers int // answers sent
+}
+
+// claim reports a claim on vip from mac, as the reader does on reading
+// it; it returns the report whose answer comes due later.
+func (w *fakeWatch) claim(vip netip.Addr, mac net.HardwareAddr, claims uint64) conflictReport {
+	r := conflictReport{vip: vip, mac: mac, claims: claims, watch: w}
+	w.report(r)
+	r.due = true
+	return r
 }
 
 func (w *fakeWatch) ifindex() int { return w.index }
@@ -331,11 +377,27 @@ func (w *fakeWatch) ifindex() int { return w.index }
 func (w *fakeWatch) answer(r conflictReport) (conflictReport, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.asked++
 	if w.stopped {
 		return r, false
 	}
-	r.answered = true
+	w.answers++
+	r.due, r.answered = false, true
 	return r, true
+}
+
+func (w *fakeWatch) isStopped() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stopped
+}
+
+// counts returns how often answer was called, and how many answers it
+// sent.
+func (w *fakeWatch) counts() (asked, answers int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.asked, w.answers
 }
 
 func (w *fakeWatch) stop() {

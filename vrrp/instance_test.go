@@ -600,7 +600,11 @@ func TestVMACOverFakeLink(t *testing.T) {
 	if len(adverts) == 0 || adverts[len(adverts)-1].ifindex != vm.Index {
 		t.Errorf("adverts %+v, want them sent on the VMAC (ifindex %d)", adverts, vm.Index)
 	}
-	for _, fr := range f.sentFrames() {
+	frames := f.sentFrames()
+	if len(frames) != cfg.GARPMasterRepeat*len(cfg.VirtualIPs) {
+		t.Errorf("%d announcements at takeover, want %d", len(frames), cfg.GARPMasterRepeat*len(cfg.VirtualIPs))
+	}
+	for _, fr := range frames {
 		if cl, ok := arpClaim(fr.frame); !ok || !slices.Equal(cl.mac, virtualMAC(cfg.VRID, false)) {
 			t.Errorf("announcement %x, want a gratuitous ARP from the virtual MAC", fr.frame)
 		}
@@ -608,6 +612,66 @@ func TestVMACOverFakeLink(t *testing.T) {
 	d.shutdown(now)
 	if _, err := f.lookup(name); err == nil {
 		t.Error("the VMAC is still there after stop")
+	}
+}
+
+// Two Masters (a partition healed): the one with the higher priority
+// answers the weaker one's advert at once and announces its VIPs again,
+// garp_master_repeat of each, so that neighbours that learnt the other's
+// MAC come back.
+func TestReannounceOnTwoMasters(t *testing.T) {
+	cfg := baseConfig()
+	vip2 := netip.MustParsePrefix("192.0.2.101/24")
+	cfg.VirtualIPs = append(cfg.VirtualIPs, vip2)
+	cfg.GARPMasterRepeat = 3
+	f := upLAN(cfg)
+	d := newDriven(t, cfg, f)
+	now := d.toMaster(t)
+	frames, adverts := len(f.sentFrames()), len(f.sentAdverts())
+	if frames != 6 {
+		t.Fatalf("%d announcements at takeover, want 3 per VIP", frames)
+	}
+	d.receive(now, advertFrom(t, cfg, peerA, 50))
+	if d.m.State() != Master {
+		t.Fatalf("state %s after a weaker Master's advert, want MASTER", d.m.State())
+	}
+	again := f.sentFrames()[frames:]
+	if a, b := garps(t, again, vipA.Addr()), garps(t, again, vip2.Addr()); a != 3 || b != 3 || len(again) != 6 {
+		t.Errorf("announced again %d and %d times (%d frames), want garp_master_repeat (3) each", a, b, len(again))
+	}
+	if a := f.sentAdverts()[adverts:]; len(a) != 1 || a[0].priority != 100 {
+		t.Errorf("answered with %+v, want one advert at priority 100", a)
+	}
+}
+
+// A fault that replaces another in one look (the interface comes up
+// without its address) never lets the instance out of FAULT in between:
+// the new fault is set before the old one clears, so no transition to
+// BACKUP, and no notify of it, happens.
+func TestNewFaultsFirst(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Notify = "/bin/notify"
+	f := upLAN(cfg)
+	f.setUp("lan0", false)
+	d := newDriven(t, cfg, f)
+	d.begin(t0)
+	if got := d.Status().Faults; !slices.Equal(got, []string{"interface lan0 down"}) || d.m.State() != Fault {
+		t.Fatalf("state %s, faults %q with lan0 down", d.m.State(), got)
+	}
+	transitions := d.Status().Transitions
+	f.setUp("lan0", true)
+	f.delAddr("lan0", ownA)
+	d.evaluate(t0.Add(time.Second))
+	if got := d.Status().Faults; !slices.Equal(got, []string{"no IPv4 address on lan0"}) || d.m.State() != Fault {
+		t.Fatalf("state %s, faults %q with lan0 up without its address", d.m.State(), got)
+	}
+	if n := d.Status().Transitions - transitions; n != 0 {
+		t.Errorf("%d transitions while one fault replaced another, want none:\n%s", n, d.log)
+	}
+	// Neither a transition nor a notify call (run, or superseded before
+	// it ran) names BACKUP.
+	if strings.Contains(d.log.String(), "BACKUP") {
+		t.Errorf("BACKUP in the log:\n%s", d.log)
 	}
 }
 

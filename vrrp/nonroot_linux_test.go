@@ -17,6 +17,8 @@ var logicTests = []string{
 	"TestForeignVIPStays", "TestPreemptDelay", "TestSyncGroupInstances", "TestVMACOverFakeLink",
 	"TestRunAdvertToVIP", "TestRunLeavesNoGoroutine", "TestReadLoopBacksOffAndStops",
 	"TestMalformedAdvertsAreDroppedAndCounted", "TestMachine", "TestGroupReports", "TestKeepalivedGolden",
+	"TestRunWaitsForItsGoroutines", "TestLinkEventsWakeTheInstance", "TestRunShutdownAndNotify",
+	"TestReannounceOnTwoMasters", "TestNewFaultsFirst", "TestVIPDefenceOverFakeLink", "TestVIPDefenceYieldsToAdverts",
 }
 
 // The package's tests run as a user who is not root: the test binary,
