@@ -210,7 +210,7 @@ func (d *demo) play(ctx context.Context) error {
 
 	// Phase 1: the Master spreads new connections over all three.
 	d.say("phase 1: traffic through lb1 for %s", d.phase)
-	steady, err := d.window(ctx)
+	steady, err := d.window(ctx, "be1", "be2", "be3")
 	if err != nil {
 		return err
 	}
@@ -255,7 +255,7 @@ func (d *demo) play(ctx context.Context) error {
 	d.say("halb drained be2 %.1fs after it stopped. `halb status` on lb2:", time.Since(stopped).Seconds())
 	fmt.Fprint(d.out, indent(lb2.statusTable(ctx, d.halb)))
 	d.say("traffic with be2 drained for %s", d.phase)
-	drained, err := d.window(ctx)
+	drained, err := d.window(ctx, "be1", "be3")
 	if err != nil {
 		return err
 	}
@@ -288,15 +288,41 @@ func (d *demo) judge(steady, failover, drained tally) error {
 
 func onlyAt(t tally, lb string) bool { return len(t.vipAt) == 1 && t.vipAt[lb] > 0 }
 
-// window lets the client's traffic run for a phase and tallies it.
-func (d *demo) window(ctx context.Context) (tally, error) {
+// window lets the client's traffic run for the phase, and on, up to
+// windowMore longer, until each of want has answered at least once: a
+// phase of a few seconds is a handful of new flows, and with three
+// backends ten of them miss one about one time in twenty, which would say
+// nothing about halb. It tallies the requests sent meanwhile.
+func (d *demo) window(ctx context.Context, want ...string) (tally, error) {
 	from := time.Now()
 	select {
 	case <-ctx.Done():
 		return tally{}, ctx.Err()
 	case <-time.After(d.phase):
 	}
+	deadline := time.Now().Add(windowMore)
+	for !answeredBy(d.client.tally(from, time.Now()), want) && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return tally{}, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	return d.client.tally(from, time.Now()), nil
+}
+
+// windowMore is how much longer than its phase a window may run while it
+// waits for a backend that has not answered yet.
+const windowMore = 10 * time.Second
+
+// answeredBy says whether each of want answered at least once in t.
+func answeredBy(t tally, want []string) bool {
+	for _, be := range want {
+		if t.by[be] == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // waitFor polls cond until it holds, for at most limit; the nodes in up
