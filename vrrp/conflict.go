@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/mdlayher/arp"
@@ -185,8 +186,127 @@ type conflictReport struct {
 	claims   uint64 // since the last answer, this one included
 	err      error  // the answer could not be sent
 
-	watch conflictWatcher // the watch that read the claim
-	conn  net.PacketConn  // and the socket to answer on
+	watch conflictWatcher // the watch that read the claim, and answers it
+}
+
+// conflictAnswerDelay is how long a claim waits before the instance
+// decides on its answer. A peer that takes over by the protocol sends its
+// advert and then its gratuitous ARP at once: in that time the advert
+// reaches the instance. The decision itself is the instance's, on its own
+// loop, after the adverts already read (answerDue): so however late that
+// loop runs on a loaded host, an advert that came before the claim is
+// handled first, the instance is no longer Master, and the claim is not
+// answered. Answering on a timer of the watch's own raced the loop, and
+// could pull the clients back to a node giving the VIP up.
+const conflictAnswerDelay = 200 * time.Millisecond
+
+// claimWatch is what a conflict watch does with the claims its link
+// reads (conflict_linux.go reads them off packet sockets): it counts
+// each through report, and hands the claims to answer to the instance's
+// loop (due) after conflictAnswerDelay, each on a timer of its own so
+// that the reader goes on counting meanwhile. After stop nothing more
+// is handed over, and no answer leaves (whileRunning).
+type claimWatch struct {
+	check  *conflicts
+	report func(conflictReport)
+	due    chan<- conflictReport
+	watch  conflictWatcher // what the reports name as their watch
+
+	checkMu sync.Mutex    // check is shared by the link's readers
+	quit    chan struct{} // closed at stop
+	wg      sync.WaitGroup
+
+	// mu is held across an answer's send and by stop while it marks the
+	// watch stopped. timers are the hand-overs still waiting, which stop
+	// cancels rather than waits for.
+	mu      sync.Mutex
+	stopped bool
+	timers  map[*time.Timer]bool
+}
+
+// newClaimWatch prepares the claims of the watch w on vips; ours are the
+// MACs whose claims are this node's own.
+func newClaimWatch(w conflictWatcher, vips []netip.Prefix, report func(conflictReport), due chan<- conflictReport,
+	ours ...net.HardwareAddr) *claimWatch {
+	return &claimWatch{check: newConflicts(vips, ours...), report: report, due: due, watch: w,
+		quit: make(chan struct{}), timers: map[*time.Timer]bool{}}
+}
+
+// read handles one claim the link read: a conflict is reported at once,
+// and the one to answer is handed to the instance once its delay is over.
+func (c *claimWatch) read(now time.Time, cl claim) {
+	c.checkMu.Lock()
+	conflict, answer, claims := c.check.check(now, cl)
+	c.checkMu.Unlock()
+	if !conflict {
+		return
+	}
+	r := conflictReport{vip: cl.ip, mac: cl.mac, claims: claims, watch: c.watch}
+	c.report(r)
+	if answer {
+		c.handOverLater(r)
+	}
+}
+
+// handOverLater sends r to the instance's loop as due after
+// conflictAnswerDelay, unless the watch stops first. The hand-over waits
+// for the instance's loop, or for stop (which that loop calls).
+func (c *claimWatch) handOverLater(r conflictReport) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return // no longer Master
+	}
+	c.wg.Add(1)
+	var t *time.Timer
+	t = time.AfterFunc(conflictAnswerDelay, func() {
+		defer c.wg.Done()
+		c.mu.Lock()
+		delete(c.timers, t)
+		stopped := c.stopped
+		c.mu.Unlock()
+		if stopped {
+			return
+		}
+		r.due = true
+		select {
+		case c.due <- r:
+		case <-c.quit:
+		}
+	})
+	c.timers[t] = true
+}
+
+// whileRunning runs send (an answer) unless the watch has stopped, and
+// holds stop off until it is done; it reports whether send ran.
+func (c *claimWatch) whileRunning(send func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return false
+	}
+	send()
+	return true
+}
+
+// done is closed when the watch stops.
+func (c *claimWatch) done() <-chan struct{} { return c.quit }
+
+// stop ends the hand-overs: those waiting are cancelled, one under way
+// gives up; it returns once none runs. No answer leaves after it.
+func (c *claimWatch) stop() {
+	c.mu.Lock()
+	if !c.stopped {
+		c.stopped = true
+		close(c.quit)
+		for t := range c.timers {
+			if t.Stop() {
+				c.wg.Done() // its function will not run
+			}
+		}
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
 }
 
 // watchConflicts makes sure that, as Master, the instance answers claims

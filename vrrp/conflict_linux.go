@@ -14,33 +14,19 @@ import (
 // conflictWatch reads, while the instance is Master, the ARP packets and
 // Neighbor Advertisements that claim one of its VIPs, on sockets of their
 // own with kernel filters (conflict.go): the advert path never sees them,
-// and the daemon wakes only for a claim on a VIP.
+// and the daemon wakes only for a claim on a VIP. What to do with a claim
+// (count it, hand its answer to the instance later) is claimWatch's, in
+// conflict.go; here are only the sockets.
 type conflictWatch struct {
 	index  int
 	mac    net.HardwareAddr // the answers' source: the link's MAC
 	lladdr netip.Addr
-	conns  []*packet.Conn
-	quit   chan struct{} // closed at stop
-	wg     sync.WaitGroup
-
-	// mu is held across an answer's send and by stop while it marks the
-	// watch stopped: no answer leaves after stop. timers are the answers
-	// still waiting, which stop cancels rather than waits for.
-	mu      sync.Mutex
-	stopped bool
-	timers  map[*time.Timer]bool
+	claims *claimWatch
+	// arp and na are the sockets that read the claims on IPv4 and IPv6
+	// VIPs, and send the answers; nil without VIPs of that family.
+	arp, na *packet.Conn
+	wg      sync.WaitGroup // the readers
 }
-
-// conflictAnswerDelay is how long a claim waits before the instance
-// decides on its answer. A peer that takes over by the protocol sends its
-// advert and then its gratuitous ARP at once: in that time the advert
-// reaches the instance. The decision itself is the instance's, on its own
-// loop, after the adverts already read (answerDue): so however late that
-// loop runs on a loaded host, an advert that came before the claim is
-// handled first, the instance is no longer Master, and the claim is not
-// answered. Answering on a timer of the watch's own raced the loop, and
-// could pull the clients back to a node giving the VIP up.
-const conflictAnswerDelay = 200 * time.Millisecond
 
 // startConflictWatch opens the sockets on ifi (the link that holds the
 // VIPs, whose MAC the answers carry) and reads them until stop. base is
@@ -50,9 +36,8 @@ const conflictAnswerDelay = 200 * time.Millisecond
 // loop reads and answers through answer, if it is still Master.
 func startConflictWatch(ifi *net.Interface, base net.HardwareAddr, lladdr netip.Addr, vips []netip.Prefix,
 	report func(conflictReport), due chan<- conflictReport) (*conflictWatch, error) {
-	w := &conflictWatch{index: ifi.Index, mac: ifi.HardwareAddr, lladdr: lladdr, quit: make(chan struct{}), timers: map[*time.Timer]bool{}}
-	check := newConflicts(vips, ifi.HardwareAddr, base)
-	var mu sync.Mutex // check is shared by both sockets
+	w := &conflictWatch{index: ifi.Index, mac: ifi.HardwareAddr, lladdr: lladdr}
+	w.claims = newClaimWatch(w, vips, report, due, ifi.HardwareAddr, base)
 	var v4, v6 []netip.Addr
 	for _, p := range vips {
 		if p.Addr().Is4() {
@@ -65,13 +50,14 @@ func startConflictWatch(ifi *net.Interface, base net.HardwareAddr, lladdr netip.
 		proto  int
 		filter func() ([]bpf.RawInstruction, error)
 		parse  func([]byte) (claim, bool)
+		conn   **packet.Conn
 	}
 	var kinds []kind
 	if len(v4) > 0 {
-		kinds = append(kinds, kind{0x0806 /* ETH_P_ARP */, func() ([]bpf.RawInstruction, error) { return arpFilter(v4) }, arpClaim})
+		kinds = append(kinds, kind{0x0806 /* ETH_P_ARP */, func() ([]bpf.RawInstruction, error) { return arpFilter(v4) }, arpClaim, &w.arp})
 	}
 	if len(v6) > 0 {
-		kinds = append(kinds, kind{0x86dd /* ETH_P_IPV6 */, naFilter, naClaim})
+		kinds = append(kinds, kind{0x86dd /* ETH_P_IPV6 */, naFilter, naClaim, &w.na})
 	}
 	for _, k := range kinds {
 		filter, err := k.filter()
@@ -84,86 +70,57 @@ func startConflictWatch(ifi *net.Interface, base net.HardwareAddr, lladdr netip.
 			w.stop()
 			return nil, fmt.Errorf("listen for address conflicts on %s: %w", ifi.Name, err)
 		}
-		w.conns = append(w.conns, c)
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			buf := make([]byte, 1500)
-			for {
-				n, _, err := c.ReadFrom(buf)
-				if err != nil {
-					// Closed by stop (which closes quit first), or a
-					// passing error such as the link going down: the
-					// instance leaves Master then and stops the watch.
-					select {
-					case <-w.quit:
-						return
-					case <-time.After(50 * time.Millisecond):
-					}
-					continue
-				}
-				cl, ok := k.parse(buf[:n])
-				if !ok {
-					continue
-				}
-				mu.Lock()
-				conflict, answer, claims := check.check(time.Now(), cl)
-				mu.Unlock()
-				if !conflict {
-					continue
-				}
-				r := conflictReport{vip: cl.ip, mac: cl.mac, claims: claims, watch: w, conn: c}
-				report(r)
-				if !answer {
-					continue
-				}
-				// The answer waits on a timer of its own, so that the
-				// reader goes on counting claims meanwhile; then the
-				// instance decides. The hand-over waits for the
-				// instance's loop, or for stop (which that loop calls).
-				w.mu.Lock()
-				w.wg.Add(1)
-				var t *time.Timer
-				t = time.AfterFunc(conflictAnswerDelay, func() {
-					defer w.wg.Done()
-					w.mu.Lock()
-					delete(w.timers, t)
-					stopped := w.stopped
-					w.mu.Unlock()
-					if stopped {
-						return // no longer Master
-					}
-					r.due = true
-					select {
-					case due <- r:
-					case <-w.quit:
-					}
-				})
-				w.timers[t] = true
-				w.mu.Unlock()
-			}
-		}()
+		*k.conn = c
+		w.wg.Go(func() { w.readClaims(c, k.parse) })
 	}
 	return w, nil
 }
 
+// readClaims reads c until stop and gives each claim to the watch's
+// claims.
+func (w *conflictWatch) readClaims(c *packet.Conn, parse func([]byte) (claim, bool)) {
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			// Closed by stop (which stops the claims first), or a
+			// passing error such as the link going down: the instance
+			// leaves Master then and stops the watch.
+			select {
+			case <-w.claims.done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		if cl, ok := parse(buf[:n]); ok {
+			w.claims.read(time.Now(), cl)
+		}
+	}
+}
+
 // answer sends the announcement for a due claim r, unless the watch has
 // stopped (the instance left Master), and returns r as answered, with
-// the error of the send, if any; ok is false when nothing was sent.
+// the error of the send, if any; ok is false when nothing was sent. The
+// answer leaves on the socket that read the claim.
 func (w *conflictWatch) answer(r conflictReport) (_ conflictReport, ok bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.stopped {
-		return r, false
+	c := w.arp
+	if !r.vip.Is4() {
+		c = w.na
 	}
-	r.due, r.answered = false, true
-	r.err = answerClaim(r.conn, w.mac, w.lladdr, r.vip)
-	return r, true
+	ok = w.claims.whileRunning(func() {
+		r.due, r.answered = false, true
+		r.err = answerClaim(c, w.mac, w.lladdr, r.vip)
+	})
+	return r, ok
 }
 
 // answerClaim sends one gratuitous ARP or unsolicited NA for vip from
 // mac, as at takeover.
-func answerClaim(c net.PacketConn, mac net.HardwareAddr, lladdr, vip netip.Addr) error {
+func answerClaim(c *packet.Conn, mac net.HardwareAddr, lladdr, vip netip.Addr) error {
+	if c == nil {
+		return fmt.Errorf("no socket for the answer on %s", vip)
+	}
 	frame, dst, err := announcement(mac, lladdr, vip)
 	if err != nil {
 		return err
@@ -174,23 +131,17 @@ func answerClaim(c net.PacketConn, mac net.HardwareAddr, lladdr, vip netip.Addr)
 
 func (w *conflictWatch) ifindex() int { return w.index }
 
-// stop closes the sockets and waits for the readers: no answer leaves
-// after stop returns.
+// stop ends the claims' hand-overs, closes the sockets and waits for the
+// readers: no answer leaves after stop returns.
 func (w *conflictWatch) stop() {
 	if w == nil {
 		return
 	}
-	w.mu.Lock()
-	w.stopped = true
-	close(w.quit)
-	for t := range w.timers {
-		if t.Stop() {
-			w.wg.Done() // its function will not run
+	w.claims.stop()
+	for _, c := range []*packet.Conn{w.arp, w.na} {
+		if c != nil {
+			c.Close()
 		}
-	}
-	w.mu.Unlock()
-	for _, c := range w.conns {
-		c.Close()
 	}
 	w.wg.Wait()
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -258,4 +260,77 @@ func TestVIPDefenceYieldsToAdverts(t *testing.T) {
 	if asked, _ := w.counts(); asked != 0 {
 		t.Errorf("as %s: answer asked %d times, want none", d.m.State(), asked)
 	}
+}
+
+// What a conflict watch does with the claims its sockets read, without
+// the sockets: each conflict is reported at once, with the watch that
+// read it; the one to answer is handed to the instance's loop
+// (conflictAnswerDelay later), and the claims in between are folded into
+// the next answer's count. Our own MACs claim nothing. After stop nothing
+// is handed over (a hand-over already waiting gives up) and no answer
+// runs.
+func TestClaimWatch(t *testing.T) {
+	id := &fakeWatch{}
+	var mu sync.Mutex
+	var reports []conflictReport
+	due := make(chan conflictReport) // unbuffered: a hand-over waits for the loop
+	c := newClaimWatch(id, []netip.Prefix{vipA}, func(r conflictReport) {
+		mu.Lock()
+		defer mu.Unlock()
+		reports = append(reports, r)
+	}, due, ourMAC, vmacMAC)
+	reported := func() []conflictReport {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(reports)
+	}
+
+	c.read(t0, claim{ip: vipA.Addr(), mac: ourMAC})
+	c.read(t0, claim{ip: vipA.Addr(), mac: vmacMAC})
+	c.read(t0, claim{ip: netip.MustParseAddr("192.0.2.9"), mac: theirMAC})
+	if r := reported(); len(r) != 0 {
+		t.Fatalf("reports %+v for our own MACs and an address that is not a VIP, want none", r)
+	}
+
+	c.read(t0, claim{ip: vipA.Addr(), mac: theirMAC})
+	c.read(t0.Add(100*time.Millisecond), claim{ip: vipA.Addr(), mac: theirMAC}) // within conflictAnswerInterval
+	c.read(t0.Add(conflictAnswerInterval), claim{ip: vipA.Addr(), mac: theirMAC})
+	if r := reported(); len(r) != 3 || slices.ContainsFunc(r, func(r conflictReport) bool { return r.watch != id || r.due || r.vip != vipA.Addr() }) {
+		t.Fatalf("reports %+v, want three from the watch, none due", r)
+	}
+	// Each hand-over waits on a timer of its own: they may come in
+	// either order.
+	var counts []uint64
+	for i := range 2 {
+		select {
+		case r := <-due:
+			if !r.due || r.watch != id || !slices.Equal(r.mac, theirMAC) {
+				t.Errorf("hand-over %d: %+v, want due from the watch", i, r)
+			}
+			counts = append(counts, r.claims)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("hand-over %d did not come within 10 s", i)
+		}
+	}
+	if slices.Sort(counts); !slices.Equal(counts, []uint64{1, 2}) {
+		t.Errorf("hand-overs with %v claims, want 1 (the first) and 2 (the next, with the one in between)", counts)
+	}
+	if !c.whileRunning(func() {}) {
+		t.Error("an answer did not run while the watch runs")
+	}
+
+	// A hand-over waiting when the watch stops gives up; stop returns
+	// with nothing handed over, and no answer runs after it.
+	c.read(t0.Add(2*conflictAnswerInterval), claim{ip: vipA.Addr(), mac: theirMAC})
+	c.stop()
+	select {
+	case r := <-due:
+		t.Errorf("handed over %+v after stop", r)
+	default:
+	}
+	if c.whileRunning(func() { t.Error("an answer ran after stop") }) {
+		t.Error("whileRunning reports an answer after stop")
+	}
+	c.read(t0.Add(3*conflictAnswerInterval), claim{ip: vipA.Addr(), mac: theirMAC})
+	c.stop() // again: waits for nothing, since nothing was scheduled
 }

@@ -19,6 +19,7 @@ var logicTests = []string{
 	"TestMalformedAdvertsAreDroppedAndCounted", "TestMachine", "TestGroupReports", "TestKeepalivedGolden",
 	"TestRunWaitsForItsGoroutines", "TestLinkEventsWakeTheInstance", "TestRunShutdownAndNotify",
 	"TestReannounceOnTwoMasters", "TestNewFaultsFirst", "TestVIPDefenceOverFakeLink", "TestVIPDefenceYieldsToAdverts",
+	"TestClaimWatch",
 }
 
 // The package's tests run as a user who is not root: the test binary,
