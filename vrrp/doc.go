@@ -5,8 +5,9 @@
 // The protocol is pure: the advert codec (advert.go), the state machine
 // (fsm.go), and the instance that drives it (instance.go, with what it
 // watches in fault.go, its announcements in announce.go, its defence of the
-// VIPs in conflict.go, its sync group in group.go) take bytes, addresses
-// and times and give back decisions. An Instance touches the host only
+// VIPs in conflict.go (what to do with each claim a watch reads, and when
+// to answer it), its sync group in group.go, its VMAC's name and MAC in
+// vmac.go) take bytes, addresses and times and give back decisions. An Instance touches the host only
 // through its link (link.go): the interface and its addresses, the advert
 // sockets, the VMAC, the VIPs, the announcement frames, the changes
 // netlink reports. The *_linux.go files implement that link (raw sockets,
