@@ -334,3 +334,33 @@ func TestClaimWatch(t *testing.T) {
 	c.read(t0.Add(3*conflictAnswerInterval), claim{ip: vipA.Addr(), mac: theirMAC})
 	c.stop() // again: waits for nothing, since nothing was scheduled
 }
+
+// Through Run: a claim the watch reads is counted, and its due answer,
+// handed to Run's loop, goes out through the running watch.
+func TestVIPDefenceThroughRun(t *testing.T) {
+	cfg := baseConfig()
+	cfg.AdvertInterval = 100 * time.Millisecond
+	f := upLAN(cfg)
+	r := startRun(t, cfg, f, nil)
+	r.waitState(t, Master)
+	w := *waitFor(t, "a conflict watch", func() **fakeWatch {
+		if ws := f.conflictWatches(); len(ws) == 1 {
+			return &ws[0]
+		}
+		return nil
+	})
+	w.due <- w.claim(vipA.Addr(), theirMAC, 1)
+	waitFor(t, "the answer", func() *int {
+		if _, n := w.counts(); n == 1 {
+			return &n
+		}
+		return nil
+	})
+	if got := r.Status().Conflicts[vipA.Addr().String()]; got != 1 {
+		t.Errorf("%d conflicts counted, want 1", got)
+	}
+	r.stop(t)
+	if !w.isStopped() {
+		t.Error("the conflict watch still runs after Run returned")
+	}
+}

@@ -19,7 +19,7 @@ var logicTests = []string{
 	"TestMalformedAdvertsAreDroppedAndCounted", "TestMachine", "TestGroupReports", "TestKeepalivedGolden",
 	"TestRunWaitsForItsGoroutines", "TestLinkEventsWakeTheInstance", "TestRunShutdownAndNotify",
 	"TestReannounceOnTwoMasters", "TestNewFaultsFirst", "TestVIPDefenceOverFakeLink", "TestVIPDefenceYieldsToAdverts",
-	"TestClaimWatch", "TestAdvertSockets", "TestOwnAdvertsDropped", "TestNewIndexNewSocket", "TestVMACSocketReplaced",
+	"TestClaimWatch", "TestVIPDefenceThroughRun", "TestAdvertSockets", "TestOwnAdvertsDropped", "TestNewIndexNewSocket", "TestVMACSocketReplaced",
 }
 
 // The package's tests run as a user who is not root: the test binary,
