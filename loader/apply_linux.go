@@ -140,7 +140,7 @@ func (d *Datapath) reconcile() error {
 			errs = append(errs, d.removeService(d.applied[key]))
 		}
 	}
-	n := &neighbours{nl: d.nl}
+	n := d.neighbourView()
 	d.pending = 0
 	d.hops = map[hop]bool{}
 	d.now = time.Now()
@@ -437,11 +437,10 @@ type wantBackend struct {
 // back. A next hop that is gone for good takes the backends' health
 // checks with it, and those drain them.
 func (d *Datapath) tunnelEnd(addr netip.Addr, n *neighbours) (*wantBackend, error) {
-	routes, err := d.nl.RouteGet(addr.AsSlice())
-	if err != nil || len(routes) == 0 {
-		return nil, d.noRoute(err)
+	r, err := d.routeTo(addr)
+	if err != nil {
+		return nil, err
 	}
-	r := routes[0]
 	via := d.attachmentOf(r.LinkIndex)
 	if via == nil {
 		return nil, d.routedElsewhere(r.LinkIndex)

@@ -84,6 +84,7 @@ type Datapath struct {
 	svcIDs  *serviceIDs
 	beIDs   *backendIDs
 	pending int          // backends with a problem, tried again every retryPending
+	reach   reach        // the routes and neighbours to the backends (neigh_linux.go)
 	hops    map[hop]bool // the next hops of TUN backends, true while unresolved
 	lastErr string       // what the last apply could not do, said once
 	// attachErr is the last error attaching to each interface that
@@ -169,6 +170,7 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 
 		attachErr: map[string]string{},
 	}
+	d.reach.forget()
 	// A start that fails takes back what it made, and only that: the
 	// links it attached, the pins it made, the directory and the bpf
 	// filesystem it created. What an earlier halb pinned and this one

@@ -35,40 +35,215 @@ const (
 	resubscribeAt = 1 * time.Second       // after the neighbour subscription fails
 )
 
-// neighbours caches the neighbour table during one apply, one dump per
-// interface and family.
+// neighbours is the neighbour table as one apply reads it: the Datapath's
+// reach cache while netlink events keep it true, or else one dump per
+// interface and family. It notes every entry the apply looks up, so that
+// an event about one of them asks for an apply.
 type neighbours struct {
-	nl    *netlink.Handle
+	d     *Datapath
 	cache map[[2]int]map[netip.Addr]net.HardwareAddr
+}
+
+// neighbourView starts the neighbour lookups of one apply. d.mu is held.
+func (d *Datapath) neighbourView() *neighbours {
+	d.reach.asked = map[hop]bool{}
+	return &neighbours{d: d}
 }
 
 // lookup returns addr's MAC on ifindex, or nil when the kernel has none
 // worth using.
 func (n *neighbours) lookup(ifindex int, addr netip.Addr) (net.HardwareAddr, error) {
+	r := &n.d.reach
+	key := hop{ifindex: ifindex, addr: addr}
+	r.asked[key] = true
+	if r.followed {
+		if mac, ok := r.neighs[key]; ok {
+			return net.HardwareAddr(mac[:]), nil
+		}
+		return nil, nil
+	}
 	family := netlink.FAMILY_V6
 	if addr.Is4() {
 		family = netlink.FAMILY_V4
 	}
-	key := [2]int{ifindex, family}
+	dump := [2]int{ifindex, family}
 	if n.cache == nil {
 		n.cache = map[[2]int]map[netip.Addr]net.HardwareAddr{}
 	}
-	known, ok := n.cache[key]
+	known, ok := n.cache[dump]
 	if !ok {
-		list, err := n.nl.NeighList(ifindex, family)
+		list, err := n.d.nl.NeighList(ifindex, family)
 		if err != nil {
 			return nil, fmt.Errorf("read the neighbour table: %w", err)
 		}
 		known = map[netip.Addr]net.HardwareAddr{}
 		for _, e := range list {
-			a, ok := netip.AddrFromSlice(e.IP)
-			if ok && e.State&neighbourStates != 0 && len(e.HardwareAddr) == 6 {
-				known[a.Unmap()] = e.HardwareAddr
+			if k, mac, ok := usableNeigh(e); ok {
+				known[k.addr] = net.HardwareAddr(mac[:])
 			}
 		}
-		n.cache[key] = known
+		n.cache[dump] = known
 	}
 	return known[addr], nil
+}
+
+// usableNeigh is e's key and MAC when e is an entry whose MAC can be
+// trusted.
+func usableNeigh(e netlink.Neigh) (hop, [6]byte, bool) {
+	a, ok := netip.AddrFromSlice(e.IP)
+	if !ok || e.State&neighbourStates == 0 || len(e.HardwareAddr) != 6 {
+		return hop{}, [6]byte{}, false
+	}
+	return hop{ifindex: e.LinkIndex, addr: a.Unmap()}, [6]byte(e.HardwareAddr), true
+}
+
+// reach is what the kernel said of the ways to the backends: the route to
+// each backend address looked up, and the usable neighbour entries. While
+// the netlink subscriptions run (followed) their events keep it true, so
+// an apply that changes nothing asks the kernel nothing: a route update
+// forgets the routes it covers, a link update the routes through that
+// link, and the neighbour updates are the table itself. Without the
+// subscriptions every apply asks again. d.mu guards it.
+type reach struct {
+	followed bool
+	routes   map[netip.Addr]cachedRoute
+	neighs   map[hop][6]byte
+	// asked are the neighbour entries the last apply looked up: an update
+	// to one of them asks for an apply.
+	asked map[hop]bool
+	// routeLookups counts the routes asked of the kernel, for the tests.
+	routeLookups int
+}
+
+// cachedRoute is the kernel's route to one address, or why it has none.
+type cachedRoute struct {
+	route netlink.Route
+	err   error
+}
+
+// follow makes r kept by events from now: it forgets the routes and reads
+// the neighbour table once. d.mu is held.
+func (r *reach) follow(nl *netlink.Handle) error {
+	list, err := nl.NeighList(0, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("read the neighbour table: %w", err)
+	}
+	r.forget()
+	for _, e := range list {
+		if k, mac, ok := usableNeigh(e); ok {
+			r.neighs[k] = mac
+		}
+	}
+	r.followed = true
+	return nil
+}
+
+// forget drops all it knows, as when nobody listens to the kernel any
+// more. d.mu is held.
+func (r *reach) forget() {
+	r.followed = false
+	r.routes = map[netip.Addr]cachedRoute{}
+	r.neighs = map[hop][6]byte{}
+}
+
+// routeTo is the kernel's route to a backend at addr, looked up only when
+// reach does not know it. d.mu is held.
+func (d *Datapath) routeTo(addr netip.Addr) (netlink.Route, error) {
+	if c, ok := d.reach.routes[addr]; ok {
+		return c.route, c.err
+	}
+	d.reach.routeLookups++
+	var c cachedRoute
+	routes, err := d.nl.RouteGet(addr.AsSlice())
+	if err != nil || len(routes) == 0 {
+		c.err = d.noRoute(err)
+	} else {
+		c.route = routes[0]
+	}
+	if d.reach.followed {
+		d.reach.routes[addr] = c
+	}
+	return c.route, c.err
+}
+
+// routeChanged forgets the routes to the addresses u's destination
+// covers, and tells whether it knew any: an apply must look at them again.
+func (d *Datapath) routeChanged(u netlink.RouteUpdate) bool {
+	var dst netip.Prefix
+	if u.Dst != nil {
+		ones, _ := u.Dst.Mask.Size()
+		if a, ok := netip.AddrFromSlice(u.Dst.IP); ok {
+			dst = netip.PrefixFrom(a.Unmap(), ones)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reach.forgetRoutes(func(addr netip.Addr, _ cachedRoute) bool {
+		// A default route (no destination) covers all.
+		return !dst.IsValid() || dst.Contains(addr)
+	})
+}
+
+// linkRoutesChanged forgets the routes through ifindex and the failed
+// lookups (the link may be what they lacked), and tells whether it knew
+// any.
+func (d *Datapath) linkRoutesChanged(ifindex int) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reach.forgetRoutes(func(_ netip.Addr, c cachedRoute) bool {
+		return c.err != nil || c.route.LinkIndex == ifindex
+	})
+}
+
+// addrChanged forgets the failed lookups and the routes without a
+// source address of their family (TUN needs one): an address is what they
+// may lack. A removed address takes the routes that named it as their
+// source with it, and those updates come as route updates; VRRP moving a
+// VIP forgets nothing else.
+func (d *Datapath) addrChanged() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reach.forgetRoutes(func(addr netip.Addr, c cachedRoute) bool {
+		src, ok := netip.AddrFromSlice(c.route.Src)
+		return c.err != nil || !ok || src.Unmap().Is4() != addr.Is4()
+	})
+}
+
+// forgetRoutes drops the routes that match. d.mu is held.
+func (r *reach) forgetRoutes(match func(netip.Addr, cachedRoute) bool) bool {
+	forgot := false
+	for addr, c := range r.routes {
+		if match(addr, c) {
+			delete(r.routes, addr)
+			forgot = true
+		}
+	}
+	return forgot
+}
+
+// neighChanged takes u into the neighbour table and tells whether an
+// apply looked up the entry and its MAC changed (or came, or went).
+func (d *Datapath) neighChanged(u netlink.NeighUpdate) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r := &d.reach
+	key, mac, usable := usableNeigh(u.Neigh)
+	if !usable {
+		a, ok := netip.AddrFromSlice(u.IP)
+		if !ok {
+			return false
+		}
+		key = hop{ifindex: u.LinkIndex, addr: a.Unmap()}
+	}
+	old, had := r.neighs[key]
+	switch {
+	case u.Type == unix.RTM_NEWNEIGH && usable:
+		r.neighs[key] = mac
+		return r.asked[key] && (!had || old != mac)
+	default:
+		delete(r.neighs, key)
+		return false
+	}
 }
 
 // hop is the next hop toward a TUN backend, on one of datapath.interfaces.
@@ -118,11 +293,10 @@ func (d *Datapath) forwarding(ifname string, v4 bool) (bool, error) {
 
 // via finds the one of datapath.interfaces that reaches addr directly.
 func (d *Datapath) via(addr netip.Addr) (*attachment, error) {
-	routes, err := d.nl.RouteGet(addr.AsSlice())
-	if err != nil || len(routes) == 0 {
-		return nil, d.noRoute(err)
+	r, err := d.routeTo(addr)
+	if err != nil {
+		return nil, err
 	}
-	r := routes[0]
 	if r.Gw != nil {
 		return nil, fmt.Errorf("reached through the gateway %s: forward: dr needs the backend on the link of one of datapath.interfaces (%s); use forward: tun for a routed backend",
 			r.Gw, strings.Join(d.cfg.Interfaces, ", "))
@@ -191,10 +365,12 @@ func (d *Datapath) watchNetwork(ctx context.Context) {
 			d.log.Warn("cannot follow the neighbour table, routes, addresses and links, asking again every few seconds", "err", err)
 		} else {
 			// Whatever happened while nobody listened.
+			d.startFollowing()
 			d.forgetNexthops()
 			d.linkChanged()
 			d.poke()
 			d.follow(ctx, &u)
+			d.stopFollowing()
 			u.close()
 		}
 		select {
@@ -202,6 +378,23 @@ func (d *Datapath) watchNetwork(ctx context.Context) {
 		case <-time.After(resubscribeAt):
 		}
 	}
+}
+
+// startFollowing has reach kept by the subscriptions from now.
+func (d *Datapath) startFollowing() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.reach.follow(d.nl); err != nil {
+		d.log.Warn("cannot read the neighbour table, reading it at each apply", "err", err)
+	}
+}
+
+// stopFollowing has every apply ask the kernel again, while nobody
+// listens to it.
+func (d *Datapath) stopFollowing() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.reach.forget()
 }
 
 // subscriptions are the netlink updates watchNetwork reads.
@@ -270,31 +463,32 @@ func (d *Datapath) follow(ctx context.Context, u *subscriptions) {
 		select {
 		case <-ctx.Done():
 			return
-		case _, ok := <-u.routes:
+		case r, ok := <-u.routes:
 			if !ok {
 				return
 			}
 			d.forgetNexthops()
-			d.pokeIfTroubled()
+			d.pokeIf(d.routeChanged(r))
 		case _, ok := <-u.addrs:
 			if !ok {
 				return
 			}
-			d.pokeIfTroubled()
-		case _, ok := <-u.links:
+			d.pokeIf(d.addrChanged())
+		case l, ok := <-u.links:
 			if !ok {
 				return
 			}
 			d.linkChanged()
-			d.pokeIfTroubled()
+			d.pokeIf(d.linkRoutesChanged(int(l.Index)))
 		case n, ok := <-u.neighs:
 			if !ok {
 				return
 			}
 			d.forgetNexthops()
+			changed := d.neighChanged(n)
 			switch {
 			case n.Type == unix.RTM_NEWNEIGH && n.State&neighbourStates != 0 && len(n.HardwareAddr) == 6 &&
-				(d.changes(n.Neigh) || d.isHop(n.Neigh, true)):
+				(changed || d.isHop(n.Neigh, true)):
 				d.poke()
 			case n.Type == unix.RTM_DELNEIGH && d.isHop(n.Neigh, false):
 				// The kernel forgot a TUN next hop (garbage
@@ -306,9 +500,19 @@ func (d *Datapath) follow(ctx context.Context, u *subscriptions) {
 	}
 }
 
+// pokeIf asks for an apply when an update touched the way to a backend,
+// or when some backend cannot be served: the update may be what it
+// lacked.
+func (d *Datapath) pokeIf(touched bool) {
+	if touched {
+		d.poke()
+		return
+	}
+	d.pokeIfTroubled()
+}
+
 // pokeIfTroubled asks for an apply when some backend cannot be served:
-// the change may be what it lacked. Changes that take a way to a backend
-// away are for the daemon's periodic apply to see.
+// the change may be what it lacked.
 func (d *Datapath) pokeIfTroubled() {
 	d.mu.Lock()
 	troubled := d.pending > 0
@@ -324,26 +528,6 @@ func (d *Datapath) forgetNexthops() {
 	if err := d.lb.ForgetNexthops(); err != nil {
 		d.log.Warn("cannot make the data path look up tun next hops again", "err", err)
 	}
-}
-
-// changes reports whether n tells a backend's MAC that the maps lack.
-func (d *Datapath) changes(n netlink.Neigh) bool {
-	addr, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return false
-	}
-	addr = addr.Unmap()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, st := range d.applied {
-		for ap, be := range st.backends {
-			if ap.Addr() == addr && int(be.rec.Ifindex) == n.LinkIndex && !be.tunnel() &&
-				(be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE == 0 || !macEqual(be.rec.Mac[:], n.HardwareAddr)) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // isHop reports whether n is the neighbour entry of a TUN next hop, one
