@@ -7,15 +7,12 @@ import (
 	"github.com/halb-lb/halb/service"
 )
 
-// resyncInterval is how often the daemon applies the services again
-// though nothing changed. The eBPF data path follows the kernel by itself
-// (link, address, route and neighbour events, retryPending, the pin
-// check); the daemon's pass every 10 s, which it has always made, is kept
-// until the data path's own resync replaces it.
-const resyncInterval = 10 * time.Second
-
-// Resync is resyncInterval.
-func (d *Datapath) Resync() time.Duration { return resyncInterval }
+// Resync is 0: the daemon does not apply the services again while
+// nothing changed. The eBPF data path follows the kernel by itself (link,
+// address, route and neighbour events, retryPending while a backend cannot
+// be served, the pin check) and looks at everything again every
+// safetyInterval (neigh_linux.go).
+func (d *Datapath) Resync() time.Duration { return 0 }
 
 // Report is Status less what only the eBPF data path knows (ids, MACs,
 // next hops).
