@@ -660,15 +660,8 @@ func (d *Datapath) adopt() error {
 	if err := d.lb.syncServiceIDs(); err != nil {
 		return err
 	}
-	for _, st := range d.applied {
-		sk := serviceKeyOf(st.key)
-		k, err := serviceKey(sk)
-		if err != nil {
-			continue
-		}
-		if err := d.lb.syncVIP(k.Vip, k.Family); err != nil {
-			return err
-		}
+	if err := d.lb.syncVIPs(); err != nil {
+		return err
 	}
 	if len(d.applied) > 0 {
 		d.log.Info("found services pinned by an earlier halb", "services", len(d.applied))

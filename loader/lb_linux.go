@@ -56,8 +56,11 @@ type LB struct {
 	// maglev is the template of one service's Maglev table, sized at load.
 	maglev *ebpf.MapSpec
 	// mu serialises the service writers, which keep halb_vips in step
-	// with halb_services.
+	// with halb_services, and guards vips.
 	mu sync.Mutex
+	// vips is what halb_vips and halb_vip_last are derived from, kept in
+	// Go so that a service written costs no walk of halb_services.
+	vips vipBook
 	// genMu serialises the bumps of halb_nexthop_gen.
 	genMu sync.Mutex
 	// macMu serialises the writers of halb_local_macs.
@@ -113,8 +116,9 @@ func load(spec *ebpf.CollectionSpec, maglev *ebpf.MapSpec, copts *ebpf.Collectio
 	if err := spec.LoadAndAssign(&lb.objs, copts); err != nil {
 		return nil, fmt.Errorf("load %s: %w", halbProgHalbXdpLb, err)
 	}
-	// halb_vips may be pinned, and full, from an earlier halb.
-	if err := lb.syncVIPLast(nil); err != nil {
+	// halb_services and halb_vips may be pinned, and full, from an
+	// earlier halb.
+	if err := lb.readVIPs(); err != nil {
 		lb.Close()
 		return nil, err
 	}
@@ -243,7 +247,11 @@ func (lb *LB) PutService(key ServiceKey, svc Service) error {
 			return err
 		}
 	}
-	return lb.syncVIP(k.Vip, k.Family)
+	vk := halbVipKey{Addr: k.Vip, Family: k.Family}
+	if !hadOld {
+		lb.vips.services[vk]++
+	}
+	return lb.syncVIP(vk)
 }
 
 // DeleteService removes the service at key. Its Maglev table and counters
@@ -266,7 +274,9 @@ func (lb *LB) DeleteService(key ServiceKey) error {
 	if err := lb.objs.HalbServices.Delete(&k); err != nil {
 		return fmt.Errorf("delete service %s: %w", key, err)
 	}
-	return lb.syncVIP(k.Vip, k.Family)
+	vk := halbVipKey{Addr: k.Vip, Family: k.Family}
+	lb.vips.forget(vk)
+	return lb.syncVIP(vk)
 }
 
 // clearSlot clears service id's entry in halb_service_ids when it leads to
@@ -319,65 +329,165 @@ func (lb *LB) syncServiceIDs() error {
 	return nil
 }
 
-// syncVIP makes halb_vips count the services on one VIP, and forget the
-// VIP when none is left.
-func (lb *LB) syncVIP(vip halbAddr, family halbFamily) error {
+// vipBook is what halb_vips and halb_vip_last are derived from: how many
+// services halb_services holds on each VIP, and which VIPs halb_vips
+// holds, with what count, as last written. The LB keeps it up to date on
+// every service put and delete, so writing one service costs no walk of
+// halb_services (which made writing S services cost S² lookups).
+type vipBook struct {
+	// services counts the services of each VIP in halb_services.
+	services map[halbVipKey]uint32
+	// held is halb_vips as written: a VIP's count there.
+	held map[halbVipKey]uint32
+	// lastBytes counts the VIPs in held by their last byte: the filter
+	// halb_vip_last is the bytes counted here.
+	lastBytes [256]uint32
+	// last is halb_vip_last as written; lastKnown is false until the
+	// first write.
+	last      [256]uint8
+	lastKnown bool
+}
+
+func newVIPBook() vipBook {
+	return vipBook{services: map[halbVipKey]uint32{}, held: map[halbVipKey]uint32{}}
+}
+
+// forget counts one service fewer on k.
+func (b *vipBook) forget(k halbVipKey) {
+	if b.services[k] <= 1 {
+		delete(b.services, k)
+		return
+	}
+	b.services[k]--
+}
+
+// hold notes that halb_vips holds k with n services.
+func (b *vipBook) hold(k halbVipKey, n uint32) {
+	if _, ok := b.held[k]; !ok {
+		b.lastBytes[k.Addr.Bytes[15]]++
+	}
+	b.held[k] = n
+}
+
+// drop notes that halb_vips no longer holds k.
+func (b *vipBook) drop(k halbVipKey) {
+	if _, ok := b.held[k]; ok {
+		b.lastBytes[k.Addr.Bytes[15]]--
+		delete(b.held, k)
+	}
+}
+
+// lastFilter is what halb_vip_last should be: the last bytes of the VIPs
+// held, and also's when it is not nil.
+func (b *vipBook) lastFilter(also *halbVipKey) [256]uint8 {
+	var last [256]uint8
+	for i, n := range b.lastBytes {
+		if n > 0 {
+			last[i] = 1
+		}
+	}
+	if also != nil {
+		last[also.Addr.Bytes[15]] = 1
+	}
+	return last
+}
+
+// readVIPs fills lb.vips from the maps, which may be pinned by an earlier
+// halb: one walk of halb_services and one of halb_vips. halb_vip_last is
+// written from what it finds. lb.mu is held, or nobody else has lb yet.
+func (lb *LB) readVIPs() error {
+	book := newVIPBook()
 	var (
-		k halbServiceKey
-		v halbService
-		n uint32
+		k  halbServiceKey
+		v  halbService
+		vk halbVipKey
+		vv halbVip
 	)
 	it := lb.objs.HalbServices.Iterate()
 	for it.Next(&k, &v) {
-		if k.Vip == vip && k.Family == family {
-			n++
-		}
+		book.services[halbVipKey{Addr: k.Vip, Family: k.Family}]++
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read %s: %w", halbMapHalbServices, err)
 	}
-	key := halbVipKey{Addr: vip, Family: family}
-	if n == 0 {
-		err := lb.objs.HalbVips.Delete(&key)
-		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete from %s: %w", halbMapHalbVips, err)
-		}
-		return lb.syncVIPLast(nil)
+	vit := lb.objs.HalbVips.Iterate()
+	for vit.Next(&vk, &vv) {
+		book.hold(vk, vv.Services)
 	}
-	// The VIP's last byte first: a packet from the VIP must not pass the
-	// program's filter while the VIP is in halb_vips.
-	if err := lb.syncVIPLast(&vip); err != nil {
+	if err := vit.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", halbMapHalbVips, err)
+	}
+	lb.vips = book
+	return lb.writeVIPLast(nil)
+}
+
+// syncVIPs makes halb_vips count the services of every VIP, after
+// halb_services was changed by other means than PutService and
+// DeleteService (an adopting restart clears duplicates). lb.mu is held.
+func (lb *LB) syncVIPs() error {
+	if err := lb.readVIPs(); err != nil {
 		return err
 	}
-	if err := lb.objs.HalbVips.Put(&key, &halbVip{Services: n}); err != nil {
-		return fmt.Errorf("write %s: %w", halbMapHalbVips, err)
+	keys := make([]halbVipKey, 0, len(lb.vips.held)+len(lb.vips.services))
+	for k := range lb.vips.held {
+		keys = append(keys, k)
+	}
+	for k := range lb.vips.services {
+		if _, ok := lb.vips.held[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	for _, k := range keys {
+		if err := lb.syncVIP(k); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// syncVIPLast makes halb_vip_last name the last bytes of the VIPs in
+// syncVIP makes halb_vips count the services on one VIP, as lb.vips
+// does, and forget the VIP when none is left. It writes only what
+// differs. lb.mu is held.
+func (lb *LB) syncVIP(key halbVipKey) error {
+	n := lb.vips.services[key]
+	if n == 0 {
+		if _, ok := lb.vips.held[key]; ok {
+			err := lb.objs.HalbVips.Delete(&key)
+			if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete from %s: %w", halbMapHalbVips, err)
+			}
+			lb.vips.drop(key)
+		}
+		return lb.writeVIPLast(nil)
+	}
+	// The VIP's last byte first: a packet from the VIP must not pass the
+	// program's filter while the VIP is in halb_vips.
+	if err := lb.writeVIPLast(&key); err != nil {
+		return err
+	}
+	if have, ok := lb.vips.held[key]; ok && have == n {
+		return nil
+	}
+	if err := lb.objs.HalbVips.Put(&key, &halbVip{Services: n}); err != nil {
+		return fmt.Errorf("write %s: %w", halbMapHalbVips, err)
+	}
+	lb.vips.hold(key, n)
+	return nil
+}
+
+// writeVIPLast makes halb_vip_last name the last bytes of the VIPs in
 // halb_vips, and also's when it is not nil: the filter in front of the
-// program's check of a new flow's source against the VIPs. lb.mu is held,
-// or nobody else has lb yet.
-func (lb *LB) syncVIPLast(also *halbAddr) error {
-	var (
-		last [256]uint8
-		k    halbVipKey
-		v    halbVip
-	)
-	if also != nil {
-		last[also.Bytes[15]] = 1
-	}
-	it := lb.objs.HalbVips.Iterate()
-	for it.Next(&k, &v) {
-		last[k.Addr.Bytes[15]] = 1
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", halbMapHalbVips, err)
+// program's check of a new flow's source against the VIPs. It writes only
+// when the filter changes. lb.mu is held, or nobody else has lb yet.
+func (lb *LB) writeVIPLast(also *halbVipKey) error {
+	last := lb.vips.lastFilter(also)
+	if lb.vips.lastKnown && last == lb.vips.last {
+		return nil
 	}
 	if err := lb.objs.HalbVipLast.Set(last); err != nil {
 		return fmt.Errorf("write %s: %w", halbVarHalbVipLast, err)
 	}
+	lb.vips.last, lb.vips.lastKnown = last, true
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"reflect"
@@ -637,6 +638,15 @@ func TestLBWriters(t *testing.T) {
 	}
 	if got, want := lastBytes(), []int{int(vip6.As16()[15]), int(vip4.As16()[15])}; !slices.Equal(got, want) {
 		t.Errorf("halb_vip_last names last bytes %v, want %v", got, want)
+	}
+	// The counts kept in Go as services are written are what a walk of
+	// the maps finds.
+	kept := lb.vips
+	if err := lb.readVIPs(); err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(kept.services, lb.vips.services) || !maps.Equal(kept.held, lb.vips.held) || kept.last != lb.vips.last {
+		t.Errorf("vip book kept %+v, a walk of the maps finds %+v", kept, lb.vips)
 	}
 	for i, k := range keys {
 		if err := lb.DeleteService(k); err != nil {
