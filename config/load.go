@@ -108,30 +108,19 @@ func LoadWithWarnings(path string) (*Config, []Problem, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg, lines, err := parse(data, path)
+	cfg, file, err := parse(data, path)
 	if err != nil {
 		return nil, nil, err
 	}
 	if problems := CheckScripts(cfg); len(problems) > 0 {
 		e := &Error{File: path, Problems: problems}
-		return nil, nil, e.finish(lines)
+		return nil, nil, e.finish(file)
 	}
 	warnings := fileWarnings(path, fi, cfg)
 	for i := range warnings {
-		warnings[i].Line = lineFor(warnings[i].Path, lines)
+		warnings[i].Line = file.line(warnings[i].Path)
 	}
 	return cfg, warnings, nil
-}
-
-// lineIndex maps field paths to their lines, for problems found after
-// decoding.
-func lineIndex(data []byte) map[string]int {
-	lines := map[string]int{}
-	var doc yaml.Node
-	if yaml.Unmarshal(data, &doc) == nil {
-		(&shapeWalk{lines: lines}).walk(&doc, reflect.TypeFor[Config](), "")
-	}
-	return lines
 }
 
 // Parse decodes and validates a configuration held in memory; name is used
@@ -147,15 +136,15 @@ func Parse(data []byte, name string) (*Config, error) {
 	return cfg, err
 }
 
-// parse is Parse that also returns the line of every key and list item,
-// for the problems and warnings found after it: the file's one parse.
-func parse(data []byte, name string) (*Config, map[string]int, error) {
+// parse is Parse that also returns the parsed file, for the lines of the
+// problems and warnings found after it: the file's one parse.
+func parse(data []byte, name string) (*Config, fileTree, error) {
 	e := &Error{File: name}
 
-	tooBig := func(n int) (*Config, map[string]int, error) {
+	tooBig := func(n int) (*Config, fileTree, error) {
 		e.add(Problem{Msg: fmt.Sprintf("the file holds %d values or more, beyond the %d halb reads in one configuration: "+
 			"is it the right file?", n, maxNodes)})
-		return nil, nil, e
+		return nil, fileTree{}, e
 	}
 	if n := roughNodes(data); n > maxNodes {
 		return tooBig(n)
@@ -163,13 +152,13 @@ func parse(data []byte, name string) (*Config, map[string]int, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		e.add(Problem{Line: yamlErrorLine(err), Msg: "not valid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")})
-		return nil, nil, e
+		return nil, fileTree{}, e
 	}
 	if n := countNodes(&doc); n > maxNodes {
 		return tooBig(n)
 	}
-	lines := map[string]int{}
-	shape := &shapeWalk{lines: lines, texts: map[string]string{}}
+	file := treeOf(&doc)
+	shape := &shapeWalk{}
 	shape.walk(&doc, reflect.TypeFor[Config](), "")
 	failed := map[string]bool{}
 	for _, p := range shape.problems {
@@ -182,7 +171,7 @@ func parse(data []byte, name string) (*Config, map[string]int, error) {
 	// here: decoding each of a million wrong items again would cost
 	// seconds and gigabytes to report what is already known.
 	if shape.fatal || len(shape.problems) > maxShownProblems {
-		return nil, nil, e.finish(lines)
+		return nil, fileTree{}, e.finish(file)
 	}
 
 	v := viper.New()
@@ -191,7 +180,7 @@ func parse(data []byte, name string) (*Config, map[string]int, error) {
 	}
 	if err := readTree(v, &doc); err != nil {
 		e.add(Problem{Msg: "read: " + err.Error()})
-		return nil, nil, e.finish(lines)
+		return nil, fileTree{}, e.finish(file)
 	}
 	for _, p := range applyEnv(v) {
 		failed[p.Path] = true
@@ -212,7 +201,7 @@ func parse(data []byte, name string) (*Config, map[string]int, error) {
 	skip := func(path string) bool {
 		return underFailed(path, failed) || failed[derived[path]]
 	}
-	for _, p := range decodeProblems(decodeErr, shape.texts) {
+	for _, p := range decodeProblems(decodeErr, file) {
 		if skip(p.Path) {
 			continue
 		}
@@ -222,7 +211,7 @@ func parse(data []byte, name string) (*Config, map[string]int, error) {
 	// Past what is printed, validating the rest of a file that failed to
 	// decode only costs time: it is refused either way.
 	if len(e.Problems) > maxShownProblems {
-		return nil, nil, e.finish(lines)
+		return nil, fileTree{}, e.finish(file)
 	}
 	for _, p := range Validate(&cfg) {
 		if !skip(p.Path) {
@@ -230,9 +219,9 @@ func parse(data []byte, name string) (*Config, map[string]int, error) {
 		}
 	}
 	if len(e.Problems) > 0 {
-		return nil, nil, e.finish(lines)
+		return nil, fileTree{}, e.finish(file)
 	}
-	return &cfg, lines, nil
+	return &cfg, file, nil
 }
 
 // readTree gives viper the values of the YAML tree parse holds, decoded
@@ -587,10 +576,10 @@ type valueError struct {
 func (e *valueError) Error() string { return fmt.Sprint(e.value) + " " + e.what }
 
 // decodeProblems turns mapstructure's joined errors into problems, one per
-// field, with the field path mapstructure already tracks. texts holds each
-// scalar as the file wrote it, so that a message quotes 0123 and not the
+// field, with the field path mapstructure already tracks. The file gives
+// each scalar as it was written, so that a message quotes 0123 and not the
 // 83 that YAML read it as.
-func decodeProblems(err error, texts map[string]string) []Problem {
+func decodeProblems(err error, file fileTree) []Problem {
 	if err == nil {
 		return nil
 	}
@@ -610,9 +599,9 @@ func decodeProblems(err error, texts map[string]string) []Problem {
 			case strings.HasPrefix(inner.Error(), "has invalid keys"):
 				// reported, with lines, by the shape walk
 			default:
-				text, ok := texts[e.Name()]
-				if parent, found := strings.CutSuffix(e.Name(), "[0]"); !ok && found {
-					text = texts[parent] // a single value read as a list of one
+				text := file.text(e.Name())
+				if parent, found := strings.CutSuffix(e.Name(), "[0]"); text == "" && found {
+					text = file.text(parent) // a single value read as a list of one
 				}
 				out = append(out, Problem{Path: e.Name(), Msg: friendlyDecodeMessage(inner, text)})
 			}

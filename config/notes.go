@@ -47,12 +47,7 @@ func Notes(path string, c *Config) []Problem {
 	if len(notes) == 0 {
 		return nil
 	}
-	if data, err := ReadFile(path); err == nil {
-		lines := lineIndex(data)
-		for i := range notes {
-			notes[i].Line = lineFor(notes[i].Path, lines)
-		}
-	}
+	Locate(path, notes)
 	return notes
 }
 
