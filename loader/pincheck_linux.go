@@ -11,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/internal/nsthread"
 )
@@ -21,7 +22,7 @@ import (
 // person (rm -r /sys/fs/bpf/halb), a script or a tool that tidies bpffs
 // can take them away under a running halb, which would notice nothing
 // until it stops, and then leave the interface without its program. So a
-// cheap check runs every pinCheckInterval, and once more on Close: each
+// cheap check (pinChecks) runs every pinCheckInterval, and once more on Close: each
 // pin is there and names the object halb holds open, or is pinned again
 // from it, with a log line. It is apart from Apply and from the daemon's
 // periodic apply on purpose: those are about services and may become
@@ -49,6 +50,66 @@ func (d *Datapath) guardPins(ctx context.Context) {
 	}
 }
 
+// pinChecks makes a check of pins that nobody touched cost one lstat
+// each: a pin found right is remembered by its inode, which a pin made
+// again never keeps, and read again (opened, its object's id asked) only
+// when the inode differs. The objects' ids are asked once. d.mu guards
+// it.
+type pinChecks struct {
+	inodes map[string]pinInode
+	ids    map[pinner]uint32
+	reads  int // pins opened and read, for the tests
+}
+
+// pinInode is the inode a pin was found right with, for the object of id.
+type pinInode struct {
+	ino, dev uint64
+	id       uint32
+}
+
+// unchanged tells whether p's pin is the one found right before.
+func (c *pinChecks) unchanged(p pinned) bool {
+	seen, ok := c.inodes[p.path]
+	now, found := inodeOf(p.path)
+	return ok && found && seen == pinInode{ino: now.ino, dev: now.dev, id: p.id}
+}
+
+// saw remembers p's pin as right.
+func (c *pinChecks) saw(p pinned) {
+	now, ok := inodeOf(p.path)
+	if !ok {
+		return
+	}
+	if c.inodes == nil {
+		c.inodes = map[string]pinInode{}
+	}
+	now.id = p.id
+	c.inodes[p.path] = now
+}
+
+func inodeOf(path string) (pinInode, bool) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return pinInode{}, false
+	}
+	return pinInode{ino: st.Ino, dev: uint64(st.Dev)}, true
+}
+
+// id is obj's id in the kernel, asked once.
+func (c *pinChecks) id(obj pinner, ask func() (uint32, bool)) (uint32, bool) {
+	if id, ok := c.ids[obj]; ok {
+		return id, true
+	}
+	id, ok := ask()
+	if ok {
+		if c.ids == nil {
+			c.ids = map[pinner]uint32{}
+		}
+		c.ids[obj] = id
+	}
+	return id, ok
+}
+
 // pinned is one object halb keeps pinned, and where.
 type pinned struct {
 	path string
@@ -70,8 +131,13 @@ func (d *Datapath) checkPins() {
 	}
 	d.reattachDetached()
 	for _, p := range d.pins() {
+		if d.pinChecks.unchanged(p) {
+			continue
+		}
+		d.pinChecks.reads++
 		why := pinProblem(p)
 		if why == "" {
+			d.pinChecks.saw(p)
 			continue
 		}
 		if err := pinReplace(p.obj, p.path); err != nil {
@@ -94,7 +160,7 @@ func (d *Datapath) pins() []pinned {
 	maps := d.lb.mapsByName()
 	for _, name := range pinnedMaps {
 		if m := maps[name]; m != nil {
-			id, ok := idOfMap(m)
+			id, ok := d.pinChecks.id(m, func() (uint32, bool) { return idOfMap(m) })
 			add(filepath.Join(d.dir, name), m, "map", id, ok)
 		}
 	}
@@ -102,12 +168,19 @@ func (d *Datapath) pins() []pinned {
 	for _, a := range d.ifaces {
 		if !progs[a.progName()] {
 			progs[a.progName()] = true
-			id, ok := idOfProg(a.progFor(d.lb))
-			add(filepath.Join(d.dir, a.progName()), a.progFor(d.lb), "program", id, ok)
+			prog := a.progFor(d.lb)
+			id, ok := d.pinChecks.id(prog, func() (uint32, bool) { return idOfProg(prog) })
+			add(filepath.Join(d.dir, a.progName()), prog, "program", id, ok)
 		}
-		if info, err := a.link.Info(); err == nil {
-			add(linkPin(d.dir, a.progName(), a.Interface), a.link, "link", uint32(info.ID), true)
-		}
+		l := a.link
+		id, ok := d.pinChecks.id(l, func() (uint32, bool) {
+			info, err := l.Info()
+			if err != nil {
+				return 0, false
+			}
+			return uint32(info.ID), true
+		})
+		add(linkPin(d.dir, a.progName(), a.Interface), l, "link", id, ok)
 	}
 	return out
 }

@@ -3,6 +3,8 @@ package loader
 import (
 	"context"
 	"net"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,5 +110,38 @@ func TestDatapathReachCached(t *testing.T) {
 		if now[id] != rec {
 			t.Errorf("backend id %d: record %+v became %+v", id, rec, now[id])
 		}
+	}
+}
+
+// TestPinCheckCheap: a pin check with every pin as it was opens none of
+// them (one lstat each), and one pin made again is read again and found
+// right.
+func TestPinCheckCheap(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	check := func() int {
+		dp.mu.Lock()
+		defer dp.mu.Unlock()
+		before := dp.pinChecks.reads
+		dp.checkPins()
+		return dp.pinChecks.reads - before
+	}
+	check()
+	if n := check(); n != 0 {
+		t.Fatalf("a check with the pins untouched read %d of them, want 0", n)
+	}
+	// The same map pinned again: a new inode, read once, nothing restored.
+	path := filepath.Join(b.cfg.BPFFS, "halb_services")
+	if err := pinReplace(dp.lb.objs.HalbServices, path); err != nil {
+		t.Fatal(err)
+	}
+	if n := check(); n != 1 {
+		t.Fatalf("a check after one pin was made again read %d pins, want 1", n)
+	}
+	if n := check(); n != 0 {
+		t.Fatalf("the check after read %d pins, want 0", n)
+	}
+	if strings.Contains(b.log.String(), "restored a pin") {
+		t.Errorf("a pin made again from halb's own map was restored:\n%s", b.log)
 	}
 }
