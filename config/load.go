@@ -25,12 +25,14 @@ const EnvPrefix = "HALB"
 
 // maxNodes bounds the YAML nodes (keys, values, list items) of a file that
 // Parse decodes, so that reading one costs seconds and not minutes: each
-// node is decoded several times over (YAML, viper, mapstructure), and a
-// file of tiny list items within the size limit holds millions. It must
-// still take the largest sites' files: 1000 services of 100 backends, each
-// backend with its address, port and weight, hold about 715 000 (halb
-// check reads one in about 5 s, 375 MB); a file of a million bare list
-// items, the worst at the bound, about 9 s and 1 GB.
+// node is parsed once into the YAML tree, then decoded twice (into the
+// values viper holds, then by mapstructure), and a file of tiny list items
+// within the size limit holds millions. It must still take the largest
+// sites' files: 1000 services of 100 backends, each backend with its
+// address, port and weight, hold about 715 000 (Load reads one in about
+// 2.3 times a bare YAML parse of it, 1.7 s and 330 MiB here:
+// BenchmarkLoad); a file of a million bare list items, the worst at the
+// bound, takes longer.
 const maxNodes = 1 << 20
 
 // roughNodes counts, without parsing, what must each be a YAML node:
