@@ -119,7 +119,13 @@ func errString(err error) string {
 }
 
 // reconcile writes d.desired into the maps. d.mu is held.
-func (d *Datapath) reconcile() error {
+func (d *Datapath) reconcile() error { return d.reconcileSome(nil) }
+
+// reconcileSome writes the services of d.desired in only into the maps,
+// or all of them, and removes those that left, when only is nil: a
+// netlink update that touched a few backends re-programs their services
+// alone. d.mu is held.
+func (d *Datapath) reconcileSome(only map[service.Key]bool) error {
 	var errs []error
 	want := map[service.Key]*service.Service{}
 	for i := range d.desired {
@@ -135,18 +141,23 @@ func (d *Datapath) reconcile() error {
 		}
 		want[s.Key] = s
 	}
-	for _, key := range sortedKeys(d.applied) {
-		if want[key] == nil {
-			errs = append(errs, d.removeService(d.applied[key]))
+	if only == nil {
+		for _, key := range sortedKeys(d.applied) {
+			if want[key] == nil {
+				errs = append(errs, d.removeService(d.applied[key]))
+			}
 		}
+		d.hops = map[hop]bool{}
 	}
-	n := d.neighbourView()
-	d.pending = 0
-	d.hops = map[hop]bool{}
+	n := d.neighbourView(only == nil)
 	d.now = time.Now()
 	for _, key := range sortedKeys(want) {
-		errs = append(errs, d.applyService(want[key], n))
+		if only == nil || only[key] {
+			n.serve(key)
+			errs = append(errs, d.applyService(want[key], n))
+		}
 	}
+	d.countPending()
 	return errors.Join(errs...)
 }
 
@@ -276,7 +287,6 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 			Weight:  b.Weight,
 		}}
 	}
-	d.pending += len(probs)
 	d.noteProblems(st, probs, wantBE)
 
 	// IDs for new backends; conntrack forgets what it knew of them.

@@ -85,6 +85,10 @@ type Datapath struct {
 	beIDs   *backendIDs
 	pending int   // backends with a problem, tried again every retryPending
 	reach   reach // the routes and neighbours to the backends (neigh_linux.go)
+	// dirty are the services the refresher is to apply again, all of
+	// them when dirtyAll.
+	dirty    map[service.Key]bool
+	dirtyAll bool
 	// pinChecks is what the pin check found right (pincheck_linux.go).
 	pinChecks pinChecks
 	hops      map[hop]bool // the next hops of TUN backends, true while unresolved
@@ -441,7 +445,7 @@ func (d *Datapath) linkChanged() {
 	}
 	d.setName()
 	d.warnRedirects()
-	d.poke()
+	d.pokeLocked()
 }
 
 // letGo forgets d.ifaces[i], which went away or was made again with

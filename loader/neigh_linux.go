@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/internal/nsthread"
+	"github.com/halb-lb/halb/service"
 )
 
 // DR sends a backend's frames to its MAC, which the kernel's neighbour
@@ -51,10 +52,19 @@ type neighbours struct {
 	cache map[[2]int]map[netip.Addr]net.HardwareAddr
 }
 
-// neighbourView starts the neighbour lookups of one apply. d.mu is held.
-func (d *Datapath) neighbourView() *neighbours {
-	d.reach.asked = map[hop]bool{}
+// neighbourView starts the neighbour lookups of one apply, of all the
+// services (all) or of some. d.mu is held.
+func (d *Datapath) neighbourView(all bool) *neighbours {
+	if all {
+		d.reach.users = map[netip.Addr]map[service.Key]bool{}
+	}
 	return &neighbours{d: d}
+}
+
+// serve notes that the lookups from now on are for the service of key.
+func (n *neighbours) serve(key service.Key) {
+	n.d.reach.serving = key
+	n.d.reach.serves++
 }
 
 // lookup returns addr's MAC on ifindex, or nil when the kernel has none
@@ -62,7 +72,7 @@ func (d *Datapath) neighbourView() *neighbours {
 func (n *neighbours) lookup(ifindex int, addr netip.Addr) (net.HardwareAddr, error) {
 	r := &n.d.reach
 	key := hop{ifindex: ifindex, addr: addr}
-	r.asked[key] = true
+	r.use(addr)
 	if r.followed {
 		if mac, ok := r.neighs[key]; ok {
 			return net.HardwareAddr(mac[:]), nil
@@ -115,11 +125,34 @@ type reach struct {
 	followed bool
 	routes   map[netip.Addr]cachedRoute
 	neighs   map[hop][6]byte
-	// asked are the neighbour entries the last apply looked up: an update
-	// to one of them asks for an apply.
-	asked map[hop]bool
-	// routeLookups counts the routes asked of the kernel, for the tests.
-	routeLookups int
+	// users are the services whose backends (or next hops) are at each
+	// address the applies looked up, so that an update about one
+	// re-programs them alone; serving is the service being applied.
+	users   map[netip.Addr]map[service.Key]bool
+	serving service.Key
+	// routeLookups counts the routes asked of the kernel, and serves
+	// the services applied, for the tests.
+	routeLookups, serves int
+}
+
+// use notes that the service being applied uses addr. d.mu is held.
+func (r *reach) use(addr netip.Addr) {
+	if r.users == nil {
+		r.users = map[netip.Addr]map[service.Key]bool{}
+	}
+	u := r.users[addr]
+	if u == nil {
+		u = map[service.Key]bool{}
+		r.users[addr] = u
+	}
+	u[r.serving] = true
+}
+
+// usersOf adds the services that use addr to into.
+func (r *reach) usersOf(addr netip.Addr, into map[service.Key]bool) {
+	for k := range r.users[addr] {
+		into[k] = true
+	}
 }
 
 // cachedRoute is the kernel's route to one address, or why it has none.
@@ -156,6 +189,7 @@ func (r *reach) forget() {
 // routeTo is the kernel's route to a backend at addr, looked up only when
 // reach does not know it. d.mu is held.
 func (d *Datapath) routeTo(addr netip.Addr) (netlink.Route, error) {
+	d.reach.use(addr)
 	if c, ok := d.reach.routes[addr]; ok {
 		return c.route, c.err
 	}
@@ -174,8 +208,9 @@ func (d *Datapath) routeTo(addr netip.Addr) (netlink.Route, error) {
 }
 
 // routeChanged forgets the routes to the addresses u's destination
-// covers, and tells whether it knew any: an apply must look at them again.
-func (d *Datapath) routeChanged(u netlink.RouteUpdate) bool {
+// covers, and returns the services that used them: they must be applied
+// again.
+func (d *Datapath) routeChanged(u netlink.RouteUpdate) map[service.Key]bool {
 	var dst netip.Prefix
 	if u.Dst != nil {
 		ones, _ := u.Dst.Mask.Size()
@@ -192,9 +227,9 @@ func (d *Datapath) routeChanged(u netlink.RouteUpdate) bool {
 }
 
 // linkRoutesChanged forgets the routes through ifindex and the failed
-// lookups (the link may be what they lacked), and tells whether it knew
-// any.
-func (d *Datapath) linkRoutesChanged(ifindex int) bool {
+// lookups (the link may be what they lacked), and returns the services
+// that used them.
+func (d *Datapath) linkRoutesChanged(ifindex int) map[service.Key]bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.reach.forgetRoutes(func(_ netip.Addr, c cachedRoute) bool {
@@ -207,7 +242,7 @@ func (d *Datapath) linkRoutesChanged(ifindex int) bool {
 // may lack. A removed address takes the routes that named it as their
 // source with it, and those updates come as route updates; VRRP moving a
 // VIP forgets nothing else.
-func (d *Datapath) addrChanged() bool {
+func (d *Datapath) addrChanged() map[service.Key]bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.reach.forgetRoutes(func(addr netip.Addr, c cachedRoute) bool {
@@ -216,41 +251,40 @@ func (d *Datapath) addrChanged() bool {
 	})
 }
 
-// forgetRoutes drops the routes that match. d.mu is held.
-func (r *reach) forgetRoutes(match func(netip.Addr, cachedRoute) bool) bool {
-	forgot := false
+// forgetRoutes drops the routes that match, and returns the services
+// that use them. d.mu is held.
+func (r *reach) forgetRoutes(match func(netip.Addr, cachedRoute) bool) map[service.Key]bool {
+	touched := map[service.Key]bool{}
 	for addr, c := range r.routes {
 		if match(addr, c) {
 			delete(r.routes, addr)
-			forgot = true
+			r.usersOf(addr, touched)
 		}
 	}
-	return forgot
+	return touched
 }
 
-// neighChanged takes u into the neighbour table and tells whether an
-// apply looked up the entry and its MAC changed (or came, or went).
-func (d *Datapath) neighChanged(u netlink.NeighUpdate) bool {
+// neighChanged takes u into the neighbour table and returns the services
+// an apply looked the entry up for, when its MAC came or changed.
+func (d *Datapath) neighChanged(u netlink.NeighUpdate) map[service.Key]bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	r := &d.reach
 	key, mac, usable := usableNeigh(u.Neigh)
 	if !usable {
-		a, ok := netip.AddrFromSlice(u.IP)
-		if !ok {
-			return false
+		if a, ok := netip.AddrFromSlice(u.IP); ok {
+			delete(r.neighs, hop{ifindex: u.LinkIndex, addr: a.Unmap()})
 		}
-		key = hop{ifindex: u.LinkIndex, addr: a.Unmap()}
+		return nil
 	}
 	old, had := r.neighs[key]
-	switch {
-	case u.Type == unix.RTM_NEWNEIGH && usable:
-		r.neighs[key] = mac
-		return r.asked[key] && (!had || old != mac)
-	default:
-		delete(r.neighs, key)
-		return false
+	r.neighs[key] = mac
+	if had && old == mac {
+		return nil
 	}
+	touched := map[service.Key]bool{}
+	r.usersOf(key.addr, touched)
+	return touched
 }
 
 // hop is the next hop toward a TUN backend, on one of datapath.interfaces.
@@ -492,10 +526,12 @@ func (d *Datapath) follow(ctx context.Context, u *subscriptions) {
 				return
 			}
 			d.forgetNexthops()
-			changed := d.neighChanged(n)
+			touched := d.neighChanged(n)
 			switch {
+			case len(touched) > 0:
+				d.pokeServices(touched)
 			case n.Type == unix.RTM_NEWNEIGH && n.State&neighbourStates != 0 && len(n.HardwareAddr) == 6 &&
-				(changed || d.isHop(n.Neigh, true)):
+				d.isHop(n.Neigh, true):
 				d.poke()
 			case n.Type == unix.RTM_DELNEIGH && d.isHop(n.Neigh, false):
 				// The kernel forgot a TUN next hop (garbage
@@ -507,15 +543,35 @@ func (d *Datapath) follow(ctx context.Context, u *subscriptions) {
 	}
 }
 
-// pokeIf asks for an apply when an update touched the way to a backend,
-// or when some backend cannot be served: the update may be what it
-// lacked.
-func (d *Datapath) pokeIf(touched bool) {
-	if touched {
-		d.poke()
-		return
+// pokeIf asks for an apply of the services an update touched the way to
+// a backend of, or of all when some backend cannot be served: the update
+// may be what it lacked.
+func (d *Datapath) pokeIf(touched map[service.Key]bool) {
+	if len(touched) > 0 {
+		d.pokeServices(touched)
 	}
 	d.pokeIfTroubled()
+}
+
+// troubled are the services with a backend that has a problem.
+func (d *Datapath) troubled() map[service.Key]bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[service.Key]bool{}
+	for k, st := range d.applied {
+		if len(st.problems) > 0 {
+			out[k] = true
+		}
+	}
+	return out
+}
+
+// countPending counts the backends with a problem. d.mu is held.
+func (d *Datapath) countPending() {
+	d.pending = 0
+	for _, st := range d.applied {
+		d.pending += len(st.problems)
+	}
 }
 
 // pokeIfTroubled asks for an apply when some backend cannot be served:
@@ -552,17 +608,46 @@ func (d *Datapath) isHop(n netlink.Neigh, unresolved bool) bool {
 
 func macEqual(a, b []byte) bool { return string(a) == string(b) }
 
-// poke asks the refresher for an apply.
+// poke asks the refresher for an apply of all the services.
 func (d *Datapath) poke() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.pokeLocked()
+}
+
+// pokeLocked is poke with d.mu held.
+func (d *Datapath) pokeLocked() {
+	d.dirty, d.dirtyAll = nil, true
+	d.kick1()
+}
+
+// pokeServices asks the refresher for an apply of some services.
+func (d *Datapath) pokeServices(keys map[service.Key]bool) {
+	d.mu.Lock()
+	if !d.dirtyAll {
+		if d.dirty == nil {
+			d.dirty = map[service.Key]bool{}
+		}
+		for k := range keys {
+			d.dirty[k] = true
+		}
+	}
+	d.mu.Unlock()
+	d.kick1()
+}
+
+// kick1 wakes the refresher, once however often it is called before it
+// wakes.
+func (d *Datapath) kick1() {
 	select {
 	case d.kick <- struct{}{}:
 	default:
 	}
 }
 
-// refresher applies the last services again when poked, every
-// retryPending while some backend cannot be served, and every
-// safetyInterval afresh, until ctx ends.
+// refresher applies the last services again when poked (those an update
+// touched, or all), every retryPending those with a backend that cannot
+// be served, and every safetyInterval all afresh, until ctx ends.
 func (d *Datapath) refresher(ctx context.Context) {
 	retry := time.NewTicker(retryPending)
 	defer retry.Stop()
@@ -574,12 +659,10 @@ func (d *Datapath) refresher(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-retry.C:
-			d.mu.Lock()
-			pending := d.pending
-			d.mu.Unlock()
-			if pending == 0 {
-				continue
+			if troubled := d.troubled(); len(troubled) > 0 {
+				d.reapplySome("apply after a neighbour change", troubled)
 			}
+			continue
 		case <-safety.C:
 			d.readAfresh()
 			why = "safety pass"
@@ -589,8 +672,26 @@ func (d *Datapath) refresher(ctx context.Context) {
 				return
 			case <-time.After(applyDelay):
 			}
+			d.reapplyDirty(why)
+			continue
 		}
 		d.reapply(why)
+	}
+}
+
+// reapplyDirty applies again the services the updates since the last
+// apply touched, or all of them.
+func (d *Datapath) reapplyDirty(why string) {
+	d.mu.Lock()
+	only, all := d.dirty, d.dirtyAll
+	d.dirty, d.dirtyAll = nil, false
+	d.mu.Unlock()
+	if all {
+		d.reapply(why)
+		return
+	}
+	if len(only) > 0 {
+		d.reapplySome(why, only)
 	}
 }
 
@@ -610,13 +711,17 @@ func (d *Datapath) readAfresh() {
 
 // reapply applies the last services again. The problems Apply returned
 // are the daemon's to report; only new ones are logged here.
-func (d *Datapath) reapply(why string) {
+func (d *Datapath) reapply(why string) { d.reapplySome(why, nil) }
+
+// reapplySome applies again the services in only, or all when only is
+// nil.
+func (d *Datapath) reapplySome(why string, only map[service.Key]bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed || d.desired == nil {
 		return
 	}
-	err := errString(d.reconcile())
+	err := errString(d.reconcileSome(only))
 	if err != "" && err != d.lastErr {
 		d.log.Warn(why, "err", err)
 	}

@@ -1,8 +1,10 @@
 package loader
 
 import (
+	"bytes"
 	"context"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,6 +21,13 @@ func routeLookups(dp *Datapath) int {
 	dp.mu.Lock()
 	defer dp.mu.Unlock()
 	return dp.reach.routeLookups
+}
+
+// serves is how many services dp applied so far.
+func serves(dp *Datapath) int {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	return dp.reach.serves
 }
 
 // waitFollowed waits until dp's netlink subscriptions keep its reach.
@@ -40,18 +49,23 @@ func waitFollowed(t *testing.T, dp *Datapath) {
 }
 
 // TestDatapathReachCached: an Apply that changes nothing asks the kernel
-// for no route, and a route added toward one backend has only that
-// backend looked up again, and only its record written.
+// for no route; a route added toward one backend has only that backend
+// looked up again and only its service applied again, and a neighbour
+// entry that changes for one backend applies only its service, whose
+// record alone changes.
 func TestDatapathReachCached(t *testing.T) {
 	b := newDPBench(t)
 	dp := b.start(t, b.cfg, config.ModeXDP)
 	ctx := context.Background()
-	services := []service.Service{svc(web, backend(be11, 1), backend(be12, 1), backend(be13, 1))}
+	dnsSvc := svc(dns, backend(be13, 1))
+	dnsSvc.Name = "dns"
+	services := []service.Service{svc(web, backend(be11, 1), backend(be12, 1)), dnsSvc}
 	waitFollowed(t, dp)
 	if err := dp.Apply(ctx, services); err != nil {
 		t.Fatal(err)
 	}
-	waitLive(t, dp, web, 3)
+	waitLive(t, dp, web, 2)
+	waitLive(t, dp, dns, 1)
 	// Let the updates the first apply caused (neighbour answers) settle.
 	time.Sleep(300 * time.Millisecond)
 	if err := dp.Apply(ctx, services); err != nil {
@@ -68,22 +82,24 @@ func TestDatapathReachCached(t *testing.T) {
 		t.Fatalf("3 applies with nothing changed asked for %d routes, want 0", got)
 	}
 
-	records := func() map[uint32]halbBackend {
-		out := map[uint32]halbBackend{}
-		s := waitLive(t, dp, web, 3)
-		for _, be := range s.Backends {
-			var rec halbBackend
-			if err := dp.lb.objs.HalbBackends.Lookup(be.ID, &rec); err != nil {
-				t.Fatal(err)
+	records := func() map[netip.Addr]halbBackend {
+		out := map[netip.Addr]halbBackend{}
+		for key, n := range map[service.Key]int{web: 2, dns: 1} {
+			for _, be := range waitLive(t, dp, key, n).Backends {
+				var rec halbBackend
+				if err := dp.lb.objs.HalbBackends.Lookup(be.ID, &rec); err != nil {
+					t.Fatal(err)
+				}
+				out[be.Addr.Addr()] = rec
 			}
-			out[be.ID] = rec
 		}
 		return out
 	}
 	was := records()
+	applied := serves(dp)
 
 	// A host route to be12 alone: the refresher looks up be12 again and
-	// nothing else.
+	// applies web alone.
 	h := b.lb.Netlink(t)
 	l, err := h.LinkByName("halb0")
 	if err != nil {
@@ -105,11 +121,40 @@ func TestDatapathReachCached(t *testing.T) {
 	if got := routeLookups(dp) - before; got != 1 {
 		t.Fatalf("a route to one backend had %d routes looked up again, want 1", got)
 	}
+	if got := serves(dp) - applied; got != 1 {
+		t.Fatalf("a route to one backend applied %d services again, want its one", got)
+	}
 	now := records()
-	for id, rec := range was {
-		if now[id] != rec {
-			t.Errorf("backend id %d: record %+v became %+v", id, rec, now[id])
+	for a, rec := range was {
+		if now[a] != rec {
+			t.Errorf("backend %s: record %+v became %+v", a, rec, now[a])
 		}
+	}
+
+	// be13's MAC changes: dns alone is applied, be13's record alone
+	// changes.
+	applied = serves(dp)
+	newMAC := net.HardwareAddr{0x02, 0, 0, 0, 0x99, 0x13}
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, IP: be13.AsSlice(), HardwareAddr: newMAC, State: netlink.NUD_PERMANENT}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !bytes.Equal(backendOf(waitLive(t, dp, dns, 1), be13).MAC, newMAC); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("backend %s kept its old MAC 10s after the neighbour table changed", be13)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got := serves(dp) - applied; got != 1 {
+		t.Fatalf("a neighbour change of one backend applied %d services again, want its one", got)
+	}
+	now = records()
+	for a, rec := range was {
+		if a != be13 && now[a] != rec {
+			t.Errorf("backend %s: record %+v became %+v", a, rec, now[a])
+		}
+	}
+	if now[be13].Mac != [6]byte(newMAC) {
+		t.Errorf("backend %s: MAC %x in its record, want %s", be13, now[be13].Mac, newMAC)
 	}
 }
 
