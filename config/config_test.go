@@ -653,6 +653,44 @@ services:
 	}
 }
 
+// A problem in a merged or aliased part of the file is reported on the
+// line that wrote the value: the merged mapping's key, or the key that
+// overrides it; a key of an aliased item, where its anchor wrote it.
+func TestLinesThroughAliases(t *testing.T) {
+	_, err := Parse([]byte(`datapath:
+  interfaces: [eth0]
+services:
+  - &web
+    name: web
+    vip: 192.0.2.100
+    port: 0
+    backends: [&be {address: 198.51.100.11, port: 80, weight: -1}]
+  - <<: *web
+    name: web-alt
+    port: 70000
+    backends: [*be]
+`), "t.yaml")
+	var cerr *Error
+	if !errors.As(err, &cerr) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	want := map[string]int{
+		"services[0].port":               7,
+		"services[0].backends[0].weight": 8,
+		"services[1].port":               11,
+		"services[1].backends[0].weight": 8, // the alias's anchor wrote it
+	}
+	got := map[string]int{}
+	for _, p := range cerr.Problems {
+		got[p.Path] = p.Line
+	}
+	for path, line := range want {
+		if got[path] != line {
+			t.Errorf("%s on line %d, want %d\n%v", path, got[path], line, err)
+		}
+	}
+}
+
 // A file of more values than halb reads in one configuration is refused
 // with one problem, before YAML builds a tree of them: a flow list on one
 // line and a block list alike.
