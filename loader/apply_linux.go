@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/maglev"
 	"github.com/halb-lb/halb/service"
+	"golang.org/x/sync/errgroup"
 )
 
 // svcState is a service as the maps hold it.
@@ -151,12 +153,13 @@ func (d *Datapath) reconcileSome(only map[service.Key]bool) error {
 	}
 	n := d.neighbourView(only == nil)
 	d.now = time.Now()
+	var keys []service.Key
 	for _, key := range sortedKeys(want) {
 		if only == nil || only[key] {
-			n.serve(key)
-			errs = append(errs, d.applyService(want[key], n))
+			keys = append(keys, key)
 		}
 	}
+	errs = append(errs, d.applyServices(keys, want, n))
 	d.countPending()
 	return errors.Join(errs...)
 }
@@ -196,29 +199,92 @@ func backendKey(s *service.Service, b service.Backend) netip.AddrPort {
 	return netip.AddrPortFrom(b.Addr.Unmap(), port)
 }
 
-// applyService writes one service. The order keeps every packet served
-// while it happens: new backends first, then the Maglev table that names
-// them, then the service record that leads to the table, and only then the
-// backends that left are cleared.
-func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
-	var errs []error
-	st := d.applied[s.Key]
-	isNew := st == nil
-	if isNew {
-		id, ok := d.svcIDs.take()
-		if !ok {
-			return fmt.Errorf("service %s (%s): the maps hold %d services and all are in use", s.Name, s.Key, d.lb.MaxServices())
-		}
-		if err := resetStats(d.lb.objs.HalbServiceStats, halbMapHalbServiceStats, id); err != nil {
-			d.svcIDs.free(id)
-			return err
-		}
-		st = &svcState{key: s.Key, id: id, backends: map[netip.AddrPort]*beState{}}
-		d.applied[s.Key] = st
-	}
-	st.name = s.Name
+// servicePlan is one service on its way into the maps: its state, what
+// its backends' records should be, and the table to build, if it needs a
+// new one.
+type servicePlan struct {
+	s     *service.Service
+	st    *svcState
+	isNew bool
+	want  map[netip.AddrPort]*wantBackend
+	// fresh are the backend ids taken for it in this Apply.
+	fresh map[uint32]bool
+	table *tableJob // nil: the table in the kernel is the one wanted
+	errs  []error
+}
 
-	// What each backend's record should be.
+// applyServices writes the services of want named in keys. The order keeps every packet
+// served while it happens, for each service: new backends first, then the
+// Maglev table that names them, then the service record that leads to the
+// table, and only then the backends that left are cleared. Every service
+// takes each step before any takes the next, so that the tables, the
+// costly part, are built on all cores at once.
+func (d *Datapath) applyServices(keys []service.Key, want map[service.Key]*service.Service, n *neighbours) error {
+	var errs []error
+	var plans []*servicePlan
+	for _, key := range keys {
+		n.serve(key)
+		p, err := d.planService(want[key], n)
+		errs = append(errs, err)
+		if p != nil {
+			plans = append(plans, p)
+		}
+	}
+	errs = append(errs, d.forgetReusedIDs(plans))
+	for _, p := range plans {
+		d.writeBackends(p)
+	}
+	// Before any table names the records just written.
+	errs = append(errs, d.maps.moveNexthopGen())
+	d.writeTables(plans)
+	for _, p := range plans {
+		errs = append(errs, d.finishService(p))
+	}
+	// The records of the backends that left were cleared.
+	errs = append(errs, d.maps.moveNexthopGen())
+	return errors.Join(errs...)
+}
+
+// planService gives a service its id (when new), works out what each of
+// its backends' records should be and takes ids for the new ones.
+func (d *Datapath) planService(s *service.Service, n *neighbours) (*servicePlan, error) {
+	st, isNew, err := d.serviceState(s)
+	if err != nil {
+		return nil, err
+	}
+	p := &servicePlan{s: s, st: st, isNew: isNew}
+	var probs map[netip.AddrPort]*problem
+	p.want, probs, p.errs = d.wantBackends(s, st, n)
+	d.noteProblems(st, probs, p.want)
+	d.takeBackendIDs(p)
+	return p, nil
+}
+
+// serviceState is the service's state, made with a fresh id and counters
+// when the service is new.
+func (d *Datapath) serviceState(s *service.Service) (*svcState, bool, error) {
+	st := d.applied[s.Key]
+	if st != nil {
+		st.name = s.Name
+		return st, false, nil
+	}
+	id, ok := d.svcIDs.take()
+	if !ok {
+		return nil, false, fmt.Errorf("service %s (%s): the maps hold %d services and all are in use", s.Name, s.Key, d.lb.MaxServices())
+	}
+	if err := d.maps.resetServiceStats(id); err != nil {
+		d.svcIDs.free(id)
+		return nil, false, err
+	}
+	st = &svcState{name: s.Name, key: s.Key, id: id, backends: map[netip.AddrPort]*beState{}}
+	d.applied[s.Key] = st
+	return st, true, nil
+}
+
+// wantBackends is what each backend's record should be, and the problems
+// of those the data path cannot serve now.
+func (d *Datapath) wantBackends(s *service.Service, st *svcState, n *neighbours) (map[netip.AddrPort]*wantBackend, map[netip.AddrPort]*problem, []error) {
+	var errs []error
 	wantBE := map[netip.AddrPort]*wantBackend{}
 	probs := map[netip.AddrPort]*problem{}
 	note := func(ap netip.AddrPort, weight uint32, reason string, wait bool) {
@@ -287,74 +353,100 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 			Weight:  b.Weight,
 		}}
 	}
-	d.noteProblems(st, probs, wantBE)
+	return wantBE, probs, errs
+}
 
-	// IDs for new backends; conntrack forgets what it knew of them.
-	fresh := map[uint32]bool{}
-	for _, ap := range sortedAddrPorts(wantBE) {
-		if st.backends[ap] != nil || wantBE[ap].unreachable {
+// takeBackendIDs takes ids for the service's new backends.
+func (d *Datapath) takeBackendIDs(p *servicePlan) {
+	p.fresh = map[uint32]bool{}
+	for _, ap := range sortedAddrPorts(p.want) {
+		if p.st.backends[ap] != nil || p.want[ap].unreachable {
 			continue
 		}
 		id, ok := d.beIDs.take()
 		if !ok {
-			errs = append(errs, fmt.Errorf("service %s: backend %s: the maps hold %d backends and all are in use", st, ap, d.lb.MaxBackends()-1))
-			delete(wantBE, ap)
+			p.errs = append(p.errs, fmt.Errorf("service %s: backend %s: the maps hold %d backends and all are in use", p.st, ap, d.lb.MaxBackends()-1))
+			delete(p.want, ap)
 			continue
 		}
-		fresh[id] = true
-		st.backends[ap] = &beState{id: id}
+		p.fresh[id] = true
+		p.st.backends[ap] = &beState{id: id}
 	}
-	if n, err := d.lb.purgeConntrack(fresh); err != nil {
-		errs = append(errs, err)
-	} else if n > 0 {
-		d.log.Debug("forgot flows of reused backend ids", "service", st.String(), "flows", n)
-	}
+}
 
-	for _, ap := range sortedAddrPorts(wantBE) {
-		w, be := wantBE[ap], st.backends[ap]
+// forgetReusedIDs makes conntrack forget what it knew of the ids taken in
+// this Apply, in one pass over halb_ct, before their records are written.
+func (d *Datapath) forgetReusedIDs(plans []*servicePlan) error {
+	fresh := map[uint32]bool{}
+	for _, p := range plans {
+		for id := range p.fresh {
+			fresh[id] = true
+		}
+	}
+	n, err := d.maps.purgeConntrack(fresh)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		d.log.Debug("forgot flows of reused backend ids", "flows", n)
+	}
+	return nil
+}
+
+// writeBackends writes the records of the service's backends that
+// changed, and zeroes the counters of the new ones.
+func (d *Datapath) writeBackends(p *servicePlan) {
+	st := p.st
+	for _, ap := range sortedAddrPorts(p.want) {
+		w, be := p.want[ap], st.backends[ap]
 		rec, err := d.recordOf(be, w)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("service %s: %w", st, err))
+			p.errs = append(p.errs, fmt.Errorf("service %s: %w", st, err))
 			continue
 		}
 		be.via = w.via
-		if fresh[be.id] {
-			if err := resetStats(d.lb.objs.HalbBackendStats, halbMapHalbBackendStats, be.id); err != nil {
-				errs = append(errs, err)
+		if p.fresh[be.id] {
+			if err := d.maps.resetBackendStats(be.id); err != nil {
+				p.errs = append(p.errs, err)
 				continue
 			}
 		} else if rec == be.rec {
 			continue
 		}
-		if err := d.lb.objs.HalbBackends.Put(be.id, &rec); err != nil {
-			errs = append(errs, fmt.Errorf("service %s: write backend %s (id %d): %w", st, ap, be.id, err))
+		if err := d.maps.putBackend(be.id, rec); err != nil {
+			p.errs = append(p.errs, fmt.Errorf("service %s: backend %s: %w", st, ap, err))
 			continue
 		}
-		if !fresh[be.id] && rec.Mac != be.rec.Mac && be.rec.Mac != ([6]byte{}) && rec.Mac != ([6]byte{}) {
+		if !p.fresh[be.id] && rec.Mac != be.rec.Mac && be.rec.Mac != ([6]byte{}) && rec.Mac != ([6]byte{}) {
 			d.log.Info("backend mac changed", "service", st.String(), "backend", ap.String(),
 				"old", net.HardwareAddr(be.rec.Mac[:]).String(), "new", net.HardwareAddr(rec.Mac[:]).String())
 		}
 		be.rec = rec
 	}
+	p.table = d.planTable(p)
+}
 
-	// The table is built without the backends that leave, before their
-	// records and ids go: a slot must never name a freed id.
-	tableErr := d.writeTable(st, isNew, wantBE)
-	if tableErr != nil {
+// finishService writes the service record that leads to the table, then
+// clears the backends that left.
+func (d *Datapath) finishService(p *servicePlan) error {
+	st := p.st
+	errs := p.errs
+	var tableErr error
+	if p.table != nil {
+		tableErr = p.table.err
 		errs = append(errs, tableErr)
 	}
-
 	fwd := ForwardDR
-	if s.Forward == service.TUN {
+	if p.s.Forward == service.TUN {
 		fwd = ForwardTUN
 	}
 	rec := halbService{Id: st.id, Forward: halbForwardMode(fwd)}
-	if s.Persistence > 0 || s.Scheduler == "sh" {
+	if p.s.Persistence > 0 || p.s.Scheduler == "sh" {
 		rec.Flags |= halbServiceFlagsSERVICE_F_SOURCE_HASH
 	}
-	if isNew || rec != st.rec {
+	if p.isNew || rec != st.rec {
 		svc := Service{ID: st.id, Forward: fwd, Persistence: rec.Flags&halbServiceFlagsSERVICE_F_SOURCE_HASH != 0}
-		if err := d.lb.PutService(serviceKeyOf(st.key), svc); err != nil {
+		if err := d.maps.putService(serviceKeyOf(st.key), svc); err != nil {
 			errs = append(errs, err)
 		} else {
 			st.rec = rec
@@ -365,14 +457,14 @@ func (d *Datapath) applyService(s *service.Service, n *neighbours) error {
 	// If the table could not be written they stay, in it and in the
 	// maps, until an Apply writes one without them.
 	for _, ap := range sortedAddrPorts(st.backends) {
-		if wantBE[ap] != nil || tableErr != nil {
+		if p.want[ap] != nil || tableErr != nil {
 			continue
 		}
 		if err := d.dropBackend(st, ap); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if isNew {
+	if p.isNew {
 		d.log.Info("service added", "service", st.String(), "id", st.id, "backends", len(st.backends))
 	}
 	return errors.Join(errs...)
@@ -491,25 +583,60 @@ func (d *Datapath) tunnelEnd(addr netip.Addr, n *neighbours) (*wantBackend, erro
 	return w, nil
 }
 
-// writeTable builds the service's Maglev table from its live backends
-// that are in want, and writes it when it differs from the one in the
-// kernel.
-func (d *Datapath) writeTable(st *svcState, isNew bool, want map[netip.AddrPort]*wantBackend) error {
-	var live []*beState
-	var keys []netip.AddrPort
-	for _, ap := range sortedAddrPorts(st.backends) {
-		if be := st.backends[ap]; be.live() && want[ap] != nil {
-			live = append(live, be)
-			keys = append(keys, ap)
+// tableJob is one service's Maglev table to build and write: its live
+// backends (those in want), their keys, and the signature of the table.
+type tableJob struct {
+	st    *svcState
+	isNew bool
+	live  []*beState
+	keys  []netip.AddrPort
+	sig   string
+	err   error
+}
+
+// planTable is the table the service needs, or nil when the one in the
+// kernel is built from the same live backends. The table is built without
+// the backends that leave, before their records and ids go: a slot must
+// never name a freed id.
+func (d *Datapath) planTable(p *servicePlan) *tableJob {
+	j := &tableJob{st: p.st, isNew: p.isNew}
+	for _, ap := range sortedAddrPorts(p.st.backends) {
+		if be := p.st.backends[ap]; be.live() && p.want[ap] != nil {
+			j.live = append(j.live, be)
+			j.keys = append(j.keys, ap)
 		}
 	}
-	sig := signature(keys, live)
-	if sig == st.table && !isNew {
+	j.sig = signature(j.keys, j.live)
+	if j.sig == p.st.table && !p.isNew {
 		return nil
 	}
-	mb := make([]maglev.Backend, len(live))
-	for i, be := range live {
-		mb[i] = maglev.Backend{Key: keys[i].String(), Weight: be.rec.Weight}
+	return j
+}
+
+// writeTables builds and writes the plans' tables, as many at once as
+// there are cores to run them (GOMAXPROCS); each job keeps its error.
+func (d *Datapath) writeTables(plans []*servicePlan) {
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for _, p := range plans {
+		if j := p.table; j != nil {
+			g.Go(func() error {
+				j.err = d.writeTable(j)
+				return nil
+			})
+		}
+	}
+	_ = g.Wait() // the jobs keep their errors
+}
+
+// writeTable builds a service's Maglev table and writes it. It runs
+// beside the others of its Apply: it touches only its own service's
+// state.
+func (d *Datapath) writeTable(j *tableJob) error {
+	st := j.st
+	mb := make([]maglev.Backend, len(j.live))
+	for i, be := range j.live {
+		mb[i] = maglev.Backend{Key: j.keys[i].String(), Weight: be.rec.Weight}
 	}
 	idx, err := maglev.Build(mb, d.lb.MaglevTableSize())
 	if err != nil {
@@ -518,25 +645,26 @@ func (d *Datapath) writeTable(st *svcState, isNew bool, want map[netip.AddrPort]
 	table := make([]uint32, len(idx))
 	for slot, i := range idx {
 		if i != maglev.NoBackend {
-			table[slot] = live[i].id
+			table[slot] = j.live[i].id
 		}
 	}
-	if st.table == "" && !isNew {
+	if st.table == "" && !j.isNew {
 		// After a restart: the table the last halb wrote may be this
 		// very one.
 		old, err := d.lb.MaglevTable(st.id)
 		if err == nil && slices.Equal(old, table) {
-			st.table = sig
+			d.maps.knowTable(st.id, table)
+			st.table = j.sig
 			return nil
 		}
 	}
-	if err := d.lb.SetMaglevTable(st.id, table); err != nil {
+	if err := d.maps.setTable(st.id, table); err != nil {
 		return fmt.Errorf("service %s: %w", st, err)
 	}
-	if !isNew {
-		d.log.Info("maglev table rebuilt", "service", st.String(), "live_backends", len(live))
+	if !j.isNew {
+		d.log.Info("maglev table rebuilt", "service", st.String(), "live_backends", len(j.live))
 	}
-	st.table = sig
+	st.table = j.sig
 	return nil
 }
 
@@ -558,7 +686,7 @@ func signature(keys []netip.AddrPort, live []*beState) string {
 // it.
 func (d *Datapath) dropBackend(st *svcState, ap netip.AddrPort) error {
 	be := st.backends[ap]
-	if err := d.lb.DeleteBackend(be.id); err != nil {
+	if err := d.maps.freeBackend(be.id); err != nil {
 		return fmt.Errorf("service %s: backend %s: %w", st, ap, err)
 	}
 	d.beIDs.free(be.id)
@@ -570,10 +698,10 @@ func (d *Datapath) dropBackend(st *svcState, ap netip.AddrPort) error {
 // removeService takes a service out: first the record that leads packets
 // to it (they go to the kernel from then on), then its table and backends.
 func (d *Datapath) removeService(st *svcState) error {
-	if err := d.lb.DeleteService(serviceKeyOf(st.key)); err != nil {
+	if err := d.maps.deleteService(serviceKeyOf(st.key)); err != nil {
 		return err
 	}
-	if err := d.lb.DeleteMaglevTable(st.id); err != nil {
+	if err := d.maps.deleteTable(st.id); err != nil {
 		return err
 	}
 	for _, ap := range sortedAddrPorts(st.backends) {
@@ -613,8 +741,8 @@ func (d *Datapath) adopt() error {
 	for _, k := range bad {
 		// A second service with one ID: a newer halb wrote it, or a
 		// person did. Apply writes it again.
-		if err := d.lb.objs.HalbServices.Delete(&k); err != nil {
-			return fmt.Errorf("delete from %s: %w", halbMapHalbServices, err)
+		if err := d.maps.dropServiceRecord(k); err != nil {
+			return err
 		}
 	}
 
@@ -639,29 +767,43 @@ func (d *Datapath) adopt() error {
 	if err := bit.Err(); err != nil {
 		return fmt.Errorf("read %s: %w", halbMapHalbBackends, err)
 	}
-	for _, id := range orphans {
-		if err := d.lb.DeleteBackend(id); err != nil {
-			return err
-		}
-	}
 
+	// The tables of services gone go first, then the records of the
+	// backends that belong to nothing: ids leave the tables before they
+	// are freed. The tables kept may name any of their service's
+	// backends until an Apply writes or reads them back.
 	var (
 		slot, inner uint32
 		tables      []uint32
 	)
 	mit := d.lb.objs.HalbMaglev.Iterate()
 	for mit.Next(&slot, &inner) {
-		if byID[slot] == nil {
+		st := byID[slot]
+		if st == nil {
 			tables = append(tables, slot)
+			continue
 		}
+		ids := make([]uint32, 0, len(st.backends))
+		for _, be := range st.backends {
+			ids = append(ids, be.id)
+		}
+		d.maps.adoptTable(slot, ids)
 	}
 	if err := mit.Err(); err != nil {
 		return fmt.Errorf("read %s: %w", halbMapHalbMaglev, err)
 	}
 	for _, slot := range tables {
-		if err := d.lb.DeleteMaglevTable(slot); err != nil {
+		if err := d.maps.deleteTable(slot); err != nil {
 			return err
 		}
+	}
+	for _, id := range orphans {
+		if err := d.maps.freeBackend(id); err != nil {
+			return err
+		}
+	}
+	if err := d.maps.moveNexthopGen(); err != nil {
+		return err
 	}
 	// halb_vips and halb_service_ids may have been replaced (or, from an
 	// older halb, be new) while halb_services was kept.

@@ -63,6 +63,7 @@ type Datapath struct {
 	log  *slog.Logger
 	dir  string
 	lb   *LB
+	maps *mapWriter // every write Apply makes to lb's maps
 	ns   netns.NsHandle
 	nl   *netlink.Handle
 	name string
@@ -228,6 +229,7 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	if d.lb, err = load(spec, maglev, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.dir}}); err != nil {
 		return nil, err
 	}
+	d.maps = newMapWriter(d.lb)
 	d.svcIDs = newServiceIDs(d.lb.MaxServices())
 	d.beIDs = newBackendIDs(d.lb.MaxBackends())
 	if err := d.adopt(); err != nil {

@@ -1,0 +1,212 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// mapWriter is the one way Apply (and adopt) write the maps: every write
+// of a service, a backend, a counter, a Maglev table or a conntrack purge
+// goes through it, on top of the LB's writers. It keeps two invariants,
+// stated here once:
+//
+//   - A backend's id is out of every Maglev table before it is freed:
+//     freeBackend refuses an id that a table written (or adopted) still
+//     names, so no slot ever leads to a cleared record or to the next
+//     backend that takes the id.
+//   - A changed backend record moves the next-hop generation: putBackend
+//     and freeBackend note it, and moveNexthopGen, called once after an
+//     Apply's records are written and before its tables name them, makes
+//     every CPU ask the FIB again for the next hops it cached for the old
+//     record.
+//
+// It also counts the writes it makes (writes), so that tests can tell
+// that an Apply that changes nothing writes nothing. Tables are written
+// from several goroutines at once (setTable); the rest from one.
+type mapWriter struct {
+	lb *LB
+
+	mu sync.Mutex
+	// tables holds, for each service id, the distinct backend ids its
+	// table in the kernel names; inTables counts the tables naming each
+	// backend id.
+	tables   map[uint32][]uint32
+	inTables map[uint32]int
+	// genDue: a backend record changed since the next-hop generation last
+	// moved.
+	genDue bool
+	writes int
+}
+
+func newMapWriter(lb *LB) *mapWriter {
+	return &mapWriter{lb: lb, tables: map[uint32][]uint32{}, inTables: map[uint32]int{}}
+}
+
+// wrote counts one write.
+func (w *mapWriter) wrote() {
+	w.mu.Lock()
+	w.writes++
+	w.mu.Unlock()
+}
+
+// putService writes a service's record (and halb_vips beside it).
+func (w *mapWriter) putService(key ServiceKey, svc Service) error {
+	w.wrote()
+	return w.lb.PutService(key, svc)
+}
+
+// deleteService removes a service's record: its packets go to the kernel.
+func (w *mapWriter) deleteService(key ServiceKey) error {
+	w.wrote()
+	return w.lb.DeleteService(key)
+}
+
+// dropServiceRecord deletes k from halb_services behind the VIP count's
+// back; adopt does it for duplicates, then recounts (LB.syncVIPs).
+func (w *mapWriter) dropServiceRecord(k halbServiceKey) error {
+	w.wrote()
+	if err := w.lb.objs.HalbServices.Delete(&k); err != nil {
+		return fmt.Errorf("delete from %s: %w", halbMapHalbServices, err)
+	}
+	return nil
+}
+
+// resetServiceStats zeroes the counters of a service id about to be used.
+func (w *mapWriter) resetServiceStats(id uint32) error {
+	w.wrote()
+	return resetStats(w.lb.objs.HalbServiceStats, halbMapHalbServiceStats, id)
+}
+
+// resetBackendStats zeroes the counters of a backend id about to be used.
+func (w *mapWriter) resetBackendStats(id uint32) error {
+	w.wrote()
+	return resetStats(w.lb.objs.HalbBackendStats, halbMapHalbBackendStats, id)
+}
+
+// purgeConntrack forgets the flows of backend ids about to be reused.
+func (w *mapWriter) purgeConntrack(ids map[uint32]bool) (int, error) {
+	n, err := w.lb.purgeConntrack(ids)
+	if n > 0 {
+		w.wrote()
+	}
+	return n, err
+}
+
+// putBackend writes backend id's record; the next-hop generation is due.
+func (w *mapWriter) putBackend(id uint32, rec halbBackend) error {
+	w.wrote()
+	if err := w.lb.objs.HalbBackends.Put(id, &rec); err != nil {
+		return fmt.Errorf("write backend %d: %w", id, err)
+	}
+	w.genDue = true
+	return nil
+}
+
+// freeBackend clears backend id's record, so that the id may be taken
+// again. It refuses while a table names the id.
+func (w *mapWriter) freeBackend(id uint32) error {
+	w.mu.Lock()
+	named := w.inTables[id]
+	w.mu.Unlock()
+	if named > 0 {
+		return fmt.Errorf("backend %d: %w (%d), not freed", id, errNamed, named)
+	}
+	w.wrote()
+	if err := w.lb.objs.HalbBackends.Put(id, &halbBackend{}); err != nil {
+		return fmt.Errorf("clear backend %d: %w", id, err)
+	}
+	w.genDue = true
+	return nil
+}
+
+// moveNexthopGen moves the next-hop generation when a record changed
+// since it last moved.
+func (w *mapWriter) moveNexthopGen() error {
+	if !w.genDue {
+		return nil
+	}
+	w.wrote()
+	if err := w.lb.ForgetNexthops(); err != nil {
+		return err
+	}
+	w.genDue = false
+	return nil
+}
+
+// setTable installs table as service's Maglev table. Safe for concurrent
+// use.
+func (w *mapWriter) setTable(service uint32, table []uint32) error {
+	w.wrote()
+	if err := w.lb.SetMaglevTable(service, table); err != nil {
+		return err
+	}
+	w.knowTable(service, table)
+	return nil
+}
+
+// deleteTable removes service's Maglev table: its packets are dropped.
+func (w *mapWriter) deleteTable(service uint32) error {
+	w.wrote()
+	if err := w.lb.DeleteMaglevTable(service); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.name(service, nil)
+	return nil
+}
+
+// knowTable notes that service's table in the kernel is table: written
+// now, or read back after a restart. Safe for concurrent use.
+func (w *mapWriter) knowTable(service uint32, table []uint32) {
+	ids := distinctIDs(table, w.lb.MaxBackends())
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.name(service, ids)
+}
+
+// distinctIDs are the backend ids (below limit, 0 left out) a table names,
+// in the order they first appear: one pass over the table with a bitset,
+// so that remembering what a table names costs little beside writing it.
+func distinctIDs(table []uint32, limit uint32) []uint32 {
+	seen := make([]uint64, (limit+63)/64)
+	var ids []uint32
+	for _, id := range table {
+		if id == 0 || id >= limit || seen[id/64]&(1<<(id%64)) != 0 {
+			continue
+		}
+		seen[id/64] |= 1 << (id % 64)
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// adoptTable notes that service's table, found pinned by an earlier halb
+// and not read, may name any of ids (its service's backends).
+func (w *mapWriter) adoptTable(service uint32, ids []uint32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.name(service, slices.Clone(ids))
+}
+
+// name makes ids the backend ids service's table names. w.mu is held.
+func (w *mapWriter) name(service uint32, ids []uint32) {
+	for _, id := range w.tables[service] {
+		if w.inTables[id]--; w.inTables[id] <= 0 {
+			delete(w.inTables, id)
+		}
+	}
+	delete(w.tables, service)
+	if len(ids) == 0 {
+		return
+	}
+	w.tables[service] = ids
+	for _, id := range ids {
+		w.inTables[id]++
+	}
+}
+
+// errNamed tells a backend id that a table still names.
+var errNamed = errors.New("still named by a maglev table")

@@ -1,0 +1,131 @@
+package loader
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"testing"
+
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/service"
+)
+
+// TestDatapathTableUnmoved: a flow's backend, the one its slot of the
+// service's Maglev table names, does not change when an unrelated service
+// is added, re-weighted or removed, though every Apply builds its tables
+// on all cores at once.
+func TestDatapathTableUnmoved(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	ctx := context.Background()
+	webSvc := svc(web, backend(be11, 1), backend(be12, 1), backend(be13, 1))
+	dnsSvc := svc(dns, backend(be11, 1), backend(be14, 1))
+	dnsSvc.Name = "dns"
+	if err := dp.Apply(ctx, []service.Service{webSvc, dnsSvc}); err != nil {
+		t.Fatal(err)
+	}
+	s := waitLive(t, dp, web, 3)
+	d := waitLive(t, dp, dns, 2)
+	want, wantInner := table(t, dp, s.ID)
+	if n := slotsOf(want); len(n) != 3 || n[0] != 0 {
+		t.Fatalf("web's table before: slots per backend id %v, want three backends and no empty slot", n)
+	}
+	dnsBefore, _ := table(t, dp, d.ID)
+
+	web6Svc := svc(web6, backend(be6, 1))
+	web6Svc.Name = "web6"
+	reweighted := svc(dns, backend(be11, 3), backend(be14, 1))
+	reweighted.Name = "dns"
+	for _, step := range []struct {
+		name     string
+		services []service.Service
+	}{
+		{"another service added", []service.Service{webSvc, dnsSvc, web6Svc}},
+		{"another service re-weighted", []service.Service{webSvc, reweighted, web6Svc}},
+		{"another service removed", []service.Service{webSvc, web6Svc}},
+	} {
+		if err := dp.Apply(ctx, step.services); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		got, inner := table(t, dp, s.ID)
+		if moved := slotsMoved(want, got); moved != 0 || inner != wantInner {
+			t.Errorf("%s: %d of web's %d slots name another backend, its table map %d (was %d)", step.name, moved, len(want), inner, wantInner)
+		}
+		if step.name == "another service re-weighted" {
+			// The re-weighted service's own table did change.
+			if after, _ := table(t, dp, d.ID); slotsMoved(dnsBefore, after) == 0 {
+				t.Errorf("%s: its own table did not change", step.name)
+			}
+		}
+	}
+}
+
+// slotsMoved counts the slots that name another backend in b than in a.
+func slotsMoved(a, b []uint32) int {
+	if len(a) != len(b) {
+		return max(len(a), len(b))
+	}
+	n := 0
+	for i := range a {
+		if a[i] != b[i] {
+			n++
+		}
+	}
+	return n
+}
+
+// TestMapWriterRefusesNamedID: the writer frees no backend id that a
+// table it wrote or adopted still names, and frees it once the table no
+// longer does.
+func TestMapWriterRefusesNamedID(t *testing.T) {
+	lb, err := Load(Options{MaglevTableSize: 7, MaxBackends: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	w := newMapWriter(lb)
+	if err := w.setTable(1, []uint32{3, 4, 3, 4, 3, 4, 0}); err != nil {
+		t.Fatal(err)
+	}
+	w.adoptTable(2, []uint32{5})
+	for _, id := range []uint32{3, 4, 5} {
+		if err := w.freeBackend(id); err == nil {
+			t.Errorf("backend %d freed while a table names it", id)
+		}
+	}
+	if err := w.setTable(1, []uint32{4, 4, 4, 4, 4, 4, 4}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.deleteTable(2); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []uint32{3, 5} {
+		if err := w.freeBackend(id); err != nil {
+			t.Errorf("backend %d, out of every table: %v", id, err)
+		}
+	}
+	if err := w.freeBackend(4); err == nil {
+		t.Errorf("backend 4 freed while table 1 names it")
+	}
+	if got := slices.Sorted(maps.Keys(w.inTables)); !slices.Equal(got, []uint32{4}) {
+		t.Errorf("ids named by tables: %v, want [4]", got)
+	}
+	// A freed record moved the next-hop generation once.
+	var before uint32
+	if err := lb.objs.HalbNexthopGen.Get(&before); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.moveNexthopGen(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.moveNexthopGen(); err != nil {
+		t.Fatal(err)
+	}
+	var after uint32
+	if err := lb.objs.HalbNexthopGen.Get(&after); err != nil {
+		t.Fatal(err)
+	}
+	if after != before+1 {
+		t.Errorf("next-hop generation %d -> %d after records were freed, want one move", before, after)
+	}
+}
