@@ -811,3 +811,20 @@ func TestSchedulerListsAreCopies(t *testing.T) {
 		t.Errorf("IPVSSchedulers after a caller changed its copy: %q", got)
 	}
 }
+
+// Looking for secrets skips the lists whose items cannot hold one (the
+// services and their backends) and keeps those that can (a VRRP
+// instance's auth_pass).
+func TestMayHoldSecret(t *testing.T) {
+	for typ, want := range map[reflect.Type]bool{
+		reflect.TypeFor[Config]():    true,
+		reflect.TypeFor[Instance]():  true,
+		reflect.TypeFor[[]Service](): false,
+		reflect.TypeFor[Backend]():   false,
+		reflect.TypeFor[SyncGroup](): false,
+	} {
+		if got := mayHoldSecret(typ); got != want {
+			t.Errorf("mayHoldSecret(%v) = %v, want %v", typ, got, want)
+		}
+	}
+}

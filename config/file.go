@@ -144,6 +144,9 @@ func secretPaths(v reflect.Value, path string) []string {
 			out = append(out, secretPaths(f, child)...)
 		}
 	case reflect.Slice:
+		if !mayHoldSecret(v.Type().Elem()) {
+			break // the 100 000 backends of a large site hold none
+		}
 		for i := range v.Len() {
 			out = append(out, secretPaths(v.Index(i), fmt.Sprintf("%s[%d]", path, i))...)
 		}
@@ -153,4 +156,25 @@ func secretPaths(v reflect.Value, path string) []string {
 		}
 	}
 	return out
+}
+
+// mayHoldSecret reports whether a value of type t can hold a secret: a
+// string field named like one, in it or in what it holds.
+func mayHoldSecret(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Struct:
+		for i := range t.NumField() {
+			f := t.Field(i)
+			key := f.Tag.Get("mapstructure")
+			if key == "" || key == "-" {
+				continue
+			}
+			if f.Type.Kind() == reflect.String && secretKey.MatchString(key) || mayHoldSecret(f.Type) {
+				return true
+			}
+		}
+	case reflect.Slice, reflect.Pointer:
+		return mayHoldSecret(t.Elem())
+	}
+	return false
 }
