@@ -51,6 +51,13 @@ func (w *mapWriter) wrote() {
 	w.mu.Unlock()
 }
 
+// writeCount is how many writes the writer has made.
+func (w *mapWriter) writeCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes
+}
+
 // putService writes a service's record (and halb_vips beside it).
 func (w *mapWriter) putService(key ServiceKey, svc Service) error {
 	w.wrote()

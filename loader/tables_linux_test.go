@@ -129,3 +129,53 @@ func TestMapWriterRefusesNamedID(t *testing.T) {
 		t.Errorf("next-hop generation %d -> %d after records were freed, want one move", before, after)
 	}
 }
+
+// TestDatapathNoChangeNoWrite: an Apply of what the maps already serve
+// makes no map write, and one that changes one weight writes that
+// backend's record, its service's table and nothing of the other service.
+func TestDatapathNoChangeNoWrite(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	ctx := context.Background()
+	webSvc := svc(web, backend(be11, 1), backend(be12, 1))
+	dnsSvc := svc(dns, backend(be13, 1), backend(be14, 1))
+	dnsSvc.Name = "dns"
+	services := []service.Service{webSvc, dnsSvc}
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	waitLive(t, dp, web, 2)
+	waitLive(t, dp, dns, 2)
+	// Once the MACs are in (the refresher applies as they come), an
+	// Apply writes what it still must; the next writes nothing.
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	dp.mu.Lock()
+	before := dp.maps.writeCount()
+	dp.mu.Unlock()
+	if before == 0 {
+		t.Fatal("the writer counted no write for the first Apply")
+	}
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	dp.mu.Lock()
+	after := dp.maps.writeCount()
+	dp.mu.Unlock()
+	if after != before {
+		t.Errorf("an Apply that changes nothing made %d map writes, want 0", after-before)
+	}
+
+	heavier := svc(web, backend(be11, 2), backend(be12, 1))
+	if err := dp.Apply(ctx, []service.Service{heavier, dnsSvc}); err != nil {
+		t.Fatal(err)
+	}
+	dp.mu.Lock()
+	changed := dp.maps.writeCount() - after
+	dp.mu.Unlock()
+	// The record, the next-hop generation, the table.
+	if changed != 3 {
+		t.Errorf("one weight changed: %d map writes, want 3 (its record, the next-hop generation, its table)", changed)
+	}
+}
