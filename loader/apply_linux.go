@@ -152,6 +152,7 @@ func (d *Datapath) reconcileSome(only map[service.Key]bool) error {
 		d.hops = map[hop]bool{}
 	}
 	n := d.neighbourView(only == nil)
+	d.askNeighbours(want, only, n)
 	d.now = time.Now()
 	var keys []service.Key
 	for _, key := range sortedKeys(want) {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -84,12 +85,8 @@ type Datapath struct {
 	applied map[service.Key]*svcState
 	svcIDs  *serviceIDs
 	beIDs   *backendIDs
-	pending int   // backends with a problem, tried again every retryPending
-	reach   reach // the routes and neighbours to the backends (neigh_linux.go)
-	// dirty are the services the refresher is to apply again, all of
-	// them when dirtyAll.
-	dirty    map[service.Key]bool
-	dirtyAll bool
+	pending atomic.Int64 // backends with a problem, tried again every retryPending
+	reach   reach        // the routes and neighbours to the backends (neigh_linux.go)
 	// pinChecks is what the pin check found right (pincheck_linux.go).
 	pinChecks pinChecks
 	hops      map[hop]bool // the next hops of TUN backends, true while unresolved
@@ -447,7 +444,7 @@ func (d *Datapath) linkChanged() {
 	}
 	d.setName()
 	d.warnRedirects()
-	d.pokeLocked()
+	d.poke()
 }
 
 // letGo forgets d.ifaces[i], which went away or was made again with

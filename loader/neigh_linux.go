@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -55,14 +56,51 @@ type neighbours struct {
 // neighbourView starts the neighbour lookups of one apply, of all the
 // services (all) or of some. d.mu is held.
 func (d *Datapath) neighbourView(all bool) *neighbours {
+	d.reach.mu.Lock()
 	if all {
 		d.reach.users = map[netip.Addr]map[service.Key]bool{}
 	}
+	d.reach.asked = map[hop]bool{}
+	d.reach.mu.Unlock()
 	return &neighbours{d: d}
+}
+
+// askNeighbours asks the kernel at once for the MAC of every DR backend
+// of the services to apply (want, those in only when only is not nil)
+// that the neighbour table lacks, before any of them is written: the
+// answers come while the apply runs, as neighbour updates that reach
+// takes in under its own lock, so that the services written later find
+// them, and the others are applied again as soon as they come. d.mu is
+// held.
+func (d *Datapath) askNeighbours(want map[service.Key]*service.Service, only map[service.Key]bool, n *neighbours) {
+	for _, key := range sortedKeys(want) {
+		s := want[key]
+		if (only != nil && !only[key]) || s.Forward != service.DR {
+			continue
+		}
+		d.reach.mu.Lock()
+		d.reach.serving = key
+		d.reach.mu.Unlock()
+		for _, b := range s.Backends {
+			addr := b.Addr.Unmap()
+			if addr.Is4() != key.VIP.Unmap().Is4() {
+				continue
+			}
+			via, err := d.via(addr)
+			if err != nil {
+				continue // applyService says why
+			}
+			if mac, err := n.lookup(via.ifindex, addr); err == nil && mac == nil {
+				d.solicit(via, addr)
+			}
+		}
+	}
 }
 
 // serve notes that the lookups from now on are for the service of key.
 func (n *neighbours) serve(key service.Key) {
+	n.d.reach.mu.Lock()
+	defer n.d.reach.mu.Unlock()
 	n.d.reach.serving = key
 	n.d.reach.serves++
 }
@@ -70,14 +108,8 @@ func (n *neighbours) serve(key service.Key) {
 // lookup returns addr's MAC on ifindex, or nil when the kernel has none
 // worth using.
 func (n *neighbours) lookup(ifindex int, addr netip.Addr) (net.HardwareAddr, error) {
-	r := &n.d.reach
-	key := hop{ifindex: ifindex, addr: addr}
-	r.use(addr)
-	if r.followed {
-		if mac, ok := r.neighs[key]; ok {
-			return net.HardwareAddr(mac[:]), nil
-		}
-		return nil, nil
+	if mac, followed := n.d.reach.neighbour(hop{ifindex: ifindex, addr: addr}); followed {
+		return mac, nil
 	}
 	family := netlink.FAMILY_V6
 	if addr.Is4() {
@@ -104,6 +136,18 @@ func (n *neighbours) lookup(ifindex int, addr netip.Addr) (net.HardwareAddr, err
 	return known[addr], nil
 }
 
+// neighbour notes that the service being applied uses key's address, and
+// returns its MAC from the table when events keep it (followed).
+func (r *reach) neighbour(key hop) (mac net.HardwareAddr, followed bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.use(key.addr)
+	if m, ok := r.neighs[key]; ok {
+		mac = net.HardwareAddr(m[:])
+	}
+	return mac, r.followed
+}
+
 // usableNeigh is e's key and MAC when e is an entry whose MAC can be
 // trusted.
 func usableNeigh(e netlink.Neigh) (hop, [6]byte, bool) {
@@ -120,22 +164,40 @@ func usableNeigh(e netlink.Neigh) (hop, [6]byte, bool) {
 // an apply that changes nothing asks the kernel nothing: a route update
 // forgets the routes it covers, a link update the routes through that
 // link, and the neighbour updates are the table itself. Without the
-// subscriptions every apply asks again. d.mu guards it.
+// subscriptions every apply asks again.
+//
+// It has a lock of its own, and with it the services the refresher is to
+// apply again (dirty): the updates keep coming while an apply runs, which
+// at 1000 services may take seconds, and a neighbour's answer then
+// re-programs its services right after it. d.mu, when taken too, is taken
+// first.
 type reach struct {
+	mu       sync.Mutex
 	followed bool
-	routes   map[netip.Addr]cachedRoute
-	neighs   map[hop][6]byte
+	// gen moves whenever routes are forgotten: a lookup that raced it is
+	// not kept.
+	gen    uint64
+	routes map[netip.Addr]cachedRoute
+	neighs map[hop][6]byte
 	// users are the services whose backends (or next hops) are at each
 	// address the applies looked up, so that an update about one
 	// re-programs them alone; serving is the service being applied.
 	users   map[netip.Addr]map[service.Key]bool
 	serving service.Key
-	// routeLookups counts the routes asked of the kernel, and serves
-	// the services applied, for the tests.
-	routeLookups, serves int
+	// asked are the neighbours the apply under way asked the kernel for,
+	// each once.
+	asked map[hop]bool
+	// dirty are the services the refresher is to apply again, all of
+	// them when dirtyAll.
+	dirty    map[service.Key]bool
+	dirtyAll bool
+	// routeLookups counts the routes asked of the kernel, serves the
+	// services applied and solicits the neighbours asked for, for the
+	// tests.
+	routeLookups, serves, solicits int
 }
 
-// use notes that the service being applied uses addr. d.mu is held.
+// use notes that the service being applied uses addr. r.mu is held.
 func (r *reach) use(addr netip.Addr) {
 	if r.users == nil {
 		r.users = map[netip.Addr]map[service.Key]bool{}
@@ -162,13 +224,16 @@ type cachedRoute struct {
 }
 
 // follow makes r kept by events from now: it forgets the routes and reads
-// the neighbour table once. d.mu is held.
+// the neighbour table once.
 func (r *reach) follow(nl *netlink.Handle) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	list, err := nl.NeighList(0, netlink.FAMILY_ALL)
 	if err != nil {
+		r.forgetLocked()
 		return fmt.Errorf("read the neighbour table: %w", err)
 	}
-	r.forget()
+	r.forgetLocked()
 	for _, e := range list {
 		if k, mac, ok := usableNeigh(e); ok {
 			r.neighs[k] = mac
@@ -179,8 +244,15 @@ func (r *reach) follow(nl *netlink.Handle) error {
 }
 
 // forget drops all it knows, as when nobody listens to the kernel any
-// more. d.mu is held.
+// more.
 func (r *reach) forget() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.forgetLocked()
+}
+
+func (r *reach) forgetLocked() {
+	r.gen++
 	r.followed = false
 	r.routes = map[netip.Addr]cachedRoute{}
 	r.neighs = map[hop][6]byte{}
@@ -189,21 +261,29 @@ func (r *reach) forget() {
 // routeTo is the kernel's route to a backend at addr, looked up only when
 // reach does not know it. d.mu is held.
 func (d *Datapath) routeTo(addr netip.Addr) (netlink.Route, error) {
-	d.reach.use(addr)
-	if c, ok := d.reach.routes[addr]; ok {
+	r := &d.reach
+	r.mu.Lock()
+	r.use(addr)
+	c, ok := r.routes[addr]
+	gen := r.gen
+	if !ok {
+		r.routeLookups++
+	}
+	r.mu.Unlock()
+	if ok {
 		return c.route, c.err
 	}
-	d.reach.routeLookups++
-	var c cachedRoute
 	routes, err := d.nl.RouteGet(addr.AsSlice())
 	if err != nil || len(routes) == 0 {
 		c.err = d.noRoute(err)
 	} else {
 		c.route = routes[0]
 	}
-	if d.reach.followed {
-		d.reach.routes[addr] = c
+	r.mu.Lock()
+	if r.followed && r.gen == gen {
+		r.routes[addr] = c
 	}
+	r.mu.Unlock()
 	return c.route, c.err
 }
 
@@ -218,8 +298,8 @@ func (d *Datapath) routeChanged(u netlink.RouteUpdate) map[service.Key]bool {
 			dst = netip.PrefixFrom(a.Unmap(), ones)
 		}
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.reach.mu.Lock()
+	defer d.reach.mu.Unlock()
 	return d.reach.forgetRoutes(func(addr netip.Addr, _ cachedRoute) bool {
 		// A default route (no destination) covers all.
 		return !dst.IsValid() || dst.Contains(addr)
@@ -230,8 +310,8 @@ func (d *Datapath) routeChanged(u netlink.RouteUpdate) map[service.Key]bool {
 // lookups (the link may be what they lacked), and returns the services
 // that used them.
 func (d *Datapath) linkRoutesChanged(ifindex int) map[service.Key]bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.reach.mu.Lock()
+	defer d.reach.mu.Unlock()
 	return d.reach.forgetRoutes(func(_ netip.Addr, c cachedRoute) bool {
 		return c.err != nil || c.route.LinkIndex == ifindex
 	})
@@ -243,8 +323,8 @@ func (d *Datapath) linkRoutesChanged(ifindex int) map[service.Key]bool {
 // source with it, and those updates come as route updates; VRRP moving a
 // VIP forgets nothing else.
 func (d *Datapath) addrChanged() map[service.Key]bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.reach.mu.Lock()
+	defer d.reach.mu.Unlock()
 	return d.reach.forgetRoutes(func(addr netip.Addr, c cachedRoute) bool {
 		src, ok := netip.AddrFromSlice(c.route.Src)
 		return c.err != nil || !ok || src.Unmap().Is4() != addr.Is4()
@@ -252,8 +332,9 @@ func (d *Datapath) addrChanged() map[service.Key]bool {
 }
 
 // forgetRoutes drops the routes that match, and returns the services
-// that use them. d.mu is held.
+// that use them. r.mu is held.
 func (r *reach) forgetRoutes(match func(netip.Addr, cachedRoute) bool) map[service.Key]bool {
+	r.gen++
 	touched := map[service.Key]bool{}
 	for addr, c := range r.routes {
 		if match(addr, c) {
@@ -267,8 +348,8 @@ func (r *reach) forgetRoutes(match func(netip.Addr, cachedRoute) bool) map[servi
 // neighChanged takes u into the neighbour table and returns the services
 // an apply looked the entry up for, when its MAC came or changed.
 func (d *Datapath) neighChanged(u netlink.NeighUpdate) map[service.Key]bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.reach.mu.Lock()
+	defer d.reach.mu.Unlock()
 	r := &d.reach
 	key, mac, usable := usableNeigh(u.Neigh)
 	if !usable {
@@ -374,8 +455,22 @@ func (d *Datapath) routedElsewhere(ifindex int) error {
 
 // solicit asks the kernel to resolve addr on a's interface, as if it had a
 // packet for it (NTF_USE): an ARP request or a neighbour solicitation goes
-// out, and the answer comes back as a neighbour update.
+// out, and the answer comes back as a neighbour update. It asks once per
+// apply.
 func (d *Datapath) solicit(a *attachment, addr netip.Addr) {
+	key := hop{ifindex: a.ifindex, addr: addr}
+	d.reach.mu.Lock()
+	again := d.reach.asked[key]
+	if d.reach.asked != nil {
+		d.reach.asked[key] = true
+	}
+	d.reach.mu.Unlock()
+	if again {
+		return
+	}
+	d.reach.mu.Lock()
+	d.reach.solicits++
+	d.reach.mu.Unlock()
 	err := d.nl.NeighSet(&netlink.Neigh{
 		LinkIndex: a.ifindex,
 		IP:        addr.AsSlice(),
@@ -423,8 +518,6 @@ func (d *Datapath) watchNetwork(ctx context.Context) {
 
 // startFollowing has reach kept by the subscriptions from now.
 func (d *Datapath) startFollowing() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	if err := d.reach.follow(d.nl); err != nil {
 		d.log.Warn("cannot read the neighbour table, reading it at each apply", "err", err)
 	}
@@ -433,8 +526,6 @@ func (d *Datapath) startFollowing() {
 // stopFollowing has every apply ask the kernel again, while nobody
 // listens to it.
 func (d *Datapath) stopFollowing() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	d.reach.forget()
 }
 
@@ -568,19 +659,17 @@ func (d *Datapath) troubled() map[service.Key]bool {
 
 // countPending counts the backends with a problem. d.mu is held.
 func (d *Datapath) countPending() {
-	d.pending = 0
+	n := 0
 	for _, st := range d.applied {
-		d.pending += len(st.problems)
+		n += len(st.problems)
 	}
+	d.pending.Store(int64(n))
 }
 
 // pokeIfTroubled asks for an apply when some backend cannot be served:
 // the change may be what it lacked.
 func (d *Datapath) pokeIfTroubled() {
-	d.mu.Lock()
-	troubled := d.pending > 0
-	d.mu.Unlock()
-	if troubled {
+	if d.pending.Load() > 0 {
 		d.poke()
 	}
 }
@@ -610,29 +699,25 @@ func macEqual(a, b []byte) bool { return string(a) == string(b) }
 
 // poke asks the refresher for an apply of all the services.
 func (d *Datapath) poke() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.pokeLocked()
-}
-
-// pokeLocked is poke with d.mu held.
-func (d *Datapath) pokeLocked() {
-	d.dirty, d.dirtyAll = nil, true
+	d.reach.mu.Lock()
+	d.reach.dirty, d.reach.dirtyAll = nil, true
+	d.reach.mu.Unlock()
 	d.kick1()
 }
 
 // pokeServices asks the refresher for an apply of some services.
 func (d *Datapath) pokeServices(keys map[service.Key]bool) {
-	d.mu.Lock()
-	if !d.dirtyAll {
-		if d.dirty == nil {
-			d.dirty = map[service.Key]bool{}
+	r := &d.reach
+	r.mu.Lock()
+	if !r.dirtyAll {
+		if r.dirty == nil {
+			r.dirty = map[service.Key]bool{}
 		}
 		for k := range keys {
-			d.dirty[k] = true
+			r.dirty[k] = true
 		}
 	}
-	d.mu.Unlock()
+	r.mu.Unlock()
 	d.kick1()
 }
 
@@ -682,10 +767,11 @@ func (d *Datapath) refresher(ctx context.Context) {
 // reapplyDirty applies again the services the updates since the last
 // apply touched, or all of them.
 func (d *Datapath) reapplyDirty(why string) {
-	d.mu.Lock()
-	only, all := d.dirty, d.dirtyAll
-	d.dirty, d.dirtyAll = nil, false
-	d.mu.Unlock()
+	r := &d.reach
+	r.mu.Lock()
+	only, all := r.dirty, r.dirtyAll
+	r.dirty, r.dirtyAll = nil, false
+	r.mu.Unlock()
 	if all {
 		d.reapply(why)
 		return
@@ -698,13 +784,13 @@ func (d *Datapath) reapplyDirty(why string) {
 // readAfresh has the next apply ask the kernel again for every route and
 // read the neighbour table anew.
 func (d *Datapath) readAfresh() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if !d.reach.followed {
+	d.reach.mu.Lock()
+	followed := d.reach.followed
+	d.reach.mu.Unlock()
+	if !followed {
 		return // every apply asks already
 	}
 	if err := d.reach.follow(d.nl); err != nil {
-		d.reach.forget()
 		d.log.Warn("cannot read the neighbour table, reading it at each apply", "err", err)
 	}
 }

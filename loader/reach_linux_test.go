@@ -18,15 +18,15 @@ import (
 
 // routeLookups is how many routes dp asked the kernel for so far.
 func routeLookups(dp *Datapath) int {
-	dp.mu.Lock()
-	defer dp.mu.Unlock()
+	dp.reach.mu.Lock()
+	defer dp.reach.mu.Unlock()
 	return dp.reach.routeLookups
 }
 
 // serves is how many services dp applied so far.
 func serves(dp *Datapath) int {
-	dp.mu.Lock()
-	defer dp.mu.Unlock()
+	dp.reach.mu.Lock()
+	defer dp.reach.mu.Unlock()
 	return dp.reach.serves
 }
 
@@ -35,9 +35,9 @@ func waitFollowed(t *testing.T, dp *Datapath) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		dp.mu.Lock()
+		dp.reach.mu.Lock()
 		ok := dp.reach.followed
-		dp.mu.Unlock()
+		dp.reach.mu.Unlock()
 		if ok {
 			return
 		}
@@ -188,5 +188,33 @@ func TestPinCheckCheap(t *testing.T) {
 	}
 	if strings.Contains(b.log.String(), "restored a pin") {
 		t.Errorf("a pin made again from halb's own map was restored:\n%s", b.log)
+	}
+}
+
+// TestDatapathNeighboursAskedAtOnce: one Apply asks for the MAC of every
+// DR backend of every service once, and they go live from the answers,
+// with no second ask.
+func TestDatapathNeighboursAskedAtOnce(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	waitFollowed(t, dp)
+	dnsSvc := svc(dns, backend(be13, 1), backend(be14, 1))
+	dnsSvc.Name = "dns"
+	services := []service.Service{svc(web, backend(be11, 1), backend(be12, 1)), dnsSvc}
+	if err := dp.Apply(context.Background(), services); err != nil {
+		t.Fatal(err)
+	}
+	solicits := func() int {
+		dp.reach.mu.Lock()
+		defer dp.reach.mu.Unlock()
+		return dp.reach.solicits
+	}
+	if n := solicits(); n != 4 {
+		t.Fatalf("one Apply asked for %d MACs, want the 4 backends' once each", n)
+	}
+	waitLive(t, dp, web, 2)
+	waitLive(t, dp, dns, 2)
+	if n := solicits(); n != 4 {
+		t.Errorf("%d MACs asked for until all were live, want the 4 of the Apply alone", n)
 	}
 }
