@@ -30,7 +30,7 @@ const EnvPrefix = "HALB"
 // within the size limit holds millions. It must still take the largest
 // sites' files: 1000 services of 100 backends, each backend with its
 // address, port and weight, hold about 715 000 (Load reads one in about
-// 2.3 times a bare YAML parse of it, 1.7 s and 330 MiB here:
+// 2.5 times a bare YAML parse of it, 1.5-2 s and 340 MiB here:
 // BenchmarkLoad); a file of a million bare list items, the worst at the
 // bound, takes longer.
 const maxNodes = 1 << 20
