@@ -52,7 +52,7 @@ func waitFollowed(t *testing.T, dp *Datapath) {
 // for no route; a route added toward one backend has only that backend
 // looked up again and only its service applied again, and a neighbour
 // entry that changes for one backend applies only its service, whose
-// record alone changes.
+// record alone is written (with the next-hop generation it moves).
 func TestDatapathReachCached(t *testing.T) {
 	b := newDPBench(t)
 	dp := b.start(t, b.cfg, config.ModeXDP)
@@ -97,6 +97,7 @@ func TestDatapathReachCached(t *testing.T) {
 	}
 	was := records()
 	applied := serves(dp)
+	writes := dp.maps.writeCount()
 
 	// A host route to be12 alone: the refresher looks up be12 again and
 	// applies web alone.
@@ -124,6 +125,9 @@ func TestDatapathReachCached(t *testing.T) {
 	if got := serves(dp) - applied; got != 1 {
 		t.Fatalf("a route to one backend applied %d services again, want its one", got)
 	}
+	if got := dp.maps.writeCount() - writes; got != 0 {
+		t.Errorf("a route to one backend that leaves its way as it was made %d map writes, want 0", got)
+	}
 	now := records()
 	for a, rec := range was {
 		if now[a] != rec {
@@ -134,6 +138,7 @@ func TestDatapathReachCached(t *testing.T) {
 	// be13's MAC changes: dns alone is applied, be13's record alone
 	// changes.
 	applied = serves(dp)
+	writes = dp.maps.writeCount()
 	newMAC := net.HardwareAddr{0x02, 0, 0, 0, 0x99, 0x13}
 	if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, IP: be13.AsSlice(), HardwareAddr: newMAC, State: netlink.NUD_PERMANENT}); err != nil {
 		t.Fatal(err)
@@ -146,6 +151,11 @@ func TestDatapathReachCached(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if got := serves(dp) - applied; got != 1 {
 		t.Fatalf("a neighbour change of one backend applied %d services again, want its one", got)
+	}
+	// Its record, and the next-hop generation that a changed record
+	// moves (mapWriter).
+	if got := dp.maps.writeCount() - writes; got != 2 {
+		t.Errorf("a neighbour change of one backend made %d map writes, want 2: its record and the next-hop generation", got)
 	}
 	now = records()
 	for a, rec := range was {
