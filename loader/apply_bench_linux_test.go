@@ -32,7 +32,8 @@ import (
 //	                     record and a Maglev table, every backend an ID
 //	                     and a record.
 //	SxN-no-change        a second Apply of the same services (the daemon
-//	                     does one every resync, 10 s).
+//	                     does one at a reload or a health change; the
+//	                     data path itself every safetyInterval).
 //	one-backend-change-1000
 //	                     one service of 1000 backends, one of which goes
 //	                     from weight 1 to weight 2: its table is rebuilt.

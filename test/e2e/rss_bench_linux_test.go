@@ -27,8 +27,8 @@ import (
 //	               log line: config load, program load, the first Apply.
 //	live-s         from starting it until `halb status` shows every
 //	               backend live (their MACs resolved by ARP).
-//	rss-MiB        VmRSS after 15 s idle, which takes in one resync (the
-//	               daemon applies the same services again every 10 s).
+//	rss-MiB        VmRSS after 15 s idle (the eBPF data path applies
+//	               nothing again while nothing changes: no resync).
 //	hwm-MiB        VmHWM, the peak: the first Apply, and the status
 //	               queries this benchmark made while waiting.
 //	idle-cpu-%     the CPU time (user and system) the daemon used in the
