@@ -48,10 +48,15 @@ struct {
 } halb_backends SEC(".maps");
 
 /* One service's Maglev table: slot -> backend id. The loader builds a new
- * table aside and swaps it into halb_maglev in one update, so a packet sees
- * either the old table or the new one, never half of each. */
+ * table aside, writes it whole through a memory mapping (BPF_F_MMAPABLE,
+ * which an inner map may have when the template has it too) and swaps it
+ * into halb_maglev with the other tables of its Apply in one batch update,
+ * so a packet sees either the old table or the new one, never half of
+ * each. All tables have one size and no BPF_F_INNER_MAP, so the verifier
+ * still inlines their lookups. */
 struct maglev_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, HALB_MAGLEV_SIZE);
 	__type(key, __u32);
 	__type(value, __u32);

@@ -57,9 +57,9 @@ import (
 // 1000-backend service: 10 ports of each address).
 //
 // Metrics: apply-ms, the wall time of the one Apply measured, which moves
-// with the machine's load (writing a table, 65537 elements in one batch
-// update, lets other tasks run between elements; installing it in
-// halb_maglev waits for an RCU grace period), so each line logs the load
+// with the machine's load (the tables are built on all cores, written
+// through memory mappings, and swapped into halb_maglev in one batch
+// update, which waits for RCU grace periods), so each line logs the load
 // average too; alloc-MiB,
 // what the Go heap allocated during it (runtime.MemStats.TotalAlloc);
 // heap-MiB, the heap in use after it and a GC (HeapInuse; the test

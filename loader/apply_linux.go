@@ -592,7 +592,9 @@ type tableJob struct {
 	live  []*beState
 	keys  []netip.AddrPort
 	sig   string
-	err   error
+	// staged: written aside, for writeTables to swap in with the rest.
+	staged bool
+	err    error
 }
 
 // planTable is the table the service needs, or nil when the one in the
@@ -614,8 +616,9 @@ func (d *Datapath) planTable(p *servicePlan) *tableJob {
 	return j
 }
 
-// writeTables builds and writes the plans' tables, as many at once as
-// there are cores to run them (GOMAXPROCS); each job keeps its error.
+// writeTables builds the plans' tables and writes each into a new map, as
+// many at once as there are cores to run them (GOMAXPROCS), then swaps
+// them all in with one batch write; each job keeps its error.
 func (d *Datapath) writeTables(plans []*servicePlan) {
 	var g errgroup.Group
 	g.SetLimit(runtime.GOMAXPROCS(0))
@@ -628,9 +631,24 @@ func (d *Datapath) writeTables(plans []*servicePlan) {
 		}
 	}
 	_ = g.Wait() // the jobs keep their errors
+	installErr := d.maps.installTables()
+	for _, p := range plans {
+		j := p.table
+		if j == nil || !j.staged {
+			continue
+		}
+		if installErr != nil {
+			j.err = fmt.Errorf("service %s: %w", j.st, installErr)
+			continue
+		}
+		if !j.isNew {
+			d.log.Info("maglev table rebuilt", "service", j.st.String(), "live_backends", len(j.live))
+		}
+		j.st.table = j.sig
+	}
 }
 
-// writeTable builds a service's Maglev table and writes it. It runs
+// writeTable builds a service's Maglev table and stages it. It runs
 // beside the others of its Apply: it touches only its own service's
 // state.
 func (d *Datapath) writeTable(j *tableJob) error {
@@ -659,13 +677,10 @@ func (d *Datapath) writeTable(j *tableJob) error {
 			return nil
 		}
 	}
-	if err := d.maps.setTable(st.id, table); err != nil {
+	if err := d.maps.stageTable(st.id, table); err != nil {
 		return fmt.Errorf("service %s: %w", st, err)
 	}
-	if !j.isNew {
-		d.log.Info("maglev table rebuilt", "service", st.String(), "live_backends", len(j.live))
-	}
-	st.table = j.sig
+	j.staged = true
 	return nil
 }
 

@@ -15,10 +15,12 @@ package loader
 //go:generate go tool bpf2go -tags linux -type addr -type family -type forward_mode -type service_flags -type backend_flags -type drop_reason -type event -type nexthop halb ../bpf/halb_lb.c -- -I../bpf -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu -idirafter /usr/include/arm-linux-gnueabihf -O2 -g -Wall -Werror -mcpu=v3
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -626,38 +628,80 @@ func (lb *LB) DeleteTxPort(ifindex int) error {
 // then replaces the old one in a single update, so no packet ever sees a
 // table half written.
 func (lb *LB) SetMaglevTable(service uint32, table []uint32) error {
+	m, err := lb.newMaglevTable(service, table)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	return lb.installMaglevTables([]uint32{service}, []*ebpf.Map{m})
+}
+
+// newMaglevTable makes a new map holding table for service, not yet in
+// halb_maglev. It writes the table whole through a memory mapping of the
+// map (one copy, where a batch update costs a syscall's work per slot).
+// The mapping is undone before it returns: cilium/ebpf's Map.Memory would
+// keep it, and with it the map's memory, until the garbage collector
+// runs, long after the table is swapped out. Safe for concurrent use.
+func (lb *LB) newMaglevTable(service uint32, table []uint32) (*ebpf.Map, error) {
 	if len(table) != lb.MaglevTableSize() {
-		return fmt.Errorf("maglev table of service %d: %d slots, want %d", service, len(table), lb.MaglevTableSize())
+		return nil, fmt.Errorf("maglev table of service %d: %d slots, want %d", service, len(table), lb.MaglevTableSize())
 	}
 	spec := lb.maglev.Copy()
 	spec.Name = fmt.Sprintf("halb_mgl_%d", service)
 	m, err := ebpf.NewMap(spec)
 	if err != nil {
-		return fmt.Errorf("create maglev table of service %d: %w", service, err)
+		return nil, fmt.Errorf("create maglev table of service %d: %w", service, err)
 	}
-	// halb_maglev holds its own reference once the table is in.
-	defer m.Close()
+	if err := writeMapped(m, table); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("write maglev table of service %d: %w", service, err)
+	}
+	return m, nil
+}
 
-	slots := make([]uint32, len(table))
-	for i := range slots {
-		slots[i] = uint32(i)
+// writeMapped writes vals into array m's elements through a memory
+// mapping. An array keeps each element in 8 bytes (its value size rounded
+// up), so slot i is at 8·i.
+func writeMapped(m *ebpf.Map, vals []uint32) error {
+	const stride = 8
+	size := (len(vals)*stride + os.Getpagesize() - 1) &^ (os.Getpagesize() - 1)
+	b, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map %s into memory: %w", m, err)
 	}
-	if _, err := m.BatchUpdate(slots, table, nil); errors.Is(err, ebpf.ErrNotSupported) {
-		// Batch updates need Linux 5.6; a new array is all zeros, so
-		// writing the other slots one by one is enough.
-		for i, id := range table {
-			if id == 0 {
-				continue
-			}
-			if err := m.Put(uint32(i), id); err != nil {
-				return fmt.Errorf("write maglev table of service %d: %w", service, err)
+	for i, v := range vals {
+		binary.NativeEndian.PutUint32(b[i*stride:], v)
+	}
+	if err := unix.Munmap(b); err != nil {
+		return fmt.Errorf("unmap %s: %w", m, err)
+	}
+	return nil
+}
+
+// installMaglevTables swaps tables[i] in as the table of services[i], all
+// in one batch update of halb_maglev (each swap on its own is atomic for
+// the packets of its service). halb_maglev holds its own reference to
+// each table once it is in; the caller closes its own.
+func (lb *LB) installMaglevTables(services []uint32, tables []*ebpf.Map) error {
+	if len(services) == 0 {
+		return nil
+	}
+	fds := make([]uint32, len(tables))
+	for i, m := range tables {
+		fds[i] = uint32(m.FD())
+	}
+	_, err := lb.objs.HalbMaglev.BatchUpdate(services, fds, nil)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		// Batch updates need Linux 5.6: one swap at a time.
+		for i, m := range tables {
+			if err := lb.objs.HalbMaglev.Put(services[i], m); err != nil {
+				return fmt.Errorf("install maglev table of service %d: %w", services[i], err)
 			}
 		}
-	} else if err != nil {
-		return fmt.Errorf("write maglev table of service %d: %w", service, err)
+		return nil
 	}
-	if err := lb.objs.HalbMaglev.Put(service, m); err != nil {
-		return fmt.Errorf("install maglev table of service %d: %w", service, err)
+	if err != nil {
+		return fmt.Errorf("install %d maglev tables: %w", len(services), err)
 	}
 	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+
+	"github.com/cilium/ebpf"
 )
 
 // mapWriter is the one way Apply (and adopt) write the maps: every write
@@ -37,7 +39,10 @@ type mapWriter struct {
 	// genDue: a backend record changed since the next-hop generation last
 	// moved.
 	genDue bool
-	writes int
+	// staged are tables written aside, for installTables.
+	staged       []stagedTable
+	writes       int
+	tableBatches int
 }
 
 func newMapWriter(lb *LB) *mapWriter {
@@ -142,15 +147,73 @@ func (w *mapWriter) moveNexthopGen() error {
 	return nil
 }
 
-// setTable installs table as service's Maglev table. Safe for concurrent
-// use.
+// setTable installs table as service's Maglev table at once.
 func (w *mapWriter) setTable(service uint32, table []uint32) error {
-	w.wrote()
-	if err := w.lb.SetMaglevTable(service, table); err != nil {
+	if err := w.stageTable(service, table); err != nil {
 		return err
 	}
-	w.knowTable(service, table)
+	return w.installTables()
+}
+
+// stagedTable is a table written whole into a new map, waiting for
+// installTables to swap it in.
+type stagedTable struct {
+	service uint32
+	m       *ebpf.Map
+	ids     []uint32 // the backend ids it names
+}
+
+// stageTable writes service's next table into a new map, whole, aside
+// from halb_maglev. Safe for concurrent use: an Apply stages its tables
+// on all cores, then installs them together.
+func (w *mapWriter) stageTable(service uint32, table []uint32) error {
+	m, err := w.lb.newMaglevTable(service, table)
+	if err != nil {
+		return err
+	}
+	ids := distinctIDs(table, w.lb.MaxBackends())
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.staged = append(w.staged, stagedTable{service: service, m: m, ids: ids})
 	return nil
+}
+
+// installTables swaps every staged table in, all in one batch write to
+// halb_maglev, and notes which ids each one names.
+func (w *mapWriter) installTables() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	staged := w.staged
+	w.staged = nil
+	if len(staged) == 0 {
+		return nil
+	}
+	services := make([]uint32, len(staged))
+	maps := make([]*ebpf.Map, len(staged))
+	for i, t := range staged {
+		services[i], maps[i] = t.service, t.m
+	}
+	w.writes++
+	w.tableBatches++
+	err := w.lb.installMaglevTables(services, maps)
+	for _, m := range maps {
+		m.Close() // halb_maglev holds its own reference
+	}
+	if err != nil {
+		return err
+	}
+	for _, t := range staged {
+		w.name(t.service, t.ids)
+	}
+	return nil
+}
+
+// tableBatchCount is how many batch writes of tables to halb_maglev the
+// writer has made.
+func (w *mapWriter) tableBatchCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.tableBatches
 }
 
 // deleteTable removes service's Maglev table: its packets are dropped.

@@ -227,6 +227,11 @@ func maglevIncompatible(outer *ebpf.Map, inner *ebpf.MapSpec) string {
 	if m.MaxEntries() != inner.MaxEntries {
 		return fmt.Sprintf("maglev tables of %d slots, and datapath.maglev_table_size is %d", m.MaxEntries(), inner.MaxEntries)
 	}
+	if m.Flags() != inner.Flags {
+		// An older halb's tables are not memory-mappable: the kernel
+		// would refuse this halb's tables in that map.
+		return fmt.Sprintf("maglev tables with flags %#x, and this halb writes them with %#x", m.Flags(), inner.Flags)
+	}
 	return ""
 }
 

@@ -131,8 +131,8 @@ func TestMapWriterRefusesNamedID(t *testing.T) {
 }
 
 // TestDatapathNoChangeNoWrite: an Apply of what the maps already serve
-// makes no map write, and one that changes one weight writes that
-// backend's record, its service's table and nothing of the other service.
+// makes no map write, and one that changes a weight in each of two
+// services writes those records and swaps both tables in one batch.
 func TestDatapathNoChangeNoWrite(t *testing.T) {
 	b := newDPBench(t)
 	dp := b.start(t, b.cfg, config.ModeXDP)
@@ -167,15 +167,22 @@ func TestDatapathNoChangeNoWrite(t *testing.T) {
 		t.Errorf("an Apply that changes nothing made %d map writes, want 0", after-before)
 	}
 
+	// Both services re-weighted: two records, one move of the next-hop
+	// generation, and both tables swapped in with one batch write.
 	heavier := svc(web, backend(be11, 2), backend(be12, 1))
-	if err := dp.Apply(ctx, []service.Service{heavier, dnsSvc}); err != nil {
+	heavierDNS := svc(dns, backend(be13, 1), backend(be14, 3))
+	heavierDNS.Name = "dns"
+	dp.mu.Lock()
+	batches := dp.maps.tableBatchCount()
+	dp.mu.Unlock()
+	if err := dp.Apply(ctx, []service.Service{heavier, heavierDNS}); err != nil {
 		t.Fatal(err)
 	}
 	dp.mu.Lock()
 	changed := dp.maps.writeCount() - after
+	batches = dp.maps.tableBatchCount() - batches
 	dp.mu.Unlock()
-	// The record, the next-hop generation, the table.
-	if changed != 3 {
-		t.Errorf("one weight changed: %d map writes, want 3 (its record, the next-hop generation, its table)", changed)
+	if changed != 4 || batches != 1 {
+		t.Errorf("two weights changed in two services: %d map writes in %d table batches, want 4 (two records, the next-hop generation, one batch of both tables) in 1", changed, batches)
 	}
 }
