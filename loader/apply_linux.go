@@ -149,7 +149,7 @@ func (d *Datapath) reconcileSome(only map[service.Key]bool) error {
 				errs = append(errs, d.removeService(d.applied[key]))
 			}
 		}
-		d.hops = map[hop]bool{}
+		d.reach.forgetHops()
 	}
 	n := d.neighbourView(only == nil)
 	d.askNeighbours(want, only, n)
@@ -573,7 +573,7 @@ func (d *Datapath) tunnelEnd(addr netip.Addr, n *neighbours) (*wantBackend, erro
 		SrcMAC:  via.mac,
 	}}
 	mac, err := n.lookup(via.ifindex, next)
-	d.hops[hop{ifindex: via.ifindex, addr: next}] = mac == nil
+	d.reach.noteHop(hop{ifindex: via.ifindex, addr: next}, mac == nil)
 	if err != nil {
 		return w, err
 	}

@@ -89,8 +89,7 @@ type Datapath struct {
 	reach   reach        // the routes and neighbours to the backends (neigh_linux.go)
 	// pinChecks is what the pin check found right (pincheck_linux.go).
 	pinChecks pinChecks
-	hops      map[hop]bool // the next hops of TUN backends, true while unresolved
-	lastErr   string       // what the last apply could not do, said once
+	lastErr   string // what the last apply could not do, said once
 	// attachErr is the last error attaching to each interface that
 	// appeared late, said once.
 	attachErr map[string]string

@@ -61,6 +61,7 @@ func (d *Datapath) neighbourView(all bool) *neighbours {
 		d.reach.users = map[netip.Addr]map[service.Key]bool{}
 	}
 	d.reach.asked = map[hop]bool{}
+	d.reach.forwards = map[string]bool{}
 	d.reach.mu.Unlock()
 	return &neighbours{d: d}
 }
@@ -187,6 +188,11 @@ type reach struct {
 	// asked are the neighbours the apply under way asked the kernel for,
 	// each once.
 	asked map[hop]bool
+	// hops are the next hops of TUN backends, true while unresolved.
+	hops map[hop]bool
+	// forwards is what the apply under way read of the interfaces'
+	// forwarding sysctls (forwarding).
+	forwards map[string]bool
 	// dirty are the services the refresher is to apply again, all of
 	// them when dirtyAll.
 	dirty    map[service.Key]bool
@@ -395,13 +401,21 @@ func (d *Datapath) linkName(ifindex int) string {
 // forwarding tells whether ifname forwards the family of IPv4 (v4) or
 // IPv6: bpf_fib_lookup refuses to route for an interface that does not.
 // /proc/sys/net shows the network namespace of the thread that opens it,
-// so the read runs on a thread in the Datapath's.
+// so the read runs on a thread in the Datapath's. It is read once per
+// apply and interface (there is no netlink update for it: the safety
+// pass and the retries see it change).
 func (d *Datapath) forwarding(ifname string, v4 bool) (bool, error) {
 	family := "ipv6"
 	if v4 {
 		family = "ipv4"
 	}
 	path := filepath.Join("/proc/sys/net", family, "conf", ifname, "forwarding")
+	d.reach.mu.Lock()
+	on, known := d.reach.forwards[path]
+	d.reach.mu.Unlock()
+	if known {
+		return on, nil
+	}
 	var b []byte
 	err := nsthread.Do(d.ns, func() (err error) {
 		b, err = os.ReadFile(path)
@@ -410,7 +424,13 @@ func (d *Datapath) forwarding(ifname string, v4 bool) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("read %s: %w", path, err)
 	}
-	return strings.TrimSpace(string(b)) != "0", nil
+	on = strings.TrimSpace(string(b)) != "0"
+	d.reach.mu.Lock()
+	if d.reach.forwards != nil {
+		d.reach.forwards[path] = on
+	}
+	d.reach.mu.Unlock()
+	return on, nil
 }
 
 // via finds the one of datapath.interfaces that reaches addr directly.
@@ -689,10 +709,28 @@ func (d *Datapath) isHop(n netlink.Neigh, unresolved bool) bool {
 	if !ok {
 		return false
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	waiting, ok := d.hops[hop{ifindex: n.LinkIndex, addr: addr.Unmap()}]
+	d.reach.mu.Lock()
+	defer d.reach.mu.Unlock()
+	waiting, ok := d.reach.hops[hop{ifindex: n.LinkIndex, addr: addr.Unmap()}]
 	return ok && (waiting || !unresolved)
+}
+
+// noteHop notes the next hop of a TUN backend, and whether it waits for
+// its MAC.
+func (r *reach) noteHop(h hop, unresolved bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.hops == nil {
+		r.hops = map[hop]bool{}
+	}
+	r.hops[h] = unresolved
+}
+
+// forgetHops starts the next hops of a full apply afresh.
+func (r *reach) forgetHops() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hops = map[hop]bool{}
 }
 
 func macEqual(a, b []byte) bool { return string(a) == string(b) }
