@@ -188,6 +188,8 @@ type reach struct {
 	// asked are the neighbours the apply under way asked the kernel for,
 	// each once.
 	asked map[hop]bool
+	// links are the last state seen of each link (linkRoutesChanged).
+	links map[int]linkState
 	// hops are the next hops of TUN backends, true while unresolved.
 	hops map[hop]bool
 	// forwards is what the apply under way read of the interfaces'
@@ -223,6 +225,18 @@ func (r *reach) usersOf(addr netip.Addr, into map[service.Key]bool) {
 	}
 }
 
+// linkState is what of a link decides the routes through it.
+type linkState struct {
+	up   bool
+	oper uint8
+	gone bool
+}
+
+func stateOf(l netlink.Link) linkState {
+	a := l.Attrs()
+	return linkState{up: a.Flags&net.FlagUp != 0, oper: uint8(a.OperState)}
+}
+
 // cachedRoute is the kernel's route to one address, or why it has none.
 type cachedRoute struct {
 	route netlink.Route
@@ -230,7 +244,7 @@ type cachedRoute struct {
 }
 
 // follow makes r kept by events from now: it forgets the routes and reads
-// the neighbour table once.
+// the neighbour table and the links' states once.
 func (r *reach) follow(nl *netlink.Handle) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -239,11 +253,20 @@ func (r *reach) follow(nl *netlink.Handle) error {
 		r.forgetLocked()
 		return fmt.Errorf("read the neighbour table: %w", err)
 	}
+	links, err := nl.LinkList()
+	if err != nil {
+		r.forgetLocked()
+		return fmt.Errorf("read the links: %w", err)
+	}
 	r.forgetLocked()
 	for _, e := range list {
 		if k, mac, ok := usableNeigh(e); ok {
 			r.neighs[k] = mac
 		}
+	}
+	r.links = map[int]linkState{}
+	for _, l := range links {
+		r.links[l.Attrs().Index] = stateOf(l)
 	}
 	r.followed = true
 	return nil
@@ -260,6 +283,7 @@ func (r *reach) forget() {
 func (r *reach) forgetLocked() {
 	r.gen++
 	r.followed = false
+	r.links = nil
 	r.routes = map[netip.Addr]cachedRoute{}
 	r.neighs = map[hop][6]byte{}
 }
@@ -312,12 +336,25 @@ func (d *Datapath) routeChanged(u netlink.RouteUpdate) map[service.Key]bool {
 	})
 }
 
-// linkRoutesChanged forgets the routes through ifindex and the failed
+// linkRoutesChanged forgets the routes through u's link and the failed
 // lookups (the link may be what they lacked), and returns the services
-// that used them.
-func (d *Datapath) linkRoutesChanged(ifindex int) map[service.Key]bool {
+// that used them, when the link came, went, or went up or down: the
+// kernel drops the routes of a link that goes down without a route
+// update for each. Other link updates (a statistic, an attribute) forget
+// nothing.
+func (d *Datapath) linkRoutesChanged(u netlink.LinkUpdate) map[service.Key]bool {
 	d.reach.mu.Lock()
 	defer d.reach.mu.Unlock()
+	ifindex := int(u.Index)
+	state := stateOf(u.Link)
+	state.gone = u.Header.Type == unix.RTM_DELLINK
+	if was, ok := d.reach.links[ifindex]; ok && was == state {
+		return nil
+	}
+	if d.reach.links == nil {
+		d.reach.links = map[int]linkState{}
+	}
+	d.reach.links[ifindex] = state
 	return d.reach.forgetRoutes(func(_ netip.Addr, c cachedRoute) bool {
 		return c.err != nil || c.route.LinkIndex == ifindex
 	})
@@ -631,7 +668,7 @@ func (d *Datapath) follow(ctx context.Context, u *subscriptions) {
 				return
 			}
 			d.linkChanged()
-			d.pokeIf(d.linkRoutesChanged(int(l.Index)))
+			d.pokeIf(d.linkRoutesChanged(l))
 		case n, ok := <-u.neighs:
 			if !ok {
 				return

@@ -166,6 +166,37 @@ func TestDatapathReachCached(t *testing.T) {
 	if now[be13].Mac != [6]byte(newMAC) {
 		t.Errorf("backend %s: MAC %x in its record, want %s", be13, now[be13].Mac, newMAC)
 	}
+
+	// A link update that leaves the link up (an alias) forgets no route.
+	before = routeLookups(dp)
+	if err := h.LinkSetAlias(l, "backends"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	if got := routeLookups(dp) - before; got != 0 {
+		t.Errorf("an alias on the backends' link had %d routes looked up again, want 0", got)
+	}
+
+	// The link goes down: the kernel drops its routes without a route
+	// update for each, and the backends are reported unreachable.
+	if err := h.LinkSetDown(l); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, err := dp.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st) > 0 && backendOf(st[0], st[0].Backends[0].Addr.Addr()).Problem != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backends still without a problem 10s after their link went down: %+v", st)
+		}
+	}
 }
 
 // TestPinCheckCheap: a pin check with every pin as it was opens none of
