@@ -22,9 +22,14 @@ import (
 )
 
 // DR sends a backend's frames to its MAC, which the kernel's neighbour
-// table knows once it has resolved the backend's address. The data path
-// asks the kernel to resolve what it lacks, listens to the neighbour
-// table, and applies again when a backend's MAC appears or changes.
+// table knows once it has resolved the backend's address; the route to
+// the backend names the interface. The data path keeps both (reach), kept
+// true by netlink route, link, address and neighbour updates, so that an
+// apply asks the kernel nothing it already knows. It asks at once for
+// every MAC it lacks, and applies again, when an update touches a
+// backend's way, only that backend's services. Nothing here runs on a
+// clock but the retries of backends that cannot be served (retryPending)
+// and the safety pass (safetyInterval).
 
 // neighbourStates are the states in which an entry's MAC can be trusted.
 const neighbourStates = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY |
@@ -540,9 +545,10 @@ func (d *Datapath) solicit(a *attachment, addr netip.Addr) {
 }
 
 // watchNetwork follows the namespace's neighbours, routes, addresses and
-// links until ctx ends. It applies again when the MAC of a backend
-// appears or changes, or when anything changes while some backend cannot
-// be served (a route, an address or an interface may be what it lacked);
+// links until ctx ends. It applies again the services of a backend whose
+// MAC appears or changes or whose route an update covers, and all when
+// anything changes while some backend cannot be served (a route, an
+// address or an interface may be what it lacked);
 // it makes the program ask the FIB again for TUN next hops when a route
 // or a neighbour changes; and it hands link changes to linkChanged.
 func (d *Datapath) watchNetwork(ctx context.Context) {
