@@ -210,14 +210,15 @@ static __always_inline struct backend *active_backend(__u32 id)
 static __always_inline __u32 maglev_pick(const struct service *svc, __u32 hash)
 {
 	__u32 slot = hash % halb_maglev_size;
-	__u32 *id;
+	__u32 index = slot / 2;
+	__u32 *ids; /* the element's two slots */
 	void *table;
 
 	table = bpf_map_lookup_elem(&halb_maglev, &svc->id);
 	if (!table)
 		return 0;
-	id = bpf_map_lookup_elem(table, &slot);
-	return id ? *id : 0;
+	ids = bpf_map_lookup_elem(table, &index);
+	return ids ? ids[slot & 1] : 0;
 }
 
 /* schedule finds the backend for pkt: the one halb_ct remembers (ct, which

@@ -47,7 +47,9 @@ struct {
 	__type(value, struct backend);
 } halb_backends SEC(".maps");
 
-/* One service's Maglev table: slot -> backend id. The loader builds a new
+/* One service's Maglev table: slot -> backend id, two slots to an element
+ * (slot s is the (s % 2)th __u32 of element s / 2), so that a table of M slots
+ * takes 4 bytes a slot where an array of __u32 takes 8. The loader builds a new
  * table aside, writes it whole through a memory mapping (BPF_F_MMAPABLE,
  * which an inner map may have when the template has it too) and swaps it
  * into halb_maglev with the other tables of its Apply in one batch update,
@@ -57,9 +59,9 @@ struct {
 struct maglev_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, HALB_MAGLEV_SIZE);
+	__uint(max_entries, (HALB_MAGLEV_SIZE + 1) / 2);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64); /* slots 2i and 2i+1, as two __u32 in memory order */
 };
 
 struct {

@@ -55,8 +55,8 @@ func TestMapLayout(t *testing.T) {
 	}
 	// The Maglev tables the loader makes from the template.
 	inner := spec.Maps[halbMapHalbMaglev].InnerMap
-	if inner == nil || inner.KeySize != 4 || inner.ValueSize != 4 {
-		t.Errorf("%s inner map: %+v, want uint32 slots of uint32 backend ids", halbMapHalbMaglev, inner)
+	if inner == nil || inner.KeySize != 4 || inner.ValueSize != 8 || inner.Flags != 1<<10 /* BPF_F_MMAPABLE */ {
+		t.Errorf("%s inner map: %+v, want uint32 keys of two uint32 backend ids, memory-mappable", halbMapHalbMaglev, inner)
 	}
 	for name := range spec.Maps {
 		if !seen[name] && !isDataSection(name) {

@@ -55,8 +55,10 @@ type Options struct {
 // use.
 type LB struct {
 	objs halbObjects
-	// maglev is the template of one service's Maglev table, sized at load.
+	// maglev is the template of one service's Maglev table, sized at
+	// load: slots slots, two to an element.
 	maglev *ebpf.MapSpec
+	slots  uint32
 	// mu serialises the service writers, which keep halb_vips in step
 	// with halb_services, and guards vips.
 	mu sync.Mutex
@@ -98,8 +100,9 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 	// The program computes hash % M with M from halb_maglev_size, and the
 	// verifier checks its table lookups against the inner map's size:
 	// both come from the one option.
+	// Two slots to an element (bpf/halb_maps.h).
 	maglev := spec.Maps[halbMapHalbMaglev].InnerMap
-	maglev.MaxEntries = opts.MaglevTableSize
+	maglev.MaxEntries = (opts.MaglevTableSize + 1) / 2
 	if err := spec.Variables[halbVarHalbMaglevSize].Set(opts.MaglevTableSize); err != nil {
 		return nil, nil, fmt.Errorf("set %s: %w", halbVarHalbMaglevSize, err)
 	}
@@ -115,6 +118,9 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 // load loads spec; copts says where maps are pinned, if anywhere.
 func load(spec *ebpf.CollectionSpec, maglev *ebpf.MapSpec, copts *ebpf.CollectionOptions) (*LB, error) {
 	lb := &LB{maglev: maglev}
+	if err := spec.Variables[halbVarHalbMaglevSize].Get(&lb.slots); err != nil {
+		return nil, fmt.Errorf("read %s: %w", halbVarHalbMaglevSize, err)
+	}
 	if err := spec.LoadAndAssign(&lb.objs, copts); err != nil {
 		return nil, fmt.Errorf("load %s: %w", halbProgHalbXdpLb, err)
 	}
@@ -138,7 +144,7 @@ func (lb *LB) Program() *ebpf.Program { return lb.objs.HalbXdpLb }
 func (lb *LB) TCProgram() *ebpf.Program { return lb.objs.HalbTcLb }
 
 // MaglevTableSize is M, the length of every table SetMaglevTable takes.
-func (lb *LB) MaglevTableSize() int { return int(lb.maglev.MaxEntries) }
+func (lb *LB) MaglevTableSize() int { return int(lb.slots) }
 
 // Proto is a service's transport protocol.
 type Proto uint8
@@ -659,23 +665,51 @@ func (lb *LB) newMaglevTable(service uint32, table []uint32) (*ebpf.Map, error) 
 	return m, nil
 }
 
-// writeMapped writes vals into array m's elements through a memory
-// mapping. An array keeps each element in 8 bytes (its value size rounded
-// up), so slot i is at 8·i.
-func writeMapped(m *ebpf.Map, vals []uint32) error {
-	const stride = 8
-	size := (len(vals)*stride + os.Getpagesize() - 1) &^ (os.Getpagesize() - 1)
-	b, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+// writeMapped writes slots into Maglev table m through a memory mapping.
+// Its elements hold two slots each (struct maglev_pair), so slot i is the
+// 4 bytes at 4·i.
+func writeMapped(m *ebpf.Map, slots []uint32) error {
+	b, err := mapTable(m, unix.PROT_READ|unix.PROT_WRITE)
 	if err != nil {
-		return fmt.Errorf("map %s into memory: %w", m, err)
+		return err
 	}
-	for i, v := range vals {
-		binary.NativeEndian.PutUint32(b[i*stride:], v)
+	for i, v := range slots {
+		binary.NativeEndian.PutUint32(b[4*i:], v)
 	}
 	if err := unix.Munmap(b); err != nil {
 		return fmt.Errorf("unmap %s: %w", m, err)
 	}
 	return nil
+}
+
+// readMapped reads the first n slots of Maglev table m through a memory
+// mapping.
+func readMapped(m *ebpf.Map, n int) ([]uint32, error) {
+	b, err := mapTable(m, unix.PROT_READ)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Munmap(b)
+	if len(b) < 4*n {
+		return nil, fmt.Errorf("%s holds %d bytes, not %d slots", m, len(b), n)
+	}
+	slots := make([]uint32, n)
+	for i := range slots {
+		slots[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return slots, nil
+}
+
+// mapTable maps Maglev table m's elements into memory (8 bytes each,
+// rounded up to whole pages).
+func mapTable(m *ebpf.Map, prot int) ([]byte, error) {
+	page := os.Getpagesize()
+	size := (int(m.MaxEntries())*8 + page - 1) &^ (page - 1)
+	b, err := unix.Mmap(m.FD(), 0, size, prot, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map %s into memory: %w", m, err)
+	}
+	return b, nil
 }
 
 // installMaglevTables swaps tables[i] in as the table of services[i], all
@@ -731,21 +765,9 @@ func (lb *LB) MaglevTable(service uint32) ([]uint32, error) {
 		return nil, fmt.Errorf("open maglev table of service %d: %w", service, err)
 	}
 	defer m.Close()
-	table := make([]uint32, m.MaxEntries())
-	keys := make([]uint32, len(table))
-	var cursor ebpf.MapBatchCursor
-	n, err := m.BatchLookup(&cursor, keys, table, nil)
-	if (err == nil || errors.Is(err, ebpf.ErrKeyNotExist)) && n == len(table) {
-		return table, nil
-	}
-	if err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+	table, err := readMapped(m, lb.MaglevTableSize())
+	if err != nil {
 		return nil, fmt.Errorf("read maglev table of service %d: %w", service, err)
-	}
-	// Batch lookups need Linux 5.6; or the batch stopped short.
-	for i := range table {
-		if err := m.Lookup(uint32(i), &table[i]); err != nil {
-			return nil, fmt.Errorf("read maglev table of service %d: %w", service, err)
-		}
 	}
 	return table, nil
 }

@@ -225,7 +225,7 @@ func maglevIncompatible(outer *ebpf.Map, inner *ebpf.MapSpec) string {
 	}
 	defer m.Close()
 	if m.MaxEntries() != inner.MaxEntries {
-		return fmt.Sprintf("maglev tables of %d slots, and datapath.maglev_table_size is %d", m.MaxEntries(), inner.MaxEntries)
+		return fmt.Sprintf("maglev tables of %d elements, and datapath.maglev_table_size needs %d", m.MaxEntries(), inner.MaxEntries)
 	}
 	if m.Flags() != inner.Flags {
 		// An older halb's tables are not memory-mappable: the kernel
