@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -63,7 +64,7 @@ type neighbours struct {
 func (d *Datapath) neighbourView(all bool) *neighbours {
 	d.reach.mu.Lock()
 	if all {
-		d.reach.users = map[netip.Addr]map[service.Key]bool{}
+		d.reach.users, d.reach.services, d.reach.keys = nil, nil, nil
 	}
 	d.reach.asked = map[hop]bool{}
 	d.reach.forwards = map[string]bool{}
@@ -85,7 +86,7 @@ func (d *Datapath) askNeighbours(want map[service.Key]*service.Service, only map
 			continue
 		}
 		d.reach.mu.Lock()
-		d.reach.serving = key
+		d.reach.serve(key)
 		d.reach.mu.Unlock()
 		for _, b := range s.Backends {
 			addr := b.Addr.Unmap()
@@ -107,7 +108,7 @@ func (d *Datapath) askNeighbours(want map[service.Key]*service.Service, only map
 func (n *neighbours) serve(key service.Key) {
 	n.d.reach.mu.Lock()
 	defer n.d.reach.mu.Unlock()
-	n.d.reach.serving = key
+	n.d.reach.serve(key)
 	n.d.reach.serves++
 }
 
@@ -188,8 +189,12 @@ type reach struct {
 	// users are the services whose backends (or next hops) are at each
 	// address the applies looked up, so that an update about one
 	// re-programs them alone; serving is the service being applied.
-	users   map[netip.Addr]map[service.Key]bool
-	serving service.Key
+	// A service is an index into keys (services), so that 100 000
+	// backend addresses cost a short sorted slice each, not a map.
+	users    map[netip.Addr][]int32
+	services map[service.Key]int32
+	keys     []service.Key
+	serving  int32
 	// asked are the neighbours the apply under way asked the kernel for,
 	// each once.
 	asked map[hop]bool
@@ -213,20 +218,34 @@ type reach struct {
 // use notes that the service being applied uses addr. r.mu is held.
 func (r *reach) use(addr netip.Addr) {
 	if r.users == nil {
-		r.users = map[netip.Addr]map[service.Key]bool{}
+		r.users = map[netip.Addr][]int32{}
 	}
 	u := r.users[addr]
-	if u == nil {
-		u = map[service.Key]bool{}
-		r.users[addr] = u
+	if i, found := slices.BinarySearch(u, r.serving); !found {
+		r.users[addr] = slices.Insert(u, i, r.serving)
 	}
-	u[r.serving] = true
 }
 
-// usersOf adds the services that use addr to into.
+// serve makes key the service being applied. r.mu is held.
+func (r *reach) serve(key service.Key) {
+	i, ok := r.services[key]
+	if !ok {
+		if r.services == nil {
+			r.services = map[service.Key]int32{}
+		}
+		i = int32(len(r.keys))
+		r.services[key] = i
+		r.keys = append(r.keys, key)
+	}
+	r.serving = i
+}
+
+// usersOf adds the services that use addr to into. r.mu is held.
 func (r *reach) usersOf(addr netip.Addr, into map[service.Key]bool) {
-	for k := range r.users[addr] {
-		into[k] = true
+	for _, i := range r.users[addr] {
+		if int(i) < len(r.keys) {
+			into[r.keys[i]] = true
+		}
 	}
 }
 
