@@ -596,7 +596,7 @@ func TestPrepareBPFFSRefusesOutsideSysFsBpf(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		before := mountCount(t)
+		before := mountCount(t, parent)
 		dir := filepath.Join(parent, "halb")
 		mounted, created, err := prepareBPFFS(dir, slog.Default())
 		want := "mount -t bpf bpf " + parent
@@ -610,8 +610,8 @@ func TestPrepareBPFFSRefusesOutsideSysFsBpf(t *testing.T) {
 			unix.Unmount(parent, 0)
 			t.Fatalf("mounted a bpf filesystem on %s", parent)
 		}
-		if mounted != "" || created || mountCount(t) != before {
-			t.Errorf("prepareBPFFS %s mounted %q, created %v, mounts %d then %d", dir, mounted, created, before, mountCount(t))
+		if mounted != "" || created || mountCount(t, parent) != before {
+			t.Errorf("prepareBPFFS %s mounted %q, created %v, mounts %d then %d", dir, mounted, created, before, mountCount(t, parent))
 		}
 		if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("prepareBPFFS made %s: %v", dir, err)
@@ -642,7 +642,7 @@ func TestPrepareBPFFSMountsSysFsBpfInPrivateNS(t *testing.T) {
 		mounted, onFS     string
 		created, fsBefore bool
 	)
-	hostBefore, mountsBefore := onBPFFS(hostBPFFS), mountCount(t)
+	hostBefore, mountsBefore := onBPFFS(hostBPFFS), mountCount(t, "/sys")
 	// The mount namespace the test started in stands for the host's
 	// (PID 1's may not be readable in a container): held open, it is
 	// read through the descriptor.
@@ -692,20 +692,36 @@ func TestPrepareBPFFSMountsSysFsBpfInPrivateNS(t *testing.T) {
 		t.Errorf("no warning naming nsenter:\n%s", logs.String())
 	}
 	// The test's own mount namespace is untouched.
-	if onBPFFS(hostBPFFS) != hostBefore || mountCount(t) != mountsBefore {
+	if onBPFFS(hostBPFFS) != hostBefore || mountCount(t, "/sys") != mountsBefore {
 		t.Errorf("the mount namespace of the test changed: bpf on %s %v then %v, %d mounts then %d",
-			hostBPFFS, hostBefore, onBPFFS(hostBPFFS), mountsBefore, mountCount(t))
+			hostBPFFS, hostBefore, onBPFFS(hostBPFFS), mountsBefore, mountCount(t, "/sys"))
 	}
 }
 
-// mountCount is how many mounts the test's mount namespace has.
-func mountCount(t *testing.T) int {
+// mountCount counts the mounts this thread sees at or below any of under.
+// Only those: the tests of other packages, run at the same time, mount and
+// unmount bpf filesystems of their own in the same mount namespace.
+func mountCount(t *testing.T, under ...string) int {
 	t.Helper()
 	b, err := os.ReadFile("/proc/thread-self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return bytes.Count(b, []byte("\n"))
+	n := 0
+	for line := range strings.Lines(string(b)) {
+		fields := strings.Fields(line)
+		if len(fields) < 5 {
+			continue
+		}
+		point := fields[4] // octal-escaped, as under is not: a path with a blank is not one of the tests'
+		for _, dir := range under {
+			if point == dir || strings.HasPrefix(point, strings.TrimSuffix(dir, "/")+"/") {
+				n++
+				break
+			}
+		}
+	}
+	return n
 }
 
 // purgeConntrack finds every flow of the backends it is given, across
@@ -1133,7 +1149,7 @@ func TestDatapathFailedStartUndoes(t *testing.T) {
 	cfg := b.cfg
 	cfg.Interfaces = []string{"halb0", "br9"}
 
-	mountsBefore := mountCount(t)
+	mountsBefore := mountCount(t, filepath.Dir(b.cfg.BPFFS), hostBPFFS)
 	err := b.startErr(t, cfg)
 	if err == nil || !strings.Contains(err.Error(), "attach to br9") {
 		t.Fatalf("start with native XDP on a bridge: %v, want a failure to attach to br9", err)
@@ -1147,7 +1163,7 @@ func TestDatapathFailedStartUndoes(t *testing.T) {
 	if _, err := os.Stat(b.cfg.BPFFS); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the failed start left %s: %v", b.cfg.BPFFS, err)
 	}
-	if after := mountCount(t); after != mountsBefore {
+	if after := mountCount(t, filepath.Dir(b.cfg.BPFFS), hostBPFFS); after != mountsBefore {
 		t.Errorf("the failed start left a mount: %d mounts before, %d after\n%s", mountsBefore, after, b.log)
 	}
 
