@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/config"
-	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/service"
 )
 
@@ -97,7 +97,7 @@ func TestDatapathLocalMACs(t *testing.T) {
 		t.Helper()
 		port++
 		frame := packet{src: ap(client4, port), dst: ap(web.VIP, web.Port)}.frame(t, routerMAC, dst)
-		sendFrame(t, b.peers, "halb0p", frame)
+		halbtest.SendFrame(t, b.peers, "halb0p", frame)
 	}
 	// expect waits for the backend's and the other-host counters to reach
 	// forwarded and other; a frame the program has not seen yet leaves
@@ -268,27 +268,6 @@ func TestDatapathLocalMACs(t *testing.T) {
 }
 
 var layers2Broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-
-// sendFrame sends frame out of ifname in ns, as it is: an AF_PACKET socket
-// that only sends.
-func sendFrame(t *testing.T, ns *netnstest.NS, ifname string, frame []byte) {
-	t.Helper()
-	err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6})
-	})
-	if err != nil {
-		t.Fatalf("send a frame out of %s: %v", ifname, err)
-	}
-}
 
 // TestLocalMACsFrom is which MACs make a frame the node's, from a made-up
 // list of interfaces: an interface's own, its bridge's or bond's, a

@@ -1,17 +1,17 @@
 package vrrp
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/halbtest"
 )
 
 // TestNotifyEscapeeDiesAtStop: a notify script that ignores SIGTERM and
@@ -30,24 +30,7 @@ func TestNotifyEscapeeDiesAtStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	marker := "halb-notify-escapee-" + hex.EncodeToString(b)
-	marked := func() []int {
-		entries, err := os.ReadDir("/proc")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var pids []int
-		for _, e := range entries {
-			pid, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-			if err == nil && bytes.Contains(cmdline, []byte(marker)) {
-				pids = append(pids, pid)
-			}
-		}
-		return pids
-	}
+	marked := func() []int { return halbtest.MarkedPIDs(t, marker) }
 	t.Cleanup(func() {
 		for _, pid := range marked() {
 			_ = unix.Kill(pid, unix.SIGKILL)

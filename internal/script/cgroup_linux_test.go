@@ -1,7 +1,6 @@
 package script
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -17,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
@@ -32,29 +32,6 @@ func requireCgroups(t *testing.T) {
 	sc.end()
 }
 
-// markedPIDs is the live processes whose command line holds marker, a
-// random word only this test's scripts use: those are provably the
-// test's own.
-func markedPIDs(t *testing.T, marker string) []int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(b, []byte(marker)) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 func newMarker(t *testing.T) string {
 	b := make([]byte, 8)
 	if _, err := rand.Read(b); err != nil {
@@ -62,7 +39,7 @@ func newMarker(t *testing.T) string {
 	}
 	marker := "halb-escapee-" + hex.EncodeToString(b)
 	t.Cleanup(func() {
-		for _, pid := range markedPIDs(t, marker) {
+		for _, pid := range halbtest.MarkedPIDs(t, marker) {
 			_ = unix.Kill(pid, unix.SIGKILL)
 		}
 	})
@@ -103,7 +80,7 @@ func TestRunLeavesNothingBehind(t *testing.T) {
 			if !errors.Is(err, tc.want) && !(tc.want == nil && err == nil) {
 				t.Fatalf("Run: %q, %v; want %v", out, err, tc.want)
 			}
-			if pids := markedPIDs(t, marker); len(pids) != 0 {
+			if pids := halbtest.MarkedPIDs(t, marker); len(pids) != 0 {
 				t.Errorf("after Run returned, the script's escaped child still runs: pids %v", pids)
 			}
 			// Loose: a bound on the order of the timeout, far from the

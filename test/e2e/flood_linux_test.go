@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/service"
@@ -73,7 +74,7 @@ func TestFloodedFramesBalancedOnce(t *testing.T) {
 	}
 	for i, c := range sends {
 		port := uint16(43000 + i)
-		sendRaw(t, b.client.ns, "eth0", synFrame(clientMAC, c.dst, clientIP, vip, port, 80))
+		halbtest.SendFrame(t, b.client.ns, "eth0", synFrame(clientMAC, c.dst, clientIP, vip, port, 80))
 		// What must arrive, within a bound; what must not is looked
 		// for once more at the end.
 		for deadline := time.Now().Add(opTimeout); got[port] < c.want && time.Now().Before(deadline); {
@@ -134,26 +135,6 @@ func inetSum(b []byte, sum uint32) uint16 {
 		sum = sum&0xffff + sum>>16
 	}
 	return ^uint16(sum)
-}
-
-// sendRaw sends frame out of ifname in ns as it is.
-func sendRaw(t *testing.T, ns *netnstest.NS, ifname string, frame []byte) {
-	t.Helper()
-	err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6})
-	})
-	if err != nil {
-		t.Fatalf("send a frame out of %s: %v", ifname, err)
-	}
 }
 
 // capture reads the IPv4 frames arriving on an interface.
