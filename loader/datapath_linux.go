@@ -443,7 +443,7 @@ func (d *Datapath) linkChanged() {
 	}
 	d.setName()
 	d.warnRedirects()
-	d.poke()
+	d.poke("interface")
 }
 
 // letGo forgets d.ifaces[i], which went away or was made again with

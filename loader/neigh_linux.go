@@ -209,6 +209,9 @@ type reach struct {
 	// them when dirtyAll.
 	dirty    map[service.Key]bool
 	dirtyAll bool
+	// causes are what the updates behind dirty were about ("route",
+	// "neighbour", ...), for the refresher's log.
+	causes []string
 	// routeLookups counts the routes asked of the kernel, serves the
 	// services applied and solicits the neighbours asked for, for the
 	// tests.
@@ -586,7 +589,7 @@ func (d *Datapath) watchNetwork(ctx context.Context) {
 			d.startFollowing()
 			d.forgetNexthops()
 			d.linkChanged()
-			d.poke()
+			d.poke("resubscription")
 			d.follow(ctx, &u)
 			d.stopFollowing()
 			u.close()
@@ -682,18 +685,18 @@ func (d *Datapath) follow(ctx context.Context, u *subscriptions) {
 				return
 			}
 			d.forgetNexthops()
-			d.pokeIf(d.routeChanged(r))
+			d.pokeIf("route", d.routeChanged(r))
 		case _, ok := <-u.addrs:
 			if !ok {
 				return
 			}
-			d.pokeIf(d.addrChanged())
+			d.pokeIf("address", d.addrChanged())
 		case l, ok := <-u.links:
 			if !ok {
 				return
 			}
 			d.linkChanged()
-			d.pokeIf(d.linkRoutesChanged(l))
+			d.pokeIf("link", d.linkRoutesChanged(l))
 		case n, ok := <-u.neighs:
 			if !ok {
 				return
@@ -702,15 +705,15 @@ func (d *Datapath) follow(ctx context.Context, u *subscriptions) {
 			touched := d.neighChanged(n)
 			switch {
 			case len(touched) > 0:
-				d.pokeServices(touched)
+				d.pokeServices("neighbour", touched)
 			case n.Type == unix.RTM_NEWNEIGH && n.State&neighbourStates != 0 && len(n.HardwareAddr) == 6 &&
 				d.isHop(n.Neigh, true):
-				d.poke()
+				d.poke("tun next hop")
 			case n.Type == unix.RTM_DELNEIGH && d.isHop(n.Neigh, false):
 				// The kernel forgot a TUN next hop (garbage
 				// collection: it does not see the traffic XDP
 				// sends there): ask for it again.
-				d.poke()
+				d.poke("tun next hop")
 			}
 		}
 	}
@@ -719,11 +722,11 @@ func (d *Datapath) follow(ctx context.Context, u *subscriptions) {
 // pokeIf asks for an apply of the services an update touched the way to
 // a backend of, or of all when some backend cannot be served: the update
 // may be what it lacked.
-func (d *Datapath) pokeIf(touched map[service.Key]bool) {
+func (d *Datapath) pokeIf(cause string, touched map[service.Key]bool) {
 	if len(touched) > 0 {
-		d.pokeServices(touched)
+		d.pokeServices(cause, touched)
 	}
-	d.pokeIfTroubled()
+	d.pokeIfTroubled(cause)
 }
 
 // troubled are the services with a backend that has a problem.
@@ -750,9 +753,9 @@ func (d *Datapath) countPending() {
 
 // pokeIfTroubled asks for an apply when some backend cannot be served:
 // the change may be what it lacked.
-func (d *Datapath) pokeIfTroubled() {
+func (d *Datapath) pokeIfTroubled(cause string) {
 	if d.pending.Load() > 0 {
-		d.poke()
+		d.poke(cause)
 	}
 }
 
@@ -797,18 +800,22 @@ func (r *reach) forgetHops() {
 
 func macEqual(a, b []byte) bool { return string(a) == string(b) }
 
-// poke asks the refresher for an apply of all the services.
-func (d *Datapath) poke() {
-	d.reach.mu.Lock()
-	d.reach.dirty, d.reach.dirtyAll = nil, true
-	d.reach.mu.Unlock()
+// poke asks the refresher for an apply of all the services, because of
+// a change of cause (what the refresher logs the apply's problems under).
+func (d *Datapath) poke(cause string) {
+	r := &d.reach
+	r.mu.Lock()
+	r.dirty, r.dirtyAll = nil, true
+	r.noteCause(cause)
+	r.mu.Unlock()
 	d.kick1()
 }
 
 // pokeServices asks the refresher for an apply of some services.
-func (d *Datapath) pokeServices(keys map[service.Key]bool) {
+func (d *Datapath) pokeServices(cause string, keys map[service.Key]bool) {
 	r := &d.reach
 	r.mu.Lock()
+	r.noteCause(cause)
 	if !r.dirtyAll {
 		if r.dirty == nil {
 			r.dirty = map[service.Key]bool{}
@@ -819,6 +826,14 @@ func (d *Datapath) pokeServices(keys map[service.Key]bool) {
 	}
 	r.mu.Unlock()
 	d.kick1()
+}
+
+// noteCause adds cause to the causes of the next apply, once. r.mu is
+// held.
+func (r *reach) noteCause(cause string) {
+	if !slices.Contains(r.causes, cause) {
+		r.causes = append(r.causes, cause)
+	}
 }
 
 // kick1 wakes the refresher, once however often it is called before it
@@ -839,38 +854,39 @@ func (d *Datapath) refresher(ctx context.Context) {
 	safety := time.NewTicker(safetyInterval)
 	defer safety.Stop()
 	for {
-		why := "apply after a neighbour change"
 		select {
 		case <-ctx.Done():
 			return
 		case <-retry.C:
 			if troubled := d.troubled(); len(troubled) > 0 {
-				d.reapplySome("apply after a neighbour change", troubled)
+				d.reapplySome("retry of backends that cannot be served", troubled)
 			}
-			continue
 		case <-safety.C:
 			d.readAfresh()
-			why = "safety pass"
+			d.reapply("safety pass")
 		case <-d.kick:
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(applyDelay):
 			}
-			d.reapplyDirty(why)
-			continue
+			d.reapplyDirty()
 		}
-		d.reapply(why)
 	}
 }
 
 // reapplyDirty applies again the services the updates since the last
-// apply touched, or all of them.
-func (d *Datapath) reapplyDirty(why string) {
+// apply touched, or all of them, logging its problems under what the
+// updates were about ("apply after a route, neighbour change").
+func (d *Datapath) reapplyDirty() {
 	r := &d.reach
 	r.mu.Lock()
 	only, all := r.dirty, r.dirtyAll
-	r.dirty, r.dirtyAll = nil, false
+	why := "apply after a change"
+	if len(r.causes) > 0 {
+		why = "apply after a " + strings.Join(r.causes, ", ") + " change"
+	}
+	r.dirty, r.dirtyAll, r.causes = nil, false, nil
 	r.mu.Unlock()
 	if all {
 		d.reapply(why)
