@@ -84,9 +84,11 @@ type Daemon struct {
 	quorumLost map[string]bool
 	// lastResync is when the data path was last applied for its resync.
 	lastResync time.Time
-	// applyFailed is set while the last apply failed: the next tick
-	// retries it, whatever the data path's Resync.
-	applyFailed  bool
+	// retry is what the last apply's failure calls for: a retry on the
+	// clock, with a backoff, whatever the data path's Resync, or none
+	// when no retry can mend it (retryable).
+	retry        applyRetry
+	clock        func() time.Time // time.Now when nil; tests set their own
 	datapathName atomic.Pointer[string]           // for the control socket's goroutines
 	datapath     atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
 }
@@ -267,7 +269,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 			d.resync(ctx)
 		case <-d.healthChanged:
 			if err := d.apply(ctx); err != nil {
-				d.log.Error("backend weights not fully programmed; retrying at the next resync", "err", err)
+				d.log.Error("backend weights not fully programmed", "err", err, "retry", d.retryNote())
 			}
 		case <-reload:
 			switch {
@@ -283,7 +285,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 			if reads.finish() {
 				if d.reloadWith(res.cfg, res.warnings, res.err) == nil {
 					if err := d.apply(ctx); err != nil {
-						d.log.Error("reloaded services not fully programmed; retrying at the next resync", "err", err)
+						d.log.Error("reloaded services not fully programmed", "err", err, "retry", d.retryNote())
 					}
 				}
 				d.notifySystemd(sd.SdNotifyReady)
