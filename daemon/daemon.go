@@ -88,7 +88,7 @@ type Daemon struct {
 	// clock, with a backoff, whatever the data path's Resync, or none
 	// when no retry can mend it (retryable).
 	retry        applyRetry
-	clock        func() time.Time // time.Now when nil; tests set their own
+	clock        func() time.Time                 // time.Now when nil; tests set their own
 	datapathName atomic.Pointer[string]           // for the control socket's goroutines
 	datapath     atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
 }
