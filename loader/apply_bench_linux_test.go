@@ -4,13 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/halb-lb/halb/internal/halbtest"
+	"iter"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,69 +21,124 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/maglev"
 	"github.com/halb-lb/halb/service"
 )
 
 // BenchmarkApply measures the control plane: what Datapath.Apply costs in
 // time, in Go heap and in kernel memory for the eBPF maps, at the default
-// Maglev table size (65537 slots) and conntrack size.
+// Maglev table size (65537 slots) and conntrack size, each time beside a
+// baseline measured in the same run (the machine's speed and load move the
+// times, much less their ratios). Run with -benchtime 1x: b.N is ignored,
+// each line is one Apply.
 //
 //	SxN                  the first Apply of S services of N backends each
 //	                     to a fresh Datapath: every service gets an ID, a
 //	                     record and a Maglev table, every backend an ID
 //	                     and a record.
-//	SxN-no-change        a second Apply of the same services (the daemon
-//	                     does one at a reload or a health change; the
-//	                     data path itself every safetyInterval).
+//	SxN-no-change        a second Apply of the same services to the same
+//	                     Datapath (the daemon does one at a reload or a
+//	                     health change; the data path itself every
+//	                     safetyInterval).
 //	one-backend-change-1000
 //	                     one service of 1000 backends, one of which goes
 //	                     from weight 1 to weight 2: its table is rebuilt.
 //	one-backend-remove-1000
 //	                     the same service, one backend removed.
 //
-// The last two also report slots-changed, the slots of the table that
-// name another backend ID after the Apply than before it, and
-// slots-dangling, the slots that name an ID the service no longer has.
+// Metrics of every line:
 //
-// Every backend of every service takes a backend record: 1000x100 needs
-// datapath.max_backends 100001 (the default, 4096, holds 4095), which the
-// shapes above the default set, as `halb check` asks. Were the maps too
-// small, Apply would place what fits and refuse the rest: the lines report
-// backends-placed and backends-refused, and log the first refusal.
+//	apply-ms             the wall time of the Apply measured.
+//	map-writes           the map writes it made (mapWriter's count: one a
+//	                     record, counter reset or table batch).
+//	outer-map-batches    its batch writes of Maglev tables to halb_maglev:
+//	                     1 when it wrote tables (all of them in one), else 0.
+//	alloc-MiB            what the Go heap allocated during it
+//	                     (runtime.MemStats.TotalAlloc).
+//	heap-MiB             the heap in use after it and a GC (HeapInuse; the
+//	                     test binary's own takes part of it), and
+//	heap-delta-MiB       the part of that the Apply added and keeps.
+//	maps-MiB             the kernel memory of the program's maps and of
+//	                     every Maglev table: the sum of each map's memlock
+//	                     as the kernel reports it in /proc/self/fdinfo
+//	                     (ebpf.MapInfo.Memlock, on this kernel the map's
+//	                     own memory-usage estimate).
+//	maglev-bytes/slot    the memlock of the Maglev tables alone, divided by
+//	                     their slots (issue 16's bound: 4.1).
+//	backends-placed, backends-refused
+//	                     backends with an ID and record, and those the maps
+//	                     had no room for (1000x100 needs max_backends
+//	                     100001, which the shape sets; were the maps too
+//	                     small, Apply would place what fits, refuse the
+//	                     rest and the first refusal would be logged).
+//
+// And of some:
+//
+//	builds-ms            (SxN) the Go Maglev builds of exactly the tables
+//	                     the Apply built (the same backends' keys and
+//	                     weights), one after the other on one goroutine,
+//	                     timed right after the Apply: what computing the
+//	                     tables costs, without writing them.
+//	apply/builds         (SxN) apply-ms / builds-ms; issue 16's bound: 1.3.
+//	                     The Apply builds on all cores, so on an idle
+//	                     machine of C cores it can approach 1/C plus the
+//	                     cost of the maps' writes.
+//	first-apply-ms       (no-change and one-backend lines) the first Apply
+//	                     of the same Datapath, made before the one measured.
+//	no-change/first      (no-change) apply-ms / first-apply-ms; issue 16's
+//	                     bound: 0.001.
+//	route-lookups        (no-change) the routes the Apply asked the kernel
+//	                     for; 0 when reach knows them all (0 writes and 0
+//	                     lookups are asserted by TestDatapathNoChangeNoWrite
+//	                     and TestDatapathReachCached; here they are shown).
+//	build-ms             (one-backend lines) the median of 5 Go builds of
+//	                     the service's new table, in the same run.
+//	apply/build          (one-backend lines) apply-ms / build-ms; issue 16's
+//	                     bound: 2.
+//	slots-changed        (one-backend lines) the slots that name another
+//	                     backend ID after the Apply than before it, and
+//	slots-dangling       the slots that name an ID the service no longer
+//	                     has (0).
 //
 // The backends are DR, on halb0's link with permanent neighbour entries,
 // so that every placed backend is live at once and in its table: no
 // packet leaves the namespace. Services are on VIPs 198.51.100.10 and up,
 // 100 ports each; backends are 192.0.2.100-199 on the service's port (the
-// 1000-backend service: 10 ports of each address).
-//
-// Metrics: apply-ms, the wall time of the one Apply measured, which moves
-// with the machine's load (the tables are built on all cores, written
-// through memory mappings, and swapped into halb_maglev in one batch
-// update, which waits for RCU grace periods), so each line logs the load
-// average too; alloc-MiB,
-// what the Go heap allocated during it (runtime.MemStats.TotalAlloc);
-// heap-MiB, the heap in use after it and a GC (HeapInuse; the test
-// binary's own takes part of it) and heap-delta-MiB, the part that Apply
-// added and keeps; maps-MiB, the kernel memory of the program's maps and
-// of every Maglev table, the sum of each map's memlock as the kernel
-// reports it in /proc/self/fdinfo (ebpf.MapInfo.Memlock, which on this
-// kernel is the map's own memory-usage estimate). ns/op is suppressed: b.N
-// is ignored, each line is one Apply; run with -benchtime 1x.
+// 1000-backend service: 10 ports of each address). Each line logs the load
+// average, which moves apply-ms more than the ratios.
 func BenchmarkApply(b *testing.B) {
-	for _, sh := range []applyShape{{1000, 100}} {
-		b.Run(sh.String(), func(b *testing.B) {
-			ab := newApplyBench(b, sh.maxBackends())
-			ab.report(b, ab.apply(b, sh.services()), sh.services())
-		})
-		b.Run(sh.String()+"-no-change", func(b *testing.B) {
-			ab := newApplyBench(b, sh.maxBackends())
-			svcs := sh.services()
-			ab.apply(b, svcs)
-			ab.report(b, ab.apply(b, svcs), svcs)
-		})
+	sh := applyShape{1000, 100}
+	svcs := sh.services()
+	// The first two lines share one Datapath: the no-change Apply follows
+	// the first.
+	var (
+		ab    *applyBench
+		first applyCost
+	)
+	firstApply := func(b *testing.B) {
+		if ab != nil {
+			return
+		}
+		ab = newApplyBench(b, sh.maxBackends())
+		first = ab.apply(b, svcs)
+		first.builds = ab.buildTables(b)
 	}
+	b.Run(sh.String(), func(sb *testing.B) {
+		firstApply(b)
+		ab.report(sb, first, svcs)
+		sb.ReportMetric(ms(first.builds), "builds-ms")
+		sb.ReportMetric(float64(first.took)/float64(first.builds), "apply/builds")
+	})
+	b.Run(sh.String()+"-no-change", func(sb *testing.B) {
+		firstApply(b)
+		c := ab.apply(sb, svcs)
+		ab.report(sb, c, svcs)
+		sb.ReportMetric(ms(first.took), "first-apply-ms")
+		sb.ReportMetric(float64(c.took)/float64(first.took), "no-change/first")
+		sb.ReportMetric(float64(c.lookups), "route-lookups")
+	})
 	b.Run("one-backend-change-1000", func(b *testing.B) {
 		benchOneBackend(b, func(s *service.Service) { s.Backends[500].Weight = 2 })
 	})
@@ -92,9 +149,33 @@ func BenchmarkApply(b *testing.B) {
 	})
 }
 
+// buildTables times the Go Maglev builds of the tables of every service
+// the Datapath holds, built as Apply builds them, one after the other.
+func (ab *applyBench) buildTables(b *testing.B) time.Duration {
+	b.Helper()
+	var jobs []*tableJob
+	for _, key := range sortedKeys(ab.dp.applied) {
+		st := ab.dp.applied[key]
+		jobs = append(jobs, newTableJob(st, false, st.backends))
+	}
+	runtime.GC()
+	var sum time.Duration
+	for _, j := range jobs {
+		mb := j.maglevBackends()
+		start := time.Now()
+		_, err := maglev.Build(mb, ab.dp.lb.MaglevTableSize())
+		sum += time.Since(start)
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	return sum
+}
+
 // benchOneBackend applies a service of 1000 backends, changes it with
-// change and applies it again, and reports the second Apply and how many
-// slots of the Maglev table name another backend after it.
+// change and applies it again, and reports the second Apply, the Go build
+// of the new table, and how many slots of the Maglev table name another
+// backend after it.
 func benchOneBackend(b *testing.B, change func(*service.Service)) {
 	ab := newApplyBench(b, DefaultMaxBackends)
 	s := service.Service{
@@ -142,10 +223,36 @@ func benchOneBackend(b *testing.B, change func(*service.Service)) {
 			dangling++
 		}
 	}
+	build := ab.medianBuild(b, 5)
 	ab.report(b, c, []service.Service{changed})
 	b.ReportMetric(ms(first.took), "first-apply-ms")
+	b.ReportMetric(ms(build), "build-ms")
+	b.ReportMetric(float64(c.took)/float64(build), "apply/build")
 	b.ReportMetric(float64(moved), "slots-changed")
 	b.ReportMetric(float64(dangling), "slots-dangling")
+}
+
+// medianBuild is the median time of n Go builds of the table of the one
+// service the Datapath holds.
+func (ab *applyBench) medianBuild(b *testing.B, n int) time.Duration {
+	b.Helper()
+	var times []time.Duration
+	for range n {
+		if len(ab.dp.applied) != 1 {
+			b.Fatalf("%d services applied, want 1", len(ab.dp.applied))
+		}
+		for _, st := range ab.dp.applied {
+			mb := newTableJob(st, false, st.backends).maglevBackends()
+			start := time.Now()
+			_, err := maglev.Build(mb, ab.dp.lb.MaglevTableSize())
+			times = append(times, time.Since(start))
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	slices.Sort(times)
+	return times[len(times)/2]
 }
 
 // applyShape is S services of N backends each.
@@ -262,9 +369,13 @@ func newApplyBench(b *testing.B, maxBackends int) *applyBench {
 // applyCost is what one Apply cost.
 type applyCost struct {
 	took       time.Duration
-	alloc      uint64 // bytes the Go heap allocated during it
+	builds     time.Duration // the Go builds of its tables, one after the other
+	alloc      uint64        // bytes the Go heap allocated during it
 	heap, kept uint64 // bytes of heap in use after it and a GC, and what it added to that
-	err        error
+	// writes, batches and lookups are the map writes, the batch writes
+	// of tables to halb_maglev and the route lookups it made.
+	writes, batches, lookups int
+	err                      error
 }
 
 // apply runs one Apply of services and measures it.
@@ -273,9 +384,12 @@ func (ab *applyBench) apply(b *testing.B, services []service.Service) applyCost 
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
+	writes, batches, lookups := ab.counts()
 	start := time.Now()
 	err := ab.dp.Apply(context.Background(), services)
 	c := applyCost{took: time.Since(start), err: err}
+	w, bt, l := ab.counts()
+	c.writes, c.batches, c.lookups = w-writes, bt-batches, l-lookups
 	runtime.ReadMemStats(&after)
 	c.alloc = after.TotalAlloc - before.TotalAlloc
 	runtime.GC()
@@ -285,6 +399,14 @@ func (ab *applyBench) apply(b *testing.B, services []service.Service) applyCost 
 		c.kept = after.HeapInuse - before.HeapInuse
 	}
 	return c
+}
+
+// counts are the Datapath's map writes, table batches and route lookups
+// so far.
+func (ab *applyBench) counts() (writes, batches, lookups int) {
+	ab.dp.mu.Lock()
+	defer ab.dp.mu.Unlock()
+	return ab.dp.maps.writeCount(), ab.dp.maps.tableBatchCount(), routeLookups(ab.dp)
 }
 
 // report reports c and what the data path holds after it. An error is
@@ -322,6 +444,10 @@ func (ab *applyBench) report(b *testing.B, c applyCost, services []service.Servi
 	if err != nil {
 		b.Fatal(err)
 	}
+	tables, tableMem, err := ab.tableMemory()
+	if err != nil {
+		b.Fatal(err)
+	}
 	load, _ := os.ReadFile("/proc/loadavg")
 	b.Logf("maglev table size %d, conntrack entries %d; the maps hold %d services and %d backends; %d maps; load average %s",
 		ab.dp.lb.MaglevTableSize(), ab.dp.lb.objs.HalbCt.MaxEntries(), ab.dp.lb.MaxServices(), ab.dp.lb.MaxBackends()-1, maps,
@@ -332,6 +458,9 @@ func (ab *applyBench) report(b *testing.B, c applyCost, services []service.Servi
 	b.ReportMetric(mib(c.heap), "heap-MiB")
 	b.ReportMetric(mib(c.kept), "heap-delta-MiB")
 	b.ReportMetric(mib(mem), "maps-MiB")
+	b.ReportMetric(float64(tableMem)/float64(tables*ab.dp.lb.MaglevTableSize()), "maglev-bytes/slot")
+	b.ReportMetric(float64(c.writes), "map-writes")
+	b.ReportMetric(float64(c.batches), "outer-map-batches")
 	b.ReportMetric(float64(placed), "backends-placed")
 	b.ReportMetric(float64(want-placed), "backends-refused")
 }
@@ -353,32 +482,64 @@ func (ab *applyBench) mapMemory() (uint64, int, error) {
 			ids[id] = true
 		}
 	}
-	var slot, inner uint32
+	tables, err := ab.tableIDs()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, id := range tables {
+		ids[id] = true
+	}
+	sum, err := memlock(maps.Keys(ids))
+	return sum, len(ids), err
+}
+
+// tableMemory counts the Maglev tables in halb_maglev and sums their
+// memlock.
+func (ab *applyBench) tableMemory() (int, uint64, error) {
+	ids, err := ab.tableIDs()
+	if err != nil {
+		return 0, 0, err
+	}
+	sum, err := memlock(slices.Values(ids))
+	return len(ids), sum, err
+}
+
+// tableIDs are the ids of the Maglev tables in halb_maglev.
+func (ab *applyBench) tableIDs() ([]ebpf.MapID, error) {
+	var (
+		slot, inner uint32
+		ids         []ebpf.MapID
+	)
 	it := ab.dp.lb.objs.HalbMaglev.Iterate()
 	for it.Next(&slot, &inner) {
-		ids[ebpf.MapID(inner)] = true
+		ids = append(ids, ebpf.MapID(inner))
 	}
 	if err := it.Err(); err != nil {
-		return 0, 0, fmt.Errorf("read %s: %w", halbMapHalbMaglev, err)
+		return nil, fmt.Errorf("read %s: %w", halbMapHalbMaglev, err)
 	}
+	return ids, nil
+}
+
+// memlock sums the memlock the kernel reports for the maps of ids.
+func memlock(ids iter.Seq[ebpf.MapID]) (uint64, error) {
 	var sum uint64
 	for id := range ids {
 		m, err := ebpf.NewMapFromID(id)
 		if err != nil {
-			return 0, 0, fmt.Errorf("open map %d: %w", id, err)
+			return 0, fmt.Errorf("open map %d: %w", id, err)
 		}
 		info, err := m.Info()
 		m.Close()
 		if err != nil {
-			return 0, 0, fmt.Errorf("map %d info: %w", id, err)
+			return 0, fmt.Errorf("map %d info: %w", id, err)
 		}
 		n, ok := info.Memlock()
 		if !ok {
-			return 0, 0, fmt.Errorf("map %d (%s): the kernel reports no memlock", id, info.Name)
+			return 0, fmt.Errorf("map %d (%s): the kernel reports no memlock", id, info.Name)
 		}
 		sum += n
 	}
-	return sum, len(ids), nil
+	return sum, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -602,18 +602,35 @@ type tableJob struct {
 // the backends that leave, before their records and ids go: a slot must
 // never name a freed id.
 func (d *Datapath) planTable(p *servicePlan) *tableJob {
-	j := &tableJob{st: p.st, isNew: p.isNew}
-	for _, ap := range sortedAddrPorts(p.st.backends) {
-		if be := p.st.backends[ap]; be.live() && p.want[ap] != nil {
-			j.live = append(j.live, be)
-			j.keys = append(j.keys, ap)
-		}
-	}
-	j.sig = signature(j.keys, j.live)
+	j := newTableJob(p.st, p.isNew, p.want)
 	if j.sig == p.st.table && !p.isNew {
 		return nil
 	}
 	return j
+}
+
+// newTableJob is the table st needs: one of its live backends in want.
+func newTableJob[W any](st *svcState, isNew bool, want map[netip.AddrPort]W) *tableJob {
+	j := &tableJob{st: st, isNew: isNew}
+	for _, ap := range sortedAddrPorts(st.backends) {
+		if be := st.backends[ap]; be.live() {
+			if _, ok := want[ap]; ok {
+				j.live = append(j.live, be)
+				j.keys = append(j.keys, ap)
+			}
+		}
+	}
+	j.sig = signature(j.keys, j.live)
+	return j
+}
+
+// maglevBackends are the job's backends as maglev.Build takes them.
+func (j *tableJob) maglevBackends() []maglev.Backend {
+	mb := make([]maglev.Backend, len(j.live))
+	for i, be := range j.live {
+		mb[i] = maglev.Backend{Key: j.keys[i].String(), Weight: be.rec.Weight}
+	}
+	return mb
 }
 
 // writeTables builds the plans' tables and writes each into a new map, as
@@ -653,11 +670,7 @@ func (d *Datapath) writeTables(plans []*servicePlan) {
 // state.
 func (d *Datapath) writeTable(j *tableJob) error {
 	st := j.st
-	mb := make([]maglev.Backend, len(j.live))
-	for i, be := range j.live {
-		mb[i] = maglev.Backend{Key: j.keys[i].String(), Weight: be.rec.Weight}
-	}
-	idx, err := maglev.Build(mb, d.lb.MaglevTableSize())
+	idx, err := maglev.Build(j.maglevBackends(), d.lb.MaglevTableSize())
 	if err != nil {
 		return fmt.Errorf("service %s: maglev table: %w", st, err)
 	}
