@@ -371,7 +371,7 @@ type applyCost struct {
 	took       time.Duration
 	builds     time.Duration // the Go builds of its tables, one after the other
 	alloc      uint64        // bytes the Go heap allocated during it
-	heap, kept uint64 // bytes of heap in use after it and a GC, and what it added to that
+	heap, kept uint64        // bytes of heap in use after it and a GC, and what it added to that
 	// writes, batches and lookups are the map writes, the batch writes
 	// of tables to halb_maglev and the route lookups it made.
 	writes, batches, lookups int

@@ -104,13 +104,51 @@ func (d *Datapath) Apply(ctx context.Context, services []service.Service) error 
 	if d.closed {
 		return fmt.Errorf("apply: %w", service.ErrClosed)
 	}
-	d.desired = slices.Clone(services)
-	err := d.reconcile()
-	d.lastErr = errString(err)
+	var err error
+	if !d.unchanged(services) {
+		d.desired = cloneServices(services)
+		err = d.reconcile()
+		d.lastErr = errString(err)
+	}
 	if len(d.swap) > 0 {
 		err = errors.Join(err, d.swapPrograms())
 	}
 	return err
+}
+
+// unchanged reports whether services are what the maps serve already,
+// so that Apply has nothing to do: they are the services of the last
+// Apply, which wrote them all without an error, every backend is served,
+// and netlink events keep what the data path knows of the network true
+// (and apply again what they touch). Comparing them costs about 10 ns a
+// backend; applying them again, even with no write, about 3 µs.
+// d.mu is held.
+func (d *Datapath) unchanged(services []service.Service) bool {
+	if d.desired == nil || d.lastErr != "" || d.pending.Load() > 0 {
+		return false
+	}
+	d.reach.mu.Lock()
+	followed := d.reach.followed
+	d.reach.mu.Unlock()
+	return followed && slices.EqualFunc(d.desired, services, sameService)
+}
+
+// sameService: a and b are one service with the same backends, in the
+// same order (Apply keeps VIPs unmapped).
+func sameService(a, b service.Service) bool {
+	return a.Name == b.Name && a.Key.VIP.Unmap() == b.Key.VIP.Unmap() && a.Key.Port == b.Key.Port &&
+		a.Key.Proto == b.Key.Proto && a.Scheduler == b.Scheduler && a.Forward == b.Forward &&
+		a.Persistence == b.Persistence && slices.Equal(a.Backends, b.Backends)
+}
+
+// cloneServices copies services with their backends, which the caller
+// may change after Apply returns.
+func cloneServices(services []service.Service) []service.Service {
+	out := slices.Clone(services)
+	for i := range out {
+		out[i].Backends = slices.Clone(out[i].Backends)
+	}
+	return out
 }
 
 func errString(err error) string {
@@ -232,8 +270,13 @@ func (d *Datapath) applyServices(keys []service.Key, want map[service.Key]*servi
 		}
 	}
 	errs = append(errs, d.forgetReusedIDs(plans))
+	var queued []queuedRecord
 	for _, p := range plans {
-		d.writeBackends(p)
+		queued = d.queueBackends(p, queued)
+	}
+	d.writeBackends(queued)
+	for _, p := range plans {
+		p.table = d.planTable(p)
 	}
 	// Before any table names the records just written.
 	errs = append(errs, d.maps.moveNexthopGen())
@@ -394,9 +437,18 @@ func (d *Datapath) forgetReusedIDs(plans []*servicePlan) error {
 	return nil
 }
 
-// writeBackends writes the records of the service's backends that
-// changed, and zeroes the counters of the new ones.
-func (d *Datapath) writeBackends(p *servicePlan) {
+// queuedRecord is a backend record queued for writeBackends, and the one
+// it replaces.
+type queuedRecord struct {
+	p   *servicePlan
+	ap  netip.AddrPort
+	be  *beState
+	old halbBackend
+}
+
+// queueBackends queues the records of the service's backends that
+// changed, and the zeroing of the counters of the new ones, onto queued.
+func (d *Datapath) queueBackends(p *servicePlan, queued []queuedRecord) []queuedRecord {
 	st := p.st
 	for _, ap := range sortedAddrPorts(p.want) {
 		w, be := p.want[ap], st.backends[ap]
@@ -406,25 +458,35 @@ func (d *Datapath) writeBackends(p *servicePlan) {
 			continue
 		}
 		be.via = w.via
-		if p.fresh[be.id] {
-			if err := d.maps.resetBackendStats(be.id); err != nil {
-				p.errs = append(p.errs, err)
-				continue
-			}
-		} else if rec == be.rec {
+		fresh := p.fresh[be.id]
+		if !fresh && rec == be.rec {
 			continue
 		}
-		if err := d.maps.putBackend(be.id, rec); err != nil {
-			p.errs = append(p.errs, fmt.Errorf("service %s: backend %s: %w", st, ap, err))
-			continue
-		}
-		if !p.fresh[be.id] && rec.Mac != be.rec.Mac && be.rec.Mac != ([6]byte{}) && rec.Mac != ([6]byte{}) {
+		d.maps.queueBackend(be.id, rec, fresh)
+		queued = append(queued, queuedRecord{p: p, ap: ap, be: be, old: be.rec})
+		if !fresh && rec.Mac != be.rec.Mac && be.rec.Mac != ([6]byte{}) && rec.Mac != ([6]byte{}) {
 			d.log.Info("backend mac changed", "service", st.String(), "backend", ap.String(),
 				"old", net.HardwareAddr(be.rec.Mac[:]).String(), "new", net.HardwareAddr(rec.Mac[:]).String())
 		}
 		be.rec = rec
 	}
-	p.table = d.planTable(p)
+	return queued
+}
+
+// writeBackends writes the queued records; a backend whose record could
+// not be written keeps the one it had (and its service's table is
+// planned from that), and its service reports why.
+func (d *Datapath) writeBackends(queued []queuedRecord) {
+	failed := d.maps.flushBackends()
+	if len(failed) == 0 {
+		return
+	}
+	for _, q := range queued {
+		if err := failed[q.be.id]; err != nil {
+			q.be.rec = q.old
+			q.p.errs = append(q.p.errs, fmt.Errorf("service %s: backend %s: %w", q.p.st, q.ap, err))
+		}
+	}
 }
 
 // finishService writes the service record that leads to the table, then

@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -673,9 +674,9 @@ func writeMapped(m *ebpf.Map, slots []uint32) error {
 	if err != nil {
 		return err
 	}
-	for i, v := range slots {
-		binary.NativeEndian.PutUint32(b[4*i:], v)
-	}
+	// One copy: the mapping is page-aligned, and the program reads the
+	// slots in the host's byte order.
+	copy(unsafe.Slice((*uint32)(unsafe.Pointer(&b[0])), len(b)/4), slots)
 	if err := unix.Munmap(b); err != nil {
 		return fmt.Errorf("unmap %s: %w", m, err)
 	}
