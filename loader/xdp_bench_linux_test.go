@@ -67,7 +67,15 @@ import (
 // Metrics: ns/pkt, and x-empty, the ratio to the empty program. ns/op is
 // suppressed: it would count the syscalls too. The empty line also shows
 // single-ns, the cost of its single run, which the single lines have
-// taken off.
+// taken off. The conntrack lines show what halb adds to the kernel's LRU
+// hash, the part of their cost that is halb's own:
+// ns-above-lru-lookup, ns/pkt less lru-lookup's (the hit lines), and
+// ns-above-lru-insert, ns/pkt less lru-insert's (the miss lines), each
+// floor as this run measured it (a line run without its floor's line
+// shows neither). The ratios to the empty program measure the machine as
+// much as halb (the empty program costs 32 ns on one machine and 5 ns on
+// another, the LRU helpers several times that); the cost above the
+// floors is what the issues' targets are stated in.
 func BenchmarkXDP(b *testing.B) {
 	ns := netnstest.New(b)
 	lb, err := Load(Options{})
@@ -232,7 +240,7 @@ func BenchmarkXDP(b *testing.B) {
 	// bulk, and when isSingle single too, whose extra cost it takes off
 	// run's. run nil measures the empty program itself.
 	const rounds = 9
-	measure := func(b *testing.B, isSingle bool, run func(n int) (float64, error)) {
+	measure := func(b *testing.B, isSingle bool, run func(n int) (float64, error)) float64 {
 		n := max(1, b.N/rounds)
 		var pers, ratios, singles []float64
 		inNS(b, func() error {
@@ -263,11 +271,21 @@ func BenchmarkXDP(b *testing.B) {
 			}
 			return nil
 		})
+		per := median(pers)
 		b.ReportMetric(0, "ns/op")
-		b.ReportMetric(median(pers), "ns/pkt")
+		b.ReportMetric(per, "ns/pkt")
 		b.ReportMetric(median(ratios), "x-empty")
 		if len(singles) > 0 {
 			b.ReportMetric(median(singles), "single-ns")
+		}
+		return per
+	}
+	// The LRU floors of this run, once their lines have run, and what a
+	// line costs above one of them.
+	var lookupFloor, insertFloor float64
+	above := func(b *testing.B, per, floor float64, unit string) {
+		if floor > 0 {
+			b.ReportMetric(per-floor, unit)
 		}
 	}
 
@@ -300,18 +318,20 @@ func BenchmarkXDP(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer prog.Close()
-		measure(b, false, func(n int) (float64, error) { return bulk(prog, ack, n, xdpTX) })
+		lookupFloor = measure(b, false, func(n int) (float64, error) { return bulk(prog, ack, n, xdpTX) })
 	})
 
 	b.Run("ct-hit", func(b *testing.B) {
 		// The first run puts the flow in halb_ct.
 		inNS(b, func() error { _, err := bulk(lb.Program(), ack, 1, xdpTX); return err })
-		measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), ack, n, xdpTX) })
+		per := measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), ack, n, xdpTX) })
+		above(b, per, lookupFloor, "ns-above-lru-lookup")
 	})
 
 	b.Run("ct-hit-v6", func(b *testing.B) {
 		inNS(b, func() error { _, err := bulk(lb.Program(), ack6, 1, xdpTX); return err })
-		measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), ack6, n, xdpTX) })
+		per := measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), ack6, n, xdpTX) })
+		above(b, per, lookupFloor, "ns-above-lru-lookup")
 	})
 
 	b.Run("syn", func(b *testing.B) {
@@ -319,9 +339,10 @@ func BenchmarkXDP(b *testing.B) {
 	})
 
 	b.Run("ct-hit-single", func(b *testing.B) {
-		measure(b, true, func(n int) (float64, error) {
+		per := measure(b, true, func(n int) (float64, error) {
 			return single(lb.Program(), n, func() []byte { return ack }, xdpTX)
 		})
+		above(b, per, lookupFloor, "ns-above-lru-lookup")
 	})
 
 	b.Run("ct-hit-tun", func(b *testing.B) {
@@ -329,9 +350,10 @@ func BenchmarkXDP(b *testing.B) {
 			_, err := single(lb.Program(), 1, func() []byte { return tunAck }, xdpRedirect)
 			return err
 		})
-		measure(b, true, func(n int) (float64, error) {
+		per := measure(b, true, func(n int) (float64, error) {
 			return single(lb.Program(), n, func() []byte { return tunAck }, xdpRedirect)
 		})
+		above(b, per, lookupFloor, "ns-above-lru-lookup")
 	})
 
 	// Flow n comes from 203.0.113.(n>>16) port n&0xffff: 2^24 flows. The
@@ -393,7 +415,7 @@ func BenchmarkXDP(b *testing.B) {
 			_, err := single(prog, DefaultConntrackEntries, fresh, xdpTX)
 			return err
 		})
-		measure(b, true, func(n int) (float64, error) { return single(prog, n, fresh, xdpTX) })
+		insertFloor = measure(b, true, func(n int) (float64, error) { return single(prog, n, fresh, xdpTX) })
 	})
 
 	b.Run("ct-miss-bulk", func(b *testing.B) {
@@ -457,7 +479,7 @@ func BenchmarkXDP(b *testing.B) {
 			_, err := bulk(toLB, frame, DefaultConntrackEntries, xdpTX)
 			return err
 		})
-		measure(b, false, func(n int) (float64, error) {
+		per := measure(b, false, func(n int) (float64, error) {
 			both, err := bulk(toLB, frame, n, xdpTX)
 			if err != nil {
 				return 0, err
@@ -469,6 +491,7 @@ func BenchmarkXDP(b *testing.B) {
 			floor, err := bulk(empty, ack, n, xdpPass)
 			return both - wrapper + floor, err
 		})
+		above(b, per, insertFloor, "ns-above-lru-insert")
 	})
 
 	b.Run("ct-miss", func(b *testing.B) {
@@ -478,7 +501,8 @@ func BenchmarkXDP(b *testing.B) {
 				return err
 			})
 		}
-		measure(b, true, func(n int) (float64, error) { return single(lb.Program(), n, next, xdpTX) })
+		per := measure(b, true, func(n int) (float64, error) { return single(lb.Program(), n, next, xdpTX) })
+		above(b, per, insertFloor, "ns-above-lru-insert")
 	})
 }
 
