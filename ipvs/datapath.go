@@ -22,8 +22,10 @@ import (
 // resyncInterval is how often the daemon should call Apply when nothing has
 // changed. IPVS sends no notice when someone changes its table (its generic
 // netlink family has no multicast group), so halb finds out by looking: a
-// pass that finds nothing to do costs one dump of the services and one of
-// the destinations of each of halb's services, and changes nothing.
+// pass that finds nothing to do costs one read of the whole table
+// (tableReader, /proc/net/ip_vs) and changes nothing; only when that read
+// differs from what the last pass left, or that pass failed, does it list
+// the services and each one's destinations over netlink and load modules.
 const resyncInterval = 10 * time.Second
 
 // Resync is resyncInterval.
@@ -61,6 +63,10 @@ type Datapath struct {
 	log   *slog.Logger
 	owned keySet   // what the state file lists
 	want  []target // what the last Apply asked for, for Report
+	// clean: the last full pass ended without an error, so the table
+	// holds its want; a resync then only checks that it still does
+	// (unchanged).
+	clean bool
 }
 
 var _ service.Datapath = (*Datapath)(nil)
@@ -128,7 +134,10 @@ func (d *Datapath) Apply(ctx context.Context, services []service.Service) error 
 	if err != nil {
 		return err
 	}
-	d.want = want
+	if d.unchanged(want) {
+		return nil
+	}
+	d.want, d.clean = want, false
 	if err := d.ensureModules(ctx, want); err != nil {
 		return err
 	}
@@ -183,7 +192,9 @@ func (d *Datapath) Apply(ctx context.Context, services []service.Service) error 
 	if !after.equal(d.owned) {
 		errs = append(errs, d.record(after))
 	}
-	return errors.Join(errs...)
+	err = errors.Join(errs...)
+	d.clean = err == nil
+	return err
 }
 
 // record writes keys to the state file.

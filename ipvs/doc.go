@@ -8,7 +8,13 @@
 // only what differs, so it restores whatever someone removed (ipvsadm -C)
 // and is a no-op when nothing changed. IPVS announces no changes, so the
 // Datapath asks the daemon (Resync) to call Apply again every 10 s as well
-// as on every change.
+// as on every change. Such a resync, when the last pass succeeded and the
+// services are the same, reads the whole table once (/proc/net/ip_vs) and
+// stops there if it shows what that pass wrote; it lists the services and
+// their destinations over netlink only when it does not. What
+// /proc/net/ip_vs does not show (a destination's thresholds or tunnel
+// type, a persistence timeout or netmask) is put back by the next Apply
+// that changes something, not by a resync.
 //
 // It must never change or remove an IPVS service it does not own, never
 // unload a module, and never leave a service half-programmed because a

@@ -12,6 +12,8 @@ import (
 
 	cfipvs "github.com/cloudflare/ipvs"
 	"github.com/cloudflare/ipvs/netmask"
+
+	"github.com/halb-lb/halb/service"
 )
 
 // fakeIPVS is IPVS's table in memory, answering as the kernel does through
@@ -32,7 +34,9 @@ type fakeIPVS struct {
 	listErr error
 
 	calls []string // calls that change the table, failed ones too
-	reads int
+	// reads counts the netlink listings (Services, Destinations),
+	// tableReads the reads of the whole table (Table).
+	reads, tableReads int
 }
 
 type fakeService struct {
@@ -228,6 +232,30 @@ func (k *fakeIPVS) RemoveDestination(s cfipvs.Service, d cfipvs.Destination) err
 	}
 	f.dests = slices.Delete(f.dests, i, i+1)
 	return nil
+}
+
+// Table is the whole table as /proc/net/ip_vs shows it: of a service its
+// address, port, protocol, scheduler and persistence, of a destination its
+// address, port, method and weight.
+func (k *fakeIPVS) Table() (map[service.Key]*current, error) {
+	k.tableReads++
+	if k.listErr != nil {
+		return nil, k.listErr
+	}
+	have := map[service.Key]*current{}
+	for _, f := range k.services {
+		key, ok := keyOf(f.svc)
+		if !ok {
+			continue
+		}
+		c := &current{svc: cfipvs.Service{Address: f.svc.Address, Port: f.svc.Port, Protocol: f.svc.Protocol,
+			Family: f.svc.Family, Scheduler: f.svc.Scheduler, Flags: f.svc.Flags & cfipvs.ServicePersistent}}
+		for _, d := range f.dests {
+			c.dests = append(c.dests, cfipvs.Destination{Address: d.Address, Port: d.Port, Family: d.Family, FwdMethod: d.FwdMethod, Weight: d.Weight})
+		}
+		have[key] = c
+	}
+	return have, nil
 }
 
 // flush is ipvsadm -C.

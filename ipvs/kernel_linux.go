@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	cfipvs "github.com/cloudflare/ipvs"
 	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/service"
 )
 
 // netlinkKernel is Kernel over cloudflare/ipvs's generic netlink client.
@@ -54,4 +57,22 @@ func (k *netlinkKernel) Close() error {
 		return c.Close()
 	}
 	return nil
+}
+
+// procTable is where the kernel shows IPVS's whole table, in the network
+// namespace of the process, which is the netlink socket's.
+const procTable = "/proc/net/ip_vs"
+
+// Table reads the whole table in one read of procTable (tableReader).
+func (k *netlinkKernel) Table() (map[service.Key]*current, error) {
+	f, err := os.Open(procTable)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	have, err := parseProcTable(f)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", procTable, err)
+	}
+	return have, nil
 }
