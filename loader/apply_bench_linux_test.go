@@ -163,7 +163,7 @@ func (ab *applyBench) buildTables(b *testing.B) time.Duration {
 	for _, j := range jobs {
 		mb := j.maglevBackends()
 		start := time.Now()
-		_, err := maglev.Build(mb, ab.dp.lb.MaglevTableSize())
+		_, err := maglev.Build(mb, ab.dp.lb.maglevTableSize())
 		sum += time.Since(start)
 		if err != nil {
 			b.Fatal(err)
@@ -194,7 +194,7 @@ func benchOneBackend(b *testing.B, change func(*service.Service)) {
 		b.Fatalf("status: %v %+v", err, st)
 	}
 	id := st[0].ID
-	before, err := ab.dp.lb.MaglevTable(id)
+	before, err := ab.dp.lb.maglevTable(id)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -202,7 +202,7 @@ func benchOneBackend(b *testing.B, change func(*service.Service)) {
 	changed.Backends = append([]service.Backend(nil), s.Backends...)
 	change(&changed)
 	c := ab.apply(b, []service.Service{changed})
-	after, err := ab.dp.lb.MaglevTable(id)
+	after, err := ab.dp.lb.maglevTable(id)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -244,7 +244,7 @@ func (ab *applyBench) medianBuild(b *testing.B, n int) time.Duration {
 		for _, st := range ab.dp.applied {
 			mb := newTableJob(st, false, st.backends).maglevBackends()
 			start := time.Now()
-			_, err := maglev.Build(mb, ab.dp.lb.MaglevTableSize())
+			_, err := maglev.Build(mb, ab.dp.lb.maglevTableSize())
 			times = append(times, time.Since(start))
 			if err != nil {
 				b.Fatal(err)
@@ -450,7 +450,7 @@ func (ab *applyBench) report(b *testing.B, c applyCost, services []service.Servi
 	}
 	load, _ := os.ReadFile("/proc/loadavg")
 	b.Logf("maglev table size %d, conntrack entries %d; the maps hold %d services and %d backends; %d maps; load average %s",
-		ab.dp.lb.MaglevTableSize(), ab.dp.lb.objs.HalbCt.MaxEntries(), ab.dp.lb.MaxServices(), ab.dp.lb.MaxBackends()-1, maps,
+		ab.dp.lb.maglevTableSize(), ab.dp.lb.objs.HalbCt.MaxEntries(), ab.dp.lb.maxServices(), ab.dp.lb.maxBackends()-1, maps,
 		strings.Join(strings.Fields(string(load))[:3], " "))
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(ms(c.took), "apply-ms")
@@ -458,7 +458,7 @@ func (ab *applyBench) report(b *testing.B, c applyCost, services []service.Servi
 	b.ReportMetric(mib(c.heap), "heap-MiB")
 	b.ReportMetric(mib(c.kept), "heap-delta-MiB")
 	b.ReportMetric(mib(mem), "maps-MiB")
-	b.ReportMetric(float64(tableMem)/float64(tables*ab.dp.lb.MaglevTableSize()), "maglev-bytes/slot")
+	b.ReportMetric(float64(tableMem)/float64(tables*ab.dp.lb.maglevTableSize()), "maglev-bytes/slot")
 	b.ReportMetric(float64(c.writes), "map-writes")
 	b.ReportMetric(float64(c.batches), "outer-map-batches")
 	b.ReportMetric(float64(placed), "backends-placed")
@@ -469,7 +469,7 @@ func (ab *applyBench) report(b *testing.B, c applyCost, services []service.Servi
 // Maglev tables in halb_maglev, and counts them.
 func (ab *applyBench) mapMemory() (uint64, int, error) {
 	ids := map[ebpf.MapID]bool{}
-	for _, p := range []*ebpf.Program{ab.dp.lb.Program(), ab.dp.lb.TCProgram()} {
+	for _, p := range []*ebpf.Program{ab.dp.lb.xdpProgram(), ab.dp.lb.tcProgram()} {
 		info, err := p.Info()
 		if err != nil {
 			return 0, 0, fmt.Errorf("program info: %w", err)

@@ -314,7 +314,7 @@ func (d *Datapath) serviceState(s *service.Service) (*svcState, bool, error) {
 	}
 	id, ok := d.svcIDs.take()
 	if !ok {
-		return nil, false, fmt.Errorf("service %s (%s): the maps hold %d services and all are in use", s.Name, s.Key, d.lb.MaxServices())
+		return nil, false, fmt.Errorf("service %s (%s): the maps hold %d services and all are in use", s.Name, s.Key, d.lb.maxServices())
 	}
 	if err := d.maps.resetServiceStats(id); err != nil {
 		d.svcIDs.free(id)
@@ -409,7 +409,7 @@ func (d *Datapath) takeBackendIDs(p *servicePlan) {
 		}
 		id, ok := d.beIDs.take()
 		if !ok {
-			p.errs = append(p.errs, fmt.Errorf("service %s: backend %s: the maps hold %d backends and all are in use", p.st, ap, d.lb.MaxBackends()-1))
+			p.errs = append(p.errs, fmt.Errorf("service %s: backend %s: the maps hold %d backends and all are in use", p.st, ap, d.lb.maxBackends()-1))
 			delete(p.want, ap)
 			continue
 		}
@@ -732,7 +732,7 @@ func (d *Datapath) writeTables(plans []*servicePlan) {
 // state.
 func (d *Datapath) writeTable(j *tableJob) error {
 	st := j.st
-	idx, err := maglev.Build(j.maglevBackends(), d.lb.MaglevTableSize())
+	idx, err := maglev.Build(j.maglevBackends(), d.lb.maglevTableSize())
 	if err != nil {
 		return fmt.Errorf("service %s: maglev table: %w", st, err)
 	}
@@ -745,7 +745,7 @@ func (d *Datapath) writeTable(j *tableJob) error {
 	if st.table == "" && !j.isNew {
 		// After a restart: the table the last halb wrote may be this
 		// very one.
-		old, err := d.lb.MaglevTable(st.id)
+		old, err := d.lb.maglevTable(st.id)
 		if err == nil && slices.Equal(old, table) {
 			d.maps.knowTable(st.id, table)
 			st.table = j.sig
@@ -944,7 +944,7 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 	var out []ServiceStatus
 	for _, key := range sortedKeys(d.applied) {
 		st := d.applied[key]
-		stats, err := d.lb.ServiceStats(st.id)
+		stats, err := d.lb.serviceStats(st.id)
 		if err != nil {
 			return nil, err
 		}
@@ -966,7 +966,7 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 				ss.Backends = append(ss.Backends, bs)
 				continue
 			}
-			stats, err := d.lb.BackendStats(be.id)
+			stats, err := d.lb.backendStats(be.id)
 			if err != nil {
 				return nil, err
 			}
@@ -1025,5 +1025,5 @@ func (d *Datapath) Drops() (map[DropReason]uint64, error) {
 	if d.closed {
 		return nil, fmt.Errorf("drops: %w", service.ErrClosed)
 	}
-	return d.lb.Drops()
+	return d.lb.drops()
 }

@@ -63,7 +63,7 @@ type Datapath struct {
 	cfg  config.Datapath
 	log  *slog.Logger
 	dir  string
-	lb   *LB
+	lb   *kernelLB
 	maps *mapWriter // every write Apply makes to lb's maps
 	ns   netns.NsHandle
 	nl   *netlink.Handle
@@ -125,11 +125,11 @@ func (a *attachment) progName() string {
 }
 
 // progFor is the program of lb that runs on a's hook.
-func (a *attachment) progFor(lb *LB) *ebpf.Program {
+func (a *attachment) progFor(lb *kernelLB) *ebpf.Program {
 	if a.Hook == HookTCX {
-		return lb.TCProgram()
+		return lb.tcProgram()
 	}
-	return lb.Program()
+	return lb.xdpProgram()
 }
 
 // NewDatapath loads halb's programs and maps, or adopts those pinned under
@@ -226,8 +226,8 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 		return nil, err
 	}
 	d.maps = newMapWriter(d.lb)
-	d.svcIDs = newServiceIDs(d.lb.MaxServices())
-	d.beIDs = newBackendIDs(d.lb.MaxBackends())
+	d.svcIDs = newServiceIDs(d.lb.maxServices())
+	d.beIDs = newBackendIDs(d.lb.maxBackends())
 	if err := d.adopt(); err != nil {
 		return nil, err
 	}
@@ -654,11 +654,11 @@ func (d *Datapath) attach(ifname string) (*attachment, error) {
 func (d *Datapath) attachNew(h Hook, ifindex int) (link.Link, error) {
 	switch h {
 	case HookXDPNative:
-		return link.AttachXDP(link.XDPOptions{Program: d.lb.Program(), Interface: ifindex, Flags: link.XDPDriverMode})
+		return link.AttachXDP(link.XDPOptions{Program: d.lb.xdpProgram(), Interface: ifindex, Flags: link.XDPDriverMode})
 	case HookXDPGeneric:
-		return link.AttachXDP(link.XDPOptions{Program: d.lb.Program(), Interface: ifindex, Flags: link.XDPGenericMode})
+		return link.AttachXDP(link.XDPOptions{Program: d.lb.xdpProgram(), Interface: ifindex, Flags: link.XDPGenericMode})
 	default:
-		return link.AttachTCX(link.TCXOptions{Program: d.lb.TCProgram(), Interface: ifindex, Attach: ebpf.AttachTCXIngress})
+		return link.AttachTCX(link.TCXOptions{Program: d.lb.tcProgram(), Interface: ifindex, Attach: ebpf.AttachTCXIngress})
 	}
 }
 
@@ -746,12 +746,12 @@ func (d *Datapath) syncTxPorts() error {
 		return fmt.Errorf("read %s: %w", halbMapHalbTxPorts, err)
 	}
 	for _, i := range stale {
-		if err := d.lb.DeleteTxPort(int(i)); err != nil {
+		if err := d.lb.deleteTxPort(int(i)); err != nil {
 			return err
 		}
 	}
 	for _, a := range d.ifaces {
-		if err := d.lb.AddTxPort(a.ifindex); err != nil {
+		if err := d.lb.addTxPort(a.ifindex); err != nil {
 			return err
 		}
 	}
@@ -862,7 +862,7 @@ func (d *Datapath) release() {
 		}
 	}
 	if d.lb != nil {
-		d.lb.Close()
+		d.lb.close()
 	}
 	if d.nl != nil {
 		d.nl.Close()

@@ -175,7 +175,7 @@ func table(t *testing.T, dp *Datapath, id uint32) ([]uint32, uint32) {
 	if err := dp.lb.objs.HalbMaglev.Lookup(id, &inner); err != nil {
 		t.Fatalf("maglev table of service %d: %v", id, err)
 	}
-	tb, err := dp.lb.MaglevTable(id)
+	tb, err := dp.lb.maglevTable(id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -728,11 +728,11 @@ func mountCount(t *testing.T, under ...string) int {
 // batches.
 func TestPurgeConntrack(t *testing.T) {
 	netnstest.Require(t)
-	lb, err := Load(Options{ConntrackEntries: 65536})
+	lb, err := loadLB(Options{ConntrackEntries: 65536})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lb.Close()
+	defer lb.close()
 	const flows = 10000
 	for i := range flows {
 		k := halbFlow{Sport: uint16(i), Dport: 80, Proto: 6, Family: halbFamilyFAMILY_IPV4}

@@ -175,18 +175,18 @@ func newFuzzBench(f *testing.F) *fuzzBench {
 
 	// A small Maglev table: the program's modulus follows it, and the
 	// bench sets up faster.
-	lb, err := Load(Options{MaglevTableSize: 251, ConntrackEntries: 1024})
+	lb, err := loadLB(Options{MaglevTableSize: 251, ConntrackEntries: 1024})
 	if err != nil {
 		f.Fatalf("load: %v", err)
 	}
-	f.Cleanup(func() { lb.Close() })
+	f.Cleanup(func() { lb.close() })
 	tb.lb = lb
-	if err := ns.Do(func() error { return lb.AddTxPort(tb.halb1) }); err != nil {
+	if err := ns.Do(func() error { return lb.addTxPort(tb.halb1) }); err != nil {
 		f.Fatal(err)
 	}
 	// halb0's own MAC and a VMAC it holds: frames to either are the
 	// node's.
-	if err := lb.SetLocalMACs(tb.halb0, testLocalMACs(tb.halb0)); err != nil {
+	if err := lb.setLocalMACs(tb.halb0, testLocalMACs(tb.halb0)); err != nil {
 		f.Fatal(err)
 	}
 
@@ -214,13 +214,13 @@ func newFuzzBench(f *testing.F) *fuzzBench {
 	}
 	fb.services = fuzzServices
 	for _, s := range fb.services {
-		if err := lb.PutService(s.key, s.svc); err != nil {
+		if err := lb.putService(s.key, s.svc); err != nil {
 			f.Fatal(err)
 		}
 		for _, id := range s.backends {
 			b := backends[id]
 			b.Service = s.svc.ID
-			if err := lb.PutBackend(id, b.Backend); err != nil {
+			if err := lb.putBackend(id, b.Backend); err != nil {
 				f.Fatalf("backend %d: %v", id, err)
 			}
 			fb.backends[id] = b
@@ -229,11 +229,11 @@ func newFuzzBench(f *testing.F) *fuzzBench {
 		if len(s.backends) == 0 {
 			continue
 		}
-		table := make([]uint32, lb.MaglevTableSize())
+		table := make([]uint32, lb.maglevTableSize())
 		for i := range table {
 			table[i] = s.backends[i%len(s.backends)]
 		}
-		if err := lb.SetMaglevTable(s.svc.ID, table); err != nil {
+		if err := lb.setMaglevTable(s.svc.ID, table); err != nil {
 			f.Fatal(err)
 		}
 	}
@@ -634,7 +634,7 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 	t.Helper()
 	tb := fb.tb.on(prog)
 	defer fb.clearConntrack(t)
-	before, err := tb.lb.Drops()
+	before, err := tb.lb.drops()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -654,7 +654,7 @@ func (fb *fuzzBench) check(t *testing.T, prog string, in []byte, want expectatio
 	}
 	// The drop counters that went up, and by how much: one frame is
 	// counted once, under the reason it was dropped for, or not at all.
-	after, err := tb.lb.Drops()
+	after, err := tb.lb.drops()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -925,14 +925,14 @@ func (fb *fuzzBench) action(b fuzzBackend) xdpAction {
 // for tc some frames are refused before the program runs.
 func (fb *fuzzBench) run(in []byte) (xdpAction, []byte, error) {
 	tb := fb.tb
-	prog := tb.lb.Program()
+	prog := tb.lb.xdpProgram()
 	opts := &ebpf.RunOptions{
 		Data:    in,
 		DataOut: make([]byte, len(in)+256),
 		Context: xdpMD{DataEnd: uint32(len(in)), IngressIfindex: uint32(tb.halb0)},
 	}
 	if tb.tc {
-		prog = tb.lb.TCProgram()
+		prog = tb.lb.tcProgram()
 		opts.Context = skbCtx{IngressIfindex: uint32(tb.halb0), Ifindex: uint32(tb.halb0)}
 	}
 	var ret uint32

@@ -50,11 +50,11 @@ type Options struct {
 	MaxBackends uint32
 }
 
-// LB is halb's load balancer in the kernel: the programs halb_xdp_lb and
+// kernelLB is halb's load balancer in the kernel: the programs halb_xdp_lb and
 // halb_tc_lb and their maps, loaded but attached nowhere. Its methods write the maps the
 // program reads and read the counters it keeps; it is safe for concurrent
 // use.
-type LB struct {
+type kernelLB struct {
 	objs halbObjects
 	// maglev is the template of one service's Maglev table, sized at
 	// load: slots slots, two to an element.
@@ -72,9 +72,9 @@ type LB struct {
 	macMu sync.Mutex
 }
 
-// Load loads halb_xdp_lb and halb_tc_lb and creates their maps, sized by
+// loadLB loads halb_xdp_lb and halb_tc_lb and creates their maps, sized by
 // opts, pinned nowhere. It needs CAP_BPF and CAP_NET_ADMIN (or root).
-func Load(opts Options) (*LB, error) {
+func loadLB(opts Options) (*kernelLB, error) {
 	spec, maglev, err := newSpec(opts)
 	if err != nil {
 		return nil, err
@@ -117,8 +117,8 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 }
 
 // load loads spec; copts says where maps are pinned, if anywhere.
-func load(spec *ebpf.CollectionSpec, maglev *ebpf.MapSpec, copts *ebpf.CollectionOptions) (*LB, error) {
-	lb := &LB{maglev: maglev}
+func load(spec *ebpf.CollectionSpec, maglev *ebpf.MapSpec, copts *ebpf.CollectionOptions) (*kernelLB, error) {
+	lb := &kernelLB{maglev: maglev}
 	if err := spec.Variables[halbVarHalbMaglevSize].Get(&lb.slots); err != nil {
 		return nil, fmt.Errorf("read %s: %w", halbVarHalbMaglevSize, err)
 	}
@@ -128,24 +128,24 @@ func load(spec *ebpf.CollectionSpec, maglev *ebpf.MapSpec, copts *ebpf.Collectio
 	// halb_services and halb_vips may be pinned, and full, from an
 	// earlier halb.
 	if err := lb.readVIPs(); err != nil {
-		lb.Close()
+		lb.close()
 		return nil, err
 	}
 	return lb, nil
 }
 
-// Close releases the program and the maps. Attachments and pins made from
+// close releases the program and the maps. Attachments and pins made from
 // them keep them alive.
-func (lb *LB) Close() error { return lb.objs.Close() }
+func (lb *kernelLB) close() error { return lb.objs.Close() }
 
-// Program is halb_xdp_lb, ready to attach.
-func (lb *LB) Program() *ebpf.Program { return lb.objs.HalbXdpLb }
+// xdpProgram is halb_xdp_lb, ready to attach.
+func (lb *kernelLB) xdpProgram() *ebpf.Program { return lb.objs.HalbXdpLb }
 
-// TCProgram is halb_tc_lb, the same balancer for the tc ingress hook.
-func (lb *LB) TCProgram() *ebpf.Program { return lb.objs.HalbTcLb }
+// tcProgram is halb_tc_lb, the same balancer for the tc ingress hook.
+func (lb *kernelLB) tcProgram() *ebpf.Program { return lb.objs.HalbTcLb }
 
-// MaglevTableSize is M, the length of every table SetMaglevTable takes.
-func (lb *LB) MaglevTableSize() int { return int(lb.slots) }
+// maglevTableSize is M, the length of every table setMaglevTable takes.
+func (lb *kernelLB) maglevTableSize() int { return int(lb.slots) }
 
 // Proto is a service's transport protocol.
 type Proto uint8
@@ -215,21 +215,21 @@ type Service struct {
 	Persistence bool
 }
 
-// MaxServices is how many services the maps hold; IDs run below it.
-func (lb *LB) MaxServices() uint32 { return lb.objs.HalbMaglev.MaxEntries() }
+// maxServices is how many services the maps hold; IDs run below it.
+func (lb *kernelLB) maxServices() uint32 { return lb.objs.HalbMaglev.MaxEntries() }
 
-// MaxBackends is how many backends the maps hold; IDs run from 1 to
-// MaxBackends-1 (0 means "no backend").
-func (lb *LB) MaxBackends() uint32 { return lb.objs.HalbBackends.MaxEntries() }
+// maxBackends is how many backends the maps hold; IDs run from 1 to
+// maxBackends-1 (0 means "no backend").
+func (lb *kernelLB) maxBackends() uint32 { return lb.objs.HalbBackends.MaxEntries() }
 
-// PutService adds the service at key, or changes it.
-func (lb *LB) PutService(key ServiceKey, svc Service) error {
+// putService adds the service at key, or changes it.
+func (lb *kernelLB) putService(key ServiceKey, svc Service) error {
 	k, err := serviceKey(key)
 	if err != nil {
 		return err
 	}
-	if svc.ID >= lb.MaxServices() {
-		return fmt.Errorf("service %s: id %d is out of range: the maps hold ids 0 to %d", key, svc.ID, lb.MaxServices()-1)
+	if svc.ID >= lb.maxServices() {
+		return fmt.Errorf("service %s: id %d is out of range: the maps hold ids 0 to %d", key, svc.ID, lb.maxServices()-1)
 	}
 	if svc.Forward != ForwardDR && svc.Forward != ForwardTUN {
 		return fmt.Errorf("service %s: %w", key, unsupported("forward mode "+svc.Forward.String()))
@@ -263,9 +263,9 @@ func (lb *LB) PutService(key ServiceKey, svc Service) error {
 	return lb.syncVIP(vk)
 }
 
-// DeleteService removes the service at key. Its Maglev table and counters
-// stay until the ID is reused or DeleteMaglevTable removes the table.
-func (lb *LB) DeleteService(key ServiceKey) error {
+// deleteService removes the service at key. Its Maglev table and counters
+// stay until the ID is reused or deleteMaglevTable removes the table.
+func (lb *kernelLB) deleteService(key ServiceKey) error {
 	k, err := serviceKey(key)
 	if err != nil {
 		return err
@@ -290,7 +290,7 @@ func (lb *LB) DeleteService(key ServiceKey) error {
 
 // clearSlot clears service id's entry in halb_service_ids when it leads to
 // key. lb.mu is held.
-func (lb *LB) clearSlot(id uint32, k halbServiceKey) error {
+func (lb *kernelLB) clearSlot(id uint32, k halbServiceKey) error {
 	var slot halbServiceSlot
 	if err := lb.objs.HalbServiceIds.Lookup(id, &slot); err != nil {
 		return fmt.Errorf("read %d from %s: %w", id, halbMapHalbServiceIds, err)
@@ -307,7 +307,7 @@ func (lb *LB) clearSlot(id uint32, k halbServiceKey) error {
 // syncServiceIDs makes halb_service_ids hold exactly what halb_services
 // says, as after a restart that adopted halb_services but not it. lb.mu
 // is held.
-func (lb *LB) syncServiceIDs() error {
+func (lb *kernelLB) syncServiceIDs() error {
 	var (
 		k halbServiceKey
 		v halbService
@@ -315,14 +315,14 @@ func (lb *LB) syncServiceIDs() error {
 	want := map[uint32]halbServiceSlot{}
 	it := lb.objs.HalbServices.Iterate()
 	for it.Next(&k, &v) {
-		if v.Id < lb.MaxServices() {
+		if v.Id < lb.maxServices() {
 			want[v.Id] = halbServiceSlot{Key: k, Svc: v}
 		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read %s: %w", halbMapHalbServices, err)
 	}
-	for id := range lb.MaxServices() {
+	for id := range lb.maxServices() {
 		var have halbServiceSlot
 		if err := lb.objs.HalbServiceIds.Lookup(id, &have); err != nil {
 			return fmt.Errorf("read %d from %s: %w", id, halbMapHalbServiceIds, err)
@@ -340,7 +340,7 @@ func (lb *LB) syncServiceIDs() error {
 
 // vipBook is what halb_vips and halb_vip_last are derived from: how many
 // services halb_services holds on each VIP, and which VIPs halb_vips
-// holds, with what count, as last written. The LB keeps it up to date on
+// holds, with what count, as last written. The kernelLB keeps it up to date on
 // every service put and delete, so writing one service costs no walk of
 // halb_services (which made writing S services cost S² lookups).
 type vipBook struct {
@@ -404,7 +404,7 @@ func (b *vipBook) lastFilter(also *halbVipKey) [256]uint8 {
 // readVIPs fills lb.vips from the maps, which may be pinned by an earlier
 // halb: one walk of halb_services and one of halb_vips. halb_vip_last is
 // written from what it finds. lb.mu is held, or nobody else has lb yet.
-func (lb *LB) readVIPs() error {
+func (lb *kernelLB) readVIPs() error {
 	book := newVIPBook()
 	var (
 		k  halbServiceKey
@@ -431,9 +431,9 @@ func (lb *LB) readVIPs() error {
 }
 
 // syncVIPs makes halb_vips count the services of every VIP, after
-// halb_services was changed by other means than PutService and
-// DeleteService (an adopting restart clears duplicates). lb.mu is held.
-func (lb *LB) syncVIPs() error {
+// halb_services was changed by other means than putService and
+// deleteService (an adopting restart clears duplicates). lb.mu is held.
+func (lb *kernelLB) syncVIPs() error {
 	if err := lb.readVIPs(); err != nil {
 		return err
 	}
@@ -457,7 +457,7 @@ func (lb *LB) syncVIPs() error {
 // syncVIP makes halb_vips count the services on one VIP, as lb.vips
 // does, and forget the VIP when none is left. It writes only what
 // differs. lb.mu is held.
-func (lb *LB) syncVIP(key halbVipKey) error {
+func (lb *kernelLB) syncVIP(key halbVipKey) error {
 	n := lb.vips.services[key]
 	if n == 0 {
 		if _, ok := lb.vips.held[key]; ok {
@@ -488,7 +488,7 @@ func (lb *LB) syncVIP(key halbVipKey) error {
 // halb_vips, and also's when it is not nil: the filter in front of the
 // program's check of a new flow's source against the VIPs. It writes only
 // when the filter changes. lb.mu is held, or nobody else has lb yet.
-func (lb *LB) writeVIPLast(also *halbVipKey) error {
+func (lb *kernelLB) writeVIPLast(also *halbVipKey) error {
 	last := lb.vips.lastFilter(also)
 	if lb.vips.lastKnown && last == lb.vips.last {
 		return nil
@@ -518,7 +518,7 @@ type Backend struct {
 	// Ifindex is the interface that reaches the backend (for a tunnel
 	// end, its next hop). When the program is attached there, it sends
 	// frames back out (XDP_TX); otherwise the interface must be a tx port
-	// (AddTxPort).
+	// (addTxPort).
 	Ifindex int
 	// SrcMAC is that interface's own address, the source of DR's frames.
 	SrcMAC net.HardwareAddr
@@ -530,25 +530,10 @@ type Backend struct {
 	Weight  uint32 // its share of the service's Maglev table; 0 drains it
 }
 
-// PutBackend writes backend id and, when it has a MAC, makes it active:
-// conntrack entries that name it are honoured.
-func (lb *LB) PutBackend(id uint32, b Backend) error {
-	v, err := lb.backendRecord(id, b)
-	if err != nil {
-		return err
-	}
-	if err := lb.objs.HalbBackends.Put(id, &v); err != nil {
-		return fmt.Errorf("write backend %d: %w", id, err)
-	}
-	// The id may have served another backend, whose next hop the CPUs
-	// still cache.
-	return lb.ForgetNexthops()
-}
-
-// ForgetNexthops makes every CPU ask the FIB again for the next hops of
+// forgetNexthops makes every CPU ask the FIB again for the next hops of
 // TUN backends, which it caches in halb_nexthops (for at most a second
 // without this): after a route, a neighbour or a backend changed.
-func (lb *LB) ForgetNexthops() error {
+func (lb *kernelLB) forgetNexthops() error {
 	lb.genMu.Lock()
 	defer lb.genMu.Unlock()
 	var gen uint32
@@ -561,9 +546,9 @@ func (lb *LB) ForgetNexthops() error {
 	return nil
 }
 
-func (lb *LB) backendRecord(id uint32, b Backend) (halbBackend, error) {
-	if id == 0 || id >= lb.MaxBackends() {
-		return halbBackend{}, fmt.Errorf("backend %d: id out of range: the maps hold ids 1 to %d", id, lb.MaxBackends()-1)
+func (lb *kernelLB) backendRecord(id uint32, b Backend) (halbBackend, error) {
+	if id == 0 || id >= lb.maxBackends() {
+		return halbBackend{}, fmt.Errorf("backend %d: id out of range: the maps hold ids 1 to %d", id, lb.maxBackends()-1)
 	}
 	addr, family, err := addrOf(b.Addr)
 	if err != nil {
@@ -599,20 +584,9 @@ func (lb *LB) backendRecord(id uint32, b Backend) (halbBackend, error) {
 	return v, nil
 }
 
-// DeleteBackend clears backend id. Flows that conntrack remembers for it
-// are scheduled again by their service's Maglev table, which should no
-// longer name it. (To drain a backend instead, leave it and take it out of
-// the Maglev tables: its flows stay, new ones go elsewhere.)
-func (lb *LB) DeleteBackend(id uint32) error {
-	if err := lb.objs.HalbBackends.Put(id, &halbBackend{}); err != nil {
-		return fmt.Errorf("clear backend %d: %w", id, err)
-	}
-	return lb.ForgetNexthops()
-}
-
-// AddTxPort lets the program redirect frames to interface ifindex. The
+// addTxPort lets the program redirect frames to interface ifindex. The
 // kernel resolves ifindex in the network namespace of the calling thread.
-func (lb *LB) AddTxPort(ifindex int) error {
+func (lb *kernelLB) addTxPort(ifindex int) error {
 	i := uint32(ifindex)
 	if err := lb.objs.HalbTxPorts.Put(&i, &i); err != nil {
 		return fmt.Errorf("add tx port ifindex %d: %w", ifindex, err)
@@ -620,27 +594,13 @@ func (lb *LB) AddTxPort(ifindex int) error {
 	return nil
 }
 
-// DeleteTxPort stops redirects to interface ifindex.
-func (lb *LB) DeleteTxPort(ifindex int) error {
+// deleteTxPort stops redirects to interface ifindex.
+func (lb *kernelLB) deleteTxPort(ifindex int) error {
 	i := uint32(ifindex)
 	if err := lb.objs.HalbTxPorts.Delete(&i); err != nil {
 		return fmt.Errorf("delete tx port ifindex %d: %w", ifindex, err)
 	}
 	return nil
-}
-
-// SetMaglevTable gives service id a new Maglev table: table[slot] is the
-// backend id for the flows that hash to slot, 0 for none, and
-// len(table) is MaglevTableSize. The table is written into a new map that
-// then replaces the old one in a single update, so no packet ever sees a
-// table half written.
-func (lb *LB) SetMaglevTable(service uint32, table []uint32) error {
-	m, err := lb.newMaglevTable(service, table)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	return lb.installMaglevTables([]uint32{service}, []*ebpf.Map{m})
 }
 
 // newMaglevTable makes a new map holding table for service, not yet in
@@ -649,9 +609,9 @@ func (lb *LB) SetMaglevTable(service uint32, table []uint32) error {
 // The mapping is undone before it returns: cilium/ebpf's Map.Memory would
 // keep it, and with it the map's memory, until the garbage collector
 // runs, long after the table is swapped out. Safe for concurrent use.
-func (lb *LB) newMaglevTable(service uint32, table []uint32) (*ebpf.Map, error) {
-	if len(table) != lb.MaglevTableSize() {
-		return nil, fmt.Errorf("maglev table of service %d: %d slots, want %d", service, len(table), lb.MaglevTableSize())
+func (lb *kernelLB) newMaglevTable(service uint32, table []uint32) (*ebpf.Map, error) {
+	if len(table) != lb.maglevTableSize() {
+		return nil, fmt.Errorf("maglev table of service %d: %d slots, want %d", service, len(table), lb.maglevTableSize())
 	}
 	spec := lb.maglev.Copy()
 	spec.Name = fmt.Sprintf("halb_mgl_%d", service)
@@ -717,7 +677,7 @@ func mapTable(m *ebpf.Map, prot int) ([]byte, error) {
 // in one batch update of halb_maglev (each swap on its own is atomic for
 // the packets of its service). halb_maglev holds its own reference to
 // each table once it is in; the caller closes its own.
-func (lb *LB) installMaglevTables(services []uint32, tables []*ebpf.Map) error {
+func (lb *kernelLB) installMaglevTables(services []uint32, tables []*ebpf.Map) error {
 	if len(services) == 0 {
 		return nil
 	}
@@ -741,18 +701,18 @@ func (lb *LB) installMaglevTables(services []uint32, tables []*ebpf.Map) error {
 	return nil
 }
 
-// DeleteMaglevTable removes the table of service id: its packets are
+// deleteMaglevTable removes the table of service id: its packets are
 // dropped as DropNoBackend.
-func (lb *LB) DeleteMaglevTable(service uint32) error {
+func (lb *kernelLB) deleteMaglevTable(service uint32) error {
 	if err := lb.objs.HalbMaglev.Delete(service); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete maglev table of service %d: %w", service, err)
 	}
 	return nil
 }
 
-// MaglevTable reads the table of service id back from the kernel, or nil
+// maglevTable reads the table of service id back from the kernel, or nil
 // when it has none.
-func (lb *LB) MaglevTable(service uint32) ([]uint32, error) {
+func (lb *kernelLB) maglevTable(service uint32) ([]uint32, error) {
 	var id uint32
 	err := lb.objs.HalbMaglev.Lookup(service, &id)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -766,7 +726,7 @@ func (lb *LB) MaglevTable(service uint32) ([]uint32, error) {
 		return nil, fmt.Errorf("open maglev table of service %d: %w", service, err)
 	}
 	defer m.Close()
-	table, err := readMapped(m, lb.MaglevTableSize())
+	table, err := readMapped(m, lb.maglevTableSize())
 	if err != nil {
 		return nil, fmt.Errorf("read maglev table of service %d: %w", service, err)
 	}
@@ -776,7 +736,7 @@ func (lb *LB) MaglevTable(service uint32) ([]uint32, error) {
 // purgeConntrack deletes the flows halb_ct remembers for any of the
 // backends in ids and returns how many it deleted. It reads the table in
 // batches, so that a large one takes milliseconds rather than seconds.
-func (lb *LB) purgeConntrack(ids map[uint32]bool) (int, error) {
+func (lb *kernelLB) purgeConntrack(ids map[uint32]bool) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
@@ -815,7 +775,7 @@ func (lb *LB) purgeConntrack(ids map[uint32]bool) (int, error) {
 	return n, nil
 }
 
-func (lb *LB) scanConntrack(ids map[uint32]bool, stale *[]halbFlow) error {
+func (lb *kernelLB) scanConntrack(ids map[uint32]bool, stale *[]halbFlow) error {
 	var (
 		k halbFlow
 		v halbCtEntry
@@ -854,13 +814,13 @@ type Stats struct {
 	NewFlows uint64 // flows Maglev scheduled because conntrack did not know them
 }
 
-// ServiceStats reads the counters of service id.
-func (lb *LB) ServiceStats(id uint32) (Stats, error) {
+// serviceStats reads the counters of service id.
+func (lb *kernelLB) serviceStats(id uint32) (Stats, error) {
 	return sumStats(lb.objs.HalbServiceStats, halbMapHalbServiceStats, id)
 }
 
-// BackendStats reads the counters of backend id.
-func (lb *LB) BackendStats(id uint32) (Stats, error) {
+// backendStats reads the counters of backend id.
+func (lb *kernelLB) backendStats(id uint32) (Stats, error) {
 	return sumStats(lb.objs.HalbBackendStats, halbMapHalbBackendStats, id)
 }
 
@@ -978,9 +938,9 @@ func (r DropReason) String() string {
 	return fmt.Sprintf("drop(%d)", uint32(r))
 }
 
-// Drops reads how many packets were dropped for each reason, summed over
+// drops reads how many packets were dropped for each reason, summed over
 // CPUs.
-func (lb *LB) Drops() (map[DropReason]uint64, error) {
+func (lb *kernelLB) drops() (map[DropReason]uint64, error) {
 	drops := make(map[DropReason]uint64, halbDropReasonDROP_REASONS)
 	for r := range DropReason(halbDropReasonDROP_REASONS) {
 		var perCPU []uint64
@@ -1024,21 +984,6 @@ func (e Event) String() string {
 		return "other-host"
 	}
 	return fmt.Sprintf("event(%d)", uint32(e))
-}
-
-// Events reads how many times each event happened, summed over CPUs.
-func (lb *LB) Events() (map[Event]uint64, error) {
-	events := make(map[Event]uint64, halbEventEVENTS)
-	for e := range Event(halbEventEVENTS) {
-		var perCPU []uint64
-		if err := lb.objs.HalbEvents.Lookup(uint32(e), &perCPU); err != nil {
-			return nil, fmt.Errorf("read %s from %s: %w", e, halbMapHalbEvents, err)
-		}
-		for _, n := range perCPU {
-			events[e] += n
-		}
-	}
-	return events, nil
 }
 
 func serviceKey(key ServiceKey) (halbServiceKey, error) {

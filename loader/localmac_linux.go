@@ -7,7 +7,7 @@ package loader
 // unicast frame that a switch floods reaches every node on the link, and
 // balanced by each, one SYN would reach a backend once through the Master
 // and once through the Backup. The program reads the MACs from
-// halb_local_macs; this file keeps that map: LB.SetLocalMACs writes it,
+// halb_local_macs; this file keeps that map: kernelLB.setLocalMACs writes it,
 // and the Datapath fills it for an interface before its program runs
 // there, then follows netlink link and address events to keep it true.
 
@@ -44,12 +44,12 @@ func (m LocalMAC) String() string {
 	return fmt.Sprintf("%s via ifindex %d", m.MAC, m.Via)
 }
 
-// SetLocalMACs makes macs the destination MACs that make a frame arriving on
+// setLocalMACs makes macs the destination MACs that make a frame arriving on
 // ifindex this node's: the program balances (or drops, when malformed)
 // frames to these and passes every other to the kernel untouched. An
 // interface without any passes everything. The new MACs go in before the
 // old ones leave, so that a MAC in both sets is never missing.
-func (lb *LB) SetLocalMACs(ifindex int, macs []LocalMAC) error {
+func (lb *kernelLB) setLocalMACs(ifindex int, macs []LocalMAC) error {
 	if ifindex <= 0 {
 		return fmt.Errorf("local macs: ifindex %d is not an interface", ifindex)
 	}
@@ -106,9 +106,9 @@ func (lb *LB) SetLocalMACs(ifindex int, macs []LocalMAC) error {
 	return nil
 }
 
-// LocalMACs reads the MACs halb_local_macs holds for ifindex, in no
+// localMACList reads the MACs halb_local_macs holds for ifindex, in no
 // particular order.
-func (lb *LB) LocalMACs(ifindex int) ([]LocalMAC, error) {
+func (lb *kernelLB) localMACList(ifindex int) ([]LocalMAC, error) {
 	lb.macMu.Lock()
 	defer lb.macMu.Unlock()
 	have, err := lb.localMACs(ifindex)
@@ -123,7 +123,7 @@ func (lb *LB) LocalMACs(ifindex int) ([]LocalMAC, error) {
 }
 
 // localMACs reads ifindex's entries. lb.macMu is held.
-func (lb *LB) localMACs(ifindex int) (map[halbLocalMac]halbLocalMacVia, error) {
+func (lb *kernelLB) localMACs(ifindex int) (map[halbLocalMac]halbLocalMacVia, error) {
 	have := map[halbLocalMac]halbLocalMacVia{}
 	var (
 		k halbLocalMac
@@ -285,13 +285,13 @@ func (d *Datapath) syncLocalMACs(ifindex int, name string) ([]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local macs of %s: %w", name, err)
 	}
-	old, err := d.lb.LocalMACs(ifindex)
+	old, err := d.lb.localMACList(ifindex)
 	if err != nil {
 		return nil, err
 	}
 	// The ports first: the bond's frames arrive there in native XDP.
 	for _, i := range append(ports, ifindex) {
-		if err := d.lb.SetLocalMACs(i, macs); err != nil {
+		if err := d.lb.setLocalMACs(i, macs); err != nil {
 			return nil, fmt.Errorf("local macs of %s: %w", name, err)
 		}
 	}

@@ -25,7 +25,7 @@ func TestSetLocalMACs(t *testing.T) {
 	lb := tb.lb
 	macs := func(ifindex int) []string {
 		t.Helper()
-		got, err := lb.LocalMACs(ifindex)
+		got, err := lb.localMACList(ifindex)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,10 +36,10 @@ func TestSetLocalMACs(t *testing.T) {
 		slices.Sort(out)
 		return out
 	}
-	if err := lb.SetLocalMACs(tb.halb1, []LocalMAC{{MAC: halb1MAC, Via: tb.halb1}, {MAC: otherVMAC, Via: 77}}); err != nil {
+	if err := lb.setLocalMACs(tb.halb1, []LocalMAC{{MAC: halb1MAC, Via: tb.halb1}, {MAC: otherVMAC, Via: 77}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := lb.SetLocalMACs(tb.halb1, []LocalMAC{{MAC: halb2MAC, Via: tb.halb1}, {MAC: otherVMAC, Via: 78}}); err != nil {
+	if err := lb.setLocalMACs(tb.halb1, []LocalMAC{{MAC: halb2MAC, Via: tb.halb1}, {MAC: otherVMAC, Via: 78}}); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{LocalMAC{MAC: otherVMAC, Via: 78}.String(), LocalMAC{MAC: halb2MAC, Via: tb.halb1}.String()}
@@ -50,7 +50,7 @@ func TestSetLocalMACs(t *testing.T) {
 	if got := macs(tb.halb0); len(got) != len(testLocalMACs(tb.halb0)) {
 		t.Errorf("halb0's macs %v changed with halb1's", got)
 	}
-	if err := lb.SetLocalMACs(tb.halb1, nil); err != nil {
+	if err := lb.setLocalMACs(tb.halb1, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := macs(tb.halb1); len(got) != 0 {
@@ -64,8 +64,8 @@ func TestSetLocalMACs(t *testing.T) {
 		{tb.halb1, []LocalMAC{{MAC: halb1MAC[:4]}}},
 		{tb.halb1, []LocalMAC{{}}},
 	} {
-		if err := lb.SetLocalMACs(c.ifindex, c.macs); err == nil {
-			t.Errorf("SetLocalMACs(%d, %v) succeeded", c.ifindex, c.macs)
+		if err := lb.setLocalMACs(c.ifindex, c.macs); err == nil {
+			t.Errorf("setLocalMACs(%d, %v) succeeded", c.ifindex, c.macs)
 		}
 	}
 }
@@ -107,11 +107,11 @@ func TestDatapathLocalMACs(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			st, err := dp.lb.BackendStats(id)
+			st, err := dp.lb.backendStats(id)
 			if err != nil {
 				t.Fatal(err)
 			}
-			ev, err := dp.lb.Events()
+			ev, err := dp.lb.events()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,7 +130,7 @@ func TestDatapathLocalMACs(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			got, err := dp.lb.LocalMACs(halb0.Attrs().Index)
+			got, err := dp.lb.localMACList(halb0.Attrs().Index)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -348,12 +348,12 @@ func testLocalMACCache(t *testing.T, prog string) {
 			return err
 		}
 		run := func() error {
-			p, opts := tb.lb.Program(), &ebpf.RunOptions{
+			p, opts := tb.lb.xdpProgram(), &ebpf.RunOptions{
 				Data: frame, DataOut: make([]byte, len(frame)+256),
 				Context: xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(tb.halb0)},
 			}
 			if tb.tc {
-				p, opts.Context = tb.lb.TCProgram(), skbCtx{IngressIfindex: uint32(tb.halb0), Ifindex: uint32(tb.halb0)}
+				p, opts.Context = tb.lb.tcProgram(), skbCtx{IngressIfindex: uint32(tb.halb0), Ifindex: uint32(tb.halb0)}
 			}
 			ret, err := p.Run(opts)
 			actions = append(actions, ret)
@@ -363,7 +363,7 @@ func testLocalMACCache(t *testing.T, prog string) {
 			return err
 		}
 		// The node gives the VMAC up.
-		if err := tb.lb.SetLocalMACs(tb.halb0, []LocalMAC{{MAC: halb0MAC, Via: tb.halb0}}); err != nil {
+		if err := tb.lb.setLocalMACs(tb.halb0, []LocalMAC{{MAC: halb0MAC, Via: tb.halb0}}); err != nil {
 			return err
 		}
 		return run()

@@ -11,7 +11,7 @@ import (
 
 // mapWriter is the one way Apply (and adopt) write the maps: every write
 // of a service, a backend, a counter, a Maglev table or a conntrack purge
-// goes through it, on top of the LB's writers. It keeps two invariants,
+// goes through it, on top of the kernelLB's writers. It keeps two invariants,
 // stated here once:
 //
 //   - A backend's id is out of every Maglev table before it is freed:
@@ -28,7 +28,7 @@ import (
 // that an Apply that changes nothing writes nothing. Tables are written
 // from several goroutines at once (setTable); the rest from one.
 type mapWriter struct {
-	lb *LB
+	lb *kernelLB
 
 	mu sync.Mutex
 	// tables holds, for each service id, the distinct backend ids its
@@ -49,7 +49,7 @@ type mapWriter struct {
 	tableBatches    int
 }
 
-func newMapWriter(lb *LB) *mapWriter {
+func newMapWriter(lb *kernelLB) *mapWriter {
 	return &mapWriter{lb: lb, tables: map[uint32][]uint32{}, inTables: map[uint32]int{}}
 }
 
@@ -70,17 +70,17 @@ func (w *mapWriter) writeCount() int {
 // putService writes a service's record (and halb_vips beside it).
 func (w *mapWriter) putService(key ServiceKey, svc Service) error {
 	w.wrote()
-	return w.lb.PutService(key, svc)
+	return w.lb.putService(key, svc)
 }
 
 // deleteService removes a service's record: its packets go to the kernel.
 func (w *mapWriter) deleteService(key ServiceKey) error {
 	w.wrote()
-	return w.lb.DeleteService(key)
+	return w.lb.deleteService(key)
 }
 
 // dropServiceRecord deletes k from halb_services behind the VIP count's
-// back; adopt does it for duplicates, then recounts (LB.syncVIPs).
+// back; adopt does it for duplicates, then recounts (kernelLB.syncVIPs).
 func (w *mapWriter) dropServiceRecord(k halbServiceKey) error {
 	w.wrote()
 	if err := w.lb.objs.HalbServices.Delete(&k); err != nil {
@@ -200,7 +200,7 @@ func (w *mapWriter) moveNexthopGen() error {
 		return nil
 	}
 	w.wrote()
-	if err := w.lb.ForgetNexthops(); err != nil {
+	if err := w.lb.forgetNexthops(); err != nil {
 		return err
 	}
 	w.genDue = false
@@ -231,7 +231,7 @@ func (w *mapWriter) stageTable(service uint32, table []uint32) error {
 	if err != nil {
 		return err
 	}
-	ids := distinctIDs(table, w.lb.MaxBackends())
+	ids := distinctIDs(table, w.lb.maxBackends())
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.staged = append(w.staged, stagedTable{service: service, m: m, ids: ids})
@@ -279,7 +279,7 @@ func (w *mapWriter) tableBatchCount() int {
 // deleteTable removes service's Maglev table: its packets are dropped.
 func (w *mapWriter) deleteTable(service uint32) error {
 	w.wrote()
-	if err := w.lb.DeleteMaglevTable(service); err != nil {
+	if err := w.lb.deleteMaglevTable(service); err != nil {
 		return err
 	}
 	w.mu.Lock()
@@ -291,7 +291,7 @@ func (w *mapWriter) deleteTable(service uint32) error {
 // knowTable notes that service's table in the kernel is table: written
 // now, or read back after a restart. Safe for concurrent use.
 func (w *mapWriter) knowTable(service uint32, table []uint32) {
-	ids := distinctIDs(table, w.lb.MaxBackends())
+	ids := distinctIDs(table, w.lb.maxBackends())
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.name(service, ids)

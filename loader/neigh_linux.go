@@ -762,7 +762,7 @@ func (d *Datapath) pokeIfTroubled(cause string) {
 // forgetNexthops drops the next hops the program caches for TUN backends:
 // any route or neighbour may be one of theirs.
 func (d *Datapath) forgetNexthops() {
-	if err := d.lb.ForgetNexthops(); err != nil {
+	if err := d.lb.forgetNexthops(); err != nil {
 		d.log.Warn("cannot make the data path look up tun next hops again", "err", err)
 	}
 }

@@ -34,7 +34,7 @@ var (
 
 type testbed struct {
 	ns                  *netnstest.NS
-	lb                  *LB
+	lb                  *kernelLB
 	halb0, halb1, halb2 int // ifindexes
 	backends            map[uint32]Backend
 	tc                  bool // run halb_tc_lb rather than halb_xdp_lb
@@ -85,20 +85,20 @@ func newTestbed(t *testing.T, opts Options) *testbed {
 		*l.index = link.Attrs().Index
 	}
 
-	lb, err := Load(opts)
+	lb, err := loadLB(opts)
 	if err != nil {
 		t.Fatalf("load: %v", err)
 	}
-	t.Cleanup(func() { lb.Close() })
+	t.Cleanup(func() { lb.close() })
 	tb.lb = lb
-	if err := ns.Do(func() error { return lb.AddTxPort(tb.halb1) }); err != nil {
+	if err := ns.Do(func() error { return lb.addTxPort(tb.halb1) }); err != nil {
 		t.Fatal(err)
 	}
 	// Frames arrive on halb0 addressed to it or to the VMAC it holds,
 	// untagged or on the VLANs the bench has, as the Datapath would have
 	// them (the VMAC's interface is made up: the program does not read
 	// it).
-	if err := lb.SetLocalMACs(tb.halb0, testLocalMACs(tb.halb0)); err != nil {
+	if err := lb.setLocalMACs(tb.halb0, testLocalMACs(tb.halb0)); err != nil {
 		t.Fatal(err)
 	}
 	return tb
@@ -114,7 +114,7 @@ func (tb *testbed) backend(t *testing.T, id uint32, addr string, ifindex int) {
 		Ifindex: ifindex,
 		SrcMAC:  src,
 	}
-	if err := tb.lb.PutBackend(id, b); err != nil {
+	if err := tb.lb.putBackend(id, b); err != nil {
 		t.Fatal(err)
 	}
 	tb.backends[id] = b
@@ -122,7 +122,7 @@ func (tb *testbed) backend(t *testing.T, id uint32, addr string, ifindex int) {
 
 func (tb *testbed) service(t *testing.T, key ServiceKey, svc Service) {
 	t.Helper()
-	if err := tb.lb.PutService(key, svc); err != nil {
+	if err := tb.lb.putService(key, svc); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -136,18 +136,18 @@ func (tb *testbed) table(t *testing.T, service uint32, backends ...uint32) []uin
 	for _, id := range backends {
 		b := tb.backends[id]
 		b.Service = service
-		if err := tb.lb.PutBackend(id, b); err != nil {
+		if err := tb.lb.putBackend(id, b); err != nil {
 			t.Fatal(err)
 		}
 		tb.backends[id] = b
 	}
-	table := make([]uint32, tb.lb.MaglevTableSize())
+	table := make([]uint32, tb.lb.maglevTableSize())
 	for i := range table {
 		if len(backends) > 0 {
 			table[i] = backends[i%len(backends)]
 		}
 	}
-	if err := tb.lb.SetMaglevTable(service, table); err != nil {
+	if err := tb.lb.setMaglevTable(service, table); err != nil {
 		t.Fatal(err)
 	}
 	return table
@@ -182,14 +182,14 @@ const (
 // XDP_PASS, TC_ACT_SHOT as XDP_DROP, TC_ACT_REDIRECT as XDP_REDIRECT.
 func (tb *testbed) run(t *testing.T, frame []byte) (xdpAction, []byte) {
 	t.Helper()
-	prog := tb.lb.Program()
+	prog := tb.lb.xdpProgram()
 	opts := &ebpf.RunOptions{
 		Data:    frame,
 		DataOut: make([]byte, len(frame)+256),
 		Context: xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(tb.halb0)},
 	}
 	if tb.tc {
-		prog = tb.lb.TCProgram()
+		prog = tb.lb.tcProgram()
 		opts.Context = skbCtx{IngressIfindex: uint32(tb.halb0), Ifindex: uint32(tb.halb0)}
 	}
 	var ret uint32

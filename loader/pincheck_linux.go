@@ -293,8 +293,8 @@ func idOfProg(p *ebpf.Program) (uint32, bool) {
 	return uint32(id), ok
 }
 
-// mapsByName are the LB's maps by their names in the object file.
-func (lb *LB) mapsByName() map[string]*ebpf.Map {
+// mapsByName are the kernelLB's maps by their names in the object file.
+func (lb *kernelLB) mapsByName() map[string]*ebpf.Map {
 	out := map[string]*ebpf.Map{}
 	v := reflect.ValueOf(lb.objs.halbMaps)
 	for i := range v.NumField() {

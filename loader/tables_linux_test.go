@@ -78,11 +78,11 @@ func slotsMoved(a, b []uint32) int {
 // table it wrote or adopted still names, and frees it once the table no
 // longer does.
 func TestMapWriterRefusesNamedID(t *testing.T) {
-	lb, err := Load(Options{MaglevTableSize: 7, MaxBackends: 8})
+	lb, err := loadLB(Options{MaglevTableSize: 7, MaxBackends: 8})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lb.Close()
+	defer lb.close()
 	w := newMapWriter(lb)
 	if err := w.setTable(1, []uint32{3, 4, 3, 4, 3, 4, 0}); err != nil {
 		t.Fatal(err)

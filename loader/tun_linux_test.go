@@ -169,7 +169,7 @@ func (tb *testbed) tunBackend(t *testing.T, id uint32, addr, src netip.Addr, ifi
 		Ifindex: ifindex,
 		SrcMAC:  map[int]net.HardwareAddr{tb.halb0: halb0MAC, tb.halb1: halb1MAC, tb.halb2: halb2MAC}[ifindex],
 	}
-	if err := tb.lb.PutBackend(id, b); err != nil {
+	if err := tb.lb.putBackend(id, b); err != nil {
 		t.Fatal(err)
 	}
 	tb.backends[id] = b
@@ -492,7 +492,7 @@ func testTUN(t *testing.T, prog string) {
 // wantEvents checks every event counter: those missing from want are 0.
 func (tb *testbed) wantEvents(t *testing.T, want map[Event]uint64) {
 	t.Helper()
-	got, err := tb.lb.Events()
+	got, err := tb.lb.events()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -656,7 +656,7 @@ func testICMPTooBig(t *testing.T, prog string) {
 			}
 		}
 		// The backend counts the error as a packet, not as a new flow.
-		s, err := tb.lb.BackendStats(5)
+		s, err := tb.lb.backendStats(5)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -667,7 +667,7 @@ func testICMPTooBig(t *testing.T, prog string) {
 }
 
 // TestTUNNextHopChanges: halb_xdp_lb caches each TUN backend's next hop
-// per CPU; once the loader says so (ForgetNexthops, which the Datapath
+// per CPU; once the loader says so (forgetNexthops, which the Datapath
 // calls on every route and neighbour update), a new MAC for the gateway
 // and a new MTU on the route are what the next packets get.
 func TestTUNNextHopChanges(t *testing.T) {
@@ -696,7 +696,7 @@ func TestTUNNextHopChanges(t *testing.T) {
 	if err := h.NeighSet(&netlink.Neigh{LinkIndex: tb.halb1, IP: gw4.AsSlice(), HardwareAddr: moved, State: netlink.NUD_PERMANENT}); err != nil {
 		t.Fatal(err)
 	}
-	if err := tb.lb.ForgetNexthops(); err != nil {
+	if err := tb.lb.forgetNexthops(); err != nil {
 		t.Fatal(err)
 	}
 	send(t, syn, moved)
@@ -707,7 +707,7 @@ func TestTUNNextHopChanges(t *testing.T) {
 	if err := h.RouteReplace(&netlink.Route{Dst: dst, Gw: gw4.AsSlice(), MTU: 1000, MTULock: true}); err != nil {
 		t.Fatal(err)
 	}
-	if err := tb.lb.ForgetNexthops(); err != nil {
+	if err := tb.lb.forgetNexthops(); err != nil {
 		t.Fatal(err)
 	}
 	big := packet{src: ap(client4, 43001), dst: ap(vip4, 80), ack: true, dontFrag: true, data: bytes.Repeat([]byte{'x'}, 1200-40)}

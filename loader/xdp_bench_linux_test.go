@@ -78,11 +78,11 @@ import (
 // floors is what the issues' targets are stated in.
 func BenchmarkXDP(b *testing.B) {
 	ns := netnstest.New(b)
-	lb, err := Load(Options{})
+	lb, err := loadLB(Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { lb.Close() })
+	b.Cleanup(func() { lb.close() })
 	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "halb_bench_pass",
 		Type:         ebpf.XDP,
@@ -100,25 +100,25 @@ func BenchmarkXDP(b *testing.B) {
 	mac := net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x01, 0x00}
 	// The frames are addressed to mac: the program balances them only
 	// when it is a MAC of the ingress interface.
-	if err := lb.SetLocalMACs(1, []LocalMAC{{MAC: mac, Via: 1}}); err != nil {
+	if err := lb.setLocalMACs(1, []LocalMAC{{MAC: mac, Via: 1}}); err != nil {
 		b.Fatal(err)
 	}
 	web := ServiceKey{vip4, 80, TCP}
 	backends := []uint32{1, 2, 3}
 	for _, id := range backends {
 		be := Backend{Addr: netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + id)}), MAC: mac, Ifindex: 1, SrcMAC: mac, Service: 1}
-		if err := lb.PutBackend(id, be); err != nil {
+		if err := lb.putBackend(id, be); err != nil {
 			b.Fatal(err)
 		}
 	}
-	if err := lb.PutService(web, Service{ID: 1, Forward: ForwardDR}); err != nil {
+	if err := lb.putService(web, Service{ID: 1, Forward: ForwardDR}); err != nil {
 		b.Fatal(err)
 	}
-	table := make([]uint32, lb.MaglevTableSize())
+	table := make([]uint32, lb.maglevTableSize())
 	for i := range table {
 		table[i] = backends[i%len(backends)]
 	}
-	if err := lb.SetMaglevTable(1, table); err != nil {
+	if err := lb.setMaglevTable(1, table); err != nil {
 		b.Fatal(err)
 	}
 	ack := packet{src: ap(client4, 40000), dst: ap(vip4, 80), ack: true}.frame(b, routerMAC, mac)
@@ -126,18 +126,18 @@ func BenchmarkXDP(b *testing.B) {
 	web6 := ServiceKey{vip6, 80, TCP}
 	for _, id := range []uint32{5, 6, 7} {
 		be := Backend{Addr: netip.MustParseAddr(fmt.Sprintf("2001:db8:100::%d", id)), MAC: mac, Ifindex: 1, SrcMAC: mac, Service: 3}
-		if err := lb.PutBackend(id, be); err != nil {
+		if err := lb.putBackend(id, be); err != nil {
 			b.Fatal(err)
 		}
 	}
-	if err := lb.PutService(web6, Service{ID: 3, Forward: ForwardDR}); err != nil {
+	if err := lb.putService(web6, Service{ID: 3, Forward: ForwardDR}); err != nil {
 		b.Fatal(err)
 	}
-	table6 := make([]uint32, lb.MaglevTableSize())
+	table6 := make([]uint32, lb.maglevTableSize())
 	for i := range table6 {
 		table6[i] = 5 + uint32(i%3)
 	}
-	if err := lb.SetMaglevTable(3, table6); err != nil {
+	if err := lb.setMaglevTable(3, table6); err != nil {
 		b.Fatal(err)
 	}
 	ack6 := packet{src: ap(client6, 40000), dst: ap(vip6, 80), ack: true}.frame(b, routerMAC, mac)
@@ -174,22 +174,22 @@ func BenchmarkXDP(b *testing.B) {
 		if err := os.WriteFile("/proc/sys/net/ipv4/conf/all/forwarding", []byte("1"), 0o644); err != nil {
 			return err
 		}
-		return lb.AddTxPort(halb0.Attrs().Index)
+		return lb.addTxPort(halb0.Attrs().Index)
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
 	tunBE := Backend{Addr: netip.MustParseAddr("192.0.2.21"), Src: netip.MustParseAddr("192.0.2.1"), Ifindex: halb0.Attrs().Index, SrcMAC: halb0MAC, Service: 2}
-	if err := lb.PutBackend(4, tunBE); err != nil {
+	if err := lb.putBackend(4, tunBE); err != nil {
 		b.Fatal(err)
 	}
-	if err := lb.PutService(tunnel, Service{ID: 2, Forward: ForwardTUN}); err != nil {
+	if err := lb.putService(tunnel, Service{ID: 2, Forward: ForwardTUN}); err != nil {
 		b.Fatal(err)
 	}
 	for i := range table {
 		table[i] = 4
 	}
-	if err := lb.SetMaglevTable(2, table); err != nil {
+	if err := lb.setMaglevTable(2, table); err != nil {
 		b.Fatal(err)
 	}
 	tunAck := packet{src: ap(client4, 40000), dst: ap(vip4, 8080), ack: true}.frame(b, routerMAC, mac)
@@ -323,35 +323,35 @@ func BenchmarkXDP(b *testing.B) {
 
 	b.Run("ct-hit", func(b *testing.B) {
 		// The first run puts the flow in halb_ct.
-		inNS(b, func() error { _, err := bulk(lb.Program(), ack, 1, xdpTX); return err })
-		per := measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), ack, n, xdpTX) })
+		inNS(b, func() error { _, err := bulk(lb.xdpProgram(), ack, 1, xdpTX); return err })
+		per := measure(b, false, func(n int) (float64, error) { return bulk(lb.xdpProgram(), ack, n, xdpTX) })
 		above(b, per, lookupFloor, "ns-above-lru-lookup")
 	})
 
 	b.Run("ct-hit-v6", func(b *testing.B) {
-		inNS(b, func() error { _, err := bulk(lb.Program(), ack6, 1, xdpTX); return err })
-		per := measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), ack6, n, xdpTX) })
+		inNS(b, func() error { _, err := bulk(lb.xdpProgram(), ack6, 1, xdpTX); return err })
+		per := measure(b, false, func(n int) (float64, error) { return bulk(lb.xdpProgram(), ack6, n, xdpTX) })
 		above(b, per, lookupFloor, "ns-above-lru-lookup")
 	})
 
 	b.Run("syn", func(b *testing.B) {
-		measure(b, false, func(n int) (float64, error) { return bulk(lb.Program(), syn, n, xdpTX) })
+		measure(b, false, func(n int) (float64, error) { return bulk(lb.xdpProgram(), syn, n, xdpTX) })
 	})
 
 	b.Run("ct-hit-single", func(b *testing.B) {
 		per := measure(b, true, func(n int) (float64, error) {
-			return single(lb.Program(), n, func() []byte { return ack }, xdpTX)
+			return single(lb.xdpProgram(), n, func() []byte { return ack }, xdpTX)
 		})
 		above(b, per, lookupFloor, "ns-above-lru-lookup")
 	})
 
 	b.Run("ct-hit-tun", func(b *testing.B) {
 		inNS(b, func() error {
-			_, err := single(lb.Program(), 1, func() []byte { return tunAck }, xdpRedirect)
+			_, err := single(lb.xdpProgram(), 1, func() []byte { return tunAck }, xdpRedirect)
 			return err
 		})
 		per := measure(b, true, func(n int) (float64, error) {
-			return single(lb.Program(), n, func() []byte { return tunAck }, xdpRedirect)
+			return single(lb.xdpProgram(), n, func() []byte { return tunAck }, xdpRedirect)
 		})
 		above(b, per, lookupFloor, "ns-above-lru-lookup")
 	})
@@ -463,7 +463,7 @@ func BenchmarkXDP(b *testing.B) {
 			}
 			return prog, func() { prog.Close(); progs.Close() }, nil
 		}
-		toLB, closeLB, err := fresh(lb.Program())
+		toLB, closeLB, err := fresh(lb.xdpProgram())
 		if err != nil {
 			b.Fatalf("%+v", err)
 		}
@@ -497,11 +497,11 @@ func BenchmarkXDP(b *testing.B) {
 	b.Run("ct-miss", func(b *testing.B) {
 		if flowSeq == 0 { // fill halb_ct first
 			inNS(b, func() error {
-				_, err := single(lb.Program(), DefaultConntrackEntries, next, xdpTX)
+				_, err := single(lb.xdpProgram(), DefaultConntrackEntries, next, xdpTX)
 				return err
 			})
 		}
-		per := measure(b, true, func(n int) (float64, error) { return single(lb.Program(), n, next, xdpTX) })
+		per := measure(b, true, func(n int) (float64, error) { return single(lb.xdpProgram(), n, next, xdpTX) })
 		above(b, per, insertFloor, "ns-above-lru-insert")
 	})
 }

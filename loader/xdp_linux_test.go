@@ -422,7 +422,7 @@ func testScheduling(t *testing.T, prog string) {
 
 		// The service goes, its backend stays: the flow's packets go
 		// to the kernel.
-		if err := tb.lb.DeleteService(web4); err != nil {
+		if err := tb.lb.deleteService(web4); err != nil {
 			t.Fatal(err)
 		}
 		in := ack(40000).frame(t, routerMAC, halb0MAC)
@@ -456,7 +456,7 @@ func testScheduling(t *testing.T, prog string) {
 		tb.table(t, 1, 1)
 		tb.expectForward(t, syn(40000), xdpTX, 1)
 
-		if err := tb.lb.DeleteBackend(1); err != nil {
+		if err := tb.lb.deleteBackend(1); err != nil {
 			t.Fatal(err)
 		}
 		tb.expectDrop(t, ack(40000)) // the table still names backend 1
@@ -491,7 +491,7 @@ func testScheduling(t *testing.T, prog string) {
 		tb.table(t, 1)
 		tb.expectDrop(t, syn(40001))
 		tb.table(t, 1, 1)
-		if err := tb.lb.DeleteMaglevTable(1); err != nil {
+		if err := tb.lb.deleteMaglevTable(1); err != nil {
 			t.Fatal(err)
 		}
 		tb.expectDrop(t, syn(40002))
@@ -541,9 +541,9 @@ func testScheduling(t *testing.T, prog string) {
 		tb := newTestbed(t, Options{})
 		tb.on(prog)
 		lacking := Forward(halbForwardModeFORWARD_TUN + 1) // nat, in a newer halb
-		err := tb.lb.PutService(web4, Service{ID: 1, Forward: lacking})
+		err := tb.lb.putService(web4, Service{ID: 1, Forward: lacking})
 		if !errors.Is(err, service.ErrUnsupported) {
-			t.Errorf("PutService with forward %s: %v, want ErrUnsupported", lacking, err)
+			t.Errorf("putService with forward %s: %v, want ErrUnsupported", lacking, err)
 		}
 		// Written behind the loader's back, as a newer halb would.
 		k, err := serviceKey(web4)
@@ -571,11 +571,11 @@ func TestLBWriters(t *testing.T) {
 		{ServiceKey{netip.Addr{}, 80, TCP}, Service{ID: 1, Forward: ForwardDR}},
 		{ServiceKey{vip4, 0, TCP}, Service{ID: 1, Forward: ForwardDR}},
 		{ServiceKey{vip4, 80, Proto(1)}, Service{ID: 1, Forward: ForwardDR}},
-		{ServiceKey{vip4, 80, TCP}, Service{ID: lb.MaxServices(), Forward: ForwardDR}},
+		{ServiceKey{vip4, 80, TCP}, Service{ID: lb.maxServices(), Forward: ForwardDR}},
 		{ServiceKey{vip4, 80, TCP}, Service{ID: 1}},
 	} {
-		if err := lb.PutService(c.key, c.svc); err == nil {
-			t.Errorf("PutService(%s, %+v) succeeded", c.key, c.svc)
+		if err := lb.putService(c.key, c.svc); err == nil {
+			t.Errorf("putService(%s, %+v) succeeded", c.key, c.svc)
 		}
 	}
 	for _, c := range []struct {
@@ -583,17 +583,17 @@ func TestLBWriters(t *testing.T) {
 		b  Backend
 	}{
 		{0, Backend{Addr: vip4, MAC: halb1MAC, SrcMAC: halb0MAC, Ifindex: tb.halb0}},
-		{lb.MaxBackends(), Backend{Addr: vip4, MAC: halb1MAC, SrcMAC: halb0MAC, Ifindex: tb.halb0}},
+		{lb.maxBackends(), Backend{Addr: vip4, MAC: halb1MAC, SrcMAC: halb0MAC, Ifindex: tb.halb0}},
 		{1, Backend{Addr: vip4, MAC: halb1MAC[:4], SrcMAC: halb0MAC, Ifindex: tb.halb0}},
 		{1, Backend{Addr: vip4, MAC: halb1MAC, SrcMAC: halb0MAC}},
 		{1, Backend{MAC: halb1MAC, SrcMAC: halb0MAC, Ifindex: tb.halb0}},
 	} {
-		if err := lb.PutBackend(c.id, c.b); err == nil {
-			t.Errorf("PutBackend(%d, %+v) succeeded", c.id, c.b)
+		if err := lb.putBackend(c.id, c.b); err == nil {
+			t.Errorf("putBackend(%d, %+v) succeeded", c.id, c.b)
 		}
 	}
-	if err := lb.SetMaglevTable(1, make([]uint32, 251)); err == nil {
-		t.Errorf("SetMaglevTable with 251 slots succeeded; the table size is %d", lb.MaglevTableSize())
+	if err := lb.setMaglevTable(1, make([]uint32, 251)); err == nil {
+		t.Errorf("setMaglevTable with 251 slots succeeded; the table size is %d", lb.maglevTableSize())
 	}
 
 	vipCount := func(a netip.Addr) uint32 {
@@ -649,7 +649,7 @@ func TestLBWriters(t *testing.T) {
 		t.Errorf("vip book kept %+v, a walk of the maps finds %+v", kept, lb.vips)
 	}
 	for i, k := range keys {
-		if err := lb.DeleteService(k); err != nil {
+		if err := lb.deleteService(k); err != nil {
 			t.Fatal(err)
 		}
 		if i == 0 {
@@ -698,7 +698,7 @@ func (tb *testbed) conntrack(t *testing.T, p packet) (uint32, bool) {
 
 func (tb *testbed) wantServiceStats(t *testing.T, id uint32, want Stats) {
 	t.Helper()
-	got, err := tb.lb.ServiceStats(id)
+	got, err := tb.lb.serviceStats(id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -709,7 +709,7 @@ func (tb *testbed) wantServiceStats(t *testing.T, id uint32, want Stats) {
 
 func (tb *testbed) wantBackendStats(t *testing.T, id uint32, want Stats) {
 	t.Helper()
-	got, err := tb.lb.BackendStats(id)
+	got, err := tb.lb.backendStats(id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -721,7 +721,7 @@ func (tb *testbed) wantBackendStats(t *testing.T, id uint32, want Stats) {
 // wantDrops checks every drop counter: those missing from want are 0.
 func (tb *testbed) wantDrops(t *testing.T, want map[DropReason]uint64) {
 	t.Helper()
-	got, err := tb.lb.Drops()
+	got, err := tb.lb.drops()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -738,11 +738,11 @@ func (tb *testbed) wantDrops(t *testing.T, want map[DropReason]uint64) {
 // the maps.
 func TestLoad(t *testing.T) {
 	netnstest.Require(t)
-	lb, err := Load(Options{MaglevTableSize: 251, ConntrackEntries: 1024, MaxBackends: 100_001})
+	lb, err := loadLB(Options{MaglevTableSize: 251, ConntrackEntries: 1024, MaxBackends: 100_001})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lb.Close()
+	defer lb.close()
 	// datapath.max_backends sizes every map indexed by backend id alike.
 	for name, m := range map[string]*ebpf.Map{
 		halbMapHalbBackends: lb.objs.HalbBackends, halbMapHalbBackendStats: lb.objs.HalbBackendStats, halbMapHalbNexthops: lb.objs.HalbNexthops,
@@ -751,10 +751,10 @@ func TestLoad(t *testing.T) {
 			t.Errorf("%s holds %d entries, want max_backends 100001", name, m.MaxEntries())
 		}
 	}
-	if lb.MaxBackends() != 100_001 {
-		t.Errorf("MaxBackends() = %d, want 100001", lb.MaxBackends())
+	if lb.maxBackends() != 100_001 {
+		t.Errorf("maxBackends() = %d, want 100001", lb.maxBackends())
 	}
-	if err := lb.PutBackend(100_000, Backend{Addr: netip.MustParseAddr("198.51.100.11"), SrcMAC: routerMAC, Ifindex: 1, Service: 1}); err != nil {
+	if err := lb.putBackend(100_000, Backend{Addr: netip.MustParseAddr("198.51.100.11"), SrcMAC: routerMAC, Ifindex: 1, Service: 1}); err != nil {
 		t.Errorf("the last backend id: %v", err)
 	}
 
@@ -776,7 +776,7 @@ func TestLoad(t *testing.T) {
 			t.Errorf("map %s has no BTF", name)
 		}
 	}
-	for name, prog := range map[string]*ebpf.Program{halbProgHalbXdpLb: lb.Program(), halbProgHalbTcLb: lb.TCProgram()} {
+	for name, prog := range map[string]*ebpf.Program{halbProgHalbXdpLb: lb.xdpProgram(), halbProgHalbTcLb: lb.tcProgram()} {
 		info, err := prog.Info()
 		if err != nil {
 			t.Fatal(err)
@@ -790,10 +790,10 @@ func TestLoad(t *testing.T) {
 		t.Errorf("halb_ct holds %d entries, want 1024", got)
 	}
 	var m uint32
-	if err := lb.objs.HalbMaglevSize.Get(&m); err != nil || m != 251 || lb.MaglevTableSize() != 251 {
-		t.Errorf("halb_maglev_size is %d (%v) and MaglevTableSize %d, want 251", m, err, lb.MaglevTableSize())
+	if err := lb.objs.HalbMaglevSize.Get(&m); err != nil || m != 251 || lb.maglevTableSize() != 251 {
+		t.Errorf("halb_maglev_size is %d (%v) and maglevTableSize %d, want 251", m, err, lb.maglevTableSize())
 	}
-	if err := lb.SetMaglevTable(0, make([]uint32, 251)); err != nil {
-		t.Errorf("SetMaglevTable with 251 slots: %v", err)
+	if err := lb.setMaglevTable(0, make([]uint32, 251)); err != nil {
+		t.Errorf("setMaglevTable with 251 slots: %v", err)
 	}
 }

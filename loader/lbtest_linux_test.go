@@ -1,0 +1,67 @@
+package loader
+
+// The kernelLB's writers and readers that only tests use: the daemon's
+// writes go through mapWriter, which keeps the invariants these skip
+// (a backend's id leaves every table before it is freed; a changed
+// record moves the next-hop generation once per Apply).
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// putBackend writes backend id and, when it has a MAC, makes it active:
+// conntrack entries that name it are honoured.
+func (lb *kernelLB) putBackend(id uint32, b Backend) error {
+	v, err := lb.backendRecord(id, b)
+	if err != nil {
+		return err
+	}
+	if err := lb.objs.HalbBackends.Put(id, &v); err != nil {
+		return fmt.Errorf("write backend %d: %w", id, err)
+	}
+	// The id may have served another backend, whose next hop the CPUs
+	// still cache.
+	return lb.forgetNexthops()
+}
+
+// deleteBackend clears backend id. Flows that conntrack remembers for it
+// are scheduled again by their service's Maglev table, which should no
+// longer name it. (To drain a backend instead, leave it and take it out of
+// the Maglev tables: its flows stay, new ones go elsewhere.)
+func (lb *kernelLB) deleteBackend(id uint32) error {
+	if err := lb.objs.HalbBackends.Put(id, &halbBackend{}); err != nil {
+		return fmt.Errorf("clear backend %d: %w", id, err)
+	}
+	return lb.forgetNexthops()
+}
+
+// setMaglevTable gives service id a new Maglev table: table[slot] is the
+// backend id for the flows that hash to slot, 0 for none, and
+// len(table) is maglevTableSize. The table is written into a new map that
+// then replaces the old one in a single update, so no packet ever sees a
+// table half written.
+func (lb *kernelLB) setMaglevTable(service uint32, table []uint32) error {
+	m, err := lb.newMaglevTable(service, table)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	return lb.installMaglevTables([]uint32{service}, []*ebpf.Map{m})
+}
+
+// events reads how many times each event happened, summed over CPUs.
+func (lb *kernelLB) events() (map[Event]uint64, error) {
+	events := make(map[Event]uint64, halbEventEVENTS)
+	for e := range Event(halbEventEVENTS) {
+		var perCPU []uint64
+		if err := lb.objs.HalbEvents.Lookup(uint32(e), &perCPU); err != nil {
+			return nil, fmt.Errorf("read %s from %s: %w", e, halbMapHalbEvents, err)
+		}
+		for _, n := range perCPU {
+			events[e] += n
+		}
+	}
+	return events, nil
+}
