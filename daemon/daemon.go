@@ -239,6 +239,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	if d.dp != nil {
 		d.log.Info("services programmed", "datapath", d.dp.Name(), "services", len(d.cfg.Services))
 	}
+	releaseMemory()
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()
 
@@ -287,6 +288,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 					if err := d.apply(ctx); err != nil {
 						d.log.Error("reloaded services not fully programmed", "err", err, "retry", d.retryNote())
 					}
+					releaseMemory()
 				}
 				d.notifySystemd(sd.SdNotifyReady)
 			}

@@ -3,6 +3,8 @@ package loader
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -25,10 +27,10 @@ type svcState struct {
 	id       uint32
 	rec      halbService
 	backends map[netip.AddrPort]*beState
-	// table is the signature of the Maglev table last written (see
-	// signature); "" after a restart, when the table in the kernel is read
-	// back and compared before it is written again.
-	table string
+	// table is the signature of the Maglev table last written; zero
+	// after a restart, when the table in the kernel is read back and
+	// compared before it is written again.
+	table tableSig
 	// problems are the backends the data path cannot serve now, or not
 	// fully, and why; those among backends keep their id and record,
 	// inactive (but a TUN backend waiting for its next hop).
@@ -320,7 +322,7 @@ func (d *Datapath) serviceState(s *service.Service) (*svcState, bool, error) {
 		d.svcIDs.free(id)
 		return nil, false, err
 	}
-	st = &svcState{name: s.Name, key: s.Key, id: id, backends: map[netip.AddrPort]*beState{}}
+	st = &svcState{name: s.Name, key: s.Key, id: id, backends: make(map[netip.AddrPort]*beState, len(s.Backends))}
 	d.applied[s.Key] = st
 	return st, true, nil
 }
@@ -653,7 +655,7 @@ type tableJob struct {
 	isNew bool
 	live  []*beState
 	keys  []netip.AddrPort
-	sig   string
+	sig   tableSig
 	// staged: written aside, for writeTables to swap in with the rest.
 	staged bool
 	err    error
@@ -742,7 +744,7 @@ func (d *Datapath) writeTable(j *tableJob) error {
 			table[slot] = j.live[i].id
 		}
 	}
-	if st.table == "" && !j.isNew {
+	if st.table == (tableSig{}) && !j.isNew {
 		// After a restart: the table the last halb wrote may be this
 		// very one.
 		old, err := d.lb.maglevTable(st.id)
@@ -759,17 +761,29 @@ func (d *Datapath) writeTable(j *tableJob) error {
 	return nil
 }
 
-// signature names what a Maglev table is built from: the live backends'
-// keys, weights and IDs (and, for all services alike, the table size).
-func signature(keys []netip.AddrPort, live []*beState) string {
-	var b strings.Builder
+// tableSig names what a Maglev table is built from: a SHA-256 of the
+// live backends' keys, weights and IDs (and, for all services alike, the
+// table size). A hash, not the text: the text is some 26 bytes a backend,
+// kept for every service as long as the daemon runs (2.6 MB at 100 000
+// backends), to be compared only for equality. The zero value is "not
+// known" (after a restart).
+type tableSig [sha256.Size]byte
+
+// signature is the tableSig of a table built from live, keyed by keys.
+func signature(keys []netip.AddrPort, live []*beState) tableSig {
+	h := sha256.New()
+	var buf []byte
 	for i, be := range live {
-		fmt.Fprintf(&b, "%s=%d@%d;", keys[i], be.rec.Weight, be.id)
+		a := keys[i].Addr().As16()
+		buf = append(append(buf[:0], byte(keys[i].Addr().BitLen())), a[:]...)
+		buf = binary.LittleEndian.AppendUint16(buf, keys[i].Port())
+		buf = binary.LittleEndian.AppendUint32(buf, be.rec.Weight)
+		buf = binary.LittleEndian.AppendUint32(buf, be.id)
+		h.Write(buf)
 	}
-	if b.Len() == 0 {
-		return "empty"
-	}
-	return b.String()
+	var sig tableSig
+	h.Sum(sig[:0])
+	return sig
 }
 
 // dropBackend clears a backend that left its service and frees its ID. Its
