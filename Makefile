@@ -72,6 +72,7 @@ bench:
 	set -o pipefail; $(BENCH) -bench '^BenchmarkXDP$$' -benchtime 2000000x ./loader | tee -a $(BENCHOUT)
 	set -o pipefail; $(BENCH) -bench '^BenchmarkBuild$$' ./maglev | tee -a $(BENCHOUT)
 	set -o pipefail; $(BENCH) -bench '^BenchmarkApply$$' -benchtime 1x ./loader | tee -a $(BENCHOUT)
+	set -o pipefail; $(BENCH) -bench '^BenchmarkApplyPeak$$' -benchtime 1x ./loader | tee -a $(BENCHOUT)
 	set -o pipefail; $(BENCH) -bench '^BenchmarkLoad$$' -benchtime 3x ./config | tee -a $(BENCHOUT)
 	set -o pipefail; $(BENCH) -bench '^(BenchmarkIdleRSS|BenchmarkThroughput)$$' -benchtime 1x ./test/e2e | tee -a $(BENCHOUT)
 	set -o pipefail; $(BENCH) -bench '^BenchmarkFailover$$' -benchtime 1x ./vrrp | tee -a $(BENCHOUT)

@@ -1,0 +1,112 @@
+package loader
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"testing"
+
+	"github.com/halb-lb/halb/internal/halbtest"
+)
+
+// applyPeakOut, when set, makes BenchmarkApplyPeak the child that
+// measures: it writes its figures (applyPeak, as JSON) to the file named.
+// The peak of one Apply is only known in a process that did little else:
+// the parent's other benchmarks leave heap and runtime structures behind.
+const applyPeakOut = "HALB_APPLY_PEAK_OUT"
+
+// applyPeak is what the child measured of the first Apply, in KiB.
+type applyPeak struct {
+	Before int64 // VmRSS just before, with the services built and the maps loaded
+	Peak   int64 // VmHWM during the Apply (reset just before it)
+	After  int64 // VmRSS after it and a GC returning freed heap to the OS
+	Alloc  int64 // the Go heap allocated during it
+}
+
+// BenchmarkApplyPeak measures the memory of the first Apply of 1000
+// services of 100 backends (BenchmarkApply's shape), not the config
+// load's: a child process builds the services in Go, loads the maps,
+// resets its peak RSS (/proc/self/clear_refs, 5) and applies them.
+// Issue 16's target is an Apply peak under 100 MiB.
+//
+//	peak-MiB     VmHWM during the Apply: the process's peak RSS.
+//	before-MiB   VmRSS just before it (services, maps loaded, test binary).
+//	apply-MiB    peak-MiB less before-MiB: what the Apply itself added.
+//	after-MiB    VmRSS after it, once the freed heap went back to the OS.
+//	alloc-MiB    Go heap allocated during it (runtime.MemStats.TotalAlloc).
+//
+// ns/op is suppressed: b.N is ignored; run with -benchtime 1x.
+//
+//	go test -run '^$' -bench BenchmarkApplyPeak -benchtime 1x ./loader
+func BenchmarkApplyPeak(b *testing.B) {
+	sh := applyShape{1000, 100}
+	if out := os.Getenv(applyPeakOut); out != "" {
+		measureApplyPeak(b, sh, out)
+		return
+	}
+	b.Run(sh.String(), func(b *testing.B) {
+		out := filepath.Join(b.TempDir(), "peak.json")
+		cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^BenchmarkApplyPeak$", "-test.benchtime=1x")
+		cmd.Env = append(os.Environ(), applyPeakOut+"="+out)
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("the child that applies: %v\n%.4000s", err, msg)
+		}
+		data, err := os.ReadFile(out)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var p applyPeak
+		if err := json.Unmarshal(data, &p); err != nil {
+			b.Fatalf("the child wrote %q: %v", data, err)
+		}
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(float64(p.Peak)/1024, "peak-MiB")
+		b.ReportMetric(float64(p.Before)/1024, "before-MiB")
+		b.ReportMetric(float64(p.Peak-p.Before)/1024, "apply-MiB")
+		b.ReportMetric(float64(p.After)/1024, "after-MiB")
+		b.ReportMetric(float64(p.Alloc)/1024, "alloc-MiB")
+	})
+}
+
+// measureApplyPeak is the child's side: one first Apply of sh, measured.
+func measureApplyPeak(b *testing.B, sh applyShape, out string) {
+	ab := newApplyBench(b, sh.maxBackends())
+	svcs := sh.services()
+	debug.FreeOSMemory()
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		b.Fatalf("reset the peak RSS: %v", err)
+	}
+	var p applyPeak
+	p.Before = procStatusKiB(b, "VmRSS")
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if err := ab.dp.Apply(context.Background(), svcs); err != nil {
+		b.Fatalf("apply: %v", err)
+	}
+	runtime.ReadMemStats(&after)
+	p.Peak = procStatusKiB(b, "VmHWM")
+	p.Alloc = int64(after.TotalAlloc-before.TotalAlloc) / 1024
+	debug.FreeOSMemory()
+	p.After = procStatusKiB(b, "VmRSS")
+	data, err := json.Marshal(p)
+	if err == nil {
+		err = os.WriteFile(out, data, 0o600)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+// procStatusKiB reads a /proc/self/status figure in KiB.
+func procStatusKiB(tb testing.TB, name string) int64 {
+	tb.Helper()
+	kb, err := halbtest.ProcStatusKiB("self", name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return kb
+}
