@@ -12,6 +12,8 @@ package config
 
 import (
 	"net/netip"
+	"reflect"
+	"slices"
 	"time"
 )
 
@@ -157,59 +159,67 @@ type HealthCheck struct {
 	Command      []string      `mapstructure:"command"`
 }
 
-// Defaults of the keys that sit outside lists. They are registered with
-// viper so that HALB_* environment variables override them even when the
-// file does not mention them.
-var topDefaults = map[string]any{
-	"log.level":                  "info",
-	"log.format":                 "text",
-	"control.socket":             "/run/halb/halb.sock",
-	"control.metrics":            "",
-	"datapath.mode":              ModeAuto,
-	"datapath.interfaces":        []string{},
-	"datapath.xdp_mode":          "auto",
-	"datapath.bpffs":             "/sys/fs/bpf/halb",
-	"datapath.conntrack_entries": 65536,
-	"datapath.maglev_table_size": 65537,
-	"datapath.max_backends":      4096,
+// defaultConfig holds the defaults of the keys that sit outside lists.
+// HALB_* environment variables override these keys (envKeys) whether
+// the file writes them or not.
+var defaultConfig = Config{
+	Log:     Log{Level: "info", Format: "text"},
+	Control: Control{Socket: "/run/halb/halb.sock"},
+	Datapath: Datapath{
+		Mode:             ModeAuto,
+		Interfaces:       []string{},
+		XDPMode:          "auto",
+		BPFFS:            "/sys/fs/bpf/halb",
+		ConntrackEntries: 65536,
+		MaglevTableSize:  65537,
+		MaxBackends:      4096,
+	},
 }
 
 // Defaults of list items. keepalived's defaults where halb has the same
 // knob (priority 100, advert 1s, preempt on, GARP 5 × after 5s), so that a
-// migrated instance behaves as it did.
+// migrated instance behaves as it did. What is derived from other keys
+// (an instance's version, a backend's port, a health check's type) is
+// filled in as the item is decoded (decoder.end).
 var (
-	instanceDefaults = map[string]any{
-		"priority":            100,
-		"advert_interval":     "1s",
-		"preempt":             true,
-		"preempt_delay":       "0s",
-		"accept":              false,
-		"garp_master_delay":   "5s",
-		"garp_master_repeat":  5,
-		"garp_master_refresh": "0s",
+	defaultInstance = Instance{
+		Priority:         100,
+		AdvertInterval:   time.Second,
+		Preempt:          true,
+		GARPMasterDelay:  5 * time.Second,
+		GARPMasterRepeat: 5,
 	}
-	trackScriptDefaults = map[string]any{
-		"interval": "2s",
-		"timeout":  "1s",
-		"rise":     1,
-		"fall":     1,
-	}
-	serviceDefaults = map[string]any{
-		"protocol":    "tcp",
-		"scheduler":   "mh",
-		"forward":     "dr",
-		"persistence": "0s",
-		"quorum":      1,
-	}
-	backendDefaults = map[string]any{
-		"weight": 1,
-	}
-	healthCheckDefaults = map[string]any{
-		"interval":      "2s",
-		"timeout":       "1s",
-		"rise":          2,
-		"fall":          3,
-		"path":          "/",
-		"expect_status": []any{200},
+	defaultTrackScript = TrackScript{Interval: 2 * time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
+	defaultService     = Service{Protocol: "tcp", Scheduler: "mh", Forward: "dr", Quorum: 1}
+	defaultBackend     = Backend{Weight: 1}
+	defaultHealthCheck = HealthCheck{
+		Interval:     2 * time.Second,
+		Timeout:      time.Second,
+		Rise:         2,
+		Fall:         3,
+		Path:         "/",
+		ExpectStatus: []int{200},
 	}
 )
+
+// setDefaults gives v, a Config or a list item about to be decoded, its
+// defaults; each gets its own copy of a default list.
+func setDefaults(v reflect.Value) {
+	switch p := v.Addr().Interface().(type) {
+	case *Config:
+		*p = defaultConfig
+		p.Datapath.Interfaces = slices.Clone(defaultConfig.Datapath.Interfaces)
+	case *Instance:
+		*p = defaultInstance
+	case *TrackScript:
+		*p = defaultTrackScript
+	case *Service:
+		*p = defaultService
+		setDefaults(reflect.ValueOf(&p.HealthCheck).Elem())
+	case *Backend:
+		*p = defaultBackend
+	case *HealthCheck:
+		*p = defaultHealthCheck
+		p.ExpectStatus = slices.Clone(defaultHealthCheck.ExpectStatus)
+	}
+}

@@ -828,3 +828,37 @@ func TestMayHoldSecret(t *testing.T) {
 		}
 	}
 }
+
+// A merge key brings in one mapping or a list of them: the mapping's own
+// keys win, then the first merged mapping that has the key; a merge of
+// anything else is a problem on its line.
+func TestMergeKeys(t *testing.T) {
+	cfg, err := Parse([]byte(`datapath:
+  interfaces: eth0,eth1
+services:
+  - &a {name: a, vip: 192.0.2.100, port: 80, scheduler: rr, backends: [{address: 198.51.100.11}]}
+  - &b {name: b, vip: 192.0.2.101, port: 81, forward: tun, scheduler: sh, backends: [{address: 198.51.100.12}]}
+  - <<: [*a, *b]
+    name: c
+    port: 82
+`), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Datapath.Interfaces; strings.Join(got, " ") != "eth0 eth1" {
+		t.Errorf("interfaces: eth0,eth1 = %q, want a list of two", got)
+	}
+	c := cfg.Services[2]
+	if c.Name != "c" || c.Port != 82 || c.Scheduler != "rr" || c.Forward != "tun" || c.VIP != cfg.Services[0].VIP {
+		t.Errorf("merged service = %+v", c)
+	}
+	if b := c.Backends; len(b) != 1 || b[0].Address != cfg.Services[0].Backends[0].Address || b[0].Port != 82 {
+		t.Errorf("merged backends = %+v, want a's, on c's port", b)
+	}
+
+	_, err = Parse([]byte("datapath:\n  interfaces: [eth0]\nservices:\n  - name: a\n    <<: 5\n"), "t.yaml")
+	var cerr *Error
+	if !errors.As(err, &cerr) || len(cerr.Problems) != 1 || cerr.Problems[0].Line != 5 || !strings.Contains(cerr.Problems[0].Msg, "<< merges mappings") {
+		t.Errorf("a merge of a number: %v", err)
+	}
+}

@@ -1,21 +1,16 @@
 package config
 
 import (
-	"errors"
 	"fmt"
-	"maps"
-	"math"
-	"net/netip"
 	"os"
 	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/go-viper/mapstructure/v2"
-	"github.com/spf13/viper"
 	yaml "go.yaml.in/yaml/v3"
 )
 
@@ -25,14 +20,13 @@ const EnvPrefix = "HALB"
 
 // maxNodes bounds the YAML nodes (keys, values, list items) of a file that
 // Parse decodes, so that reading one costs seconds and not minutes: each
-// node is parsed once into the YAML tree, then decoded twice (into the
-// values viper holds, then by mapstructure), and a file of tiny list items
-// within the size limit holds millions. It must still take the largest
-// sites' files: 1000 services of 100 backends, each backend with its
-// address, port and weight, hold about 715 000 (Load reads one in about
-// 2.5 times a bare YAML parse of it, 1.5-2 s and 340 MiB here:
-// BenchmarkLoad); a file of a million bare list items, the worst at the
-// bound, takes longer.
+// node is parsed once into the YAML tree, then decoded (decoder), and a
+// file of tiny list items within the size limit holds millions. It must
+// still take the largest sites' files: 1000 services of 100 backends,
+// each backend with its address, port and weight, hold about 715 000
+// (BenchmarkLoad reads one in about the time of a bare YAML parse of it
+// and half as long again); a file of a million bare list items, the
+// worst at the bound, takes longer.
 const maxNodes = 1 << 20
 
 // roughNodes counts, without parsing, what must each be a YAML node:
@@ -156,65 +150,28 @@ func parse(data []byte, name string) (*Config, fileTree, error) {
 		e.add(Problem{Line: yamlErrorLine(err), Msg: "not valid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")})
 		return nil, fileTree{}, e
 	}
-	if n := countNodes(&doc); n > maxNodes {
-		return tooBig(n)
+	nodes := countNodes(&doc)
+	if nodes > maxNodes {
+		return tooBig(nodes)
 	}
 	file := treeOf(&doc)
-	shape := &shapeWalk{}
-	shape.walk(&doc, reflect.TypeFor[Config](), "")
-	failed := map[string]bool{}
-	for _, p := range shape.problems {
-		if p.Path != "" {
-			failed[p.Path] = true
-		}
-		e.add(p)
-	}
-	// A file whose shape is wrong in more places than are printed stops
-	// here: decoding each of a million wrong items again would cost
-	// seconds and gigabytes to report what is already known.
-	if shape.fatal || len(shape.problems) > maxShownProblems {
-		return nil, fileTree{}, e.finish(file)
-	}
-
-	v := viper.New()
-	for k, d := range topDefaults {
-		v.SetDefault(k, d)
-	}
-	if err := readTree(v, &doc); err != nil {
-		e.add(Problem{Msg: "read: " + err.Error()})
-		return nil, fileTree{}, e.finish(file)
-	}
-	for _, p := range applyEnv(v) {
-		failed[p.Path] = true
-		e.add(p)
-	}
-	derived := fillListDefaults(v)
 
 	var cfg Config
-	decodeErr := v.UnmarshalExact(&cfg, func(dc *mapstructure.DecoderConfig) {
-		dc.WeaklyTypedInput = false
-		dc.DisableUnmarshaler = true // no type of Config has its own: asking for each value cost 7% of a load
-		dc.DecodeHook = decodeHook
-	})
-	// A value copied from another key (a backend's port from its
-	// service's) that failed is reported once, where it was written.
-	skip := func(path string) bool {
-		return underFailed(path, failed) || failed[derived[path]]
-	}
-	for _, p := range decodeProblems(decodeErr, file) {
-		if skip(p.Path) {
-			continue
-		}
-		failed[p.Path] = true
-		e.add(p)
-	}
-	// Past what is printed, validating the rest of a file that failed to
-	// decode only costs time: it is refused either way.
-	if len(e.Problems) > maxShownProblems {
+	d := &decoder{overridden: overriddenKeys()}
+	d.decode(&doc, nodes, &cfg)
+	e.Problems = d.problems
+	// A file wrong in more places than are printed stops here:
+	// validating the rest of it only costs time, it is refused either
+	// way.
+	if d.fatal || len(e.Problems) > maxShownProblems {
 		return nil, fileTree{}, e.finish(file)
 	}
+	for _, p := range applyEnv(&cfg) {
+		d.failed[p.Path] = true
+		e.add(p)
+	}
 	for _, p := range Validate(&cfg) {
-		if !skip(p.Path) {
+		if !underFailed(p.Path, d.failed) {
 			e.add(p)
 		}
 	}
@@ -224,58 +181,98 @@ func parse(data []byte, name string) (*Config, fileTree, error) {
 	return &cfg, file, nil
 }
 
-// readTree gives viper the values of the YAML tree parse holds, decoded
-// from the tree and not from the text: viper's own ReadConfig would parse
-// the text a second time (0.5 s and as much memory again for the largest
-// site's file). Viper's part is the defaults and the HALB_* overrides. A
-// value YAML cannot hold in a map (a key twice) fails here, as it failed
-// in ReadConfig.
-func readTree(v *viper.Viper, doc *yaml.Node) error {
-	values := map[string]any{}
-	if err := doc.Decode(&values); err != nil {
-		return err
+// envKeys are the keys outside lists, which HALB_* variables override
+// (HALB_LOG_LEVEL sets log.level), sorted: the fields of the sections of
+// Config that are not lists of items.
+var envKeys = sync.OnceValue(func() []string {
+	var keys []string
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		section := t.Field(i)
+		if section.Type.Kind() != reflect.Struct {
+			continue
+		}
+		for j := range section.Type.NumField() {
+			f := section.Type.Field(j)
+			if f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct {
+				continue
+			}
+			keys = append(keys, section.Tag.Get("mapstructure")+"."+f.Tag.Get("mapstructure"))
+		}
 	}
-	return v.MergeConfigMap(values)
+	slices.Sort(keys)
+	return keys
+})
+
+// overriddenKeys are the keys a HALB_* variable sets: the decoder leaves
+// the file's value of them unread.
+func overriddenKeys() map[string]bool {
+	var keys map[string]bool
+	for _, key := range envKeys() {
+		if _, ok := os.LookupEnv(envName(key)); ok {
+			if keys == nil {
+				keys = map[string]bool{}
+			}
+			keys[key] = true
+		}
+	}
+	return keys
 }
 
-// applyEnv sets each key outside a list that a HALB_* variable names
-// (HALB_LOG_LEVEL sets log.level), converted from the variable's text to
-// the key's type: a whole number, true or false, a comma-separated list.
-// It returns a problem for each variable that does not convert.
-func applyEnv(v *viper.Viper) []Problem {
+// applyEnv sets each key outside a list that a HALB_* variable names,
+// converted from the variable's text to the key's type: a whole number,
+// true or false, a comma-separated list. It returns a problem for each
+// variable that does not convert.
+func applyEnv(cfg *Config) []Problem {
 	var problems []Problem
-	for _, key := range slices.Sorted(maps.Keys(topDefaults)) {
+	for _, key := range envKeys() {
 		name := envName(key)
 		text, ok := os.LookupEnv(name)
 		if !ok {
 			continue
 		}
-		value, err := fromEnv(text, keyType(key))
-		if err != nil {
+		if err := setKey(reflect.ValueOf(cfg).Elem(), key, text); err != nil {
 			problems = append(problems, Problem{Path: key, Env: name, Msg: err.Error()})
-			continue
 		}
-		v.Set(key, value)
 	}
 	return problems
+}
+
+// setKey sets the dotted key of the struct v from text.
+func setKey(v reflect.Value, key, text string) error {
+	for part := range strings.SplitSeq(key, ".") {
+		v = v.Field(infoOf(v.Type()).index[part])
+	}
+	value, err := fromEnv(text, v.Type())
+	if err != nil {
+		return err
+	}
+	switch value := value.(type) {
+	case int64:
+		v.SetInt(value)
+	case uint64:
+		v.SetUint(value)
+	case bool:
+		v.SetBool(value)
+	case []string:
+		v.Set(reflect.ValueOf(value))
+	case string:
+		if v.Type() == durationType {
+			dur, err := parseDuration(value)
+			if err != nil {
+				return err
+			}
+			v.SetInt(int64(dur))
+			return nil
+		}
+		v.SetString(value)
+	}
+	return nil
 }
 
 // envName is the variable that overrides key: log.level -> HALB_LOG_LEVEL.
 func envName(key string) string {
 	return EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
-}
-
-// keyType is the Go type of the dotted key in Config.
-func keyType(key string) reflect.Type {
-	t := reflect.TypeFor[Config]()
-	for part := range strings.SplitSeq(key, ".") {
-		f, ok := fieldByTag(t, part)
-		if !ok {
-			return nil
-		}
-		t = f.Type
-	}
-	return t
 }
 
 // fromEnv converts a variable's text to a value of type t.
@@ -315,389 +312,6 @@ func fromEnv(text string, t reflect.Type) (any, error) {
 	return text, nil
 }
 
-// fillListDefaults gives each list item the keys it omits. Items of lists
-// are out of reach of viper's own defaults, and filling them in before
-// decoding keeps "absent" and "zero" apart (weight 0 drains a backend; an
-// absent weight is 1). It returns the field paths it copied from another
-// key (a backend's port from its service's), each with the key it came
-// from.
-func fillListDefaults(v *viper.Viper) map[string]string {
-	derived := map[string]string{}
-	if instances, ok := v.Get("vrrp.instances").([]any); ok {
-		for _, it := range instances {
-			m, ok := it.(map[string]any)
-			if !ok {
-				continue
-			}
-			setMissing(m, instanceDefaults)
-			if _, ok := m["version"]; !ok {
-				// keepalived's rule: VRRPv2 unless the instance is IPv6,
-				// which only VRRPv3 carries (RFC 5798 §1).
-				m["version"] = 2
-				if vips, ok := m["virtual_ips"].([]any); ok && len(vips) > 0 {
-					if s, ok := vips[0].(string); ok && strings.Contains(s, ":") {
-						m["version"] = 3
-					}
-				}
-			}
-			for _, ts := range listOfMaps(m["track_scripts"]) {
-				setMissing(ts, trackScriptDefaults)
-			}
-		}
-		v.Set("vrrp.instances", instances)
-	}
-	if services, ok := v.Get("services").([]any); ok {
-		for i, it := range services {
-			m, ok := it.(map[string]any)
-			if !ok {
-				continue
-			}
-			setMissing(m, serviceDefaults)
-			backends, _ := m["backends"].([]any)
-			for j, item := range backends {
-				b, ok := item.(map[string]any)
-				if !ok {
-					continue
-				}
-				setMissing(b, backendDefaults)
-				if _, ok := b["port"]; !ok && m["port"] != nil {
-					b["port"] = m["port"]
-					derived[fmt.Sprintf("services[%d].backends[%d].port", i, j)] = fmt.Sprintf("services[%d].port", i)
-				}
-			}
-			hc, ok := m["health_check"].(map[string]any)
-			if !ok && m["health_check"] == nil {
-				hc = map[string]any{}
-				m["health_check"] = hc
-			}
-			if hc != nil {
-				setMissing(hc, healthCheckDefaults)
-				if _, ok := hc["type"]; !ok {
-					// A UDP service has no connection to probe: unless told
-					// how to check it, its backends count as healthy.
-					hc["type"] = "tcp"
-					if p, _ := m["protocol"].(string); p == "udp" {
-						hc["type"] = "none"
-					}
-				}
-			}
-		}
-		v.Set("services", services)
-	}
-	return derived
-}
-
-func setMissing(m map[string]any, defaults map[string]any) {
-	for k, d := range defaults {
-		if _, ok := m[k]; !ok {
-			m[k] = d
-		}
-	}
-}
-
-func listOfMaps(v any) []map[string]any {
-	list, _ := v.([]any)
-	var out []map[string]any
-	for _, it := range list {
-		if m, ok := it.(map[string]any); ok {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// Decode hooks: they turn YAML scalars into netip and time types with
-// messages that say what was expected.
-
-// hook is a decode hook: from the type of data to the type t.
-type hook = func(f, t reflect.Type, data any) (any, error)
-
-// decodeHooks run in this order on every value decoded, each on what the
-// one before made of it.
-var decodeHooks = []hook{
-	durationHook, textOnlyHook, addrHook, prefixHook, addrPortHook, trackInterfaceHook,
-	mapstructure.StringToWeakSliceHookFunc(",").(hook), oneItemListHook, wholeNumberHook,
-}
-
-// decodeHook runs decodeHooks on one value. It is what
-// mapstructure.ComposeDecodeHookFunc does, without wrapping the value in
-// a reflect.Value for each hook: that cost a fifth of loading the largest
-// site's file.
-func decodeHook(f, t reflect.Type, data any) (any, error) {
-	for _, h := range decodeHooks {
-		var err error
-		if data, err = h(f, t, data); err != nil || data == nil {
-			return data, err
-		}
-		f = reflect.TypeOf(data)
-	}
-	return data, nil
-}
-
-func durationHook(_ reflect.Type, t reflect.Type, data any) (any, error) {
-	if t != reflect.TypeFor[time.Duration]() {
-		return data, nil
-	}
-	switch d := data.(type) {
-	case string:
-		dur, err := time.ParseDuration(d)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not a duration: write it with a unit, like \"1s\" or \"50ms\"", d)
-		}
-		return dur, nil
-	case int, int64, uint64, float64:
-		// A bare number would decode as nanoseconds: keepalived's
-		// "advert_int 1" would become 1ns. Only 0 is unambiguous.
-		if fmt.Sprint(d) == "0" {
-			return time.Duration(0), nil
-		}
-		return nil, fmt.Errorf("%v has no unit: write a duration like \"%vs\" or \"%vms\"", d, d, d)
-	}
-	return data, nil
-}
-
-// textTypes are the types written as text in YAML, with what each takes.
-var textTypes = map[reflect.Type]string{
-	reflect.TypeFor[netip.Addr]():     "an IP address",
-	reflect.TypeFor[netip.Prefix]():   "an IP address or ADDRESS/LENGTH (like 192.0.2.100/24)",
-	reflect.TypeFor[netip.AddrPort](): "ADDRESS:PORT (like 198.51.100.99:80)",
-}
-
-// textOnlyHook refuses anything but text for an address: the decoder would
-// otherwise try a number as a mapping, and fill the address from a mapping
-// without a word.
-func textOnlyHook(f reflect.Type, t reflect.Type, data any) (any, error) {
-	what, ok := textTypes[t]
-	if !ok || data == nil || f == t || f.Kind() == reflect.String {
-		return data, nil
-	}
-	return nil, &valueError{quoteValue(data), "is not " + what}
-}
-
-func addrHook(f reflect.Type, t reflect.Type, data any) (any, error) {
-	if t != reflect.TypeFor[netip.Addr]() || f.Kind() != reflect.String {
-		return data, nil
-	}
-	s := data.(string)
-	if s == "" {
-		return netip.Addr{}, nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		if _, perr := netip.ParsePrefix(s); perr == nil {
-			return nil, fmt.Errorf("%q is a prefix: write the address alone, without /length", s)
-		}
-		return nil, fmt.Errorf("%q is not an IP address", s)
-	}
-	return a, nil
-}
-
-func prefixHook(f reflect.Type, t reflect.Type, data any) (any, error) {
-	if t != reflect.TypeFor[netip.Prefix]() || f.Kind() != reflect.String {
-		return data, nil
-	}
-	s := data.(string)
-	if !strings.Contains(s, "/") {
-		// A bare address is a host route, as keepalived takes it.
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not an IP address or ADDRESS/LENGTH", s)
-		}
-		return netip.PrefixFrom(a, a.BitLen()), nil
-	}
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		return nil, fmt.Errorf("%q is not ADDRESS/LENGTH (like 192.0.2.100/24)", s)
-	}
-	return p, nil
-}
-
-func addrPortHook(f reflect.Type, t reflect.Type, data any) (any, error) {
-	if t != reflect.TypeFor[netip.AddrPort]() || f.Kind() != reflect.String {
-		return data, nil
-	}
-	s := data.(string)
-	if s == "" {
-		return netip.AddrPort{}, nil
-	}
-	ap, err := netip.ParseAddrPort(s)
-	if err != nil {
-		return nil, fmt.Errorf("%q is not ADDRESS:PORT (like 198.51.100.99:80 or [2001:db8::99]:80)", s)
-	}
-	return ap, nil
-}
-
-// trackInterfaceHook lets a tracked interface be written as its bare name.
-func trackInterfaceHook(f reflect.Type, t reflect.Type, data any) (any, error) {
-	if t != reflect.TypeFor[TrackInterface]() {
-		return data, nil
-	}
-	switch f.Kind() {
-	case reflect.String:
-		return TrackInterface{Name: data.(string)}, nil
-	case reflect.Map, reflect.Struct, reflect.Invalid:
-		return data, nil
-	}
-	return nil, &valueError{quoteValue(data), "is not an interface name or {name: eth2, weight: -20}"}
-}
-
-// oneItemListHook reads a single number or boolean where a list is expected
-// as a list of one (`expect_status: 200`), as a single string already is;
-// the item itself is then decoded as strictly as any other.
-func oneItemListHook(f reflect.Type, t reflect.Type, data any) (any, error) {
-	if t.Kind() != reflect.Slice || data == nil {
-		return data, nil
-	}
-	switch f.Kind() {
-	case reflect.Slice, reflect.Array, reflect.Map, reflect.String:
-		return data, nil
-	}
-	return []any{data}, nil
-}
-
-// wholeNumberHook stops a number from changing on its way into an integer
-// field: the decoder, even when strict, truncates 80.9 to 80 and wraps an
-// unsigned value beyond the int64 range into a negative one. A float that
-// is a whole number (80.0, 1e3) is that number.
-func wholeNumberHook(_ reflect.Type, t reflect.Type, data any) (any, error) {
-	switch t.Kind() {
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-	default:
-		return data, nil
-	}
-	if t == reflect.TypeFor[time.Duration]() {
-		return data, nil // durationHook has read it
-	}
-	switch n := data.(type) {
-	case float64:
-		if n != math.Trunc(n) {
-			return nil, &valueError{n, "is not a whole number"}
-		}
-		if n < math.MinInt64 || n >= math.MaxInt64 {
-			return nil, &valueError{n, "is too large a number"}
-		}
-		return int64(n), nil
-	case uint64:
-		if n > math.MaxInt64 {
-			return nil, &valueError{n, "is too large a number"}
-		}
-		return int64(n), nil
-	case uint:
-		if uint64(n) > math.MaxInt64 {
-			return nil, &valueError{n, "is too large a number"}
-		}
-		return int64(n), nil
-	}
-	return data, nil
-}
-
-// valueError is a hook's verdict on a value, which the message shows as the
-// file wrote it where it can.
-type valueError struct {
-	value any
-	what  string
-}
-
-func (e *valueError) Error() string { return fmt.Sprint(e.value) + " " + e.what }
-
-// decodeProblems turns mapstructure's joined errors into problems, one per
-// field, with the field path mapstructure already tracks. The file gives
-// each scalar as it was written, so that a message quotes 0123 and not the
-// 83 that YAML read it as.
-func decodeProblems(err error, file fileTree) []Problem {
-	if err == nil {
-		return nil
-	}
-	var out []Problem
-	var visit func(error)
-	visit = func(err error) {
-		switch e := err.(type) {
-		case interface{ Unwrap() []error }:
-			for _, inner := range e.Unwrap() {
-				visit(inner)
-			}
-		case *mapstructure.DecodeError:
-			inner := e.Unwrap()
-			switch {
-			case hasDecodeError(inner):
-				visit(inner)
-			case strings.HasPrefix(inner.Error(), "has invalid keys"):
-				// reported, with lines, by the shape walk
-			default:
-				text := file.text(e.Name())
-				if parent, found := strings.CutSuffix(e.Name(), "[0]"); text == "" && found {
-					text = file.text(parent) // a single value read as a list of one
-				}
-				out = append(out, Problem{Path: e.Name(), Msg: friendlyDecodeMessage(inner, text)})
-			}
-		case interface{ Unwrap() error }:
-			visit(e.Unwrap())
-		default:
-			out = append(out, Problem{Msg: err.Error()})
-		}
-	}
-	visit(err)
-	return out
-}
-
-func hasDecodeError(err error) bool {
-	var de *mapstructure.DecodeError
-	return errors.As(err, &de)
-}
-
-// friendlyDecodeMessage says what was found and what the key takes; text
-// is the value as written in the file, when it was.
-func friendlyDecodeMessage(err error, text string) string {
-	var value any
-	var expected reflect.Type
-	var pe *mapstructure.ParseError
-	var ue *mapstructure.UnconvertibleTypeError
-	var ve *valueError
-	switch {
-	case errors.As(err, &ve):
-		if text != "" {
-			return text + " " + ve.what
-		}
-		return ve.Error()
-	case errors.As(err, &pe):
-		value, expected = pe.Value, pe.Expected.Type()
-	case errors.As(err, &ue):
-		value, expected = ue.Value, ue.Expected.Type()
-	default:
-		msg := err.Error()
-		switch {
-		case strings.HasPrefix(msg, "source data must be an array or slice"):
-			return "a list is expected here, like [a, b]"
-		case strings.HasPrefix(msg, "expected a map or struct"):
-			if text != "" {
-				return text + " is not a mapping of keys"
-			}
-			return "a mapping of keys is expected here, like {key: value}"
-		}
-		return msg
-	}
-	shown := quoteValue(value)
-	if text != "" {
-		shown = text
-	}
-	msg := fmt.Sprintf("%s is not %s", shown, kindName(expected))
-	switch {
-	case expected.Kind() == reflect.String:
-		// A number or boolean read as text would be YAML's reading of it,
-		// not what was written: 0123 is 83, 1_000 is 1000, 1.10 is 1.1.
-		if _, isString := value.(string); !isString && text != "" {
-			msg += fmt.Sprintf(": write it in quotes (%q) to keep it as written", text)
-		} else if !isString {
-			msg += ": write it in quotes"
-		}
-	case expected.Kind() == reflect.Bool || isIntKind(expected.Kind()):
-		if s, isString := value.(string); isString && parsesAs(s, expected.Kind()) {
-			msg += ": write it without quotes"
-		}
-	}
-	return msg
-}
-
 func isIntKind(k reflect.Kind) bool {
 	switch k {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
@@ -714,34 +328,6 @@ func parsesAs(s string, k reflect.Kind) bool {
 	}
 	_, err := strconv.ParseInt(s, 10, 64)
 	return err == nil
-}
-
-func quoteValue(v any) string {
-	switch v := v.(type) {
-	case string:
-		return strconv.Quote(v)
-	case map[string]any:
-		return "a mapping"
-	case []any:
-		return "a list"
-	}
-	return fmt.Sprint(v)
-}
-
-func kindName(t reflect.Type) string {
-	switch t.Kind() {
-	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint32, reflect.Uint16, reflect.Uint8:
-		return "a whole number"
-	case reflect.Bool:
-		return "true or false"
-	case reflect.String:
-		return "a string"
-	case reflect.Slice:
-		return "a list"
-	case reflect.Struct:
-		return "a mapping of keys"
-	}
-	return "a " + t.String()
 }
 
 var yamlLineRE = regexp.MustCompile(`line (\d+)`)

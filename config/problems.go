@@ -119,19 +119,6 @@ func (f fileTree) line(path string) int {
 	return line
 }
 
-// text is the scalar at path as the file wrote it (a string quoted, so
-// that a message tells "5" from 5), or "" when path is not a scalar.
-func (f fileTree) text(path string) string {
-	_, n := f.find(path)
-	if n == nil || n.Kind != yaml.ScalarNode {
-		return ""
-	}
-	if n.ShortTag() == "!!str" {
-		return strconv.Quote(n.Value)
-	}
-	return n.Value
-}
-
 // find follows path through the tree as Config's types lead (a key of a
 // mapping that is a struct, an index of a sequence that is a slice; an
 // alias is followed, a merge key's mapping is searched), and returns the
@@ -178,32 +165,35 @@ func (f fileTree) find(path string) (int, *yaml.Node) {
 	return line, resolveAlias(n)
 }
 
-// maxMergeDepth bounds the merge keys findKey follows: an anchor merged
-// into itself would otherwise be searched for ever.
-const maxMergeDepth = 32
-
-// findKey finds key in mapping m as the shape walk read it: the first of
-// a key written twice, and a merged mapping's key where the merge comes
-// later.
+// findKey finds key in mapping m as the decoder read it: the first of a
+// key written twice, else the key of what a merge key (<<) brings in, the
+// first mapping of a list of them that has it.
 func findKey(m *yaml.Node, key string, depth int) (k, v *yaml.Node) {
-	seen := false
+	var merge *yaml.Node
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		kn, vn := m.Content[i], m.Content[i+1]
 		switch {
-		case kn.Value == "<<":
-			merged := resolveAlias(vn)
-			if depth >= maxMergeDepth || merged.Kind != yaml.MappingNode {
-				continue
-			}
-			if mk, mv := findKey(merged, key, depth+1); mk != nil {
-				k, v = mk, mv
-			}
-		case kn.Value == key && !seen:
-			seen = true
-			k, v = kn, vn
+		case isMergeKey(kn):
+			merge = vn
+		case kn.Value == key:
+			return kn, vn
 		}
 	}
-	return k, v
+	if merge == nil || depth >= maxMergeDepth {
+		return nil, nil
+	}
+	merged := []*yaml.Node{resolveAlias(merge)}
+	if merged[0].Kind == yaml.SequenceNode {
+		merged = merged[0].Content
+	}
+	for _, mm := range merged {
+		if mm = resolveAlias(mm); mm.Kind == yaml.MappingNode {
+			if k, v = findKey(mm, key, depth+1); k != nil {
+				return k, v
+			}
+		}
+	}
+	return nil, nil
 }
 
 func resolveAlias(n *yaml.Node) *yaml.Node {
@@ -218,7 +208,7 @@ func resolveAlias(n *yaml.Node) *yaml.Node {
 // did. Only keys outside lists can be overridden from the environment.
 func envFor(path string) string {
 	for p := path; p != ""; p = parentPath(p) {
-		if _, ok := topDefaults[p]; !ok {
+		if !slices.Contains(envKeys(), p) {
 			continue
 		}
 		if _, ok := os.LookupEnv(envName(p)); ok {
@@ -228,26 +218,6 @@ func envFor(path string) string {
 	}
 	return ""
 }
-
-// shapeWalk walks the YAML tree against the Config type before decoding.
-// It finds what decoding alone cannot report well: unknown and repeated keys
-// with their lines, and number and boolean keys left without a value.
-type shapeWalk struct {
-	problems []Problem
-	fatal    bool // the document is not a mapping at all, or too big once its aliases are followed
-	// budget is how many more nodes the walk may visit. Following aliases
-	// (*name) can visit a node many times: a 15 kB file whose aliases nest
-	// three deep names a billion values, and walking them all would hold
-	// `halb check` and a reload for minutes and fill memory with paths.
-	budget, limit int
-}
-
-// Bounds of the nodes a walk visits: a file's own nodes, and as many
-// again several times over through aliases, or at least minWalkBudget.
-const (
-	walkBudgetFactor = 4
-	minWalkBudget    = 100_000
-)
 
 // countNodes counts the nodes of a document without following aliases.
 func countNodes(n *yaml.Node) int {
@@ -260,85 +230,6 @@ func countNodes(n *yaml.Node) int {
 
 var scalarStructs = map[reflect.Type]bool{
 	reflect.TypeFor[time.Duration](): true,
-}
-
-func (w *shapeWalk) walk(n *yaml.Node, t reflect.Type, path string) {
-	if w.limit == 0 {
-		w.limit = max(walkBudgetFactor*countNodes(n), minWalkBudget)
-		w.budget = w.limit
-	}
-	if n.Kind == yaml.DocumentNode {
-		if len(n.Content) == 0 {
-			return // an empty file: all defaults
-		}
-		n = n.Content[0]
-		if n.Kind != yaml.MappingNode {
-			w.problems = append(w.problems, Problem{Line: n.Line, Msg: "the file must be a mapping of keys (log:, datapath:, vrrp:, services:)"})
-			w.fatal = true
-			return
-		}
-	}
-	if w.fatal {
-		return
-	}
-	if w.budget--; w.budget < 0 {
-		w.problems = append(w.problems, Problem{Line: n.Line, Msg: fmt.Sprintf(
-			"the aliases (*name) in the file expand to more than %d values: write the repeated parts out, or repeat them less", w.limit)})
-		w.fatal = true
-		return
-	}
-	if n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	switch {
-	case t.Kind() == reflect.Struct && n.Kind == yaml.MappingNode && !isScalarType(t):
-		seen := map[string]int{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, val := n.Content[i], n.Content[i+1]
-			key := k.Value
-			child := key
-			if path != "" {
-				child = path + "." + key
-			}
-			if key == "<<" {
-				w.walk(val, t, path) // YAML merge key: its mapping's keys belong here
-				continue
-			}
-			if first, dup := seen[key]; dup {
-				w.problems = append(w.problems, Problem{Path: child, Line: k.Line,
-					Msg: fmt.Sprintf("key %q appears twice (first on line %d): keep one", key, first)})
-				continue
-			}
-			seen[key] = k.Line
-			field, ok := fieldByTag(t, key)
-			if !ok {
-				w.problems = append(w.problems, Problem{Path: child, Line: k.Line, Msg: unknownKeyMessage(t, key)})
-				continue
-			}
-			w.walk(val, field.Type, child)
-		}
-	case t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode:
-		for i, item := range n.Content {
-			child := path + "[" + strconv.Itoa(i) + "]"
-			w.walk(item, t.Elem(), child)
-		}
-	case n.Kind == yaml.ScalarNode:
-		w.scalar(n, t, path)
-	}
-}
-
-// scalar refuses an empty value for a number or a boolean: decoding would
-// make it 0 or false, so that `weight:` would drain a backend and
-// `preempt:` turn pre-emption off, where leaving the key out gives the
-// default.
-func (w *shapeWalk) scalar(n *yaml.Node, t reflect.Type, path string) {
-	if n.ShortTag() != "!!null" || t == reflect.TypeFor[time.Duration]() {
-		return
-	}
-	if t.Kind() == reflect.Bool || isIntKind(t.Kind()) {
-		w.problems = append(w.problems, Problem{Path: path, Line: n.Line,
-			Msg: fmt.Sprintf("has no value: write %s, or leave the key out for its default", kindName(t))})
-	}
 }
 
 func isScalarType(t reflect.Type) bool {
