@@ -511,7 +511,7 @@ func (d *Datapath) finishService(p *servicePlan) error {
 	}
 	if p.isNew || rec != st.rec {
 		svc := Service{ID: st.id, Forward: fwd, Persistence: rec.Flags&halbServiceFlagsSERVICE_F_SOURCE_HASH != 0}
-		if err := d.maps.putService(serviceKeyOf(st.key), svc); err != nil {
+		if err := d.maps.putService(st.key, svc); err != nil {
 			errs = append(errs, err)
 		} else {
 			st.rec = rec
@@ -803,7 +803,7 @@ func (d *Datapath) dropBackend(st *svcState, ap netip.AddrPort) error {
 // removeService takes a service out: first the record that leads packets
 // to it (they go to the kernel from then on), then its table and backends.
 func (d *Datapath) removeService(st *svcState) error {
-	if err := d.maps.deleteService(serviceKeyOf(st.key)); err != nil {
+	if err := d.maps.deleteService(st.key); err != nil {
 		return err
 	}
 	if err := d.maps.deleteTable(st.id); err != nil {
@@ -831,7 +831,7 @@ func (d *Datapath) adopt() error {
 	it := d.lb.objs.HalbServices.Iterate()
 	var bad []halbServiceKey
 	for it.Next(&k, &v) {
-		key := service.Key{VIP: addrFrom(k.Vip, k.Family), Port: k.Port, Proto: service.Protocol(k.Proto)}
+		key := keyOfService(k)
 		if !d.svcIDs.mark(v.Id) {
 			bad = append(bad, k)
 			continue
@@ -998,10 +998,6 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 		out = append(out, ss)
 	}
 	return out, nil
-}
-
-func serviceKeyOf(k service.Key) ServiceKey {
-	return ServiceKey{VIP: k.VIP, Port: k.Port, Proto: Proto(k.Proto)}
 }
 
 func addrFrom(a halbAddr, f halbFamily) netip.Addr {

@@ -253,7 +253,7 @@ func TestDatapathApply(t *testing.T) {
 	if got := backendOf(s6, be6); !bytes.Equal(got.MAC, peerMAC) || got.Addr.Port() != 443 {
 		t.Errorf("backend %s: %+v, want port 443 and MAC %s", be6, got, peerMAC)
 	}
-	k6, err := serviceKey(serviceKeyOf(web6))
+	k6, err := serviceKey(web6)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -877,7 +877,7 @@ func TestDatapathTUN(t *testing.T) {
 	if got := backendOf(s6, be6); got.TunnelSrc != netip.MustParseAddr("2001:db8::1") {
 		t.Errorf("ipv6 tunnel end %s: %+v, want source 2001:db8::1", be6, got)
 	}
-	k, err := serviceKey(serviceKeyOf(web))
+	k, err := serviceKey(web)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/service"
 )
 
 // FuzzXDP runs frames through halb_xdp_lb and halb_tc_lb with
@@ -80,7 +81,7 @@ type fuzzBackend struct {
 }
 
 type fuzzService struct {
-	key      ServiceKey
+	key      service.Key
 	svc      Service
 	backends []uint32 // none: the service has no Maglev table
 }
@@ -243,29 +244,29 @@ func newFuzzBench(f *testing.F) *fuzzBench {
 // fuzzServices are the bench's services, one of each kind, with the
 // backends newFuzzBench defines.
 var fuzzServices = []fuzzService{
-	{ServiceKey{vip4, 80, TCP}, Service{ID: 1, Forward: ForwardDR}, []uint32{1, 2}},
-	{ServiceKey{vip4, 53, UDP}, Service{ID: 2, Forward: ForwardDR, Persistence: true}, []uint32{3}},
-	{ServiceKey{vip6, 80, TCP}, Service{ID: 3, Forward: ForwardDR}, []uint32{4}},
-	{ServiceKey{vip4, 443, TCP}, Service{ID: 4, Forward: ForwardTUN}, []uint32{5}},
-	{ServiceKey{vip4, 4443, UDP}, Service{ID: 5, Forward: ForwardTUN}, []uint32{6}},
-	{ServiceKey{vip6, 53, UDP}, Service{ID: 6, Forward: ForwardTUN}, []uint32{7}},
-	{ServiceKey{vip6, 443, TCP}, Service{ID: 7, Forward: ForwardTUN}, []uint32{8}},
-	{ServiceKey{vip4, 81, TCP}, Service{ID: 8, Forward: ForwardTUN}, []uint32{9}},
-	{ServiceKey{vip6, 81, UDP}, Service{ID: 9, Forward: ForwardTUN}, []uint32{10}},
-	{ServiceKey{vip6, 8080, TCP}, Service{ID: 10, Forward: ForwardDR}, nil},
+	{service.Key{VIP: vip4, Port: 80, Proto: service.TCP}, Service{ID: 1, Forward: ForwardDR}, []uint32{1, 2}},
+	{service.Key{VIP: vip4, Port: 53, Proto: service.UDP}, Service{ID: 2, Forward: ForwardDR, Persistence: true}, []uint32{3}},
+	{service.Key{VIP: vip6, Port: 80, Proto: service.TCP}, Service{ID: 3, Forward: ForwardDR}, []uint32{4}},
+	{service.Key{VIP: vip4, Port: 443, Proto: service.TCP}, Service{ID: 4, Forward: ForwardTUN}, []uint32{5}},
+	{service.Key{VIP: vip4, Port: 4443, Proto: service.UDP}, Service{ID: 5, Forward: ForwardTUN}, []uint32{6}},
+	{service.Key{VIP: vip6, Port: 53, Proto: service.UDP}, Service{ID: 6, Forward: ForwardTUN}, []uint32{7}},
+	{service.Key{VIP: vip6, Port: 443, Proto: service.TCP}, Service{ID: 7, Forward: ForwardTUN}, []uint32{8}},
+	{service.Key{VIP: vip4, Port: 81, Proto: service.TCP}, Service{ID: 8, Forward: ForwardTUN}, []uint32{9}},
+	{service.Key{VIP: vip6, Port: 81, Proto: service.UDP}, Service{ID: 9, Forward: ForwardTUN}, []uint32{10}},
+	{service.Key{VIP: vip6, Port: 8080, Proto: service.TCP}, Service{ID: 10, Forward: ForwardDR}, nil},
 }
 
 // fuzzTargets are where built frames go: the services, and three places
 // that are none.
-var fuzzTargets = func() []ServiceKey {
-	ts := make([]ServiceKey, 0, len(fuzzServices)+3)
+var fuzzTargets = func() []service.Key {
+	ts := make([]service.Key, 0, len(fuzzServices)+3)
 	for _, s := range fuzzServices {
 		ts = append(ts, s.key)
 	}
 	return append(ts,
-		ServiceKey{other4, 80, TCP}, // not a VIP
-		ServiceKey{vip4, 8080, TCP}, // a VIP, no service on the port
-		ServiceKey{vip6, 9999, UDP}) // the same in IPv6
+		service.Key{VIP: other4, Port: 80, Proto: service.TCP}, // not a VIP
+		service.Key{VIP: vip4, Port: 8080, Proto: service.TCP}, // a VIP, no service on the port
+		service.Key{VIP: vip6, Port: 9999, Proto: service.UDP}) // the same in IPv6
 }()
 
 // Recipe bits of a built frame; recipe 0 means raw.
@@ -320,7 +321,7 @@ func buildFrame(t testing.TB, raw []byte, recipe uint64) []byte {
 		client = client6
 	}
 	proto := layers.IPProtocolTCP
-	if target.Proto == UDP {
+	if target.Proto == service.UDP {
 		proto = layers.IPProtocolUDP
 	}
 	mode := recipe >> rcProtoShft & 3
@@ -565,7 +566,7 @@ func (fb *fuzzBench) modelPacket(in []byte) expectation {
 	default:
 		return pass("neither TCP, UDP nor ICMP")
 	}
-	key := ServiceKey{VIP: dst, Port: port, Proto: Proto(proto)}
+	key := service.Key{VIP: dst, Port: port, Proto: service.Protocol(proto)}
 	for i := range fb.services {
 		if fb.services[i].key != key {
 			continue

@@ -26,6 +26,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/service"
 )
 
 // Defaults for Options, the same as the configuration's.
@@ -147,36 +149,6 @@ func (lb *kernelLB) tcProgram() *ebpf.Program { return lb.objs.HalbTcLb }
 // maglevTableSize is M, the length of every table setMaglevTable takes.
 func (lb *kernelLB) maglevTableSize() int { return int(lb.slots) }
 
-// Proto is a service's transport protocol.
-type Proto uint8
-
-const (
-	TCP Proto = unix.IPPROTO_TCP
-	UDP Proto = unix.IPPROTO_UDP
-)
-
-func (p Proto) String() string {
-	switch p {
-	case TCP:
-		return "tcp"
-	case UDP:
-		return "udp"
-	}
-	return fmt.Sprintf("proto(%d)", uint8(p))
-}
-
-// ServiceKey is what a packet must be addressed to for a service to take
-// it.
-type ServiceKey struct {
-	VIP   netip.Addr
-	Port  uint16
-	Proto Proto
-}
-
-func (k ServiceKey) String() string {
-	return netip.AddrPortFrom(k.VIP, k.Port).String() + "/" + k.Proto.String()
-}
-
 // Forward is how a service reaches its backends.
 type Forward uint8
 
@@ -204,7 +176,7 @@ func (f Forward) String() string {
 	return fmt.Sprintf("forward(%d)", uint8(f))
 }
 
-// Service is how the data path serves one ServiceKey.
+// Service is how the data path serves one service.Key.
 type Service struct {
 	// ID names the service in the maps: the index of its Maglev table and
 	// of its counters. Unique, below MaxServices.
@@ -223,7 +195,7 @@ func (lb *kernelLB) maxServices() uint32 { return lb.objs.HalbMaglev.MaxEntries(
 func (lb *kernelLB) maxBackends() uint32 { return lb.objs.HalbBackends.MaxEntries() }
 
 // putService adds the service at key, or changes it.
-func (lb *kernelLB) putService(key ServiceKey, svc Service) error {
+func (lb *kernelLB) putService(key service.Key, svc Service) error {
 	k, err := serviceKey(key)
 	if err != nil {
 		return err
@@ -265,7 +237,7 @@ func (lb *kernelLB) putService(key ServiceKey, svc Service) error {
 
 // deleteService removes the service at key. Its Maglev table and counters
 // stay until the ID is reused or deleteMaglevTable removes the table.
-func (lb *kernelLB) deleteService(key ServiceKey) error {
+func (lb *kernelLB) deleteService(key service.Key) error {
 	k, err := serviceKey(key)
 	if err != nil {
 		return err
@@ -986,7 +958,10 @@ func (e Event) String() string {
 	return fmt.Sprintf("event(%d)", uint32(e))
 }
 
-func serviceKey(key ServiceKey) (halbServiceKey, error) {
+// serviceKey and keyOfService are where a service's key changes form,
+// both ways: service.Key in Go, halbServiceKey in the maps (an address
+// in 16 bytes with its family beside it, the protocol's number).
+func serviceKey(key service.Key) (halbServiceKey, error) {
 	addr, family, err := addrOf(key.VIP)
 	if err != nil {
 		return halbServiceKey{}, fmt.Errorf("service %s: %w", key, err)
@@ -994,10 +969,14 @@ func serviceKey(key ServiceKey) (halbServiceKey, error) {
 	if key.Port == 0 {
 		return halbServiceKey{}, fmt.Errorf("service %s: port 0 cannot be served", key)
 	}
-	if key.Proto != TCP && key.Proto != UDP {
+	if key.Proto != service.TCP && key.Proto != service.UDP {
 		return halbServiceKey{}, fmt.Errorf("service %s: only tcp and udp can be served", key)
 	}
 	return halbServiceKey{Vip: addr, Port: key.Port, Proto: uint8(key.Proto), Family: family}, nil
+}
+
+func keyOfService(k halbServiceKey) service.Key {
+	return service.Key{VIP: addrFrom(k.Vip, k.Family), Port: k.Port, Proto: service.Protocol(k.Proto)}
 }
 
 // addrOf gives an address in the maps' form: 16 bytes, IPv4 mapped into

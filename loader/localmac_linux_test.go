@@ -336,7 +336,7 @@ func TestLocalMACCache(t *testing.T) { forPrograms(t, testLocalMACCache) }
 func testLocalMACCache(t *testing.T, prog string) {
 	tb := newTestbed(t, Options{}).on(prog)
 	tb.backend(t, 1, "198.51.100.11", tb.halb0)
-	tb.service(t, ServiceKey{vip4, 80, TCP}, Service{ID: 1, Forward: ForwardDR})
+	tb.service(t, service.Key{VIP: vip4, Port: 80, Proto: service.TCP}, Service{ID: 1, Forward: ForwardDR})
 	tb.table(t, 1, 1)
 	frame := packet{src: ap(client4, 40000), dst: ap(vip4, 80)}.frame(t, routerMAC, testVMAC)
 

@@ -7,6 +7,8 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/halb-lb/halb/service"
 )
 
 // mapWriter is the one way Apply (and adopt) write the maps: every write
@@ -68,13 +70,13 @@ func (w *mapWriter) writeCount() int {
 }
 
 // putService writes a service's record (and halb_vips beside it).
-func (w *mapWriter) putService(key ServiceKey, svc Service) error {
+func (w *mapWriter) putService(key service.Key, svc Service) error {
 	w.wrote()
 	return w.lb.putService(key, svc)
 }
 
 // deleteService removes a service's record: its packets go to the kernel.
-func (w *mapWriter) deleteService(key ServiceKey) error {
+func (w *mapWriter) deleteService(key service.Key) error {
 	w.wrote()
 	return w.lb.deleteService(key)
 }

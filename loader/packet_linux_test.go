@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/service"
 )
 
 // The bench for halb_xdp_lb: a network namespace with three veth pairs and
@@ -120,7 +121,7 @@ func (tb *testbed) backend(t *testing.T, id uint32, addr string, ifindex int) {
 	tb.backends[id] = b
 }
 
-func (tb *testbed) service(t *testing.T, key ServiceKey, svc Service) {
+func (tb *testbed) service(t *testing.T, key service.Key, svc Service) {
 	t.Helper()
 	if err := tb.lb.putService(key, svc); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,21 @@
 // without disturbing other flows. Datapath touches only what it pins
 // under datapath.bpffs and the interfaces in datapath.interfaces, and
 // never stops forwarding on its own: only Cleanup detaches.
+//
+// One service write, in three files. apply_linux.go: Datapath.Apply
+// (reconcileSome) plans each service (planService: its id, its backends'
+// ids and records), then applyServices writes the backends' records
+// (queueBackends, writeBackends), builds and stages the Maglev tables on
+// all cores (writeTables) and writes each service's record last
+// (finishService), so that a packet finds the table before the service
+// leads it there. mapwriter_linux.go: every one of those writes goes
+// through mapWriter (queueBackend/flushBackends, stageTable/installTables,
+// putService), which keeps the invariants and counts the writes.
+// lb_linux.go: kernelLB owns the maps (halbObjects, generated from
+// bpf/halb.h into halb_bpfel.go): putService turns the service.Key into
+// the map's halbServiceKey (serviceKey, the one place a key changes form;
+// keyOfService the other way), writes halb_services and halb_service_ids,
+// and keeps halb_vips in step.
 package loader
 
 import (

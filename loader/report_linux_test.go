@@ -132,7 +132,6 @@ func TestLoaderEnumStringOutOfRange(t *testing.T) {
 		{EventOtherHost.String(), "other-host"},
 		{Event(halbEventEVENTS).String(), fmt.Sprintf("event(%d)", halbEventEVENTS)},
 		{ForwardTUN.String(), "tun"}, {Forward(200).String(), "forward(200)"},
-		{TCP.String(), "tcp"}, {Proto(0).String(), "proto(0)"},
 	} {
 		if c.got != c.want {
 			t.Errorf("%q, want %q", c.got, c.want)

@@ -12,6 +12,8 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/service"
 )
 
 // The testbed's network for forward: tun, where the program asks the
@@ -295,20 +297,20 @@ func testTUN(t *testing.T, prog string) {
 	tb.tunBackend(t, 10, narrower6, tunSrc6b, tb.halb1)
 	tb.tunBackend(t, 11, narrower4, tunSrc4b, tb.halb1)
 	services := []struct {
-		key     ServiceKey
+		key     service.Key
 		backend uint32
 	}{
-		{ServiceKey{vip4, 80, TCP}, 1},
-		{ServiceKey{vip4, 53, UDP}, 2},
-		{ServiceKey{vip6, 80, TCP}, 3},
-		{ServiceKey{vip6, 53, UDP}, 4},
-		{ServiceKey{vip4, 81, TCP}, 5},
-		{ServiceKey{vip6, 81, TCP}, 6},
-		{ServiceKey{vip6, 82, TCP}, 7},
-		{ServiceKey{vip4, 83, TCP}, 8},
-		{ServiceKey{vip6, 83, TCP}, 9},
-		{ServiceKey{vip6, 84, TCP}, 10},
-		{ServiceKey{vip4, 85, TCP}, 11},
+		{service.Key{VIP: vip4, Port: 80, Proto: service.TCP}, 1},
+		{service.Key{VIP: vip4, Port: 53, Proto: service.UDP}, 2},
+		{service.Key{VIP: vip6, Port: 80, Proto: service.TCP}, 3},
+		{service.Key{VIP: vip6, Port: 53, Proto: service.UDP}, 4},
+		{service.Key{VIP: vip4, Port: 81, Proto: service.TCP}, 5},
+		{service.Key{VIP: vip6, Port: 81, Proto: service.TCP}, 6},
+		{service.Key{VIP: vip6, Port: 82, Proto: service.TCP}, 7},
+		{service.Key{VIP: vip4, Port: 83, Proto: service.TCP}, 8},
+		{service.Key{VIP: vip6, Port: 83, Proto: service.TCP}, 9},
+		{service.Key{VIP: vip6, Port: 84, Proto: service.TCP}, 10},
+		{service.Key{VIP: vip4, Port: 85, Proto: service.TCP}, 11},
 	}
 	for i, s := range services {
 		id := uint32(i + 1)
@@ -541,9 +543,9 @@ func TestICMPTooBig(t *testing.T) { forPrograms(t, testICMPTooBig) }
 func testICMPTooBig(t *testing.T, prog string) {
 	tb := newTestbed(t, Options{}).on(prog)
 	tb.tunNet(t)
-	web4 := ServiceKey{vip4, 80, TCP}
-	dns4 := ServiceKey{vip4, 53, UDP}
-	web6 := ServiceKey{vip6, 80, TCP}
+	web4 := service.Key{VIP: vip4, Port: 80, Proto: service.TCP}
+	dns4 := service.Key{VIP: vip4, Port: 53, Proto: service.UDP}
+	web6 := service.Key{VIP: vip6, Port: 80, Proto: service.TCP}
 	tb.backend(t, 1, "198.51.100.11", tb.halb0)
 	tb.backend(t, 2, "198.51.100.12", tb.halb1)
 	tb.backend(t, 5, "198.51.100.15", tb.halb0)
@@ -674,7 +676,7 @@ func TestTUNNextHopChanges(t *testing.T) {
 	tb := newTestbed(t, Options{})
 	tb.tunNet(t)
 	tb.tunBackend(t, 1, routed4, tunSrc4b, tb.halb1)
-	tb.service(t, ServiceKey{vip4, 80, TCP}, Service{ID: 1, Forward: ForwardTUN})
+	tb.service(t, service.Key{VIP: vip4, Port: 80, Proto: service.TCP}, Service{ID: 1, Forward: ForwardTUN})
 	tb.table(t, 1, 1)
 	h := tb.ns.Netlink(t)
 

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/halb-lb/halb/internal/netnstest"
+	"github.com/halb-lb/halb/service"
 )
 
 // BenchmarkXDP times halb_xdp_lb per packet, as the kernel measures it in
@@ -103,7 +104,7 @@ func BenchmarkXDP(b *testing.B) {
 	if err := lb.setLocalMACs(1, []LocalMAC{{MAC: mac, Via: 1}}); err != nil {
 		b.Fatal(err)
 	}
-	web := ServiceKey{vip4, 80, TCP}
+	web := service.Key{VIP: vip4, Port: 80, Proto: service.TCP}
 	backends := []uint32{1, 2, 3}
 	for _, id := range backends {
 		be := Backend{Addr: netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + id)}), MAC: mac, Ifindex: 1, SrcMAC: mac, Service: 1}
@@ -123,7 +124,7 @@ func BenchmarkXDP(b *testing.B) {
 	}
 	ack := packet{src: ap(client4, 40000), dst: ap(vip4, 80), ack: true}.frame(b, routerMAC, mac)
 	// The same service in IPv6, on the same backends' table.
-	web6 := ServiceKey{vip6, 80, TCP}
+	web6 := service.Key{VIP: vip6, Port: 80, Proto: service.TCP}
 	for _, id := range []uint32{5, 6, 7} {
 		be := Backend{Addr: netip.MustParseAddr(fmt.Sprintf("2001:db8:100::%d", id)), MAC: mac, Ifindex: 1, SrcMAC: mac, Service: 3}
 		if err := lb.putBackend(id, be); err != nil {
@@ -146,7 +147,7 @@ func BenchmarkXDP(b *testing.B) {
 	// forward: tun to 192.0.2.21 on halb0 (a tx port; the test run's
 	// ingress is lo), whose neighbour entry is there; forwarding is on,
 	// as the FIB lookup needs.
-	tunnel := ServiceKey{vip4, 8080, TCP}
+	tunnel := service.Key{VIP: vip4, Port: 8080, Proto: service.TCP}
 	h := ns.Netlink(b)
 	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "halb0", HardwareAddr: halb0MAC}, PeerName: "halb0p"}); err != nil {
 		b.Fatal(err)

@@ -61,14 +61,14 @@ func testSpec(t *testing.T, prog string) {
 	tb.backend(t, 3, "2001:db8:1::11", tb.halb0)
 	tb.backend(t, 4, "2001:db8:1::12", tb.halb1)
 	for _, s := range []struct {
-		key     ServiceKey
+		key     service.Key
 		id      uint32
 		backend uint32
 	}{
-		{ServiceKey{vip4, 80, TCP}, 1, 1},
-		{ServiceKey{vip4, 53, UDP}, 2, 2},
-		{ServiceKey{vip6, 80, TCP}, 3, 3},
-		{ServiceKey{vip6, 53, UDP}, 4, 4},
+		{service.Key{VIP: vip4, Port: 80, Proto: service.TCP}, 1, 1},
+		{service.Key{VIP: vip4, Port: 53, Proto: service.UDP}, 2, 2},
+		{service.Key{VIP: vip6, Port: 80, Proto: service.TCP}, 3, 3},
+		{service.Key{VIP: vip6, Port: 53, Proto: service.UDP}, 4, 4},
 	} {
 		tb.service(t, s.key, Service{ID: s.id, Forward: ForwardDR})
 		tb.table(t, s.id, s.backend)
@@ -318,8 +318,8 @@ func TestXDPScheduling(t *testing.T) { forPrograms(t, testScheduling) }
 
 func testScheduling(t *testing.T, prog string) {
 	netnstest.Require(t)
-	web4 := ServiceKey{vip4, 80, TCP}
-	web6 := ServiceKey{vip6, 80, TCP}
+	web4 := service.Key{VIP: vip4, Port: 80, Proto: service.TCP}
+	web6 := service.Key{VIP: vip6, Port: 80, Proto: service.TCP}
 	// All frames of a test have this length: TCP SYNs and ACKs from an
 	// IPv4 client, without options.
 	frameLen := uint64(len(packet{src: ap(client4, 1), dst: ap(vip4, 80)}.frame(t, routerMAC, halb0MAC)))
@@ -565,14 +565,14 @@ func TestLBWriters(t *testing.T) {
 	lb := tb.lb
 
 	for _, c := range []struct {
-		key ServiceKey
+		key service.Key
 		svc Service
 	}{
-		{ServiceKey{netip.Addr{}, 80, TCP}, Service{ID: 1, Forward: ForwardDR}},
-		{ServiceKey{vip4, 0, TCP}, Service{ID: 1, Forward: ForwardDR}},
-		{ServiceKey{vip4, 80, Proto(1)}, Service{ID: 1, Forward: ForwardDR}},
-		{ServiceKey{vip4, 80, TCP}, Service{ID: lb.maxServices(), Forward: ForwardDR}},
-		{ServiceKey{vip4, 80, TCP}, Service{ID: 1}},
+		{service.Key{VIP: netip.Addr{}, Port: 80, Proto: service.TCP}, Service{ID: 1, Forward: ForwardDR}},
+		{service.Key{VIP: vip4, Port: 0, Proto: service.TCP}, Service{ID: 1, Forward: ForwardDR}},
+		{service.Key{VIP: vip4, Port: 80, Proto: service.Protocol(1)}, Service{ID: 1, Forward: ForwardDR}},
+		{service.Key{VIP: vip4, Port: 80, Proto: service.TCP}, Service{ID: lb.maxServices(), Forward: ForwardDR}},
+		{service.Key{VIP: vip4, Port: 80, Proto: service.TCP}, Service{ID: 1}},
 	} {
 		if err := lb.putService(c.key, c.svc); err == nil {
 			t.Errorf("putService(%s, %+v) succeeded", c.key, c.svc)
@@ -614,7 +614,7 @@ func TestLBWriters(t *testing.T) {
 	}
 	// An IPv4-mapped IPv6 VIP is the IPv4 VIP.
 	mapped := netip.AddrFrom16(vip4.As16())
-	keys := []ServiceKey{{vip4, 80, TCP}, {mapped, 443, TCP}, {vip6, 80, TCP}}
+	keys := []service.Key{{VIP: vip4, Port: 80, Proto: service.TCP}, {VIP: mapped, Port: 443, Proto: service.TCP}, {VIP: vip6, Port: 80, Proto: service.TCP}}
 	for i, k := range keys {
 		tb.service(t, k, Service{ID: uint32(i), Forward: ForwardDR})
 	}
