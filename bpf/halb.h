@@ -60,6 +60,10 @@ enum __attribute__((packed)) forward_mode {
 	FORWARD_TUN = 2, /* IPIP (RFC 2003) for IPv4 services, IP6IP6 (RFC 2473)
 			  * for IPv6 ones: the backend holds the VIP and
 			  * decapsulates */
+	FORWARD_NAT = 3, /* rewrite the destination to the backend's address
+			  * and port; its replies come back through the
+			  * balancer, which rewrites their source to the
+			  * VIP's (halb_nat_replies) */
 };
 
 enum __attribute__((packed)) service_flags {
@@ -94,18 +98,20 @@ enum drop_reason {
 	DROP_NO_BACKEND = 1,  /* no Maglev table, or its slot names no active backend */
 	DROP_NO_TX_PORT = 2,  /* the backend's interface is missing from halb_tx_ports */
 	DROP_UNSUPPORTED = 3, /* the service's forward mode is not implemented here */
-	DROP_NO_ROUTE = 4,    /* TUN: the kernel has no route to the backend from
+	DROP_NO_ROUTE = 4,    /* TUN, NAT: the kernel has no route to the backend from
 			       * the balancer's address, or does not forward
 			       * (net.ipv4.conf.*.forwarding, net.ipv6.conf.*.forwarding) */
-	DROP_NO_NEIGH = 5,    /* TUN, XDP: the next hop's MAC is not in the
+	DROP_NO_NEIGH = 5,    /* TUN and NAT, XDP: the next hop's MAC is not in the
 			       * neighbour table yet (the loader asks for it) */
 	DROP_TOO_BIG = 6,     /* TUN: the packet and the outer header exceed the
-			       * egress MTU, and the client was not told: tc,
+			       * egress MTU (NAT: the packet does), and the
+			       * client was not told: tc,
 			       * IPv4 without DF, an ICMP error, an IPv6
 			       * packet that fits the minimum MTU */
 	DROP_ENCAP = 7,       /* TUN: no room for the outer header, or a frame
-			       * the tc hook cannot encapsulate */
-	DROP_TOO_BIG_ANSWERED = 8, /* TUN, XDP: as DROP_TOO_BIG, and the
+			       * the tc hook cannot encapsulate; NAT, tc: a
+			       * VLAN tag in the frame's data */
+	DROP_TOO_BIG_ANSWERED = 8, /* TUN and NAT, XDP: as DROP_TOO_BIG, and the
 				    * client was sent an ICMP "fragmentation
 				    * needed" or ICMPv6 "packet too big" in
 				    * its place; DROP_TOO_BIG counts those
@@ -127,6 +133,14 @@ enum drop_reason {
 			       * (halb_checks.h says which and why) */
 	DROP_VIP_SOURCE = 14, /* for a service: from one of the VIPs, which
 			       * only a forged or looped packet carries */
+	DROP_REPLY_NO_ROUTE = 15, /* NAT: a backend's reply the FIB has no
+				   * route for toward its client, or whose
+				   * interface does not forward */
+	DROP_REPLY_NO_NEIGH = 16, /* NAT, XDP: a backend's reply whose next hop
+				   * toward the client has no MAC in the
+				   * neighbour table yet */
+	DROP_REPLY_TOO_BIG = 17,  /* NAT: a backend's reply longer than the MTU
+				   * toward its client */
 	DROP_REASONS,         /* the number of reasons: the size of halb_drops */
 };
 
@@ -149,6 +163,15 @@ enum event {
 	 * the frame is for balances it. Counted rather than dropped, so
 	 * that a node that sees its VIPs' traffic go elsewhere can tell. */
 	EVENT_OTHER_HOST = 2,
+	/* NAT: a new flow to a service from one of its backends' addresses
+	 * (a backend as a client of a VIP), handed to the kernel untouched.
+	 * Translated, the backend it met would answer it directly, from its
+	 * own address, and the connection would never open. */
+	EVENT_NAT_HAIRPIN = 3,
+	/* NAT: an ICMP error (fragmentation needed, packet too big, port
+	 * unreachable) about a NAT flow, translated with the packet it quotes
+	 * and sent on, either way. */
+	EVENT_NAT_ICMP = 4,
 	EVENTS, /* the number of events: the size of halb_events */
 };
 
@@ -216,20 +239,23 @@ struct vip {
 HALB_ASSERT_SIZE(struct vip, 4);
 
 /* halb_backends value, indexed by backend id. The program reads flags,
- * ifindex and service; DR reads the MACs, TUN the addresses;
+ * ifindex and service; DR reads the MACs, TUN the addresses, NAT the
+ * addresses and the port;
  * port and weight are there for bpftool readers and for a restarted
  * loader, which rebuilds its view of what it programmed from the maps
  * alone. */
 struct backend {
-	union addr addr;  /* the backend's own address (the tunnel end for TUN) */
+	union addr addr;  /* the backend's own address (the tunnel end for TUN,
+			   * the new destination for NAT) */
 	union addr src;   /* TUN: the balancer's address toward the backend, the
-			   * outer source */
+			   * outer source; NAT: the same, the source of the
+			   * FIB lookup for its next hop */
 	enum family family;
 	enum backend_flags flags; /* a set of flags */
 	__u8 mac[6];      /* DR: the backend's MAC, the destination */
 	__u8 src_mac[6];  /* DR: the MAC of the interface that reaches it */
 	__u16 port;       /* host byte order; DR and TUN leave the packet's
-			   * port as is */
+			   * port as is, NAT rewrites it to this one */
 	__u32 ifindex;    /* the interface that reaches it (TUN: reaches its
 			   * next hop): XDP_TX (tc: a redirect to its egress)
 			   * when it is the one the packet came in on, else a
@@ -249,6 +275,38 @@ HALB_ASSERT_OFFSET(struct backend, port, 46);
 HALB_ASSERT_OFFSET(struct backend, ifindex, 48);
 HALB_ASSERT_OFFSET(struct backend, service, 52);
 HALB_ASSERT_OFFSET(struct backend, weight, 56);
+
+/* halb_nat_replies key: a NAT backend's address, port and protocol, the
+ * source of its replies. An entry with port 0 and protocol 0 says only
+ * that the address is a NAT backend's (the hairpin check). */
+struct backend_key {
+	union addr addr;
+	__u16 port;   /* host byte order */
+	__u8 proto;   /* IPPROTO_TCP, IPPROTO_UDP, or 0 */
+	enum family family;
+};
+HALB_ASSERT_SIZE(struct backend_key, 20);
+HALB_ASSERT_OFFSET(struct backend_key, port, 16);
+HALB_ASSERT_OFFSET(struct backend_key, proto, 18);
+HALB_ASSERT_OFFSET(struct backend_key, family, 19);
+
+/* halb_nat_replies value: what a NAT backend's reply is translated back
+ * to. The loader refuses a backend address, port and protocol in two NAT
+ * services, so one entry names one service and no reply needs per-flow
+ * state to find its VIP: the entry is derived from the configuration
+ * alone, and a node that becomes Master after a failover translates the
+ * replies of flows it never saw. */
+struct nat_reply {
+	union addr vip;
+	__u16 port;       /* the service's port, host byte order */
+	__u16 pad;
+	__u32 service;    /* the service's id */
+	__u32 backend_id; /* the backend's id: halb_reply_stats' index */
+};
+HALB_ASSERT_SIZE(struct nat_reply, 28);
+HALB_ASSERT_OFFSET(struct nat_reply, port, 16);
+HALB_ASSERT_OFFSET(struct nat_reply, service, 20);
+HALB_ASSERT_OFFSET(struct nat_reply, backend_id, 24);
 
 /* halb_ct key: the 5-tuple of one direction of a flow, client to VIP. */
 struct flow {
@@ -273,7 +331,7 @@ struct ct_entry {
 HALB_ASSERT_SIZE(struct ct_entry, 4);
 
 /* halb_nexthops value (per CPU), indexed by backend id: where the last
- * FIB lookup for a TUN backend said its packets go. The FIB costs more than
+ * FIB lookup for a TUN or NAT backend said its packets go. The FIB costs more than
  * the rest of a TUN packet's path together, so a CPU asks it once and then
  * again only when the loader says something changed (gen) or the entry has
  * aged (stamp). ifindex 0: nothing cached. */

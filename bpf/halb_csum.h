@@ -1,7 +1,7 @@
 /* halb_csum.h: the Internet checksum (RFC 1071) of the headers halb writes:
  * the outer IPv4 header of a TUN packet (halb_tunnel.h), and the IPv4 and
- * ICMP headers of an ICMP error (halb_icmp.h). halb changes no byte that
- * another checksum covers, so it never updates one.
+ * ICMP headers of an ICMP error (halb_icmp.h); and the incremental update
+ * (RFC 1624) of the checksums over what NAT rewrites (halb_nat.h).
  */
 #ifndef HALB_CSUM_H
 #define HALB_CSUM_H
@@ -16,6 +16,33 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return ~sum;
+}
+
+/* csum_diff32 is what replacing the 32-bit word from with to adds to a
+ * one's complement sum over it: ~m + m' of RFC 1624 §3, unfolded. Both
+ * are in the packet's byte order, read as the host reads them: the sum
+ * does not mind (RFC 1071 §2 (B)) as long as the checksum is read alike. */
+static __always_inline __u32 csum_diff32(__be32 from, __be32 to)
+{
+	__u32 f = ~(__u32)from, t = to;
+
+	return (f & 0xffff) + (f >> 16) + (t & 0xffff) + (t >> 16);
+}
+
+/* csum_diff16 is csum_diff32 for a 16-bit field. */
+static __always_inline __u32 csum_diff16(__be16 from, __be16 to)
+{
+	return (__u16)~from + (__u32)to;
+}
+
+/* csum_update is the checksum check after the bytes it covers changed by
+ * diff, a sum of csum_diff32 and csum_diff16 terms: HC' = ~(~HC + ~m + m')
+ * (RFC 1624 §3, eqn. 3), which keeps a damaged checksum damaged. The
+ * program computes it itself rather than with bpf_csum_diff, for the
+ * reason csum_ipv4_header gives. */
+static __always_inline __sum16 csum_update(__sum16 check, __u32 diff)
+{
+	return csum_fold((__u16)~check + diff);
 }
 
 /* csum_add16 adds n 16-bit words at p to the one's complement sum, without

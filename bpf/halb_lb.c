@@ -38,6 +38,23 @@
  * (bpf_fib_lookup): the backend may be routed, off the balancer's links.
  * halb_tunnel.h says how the next hop is found and kept.
  *
+ * forward: nat rewrites the destination to the backend's address and port
+ * (the backend's port may differ from the service's), updates the IP and
+ * transport checksums incrementally, and sends the packet to the next hop
+ * the FIB names for the backend, as TUN does. The backend's route to the
+ * clients goes through the balancer: its replies arrive on an interface
+ * the program is attached to, are known by their source address, port and
+ * protocol (halb_nat_replies, which the loader derives from the services:
+ * no per-flow state, so a new Master translates the replies of flows the
+ * old one opened), get the VIP and the service's port as their source,
+ * and go to the next hop the FIB names for the client. A reply to this
+ * node's own address (a health check's answer) goes to the kernel as it
+ * came, and so does a new flow from a NAT backend's address to a NAT
+ * service (hairpin: the backend it met would answer it directly). An ICMP
+ * error about a NAT flow (fragmentation needed, packet too big, port
+ * unreachable) is translated both ways, the packet it quotes with it.
+ * halb_nat.h holds the rewrite.
+ *
  * A TUN packet that does not fit the path to its backend with the outer
  * header is dropped. XDP answers the client in its place, as IPVS does,
  * with an ICMP "fragmentation needed" or ICMPv6 "packet too big" that
@@ -78,8 +95,9 @@
  *    parsed: pass.
  *  - ICMP and other protocols, even to a VIP: pass (the VIP answers pings),
  *    but for ICMP "too big" errors that quote a TCP/UDP packet from a
- *    service's VIP. One that quotes something else, or too little to read
- *    the ports, passes.
+ *    service's VIP, and for NAT "port unreachable" errors and errors about
+ *    a NAT backend's packets. One that quotes something else, or too
+ *    little to read the ports, passes.
  *
  * The program uses uapi and libbpf headers only, and no CO-RE: it must load
  * on kernels without BTF.
@@ -87,9 +105,10 @@
  * Where to read what. One packet reads in this file and at most two
  * headers: this file holds the two entry points (halb_xdp_lb, halb_tc_lb),
  * balance(), the one decision both carry out (the service, the backend by
- * halb_ct or Maglev, the DR rewrite), and each hook's TUN step
- * (xdp_tunnel, tc_tunnel); halb_parse.h reads the packet; halb_tunnel.h
- * adds what a TUN packet needs. The headers, each one concern:
+ * halb_ct or Maglev, the DR rewrite), and each hook's TUN and NAT steps
+ * (xdp_tunnel, xdp_nat, xdp_nat_reply and their tc twins); halb_parse.h
+ * reads the packet; halb_tunnel.h adds what a TUN packet needs,
+ * halb_nat.h what a NAT packet does. The headers, each one concern:
  *  - halb.h: the type of every map's key and value, and of the counters'
  *    indexes: the contract with the loader, which bpf2go turns into Go.
  *  - halb_maps.h: the maps, the global variables the loader sets, and the
@@ -100,6 +119,8 @@
  *    the outer IPIP or IP6IP6 header.
  *  - halb_icmp.h: the "fragmentation needed" or "packet too big" that XDP
  *    sends a client in place of a TUN packet too big for the tunnel.
+ *  - halb_nat.h: forward: nat's rewrite of addresses, ports, checksums
+ *    and ICMP errors, and its reply lookup.
  *  - halb_csum.h: the checksums of the headers halb writes.
  *  - jhash.h: the hash of a flow, the same on every node.
  */
@@ -117,6 +138,7 @@
 #include "halb_parse.h"
 #include "halb_tunnel.h"
 #include "halb_icmp.h"
+#include "halb_nat.h"
 #include "jhash.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
@@ -296,6 +318,9 @@ enum verdict {
 	VERDICT_DROP,    /* for a service, dropped and counted */
 	VERDICT_FORWARD, /* DR to backend d->b; the MACs are rewritten */
 	VERDICT_TUNNEL,  /* TUN to backend d->b; the frame is as it came */
+	VERDICT_NAT,     /* NAT to backend d->b; the frame is as it came */
+	VERDICT_REPLY,   /* a NAT backend's reply, back to the client as d->rev
+			  * says; the frame is as it came */
 };
 
 /* A forwarding decision, for the hook to carry out and then count. */
@@ -308,10 +333,58 @@ struct decision {
 	__u16 l3_off;   /* where the IP header starts */
 	__u32 ip_len;   /* the IP packet's length */
 	__u8 family;    /* enum family of the packet */
-	__u8 icmp;      /* an ICMP error about a flow */
+	__u8 icmp;      /* an ICMP error about a flow (PKT_ICMP_*) */
 	__u8 answered;  /* XDP: too big for the tunnel; the client was sent
 			 * an ICMP error in the frame's place */
+	/* NAT: */
+	__u8 nat;       /* VERDICT_NAT */
+	__u8 proto;     /* the flow's transport protocol */
+	__u16 l4_off;   /* where the TCP, UDP or ICMP header starts */
+	struct nat_reply *rev; /* VERDICT_REPLY: what the reply goes back as */
+	union addr client;     /* VERDICT_REPLY: the flow's client */
 };
+
+/* nat_pkt_of is where d's packet is, for halb_nat.h. */
+static __always_inline struct nat_pkt nat_pkt_of(const struct decision *d)
+{
+	struct nat_pkt p = {
+		.ip_len = d->ip_len,
+		.l3_off = d->l3_off,
+		.l4_off = d->l4_off,
+		.family = d->family,
+		.proto = d->proto,
+		.icmp = d->icmp,
+	};
+
+	return p;
+}
+
+/* note_packet copies into d where pkt is in the frame, for the hook's
+ * step after balance. */
+static __always_inline void note_packet(struct decision *d, const struct packet *pkt)
+{
+	d->l3_off = pkt->l3_off;
+	d->l4_off = pkt->l4_off;
+	d->ip_len = pkt->ip_len;
+	d->family = pkt->flow.family;
+	d->proto = pkt->flow.proto;
+	d->icmp = pkt->icmp;
+}
+
+/* nat_reply is balance's verdict on pkt, a NAT backend's reply (or an
+ * ICMP error about a client's packet to a NAT backend) that d->rev says
+ * how to translate: only a frame to this node is translated, as any
+ * frame balanced. */
+static __always_inline enum verdict nat_reply(struct ethhdr *eth, __u32 ifindex, __u32 len,
+					      const struct packet *pkt, struct decision *d)
+{
+	if (!for_this_node(eth, ifindex, pkt->vlan))
+		return VERDICT_PASS;
+	d->len = len;
+	d->client = pkt->flow.daddr;
+	note_packet(d, pkt);
+	return VERDICT_REPLY;
+}
 
 /* balance is the whole load balancer but the last step, which differs
  * between XDP and tc: it finds the frame's service and backend, and for DR
@@ -336,6 +409,12 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 
 	switch (parse(eth, data_end, len, &pkt)) {
 	case PARSE_OK:
+		/* tc: a tag the NIC took out of the frame is the frame's VLAN. */
+		if (vlan_meta)
+			pkt.vlan = vlan_meta;
+		d->rev = nat_reply_of(&pkt.flow);
+		if (d->rev)
+			return nat_reply(eth, ifindex, len, &pkt, d);
 		break;
 	case PARSE_DROP:
 		if (vlan_meta)
@@ -361,16 +440,18 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	}
 	if (!svc)
 		svc = bpf_map_lookup_elem(&halb_services, &skey);
-	/* tc: a tag the NIC took out of the frame is the frame's VLAN. */
-	if (vlan_meta)
-		pkt.vlan = vlan_meta;
-	if (!svc || !for_this_node(eth, ifindex, pkt.vlan))
+	/* A port unreachable is NAT's alone to translate: a DR or TUN
+	 * backend answers from the VIP itself, and the error reaches it
+	 * only through the kernel, as before NAT came. */
+	if (!svc || (pkt.icmp == PKT_ICMP_UNREACH && svc->forward != FORWARD_NAT) ||
+	    !for_this_node(eth, ifindex, pkt.vlan))
 		return VERDICT_PASS;
 
 	d->len = len;
 	d->svc_stats = count(&halb_service_stats, svc->id, len);
 
-	if (svc->forward != FORWARD_DR && svc->forward != FORWARD_TUN) {
+	if (svc->forward != FORWARD_DR && svc->forward != FORWARD_TUN &&
+	    svc->forward != FORWARD_NAT) {
 		count_drop(DROP_UNSUPPORTED);
 		return VERDICT_DROP;
 	}
@@ -384,6 +465,14 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	    is_vip(&pkt.flow.saddr, pkt.flow.family)) {
 		count_drop(DROP_VIP_SOURCE);
 		return VERDICT_DROP;
+	}
+	/* A NAT backend as a client of a NAT service (hairpin): translated,
+	 * its packet would reach a backend that answers it directly, from
+	 * its own address, which the first backend never asked. It goes to
+	 * the kernel as it came. Checked once per flow, as above. */
+	if (!ct && svc->forward == FORWARD_NAT && nat_backend_addr(&pkt.flow.saddr, pkt.flow.family)) {
+		count_event(EVENT_NAT_HAIRPIN);
+		return VERDICT_PASS;
 	}
 	/* Two other sources are let through, on purpose:
 	 *  - a backend of this service: a backend that is also a client of
@@ -413,6 +502,11 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 		d->family = pkt.flow.family;
 		return VERDICT_TUNNEL;
 	}
+	if (svc->forward == FORWARD_NAT) {
+		note_packet(d, &pkt);
+		d->nat = 1;
+		return VERDICT_NAT;
+	}
 	__builtin_memcpy(eth->h_dest, d->b->mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, d->b->src_mac, ETH_ALEN);
 	return VERDICT_FORWARD;
@@ -423,8 +517,10 @@ static __always_inline void forwarded(const struct decision *d)
 {
 	struct stats *be_stats = count(&halb_backend_stats, d->backend_id, d->len);
 
-	if (d->icmp)
+	if (d->icmp == PKT_ICMP_TOO_BIG)
 		count_event(EVENT_ICMP_TOO_BIG);
+	if (d->icmp && d->nat)
+		count_event(EVENT_NAT_ICMP);
 	if (d->new_flow) {
 		if (d->svc_stats)
 			d->svc_stats->new_flows++;
@@ -451,6 +547,21 @@ static __always_inline int xdp_xmit(struct xdp_md *ctx, __u32 ifindex)
 	return action;
 }
 
+/* xdp_refuse_too_big answers a packet too big for its route, whose MTU
+ * with a tunnel's outer header is mtu, with an ICMP error in its place
+ * where xdp_too_big may, and drops it where it may not; counted either
+ * way. No error answers an error (RFC 1122 §3.2.2, RFC 4443 §2.4 (e.1)). */
+static __always_inline int xdp_refuse_too_big(struct xdp_md *ctx, struct decision *d, __u32 mtu)
+{
+	if (!d->icmp && !xdp_too_big(ctx, d->len, d->family, d->l3_off, d->ip_len, mtu)) {
+		count_drop(DROP_TOO_BIG_ANSWERED);
+		d->answered = 1;
+		return XDP_TX;
+	}
+	count_drop(DROP_TOO_BIG);
+	return XDP_DROP;
+}
+
 /* xdp_tunnel encapsulates the frame for TUN and sends it to the next hop.
  * The next hop and the egress port come first, so that a frame that cannot go
  * is dropped as it came. */
@@ -470,21 +581,13 @@ static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 		count_drop(DROP_TOO_BIG);
 		return XDP_DROP;
 	}
-	rc = tun_nexthop(ctx, d->b, d->backend_id, d->family, &nh);
+	rc = tun_nexthop(ctx, d->b, d->backend_id, d->family, 0, &nh);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS || !nh) {
 		tun_drop(rc);
 		return XDP_DROP;
 	}
-	if (outer + d->ip_len > nh->mtu) {
-		if (!d->icmp &&
-		    !xdp_too_big(ctx, d->len, d->family, d->l3_off, d->ip_len, nh->mtu)) {
-			count_drop(DROP_TOO_BIG_ANSWERED);
-			d->answered = 1;
-			return XDP_TX;
-		}
-		count_drop(DROP_TOO_BIG);
-		return XDP_DROP;
-	}
+	if (outer + d->ip_len > nh->mtu)
+		return xdp_refuse_too_big(ctx, d, nh->mtu);
 	/* A redirect happens after the program returns: the frame can
 	 * change until then. */
 	action = xdp_xmit(ctx, nh->ifindex);
@@ -511,6 +614,146 @@ static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 	return action;
 }
 
+/* replied counts a NAT reply that went back to its client. */
+static __always_inline void replied(const struct decision *d)
+{
+	count(&halb_reply_stats, d->rev->backend_id, d->len);
+	if (d->icmp)
+		count_event(EVENT_NAT_ICMP);
+}
+
+/* reply_route asks the FIB for the next hop of NAT reply d toward its
+ * client, as the kernel would forward it from the interface it came in
+ * on, with the VIP as its source: for tot_len bytes (0: the caller checks
+ * the MTU). A reply to one of this node's own addresses (the answer to a
+ * health check, or to the node's own connection) is not forwarded: the
+ * FIB says BPF_FIB_LKUP_RET_NOT_FWDED, and it goes to the kernel as it
+ * came. */
+static __always_inline int reply_route(void *ctx, const struct decision *d, __u32 ifindex,
+				       struct bpf_fib_lookup *fib, __u16 tot_len)
+{
+	fib->ifindex = ifindex;
+	fib->tot_len = tot_len;
+	fib->l4_protocol = d->proto;
+	if (d->family == FAMILY_IPV4) {
+		fib->family = HALB_AF_INET;
+		fib->ipv4_src = d->rev->vip.words[3];
+		fib->ipv4_dst = d->client.words[3];
+	} else {
+		fib->family = HALB_AF_INET6;
+		__builtin_memcpy(fib->ipv6_src, d->rev->vip.words, 16);
+		__builtin_memcpy(fib->ipv6_dst, d->client.words, 16);
+	}
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+/* reply_drop counts a NAT reply the FIB gave no next hop for. */
+static __always_inline void reply_drop(int rc)
+{
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		count_drop(DROP_REPLY_NO_NEIGH);
+		break;
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		count_drop(DROP_REPLY_TOO_BIG);
+		break;
+	default:
+		count_drop(DROP_REPLY_NO_ROUTE);
+	}
+}
+
+/* xdp_nat_send translates the frame as op says and sends it to the next
+ * hop from smac to dmac, untagged: the FIB's next hop is, as for TUN.
+ * action is how xdp_xmit sends it. */
+static __always_inline int xdp_nat_send(struct xdp_md *ctx, const struct decision *d,
+					const struct nat_op *op, const __u8 *dmac,
+					const __u8 *smac, int action)
+{
+	struct nat_pkt p = nat_pkt_of(d);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth;
+
+	if (nat_rewrite(data, data_end, &p, op)) {
+		count_drop(DROP_MALFORMED);
+		return XDP_DROP;
+	}
+	if (d->l3_off != ETH_HLEN && bpf_xdp_adjust_head(ctx, (int)d->l3_off - ETH_HLEN)) {
+		count_drop(DROP_ENCAP);
+		return XDP_DROP;
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		count_drop(DROP_ENCAP);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	eth->h_proto = d->family == FAMILY_IPV4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
+	return action;
+}
+
+/* xdp_nat sends a client's packet to its NAT backend: its destination
+ * rewritten to the backend's address and port, to the next hop the FIB
+ * names for the backend (kept per CPU as for TUN, halb_tunnel.h). The
+ * next hop comes first, so that a frame that cannot go is dropped as it
+ * came, and a packet too big for the route is answered, as TUN's, with
+ * the route's MTU (xdp_too_big takes an MTU that holds an outer header;
+ * NAT adds none). */
+static __always_inline int xdp_nat(struct xdp_md *ctx, struct decision *d)
+{
+	struct nat_op op = { .to = &d->b->addr, .port = d->b->port, .dst = 1 };
+	struct nexthop *nh = NULL;
+	int rc, action;
+
+	if (d->b->family != d->family) {
+		count_drop(DROP_UNSUPPORTED);
+		return XDP_DROP;
+	}
+	rc = tun_nexthop(ctx, d->b, d->backend_id, d->family, d->proto, &nh);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || !nh) {
+		tun_drop(rc);
+		return XDP_DROP;
+	}
+	if (d->ip_len > nh->mtu)
+		return xdp_refuse_too_big(ctx, d, nh->mtu + outer_len(d->family));
+	action = xdp_xmit(ctx, nh->ifindex);
+	if (action == XDP_DROP)
+		return action;
+	return xdp_nat_send(ctx, d, &op, nh->dmac, nh->smac, action);
+}
+
+/* xdp_nat_reply sends a NAT backend's reply back to its client, its
+ * source rewritten to the VIP and the service's port, to the next hop the
+ * FIB names for the client. A reply is never handed to the kernel once
+ * rewritten: the kernel drops a packet from one of its own addresses (the
+ * VIP) as a martian. One it would not forward (to this node) goes to the
+ * kernel before. The FIB is asked for each reply: its next hop depends on
+ * the client, which no per-backend cache holds. */
+static __always_inline int xdp_nat_reply(struct xdp_md *ctx, struct decision *d)
+{
+	struct nat_op op = { .to = &d->rev->vip, .port = d->rev->port };
+	struct bpf_fib_lookup fib = {};
+	int rc, action;
+
+	rc = reply_route(ctx, d, ctx->ingress_ifindex, &fib, d->ip_len);
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+		return XDP_PASS;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		reply_drop(rc);
+		return XDP_DROP;
+	}
+	action = xdp_xmit(ctx, fib.ifindex);
+	if (action == XDP_DROP)
+		return action;
+	action = xdp_nat_send(ctx, d, &op, fib.dmac, fib.smac, action);
+	if (action != XDP_DROP)
+		replied(d);
+	return action;
+}
+
 /* halb_xdp_lb sends a frame back out of the interface it came in on
  * (XDP_TX) or to the backend's interface (XDP_REDIRECT). */
 SEC("xdp")
@@ -529,6 +772,11 @@ int halb_xdp_lb(struct xdp_md *ctx)
 	case VERDICT_TUNNEL:
 		action = xdp_tunnel(ctx, &d);
 		break;
+	case VERDICT_NAT:
+		action = xdp_nat(ctx, &d);
+		break;
+	case VERDICT_REPLY:
+		return xdp_nat_reply(ctx, &d);
 	default:
 		action = xdp_xmit(ctx, d.b->ifindex);
 	}
@@ -537,10 +785,10 @@ int halb_xdp_lb(struct xdp_md *ctx)
 	return action;
 }
 
-/* The most of a frame the parser reads: Ethernet, a VLAN tag, IPv4 with
- * the longest options, and an ICMP header quoting an IPv4 header and 8
- * bytes of TCP or UDP (a TCP header alone is shorter). */
-#define HALB_PARSE_LEN (ETH_HLEN + 4 + 60 + 8 + 20 + 8)
+/* The most of a frame the parser reads, and NAT rewrites: Ethernet, a
+ * VLAN tag, IPv4 with the longest options, and an ICMP header quoting an
+ * IPv6 header and a whole TCP header (NAT updates its checksum). */
+#define HALB_PARSE_LEN (ETH_HLEN + 4 + 60 + 8 + 40 + 20)
 
 /* tc_egress_ok tells whether the tc program may send a frame out of
  * ifindex: the ingress interface, or one in halb_tx_ports. */
@@ -603,7 +851,7 @@ static __always_inline int tc_tunnel(struct __sk_buff *skb, const struct decisio
 	/* A GSO packet is checked against the MTU segment by segment where
 	 * it leaves (tot_len 0 lets it through); any other by its length
 	 * with the outer header. */
-	rc = tun_route(skb, d->b, d->family, &fib, skb->gso_segs > 1 ? 0 : outer + d->ip_len);
+	rc = tun_route(skb, d->b, d->family, &fib, skb->gso_segs > 1 ? 0 : outer + d->ip_len, 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		if (!tc_egress_ok(skb, fib.ifindex) || tc_encap(skb, d))
 			return TC_ACT_SHOT;
@@ -626,6 +874,92 @@ static __always_inline int tc_tunnel(struct __sk_buff *skb, const struct decisio
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	return bpf_redirect(fib.ifindex, 0);
+}
+
+/* tc_nat_send translates the frame as op says and sends it out of
+ * ifindex: to dmac from smac, or with neigh through the kernel's
+ * neighbour layer, which resolves the next hop's MAC. The kernel usually
+ * holds a VLAN tag in the skb's metadata; it goes, as in XDP; a tag in
+ * the frame's data makes a frame tc does not translate.
+ *
+ * The checksums are updated as XDP updates them, which is right for a
+ * frame from the wire. A frame from a local socket on a veth with TX
+ * checksum offload carries a partial checksum (CHECKSUM_PARTIAL) that
+ * this update does not suit; such a frame comes to tc only in tests and
+ * containers on the balancer itself. */
+static __always_inline int tc_nat_send(struct __sk_buff *skb, const struct decision *d,
+				       const struct nat_op *op, __u32 ifindex,
+				       const __u8 *dmac, const __u8 *smac, int neigh)
+{
+	struct nat_pkt p = nat_pkt_of(d);
+	void *data, *data_end;
+	struct ethhdr *eth;
+
+	if (!tc_egress_ok(skb, ifindex))
+		return TC_ACT_SHOT;
+	if (skb->vlan_present)
+		bpf_skb_vlan_pop(skb);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if (d->l3_off != ETH_HLEN || (void *)(eth + 1) > data_end) {
+		count_drop(DROP_ENCAP);
+		return TC_ACT_SHOT;
+	}
+	if (nat_rewrite(data, data_end, &p, op)) {
+		count_drop(DROP_MALFORMED);
+		return TC_ACT_SHOT;
+	}
+	if (neigh) {
+		count_event(EVENT_NEIGH_RESOLVE);
+		return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+	}
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	return bpf_redirect(ifindex, 0);
+}
+
+/* tc_nat is xdp_nat for tc: the FIB is asked for every packet, and a next
+ * hop the neighbour table lacks is left to the kernel's neighbour layer
+ * (bpf_redirect_neigh). */
+static __always_inline int tc_nat(struct __sk_buff *skb, const struct decision *d)
+{
+	struct nat_op op = { .to = &d->b->addr, .port = d->b->port, .dst = 1 };
+	struct bpf_fib_lookup fib = {};
+	int rc;
+
+	if (d->b->family != d->family) {
+		count_drop(DROP_UNSUPPORTED);
+		return TC_ACT_SHOT;
+	}
+	rc = tun_route(skb, d->b, d->family, &fib, skb->gso_segs > 1 ? 0 : d->ip_len, d->proto);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		tun_drop(rc);
+		return TC_ACT_SHOT;
+	}
+	return tc_nat_send(skb, d, &op, fib.ifindex, fib.dmac, fib.smac,
+			   rc == BPF_FIB_LKUP_RET_NO_NEIGH);
+}
+
+/* tc_nat_reply is xdp_nat_reply for tc. */
+static __always_inline int tc_nat_reply(struct __sk_buff *skb, const struct decision *d)
+{
+	struct nat_op op = { .to = &d->rev->vip, .port = d->rev->port };
+	struct bpf_fib_lookup fib = {};
+	int rc, action;
+
+	rc = reply_route(skb, d, skb->ingress_ifindex, &fib, skb->gso_segs > 1 ? 0 : d->ip_len);
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+		return TC_ACT_UNSPEC;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		reply_drop(rc);
+		return TC_ACT_SHOT;
+	}
+	action = tc_nat_send(skb, d, &op, fib.ifindex, fib.dmac, fib.smac,
+			     rc == BPF_FIB_LKUP_RET_NO_NEIGH);
+	if (action != TC_ACT_SHOT)
+		replied(d);
+	return action;
 }
 
 /* halb_tc_lb is halb_xdp_lb for the tc ingress hook (tcx), where XDP cannot
@@ -659,6 +993,11 @@ int halb_tc_lb(struct __sk_buff *skb)
 	case VERDICT_TUNNEL:
 		action = tc_tunnel(skb, &d);
 		break;
+	case VERDICT_NAT:
+		action = tc_nat(skb, &d);
+		break;
+	case VERDICT_REPLY:
+		return tc_nat_reply(skb, &d);
 	default:
 		if (!tc_egress_ok(skb, d.b->ifindex))
 			return TC_ACT_SHOT;

@@ -80,6 +80,26 @@ struct {
 	__type(value, struct ct_entry);
 } halb_ct SEC(".maps");
 
+/* forward: nat: where a backend's replies are translated back to, by
+ * its address, port and protocol (struct nat_reply), and the addresses
+ * of NAT backends (port and protocol 0), which a new flow to a NAT
+ * service does not come from. Written by the loader from the services
+ * alone: no entry depends on a flow, so a node that takes the VIPs over
+ * translates replies as the old Master did. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HALB_MAX_BACKENDS);
+	__type(key, struct backend_key);
+	__type(value, struct nat_reply);
+} halb_nat_replies SEC(".maps");
+
+/* halb_nat_last[b] is non-zero when a NAT backend's address ends in the
+ * byte b: a packet's source is looked up in halb_nat_replies only then,
+ * so that the host's other traffic, and every DR and TUN packet, skips
+ * the lookup (all zeros while no service does NAT). The loader sets a
+ * byte before it writes an entry that needs it and clears it after. */
+volatile __u8 halb_nat_last[256];
+
 /* Interfaces that backends are reached through, keyed by ifindex (value:
  * the same ifindex). A DEVMAP_HASH rather than a plain DEVMAP, so that the
  * key is the ifindex itself and nobody has to hand out slots. */
@@ -106,7 +126,16 @@ struct {
 	__type(value, struct stats);
 } halb_backend_stats SEC(".maps");
 
-/* A TUN backend's next hop as this CPU last had it from the FIB (struct
+/* Every NAT reply translated back, by the backend that sent it (struct
+ * stats; new_flows stays 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HALB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct stats);
+} halb_reply_stats SEC(".maps");
+
+/* A TUN or NAT backend's next hop as this CPU last had it from the FIB (struct
  * nexthop). A cache: never pinned, so a restart starts it empty. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -45,8 +45,17 @@ struct icmp_err {
 };
 
 #define ICMP_DEST_UNREACH 3 /* RFC 792 */
+#define ICMP_PORT_UNREACH 3
 #define ICMP_FRAG_NEEDED 4
+#define ICMPV6_DEST_UNREACH 1 /* RFC 4443 §3.1 */
+#define ICMPV6_PORT_UNREACH 4
 #define ICMPV6_PKT_TOOBIG 2 /* RFC 4443 §3.2 */
+
+/* What kind of ICMP error a packet is (struct packet's icmp). */
+#define PKT_ICMP_TOO_BIG 1 /* fragmentation needed, packet too big: every
+			    * forward mode sends it to the flow's backend */
+#define PKT_ICMP_UNREACH 2 /* port unreachable: only NAT, which must
+			    * translate it, takes it; the rest pass it */
 
 #define IPV4_FRAG_OFFSET 0x1fff /* the fragment offset bits of frag_off */
 #define IPV4_DF 0x4000          /* don't fragment */
@@ -69,12 +78,13 @@ struct packet {
 	struct flow flow; /* also the halb_ct key: keep it zeroed before use */
 	__u8 drop;        /* PARSE_DROP: the enum drop_reason */
 	__u16 l3_off;     /* where the IP header starts in the frame */
+	__u16 l4_off;     /* where the TCP, UDP or ICMP header starts */
 	__u16 vlan;       /* the VLAN id of the frame's tag, 0 if none */
 	__u32 ip_len;     /* the IP packet's length, by its header: IPv6's
 			   * header and payload can exceed 16 bits */
 	__u8 syn;         /* a TCP SYN without ACK: a connection starts */
-	__u8 icmp;        /* an ICMP error about flow; flow is the quoted
-			   * packet's, turned around */
+	__u8 icmp;        /* an ICMP error about flow (PKT_ICMP_*); flow is
+			   * the quoted packet's, turned around */
 };
 
 static __always_inline void addr_from_ipv4(union addr *a, __be32 ip)
@@ -114,9 +124,12 @@ static __always_inline int parse_ports(void *l4, void *data_end, struct flow *fl
 	return 0;
 }
 
-/* parse_icmp4 reads the flow of an ICMP "fragmentation needed" at l4: the
- * packet it quotes went from the VIP to a client, and flow becomes the
- * client's direction. The IPv4 addresses are in flow already. */
+/* parse_icmp4 reads the flow of an ICMP "fragmentation needed" or "port
+ * unreachable" at l4: the packet it quotes went from the error's
+ * destination (a VIP, or a client that a NAT backend's reply went to) to
+ * somewhere else, and flow becomes that packet turned around: a client's
+ * packet to the VIP, or a NAT backend's reply. The IPv4 addresses are in
+ * flow already. */
 static __always_inline enum parse_result parse_icmp4(void *l4, void *data_end,
 						     struct packet *pkt)
 {
@@ -126,7 +139,8 @@ static __always_inline enum parse_result parse_icmp4(void *l4, void *data_end,
 
 	if ((void *)(inner + 1) > data_end)
 		return PARSE_PASS;
-	if (icmp->type != ICMP_DEST_UNREACH || icmp->code != ICMP_FRAG_NEEDED)
+	if (icmp->type != ICMP_DEST_UNREACH ||
+	    (icmp->code != ICMP_FRAG_NEEDED && icmp->code != ICMP_PORT_UNREACH))
 		return PARSE_PASS;
 	version_ihl = *(__u8 *)inner;
 	if (version_ihl != 0x45) /* options in a quoted header: not worth it */
@@ -139,11 +153,12 @@ static __always_inline enum parse_result parse_icmp4(void *l4, void *data_end,
 		return PARSE_PASS;
 	pkt->flow.saddr.words[3] = inner->daddr;
 	pkt->flow.proto = inner->protocol;
-	pkt->icmp = 1;
+	pkt->icmp = icmp->code == ICMP_FRAG_NEEDED ? PKT_ICMP_TOO_BIG : PKT_ICMP_UNREACH;
 	return PARSE_OK;
 }
 
-/* parse_icmp6 is parse_icmp4 for an ICMPv6 "packet too big". */
+/* parse_icmp6 is parse_icmp4 for an ICMPv6 "packet too big" or "port
+ * unreachable". */
 static __always_inline enum parse_result parse_icmp6(void *l4, void *data_end,
 						     struct packet *pkt)
 {
@@ -152,7 +167,8 @@ static __always_inline enum parse_result parse_icmp6(void *l4, void *data_end,
 
 	if ((void *)(inner + 1) > data_end)
 		return PARSE_PASS;
-	if (icmp->type != ICMPV6_PKT_TOOBIG)
+	if (icmp->type != ICMPV6_PKT_TOOBIG &&
+	    (icmp->type != ICMPV6_DEST_UNREACH || icmp->code != ICMPV6_PORT_UNREACH))
 		return PARSE_PASS;
 	if (inner->saddr.in6_u.u6_addr32[0] != pkt->flow.daddr.words[0] ||
 	    inner->saddr.in6_u.u6_addr32[1] != pkt->flow.daddr.words[1] ||
@@ -164,7 +180,7 @@ static __always_inline enum parse_result parse_icmp6(void *l4, void *data_end,
 		return PARSE_PASS;
 	addr_from_ipv6(&pkt->flow.saddr, &inner->daddr);
 	pkt->flow.proto = inner->nexthdr;
-	pkt->icmp = 1;
+	pkt->icmp = icmp->type == ICMPV6_PKT_TOOBIG ? PKT_ICMP_TOO_BIG : PKT_ICMP_UNREACH;
 	return PARSE_OK;
 }
 
@@ -212,9 +228,11 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 	l3_len = len - pkt->l3_off;
 
 	/* The IPv4 header checksum is not verified here, though XDP runs
-	 * before ip_rcv, which would: halb changes no byte of the IP packet
-	 * (DR rewrites the MACs, TUN puts an outer header in front), and the
-	 * backend's ip_rcv verifies it and drops a damaged one, counted in
+	 * before ip_rcv, which would: DR and TUN change no byte of the IP
+	 * packet (DR rewrites the MACs, TUN puts an outer header in front),
+	 * NAT updates the checksums incrementally, which keeps a damaged
+	 * one damaged (RFC 1624), and the backend's ip_rcv verifies it and
+	 * drops a damaged one, counted in
 	 * its InHdrErrors. A damaged header at worst opens a halb_ct entry
 	 * for a flow that does not exist, as any forged SYN does, while the
 	 * sum would cost every packet. */
@@ -249,6 +267,7 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 			return drop_as(pkt, DROP_BAD_SOURCE);
 		l4proto = iph->protocol;
 		l4 = l3 + hdr_len;
+		pkt->l4_off = pkt->l3_off + hdr_len;
 		if (l4proto == IPPROTO_ICMP)
 			return parse_icmp4(l4, data_end, pkt);
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
@@ -271,6 +290,7 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 			return drop_as(pkt, DROP_BAD_SOURCE);
 		l4proto = ip6h->nexthdr;
 		l4 = ip6h + 1;
+		pkt->l4_off = pkt->l3_off + hdr_len;
 		if (l4proto == IPPROTO_ICMPV6)
 			return parse_icmp6(l4, data_end, pkt);
 	} else {

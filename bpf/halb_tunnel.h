@@ -64,20 +64,21 @@ static __always_inline int tun_overflows(__u8 family, __u32 ip_len)
 /* tun_route asks the FIB for the next hop from the balancer's address to
  * backend b, for a packet of family, as the balancer's own packet would go
  * (tot_len 0: the caller checks the MTU itself). On success fib names the
- * egress interface and the MACs. */
+ * egress interface and the MACs. A NAT backend's next hop is found alike,
+ * for its transport protocol (nat, IPPROTO_TCP or IPPROTO_UDP) rather than the tunnel's. */
 static __always_inline int tun_route(void *ctx, const struct backend *b, __u8 family,
-				     struct bpf_fib_lookup *fib, __u16 tot_len)
+				     struct bpf_fib_lookup *fib, __u16 tot_len, __u8 nat)
 {
 	fib->ifindex = b->ifindex;
 	fib->tot_len = tot_len;
 	if (family == FAMILY_IPV4) {
 		fib->family = HALB_AF_INET;
-		fib->l4_protocol = IPPROTO_IPIP;
+		fib->l4_protocol = nat ? nat : IPPROTO_IPIP;
 		fib->ipv4_src = b->src.words[3];
 		fib->ipv4_dst = b->addr.words[3];
 	} else {
 		fib->family = HALB_AF_INET6;
-		fib->l4_protocol = IPPROTO_IPV6;
+		fib->l4_protocol = nat ? nat : IPPROTO_IPV6;
 		__builtin_memcpy(fib->ipv6_src, b->src.words, 16);
 		__builtin_memcpy(fib->ipv6_dst, b->addr.words, 16);
 	}
@@ -85,14 +86,14 @@ static __always_inline int tun_route(void *ctx, const struct backend *b, __u8 fa
 }
 
 /* tun_nexthop finds the next hop toward backend id, whose record is b, for
- * XDP: from this CPU's halb_nexthops while it is fresh, else from the FIB,
+ * XDP (nat: for a NAT backend, as tun_route): from this CPU's halb_nexthops while it is fresh, else from the FIB,
  * which it then caches. It returns a BPF_FIB_LKUP_RET_ code; on success
  * *out is the entry. The route's MTU comes from a first lookup for the
  * longest packet (FRAG_NEEDED answers with it; success means any length
  * fits), the MACs from a second one that no length can fail; a next hop
  * without a MAC yet (NO_NEIGH) is not cached. */
 static __always_inline int tun_nexthop(struct xdp_md *ctx, const struct backend *b, __u32 id,
-				       __u8 family, struct nexthop **out)
+				       __u8 family, __u8 nat, struct nexthop **out)
 {
 	__u32 gen = halb_nexthop_gen;
 	__u64 now = bpf_ktime_get_coarse_ns();
@@ -109,11 +110,11 @@ static __always_inline int tun_nexthop(struct xdp_md *ctx, const struct backend 
 		return BPF_FIB_LKUP_RET_SUCCESS;
 
 	nh->ifindex = 0;
-	rc = tun_route(ctx, b, family, &fib, 0xffff);
+	rc = tun_route(ctx, b, family, &fib, 0xffff, nat);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		mtu = fib.mtu_result;
 		__builtin_memset(&fib, 0, sizeof(fib));
-		rc = tun_route(ctx, b, family, &fib, 0);
+		rc = tun_route(ctx, b, family, &fib, 0, nat);
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return rc;
@@ -126,7 +127,7 @@ static __always_inline int tun_nexthop(struct xdp_md *ctx, const struct backend 
 	return rc;
 }
 
-/* tun_drop counts a TUN packet the FIB gave no next hop for. */
+/* tun_drop counts a TUN or NAT packet the FIB gave no next hop for. */
 static __always_inline void tun_drop(int rc)
 {
 	switch (rc) {

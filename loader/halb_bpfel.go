@@ -38,6 +38,14 @@ const (
 	halbBackendFlagsBACKEND_F_ACTIVE halbBackendFlags = 1
 )
 
+type halbBackendKey struct {
+	_      structs.HostLayout
+	Addr   halbAddr
+	Port   uint16
+	Proto  uint8
+	Family halbFamily
+}
+
 type halbCtEntry struct {
 	_         structs.HostLayout
 	BackendId uint32
@@ -61,7 +69,10 @@ const (
 	halbDropReasonDROP_UDP_HEADER       halbDropReason = 12
 	halbDropReasonDROP_BAD_SOURCE       halbDropReason = 13
 	halbDropReasonDROP_VIP_SOURCE       halbDropReason = 14
-	halbDropReasonDROP_REASONS          halbDropReason = 15
+	halbDropReasonDROP_REPLY_NO_ROUTE   halbDropReason = 15
+	halbDropReasonDROP_REPLY_NO_NEIGH   halbDropReason = 16
+	halbDropReasonDROP_REPLY_TOO_BIG    halbDropReason = 17
+	halbDropReasonDROP_REASONS          halbDropReason = 18
 )
 
 type halbEvent uint32
@@ -70,7 +81,9 @@ const (
 	halbEventEVENT_NEIGH_RESOLVE halbEvent = 0
 	halbEventEVENT_ICMP_TOO_BIG  halbEvent = 1
 	halbEventEVENT_OTHER_HOST    halbEvent = 2
-	halbEventEVENTS              halbEvent = 3
+	halbEventEVENT_NAT_HAIRPIN   halbEvent = 3
+	halbEventEVENT_NAT_ICMP      halbEvent = 4
+	halbEventEVENTS              halbEvent = 5
 )
 
 type halbFamily uint8
@@ -97,6 +110,7 @@ const (
 	halbForwardModeFORWARD_NONE halbForwardMode = 0
 	halbForwardModeFORWARD_DR   halbForwardMode = 1
 	halbForwardModeFORWARD_TUN  halbForwardMode = 2
+	halbForwardModeFORWARD_NAT  halbForwardMode = 3
 )
 
 type halbLocalMac struct {
@@ -115,6 +129,15 @@ type halbLocalMacCache struct {
 type halbLocalMacVia struct {
 	_       structs.HostLayout
 	Ifindex uint32
+}
+
+type halbNatReply struct {
+	_         structs.HostLayout
+	Vip       halbAddr
+	Port      uint16
+	Pad       uint16
+	Service   uint32
+	BackendId uint32
 }
 
 type halbNexthop struct {
@@ -187,7 +210,9 @@ const (
 	halbMapHalbLocalMacs    = "halb_local_macs"
 	halbMapHalbMacCache     = "halb_mac_cache"
 	halbMapHalbMaglev       = "halb_maglev"
+	halbMapHalbNatReplies   = "halb_nat_replies"
 	halbMapHalbNexthops     = "halb_nexthops"
+	halbMapHalbReplyStats   = "halb_reply_stats"
 	halbMapHalbServiceIds   = "halb_service_ids"
 	halbMapHalbServiceStats = "halb_service_stats"
 	halbMapHalbServices     = "halb_services"
@@ -197,6 +222,7 @@ const (
 	halbProgHalbXdpLb       = "halb_xdp_lb"
 	halbVarHalbLocalMacsGen = "halb_local_macs_gen"
 	halbVarHalbMaglevSize   = "halb_maglev_size"
+	halbVarHalbNatLast      = "halb_nat_last"
 	halbVarHalbNexthopGen   = "halb_nexthop_gen"
 	halbVarHalbVipLast      = "halb_vip_last"
 )
@@ -259,7 +285,9 @@ type halbMapSpecs struct {
 	HalbLocalMacs    *ebpf.MapSpec `ebpf:"halb_local_macs"`
 	HalbMacCache     *ebpf.MapSpec `ebpf:"halb_mac_cache"`
 	HalbMaglev       *ebpf.MapSpec `ebpf:"halb_maglev"`
+	HalbNatReplies   *ebpf.MapSpec `ebpf:"halb_nat_replies"`
 	HalbNexthops     *ebpf.MapSpec `ebpf:"halb_nexthops"`
+	HalbReplyStats   *ebpf.MapSpec `ebpf:"halb_reply_stats"`
 	HalbServiceIds   *ebpf.MapSpec `ebpf:"halb_service_ids"`
 	HalbServiceStats *ebpf.MapSpec `ebpf:"halb_service_stats"`
 	HalbServices     *ebpf.MapSpec `ebpf:"halb_services"`
@@ -273,6 +301,7 @@ type halbMapSpecs struct {
 type halbVariableSpecs struct {
 	HalbLocalMacsGen *ebpf.VariableSpec `ebpf:"halb_local_macs_gen"`
 	HalbMaglevSize   *ebpf.VariableSpec `ebpf:"halb_maglev_size"`
+	HalbNatLast      *ebpf.VariableSpec `ebpf:"halb_nat_last"`
 	HalbNexthopGen   *ebpf.VariableSpec `ebpf:"halb_nexthop_gen"`
 	HalbVipLast      *ebpf.VariableSpec `ebpf:"halb_vip_last"`
 }
@@ -305,7 +334,9 @@ type halbMaps struct {
 	HalbLocalMacs    *ebpf.Map `ebpf:"halb_local_macs"`
 	HalbMacCache     *ebpf.Map `ebpf:"halb_mac_cache"`
 	HalbMaglev       *ebpf.Map `ebpf:"halb_maglev"`
+	HalbNatReplies   *ebpf.Map `ebpf:"halb_nat_replies"`
 	HalbNexthops     *ebpf.Map `ebpf:"halb_nexthops"`
+	HalbReplyStats   *ebpf.Map `ebpf:"halb_reply_stats"`
 	HalbServiceIds   *ebpf.Map `ebpf:"halb_service_ids"`
 	HalbServiceStats *ebpf.Map `ebpf:"halb_service_stats"`
 	HalbServices     *ebpf.Map `ebpf:"halb_services"`
@@ -323,7 +354,9 @@ func (m *halbMaps) Close() error {
 		m.HalbLocalMacs,
 		m.HalbMacCache,
 		m.HalbMaglev,
+		m.HalbNatReplies,
 		m.HalbNexthops,
+		m.HalbReplyStats,
 		m.HalbServiceIds,
 		m.HalbServiceStats,
 		m.HalbServices,
@@ -338,6 +371,7 @@ func (m *halbMaps) Close() error {
 type halbVariables struct {
 	HalbLocalMacsGen *ebpf.Variable `ebpf:"halb_local_macs_gen"`
 	HalbMaglevSize   *ebpf.Variable `ebpf:"halb_maglev_size"`
+	HalbNatLast      *ebpf.Variable `ebpf:"halb_nat_last"`
 	HalbNexthopGen   *ebpf.Variable `ebpf:"halb_nexthop_gen"`
 	HalbVipLast      *ebpf.Variable `ebpf:"halb_vip_last"`
 }

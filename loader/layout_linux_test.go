@@ -37,6 +37,8 @@ func TestMapLayout(t *testing.T) {
 		{halbMapHalbMacCache, uint32(0), halbLocalMacCache{}, 4, 16},
 		{halbMapHalbDrops, uint32(0), uint64(0), 4, 8},
 		{halbMapHalbEvents, uint32(0), uint64(0), 4, 8},
+		{halbMapHalbNatReplies, halbBackendKey{}, halbNatReply{}, 20, 28},
+		{halbMapHalbReplyStats, uint32(0), halbStats{}, 4, 24},
 	}
 	seen := map[string]bool{}
 	for _, m := range maps {
@@ -72,6 +74,7 @@ func TestMapLayout(t *testing.T) {
 		{halbVarHalbNexthopGen, uint32(0)},
 		{halbVarHalbLocalMacsGen, uint32(0)},
 		{halbVarHalbVipLast, [256]uint8{}},
+		{halbVarHalbNatLast, [256]uint8{}},
 	}
 	for _, v := range vars {
 		vs, ok := spec.Variables[v.name]

@@ -72,6 +72,8 @@ type kernelLB struct {
 	genMu sync.Mutex
 	// macMu serialises the writers of halb_local_macs.
 	macMu sync.Mutex
+	// nat is halb_nat_replies and halb_nat_last as written (nat_linux.go).
+	nat natBook
 }
 
 // loadLB loads halb_xdp_lb and halb_tc_lb and creates their maps, sized by
@@ -112,7 +114,7 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 	spec.Maps[halbMapHalbCt].MaxEntries = opts.ConntrackEntries
 	// Every map indexed by backend ID has the same size: the program
 	// bounds its lookups by the map, not by HALB_MAX_BACKENDS.
-	for _, name := range []string{halbMapHalbBackends, halbMapHalbBackendStats, halbMapHalbNexthops} {
+	for _, name := range []string{halbMapHalbBackends, halbMapHalbBackendStats, halbMapHalbNexthops, halbMapHalbReplyStats} {
 		spec.Maps[name].MaxEntries = opts.MaxBackends
 	}
 	return spec, maglev.Copy(), nil
@@ -164,6 +166,13 @@ const (
 	// backends' interfaces (net.ipv4.conf.IF.forwarding,
 	// net.ipv6.conf.IF.forwarding).
 	ForwardTUN = Forward(halbForwardModeFORWARD_TUN)
+	// ForwardNAT rewrites the destination to the backend's address and
+	// port, and sends the packet to the next hop the kernel's FIB names;
+	// the backend's replies come back through the balancer (its route to
+	// the clients goes there), which rewrites their source back to the
+	// VIP and port (halb_nat_replies, nat_linux.go). Its backends have a
+	// Src, as tunnel ends do, and a Port.
+	ForwardNAT = Forward(halbForwardModeFORWARD_NAT)
 )
 
 func (f Forward) String() string {
@@ -172,6 +181,8 @@ func (f Forward) String() string {
 		return "dr"
 	case ForwardTUN:
 		return "tun"
+	case ForwardNAT:
+		return "nat"
 	}
 	return fmt.Sprintf("forward(%d)", uint8(f))
 }
@@ -203,7 +214,7 @@ func (lb *kernelLB) putService(key service.Key, svc Service) error {
 	if svc.ID >= lb.maxServices() {
 		return fmt.Errorf("service %s: id %d is out of range: the maps hold ids 0 to %d", key, svc.ID, lb.maxServices()-1)
 	}
-	if svc.Forward != ForwardDR && svc.Forward != ForwardTUN {
+	if svc.Forward != ForwardDR && svc.Forward != ForwardTUN && svc.Forward != ForwardNAT {
 		return fmt.Errorf("service %s: %w", key, unsupported("forward mode "+svc.Forward.String()))
 	}
 	v := halbService{Id: svc.ID, Forward: halbForwardMode(svc.Forward)}
@@ -872,6 +883,17 @@ const (
 	// backend's answer to a forged packet, which would loop through the
 	// balancer.
 	DropVIPSource = DropReason(halbDropReasonDROP_VIP_SOURCE)
+	// DropReplyNoRoute: forward: nat, a backend's reply the kernel's FIB
+	// has no route for toward its client, or that arrived on an
+	// interface that does not forward.
+	DropReplyNoRoute = DropReason(halbDropReasonDROP_REPLY_NO_ROUTE)
+	// DropReplyNoNeigh: forward: nat in XDP, a backend's reply whose
+	// next hop toward the client has no MAC in the neighbour table yet
+	// (halb_tc_lb hands such replies to the kernel, EventNeighResolve).
+	DropReplyNoNeigh = DropReason(halbDropReasonDROP_REPLY_NO_NEIGH)
+	// DropReplyTooBig: forward: nat, a backend's reply longer than the
+	// MTU of the route toward its client.
+	DropReplyTooBig = DropReason(halbDropReasonDROP_REPLY_TOO_BIG)
 )
 
 func (r DropReason) String() string {
@@ -906,6 +928,12 @@ func (r DropReason) String() string {
 		return "bad-source"
 	case DropVIPSource:
 		return "vip-source"
+	case DropReplyNoRoute:
+		return "reply-no-route"
+	case DropReplyNoNeigh:
+		return "reply-no-neigh"
+	case DropReplyTooBig:
+		return "reply-too-big"
 	}
 	return fmt.Sprintf("drop(%d)", uint32(r))
 }
@@ -944,6 +972,14 @@ const (
 	// multicast, or another host's unicast frame that a switch flooded),
 	// and went to the kernel untouched: the node it is for balances it.
 	EventOtherHost = Event(halbEventEVENT_OTHER_HOST)
+	// EventNATHairpin: a new flow to a forward: nat service came from a
+	// NAT backend's address, and went to the kernel untouched: the
+	// backend it met would answer it directly, from its own address.
+	EventNATHairpin = Event(halbEventEVENT_NAT_HAIRPIN)
+	// EventNATICMP: an ICMP error (fragmentation needed, packet too big,
+	// port unreachable) about a NAT flow was translated with the packet
+	// it quotes and sent on, to the backend or back to the client.
+	EventNATICMP = Event(halbEventEVENT_NAT_ICMP)
 )
 
 func (e Event) String() string {
@@ -954,6 +990,10 @@ func (e Event) String() string {
 		return "icmp-too-big"
 	case EventOtherHost:
 		return "other-host"
+	case EventNATHairpin:
+		return "nat-hairpin"
+	case EventNATICMP:
+		return "nat-icmp"
 	}
 	return fmt.Sprintf("event(%d)", uint32(e))
 }

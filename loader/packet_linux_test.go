@@ -483,6 +483,9 @@ func verifyChecksums(t testing.TB, frame []byte) {
 	if tl == nil {
 		t.Fatalf("output has no TCP or UDP layer")
 	}
+	if udp, ok := tl.(*layers.UDP); ok && udp.Checksum == 0 && len(pseudo) == 12 {
+		return // IPv4 UDP without a checksum (RFC 768)
+	}
 	segment := append(bytes.Clone(tl.LayerContents()), tl.LayerPayload()...)
 	if sum := checksum(append(pseudo, segment...)); sum != 0 {
 		t.Errorf("%s checksum does not verify (residue %#04x)", tl.LayerType(), sum)

@@ -1,0 +1,249 @@
+/* halb_nat.h: what forward: nat does to a packet: the destination of a
+ * client's packet rewritten to its backend's address and port, the source
+ * of the backend's reply rewritten back to the VIP's, and the ICMP errors
+ * about either translated with the packet they quote. Every checksum over
+ * a rewritten byte is updated incrementally (RFC 1624), never summed anew:
+ * the cost does not grow with the packet.
+ *
+ * Which packets are translated, and where they go after, is halb_lb.c's
+ * (balance, xdp_nat, xdp_nat_reply and their tc twins). A reply finds its
+ * service through halb_nat_replies by its source address, port and
+ * protocol, without per-flow state (halb.h, struct nat_reply, says why
+ * none is needed).
+ *
+ * The uapi and libbpf headers only, as halb_lb.c.
+ */
+#ifndef HALB_NAT_H
+#define HALB_NAT_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "halb.h"
+#include "halb_csum.h"
+#include "halb_maps.h"
+#include "halb_parse.h"
+
+/* One translation: the address and port that take the place of the
+ * packet's destination (dst, a client's packet to its backend) or source
+ * (a backend's reply, back to the VIP). */
+struct nat_op {
+	const union addr *to;
+	__u16 port; /* host byte order */
+	__u8 dst;
+};
+
+/* Where a packet to translate is, as the parser found it. */
+struct nat_pkt {
+	__u32 ip_len;  /* the IP packet's length */
+	__u16 l3_off;  /* the IP header's offset in the frame */
+	__u16 l4_off;  /* the TCP, UDP or ICMP header's */
+	__u8 family;   /* enum family */
+	__u8 proto;    /* TCP or UDP: the packet's, or the quoted one's */
+	__u8 icmp;     /* an ICMP error quoting the flow (PKT_ICMP_*) */
+};
+
+/* nat_reply_of is the translation of a backend's packet whose flow (as
+ * the parser read it: for an ICMP error, the packet it quotes, turned
+ * around) starts at a NAT backend's address and port, or NULL. The byte
+ * filter halb_nat_last spares everyone else the hash lookup. */
+static __always_inline struct nat_reply *nat_reply_of(const struct flow *flow)
+{
+	struct backend_key key = {
+		.addr = flow->saddr,
+		.port = flow->sport,
+		.proto = flow->proto,
+		.family = flow->family,
+	};
+
+	if (!halb_nat_last[flow->saddr.bytes[15]])
+		return NULL;
+	return bpf_map_lookup_elem(&halb_nat_replies, &key);
+}
+
+/* nat_backend_addr tells whether addr is a NAT backend's address: a new
+ * flow from there to a NAT service is a backend's own (hairpin). */
+static __always_inline int nat_backend_addr(const union addr *addr, enum family family)
+{
+	struct backend_key key = { .addr = *addr, .family = family };
+
+	return bpf_map_lookup_elem(&halb_nat_replies, &key) != NULL;
+}
+
+/* nat_addr writes to over the address at a, 4 or 16 bytes by family, and
+ * returns what that changed of a sum over it. */
+static __always_inline __u32 nat_addr(__be32 *a, const union addr *to, __u8 family)
+{
+	__u32 diff;
+
+	if (family == FAMILY_IPV4) {
+		diff = csum_diff32(a[0], to->words[3]);
+		a[0] = to->words[3];
+		return diff;
+	}
+	diff = csum_diff32(a[0], to->words[0]) + csum_diff32(a[1], to->words[1]) +
+	       csum_diff32(a[2], to->words[2]) + csum_diff32(a[3], to->words[3]);
+	a[0] = to->words[0];
+	a[1] = to->words[1];
+	a[2] = to->words[2];
+	a[3] = to->words[3];
+	return diff;
+}
+
+/* nat_ip rewrites the destination (dst) or source address of the IP
+ * header at l3 to to, and IPv4's header checksum with it. *pseudo gets
+ * what that changed of the transport's pseudo-header (RFC 9293 §3.1, RFC
+ * 768, RFC 8200 §8.1), *bytes what it changed of a sum over the header's
+ * bytes: an ICMP error's checksum covers a quoted header. */
+static __always_inline int nat_ip(void *l3, void *data_end, __u8 family, __u8 dst,
+				  const union addr *to, __u32 *pseudo, __u32 *bytes)
+{
+	if (family == FAMILY_IPV4) {
+		struct iphdr *ip = l3;
+		__sum16 old;
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		*pseudo = nat_addr(dst ? &ip->daddr : &ip->saddr, to, family);
+		old = ip->check;
+		ip->check = csum_update(old, *pseudo);
+		*bytes += *pseudo + csum_diff16(old, ip->check);
+		return 0;
+	}
+	struct ipv6hdr *ip6 = l3;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return -1;
+	*pseudo = nat_addr(dst ? ip6->daddr.in6_u.u6_addr32 : ip6->saddr.in6_u.u6_addr32, to, family);
+	*bytes += *pseudo;
+	return 0;
+}
+
+/* nat_l4 rewrites the destination (dst) or source port of the TCP or UDP
+ * header at l4 to port, and its checksum by the port and pseudo, the
+ * pseudo-header's change; *bytes gets what that changed of a sum over the
+ * header. avail is how much of the header there is: an ICMP error may
+ * quote only 8 bytes of it, and a TCP checksum out of the quote stays as
+ * it is (Linux's NAT does alike). UDP over IPv4 without a checksum (0)
+ * keeps none (RFC 768), and a computed 0 goes as all ones. */
+static __always_inline int nat_l4(void *l4, void *data_end, __u8 proto, __u8 dst, __u16 port,
+				  __u32 pseudo, __u32 avail, __u32 *bytes)
+{
+	__be16 *ports = l4, *p, to = bpf_htons(port);
+	__sum16 *check, old;
+	__u32 diff;
+
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+	p = dst ? &ports[1] : &ports[0];
+	diff = csum_diff16(*p, to);
+	*p = to;
+	*bytes += diff;
+	if (proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+
+		if ((void *)(uh + 1) > data_end || avail < sizeof(*uh))
+			return 0;
+		check = &uh->check;
+		if (*check == 0)
+			return 0;
+	} else {
+		struct tcphdr *th = l4;
+
+		if ((void *)(th + 1) > data_end || avail < sizeof(*th))
+			return 0;
+		check = &th->check;
+	}
+	old = *check;
+	*check = csum_update(old, pseudo + diff);
+	if (proto == IPPROTO_UDP && *check == 0)
+		*check = 0xffff;
+	*bytes += csum_diff16(old, *check);
+	return 0;
+}
+
+/* nat_icmp translates an ICMP error at l4 (its IP header at l3) about a NAT
+ * flow: the packet it quotes the opposite way from the error itself, as
+ * the quote went the opposite way. A client's error about a reply (op->dst)
+ * goes to the backend: the outer destination and the quote's source become
+ * the backend's. A backend's error about a client's packet goes to the
+ * client: the quote's destination becomes the VIP's, and so does the
+ * outer source when the backend sent the error, but not when a router
+ * between it and the balancer did. The ICMP checksum follows the quote
+ * (RFC 792, RFC 4443 §2.3), and ICMPv6's the pseudo-header too. */
+static __always_inline int nat_icmp(void *l3, void *l4, void *data_end, const struct nat_pkt *p,
+				    const struct nat_op *op)
+{
+	__u32 hdr = p->family == FAMILY_IPV4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+	__u32 pseudo = 0, outer = 0, bytes = 0, quoted, head;
+	struct icmp_err *icmp = l4;
+	void *inner = icmp + 1;
+	int outer_too = op->dst;
+
+	if ((void *)inner + hdr > data_end)
+		return -1;
+	if (!op->dst) {
+		/* The quote's destination is the backend's address. */
+		if (p->family == FAMILY_IPV4) {
+			struct iphdr *ip = l3;
+
+			if ((void *)(ip + 1) > data_end)
+				return -1;
+			outer_too = ip->saddr == ((struct iphdr *)inner)->daddr;
+		} else {
+			struct ipv6hdr *ip = l3;
+			__u32 *a = ip->saddr.in6_u.u6_addr32;
+			__u32 *b = ((struct ipv6hdr *)inner)->daddr.in6_u.u6_addr32;
+
+			if ((void *)(ip + 1) > data_end)
+				return -1;
+			outer_too = a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+		}
+	}
+	if (outer_too && nat_ip(l3, data_end, p->family, op->dst, op->to, &pseudo, &outer))
+		return -1;
+	if (p->family == FAMILY_IPV4)
+		pseudo = 0; /* ICMP, unlike ICMPv6, has no pseudo-header */
+	if (nat_ip(inner, data_end, p->family, !op->dst, op->to, &quoted, &bytes))
+		return -1;
+	/* How much of the quoted transport header the error holds. */
+	head = (p->l4_off - p->l3_off) + sizeof(*icmp) + hdr;
+	if (nat_l4(inner + hdr, data_end, p->proto, !op->dst, op->port, quoted,
+		   p->ip_len > head ? p->ip_len - head : 0, &bytes))
+		return -1;
+	if ((void *)(icmp + 1) > data_end)
+		return -1;
+	icmp->checksum = csum_update(icmp->checksum, pseudo + bytes);
+	return 0;
+}
+
+/* nat_rewrite translates the packet p in the frame from data to data_end
+ * as op says. It returns -1 when a header is not where the parser found
+ * it, which does not happen; the frame may be half rewritten then. */
+static __always_inline int nat_rewrite(void *data, void *data_end, const struct nat_pkt *p,
+				       const struct nat_op *op)
+{
+	__u32 pseudo = 0, bytes = 0;
+	void *l3, *l4;
+
+	/* Ethernet and one VLAN tag; an IPv4 header with the longest
+	 * options. The bounds are for the verifier. */
+	if (p->l3_off > ETH_HLEN + sizeof(struct vlan_hdr) || p->l4_off > p->l3_off + 60)
+		return -1;
+	l3 = data + p->l3_off;
+	l4 = data + p->l4_off;
+	if (p->icmp)
+		return nat_icmp(l3, l4, data_end, p, op);
+	if (nat_ip(l3, data_end, p->family, op->dst, op->to, &pseudo, &bytes))
+		return -1;
+	return nat_l4(l4, data_end, p->proto, op->dst, op->port, pseudo, 0xffff, &bytes);
+}
+
+#endif /* HALB_NAT_H */

@@ -1,0 +1,174 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"github.com/cilium/ebpf"
+)
+
+// forward: nat's own maps. The program rewrites a client's packet to its
+// backend's address and port from the backend's record, as it sends any
+// packet; the way back needs a map of its own: halb_nat_replies, keyed by
+// a backend's address, port and protocol, says which VIP and port its
+// replies go back as. An entry is derived from the services alone, never
+// from a flow (the configuration refuses a backend address and port in two
+// NAT services), so a node that becomes Master translates the replies of
+// flows the old Master opened. halb_nat_last, a filter by the addresses'
+// last byte, spares every other packet the lookup.
+
+// natReply is one entry of halb_nat_replies: a NAT backend's replies
+// from Backend over Proto go back from VIP.
+type natReply struct {
+	Backend   netip.AddrPort
+	Proto     Proto
+	VIP       netip.AddrPort
+	Service   uint32 // the service's id
+	BackendID uint32 // the backend's id: the index of its reply counters
+}
+
+// natBook is halb_nat_replies and halb_nat_last as written: the entries,
+// how many entries each backend address has (its address-only entry, the
+// program's hairpin check, lives while it has any), and how many
+// addresses end in each byte.
+type natBook struct {
+	mu        sync.Mutex
+	entries   map[halbBackendKey]halbNatReply
+	addrs     map[halbBackendKey]int
+	lastBytes [256]int
+	last      [256]uint8
+	lastKnown bool
+}
+
+// natKeys are the map keys of r: its own, and its address's.
+func natKeys(backend netip.AddrPort, proto Proto) (halbBackendKey, halbBackendKey, error) {
+	addr, family, err := addrOf(backend.Addr())
+	if err != nil {
+		return halbBackendKey{}, halbBackendKey{}, fmt.Errorf("nat backend %s: %w", backend, err)
+	}
+	k := halbBackendKey{Addr: addr, Port: backend.Port(), Proto: uint8(proto), Family: family}
+	return k, halbBackendKey{Addr: addr, Family: family}, nil
+}
+
+// putNATReply writes r, and before it the address's entry and its byte in
+// halb_nat_last: a reply the filter lets through finds its entry.
+func (lb *kernelLB) putNATReply(r natReply) error {
+	k, ak, err := natKeys(r.Backend, r.Proto)
+	if err != nil {
+		return err
+	}
+	vip, vfamily, err := addrOf(r.VIP.Addr())
+	if err != nil || vfamily != k.Family {
+		return fmt.Errorf("nat backend %s: VIP %s is not of its family", r.Backend, r.VIP)
+	}
+	v := halbNatReply{Vip: vip, Port: r.VIP.Port(), Service: r.Service, BackendId: r.BackendID}
+	b := &lb.nat
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.entries == nil {
+		b.entries, b.addrs = map[halbBackendKey]halbNatReply{}, map[halbBackendKey]int{}
+	}
+	old, had := b.entries[k]
+	if had && old == v {
+		return nil
+	}
+	if !had {
+		if b.addrs[ak] == 0 {
+			if err := lb.objs.HalbNatReplies.Put(&ak, &halbNatReply{}); err != nil {
+				return fmt.Errorf("write nat backend address %s to %s: %w", r.Backend.Addr(), halbMapHalbNatReplies, err)
+			}
+			b.lastBytes[ak.Addr.Bytes[15]]++
+		}
+		b.addrs[ak]++
+		if err := lb.writeNATLast(); err != nil {
+			return err
+		}
+	}
+	if err := lb.objs.HalbNatReplies.Put(&k, &v); err != nil {
+		return fmt.Errorf("write nat backend %s/%s to %s: %w", r.Backend, r.Proto, halbMapHalbNatReplies, err)
+	}
+	b.entries[k] = v
+	return nil
+}
+
+// deleteNATReply removes the entry of backend over proto, and its
+// address's when it was the last of it; halb_nat_last after them.
+func (lb *kernelLB) deleteNATReply(backend netip.AddrPort, proto Proto) error {
+	k, ak, err := natKeys(backend, proto)
+	if err != nil {
+		return err
+	}
+	b := &lb.nat
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.entries[k]; !ok {
+		return nil
+	}
+	if err := deleteKey(lb.objs.HalbNatReplies, &k); err != nil {
+		return fmt.Errorf("delete nat backend %s/%s from %s: %w", backend, proto, halbMapHalbNatReplies, err)
+	}
+	delete(b.entries, k)
+	if b.addrs[ak]--; b.addrs[ak] > 0 {
+		return nil
+	}
+	delete(b.addrs, ak)
+	if err := deleteKey(lb.objs.HalbNatReplies, &ak); err != nil {
+		return fmt.Errorf("delete nat backend address %s from %s: %w", backend.Addr(), halbMapHalbNatReplies, err)
+	}
+	b.lastBytes[ak.Addr.Bytes[15]]--
+	return lb.writeNATLast()
+}
+
+// natReplyKeys are the (backend, proto) pairs halb_nat_replies holds.
+func (lb *kernelLB) natReplyKeys() map[natReplyKey]bool {
+	b := &lb.nat
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[natReplyKey]bool, len(b.entries))
+	for k := range b.entries {
+		addr := netip.AddrFrom16(k.Addr.Bytes).Unmap()
+		out[natReplyKey{netip.AddrPortFrom(addr, k.Port), Proto(k.Proto)}] = true
+	}
+	return out
+}
+
+// natReplyKey names an entry of halb_nat_replies.
+type natReplyKey struct {
+	Backend netip.AddrPort
+	Proto   Proto
+}
+
+// writeNATLast makes halb_nat_last name the last bytes of the addresses
+// in the book, writing only when it changes. lb.nat.mu is held.
+func (lb *kernelLB) writeNATLast() error {
+	b := &lb.nat
+	var last [256]uint8
+	for i, n := range b.lastBytes {
+		if n > 0 {
+			last[i] = 1
+		}
+	}
+	if b.lastKnown && last == b.last {
+		return nil
+	}
+	if err := lb.objs.HalbNatLast.Set(last); err != nil {
+		return fmt.Errorf("write %s: %w", halbVarHalbNatLast, err)
+	}
+	b.last, b.lastKnown = last, true
+	return nil
+}
+
+func deleteKey(m *ebpf.Map, k any) error {
+	if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+// replyStats reads the counters of the NAT replies backend id sent, which
+// the program translated back to their clients (NewFlows stays 0).
+func (lb *kernelLB) replyStats(id uint32) (Stats, error) {
+	return sumStats(lb.objs.HalbReplyStats, halbMapHalbReplyStats, id)
+}

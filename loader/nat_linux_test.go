@@ -1,0 +1,421 @@
+package loader
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
+)
+
+// The testbed for forward: nat is tunNet's network (tun_linux_test.go),
+// with a route to client6 through halb1's gateway; client4 is behind it
+// already, on a route with an MTU of 500. Backends listen on ports other
+// than their services'.
+var (
+	natWeb4 = ServiceKey{vip4, 80, TCP}
+	natDNS4 = ServiceKey{vip4, 53, UDP}
+	natWeb6 = ServiceKey{vip6, 80, TCP}
+	natDNS6 = ServiceKey{vip6, 53, UDP}
+	natNoNb = ServiceKey{vip4, 81, TCP}
+
+	natBe1 = ap(onLink4, 8080)  // web4, on halb0's link
+	natBe2 = ap(routed4, 5353)  // dns4, behind halb1's gateway
+	natBe3 = ap(routed6, 8080)  // web6, behind halb1's gateway
+	natBe4 = ap(onLink6, 5353)  // dns6, on halb0's link
+	natBe5 = ap(noNeigh4, 8081) // no neighbour entry
+)
+
+// natNet is tunNet with the NAT services above, each with its one
+// backend and its reply entry, as the Datapath writes them.
+func (tb *testbed) natNet(t *testing.T) {
+	t.Helper()
+	tb.tunNet(t)
+	h := tb.ns.Netlink(t)
+	_, dst, _ := net.ParseCIDR("2001:db8:ff::/64")
+	if err := h.RouteAdd(&netlink.Route{Dst: dst, Gw: gw6.AsSlice()}); err != nil {
+		t.Fatalf("route to client6: %v", err)
+	}
+	for i, s := range []struct {
+		key     ServiceKey
+		backend netip.AddrPort
+		src     netip.Addr
+		ifindex int
+	}{
+		{natWeb4, natBe1, tunSrc4, tb.halb0},
+		{natDNS4, natBe2, tunSrc4b, tb.halb1},
+		{natWeb6, natBe3, tunSrc6b, tb.halb1},
+		{natDNS6, natBe4, tunSrc6, tb.halb0},
+		{natNoNb, natBe5, tunSrc4, tb.halb0},
+	} {
+		id := uint32(i + 1)
+		tb.natBackend(t, id, s.backend, s.src, s.ifindex)
+		tb.service(t, s.key, Service{ID: id, Forward: ForwardNAT})
+		tb.table(t, id, id)
+		r := natReply{Backend: s.backend, Proto: s.key.Proto, VIP: ap(s.key.VIP, s.key.Port), Service: id, BackendID: id}
+		if err := tb.lb.putNATReply(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// natBackend adds NAT backend id at addr, from the balancer's src, whose
+// next hop is behind ifindex: the program finds the MACs itself.
+func (tb *testbed) natBackend(t *testing.T, id uint32, addr netip.AddrPort, src netip.Addr, ifindex int) {
+	t.Helper()
+	tb.tunBackend(t, id, addr.Addr(), src, ifindex)
+	b := tb.backends[id]
+	b.Port = addr.Port()
+	if err := tb.lb.putBackend(id, b); err != nil {
+		t.Fatal(err)
+	}
+	tb.backends[id] = b
+}
+
+// icmpError is an ICMP error of kind from src to dst about sent, whose
+// first quote bytes of its IP packet it quotes (0: all), in a frame from
+// srcMAC to dstMAC: "fragmentation needed" with an MTU of 1400 or "port
+// unreachable" for IPv4 (RFC 792, RFC 1191 §4), "packet too big" or
+// "port unreachable" for IPv6 (RFC 4443 §3.2, §3.1).
+func icmpError(t testing.TB, tooBig bool, src, dst netip.Addr, sent packet, quote int, srcMAC, dstMAC net.HardwareAddr) []byte {
+	t.Helper()
+	quoted := sent.frame(t, srcMAC, dstMAC)[14:]
+	if quote > 0 {
+		quoted = quoted[:quote]
+	}
+	eth := &layers.Ethernet{SrcMAC: srcMAC, DstMAC: dstMAC}
+	if dst.Is4() {
+		eth.EthernetType = layers.EthernetTypeIPv4
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+		code := layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodePort)
+		var mtu uint16
+		if tooBig {
+			code, mtu = layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeFragmentationNeeded), 1400
+		}
+		return serialize(t, eth, ip, &layers.ICMPv4{TypeCode: code, Seq: mtu}, gopacket.Payload(quoted))
+	}
+	eth.EthernetType = layers.EthernetTypeIPv6
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypeDestinationUnreachable, layers.ICMPv6CodePortUnreachable)}
+	word := []byte{0, 0, 0, 0}
+	if tooBig {
+		icmp.TypeCode, word = layers.CreateICMPv6TypeCode(layers.ICMPv6TypePacketTooBig, 0), []byte{0, 0, 0x05, 0x78}
+	}
+	if err := icmp.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	return serialize(t, eth, ip, icmp, gopacket.Payload(append(word, quoted...)))
+}
+
+// zeroUDPChecksum is frame, an untagged IPv4 UDP frame, sent without a
+// UDP checksum (RFC 768 allows it).
+func zeroUDPChecksum(frame []byte) []byte {
+	out := bytes.Clone(frame)
+	ihl := int(out[14]&0x0f) * 4
+	binary.BigEndian.PutUint16(out[14+ihl+6:], 0)
+	return out
+}
+
+// TestNAT is the specification of forward: nat in halb_xdp_lb and
+// halb_tc_lb: each frame in and the frame that comes out, whole, with
+// every checksum verified: clients' packets to their backends' addresses
+// and ports, the backends' replies back to the VIPs' and the services'
+// ports, ICMP errors both ways with the packets they quote, and the
+// packets that must stay as they are.
+func TestNAT(t *testing.T) { forPrograms(t, testNAT) }
+
+func testNAT(t *testing.T, prog string) {
+	tb := newTestbed(t, Options{}).on(prog)
+	tb.natNet(t)
+	be1MAC := onLink4MAC
+	be4MAC := onLink6MAC
+	udp := layers.IPProtocolUDP
+	tagged := packet{src: ap(client4, 40003), dst: ap(vip4, 80), vlans: []uint16{100}}
+	bigReply := packet{src: natBe1, dst: ap(client4, 40004), ack: true, data: bytes.Repeat([]byte{'x'}, 600)}
+	dns := packet{src: ap(client4, 40002), dst: ap(vip4, 53), proto: udp}
+
+	type outcome struct {
+		action xdpAction
+		out    []byte // the frame that leaves; nil: the frame as it came
+		drop   DropReason
+		events []Event
+	}
+	cases := []struct {
+		name    string
+		in      []byte
+		xdp, tc outcome // tc: when it differs
+		tcSame  bool
+		reply   uint32 // the backend whose reply this is
+		backend uint32 // the backend this goes to
+	}{
+		// Client to backend: the destination becomes the backend's
+		// address and port, the MACs the next hop's.
+		{name: "ipv4 tcp to a backend on the ingress link, port rewritten",
+			in:  packet{src: ap(client4, 40000), dst: ap(vip4, 80)}.frame(t, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpTX, out: packet{src: ap(client4, 40000), dst: natBe1}.frame(t, halb0MAC, be1MAC)}, tcSame: true, backend: 1},
+		{name: "ipv4 udp to a routed backend behind another interface",
+			in:  dns.frame(t, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpRedirect, out: packet{src: ap(client4, 40002), dst: natBe2, proto: udp}.frame(t, halb1MAC, gw4MAC)}, tcSame: true, backend: 2},
+		{name: "ipv4 udp without a checksum keeps none",
+			in:  zeroUDPChecksum(dns.frame(t, routerMAC, halb0MAC)),
+			xdp: outcome{action: xdpRedirect, out: zeroUDPChecksum(packet{src: ap(client4, 40002), dst: natBe2, proto: udp}.frame(t, halb1MAC, gw4MAC))}, tcSame: true, backend: 2},
+		{name: "ipv6 tcp to a routed backend",
+			in:  packet{src: ap(client6, 40000), dst: ap(vip6, 80)}.frame(t, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpRedirect, out: packet{src: ap(client6, 40000), dst: natBe3}.frame(t, halb1MAC, gw6MAC)}, tcSame: true, backend: 3},
+		{name: "ipv6 udp to a backend on the ingress link",
+			in:  packet{src: ap(client6, 40001), dst: ap(vip6, 53), proto: udp}.frame(t, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpTX, out: packet{src: ap(client6, 40001), dst: natBe4, proto: udp}.frame(t, halb0MAC, be4MAC)}, tcSame: true, backend: 4},
+		// The FIB's next hop is untagged. tc sees a tag in the frame
+		// only when the kernel did not take it into the skb's metadata.
+		{name: "802.1Q tagged ipv4 goes out untagged",
+			in:  tagged.frame(t, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpTX, out: packet{src: ap(client4, 40003), dst: natBe1}.frame(t, halb0MAC, be1MAC)}, backend: 1,
+			tc: outcome{action: xdpDrop, drop: DropEncap}},
+		{name: "a backend without a neighbour entry",
+			in:  packet{src: ap(client4, 40000), dst: ap(vip4, 81)}.frame(t, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpDrop, drop: DropNoNeigh}, backend: 5,
+			tc: outcome{action: xdpRedirect, out: packet{src: ap(client4, 40000), dst: natBe5}.frame(t, routerMAC, halb0MAC), events: []Event{EventNeighResolve}}},
+
+		// Backend to client: the source becomes the VIP's and the
+		// service's port, whichever interface the reply goes out of.
+		{name: "ipv4 tcp reply back from the VIP", reply: 1,
+			in:  packet{src: natBe1, dst: ap(client4, 40000), ack: true}.frame(t, be1MAC, halb0MAC),
+			xdp: outcome{action: xdpRedirect, out: packet{src: ap(vip4, 80), dst: ap(client4, 40000), ack: true}.frame(t, halb1MAC, gw4MAC)}, tcSame: true},
+		{name: "ipv4 udp reply", reply: 2,
+			in:  packet{src: natBe2, dst: ap(client4, 40002), proto: udp}.frame(t, gw4MAC, halb0MAC),
+			xdp: outcome{action: xdpRedirect, out: packet{src: ap(vip4, 53), dst: ap(client4, 40002), proto: udp}.frame(t, halb1MAC, gw4MAC)}, tcSame: true},
+		{name: "ipv4 udp reply without a checksum keeps none", reply: 2,
+			in:  zeroUDPChecksum(packet{src: natBe2, dst: ap(client4, 40002), proto: udp}.frame(t, gw4MAC, halb0MAC)),
+			xdp: outcome{action: xdpRedirect, out: zeroUDPChecksum(packet{src: ap(vip4, 53), dst: ap(client4, 40002), proto: udp}.frame(t, halb1MAC, gw4MAC))}, tcSame: true},
+		{name: "ipv6 tcp reply", reply: 3,
+			in:  packet{src: natBe3, dst: ap(client6, 40000), ack: true}.frame(t, gw6MAC, halb0MAC),
+			xdp: outcome{action: xdpRedirect, out: packet{src: ap(vip6, 80), dst: ap(client6, 40000), ack: true}.frame(t, halb1MAC, gw6MAC)}, tcSame: true},
+		{name: "ipv6 udp reply", reply: 4,
+			in:  packet{src: natBe4, dst: ap(client6, 40001), proto: udp}.frame(t, be4MAC, halb0MAC),
+			xdp: outcome{action: xdpRedirect, out: packet{src: ap(vip6, 53), dst: ap(client6, 40001), proto: udp}.frame(t, halb1MAC, gw6MAC)}, tcSame: true},
+		{name: "a reply too big for the route to its client",
+			in:  bigReply.frame(t, be1MAC, halb0MAC),
+			xdp: outcome{action: xdpDrop, drop: DropReplyTooBig}, tcSame: true},
+
+		// ICMP errors about NAT flows, with the packets they quote.
+		{name: "fragmentation needed about a reply goes to the backend", backend: 1,
+			in: icmpError(t, true, router4, vip4, packet{src: ap(vip4, 80), dst: ap(client4, 40000), ack: true}, 0, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpTX, out: icmpError(t, true, router4, onLink4, packet{src: natBe1, dst: ap(client4, 40000), ack: true}, 0, halb0MAC, be1MAC),
+				events: []Event{EventICMPTooBig, EventNATICMP}}, tcSame: true},
+		{name: "an error quoting 8 bytes of tcp rewrites the ports only", backend: 1,
+			in: icmpError(t, true, router4, vip4, packet{src: ap(vip4, 80), dst: ap(client4, 40000), ack: true}, 28, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpTX, out: icmpError(t, true, router4, onLink4, packet{src: natBe1, dst: ap(client4, 40000), ack: true}, 28, halb0MAC, be1MAC),
+				events: []Event{EventICMPTooBig, EventNATICMP}}, tcSame: true},
+		{name: "ipv6 packet too big about a reply goes to the backend", backend: 3,
+			in: icmpError(t, true, router6, vip6, packet{src: ap(vip6, 80), dst: ap(client6, 40000), ack: true}, 0, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpRedirect, out: icmpError(t, true, router6, routed6, packet{src: natBe3, dst: ap(client6, 40000), ack: true}, 0, halb1MAC, gw6MAC),
+				events: []Event{EventICMPTooBig, EventNATICMP}}, tcSame: true},
+		{name: "a client's port unreachable about a udp reply goes to the backend", backend: 2,
+			in: icmpError(t, false, client4, vip4, packet{src: ap(vip4, 53), dst: ap(client4, 40002), proto: udp}, 0, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpRedirect, out: icmpError(t, false, client4, routed4, packet{src: natBe2, dst: ap(client4, 40002), proto: udp}, 0, halb1MAC, gw4MAC),
+				events: []Event{EventNATICMP}}, tcSame: true},
+		{name: "a backend's port unreachable goes back from the VIP", reply: 2,
+			in: icmpError(t, false, routed4, client4, packet{src: ap(client4, 40002), dst: natBe2, proto: udp}, 0, gw4MAC, halb0MAC),
+			xdp: outcome{action: xdpRedirect, out: icmpError(t, false, vip4, client4, packet{src: ap(client4, 40002), dst: ap(vip4, 53), proto: udp}, 0, halb1MAC, gw4MAC),
+				events: []Event{EventNATICMP}}, tcSame: true},
+		{name: "ipv6 port unreachable from a backend", reply: 4,
+			in: icmpError(t, false, onLink6, client6, packet{src: ap(client6, 40001), dst: natBe4, proto: udp}, 0, be4MAC, halb0MAC),
+			xdp: outcome{action: xdpRedirect, out: icmpError(t, false, vip6, client6, packet{src: ap(client6, 40001), dst: ap(vip6, 53), proto: udp}, 0, halb1MAC, gw6MAC),
+				events: []Event{EventNATICMP}}, tcSame: true},
+		// A router between the backend and the balancer keeps its own
+		// address; only the packet it quotes is translated.
+		{name: "a router's packet too big about a client's packet to a backend", reply: 3,
+			in: icmpError(t, true, router6, client6, packet{src: ap(client6, 40000), dst: natBe3, ack: true}, 0, gw6MAC, halb0MAC),
+			xdp: outcome{action: xdpRedirect, out: icmpError(t, true, router6, client6, packet{src: ap(client6, 40000), dst: ap(vip6, 80), ack: true}, 0, halb1MAC, gw6MAC),
+				events: []Event{EventNATICMP}}, tcSame: true},
+
+		// What stays as it is.
+		{name: "a backend's answer to the balancer's own health check",
+			in:  packet{src: natBe1, dst: ap(tunSrc4, 45000), ack: true}.frame(t, be1MAC, halb0MAC),
+			xdp: outcome{action: xdpPass}, tcSame: true},
+		{name: "ipv6 health check answer",
+			in:  packet{src: natBe4, dst: ap(tunSrc6, 45000), proto: udp}.frame(t, be4MAC, halb0MAC),
+			xdp: outcome{action: xdpPass}, tcSame: true},
+		{name: "a backend's packet from a port no service uses",
+			in:  packet{src: ap(onLink4, 22), dst: ap(client4, 40000), ack: true}.frame(t, be1MAC, halb0MAC),
+			xdp: outcome{action: xdpPass}, tcSame: true},
+		{name: "udp from a backend's port of a tcp service",
+			in:  packet{src: ap(onLink4, 8080), dst: ap(client4, 40000), proto: udp}.frame(t, be1MAC, halb0MAC),
+			xdp: outcome{action: xdpPass}, tcSame: true},
+		{name: "a client's packet to an address that is no VIP",
+			in:  packet{src: ap(client4, 40000), dst: ap(other4, 80)}.frame(t, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpPass}, tcSame: true},
+		{name: "a backend as a client of its own service (hairpin)",
+			in:  packet{src: ap(onLink4, 41000), dst: ap(vip4, 80)}.frame(t, be1MAC, halb0MAC),
+			xdp: outcome{action: xdpPass, events: []Event{EventNATHairpin}}, tcSame: true},
+		{name: "a reply in a frame for another host",
+			in:  packet{src: natBe1, dst: ap(client4, 40000), ack: true}.frame(t, be1MAC, otherVMAC),
+			xdp: outcome{action: xdpPass, events: []Event{EventOtherHost}}, tcSame: true},
+	}
+
+	wantDrops := map[DropReason]uint64{}
+	wantEvents := map[Event]uint64{}
+	wantBackends := map[uint32]Stats{}
+	wantReplies := map[uint32]Stats{}
+	for _, c := range cases {
+		o := c.xdp
+		if tb.tc && !c.tcSame {
+			o = c.tc
+		}
+		t.Run(c.name, func(t *testing.T) {
+			action, out := tb.run(t, c.in)
+			if action != tb.expect(o.action) {
+				t.Errorf("action %v, want %v", action, tb.expect(o.action))
+			}
+			want := o.out
+			if want == nil {
+				want = c.in
+			}
+			if !bytes.Equal(out, want) {
+				t.Errorf("output frame differs\ngot  %x\nwant %x", out, want)
+			}
+			if o.out != nil {
+				verifyChecksums(t, out)
+				verifyQuote(t, out)
+			}
+		})
+		if o.action == xdpDrop {
+			wantDrops[o.drop]++
+		}
+		for _, e := range o.events {
+			wantEvents[e]++
+		}
+		if o.action == xdpDrop || o.action == xdpPass {
+			continue
+		}
+		if c.reply != 0 {
+			s := wantReplies[c.reply]
+			s.Packets, s.Bytes = s.Packets+1, s.Bytes+uint64(len(c.in))
+			wantReplies[c.reply] = s
+			continue
+		}
+		s := wantBackends[c.backend]
+		s.Packets, s.Bytes = s.Packets+1, s.Bytes+uint64(len(c.in))
+		wantBackends[c.backend] = s
+	}
+	t.Run("counters", func(t *testing.T) {
+		tb.wantDrops(t, wantDrops)
+		tb.wantEvents(t, wantEvents)
+		for id := range tb.backends {
+			got, err := tb.lb.backendStats(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got.NewFlows = 0 // counted by TestXDPScheduling
+			if got != wantBackends[id] {
+				t.Errorf("backend %d counters %+v, want %+v", id, got, wantBackends[id])
+			}
+			if got, err := tb.lb.replyStats(id); err != nil || got != wantReplies[id] {
+				t.Errorf("backend %d reply counters %+v (%v), want %+v", id, got, err, wantReplies[id])
+			}
+		}
+	})
+}
+
+// verifyQuote checks the checksums of the packet an ICMP error quotes
+// whole: its IPv4 header's, and its TCP or UDP checksum when the quote
+// holds the whole segment.
+func verifyQuote(t testing.TB, frame []byte) {
+	t.Helper()
+	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	var quote []byte
+	if l, ok := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4); ok {
+		quote = l.Payload
+	} else if l, ok := pkt.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6); ok && len(l.Payload) > 4 {
+		quote = l.Payload[4:]
+	}
+	if len(quote) == 0 {
+		return
+	}
+	eth := append(bytes.Clone(frame[:12]), 0x08, 0x00)
+	if quote[0]>>4 == 6 {
+		eth[12], eth[13] = 0x86, 0xdd
+	}
+	inner := gopacket.NewPacket(append(eth, quote...), layers.LayerTypeEthernet, gopacket.Default)
+	if inner.TransportLayer() == nil {
+		return // cut short: no checksum to verify
+	}
+	if ip4, ok := inner.NetworkLayer().(*layers.IPv4); ok && int(ip4.Length) > len(quote) {
+		return // the segment is cut short
+	}
+	verifyChecksums(t, append(eth, quote...))
+}
+
+// TestNATReplies checks the book the LB keeps of halb_nat_replies: an
+// address's own entry (the hairpin check) and its byte in halb_nat_last
+// live while any entry of the address does, and go with the last one.
+func TestNATReplies(t *testing.T) {
+	tb := newTestbed(t, Options{})
+	lb := tb.lb
+	web := natReply{Backend: ap(onLink4, 8080), Proto: TCP, VIP: ap(vip4, 80), Service: 1, BackendID: 1}
+	dns := natReply{Backend: ap(onLink4, 5353), Proto: UDP, VIP: ap(vip4, 53), Service: 2, BackendID: 2}
+	addrKey := func(a netip.Addr) halbBackendKey {
+		_, ak, err := natKeys(ap(a, 0), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ak
+	}
+	state := func() (entries int, addrHeld bool, lastByte uint8) {
+		t.Helper()
+		var (
+			k halbBackendKey
+			v halbNatReply
+		)
+		it := lb.objs.HalbNatReplies.Iterate()
+		for it.Next(&k, &v) {
+			if k.Port != 0 {
+				entries++
+			} else if k == addrKey(onLink4) {
+				addrHeld = true
+			}
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		var last [256]uint8
+		if err := lb.objs.HalbNatLast.Get(&last); err != nil {
+			t.Fatal(err)
+		}
+		return entries, addrHeld, last[onLink4.As4()[3]]
+	}
+	check := func(wantEntries int, wantHeld bool) {
+		t.Helper()
+		n, held, last := state()
+		if n != wantEntries || held != wantHeld || (last != 0) != wantHeld {
+			t.Errorf("%d entries, address held %v, filter byte %d; want %d, %v", n, held, last, wantEntries, wantHeld)
+		}
+		if got := len(lb.natReplyKeys()); got != wantEntries {
+			t.Errorf("book holds %d entries, want %d", got, wantEntries)
+		}
+	}
+	for _, r := range []natReply{web, dns, web} { // the second web writes nothing new
+		if err := lb.putNATReply(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(2, true)
+	if err := lb.deleteNATReply(web.Backend, web.Proto); err != nil {
+		t.Fatal(err)
+	}
+	check(1, true)
+	if err := lb.deleteNATReply(dns.Backend, dns.Proto); err != nil {
+		t.Fatal(err)
+	}
+	check(0, false)
+	if err := lb.deleteNATReply(dns.Backend, dns.Proto); err != nil {
+		t.Errorf("deleting an entry that is gone: %v", err)
+	}
+	if err := lb.putNATReply(natReply{Backend: ap(onLink4, 1), Proto: TCP, VIP: ap(vip6, 80)}); err == nil {
+		t.Error("an IPv4 backend with an IPv6 VIP was written")
+	}
+}
