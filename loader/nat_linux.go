@@ -7,6 +7,8 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/halb-lb/halb/service"
 )
 
 // forward: nat's own maps. The program rewrites a client's packet to its
@@ -23,7 +25,7 @@ import (
 // from Backend over Proto go back from VIP.
 type natReply struct {
 	Backend   netip.AddrPort
-	Proto     Proto
+	Proto     service.Protocol
 	VIP       netip.AddrPort
 	Service   uint32 // the service's id
 	BackendID uint32 // the backend's id: the index of its reply counters
@@ -43,7 +45,7 @@ type natBook struct {
 }
 
 // natKeys are the map keys of r: its own, and its address's.
-func natKeys(backend netip.AddrPort, proto Proto) (halbBackendKey, halbBackendKey, error) {
+func natKeys(backend netip.AddrPort, proto service.Protocol) (halbBackendKey, halbBackendKey, error) {
 	addr, family, err := addrOf(backend.Addr())
 	if err != nil {
 		return halbBackendKey{}, halbBackendKey{}, fmt.Errorf("nat backend %s: %w", backend, err)
@@ -95,7 +97,7 @@ func (lb *kernelLB) putNATReply(r natReply) error {
 
 // deleteNATReply removes the entry of backend over proto, and its
 // address's when it was the last of it; halb_nat_last after them.
-func (lb *kernelLB) deleteNATReply(backend netip.AddrPort, proto Proto) error {
+func (lb *kernelLB) deleteNATReply(backend netip.AddrPort, proto service.Protocol) error {
 	k, ak, err := natKeys(backend, proto)
 	if err != nil {
 		return err
@@ -129,7 +131,7 @@ func (lb *kernelLB) natReplyKeys() map[natReplyKey]bool {
 	out := make(map[natReplyKey]bool, len(b.entries))
 	for k := range b.entries {
 		addr := netip.AddrFrom16(k.Addr.Bytes).Unmap()
-		out[natReplyKey{netip.AddrPortFrom(addr, k.Port), Proto(k.Proto)}] = true
+		out[natReplyKey{netip.AddrPortFrom(addr, k.Port), service.Protocol(k.Proto)}] = true
 	}
 	return out
 }
@@ -137,7 +139,7 @@ func (lb *kernelLB) natReplyKeys() map[natReplyKey]bool {
 // natReplyKey names an entry of halb_nat_replies.
 type natReplyKey struct {
 	Backend netip.AddrPort
-	Proto   Proto
+	Proto   service.Protocol
 }
 
 // writeNATLast makes halb_nat_last name the last bytes of the addresses

@@ -10,6 +10,8 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
+
+	"github.com/halb-lb/halb/service"
 )
 
 // The testbed for forward: nat is tunNet's network (tun_linux_test.go),
@@ -17,11 +19,11 @@ import (
 // already, on a route with an MTU of 500. Backends listen on ports other
 // than their services'.
 var (
-	natWeb4 = ServiceKey{vip4, 80, TCP}
-	natDNS4 = ServiceKey{vip4, 53, UDP}
-	natWeb6 = ServiceKey{vip6, 80, TCP}
-	natDNS6 = ServiceKey{vip6, 53, UDP}
-	natNoNb = ServiceKey{vip4, 81, TCP}
+	natWeb4 = service.Key{VIP: vip4, Port: 80, Proto: service.TCP}
+	natDNS4 = service.Key{VIP: vip4, Port: 53, Proto: service.UDP}
+	natWeb6 = service.Key{VIP: vip6, Port: 80, Proto: service.TCP}
+	natDNS6 = service.Key{VIP: vip6, Port: 53, Proto: service.UDP}
+	natNoNb = service.Key{VIP: vip4, Port: 81, Proto: service.TCP}
 
 	natBe1 = ap(onLink4, 8080)  // web4, on halb0's link
 	natBe2 = ap(routed4, 5353)  // dns4, behind halb1's gateway
@@ -41,7 +43,7 @@ func (tb *testbed) natNet(t *testing.T) {
 		t.Fatalf("route to client6: %v", err)
 	}
 	for i, s := range []struct {
-		key     ServiceKey
+		key     service.Key
 		backend netip.AddrPort
 		src     netip.Addr
 		ifindex int
@@ -356,8 +358,8 @@ func verifyQuote(t testing.TB, frame []byte) {
 func TestNATReplies(t *testing.T) {
 	tb := newTestbed(t, Options{})
 	lb := tb.lb
-	web := natReply{Backend: ap(onLink4, 8080), Proto: TCP, VIP: ap(vip4, 80), Service: 1, BackendID: 1}
-	dns := natReply{Backend: ap(onLink4, 5353), Proto: UDP, VIP: ap(vip4, 53), Service: 2, BackendID: 2}
+	web := natReply{Backend: ap(onLink4, 8080), Proto: service.TCP, VIP: ap(vip4, 80), Service: 1, BackendID: 1}
+	dns := natReply{Backend: ap(onLink4, 5353), Proto: service.UDP, VIP: ap(vip4, 53), Service: 2, BackendID: 2}
 	addrKey := func(a netip.Addr) halbBackendKey {
 		_, ak, err := natKeys(ap(a, 0), 0)
 		if err != nil {
@@ -415,7 +417,7 @@ func TestNATReplies(t *testing.T) {
 	if err := lb.deleteNATReply(dns.Backend, dns.Proto); err != nil {
 		t.Errorf("deleting an entry that is gone: %v", err)
 	}
-	if err := lb.putNATReply(natReply{Backend: ap(onLink4, 1), Proto: TCP, VIP: ap(vip6, 80)}); err == nil {
+	if err := lb.putNATReply(natReply{Backend: ap(onLink4, 1), Proto: service.TCP, VIP: ap(vip6, 80)}); err == nil {
 		t.Error("an IPv4 backend with an IPv6 VIP was written")
 	}
 }
