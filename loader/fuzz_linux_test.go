@@ -922,39 +922,9 @@ func (fb *fuzzBench) action(b fuzzBackend) xdpAction {
 	return xdpRedirect
 }
 
-// run is testbed.run that returns the run's error rather than failing:
-// for tc some frames are refused before the program runs.
-func (fb *fuzzBench) run(in []byte) (xdpAction, []byte, error) {
-	tb := fb.tb
-	prog := tb.lb.xdpProgram()
-	opts := &ebpf.RunOptions{
-		Data:    in,
-		DataOut: make([]byte, len(in)+256),
-		Context: xdpMD{DataEnd: uint32(len(in)), IngressIfindex: uint32(tb.halb0)},
-	}
-	if tb.tc {
-		prog = tb.lb.tcProgram()
-		opts.Context = skbCtx{IngressIfindex: uint32(tb.halb0), Ifindex: uint32(tb.halb0)}
-	}
-	var ret uint32
-	err := tb.ns.Do(func() error {
-		var err error
-		ret, err = prog.Run(opts)
-		return err
-	})
-	if err != nil || !tb.tc {
-		return xdpAction(ret), opts.DataOut, err
-	}
-	switch ret {
-	case tcActUnspec:
-		return xdpPass, opts.DataOut, nil
-	case tcActShot:
-		return xdpDrop, opts.DataOut, nil
-	case tcActRedirect:
-		return xdpRedirect, opts.DataOut, nil
-	}
-	return xdpAction(1000 + ret), opts.DataOut, nil
-}
+// run is testbed.runErr: for tc some frames are refused before the
+// program runs.
+func (fb *fuzzBench) run(in []byte) (xdpAction, []byte, error) { return fb.tb.runErr(in) }
 
 // skbRefused tells the frames of at least an Ethernet header that
 // BPF_PROG_TEST_RUN makes no skb of.

@@ -519,12 +519,19 @@ type Backend struct {
 func (lb *kernelLB) forgetNexthops() error {
 	lb.genMu.Lock()
 	defer lb.genMu.Unlock()
+	return bumpGen(lb.objs.HalbNexthopGen, halbVarHalbNexthopGen)
+}
+
+// bumpGen moves a generation the program's per-CPU caches are checked
+// against (halb_nexthop_gen, halb_local_macs_gen), so that every CPU
+// forgets what it cached. The caller serialises the bumps of v.
+func bumpGen(v *ebpf.Variable, name string) error {
 	var gen uint32
-	if err := lb.objs.HalbNexthopGen.Get(&gen); err != nil {
-		return fmt.Errorf("read %s: %w", halbVarHalbNexthopGen, err)
+	if err := v.Get(&gen); err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
 	}
-	if err := lb.objs.HalbNexthopGen.Set(gen + 1); err != nil {
-		return fmt.Errorf("bump %s: %w", halbVarHalbNexthopGen, err)
+	if err := v.Set(gen + 1); err != nil {
+		return fmt.Errorf("bump %s: %w", name, err)
 	}
 	return nil
 }
@@ -941,17 +948,26 @@ func (r DropReason) String() string {
 // drops reads how many packets were dropped for each reason, summed over
 // CPUs.
 func (lb *kernelLB) drops() (map[DropReason]uint64, error) {
-	drops := make(map[DropReason]uint64, halbDropReasonDROP_REASONS)
-	for r := range DropReason(halbDropReasonDROP_REASONS) {
+	return sumCounters(lb.objs.HalbDrops, halbMapHalbDrops, DropReason(halbDropReasonDROP_REASONS))
+}
+
+// sumCounters reads the per-CPU counters 0 to n-1 of m (halb_drops,
+// halb_events), each summed over CPUs.
+func sumCounters[K interface {
+	~uint32
+	fmt.Stringer
+}](m *ebpf.Map, name string, n K) (map[K]uint64, error) {
+	sums := make(map[K]uint64, n)
+	for k := range n {
 		var perCPU []uint64
-		if err := lb.objs.HalbDrops.Lookup(uint32(r), &perCPU); err != nil {
-			return nil, fmt.Errorf("read %s from %s: %w", r, halbMapHalbDrops, err)
+		if err := m.Lookup(uint32(k), &perCPU); err != nil {
+			return nil, fmt.Errorf("read %s from %s: %w", k, name, err)
 		}
-		for _, n := range perCPU {
-			drops[r] += n
+		for _, c := range perCPU {
+			sums[k] += c
 		}
 	}
-	return drops, nil
+	return sums, nil
 }
 
 // Event is something halb_xdp_lb or halb_tc_lb counts besides forwarding

@@ -53,15 +53,5 @@ func (lb *kernelLB) setMaglevTable(service uint32, table []uint32) error {
 
 // events reads how many times each event happened, summed over CPUs.
 func (lb *kernelLB) events() (map[Event]uint64, error) {
-	events := make(map[Event]uint64, halbEventEVENTS)
-	for e := range Event(halbEventEVENTS) {
-		var perCPU []uint64
-		if err := lb.objs.HalbEvents.Lookup(uint32(e), &perCPU); err != nil {
-			return nil, fmt.Errorf("read %s from %s: %w", e, halbMapHalbEvents, err)
-		}
-		for _, n := range perCPU {
-			events[e] += n
-		}
-	}
-	return events, nil
+	return sumCounters(lb.objs.HalbEvents, halbMapHalbEvents, Event(halbEventEVENTS))
 }

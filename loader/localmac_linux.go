@@ -96,14 +96,7 @@ func (lb *kernelLB) setLocalMACs(ifindex int, macs []LocalMAC) error {
 	// Each CPU caches the last MAC it found (halb_mac_cache) until
 	// the generation moves: a MAC that left must not stay there. One that
 	// came needs no bump: the cache only ever says yes.
-	var gen uint32
-	if err := lb.objs.HalbLocalMacsGen.Get(&gen); err != nil {
-		return fmt.Errorf("read %s: %w", halbVarHalbLocalMacsGen, err)
-	}
-	if err := lb.objs.HalbLocalMacsGen.Set(gen + 1); err != nil {
-		return fmt.Errorf("bump %s: %w", halbVarHalbLocalMacsGen, err)
-	}
-	return nil
+	return bumpGen(lb.objs.HalbLocalMacsGen, halbVarHalbLocalMacsGen)
 }
 
 // localMACList reads the MACs halb_local_macs holds for ifindex, in no

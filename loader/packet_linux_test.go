@@ -183,6 +183,17 @@ const (
 // XDP_PASS, TC_ACT_SHOT as XDP_DROP, TC_ACT_REDIRECT as XDP_REDIRECT.
 func (tb *testbed) run(t *testing.T, frame []byte) (xdpAction, []byte) {
 	t.Helper()
+	action, out, err := tb.runErr(frame)
+	if err != nil {
+		t.Fatalf("run the program: %v", err)
+	}
+	return action, out
+}
+
+// runErr is run that returns the run's error rather than failing: for tc
+// some frames are refused before the program runs (the fuzzer feeds
+// those too).
+func (tb *testbed) runErr(frame []byte) (xdpAction, []byte, error) {
 	prog := tb.lb.xdpProgram()
 	opts := &ebpf.RunOptions{
 		Data:    frame,
@@ -199,21 +210,18 @@ func (tb *testbed) run(t *testing.T, frame []byte) (xdpAction, []byte) {
 		ret, err = prog.Run(opts)
 		return err
 	})
-	if err != nil {
-		t.Fatalf("run %s: %v", prog, err)
-	}
-	if !tb.tc {
-		return xdpAction(ret), opts.DataOut
+	if err != nil || !tb.tc {
+		return xdpAction(ret), opts.DataOut, err
 	}
 	switch ret {
 	case tcActUnspec:
-		return xdpPass, opts.DataOut
+		return xdpPass, opts.DataOut, nil
 	case tcActShot:
-		return xdpDrop, opts.DataOut
+		return xdpDrop, opts.DataOut, nil
 	case tcActRedirect:
-		return xdpRedirect, opts.DataOut
+		return xdpRedirect, opts.DataOut, nil
 	}
-	return xdpAction(1000 + ret), opts.DataOut
+	return xdpAction(1000 + ret), opts.DataOut, nil
 }
 
 // expect is the action the testbed's program gives for what XDP does with
