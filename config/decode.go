@@ -464,21 +464,18 @@ func (d *decoder) text(n *yaml.Node, v reflect.Value, line int) {
 		d.problem(line, scalarText(n)+" is not "+what)
 		return
 	}
-	var parsed any
 	var err error
-	switch v.Type() {
-	case reflect.TypeFor[netip.Addr]():
-		parsed, err = parseAddr(n.Value)
-	case reflect.TypeFor[netip.Prefix]():
-		parsed, err = parsePrefix(n.Value)
-	default:
-		parsed, err = parseAddrPort(n.Value)
+	switch p := v.Addr().Interface().(type) { // a pointer: no copy of the value boxed for each of 100 000 backends
+	case *netip.Addr:
+		*p, err = parseAddr(n.Value)
+	case *netip.Prefix:
+		*p, err = parsePrefix(n.Value)
+	case *netip.AddrPort:
+		*p, err = parseAddrPort(n.Value)
 	}
 	if err != nil {
 		d.problem(line, err.Error())
-		return
 	}
-	v.Set(reflect.ValueOf(parsed))
 }
 
 func parseAddr(s string) (netip.Addr, error) {

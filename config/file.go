@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -61,11 +62,15 @@ func readFile(path string) ([]byte, fs.FileInfo, error) {
 		return nil, nil, tooBig(path, fi.Size())
 	}
 	// The size from fstat can lie (a file in /proc says 0) or change
-	// while the file is read: the limit holds for what is read.
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
+	// while the file is read: the limit holds for what is read. The
+	// buffer starts at the size fstat gives, room to see the end
+	// included, where io.ReadAll's doubling would leave as much again
+	// behind it.
+	buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+bytes.MinRead))
+	if _, err := buf.ReadFrom(io.LimitReader(f, MaxFileSize+1)); err != nil {
 		return nil, nil, fmt.Errorf("read config: %w", err)
 	}
+	data := buf.Bytes()
 	if len(data) > MaxFileSize {
 		return nil, nil, tooBig(path, -1)
 	}

@@ -78,14 +78,14 @@ func (p Problem) In(file string) string {
 
 // finish attaches lines (and environment sources) to the problems and sorts
 // them in file order.
-func (e *Error) finish(file fileTree) *Error {
+func (e *Error) finish(file *fileLines) *Error {
 	for i := range e.Problems {
 		p := &e.Problems[i]
 		if env := envFor(p.Path); env != "" {
 			p.Env = env
 			continue
 		}
-		if p.Line == 0 {
+		if p.Line == 0 && p.Path != "" {
 			p.Line = file.line(p.Path)
 		}
 	}
@@ -93,6 +93,26 @@ func (e *Error) finish(file fileTree) *Error {
 		return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Path, b.Path))
 	})
 	return e
+}
+
+// fileLines finds the lines of field paths in a file whose tree was let
+// go once it was decoded: it parses the file again the first time it is
+// asked, which a valid file without warnings never is.
+type fileLines struct {
+	data   []byte
+	tree   fileTree
+	parsed bool
+}
+
+// line is the line of path, or of its nearest ancestor in the file.
+func (f *fileLines) line(path string) int {
+	if !f.parsed {
+		f.parsed = true
+		if doc, _, p := parseTree(f.data); p == nil {
+			f.tree = treeOf(doc)
+		}
+	}
+	return f.tree.line(path)
 }
 
 // fileTree is a parsed file, kept to find the line and the text of a
@@ -320,11 +340,7 @@ func Locate(path string, problems []Problem) {
 	if err != nil {
 		return
 	}
-	var doc yaml.Node
-	if yaml.Unmarshal(data, &doc) != nil {
-		return
-	}
-	file := treeOf(&doc)
+	file := &fileLines{data: data}
 	for i := range problems {
 		if problems[i].Line == 0 {
 			problems[i].Line = file.line(problems[i].Path)

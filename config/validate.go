@@ -512,28 +512,42 @@ func (v *validator) service(path string, s *Service, d Datapath) {
 	if s.Scheduler == "mh" && len(s.Backends) >= d.MaglevTableSize && d.MaglevTableSize > 0 {
 		v.errf(path+".backends", "%d backends do not fit a Maglev table of %d: raise datapath.maglev_table_size", len(s.Backends), d.MaglevTableSize)
 	}
-	seen := map[netip.AddrPort]bool{}
+	seen := make(map[netip.AddrPort]bool, len(s.Backends))
 	for j, b := range s.Backends {
-		bpath := fmt.Sprintf("%s.backends[%d]", path, j)
-		v.unicast(bpath+".address", b.Address)
-		if b.Address.IsValid() && s.VIP.IsValid() {
-			if b.Address.Is6() != s.VIP.Is6() {
-				v.errf(bpath+".address", "%s is %s but the vip is %s", b.Address, family(b.Address.Is6()), family(s.VIP.Is6()))
-			}
+		// Each backend is checked without its path first: a large site's
+		// 100 000 backends would otherwise make half a million path
+		// strings to name no problem. One with a problem is checked again
+		// to name its fields.
+		n := len(v.problems)
+		v.backend("", b, s, portOK)
+		if len(v.problems) > n {
+			v.problems = v.problems[:n]
+			v.backend(fmt.Sprintf("%s.backends[%d]", path, j), b, s, portOK)
 		}
-		if v.intRange(bpath+".port", b.Port, 1, 65535) && portOK && b.Port != s.Port && (s.Forward == "dr" || s.Forward == "tun") {
-			// DR and tunnelling hand the packet over unchanged: the backend
-			// sees the VIP's port.
-			v.errf(bpath+".port", "%d differs from the service port %d, but forward: %s cannot rewrite ports; use port %d or forward: nat", b.Port, s.Port, s.Forward, s.Port)
-		}
-		v.intRange(bpath+".weight", b.Weight, 0, 65535)
 		ap := netip.AddrPortFrom(b.Address, uint16(b.Port))
 		if seen[ap] {
-			v.errf(bpath, "%s is listed twice", ap)
+			v.errf(fmt.Sprintf("%s.backends[%d]", path, j), "%s is listed twice", ap)
 		}
 		seen[ap] = true
 	}
 	v.healthCheck(path+".health_check", s)
+}
+
+// backend checks backend b of service s; portOK says the service's port
+// is valid.
+func (v *validator) backend(bpath string, b Backend, s *Service, portOK bool) {
+	v.unicast(bpath+".address", b.Address)
+	if b.Address.IsValid() && s.VIP.IsValid() {
+		if b.Address.Is6() != s.VIP.Is6() {
+			v.errf(bpath+".address", "%s is %s but the vip is %s", b.Address, family(b.Address.Is6()), family(s.VIP.Is6()))
+		}
+	}
+	if v.intRange(bpath+".port", b.Port, 1, 65535) && portOK && b.Port != s.Port && (s.Forward == "dr" || s.Forward == "tun") {
+		// DR and tunnelling hand the packet over unchanged: the backend
+		// sees the VIP's port.
+		v.errf(bpath+".port", "%d differs from the service port %d, but forward: %s cannot rewrite ports; use port %d or forward: nat", b.Port, s.Port, s.Forward, s.Port)
+	}
+	v.intRange(bpath+".weight", b.Weight, 0, 65535)
 }
 
 func (v *validator) healthCheck(path string, s *Service) {
@@ -613,23 +627,24 @@ func (v *validator) addressClashes(c *Config) {
 
 	// A backend at an address this node answers for is this node: what is
 	// balanced to it comes back here instead of reaching a server.
-	backend := func(path string, a, ownVIP netip.Addr) {
+	// The path is made only for a problem: a large site has 100 000
+	// backends.
+	backend := func(path func() string, a, ownVIP netip.Addr) {
 		a = a.WithZone("")
 		switch {
 		case !a.IsValid():
 		case a == ownVIP:
-			v.errf(path, "%s is the service's own vip: name the backend's own address", a)
+			v.errf(path(), "%s is the service's own vip: name the backend's own address", a)
 		case held[a] != "":
-			v.errf(path, "%s is also %s, an address this node takes over: traffic sent to it would come back to this node; name the backend's own address", a, held[a])
+			v.errf(path(), "%s is also %s, an address this node takes over: traffic sent to it would come back to this node; name the backend's own address", a, held[a])
 		}
 	}
 	for i, s := range c.Services {
-		path := fmt.Sprintf("services[%d]", i)
 		for j, b := range s.Backends {
-			backend(fmt.Sprintf("%s.backends[%d].address", path, j), b.Address, s.VIP)
+			backend(func() string { return fmt.Sprintf("services[%d].backends[%d].address", i, j) }, b.Address, s.VIP)
 		}
 		if s.SorryBackend.IsValid() {
-			backend(path+".sorry_backend", s.SorryBackend.Addr(), s.VIP)
+			backend(func() string { return fmt.Sprintf("services[%d].sorry_backend", i) }, s.SorryBackend.Addr(), s.VIP)
 		}
 	}
 }
