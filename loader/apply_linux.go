@@ -824,24 +824,19 @@ func (d *Datapath) removeService(st *svcState) error {
 // changes only what differs. Records that belong to nothing are cleared.
 func (d *Datapath) adopt() error {
 	byID := map[uint32]*svcState{}
-	var (
-		k halbServiceKey
-		v halbService
-	)
-	it := d.lb.objs.HalbServices.Iterate()
 	var bad []halbServiceKey
-	for it.Next(&k, &v) {
+	err := d.lb.eachService(func(k halbServiceKey, v halbService) {
 		key := keyOfService(k)
 		if !d.svcIDs.mark(v.Id) {
 			bad = append(bad, k)
-			continue
+			return
 		}
 		st := &svcState{key: key, id: v.Id, rec: v, backends: map[netip.AddrPort]*beState{}}
 		byID[v.Id] = st
 		d.applied[key] = st
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", halbMapHalbServices, err)
+	})
+	if err != nil {
+		return err
 	}
 	for _, k := range bad {
 		// A second service with one ID: a newer halb wrote it, or a
@@ -851,51 +846,42 @@ func (d *Datapath) adopt() error {
 		}
 	}
 
-	var (
-		id uint32
-		b  halbBackend
-	)
-	bit := d.lb.objs.HalbBackends.Iterate()
 	var orphans []uint32
-	for bit.Next(&id, &b) {
+	err = d.lb.eachBackend(func(id uint32, b halbBackend) {
 		if b == (halbBackend{}) {
-			continue
+			return
 		}
 		st := byID[b.Service]
 		ap := netip.AddrPortFrom(addrFrom(b.Addr, b.Family), b.Port)
 		if st == nil || st.backends[ap] != nil || !d.beIDs.mark(id) {
 			orphans = append(orphans, id)
-			continue
+			return
 		}
 		st.backends[ap] = &beState{id: id, rec: b}
-	}
-	if err := bit.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", halbMapHalbBackends, err)
+	})
+	if err != nil {
+		return err
 	}
 
 	// The tables of services gone go first, then the records of the
 	// backends that belong to nothing: ids leave the tables before they
 	// are freed. The tables kept may name any of their service's
 	// backends until an Apply writes or reads them back.
-	var (
-		slot, inner uint32
-		tables      []uint32
-	)
-	mit := d.lb.objs.HalbMaglev.Iterate()
-	for mit.Next(&slot, &inner) {
+	var tables []uint32
+	err = d.lb.eachTable(func(slot uint32) {
 		st := byID[slot]
 		if st == nil {
 			tables = append(tables, slot)
-			continue
+			return
 		}
 		ids := make([]uint32, 0, len(st.backends))
 		for _, be := range st.backends {
 			ids = append(ids, be.id)
 		}
 		d.maps.adoptTable(slot, ids)
-	}
-	if err := mit.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", halbMapHalbMaglev, err)
+	})
+	if err != nil {
+		return err
 	}
 	for _, slot := range tables {
 		if err := d.maps.deleteTable(slot); err != nil {

@@ -732,18 +732,14 @@ func (d *Datapath) syncTxPorts() error {
 	for _, a := range d.ifaces {
 		want[uint32(a.ifindex)] = true
 	}
-	var (
-		k, v  uint32
-		stale []uint32
-	)
-	it := d.lb.objs.HalbTxPorts.Iterate()
-	for it.Next(&k, &v) {
-		if !want[k] {
-			stale = append(stale, k)
+	var stale []uint32
+	err := d.lb.eachTxPort(func(ifindex uint32) {
+		if !want[ifindex] {
+			stale = append(stale, ifindex)
 		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", halbMapHalbTxPorts, err)
+	})
+	if err != nil {
+		return err
 	}
 	for _, i := range stale {
 		if err := d.lb.deleteTxPort(int(i)); err != nil {

@@ -284,6 +284,47 @@ func (lb *kernelLB) deleteService(key service.Key) error {
 	return lb.syncVIP(vk)
 }
 
+// each calls f with every entry of m, in the map's order, and wraps an
+// error reading it with the map's name. It is how the kernelLB's walks
+// read their maps; nothing outside lb_linux.go iterates them.
+func each[K, V any](m *ebpf.Map, name string, f func(K, V)) error {
+	var (
+		k K
+		v V
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		f(k, v)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	return nil
+}
+
+// eachService calls f with every record of halb_services, for adopt.
+func (lb *kernelLB) eachService(f func(halbServiceKey, halbService)) error {
+	return each(lb.objs.HalbServices, halbMapHalbServices, f)
+}
+
+// eachBackend calls f with every record of halb_backends, cleared ones
+// too, for adopt.
+func (lb *kernelLB) eachBackend(f func(id uint32, b halbBackend)) error {
+	return each(lb.objs.HalbBackends, halbMapHalbBackends, f)
+}
+
+// eachTable calls f with the id of every service halb_maglev holds a
+// table for, for adopt.
+func (lb *kernelLB) eachTable(f func(service uint32)) error {
+	return each(lb.objs.HalbMaglev, halbMapHalbMaglev, func(service, _ uint32) { f(service) })
+}
+
+// eachTxPort calls f with every interface halb_tx_ports lets the program
+// redirect to.
+func (lb *kernelLB) eachTxPort(f func(ifindex uint32)) error {
+	return each(lb.objs.HalbTxPorts, halbMapHalbTxPorts, func(ifindex, _ uint32) { f(ifindex) })
+}
+
 // clearSlot clears service id's entry in halb_service_ids when it leads to
 // key. lb.mu is held.
 func (lb *kernelLB) clearSlot(id uint32, k halbServiceKey) error {
@@ -304,19 +345,14 @@ func (lb *kernelLB) clearSlot(id uint32, k halbServiceKey) error {
 // says, as after a restart that adopted halb_services but not it. lb.mu
 // is held.
 func (lb *kernelLB) syncServiceIDs() error {
-	var (
-		k halbServiceKey
-		v halbService
-	)
 	want := map[uint32]halbServiceSlot{}
-	it := lb.objs.HalbServices.Iterate()
-	for it.Next(&k, &v) {
+	err := lb.eachService(func(k halbServiceKey, v halbService) {
 		if v.Id < lb.maxServices() {
 			want[v.Id] = halbServiceSlot{Key: k, Svc: v}
 		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", halbMapHalbServices, err)
+	})
+	if err != nil {
+		return err
 	}
 	for id := range lb.maxServices() {
 		var have halbServiceSlot
@@ -402,25 +438,15 @@ func (b *vipBook) lastFilter(also *halbVipKey) [256]uint8 {
 // written from what it finds. lb.mu is held, or nobody else has lb yet.
 func (lb *kernelLB) readVIPs() error {
 	book := newVIPBook()
-	var (
-		k  halbServiceKey
-		v  halbService
-		vk halbVipKey
-		vv halbVip
-	)
-	it := lb.objs.HalbServices.Iterate()
-	for it.Next(&k, &v) {
+	err := lb.eachService(func(k halbServiceKey, _ halbService) {
 		book.services[halbVipKey{Addr: k.Vip, Family: k.Family}]++
+	})
+	if err != nil {
+		return err
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", halbMapHalbServices, err)
-	}
-	vit := lb.objs.HalbVips.Iterate()
-	for vit.Next(&vk, &vv) {
-		book.hold(vk, vv.Services)
-	}
-	if err := vit.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", halbMapHalbVips, err)
+	err = each(lb.objs.HalbVips, halbMapHalbVips, func(k halbVipKey, v halbVip) { book.hold(k, v.Services) })
+	if err != nil {
+		return err
 	}
 	lb.vips = book
 	return lb.writeVIPLast(nil)
@@ -827,21 +853,14 @@ func (lb *kernelLB) purgeConntrack(ids map[uint32]bool) (int, error) {
 	return n, nil
 }
 
+// scanConntrack is purgeConntrack's walk of halb_ct one key at a time,
+// where batches fail.
 func (lb *kernelLB) scanConntrack(ids map[uint32]bool, stale *[]halbFlow) error {
-	var (
-		k halbFlow
-		v halbCtEntry
-	)
-	it := lb.objs.HalbCt.Iterate()
-	for it.Next(&k, &v) {
+	return each(lb.objs.HalbCt, halbMapHalbCt, func(k halbFlow, v halbCtEntry) {
 		if ids[v.BackendId] {
 			*stale = append(*stale, k)
 		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", halbMapHalbCt, err)
-	}
-	return nil
+	})
 }
 
 // resetStats zeroes the counters of id in a per-CPU stats map, before the
