@@ -35,6 +35,9 @@ type svcState struct {
 	// fully, and why; those among backends keep their id and record,
 	// inactive (but a TUN backend waiting for its next hop).
 	problems map[netip.AddrPort]*problem
+	// nat: forward: nat, whose backends' replies halb_nat_replies
+	// translates back.
+	nat bool
 }
 
 // problem is why a backend is not served: the host gives no way to it
@@ -82,13 +85,15 @@ func (s *svcState) String() string {
 // neighbour table yet is asked for and joins its service's table when the
 // answer comes.
 //
-// forward: tun backends may be anywhere the kernel routes to out of one of
-// datapath.interfaces; the next hop's MAC comes from the kernel's FIB for
-// each packet, and the data path asks the kernel to resolve the next hops
-// it does not know yet.
+// forward: tun and nat backends may be anywhere the kernel routes to out
+// of one of datapath.interfaces; the next hop's MAC comes from the
+// kernel's FIB for each packet, and the data path asks the kernel to
+// resolve the next hops it does not know yet. A NAT backend's replies are
+// translated back by their source address, port and protocol
+// (halb_nat_replies, written from the services alone): one of them in two
+// NAT services is an error, and the first service in key order keeps it.
 //
-// A service the data path cannot serve (forward: nat, an IPVS-only
-// scheduler) is left out and reported in the error (errors.Is
+// A service the data path cannot serve (an IPVS-only scheduler) is left out and reported in the error (errors.Is
 // service.ErrUnsupported); the rest is applied all the same. A backend it cannot
 // reach now (DR: not on the link layer of one of datapath.interfaces;
 // TUN: not routed through one of them, or through one that does not
@@ -207,8 +212,8 @@ func (d *Datapath) reconcileSome(only map[service.Key]bool) error {
 
 func checkService(s *service.Service) error {
 	name := s.Name + " (" + s.Key.String() + ")"
-	if s.Forward != service.DR && s.Forward != service.TUN {
-		return fmt.Errorf("service %s: %w; use forward: dr or tun, or datapath.mode: ipvs", name, unsupported("forward "+s.Forward.String()))
+	if s.Forward != service.DR && s.Forward != service.TUN && s.Forward != service.NAT {
+		return fmt.Errorf("service %s: %w; use forward: dr, tun or nat, or datapath.mode: ipvs", name, unsupported("forward "+s.Forward.String()))
 	}
 	if s.Scheduler != "" && !slices.Contains(config.BPFSchedulers(), s.Scheduler) {
 		return fmt.Errorf("service %s: %w; use %s (all Maglev here), or datapath.mode: ipvs",
@@ -280,14 +285,17 @@ func (d *Datapath) applyServices(keys []service.Key, want map[service.Key]*servi
 	for _, p := range plans {
 		p.table = d.planTable(p)
 	}
-	// Before any table names the records just written.
+	// Before any table names the records just written, and before a
+	// NAT backend gets a packet, the way back for its replies.
 	errs = append(errs, d.maps.moveNexthopGen())
+	errs = append(errs, d.writeNATReplies(false))
 	d.writeTables(plans)
 	for _, p := range plans {
 		errs = append(errs, d.finishService(p))
 	}
 	// The records of the backends that left were cleared.
 	errs = append(errs, d.maps.moveNexthopGen())
+	errs = append(errs, d.writeNATReplies(true))
 	return errors.Join(errs...)
 }
 
@@ -299,6 +307,7 @@ func (d *Datapath) planService(s *service.Service, n *neighbours) (*servicePlan,
 		return nil, err
 	}
 	p := &servicePlan{s: s, st: st, isNew: isNew}
+	st.nat = s.Forward == service.NAT
 	var probs map[netip.AddrPort]*problem
 	p.want, probs, p.errs = d.wantBackends(s, st, n)
 	d.noteProblems(st, probs, p.want)
@@ -355,8 +364,8 @@ func (d *Datapath) wantBackends(s *service.Service, st *svcState, n *neighbours)
 			errs = append(errs, fmt.Errorf("service %s: backend %s is not of the VIP's address family", st, ap))
 			continue
 		}
-		if s.Forward == service.TUN {
-			w, err := d.tunnelEnd(ap.Addr(), n)
+		if s.Forward == service.TUN || s.Forward == service.NAT {
+			w, err := d.routedBackend(s.Forward, ap.Addr(), n)
 			switch {
 			case w == nil:
 				unreachable(ap, b.Weight, err.Error())
@@ -502,8 +511,11 @@ func (d *Datapath) finishService(p *servicePlan) error {
 		errs = append(errs, tableErr)
 	}
 	fwd := ForwardDR
-	if p.s.Forward == service.TUN {
+	switch p.s.Forward {
+	case service.TUN:
 		fwd = ForwardTUN
+	case service.NAT:
+		fwd = ForwardNAT
 	}
 	rec := halbService{Id: st.id, Forward: halbForwardMode(fwd)}
 	if p.s.Persistence > 0 || p.s.Scheduler == "sh" {
@@ -588,11 +600,12 @@ type wantBackend struct {
 	unreachable bool
 }
 
-// tunnelEnd is what the record of TUN backend addr should be: the
-// kernel's route to it names the interface, which must be one of
+// routedBackend is what the record of TUN or NAT backend addr should be:
+// the kernel's route to it names the interface, which must be one of
 // datapath.interfaces that forwards (bpf_fib_lookup refuses to route for
-// one that does not), and the outer source, the address the kernel would
-// send from. When one of these is missing it returns no record, and why.
+// one that does not), and the source, the address the kernel would send
+// from (TUN's outer source; NAT's FIB lookups start there). When one of
+// these is missing it returns no record, and why.
 //
 // A next hop the neighbour table lacks is asked for, and the backend is
 // served all the same, with the reason: XDP drops its packets
@@ -603,7 +616,7 @@ type wantBackend struct {
 // leave and rejoin each time, moving its share of new flows away and
 // back. A next hop that is gone for good takes the backends' health
 // checks with it, and those drain them.
-func (d *Datapath) tunnelEnd(addr netip.Addr, n *neighbours) (*wantBackend, error) {
+func (d *Datapath) routedBackend(fwd service.Forward, addr netip.Addr, n *neighbours) (*wantBackend, error) {
 	r, err := d.routeTo(addr)
 	if err != nil {
 		return nil, err
@@ -627,8 +640,8 @@ func (d *Datapath) tunnelEnd(addr netip.Addr, n *neighbours) (*wantBackend, erro
 		if next.Is4() {
 			family = "ipv4"
 		}
-		return nil, fmt.Errorf("forward: tun needs forwarding on %s, where the kernel's FIB lookup refuses without it: sysctl -w net.%s.conf.%s.forwarding=1",
-			via.Interface, family, via.Interface)
+		return nil, fmt.Errorf("forward: %s needs forwarding on %s, where the kernel's FIB lookup refuses without it: sysctl -w net.%s.conf.%s.forwarding=1",
+			fwd, via.Interface, family, via.Interface)
 	}
 	w := &wantBackend{via: via, b: Backend{
 		Addr:    addr,
@@ -930,7 +943,10 @@ type BackendStatus struct {
 	ID        uint32
 	Interface string           // the one of datapath.interfaces it is on (TUN: its next hop)
 	MAC       net.HardwareAddr // DR: nil while its neighbour entry is awaited
-	TunnelSrc netip.Addr       // TUN: the outer source address
+	TunnelSrc netip.Addr       // TUN: the outer source address; NAT: the balancer's address toward it
+	// Replies: NAT, its replies translated back to the clients
+	// (NewFlows stays 0).
+	Replies service.Stats
 }
 
 // Status reads what the data path serves and its counters, services in
@@ -971,6 +987,13 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 				return nil, err
 			}
 			bs.ID, bs.Weight, bs.Live, bs.Stats = be.id, be.rec.Weight, be.live(), stats.report()
+			if st.nat {
+				replies, err := d.lb.replyStats(be.id)
+				if err != nil {
+					return nil, err
+				}
+				bs.Replies = replies.report()
+			}
 			if be.tunnel() {
 				bs.TunnelSrc = addrFrom(be.rec.Src, be.rec.Family)
 			} else if be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 {

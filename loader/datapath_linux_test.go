@@ -299,16 +299,16 @@ func TestDatapathApply(t *testing.T) {
 	// What the data path cannot do is refused; the rest is applied. A
 	// backend it cannot reach is no error: it is reported with the
 	// reason, out of the table.
-	nat := svc(dns, backend(be11, 1))
-	nat.Forward = service.NAT
+	lc := svc(dns, backend(be11, 1))
+	lc.Scheduler = "lc"
 	unrouted := netip.MustParseAddr("203.0.113.9")
 	err = dp.Apply(ctx, []service.Service{
 		svc(web, backend(be11, 1), backend(be14, 1), backend(unrouted, 1)),
-		nat,
+		lc,
 	})
-	if !errors.Is(err, service.ErrUnsupported) || !strings.Contains(err.Error(), "forward nat") ||
+	if !errors.Is(err, service.ErrUnsupported) || !strings.Contains(err.Error(), "scheduler lc") ||
 		strings.Contains(err.Error(), "203.0.113.9") {
-		t.Errorf("Apply with forward: nat and an unreachable backend: %v; want ErrUnsupported naming nat, and not the backend", err)
+		t.Errorf("Apply with scheduler lc and an unreachable backend: %v; want ErrUnsupported naming lc, and not the backend", err)
 	}
 	st, _ = dp.Status()
 	if len(st) != 1 || st[0].Key != web || len(st[0].Backends) != 3 {

@@ -340,5 +340,22 @@ func (w *mapWriter) name(service uint32, ids []uint32) {
 	}
 }
 
+// putNATReply writes where a NAT backend's replies go back from, when
+// halb_nat_replies does not hold it already.
+func (w *mapWriter) putNATReply(r natReply) error {
+	wrote, err := w.lb.putNATReply(r)
+	if wrote {
+		w.wrote()
+	}
+	return err
+}
+
+// deleteNATReply forgets a NAT backend's replies: they go to the kernel
+// untouched.
+func (w *mapWriter) deleteNATReply(k natReplyKey) error {
+	w.wrote()
+	return w.lb.deleteNATReply(k.Backend, k.Proto)
+}
+
 // errNamed tells a backend id that a table still names.
 var errNamed = errors.New("still named by a maglev table")

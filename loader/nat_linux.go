@@ -1,9 +1,11 @@
 package loader
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -55,15 +57,16 @@ func natKeys(backend netip.AddrPort, proto service.Protocol) (halbBackendKey, ha
 }
 
 // putNATReply writes r, and before it the address's entry and its byte in
-// halb_nat_last: a reply the filter lets through finds its entry.
-func (lb *kernelLB) putNATReply(r natReply) error {
+// halb_nat_last: a reply the filter lets through finds its entry. It
+// writes nothing when the map holds r already, and says whether it wrote.
+func (lb *kernelLB) putNATReply(r natReply) (bool, error) {
 	k, ak, err := natKeys(r.Backend, r.Proto)
 	if err != nil {
-		return err
+		return false, err
 	}
 	vip, vfamily, err := addrOf(r.VIP.Addr())
 	if err != nil || vfamily != k.Family {
-		return fmt.Errorf("nat backend %s: VIP %s is not of its family", r.Backend, r.VIP)
+		return false, fmt.Errorf("nat backend %s: VIP %s is not of its family", r.Backend, r.VIP)
 	}
 	v := halbNatReply{Vip: vip, Port: r.VIP.Port(), Service: r.Service, BackendId: r.BackendID}
 	b := &lb.nat
@@ -74,25 +77,25 @@ func (lb *kernelLB) putNATReply(r natReply) error {
 	}
 	old, had := b.entries[k]
 	if had && old == v {
-		return nil
+		return false, nil
 	}
 	if !had {
 		if b.addrs[ak] == 0 {
 			if err := lb.objs.HalbNatReplies.Put(&ak, &halbNatReply{}); err != nil {
-				return fmt.Errorf("write nat backend address %s to %s: %w", r.Backend.Addr(), halbMapHalbNatReplies, err)
+				return true, fmt.Errorf("write nat backend address %s to %s: %w", r.Backend.Addr(), halbMapHalbNatReplies, err)
 			}
 			b.lastBytes[ak.Addr.Bytes[15]]++
 		}
 		b.addrs[ak]++
 		if err := lb.writeNATLast(); err != nil {
-			return err
+			return true, err
 		}
 	}
 	if err := lb.objs.HalbNatReplies.Put(&k, &v); err != nil {
-		return fmt.Errorf("write nat backend %s/%s to %s: %w", r.Backend, r.Proto, halbMapHalbNatReplies, err)
+		return true, fmt.Errorf("write nat backend %s/%s to %s: %w", r.Backend, r.Proto, halbMapHalbNatReplies, err)
 	}
 	b.entries[k] = v
-	return nil
+	return true, nil
 }
 
 // deleteNATReply removes the entry of backend over proto, and its
@@ -173,4 +176,89 @@ func deleteKey(m *ebpf.Map, k any) error {
 // the program translated back to their clients (NewFlows stays 0).
 func (lb *kernelLB) replyStats(id uint32) (Stats, error) {
 	return sumStats(lb.objs.HalbReplyStats, halbMapHalbReplyStats, id)
+}
+
+// natReplies are the entries halb_nat_replies should hold: one for each
+// backend of each NAT service d.applied holds, with its id. A backend
+// address, port and protocol in two NAT services is an error: its replies
+// could not tell which VIP they go back as. The first service in key
+// order keeps it. d.mu is held.
+func (d *Datapath) natReplies() (map[natReplyKey]natReply, error) {
+	want := map[natReplyKey]natReply{}
+	owner := map[natReplyKey]*svcState{}
+	var errs []error
+	for _, key := range sortedKeys(d.applied) {
+		st := d.applied[key]
+		if !st.nat {
+			continue
+		}
+		for _, ap := range sortedAddrPorts(st.backends) {
+			k := natReplyKey{Backend: ap, Proto: key.Proto}
+			if other := owner[k]; other != nil {
+				errs = append(errs, fmt.Errorf("service %s: backend %s/%s is a backend of the NAT service %s too, and its replies could not tell which VIP they go back as: give it another port in one of them", st, ap, key.Proto, other))
+				continue
+			}
+			owner[k] = st
+			want[k] = natReply{Backend: ap, Proto: key.Proto, VIP: netip.AddrPortFrom(key.VIP, key.Port), Service: st.id, BackendID: st.backends[ap].id}
+		}
+	}
+	return want, errors.Join(errs...)
+}
+
+// writeNATReplies writes the entries of halb_nat_replies that are new or
+// changed and, when remove, deletes those no NAT backend has any more and
+// reports the backends two NAT services share. Apply writes before the
+// tables name new backends, so that their first replies find their way
+// back, and removes after the backends that left are cleared. d.mu is
+// held.
+func (d *Datapath) writeNATReplies(remove bool) error {
+	want, err := d.natReplies()
+	var errs []error
+	if remove {
+		errs = append(errs, err)
+	}
+	for _, k := range sortedNATKeys(want) {
+		errs = append(errs, d.maps.putNATReply(want[k]))
+	}
+	if remove {
+		have := d.lb.natReplyKeys()
+		for _, k := range sortedNATKeys(have) {
+			if _, ok := want[k]; !ok {
+				errs = append(errs, d.maps.deleteNATReply(k))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func sortedNATKeys[V any](m map[natReplyKey]V) []natReplyKey {
+	keys := make([]natReplyKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b natReplyKey) int {
+		return cmp.Or(a.Backend.Compare(b.Backend), cmp.Compare(a.Proto, b.Proto))
+	})
+	return keys
+}
+
+// natRepliesCounter is the counter family of the NAT replies translated
+// back, by backend ("198.51.100.11:8080/tcp"), for the metrics beside
+// the drops. d.mu is held.
+func (d *Datapath) natRepliesCounter() (service.Counter, error) {
+	values := map[string]uint64{}
+	for _, key := range sortedKeys(d.applied) {
+		st := d.applied[key]
+		if !st.nat {
+			continue
+		}
+		for ap, be := range st.backends {
+			s, err := d.lb.replyStats(be.id)
+			if err != nil {
+				return service.Counter{}, err
+			}
+			values[ap.String()+"/"+key.Proto.String()] += s.Packets
+		}
+	}
+	return service.Counter{Name: "nat_replies", Help: "Replies of forward: nat backends the eBPF data path translated back to their clients, by backend.", Label: "backend", Values: values}, nil
 }

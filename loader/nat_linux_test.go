@@ -2,15 +2,21 @@ package loader
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"maps"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 
+	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/service"
 )
 
@@ -59,7 +65,7 @@ func (tb *testbed) natNet(t *testing.T) {
 		tb.service(t, s.key, Service{ID: id, Forward: ForwardNAT})
 		tb.table(t, id, id)
 		r := natReply{Backend: s.backend, Proto: s.key.Proto, VIP: ap(s.key.VIP, s.key.Port), Service: id, BackendID: id}
-		if err := tb.lb.putNATReply(r); err != nil {
+		if _, err := tb.lb.putNATReply(r); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -401,7 +407,7 @@ func TestNATReplies(t *testing.T) {
 		}
 	}
 	for _, r := range []natReply{web, dns, web} { // the second web writes nothing new
-		if err := lb.putNATReply(r); err != nil {
+		if _, err := lb.putNATReply(r); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -417,7 +423,102 @@ func TestNATReplies(t *testing.T) {
 	if err := lb.deleteNATReply(dns.Backend, dns.Proto); err != nil {
 		t.Errorf("deleting an entry that is gone: %v", err)
 	}
-	if err := lb.putNATReply(natReply{Backend: ap(onLink4, 1), Proto: service.TCP, VIP: ap(vip6, 80)}); err == nil {
+	if _, err := lb.putNATReply(natReply{Backend: ap(onLink4, 1), Proto: service.TCP, VIP: ap(vip6, 80)}); err == nil {
 		t.Error("an IPv4 backend with an IPv6 VIP was written")
 	}
+}
+
+// TestDatapathNAT is forward: nat through Apply: NAT backends are
+// written as routed ones (the balancer's source toward them, no MAC),
+// with their own ports, and halb_nat_replies holds each one's way back,
+// derived from the services alone; a backend address, port and protocol
+// in two NAT services is an error, and a service that leaves takes its
+// entries with it.
+func TestDatapathNAT(t *testing.T) {
+	b := newDPBench(t)
+	err := b.lb.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/conf/halb0/forwarding", []byte("1"), 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	ctx := context.Background()
+	nat := service.Service{Name: "nat", Key: web, Scheduler: "mh", Forward: service.NAT,
+		Backends: []service.Backend{{Addr: be11, Port: 8080, Weight: 1}, {Addr: be12, Port: 8080, Weight: 1}}}
+	alt := web
+	alt.Port = 81
+	shared := service.Service{Name: "shared", Key: alt, Scheduler: "mh", Forward: service.NAT,
+		Backends: []service.Backend{{Addr: be11, Port: 8080, Weight: 1}, {Addr: be13, Port: 9090, Weight: 1}}}
+
+	err = dp.Apply(ctx, []service.Service{nat, shared})
+	if err == nil || !strings.Contains(err.Error(), "192.0.2.11:8080/tcp is a backend of the NAT service nat") {
+		t.Errorf("Apply with a backend in two NAT services: %v, want an error that names it", err)
+	}
+	s := waitLive(t, dp, web, 2)
+	src := netip.MustParseAddr("192.0.2.1")
+	for _, a := range []netip.Addr{be11, be12} {
+		got := backendOf(s, a)
+		if got.Addr.Port() != 8080 || got.TunnelSrc != src || got.MAC != nil || got.Interface != "halb0" {
+			t.Errorf("nat backend %s: %+v, want port 8080 on halb0 from %s without a MAC", a, got, src)
+		}
+	}
+	want := map[natReplyKey]natReply{}
+	for _, x := range []struct {
+		svc     service.Service
+		backend netip.AddrPort
+	}{
+		{nat, ap(be11, 8080)}, {nat, ap(be12, 8080)}, {shared, ap(be13, 9090)},
+	} {
+		st := waitLive(t, dp, x.svc.Key, len(x.svc.Backends))
+		want[natReplyKey{x.backend, service.TCP}] = natReply{Backend: x.backend, Proto: service.TCP,
+			VIP: ap(x.svc.Key.VIP, x.svc.Key.Port), Service: st.ID, BackendID: backendOf(st, x.backend.Addr()).ID}
+	}
+	if got := natEntries(t, dp.lb); !maps.Equal(got, want) {
+		t.Errorf("halb_nat_replies holds %v, want %v", got, want)
+	}
+	counters, err := dp.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(counters, func(c service.Counter) bool { return c.Name == "nat_replies" }); i < 0 ||
+		len(counters[i].Values) != 3 {
+		t.Errorf("counters %+v, want nat_replies for the 3 NAT backends", counters)
+	}
+
+	// The services leave: so do their entries and the filter's bytes.
+	if err := dp.Apply(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := natEntries(t, dp.lb); len(got) != 0 {
+		t.Errorf("halb_nat_replies holds %v after the NAT services left", got)
+	}
+	var last [256]uint8
+	if err := dp.lb.objs.HalbNatLast.Get(&last); err != nil || last != ([256]uint8{}) {
+		t.Errorf("halb_nat_last after the NAT services left: %v (%v), want all zeros", last, err)
+	}
+}
+
+// natEntries reads halb_nat_replies back, the address-only entries left
+// out.
+func natEntries(t *testing.T, lb *kernelLB) map[natReplyKey]natReply {
+	t.Helper()
+	out := map[natReplyKey]natReply{}
+	var (
+		k halbBackendKey
+		v halbNatReply
+	)
+	it := lb.objs.HalbNatReplies.Iterate()
+	for it.Next(&k, &v) {
+		if k.Port == 0 {
+			continue
+		}
+		backend := ap(addrFrom(k.Addr, k.Family), k.Port)
+		out[natReplyKey{backend, service.Protocol(k.Proto)}] = natReply{Backend: backend, Proto: service.Protocol(k.Proto),
+			VIP: ap(addrFrom(v.Vip, k.Family), v.Port), Service: v.Service, BackendID: v.BackendId}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -36,7 +36,9 @@ func (s Stats) report() service.Stats {
 	return service.Stats{Packets: s.Packets, Bytes: s.Bytes, NewFlows: s.NewFlows}
 }
 
-// Counters are the drops, by reason (DropReason's names).
+// Counters are the drops, by reason (DropReason's names), and, while
+// forward: nat services are served, the replies their backends sent back
+// through the data path, by backend.
 func (d *Datapath) Counters() ([]service.Counter, error) {
 	drops, err := d.Drops()
 	if err != nil {
@@ -46,7 +48,17 @@ func (d *Datapath) Counters() ([]service.Counter, error) {
 	for r, n := range drops {
 		values[r.String()] = n
 	}
-	return []service.Counter{DropsCounter(values)}, nil
+	counters := []service.Counter{DropsCounter(values)}
+	d.mu.Lock()
+	replies, err := d.natRepliesCounter()
+	d.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if len(replies.Values) > 0 {
+		counters = append(counters, replies)
+	}
+	return counters, nil
 }
 
 // DropsCounter is the counter family of the drops, values by reason

@@ -74,17 +74,15 @@ func TestDatapathReportAndCounters(t *testing.T) {
 func TestDatapathErrors(t *testing.T) {
 	b := newDPBench(t)
 	dp := b.start(t, b.cfg, config.ModeXDP)
-	nat := svc(web, backend(be11, 1))
-	nat.Forward = service.NAT
 	lc := svc(web6, backend(be6, 1))
 	lc.Scheduler = "lc"
-	err := dp.Apply(context.Background(), []service.Service{nat, lc})
+	err := dp.Apply(context.Background(), []service.Service{lc})
 	var unsupported *service.UnsupportedError
 	if !errors.Is(err, service.ErrUnsupported) || !errors.As(err, &unsupported) {
-		t.Fatalf("Apply with forward nat: %v, want ErrUnsupported", err)
+		t.Fatalf("Apply with scheduler lc: %v, want ErrUnsupported", err)
 	}
-	if unsupported.Feature != "forward nat" || unsupported.Datapath != "the eBPF data path" {
-		t.Errorf("detail %+v, want forward nat on the eBPF data path", unsupported)
+	if unsupported.Feature != "scheduler lc" || unsupported.Datapath != "the eBPF data path" {
+		t.Errorf("detail %+v, want scheduler lc on the eBPF data path", unsupported)
 	}
 	if !strings.Contains(err.Error(), "scheduler lc: not supported by the eBPF data path; use mh, rr, wrr or sh (all Maglev here), or datapath.mode: ipvs") {
 		t.Errorf("Apply: %v, want the scheduler named too, and the ones to use", err)
