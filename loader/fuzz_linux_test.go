@@ -146,21 +146,7 @@ func newFuzzBench(f *testing.F) *fuzzBench {
 	if err != nil {
 		f.Fatal(err)
 	}
-	for _, n := range []struct {
-		ifindex int
-		addr    netip.Addr
-		mac     net.HardwareAddr
-	}{
-		{tb.halb0, onLink4, onLink4MAC},
-		{tb.halb0, onLink6, onLink6MAC},
-		{tb.halb1, gw4, gw4MAC},
-		{tb.halb1, gw6, gw6MAC},
-	} {
-		err := h.NeighAdd(&netlink.Neigh{LinkIndex: n.ifindex, IP: n.addr.AsSlice(), HardwareAddr: n.mac, State: netlink.NUD_PERMANENT})
-		if err != nil {
-			f.Fatalf("neighbour %s: %v", n.addr, err)
-		}
-	}
+	addNeighbours(f, h, tb.tunNeighbours()...)
 	for _, r := range []struct {
 		dst netip.Prefix
 		gw  netip.Addr

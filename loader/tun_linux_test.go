@@ -119,22 +119,7 @@ func (tb *testbed) tunNet(t *testing.T) {
 			}
 		}
 	}
-	for _, n := range []struct {
-		ifindex int
-		addr    netip.Addr
-		mac     net.HardwareAddr
-	}{
-		{tb.halb0, onLink4, onLink4MAC},
-		{tb.halb0, onLink6, onLink6MAC},
-		{tb.halb1, gw4, gw4MAC},
-		{tb.halb1, gw6, gw6MAC},
-		{tb.halb2, gw6c, gw6cMAC},
-	} {
-		err := h.NeighAdd(&netlink.Neigh{LinkIndex: n.ifindex, IP: n.addr.AsSlice(), HardwareAddr: n.mac, State: netlink.NUD_PERMANENT})
-		if err != nil {
-			t.Fatalf("neighbour %s: %v", n.addr, err)
-		}
-	}
+	addNeighbours(t, h, append(tb.tunNeighbours(), neighbour{tb.halb2, gw6c, gw6cMAC})...)
 	for _, r := range []struct {
 		dst string
 		gw  netip.Addr
@@ -157,6 +142,36 @@ func (tb *testbed) tunNet(t *testing.T) {
 		route := &netlink.Route{Dst: dst, Gw: r.gw.AsSlice(), MTU: r.mtu, MTULock: r.mtu != 0}
 		if err := h.RouteAdd(route); err != nil {
 			t.Fatalf("route %s via %s: %v", r.dst, r.gw, err)
+		}
+	}
+}
+
+// neighbour is an entry a bench puts in its namespace's neighbour table.
+type neighbour struct {
+	ifindex int
+	addr    netip.Addr
+	mac     net.HardwareAddr
+}
+
+// tunNeighbours are the hosts on halb0's link and the gateways behind
+// halb1 that the tunnel benches (this one and the fuzzer's) know the MACs
+// of.
+func (tb *testbed) tunNeighbours() []neighbour {
+	return []neighbour{
+		{tb.halb0, onLink4, onLink4MAC},
+		{tb.halb0, onLink6, onLink6MAC},
+		{tb.halb1, gw4, gw4MAC},
+		{tb.halb1, gw6, gw6MAC},
+	}
+}
+
+// addNeighbours puts ns in the neighbour table for good (NUD_PERMANENT).
+func addNeighbours(t testing.TB, h *netlink.Handle, ns ...neighbour) {
+	t.Helper()
+	for _, n := range ns {
+		err := h.NeighAdd(&netlink.Neigh{LinkIndex: n.ifindex, IP: n.addr.AsSlice(), HardwareAddr: n.mac, State: netlink.NUD_PERMANENT})
+		if err != nil {
+			t.Fatalf("neighbour %s: %v", n.addr, err)
 		}
 	}
 }
@@ -495,14 +510,7 @@ func testTUN(t *testing.T, prog string) {
 func (tb *testbed) wantEvents(t *testing.T, want map[Event]uint64) {
 	t.Helper()
 	got, err := tb.lb.events()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for e, n := range got {
-		if n != want[e] {
-			t.Errorf("events %s: %d, want %d", e, n, want[e])
-		}
-	}
+	wantCounters(t, "events", got, err, want)
 }
 
 // tooBig is the ICMP error a router at from sends to vip about a packet

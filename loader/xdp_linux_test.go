@@ -722,12 +722,22 @@ func (tb *testbed) wantBackendStats(t *testing.T, id uint32, want Stats) {
 func (tb *testbed) wantDrops(t *testing.T, want map[DropReason]uint64) {
 	t.Helper()
 	got, err := tb.lb.drops()
+	wantCounters(t, "drops", got, err, want)
+}
+
+// wantCounters checks every counter of got (drops, events), read with
+// err: those missing from want are 0.
+func wantCounters[K interface {
+	comparable
+	fmt.Stringer
+}](t *testing.T, what string, got map[K]uint64, err error, want map[K]uint64) {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for r, n := range got {
-		if n != want[r] {
-			t.Errorf("drops %s: %d, want %d", r, n, want[r])
+	for k, n := range got {
+		if n != want[k] {
+			t.Errorf("%s %s: %d, want %d", what, k, n, want[k])
 		}
 	}
 }
