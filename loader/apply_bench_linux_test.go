@@ -294,7 +294,7 @@ type applyBench struct {
 	dp *Datapath
 }
 
-func newApplyBench(b *testing.B, maxBackends int) *applyBench {
+func newApplyBench(b testing.TB, maxBackends int) *applyBench {
 	b.Helper()
 	ab := &applyBench{ns: netnstest.New(b)}
 	h := ab.ns.Netlink(b)
