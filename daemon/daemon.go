@@ -123,6 +123,7 @@ func (d *Daemon) Config() *config.Config { return d.cfg }
 // that any number of reloads can never crowd a SIGTERM out (Go drops a
 // signal whose channel is full: that is how reloads coalesce).
 func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
+	mem := newMemory()
 	report := d.host.Probe()
 	decision := datapaths.Choose(d.boot.Datapath.Mode, report)
 	d.log.Info("halb starting",
@@ -239,7 +240,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	if d.dp != nil {
 		d.log.Info("services programmed", "datapath", d.dp.Name(), "services", len(d.cfg.Services))
 	}
-	releaseMemory()
+	mem.release()
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()
 
@@ -268,6 +269,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 			return nil
 		case <-resync.C:
 			d.resync(ctx)
+			mem.releaseIfGrown()
 		case <-d.healthChanged:
 			if err := d.apply(ctx); err != nil {
 				d.log.Error("backend weights not fully programmed", "err", err, "retry", d.retryNote())
@@ -288,7 +290,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 					if err := d.apply(ctx); err != nil {
 						d.log.Error("reloaded services not fully programmed", "err", err, "retry", d.retryNote())
 					}
-					releaseMemory()
+					mem.release()
 				}
 				d.notifySystemd(sd.SdNotifyReady)
 			}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"slices"
 	"time"
 
@@ -183,13 +182,3 @@ func (d *Daemon) logQuorum(states map[health.Key]health.State) {
 	}
 	d.quorumLost = lost
 }
-
-// releaseMemory hands the heap the config load and the apply just freed
-// back to the OS at once. Both peak far above what an idle daemon keeps
-// (1000 services of 100 backends: about 240 MiB against about 30), and
-// the runtime's background scavenger returns such a peak over minutes, a
-// few MiB a second, so an idle daemon would look ten times its size
-// until it had. Called after the first apply and after a reload, the
-// only times that much is freed; it costs one GC and a pass over the
-// free pages.
-func releaseMemory() { debug.FreeOSMemory() }

@@ -1,0 +1,30 @@
+package daemon
+
+import (
+	"runtime/debug"
+	"testing"
+)
+
+// TestMemoryReleasesOnlyAfterAllocating pins the rule that keeps an idle
+// daemon idle: a resync tick returns memory to the OS only once the heap
+// allocated releaseAfter since the last return, never on a tick with
+// little or nothing allocated.
+func TestMemoryReleasesOnlyAfterAllocating(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	m := newMemory()
+	m.release()
+	at := m.released
+	keep := make([]byte, releaseAfter/8)
+	m.releaseIfGrown()
+	if m.released != at {
+		t.Fatalf("released after %d bytes allocated, under releaseAfter (%d)", m.released-at, releaseAfter)
+	}
+	for range 10 {
+		keep = append(keep[:0:0], make([]byte, releaseAfter/8)...)
+	}
+	m.releaseIfGrown()
+	if m.released-at < releaseAfter {
+		t.Fatalf("not released after %d bytes allocated (releaseAfter %d)", m.allocated()-at, releaseAfter)
+	}
+	_ = keep
+}
