@@ -17,7 +17,9 @@ import (
 	"time"
 )
 
-// Config is one complete halb configuration.
+// Config is one complete halb configuration. The `mapstructure` tag of a
+// field is its key in the file (the name is that of the decoder halb
+// once used; the decoder in decode.go and the tests read it).
 type Config struct {
 	Log      Log       `mapstructure:"log"`
 	Control  Control   `mapstructure:"control"`
