@@ -16,7 +16,7 @@ import (
 )
 
 // MaxFileSize bounds a configuration file. A real one is kilobytes; the
-// largest halb is tested with (100 000 backends) is 3.6 MB. Past the
+// largest halb is tested with (100 000 backends) is 6.9 MB. Past the
 // limit a file is refused before it is decoded, so a runaway file cannot
 // take the daemon's memory.
 const MaxFileSize = 16 << 20

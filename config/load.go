@@ -24,7 +24,7 @@ const EnvPrefix = "HALB"
 // node is parsed once into the YAML tree, then decoded (decoder), and a
 // file of tiny list items within the size limit holds millions. It must
 // still take the largest sites' files: 1000 services of 100 backends,
-// each backend with its address, port and weight, hold about 715 000
+// each backend with its address, port and weight, hold about 713 000
 // (BenchmarkLoad reads one in about the time of a bare YAML parse of it
 // and half as long again); a file of a million bare list items, the
 // worst at the bound, takes longer.
