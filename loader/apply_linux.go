@@ -18,7 +18,6 @@ import (
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/maglev"
 	"github.com/halb-lb/halb/service"
-	"golang.org/x/sync/errgroup"
 )
 
 // svcState is a service as the maps hold it.
@@ -264,32 +263,39 @@ type servicePlan struct {
 // served while it happens, for each service: new backends first, then the
 // Maglev table that names them, then the service record that leads to the
 // table, and only then the backends that left are cleared. Every service
-// takes each step before any takes the next, so that the tables, the
-// costly part, are built on all cores at once.
+// takes each step before any takes the next, so that all the tables are
+// swapped in with one batch write. The tables, the costly part, are built
+// on all cores, each as soon as its service is planned, beside the
+// planning of the next and the writing of the records: they are written
+// into maps of their own, which no packet reads before the swap.
 func (d *Datapath) applyServices(keys []service.Key, want map[service.Key]*service.Service, n *neighbours) error {
 	var errs []error
 	var plans []*servicePlan
 	var queued []queuedRecord
+	builds := d.startBuilds(len(keys))
 	for _, key := range keys {
 		n.serve(key)
 		p, err := d.planService(want[key], n)
 		errs = append(errs, err)
-		if p != nil {
-			plans = append(plans, p)
-			queued = d.queueBackends(p, queued)
-			p.wantsQueued()
+		if p == nil {
+			continue
+		}
+		plans = append(plans, p)
+		queued = d.queueBackends(p, queued)
+		p.wantsQueued()
+		if p.table = d.planTable(p); p.table != nil {
+			builds.jobs <- p.table
 		}
 	}
 	errs = append(errs, d.forgetReusedIDs(plans))
-	d.writeBackends(queued)
-	for _, p := range plans {
-		p.table = d.planTable(p)
-	}
+	failed := d.writeBackends(queued)
+	builds.wait()
+	d.replanTables(failed)
 	// Before any table names the records just written, and before a
 	// NAT backend gets a packet, the way back for its replies.
 	errs = append(errs, d.maps.moveNexthopGen())
 	errs = append(errs, d.writeNATReplies(false))
-	d.writeTables(plans)
+	d.installTables(plans)
 	for _, p := range plans {
 		errs = append(errs, d.finishService(p))
 	}
@@ -500,18 +506,35 @@ func (d *Datapath) queueBackends(p *servicePlan, queued []queuedRecord) []queued
 	return queued
 }
 
-// writeBackends writes the queued records; a backend whose record could
-// not be written keeps the one it had (and its service's table is
-// planned from that), and its service reports why.
-func (d *Datapath) writeBackends(queued []queuedRecord) {
+// writeBackends writes the queued records. A backend whose record could
+// not be written keeps the one it had, and its service reports why; it
+// returns those services, whose tables must be planned again from the
+// records the maps hold.
+func (d *Datapath) writeBackends(queued []queuedRecord) map[*servicePlan]bool {
 	failed := d.maps.flushBackends()
 	if len(failed) == 0 {
-		return
+		return nil
 	}
+	again := map[*servicePlan]bool{}
 	for _, q := range queued {
 		if err := failed[q.be.id]; err != nil {
 			q.be.rec = q.old
 			q.p.errs = append(q.p.errs, fmt.Errorf("service %s: backend %s: %w", q.p.st, q.ap, err))
+			again[q.p] = true
+		}
+	}
+	return again
+}
+
+// replanTables drops the tables built for plans from records that were
+// not written, and builds them again from the records the maps hold.
+func (d *Datapath) replanTables(plans map[*servicePlan]bool) {
+	for p := range plans {
+		if j := p.table; j != nil && j.staged != nil {
+			j.staged.discard()
+		}
+		if p.table = d.planTable(p); p.table != nil {
+			p.table.err = d.writeTable(p.table)
 		}
 	}
 }
@@ -685,8 +708,12 @@ type tableJob struct {
 	live  []*beState
 	keys  []netip.AddrPort
 	sig   tableSig
-	// staged: written aside, for writeTables to swap in with the rest.
-	staged bool
+	// backends and ids are what the build reads, taken when the job is
+	// planned: it runs beside the planning of the next services.
+	backends []maglev.Backend
+	ids      []uint32
+	// staged: written aside, for installTables to swap in with the rest.
+	staged *stagedTable
 	err    error
 }
 
@@ -698,6 +725,11 @@ func (d *Datapath) planTable(p *servicePlan) *tableJob {
 	j := newTableJob(p.st, p.isNew, p.want)
 	if j.sig == p.st.table && !p.isNew {
 		return nil
+	}
+	j.backends = j.maglevBackends()
+	j.ids = make([]uint32, len(j.live))
+	for i, be := range j.live {
+		j.ids[i] = be.id
 	}
 	return j
 }
@@ -726,25 +758,47 @@ func (j *tableJob) maglevBackends() []maglev.Backend {
 	return mb
 }
 
-// writeTables builds the plans' tables and writes each into a new map, as
-// many at once as there are cores to run them (GOMAXPROCS), then swaps
-// them all in with one batch write; each job keeps its error.
-func (d *Datapath) writeTables(plans []*servicePlan) {
-	var g errgroup.Group
-	g.SetLimit(runtime.GOMAXPROCS(0))
-	for _, p := range plans {
-		if j := p.table; j != nil {
-			g.Go(func() error {
+// tableBuilds builds and stages the tables of an Apply on as many
+// goroutines as there are cores to run them (GOMAXPROCS), each job as it
+// comes; the Apply waits for them before it swaps the tables in.
+type tableBuilds struct {
+	jobs chan *tableJob
+	wg   sync.WaitGroup
+}
+
+// startBuilds starts the builders of up to n jobs.
+func (d *Datapath) startBuilds(n int) *tableBuilds {
+	b := &tableBuilds{jobs: make(chan *tableJob, n)}
+	for range min(n, runtime.GOMAXPROCS(0)) {
+		b.wg.Go(func() {
+			for j := range b.jobs {
 				j.err = d.writeTable(j)
-				return nil
-			})
+			}
+		})
+	}
+	return b
+}
+
+// wait waits for every job sent to be built and staged; each job keeps
+// its error.
+func (b *tableBuilds) wait() {
+	close(b.jobs)
+	b.wg.Wait()
+}
+
+// installTables swaps the staged tables of the plans in with one batch
+// write.
+func (d *Datapath) installTables(plans []*servicePlan) {
+	var staged []*stagedTable
+	for _, p := range plans {
+		if j := p.table; j != nil && j.staged != nil {
+			staged = append(staged, j.staged)
 		}
 	}
-	_ = g.Wait() // the jobs keep their errors
-	installErr := d.maps.installTables()
+	installErr := d.maps.installTables(staged)
 	for _, p := range plans {
 		j := p.table
-		if j == nil || !j.staged {
+		if j == nil || j.staged == nil {
 			continue
 		}
 		if installErr != nil {
@@ -765,11 +819,12 @@ func (d *Datapath) writeTables(plans []*servicePlan) {
 var slotBufs = sync.Pool{New: func() any { return new([]uint32) }}
 
 // writeTable builds a service's Maglev table and stages it. It runs
-// beside the others of its Apply: it touches only its own service's
+// beside the others of its Apply and beside the planning of the next
+// services: it reads only the job, and writes only its own service's
 // state.
 func (d *Datapath) writeTable(j *tableJob) error {
 	st := j.st
-	idx, err := maglev.Build(j.maglevBackends(), d.lb.maglevTableSize())
+	idx, err := maglev.Build(j.backends, d.lb.maglevTableSize())
 	if err != nil {
 		return fmt.Errorf("service %s: maglev table: %w", st, err)
 	}
@@ -780,7 +835,7 @@ func (d *Datapath) writeTable(j *tableJob) error {
 	for slot, i := range idx {
 		table[slot] = 0
 		if i != maglev.NoBackend {
-			table[slot] = j.live[i].id
+			table[slot] = j.ids[i]
 		}
 	}
 	if st.table == (tableSig{}) && !j.isNew {
@@ -793,10 +848,11 @@ func (d *Datapath) writeTable(j *tableJob) error {
 			return nil
 		}
 	}
-	if err := d.maps.stageTable(st.id, table); err != nil {
+	staged, err := d.maps.stageTable(st.id, table)
+	if err != nil {
 		return fmt.Errorf("service %s: %w", st, err)
 	}
-	j.staged = true
+	j.staged = staged
 	return nil
 }
 

@@ -28,7 +28,7 @@ import (
 //
 // It also counts the writes it makes (writes), so that tests can tell
 // that an Apply that changes nothing writes nothing. Tables are written
-// from several goroutines at once (setTable); the rest from one.
+// from several goroutines at once (stageTable); the rest from one.
 type mapWriter struct {
 	lb *kernelLB
 
@@ -41,8 +41,6 @@ type mapWriter struct {
 	// genDue: a backend record changed since the next-hop generation last
 	// moved.
 	genDue bool
-	// staged are tables written aside, for installTables.
-	staged []stagedTable
 	// statIDs, recIDs and recs are the counter resets and the backend
 	// records queued for flushBackends.
 	statIDs, recIDs []uint32
@@ -211,14 +209,15 @@ func (w *mapWriter) moveNexthopGen() error {
 
 // setTable installs table as service's Maglev table at once.
 func (w *mapWriter) setTable(service uint32, table []uint32) error {
-	if err := w.stageTable(service, table); err != nil {
+	t, err := w.stageTable(service, table)
+	if err != nil {
 		return err
 	}
-	return w.installTables()
+	return w.installTables([]*stagedTable{t})
 }
 
 // stagedTable is a table written whole into a new map, waiting for
-// installTables to swap it in.
+// installTables to swap it in (or discard to drop it).
 type stagedTable struct {
 	service uint32
 	m       *ebpf.Map
@@ -228,25 +227,20 @@ type stagedTable struct {
 // stageTable writes service's next table into a new map, whole, aside
 // from halb_maglev. Safe for concurrent use: an Apply stages its tables
 // on all cores, then installs them together.
-func (w *mapWriter) stageTable(service uint32, table []uint32) error {
+func (w *mapWriter) stageTable(service uint32, table []uint32) (*stagedTable, error) {
 	m, err := w.lb.newMaglevTable(service, table)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ids := distinctIDs(table, w.lb.maxBackends())
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.staged = append(w.staged, stagedTable{service: service, m: m, ids: ids})
-	return nil
+	return &stagedTable{service: service, m: m, ids: distinctIDs(table, w.lb.maxBackends())}, nil
 }
 
-// installTables swaps every staged table in, all in one batch write to
+// discard drops a staged table that is not to be swapped in.
+func (t *stagedTable) discard() { t.m.Close() }
+
+// installTables swaps the staged tables in, all in one batch write to
 // halb_maglev, and notes which ids each one names.
-func (w *mapWriter) installTables() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	staged := w.staged
-	w.staged = nil
+func (w *mapWriter) installTables(staged []*stagedTable) error {
 	if len(staged) == 0 {
 		return nil
 	}
@@ -255,11 +249,13 @@ func (w *mapWriter) installTables() error {
 	for i, t := range staged {
 		services[i], maps[i] = t.service, t.m
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.writes++
 	w.tableBatches++
 	err := w.lb.installMaglevTables(services, maps)
-	for _, m := range maps {
-		m.Close() // halb_maglev holds its own reference
+	for _, t := range staged {
+		t.discard() // halb_maglev holds its own reference
 	}
 	if err != nil {
 		return err
