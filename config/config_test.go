@@ -862,3 +862,39 @@ services:
 		t.Errorf("a merge of a number: %v", err)
 	}
 }
+
+// The decoder takes every width of whole number, so that a key added
+// later with one is as strict as the int keys of today.
+func TestDecodeIntegerWidths(t *testing.T) {
+	type widths struct {
+		U16 uint16 `mapstructure:"u16"`
+		I8  int8   `mapstructure:"i8"`
+		U64 uint64 `mapstructure:"u64"`
+	}
+	for _, c := range []struct {
+		yaml, path, msg string
+	}{
+		{"{u16: 65535, i8: -128, u64: 0x10}", "", ""},
+		{"{u16: 0177777, i8: -0200, u64: 020}", "", ""}, // as YAML reads them: octal
+		{"{u16: 65536}", "u16", "65536 is out of range: use 0..65535"},
+		{"{u16: -1}", "u16", "-1 is out of range: use 0..65535"},
+		{"{i8: 128}", "i8", "128 is out of range: use -128..127"},
+		{"{u64: 1.5}", "u64", "1.5 is not a whole number"},
+	} {
+		var node yaml.Node
+		if err := yaml.Unmarshal([]byte(c.yaml), &node); err != nil {
+			t.Fatal(err)
+		}
+		var w widths
+		d := &decoder{failed: map[string]bool{}, budget: 100, limit: 100}
+		d.value(node.Content[0], reflect.ValueOf(&w).Elem(), 1)
+		switch {
+		case c.path == "" && len(d.problems) > 0:
+			t.Errorf("%s: %v", c.yaml, d.problems)
+		case c.path == "" && (w.U16 != 65535 || w.I8 != -128 || w.U64 != 16):
+			t.Errorf("%s = %+v", c.yaml, w)
+		case c.path != "" && (len(d.problems) != 1 || d.problems[0].Path != c.path || d.problems[0].Msg != c.msg):
+			t.Errorf("%s: %v, want %s: %s", c.yaml, d.problems, c.path, c.msg)
+		}
+	}
+}

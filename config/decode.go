@@ -141,7 +141,7 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, line int) {
 		d.structure(n, v, line)
 	case t.Kind() == reflect.Slice:
 		d.list(n, v, line)
-	case t.Kind() == reflect.Int:
+	case isIntKind(t.Kind()):
 		d.integer(n, v, line)
 	case t.Kind() == reflect.Bool:
 		d.boolean(n, v, line)
@@ -310,22 +310,34 @@ func (d *decoder) integer(n *yaml.Node, v reflect.Value, line int) {
 		d.problem(line, "has no value: write a whole number, or leave the key out for its default")
 		return
 	}
-	if tag == "!!int" {
-		if i, err := strconv.ParseInt(n.Value, 10, 64); err == nil && !v.OverflowInt(i) {
-			v.SetInt(i)
-			return
+	i, err := strconv.ParseInt(n.Value, 10, 64) // what most are: the quick way
+	msg := ""
+	if digits := strings.TrimLeft(n.Value, "+-"); tag != "!!int" || err != nil || len(digits) > 1 && digits[0] == '0' {
+		i, msg = wholeNumber(n, tag) // YAML reads 010 as 8
+	}
+	if msg == "" {
+		msg = setWhole(v, i)
+	}
+	if msg != "" {
+		d.problem(line, scalarText(n)+" "+msg)
+	}
+}
+
+// setWhole sets the integer field v to i, or says why it cannot hold it.
+func setWhole(v reflect.Value, i int64) string {
+	bits := v.Type().Bits()
+	if v.CanInt() {
+		if v.OverflowInt(i) {
+			return fmt.Sprintf("is out of range: use %d..%d", int64(-1)<<(bits-1), int64(1)<<(bits-1)-1)
 		}
-	}
-	text := scalarText(n)
-	i, msg := wholeNumber(n, tag)
-	switch {
-	case msg != "":
-		d.problem(line, text+" "+msg)
-	case v.OverflowInt(i):
-		d.problem(line, text+" is too large a number")
-	default:
 		v.SetInt(i)
+		return ""
 	}
+	if i < 0 || v.OverflowUint(uint64(i)) {
+		return fmt.Sprintf("is out of range: use 0..%d", uint64(1)<<bits-1)
+	}
+	v.SetUint(uint64(i))
+	return ""
 }
 
 // wholeNumber reads a scalar YAML does not write as a plain decimal
