@@ -21,7 +21,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"unsafe"
 
@@ -88,9 +87,12 @@ func loadLB(opts Options) (*kernelLB, error) {
 	return load(spec, maglev, nil)
 }
 
-// mmapable says whether the kernel makes mappable arrays (BPF_F_MMAPABLE,
-// Linux 5.5), as the Maglev tables would be; tests replace it to take the
-// way of older kernels.
+// mmapable says whether the kernel makes BPF arrays that can be mapped
+// into memory (BPF_F_MMAPABLE, Linux 5.5). The data path needs them: its
+// Maglev tables are written through a mapping, and cilium/ebpf reads and
+// writes the program's variables through one. A plain array for the
+// tables would not be enough on an older kernel, so the load stops with
+// the reason instead. Tests replace it to take that way.
 var mmapable = func() error { return features.HaveMapFlag(features.BPF_F_MMAPABLE) }
 
 // newSpec is the collection sized by opts, and the template of one
@@ -116,10 +118,8 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 	maglev := spec.Maps[halbMapHalbMaglev].InnerMap
 	maglev.MaxEntries = (opts.MaglevTableSize + 1) / 2
 	if err := mmapable(); errors.Is(err, ebpf.ErrNotSupported) {
-		// Before Linux 5.5 an array cannot be mapped: plain ones, written
-		// by a batch update (writePlain). The template and every table
-		// must agree, or halb_maglev refuses them.
-		maglev.Flags &^= unix.BPF_F_MMAPABLE
+		return nil, nil, fmt.Errorf("%w: halb's eBPF data path writes its Maglev tables and its variables (halb_vip_last, halb_nexthop_gen) "+
+			"through BPF arrays mapped into memory (BPF_F_MMAPABLE, Linux 5.5), and this kernel cannot map them; use datapath.mode: ipvs, or Linux 5.5 or later", err)
 	}
 	if err := spec.Variables[halbVarHalbMaglevSize].Set(opts.MaglevTableSize); err != nil {
 		return nil, nil, fmt.Errorf("set %s: %w", halbVarHalbMaglevSize, err)
@@ -648,11 +648,7 @@ func (lb *kernelLB) newMaglevTable(service uint32, table []uint32) (*ebpf.Map, e
 	if err != nil {
 		return nil, fmt.Errorf("create maglev table of service %d: %w", service, err)
 	}
-	write := writeMapped
-	if m.Flags()&unix.BPF_F_MMAPABLE == 0 {
-		write = writePlain
-	}
-	if err := write(m, table); err != nil {
+	if err := writeMapped(m, table); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("write maglev table of service %d: %w", service, err)
 	}
@@ -674,47 +670,6 @@ func writeMapped(m *ebpf.Map, slots []uint32) error {
 		return fmt.Errorf("unmap %s: %w", m, err)
 	}
 	return nil
-}
-
-// writePlain writes slots into Maglev table m where the kernel cannot map
-// it (before Linux 5.5: mmapable): one batch update of all its elements,
-// or, where batches are missing too (before Linux 5.6), one update an
-// element. The slots keep the layout writeMapped gives them.
-func writePlain(m *ebpf.Map, slots []uint32) error {
-	keys, vals := make([]uint32, m.MaxEntries()), make([]uint64, m.MaxEntries())
-	copy(unsafe.Slice((*uint32)(unsafe.Pointer(&vals[0])), 2*len(vals)), slots)
-	for i := range keys {
-		keys[i] = uint32(i)
-	}
-	_, err := m.BatchUpdate(keys, vals, nil)
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		for i := range keys {
-			if err := m.Put(keys[i], vals[i]); err != nil {
-				return fmt.Errorf("write %s: %w", m, err)
-			}
-		}
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", m, err)
-	}
-	return nil
-}
-
-// readPlain reads the first n slots of Maglev table m one element at a
-// time, where it cannot be mapped.
-func readPlain(m *ebpf.Map, n int) ([]uint32, error) {
-	vals := make([]uint64, m.MaxEntries())
-	for i := range vals {
-		if err := m.Lookup(uint32(i), &vals[i]); err != nil {
-			return nil, fmt.Errorf("read %d from %s: %w", i, m, err)
-		}
-	}
-	slots := unsafe.Slice((*uint32)(unsafe.Pointer(&vals[0])), 2*len(vals))
-	if len(slots) < n {
-		return nil, fmt.Errorf("%s holds %d slots, not %d", m, len(slots), n)
-	}
-	return slices.Clone(slots[:n]), nil
 }
 
 // readMapped reads the first n slots of Maglev table m through a memory
@@ -800,11 +755,7 @@ func (lb *kernelLB) maglevTable(service uint32) ([]uint32, error) {
 		return nil, fmt.Errorf("open maglev table of service %d: %w", service, err)
 	}
 	defer m.Close()
-	read := readMapped
-	if m.Flags()&unix.BPF_F_MMAPABLE == 0 {
-		read = readPlain
-	}
-	table, err := read(m, lb.maglevTableSize())
+	table, err := readMapped(m, lb.maglevTableSize())
 	if err != nil {
 		return nil, fmt.Errorf("read maglev table of service %d: %w", service, err)
 	}

@@ -65,6 +65,7 @@ type Kernel interface {
 	XDPLink() error                       // nil when XDP can be attached through a bpf_link
 	TCX() error                           // nil when tcx links (BPF_LINK_CREATE, tcx attach types) work
 	IPVSFamily() error                    // nil when the "IPVS" generic netlink family resolves
+	MmapableArrays() error                // nil when a BPF array can be mapped into memory (BPF_F_MMAPABLE)
 }
 
 // Report is what the probe found. `halb probe --json` prints it, so the JSON
@@ -81,6 +82,11 @@ type Report struct {
 	SchedCLS Feature `json:"sched_cls"` // a sched_cls (tc) program loads
 	XDPLink  Feature `json:"xdp_link"`  // an XDP program attaches through a bpf_link
 	TCX      Feature `json:"tcx"`       // a sched_cls program attaches through a tcx link
+	// MmapableArrays: a BPF array can be mapped into memory (Linux 5.5),
+	// which the eBPF data path needs (its Maglev tables and variables are
+	// written through mappings). A Report that did not check has neither
+	// Supported nor Error, and counts as having them.
+	MmapableArrays Feature `json:"mmapable_arrays,omitzero"`
 
 	Capabilities Capabilities `json:"capabilities"`
 	IPVS         IPVS         `json:"ipvs"`
@@ -195,6 +201,7 @@ func (h Host) Probe() Report {
 	r.SchedCLS = feature(k.ProgramType(ebpf.SchedCLS))
 	r.XDPLink = feature(k.XDPLink())
 	r.TCX = feature(k.TCX())
+	r.MmapableArrays = feature(k.MmapableArrays())
 	r.Capabilities = h.probeCapabilities()
 	r.IPVS = h.probeIPVS(r.KernelRelease)
 	r.IPVS.Family = feature(k.IPVSFamily())
@@ -444,6 +451,10 @@ func Choose(mode string, r Report) Decision {
 			Warnings: []string{fmt.Sprintf("unknown datapath.mode %q: want auto, xdp, tc or ipvs", mode)},
 		}
 	}
+	if (d.Mode == config.ModeXDP || d.Mode == config.ModeTC) && r.MmapableArrays.Error != "" {
+		d.Warnings = append(d.Warnings, d.Mode+" configured but BPF arrays cannot be mapped into memory ("+
+			r.MmapableArrays.Error+"): the eBPF data path will not load; use Linux 5.5 or later, or datapath.mode: ipvs")
+	}
 	switch d.Mode {
 	case config.ModeXDP:
 		if r.XDP.Supported && !r.XDPLink.Supported {
@@ -470,6 +481,9 @@ func chooseAuto(r Report) Decision {
 			reason += " (" + r.BTF.Error + ")"
 		}
 		return Decision{Mode: config.ModeIPVS, Reason: reason}
+	case (r.XDP.Supported || r.SchedCLS.Supported) && r.MmapableArrays.Error != "":
+		return Decision{Mode: config.ModeIPVS, Reason: "ipvs: BTF present, but BPF arrays cannot be mapped into memory (" +
+			r.MmapableArrays.Error + "), which the eBPF data path needs (Linux 5.5)"}
 	case r.XDP.Supported:
 		return Decision{Mode: config.ModeXDP, Reason: "xdp: BTF present, XDP loads"}
 	case r.SchedCLS.Supported:

@@ -71,6 +71,15 @@ func attachToThrowawayLo(t ebpf.ProgramType, name string, ret int64, what string
 	})
 }
 
+// MmapableArrays makes a small BPF array with BPF_F_MMAPABLE (Linux 5.5).
+// cilium/ebpf caches the answer for the life of the process.
+func (SystemKernel) MmapableArrays() error {
+	if err := features.HaveMapFlag(features.BPF_F_MMAPABLE); err != nil {
+		return fmt.Errorf("create a BPF array with BPF_F_MMAPABLE: %w", err)
+	}
+	return nil
+}
+
 // IPVSFamily resolves the "IPVS" generic netlink family, the interface the
 // IPVS data path drives. Asking for a family that is not registered makes
 // the kernel try to load its module (net-pf-16-proto-16-family-IPVS), so on

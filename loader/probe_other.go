@@ -27,6 +27,10 @@ func (SystemKernel) TCX() error {
 	return fmt.Errorf("attach tcx link: %w", ebpf.ErrNotSupported)
 }
 
+func (SystemKernel) MmapableArrays() error {
+	return fmt.Errorf("create a BPF array with BPF_F_MMAPABLE: %w", ebpf.ErrNotSupported)
+}
+
 func (SystemKernel) IPVSFamily() error {
 	return fmt.Errorf("resolve generic netlink family IPVS: %w", ebpf.ErrNotSupported)
 }

@@ -17,7 +17,7 @@ import (
 
 // fakeKernel answers the kernel checks from its fields; nil means supported.
 type fakeKernel struct {
-	xdp, schedCLS, xdpLink, tcx, ipvsFamily error
+	xdp, schedCLS, xdpLink, tcx, ipvsFamily, mmapable error
 }
 
 func (k fakeKernel) ProgramType(t ebpf.ProgramType) error {
@@ -29,14 +29,16 @@ func (k fakeKernel) ProgramType(t ebpf.ProgramType) error {
 	}
 	return fmt.Errorf("fake kernel: unexpected program type %s", t)
 }
-func (k fakeKernel) XDPLink() error    { return k.xdpLink }
-func (k fakeKernel) TCX() error        { return k.tcx }
-func (k fakeKernel) IPVSFamily() error { return k.ipvsFamily }
+func (k fakeKernel) XDPLink() error        { return k.xdpLink }
+func (k fakeKernel) TCX() error            { return k.tcx }
+func (k fakeKernel) IPVSFamily() error     { return k.ipvsFamily }
+func (k fakeKernel) MmapableArrays() error { return k.mmapable }
 
 var (
 	errNoXDP    = errors.New("load XDP program: not supported")
 	errNoTC     = errors.New("load SchedCLS program: not supported")
 	errNoFamily = errors.New("resolve generic netlink family IPVS: not registered")
+	errNoMmap   = errors.New("create a BPF array with BPF_F_MMAPABLE: not supported")
 	errXDPPerm  = errors.New("load XDP program: operation not permitted")
 	errTCPerm   = errors.New("load SchedCLS program: operation not permitted")
 )
@@ -362,6 +364,29 @@ func TestChoose(t *testing.T) {
 			mode:   config.ModeAuto,
 			report: report(false, nil, nil),
 			want:   Decision{Mode: config.ModeIPVS, Reason: "ipvs: no kernel BTF at /sys/kernel/btf/vmlinux"},
+		},
+		{
+			name: "BTF and XDP, arrays cannot be mapped (before Linux 5.5)",
+			mode: config.ModeAuto,
+			report: func() Report {
+				r := report(true, nil, nil)
+				r.MmapableArrays = feature(errNoMmap)
+				return r
+			}(),
+			want: Decision{Mode: config.ModeIPVS, Reason: "ipvs: BTF present, but BPF arrays cannot be mapped into memory (" +
+				errNoMmap.Error() + "), which the eBPF data path needs (Linux 5.5)"},
+		},
+		{
+			name: "xdp configured, arrays cannot be mapped",
+			mode: config.ModeXDP,
+			report: func() Report {
+				r := report(true, nil, nil)
+				r.MmapableArrays = feature(errNoMmap)
+				return r
+			}(),
+			want: Decision{Mode: config.ModeXDP, Reason: "configured: datapath.mode: xdp", Warnings: []string{
+				"xdp configured but BPF arrays cannot be mapped into memory (" + errNoMmap.Error() +
+					"): the eBPF data path will not load; use Linux 5.5 or later, or datapath.mode: ipvs"}},
 		},
 		{
 			name:   "empty mode is auto",

@@ -165,6 +165,9 @@ func writeFacts(w io.Writer, r loader.Report, d loader.Decision) error {
 	row("sched_cls program", yesNo(r.SchedCLS.Supported, r.SchedCLS.Error))
 	row("XDP link", yesNo(r.XDPLink.Supported, r.XDPLink.Error))
 	row("tcx link", yesNo(r.TCX.Supported, r.TCX.Error))
+	if m := r.MmapableArrays; m.Supported || m.Error != "" {
+		row("mappable arrays", yesNo(m.Supported, m.Error))
+	}
 
 	if r.Capabilities.Error != "" {
 		row("capabilities", "unknown: "+r.Capabilities.Error)

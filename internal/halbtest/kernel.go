@@ -18,3 +18,4 @@ func (NoKernel) ProgramType(ebpf.ProgramType) error { return ErrNoKernel }
 func (NoKernel) XDPLink() error                     { return ErrNoKernel }
 func (NoKernel) TCX() error                         { return ErrNoKernel }
 func (NoKernel) IPVSFamily() error                  { return ErrNoKernel }
+func (NoKernel) MmapableArrays() error              { return ErrNoKernel }
