@@ -353,6 +353,9 @@ func TestChoose(t *testing.T) {
 			return r
 		}
 	}
+	// A kernel before Linux 5.5: BTF and XDP, but no mappable arrays.
+	unmappable := report(true, nil, nil)
+	unmappable.MmapableArrays = feature(errNoMmap)
 	for _, tc := range []struct {
 		name   string
 		mode   string
@@ -366,24 +369,16 @@ func TestChoose(t *testing.T) {
 			want:   Decision{Mode: config.ModeIPVS, Reason: "ipvs: no kernel BTF at /sys/kernel/btf/vmlinux"},
 		},
 		{
-			name: "BTF and XDP, arrays cannot be mapped (before Linux 5.5)",
-			mode: config.ModeAuto,
-			report: func() Report {
-				r := report(true, nil, nil)
-				r.MmapableArrays = feature(errNoMmap)
-				return r
-			}(),
+			name:   "BTF and XDP, arrays cannot be mapped (before Linux 5.5)",
+			mode:   config.ModeAuto,
+			report: unmappable,
 			want: Decision{Mode: config.ModeIPVS, Reason: "ipvs: BTF present, but BPF arrays cannot be mapped into memory (" +
 				errNoMmap.Error() + "), which the eBPF data path needs (Linux 5.5)"},
 		},
 		{
-			name: "xdp configured, arrays cannot be mapped",
-			mode: config.ModeXDP,
-			report: func() Report {
-				r := report(true, nil, nil)
-				r.MmapableArrays = feature(errNoMmap)
-				return r
-			}(),
+			name:   "xdp configured, arrays cannot be mapped",
+			mode:   config.ModeXDP,
+			report: unmappable,
 			want: Decision{Mode: config.ModeXDP, Reason: "configured: datapath.mode: xdp", Warnings: []string{
 				"xdp configured but BPF arrays cannot be mapped into memory (" + errNoMmap.Error() +
 					"): the eBPF data path will not load; use Linux 5.5 or later, or datapath.mode: ipvs"}},
