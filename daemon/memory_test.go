@@ -14,12 +14,12 @@ func TestMemoryReleasesOnlyAfterAllocating(t *testing.T) {
 	m := newMemory()
 	m.release()
 	at := m.released
-	keep := make([]byte, releaseAfter/8)
+	keep := make([]byte, releaseAfter/16)
 	m.releaseIfGrown()
 	if m.released != at {
 		t.Fatalf("released after %d bytes allocated, under releaseAfter (%d)", m.released-at, releaseAfter)
 	}
-	for range 10 {
+	for range 20 {
 		keep = append(keep[:0:0], make([]byte, releaseAfter/8)...)
 	}
 	m.releaseIfGrown()
