@@ -72,6 +72,7 @@ func Validate(c *Config) []Problem {
 	v.vrrp(&c.VRRP)
 	v.services(c)
 	v.addressClashes(c)
+	v.natBackends(c)
 	return v.problems
 }
 
@@ -218,11 +219,12 @@ func (v *validator) datapath(c *Config) {
 	}
 	if v.intRange("datapath.max_backends", d.MaxBackends, 2, maxTableSize) && d.Mode != ModeIPVS {
 		// Every backend of a service the eBPF data path may serve takes
-		// one record, and ID 0 is "no backend". NAT services go to IPVS
-		// (auto) or are refused (xdp, tc) elsewhere.
+		// one record, and ID 0 is "no backend". Services with an
+		// IPVS-only scheduler go to IPVS (auto) or are refused (xdp, tc)
+		// elsewhere.
 		n := 0
 		for _, s := range c.Services {
-			if s.Forward != "nat" {
+			if ServiceDatapath(d.Mode, "", s) != "ipvs" {
 				n += len(s.Backends)
 				if s.SorryBackend.IsValid() {
 					n++
@@ -488,9 +490,6 @@ func (v *validator) service(path string, s *Service, d Datapath) {
 		v.errf(path+".scheduler", "%q is not a scheduler: use one of %s (or with IPVS: %s)", s.Scheduler, strings.Join(bpfSchedulers, ", "), strings.Join(ipvsOnlySchedulers, ", "))
 	}
 	v.oneOf(path+".forward", s.Forward, "dr", "tun", "nat")
-	if s.Forward == "nat" && bpfOnly {
-		v.errf(path+".forward", "nat is not in the eBPF data path yet: use dr or tun, or datapath.mode: ipvs (mode auto runs NAT services on IPVS)")
-	}
 	if v.duration(path+".persistence", s.Persistence, time.Second, maxPersistence, "off") && s.Persistence%time.Second != 0 {
 		v.errf(path+".persistence", "%s is not whole seconds: client affinity is kept in seconds", s.Persistence)
 	}
@@ -645,6 +644,72 @@ func (v *validator) addressClashes(c *Config) {
 		}
 		if s.SorryBackend.IsValid() {
 			backend(func() string { return fmt.Sprintf("services[%d].sorry_backend", i) }, s.SorryBackend.Addr(), s.VIP)
+		}
+	}
+}
+
+// ServiceDatapath is the data path that carries s, "ebpf" or "ipvs", when
+// datapath.mode is mode and the probe chose chosen (xdp, tc or ipvs; ""
+// before probing, when auto's choice is not known yet and is taken to be
+// the eBPF data path, as on any kernel with BTF). With mode auto an
+// IPVS-only scheduler runs on IPVS beside the eBPF data path; every
+// forward kind (dr, tun, nat) runs on eBPF.
+func ServiceDatapath(mode, chosen string, s Service) string {
+	switch {
+	case mode == ModeIPVS || chosen == ModeIPVS:
+		return "ipvs"
+	case mode == ModeAuto && slices.Contains(ipvsOnlySchedulers, s.Scheduler):
+		return "ipvs"
+	}
+	return "ebpf"
+}
+
+// natBackends refuses a backend address and port in two NAT services of
+// one protocol that the eBPF data path carries: it knows a NAT backend's
+// replies by their source address, port and protocol alone, with no
+// state per flow (so that they are translated on whichever node is
+// MASTER), and such a reply could go back as either VIP. A sorry backend
+// counts, as it takes a backend's place. IPVS tracks each connection and
+// needs no such rule.
+func (v *validator) natBackends(c *Config) {
+	type key struct {
+		addr  netip.AddrPort
+		proto string
+	}
+	type owner struct {
+		name string
+		i    int
+	}
+	first := map[key]owner{}
+	note := func(path func() string, i int, s Service, a netip.Addr, port int) {
+		if !a.IsValid() {
+			return
+		}
+		if port == 0 {
+			port = s.Port
+		}
+		k := key{netip.AddrPortFrom(a.WithZone(""), uint16(port)), s.Protocol}
+		other, ok := first[k]
+		if ok && other.i == i {
+			return // listed twice in one service: services() says so
+		}
+		if ok {
+			v.errf(path(), "%s/%s is also a backend of the NAT service %q: the eBPF data path knows a NAT backend's replies by "+
+				"their source address, port and protocol, and could not tell which VIP they go back as; give it another port "+
+				"in one of the two services (or use datapath.mode: ipvs)", k.addr, k.proto, other.name)
+			return
+		}
+		first[k] = owner{s.Name, i}
+	}
+	for i, s := range c.Services {
+		if s.Forward != "nat" || ServiceDatapath(c.Datapath.Mode, "", s) != "ebpf" {
+			continue
+		}
+		for j, b := range s.Backends {
+			note(func() string { return fmt.Sprintf("services[%d].backends[%d]", i, j) }, i, s, b.Address, b.Port)
+		}
+		if s.SorryBackend.IsValid() {
+			note(func() string { return fmt.Sprintf("services[%d].sorry_backend", i) }, i, s, s.SorryBackend.Addr(), int(s.SorryBackend.Port()))
 		}
 	}
 }

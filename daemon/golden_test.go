@@ -109,8 +109,8 @@ func goldenCases() []goldenCase {
 
 	xdp := func() service.Datapath { return &goldenBPF{} }
 	split := &service.Split{First: xdp(), OpenSecond: func(context.Context) (service.Datapath, error) { return goldenIPVS{}, nil }}
-	// The NAT service opens the second half, as in datapath.mode auto.
-	if err := split.Apply(context.Background(), []service.Service{{Name: "db", Forward: service.NAT, Scheduler: "rr"}}); err != nil {
+	// The IPVS-only scheduler opens the second half, as in datapath.mode auto.
+	if err := split.Apply(context.Background(), []service.Service{{Name: "db", Forward: service.NAT, Scheduler: "wlc"}}); err != nil {
 		panic(err)
 	}
 	return []goldenCase{

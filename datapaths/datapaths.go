@@ -46,8 +46,8 @@ func Open(ctx context.Context, cfg config.Datapath, mode string, log *slog.Logge
 		if err != nil || cfg.Mode != config.ModeAuto {
 			return bpf, err
 		}
-		// auto: NAT and IPVS-only schedulers are not in the eBPF data
-		// path, so those services run on IPVS beside it.
+		// auto: IPVS-only schedulers are not in the eBPF data path,
+		// so those services run on IPVS beside it.
 		return &service.Split{First: bpf, OpenSecond: openIPVS}, nil
 	}
 	return nil, fmt.Errorf("no data path for mode %q", mode)

@@ -12,11 +12,11 @@ import (
 	"github.com/halb-lb/halb/config"
 )
 
-// NeedsIPVS reports whether only IPVS can carry s: NAT, or an IPVS-only
+// NeedsIPVS reports whether only IPVS can carry s: an IPVS-only
 // scheduler. With datapath.mode auto such services go to IPVS while the
-// rest stay on eBPF.
+// rest, every forward kind (dr, tun, nat), stay on eBPF.
 func NeedsIPVS(s Service) bool {
-	return s.Forward == NAT || !slices.Contains(config.BPFSchedulers(), s.Scheduler)
+	return !slices.Contains(config.BPFSchedulers(), s.Scheduler)
 }
 
 // Split is a Datapath that hands each service to one of two data paths:

@@ -69,20 +69,20 @@ func TestSplit(t *testing.T) {
 	if opened != 1 || s.Name() != "xdp+ipvs" {
 		t.Fatalf("opened %d, name %s", opened, s.Name())
 	}
-	if got := bpf.applied[1]; !slices.Equal(got, []string{"dr", "tun"}) {
-		t.Errorf("eBPF got %v", got)
+	if got := bpf.applied[1]; !slices.Equal(got, []string{"dr", "nat", "tun"}) {
+		t.Errorf("eBPF got %v, want every forward kind", got)
 	}
-	if got := ipvs.applied[0]; !slices.Equal(got, []string{"nat", "lc"}) {
-		t.Errorf("IPVS got %v, want the NAT service and the IPVS-only scheduler", got)
+	if got := ipvs.applied[0]; !slices.Equal(got, []string{"lc"}) {
+		t.Errorf("IPVS got %v, want the IPVS-only scheduler", got)
 	}
-	// NAT leaves the config: IPVS is told, so it removes the service.
+	// lc leaves the config: IPVS is told, so it removes the service.
 	if err := s.Apply(ctx, []Service{dr}); err != nil {
 		t.Fatal(err)
 	}
 	if got := ipvs.applied[1]; len(got) != 0 || opened != 1 {
-		t.Errorf("IPVS got %v after the NAT services left (opened %d)", got, opened)
+		t.Errorf("IPVS got %v after the IPVS-only services left (opened %d)", got, opened)
 	}
-	if err := s.Apply(ctx, []Service{dr, nat}); err != nil {
+	if err := s.Apply(ctx, []Service{dr, lc}); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := s.Report()
@@ -93,7 +93,7 @@ func TestSplit(t *testing.T) {
 	for _, r := range rep {
 		got = append(got, r.Datapath+":"+r.Name)
 	}
-	if want := []string{"xdp:dr", "ipvs:nat"}; !slices.Equal(got, want) {
+	if want := []string{"xdp:dr", "ipvs:lc"}; !slices.Equal(got, want) {
 		t.Errorf("Report: %v, want %v", got, want)
 	}
 	if err := s.Close(); err != nil || !bpf.closed || !ipvs.closed {
@@ -117,7 +117,7 @@ func TestSplitMerges(t *testing.T) {
 	if got := s.Resync(); got != 30*time.Second {
 		t.Errorf("Resync before the second half opened: %s, want the first's", got)
 	}
-	if err := s.Apply(context.Background(), []Service{{Name: "nat", Forward: NAT, Scheduler: "rr"}}); err != nil {
+	if err := s.Apply(context.Background(), []Service{{Name: "wlc", Forward: NAT, Scheduler: "wlc"}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := s.Resync(); got != 10*time.Second {
@@ -154,12 +154,12 @@ func TestSplitSecondFailsToOpen(t *testing.T) {
 		var none *fakeDatapath
 		return none, noIPVS
 	}}
-	nat := Service{Name: "nat", Forward: NAT, Scheduler: "rr"}
+	lc := Service{Name: "lc", Forward: NAT, Scheduler: "lc"}
 	dr := Service{Name: "dr", Forward: DR, Scheduler: "mh"}
 	ctx := context.Background()
 
 	for i := range 2 {
-		err := s.Apply(ctx, []Service{dr, nat})
+		err := s.Apply(ctx, []Service{dr, lc})
 		if !errors.Is(err, noIPVS) {
 			t.Fatalf("Apply %d: %v, want the open's error", i, err)
 		}
@@ -218,7 +218,7 @@ func TestSplitApplyAfterClose(t *testing.T) {
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
-			err := s.Apply(context.Background(), []Service{{Name: "nat", Forward: NAT, Scheduler: "rr"}})
+			err := s.Apply(context.Background(), []Service{{Name: "lc", Forward: NAT, Scheduler: "lc"}})
 			if !errors.Is(err, ErrClosed) {
 				t.Errorf("Apply after %s: %v, want ErrClosed", end, err)
 			}

@@ -81,7 +81,9 @@ func writeSummary(w io.Writer, path string, c *config.Config, warnings []config.
 		fmt.Fprintf(tw, "(none)\n")
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintf(tw, "SERVICE\tVIP\tSCHEDULER\tFORWARD\tCHECK\tBACKENDS\n")
+	// DATAPATH: which data path takes the service (with mode auto, as on
+	// a kernel with BTF: `halb probe` says what this one has).
+	fmt.Fprintf(tw, "SERVICE\tVIP\tSCHEDULER\tFORWARD\tDATAPATH\tCHECK\tBACKENDS\n")
 	for _, s := range c.Services {
 		backends := make([]string, 0, len(s.Backends))
 		for _, b := range s.Backends {
@@ -91,8 +93,9 @@ func writeSummary(w io.Writer, path string, c *config.Config, warnings []config.
 		if check != "none" {
 			check += " every " + s.HealthCheck.Interval.String()
 		}
-		fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\t%s\n",
-			s.Name, netip.AddrPortFrom(s.VIP, uint16(s.Port)), s.Protocol, s.Scheduler, s.Forward, check, strings.Join(backends, ", "))
+		fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n",
+			s.Name, netip.AddrPortFrom(s.VIP, uint16(s.Port)), s.Protocol, s.Scheduler, s.Forward,
+			config.ServiceDatapath(c.Datapath.Mode, "", s), check, strings.Join(backends, ", "))
 	}
 	if len(c.Services) == 0 {
 		fmt.Fprintf(tw, "(none)\n")

@@ -80,6 +80,8 @@ func hostWarnings(c *config.Config, held map[netip.Addr]bool) []config.Problem {
 		for j, b := range s.Backends {
 			if msg := noRoute(b.Address); msg != "" {
 				warn(fmt.Sprintf("%s.backends[%d].address", path, j), "%s", msg)
+			} else if msg := natRouteProblem(c, s, b.Address); msg != "" {
+				warn(fmt.Sprintf("%s.backends[%d].address", path, j), "%s", msg)
 			}
 		}
 		if s.SorryBackend.IsValid() {
@@ -103,6 +105,32 @@ func routeProblem(a netip.Addr) string {
 			"and sends to it once a route appears", a, err)
 	}
 	return ""
+}
+
+// natRouteProblem says why a NAT backend at a, which this host routes
+// to, would not be served by the eBPF data path here: the route leaves
+// through an interface that is not one of datapath.interfaces, where the
+// program neither sends the clients' packets nor sees the backend's
+// replies. "" when nothing is wrong or s is not such a service.
+func natRouteProblem(c *config.Config, s config.Service, a netip.Addr) string {
+	if s.Forward != "nat" || config.ServiceDatapath(c.Datapath.Mode, "", s) != "ebpf" {
+		return ""
+	}
+	routes, err := netlink.RouteGet(a.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return ""
+	}
+	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return ""
+	}
+	name := link.Attrs().Name
+	if slices.Contains(c.Datapath.Interfaces, name) {
+		return ""
+	}
+	return fmt.Sprintf("the route to %s leaves through %s, which is not in datapath.interfaces: forward: nat sends the "+
+		"clients' packets there and must see the backend's replies arrive there; add %s to datapath.interfaces",
+		a, name, name)
 }
 
 // heldVIPs asks a halb running on socket which virtual IPs it holds as

@@ -34,7 +34,7 @@ func newProbeCmd(f *flags) *cobra.Command {
 			report := loader.Host{Root: root}.Probe()
 			decision := loader.Choose(mode, report)
 			needed := neededModules(cfg, report)
-			out := probeOutput{report, mode, needed, decision}
+			out := probeOutput{report, mode, needed, decision, servicePaths(cfg, decision)}
 			if asJSON {
 				return out.writeJSON(cmd.OutOrStdout())
 			}
@@ -58,6 +58,32 @@ type probeOutput struct {
 	ConfiguredMode string          `json:"configured_mode"`
 	IPVSNeeded     []moduleNeed    `json:"ipvs_needed"`
 	Decision       loader.Decision `json:"decision"`
+	Services       []servicePath   `json:"services,omitempty"`
+}
+
+// servicePath is the data path a configured service takes on this host.
+type servicePath struct {
+	Service  string `json:"service"`
+	Forward  string `json:"forward"`
+	Datapath string `json:"datapath"` // xdp, tc or ipvs
+}
+
+// servicePaths says which data path takes each configured service under
+// the decision: the eBPF one it chose, or IPVS (mode ipvs, a kernel
+// without BTF, or with mode auto an IPVS-only scheduler).
+func servicePaths(cfg *config.Config, d loader.Decision) []servicePath {
+	out := []servicePath{}
+	if cfg == nil {
+		return out
+	}
+	for _, s := range cfg.Services {
+		path := config.ServiceDatapath(cfg.Datapath.Mode, d.Mode, s)
+		if path == "ebpf" {
+			path = d.Mode
+		}
+		out = append(out, servicePath{Service: s.Name, Forward: s.Forward, Datapath: path})
+	}
+	return out
 }
 
 func (o probeOutput) writeJSON(w io.Writer) error {
@@ -77,6 +103,9 @@ func (o probeOutput) writeTable(w io.Writer, note string) error {
 	}
 	for _, n := range o.IPVSNeeded {
 		fmt.Fprintf(w, "config needs          %s: %s\n", n.Module, n.State)
+	}
+	for _, p := range o.Services {
+		fmt.Fprintf(w, "service               %s: %s (forward %s)\n", p.Service, p.Datapath, p.Forward)
 	}
 	return nil
 }

@@ -160,6 +160,7 @@ func probeOutputs() map[string]probeOutput {
 				{Module: "ip_vs_wrr", State: "loadable"},
 			},
 			Decision: loader.Decision{Mode: "ipvs", Reason: "ipvs: no kernel BTF at /sys/kernel/btf/vmlinux"},
+			Services: []servicePath{{Service: "k8s-api", Forward: "nat", Datapath: "ipvs"}, {Service: "ingress", Forward: "nat", Datapath: "ipvs"}},
 		},
 		// A server: BTF, two bpffs mounts, ip_vs built in and loaded, a
 		// container's capabilities.
@@ -186,6 +187,7 @@ func probeOutputs() map[string]probeOutput {
 			},
 			ConfiguredMode: "xdp",
 			IPVSNeeded:     []moduleNeed{},
+			Services:       []servicePath{{Service: "web", Forward: "nat", Datapath: "xdp"}},
 			Decision: loader.Decision{Mode: "xdp", Reason: "configured: datapath.mode: xdp", Warnings: []string{
 				"XDP programs load but the XDP bpf_link check failed: unshare network namespace for the probe (needs CAP_SYS_ADMIN): operation not permitted"}},
 		},
