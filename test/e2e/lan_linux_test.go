@@ -281,6 +281,11 @@ func newLAN(t testing.TB, sw *netnstest.NS) *lan {
 // plug connects ns to the bridge: eth0 in ns with addrs on the LAN's
 // prefixes, swName on the bridge. It returns swName's ifindex.
 func (l *lan) plug(ns *netnstest.NS, swName string, addrs ...netip.Addr) int {
+	return l.plugAs(ns, swName, "eth0", addrs...)
+}
+
+// plugAs is plug with ifName in ns rather than eth0.
+func (l *lan) plugAs(ns *netnstest.NS, swName, ifName string, addrs ...netip.Addr) int {
 	t := l.t
 	t.Helper()
 	// No duplicate address detection, for the link-local address either:
@@ -295,7 +300,7 @@ func (l *lan) plug(ns *netnstest.NS, swName string, addrs ...netip.Addr) int {
 	}
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: swName, MasterIndex: l.bridge},
-		PeerName:      "eth0",
+		PeerName:      ifName,
 		PeerNamespace: netlink.NsFd(int(ns.Handle())),
 	}
 	if err := l.h.LinkAdd(veth); err != nil {
@@ -309,7 +314,7 @@ func (l *lan) plug(ns *netnstest.NS, swName string, addrs ...netip.Addr) int {
 		t.Fatalf("bring up %s: %v", swName, err)
 	}
 	h := ns.Netlink(t)
-	eth0, err := h.LinkByName("eth0")
+	eth0, err := h.LinkByName(ifName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +325,7 @@ func (l *lan) plug(ns *netnstest.NS, swName string, addrs ...netip.Addr) int {
 		}
 		na := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}, Flags: unix.IFA_F_NODAD}
 		if err := h.AddrAdd(eth0, na); err != nil {
-			t.Fatalf("add %s to eth0 of %s: %v", a, swName, err)
+			t.Fatalf("add %s to %s of %s: %v", a, ifName, swName, err)
 		}
 	}
 	if err := h.LinkSetUp(eth0); err != nil {

@@ -41,6 +41,12 @@ const (
 // connection and keeps the one it has.
 func TestTUN(t *testing.T) {
 	netnstest.Require(t)
+	forHooks(t, testTUN)
+}
+
+// forHooks runs f as a subtest on each hook the data path attaches to,
+// with the datapath.mode and xdp_mode that choose it.
+func forHooks(t *testing.T, f func(t *testing.T, mode, xdpMode string, hook loader.Hook)) {
 	for _, v := range []struct {
 		mode, xdpMode string
 		hook          loader.Hook
@@ -49,9 +55,7 @@ func TestTUN(t *testing.T) {
 		{config.ModeXDP, "generic", loader.HookXDPGeneric},
 		{config.ModeTC, "auto", loader.HookTCX},
 	} {
-		t.Run(string(v.hook), func(t *testing.T) {
-			testTUN(t, v.mode, v.xdpMode, v.hook)
-		})
+		t.Run(string(v.hook), func(t *testing.T) { f(t, v.mode, v.xdpMode, v.hook) })
 	}
 }
 
@@ -232,6 +236,17 @@ func readDecap(t *testing.T, objs *decapObjects) [decapPlainVIP + 1]uint64 {
 // backend's addresses.
 func waitNeighbours(t *testing.T, lb *netnstest.NS) {
 	t.Helper()
+	var addrs []netip.Addr
+	for _, b := range backends {
+		addrs = append(addrs, b.addr, b.addr6)
+	}
+	waitKnown(t, lb, addrs)
+}
+
+// waitKnown waits until the neighbour table of lb holds a MAC for each of
+// addrs.
+func waitKnown(t *testing.T, lb *netnstest.NS, addrs []netip.Addr) {
+	t.Helper()
 	h := lb.Netlink(t)
 	const valid = netlink.NUD_PERMANENT | netlink.NUD_NOARP | netlink.NUD_REACHABLE |
 		netlink.NUD_PROBE | netlink.NUD_STALE | netlink.NUD_DELAY
@@ -248,11 +263,9 @@ func waitNeighbours(t *testing.T, lb *netnstest.NS) {
 			}
 		}
 		var missing []netip.Addr
-		for _, b := range backends {
-			for _, a := range []netip.Addr{b.addr, b.addr6} {
-				if !known[a] {
-					missing = append(missing, a)
-				}
+		for _, a := range addrs {
+			if !known[a] {
+				missing = append(missing, a)
 			}
 		}
 		if len(missing) == 0 {
