@@ -471,12 +471,23 @@ func (d *Datapath) forgetReusedIDs(plans []*servicePlan) error {
 }
 
 // queuedRecord is a backend record queued for writeBackends, and the one
-// it replaces.
+// it replaces. An Apply holds one for each backend written, 100 000 at
+// first at the largest sites, so it leaves out the backend's address,
+// which only a failed write needs (addrOf).
 type queuedRecord struct {
 	p   *servicePlan
-	ap  netip.AddrPort
 	be  *beState
 	old halbBackend
+}
+
+// addrOf is be's address in st, for a record that could not be written.
+func (st *svcState) addrOf(be *beState) netip.AddrPort {
+	for ap, b := range st.backends {
+		if b == be {
+			return ap
+		}
+	}
+	return netip.AddrPort{}
 }
 
 // queueBackends queues the records of the service's backends that
@@ -496,7 +507,7 @@ func (d *Datapath) queueBackends(p *servicePlan, queued []queuedRecord) []queued
 			continue
 		}
 		d.maps.queueBackend(be.id, rec, fresh)
-		queued = append(queued, queuedRecord{p: p, ap: ap, be: be, old: be.rec})
+		queued = append(queued, queuedRecord{p: p, be: be, old: be.rec})
 		if !fresh && rec.Mac != be.rec.Mac && be.rec.Mac != ([6]byte{}) && rec.Mac != ([6]byte{}) {
 			d.log.Info("backend mac changed", "service", st.String(), "backend", ap.String(),
 				"old", net.HardwareAddr(be.rec.Mac[:]).String(), "new", net.HardwareAddr(rec.Mac[:]).String())
@@ -519,7 +530,7 @@ func (d *Datapath) writeBackends(queued []queuedRecord) map[*servicePlan]bool {
 	for _, q := range queued {
 		if err := failed[q.be.id]; err != nil {
 			q.be.rec = q.old
-			q.p.errs = append(q.p.errs, fmt.Errorf("service %s: backend %s: %w", q.p.st, q.ap, err))
+			q.p.errs = append(q.p.errs, fmt.Errorf("service %s: backend %s: %w", q.p.st, q.p.st.addrOf(q.be), err))
 			again[q.p] = true
 		}
 	}
@@ -731,6 +742,10 @@ func (d *Datapath) planTable(p *servicePlan) *tableJob {
 	for i, be := range j.live {
 		j.ids[i] = be.id
 	}
+	// What the build reads is taken: the job holds no more until it is
+	// installed with every other of the Apply (100 000 backends: some
+	// 4 MB less at the Apply's peak).
+	j.live, j.keys = nil, nil
 	return j
 }
 
@@ -806,7 +821,7 @@ func (d *Datapath) installTables(plans []*servicePlan) {
 			continue
 		}
 		if !j.isNew {
-			d.log.Info("maglev table rebuilt", "service", j.st.String(), "live_backends", len(j.live))
+			d.log.Info("maglev table rebuilt", "service", j.st.String(), "live_backends", len(j.ids))
 		}
 		j.st.table = j.sig
 	}
@@ -848,6 +863,7 @@ func (d *Datapath) writeTable(j *tableJob) error {
 			return nil
 		}
 	}
+	j.backends = nil // built: its keys go before the Apply's other builds end
 	staged, err := d.maps.stageTable(st.id, table)
 	if err != nil {
 		return fmt.Errorf("service %s: %w", st, err)

@@ -3,6 +3,7 @@ package loader
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -150,5 +151,19 @@ func TestApplyKeepsLittleHeap(t *testing.T) {
 	}
 	if grew := int64(second) - int64(first); grew > int64(backends)*64 {
 		t.Errorf("a second Apply of the same services keeps %d bytes more", grew)
+	}
+}
+
+// TestAddrOf: a queued record leaves its backend's address out, to keep
+// an Apply's peak down, and a failed write names the backend by it all
+// the same.
+func TestAddrOf(t *testing.T) {
+	a, b := netip.MustParseAddrPort("192.0.2.1:80"), netip.MustParseAddrPort("192.0.2.2:80")
+	st := &svcState{backends: map[netip.AddrPort]*beState{a: {id: 1}, b: {id: 2}}}
+	if got := st.addrOf(st.backends[b]); got != b {
+		t.Errorf("addrOf(backend 2) = %s, want %s", got, b)
+	}
+	if got := st.addrOf(&beState{id: 3}); got.IsValid() {
+		t.Errorf("addrOf(a backend of no service) = %s, want none", got)
 	}
 }
