@@ -13,8 +13,10 @@
 // stops there if it shows what that pass wrote; it lists the services and
 // their destinations over netlink only when it does not. What
 // /proc/net/ip_vs does not show (a destination's thresholds or tunnel
-// type, a persistence timeout or netmask) is put back by the next Apply
-// that changes something, not by a resync.
+// type), or shows in the kernel's own units (a persistence timeout, in
+// jiffies), is put back by the next Apply that changes something, not by a
+// resync. The VM test's scenario halb-ipvs-table checks the reading
+// against a real kernel.
 //
 // It must never change or remove an IPVS service it does not own, never
 // unload a module, and never leave a service half-programmed because a

@@ -41,10 +41,17 @@ func (d *Datapath) unchanged(want []target) bool {
 	}
 	have, err := r.Table()
 	if err != nil {
-		// The full pass reads again and says what is wrong.
+		// The full pass reads over netlink instead; this error is halb's
+		// own (the file is the kernel's), so it is worth a line.
+		d.log.Warn("ipvs table could not be read whole; reading it service by service", "error", err)
 		return false
 	}
-	return holds(have, want, d.owned)
+	if !holds(have, want, d.owned) {
+		d.log.Debug("ipvs table differs from what the last pass left; reading it service by service")
+		return false
+	}
+	d.log.Debug("ipvs table as the last pass left it", "services", len(want))
+	return true
 }
 
 // holds reports whether the table read (have) holds each target as halb
@@ -90,9 +97,10 @@ var procForwards = map[string]cfipvs.ForwardType{
 }
 
 // parseProcTable reads /proc/net/ip_vs: a header, then each service on a
-// line of its own ("TCP  C000020A:0050 rr persistent 300 FFFFFFFF", IPv6
-// addresses as "[2001:0db8:...]"), followed by its destinations ("  ->
-// 0A000001:0050      Route   1      0          0"). Firewall-mark and SCTP
+// line of its own ("UDP  C000020B:0035 sh  persistent 75000 FFFFFFFF", the
+// timeout in jiffies; IPv6 addresses as "[2001:0db8:0000:...]"), followed
+// by its destinations ("  -> C6336415:0035      Route   1      0
+// 0"). procShapes in table_test.go is a real kernel's. Firewall-mark and SCTP
 // services, which halb never makes, are skipped with their destinations.
 // Anything it does not understand is an error: the caller then reads the
 // table the long way.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	cfipvs "github.com/cloudflare/ipvs"
 
@@ -143,23 +144,12 @@ func TestParseProcTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for k, c := range have {
-		line := k.String() + " " + c.svc.Scheduler
-		if c.svc.Flags&cfipvs.ServicePersistent != 0 {
-			line += " persistent"
-		}
-		for _, d := range c.dests {
-			line += " " + destArgs(c.svc, d)
-		}
-		got = append(got, line)
-	}
+	got := procLines(have)
 	want := []string{
 		"192.0.2.10:80/tcp rr -t 192.0.2.10:80 -r 10.0.0.1:80 -g -w 1 -t 192.0.2.10:80 -r 10.0.0.2:80 local -w 3",
 		"192.0.2.53:53/udp sh persistent -u 192.0.2.53:53 -r 10.0.2.1:53 -m -w 0",
 		"[2001:db8::10]:443/tcp mh -t [2001:db8::10]:443 -r [2001:db8:1::1]:443 -i -w 2",
 	}
-	slices.Sort(got)
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("parsed:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
@@ -172,6 +162,122 @@ func TestParseProcTable(t *testing.T) {
 	} {
 		if _, err := parseProcTable(strings.NewReader(bad)); err == nil {
 			t.Errorf("parsed %q without an error", bad)
+		}
+	}
+}
+
+// procLines is a parsed table, a service a line with its destinations as
+// ipvsadm arguments, sorted.
+func procLines(have map[service.Key]*current) []string {
+	var got []string
+	for k, c := range have {
+		line := k.String() + " " + c.svc.Scheduler
+		if c.svc.Flags&cfipvs.ServicePersistent != 0 {
+			line += " persistent"
+		}
+		for _, d := range c.dests {
+			line += " " + destArgs(c.svc, d)
+		}
+		got = append(got, line)
+	}
+	slices.Sort(got)
+	return got
+}
+
+// shapes are the services of test/vm/halb-ipvs-shapes.yaml, one of each
+// shape /proc/net/ip_vs shows differently.
+var shapes = []service.Service{
+	svc("web4", "192.0.2.10:80", service.TCP, "wrr", service.NAT, be("198.51.100.10:8080", 3), be("198.51.100.14:8080", 0)),
+	with(svc("dns4", "192.0.2.11:53", service.UDP, "sh", service.DR, be("198.51.100.21:53", 1), be("198.51.100.22:53", 65535)),
+		func(s *service.Service) { s.Persistence = 300 * time.Second }),
+	svc("tun4", "192.0.2.12:8443", service.TCP, "lc", service.TUN, be("198.51.100.30:8443", 2), be("198.51.100.31:8443", 5)),
+	with(svc("web6", "[2001:db8::10]:443", service.TCP, "mh", service.TUN, be("[2001:db8:1::11]:443", 1), be("[2001:db8:1::12]:443", 0)),
+		func(s *service.Service) { s.Persistence = time.Minute }),
+	svc("dns6", "[2001:db8::11]:53", service.UDP, "rr", service.NAT, be("[2001:db8:2::21]:5353", 1)),
+	svc("dr6", "[2001:db8:0:0:1::12]:80", service.TCP, "wlc", service.DR, be("[2001:db8::ab:cdef]:80", 7)),
+}
+
+// procShapes is /proc/net/ip_vs as Debian 12's kernel (6.1.0-57-amd64,
+// HZ=250) wrote it with shapes programmed by halb, captured in the VM test
+// (scenario halb-ipvs-table). What it shows that a reading of the kernel's
+// source could miss: two blanks after an IPv4 service's scheduler (the
+// empty "ops " flag), one after an IPv6 one's, the persistence timeout in
+// jiffies (75000 for 300 s), an IPv6 service's netmask as its prefix length
+// in the top byte (80000000), destinations newest first.
+const procShapes = `IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port Forward Weight ActiveConn InActConn
+UDP  [2001:0db8:0000:0000:0000:0000:0000:0011]:0035 rr 
+  -> [2001:0db8:0002:0000:0000:0000:0000:0021]:14E9      Masq    1      0          0         
+TCP  [2001:0db8:0000:0000:0001:0000:0000:0012]:0050 wlc 
+  -> [2001:0db8:0000:0000:0000:0000:00ab:cdef]:0050      Route   7      0          0         
+TCP  C000020C:20FB lc  
+  -> C633641F:20FB      Tunnel  5      0          0         
+  -> C633641E:20FB      Tunnel  2      0          0         
+UDP  C000020B:0035 sh  persistent 75000 FFFFFFFF
+  -> C6336416:0035      Route   65535  0          0         
+  -> C6336415:0035      Route   1      0          0         
+TCP  [2001:0db8:0000:0000:0000:0000:0000:0010]:01BB mh persistent 15000 80000000
+  -> [2001:0db8:0001:0000:0000:0000:0000:0012]:01BB      Tunnel  0      0          0         
+  -> [2001:0db8:0001:0000:0000:0000:0000:0011]:01BB      Tunnel  1      0          0         
+TCP  C000020A:0050 wrr  
+  -> C633640E:1F90      Masq    0      0          0         
+  -> C633640A:1F90      Masq    3      0          0         
+`
+
+// The real kernel's text reads as the services halb wrote, and a resync
+// that read it would find the table as the last pass left it; each change
+// the VM scenario makes by hand (and a few more) would send it the long
+// way.
+func TestParseProcTableFromKernel(t *testing.T) {
+	have, err := parseProcTable(strings.NewReader(procShapes))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"192.0.2.10:80/tcp wrr -t 192.0.2.10:80 -r 198.51.100.14:8080 -m -w 0 -t 192.0.2.10:80 -r 198.51.100.10:8080 -m -w 3",
+		"192.0.2.11:53/udp sh persistent -u 192.0.2.11:53 -r 198.51.100.22:53 -g -w 65535 -u 192.0.2.11:53 -r 198.51.100.21:53 -g -w 1",
+		"192.0.2.12:8443/tcp lc -t 192.0.2.12:8443 -r 198.51.100.31:8443 -i -w 5 -t 192.0.2.12:8443 -r 198.51.100.30:8443 -i -w 2",
+		"[2001:db8::10]:443/tcp mh persistent -t [2001:db8::10]:443 -r [2001:db8:1::12]:443 -i -w 0 -t [2001:db8::10]:443 -r [2001:db8:1::11]:443 -i -w 1",
+		"[2001:db8::11]:53/udp rr -u [2001:db8::11]:53 -r [2001:db8:2::21]:5353 -m -w 1",
+		"[2001:db8::1:0:0:12]:80/tcp wlc -t [2001:db8::1:0:0:12]:80 -r [2001:db8::ab:cdef]:80 -g -w 7",
+	}
+	if got := procLines(have); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("parsed:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	wrote, err := targets(shapes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owned := keySet{}
+	for _, s := range shapes {
+		owned[s.Key] = true
+	}
+	if !holds(have, wrote, owned) {
+		t.Fatal("the table halb wrote does not hold what it wrote")
+	}
+	for _, c := range []struct{ name, from, to string }{
+		{"weight (ipvsadm -e)", "C633640A:1F90      Masq    3", "C633640A:1F90      Masq    9"},
+		{"IPv6 destination removed (ipvsadm -d)", "  -> [2001:0db8:0002:0000:0000:0000:0000:0021]:14E9      Masq    1      0          0         \n", ""},
+		{"persistence off", "sh  persistent 75000 FFFFFFFF", "sh  "},
+		{"persistence on", "lc  ", "lc  persistent 75000 FFFFFFFF"},
+		{"scheduler", "mh persistent", "sh persistent"},
+		{"forwarding method", "C6336415:0035      Route", "C6336415:0035      Masq "},
+		{"IPv6 service removed", "TCP  [2001:0db8:0000:0000:0001:0000:0000:0012]:0050 wlc \n" +
+			"  -> [2001:0db8:0000:0000:0000:0000:00ab:cdef]:0050      Route   7      0          0         \n", ""},
+		{"port", "C633641F:20FB", "C633641F:20FC"},
+	} {
+		text := strings.Replace(procShapes, c.from, c.to, 1)
+		if text == procShapes {
+			t.Fatalf("%s: the fixture has no %q", c.name, c.from)
+		}
+		have, err := parseProcTable(strings.NewReader(text))
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if holds(have, wrote, owned) {
+			t.Errorf("%s: the table read as the last pass left it", c.name)
 		}
 	}
 }

@@ -22,7 +22,8 @@
 #                         only kmod honours
 #   /usr/sbin             halb, ipvsadm and (amd64 only) iproute2's ip
 #   /lib, /lib64          the shared libraries of kmod, ipvsadm and ip
-#   /etc/halb/NAME.yaml   test/vm/halb-NAME.yaml: ipvs.yaml, ipvs-two.yaml
+#   /etc/halb/NAME.yaml   test/vm/halb-NAME.yaml: ipvs.yaml, ipvs-two.yaml,
+#                         ipvs-shapes.yaml
 #
 # On amd64, kmod, ipvsadm and ip are the host's, with the libraries ldd
 # names. For another architecture they come from Debian's packages for it
