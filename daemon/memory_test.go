@@ -7,8 +7,8 @@ import (
 
 // TestMemoryReleasesOnlyAfterAllocating pins the rule that keeps an idle
 // daemon idle: a resync tick returns memory to the OS only once the heap
-// allocated releaseAfter since the last return, never on a tick with
-// little or nothing allocated.
+// allocated releaseAfter since the last return, and on the tick after
+// such a return, never on another tick with little or nothing allocated.
 func TestMemoryReleasesOnlyAfterAllocating(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
 	m := newMemory()
@@ -25,6 +25,15 @@ func TestMemoryReleasesOnlyAfterAllocating(t *testing.T) {
 	m.releaseIfGrown()
 	if m.released-at < releaseAfter {
 		t.Fatalf("not released after %d bytes allocated (releaseAfter %d)", m.allocated()-at, releaseAfter)
+	}
+	n := m.count
+	m.releaseIfGrown()
+	if m.count != n+1 {
+		t.Fatalf("the tick after a release made %d releases, want 1", m.count-n)
+	}
+	m.releaseIfGrown()
+	if m.count != n+1 {
+		t.Fatalf("a second quiet tick released")
 	}
 	_ = keep
 }
