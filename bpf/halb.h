@@ -351,6 +351,15 @@ HALB_ASSERT_OFFSET(struct nexthop, mtu, 16);
 HALB_ASSERT_OFFSET(struct nexthop, dmac, 18);
 HALB_ASSERT_OFFSET(struct nexthop, smac, 24);
 
+/* halb_reply_hops key: a NAT reply's client, and the interface the reply
+ * came in on (the FIB's answer depends on both). */
+struct reply_hop_key {
+	union addr client;
+	__u32 ifindex;
+};
+HALB_ASSERT_SIZE(struct reply_hop_key, 20);
+HALB_ASSERT_OFFSET(struct reply_hop_key, ifindex, 16);
+
 /* halb_local_macs key: a destination MAC, on a VLAN, that makes a frame
  * arriving on ifindex this node's to balance. The loader keeps the
  * attached interface's own MAC, those of its bridge or bond (untagged),

@@ -647,6 +647,47 @@ static __always_inline int reply_route(void *ctx, const struct decision *d, __u3
 	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 }
 
+/* reply_nexthop is the next hop of NAT reply d, which came in on
+ * ifindex, toward its client, in *nh: from halb_reply_hops while it is
+ * fresh, else from the FIB, whose answer it then keeps. The route's MTU
+ * comes as tun_nexthop has it. It returns a BPF_FIB_LKUP_RET_ code; a
+ * reply the FIB does not forward (BPF_FIB_LKUP_RET_NOT_FWDED: to this
+ * node) is never kept, so it asks again each time. */
+static __always_inline int reply_nexthop(struct xdp_md *ctx, const struct decision *d,
+					 __u32 ifindex, struct nexthop *nh)
+{
+	struct reply_hop_key key = { .client = d->client, .ifindex = ifindex };
+	__u32 gen = halb_nexthop_gen;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct bpf_fib_lookup fib = {};
+	struct nexthop *cached;
+	__u16 mtu = 0xffff;
+	int rc;
+
+	cached = bpf_map_lookup_elem(&halb_reply_hops, &key);
+	if (cached && cached->gen == gen && now - cached->stamp < NEXTHOP_TTL_NS) {
+		*nh = *cached;
+		return BPF_FIB_LKUP_RET_SUCCESS;
+	}
+	rc = reply_route(ctx, d, ifindex, &fib, 0xffff);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		mtu = fib.mtu_result;
+		__builtin_memset(&fib, 0, sizeof(fib));
+		rc = reply_route(ctx, d, ifindex, &fib, 0);
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return rc;
+	nh->stamp = now;
+	nh->gen = gen;
+	nh->ifindex = fib.ifindex;
+	nh->mtu = mtu;
+	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
+	nh->pad = 0;
+	bpf_map_update_elem(&halb_reply_hops, &key, nh, BPF_ANY);
+	return rc;
+}
+
 /* reply_drop counts a NAT reply the FIB gave no next hop for. */
 static __always_inline void reply_drop(int rc)
 {
@@ -727,28 +768,29 @@ static __always_inline int xdp_nat(struct xdp_md *ctx, struct decision *d)
 
 /* xdp_nat_reply sends a NAT backend's reply back to its client, its
  * source rewritten to the VIP and the service's port, to the next hop the
- * FIB names for the client. A reply is never handed to the kernel once
- * rewritten: the kernel drops a packet from one of its own addresses (the
- * VIP) as a martian. One it would not forward (to this node) goes to the
- * kernel before. The FIB is asked for each reply: its next hop depends on
- * the client, which no per-backend cache holds. */
+ * FIB names for the client (kept in halb_reply_hops). A reply is never
+ * handed to the kernel once rewritten: the kernel drops a packet from one
+ * of its own addresses (the VIP) as a martian. One it would not forward
+ * (to this node) goes to the kernel before. */
 static __always_inline int xdp_nat_reply(struct xdp_md *ctx, struct decision *d)
 {
 	struct nat_op op = { .to = &d->rev->vip, .port = d->rev->port };
-	struct bpf_fib_lookup fib = {};
+	struct nexthop nh;
 	int rc, action;
 
-	rc = reply_route(ctx, d, ctx->ingress_ifindex, &fib, d->ip_len);
+	rc = reply_nexthop(ctx, d, ctx->ingress_ifindex, &nh);
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
 		return XDP_PASS;
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS && d->ip_len > nh.mtu)
+		rc = BPF_FIB_LKUP_RET_FRAG_NEEDED;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		reply_drop(rc);
 		return XDP_DROP;
 	}
-	action = xdp_xmit(ctx, fib.ifindex);
+	action = xdp_xmit(ctx, nh.ifindex);
 	if (action == XDP_DROP)
 		return action;
-	action = xdp_nat_send(ctx, d, &op, fib.dmac, fib.smac, action);
+	action = xdp_nat_send(ctx, d, &op, nh.dmac, nh.smac, action);
 	if (action != XDP_DROP)
 		replied(d);
 	return action;
@@ -941,7 +983,9 @@ static __always_inline int tc_nat(struct __sk_buff *skb, const struct decision *
 			   rc == BPF_FIB_LKUP_RET_NO_NEIGH);
 }
 
-/* tc_nat_reply is xdp_nat_reply for tc. */
+/* tc_nat_reply is xdp_nat_reply for tc: it asks the FIB for every reply,
+ * as tc_tunnel does for every TUN packet, and leaves a next hop without a
+ * MAC to the kernel's neighbour layer. */
 static __always_inline int tc_nat_reply(struct __sk_buff *skb, const struct decision *d)
 {
 	struct nat_op op = { .to = &d->rev->vip, .port = d->rev->port };

@@ -126,6 +126,21 @@ struct {
 	__type(value, struct stats);
 } halb_backend_stats SEC(".maps");
 
+/* Where the FIB last said a NAT reply to a client goes (struct nexthop),
+ * valid as a TUN backend's entry in halb_nexthops is: for the generation
+ * of halb_nexthop_gen it was filled in, and a second. A reply's next hop
+ * depends on its client, which no per-backend entry holds; the FIB
+ * lookup for each reply would cost more than the rest of its path
+ * several times over (BenchmarkXDP nat-reply). One LRU for all CPUs, so
+ * that a busy CPU may use it whole. A cache: never pinned. */
+#define HALB_REPLY_HOPS 16384
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HALB_REPLY_HOPS);
+	__type(key, struct reply_hop_key);
+	__type(value, struct nexthop);
+} halb_reply_hops SEC(".maps");
+
 /* Every NAT reply translated back, by the backend that sent it (struct
  * stats; new_flows stays 0). */
 struct {

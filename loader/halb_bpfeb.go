@@ -151,6 +151,12 @@ type halbNexthop struct {
 	Pad     uint16
 }
 
+type halbReplyHopKey struct {
+	_       structs.HostLayout
+	Client  halbAddr
+	Ifindex uint32
+}
+
 type halbService struct {
 	_       structs.HostLayout
 	Id      uint32
@@ -212,6 +218,7 @@ const (
 	halbMapHalbMaglev       = "halb_maglev"
 	halbMapHalbNatReplies   = "halb_nat_replies"
 	halbMapHalbNexthops     = "halb_nexthops"
+	halbMapHalbReplyHops    = "halb_reply_hops"
 	halbMapHalbReplyStats   = "halb_reply_stats"
 	halbMapHalbServiceIds   = "halb_service_ids"
 	halbMapHalbServiceStats = "halb_service_stats"
@@ -287,6 +294,7 @@ type halbMapSpecs struct {
 	HalbMaglev       *ebpf.MapSpec `ebpf:"halb_maglev"`
 	HalbNatReplies   *ebpf.MapSpec `ebpf:"halb_nat_replies"`
 	HalbNexthops     *ebpf.MapSpec `ebpf:"halb_nexthops"`
+	HalbReplyHops    *ebpf.MapSpec `ebpf:"halb_reply_hops"`
 	HalbReplyStats   *ebpf.MapSpec `ebpf:"halb_reply_stats"`
 	HalbServiceIds   *ebpf.MapSpec `ebpf:"halb_service_ids"`
 	HalbServiceStats *ebpf.MapSpec `ebpf:"halb_service_stats"`
@@ -336,6 +344,7 @@ type halbMaps struct {
 	HalbMaglev       *ebpf.Map `ebpf:"halb_maglev"`
 	HalbNatReplies   *ebpf.Map `ebpf:"halb_nat_replies"`
 	HalbNexthops     *ebpf.Map `ebpf:"halb_nexthops"`
+	HalbReplyHops    *ebpf.Map `ebpf:"halb_reply_hops"`
 	HalbReplyStats   *ebpf.Map `ebpf:"halb_reply_stats"`
 	HalbServiceIds   *ebpf.Map `ebpf:"halb_service_ids"`
 	HalbServiceStats *ebpf.Map `ebpf:"halb_service_stats"`
@@ -356,6 +365,7 @@ func (m *halbMaps) Close() error {
 		m.HalbMaglev,
 		m.HalbNatReplies,
 		m.HalbNexthops,
+		m.HalbReplyHops,
 		m.HalbReplyStats,
 		m.HalbServiceIds,
 		m.HalbServiceStats,

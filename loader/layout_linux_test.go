@@ -39,6 +39,7 @@ func TestMapLayout(t *testing.T) {
 		{halbMapHalbEvents, uint32(0), uint64(0), 4, 8},
 		{halbMapHalbNatReplies, halbBackendKey{}, halbNatReply{}, 20, 28},
 		{halbMapHalbReplyStats, uint32(0), halbStats{}, 4, 24},
+		{halbMapHalbReplyHops, halbReplyHopKey{}, halbNexthop{}, 20, 32},
 	}
 	seen := map[string]bool{}
 	for _, m := range maps {
