@@ -341,7 +341,6 @@ struct decision {
 	__u8 proto;     /* the flow's transport protocol */
 	__u16 l4_off;   /* where the TCP, UDP or ICMP header starts */
 	struct nat_reply *rev; /* VERDICT_REPLY: what the reply goes back as */
-	union addr client;     /* VERDICT_REPLY: the flow's client */
 };
 
 /* nat_pkt_of is where d's packet is, for halb_nat.h. */
@@ -381,7 +380,6 @@ static __always_inline enum verdict nat_reply(struct ethhdr *eth, __u32 ifindex,
 	if (!for_this_node(eth, ifindex, pkt->vlan))
 		return VERDICT_PASS;
 	d->len = len;
-	d->client = pkt->flow.daddr;
 	note_packet(d, pkt);
 	return VERDICT_REPLY;
 }
@@ -629,8 +627,8 @@ static __always_inline void replied(const struct decision *d)
  * health check, or to the node's own connection) is not forwarded: the
  * FIB says BPF_FIB_LKUP_RET_NOT_FWDED, and it goes to the kernel as it
  * came. */
-static __always_inline int reply_route(void *ctx, const struct decision *d, __u32 ifindex,
-				       struct bpf_fib_lookup *fib, __u16 tot_len)
+static __always_inline int reply_route(void *ctx, const struct decision *d, const union addr *client,
+				       __u32 ifindex, struct bpf_fib_lookup *fib, __u16 tot_len)
 {
 	fib->ifindex = ifindex;
 	fib->tot_len = tot_len;
@@ -638,13 +636,40 @@ static __always_inline int reply_route(void *ctx, const struct decision *d, __u3
 	if (d->family == FAMILY_IPV4) {
 		fib->family = HALB_AF_INET;
 		fib->ipv4_src = d->rev->vip.words[3];
-		fib->ipv4_dst = d->client.words[3];
+		fib->ipv4_dst = client->words[3];
 	} else {
 		fib->family = HALB_AF_INET6;
 		__builtin_memcpy(fib->ipv6_src, d->rev->vip.words, 16);
-		__builtin_memcpy(fib->ipv6_dst, d->client.words, 16);
+		__builtin_memcpy(fib->ipv6_dst, client->words, 16);
 	}
 	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+/* reply_client reads the client of NAT reply d from its IP header, the
+ * destination (an ICMP error's too: it goes where the packet it quotes
+ * came from). It is read from the packet rather than kept from the
+ * parser, so that every other packet's decision stays as small as it
+ * was. It returns -1 when the header is not where the parser found it,
+ * which does not happen. */
+static __always_inline int reply_client(void *data, void *data_end, const struct decision *d,
+					union addr *client)
+{
+	if (d->l3_off > ETH_HLEN + sizeof(struct vlan_hdr))
+		return -1;
+	if (d->family == FAMILY_IPV4) {
+		struct iphdr *ip = data + d->l3_off;
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		addr_from_ipv4(client, ip->daddr);
+		return 0;
+	}
+	struct ipv6hdr *ip6 = data + d->l3_off;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return -1;
+	addr_from_ipv6(client, &ip6->daddr);
+	return 0;
 }
 
 /* reply_nexthop is the next hop of NAT reply d, which came in on
@@ -656,7 +681,7 @@ static __always_inline int reply_route(void *ctx, const struct decision *d, __u3
 static __always_inline int reply_nexthop(struct xdp_md *ctx, const struct decision *d,
 					 __u32 ifindex, struct nexthop *nh)
 {
-	struct reply_hop_key key = { .client = d->client, .ifindex = ifindex };
+	struct reply_hop_key key = { .ifindex = ifindex };
 	__u32 gen = halb_nexthop_gen;
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct bpf_fib_lookup fib = {};
@@ -664,16 +689,18 @@ static __always_inline int reply_nexthop(struct xdp_md *ctx, const struct decisi
 	__u16 mtu = 0xffff;
 	int rc;
 
+	if (reply_client((void *)(long)ctx->data, (void *)(long)ctx->data_end, d, &key.client))
+		return BPF_FIB_LKUP_RET_NOT_FWDED; /* passed as it came */
 	cached = bpf_map_lookup_elem(&halb_reply_hops, &key);
 	if (cached && cached->gen == gen && now - cached->stamp < NEXTHOP_TTL_NS) {
 		*nh = *cached;
 		return BPF_FIB_LKUP_RET_SUCCESS;
 	}
-	rc = reply_route(ctx, d, ifindex, &fib, 0xffff);
+	rc = reply_route(ctx, d, &key.client, ifindex, &fib, 0xffff);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		mtu = fib.mtu_result;
 		__builtin_memset(&fib, 0, sizeof(fib));
-		rc = reply_route(ctx, d, ifindex, &fib, 0);
+		rc = reply_route(ctx, d, &key.client, ifindex, &fib, 0);
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return rc;
@@ -990,9 +1017,14 @@ static __always_inline int tc_nat_reply(struct __sk_buff *skb, const struct deci
 {
 	struct nat_op op = { .to = &d->rev->vip, .port = d->rev->port };
 	struct bpf_fib_lookup fib = {};
+	union addr client;
 	int rc, action;
 
-	rc = reply_route(skb, d, skb->ingress_ifindex, &fib, skb->gso_segs > 1 ? 0 : d->ip_len);
+	if (reply_client((void *)(long)skb->data, (void *)(long)skb->data_end, d, &client)) {
+		count_drop(DROP_MALFORMED);
+		return TC_ACT_SHOT;
+	}
+	rc = reply_route(skb, d, &client, skb->ingress_ifindex, &fib, skb->gso_segs > 1 ? 0 : d->ip_len);
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
 		return TC_ACT_UNSPEC;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
