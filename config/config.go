@@ -26,6 +26,9 @@ type Config struct {
 	Datapath Datapath  `mapstructure:"datapath"`
 	VRRP     VRRP      `mapstructure:"vrrp"`
 	Services []Service `mapstructure:"services"`
+	// BGP is nil when the file has no bgp: section: nothing is announced
+	// and no BGP socket is opened.
+	BGP *BGP `mapstructure:"bgp"`
 }
 
 // Log sets the daemon's logging; a reload changes the level.
@@ -139,6 +142,9 @@ type Service struct {
 	SorryBackend netip.AddrPort `mapstructure:"sorry_backend"`
 	Backends     []Backend      `mapstructure:"backends"`
 	HealthCheck  HealthCheck    `mapstructure:"health_check"`
+	// Announce says when the VIP is announced over BGP as a host route
+	// (bgp.go).
+	Announce Announce `mapstructure:"announce"`
 }
 
 // Backend is one real server. Weight 0 drains it: no new flows, existing
@@ -218,10 +224,19 @@ func setDefaults(v reflect.Value) {
 	case *Service:
 		*p = defaultService
 		setDefaults(reflect.ValueOf(&p.HealthCheck).Elem())
+		setDefaults(reflect.ValueOf(&p.Announce).Elem())
 	case *Backend:
 		*p = defaultBackend
 	case *HealthCheck:
 		*p = defaultHealthCheck
 		p.ExpectStatus = slices.Clone(defaultHealthCheck.ExpectStatus)
+	case *BGP:
+		*p = defaultBGP
+	case *BGPPeer:
+		*p = defaultBGPPeer
+	case *BFD:
+		*p = defaultBFD
+	case *Announce:
+		*p = defaultAnnounce
 	}
 }

@@ -135,8 +135,12 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, line int) {
 		d.duration(n, v, line)
 	case textTypes[t] != "":
 		d.text(n, v, line)
-	case t == trackInterfaceType && n.Kind != yaml.MappingNode:
-		d.trackInterface(n, v, line)
+	case (t == trackInterfaceType || t == announceType) && n.Kind != yaml.MappingNode:
+		d.shorthand(n, v, line) // written as one string
+	case t == asnType:
+		d.asn(n, v, line)
+	case t.Kind() == reflect.Pointer:
+		d.pointer(n, v, line)
 	case t.Kind() == reflect.Struct:
 		d.structure(n, v, line)
 	case t.Kind() == reflect.Slice:
@@ -459,6 +463,8 @@ var textTypes = map[reflect.Type]string{
 var (
 	durationType       = reflect.TypeFor[time.Duration]()
 	trackInterfaceType = reflect.TypeFor[TrackInterface]()
+	announceType       = reflect.TypeFor[Announce]()
+	asnType            = reflect.TypeFor[ASN]()
 )
 
 // text decodes an address, a prefix or an address and port, from text
@@ -532,20 +538,64 @@ func parseAddrPort(s string) (netip.AddrPort, error) {
 	return ap, nil
 }
 
-// trackInterface reads a tracked interface written as its bare name; the
+// shorthands are the structs a key may also write as one string: a
+// tracked interface as its bare name, a service's announce as its mode
+// alone. Each has what a value must be, and how the string sets it.
+var shorthands = map[reflect.Type]struct {
+	what string
+	set  func(v reflect.Value, s string)
+}{
+	trackInterfaceType: {" is not an interface name or {name: eth2, weight: -20}",
+		func(v reflect.Value, s string) { v.Addr().Interface().(*TrackInterface).Name = s }},
+	announceType: {" is not never, always, master or {when: always, communities: [...]}",
+		func(v reflect.Value, s string) { v.Addr().Interface().(*Announce).When = s }},
+}
+
+// shorthand reads a struct of shorthands written as one string; the
 // mapping form is decoded as any struct.
-func (d *decoder) trackInterface(n *yaml.Node, v reflect.Value, line int) {
-	const what = " is not an interface name or {name: eth2, weight: -20}"
+func (d *decoder) shorthand(n *yaml.Node, v reflect.Value, line int) {
+	sh := shorthands[v.Type()]
 	switch {
 	case n.Kind != yaml.ScalarNode:
-		d.problem(line, collectionName(n)+what)
+		d.problem(line, collectionName(n)+sh.what)
 	case isNull(n):
 		v.SetZero()
+		setDefaults(v)
 	case n.ShortTag() == "!!str":
-		v.Set(reflect.ValueOf(TrackInterface{Name: n.Value}))
+		v.SetZero()
+		setDefaults(v)
+		sh.set(v, n.Value)
 	default:
-		d.problem(line, scalarText(n)+what)
+		d.problem(line, scalarText(n)+sh.what)
 	}
+}
+
+// asn reads an AS number, and says what range one takes when it is
+// outside 32 bits.
+func (d *decoder) asn(n *yaml.Node, v reflect.Value, line int) {
+	var wide int64
+	before := len(d.problems)
+	d.integer(n, reflect.ValueOf(&wide).Elem(), line)
+	switch {
+	case len(d.problems) > before:
+	case wide < 0 || wide > math.MaxUint32:
+		d.problem(line, fmt.Sprintf("%d is not an AS number: use 1..4294967294 (4-byte ASNs are fine)", wide))
+	default:
+		v.SetUint(uint64(wide))
+	}
+}
+
+// pointer decodes an optional value: null or an absent key leaves it
+// nil, anything else is decoded into a new value, a struct from its
+// defaults.
+func (d *decoder) pointer(n *yaml.Node, v reflect.Value, line int) {
+	if isNull(n) {
+		v.SetZero()
+		return
+	}
+	p := reflect.New(v.Type().Elem())
+	d.value(n, p.Elem(), line)
+	v.Set(p)
 }
 
 func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" }

@@ -169,6 +169,9 @@ func (f fileTree) find(path string) (int, *yaml.Node) {
 		if i := strings.IndexAny(name, ".["); i >= 0 {
 			name, rest = name[:i], strings.TrimPrefix(name[i:], ".")
 		}
+		if t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
 		if t.Kind() != reflect.Struct || isScalarType(t) || n.Kind != yaml.MappingNode {
 			return line, nil
 		}

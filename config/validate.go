@@ -71,6 +71,7 @@ func Validate(c *Config) []Problem {
 	v.datapath(c)
 	v.vrrp(&c.VRRP)
 	v.services(c)
+	v.bgp(c)
 	v.addressClashes(c)
 	v.natBackends(c)
 	return v.problems
