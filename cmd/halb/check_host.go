@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/halb-lb/halb/bgp"
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/loader"
 	"github.com/halb-lb/halb/vrrp"
@@ -61,6 +62,19 @@ func hostWarnings(c *config.Config, held map[netip.Addr]bool) []config.Problem {
 	if c.Datapath.Mode != config.ModeIPVS {
 		if err := loader.CheckBPFFS(c.Datapath.BPFFS); err != nil {
 			warn("datapath.bpffs", "halb run refuses this path on this host: %v", err)
+		}
+	}
+
+	// What the BGP speaker refuses at start on this host (no IPv4
+	// address for a router ID, a peer that is this host, BFD to a peer
+	// on no connected network).
+	if c.BGP != nil {
+		local, err := bgp.LocalPrefixes()
+		if err != nil {
+			warn("bgp", "cannot list this host's addresses, so the bgp section goes unchecked against them: %v", err)
+		}
+		for _, p := range bgp.HostProblems(c.BGP, local) {
+			warn(p.Path, "halb run refuses this on this host: %s", p.Msg)
 		}
 	}
 
