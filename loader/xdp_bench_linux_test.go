@@ -37,6 +37,12 @@ import (
 //	ct-hit-single  ct-hit, one test run per packet, as the next two must.
 //	ct-hit-tun     one flow of a forward: tun service over and over:
 //	               conntrack hit, FIB lookup, outer header, checksum.
+//	ct-hit-nat     a flow of a forward: nat service over and over:
+//	               conntrack hit, the next hop as TUN keeps it, the
+//	               destination and port rewritten, checksums updated.
+//	nat-reply      a NAT backend's reply over and over: the reply
+//	               lookup, the next hop toward the client as
+//	               halb_reply_hops keeps it, the source rewritten back.
 //	lru-insert     a program that only inserts a new key into a full LRU
 //	               hash of halb_ct's key size and entries: what any
 //	               conntrack miss pays for remembering the flow.
@@ -48,9 +54,11 @@ import (
 //	               each frame a new flow and tail-calls halb_xdp_lb; what
 //	               that program costs by itself is taken off.
 //
-// The first four run b.N times inside one BPF_PROG_TEST_RUN. A miss needs
-// a different packet each time, and TUN changes its frame (a second run
-// would see the outer header), so those make one test run per packet, and
+// The first four and the NAT lines run b.N times inside one
+// BPF_PROG_TEST_RUN (NAT's in two services that are each other's backend,
+// so that every run translates). A miss needs a different packet each
+// time, and TUN changes its frame (a second run would see the outer
+// header), so those make one test run per packet, and
 // the kernel's timing of a single run costs more than the empty program;
 // that cost, measured on the empty program the same way, is taken off.
 // What it cannot take off is that a syscall between runs leaves the caches
@@ -73,7 +81,9 @@ import (
 // ns-above-lru-lookup, ns/pkt less lru-lookup's (the hit lines), and
 // ns-above-lru-insert, ns/pkt less lru-insert's (the miss lines), each
 // floor as this run measured it (a line run without its floor's line
-// shows neither). The ratios to the empty program measure the machine as
+// shows neither). The NAT lines also show ns-above-dr, ns/pkt less
+// ct-hit's, the DR hit measured the same way in the same run (issue 17's
+// target: at most 15). The ratios to the empty program measure the machine as
 // much as halb (the empty program costs 32 ns on one machine and 5 ns on
 // another, the LRU helpers several times that); the cost above the
 // floors is what the issues' targets are stated in.
@@ -194,6 +204,50 @@ func BenchmarkXDP(b *testing.B) {
 		b.Fatal(err)
 	}
 	tunAck := packet{src: ap(client4, 40000), dst: ap(vip4, 8080), ack: true}.frame(b, routerMAC, mac)
+
+	// forward: nat, in two services that are each other's backend:
+	// vip4:8081 to 192.0.2.21:9090, and 192.0.2.21:9090 to vip4:8081,
+	// both behind halb0, whose next hops have the bench's MAC. A packet
+	// of either flow comes out as a packet of the other, to this node
+	// again: each of the b.N runs in one test run translates it, as
+	// ct-hit's each send one DR packet. So do the backends' replies,
+	// each one's source the other's. The clients are behind
+	// 192.0.2.254 on halb0, where the replies go.
+	natBE := []Backend{
+		{Addr: netip.MustParseAddr("192.0.2.21"), Port: 9090, Src: netip.MustParseAddr("192.0.2.1"), Ifindex: halb0.Attrs().Index, SrcMAC: halb0MAC, Service: 4},
+		{Addr: vip4, Port: 8081, Src: netip.MustParseAddr("192.0.2.1"), Ifindex: halb0.Attrs().Index, SrcMAC: halb0MAC, Service: 5},
+	}
+	natKeys := []service.Key{{VIP: vip4, Port: 8081, Proto: service.TCP}, {VIP: natBE[0].Addr, Port: 9090, Proto: service.TCP}}
+	for i, key := range natKeys {
+		id, svc := uint32(8+i), uint32(4+i)
+		if err := lb.putBackend(id, natBE[i]); err != nil {
+			b.Fatal(err)
+		}
+		if err := lb.putService(key, Service{ID: svc, Forward: ForwardNAT}); err != nil {
+			b.Fatal(err)
+		}
+		for j := range table {
+			table[j] = id
+		}
+		if err := lb.setMaglevTable(svc, table); err != nil {
+			b.Fatal(err)
+		}
+		r := natReply{Backend: ap(natBE[i].Addr, natBE[i].Port), Proto: service.TCP, VIP: ap(key.VIP, key.Port), Service: svc, BackendID: id}
+		if _, err := lb.putNATReply(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	gw := net.IP{192, 0, 2, 254}
+	for _, ip := range []net.IP{gw, vip4.AsSlice()} {
+		if err := h.NeighAdd(&netlink.Neigh{LinkIndex: halb0.Attrs().Index, IP: ip, HardwareAddr: mac, State: netlink.NUD_PERMANENT}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := h.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.IP{203, 0, 113, 0}, Mask: net.CIDRMask(24, 32)}, Gw: gw}); err != nil {
+		b.Fatal(err)
+	}
+	natAck := packet{src: ap(client4, 40000), dst: ap(vip4, 8081), ack: true}.frame(b, routerMAC, mac)
+	natReplyAck := packet{src: ap(natBE[0].Addr, 9090), dst: ap(client4, 40000), ack: true}.frame(b, routerMAC, mac)
 
 	// inNS runs fn in the bench's namespace, where ifindex 1 is its own
 	// loopback.
@@ -322,11 +376,13 @@ func BenchmarkXDP(b *testing.B) {
 		lookupFloor = measure(b, false, func(n int) (float64, error) { return bulk(prog, ack, n, xdpTX) })
 	})
 
+	var drHit float64 // ct-hit's ns/pkt, once it has run
 	b.Run("ct-hit", func(b *testing.B) {
 		// The first run puts the flow in halb_ct.
 		inNS(b, func() error { _, err := bulk(lb.xdpProgram(), ack, 1, xdpTX); return err })
 		per := measure(b, false, func(n int) (float64, error) { return bulk(lb.xdpProgram(), ack, n, xdpTX) })
 		above(b, per, lookupFloor, "ns-above-lru-lookup")
+		drHit = per
 	})
 
 	b.Run("ct-hit-v6", func(b *testing.B) {
@@ -356,6 +412,20 @@ func BenchmarkXDP(b *testing.B) {
 		})
 		above(b, per, lookupFloor, "ns-above-lru-lookup")
 	})
+
+	for _, l := range []struct {
+		name  string
+		frame []byte
+	}{{"ct-hit-nat", natAck}, {"nat-reply", natReplyAck}} {
+		b.Run(l.name, func(b *testing.B) {
+			// The first runs put both flows in halb_ct, and the
+			// clients' next hop in halb_reply_hops.
+			inNS(b, func() error { _, err := bulk(lb.xdpProgram(), l.frame, 2, xdpRedirect); return err })
+			per := measure(b, false, func(n int) (float64, error) { return bulk(lb.xdpProgram(), l.frame, n, xdpRedirect) })
+			above(b, per, lookupFloor, "ns-above-lru-lookup")
+			above(b, per, drHit, "ns-above-dr")
+		})
+	}
 
 	// Flow n comes from 203.0.113.(n>>16) port n&0xffff: 2^24 flows. The
 	// count goes on across the rounds of ct-miss, so no flow repeats.
