@@ -67,6 +67,9 @@ type Datapath struct {
 	// holds its want; a resync then only checks that it still does
 	// (unchanged).
 	clean bool
+	// seen: each wanted service's persist as the table read right after
+	// the last clean pass showed it (settle), for the resync to compare.
+	seen map[service.Key]string
 }
 
 var _ service.Datapath = (*Datapath)(nil)
@@ -194,6 +197,9 @@ func (d *Datapath) Apply(ctx context.Context, services []service.Service) error 
 	}
 	err = errors.Join(errs...)
 	d.clean = err == nil
+	if d.clean {
+		d.settle(want)
+	}
 	return err
 }
 
@@ -383,6 +389,11 @@ func (d *Datapath) ensureModules(ctx context.Context, want []target) error {
 type current struct {
 	svc   cfipvs.Service
 	dests []cfipvs.Destination // read only for the services halb wants
+	// persist is what /proc/net/ip_vs shows after "persistent": the
+	// timeout in jiffies and the netmask ("75000 FFFFFFFF"), which cannot
+	// be turned back into seconds without the kernel's HZ; empty when read
+	// over netlink, or when the service is not persistent.
+	persist string
 }
 
 // keyOf is the key of an IPVS service; false for those halb never makes

@@ -13,10 +13,12 @@
 // stops there if it shows what that pass wrote; it lists the services and
 // their destinations over netlink only when it does not. What
 // /proc/net/ip_vs does not show (a destination's thresholds or tunnel
-// type), or shows in the kernel's own units (a persistence timeout, in
-// jiffies), is put back by the next Apply that changes something, not by a
-// resync. The VM test's scenario halb-ipvs-table checks the reading
-// against a real kernel.
+// type) is put back by the next Apply that changes something, not by a
+// resync. What it shows in the kernel's own units (a persistence timeout,
+// in jiffies) is compared with what it showed when read right after the
+// last pass, which also checks that the reading agrees with what that pass
+// wrote. The VM test's scenario halb-ipvs-table checks all of this against
+// a real kernel.
 //
 // It must never change or remove an IPVS service it does not own, never
 // unload a module, and never leave a service half-programmed because a

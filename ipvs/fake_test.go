@@ -250,6 +250,9 @@ func (k *fakeIPVS) Table() (map[service.Key]*current, error) {
 		}
 		c := &current{svc: cfipvs.Service{Address: f.svc.Address, Port: f.svc.Port, Protocol: f.svc.Protocol,
 			Family: f.svc.Family, Scheduler: f.svc.Scheduler, Flags: f.svc.Flags & cfipvs.ServicePersistent}}
+		if f.svc.Flags&cfipvs.ServicePersistent != 0 {
+			c.persist = fmt.Sprintf("%d FFFFFFFF", f.svc.Timeout*250) // in jiffies, HZ=250 as Debian's
+		}
 		for _, d := range f.dests {
 			c.dests = append(c.dests, cfipvs.Destination{Address: d.Address, Port: d.Port, Family: d.Family, FwdMethod: d.FwdMethod, Weight: d.Weight})
 		}

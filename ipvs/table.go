@@ -46,11 +46,51 @@ func (d *Datapath) unchanged(want []target) bool {
 		d.log.Warn("ipvs table could not be read whole; reading it service by service", "error", err)
 		return false
 	}
-	if !holds(have, want, d.owned) {
+	if !holds(have, want, d.owned) || !samePersist(have, d.seen) {
 		d.log.Debug("ipvs table differs from what the last pass left; reading it service by service")
 		return false
 	}
 	d.log.Debug("ipvs table as the last pass left it", "services", len(want))
+	return true
+}
+
+// settle reads the table whole right after a pass that ended without an
+// error, while it holds what that pass wrote, and keeps what of it a
+// resync cannot compare with the configuration: each persistent service's
+// timeout, which /proc/net/ip_vs shows in jiffies. It also checks the
+// reading against what the pass wrote: a table that does not read as
+// written (a kernel whose text the parser misreads) leaves the pass
+// unclean, so that every resync takes the long way, and says so.
+func (d *Datapath) settle(want []target) {
+	d.seen = nil
+	r, ok := d.k.(tableReader)
+	if !ok {
+		return
+	}
+	have, err := r.Table()
+	switch {
+	case err != nil:
+		d.log.Warn("ipvs table could not be read whole; every resync reads it service by service", "error", err)
+		d.clean = false
+	case !holds(have, want, d.owned):
+		d.log.Warn("ipvs table read whole does not show what was just written; every resync reads it service by service")
+		d.clean = false
+	default:
+		d.seen = make(map[service.Key]string, len(want))
+		for _, t := range want {
+			d.seen[t.key] = have[t.key].persist
+		}
+	}
+}
+
+// samePersist reports whether each service in seen shows the persistence
+// it showed then.
+func samePersist(have map[service.Key]*current, seen map[service.Key]string) bool {
+	for k, p := range seen {
+		if c := have[k]; c == nil || c.persist != p {
+			return false
+		}
+	}
 	return true
 }
 
@@ -128,14 +168,14 @@ func parseProcTable(r io.Reader) (map[service.Key]*current, error) {
 			}
 			cur.dests = append(cur.dests, d)
 		default:
-			s, ok, err := procService(f)
+			c, ok, err := procService(f)
 			if err != nil {
 				return nil, fmt.Errorf("line %d: %w", n, err)
 			}
 			cur = nil
 			if ok {
-				k, _ := keyOf(s)
-				cur = &current{svc: s}
+				k, _ := keyOf(c.svc)
+				cur = &c
 				have[k] = cur
 			}
 		}
@@ -147,24 +187,25 @@ func parseProcTable(r io.Reader) (map[service.Key]*current, error) {
 }
 
 // procService reads a service line; false for one halb never makes.
-func procService(f []string) (cfipvs.Service, bool, error) {
+func procService(f []string) (current, bool, error) {
 	if len(f) < 3 {
-		return cfipvs.Service{}, false, fmt.Errorf("%q is not a service", strings.Join(f, " "))
+		return current{}, false, fmt.Errorf("%q is not a service", strings.Join(f, " "))
 	}
-	var s cfipvs.Service
+	var c current
+	s := &c.svc
 	switch f[0] {
 	case "TCP":
 		s.Protocol = cfipvs.TCP
 	case "UDP":
 		s.Protocol = cfipvs.UDP
 	case "FWM", "SCTP":
-		return s, false, nil
+		return c, false, nil
 	default:
-		return s, false, fmt.Errorf("protocol %q", f[0])
+		return c, false, fmt.Errorf("protocol %q", f[0])
 	}
 	ap, err := procAddrPort(f[1])
 	if err != nil {
-		return s, false, err
+		return c, false, err
 	}
 	s.Address, s.Port = ap.Addr(), ap.Port()
 	s.Family = cfipvs.INET
@@ -172,10 +213,11 @@ func procService(f []string) (cfipvs.Service, bool, error) {
 		s.Family = cfipvs.INET6
 	}
 	s.Scheduler = f[2]
-	if slices.Contains(f[3:], "persistent") {
+	if i := slices.Index(f[3:], "persistent"); i >= 0 {
 		s.Flags |= cfipvs.ServicePersistent
+		c.persist = strings.Join(f[3+i+1:], " ")
 	}
-	return s, true, nil
+	return c, true, nil
 }
 
 // procDest reads a destination line: "->", address:port, method, weight.

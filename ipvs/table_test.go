@@ -3,6 +3,7 @@ package ipvs
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -95,6 +96,65 @@ func TestResyncFindsDrift(t *testing.T) {
 				t.Errorf("table:\n%s\nwant:\n%s", got, sortedTable(webTable))
 			}
 		})
+	}
+}
+
+// A persistence timeout changed by hand shows in the one read only in
+// jiffies, which halb cannot turn into seconds: the read right after the
+// last pass is what the resync compares it with.
+func TestResyncFindsTimeoutDrift(t *testing.T) {
+	sticky := with(web, func(s *service.Service) { s.Persistence = 300 * time.Second })
+	k := &fakeIPVS{}
+	d := newTestDatapath(t, k, t.TempDir()+"/state")
+	ctx := context.Background()
+	if err := d.Apply(ctx, []service.Service{sticky}); err != nil {
+		t.Fatal(err)
+	}
+	k.find(cfipvs.Service{Address: sticky.Key.VIP, Port: 80, Protocol: cfipvs.TCP, Family: cfipvs.INET}).svc.Timeout = 100
+	k.reads, k.calls = 0, nil
+	if err := d.Apply(ctx, []service.Service{sticky}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "-E -t 192.0.2.10:80 -s rr -p 300"; k.reads == 0 || strings.Join(k.calls, "\n") != want {
+		t.Errorf("after the timeout was changed to 100 s: %d listings, changes %q; want the long way and %q", k.reads, k.calls, want)
+	}
+}
+
+// misreading is a kernel whose table, read whole, lacks a destination that
+// is there: a parser that gets some kernel's text wrong.
+type misreading struct{ *fakeIPVS }
+
+func (m misreading) Table() (map[service.Key]*current, error) {
+	have, err := m.fakeIPVS.Table()
+	for _, c := range have {
+		c.dests = c.dests[1:]
+	}
+	return have, err
+}
+
+// A table that does not read whole as the pass just wrote it is not
+// trusted: every resync takes the long way, which is right though slower,
+// and the daemon says so.
+func TestSettleDistrustsMisreading(t *testing.T) {
+	k := &fakeIPVS{}
+	var log strings.Builder
+	d, err := New(misreading{k}, Options{Modules: &fakeModules{}, StateFile: t.TempDir() + "/state",
+		Log: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for range 2 {
+		k.reads = 0
+		if err := d.Apply(ctx, []service.Service{web}); err != nil {
+			t.Fatal(err)
+		}
+		if k.reads == 0 {
+			t.Fatal("a resync trusted a table that did not read as written")
+		}
+	}
+	if !strings.Contains(log.String(), "does not show what was just written") {
+		t.Errorf("nothing logged of the misreading:\n%s", log.String())
 	}
 }
 
@@ -245,6 +305,12 @@ func TestParseProcTableFromKernel(t *testing.T) {
 	if got := procLines(have); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("parsed:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+	dns4, web6 := service.Key{VIP: netip.MustParseAddr("192.0.2.11"), Port: 53, Proto: service.UDP},
+		service.Key{VIP: netip.MustParseAddr("2001:db8::10"), Port: 443, Proto: service.TCP}
+	if have[dns4].persist != "75000 FFFFFFFF" || have[web6].persist != "15000 80000000" {
+		t.Errorf("persistence read as %q and %q, want %q and %q", have[dns4].persist, have[web6].persist, "75000 FFFFFFFF", "15000 80000000")
+	}
+	seen := map[service.Key]string{dns4: "75000 FFFFFFFF", web6: "15000 80000000"}
 
 	wrote, err := targets(shapes)
 	if err != nil {
@@ -254,7 +320,7 @@ func TestParseProcTableFromKernel(t *testing.T) {
 	for _, s := range shapes {
 		owned[s.Key] = true
 	}
-	if !holds(have, wrote, owned) {
+	if !holds(have, wrote, owned) || !samePersist(have, seen) {
 		t.Fatal("the table halb wrote does not hold what it wrote")
 	}
 	for _, c := range []struct{ name, from, to string }{
@@ -267,6 +333,7 @@ func TestParseProcTableFromKernel(t *testing.T) {
 		{"IPv6 service removed", "TCP  [2001:0db8:0000:0000:0001:0000:0000:0012]:0050 wlc \n" +
 			"  -> [2001:0db8:0000:0000:0000:0000:00ab:cdef]:0050      Route   7      0          0         \n", ""},
 		{"port", "C633641F:20FB", "C633641F:20FC"},
+		{"persistence timeout (ipvsadm -E -p 100)", "persistent 75000", "persistent 25000"},
 	} {
 		text := strings.Replace(procShapes, c.from, c.to, 1)
 		if text == procShapes {
@@ -276,7 +343,7 @@ func TestParseProcTableFromKernel(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
-		if holds(have, wrote, owned) {
+		if holds(have, wrote, owned) && samePersist(have, seen) {
 			t.Errorf("%s: the table read as the last pass left it", c.name)
 		}
 	}

@@ -4,9 +4,10 @@
 # and IPv6 VIPs, TCP and UDP, persistence on and off, nat, dr and tun,
 # weights 0 to 65535, six schedulers); the next resync must log that it
 # found the table as the last pass left it, having read nothing else. Then
-# the table is changed behind halb's back, once a weight (ipvsadm -e) and
-# once an IPv6 real server removed (ipvsadm -d): each time the next resync
-# must see the difference and put it back.
+# the table is changed behind halb's back, a weight (ipvsadm -e), an IPv6
+# real server removed (ipvsadm -d), a persistence timeout (ipvsadm -E -p,
+# which the file shows in jiffies), one at a time: each time the next
+# resync must see the difference and put it back.
 conf=/etc/halb/ipvs-shapes.yaml
 same='msg="ipvs table as the last pass left it" services=6'
 differs='msg="ipvs table differs from what the last pass left'
@@ -65,7 +66,14 @@ run ipvsadm -d -u '[2001:db8::11]:53' -r '[2001:db8:2::21]:5353'
 wait_until 25 "halb logged '$differs' a second time" sh -c "[ \$(grep -c '$differs' $HALB_LOG) -ge 2 ]"
 wait_until 5 "[2001:db8:2::21]:5353 back" sh -c \
 	"ipvsadm -Ln -u '[2001:db8::11]:53' | tr -s ' ' | sed 's/ \$//' | grep -qx ' -> \[2001:db8:2::21\]:5353 Masq 1 0 0'"
-expect_not_in "$HALB_LOG" 'msg="ipvs table could not be read' "every resync read /proc/net/ip_vs"
+
+step "a persistence timeout changed by hand: the next resync sees it and sets it back"
+run ipvsadm -E -u 192.0.2.11:53 -s sh -p 100
+expect_ipvs_line 'UDP 192.0.2.11:53 sh persistent 100'
+wait_until 25 "halb logged '$differs' a third time" sh -c "[ \$(grep -c '$differs' $HALB_LOG) -ge 3 ]"
+wait_until 5 "persistence 300 s back on 192.0.2.11:53" sh -c \
+	"ipvsadm -Ln -u 192.0.2.11:53 | tr -s ' ' | sed 's/ \$//' | grep -qx 'UDP 192.0.2.11:53 sh persistent 300'"
+expect_not_in "$HALB_LOG" 'msg="ipvs table (could not be read|read whole does not show)' "every resync read /proc/net/ip_vs as written"
 echo "resyncs that found the table unchanged: $(count "$same") ($seen before the removal)"
 run cat /proc/net/ip_vs
 halb_stop
