@@ -672,6 +672,21 @@ static __always_inline int reply_client(void *data, void *data_end, const struct
 	return 0;
 }
 
+/* want_neigh leaves the next hop that fib names, whose MAC the
+ * neighbour table lacks, in halb_neigh_wanted for the loader to have
+ * resolved. On BPF_FIB_LKUP_RET_NO_NEIGH the FIB has filled in the egress
+ * interface and the next hop's address. */
+static __noinline void want_neigh(const struct bpf_fib_lookup *fib, __u8 family, __u64 now)
+{
+	struct reply_hop_key key = { .ifindex = fib->ifindex };
+
+	if (family == FAMILY_IPV4)
+		addr_from_ipv4(&key.client, fib->ipv4_dst);
+	else
+		__builtin_memcpy(key.client.words, fib->ipv6_dst, 16);
+	bpf_map_update_elem(&halb_neigh_wanted, &key, &now, BPF_ANY);
+}
+
 /* reply_nexthop is the next hop of NAT reply d, which came in on
  * ifindex, toward its client, in *nh: from halb_reply_hops while it is
  * fresh, else from the FIB, whose answer it then keeps. The route's MTU
@@ -702,6 +717,8 @@ static __always_inline int reply_nexthop(struct xdp_md *ctx, const struct decisi
 		__builtin_memset(&fib, 0, sizeof(fib));
 		rc = reply_route(ctx, d, &key.client, ifindex, &fib, 0);
 	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		want_neigh(&fib, d->family, now);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return rc;
 	nh->stamp = now;

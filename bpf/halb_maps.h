@@ -141,6 +141,21 @@ struct {
 	__type(value, struct nexthop);
 } halb_reply_hops SEC(".maps");
 
+/* Next hops toward NAT clients that the neighbour table lacked when a
+ * reply went there (struct reply_hop_key, the address the next hop's;
+ * the value is when, bpf_ktime_get_coarse_ns). XDP cannot resolve a MAC
+ * and must not hand a reply to the kernel (halb_lb.c, xdp_nat_reply), so
+ * it drops the reply and leaves the next hop here; the loader reads the
+ * map a few times a second, asks the kernel to resolve each entry and
+ * deletes it. A node that becomes Master has often never spoken to the
+ * clients whose replies it now carries. Never pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct reply_hop_key);
+	__type(value, __u64);
+} halb_neigh_wanted SEC(".maps");
+
 /* Every NAT reply translated back, by the backend that sent it (struct
  * stats; new_flows stays 0). */
 struct {

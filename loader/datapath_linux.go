@@ -265,6 +265,7 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	d.wg.Go(func() { d.refresher(ctx) })
 	d.wg.Go(func() { d.guardPins(ctx) })
 	d.wg.Go(func() { d.watchLocalMACs(ctx) })
+	d.wg.Go(func() { d.resolveWanted(ctx) })
 	for _, a := range d.ifaces {
 		d.log.Info("data path attached", "interface", a.Interface, "hook", string(a.Hook), "bpffs", d.dir)
 	}

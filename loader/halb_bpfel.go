@@ -217,6 +217,7 @@ const (
 	halbMapHalbMacCache     = "halb_mac_cache"
 	halbMapHalbMaglev       = "halb_maglev"
 	halbMapHalbNatReplies   = "halb_nat_replies"
+	halbMapHalbNeighWanted  = "halb_neigh_wanted"
 	halbMapHalbNexthops     = "halb_nexthops"
 	halbMapHalbReplyHops    = "halb_reply_hops"
 	halbMapHalbReplyStats   = "halb_reply_stats"
@@ -293,6 +294,7 @@ type halbMapSpecs struct {
 	HalbMacCache     *ebpf.MapSpec `ebpf:"halb_mac_cache"`
 	HalbMaglev       *ebpf.MapSpec `ebpf:"halb_maglev"`
 	HalbNatReplies   *ebpf.MapSpec `ebpf:"halb_nat_replies"`
+	HalbNeighWanted  *ebpf.MapSpec `ebpf:"halb_neigh_wanted"`
 	HalbNexthops     *ebpf.MapSpec `ebpf:"halb_nexthops"`
 	HalbReplyHops    *ebpf.MapSpec `ebpf:"halb_reply_hops"`
 	HalbReplyStats   *ebpf.MapSpec `ebpf:"halb_reply_stats"`
@@ -343,6 +345,7 @@ type halbMaps struct {
 	HalbMacCache     *ebpf.Map `ebpf:"halb_mac_cache"`
 	HalbMaglev       *ebpf.Map `ebpf:"halb_maglev"`
 	HalbNatReplies   *ebpf.Map `ebpf:"halb_nat_replies"`
+	HalbNeighWanted  *ebpf.Map `ebpf:"halb_neigh_wanted"`
 	HalbNexthops     *ebpf.Map `ebpf:"halb_nexthops"`
 	HalbReplyHops    *ebpf.Map `ebpf:"halb_reply_hops"`
 	HalbReplyStats   *ebpf.Map `ebpf:"halb_reply_stats"`
@@ -364,6 +367,7 @@ func (m *halbMaps) Close() error {
 		m.HalbMacCache,
 		m.HalbMaglev,
 		m.HalbNatReplies,
+		m.HalbNeighWanted,
 		m.HalbNexthops,
 		m.HalbReplyHops,
 		m.HalbReplyStats,

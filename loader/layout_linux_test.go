@@ -40,6 +40,7 @@ func TestMapLayout(t *testing.T) {
 		{halbMapHalbNatReplies, halbBackendKey{}, halbNatReply{}, 20, 28},
 		{halbMapHalbReplyStats, uint32(0), halbStats{}, 4, 24},
 		{halbMapHalbReplyHops, halbReplyHopKey{}, halbNexthop{}, 20, 32},
+		{halbMapHalbNeighWanted, halbReplyHopKey{}, uint64(0), 20, 8},
 	}
 	seen := map[string]bool{}
 	for _, m := range maps {

@@ -2,13 +2,16 @@ package loader
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 
 	"github.com/halb-lb/halb/service"
 )
@@ -261,4 +264,68 @@ func (d *Datapath) natRepliesCounter() (service.Counter, error) {
 		}
 	}
 	return service.Counter{Name: "nat_replies", Help: "Replies of forward: nat backends the eBPF data path translated back to their clients, by backend.", Label: "backend", Values: values}, nil
+}
+
+// wantedInterval is how often resolveWanted reads halb_neigh_wanted: a
+// dropped reply waits at most this long, plus the kernel's resolution,
+// before its next hop is asked for; TCP retransmits after 200 ms at the
+// earliest.
+const wantedInterval = 100 * time.Millisecond
+
+// resolveWanted asks the kernel to resolve the next hops that the program
+// left in halb_neigh_wanted, until ctx ends: XDP drops a NAT reply whose
+// next hop toward the client has no MAC yet (DropReplyNoNeigh) and cannot
+// resolve it itself. The clients are not known beforehand, as backends
+// are, and a node that becomes Master has often never spoken to them.
+func (d *Datapath) resolveWanted(ctx context.Context) {
+	tick := time.NewTicker(wantedInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		d.resolveWantedOnce()
+	}
+}
+
+// resolveWantedOnce takes the entries out of halb_neigh_wanted and asks
+// the kernel to resolve each (NTF_USE, as solicit does for backends).
+// An empty map costs one lookup.
+func (d *Datapath) resolveWantedOnce() {
+	var (
+		k    halbReplyHopKey
+		v    uint64
+		keys []halbReplyHopKey
+	)
+	it := d.lb.objs.HalbNeighWanted.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	if err := it.Err(); err != nil {
+		d.log.Warn("cannot read the next hops nat replies wait for", "map", halbMapHalbNeighWanted, "err", err)
+		return
+	}
+	if len(keys) == 0 {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
+	for i := range keys {
+		k := keys[i]
+		if err := deleteKey(d.lb.objs.HalbNeighWanted, &k); err != nil {
+			d.log.Warn("cannot forget a next hop asked for", "map", halbMapHalbNeighWanted, "err", err)
+		}
+		addr := netip.AddrFrom16(k.Client.Bytes).Unmap()
+		err := d.nl.NeighSet(&netlink.Neigh{LinkIndex: int(k.Ifindex), IP: addr.AsSlice(), State: netlink.NUD_NONE, Flags: netlink.NTF_USE})
+		if err != nil {
+			d.log.Warn("cannot ask for the mac of a nat client's next hop", "next_hop", addr.String(), "ifindex", k.Ifindex, "err", err)
+			continue
+		}
+		d.log.Debug("asked for the mac of a nat client's next hop", "next_hop", addr.String(), "ifindex", k.Ifindex)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"maps"
 	"net"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -36,6 +38,8 @@ var (
 	natBe3 = ap(routed6, 8080)  // web6, behind halb1's gateway
 	natBe4 = ap(onLink6, 5353)  // dns6, on halb0's link
 	natBe5 = ap(noNeigh4, 8081) // no neighbour entry
+
+	farClient = netip.MustParseAddr("198.51.100.200") // behind noNeigh4
 )
 
 // natNet is tunNet with the NAT services above, each with its one
@@ -47,6 +51,11 @@ func (tb *testbed) natNet(t *testing.T) {
 	_, dst, _ := net.ParseCIDR("2001:db8:ff::/64")
 	if err := h.RouteAdd(&netlink.Route{Dst: dst, Gw: gw6.AsSlice()}); err != nil {
 		t.Fatalf("route to client6: %v", err)
+	}
+	// Clients behind a gateway whose MAC the neighbour table lacks.
+	_, dst, _ = net.ParseCIDR("198.51.100.128/25")
+	if err := h.RouteAdd(&netlink.Route{Dst: dst, Gw: noNeigh4.AsSlice()}); err != nil {
+		t.Fatalf("route to the clients behind %s: %v", noNeigh4, err)
 	}
 	for i, s := range []struct {
 		key     service.Key
@@ -205,6 +214,13 @@ func testNAT(t *testing.T, prog string) {
 		{name: "ipv6 udp reply", reply: 4,
 			in:  packet{src: natBe4, dst: ap(client6, 40001), proto: udp}.frame(t, be4MAC, halb0MAC),
 			xdp: outcome{action: xdpRedirect, out: packet{src: ap(vip6, 53), dst: ap(client6, 40001), proto: udp}.frame(t, halb1MAC, gw6MAC)}, tcSame: true},
+		// XDP leaves the next hop for the loader to have resolved
+		// (TestNATNeighWanted); tc hands the reply to the kernel's
+		// neighbour layer, the MACs left for it to fill.
+		{name: "a reply to a client whose next hop has no neighbour entry", reply: 1,
+			in:  packet{src: natBe1, dst: ap(farClient, 40000), ack: true}.frame(t, be1MAC, halb0MAC),
+			xdp: outcome{action: xdpDrop, drop: DropReplyNoNeigh},
+			tc:  outcome{action: xdpRedirect, out: packet{src: ap(vip4, 80), dst: ap(farClient, 40000), ack: true}.frame(t, be1MAC, halb0MAC), events: []Event{EventNeighResolve}}},
 		{name: "a reply too big for the route to its client",
 			in:  bigReply.frame(t, be1MAC, halb0MAC),
 			xdp: outcome{action: xdpDrop, drop: DropReplyTooBig}, tcSame: true},
@@ -310,6 +326,27 @@ func testNAT(t *testing.T, prog string) {
 		s.Packets, s.Bytes = s.Packets+1, s.Bytes+uint64(len(c.in))
 		wantBackends[c.backend] = s
 	}
+	t.Run("next hops wanted", func(t *testing.T) {
+		var (
+			k    halbReplyHopKey
+			v    uint64
+			seen []string
+		)
+		it := tb.lb.objs.HalbNeighWanted.Iterate()
+		for it.Next(&k, &v) {
+			seen = append(seen, fmt.Sprintf("%s on %d", netip.AddrFrom16(k.Client.Bytes).Unmap(), k.Ifindex))
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{fmt.Sprintf("%s on %d", noNeigh4, tb.halb0)}
+		if tb.tc {
+			want = nil // the kernel's neighbour layer resolves it
+		}
+		if !slices.Equal(seen, want) {
+			t.Errorf("%s holds %v, want %v", halbMapHalbNeighWanted, seen, want)
+		}
+	})
 	t.Run("counters", func(t *testing.T) {
 		tb.wantDrops(t, wantDrops)
 		tb.wantEvents(t, wantEvents)
@@ -521,4 +558,40 @@ func natEntries(t *testing.T, lb *kernelLB) map[natReplyKey]natReply {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestResolveWanted: a next hop the program left in halb_neigh_wanted is
+// asked of the kernel, which then has a neighbour entry for it, and leaves
+// the map.
+func TestResolveWanted(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	h := b.lb.Netlink(t)
+	halb0, err := h.LinkByName("halb0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hop := netip.MustParseAddr("192.0.2.77")
+	// As the program writes it: the IPv4 address in its mapped form.
+	k := halbReplyHopKey{Client: halbAddr{Bytes: hop.As16()}, Ifindex: uint32(halb0.Attrs().Index)}
+	if err := dp.lb.objs.HalbNeighWanted.Put(&k, uint64(1)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * wantedInterval)
+	for {
+		list, err := h.NeighList(halb0.Attrs().Index, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		asked := slices.ContainsFunc(list, func(n netlink.Neigh) bool { return n.IP.Equal(hop.AsSlice()) })
+		var v uint64
+		gone := dp.lb.objs.HalbNeighWanted.Lookup(&k, &v) != nil
+		if asked && gone {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: neighbour entry for %s %v, %s entry gone %v", 10*wantedInterval, hop, asked, halbMapHalbNeighWanted, gone)
+		}
+		time.Sleep(wantedInterval / 4)
+	}
 }

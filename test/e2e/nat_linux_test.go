@@ -221,17 +221,15 @@ func testNAT(t *testing.T, mode, xdpMode string, hook loader.Hook) {
 	}
 	waitLive(t, dp, 12)
 	// XDP drops what it would send to a next hop whose MAC the kernel
-	// does not know yet: the backends' are asked for by the data path;
-	// the clients', which replies go to, the balancer learns from the
-	// client's own neighbour requests, made here before the first
-	// connection rather than by its first SYN.
+	// does not know yet, and the data path has it resolved: the
+	// backends' at once; the client's, which the balancer has never
+	// spoken to, when the first reply to it is dropped (the backend's
+	// SYN-ACK, sent again a second later).
 	var addrs []netip.Addr
 	for _, b := range natBackends {
 		addrs = append(addrs, b.addr, b.addr6)
 	}
 	waitKnown(t, bed.lb, addrs)
-	greetBalancer(t, bed)
-	waitKnown(t, bed.lb, []netip.Addr{clientIP, clientIP6})
 
 	for _, c := range []*client{bed.client, bed.client6} {
 		counts := c.spread(t, 40000, 300)
@@ -265,31 +263,6 @@ func testNAT(t *testing.T, mode, xdpMode string, hook loader.Hook) {
 		t.Errorf("%v: want all 150 connections on the two live backends, none on %s", counts, keep.backend)
 	}
 	keep.ping(t, "after the drain")
-}
-
-// greetBalancer has the client send the balancer a datagram from each of
-// its addresses, which makes the client resolve the balancer and the
-// balancer learn the client's MACs from its requests.
-func greetBalancer(t *testing.T, bed *natBed) {
-	t.Helper()
-	err := bed.client.ns.Do(func() error {
-		for _, pair := range [][2]netip.Addr{{clientIP, lbIP}, {clientIP6, lbIP6}} {
-			d := net.Dialer{Timeout: opTimeout, LocalAddr: &net.UDPAddr{IP: pair[0].AsSlice()}}
-			nc, err := d.Dial("udp", netip.AddrPortFrom(pair[1], 9).String())
-			if err != nil {
-				return err
-			}
-			_, err = nc.Write([]byte("hello"))
-			nc.Close()
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // checkReplies wants every backend that took a connection to have had
