@@ -115,7 +115,8 @@ func newNATBed(t *testing.T, hook loader.Hook) *natBed {
 }
 
 // routeVia routes dsts (a default route when there are none) through
-// gw4 and gw6 on ifName in ns.
+// gw4 and gw6 on ifName in ns; an invalid gateway routes none of its
+// family.
 func routeVia(t *testing.T, ns *netnstest.NS, ifName string, gw4, gw6 netip.Addr, dsts ...netip.Addr) {
 	t.Helper()
 	h := ns.Netlink(t)
@@ -136,6 +137,9 @@ func routeVia(t *testing.T, ns *netnstest.NS, ifName string, gw4, gw6 netip.Addr
 			Dst: &net.IPNet{IP: d.AsSlice(), Mask: net.CIDRMask(d.BitLen(), d.BitLen())}})
 	}
 	for _, r := range routes {
+		if r.Gw == nil {
+			continue // no gateway of that family
+		}
 		if err := h.RouteAdd(r); err != nil {
 			t.Fatalf("route %v via %s: %v", r.Dst, r.Gw, err)
 		}

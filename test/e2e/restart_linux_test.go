@@ -140,27 +140,32 @@ func TestFailoverKeepsFlows(t *testing.T) {
 	lb1.proc.Kill()
 	lb2.waitState("MASTER")
 
-	// Every connection makes one request; TCP retransmits over the gap.
+	wantRequestsThrough(t, conns, "lb2")
+	lb2.stop()
+}
+
+// wantRequestsThrough has every connection make one request at once,
+// TCP retransmitting over a failover's gap, and wants at least 99 % to
+// complete through the node via.
+func wantRequestsThrough(t *testing.T, conns []*conn, via string) {
+	t.Helper()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var failed []string
 	for i, cn := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			if err := cn.exchange(fmt.Sprintf("after failover %d", i), 20*time.Second); err != nil {
 				mu.Lock()
 				failed = append(failed, fmt.Sprintf("%s: %v", cn.backend, err))
 				mu.Unlock()
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	t.Logf("after the failover %d of %d connections completed a request through lb2", nConns-len(failed), nConns)
-	if len(failed) > nConns/100 {
-		t.Errorf("%d of %d connections failed after the failover (at most 1%% may): %v", len(failed), nConns, failed)
+	t.Logf("after the failover %d of %d connections completed a request through %s", len(conns)-len(failed), len(conns), via)
+	if len(failed) > len(conns)/100 {
+		t.Errorf("%d of %d connections failed after the failover (at most 1%% may): %v", len(failed), len(conns), failed)
 	}
-	lb2.stop()
 }
 
 // daemonNet is the network of the daemon tests: the LAN of TestDR with a
