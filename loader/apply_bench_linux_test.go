@@ -168,7 +168,7 @@ func (ab *applyBench) buildTables(b *testing.B) (wall, cpu time.Duration) {
 	var jobs []*tableJob
 	for _, key := range sortedKeys(ab.dp.applied) {
 		st := ab.dp.applied[key]
-		jobs = append(jobs, newTableJob(st, false, st.backends))
+		jobs = append(jobs, newTableJob(st, false, sortedAddrPorts(st.backends)))
 	}
 	runtime.GC()
 	var sum time.Duration
@@ -264,7 +264,7 @@ func (ab *applyBench) medianBuild(b *testing.B, n int) time.Duration {
 			b.Fatalf("%d services applied, want 1", len(ab.dp.applied))
 		}
 		for _, st := range ab.dp.applied {
-			mb := newTableJob(st, false, st.backends).maglevBackends()
+			mb := newTableJob(st, false, sortedAddrPorts(st.backends)).maglevBackends()
 			start := time.Now()
 			_, err := maglev.Build(mb, ab.dp.lb.maglevTableSize())
 			times = append(times, time.Since(start))

@@ -253,6 +253,10 @@ type servicePlan struct {
 	st    *svcState
 	isNew bool
 	want  map[netip.AddrPort]*wantBackend
+	// order is want's keys, sorted once: each step walks the backends
+	// in it (a key whose id could not be taken stays in it, not in
+	// want).
+	order []netip.AddrPort
 	// fresh are the backend ids taken for it in this Apply.
 	fresh map[uint32]bool
 	table *tableJob // nil: the table in the kernel is the one wanted
@@ -330,8 +334,7 @@ func (d *Datapath) planService(s *service.Service, n *neighbours) (*servicePlan,
 	}
 	p := &servicePlan{s: s, st: st, isNew: isNew}
 	st.nat = s.Forward == service.NAT
-	var probs map[netip.AddrPort]*problem
-	p.want, probs, p.errs = d.wantBackends(s, st, n)
+	probs := d.wantBackends(p, n)
 	d.noteProblems(st, probs, p.want)
 	d.takeBackendIDs(p)
 	return p, nil
@@ -358,11 +361,18 @@ func (d *Datapath) serviceState(s *service.Service) (*svcState, bool, error) {
 	return st, true, nil
 }
 
-// wantBackends is what each backend's record should be, and the problems
-// of those the data path cannot serve now.
-func (d *Datapath) wantBackends(s *service.Service, st *svcState, n *neighbours) (map[netip.AddrPort]*wantBackend, map[netip.AddrPort]*problem, []error) {
+// wantBackends works out what each backend's record should be (p.want,
+// p.order), and returns the problems of those the data path cannot serve
+// now.
+func (d *Datapath) wantBackends(p *servicePlan, n *neighbours) map[netip.AddrPort]*problem {
+	s, st := p.s, p.st
 	var errs []error
 	wantBE := make(map[netip.AddrPort]*wantBackend, len(s.Backends))
+	order := make([]netip.AddrPort, 0, len(s.Backends))
+	set := func(ap netip.AddrPort, w *wantBackend) {
+		wantBE[ap] = w
+		order = append(order, ap)
+	}
 	probs := map[netip.AddrPort]*problem{}
 	note := func(ap netip.AddrPort, weight uint32, reason string, wait bool) {
 		probs[ap] = &problem{reason: reason, wait: wait, weight: weight}
@@ -373,7 +383,7 @@ func (d *Datapath) wantBackends(s *service.Service, st *svcState, n *neighbours)
 	unreachable := func(ap netip.AddrPort, weight uint32, reason string) {
 		note(ap, weight, reason, false)
 		if old := st.backends[ap]; old != nil {
-			wantBE[ap] = &wantBackend{via: old.via, unreachable: true, b: Backend{Weight: weight}}
+			set(ap, &wantBackend{via: old.via, unreachable: true, b: Backend{Weight: weight}})
 		}
 	}
 	for _, b := range s.Backends {
@@ -396,7 +406,7 @@ func (d *Datapath) wantBackends(s *service.Service, st *svcState, n *neighbours)
 				fallthrough
 			default:
 				w.b.Service, w.b.Weight, w.b.Port = st.id, b.Weight, ap.Port()
-				wantBE[ap] = w
+				set(ap, w)
 			}
 			continue
 		}
@@ -420,7 +430,7 @@ func (d *Datapath) wantBackends(s *service.Service, st *svcState, n *neighbours)
 			}
 			d.solicit(via, ap.Addr())
 		}
-		wantBE[ap] = &wantBackend{via: via, b: Backend{
+		set(ap, &wantBackend{via: via, b: Backend{
 			Addr:    ap.Addr(),
 			MAC:     mac,
 			Ifindex: via.ifindex,
@@ -428,15 +438,19 @@ func (d *Datapath) wantBackends(s *service.Service, st *svcState, n *neighbours)
 			Port:    ap.Port(),
 			Service: st.id,
 			Weight:  b.Weight,
-		}}
+		}})
 	}
-	return wantBE, probs, errs
+	// The service's order, which the configuration usually keeps sorted
+	// already: then the sort only checks it.
+	slices.SortFunc(order, netip.AddrPort.Compare)
+	p.want, p.order, p.errs = wantBE, order, errs
+	return probs
 }
 
 // takeBackendIDs takes ids for the service's new backends.
 func (d *Datapath) takeBackendIDs(p *servicePlan) {
 	p.fresh = map[uint32]bool{}
-	for _, ap := range sortedAddrPorts(p.want) {
+	for _, ap := range p.order {
 		if p.st.backends[ap] != nil || p.want[ap].unreachable {
 			continue
 		}
@@ -494,8 +508,11 @@ func (st *svcState) addrOf(be *beState) netip.AddrPort {
 // changed, and the zeroing of the counters of the new ones, onto queued.
 func (d *Datapath) queueBackends(p *servicePlan, queued []queuedRecord) []queuedRecord {
 	st := p.st
-	for _, ap := range sortedAddrPorts(p.want) {
+	for _, ap := range p.order {
 		w, be := p.want[ap], st.backends[ap]
+		if w == nil {
+			continue // no id for it
+		}
 		rec, err := d.recordOf(be, w)
 		if err != nil {
 			p.errs = append(p.errs, fmt.Errorf("service %s: %w", st, err))
@@ -583,18 +600,34 @@ func (d *Datapath) finishService(p *servicePlan) error {
 	// Backends that left: out of the table already, now out of the maps.
 	// If the table could not be written they stay, in it and in the
 	// maps, until an Apply writes one without them.
-	for _, ap := range sortedAddrPorts(st.backends) {
-		if p.want[ap] != nil || tableErr != nil {
-			continue
-		}
-		if err := d.dropBackend(st, ap); err != nil {
-			errs = append(errs, err)
+	if tableErr == nil {
+		for _, ap := range p.leaving() {
+			if err := d.dropBackend(st, ap); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if p.isNew {
 		d.log.Info("service added", "service", st.String(), "id", st.id, "backends", len(st.backends))
 	}
 	return errors.Join(errs...)
+}
+
+// leaving is the service's backends that are not in want, in address
+// order. Every backend in want has its state (takeBackendIDs), so there
+// are some only when the service has more states than wants.
+func (p *servicePlan) leaving() []netip.AddrPort {
+	if len(p.st.backends) <= len(p.want) {
+		return nil
+	}
+	var out []netip.AddrPort
+	for ap := range p.st.backends {
+		if p.want[ap] == nil {
+			out = append(out, ap)
+		}
+	}
+	slices.SortFunc(out, netip.AddrPort.Compare)
+	return out
 }
 
 // recordOf is what be's record should become: the one w describes, or
@@ -733,7 +766,7 @@ type tableJob struct {
 // the backends that leave, before their records and ids go: a slot must
 // never name a freed id.
 func (d *Datapath) planTable(p *servicePlan) *tableJob {
-	j := newTableJob(p.st, p.isNew, p.want)
+	j := newTableJob(p.st, p.isNew, p.order)
 	if j.sig == p.st.table && !p.isNew {
 		return nil
 	}
@@ -749,15 +782,14 @@ func (d *Datapath) planTable(p *servicePlan) *tableJob {
 	return j
 }
 
-// newTableJob is the table st needs: one of its live backends in want.
-func newTableJob[W any](st *svcState, isNew bool, want map[netip.AddrPort]W) *tableJob {
+// newTableJob is the table st needs: one of its live backends among
+// keys, which are sorted.
+func newTableJob(st *svcState, isNew bool, keys []netip.AddrPort) *tableJob {
 	j := &tableJob{st: st, isNew: isNew}
-	for _, ap := range sortedAddrPorts(st.backends) {
-		if be := st.backends[ap]; be.live() {
-			if _, ok := want[ap]; ok {
-				j.live = append(j.live, be)
-				j.keys = append(j.keys, ap)
-			}
+	for _, ap := range keys {
+		if be := st.backends[ap]; be != nil && be.live() {
+			j.live = append(j.live, be)
+			j.keys = append(j.keys, ap)
 		}
 	}
 	j.sig = signature(j.keys, j.live)
@@ -827,11 +859,11 @@ func (d *Datapath) installTables(plans []*servicePlan) {
 	}
 }
 
-// slotBufs lend writeTable the slots of the table it writes, which it
-// keeps no longer than the write: an Apply of 1000 services would
-// otherwise allocate and drop 256 KiB for each (65537 slots), a quarter
-// of a GiB of garbage that costs the Go heap collections and RSS.
-var slotBufs = sync.Pool{New: func() any { return new([]uint32) }}
+// tableBufs lend writeTable the table it builds, which it keeps no
+// longer than the write: an Apply of 1000 services would otherwise
+// allocate and drop 256 KiB for each (65537 slots), a quarter of a GiB of
+// garbage that costs the Go heap collections and RSS.
+var tableBufs = sync.Pool{New: func() any { return new([]int32) }}
 
 // writeTable builds a service's Maglev table and stages it. It runs
 // beside the others of its Apply and beside the planning of the next
@@ -839,37 +871,54 @@ var slotBufs = sync.Pool{New: func() any { return new([]uint32) }}
 // state.
 func (d *Datapath) writeTable(j *tableJob) error {
 	st := j.st
-	idx, err := maglev.Build(j.backends, d.lb.maglevTableSize())
-	if err != nil {
+	restart := st.table == (tableSig{}) && !j.isNew
+	var draft *tableDraft
+	if !restart {
+		// The new map is made while the table is built.
+		draft = d.maps.draftTable(st.id)
+	}
+	buf := tableBufs.Get().(*[]int32)
+	defer tableBufs.Put(buf)
+	idx := slices.Grow((*buf)[:0], d.lb.maglevTableSize())[:d.lb.maglevTableSize()]
+	*buf = idx
+	if err := maglev.BuildInto(idx, j.backends); err != nil {
+		if draft != nil {
+			draft.discard()
+		}
 		return fmt.Errorf("service %s: maglev table: %w", st, err)
 	}
-	buf := slotBufs.Get().(*[]uint32)
-	defer slotBufs.Put(buf)
-	table := slices.Grow((*buf)[:0], len(idx))[:len(idx)]
-	*buf = table
-	for slot, i := range idx {
-		table[slot] = 0
-		if i != maglev.NoBackend {
-			table[slot] = j.ids[i]
-		}
-	}
-	if st.table == (tableSig{}) && !j.isNew {
+	j.backends = nil // built: its keys go before the Apply's other builds end
+	if restart {
 		// After a restart: the table the last halb wrote may be this
 		// very one.
-		old, err := d.lb.maglevTable(st.id)
-		if err == nil && slices.Equal(old, table) {
-			d.maps.knowTable(st.id, table)
+		if d.sameTable(st, idx, j.ids) {
 			st.table = j.sig
 			return nil
 		}
+		draft = d.maps.draftTable(st.id)
 	}
-	j.backends = nil // built: its keys go before the Apply's other builds end
-	staged, err := d.maps.stageTable(st.id, table)
+	staged, err := draft.stage(idx, j.ids)
 	if err != nil {
 		return fmt.Errorf("service %s: %w", st, err)
 	}
 	j.staged = staged
 	return nil
+}
+
+// sameTable reports whether the table in the kernel for st is the one idx
+// and ids make, and if so notes what it names.
+func (d *Datapath) sameTable(st *svcState, idx []int32, ids []uint32) bool {
+	old, err := d.lb.maglevTable(st.id)
+	if err != nil || len(old) != len(idx) {
+		return false
+	}
+	table := make([]uint32, len(idx))
+	fillSlots(table, idx, ids)
+	if !slices.Equal(old, table) {
+		return false
+	}
+	d.maps.knowTable(st.id, table)
+	return true
 }
 
 // tableSig names what a Maglev table is built from: a SHA-256 of the

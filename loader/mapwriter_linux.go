@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/halb-lb/halb/maglev"
 	"github.com/halb-lb/halb/service"
 )
 
@@ -233,6 +234,73 @@ func (w *mapWriter) stageTable(service uint32, table []uint32) (*stagedTable, er
 		return nil, err
 	}
 	return &stagedTable{service: service, m: m, ids: distinctIDs(table, w.lb.maxBackends())}, nil
+}
+
+// tableDraft is service's next table on its way to a stagedTable: its
+// map is made, mapped and its pages touched on a goroutine of its own
+// (the draft's owner waits for it in stage or discard), so that this
+// happens beside the build of the table rather than after it.
+type tableDraft struct {
+	service uint32
+	ready   chan struct{}
+	d       *maglevDraft
+	err     error
+}
+
+// draftTable starts making service's next table. Safe for concurrent use.
+func (w *mapWriter) draftTable(service uint32) *tableDraft {
+	t := &tableDraft{service: service, ready: make(chan struct{})}
+	go func() {
+		defer close(t.ready)
+		t.d, t.err = w.lb.newMaglevDraft(service)
+	}()
+	return t
+}
+
+// stage writes the table whose slot s holds the index idx[s] in ids of
+// the backend id it names (maglev.NoBackend: none), and makes it a
+// stagedTable, remembering the ids it names.
+func (t *tableDraft) stage(idx []int32, ids []uint32) (*stagedTable, error) {
+	<-t.ready
+	if t.err != nil {
+		return nil, t.err
+	}
+	named := fillSlots(t.d.slots, idx, ids)
+	m, err := t.d.finish()
+	if err != nil {
+		return nil, err
+	}
+	return &stagedTable{service: t.service, m: m, ids: named}, nil
+}
+
+// fillSlots writes into slots, all 0, the backend ids idx names, and
+// returns those ids. Every slot of a table names a backend, or none does
+// (maglev.Build), and then the slots stay 0.
+func fillSlots(slots []uint32, idx []int32, ids []uint32) []uint32 {
+	if len(idx) == 0 || idx[0] == maglev.NoBackend {
+		return nil
+	}
+	seen := make([]bool, len(ids))
+	slots = slots[:len(idx)]
+	for s, i := range idx {
+		slots[s] = ids[i]
+		seen[i] = true
+	}
+	var named []uint32
+	for i, id := range ids {
+		if seen[i] && id != 0 {
+			named = append(named, id)
+		}
+	}
+	return named
+}
+
+// discard drops a draft that is not to be staged.
+func (t *tableDraft) discard() {
+	<-t.ready
+	if t.err == nil {
+		t.d.discard()
+	}
 }
 
 // discard drops a staged table that is not to be swapped in.

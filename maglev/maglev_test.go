@@ -403,6 +403,56 @@ func TestNoLiveBackend(t *testing.T) {
 	}
 }
 
+// TestBuildInto: a table lent to BuildInto, whatever it held before,
+// ends as Build's table of its size, in every slot, and one of the wrong
+// size is refused as Build refuses it.
+func TestBuildInto(t *testing.T) {
+	weighted := equal(300)
+	for i := range weighted {
+		weighted[i].Weight = uint32(i % 7) // some drained
+	}
+	table := make([]int32, 4099)
+	for _, bs := range [][]Backend{equal(10), weighted, nil, equal(1)} {
+		for i := range table {
+			table[i] = int32(i) // what an earlier use left
+		}
+		if err := BuildInto(table, bs); err != nil {
+			t.Fatalf("BuildInto(%d backends): %v", len(bs), err)
+		}
+		want, err := Build(bs, len(table))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(table, want) {
+			t.Errorf("BuildInto(%d backends) differs from Build in %d slots", len(bs), moved(owners2(table, bs), owners2(want, bs)))
+		}
+	}
+	for _, tc := range []struct {
+		m    int
+		bs   []Backend
+		want error
+	}{
+		{4096, equal(3), ErrNotPrime},
+		{11, equal(12), ErrTooFewSlots},
+		{251, append(equal(5), Backend{Key: key(2), Weight: 1}), ErrDuplicateKey},
+	} {
+		if err := BuildInto(make([]int32, tc.m), tc.bs); !errors.Is(err, tc.want) {
+			t.Errorf("BuildInto(%d slots, %d backends) = %v, want %v", tc.m, len(tc.bs), err, tc.want)
+		}
+	}
+}
+
+// owners2 is owners for a table that may hold NoBackend.
+func owners2(table []int32, bs []Backend) []string {
+	ks := make([]string, len(table))
+	for s, i := range table {
+		if i != NoBackend {
+			ks[s] = bs[i].Key
+		}
+	}
+	return ks
+}
+
 func TestErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -470,6 +520,19 @@ func BenchmarkBuild(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := Build(bc.bs, bc.m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		if bc.m != m65537 {
+			continue
+		}
+		// The loader's way: one table lent to every build.
+		b.Run(bc.name+",into", func(b *testing.B) {
+			b.ReportAllocs()
+			table := make([]int32, bc.m)
+			for b.Loop() {
+				if err := BuildInto(table, bc.bs); err != nil {
 					b.Fatal(err)
 				}
 			}
