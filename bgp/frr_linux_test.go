@@ -3,6 +3,7 @@ package bgp
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	gobgp "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/vishvananda/netlink"
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/internal/frrtest"
@@ -55,7 +57,7 @@ const childTimeout = 3 * time.Minute
 // runs the test again in a child process in the speaker's namespace. In
 // the child it returns the lab, and the test goes on; in the parent it
 // returns nil once the child passed.
-func inLab(t *testing.T, routerASN uint32, frrConf func(l *lab) string) *lab {
+func inLab(t *testing.T, routerASN uint32, frrConf func(l *lab) string, opts ...frrtest.Option) *lab {
 	t.Helper()
 	if v := os.Getenv(labEnv); v != "" {
 		var l lab
@@ -68,7 +70,7 @@ func inLab(t *testing.T, routerASN uint32, frrConf func(l *lab) string) *lab {
 	routerNS, hostNS := netnstest.New(t), netnstest.New(t)
 	frrtest.Link(t, routerNS, "rt0", []netip.Prefix{router4, router6}, hostNS, "halb0", []netip.Prefix{host4, host6})
 	l := &lab{Router4: router4.Addr(), Host4: host4.Addr(), Router6: router6.Addr(), Host6: host6.Addr(), RouterASN: routerASN}
-	r := frrtest.Start(t, routerNS, frrConf(l))
+	r := frrtest.Start(t, routerNS, frrConf(l), opts...)
 	l.VTY = r.VTY
 	desc, _ := json.Marshal(l)
 
@@ -84,7 +86,7 @@ func inLab(t *testing.T, routerASN uint32, frrConf func(l *lab) string) *lab {
 	}
 	t.Logf("the speaker's side, in its namespace:\n%s", out.String())
 	if err != nil || !strings.Contains(out.String(), "--- PASS: "+t.Name()) {
-		t.Fatalf("the speaker's side failed (%v); bgpd's log:\n%s", err, r.Logs("bgpd"))
+		t.Fatalf("the speaker's side failed (%v); the router's logs:\n%s%s", err, r.Logs("bgpd"), r.Logs("bfdd"))
 	}
 	return nil
 }
@@ -385,5 +387,76 @@ func TestFRRRefusingPeerIsAState(t *testing.T) {
 		}
 		return nil
 	})
+	verifyNoLeaks(t, s)
+}
+
+// A peer with bfd: runs a BFD session that the router's bfdd sees up;
+// when halb's packets stop reaching the router (a blackhole route on
+// halb's side, the link itself stays up), BFD takes the session down long
+// before the hold time would.
+func TestFRRBFD(t *testing.T) {
+	l := inLab(t, 65000, func(l *lab) string {
+		return frrConf(65000, 65001, []netip.Addr{l.Host4}, "bfd")
+	}, frrtest.WithBFD(""))
+	if l == nil {
+		return
+	}
+	peer := peerCfg(l.Router4, 65000)
+	peer.BFD = &config.BFD{MinRx: 100 * time.Millisecond, MinTx: 100 * time.Millisecond, Multiplier: 3}
+	peer.HoldTime = 60 * time.Second
+	s := startSpeaker(t, config.BGP{ASN: 65001, RouterID: l.Host4, Peers: []config.BGPPeer{peer}})
+	established(t, l, s, l.Router4, l.Host4)
+	bfdStatus := func(want string) func() error {
+		return func() error {
+			peers, err := l.VTY.BFDPeers()
+			if err != nil {
+				return err
+			}
+			for _, p := range peers {
+				if p.Peer == l.Host4.String() && p.Status == want {
+					return nil
+				}
+			}
+			return fmt.Errorf("bfd peers %+v", peers)
+		}
+	}
+	frrtest.Eventually(t, 30*time.Second, "the router's BFD session up", bfdStatus("up"))
+	sessions := func() frrtest.Neighbor {
+		ns, err := l.VTY.Neighbors()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ns[l.Host4.String()]
+	}
+	if n := sessions(); n.State != "Established" || n.Established != 1 {
+		t.Fatalf("with BFD up the router's session is %s after %d sessions; want the first one Established", n.State, n.Established)
+	}
+
+	blackhole := &netlink.Route{Dst: netlink.NewIPNet(l.Router4.AsSlice()), Type: unix.RTN_BLACKHOLE}
+	if err := netlink.RouteAdd(blackhole); err != nil {
+		t.Fatal(err)
+	}
+	// Half the hold time: only BFD can have taken the session down by then.
+	frrtest.Eventually(t, peer.HoldTime/2, "the router's BFD session down", bfdStatus("down"))
+	frrtest.Eventually(t, peer.HoldTime/2, "the router's BGP session down", func() error {
+		ns, err := l.VTY.Neighbors()
+		if err != nil {
+			return err
+		}
+		if st := ns[l.Host4.String()].State; st == "Established" {
+			return errors.New("still established")
+		}
+		return nil
+	})
+
+	// The path back: the session and its BFD come up again, and stay.
+	if err := netlink.RouteDel(blackhole); err != nil {
+		t.Fatal(err)
+	}
+	established(t, l, s, l.Router4, l.Host4)
+	frrtest.Eventually(t, 30*time.Second, "the router's BFD session up again", bfdStatus("up"))
+	if n := sessions(); n.State != "Established" || n.Established != 2 {
+		t.Errorf("after the path came back the router's session is %s after %d sessions; want the second one Established", n.State, n.Established)
+	}
 	verifyNoLeaks(t, s)
 }

@@ -81,6 +81,9 @@ func (s *Speaker) peerEvent(ev *apiutil.WatchEventMessage_PeerEvent, at time.Tim
 		}
 	}
 	s.mu.Unlock()
+	if up, down := st.SessionState == gobgp.BGP_FSM_ESTABLISHED, was == gobgp.BGP_FSM_ESTABLISHED; up != down {
+		s.scheduleBFD(addr, up)
+	}
 	if st.SessionState == gobgp.BGP_FSM_ESTABLISHED || was == gobgp.BGP_FSM_ESTABLISHED {
 		s.log.Info("bgp session state changed", "peer", addr, "state", stateName(st.SessionState), "was", stateName(was), "reason", reason)
 	} else {

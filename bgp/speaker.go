@@ -17,9 +17,13 @@
 // (Peers: its FSM state and last error), retried every connectRetry,
 // never an error that stops the daemon.
 //
+// Each session carries one address family, the peer address's: an IPv4
+// VIP is announced to the IPv4 peers, an IPv6 one to the IPv6 peers.
+//
 // BFD (a peer's bfd:) opens UDP port 3784 on every address once a peer
 // has it (GoBGP's BFD is single-hop, asynchronous mode): it clashes with
-// another BFD daemon on the same host (FRR's bfdd, BIRD).
+// another BFD daemon on the same host (FRR's bfdd, BIRD). It starts a
+// second after each session is established (bfd.go says why).
 package bgp
 
 import (
@@ -61,11 +65,14 @@ type Speaker struct {
 	routerID netip.Addr
 	srv      *server.BgpServer // nil when not running
 	stopSrv  context.CancelFunc
+	gen      int                    // counts the servers started, so that a late timer knows its own
 	routes   map[netip.Prefix]Route // what the daemon wants announced
 
-	// mu guards what GoBGP's callbacks write: the sessions' states.
-	mu    sync.Mutex
-	track map[netip.Addr]*peerTrack
+	// mu guards what GoBGP's callbacks write: the sessions' states, and
+	// the timers that turn each peer's BFD on and off.
+	mu        sync.Mutex
+	track     map[netip.Addr]*peerTrack
+	bfdTimers map[netip.Addr]*time.Timer
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed by Close
@@ -94,13 +101,14 @@ func New(cfg config.BGP, log *slog.Logger) (*Speaker, error) {
 		return nil, err
 	}
 	return &Speaker{
-		log:      log.With("component", "bgp"),
-		cfg:      cloneBGP(cfg),
-		routerID: id,
-		routes:   map[netip.Prefix]Route{},
-		track:    map[netip.Addr]*peerTrack{},
-		closed:   make(chan struct{}),
-		runDone:  make(chan struct{}),
+		log:       log.With("component", "bgp"),
+		cfg:       cloneBGP(cfg),
+		routerID:  id,
+		routes:    map[netip.Prefix]Route{},
+		track:     map[netip.Addr]*peerTrack{},
+		bfdTimers: map[netip.Addr]*time.Timer{},
+		closed:    make(chan struct{}),
+		runDone:   make(chan struct{}),
 	}, nil
 }
 
@@ -194,6 +202,7 @@ func (s *Speaker) start() error {
 		return fail(fmt.Errorf("watch bgp peers: %w", err))
 	}
 	s.srv, s.stopSrv = srv, cancel
+	s.gen++
 	for i := range s.cfg.Peers {
 		s.addPeer(&s.cfg.Peers[i])
 	}
@@ -215,6 +224,10 @@ func (s *Speaker) stop() {
 	s.mu.Lock()
 	for _, t := range s.track {
 		t.state, t.since = gobgp.BGP_FSM_IDLE, time.Time{}
+	}
+	for addr, t := range s.bfdTimers {
+		t.Stop()
+		delete(s.bfdTimers, addr)
 	}
 	s.mu.Unlock()
 	s.log.Info("bgp speaker stopped")
@@ -401,7 +414,7 @@ func (s *Speaker) addPeer(p *config.BGPPeer) {
 		s.track[p.Address] = &peerTrack{}
 	}
 	s.mu.Unlock()
-	if err := s.srv.AddPeer(context.Background(), &api.AddPeerRequest{Peer: apiPeer(&s.cfg, p)}); err != nil {
+	if err := s.srv.AddPeer(context.Background(), &api.AddPeerRequest{Peer: apiPeer(&s.cfg, p, false)}); err != nil {
 		s.log.Error("cannot add bgp peer", "peer", p.Address, "err", err)
 		s.peerError(p.Address.String(), "add peer: "+err.Error())
 		return
@@ -418,8 +431,9 @@ func (s *Speaker) deletePeer(addr netip.Addr) {
 }
 
 // connectRetry is how long halb waits between attempts to open a session
-// to a peer that does not answer or refuses (GoBGP's default is 120s: a
-// node that comes back would wait two minutes to take traffic).
+// to a peer that does not answer or refuses, and before it tries again
+// after a session dropped (GoBGP's defaults, 120s and 30s, would keep a
+// node that comes back from traffic for minutes).
 const connectRetry = 5 * time.Second
 
 // gracefulRestartTime is the restart time advertised with graceful
@@ -427,8 +441,9 @@ const connectRetry = 5 * time.Second
 // session is down.
 const gracefulRestartTime = 120
 
-// apiPeer is GoBGP's form of peer p.
-func apiPeer(b *config.BGP, p *config.BGPPeer) *api.Peer {
+// apiPeer is GoBGP's form of peer p, with its BFD session when bfd is
+// true and p has one.
+func apiPeer(b *config.BGP, p *config.BGPPeer, bfd bool) *api.Peer {
 	fam := familyOf(p.Address)
 	afi := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: fam, Enabled: true}}
 	peer := &api.Peer{
@@ -438,9 +453,10 @@ func apiPeer(b *config.BGP, p *config.BGPPeer) *api.Peer {
 			AuthPassword:    p.Password,
 		},
 		Timers: &api.Timers{Config: &api.TimersConfig{
-			ConnectRetry:      uint64(connectRetry / time.Second),
-			HoldTime:          uint64(p.HoldTime / time.Second),
-			KeepaliveInterval: uint64(p.KeepaliveInterval / time.Second),
+			ConnectRetry:           uint64(connectRetry / time.Second),
+			IdleHoldTimeAfterReset: uint64(connectRetry / time.Second),
+			HoldTime:               uint64(p.HoldTime / time.Second),
+			KeepaliveInterval:      uint64(p.KeepaliveInterval / time.Second),
 		}},
 		Transport: &api.Transport{RemotePort: uint32(p.Port)},
 		AfiSafis:  []*api.AfiSafi{afi},
@@ -455,7 +471,7 @@ func apiPeer(b *config.BGP, p *config.BGPPeer) *api.Peer {
 		peer.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: gracefulRestartTime}
 		afi.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 	}
-	if p.BFD != nil {
+	if p.BFD != nil && bfd {
 		peer.Bfd = &api.BfdPeerConfig{
 			Enabled:                  true,
 			DesiredMinimumTxInterval: uint32(p.BFD.MinTx / time.Microsecond),

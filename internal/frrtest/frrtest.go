@@ -31,8 +31,24 @@ import (
 const (
 	BGPd  = "/usr/lib/frr/bgpd"
 	Zebra = "/usr/lib/frr/zebra"
+	BFDd  = "/usr/lib/frr/bfdd"
 	VTYsh = "vtysh"
 )
+
+// Option changes what Start starts.
+type Option func(*options)
+
+type options struct {
+	bfd     bool
+	bfdConf string
+}
+
+// WithBFD starts bfdd too, with the configuration bfddConf ("" for
+// none), so that bgpd's "neighbor X bfd" runs BFD sessions (on UDP 3784
+// in the router's namespace). `show bfd peers` (VTY.BFDPeers) shows them.
+func WithBFD(bfddConf string) Option {
+	return func(o *options) { o.bfd, o.bfdConf = true, bfddConf }
+}
 
 // Require skips t, or fails it when CI=true, unless it runs as root and
 // FRR is installed.
@@ -77,9 +93,13 @@ const readyTimeout = 20 * time.Second
 // Start starts zebra and bgpd in ns, bgpd with the configuration
 // bgpdConf (frr.conf syntax: "router bgp 65000 ..."), and waits until
 // both answer on their vty sockets. They are stopped when t ends.
-func Start(t testing.TB, ns *netnstest.NS, bgpdConf string) *Router {
+func Start(t testing.TB, ns *netnstest.NS, bgpdConf string, opts ...Option) *Router {
 	t.Helper()
 	Require(t)
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	dir := t.TempDir()
 	r := &Router{VTY: VTY{Dir: dir}, NS: ns}
 	t.Cleanup(func() { r.Stop(t) })
@@ -90,6 +110,10 @@ func Start(t testing.TB, ns *netnstest.NS, bgpdConf string) *Router {
 	// zebra insists that its user is in the vty group (frrvty): frr is,
 	// root is not. bgpd skips the check (-S) and runs as root.
 	r.start(t, "zebra", Zebra, "-u", "frr", "-g", "frr", "-z", zserv)
+	if o.bfd {
+		write(t, filepath.Join(dir, "bfdd.conf"), o.bfdConf)
+		r.start(t, "bfdd", BFDd, "-u", "frr", "-g", "frr", "-z", zserv, "--bfdctl", filepath.Join(dir, "bfdd.sock"))
+	}
 	r.start(t, "bgpd", BGPd, "-S", "-z", zserv)
 	return r
 }
@@ -205,7 +229,11 @@ func (v VTY) Run(args ...string) ([]byte, error) {
 // Show runs one show command and decodes its JSON output into v ("json"
 // is added to cmd).
 func (v VTY) Show(cmd string, out any) error {
-	data, err := v.Run("-d", "bgpd", "-c", cmd+" json")
+	daemon := "bgpd"
+	if strings.HasPrefix(cmd, "show bfd") {
+		daemon = "bfdd"
+	}
+	data, err := v.Run("-d", daemon, "-c", cmd+" json")
 	if err != nil {
 		return err
 	}
@@ -247,6 +275,18 @@ type Neighbor struct {
 func (v VTY) Neighbors() (map[string]Neighbor, error) {
 	out := map[string]Neighbor{}
 	return out, v.Show("show bgp neighbors", &out)
+}
+
+// BFDPeer is one BFD session as bfdd shows it.
+type BFDPeer struct {
+	Peer   string `json:"peer"`
+	Status string `json:"status"` // "up", "down", "init"
+}
+
+// BFDPeers is bfdd's `show bfd peers` (Start with WithBFD).
+func (v VTY) BFDPeers() ([]BFDPeer, error) {
+	var out []BFDPeer
+	return out, v.Show("show bfd peers", &out)
 }
 
 // Path is one path of a prefix in bgpd's RIB, as `show bgp ... PREFIX
