@@ -293,8 +293,9 @@ func foreignPaths(t *testing.T, s *Speaker) []string {
 	return out
 }
 
-// An iBGP session signed with TCP MD5 comes up, and local_pref reaches
-// the router (it is sent to iBGP peers only).
+// An iBGP session signed with TCP MD5 comes up with the graceful restart
+// capability, and local_pref reaches the router (it is sent to iBGP peers
+// only).
 func TestFRRIBGPWithMD5(t *testing.T) {
 	const key = "halb-test-key"
 	l := inLab(t, 65001, func(l *lab) string {
@@ -305,8 +306,16 @@ func TestFRRIBGPWithMD5(t *testing.T) {
 	}
 	peer := peerCfg(l.Router4, 65001)
 	peer.Password = key
+	peer.GracefulRestart = true
 	s := startSpeaker(t, config.BGP{ASN: 65001, RouterID: l.Host4, Peers: []config.BGPPeer{peer}})
 	established(t, l, s, l.Router4, l.Host4)
+	ns, err := l.VTY.Neighbors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gr := ns[l.Host4.String()].Capabilities.GracefulRestart; !strings.Contains(gr, "eceived") {
+		t.Errorf("the router's graceful restart capability from halb: %q; want it received", gr)
+	}
 	vip := netip.MustParsePrefix("198.51.100.20/32")
 	if err := s.Announce(vip, Attrs{LocalPref: 250}, "test"); err != nil {
 		t.Fatal(err)
@@ -458,5 +467,39 @@ func TestFRRBFD(t *testing.T) {
 	if n := sessions(); n.State != "Established" || n.Established != 2 {
 		t.Errorf("after the path came back the router's session is %s after %d sessions; want the second one Established", n.State, n.Established)
 	}
+	verifyNoLeaks(t, s)
+}
+
+// A new router_id restarts the speaker: the session is made again and
+// what was announced is announced again.
+func TestFRRReconfigureGlobalRestarts(t *testing.T) {
+	l := inLab(t, 65000, func(l *lab) string { return frrConf(65000, 65001, []netip.Addr{l.Host4}) })
+	if l == nil {
+		return
+	}
+	cfg := config.BGP{ASN: 65001, RouterID: l.Host4, Peers: []config.BGPPeer{peerCfg(l.Router4, 65000)}}
+	s := startSpeaker(t, cfg)
+	established(t, l, s, l.Router4, l.Host4)
+	vip := netip.MustParsePrefix("198.51.100.30/32")
+	if err := s.Announce(vip, Attrs{LocalPref: 100}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	routerPaths(t, l, vip, 1)
+
+	cfg.RouterID = netip.MustParseAddr("203.0.113.9")
+	if err := s.Reconfigure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	frrtest.Eventually(t, 30*time.Second, "the router's second session with the new router id", func() error {
+		ns, err := l.VTY.Neighbors()
+		if err != nil {
+			return err
+		}
+		if n := ns[l.Host4.String()]; n.State != "Established" || n.Established != 2 || n.RemoteRouterID != "203.0.113.9" {
+			return fmt.Errorf("%s after %d sessions, router id %s", n.State, n.Established, n.RemoteRouterID)
+		}
+		return nil
+	})
+	routerPaths(t, l, vip, 1)
 	verifyNoLeaks(t, s)
 }

@@ -78,6 +78,7 @@ type Speaker struct {
 	closed    chan struct{} // closed by Close
 	runDone   chan struct{} // closed when Run returns
 	running   bool          // Run was called (guarded by op)
+	live      bool          // Run has started the speaker and not yet stopped it (guarded by op)
 }
 
 // Route is one announced host route and why it is announced.
@@ -145,6 +146,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	default:
 	}
 	err := s.start()
+	s.live = err == nil
 	s.op.Unlock()
 	if err != nil {
 		return err
@@ -154,6 +156,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	case <-s.closed:
 	}
 	s.op.Lock()
+	s.live = false
 	s.stop()
 	s.op.Unlock()
 	return nil
@@ -333,8 +336,9 @@ func (s *Speaker) Announced() []Route {
 // Reconfigure applies a new bgp section: a peer added, removed or changed
 // is added, removed or reset alone, and the sessions to the others stay
 // up. A new asn, router_id or listen_port restarts the speaker, which
-// drops every session (BGP cannot change them on a live session). The
-// announced routes stay.
+// drops every session (BGP cannot change them on a live session); if it
+// cannot start again (listen_port in use), the error says why and the
+// next Reconfigure tries again. The announced routes stay.
 func (s *Speaker) Reconfigure(cfg config.BGP) error {
 	local, err := LocalPrefixes()
 	if err != nil {
@@ -352,10 +356,10 @@ func (s *Speaker) Reconfigure(cfg config.BGP) error {
 	restart := old.ASN != cfg.ASN || s.routerID != id || old.ListenPort != cfg.ListenPort
 	s.routerID = id
 	s.forgetRemoved(old, cfg)
-	if s.srv == nil {
-		return nil
+	if !s.live {
+		return nil // Run starts with cfg
 	}
-	if restart {
+	if restart || s.srv == nil { // s.srv is nil when the last restart failed
 		s.log.Info("bgp global settings changed: restarting the speaker, every session drops",
 			"asn", uint32(cfg.ASN), "router_id", id, "listen_port", cfg.ListenPort)
 		s.stop()

@@ -269,6 +269,13 @@ type Neighbor struct {
 	Established int    `json:"connectionsEstablished"`
 	Dropped     int    `json:"connectionsDropped"`
 	LastReset   string `json:"lastResetDueTo"`
+	// RemoteRouterID is the BGP identifier the peer sent.
+	RemoteRouterID string `json:"remoteRouterId"`
+	Capabilities   struct {
+		// GracefulRestart is "advertised", "received" or
+		// "advertisedAndReceived" (RFC 4724).
+		GracefulRestart string `json:"gracefulRestart"`
+	} `json:"neighborCapabilities"`
 }
 
 // Neighbors is bgpd's `show bgp neighbors`, by address.
