@@ -27,6 +27,14 @@ func newLogBridge(next slog.Handler, onError func(peer, msg string)) *logBridge 
 func (b *logBridge) Enabled(context.Context, slog.Level) bool { return true }
 
 func (b *logBridge) Handle(ctx context.Context, r slog.Record) error {
+	// Most of GoBGP's lines are Debug ones about each UPDATE: the cheap
+	// checks first, so that a router sending a full table costs no
+	// record copied for a log that drops it.
+	forward := b.next.Enabled(ctx, demote(r.Level))
+	capture := b.peer != "" && r.Message == "failed to connect"
+	if !forward && !capture {
+		return nil
+	}
 	var errText string
 	out := slog.NewRecord(r.Time, demote(r.Level), lowerFirst(r.Message), r.PC)
 	r.Attrs(func(a slog.Attr) bool {
@@ -36,10 +44,10 @@ func (b *logBridge) Handle(ctx context.Context, r slog.Record) error {
 		out.AddAttrs(renamed(a))
 		return true
 	})
-	if b.peer != "" && errText != "" && r.Message == "failed to connect" {
+	if capture && errText != "" {
 		b.onError(b.peer, "connect: "+errText)
 	}
-	if !b.next.Enabled(ctx, out.Level) {
+	if !forward {
 		return nil
 	}
 	return b.next.Handle(ctx, out)

@@ -109,16 +109,23 @@ bgp:
 
 func wantProblem(t *testing.T, err error, path, text string) {
 	t.Helper()
+	wantProblemAt(t, err, path, text, true)
+}
+
+// wantProblemAt fails t unless err has a problem at path containing text,
+// with its line when withLine.
+func wantProblemAt(t *testing.T, err error, path, text string, withLine bool) {
+	t.Helper()
 	var cerr *Error
 	if !errors.As(err, &cerr) {
 		t.Fatalf("err = %v, want a *config.Error", err)
 	}
 	for _, p := range cerr.Problems {
-		if p.Path == path && strings.Contains(p.Msg, text) && p.Line > 0 {
+		if p.Path == path && strings.Contains(p.Msg, text) && (p.Line > 0 || !withLine) {
 			return
 		}
 	}
-	t.Errorf("no problem at %s (with its line) containing %q:\n%v", path, text, err)
+	t.Errorf("no problem at %s containing %q (with its line: %v):\n%v", path, text, withLine, err)
 }
 
 func TestParseCommunity(t *testing.T) {
@@ -144,4 +151,39 @@ func TestParseCommunity(t *testing.T) {
 			t.Errorf("ParseLargeCommunity(%q) accepted", s)
 		}
 	}
+}
+
+// HALB_BGP_* variables override the bgp section's keys outside its peers:
+// one file for every node of an active-active group, each node's router
+// id from its environment.
+func TestBGPEnvironment(t *testing.T) {
+	const file = `
+bgp:
+  asn: 65001
+  router_id: 192.0.2.1
+  peers: [{address: 192.0.2.254, asn: 65000}]
+`
+	t.Setenv("HALB_BGP_ROUTER_ID", "192.0.2.9")
+	t.Setenv("HALB_BGP_ASN", "4200000009")
+	t.Setenv("HALB_BGP_DRAIN_TIME", "30s")
+	cfg, err := Parse([]byte(file), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := cfg.BGP; b.RouterID.String() != "192.0.2.9" || b.ASN != 4200000009 || b.DrainTime != 30*time.Second || len(b.Peers) != 1 {
+		t.Errorf("bgp = %+v", b)
+	}
+
+	t.Setenv("HALB_BGP_ROUTER_ID", "not-an-address")
+	_, err = Parse([]byte(file), "t.yaml")
+	var cerr *Error
+	if !errors.As(err, &cerr) || len(cerr.Problems) != 1 || cerr.Problems[0].Path != "bgp.router_id" || cerr.Problems[0].Env != "HALB_BGP_ROUTER_ID" {
+		t.Errorf("a bad HALB_BGP_ROUTER_ID: %v; want one problem at bgp.router_id set by HALB_BGP_ROUTER_ID", err)
+	}
+
+	// Without a bgp section the variable makes one, which then needs
+	// its peers: a forgotten variable does not pass unnoticed.
+	t.Setenv("HALB_BGP_ROUTER_ID", "192.0.2.9")
+	_, err = Parse([]byte("log: {level: info}\n"), "t.yaml")
+	wantProblemAt(t, err, "bgp.peers", "at least one peer", false)
 }

@@ -482,18 +482,23 @@ func (d *decoder) text(n *yaml.Node, v reflect.Value, line int) {
 		d.problem(line, scalarText(n)+" is not "+what)
 		return
 	}
+	if err := setText(v, n.Value); err != nil {
+		d.problem(line, err.Error())
+	}
+}
+
+// setText sets v, an address, a prefix or an address and port, from s.
+func setText(v reflect.Value, s string) error {
 	var err error
 	switch p := v.Addr().Interface().(type) { // a pointer: no copy of the value boxed for each of 100 000 backends
 	case *netip.Addr:
-		*p, err = parseAddr(n.Value)
+		*p, err = parseAddr(s)
 	case *netip.Prefix:
-		*p, err = parsePrefix(n.Value)
+		*p, err = parsePrefix(s)
 	case *netip.AddrPort:
-		*p, err = parseAddrPort(n.Value)
+		*p, err = parseAddrPort(s)
 	}
-	if err != nil {
-		d.problem(line, err.Error())
-	}
+	return err
 }
 
 func parseAddr(s string) (netip.Addr, error) {

@@ -224,11 +224,15 @@ var envKeys = sync.OnceValue(func() []string {
 	t := reflect.TypeFor[Config]()
 	for i := range t.NumField() {
 		section := t.Field(i)
-		if section.Type.Kind() != reflect.Struct {
+		st := section.Type
+		if st.Kind() == reflect.Pointer {
+			st = st.Elem() // an optional section (bgp:)
+		}
+		if st.Kind() != reflect.Struct {
 			continue
 		}
-		for j := range section.Type.NumField() {
-			f := section.Type.Field(j)
+		for j := range st.NumField() {
+			f := st.Field(j)
 			if f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct {
 				continue
 			}
@@ -273,10 +277,21 @@ func applyEnv(cfg *Config) []Problem {
 	return problems
 }
 
-// setKey sets the dotted key of the struct v from text.
+// setKey sets the dotted key of the struct v from text. An optional
+// section the file leaves out is made, with its defaults, for the key.
 func setKey(v reflect.Value, key, text string) error {
 	for part := range strings.SplitSeq(key, ".") {
+		if v.Kind() == reflect.Pointer {
+			if v.IsNil() {
+				v.Set(reflect.New(v.Type().Elem()))
+				setDefaults(v.Elem())
+			}
+			v = v.Elem()
+		}
 		v = v.Field(infoOf(v.Type()).index[part])
+	}
+	if textTypes[v.Type()] != "" {
+		return setText(v, strings.TrimSpace(text))
 	}
 	value, err := fromEnv(text, v.Type())
 	if err != nil {
