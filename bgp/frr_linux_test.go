@@ -233,6 +233,16 @@ func TestFRRAnnounceWithdraw(t *testing.T) {
 		len(p.Nexthops) == 0 || p.Nexthops[0].IP != l.Host4.String() {
 		t.Errorf("the router's path for %s = %+v; want valid, communities 65000:100 no-export, large 65000:1:2, med 7, next hop %s", vip, p, l.Host4)
 	}
+	frrtest.Eventually(t, 20*time.Second, "the router's kernel route to "+vip.String(), func() error {
+		proto, nexthops, err := l.VTY.Installed("ip", vip.String())
+		if err != nil {
+			return err
+		}
+		if proto != "bgp" || len(nexthops) != 1 || nexthops[0] != l.Host4.String() {
+			return fmt.Errorf("%q via %v", proto, nexthops)
+		}
+		return nil
+	})
 	if got := s.Announced(); len(got) != 1 || got[0].Prefix != vip || got[0].Reason != "test" {
 		t.Errorf("Announced() = %+v", got)
 	}

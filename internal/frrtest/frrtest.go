@@ -335,6 +335,41 @@ func (v VTY) Paths(afi, prefix string) ([]Path, error) {
 	return out.Paths, nil
 }
 
+// Installed is what zebra put in the router's kernel for prefix
+// ("192.0.2.100/32"): the protocol of the selected route ("bgp") and the
+// next hops installed (several for ECMP); "" and none when the kernel
+// has no route to exactly prefix. afi is "ip" or "ipv6".
+func (v VTY) Installed(afi, prefix string) (protocol string, nexthops []string, err error) {
+	data, err := v.Run("-d", "zebra", "-c", "show "+afi+" route "+prefix+" json")
+	if err != nil {
+		return "", nil, err
+	}
+	var out map[string][]struct {
+		Protocol  string `json:"protocol"`
+		Selected  bool   `json:"selected"`
+		Installed bool   `json:"installed"`
+		Nexthops  []struct {
+			IP  string `json:"ip"`
+			FIB bool   `json:"fib"`
+		} `json:"nexthops"`
+	}
+	if err := json.Unmarshal(data, &out); err != nil {
+		return "", nil, fmt.Errorf("show %s route %s: %w: %.500s", afi, prefix, err, data)
+	}
+	for _, r := range out[prefix] {
+		if !r.Selected || !r.Installed {
+			continue
+		}
+		for _, nh := range r.Nexthops {
+			if nh.FIB {
+				nexthops = append(nexthops, nh.IP)
+			}
+		}
+		return r.Protocol, nexthops, nil
+	}
+	return "", nil, nil
+}
+
 // Eventually polls cond every 100ms until it returns nil, and fails t
 // with its last error after timeout.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
