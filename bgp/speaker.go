@@ -58,8 +58,9 @@ type Speaker struct {
 	log *slog.Logger
 
 	// op serialises what changes the GoBGP server: starting and
-	// stopping it, peers, paths. It is never held while mu is wanted by
-	// GoBGP's callbacks.
+	// stopping it, peers, paths. Taken before mu, never inside it:
+	// GoBGP's callbacks take mu alone, so op may be held across a call
+	// into GoBGP.
 	op       sync.Mutex
 	cfg      config.BGP
 	routerID netip.Addr
@@ -335,7 +336,8 @@ func (s *Speaker) Announced() []Route {
 
 // Reconfigure applies a new bgp section: a peer added, removed or changed
 // is added, removed or reset alone, and the sessions to the others stay
-// up. A new asn, router_id or listen_port restarts the speaker, which
+// up. A new asn, router ID (written, or derived from the host's
+// addresses) or listen_port restarts the speaker, which
 // drops every session (BGP cannot change them on a live session); if it
 // cannot start again (listen_port in use), the error says why and the
 // next Reconfigure tries again. The announced routes stay.
