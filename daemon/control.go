@@ -28,6 +28,9 @@ type Status struct {
 	Backends  []BackendStatus  `json:"backends"`
 	// Services is what the data path serves, with its counters.
 	Services []service.Report `json:"services"`
+	// BGP is the speaker's sessions and announcements; absent without a
+	// bgp: section.
+	BGP *BGPStatus `json:"bgp,omitempty"`
 }
 
 // InstanceStatus is one VRRP instance.
@@ -71,6 +74,9 @@ type observed interface {
 	backends() []health.Status
 	// acceptDrops is, by VIP, what the Accept_Mode filter dropped.
 	acceptDrops() map[netip.Addr]uint64
+	// bgpState is the BGP speaker's sessions and announcements; nil
+	// without a bgp: section.
+	bgpState() *BGPStatus
 }
 
 func (d *Daemon) servingDatapath() (string, service.Datapath) {
@@ -110,6 +116,13 @@ func (d *Daemon) acceptDrops() map[netip.Addr]uint64 {
 	return d.accept.dropped()
 }
 
+func (d *Daemon) bgpState() *BGPStatus {
+	if r := d.bgp.Load(); r != nil {
+		return r.status()
+	}
+	return nil
+}
+
 func (d *Daemon) status() Status { return statusOf(d, d.log) }
 
 // statusOf is what `halb status` shows of o.
@@ -136,6 +149,7 @@ func statusOf(o observed, log *slog.Logger) Status {
 		}
 		s.Backends = append(s.Backends, bs)
 	}
+	s.BGP = o.bgpState()
 	if dp != nil {
 		s.Hooks = append(s.Hooks, dp.Hooks()...)
 		reports, err := dp.Report()

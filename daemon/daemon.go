@@ -87,8 +87,20 @@ type Daemon struct {
 	// retry is what the last apply's failure calls for: a retry on the
 	// clock, with a backoff, whatever the data path's Resync, or none
 	// when no retry can mend it (retryable).
-	retry        applyRetry
-	clock        func() time.Time                 // time.Now when nil; tests set their own
+	retry applyRetry
+	clock func() time.Time // time.Now when nil; tests set their own
+	// served is, by name, each service the last apply left programmed:
+	// an input of the BGP announcements.
+	served map[string]bool
+	// bgp is the BGP speaker while the configuration has a bgp: section
+	// and Run runs (bgp.go); bgpLive is set once Run has started it, so
+	// that a reload adds or removes it.
+	bgp     atomic.Pointer[bgpRunner]
+	bgpLive bool
+	// announceDue wakes the loop to decide the BGP announcements again
+	// (a VRRP instance changed state, `halb undrain`); one pending
+	// wake-up at most.
+	announceDue  chan struct{}
 	datapathName atomic.Pointer[string]           // for the control socket's goroutines
 	datapath     atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
 }
@@ -101,7 +113,8 @@ func New(path string, w io.Writer, host datapaths.Host) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{path: path, host: host, cfg: cfg, boot: cfg, load: config.LoadWithWarnings, healthChanged: make(chan struct{}, 1)}
+	d := &Daemon{path: path, host: host, cfg: cfg, boot: cfg, load: config.LoadWithWarnings,
+		healthChanged: make(chan struct{}, 1), announceDue: make(chan struct{}, 1)}
 	lvl, _ := ParseLevel(cfg.Log.Level) // validated by config
 	d.level.Set(lvl)
 	d.log = NewLogger(w, cfg.Log.Format, &d.level)
@@ -163,6 +176,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	// One halb per virtual router: a second one would take the first
 	// one's VIPs and be a second Master on this host.
 	d.vrrp = newVRRPSet(d.log, LockDir)
+	d.vrrp.changed = d.wakeAnnounce
 	if err := d.vrrp.lockAll(d.cfg.VRRP); err != nil {
 		return err
 	}
@@ -240,6 +254,12 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	if d.dp != nil {
 		d.log.Info("services programmed", "datapath", d.dp.Name(), "services", len(d.cfg.Services))
 	}
+	// The speaker starts once the data path serves, so that its first
+	// announcements are of services that are served.
+	if err := d.startBGP(); err != nil {
+		return err
+	}
+	defer d.stopBGP()
 	mem.release()
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()
@@ -259,14 +279,25 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	reads := newReader(d.load, d.path)
 	defer func() { d.waitAtShutdown(reads.idle(), "config read", readGrace) }()
 	d.notifySystemd(sd.SdNotifyReady)
+	var drained <-chan time.Time // the end of a drain before stopping
 	for {
 		select {
 		case <-ctx.Done():
 			d.log.Info("halb stopping", "reason", ctx.Err())
 			return nil
 		case sig := <-stop:
+			if drained == nil {
+				if drained = d.drainBeforeStop(sig); drained != nil {
+					continue
+				}
+			}
 			d.log.Info("halb stopping", "signal", sig.String())
 			return nil
+		case <-drained:
+			d.log.Info("halb stopping", "reason", "drain over")
+			return nil
+		case <-d.announceDue:
+			d.announce()
 		case <-resync.C:
 			d.resync(ctx)
 			mem.releaseIfGrown()
@@ -399,6 +430,7 @@ func (d *Daemon) reloadWith(cfg *config.Config, warnings []config.Problem, err e
 		d.vrrp.apply(cfg.VRRP)
 	}
 	d.cfg = cfg
+	d.reconfigureBGP(cfg.BGP)
 	d.log.Info("config reloaded", "file", d.path, "instances", len(cfg.VRRP.Instances), "services", len(cfg.Services))
 	d.logConfigWarnings(warnings)
 	return nil

@@ -138,6 +138,8 @@ func (d *Daemon) apply(ctx context.Context) (err error) {
 		}
 		dp, err := datapaths.Open(ctx, d.boot.Datapath, d.mode, d.log) // the datapath keys it started with (restartKeys)
 		if err != nil {
+			d.served = nil
+			d.announce()
 			return fmt.Errorf("open %s data path: %w", d.mode, err)
 		}
 		d.dp = dp
@@ -154,7 +156,31 @@ func (d *Daemon) apply(ctx context.Context) (err error) {
 	d.logQuorum(states)
 	// Configured weights, with unhealthy backends drained and quorum and
 	// the sorry backend applied.
-	return d.dp.Apply(ctx, health.Services(d.cfg.Services, states))
+	err = d.dp.Apply(ctx, health.Services(d.cfg.Services, states))
+	d.noteServed(err)
+	d.announce()
+	return err
+}
+
+// noteServed notes which services the data path serves after an apply
+// that ended with err: all when it succeeded, else those it reports
+// holding.
+func (d *Daemon) noteServed(err error) {
+	d.served = make(map[string]bool, len(d.cfg.Services))
+	if err == nil {
+		for _, s := range d.cfg.Services {
+			d.served[s.Name] = true
+		}
+		return
+	}
+	reports, rerr := d.dp.Report()
+	if rerr != nil {
+		d.log.Warn("which services the data path serves is not known: none is announced over bgp", "err", rerr)
+		return
+	}
+	for _, r := range reports {
+		d.served[r.Name] = true
+	}
 }
 
 // logQuorum logs, one line per service, each service that lost or regained

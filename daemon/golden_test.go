@@ -74,12 +74,14 @@ type fixedParts struct {
 	insts  []vrrp.Status
 	health []health.Status
 	accept map[netip.Addr]uint64
+	bgp    *BGPStatus
 }
 
 func (f fixedParts) servingDatapath() (string, service.Datapath) { return f.name, f.dp }
 func (f fixedParts) instances() []vrrp.Status                    { return f.insts }
 func (f fixedParts) backends() []health.Status                   { return f.health }
 func (f fixedParts) acceptDrops() map[netip.Addr]uint64          { return f.accept }
+func (f fixedParts) bgpState() *BGPStatus                        { return f.bgp }
 
 type goldenCase struct {
 	name  string

@@ -36,6 +36,10 @@ type vrrpSet struct {
 	stopping []*runningInstance
 	// run is (*vrrp.Instance).Run; a test makes an instance slow to stop.
 	run func(context.Context, *vrrp.Instance) error
+	// changed, when set, is called on an instance's goroutine at each of
+	// its changes of state; it must not block (the daemon's BGP
+	// announcements follow MASTER with it).
+	changed func()
 
 	// locks are the virtual routers this halb holds (lockInstance), in
 	// lockDir: one for each running instance and each stopping one that
@@ -213,6 +217,10 @@ func (s *vrrpSet) start(ic config.Instance, group string, g *vrrp.Group) {
 	run := s.run
 	newInstance := func() *vrrp.Instance {
 		in := vrrp.NewInstance(ic, s.log)
+		if s.changed != nil {
+			changed := s.changed
+			in.OnTransition(func(vrrp.State) { changed() })
+		}
 		if g != nil {
 			in.JoinGroup(g)
 		}

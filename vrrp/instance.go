@@ -70,6 +70,10 @@ type Instance struct {
 
 	mu     sync.Mutex
 	status Status
+
+	// onTransition, when set, is told of each change of state, on the
+	// Run goroutine: it must not block.
+	onTransition func(State)
 }
 
 // Status is a snapshot of an instance for `halb status` and metrics.
@@ -143,6 +147,11 @@ func (in *Instance) JoinGroup(g *Group) {
 	in.groupCmds = make(chan groupCmd, 16)
 	g.join(in.cfg.Name, in.groupCmds)
 }
+
+// OnTransition has f told of each change of state, on the instance's Run
+// goroutine, after Status shows it; f must not block. Call it before Run.
+// (The daemon's BGP announcements follow MASTER with it.)
+func (in *Instance) OnTransition(f func(State)) { in.onTransition = f }
 
 // Status returns a snapshot.
 func (in *Instance) Status() Status {
@@ -504,6 +513,9 @@ func (in *Instance) transition(now time.Time, a Action) {
 	}
 	if in.group != nil {
 		in.group.report(in.cfg.Name, a.From, a.To)
+	}
+	if in.onTransition != nil {
+		in.onTransition(a.To)
 	}
 }
 

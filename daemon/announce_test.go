@@ -1,0 +1,130 @@
+package daemon
+
+import (
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/halb-lb/halb/bgp"
+	"github.com/halb-lb/halb/config"
+	"github.com/halb-lb/halb/vrrp"
+)
+
+// The rule of announcement, case by case: what is announced, and the
+// reason `halb status` shows.
+func TestDecideAnnounce(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		in   announceInput
+		want bool
+		why  string
+	}{
+		{"always serving", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 2, Quorum: 1}, true, "serving: 2 backends healthy, quorum 1"},
+		{"always at quorum", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 2, Quorum: 2}, true, "serving: 2 backends healthy, quorum 2"},
+		{"always below quorum", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 1, Quorum: 2}, false, "quorum lost: 1 of quorum 2 backends healthy"},
+		{"always none healthy", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 0, Quorum: 1}, false, "quorum lost: 0 of quorum 1 backends healthy"},
+		{"always not served", announceInput{Mode: config.AnnounceAlways, Served: false, Healthy: 3, Quorum: 1}, false, "not served: the data path did not program the service"},
+		{"always ignores vrrp", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 1, Quorum: 1, Instance: "VI_1", State: vrrp.Backup}, true, "serving: 1 backends healthy, quorum 1"},
+		{"master as master", announceInput{Mode: config.AnnounceMaster, Instance: "VI_1", State: vrrp.Master}, true, "vrrp instance VI_1 is MASTER"},
+		{"master as backup", announceInput{Mode: config.AnnounceMaster, Served: true, Healthy: 2, Quorum: 1, Instance: "VI_1", State: vrrp.Backup}, false, "vrrp instance VI_1 is BACKUP"},
+		{"master in fault", announceInput{Mode: config.AnnounceMaster, Instance: "VI_1", State: vrrp.Fault}, false, "vrrp instance VI_1 is FAULT"},
+		{"master at init", announceInput{Mode: config.AnnounceMaster, Instance: "VI_1", State: vrrp.Initialize}, false, "vrrp instance VI_1 is INIT"},
+		{"master without instance", announceInput{Mode: config.AnnounceMaster, Served: true, Healthy: 1, Quorum: 1}, false, "no running vrrp instance holds the vip"},
+		{"never", announceInput{Mode: config.AnnounceNever, Served: true, Healthy: 1, Quorum: 1, Instance: "VI_1", State: vrrp.Master}, false, "announce: never"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, why := decideAnnounce(c.in)
+			if got != c.want || why != c.why {
+				t.Errorf("decideAnnounce(%+v) = %v %q, want %v %q", c.in, got, why, c.want, c.why)
+			}
+		})
+	}
+}
+
+// The VRRP instance holding a VIP is found by address, whatever the
+// prefix length it is configured with.
+func TestHolderOf(t *testing.T) {
+	insts := []vrrp.Status{
+		{Name: "VI_1", State: vrrp.Backup, VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.7/24")}},
+		{Name: "VI_2", State: vrrp.Master, VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.8/32"), netip.MustParsePrefix("2001:db8::8/64")}},
+	}
+	for _, c := range []struct {
+		vip   string
+		name  string
+		state vrrp.State
+	}{{"192.0.2.7", "VI_1", vrrp.Backup}, {"2001:db8::8", "VI_2", vrrp.Master}, {"192.0.2.9", "", vrrp.Initialize}} {
+		name, state := holderOf(netip.MustParseAddr(c.vip), insts)
+		if name != c.name || state != c.state {
+			t.Errorf("holderOf(%s) = %q %v, want %q %v", c.vip, name, state, c.name, c.state)
+		}
+	}
+}
+
+// testRunner is a bgpRunner over a speaker that is not running: what it
+// announces is held, as it would be sent once the sessions are up.
+func testRunner(t *testing.T) *bgpRunner {
+	t.Helper()
+	cfg := config.BGP{ASN: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), DrainTime: 0,
+		Peers: []config.BGPPeer{{Address: netip.MustParseAddr("203.0.113.254"), ASN: 65000, Port: 179}}}
+	sp, err := bgp.New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &bgpRunner{log: slog.New(slog.DiscardHandler), sp: sp, cfg: cfg}
+}
+
+func announced(r *bgpRunner) []string {
+	var out []string
+	for _, rt := range r.sp.Announced() {
+		out = append(out, rt.Prefix.String())
+	}
+	return out
+}
+
+// A VIP is announced while one of its services wants it, with the first
+// one's attributes; a drain withdraws everything and holds it withdrawn
+// until undrain, whatever the decisions.
+func TestReconcile(t *testing.T) {
+	r := testRunner(t)
+	dec := func(svc, prefix string, ok bool, med uint32) AnnouncementStatus {
+		return AnnouncementStatus{Service: svc, Prefix: prefix, Mode: config.AnnounceAlways, Announced: ok, Reason: "test",
+			attrs: config.Announce{When: config.AnnounceAlways, MED: med}}
+	}
+	r.reconcile([]AnnouncementStatus{
+		dec("web", "192.0.2.100/32", false, 10), dec("dns", "192.0.2.100/32", true, 20),
+		dec("web6", "2001:db8::100/128", true, 0), dec("db", "192.0.2.101/32", false, 0),
+	})
+	if got, want := announced(r), []string{"192.0.2.100/32", "2001:db8::100/128"}; !slices.Equal(got, want) {
+		t.Fatalf("announced %v, want %v", got, want)
+	}
+	if med := r.sp.Announced()[0].Attrs.MED; med != 20 {
+		t.Errorf("192.0.2.100/32 announced with the MED of a service that does not want it: %d", med)
+	}
+	r.reconcile([]AnnouncementStatus{dec("web", "192.0.2.100/32", false, 10), dec("dns", "192.0.2.100/32", false, 20),
+		dec("web6", "2001:db8::100/128", true, 0)})
+	if got, want := announced(r), []string{"2001:db8::100/128"}; !slices.Equal(got, want) {
+		t.Fatalf("after the VIP's services stopped wanting it: announced %v, want %v", got, want)
+	}
+
+	if w := r.drain("halb drain by uid 0"); !slices.Equal(w, []string{"2001:db8::100/128"}) {
+		t.Errorf("drain withdrew %v", w)
+	}
+	all := []AnnouncementStatus{dec("web", "192.0.2.100/32", true, 0), dec("web6", "2001:db8::100/128", true, 0)}
+	r.reconcile(slices.Clone(all))
+	if got := announced(r); len(got) != 0 {
+		t.Fatalf("drained, yet announced %v", got)
+	}
+	st := r.status()
+	if st.Drained != "halb drain by uid 0" || st.Announcements[0].Announced || !strings.HasPrefix(st.Announcements[0].Reason, "drained (halb drain by uid 0)") {
+		t.Errorf("drained status: %+v", st)
+	}
+	if !r.undrain() || r.undrain() {
+		t.Error("undrain does not report the drain it ended")
+	}
+	r.reconcile(slices.Clone(all))
+	if got, want := announced(r), []string{"192.0.2.100/32", "2001:db8::100/128"}; !slices.Equal(got, want) {
+		t.Fatalf("after undrain: announced %v, want %v", got, want)
+	}
+}
