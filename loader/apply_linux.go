@@ -260,6 +260,7 @@ type servicePlan struct {
 	// fresh are the backend ids taken for it in this Apply.
 	fresh map[uint32]bool
 	table *tableJob // nil: the table in the kernel is the one wanted
+	guess *tableGuess
 	errs  []error
 }
 
@@ -274,12 +275,20 @@ type servicePlan struct {
 // into maps of their own, which no packet reads before the swap.
 func (d *Datapath) applyServices(keys []service.Key, want map[service.Key]*service.Service, n *neighbours) error {
 	var errs []error
-	var plans []*servicePlan
-	var queued []queuedRecord
+	plans := make([]*servicePlan, 0, len(keys))
+	// Room for a record of every backend, made once: grown by appends,
+	// the queues of 100 000 records were copied over and over (some 75
+	// MiB allocated for 10 MiB kept).
+	total := 0
+	for _, key := range keys {
+		total += len(want[key].Backends)
+	}
+	queued := make([]queuedRecord, 0, total)
+	d.maps.expect(total)
 	builds := d.startBuilds(len(keys))
 	for _, key := range keys {
 		n.serve(key)
-		p, err := d.planService(want[key], n)
+		p, err := d.planService(want[key], n, len(plans) == 0)
 		errs = append(errs, err)
 		if p == nil {
 			continue
@@ -326,13 +335,18 @@ func (p *servicePlan) wantsQueued() {
 }
 
 // planService gives a service its id (when new), works out what each of
-// its backends' records should be and takes ids for the new ones.
-func (d *Datapath) planService(s *service.Service, n *neighbours) (*servicePlan, error) {
+// its backends' records should be and takes ids for the new ones. With
+// first, the first service of the Apply, its table is built from a guess
+// meanwhile (tableGuess).
+func (d *Datapath) planService(s *service.Service, n *neighbours, first bool) (*servicePlan, error) {
 	st, isNew, err := d.serviceState(s)
 	if err != nil {
 		return nil, err
 	}
 	p := &servicePlan{s: s, st: st, isNew: isNew}
+	if first {
+		p.guess = d.guessTable(s, st, isNew)
+	}
 	st.nat = s.Forward == service.NAT
 	probs := d.wantBackends(p, n)
 	d.noteProblems(st, probs, p.want)
@@ -744,18 +758,18 @@ func (d *Datapath) routedBackend(fwd service.Forward, addr netip.Addr, n *neighb
 	return w, nil
 }
 
-// tableJob is one service's Maglev table to build and write: its live
-// backends (those in want), their keys, and the signature of the table.
+// tableJob is one service's Maglev table to build and write: the
+// signature of the table, and what the build reads.
 type tableJob struct {
 	st    *svcState
 	isNew bool
-	live  []*beState
-	keys  []netip.AddrPort
 	sig   tableSig
 	// backends and ids are what the build reads, taken when the job is
 	// planned: it runs beside the planning of the next services.
 	backends []maglev.Backend
 	ids      []uint32
+	// guess: the table built while the service was planned, if any.
+	guess *tableGuess
 	// staged: written aside, for installTables to swap in with the rest.
 	staged *stagedTable
 	err    error
@@ -766,43 +780,141 @@ type tableJob struct {
 // the backends that leave, before their records and ids go: a slot must
 // never name a freed id.
 func (d *Datapath) planTable(p *servicePlan) *tableJob {
-	j := newTableJob(p.st, p.isNew, p.order)
+	g := p.guess
+	p.guess = nil
+	in := liveInputs(p.st, p.order)
+	j := &tableJob{st: p.st, isNew: p.isNew, sig: in.signature()}
 	if j.sig == p.st.table && !p.isNew {
+		g.drop()
 		return nil
 	}
-	j.backends = j.maglevBackends()
-	j.ids = make([]uint32, len(j.live))
-	for i, be := range j.live {
-		j.ids[i] = be.id
-	}
-	// What the build reads is taken: the job holds no more until it is
-	// installed with every other of the Apply (100 000 backends: some
-	// 4 MB less at the Apply's peak).
-	j.live, j.keys = nil, nil
+	// What the build reads is taken, not the backends' states and keys:
+	// the job holds no more until it is installed with every other of
+	// the Apply (100 000 backends: some 4 MB less at the Apply's peak).
+	j.backends, j.ids, j.guess = in.maglevBackends(), in.ids, g
 	return j
 }
 
-// newTableJob is the table st needs: one of its live backends among
-// keys, which are sorted.
-func newTableJob(st *svcState, isNew bool, keys []netip.AddrPort) *tableJob {
-	j := &tableJob{st: st, isNew: isNew}
+// tableInputs are what a table is built from: the keys of its live
+// backends, in address order, their weights and their ids.
+type tableInputs struct {
+	keys    []netip.AddrPort
+	weights []uint32
+	ids     []uint32
+}
+
+// liveInputs are the inputs of st's table: its live backends among keys,
+// which are sorted.
+func liveInputs(st *svcState, keys []netip.AddrPort) tableInputs {
+	var in tableInputs
 	for _, ap := range keys {
 		if be := st.backends[ap]; be != nil && be.live() {
-			j.live = append(j.live, be)
-			j.keys = append(j.keys, ap)
+			in.keys = append(in.keys, ap)
+			in.weights = append(in.weights, be.rec.Weight)
+			in.ids = append(in.ids, be.id)
 		}
 	}
-	j.sig = signature(j.keys, j.live)
-	return j
+	return in
 }
 
-// maglevBackends are the job's backends as maglev.Build takes them.
-func (j *tableJob) maglevBackends() []maglev.Backend {
-	mb := make([]maglev.Backend, len(j.live))
-	for i, be := range j.live {
-		mb[i] = maglev.Backend{Key: j.keys[i].String(), Weight: be.rec.Weight}
+// maglevBackends are the backends as maglev.Build takes them.
+func (in tableInputs) maglevBackends() []maglev.Backend {
+	mb := make([]maglev.Backend, len(in.keys))
+	for i, ap := range in.keys {
+		mb[i] = maglev.Backend{Key: ap.String(), Weight: in.weights[i]}
 	}
 	return mb
+}
+
+// tableGuess is the Maglev table of the first service of an Apply, built
+// while that service is planned, from the backends it most likely serves:
+// those of weight above 0 that were served before or are new. Its build
+// would otherwise wait for its planning (1000 backends: about 1 ms, half
+// a build) with every core but one idle; the services after it are built
+// beside the planning of the next. When the planning finds other live
+// backends, the guess is dropped and the table built again.
+type tableGuess struct {
+	backends []maglev.Backend
+	buf      *[]int32 // from tableBufs
+	draft    *tableDraft
+	done     chan struct{}
+	err      error
+}
+
+// guessTable starts building s's table from a guess, unless the guess is
+// the table st has already (then the Apply will likely build none), or
+// st is adopted and its table not read yet.
+func (d *Datapath) guessTable(s *service.Service, st *svcState, isNew bool) *tableGuess {
+	if st.table == (tableSig{}) && !isNew {
+		return nil
+	}
+	in, known := guessInputs(s, st)
+	if in.keys == nil || known && in.signature() == st.table {
+		return nil
+	}
+	g := &tableGuess{backends: in.maglevBackends(), buf: tableBufs.Get().(*[]int32), draft: d.maps.draftTable(st.id), done: make(chan struct{})}
+	idx := tableOf(g.buf, d.lb.maglevTableSize())
+	go func() {
+		defer close(g.done)
+		g.err = maglev.BuildInto(idx, g.backends)
+	}()
+	return g
+}
+
+// guessInputs are the inputs of s's table if every backend of weight
+// above 0 that had no problem at the last Apply is served; known: each
+// of them has an id already (else the table changes anyway). No keys
+// when a backend is listed twice: the planning says which one counts.
+func guessInputs(s *service.Service, st *svcState) (in tableInputs, known bool) {
+	type guess struct {
+		ap     netip.AddrPort
+		weight uint32
+	}
+	gs := make([]guess, 0, len(s.Backends))
+	for _, b := range s.Backends {
+		ap := backendKey(s, b)
+		if b.Weight > 0 && ap.Addr().Is4() == s.Key.VIP.Unmap().Is4() && st.problems[ap] == nil {
+			gs = append(gs, guess{ap, b.Weight})
+		}
+	}
+	slices.SortFunc(gs, func(a, b guess) int { return a.ap.Compare(b.ap) })
+	known = true
+	for i, g := range gs {
+		if i > 0 && g.ap == gs[i-1].ap {
+			return tableInputs{}, false
+		}
+		var id uint32
+		if be := st.backends[g.ap]; be != nil {
+			id = be.id
+		} else {
+			known = false
+		}
+		in.keys = append(in.keys, g.ap)
+		in.weights = append(in.weights, g.weight)
+		in.ids = append(in.ids, id)
+	}
+	return in, known
+}
+
+// take returns the guess's table when it was built from backends, and
+// its draft either way; the guess is used up.
+func (g *tableGuess) take(backends []maglev.Backend) ([]int32, *tableDraft) {
+	<-g.done
+	if g.err != nil || !slices.Equal(g.backends, backends) {
+		tableBufs.Put(g.buf)
+		return nil, g.draft
+	}
+	return *g.buf, g.draft
+}
+
+// drop lets a guess that is not needed go, once built.
+func (g *tableGuess) drop() {
+	if g == nil {
+		return
+	}
+	<-g.done
+	tableBufs.Put(g.buf)
+	g.draft.discard()
 }
 
 // tableBuilds builds and stages the tables of an Apply on as many
@@ -865,6 +977,12 @@ func (d *Datapath) installTables(plans []*servicePlan) {
 // garbage that costs the Go heap collections and RSS.
 var tableBufs = sync.Pool{New: func() any { return new([]int32) }}
 
+// tableOf is buf's table of m slots, grown if it must be.
+func tableOf(buf *[]int32, m int) []int32 {
+	*buf = slices.Grow((*buf)[:0], m)[:m]
+	return *buf
+}
+
 // writeTable builds a service's Maglev table and stages it. It runs
 // beside the others of its Apply and beside the planning of the next
 // services: it reads only the job, and writes only its own service's
@@ -872,20 +990,28 @@ var tableBufs = sync.Pool{New: func() any { return new([]int32) }}
 func (d *Datapath) writeTable(j *tableJob) error {
 	st := j.st
 	restart := st.table == (tableSig{}) && !j.isNew
+	var idx []int32
 	var draft *tableDraft
-	if !restart {
+	if g := j.guess; g != nil {
+		j.guess = nil
+		idx, draft = g.take(j.backends)
+		if idx != nil {
+			defer tableBufs.Put(g.buf)
+		}
+	} else if !restart {
 		// The new map is made while the table is built.
 		draft = d.maps.draftTable(st.id)
 	}
-	buf := tableBufs.Get().(*[]int32)
-	defer tableBufs.Put(buf)
-	idx := slices.Grow((*buf)[:0], d.lb.maglevTableSize())[:d.lb.maglevTableSize()]
-	*buf = idx
-	if err := maglev.BuildInto(idx, j.backends); err != nil {
-		if draft != nil {
-			draft.discard()
+	if idx == nil {
+		buf := tableBufs.Get().(*[]int32)
+		defer tableBufs.Put(buf)
+		idx = tableOf(buf, d.lb.maglevTableSize())
+		if err := maglev.BuildInto(idx, j.backends); err != nil {
+			if draft != nil {
+				draft.discard()
+			}
+			return fmt.Errorf("service %s: maglev table: %w", st, err)
 		}
-		return fmt.Errorf("service %s: maglev table: %w", st, err)
 	}
 	j.backends = nil // built: its keys go before the Apply's other builds end
 	if restart {
@@ -929,16 +1055,16 @@ func (d *Datapath) sameTable(st *svcState, idx []int32, ids []uint32) bool {
 // known" (after a restart).
 type tableSig [sha256.Size]byte
 
-// signature is the tableSig of a table built from live, keyed by keys.
-func signature(keys []netip.AddrPort, live []*beState) tableSig {
+// signature is the tableSig of a table built from in.
+func (in tableInputs) signature() tableSig {
 	h := sha256.New()
 	var buf []byte
-	for i, be := range live {
-		a := keys[i].Addr().As16()
-		buf = append(append(buf[:0], byte(keys[i].Addr().BitLen())), a[:]...)
-		buf = binary.LittleEndian.AppendUint16(buf, keys[i].Port())
-		buf = binary.LittleEndian.AppendUint32(buf, be.rec.Weight)
-		buf = binary.LittleEndian.AppendUint32(buf, be.id)
+	for i, ap := range in.keys {
+		a := ap.Addr().As16()
+		buf = append(append(buf[:0], byte(ap.Addr().BitLen())), a[:]...)
+		buf = binary.LittleEndian.AppendUint16(buf, ap.Port())
+		buf = binary.LittleEndian.AppendUint32(buf, in.weights[i])
+		buf = binary.LittleEndian.AppendUint32(buf, in.ids[i])
 		h.Write(buf)
 	}
 	var sig tableSig

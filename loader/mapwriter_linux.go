@@ -118,6 +118,14 @@ func (w *mapWriter) queueBackend(id uint32, rec halbBackend, fresh bool) {
 	w.recs = append(w.recs, rec)
 }
 
+// expect makes room for n more records (and counter resets) in the
+// queues of flushBackends.
+func (w *mapWriter) expect(n int) {
+	w.recIDs = slices.Grow(w.recIDs, n)
+	w.recs = slices.Grow(w.recs, n)
+	w.statIDs = slices.Grow(w.statIDs, n)
+}
+
 // flushBackends writes the queued counter resets, then the queued
 // records, in batches; the next-hop generation is due. It returns the ids
 // whose record is not written, each with why (a record whose counters
