@@ -962,17 +962,51 @@ static __always_inline int tc_tunnel(struct __sk_buff *skb, const struct decisio
 	return bpf_redirect(fib.ifindex, 0);
 }
 
+/* tc_nat_rewrite is nat_rewrite for a TCP or UDP packet in tc, through
+ * the kernel's helpers: an skb may carry a partial checksum
+ * (CHECKSUM_PARTIAL: a local socket's, on a veth or a NIC with TX
+ * offload), which holds the pseudo-header's sum alone and wants only the
+ * addresses' change, or a checksum the kernel keeps of the whole packet
+ * (CHECKSUM_COMPLETE), which wants updating too; the helpers know which
+ * the skb has, the program does not. UDP over IPv4 without a checksum
+ * keeps none (BPF_F_MARK_MANGLED_0). */
+static __always_inline int tc_nat_rewrite(struct __sk_buff *skb, const struct decision *d,
+					  const struct nat_op *op)
+{
+	__u32 v4 = d->family == FAMILY_IPV4;
+	__u32 addr_off = d->l3_off + (v4 ? (op->dst ? 16 : 12) : (op->dst ? 24 : 8));
+	__u32 check_off = d->l4_off + (d->proto == IPPROTO_TCP ? 16 : 6);
+	__u32 port_off = d->l4_off + (op->dst ? 2 : 0);
+	__u64 zero = d->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__be16 old_port, new_port = bpf_htons(op->port);
+	__be32 old, new;
+
+	for (int i = 0; i < 4; i++) {
+		if (v4 && i > 0)
+			break;
+		new = v4 ? op->to->words[3] : op->to->words[i];
+		if (bpf_skb_load_bytes(skb, addr_off + 4 * i, &old, 4) ||
+		    bpf_l4_csum_replace(skb, check_off, old, new, BPF_F_PSEUDO_HDR | zero | 4) ||
+		    (v4 && bpf_l3_csum_replace(skb, d->l3_off + 10, old, new, 4)) ||
+		    bpf_skb_store_bytes(skb, addr_off + 4 * i, &new, 4, 0))
+			return -1;
+	}
+	if (bpf_skb_load_bytes(skb, port_off, &old_port, 2) ||
+	    bpf_l4_csum_replace(skb, check_off, old_port, new_port, zero | 2) ||
+	    bpf_skb_store_bytes(skb, port_off, &new_port, 2, 0))
+		return -1;
+	return 0;
+}
+
 /* tc_nat_send translates the frame as op says and sends it out of
  * ifindex: to dmac from smac, or with neigh through the kernel's
  * neighbour layer, which resolves the next hop's MAC. The kernel usually
  * holds a VLAN tag in the skb's metadata; it goes, as in XDP; a tag in
  * the frame's data makes a frame tc does not translate.
  *
- * The checksums are updated as XDP updates them, which is right for a
- * frame from the wire. A frame from a local socket on a veth with TX
- * checksum offload carries a partial checksum (CHECKSUM_PARTIAL) that
- * this update does not suit; such a frame comes to tc only in tests and
- * containers on the balancer itself. */
+ * A TCP or UDP packet is rewritten through the kernel's checksum helpers
+ * (tc_nat_rewrite); an ICMP error, which no one offloads, as XDP rewrites
+ * it. */
 static __always_inline int tc_nat_send(struct __sk_buff *skb, const struct decision *d,
 				       const struct nat_op *op, __u32 ifindex,
 				       const __u8 *dmac, const __u8 *smac, int neigh)
@@ -980,6 +1014,7 @@ static __always_inline int tc_nat_send(struct __sk_buff *skb, const struct decis
 	struct nat_pkt p = nat_pkt_of(d);
 	void *data, *data_end;
 	struct ethhdr *eth;
+	int err;
 
 	if (!tc_egress_ok(skb, ifindex))
 		return TC_ACT_SHOT;
@@ -992,13 +1027,22 @@ static __always_inline int tc_nat_send(struct __sk_buff *skb, const struct decis
 		count_drop(DROP_ENCAP);
 		return TC_ACT_SHOT;
 	}
-	if (nat_rewrite(data, data_end, &p, op)) {
+	err = d->icmp ? nat_rewrite(data, data_end, &p, op) : tc_nat_rewrite(skb, d, op);
+	if (err) {
 		count_drop(DROP_MALFORMED);
 		return TC_ACT_SHOT;
 	}
 	if (neigh) {
 		count_event(EVENT_NEIGH_RESOLVE);
 		return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+	}
+	/* The helpers may have moved the frame. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		count_drop(DROP_MALFORMED);
+		return TC_ACT_SHOT;
 	}
 	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);

@@ -89,11 +89,16 @@ func newNATBed(t *testing.T, hook loader.Hook) *natBed {
 		serveUDP(t, ns, be.name, netip.AddrPortFrom(be.addr6, natDNSPort))
 		b.backends = append(b.backends, ns)
 	}
-	// Finished checksums from every sender: a veth with TX checksum
-	// offload hands on partial ones, which native XDP forwards as they
-	// are and which the rewrite's incremental update does not suit. A
-	// host behind a real NIC sends finished ones.
+	// Finished checksums from every sender for XDP: a veth with TX
+	// checksum offload hands on partial ones, which XDP forwards as they
+	// are and which its incremental update does not suit. A host behind
+	// a real NIC sends finished ones. tc rewrites through the kernel's
+	// checksum helpers, which know a partial checksum: the senders keep
+	// their offloads (and TSO: tc sees their GSO packets whole).
 	for _, ns := range append([]*netnstest.NS{clientNS}, b.backends...) {
+		if hook == loader.HookTCX {
+			break
+		}
 		if err := ns.Do(func() error { return txChecksumOff("eth0") }); err != nil {
 			t.Fatal(err)
 		}
