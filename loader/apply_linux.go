@@ -442,7 +442,7 @@ func (d *Datapath) wantBackends(p *servicePlan, n *neighbours) map[netip.AddrPor
 			} else if err == nil {
 				note(ap, b.Weight, fmt.Sprintf("its MAC is not in the neighbour table of %s yet: asked for it (ARP or neighbour solicitation)", via.Interface), true)
 			}
-			d.solicit(via, ap.Addr())
+			d.solicit(via, ap.Addr(), false)
 		}
 		set(ap, &wantBackend{via: via, b: Backend{
 			Addr:    ap.Addr(),
@@ -539,13 +539,44 @@ func (d *Datapath) queueBackends(p *servicePlan, queued []queuedRecord) []queued
 		}
 		d.maps.queueBackend(be.id, rec, fresh)
 		queued = append(queued, queuedRecord{p: p, be: be, old: be.rec})
-		if !fresh && rec.Mac != be.rec.Mac && be.rec.Mac != ([6]byte{}) && rec.Mac != ([6]byte{}) {
-			d.log.Info("backend mac changed", "service", st.String(), "backend", ap.String(),
-				"old", net.HardwareAddr(be.rec.Mac[:]).String(), "new", net.HardwareAddr(rec.Mac[:]).String())
+		if !fresh {
+			d.logMACChange(st, ap, be.rec.Mac, rec.Mac)
 		}
 		be.rec = rec
 	}
 	return queued
+}
+
+// logMACChange says that a backend's MAC changed from old to mac, when
+// it had one and has one.
+func (d *Datapath) logMACChange(st *svcState, ap netip.AddrPort, old, mac [6]byte) {
+	if old != mac && old != ([6]byte{}) && mac != ([6]byte{}) {
+		d.log.Info("backend mac changed", "service", st.String(), "backend", ap.String(),
+			"old", net.HardwareAddr(old[:]).String(), "new", net.HardwareAddr(mac[:]).String())
+	}
+}
+
+// at are the keys of st's backends at addr, whatever their port.
+func (st *svcState) at(addr netip.Addr) []netip.AddrPort {
+	var out []netip.AddrPort
+	for ap := range st.backends {
+		if ap.Addr() == addr {
+			out = append(out, ap)
+		}
+	}
+	return out
+}
+
+// waitsAt tells whether the service has a backend at addr that cannot be
+// served (DR: a MAC at addr may be what it waits for), or, for TUN and
+// NAT, one whose next hop is not resolved (which may be at addr).
+func (st *svcState) waitsAt(addr netip.Addr) bool {
+	for ap, p := range st.problems {
+		if ap.Addr() == addr || (p.wait && st.rec.Forward != halbForwardMode(ForwardDR)) {
+			return true
+		}
+	}
+	return false
 }
 
 // writeBackends writes the queued records. A backend whose record could
@@ -752,7 +783,7 @@ func (d *Datapath) routedBackend(fwd service.Forward, addr netip.Addr, n *neighb
 		return w, err
 	}
 	if mac == nil {
-		d.solicit(via, next)
+		d.solicit(via, next, false)
 		return w, fmt.Errorf("the MAC of its next hop %s is not in the neighbour table of %s yet: asked for it", next, via.Interface)
 	}
 	return w, nil

@@ -27,10 +27,14 @@ import (
 // the backend names the interface. The data path keeps both (reach), kept
 // true by netlink route, link, address and neighbour updates, so that an
 // apply asks the kernel nothing it already knows. It asks at once for
-// every MAC it lacks, and applies again, when an update touches a
-// backend's way, only that backend's services. Nothing here runs on a
-// clock but the retries of backends that cannot be served (retryPending)
-// and the safety pass (safetyInterval).
+// every MAC it lacks, and waits a little for the answers (neighbourWait)
+// the first time it asks for each, so that its backends go live in that
+// apply. When an update touches a backend's way it applies again only
+// that backend's services; a MAC that comes or changes is written into
+// the records at its address alone (refreshMACs), and only a service that
+// waited for it is planned again, its table being the one thing a MAC
+// changes. Nothing here runs on a clock but the retries of backends that
+// cannot be served (retryPending) and the safety pass (safetyInterval).
 
 // neighbourStates are the states in which an entry's MAC can be trusted.
 const neighbourStates = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY |
@@ -39,6 +43,13 @@ const neighbourStates = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_
 // Bounds of the background work.
 const (
 	applyDelay    = 50 * time.Millisecond // gathers a burst of neighbour updates into one apply
+	// neighbourWait bounds how long an apply waits for the answers to
+	// the neighbours it asked for the first time, before it plans the
+	// services: on a link the kernel has them in a millisecond or so, and
+	// without the wait every backend would go live only in a second pass
+	// over its services (at 1000 services of 100 backends, seconds). A
+	// neighbour that does not answer costs it once, never again.
+	neighbourWait = 1 * time.Second
 	retryPending  = 5 * time.Second       // asks again for MACs still missing
 	resubscribeAt = 1 * time.Second       // after the neighbour subscription fails
 	// safetyInterval is how often the data path looks at everything
@@ -98,10 +109,39 @@ func (d *Datapath) askNeighbours(want map[service.Key]*service.Service, only map
 				continue // applyService says why
 			}
 			if mac, err := n.lookup(via.ifindex, addr); err == nil && mac == nil {
-				d.solicit(via, addr)
+				d.solicit(via, addr, true)
 			}
 		}
 	}
+	d.awaitNeighbours()
+}
+
+// awaitNeighbours waits, at most neighbourWait, for the answers to the
+// neighbours askNeighbours asked for the first time. d.mu is held: the
+// answers come through neighChanged, which takes reach's lock alone.
+func (d *Datapath) awaitNeighbours() {
+	r := &d.reach
+	r.mu.Lock()
+	asked := len(r.awaiting)
+	if asked == 0 {
+		r.mu.Unlock()
+		return
+	}
+	answered := make(chan struct{})
+	r.answered = answered
+	r.mu.Unlock()
+	start := time.Now()
+	timer := time.NewTimer(neighbourWait)
+	defer timer.Stop()
+	select {
+	case <-answered:
+	case <-timer.C:
+	}
+	r.mu.Lock()
+	left := len(r.awaiting)
+	r.awaiting, r.answered = nil, nil
+	r.mu.Unlock()
+	d.log.Debug("waited for the backends' macs", "asked", asked, "unanswered", left, "took", time.Since(start).Round(time.Millisecond))
 }
 
 // serve notes that the lookups from now on are for the service of key.
@@ -198,6 +238,15 @@ type reach struct {
 	// asked are the neighbours the apply under way asked the kernel for,
 	// each once.
 	asked map[hop]bool
+	// awaiting are the neighbours askNeighbours asked for the first time
+	// and waits for; answered closes when the last one answers. waited
+	// are all it ever waited for: it waits for each once.
+	awaiting map[hop]bool
+	answered chan struct{}
+	waited   map[hop]bool
+	// macs are the neighbours whose MAC came or changed since the
+	// refresher last took them into the records (refreshMACs).
+	macs map[hop]bool
 	// links are the last state seen of each link (linkRoutesChanged).
 	links map[int]linkState
 	// hops are the next hops of TUN backends, true while unresolved.
@@ -415,9 +464,10 @@ func (r *reach) forgetRoutes(match func(netip.Addr, cachedRoute) bool) map[servi
 	return touched
 }
 
-// neighChanged takes u into the neighbour table and returns the services
-// an apply looked the entry up for, when its MAC came or changed.
-func (d *Datapath) neighChanged(u netlink.NeighUpdate) map[service.Key]bool {
+// neighChanged takes u into the neighbour table, and tells whether its
+// MAC came or changed for an address an apply looked up: the refresher
+// is to take it into the records there (refreshMACs).
+func (d *Datapath) neighChanged(u netlink.NeighUpdate) bool {
 	d.reach.mu.Lock()
 	defer d.reach.mu.Unlock()
 	r := &d.reach
@@ -426,16 +476,32 @@ func (d *Datapath) neighChanged(u netlink.NeighUpdate) map[service.Key]bool {
 		if a, ok := netip.AddrFromSlice(u.IP); ok {
 			delete(r.neighs, hop{ifindex: u.LinkIndex, addr: a.Unmap()})
 		}
-		return nil
+		return false
 	}
+	r.answer(key)
 	old, had := r.neighs[key]
 	r.neighs[key] = mac
-	if had && old == mac {
-		return nil
+	if (had && old == mac) || len(r.users[key.addr]) == 0 {
+		return false
 	}
-	touched := map[service.Key]bool{}
-	r.usersOf(key.addr, touched)
-	return touched
+	if r.macs == nil {
+		r.macs = map[hop]bool{}
+	}
+	r.macs[key] = true
+	return true
+}
+
+// answer notes that the neighbour at key answered: an apply that waits
+// for it waits no more once all it asked for have. r.mu is held.
+func (r *reach) answer(key hop) {
+	if !r.awaiting[key] {
+		return
+	}
+	delete(r.awaiting, key)
+	if len(r.awaiting) == 0 && r.answered != nil {
+		close(r.answered)
+		r.answered = nil
+	}
 }
 
 // hop is the next hop toward a TUN backend, on one of datapath.interfaces.
@@ -540,21 +606,32 @@ func (d *Datapath) routedElsewhere(ifindex int) error {
 // solicit asks the kernel to resolve addr on a's interface, as if it had a
 // packet for it (NTF_USE): an ARP request or a neighbour solicitation goes
 // out, and the answer comes back as a neighbour update. It asks once per
-// apply.
-func (d *Datapath) solicit(a *attachment, addr netip.Addr) {
+// apply. With await, an answer to a first ask is one awaitNeighbours
+// waits for; it is noted before the ask, so that no answer comes first.
+func (d *Datapath) solicit(a *attachment, addr netip.Addr, await bool) {
 	key := hop{ifindex: a.ifindex, addr: addr}
-	d.reach.mu.Lock()
-	again := d.reach.asked[key]
-	if d.reach.asked != nil {
-		d.reach.asked[key] = true
+	r := &d.reach
+	r.mu.Lock()
+	again := r.asked[key]
+	if r.asked != nil {
+		r.asked[key] = true
 	}
-	d.reach.mu.Unlock()
+	if !again {
+		r.solicits++
+		if await && r.followed && !r.waited[key] {
+			if r.waited == nil {
+				r.waited = map[hop]bool{}
+			}
+			if r.awaiting == nil {
+				r.awaiting = map[hop]bool{}
+			}
+			r.waited[key], r.awaiting[key] = true, true
+		}
+	}
+	r.mu.Unlock()
 	if again {
 		return
 	}
-	d.reach.mu.Lock()
-	d.reach.solicits++
-	d.reach.mu.Unlock()
 	err := d.nl.NeighSet(&netlink.Neigh{
 		LinkIndex: a.ifindex,
 		IP:        addr.AsSlice(),
@@ -702,10 +779,9 @@ func (d *Datapath) follow(ctx context.Context, u *subscriptions) {
 				return
 			}
 			d.forgetNexthops()
-			touched := d.neighChanged(n)
 			switch {
-			case len(touched) > 0:
-				d.pokeServices("neighbour", touched)
+			case d.neighChanged(n):
+				d.pokeMACs()
 			case n.Type == unix.RTM_NEWNEIGH && n.State&neighbourStates != 0 && len(n.HardwareAddr) == 6 &&
 				d.isHop(n.Neigh, true):
 				d.poke("tun next hop")
@@ -811,6 +887,16 @@ func (d *Datapath) poke(cause string) {
 	d.kick1()
 }
 
+// pokeMACs asks the refresher to take the MACs that came or changed
+// into the records (reach.macs).
+func (d *Datapath) pokeMACs() {
+	r := &d.reach
+	r.mu.Lock()
+	r.noteCause("neighbour")
+	r.mu.Unlock()
+	d.kick1()
+}
+
 // pokeServices asks the refresher for an apply of some services.
 func (d *Datapath) pokeServices(cause string, keys map[service.Key]bool) {
 	r := &d.reach
@@ -877,23 +963,38 @@ func (d *Datapath) refresher(ctx context.Context) {
 
 // reapplyDirty applies again the services the updates since the last
 // apply touched, or all of them, logging its problems under what the
-// updates were about ("apply after a route, neighbour change").
+// updates were about ("apply after a route, neighbour change"). The MACs
+// that came or changed go into the records at their addresses first;
+// the services that waited for one of them are applied again.
 func (d *Datapath) reapplyDirty() {
 	r := &d.reach
 	r.mu.Lock()
-	only, all := r.dirty, r.dirtyAll
+	only, all, macs := r.dirty, r.dirtyAll, r.macs
 	why := "apply after a change"
 	if len(r.causes) > 0 {
 		why = "apply after a " + strings.Join(r.causes, ", ") + " change"
 	}
-	r.dirty, r.dirtyAll, r.causes = nil, false, nil
+	r.dirty, r.dirtyAll, r.causes, r.macs = nil, false, nil, nil
 	r.mu.Unlock()
 	if all {
 		d.reapply(why)
 		return
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed || d.desired == nil {
+		return
+	}
+	if len(macs) > 0 {
+		if only == nil {
+			only = map[service.Key]bool{}
+		}
+		for key := range d.refreshMACs(macs) {
+			only[key] = true
+		}
+	}
 	if len(only) > 0 {
-		d.reapplySome(why, only)
+		d.reapplyLocked(why, only)
 	}
 }
 
@@ -923,9 +1024,90 @@ func (d *Datapath) reapplySome(why string, only map[service.Key]bool) {
 	if d.closed || d.desired == nil {
 		return
 	}
+	d.reapplyLocked(why, only)
+}
+
+// reapplyLocked is reapplySome with d.mu held.
+func (d *Datapath) reapplyLocked(why string, only map[service.Key]bool) {
 	err := errString(d.reconcileSome(only))
 	if err != "" && err != d.lastErr {
 		d.log.Warn(why, "err", err)
 	}
 	d.lastErr = err
+}
+
+// refreshMACs takes the MACs that came or changed for hops into the
+// records of the DR backends at their addresses, and moves the next-hop
+// generation once: a MAC changes a record, never a table, so the
+// services that name the address are not planned again. It returns those
+// that must be: a service with a backend there that waited for its MAC
+// (joining the table is what the MAC changes for it), a TUN or NAT
+// service waiting for a next hop, and one whose record could not be
+// written. d.mu is held.
+func (d *Datapath) refreshMACs(hops map[hop]bool) map[service.Key]bool {
+	replan := map[service.Key]bool{}
+	var queued []queuedRecord
+	for h := range hops {
+		mac, users, ok := d.reach.macAndUsers(h)
+		if !ok {
+			continue // gone again: the records keep the MAC they had
+		}
+		for _, key := range users {
+			st := d.applied[key]
+			switch {
+			case st == nil:
+			case st.waitsAt(h.addr):
+				replan[key] = true
+			case st.rec.Forward == halbForwardMode(ForwardDR):
+				queued = d.queueMAC(st, h, mac, queued)
+			}
+		}
+	}
+	if len(queued) == 0 {
+		return replan
+	}
+	for p := range d.writeBackends(queued) {
+		d.log.Warn("cannot write a backend's new mac, applying its service again", "err", errors.Join(p.errs...))
+		replan[p.st.key] = true
+	}
+	if err := d.maps.moveNexthopGen(); err != nil {
+		d.log.Warn("cannot make the data path look up next hops again", "err", err)
+	}
+	return replan
+}
+
+// queueMAC queues the records of st's live DR backends at h, on h's
+// interface, whose MAC is not mac.
+func (d *Datapath) queueMAC(st *svcState, h hop, mac [6]byte, queued []queuedRecord) []queuedRecord {
+	var p *servicePlan // for writeBackends, which tells a failed write by its plan
+	for _, ap := range st.at(h.addr) {
+		be := st.backends[ap]
+		if be.tunnel() || int(be.rec.Ifindex) != h.ifindex || be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE == 0 || be.rec.Mac == mac {
+			continue
+		}
+		rec := be.rec
+		rec.Mac = mac
+		if p == nil {
+			p = &servicePlan{st: st}
+		}
+		d.maps.queueBackend(be.id, rec, false)
+		queued = append(queued, queuedRecord{p: p, be: be, old: be.rec})
+		d.logMACChange(st, ap, be.rec.Mac, mac)
+		be.rec = rec
+	}
+	return queued
+}
+
+// macAndUsers is h's MAC and the services an apply looked its address up
+// for; ok is false when the neighbour table has no usable entry for h.
+func (r *reach) macAndUsers(h hop) (mac [6]byte, users []service.Key, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	mac, ok = r.neighs[h]
+	for _, i := range r.users[h.addr] {
+		if int(i) < len(r.keys) {
+			users = append(users, r.keys[i])
+		}
+	}
+	return mac, users, ok
 }

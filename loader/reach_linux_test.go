@@ -3,9 +3,10 @@ package loader
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
-	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -51,8 +52,9 @@ func waitFollowed(t *testing.T, dp *Datapath) {
 // TestDatapathReachCached: an Apply that changes nothing asks the kernel
 // for no route; a route added toward one backend has only that backend
 // looked up again and only its service applied again, and a neighbour
-// entry that changes for one backend applies only its service, whose
-// record alone is written (with the next-hop generation it moves).
+// entry that changes for one backend address, which several services
+// share, plans no service again and writes the records at that address
+// alone, with the next-hop generation they move, once.
 func TestDatapathReachCached(t *testing.T) {
 	b := newDPBench(t)
 	dp := b.start(t, b.cfg, config.ModeXDP)
@@ -60,12 +62,23 @@ func TestDatapathReachCached(t *testing.T) {
 	dnsSvc := svc(dns, backend(be13, 1))
 	dnsSvc.Name = "dns"
 	services := []service.Service{svc(web, backend(be11, 1), backend(be12, 1)), dnsSvc}
+	// More services with a backend at be13 (and one at be11 beside it),
+	// as at a site whose backends each serve many services.
+	shared := map[service.Key]int{web: 2, dns: 1}
+	for i := range 8 {
+		key := service.Key{VIP: dns.VIP, Port: 5300 + uint16(i), Proto: service.UDP}
+		s := svc(key, backend(be13, 1), backend(be11, 1))
+		s.Name = fmt.Sprintf("shared%d", i)
+		services = append(services, s)
+		shared[key] = 2
+	}
 	waitFollowed(t, dp)
 	if err := dp.Apply(ctx, services); err != nil {
 		t.Fatal(err)
 	}
-	waitLive(t, dp, web, 2)
-	waitLive(t, dp, dns, 1)
+	for key, n := range shared {
+		waitLive(t, dp, key, n)
+	}
 	// Let the updates the first apply caused (neighbour answers) settle.
 	time.Sleep(300 * time.Millisecond)
 	if err := dp.Apply(ctx, services); err != nil {
@@ -82,18 +95,24 @@ func TestDatapathReachCached(t *testing.T) {
 		t.Fatalf("3 applies with nothing changed asked for %d routes, want 0", got)
 	}
 
-	records := func() map[netip.Addr]halbBackend {
-		out := map[netip.Addr]halbBackend{}
-		for key, n := range map[service.Key]int{web: 2, dns: 1} {
+	records := func() map[uint32]halbBackend {
+		out := map[uint32]halbBackend{}
+		for key, n := range shared {
 			for _, be := range waitLive(t, dp, key, n).Backends {
 				var rec halbBackend
 				if err := dp.lb.objs.HalbBackends.Lookup(be.ID, &rec); err != nil {
 					t.Fatal(err)
 				}
-				out[be.Addr.Addr()] = rec
+				out[be.ID] = rec
 			}
 		}
 		return out
+	}
+	at13 := 0
+	for _, s := range services {
+		if slices.ContainsFunc(s.Backends, func(b service.Backend) bool { return b.Addr == be13 }) {
+			at13++
+		}
 	}
 	was := records()
 	applied := serves(dp)
@@ -129,42 +148,59 @@ func TestDatapathReachCached(t *testing.T) {
 		t.Errorf("a route to one backend that leaves its way as it was made %d map writes, want 0", got)
 	}
 	now := records()
-	for a, rec := range was {
-		if now[a] != rec {
-			t.Errorf("backend %s: record %+v became %+v", a, rec, now[a])
+	for id, rec := range was {
+		if now[id] != rec {
+			t.Errorf("backend %d: record %+v became %+v", id, rec, now[id])
 		}
 	}
 
-	// be13's MAC changes: dns alone is applied, be13's record alone
-	// changes.
+	// be13's MAC changes: no service is planned again, be13's records
+	// alone change, in each service that has it.
 	applied = serves(dp)
 	writes = dp.maps.writeCount()
 	newMAC := net.HardwareAddr{0x02, 0, 0, 0, 0x99, 0x13}
 	if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, IP: be13.AsSlice(), HardwareAddr: newMAC, State: netlink.NUD_PERMANENT}); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); !bytes.Equal(backendOf(waitLive(t, dp, dns, 1), be13).MAC, newMAC); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("backend %s kept its old MAC 10s after the neighbour table changed", be13)
+	for key, n := range shared {
+		if key == web {
+			continue // no backend at be13
+		}
+		for deadline := time.Now().Add(10 * time.Second); !bytes.Equal(backendOf(waitLive(t, dp, key, n), be13).MAC, newMAC); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("service %s: backend %s kept its old MAC 10s after the neighbour table changed", key, be13)
+			}
 		}
 	}
 	time.Sleep(300 * time.Millisecond)
-	if got := serves(dp) - applied; got != 1 {
-		t.Fatalf("a neighbour change of one backend applied %d services again, want its one", got)
+	if got := serves(dp) - applied; got != 0 {
+		t.Errorf("a neighbour change of one backend address planned %d services again, want none", got)
 	}
-	// Its record, and the next-hop generation that a changed record
-	// moves (mapWriter).
-	if got := dp.maps.writeCount() - writes; got != 2 {
-		t.Errorf("a neighbour change of one backend made %d map writes, want 2: its record and the next-hop generation", got)
+	// Its records, one in each service that has it, and the
+	// next-hop generation that a changed record moves (mapWriter), once.
+	if got, want := dp.maps.writeCount()-writes, at13+1; got != want {
+		t.Errorf("a neighbour change of one backend address in %d services made %d map writes, want %d: its records and the next-hop generation", at13, got, want)
 	}
 	now = records()
-	for a, rec := range was {
-		if a != be13 && now[a] != rec {
-			t.Errorf("backend %s: record %+v became %+v", a, rec, now[a])
+	changed := 0
+	for id, rec := range was {
+		switch {
+		case addrFrom(rec.Addr, rec.Family) != be13:
+			if now[id] != rec {
+				t.Errorf("backend %d: record %+v became %+v", id, rec, now[id])
+			}
+		case now[id].Mac != [6]byte(newMAC):
+			t.Errorf("backend %d at %s: MAC %x in its record, want %s", id, be13, now[id].Mac, newMAC)
+		default:
+			changed++
+			rec.Mac = now[id].Mac
+			if now[id] != rec {
+				t.Errorf("backend %d at %s: record %+v became %+v, want its MAC alone changed", id, be13, was[id], now[id])
+			}
 		}
 	}
-	if now[be13].Mac != [6]byte(newMAC) {
-		t.Errorf("backend %s: MAC %x in its record, want %s", be13, now[be13].Mac, newMAC)
+	if changed != at13 {
+		t.Errorf("%d records at %s took the new MAC, want %d", changed, be13, at13)
 	}
 
 	// A link update that leaves the link up (an alias) forgets no route.
