@@ -171,7 +171,7 @@ func (ab *applyBench) buildTables(b *testing.B) (wall, cpu time.Duration) {
 	var jobs []tableInputs
 	for _, key := range sortedKeys(ab.dp.applied) {
 		st := ab.dp.applied[key]
-		jobs = append(jobs, liveInputs(st, sortedAddrPorts(st.backends)))
+		jobs = append(jobs, liveInputs(st, st.backends.keys()))
 	}
 	runtime.GC()
 	var sum time.Duration
@@ -294,7 +294,7 @@ func (ab *applyBench) medianBuild(b *testing.B, n int) time.Duration {
 			b.Fatalf("%d services applied, want 1", len(ab.dp.applied))
 		}
 		for _, st := range ab.dp.applied {
-			mb := liveInputs(st, sortedAddrPorts(st.backends)).maglevBackends()
+			mb := liveInputs(st, st.backends.keys()).maglevBackends()
 			start := time.Now()
 			_, err := maglev.Build(mb, ab.dp.lb.maglevTableSize())
 			times = append(times, time.Since(start))

@@ -26,7 +26,7 @@ type svcState struct {
 	key      service.Key
 	id       uint32
 	rec      halbService
-	backends map[netip.AddrPort]*beState
+	backends backendSet
 	// table is the signature of the Maglev table last written; zero
 	// after a restart, when the table in the kernel is read back and
 	// compared before it is written again.
@@ -57,11 +57,87 @@ type problem struct {
 	logged bool
 }
 
-// beState is a backend as the maps hold it.
+// beState is a backend as the maps hold it: its id and its record, which
+// holds its key (address and port) from the moment it takes the id
+// (stubRecord), and the interface it is reached through (ifindex).
 type beState struct {
 	id  uint32
 	rec halbBackend
-	via *attachment
+}
+
+// key is the backend's identity within its service (backendKey).
+func (b *beState) key() netip.AddrPort {
+	return netip.AddrPortFrom(addrFrom(b.rec.Addr, b.rec.Family), b.rec.Port)
+}
+
+// stubRecord is the record of a backend that took an id and is not
+// written yet: its key and service, inactive, so that the key is known
+// even when the first write fails.
+func stubRecord(ap netip.AddrPort, service uint32) halbBackend {
+	addr, family, _ := addrOf(ap.Addr())
+	return halbBackend{Addr: addr, Family: family, Port: ap.Port(), Service: service}
+}
+
+// backendSet is a service's backends as the maps hold them, in key
+// order: values in a slice, some 64 bytes a backend, where a map of
+// pointers to them took some 150 (100 000 backends: 6 MB of heap, not 15).
+// A *beState taken from it is good until the set changes (add, compact).
+type backendSet []beState
+
+// find is where ap is, or would be, in s.
+func (s backendSet) find(ap netip.AddrPort) (int, bool) {
+	return slices.BinarySearchFunc(s, ap, func(b beState, ap netip.AddrPort) int { return b.key().Compare(ap) })
+}
+
+// get is the backend of key ap, or nil.
+func (s backendSet) get(ap netip.AddrPort) *beState {
+	if i, ok := s.find(ap); ok {
+		return &s[i]
+	}
+	return nil
+}
+
+// at are the backends at addr, whatever their port.
+func (s backendSet) at(addr netip.Addr) []beState {
+	i, _ := s.find(netip.AddrPortFrom(addr, 0))
+	j := i
+	for j < len(s) && s[j].key().Addr() == addr {
+		j++
+	}
+	return s[i:j]
+}
+
+// add puts backends not in s yet into it, in key order, and returns it.
+// It grows the slice to fit them exactly: a service's backends change
+// rarely, and slack kept for growth would be kept for good.
+func (s backendSet) add(more []beState) backendSet {
+	if len(more) == 0 {
+		return s
+	}
+	if cap(s)-len(s) < len(more) {
+		s = append(make(backendSet, 0, len(s)+len(more)), s...)
+	}
+	s = append(s, more...)
+	slices.SortFunc(s, func(a, b beState) int { return a.key().Compare(b.key()) })
+	return s
+}
+
+// keys are the backends' keys, in order.
+func (s backendSet) keys() []netip.AddrPort {
+	out := make([]netip.AddrPort, len(s))
+	for i := range s {
+		out[i] = s[i].key()
+	}
+	return out
+}
+
+// compact drops the backends whose id is 0 (freed) and returns s.
+func (s backendSet) compact() backendSet {
+	s = slices.DeleteFunc(s, func(b beState) bool { return b.id == 0 })
+	if cap(s) > 2*len(s)+8 {
+		s = slices.Clone(s)
+	}
+	return s
 }
 
 func (b *beState) live() bool {
@@ -370,7 +446,7 @@ func (d *Datapath) serviceState(s *service.Service) (*svcState, bool, error) {
 		d.svcIDs.free(id)
 		return nil, false, err
 	}
-	st = &svcState{name: s.Name, key: s.Key, id: id, backends: make(map[netip.AddrPort]*beState, len(s.Backends))}
+	st = &svcState{name: s.Name, key: s.Key, id: id, backends: make(backendSet, 0, len(s.Backends))}
 	d.applied[s.Key] = st
 	return st, true, nil
 }
@@ -396,8 +472,8 @@ func (d *Datapath) wantBackends(p *servicePlan, n *neighbours) map[netip.AddrPor
 	// the flows it had are scheduled again.
 	unreachable := func(ap netip.AddrPort, weight uint32, reason string) {
 		note(ap, weight, reason, false)
-		if old := st.backends[ap]; old != nil {
-			set(ap, &wantBackend{via: old.via, unreachable: true, b: Backend{Weight: weight}})
+		if old := st.backends.get(ap); old != nil {
+			set(ap, &wantBackend{via: d.attachmentOf(int(old.rec.Ifindex)), unreachable: true, b: Backend{Weight: weight}})
 		}
 	}
 	for _, b := range s.Backends {
@@ -434,7 +510,7 @@ func (d *Datapath) wantBackends(p *servicePlan, n *neighbours) map[netip.AddrPor
 			note(ap, b.Weight, err.Error(), true)
 		}
 		if mac == nil {
-			if old := st.backends[ap]; old != nil && old.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 && int(old.rec.Ifindex) == via.ifindex && old.rec.Mac != ([6]byte{}) {
+			if old := st.backends.get(ap); old != nil && old.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 && int(old.rec.Ifindex) == via.ifindex && old.rec.Mac != ([6]byte{}) {
 				// Keep the MAC we had: the entry may have been
 				// garbage collected, since the kernel does not see
 				// the traffic XDP forwards.
@@ -464,8 +540,9 @@ func (d *Datapath) wantBackends(p *servicePlan, n *neighbours) map[netip.AddrPor
 // takeBackendIDs takes ids for the service's new backends.
 func (d *Datapath) takeBackendIDs(p *servicePlan) {
 	p.fresh = map[uint32]bool{}
+	var added []beState
 	for _, ap := range p.order {
-		if p.st.backends[ap] != nil || p.want[ap].unreachable {
+		if p.st.backends.get(ap) != nil || p.want[ap].unreachable {
 			continue
 		}
 		id, ok := d.beIDs.take()
@@ -475,8 +552,9 @@ func (d *Datapath) takeBackendIDs(p *servicePlan) {
 			continue
 		}
 		p.fresh[id] = true
-		p.st.backends[ap] = &beState{id: id}
+		added = append(added, beState{id: id, rec: stubRecord(ap, p.st.id)})
 	}
+	p.st.backends = p.st.backends.add(added)
 }
 
 // forgetReusedIDs makes conntrack forget what it knew of the ids taken in
@@ -499,23 +577,11 @@ func (d *Datapath) forgetReusedIDs(plans []*servicePlan) error {
 }
 
 // queuedRecord is a backend record queued for writeBackends, and the one
-// it replaces. An Apply holds one for each backend written, 100 000 at
-// first at the largest sites, so it leaves out the backend's address,
-// which only a failed write needs (addrOf).
+// it replaces (which names the backend, for a failed write).
 type queuedRecord struct {
 	p   *servicePlan
 	be  *beState
 	old halbBackend
-}
-
-// addrOf is be's address in st, for a record that could not be written.
-func (st *svcState) addrOf(be *beState) netip.AddrPort {
-	for ap, b := range st.backends {
-		if b == be {
-			return ap
-		}
-	}
-	return netip.AddrPort{}
 }
 
 // queueBackends queues the records of the service's backends that
@@ -523,7 +589,7 @@ func (st *svcState) addrOf(be *beState) netip.AddrPort {
 func (d *Datapath) queueBackends(p *servicePlan, queued []queuedRecord) []queuedRecord {
 	st := p.st
 	for _, ap := range p.order {
-		w, be := p.want[ap], st.backends[ap]
+		w, be := p.want[ap], st.backends.get(ap)
 		if w == nil {
 			continue // no id for it
 		}
@@ -532,7 +598,6 @@ func (d *Datapath) queueBackends(p *servicePlan, queued []queuedRecord) []queued
 			p.errs = append(p.errs, fmt.Errorf("service %s: %w", st, err))
 			continue
 		}
-		be.via = w.via
 		fresh := p.fresh[be.id]
 		if !fresh && rec == be.rec {
 			continue
@@ -554,17 +619,6 @@ func (d *Datapath) logMACChange(st *svcState, ap netip.AddrPort, old, mac [6]byt
 		d.log.Info("backend mac changed", "service", st.String(), "backend", ap.String(),
 			"old", net.HardwareAddr(old[:]).String(), "new", net.HardwareAddr(mac[:]).String())
 	}
-}
-
-// at are the keys of st's backends at addr, whatever their port.
-func (st *svcState) at(addr netip.Addr) []netip.AddrPort {
-	var out []netip.AddrPort
-	for ap := range st.backends {
-		if ap.Addr() == addr {
-			out = append(out, ap)
-		}
-	}
-	return out
 }
 
 // waitsAt tells whether the service has a backend at addr that cannot be
@@ -592,7 +646,7 @@ func (d *Datapath) writeBackends(queued []queuedRecord) map[*servicePlan]bool {
 	for _, q := range queued {
 		if err := failed[q.be.id]; err != nil {
 			q.be.rec = q.old
-			q.p.errs = append(q.p.errs, fmt.Errorf("service %s: backend %s: %w", q.p.st, q.p.st.addrOf(q.be), err))
+			q.p.errs = append(q.p.errs, fmt.Errorf("service %s: backend %s: %w", q.p.st, q.be.key(), err))
 			again[q.p] = true
 		}
 	}
@@ -644,35 +698,21 @@ func (d *Datapath) finishService(p *servicePlan) error {
 
 	// Backends that left: out of the table already, now out of the maps.
 	// If the table could not be written they stay, in it and in the
-	// maps, until an Apply writes one without them.
-	if tableErr == nil {
-		for _, ap := range p.leaving() {
-			if err := d.dropBackend(st, ap); err != nil {
-				errs = append(errs, err)
+	// maps, until an Apply writes one without them. Every backend in want
+	// has its state (takeBackendIDs), so some left only when the service
+	// has more states than wants.
+	if tableErr == nil && len(st.backends) > len(p.want) {
+		for i := range st.backends {
+			if be := &st.backends[i]; p.want[be.key()] == nil {
+				errs = append(errs, d.dropBackend(st, be))
 			}
 		}
+		st.backends = st.backends.compact()
 	}
 	if p.isNew {
 		d.log.Info("service added", "service", st.String(), "id", st.id, "backends", len(st.backends))
 	}
 	return errors.Join(errs...)
-}
-
-// leaving is the service's backends that are not in want, in address
-// order. Every backend in want has its state (takeBackendIDs), so there
-// are some only when the service has more states than wants.
-func (p *servicePlan) leaving() []netip.AddrPort {
-	if len(p.st.backends) <= len(p.want) {
-		return nil
-	}
-	var out []netip.AddrPort
-	for ap := range p.st.backends {
-		if p.want[ap] == nil {
-			out = append(out, ap)
-		}
-	}
-	slices.SortFunc(out, netip.AddrPort.Compare)
-	return out
 }
 
 // recordOf is what be's record should become: the one w describes, or
@@ -839,7 +879,7 @@ type tableInputs struct {
 func liveInputs(st *svcState, keys []netip.AddrPort) tableInputs {
 	var in tableInputs
 	for _, ap := range keys {
-		if be := st.backends[ap]; be != nil && be.live() {
+		if be := st.backends.get(ap); be != nil && be.live() {
 			in.keys = append(in.keys, ap)
 			in.weights = append(in.weights, be.rec.Weight)
 			in.ids = append(in.ids, be.id)
@@ -915,7 +955,7 @@ func guessInputs(s *service.Service, st *svcState) (in tableInputs, known bool) 
 			return tableInputs{}, false
 		}
 		var id uint32
-		if be := st.backends[g.ap]; be != nil {
+		if be := st.backends.get(g.ap); be != nil {
 			id = be.id
 		} else {
 			known = false
@@ -1103,17 +1143,16 @@ func (in tableInputs) signature() tableSig {
 	return sig
 }
 
-// dropBackend clears a backend that left its service and frees its ID. Its
-// flows are scheduled again by the service's table, which no longer names
-// it.
-func (d *Datapath) dropBackend(st *svcState, ap netip.AddrPort) error {
-	be := st.backends[ap]
+// dropBackend clears a backend that left its service and frees its ID,
+// which it sets to 0 for the caller to compact st.backends. Its flows are
+// scheduled again by the service's table, which no longer names it.
+func (d *Datapath) dropBackend(st *svcState, be *beState) error {
 	if err := d.maps.freeBackend(be.id); err != nil {
-		return fmt.Errorf("service %s: backend %s: %w", st, ap, err)
+		return fmt.Errorf("service %s: backend %s: %w", st, be.key(), err)
 	}
 	d.beIDs.free(be.id)
-	delete(st.backends, ap)
-	d.log.Info("backend removed", "service", st.String(), "backend", ap.String(), "id", be.id)
+	d.log.Info("backend removed", "service", st.String(), "backend", be.key().String(), "id", be.id)
+	be.id = 0
 	return nil
 }
 
@@ -1126,8 +1165,9 @@ func (d *Datapath) removeService(st *svcState) error {
 	if err := d.maps.deleteTable(st.id); err != nil {
 		return err
 	}
-	for _, ap := range sortedAddrPorts(st.backends) {
-		if err := d.dropBackend(st, ap); err != nil {
+	for i := range st.backends {
+		if err := d.dropBackend(st, &st.backends[i]); err != nil {
+			st.backends = st.backends.compact()
 			return err
 		}
 	}
@@ -1148,7 +1188,7 @@ func (d *Datapath) adopt() error {
 			bad = append(bad, k)
 			return
 		}
-		st := &svcState{key: key, id: v.Id, rec: v, backends: map[netip.AddrPort]*beState{}}
+		st := &svcState{key: key, id: v.Id, rec: v}
 		byID[v.Id] = st
 		d.applied[key] = st
 	})
@@ -1169,15 +1209,17 @@ func (d *Datapath) adopt() error {
 			return
 		}
 		st := byID[b.Service]
-		ap := netip.AddrPortFrom(addrFrom(b.Addr, b.Family), b.Port)
-		if st == nil || st.backends[ap] != nil || !d.beIDs.mark(id) {
+		if st == nil || !d.beIDs.mark(id) {
 			orphans = append(orphans, id)
 			return
 		}
-		st.backends[ap] = &beState{id: id, rec: b}
+		st.backends = append(st.backends, beState{id: id, rec: b})
 	})
 	if err != nil {
 		return err
+	}
+	for _, st := range byID {
+		orphans = append(orphans, st.adoptBackends(d.beIDs)...)
 	}
 
 	// The tables of services gone go first, then the records of the
@@ -1192,8 +1234,8 @@ func (d *Datapath) adopt() error {
 			return
 		}
 		ids := make([]uint32, 0, len(st.backends))
-		for _, be := range st.backends {
-			ids = append(ids, be.id)
+		for i := range st.backends {
+			ids = append(ids, st.backends[i].id)
 		}
 		d.maps.adoptTable(slot, ids)
 	})
@@ -1227,6 +1269,24 @@ func (d *Datapath) adopt() error {
 		d.log.Info("found services pinned by an earlier halb", "services", len(d.applied))
 	}
 	return nil
+}
+
+// adoptBackends puts the backends adopt found for st in key order, and
+// returns the ids of those beyond the first at one key (a newer halb
+// wrote them, or a person did), freed in ids, for adopt to clear.
+func (st *svcState) adoptBackends(ids *backendIDs) []uint32 {
+	slices.SortFunc(st.backends, func(a, b beState) int { return cmp.Or(a.key().Compare(b.key()), cmp.Compare(a.id, b.id)) })
+	var dups []uint32
+	for i := 1; i < len(st.backends); i++ {
+		if be := &st.backends[i]; be.key() == st.backends[i-1].key() {
+			dups = append(dups, be.id)
+			ids.free(be.id)
+		}
+	}
+	if len(dups) > 0 {
+		st.backends = slices.CompactFunc(st.backends, func(a, b beState) bool { return a.key() == b.key() })
+	}
+	return dups
 }
 
 // ServiceStatus is one service as Report shows it, with the eBPF data
@@ -1269,9 +1329,9 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 			return nil, err
 		}
 		ss := ServiceStatus{Report: service.Report{Name: st.name, Key: key, Datapath: d.name, Stats: stats.report()}, ID: st.id}
-		keys := sortedAddrPorts(st.backends)
+		keys := st.backends.keys()
 		for ap := range st.problems {
-			if st.backends[ap] == nil {
+			if st.backends.get(ap) == nil {
 				keys = append(keys, ap)
 			}
 		}
@@ -1281,7 +1341,7 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 			if p := st.problems[ap]; p != nil {
 				bs.Problem, bs.Weight = p.reason, p.weight
 			}
-			be := st.backends[ap]
+			be := st.backends.get(ap)
 			if be == nil {
 				ss.Backends = append(ss.Backends, bs)
 				continue
@@ -1303,8 +1363,8 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 			} else if be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE != 0 {
 				bs.MAC = slices.Clone(net.HardwareAddr(be.rec.Mac[:]))
 			}
-			if be.via != nil {
-				bs.Interface = be.via.Interface
+			if via := d.attachmentOf(int(be.rec.Ifindex)); via != nil {
+				bs.Interface = via.Interface
 			}
 			ss.Backends = append(ss.Backends, bs)
 		}

@@ -195,14 +195,16 @@ func (d *Datapath) natReplies() (map[natReplyKey]natReply, error) {
 		if !st.nat {
 			continue
 		}
-		for _, ap := range sortedAddrPorts(st.backends) {
+		for i := range st.backends {
+			be := &st.backends[i]
+			ap := be.key()
 			k := natReplyKey{Backend: ap, Proto: key.Proto}
 			if other := owner[k]; other != nil {
 				errs = append(errs, fmt.Errorf("service %s: backend %s/%s is a backend of the NAT service %s too, and its replies could not tell which VIP they go back as: give it another port in one of them", st, ap, key.Proto, other))
 				continue
 			}
 			owner[k] = st
-			want[k] = natReply{Backend: ap, Proto: key.Proto, VIP: netip.AddrPortFrom(key.VIP, key.Port), Service: st.id, BackendID: st.backends[ap].id}
+			want[k] = natReply{Backend: ap, Proto: key.Proto, VIP: netip.AddrPortFrom(key.VIP, key.Port), Service: st.id, BackendID: be.id}
 		}
 	}
 	return want, errors.Join(errs...)
@@ -255,12 +257,13 @@ func (d *Datapath) natRepliesCounter() (service.Counter, error) {
 		if !st.nat {
 			continue
 		}
-		for ap, be := range st.backends {
+		for i := range st.backends {
+			be := &st.backends[i]
 			s, err := d.lb.replyStats(be.id)
 			if err != nil {
 				return service.Counter{}, err
 			}
-			values[ap.String()+"/"+key.Proto.String()] += s.Packets
+			values[be.key().String()+"/"+key.Proto.String()] += s.Packets
 		}
 	}
 	return service.Counter{Name: "nat_replies", Help: "Replies of forward: nat backends the eBPF data path translated back to their clients, by backend.", Label: "backend", Values: values}, nil

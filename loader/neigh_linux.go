@@ -1080,8 +1080,9 @@ func (d *Datapath) refreshMACs(hops map[hop]bool) map[service.Key]bool {
 // interface, whose MAC is not mac.
 func (d *Datapath) queueMAC(st *svcState, h hop, mac [6]byte, queued []queuedRecord) []queuedRecord {
 	var p *servicePlan // for writeBackends, which tells a failed write by its plan
-	for _, ap := range st.at(h.addr) {
-		be := st.backends[ap]
+	at := st.backends.at(h.addr)
+	for i := range at {
+		be := &at[i]
 		if be.tunnel() || int(be.rec.Ifindex) != h.ifindex || be.rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE == 0 || be.rec.Mac == mac {
 			continue
 		}
@@ -1092,7 +1093,7 @@ func (d *Datapath) queueMAC(st *svcState, h hop, mac [6]byte, queued []queuedRec
 		}
 		d.maps.queueBackend(be.id, rec, false)
 		queued = append(queued, queuedRecord{p: p, be: be, old: be.rec})
-		d.logMACChange(st, ap, be.rec.Mac, mac)
+		d.logMACChange(st, be.key(), be.rec.Mac, mac)
 		be.rec = rec
 	}
 	return queued
