@@ -702,12 +702,26 @@ func (v *validator) natBackends(c *Config) {
 		}
 		first[k] = owner{s.Name, i}
 	}
+	// The network each VIP is held on, where a VRRP instance names it.
+	nets := map[netip.Addr]netip.Prefix{}
+	for _, in := range c.VRRP.Instances {
+		for _, p := range in.VirtualIPs {
+			if p.Bits() < p.Addr().BitLen() {
+				nets[p.Addr()] = p.Masked()
+			}
+		}
+	}
 	for i, s := range c.Services {
 		if s.Forward != "nat" || ServiceDatapath(c.Datapath.Mode, "", s) != "ebpf" {
 			continue
 		}
 		for j, b := range s.Backends {
 			note(func() string { return fmt.Sprintf("services[%d].backends[%d]", i, j) }, i, s, b.Address, b.Port)
+			if n, ok := nets[s.VIP]; ok && n.Contains(b.Address.WithZone("")) {
+				v.errf(fmt.Sprintf("services[%d].backends[%d].address", i, j), "%s is on %s, the network of the VIP %s: "+
+					"a NAT backend answers the clients there directly, from its own address, and their connections never open; "+
+					"put the backends on a network of their own, routed through the balancer", b.Address, n, s.VIP)
+			}
 		}
 		if s.SorryBackend.IsValid() {
 			note(func() string { return fmt.Sprintf("services[%d].sorry_backend", i) }, i, s, s.SorryBackend.Addr(), int(s.SorryBackend.Port()))
