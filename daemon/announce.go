@@ -42,9 +42,9 @@ func decideAnnounce(in announceInput) (bool, string) {
 		case !in.Served:
 			return false, "not served: the data path did not program the service"
 		case in.Healthy < in.Quorum:
-			return false, fmt.Sprintf("quorum lost: %d of quorum %d backends healthy", in.Healthy, in.Quorum)
+			return false, fmt.Sprintf("quorum lost: %d healthy, quorum %d", in.Healthy, in.Quorum)
 		}
-		return true, fmt.Sprintf("serving: %d backends healthy, quorum %d", in.Healthy, in.Quorum)
+		return true, fmt.Sprintf("serving: %d healthy, quorum %d", in.Healthy, in.Quorum)
 	case config.AnnounceMaster:
 		switch {
 		case in.Instance == "":

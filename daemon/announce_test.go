@@ -21,12 +21,12 @@ func TestDecideAnnounce(t *testing.T) {
 		want bool
 		why  string
 	}{
-		{"always serving", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 2, Quorum: 1}, true, "serving: 2 backends healthy, quorum 1"},
-		{"always at quorum", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 2, Quorum: 2}, true, "serving: 2 backends healthy, quorum 2"},
-		{"always below quorum", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 1, Quorum: 2}, false, "quorum lost: 1 of quorum 2 backends healthy"},
-		{"always none healthy", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 0, Quorum: 1}, false, "quorum lost: 0 of quorum 1 backends healthy"},
+		{"always serving", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 2, Quorum: 1}, true, "serving: 2 healthy, quorum 1"},
+		{"always at quorum", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 2, Quorum: 2}, true, "serving: 2 healthy, quorum 2"},
+		{"always below quorum", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 1, Quorum: 2}, false, "quorum lost: 1 healthy, quorum 2"},
+		{"always none healthy", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 0, Quorum: 1}, false, "quorum lost: 0 healthy, quorum 1"},
 		{"always not served", announceInput{Mode: config.AnnounceAlways, Served: false, Healthy: 3, Quorum: 1}, false, "not served: the data path did not program the service"},
-		{"always ignores vrrp", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 1, Quorum: 1, Instance: "VI_1", State: vrrp.Backup}, true, "serving: 1 backends healthy, quorum 1"},
+		{"always ignores vrrp", announceInput{Mode: config.AnnounceAlways, Served: true, Healthy: 1, Quorum: 1, Instance: "VI_1", State: vrrp.Backup}, true, "serving: 1 healthy, quorum 1"},
 		{"master as master", announceInput{Mode: config.AnnounceMaster, Instance: "VI_1", State: vrrp.Master}, true, "vrrp instance VI_1 is MASTER"},
 		{"master as backup", announceInput{Mode: config.AnnounceMaster, Served: true, Healthy: 2, Quorum: 1, Instance: "VI_1", State: vrrp.Backup}, false, "vrrp instance VI_1 is BACKUP"},
 		{"master in fault", announceInput{Mode: config.AnnounceMaster, Instance: "VI_1", State: vrrp.Fault}, false, "vrrp instance VI_1 is FAULT"},

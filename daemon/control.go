@@ -197,10 +197,15 @@ func listenControl(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// controlHandler answers `halb status`.
-func (d *Daemon) controlHandler() http.Handler { return statusHandler(d, d.log) }
+// controlHandler answers `halb status`, `halb drain` and `halb undrain`.
+func (d *Daemon) controlHandler() http.Handler {
+	mux := statusHandler(d, d.log)
+	mux.HandleFunc("POST /v1/bgp/drain", d.serveDrain)
+	mux.HandleFunc("POST /v1/bgp/undrain", d.serveUndrain)
+	return mux
+}
 
-func statusHandler(o observed, log *slog.Logger) http.Handler {
+func statusHandler(o observed, log *slog.Logger) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

@@ -120,6 +120,26 @@ func goldenCases() []goldenCase {
 		{"xdp", fixedParts{name: "xdp", dp: xdp(), insts: insts, health: backends, accept: accept}},
 		{"ipvs", fixedParts{name: "ipvs", dp: goldenIPVS{}, insts: insts[:1], health: backends}},
 		{"split", fixedParts{name: "xdp", dp: split, insts: insts, health: backends, accept: accept}},
+		{"bgp", fixedParts{name: "xdp", dp: xdp(), insts: insts, health: backends, accept: accept, bgp: goldenBGP(since)}},
+	}
+}
+
+// goldenBGP is a speaker with one session up and one refused, a VIP
+// announced for one of its two services, and a service whose quorum is
+// lost.
+func goldenBGP(since time.Time) *BGPStatus {
+	up := since.Add(-90 * time.Minute)
+	return &BGPStatus{ASN: 65001,
+		Peers: []BGPPeerStatus{
+			{Address: "203.0.113.254", ASN: 65000, State: "established", Since: &up, PrefixesSent: 2, PrefixesReceived: 5, UpdatesSent: 7, UpdatesReceived: 3},
+			{Address: "2001:db8:ffff::fe", ASN: 65000, State: "active", LastError: "dial tcp [2001:db8:ffff::fe]:179: connect: connection refused"},
+		},
+		Routes: []string{"192.0.2.100/32", "2001:db8::100/128"},
+		Announcements: []AnnouncementStatus{
+			{Service: "web", Prefix: "192.0.2.100/32", Mode: "always", Announced: false, Reason: "quorum lost: 1 healthy, quorum 2"},
+			{Service: "web6", Prefix: "2001:db8::100/128", Mode: "always", Announced: true, Reason: "serving: 1 healthy, quorum 1"},
+			{Service: "dns", Prefix: "192.0.2.100/32", Mode: "master", Announced: true, Reason: "vrrp instance VI_1 is MASTER"},
+		},
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/halb-lb/halb/bgp"
 	"github.com/halb-lb/halb/health"
 	"github.com/halb-lb/halb/service"
 	"github.com/halb-lb/halb/vrrp"
@@ -31,6 +32,9 @@ var (
 	descFlows       = prometheus.NewDesc("halb_datapath_new_flows_total", "New flows (IPVS: connections) scheduled.", []string{"service", "backend"}, nil)
 	descActive      = prometheus.NewDesc("halb_datapath_active_connections", "Connections IPVS holds for a backend now, by state (active, inactive).", []string{"service", "backend", "state"}, nil)
 	descAcceptDrops = prometheus.NewDesc("halb_vrrp_accept_dropped_total", "Packets to a VIP the v3 Accept_Mode filter dropped (accept: false).", []string{"vip"}, nil)
+	descBGPUp       = prometheus.NewDesc("halb_bgp_session_up", "1 while the BGP session to the peer is established.", []string{"peer"}, nil)
+	descBGPPrefixes = prometheus.NewDesc("halb_bgp_announced_prefixes", "Host routes (VIPs) this node announces over BGP now.", nil, nil)
+	descBGPUpdates  = prometheus.NewDesc("halb_bgp_updates_total", "BGP UPDATE messages exchanged with the peer since it was added, by direction (sent, received).", []string{"peer", "direction"}, nil)
 )
 
 var vrrpStates = []vrrp.State{vrrp.Initialize, vrrp.Backup, vrrp.Master, vrrp.Fault}
@@ -73,6 +77,24 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	if _, dp := c.o.servingDatapath(); dp != nil {
 		c.collectDatapath(ch, dp)
 	}
+	if b := c.o.bgpState(); b != nil {
+		collectBGP(ch, b)
+	}
+}
+
+// collectBGP sends the BGP figures, every one of them from the start
+// (0 before the first session), so that a dashboard has a series to draw.
+func collectBGP(ch chan<- prometheus.Metric, b *BGPStatus) {
+	for _, p := range b.Peers {
+		up := 0.0
+		if p.State == bgp.StateEstablished {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descBGPUp, prometheus.GaugeValue, up, p.Address)
+		ch <- prometheus.MustNewConstMetric(descBGPUpdates, prometheus.CounterValue, float64(p.UpdatesSent), p.Address, "sent")
+		ch <- prometheus.MustNewConstMetric(descBGPUpdates, prometheus.CounterValue, float64(p.UpdatesReceived), p.Address, "received")
+	}
+	ch <- prometheus.MustNewConstMetric(descBGPPrefixes, prometheus.GaugeValue, float64(len(b.Routes)))
 }
 
 // collectDatapath sends what the data path counted. A failed read leaves

@@ -124,7 +124,7 @@ func (w *workers) stop(bound time.Duration) []string {
 // that none reads a data path Run has closed; those still running when
 // stop gives up are cut, and the worker is named as left behind.
 func (d *Daemon) serve(w *workers, name string, ln net.Listener, h http.Handler) {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ConnContext: withConn}
 	quit := make(chan struct{})
 	overdue := w.overdue()
 	w.Go(name, func() {

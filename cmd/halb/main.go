@@ -4,10 +4,12 @@
 //
 // Each subcommand is a front on a package: run on daemon, check on config
 // (with a read-only look at this host), probe on the loader's probe (its
-// table and JSON are rendered here), status on the running daemon's
-// control socket. Only `halb run` may change the host: check, probe and
-// status must never change it, save that the probe's lookup of the IPVS
-// netlink family may make the kernel itself load ip_vs (see loader).
+// table and JSON are rendered here), status, drain and undrain on the
+// running daemon's control socket. Only `halb run` may change the host:
+// check, probe and status must never change it, save that the probe's
+// lookup of the IPVS netlink family may make the kernel itself load ip_vs
+// (see loader); drain and undrain change only what the daemon announces
+// over BGP.
 package main
 
 import (
@@ -75,6 +77,6 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringP("config", "c", defaultConfig, "configuration file")
 	_ = f.v.BindPFlag("config", root.PersistentFlags().Lookup("config"))
 	_ = f.v.BindEnv("config", config.EnvPrefix+"_CONFIG")
-	root.AddCommand(newRunCmd(f), newCheckCmd(f), newProbeCmd(f), newStatusCmd(f), newVersionCmd())
+	root.AddCommand(newRunCmd(f), newCheckCmd(f), newProbeCmd(f), newStatusCmd(f), newDrainCmd(f), newUndrainCmd(f), newVersionCmd())
 	return root
 }

@@ -28,12 +28,7 @@ func newStatusCmd(f *flags) *cobra.Command {
 		Short: "Ask the running daemon for VRRP states, the data path and backend health",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if socket == "" {
-				socket = "/run/halb/halb.sock"
-				if cfg, err := config.Load(f.configPath()); err == nil {
-					socket = cfg.Control.Socket
-				}
-			}
+			socket = socketOf(f, socket)
 			st, raw, err := fetchStatus(cmd.Context(), socket)
 			var untrusted *untrustedPeerError
 			if errors.As(err, &untrusted) {
@@ -54,12 +49,22 @@ func newStatusCmd(f *flags) *cobra.Command {
 	return cmd
 }
 
-func fetchStatus(ctx context.Context, socket string) (daemon.Status, []byte, error) {
-	var st daemon.Status
-	if ctx == nil {
-		ctx = context.Background()
+// socketOf is the control socket a command asks: the --socket flag, else
+// control.socket from the config, else the default.
+func socketOf(f *flags, socket string) string {
+	if socket != "" {
+		return socket
 	}
-	client := &http.Client{
+	if cfg, err := config.Load(f.configPath()); err == nil {
+		return cfg.Control.Socket
+	}
+	return "/run/halb/halb.sock"
+}
+
+// controlClient talks to the daemon on its control socket, once the
+// kernel says who serves it is trusted (checkPeer).
+func controlClient(socket string) *http.Client {
+	return &http.Client{
 		Timeout: 5 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := (&net.Dialer{}).DialContext(ctx, "unix", socket)
@@ -73,6 +78,14 @@ func fetchStatus(ctx context.Context, socket string) (daemon.Status, []byte, err
 			return c, nil
 		}},
 	}
+}
+
+func fetchStatus(ctx context.Context, socket string) (daemon.Status, []byte, error) {
+	var st daemon.Status
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	client := controlClient(socket)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://halb/v1/status", nil)
 	if err != nil {
 		return st, nil, err
@@ -189,5 +202,43 @@ func writeStatus(w io.Writer, st daemon.Status, now time.Time) error {
 			}
 		}
 	}
+	if st.BGP != nil {
+		writeBGP(tw, st.BGP, now)
+	}
 	return tw.Flush()
+}
+
+// writeBGP renders the BGP sessions and what each service has announced
+// and why (or why not).
+func writeBGP(tw io.Writer, b *daemon.BGPStatus, now time.Time) {
+	fmt.Fprintln(tw)
+	if b.Drained != "" {
+		fmt.Fprintf(tw, "BGP AS %d: DRAINED (%s): nothing announced until `halb undrain` or a restart\n", b.ASN, b.Drained)
+	}
+	// UP: how long the session has been established; SENT/RECEIVED:
+	// prefixes; UPDATES: messages sent/received.
+	fmt.Fprintf(tw, "BGP PEER\tASN\tSTATE\tUP\tSENT\tRECEIVED\tUPDATES\tLAST ERROR\n")
+	for _, p := range b.Peers {
+		up := "-"
+		if p.Since != nil {
+			up = now.Sub(*p.Since).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%d/%d\t%s\n", p.Address, p.ASN, p.State, up,
+			p.PrefixesSent, p.PrefixesReceived, p.UpdatesSent, p.UpdatesReceived, p.LastError)
+	}
+	if len(b.Peers) == 0 {
+		fmt.Fprintln(tw, "(no peers)")
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "SERVICE\tPREFIX\tANNOUNCE\tANNOUNCED\tWHY\n")
+	for _, a := range b.Announcements {
+		yes := "no"
+		if a.Announced {
+			yes = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Service, a.Prefix, a.Mode, yes, a.Reason)
+	}
+	if len(b.Announcements) == 0 {
+		fmt.Fprintln(tw, "(no service has announce: always or master)")
+	}
 }

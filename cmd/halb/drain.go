@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/halb-lb/halb/daemon"
+)
+
+func newDrainCmd(f *flags) *cobra.Command {
+	var socket string
+	cmd := &cobra.Command{
+		Use:   "drain",
+		Short: "BGP: withdraw this node's routes and wait bgp.drain_time while it goes on serving",
+		Long: `drain withdraws every route this node announces over BGP, then waits
+bgp.drain_time while the routers move the flows to the other nodes; halb
+goes on serving what still arrives. It does not stop halb: the routes stay
+withdrawn until ` + "`halb undrain`" + ` or a restart of halb (SIGTERM drains the
+same way before it stops). Interrupting the wait leaves the routes
+withdrawn. Root only; the daemon logs who asked.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			socket = socketOf(f, socket)
+			var res daemon.DrainResult
+			if err := postControl(cmd.Context(), socket, "/v1/bgp/drain", &res); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "withdrawn: %s\n", listOrNone(res.Withdrawn))
+			fmt.Fprintf(out, "waiting %s (bgp.drain_time) for the routers to move the flows away; still serving\n", res.DrainTime)
+			if err := sleepCtx(cmd.Context(), res.DrainTime); err != nil {
+				return fmt.Errorf("wait cut short (%w): the routes stay withdrawn", err)
+			}
+			fmt.Fprintln(out, "drained: the routes stay withdrawn until `halb undrain` or a restart of halb")
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&socket, "socket", "s", "", "control socket (default: control.socket from the config, else /run/halb/halb.sock)")
+	return cmd
+}
+
+func newUndrainCmd(f *flags) *cobra.Command {
+	var socket string
+	cmd := &cobra.Command{
+		Use:   "undrain",
+		Short: "BGP: end a drain: announce again what this node serves",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := postControl(cmd.Context(), socketOf(f, socket), "/v1/bgp/undrain", nil); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "undrained: what this node serves is announced again (halb status shows each service's announcement)")
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&socket, "socket", "s", "", "control socket (default: control.socket from the config, else /run/halb/halb.sock)")
+	return cmd
+}
+
+// postControl posts to the daemon's control socket and decodes its JSON
+// answer into out (unless nil).
+func postControl(ctx context.Context, socket, path string, out any) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://halb"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := controlClient(socket).Do(req)
+	var untrusted *untrustedPeerError
+	if errors.As(err, &untrusted) {
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("no halb daemon answers on %s (is halb run going, and are you root?): %w", socket, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("the daemon refused: %s", strings.TrimSpace(string(body)))
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(body, out)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func listOrNone(s []string) string {
+	if len(s) == 0 {
+		return "none (nothing was announced)"
+	}
+	return strings.Join(s, ", ")
+}
