@@ -260,14 +260,15 @@ func lbNS(t *testing.T) (ns *netnstest.NS, h *netlink.Handle, fs string) {
 			t.Fatal(err)
 		}
 	}
-	fs = halbtest.BPFFS(t)
-	t.Cleanup(func() { // before the unmount
-		entries, _ := os.ReadDir(fs)
-		for _, e := range entries {
-			_ = loader.RemovePinned(filepath.Join(fs, e.Name()))
-		}
-	})
-	return ns, h, fs
+	return ns, h, bpffsOfTest(t)
+}
+
+// removePins removes what halb pinned in fs, before its unmount.
+func removePins(fs string) {
+	entries, _ := os.ReadDir(fs)
+	for _, e := range entries {
+		_ = loader.RemovePinned(filepath.Join(fs, e.Name()))
+	}
 }
 
 // lbConfig writes a config for a halb on lbNS: a service through XDP on
