@@ -52,8 +52,9 @@ struct nat_pkt {
 
 /* nat_reply_of is the translation of a backend's packet whose flow (as
  * the parser read it: for an ICMP error, the packet it quotes, turned
- * around) starts at a NAT backend's address and port, or NULL. The byte
- * filter halb_nat_last spares everyone else the hash lookup. */
+ * around) starts at a NAT backend's address and port, or NULL. The caller
+ * asks only when the byte filter halb_nat_last lets the source through,
+ * which spares everyone else the key and the hash lookup. */
 static __always_inline struct nat_reply *nat_reply_of(const struct flow *flow)
 {
 	struct backend_key key = {
@@ -63,8 +64,6 @@ static __always_inline struct nat_reply *nat_reply_of(const struct flow *flow)
 		.family = flow->family,
 	};
 
-	if (!halb_nat_last[flow->saddr.bytes[15]])
-		return NULL;
 	return bpf_map_lookup_elem(&halb_nat_replies, &key);
 }
 
