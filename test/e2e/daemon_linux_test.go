@@ -236,7 +236,7 @@ var daemonAddrs = map[string]string{"be1": "192.0.2.11", "be2": "192.0.2.12", "b
 
 // daemon is one `halb run --cleanup` in the balancer's namespace.
 type daemon struct {
-	t                    *testing.T
+	t                    testing.TB
 	bin, cfg, sock, pins string
 	text                 string // the config last written
 	metrics              string // control.metrics, in the balancer's namespace; "" for none

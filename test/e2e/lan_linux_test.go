@@ -466,7 +466,7 @@ func (c *client) connect(t *testing.T, port int) *conn {
 
 // spread opens n connections from ports first, first+1, ... one after the
 // other, and counts the backends that answered.
-func (c *client) spread(t *testing.T, first, n int) map[string]int {
+func (c *client) spread(t testing.TB, first, n int) map[string]int {
 	t.Helper()
 	counts := map[string]int{}
 	err := c.ns.Do(func() error {

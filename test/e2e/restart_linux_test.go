@@ -255,7 +255,7 @@ func onLink(t *testing.T, ns *netnstest.NS) {
 }
 
 // connectMany opens n connections from ports first, first+1, ...
-func (c *client) connectMany(t *testing.T, first, n int) []*conn {
+func (c *client) connectMany(t testing.TB, first, n int) []*conn {
 	t.Helper()
 	var conns []*conn
 	t.Cleanup(func() {
@@ -334,7 +334,7 @@ func startBusy(conns []*conn) *busy {
 }
 
 // rounds waits for n more rounds over every connection.
-func (b *busy) rounds(t *testing.T, n int) {
+func (b *busy) rounds(t testing.TB, n int) {
 	t.Helper()
 	b.mu.Lock()
 	want := b.round + n
