@@ -290,19 +290,46 @@ func (d *Daemon) wakeAnnounce() {
 }
 
 // startBGP starts the speaker when the configuration has a bgp: section,
-// and announces what the decisions want.
+// places the announce: always VIPs (and puts back what a killed halb
+// left), and announces what the decisions want.
 func (d *Daemon) startBGP() error {
 	d.bgpLive = true
-	if d.cfg.BGP == nil {
-		return nil
-	}
-	r, err := startBGP(*d.cfg.BGP, d.log)
+	vips, err := newVIPHome(d.log, LockDir)
 	if err != nil {
-		return fmt.Errorf("bgp: %w", err)
+		return err
 	}
-	d.bgp.Store(r)
+	d.vips = vips
+	if d.cfg.BGP != nil {
+		r, err := startBGP(*d.cfg.BGP, d.log)
+		if err != nil {
+			return fmt.Errorf("bgp: %w", err)
+		}
+		d.bgp.Store(r)
+	}
+	d.placeVIPs()
 	d.announce()
 	return nil
+}
+
+// placeVIPs puts the VIPs of the announce: always services on lo (and
+// takes those no longer so announced off), vipHome.
+func (d *Daemon) placeVIPs() {
+	if d.vips == nil {
+		return
+	}
+	if err := d.vips.apply(alwaysVIPs(d.cfg.Services)); err != nil {
+		d.log.Error("announce: always vips not fully placed on lo; the data path serves their services all the same", "err", err)
+	}
+}
+
+// removeVIPs puts back what placeVIPs changed on the host, at stop.
+func (d *Daemon) removeVIPs() {
+	if d.vips == nil {
+		return
+	}
+	if err := d.vips.remove(); err != nil {
+		d.log.Error("bgp vips not fully removed; the next halb run tries again", "err", err, "state", d.vips.state)
+	}
 }
 
 // stopBGP stops the speaker, if one runs, within shutdownTimeout.
@@ -337,6 +364,7 @@ func (d *Daemon) reconfigureBGP(cfg *config.BGP) {
 	case r != nil:
 		r.reconfigure(*cfg)
 	}
+	d.placeVIPs()
 }
 
 // announce decides each service's announcement from what the daemon

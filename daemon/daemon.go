@@ -97,6 +97,9 @@ type Daemon struct {
 	// that a reload adds or removes it.
 	bgp     atomic.Pointer[bgpRunner]
 	bgpLive bool
+	// vips holds the announce: always VIPs on lo (vips.go); nil until
+	// BGP is first configured.
+	vips *vipHome
 	// announceDue wakes the loop to decide the BGP announcements again
 	// (a VRRP instance changed state, `halb undrain`); one pending
 	// wake-up at most.
@@ -256,6 +259,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	}
 	// The speaker starts once the data path serves, so that its first
 	// announcements are of services that are served.
+	defer d.removeVIPs() // after the speaker has stopped
 	if err := d.startBGP(); err != nil {
 		return err
 	}

@@ -8,10 +8,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/halb-lb/halb/daemon"
 	"github.com/halb-lb/halb/internal/frrtest"
@@ -268,6 +271,9 @@ func TestBGPDrainOnSIGTERM(t *testing.T) {
 	l.write(t, "always", []string{"203.0.113.254"}, "")
 	p := startHalbIn(t, l.ns, "run", "-c", l.cfg)
 	l.waitRouted(t, true, "the vip announced")
+	if on, arp := l.vipOnLo(t); !on || arp != "1 2" {
+		t.Errorf("while halb runs: vip on lo %v, arp_ignore and arp_announce %q, want true and \"1 2\"", on, arp)
+	}
 
 	start := time.Now()
 	if err := p.Signal(syscall.SIGTERM); err != nil {
@@ -296,6 +302,38 @@ func TestBGPDrainOnSIGTERM(t *testing.T) {
 	if code := p.exitCode(t); code != 0 {
 		t.Errorf("exit status %d after a drain", code)
 	}
+	if on, arp := l.vipOnLo(t); on || arp != "0 0" {
+		t.Errorf("after halb stopped: vip on lo %v, arp_ignore and arp_announce %q, want false and \"0 0\" as before", on, arp)
+	}
+}
+
+// vipOnLo reports whether the VIP is on lo in halb's namespace, and its
+// net.ipv4.conf.all.arp_ignore and arp_announce.
+func (l *bgpLab) vipOnLo(t *testing.T) (bool, string) {
+	t.Helper()
+	lo, err := l.ns.Netlink(t).LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := l.ns.Netlink(t).AddrList(lo, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	on := slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IPNet.String() == labVIP })
+	var arp []string
+	if err := l.ns.Do(func() error {
+		for _, name := range []string{"arp_ignore", "arp_announce"} {
+			v, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/" + name)
+			if err != nil {
+				return err
+			}
+			arp = append(arp, strings.TrimSpace(string(v)))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return on, strings.Join(arp, " ")
 }
 
 // A reload that adds a peer opens its session and leaves the first one

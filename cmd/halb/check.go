@@ -59,6 +59,9 @@ func writeSummary(w io.Writer, path string, c *config.Config, warnings []config.
 		fmt.Fprintf(w, "datapath  mode %s on %s (xdp_mode %s), pinned under %s\n\n",
 			c.Datapath.Mode, orNone(strings.Join(c.Datapath.Interfaces, ", ")), c.Datapath.XDPMode, c.Datapath.BPFFS)
 	}
+	if note := daemon.AlwaysVIPsNote(c.Services); note != "" {
+		fmt.Fprintf(w, "bgp       %s\n\n", note)
+	}
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "INSTANCE\tINTERFACE\tVRID\tVERSION\tPRIORITY\tADVERT\tPREEMPT\tPEERS\tVIRTUAL IPS\n")

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/halb-lb/halb/internal/netnstest"
@@ -39,5 +40,36 @@ bgp:
 		if !re.MatchString(out) {
 			t.Errorf("no warning FILE:%s: %s ...:\n%s", w.line, w.text, out)
 		}
+	}
+}
+
+// `halb check` says where halb run puts the VIPs of announce: always
+// services, and how no node answers ARP for them.
+func TestCheckSaysWhereAlwaysVIPsLive(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "always.yaml")
+	if err := os.WriteFile(file, []byte(`
+datapath: {interfaces: [eth0]}
+services:
+  - {name: web, vip: 192.0.2.100, port: 80, backends: [{address: 198.51.100.11}], announce: always}
+  - {name: web6, vip: "2001:db8::100", port: 80, forward: tun, backends: [{address: "2001:db8:1::11"}], announce: always}
+  - {name: dns, vip: 192.0.2.101, port: 53, protocol: udp, backends: [{address: 198.51.100.21}]}
+bgp:
+  asn: 65001
+  router_id: 192.0.2.1
+  peers: [{address: 203.0.113.254, asn: 65000}]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := run(t, "check", "-c", file)
+	if code != exitOK {
+		t.Fatalf("exit %d, want 0\n%s%s", code, out, errs)
+	}
+	want := "bgp       announce: always vips 192.0.2.100/32, 2001:db8::100/128 go on lo while halb runs, and leave at stop; " +
+		"no interface answers ARP for them: halb sets net.ipv4.conf.all.arp_ignore=1 and arp_announce=2"
+	if !strings.Contains(out, want) {
+		t.Errorf("halb check does not say where the always vips live:\n%s", out)
+	}
+	if strings.Contains(out, "192.0.2.101/32") {
+		t.Errorf("a service that is not announced is listed:\n%s", out)
 	}
 }
