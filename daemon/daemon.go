@@ -16,7 +16,9 @@
 // path (flock), and none touches the host before it holds them. Every
 // goroutine it starts has an owner that stops it and waits for it, within
 // that bound: Run for its servers and the health monitor (workers.go),
-// vrrpSet for the instances, reader for a config read.
+// vrrpSet for the instances, reader for a config read, bgpRunner for the
+// BGP speaker (bgp.go), which announces what one rule decides per
+// service (decideAnnounce, announce.go) and drains before a stop.
 package daemon
 
 import (
