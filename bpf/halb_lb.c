@@ -232,15 +232,19 @@ static __always_inline struct backend *active_backend(__u32 id)
 static __always_inline __u32 maglev_pick(const struct service *svc, __u32 hash)
 {
 	__u32 slot = hash % halb_maglev_size;
-	__u32 index = slot / 2;
-	__u32 *ids; /* the element's two slots */
+	const __u32 *ids; /* the table's M slots, the value of its one element */
+	__u32 zero = 0;
 	void *table;
 
 	table = bpf_map_lookup_elem(&halb_maglev, &svc->id);
 	if (!table)
 		return 0;
-	ids = bpf_map_lookup_elem(table, &index);
-	return ids ? ids[slot & 1] : 0;
+	ids = bpf_map_lookup_elem(table, &zero);
+	/* slot < M always; the verifier knows M (a frozen constant), not
+	 * what % gives, and needs the bound to allow ids[slot]. */
+	if (!ids || slot >= halb_maglev_size)
+		return 0;
+	return ids[slot];
 }
 
 /* schedule finds the backend for pkt: the one halb_ct remembers (ct, which

@@ -47,21 +47,22 @@ struct {
 	__type(value, struct backend);
 } halb_backends SEC(".maps");
 
-/* One service's Maglev table: slot -> backend id, two slots to an element
- * (slot s is the (s % 2)th __u32 of element s / 2), so that a table of M slots
- * takes 4 bytes a slot where an array of __u32 takes 8. The loader builds a new
- * table aside, writes it whole through a memory mapping (BPF_F_MMAPABLE,
- * which an inner map may have when the template has it too) and swaps it
- * into halb_maglev with the other tables of its Apply in one batch update,
- * so a packet sees either the old table or the new one, never half of
- * each. All tables have one size and no BPF_F_INNER_MAP, so the verifier
- * still inlines their lookups. */
+/* One service's Maglev table: slot -> backend id, all M slots in the one
+ * value of a one-element array, so that a table takes 4 bytes a slot and
+ * the array's header (some 300 bytes) beside them: an array of M elements
+ * rounds each up to 8 bytes, and a mapped (BPF_F_MMAPABLE) one rounds its
+ * header and its elements up to pages. The loader sizes the value to M
+ * (datapath.maglev_table_size; the array below is the default's),
+ * builds each new table aside, writes it whole with one update and swaps
+ * it into halb_maglev with the other tables of its Apply in one batch
+ * update, so a packet sees either the old table or the new one, never
+ * half of each. All tables have one size and no BPF_F_INNER_MAP, so the
+ * verifier still inlines their lookups. */
 struct maglev_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, (HALB_MAGLEV_SIZE + 1) / 2);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64); /* slots 2i and 2i+1, as two __u32 in memory order */
+	__type(value, __u32[HALB_MAGLEV_SIZE]); /* slot -> backend id */
 };
 
 struct {

@@ -59,8 +59,8 @@ func TestMapLayout(t *testing.T) {
 	}
 	// The Maglev tables the loader makes from the template.
 	inner := spec.Maps[halbMapHalbMaglev].InnerMap
-	if inner == nil || inner.KeySize != 4 || inner.ValueSize != 8 || inner.Flags != 1<<10 /* BPF_F_MMAPABLE */ {
-		t.Errorf("%s inner map: %+v, want uint32 keys of two uint32 backend ids, memory-mappable", halbMapHalbMaglev, inner)
+	if inner == nil || inner.KeySize != 4 || inner.MaxEntries != 1 || inner.ValueSize != 4*DefaultMaglevTableSize || inner.Flags != 0 {
+		t.Errorf("%s inner map: %+v, want one element holding %d uint32 backend ids, no flags", halbMapHalbMaglev, inner, DefaultMaglevTableSize)
 	}
 	for name := range spec.Maps {
 		if !seen[name] && !isDataSection(name) {

@@ -15,18 +15,15 @@ package loader
 //go:generate go tool bpf2go -tags linux -type addr -type family -type forward_mode -type service_flags -type backend_flags -type drop_reason -type event -type nexthop halb ../bpf/halb_lb.c -- -I../bpf -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu -idirafter /usr/include/arm-linux-gnueabihf -O2 -g -Wall -Werror -mcpu=v3
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
-	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/service"
 )
@@ -60,9 +57,12 @@ type Options struct {
 type kernelLB struct {
 	objs halbObjects
 	// maglev is the template of one service's Maglev table, sized at
-	// load: slots slots, two to an element.
+	// load: slots slots, all in its one element.
 	maglev *ebpf.MapSpec
 	slots  uint32
+	// zeros is a table that names no backend (zeroSlots).
+	zeroOnce sync.Once
+	zeros    []uint32
 	// mu serialises the service writers, which keep halb_vips in step
 	// with halb_services, and guards vips.
 	mu sync.Mutex
@@ -88,11 +88,10 @@ func loadLB(opts Options) (*kernelLB, error) {
 }
 
 // mmapable says whether the kernel makes BPF arrays that can be mapped
-// into memory (BPF_F_MMAPABLE, Linux 5.5). The data path needs them: its
-// Maglev tables are written through a mapping, and cilium/ebpf reads and
-// writes the program's variables through one. A plain array for the
-// tables would not be enough on an older kernel, so the load stops with
-// the reason instead. Tests replace it to take that way.
+// into memory (BPF_F_MMAPABLE, Linux 5.5). The data path needs them:
+// cilium/ebpf reads and writes the program's variables through a mapping,
+// so the load stops with the reason on an older kernel. Tests replace it
+// to take that way.
 var mmapable = func() error { return features.HaveMapFlag(features.BPF_F_MMAPABLE) }
 
 // newSpec is the collection sized by opts, and the template of one
@@ -112,13 +111,15 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 		return nil, nil, err
 	}
 	// The program computes hash % M with M from halb_maglev_size, and the
-	// verifier checks its table lookups against the inner map's size:
-	// both come from the one option.
-	// Two slots to an element (bpf/halb_maps.h).
+	// verifier checks its reads of a table against the inner map's value
+	// size: both come from the one option. All M slots are the one value
+	// (bpf/halb_maps.h), whose BTF type has the default's size: the
+	// tables go without BTF.
 	maglev := spec.Maps[halbMapHalbMaglev].InnerMap
-	maglev.MaxEntries = (opts.MaglevTableSize + 1) / 2
+	maglev.ValueSize = 4 * opts.MaglevTableSize
+	maglev.Key, maglev.Value = nil, nil
 	if err := mmapable(); errors.Is(err, ebpf.ErrNotSupported) {
-		return nil, nil, fmt.Errorf("%w: halb's eBPF data path writes its Maglev tables and its variables (halb_vip_last, halb_nexthop_gen) "+
+		return nil, nil, fmt.Errorf("%w: halb's eBPF data path writes its variables (halb_vip_last, halb_nexthop_gen) "+
 			"through BPF arrays mapped into memory (BPF_F_MMAPABLE, Linux 5.5), and this kernel cannot map them; use datapath.mode: ipvs, or Linux 5.5 or later", err)
 	}
 	if err := spec.Variables[halbVarHalbMaglevSize].Set(opts.MaglevTableSize); err != nil {
@@ -638,100 +639,52 @@ func (lb *kernelLB) newMaglevTable(service uint32, table []uint32) (*ebpf.Map, e
 	if len(table) != lb.maglevTableSize() {
 		return nil, fmt.Errorf("maglev table of service %d: %d slots, want %d", service, len(table), lb.maglevTableSize())
 	}
-	t, err := lb.newMaglevDraft(service)
+	m, err := lb.newMaglevMap(service)
 	if err != nil {
 		return nil, err
 	}
-	copy(t.slots, table)
-	return t.finish()
+	if err := writeSlots(m, table); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
 }
 
-// maglevDraft is a new Maglev table, not yet in halb_maglev, mapped into
-// memory to be written whole: one copy, where a batch update costs a
-// system call's work per slot. Its elements hold two slots each (struct
-// maglev_pair), so slot i is the 4 bytes at 4·i, in the host's byte order.
-type maglevDraft struct {
-	m     *ebpf.Map
-	mem   []byte
-	slots []uint32 // the table's slots, in mem
-}
-
-// newMaglevDraft makes service's next table, all slots 0, mapped for
-// writing, and touches each of its pages once. The first write to a page
-// of a new map is where writing a table costs (the kernel hands out pages
-// the hypervisor has to back: some 6-10 µs each on the shared virtual
-// machines of BENCHMARKS.md, 0.4-0.6 ms a table, against 10 µs for the
-// copy itself), so that a draft made while the table is being built has
-// paid it by the time the table is written. Safe for concurrent use.
-func (lb *kernelLB) newMaglevDraft(service uint32) (*maglevDraft, error) {
+// newMaglevMap makes service's next table, all slots 0, and writes it
+// once so: the first write to a page of a new map is where writing a
+// table costs (the kernel hands out pages the hypervisor has to back:
+// some 6-10 µs each on the shared virtual machines of BENCHMARKS.md, 0.4-
+// 0.6 ms a table, against 30 µs for the write itself), so that a map
+// made while its table is being built has paid it by the time the table
+// is written. Safe for concurrent use.
+func (lb *kernelLB) newMaglevMap(service uint32) (*ebpf.Map, error) {
 	spec := lb.maglev.Copy()
 	spec.Name = fmt.Sprintf("halb_mgl_%d", service)
 	m, err := ebpf.NewMap(spec)
 	if err != nil {
 		return nil, fmt.Errorf("create maglev table of service %d: %w", service, err)
 	}
-	mem, err := mapTable(m, unix.PROT_READ|unix.PROT_WRITE)
-	if err != nil {
+	if err := writeSlots(m, lb.zeroSlots()); err != nil {
 		m.Close()
-		return nil, fmt.Errorf("write maglev table of service %d: %w", service, err)
+		return nil, fmt.Errorf("create maglev table of service %d: %w", service, err)
 	}
-	// The mapping is page-aligned.
-	all := unsafe.Slice((*uint32)(unsafe.Pointer(&mem[0])), len(mem)/4)
-	perPage := os.Getpagesize() / 4
-	for i := 0; i < len(all); i += perPage {
-		all[i] = 0
-	}
-	return &maglevDraft{m: m, mem: mem, slots: all[:lb.maglevTableSize()]}, nil
+	return m, nil
 }
 
-// finish undoes the mapping and hands the map over to the caller.
-// cilium/ebpf's Map.Memory would keep the mapping, and with it the map's
-// memory, until the garbage collector runs, long after the table is
-// swapped out.
-func (t *maglevDraft) finish() (*ebpf.Map, error) {
-	t.slots = nil
-	if err := unix.Munmap(t.mem); err != nil {
-		t.m.Close()
-		return nil, fmt.Errorf("unmap %s: %w", t.m, err)
-	}
-	return t.m, nil
+// zeroSlots is a table of M slots that name no backend, shared and never
+// written.
+func (lb *kernelLB) zeroSlots() []uint32 {
+	lb.zeroOnce.Do(func() { lb.zeros = make([]uint32, lb.maglevTableSize()) })
+	return lb.zeros
 }
 
-// discard drops a draft that is not to be used.
-func (t *maglevDraft) discard() {
-	if m, err := t.finish(); err == nil {
-		m.Close()
+// writeSlots writes the slots of Maglev table m whole, with one update of
+// its one element: the kernel copies them in.
+func writeSlots(m *ebpf.Map, slots []uint32) error {
+	if err := m.Put(uint32(0), unsafe.Pointer(&slots[0])); err != nil {
+		return fmt.Errorf("write %s: %w", m, err)
 	}
-}
-
-// readMapped reads the first n slots of Maglev table m through a memory
-// mapping.
-func readMapped(m *ebpf.Map, n int) ([]uint32, error) {
-	b, err := mapTable(m, unix.PROT_READ)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Munmap(b)
-	if len(b) < 4*n {
-		return nil, fmt.Errorf("%s holds %d bytes, not %d slots", m, len(b), n)
-	}
-	slots := make([]uint32, n)
-	for i := range slots {
-		slots[i] = binary.NativeEndian.Uint32(b[4*i:])
-	}
-	return slots, nil
-}
-
-// mapTable maps Maglev table m's elements into memory (8 bytes each,
-// rounded up to whole pages).
-func mapTable(m *ebpf.Map, prot int) ([]byte, error) {
-	page := os.Getpagesize()
-	size := (int(m.MaxEntries())*8 + page - 1) &^ (page - 1)
-	b, err := unix.Mmap(m.FD(), 0, size, prot, unix.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("map %s into memory: %w", m, err)
-	}
-	return b, nil
+	return nil
 }
 
 // installMaglevTables swaps tables[i] in as the table of services[i], all
@@ -787,8 +740,11 @@ func (lb *kernelLB) maglevTable(service uint32) ([]uint32, error) {
 		return nil, fmt.Errorf("open maglev table of service %d: %w", service, err)
 	}
 	defer m.Close()
-	table, err := readMapped(m, lb.maglevTableSize())
-	if err != nil {
+	if m.ValueSize() != uint32(4*lb.maglevTableSize()) {
+		return nil, fmt.Errorf("read maglev table of service %d: %d bytes, not %d slots", service, m.ValueSize(), lb.maglevTableSize())
+	}
+	table := make([]uint32, lb.maglevTableSize())
+	if err := m.Lookup(uint32(0), unsafe.Pointer(&table[0])); err != nil {
 		return nil, fmt.Errorf("read maglev table of service %d: %w", service, err)
 	}
 	return table, nil

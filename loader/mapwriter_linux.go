@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -245,13 +246,13 @@ func (w *mapWriter) stageTable(service uint32, table []uint32) (*stagedTable, er
 }
 
 // tableDraft is service's next table on its way to a stagedTable: its
-// map is made, mapped and its pages touched on a goroutine of its own
-// (the draft's owner waits for it in stage or discard), so that this
-// happens beside the build of the table rather than after it.
+// map is made (newMaglevMap) on a goroutine of its own (the draft's owner
+// waits for it in stage or discard), so that this happens beside the
+// build of the table rather than after it.
 type tableDraft struct {
 	service uint32
 	ready   chan struct{}
-	d       *maglevDraft
+	m       *ebpf.Map
 	err     error
 }
 
@@ -260,30 +261,35 @@ func (w *mapWriter) draftTable(service uint32) *tableDraft {
 	t := &tableDraft{service: service, ready: make(chan struct{})}
 	go func() {
 		defer close(t.ready)
-		t.d, t.err = w.lb.newMaglevDraft(service)
+		t.m, t.err = w.lb.newMaglevMap(service)
 	}()
 	return t
 }
 
 // stage writes the table whose slot s holds the index idx[s] in ids of
 // the backend id it names (maglev.NoBackend: none), and makes it a
-// stagedTable, remembering the ids it names.
+// stagedTable, remembering the ids it names. idx is overwritten: it is
+// made the table's slots in place.
 func (t *tableDraft) stage(idx []int32, ids []uint32) (*stagedTable, error) {
 	<-t.ready
 	if t.err != nil {
 		return nil, t.err
 	}
-	named := fillSlots(t.d.slots, idx, ids)
-	m, err := t.d.finish()
-	if err != nil {
-		return nil, err
+	slots := unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(idx))), len(idx))
+	named := fillSlots(slots, idx, ids)
+	if named != nil {
+		if err := writeSlots(t.m, slots); err != nil {
+			t.m.Close()
+			return nil, err
+		}
 	}
-	return &stagedTable{service: t.service, m: m, ids: named}, nil
+	return &stagedTable{service: t.service, m: t.m, ids: named}, nil
 }
 
-// fillSlots writes into slots, all 0, the backend ids idx names, and
-// returns those ids. Every slot of a table names a backend, or none does
-// (maglev.Build), and then the slots stay 0.
+// fillSlots writes into slots the backend ids idx names, and returns
+// those ids; slots may be idx itself. Every slot of a table names a
+// backend, or none does (maglev.Build), and then it returns nil and
+// leaves slots alone: a new table's slots are 0 already.
 func fillSlots(slots []uint32, idx []int32, ids []uint32) []uint32 {
 	if len(idx) == 0 || idx[0] == maglev.NoBackend {
 		return nil
@@ -291,8 +297,8 @@ func fillSlots(slots []uint32, idx []int32, ids []uint32) []uint32 {
 	seen := make([]bool, len(ids))
 	slots = slots[:len(idx)]
 	for s, i := range idx {
-		slots[s] = ids[i]
 		seen[i] = true
+		slots[s] = ids[i]
 	}
 	var named []uint32
 	for i, id := range ids {
@@ -307,7 +313,7 @@ func fillSlots(slots []uint32, idx []int32, ids []uint32) []uint32 {
 func (t *tableDraft) discard() {
 	<-t.ready
 	if t.err == nil {
-		t.d.discard()
+		t.m.Close()
 	}
 }
 

@@ -224,12 +224,13 @@ func maglevIncompatible(outer *ebpf.Map, inner *ebpf.MapSpec) string {
 		return fmt.Sprintf("read its table %d: %v", key, err)
 	}
 	defer m.Close()
-	if m.MaxEntries() != inner.MaxEntries {
-		return fmt.Sprintf("maglev tables of %d elements, and datapath.maglev_table_size needs %d", m.MaxEntries(), inner.MaxEntries)
+	if m.MaxEntries() != inner.MaxEntries || m.ValueSize() != inner.ValueSize {
+		// An older halb kept two slots to each of (M+1)/2 elements.
+		return fmt.Sprintf("maglev tables of %d elements of %d bytes, and this halb with datapath.maglev_table_size %d makes them of %d of %d",
+			m.MaxEntries(), m.ValueSize(), inner.ValueSize/4, inner.MaxEntries, inner.ValueSize)
 	}
 	if m.Flags() != inner.Flags {
-		// An older halb's tables are not memory-mappable: the kernel
-		// would refuse this halb's tables in that map.
+		// The kernel would refuse this halb's tables in that map.
 		return fmt.Sprintf("maglev tables with flags %#x, and this halb writes them with %#x", m.Flags(), inner.Flags)
 	}
 	return ""

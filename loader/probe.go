@@ -83,8 +83,8 @@ type Report struct {
 	XDPLink  Feature `json:"xdp_link"`  // an XDP program attaches through a bpf_link
 	TCX      Feature `json:"tcx"`       // a sched_cls program attaches through a tcx link
 	// MmapableArrays: a BPF array can be mapped into memory (Linux 5.5),
-	// which the eBPF data path needs (its Maglev tables and variables are
-	// written through mappings). A Report that did not check has neither
+	// which the eBPF data path needs (its variables are written through
+	// mappings). A Report that did not check has neither
 	// Supported nor Error, and counts as having them.
 	MmapableArrays Feature `json:"mmapable_arrays,omitzero"`
 
