@@ -111,6 +111,9 @@ func TestReconcile(t *testing.T) {
 	if w := r.drain("halb drain by uid 0"); !slices.Equal(w, []string{"2001:db8::100/128"}) {
 		t.Errorf("drain withdrew %v", w)
 	}
+	if st := r.status(); st.Announcements[2].Announced || st.Announcements[2].Reason != "drained (halb drain by uid 0); without the drain: test" {
+		t.Errorf("status at once after the drain: %+v", st.Announcements[2])
+	}
 	all := []AnnouncementStatus{dec("web", "192.0.2.100/32", true, 0), dec("web6", "2001:db8::100/128", true, 0)}
 	r.reconcile(slices.Clone(all))
 	if got := announced(r); len(got) != 0 {

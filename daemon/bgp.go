@@ -108,9 +108,8 @@ func (r *bgpRunner) drain(why string) []string {
 	if err := r.sp.WithdrawAll(); err != nil {
 		r.log.Error("bgp drain: not every route withdrawn", "err", err)
 	}
-	for i := range r.decisions {
-		r.decisions[i].Announced = false
-	}
+	r.decisions = slices.Clone(r.decisions)
+	markDrained(r.decisions, why)
 	r.log.Info("bgp routes withdrawn for a drain", "why", why, "routes", len(withdrawn))
 	return withdrawn
 }
@@ -172,10 +171,7 @@ func (r *bgpRunner) reconcile(decisions []AnnouncementStatus) {
 	}
 	if r.drained != "" {
 		clear(want)
-		for i := range decisions {
-			decisions[i].Announced = false
-			decisions[i].Reason = "drained (" + r.drained + "); without the drain: " + decisions[i].Reason
-		}
+		markDrained(decisions, r.drained)
 	}
 	for _, rt := range r.sp.Announced() {
 		if _, ok := want[rt.Prefix]; !ok {
@@ -195,6 +191,15 @@ func (r *bgpRunner) reconcile(decisions []AnnouncementStatus) {
 	}
 	r.logChanges(decisions)
 	r.decisions = decisions
+}
+
+// markDrained turns decisions into what a drain for why makes of them:
+// nothing announced, and what would be without it.
+func markDrained(decisions []AnnouncementStatus, why string) {
+	for i := range decisions {
+		decisions[i].Announced = false
+		decisions[i].Reason = "drained (" + why + "); without the drain: " + decisions[i].Reason
+	}
 }
 
 // logChanges logs each service whose announcement changed since the last
