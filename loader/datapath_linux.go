@@ -83,6 +83,9 @@ type Datapath struct {
 	mu      sync.Mutex
 	desired []service.Service
 	applied map[service.Key]*svcState
+	// newStates hands out the states of the services the Apply under
+	// way adds (stateSlab).
+	newStates stateSlab
 	svcIDs  *serviceIDs
 	beIDs   *backendIDs
 	pending atomic.Int64 // backends with a problem, tried again every retryPending
