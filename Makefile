@@ -64,7 +64,8 @@ fuzz:
 # the first, one backend changed against its table's build, the batch
 # writes to halb_maglev and the tables' bytes a slot), the daemon's idle
 # memory, requests per second through the VIP against plain kernel
-# forwarding, and failover against keepalived. Each line goes to
+# forwarding, failover against keepalived, and what a BGP router (FRR)
+# sees of a lost or drained node. Each line goes to
 # the terminal and to $(BENCHOUT). Not part of `make test`: it asserts
 # nothing, it measures.
 BENCHOUT ?= $(BINDIR)/bench.txt
@@ -80,6 +81,7 @@ bench:
 	set -o pipefail; $(BENCH) -bench '^BenchmarkLoad$$' -benchtime 3x ./config | tee -a $(BENCHOUT)
 	set -o pipefail; $(BENCH) -bench '^(BenchmarkIdleRSS|BenchmarkThroughput)$$' -benchtime 1x ./test/e2e | tee -a $(BENCHOUT)
 	set -o pipefail; $(BENCH) -bench '^BenchmarkFailover$$' -benchtime 1x ./vrrp | tee -a $(BENCHOUT)
+	set -o pipefail; $(BENCH) -bench '^BenchmarkBGPFailover$$' -benchtime 1x ./test/e2e | tee -a $(BENCHOUT)
 
 # The soak test: halb under a steady load for SOAK (at most 10m) while
 # links and backends flap and the config reloads. Not part of `make test`.

@@ -105,7 +105,7 @@ func bgpECMP(t *testing.T, bin string) {
 	}
 
 	// A node lost: the hold timer.
-	res := bn.loseNode(t, bn.nodes[1], 51000)
+	res := bn.loseNode(t, bn.nodes[1], 51000, false)
 	t.Logf("%s lost: the router's RIB withdrew it %s after (hold time %s); %d of %d held connections completed a request afterwards",
 		bn.nodes[1].name, res.withdrawn.Round(time.Millisecond), bgpHold, res.ok, nConns)
 	if res.withdrawn > 2*bgpHold {
@@ -142,8 +142,10 @@ type lossResult struct {
 // sends nothing more (no BGP notification, no TCP reset), and its halb
 // is killed. It waits for the router to route the VIP through the other
 // nodes alone, then has every connection make a request, at once, each
-// within 20 s (TCP retransmits over the gap).
-func (bn *bgpNet) loseNode(t testing.TB, nd *bgpNode, first int) lossResult {
+// within 20 s (TCP retransmits over the gap). With machineUp, only halb
+// is killed: the node's kernel closes the session, and its data path,
+// which outlives halb, forwards on.
+func (bn *bgpNet) loseNode(t testing.TB, nd *bgpNode, first int, machineUp bool) lossResult {
 	t.Helper()
 	conns := bn.client.connectMany(t, first, nConns)
 	spread := map[string]int{}
@@ -154,7 +156,9 @@ func (bn *bgpNet) loseNode(t testing.TB, nd *bgpNode, first int) lossResult {
 
 	rest := bn.others(nd)
 	lost := time.Now()
-	bn.unplug(nd)
+	if !machineUp {
+		bn.unplug(nd)
+	}
 	nd.proc.Kill()
 	res := lossResult{withdrawn: bn.routeSince(lost, "the lost node withdrawn", rest...)}
 	nd.gone = true
@@ -239,7 +243,7 @@ func bgpBFDAndDrain(t *testing.T, bin string) {
 			len(dres.failed), dres.connsOK, nConns, dres.failed)
 	}
 
-	res := bn.loseNode(t, bn.nodes[0], 53000)
+	res := bn.loseNode(t, bn.nodes[0], 53000, false)
 	t.Logf("%s lost: the router's RIB withdrew it %s after (BFD 100ms × 3; hold time %s); %d of %d held connections completed a request afterwards",
 		bn.nodes[0].name, res.withdrawn.Round(time.Millisecond), bgpHoldBFD, res.ok, nConns)
 	if res.withdrawn > bgpHoldBFD/2 {
