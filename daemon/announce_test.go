@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -129,5 +130,22 @@ func TestReconcile(t *testing.T) {
 	r.reconcile(slices.Clone(all))
 	if got, want := announced(r), []string{"192.0.2.100/32", "2001:db8::100/128"}; !slices.Equal(got, want) {
 		t.Fatalf("after undrain: announced %v, want %v", got, want)
+	}
+}
+
+// A service the data path failed to program is not served, so announce:
+// always does not announce it: after a failed apply, the services served
+// are those the data path reports holding; after a good one, all.
+func TestNoteServed(t *testing.T) {
+	d, _, _ := newTestDaemon(t)
+	d.cfg.Services = []config.Service{{Name: "web"}, {Name: "db"}}
+	d.dp = reportingDatapath{name: "xdp"} // reports web alone
+	d.noteServed(errors.New("db: scheduler lc: not supported by the eBPF data path"))
+	if !d.served["web"] || d.served["db"] {
+		t.Errorf("after a failed apply: served %v, want web alone", d.served)
+	}
+	d.noteServed(nil)
+	if !d.served["web"] || !d.served["db"] {
+		t.Errorf("after a good apply: served %v, want both", d.served)
 	}
 }
