@@ -2,9 +2,15 @@ package loader
 
 import (
 	"context"
+	"errors"
 	"maps"
+	"net/netip"
 	"slices"
 	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/service"
@@ -184,5 +190,118 @@ func TestDatapathNoChangeNoWrite(t *testing.T) {
 	dp.mu.Unlock()
 	if changed != 4 || batches != 1 {
 		t.Errorf("two weights changed in two services: %d map writes in %d table batches, want 4 (two records, the next-hop generation, one batch of both tables) in 1", changed, batches)
+	}
+}
+
+// TestDatapathTableSwappedNotWritten: a table that changes is written
+// whole into a map of its own and swapped in: the map halb_maglev held
+// before is never written (a packet reading it mid-Apply sees the old
+// table whole), and halb_maglev names another map afterwards.
+func TestDatapathTableSwappedNotWritten(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	ctx := context.Background()
+	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be11, 1), backend(be12, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	s := waitLive(t, dp, web, 2)
+	was, wasInner := table(t, dp, s.ID)
+	old, err := ebpf.NewMapFromID(ebpf.MapID(wasInner))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+
+	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be11, 3), backend(be12, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	now, inner := table(t, dp, s.ID)
+	if slotsMoved(was, now) == 0 {
+		t.Fatal("re-weighting web left its table as it was: the test changes nothing")
+	}
+	if inner == wasInner {
+		t.Errorf("web's new table is in the map that held its old one (%d), not in a fresh one swapped in", inner)
+	}
+	kept := make([]uint32, len(was))
+	if err := old.Lookup(uint32(0), unsafe.Pointer(&kept[0])); err != nil {
+		t.Fatal(err)
+	}
+	if moved := slotsMoved(was, kept); moved != 0 {
+		t.Errorf("the map that held web's old table had %d of its %d slots written after it was swapped in", moved, len(was))
+	}
+}
+
+// TestDatapathNoChangeSkipsOnlyWhatIsDone: an Apply of the services of
+// the last Apply plans none of them again, nor does an idle data path;
+// but the same services again after an Apply that failed report the
+// failure again, after one that left a backend it cannot serve try that
+// backend again, and without netlink updates to keep the network known
+// are applied again, rather than taking any of them for done.
+func TestDatapathNoChangeSkipsOnlyWhatIsDone(t *testing.T) {
+	b := newDPBench(t)
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	ctx := context.Background()
+	waitFollowed(t, dp)
+	services := []service.Service{svc(web, backend(be11, 1), backend(be12, 1))}
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	waitLive(t, dp, web, 2)
+	time.Sleep(300 * time.Millisecond) // the neighbour answers' re-applies settle
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	planned := serves(dp)
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	if got := serves(dp) - planned; got != 0 {
+		t.Errorf("an Apply that changes nothing planned %d services again, want 0", got)
+	}
+	// Idle, nothing is planned or looked up again: no resync on a clock
+	// (the safety pass comes every safetyInterval, minutes).
+	lookups := routeLookups(dp)
+	time.Sleep(2 * time.Second)
+	if got, gotLookups := serves(dp)-planned, routeLookups(dp)-lookups; got != 0 || gotLookups != 0 {
+		t.Errorf("2 s idle planned %d services again and looked up %d routes, want none", got, gotLookups)
+	}
+
+	lc := svc(dns, backend(be13, 1))
+	lc.Name, lc.Scheduler = "dns", "lc"
+	failing := append(slices.Clone(services), lc)
+	for i := range 2 {
+		if err := dp.Apply(ctx, failing); !errors.Is(err, service.ErrUnsupported) {
+			t.Errorf("Apply %d of a service the data path cannot serve: %v, want ErrUnsupported each time", i+1, err)
+		}
+	}
+
+	unrouted := netip.MustParseAddr("203.0.113.9")
+	stuck := []service.Service{svc(web, backend(be11, 1), backend(be12, 1), backend(unrouted, 1))}
+	if err := dp.Apply(ctx, stuck); err != nil {
+		t.Fatal(err)
+	}
+	planned = serves(dp)
+	if err := dp.Apply(ctx, stuck); err != nil {
+		t.Fatal(err)
+	}
+	if serves(dp) == planned {
+		t.Errorf("an Apply with a backend that cannot be served did not plan its service again")
+	}
+
+	// Without the netlink updates that keep what the data path knows of
+	// the network true (the subscriptions failed), the same services are
+	// applied again: each Apply is then what notices a change.
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	dp.reach.mu.Lock()
+	dp.reach.followed = false
+	dp.reach.mu.Unlock()
+	planned = serves(dp)
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	if serves(dp) == planned {
+		t.Errorf("an Apply while no netlink update keeps the routes and neighbours known did not plan its service again")
 	}
 }
