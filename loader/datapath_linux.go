@@ -86,10 +86,10 @@ type Datapath struct {
 	// newStates hands out the states of the services the Apply under
 	// way adds (stateSlab).
 	newStates stateSlab
-	svcIDs  *serviceIDs
-	beIDs   *backendIDs
-	pending atomic.Int64 // backends with a problem, tried again every retryPending
-	reach   reach        // the routes and neighbours to the backends (neigh_linux.go)
+	svcIDs    *serviceIDs
+	beIDs     *backendIDs
+	pending   atomic.Int64 // backends with a problem, tried again every retryPending
+	reach     reach        // the routes and neighbours to the backends (neigh_linux.go)
 	// pinChecks is what the pin check found right (pincheck_linux.go).
 	pinChecks pinChecks
 	lastErr   string // what the last apply could not do, said once

@@ -42,7 +42,7 @@ const neighbourStates = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_
 
 // Bounds of the background work.
 const (
-	applyDelay    = 50 * time.Millisecond // gathers a burst of neighbour updates into one apply
+	applyDelay = 50 * time.Millisecond // gathers a burst of neighbour updates into one apply
 	// neighbourWait bounds how long an apply waits for the answers to
 	// the neighbours it asked for the first time, before it plans the
 	// services: on a link the kernel has them in a millisecond or so, and
@@ -50,8 +50,8 @@ const (
 	// over its services (at 1000 services of 100 backends, seconds). A
 	// neighbour that does not answer costs it once, never again.
 	neighbourWait = 1 * time.Second
-	retryPending  = 5 * time.Second       // asks again for MACs still missing
-	resubscribeAt = 1 * time.Second       // after the neighbour subscription fails
+	retryPending  = 5 * time.Second // asks again for MACs still missing
+	resubscribeAt = 1 * time.Second // after the neighbour subscription fails
 	// safetyInterval is how often the data path looks at everything
 	// again though no event asked it to: the routes and the neighbour
 	// table are read afresh and the services applied, in case an update
