@@ -46,6 +46,8 @@ func TestBGP(t *testing.T) {
 //
 //   - the router's RIB holds the VIP with the three nodes as equal
 //     (multipath) next hops, and its kernel route has the three;
+//   - every node holds the VIP on lo, and none answers the router's ARP
+//     request for it (each answers for its own address);
 //   - 300 connections from one client through the router are served by
 //     all three nodes (each node's counters) and spread over the
 //     backends within ±25 %;
@@ -60,6 +62,19 @@ func TestBGP(t *testing.T) {
 func bgpECMP(t *testing.T, bin string) {
 	bn := newBGPNet(t, bin, 3, false)
 	bn.startAll(nodeSpec{announce: "always", holdTime: bgpHold, drainTime: time.Second})
+
+	// The VIP is on every node, and no node answers ARP for it.
+	for _, nd := range bn.nodes {
+		if !holdsOnLo(t, nd.ns, vip) {
+			t.Errorf("%s does not hold the VIP on lo", nd.name)
+		}
+	}
+	if macs := arpWhoHas(t, bn.router, "eth0", bgpRouterLAN, bn.nodes[0].addr); len(macs) != 1 {
+		t.Errorf("the router's ARP request for %s's address got %d answers %v, want one", bn.nodes[0].name, len(macs), macs)
+	}
+	if macs := arpWhoHas(t, bn.router, "eth0", bgpRouterLAN, vip); len(macs) != 0 {
+		t.Errorf("the router's ARP request for the VIP got answers from %v, want none", macs)
+	}
 
 	// 300 connections over three nodes.
 	before := bn.flows(t)

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/internal/frrtest"
 	"github.com/halb-lb/halb/internal/halbtest"
@@ -437,4 +440,98 @@ func (nd *bgpNode) newFlows() (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s: no service web in halb status", nd.name)
+}
+
+// holdsOnLo reports whether ns has addr on lo, as a host route.
+func holdsOnLo(t testing.TB, ns *netnstest.NS, addr netip.Addr) bool {
+	t.Helper()
+	h := ns.Netlink(t)
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := h.AddrList(lo, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		ones, bits := a.Mask.Size()
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr && ones == bits {
+			return true
+		}
+	}
+	return false
+}
+
+// arpWhoHas asks, from ns's ifName with address src, who has target (an
+// ARP request, broadcast), and returns the MACs that answer within a
+// second.
+func arpWhoHas(t testing.TB, ns *netnstest.NS, ifName string, src, target netip.Addr) []net.HardwareAddr {
+	t.Helper()
+	var macs []net.HardwareAddr
+	err := ns.Do(func() error {
+		ifi, err := net.InterfaceByName(ifName)
+		if err != nil {
+			return err
+		}
+		proto := htons(unix.ETH_P_ARP)
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(proto))
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto, Ifindex: ifi.Index}); err != nil {
+			return err
+		}
+		tv := unix.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		if _, err := unix.Write(fd, arpRequest(ifi.HardwareAddr, src, target)); err != nil {
+			return fmt.Errorf("send an arp request: %w", err)
+		}
+		buf := make([]byte, 1500)
+		for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+			n, err := unix.Read(fd, buf)
+			if err == unix.EAGAIN || err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if mac, ok := arpReplyFrom(buf[:n], target); ok {
+				macs = append(macs, mac)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("arp who-has %s on %s: %v", target, ifName, err)
+	}
+	return macs
+}
+
+// arpRequest is the broadcast frame asking who has target, from mac and
+// src (RFC 826).
+func arpRequest(mac net.HardwareAddr, src, target netip.Addr) []byte {
+	f := make([]byte, 0, 42)
+	f = append(f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+	f = append(f, mac...)
+	f = binary.BigEndian.AppendUint16(f, unix.ETH_P_ARP)
+	f = append(f, 0, 1, 8, 0, 6, 4, 0, 1) // Ethernet, IPv4, sizes, request
+	f = append(f, mac...)
+	f = append(f, src.AsSlice()...)
+	f = append(f, 0, 0, 0, 0, 0, 0)
+	return append(f, target.AsSlice()...)
+}
+
+// arpReplyFrom is the sender MAC of f when f is an ARP reply for target.
+func arpReplyFrom(f []byte, target netip.Addr) (net.HardwareAddr, bool) {
+	if len(f) < 42 || binary.BigEndian.Uint16(f[12:]) != unix.ETH_P_ARP || binary.BigEndian.Uint16(f[20:]) != 2 {
+		return nil, false
+	}
+	if !bytes.Equal(f[28:32], target.AsSlice()) {
+		return nil, false
+	}
+	return net.HardwareAddr(bytes.Clone(f[22:28])), true
 }
