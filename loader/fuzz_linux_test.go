@@ -146,6 +146,7 @@ func newFuzzBench(f *testing.F) *fuzzBench {
 	if err != nil {
 		f.Fatal(err)
 	}
+	waitLocal(f, h, tunSrc4, tunSrc4b, tunSrc6, tunSrc6b)
 	addNeighbours(f, h, tb.tunNeighbours()...)
 	for _, r := range []struct {
 		dst netip.Prefix

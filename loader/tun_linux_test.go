@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -119,6 +120,7 @@ func (tb *testbed) tunNet(t *testing.T) {
 			}
 		}
 	}
+	waitLocal(t, h, tunSrc4, tunSrc4b, tunSrc6, tunSrc6b, tunSrc6c)
 	addNeighbours(t, h, append(tb.tunNeighbours(), neighbour{tb.halb2, gw6c, gw6cMAC})...)
 	for _, r := range []struct {
 		dst string
@@ -162,6 +164,49 @@ func (tb *testbed) tunNeighbours() []neighbour {
 		{tb.halb0, onLink6, onLink6MAC},
 		{tb.halb1, gw4, gw4MAC},
 		{tb.halb1, gw6, gw6MAC},
+	}
+}
+
+// localWait bounds waitLocal: the kernel's address work waits for the
+// RTNL, which other namespaces' setup and teardown hold under load.
+const localWait = 10 * time.Second
+
+// waitLocal returns once each of addrs, addresses the bench gave its
+// links, has its local route (table local), the route through which the
+// FIB, and so bpf_fib_lookup, knows the address for this node's: a packet
+// to it is then not forwarded (BPF_FIB_LKUP_RET_NOT_FWDED). An IPv4
+// address has it when AddrAdd returns. An IPv6 address, even with
+// IFA_F_NODAD, has it only when the kernel's address work has run
+// (addrconf_dad_work, queued by the add, completes the address and inserts
+// its route), which the RTNL may hold up for a while under load; until
+// then the FIB takes the address for a neighbour on its prefix, and a
+// case that answers this node (TestNAT's health check answers) would
+// test the bench, not the program.
+func waitLocal(t testing.TB, h *netlink.Handle, addrs ...netip.Addr) {
+	t.Helper()
+	deadline := time.Now().Add(localWait)
+	for _, a := range addrs {
+		filter := &netlink.Route{
+			Table: unix.RT_TABLE_LOCAL,
+			Dst:   &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())},
+		}
+		family := netlink.FAMILY_V4
+		if a.Is6() {
+			family = netlink.FAMILY_V6
+		}
+		for {
+			routes, err := h.RouteListFiltered(family, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+			if err != nil {
+				t.Fatalf("local route of %s: %v", a, err)
+			}
+			if len(routes) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s has no local route %v after it was added", a, localWait)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 }
 
