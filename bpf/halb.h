@@ -64,6 +64,12 @@ enum __attribute__((packed)) forward_mode {
 			  * and port; its replies come back through the
 			  * balancer, which rewrites their source to the
 			  * VIP's (halb_nat_replies) */
+	FORWARD_FULLNAT = 4, /* as NAT, and the source rewritten to an
+			      * address of the balancer (the backend's src)
+			      * and a port of its pool, so that the backend
+			      * needs no route back through the balancer: its
+			      * replies come to that address and port, which
+			      * halb_fnat turns back to the client's */
 };
 
 enum __attribute__((packed)) service_flags {
@@ -141,6 +147,9 @@ enum drop_reason {
 				   * neighbour table yet */
 	DROP_REPLY_TOO_BIG = 17,  /* NAT: a backend's reply longer than the MTU
 				   * toward its client */
+	DROP_NO_SPORT = 18,   /* full NAT: every source port the flow's hash
+			       * may take toward its backend is held by a
+			       * live flow (halb_snat_port_first, _count) */
 	DROP_REASONS,         /* the number of reasons: the size of halb_drops */
 };
 
@@ -296,10 +305,19 @@ HALB_ASSERT_OFFSET(struct backend_key, family, 19);
  * state to find its VIP: the entry is derived from the configuration
  * alone, and a node that becomes Master after a failover translates the
  * replies of flows it never saw. */
+enum __attribute__((packed)) nat_reply_flags {
+	/* The backend's service is a full NAT one: its replies come to the
+	 * balancer's address and a port of the pool, and halb_fnat says
+	 * which client they go back to. */
+	NAT_REPLY_F_FULLNAT = 1 << 0,
+};
+HALB_ASSERT_SIZE(enum nat_reply_flags, 1);
+
 struct nat_reply {
 	union addr vip;
 	__u16 port;       /* the service's port, host byte order */
-	__u16 pad;
+	enum nat_reply_flags flags; /* a set of flags */
+	__u8 pad;
 	__u32 service;    /* the service's id */
 	__u32 backend_id; /* the backend's id: halb_reply_stats' index */
 };
@@ -307,6 +325,44 @@ HALB_ASSERT_SIZE(struct nat_reply, 28);
 HALB_ASSERT_OFFSET(struct nat_reply, port, 16);
 HALB_ASSERT_OFFSET(struct nat_reply, service, 20);
 HALB_ASSERT_OFFSET(struct nat_reply, backend_id, 24);
+
+/* halb_fnat key: a full NAT flow as its backend sees it, the backend's
+ * address and port and the balancer's (the source the flow was given),
+ * which is what the backend's replies carry. */
+struct fnat_key {
+	union addr backend;
+	union addr snat;
+	__u16 backend_port; /* host byte order */
+	__u16 snat_port;    /* host byte order */
+	__u8 proto;         /* IPPROTO_TCP or IPPROTO_UDP */
+	enum family family;
+	__u8 pad[2];
+};
+HALB_ASSERT_SIZE(struct fnat_key, 40);
+HALB_ASSERT_OFFSET(struct fnat_key, snat, 16);
+HALB_ASSERT_OFFSET(struct fnat_key, backend_port, 32);
+HALB_ASSERT_OFFSET(struct fnat_key, snat_port, 34);
+HALB_ASSERT_OFFSET(struct fnat_key, proto, 36);
+HALB_ASSERT_OFFSET(struct fnat_key, family, 37);
+
+/* halb_fnat value: the flow as its client sees it, where the backend's
+ * replies go back to. */
+struct fnat_flow {
+	union addr client;
+	union addr vip;
+	__u16 client_port; /* host byte order */
+	__u16 vip_port;    /* host byte order */
+	__u32 backend_id;  /* halb_reply_stats' index */
+	__u64 seen;        /* bpf_ktime_get_coarse_ns() of its last packet,
+			    * either way: a port idle for HALB_SNAT_IDLE_NS
+			    * may go to another flow */
+};
+HALB_ASSERT_SIZE(struct fnat_flow, 48);
+HALB_ASSERT_OFFSET(struct fnat_flow, vip, 16);
+HALB_ASSERT_OFFSET(struct fnat_flow, client_port, 32);
+HALB_ASSERT_OFFSET(struct fnat_flow, vip_port, 34);
+HALB_ASSERT_OFFSET(struct fnat_flow, backend_id, 36);
+HALB_ASSERT_OFFSET(struct fnat_flow, seen, 40);
 
 /* halb_ct key: the 5-tuple of one direction of a flow, client to VIP. */
 struct flow {

@@ -55,6 +55,18 @@
  * unreachable) is translated both ways, the packet it quotes with it.
  * halb_nat.h holds the rewrite.
  *
+ * forward: fullnat rewrites the source too, to the balancer's address
+ * toward the backend (the service's snat_address, or the kernel's source
+ * toward it: the backend's src) and a port of the pool
+ * (halb_snat_port_first, _count) that the flow's hash names, so that the
+ * backend answers the balancer and needs no route to the clients. Its
+ * replies come to that address and port, whose client only halb_fnat
+ * knows: state per flow, written with the flow's first packet; their
+ * source becomes the VIP's and their destination the client's. A reply
+ * halb_fnat does not know (the node's own connection to the backend)
+ * goes to the kernel as it came. A new flow that finds no free port is
+ * dropped (DROP_NO_SPORT).
+ *
  * A TUN packet that does not fit the path to its backend with the outer
  * header is dropped. XDP answers the client in its place, as IPVS does,
  * with an ICMP "fragmentation needed" or ICMPv6 "packet too big" that
@@ -345,6 +357,9 @@ struct decision {
 	__u8 proto;     /* the flow's transport protocol */
 	__u16 l4_off;   /* where the TCP, UDP or ICMP header starts */
 	struct nat_reply *rev; /* VERDICT_REPLY: what the reply goes back as */
+	/* Full NAT: */
+	__u16 sport;    /* VERDICT_NAT: the source port the flow was given */
+	struct fnat_flow *fnat; /* VERDICT_REPLY: the client it goes back to */
 };
 
 /* nat_pkt_of is where d's packet is, for halb_nat.h. */
@@ -372,6 +387,12 @@ static __always_inline void note_packet(struct decision *d, const struct packet 
 	d->family = pkt->flow.family;
 	d->proto = pkt->flow.proto;
 	d->icmp = pkt->icmp;
+}
+
+/* is_nat tells whether svc rewrites addresses: forward: nat or fullnat. */
+static __always_inline int is_nat(const struct service *svc)
+{
+	return svc->forward == FORWARD_NAT || svc->forward == FORWARD_FULLNAT;
 }
 
 /* nat_reply is balance's verdict on pkt, a NAT backend's reply (or an
@@ -418,6 +439,12 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 		 * every other packet pays one load for it. */
 		if (halb_nat_last[pkt.flow.saddr.bytes[15]]) {
 			d->rev = nat_reply_of(&pkt.flow);
+			if (d->rev && (d->rev->flags & NAT_REPLY_F_FULLNAT)) {
+				/* Not a mapped reply: the node's own traffic. */
+				d->fnat = fnat_of(&pkt.flow);
+				if (!d->fnat)
+					return VERDICT_PASS;
+			}
 			if (d->rev)
 				return nat_reply(eth, ifindex, len, &pkt, d);
 		}
@@ -449,15 +476,14 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	/* A port unreachable is NAT's alone to translate: a DR or TUN
 	 * backend answers from the VIP itself, and the error reaches it
 	 * only through the kernel, as before NAT came. */
-	if (!svc || (pkt.icmp == PKT_ICMP_UNREACH && svc->forward != FORWARD_NAT) ||
+	if (!svc || (pkt.icmp == PKT_ICMP_UNREACH && !is_nat(svc)) ||
 	    !for_this_node(eth, ifindex, pkt.vlan))
 		return VERDICT_PASS;
 
 	d->len = len;
 	d->svc_stats = count(&halb_service_stats, svc->id, len);
 
-	if (svc->forward != FORWARD_DR && svc->forward != FORWARD_TUN &&
-	    svc->forward != FORWARD_NAT) {
+	if (svc->forward != FORWARD_DR && svc->forward != FORWARD_TUN && !is_nat(svc)) {
 		count_drop(DROP_UNSUPPORTED);
 		return VERDICT_DROP;
 	}
@@ -476,7 +502,7 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	 * its packet would reach a backend that answers it directly, from
 	 * its own address, which the first backend never asked. It goes to
 	 * the kernel as it came. Checked once per flow, as above. */
-	if (!ct && svc->forward == FORWARD_NAT && nat_backend_addr(&pkt.flow.saddr, pkt.flow.family)) {
+	if (!ct && is_nat(svc) && nat_backend_addr(&pkt.flow.saddr, pkt.flow.family)) {
 		count_event(EVENT_NAT_HAIRPIN);
 		return VERDICT_PASS;
 	}
@@ -508,7 +534,17 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 		d->family = pkt.flow.family;
 		return VERDICT_TUNNEL;
 	}
-	if (svc->forward == FORWARD_NAT) {
+	if (svc->forward == FORWARD_FULLNAT) {
+		/* An ICMP error finds its flow's port, and makes none. */
+		d->sport = snat_port(&pkt.flow, d->b, d->backend_id, flow_hash(&pkt.flow, 0), !pkt.icmp);
+		if (!d->sport && pkt.icmp)
+			return VERDICT_PASS; /* about no flow of ours */
+		if (!d->sport) {
+			count_drop(DROP_NO_SPORT);
+			return VERDICT_DROP;
+		}
+	}
+	if (is_nat(svc)) {
 		note_packet(d, &pkt);
 		d->nat = 1;
 		return VERDICT_NAT;
@@ -662,6 +698,10 @@ static __always_inline int reply_route(void *ctx, const struct decision *d, cons
 static __always_inline int reply_client(void *data, void *data_end, const struct decision *d,
 					union addr *client)
 {
+	if (d->fnat) {
+		*client = d->fnat->client; /* the packet names the balancer */
+		return 0;
+	}
 	if (d->l3_off > ETH_HLEN + sizeof(struct vlan_hdr))
 		return -1;
 	if (d->family == FAMILY_IPV4) {
@@ -755,19 +795,20 @@ static __always_inline void reply_drop(int rc)
 	}
 }
 
-/* xdp_nat_send translates the frame as op says and sends it to the next
- * hop from smac to dmac, untagged: the FIB's next hop is, as for TUN.
- * action is how xdp_xmit sends it. */
+/* xdp_nat_send translates the frame as op says, and op2 (full NAT's
+ * other end; NULL: none), and sends it to the next hop from smac to dmac,
+ * untagged: the FIB's next hop is, as for TUN. action is how xdp_xmit
+ * sends it. */
 static __always_inline int xdp_nat_send(struct xdp_md *ctx, const struct decision *d,
-					const struct nat_op *op, const __u8 *dmac,
-					const __u8 *smac, int action)
+					const struct nat_op *op, const struct nat_op *op2,
+					const __u8 *dmac, const __u8 *smac, int action)
 {
 	struct nat_pkt p = nat_pkt_of(d);
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth;
 
-	if (nat_rewrite(data, data_end, &p, op)) {
+	if (nat_rewrite(data, data_end, &p, op) || (op2 && nat_rewrite(data, data_end, &p, op2))) {
 		count_drop(DROP_MALFORMED);
 		return XDP_DROP;
 	}
@@ -798,6 +839,7 @@ static __always_inline int xdp_nat_send(struct xdp_md *ctx, const struct decisio
 static __always_inline int xdp_nat(struct xdp_md *ctx, struct decision *d)
 {
 	struct nat_op op = { .to = &d->b->addr, .port = d->b->port, .dst = 1 };
+	struct nat_op src = { .to = &d->b->src, .port = d->sport };
 	struct nexthop *nh = NULL;
 	int rc, action;
 
@@ -815,7 +857,7 @@ static __always_inline int xdp_nat(struct xdp_md *ctx, struct decision *d)
 	action = xdp_xmit(ctx, nh->ifindex);
 	if (action == XDP_DROP)
 		return action;
-	return xdp_nat_send(ctx, d, &op, nh->dmac, nh->smac, action);
+	return xdp_nat_send(ctx, d, &op, d->sport ? &src : NULL, nh->dmac, nh->smac, action);
 }
 
 /* xdp_nat_reply sends a NAT backend's reply back to its client, its
@@ -827,6 +869,7 @@ static __always_inline int xdp_nat(struct xdp_md *ctx, struct decision *d)
 static __always_inline int xdp_nat_reply(struct xdp_md *ctx, struct decision *d)
 {
 	struct nat_op op = { .to = &d->rev->vip, .port = d->rev->port };
+	struct nat_op dst = { .dst = 1 };
 	struct nexthop nh;
 	int rc, action;
 
@@ -842,7 +885,11 @@ static __always_inline int xdp_nat_reply(struct xdp_md *ctx, struct decision *d)
 	action = xdp_xmit(ctx, nh.ifindex);
 	if (action == XDP_DROP)
 		return action;
-	action = xdp_nat_send(ctx, d, &op, nh.dmac, nh.smac, action);
+	if (d->fnat) {
+		dst.to = &d->fnat->client;
+		dst.port = d->fnat->client_port;
+	}
+	action = xdp_nat_send(ctx, d, &op, d->fnat ? &dst : NULL, nh.dmac, nh.smac, action);
 	if (action != XDP_DROP)
 		replied(d);
 	return action;
@@ -1016,7 +1063,7 @@ static __always_inline int tc_nat_rewrite(struct __sk_buff *skb, const struct de
  * (tc_nat_rewrite); an ICMP error, which no one offloads, as XDP rewrites
  * it. */
 static __always_inline int tc_nat_send(struct __sk_buff *skb, const struct decision *d,
-				       const struct nat_op *op, __u32 ifindex,
+				       const struct nat_op *op, const struct nat_op *op2, __u32 ifindex,
 				       const __u8 *dmac, const __u8 *smac, int neigh)
 {
 	struct nat_pkt p = nat_pkt_of(d);
@@ -1035,7 +1082,10 @@ static __always_inline int tc_nat_send(struct __sk_buff *skb, const struct decis
 		count_drop(DROP_ENCAP);
 		return TC_ACT_SHOT;
 	}
-	err = d->icmp ? nat_rewrite(data, data_end, &p, op) : tc_nat_rewrite(skb, d, op);
+	if (d->icmp)
+		err = nat_rewrite(data, data_end, &p, op) || (op2 && nat_rewrite(data, data_end, &p, op2));
+	else
+		err = tc_nat_rewrite(skb, d, op) || (op2 && tc_nat_rewrite(skb, d, op2));
 	if (err) {
 		count_drop(DROP_MALFORMED);
 		return TC_ACT_SHOT;
@@ -1063,6 +1113,7 @@ static __always_inline int tc_nat_send(struct __sk_buff *skb, const struct decis
 static __always_inline int tc_nat(struct __sk_buff *skb, const struct decision *d)
 {
 	struct nat_op op = { .to = &d->b->addr, .port = d->b->port, .dst = 1 };
+	struct nat_op src = { .to = &d->b->src, .port = d->sport };
 	struct bpf_fib_lookup fib = {};
 	int rc;
 
@@ -1075,7 +1126,7 @@ static __always_inline int tc_nat(struct __sk_buff *skb, const struct decision *
 		tun_drop(rc);
 		return TC_ACT_SHOT;
 	}
-	return tc_nat_send(skb, d, &op, fib.ifindex, fib.dmac, fib.smac,
+	return tc_nat_send(skb, d, &op, d->sport ? &src : NULL, fib.ifindex, fib.dmac, fib.smac,
 			   rc == BPF_FIB_LKUP_RET_NO_NEIGH);
 }
 
@@ -1085,6 +1136,7 @@ static __always_inline int tc_nat(struct __sk_buff *skb, const struct decision *
 static __always_inline int tc_nat_reply(struct __sk_buff *skb, const struct decision *d)
 {
 	struct nat_op op = { .to = &d->rev->vip, .port = d->rev->port };
+	struct nat_op dst = { .dst = 1 };
 	struct bpf_fib_lookup fib = {};
 	union addr client;
 	int rc, action;
@@ -1100,7 +1152,11 @@ static __always_inline int tc_nat_reply(struct __sk_buff *skb, const struct deci
 		reply_drop(rc);
 		return TC_ACT_SHOT;
 	}
-	action = tc_nat_send(skb, d, &op, fib.ifindex, fib.dmac, fib.smac,
+	if (d->fnat) {
+		dst.to = &d->fnat->client;
+		dst.port = d->fnat->client_port;
+	}
+	action = tc_nat_send(skb, d, &op, d->fnat ? &dst : NULL, fib.ifindex, fib.dmac, fib.smac,
 			     rc == BPF_FIB_LKUP_RET_NO_NEIGH);
 	if (action != TC_ACT_SHOT)
 		replied(d);

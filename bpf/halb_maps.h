@@ -94,6 +94,31 @@ struct {
 	__type(value, struct nat_reply);
 } halb_nat_replies SEC(".maps");
 
+/* forward: fullnat: each flow as its backend sees it (struct fnat_key:
+ * the backend's address and port, the balancer's address and the port it
+ * gave the flow), and the client it goes back to (struct fnat_flow).
+ * Unlike halb_nat_replies this is state per flow, and must be: the
+ * backend sees the balancer's address, not the client's, so nothing in a
+ * reply names its client but the source port the balancer picked. The
+ * port is derived from the flow's hash (halb_nat.h, snat_port), so that
+ * a node that takes the VIPs over, with the same snat_address, picks the
+ * same port for a flow it never saw, and writes the same entry from the
+ * client's next packet. An LRU as large as halb_ct, shared by all CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HALB_CT_ENTRIES);
+	__type(key, struct fnat_key);
+	__type(value, struct fnat_flow);
+} halb_fnat SEC(".maps");
+
+/* The source ports full NAT gives flows, per backend: from
+ * halb_snat_port_first, halb_snat_port_count of them (none: every new
+ * full NAT flow is dropped, DROP_NO_SPORT). The loader keeps them out of
+ * the kernel's ip_local_port_range, where the node's own connections to
+ * a backend (health checks) take their ports. */
+volatile __u32 halb_snat_port_first;
+volatile __u32 halb_snat_port_count;
+
 /* halb_nat_last[b] is non-zero when a NAT backend's address ends in the
  * byte b: a packet's source is looked up in halb_nat_replies only then,
  * so that the host's other traffic, and every DR and TUN packet, skips

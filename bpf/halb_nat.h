@@ -11,6 +11,13 @@
  * protocol, without per-flow state (halb.h, struct nat_reply, says why
  * none is needed).
  *
+ * forward: fullnat rewrites both ends: a client's packet gets its
+ * backend's address and port as destination and the balancer's address
+ * and a port of the pool as source (snat_port), a reply the reverse; each
+ * is two translations, one per end, that compose (the checksum updates
+ * are incremental). Its replies need per-flow state (halb_maps.h,
+ * halb_fnat, says why), found by fnat_of.
+ *
  * The uapi and libbpf headers only, as halb_lb.c.
  */
 #ifndef HALB_NAT_H
@@ -74,6 +81,102 @@ static __always_inline int nat_backend_addr(const union addr *addr, enum family 
 	struct backend_key key = { .addr = *addr, .family = family };
 
 	return bpf_map_lookup_elem(&halb_nat_replies, &key) != NULL;
+}
+
+/* The idle time after which a full NAT flow's source port may go to
+ * another flow whose hash meets it: two minutes, as long as a closed TCP
+ * connection's 4-tuple may linger in TIME_WAIT (RFC 9293 §3.4.2, 2 MSL)
+ * and as Linux's conntrack keeps one. */
+#define HALB_SNAT_IDLE_NS (120ULL * 1000000000ULL)
+
+/* How many ports of the pool a new flow tries, from the one its hash
+ * names: a few, so that a collision costs a bounded number of lookups. */
+#define HALB_SNAT_PROBES 8
+
+/* fnat_of is the full NAT flow that a backend's packet (flow, as the
+ * parser read it: for an ICMP error, the packet it quotes, turned around)
+ * belongs to, or NULL: then the packet is not a mapped reply, and goes to
+ * the kernel as it came (the node's own connections to the backend
+ * among them). */
+static __always_inline struct fnat_flow *fnat_of(const struct flow *flow)
+{
+	struct fnat_key key = {
+		.backend = flow->saddr,
+		.snat = flow->daddr,
+		.backend_port = flow->sport,
+		.snat_port = flow->dport,
+		.proto = flow->proto,
+		.family = flow->family,
+	};
+	struct fnat_flow *f = bpf_map_lookup_elem(&halb_fnat, &key);
+	__u64 now;
+
+	if (f) {
+		now = bpf_ktime_get_coarse_ns();
+		if (now - f->seen > 1000000000ULL)
+			f->seen = now; /* the reply keeps the port the flow's */
+	}
+	return f;
+}
+
+/* fnat_same tells whether f is the flow from client and sport to vip and
+ * dport. */
+static __always_inline int fnat_same(const struct fnat_flow *f, const struct flow *flow)
+{
+	const __u32 *a = (const __u32 *)f, *b = (const __u32 *)&flow->saddr;
+	const __u32 *c = (const __u32 *)&flow->daddr;
+
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] &&
+	       a[4] == c[0] && a[5] == c[1] && a[6] == c[2] && a[7] == c[3] &&
+	       f->client_port == flow->sport && f->vip_port == flow->dport;
+}
+
+/* snat_port is the source port of full NAT flow (client to VIP) toward
+ * backend b (id), from the pool: the port its hash names, or one of the
+ * next HALB_SNAT_PROBES - 1 when a live flow holds that one. A port held
+ * by this flow is its own; a free one, or one idle for HALB_SNAT_IDLE_NS,
+ * becomes its own when create (a packet that opens or carries the flow,
+ * not an ICMP error about it). 0: none. Derived from the hash, not drawn
+ * at random, so that the node that takes over after a failover gives the
+ * flow the port the backend knows it by; a flow that had to probe may get
+ * another one there, and its connection is lost. */
+static __always_inline __u16 snat_port(const struct flow *flow, const struct backend *b,
+				       __u32 id, __u32 hash, int create)
+{
+	__u32 first = halb_snat_port_first, n = halb_snat_port_count;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct fnat_key key = {
+		.backend = b->addr,
+		.snat = b->src,
+		.backend_port = b->port,
+		.proto = flow->proto,
+		.family = flow->family,
+	};
+	struct fnat_flow *f, nf = {
+		.client = flow->saddr,
+		.vip = flow->daddr,
+		.client_port = flow->sport,
+		.vip_port = flow->dport,
+		.backend_id = id,
+		.seen = now,
+	};
+
+	if (n == 0 || n > 65536)
+		return 0;
+	for (int i = 0; i < HALB_SNAT_PROBES; i++) {
+		key.snat_port = first + (hash + i) % n;
+		f = bpf_map_lookup_elem(&halb_fnat, &key);
+		if (f && fnat_same(f, flow)) {
+			if (now - f->seen > 1000000000ULL)
+				f->seen = now; /* once a second at most: a write dirties the line */
+			return key.snat_port;
+		}
+		if (!create || (f && now - f->seen < HALB_SNAT_IDLE_NS))
+			continue;
+		if (!bpf_map_update_elem(&halb_fnat, &key, &nf, f ? BPF_EXIST : BPF_NOEXIST))
+			return key.snat_port;
+	}
+	return 0;
 }
 
 /* nat_addr writes to over the address at a, 4 or 16 bytes by family, and
@@ -201,7 +304,9 @@ static __always_inline int nat_icmp(void *l3, void *l4, void *data_end, const st
 			__u32 *a = ip->saddr.in6_u.u6_addr32;
 			__u32 *b = ((struct ipv6hdr *)inner)->daddr.in6_u.u6_addr32;
 
-			if ((void *)(ip + 1) > data_end)
+			/* inner's bound again, by its family: the verifier
+			 * may not tie hdr to it. */
+			if ((void *)(ip + 1) > data_end || (void *)inner + sizeof(*ip) > data_end)
 				return -1;
 			outer_too = a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 		}

@@ -14,6 +14,8 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -63,6 +65,24 @@ type Datapath struct {
 	// records all the services the eBPF data path serves may hold
 	// together (IDs 1 to MaxBackends-1).
 	MaxBackends int `mapstructure:"max_backends"`
+	// SNATPorts is the range of source ports forward: fullnat gives its
+	// flows toward each backend, "first-last" (SNATPortRange).
+	SNATPorts string `mapstructure:"snat_ports"`
+}
+
+// SNATPortRange reads SNATPorts; ok is false when it is not "first-last"
+// with 1 <= first <= last <= 65535.
+func (d Datapath) SNATPortRange() (first, last int, ok bool) {
+	a, b, found := strings.Cut(d.SNATPorts, "-")
+	if !found {
+		return 0, 0, false
+	}
+	first, err1 := strconv.Atoi(strings.TrimSpace(a))
+	last, err2 := strconv.Atoi(strings.TrimSpace(b))
+	if err1 != nil || err2 != nil || first < 1 || last < first || last > 65535 {
+		return 0, 0, false
+	}
+	return first, last, true
 }
 
 // VRRP holds the virtual router instances and the groups that move together.
@@ -136,12 +156,15 @@ type Service struct {
 	Port         int            `mapstructure:"port"`
 	Protocol     string         `mapstructure:"protocol"`  // tcp | udp
 	Scheduler    string         `mapstructure:"scheduler"` // see schedulers
-	Forward      string         `mapstructure:"forward"`   // dr | tun | nat
+	Forward      string         `mapstructure:"forward"`   // dr | tun | nat | fullnat
 	Persistence  time.Duration  `mapstructure:"persistence"`
 	Quorum       int            `mapstructure:"quorum"`
 	SorryBackend netip.AddrPort `mapstructure:"sorry_backend"`
-	Backends     []Backend      `mapstructure:"backends"`
-	HealthCheck  HealthCheck    `mapstructure:"health_check"`
+	// SNATAddress is forward: fullnat's source address toward the
+	// backends; unset, the address the kernel sends from toward each.
+	SNATAddress netip.Addr  `mapstructure:"snat_address"`
+	Backends    []Backend   `mapstructure:"backends"`
+	HealthCheck HealthCheck `mapstructure:"health_check"`
 	// Announce says when the VIP is announced over BGP as a host route
 	// (bgp.go).
 	Announce Announce `mapstructure:"announce"`
@@ -181,6 +204,7 @@ var defaultConfig = Config{
 		ConntrackEntries: 65536,
 		MaglevTableSize:  65537,
 		MaxBackends:      4096,
+		SNATPorts:        "1024-32767",
 	},
 }
 

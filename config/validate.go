@@ -215,6 +215,9 @@ func (v *validator) datapath(c *Config) {
 		v.absPath("datapath.bpffs", d.BPFFS, "a directory on a bpf filesystem")
 	}
 	v.intRange("datapath.conntrack_entries", d.ConntrackEntries, 1, maxTableSize)
+	if _, _, ok := d.SNATPortRange(); !ok {
+		v.errf("datapath.snat_ports", "%q is not a range of ports: write first-last, from 1 to 65535, like 1024-32767 (the default, below Linux's ip_local_port_range)", d.SNATPorts)
+	}
 	if v.intRange("datapath.maglev_table_size", d.MaglevTableSize, 3, maxTableSize) && !isPrime(d.MaglevTableSize) {
 		v.errf("datapath.maglev_table_size", "%d is not prime: Maglev needs a prime table size, like 65537 or 251", d.MaglevTableSize)
 	}
@@ -490,7 +493,8 @@ func (v *validator) service(path string, s *Service, d Datapath) {
 	default:
 		v.errf(path+".scheduler", "%q is not a scheduler: use one of %s (or with IPVS: %s)", s.Scheduler, strings.Join(bpfSchedulers, ", "), strings.Join(ipvsOnlySchedulers, ", "))
 	}
-	v.oneOf(path+".forward", s.Forward, "dr", "tun", "nat")
+	v.oneOf(path+".forward", s.Forward, "dr", "tun", "nat", "fullnat")
+	v.fullNAT(path, s, d)
 	if v.duration(path+".persistence", s.Persistence, time.Second, maxPersistence, "off") && s.Persistence%time.Second != 0 {
 		v.errf(path+".persistence", "%s is not whole seconds: client affinity is kept in seconds", s.Persistence)
 	}
@@ -649,6 +653,32 @@ func (v *validator) addressClashes(c *Config) {
 	}
 }
 
+// fullNAT checks what forward: fullnat needs of service s at path: a
+// data path that can carry it (the eBPF one: IPVS has no full NAT), and
+// a snat_address, when set, that is an address of the VIP's family.
+// Whether the address is this node's is a host fact (halb check warns).
+func (v *validator) fullNAT(path string, s *Service, d Datapath) {
+	if s.SNATAddress.IsValid() {
+		switch {
+		case s.Forward != "fullnat":
+			v.errf(path+".snat_address", "only forward: fullnat rewrites the source address; remove snat_address or use forward: fullnat")
+		case !s.SNATAddress.IsGlobalUnicast() || s.SNATAddress.Zone() != "":
+			v.errf(path+".snat_address", "%s is not a unicast address this node can send from: give one of its addresses (or a VIP it holds)", s.SNATAddress)
+		case s.VIP.IsValid() && s.SNATAddress.Is6() != s.VIP.Is6():
+			v.errf(path+".snat_address", "%s is %s but the vip is %s: give an address of the vip's family", s.SNATAddress, family(s.SNATAddress.Is6()), family(s.VIP.Is6()))
+		}
+	}
+	if s.Forward != "fullnat" {
+		return
+	}
+	switch {
+	case d.Mode == ModeIPVS:
+		v.errf(path+".forward", "fullnat runs on the eBPF data path only (IPVS has no full NAT) and datapath.mode is ipvs: use datapath.mode: auto, xdp or tc, or forward: nat")
+	case slices.Contains(ipvsOnlySchedulers, s.Scheduler):
+		v.errf(path+".scheduler", "%q is an IPVS scheduler, and forward: fullnat runs on the eBPF data path only: use one of %s", s.Scheduler, strings.Join(bpfSchedulers, ", "))
+	}
+}
+
 // ServiceDatapath is the data path that carries s, "ebpf" or "ipvs", when
 // datapath.mode is mode and the probe chose chosen (xdp, tc or ipvs; ""
 // before probing, when auto's choice is not known yet and is taken to be
@@ -712,12 +742,13 @@ func (v *validator) natBackends(c *Config) {
 		}
 	}
 	for i, s := range c.Services {
-		if s.Forward != "nat" || ServiceDatapath(c.Datapath.Mode, "", s) != "ebpf" {
+		if (s.Forward != "nat" && s.Forward != "fullnat") || ServiceDatapath(c.Datapath.Mode, "", s) != "ebpf" {
 			continue
 		}
 		for j, b := range s.Backends {
 			note(func() string { return fmt.Sprintf("services[%d].backends[%d]", i, j) }, i, s, b.Address, b.Port)
-			if n, ok := nets[s.VIP]; ok && n.Contains(b.Address.WithZone("")) {
+			// A full NAT backend answers the balancer, wherever it is.
+			if n, ok := nets[s.VIP]; ok && s.Forward == "nat" && n.Contains(b.Address.WithZone("")) {
 				v.errf(fmt.Sprintf("services[%d].backends[%d].address", i, j), "%s is on %s, the network of the VIP %s: "+
 					"a NAT backend answers the clients there directly, from its own address, and their connections never open; "+
 					"put the backends on a network of their own, routed through the balancer", b.Address, n, s.VIP)

@@ -38,6 +38,9 @@ type svcState struct {
 	// nat: forward: nat, whose backends' replies halb_nat_replies
 	// translates back.
 	nat bool
+	// fullnat: forward: fullnat, whose replies halb_fnat translates
+	// back (nat is set too).
+	fullnat bool
 }
 
 // problem is why a backend is not served: the host gives no way to it
@@ -351,8 +354,11 @@ func (d *Datapath) packBackends() {
 
 func checkService(s *service.Service) error {
 	name := s.Name + " (" + s.Key.String() + ")"
-	if s.Forward != service.DR && s.Forward != service.TUN && s.Forward != service.NAT {
-		return fmt.Errorf("service %s: %w; use forward: dr, tun or nat, or datapath.mode: ipvs", name, unsupported("forward "+s.Forward.String()))
+	if s.Forward != service.DR && s.Forward != service.TUN && s.Forward != service.NAT && s.Forward != service.FullNAT {
+		return fmt.Errorf("service %s: %w; use forward: dr, tun, nat or fullnat, or datapath.mode: ipvs", name, unsupported("forward "+s.Forward.String()))
+	}
+	if s.SNAT.IsValid() && s.SNAT.Unmap().Is4() != s.Key.VIP.Unmap().Is4() {
+		return fmt.Errorf("service %s: snat_address %s is not of the VIP's address family", name, s.SNAT)
 	}
 	if s.Scheduler != "" && !slices.Contains(config.BPFSchedulers(), s.Scheduler) {
 		return fmt.Errorf("service %s: %w; use %s (all Maglev here), or datapath.mode: ipvs",
@@ -486,7 +492,8 @@ func (d *Datapath) planService(s *service.Service, n *neighbours, first bool) (*
 	if first {
 		p.guess = d.guessTable(s, st, isNew)
 	}
-	st.nat = s.Forward == service.NAT
+	st.nat = s.Forward == service.NAT || s.Forward == service.FullNAT
+	st.fullnat = s.Forward == service.FullNAT
 	probs := d.wantBackends(p, n)
 	d.noteProblems(st, probs, p.want)
 	d.takeBackendIDs(p)
@@ -550,8 +557,11 @@ func (d *Datapath) wantBackends(p *servicePlan, n *neighbours) map[netip.AddrPor
 			errs = append(errs, fmt.Errorf("service %s: backend %s is not of the VIP's address family", st, ap))
 			continue
 		}
-		if s.Forward == service.TUN || s.Forward == service.NAT {
+		if s.Forward == service.TUN || s.Forward == service.NAT || s.Forward == service.FullNAT {
 			w, err := d.routedBackend(s.Forward, ap.Addr(), n)
+			if w != nil && s.SNAT.IsValid() {
+				w.b.Src = s.SNAT.Unmap() // full NAT's source, in place of the kernel's
+			}
 			switch {
 			case w == nil:
 				unreachable(ap, b.Weight, err.Error())
@@ -746,6 +756,8 @@ func (d *Datapath) finishService(p *servicePlan) error {
 		fwd = ForwardTUN
 	case service.NAT:
 		fwd = ForwardNAT
+	case service.FullNAT:
+		fwd = ForwardFullNAT
 	}
 	rec := halbService{Id: st.id, Forward: halbForwardMode(fwd)}
 	if p.s.Persistence > 0 || p.s.Scheduler == "sh" {

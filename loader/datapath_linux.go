@@ -209,10 +209,13 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 		return nil, err
 	}
 
+	snatFirst, snatLast, _ := cfg.SNATPortRange() // 0, 0: the defaults
 	spec, maglev, err := newSpec(Options{
 		MaglevTableSize:  uint32(cfg.MaglevTableSize),
 		ConntrackEntries: uint32(cfg.ConntrackEntries),
 		MaxBackends:      uint32(cfg.MaxBackends),
+		SNATPortFirst:    uint16(snatFirst),
+		SNATPortLast:     uint16(snatLast),
 	})
 	if err != nil {
 		return nil, err

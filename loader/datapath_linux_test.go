@@ -434,7 +434,7 @@ func TestDatapathRestart(t *testing.T) {
 	tb, inner := table(t, dp, s.ID)
 	servicesID := mapID(t, dp.lb.objs.HalbServices)
 	ctID := mapID(t, dp.lb.objs.HalbCt)
-	wantPins := []string{"halb_backend_stats", "halb_backends", "halb_ct", "halb_drops", "halb_events", "halb_maglev",
+	wantPins := []string{"halb_backend_stats", "halb_backends", "halb_ct", "halb_drops", "halb_events", "halb_fnat", "halb_maglev",
 		"halb_service_ids", "halb_service_stats", "halb_services", "halb_tx_ports", "halb_vips", "halb_xdp_lb", "halb_xdp_lb_halb0"}
 	if got := pins(t, b.cfg.BPFFS); !slices.Equal(got, wantPins) {
 		t.Errorf("pins %v, want %v", got, wantPins)

@@ -72,7 +72,8 @@ const (
 	halbDropReasonDROP_REPLY_NO_ROUTE   halbDropReason = 15
 	halbDropReasonDROP_REPLY_NO_NEIGH   halbDropReason = 16
 	halbDropReasonDROP_REPLY_TOO_BIG    halbDropReason = 17
-	halbDropReasonDROP_REASONS          halbDropReason = 18
+	halbDropReasonDROP_NO_SPORT         halbDropReason = 18
+	halbDropReasonDROP_REASONS          halbDropReason = 19
 )
 
 type halbEvent uint32
@@ -104,13 +105,35 @@ type halbFlow struct {
 	Pad    [2]uint8
 }
 
+type halbFnatFlow struct {
+	_          structs.HostLayout
+	Client     halbAddr
+	Vip        halbAddr
+	ClientPort uint16
+	VipPort    uint16
+	BackendId  uint32
+	Seen       uint64
+}
+
+type halbFnatKey struct {
+	_           structs.HostLayout
+	Backend     halbAddr
+	Snat        halbAddr
+	BackendPort uint16
+	SnatPort    uint16
+	Proto       uint8
+	Family      halbFamily
+	Pad         [2]uint8
+}
+
 type halbForwardMode uint8
 
 const (
-	halbForwardModeFORWARD_NONE halbForwardMode = 0
-	halbForwardModeFORWARD_DR   halbForwardMode = 1
-	halbForwardModeFORWARD_TUN  halbForwardMode = 2
-	halbForwardModeFORWARD_NAT  halbForwardMode = 3
+	halbForwardModeFORWARD_NONE    halbForwardMode = 0
+	halbForwardModeFORWARD_DR      halbForwardMode = 1
+	halbForwardModeFORWARD_TUN     halbForwardMode = 2
+	halbForwardModeFORWARD_NAT     halbForwardMode = 3
+	halbForwardModeFORWARD_FULLNAT halbForwardMode = 4
 )
 
 type halbLocalMac struct {
@@ -135,10 +158,17 @@ type halbNatReply struct {
 	_         structs.HostLayout
 	Vip       halbAddr
 	Port      uint16
-	Pad       uint16
+	Flags     halbNatReplyFlags
+	Pad       uint8
 	Service   uint32
 	BackendId uint32
 }
+
+type halbNatReplyFlags uint8
+
+const (
+	halbNatReplyFlagsNAT_REPLY_F_FULLNAT halbNatReplyFlags = 1
+)
 
 type halbNexthop struct {
 	_       structs.HostLayout
@@ -208,31 +238,34 @@ type halbVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	halbMapHalbBackendStats = "halb_backend_stats"
-	halbMapHalbBackends     = "halb_backends"
-	halbMapHalbCt           = "halb_ct"
-	halbMapHalbDrops        = "halb_drops"
-	halbMapHalbEvents       = "halb_events"
-	halbMapHalbLocalMacs    = "halb_local_macs"
-	halbMapHalbMacCache     = "halb_mac_cache"
-	halbMapHalbMaglev       = "halb_maglev"
-	halbMapHalbNatReplies   = "halb_nat_replies"
-	halbMapHalbNeighWanted  = "halb_neigh_wanted"
-	halbMapHalbNexthops     = "halb_nexthops"
-	halbMapHalbReplyHops    = "halb_reply_hops"
-	halbMapHalbReplyStats   = "halb_reply_stats"
-	halbMapHalbServiceIds   = "halb_service_ids"
-	halbMapHalbServiceStats = "halb_service_stats"
-	halbMapHalbServices     = "halb_services"
-	halbMapHalbTxPorts      = "halb_tx_ports"
-	halbMapHalbVips         = "halb_vips"
-	halbProgHalbTcLb        = "halb_tc_lb"
-	halbProgHalbXdpLb       = "halb_xdp_lb"
-	halbVarHalbLocalMacsGen = "halb_local_macs_gen"
-	halbVarHalbMaglevSize   = "halb_maglev_size"
-	halbVarHalbNatLast      = "halb_nat_last"
-	halbVarHalbNexthopGen   = "halb_nexthop_gen"
-	halbVarHalbVipLast      = "halb_vip_last"
+	halbMapHalbBackendStats  = "halb_backend_stats"
+	halbMapHalbBackends      = "halb_backends"
+	halbMapHalbCt            = "halb_ct"
+	halbMapHalbDrops         = "halb_drops"
+	halbMapHalbEvents        = "halb_events"
+	halbMapHalbFnat          = "halb_fnat"
+	halbMapHalbLocalMacs     = "halb_local_macs"
+	halbMapHalbMacCache      = "halb_mac_cache"
+	halbMapHalbMaglev        = "halb_maglev"
+	halbMapHalbNatReplies    = "halb_nat_replies"
+	halbMapHalbNeighWanted   = "halb_neigh_wanted"
+	halbMapHalbNexthops      = "halb_nexthops"
+	halbMapHalbReplyHops     = "halb_reply_hops"
+	halbMapHalbReplyStats    = "halb_reply_stats"
+	halbMapHalbServiceIds    = "halb_service_ids"
+	halbMapHalbServiceStats  = "halb_service_stats"
+	halbMapHalbServices      = "halb_services"
+	halbMapHalbTxPorts       = "halb_tx_ports"
+	halbMapHalbVips          = "halb_vips"
+	halbProgHalbTcLb         = "halb_tc_lb"
+	halbProgHalbXdpLb        = "halb_xdp_lb"
+	halbVarHalbLocalMacsGen  = "halb_local_macs_gen"
+	halbVarHalbMaglevSize    = "halb_maglev_size"
+	halbVarHalbNatLast       = "halb_nat_last"
+	halbVarHalbNexthopGen    = "halb_nexthop_gen"
+	halbVarHalbSnatPortCount = "halb_snat_port_count"
+	halbVarHalbSnatPortFirst = "halb_snat_port_first"
+	halbVarHalbVipLast       = "halb_vip_last"
 )
 
 // loadHalb returns the embedded CollectionSpec for halb.
@@ -290,6 +323,7 @@ type halbMapSpecs struct {
 	HalbCt           *ebpf.MapSpec `ebpf:"halb_ct"`
 	HalbDrops        *ebpf.MapSpec `ebpf:"halb_drops"`
 	HalbEvents       *ebpf.MapSpec `ebpf:"halb_events"`
+	HalbFnat         *ebpf.MapSpec `ebpf:"halb_fnat"`
 	HalbLocalMacs    *ebpf.MapSpec `ebpf:"halb_local_macs"`
 	HalbMacCache     *ebpf.MapSpec `ebpf:"halb_mac_cache"`
 	HalbMaglev       *ebpf.MapSpec `ebpf:"halb_maglev"`
@@ -309,11 +343,13 @@ type halbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type halbVariableSpecs struct {
-	HalbLocalMacsGen *ebpf.VariableSpec `ebpf:"halb_local_macs_gen"`
-	HalbMaglevSize   *ebpf.VariableSpec `ebpf:"halb_maglev_size"`
-	HalbNatLast      *ebpf.VariableSpec `ebpf:"halb_nat_last"`
-	HalbNexthopGen   *ebpf.VariableSpec `ebpf:"halb_nexthop_gen"`
-	HalbVipLast      *ebpf.VariableSpec `ebpf:"halb_vip_last"`
+	HalbLocalMacsGen  *ebpf.VariableSpec `ebpf:"halb_local_macs_gen"`
+	HalbMaglevSize    *ebpf.VariableSpec `ebpf:"halb_maglev_size"`
+	HalbNatLast       *ebpf.VariableSpec `ebpf:"halb_nat_last"`
+	HalbNexthopGen    *ebpf.VariableSpec `ebpf:"halb_nexthop_gen"`
+	HalbSnatPortCount *ebpf.VariableSpec `ebpf:"halb_snat_port_count"`
+	HalbSnatPortFirst *ebpf.VariableSpec `ebpf:"halb_snat_port_first"`
+	HalbVipLast       *ebpf.VariableSpec `ebpf:"halb_vip_last"`
 }
 
 // halbObjects contains all objects after they have been loaded into the kernel.
@@ -341,6 +377,7 @@ type halbMaps struct {
 	HalbCt           *ebpf.Map `ebpf:"halb_ct"`
 	HalbDrops        *ebpf.Map `ebpf:"halb_drops"`
 	HalbEvents       *ebpf.Map `ebpf:"halb_events"`
+	HalbFnat         *ebpf.Map `ebpf:"halb_fnat"`
 	HalbLocalMacs    *ebpf.Map `ebpf:"halb_local_macs"`
 	HalbMacCache     *ebpf.Map `ebpf:"halb_mac_cache"`
 	HalbMaglev       *ebpf.Map `ebpf:"halb_maglev"`
@@ -363,6 +400,7 @@ func (m *halbMaps) Close() error {
 		m.HalbCt,
 		m.HalbDrops,
 		m.HalbEvents,
+		m.HalbFnat,
 		m.HalbLocalMacs,
 		m.HalbMacCache,
 		m.HalbMaglev,
@@ -383,11 +421,13 @@ func (m *halbMaps) Close() error {
 //
 // It can be passed to loadHalbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type halbVariables struct {
-	HalbLocalMacsGen *ebpf.Variable `ebpf:"halb_local_macs_gen"`
-	HalbMaglevSize   *ebpf.Variable `ebpf:"halb_maglev_size"`
-	HalbNatLast      *ebpf.Variable `ebpf:"halb_nat_last"`
-	HalbNexthopGen   *ebpf.Variable `ebpf:"halb_nexthop_gen"`
-	HalbVipLast      *ebpf.Variable `ebpf:"halb_vip_last"`
+	HalbLocalMacsGen  *ebpf.Variable `ebpf:"halb_local_macs_gen"`
+	HalbMaglevSize    *ebpf.Variable `ebpf:"halb_maglev_size"`
+	HalbNatLast       *ebpf.Variable `ebpf:"halb_nat_last"`
+	HalbNexthopGen    *ebpf.Variable `ebpf:"halb_nexthop_gen"`
+	HalbSnatPortCount *ebpf.Variable `ebpf:"halb_snat_port_count"`
+	HalbSnatPortFirst *ebpf.Variable `ebpf:"halb_snat_port_first"`
+	HalbVipLast       *ebpf.Variable `ebpf:"halb_vip_last"`
 }
 
 // halbPrograms contains all programs after they have been loaded into the kernel.

@@ -41,6 +41,7 @@ func TestMapLayout(t *testing.T) {
 		{halbMapHalbReplyStats, uint32(0), halbStats{}, 4, 24},
 		{halbMapHalbReplyHops, halbReplyHopKey{}, halbNexthop{}, 20, 32},
 		{halbMapHalbNeighWanted, halbReplyHopKey{}, uint64(0), 20, 8},
+		{halbMapHalbFnat, halbFnatKey{}, halbFnatFlow{}, 40, 48},
 	}
 	seen := map[string]bool{}
 	for _, m := range maps {
@@ -77,6 +78,8 @@ func TestMapLayout(t *testing.T) {
 		{halbVarHalbLocalMacsGen, uint32(0)},
 		{halbVarHalbVipLast, [256]uint8{}},
 		{halbVarHalbNatLast, [256]uint8{}},
+		{halbVarHalbSnatPortFirst, uint32(0)},
+		{halbVarHalbSnatPortCount, uint32(0)},
 	}
 	for _, v := range vars {
 		vs, ok := spec.Variables[v.name]

@@ -12,7 +12,7 @@ package loader
 // exists is read, and all of them hold the same definitions, so the objects
 // come out the same on any of these hosts.
 //
-//go:generate go tool bpf2go -tags linux -type addr -type family -type forward_mode -type service_flags -type backend_flags -type drop_reason -type event -type nexthop halb ../bpf/halb_lb.c -- -I../bpf -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu -idirafter /usr/include/arm-linux-gnueabihf -O2 -g -Wall -Werror -mcpu=v3
+//go:generate go tool bpf2go -tags linux -type addr -type family -type forward_mode -type service_flags -type backend_flags -type nat_reply_flags -type drop_reason -type event -type nexthop halb ../bpf/halb_lb.c -- -I../bpf -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu -idirafter /usr/include/arm-linux-gnueabihf -O2 -g -Wall -Werror -mcpu=v3
 
 import (
 	"errors"
@@ -33,6 +33,13 @@ const (
 	DefaultMaglevTableSize  = 65537
 	DefaultConntrackEntries = 65536
 	DefaultMaxBackends      = 4096
+	// The source ports forward: fullnat gives flows, per backend: below
+	// Linux's default ip_local_port_range (32768-60999), where the
+	// node's own connections, its health checks among them, take their
+	// ports, so that a reply to one of those never meets a full NAT
+	// flow's entry; and above the privileged ports.
+	DefaultSNATPortFirst = 1024
+	DefaultSNATPortLast  = 32767
 )
 
 // Options size the maps whose size the configuration chooses.
@@ -48,6 +55,10 @@ type Options struct {
 	// (datapath.max_backends): backend IDs run from 1 to MaxBackends-1.
 	// 0 means DefaultMaxBackends.
 	MaxBackends uint32
+	// SNATPortFirst and SNATPortLast bound the source ports that
+	// forward: fullnat gives its flows (datapath.snat_ports). 0 means
+	// DefaultSNATPortFirst and DefaultSNATPortLast.
+	SNATPortFirst, SNATPortLast uint16
 }
 
 // kernelLB is halb's load balancer in the kernel: the programs halb_xdp_lb and
@@ -106,6 +117,9 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 	if opts.MaxBackends == 0 {
 		opts.MaxBackends = DefaultMaxBackends
 	}
+	if opts.SNATPortFirst == 0 || opts.SNATPortLast < opts.SNATPortFirst {
+		opts.SNATPortFirst, opts.SNATPortLast = DefaultSNATPortFirst, DefaultSNATPortLast
+	}
 	spec, err := loadHalb()
 	if err != nil {
 		return nil, nil, err
@@ -126,6 +140,14 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 		return nil, nil, fmt.Errorf("set %s: %w", halbVarHalbMaglevSize, err)
 	}
 	spec.Maps[halbMapHalbCt].MaxEntries = opts.ConntrackEntries
+	// A full NAT flow has an entry in each.
+	spec.Maps[halbMapHalbFnat].MaxEntries = opts.ConntrackEntries
+	if err := spec.Variables[halbVarHalbSnatPortFirst].Set(uint32(opts.SNATPortFirst)); err != nil {
+		return nil, nil, fmt.Errorf("set %s: %w", halbVarHalbSnatPortFirst, err)
+	}
+	if err := spec.Variables[halbVarHalbSnatPortCount].Set(uint32(opts.SNATPortLast-opts.SNATPortFirst) + 1); err != nil {
+		return nil, nil, fmt.Errorf("set %s: %w", halbVarHalbSnatPortCount, err)
+	}
 	// Every map indexed by backend ID has the same size: the program
 	// bounds its lookups by the map, not by HALB_MAX_BACKENDS.
 	for _, name := range []string{halbMapHalbBackends, halbMapHalbBackendStats, halbMapHalbNexthops, halbMapHalbReplyStats} {
@@ -187,6 +209,12 @@ const (
 	// VIP and port (halb_nat_replies, nat_linux.go). Its backends have a
 	// Src, as tunnel ends do, and a Port.
 	ForwardNAT = Forward(halbForwardModeFORWARD_NAT)
+	// ForwardFullNAT is ForwardNAT that rewrites the source too: to the
+	// backend's Src (the service's snat_address, or the kernel's source
+	// toward it) and a port of the pool, so that the backend needs no
+	// route to the clients. Its replies are known by that address and
+	// port in halb_fnat, which the program writes per flow.
+	ForwardFullNAT = Forward(halbForwardModeFORWARD_FULLNAT)
 )
 
 func (f Forward) String() string {
@@ -197,6 +225,8 @@ func (f Forward) String() string {
 		return "tun"
 	case ForwardNAT:
 		return "nat"
+	case ForwardFullNAT:
+		return "fullnat"
 	}
 	return fmt.Sprintf("forward(%d)", uint8(f))
 }
@@ -228,7 +258,7 @@ func (lb *kernelLB) putService(key service.Key, svc Service) error {
 	if svc.ID >= lb.maxServices() {
 		return fmt.Errorf("service %s: id %d is out of range: the maps hold ids 0 to %d", key, svc.ID, lb.maxServices()-1)
 	}
-	if svc.Forward != ForwardDR && svc.Forward != ForwardTUN && svc.Forward != ForwardNAT {
+	if svc.Forward != ForwardDR && svc.Forward != ForwardTUN && svc.Forward != ForwardNAT && svc.Forward != ForwardFullNAT {
 		return fmt.Errorf("service %s: %w", key, unsupported("forward mode "+svc.Forward.String()))
 	}
 	v := halbService{Id: svc.ID, Forward: halbForwardMode(svc.Forward)}
@@ -921,6 +951,9 @@ const (
 	// DropReplyTooBig: forward: nat, a backend's reply longer than the
 	// MTU of the route toward its client.
 	DropReplyTooBig = DropReason(halbDropReasonDROP_REPLY_TOO_BIG)
+	// DropNoSport: forward: fullnat, a new flow for which every source
+	// port its hash may take toward its backend is held by a live flow.
+	DropNoSport = DropReason(halbDropReasonDROP_NO_SPORT)
 )
 
 func (r DropReason) String() string {
@@ -961,6 +994,8 @@ func (r DropReason) String() string {
 		return "reply-no-neigh"
 	case DropReplyTooBig:
 		return "reply-too-big"
+	case DropNoSport:
+		return "no-sport"
 	}
 	return fmt.Sprintf("drop(%d)", uint32(r))
 }

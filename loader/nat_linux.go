@@ -34,6 +34,9 @@ type natReply struct {
 	VIP       netip.AddrPort
 	Service   uint32 // the service's id
 	BackendID uint32 // the backend's id: the index of its reply counters
+	// FullNAT: its replies come to the balancer's address, and
+	// halb_fnat names their client.
+	FullNAT bool
 }
 
 // natBook is halb_nat_replies and halb_nat_last as written: the entries,
@@ -72,6 +75,9 @@ func (lb *kernelLB) putNATReply(r natReply) (bool, error) {
 		return false, fmt.Errorf("nat backend %s: VIP %s is not of its family", r.Backend, r.VIP)
 	}
 	v := halbNatReply{Vip: vip, Port: r.VIP.Port(), Service: r.Service, BackendId: r.BackendID}
+	if r.FullNAT {
+		v.Flags = halbNatReplyFlagsNAT_REPLY_F_FULLNAT
+	}
 	b := &lb.nat
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -204,7 +210,7 @@ func (d *Datapath) natReplies() (map[natReplyKey]natReply, error) {
 				continue
 			}
 			owner[k] = st
-			want[k] = natReply{Backend: ap, Proto: key.Proto, VIP: netip.AddrPortFrom(key.VIP, key.Port), Service: st.id, BackendID: be.id}
+			want[k] = natReply{Backend: ap, Proto: key.Proto, VIP: netip.AddrPortFrom(key.VIP, key.Port), Service: st.id, BackendID: be.id, FullNAT: st.fullnat}
 		}
 	}
 	return want, errors.Join(errs...)

@@ -540,7 +540,7 @@ func testScheduling(t *testing.T, prog string) {
 	t.Run("a forward mode the program lacks drops as unsupported", func(t *testing.T) {
 		tb := newTestbed(t, Options{})
 		tb.on(prog)
-		lacking := Forward(halbForwardModeFORWARD_NAT + 1) // fullnat, in a newer halb
+		lacking := Forward(halbForwardModeFORWARD_FULLNAT + 1) // a mode of a newer halb
 		err := tb.lb.putService(web4, Service{ID: 1, Forward: lacking})
 		if !errors.Is(err, service.ErrUnsupported) {
 			t.Errorf("putService with forward %s: %v, want ErrUnsupported", lacking, err)

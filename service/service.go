@@ -60,12 +60,13 @@ func parseProtocol(s string) (Protocol, error) {
 type Forward uint8
 
 const (
-	DR  Forward = iota // rewrite the MAC; the backend holds the VIP
-	TUN                // IPIP / IP6IP6 to the backend
-	NAT                // rewrite the destination address and port
+	DR      Forward = iota // rewrite the MAC; the backend holds the VIP
+	TUN                    // IPIP / IP6IP6 to the backend
+	NAT                    // rewrite the destination address and port
+	FullNAT                // NAT, and the source rewritten to the balancer's
 )
 
-var forwardNames = [...]string{DR: "dr", TUN: "tun", NAT: "nat"}
+var forwardNames = [...]string{DR: "dr", TUN: "tun", NAT: "nat", FullNAT: "fullnat"}
 
 // String names f; a value it does not know reads "forward(N)", never a
 // panic.
@@ -116,7 +117,10 @@ type Service struct {
 	Scheduler   string // mh, rr, wrr, sh; with IPVS also lc, wlc, ...
 	Forward     Forward
 	Persistence time.Duration // 0 = off
-	Backends    []Backend
+	// SNAT is FullNAT's source address toward the backends; invalid:
+	// the address the kernel would send from toward each.
+	SNAT     netip.Addr
+	Backends []Backend
 }
 
 // Backend is one real server. Weight 0 drains it: no new flows, and the
@@ -179,6 +183,9 @@ func FromConfig(cfg []config.Service) []Service {
 			s.Forward = TUN
 		case "nat":
 			s.Forward = NAT
+		case "fullnat":
+			s.Forward = FullNAT
+			s.SNAT = c.SNATAddress
 		}
 		for _, b := range c.Backends {
 			s.Backends = append(s.Backends, Backend{Addr: b.Address, Port: uint16(b.Port), Weight: uint32(b.Weight)})

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -78,6 +79,8 @@ func hostWarnings(c *config.Config, held map[netip.Addr]bool) []config.Problem {
 		}
 	}
 
+	warnings = append(warnings, fullNATWarnings(c, addrs)...)
+
 	// One route lookup per address: a backend often serves several
 	// services.
 	routes := map[netip.Addr]string{}
@@ -127,7 +130,7 @@ func routeProblem(a netip.Addr) string {
 // program neither sends the clients' packets nor sees the backend's
 // replies. "" when nothing is wrong or s is not such a service.
 func natRouteProblem(c *config.Config, s config.Service, a netip.Addr) string {
-	if s.Forward != "nat" || config.ServiceDatapath(c.Datapath.Mode, "", s) != "ebpf" {
+	if (s.Forward != "nat" && s.Forward != "fullnat") || config.ServiceDatapath(c.Datapath.Mode, "", s) != "ebpf" {
 		return ""
 	}
 	routes, err := netlink.RouteGet(a.AsSlice())
@@ -142,9 +145,56 @@ func natRouteProblem(c *config.Config, s config.Service, a netip.Addr) string {
 	if slices.Contains(c.Datapath.Interfaces, name) {
 		return ""
 	}
-	return fmt.Sprintf("the route to %s leaves through %s, which is not in datapath.interfaces: forward: nat sends the "+
+	return fmt.Sprintf("the route to %s leaves through %s, which is not in datapath.interfaces: forward: %s sends the "+
 		"clients' packets there and must see the backend's replies arrive there; add %s to datapath.interfaces",
-		a, name, name)
+		a, name, s.Forward, name)
+}
+
+// fullNATWarnings are the host facts forward: fullnat needs: a
+// snat_address this host holds (one of its addresses, or a virtual IP
+// of the file's VRRP instances, held while MASTER), where the backends'
+// replies arrive; and datapath.snat_ports apart from the kernel's
+// ip_local_port_range, where the host's own connections to the backends
+// (health checks) take their source ports, whose replies a full NAT
+// flow on the same port would take.
+func fullNATWarnings(c *config.Config, addrs []vrrp.HostAddr) []config.Problem {
+	var warnings []config.Problem
+	local := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		local[a.Addr] = true
+	}
+	for _, in := range c.VRRP.Instances {
+		for _, p := range in.VirtualIPs {
+			local[p.Addr()] = true
+		}
+	}
+	has := false
+	for i, s := range c.Services {
+		if s.Forward != "fullnat" {
+			continue
+		}
+		has = true
+		if s.SNATAddress.IsValid() && len(addrs) > 0 && !local[s.SNATAddress] {
+			warnings = append(warnings, config.Problem{Path: fmt.Sprintf("services[%d].snat_address", i), Msg: fmt.Sprintf("warning: "+
+				"%s is neither an address of this host nor a virtual IP of vrrp: the backends' replies to it never reach this node; "+
+				"give one of its addresses, or a virtual IP on the backends' network (which moves with the VIP)", s.SNATAddress)})
+		}
+	}
+	first, last, ok := c.Datapath.SNATPortRange()
+	if !has || !ok {
+		return warnings
+	}
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return warnings
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err == nil && first <= hi && lo <= last {
+		warnings = append(warnings, config.Problem{Path: "datapath.snat_ports", Msg: fmt.Sprintf("warning: "+
+			"%d-%d overlaps this host's net.ipv4.ip_local_port_range (%d-%d), where its own connections to the backends "+
+			"take their source ports: a full NAT flow on the same port would take their replies; choose ports outside it", first, last, lo, hi)})
+	}
+	return warnings
 }
 
 // heldVIPs asks a halb running on socket which virtual IPs it holds as
