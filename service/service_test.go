@@ -60,7 +60,7 @@ func TestKeyText(t *testing.T) {
 func TestEnumStringOutOfRange(t *testing.T) {
 	for _, c := range []struct{ got, want string }{
 		{DR.String(), "dr"}, {TUN.String(), "tun"}, {NAT.String(), "nat"},
-		{Forward(3).String(), "forward(3)"}, {Forward(255).String(), "forward(255)"},
+		{Forward(4).String(), "forward(4)"}, {Forward(255).String(), "forward(255)"},
 		{TCP.String(), "tcp"}, {UDP.String(), "udp"}, {Protocol(0).String(), "proto(0)"},
 	} {
 		if c.got != c.want {
