@@ -103,7 +103,113 @@ func writeSummary(w io.Writer, path string, c *config.Config, warnings []config.
 	if len(c.Services) == 0 {
 		fmt.Fprintf(tw, "(none)\n")
 	}
+	writeBGPSummary(tw, c)
 	return tw.Flush()
+}
+
+// writeBGPSummary lists the speaker, its peers and, per service, the host
+// route it announces and when: what the routers will be told, before
+// halb runs.
+func writeBGPSummary(tw io.Writer, c *config.Config) {
+	if c.BGP == nil {
+		return
+	}
+	b := c.BGP
+	routerID, listen := "from the host (first IPv4 peer's source_address, else lowest global IPv4)", "none (opens every session)"
+	if b.RouterID.IsValid() {
+		routerID = b.RouterID.String()
+	}
+	if b.ListenPort != 0 {
+		listen = fmt.Sprintf("%d", b.ListenPort)
+	}
+	fmt.Fprintf(tw, "\nBGP\tAS %d, router id %s, listen %s, drain %s\n\n", b.ASN, routerID, listen, b.DrainTime)
+	fmt.Fprintf(tw, "PEER\tASN\tSESSION\tHOLD\tKEEPALIVE\tSOURCE\tMD5\tBFD\tGRACEFUL RESTART\n")
+	for _, p := range b.Peers {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			netip.AddrPortFrom(p.Address, uint16(p.Port)), p.ASN, peerSession(b.ASN, p), p.HoldTime,
+			keepaliveOf(p), orKernel(p.SourceAddress), onOff(p.Password != ""), bfdOf(p.BFD), onOff(p.GracefulRestart))
+	}
+	if len(b.Peers) == 0 {
+		fmt.Fprintf(tw, "(none)\n")
+	}
+	fmt.Fprintf(tw, "\nSERVICE\tROUTE\tANNOUNCED\tATTRIBUTES\n")
+	for _, s := range c.Services {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, netip.PrefixFrom(s.VIP, s.VIP.BitLen()), announceWhen(c, s), announceAttrs(b.ASN, s.Announce))
+	}
+}
+
+// peerSession names the kind of session: iBGP, eBGP on a connected
+// network, or eBGP multihop with its TTL.
+func peerSession(local config.ASN, p config.BGPPeer) string {
+	switch {
+	case p.ASN == local:
+		return "ibgp"
+	case p.EBGPMultihop > 0:
+		return fmt.Sprintf("ebgp multihop ttl %d", p.EBGPMultihop)
+	}
+	return "ebgp"
+}
+
+func keepaliveOf(p config.BGPPeer) string {
+	if p.KeepaliveInterval == 0 {
+		return (p.HoldTime / 3).String()
+	}
+	return p.KeepaliveInterval.String()
+}
+
+func bfdOf(b *config.BFD) string {
+	if b == nil {
+		return "no"
+	}
+	return fmt.Sprintf("rx %s tx %s x%d (udp 3784)", b.MinRx, b.MinTx, b.Multiplier)
+}
+
+// announceWhen says in words when the service's host route is announced.
+func announceWhen(c *config.Config, s config.Service) string {
+	switch s.Announce.When {
+	case config.AnnounceAlways:
+		return fmt.Sprintf("always: while this node serves it with at least %d healthy backend(s)", max(s.Quorum, 1))
+	case config.AnnounceMaster:
+		for _, in := range c.VRRP.Instances {
+			for _, v := range in.VirtualIPs {
+				if v.Addr() == s.VIP {
+					return "master: while " + in.Name + " is MASTER"
+				}
+			}
+		}
+		return "master"
+	}
+	return "never"
+}
+
+// announceAttrs lists the path attributes of an announced route.
+func announceAttrs(local config.ASN, a config.Announce) string {
+	if a.When == config.AnnounceNever {
+		return "-"
+	}
+	parts := []string{fmt.Sprintf("med %d", a.MED)}
+	parts = append(parts, fmt.Sprintf("local_pref %d (ibgp peers)", a.LocalPref))
+	if len(a.Communities) > 0 {
+		parts = append(parts, "communities "+strings.Join(a.Communities, " "))
+	}
+	if len(a.LargeCommunities) > 0 {
+		parts = append(parts, "large_communities "+strings.Join(a.LargeCommunities, " "))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func orKernel(a netip.Addr) string {
+	if !a.IsValid() {
+		return "(kernel's choice)"
+	}
+	return a.String()
+}
+
+func onOff(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 func joinAny[T fmt.Stringer](xs []T) string {

@@ -73,3 +73,61 @@ bgp:
 		t.Errorf("a service that is not announced is listed:\n%s", out)
 	}
 }
+
+// `halb check` shows what the routers will be told before halb runs: the
+// speaker, each peer with its session's settings, and each service's host
+// route with when it is announced and with which attributes.
+func TestCheckSummaryShowsBGP(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "bgp.yaml")
+	if err := os.WriteFile(file, []byte(`
+vrrp:
+  instances:
+    - {name: VI_1, interface: eth0, vrid: 51, priority: 100, virtual_ips: [192.0.2.101/24]}
+datapath: {interfaces: [eth0]}
+services:
+  - {name: web, vip: 192.0.2.100, port: 80, quorum: 2, backends: [{address: 198.51.100.11}, {address: 198.51.100.12}],
+     announce: {when: always, communities: ["65000:100", no-export], large_communities: ["65000:1:2"], med: 10}}
+  - {name: dns, vip: 192.0.2.101, port: 53, protocol: udp, backends: [{address: 198.51.100.21}], announce: master}
+  - {name: web6, vip: "2001:db8::100", port: 80, forward: tun, backends: [{address: "2001:db8:1::11"}]}
+bgp:
+  asn: 65001
+  listen_port: 179
+  drain_time: 5s
+  peers:
+    - {address: 192.0.2.254, asn: 65000, hold_time: 9s, password: secret, bfd: {}, graceful_restart: true}
+    - {address: 203.0.113.254, asn: 65001, port: 1179, keepalive_interval: 10s, source_address: 192.0.2.1}
+    - {address: 198.51.100.254, asn: 65002, ebgp_multihop: 2}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := run(t, "check", "-c", file)
+	if code != exitOK {
+		t.Fatalf("exit %d, want 0\n%s%s", code, out, errs)
+	}
+	i := strings.Index(out, "\nBGP ")
+	if i < 0 {
+		t.Fatalf("the summary has no BGP part:\n%s", out)
+	}
+	want := `
+BGP  AS 65001, router id from the host (first IPv4 peer's source_address, else lowest global IPv4), listen 179, drain 5s
+
+PEER                 ASN    SESSION               HOLD  KEEPALIVE  SOURCE             MD5  BFD                            GRACEFUL RESTART
+192.0.2.254:179      65000  ebgp                  9s    3s         (kernel's choice)  yes  rx 300ms tx 300ms x3 (udp 3784)  yes
+203.0.113.254:1179   65001  ibgp                  1m30s 10s        192.0.2.1          no   no                             no
+198.51.100.254:179   65002  ebgp multihop ttl 2   1m30s 30s        (kernel's choice)  no   no                             no
+
+SERVICE  ROUTE              ANNOUNCED                                                   ATTRIBUTES
+web      192.0.2.100/32     always: while this node serves it with at least 2 healthy backend(s)  med 10, local_pref 100 (ibgp peers), communities 65000:100 no-export, large_communities 65000:1:2
+dns      192.0.2.101/32     master: while VI_1 is MASTER                                med 0, local_pref 100 (ibgp peers)
+web6     2001:db8::100/128  never                                                       -
+`
+	if got := out[i:]; squeeze(got) != squeeze(want) {
+		t.Errorf("the summary's BGP part:\n%s\nwant (spacing aside):\n%s", got, want)
+	}
+}
+
+// squeeze collapses runs of spaces, so that a test states the columns'
+// contents without restating tabwriter's padding.
+func squeeze(s string) string {
+	return regexp.MustCompile(` +`).ReplaceAllString(s, " ")
+}
