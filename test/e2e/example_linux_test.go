@@ -128,12 +128,14 @@ type exampleNet struct {
 	dir        string
 	fs         string // a bpf filesystem for the pins
 	lb, client *netnstest.NS
+	lan        *lan // 192.0.2.0/24 and 198.51.100.0/24, where a router can be plugged
 }
 
 func newExampleNet(t *testing.T) *exampleNet {
 	t.Helper()
 	n := &exampleNet{dir: t.TempDir()}
 	lan := newLAN(t, netnstest.New(t))
+	n.lan = lan
 	n.lb = netnstest.New(t)
 	// XDP_TX into a veth needs an XDP program on its peer.
 	lan.xdpPass(lan.plug(n.lb, "sw-lb", netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.1")))
