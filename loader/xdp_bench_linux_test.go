@@ -43,6 +43,11 @@ import (
 //	nat-reply      a NAT backend's reply over and over: the reply
 //	               lookup, the next hop toward the client as
 //	               halb_reply_hops keeps it, the source rewritten back.
+//	ct-hit-fullnat ct-hit-nat for a forward: fullnat service: the flow's
+//	               hash, its source port found in halb_fnat, and the
+//	               source rewritten too.
+//	fullnat-reply  nat-reply for a full NAT backend: the reply lookup,
+//	               then halb_fnat's, both ends rewritten back.
 //	lru-insert     a program that only inserts a new key into a full LRU
 //	               hash of halb_ct's key size and entries: what any
 //	               conntrack miss pays for remembering the flow.
@@ -89,7 +94,8 @@ import (
 // floors is what the issues' targets are stated in.
 func BenchmarkXDP(b *testing.B) {
 	ns := netnstest.New(b)
-	lb, err := loadLB(Options{})
+	// One source port for full NAT, the client's own: see fnatAck.
+	lb, err := loadLB(Options{SNATPortFirst: 40000, SNATPortLast: 40000})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -247,6 +253,43 @@ func BenchmarkXDP(b *testing.B) {
 		b.Fatal(err)
 	}
 	natAck := packet{src: ap(client4, 40000), dst: ap(vip4, 8081), ack: true}.frame(b, routerMAC, mac)
+
+	// forward: fullnat, likewise: vip4:8082 to 192.0.2.22:9092 and back,
+	// each from the client's address (snat_address) and, with a pool of
+	// one port, its port: client4:40000 to vip4:8082 comes out as
+	// client4:40000 to 192.0.2.22:9092, a packet of the other service,
+	// whose translation is the first packet again. Every run finds its
+	// flow's port in halb_fnat and rewrites both ends (the source to what
+	// it was: the work is the same). The replies likewise.
+	fnatBE := []Backend{
+		{Addr: netip.MustParseAddr("192.0.2.22"), Port: 9092, Src: client4, Ifindex: halb0.Attrs().Index, SrcMAC: halb0MAC, Service: 6},
+		{Addr: vip4, Port: 8082, Src: client4, Ifindex: halb0.Attrs().Index, SrcMAC: halb0MAC, Service: 7},
+	}
+	fnatKeys := []service.Key{{VIP: vip4, Port: 8082, Proto: service.TCP}, {VIP: fnatBE[0].Addr, Port: 9092, Proto: service.TCP}}
+	for i, key := range fnatKeys {
+		id, svc := uint32(10+i), uint32(6+i)
+		if err := lb.putBackend(id, fnatBE[i]); err != nil {
+			b.Fatal(err)
+		}
+		if err := lb.putService(key, Service{ID: svc, Forward: ForwardFullNAT}); err != nil {
+			b.Fatal(err)
+		}
+		for j := range table {
+			table[j] = id
+		}
+		if err := lb.setMaglevTable(svc, table); err != nil {
+			b.Fatal(err)
+		}
+		r := natReply{Backend: ap(fnatBE[i].Addr, fnatBE[i].Port), Proto: service.TCP, VIP: ap(key.VIP, key.Port), Service: svc, BackendID: id, FullNAT: true}
+		if _, err := lb.putNATReply(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := h.NeighAdd(&netlink.Neigh{LinkIndex: halb0.Attrs().Index, IP: net.IP{192, 0, 2, 22}, HardwareAddr: mac, State: netlink.NUD_PERMANENT}); err != nil {
+		b.Fatal(err)
+	}
+	fnatAck := packet{src: ap(client4, 40000), dst: ap(vip4, 8082), ack: true}.frame(b, routerMAC, mac)
+	fnatReplyAck := packet{src: ap(fnatBE[0].Addr, 9092), dst: ap(client4, 40000), ack: true}.frame(b, routerMAC, mac)
 	natReplyAck := packet{src: ap(natBE[0].Addr, 9090), dst: ap(client4, 40000), ack: true}.frame(b, routerMAC, mac)
 
 	// inNS runs fn in the bench's namespace, where ifindex 1 is its own
@@ -416,11 +459,19 @@ func BenchmarkXDP(b *testing.B) {
 	for _, l := range []struct {
 		name  string
 		frame []byte
-	}{{"ct-hit-nat", natAck}, {"nat-reply", natReplyAck}} {
+	}{{"ct-hit-nat", natAck}, {"nat-reply", natReplyAck}, {"ct-hit-fullnat", fnatAck}, {"fullnat-reply", fnatReplyAck}} {
 		b.Run(l.name, func(b *testing.B) {
-			// The first runs put both flows in halb_ct, and the
+			// The first runs put both flows in halb_ct (and full
+			// NAT's in halb_fnat, which its replies need), and the
 			// clients' next hop in halb_reply_hops.
-			inNS(b, func() error { _, err := bulk(lb.xdpProgram(), l.frame, 2, xdpRedirect); return err })
+			inNS(b, func() error {
+				for _, f := range [][]byte{natAck, fnatAck, l.frame} {
+					if _, err := bulk(lb.xdpProgram(), f, 2, xdpRedirect); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
 			per := measure(b, false, func(n int) (float64, error) { return bulk(lb.xdpProgram(), l.frame, n, xdpRedirect) })
 			above(b, per, lookupFloor, "ns-above-lru-lookup")
 			above(b, per, drHit, "ns-above-dr")
