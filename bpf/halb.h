@@ -346,23 +346,23 @@ HALB_ASSERT_OFFSET(struct fnat_key, proto, 36);
 HALB_ASSERT_OFFSET(struct fnat_key, family, 37);
 
 /* halb_fnat value: the flow as its client sees it, where the backend's
- * replies go back to. */
+ * replies go back to. rev comes first and is what a NAT reply's entry
+ * in halb_nat_replies is (the VIP and port, NAT_REPLY_F_FULLNAT, the
+ * service and backend), so that a full NAT reply is sent on as a NAT
+ * one, from the one lookup. */
 struct fnat_flow {
-	union addr client;
-	union addr vip;
+	struct nat_reply rev;
 	__u16 client_port; /* host byte order */
-	__u16 vip_port;    /* host byte order */
-	__u32 backend_id;  /* halb_reply_stats' index */
-	__u64 seen;        /* bpf_ktime_get_coarse_ns() of its last packet,
-			    * either way: a port idle for HALB_SNAT_IDLE_NS
-			    * may go to another flow */
+	__u16 pad;
+	union addr client;
+	__u64 seen;        /* bpf_ktime_get_coarse_ns() of its last reply, or
+			    * of the packet that mapped it: a port idle for
+			    * HALB_SNAT_IDLE_NS may go to another flow */
 };
-HALB_ASSERT_SIZE(struct fnat_flow, 48);
-HALB_ASSERT_OFFSET(struct fnat_flow, vip, 16);
-HALB_ASSERT_OFFSET(struct fnat_flow, client_port, 32);
-HALB_ASSERT_OFFSET(struct fnat_flow, vip_port, 34);
-HALB_ASSERT_OFFSET(struct fnat_flow, backend_id, 36);
-HALB_ASSERT_OFFSET(struct fnat_flow, seen, 40);
+HALB_ASSERT_SIZE(struct fnat_flow, 56);
+HALB_ASSERT_OFFSET(struct fnat_flow, client_port, 28);
+HALB_ASSERT_OFFSET(struct fnat_flow, client, 32);
+HALB_ASSERT_OFFSET(struct fnat_flow, seen, 48);
 
 /* halb_ct key: the 5-tuple of one direction of a flow, client to VIP. */
 struct flow {
@@ -383,8 +383,13 @@ HALB_ASSERT_OFFSET(struct flow, family, 37);
 /* halb_ct value. */
 struct ct_entry {
 	__u32 backend_id;
+	__u16 sport; /* full NAT: the source port the flow was given, so
+		      * that its packets need neither the hash nor
+		      * halb_fnat; 0 otherwise */
+	__u16 pad;
 };
-HALB_ASSERT_SIZE(struct ct_entry, 4);
+HALB_ASSERT_SIZE(struct ct_entry, 8);
+HALB_ASSERT_OFFSET(struct ct_entry, sport, 4);
 
 /* halb_nexthops value (per CPU), indexed by backend id: where the last
  * FIB lookup for a TUN or NAT backend said its packets go. The FIB costs more than

@@ -266,29 +266,47 @@ static __always_inline __u32 maglev_pick(const struct service *svc, __u32 hash)
  * drained. A remembered backend that no longer serves this service (its
  * id was freed and handed to another service's backend) does not count: a
  * flow only ever goes to its own service's backends. An ICMP error goes
- * where its flow goes, and is not a flow to remember. */
+ * where its flow goes, and is not a flow to remember.
+ *
+ * A full NAT flow's source port (*sport) is remembered with its backend:
+ * a packet halb_ct knows needs neither the flow's hash nor halb_fnat. A
+ * new flow takes its port here (snat_port), and one that finds none
+ * (*sport 0) is not remembered. */
 static __always_inline struct backend *schedule(const struct service *svc,
 						const struct packet *pkt,
 						const struct ct_entry *ct,
-						__u32 *id, int *new_flow)
+						__u32 *id, int *new_flow, __u16 *sport)
 {
-	struct ct_entry entry;
+	int full = svc->forward == FORWARD_FULLNAT;
+	struct ct_entry entry = {};
 	struct backend *b;
+	__u32 hash;
 
 	*new_flow = 0;
-	if (ct) {
+	*sport = 0;
+	if (ct && (!full || ct->sport)) {
 		b = active_backend(ct->backend_id);
 		if (b && b->service == svc->id) {
 			*id = ct->backend_id;
+			*sport = ct->sport;
 			return b;
 		}
 	}
 
-	*id = maglev_pick(svc, flow_hash(&pkt->flow, svc->flags & SERVICE_F_SOURCE_HASH));
+	hash = flow_hash(&pkt->flow, svc->flags & SERVICE_F_SOURCE_HASH);
+	*id = maglev_pick(svc, hash);
 	b = active_backend(*id);
 	if (!b || pkt->icmp)
 		return b;
 	entry.backend_id = *id;
+	if (full) {
+		if (svc->flags & SERVICE_F_SOURCE_HASH)
+			hash = flow_hash(&pkt->flow, 0); /* the port is the flow's */
+		entry.sport = snat_port(&pkt->flow, b, *id, hash, 1);
+		*sport = entry.sport;
+		if (!entry.sport)
+			return b;
+	}
 	/* If the table is full the LRU evicts its oldest flow; if the update
 	 * fails anyway the next packet is scheduled again, to the same place
 	 * while the table holds still. */
@@ -438,13 +456,18 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 		/* A NAT backend's reply: the byte filter first, so that
 		 * every other packet pays one load for it. */
 		if (halb_nat_last[pkt.flow.saddr.bytes[15]]) {
-			d->rev = nat_reply_of(&pkt.flow);
-			if (d->rev && (d->rev->flags & NAT_REPLY_F_FULLNAT)) {
-				/* Not a mapped reply: the node's own traffic. */
+			if (halb_fnat_last[pkt.flow.saddr.bytes[15]]) {
 				d->fnat = fnat_of(&pkt.flow);
-				if (!d->fnat)
-					return VERDICT_PASS;
+				if (d->fnat) {
+					d->rev = &d->fnat->rev;
+					return nat_reply(eth, ifindex, len, &pkt, d);
+				}
 			}
+			d->rev = nat_reply_of(&pkt.flow);
+			/* A full NAT backend's packet halb_fnat does not
+			 * know is no mapped reply: the node's own traffic. */
+			if (d->rev && (d->rev->flags & NAT_REPLY_F_FULLNAT))
+				return VERDICT_PASS;
 			if (d->rev)
 				return nat_reply(eth, ifindex, len, &pkt, d);
 		}
@@ -522,7 +545,7 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	 *    (accept_local) is what XDP skips. Dropping it would need the
 	 *    node's addresses in a map kept like halb_local_macs, for a case
 	 *    that neither loops nor amplifies. */
-	d->b = schedule(svc, &pkt, ct, &d->backend_id, &d->new_flow);
+	d->b = schedule(svc, &pkt, ct, &d->backend_id, &d->new_flow, &d->sport);
 	if (!d->b) {
 		count_drop(DROP_NO_BACKEND);
 		return VERDICT_DROP;
@@ -534,15 +557,15 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 		d->family = pkt.flow.family;
 		return VERDICT_TUNNEL;
 	}
-	if (svc->forward == FORWARD_FULLNAT) {
-		/* An ICMP error finds its flow's port, and makes none. */
-		d->sport = snat_port(&pkt.flow, d->b, d->backend_id, flow_hash(&pkt.flow, 0), !pkt.icmp);
-		if (!d->sport && pkt.icmp)
-			return VERDICT_PASS; /* about no flow of ours */
-		if (!d->sport) {
+	if (svc->forward == FORWARD_FULLNAT && !d->sport) {
+		if (!pkt.icmp) {
 			count_drop(DROP_NO_SPORT);
 			return VERDICT_DROP;
 		}
+		/* An ICMP error finds its flow's port, and makes none. */
+		d->sport = snat_port(&pkt.flow, d->b, d->backend_id, flow_hash(&pkt.flow, 0), 0);
+		if (!d->sport)
+			return VERDICT_PASS; /* about no flow of ours */
 	}
 	if (is_nat(svc)) {
 		note_packet(d, &pkt);

@@ -126,6 +126,11 @@ volatile __u32 halb_snat_port_count;
  * byte before it writes an entry that needs it and clears it after. */
 volatile __u8 halb_nat_last[256];
 
+/* halb_fnat_last[b] is non-zero when a full NAT backend's address ends
+ * in the byte b (and halb_nat_last[b] is then too): its replies are
+ * looked up in halb_fnat alone, which holds all a reply needs. */
+volatile __u8 halb_fnat_last[256];
+
 /* Interfaces that backends are reached through, keyed by ifindex (value:
  * the same ifindex). A DEVMAP_HASH rather than a plain DEVMAP, so that the
  * key is the ifindex itself and nobody has to hand out slots. */

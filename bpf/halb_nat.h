@@ -114,7 +114,7 @@ static __always_inline struct fnat_flow *fnat_of(const struct flow *flow)
 	if (f) {
 		now = bpf_ktime_get_coarse_ns();
 		if (now - f->seen > 1000000000ULL)
-			f->seen = now; /* the reply keeps the port the flow's */
+			f->seen = now; /* the replies keep the port the flow's */
 	}
 	return f;
 }
@@ -123,12 +123,30 @@ static __always_inline struct fnat_flow *fnat_of(const struct flow *flow)
  * dport. */
 static __always_inline int fnat_same(const struct fnat_flow *f, const struct flow *flow)
 {
-	const __u32 *a = (const __u32 *)f, *b = (const __u32 *)&flow->saddr;
-	const __u32 *c = (const __u32 *)&flow->daddr;
+	const __u32 *c = f->client.words, *v = f->rev.vip.words;
+	const __u32 *s = flow->saddr.words, *d = flow->daddr.words;
 
-	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] &&
-	       a[4] == c[0] && a[5] == c[1] && a[6] == c[2] && a[7] == c[3] &&
-	       f->client_port == flow->sport && f->vip_port == flow->dport;
+	return c[0] == s[0] && c[1] == s[1] && c[2] == s[2] && c[3] == s[3] &&
+	       v[0] == d[0] && v[1] == d[1] && v[2] == d[2] && v[3] == d[3] &&
+	       f->client_port == flow->sport && f->rev.port == flow->dport;
+}
+
+/* fnat_forget deletes the halb_ct entry of the flow that held f's port
+ * until now, which f is about to go to another: its next packet is then
+ * scheduled again and given another port, rather than sent with one
+ * that is another flow's. */
+static __always_inline void fnat_forget(const struct fnat_flow *f, const struct flow *now)
+{
+	struct flow old = {
+		.saddr = f->client,
+		.daddr = f->rev.vip,
+		.sport = f->client_port,
+		.dport = f->rev.port,
+		.proto = now->proto,
+		.family = now->family,
+	};
+
+	bpf_map_delete_elem(&halb_ct, &old);
 }
 
 /* snat_port is the source port of full NAT flow (client to VIP) toward
@@ -153,11 +171,15 @@ static __always_inline __u16 snat_port(const struct flow *flow, const struct bac
 		.family = flow->family,
 	};
 	struct fnat_flow *f, nf = {
+		.rev = {
+			.vip = flow->daddr,
+			.port = flow->dport,
+			.flags = NAT_REPLY_F_FULLNAT,
+			.service = b->service,
+			.backend_id = id,
+		},
 		.client = flow->saddr,
-		.vip = flow->daddr,
 		.client_port = flow->sport,
-		.vip_port = flow->dport,
-		.backend_id = id,
 		.seen = now,
 	};
 
@@ -166,13 +188,12 @@ static __always_inline __u16 snat_port(const struct flow *flow, const struct bac
 	for (int i = 0; i < HALB_SNAT_PROBES; i++) {
 		key.snat_port = first + (hash + i) % n;
 		f = bpf_map_lookup_elem(&halb_fnat, &key);
-		if (f && fnat_same(f, flow)) {
-			if (now - f->seen > 1000000000ULL)
-				f->seen = now; /* once a second at most: a write dirties the line */
+		if (f && fnat_same(f, flow))
 			return key.snat_port;
-		}
 		if (!create || (f && now - f->seen < HALB_SNAT_IDLE_NS))
 			continue;
+		if (f)
+			fnat_forget(f, flow);
 		if (!bpf_map_update_elem(&halb_fnat, &key, &nf, f ? BPF_EXIST : BPF_NOEXIST))
 			return key.snat_port;
 	}

@@ -49,6 +49,8 @@ type halbBackendKey struct {
 type halbCtEntry struct {
 	_         structs.HostLayout
 	BackendId uint32
+	Sport     uint16
+	Pad       uint16
 }
 
 type halbDropReason uint32
@@ -107,11 +109,10 @@ type halbFlow struct {
 
 type halbFnatFlow struct {
 	_          structs.HostLayout
-	Client     halbAddr
-	Vip        halbAddr
+	Rev        halbNatReply
 	ClientPort uint16
-	VipPort    uint16
-	BackendId  uint32
+	Pad        uint16
+	Client     halbAddr
 	Seen       uint64
 }
 
@@ -259,6 +260,7 @@ const (
 	halbMapHalbVips          = "halb_vips"
 	halbProgHalbTcLb         = "halb_tc_lb"
 	halbProgHalbXdpLb        = "halb_xdp_lb"
+	halbVarHalbFnatLast      = "halb_fnat_last"
 	halbVarHalbLocalMacsGen  = "halb_local_macs_gen"
 	halbVarHalbMaglevSize    = "halb_maglev_size"
 	halbVarHalbNatLast       = "halb_nat_last"
@@ -343,6 +345,7 @@ type halbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type halbVariableSpecs struct {
+	HalbFnatLast      *ebpf.VariableSpec `ebpf:"halb_fnat_last"`
 	HalbLocalMacsGen  *ebpf.VariableSpec `ebpf:"halb_local_macs_gen"`
 	HalbMaglevSize    *ebpf.VariableSpec `ebpf:"halb_maglev_size"`
 	HalbNatLast       *ebpf.VariableSpec `ebpf:"halb_nat_last"`
@@ -421,6 +424,7 @@ func (m *halbMaps) Close() error {
 //
 // It can be passed to loadHalbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type halbVariables struct {
+	HalbFnatLast      *ebpf.Variable `ebpf:"halb_fnat_last"`
 	HalbLocalMacsGen  *ebpf.Variable `ebpf:"halb_local_macs_gen"`
 	HalbMaglevSize    *ebpf.Variable `ebpf:"halb_maglev_size"`
 	HalbNatLast       *ebpf.Variable `ebpf:"halb_nat_last"`

@@ -28,7 +28,7 @@ func TestMapLayout(t *testing.T) {
 		{halbMapHalbVips, halbVipKey{}, halbVip{}, 20, 4},
 		{halbMapHalbBackends, uint32(0), halbBackend{}, 4, 60},
 		{halbMapHalbMaglev, uint32(0), uint32(0), 4, 4}, // the value is an inner map's id
-		{halbMapHalbCt, halbFlow{}, halbCtEntry{}, 40, 4},
+		{halbMapHalbCt, halbFlow{}, halbCtEntry{}, 40, 8},
 		{halbMapHalbTxPorts, uint32(0), uint32(0), 4, 4},
 		{halbMapHalbServiceStats, uint32(0), halbStats{}, 4, 24},
 		{halbMapHalbBackendStats, uint32(0), halbStats{}, 4, 24},
@@ -41,7 +41,7 @@ func TestMapLayout(t *testing.T) {
 		{halbMapHalbReplyStats, uint32(0), halbStats{}, 4, 24},
 		{halbMapHalbReplyHops, halbReplyHopKey{}, halbNexthop{}, 20, 32},
 		{halbMapHalbNeighWanted, halbReplyHopKey{}, uint64(0), 20, 8},
-		{halbMapHalbFnat, halbFnatKey{}, halbFnatFlow{}, 40, 48},
+		{halbMapHalbFnat, halbFnatKey{}, halbFnatFlow{}, 40, 56},
 	}
 	seen := map[string]bool{}
 	for _, m := range maps {
@@ -79,6 +79,7 @@ func TestMapLayout(t *testing.T) {
 		{halbVarHalbVipLast, [256]uint8{}},
 		{halbVarHalbNatLast, [256]uint8{}},
 		{halbVarHalbSnatPortFirst, uint32(0)},
+		{halbVarHalbFnatLast, [256]uint8{}},
 		{halbVarHalbSnatPortCount, uint32(0)},
 	}
 	for _, v := range vars {

@@ -42,7 +42,8 @@ type natReply struct {
 // natBook is halb_nat_replies and halb_nat_last as written: the entries,
 // how many entries each backend address has (its address-only entry, the
 // program's hairpin check, lives while it has any), and how many
-// addresses end in each byte.
+// addresses end in each byte; and halb_fnat_last: how many full NAT
+// entries have an address ending in each byte.
 type natBook struct {
 	mu        sync.Mutex
 	entries   map[halbBackendKey]halbNatReply
@@ -50,7 +51,13 @@ type natBook struct {
 	lastBytes [256]int
 	last      [256]uint8
 	lastKnown bool
+	fullBytes [256]int
+	fullLast  [256]uint8
+	fullKnown bool
 }
+
+// isFull tells a full NAT backend's entry.
+func isFull(v halbNatReply) bool { return v.Flags&halbNatReplyFlagsNAT_REPLY_F_FULLNAT != 0 }
 
 // natKeys are the map keys of r: its own, and its address's.
 func natKeys(backend netip.AddrPort, proto service.Protocol) (halbBackendKey, halbBackendKey, error) {
@@ -88,6 +95,14 @@ func (lb *kernelLB) putNATReply(r natReply) (bool, error) {
 	if had && old == v {
 		return false, nil
 	}
+	// A full NAT entry's byte before the entry, and a byte no entry
+	// needs any more after it (writeNATLast, below).
+	if isFull(v) && !(had && isFull(old)) {
+		b.fullBytes[k.Addr.Bytes[15]]++
+		if err := lb.writeNATLast(); err != nil {
+			return true, err
+		}
+	}
 	if !had {
 		if b.addrs[ak] == 0 {
 			if err := lb.objs.HalbNatReplies.Put(&ak, &halbNatReply{}); err != nil {
@@ -104,6 +119,10 @@ func (lb *kernelLB) putNATReply(r natReply) (bool, error) {
 		return true, fmt.Errorf("write nat backend %s/%s to %s: %w", r.Backend, r.Proto, halbMapHalbNatReplies, err)
 	}
 	b.entries[k] = v
+	if had && isFull(old) && !isFull(v) {
+		b.fullBytes[k.Addr.Bytes[15]]--
+		return true, lb.writeNATLast()
+	}
 	return true, nil
 }
 
@@ -117,15 +136,19 @@ func (lb *kernelLB) deleteNATReply(backend netip.AddrPort, proto service.Protoco
 	b := &lb.nat
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if _, ok := b.entries[k]; !ok {
+	old, ok := b.entries[k]
+	if !ok {
 		return nil
 	}
 	if err := deleteKey(lb.objs.HalbNatReplies, &k); err != nil {
 		return fmt.Errorf("delete nat backend %s/%s from %s: %w", backend, proto, halbMapHalbNatReplies, err)
 	}
 	delete(b.entries, k)
+	if isFull(old) {
+		b.fullBytes[k.Addr.Bytes[15]]--
+	}
 	if b.addrs[ak]--; b.addrs[ak] > 0 {
-		return nil
+		return lb.writeNATLast()
 	}
 	delete(b.addrs, ak)
 	if err := deleteKey(lb.objs.HalbNatReplies, &ak); err != nil {
@@ -164,13 +187,25 @@ func (lb *kernelLB) writeNATLast() error {
 			last[i] = 1
 		}
 	}
-	if b.lastKnown && last == b.last {
+	if !b.lastKnown || last != b.last {
+		if err := lb.objs.HalbNatLast.Set(last); err != nil {
+			return fmt.Errorf("write %s: %w", halbVarHalbNatLast, err)
+		}
+		b.last, b.lastKnown = last, true
+	}
+	var full [256]uint8
+	for i, n := range b.fullBytes {
+		if n > 0 {
+			full[i] = 1
+		}
+	}
+	if b.fullKnown && full == b.fullLast {
 		return nil
 	}
-	if err := lb.objs.HalbNatLast.Set(last); err != nil {
-		return fmt.Errorf("write %s: %w", halbVarHalbNatLast, err)
+	if err := lb.objs.HalbFnatLast.Set(full); err != nil {
+		return fmt.Errorf("write %s: %w", halbVarHalbFnatLast, err)
 	}
-	b.last, b.lastKnown = last, true
+	b.fullLast, b.fullKnown = full, true
 	return nil
 }
 
