@@ -8,7 +8,8 @@
 // It must never install a route: zebra is never enabled, so nothing
 // reaches the kernel, and a global import policy rejects every route a
 // peer sends (a router that sends a full table costs the memory of its
-// Adj-RIB-In and nothing more). It exports only the paths halb announces
+// Adj-RIB-In, where GoBGP keeps every route before any policy runs, some
+// 1.7 KB a route, and nothing more: TestFRRFullTableCostsLittle). It exports only the paths halb announces
 // (route type local), it never opens GoBGP's gRPC port, and it listens
 // for BGP only when bgp.listen_port asks. It knows nothing of the data
 // path, VRRP or health: the daemon says what to announce and when.
