@@ -6,6 +6,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	gobgp "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
 // logBridge hands GoBGP's log records to halb's handler in halb's style:
@@ -31,26 +33,56 @@ func (b *logBridge) Handle(ctx context.Context, r slog.Record) error {
 	// checks first, so that a router sending a full table costs no
 	// record copied for a log that drops it.
 	forward := b.next.Enabled(ctx, demote(r.Level))
-	capture := b.peer != "" && r.Message == "failed to connect"
+	capture := b.peer != "" && (r.Message == "failed to connect" || isNotification(r.Message))
 	if !forward && !capture {
 		return nil
 	}
-	var errText string
+	var errText, reason string
+	var code, subcode int64
 	out := slog.NewRecord(r.Time, demote(r.Level), lowerFirst(r.Message), r.PC)
 	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "Error" {
+		switch a.Key {
+		case "Error":
 			errText = a.Value.String()
+		case "Code":
+			code = a.Value.Int64()
+		case "Subcode":
+			subcode = a.Value.Int64()
+		case "Communicated-Reason":
+			reason = a.Value.String()
 		}
 		out.AddAttrs(renamed(a))
 		return true
 	})
-	if capture && errText != "" {
+	switch {
+	case capture && errText != "":
 		b.onError(b.peer, "connect: "+errText)
+	case capture && isNotification(r.Message):
+		b.onError(b.peer, notificationText(r.Message, code, subcode, reason))
 	}
 	if !forward {
 		return nil
 	}
 	return b.next.Handle(ctx, out)
+}
+
+// isNotification tells GoBGP's lines about a NOTIFICATION sent or
+// received: the only word of why a session was refused in its OPEN
+// exchange (a router of another AS, an unacceptable hold time), which no
+// peer event carries while the session never came up.
+func isNotification(msg string) bool {
+	return msg == "sent notification" || msg == "received notification"
+}
+
+// notificationText is a NOTIFICATION as Peers shows it: "sent
+// notification: open/bad peer as", with the router's own words when it
+// sent some (RFC 8203).
+func notificationText(msg string, code, subcode int64, reason string) string {
+	text := msg + ": " + gobgp.NotificationErrorCode(uint16(code)<<8|uint16(subcode)).String()
+	if reason != "" {
+		text += ": " + reason
+	}
+	return text
 }
 
 func (b *logBridge) WithAttrs(attrs []slog.Attr) slog.Handler {

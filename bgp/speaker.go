@@ -116,14 +116,12 @@ func New(cfg config.BGP, log *slog.Logger) (*Speaker, error) {
 }
 
 // checkHost is the router ID of cfg on a host with the local prefixes,
-// or an error listing every host problem.
+// or a *config.Error listing every host problem (its File left for the
+// caller, who knows the file): the bgp section is bad for this host, and
+// `halb run` exits 2 on it as on any bad configuration.
 func checkHost(cfg *config.BGP, local []netip.Prefix) (netip.Addr, error) {
 	if problems := HostProblems(cfg, local); len(problems) > 0 {
-		errs := make([]error, len(problems))
-		for i, p := range problems {
-			errs[i] = errors.New(p.String())
-		}
-		return netip.Addr{}, errors.Join(errs...)
+		return netip.Addr{}, &config.Error{Problems: problems}
 	}
 	return RouterID(cfg, local), nil
 }
