@@ -307,13 +307,26 @@ func (d *Daemon) startBGP() error {
 	if d.cfg.BGP != nil {
 		r, err := startBGP(*d.cfg.BGP, d.log)
 		if err != nil {
-			return fmt.Errorf("bgp: %w", err)
+			return d.inFile(fmt.Errorf("bgp: %w", err))
 		}
 		d.bgp.Store(r)
 	}
 	d.placeVIPs()
 	d.announce()
 	return nil
+}
+
+// inFile names the configuration file and the lines in the bgp section
+// this host refuses (bgp.HostProblems), so that `halb run` prints them as
+// `halb check` prints any problem and exits 2 on them: the file is bad
+// for this host.
+func (d *Daemon) inFile(err error) error {
+	var cerr *config.Error
+	if errors.As(err, &cerr) && cerr.File == "" {
+		cerr.File = d.path
+		config.Locate(d.path, cerr.Problems)
+	}
+	return err
 }
 
 // placeVIPs puts the VIPs of the announce: always services on lo (and
@@ -357,7 +370,7 @@ func (d *Daemon) reconfigureBGP(cfg *config.BGP) {
 	case r == nil && cfg != nil:
 		nr, err := startBGP(*cfg, d.log)
 		if err != nil {
-			d.log.Error("bgp speaker not started; trying again at the next reload", "err", err)
+			d.log.Error("bgp speaker not started; trying again at the next reload", "err", d.inFile(err))
 			return
 		}
 		d.bgp.Store(nr)
