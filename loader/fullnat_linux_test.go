@@ -2,11 +2,14 @@ package loader
 
 import (
 	"bytes"
+	"context"
 	"net/netip"
+	"os"
 	"testing"
 
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/service"
 )
 
@@ -309,4 +312,98 @@ func testFullNATPortPool(t *testing.T, prog string) {
 			t.Errorf("%s keeps its port: action %v, frame\n%x\nwant\n%x", c, action, out, want)
 		}
 	}
+}
+
+// TestDatapathFullNAT is forward: fullnat through Apply: a backend's
+// source is the service's snat_address when it has one, else the
+// kernel's toward it; each backend's halb_nat_replies entry is marked
+// full NAT and its address's byte is in halb_fnat_last while it is; a
+// service that turns to forward: nat, and then leaves, clears them.
+func TestDatapathFullNAT(t *testing.T) {
+	b := newDPBench(t)
+	err := b.lb.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/conf/halb0/forwarding", []byte("1"), 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp := b.start(t, b.cfg, config.ModeXDP)
+	ctx := context.Background()
+	snat := netip.MustParseAddr("198.51.100.1")
+	full := service.Service{Name: "full", Key: web, Scheduler: "mh", Forward: service.FullNAT, SNAT: snat,
+		Backends: []service.Backend{{Addr: be11, Port: 8080, Weight: 1}, {Addr: be12, Port: 8080, Weight: 1}}}
+	alt := web
+	alt.Port = 81
+	plain := service.Service{Name: "plain", Key: alt, Scheduler: "mh", Forward: service.FullNAT,
+		Backends: []service.Backend{{Addr: be13, Port: 9090, Weight: 1}}}
+	if err := dp.Apply(ctx, []service.Service{full, plain}); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []struct {
+		svc service.Service
+		src netip.Addr
+	}{{full, snat}, {plain, netip.MustParseAddr("192.0.2.1")}} {
+		st := waitLive(t, dp, x.svc.Key, len(x.svc.Backends))
+		for _, be := range x.svc.Backends {
+			if got := backendOf(st, be.Addr); got.TunnelSrc != x.src || got.Interface != "halb0" {
+				t.Errorf("full NAT backend %s: %+v, want the source %s on halb0", be.Addr, got, x.src)
+			}
+		}
+	}
+	wantFull := func(want bool) {
+		t.Helper()
+		var (
+			k halbBackendKey
+			v halbNatReply
+			n int
+		)
+		it := dp.lb.objs.HalbNatReplies.Iterate()
+		for it.Next(&k, &v) {
+			if k.Port != 0 && k.Port != 9090 {
+				n++
+				if isFull(v) != want {
+					t.Errorf("halb_nat_replies entry of %s:%d: full NAT %v, want %v", addrFrom(k.Addr, k.Family), k.Port, isFull(v), want)
+				}
+			}
+		}
+		if err := it.Err(); err != nil || n != 2 {
+			t.Errorf("halb_nat_replies: %d entries of the first service (%v), want 2", n, err)
+		}
+	}
+	wantBytes := func(want ...netip.Addr) {
+		t.Helper()
+		var got, exp [256]uint8
+		for _, a := range want {
+			exp[a.As4()[3]] = 1
+		}
+		if err := dp.lb.objs.HalbFnatLast.Get(&got); err != nil || got != exp {
+			t.Errorf("halb_fnat_last names %v (%v), want the last bytes of %v", nonZero(got), err, want)
+		}
+	}
+	wantFull(true)
+	wantBytes(be11, be12, be13)
+
+	full.Forward, full.SNAT = service.NAT, netip.Addr{}
+	if err := dp.Apply(ctx, []service.Service{full, plain}); err != nil {
+		t.Fatal(err)
+	}
+	waitLive(t, dp, web, 2)
+	wantFull(false)
+	wantBytes(be13)
+
+	if err := dp.Apply(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	wantBytes()
+}
+
+// nonZero lists the indexes of b that are not 0.
+func nonZero(b [256]uint8) []int {
+	var out []int
+	for i, v := range b {
+		if v != 0 {
+			out = append(out, i)
+		}
+	}
+	return out
 }
