@@ -5,6 +5,7 @@ import (
 	"context"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/gopacket/gopacket/layers"
@@ -404,6 +405,73 @@ func nonZero(b [256]uint8) []int {
 		if v != 0 {
 			out = append(out, i)
 		}
+	}
+	return out
+}
+
+// TestFullNATPortReuse: a new flow whose port a live flow holds takes
+// the next one (the probe); one whose port a flow holds that has been
+// idle past HALB_SNAT_IDLE_NS (2 minutes) takes it over, and the idle
+// flow's halb_ct entry goes, so that its next packet is scheduled anew
+// rather than sent with a port that is now another flow's.
+func TestFullNATPortReuse(t *testing.T) { forPrograms(t, testFullNATPortReuse) }
+
+func testFullNATPortReuse(t *testing.T, prog string) {
+	tb := newTestbed(t, Options{SNATPortFirst: 50000, SNATPortLast: 50003}).on(prog)
+	tb.fnatNet(t)
+	v1 := ap(vip4, 90)
+	portOf := func(c netip.AddrPort, probe uint32) uint16 {
+		return 50000 + uint16((flowHash(c, v1, 6, false)+probe)%4)
+	}
+	// clientAt is a client other than those in not whose hash names p.
+	clientAt := func(p uint16, not ...netip.AddrPort) netip.AddrPort {
+		for port := uint16(41000); ; port++ {
+			c := ap(client4, port)
+			if portOf(c, 0) == p && !slices.Contains(not, c) {
+				return c
+			}
+		}
+	}
+	send := func(c netip.AddrPort, want uint16) {
+		t.Helper()
+		action, out := tb.run(t, packet{src: c, dst: v1}.frame(t, routerMAC, halb0MAC))
+		if w := (packet{src: ap(tunSrc4, want), dst: fnatBe1}).frame(t, halb0MAC, onLink4MAC); action != tb.expect(xdpTX) || !bytes.Equal(out, w) {
+			t.Errorf("%s: action %v, frame\n%x\nwant one from port %d\n%x", c, action, out, want, w)
+		}
+	}
+
+	old := ap(client4, 40999)
+	p := portOf(old, 0)
+	send(old, p)
+	// The old flow has been idle for long: its entry's last reply, at
+	// boot.
+	key := halbFnatKey{Backend: mustAddr(t, fnatBe1.Addr()), Snat: mustAddr(t, tunSrc4), BackendPort: fnatBe1.Port(), SnatPort: p, Proto: 6, Family: halbFamilyFAMILY_IPV4}
+	var f halbFnatFlow
+	if err := tb.lb.objs.HalbFnat.Lookup(&key, &f); err != nil {
+		t.Fatal(err)
+	}
+	f.Seen = 1
+	if err := tb.lb.objs.HalbFnat.Put(&key, &f); err != nil {
+		t.Fatal(err)
+	}
+	taker := clientAt(p, old)
+	send(taker, p)
+	if err := tb.lb.objs.HalbFnat.Lookup(&key, &f); err != nil || netip.AddrPortFrom(addrFrom(f.Client, halbFamilyFAMILY_IPV4), f.ClientPort) != taker {
+		t.Errorf("port %d maps to %s:%d (%v), want %s", p, addrFrom(f.Client, halbFamilyFAMILY_IPV4), f.ClientPort, err, taker)
+	}
+	if _, ok := tb.conntrack(t, packet{src: old, dst: v1}); ok {
+		t.Errorf("the idle flow %s is still in halb_ct with the port %s took", old, taker)
+	}
+	// Now the port is live: the next flow whose hash names it probes.
+	send(clientAt(p, old, taker), portOf(clientAt(p, old, taker), 1))
+}
+
+// mustAddr is a's map form.
+func mustAddr(t *testing.T, a netip.Addr) halbAddr {
+	t.Helper()
+	out, _, err := addrOf(a)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
