@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"net"
-	"net/netip"
-	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -48,25 +45,7 @@ func testFullNAT(t *testing.T, mode, xdpMode string, hook loader.Hook) {
 	if err := dp.Apply(context.Background(), services); err != nil {
 		t.Fatal(err)
 	}
-	waitLive(t, dp, 12)
-	var addrs = make([]netip.Addr, 0, 2*len(natBackends))
-	for _, b := range natBackends {
-		addrs = append(addrs, b.addr, b.addr6)
-	}
-	waitKnown(t, bed.lb, addrs)
-
-	for _, c := range []*client{bed.client, bed.client6} {
-		counts := c.spread(t, 40000, 300)
-		t.Logf("300 connections to %s: %v", c.vip, counts)
-		checkSpread(t, fmt.Sprintf("300 connections to %s", c.vip), counts, 300)
-	}
-	for _, c := range []*client{bed.client, bed.client6} {
-		if answer := c.query(t, 53, 41000, "what is halb"); !strings.HasPrefix(answer, "be") {
-			t.Errorf("udp answer from %s:53: %q, want a backend's name", c.vip, answer)
-		}
-	}
-	logStatus(t, dp)
-	checkReplies(t, dp)
+	checkNATTraffic(t, bed, dp)
 }
 
 // dropDefaultRoutes removes the default routes of ns, both families.

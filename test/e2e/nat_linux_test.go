@@ -228,6 +228,36 @@ func testNAT(t *testing.T, mode, xdpMode string, hook loader.Hook) {
 	if err := dp.Apply(ctx, services); err != nil {
 		t.Fatal(err)
 	}
+	checkNATTraffic(t, bed, dp)
+
+	// A connection that stays open through the drain of its backend.
+	keep := bed.client.connect(t, 39999)
+	defer keep.Close()
+	keep.ping(t, "before the drain")
+	for i, b := range natBackends {
+		if b.name == keep.backend {
+			services[0].Backends[i].Weight = 0
+		}
+	}
+	if err := dp.Apply(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	waitLive(t, dp, 11)
+	counts := bed.client.spread(t, 42000, 150)
+	t.Logf("150 connections with %s drained: %v", keep.backend, counts)
+	if counts[keep.backend] != 0 || total(counts) != 150 || len(counts) != 2 {
+		t.Errorf("%v: want all 150 connections on the two live backends, none on %s", counts, keep.backend)
+	}
+	keep.ping(t, "after the drain")
+}
+
+// checkNATTraffic waits for the four services of bed (web, web6, dns,
+// dns6) to be live, then opens 300 TCP connections to each VIP, wants
+// them spread within ±25 %, and a UDP request to each answered, and
+// every backend that took a connection to have had replies translated
+// back.
+func checkNATTraffic(t *testing.T, bed *natBed, dp *loader.Datapath) {
+	t.Helper()
 	waitLive(t, dp, 12)
 	// XDP drops what it would send to a next hop whose MAC the kernel
 	// does not know yet, and the data path has it resolved: the
@@ -252,26 +282,6 @@ func testNAT(t *testing.T, mode, xdpMode string, hook loader.Hook) {
 	}
 	logStatus(t, dp)
 	checkReplies(t, dp)
-
-	// A connection that stays open through the drain of its backend.
-	keep := bed.client.connect(t, 39999)
-	defer keep.Close()
-	keep.ping(t, "before the drain")
-	for i, b := range natBackends {
-		if b.name == keep.backend {
-			services[0].Backends[i].Weight = 0
-		}
-	}
-	if err := dp.Apply(ctx, services); err != nil {
-		t.Fatal(err)
-	}
-	waitLive(t, dp, 11)
-	counts := bed.client.spread(t, 42000, 150)
-	t.Logf("150 connections with %s drained: %v", keep.backend, counts)
-	if counts[keep.backend] != 0 || total(counts) != 150 || len(counts) != 2 {
-		t.Errorf("%v: want all 150 connections on the two live backends, none on %s", counts, keep.backend)
-	}
-	keep.ping(t, "after the drain")
 }
 
 // checkReplies wants every backend that took a connection to have had
