@@ -684,7 +684,7 @@ func (v *validator) fullNAT(path string, s *Service, d Datapath) {
 // before probing, when auto's choice is not known yet and is taken to be
 // the eBPF data path, as on any kernel with BTF). With mode auto an
 // IPVS-only scheduler runs on IPVS beside the eBPF data path; every
-// forward kind (dr, tun, nat) runs on eBPF.
+// forward kind (dr, tun, nat, fullnat) runs on eBPF.
 func ServiceDatapath(mode, chosen string, s Service) string {
 	switch {
 	case mode == ModeIPVS || chosen == ModeIPVS:

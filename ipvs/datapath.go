@@ -290,7 +290,7 @@ func targets(services []service.Service) ([]target, error) {
 		}
 		fwd, ok := forwards[s.Forward]
 		if !ok {
-			bad("forward %d: not dr, tun or nat", s.Forward)
+			bad("forward %s: IPVS does dr, tun and nat only (full NAT runs on the eBPF data path)", s.Forward)
 		}
 
 		backends := map[netip.AddrPort]bool{}

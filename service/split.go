@@ -14,7 +14,7 @@ import (
 
 // NeedsIPVS reports whether only IPVS can carry s: an IPVS-only
 // scheduler. With datapath.mode auto such services go to IPVS while the
-// rest, every forward kind (dr, tun, nat), stay on eBPF.
+// rest, every forward kind (dr, tun, nat, fullnat), stay on eBPF.
 func NeedsIPVS(s Service) bool {
 	return !slices.Contains(config.BPFSchedulers(), s.Scheduler)
 }
