@@ -221,6 +221,7 @@ func (d *Datapath) Apply(ctx context.Context, services []service.Service) error 
 	var err error
 	if !d.unchanged(services) {
 		d.desired = cloneServices(services)
+		d.natServed.Store(slices.ContainsFunc(services, translates))
 		err = d.reconcile()
 		d.lastErr = errString(err)
 	}
@@ -228,6 +229,12 @@ func (d *Datapath) Apply(ctx context.Context, services []service.Service) error 
 		err = errors.Join(err, d.swapPrograms())
 	}
 	return err
+}
+
+// translates reports whether s rewrites addresses, so that its replies
+// come back through the balancer and may wait for a next hop.
+func translates(s service.Service) bool {
+	return s.Forward == service.NAT || s.Forward == service.FullNAT
 }
 
 // unchanged reports whether services are what the maps serve already,

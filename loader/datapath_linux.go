@@ -89,7 +89,10 @@ type Datapath struct {
 	svcIDs    *serviceIDs
 	beIDs     *backendIDs
 	pending   atomic.Int64 // backends with a problem, tried again every retryPending
-	reach     reach        // the routes and neighbours to the backends (neigh_linux.go)
+	// natServed is whether the last Apply had a NAT or full NAT service:
+	// only then can the program want a reply's next hop (resolveWanted).
+	natServed atomic.Bool
+	reach     reach // the routes and neighbours to the backends (neigh_linux.go)
 	// pinChecks is what the pin check found right (pincheck_linux.go).
 	pinChecks pinChecks
 	lastErr   string // what the last apply could not do, said once

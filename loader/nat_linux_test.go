@@ -577,6 +577,19 @@ func TestResolveWanted(t *testing.T) {
 	if err := dp.lb.objs.HalbNeighWanted.Put(&k, uint64(1)); err != nil {
 		t.Fatal(err)
 	}
+	// No NAT service served: the map is not read, so an idle data path
+	// without NAT does nothing every wantedInterval.
+	time.Sleep(3 * wantedInterval)
+	var v uint64
+	if err := dp.lb.objs.HalbNeighWanted.Lookup(&k, &v); err != nil {
+		t.Fatalf("%s read without a nat service: %v", halbMapHalbNeighWanted, err)
+	}
+	for _, f := range []service.Forward{service.DR, service.TUN, service.NAT, service.FullNAT} {
+		if got, want := translates(service.Service{Forward: f}), f == service.NAT || f == service.FullNAT; got != want {
+			t.Errorf("translates(%s) = %v, want %v", f, got, want)
+		}
+	}
+	dp.natServed.Store(true) // as an Apply with a nat service does
 	deadline := time.Now().Add(10 * wantedInterval)
 	for {
 		list, err := h.NeighList(halb0.Attrs().Index, netlink.FAMILY_V4)
