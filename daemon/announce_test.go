@@ -103,6 +103,11 @@ func TestReconcile(t *testing.T) {
 	if med := r.sp.Announced()[0].Attrs.MED; med != 20 {
 		t.Errorf("192.0.2.100/32 announced with the MED of a service that does not want it: %d", med)
 	}
+	// Two services wanting one VIP: the first one's attributes.
+	r.reconcile([]AnnouncementStatus{dec("web", "192.0.2.100/32", true, 30), dec("dns", "192.0.2.100/32", true, 40)})
+	if a := r.sp.Announced(); len(a) != 1 || a[0].Attrs.MED != 30 {
+		t.Errorf("192.0.2.100/32 wanted by web (MED 30) then dns (MED 40): announced %+v, want web's MED 30", a)
+	}
 	r.reconcile([]AnnouncementStatus{dec("web", "192.0.2.100/32", false, 10), dec("dns", "192.0.2.100/32", false, 20),
 		dec("web6", "2001:db8::100/128", true, 0)})
 	if got, want := announced(r), []string{"2001:db8::100/128"}; !slices.Equal(got, want) {
