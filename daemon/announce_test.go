@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -152,5 +153,16 @@ func TestNoteServed(t *testing.T) {
 	d.noteServed(nil)
 	if !d.served["web"] || !d.served["db"] {
 		t.Errorf("after a good apply: served %v, want both", d.served)
+	}
+}
+
+// `halb drain` and `halb undrain` are root's and halb's own user's alone,
+// whatever mode the control socket was given.
+func TestMayChange(t *testing.T) {
+	if !mayChange(0) || !mayChange(uint32(os.Geteuid())) {
+		t.Error("root or halb's own user refused")
+	}
+	if os.Geteuid() != 65534 && mayChange(65534) {
+		t.Error("uid 65534 (nobody) allowed to drain")
 	}
 }

@@ -86,11 +86,17 @@ func allowed(w http.ResponseWriter, req *http.Request) (string, bool) {
 		name = u.Username
 	}
 	who := fmt.Sprintf("uid %d (%s) pid %d", cred.Uid, name, cred.Pid)
-	if cred.Uid != 0 && int(cred.Uid) != os.Geteuid() {
+	if !mayChange(cred.Uid) {
 		http.Error(w, "only root may do this; refused for "+who, http.StatusForbidden)
 		return "", false
 	}
 	return who, true
+}
+
+// mayChange says whether a caller of uid may change what halb announces:
+// root, or halb's own user.
+func mayChange(uid uint32) bool {
+	return uid == 0 || int(uid) == os.Geteuid()
 }
 
 // caller is the process at the other end of the request's unix socket
