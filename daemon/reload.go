@@ -94,6 +94,7 @@ var restartKeys = []struct {
 	{"datapath.conntrack_entries", func(c *config.Config) string { return fmt.Sprint(c.Datapath.ConntrackEntries) }},
 	{"datapath.maglev_table_size", func(c *config.Config) string { return fmt.Sprint(c.Datapath.MaglevTableSize) }},
 	{"datapath.max_backends", func(c *config.Config) string { return fmt.Sprint(c.Datapath.MaxBackends) }},
+	{"datapath.snat_ports", func(c *config.Config) string { return c.Datapath.SNATPorts }},
 }
 
 // warnRestartKeys logs, one line per key, each key of restartKeys that cfg
