@@ -231,24 +231,35 @@ func (d *Datapath) natReplies() (map[natReplyKey]natReply, error) {
 	want := map[natReplyKey]natReply{}
 	owner := map[natReplyKey]*svcState{}
 	var errs []error
+	for st, be := range d.natBackends {
+		key := st.key
+		ap := be.key()
+		k := natReplyKey{Backend: ap, Proto: key.Proto}
+		if other := owner[k]; other != nil {
+			errs = append(errs, fmt.Errorf("service %s: backend %s/%s is a backend of the NAT service %s too, and its replies could not tell which VIP they go back as: give it another port in one of them", st, ap, key.Proto, other))
+			continue
+		}
+		owner[k] = st
+		want[k] = natReply{Backend: ap, Proto: key.Proto, VIP: netip.AddrPortFrom(key.VIP, key.Port), Service: st.id, BackendID: be.id, FullNAT: st.fullnat}
+	}
+	return want, errors.Join(errs...)
+}
+
+// natBackends yields each backend of each NAT or full NAT service
+// d.applied holds, services in key order: the one walk natReplies and
+// natRepliesCounter share. d.mu is held.
+func (d *Datapath) natBackends(yield func(*svcState, *beState) bool) {
 	for _, key := range sortedKeys(d.applied) {
 		st := d.applied[key]
 		if !st.nat {
 			continue
 		}
 		for i := range st.backends {
-			be := &st.backends[i]
-			ap := be.key()
-			k := natReplyKey{Backend: ap, Proto: key.Proto}
-			if other := owner[k]; other != nil {
-				errs = append(errs, fmt.Errorf("service %s: backend %s/%s is a backend of the NAT service %s too, and its replies could not tell which VIP they go back as: give it another port in one of them", st, ap, key.Proto, other))
-				continue
+			if !yield(st, &st.backends[i]) {
+				return
 			}
-			owner[k] = st
-			want[k] = natReply{Backend: ap, Proto: key.Proto, VIP: netip.AddrPortFrom(key.VIP, key.Port), Service: st.id, BackendID: be.id, FullNAT: st.fullnat}
 		}
 	}
-	return want, errors.Join(errs...)
 }
 
 // writeNATReplies writes the entries of halb_nat_replies that are new or
@@ -293,19 +304,12 @@ func sortedNATKeys[V any](m map[natReplyKey]V) []natReplyKey {
 // the drops. d.mu is held.
 func (d *Datapath) natRepliesCounter() (service.Counter, error) {
 	values := map[string]uint64{}
-	for _, key := range sortedKeys(d.applied) {
-		st := d.applied[key]
-		if !st.nat {
-			continue
+	for st, be := range d.natBackends {
+		s, err := d.lb.replyStats(be.id)
+		if err != nil {
+			return service.Counter{}, err
 		}
-		for i := range st.backends {
-			be := &st.backends[i]
-			s, err := d.lb.replyStats(be.id)
-			if err != nil {
-				return service.Counter{}, err
-			}
-			values[be.key().String()+"/"+key.Proto.String()] += s.Packets
-		}
+		values[be.key().String()+"/"+st.key.Proto.String()] += s.Packets
 	}
 	return service.Counter{Name: "nat_replies", Help: "Replies of forward: nat backends the eBPF data path translated back to their clients, by backend.", Label: "backend", Values: values}, nil
 }
