@@ -322,9 +322,9 @@ const wantedInterval = 100 * time.Millisecond
 
 // resolveWanted asks the kernel to resolve the next hops that the program
 // left in halb_neigh_wanted, until ctx ends, while the last Apply had a
-// NAT or full NAT service (no other kind leaves any): XDP drops a NAT reply whose
-// next hop toward the client has no MAC yet (DropReplyNoNeigh) and cannot
-// resolve it itself. The clients are not known beforehand, as backends
+// NAT or full NAT service (no other kind leaves any): XDP drops a NAT
+// reply whose next hop toward the client has no MAC yet
+// (DropReplyNoNeigh) and cannot resolve it itself. The clients are not known beforehand, as backends
 // are, and a node that becomes Master has often never spoken to them.
 func (d *Datapath) resolveWanted(ctx context.Context) {
 	tick := time.NewTicker(wantedInterval)
