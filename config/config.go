@@ -115,6 +115,15 @@ type Instance struct {
 	GARPMasterDelay   time.Duration    `mapstructure:"garp_master_delay"`
 	GARPMasterRepeat  int              `mapstructure:"garp_master_repeat"`
 	GARPMasterRefresh time.Duration    `mapstructure:"garp_master_refresh"`
+
+	// The per-state notify scripts (keepalived's notify_master, ...):
+	// argv lists run with no added arguments, each before Notify.
+	NotifyMaster   []string       `mapstructure:"notify_master"`
+	NotifyBackup   []string       `mapstructure:"notify_backup"`
+	NotifyFault    []string       `mapstructure:"notify_fault"`
+	NotifyStop     []string       `mapstructure:"notify_stop"`
+	TrackFiles     []TrackFile    `mapstructure:"track_files"`
+	TrackProcesses []TrackProcess `mapstructure:"track_processes"`
 }
 
 // IPv6 reports whether the instance is an IPv6 virtual router. The family
@@ -142,10 +151,36 @@ type TrackScript struct {
 	Weight   int           `mapstructure:"weight"`
 }
 
-// SyncGroup makes its instances change state together.
+// TrackFile reads an integer N from Path (keepalived's track_file): the
+// priority moves by N × Weight, or, with Weight 0, a non-zero N faults the
+// instance.
+type TrackFile struct {
+	Path   string `mapstructure:"path"`
+	Weight int    `mapstructure:"weight"`
+}
+
+// TrackProcess counts the processes named Name (and, when Args is given,
+// run with exactly those arguments) in /proc (keepalived's
+// track_process): fewer than MinCount for Delay lowers the priority by
+// Weight, or faults the instance when Weight is 0; a positive Weight is
+// added while there are enough.
+type TrackProcess struct {
+	Name     string        `mapstructure:"name"`
+	Args     []string      `mapstructure:"args"`
+	MinCount int           `mapstructure:"min_count"`
+	Weight   int           `mapstructure:"weight"`
+	Delay    time.Duration `mapstructure:"delay"`
+}
+
+// SyncGroup makes its instances change state together. Its notify
+// scripts run when the group as a whole changes state.
 type SyncGroup struct {
-	Name      string   `mapstructure:"name"`
-	Instances []string `mapstructure:"instances"`
+	Name         string   `mapstructure:"name"`
+	Instances    []string `mapstructure:"instances"`
+	NotifyMaster []string `mapstructure:"notify_master"`
+	NotifyBackup []string `mapstructure:"notify_backup"`
+	NotifyFault  []string `mapstructure:"notify_fault"`
+	NotifyStop   []string `mapstructure:"notify_stop"`
 }
 
 // Service is one virtual service: traffic to VIP:Port/Protocol is spread
@@ -222,6 +257,13 @@ var (
 		GARPMasterRepeat: 5,
 	}
 	defaultTrackScript = TrackScript{Interval: 2 * time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
+
+	// keepalived's track_file weight is 1: the file's number is the
+	// weight. A process is missed as an interface or a script is: weight
+	// 0, FAULT.
+	defaultTrackFile    = TrackFile{Weight: 1}
+	defaultTrackProcess = TrackProcess{MinCount: 1}
+
 	defaultService     = Service{Protocol: "tcp", Scheduler: "mh", Forward: "dr", Quorum: 1}
 	defaultBackend     = Backend{Weight: 1}
 	defaultHealthCheck = HealthCheck{
@@ -245,6 +287,10 @@ func setDefaults(v reflect.Value) {
 		*p = defaultInstance
 	case *TrackScript:
 		*p = defaultTrackScript
+	case *TrackFile:
+		*p = defaultTrackFile
+	case *TrackProcess:
+		*p = defaultTrackProcess
 	case *Service:
 		*p = defaultService
 		setDefaults(reflect.ValueOf(&p.HealthCheck).Elem())

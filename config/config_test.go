@@ -212,6 +212,7 @@ vrrp:
       auth_pass: secret
       track_scripts:
         - {command: [/bin/true], interval: 2s, timeout: 1s, rise: 1, fall: 1}
+      track_processes: [{name: haproxy, delay: 0s}]
       garp_master_delay: 5s
       garp_master_refresh: 0s
 services:
@@ -346,7 +347,10 @@ func TestStrictTypesAllAtOnce(t *testing.T) {
 	for _, p := range cerr.Problems {
 		got = append(got, p.Path+":"+strconv.Itoa(p.Line))
 	}
-	want := "vrrp.instances[0].priority:8 vrrp.instances[0].preempt:9 services[0].port:22 services[0].backends[0].weight:26"
+	// The lines are found in baseConfig, which grows with new keys.
+	line := func(text string) int { return strings.Count(baseConfig[:strings.Index(baseConfig, text)], "\n") + 1 }
+	want := fmt.Sprintf("vrrp.instances[0].priority:%d vrrp.instances[0].preempt:%d services[0].port:%d services[0].backends[0].weight:%d",
+		line("priority: 150"), line("preempt: true"), line("port: 80\n"), line("weight: 1}"))
 	if strings.Join(got, " ") != want {
 		t.Errorf("problems = %v\nwant      %s\n%v", got, want, err)
 	}

@@ -10,7 +10,8 @@ import (
 )
 
 // CheckScripts looks at the programs the configuration runs as root
-// (notify scripts, track scripts and exec health checks) on this host,
+// (notify scripts, per-state ones included, track scripts and exec
+// health checks) on this host,
 // with the policy internal/script applies again at every run: each must
 // exist, be a regular executable file, and neither it nor any directory or
 // symlink on its path, as written or as the links resolve, may be owned or
@@ -54,6 +55,7 @@ func CheckScripts(c *Config) []Problem {
 			command(fmt.Sprintf("%s.track_scripts[%d].command", base, j), ts.Command)
 		}
 	}
+	checkStateScripts(c, command)
 	for i, s := range c.Services {
 		if s.HealthCheck.Type == "exec" {
 			command(fmt.Sprintf("services[%d].health_check.command", i), s.HealthCheck.Command)

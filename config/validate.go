@@ -311,6 +311,7 @@ func (v *validator) vrrp(r *VRRP) {
 			}
 			grouped[name] = g.Name
 		}
+		v.stateNotify(path, g.StateScripts())
 	}
 }
 
@@ -427,6 +428,9 @@ func (v *validator) instance(path string, in *Instance) {
 	if in.Notify != "" {
 		v.absPath(path+".notify", in.Notify, "an executable")
 	}
+	v.stateNotify(path, in.StateScripts())
+	v.trackFiles(path, in.TrackFiles)
+	v.trackProcesses(path, in.TrackProcesses)
 	if in.VMACXmitBase && !in.UseVMAC {
 		v.errf(path+".vmac_xmit_base", "only means something with use_vmac: true")
 	}
