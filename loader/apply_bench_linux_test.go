@@ -109,6 +109,14 @@ import (
 //	                     Applies, the other metrics are the first's.
 //	apply/build          (one-backend lines) apply-ms / build-ms; issue 16's
 //	                     bound: 2.
+//	swap-ms              (one-backend lines) the median of those Applies'
+//	                     batch writes to halb_maglev: the kernel returns
+//	                     from a write to a map of maps only after an RCU
+//	                     grace period (synchronize_rcu, so that no program
+//	                     still runs on the table it replaced), which no
+//	                     swap of a fresh table can avoid, and
+//	apply-swap/build     (apply-ms - swap-ms) / build-ms: the rest of the
+//	                     Apply beside the build.
 //	slots-changed        (one-backend lines) the slots that name another
 //	                     backend ID after the Apply than before it, and
 //	slots-dangling       the slots that name an ID the service no longer
@@ -252,6 +260,7 @@ func benchOneBackend(b *testing.B, change func(*service.Service)) {
 		}
 	}
 	applies := []time.Duration{c.took}
+	swaps := []time.Duration{c.swap}
 	builds := []time.Duration{ab.medianBuild(b, 1)}
 	for range oneBackendRounds - 1 {
 		if r := ab.apply(b, []service.Service{s}); r.err != nil {
@@ -262,14 +271,18 @@ func benchOneBackend(b *testing.B, change func(*service.Service)) {
 			b.Fatalf("apply: %v", r.err)
 		}
 		applies = append(applies, r.took)
+		swaps = append(swaps, r.swap)
 		builds = append(builds, ab.medianBuild(b, 1))
 	}
 	c.took = median(applies)
+	swap := median(swaps)
 	build := median(builds)
 	ab.report(b, c, []service.Service{changed})
 	b.ReportMetric(ms(first.took), "first-apply-ms")
 	b.ReportMetric(ms(build), "build-ms")
 	b.ReportMetric(float64(c.took)/float64(build), "apply/build")
+	b.ReportMetric(ms(swap), "swap-ms")
+	b.ReportMetric(float64(c.took-swap)/float64(build), "apply-swap/build")
 	b.ReportMetric(float64(moved), "slots-changed")
 	b.ReportMetric(float64(dangling), "slots-dangling")
 }
@@ -428,7 +441,10 @@ type applyCost struct {
 	// writes, batches and lookups are the map writes, the batch writes
 	// of tables to halb_maglev and the route lookups it made.
 	writes, batches, lookups int
-	err                      error
+	// swap is how long its batch write of tables to halb_maglev took (0
+	// when it wrote none): the kernel's RCU grace period is most of it.
+	swap time.Duration
+	err  error
 }
 
 // apply runs one Apply of services and measures it.
@@ -443,6 +459,11 @@ func (ab *applyBench) apply(b *testing.B, services []service.Service) applyCost 
 	c := applyCost{took: time.Since(start), cpu: cpuTime(b) - cpuStart, err: err}
 	w, bt, l := ab.counts()
 	c.writes, c.batches, c.lookups = w-writes, bt-batches, l-lookups
+	if c.batches > 0 {
+		ab.dp.mu.Lock()
+		c.swap = ab.dp.maps.lastSwap()
+		ab.dp.mu.Unlock()
+	}
 	runtime.ReadMemStats(&after)
 	c.alloc = after.TotalAlloc - before.TotalAlloc
 	runtime.GC()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -49,6 +50,11 @@ type mapWriter struct {
 	recs            []halbBackend
 	writes          int
 	tableBatches    int
+	// swapTook is how long the last batch write of tables to halb_maglev
+	// took: the kernel returns from a write to a map of maps only after an
+	// RCU grace period, once no program still runs on the tables it
+	// replaced (BenchmarkApply reports it beside the Apply).
+	swapTook time.Duration
 }
 
 func newMapWriter(lb *kernelLB) *mapWriter {
@@ -335,7 +341,9 @@ func (w *mapWriter) installTables(staged []*stagedTable) error {
 	defer w.mu.Unlock()
 	w.writes++
 	w.tableBatches++
+	start := time.Now()
 	err := w.lb.installMaglevTables(services, maps)
+	w.swapTook = time.Since(start)
 	for _, t := range staged {
 		t.discard() // halb_maglev holds its own reference
 	}
@@ -346,6 +354,14 @@ func (w *mapWriter) installTables(staged []*stagedTable) error {
 		w.name(t.service, t.ids)
 	}
 	return nil
+}
+
+// lastSwap is how long the last batch write of tables to halb_maglev
+// took.
+func (w *mapWriter) lastSwap() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.swapTook
 }
 
 // tableBatchCount is how many batch writes of tables to halb_maglev the
