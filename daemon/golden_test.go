@@ -145,7 +145,9 @@ func goldenBGP(since time.Time) *BGPStatus {
 
 // goldenBPF reports as the eBPF data path does: a DR service with one
 // backend served, one drained and one it has no route to; a TUN service
-// over IPv6; no open connections; drop counters by reason.
+// over IPv6; a NAT service whose backend's replies were translated back;
+// no open connections; drop counters by reason, and NAT replies by
+// backend.
 type goldenBPF struct{ nopDatapath }
 
 func (goldenBPF) Name() string { return "xdp" }
@@ -167,6 +169,12 @@ func (goldenBPF) Report() ([]service.Report, error) {
 			}},
 		{Name: "dns", Key: service.Key{VIP: netip.MustParseAddr("192.0.2.100"), Port: 53, Proto: service.UDP}, Datapath: "xdp",
 			Stats: service.Stats{Packets: 10, Bytes: 640, NewFlows: 10}},
+		{Name: "app", Key: service.Key{VIP: netip.MustParseAddr("192.0.2.100"), Port: 8000, Proto: service.TCP}, Datapath: "xdp",
+			Stats: service.Stats{Packets: 5000, Bytes: 400000, NewFlows: 50},
+			Backends: []service.BackendReport{
+				{Addr: netip.MustParseAddrPort("198.51.100.41:8080"), Weight: 1, Live: true, Stats: service.Stats{Packets: 5000, Bytes: 400000, NewFlows: 50},
+					Replies: &service.Stats{Packets: 4200, Bytes: 6300000}},
+			}},
 	}, nil
 }
 
@@ -175,7 +183,7 @@ func (goldenBPF) Counters() ([]service.Counter, error) {
 		"malformed": 1, "no-backend": 7, "no-tx-port": 0, "unsupported": 0, "no-route": 3, "no-neigh": 2, "too-big": 0,
 		"too-big-answered": 5, "encap": 0, "ip-header": 0, "ip-length": 1, "tcp-header": 0, "udp-header": 0,
 		"bad-source": 9, "vip-source": 0,
-	})}, nil
+	}), loader.NATRepliesCounter(map[string]uint64{"198.51.100.41:8080/tcp": 4200})}, nil
 }
 
 // goldenIPVS reports as IPVS does: incoming packets, connections

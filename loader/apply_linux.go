@@ -1394,9 +1394,6 @@ type BackendStatus struct {
 	Interface string           // the one of datapath.interfaces it is on (TUN: its next hop)
 	MAC       net.HardwareAddr // DR: nil while its neighbour entry is awaited
 	TunnelSrc netip.Addr       // TUN: the outer source address; NAT: the balancer's address toward it
-	// Replies: NAT, its replies translated back to the clients
-	// (NewFlows stays 0).
-	Replies service.Stats
 }
 
 // Status reads what the data path serves and its counters, services in
@@ -1442,7 +1439,8 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 				if err != nil {
 					return nil, err
 				}
-				bs.Replies = replies.report()
+				r := replies.report() // NewFlows stays 0
+				bs.Replies = &r
 			}
 			if be.tunnel() {
 				bs.TunnelSrc = addrFrom(be.rec.Src, be.rec.Family)

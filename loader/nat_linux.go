@@ -311,7 +311,7 @@ func (d *Datapath) natRepliesCounter() (service.Counter, error) {
 		}
 		values[be.key().String()+"/"+st.key.Proto.String()] += s.Packets
 	}
-	return service.Counter{Name: "nat_replies", Help: "Replies of forward: nat backends the eBPF data path translated back to their clients, by backend.", Label: "backend", Values: values}, nil
+	return NATRepliesCounter(values), nil
 }
 
 // wantedInterval is how often resolveWanted reads halb_neigh_wanted: a

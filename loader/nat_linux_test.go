@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
@@ -514,6 +515,7 @@ func TestDatapathNAT(t *testing.T) {
 	if got := natEntries(t, dp.lb); !maps.Equal(got, want) {
 		t.Errorf("halb_nat_replies holds %v, want %v", got, want)
 	}
+	wantReportedReplies(t, dp, want)
 	counters, err := dp.Counters()
 	if err != nil {
 		t.Fatal(err)
@@ -533,6 +535,47 @@ func TestDatapathNAT(t *testing.T) {
 	var last [256]uint8
 	if err := dp.lb.objs.HalbNatLast.Get(&last); err != nil || last != ([256]uint8{}) {
 		t.Errorf("halb_nat_last after the NAT services left: %v (%v), want all zeros", last, err)
+	}
+}
+
+// wantReportedReplies writes reply counters for each NAT backend of want
+// (as the program counts a translated reply, on two CPUs) and wants
+// Report, what `halb status` shows, to name each backend's own: its
+// packets and bytes summed, by its id, under the service it belongs to.
+func wantReportedReplies(t *testing.T, dp *Datapath, want map[natReplyKey]natReply) {
+	t.Helper()
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range want {
+		perCPU := make([]halbStats, cpus)
+		perCPU[0] = halbStats{Packets: uint64(r.BackendID), Bytes: 100 * uint64(r.BackendID)}
+		perCPU[cpus-1].Packets += 1000
+		if err := dp.lb.objs.HalbReplyStats.Put(r.BackendID, perCPU); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reports, err := dp.Report()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, rep := range reports {
+		for _, b := range rep.Backends {
+			r, ok := want[natReplyKey{b.Addr, rep.Key.Proto}]
+			if !ok || ap(rep.Key.VIP, rep.Key.Port) != r.VIP {
+				continue
+			}
+			seen++
+			wantStats := service.Stats{Packets: uint64(r.BackendID) + 1000, Bytes: 100 * uint64(r.BackendID)}
+			if b.Replies == nil || *b.Replies != wantStats {
+				t.Errorf("service %s: backend %s reports replies %+v, want %+v", rep.Name, b.Addr, b.Replies, wantStats)
+			}
+		}
+	}
+	if seen != len(want) {
+		t.Errorf("Report names %d of the %d NAT backends: %+v", seen, len(want), reports)
 	}
 }
 

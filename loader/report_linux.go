@@ -69,6 +69,13 @@ func DropsCounter(values map[string]uint64) service.Counter {
 	return service.Counter{Name: "drops", Help: "Packets the eBPF data path dropped, by reason.", Label: "reason", Values: values}
 }
 
+// NATRepliesCounter is the counter family of the replies of forward: nat
+// and fullnat backends translated back, values by backend
+// ("198.51.100.11:8080/tcp"), as DropsCounter is the drops'.
+func NATRepliesCounter(values map[string]uint64) service.Counter {
+	return service.Counter{Name: "nat_replies", Help: "Replies of forward: nat and fullnat backends the eBPF data path translated back to their clients, by backend.", Label: "backend", Values: values}
+}
+
 // Hooks says where the programs are attached and how, "eth0: xdp
 // native", and which of datapath.interfaces halb waits for, "eth1:
 // missing, waiting for it", in datapath.interfaces order.

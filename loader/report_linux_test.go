@@ -44,6 +44,9 @@ func TestDatapathReportAndCounters(t *testing.T) {
 		if b.Conns != nil {
 			t.Errorf("backend %s has open connections %+v: the eBPF data path counts none", b.Addr, b.Conns)
 		}
+		if b.Replies != nil {
+			t.Errorf("forward: dr backend %s reports replies %+v: only NAT's are translated back", b.Addr, b.Replies)
+		}
 	}
 
 	drops, err := dp.Drops()

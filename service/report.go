@@ -42,6 +42,10 @@ type BackendReport struct {
 	// backend whose MAC is not known yet) keeps the flows it has.
 	Live bool `json:"live"`
 	Stats
+	// Replies are the packets and bytes of the backend's replies that
+	// the data path translated back to the clients (the eBPF data
+	// path's forward: nat and fullnat); nil where it translates none.
+	Replies *Stats `json:"replies,omitempty"`
 	// Problem is why the data path cannot serve the backend now, or not
 	// fully: no route to it, routed through an interface the data path
 	// is not on, no neighbour entry, its interface missing. "" when

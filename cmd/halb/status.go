@@ -182,10 +182,13 @@ func writeStatus(w io.Writer, st daemon.Status, now time.Time) error {
 		fmt.Fprintln(tw)
 		// CONNS: what IPVS holds now, active/inactive; the eBPF data
 		// path does not count open flows.
+		// REPLIES: the packets/bytes of a NAT backend's replies the eBPF
+		// data path translated back to the clients; PACKETS and BYTES
+		// count the way to the backends.
 		// PROBLEM: why the data path cannot serve a backend now.
-		fmt.Fprintf(tw, "SERVICE\tBACKEND\tWEIGHT\tNEW FLOWS\tCONNS\tPACKETS\tBYTES\tPROBLEM\n")
+		fmt.Fprintf(tw, "SERVICE\tBACKEND\tWEIGHT\tNEW FLOWS\tCONNS\tPACKETS\tBYTES\tREPLIES\tPROBLEM\n")
 		for _, s := range st.Services {
-			fmt.Fprintf(tw, "%s %s (%s)\t(all)\t\t%d\t\t%d\t%d\t\n", s.Name, s.Key, s.Datapath, s.NewFlows, s.Packets, s.Bytes)
+			fmt.Fprintf(tw, "%s %s (%s)\t(all)\t\t%d\t\t%d\t%d\t\t\n", s.Name, s.Key, s.Datapath, s.NewFlows, s.Packets, s.Bytes)
 			for _, b := range s.Backends {
 				weight := fmt.Sprint(b.Weight)
 				switch {
@@ -198,7 +201,11 @@ func writeStatus(w io.Writer, st daemon.Status, now time.Time) error {
 				if b.Conns != nil {
 					conns = fmt.Sprintf("%d/%d", b.Active, b.Inactive)
 				}
-				fmt.Fprintf(tw, "\t%s\t%s\t%d\t%s\t%d\t%d\t%s\n", b.Addr, weight, b.NewFlows, conns, b.Packets, b.Bytes, b.Problem)
+				replies := "-"
+				if b.Replies != nil {
+					replies = fmt.Sprintf("%d/%d", b.Replies.Packets, b.Replies.Bytes)
+				}
+				fmt.Fprintf(tw, "\t%s\t%s\t%d\t%s\t%d\t%d\t%s\t%s\n", b.Addr, weight, b.NewFlows, conns, b.Packets, b.Bytes, replies, b.Problem)
 			}
 		}
 	}

@@ -28,9 +28,9 @@ func TestStatusBackendProblem(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, re := range []string{
-		`(?m)^SERVICE +BACKEND +WEIGHT +NEW FLOWS +CONNS +PACKETS +BYTES +PROBLEM$`,
-		`(?m)^ +\[2001:db8:1::11\]:443 +1 \(not served\) +0 +- +0 +0 +no route \(network is unreachable\)$`,
-		`(?m)^ +\[2001:db8:1::12\]:443 +1 +0 +- +0 +0 *$`,
+		`(?m)^SERVICE +BACKEND +WEIGHT +NEW FLOWS +CONNS +PACKETS +BYTES +REPLIES +PROBLEM$`,
+		`(?m)^ +\[2001:db8:1::11\]:443 +1 \(not served\) +0 +- +0 +0 +- +no route \(network is unreachable\)$`,
+		`(?m)^ +\[2001:db8:1::12\]:443 +1 +0 +- +0 +0 +- *$`,
 	} {
 		if !regexp.MustCompile(re).MatchString(out.String()) {
 			t.Errorf("halb status does not match %s:\n%s", re, out.String())

@@ -294,7 +294,9 @@ func checkReplies(t *testing.T, dp *loader.Datapath) {
 	}
 	for _, s := range st {
 		for _, b := range s.Backends {
-			if b.Packets > 0 && b.Replies.Packets == 0 {
+			if b.Replies == nil {
+				t.Errorf("service %s: backend %s reports no reply counters", s.Key, b.Addr)
+			} else if b.Packets > 0 && b.Replies.Packets == 0 {
 				t.Errorf("service %s: backend %s got %d packets and sent no reply back through the data path", s.Key, b.Addr, b.Packets)
 			}
 		}
