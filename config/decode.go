@@ -48,6 +48,10 @@ type decoder struct {
 	index     int   // the index of the list item being decoded
 	portless  []int // its backends that name no port: they take the service's
 	hcTypeSet bool  // its health check names its type
+
+	// split, when the file is read in parts (split.go), holds the
+	// services list's items, decoded where the list's value is met.
+	split *servicesList
 }
 
 // Bounds of the nodes a walk visits: a file's own nodes, and as many
@@ -61,9 +65,15 @@ const (
 // anchor merged into itself would otherwise be followed for ever.
 const maxMergeDepth = 32
 
-// decode fills cfg from the parsed document doc of nodes nodes.
-func (d *decoder) decode(doc *yaml.Node, nodes int, cfg *Config) {
-	d.limit = max(walkBudgetFactor*nodes, minWalkBudget)
+// walkBudget is how many nodes a walk of a file of nodes nodes may visit.
+func walkBudget(nodes int) int {
+	return max(walkBudgetFactor*nodes, minWalkBudget)
+}
+
+// decode fills cfg from the parsed document doc, visiting at most limit
+// nodes (walkBudget).
+func (d *decoder) decode(doc *yaml.Node, limit int, cfg *Config) {
+	d.limit = limit
 	d.budget = d.limit
 	if d.failed == nil {
 		d.failed = map[string]bool{}
@@ -126,6 +136,10 @@ func (d *decoder) visit(n *yaml.Node) bool {
 // value decodes node n into v; line is the line of its key or item.
 func (d *decoder) value(n *yaml.Node, v reflect.Value, line int) {
 	if !d.visit(n) {
+		return
+	}
+	if d.split != nil && n == d.split.placeholder {
+		d.splitList(v)
 		return
 	}
 	n = resolveAlias(n)

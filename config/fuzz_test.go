@@ -32,18 +32,8 @@ import (
 //     durations within their floors, no virtual IP that is a host's
 //     address), each checked here independently of Validate.
 func FuzzLoad(f *testing.F) {
-	for _, glob := range []string{"../configs/*.yaml", "testdata/broken/*.yaml"} {
-		files, err := filepath.Glob(glob)
-		if err != nil {
-			f.Fatal(err)
-		}
-		for _, file := range files {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				f.Fatal(err)
-			}
-			f.Add(data)
-		}
+	for _, data := range exampleFiles(f) {
+		f.Add(data)
 	}
 	for _, seed := range fuzzSeeds() {
 		f.Add(seed)

@@ -138,17 +138,19 @@ func Parse(data []byte, name string) (*Config, error) {
 //
 // The node tree of the file is by far the most memory a load takes (122
 // MiB live for the largest site's 6.9 MB file, whose Config is 4 MiB), so
-// it is let go as soon as it is decoded: Validate and what follows run
-// beside the Config alone, and the lines of what they find are looked up
-// in a parse made only if they find something (fileLines).
+// the services list is parsed one item at a time when it can be
+// (split.go), and every tree is let go as soon as it is decoded:
+// Validate and what follows run beside the Config alone, and the lines
+// of what they find are looked up in a parse made only if they find
+// something (fileLines).
 func parse(data []byte, name string) (*Config, *fileLines, error) {
 	cfg, problems, failed, nodes := decodeFile(data)
 	if nodes >= collectAfterNodes {
-		// The tree is garbage now, and the heap may grow to twice its
+		// The trees are garbage now, and the heap may grow to twice its
 		// size before the runtime collects it: collected now, its memory
 		// takes what follows (Validate, and the daemon's first apply)
 		// instead of new memory. For the largest site it is a collection
-		// of the 4 MiB that stay, and 7 MiB off Load's peak.
+		// of the 4 MiB that stay.
 		runtime.GC()
 	}
 	e := &Error{File: name, Problems: problems}
@@ -178,18 +180,27 @@ func parse(data []byte, name string) (*Config, *fileLines, error) {
 // has the runtime collect it as soon as it is decoded.
 const collectAfterNodes = 100_000
 
-// decodeFile parses data and decodes it into a Config. It returns the
-// problems found, each with its line, the paths of the values that did
-// not decode, and the number of nodes of the tree; no Config when the
-// file cannot be one. The node tree lives only as long as this call.
+// decodeFile parses data, in parts when it can (split.go), and decodes
+// it into a Config. It returns the problems found, each with its line,
+// the paths of the values that did not decode, and the number of nodes
+// of the tree; no Config when the file cannot be one. The node tree
+// lives only as long as this call.
 func decodeFile(data []byte) (*Config, []Problem, map[string]bool, int) {
+	if cfg, problems, failed, nodes, ok := decodeSplit(data); ok {
+		return cfg, problems, failed, nodes
+	}
+	return decodeWhole(data)
+}
+
+// decodeWhole is decodeFile from the whole document's tree.
+func decodeWhole(data []byte) (*Config, []Problem, map[string]bool, int) {
 	doc, nodes, p := parseTree(data)
 	if p != nil {
 		return nil, []Problem{*p}, nil, nodes
 	}
 	var cfg Config
 	d := &decoder{overridden: overriddenKeys()}
-	d.decode(doc, nodes, &cfg)
+	d.decode(doc, walkBudget(nodes), &cfg)
 	if d.fatal {
 		return nil, d.problems, nil, nodes
 	}
