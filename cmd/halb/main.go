@@ -48,6 +48,11 @@ func execute(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
+	var serr *statusError
+	if errors.As(err, &serr) {
+		fmt.Fprintln(root.ErrOrStderr(), "halb:", serr.msg)
+		return serr.code
+	}
 	var cerr *config.Error
 	if errors.As(err, &cerr) {
 		fmt.Fprintln(root.ErrOrStderr(), cerr.Error())
@@ -77,6 +82,6 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringP("config", "c", defaultConfig, "configuration file")
 	_ = f.v.BindPFlag("config", root.PersistentFlags().Lookup("config"))
 	_ = f.v.BindEnv("config", config.EnvPrefix+"_CONFIG")
-	root.AddCommand(newRunCmd(f), newCheckCmd(f), newProbeCmd(f), newStatusCmd(f), newDrainCmd(f), newUndrainCmd(f), newVersionCmd())
+	root.AddCommand(newRunCmd(f), newCheckCmd(f), newProbeCmd(f), newStatusCmd(f), newDrainCmd(f), newUndrainCmd(f), newImportCmd(), newVersionCmd())
 	return root
 }
