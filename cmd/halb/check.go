@@ -22,7 +22,9 @@ func newCheckCmd(f *flags) *cobra.Command {
 A valid file is summarised, after notes on what it does and warnings about
 this host (read, never changed): a virtual IP that is already an address of
 a local interface, a backend with no route from here. Warnings leave the
-exit status 0: the file is valid, and may be meant for another host.`,
+exit status 0: the file is valid, and may be meant for another host. On a
+host that has every one of datapath.interfaces, a forward: nat or fullnat
+backend routed through another interface is a problem (exit 2).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path := f.configPath()
@@ -34,8 +36,12 @@ exit status 0: the file is valid, and may be meant for another host.`,
 				return err
 			}
 			// The file's own warnings (a password others can read), then
-			// the host's.
-			warnings = append(warnings, checkHost(cmd.Context(), path, cfg)...)
+			// the host's; what this host cannot run at all is a problem.
+			fromHost, err := checkHost(cmd.Context(), path, cfg)
+			if err != nil {
+				return err
+			}
+			warnings = append(warnings, fromHost...)
 			return writeSummary(cmd.OutOrStdout(), path, cfg, warnings)
 		},
 	}

@@ -97,8 +97,6 @@ func hostWarnings(c *config.Config, held map[netip.Addr]bool) []config.Problem {
 		for j, b := range s.Backends {
 			if msg := noRoute(b.Address); msg != "" {
 				warn(fmt.Sprintf("%s.backends[%d].address", path, j), "%s", msg)
-			} else if msg := natRouteProblem(c, s, b.Address); msg != "" {
-				warn(fmt.Sprintf("%s.backends[%d].address", path, j), "%s", msg)
 			}
 		}
 		if s.SorryBackend.IsValid() {
@@ -124,15 +122,49 @@ func routeProblem(a netip.Addr) string {
 	return ""
 }
 
-// natRouteProblem says why a NAT backend at a, which this host routes
-// to, would not be served by the eBPF data path here: the route leaves
-// through an interface that is not one of datapath.interfaces, where the
-// program neither sends the clients' packets nor sees the backend's
-// replies. "" when nothing is wrong or s is not such a service.
-func natRouteProblem(c *config.Config, s config.Service, a netip.Addr) string {
-	if (s.Forward != "nat" && s.Forward != "fullnat") || config.ServiceDatapath(c.Datapath.Mode, "", s) != "ebpf" {
-		return ""
+// natInterfaceProblems are the forward: nat and fullnat backends on the
+// eBPF data path that this host routes through an interface that is not
+// one of datapath.interfaces: the program sends the clients' packets
+// there and must see the backend's replies arrive there, so it could
+// serve none of them. When every one of datapath.interfaces is an
+// interface of this host, the file is this host's, and each is a problem
+// (halb check exits 2); when one is missing, the file may be another
+// host's (or halb waits for the interface), and each is a warning. A
+// backend with no route is left to hostWarnings.
+func natInterfaceProblems(c *config.Config) (problems, warnings []config.Problem) {
+	here := len(c.Datapath.Interfaces) > 0
+	for _, name := range c.Datapath.Interfaces {
+		if _, err := netlink.LinkByName(name); err != nil {
+			here = false
+		}
 	}
+	for i, s := range c.Services {
+		if (s.Forward != "nat" && s.Forward != "fullnat") || config.ServiceDatapath(c.Datapath.Mode, "", s) != "ebpf" {
+			continue
+		}
+		for j, b := range s.Backends {
+			name := routeInterface(b.Address)
+			if name == "" || slices.Contains(c.Datapath.Interfaces, name) {
+				continue
+			}
+			p := config.Problem{Path: fmt.Sprintf("services[%d].backends[%d].address", i, j), Msg: fmt.Sprintf(
+				"this host routes %s through %s, which is not in datapath.interfaces: forward: %s sends the clients' "+
+					"packets there and must see the backend's replies arrive there; add %s to datapath.interfaces, "+
+					"or route %s through one of them", b.Address, name, s.Forward, name, b.Address)}
+			if here {
+				problems = append(problems, p)
+				continue
+			}
+			p.Msg = "warning: " + p.Msg + " (not all of datapath.interfaces are on this host, so the file may be another's)"
+			warnings = append(warnings, p)
+		}
+	}
+	return problems, warnings
+}
+
+// routeInterface is the name of the interface the kernel's route to a
+// leaves through, "" when it has none.
+func routeInterface(a netip.Addr) string {
 	routes, err := netlink.RouteGet(a.AsSlice())
 	if err != nil || len(routes) == 0 {
 		return ""
@@ -141,13 +173,7 @@ func natRouteProblem(c *config.Config, s config.Service, a netip.Addr) string {
 	if err != nil {
 		return ""
 	}
-	name := link.Attrs().Name
-	if slices.Contains(c.Datapath.Interfaces, name) {
-		return ""
-	}
-	return fmt.Sprintf("the route to %s leaves through %s, which is not in datapath.interfaces: forward: %s sends the "+
-		"clients' packets there and must see the backend's replies arrive there; add %s to datapath.interfaces",
-		a, name, s.Forward, name)
+	return link.Attrs().Name
 }
 
 // fullNATWarnings are the host facts forward: fullnat needs: a
@@ -222,10 +248,18 @@ func heldVIPs(ctx context.Context, socket string) map[netip.Addr]bool {
 	return held
 }
 
-// checkHost runs hostWarnings, with their lines in the file at path.
-func checkHost(ctx context.Context, path string, c *config.Config) []config.Problem {
-	warnings := hostWarnings(c, heldVIPs(ctx, c.Control.Socket))
+// checkHost runs hostWarnings and natInterfaceProblems, with their lines
+// in the file at path: the warnings, and a *config.Error of the
+// problems this host has with the file, nil when none.
+func checkHost(ctx context.Context, path string, c *config.Config) ([]config.Problem, error) {
+	problems, natWarnings := natInterfaceProblems(c)
+	warnings := append(hostWarnings(c, heldVIPs(ctx, c.Control.Socket)), natWarnings...)
 	config.Locate(path, warnings)
 	slices.SortStableFunc(warnings, func(a, b config.Problem) int { return cmp.Compare(a.Line, b.Line) })
-	return warnings
+	if len(problems) == 0 {
+		return warnings, nil
+	}
+	config.Locate(path, problems)
+	slices.SortStableFunc(problems, func(a, b config.Problem) int { return cmp.Compare(a.Line, b.Line) })
+	return warnings, &config.Error{File: path, Problems: problems}
 }
