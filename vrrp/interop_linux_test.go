@@ -176,6 +176,9 @@ func (k *keepalived) waitLog(t *testing.T, s string, n int, limit time.Duration)
 type interop struct {
 	variant
 	auth string
+	// imported: halb runs `halb import` of the keepalived.conf its
+	// keepalived peer would run in its place (interop_import_linux_test.go).
+	imported bool
 }
 
 const interopAuthPass = "halb-pw"
@@ -294,7 +297,7 @@ func runInterop(t *testing.T, c interop, halbMaster bool) {
 	if halbMaster {
 		hp, kp = 150, 100
 	}
-	h := newNode(t, "halb", l.ns[0], c.halbConfig(l, 0, hp))
+	h := newNode(t, "halb", l.ns[0], c.halbNodeConfig(t, l, hp))
 	k := newKeepalived(t, "keepalived", l.ns[1], c.keepalivedConfig(l, 1, kp))
 	limit := 5*c.masterDown(100) + 5*time.Second
 	vip := c.vip()
