@@ -274,6 +274,9 @@ func ownAddresses(c *Config) map[netip.Addr]string {
 	}
 	for i, s := range c.Services {
 		add(s.VIP, fmt.Sprintf("services[%d].vip", i))
+		for j, p := range s.Listen {
+			add(p.Addr(), fmt.Sprintf("services[%d].listen[%d]", i, j))
+		}
 	}
 	return own
 }
@@ -308,8 +311,10 @@ func (v *validator) announces(c *Config) {
 		if c.BGP == nil {
 			v.errf(path, "announce: %s needs a bgp: section with this node's asn and its peers; add one, or use announce: never", a.When)
 		}
-		if a.When == AnnounceMaster && s.VIP.IsValid() && !held[s.VIP] {
-			v.errf(path, "announce: master follows the VRRP instance holding the vip, and no instance has %s in its virtual_ips: add it to one, or use announce: always", s.VIP)
+		for _, p := range s.Pairs() {
+			if a.When == AnnounceMaster && p.Addr().IsValid() && !held[p.Addr()] {
+				v.errf(path, "announce: master follows the VRRP instance holding the vip, and no instance has %s in its virtual_ips: add it to one, or use announce: always", p.Addr())
+			}
 		}
 	}
 }

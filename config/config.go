@@ -203,6 +203,10 @@ type Service struct {
 	// Announce says when the VIP is announced over BGP as a host route
 	// (bgp.go).
 	Announce Announce `mapstructure:"announce"`
+	// Listen, in place of VIP and Port, serves the one definition on
+	// several VIP:port pairs (keepalived's virtual_server_group): see
+	// Pairs.
+	Listen []netip.AddrPort `mapstructure:"listen"`
 }
 
 // Backend is one real server. Weight 0 drains it: no new flows, existing
@@ -223,6 +227,15 @@ type HealthCheck struct {
 	Path         string        `mapstructure:"path"`
 	ExpectStatus []int         `mapstructure:"expect_status"`
 	Command      []string      `mapstructure:"command"`
+	// Port is the port the check connects to instead of the backend's
+	// (keepalived's connect_port); 0 is the backend's.
+	Port int `mapstructure:"port"`
+	// Source is the address the check is sent from (keepalived's
+	// bindto); unset, the kernel chooses.
+	Source netip.Addr `mapstructure:"source"`
+	// URLs are an http or https check's requests, all of which must
+	// pass; written in place of Path and ExpectStatus (Requests).
+	URLs []URLCheck `mapstructure:"urls"`
 }
 
 // defaultConfig holds the defaults of the keys that sit outside lists.
@@ -300,6 +313,8 @@ func setDefaults(v reflect.Value) {
 	case *HealthCheck:
 		*p = defaultHealthCheck
 		p.ExpectStatus = slices.Clone(defaultHealthCheck.ExpectStatus)
+	case *URLCheck:
+		*p = URLCheck{ExpectStatus: slices.Clone(defaultHealthCheck.ExpectStatus)}
 	case *BGP:
 		*p = defaultBGP
 	case *BGPPeer:

@@ -672,6 +672,9 @@ var (
 	versionBit     = bit(reflect.TypeFor[Instance](), "version")
 	backendPortBit = bit(reflect.TypeFor[Backend](), "port")
 	checkTypeBit   = bit(reflect.TypeFor[HealthCheck](), "type")
+	checkURLsBit   = bit(reflect.TypeFor[HealthCheck](), "urls")
+	checkPathBit   = bit(reflect.TypeFor[HealthCheck](), "path")
+	checkExpectBit = bit(reflect.TypeFor[HealthCheck](), "expect_status")
 )
 
 // serviceScratch is the decoder's scratch saved around a service.
@@ -712,19 +715,34 @@ func (d *decoder) end(v reflect.Value, set uint64, saved serviceScratch) {
 		if set&checkTypeBit != 0 {
 			d.hcTypeSet = true
 		}
+		if set&checkURLsBit != 0 && len(p.URLs) > 0 {
+			// urls replaces the short form: what it does not write
+			// is not there, rather than defaulted.
+			if set&checkPathBit == 0 {
+				p.Path = ""
+			}
+			if set&checkExpectBit == 0 {
+				p.ExpectStatus = nil
+			}
+		}
 	case *Service:
 		d.finishService(p, saved.portless)
 		d.hcTypeSet = saved.hcTypeSet
 	}
 }
 
-// finishService gives the backends that name no port the service's, and
+// finishService gives the backends that name no port the service's (the
+// one port of its listen pairs, when they have one; else none), and
 // the health check that names no type the service protocol's.
 func (d *decoder) finishService(s *Service, portless int) {
 	portFailed := d.failed[string(d.path)+".port"]
+	port := s.Port
+	if len(s.Listen) > 0 {
+		port = s.listenPort()
+	}
 	for _, i := range d.portless[portless:] {
 		if i < len(s.Backends) {
-			s.Backends[i].Port = s.Port
+			s.Backends[i].Port = port
 			if portFailed {
 				// reported once, where it was written
 				d.failed[fmt.Sprintf("%s.backends[%d].port", d.path, i)] = true

@@ -29,7 +29,7 @@ func Notes(path string, c *Config) []Problem {
 		services := 0
 		for _, s := range c.Services {
 			for _, p := range in.VirtualIPs {
-				if s.VIP == p.Addr() {
+				if s.HasVIP(p.Addr()) {
 					services++
 				}
 			}

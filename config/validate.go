@@ -229,10 +229,11 @@ func (v *validator) datapath(c *Config) {
 		n := 0
 		for _, s := range c.Services {
 			if ServiceDatapath(d.Mode, "", s) != "ipvs" {
-				n += len(s.Backends)
+				m := len(s.Backends)
 				if s.SorryBackend.IsValid() {
-					n++
+					m++
 				}
+				n += m * len(s.Pairs()) // each pair is a service of its own there
 			}
 		}
 		if n > d.MaxBackends-1 {
@@ -473,19 +474,20 @@ func (v *validator) services(c *Config) {
 		} else {
 			names[s.Name] = i
 		}
-		k := serviceKey{s.VIP, s.Port, s.Protocol}
-		if first, dup := keys[k]; dup {
-			v.errf(path, "%s port %d/%s is already services[%d]: a (vip, port, protocol) can be served once", s.VIP, s.Port, s.Protocol, first)
-		} else {
-			keys[k] = i
+		for _, p := range s.Pairs() {
+			k := serviceKey{p.Addr(), int(p.Port()), s.Protocol}
+			if first, dup := keys[k]; dup && first != i {
+				v.errf(path, "%s port %d/%s is already services[%d]: a (vip, port, protocol) can be served once", p.Addr(), p.Port(), s.Protocol, first)
+			} else {
+				keys[k] = i
+			}
 		}
 	}
 }
 
 func (v *validator) service(path string, s *Service, d Datapath) {
 	v.name(path+".name", s.Name, "service")
-	v.unicast(path+".vip", s.VIP)
-	portOK := v.intRange(path+".port", s.Port, 1, 65535)
+	portOK := v.serviceAddress(path, s)
 	v.oneOf(path+".protocol", s.Protocol, "tcp", "udp")
 	bpfOnly := d.Mode == ModeXDP || d.Mode == ModeTC
 	switch {
@@ -509,8 +511,8 @@ func (v *validator) service(path string, s *Service, d Datapath) {
 		if s.SorryBackend.Port() == 0 {
 			v.errf(path+".sorry_backend", "%s needs a port from 1 to 65535", s.SorryBackend)
 		}
-		if s.VIP.IsValid() && s.SorryBackend.Addr().Is6() != s.VIP.Is6() {
-			v.errf(path+".sorry_backend", "%s is %s but the vip is %s", s.SorryBackend, family(s.SorryBackend.Addr().Is6()), family(s.VIP.Is6()))
+		if vip := s.firstVIP(); vip.IsValid() && s.SorryBackend.Addr().Is6() != vip.Is6() {
+			v.errf(path+".sorry_backend", "%s is %s but the vip is %s", s.SorryBackend, family(s.SorryBackend.Addr().Is6()), family(vip.Is6()))
 		}
 	}
 
@@ -545,16 +547,12 @@ func (v *validator) service(path string, s *Service, d Datapath) {
 // is valid.
 func (v *validator) backend(bpath string, b Backend, s *Service, portOK bool) {
 	v.unicast(bpath+".address", b.Address)
-	if b.Address.IsValid() && s.VIP.IsValid() {
-		if b.Address.Is6() != s.VIP.Is6() {
-			v.errf(bpath+".address", "%s is %s but the vip is %s", b.Address, family(b.Address.Is6()), family(s.VIP.Is6()))
+	if vip := s.firstVIP(); b.Address.IsValid() && vip.IsValid() {
+		if b.Address.Is6() != vip.Is6() {
+			v.errf(bpath+".address", "%s is %s but the vip is %s", b.Address, family(b.Address.Is6()), family(vip.Is6()))
 		}
 	}
-	if v.intRange(bpath+".port", b.Port, 1, 65535) && portOK && b.Port != s.Port && (s.Forward == "dr" || s.Forward == "tun") {
-		// DR and tunnelling hand the packet over unchanged: the backend
-		// sees the VIP's port.
-		v.errf(bpath+".port", "%d differs from the service port %d, but forward: %s cannot rewrite ports; use port %d or forward: nat", b.Port, s.Port, s.Forward, s.Port)
-	}
+	v.backendPort(bpath, b, s, portOK)
 	v.intRange(bpath+".weight", b.Weight, 0, 65535)
 }
 
@@ -577,17 +575,7 @@ func (v *validator) healthCheck(path string, s *Service) {
 			v.errf(path+".type", "udp cannot check a TCP service: use tcp, http, https, exec or none")
 		}
 	}
-	if h.Type == "http" || h.Type == "https" {
-		if !strings.HasPrefix(h.Path, "/") {
-			v.errf(path+".path", "%q must start with /", h.Path)
-		}
-		if len(h.ExpectStatus) == 0 {
-			v.errf(path+".expect_status", "at least one status code is required, like [200]")
-		}
-		for j, code := range h.ExpectStatus {
-			v.intRange(fmt.Sprintf("%s.expect_status[%d]", path, j), code, 100, 599)
-		}
-	}
+	v.checkTarget(path, s)
 	if h.Type == "exec" {
 		v.command(path+".command", h.Command)
 	} else if len(h.Command) > 0 {
@@ -628,8 +616,13 @@ func (v *validator) addressClashes(c *Config) {
 		}
 	}
 	for i, s := range c.Services {
-		if _, ok := held[s.VIP]; !ok && s.VIP.IsValid() {
-			held[s.VIP] = fmt.Sprintf("services[%d].vip", i)
+		for j, p := range s.Pairs() {
+			if _, ok := held[p.Addr()]; !ok && p.Addr().IsValid() {
+				held[p.Addr()] = fmt.Sprintf("services[%d].vip", i)
+				if len(s.Listen) > 0 {
+					held[p.Addr()] = fmt.Sprintf("services[%d].listen[%d]", i, j)
+				}
+			}
 		}
 	}
 
@@ -637,11 +630,11 @@ func (v *validator) addressClashes(c *Config) {
 	// balanced to it comes back here instead of reaching a server.
 	// The path is made only for a problem: a large site has 100 000
 	// backends.
-	backend := func(path func() string, a, ownVIP netip.Addr) {
+	backend := func(path func() string, a netip.Addr, s Service) {
 		a = a.WithZone("")
 		switch {
 		case !a.IsValid():
-		case a == ownVIP:
+		case s.HasVIP(a):
 			v.errf(path(), "%s is the service's own vip: name the backend's own address", a)
 		case held[a] != "":
 			v.errf(path(), "%s is also %s, an address this node takes over: traffic sent to it would come back to this node; name the backend's own address", a, held[a])
@@ -649,10 +642,10 @@ func (v *validator) addressClashes(c *Config) {
 	}
 	for i, s := range c.Services {
 		for j, b := range s.Backends {
-			backend(func() string { return fmt.Sprintf("services[%d].backends[%d].address", i, j) }, b.Address, s.VIP)
+			backend(func() string { return fmt.Sprintf("services[%d].backends[%d].address", i, j) }, b.Address, s)
 		}
 		if s.SorryBackend.IsValid() {
-			backend(func() string { return fmt.Sprintf("services[%d].sorry_backend", i) }, s.SorryBackend.Addr(), s.VIP)
+			backend(func() string { return fmt.Sprintf("services[%d].sorry_backend", i) }, s.SorryBackend.Addr(), s)
 		}
 	}
 }
@@ -668,8 +661,8 @@ func (v *validator) fullNAT(path string, s *Service, d Datapath) {
 			v.errf(path+".snat_address", "only forward: fullnat rewrites the source address; remove snat_address or use forward: fullnat")
 		case !s.SNATAddress.IsGlobalUnicast() || s.SNATAddress.Zone() != "":
 			v.errf(path+".snat_address", "%s is not a unicast address this node can send from: give one of its addresses (or a VIP it holds)", s.SNATAddress)
-		case s.VIP.IsValid() && s.SNATAddress.Is6() != s.VIP.Is6():
-			v.errf(path+".snat_address", "%s is %s but the vip is %s: give an address of the vip's family", s.SNATAddress, family(s.SNATAddress.Is6()), family(s.VIP.Is6()))
+		case s.firstVIP().IsValid() && s.SNATAddress.Is6() != s.firstVIP().Is6():
+			v.errf(path+".snat_address", "%s is %s but the vip is %s: give an address of the vip's family", s.SNATAddress, family(s.SNATAddress.Is6()), family(s.firstVIP().Is6()))
 		}
 	}
 	if s.Forward != "fullnat" {
@@ -749,13 +742,17 @@ func (v *validator) natBackends(c *Config) {
 		if (s.Forward != "nat" && s.Forward != "fullnat") || ServiceDatapath(c.Datapath.Mode, "", s) != "ebpf" {
 			continue
 		}
+		if v.natGroup(fmt.Sprintf("services[%d]", i), s) {
+			continue
+		}
+		vip := s.firstVIP()
 		for j, b := range s.Backends {
 			note(func() string { return fmt.Sprintf("services[%d].backends[%d]", i, j) }, i, s, b.Address, b.Port)
 			// A full NAT backend answers the balancer, wherever it is.
-			if n, ok := nets[s.VIP]; ok && s.Forward == "nat" && n.Contains(b.Address.WithZone("")) {
+			if n, ok := nets[vip]; ok && s.Forward == "nat" && n.Contains(b.Address.WithZone("")) {
 				v.errf(fmt.Sprintf("services[%d].backends[%d].address", i, j), "%s is on %s, the network of the VIP %s: "+
 					"a NAT backend answers the clients there directly, from its own address, and their connections never open; "+
-					"put the backends on a network of their own, routed through the balancer", b.Address, n, s.VIP)
+					"put the backends on a network of their own, routed through the balancer", b.Address, n, vip)
 			}
 		}
 		if s.SorryBackend.IsValid() {

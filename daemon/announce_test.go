@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -61,6 +62,32 @@ func TestHolderOf(t *testing.T) {
 		if name != c.name || state != c.state {
 			t.Errorf("holderOf(%s) = %q %v, want %q %v", c.vip, name, state, c.name, c.state)
 		}
+	}
+}
+
+// A service group announces each of its VIPs, each by the state of the
+// instance holding it, and each once; announce: always holds them all.
+func TestDecideGroup(t *testing.T) {
+	pairs := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.100:80"), netip.MustParseAddrPort("192.0.2.101:80"),
+		netip.MustParseAddrPort("192.0.2.100:443")}
+	web := config.Service{Name: "web", Listen: pairs, Quorum: 1, HealthCheck: config.HealthCheck{Type: "none"},
+		Backends: []config.Backend{{Address: netip.MustParseAddr("198.51.100.11"), Port: 80, Weight: 1}},
+		Announce: config.Announce{When: config.AnnounceMaster}}
+	insts := []vrrp.Status{
+		{Name: "VI_1", State: vrrp.Master, VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}},
+		{Name: "VI_2", State: vrrp.Backup, VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.101/24")}},
+	}
+	got := decide(serviceFacts{services: []config.Service{web}, served: map[string]bool{"web": true}, insts: insts})
+	var lines []string
+	for _, a := range got {
+		lines = append(lines, fmt.Sprintf("%s %s %v", a.Service, a.Prefix, a.Announced))
+	}
+	if want := []string{"web 192.0.2.100/32 true", "web 192.0.2.101/32 false"}; !slices.Equal(lines, want) {
+		t.Errorf("decisions %q, want %q", lines, want)
+	}
+	web.Announce.When = config.AnnounceAlways
+	if got, want := alwaysVIPs([]config.Service{web}), []netip.Addr{pairs[0].Addr(), pairs[1].Addr()}; !slices.Equal(got, want) {
+		t.Errorf("announce: always VIPs %v, want %v", got, want)
 	}
 }
 

@@ -133,18 +133,26 @@ type serviceFacts struct {
 	insts    []vrrp.Status
 }
 
-// decide is each announcing service's decision.
+// decide is each announcing service's decision, one per VIP of a service
+// group.
 func decide(f serviceFacts) []AnnouncementStatus {
 	var out []AnnouncementStatus
 	for _, s := range f.services {
 		if s.Announce.When == config.AnnounceNever || s.Announce.When == "" {
 			continue
 		}
-		name, state := holderOf(s.VIP, f.insts)
-		ok, why := decideAnnounce(announceInput{Mode: s.Announce.When, Served: f.served[s.Name],
-			Healthy: health.Live(s, f.states), Quorum: max(s.Quorum, 1), Instance: name, State: state})
-		out = append(out, AnnouncementStatus{Service: s.Name, Prefix: hostRoute(s.VIP).String(),
-			Mode: s.Announce.When, Announced: ok, Reason: why, attrs: s.Announce})
+		var vips []netip.Addr
+		for _, p := range s.Pairs() {
+			if slices.Contains(vips, p.Addr()) {
+				continue
+			}
+			vips = append(vips, p.Addr())
+			name, state := holderOf(p.Addr(), f.insts)
+			ok, why := decideAnnounce(announceInput{Mode: s.Announce.When, Served: f.served[s.Name],
+				Healthy: health.Live(s, f.states), Quorum: max(s.Quorum, 1), Instance: name, State: state})
+			out = append(out, AnnouncementStatus{Service: s.Name, Prefix: hostRoute(p.Addr()).String(),
+				Mode: s.Announce.When, Announced: ok, Reason: why, attrs: s.Announce})
+		}
 	}
 	return out
 }

@@ -278,8 +278,10 @@ func ipNet(p netip.Prefix) *net.IPNet {
 func alwaysVIPs(services []config.Service) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range services {
-		if s.Announce.When == config.AnnounceAlways && !slices.Contains(out, s.VIP) {
-			out = append(out, s.VIP)
+		for _, p := range s.Pairs() {
+			if s.Announce.When == config.AnnounceAlways && !slices.Contains(out, p.Addr()) {
+				out = append(out, p.Addr())
+			}
 		}
 	}
 	return out

@@ -2,6 +2,7 @@ package health
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/service"
@@ -82,11 +83,20 @@ func weight(s config.Service, b config.Backend, states map[Key]State) uint32 {
 }
 
 // Services is service.FromConfig with every service's backends weighted
-// by Backends: what the daemon hands to the data path.
+// by Backends: what the daemon hands to the data path. Every pair of a
+// service group gets the same weights, from the one check per backend.
 func Services(cfg []config.Service, states map[Key]State) []service.Service {
 	out := service.FromConfig(cfg)
-	for i := range out {
-		out[i].Backends = Backends(cfg[i], states)
+	i := 0
+	for _, c := range cfg {
+		backends := Backends(c, states)
+		for j := range c.Pairs() {
+			out[i].Backends = backends
+			if j > 0 {
+				out[i].Backends = slices.Clone(backends) // each data-path service owns its slice
+			}
+			i++
+		}
 	}
 	return out
 }

@@ -122,3 +122,34 @@ func TestServices(t *testing.T) {
 		t.Errorf("%s backends = %v, want %v (all healthy)", got[1].Name, got[1].Backends, want[1].Backends)
 	}
 }
+
+// A service group's pairs take the weights of one check per backend: an
+// unhealthy backend is drained on every pair, and each pair owns its
+// slice.
+func TestServicesGroup(t *testing.T) {
+	a := netip.MustParseAddrPort("198.51.100.11:80")
+	b := netip.MustParseAddrPort("198.51.100.12:80")
+	web := config.Service{Name: "web", Quorum: 1, HealthCheck: config.HealthCheck{Type: TypeTCP},
+		Listen: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.100:80"), netip.MustParseAddrPort("192.0.2.101:80")}}
+	for _, ap := range []netip.AddrPort{a, b} {
+		web.Backends = append(web.Backends, config.Backend{Address: ap.Addr(), Port: int(ap.Port()), Weight: 1})
+	}
+	dns := config.Service{Name: "dns", VIP: netip.MustParseAddr("192.0.2.102"), Port: 53, Protocol: "udp", Quorum: 1,
+		HealthCheck: config.HealthCheck{Type: TypeNone}, Backends: []config.Backend{{Address: a.Addr(), Port: 53, Weight: 3}}}
+	got := Services([]config.Service{web, dns}, map[Key]State{{"web", a}: Unhealthy, {"web", b}: Healthy})
+	if len(got) != 3 {
+		t.Fatalf("%d services, want 3", len(got))
+	}
+	for _, s := range got[:2] {
+		if w := render(s.Backends); !slices.Equal(w, []string{"198.51.100.11:80=0", "198.51.100.12:80=1"}) {
+			t.Errorf("%s %s weights %v, want a drained on both pairs", s.Name, s.Key, w)
+		}
+	}
+	if w := render(got[2].Backends); got[2].Name != "dns" || !slices.Equal(w, []string{"198.51.100.11:53=3"}) {
+		t.Errorf("after the group: %s %v", got[2].Name, w)
+	}
+	got[0].Backends[0].Weight = 9
+	if got[1].Backends[0].Weight != 0 {
+		t.Error("the pairs share one backends slice")
+	}
+}

@@ -165,32 +165,42 @@ type Cleaner interface {
 }
 
 // FromConfig turns configured services into the model, with every backend
-// at its configured weight (health comes later, from the checker).
+// at its configured weight (health comes later, from the checker). A
+// service group (listen) becomes one Service per VIP:port pair, all of
+// the group's name and with the same backends: this is where groups end,
+// so that no data path knows of them.
 func FromConfig(cfg []config.Service) []Service {
 	out := make([]Service, 0, len(cfg))
 	for _, c := range cfg {
-		s := Service{
-			Name:        c.Name,
-			Key:         Key{VIP: c.VIP, Port: uint16(c.Port), Proto: TCP},
-			Scheduler:   c.Scheduler,
-			Persistence: c.Persistence,
+		for _, p := range c.Pairs() {
+			out = append(out, fromConfig(c, p))
 		}
-		if c.Protocol == "udp" {
-			s.Key.Proto = UDP
-		}
-		switch c.Forward {
-		case "tun":
-			s.Forward = TUN
-		case "nat":
-			s.Forward = NAT
-		case "fullnat":
-			s.Forward = FullNAT
-			s.SNAT = c.SNATAddress
-		}
-		for _, b := range c.Backends {
-			s.Backends = append(s.Backends, Backend{Addr: b.Address, Port: uint16(b.Port), Weight: uint32(b.Weight)})
-		}
-		out = append(out, s)
 	}
 	return out
+}
+
+// fromConfig is configured service c served on the VIP:port pair p.
+func fromConfig(c config.Service, p netip.AddrPort) Service {
+	s := Service{
+		Name:        c.Name,
+		Key:         Key{VIP: p.Addr(), Port: p.Port(), Proto: TCP},
+		Scheduler:   c.Scheduler,
+		Persistence: c.Persistence,
+	}
+	if c.Protocol == "udp" {
+		s.Key.Proto = UDP
+	}
+	switch c.Forward {
+	case "tun":
+		s.Forward = TUN
+	case "nat":
+		s.Forward = NAT
+	case "fullnat":
+		s.Forward = FullNAT
+		s.SNAT = c.SNATAddress
+	}
+	for _, b := range c.Backends {
+		s.Backends = append(s.Backends, Backend{Addr: b.Address, Port: uint16(b.Port), Weight: uint32(b.Weight)})
+	}
+	return s
 }

@@ -68,3 +68,33 @@ func TestEnumStringOutOfRange(t *testing.T) {
 		}
 	}
 }
+
+// A service group becomes one service per VIP:port pair, of the group's
+// name, scheduler and forward, with the same backends: the data paths
+// never see the group.
+func TestFromConfigGroup(t *testing.T) {
+	pairs := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.100:80"), netip.MustParseAddrPort("192.0.2.101:8080")}
+	got := FromConfig([]config.Service{
+		{Name: "web", Listen: pairs, Protocol: "tcp", Scheduler: "rr", Forward: "nat",
+			Backends: []config.Backend{{Address: netip.MustParseAddr("198.51.100.11"), Port: 80, Weight: 2}}},
+		{Name: "dns", VIP: netip.MustParseAddr("192.0.2.102"), Port: 53, Protocol: "udp", Scheduler: "mh",
+			Backends: []config.Backend{{Address: netip.MustParseAddr("198.51.100.12"), Port: 53, Weight: 1}}},
+	})
+	if len(got) != 3 {
+		t.Fatalf("%d services, want 3: %+v", len(got), got)
+	}
+	for i, want := range []string{"192.0.2.100:80/tcp", "192.0.2.101:8080/tcp", "192.0.2.102:53/udp"} {
+		if got[i].Key.String() != want {
+			t.Errorf("service %d key %s, want %s", i, got[i].Key, want)
+		}
+	}
+	for _, s := range got[:2] {
+		if s.Name != "web" || s.Scheduler != "rr" || s.Forward != NAT || len(s.Backends) != 1 ||
+			s.Backends[0] != (Backend{Addr: netip.MustParseAddr("198.51.100.11"), Port: 80, Weight: 2}) {
+			t.Errorf("pair %s = %+v", s.Key, s)
+		}
+	}
+	if &got[0].Backends[0] == &got[1].Backends[0] {
+		t.Error("the pairs share one backends slice: a data path changing one would change the other")
+	}
+}

@@ -102,9 +102,11 @@ func writeSummary(w io.Writer, path string, c *config.Config, warnings []config.
 		if check != "none" {
 			check += " every " + s.HealthCheck.Interval.String()
 		}
-		fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n",
-			s.Name, netip.AddrPortFrom(s.VIP, uint16(s.Port)), s.Protocol, s.Scheduler, s.Forward,
-			config.ServiceDatapath(c.Datapath.Mode, "", s), check, strings.Join(backends, ", "))
+		for _, p := range s.Pairs() { // a service group: a line per VIP:port pair
+			fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n",
+				s.Name, p, s.Protocol, s.Scheduler, s.Forward,
+				config.ServiceDatapath(c.Datapath.Mode, "", s), check, strings.Join(backends, ", "))
+		}
 	}
 	if len(c.Services) == 0 {
 		fmt.Fprintf(tw, "(none)\n")
@@ -140,7 +142,9 @@ func writeBGPSummary(tw io.Writer, c *config.Config) {
 	}
 	fmt.Fprintf(tw, "\nSERVICE\tROUTE\tANNOUNCED\tATTRIBUTES\n")
 	for _, s := range c.Services {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, netip.PrefixFrom(s.VIP, s.VIP.BitLen()), announceWhen(c, s), announceAttrs(b.ASN, s.Announce))
+		for _, p := range s.Pairs() {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, netip.PrefixFrom(p.Addr(), p.Addr().BitLen()), announceWhen(c, s, p.Addr()), announceAttrs(b.ASN, s.Announce))
+		}
 	}
 }
 
@@ -171,14 +175,14 @@ func bfdOf(b *config.BFD) string {
 }
 
 // announceWhen says in words when the service's host route is announced.
-func announceWhen(c *config.Config, s config.Service) string {
+func announceWhen(c *config.Config, s config.Service, vip netip.Addr) string {
 	switch s.Announce.When {
 	case config.AnnounceAlways:
 		return fmt.Sprintf("always: while this node serves it with at least %d healthy backend(s)", max(s.Quorum, 1))
 	case config.AnnounceMaster:
 		for _, in := range c.VRRP.Instances {
 			for _, v := range in.VirtualIPs {
-				if v.Addr() == s.VIP {
+				if v.Addr() == vip {
 					return "master: while " + in.Name + " is MASTER"
 				}
 			}
