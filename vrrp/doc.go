@@ -12,11 +12,14 @@
 // sockets, the VMAC, the VIPs, the announcement frames, the changes
 // netlink reports. The *_linux.go files implement that link (raw sockets,
 // multicast membership, netlink, packet sockets that watch for claims on
-// the VIPs, nf_tables for the Accept_Mode filter); nothing else in this
-// package may make a syscall. So tracking, the announcement schedule,
+// the VIPs, nf_tables for the Accept_Mode filter), with track_linux.go
+// for the trackers' files and /proc; nothing else in this package may make
+// a syscall. So tracking, the announcement schedule,
 // faults, preemption and sync groups are tested without root over a fake
 // link (fakelink_test.go); the privileged tests run real nodes, and
-// keepalived, in network namespaces. The codec's golden vectors are
+// keepalived, in network namespaces. What track_files and track_processes
+// read of the host (a file, /proc) comes the same way, through trackHost
+// (track.go; track_linux.go reads it). The codec's golden vectors are
 // keepalived's own adverts, captured by testdata/capture.sh.
 //
 // One advert, from the socket to the VIP added, reads in three files:
@@ -28,7 +31,8 @@
 // vip_linux.go).
 //
 // Every goroutine an Instance starts (socket readers, track scripts, the
-// notifier, the link's netlink watch) ends before its Run returns.
+// trackers' poller, the notifier, the link's netlink watch) ends before
+// its Run returns.
 //
 // What it must never do: remove an address or a link it did not make
 // (vip_linux.go, vmac_linux.go), let a notify script hold a transition or

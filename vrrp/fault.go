@@ -91,7 +91,8 @@ func (in *Instance) concerns(c change) bool {
 // track applies track_interfaces and track_scripts, as keepalived does:
 // weight 0 faults the instance while the interface is down (the script
 // fails); a negative weight is added to the priority while it is down
-// (failing), a positive one while it is up (good). The result
+// (failing), a positive one while it is up (good). track_files and
+// track_processes add theirs (hostTracking, track.go). The result
 // stays within 1..254, so tracking never makes an owner or a
 // priority-0 advert.
 func (in *Instance) track(now time.Time, faults map[string]bool) {
@@ -115,6 +116,7 @@ func (in *Instance) track(now time.Time, faults map[string]bool) {
 			delta += ts.Weight
 		}
 	}
+	delta += in.hostTracking(faults)
 	prio := in.cfg.Priority
 	if delta != 0 {
 		prio = min(max(prio+delta, 1), 254)

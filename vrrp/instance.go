@@ -52,7 +52,7 @@ type Instance struct {
 	loops   sync.WaitGroup
 	adverts chan packetIn // from the readers to the Run loop
 
-	notify *notifier // nil without a notify script
+	notify *notifier // nil without notify scripts
 
 	// conflicts answers other hosts' claims on the VIPs while Master
 	// (conflict.go); nil otherwise.
@@ -67,6 +67,15 @@ type Instance struct {
 
 	scripts       []scriptState // one per track script
 	scriptResults chan scriptResult
+
+	// host reads the track files and /proc (track_linux.go); files and
+	// procs follow each track file and process, trackReadings brings
+	// the poller's readings, procErr is the last failure to read /proc.
+	host          trackHost
+	files         []fileState
+	procs         []procState
+	trackReadings chan trackReading
+	procErr       string
 
 	mu     sync.Mutex
 	status Status
@@ -123,14 +132,15 @@ func newInstance(cfg config.Instance, log *slog.Logger, l link, runScript runPro
 		adverts:       make(chan packetIn, 64),
 		conflictDue:   make(chan conflictReport, 16),
 		scriptResults: make(chan scriptResult, 16),
+		trackReadings: make(chan trackReading, 1),
+		files:         make([]fileState, len(cfg.TrackFiles)),
+		procs:         make([]procState, len(cfg.TrackProcesses)),
 	}
 	if cfg.AuthPass != "" {
 		in.rules.authType = AuthSimple
 		copy(in.rules.authData[:], cfg.AuthPass)
 	}
-	if cfg.Notify != "" {
-		in.notify = newNotifier(cfg, in.log, runScript)
-	}
+	in.notify = newNotifier(cfg, in.log, runScript)
 	in.scripts = make([]scriptState, len(cfg.TrackScripts))
 	for i := range in.scripts {
 		in.scripts[i].ok = true
@@ -186,6 +196,7 @@ func (in *Instance) Run(ctx context.Context) error {
 		in.loops.Go(in.notify.loop)
 	}
 	in.startScripts()
+	in.startTrackers()
 
 	in.begin(time.Now())
 
@@ -205,6 +216,8 @@ func (in *Instance) Run(ctx context.Context) error {
 			in.receive(time.Now(), p)
 		case r := <-in.scriptResults:
 			in.scriptResult(time.Now(), r)
+		case r := <-in.trackReadings:
+			in.trackReading(time.Now(), r)
 		case cmd := <-in.groupCmds:
 			in.groupCmd(time.Now(), cmd)
 		case r := <-in.conflictDue:

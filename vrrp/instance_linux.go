@@ -10,5 +10,7 @@ import (
 // of the thread that calls Run); Run starts it.
 func NewInstance(cfg config.Instance, log *slog.Logger) *Instance {
 	log = log.With("instance", cfg.Name, "vrid", cfg.VRID)
-	return newInstance(cfg, log, newKernelLink(cfg, log), runProgram)
+	in := newInstance(cfg, log, newKernelLink(cfg, log), runProgram)
+	in.host = procHost{proc: "/proc"}
+	return in
 }

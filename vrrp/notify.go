@@ -28,13 +28,16 @@ const (
 	notifyStopTimeout = 2 * time.Second
 )
 
-// notifier runs an instance's notify script on every transition, with
-// keepalived's arguments (INSTANCE <name> <STATE> <priority>), one run at a
-// time, on a goroutine of its own: a slow or hanging script never delays a
-// transition.
+// notifier runs an instance's notify scripts on every transition, one
+// call at a time, on a goroutine of its own: a slow or hanging script never
+// delays a transition. A call is the state's own script (notify_master,
+// notify_backup, notify_fault or notify_stop, run with no added
+// arguments), then notify with keepalived's arguments (INSTANCE <name>
+// <STATE> <priority>): keepalived's order. So the scripts of one instance
+// run in the order of its transitions, never two at once.
 //
 // At most one call waits behind the running one: a newer transition
-// replaces it (logged), since the script only needs to learn the state the
+// replaces it (logged), since the scripts only need to learn the state the
 // instance is in now, and a queue of calls that each may run for the whole
 // timeout is what let a peer flapping the state hold the instance's stop
 // for minutes.
@@ -53,16 +56,26 @@ type notifier struct {
 	done chan struct{} // the loop has ended
 
 	mu      sync.Mutex
-	pending []string // the next call's arguments; nil when none
+	pending *notifyCall // the next call; nil when none
 	closing bool
 	// cancelRunning kills the call running since before close; nil when
 	// none.
 	cancelRunning context.CancelFunc
 }
 
-// newNotifier prepares the notifier; its loop runs on a goroutine of the
-// instance's Run, and close ends it.
+// notifyCall is what one transition runs: each argv in turn.
+type notifyCall struct {
+	state, priority string
+	argvs           [][]string
+}
+
+// newNotifier prepares the notifier, or returns nil when the instance has
+// no notify script; its loop runs on a goroutine of the instance's Run,
+// and close ends it.
 func newNotifier(cfg config.Instance, log *slog.Logger, run runProgramFunc) *notifier {
+	if cfg.Notify == "" && len(cfg.StateScripts()) == 0 {
+		return nil
+	}
 	return &notifier{cfg: cfg, log: log, run: run, timeout: notifyTimeout, stopWait: notifyStopWait, stopTimeout: notifyStopTimeout,
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
@@ -76,21 +89,45 @@ func notifyName(s State) string {
 	return s.String()
 }
 
+// stateScript is the per-state script of s; nil when none.
+func (n *notifier) stateScript(s State) []string {
+	switch s {
+	case Master:
+		return n.cfg.NotifyMaster
+	case Backup:
+		return n.cfg.NotifyBackup
+	case Fault:
+		return n.cfg.NotifyFault
+	case Initialize:
+		return n.cfg.NotifyStop
+	}
+	return nil
+}
+
 // notify makes a call due, replacing one that has not started; it never
-// blocks.
+// blocks. A state with no script of its own and no notify makes none.
 func (n *notifier) notify(s State, priority uint8) {
-	args := []string{"INSTANCE", n.cfg.Name, notifyName(s), strconv.Itoa(int(priority))}
+	c := &notifyCall{state: notifyName(s), priority: strconv.Itoa(int(priority))}
+	if argv := n.stateScript(s); len(argv) > 0 {
+		c.argvs = append(c.argvs, argv)
+	}
+	if n.cfg.Notify != "" {
+		c.argvs = append(c.argvs, []string{n.cfg.Notify, "INSTANCE", n.cfg.Name, c.state, c.priority})
+	}
+	if len(c.argvs) == 0 {
+		return
+	}
 	n.mu.Lock()
 	if n.closing {
 		n.mu.Unlock()
-		n.log.Warn("notify call after stop; dropped", "state", args[2])
+		n.log.Warn("notify call after stop; dropped", "state", c.state)
 		return
 	}
 	old := n.pending
-	n.pending = args
+	n.pending = c
 	n.mu.Unlock()
 	if old != nil {
-		n.log.Warn("notify call superseded before it ran; dropped", "state", old[2], "by", args[2])
+		n.log.Warn("notify call superseded before it ran; dropped", "state", old.state, "by", c.state)
 	}
 	n.poke()
 }
@@ -123,9 +160,9 @@ func (n *notifier) loop() {
 	defer close(n.done)
 	for {
 		n.mu.Lock()
-		args, closing := n.pending, n.closing
+		c, closing := n.pending, n.closing
 		n.pending = nil
-		if args == nil {
+		if c == nil {
 			n.mu.Unlock()
 			if closing {
 				return
@@ -134,14 +171,16 @@ func (n *notifier) loop() {
 			continue
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		timeout := n.timeout
+		budget := time.Duration(0) // each script gets the timeout
 		if closing {
-			timeout = min(timeout, n.stopTimeout)
+			// The call at the stop, its scripts together, within
+			// stopTimeout.
+			budget = n.stopTimeout
 		} else {
 			n.cancelRunning = cancel
 		}
 		n.mu.Unlock()
-		n.call(ctx, timeout, args)
+		n.runCall(ctx, c, budget)
 		n.mu.Lock()
 		n.cancelRunning = nil
 		n.mu.Unlock()
@@ -149,22 +188,39 @@ func (n *notifier) loop() {
 	}
 }
 
-func (n *notifier) call(ctx context.Context, timeout time.Duration, args []string) {
+// runCall runs the call's scripts in turn; budget, when not 0, bounds
+// them together. A call killed at stop runs no further script.
+func (n *notifier) runCall(ctx context.Context, c *notifyCall, budget time.Duration) {
+	end := time.Now().Add(budget)
+	for _, argv := range c.argvs {
+		timeout := n.timeout
+		if budget > 0 {
+			timeout = min(timeout, time.Until(end))
+		}
+		if ctx.Err() != nil || timeout <= 0 {
+			n.log.Warn("notify script not run: the stop's time is spent", "script", argv[0], "state", c.state)
+			continue
+		}
+		n.call(ctx, timeout, c, argv)
+	}
+}
+
+func (n *notifier) call(ctx context.Context, timeout time.Duration, c *notifyCall, argv []string) {
 	vips := make([]string, len(n.cfg.VirtualIPs))
 	for i, p := range n.cfg.VirtualIPs {
 		vips[i] = p.String()
 	}
 	env := []string{
 		"HALB_INSTANCE=" + n.cfg.Name,
-		"HALB_STATE=" + args[2],
-		"HALB_PRIORITY=" + args[3],
+		"HALB_STATE=" + c.state,
+		"HALB_PRIORITY=" + c.priority,
 		"HALB_VRID=" + strconv.Itoa(n.cfg.VRID),
 		"HALB_INTERFACE=" + n.cfg.Interface,
 		"HALB_VIRTUAL_IPS=" + strings.Join(vips, " "),
 	}
 	start := time.Now()
-	output, err := n.run(ctx, timeout, append([]string{n.cfg.Notify}, args...), env)
-	attrs := []any{"script", n.cfg.Notify, "state", args[2], "priority", args[3], "took", time.Since(start).Round(time.Millisecond), "output", output}
+	output, err := n.run(ctx, timeout, argv, env)
+	attrs := []any{"script", argv[0], "state", c.state, "priority", c.priority, "took", time.Since(start).Round(time.Millisecond), "output", output}
 	switch {
 	case errors.Is(err, errTimeout) && ctx.Err() != nil:
 		n.log.Warn("notify script killed at stop", append(attrs, "wait", n.stopWait)...)

@@ -30,7 +30,17 @@ type running struct {
 // startRun runs an instance over f until the test stops it (or ends).
 func startRun(t *testing.T, cfg config.Instance, f *fakeLink, run runProgramFunc) *running {
 	t.Helper()
+	return startTuned(t, cfg, f, run, nil)
+}
+
+// startTuned is startRun with tune, when not nil, given the instance
+// before Run starts.
+func startTuned(t *testing.T, cfg config.Instance, f *fakeLink, run runProgramFunc, tune func(*Instance)) *running {
+	t.Helper()
 	in := newInstance(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), f, run)
+	if tune != nil {
+		tune(in)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{Instance: in, fake: f, cancel: cancel, ran: make(chan error, 1)}
 	go func() { r.ran <- in.Run(ctx) }()
