@@ -38,9 +38,11 @@ type mapWriter struct {
 	mu sync.Mutex
 	// tables holds, for each service id, the distinct backend ids its
 	// table in the kernel names; inTables counts the tables naming each
-	// backend id.
+	// backend id, indexed by id: a slice of halb_backends' size, where a
+	// map took some 25 bytes a backend (100 000 backends: 0.4 MB, not
+	// 2.5).
 	tables   map[uint32][]uint32
-	inTables map[uint32]int
+	inTables []int32
 	// genDue: a backend record changed since the next-hop generation last
 	// moved.
 	genDue bool
@@ -58,7 +60,7 @@ type mapWriter struct {
 }
 
 func newMapWriter(lb *kernelLB) *mapWriter {
-	return &mapWriter{lb: lb, tables: map[uint32][]uint32{}, inTables: map[uint32]int{}}
+	return &mapWriter{lb: lb, tables: map[uint32][]uint32{}, inTables: make([]int32, lb.maxBackends())}
 }
 
 // wrote counts one write.
@@ -196,7 +198,7 @@ func dropFailed(ids []uint32, recs []halbBackend, failed map[uint32]error) ([]ui
 // again. It refuses while a table names the id.
 func (w *mapWriter) freeBackend(id uint32) error {
 	w.mu.Lock()
-	named := w.inTables[id]
+	named := w.named(id)
 	w.mu.Unlock()
 	if named > 0 {
 		return fmt.Errorf("backend %d: %w (%d), not freed", id, errNamed, named)
@@ -420,9 +422,7 @@ func (w *mapWriter) adoptTable(service uint32, ids []uint32) {
 // name makes ids the backend ids service's table names. w.mu is held.
 func (w *mapWriter) name(service uint32, ids []uint32) {
 	for _, id := range w.tables[service] {
-		if w.inTables[id]--; w.inTables[id] <= 0 {
-			delete(w.inTables, id)
-		}
+		w.count(id, -1)
 	}
 	delete(w.tables, service)
 	if len(ids) == 0 {
@@ -430,8 +430,24 @@ func (w *mapWriter) name(service uint32, ids []uint32) {
 	}
 	w.tables[service] = ids
 	for _, id := range ids {
-		w.inTables[id]++
+		w.count(id, 1)
 	}
+}
+
+// count adds by to the tables naming backend id. w.mu is held.
+func (w *mapWriter) count(id uint32, by int32) {
+	if int(id) >= len(w.inTables) {
+		w.inTables = append(w.inTables, make([]int32, int(id)+1-len(w.inTables))...)
+	}
+	w.inTables[id] += by
+}
+
+// named is how many tables name backend id. w.mu is held.
+func (w *mapWriter) named(id uint32) int32 {
+	if int(id) >= len(w.inTables) {
+		return 0
+	}
+	return w.inTables[id]
 }
 
 // putNATReply writes where a NAT backend's replies go back from, when
