@@ -268,8 +268,8 @@ func ownAddresses(c *Config) map[netip.Addr]string {
 	}
 	for i, in := range c.VRRP.Instances {
 		add(in.UnicastSrc, fmt.Sprintf("vrrp.instances[%d].unicast_src", i))
-		for j, p := range in.VirtualIPs {
-			add(p.Addr(), fmt.Sprintf("vrrp.instances[%d].virtual_ips[%d]", i, j))
+		for j, p := range in.HeldVIPs() {
+			add(p.Address.Addr(), vipPath(fmt.Sprintf("vrrp.instances[%d]", i), &in, j))
 		}
 	}
 	for i, s := range c.Services {
@@ -286,8 +286,8 @@ func ownAddresses(c *Config) map[netip.Addr]string {
 func (v *validator) announces(c *Config) {
 	held := map[netip.Addr]bool{}
 	for _, in := range c.VRRP.Instances {
-		for _, p := range in.VirtualIPs {
-			held[p.Addr()] = true
+		for _, p := range in.HeldVIPs() {
+			held[p.Address.Addr()] = true
 		}
 	}
 	for i := range c.Services {

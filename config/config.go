@@ -105,7 +105,7 @@ type Instance struct {
 	Accept            bool             `mapstructure:"accept"`
 	UnicastSrc        netip.Addr       `mapstructure:"unicast_src"`
 	UnicastPeers      []netip.Addr     `mapstructure:"unicast_peers"`
-	VirtualIPs        []netip.Prefix   `mapstructure:"virtual_ips"`
+	VirtualIPs        []VirtualIP      `mapstructure:"virtual_ips"`
 	TrackInterfaces   []TrackInterface `mapstructure:"track_interfaces"`
 	TrackScripts      []TrackScript    `mapstructure:"track_scripts"`
 	Notify            string           `mapstructure:"notify"`
@@ -124,12 +124,70 @@ type Instance struct {
 	NotifyStop     []string       `mapstructure:"notify_stop"`
 	TrackFiles     []TrackFile    `mapstructure:"track_files"`
 	TrackProcesses []TrackProcess `mapstructure:"track_processes"`
+
+	// Held while MASTER beside the VIPs (vrrp/extras.go): the excluded
+	// VIPs are not in the advert, so they may be of the other family
+	// (keepalived's virtual_ipaddress_excluded, virtual_routes,
+	// virtual_rules).
+	VirtualIPsExcluded []VirtualIP    `mapstructure:"virtual_ips_excluded"`
+	VirtualRoutes      []VirtualRoute `mapstructure:"virtual_routes"`
+	VirtualRules       []VirtualRule  `mapstructure:"virtual_rules"`
 }
 
 // IPv6 reports whether the instance is an IPv6 virtual router. The family
 // is the family of its virtual addresses.
 func (in *Instance) IPv6() bool {
-	return len(in.VirtualIPs) > 0 && in.VirtualIPs[0].Addr().Is6()
+	return len(in.VirtualIPs) > 0 && in.VirtualIPs[0].Address.Addr().Is6()
+}
+
+// AdvertPrefixes are the virtual_ips, whose addresses the advert carries
+// (the excluded ones are not among them).
+func (in *Instance) AdvertPrefixes() []netip.Prefix {
+	out := make([]netip.Prefix, len(in.VirtualIPs))
+	for i, v := range in.VirtualIPs {
+		out[i] = v.Address
+	}
+	return out
+}
+
+// HeldVIPs are every address the instance holds while MASTER: the
+// virtual_ips, then the virtual_ips_excluded.
+func (in *Instance) HeldVIPs() []VirtualIP {
+	return append(slices.Clip(in.VirtualIPs), in.VirtualIPsExcluded...)
+}
+
+// VirtualIP is one virtual address, held while MASTER on the instance's
+// interface or, with Interface, on another one (keepalived's `dev`). A
+// plain "192.0.2.100/24" in YAML is the address alone.
+type VirtualIP struct {
+	Address   netip.Prefix `mapstructure:"address"`
+	Interface string       `mapstructure:"interface"` // "" = the instance's
+}
+
+// VirtualRoute is a route added on entering MASTER and removed on leaving
+// it (keepalived's virtual_routes). Blackhole routes have no Via and no
+// Interface; the others need at least one of them.
+type VirtualRoute struct {
+	To        netip.Prefix `mapstructure:"to"`
+	Via       netip.Addr   `mapstructure:"via"`
+	Interface string       `mapstructure:"interface"`
+	Src       netip.Addr   `mapstructure:"src"`
+	Table     int          `mapstructure:"table"` // 0 = main
+	Metric    int          `mapstructure:"metric"`
+	Blackhole bool         `mapstructure:"blackhole"`
+}
+
+// VirtualRule is a policy routing rule (`ip rule`) added on entering
+// MASTER and removed on leaving it (keepalived's virtual_rules). An unset
+// From or To matches every address; Priority 0 lets the kernel choose.
+type VirtualRule struct {
+	From     netip.Prefix `mapstructure:"from"`
+	To       netip.Prefix `mapstructure:"to"`
+	Table    int          `mapstructure:"table"`
+	Priority int          `mapstructure:"priority"`
+	IIF      string       `mapstructure:"iif"`
+	OIF      string       `mapstructure:"oif"`
+	FWMark   int          `mapstructure:"fwmark"`
 }
 
 // TrackInterface lowers the priority by Weight when the interface goes down,
@@ -324,4 +382,23 @@ func setDefaults(v reflect.Value) {
 	case *Announce:
 		*p = defaultAnnounce
 	}
+}
+
+// PlainVIPs are virtual IPs on the instance's interface, as a file's
+// plain entries make them.
+func PlainVIPs(prefixes ...netip.Prefix) []VirtualIP {
+	out := make([]VirtualIP, len(prefixes))
+	for i, p := range prefixes {
+		out[i] = VirtualIP{Address: p}
+	}
+	return out
+}
+
+// String is the address, and the interface when it is not the
+// instance's: "198.51.100.100/24 on eth1".
+func (v VirtualIP) String() string {
+	if v.Interface == "" {
+		return v.Address.String()
+	}
+	return v.Address.String() + " on " + v.Interface
 }

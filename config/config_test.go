@@ -150,7 +150,7 @@ services:
 	if v4.Priority != 100 || v4.AdvertInterval != time.Second || !v4.Preempt || v4.GARPMasterRepeat != 5 || v4.GARPMasterDelay != 5*time.Second {
 		t.Errorf("instance defaults = %+v", v4)
 	}
-	if v4.VirtualIPs[0] != netip.MustParsePrefix("192.0.2.1/32") {
+	if v4.VirtualIPs[0] != (VirtualIP{Address: netip.MustParsePrefix("192.0.2.1/32")}) {
 		t.Errorf("a bare VIP = %v, want a /32", v4.VirtualIPs[0])
 	}
 	web := cfg.Services[0]

@@ -149,7 +149,7 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, line int) {
 		d.duration(n, v, line)
 	case textTypes[t] != "":
 		d.text(n, v, line)
-	case (t == trackInterfaceType || t == announceType) && n.Kind != yaml.MappingNode:
+	case (t == trackInterfaceType || t == announceType || t == virtualIPType) && n.Kind != yaml.MappingNode:
 		d.shorthand(n, v, line) // written as one string
 	case t == asnType:
 		d.asn(n, v, line)
@@ -478,6 +478,7 @@ var (
 	durationType       = reflect.TypeFor[time.Duration]()
 	trackInterfaceType = reflect.TypeFor[TrackInterface]()
 	announceType       = reflect.TypeFor[Announce]()
+	virtualIPType      = reflect.TypeFor[VirtualIP]()
 	asnType            = reflect.TypeFor[ASN]()
 )
 
@@ -530,8 +531,11 @@ func parseAddr(s string) (netip.Addr, error) {
 }
 
 // parsePrefix reads ADDRESS/LENGTH, or a bare address as a host route, as
-// keepalived takes it.
+// keepalived takes it; "" is no prefix (a rule's from: "" is any).
 func parsePrefix(s string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, nil
+	}
 	if !strings.Contains(s, "/") {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
@@ -559,15 +563,21 @@ func parseAddrPort(s string) (netip.AddrPort, error) {
 
 // shorthands are the structs a key may also write as one string: a
 // tracked interface as its bare name, a service's announce as its mode
-// alone. Each has what a value must be, and how the string sets it.
+// alone, a virtual IP as its address alone. Each has what a value must
+// be, and how the string sets it.
 var shorthands = map[reflect.Type]struct {
 	what string
-	set  func(v reflect.Value, s string)
+	set  func(v reflect.Value, s string) error
 }{
 	trackInterfaceType: {" is not an interface name or {name: eth2, weight: -20}",
-		func(v reflect.Value, s string) { v.Addr().Interface().(*TrackInterface).Name = s }},
+		func(v reflect.Value, s string) error { v.Addr().Interface().(*TrackInterface).Name = s; return nil }},
 	announceType: {" is not never, always, master or {when: always, communities: [...]}",
-		func(v reflect.Value, s string) { v.Addr().Interface().(*Announce).When = s }},
+		func(v reflect.Value, s string) error { v.Addr().Interface().(*Announce).When = s; return nil }},
+	virtualIPType: {" is not an IP address or ADDRESS/LENGTH, nor {address: 198.51.100.100/24, interface: eth1}",
+		func(v reflect.Value, s string) (err error) {
+			v.Addr().Interface().(*VirtualIP).Address, err = parsePrefix(s)
+			return err
+		}},
 }
 
 // shorthand reads a struct of shorthands written as one string; the
@@ -583,7 +593,9 @@ func (d *decoder) shorthand(n *yaml.Node, v reflect.Value, line int) {
 	case n.ShortTag() == "!!str":
 		v.SetZero()
 		setDefaults(v)
-		sh.set(v, n.Value)
+		if err := sh.set(v, n.Value); err != nil {
+			d.problem(line, err.Error())
+		}
 	default:
 		d.problem(line, scalarText(n)+sh.what)
 	}
@@ -710,6 +722,11 @@ func (d *decoder) end(v reflect.Value, set uint64, saved serviceScratch) {
 	case *Backend:
 		if set&backendPortBit == 0 {
 			d.portless = append(d.portless, d.index)
+		}
+	case *VirtualIP:
+		if d.failed[string(d.path)+".address"] {
+			// reported there: the item's checks would only add noise
+			d.failed[string(d.path)] = true
 		}
 	case *HealthCheck:
 		if set&checkTypeBit != 0 {

@@ -175,7 +175,7 @@ func TestConfigFileNotRegular(t *testing.T) {
 	if problems[0].Line != 0 {
 		t.Errorf("a line from a FIFO: %v", problems)
 	}
-	if notes := Notes(fifo, &Config{VRRP: VRRP{Instances: []Instance{{Version: 3, VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.1/24")}}}}}); len(notes) != 1 || notes[0].Line != 0 {
+	if notes := Notes(fifo, &Config{VRRP: VRRP{Instances: []Instance{{Version: 3, VirtualIPs: PlainVIPs(netip.MustParsePrefix("192.0.2.1/24"))}}}}); len(notes) != 1 || notes[0].Line != 0 {
 		t.Errorf("notes for a FIFO: %v", notes)
 	}
 }

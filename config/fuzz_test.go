@@ -206,8 +206,8 @@ func acceptedInvariants(t *testing.T, data []byte, cfg *Config) {
 		hosts[s.SorryBackend.Addr().WithZone("")] = true
 	}
 	for _, in := range cfg.VRRP.Instances {
-		for _, p := range in.VirtualIPs {
-			if hosts[p.Addr()] {
+		for _, v := range in.HeldVIPs() {
+			if p := v.Address; hosts[p.Addr()] {
 				t.Fatalf("%s: virtual IP %s is also a host's address (unicast_src, peer or backend)", in.Name, p.Addr())
 			}
 		}

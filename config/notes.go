@@ -24,12 +24,12 @@ func Notes(path string, c *Config) []Problem {
 		}
 		vips := make([]string, len(in.VirtualIPs))
 		for j, p := range in.VirtualIPs {
-			vips[j] = p.Addr().String()
+			vips[j] = p.Address.Addr().String()
 		}
 		services := 0
 		for _, s := range c.Services {
 			for _, p := range in.VirtualIPs {
-				if s.HasVIP(p.Addr()) {
+				if s.HasVIP(p.Address.Addr()) {
 					services++
 				}
 			}

@@ -73,7 +73,7 @@ func TestNotesAcceptMode(t *testing.T) {
 }
 
 func TestNoAccept(t *testing.T) {
-	somePrefix := []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}
+	somePrefix := PlainVIPs(netip.MustParsePrefix("192.0.2.100/24"))
 	for _, tc := range []struct {
 		in   Instance
 		want bool

@@ -280,11 +280,11 @@ func (v *validator) vrrp(r *VRRP) {
 		} else {
 			routers[k] = i
 		}
-		for j, p := range in.VirtualIPs {
-			if owner, dup := vipOwner[p.Addr()]; dup && owner != in.Name {
-				v.errf(fmt.Sprintf("%s.virtual_ips[%d]", path, j), "%s is already a virtual IP of instance %q: two instances would fight over it", p.Addr(), owner)
+		for j, p := range in.HeldVIPs() {
+			if owner, dup := vipOwner[p.Address.Addr()]; dup && owner != in.Name {
+				v.errf(vipPath(path, in, j), "%s is already a virtual IP of instance %q: two instances would fight over it", p.Address.Addr(), owner)
 			}
-			vipOwner[p.Addr()] = in.Name
+			vipOwner[p.Address.Addr()] = in.Name
 		}
 	}
 
@@ -348,21 +348,9 @@ func (v *validator) instance(path string, in *Instance) {
 	v.duration(path+".preempt_delay", in.PreemptDelay, minPreemptDelay, maxPreemptDelay, "pre-empt at once")
 
 	v6 := in.IPv6()
-	if len(in.VirtualIPs) == 0 {
-		v.errf(path+".virtual_ips", "at least one virtual IP is required")
-	}
-	seen := map[netip.Addr]bool{}
-	for j, p := range in.VirtualIPs {
-		vpath := fmt.Sprintf("%s.virtual_ips[%d]", path, j)
-		v.unicast(vpath, p.Addr())
-		switch {
-		case p.Addr().Is6() != v6:
-			v.errf(vpath, "%s is %s but the instance's first virtual IP is %s: IPv4 and IPv6 need separate instances (RFC 5798 §2.1)", p, family(p.Addr().Is6()), family(v6))
-		case seen[p.Addr()]:
-			v.errf(vpath, "%s is listed twice", p.Addr())
-		}
-		seen[p.Addr()] = true
-	}
+	v.virtualIPs(path, in)
+	v.virtualRoutes(path, in)
+	v.virtualRules(path, in)
 	if v6 && in.Version == 2 {
 		v.errf(path+".version", "IPv6 virtual IPs need VRRP version 3: VRRPv2 carries IPv4 only (RFC 3768)")
 	}
@@ -605,8 +593,9 @@ func (v *validator) addressClashes(c *Config) {
 	}
 	held := map[netip.Addr]string{} // address -> the first field that holds it
 	for i, in := range c.VRRP.Instances {
-		for j, p := range in.VirtualIPs {
-			vpath := fmt.Sprintf("vrrp.instances[%d].virtual_ips[%d]", i, j)
+		for j, vip := range in.HeldVIPs() {
+			p := vip.Address
+			vpath := vipPath(fmt.Sprintf("vrrp.instances[%d]", i), &in, j)
 			for _, h := range hosts[p.Addr()] {
 				v.errf(vpath, "%s is also %s, %s; give the virtual IP an address of its own", p.Addr(), h.path, h.what)
 			}
@@ -732,8 +721,8 @@ func (v *validator) natBackends(c *Config) {
 	// The network each VIP is held on, where a VRRP instance names it.
 	nets := map[netip.Addr]netip.Prefix{}
 	for _, in := range c.VRRP.Instances {
-		for _, p := range in.VirtualIPs {
-			if p.Bits() < p.Addr().BitLen() {
+		for _, vip := range in.HeldVIPs() {
+			if p := vip.Address; p.Bits() < p.Addr().BitLen() {
 				nets[p.Addr()] = p.Masked()
 			}
 		}

@@ -24,7 +24,7 @@ func acceptConfig() *config.Config {
 	vip := netip.MustParseAddr("192.0.2.100")
 	return &config.Config{
 		VRRP: config.VRRP{Instances: []config.Instance{{Name: "VI_A", Interface: "eth0", VRID: 51, Version: 3, Priority: 100,
-			VirtualIPs: []netip.Prefix{netip.PrefixFrom(vip, 24)}}}},
+			VirtualIPs: config.PlainVIPs(netip.PrefixFrom(vip, 24))}}},
 		Services: []config.Service{{Name: "web", VIP: vip, Port: 80, Protocol: "tcp"}},
 	}
 }
@@ -104,7 +104,7 @@ func TestAcceptFilterRestoredAndOwned(t *testing.T) {
 			return err
 		}
 		other := acceptConfig()
-		other.VRRP.Instances[0].VirtualIPs = []netip.Prefix{netip.MustParsePrefix("192.0.2.101/24")}
+		other.VRRP.Instances[0].VirtualIPs = config.PlainVIPs(netip.MustParsePrefix("192.0.2.101/24"))
 		other.Services[0].VIP = netip.MustParseAddr("192.0.2.101")
 		var locked *LockedError
 		if err := b.claimFor(other); !errors.As(err, &locked) || !strings.Contains(err.Error(), "accept_mode filter (nftables table inet halb_accept) is in use by halb pid") {

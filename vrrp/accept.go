@@ -112,7 +112,7 @@ func AcceptRules(c *config.Config) []AcceptRule {
 		if !in.NoAccept() {
 			continue
 		}
-		for _, p := range in.VirtualIPs {
+		for _, p := range in.AdvertPrefixes() {
 			vip := p.Addr()
 			if seen[vip] {
 				continue

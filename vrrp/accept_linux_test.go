@@ -151,7 +151,7 @@ func TestAcceptTable(t *testing.T) {
 			serveTCP(t, l.ns[0], otherPort)
 			cfg := &config.Config{
 				VRRP: config.VRRP{Instances: []config.Instance{{Name: "VI_T", Version: 3, Priority: 100,
-					VirtualIPs: []netip.Prefix{vip}}}},
+					VirtualIPs: config.PlainVIPs(vip)}}},
 				Services: []config.Service{{Name: "web", VIP: vip.Addr(), Port: servicePort, Protocol: "tcp"}},
 			}
 			table, err := OpenAcceptTable(int(l.ns[0].Handle()))

@@ -12,7 +12,7 @@ func TestAcceptRules(t *testing.T) {
 	inst := func(name string, version, priority int, accept bool, vips ...string) config.Instance {
 		in := config.Instance{Name: name, Version: version, Priority: priority, Accept: accept}
 		for _, v := range vips {
-			in.VirtualIPs = append(in.VirtualIPs, netip.MustParsePrefix(v))
+			in.VirtualIPs = append(in.VirtualIPs, config.VirtualIP{Address: netip.MustParsePrefix(v)})
 		}
 		return in
 	}
@@ -113,7 +113,7 @@ func TestAcceptRules(t *testing.T) {
 func TestAcceptRulesStable(t *testing.T) {
 	c := &config.Config{VRRP: config.VRRP{Instances: []config.Instance{{
 		Name: "VI_1", Version: 3, Priority: 100,
-		VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")},
+		VirtualIPs: config.PlainVIPs(netip.MustParsePrefix("192.0.2.100/24")),
 	}}}}
 	a, b := AcceptRules(c), AcceptRules(c)
 	if len(a) == 0 || !slices.Equal(a, b) {

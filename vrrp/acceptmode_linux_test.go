@@ -70,7 +70,7 @@ vrrp:
 				// A table left by a killed halb that filtered: the start
 				// must clear it.
 				left := &config.Config{VRRP: config.VRRP{Instances: []config.Instance{{Name: "VI_A", Version: 3, Priority: 100,
-					VirtualIPs: []netip.Prefix{netip.PrefixFrom(vip, 24)}}}}}
+					VirtualIPs: config.PlainVIPs(netip.PrefixFrom(vip, 24))}}}}
 				if err := table.Apply(AcceptRules(left)); err != nil {
 					t.Fatal(err)
 				}

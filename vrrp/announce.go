@@ -128,7 +128,7 @@ func (in *Instance) announce(repeat int) {
 	if ifc.Index == 0 || len(ifc.HardwareAddr) == 0 {
 		return
 	}
-	for _, p := range in.cfg.VirtualIPs {
+	for _, p := range in.cfg.AdvertPrefixes() {
 		frame, dst, err := announcement(ifc.HardwareAddr, in.lladdr, p.Addr())
 		if err != nil {
 			in.log.Warn("cannot build announcement", "vip", p.String(), "err", err)

@@ -331,7 +331,7 @@ func testConflictAnswerWaits(t *testing.T, queued bool) {
 	vip := netip.MustParsePrefix("192.0.2.100/32")
 	logs := &syncBuffer{}
 	in := NewInstance(config.Instance{Name: "VI_1", Interface: "lan0", VRID: 51, Version: 3, Priority: 100,
-		AdvertInterval: 100 * time.Millisecond, Preempt: true, VirtualIPs: []netip.Prefix{vip}},
+		AdvertInterval: 100 * time.Millisecond, Preempt: true, VirtualIPs: config.PlainVIPs(vip)},
 		slog.New(slog.NewTextHandler(logs, nil)))
 	now := time.Now()
 	in.apply(now, in.m.Start(now))

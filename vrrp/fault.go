@@ -291,7 +291,7 @@ func (in *Instance) repairVIPs(now time.Time) {
 	for _, a := range list {
 		present[a.prefix.Addr()] = true
 	}
-	for _, p := range in.cfg.VirtualIPs {
+	for _, p := range in.cfg.AdvertPrefixes() {
 		if !present[p.Addr()] {
 			in.log.Warn("virtual IP was removed while MASTER; restoring it", "vip", p.String())
 			if _, err := in.link.addVIPs(in.vipIfc); err != nil {

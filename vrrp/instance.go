@@ -146,7 +146,7 @@ func newInstance(cfg config.Instance, log *slog.Logger, l link, runScript runPro
 		in.scripts[i].ok = true
 	}
 	in.status = Status{Name: cfg.Name, VRID: cfg.VRID, Interface: cfg.Interface, State: Initialize,
-		Priority: uint8(cfg.Priority), Since: time.Now(), Drops: map[string]uint64{}, Conflicts: map[string]uint64{}, VirtualIPs: cfg.VirtualIPs}
+		Priority: uint8(cfg.Priority), Since: time.Now(), Drops: map[string]uint64{}, Conflicts: map[string]uint64{}, VirtualIPs: cfg.AdvertPrefixes()}
 	return in
 }
 
@@ -544,7 +544,7 @@ func (in *Instance) sendAdvert(priority uint8) {
 		AuthType: in.rules.authType,
 		AuthData: in.rules.authData,
 	}
-	for _, p := range in.cfg.VirtualIPs {
+	for _, p := range in.cfg.AdvertPrefixes() {
 		a.Addrs = append(a.Addrs, p.Addr())
 	}
 	c := in.conn
@@ -592,5 +592,5 @@ func (in *Instance) giveUp() {
 
 // isVIP reports whether a is one of the VIPs.
 func (in *Instance) isVIP(a netip.Addr) bool {
-	return slices.ContainsFunc(in.cfg.VirtualIPs, func(p netip.Prefix) bool { return p.Addr() == a })
+	return slices.ContainsFunc(in.cfg.AdvertPrefixes(), func(p netip.Prefix) bool { return p.Addr() == a })
 }

@@ -30,7 +30,7 @@ var (
 // 100, 1 s adverts, preempting.
 func baseConfig() config.Instance {
 	return config.Instance{Name: "VI_T", Interface: "lan0", VRID: 51, Version: 3, Priority: 100,
-		AdvertInterval: time.Second, Preempt: true, VirtualIPs: []netip.Prefix{vipA},
+		AdvertInterval: time.Second, Preempt: true, VirtualIPs: config.PlainVIPs(vipA),
 		GARPMasterRepeat: 1}
 }
 
@@ -66,7 +66,7 @@ func newDriven(t *testing.T, cfg config.Instance, fake *fakeLink) *driven {
 
 // upLAN is a fake link with lan0 up, holding ownA.
 func upLAN(cfg config.Instance) *fakeLink {
-	f := newFakeLink(cfg.VRID, cfg.IPv6(), cfg.VirtualIPs)
+	f := newFakeLink(cfg.VRID, cfg.IPv6(), cfg.AdvertPrefixes())
 	f.addIface("lan0", true, "192.0.2.1/24")
 	return f
 }
@@ -76,7 +76,7 @@ func advertFrom(t *testing.T, cfg config.Instance, src netip.Addr, prio uint8) p
 	t.Helper()
 	dst := group4
 	a := &Advert{Version: cfg.Version, VRID: uint8(cfg.VRID), Priority: prio, Interval: cfg.AdvertInterval}
-	for _, p := range cfg.VirtualIPs {
+	for _, p := range cfg.AdvertPrefixes() {
 		a.Addrs = append(a.Addrs, p.Addr())
 	}
 	b, err := a.Marshal(nil, src, dst)
@@ -212,7 +212,7 @@ func TestTrackingPriority(t *testing.T) {
 func TestGARPSchedule(t *testing.T) {
 	cfg := baseConfig()
 	vip2 := netip.MustParsePrefix("192.0.2.101/24")
-	cfg.VirtualIPs = append(cfg.VirtualIPs, vip2)
+	cfg.VirtualIPs = append(cfg.VirtualIPs, config.VirtualIP{Address: vip2})
 	cfg.GARPMasterRepeat = 3
 	cfg.GARPMasterDelay = 5 * time.Second
 	cfg.GARPMasterRefresh = 60 * time.Second
@@ -282,9 +282,9 @@ func TestGARPSchedule(t *testing.T) {
 // address.
 func TestGARPOnceAndNA(t *testing.T) {
 	cfg := baseConfig()
-	cfg.VirtualIPs = []netip.Prefix{netip.MustParsePrefix("2001:db8::100/64")}
+	cfg.VirtualIPs = config.PlainVIPs(netip.MustParsePrefix("2001:db8::100/64"))
 	cfg.GARPMasterRepeat = 2
-	f := newFakeLink(cfg.VRID, true, cfg.VirtualIPs)
+	f := newFakeLink(cfg.VRID, true, cfg.AdvertPrefixes())
 	f.addIface("lan0", true, "fe80::1/64", "2001:db8::1/64")
 	d := newDriven(t, cfg, f)
 	took := d.toMaster(t)
@@ -295,8 +295,8 @@ func TestGARPOnceAndNA(t *testing.T) {
 	}
 	for _, fr := range frames {
 		cl, ok := naClaim(fr.frame)
-		if !ok || cl.ip != cfg.VirtualIPs[0].Addr() || !slices.Equal(fr.dst, allNodesMAC) {
-			t.Errorf("announcement %x to %s, want an unsolicited NA for %s to all nodes", fr.frame, fr.dst, cfg.VirtualIPs[0].Addr())
+		if !ok || cl.ip != cfg.VirtualIPs[0].Address.Addr() || !slices.Equal(fr.dst, allNodesMAC) {
+			t.Errorf("announcement %x to %s, want an unsolicited NA for %s to all nodes", fr.frame, fr.dst, cfg.VirtualIPs[0].Address.Addr())
 		}
 		// The IPv6 source sits at bytes 22..38 of the frame.
 		if src, _ := netip.AddrFromSlice(fr.frame[22:38]); src != netip.MustParseAddr("fe80::1") {
@@ -314,7 +314,7 @@ func TestGARPOnceAndNA(t *testing.T) {
 // BACKUP. A Master that faults gives its VIPs up.
 func TestFaults(t *testing.T) {
 	cfg := baseConfig()
-	f := newFakeLink(cfg.VRID, false, cfg.VirtualIPs)
+	f := newFakeLink(cfg.VRID, false, cfg.AdvertPrefixes())
 	d := newDriven(t, cfg, f)
 	d.begin(t0)
 	now := t0
@@ -383,7 +383,7 @@ func TestFaultUnicastSrcLate(t *testing.T) {
 	cfg := baseConfig()
 	cfg.UnicastSrc = ownA
 	cfg.UnicastPeers = []netip.Addr{peerA}
-	f := newFakeLink(cfg.VRID, false, cfg.VirtualIPs)
+	f := newFakeLink(cfg.VRID, false, cfg.AdvertPrefixes())
 	d := newDriven(t, cfg, f)
 	d.begin(t0)
 	if got := d.Status().Faults; !slices.Equal(got, []string{"interface lan0 missing"}) {
@@ -426,7 +426,7 @@ func TestFaultUnicastSrcLate(t *testing.T) {
 // address.
 func TestForeignVIPStays(t *testing.T) {
 	cfg := baseConfig()
-	f := newFakeLink(cfg.VRID, false, cfg.VirtualIPs)
+	f := newFakeLink(cfg.VRID, false, cfg.AdvertPrefixes())
 	f.addIface("lan0", true, "192.0.2.100/24", "192.0.2.1/24")
 	d := newDriven(t, cfg, f)
 	now := d.toMaster(t)
@@ -499,8 +499,8 @@ func TestSyncGroupInstances(t *testing.T) {
 	mk := func(name, ifname string, vip string) *driven {
 		cfg := baseConfig()
 		cfg.Name, cfg.Interface = name, ifname
-		cfg.VirtualIPs = []netip.Prefix{netip.MustParsePrefix(vip)}
-		f := newFakeLink(cfg.VRID, false, cfg.VirtualIPs)
+		cfg.VirtualIPs = config.PlainVIPs(netip.MustParsePrefix(vip))
+		f := newFakeLink(cfg.VRID, false, cfg.AdvertPrefixes())
 		f.addIface(ifname, true, "192.0.2.1/24")
 		d := newDriven(t, cfg, f)
 		d.JoinGroup(g)
@@ -622,7 +622,7 @@ func TestVMACOverFakeLink(t *testing.T) {
 func TestReannounceOnTwoMasters(t *testing.T) {
 	cfg := baseConfig()
 	vip2 := netip.MustParsePrefix("192.0.2.101/24")
-	cfg.VirtualIPs = append(cfg.VirtualIPs, vip2)
+	cfg.VirtualIPs = append(cfg.VirtualIPs, config.VirtualIP{Address: vip2})
 	cfg.GARPMasterRepeat = 3
 	f := upLAN(cfg)
 	d := newDriven(t, cfg, f)

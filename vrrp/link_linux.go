@@ -39,7 +39,7 @@ type kernelLink struct {
 }
 
 func newKernelLink(cfg config.Instance, log *slog.Logger) *kernelLink {
-	return &kernelLink{cfg: cfg, log: log, vips: newVIPSet(cfg.VirtualIPs)}
+	return &kernelLink{cfg: cfg, log: log, vips: newVIPSet(cfg.AdvertPrefixes())}
 }
 
 func (k *kernelLink) lookup(name string) (iface, error) {
@@ -143,7 +143,7 @@ func (k *kernelLink) closeFrames() {
 func (k *kernelLink) watchConflicts(ifi iface, base net.HardwareAddr, lladdr netip.Addr,
 	report func(conflictReport), due chan<- conflictReport) (conflictWatcher, error) {
 	ni := ifi.Interface
-	w, err := startConflictWatch(&ni, base, lladdr, k.cfg.VirtualIPs, report, due)
+	w, err := startConflictWatch(&ni, base, lladdr, k.cfg.AdvertPrefixes(), report, due)
 	if err != nil {
 		return nil, err
 	}

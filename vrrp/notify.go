@@ -207,7 +207,7 @@ func (n *notifier) runCall(ctx context.Context, c *notifyCall, budget time.Durat
 
 func (n *notifier) call(ctx context.Context, timeout time.Duration, c *notifyCall, argv []string) {
 	vips := make([]string, len(n.cfg.VirtualIPs))
-	for i, p := range n.cfg.VirtualIPs {
+	for i, p := range n.cfg.AdvertPrefixes() {
 		vips[i] = p.String()
 	}
 	env := []string{

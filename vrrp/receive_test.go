@@ -17,7 +17,7 @@ func TestMalformedAdvertsAreDroppedAndCounted(t *testing.T) {
 	dst := group4
 	cfg := config.Instance{Name: "VI_T", Interface: "lan0", VRID: 51, Version: 2, Priority: 100,
 		AdvertInterval: time.Second, Preempt: true, AuthPass: "secret",
-		VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}}
+		VirtualIPs: config.PlainVIPs(netip.MustParsePrefix("192.0.2.100/24"))}
 	in := NewInstance(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	in.src = netip.MustParseAddr("192.0.2.1")
 	in.apply(t0, in.m.Start(t0))

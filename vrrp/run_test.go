@@ -220,7 +220,7 @@ func TestLinkEventsWakeTheInstance(t *testing.T) {
 			cfg := baseConfig()
 			cfg.UnicastSrc = ownA
 			cfg.UnicastPeers = []netip.Addr{peerA}
-			f := newFakeLink(cfg.VRID, false, cfg.VirtualIPs)
+			f := newFakeLink(cfg.VRID, false, cfg.AdvertPrefixes())
 			f.addIface("lan0", true, "192.0.2.7/24") // not unicast_src
 			other := f.addIface("other0", true, "198.51.100.1/24")
 			if c.setup != nil {

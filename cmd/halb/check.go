@@ -181,8 +181,8 @@ func announceWhen(c *config.Config, s config.Service, vip netip.Addr) string {
 		return fmt.Sprintf("always: while this node serves it with at least %d healthy backend(s)", max(s.Quorum, 1))
 	case config.AnnounceMaster:
 		for _, in := range c.VRRP.Instances {
-			for _, v := range in.VirtualIPs {
-				if v.Addr() == vip {
+			for _, v := range in.HeldVIPs() {
+				if v.Address.Addr() == vip {
 					return "master: while " + in.Name + " is MASTER"
 				}
 			}

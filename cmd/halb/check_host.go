@@ -46,7 +46,8 @@ func hostWarnings(c *config.Config, held map[netip.Addr]bool) []config.Problem {
 		}
 	}
 	for i, in := range c.VRRP.Instances {
-		for j, p := range in.VirtualIPs {
+		for j, vip := range in.VirtualIPs {
+			p := vip.Address
 			ifname, ok := foreign[p.Addr()]
 			if !ok || held[p.Addr()] {
 				continue
@@ -190,8 +191,8 @@ func fullNATWarnings(c *config.Config, addrs []vrrp.HostAddr) []config.Problem {
 		local[a.Addr] = true
 	}
 	for _, in := range c.VRRP.Instances {
-		for _, p := range in.VirtualIPs {
-			local[p.Addr()] = true
+		for _, p := range in.HeldVIPs() {
+			local[p.Address.Addr()] = true
 		}
 	}
 	has := false
