@@ -1,10 +1,14 @@
 package health
 
 import (
+	"bytes"
 	"context"
+	"crypto/md5"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net"
 	"net/http"
@@ -43,32 +47,78 @@ const (
 // NewChecker builds the checker hc describes. The timeout, interval and
 // thresholds are Monitor's business, not the checker's.
 func NewChecker(hc config.HealthCheck) (Checker, error) {
+	t := target{port: uint16(hc.Port), source: hc.Source}
 	switch hc.Type {
 	case TypeTCP:
-		return tcpChecker{}, nil
+		return tcpChecker{t}, nil
 	case TypeHTTP, TypeHTTPS:
-		return newHTTPChecker(hc), nil
+		return newHTTPChecker(hc, t)
 	case TypeUDP:
-		return udpChecker{payload: udpProbe}, nil
+		return udpChecker{payload: udpProbe, target: t}, nil
 	case TypeExec:
 		if len(hc.Command) == 0 || hc.Command[0] == "" {
 			return nil, errors.New("exec check needs a command: an argv list like [/usr/local/bin/check, --quiet]")
 		}
-		return execChecker{argv: slices.Clone(hc.Command)}, nil
+		return execChecker{argv: slices.Clone(hc.Command), port: t.port}, nil
 	case TypeNone:
 		return CheckerFunc(func(context.Context, Key) error { return nil }), nil
 	}
 	return nil, fmt.Errorf("%q is not a health check type: use tcp, http, https, udp, exec or none", hc.Type)
 }
 
-// tcpChecker is healthy when a TCP connection to the backend completes.
-type tcpChecker struct{}
+// target is where a check goes and where from: health_check.port and
+// .source (keepalived's connect_port and bindto). The check's result
+// is the backend's, under the backend's own address and port (Key),
+// whatever port it probed.
+type target struct {
+	port   uint16     // 0: the backend's
+	source netip.Addr // invalid: the kernel's choice
+}
 
-func (tcpChecker) Check(ctx context.Context, k Key) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", k.Backend.String())
+// addr is where the check of backend ap connects.
+func (t target) addr(ap netip.AddrPort) netip.AddrPort {
+	if t.port != 0 {
+		return netip.AddrPortFrom(ap.Addr(), t.port)
+	}
+	return ap
+}
+
+// dialer sends from the source address, on a port the kernel picks.
+func (t target) dialer(network string) *net.Dialer {
+	d := &net.Dialer{}
+	if t.source.IsValid() {
+		switch network {
+		case "udp":
+			d.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(t.source, 0))
+		default:
+			d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(t.source, 0))
+		}
+	}
+	return d
+}
+
+// where names the port and source of a failed check when they are not
+// the obvious ones, as the backend named beside the error is not where
+// the check went.
+func (t target) where(err error) error {
+	switch {
+	case t.port != 0 && t.source.IsValid():
+		return fmt.Errorf("port %d from %s: %w", t.port, t.source, err)
+	case t.port != 0:
+		return fmt.Errorf("port %d: %w", t.port, err)
+	case t.source.IsValid():
+		return fmt.Errorf("from %s: %w", t.source, err)
+	}
+	return err
+}
+
+// tcpChecker is healthy when a TCP connection to the backend completes.
+type tcpChecker struct{ target }
+
+func (t tcpChecker) Check(ctx context.Context, k Key) error {
+	c, err := t.dialer("tcp").DialContext(ctx, "tcp", t.addr(k.Backend).String())
 	if err != nil {
-		return dialError(err)
+		return t.where(dialError(err))
 	}
 	c.Close()
 	return nil
@@ -90,23 +140,53 @@ func dialError(err error) error {
 	return fmt.Errorf("connect: %w", err)
 }
 
-// httpChecker is healthy when GET path answers with one of the expected
-// status codes. Redirects are not followed: their status is the answer.
+// httpChecker is healthy when every request answers: GET each path with
+// one of its expected status codes and, where a digest is given, a body
+// of that digest (keepalived's HTTP_GET/SSL_GET with several url
+// blocks). Redirects are not followed: their status is the answer.
 type httpChecker struct {
+	target
 	scheme      string
 	defaultPort uint16
-	path        string
-	expect      []int
+	requests    []request
 	client      *http.Client
 }
 
-func newHTTPChecker(hc config.HealthCheck) *httpChecker {
-	h := &httpChecker{scheme: hc.Type, defaultPort: 80, path: hc.Path, expect: slices.Clone(hc.ExpectStatus)}
-	if h.path == "" {
-		h.path = "/"
-	}
-	if len(h.expect) == 0 {
-		h.expect = []int{http.StatusOK}
+// request is one of an http check's requests, its digest decoded.
+type request struct {
+	path   string
+	expect []int
+	algo   string // "" when the body is not looked at
+	sum    []byte
+}
+
+// Bounds of what a check reads of a body. Without a digest a little is
+// read, so the backend sees a complete exchange; with one, the whole body
+// is hashed as it arrives (no copy is kept), up to maxDigestBody, so that
+// a backend sending without end costs neither memory nor more than the
+// check's timeout.
+const (
+	maxDiscardBody = 64 << 10
+	maxDigestBody  = 8 << 20
+)
+
+func newHTTPChecker(hc config.HealthCheck, t target) (*httpChecker, error) {
+	h := &httpChecker{target: t, scheme: hc.Type, defaultPort: 80}
+	for _, u := range hc.Requests() {
+		r := request{path: u.Path, expect: slices.Clone(u.ExpectStatus)}
+		if r.path == "" {
+			r.path = "/"
+		}
+		if len(r.expect) == 0 {
+			r.expect = []int{http.StatusOK}
+		}
+		if u.Digest != "" {
+			var err error
+			if r.algo, r.sum, err = config.ParseDigest(u.Digest); err != nil {
+				return nil, fmt.Errorf("digest of %s: %w", u.Path, err)
+			}
+		}
+		h.requests = append(h.requests, r)
 	}
 	tr := &http.Transport{
 		// A fresh connection every time, as a new client would open, so
@@ -114,7 +194,7 @@ func newHTTPChecker(hc config.HealthCheck) *httpChecker {
 		// idle connections left on the backends. Proxy stays nil: the
 		// probe goes to the backend whatever HTTP_PROXY says.
 		DisableKeepAlives:      true,
-		DialContext:            (&net.Dialer{}).DialContext,
+		DialContext:            t.dialer("tcp").DialContext,
 		MaxResponseHeaderBytes: 64 << 10,
 	}
 	if hc.Type == TypeHTTPS {
@@ -132,42 +212,87 @@ func newHTTPChecker(hc config.HealthCheck) *httpChecker {
 		Transport:     tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	return h
+	return h, nil
 }
 
+// Check asks each request in turn, all within the one timeout of ctx;
+// the first that fails is the check's error.
 func (h *httpChecker) Check(ctx context.Context, k Key) error {
+	for _, r := range h.requests {
+		if err := h.get(ctx, k, r); err != nil {
+			return h.where(err)
+		}
+	}
+	return nil
+}
+
+func (h *httpChecker) get(ctx context.Context, k Key, r request) error {
 	// The connection goes to the backend's address; the Host header is
 	// that address too, without the port when it is the scheme's default,
 	// as a browser pointed at the backend would send it.
-	target := h.scheme + "://" + k.Backend.String() + h.path
+	ap := h.addr(k.Backend)
+	target := h.scheme + "://" + ap.String() + r.path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		return fmt.Errorf("request %s: %w", target, err)
 	}
-	req.Host = hostHeader(k.Backend, h.defaultPort)
+	req.Host = hostHeader(ap, h.defaultPort)
 	req.Header.Set("User-Agent", "halb-health-check")
 	resp, err := h.client.Do(req)
 	if err != nil {
 		return httpError(err)
 	}
 	defer resp.Body.Close()
-	// Read a little of the body so the backend sees a complete exchange,
-	// but never a large one.
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	sum, berr := readBody(resp.Body, r.algo)
 	if err := ctx.Err(); err != nil {
 		// The answer must come within the timeout. With TLS, the close
 		// at the deadline (close_notify) can make a backend that was
 		// holding the request answer, and that answer can still win the
 		// race inside the transport.
-		return fmt.Errorf("GET %s: no answer within the timeout: %w", h.path, err)
+		return fmt.Errorf("GET %s: no answer within the timeout: %w", r.path, err)
 	}
-	if !slices.Contains(h.expect, resp.StatusCode) {
-		if len(h.expect) == 1 {
-			return fmt.Errorf("GET %s: status %d, want %d", h.path, resp.StatusCode, h.expect[0])
+	if !slices.Contains(r.expect, resp.StatusCode) {
+		if len(r.expect) == 1 {
+			return fmt.Errorf("GET %s: status %d, want %d", r.path, resp.StatusCode, r.expect[0])
 		}
-		return fmt.Errorf("GET %s: status %d, want one of %v", h.path, resp.StatusCode, h.expect)
+		return fmt.Errorf("GET %s: status %d, want one of %v", r.path, resp.StatusCode, r.expect)
+	}
+	if r.algo == "" {
+		return nil
+	}
+	if berr != nil {
+		return fmt.Errorf("GET %s: body: %w", r.path, berr)
+	}
+	if !bytes.Equal(sum, r.sum) {
+		return fmt.Errorf("GET %s: body %s %x, want %x", r.path, r.algo, sum, r.sum)
 	}
 	return nil
+}
+
+// errBodyTooLong is a body longer than a digest check reads.
+var errBodyTooLong = fmt.Errorf("longer than %d MiB, the most a digest check reads", maxDigestBody>>20)
+
+// readBody reads body within its bounds, hashing it by algo ("" only
+// reads a little of it and hashes nothing).
+func readBody(body io.Reader, algo string) ([]byte, error) {
+	var h hash.Hash
+	switch algo {
+	case "":
+		_, _ = io.Copy(io.Discard, io.LimitReader(body, maxDiscardBody))
+		return nil, nil
+	case config.DigestMD5:
+		h = md5.New() // keepalived's digest: it tells a changed page, it guards no secret
+	default:
+		h = sha256.New()
+	}
+	n, err := io.Copy(h, io.LimitReader(body, maxDigestBody+1))
+	switch {
+	case err != nil:
+		return nil, err
+	case n > maxDigestBody:
+		return nil, errBodyTooLong
+	}
+	return h.Sum(nil), nil
 }
 
 func hostHeader(ap netip.AddrPort, defaultPort uint16) string {
@@ -210,11 +335,20 @@ var udpProbe = []byte("halb health check\n")
 // exchange where that matters.
 type udpChecker struct {
 	payload []byte
+	target
 }
 
 func (u udpChecker) Check(ctx context.Context, k Key) error {
-	d := net.Dialer{Control: udpControl}
-	c, err := d.DialContext(ctx, "udp", k.Backend.String())
+	if err := u.check(ctx, k); err != nil {
+		return u.where(err)
+	}
+	return nil
+}
+
+func (u udpChecker) check(ctx context.Context, k Key) error {
+	d := u.dialer("udp")
+	d.Control = udpControl
+	c, err := d.DialContext(ctx, "udp", u.addr(k.Backend).String())
 	if err != nil {
 		return dialError(err)
 	}
@@ -268,4 +402,5 @@ func unwrapOp(err error) error {
 // is executed as given. See exec_linux.go.
 type execChecker struct {
 	argv []string
+	port uint16 // health_check.port, told to the command; 0: the backend's
 }

@@ -6,6 +6,13 @@
 // programs (Backends: the one place the drain, quorum and sorry_backend rule
 // lives).
 //
+// A check goes to the backend's address, on the backend's port or on
+// health_check.port, from health_check.source when it is set; its
+// result is the backend's, keyed by the backend's own address and port
+// (Key) in the states, the events, the status and the metrics. A
+// service group's backends are checked once, whatever the number of its
+// VIP:port pairs.
+//
 // The rise/fall state machine (state.go) and the weight rule (weights.go)
 // are pure and tested by tables. The checkers (check.go, and *_linux.go for
 // what needs Linux) are the only code that opens sockets or starts

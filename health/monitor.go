@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -341,10 +342,10 @@ func checkTiming(hc config.HealthCheck) error {
 	return nil
 }
 
+// sameCheck compares every field, so that a key added to health_check
+// (port, source, urls) restarts the check when a reload changes it.
 func sameCheck(a, b config.HealthCheck) bool {
-	return a.Type == b.Type && a.Interval == b.Interval && a.Timeout == b.Timeout &&
-		a.Rise == b.Rise && a.Fall == b.Fall && a.Path == b.Path &&
-		slices.Equal(a.ExpectStatus, b.ExpectStatus) && slices.Equal(a.Command, b.Command)
+	return reflect.DeepEqual(a, b)
 }
 
 // firstDelay is when a backend's first check comes: at an offset within
