@@ -194,6 +194,9 @@ func (p *parser) readLines(file string, data []byte, depth int) error {
 			continue
 		}
 		if name, value, ok := paramDef(line); ok {
+			if strings.HasSuffix(value, "\\") {
+				return &SyntaxError{File: file, Line: lineNo, Msg: fmt.Sprintf("$%s is defined over several lines, which halb import does not read: define it on one line", name)}
+			}
 			p.params[name] = value
 			continue
 		}

@@ -165,6 +165,7 @@ func TestParseErrors(t *testing.T) {
 		{"include of itself", map[string]string{"k.conf": "include k.conf\n"}, true, "k.conf:1: include "},
 		{"include missing file", map[string]string{"k.conf": "a\ninclude nothere.conf\n"}, false, "nothere.conf: included from"},
 		{"include with two names", map[string]string{"k.conf": "include a b\n"}, true, "k.conf:1: include takes one file name"},
+		{"multi-line parameter", map[string]string{"k.conf": "$I= \\\nvrrp_instance X {\n"}, true, "k.conf:1: $I is defined over several lines"},
 		{"parameter loop", map[string]string{"k.conf": "$A=${B}\n$B=${A}\nx ${A}\n"}, true, "k.conf:3: parameters still refer to parameters"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -48,13 +48,12 @@ type check struct {
 // vsDefaults are the checker settings a virtual_server gives its real
 // servers' checkers.
 type vsDefaults struct {
-	delayLoop     time.Duration
-	timeout       time.Duration
-	timeoutSet    bool
-	retry         int
-	retrySet      bool
-	retryDelay    time.Duration
-	retryDelaySet bool
+	delayLoop time.Duration
+	timeout   time.Duration
+	retry     int
+	// retryNode is the retry or delay_before_retry line that set the
+	// retries, for the report; nil when keepalived's defaults apply.
+	retryNode *Node
 }
 
 func (c *converter) virtualServer(n *Node) {
@@ -95,13 +94,17 @@ func (c *converter) virtualServer(n *Node) {
 		case "real_server":
 			realServers = append(realServers, ch)
 		case "connect_timeout":
-			d.timeout, d.timeoutSet = c.timerOr(ch, d.timeout)
+			if v, ok := c.timerArg(ch); ok {
+				d.timeout = v
+			}
 		case "retry", "nb_get_retry":
 			if v, ok := c.intArg(ch, 0, 1000); ok {
-				d.retry, d.retrySet = v, true
+				d.retry, d.retryNode = v, ch
 			}
 		case "delay_before_retry":
-			d.retryDelay, d.retryDelaySet = c.timerOr(ch, 0)
+			if _, ok := c.timerArg(ch); ok && d.retryNode == nil {
+				d.retryNode = ch
+			}
 		case "persistence_granularity":
 			c.drop(ch, "halb's persistence is per client address")
 		case "hysteresis", "quorum_up", "quorum_down":
@@ -140,13 +143,6 @@ func (c *converter) virtualServer(n *Node) {
 		s.check = &check{typ: "none"}
 	}
 	c.services = append(c.services, s)
-}
-
-func (c *converter) timerOr(n *Node, def time.Duration) (time.Duration, bool) {
-	if v, ok := c.timerArg(n); ok {
-		return v, true
-	}
-	return def, false
 }
 
 // serviceAddress reads "IP PORT", "group NAME" or "fwmark N".
@@ -381,8 +377,7 @@ func (c *converter) quorum(n *Node, s *service) {
 // port.
 func (c *converter) checker(n *Node, d vsDefaults, port int) *check {
 	k := &check{interval: d.delayLoop, timeout: d.timeout, rise: 1}
-	retry, retryDelay := d.retry, d.retryDelay
-	retrySet, retryDelaySet := d.retrySet, d.retryDelaySet
+	retry, retryNode := d.retry, d.retryNode
 	switch n.Key {
 	case "TCP_CHECK":
 		k.typ = "tcp"
@@ -413,10 +408,12 @@ func (c *converter) checker(n *Node, d vsDefaults, port int) *check {
 			}
 		case "retry", "nb_get_retry":
 			if v, ok := c.intArg(ch, 0, 1000); ok {
-				retry, retrySet = v, true
+				retry, retryNode = v, ch // the retry line is the one the report names
 			}
 		case "delay_before_retry":
-			retryDelay, retryDelaySet = c.timerOr(ch, 0)
+			if _, ok := c.timerArg(ch); ok && (retryNode == nil || retryNode == d.retryNode) {
+				retryNode = ch
+			}
 		case "delay_loop":
 			if v, ok := c.timerArg(ch); ok {
 				k.interval = v
@@ -446,7 +443,7 @@ func (c *converter) checker(n *Node, d vsDefaults, port int) *check {
 		return nil
 	}
 	k.fall = retry + 1
-	c.checkTiming(n, k, retry, retrySet, retryDelay, retryDelaySet)
+	c.checkTiming(n, k, retry, retryNode)
 	k.signature = fmt.Sprintf("%s|%v|%v|%d|%d|%s|%s|%s|%s|%v", k.typ, k.interval, k.timeout, k.fall, k.port, k.source, k.path, k.expect, k.command, k.urls)
 	return k
 }
@@ -455,7 +452,7 @@ func (c *converter) checker(n *Node, d vsDefaults, port int) *check {
 // checks, each ended by a timeout shorter than it, fall failures in a
 // row mark the backend down (keepalived retries retry times, after
 // delay_before_retry rather than the interval).
-func (c *converter) checkTiming(n *Node, k *check, retry int, retrySet bool, retryDelay time.Duration, retryDelaySet bool) {
+func (c *converter) checkTiming(n *Node, k *check, retry int, retryNode *Node) {
 	if k.interval < 50*time.Millisecond {
 		c.approx(n, fmt.Sprintf("delay_loop %s: halb checks at most every 50ms", k.interval))
 		k.interval = 50 * time.Millisecond
@@ -469,8 +466,8 @@ func (c *converter) checkTiming(n *Node, k *check, retry int, retrySet bool, ret
 		c.approx(n, fmt.Sprintf("connect_timeout %s: halb ends a check before the next is due: timeout %s (delay_loop %s)", k.timeout, t, k.interval))
 		k.timeout = t
 	}
-	if retry > 0 && (retrySet || retryDelaySet) {
-		c.approx(n, fmt.Sprintf("retry %d: halb marks a backend down after %d failed checks in a row, each delay_loop (%s) apart; keepalived retries after delay_before_retry", retry, retry+1, k.interval))
+	if retry > 0 && retryNode != nil {
+		c.approx(retryNode, fmt.Sprintf("halb marks a backend down after %d failed checks in a row (retry %d + 1), each delay_loop (%s) apart; keepalived retries after delay_before_retry", retry+1, retry, duration(k.interval)))
 	}
 }
 

@@ -1,0 +1,120 @@
+package keepalived
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/halb-lb/halb/config"
+)
+
+// parseYAML converts text and decodes the result with halb's own loader.
+func parseYAML(t *testing.T, text string) (*config.Config, *Result) {
+	t.Helper()
+	res := importText(t, text)
+	cfg, err := config.Parse(res.YAML, "import.yaml")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, res.YAML)
+	}
+	return cfg, res
+}
+
+const weightedInstance = `vrrp_script up {
+    script /usr/bin/true
+    interval 2
+    timeout 1
+    weight 20
+}
+vrrp_script down {
+    script /usr/bin/false
+    interval 2
+    timeout 1
+    weight -30
+}
+vrrp_instance V {
+    interface eth0
+    virtual_router_id 9
+    priority 100
+    virtual_ipaddress {
+        192.0.2.9/24
+    }
+    track_script {
+        up
+        down
+    }
+    track_interface {
+        eth1 weight 5
+    }
+}
+`
+
+// TestPositiveWeights: keepalived adds a positive weight while the
+// tracked thing is up; halb subtracts while it is down. The base priority
+// takes the weights, so every state has the priority keepalived gives it.
+func TestPositiveWeights(t *testing.T) {
+	cfg, res := parseYAML(t, weightedInstance)
+	in := cfg.VRRP.Instances[0]
+	if in.Priority != 125 {
+		t.Errorf("priority %d, want 100 + 20 + 5", in.Priority)
+	}
+	if w := in.TrackScripts[0].Weight; w != -20 {
+		t.Errorf("script up's weight %d, want -20", w)
+	}
+	if w := in.TrackScripts[1].Weight; w != -30 {
+		t.Errorf("script down's weight %d, want -30", w)
+	}
+	if w := in.TrackInterfaces[0].Weight; w != -5 {
+		t.Errorf("eth1's weight %d, want -5", w)
+	}
+	if !res.Exact() {
+		t.Errorf("not exact: %v", res.Notes)
+	}
+	// All up: 125 here, 100+20+5 in keepalived; up fails: 105 both.
+}
+
+// TestSyncGroupWeights: in a sync group keepalived tracks with weight 0
+// (fault) unless the group says sync_group_tracking_weight.
+func TestSyncGroupWeights(t *testing.T) {
+	group := "vrrp_instance W {\ninterface eth0\nvirtual_router_id 10\nvirtual_ipaddress {\n192.0.2.10/24\n}\n}\nvrrp_sync_group G {\ngroup {\nV\nW\n}\n%s}\n"
+	cfg, _ := parseYAML(t, weightedInstance+strings.Replace(group, "%s", "", 1))
+	in := cfg.VRRP.Instances[0]
+	if in.Priority != 100 || in.TrackScripts[0].Weight != 0 || in.TrackScripts[1].Weight != 0 || in.TrackInterfaces[0].Weight != 0 {
+		t.Errorf("in a group: priority %d, weights %d %d %d; want 100 and 0s", in.Priority, in.TrackScripts[0].Weight, in.TrackScripts[1].Weight, in.TrackInterfaces[0].Weight)
+	}
+	cfg, _ = parseYAML(t, weightedInstance+strings.Replace(group, "%s", "sync_group_tracking_weight\n", 1))
+	if in := cfg.VRRP.Instances[0]; in.Priority != 125 || in.TrackScripts[1].Weight != -30 {
+		t.Errorf("with sync_group_tracking_weight: priority %d, weight %d; want 125, -30", in.Priority, in.TrackScripts[1].Weight)
+	}
+}
+
+// TestNotifyArguments: halb's notify is a program with keepalived's four
+// arguments; what keepalived would have put before them is reported.
+func TestNotifyArguments(t *testing.T) {
+	base := "vrrp_instance V {\ninterface eth0\nvirtual_router_id 9\nvirtual_ipaddress {\n192.0.2.9/24\n}\n%s\n}\n"
+	cfg, res := parseYAML(t, strings.Replace(base, "%s", `notify "/usr/bin/logger -t vrrp"`, 1))
+	if cfg.VRRP.Instances[0].Notify != "/usr/bin/logger" || res.Exact() || !strings.Contains(res.Notes[0].Msg, `the arguments "-t vrrp" are dropped`) {
+		t.Errorf("notify %q, notes %v", cfg.VRRP.Instances[0].Notify, res.Notes)
+	}
+	cfg, res = parseYAML(t, strings.Replace(base, "%s", `notify "/usr/bin/logger x | cat"`, 1))
+	if cfg.VRRP.Instances[0].Notify != "" || res.Exact() || res.Notes[0].Kind != Dropped {
+		t.Errorf("shell notify %q, notes %v; want it dropped", cfg.VRRP.Instances[0].Notify, res.Notes)
+	}
+}
+
+// TestConvertErrors: a file that parses but cannot become a valid halb
+// configuration names the line.
+func TestConvertErrors(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"vrrp_instance V {\nvirtual_router_id 1\nvirtual_ipaddress {\n192.0.2.1\n}\n}\n", "k.conf:1: vrrp_instance: the instance names no interface"},
+		{"vrrp_instance V {\ninterface eth0\nvirtual_router_id 300\nvirtual_ipaddress {\n192.0.2.1\n}\n}\n", "k.conf:3: virtual_router_id: \"300\" is not a whole number from 1 to 255"},
+		{"vrrp_instance V {\ninterface eth0\nvirtual_router_id 1\nvirtual_ipaddress {\nnot-an-address\n}\n}\n", "k.conf:5: not-an-address:"},
+		{"vrrp_instance V {\ninterface eth0\nvirtual_router_id 1\nvirtual_ipaddress {\n192.0.2.1\n}\ntrack_script {\nnone\n}\n}\n", "k.conf:8: none: no vrrp_script is named"},
+		{"virtual_server 192.0.2.1 80 {\nlb_kind DR\n}\n", "k.conf:1: virtual_server: the virtual_server has no real_server"},
+		{"virtual_server 192.0.2.1 80 {\nprotocol SCTP\nreal_server 192.0.2.2 80 {\n}\n}\n", "k.conf:2: protocol: \"SCTP\": halb balances TCP and UDP only"},
+	} {
+		path := writeFiles(t, map[string]string{"k.conf": tc.text}) + "/k.conf"
+		_, err := Import(path, ImportOptions{})
+		if ce, ok := err.(*ConvertError); !ok || !strings.Contains(ce.Error(), tc.want) {
+			t.Errorf("%v; want a ConvertError saying %q", err, tc.want)
+		}
+	}
+}
