@@ -23,7 +23,7 @@ func fakeLookPath(name string) (string, bool) { return "/usr/bin/" + name, true 
 // not).
 func TestGolden(t *testing.T) {
 	dirs, err := filepath.Glob(filepath.Join("testdata", "golden", "*"))
-	if err != nil || len(dirs) < 2 {
+	if err != nil || len(dirs) < 6 {
 		t.Fatalf("golden cases: %v, %v", dirs, err)
 	}
 	for _, dir := range dirs {
