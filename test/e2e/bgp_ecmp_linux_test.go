@@ -185,22 +185,27 @@ func (bn *bgpNet) loseNode(t testing.TB, nd *bgpNode, first int, machineUp bool)
 // requestAll has every connection make a request at once, each within
 // 20 s, and counts those that got their backend's answer.
 func requestAll(conns []*conn, what string) (ok int, failed []string) {
+	for i, err := range exchangeAll(conns, what) {
+		if err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", conns[i].backend, err))
+		} else {
+			ok++
+		}
+	}
+	return ok, failed
+}
+
+// exchangeAll has every connection make one request at once, TCP
+// retransmitting over a failover's gap (20 s at most), and returns each
+// one's error, nil for its backend's answer.
+func exchangeAll(conns []*conn, what string) []error {
+	errs := make([]error, len(conns))
 	var wg sync.WaitGroup
-	var mu sync.Mutex
 	for i, cn := range conns {
-		wg.Go(func() {
-			err := cn.exchange(fmt.Sprintf("%s %d", what, i), 20*time.Second)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				failed = append(failed, fmt.Sprintf("%s: %v", cn.backend, err))
-			} else {
-				ok++
-			}
-		})
+		wg.Go(func() { errs[i] = cn.exchange(fmt.Sprintf("%s %d", what, i), 20*time.Second) })
 	}
 	wg.Wait()
-	return ok, failed
+	return errs
 }
 
 // others is the nodes still running but nd.

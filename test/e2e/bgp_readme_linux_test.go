@@ -92,21 +92,25 @@ func TestBGPReadmeRouterConfig(t *testing.T) {
 }
 
 // readmeFRRConf is the fenced block below readmeFRRMarker in the README.
-func readmeFRRConf(t testing.TB) string {
+func readmeFRRConf(t testing.TB) string { return readmeBlock(t, readmeFRRMarker, "```") }
+
+// readmeBlock is the fenced block that opens with fence on the line below
+// marker in the README.
+func readmeBlock(t testing.TB, marker, fence string) string {
 	t.Helper()
 	data, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, after, ok := strings.Cut(string(data), readmeFRRMarker+"\n```\n")
+	_, after, ok := strings.Cut(string(data), marker+"\n"+fence+"\n")
 	if !ok {
-		t.Fatalf("README.md has no fenced block below %q", readmeFRRMarker)
+		t.Fatalf("README.md has no fenced block below %q", marker)
 	}
-	conf, _, ok := strings.Cut(after, "```\n")
+	block, _, ok := strings.Cut(after, "```\n")
 	if !ok {
-		t.Fatal("README.md: the FRR block is not closed")
+		t.Fatalf("README.md: the block below %q is not closed", marker)
 	}
-	return conf
+	return block
 }
 
 // exampleWith writes the example configuration into dir with the one

@@ -149,19 +149,7 @@ func TestFailoverKeepsFlows(t *testing.T) {
 // complete through the node via.
 func wantRequestsThrough(t *testing.T, conns []*conn, via string) {
 	t.Helper()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var failed []string
-	for i, cn := range conns {
-		wg.Go(func() {
-			if err := cn.exchange(fmt.Sprintf("after failover %d", i), 20*time.Second); err != nil {
-				mu.Lock()
-				failed = append(failed, fmt.Sprintf("%s: %v", cn.backend, err))
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
+	_, failed := requestAll(conns, "after failover")
 	t.Logf("after the failover %d of %d connections completed a request through %s", len(conns)-len(failed), len(conns), via)
 	if len(failed) > len(conns)/100 {
 		t.Errorf("%d of %d connections failed after the failover (at most 1%% may): %v", len(failed), len(conns), failed)
