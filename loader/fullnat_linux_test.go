@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"net/netip"
-	"os"
 	"slices"
 	"testing"
 
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/service"
 )
 
@@ -321,14 +319,7 @@ func testFullNATPortPool(t *testing.T, prog string) {
 // full NAT and its address's byte is in halb_fnat_last while it is; a
 // service that turns to forward: nat, and then leaves, clears them.
 func TestDatapathFullNAT(t *testing.T) {
-	b := newDPBench(t)
-	err := b.lb.Do(func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/conf/halb0/forwarding", []byte("1"), 0o644)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dp := b.start(t, b.cfg, config.ModeXDP)
+	dp := startNATDatapath(t)
 	ctx := context.Background()
 	snat := netip.MustParseAddr("198.51.100.1")
 	full := service.Service{Name: "full", Key: web, Scheduler: "mh", Forward: service.FullNAT, SNAT: snat,

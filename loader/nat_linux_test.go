@@ -466,13 +466,10 @@ func TestNATReplies(t *testing.T) {
 	}
 }
 
-// TestDatapathNAT is forward: nat through Apply: NAT backends are
-// written as routed ones (the balancer's source toward them, no MAC),
-// with their own ports, and halb_nat_replies holds each one's way back,
-// derived from the services alone; a backend address, port and protocol
-// in two NAT services is an error, and a service that leaves takes its
-// entries with it.
-func TestDatapathNAT(t *testing.T) {
+// startNATDatapath starts a Datapath in XDP mode on newDPBench's
+// balancer, forwarding on halb0, as NAT's FIB lookups need.
+func startNATDatapath(t *testing.T) *Datapath {
+	t.Helper()
 	b := newDPBench(t)
 	err := b.lb.Do(func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/conf/halb0/forwarding", []byte("1"), 0o644)
@@ -480,7 +477,17 @@ func TestDatapathNAT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dp := b.start(t, b.cfg, config.ModeXDP)
+	return b.start(t, b.cfg, config.ModeXDP)
+}
+
+// TestDatapathNAT is forward: nat through Apply: NAT backends are
+// written as routed ones (the balancer's source toward them, no MAC),
+// with their own ports, and halb_nat_replies holds each one's way back,
+// derived from the services alone; a backend address, port and protocol
+// in two NAT services is an error, and a service that leaves takes its
+// entries with it.
+func TestDatapathNAT(t *testing.T) {
+	dp := startNATDatapath(t)
 	ctx := context.Background()
 	nat := service.Service{Name: "nat", Key: web, Scheduler: "mh", Forward: service.NAT,
 		Backends: []service.Backend{{Addr: be11, Port: 8080, Weight: 1}, {Addr: be12, Port: 8080, Weight: 1}}}
@@ -489,7 +496,7 @@ func TestDatapathNAT(t *testing.T) {
 	shared := service.Service{Name: "shared", Key: alt, Scheduler: "mh", Forward: service.NAT,
 		Backends: []service.Backend{{Addr: be11, Port: 8080, Weight: 1}, {Addr: be13, Port: 9090, Weight: 1}}}
 
-	err = dp.Apply(ctx, []service.Service{nat, shared})
+	err := dp.Apply(ctx, []service.Service{nat, shared})
 	if err == nil || !strings.Contains(err.Error(), "192.0.2.11:8080/tcp is a backend of the NAT service nat") {
 		t.Errorf("Apply with a backend in two NAT services: %v, want an error that names it", err)
 	}
@@ -516,14 +523,6 @@ func TestDatapathNAT(t *testing.T) {
 		t.Errorf("halb_nat_replies holds %v, want %v", got, want)
 	}
 	wantReportedReplies(t, dp, want)
-	counters, err := dp.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if i := slices.IndexFunc(counters, func(c service.Counter) bool { return c.Name == "nat_replies" }); i < 0 ||
-		len(counters[i].Values) != 3 {
-		t.Errorf("counters %+v, want nat_replies for the 3 NAT backends", counters)
-	}
 
 	// The services leave: so do their entries and the filter's bytes.
 	if err := dp.Apply(ctx, nil); err != nil {
@@ -538,10 +537,48 @@ func TestDatapathNAT(t *testing.T) {
 	}
 }
 
+// TestDatapathNATBackendMoves: a reload that moves a backend address and
+// port from one NAT service to another (an operator's move, one Apply)
+// is no error, and leaves its halb_nat_replies entry naming the service
+// it moved to (its VIP, port, id and the backend's new id), whichever of
+// the two comes first in key order.
+func TestDatapathNATBackendMoves(t *testing.T) {
+	dp := startNATDatapath(t)
+	ctx := context.Background()
+	low, high := web, web
+	high.Port = 81
+	moved := service.Backend{Addr: be11, Port: 8080, Weight: 1}
+	stay := func(port uint16) service.Backend { return service.Backend{Addr: be12, Port: port, Weight: 1} }
+	nat := func(name string, key service.Key, bes ...service.Backend) service.Service {
+		return service.Service{Name: name, Key: key, Scheduler: "mh", Forward: service.NAT, Backends: bes}
+	}
+	for _, step := range []struct {
+		what     string
+		services []service.Service
+		owner    service.Key
+	}{
+		{"in the first", []service.Service{nat("low", low, moved, stay(9000)), nat("high", high, stay(9001))}, low},
+		{"moved to the second", []service.Service{nat("low", low, stay(9000)), nat("high", high, moved, stay(9001))}, high},
+		{"moved back", []service.Service{nat("low", low, moved, stay(9000)), nat("high", high, stay(9001))}, low},
+	} {
+		if err := dp.Apply(ctx, step.services); err != nil {
+			t.Fatalf("%s: Apply: %v", step.what, err)
+		}
+		st := waitLive(t, dp, step.owner, 2)
+		want := natReply{Backend: ap(be11, 8080), Proto: service.TCP, VIP: ap(step.owner.VIP, step.owner.Port),
+			Service: st.ID, BackendID: backendOf(st, be11).ID}
+		got, ok := natEntries(t, dp.lb)[natReplyKey{ap(be11, 8080), service.TCP}]
+		if !ok || got != want {
+			t.Errorf("%s: halb_nat_replies entry of %s: %+v (%v), want %+v", step.what, ap(be11, 8080), got, ok, want)
+		}
+	}
+}
+
 // wantReportedReplies writes reply counters for each NAT backend of want
 // (as the program counts a translated reply, on two CPUs) and wants
 // Report, what `halb status` shows, to name each backend's own: its
-// packets and bytes summed, by its id, under the service it belongs to.
+// packets and bytes summed, by its id, under the service it belongs to;
+// and Counters, what /metrics shows, its packets by backend.
 func wantReportedReplies(t *testing.T, dp *Datapath, want map[natReplyKey]natReply) {
 	t.Helper()
 	cpus, err := ebpf.PossibleCPU()
@@ -576,6 +613,18 @@ func wantReportedReplies(t *testing.T, dp *Datapath, want map[natReplyKey]natRep
 	}
 	if seen != len(want) {
 		t.Errorf("Report names %d of the %d NAT backends: %+v", seen, len(want), reports)
+	}
+	counters, err := dp.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantValues := map[string]uint64{}
+	for k, r := range want {
+		wantValues[k.Backend.String()+"/"+k.Proto.String()] = uint64(r.BackendID) + 1000
+	}
+	i := slices.IndexFunc(counters, func(c service.Counter) bool { return c.Name == "nat_replies" })
+	if i < 0 || !maps.Equal(counters[i].Values, wantValues) {
+		t.Errorf("counters %+v, want nat_replies %v", counters, wantValues)
 	}
 }
 
