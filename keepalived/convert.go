@@ -270,6 +270,7 @@ func prefix(s string) (netip.Prefix, bool) {
 type vip struct {
 	prefix string
 	iface  string
+	node   *Node
 }
 
 type trackItem struct {
@@ -290,6 +291,8 @@ type instance struct {
 	acceptNote            string
 	unicastSrc            string
 	peers                 []string
+	peerNodes             []*Node
+	advertNode            *Node
 	vips, excluded        []vip
 	routes, rules         []trackItem
 	trackIfaces           []trackItem
@@ -325,7 +328,7 @@ func (c *converter) instance(n *Node) {
 		case "priority":
 			in.priority, _ = c.intArg(ch, 1, 255)
 		case "advert_int":
-			in.advert = c.durationArg(ch)
+			in.advert, in.advertNode = c.durationArg(ch), ch
 		case "version":
 			in.version, _ = c.intArg(ch, 2, 3)
 			explicitVersion = true
@@ -411,6 +414,9 @@ func (c *converter) instance(n *Node) {
 		}
 		in.version = 3
 	}
+	c.otherFamily(in)
+	c.ownPeer(in)
+	c.advertV2(in)
 	c.defaults(in)
 	for _, t := range trackers {
 		switch t.Key {
@@ -426,6 +432,50 @@ func (c *converter) instance(n *Node) {
 	}
 	c.state(stateNode, in)
 	c.instances = append(c.instances, in)
+}
+
+// otherFamily moves VIPs of the family the instance does not advertise
+// to virtual_ips_excluded: an advert carries one family (RFC 5798 §2.1),
+// and keepalived too adds such addresses without advertising them.
+func (c *converter) otherFamily(in *instance) {
+	var kept []vip
+	for _, v := range in.vips {
+		if strings.Contains(v.prefix, ":") == in.v6 {
+			kept = append(kept, v)
+			continue
+		}
+		c.approx(v.node, "an address of the other family than the instance's first VIP: halb puts it in virtual_ips_excluded (added and removed with the VIPs, never advertised)")
+		in.excluded = append(in.excluded, v)
+	}
+	in.vips = kept
+}
+
+// ownPeer leaves out of unicast_peers the instance's own unicast_src_ip,
+// which a file shared by both nodes lists among the peers.
+func (c *converter) ownPeer(in *instance) {
+	if in.unicastSrc == "" {
+		return
+	}
+	for i, p := range in.peers {
+		if p == in.unicastSrc {
+			c.approx(in.peerNodes[i], "the instance's own unicast_src_ip: halb lists only the other nodes, so it is left out")
+			in.peers = slices.Delete(in.peers, i, i+1)
+			in.peerNodes = slices.Delete(in.peerNodes, i, i+1)
+			return
+		}
+	}
+}
+
+// advertV2: VRRPv2 counts the advert interval in whole seconds (RFC 3768
+// §5.3.7); a fraction is rounded up.
+func (c *converter) advertV2(in *instance) {
+	d, err := time.ParseDuration(in.advert)
+	if in.version != 2 || in.advertNode == nil || err != nil || d%time.Second == 0 {
+		return
+	}
+	up := d.Truncate(time.Second) + time.Second
+	c.approx(in.advertNode, fmt.Sprintf("%s: VRRPv2 counts whole seconds: %s (or use version 3)", duration(d), duration(up)))
+	in.advert = duration(up)
 }
 
 // defaults fills what keepalived derives from global_defs or its own
@@ -481,6 +531,7 @@ func (c *converter) unicastPeers(n *Node, in *instance) {
 	for _, ch := range n.Children {
 		if a, ok := c.addrArg(ch, ch.Key); ok {
 			in.peers = append(in.peers, a.String())
+			in.peerNodes = append(in.peerNodes, ch)
 		}
 		if len(ch.Args) > 0 {
 			c.drop(ch, fmt.Sprintf("%s: halb has no per-peer setting", strings.Join(ch.Args, " ")))
@@ -523,7 +574,7 @@ func (c *converter) vips(n *Node) []vip {
 			c.fail(ch, fmt.Sprintf("%q is not an address or address/length", ch.Key))
 			continue
 		}
-		v := vip{prefix: p.String()}
+		v := vip{prefix: p.String(), node: ch}
 		for i := 0; i < len(ch.Args); i++ {
 			opt := ch.Args[i]
 			switch opt {

@@ -1,6 +1,7 @@
 package keepalived
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -116,5 +117,44 @@ func TestConvertErrors(t *testing.T) {
 		if ce, ok := err.(*ConvertError); !ok || !strings.Contains(ce.Error(), tc.want) {
 			t.Errorf("%v; want a ConvertError saying %q", err, tc.want)
 		}
+	}
+}
+
+// TestSharedFileQuirks: what a keepalived.conf accepts and halb's schema
+// refuses is converted to what keepalived does, with a note: an address
+// of the other family among the VIPs, the node's own address among its
+// unicast peers, a fractional VRRPv2 advert interval.
+func TestSharedFileQuirks(t *testing.T) {
+	cfg, res := parseYAML(t, `vrrp_instance V {
+    interface eth0
+    virtual_router_id 9
+    advert_int 1.5
+    unicast_src_ip 192.0.2.1
+    unicast_peer {
+        192.0.2.1
+        192.0.2.2
+    }
+    virtual_ipaddress {
+        192.0.2.9/24
+        2001:db8::9/64
+    }
+}
+`)
+	in := cfg.VRRP.Instances[0]
+	if len(in.UnicastPeers) != 1 || in.UnicastPeers[0].String() != "192.0.2.2" {
+		t.Errorf("unicast_peers %v, want [192.0.2.2]", in.UnicastPeers)
+	}
+	if in.AdvertInterval.String() != "2s" {
+		t.Errorf("advert_interval %v, want 2s", in.AdvertInterval)
+	}
+	if !strings.Contains(string(res.YAML), "virtual_ips_excluded:\n        - 2001:db8::9/64") {
+		t.Errorf("the IPv6 address is not excluded:\n%s", res.YAML)
+	}
+	var lines []int
+	for _, n := range res.Notes {
+		lines = append(lines, n.Line)
+	}
+	if !slices.Equal(lines, []int{12, 7, 4}) {
+		t.Errorf("notes on lines %v, want 12 (the IPv6 VIP), 7 (the own peer), 4 (advert_int): %v", lines, res.Notes)
 	}
 }
