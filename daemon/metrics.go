@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -97,11 +98,53 @@ func collectBGP(ch chan<- prometheus.Metric, b *BGPStatus) {
 	ch <- prometheus.MustNewConstMetric(descBGPPrefixes, prometheus.GaugeValue, float64(len(b.Routes)))
 }
 
+// byService merges the reports of a service group's VIP:port pairs,
+// which share the group's name and backends, into one with their sums,
+// so that each (service, backend) series is sent once (a registry
+// refuses a scrape that sends one twice).
+func byService(reports []service.Report) []service.Report {
+	out := make([]service.Report, 0, len(reports))
+	index := map[string]int{}
+	for _, r := range reports {
+		i, seen := index[r.Name]
+		if !seen {
+			index[r.Name] = len(out)
+			r.Backends = slices.Clone(r.Backends)
+			out = append(out, r)
+			continue
+		}
+		into := &out[i]
+		into.Stats = addStats(into.Stats, r.Stats)
+		for _, b := range r.Backends {
+			j := slices.IndexFunc(into.Backends, func(have service.BackendReport) bool { return have.Addr == b.Addr })
+			if j < 0 {
+				into.Backends = append(into.Backends, b)
+				continue
+			}
+			into.Backends[j].Stats = addStats(into.Backends[j].Stats, b.Stats)
+		}
+	}
+	return out
+}
+
+func addStats(a, b service.Stats) service.Stats {
+	sum := service.Stats{Packets: a.Packets + b.Packets, Bytes: a.Bytes + b.Bytes, NewFlows: a.NewFlows + b.NewFlows, Conns: a.Conns}
+	if b.Conns != nil {
+		c := service.Conns{Active: b.Active, Inactive: b.Inactive}
+		if a.Conns != nil {
+			c.Active += a.Active
+			c.Inactive += a.Inactive
+		}
+		sum.Conns = &c
+	}
+	return sum
+}
+
 // collectDatapath sends what the data path counted. A failed read leaves
 // its figures out of this scrape; the others' still go out.
 func (c collector) collectDatapath(ch chan<- prometheus.Metric, dp service.Datapath) {
 	reports, _ := dp.Report()
-	for _, s := range reports {
+	for _, s := range byService(reports) {
 		put := func(backend string, st service.Stats) {
 			ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(st.Packets), s.Name, backend)
 			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.Bytes), s.Name, backend)

@@ -96,3 +96,46 @@ halb_datapath_active_connections{backend="198.51.100.2:80",service="web",state="
 		t.Errorf("eBPF backend with active connections: %+v", b)
 	}
 }
+
+// groupDatapath reports a service group's two pairs, as the data paths
+// hold them: one service each, of the group's name and backends.
+type groupDatapath struct{ nopDatapath }
+
+func (groupDatapath) Name() string { return "ipvs" }
+func (groupDatapath) Report() ([]service.Report, error) {
+	pair := func(vip string, n uint64) service.Report {
+		return service.Report{Name: "web", Key: service.Key{VIP: netip.MustParseAddr(vip), Port: 80, Proto: service.TCP}, Datapath: "ipvs",
+			Stats: service.Stats{Packets: n, Bytes: 100 * n, NewFlows: n},
+			Backends: []service.BackendReport{{Addr: netip.MustParseAddrPort("198.51.100.1:80"), Weight: 1, Live: true,
+				Stats: service.Stats{Packets: n, Bytes: 100 * n, NewFlows: n, Conns: &service.Conns{Active: n}}}}}
+	}
+	return []service.Report{pair("192.0.2.10", 3), pair("192.0.2.11", 4)}, nil
+}
+
+// A service group's pairs show one by one in the status, and as one
+// service in the metrics, the pairs summed: the same (service, backend)
+// series twice would fail the whole scrape.
+func TestStatusAndMetricsOfAGroup(t *testing.T) {
+	d, _, _ := newTestDaemon(t)
+	var dp service.Datapath = groupDatapath{}
+	d.datapath.Store(&dp)
+	st := d.status()
+	if len(st.Services) != 2 || st.Services[0].Key.String() != "192.0.2.10:80/tcp" || st.Services[1].Key.String() != "192.0.2.11:80/tcp" {
+		t.Fatalf("status services: %+v", st.Services)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{d})
+	want := `
+# HELP halb_datapath_new_flows_total New flows (IPVS: connections) scheduled.
+# TYPE halb_datapath_new_flows_total counter
+halb_datapath_new_flows_total{backend="",service="web"} 7
+halb_datapath_new_flows_total{backend="198.51.100.1:80",service="web"} 7
+# HELP halb_datapath_active_connections Connections IPVS holds for a backend now, by state (active, inactive).
+# TYPE halb_datapath_active_connections gauge
+halb_datapath_active_connections{backend="198.51.100.1:80",service="web",state="active"} 7
+halb_datapath_active_connections{backend="198.51.100.1:80",service="web",state="inactive"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "halb_datapath_new_flows_total", "halb_datapath_active_connections"); err != nil {
+		t.Error(err)
+	}
+}
