@@ -117,6 +117,29 @@ func (c *converter) definitions(root *Node) {
 	}
 }
 
+// safeName is name as halb takes names: 1 to 64 letters, digits, '_',
+// '.' or '-'; anything else becomes '_'. It is a function of the name
+// alone, so that a sync group's member and its instance agree.
+func safeName(name string) string {
+	b := []byte(name)
+	for i, ch := range b {
+		if !(ch == '_' || ch == '.' || ch == '-' || ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9') {
+			b[i] = '_'
+		}
+	}
+	if len(b) > 64 {
+		b = b[:64]
+	}
+	return string(b)
+}
+
+// checkName reports a name halb writes differently (safeName).
+func (c *converter) checkName(n *Node, name string) {
+	if s := safeName(name); s != name {
+		c.approx(n, fmt.Sprintf("%q: halb names hold 1 to 64 letters, digits, '_', '.' or '-': %s", name, s))
+	}
+}
+
 // members are the words of a list block: one or more per line.
 func members(n *Node) []string {
 	var out []string
@@ -314,6 +337,7 @@ func (c *converter) instance(n *Node) {
 		return
 	}
 	in.name = n.Args[0]
+	c.checkName(n, in.name)
 	var stateNode *Node
 	var trackers []*Node // applied once the base priority is known
 	explicitVersion := false
@@ -1046,6 +1070,7 @@ func (c *converter) syncGroup(n *Node) {
 		return
 	}
 	g := &syncGroup{name: n.Args[0]}
+	c.checkName(n, g.name)
 	for _, ch := range n.Children {
 		switch ch.Key {
 		case "group":

@@ -158,3 +158,38 @@ func TestSharedFileQuirks(t *testing.T) {
 		t.Errorf("notes on lines %v, want 12 (the IPv6 VIP), 7 (the own peer), 4 (advert_int): %v", lines, res.Notes)
 	}
 }
+
+// TestNames: a keepalived name halb's names cannot hold is written with
+// '_' for what they cannot, the same in the instance and its sync group.
+func TestNames(t *testing.T) {
+	cfg, res := parseYAML(t, `vrrp_instance "web front" {
+    interface eth0
+    virtual_router_id 9
+    virtual_ipaddress {
+        192.0.2.9/24
+    }
+}
+vrrp_instance back {
+    interface eth1
+    virtual_router_id 10
+    virtual_ipaddress {
+        198.51.100.9/24
+    }
+}
+vrrp_sync_group "all:1" {
+    group {
+        "web front"
+        back
+    }
+}
+`)
+	if got := cfg.VRRP.Instances[0].Name; got != "web_front" {
+		t.Errorf("instance name %q, want web_front", got)
+	}
+	if g := cfg.VRRP.SyncGroups[0]; g.Name != "all_1" || !slices.Equal(g.Instances, []string{"web_front", "back"}) {
+		t.Errorf("sync group %q %v, want all_1 [web_front back]", g.Name, g.Instances)
+	}
+	if len(res.Notes) != 2 {
+		t.Errorf("notes %v, want one for each renamed name", res.Notes)
+	}
+}

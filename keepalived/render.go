@@ -56,8 +56,12 @@ func (c *converter) render() []byte {
 	if len(c.groups) > 0 {
 		w.line(2, "sync_groups:")
 		for _, g := range c.groups {
-			w.line(4, "- name: %s", yamlScalar(g.name))
-			w.kv(6, "instances", flowList(g.instances), "")
+			w.line(4, "- name: %s", yamlScalar(safeName(g.name)))
+			members := make([]string, len(g.instances))
+			for i, m := range g.instances {
+				members[i] = safeName(m)
+			}
+			w.kv(6, "instances", flowList(members), "")
 			for _, kv := range g.notify {
 				w.kv(6, kv[0], kv[1], "")
 			}
@@ -126,7 +130,7 @@ func renderInstance(w *writer, in *instance) {
 	for _, cm := range in.comments {
 		w.comment(4, cm)
 	}
-	w.line(4, "- name: %s", yamlScalar(in.name))
+	w.line(4, "- name: %s", yamlScalar(safeName(in.name)))
 	const ind = 6
 	w.kv(ind, "interface", yamlScalar(in.iface), "")
 	w.kv(ind, "vrid", strconv.Itoa(in.vrid), "")
@@ -249,7 +253,7 @@ func renderService(w *writer, s *service) {
 	for _, cm := range s.comments {
 		w.comment(2, cm)
 	}
-	w.line(2, "- name: %s", yamlScalar(s.name))
+	w.line(2, "- name: %s", yamlScalar(safeName(s.name)))
 	const ind = 4
 	if len(s.listen) > 0 {
 		w.kv(ind, "listen", flowList(s.listen), "keepalived virtual_server_group")

@@ -213,6 +213,7 @@ func (c *converter) serviceGroup(n *Node, s *service, name string) bool {
 		return false
 	}
 	s.name = name
+	c.checkName(n, name)
 	s.port, _ = strconv.Atoi(s.listen[0][strings.LastIndexByte(s.listen[0], ':')+1:])
 	return true
 }
