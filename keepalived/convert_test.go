@@ -193,3 +193,26 @@ vrrp_sync_group "all:1" {
 		t.Errorf("notes %v, want one for each renamed name", res.Notes)
 	}
 }
+
+// TestDatapathInterfaces: the data path attaches where the services' VIPs
+// live: a VIP with its own dev is on that interface, not the instance's.
+func TestDatapathInterfaces(t *testing.T) {
+	cfg, _ := parseYAML(t, `vrrp_instance V {
+    interface eth0
+    virtual_router_id 9
+    virtual_ipaddress {
+        192.0.2.9/24
+        198.51.100.9/24 dev eth1
+    }
+}
+virtual_server 198.51.100.9 80 {
+    lb_algo rr
+    lb_kind DR
+    real_server 198.51.100.20 80 {
+    }
+}
+`)
+	if !slices.Equal(cfg.Datapath.Interfaces, []string{"eth1"}) {
+		t.Errorf("datapath.interfaces %v, want [eth1]", cfg.Datapath.Interfaces)
+	}
+}

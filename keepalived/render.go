@@ -1,6 +1,7 @@
 package keepalived
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -88,9 +89,20 @@ func (c *converter) renderDatapath(w *writer) {
 	// toward the backends too, which are those of the other instances.
 	nat := slices.ContainsFunc(c.services, func(s *service) bool { return s.forward == "nat" })
 	var ifaces []string
+	add := func(name string) {
+		if !slices.Contains(ifaces, name) {
+			ifaces = append(ifaces, name)
+		}
+	}
+	vips := c.serviceVIPs()
 	for _, in := range c.instances {
-		if !slices.Contains(ifaces, in.iface) && (nat || c.holdsServiceVIP(in)) {
-			ifaces = append(ifaces, in.iface)
+		if nat {
+			add(in.iface)
+		}
+		for _, v := range slices.Concat(in.vips, in.excluded) {
+			if vips[v.prefix[:strings.IndexByte(v.prefix, '/')]] {
+				add(cmp.Or(v.iface, in.iface))
+			}
 		}
 	}
 	if len(ifaces) == 0 {
@@ -101,29 +113,25 @@ func (c *converter) renderDatapath(w *writer) {
 	}
 	w.comment(2, "keepalived balanced with IPVS; auto takes XDP (else tc) where the kernel allows, IPVS otherwise")
 	w.kv(2, "mode", "auto", "")
-	note := "the interfaces of the instances holding the services' VIPs"
+	note := "where the services' VIPs live"
 	if nat {
-		note = "forward nat: every instance's interface, the backends' side included"
+		note = "forward nat: every instance's interface, the backends' side included, and where the VIPs live"
 	}
 	w.kv(2, "interfaces", flowList(ifaces), note)
 }
 
-func (c *converter) holdsServiceVIP(in *instance) bool {
+// serviceVIPs are the addresses the services are reached on.
+func (c *converter) serviceVIPs() map[string]bool {
+	vips := map[string]bool{}
 	for _, s := range c.services {
-		addrs := []string{s.vip}
+		vips[s.vip] = true
 		for _, l := range s.listen {
-			addrs = append(addrs, l[:strings.LastIndexByte(l, ':')])
-		}
-		for _, v := range in.vips {
-			a := v.prefix[:strings.IndexByte(v.prefix, '/')]
-			for _, x := range addrs {
-				if strings.Trim(x, "[]") == a {
-					return true
-				}
+			if ap, err := netip.ParseAddrPort(l); err == nil {
+				vips[ap.Addr().String()] = true
 			}
 		}
 	}
-	return false
+	return vips
 }
 
 func renderInstance(w *writer, in *instance) {
