@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
@@ -126,19 +127,26 @@ func (s *vrrpSet) releaseLocks() {
 	}
 }
 
-// groupSignatures names each instance's sync group by its name and
-// members, so that a group whose membership changes is a new group.
+// groupSignatures names each instance's sync group by its name, members
+// and notify scripts, so that a group whose membership or scripts change
+// is a new group.
 func groupSignatures(c config.VRRP) map[string]string {
 	sig := map[string]string{}
 	for _, g := range c.SyncGroups {
 		members := slices.Clone(g.Instances)
 		slices.Sort(members)
-		s := g.Name + ":" + strings.Join(members, ",")
+		s := g.Name + ":" + strings.Join(members, ",") + fmt.Sprint(g.StateScripts())
 		for _, m := range g.Instances {
 			sig[m] = s
 		}
 	}
 	return sig
+}
+
+// groupNamed is c's sync group called name.
+func groupNamed(c config.VRRP, name string) config.SyncGroup {
+	i := slices.IndexFunc(c.SyncGroups, func(g config.SyncGroup) bool { return g.Name == name })
+	return c.SyncGroups[i]
 }
 
 // apply makes the running instances those of c. It returns at once.
@@ -196,7 +204,7 @@ func (s *vrrpSet) apply(c config.VRRP) {
 		if sig := sigs[ic.Name]; sig != "" {
 			g = s.groups[sig]
 			if g == nil {
-				g = vrrp.NewGroup(sig[:strings.Index(sig, ":")])
+				g = vrrp.NewSyncGroup(groupNamed(c, sig[:strings.Index(sig, ":")]), s.log)
 				s.groups[sig] = g
 			}
 		}

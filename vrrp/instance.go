@@ -197,6 +197,9 @@ func (in *Instance) Run(ctx context.Context) error {
 	}
 	in.startScripts()
 	in.startTrackers()
+	if in.group != nil {
+		in.group.enter() // shutdown exits
+	}
 
 	in.begin(time.Now())
 
@@ -283,7 +286,8 @@ func (in *Instance) foreignVIPs() []netip.Prefix {
 }
 
 // shutdown is the end of Run: priority 0 if Master, the VIPs given up,
-// the sockets closed, the VMAC removed, the notifier's STOP call made.
+// the sockets closed, the VMAC removed, the notifier's STOP call made
+// (and the sync group's, when this is its last member to stop).
 func (in *Instance) shutdown(now time.Time) {
 	in.apply(now, in.m.Shutdown(now))
 	in.closeConns()
@@ -294,9 +298,16 @@ func (in *Instance) shutdown(now time.Time) {
 			in.log.Warn("cannot remove the VMAC interface", "err", err)
 		}
 	}
+	// The group's STOP call (the last member's exit) runs beside the
+	// instance's own, so that both fit in the stop's bounds.
+	var group sync.WaitGroup
+	if in.group != nil {
+		group.Go(in.group.exit)
+	}
 	if in.notify != nil {
 		in.notify.close()
 	}
+	group.Wait()
 }
 
 // tick runs the machine's timers and the announcements that are due.

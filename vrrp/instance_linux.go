@@ -14,3 +14,10 @@ func NewInstance(cfg config.Instance, log *slog.Logger) *Instance {
 	in.host = procHost{proc: "/proc"}
 	return in
 }
+
+// NewSyncGroup makes an empty sync group that runs cfg's notify scripts
+// when the group as a whole changes state; instances join it with
+// JoinGroup.
+func NewSyncGroup(cfg config.SyncGroup, log *slog.Logger) *Group {
+	return newSyncGroup(cfg, log, runProgram)
+}

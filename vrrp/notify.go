@@ -52,6 +52,10 @@ type notifier struct {
 	stopWait    time.Duration
 	stopTimeout time.Duration
 
+	// group: the notifier of a sync group (Group.enter), whose scripts
+	// learn the group's name and state only.
+	group bool
+
 	wake chan struct{} // a call is pending, or close was called
 	done chan struct{} // the loop has ended
 
@@ -206,19 +210,8 @@ func (n *notifier) runCall(ctx context.Context, c *notifyCall, budget time.Durat
 }
 
 func (n *notifier) call(ctx context.Context, timeout time.Duration, c *notifyCall, argv []string) {
-	vips := make([]string, len(n.cfg.VirtualIPs))
-	for i, p := range n.cfg.AdvertPrefixes() {
-		vips[i] = p.String()
-	}
-	env := []string{
-		"HALB_INSTANCE=" + n.cfg.Name,
-		"HALB_STATE=" + c.state,
-		"HALB_PRIORITY=" + c.priority,
-		"HALB_VRID=" + strconv.Itoa(n.cfg.VRID),
-		"HALB_INTERFACE=" + n.cfg.Interface,
-		"HALB_VIRTUAL_IPS=" + strings.Join(vips, " "),
-	}
 	start := time.Now()
+	env := n.env(c)
 	output, err := n.run(ctx, timeout, argv, env)
 	attrs := []any{"script", argv[0], "state", c.state, "priority", c.priority, "took", time.Since(start).Round(time.Millisecond), "output", output}
 	switch {
@@ -232,5 +225,24 @@ func (n *notifier) call(ctx context.Context, timeout time.Duration, c *notifyCal
 		n.log.Warn("notify script failed", append(attrs, "err", err)...)
 	default:
 		n.log.Info("notify script ran", attrs...)
+	}
+}
+
+// env is what a script of call c learns beside its arguments.
+func (n *notifier) env(c *notifyCall) []string {
+	if n.group {
+		return []string{"HALB_GROUP=" + n.cfg.Name, "HALB_STATE=" + c.state}
+	}
+	vips := make([]string, len(n.cfg.VirtualIPs))
+	for i, p := range n.cfg.AdvertPrefixes() {
+		vips[i] = p.String()
+	}
+	return []string{
+		"HALB_INSTANCE=" + n.cfg.Name,
+		"HALB_STATE=" + c.state,
+		"HALB_PRIORITY=" + c.priority,
+		"HALB_VRID=" + strconv.Itoa(n.cfg.VRID),
+		"HALB_INTERFACE=" + n.cfg.Interface,
+		"HALB_VIRTUAL_IPS=" + strings.Join(vips, " "),
 	}
 }
