@@ -101,6 +101,9 @@ func writeSummary(w io.Writer, path string, c *config.Config, warnings []config.
 		check := s.HealthCheck.Type
 		if check != "none" {
 			check += " every " + s.HealthCheck.Interval.String()
+			if s.HealthCheck.Port != 0 {
+				check += fmt.Sprintf(" on port %d", s.HealthCheck.Port)
+			}
 		}
 		for _, p := range s.Pairs() { // a service group: a line per VIP:port pair
 			fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n",
