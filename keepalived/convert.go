@@ -438,6 +438,7 @@ func (c *converter) instance(n *Node) {
 		}
 		in.version = 3
 	}
+	c.sameInterface(in)
 	c.otherFamily(in)
 	c.ownPeer(in)
 	c.advertV2(in)
@@ -456,6 +457,18 @@ func (c *converter) instance(n *Node) {
 	}
 	c.state(stateNode, in)
 	c.instances = append(c.instances, in)
+}
+
+// sameInterface writes a VIP whose dev is the instance's own interface
+// in the plain form.
+func (c *converter) sameInterface(in *instance) {
+	for _, list := range [][]vip{in.vips, in.excluded} {
+		for i := range list {
+			if list[i].iface == in.iface {
+				list[i].iface = ""
+			}
+		}
+	}
 }
 
 // otherFamily moves VIPs of the family the instance does not advertise

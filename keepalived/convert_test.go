@@ -197,11 +197,11 @@ vrrp_sync_group "all:1" {
 // TestDatapathInterfaces: the data path attaches where the services' VIPs
 // live: a VIP with its own dev is on that interface, not the instance's.
 func TestDatapathInterfaces(t *testing.T) {
-	cfg, _ := parseYAML(t, `vrrp_instance V {
+	cfg, res := parseYAML(t, `vrrp_instance V {
     interface eth0
     virtual_router_id 9
     virtual_ipaddress {
-        192.0.2.9/24
+        192.0.2.9/24 dev eth0
         198.51.100.9/24 dev eth1
     }
 }
@@ -214,5 +214,9 @@ virtual_server 198.51.100.9 80 {
 `)
 	if !slices.Equal(cfg.Datapath.Interfaces, []string{"eth1"}) {
 		t.Errorf("datapath.interfaces %v, want [eth1]", cfg.Datapath.Interfaces)
+	}
+	// dev eth0 on an instance of eth0 is written as a plain entry.
+	if !strings.Contains(string(res.YAML), "\n        - 192.0.2.9/24\n") {
+		t.Errorf("a VIP on the instance's own interface is not plain:\n%s", res.YAML)
 	}
 }
