@@ -124,12 +124,17 @@ func (in *Instance) announceDue(now time.Time) {
 // announce sends repeat announcements of each VIP on the link that holds
 // them, from its MAC.
 func (in *Instance) announce(repeat int) {
-	ifc := in.vipIfc
-	if ifc.Index == 0 || len(ifc.HardwareAddr) == 0 {
-		return
+	if ifc := in.vipIfc; ifc.Index != 0 && len(ifc.HardwareAddr) != 0 {
+		in.announceOn(ifc, in.lladdr, in.vips, repeat)
 	}
-	for _, p := range in.cfg.AdvertPrefixes() {
-		frame, dst, err := announcement(ifc.HardwareAddr, in.lladdr, p.Addr())
+	in.announceOthers(repeat)
+}
+
+// announceOn sends repeat announcements of vips on ifc, from its MAC and,
+// for IPv6, its link-local address lladdr.
+func (in *Instance) announceOn(ifc iface, lladdr netip.Addr, vips []netip.Prefix, repeat int) {
+	for _, p := range vips {
+		frame, dst, err := announcement(ifc.HardwareAddr, lladdr, p.Addr())
 		if err != nil {
 			in.log.Warn("cannot build announcement", "vip", p.String(), "err", err)
 			continue

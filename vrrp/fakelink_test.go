@@ -32,6 +32,11 @@ type fakeLink struct {
 	watches          []*fakeWatch
 	changes          chan<- change
 	closed           bool
+	// routeErr, when set, fails holdRoutes; routesHeld and routeCalls
+	// record what the instance asked of the routes.
+	routeErr   error
+	routesHeld bool
+	routeCalls int
 	// linger, when set, makes a socket's reader wait that long after
 	// the socket is closed before its read returns, as a slow kernel
 	// might: a test sees whether Run waited for it.
@@ -234,14 +239,14 @@ func (f *fakeLink) removeVMAC(base iface) error {
 	return nil
 }
 
-func (f *fakeLink) addVIPs(ifi iface) (foreign []netip.Prefix, err error) {
+func (f *fakeLink) addVIPs(ifi iface, vips []netip.Prefix) (foreign []netip.Prefix, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fi := f.byIndex(ifi.Index)
 	if fi == nil {
 		return nil, fmt.Errorf("no interface with index %d", ifi.Index)
 	}
-	for _, p := range f.vips {
+	for _, p := range vips {
 		i := slices.IndexFunc(fi.addrs, func(a linkAddr) bool { return a.prefix.Addr() == p.Addr() })
 		switch {
 		case i < 0:
@@ -260,6 +265,40 @@ func (f *fakeLink) removeVIPs(ifi iface) error {
 		fi.addrs = slices.DeleteFunc(fi.addrs, func(a linkAddr) bool { return a.halb })
 	}
 	return nil
+}
+
+// holdRoutes records the routes as held unless routeErr is set, as the
+// kernel refuses a route whose interface or gateway is missing.
+func (f *fakeLink) holdRoutes() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.routeCalls++
+	if f.routeErr != nil {
+		return f.routeErr
+	}
+	f.routesHeld = true
+	return nil
+}
+
+func (f *fakeLink) releaseRoutes() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.routesHeld = false
+	return nil
+}
+
+// routes reports whether the routes are held, and how often holdRoutes
+// was called.
+func (f *fakeLink) routes() (held bool, calls int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.routesHeld, f.routeCalls
+}
+
+func (f *fakeLink) setRouteErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.routeErr = err
 }
 
 func (f *fakeLink) sendFrame(ifi iface, frame []byte, dst net.HardwareAddr) error {

@@ -291,10 +291,10 @@ func (in *Instance) repairVIPs(now time.Time) {
 	for _, a := range list {
 		present[a.prefix.Addr()] = true
 	}
-	for _, p := range in.cfg.AdvertPrefixes() {
+	for _, p := range in.vips {
 		if !present[p.Addr()] {
 			in.log.Warn("virtual IP was removed while MASTER; restoring it", "vip", p.String())
-			if _, err := in.link.addVIPs(in.vipIfc); err != nil {
+			if _, err := in.link.addVIPs(in.vipIfc, in.vips); err != nil {
 				in.log.Error("cannot restore virtual IPs", "err", err)
 			}
 			in.garp.again(now)

@@ -45,6 +45,12 @@ type Instance struct {
 	lladdr   netip.Addr // IPv6: the interface's link-local address
 	garp     garpSchedule
 
+	// What a Master holds beside the VIPs on vipIfc (extras.go).
+	vips          []netip.Prefix // the VIPs on the instance's own interface
+	others        []otherIfc     // the VIPs on other interfaces
+	routesPending bool           // routes or rules the kernel did not take yet
+	routesWarned  bool
+
 	// ctx and loops: the Run that owns the goroutines the instance
 	// starts (readers of its sockets, track scripts, the notifier); Run
 	// waits for every one of them before it returns.
@@ -128,6 +134,8 @@ func newInstance(cfg config.Instance, log *slog.Logger, l link, runScript runPro
 			peers:    cfg.UnicastPeers,
 		},
 		src:           cfg.UnicastSrc,
+		vips:          ownVIPs(cfg),
+		others:        otherIfcs(cfg),
 		ctx:           context.Background(),
 		adverts:       make(chan packetIn, 64),
 		conflictDue:   make(chan conflictReport, 16),
@@ -215,6 +223,7 @@ func (in *Instance) Run(ctx context.Context) error {
 			if in.concerns(c) {
 				in.evaluate(time.Now())
 			}
+			in.extrasChanged(time.Now(), c)
 		case p := <-in.adverts:
 			in.receive(time.Now(), p)
 		case r := <-in.scriptResults:
@@ -257,6 +266,7 @@ func (in *Instance) stopLoops(cancel context.CancelFunc) {
 // killed: this node is not Master until the protocol says so. Only halb's
 // own go; a VIP someone else put there stays, whatever the state.
 func (in *Instance) removeLeftovers() {
+	in.releaseExtras()
 	if in.vipIfc.Index == 0 {
 		return
 	}
@@ -577,7 +587,7 @@ func (in *Instance) takeOver(now time.Time) {
 	if in.vipIfc.Index == 0 {
 		return
 	}
-	foreign, err := in.link.addVIPs(in.vipIfc)
+	foreign, err := in.link.addVIPs(in.vipIfc, in.vips)
 	if err != nil {
 		in.log.Error("cannot add virtual IPs", "err", err)
 	}
@@ -585,6 +595,7 @@ func (in *Instance) takeOver(now time.Time) {
 		in.log.Warn("virtual IP already on the interface and not added by halb; served as it is and never removed",
 			"vip", p.String(), "interface", in.vipIfc.Name)
 	}
+	in.holdExtras(now)
 	in.garp.start(now)
 	in.announceDue(now)
 	in.watchConflicts()
@@ -593,6 +604,7 @@ func (in *Instance) takeOver(now time.Time) {
 func (in *Instance) giveUp() {
 	in.garp.stop()
 	in.stopConflicts()
+	in.releaseExtras()
 	if in.vipIfc.Index == 0 {
 		return
 	}
@@ -601,7 +613,7 @@ func (in *Instance) giveUp() {
 	}
 }
 
-// isVIP reports whether a is one of the VIPs.
+// isVIP reports whether a is one of the VIPs on the instance's interface.
 func (in *Instance) isVIP(a netip.Addr) bool {
-	return slices.ContainsFunc(in.cfg.AdvertPrefixes(), func(p netip.Prefix) bool { return p.Addr() == a })
+	return slices.ContainsFunc(in.vips, func(p netip.Prefix) bool { return p.Addr() == a })
 }

@@ -37,12 +37,20 @@ type link interface {
 	// removeVMAC deletes the instance's VMAC on base if halb made it.
 	removeVMAC(base iface) error
 
-	// addVIPs puts the VIPs that are not on ifi there; those already
-	// there without halb's mark are someone else's and come back in
-	// foreign, untouched.
-	addVIPs(ifi iface) (foreign []netip.Prefix, err error)
-	// removeVIPs takes off ifi the VIPs that halb put there.
+	// addVIPs puts those of vips that are not on ifi there; those
+	// already there without halb's mark are someone else's and come back
+	// in foreign, untouched.
+	addVIPs(ifi iface, vips []netip.Prefix) (foreign []netip.Prefix, err error)
+	// removeVIPs takes off ifi the instance's VIPs that halb put there.
 	removeVIPs(ifi iface) error
+
+	// holdRoutes adds the instance's virtual routes and rules that are
+	// not in place, marked as halb's; the error lists those the kernel
+	// did not take (an interface or gateway missing), which a later call
+	// tries again. One that someone else made is left as it is.
+	holdRoutes() error
+	// releaseRoutes removes the virtual routes and rules halb added.
+	releaseRoutes() error
 
 	// sendFrame sends one Ethernet frame (a gratuitous ARP or an
 	// unsolicited NA) on ifi to dst.

@@ -27,7 +27,8 @@ import (
 type kernelLink struct {
 	cfg  config.Instance
 	log  *slog.Logger
-	vips *vipSet
+	vips   *vipSet
+	routes *routeSet
 
 	// frames is the packet socket announcements leave on, kept open on
 	// the interface with index framesOn until the link closes or that
@@ -39,7 +40,11 @@ type kernelLink struct {
 }
 
 func newKernelLink(cfg config.Instance, log *slog.Logger) *kernelLink {
-	return &kernelLink{cfg: cfg, log: log, vips: newVIPSet(cfg.AdvertPrefixes())}
+	var all []netip.Prefix
+	for _, v := range cfg.HeldVIPs() {
+		all = append(all, v.Address)
+	}
+	return &kernelLink{cfg: cfg, log: log, vips: newVIPSet(all), routes: newRouteSet(cfg, log)}
 }
 
 func (k *kernelLink) lookup(name string) (iface, error) {
@@ -104,9 +109,13 @@ func (k *kernelLink) removeVMAC(base iface) error {
 	return removeVMAC(k.cfg.VRID, k.cfg.IPv6(), base.Index)
 }
 
-func (k *kernelLink) addVIPs(ifi iface) ([]netip.Prefix, error) {
-	return k.vips.add(asNetlink(ifi))
+func (k *kernelLink) addVIPs(ifi iface, vips []netip.Prefix) ([]netip.Prefix, error) {
+	return k.vips.add(asNetlink(ifi), vips)
 }
+
+func (k *kernelLink) holdRoutes() error { return k.routes.hold() }
+
+func (k *kernelLink) releaseRoutes() error { return k.routes.release() }
 
 func (k *kernelLink) removeVIPs(ifi iface) error {
 	return k.vips.remove(asNetlink(ifi))

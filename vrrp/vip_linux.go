@@ -68,10 +68,11 @@ func (v *vipSet) isOwn(e ifAddr) bool {
 	return e.proto == halbAddrProto || (v.protoKept < 0 && v.added[e.prefix.Addr()])
 }
 
-// add puts every VIP that is not on link there, marked as halb's. A VIP there already is left as it is: halb's
+// add puts each of prefixes (VIPs of the set) that is not on link there,
+// marked as halb's. A VIP there already is left as it is: halb's
 // own (from this run, or one that was killed) stays on; one without the
 // mark is someone else's and is returned in foreign.
-func (v *vipSet) add(link netlink.Link) (foreign []netip.Prefix, err error) {
+func (v *vipSet) add(link netlink.Link, prefixes []netip.Prefix) (foreign []netip.Prefix, err error) {
 	ifindex := link.Attrs().Index
 	have, err := listAddrs(ifindex)
 	if err != nil {
@@ -79,7 +80,7 @@ func (v *vipSet) add(link netlink.Link) (foreign []netip.Prefix, err error) {
 	}
 	var errs []error
 	var added []netip.Addr
-	for _, p := range v.prefixes {
+	for _, p := range prefixes {
 		e, ok := findAddr(have, p.Addr())
 		switch {
 		case ok && !v.isOwn(e):

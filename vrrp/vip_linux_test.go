@@ -30,10 +30,10 @@ func TestVIPSetAddRemove(t *testing.T) {
 	})
 	// The vipSet acts in the calling thread's namespace.
 	in := func(fn func() error) error { return ns.Do(fn) }
-	if err := in(func() error { _, err := v.add(link); return err }); err != nil {
+	if err := in(func() error { _, err := v.add(link, v.prefixes); return err }); err != nil {
 		t.Fatal(err)
 	}
-	if err := in(func() error { _, err := v.add(link); return err }); err != nil {
+	if err := in(func() error { _, err := v.add(link, v.prefixes); return err }); err != nil {
 		t.Fatalf("adding twice must be harmless: %v", err)
 	}
 	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
@@ -83,7 +83,7 @@ func TestVIPSetAddRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	var foreign []netip.Prefix
-	if err := in(func() (err error) { foreign, err = v.add(link); return err }); err != nil {
+	if err := in(func() (err error) { foreign, err = v.add(link, v.prefixes); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if len(foreign) != 1 || foreign[0] != v.prefixes[0] {
