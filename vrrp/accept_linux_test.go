@@ -144,7 +144,10 @@ func TestAcceptTable(t *testing.T) {
 			if v6 {
 				vip = netip.MustParsePrefix("2001:db8::100/64")
 			}
-			if err := l.ns[0].Do(func() error { _, err := newVIPSet([]netip.Prefix{vip}).add(l.link(t, 0), []netip.Prefix{vip}); return err }); err != nil {
+			if err := l.ns[0].Do(func() error {
+				_, err := newVIPSet([]netip.Prefix{vip}).add(l.link(t, 0), []netip.Prefix{vip})
+				return err
+			}); err != nil {
 				t.Fatal(err)
 			}
 			serveTCP(t, l.ns[0], servicePort)

@@ -25,8 +25,8 @@ import (
 // a packet socket for the announcements. It works in the network
 // namespace of the thread that calls it, as the instance's Run does.
 type kernelLink struct {
-	cfg  config.Instance
-	log  *slog.Logger
+	cfg    config.Instance
+	log    *slog.Logger
 	vips   *vipSet
 	routes *routeSet
 

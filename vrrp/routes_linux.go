@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -74,13 +75,13 @@ func (s *routeSet) holdRoute(r config.VirtualRoute) error {
 	if err != nil {
 		return err
 	}
-	for _, h := range have {
-		if h.Protocol == halbRouteProto {
-			return nil
-		}
+	switch {
+	case slices.ContainsFunc(have, func(h netlink.Route) bool { return h.Protocol == halbRouteProto }):
+		return nil
+	case len(have) > 0:
 		if key := "route " + r.To.String(); !s.foreign[key] {
 			s.log.Warn("virtual route already in place and not added by halb; left as it is and never removed",
-				"to", r.To.String(), "table", h.Table, "proto", int(h.Protocol))
+				"to", r.To.String(), "table", have[0].Table, "proto", int(have[0].Protocol))
 			s.foreign[key] = true
 		}
 		return nil
@@ -165,10 +166,10 @@ func (s *routeSet) holdRule(r config.VirtualRule) error {
 	if err != nil {
 		return err
 	}
-	for _, h := range have {
-		if h.Protocol == halbRouteProto {
-			return nil
-		}
+	switch {
+	case slices.ContainsFunc(have, func(h netlink.Rule) bool { return h.Protocol == halbRouteProto }):
+		return nil
+	case len(have) > 0:
 		if key := "rule " + ruleText(r); !s.foreign[key] {
 			s.log.Warn("virtual rule already in place and not added by halb; left as it is and never removed", "rule", ruleText(r))
 			s.foreign[key] = true
