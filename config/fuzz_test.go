@@ -157,6 +157,9 @@ func fuzzSeeds() [][]byte {
 		{"virtual_ips: [192.0.2.100/24]", "virtual_ips: [192.0.2.100/24, 192.0.2.1/24]"},
 		{"virtual_ips: [192.0.2.100/24]", "virtual_ips: [192.0.2.100/24, 198.51.100.11/24]"},
 		{"sorry_backend: \"198.51.100.99:80\"", "sorry_backend: \"192.0.2.100:80\""},
+		{"vip: 192.0.2.100\n    port: 80\n", "listen: [\"192.0.2.100:80\", \"192.0.2.101:80\"]\n"},
+		{"vip: 192.0.2.100\n    port: 80\n", "listen: [\"192.0.2.100:80\", \"[2001:db8::1]:81\"]\n"},
+		{"expect_status: [200]", "port: 8080, source: 192.0.2.1, urls: [{path: /a, digest: \"md5:9e107d9d372bb6826bd81d3542a419d6\"}, {path: /b, expect_status: [204]}]"},
 	}
 	var seeds [][]byte
 	for _, c := range changes {
@@ -209,6 +212,30 @@ func acceptedInvariants(t *testing.T, data []byte, cfg *Config) {
 		for _, v := range in.HeldVIPs() {
 			if p := v.Address; hosts[p.Addr()] {
 				t.Fatalf("%s: virtual IP %s is also a host's address (unicast_src, peer or backend)", in.Name, p.Addr())
+			}
+		}
+	}
+	backends := map[netip.Addr]bool{}
+	for _, s := range cfg.Services {
+		for _, b := range s.Backends {
+			backends[b.Address.WithZone("")] = true
+		}
+	}
+	for _, s := range cfg.Services {
+		pairs := s.Pairs()
+		for _, p := range pairs {
+			switch {
+			case p.Port() == 0 || !p.Addr().IsValid():
+				t.Fatalf("%s: served on %s, no VIP:port", s.Name, p)
+			case p.Addr().Is6() != pairs[0].Addr().Is6():
+				t.Fatalf("%s: a group of two families: %v", s.Name, pairs)
+			case backends[p.Addr()]:
+				t.Fatalf("%s: VIP %s is also a backend's address", s.Name, p.Addr())
+			}
+		}
+		for _, b := range s.Backends {
+			if b.Address.Is6() != pairs[0].Addr().Is6() {
+				t.Fatalf("%s: backend %s of another family than its VIPs %v", s.Name, b.Address, pairs)
 			}
 		}
 	}
