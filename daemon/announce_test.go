@@ -181,6 +181,20 @@ func TestNoteServed(t *testing.T) {
 	if !d.served["web"] || !d.served["db"] {
 		t.Errorf("after a good apply: served %v, want both", d.served)
 	}
+
+	// A service group is served when the data path holds each pair.
+	pairs := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.10:80"), netip.MustParseAddrPort("192.0.2.11:80"), netip.MustParseAddrPort("192.0.2.12:80")}
+	d.cfg.Services = []config.Service{{Name: "web", Listen: pairs}}
+	d.dp = groupDatapath{} // reports two pairs of web
+	d.noteServed(errors.New("web (192.0.2.12:80/tcp): the maps hold 2 services and all are in use"))
+	if d.served["web"] {
+		t.Errorf("a group of three pairs with two programmed: served %v, want not", d.served)
+	}
+	d.cfg.Services[0].Listen = pairs[:2]
+	d.noteServed(errors.New("db: scheduler lc: not supported by the eBPF data path"))
+	if !d.served["web"] {
+		t.Errorf("a group with both pairs programmed: served %v, want web", d.served)
+	}
 }
 
 // `halb drain` and `halb undrain` are root's and halb's own user's alone,

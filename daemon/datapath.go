@@ -164,7 +164,8 @@ func (d *Daemon) apply(ctx context.Context) (err error) {
 
 // noteServed notes which services the data path serves after an apply
 // that ended with err: all when it succeeded, else those it reports
-// holding.
+// holding, a service group only when it holds each of its pairs (one
+// announcement stands for them all).
 func (d *Daemon) noteServed(err error) {
 	d.served = make(map[string]bool, len(d.cfg.Services))
 	if err == nil {
@@ -178,8 +179,12 @@ func (d *Daemon) noteServed(err error) {
 		d.log.Warn("which services the data path serves is not known: none is announced over bgp", "err", rerr)
 		return
 	}
+	held := map[string]int{}
 	for _, r := range reports {
-		d.served[r.Name] = true
+		held[r.Name]++
+	}
+	for _, s := range d.cfg.Services {
+		d.served[s.Name] = held[s.Name] >= len(s.Pairs())
 	}
 }
 
