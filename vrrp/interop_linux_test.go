@@ -33,6 +33,8 @@ type keepalived struct {
 	done chan struct{}
 	// child is the VRRP child's pid, read when signalled.
 	child int
+	// args are more arguments, like -i ID.
+	args []string
 }
 
 func newKeepalived(t testing.TB, name string, ns *netnstest.NS, config string) *keepalived {
@@ -57,12 +59,13 @@ func (k *keepalived) start(t testing.TB) {
 	// crash, not a respawn the test did not ask for). Every pid file is in
 	// k.dir, so the default /run/keepalived.pid of a system keepalived is
 	// never read or written.
-	k.cmd = exec.Command("keepalived", "-n", "-P", "-l", "-D", "-G", "-R",
+	args := []string{"-n", "-P", "-l", "-D", "-G", "-R",
 		"-f", filepath.Join(k.dir, "keepalived.conf"),
 		"-p", filepath.Join(k.dir, "keepalived.pid"),
 		"-r", filepath.Join(k.dir, "vrrp.pid"),
 		"-c", filepath.Join(k.dir, "checkers.pid"),
-		"-b", filepath.Join(k.dir, "bfd.pid"))
+		"-b", filepath.Join(k.dir, "bfd.pid")}
+	k.cmd = exec.Command("keepalived", append(args, k.args...)...)
 	// keepalived refuses to start ("daemon is already running") while a
 	// pid file names a live process, and a zombie counts: the VRRP child
 	// of a killed keepalived is reparented to PID 1, which on some hosts
@@ -179,6 +182,10 @@ type interop struct {
 	// imported: halb runs `halb import` of the keepalived.conf its
 	// keepalived peer would run in its place (interop_import_linux_test.go).
 	imported bool
+	// shared: both nodes read one file with @node0 / @node1 lines
+	// (sharedConfig); peerPriority is the keepalived node's there.
+	shared       bool
+	peerPriority int
 }
 
 const interopAuthPass = "halb-pw"
@@ -298,7 +305,7 @@ func runInterop(t *testing.T, c interop, halbMaster bool) {
 		hp, kp = 150, 100
 	}
 	h := newNode(t, "halb", l.ns[0], c.halbNodeConfig(t, l, hp))
-	k := newKeepalived(t, "keepalived", l.ns[1], c.keepalivedConfig(l, 1, kp))
+	k := c.keepalivedPeer(t, l, hp, kp)
 	limit := 5*c.masterDown(100) + 5*time.Second
 	vip := c.vip()
 	// Neither side may throw away any of the other's adverts: a takeover
