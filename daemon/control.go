@@ -50,6 +50,9 @@ type InstanceStatus struct {
 	// Conflicts counts, by VIP, ARP / NA claims on a VIP held as Master
 	// from another MAC (each answered, rate-limited, with an announcement).
 	Conflicts map[string]uint64 `json:"address_conflicts"`
+	// Tracking is each tracker's state (interface, script, file,
+	// process), in configuration order.
+	Tracking []string `json:"tracking,omitempty"`
 }
 
 // BackendStatus is one backend's health.
@@ -135,7 +138,7 @@ func statusOf(o observed, log *slog.Logger) Status {
 	for _, st := range o.instances() {
 		is := InstanceStatus{Name: st.Name, Interface: st.Interface, VRID: st.VRID, State: st.State.String(),
 			Priority: int(st.Priority), Since: st.Since, Reason: st.Reason, Faults: st.Faults,
-			Sent: st.Sent, Received: st.Received, Dropped: st.Drops, Conflicts: st.Conflicts}
+			Sent: st.Sent, Received: st.Received, Dropped: st.Drops, Conflicts: st.Conflicts, Tracking: st.Tracking}
 		for _, p := range st.VirtualIPs {
 			is.VirtualIPs = append(is.VirtualIPs, p.String())
 		}

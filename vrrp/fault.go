@@ -97,6 +97,7 @@ func (in *Instance) concerns(c change) bool {
 // priority-0 advert.
 func (in *Instance) track(now time.Time, faults map[string]bool) {
 	delta := 0
+	var tracked []string // each tracker's state, for Status
 	for _, ti := range in.cfg.TrackInterfaces {
 		ifc, err := in.link.lookup(ti.Name)
 		up := err == nil && ifc.up
@@ -106,6 +107,7 @@ func (in *Instance) track(now time.Time, faults map[string]bool) {
 		case ti.Weight < 0 && !up, ti.Weight > 0 && up:
 			delta += ti.Weight
 		}
+		tracked = append(tracked, fmt.Sprintf("interface %s %s (weight %d)", ti.Name, either(up, "up", "down"), ti.Weight))
 	}
 	for i, ts := range in.cfg.TrackScripts {
 		ok := in.scripts[i].ok
@@ -115,8 +117,13 @@ func (in *Instance) track(now time.Time, faults map[string]bool) {
 		case ts.Weight < 0 && !ok, ts.Weight > 0 && ok:
 			delta += ts.Weight
 		}
+		tracked = append(tracked, fmt.Sprintf("script %s %s (weight %d)", ts.Command[0], either(ok, "good", "failing"), ts.Weight))
 	}
-	delta += in.hostTracking(faults)
+	d, lines := in.hostTracking(faults)
+	delta += d
+	in.mu.Lock()
+	in.status.Tracking = append(tracked, lines...)
+	in.mu.Unlock()
 	prio := in.cfg.Priority
 	if delta != 0 {
 		prio = min(max(prio+delta, 1), 254)
@@ -125,6 +132,13 @@ func (in *Instance) track(now time.Time, faults map[string]bool) {
 		in.log.Info("priority changed by tracking", "from", in.m.Priority(), "to", prio)
 		in.apply(now, in.m.SetPriority(now, uint8(prio)))
 	}
+}
+
+func either(b bool, yes, no string) string {
+	if b {
+		return yes
+	}
+	return no
 }
 
 // scriptResult counts one run of a track script and looks afresh when the

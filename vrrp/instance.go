@@ -109,6 +109,10 @@ type Status struct {
 	// held as Master from a MAC not its own.
 	Conflicts  map[string]uint64
 	VirtualIPs []netip.Prefix
+
+	// Tracking is each tracker's state as the last look saw it, in
+	// configuration order: interfaces, scripts, files, processes.
+	Tracking []string
 }
 
 // newInstance prepares an instance over l; Run starts it. log carries
@@ -185,6 +189,7 @@ func (in *Instance) Status() Status {
 		s.Conflicts[k] = v
 	}
 	s.Faults = slices.Clone(in.status.Faults)
+	s.Tracking = slices.Clone(in.status.Tracking)
 	return s
 }
 

@@ -257,12 +257,12 @@ func readTrackers(host trackHost, files []config.TrackFile, procs []config.Track
 }
 
 // hostTracking adds the faults of track_files and track_processes to
-// faults and returns what they add to the priority; a process not yet
-// counted does neither.
-func (in *Instance) hostTracking(faults map[string]bool) int {
-	delta := 0
+// faults and returns what they add to the priority, and each one's state
+// for Status; a process not yet counted does neither.
+func (in *Instance) hostTracking(faults map[string]bool) (delta int, tracked []string) {
 	for i, tf := range in.cfg.TrackFiles {
-		d, fault := fileEffect(in.files[i].value, tf.Weight)
+		s := in.files[i]
+		d, fault := fileEffect(s.value, tf.Weight)
 		switch {
 		case fault && tf.Weight == 0:
 			faults["track file "+tf.Path+" not 0"] = true
@@ -270,6 +270,11 @@ func (in *Instance) hostTracking(faults map[string]bool) int {
 			faults["track file "+tf.Path+": value × weight below -253"] = true
 		}
 		delta += d
+		line := fmt.Sprintf("file %s holds %d (weight %d)", tf.Path, s.value, tf.Weight)
+		if s.problem != "" {
+			line += ": " + s.problem
+		}
+		tracked = append(tracked, line)
 	}
 	for i, tp := range in.cfg.TrackProcesses {
 		s := in.procs[i]
@@ -280,8 +285,13 @@ func (in *Instance) hostTracking(faults map[string]bool) int {
 		case tp.Weight < 0 && !s.ok, tp.Weight > 0 && s.ok:
 			delta += tp.Weight
 		}
+		line := fmt.Sprintf("process %s: %d running, min_count %d (weight %d)", tp.Name, s.count, tp.MinCount, tp.Weight)
+		if !s.known {
+			line = fmt.Sprintf("process %s: not counted yet (weight %d)", tp.Name, tp.Weight)
+		}
+		tracked = append(tracked, line)
 	}
-	return delta
+	return delta, tracked
 }
 
 // startTrackers polls the track files and processes on a goroutine Run

@@ -223,6 +223,9 @@ func TestHostTrackingPriority(t *testing.T) {
 	if d.m.Priority() != 100 {
 		t.Fatalf("priority %d before any reading, want 100", d.m.Priority())
 	}
+	if got := d.Status().Tracking; len(got) != 5 || got[2] != "process haproxy: not counted yet (weight -30)" {
+		t.Errorf("status tracking before any reading: %q", got)
+	}
 	host := &fakeHost{files: map[string]string{}, counts: map[string]int{"haproxy": 2, "bird": 1}}
 	steps := []struct {
 		what  string
@@ -268,6 +271,14 @@ func TestHostTrackingPriority(t *testing.T) {
 		if a := f.sentAdverts()[before:]; d.m.State() == Master && slices.ContainsFunc(a, func(a sentAdvert) bool { return a.priority != s.prio }) {
 			t.Errorf("%s: sent %+v, want priority %d", s.what, a, s.prio)
 		}
+	}
+	want := []string{
+		"file /run/w holds -127 (weight 2)", "file /run/maint holds 0 (weight 0)",
+		"process haproxy: 2 running, min_count 2 (weight -30)", "process bird: 1 running, min_count 1 (weight 0)",
+		"process bonus: 1 running, min_count 1 (weight 5)",
+	}
+	if got := d.Status().Tracking; !slices.Equal(got, want) {
+		t.Errorf("status tracking:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	// Each change is logged once: "x" read twice, /proc failing twice,
 	// three processes short (bonus at first, haproxy, bird).
