@@ -421,6 +421,33 @@ struct reply_hop_key {
 HALB_ASSERT_SIZE(struct reply_hop_key, 20);
 HALB_ASSERT_OFFSET(struct reply_hop_key, ifindex, 16);
 
+/* halb_reply_flows value: where the replies of one NAT or full NAT flow
+ * (the key: the reply's struct flow, as the parser reads it) go back, as
+ * the last reply that missed it found out: back, what halb_nat_replies or
+ * halb_fnat said (full NAT: the client and its port too; back.seen is not
+ * used), and nh, the next hop toward the client as halb_reply_hops had
+ * it, for replies that arrive on ifindex. Valid while nh is (its gen and
+ * stamp), so that the entries the loader and the FIB stand behind are
+ * asked again at least once a second. */
+struct reply_flow {
+	struct fnat_flow back;
+	struct nexthop nh;
+	__u32 ifindex; /* the interface the replies came in on */
+	__u32 pad;
+};
+HALB_ASSERT_SIZE(struct reply_flow, 96);
+HALB_ASSERT_OFFSET(struct reply_flow, nh, 56);
+HALB_ASSERT_OFFSET(struct reply_flow, ifindex, 88);
+
+/* halb_reply_scratch value (per CPU): a halb_reply_flows entry and its
+ * key as a reply's long way builds them, outside the program's stack. */
+struct reply_scratch {
+	struct flow key;
+	struct reply_flow rf;
+};
+HALB_ASSERT_SIZE(struct reply_scratch, 136);
+HALB_ASSERT_OFFSET(struct reply_scratch, rf, 40);
+
 /* halb_local_macs key: a destination MAC, on a VLAN, that makes a frame
  * arriving on ifindex this node's to balance. The loader keeps the
  * attached interface's own MAC, those of its bridge or bond (untagged),
@@ -456,6 +483,14 @@ struct local_mac_cache {
 };
 HALB_ASSERT_SIZE(struct local_mac_cache, 16);
 HALB_ASSERT_OFFSET(struct local_mac_cache, key, 4);
+
+/* halb_clock value (per CPU): bpf_ktime_get_coarse_ns() as this CPU last
+ * read it, and bpf_jiffies64() when it did. */
+struct clock {
+	__u64 jiffies;
+	__u64 ns;
+};
+HALB_ASSERT_SIZE(struct clock, 16);
 
 /* halb_service_stats and halb_backend_stats value (per CPU). */
 struct stats {

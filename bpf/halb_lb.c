@@ -47,7 +47,8 @@
  * protocol (halb_nat_replies, which the loader derives from the services:
  * no per-flow state, so a new Master translates the replies of flows the
  * old one opened), get the VIP and the service's port as their source,
- * and go to the next hop the FIB names for the client. A reply to this
+ * and go to the next hop the FIB names for the client. A flow's later
+ * replies find both in one lookup (halb_reply_flows, a cache of them). A reply to this
  * node's own address (a health check's answer) goes to the kernel as it
  * came, and so does a new flow from a NAT backend's address to a NAT
  * service (hairpin: the backend it met would answer it directly). An ICMP
@@ -169,6 +170,21 @@ static __always_inline int is_vip(const union addr *addr, enum family family)
 	return bpf_map_lookup_elem(&halb_vips, &key) != NULL;
 }
 
+/* mac_copy copies the MAC at src to dst, both at least 2-aligned (in a
+ * frame, and in halb's records), as three 16-bit words. The frame's
+ * Ethernet header is a packed struct, and clang copies its members a byte
+ * at a time: 24 instructions for the two MACs of a DR frame, where these
+ * are 12. */
+static __always_inline void mac_copy(void *dst, const void *src)
+{
+	__u16 *d = dst;
+	const __u16 *s = src;
+
+	d[0] = s[0];
+	d[1] = s[1];
+	d[2] = s[2];
+}
+
 /* for_this_node tells whether the frame at eth, which arrived on ifindex,
  * is addressed to this node: to the interface's own MAC (or its bridge's,
  * a VLAN's on it on that VLAN) or to a VRRP virtual MAC it holds, as
@@ -188,11 +204,13 @@ static __always_inline int for_this_node(const struct ethhdr *eth, __u32 ifindex
 	 * the generation past what the cache is filled with. */
 	__u32 gen = halb_local_macs_gen, zero = 0;
 
-	/* The MAC is compared in place, 4 bytes and 2. */
+	/* The MAC is compared in place, 4 bytes and 2, read through a cast
+	 * of eth itself: through the packed struct's member, clang would
+	 * read it a byte at a time. */
 	c = bpf_map_lookup_elem(&halb_mac_cache, &zero);
 	if (c && c->gen == gen && c->key.ifindex == ifindex && c->key.vlan == vlan &&
-	    *(__u32 *)c->key.mac == *(const __u32 *)eth->h_dest &&
-	    *(__u16 *)&c->key.mac[4] == *(const __u16 *)&eth->h_dest[4])
+	    *(__u32 *)c->key.mac == *(const __u32 *)eth &&
+	    *(__u16 *)&c->key.mac[4] == ((const __u16 *)eth)[2])
 		return 1;
 	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
 	if (bpf_map_lookup_elem(&halb_local_macs, &key)) {
@@ -260,7 +278,8 @@ static __always_inline __u32 maglev_pick(const struct service *svc, __u32 hash)
 }
 
 /* schedule finds the backend for pkt: the one halb_ct remembers (ct, which
- * the caller looked up, or NULL), or else the Maglev choice, which it then
+ * the caller looked up, or NULL; known, its record, when known_service
+ * found the service through it), or else the Maglev choice, which it then
  * remembers. A SYN always takes the Maglev choice: it starts a new
  * connection, perhaps on a reused 5-tuple whose old backend has since been
  * drained. A remembered backend that no longer serves this service (its
@@ -274,7 +293,7 @@ static __always_inline __u32 maglev_pick(const struct service *svc, __u32 hash)
  * (*sport 0) is not remembered. */
 static __always_inline struct backend *schedule(const struct service *svc,
 						const struct packet *pkt,
-						const struct ct_entry *ct,
+						const struct ct_entry *ct, struct backend *known,
 						__u32 *id, int *new_flow, __u16 *sport)
 {
 	int full = svc->forward == FORWARD_FULLNAT;
@@ -285,7 +304,7 @@ static __always_inline struct backend *schedule(const struct service *svc,
 	*new_flow = 0;
 	*sport = 0;
 	if (ct && (!full || ct->sport)) {
-		b = active_backend(ct->backend_id);
+		b = known ? known : active_backend(ct->backend_id);
 		if (b && b->service == svc->id) {
 			*id = ct->backend_id;
 			*sport = ct->sport;
@@ -316,9 +335,9 @@ static __always_inline struct backend *schedule(const struct service *svc,
 }
 
 /* known_service is the service of a flow halb_ct knows, through the
- * backend it names and halb_service_ids, when that service is the one at
- * key: what halb_services holds at key, without the hash lookup. NULL
- * sends the packet the long way. The keys are compared as five words, as
+ * backend it names (*known, its record) and halb_service_ids, when that
+ * service is the one at key: what halb_services holds at key, without the
+ * hash lookup. NULL sends the packet the long way. The keys are compared as five words, as
  * the hash map compares them byte for byte: a service_key is 20 bytes
  * without a hole (halb.h), 4-aligned, and first in a service_slot. */
 _Static_assert(sizeof(struct service_key) == 5 * sizeof(__u32) &&
@@ -326,7 +345,8 @@ _Static_assert(sizeof(struct service_key) == 5 * sizeof(__u32) &&
 		       __builtin_offsetof(struct service_slot, key) == 0,
 	       "known_service compares a service_key as five aligned words");
 static __always_inline struct service *known_service(const struct ct_entry *ct,
-						      const struct service_key *key)
+						      const struct service_key *key,
+						      struct backend **known)
 {
 	const __u32 *want = (const __u32 *)key;
 	struct service_slot *slot;
@@ -343,6 +363,7 @@ static __always_inline struct service *known_service(const struct ct_entry *ct,
 	if (have[0] != want[0] || have[1] != want[1] || have[2] != want[2] ||
 	    have[3] != want[3] || have[4] != want[4])
 		return NULL;
+	*known = b;
 	return &slot->svc;
 }
 
@@ -375,6 +396,9 @@ struct decision {
 	__u8 proto;     /* the flow's transport protocol */
 	__u16 l4_off;   /* where the TCP, UDP or ICMP header starts */
 	struct nat_reply *rev; /* VERDICT_REPLY: what the reply goes back as */
+	struct reply_flow *hop; /* VERDICT_REPLY: the flow's halb_reply_flows
+				 * entry, when it had a valid one; rev (and
+				 * fnat) point into it */
 	/* Full NAT: */
 	__u16 sport;    /* VERDICT_NAT: the source port the flow was given */
 	struct fnat_flow *fnat; /* VERDICT_REPLY: the client it goes back to */
@@ -427,6 +451,30 @@ static __always_inline enum verdict nat_reply(struct ethhdr *eth, __u32 ifindex,
 	return VERDICT_REPLY;
 }
 
+/* reply_scratch is this CPU's halb_reply_scratch, or NULL, which does
+ * not happen. */
+static __always_inline struct reply_scratch *reply_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&halb_reply_scratch, &zero);
+}
+
+/* reply_flow_of is the halb_reply_flows entry of a NAT reply's flow
+ * (not an ICMP error's) that came in on ifindex, while it is valid: for
+ * the generation of halb_nexthop_gen and the second its next hop was
+ * asked of the FIB in. NULL: the reply goes the long way, which then
+ * fills it in (remember_reply). */
+static __always_inline struct reply_flow *reply_flow_of(const struct flow *flow, __u32 ifindex)
+{
+	struct reply_flow *rf = bpf_map_lookup_elem(&halb_reply_flows, flow);
+
+	if (!rf || rf->ifindex != ifindex || rf->nh.gen != halb_nexthop_gen ||
+	    coarse_ns() - rf->nh.stamp >= NEXTHOP_TTL_NS)
+		return NULL;
+	return rf;
+}
+
 /* balance is the whole load balancer but the last step, which differs
  * between XDP and tc: it finds the frame's service and backend, and for DR
  * rewrites the Ethernet addresses (the IP packet is not changed, and the
@@ -444,6 +492,8 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	struct service_key skey = {};
 	struct ct_entry *ct = NULL;
 	struct service *svc = NULL;
+	struct backend *known = NULL;
+	struct reply_scratch *sc;
 
 	if ((void *)(eth + 1) > data_end)
 		return VERDICT_PASS;
@@ -456,6 +506,23 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 		/* A NAT backend's reply: the byte filter first, so that
 		 * every other packet pays one load for it. */
 		if (halb_nat_last[pkt.flow.saddr.bytes[15]]) {
+			/* A flow whose replies went back in the last second
+			 * takes one lookup, for its translation and its next
+			 * hop (halb_reply_flows). Any other leaves its flow
+			 * in this CPU's scratch, as the key of the entry its
+			 * hook's step fills in (remember_reply). */
+			if (!pkt.icmp) {
+				d->hop = reply_flow_of(&pkt.flow, ifindex);
+				if (d->hop) {
+					d->rev = &d->hop->back.rev;
+					if (d->rev->flags & NAT_REPLY_F_FULLNAT)
+						d->fnat = &d->hop->back;
+					return nat_reply(eth, ifindex, len, &pkt, d);
+				}
+				sc = reply_scratch();
+				if (sc)
+					sc->key = pkt.flow;
+			}
 			if (halb_fnat_last[pkt.flow.saddr.bytes[15]]) {
 				d->fnat = fnat_of(&pkt.flow);
 				if (d->fnat) {
@@ -492,7 +559,7 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	if (!pkt.syn) {
 		ct = bpf_map_lookup_elem(&halb_ct, &pkt.flow);
 		if (ct)
-			svc = known_service(ct, &skey);
+			svc = known_service(ct, &skey, &known);
 	}
 	if (!svc)
 		svc = bpf_map_lookup_elem(&halb_services, &skey);
@@ -545,7 +612,7 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	 *    (accept_local) is what XDP skips. Dropping it would need the
 	 *    node's addresses in a map kept like halb_local_macs, for a case
 	 *    that neither loops nor amplifies. */
-	d->b = schedule(svc, &pkt, ct, &d->backend_id, &d->new_flow, &d->sport);
+	d->b = schedule(svc, &pkt, ct, known, &d->backend_id, &d->new_flow, &d->sport);
 	if (!d->b) {
 		count_drop(DROP_NO_BACKEND);
 		return VERDICT_DROP;
@@ -572,8 +639,8 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 		d->nat = 1;
 		return VERDICT_NAT;
 	}
-	__builtin_memcpy(eth->h_dest, d->b->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, d->b->src_mac, ETH_ALEN);
+	mac_copy(eth->h_dest, d->b->mac);
+	mac_copy(eth->h_source, d->b->src_mac);
 	return VERDICT_FORWARD;
 }
 
@@ -673,9 +740,9 @@ static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 		count_drop(DROP_ENCAP);
 		return XDP_DROP;
 	}
-	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
-	eth->h_proto = d->family == FAMILY_IPV4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
+	mac_copy(eth->h_dest, nh->dmac);
+	mac_copy(eth->h_source, nh->smac);
+	*eth_proto(eth) = d->family == FAMILY_IPV4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
 	return action;
 }
 
@@ -763,19 +830,23 @@ static __noinline void want_neigh(const struct bpf_fib_lookup *fib, __u8 family,
  * fresh, else from the FIB, whose answer it then keeps. The route's MTU
  * comes as tun_nexthop has it. It returns a BPF_FIB_LKUP_RET_ code; a
  * reply the FIB does not forward (BPF_FIB_LKUP_RET_NOT_FWDED: to this
- * node) is never kept, so it asks again each time. */
-static __always_inline int reply_nexthop(struct xdp_md *ctx, const struct decision *d,
-					 __u32 ifindex, struct nexthop *nh)
+ * node) is never kept, so it asks again each time. On
+ * BPF_FIB_LKUP_RET_NO_NEIGH nh->ifindex is the egress interface, for tc's
+ * bpf_redirect_neigh, and XDP (xdp) leaves the next hop for the loader
+ * to have resolved (want_neigh). ctx is either hook's, data and data_end
+ * its frame's. */
+static __always_inline int reply_nexthop(void *ctx, void *data, void *data_end, int xdp,
+					 const struct decision *d, __u32 ifindex, struct nexthop *nh)
 {
 	struct reply_hop_key key = { .ifindex = ifindex };
 	__u32 gen = halb_nexthop_gen;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = coarse_ns();
 	struct bpf_fib_lookup fib = {};
 	struct nexthop *cached;
 	__u16 mtu = 0xffff;
 	int rc;
 
-	if (reply_client((void *)(long)ctx->data, (void *)(long)ctx->data_end, d, &key.client))
+	if (reply_client(data, data_end, d, &key.client))
 		return BPF_FIB_LKUP_RET_NOT_FWDED; /* passed as it came */
 	cached = bpf_map_lookup_elem(&halb_reply_hops, &key);
 	if (cached && cached->gen == gen && now - cached->stamp < NEXTHOP_TTL_NS) {
@@ -788,8 +859,11 @@ static __always_inline int reply_nexthop(struct xdp_md *ctx, const struct decisi
 		__builtin_memset(&fib, 0, sizeof(fib));
 		rc = reply_route(ctx, d, &key.client, ifindex, &fib, 0);
 	}
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		want_neigh(&fib, d->family, now);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		if (xdp)
+			want_neigh(&fib, d->family, now);
+		nh->ifindex = fib.ifindex;
+	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return rc;
 	nh->stamp = now;
@@ -801,6 +875,50 @@ static __always_inline int reply_nexthop(struct xdp_md *ctx, const struct decisi
 	nh->pad = 0;
 	bpf_map_update_elem(&halb_reply_hops, &key, nh, BPF_ANY);
 	return rc;
+}
+
+/* remember_reply keeps in halb_reply_flows what NAT reply d, which came
+ * in on ifindex, went back as the long way, and sc->rf.nh, the next hop
+ * reply_nexthop found for it, for the next replies of its flow
+ * (reply_flow_of): sc->key, which balance left there. An ICMP error is
+ * not kept. */
+static __always_inline void remember_reply(const struct decision *d, struct reply_scratch *sc,
+					   __u32 ifindex)
+{
+	if (d->icmp)
+		return;
+	if (d->fnat) {
+		sc->rf.back = *d->fnat;
+	} else {
+		__builtin_memset(&sc->rf.back, 0, sizeof(sc->rf.back));
+		sc->rf.back.rev = *d->rev;
+	}
+	sc->rf.ifindex = ifindex;
+	sc->rf.pad = 0;
+	bpf_map_update_elem(&halb_reply_flows, &sc->key, &sc->rf, BPF_ANY);
+}
+
+/* reply_hop is the next hop of NAT reply d, which came in on ifindex:
+ * its flow's halb_reply_flows entry's (d->hop), or else reply_nexthop's
+ * (xdp: for XDP), which it finds into this CPU's scratch, *sc, for
+ * remember_reply (*sc NULL: the entry's). *rc is reply_nexthop's code.
+ * NULL: no scratch, which does not happen. */
+static __always_inline const struct nexthop *reply_hop(void *ctx, void *data, void *data_end, int xdp,
+							const struct decision *d, __u32 ifindex,
+							struct reply_scratch **sc, int *rc)
+{
+	struct reply_scratch *s;
+
+	*sc = NULL;
+	*rc = BPF_FIB_LKUP_RET_SUCCESS;
+	if (d->hop)
+		return &d->hop->nh;
+	s = reply_scratch();
+	if (!s)
+		return NULL;
+	*sc = s;
+	*rc = reply_nexthop(ctx, data, data_end, xdp, d, ifindex, &s->rf.nh);
+	return &s->rf.nh;
 }
 
 /* reply_drop counts a NAT reply the FIB gave no next hop for. */
@@ -846,9 +964,9 @@ static __always_inline int xdp_nat_send(struct xdp_md *ctx, const struct decisio
 		count_drop(DROP_ENCAP);
 		return XDP_DROP;
 	}
-	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
-	eth->h_proto = d->family == FAMILY_IPV4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
+	mac_copy(eth->h_dest, dmac);
+	mac_copy(eth->h_source, smac);
+	*eth_proto(eth) = d->family == FAMILY_IPV4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
 	return action;
 }
 
@@ -885,34 +1003,39 @@ static __always_inline int xdp_nat(struct xdp_md *ctx, struct decision *d)
 
 /* xdp_nat_reply sends a NAT backend's reply back to its client, its
  * source rewritten to the VIP and the service's port, to the next hop the
- * FIB names for the client (kept in halb_reply_hops). A reply is never
- * handed to the kernel once rewritten: the kernel drops a packet from one
- * of its own addresses (the VIP) as a martian. One it would not forward
- * (to this node) goes to the kernel before. */
+ * FIB names for the client (kept in halb_reply_hops, and with the flow's
+ * translation in halb_reply_flows). A reply is never handed to the
+ * kernel once rewritten: the kernel drops a packet from one of its own
+ * addresses (the VIP) as a martian. One it would not forward (to this
+ * node) goes to the kernel before. */
 static __always_inline int xdp_nat_reply(struct xdp_md *ctx, struct decision *d)
 {
 	struct nat_op op = { .to = &d->rev->vip, .port = d->rev->port };
 	struct nat_op dst = { .dst = 1 };
-	struct nexthop nh;
+	const struct nexthop *hop;
+	struct reply_scratch *sc;
 	int rc, action;
 
-	rc = reply_nexthop(ctx, d, ctx->ingress_ifindex, &nh);
-	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+	hop = reply_hop(ctx, (void *)(long)ctx->data, (void *)(long)ctx->data_end, 1, d,
+			ctx->ingress_ifindex, &sc, &rc);
+	if (!hop || rc == BPF_FIB_LKUP_RET_NOT_FWDED)
 		return XDP_PASS;
-	if (rc == BPF_FIB_LKUP_RET_SUCCESS && d->ip_len > nh.mtu)
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS && d->ip_len > hop->mtu)
 		rc = BPF_FIB_LKUP_RET_FRAG_NEEDED;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		reply_drop(rc);
 		return XDP_DROP;
 	}
-	action = xdp_xmit(ctx, nh.ifindex);
+	action = xdp_xmit(ctx, hop->ifindex);
 	if (action == XDP_DROP)
 		return action;
+	if (sc)
+		remember_reply(d, sc, ctx->ingress_ifindex);
 	if (d->fnat) {
 		dst.to = &d->fnat->client;
 		dst.port = d->fnat->client_port;
 	}
-	action = xdp_nat_send(ctx, d, &op, d->fnat ? &dst : NULL, nh.dmac, nh.smac, action);
+	action = xdp_nat_send(ctx, d, &op, d->fnat ? &dst : NULL, hop->dmac, hop->smac, action);
 	if (action != XDP_DROP)
 		replied(d);
 	return action;
@@ -1153,33 +1276,40 @@ static __always_inline int tc_nat(struct __sk_buff *skb, const struct decision *
 			   rc == BPF_FIB_LKUP_RET_NO_NEIGH);
 }
 
-/* tc_nat_reply is xdp_nat_reply for tc: it asks the FIB for every reply,
- * as tc_tunnel does for every TUN packet, and leaves a next hop without a
- * MAC to the kernel's neighbour layer. */
+/* tc_nat_reply is xdp_nat_reply for tc, with the same caches, which it
+ * reads and fills as XDP does (halb_reply_flows, halb_reply_hops): a
+ * reply that tc carries costs a FIB lookup once a second for its client,
+ * not once a packet, and a flow's replies are translated alike whichever
+ * hook meets them. A next hop without a MAC is never kept: it is left to
+ * the kernel's neighbour layer (bpf_redirect_neigh), which resolves it,
+ * rather than asked of the loader. A GSO packet is checked against the
+ * MTU segment by segment where it leaves. */
 static __always_inline int tc_nat_reply(struct __sk_buff *skb, const struct decision *d)
 {
 	struct nat_op op = { .to = &d->rev->vip, .port = d->rev->port };
 	struct nat_op dst = { .dst = 1 };
-	struct bpf_fib_lookup fib = {};
-	union addr client;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	const struct nexthop *hop;
+	struct reply_scratch *sc;
 	int rc, action;
 
-	if (reply_client((void *)(long)skb->data, (void *)(long)skb->data_end, d, &client)) {
-		count_drop(DROP_MALFORMED);
-		return TC_ACT_SHOT;
-	}
-	rc = reply_route(skb, d, &client, skb->ingress_ifindex, &fib, skb->gso_segs > 1 ? 0 : d->ip_len);
-	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+	hop = reply_hop(skb, data, data_end, 0, d, skb->ingress_ifindex, &sc, &rc);
+	if (!hop || rc == BPF_FIB_LKUP_RET_NOT_FWDED)
 		return TC_ACT_UNSPEC;
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS && skb->gso_segs <= 1 && d->ip_len > hop->mtu)
+		rc = BPF_FIB_LKUP_RET_FRAG_NEEDED;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		reply_drop(rc);
 		return TC_ACT_SHOT;
 	}
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS && sc)
+		remember_reply(d, sc, skb->ingress_ifindex);
 	if (d->fnat) {
 		dst.to = &d->fnat->client;
 		dst.port = d->fnat->client_port;
 	}
-	action = tc_nat_send(skb, d, &op, d->fnat ? &dst : NULL, fib.ifindex, fib.dmac, fib.smac,
+	action = tc_nat_send(skb, d, &op, d->fnat ? &dst : NULL, hop->ifindex, hop->dmac, hop->smac,
 			     rc == BPF_FIB_LKUP_RET_NO_NEIGH);
 	if (action != TC_ACT_SHOT)
 		replied(d);

@@ -4,8 +4,8 @@
  *
  * The types of their keys and values are in halb.h, which bpf2go turns into
  * Go; the names here are what `bpftool map show` prints and what the loader
- * looks up. A cache among them (halb_nexthops, halb_mac_cache) is never
- * pinned, so a restart starts it empty.
+ * looks up. A cache among them (halb_nexthops, halb_mac_cache, halb_clock)
+ * is never pinned, so a restart starts it empty.
  */
 #ifndef HALB_MAPS_H
 #define HALB_MAPS_H
@@ -172,6 +172,39 @@ struct {
 	__type(value, struct nexthop);
 } halb_reply_hops SEC(".maps");
 
+/* What the replies of each NAT flow go back as, and through (struct
+ * reply_flow), so that a reply takes one lookup in place of two: the
+ * translation (halb_nat_replies, or halb_fnat for full NAT) and the next
+ * hop toward its client (halb_reply_hops), each a hash lookup. With the
+ * two, a reply cost 25 ns more than the DR hit with its one, a full NAT
+ * reply 30; with this one, 4 and 11 (BenchmarkXDP nat-reply and
+ * fullnat-reply, medians of alternating runs; BENCHMARKS.md). It holds
+ * nothing that those two and the FIB do not say, and keeps it no longer
+ * than its next hop (a second, or until halb_nexthop_gen moves, as the
+ * loader moves it when a NAT reply entry changes): a node that takes
+ * over starts it empty and translates as the old one did. The first
+ * reply of a flow pays for the insert. ICMP errors do not use it. The
+ * loader sizes it as halb_ct. A cache: never pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HALB_CT_ENTRIES);
+	__type(key, struct flow);
+	__type(value, struct reply_flow);
+} halb_reply_flows SEC(".maps");
+
+/* Where a NAT reply that missed halb_reply_flows builds its entry and
+ * its next hop (struct reply_scratch): the program's 512 bytes of stack
+ * are nearly all taken on the tc path, and these are 136. Per CPU, as
+ * the other caches: a program runs to its end on the CPU it started on,
+ * and XDP and tc ingress run with bottom halves off, so no other run of
+ * the program on that CPU comes between. Never pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct reply_scratch);
+} halb_reply_scratch SEC(".maps");
+
 /* Next hops toward NAT clients that the neighbour table lacked when a
  * reply went there (struct reply_hop_key, the address the next hop's;
  * the value is when, bpf_ktime_get_coarse_ns). XDP cannot resolve a MAC
@@ -247,6 +280,14 @@ struct {
 	__type(value, struct local_mac_cache);
 } halb_mac_cache SEC(".maps");
 
+/* This CPU's copy of the coarse clock (struct clock), for coarse_ns. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clock);
+} halb_clock SEC(".maps");
+
 /* Packets dropped, by enum drop_reason. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -283,6 +324,30 @@ static __noinline void count_event(enum event event)
 
 	if (count)
 		*count += 1;
+}
+
+/* coarse_ns is bpf_ktime_get_coarse_ns(), the clock of every time stamp
+ * the program keeps (the next hops' age, a full NAT flow's last reply),
+ * without a helper call for most packets: the coarse clock moves only
+ * with the tick, when jiffies does, so this CPU's copy from the last
+ * jiffy (halb_clock) is the same time to within a tick, and the verifier
+ * inlines both the jiffies read and the per-CPU lookup, where the
+ * helper is a call (whose return a kernel that mitigates SRSO pays for)
+ * for every NAT and TUN packet, twice for a full NAT reply. */
+static __always_inline __u64 coarse_ns(void)
+{
+	__u64 jiffies = bpf_jiffies64();
+	struct clock *c;
+	__u32 zero = 0;
+
+	c = bpf_map_lookup_elem(&halb_clock, &zero);
+	if (!c)
+		return bpf_ktime_get_coarse_ns();
+	if (c->jiffies != jiffies || !c->ns) {
+		c->ns = bpf_ktime_get_coarse_ns();
+		c->jiffies = jiffies;
+	}
+	return c->ns;
 }
 
 /* count adds one packet to a per-CPU stats record and returns it. */

@@ -112,7 +112,7 @@ static __always_inline struct fnat_flow *fnat_of(const struct flow *flow)
 	__u64 now;
 
 	if (f) {
-		now = bpf_ktime_get_coarse_ns();
+		now = coarse_ns();
 		if (now - f->seen > 1000000000ULL)
 			f->seen = now; /* the replies keep the port the flow's */
 	}
@@ -162,7 +162,7 @@ static __always_inline __u16 snat_port(const struct flow *flow, const struct bac
 				       __u32 id, __u32 hash, int create)
 {
 	__u32 first = halb_snat_port_first, n = halb_snat_port_count;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = coarse_ns();
 	struct fnat_key key = {
 		.backend = b->addr,
 		.snat = b->src,
@@ -355,15 +355,19 @@ static __always_inline int nat_icmp(void *l3, void *l4, void *data_end, const st
 static __always_inline int nat_rewrite(void *data, void *data_end, const struct nat_pkt *p,
 				       const struct nat_op *op)
 {
-	__u32 pseudo = 0, bytes = 0;
+	__u32 pseudo = 0, bytes = 0, l3_off = p->l3_off, l4_off = p->l4_off;
 	void *l3, *l4;
 
 	/* Ethernet and one VLAN tag; an IPv4 header with the longest
-	 * options. The bounds are for the verifier. */
-	if (p->l3_off > ETH_HLEN + sizeof(struct vlan_hdr) || p->l4_off > p->l3_off + 60)
+	 * options. The bounds are for the verifier, and the empty asm keeps
+	 * them on the registers the offsets are added from: without it,
+	 * clang may read p's fields again after the check, and the verifier
+	 * would not know those bounded. */
+	if (l3_off > ETH_HLEN + sizeof(struct vlan_hdr) || l4_off > l3_off + 60)
 		return -1;
-	l3 = data + p->l3_off;
-	l4 = data + p->l4_off;
+	asm volatile("" : "+r"(l3_off), "+r"(l4_off));
+	l3 = data + l3_off;
+	l4 = data + l4_off;
 	if (p->icmp)
 		return nat_icmp(l3, l4, data_end, p, op);
 	if (nat_ip(l3, data_end, p->family, op->dst, op->to, &pseudo, &bytes))

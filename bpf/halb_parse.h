@@ -87,6 +87,14 @@ struct packet {
 			   * the quoted packet's, turned around */
 };
 
+/* eth_proto is where the frame at eth holds its EtherType, as a 16-bit
+ * word: uapi's struct ethhdr is packed, and through its member clang
+ * reads and writes the field a byte at a time. */
+static __always_inline __be16 *eth_proto(struct ethhdr *eth)
+{
+	return &((__be16 *)eth)[6];
+}
+
 static __always_inline void addr_from_ipv4(union addr *a, __be32 ip)
 {
 	a->words[0] = 0;
@@ -208,7 +216,7 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 {
 	void *l3 = eth + 1;
 	void *l4;
-	__be16 proto = eth->h_proto;
+	__be16 proto = *eth_proto(eth);
 	__u32 l3_len, hdr_len;
 	__u8 l4proto;
 

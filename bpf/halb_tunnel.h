@@ -96,7 +96,7 @@ static __always_inline int tun_nexthop(struct xdp_md *ctx, const struct backend 
 				       __u8 family, __u8 nat, struct nexthop **out)
 {
 	__u32 gen = halb_nexthop_gen;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = coarse_ns();
 	struct bpf_fib_lookup fib = {};
 	struct nexthop *nh;
 	__u16 mtu = 0xffff;

@@ -46,6 +46,12 @@ type halbBackendKey struct {
 	Family halbFamily
 }
 
+type halbClock struct {
+	_       structs.HostLayout
+	Jiffies uint64
+	Ns      uint64
+}
+
 type halbCtEntry struct {
 	_         structs.HostLayout
 	BackendId uint32
@@ -182,10 +188,24 @@ type halbNexthop struct {
 	Pad     uint16
 }
 
+type halbReplyFlow struct {
+	_       structs.HostLayout
+	Back    halbFnatFlow
+	Nh      halbNexthop
+	Ifindex uint32
+	Pad     uint32
+}
+
 type halbReplyHopKey struct {
 	_       structs.HostLayout
 	Client  halbAddr
 	Ifindex uint32
+}
+
+type halbReplyScratch struct {
+	_   structs.HostLayout
+	Key halbFlow
+	Rf  halbReplyFlow
 }
 
 type halbService struct {
@@ -241,6 +261,7 @@ type halbVipKey struct {
 const (
 	halbMapHalbBackendStats  = "halb_backend_stats"
 	halbMapHalbBackends      = "halb_backends"
+	halbMapHalbClock         = "halb_clock"
 	halbMapHalbCt            = "halb_ct"
 	halbMapHalbDrops         = "halb_drops"
 	halbMapHalbEvents        = "halb_events"
@@ -251,7 +272,9 @@ const (
 	halbMapHalbNatReplies    = "halb_nat_replies"
 	halbMapHalbNeighWanted   = "halb_neigh_wanted"
 	halbMapHalbNexthops      = "halb_nexthops"
+	halbMapHalbReplyFlows    = "halb_reply_flows"
 	halbMapHalbReplyHops     = "halb_reply_hops"
+	halbMapHalbReplyScratch  = "halb_reply_scratch"
 	halbMapHalbReplyStats    = "halb_reply_stats"
 	halbMapHalbServiceIds    = "halb_service_ids"
 	halbMapHalbServiceStats  = "halb_service_stats"
@@ -322,6 +345,7 @@ type halbProgramSpecs struct {
 type halbMapSpecs struct {
 	HalbBackendStats *ebpf.MapSpec `ebpf:"halb_backend_stats"`
 	HalbBackends     *ebpf.MapSpec `ebpf:"halb_backends"`
+	HalbClock        *ebpf.MapSpec `ebpf:"halb_clock"`
 	HalbCt           *ebpf.MapSpec `ebpf:"halb_ct"`
 	HalbDrops        *ebpf.MapSpec `ebpf:"halb_drops"`
 	HalbEvents       *ebpf.MapSpec `ebpf:"halb_events"`
@@ -332,7 +356,9 @@ type halbMapSpecs struct {
 	HalbNatReplies   *ebpf.MapSpec `ebpf:"halb_nat_replies"`
 	HalbNeighWanted  *ebpf.MapSpec `ebpf:"halb_neigh_wanted"`
 	HalbNexthops     *ebpf.MapSpec `ebpf:"halb_nexthops"`
+	HalbReplyFlows   *ebpf.MapSpec `ebpf:"halb_reply_flows"`
 	HalbReplyHops    *ebpf.MapSpec `ebpf:"halb_reply_hops"`
+	HalbReplyScratch *ebpf.MapSpec `ebpf:"halb_reply_scratch"`
 	HalbReplyStats   *ebpf.MapSpec `ebpf:"halb_reply_stats"`
 	HalbServiceIds   *ebpf.MapSpec `ebpf:"halb_service_ids"`
 	HalbServiceStats *ebpf.MapSpec `ebpf:"halb_service_stats"`
@@ -377,6 +403,7 @@ func (o *halbObjects) Close() error {
 type halbMaps struct {
 	HalbBackendStats *ebpf.Map `ebpf:"halb_backend_stats"`
 	HalbBackends     *ebpf.Map `ebpf:"halb_backends"`
+	HalbClock        *ebpf.Map `ebpf:"halb_clock"`
 	HalbCt           *ebpf.Map `ebpf:"halb_ct"`
 	HalbDrops        *ebpf.Map `ebpf:"halb_drops"`
 	HalbEvents       *ebpf.Map `ebpf:"halb_events"`
@@ -387,7 +414,9 @@ type halbMaps struct {
 	HalbNatReplies   *ebpf.Map `ebpf:"halb_nat_replies"`
 	HalbNeighWanted  *ebpf.Map `ebpf:"halb_neigh_wanted"`
 	HalbNexthops     *ebpf.Map `ebpf:"halb_nexthops"`
+	HalbReplyFlows   *ebpf.Map `ebpf:"halb_reply_flows"`
 	HalbReplyHops    *ebpf.Map `ebpf:"halb_reply_hops"`
+	HalbReplyScratch *ebpf.Map `ebpf:"halb_reply_scratch"`
 	HalbReplyStats   *ebpf.Map `ebpf:"halb_reply_stats"`
 	HalbServiceIds   *ebpf.Map `ebpf:"halb_service_ids"`
 	HalbServiceStats *ebpf.Map `ebpf:"halb_service_stats"`
@@ -400,6 +429,7 @@ func (m *halbMaps) Close() error {
 	return _HalbClose(
 		m.HalbBackendStats,
 		m.HalbBackends,
+		m.HalbClock,
 		m.HalbCt,
 		m.HalbDrops,
 		m.HalbEvents,
@@ -410,7 +440,9 @@ func (m *halbMaps) Close() error {
 		m.HalbNatReplies,
 		m.HalbNeighWanted,
 		m.HalbNexthops,
+		m.HalbReplyFlows,
 		m.HalbReplyHops,
+		m.HalbReplyScratch,
 		m.HalbReplyStats,
 		m.HalbServiceIds,
 		m.HalbServiceStats,

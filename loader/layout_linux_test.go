@@ -35,6 +35,7 @@ func TestMapLayout(t *testing.T) {
 		{halbMapHalbNexthops, uint32(0), halbNexthop{}, 4, 32},
 		{halbMapHalbLocalMacs, halbLocalMac{}, halbLocalMacVia{}, 12, 4},
 		{halbMapHalbMacCache, uint32(0), halbLocalMacCache{}, 4, 16},
+		{halbMapHalbClock, uint32(0), halbClock{}, 4, 16},
 		{halbMapHalbDrops, uint32(0), uint64(0), 4, 8},
 		{halbMapHalbEvents, uint32(0), uint64(0), 4, 8},
 		{halbMapHalbNatReplies, halbBackendKey{}, halbNatReply{}, 20, 28},
@@ -42,6 +43,8 @@ func TestMapLayout(t *testing.T) {
 		{halbMapHalbReplyHops, halbReplyHopKey{}, halbNexthop{}, 20, 32},
 		{halbMapHalbNeighWanted, halbReplyHopKey{}, uint64(0), 20, 8},
 		{halbMapHalbFnat, halbFnatKey{}, halbFnatFlow{}, 40, 56},
+		{halbMapHalbReplyFlows, halbFlow{}, halbReplyFlow{}, 40, 96},
+		{halbMapHalbReplyScratch, uint32(0), halbReplyScratch{}, 4, 136},
 	}
 	seen := map[string]bool{}
 	for _, m := range maps {

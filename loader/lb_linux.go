@@ -140,8 +140,10 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, *ebpf.MapSpec, error) {
 		return nil, nil, fmt.Errorf("set %s: %w", halbVarHalbMaglevSize, err)
 	}
 	spec.Maps[halbMapHalbCt].MaxEntries = opts.ConntrackEntries
-	// A full NAT flow has an entry in each.
+	// A full NAT flow has an entry in each, and a NAT flow's replies
+	// one in halb_reply_flows.
 	spec.Maps[halbMapHalbFnat].MaxEntries = opts.ConntrackEntries
+	spec.Maps[halbMapHalbReplyFlows].MaxEntries = opts.ConntrackEntries
 	if err := spec.Variables[halbVarHalbSnatPortFirst].Set(uint32(opts.SNATPortFirst)); err != nil {
 		return nil, nil, fmt.Errorf("set %s: %w", halbVarHalbSnatPortFirst, err)
 	}

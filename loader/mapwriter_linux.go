@@ -28,6 +28,10 @@ import (
 //     once after an Apply's records are written and before its tables
 //     name them, makes every CPU ask the FIB again for the next hops it
 //     cached for the old record.
+//   - A changed halb_nat_replies entry moves it too: halb_reply_flows
+//     keeps a NAT flow's translation beside its next hop, valid for the
+//     generation it was filled in (putNATReply, deleteNATReply; the
+//     caller, writeNATReplies, moves it after).
 //
 // It also counts the writes it makes (writes), so that tests can tell
 // that an Apply that changes nothing writes nothing. Tables are written
@@ -43,8 +47,8 @@ type mapWriter struct {
 	// 2.5).
 	tables   map[uint32][]uint32
 	inTables []int32
-	// genDue: a backend record changed since the next-hop generation last
-	// moved.
+	// genDue: a backend record or a NAT reply entry changed since the
+	// next-hop generation last moved.
 	genDue bool
 	// statIDs, recIDs and recs are the counter resets and the backend
 	// records queued for flushBackends.
@@ -456,6 +460,7 @@ func (w *mapWriter) putNATReply(r natReply) error {
 	wrote, err := w.lb.putNATReply(r)
 	if wrote {
 		w.wrote()
+		w.genDue = true
 	}
 	return err
 }
@@ -464,6 +469,7 @@ func (w *mapWriter) putNATReply(r natReply) error {
 // untouched.
 func (w *mapWriter) deleteNATReply(k natReplyKey) error {
 	w.wrote()
+	w.genDue = true
 	return w.lb.deleteNATReply(k.Backend, k.Proto)
 }
 

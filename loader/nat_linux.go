@@ -285,6 +285,9 @@ func (d *Datapath) writeNATReplies(remove bool) error {
 			}
 		}
 	}
+	// The flows' cached translations (halb_reply_flows) go with the
+	// entries they were taken from.
+	errs = append(errs, d.maps.moveNexthopGen())
 	return errors.Join(errs...)
 }
 

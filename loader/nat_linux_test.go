@@ -700,3 +700,78 @@ func TestResolveWanted(t *testing.T) {
 		time.Sleep(wantedInterval / 4)
 	}
 }
+
+// TestNATReplyFlows: a NAT reply that found its way back the long way
+// (halb_nat_replies, then the next hop toward its client) leaves both in
+// halb_reply_flows, keyed by the reply as it came, and the next reply of
+// its flow goes out as that one entry says; once the loader
+// changes the backend's entry in halb_nat_replies (through the map
+// writer, which moves the next-hop generation), the next reply takes the
+// new translation, not the one kept.
+func TestNATReplyFlows(t *testing.T) { forPrograms(t, testNATReplyFlows) }
+
+func testNATReplyFlows(t *testing.T, prog string) {
+	tb := newTestbed(t, Options{}).on(prog)
+	tb.natNet(t)
+	reply := packet{src: natBe1, dst: ap(client4, 40000), ack: true}.frame(t, onLink4MAC, halb0MAC)
+	send := func(vipPort uint16) {
+		t.Helper()
+		action, out := tb.run(t, reply)
+		want := packet{src: ap(vip4, vipPort), dst: ap(client4, 40000), ack: true}.frame(t, halb1MAC, gw4MAC)
+		if action != xdpRedirect || !bytes.Equal(out[:len(want)], want) {
+			t.Fatalf("action %v, frame\n%x\nwant\n%x", action, out[:len(want)], want)
+		}
+	}
+	entries := func() map[halbFlow]halbReplyFlow {
+		t.Helper()
+		var (
+			k halbFlow
+			v halbReplyFlow
+		)
+		got := map[halbFlow]halbReplyFlow{}
+		it := tb.lb.objs.HalbReplyFlows.Iterate()
+		for it.Next(&k, &v) {
+			got[k] = v
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+
+	send(80)
+	key := halbFlow{Saddr: mustAddr(t, natBe1.Addr()), Daddr: mustAddr(t, client4), Sport: natBe1.Port(), Dport: 40000, Proto: 6, Family: halbFamilyFAMILY_IPV4}
+	got := entries()
+	e, ok := got[key]
+	if len(got) != 1 || !ok {
+		t.Fatalf("halb_reply_flows holds %+v, want one entry for %+v", got, key)
+	}
+	if e.Back.Rev.Vip != mustAddr(t, vip4) || e.Back.Rev.Port != 80 || e.Back.Rev.BackendId != 1 ||
+		e.Nh.Ifindex != uint32(tb.halb1) || e.Ifindex != uint32(tb.halb0) {
+		t.Errorf("entry %+v: want the way back to %s:80 from backend 1, out of %d, for replies in on %d", e, vip4, tb.halb1, tb.halb0)
+	}
+	// The second reply: the same frame, from the entry, which stays.
+	send(80)
+	if got := entries(); len(got) != 1 || got[key] != e {
+		t.Errorf("after a second reply halb_reply_flows holds %+v, want %+v alone", got, e)
+	}
+	// It is the entry that the next reply goes by: one that says port 81
+	// sends it from 81.
+	e.Back.Rev.Port = 81
+	if err := tb.lb.objs.HalbReplyFlows.Put(&key, &e); err != nil {
+		t.Fatal(err)
+	}
+	send(81)
+
+	w := newMapWriter(tb.lb)
+	if err := w.putNATReply(natReply{Backend: natBe1, Proto: service.TCP, VIP: ap(vip4, 8080), Service: 1, BackendID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.moveNexthopGen(); err != nil {
+		t.Fatal(err)
+	}
+	send(8080)
+	if e := entries()[key]; e.Back.Rev.Port != 8080 {
+		t.Errorf("after the change the entry goes back to port %d, want 8080", e.Back.Rev.Port)
+	}
+}
