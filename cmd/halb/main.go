@@ -5,11 +5,11 @@
 // Each subcommand is a front on a package: run on daemon, check on config
 // (with a read-only look at this host), probe on the loader's probe (its
 // table and JSON are rendered here), status, drain and undrain on the
-// running daemon's control socket. Only `halb run` may change the host:
-// check, probe and status must never change it, save that the probe's
-// lookup of the IPVS netlink family may make the kernel itself load ip_vs
-// (see loader); drain and undrain change only what the daemon announces
-// over BGP.
+// running daemon's control socket, import on keepalived. Only `halb run`
+// may change the host: check, probe and status must never change it, save
+// that the probe's lookup of the IPVS netlink family may make the kernel
+// itself load ip_vs (see loader); drain and undrain change only what the
+// daemon announces over BGP; import writes only the file -o names.
 package main
 
 import (
