@@ -91,15 +91,39 @@ soak:
 	HALB_SOAK_DURATION=$(SOAK) $(GO) test -tags soak -count=1 -v -timeout 20m -run '^TestSoak$$' ./test/e2e/
 
 # One static binary per target: $(BINDIR)/halb-linux-arm64 is what a
-# Raspberry Pi 3/4/5 on a 64-bit OS runs, armv7 a 32-bit one. test/vm
-# boots the amd64 and arm64 ones.
-cross: $(BINDIR)/halb-linux-amd64 $(BINDIR)/halb-linux-arm64 $(BINDIR)/halb-linux-armv7
+# Raspberry Pi 3/4/5 on a 64-bit OS runs, halb-linux-arm (GOARM=6, ARMv6)
+# what every Pi from the Zero and Pi 1 up runs on a 32-bit OS: Raspberry
+# Pi OS's armhf. GOARM is read for arm alone. test/vm boots the amd64 and
+# arm64 ones.
+CROSS := $(BINDIR)/halb-linux-amd64 $(BINDIR)/halb-linux-arm64 $(BINDIR)/halb-linux-arm
+cross: $(CROSS)
 
-.PHONY: $(BINDIR)/halb-linux-amd64 $(BINDIR)/halb-linux-arm64 $(BINDIR)/halb-linux-armv7
-$(BINDIR)/halb-linux-amd64 $(BINDIR)/halb-linux-arm64:
-	GOOS=linux GOARCH=$(subst $(BINDIR)/halb-linux-,,$@) $(BUILD) -o $@ ./cmd/halb
-$(BINDIR)/halb-linux-armv7:
-	GOOS=linux GOARCH=arm GOARM=7 $(BUILD) -o $@ ./cmd/halb
+.PHONY: $(CROSS)
+$(CROSS):
+	GOOS=linux GOARCH=$(subst $(BINDIR)/halb-linux-,,$@) GOARM=6 $(BUILD) -o $@ ./cmd/halb
+
+# Debian packages in $(BINDIR), one per DEB_ARCHES (armhf: Raspberry Pi OS
+# on any Pi), from `make cross`'s binaries, configs/ and the man pages and
+# completions that halb's own command tree writes (`halb docs`, a command
+# only a -tags halbdocs build has). internal/debpkg says what is in them
+# and what they may do to a host (nothing, until you enable halb).
+# DEB_MAINTAINER sets the Maintainer field.
+DEB_ARCHES ?= amd64 arm64 armhf
+DEB_DATE   := $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
+DEB_MAINTAINER ?= halb maintainers <halb@example.org>
+.PHONY: deb $(BINDIR)/docs
+deb: $(BINDIR)/docs $(patsubst %,$(BINDIR)/halb-linux-%,$(subst armhf,arm,$(DEB_ARCHES)))
+	$(GO) build -o $(BINDIR)/debpkg ./internal/debpkg
+	@set -e; for a in $(DEB_ARCHES); do \
+		case $$a in armhf) g=arm;; *) g=$$a;; esac; \
+		$(BINDIR)/debpkg -root . -arch $$a -bin $(BINDIR)/halb-linux-$$g -docs $(BINDIR)/docs \
+			-describe '$(VERSION)' -commit '$(COMMIT)' -date '$(DEB_DATE)' \
+			-maintainer '$(DEB_MAINTAINER)' -out $(BINDIR); \
+	done
+
+$(BINDIR)/docs:
+	rm -rf $@
+	SOURCE_DATE_EPOCH=$(DEB_DATE) $(GO) run -tags halbdocs -ldflags '$(LDFLAGS)' ./cmd/halb docs $@
 
 # Installs the binary, the systemd unit, the example config (only when
 # there is none yet: a user's config is never overwritten) and the

@@ -83,5 +83,13 @@ func newRoot() *cobra.Command {
 	_ = f.v.BindPFlag("config", root.PersistentFlags().Lookup("config"))
 	_ = f.v.BindEnv("config", config.EnvPrefix+"_CONFIG")
 	root.AddCommand(newRunCmd(f), newCheckCmd(f), newProbeCmd(f), newStatusCmd(f), newDrainCmd(f), newUndrainCmd(f), newImportCmd(), newVersionCmd())
+	for _, c := range tagged {
+		root.AddCommand(c())
+	}
 	return root
 }
+
+// tagged holds the commands that only some builds have: docs.go's, built
+// with -tags halbdocs by `make deb` to write the man pages and completions
+// (the binary the package ships does without them).
+var tagged []func() *cobra.Command
