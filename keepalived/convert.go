@@ -65,6 +65,12 @@ func Convert(root *Node, opt ImportOptions) (*Result, error) {
 	for _, n := range root.Children {
 		c.topLevel(n)
 	}
+	// The conversion meets keywords out of the file's order (a
+	// vrrp_script where an instance tracks it); the report follows the
+	// file.
+	bySeq := func(a, b Note) int { return a.seq - b.seq }
+	slices.SortStableFunc(c.notes, bySeq)
+	slices.SortStableFunc(c.problems, bySeq)
 	if len(c.problems) > 0 {
 		return nil, &ConvertError{Problems: c.problems}
 	}
@@ -72,13 +78,13 @@ func Convert(root *Node, opt ImportOptions) (*Result, error) {
 }
 
 func (c *converter) note(n *Node, kind Kind, msg string) {
-	c.notes = append(c.notes, Note{File: n.File, Line: n.Line, Keyword: n.Key, Msg: msg, Kind: kind})
+	c.notes = append(c.notes, Note{File: n.File, Line: n.Line, Keyword: n.Key, Msg: msg, Kind: kind, seq: n.seq})
 }
 func (c *converter) approx(n *Node, msg string) { c.note(n, Approximated, msg) }
 func (c *converter) drop(n *Node, msg string)   { c.note(n, Dropped, "dropped: "+msg) }
 func (c *converter) warn(n *Node, msg string)   { c.note(n, Warning, msg) }
 func (c *converter) fail(n *Node, msg string) {
-	c.problems = append(c.problems, Note{File: n.File, Line: n.Line, Keyword: n.Key, Msg: msg})
+	c.problems = append(c.problems, Note{File: n.File, Line: n.Line, Keyword: n.Key, Msg: msg, seq: n.seq})
 }
 
 // definitions reads what other blocks refer to by name, wherever it is

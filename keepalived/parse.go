@@ -44,6 +44,7 @@ type Node struct {
 	Line     int
 	Block    bool
 	Children []*Node
+	seq      int // its place in the file, includes followed: the report's order
 }
 
 // At is where the node was written, file:line, for the report.
@@ -458,12 +459,14 @@ func (p *parser) tree() (*Node, error) {
 	stack := []*Node{root}
 	var last *Node // the node of the last line, which a { on its own line opens
 	var cur *Node  // the node being filled on this line
+	seq := 0
 	for _, t := range p.toks {
 		top := stack[len(stack)-1]
 		switch t.kind {
 		case tokWord:
 			if cur == nil {
-				cur = &Node{Key: t.text, File: t.file, Line: t.line}
+				seq++
+				cur = &Node{Key: t.text, File: t.file, Line: t.line, seq: seq}
 				top.Children = append(top.Children, cur)
 				continue
 			}

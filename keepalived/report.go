@@ -27,6 +27,7 @@ type Note struct {
 	Keyword string
 	Msg     string
 	Kind    Kind
+	seq     int
 }
 
 func (n Note) String() string {
@@ -55,8 +56,8 @@ func (r *Result) Exact() bool {
 	return true
 }
 
-// WriteReport writes one line per note, in the order the conversion
-// met them.
+// WriteReport writes one line per note, in the order of the file
+// (includes where they are included).
 func (r *Result) WriteReport(w io.Writer) error {
 	for _, n := range r.Notes {
 		if _, err := fmt.Fprintln(w, n); err != nil {
