@@ -88,7 +88,7 @@ func TestSyncGroupNotifyKeys(t *testing.T) {
 // and a process missed as an interface is, min_count 1 and weight 0.
 func TestTrackingDefaults(t *testing.T) {
 	cfg, err := Parse(with(t, "track_processes: [{name: haproxy, delay: 0s}]",
-		"track_processes: [{name: haproxy}, {name: nginx, args: [-g, daemon off;], min_count: 2, weight: -5, delay: 2s}]\n"+
+		"track_processes: [{name: haproxy}, {name: nginx, args: [-g, daemon off;], min_count: 2, weight: -5, delay: 2s}, {name: bird, args: []}]\n"+
 			"      track_files: [{path: /run/halb/w}]\n      notify_master: [/bin/true, --fast]"), "t.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +97,8 @@ func TestTrackingDefaults(t *testing.T) {
 	if want := []TrackFile{{Path: "/run/halb/w", Weight: 1}}; !slices.Equal(in.TrackFiles, want) {
 		t.Errorf("track_files = %+v, want %+v", in.TrackFiles, want)
 	}
-	if got := in.TrackProcesses; len(got) != 2 || got[0].Name != "haproxy" || got[0].MinCount != 1 || got[0].Weight != 0 || got[0].Delay != 0 || got[0].Args != nil ||
+	// args: [] (no arguments at all) is not args left out (any).
+	if got := in.TrackProcesses; len(got) != 3 || got[2].Args == nil || len(got[2].Args) != 0 || got[0].Name != "haproxy" || got[0].MinCount != 1 || got[0].Weight != 0 || got[0].Delay != 0 || got[0].Args != nil ||
 		got[1].Name != "nginx" || !slices.Equal(got[1].Args, []string{"-g", "daemon off;"}) || got[1].MinCount != 2 || got[1].Weight != -5 || got[1].Delay != 2*time.Second {
 		t.Errorf("track_processes = %+v", got)
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -145,6 +146,25 @@ func checkPeer(c net.Conn, socket string) error {
 	return nil
 }
 
+// writeTracking lists each instance's trackers and their state, when any
+// instance has some: what moved the priority, or why it is in FAULT.
+func writeTracking(tw io.Writer, instances []daemon.InstanceStatus) {
+	if !slices.ContainsFunc(instances, func(in daemon.InstanceStatus) bool { return len(in.Tracking) > 0 }) {
+		return
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "INSTANCE\tTRACKING\n")
+	for _, in := range instances {
+		for i, line := range in.Tracking {
+			name := in.Name
+			if i > 0 {
+				name = ""
+			}
+			fmt.Fprintf(tw, "%s\t%s\n", name, line)
+		}
+	}
+}
+
 // writeStatus renders st as a table; now is when it is read, for how long
 // each instance has been in its state.
 func writeStatus(w io.Writer, st daemon.Status, now time.Time) error {
@@ -166,6 +186,7 @@ func writeStatus(w io.Writer, st daemon.Status, now time.Time) error {
 	if len(st.Instances) == 0 {
 		fmt.Fprintln(tw, "(none)")
 	}
+	writeTracking(tw, st.Instances)
 	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "SERVICE\tBACKEND\tCHECK\tHEALTH\tLAST ERROR\n")
 	for _, b := range st.Backends {
