@@ -155,6 +155,55 @@ func (v *validator) sameFamily(path string, a netip.Addr, p netip.Prefix) {
 	}
 }
 
+// String is the route as `ip route` would write it.
+func (r VirtualRoute) String() string {
+	s := r.To.String()
+	if r.Blackhole {
+		s = "blackhole " + s
+	}
+	if r.Via.IsValid() {
+		s += " via " + r.Via.String()
+	}
+	if r.Interface != "" {
+		s += " dev " + r.Interface
+	}
+	if r.Src.IsValid() {
+		s += " src " + r.Src.String()
+	}
+	if r.Table != 0 {
+		s += fmt.Sprintf(" table %d", r.Table)
+	}
+	if r.Metric != 0 {
+		s += fmt.Sprintf(" metric %d", r.Metric)
+	}
+	return s
+}
+
+// String is the rule as `ip rule` would write it.
+func (r VirtualRule) String() string {
+	s := "from all"
+	if r.From.IsValid() {
+		s = "from " + r.From.String()
+	}
+	if r.To.IsValid() {
+		s += " to " + r.To.String()
+	}
+	if r.IIF != "" {
+		s += " iif " + r.IIF
+	}
+	if r.OIF != "" {
+		s += " oif " + r.OIF
+	}
+	if r.FWMark != 0 {
+		s += fmt.Sprintf(" fwmark %#x", r.FWMark)
+	}
+	s += fmt.Sprintf(" lookup %d", r.Table)
+	if r.Priority != 0 {
+		s += fmt.Sprintf(" priority %d", r.Priority)
+	}
+	return s
+}
+
 // IPv6 reports whether the rule is an IPv6 one: the family of its from or
 // to, else that of the instance it belongs to (v6).
 func (r VirtualRule) IPv6(v6 bool) bool {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/vrrp"
@@ -57,11 +58,11 @@ func decideAnnounce(in announceInput) (bool, string) {
 	return false, "announce: never"
 }
 
-// holderOf is the VRRP instance, of those running, whose virtual_ips
-// hold vip, and its state; "" when none does.
+// holderOf is the VRRP instance, of those running, whose virtual_ips (or
+// virtual_ips_excluded) hold vip, and its state; "" when none does.
 func holderOf(vip netip.Addr, insts []vrrp.Status) (string, vrrp.State) {
 	for _, st := range insts {
-		for _, p := range st.VirtualIPs {
+		for _, p := range slices.Concat(st.VirtualIPs, st.Excluded) {
 			if p.Addr() == vip {
 				return st.Name, st.State
 			}

@@ -51,13 +51,14 @@ func TestDecideAnnounce(t *testing.T) {
 func TestHolderOf(t *testing.T) {
 	insts := []vrrp.Status{
 		{Name: "VI_1", State: vrrp.Backup, VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.7/24")}},
-		{Name: "VI_2", State: vrrp.Master, VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.8/32"), netip.MustParsePrefix("2001:db8::8/64")}},
+		{Name: "VI_2", State: vrrp.Master, VirtualIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.8/32"), netip.MustParsePrefix("2001:db8::8/64")},
+			Excluded: []netip.Prefix{netip.MustParsePrefix("198.51.100.8/24")}},
 	}
 	for _, c := range []struct {
 		vip   string
 		name  string
 		state vrrp.State
-	}{{"192.0.2.7", "VI_1", vrrp.Backup}, {"2001:db8::8", "VI_2", vrrp.Master}, {"192.0.2.9", "", vrrp.Initialize}} {
+	}{{"192.0.2.7", "VI_1", vrrp.Backup}, {"2001:db8::8", "VI_2", vrrp.Master}, {"198.51.100.8", "VI_2", vrrp.Master}, {"192.0.2.9", "", vrrp.Initialize}} {
 		name, state := holderOf(netip.MustParseAddr(c.vip), insts)
 		if name != c.name || state != c.state {
 			t.Errorf("holderOf(%s) = %q %v, want %q %v", c.vip, name, state, c.name, c.state)

@@ -39,6 +39,15 @@ func ownVIPs(cfg config.Instance) []netip.Prefix {
 	return out
 }
 
+// excludedPrefixes are the addresses of virtual_ips_excluded.
+func excludedPrefixes(cfg config.Instance) []netip.Prefix {
+	var out []netip.Prefix
+	for _, v := range cfg.VirtualIPsExcluded {
+		out = append(out, v.Address)
+	}
+	return out
+}
+
 // otherIfcs groups the VIPs on other interfaces by interface, in the
 // order the file names them.
 func otherIfcs(cfg config.Instance) []otherIfc {

@@ -113,6 +113,10 @@ type Status struct {
 	// Tracking is each tracker's state as the last look saw it, in
 	// configuration order: interfaces, scripts, files, processes.
 	Tracking []string
+
+	// Excluded are the VIPs held as Master that the advert does not
+	// carry (virtual_ips_excluded).
+	Excluded []netip.Prefix
 }
 
 // newInstance prepares an instance over l; Run starts it. log carries
@@ -158,7 +162,8 @@ func newInstance(cfg config.Instance, log *slog.Logger, l link, runScript runPro
 		in.scripts[i].ok = true
 	}
 	in.status = Status{Name: cfg.Name, VRID: cfg.VRID, Interface: cfg.Interface, State: Initialize,
-		Priority: uint8(cfg.Priority), Since: time.Now(), Drops: map[string]uint64{}, Conflicts: map[string]uint64{}, VirtualIPs: cfg.AdvertPrefixes()}
+		Priority: uint8(cfg.Priority), Since: time.Now(), Drops: map[string]uint64{}, Conflicts: map[string]uint64{}, VirtualIPs: cfg.AdvertPrefixes(),
+		Excluded: excludedPrefixes(cfg)}
 	return in
 }
 

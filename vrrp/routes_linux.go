@@ -48,7 +48,7 @@ func (s *routeSet) hold() error {
 	}
 	for _, r := range s.rules {
 		if err := s.holdRule(r); err != nil {
-			errs = append(errs, fmt.Errorf("rule %s: %w", ruleText(r), err))
+			errs = append(errs, fmt.Errorf("rule %s: %w", r.String(), err))
 		}
 	}
 	return errors.Join(errs...)
@@ -64,7 +64,7 @@ func (s *routeSet) release() error {
 	}
 	for _, r := range s.rules {
 		if err := s.releaseRule(r); err != nil {
-			errs = append(errs, fmt.Errorf("rule %s: %w", ruleText(r), err))
+			errs = append(errs, fmt.Errorf("rule %s: %w", r.String(), err))
 		}
 	}
 	return errors.Join(errs...)
@@ -170,8 +170,8 @@ func (s *routeSet) holdRule(r config.VirtualRule) error {
 	case slices.ContainsFunc(have, func(h netlink.Rule) bool { return h.Protocol == halbRouteProto }):
 		return nil
 	case len(have) > 0:
-		if key := "rule " + ruleText(r); !s.foreign[key] {
-			s.log.Warn("virtual rule already in place and not added by halb; left as it is and never removed", "rule", ruleText(r))
+		if key := "rule " + r.String(); !s.foreign[key] {
+			s.log.Warn("virtual rule already in place and not added by halb; left as it is and never removed", "rule", r.String())
 			s.foreign[key] = true
 		}
 		return nil
@@ -240,27 +240,6 @@ func (s *routeSet) kernelRule(r config.VirtualRule) *netlink.Rule {
 	kr.IifName, kr.OifName = r.IIF, r.OIF
 	kr.Protocol = halbRouteProto
 	return kr
-}
-
-// ruleText names a rule in logs and errors as `ip rule` would.
-func ruleText(r config.VirtualRule) string {
-	s := "from all"
-	if r.From.IsValid() {
-		s = "from " + r.From.String()
-	}
-	if r.To.IsValid() {
-		s += " to " + r.To.String()
-	}
-	if r.IIF != "" {
-		s += " iif " + r.IIF
-	}
-	if r.OIF != "" {
-		s += " oif " + r.OIF
-	}
-	if r.FWMark != 0 {
-		s += fmt.Sprintf(" fwmark %#x", r.FWMark)
-	}
-	return s + fmt.Sprintf(" lookup %d", r.Table)
 }
 
 // routeTable is the kernel's table for the file's: 0 is main.

@@ -86,6 +86,11 @@ func writeSummary(w io.Writer, path string, c *config.Config, warnings []config.
 		fmt.Fprintf(tw, "%s\t%s\t%d\tv%d\t%d\t%s\t%s\t%s\t%s\n",
 			in.Name, in.Interface, in.VRID, in.Version, in.Priority, in.AdvertInterval, preempt, peers, joinAny(in.VirtualIPs))
 	}
+	for _, in := range c.VRRP.Instances {
+		if also := heldBeside(in); also != "" {
+			fmt.Fprintf(tw, "%s as MASTER also holds %s\n", in.Name, also)
+		}
+	}
 	if len(c.VRRP.Instances) == 0 {
 		fmt.Fprintf(tw, "(none)\n")
 	}
@@ -175,6 +180,22 @@ func bfdOf(b *config.BFD) string {
 		return "no"
 	}
 	return fmt.Sprintf("rx %s tx %s x%d (udp 3784)", b.MinRx, b.MinTx, b.Multiplier)
+}
+
+// heldBeside lists what the instance holds as MASTER beside the VIPs of
+// its advert: the excluded VIPs, the routes and the rules.
+func heldBeside(in config.Instance) string {
+	var parts []string
+	for _, v := range in.VirtualIPsExcluded {
+		parts = append(parts, v.String()+" (excluded)")
+	}
+	for _, r := range in.VirtualRoutes {
+		parts = append(parts, "route "+r.String())
+	}
+	for _, r := range in.VirtualRules {
+		parts = append(parts, "rule "+r.String())
+	}
+	return strings.Join(parts, "; ")
 }
 
 // announceWhen says in words when the service's host route is announced.
