@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/halb-lb/halb/config"
 )
 
 // ImportOptions are what an import needs beyond the file.
@@ -74,7 +76,15 @@ func Convert(root *Node, opt ImportOptions) (*Result, error) {
 	if len(c.problems) > 0 {
 		return nil, &ConvertError{Problems: c.problems}
 	}
-	return &Result{YAML: c.render(), Notes: c.notes}, nil
+	res := &Result{YAML: c.render(), Notes: c.notes}
+	// What keepalived accepts and halb refuses (two instances with one
+	// VRID on one interface, a VIP two instances hold) is not written:
+	// the import's output is always one `halb check` takes, but for the
+	// scripts on this host, which the report warns about.
+	if _, err := config.Parse(res.YAML, "the converted configuration"); err != nil {
+		return nil, &RefusedError{Err: err, YAML: res.YAML}
+	}
+	return res, nil
 }
 
 func (c *converter) note(n *Node, kind Kind, msg string) {

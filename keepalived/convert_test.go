@@ -1,6 +1,7 @@
 package keepalived
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -220,5 +221,31 @@ virtual_server 198.51.100.9 80 {
 	// dev eth0 on an instance of eth0 is written as a plain entry.
 	if !strings.Contains(string(res.YAML), "\n        - 192.0.2.9/24\n") {
 		t.Errorf("a VIP on the instance's own interface is not plain:\n%s", res.YAML)
+	}
+}
+
+// TestRefused: what keepalived takes and halb's validation refuses (one
+// VRID twice on an interface) is an error naming halb's field, and no
+// output.
+func TestRefused(t *testing.T) {
+	path := writeFiles(t, map[string]string{"k.conf": `vrrp_instance A {
+    interface eth0
+    virtual_router_id 7
+    virtual_ipaddress {
+        192.0.2.7/24
+    }
+}
+vrrp_instance B {
+    interface eth0
+    virtual_router_id 7
+    virtual_ipaddress {
+        192.0.2.8/24
+    }
+}
+`}) + "/k.conf"
+	res, err := Import(path, ImportOptions{})
+	var rf *RefusedError
+	if !errors.As(err, &rf) || res != nil || !strings.Contains(err.Error(), "vrrp.instances[1].vrid: vrid 7 is already used on eth0") {
+		t.Fatalf("%v, %v; want a RefusedError naming vrrp.instances[1].vrid", res, err)
 	}
 }

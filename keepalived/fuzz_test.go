@@ -10,7 +10,7 @@ import (
 )
 
 // FuzzImport: no keepalived.conf makes the import panic or hang, every
-// failure is one of its three errors, and what it converts is YAML whose
+// failure is one of its four errors, and what it converts is YAML whose
 // text reads back (quoting never lets a value from the file add keys).
 func FuzzImport(f *testing.F) {
 	seeds, _ := filepath.Glob(filepath.Join("testdata", "golden", "*", "keepalived.conf"))
@@ -31,9 +31,10 @@ func FuzzImport(f *testing.F) {
 		var se *SyntaxError
 		var re *ReadError
 		var ce *ConvertError
+		var rf *RefusedError
 		switch {
 		case err == nil:
-		case errors.As(err, &se), errors.As(err, &re), errors.As(err, &ce):
+		case errors.As(err, &se), errors.As(err, &re), errors.As(err, &ce), errors.As(err, &rf):
 			return
 		default:
 			t.Fatalf("an error of no kind the command knows: %T %v", err, err)

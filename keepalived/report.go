@@ -84,3 +84,17 @@ func (e *ConvertError) Error() string {
 	}
 	return s
 }
+
+// RefusedError is a conversion halb's own validation refuses (exit 2):
+// keepalived accepted something halb does not, and the converter has no
+// equivalent to write. Err lists the problems by halb field path and the
+// line of YAML, which holds the converted text.
+type RefusedError struct {
+	Err  error
+	YAML []byte
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("halb would refuse the converted configuration:\n%v", e.Err)
+}
+func (e *RefusedError) Unwrap() error { return e.Err }

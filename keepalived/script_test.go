@@ -38,9 +38,10 @@ func TestSplitScript(t *testing.T) {
 }
 
 // TestScriptConversion: argv carried as is, a bare name resolved (and
-// reported), a shell string wrapped (and reported) with the program it
-// starts with held to the policy check, a program the check refuses
-// reported as a warning that leaves the conversion exact.
+// reported; one found nowhere stops the import, as halb would refuse a
+// relative program), a shell string wrapped (and reported) with the
+// program it starts with held to the policy check, a program the check
+// refuses reported as a warning that leaves the conversion exact.
 func TestScriptConversion(t *testing.T) {
 	refused := errors.New("refused: owned by uid 1000")
 	for _, tc := range []struct {
@@ -52,9 +53,9 @@ func TestScriptConversion(t *testing.T) {
 	}{
 		{"/usr/local/bin/chk -q", []string{"/usr/local/bin/chk", "-q"}, "/usr/local/bin/chk", "", true},
 		{"pidof haproxy", []string{"/usr/bin/pidof", "haproxy"}, "/usr/bin/pidof", "pidof is found on PATH by keepalived", false},
-		{"nosuchprog x", []string{"nosuchprog", "x"}, "", "nosuchprog is not an absolute path and was not found", false},
 		{"/usr/local/bin/chk | grep ok", []string{"/bin/sh", "-c", "/usr/local/bin/chk | grep ok"}, "/usr/local/bin/chk", "uses shell syntax", false},
 		{"/home/u/chk.sh", []string{"/home/u/chk.sh"}, "/home/u/chk.sh", "warning: /home/u/chk.sh: halb will refuse to run it on this host: refused", true},
+		{"nosuchprog x", nil, "", "", false},
 	} {
 		conf := keywordConfig("top", "vrrp_script s {\nscript \""+tc.script+"\"\ninterval 2\ntimeout 1\n}\nvrrp_instance VI_3 {\ninterface eth1\nvirtual_router_id 3\nvirtual_ipaddress {\n198.51.100.1/24\n}\ntrack_script {\ns\n}\n}")
 		var checked []string
@@ -74,6 +75,13 @@ func TestScriptConversion(t *testing.T) {
 				return nil
 			},
 		})
+		if tc.script == "nosuchprog x" {
+			var rf *RefusedError
+			if !errors.As(err, &rf) || !strings.Contains(err.Error(), `"nosuchprog" must be an absolute path`) {
+				t.Errorf("%q: %v; want halb's refusal of a relative program", tc.script, err)
+			}
+			continue
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -81,8 +81,9 @@ func runImport(cmd *cobra.Command, path, output, configID string) error {
 	})
 	var syn *keepalived.SyntaxError
 	var conv *keepalived.ConvertError
+	var refused *keepalived.RefusedError
 	switch {
-	case errors.As(err, &syn), errors.As(err, &conv):
+	case errors.As(err, &syn), errors.As(err, &conv), errors.As(err, &refused):
 		return &statusError{code: exitImportSyntax, msg: err.Error()}
 	case err != nil:
 		return err

@@ -80,7 +80,8 @@ func TestImportThenCheck(t *testing.T) {
 }
 
 // TestImportExitStatuses: 3 with every approximation on stderr, 2 with
-// the line of a grammar error, 1 for a file that cannot be read; and the
+// the line of a grammar error or halb's refusal of what keepalived took
+// (one instance name twice), 1 for a file that cannot be read; and the
 // output file is left as it was unless the conversion succeeded.
 func TestImportExitStatuses(t *testing.T) {
 	dir := t.TempDir()
@@ -102,6 +103,11 @@ func TestImportExitStatuses(t *testing.T) {
 	code, stdout, stderr = runHalb(t, "import", "-o", out, broken)
 	if code != 2 || stdout != "" || !strings.Contains(stderr, "broken.conf:26: the block of vrrp_instance is never closed") {
 		t.Errorf("broken: %d, stdout %q, stderr %q; want 2 naming line 26", code, stdout, stderr)
+	}
+	twice := write("twice.conf", importConf+strings.Replace(importConf, "192.0.2.100/24", "192.0.2.101/24", 1)[strings.Index(importConf, "vrrp_instance"):])
+	code, stdout, stderr = runHalb(t, "import", "--config-id", "a", "-o", out, twice)
+	if code != 2 || stdout != "" || !strings.Contains(stderr, "halb would refuse the converted configuration") || !strings.Contains(stderr, "vrrp.instances[1].name") {
+		t.Errorf("refused: %d, stdout %q, stderr %q; want 2 and halb's problem", code, stdout, stderr)
 	}
 	code, _, stderr = runHalb(t, "import", "-o", out, filepath.Join(dir, "absent.conf"))
 	if code != 1 || !strings.Contains(stderr, "absent.conf: no such file or directory") {
