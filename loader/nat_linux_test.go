@@ -654,11 +654,21 @@ func natEntries(t *testing.T, lb *kernelLB) map[natReplyKey]natReply {
 
 // TestResolveWanted: a next hop the program left in halb_neigh_wanted is
 // asked of the kernel, which then has a neighbour entry for it, and leaves
-// the map.
+// the map, while an Apply has a NAT service; an Apply with none (a DR
+// service alone) leaves the map unread again.
 func TestResolveWanted(t *testing.T) {
 	b := newDPBench(t)
 	dp := b.start(t, b.cfg, config.ModeXDP)
 	h := b.lb.Netlink(t)
+	apply := func(f service.Forward) {
+		t.Helper()
+		s := svc(web, backend(be11, 1))
+		s.Forward = f
+		if err := dp.Apply(context.Background(), []service.Service{s}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(service.DR)
 	halb0, err := h.LinkByName("halb0")
 	if err != nil {
 		t.Fatal(err)
@@ -671,17 +681,21 @@ func TestResolveWanted(t *testing.T) {
 	}
 	// No NAT service served: the map is not read, so an idle data path
 	// without NAT does nothing every wantedInterval.
-	time.Sleep(3 * wantedInterval)
-	var v uint64
-	if err := dp.lb.objs.HalbNeighWanted.Lookup(&k, &v); err != nil {
-		t.Fatalf("%s read without a nat service: %v", halbMapHalbNeighWanted, err)
+	unread := func() {
+		t.Helper()
+		time.Sleep(3 * wantedInterval)
+		var v uint64
+		if err := dp.lb.objs.HalbNeighWanted.Lookup(&k, &v); err != nil {
+			t.Fatalf("%s read without a nat service: %v", halbMapHalbNeighWanted, err)
+		}
 	}
+	unread()
 	for _, f := range []service.Forward{service.DR, service.TUN, service.NAT, service.FullNAT} {
 		if got, want := translates(service.Service{Forward: f}), f == service.NAT || f == service.FullNAT; got != want {
 			t.Errorf("translates(%s) = %v, want %v", f, got, want)
 		}
 	}
-	dp.natServed.Store(true) // as an Apply with a nat service does
+	apply(service.NAT)
 	deadline := time.Now().Add(10 * wantedInterval)
 	for {
 		list, err := h.NeighList(halb0.Attrs().Index, netlink.FAMILY_V4)
@@ -692,13 +706,22 @@ func TestResolveWanted(t *testing.T) {
 		var v uint64
 		gone := dp.lb.objs.HalbNeighWanted.Lookup(&k, &v) != nil
 		if asked && gone {
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("after %s: neighbour entry for %s %v, %s entry gone %v", 10*wantedInterval, hop, asked, halbMapHalbNeighWanted, gone)
 		}
 		time.Sleep(wantedInterval / 4)
 	}
+
+	// The NAT service turns to DR: the map is left alone again (after a
+	// tick that may have begun before the Apply).
+	apply(service.DR)
+	time.Sleep(wantedInterval)
+	if err := dp.lb.objs.HalbNeighWanted.Put(&k, uint64(1)); err != nil {
+		t.Fatal(err)
+	}
+	unread()
 }
 
 // TestNATReplyFlows: a NAT reply that found its way back the long way
