@@ -398,7 +398,8 @@ func verifyQuote(t testing.TB, frame []byte) {
 
 // TestNATReplies checks the book the LB keeps of halb_nat_replies: an
 // address's own entry (the hairpin check) and its byte in halb_nat_last
-// live while any entry of the address does, and go with the last one.
+// live while any entry of the address does, and go with the last one;
+// so does a full NAT entry's byte in halb_fnat_last.
 func TestNATReplies(t *testing.T) {
 	tb := newTestbed(t, Options{})
 	lb := tb.lb
@@ -464,6 +465,32 @@ func TestNATReplies(t *testing.T) {
 	if _, err := lb.putNATReply(natReply{Backend: ap(onLink4, 1), Proto: service.TCP, VIP: ap(vip6, 80)}); err == nil {
 		t.Error("an IPv4 backend with an IPv6 VIP was written")
 	}
+
+	// A full NAT entry's byte in halb_fnat_last: there while the entry
+	// is, through a change that keeps it full NAT (its service moved to
+	// another port, a new backend id), and gone with it.
+	fullByte := func(want uint8) {
+		t.Helper()
+		var last [256]uint8
+		if err := lb.objs.HalbFnatLast.Get(&last); err != nil {
+			t.Fatal(err)
+		}
+		if got := last[onLink4.As4()[3]]; got != want {
+			t.Errorf("halb_fnat_last byte of %s: %d, want %d", onLink4, got, want)
+		}
+	}
+	full := natReply{Backend: ap(onLink4, 8443), Proto: service.TCP, VIP: ap(vip4, 443), Service: 3, BackendID: 3, FullNAT: true}
+	for _, r := range []natReply{full, {Backend: full.Backend, Proto: full.Proto, VIP: ap(vip4, 444), Service: 4, BackendID: 4, FullNAT: true}} {
+		if _, err := lb.putNATReply(r); err != nil {
+			t.Fatal(err)
+		}
+		fullByte(1)
+	}
+	if err := lb.deleteNATReply(full.Backend, full.Proto); err != nil {
+		t.Fatal(err)
+	}
+	fullByte(0)
+	check(0, false)
 }
 
 // startNATDatapath starts a Datapath in XDP mode on newDPBench's
