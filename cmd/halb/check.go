@@ -23,8 +23,9 @@ A valid file is summarised, after notes on what it does and warnings about
 this host (read, never changed): a virtual IP that is already an address of
 a local interface, a backend with no route from here. Warnings leave the
 exit status 0: the file is valid, and may be meant for another host. On a
-host that has every one of datapath.interfaces, a forward: nat or fullnat
-backend routed through another interface is a problem (exit 2).`,
+host that has every one of datapath.interfaces, what it could not run is a
+problem (exit 2): a forward: nat or fullnat backend routed through another
+interface, a fullnat snat_address neither its own nor a VRRP VIP.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path := f.configPath()

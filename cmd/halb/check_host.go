@@ -80,7 +80,7 @@ func hostWarnings(c *config.Config, held map[netip.Addr]bool) []config.Problem {
 		}
 	}
 
-	warnings = append(warnings, fullNATWarnings(c, addrs)...)
+	warnings = append(warnings, snatPortsWarnings(c)...)
 
 	// One route lookup per address: a backend often serves several
 	// services.
@@ -123,22 +123,39 @@ func routeProblem(a netip.Addr) string {
 	return ""
 }
 
-// natInterfaceProblems are the forward: nat and fullnat backends on the
-// eBPF data path that this host routes through an interface that is not
-// one of datapath.interfaces: the program sends the clients' packets
-// there and must see the backend's replies arrive there, so it could
-// serve none of them. When every one of datapath.interfaces is an
-// interface of this host, the file is this host's, and each is a problem
-// (halb check exits 2); when one is missing, the file may be another
-// host's (or halb waits for the interface), and each is a warning. A
-// backend with no route is left to hostWarnings.
-func natInterfaceProblems(c *config.Config) (problems, warnings []config.Problem) {
+// hostProblems are what this host could not run of a valid file: a
+// forward: nat or fullnat backend routed through an interface that is not
+// in datapath.interfaces (natInterfaceProblems), a full NAT snat_address
+// that is neither this host's nor a VRRP VIP (snatAddressProblems). When
+// every one of datapath.interfaces is an interface of this host, the file
+// is this host's, and each is a problem (halb check exits 2); when one is
+// missing, the file may be another host's (or halb waits for the
+// interface), and each is a warning.
+func hostProblems(c *config.Config, addrs []vrrp.HostAddr) (problems, warnings []config.Problem) {
 	here := len(c.Datapath.Interfaces) > 0
 	for _, name := range c.Datapath.Interfaces {
 		if _, err := netlink.LinkByName(name); err != nil {
 			here = false
 		}
 	}
+	for _, p := range append(natInterfaceProblems(c), snatAddressProblems(c, addrs)...) {
+		if here {
+			problems = append(problems, p)
+			continue
+		}
+		p.Msg = "warning: " + p.Msg + " (not all of datapath.interfaces are on this host, so the file may be another's)"
+		warnings = append(warnings, p)
+	}
+	return problems, warnings
+}
+
+// natInterfaceProblems are the forward: nat and fullnat backends on the
+// eBPF data path that this host routes through an interface that is not
+// one of datapath.interfaces: the program sends the clients' packets
+// there and must see the backend's replies arrive there, so it could
+// serve none of them. A backend with no route is left to hostWarnings.
+func natInterfaceProblems(c *config.Config) []config.Problem {
+	var problems []config.Problem
 	for i, s := range c.Services {
 		if (s.Forward != "nat" && s.Forward != "fullnat") || config.ServiceDatapath(c.Datapath.Mode, "", s) != "ebpf" {
 			continue
@@ -148,19 +165,42 @@ func natInterfaceProblems(c *config.Config) (problems, warnings []config.Problem
 			if name == "" || slices.Contains(c.Datapath.Interfaces, name) {
 				continue
 			}
-			p := config.Problem{Path: fmt.Sprintf("services[%d].backends[%d].address", i, j), Msg: fmt.Sprintf(
+			problems = append(problems, config.Problem{Path: fmt.Sprintf("services[%d].backends[%d].address", i, j), Msg: fmt.Sprintf(
 				"this host routes %s through %s, which is not in datapath.interfaces: forward: %s sends the clients' "+
 					"packets there and must see the backend's replies arrive there; add %s to datapath.interfaces, "+
-					"or route %s through one of them", b.Address, name, s.Forward, name, b.Address)}
-			if here {
-				problems = append(problems, p)
-				continue
-			}
-			p.Msg = "warning: " + p.Msg + " (not all of datapath.interfaces are on this host, so the file may be another's)"
-			warnings = append(warnings, p)
+					"or route %s through one of them", b.Address, name, s.Forward, name, b.Address)})
 		}
 	}
-	return problems, warnings
+	return problems
+}
+
+// snatAddressProblems are the full NAT services whose snat_address this
+// host does not hold: neither one of its addresses (addrs) nor a virtual
+// IP of the file's VRRP instances (held while MASTER). The backends'
+// replies go to it and never reach this node. None when addrs could not
+// be listed.
+func snatAddressProblems(c *config.Config, addrs []vrrp.HostAddr) []config.Problem {
+	if len(addrs) == 0 {
+		return nil
+	}
+	local := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		local[a.Addr] = true
+	}
+	for _, in := range c.VRRP.Instances {
+		for _, p := range in.HeldVIPs() {
+			local[p.Address.Addr()] = true
+		}
+	}
+	var problems []config.Problem
+	for i, s := range c.Services {
+		if s.Forward == "fullnat" && s.SNATAddress.IsValid() && !local[s.SNATAddress] {
+			problems = append(problems, config.Problem{Path: fmt.Sprintf("services[%d].snat_address", i), Msg: fmt.Sprintf(
+				"%s is neither an address of this host nor a virtual IP of vrrp: the backends' replies to it never reach this node; "+
+					"give one of its addresses, or a virtual IP on the backends' network (which moves with the VIP)", s.SNATAddress)})
+		}
+	}
+	return problems
 }
 
 // routeInterface is the name of the interface the kernel's route to a
@@ -177,36 +217,14 @@ func routeInterface(a netip.Addr) string {
 	return link.Attrs().Name
 }
 
-// fullNATWarnings are the host facts forward: fullnat needs: a
-// snat_address this host holds (one of its addresses, or a virtual IP
-// of the file's VRRP instances, held while MASTER), where the backends'
-// replies arrive; and datapath.snat_ports apart from the kernel's
+// snatPortsWarnings warns, when a forward: fullnat service is there,
+// about datapath.snat_ports overlapping the kernel's
 // ip_local_port_range, where the host's own connections to the backends
-// (health checks) take their source ports, whose replies a full NAT
-// flow on the same port would take.
-func fullNATWarnings(c *config.Config, addrs []vrrp.HostAddr) []config.Problem {
+// (health checks) take their source ports, whose replies a full NAT flow
+// on the same port would take.
+func snatPortsWarnings(c *config.Config) []config.Problem {
 	var warnings []config.Problem
-	local := map[netip.Addr]bool{}
-	for _, a := range addrs {
-		local[a.Addr] = true
-	}
-	for _, in := range c.VRRP.Instances {
-		for _, p := range in.HeldVIPs() {
-			local[p.Address.Addr()] = true
-		}
-	}
-	has := false
-	for i, s := range c.Services {
-		if s.Forward != "fullnat" {
-			continue
-		}
-		has = true
-		if s.SNATAddress.IsValid() && len(addrs) > 0 && !local[s.SNATAddress] {
-			warnings = append(warnings, config.Problem{Path: fmt.Sprintf("services[%d].snat_address", i), Msg: fmt.Sprintf("warning: "+
-				"%s is neither an address of this host nor a virtual IP of vrrp: the backends' replies to it never reach this node; "+
-				"give one of its addresses, or a virtual IP on the backends' network (which moves with the VIP)", s.SNATAddress)})
-		}
-	}
+	has := slices.ContainsFunc(c.Services, func(s config.Service) bool { return s.Forward == "fullnat" })
 	first, last, ok := c.Datapath.SNATPortRange()
 	if !has || !ok {
 		return warnings
@@ -249,11 +267,12 @@ func heldVIPs(ctx context.Context, socket string) map[netip.Addr]bool {
 	return held
 }
 
-// checkHost runs hostWarnings and natInterfaceProblems, with their lines
+// checkHost runs hostWarnings and hostProblems, with their lines
 // in the file at path: the warnings, and a *config.Error of the
 // problems this host has with the file, nil when none.
 func checkHost(ctx context.Context, path string, c *config.Config) ([]config.Problem, error) {
-	problems, natWarnings := natInterfaceProblems(c)
+	addrs, _ := vrrp.HostAddrs() // none: hostWarnings says so
+	problems, natWarnings := hostProblems(c, addrs)
 	warnings := append(hostWarnings(c, heldVIPs(ctx, c.Control.Socket)), natWarnings...)
 	config.Locate(path, warnings)
 	slices.SortStableFunc(warnings, func(a, b config.Problem) int { return cmp.Compare(a.Line, b.Line) })
