@@ -299,3 +299,26 @@ func TestStateNotifyScriptsRun(t *testing.T) {
 		t.Errorf("calls:\n%s\nwant:\n%s\n(the first two may be missing)", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// BenchmarkCountProcesses is one scan of this host's /proc for two
+// trackers, one by name alone (comm only) and one with args (cmdline too
+// for the processes whose comm matches); us/process is what the period's
+// stretch (trackPollShare) is set against.
+func BenchmarkCountProcesses(b *testing.B) {
+	ps := []config.TrackProcess{{Name: "sleep", MinCount: 1}, {Name: "sh", Args: []string{"-c", "x"}, MinCount: 1}}
+	host := procHost{proc: "/proc"}
+	procs := 0
+	for b.Loop() {
+		if _, err := host.countProcesses(ps); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if e.Name()[0] >= '0' && e.Name()[0] <= '9' {
+			procs++
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/float64(max(procs, 1)), "us/process")
+	b.ReportMetric(float64(procs), "processes")
+}
