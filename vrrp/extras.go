@@ -159,7 +159,11 @@ func (in *Instance) holdRoutes() {
 
 // extrasChanged tries again, while Master, what a link change may now
 // let in: the VIPs of an interface that changed (or came), the pending
-// routes.
+// routes. A link going down takes the routes through it with it (the
+// kernel flushes them), so a change of a link, not of an address, has
+// the routes looked at again; an address change only retries pending
+// ones, which spares a route dump per address event on a host with a
+// large table.
 func (in *Instance) extrasChanged(now time.Time, c change) {
 	if in.m.State() != Master {
 		return
@@ -169,6 +173,9 @@ func (in *Instance) extrasChanged(now time.Time, c change) {
 		if c.lost || c.name == o.name || (o.ifc.Index != 0 && c.index == o.ifc.Index) || o.ifc.Index == 0 {
 			in.holdOther(now, o)
 		}
+	}
+	if c.lost || !c.addr {
+		in.routesPending = in.hasRoutes()
 	}
 	in.holdRoutes()
 }

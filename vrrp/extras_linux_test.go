@@ -230,6 +230,14 @@ func TestExtrasLateInterfaceE2E(t *testing.T) {
 		t.Fatal("halb exited over the interface that came late")
 	}
 
+	// lan1 down flushes the routes through it (the kernel's doing); up
+	// again, halb puts them back.
+	setLinkUp(t, l.h[0], "lan1", false)
+	waitHeldRoute(t, l.h[0], false)
+	setLinkUp(t, l.h[0], "lan1", true)
+	took = waitHeld(t, l.h[0], "a once lan1 is up again", allHeld)
+	t.Logf("the routes flushed with lan1 down are back %v after it came up", took.Round(time.Millisecond))
+
 	if err := os.WriteFile(a.cfg, []byte(readConfigWithout(t, a.cfg)), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -241,6 +249,34 @@ func TestExtrasLateInterfaceE2E(t *testing.T) {
 	if got := heldBy(t, l.h[0]); got != noneHeld {
 		t.Errorf("after SIGTERM a holds %+v, want nothing", got)
 	}
+}
+
+func setLinkUp(t *testing.T, h *netlink.Handle, name string, up bool) {
+	t.Helper()
+	link, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := h.LinkSetUp
+	if !up {
+		set = h.LinkSetDown
+	}
+	if err := set(link); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitHeldRoute waits until the route through lan1 is there or not.
+func waitHeldRoute(t *testing.T, h *netlink.Handle, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitExtras)
+	for time.Now().Before(deadline) {
+		if heldBy(t, h).route == want {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("route through lan1 present = %v after %v", !want, waitExtras)
 }
 
 // readConfigWithout is the node's config with its routes and rules cut.

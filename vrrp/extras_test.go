@@ -154,9 +154,20 @@ func TestExtrasWaitForTheirInterface(t *testing.T) {
 		t.Errorf("announcements on lan1 = %v, want %s announced when it appeared", got, vipOther.Addr())
 	}
 	_, settled := f.routes()
-	d.extrasChanged(now, change{name: "lan1", index: lan1.Index, addr: true})
+	d.extrasChanged(now, change{index: lan1.Index, addr: true})
 	if _, calls := f.routes(); calls != settled {
-		t.Error("routes in place were asked for again on a change")
+		t.Error("routes in place were asked for again on an address change")
+	}
+	d.extrasChanged(now, change{name: "lan1", index: lan1.Index})
+	if _, calls := f.routes(); calls != settled+1 {
+		t.Error("a link change (which may have flushed the routes through it) did not have them looked at again")
+	}
+
+	// Someone deletes the VIP on lan1 while Master: it is put back.
+	f.delAddr("lan1", vipOther.Addr())
+	d.extrasChanged(now, change{index: lan1.Index, addr: true})
+	if !d.holdsVIP(vipOther.Addr(), "lan1") {
+		t.Error("the VIP deleted from lan1 while MASTER was not put back")
 	}
 
 	d.shutdown(now)
