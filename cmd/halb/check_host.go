@@ -23,8 +23,9 @@ import (
 // wrong there, and changes nothing: a virtual IP that is already an
 // address of a local interface, not one halb added, and a backend or
 // sorry backend this host has no route to, which halb runs without until
-// a route appears. Parse stays free of them, so that a file can be checked
-// anywhere; these are warnings, not problems.
+// a route appears, and a track file someone else can write. Parse stays
+// free of them, so that a file can be checked anywhere; these are
+// warnings, not problems.
 //
 // held lists the virtual IPs a running halb on this configuration's
 // control socket holds as MASTER: on a kernel that keeps no address
@@ -81,6 +82,7 @@ func hostWarnings(c *config.Config, held map[netip.Addr]bool) []config.Problem {
 	}
 
 	warnings = append(warnings, snatPortsWarnings(c)...)
+	warnings = append(warnings, trackFileWarnings(c)...)
 
 	// One route lookup per address: a backend often serves several
 	// services.
