@@ -13,7 +13,7 @@ import (
 // missing, draws a warning at its field; one only root can write (or
 // create) draws none, and exit status stays 0 either way.
 func TestCheckWarnsStrangersTrackFile(t *testing.T) {
-	trusttest.NewStranger(t) // root, and a way to be someone else
+	trusttest.NewStranger(t)                                  // root, and a way to be someone else
 	base, shared := trusttest.OpenDir(t, os.ModeSticky|0o777) // like /tmp
 	open := filepath.Join(base, "open")
 	if err := os.WriteFile(open, []byte("0\n"), 0o644); err != nil {
