@@ -48,8 +48,10 @@ vrrp:
         - {to: 203.0.113.0/24, via: 198.51.100.254, interface: lan1}
         - {to: 0.0.0.0/0, blackhole: true, table: 100}
         - {to: 198.51.100.0/25, interface: lan1, table: 200}
+        - {to: "2001:db8:9::/48", via: "2001:db8:1::254", interface: lan1}
       virtual_rules:
         - {from: 198.51.100.100/32, table: 100, priority: 1000}
+        - {to: "2001:db8:9::/48", table: 100}
 `)
 	}
 	return b.String()
@@ -90,6 +92,7 @@ func (l *lan) connectSecond(t *testing.T) {
 // held is what a node holds of the extras, as its kernel lists them.
 type held struct {
 	vip, excluded, route, blackhole, rule bool
+	route6, rule6                         bool
 	foreign                               bool // the hand-made route in table 200
 }
 
@@ -127,6 +130,24 @@ func heldBy(t testing.TB, h *netlink.Handle) held {
 			}
 		}
 	}
+	routes6, err := h.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes6 {
+		if r.Dst != nil && r.Dst.String() == "2001:db8:9::/48" && r.Protocol == halbRouteProto {
+			s.route6 = true
+		}
+	}
+	rules6, err := h.RuleList(netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules6 {
+		if r.Table == 100 && r.Dst != nil && r.Dst.String() == "2001:db8:9::/48" && r.Protocol == halbRouteProto {
+			s.rule6 = true
+		}
+	}
 	rules, err := h.RuleList(netlink.FAMILY_V4)
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +161,7 @@ func heldBy(t testing.TB, h *netlink.Handle) held {
 }
 
 var (
-	allHeld    = held{vip: true, excluded: true, route: true, blackhole: true, rule: true}
+	allHeld    = held{vip: true, excluded: true, route: true, blackhole: true, rule: true, route6: true, rule6: true}
 	noneHeld   = held{}
 	vipsOnly   = held{vip: true, excluded: true}
 	waitExtras = 20 * time.Second // bounds a hang only
@@ -219,7 +240,7 @@ func TestExtrasLateInterfaceE2E(t *testing.T) {
 	a.start(t)
 	waitAddr(t, l.h[0], netip.MustParseAddr("192.0.2.100"), true, waitExtras)
 	// Without lan1 only the table-100 blackhole and the rule can be in.
-	waitHeld(t, l.h[0], "a without lan1", held{blackhole: true, rule: true})
+	waitHeld(t, l.h[0], "a without lan1", held{blackhole: true, rule: true, rule6: true})
 	waitLog(t, a, "interface of virtual IPs missing")
 	waitLog(t, a, "virtual routes or rules not in place yet")
 

@@ -123,11 +123,20 @@ func findRoutes(r config.VirtualRoute) ([]netlink.Route, error) {
 	}
 	var out []netlink.Route
 	for _, h := range list {
-		if prefixOf(h.Dst, r.To.Addr().Is6()) == r.To && h.Priority == r.Metric {
+		if prefixOf(h.Dst, r.To.Addr().Is6()) == r.To && h.Priority == kernelMetric(r) {
 			out = append(out, h)
 		}
 	}
 	return out, nil
+}
+
+// kernelMetric is the metric the kernel gives r: IPv6 makes 0 its
+// default, 1024 (IP6_RT_PRIO_USER).
+func kernelMetric(r config.VirtualRoute) int {
+	if r.Metric == 0 && r.To.Addr().Is6() {
+		return 1024
+	}
+	return r.Metric
 }
 
 // kernelRoute is r as netlink adds it, marked as halb's. A route through
