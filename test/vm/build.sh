@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # build.sh [HALB_BINARY] — build the kernel and initramfs that run.sh boots.
 #
-# HALB_VM_ARCH names the guest's Debian architecture: amd64 (the default) or
-# arm64. HALB_BINARY must be a halb built for it.
+# HALB_VM_ARCH names the guest's Debian architecture: amd64 (the default),
+# arm64 or armhf (32-bit Raspberry Pi OS's). HALB_BINARY must be a halb built
+# for it; for armhf, with GOARM=6, the build every Pi from the Zero up runs.
 #
 # halb's IPVS data path has to be tested against a real kernel whose IPVS is
 # made of loadable modules, as on Raspberry Pi OS and Debian. The host's own
@@ -63,10 +64,14 @@ modules=(ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_fo ip_vs_ovf ip_vs_lb
 # the closure is computed changes.
 stage_version=2
 
+# flavour is the kernel's: linux-image-$flavour is Debian's kernel for the
+# architecture (armhf's is armmp, for the multiplatform ARMv7 boards QEMU's
+# virt machine is one of).
 case $arch in
-amd64) qemu=qemu-system-x86_64=qemu-system-x86 goarch=amd64 machine='Advanced Micro Devices X86-64' ;;
-arm64) qemu=qemu-system-aarch64=qemu-system-arm goarch=arm64 machine=AArch64 ;;
-*) echo "build.sh: HALB_VM_ARCH=$arch: want amd64 or arm64" >&2; exit 2 ;;
+amd64) qemu=qemu-system-x86_64=qemu-system-x86 goarch=amd64 machine='Advanced Micro Devices X86-64' flavour=amd64 ;;
+arm64) qemu=qemu-system-aarch64=qemu-system-arm goarch=arm64 machine=AArch64 flavour=arm64 ;;
+armhf) qemu=qemu-system-arm=qemu-system-arm goarch=arm machine=ARM flavour=armmp ;;
+*) echo "build.sh: HALB_VM_ARCH=$arch: want amd64, arm64 or armhf" >&2; exit 2 ;;
 esac
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
@@ -153,25 +158,25 @@ fetch() {
 	echo "$deb"
 }
 
-# kernel_package: the versioned image package linux-image-$arch depends on
-# (linux-image-amd64 is a metapackage), e.g. linux-image-6.1.0-56-amd64.
+# kernel_package: the versioned image package linux-image-$flavour depends
+# on (linux-image-amd64 is a metapackage), e.g. linux-image-6.1.0-56-amd64.
 kernel_package() {
 	local pkg
 	if [[ -n ${HALB_VM_KERNEL_PACKAGE:-} ]]; then
 		echo "$HALB_VM_KERNEL_PACKAGE"
 		return
 	fi
-	pkg=$(apt-cache depends "linux-image-$arch:$arch" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { sub(/:.*/, "", $2); print $2; exit }')
+	pkg=$(apt-cache depends "linux-image-$flavour:$arch" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { sub(/:.*/, "", $2); print $2; exit }')
 	if [[ -z $pkg ]]; then
 		apt_update
-		pkg=$(apt-cache depends "linux-image-$arch:$arch" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { sub(/:.*/, "", $2); print $2; exit }')
+		pkg=$(apt-cache depends "linux-image-$flavour:$arch" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { sub(/:.*/, "", $2); print $2; exit }')
 	fi
 	if [[ -z $pkg ]]; then
 		# Offline: the newest image package already cached.
-		pkg=$(find "$cache/debs" -maxdepth 1 -name "linux-image-[0-9]*-${arch}_*.deb" -printf '%f\n' 2>/dev/null |
+		pkg=$(find "$cache/debs" -maxdepth 1 -name "linux-image-[0-9]*-${flavour}_*.deb" -printf '%f\n' 2>/dev/null |
 			sed 's/_.*//' | sort -V | tail -n1)
 	fi
-	[[ -n $pkg ]] || unavailable "cannot resolve linux-image-$arch to a versioned kernel package"
+	[[ -n $pkg ]] || unavailable "cannot resolve linux-image-$flavour to a versioned kernel package"
 	echo "$pkg"
 }
 
@@ -307,7 +312,7 @@ main() {
 	load_candidates "${pkgs[@]}"
 	kdeb=$(fetch "$kpkg")
 	# A new ABI is a new package name: drop the kernels it replaced.
-	find "$cache/debs" -maxdepth 1 -name "linux-image-[0-9]*-${arch}_*.deb" ! -name "$(basename "$kdeb")" -delete
+	find "$cache/debs" -maxdepth 1 -name "linux-image-[0-9]*-${flavour}_*.deb" ! -name "$(basename "$kdeb")" -delete
 	# busybox-static is taken from its .deb rather than installed, so the
 	# host's own busybox (initramfs-tools uses the dynamic one) stays.
 	bbdeb=$(fetch busybox-static)
@@ -339,6 +344,11 @@ main() {
 		die "$halb is not a program for $arch: $(LC_ALL=C readelf -h "$halb" 2>&1 | grep Machine:)"
 	if LC_ALL=C readelf -l "$halb" | grep -q 'program interpreter'; then
 		die "$halb is dynamically linked: build it with CGO_ENABLED=0"
+	fi
+	# A Pi Zero or Pi 1 (ARMv6) cannot run a GOARM=7 build, though
+	# Raspberry Pi OS calls both armhf.
+	if [[ $arch == armhf ]] && ! go version -m "$halb" | grep -qx $'\tbuild\tGOARM=6'; then
+		die "$halb is not built with GOARM=6: $(go version -m "$halb" | grep GOARM || echo 'no GOARM')"
 	fi
 
 	t=$(now)

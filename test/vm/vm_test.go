@@ -7,7 +7,10 @@
 // scenarios/NAME.sh (lib.sh aside) is one scenario and one subtest here,
 // TestVM/ARCH/NAME, for each architecture its "# arch:" line names (amd64
 // alone without one). The arm64 guest runs Debian's arm64 kernel and an
-// arm64 halb in qemu-system-aarch64, as on a Raspberry Pi.
+// arm64 halb in qemu-system-aarch64, as on a Raspberry Pi with a 64-bit OS;
+// the armhf guest Debian's armmp kernel and a GOARM=6 halb in
+// qemu-system-arm, as on 32-bit Raspberry Pi OS, which most Pi 2, 3 and
+// Zero 2 owners run.
 // Everything the scenarios change happens inside the guest: this package must
 // never load modules on, or change the network of, the host it runs on.
 //
@@ -16,8 +19,8 @@
 // CI=true, and also when CI=true and a prerequisite (a package, the kernel
 // download) cannot be had.
 //
-// HALB_VM_BINARY and HALB_VM_BINARY_ARM64 name the amd64 and arm64 halb
-// binaries to test instead of building ./cmd/halb from this checkout;
+// HALB_VM_BINARY, HALB_VM_BINARY_ARM64 and HALB_VM_BINARY_ARMHF name the
+// amd64, arm64 and armhf (GOARM=6) halb binaries to test instead of building ./cmd/halb from this checkout;
 // HALB_VM_CACHE moves build.sh's cache (test/vm/.cache).
 package vm
 
@@ -42,8 +45,8 @@ import (
 const exitUnavailable = 3
 
 const (
-	buildTimeout = 8 * time.Minute // the first build installs QEMU and downloads the kernel
-	bootTimeout  = 3 * time.Minute // run.sh's own limit is 120 s
+	buildTimeout = 15 * time.Minute // the first build installs QEMU and downloads the kernel: 8 min for armhf on a loaded 2-core machine
+	bootTimeout  = 5 * time.Minute // run.sh's own limit is 120 s, 240 s on armhf
 )
 
 // guestArch is a guest's Debian architecture, with the variable that may
@@ -53,6 +56,7 @@ type guestArch struct{ name, binaryEnv string }
 var arches = []guestArch{
 	{"amd64", "HALB_VM_BINARY"},
 	{"arm64", "HALB_VM_BINARY_ARM64"},
+	{"armhf", "HALB_VM_BINARY_ARMHF"},
 }
 
 func TestVM(t *testing.T) {
@@ -60,7 +64,7 @@ func TestVM(t *testing.T) {
 	scenarios := listScenarios(t)
 	for _, arch := range arches {
 		t.Run(arch.name, func(t *testing.T) {
-			// Both builds at once: build.sh takes a lock on its cache, and
+			// All builds at once: build.sh takes a lock on its cache, and
 			// the scenarios of the arch built first start meanwhile.
 			t.Parallel()
 			build(t, arch.name, os.Getenv(arch.binaryEnv))
@@ -90,7 +94,7 @@ func TestVM(t *testing.T) {
 
 type scenario struct {
 	name   string
-	arches []string // from its "# arch: amd64 arm64" line; amd64 without one
+	arches []string // from its "# arch: amd64 arm64 armhf" line; amd64 without one
 }
 
 // listScenarios returns the scenarios in scenarios/*.sh.
@@ -131,7 +135,7 @@ func scenarioArches(t *testing.T, file string) []string {
 		names := strings.Fields(rest)
 		for _, n := range names {
 			if !slices.ContainsFunc(arches, func(a guestArch) bool { return a.name == n }) {
-				t.Fatalf("%s: '# arch:' names %q; want amd64 or arm64", file, n)
+				t.Fatalf("%s: '# arch:' names %q; want amd64, arm64 or armhf", file, n)
 			}
 		}
 		return names

@@ -5,7 +5,7 @@
 # /etc/halb/ipvs-two.yaml. Started again, it finds everything in place and
 # changes nothing.
 #
-# arch: amd64 arm64
+# arch: amd64 arm64 armhf
 conf=/etc/halb/ipvs-two.yaml
 # What ipvs/datapath.go logs for each change it makes, and the module
 # loader for each module it loads.

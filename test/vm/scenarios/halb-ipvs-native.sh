@@ -5,7 +5,7 @@
 # only modules.softdep ("libcrc32c pre: crc32c") says to load crc32c first
 # (scenario ipvsadm-smoke shows a loader without it failing).
 #
-# arch: amd64 arm64
+# arch: amd64 arm64 armhf
 conf=/etc/halb/ipvs-two.yaml
 
 step "no modprobe anywhere, on-demand loading off, nothing loaded"

@@ -2,7 +2,7 @@
 # it as modules (Debian's), before and after the modules are loaded, and
 # whether the probe itself loads any.
 #
-# arch: amd64 arm64
+# arch: amd64 arm64 armhf
 rel=$(uname -r)
 all_schedulers="dh fo lblc lblcr lc mh nq ovf rr sed sh wlc wrr"
 
