@@ -24,8 +24,9 @@ import (
 var natGateway = netip.MustParseAddr("203.0.113.1")
 
 // TestNATFailoverKeepsFlows is TestFailoverKeepsFlows for forward: nat,
-// set up as keepalived's LVS-NAT pairs are: two halb nodes, each with eth0
-// on the clients' LAN and eth1 on the backends' LAN; a VRRP instance holds
+// set up as keepalived's LVS-NAT pairs are, with the README's NAT pair
+// (its block run as both nodes' file): two halb nodes, each with eth0 on
+// the clients' LAN and eth1 on the backends' LAN; a VRRP instance holds
 // the VIP on eth0 and a second one, in a sync group with it, holds the
 // backends' default gateway (203.0.113.1) on eth1, so that the gateway
 // moves with the VIP. The backends listen on 8080 at their own addresses
@@ -36,7 +37,7 @@ var natGateway = netip.MustParseAddr("203.0.113.1")
 // backends' replies: at least 99 % complete a request through lb2.
 func TestNATFailoverKeepsFlows(t *testing.T) {
 	netnstest.Require(t)
-	p := newNATPair(t, natPairOptions{forward: "nat"})
+	p := newNATPair(t, natPairOptions{forward: "nat", readme: true})
 	conns := p.connect(t)
 	p.failover(t)
 	wantRequestsThrough(t, conns, "lb2")
@@ -125,14 +126,16 @@ type natPair struct {
 // natPairOptions say which pair newNATPair builds.
 type natPairOptions struct {
 	forward string // nat or fullnat
-	// readme: both nodes run the README's full NAT pair (readmeFullNAT),
-	// its VIP and snat_address; else natPairConfig with vip and no
-	// snat_address.
+	// readme: both nodes run the README's pair of that forward (the
+	// block below readmePairMarkers[forward], readmePair), its VIP,
+	// backends and snat_address; else natPairConfig with vip, the
+	// three backends and no snat_address.
 	readme bool
 }
 
 // newNATPair builds the pair and starts both halbs: lb1 MASTER, lb2
-// BACKUP, both with three live backends. With nat the backends' default
+// BACKUP, both with every backend of their file live (the three, or the
+// README's). With nat the backends' default
 // gateway is natGateway; with fullnat they have no route but their
 // link's.
 func newNATPair(t *testing.T, o natPairOptions) *natPair {
@@ -179,9 +182,12 @@ func newNATPair(t *testing.T, o natPairOptions) *natPair {
 	}
 	p.client = &client{ns: clientNS, src: clientIP, vip: vip}
 	var readme map[string]any
+	live := len(addrs)
 	if o.readme {
-		readme = readmeFullNAT(t, addrs)
-		p.client.vip = netip.MustParseAddr(readme["services"].([]any)[0].(map[string]any)["vip"].(string)) // on the front LAN
+		readme = readmePair(t, forward, addrs)
+		svc := readme["services"].([]any)[0].(map[string]any)
+		p.client.vip = netip.MustParseAddr(svc["vip"].(string)) // on the front LAN
+		live = len(svc["backends"].([]any))
 	}
 
 	dir, fs := t.TempDir(), halbtest.BPFFS(t)
@@ -202,7 +208,7 @@ func newNATPair(t *testing.T, o natPairOptions) *natPair {
 	p.lb1.waitState("MASTER")
 	p.lb2.waitState("BACKUP")
 	for _, d := range nodes {
-		d.waitLive("web", "all three backends live", 3)
+		d.waitLive("web", "every backend live", live)
 	}
 	return p
 }
@@ -262,27 +268,36 @@ func natPairConfig(d *daemon, priority int, forward string, backends []string) s
 	return b.String()
 }
 
-// readmeFullNATMarker is the line above the README's full NAT pair.
-const readmeFullNATMarker = "<!-- fullnat pair: test/e2e/nat_failover_linux_test.go runs this block on both nodes -->"
+// readmePairMarkers are the lines above the README's NAT and full NAT
+// pairs, by forward.
+var readmePairMarkers = map[string]string{
+	"nat":     "<!-- nat pair: test/e2e/nat_failover_linux_test.go runs this block on both nodes -->",
+	"fullnat": "<!-- fullnat pair: test/e2e/nat_failover_linux_test.go runs this block on both nodes -->",
+}
 
-// readmeFullNAT is the README's full NAT pair, parsed; its backends must
-// be this network's, and its snat_address natGateway.
-func readmeFullNAT(t *testing.T, backends []string) map[string]any {
+// readmePair is the README's pair of forward, parsed. Its one service must
+// be of that forward, its backends among this network's, the backends'
+// side VIP natGateway, and with fullnat its snat_address natGateway too.
+func readmePair(t *testing.T, forward string, backends []string) map[string]any {
 	t.Helper()
 	var doc map[string]any
-	if err := yaml.Unmarshal([]byte(readmeBlock(t, readmeFullNATMarker, "```yaml")), &doc); err != nil {
-		t.Fatalf("the README's full NAT pair: %v", err)
+	if err := yaml.Unmarshal([]byte(readmeBlock(t, readmePairMarkers[forward], "```yaml")), &doc); err != nil {
+		t.Fatalf("the README's %s pair: %v", forward, err)
 	}
 	svc := doc["services"].([]any)[0].(map[string]any)
 	var got []string
 	for _, b := range svc["backends"].([]any) {
 		got = append(got, b.(map[string]any)["address"].(string))
 	}
-	if !slices.Equal(got, backends) || svc["snat_address"] != natGateway.String() || svc["forward"] != "fullnat" {
-		t.Fatalf("the README's full NAT pair has backends %v, snat_address %v, forward %v; the test's network has %v and %s",
-			got, svc["snat_address"], svc["forward"], backends, natGateway)
+	back := fmt.Sprint(doc["vrrp"].(map[string]any)["instances"].([]any)[1].(map[string]any)["virtual_ips"])
+	wantSNAT := map[string]any{"nat": nil, "fullnat": natGateway.String()}[forward]
+	if !slices.ContainsFunc(got, func(a string) bool { return !slices.Contains(backends, a) }) &&
+		svc["forward"] == forward && svc["snat_address"] == wantSNAT && back == "["+natGateway.String()+"/24]" {
+		return doc
 	}
-	return doc
+	t.Fatalf("the README's %s pair has backends %v, forward %v, snat_address %v, backends' side VIPs %s; the test's network has %v and %s",
+		forward, got, svc["forward"], svc["snat_address"], back, backends, natGateway)
+	return nil
 }
 
 // readmeNodeConfig is the README's pair as node d's file: as written, but
