@@ -156,6 +156,10 @@ func fuzzSeeds() [][]byte {
 		{"persistence: 0s", "persistence: 2562047h47m16.854775807s"},
 		{"virtual_ips: [192.0.2.100/24]", "virtual_ips: [192.0.2.100/24, 192.0.2.1/24]"},
 		{"virtual_ips: [192.0.2.100/24]", "virtual_ips: [192.0.2.100/24, 198.51.100.11/24]"},
+		{"virtual_ips: [192.0.2.100/24]", "virtual_ips: [192.0.2.100/24, {address: 198.51.100.100/24, interface: eth1}]\n" +
+			"      virtual_ips_excluded: [{address: \"2001:db8::5/64\", interface: eth1}, 192.0.2.1]\n" +
+			"      virtual_routes: [{to: 203.0.113.0/24, via: 198.51.100.254, interface: eth1, metric: 5}, {to: 0.0.0.0/0, blackhole: true, table: 100}]\n" +
+			"      virtual_rules: [{from: 198.51.100.100/32, table: 100, priority: 100, fwmark: 7}]"},
 		{"sorry_backend: \"198.51.100.99:80\"", "sorry_backend: \"192.0.2.100:80\""},
 		{"vip: 192.0.2.100\n    port: 80\n", "listen: [\"192.0.2.100:80\", \"192.0.2.101:80\"]\n"},
 		{"vip: 192.0.2.100\n    port: 80\n", "listen: [\"192.0.2.100:80\", \"[2001:db8::1]:81\"]\n"},
