@@ -6,13 +6,16 @@
 // (fsm.go), and the instance that drives it (instance.go, with what it
 // watches in fault.go, its announcements in announce.go, its defence of the
 // VIPs in conflict.go (what to do with each claim a watch reads, and when
-// to answer it), its sync group in group.go, its VMAC's name and MAC in
+// to answer it), what it holds beside the VIPs of its own interface in
+// extras.go (VIPs on other interfaces, virtual routes and rules), its
+// sync group in group.go, its VMAC's name and MAC in
 // vmac.go) take bytes, addresses and times and give back decisions. An Instance touches the host only
 // through its link (link.go): the interface and its addresses, the advert
 // sockets, the VMAC, the VIPs, the announcement frames, the changes
 // netlink reports. The *_linux.go files implement that link (raw sockets,
-// multicast membership, netlink, packet sockets that watch for claims on
-// the VIPs, nf_tables for the Accept_Mode filter), with track_linux.go
+// multicast membership, netlink for addresses, routes and rules, packet
+// sockets that watch for claims on the VIPs, nf_tables for the
+// Accept_Mode filter), with track_linux.go
 // for the trackers' files and /proc; nothing else in this package may make
 // a syscall. So tracking, the announcement schedule,
 // faults, preemption and sync groups are tested without root over a fake
@@ -34,7 +37,7 @@
 // trackers' poller, the notifier, the link's netlink watch) ends before
 // its Run returns.
 //
-// What it must never do: remove an address or a link it did not make
-// (vip_linux.go, vmac_linux.go), let a notify script hold a transition or
+// What it must never do: remove an address, a route, a rule or a link it
+// did not make (vip_linux.go, routes_linux.go, vmac_linux.go), let a notify script hold a transition or
 // a stop (notify.go), or make a system call outside the link.
 package vrrp
