@@ -63,6 +63,9 @@ type BackendStatus struct {
 	Health    string `json:"health"`
 	Confirmed bool   `json:"confirmed"`
 	LastError string `json:"last_error,omitempty"`
+	// Override is the run-time override (`halb backend drain|weight`), if
+	// any; a backend without a health check has a row only with one.
+	Override *Override `json:"override,omitempty"`
 }
 
 // observed is what `halb status` and /metrics read from the running
@@ -80,6 +83,8 @@ type observed interface {
 	// bgpState is the BGP speaker's sessions and announcements; nil
 	// without a bgp: section.
 	bgpState() *BGPStatus
+	// backendOverrides are the backends' run-time overrides.
+	backendOverrides() map[health.Key]Override
 }
 
 func (d *Daemon) servingDatapath() (string, service.Datapath) {
@@ -126,6 +131,8 @@ func (d *Daemon) bgpState() *BGPStatus {
 	return nil
 }
 
+func (d *Daemon) backendOverrides() map[health.Key]Override { return d.overrides.snapshot() }
+
 func (d *Daemon) status() Status { return statusOf(d, d.log) }
 
 // statusOf is what `halb status` shows of o.
@@ -152,6 +159,7 @@ func statusOf(o observed, log *slog.Logger) Status {
 		}
 		s.Backends = append(s.Backends, bs)
 	}
+	s.Backends = overrideStatus(s.Backends, o.backendOverrides())
 	s.BGP = o.bgpState()
 	if dp != nil {
 		s.Hooks = append(s.Hooks, dp.Hooks()...)
@@ -200,11 +208,13 @@ func listenControl(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// controlHandler answers `halb status`, `halb drain` and `halb undrain`.
+// controlHandler answers `halb status`, `halb drain`, `halb undrain` and
+// `halb backend`.
 func (d *Daemon) controlHandler() http.Handler {
 	mux := statusHandler(d, d.log)
 	mux.HandleFunc("POST /v1/bgp/drain", d.serveDrain)
 	mux.HandleFunc("POST /v1/bgp/undrain", d.serveUndrain)
+	mux.HandleFunc("POST /v1/backend/{action}", d.serveOverride)
 	return mux
 }
 

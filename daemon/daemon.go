@@ -105,9 +105,13 @@ type Daemon struct {
 	// announceDue wakes the loop to decide the BGP announcements again
 	// (a VRRP instance changed state, `halb undrain`); one pending
 	// wake-up at most.
-	announceDue  chan struct{}
-	datapathName atomic.Pointer[string]           // for the control socket's goroutines
-	datapath     atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
+	announceDue chan struct{}
+	// overrideCalls carries `halb backend` requests to the loop, which
+	// owns the config; overrides holds what they set (override.go).
+	overrideCalls chan overrideCall
+	overrides     overrides
+	datapathName  atomic.Pointer[string]           // for the control socket's goroutines
+	datapath      atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
 }
 
 // New loads the configuration at path and sets up logging to w. A bad
@@ -119,7 +123,7 @@ func New(path string, w io.Writer, host datapaths.Host) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{path: path, host: host, cfg: cfg, boot: cfg, load: config.LoadWithWarnings,
-		healthChanged: make(chan struct{}, 1), announceDue: make(chan struct{}, 1)}
+		healthChanged: make(chan struct{}, 1), announceDue: make(chan struct{}, 1), overrideCalls: make(chan overrideCall)}
 	lvl, _ := ParseLevel(cfg.Log.Level) // validated by config
 	d.level.Set(lvl)
 	d.log = NewLogger(w, cfg.Log.Format, &d.level)
@@ -307,6 +311,8 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 		case <-resync.C:
 			d.resync(ctx)
 			mem.releaseIfGrown()
+		case call := <-d.overrideCalls:
+			call.reply <- d.override(ctx, call)
 		case <-d.healthChanged:
 			if err := d.apply(ctx); err != nil {
 				d.log.Error("backend weights not fully programmed", "err", err, "retry", d.retryNote())
@@ -436,6 +442,7 @@ func (d *Daemon) reloadWith(cfg *config.Config, warnings []config.Problem, err e
 		d.vrrp.apply(cfg.VRRP)
 	}
 	d.cfg = cfg
+	d.keepOverrides(cfg)
 	d.reconfigureBGP(cfg.BGP)
 	d.log.Info("config reloaded", "file", d.path, "instances", len(cfg.VRRP.Instances), "services", len(cfg.Services))
 	d.logConfigWarnings(warnings)

@@ -120,7 +120,7 @@ func TestLogQuorum(t *testing.T) {
 		{0, ""},
 	} {
 		logs.Reset()
-		d.logQuorum(down(step.down))
+		d.logQuorum(d.cfg.Services, down(step.down))
 		got := strings.TrimSpace(logs.String())
 		if _, line, _ := strings.Cut(got, " "); line != step.want { // past the time
 			t.Errorf("%d backends down: logged %q, want %q", step.down, got, step.want)

@@ -153,10 +153,11 @@ func (d *Daemon) apply(ctx context.Context) (err error) {
 	if d.health != nil {
 		states = d.health.States()
 	}
-	d.logQuorum(states)
-	// Configured weights, with unhealthy backends drained and quorum and
-	// the sorry backend applied.
-	err = d.dp.Apply(ctx, health.Services(d.cfg.Services, states))
+	// Configured weights, with run-time overrides (override.go), unhealthy
+	// backends drained and quorum and the sorry backend applied.
+	services := weighted(d.cfg.Services, d.overrides.snapshot())
+	d.logQuorum(services, states)
+	err = d.dp.Apply(ctx, health.Services(services, states))
 	d.noteServed(err)
 	d.announce()
 	return err
@@ -193,9 +194,9 @@ func (d *Daemon) noteServed(err error) {
 // sorry backend (or are dropped) and back, which the backends' own health
 // lines do not say. A service the daemon has not seen before counts as
 // having had quorum, so one that starts below it is logged too.
-func (d *Daemon) logQuorum(states map[health.Key]health.State) {
-	lost := make(map[string]bool, len(d.cfg.Services))
-	for _, s := range d.cfg.Services {
+func (d *Daemon) logQuorum(services []config.Service, states map[health.Key]health.State) {
+	lost := make(map[string]bool, len(services))
+	for _, s := range services {
 		lost[s.Name] = health.QuorumLost(s, states)
 		if lost[s.Name] == d.quorumLost[s.Name] {
 			continue

@@ -75,6 +75,7 @@ type fixedParts struct {
 	health []health.Status
 	accept map[netip.Addr]uint64
 	bgp    *BGPStatus
+	ov     map[health.Key]Override
 }
 
 func (f fixedParts) servingDatapath() (string, service.Datapath) { return f.name, f.dp }
@@ -82,6 +83,7 @@ func (f fixedParts) instances() []vrrp.Status                    { return f.inst
 func (f fixedParts) backends() []health.Status                   { return f.health }
 func (f fixedParts) acceptDrops() map[netip.Addr]uint64          { return f.accept }
 func (f fixedParts) bgpState() *BGPStatus                        { return f.bgp }
+func (f fixedParts) backendOverrides() map[health.Key]Override   { return f.ov }
 
 type goldenCase struct {
 	name  string
@@ -109,6 +111,12 @@ func goldenCases() []goldenCase {
 		{Key: health.Key{Service: "web6", Backend: netip.MustParseAddrPort("[2001:db8::11]:443")}, Check: "tcp", State: health.Healthy},
 	}
 	accept := map[netip.Addr]uint64{netip.MustParseAddr("192.0.2.100"): 17, netip.MustParseAddr("2001:db8::100"): 0}
+	five := 5
+	ov := map[health.Key]Override{ // one drained, one reweighted, one without a health check
+		{Service: "web", Backend: netip.MustParseAddrPort("198.51.100.11:80")}:  {Drained: true, By: "uid 0 (root) pid 4242", Since: since},
+		{Service: "dns", Backend: netip.MustParseAddrPort("198.51.100.21:53")}:  {Weight: &five, By: "uid 0 (root) pid 4243", Since: since},
+		{Service: "db", Backend: netip.MustParseAddrPort("198.51.100.31:5432")}: {Drained: true, By: "uid 0 (root) pid 4244", Since: since},
+	}
 
 	xdp := func() service.Datapath { return &goldenBPF{} }
 	split := &service.Split{First: xdp(), OpenSecond: func(context.Context) (service.Datapath, error) { return goldenIPVS{}, nil }}
@@ -118,7 +126,7 @@ func goldenCases() []goldenCase {
 	}
 	return []goldenCase{
 		{"none", fixedParts{}},
-		{"xdp", fixedParts{name: "xdp", dp: xdp(), insts: insts, health: backends, accept: accept}},
+		{"xdp", fixedParts{name: "xdp", dp: xdp(), insts: insts, health: backends, accept: accept, ov: ov}},
 		{"ipvs", fixedParts{name: "ipvs", dp: goldenIPVS{}, insts: insts[:1], health: backends}},
 		{"split", fixedParts{name: "xdp", dp: split, insts: insts, health: backends, accept: accept}},
 		{"bgp", fixedParts{name: "xdp", dp: xdp(), insts: insts, health: backends, accept: accept, bgp: goldenBGP(since)}},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -30,7 +31,7 @@ withdrawn. Root only; the daemon logs who asked.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			socket = socketOf(f, socket)
 			var res daemon.DrainResult
-			if err := postControl(cmd.Context(), socket, "/v1/bgp/drain", &res); err != nil {
+			if err := postControl(cmd.Context(), socket, "/v1/bgp/drain", nil, &res); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
@@ -54,7 +55,7 @@ func newUndrainCmd(f *flags) *cobra.Command {
 		Short: "BGP: end a drain: announce again what this node serves",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := postControl(cmd.Context(), socketOf(f, socket), "/v1/bgp/undrain", nil); err != nil {
+			if err := postControl(cmd.Context(), socketOf(f, socket), "/v1/bgp/undrain", nil, nil); err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "undrained: what this node serves is announced again (halb status shows each service's announcement)")
@@ -65,13 +66,23 @@ func newUndrainCmd(f *flags) *cobra.Command {
 	return cmd
 }
 
-// postControl posts to the daemon's control socket and decodes its JSON
-// answer into out (unless nil).
-func postControl(ctx context.Context, socket, path string, out any) error {
+// postControl posts in (as JSON, unless nil) to the daemon's control
+// socket and decodes its JSON answer into out (unless nil). A request the
+// daemon finds naming something it does not have (404, 400) is an exit
+// status 2, like a bad config.
+func postControl(ctx context.Context, socket, path string, in, out any) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://halb"+path, nil)
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://halb"+path, body)
 	if err != nil {
 		return err
 	}
@@ -84,17 +95,20 @@ func postControl(ctx context.Context, socket, path string, out any) error {
 		return fmt.Errorf("no halb daemon answers on %s (is halb run going, and are you root?): %w", socket, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	answer, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return err
 	}
+	if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusBadRequest {
+		return &statusError{code: exitBadConfig, msg: "the daemon refused: " + strings.TrimSpace(string(answer))}
+	}
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("the daemon refused: %s", strings.TrimSpace(string(body)))
+		return fmt.Errorf("the daemon refused: %s", strings.TrimSpace(string(answer)))
 	}
 	if out == nil {
 		return nil
 	}
-	return json.Unmarshal(body, out)
+	return json.Unmarshal(answer, out)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -199,6 +199,7 @@ func writeStatus(w io.Writer, st daemon.Status, now time.Time) error {
 	if len(st.Backends) == 0 {
 		fmt.Fprintln(tw, "(no health-checked backends)")
 	}
+	writeOverrides(tw, st.Backends, now)
 	if len(st.Services) > 0 {
 		fmt.Fprintln(tw)
 		// CONNS: what IPVS holds now, active/inactive; the eBPF data
@@ -268,5 +269,26 @@ func writeBGP(tw io.Writer, b *daemon.BGPStatus, now time.Time) {
 	}
 	if len(b.Announcements) == 0 {
 		fmt.Fprintln(tw, "(no service has announce: always or master)")
+	}
+}
+
+// writeOverrides lists the backends' run-time overrides (`halb backend`),
+// when there are any.
+func writeOverrides(w io.Writer, backends []daemon.BackendStatus, now time.Time) {
+	header := false
+	for _, b := range backends {
+		o := b.Override
+		if o == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintf(w, "\nOVERRIDE\tSERVICE\tBACKEND\tSINCE\tBY\n")
+			header = true
+		}
+		what := "drained"
+		if !o.Drained && o.Weight != nil {
+			what = fmt.Sprintf("weight %d", *o.Weight)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s ago\t%s\n", what, b.Service, b.Backend, now.Sub(o.Since).Round(time.Second), o.By)
 	}
 }
