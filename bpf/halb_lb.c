@@ -949,7 +949,7 @@ static __always_inline int xdp_nat_send(struct xdp_md *ctx, const struct decisio
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth;
 
-	if (nat_rewrite(data, data_end, &p, op) || (op2 && nat_rewrite(data, data_end, &p, op2))) {
+	if (nat_rewrite(data, data_end, &p, op, op2)) {
 		count_drop(DROP_MALFORMED);
 		return XDP_DROP;
 	}
@@ -1229,7 +1229,7 @@ static __always_inline int tc_nat_send(struct __sk_buff *skb, const struct decis
 		return TC_ACT_SHOT;
 	}
 	if (d->icmp)
-		err = nat_rewrite(data, data_end, &p, op) || (op2 && nat_rewrite(data, data_end, &p, op2));
+		err = nat_rewrite(data, data_end, &p, op, op2);
 	else
 		err = tc_nat_rewrite(skb, d, op) || (op2 && tc_nat_rewrite(skb, d, op2));
 	if (err) {

@@ -220,13 +220,14 @@ static __always_inline __u32 nat_addr(__be32 *a, const union addr *to, __u8 fami
 	return diff;
 }
 
-/* nat_ip rewrites the destination (dst) or source address of the IP
- * header at l3 to to, and IPv4's header checksum with it. *pseudo gets
- * what that changed of the transport's pseudo-header (RFC 9293 §3.1, RFC
- * 768, RFC 8200 §8.1), *bytes what it changed of a sum over the header's
- * bytes: an ICMP error's checksum covers a quoted header. */
-static __always_inline int nat_ip(void *l3, void *data_end, __u8 family, __u8 dst,
-				  const union addr *to, __u32 *pseudo, __u32 *bytes)
+/* nat_ip rewrites the destination (op->dst) or source address of the IP
+ * header at l3 to op->to, and so does op2 (full NAT's other end; NULL:
+ * none), and IPv4's header checksum once for both. *pseudo gets what that
+ * changed of the transport's pseudo-header (RFC 9293 §3.1, RFC 768, RFC
+ * 8200 §8.1), *bytes what it changed of a sum over the header's bytes:
+ * an ICMP error's checksum covers a quoted header. */
+static __always_inline int nat_ip(void *l3, void *data_end, __u8 family, const struct nat_op *op,
+				  const struct nat_op *op2, __u32 *pseudo, __u32 *bytes)
 {
 	if (family == FAMILY_IPV4) {
 		struct iphdr *ip = l3;
@@ -234,40 +235,58 @@ static __always_inline int nat_ip(void *l3, void *data_end, __u8 family, __u8 ds
 
 		if ((void *)(ip + 1) > data_end)
 			return -1;
-		*pseudo = nat_addr(dst ? &ip->daddr : &ip->saddr, to, family);
+		*pseudo = nat_addr(op->dst ? &ip->daddr : &ip->saddr, op->to, family);
+		if (op2)
+			*pseudo += nat_addr(op2->dst ? &ip->daddr : &ip->saddr, op2->to, family);
 		old = ip->check;
 		ip->check = csum_update(old, *pseudo);
 		*bytes += *pseudo + csum_diff16(old, ip->check);
 		return 0;
 	}
 	struct ipv6hdr *ip6 = l3;
+	__be32 *daddr = ip6->daddr.in6_u.u6_addr32, *saddr = ip6->saddr.in6_u.u6_addr32;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return -1;
-	*pseudo = nat_addr(dst ? ip6->daddr.in6_u.u6_addr32 : ip6->saddr.in6_u.u6_addr32, to, family);
+	*pseudo = nat_addr(op->dst ? daddr : saddr, op->to, family);
+	if (op2)
+		*pseudo += nat_addr(op2->dst ? daddr : saddr, op2->to, family);
 	*bytes += *pseudo;
 	return 0;
 }
 
-/* nat_l4 rewrites the destination (dst) or source port of the TCP or UDP
- * header at l4 to port, and its checksum by the port and pseudo, the
- * pseudo-header's change; *bytes gets what that changed of a sum over the
- * header. avail is how much of the header there is: an ICMP error may
- * quote only 8 bytes of it, and a TCP checksum out of the quote stays as
- * it is (Linux's NAT does alike). UDP over IPv4 without a checksum (0)
- * keeps none (RFC 768), and a computed 0 goes as all ones. */
-static __always_inline int nat_l4(void *l4, void *data_end, __u8 proto, __u8 dst, __u16 port,
-				  __u32 pseudo, __u32 avail, __u32 *bytes)
+/* nat_port writes port over the destination (dst) or source port of
+ * ports, a TCP or UDP header's first two fields, and returns what that
+ * changed of a sum over them. */
+static __always_inline __u32 nat_port(__be16 *ports, __u8 dst, __u16 port)
 {
-	__be16 *ports = l4, *p, to = bpf_htons(port);
+	__be16 *p = dst ? &ports[1] : &ports[0], to = bpf_htons(port);
+	__u32 diff = csum_diff16(*p, to);
+
+	*p = to;
+	return diff;
+}
+
+/* nat_l4 rewrites the destination (op->dst) or source port of the TCP or
+ * UDP header at l4 to op->port, and so does op2 (NULL: none), and its
+ * checksum once by the ports and pseudo, the pseudo-header's change;
+ * *bytes gets what that changed of a sum over the header. avail is how
+ * much of the header there is: an ICMP error may quote only 8 bytes of
+ * it, and a TCP checksum out of the quote stays as it is (Linux's NAT
+ * does alike). UDP over IPv4 without a checksum (0) keeps none (RFC 768),
+ * and a computed 0 goes as all ones. */
+static __always_inline int nat_l4(void *l4, void *data_end, __u8 proto, const struct nat_op *op,
+				  const struct nat_op *op2, __u32 pseudo, __u32 avail, __u32 *bytes)
+{
+	__be16 *ports = l4;
 	__sum16 *check, old;
 	__u32 diff;
 
 	if ((void *)(ports + 2) > data_end)
 		return -1;
-	p = dst ? &ports[1] : &ports[0];
-	diff = csum_diff16(*p, to);
-	*p = to;
+	diff = nat_port(ports, op->dst, op->port);
+	if (op2)
+		diff += nat_port(ports, op2->dst, op2->port);
 	*bytes += diff;
 	if (proto == IPPROTO_UDP) {
 		struct udphdr *uh = l4;
@@ -309,6 +328,8 @@ static __always_inline int nat_icmp(void *l3, void *l4, void *data_end, const st
 	struct icmp_err *icmp = l4;
 	void *inner = icmp + 1;
 	int outer_too = op->dst;
+	/* The quote went the other way. */
+	struct nat_op quote = { .to = op->to, .port = op->port, .dst = !op->dst };
 
 	if ((void *)inner + hdr > data_end)
 		return -1;
@@ -332,15 +353,15 @@ static __always_inline int nat_icmp(void *l3, void *l4, void *data_end, const st
 			outer_too = a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 		}
 	}
-	if (outer_too && nat_ip(l3, data_end, p->family, op->dst, op->to, &pseudo, &outer))
+	if (outer_too && nat_ip(l3, data_end, p->family, op, NULL, &pseudo, &outer))
 		return -1;
 	if (p->family == FAMILY_IPV4)
 		pseudo = 0; /* ICMP, unlike ICMPv6, has no pseudo-header */
-	if (nat_ip(inner, data_end, p->family, !op->dst, op->to, &quoted, &bytes))
+	if (nat_ip(inner, data_end, p->family, &quote, NULL, &quoted, &bytes))
 		return -1;
 	/* How much of the quoted transport header the error holds. */
 	head = (p->l4_off - p->l3_off) + sizeof(*icmp) + hdr;
-	if (nat_l4(inner + hdr, data_end, p->proto, !op->dst, op->port, quoted,
+	if (nat_l4(inner + hdr, data_end, p->proto, &quote, NULL, quoted,
 		   p->ip_len > head ? p->ip_len - head : 0, &bytes))
 		return -1;
 	if ((void *)(icmp + 1) > data_end)
@@ -350,29 +371,34 @@ static __always_inline int nat_icmp(void *l3, void *l4, void *data_end, const st
 }
 
 /* nat_rewrite translates the packet p in the frame from data to data_end
- * as op says. It returns -1 when a header is not where the parser found
- * it, which does not happen; the frame may be half rewritten then. */
+ * as op says, and op2 (full NAT's other end; NULL: none). A TCP or UDP
+ * packet takes both in one pass, each checksum updated once by the sum of
+ * their changes; an ICMP error, one after the other. It returns -1 when a
+ * header is not where the parser found it, which does not happen; the
+ * frame may be half rewritten then. */
 static __always_inline int nat_rewrite(void *data, void *data_end, const struct nat_pkt *p,
-				       const struct nat_op *op)
+				       const struct nat_op *op, const struct nat_op *op2)
 {
-	__u32 pseudo = 0, bytes = 0, l3_off = p->l3_off, l4_off = p->l4_off;
+	__u64 l3_off = p->l3_off, l4_off = p->l4_off;
+	__u32 pseudo = 0, bytes = 0;
 	void *l3, *l4;
 
 	/* Ethernet and one VLAN tag; an IPv4 header with the longest
-	 * options. The bounds are for the verifier, and the empty asm keeps
-	 * them on the registers the offsets are added from: without it,
-	 * clang may read p's fields again after the check, and the verifier
-	 * would not know those bounded. */
+	 * options. The bounds are for the verifier, and the empty asm makes
+	 * the offsets values of their own, which the check bounds and the
+	 * pointers are made from: without it, clang may take p's fields
+	 * again after the check, and the verifier would not know those
+	 * bounded. */
+	asm volatile("" : "+r"(l3_off), "+r"(l4_off));
 	if (l3_off > ETH_HLEN + sizeof(struct vlan_hdr) || l4_off > l3_off + 60)
 		return -1;
-	asm volatile("" : "+r"(l3_off), "+r"(l4_off));
 	l3 = data + l3_off;
 	l4 = data + l4_off;
 	if (p->icmp)
-		return nat_icmp(l3, l4, data_end, p, op);
-	if (nat_ip(l3, data_end, p->family, op->dst, op->to, &pseudo, &bytes))
+		return nat_icmp(l3, l4, data_end, p, op) || (op2 && nat_icmp(l3, l4, data_end, p, op2));
+	if (nat_ip(l3, data_end, p->family, op, op2, &pseudo, &bytes))
 		return -1;
-	return nat_l4(l4, data_end, p->proto, op->dst, op->port, pseudo, 0xffff, &bytes);
+	return nat_l4(l4, data_end, p->proto, op, op2, pseudo, 0xffff, &bytes);
 }
 
 #endif /* HALB_NAT_H */
