@@ -83,6 +83,7 @@ func newRoot() *cobra.Command {
 	_ = f.v.BindPFlag("config", root.PersistentFlags().Lookup("config"))
 	_ = f.v.BindEnv("config", config.EnvPrefix+"_CONFIG")
 	root.AddCommand(newRunCmd(f), newCheckCmd(f), newProbeCmd(f), newStatusCmd(f), newDrainCmd(f), newUndrainCmd(f), newBackendCmd(f), newImportCmd(), newVersionCmd())
+	withVersionFlag(root)
 	for _, c := range tagged {
 		root.AddCommand(c())
 	}

@@ -20,9 +20,21 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print version, commit, Go version and target",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintf(cmd.OutOrStdout(), "halb %s\ncommit  %s\ngo      %s\ntarget  %s\n", version, commit, runtime.Version(), target())
+			fmt.Fprint(cmd.OutOrStdout(), versionText())
 		},
 	}
+}
+
+// versionText is what `halb version` and `halb --version` print: the
+// same four lines, so that a script may use either.
+func versionText() string {
+	return fmt.Sprintf("halb %s\ncommit  %s\ngo      %s\ntarget  %s\n", version, commit, runtime.Version(), target())
+}
+
+// withVersionFlag gives root a --version flag that prints versionText.
+func withVersionFlag(root *cobra.Command) {
+	root.Version = version
+	root.SetVersionTemplate(versionText())
 }
 
 // target names the platform the binary was built for, with the ARM
