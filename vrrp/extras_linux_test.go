@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/netnstest"
 )
 
 // Two halb nodes on lan0 that also share lan1, as keepalived users with
@@ -312,4 +315,85 @@ func readConfigWithout(t *testing.T, path string) string {
 		t.Fatal("no virtual_routes in the config")
 	}
 	return s
+}
+
+// extrasKeepalivedConfig is keepalived's side of the pair: the same
+// virtual router, with its VIP on lan1 (`dev`) and a route through lan1.
+const extrasKeepalivedConfig = `global_defs {
+	router_id halb-extras
+	vrrp_garp_master_delay 1
+	vrrp_garp_master_repeat 1
+}
+
+vrrp_instance VI_X {
+	state BACKUP
+	interface lan0
+	virtual_router_id 52
+	version 3
+	priority 100
+	advert_int 0.1
+	virtual_ipaddress {
+		192.0.2.100/24
+		198.51.100.100/24 dev lan1
+	}
+	virtual_routes {
+		203.0.113.0/24 via 198.51.100.254 dev lan1
+	}
+}
+`
+
+// routeTo reports whether the main table has a route to dst, whoever
+// made it.
+func routeTo(t *testing.T, h *netlink.Handle, dst string) bool {
+	t.Helper()
+	list, err := h.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range list {
+		if r.Dst != nil && r.Dst.String() == dst {
+			return true
+		}
+	}
+	return false
+}
+
+// waitKeepalivedHolds waits until keepalived's node holds its lan1 VIP
+// and route, or holds neither.
+func waitKeepalivedHolds(t *testing.T, h *netlink.Handle, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitExtras)
+	for time.Now().Before(deadline) {
+		if heldBy(t, h).vip == want && routeTo(t, h, "203.0.113.0/24") == want {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("keepalived's lan1 VIP and route present = %v after %v, want %v", !want, waitExtras, want)
+}
+
+// halb and keepalived, each with a VIP on lan1 and a route through it,
+// hand both over to each other: halb pre-empts keepalived, and takes
+// everything off when it stops, so that keepalived holds them again.
+func TestExtrasKeepalivedInterop(t *testing.T) {
+	if _, err := exec.LookPath("keepalived"); err != nil {
+		netnstest.SkipOrFail(t, "keepalived not installed (apt-get install -y keepalived): %v", err)
+	}
+	l := newLAN(t, false)
+	l.connectSecond(t)
+	k := newKeepalived(t, "keepalived", l.ns[1], extrasKeepalivedConfig)
+	a := newNode(t, "a", l.ns[0], extrasNodeConfig(150, true))
+
+	k.start(t)
+	waitKeepalivedHolds(t, l.h[1], true)
+	a.start(t)
+	took := waitHeld(t, l.h[0], "halb pre-empting keepalived", allHeld)
+	waitKeepalivedHolds(t, l.h[1], false)
+	t.Logf("halb (150) took the lan1 VIP and the routes from keepalived (100) after %v", took.Round(time.Millisecond))
+
+	a.stop(syscall.SIGTERM)
+	if got := heldBy(t, l.h[0]); got != noneHeld {
+		t.Errorf("halb after its SIGTERM holds %+v, want nothing", got)
+	}
+	waitKeepalivedHolds(t, l.h[1], true)
 }
