@@ -112,6 +112,7 @@ type Daemon struct {
 	overrides     overrides
 	datapathName  atomic.Pointer[string]           // for the control socket's goroutines
 	datapath      atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
+	reloaded      lastReload                       // for /metrics
 }
 
 // New loads the configuration at path and sets up logging to w. A bad
@@ -128,6 +129,7 @@ func New(path string, w io.Writer, host datapaths.Host) (*Daemon, error) {
 	d.level.Set(lvl)
 	d.log = NewLogger(w, cfg.Log.Format, &d.level)
 	d.logConfigWarnings(warnings)
+	d.reloaded.record(true, time.Now())
 	return d, nil
 }
 
@@ -229,6 +231,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 	if err := d.health.Update(d.cfg.Services); err != nil {
 		return fmt.Errorf("health checks: %w", err)
 	}
+	primeCheckLatency(latency, d.cfg.Services)
 
 	// A data path this start made goes again if the start fails (one an
 	// earlier halb left, which this one adopted, stays as it forwards);
@@ -413,6 +416,13 @@ func (d *Daemon) Reload() error {
 // reloadWith takes a configuration read off the loop, or logs why it was
 // refused; the caller programs the data path.
 func (d *Daemon) reloadWith(cfg *config.Config, warnings []config.Problem, err error) error {
+	err = d.applyConfig(cfg, warnings, err)
+	d.reloaded.record(err == nil, time.Now())
+	return err
+}
+
+// applyConfig is reloadWith's work; the caller records its outcome.
+func (d *Daemon) applyConfig(cfg *config.Config, warnings []config.Problem, err error) error {
 	if err != nil {
 		var cerr *config.Error
 		if errors.As(err, &cerr) {

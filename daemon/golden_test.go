@@ -53,7 +53,10 @@ func scrape(t *testing.T, o observed) []byte {
 		latency.WithLabelValues(l.service, l.check).Observe(l.seconds)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{o}, latency)
+	reload := &lastReload{}
+	reload.record(true, time.Date(2026, 12, 6, 15, 0, 0, 500e6, time.UTC))
+	reload.record(false, time.Date(2026, 12, 6, 16, 30, 0, 0, time.UTC))
+	reg.MustRegister(collector{o}, selfCollector{BuildInfo{"1.2.3", "0123abc", "go1.26.0"}, reload}, latency)
 	rec := httptest.NewRecorder()
 	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	if rec.Code != http.StatusOK {

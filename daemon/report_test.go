@@ -81,8 +81,13 @@ halb_datapath_active_connections{backend="198.51.100.2:80",service="web",state="
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "halb_datapath_active_connections"); err != nil {
 		t.Error(err)
 	}
-	if n, err := testutil.GatherAndCount(reg, "halb_datapath_new_flows_total"); err != nil || n != 3 {
-		t.Errorf("halb_datapath_new_flows_total: %d series (%v), want the service and its two backends", n, err)
+	// The service's total is a family of its own: sum by (service) of
+	// the backends' counts each flow once.
+	if n, err := testutil.GatherAndCount(reg, "halb_datapath_new_flows_total"); err != nil || n != 2 {
+		t.Errorf("halb_datapath_new_flows_total: %d series (%v), want the two backends'", n, err)
+	}
+	if n, err := testutil.GatherAndCount(reg, "halb_datapath_service_new_flows_total"); err != nil || n != 1 {
+		t.Errorf("halb_datapath_service_new_flows_total: %d series (%v), want the service's", n, err)
 	}
 
 	// The eBPF data path does not count open connections: no such series,
@@ -126,16 +131,18 @@ func TestStatusAndMetricsOfAGroup(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector{d})
 	want := `
-# HELP halb_datapath_new_flows_total New flows (IPVS: connections) scheduled.
+# HELP halb_datapath_new_flows_total New flows (IPVS: connections) scheduled to a backend.
 # TYPE halb_datapath_new_flows_total counter
-halb_datapath_new_flows_total{backend="",service="web"} 7
 halb_datapath_new_flows_total{backend="198.51.100.1:80",service="web"} 7
+# HELP halb_datapath_service_new_flows_total New flows (IPVS: connections) to a service.
+# TYPE halb_datapath_service_new_flows_total counter
+halb_datapath_service_new_flows_total{service="web"} 7
 # HELP halb_datapath_active_connections Connections IPVS holds for a backend now, by state (active, inactive).
 # TYPE halb_datapath_active_connections gauge
 halb_datapath_active_connections{backend="198.51.100.1:80",service="web",state="active"} 7
 halb_datapath_active_connections{backend="198.51.100.1:80",service="web",state="inactive"} 0
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "halb_datapath_new_flows_total", "halb_datapath_active_connections"); err != nil {
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "halb_datapath_new_flows_total", "halb_datapath_service_new_flows_total", "halb_datapath_active_connections"); err != nil {
 		t.Error(err)
 	}
 }

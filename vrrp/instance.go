@@ -507,20 +507,34 @@ func (r *receiveRules) accept(payload []byte, src, dst netip.Addr, ttl int) (*Ad
 
 // dropReason names an error for counters and logs.
 func dropReason(err error) string {
-	for _, r := range []struct {
-		err  error
-		name string
-	}{
-		{ErrTTL, "ttl"}, {ErrOtherVRID, "other_vrid"}, {ErrWrongVersion, "version"}, {ErrAuth, "auth"},
-		{ErrIntervalMismatch, "interval"}, {ErrNotPeer, "not_peer"}, {ErrTruncated, "truncated"},
-		{ErrVersion, "version"}, {ErrType, "type"}, {ErrFamily, "family"}, {ErrLength, "length"},
-		{ErrChecksum, "checksum"}, {ErrInterval, "interval"},
-	} {
+	for _, r := range dropReasons {
 		if errors.Is(err, r.err) {
 			return r.name
 		}
 	}
 	return "other"
+}
+
+// dropReasons name, in Status.Drops, why an advert was dropped.
+var dropReasons = []struct {
+	err  error
+	name string
+}{
+	{ErrTTL, "ttl"}, {ErrOtherVRID, "other_vrid"}, {ErrWrongVersion, "version"}, {ErrAuth, "auth"},
+	{ErrIntervalMismatch, "interval"}, {ErrNotPeer, "not_peer"}, {ErrTruncated, "truncated"},
+	{ErrVersion, "version"}, {ErrType, "type"}, {ErrFamily, "family"}, {ErrLength, "length"},
+	{ErrChecksum, "checksum"}, {ErrInterval, "interval"},
+}
+
+// DropReasons are every reason Status.Drops can hold, sorted, so that a
+// scrape has a zero for each before the first drop.
+func DropReasons() []string {
+	names := []string{"other"}
+	for _, r := range dropReasons {
+		names = append(names, r.name)
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 // apply carries out the machine's actions in order.

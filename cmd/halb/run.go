@@ -24,6 +24,7 @@ func newRunCmd(f *flags) *cobra.Command {
 				return err
 			}
 			d.Cleanup = cleanup
+			daemon.Build.Version, daemon.Build.Commit = version, commit
 			// A channel each: Go drops a signal whose channel is full, so
 			// SIGHUPs coalesce in theirs (one pending reload at most) and
 			// can never crowd out a SIGTERM.

@@ -228,9 +228,9 @@ services:
 	body := scrape(t, ns, metrics)
 	for _, want := range []string{
 		`halb_backend_healthy{backend="198.51.100.11:80",service="web"} 0`,
-		`halb_datapath_new_flows_total{backend="",service="web"} 0`,
+		`halb_datapath_service_new_flows_total{service="web"} 0`,
 		`halb_datapath_packets_total{backend="198.51.100.12:80",service="web"} 0`,
-		`halb_datapath_bytes_total{backend="",service="web"} 0`,
+		`halb_datapath_service_bytes_total{service="web"} 0`,
 		`halb_datapath_bytes_total{backend="198.51.100.11:80",service="web"} 0`,
 		// Every reason has a sample, zero until a drop.
 		`halb_datapath_drops_total{reason="no-backend"} `,

@@ -85,7 +85,7 @@ vrrp:
 // control.metrics serves Prometheus metrics: VRRP state, adverts, backend
 // health, data-path counters. VI_D's link leads to a peer that sends it
 // one advert it takes and one it drops, so that the adverts received and
-// dropped have samples (the dropped family has none until a drop).
+// dropped count.
 func TestMetrics(t *testing.T) {
 	addr := halbtest.FreeAddr(t)
 	dir := t.TempDir()
@@ -112,6 +112,8 @@ vrrp:
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The drop counters are there from the start, at zero.
+	const ttlDropsNone = `halb_vrrp_adverts_dropped_total{instance="VI_D",interface="eth0",reason="ttl",vrid="10"} 0` + "\n"
 	var body string
 	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(100 * time.Millisecond) {
 		// TTL 255 is taken; TTL 1 is what a router would have left of
@@ -119,30 +121,33 @@ vrrp:
 		sendAdvert(t, peer, advert, 255)
 		sendAdvert(t, peer, advert, 1)
 		body = scrape(t, ns, addr)
-		if strings.Contains(body, `halb_vrrp_state{instance="VI_M",state="FAULT"} 1`) &&
-			!strings.Contains(body, `halb_vrrp_adverts_received_total{instance="VI_D"} 0`) &&
-			strings.Contains(body, `halb_vrrp_adverts_dropped_total{instance="VI_D",reason="ttl"}`) {
+		if strings.Contains(body, `halb_vrrp_state{instance="VI_M",interface="lan9",state="FAULT",vrid="9"} 1`) &&
+			!strings.Contains(body, `halb_vrrp_adverts_received_total{instance="VI_D",interface="eth0",vrid="10"} 0`) &&
+			!strings.Contains(body, ttlDropsNone) {
 			break
 		}
 	}
 	for _, want := range []string{
-		`halb_vrrp_state{instance="VI_M",state="FAULT"} 1`,
-		`halb_vrrp_state{instance="VI_M",state="MASTER"} 0`,
-		`halb_vrrp_transitions_total{instance="VI_M"} 1`,
-		`halb_vrrp_priority{instance="VI_M"} 100`,
-		`halb_vrrp_adverts_sent_total{instance="VI_M"} 0`,
-		`halb_vrrp_adverts_received_total{instance="VI_M"} 0`,
-		`halb_vrrp_state{instance="VI_D",state="BACKUP"} 1`,
-		`halb_vrrp_adverts_received_total{instance="VI_D"} `,
-		`halb_vrrp_adverts_dropped_total{instance="VI_D",reason="ttl"} `,
+		`halb_vrrp_state{instance="VI_M",interface="lan9",state="FAULT",vrid="9"} 1`,
+		`halb_vrrp_state{instance="VI_M",interface="lan9",state="MASTER",vrid="9"} 0`,
+		`halb_vrrp_transitions_total{instance="VI_M",interface="lan9",vrid="9"} 1`,
+		`halb_vrrp_priority{instance="VI_M",interface="lan9",vrid="9"} 100`,
+		`halb_vrrp_adverts_sent_total{instance="VI_M",interface="lan9",vrid="9"} 0`,
+		`halb_vrrp_adverts_received_total{instance="VI_M",interface="lan9",vrid="9"} 0`,
+		`halb_vrrp_state{instance="VI_D",interface="eth0",state="BACKUP",vrid="10"} 1`,
+		`halb_vrrp_adverts_received_total{instance="VI_D",interface="eth0",vrid="10"} `,
+		`halb_vrrp_adverts_dropped_total{instance="VI_D",interface="eth0",reason="ttl",vrid="10"} `,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
-	if strings.Contains(body, `halb_vrrp_adverts_received_total{instance="VI_D"} 0`) {
+	if strings.Contains(body, `halb_vrrp_adverts_received_total{instance="VI_D",interface="eth0",vrid="10"} 0`) {
 		t.Errorf("VI_D received none of the peer's adverts")
+	}
+	if strings.Contains(body, ttlDropsNone) {
+		t.Errorf("VI_D dropped none of the peer's TTL 1 adverts")
 	}
 	for _, line := range strings.Split(body, "\n") {
 		if strings.HasPrefix(line, "halb_vrrp_adverts_") && strings.Contains(line, "VI_D") {
