@@ -122,6 +122,8 @@ type Machine struct {
 	// held keeps a backup from becoming master: another member of its
 	// sync group is in Fault.
 	held bool
+	// release is `halb vrrp release` (release.go).
+	release releaseState
 }
 
 // NewMachine returns a machine in Initialize.
@@ -157,7 +159,7 @@ func (m *Machine) MasterDownInterval() time.Duration {
 func (m *Machine) Deadline() time.Time {
 	switch m.state {
 	case Backup:
-		return m.masterDown
+		return m.release.earlier(m.masterDown)
 	case Master:
 		return m.adver
 	}
@@ -196,10 +198,13 @@ func (m *Machine) Shutdown(now time.Time) []Action {
 
 // Tick fires the timers that have expired by now.
 func (m *Machine) Tick(now time.Time) []Action {
+	if acts, ok := m.releaseTick(now); ok {
+		return acts
+	}
 	switch m.state {
 	case Backup:
 		if !m.masterDown.IsZero() && !now.Before(m.masterDown) {
-			if m.held {
+			if m.held || m.release.on {
 				m.masterDown = now.Add(m.MasterDownInterval())
 				return nil
 			}
@@ -216,6 +221,7 @@ func (m *Machine) Tick(now time.Time) []Action {
 
 // Receive handles an advert that passed the receive checks.
 func (m *Machine) Receive(now time.Time, r Received) []Action {
+	m.heard(now, r)
 	switch m.state {
 	case Backup:
 		return m.backupReceive(now, r)
@@ -232,7 +238,7 @@ func (m *Machine) backupReceive(now time.Time, r Received) []Action {
 		m.masterDown = now.Add(m.SkewTime())
 		return nil
 	}
-	if m.p.Preempt && r.Priority < m.p.Priority {
+	if m.p.Preempt && r.Priority < m.p.Priority && !m.release.on {
 		if m.p.PreemptDelay <= 0 {
 			return nil // discard: the master down timer will make us Master
 		}
@@ -325,7 +331,7 @@ func (m *Machine) Release() { m.held = false }
 // nothing holds it back, Backup only from Master.
 func (m *Machine) Follow(now time.Time, to State, why string) []Action {
 	switch {
-	case to == Master && m.state == Backup && !m.held && len(m.faults) == 0:
+	case to == Master && m.state == Backup && !m.held && !m.release.on && len(m.faults) == 0:
 		return m.becomeMaster(now, why)
 	case to == Backup && m.state == Master:
 		return m.becomeBackup(now, why)

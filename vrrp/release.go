@@ -1,0 +1,92 @@
+package vrrp
+
+import (
+	"errors"
+	"time"
+)
+
+// ErrNoPeer refuses `halb vrrp release` on a Backup that has heard no
+// master within three advert intervals: with nobody to take the VIP, it
+// would go nowhere.
+var ErrNoPeer = errors.New("no peer heard within three advert intervals: the VIP would go nowhere (--force releases anyway)")
+
+// ReleaseUndone starts the reason of the transition by which a Master
+// takes its VIPs back when no peer took over after a release.
+const ReleaseUndone = "release undone"
+
+// releaseState is an operator's `halb vrrp release`: the machine holds
+// Backup, whatever its priority and preempt, until Resume.
+type releaseState struct {
+	on bool
+	// lastPeer is when another router's advert (priority above 0) was
+	// last heard.
+	lastPeer time.Time
+	// trial, when set, is when a released Master that has heard no peer
+	// since takes its VIPs back (without --force).
+	trial time.Time
+}
+
+// earlier is the sooner of t and the trial's end.
+func (r releaseState) earlier(t time.Time) time.Time {
+	if r.trial.IsZero() || (!t.IsZero() && t.Before(r.trial)) {
+		return t
+	}
+	return r.trial
+}
+
+// Released reports whether `halb vrrp release` holds the machine in
+// Backup.
+func (m *Machine) Released() bool { return m.release.on }
+
+// ReleaseMastership hands mastership away: a Master says priority 0 (the
+// best backup takes over after its skew time), gives its VIPs up and
+// holds Backup until Resume; a Backup just holds. Backups are silent in
+// VRRP, so a Master cannot know beforehand that one listens: without
+// force it waits three advert intervals for a new master's advert and,
+// when none comes, takes its VIPs back (a transition whose reason starts
+// with ReleaseUndone). A Backup that has heard no master within three
+// intervals is refused without force (ErrNoPeer).
+func (m *Machine) ReleaseMastership(now time.Time, force bool) ([]Action, error) {
+	if m.release.on {
+		return nil, nil
+	}
+	if m.state == Backup && !force && now.Sub(m.release.lastPeer) > 3*m.masterAdverInterval {
+		return nil, ErrNoPeer
+	}
+	m.release.on = true
+	if m.state != Master {
+		return nil, nil
+	}
+	if !force {
+		m.release.trial = now.Add(3 * m.p.AdvertInterval)
+	}
+	acts := []Action{{Kind: SendAdvert, Priority: PriorityStop}}
+	return append(acts, m.becomeBackup(now, "released by the operator")...), nil
+}
+
+// Resume ends a release: the machine takes part again, and with preempt
+// a higher priority takes the VIPs back by the usual rules (the master
+// down timer, as the weaker master's adverts are discarded).
+func (m *Machine) Resume(now time.Time) []Action {
+	m.release.on, m.release.trial = false, time.Time{}
+	return nil
+}
+
+// heard notes another router's advert: a peer that would take the VIPs.
+func (m *Machine) heard(now time.Time, r Received) {
+	if r.Priority == PriorityStop {
+		return
+	}
+	m.release.lastPeer = now
+	m.release.trial = time.Time{} // someone took over
+}
+
+// releaseTick ends a release's trial that no peer answered: the machine
+// takes its VIPs back. ok says whether it did.
+func (m *Machine) releaseTick(now time.Time) ([]Action, bool) {
+	if m.release.trial.IsZero() || now.Before(m.release.trial) || m.state != Backup {
+		return nil, false
+	}
+	m.release.on, m.release.trial = false, time.Time{}
+	return m.becomeMaster(now, ReleaseUndone+": no peer took over within three advert intervals"), true
+}

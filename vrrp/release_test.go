@@ -1,0 +1,107 @@
+package vrrp
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func release(d time.Duration, force bool, wantErr error) func(*Machine) []Action {
+	return func(m *Machine) []Action {
+		acts, err := m.ReleaseMastership(at(d), force)
+		if !errors.Is(err, wantErr) {
+			panic("release: " + errString(err) + ", want " + errString(wantErr))
+		}
+		return acts
+	}
+}
+
+func resume(d time.Duration) func(*Machine) []Action {
+	return func(m *Machine) []Action { return m.Resume(at(d)) }
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "no error"
+	}
+	return err.Error()
+}
+
+// `halb vrrp release` and `resume` as the machine sees them: priority 0
+// and Backup held until resume, refused on a Backup that heard nobody,
+// undone on a Master no peer answered, and with preempt the VIPs come
+// back after resume.
+func TestRelease(t *testing.T) {
+	v3 := Params{Version: 3, Priority: 100, AdvertInterval: sec, Preempt: true, Primary: self}
+	master := func() []step { // master at down100, as in TestMachine
+		return []step{{do: start(0), skipCheck: true}, {do: tick(down100), skipCheck: true}}
+	}
+	const m0 = down100 // when it became Master
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"a master says priority 0, holds backup and stays there while the peer advertises", append(master(),
+			step{do: release(m0+sec, false, nil), actions: "send advert priority 0; give up; MASTER -> BACKUP (released by the operator)", state: Backup, deadline: m0 + 4*sec /* the trial: three intervals */},
+			step{do: recv(m0+sec+skew100, 50, sec, lower), actions: "", state: Backup, deadline: m0 + sec + skew100 + down100},
+			// A weaker master, preempt on: released, the machine follows it.
+			step{do: tick(m0 + sec + skew100 + down100), actions: "", state: Backup, deadline: m0 + sec + skew100 + 2*down100},
+		)},
+		{"resume with preempt takes the VIPs back from the weaker master", append(master(),
+			step{do: release(m0+sec, false, nil), skipCheck: true},
+			step{do: recv(m0+2*sec, 50, sec, lower), skipCheck: true},
+			step{do: resume(m0 + 3*sec), actions: "", state: Backup, deadline: m0 + 2*sec + down100},
+			step{do: recv(m0+4*sec, 50, sec, lower), actions: "", state: Backup, deadline: m0 + 2*sec + down100}, // discarded: preempt
+			step{do: tick(m0 + 2*sec + down100), actions: "send advert priority 100; take over; BACKUP -> MASTER (master down timer)", state: Master, deadline: m0 + 3*sec + down100},
+		)},
+		{"no peer takes over: the master takes its VIPs back after three intervals", append(master(),
+			step{do: release(m0+sec, false, nil), skipCheck: true},
+			step{do: tick(m0 + 4*sec - ms), actions: "", state: Backup, deadline: m0 + 4*sec},
+			step{do: tick(m0 + 4*sec), actions: "send advert priority 100; take over; BACKUP -> MASTER (release undone: no peer took over within three advert intervals)", state: Master, deadline: m0 + 5*sec},
+		)},
+		{"--force: released even when no peer answers", append(master(),
+			step{do: release(m0+sec, true, nil), actions: "send advert priority 0; give up; MASTER -> BACKUP (released by the operator)", state: Backup, deadline: m0 + sec + down100},
+			step{do: tick(m0 + sec + down100), actions: "", state: Backup, deadline: m0 + sec + 2*down100},
+		)},
+		{"a backup that heard no master is refused without --force", []step{
+			{do: start(0), skipCheck: true},
+			{do: release(sec, false, ErrNoPeer), actions: "", state: Backup, deadline: down100},
+			{do: release(sec, true, nil), actions: "", state: Backup, deadline: down100},
+			{do: tick(down100), actions: "", state: Backup, deadline: 2 * down100},
+		}},
+		{"a backup that hears its master holds, and does not pre-empt a weaker one", []step{
+			{do: start(0), skipCheck: true},
+			{do: recv(sec, 200, sec, upper), skipCheck: true},
+			{do: release(2*sec, false, nil), actions: "", state: Backup, deadline: sec + down100},
+			{do: recv(3*sec, 50, sec, upper), actions: "", state: Backup, deadline: 3*sec + down100},
+			{do: recv(4*sec, 0, sec, upper), actions: "", state: Backup, deadline: 4*sec + skew100},
+			{do: tick(4*sec + skew100), actions: "", state: Backup, deadline: 4*sec + skew100 + down100},
+		}},
+		{"a released member does not follow its sync group to Master", []step{
+			{do: start(0), skipCheck: true},
+			{do: recv(sec, 200, sec, upper), skipCheck: true},
+			{do: release(2*sec, false, nil), skipCheck: true},
+			{do: func(m *Machine) []Action { return m.Follow(at(3*sec), Master, "group") }, actions: "", state: Backup, deadline: sec + down100},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := NewMachine(v3)
+			for i, s := range tt.steps {
+				got := joinActions(s.do(m))
+				if s.skipCheck {
+					continue
+				}
+				if got != s.actions {
+					t.Errorf("step %d: actions\n got %q\nwant %q", i, got, s.actions)
+				}
+				if m.State() != s.state {
+					t.Errorf("step %d: state %s, want %s", i, m.State(), s.state)
+				}
+				if !m.Deadline().Equal(at(s.deadline)) {
+					t.Errorf("step %d: deadline %v, want %v", i, m.Deadline().Sub(t0), s.deadline)
+				}
+			}
+		})
+	}
+}
