@@ -176,8 +176,8 @@ struct {
  * reply_flow), so that a reply takes one lookup in place of two: the
  * translation (halb_nat_replies, or halb_fnat for full NAT) and the next
  * hop toward its client (halb_reply_hops), each a hash lookup. With the
- * two, a reply cost 25 ns more than the DR hit with its one, a full NAT
- * reply 30; with this one, 4 and 11 (BenchmarkXDP nat-reply and
+ * two, a reply cost 23 ns more than the DR hit with its one, a full NAT
+ * reply 27; with this one, 2 and 3 (BenchmarkXDP nat-reply and
  * fullnat-reply, medians of alternating runs; BENCHMARKS.md). It holds
  * nothing that those two and the FIB do not say, and keeps it no longer
  * than its next hop (a second, or until halb_nexthop_gen moves, as the
