@@ -193,27 +193,33 @@ func TestMachine(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := NewMachine(tt.params)
-			for i, s := range tt.steps {
-				got := joinActions(s.do(m))
-				if s.skipCheck {
-					continue
-				}
-				if got != s.actions {
-					t.Errorf("step %d: actions\n got %q\nwant %q", i, got, s.actions)
-				}
-				if m.State() != s.state {
-					t.Errorf("step %d: state %s, want %s", i, m.State(), s.state)
-				}
-				var want time.Time
-				if s.deadline >= 0 {
-					want = at(s.deadline)
-				}
-				if !m.Deadline().Equal(want) {
-					t.Errorf("step %d: deadline %v, want %v", i, m.Deadline().Sub(t0), s.deadline)
-				}
-			}
+			runSteps(t, NewMachine(tt.params), tt.steps)
 		})
+	}
+}
+
+// runSteps drives m through steps, checking each one's actions, state and
+// deadline.
+func runSteps(t *testing.T, m *Machine, steps []step) {
+	t.Helper()
+	for i, s := range steps {
+		got := joinActions(s.do(m))
+		if s.skipCheck {
+			continue
+		}
+		if got != s.actions {
+			t.Errorf("step %d: actions\n got %q\nwant %q", i, got, s.actions)
+		}
+		if m.State() != s.state {
+			t.Errorf("step %d: state %s, want %s", i, m.State(), s.state)
+		}
+		var want time.Time
+		if s.deadline >= 0 {
+			want = at(s.deadline)
+		}
+		if !m.Deadline().Equal(want) {
+			t.Errorf("step %d: deadline %v, want %v", i, m.Deadline().Sub(t0), s.deadline)
+		}
 	}
 }
 

@@ -86,22 +86,7 @@ func TestRelease(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := NewMachine(v3)
-			for i, s := range tt.steps {
-				got := joinActions(s.do(m))
-				if s.skipCheck {
-					continue
-				}
-				if got != s.actions {
-					t.Errorf("step %d: actions\n got %q\nwant %q", i, got, s.actions)
-				}
-				if m.State() != s.state {
-					t.Errorf("step %d: state %s, want %s", i, m.State(), s.state)
-				}
-				if !m.Deadline().Equal(at(s.deadline)) {
-					t.Errorf("step %d: deadline %v, want %v", i, m.Deadline().Sub(t0), s.deadline)
-				}
-			}
+			runSteps(t, NewMachine(v3), tt.steps)
 		})
 	}
 }
