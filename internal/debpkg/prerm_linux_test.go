@@ -1,15 +1,10 @@
 package main
 
 import (
-	"context"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
@@ -41,15 +36,12 @@ ip -d link show vh0 | grep -q 'prog/xdp' && echo "removed: xdp attached" || echo
 func TestPrermDetachesDataPath(t *testing.T) {
 	netnstest.Require(t)
 	need(t, "unshare", "ip")
-	bin := halbtest.Build(t)
-	dir := t.TempDir()
-	run := filepath.Join(dir, "run")
-	if err := os.Mkdir(run, 0o700); err != nil {
+	prerm, err := filepath.Abs("../../configs/deb/prerm")
+	if err != nil {
 		t.Fatal(err)
 	}
-	config := filepath.Join(dir, "halb.yaml")
-	if err := os.WriteFile(config, []byte(`control:
-  socket: `+run+`/halb.sock
+	out := newScenario(t, `control:
+  socket: @SOCKET@
   metrics: ""
 datapath:
   mode: xdp
@@ -64,28 +56,13 @@ services:
       - address: 192.0.2.2
     health_check:
       type: none
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	prerm, err := filepath.Abs("../../configs/deb/prerm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--net", "sh", "-c", prermScenario)
-	cmd.Env = append(os.Environ(), "HALB="+bin, "CONFIG="+config, "LOG="+filepath.Join(dir, "halb.log"), "PRERM="+prerm)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "halb.log"))
-		t.Fatalf("scenario: %v\n%s\nhalb's log:\n%s", err, out, log)
-	}
+`).run(t, prermScenario, "PRERM="+prerm)
 	for _, want := range []string{"stopped: xdp attached", "removed: pins 0", "removed: no xdp"} {
-		if !strings.Contains(string(out), want+"\n") {
+		if !strings.Contains(out, want+"\n") {
 			t.Errorf("no %q in:\n%s", want, out)
 		}
 	}
-	if strings.Contains(string(out), "stopped: pins 0\n") {
+	if strings.Contains(out, "stopped: pins 0\n") {
 		t.Errorf("halb left no pins at stop, so the prerm was not put to the test:\n%s", out)
 	}
 }

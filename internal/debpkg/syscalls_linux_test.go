@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"maps"
 	"os"
 	"os/exec"
@@ -11,9 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
 )
 
@@ -45,20 +42,15 @@ func TestUnitAllowsWhatHalbCalls(t *testing.T) {
 	netnstest.Require(t)
 	need(t, "strace", "systemd-analyze", "unshare", "ip")
 	allowed, families := unitFilter(t, "../../configs/systemd/halb.service")
-	bin := halbtest.Build(t)
 	dir := t.TempDir()
-	run := filepath.Join(dir, "run")
-	if err := os.Mkdir(run, 0o700); err != nil {
-		t.Fatal(err)
-	}
 	notify := filepath.Join(dir, "notify.sh")
 	notified := filepath.Join(dir, "notified")
 	if err := os.WriteFile(notify, []byte("#!/bin/sh\necho \"$@\" >> "+notified+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	config := filepath.Join(dir, "halb.yaml")
-	if err := os.WriteFile(config, []byte(`control:
-  socket: `+run+`/halb.sock
+	trace := filepath.Join(dir, "trace")
+	newScenario(t, strings.ReplaceAll(`control:
+  socket: @SOCKET@
   metrics: "127.0.0.1:9130"
 datapath:
   mode: xdp
@@ -73,7 +65,7 @@ vrrp:
       advert_interval: 100ms
       virtual_ips: [192.0.2.100/24]
       use_vmac: true
-      notify: `+notify+`
+      notify: @NOTIFY@
       track_scripts:
         - command: [/bin/true]
           interval: 200ms
@@ -90,19 +82,7 @@ services:
       type: tcp
       interval: 200ms
       timeout: 100ms
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	trace := filepath.Join(dir, "trace")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--net", "sh", "-c", syscallScenario)
-	cmd.Env = append(os.Environ(), "HALB="+bin, "CONFIG="+config, "TRACE="+trace,
-		"LOG="+filepath.Join(dir, "halb.log"), "NOTIFIED="+notified)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "halb.log"))
-		t.Fatalf("scenario: %v\n%s\nhalb's log:\n%s", err, out, log)
-	}
+`, "@NOTIFY@", notify)).run(t, syscallScenario, "TRACE="+trace, "NOTIFIED="+notified)
 	calls, sockets := traced(t, trace)
 	t.Logf("%d distinct system calls, socket families %v", len(calls), slices.Sorted(slices.Values(sockets)))
 	if len(calls) < 40 {
