@@ -22,13 +22,14 @@ func Notes(path string, c *Config) []Problem {
 		if !in.NoAccept() {
 			continue
 		}
-		vips := make([]string, len(in.VirtualIPs))
-		for j, p := range in.VirtualIPs {
+		held := in.HeldVIPs() // the excluded too: the filter holds them
+		vips := make([]string, len(held))
+		for j, p := range held {
 			vips[j] = p.Address.Addr().String()
 		}
 		services := 0
 		for _, s := range c.Services {
-			for _, p := range in.VirtualIPs {
+			for _, p := range held {
 				if s.HasVIP(p.Address.Addr()) {
 					services++
 				}

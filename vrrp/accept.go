@@ -101,7 +101,7 @@ var (
 )
 
 // AcceptRules returns the filter that enforces Accept_Mode for c: for each
-// VIP of an instance that is NoAccept, accept halb's own services on it (IPVS
+// VIP (excluded or not, on any interface) of an instance that is NoAccept, accept halb's own services on it (IPVS
 // takes them after the filter; the eBPF data path takes them before it),
 // ICMP errors and Neighbor Discovery, and drop the rest. It is empty when
 // no instance is filtered.
@@ -112,8 +112,8 @@ func AcceptRules(c *config.Config) []AcceptRule {
 		if !in.NoAccept() {
 			continue
 		}
-		for _, p := range in.AdvertPrefixes() {
-			vip := p.Addr()
+		for _, p := range in.HeldVIPs() { // the excluded too: the Master holds them
+			vip := p.Address.Addr()
 			if seen[vip] {
 				continue
 			}

@@ -66,6 +66,24 @@ func TestAcceptRules(t *testing.T) {
 			},
 		},
 		{
+			name: "an excluded VIP, of the other family, is filtered too",
+			instances: []config.Instance{func() config.Instance {
+				in := inst("VI_1", 3, 150, false, "192.0.2.100/24")
+				in.VirtualIPsExcluded = []config.VirtualIP{{Address: netip.MustParsePrefix("2001:db8::100/64"), Interface: "eth1"}}
+				return in
+			}()},
+			services: []config.Service{web6},
+			want: []string{
+				`ip daddr 192.0.2.100 icmp type 3 accept comment "VI_1: icmp errors"`,
+				`ip daddr 192.0.2.100 icmp type 11-12 accept comment "VI_1: icmp errors"`,
+				`ip daddr 192.0.2.100 counter drop comment "VI_1: accept false (RFC 5798 §6.4.3)"`,
+				`ip6 daddr 2001:db8::100 tcp dport 443 accept comment "VI_1: service web6"`,
+				`ip6 daddr 2001:db8::100 icmpv6 type 1-4 accept comment "VI_1: icmpv6 errors and neighbor discovery"`,
+				`ip6 daddr 2001:db8::100 icmpv6 type 135-136 accept comment "VI_1: icmpv6 errors and neighbor discovery"`,
+				`ip6 daddr 2001:db8::100 counter drop comment "VI_1: accept false (RFC 5798 §6.4.3)"`,
+			},
+		},
+		{
 			name:      "accept true: nothing",
 			instances: []config.Instance{inst("VI_1", 3, 150, true, "192.0.2.100/24")},
 			services:  []config.Service{web},
