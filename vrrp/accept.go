@@ -119,15 +119,17 @@ func AcceptRules(c *config.Config) []AcceptRule {
 			}
 			seen[vip] = true
 			for _, s := range c.Services {
-				if s.VIP != vip {
-					continue
+				for _, pair := range s.Pairs() { // a service group's listen pairs too
+					if pair.Addr() != vip {
+						continue
+					}
+					proto := uint8(protoTCP)
+					if s.Protocol == "udp" {
+						proto = protoUDP
+					}
+					rules = append(rules, AcceptRule{Dst: vip, Proto: proto, Port: pair.Port(),
+						Comment: fmt.Sprintf("%s: service %s", in.Name, s.Name)})
 				}
-				proto := uint8(protoTCP)
-				if s.Protocol == "udp" {
-					proto = protoUDP
-				}
-				rules = append(rules, AcceptRule{Dst: vip, Proto: proto, Port: uint16(s.Port),
-					Comment: fmt.Sprintf("%s: service %s", in.Name, s.Name)})
 			}
 			proto, allowed, what := uint8(protoICMP), icmpErrors, "icmp errors"
 			if vip.Is6() {

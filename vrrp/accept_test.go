@@ -84,6 +84,19 @@ func TestAcceptRules(t *testing.T) {
 			},
 		},
 		{
+			name:      "a service group on the VIP: each of its pairs there",
+			instances: []config.Instance{inst("VI_1", 3, 150, false, "192.0.2.100/24")},
+			services: []config.Service{{Name: "group", Protocol: "tcp", Listen: []netip.AddrPort{
+				netip.MustParseAddrPort("192.0.2.100:80"), netip.MustParseAddrPort("198.51.100.7:80"), netip.MustParseAddrPort("192.0.2.100:443")}}},
+			want: []string{
+				`ip daddr 192.0.2.100 tcp dport 80 accept comment "VI_1: service group"`,
+				`ip daddr 192.0.2.100 tcp dport 443 accept comment "VI_1: service group"`,
+				`ip daddr 192.0.2.100 icmp type 3 accept comment "VI_1: icmp errors"`,
+				`ip daddr 192.0.2.100 icmp type 11-12 accept comment "VI_1: icmp errors"`,
+				`ip daddr 192.0.2.100 counter drop comment "VI_1: accept false (RFC 5798 §6.4.3)"`,
+			},
+		},
+		{
 			name:      "accept true: nothing",
 			instances: []config.Instance{inst("VI_1", 3, 150, true, "192.0.2.100/24")},
 			services:  []config.Service{web},
