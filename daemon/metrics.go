@@ -286,11 +286,12 @@ func (c selfCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descReloadTime, prometheus.GaugeValue, float64(at.UnixMilli())/1000)
 }
 
-// metricsHandler serves /metrics.
+// metricsHandler serves /metrics and the status page (page.go).
 func (d *Daemon) metricsHandler(latency *prometheus.HistogramVec) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector{d}, selfCollector{Build, &d.reloaded}, latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/{$}", pageHandler(d, &rateKeeper{}, d.log))
 	return mux
 }
