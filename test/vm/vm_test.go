@@ -11,8 +11,14 @@
 // the armhf guest Debian's armmp kernel and a GOARM=6 halb in
 // qemu-system-arm, as on 32-bit Raspberry Pi OS, which most Pi 2, 3 and
 // Zero 2 owners run.
+// TestSystemd (systemd_test.go) installs halb's Debian package in a minimal
+// Debian root booted with systemd as its init (systemd-nspawn --boot) and
+// runs halb under its unit there.
+//
 // Everything the scenarios change happens inside the guest: this package must
-// never load modules on, or change the network of, the host it runs on.
+// never load modules on, or change the network of, the host it runs on (the
+// systemd guest's only mark on the host is the bpffs it mounts for the
+// guest under test/vm/.cache, and unmounts).
 //
 // The test needs root, for build.sh may install QEMU and the tools it uses.
 // Like the other privileged tests it skips without root and fails when
@@ -61,6 +67,7 @@ var arches = []guestArch{
 
 func TestVM(t *testing.T) {
 	netnstest.Require(t)
+	t.Parallel() // beside TestSystemd
 	scenarios := listScenarios(t)
 	for _, arch := range arches {
 		t.Run(arch.name, func(t *testing.T) {
