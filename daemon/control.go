@@ -53,6 +53,8 @@ type InstanceStatus struct {
 	// Tracking is each tracker's state (interface, script, file,
 	// process), in configuration order.
 	Tracking []string `json:"tracking,omitempty"`
+	// Released: `halb vrrp release` holds it in BACKUP until resume.
+	Released bool `json:"released,omitempty"`
 }
 
 // BackendStatus is one backend's health.
@@ -145,7 +147,7 @@ func statusOf(o observed, log *slog.Logger) Status {
 	for _, st := range o.instances() {
 		is := InstanceStatus{Name: st.Name, Interface: st.Interface, VRID: st.VRID, State: st.State.String(),
 			Priority: int(st.Priority), Since: st.Since, Reason: st.Reason, Faults: st.Faults,
-			Sent: st.Sent, Received: st.Received, Dropped: st.Drops, Conflicts: st.Conflicts, Tracking: st.Tracking}
+			Sent: st.Sent, Received: st.Received, Dropped: st.Drops, Conflicts: st.Conflicts, Tracking: st.Tracking, Released: st.Released}
 		for _, p := range st.VirtualIPs {
 			is.VirtualIPs = append(is.VirtualIPs, p.String())
 		}
@@ -215,6 +217,7 @@ func (d *Daemon) controlHandler() http.Handler {
 	mux.HandleFunc("POST /v1/bgp/drain", d.serveDrain)
 	mux.HandleFunc("POST /v1/bgp/undrain", d.serveUndrain)
 	mux.HandleFunc("POST /v1/backend/{action}", d.serveOverride)
+	mux.HandleFunc("POST /v1/vrrp/{action}", d.serveVRRP)
 	return mux
 }
 

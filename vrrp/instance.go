@@ -71,6 +71,10 @@ type Instance struct {
 	group     *Group // nil outside a sync group
 	groupCmds chan groupCmd
 
+	// operator carries `halb vrrp release|resume` to the Run loop
+	// (release.go).
+	operator chan operatorCmd
+
 	scripts       []scriptState // one per track script
 	scriptResults chan scriptResult
 
@@ -113,6 +117,9 @@ type Status struct {
 	// Tracking is each tracker's state as the last look saw it, in
 	// configuration order: interfaces, scripts, files, processes.
 	Tracking []string
+	// Released: `halb vrrp release` holds the instance in Backup until
+	// `halb vrrp resume`.
+	Released bool
 
 	// Excluded are the VIPs held as Master that the advert does not
 	// carry (virtual_ips_excluded).
@@ -149,6 +156,7 @@ func newInstance(cfg config.Instance, log *slog.Logger, l link, runScript runPro
 		conflictDue:   make(chan conflictReport, 16),
 		scriptResults: make(chan scriptResult, 16),
 		trackReadings: make(chan trackReading, 1),
+		operator:      make(chan operatorCmd),
 		files:         make([]fileState, len(cfg.TrackFiles)),
 		procs:         make([]procState, len(cfg.TrackProcesses)),
 	}
@@ -242,6 +250,8 @@ func (in *Instance) Run(ctx context.Context) error {
 			in.trackReading(time.Now(), r)
 		case cmd := <-in.groupCmds:
 			in.groupCmd(time.Now(), cmd)
+		case cmd := <-in.operator:
+			cmd.reply <- in.operatorCmd(time.Now(), cmd)
 		case r := <-in.conflictDue:
 			in.answerDue(time.Now(), r)
 		case now := <-timer.C:
@@ -555,6 +565,7 @@ func (in *Instance) apply(now time.Time, acts []Action) {
 	}
 	in.mu.Lock()
 	in.status.Priority = in.m.Priority()
+	in.status.Released = in.m.Released()
 	in.mu.Unlock()
 }
 

@@ -1,6 +1,7 @@
 package vrrp
 
 import (
+	"context"
 	"errors"
 	"time"
 )
@@ -89,4 +90,54 @@ func (m *Machine) releaseTick(now time.Time) ([]Action, bool) {
 	}
 	m.release.on, m.release.trial = false, time.Time{}
 	return m.becomeMaster(now, ReleaseUndone+": no peer took over within three advert intervals"), true
+}
+
+// operatorCmd is `halb vrrp release|resume` for the Run loop.
+type operatorCmd struct {
+	release, force bool
+	reply          chan error
+}
+
+// Release is `halb vrrp release` on this instance (Machine.ReleaseMastership),
+// carried out on its Run loop; ErrNoPeer when refused.
+func (in *Instance) Release(ctx context.Context, force bool) error {
+	return in.ask(ctx, operatorCmd{release: true, force: force})
+}
+
+// Resume is `halb vrrp resume` (Machine.Resume).
+func (in *Instance) Resume(ctx context.Context) error {
+	return in.ask(ctx, operatorCmd{})
+}
+
+func (in *Instance) ask(ctx context.Context, cmd operatorCmd) error {
+	cmd.reply = make(chan error, 1)
+	select {
+	case in.operator <- cmd:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-in.ctx.Done():
+		return errors.New("the instance is stopping")
+	}
+	select {
+	case err := <-cmd.reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// operatorCmd carries out cmd on the Run loop.
+func (in *Instance) operatorCmd(now time.Time, cmd operatorCmd) error {
+	if !cmd.release {
+		in.log.Info("resumed by the operator", "state", in.m.State().String())
+		in.apply(now, in.m.Resume(now))
+		return nil
+	}
+	acts, err := in.m.ReleaseMastership(now, cmd.force)
+	if err != nil {
+		return err
+	}
+	in.log.Info("released by the operator", "state", in.m.State().String(), "force", cmd.force)
+	in.apply(now, acts)
+	return nil
 }

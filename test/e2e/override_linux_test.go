@@ -46,13 +46,7 @@ func TestBackendOverride(t *testing.T) {
 
 	backend := func(args ...string) (int, string) {
 		t.Helper()
-		cmd := exec.Command(halb, append([]string{"backend"}, append(args, "-s", d.sock)...)...)
-		out, err := cmd.CombinedOutput()
-		var ee *exec.ExitError
-		if err != nil && !errors.As(err, &ee) {
-			t.Fatal(err)
-		}
-		return cmd.ProcessState.ExitCode(), string(out)
+		return d.command(append([]string{"backend"}, args...)...)
 	}
 	if code, out := backend("drain", "web", "192.0.2.11:80"); code != 0 {
 		t.Fatalf("halb backend drain: exit %d: %s", code, out)
@@ -107,6 +101,19 @@ func TestBackendOverride(t *testing.T) {
 		t.Errorf("be1 back: %v, want connections on it", counts)
 	}
 	d.stop()
+}
+
+// command runs halb with args against the daemon's socket and returns
+// its exit status and output.
+func (d *daemon) command(args ...string) (int, string) {
+	d.t.Helper()
+	cmd := exec.Command(d.bin, append(args, "-s", d.sock)...)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		d.t.Fatal(err)
+	}
+	return cmd.ProcessState.ExitCode(), string(out)
 }
 
 // statusOverride is a backend's override in `halb status --json`.

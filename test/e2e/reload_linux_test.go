@@ -26,22 +26,8 @@ import (
 func TestReloadKeepsVRRP(t *testing.T) {
 	netnstest.Require(t)
 	halb := halbtest.Build(t)
-	n := newDaemonNet(t, "lb1", "lb2")
-	onLink(t, n.client)
-	nodes := map[string]*daemon{}
-	priority := map[string]int{"lb1": 150, "lb2": 100}
-	for _, name := range []string{"lb1", "lb2"} {
-		d := n.daemon(t, halb, name)
-		d.write(daemonConfig{backends: []string{"be1", "be2", "be3"}, weight1: 1, vrrpPriority: priority[name]})
-		d.start(n.lbs[name])
-		nodes[name] = d
-	}
+	n, nodes, priority := startPair(t, halb)
 	lb1, lb2 := nodes["lb1"], nodes["lb2"]
-	lb1.waitState("MASTER")
-	lb2.waitState("BACKUP")
-	for _, d := range nodes {
-		d.waitLive("web", "all three backends live", 3)
-	}
 	c := &client{ns: n.client, src: clientIP, vip: vip}
 	if counts := c.spread(t, 52000, 30); total(counts) != 30 {
 		t.Fatalf("through lb1 before the reloads: %v", counts)
@@ -112,6 +98,28 @@ func TestReloadKeepsVRRP(t *testing.T) {
 	lb1.stop()
 }
 
+// startPair starts a VRRP pair serving web: lb1 at priority 150 Master,
+// lb2 at 100 Backup, each with three live backends.
+func startPair(t *testing.T, halb string) (*daemonNet, map[string]*daemon, map[string]int) {
+	t.Helper()
+	n := newDaemonNet(t, "lb1", "lb2")
+	onLink(t, n.client)
+	nodes := map[string]*daemon{}
+	priority := map[string]int{"lb1": 150, "lb2": 100}
+	for _, name := range []string{"lb1", "lb2"} {
+		d := n.daemon(t, halb, name)
+		d.write(daemonConfig{backends: []string{"be1", "be2", "be3"}, weight1: 1, vrrpPriority: priority[name]})
+		d.start(n.lbs[name])
+		nodes[name] = d
+	}
+	nodes["lb1"].waitState("MASTER")
+	nodes["lb2"].waitState("BACKUP")
+	for _, d := range nodes {
+		d.waitLive("web", "all three backends live", 3)
+	}
+	return n, nodes, priority
+}
+
 // instanceStatus is the VRRP instance in `halb status --json`.
 type instanceStatus struct {
 	State string    `json:"state"`
@@ -148,7 +156,15 @@ func (n *daemonNet) macOf(t *testing.T, name string) net.HardwareAddr {
 // client's neighbour entry for it holds lb1's MAC.
 func (n *daemonNet) checkVIP(t *testing.T, when string, lb1MAC net.HardwareAddr) {
 	t.Helper()
-	for name, want := range map[string]bool{"lb1": true, "lb2": false} {
+	n.checkVIPOn(t, when, "lb1", lb1MAC)
+}
+
+// checkVIPOn checks that the VIP is on holder's eth0 alone, of lb1 and
+// lb2, and that the client's neighbour entry for it holds holder's MAC.
+func (n *daemonNet) checkVIPOn(t *testing.T, when, holder string, mac net.HardwareAddr) {
+	t.Helper()
+	for _, name := range []string{"lb1", "lb2"} {
+		want := name == holder
 		h := n.lbs[name].Netlink(t)
 		eth0, err := h.LinkByName("eth0")
 		if err != nil {
@@ -173,7 +189,7 @@ func (n *daemonNet) checkVIP(t *testing.T, when string, lb1MAC net.HardwareAddr)
 		t.Fatal(err)
 	}
 	i := slices.IndexFunc(neighs, func(ne netlink.Neigh) bool { return ne.IP.Equal(vip.AsSlice()) })
-	if i < 0 || neighs[i].HardwareAddr.String() != lb1MAC.String() {
-		t.Errorf("%s: the client's neighbour entry for the VIP is %v, want lb1's %s", when, neighs, lb1MAC)
+	if i < 0 || neighs[i].HardwareAddr.String() != mac.String() {
+		t.Errorf("%s: the client's neighbour entry for the VIP is %v, want %s's %s", when, neighs, holder, mac)
 	}
 }
