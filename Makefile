@@ -26,8 +26,10 @@ demo: build
 	$(BINDIR)/halb-demo -halb $(BINDIR)/halb $(DEMOFLAGS)
 
 # Privileged tests need root: they skip without it, and fail when CI=true.
+# -timeout 30m: go test's default 10 minutes a package is less than
+# test/vm's first run (its kernels' and the systemd guest's downloads).
 test: lint generate-check
-	$(GO) tool gotestsum --format testname -- -count=1 ./...
+	$(GO) tool gotestsum --format testname -- -count=1 -timeout 30m ./...
 
 lint:
 	$(GO) vet ./...
