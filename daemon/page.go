@@ -5,6 +5,7 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -171,7 +172,7 @@ func backendRow(s service.Report, b service.BackendReport, h BackendStatus, rate
 		row.Health += " (presumed)"
 	}
 	if h.LastError != "" && h.Health != "healthy" {
-		row.Problem = strings.TrimSpace(row.Problem + " " + h.LastError)
+		row.Problem = strings.Join(slices.DeleteFunc([]string{row.Problem, "check: " + h.LastError}, func(s string) bool { return s == "" }), "; ")
 	}
 	switch {
 	case h.Health == "unhealthy":
