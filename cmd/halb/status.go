@@ -22,7 +22,7 @@ import (
 )
 
 func newStatusCmd(f *flags) *cobra.Command {
-	var asJSON bool
+	var asJSON, watching bool
 	var socket string
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -30,6 +30,16 @@ func newStatusCmd(f *flags) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			socket = socketOf(f, socket)
+			if watching {
+				if asJSON {
+					return &statusError{code: exitBadConfig, msg: "--watch draws the table: give --json or --watch, not both"}
+				}
+				ctx := cmd.Context()
+				if ctx == nil {
+					ctx = context.Background()
+				}
+				return watch(ctx, cmd.OutOrStdout(), socket, time.Second)
+			}
 			st, raw, err := fetchStatus(cmd.Context(), socket)
 			var untrusted *untrustedPeerError
 			if errors.As(err, &untrusted) {
@@ -46,6 +56,7 @@ func newStatusCmd(f *flags) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	cmd.Flags().BoolVar(&watching, "watch", false, "redraw every second with per-second rates, until Ctrl-C")
 	cmd.Flags().StringVarP(&socket, "socket", "s", "", "control socket (default: control.socket from the config, else /run/halb/halb.sock)")
 	return cmd
 }
