@@ -386,7 +386,9 @@ func (c *converter) instance(n *Node) {
 		case "no_accept":
 			f := false
 			in.accept = &f
-		case "unicast_src_ip":
+		case "unicast_src_ip", "mcast_src_ip":
+			// keepalived reads both into one setting, the adverts' source
+			// address (multicast or unicast): halb's unicast_src is that.
 			if s, ok := c.arg(ch); ok {
 				if a, ok := c.addrArg(ch, s); ok {
 					in.unicastSrc = a.String()
@@ -429,8 +431,6 @@ func (c *converter) instance(n *Node) {
 			}
 		case "smtp_alert":
 			c.drop(ch, "halb sends no mail")
-		case "mcast_src_ip":
-			c.drop(ch, "halb has no such setting: the kernel picks the source address of multicast adverts")
 		case "dont_track_primary":
 			c.drop(ch, "halb has no such setting")
 		default:

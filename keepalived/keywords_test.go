@@ -134,7 +134,7 @@ var keywordCases = map[string]keywordCase{
 	"garp_master_delay":          {"instance", "garp_master_delay 2", "", exact},
 	"garp_master_repeat":         {"instance", "garp_master_repeat 2", "", exact},
 	"garp_master_refresh":        {"instance", "garp_master_refresh 30", "", exact},
-	"mcast_src_ip":               {"instance", "mcast_src_ip 192.0.2.1", "mcast_src_ip", dropped},
+	"mcast_src_ip":               {"instance", "mcast_src_ip 192.0.2.1", "", exact},
 	"dont_track_primary":         {"instance", "dont_track_primary", "dont_track_primary", dropped},
 	"vrrp_sync_group":            {"group", "notify_backup /usr/bin/logger", "", exact},
 	"group":                      {"group", "group {\nVI_1\nVI_2\n}", "", exact},

@@ -101,6 +101,8 @@ func (c *converter) script(n *Node, s string) command {
 		if !filepath.IsAbs(words[0]) {
 			if path, ok := c.lookPath(words[0]); ok {
 				cmd.program = path
+			} else if c.opt.LookPath != nil && !strings.Contains(words[0], "/") {
+				c.warn(n, fmt.Sprintf("%s is not in %s on this host: the shell would look for it in its PATH as root; write its absolute path", words[0], lookDirs))
 			}
 		}
 		c.approx(n, fmt.Sprintf("%q uses shell syntax, which keepalived does not interpret: halb runs it as [/bin/sh, -c, ...]", s))

@@ -41,7 +41,9 @@ func TestSplitScript(t *testing.T) {
 // reported; one found nowhere stops the import, as halb would refuse a
 // relative program), a shell string wrapped (and reported) with the
 // program it starts with held to the policy check, a program the check
-// refuses reported as a warning that leaves the conversion exact.
+// refuses reported as a warning that leaves the conversion exact, and a
+// shell string starting with a name found nowhere warned about (the shell
+// would search its PATH as root).
 func TestScriptConversion(t *testing.T) {
 	refused := errors.New("refused: owned by uid 1000")
 	for _, tc := range []struct {
@@ -56,6 +58,7 @@ func TestScriptConversion(t *testing.T) {
 		{"/usr/local/bin/chk | grep ok", []string{"/bin/sh", "-c", "/usr/local/bin/chk | grep ok"}, "/usr/local/bin/chk", "uses shell syntax", false},
 		{"/home/u/chk.sh", []string{"/home/u/chk.sh"}, "/home/u/chk.sh", "warning: /home/u/chk.sh: halb will refuse to run it on this host: refused", true},
 		{"nosuchprog x", nil, "", "", false},
+		{"nosuchprog x; /bin/true", []string{"/bin/sh", "-c", "nosuchprog x; /bin/true"}, "", "warning: nosuchprog is not in /usr/local/sbin:", false},
 	} {
 		conf := keywordConfig("top", "vrrp_script s {\nscript \""+tc.script+"\"\ninterval 2\ntimeout 1\n}\nvrrp_instance VI_3 {\ninterface eth1\nvirtual_router_id 3\nvirtual_ipaddress {\n198.51.100.1/24\n}\ntrack_script {\ns\n}\n}")
 		var checked []string
