@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/halb-lb/halb/internal/halbtest"
 	"github.com/halb-lb/halb/internal/netnstest"
@@ -113,7 +114,7 @@ services:
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGHUP)
 	p.waitFor(t, "config rejected")
-	body = metricsBody(t, ns, addr)
+	body = scrapeUntil(t, ns, addr, "halb_config_last_reload_successful 0\n")
 	if !strings.Contains(body, "halb_config_last_reload_successful 0\n") || reloadTime(t, body) != started {
 		t.Errorf("after a refused reload: want successful 0 and the start's time %s:\n%s", started, grepLines(body, "halb_config_"))
 	}
@@ -122,7 +123,7 @@ services:
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGHUP)
 	p.waitFor(t, "config reloaded")
-	body = metricsBody(t, ns, addr)
+	body = scrapeUntil(t, ns, addr, "halb_config_last_reload_successful 1\n")
 	if !strings.Contains(body, "halb_config_last_reload_successful 1\n") || reloadTime(t, body) == started {
 		t.Errorf("after a good reload: want successful 1 and a later time than %s:\n%s", started, grepLines(body, "halb_config_"))
 	}
@@ -131,6 +132,17 @@ services:
 	if code := p.exitCode(t); code != exitOK {
 		t.Errorf("exit status %d", code)
 	}
+}
+
+// scrapeUntil scrapes until the body has want: the reload's outcome is
+// recorded just after its log line.
+func scrapeUntil(t *testing.T, ns *netnstest.NS, addr, want string) string {
+	t.Helper()
+	body := metricsBody(t, ns, addr)
+	for start := time.Now(); !strings.Contains(body, want) && time.Since(start) < 10*time.Second; time.Sleep(50 * time.Millisecond) {
+		body = metricsBody(t, ns, addr)
+	}
+	return body
 }
 
 func reloadTime(t *testing.T, body string) string {
