@@ -213,6 +213,19 @@ func writeFacts(w io.Writer, r loader.Report, d loader.Decision) error {
 		row("missing capabilities", wordsOrNone(missing))
 	}
 
+	// What this host runs now comes first, ending with the choice; what
+	// the IPVS path would need comes after, under its own heading, so
+	// that "ip_vs: not loaded" under an eBPF choice reads as what it is.
+	row("datapath", d.Mode)
+	row("reason", d.Reason)
+	for _, warn := range d.Warnings {
+		row("warning", warn)
+	}
+	inUse := "not in use here"
+	if d.Mode == "ipvs" {
+		inUse = "in use"
+	}
+	fmt.Fprintf(tw, "\nIPVS data path (%s): what it needs\n", inUse)
 	i := r.IPVS
 	row("IPVS family", yesNo(i.Family.Supported, i.Family.Error))
 	row("ip_vs", strings.Join([]string{
@@ -225,12 +238,6 @@ func writeFacts(w io.Writer, r loader.Report, d loader.Decision) error {
 		row("IPVS problem", p)
 	}
 	row("IPVS usable", yesNo(i.Usable(), ""))
-
-	row("datapath", d.Mode)
-	row("reason", d.Reason)
-	for _, warn := range d.Warnings {
-		row("warning", warn)
-	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("format probe table: %w", err)
 	}
