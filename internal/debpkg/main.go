@@ -88,6 +88,9 @@ func build(o options) (string, error) {
 		Description:   description,
 		MTime:         o.date,
 		Overridables: nfpm.Overridables{
+			// procps: the unit's ExecReload is /bin/kill, which a minimal
+			// Debian root (mmdebstrap's minbase) does not have.
+			Depends:  []string{"procps"},
 			Contents: contents,
 			Scripts: nfpm.Scripts{
 				PreRemove:  filepath.Join(o.root, "configs/deb/prerm"),
