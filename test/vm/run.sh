@@ -42,7 +42,10 @@ set +e
 # The guest gets 30 s less than the whole boot, so that a scenario that hangs
 # still prints its FAIL line.
 case $arch in
-amd64) qemu=(qemu-system-x86_64 -cpu max) console=ttyS0 ;;
+# no_timer_check: under TCG on a busy host the guest's check that the
+# IO-APIC timer ticks can miss it and panic ("IO-APIC + timer doesn't
+# work", seen in CI at load 15); the check proves nothing about halb.
+amd64) qemu=(qemu-system-x86_64 -cpu max) console="ttyS0 no_timer_check" ;;
 arm64) qemu=(qemu-system-aarch64 -M virt -cpu cortex-a72) console=ttyAMA0 ;;
 # A Raspberry Pi 2's core; the armmp kernel is not LPAE, so the virt machine
 # keeps its devices below 4 GiB.
