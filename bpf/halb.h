@@ -150,6 +150,19 @@ enum drop_reason {
 	DROP_NO_SPORT = 18,   /* full NAT: every source port the flow's hash
 			       * may take toward its backend is held by a
 			       * live flow (halb_snat_port_first, _count) */
+	DROP_NAT_REPLY_WRONG_IF = 19, /* NAT and full NAT: a frame to this node
+				       * from a backend's address and port (a
+				       * reply, as its source says) that came in
+				       * on an interface other than the one the
+				       * balancer reaches that backend through
+				       * (halb_backends' ifindex): a client
+				       * forging a backend's source, which
+				       * translated would leave from the VIP
+				       * toward any address it chose. Not
+				       * translated: it goes to the kernel as
+				       * it came, which treats it as without
+				       * halb; counted here, as no other reason
+				       * is, although the program passes it. */
 	DROP_REASONS,         /* the number of reasons: the size of halb_drops */
 };
 

@@ -437,15 +437,38 @@ static __always_inline int is_nat(const struct service *svc)
 	return svc->forward == FORWARD_NAT || svc->forward == FORWARD_FULLNAT;
 }
 
+/* via_backend_if tells whether a reply that rev names came in on ifindex,
+ * the interface the balancer reaches rev's backend through (its
+ * halb_backends record). A source address and port say nothing of who
+ * sent a frame: a client that forges a backend's would otherwise have
+ * its packet sent on from the VIP to any address it chose (a reflector),
+ * which the kernel itself never forwards (the VIP is its own address). */
+static __always_inline int via_backend_if(const struct nat_reply *rev, __u32 ifindex)
+{
+	__u32 id = rev->backend_id;
+	const struct backend *b = bpf_map_lookup_elem(&halb_backends, &id);
+
+	return b && b->ifindex == ifindex;
+}
+
 /* nat_reply is balance's verdict on pkt, a NAT backend's reply (or an
  * ICMP error about a client's packet to a NAT backend) that d->rev says
  * how to translate: only a frame to this node is translated, as any
- * frame balanced. */
+ * frame balanced, and only one that came in on its backend's interface
+ * (via_backend_if; checked: a halb_reply_flows entry, which is written
+ * only for a reply that passed it and holds only on that interface,
+ * reply_flow_of). Any other goes to the kernel as it came,
+ * counted (DROP_NAT_REPLY_WRONG_IF). */
 static __always_inline enum verdict nat_reply(struct ethhdr *eth, __u32 ifindex, __u32 len,
-					      const struct packet *pkt, struct decision *d)
+					      const struct packet *pkt, struct decision *d,
+					      int checked)
 {
 	if (!for_this_node(eth, ifindex, pkt->vlan))
 		return VERDICT_PASS;
+	if (!checked && !via_backend_if(d->rev, ifindex)) {
+		count_drop(DROP_NAT_REPLY_WRONG_IF);
+		return VERDICT_PASS;
+	}
 	d->len = len;
 	note_packet(d, pkt);
 	return VERDICT_REPLY;
@@ -517,7 +540,7 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 					d->rev = &d->hop->back.rev;
 					if (d->rev->flags & NAT_REPLY_F_FULLNAT)
 						d->fnat = &d->hop->back;
-					return nat_reply(eth, ifindex, len, &pkt, d);
+					return nat_reply(eth, ifindex, len, &pkt, d, 1);
 				}
 				sc = reply_scratch();
 				if (sc)
@@ -527,7 +550,7 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 				d->fnat = fnat_of(&pkt.flow);
 				if (d->fnat) {
 					d->rev = &d->fnat->rev;
-					return nat_reply(eth, ifindex, len, &pkt, d);
+					return nat_reply(eth, ifindex, len, &pkt, d, 0);
 				}
 			}
 			d->rev = nat_reply_of(&pkt.flow);
@@ -536,7 +559,7 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 			if (d->rev && (d->rev->flags & NAT_REPLY_F_FULLNAT))
 				return VERDICT_PASS;
 			if (d->rev)
-				return nat_reply(eth, ifindex, len, &pkt, d);
+				return nat_reply(eth, ifindex, len, &pkt, d, 0);
 		}
 		break;
 	case PARSE_DROP:

@@ -162,11 +162,11 @@ func testFullNAT(t *testing.T, prog string) {
 			packet{src: fnatBe1, dst: p1, ack: true}.frame(t, be1MAC, halb0MAC),
 			outcome{action: xdpRedirect, out: packet{src: v1, dst: c1, ack: true}.frame(t, halb1MAC, gw4MAC)}},
 		{"ipv4 udp reply",
-			packet{src: fnatBe2, dst: p2, proto: udp}.frame(t, gw4MAC, halb0MAC),
-			outcome{action: xdpRedirect, out: packet{src: v2, dst: c2, proto: udp}.frame(t, halb1MAC, gw4MAC)}},
+			packet{src: fnatBe2, dst: p2, proto: udp}.frame(t, gw4MAC, halb1MAC),
+			outcome{action: xdpTX, out: packet{src: v2, dst: c2, proto: udp}.frame(t, halb1MAC, gw4MAC)}},
 		{"ipv6 tcp reply",
-			packet{src: fnatBe3, dst: p3, ack: true}.frame(t, gw6MAC, halb0MAC),
-			outcome{action: xdpRedirect, out: packet{src: v3, dst: c3, ack: true}.frame(t, halb1MAC, gw6MAC)}},
+			packet{src: fnatBe3, dst: p3, ack: true}.frame(t, gw6MAC, halb1MAC),
+			outcome{action: xdpTX, out: packet{src: v3, dst: c3, ack: true}.frame(t, halb1MAC, gw6MAC)}},
 		{"ipv6 udp reply",
 			packet{src: fnatBe4, dst: p4, proto: udp}.frame(t, be4MAC, halb0MAC),
 			outcome{action: xdpRedirect, out: packet{src: v4, dst: c4, proto: udp}.frame(t, halb1MAC, gw6MAC)}},
@@ -183,12 +183,12 @@ func testFullNAT(t *testing.T, prog string) {
 			outcome{action: xdpRedirect, out: icmpError(t, false, tunSrc4b, routed4, packet{src: fnatBe2, dst: p2, proto: udp}, 0, halb1MAC, gw4MAC),
 				events: []Event{EventNATICMP}}},
 		{"a backend's port unreachable goes back from the VIP",
-			icmpError(t, false, routed4, tunSrc4b, packet{src: p2, dst: fnatBe2, proto: udp}, 0, gw4MAC, halb0MAC),
-			outcome{action: xdpRedirect, out: icmpError(t, false, vip4, client4, packet{src: c2, dst: v2, proto: udp}, 0, halb1MAC, gw4MAC),
+			icmpError(t, false, routed4, tunSrc4b, packet{src: p2, dst: fnatBe2, proto: udp}, 0, gw4MAC, halb1MAC),
+			outcome{action: xdpTX, out: icmpError(t, false, vip4, client4, packet{src: c2, dst: v2, proto: udp}, 0, halb1MAC, gw4MAC),
 				events: []Event{EventNATICMP}}},
 		{"a router's ipv6 packet too big about a client's packet",
-			icmpError(t, true, router6, tunSrc6b, packet{src: p3, dst: fnatBe3, ack: true}, 0, gw6MAC, halb0MAC),
-			outcome{action: xdpRedirect, out: icmpError(t, true, router6, client6, packet{src: c3, dst: v3, ack: true}, 0, halb1MAC, gw6MAC),
+			icmpError(t, true, router6, tunSrc6b, packet{src: p3, dst: fnatBe3, ack: true}, 0, gw6MAC, halb1MAC),
+			outcome{action: xdpTX, out: icmpError(t, true, router6, client6, packet{src: c3, dst: v3, ack: true}, 0, halb1MAC, gw6MAC),
 				events: []Event{EventNATICMP}}},
 		{"an error quoting 8 bytes of tcp rewrites the ports only",
 			icmpError(t, true, router4, vip4, packet{src: v1, dst: c1, ack: true}, 28, routerMAC, halb0MAC),
@@ -211,13 +211,31 @@ func testFullNAT(t *testing.T, prog string) {
 		{"a backend as a client of its own service (hairpin)",
 			packet{src: ap(onLink4, 41000), dst: v1}.frame(t, be1MAC, halb0MAC),
 			outcome{action: xdpPass, events: []Event{EventNATHairpin}}},
+
+		// A backend's source address and port forged on an interface
+		// that does not reach that backend, to a mapped address and
+		// port: not translated, to the kernel as it came, counted. The
+		// first flow's reply went back above (halb_reply_flows holds
+		// it, for halb1).
+		{"a forged reply of a flow that replied, in on the client side",
+			packet{src: fnatBe2, dst: p2, proto: udp}.frame(t, routerMAC, halb0MAC),
+			outcome{action: xdpPass, drop: DropNATReplyWrongIf}},
+		{"a reply of a backend on halb0's link, in on halb1",
+			packet{src: fnatBe1, dst: p1, ack: true}.frame(t, gw4MAC, halb1MAC),
+			outcome{action: xdpPass, drop: DropNATReplyWrongIf}},
+		{"a forged ipv6 reply, in on the client side",
+			packet{src: fnatBe3, dst: p3, ack: true}.frame(t, routerMAC, halb0MAC),
+			outcome{action: xdpPass, drop: DropNATReplyWrongIf}},
+		{"an ipv6 reply of a backend on halb0's link, in on halb1",
+			packet{src: fnatBe4, dst: p4, proto: udp}.frame(t, gw6MAC, halb1MAC),
+			outcome{action: xdpPass, drop: DropNATReplyWrongIf}},
 	}
 
 	wantDrops := map[DropReason]uint64{}
 	wantEvents := map[Event]uint64{}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			action, out := tb.run(t, c.in)
+			action, out := tb.arrive(t, c.in)
 			if action != tb.expect(c.want.action) {
 				t.Errorf("action %v, want %v", action, tb.expect(c.want.action))
 			}
@@ -233,7 +251,7 @@ func testFullNAT(t *testing.T, prog string) {
 				verifyQuote(t, out)
 			}
 		})
-		if c.want.action == xdpDrop {
+		if c.want.action == xdpDrop || c.want.drop != 0 {
 			wantDrops[c.want.drop]++
 		}
 		for _, e := range c.want.events {

@@ -62,26 +62,27 @@ type halbCtEntry struct {
 type halbDropReason uint32
 
 const (
-	halbDropReasonDROP_MALFORMED        halbDropReason = 0
-	halbDropReasonDROP_NO_BACKEND       halbDropReason = 1
-	halbDropReasonDROP_NO_TX_PORT       halbDropReason = 2
-	halbDropReasonDROP_UNSUPPORTED      halbDropReason = 3
-	halbDropReasonDROP_NO_ROUTE         halbDropReason = 4
-	halbDropReasonDROP_NO_NEIGH         halbDropReason = 5
-	halbDropReasonDROP_TOO_BIG          halbDropReason = 6
-	halbDropReasonDROP_ENCAP            halbDropReason = 7
-	halbDropReasonDROP_TOO_BIG_ANSWERED halbDropReason = 8
-	halbDropReasonDROP_IP_HEADER        halbDropReason = 9
-	halbDropReasonDROP_IP_LENGTH        halbDropReason = 10
-	halbDropReasonDROP_TCP_HEADER       halbDropReason = 11
-	halbDropReasonDROP_UDP_HEADER       halbDropReason = 12
-	halbDropReasonDROP_BAD_SOURCE       halbDropReason = 13
-	halbDropReasonDROP_VIP_SOURCE       halbDropReason = 14
-	halbDropReasonDROP_REPLY_NO_ROUTE   halbDropReason = 15
-	halbDropReasonDROP_REPLY_NO_NEIGH   halbDropReason = 16
-	halbDropReasonDROP_REPLY_TOO_BIG    halbDropReason = 17
-	halbDropReasonDROP_NO_SPORT         halbDropReason = 18
-	halbDropReasonDROP_REASONS          halbDropReason = 19
+	halbDropReasonDROP_MALFORMED          halbDropReason = 0
+	halbDropReasonDROP_NO_BACKEND         halbDropReason = 1
+	halbDropReasonDROP_NO_TX_PORT         halbDropReason = 2
+	halbDropReasonDROP_UNSUPPORTED        halbDropReason = 3
+	halbDropReasonDROP_NO_ROUTE           halbDropReason = 4
+	halbDropReasonDROP_NO_NEIGH           halbDropReason = 5
+	halbDropReasonDROP_TOO_BIG            halbDropReason = 6
+	halbDropReasonDROP_ENCAP              halbDropReason = 7
+	halbDropReasonDROP_TOO_BIG_ANSWERED   halbDropReason = 8
+	halbDropReasonDROP_IP_HEADER          halbDropReason = 9
+	halbDropReasonDROP_IP_LENGTH          halbDropReason = 10
+	halbDropReasonDROP_TCP_HEADER         halbDropReason = 11
+	halbDropReasonDROP_UDP_HEADER         halbDropReason = 12
+	halbDropReasonDROP_BAD_SOURCE         halbDropReason = 13
+	halbDropReasonDROP_VIP_SOURCE         halbDropReason = 14
+	halbDropReasonDROP_REPLY_NO_ROUTE     halbDropReason = 15
+	halbDropReasonDROP_REPLY_NO_NEIGH     halbDropReason = 16
+	halbDropReasonDROP_REPLY_TOO_BIG      halbDropReason = 17
+	halbDropReasonDROP_NO_SPORT           halbDropReason = 18
+	halbDropReasonDROP_NAT_REPLY_WRONG_IF halbDropReason = 19
+	halbDropReasonDROP_REASONS            halbDropReason = 20
 )
 
 type halbEvent uint32

@@ -956,6 +956,13 @@ const (
 	// DropNoSport: forward: fullnat, a new flow for which every source
 	// port its hash may take toward its backend is held by a live flow.
 	DropNoSport = DropReason(halbDropReasonDROP_NO_SPORT)
+	// DropNATReplyWrongIf: forward: nat or fullnat, a frame from a
+	// backend's address and port that came in on an interface other
+	// than the one that reaches the backend: a forged reply, which
+	// translated would leave from the VIP toward any address. It is
+	// not translated but handed to the kernel as it came (which deals
+	// with it as without halb); counted here all the same.
+	DropNATReplyWrongIf = DropReason(halbDropReasonDROP_NAT_REPLY_WRONG_IF)
 )
 
 func (r DropReason) String() string {
@@ -998,6 +1005,8 @@ func (r DropReason) String() string {
 		return "reply-too-big"
 	case DropNoSport:
 		return "no-sport"
+	case DropNATReplyWrongIf:
+		return "nat-reply-wrong-if"
 	}
 	return fmt.Sprintf("drop(%d)", uint32(r))
 }

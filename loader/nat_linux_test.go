@@ -58,6 +58,11 @@ func (tb *testbed) natNet(t *testing.T) {
 	if err := h.RouteAdd(&netlink.Route{Dst: dst, Gw: noNeigh4.AsSlice()}); err != nil {
 		t.Fatalf("route to the clients behind %s: %v", noNeigh4, err)
 	}
+	// The replies of the backends behind halb1 come in on halb1,
+	// addressed to its MAC.
+	if err := tb.lb.setLocalMACs(tb.halb1, []LocalMAC{{MAC: halb1MAC, Via: tb.halb1}}); err != nil {
+		t.Fatal(err)
+	}
 	for i, s := range []struct {
 		key     service.Key
 		backend netip.AddrPort
@@ -79,6 +84,17 @@ func (tb *testbed) natNet(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// arrive runs frame on the interface whose MAC it is addressed to:
+// halb1 for halb1MAC, else halb0. A backend's reply comes in on the
+// interface that reaches the backend, a client's packet on halb0.
+func (tb *testbed) arrive(t *testing.T, frame []byte) (xdpAction, []byte) {
+	t.Helper()
+	if bytes.Equal(frame[:6], halb1MAC) {
+		return tb.runOn(t, tb.halb1, frame)
+	}
+	return tb.run(t, frame)
 }
 
 // natBackend adds NAT backend id at addr, from the balancer's src, whose
@@ -203,15 +219,17 @@ func testNAT(t *testing.T, prog string) {
 		{name: "ipv4 tcp reply back from the VIP", reply: 1,
 			in:  packet{src: natBe1, dst: ap(client4, 40000), ack: true}.frame(t, be1MAC, halb0MAC),
 			xdp: outcome{action: xdpRedirect, out: packet{src: ap(vip4, 80), dst: ap(client4, 40000), ack: true}.frame(t, halb1MAC, gw4MAC)}, tcSame: true},
+		// A reply that goes back out of the interface it came in on
+		// (halb1) is sent with XDP_TX.
 		{name: "ipv4 udp reply", reply: 2,
-			in:  packet{src: natBe2, dst: ap(client4, 40002), proto: udp}.frame(t, gw4MAC, halb0MAC),
-			xdp: outcome{action: xdpRedirect, out: packet{src: ap(vip4, 53), dst: ap(client4, 40002), proto: udp}.frame(t, halb1MAC, gw4MAC)}, tcSame: true},
+			in:  packet{src: natBe2, dst: ap(client4, 40002), proto: udp}.frame(t, gw4MAC, halb1MAC),
+			xdp: outcome{action: xdpTX, out: packet{src: ap(vip4, 53), dst: ap(client4, 40002), proto: udp}.frame(t, halb1MAC, gw4MAC)}, tcSame: true},
 		{name: "ipv4 udp reply without a checksum keeps none", reply: 2,
-			in:  zeroUDPChecksum(packet{src: natBe2, dst: ap(client4, 40002), proto: udp}.frame(t, gw4MAC, halb0MAC)),
-			xdp: outcome{action: xdpRedirect, out: zeroUDPChecksum(packet{src: ap(vip4, 53), dst: ap(client4, 40002), proto: udp}.frame(t, halb1MAC, gw4MAC))}, tcSame: true},
+			in:  zeroUDPChecksum(packet{src: natBe2, dst: ap(client4, 40002), proto: udp}.frame(t, gw4MAC, halb1MAC)),
+			xdp: outcome{action: xdpTX, out: zeroUDPChecksum(packet{src: ap(vip4, 53), dst: ap(client4, 40002), proto: udp}.frame(t, halb1MAC, gw4MAC))}, tcSame: true},
 		{name: "ipv6 tcp reply", reply: 3,
-			in:  packet{src: natBe3, dst: ap(client6, 40000), ack: true}.frame(t, gw6MAC, halb0MAC),
-			xdp: outcome{action: xdpRedirect, out: packet{src: ap(vip6, 80), dst: ap(client6, 40000), ack: true}.frame(t, halb1MAC, gw6MAC)}, tcSame: true},
+			in:  packet{src: natBe3, dst: ap(client6, 40000), ack: true}.frame(t, gw6MAC, halb1MAC),
+			xdp: outcome{action: xdpTX, out: packet{src: ap(vip6, 80), dst: ap(client6, 40000), ack: true}.frame(t, halb1MAC, gw6MAC)}, tcSame: true},
 		{name: "ipv6 udp reply", reply: 4,
 			in:  packet{src: natBe4, dst: ap(client6, 40001), proto: udp}.frame(t, be4MAC, halb0MAC),
 			xdp: outcome{action: xdpRedirect, out: packet{src: ap(vip6, 53), dst: ap(client6, 40001), proto: udp}.frame(t, halb1MAC, gw6MAC)}, tcSame: true},
@@ -244,8 +262,8 @@ func testNAT(t *testing.T, prog string) {
 			xdp: outcome{action: xdpRedirect, out: icmpError(t, false, client4, routed4, packet{src: natBe2, dst: ap(client4, 40002), proto: udp}, 0, halb1MAC, gw4MAC),
 				events: []Event{EventNATICMP}}, tcSame: true},
 		{name: "a backend's port unreachable goes back from the VIP", reply: 2,
-			in: icmpError(t, false, routed4, client4, packet{src: ap(client4, 40002), dst: natBe2, proto: udp}, 0, gw4MAC, halb0MAC),
-			xdp: outcome{action: xdpRedirect, out: icmpError(t, false, vip4, client4, packet{src: ap(client4, 40002), dst: ap(vip4, 53), proto: udp}, 0, halb1MAC, gw4MAC),
+			in: icmpError(t, false, routed4, client4, packet{src: ap(client4, 40002), dst: natBe2, proto: udp}, 0, gw4MAC, halb1MAC),
+			xdp: outcome{action: xdpTX, out: icmpError(t, false, vip4, client4, packet{src: ap(client4, 40002), dst: ap(vip4, 53), proto: udp}, 0, halb1MAC, gw4MAC),
 				events: []Event{EventNATICMP}}, tcSame: true},
 		{name: "ipv6 port unreachable from a backend", reply: 4,
 			in: icmpError(t, false, onLink6, client6, packet{src: ap(client6, 40001), dst: natBe4, proto: udp}, 0, be4MAC, halb0MAC),
@@ -254,8 +272,8 @@ func testNAT(t *testing.T, prog string) {
 		// A router between the backend and the balancer keeps its own
 		// address; only the packet it quotes is translated.
 		{name: "a router's packet too big about a client's packet to a backend", reply: 3,
-			in: icmpError(t, true, router6, client6, packet{src: ap(client6, 40000), dst: natBe3, ack: true}, 0, gw6MAC, halb0MAC),
-			xdp: outcome{action: xdpRedirect, out: icmpError(t, true, router6, client6, packet{src: ap(client6, 40000), dst: ap(vip6, 80), ack: true}, 0, halb1MAC, gw6MAC),
+			in: icmpError(t, true, router6, client6, packet{src: ap(client6, 40000), dst: natBe3, ack: true}, 0, gw6MAC, halb1MAC),
+			xdp: outcome{action: xdpTX, out: icmpError(t, true, router6, client6, packet{src: ap(client6, 40000), dst: ap(vip6, 80), ack: true}, 0, halb1MAC, gw6MAC),
 				events: []Event{EventNATICMP}}, tcSame: true},
 
 		// What stays as it is.
@@ -280,6 +298,30 @@ func testNAT(t *testing.T, prog string) {
 		{name: "a reply in a frame for another host",
 			in:  packet{src: natBe1, dst: ap(client4, 40000), ack: true}.frame(t, be1MAC, otherVMAC),
 			xdp: outcome{action: xdpPass, events: []Event{EventOtherHost}}, tcSame: true},
+
+		// A backend's source address and port forged on an interface
+		// that does not reach that backend: translated, it would leave
+		// from the VIP toward any address the sender chose. It goes to
+		// the kernel as it came, counted. The first is a flow whose
+		// reply went back above (halb_reply_flows holds it, for halb1).
+		{name: "a forged reply of a flow that replied, in on the client side",
+			in:  packet{src: natBe2, dst: ap(client4, 40002), proto: udp}.frame(t, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpPass, drop: DropNATReplyWrongIf}, tcSame: true},
+		{name: "a forged reply toward another address, in on the client side",
+			in:  packet{src: natBe2, dst: ap(other4, 7), proto: udp}.frame(t, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpPass, drop: DropNATReplyWrongIf}, tcSame: true},
+		{name: "a reply of a backend on halb0's link, in on halb1",
+			in:  packet{src: natBe1, dst: ap(client4, 40000), ack: true}.frame(t, gw4MAC, halb1MAC),
+			xdp: outcome{action: xdpPass, drop: DropNATReplyWrongIf}, tcSame: true},
+		{name: "a forged ipv6 reply, in on the client side",
+			in:  packet{src: natBe3, dst: ap(client6, 40000), ack: true}.frame(t, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpPass, drop: DropNATReplyWrongIf}, tcSame: true},
+		{name: "an ipv6 reply of a backend on halb0's link, in on halb1",
+			in:  packet{src: natBe4, dst: ap(client6, 40001), proto: udp}.frame(t, gw6MAC, halb1MAC),
+			xdp: outcome{action: xdpPass, drop: DropNATReplyWrongIf}, tcSame: true},
+		{name: "a forged port unreachable from a backend, in on the client side",
+			in:  icmpError(t, false, routed4, client4, packet{src: ap(client4, 40002), dst: natBe2, proto: udp}, 0, routerMAC, halb0MAC),
+			xdp: outcome{action: xdpPass, drop: DropNATReplyWrongIf}, tcSame: true},
 	}
 
 	wantDrops := map[DropReason]uint64{}
@@ -292,7 +334,7 @@ func testNAT(t *testing.T, prog string) {
 			o = c.tc
 		}
 		t.Run(c.name, func(t *testing.T) {
-			action, out := tb.run(t, c.in)
+			action, out := tb.arrive(t, c.in)
 			if action != tb.expect(o.action) {
 				t.Errorf("action %v, want %v", action, tb.expect(o.action))
 			}
@@ -308,7 +350,7 @@ func testNAT(t *testing.T, prog string) {
 				verifyQuote(t, out)
 			}
 		})
-		if o.action == xdpDrop {
+		if o.action == xdpDrop || o.drop != 0 {
 			wantDrops[o.drop]++
 		}
 		for _, e := range o.events {
@@ -804,6 +846,17 @@ func testNATReplyFlows(t *testing.T, prog string) {
 	send(80)
 	if got := entries(); len(got) != 1 || got[key] != e {
 		t.Errorf("after a second reply halb_reply_flows holds %+v, want %+v alone", got, e)
+	}
+	// The same reply in on halb1, which does not reach backend 1 (a
+	// forged source): the entry, valid for halb0 alone, does not
+	// translate it, nor does the long way; the kernel gets it as it came.
+	forged := packet{src: natBe1, dst: ap(client4, 40000), ack: true}.frame(t, gw4MAC, halb1MAC)
+	if action, out := tb.runOn(t, tb.halb1, forged); action != xdpPass || !bytes.Equal(out[:len(forged)], forged) {
+		t.Errorf("a reply in on halb1: action %v, frame\n%x\nwant XDP_PASS and\n%x", action, out[:len(forged)], forged)
+	}
+	tb.wantDrops(t, map[DropReason]uint64{DropNATReplyWrongIf: 1})
+	if got := entries(); len(got) != 1 || got[key] != e {
+		t.Errorf("after a forged reply halb_reply_flows holds %+v, want %+v alone", got, e)
 	}
 	// It is the entry that the next reply goes by: one that says port 81
 	// sends it from 81.

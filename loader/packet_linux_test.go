@@ -183,7 +183,13 @@ const (
 // XDP_PASS, TC_ACT_SHOT as XDP_DROP, TC_ACT_REDIRECT as XDP_REDIRECT.
 func (tb *testbed) run(t *testing.T, frame []byte) (xdpAction, []byte) {
 	t.Helper()
-	action, out, err := tb.runErr(frame)
+	return tb.runOn(t, tb.halb0, frame)
+}
+
+// runOn is run for a frame that arrives on ifindex.
+func (tb *testbed) runOn(t *testing.T, ifindex int, frame []byte) (xdpAction, []byte) {
+	t.Helper()
+	action, out, err := tb.runErrOn(ifindex, frame)
 	if err != nil {
 		t.Fatalf("run the program: %v", err)
 	}
@@ -194,15 +200,20 @@ func (tb *testbed) run(t *testing.T, frame []byte) (xdpAction, []byte) {
 // some frames are refused before the program runs (the fuzzer feeds
 // those too).
 func (tb *testbed) runErr(frame []byte) (xdpAction, []byte, error) {
+	return tb.runErrOn(tb.halb0, frame)
+}
+
+// runErrOn is runErr for a frame that arrives on ifindex.
+func (tb *testbed) runErrOn(ifindex int, frame []byte) (xdpAction, []byte, error) {
 	prog := tb.lb.xdpProgram()
 	opts := &ebpf.RunOptions{
 		Data:    frame,
 		DataOut: make([]byte, len(frame)+256),
-		Context: xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(tb.halb0)},
+		Context: xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)},
 	}
 	if tb.tc {
 		prog = tb.lb.tcProgram()
-		opts.Context = skbCtx{IngressIfindex: uint32(tb.halb0), Ifindex: uint32(tb.halb0)}
+		opts.Context = skbCtx{IngressIfindex: uint32(ifindex), Ifindex: uint32(ifindex)}
 	}
 	var ret uint32
 	err := tb.ns.Do(func() error {
