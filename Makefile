@@ -21,8 +21,14 @@ build:
 # removes (demo/main.go). DEMOFLAGS=-phase=3s shortens it; -clean only
 # removes what a killed demo left.
 DEMOFLAGS ?=
-demo: build
+# It says what it does while it builds: the first build compiles halb's
+# dependencies and takes minutes on a small machine.
+demo:
+	@echo "demo: building bin/halb (the first build compiles the dependencies: a few minutes; later ones seconds)"
+	@$(MAKE) --no-print-directory build
+	@echo "demo: building bin/halb-demo"
 	$(GO) build -o $(BINDIR)/halb-demo ./demo
+	@echo "demo: starting: two halb nodes in a VRRP pair in front of three web servers, in network namespaces"
 	$(BINDIR)/halb-demo -halb $(BINDIR)/halb $(DEMOFLAGS)
 
 # Privileged tests need root: they skip without it, and fail when CI=true.
