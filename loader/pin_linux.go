@@ -157,10 +157,19 @@ func privateMountNS() (bool, string) {
 	}
 	init, err := os.Readlink(initMountNS)
 	if err != nil {
-		return false, self
+		// Some hosts deny reading PID 1's link from another mount
+		// namespace (seen under ip netns exec on the development
+		// machine, whose PID 1 is not systemd): then the parent's,
+		// the shell or unit that started halb, stands for the host's.
+		if init, err = os.Readlink(parentMountNS()); err != nil {
+			return false, self
+		}
 	}
 	return self != init, self
 }
+
+// parentMountNS is the link to the mount namespace of halb's parent.
+var parentMountNS = func() string { return fmt.Sprintf("/proc/%d/ns/mnt", os.Getppid()) }
 
 func onBPFFS(path string) bool {
 	var st unix.Statfs_t
