@@ -60,9 +60,9 @@ type pageInstance struct {
 }
 
 type pageService struct {
-	Name, Key, Datapath string
+	Name, Key, Datapath  string
 	PacketRate, FlowRate string
-	Backends            []pageBackend
+	Backends             []pageBackend
 }
 
 type pageBackend struct {

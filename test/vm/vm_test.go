@@ -52,7 +52,7 @@ const exitUnavailable = 3
 
 const (
 	buildTimeout = 15 * time.Minute // the first build installs QEMU and downloads the kernel: 8 min for armhf on a loaded 2-core machine
-	bootTimeout  = 5 * time.Minute // run.sh's own limit is 120 s, 240 s on armhf
+	bootTimeout  = 5 * time.Minute  // run.sh's own limit is 120 s, 240 s on armhf
 )
 
 // guestArch is a guest's Debian architecture, with the variable that may
