@@ -724,6 +724,13 @@ func (c *converter) number(n *Node, key, s string) string {
 		c.drop(n, "fwmark mask /"+mask+": halb matches the whole mark")
 		s = v
 	}
+	if key == "table" {
+		// The names the kernel itself fixes (linux/rtnetlink.h); others
+		// come from the host's rt_tables, which the import cannot know.
+		if id, ok := fixedTables[s]; ok {
+			return id
+		}
+	}
 	v, err := strconv.ParseUint(s, 0, 32)
 	if err != nil {
 		if key == "table" {
@@ -735,6 +742,9 @@ func (c *converter) number(n *Node, key, s string) string {
 	}
 	return strconv.FormatUint(v, 10)
 }
+
+// fixedTables are the routing tables every Linux names alike.
+var fixedTables = map[string]string{"default": "253", "main": "254", "local": "255"}
 
 func isRouteWord(w string) bool {
 	switch w {
@@ -775,7 +785,7 @@ func (c *converter) virtualRules(n *Node, in *instance) {
 				}
 				next = yamlScalar(next)
 			case "table", "priority", "fwmark":
-				next = c.number(ch, w, next)
+				next = c.number(ch, key, next)
 			default:
 				next = yamlScalar(next)
 			}

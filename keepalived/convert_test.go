@@ -249,3 +249,22 @@ vrrp_instance B {
 		t.Fatalf("%v, %v; want a RefusedError naming vrrp.instances[1].vrid", res, err)
 	}
 }
+
+// TestRouteTableNames: the tables the kernel names alike everywhere
+// (main, local, default) are carried across as their numbers, in routes
+// and in rules (`table` and `lookup`); any other name is the host's
+// rt_tables, which the import cannot read for the node it is meant for.
+func TestRouteTableNames(t *testing.T) {
+	res := importText(t, keywordConfig("instance",
+		"virtual_routes {\nto 203.0.113.0/24 via 192.0.2.254 table local\n}\nvirtual_rules {\nfrom 192.0.2.100/32 lookup main priority 10\nto 198.51.100.0/24 table default priority 11\n}"))
+	for _, want := range []string{"table: 255", "table: 254", "table: 253"} {
+		if !strings.Contains(string(res.YAML), want) {
+			t.Errorf("want %q in\n%s", want, res.YAML)
+		}
+	}
+	path := writeFiles(t, map[string]string{"k.conf": keywordConfig("instance", "virtual_rules {\nfrom 192.0.2.100/32 lookup web priority 10\n}")}) + "/k.conf"
+	_, err := Import(path, ImportOptions{})
+	if ce, ok := err.(*ConvertError); !ok || !strings.Contains(ce.Error(), `table "web": halb takes table numbers, not names from rt_tables`) {
+		t.Errorf("%v; want a ConvertError naming the table", err)
+	}
+}
