@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"errors"
 	"fmt"
 	"path/filepath"
 
@@ -13,7 +12,7 @@ import (
 // 0, as Status tells them live. It reads halb_backends in batches and
 // nothing else, so that a benchmark can watch 100 000 backends go live
 // every few milliseconds (a status query reads each one's counters too,
-// and takes seconds at that size). It needs Linux 5.6 (batch lookups).
+// and takes seconds at that size).
 func LiveBackends(bpffs string) (int, error) {
 	path := filepath.Join(bpffs, halbMapHalbBackends)
 	m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
@@ -21,22 +20,14 @@ func LiveBackends(bpffs string) (int, error) {
 		return 0, fmt.Errorf("open %s: %w", path, err)
 	}
 	defer m.Close()
-	keys := make([]uint32, 4096)
-	vals := make([]halbBackend, len(keys))
-	var cursor ebpf.MapBatchCursor
 	live := 0
-	for {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
-			if (&beState{rec: vals[i]}).live() {
-				live++
-			}
+	err = eachBatched(m, path, func(_ uint32, rec halbBackend) {
+		if (&beState{rec: rec}).live() {
+			live++
 		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return live, nil
-		}
-		if err != nil {
-			return 0, fmt.Errorf("read %s: %w", path, err)
-		}
+	})
+	if err != nil {
+		return 0, err
 	}
+	return live, nil
 }
