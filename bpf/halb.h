@@ -393,16 +393,22 @@ HALB_ASSERT_OFFSET(struct flow, dport, 34);
 HALB_ASSERT_OFFSET(struct flow, proto, 36);
 HALB_ASSERT_OFFSET(struct flow, family, 37);
 
-/* halb_ct value. */
+/* halb_ct value. first_seen and packets are for `halb flows` alone: the
+ * data path never reads them. */
 struct ct_entry {
 	__u32 backend_id;
-	__u16 sport; /* full NAT: the source port the flow was given, so
-		      * that its packets need neither the hash nor
-		      * halb_fnat; 0 otherwise */
+	__u16 sport;      /* full NAT: the source port the flow was given, so
+			   * that its packets need neither the hash nor
+			   * halb_fnat; 0 otherwise */
 	__u16 pad;
+	__u32 first_seen; /* bpf_ktime_get_coarse_ns() / 1e9 when the flow was
+			   * (re)scheduled: seconds of CLOCK_MONOTONIC */
+	__u32 packets;    /* approximate: see schedule() */
 };
-HALB_ASSERT_SIZE(struct ct_entry, 8);
+HALB_ASSERT_SIZE(struct ct_entry, 16);
 HALB_ASSERT_OFFSET(struct ct_entry, sport, 4);
+HALB_ASSERT_OFFSET(struct ct_entry, first_seen, 8);
+HALB_ASSERT_OFFSET(struct ct_entry, packets, 12);
 
 /* halb_nexthops value (per CPU), indexed by backend id: where the last
  * FIB lookup for a TUN or NAT backend said its packets go. The FIB costs more than

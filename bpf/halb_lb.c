@@ -277,6 +277,24 @@ static __always_inline __u32 maglev_pick(const struct service *svc, __u32 hash)
 	return ids[slot];
 }
 
+/* remember_flow puts a new flow into halb_ct. A call of its own, so that
+ * its entry takes no room on the program's stack, which is close to the
+ * verifier's 512 bytes, and the hit path does not pay for it. If the table
+ * is full the LRU evicts its oldest flow; if the update fails anyway the
+ * next packet is scheduled again, to the same place while the table holds
+ * still. */
+static __noinline void remember_flow(const struct flow *flow, __u32 id, __u16 sport)
+{
+	struct ct_entry entry = {
+		.backend_id = id,
+		.sport = sport,
+		.first_seen = bpf_ktime_get_coarse_ns() / 1000000000,
+		.packets = 1,
+	};
+
+	bpf_map_update_elem(&halb_ct, flow, &entry, BPF_ANY);
+}
+
 /* schedule finds the backend for pkt: the one halb_ct remembers (ct, which
  * the caller looked up, or NULL; known, its record, when known_service
  * found the service through it), or else the Maglev choice, which it then
@@ -290,14 +308,20 @@ static __always_inline __u32 maglev_pick(const struct service *svc, __u32 hash)
  * A full NAT flow's source port (*sport) is remembered with its backend:
  * a packet halb_ct knows needs neither the flow's hash nor halb_fnat. A
  * new flow takes its port here (snat_port), and one that finds none
- * (*sport 0) is not remembered. */
+ * (*sport 0) is not remembered.
+ *
+ * A remembered flow counts its packet in its entry (ct->packets), for
+ * `halb flows`: a plain increment, not an atomic one, as a flow's packets
+ * arrive on one CPU (RSS); when two CPUs carry one flow the count may lose
+ * increments. It is approximate by design, and costs the hit no helper. A
+ * new entry counts its first packet and notes when it was made (a SYN on
+ * a reused 5-tuple makes a new one, and restarts both). */
 static __always_inline struct backend *schedule(const struct service *svc,
 						const struct packet *pkt,
-						const struct ct_entry *ct, struct backend *known,
+						struct ct_entry *ct, struct backend *known,
 						__u32 *id, int *new_flow, __u16 *sport)
 {
 	int full = svc->forward == FORWARD_FULLNAT;
-	struct ct_entry entry = {};
 	struct backend *b;
 	__u32 hash;
 
@@ -308,6 +332,7 @@ static __always_inline struct backend *schedule(const struct service *svc,
 		if (b && b->service == svc->id) {
 			*id = ct->backend_id;
 			*sport = ct->sport;
+			ct->packets++;
 			return b;
 		}
 	}
@@ -317,19 +342,14 @@ static __always_inline struct backend *schedule(const struct service *svc,
 	b = active_backend(*id);
 	if (!b || pkt->icmp)
 		return b;
-	entry.backend_id = *id;
 	if (full) {
 		if (svc->flags & SERVICE_F_SOURCE_HASH)
 			hash = flow_hash(&pkt->flow, 0); /* the port is the flow's */
-		entry.sport = snat_port(&pkt->flow, b, *id, hash, 1);
-		*sport = entry.sport;
-		if (!entry.sport)
+		*sport = snat_port(&pkt->flow, b, *id, hash, 1);
+		if (!*sport)
 			return b;
 	}
-	/* If the table is full the LRU evicts its oldest flow; if the update
-	 * fails anyway the next packet is scheduled again, to the same place
-	 * while the table holds still. */
-	bpf_map_update_elem(&halb_ct, &pkt->flow, &entry, BPF_ANY);
+	remember_flow(&pkt->flow, *id, *sport);
 	*new_flow = 1;
 	return b;
 }

@@ -57,6 +57,8 @@ type halbCtEntry struct {
 	BackendId uint32
 	Sport     uint16
 	Pad       uint16
+	FirstSeen uint32
+	Packets   uint32
 }
 
 type halbDropReason uint32

@@ -28,7 +28,7 @@ func TestMapLayout(t *testing.T) {
 		{halbMapHalbVips, halbVipKey{}, halbVip{}, 20, 4},
 		{halbMapHalbBackends, uint32(0), halbBackend{}, 4, 60},
 		{halbMapHalbMaglev, uint32(0), uint32(0), 4, 4}, // the value is an inner map's id
-		{halbMapHalbCt, halbFlow{}, halbCtEntry{}, 40, 8},
+		{halbMapHalbCt, halbFlow{}, halbCtEntry{}, 40, 16},
 		{halbMapHalbTxPorts, uint32(0), uint32(0), 4, 4},
 		{halbMapHalbServiceStats, uint32(0), halbStats{}, 4, 24},
 		{halbMapHalbBackendStats, uint32(0), halbStats{}, 4, 24},

@@ -17,6 +17,7 @@ import (
 
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/service"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -388,6 +389,33 @@ func testScheduling(t *testing.T, prog string) {
 		tb.wantDrops(t, nil)
 	})
 
+	t.Run("conntrack counts a flow's packets from when it began, and a SYN starts both again", func(t *testing.T) {
+		tb := newTestbed(t, Options{}).on(prog)
+		tb.backend(t, 1, "198.51.100.11", tb.halb0)
+		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
+		tb.table(t, 1, 1)
+		before := monotonicSeconds(t)
+		tb.expectForward(t, syn(40000), xdpTX, 1)
+		for range 3 {
+			tb.expectForward(t, ack(40000), xdpTX, 1)
+		}
+		e, ok := tb.ctEntry(t, ack(40000))
+		if !ok || e.Packets != 4 || e.FirstSeen < before || e.FirstSeen > monotonicSeconds(t) {
+			t.Errorf("after a SYN and 3 ACKs halb_ct holds %+v (present %v), want 4 packets first seen at %d s or just after", e, ok, before)
+		}
+		// A reused 5-tuple's SYN is a new connection: as if it began long
+		// ago, it begins now, with one packet.
+		key := flowKey(t, ack(40000))
+		e.FirstSeen = 5
+		if err := tb.lb.objs.HalbCt.Put(&key, &e); err != nil {
+			t.Fatal(err)
+		}
+		tb.expectForward(t, syn(40000), xdpTX, 1)
+		if e, ok := tb.ctEntry(t, syn(40000)); !ok || e.Packets != 1 || e.FirstSeen < before {
+			t.Errorf("after a new SYN halb_ct holds %+v (present %v), want 1 packet first seen at %d s or later", e, ok, before)
+		}
+	})
+
 	t.Run("conntrack counts only backends of the packet's service", func(t *testing.T) {
 		tb := newTestbed(t, Options{}).on(prog)
 		tb.backend(t, 1, "198.51.100.11", tb.halb0)
@@ -669,6 +697,38 @@ func TestLBWriters(t *testing.T) {
 // conntrack returns the backend halb_ct holds for p's flow.
 func (tb *testbed) conntrack(t *testing.T, p packet) (uint32, bool) {
 	t.Helper()
+	e, ok := tb.ctEntry(t, p)
+	return e.BackendId, ok
+}
+
+// ctEntry returns what halb_ct holds for p's flow.
+func (tb *testbed) ctEntry(t *testing.T, p packet) (halbCtEntry, bool) {
+	t.Helper()
+	key := flowKey(t, p)
+	var e halbCtEntry
+	err := tb.lb.objs.HalbCt.Lookup(&key, &e)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return e, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, true
+}
+
+// monotonicSeconds is the clock halb_ct's first_seen reads, in seconds.
+func monotonicSeconds(t *testing.T) uint32 {
+	t.Helper()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	return uint32(ts.Sec)
+}
+
+// flowKey is the halb_ct key of p's flow.
+func flowKey(t *testing.T, p packet) halbFlow {
+	t.Helper()
 	saddr, family, err := addrOf(p.src.Addr())
 	if err != nil {
 		t.Fatal(err)
@@ -681,19 +741,10 @@ func (tb *testbed) conntrack(t *testing.T, p packet) (uint32, bool) {
 	if proto == 0 {
 		proto = layers.IPProtocolTCP
 	}
-	key := halbFlow{
+	return halbFlow{
 		Saddr: saddr, Daddr: daddr, Sport: p.src.Port(), Dport: p.dst.Port(),
 		Proto: uint8(proto), Family: family,
 	}
-	var e halbCtEntry
-	err = tb.lb.objs.HalbCt.Lookup(&key, &e)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return 0, false
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e.BackendId, true
 }
 
 func (tb *testbed) wantServiceStats(t *testing.T, id uint32, want Stats) {
