@@ -727,19 +727,8 @@ func mountCount(t *testing.T, under ...string) int {
 // purgeConntrack finds every flow of the backends it is given, across
 // batches.
 func TestPurgeConntrack(t *testing.T) {
-	netnstest.Require(t)
-	lb, err := loadLB(Options{ConntrackEntries: 65536})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lb.close()
 	const flows = 10000
-	for i := range flows {
-		k := halbFlow{Sport: uint16(i), Dport: 80, Proto: 6, Family: halbFamilyFAMILY_IPV4}
-		if err := lb.objs.HalbCt.Put(&k, &halbCtEntry{BackendId: uint32(i%4 + 1)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	lb := withFlows(t, flows, func(i int) halbCtEntry { return halbCtEntry{BackendId: uint32(i%4 + 1)} })
 	n, err := lb.purgeConntrack(map[uint32]bool{2: true, 4: true})
 	if err != nil || n != flows/2 {
 		t.Fatalf("purged %d flows (%v), want %d", n, err, flows/2)

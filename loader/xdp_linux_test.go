@@ -17,7 +17,6 @@ import (
 
 	"github.com/halb-lb/halb/internal/netnstest"
 	"github.com/halb-lb/halb/service"
-	"golang.org/x/sys/unix"
 )
 
 var (
@@ -394,13 +393,13 @@ func testScheduling(t *testing.T, prog string) {
 		tb.backend(t, 1, "198.51.100.11", tb.halb0)
 		tb.service(t, web4, Service{ID: 1, Forward: ForwardDR})
 		tb.table(t, 1, 1)
-		before := monotonicSeconds(t)
+		before := monotonicNow(t)
 		tb.expectForward(t, syn(40000), xdpTX, 1)
 		for range 3 {
 			tb.expectForward(t, ack(40000), xdpTX, 1)
 		}
 		e, ok := tb.ctEntry(t, ack(40000))
-		if !ok || e.Packets != 4 || e.FirstSeen < before || e.FirstSeen > monotonicSeconds(t) {
+		if !ok || e.Packets != 4 || e.FirstSeen < before || e.FirstSeen > monotonicNow(t) {
 			t.Errorf("after a SYN and 3 ACKs halb_ct holds %+v (present %v), want 4 packets first seen at %d s or just after", e, ok, before)
 		}
 		// A reused 5-tuple's SYN is a new connection: as if it began long
@@ -716,14 +715,14 @@ func (tb *testbed) ctEntry(t *testing.T, p packet) (halbCtEntry, bool) {
 	return e, true
 }
 
-// monotonicSeconds is the clock halb_ct's first_seen reads, in seconds.
-func monotonicSeconds(t *testing.T) uint32 {
+// monotonicNow is the clock halb_ct's first_seen reads, in seconds.
+func monotonicNow(t *testing.T) uint32 {
 	t.Helper()
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+	now, err := monotonicSeconds()
+	if err != nil {
 		t.Fatal(err)
 	}
-	return uint32(ts.Sec)
+	return uint32(now)
 }
 
 // flowKey is the halb_ct key of p's flow.
