@@ -63,6 +63,9 @@ func (k *netlinkKernel) Close() error {
 // namespace of the process, which is the netlink socket's.
 const procTable = "/proc/net/ip_vs"
 
+// Conns opens the connection table (connReader).
+func (k *netlinkKernel) Conns() (io.ReadCloser, error) { return os.Open(procConns) }
+
 // Table reads the whole table in one read of procTable (tableReader).
 func (k *netlinkKernel) Table() (map[service.Key]*current, error) {
 	f, err := os.Open(procTable)
