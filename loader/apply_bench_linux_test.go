@@ -70,7 +70,10 @@ import (
 //	                     (ebpf.MapInfo.Memlock, on this kernel the map's
 //	                     own memory-usage estimate).
 //	maglev-bytes/slot    the memlock of the Maglev tables alone, divided by
-//	                     their slots (issue 16's bound: 4.1).
+//	                     their slots (issue 16's bound: 4.1); the spare
+//	                     tables count in it, and in maps-MiB:
+//	spare-tables         the tables swapped out and kept to be written
+//	                     again (mapWriter.spares, at most maxSpares).
 //	backends-placed, backends-refused
 //	                     backends with an ID and record, and those the maps
 //	                     had no room for (1000x100 needs max_backends
@@ -534,6 +537,7 @@ func (ab *applyBench) report(b *testing.B, c applyCost, services []service.Servi
 	b.ReportMetric(mib(c.kept), "heap-delta-MiB")
 	b.ReportMetric(mib(mem), "maps-MiB")
 	b.ReportMetric(float64(tableMem)/float64(tables*ab.dp.lb.maglevTableSize()), "maglev-bytes/slot")
+	b.ReportMetric(float64(len(ab.dp.maps.spareTables())), "spare-tables")
 	b.ReportMetric(float64(c.writes), "map-writes")
 	b.ReportMetric(float64(c.batches), "outer-map-batches")
 	b.ReportMetric(float64(placed), "backends-placed")
@@ -569,17 +573,19 @@ func (ab *applyBench) mapMemory() (uint64, int, error) {
 }
 
 // tableMemory counts the Maglev tables in halb_maglev and sums their
-// memlock.
+// memlock and the spares'.
 func (ab *applyBench) tableMemory() (int, uint64, error) {
 	ids, err := ab.tableIDs()
 	if err != nil {
 		return 0, 0, err
 	}
+	spares := len(ab.dp.maps.spareTables())
 	sum, err := memlock(slices.Values(ids))
-	return len(ids), sum, err
+	return len(ids) - spares, sum, err
 }
 
-// tableIDs are the ids of the Maglev tables in halb_maglev.
+// tableIDs are the ids of the Maglev tables in halb_maglev and of the
+// spare tables.
 func (ab *applyBench) tableIDs() ([]ebpf.MapID, error) {
 	var (
 		slot, inner uint32
@@ -591,6 +597,17 @@ func (ab *applyBench) tableIDs() ([]ebpf.MapID, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", halbMapHalbMaglev, err)
+	}
+	for _, m := range ab.dp.maps.spareTables() {
+		info, err := m.Info()
+		if err != nil {
+			return nil, fmt.Errorf("spare table info: %w", err)
+		}
+		id, ok := info.ID()
+		if !ok {
+			return nil, errors.New("spare table info: the kernel gives no id")
+		}
+		ids = append(ids, id)
 	}
 	return ids, nil
 }

@@ -867,6 +867,9 @@ func (d *Datapath) release() {
 			a.link.Close()
 		}
 	}
+	if d.maps != nil {
+		d.maps.closeSpares()
+	}
 	if d.lb != nil {
 		d.lb.close()
 	}

@@ -716,10 +716,13 @@ func (lb *kernelLB) newMaglevTable(service uint32, table []uint32) (*ebpf.Map, e
 // some 6-10 µs each on the shared virtual machines of BENCHMARKS.md, 0.4-
 // 0.6 ms a table, against 30 µs for the write itself), so that a map
 // made while its table is being built has paid it by the time the table
-// is written. Safe for concurrent use.
+// is written. Every table has one name, halb_mgl, not its service's: a
+// table swapped out is written again as the next table of any service
+// (mapWriter.spares); halb_maglev says whose each is. Safe for concurrent
+// use.
 func (lb *kernelLB) newMaglevMap(service uint32) (*ebpf.Map, error) {
 	spec := lb.maglev.Copy()
-	spec.Name = fmt.Sprintf("halb_mgl_%d", service)
+	spec.Name = "halb_mgl"
 	m, err := ebpf.NewMap(spec)
 	if err != nil {
 		return nil, fmt.Errorf("create maglev table of service %d: %w", service, err)
@@ -784,9 +787,9 @@ func (lb *kernelLB) deleteMaglevTable(service uint32) error {
 	return nil
 }
 
-// maglevTable reads the table of service id back from the kernel, or nil
-// when it has none.
-func (lb *kernelLB) maglevTable(service uint32) ([]uint32, error) {
+// openMaglevTable opens the table of service id, or returns nil when it
+// has none.
+func (lb *kernelLB) openMaglevTable(service uint32) (*ebpf.Map, error) {
 	var id uint32
 	err := lb.objs.HalbMaglev.Lookup(service, &id)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -798,6 +801,24 @@ func (lb *kernelLB) maglevTable(service uint32) ([]uint32, error) {
 	m, err := ebpf.NewMapFromID(ebpf.MapID(id))
 	if err != nil {
 		return nil, fmt.Errorf("open maglev table of service %d: %w", service, err)
+	}
+	return m, nil
+}
+
+// fitsMaglev reports whether m is made as newMaglevMap makes a table
+// now, so that it can be written as one.
+func (lb *kernelLB) fitsMaglev(m *ebpf.Map) bool {
+	t := lb.maglev
+	return m.Type() == t.Type && m.KeySize() == t.KeySize && m.ValueSize() == t.ValueSize &&
+		m.MaxEntries() == t.MaxEntries && m.Flags() == t.Flags
+}
+
+// maglevTable reads the table of service id back from the kernel, or nil
+// when it has none.
+func (lb *kernelLB) maglevTable(service uint32) ([]uint32, error) {
+	m, err := lb.openMaglevTable(service)
+	if m == nil || err != nil {
+		return nil, err
 	}
 	defer m.Close()
 	if m.ValueSize() != uint32(4*lb.maglevTableSize()) {

@@ -61,7 +61,21 @@ type mapWriter struct {
 	// RCU grace period, once no program still runs on the tables it
 	// replaced (BenchmarkApply reports it beside the Apply).
 	swapTook time.Duration
+	// spares are tables swapped out of halb_maglev, kept to be written
+	// again as the next table of any service (takeSpare), at most
+	// maxSpares of them.
+	spares []*ebpf.Map
 }
+
+// maxSpares bounds the tables kept to be written again. A table made
+// anew costs the map's creation and the first write to each of its pages
+// (about 0.5 ms of kernel time for 65537 slots on the virtual machines
+// of BENCHMARKS.md), and its release later; one swapped out and written
+// again costs a copy of its slots (some 30 µs). Two let an Apply that
+// changes one or two tables make none, and cost 2 × 256 KiB of kernel
+// memory at the default size: at 1000 services 0.2 % more, 4.013 bytes
+// a slot of kernel memory for the tables rather than 4.005.
+const maxSpares = 2
 
 func newMapWriter(lb *kernelLB) *mapWriter {
 	return &mapWriter{lb: lb, tables: map[uint32][]uint32{}, inTables: make([]int32, lb.maxBackends())}
@@ -266,16 +280,80 @@ type tableDraft struct {
 	ready   chan struct{}
 	m       *ebpf.Map
 	err     error
+	// zeros, for a spare (takeSpare), which holds the slots of the
+	// table it was: written when the new table names no backend.
+	zeros []uint32
 }
 
-// draftTable starts making service's next table. Safe for concurrent use.
+// draftTable starts making service's next table: a spare, when one is
+// kept, else a new map. Safe for concurrent use.
 func (w *mapWriter) draftTable(service uint32) *tableDraft {
 	t := &tableDraft{service: service, ready: make(chan struct{})}
+	if m := w.takeSpare(); m != nil {
+		t.m, t.zeros = m, w.lb.zeroSlots()
+		close(t.ready)
+		return t
+	}
 	go func() {
 		defer close(t.ready)
 		t.m, t.err = w.lb.newMaglevMap(service)
 	}()
 	return t
+}
+
+// takeSpare is a table swapped out of halb_maglev, to be written whole
+// again, or nil. Safe for concurrent use.
+func (w *mapWriter) takeSpare() *ebpf.Map {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := len(w.spares)
+	if n == 0 {
+		return nil
+	}
+	m := w.spares[n-1]
+	w.spares = w.spares[:n-1]
+	return m
+}
+
+// outgoing opens the tables that a swap of services is about to replace,
+// as many as may be kept as spares; nil for a service that has none, or
+// one not of the size a table is now (from an earlier halb). w.mu is
+// held.
+func (w *mapWriter) outgoing(services []uint32) []*ebpf.Map {
+	var out []*ebpf.Map
+	for _, service := range services {
+		if len(w.spares)+len(out) >= maxSpares {
+			break
+		}
+		m, err := w.lb.openMaglevTable(service)
+		if err != nil || m == nil {
+			continue
+		}
+		if !w.lb.fitsMaglev(m) {
+			m.Close()
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// closeSpares releases the spare tables (on Close).
+func (w *mapWriter) closeSpares() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, m := range w.spares {
+		m.Close()
+	}
+	w.spares = nil
+}
+
+// spareTables are the spare tables kept, for BenchmarkApply's count of
+// kernel memory.
+func (w *mapWriter) spareTables() []*ebpf.Map {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.spares)
 }
 
 // stage writes the table whose slot s holds the index idx[s] in ids of
@@ -289,7 +367,10 @@ func (t *tableDraft) stage(idx []int32, ids []uint32) (*stagedTable, error) {
 	}
 	slots := unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(idx))), len(idx))
 	named := fillSlots(slots, idx, ids)
-	if named != nil {
+	if named == nil {
+		slots = t.zeros // a new map's are 0 already
+	}
+	if slots != nil {
 		if err := writeSlots(t.m, slots); err != nil {
 			t.m.Close()
 			return nil, err
@@ -333,7 +414,9 @@ func (t *tableDraft) discard() {
 func (t *stagedTable) discard() { t.m.Close() }
 
 // installTables swaps the staged tables in, all in one batch write to
-// halb_maglev, and notes which ids each one names.
+// halb_maglev, and notes which ids each one names. Some of the tables
+// swapped out become spares: the kernel returns from the write only once
+// no program still runs on them.
 func (w *mapWriter) installTables(staged []*stagedTable) error {
 	if len(staged) == 0 {
 		return nil
@@ -345,6 +428,7 @@ func (w *mapWriter) installTables(staged []*stagedTable) error {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	old := w.outgoing(services)
 	w.writes++
 	w.tableBatches++
 	start := time.Now()
@@ -354,8 +438,13 @@ func (w *mapWriter) installTables(staged []*stagedTable) error {
 		t.discard() // halb_maglev holds its own reference
 	}
 	if err != nil {
+		// Which were swapped is not known: none is kept.
+		for _, m := range old {
+			m.Close()
+		}
 		return err
 	}
+	w.spares = append(w.spares, old...)
 	for _, t := range staged {
 		w.name(t.service, t.ids)
 	}

@@ -85,7 +85,9 @@ func (d *Datapath) neighbourView(all bool) *neighbours {
 
 // askNeighbours asks the kernel at once for the MAC of every DR backend
 // of the services to apply (want, those in only when only is not nil)
-// that the neighbour table lacks, before any of them is written: the
+// that the neighbour table lacks, but those served already with a MAC
+// (which they keep, and which their planning asks for again), before any
+// of them is written: the
 // answers come while the apply runs, as neighbour updates that reach
 // takes in under its own lock, so that the services written later find
 // them, and the others are applied again as soon as they come. d.mu is
@@ -99,9 +101,10 @@ func (d *Datapath) askNeighbours(want map[service.Key]*service.Service, only map
 		d.reach.mu.Lock()
 		d.reach.serve(key)
 		d.reach.mu.Unlock()
+		st := d.applied[key]
 		for _, b := range s.Backends {
 			addr := b.Addr.Unmap()
-			if addr.Is4() != key.VIP.Unmap().Is4() {
+			if addr.Is4() != key.VIP.Unmap().Is4() || st.servedWithMAC(backendKey(s, b)) {
 				continue
 			}
 			via, err := d.via(addr)
