@@ -548,7 +548,7 @@ func (ab *applyBench) report(b *testing.B, c applyCost, services []service.Servi
 // Maglev tables in halb_maglev, and counts them.
 func (ab *applyBench) mapMemory() (uint64, int, error) {
 	ids := map[ebpf.MapID]bool{}
-	for _, p := range []*ebpf.Program{ab.dp.lb.xdpProgram(), ab.dp.lb.tcProgram()} {
+	for _, p := range ab.dp.lb.loaded() {
 		info, err := p.Info()
 		if err != nil {
 			return 0, 0, fmt.Errorf("program info: %w", err)

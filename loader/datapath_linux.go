@@ -122,20 +122,20 @@ type attachment struct {
 	bareVeth bool
 }
 
-// progName is the name of the program on a's hook.
-func (a *attachment) progName() string {
-	if a.Hook == HookTCX {
+// program is the name of the program that runs on hook h.
+func (h Hook) program() string {
+	if h == HookTCX {
 		return halbProgHalbTcLb
 	}
 	return halbProgHalbXdpLb
 }
 
+// progName is the name of the program on a's hook.
+func (a *attachment) progName() string { return a.Hook.program() }
+
 // progFor is the program of lb that runs on a's hook.
-func (a *attachment) progFor(lb *kernelLB) *ebpf.Program {
-	if a.Hook == HookTCX {
-		return lb.tcProgram()
-	}
-	return lb.xdpProgram()
+func (a *attachment) progFor(lb *kernelLB) (*ebpf.Program, error) {
+	return lb.program(a.progName())
 }
 
 // NewDatapath loads halb's programs and maps, or adopts those pinned under
@@ -213,13 +213,14 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	}
 
 	snatFirst, snatLast, _ := cfg.SNATPortRange() // 0, 0: the defaults
-	spec, maglev, err := newSpec(Options{
+	opts := Options{
 		MaglevTableSize:  uint32(cfg.MaglevTableSize),
 		ConntrackEntries: uint32(cfg.ConntrackEntries),
 		MaxBackends:      uint32(cfg.MaxBackends),
 		SNATPortFirst:    uint16(snatFirst),
 		SNATPortLast:     uint16(snatLast),
-	})
+	}
+	spec, maglev, err := newSpec(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +232,10 @@ func NewDatapath(cfg config.Datapath, mode string, log *slog.Logger) (_ *Datapat
 	for _, name := range pinnedMaps {
 		spec.Maps[name].Pinning = ebpf.PinByName
 	}
-	if d.lb, err = load(spec, maglev, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.dir}}); err != nil {
+	// The program of the first hook to try is loaded now, so that a
+	// kernel that refuses it stops the start; another one when an
+	// interface first needs it (kernelLB.program).
+	if d.lb, err = load(spec, maglev, opts, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.dir}}, hooks[0].program()); err != nil {
 		return nil, err
 	}
 	d.maps = newMapWriter(d.lb)
@@ -662,13 +666,17 @@ func (d *Datapath) attach(ifname string) (*attachment, error) {
 }
 
 func (d *Datapath) attachNew(h Hook, ifindex int) (link.Link, error) {
+	prog, err := d.lb.program(h.program())
+	if err != nil {
+		return nil, err
+	}
 	switch h {
 	case HookXDPNative:
-		return link.AttachXDP(link.XDPOptions{Program: d.lb.xdpProgram(), Interface: ifindex, Flags: link.XDPDriverMode})
+		return link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPDriverMode})
 	case HookXDPGeneric:
-		return link.AttachXDP(link.XDPOptions{Program: d.lb.xdpProgram(), Interface: ifindex, Flags: link.XDPGenericMode})
+		return link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPGenericMode})
 	default:
-		return link.AttachTCX(link.TCXOptions{Program: d.lb.tcProgram(), Interface: ifindex, Attach: ebpf.AttachTCXIngress})
+		return link.AttachTCX(link.TCXOptions{Program: prog, Interface: ifindex, Attach: ebpf.AttachTCXIngress})
 	}
 }
 
@@ -725,7 +733,11 @@ func dropLink(l link.Link, pin string) error {
 // swapPrograms gives adopted links this halb's programs.
 func (d *Datapath) swapPrograms() error {
 	for _, a := range d.swap {
-		if err := a.link.Update(a.progFor(d.lb)); err != nil {
+		prog, err := a.progFor(d.lb)
+		if err == nil {
+			err = a.link.Update(prog)
+		}
+		if err != nil {
 			return fmt.Errorf("replace the program on %s: %w", a.Interface, err)
 		}
 		d.log.Info("adopted the pinned data path", "interface", a.Interface, "hook", string(a.Hook))
@@ -778,7 +790,11 @@ func (d *Datapath) tidyPins() error {
 		keep[linkPin(d.dir, a.progName(), a.Interface)] = true
 		if path := filepath.Join(d.dir, a.progName()); !keep[path] {
 			keep[path] = true
-			if err := pinReplace(a.progFor(d.lb), path); err != nil {
+			prog, err := a.progFor(d.lb)
+			if err != nil {
+				return err
+			}
+			if err := pinReplace(prog, path); err != nil {
 				return err
 			}
 		}

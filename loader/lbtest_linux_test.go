@@ -11,6 +11,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+// xdpProgram is halb_xdp_lb, loaded (loadLB loads both programs).
+func (lb *kernelLB) xdpProgram() *ebpf.Program { return lb.objs.HalbXdpLb }
+
+// tcProgram is halb_tc_lb, the same balancer for the tc ingress hook.
+func (lb *kernelLB) tcProgram() *ebpf.Program { return lb.objs.HalbTcLb }
+
 // putBackend writes backend id and, when it has a MAC, makes it active:
 // conntrack entries that name it are honoured.
 func (lb *kernelLB) putBackend(id uint32, b Backend) error {

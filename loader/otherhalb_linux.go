@@ -28,7 +28,7 @@ func (d *Datapath) otherHalb(l netlink.Link) error {
 	attrs := l.Attrs()
 	ours := map[ebpf.ProgramID]bool{}
 	if d.lb != nil { // nil before NewDatapath loads
-		for _, p := range []*ebpf.Program{d.lb.xdpProgram(), d.lb.tcProgram()} {
+		for _, p := range d.lb.loaded() {
 			if info, err := p.Info(); err == nil {
 				if id, ok := info.ID(); ok {
 					ours[id] = true

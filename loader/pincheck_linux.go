@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -157,9 +156,8 @@ func (d *Datapath) pins() []pinned {
 			out = append(out, pinned{path: path, obj: obj, id: id, kind: kind})
 		}
 	}
-	maps := d.lb.mapsByName()
 	for _, name := range pinnedMaps {
-		if m := maps[name]; m != nil {
+		if m := d.lb.shared[name]; m != nil {
 			id, ok := d.pinChecks.id(m, func() (uint32, bool) { return idOfMap(m) })
 			add(filepath.Join(d.dir, name), m, "map", id, ok)
 		}
@@ -168,9 +166,11 @@ func (d *Datapath) pins() []pinned {
 	for _, a := range d.ifaces {
 		if !progs[a.progName()] {
 			progs[a.progName()] = true
-			prog := a.progFor(d.lb)
-			id, ok := d.pinChecks.id(prog, func() (uint32, bool) { return idOfProg(prog) })
-			add(filepath.Join(d.dir, a.progName()), prog, "program", id, ok)
+			prog, err := a.progFor(d.lb) // loaded: it runs there
+			if err == nil {
+				id, ok := d.pinChecks.id(prog, func() (uint32, bool) { return idOfProg(prog) })
+				add(filepath.Join(d.dir, a.progName()), prog, "program", id, ok)
+			}
 		}
 		l := a.link
 		id, ok := d.pinChecks.id(l, func() (uint32, bool) {
@@ -291,16 +291,4 @@ func idOfProg(p *ebpf.Program) (uint32, bool) {
 	}
 	id, ok := info.ID()
 	return uint32(id), ok
-}
-
-// mapsByName are the kernelLB's maps by their names in the object file.
-func (lb *kernelLB) mapsByName() map[string]*ebpf.Map {
-	out := map[string]*ebpf.Map{}
-	v := reflect.ValueOf(lb.objs.halbMaps)
-	for i := range v.NumField() {
-		if m, ok := v.Field(i).Interface().(*ebpf.Map); ok && m != nil {
-			out[v.Type().Field(i).Tag.Get("ebpf")] = m
-		}
-	}
-	return out
 }
