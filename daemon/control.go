@@ -210,14 +210,15 @@ func listenControl(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// controlHandler answers `halb status`, `halb drain`, `halb undrain` and
-// `halb backend`.
+// controlHandler answers `halb status`, `halb drain`, `halb undrain`,
+// `halb backend`, `halb vrrp` and `halb flows`.
 func (d *Daemon) controlHandler() http.Handler {
 	mux := statusHandler(d, d.log)
 	mux.HandleFunc("POST /v1/bgp/drain", d.serveDrain)
 	mux.HandleFunc("POST /v1/bgp/undrain", d.serveUndrain)
 	mux.HandleFunc("POST /v1/backend/{action}", d.serveOverride)
 	mux.HandleFunc("POST /v1/vrrp/{action}", d.serveVRRP)
+	mux.HandleFunc("GET /v1/flows", d.serveFlows)
 	return mux
 }
 

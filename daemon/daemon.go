@@ -112,6 +112,7 @@ type Daemon struct {
 	overrides     overrides
 	datapathName  atomic.Pointer[string]           // for the control socket's goroutines
 	datapath      atomic.Pointer[service.Datapath] // d.dp, for status and /metrics
+	running       atomic.Pointer[config.Config]    // d.cfg, for the control socket's goroutines (flows)
 	reloaded      lastReload                       // for /metrics
 }
 
@@ -125,6 +126,7 @@ func New(path string, w io.Writer, host datapaths.Host) (*Daemon, error) {
 	}
 	d := &Daemon{path: path, host: host, cfg: cfg, boot: cfg, load: config.LoadWithWarnings,
 		healthChanged: make(chan struct{}, 1), announceDue: make(chan struct{}, 1), overrideCalls: make(chan overrideCall)}
+	d.running.Store(cfg)
 	lvl, _ := ParseLevel(cfg.Log.Level) // validated by config
 	d.level.Set(lvl)
 	d.log = NewLogger(w, cfg.Log.Format, &d.level)
@@ -452,6 +454,7 @@ func (d *Daemon) applyConfig(cfg *config.Config, warnings []config.Problem, err 
 		d.vrrp.apply(cfg.VRRP)
 	}
 	d.cfg = cfg
+	d.running.Store(cfg)
 	d.keepOverrides(cfg)
 	d.reconfigureBGP(cfg.BGP)
 	d.log.Info("config reloaded", "file", d.path, "instances", len(cfg.VRRP.Instances), "services", len(cfg.Services))
