@@ -71,9 +71,6 @@ func newUndrainCmd(f *flags) *cobra.Command {
 // daemon finds naming something it does not have (404, 400) is an exit
 // status 2, like a bad config.
 func postControl(ctx context.Context, socket, path string, in, out any) error {
-	if ctx == nil {
-		ctx = context.Background()
-	}
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -82,33 +79,43 @@ func postControl(ctx context.Context, socket, path string, in, out any) error {
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://halb"+path, body)
+	_, err := callControl(ctx, socket, http.MethodPost, path, body, out)
+	return err
+}
+
+// callControl sends a request to the daemon's control socket, as
+// postControl says, and returns the answer's body as well.
+func callControl(ctx context.Context, socket, method, path string, body io.Reader, out any) ([]byte, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://halb"+path, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := controlClient(socket).Do(req)
 	var untrusted *untrustedPeerError
 	if errors.As(err, &untrusted) {
-		return err
+		return nil, err
 	}
 	if err != nil {
-		return fmt.Errorf("no halb daemon answers on %s (is halb run going, and are you root?): %w", socket, err)
+		return nil, fmt.Errorf("no halb daemon answers on %s (is halb run going, and are you root?): %w", socket, err)
 	}
 	defer resp.Body.Close()
 	answer, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusBadRequest {
-		return &statusError{code: exitBadConfig, msg: "the daemon refused: " + strings.TrimSpace(string(answer))}
+		return nil, &statusError{code: exitBadConfig, msg: "the daemon refused: " + strings.TrimSpace(string(answer))}
 	}
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("the daemon refused: %s", strings.TrimSpace(string(answer)))
+		return nil, fmt.Errorf("the daemon refused: %s", strings.TrimSpace(string(answer)))
 	}
 	if out == nil {
-		return nil
+		return answer, nil
 	}
-	return json.Unmarshal(answer, out)
+	return answer, json.Unmarshal(answer, out)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -82,7 +82,7 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringP("config", "c", defaultConfig, "configuration file")
 	_ = f.v.BindPFlag("config", root.PersistentFlags().Lookup("config"))
 	_ = f.v.BindEnv("config", config.EnvPrefix+"_CONFIG")
-	root.AddCommand(newRunCmd(f), newCheckCmd(f), newProbeCmd(f), newStatusCmd(f), newDrainCmd(f), newUndrainCmd(f), newBackendCmd(f), newVRRPCmd(f), newImportCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(f), newCheckCmd(f), newProbeCmd(f), newStatusCmd(f), newDrainCmd(f), newUndrainCmd(f), newBackendCmd(f), newVRRPCmd(f), newFlowsCmd(f), newImportCmd(), newVersionCmd())
 	withVersionFlag(root)
 	for _, c := range tagged {
 		root.AddCommand(c())
