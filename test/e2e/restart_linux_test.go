@@ -245,26 +245,7 @@ func onLink(t *testing.T, ns *netnstest.NS) {
 // connectMany opens n connections from ports first, first+1, ...
 func (c *client) connectMany(t testing.TB, first, n int) []*conn {
 	t.Helper()
-	var conns []*conn
-	t.Cleanup(func() {
-		for _, cn := range conns {
-			cn.Close()
-		}
-	})
-	err := c.ns.Do(func() error {
-		for i := range n {
-			cn, err := c.dial(first + i)
-			if err != nil {
-				return fmt.Errorf("connection %d of %d: %w", i+1, n, err)
-			}
-			conns = append(conns, cn)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return conns
+	return c.connectService(t, 80, first, n)
 }
 
 // exchange sends a line on an open connection and wants its backend's
