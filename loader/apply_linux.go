@@ -407,17 +407,18 @@ func (d *Datapath) reconcileSome(only map[service.Key]bool) error {
 		}
 		d.reach.forgetHops()
 	}
-	n := d.neighbourView(only == nil)
-	d.askNeighbours(want, only, n)
-	d.now = time.Now()
 	var keys []service.Key
 	for _, key := range sortedKeys(want) {
 		if only == nil || only[key] {
 			keys = append(keys, key)
 		}
 	}
+	early := d.earlyGuess(keys, want)
+	n := d.neighbourView(only == nil)
+	d.askNeighbours(want, only, n)
+	d.now = time.Now()
 	d.newStates = newStateSlab(keys, d.applied)
-	errs = append(errs, d.applyServices(keys, want, n))
+	errs = append(errs, d.applyServices(keys, want, n, early))
 	d.newStates = nil
 	if only == nil {
 		d.packBackends()
@@ -512,7 +513,7 @@ type servicePlan struct {
 // on all cores, each as soon as its service is planned, beside the
 // planning of the next and the writing of the records: they are written
 // into maps of their own, which no packet reads before the swap.
-func (d *Datapath) applyServices(keys []service.Key, want map[service.Key]*service.Service, n *neighbours) error {
+func (d *Datapath) applyServices(keys []service.Key, want map[service.Key]*service.Service, n *neighbours, early *tableGuess) error {
 	var errs []error
 	plans := make([]*servicePlan, 0, len(keys))
 	// Room for a record of every backend of the new services, made
@@ -530,8 +531,17 @@ func (d *Datapath) applyServices(keys []service.Key, want map[service.Key]*servi
 	builds := d.startBuilds(len(keys))
 	for _, key := range keys {
 		n.serve(key)
-		p, err := d.planService(want[key], n, len(plans) == 0)
+		p, err := d.planService(want[key], n, len(plans) == 0 && early == nil)
 		errs = append(errs, err)
+		if early != nil {
+			// The guess of keys[0], made before the neighbours were asked.
+			if p != nil {
+				p.guess = early
+			} else {
+				early.drop()
+			}
+			early = nil
+		}
 		if p == nil {
 			continue
 		}
@@ -1017,8 +1027,10 @@ type tableJob struct {
 	// planned: it runs beside the planning of the next services.
 	backends []maglev.Backend
 	ids      []uint32
-	// guess: the table built while the service was planned, if any.
-	guess *tableGuess
+	// guess: the table built while the service was planned, if any;
+	// guessed: built from the job's inputs (backends is nil then).
+	guess   *tableGuess
+	guessed bool
 	// staged: written aside, for installTables to swap in with the rest.
 	staged *stagedTable
 	err    error
@@ -1041,9 +1053,7 @@ func (d *Datapath) planTable(p *servicePlan) *tableJob {
 	// the job holds no more until it is installed with every other of
 	// the Apply (100 000 backends: some 4 MB less at the Apply's peak).
 	j.ids, j.guess = in.ids, g
-	if g != nil && g.in.sameBuild(in) {
-		j.backends = g.backends
-	} else {
+	if j.guessed = g != nil && g.in.sameBuild(in); !j.guessed {
 		j.backends = in.maglevBackends()
 	}
 	return j
@@ -1103,12 +1113,23 @@ func (in tableInputs) maglevBackends() []maglev.Backend {
 // beside the planning of the next. When the planning finds other live
 // backends, the guess is dropped and the table built again.
 type tableGuess struct {
-	in       tableInputs
-	backends []maglev.Backend
-	buf      *[]int32 // from tableBufs
-	draft    *tableDraft
-	done     chan struct{}
-	err      error
+	in    tableInputs
+	buf   *[]int32 // from tableBufs
+	draft *tableDraft
+	done  chan struct{}
+	err   error
+}
+
+// earlyGuess starts the guess of the first service of keys, when the
+// maps serve it already, before the Apply asks for the neighbours of all:
+// the guess's build is most of a one-service Apply, and all of it that
+// comes before is time added to it. A new service's guess starts once it
+// has an id (planService).
+func (d *Datapath) earlyGuess(keys []service.Key, want map[service.Key]*service.Service) *tableGuess {
+	if len(keys) == 0 || d.applied[keys[0]] == nil {
+		return nil
+	}
+	return d.guessTable(want[keys[0]], d.applied[keys[0]], false)
 }
 
 // guessTable starts building s's table from a guess, unless the guess is
@@ -1122,11 +1143,11 @@ func (d *Datapath) guessTable(s *service.Service, st *svcState, isNew bool) *tab
 	if in.keys == nil || known && in.signature() == st.table {
 		return nil
 	}
-	g := &tableGuess{in: in, backends: in.maglevBackends(), buf: tableBufs.Get().(*[]int32), draft: d.maps.draftTable(st.id), done: make(chan struct{})}
+	g := &tableGuess{in: in, buf: tableBufs.Get().(*[]int32), draft: d.maps.draftTable(st.id), done: make(chan struct{})}
 	idx := tableOf(g.buf, d.lb.maglevTableSize())
 	go func() {
 		defer close(g.done)
-		g.err = maglev.BuildInto(idx, g.backends)
+		g.err = maglev.BuildInto(idx, in.maglevBackends())
 	}()
 	return g
 }
@@ -1190,15 +1211,19 @@ func guessInputs(s *service.Service, st *svcState) (in tableInputs, known bool) 
 	return in, known
 }
 
-// take returns the guess's table when it was built from backends, and
-// its draft either way; the guess is used up.
-func (g *tableGuess) take(backends []maglev.Backend) ([]int32, *tableDraft) {
+// take returns the guess's table when it is the job's (guessed), and
+// its draft either way, and the build's error when it was the job's; the
+// guess is used up.
+func (g *tableGuess) take(guessed bool) ([]int32, *tableDraft, error) {
 	<-g.done
-	if g.err != nil || !slices.Equal(g.backends, backends) {
+	if g.err != nil || !guessed {
 		tableBufs.Put(g.buf)
-		return nil, g.draft
+		if guessed {
+			return nil, g.draft, g.err
+		}
+		return nil, g.draft, nil
 	}
-	return *g.buf, g.draft
+	return *g.buf, g.draft, nil
 }
 
 // drop lets a guess that is not needed go, once built.
@@ -1288,7 +1313,12 @@ func (d *Datapath) writeTable(j *tableJob) error {
 	var draft *tableDraft
 	if g := j.guess; g != nil {
 		j.guess = nil
-		idx, draft = g.take(j.backends)
+		var err error
+		idx, draft, err = g.take(j.guessed)
+		if err != nil {
+			draft.discard()
+			return fmt.Errorf("service %s: maglev table: %w", st, err)
+		}
 		if idx != nil {
 			defer tableBufs.Put(g.buf)
 		}
