@@ -307,7 +307,7 @@ func (d *Datapath) Apply(ctx context.Context, services []service.Service) error 
 	}
 	var err error
 	if !d.unchanged(services) {
-		d.desired = cloneServices(services)
+		d.desired = newDesired(services)
 		d.natServed.Store(slices.ContainsFunc(services, translates))
 		err = d.reconcile()
 		d.lastErr = errString(err)
@@ -338,35 +338,7 @@ func (d *Datapath) unchanged(services []service.Service) bool {
 	d.reach.mu.Lock()
 	followed := d.reach.followed
 	d.reach.mu.Unlock()
-	return followed && slices.EqualFunc(d.desired, services, sameService)
-}
-
-// sameService: a and b are one service with the same backends, in the
-// same order (Apply keeps VIPs unmapped).
-func sameService(a, b service.Service) bool {
-	return a.Name == b.Name && a.Key.VIP.Unmap() == b.Key.VIP.Unmap() && a.Key.Port == b.Key.Port &&
-		a.Key.Proto == b.Key.Proto && a.Scheduler == b.Scheduler && a.Forward == b.Forward &&
-		a.Persistence == b.Persistence && slices.Equal(a.Backends, b.Backends)
-}
-
-// cloneServices copies services with their backends, which the caller
-// may change after Apply returns. The backends of all the services go in
-// one slice: kept as long as the services are, 1000 slices of their own
-// would share the heap's spans with what an Apply allocates and frees,
-// and hold their pages (some 3 MB more RSS at 1000 × 100).
-func cloneServices(services []service.Service) []service.Service {
-	out := slices.Clone(services)
-	n := 0
-	for _, s := range services {
-		n += len(s.Backends)
-	}
-	all := make([]service.Backend, 0, n)
-	for i := range out {
-		at := len(all)
-		all = append(all, out[i].Backends...)
-		out[i].Backends = all[at:len(all):len(all)]
-	}
-	return out
+	return followed && d.desired.same(services)
 }
 
 func errString(err error) string {
@@ -386,8 +358,9 @@ func (d *Datapath) reconcile() error { return d.reconcileSome(nil) }
 func (d *Datapath) reconcileSome(only map[service.Key]bool) error {
 	var errs []error
 	want := map[service.Key]*service.Service{}
-	for i := range d.desired {
-		s := &d.desired[i]
+	desired := d.desired.services(only)
+	for i := range desired {
+		s := &desired[i]
 		s.Key.VIP = s.Key.VIP.Unmap()
 		if err := checkService(s); err != nil {
 			errs = append(errs, err)

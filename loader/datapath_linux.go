@@ -81,7 +81,7 @@ type Datapath struct {
 	swap []*attachment
 
 	mu      sync.Mutex
-	desired []service.Service
+	desired *desiredServices // the services of the last Apply
 	applied map[service.Key]*svcState
 	// newStates hands out the states of the services the Apply under
 	// way adds (stateSlab).
