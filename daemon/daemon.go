@@ -275,7 +275,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 		return err
 	}
 	defer d.stopBGP()
-	mem.release()
+	mem.releaseWithCode(d.log)
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()
 
@@ -338,7 +338,7 @@ func (d *Daemon) Run(ctx context.Context, stop, reload <-chan os.Signal) error {
 					if err := d.apply(ctx); err != nil {
 						d.log.Error("reloaded services not fully programmed", "err", err, "retry", d.retryNote())
 					}
-					mem.release()
+					mem.releaseWithCode(d.log)
 				}
 				d.notifySystemd(sd.SdNotifyReady)
 			}

@@ -1,9 +1,16 @@
 package daemon
 
 import (
+	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"runtime/debug"
 	"runtime/metrics"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // gcPercent is the Go heap's growth between collections (GOGC) unless
@@ -50,6 +57,70 @@ func (m *memory) release() {
 	debug.FreeOSMemory()
 	m.released = m.allocated()
 	m.count++
+}
+
+// releaseWithCode releases the heap, and the pages of halb's own binary
+// that the daemon has mapped (releaseCode): after the first apply and
+// after a reload, whose config load and apply run code that an idle
+// daemon does not.
+func (m *memory) releaseWithCode(log *slog.Logger) {
+	m.release()
+	if err := releaseCode(); err != nil {
+		log.Debug("the binary's pages stay mapped", "err", err)
+	}
+}
+
+// releaseCode pages out halb's code and constant data (the binary's
+// read-only mappings: .text, .rodata, .gopclntab), which the kernel keeps
+// mapped into the process for good once touched, 64 KiB around each page
+// touched: everything a start ran (the config load, the eBPF objects'
+// load, the first apply, the package inits of GoBGP and gRPC) would
+// otherwise stay resident in an idle daemon, some 20 MiB at 1000
+// services of 100 backends, where idling touches about 10
+// (BenchmarkIdleRSS, the pages paged out from outside while idle). What
+// the daemon runs next comes back from the page cache or the disk at its
+// first use: the first failover after a page-out reads its code again,
+// some milliseconds. The kernel keeps a page another process maps too,
+// and refuses (EINVAL) before Linux 5.4, which only leaves it all mapped.
+// Writable mappings (.data, .bss) are left alone.
+func releaseCode() error {
+	var self unix.Stat_t
+	if err := unix.Stat("/proc/self/exe", &self); err != nil {
+		return fmt.Errorf("stat /proc/self/exe: %w", err)
+	}
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for line := range strings.SplitSeq(string(maps), "\n") {
+		lo, hi, ok := codeMapping(line, self.Dev, self.Ino)
+		if !ok {
+			continue
+		}
+		if _, _, e := unix.Syscall(unix.SYS_MADVISE, lo, hi-lo, unix.MADV_PAGEOUT); e != 0 {
+			errs = append(errs, fmt.Errorf("madvise %x-%x MADV_PAGEOUT: %w", lo, hi, e))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// codeMapping reads a line of /proc/self/maps, "00400000-01007000 r-xp
+// 00000000 fd:01 1234 /usr/sbin/halb", and returns the range it maps when
+// it maps the file of device dev and inode ino read-only.
+func codeMapping(line string, dev, ino uint64) (lo, hi uintptr, ok bool) {
+	f := strings.Fields(line)
+	if len(f) < 6 || len(f[1]) < 2 || f[1][1] != '-' || f[4] != strconv.FormatUint(ino, 10) ||
+		f[3] != fmt.Sprintf("%02x:%02x", unix.Major(dev), unix.Minor(dev)) {
+		return 0, 0, false
+	}
+	a, b, _ := strings.Cut(f[0], "-")
+	l, err1 := strconv.ParseUint(a, 16, 64)
+	h, err2 := strconv.ParseUint(b, 16, 64)
+	if err1 != nil || err2 != nil || h <= l {
+		return 0, 0, false
+	}
+	return uintptr(l), uintptr(h), true
 }
 
 // releaseIfGrown releases, at a resync tick, when the heap allocated

@@ -1,8 +1,13 @@
 package daemon
 
 import (
+	"errors"
 	"runtime/debug"
 	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/halb-lb/halb/internal/halbtest"
 )
 
 // TestMemoryReleasesOnlyAfterAllocating pins the rule that keeps an idle
@@ -36,4 +41,53 @@ func TestMemoryReleasesOnlyAfterAllocating(t *testing.T) {
 		t.Fatalf("a second quiet tick released")
 	}
 	_ = keep
+}
+
+// TestCodeMapping pins which lines of /proc/self/maps releaseCode pages
+// out: the read-only mappings of the binary's file, by device and inode,
+// never a writable one or another file's.
+func TestCodeMapping(t *testing.T) {
+	dev := unix.Mkdev(0xfd, 1)
+	for _, c := range []struct {
+		line   string
+		lo, hi uintptr
+		ok     bool
+	}{
+		{"00400000-01007000 r-xp 00000000 fd:01 1234 /usr/sbin/halb", 0x400000, 0x1007000, true},
+		{"01007000-01e07000 r--p 00c07000 fd:01 1234 /usr/sbin/halb (deleted)", 0x1007000, 0x1e07000, true},
+		{"01e07000-01ee5000 rw-p 01a07000 fd:01 1234 /usr/sbin/halb", 0, 0, false}, // .data
+		{"00400000-01007000 r-xp 00000000 fd:02 1234 /usr/sbin/halb", 0, 0, false}, // another device
+		{"00400000-01007000 r-xp 00000000 fd:01 12345 /usr/lib/x.so", 0, 0, false}, // another file
+		{"01ee5000-03f2c000 rw-p 00000000 00:00 0", 0, 0, false},                   // the heap
+		{"7ffd1000-7ffd3000 r-xp 00000000 00:00 0                  [vdso]", 0, 0, false},
+		{"", 0, 0, false},
+	} {
+		lo, hi, ok := codeMapping(c.line, dev, 1234)
+		if lo != c.lo || hi != c.hi || ok != c.ok {
+			t.Errorf("codeMapping(%q) = %#x, %#x, %v; want %#x, %#x, %v", c.line, lo, hi, ok, c.lo, c.hi, c.ok)
+		}
+	}
+}
+
+// TestReleaseCodePagesOut runs releaseCode in the test binary, which has
+// mapped far more of its code by now than the next few calls touch: the
+// pages of it mapped into the process (RssFile) drop.
+func TestReleaseCodePagesOut(t *testing.T) {
+	before, err := halbtest.ProcStatusKiB("self", "RssFile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := releaseCode(); errors.Is(err, unix.EINVAL) {
+		t.Skipf("this kernel pages nothing out on request (MADV_PAGEOUT, Linux 5.4): %v", err)
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	after, err := halbtest.ProcStatusKiB("self", "RssFile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("RssFile %d KiB before, %d after", before, after)
+	if after >= before {
+		t.Errorf("RssFile %d KiB after releaseCode, %d before: nothing paged out", after, before)
+	}
 }
