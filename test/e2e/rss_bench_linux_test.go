@@ -31,6 +31,13 @@ import (
 //
 //	programmed-s   from starting the process to its "services programmed"
 //	               log line: config load, program load, the first Apply.
+//	started-s      of which, to its "halb starting" line: the binary read
+//	               and started, the configuration loaded and checked.
+//	open-s         from there to "data path attached": the locks, the
+//	               program and maps loaded, pins adopted, the attach.
+//	apply-s        from there to "services programmed": the first
+//	               Apply. These three are read from the time stamps of
+//	               the daemon's log lines (to the millisecond).
 //	load-s         config.Load of the same file, in this process.
 //	builds-s       the Maglev tables of its services built one after the
 //	               other on one goroutine, in this process, as the
@@ -203,6 +210,7 @@ func idleRSS(b *testing.B, bin string, services, backends int) {
 		live.Round(time.Millisecond), strings.Join(strings.Fields(string(loadavg))[:3], " "))
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(programmed.Seconds(), "programmed-s")
+	rssStages(b, out.String(), start)
 	b.ReportMetric(load.Seconds(), "load-s")
 	b.ReportMetric(builds.Seconds(), "builds-s")
 	b.ReportMetric(programmed.Seconds()/(load+builds).Seconds(), "x-budget")
@@ -234,6 +242,35 @@ func rssColdBinary(b *testing.B, path string) {
 	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
 		b.Fatalf("drop the page cache of %s: %v", path, err)
 	}
+}
+
+// rssStages reports where the way to "services programmed" went, from the
+// time stamps of the daemon's log lines: started-s, open-s and apply-s.
+func rssStages(b *testing.B, log string, start time.Time) {
+	b.Helper()
+	var at []time.Time
+	for _, msg := range []string{"halb starting", "data path attached", "services programmed"} {
+		t, err := logTime(log, msg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		at = append(at, t)
+	}
+	b.ReportMetric(at[0].Sub(start).Seconds(), "started-s")
+	b.ReportMetric(at[1].Sub(at[0]).Seconds(), "open-s")
+	b.ReportMetric(at[2].Sub(at[1]).Seconds(), "apply-s")
+}
+
+// logTime is the time stamp of the first line of log, in the text format,
+// with message msg.
+func logTime(log, msg string) (time.Time, error) {
+	for line := range strings.Lines(log) {
+		if strings.Contains(line, ` msg="`+msg+`"`) {
+			stamp, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+			return time.Parse(time.RFC3339Nano, stamp)
+		}
+	}
+	return time.Time{}, fmt.Errorf("no %q line in the log", msg)
 }
 
 // rssBudget is the other side of x-budget: config.Load of the file at
