@@ -119,7 +119,8 @@ func (lb *kernelLB) eachFlow(ctx context.Context, scanMax int, f func(halbFlow, 
 		if err := ctx.Err(); err != nil {
 			return false, fmt.Errorf("read %s: %w", halbMapHalbCt, err)
 		}
-		got, err := lb.objs.HalbCt.BatchLookup(&cursor, keys[:min(n, scanMax-read)], vals[:min(n, scanMax-read)], nil)
+		want := min(n, scanMax-read)
+		got, err := lb.objs.HalbCt.BatchLookup(&cursor, keys[:want], vals[:want], nil)
 		for i := range got {
 			f(keys[i], vals[i])
 		}
@@ -129,6 +130,10 @@ func (lb *kernelLB) eachFlow(ctx context.Context, scanMax int, f func(halbFlow, 
 			return true, nil
 		case first && errors.Is(err, ebpf.ErrNotSupported):
 			return lb.iterateFlows(scanMax, f)
+		case errors.Is(err, unix.ENOSPC) && want < n:
+			// What is left of the bound is smaller than the next bucket
+			// of the hash: the bound is reached.
+			return false, nil
 		case err != nil:
 			return false, fmt.Errorf("read %s: %w", halbMapHalbCt, err)
 		case read >= scanMax:

@@ -139,6 +139,12 @@ func TestListFlowsBounded(t *testing.T) {
 	if len(list.Flows) != 100 || list.Total != 3000 || !list.Partial {
 		t.Errorf("with a scan bound of 3000: listed %d of %d (partial %v), want 100 of 3000, partial", len(list.Flows), list.Total, list.Partial)
 	}
+	// A bound smaller than a bucket of the hash (the kernel then refuses
+	// the batch) ends the listing as the bound does.
+	list, err = lb.listFlows(ctx, names, service.FlowQuery{Limit: 100}, 1)
+	if err != nil || list.Total > 1 || !list.Partial {
+		t.Errorf("with a scan bound of 1: %d flows (partial %v), %v; want at most 1, partial, no error", list.Total, list.Partial, err)
+	}
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
 	if _, err := lb.listFlows(cancelled, names, service.FlowQuery{Limit: 100}, flowScanMax); err == nil {
