@@ -2,7 +2,8 @@
 # /etc/halb/ipvs.yaml (one NAT service, wrr, two backends of weight 1) with
 # on-demand loading off; its VRRP instance becomes MASTER and puts the VIP
 # on lan0, and connections from the client namespace to the VIP come back
-# from both backends.
+# from both backends; halb status counts them, and halb flows lists each
+# with the backend that answered it.
 n=100
 
 step "topology: client, b1 and b2 in network namespaces, backends serving"
@@ -43,5 +44,15 @@ for b in "$B1:8080 $b1" "$B2:8080 $b2"; do
 	conns=$(grep -o "\"backend\":\"$1\",[^}]*" /tmp/status.json | sed -n 's/.*"active_connections":\([0-9]*\),"inactive_connections":\([0-9]*\).*/\1 + \2/p')
 	[ -n "$conns" ] || fail "halb status --json has no connection counts for backend $1"
 	[ "$(($conns))" -eq "$2" ] || fail "halb status --json: backend $1 holds $conns connections, it answered $2"
+done
+
+step "halb flows lists IPVS's $n connections (/proc/net/ip_vs_conn): b1 $b1, b2 $b2"
+run_to /tmp/flows.txt halb flows -c /etc/halb/ipvs.yaml
+run_to /tmp/flows.json halb flows --json -c /etc/halb/ipvs.yaml
+grep -q "\"total\":$n[,}]" /tmp/flows.json || fail "halb flows --json does not count the $n connections: $(head -c 300 /tmp/flows.json)"
+for b in "$B1:8080 $b1" "$B2:8080 $b2"; do
+	set -- $b
+	got=$(grep -o "\"backend\":\"$1\"" /tmp/flows.json | wc -l | tr -d " ")
+	[ "$got" -eq "$2" ] || fail "halb flows lists $got connections to $1, it answered $2"
 done
 halb_stop
