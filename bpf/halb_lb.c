@@ -198,7 +198,7 @@ static __always_inline void mac_copy(void *dst, const void *src)
  * on the parent, where tc runs before macvlan hands it to the child. */
 static __always_inline int for_this_node(const struct ethhdr *eth, __u32 ifindex, __u16 vlan)
 {
-	struct local_mac key = { .ifindex = ifindex, .vlan = vlan };
+	struct local_mac key;
 	struct local_mac_cache *c;
 	/* The generation is read before the map: a change after it moves
 	 * the generation past what the cache is filled with. */
@@ -212,6 +212,8 @@ static __always_inline int for_this_node(const struct ethhdr *eth, __u32 ifindex
 	    *(__u32 *)c->key.mac == *(const __u32 *)eth &&
 	    *(__u16 *)&c->key.mac[4] == ((const __u16 *)eth)[2])
 		return 1;
+	key.ifindex = ifindex;
+	key.vlan = vlan;
 	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
 	if (bpf_map_lookup_elem(&halb_local_macs, &key)) {
 		if (c) {
@@ -354,21 +356,39 @@ static __always_inline struct backend *schedule(const struct service *svc,
 	return b;
 }
 
+/* service_key_tail is the last word of the service_key of flow's
+ * destination (port, proto, family), as known_service reads a key's: so
+ * that the key is compared without being built, which only the long way
+ * needs. */
+_Static_assert(__builtin_offsetof(struct service_key, port) == 16 &&
+		       __builtin_offsetof(struct service_key, proto) == 18 &&
+		       __builtin_offsetof(struct service_key, family) == 19,
+	       "service_key_tail packs port, proto and family as a service_key holds them");
+static __always_inline __u32 service_key_tail(const struct flow *flow)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	return (__u32)flow->dport | (__u32)flow->proto << 16 | (__u32)flow->family << 24;
+#else
+	return (__u32)flow->dport << 16 | (__u32)flow->proto << 8 | (__u32)flow->family;
+#endif
+}
+
 /* known_service is the service of a flow halb_ct knows, through the
  * backend it names (*known, its record) and halb_service_ids, when that
- * service is the one at key: what halb_services holds at key, without the
- * hash lookup. NULL sends the packet the long way. The keys are compared as five words, as
- * the hash map compares them byte for byte: a service_key is 20 bytes
- * without a hole (halb.h), 4-aligned, and first in a service_slot. */
+ * service's key is flow's destination: what halb_services holds there,
+ * without the hash lookup. NULL sends the packet the long way. The key is
+ * compared as five words, as the hash map compares it byte for byte: a
+ * service_key is 20 bytes without a hole (halb.h), 4-aligned, and first
+ * in a service_slot; its address as the flow's daddr, the rest as
+ * service_key_tail packs it. */
 _Static_assert(sizeof(struct service_key) == 5 * sizeof(__u32) &&
 		       _Alignof(struct service_key) == sizeof(__u32) &&
 		       __builtin_offsetof(struct service_slot, key) == 0,
 	       "known_service compares a service_key as five aligned words");
 static __always_inline struct service *known_service(const struct ct_entry *ct,
-						      const struct service_key *key,
+						      const struct flow *flow,
 						      struct backend **known)
 {
-	const __u32 *want = (const __u32 *)key;
 	struct service_slot *slot;
 	struct backend *b;
 	__u32 *have;
@@ -380,8 +400,9 @@ static __always_inline struct service *known_service(const struct ct_entry *ct,
 	if (!slot)
 		return NULL;
 	have = (__u32 *)&slot->key;
-	if (have[0] != want[0] || have[1] != want[1] || have[2] != want[2] ||
-	    have[3] != want[3] || have[4] != want[4])
+	if (have[0] != flow->daddr.words[0] || have[1] != flow->daddr.words[1] ||
+	    have[2] != flow->daddr.words[2] || have[3] != flow->daddr.words[3] ||
+	    have[4] != service_key_tail(flow))
 		return NULL;
 	*known = b;
 	return &slot->svc;
@@ -401,8 +422,9 @@ enum verdict {
 /* A forwarding decision, for the hook to carry out and then count. */
 struct decision {
 	struct backend *b;
-	struct stats *svc_stats;
+	__u32 svc_id;   /* the service's id, for unserved */
 	__u32 backend_id;
+	__u32 in_ifindex; /* XDP: the interface the frame came in on */
 	__u32 len;      /* frame length, for the byte counters */
 	int new_flow;   /* scheduled by Maglev, not found in halb_ct */
 	__u16 l3_off;   /* where the IP header starts */
@@ -449,6 +471,20 @@ static __always_inline void note_packet(struct decision *d, const struct packet 
 	d->family = pkt->flow.family;
 	d->proto = pkt->flow.proto;
 	d->icmp = pkt->icmp;
+}
+
+/* unserved counts a frame for service d->svc_id that went to no backend
+ * (dropped, passed, or answered in its place) in the service's own
+ * counters; forwarded counts the rest in the backend's. A cold path: a
+ * call of its own. */
+static __noinline void count_unserved(__u32 svc_id, __u32 len)
+{
+	count(&halb_service_stats, svc_id, len);
+}
+
+static __always_inline void unserved(const struct decision *d)
+{
+	count_unserved(d->svc_id, d->len);
 }
 
 /* is_nat tells whether svc rewrites addresses: forward: nat or fullnat. */
@@ -532,7 +568,6 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 {
 	struct ethhdr *eth = data;
 	struct packet pkt = {};
-	struct service_key skey = {};
 	struct ct_entry *ct = NULL;
 	struct service *svc = NULL;
 	struct backend *known = NULL;
@@ -593,19 +628,23 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 		return VERDICT_PASS;
 	}
 
-	skey.vip = pkt.flow.daddr;
-	skey.port = pkt.flow.dport;
-	skey.proto = pkt.flow.proto;
-	skey.family = pkt.flow.family;
 	/* A flow halb_ct knows finds its service through its backend; any
 	 * other packet, and a SYN, by the service's key. */
 	if (!pkt.syn) {
 		ct = bpf_map_lookup_elem(&halb_ct, &pkt.flow);
 		if (ct)
-			svc = known_service(ct, &skey, &known);
+			svc = known_service(ct, &pkt.flow, &known);
 	}
-	if (!svc)
+	if (!svc) {
+		struct service_key skey = {
+			.vip = pkt.flow.daddr,
+			.port = pkt.flow.dport,
+			.proto = pkt.flow.proto,
+			.family = pkt.flow.family,
+		};
+
 		svc = bpf_map_lookup_elem(&halb_services, &skey);
+	}
 	/* A port unreachable is NAT's alone to translate: a DR or TUN
 	 * backend answers from the VIP itself, and the error reaches it
 	 * only through the kernel, as before NAT came. */
@@ -614,10 +653,11 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 		return VERDICT_PASS;
 
 	d->len = len;
-	d->svc_stats = count(&halb_service_stats, svc->id, len);
+	d->svc_id = svc->id;
 
 	if (svc->forward != FORWARD_DR && svc->forward != FORWARD_TUN && !is_nat(svc)) {
 		count_drop(DROP_UNSUPPORTED);
+		unserved(d);
 		return VERDICT_DROP;
 	}
 
@@ -629,6 +669,7 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	if (!ct && halb_vip_last[pkt.flow.saddr.bytes[15]] &&
 	    is_vip(&pkt.flow.saddr, pkt.flow.family)) {
 		count_drop(DROP_VIP_SOURCE);
+		unserved(d);
 		return VERDICT_DROP;
 	}
 	/* A NAT backend as a client of a NAT service (hairpin): translated,
@@ -637,6 +678,7 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	 * the kernel as it came. Checked once per flow, as above. */
 	if (!ct && is_nat(svc) && nat_backend_addr(&pkt.flow.saddr, pkt.flow.family)) {
 		count_event(EVENT_NAT_HAIRPIN);
+		unserved(d);
 		return VERDICT_PASS;
 	}
 	/* Two other sources are let through, on purpose:
@@ -658,6 +700,7 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	d->b = schedule(svc, &pkt, ct, known, &d->backend_id, &d->new_flow, &d->sport);
 	if (!d->b) {
 		count_drop(DROP_NO_BACKEND);
+		unserved(d);
 		return VERDICT_DROP;
 	}
 	d->icmp = pkt.icmp;
@@ -670,12 +713,15 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	if (svc->forward == FORWARD_FULLNAT && !d->sport) {
 		if (!pkt.icmp) {
 			count_drop(DROP_NO_SPORT);
+			unserved(d);
 			return VERDICT_DROP;
 		}
 		/* An ICMP error finds its flow's port, and makes none. */
 		d->sport = snat_port(&pkt.flow, d->b, d->backend_id, flow_hash(&pkt.flow, 0), 0);
-		if (!d->sport)
+		if (!d->sport) {
+			unserved(d);
 			return VERDICT_PASS; /* about no flow of ours */
+		}
 	}
 	if (is_nat(svc)) {
 		note_packet(d, &pkt);
@@ -687,7 +733,12 @@ static __always_inline enum verdict balance(void *data, void *data_end, __u32 le
 	return VERDICT_FORWARD;
 }
 
-/* forwarded counts a frame that went to its backend. */
+/* forwarded counts a frame that went to its backend: in the backend's
+ * counters alone. A service's counters are its backends' summed (the
+ * loader adds them up, and folds in those of a backend that leaves),
+ * and its own entry in halb_service_stats, which counts the frames for
+ * the service that no backend took (unserved): one per-CPU counter per
+ * packet where two cost a conntrack hit about 4 ns (BenchmarkXDP). */
 static __always_inline void forwarded(const struct decision *d)
 {
 	struct stats *be_stats = count(&halb_backend_stats, d->backend_id, d->len);
@@ -696,21 +747,17 @@ static __always_inline void forwarded(const struct decision *d)
 		count_event(EVENT_ICMP_TOO_BIG);
 	if (d->icmp && d->nat)
 		count_event(EVENT_NAT_ICMP);
-	if (d->new_flow) {
-		if (d->svc_stats)
-			d->svc_stats->new_flows++;
-		if (be_stats)
-			be_stats->new_flows++;
-	}
+	if (d->new_flow && be_stats)
+		be_stats->new_flows++;
 }
 
-/* xdp_xmit sends the frame out of ifindex: back out (XDP_TX) when it is
- * the ingress interface, else through halb_tx_ports. */
-static __always_inline int xdp_xmit(struct xdp_md *ctx, __u32 ifindex)
+/* xdp_xmit sends the frame of d out of ifindex: back out (XDP_TX) when
+ * it is the one it came in on, else through halb_tx_ports. */
+static __always_inline int xdp_xmit(const struct decision *d, __u32 ifindex)
 {
 	int action;
 
-	if (ifindex == ctx->ingress_ifindex)
+	if (ifindex == d->in_ifindex)
 		return XDP_TX;
 	/* On a missing port this returns the low bits of the flags: 0,
 	 * which is XDP_ABORTED. */
@@ -765,7 +812,7 @@ static __always_inline int xdp_tunnel(struct xdp_md *ctx, struct decision *d)
 		return xdp_refuse_too_big(ctx, d, nh->mtu);
 	/* A redirect happens after the program returns: the frame can
 	 * change until then. */
-	action = xdp_xmit(ctx, nh->ifindex);
+	action = xdp_xmit(d, nh->ifindex);
 	if (action == XDP_DROP)
 		return action;
 	/* The IP packet stays where it is; in front of it go a new Ethernet
@@ -1038,7 +1085,7 @@ static __always_inline int xdp_nat(struct xdp_md *ctx, struct decision *d)
 	}
 	if (d->ip_len > nh->mtu)
 		return xdp_refuse_too_big(ctx, d, nh->mtu + outer_len(d->family));
-	action = xdp_xmit(ctx, nh->ifindex);
+	action = xdp_xmit(d, nh->ifindex);
 	if (action == XDP_DROP)
 		return action;
 	return xdp_nat_send(ctx, d, &op, d->sport ? &src : NULL, nh->dmac, nh->smac, action);
@@ -1069,7 +1116,7 @@ static __always_inline int xdp_nat_reply(struct xdp_md *ctx, struct decision *d)
 		reply_drop(rc);
 		return XDP_DROP;
 	}
-	action = xdp_xmit(ctx, hop->ifindex);
+	action = xdp_xmit(d, hop->ifindex);
 	if (action == XDP_DROP)
 		return action;
 	if (sc)
@@ -1091,10 +1138,11 @@ int halb_xdp_lb(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct decision d = {};
+	__u32 in = ctx->ingress_ifindex; /* three loads the verifier makes of it */
+	struct decision d = { .in_ifindex = in };
 	int action;
 
-	switch (balance(data, data_end, data_end - data, ctx->ingress_ifindex, 0, &d)) {
+	switch (balance(data, data_end, data_end - data, in, 0, &d)) {
 	case VERDICT_PASS:
 		return XDP_PASS;
 	case VERDICT_DROP:
@@ -1108,10 +1156,12 @@ int halb_xdp_lb(struct xdp_md *ctx)
 	case VERDICT_REPLY:
 		return xdp_nat_reply(ctx, &d);
 	default:
-		action = xdp_xmit(ctx, d.b->ifindex);
+		action = xdp_xmit(&d, d.b->ifindex);
 	}
 	if (action != XDP_DROP && !d.answered)
 		forwarded(&d);
+	else
+		unserved(&d);
 	return action;
 }
 
@@ -1402,5 +1452,7 @@ int halb_tc_lb(struct __sk_buff *skb)
 	}
 	if (action != TC_ACT_SHOT)
 		forwarded(&d);
+	else
+		unserved(&d);
 	return action;
 }

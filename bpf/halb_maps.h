@@ -141,7 +141,12 @@ struct {
 	__type(value, __u32);
 } halb_tx_ports SEC(".maps");
 
-/* Every packet matched to a service, whatever became of it. */
+/* Every packet matched to a service that no backend took (dropped,
+ * passed, or answered in its place), and the counts of backends that
+ * left it (the loader folds them in): a packet a backend took is counted
+ * in halb_backend_stats alone, one per-CPU counter a packet on the hot
+ * path. A service's counters are this entry and its backends' added up,
+ * as the loader reads them (Datapath.Status). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, HALB_MAX_SERVICES);

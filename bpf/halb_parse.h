@@ -28,6 +28,9 @@
 #include "halb.h"
 #include "halb_checks.h"
 
+/* unlikely marks a check that only a broken or forged packet fails. */
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
 /* No uapi header defines the 802.1Q tag. */
 struct vlan_hdr {
 	__be16 tci;
@@ -257,7 +260,7 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		 * byte order of the headers, not of the target. */
 		version_ihl = *(__u8 *)iph;
 		ihl = version_ihl & 0x0f;
-		if (version_ihl >> 4 != 4 || ihl < 5)
+		if (unlikely(version_ihl >> 4 != 4 || ihl < 5))
 			return drop_as(pkt, DROP_IP_HEADER);
 		if (iph->frag_off & bpf_htons(IPV4_FRAG_OFFSET))
 			return PARSE_PASS;
@@ -269,9 +272,9 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		 * with its real bytes as padding, which a backend drops. A
 		 * frame longer than the length is fine: Ethernet pads short
 		 * frames to 60 bytes, and the padding goes along. */
-		if (pkt->ip_len > l3_len || pkt->ip_len < hdr_len + 8)
+		if (unlikely(pkt->ip_len > l3_len || pkt->ip_len < hdr_len + 8))
 			return drop_as(pkt, DROP_IP_LENGTH);
-		if (bad_source4(iph->saddr))
+		if (unlikely(bad_source4(iph->saddr)))
 			return drop_as(pkt, DROP_BAD_SOURCE);
 		l4proto = iph->protocol;
 		l4 = l3 + hdr_len;
@@ -286,15 +289,15 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		pkt->flow.family = FAMILY_IPV6;
 		addr_from_ipv6(&pkt->flow.saddr, &ip6h->saddr);
 		addr_from_ipv6(&pkt->flow.daddr, &ip6h->daddr);
-		if (*(__u8 *)ip6h >> 4 != 6)
+		if (unlikely(*(__u8 *)ip6h >> 4 != 6))
 			return drop_as(pkt, DROP_IP_HEADER);
 		hdr_len = sizeof(*ip6h);
 		pkt->ip_len = hdr_len + bpf_ntohs(ip6h->payload_len);
 		/* As for IPv4. A jumbogram's payload length is 0 (RFC 2675):
 		 * not for halb. */
-		if (pkt->ip_len > l3_len || pkt->ip_len < hdr_len + 8)
+		if (unlikely(pkt->ip_len > l3_len || pkt->ip_len < hdr_len + 8))
 			return drop_as(pkt, DROP_IP_LENGTH);
-		if (bad_source6(pkt->flow.saddr.words))
+		if (unlikely(bad_source6(pkt->flow.saddr.words)))
 			return drop_as(pkt, DROP_BAD_SOURCE);
 		l4proto = ip6h->nexthdr;
 		l4 = ip6h + 1;
@@ -314,12 +317,12 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		 * counts it and stays inside the segment (RFC 9293 §3.1): a
 		 * backend's TCP drops anything else, and halb would have
 		 * balanced, and remembered, a flow for nothing. */
-		if (pkt->ip_len < hdr_len + sizeof(*th))
+		if (unlikely(pkt->ip_len < hdr_len + sizeof(*th)))
 			return drop_as(pkt, DROP_TCP_HEADER);
-		if ((void *)(th + 1) > data_end)
+		if (unlikely((void *)(th + 1) > data_end))
 			return drop_as(pkt, DROP_MALFORMED);
 		doff = ((__u8 *)th)[TCP_DOFF_BYTE] >> 4;
-		if (doff < 5 || doff * 4 > pkt->ip_len - hdr_len)
+		if (unlikely(doff < 5 || doff * 4 > pkt->ip_len - hdr_len))
 			return drop_as(pkt, DROP_TCP_HEADER);
 		pkt->flow.sport = bpf_ntohs(th->source);
 		pkt->flow.dport = bpf_ntohs(th->dest);
@@ -329,13 +332,13 @@ static __always_inline enum parse_result parse(struct ethhdr *eth, void *data_en
 		struct udphdr *uh = l4;
 		__u32 ulen;
 
-		if ((void *)(uh + 1) > data_end)
+		if (unlikely((void *)(uh + 1) > data_end))
 			return drop_as(pkt, DROP_MALFORMED);
 		/* RFC 768: the length counts the header. A datagram shorter
 		 * than the IP payload is allowed (what follows is not UDP's),
 		 * a longer one is not there. */
 		ulen = bpf_ntohs(uh->len);
-		if (ulen < sizeof(*uh) || ulen > pkt->ip_len - hdr_len)
+		if (unlikely(ulen < sizeof(*uh) || ulen > pkt->ip_len - hdr_len))
 			return drop_as(pkt, DROP_UDP_HEADER);
 		pkt->flow.sport = bpf_ntohs(uh->source);
 		pkt->flow.dport = bpf_ntohs(uh->dest);

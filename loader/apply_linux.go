@@ -862,7 +862,7 @@ func (d *Datapath) finishService(p *servicePlan) error {
 	if tableErr == nil && len(st.backends) > len(p.want) {
 		for i := range st.backends {
 			if be := &st.backends[i]; p.want[be.key()] == nil {
-				errs = append(errs, d.dropBackend(st, be))
+				errs = append(errs, d.dropBackend(st, be, true))
 			}
 		}
 		st.backends = st.backends.compact()
@@ -1371,14 +1371,24 @@ func (in tableInputs) signature() tableSig {
 
 // dropBackend clears a backend that left its service and frees its ID,
 // which it sets to 0 for the caller to compact st.backends. Its flows are
-// scheduled again by the service's table, which no longer names it.
-func (d *Datapath) dropBackend(st *svcState, be *beState) error {
+// scheduled again by the service's table, which no longer names it. With
+// keep (the service stays), its counters go on in the service's own, once
+// the program no longer counts in them: a service's counters are its
+// backends' and its own (Status).
+func (d *Datapath) dropBackend(st *svcState, be *beState, keep bool) error {
 	if err := d.maps.freeBackend(be.id); err != nil {
 		return fmt.Errorf("service %s: backend %s: %w", st, be.key(), err)
+	}
+	var err error
+	if keep {
+		err = d.maps.foldBackendStats(st.id, be.id)
 	}
 	d.beIDs.free(be.id)
 	d.log.Info("backend removed", "service", st.String(), "backend", be.key().String(), "id", be.id)
 	be.id = 0
+	if err != nil {
+		return fmt.Errorf("service %s: backend %s: counters: %w", st, be.key(), err)
+	}
 	return nil
 }
 
@@ -1392,7 +1402,7 @@ func (d *Datapath) removeService(st *svcState) error {
 		return err
 	}
 	for i := range st.backends {
-		if err := d.dropBackend(st, &st.backends[i]); err != nil {
+		if err := d.dropBackend(st, &st.backends[i], false); err != nil {
 			st.backends = st.backends.compact()
 			return err
 		}
@@ -1547,11 +1557,13 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 	var out []ServiceStatus
 	for _, key := range sortedKeys(d.applied) {
 		st := d.applied[key]
-		stats, err := d.lb.serviceStats(st.id)
+		// The service's counters: its own (what no backend took) and
+		// its backends', added up below.
+		total, err := d.lb.unservedStats(st.id)
 		if err != nil {
 			return nil, err
 		}
-		ss := ServiceStatus{Report: service.Report{Name: st.name, Key: key, Datapath: d.name, Stats: stats.report()}, ID: st.id}
+		ss := ServiceStatus{Report: service.Report{Name: st.name, Key: key, Datapath: d.name}, ID: st.id}
 		keys := st.backends.keys()
 		for ap := range st.problems {
 			if st.backends.get(ap) == nil {
@@ -1573,6 +1585,7 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 			if err != nil {
 				return nil, err
 			}
+			total = total.plus(stats)
 			bs.ID, bs.Weight, bs.Live, bs.Stats = be.id, be.rec.Weight, be.live(), stats.report()
 			if st.nat {
 				replies, err := d.lb.replyStats(be.id)
@@ -1592,6 +1605,7 @@ func (d *Datapath) Status() ([]ServiceStatus, error) {
 			}
 			ss.Backends = append(ss.Backends, bs)
 		}
+		ss.Stats = total.report()
 		out = append(out, ss)
 	}
 	return out, nil

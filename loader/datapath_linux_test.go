@@ -920,7 +920,10 @@ func TestDatapathTUN(t *testing.T) {
 
 // A backend that leaves is out of its service's table when Apply returns:
 // no slot names its freed id, so no new flow meets a cleared record
-// (DROP_NO_BACKEND) while the next Apply is still to come.
+// (DROP_NO_BACKEND) while the next Apply is still to come. Its counters
+// stay in its service's: a service's counters, in Status, are its
+// backends' added up and its own (what no backend took; the program
+// counts a packet in one per-CPU counter only), and do not go back.
 func TestDatapathRemovedBackendLeavesTable(t *testing.T) {
 	b := newDPBench(t)
 	dp := b.start(t, b.cfg, config.ModeXDP)
@@ -930,6 +933,15 @@ func TestDatapathRemovedBackendLeavesTable(t *testing.T) {
 	}
 	s := waitLive(t, dp, web, 3)
 	gone := backendOf(s, be13).ID
+	put := countsPutter(t)
+	put(dp.lb.objs.HalbServiceStats, s.ID, 1) // unserved: dropped, say
+	for i, a := range []netip.Addr{be11, be12, be13} {
+		put(dp.lb.objs.HalbBackendStats, backendOf(s, a).ID, uint64(10*(i+1)))
+	}
+	stats := func(n uint64) service.Stats { return service.Stats{Packets: 2 * n, Bytes: 200 * n, NewFlows: 2} }
+	total := service.Stats{Packets: 2 * 61, Bytes: 200 * 61, NewFlows: 8}
+	wantCounts(t, dp, "three backends", total, map[netip.Addr]service.Stats{be11: stats(10), be12: stats(20), be13: stats(30)})
+
 	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be11, 1), backend(be12, 1))}); err != nil {
 		t.Fatal(err)
 	}
@@ -937,6 +949,53 @@ func TestDatapathRemovedBackendLeavesTable(t *testing.T) {
 	n := slotsOf(tb)
 	if n[gone] != 0 || n[0] != 0 || len(n) != 2 {
 		t.Errorf("slots per backend id after removing %s (id %d): %v, want only the two that stay", be13, gone, n)
+	}
+	wantCounts(t, dp, "one backend left", total, map[netip.Addr]service.Stats{be11: stats(10), be12: stats(20)})
+}
+
+// countsPutter returns put, which writes n packets of 100 bytes and one
+// new flow on the first and the last CPU each into id of a per-CPU stats
+// map, as the program counts them.
+func countsPutter(t *testing.T) func(m *ebpf.Map, id uint32, n uint64) {
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(m *ebpf.Map, id uint32, n uint64) {
+		t.Helper()
+		perCPU := make([]halbStats, cpus)
+		perCPU[0] = halbStats{Packets: n, Bytes: 100 * n, NewFlows: 1}
+		perCPU[cpus-1].Packets += n
+		perCPU[cpus-1].Bytes += 100 * n
+		perCPU[cpus-1].NewFlows++
+		if err := m.Put(id, perCPU); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// wantCounts wants Status to show web's counters total, and backends'
+// each (and no other backend).
+func wantCounts(t *testing.T, dp *Datapath, what string, total service.Stats, backends map[netip.Addr]service.Stats) {
+	t.Helper()
+	st, err := dp.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(st, func(s ServiceStatus) bool { return s.Key == web })
+	if i < 0 {
+		t.Fatalf("%s: no %s in %+v", what, web, st)
+	}
+	if st[i].Stats != total {
+		t.Errorf("%s: service counters %+v, want %+v", what, st[i].Stats, total)
+	}
+	for a, w := range backends {
+		if got := backendOf(st[i], a).Stats; got != w {
+			t.Errorf("%s: backend %s counters %+v, want %+v", what, a, got, w)
+		}
+	}
+	if len(st[i].Backends) != len(backends) {
+		t.Errorf("%s: %d backends, want %d", what, len(st[i].Backends), len(backends))
 	}
 }
 

@@ -987,9 +987,41 @@ type Stats struct {
 	NewFlows uint64 // flows Maglev scheduled because conntrack did not know them
 }
 
-// serviceStats reads the counters of service id.
-func (lb *kernelLB) serviceStats(id uint32) (Stats, error) {
+func (s Stats) plus(o Stats) Stats {
+	return Stats{Packets: s.Packets + o.Packets, Bytes: s.Bytes + o.Bytes, NewFlows: s.NewFlows + o.NewFlows}
+}
+
+// unservedStats reads service id's own counters: the packets for it that
+// went to no backend (dropped, passed, or answered in their place), and
+// the counters of backends that left it (foldStats). The program counts a
+// packet a backend took in the backend's counters alone, one per-CPU
+// counter a packet where two cost a conntrack hit some 4 ns: a service's
+// counters are these plus its backends' (Datapath.Status adds them).
+func (lb *kernelLB) unservedStats(id uint32) (Stats, error) {
 	return sumStats(lb.objs.HalbServiceStats, halbMapHalbServiceStats, id)
+}
+
+// foldStats adds backend id's counters to service svc's own, for a
+// backend that left the service: the service's counters must not go back
+// when its backends' no longer count. A packet for the service that the
+// program counts while this runs (one no backend took) may be lost.
+func (lb *kernelLB) foldStats(svc, id uint32) error {
+	var from, into []halbStats
+	if err := lb.objs.HalbBackendStats.Lookup(id, &from); err != nil {
+		return fmt.Errorf("read %d from %s: %w", id, halbMapHalbBackendStats, err)
+	}
+	if err := lb.objs.HalbServiceStats.Lookup(svc, &into); err != nil {
+		return fmt.Errorf("read %d from %s: %w", svc, halbMapHalbServiceStats, err)
+	}
+	for i := range min(len(from), len(into)) {
+		into[i].Packets += from[i].Packets
+		into[i].Bytes += from[i].Bytes
+		into[i].NewFlows += from[i].NewFlows
+	}
+	if err := lb.objs.HalbServiceStats.Put(svc, into); err != nil {
+		return fmt.Errorf("write %d to %s: %w", svc, halbMapHalbServiceStats, err)
+	}
+	return nil
 }
 
 // backendStats reads the counters of backend id.

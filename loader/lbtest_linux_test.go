@@ -32,13 +32,22 @@ func (lb *kernelLB) putBackend(id uint32, b Backend) error {
 	return lb.forgetNexthops()
 }
 
-// deleteBackend clears backend id. Flows that conntrack remembers for it
-// are scheduled again by their service's Maglev table, which should no
-// longer name it. (To drain a backend instead, leave it and take it out of
-// the Maglev tables: its flows stay, new ones go elsewhere.)
+// deleteBackend clears backend id, and keeps its counters in its
+// service's own, as Datapath.dropBackend does. Flows that conntrack
+// remembers for it are scheduled again by their service's Maglev table,
+// which should no longer name it. (To drain a backend instead, leave it
+// and take it out of the Maglev tables: its flows stay, new ones go
+// elsewhere.)
 func (lb *kernelLB) deleteBackend(id uint32) error {
+	var rec halbBackend
+	if err := lb.objs.HalbBackends.Lookup(id, &rec); err != nil {
+		return fmt.Errorf("read backend %d: %w", id, err)
+	}
 	if err := lb.objs.HalbBackends.Put(id, &halbBackend{}); err != nil {
 		return fmt.Errorf("clear backend %d: %w", id, err)
+	}
+	if err := lb.foldStats(rec.Service, id); err != nil {
+		return err
 	}
 	return lb.forgetNexthops()
 }

@@ -123,6 +123,13 @@ func (w *mapWriter) resetServiceStats(id uint32) error {
 	return resetStats(w.lb.objs.HalbServiceStats, halbMapHalbServiceStats, id)
 }
 
+// foldBackendStats keeps the counters of backend id, freed from service
+// svc, in the service's own (kernelLB.foldStats).
+func (w *mapWriter) foldBackendStats(svc, id uint32) error {
+	w.wrote()
+	return w.lb.foldStats(svc, id)
+}
+
 // purgeConntrack forgets the flows of backend ids about to be reused.
 func (w *mapWriter) purgeConntrack(ids map[uint32]bool) (int, error) {
 	n, err := w.lb.purgeConntrack(ids)

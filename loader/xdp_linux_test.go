@@ -746,11 +746,28 @@ func flowKey(t *testing.T, p packet) halbFlow {
 	}
 }
 
+// wantServiceStats wants service id's counters, as Datapath.Status adds
+// them up: its own (what no backend took) and each of its backends'
+// (every backend whose record names the service).
 func (tb *testbed) wantServiceStats(t *testing.T, id uint32, want Stats) {
 	t.Helper()
-	got, err := tb.lb.serviceStats(id)
+	got, err := tb.lb.unservedStats(id)
 	if err != nil {
 		t.Fatal(err)
+	}
+	var rec halbBackend
+	for be := uint32(1); be < tb.lb.maxBackends(); be++ {
+		if err := tb.lb.objs.HalbBackends.Lookup(be, &rec); err != nil {
+			t.Fatal(err)
+		}
+		if rec.Flags&halbBackendFlagsBACKEND_F_ACTIVE == 0 || rec.Service != id {
+			continue
+		}
+		s, err := tb.lb.backendStats(be)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = got.plus(s)
 	}
 	if got != want {
 		t.Errorf("service %d counters %+v, want %+v", id, got, want)
