@@ -20,12 +20,16 @@ func TestDatapathFlows(t *testing.T) {
 	ctx := context.Background()
 	dnsSvc := service.Service{Name: "dns", Key: dns, Scheduler: "mh", Forward: service.DR,
 		Backends: []service.Backend{{Addr: be13, Port: 53, Weight: 1}}}
-	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be11, 1), backend(be12, 1)), dnsSvc}); err != nil {
+	v6Svc := service.Service{Name: "web6", Key: web6, Scheduler: "mh", Forward: service.DR,
+		Backends: []service.Backend{{Addr: be6, Port: 443, Weight: 1}}}
+	if err := dp.Apply(ctx, []service.Service{svc(web, backend(be11, 1), backend(be12, 1)), dnsSvc, v6Svc}); err != nil {
 		t.Fatal(err)
 	}
 	w := waitLive(t, dp, web, 2)
 	d := waitLive(t, dp, dns, 1)
 	id11, id12, id13 := backendOf(w, be11).ID, backendOf(w, be12).ID, backendOf(d, be13).ID
+	id6 := backendOf(waitLive(t, dp, web6, 1), be6).ID
+	client6 := netip.MustParseAddrPort("[2001:db8:ff::7]:50000")
 
 	now, err := monotonicSeconds()
 	if err != nil {
@@ -56,12 +60,10 @@ func TestDatapathFlows(t *testing.T) {
 		client(3, 40002): {"dns", netip.AddrPortFrom(be13, 53), id13, 600, 1000},
 		client(4, 40003): {"web", netip.AddrPort{}, 99, 5, 2},   // an id no one holds
 		client(5, 40004): {"web", netip.AddrPort{}, id13, 5, 2}, // dns's backend, not web's
+		client6:          {"web6", netip.AddrPortFrom(be6, 443), id6, 60, 12},
 	}
 	for c, x := range wants {
-		k := web
-		if x.service == "dns" {
-			k = dns
-		}
+		k := map[string]service.Key{"web": web, "dns": dns, "web6": web6}[x.service]
 		put(c, k, halbCtEntry{BackendId: x.id, FirstSeen: uint32(now - x.age), Packets: uint32(x.packets)})
 	}
 
