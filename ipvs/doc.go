@@ -20,6 +20,11 @@
 // wrote. The VM test's scenario halb-ipvs-table checks all of this against
 // a real kernel.
 //
+// Flows (`halb flows`) reads the connection table, /proc/net/ip_vs_conn,
+// for the connections to halb's services: each one's client, backend,
+// state and expiry, which is all IPVS keeps of a connection (no age, no
+// packet count).
+//
 // It must never change or remove an IPVS service it does not own, never
 // unload a module, and never leave a service half-programmed because a
 // scheduler is missing: modules are loaded, or their absence reported, before

@@ -3,8 +3,9 @@
 // both data paths (eBPF and IPVS) receive them; the one interface the
 // daemon drives them through (Datapath: apply, resync, report, clean up,
 // close); the one status model they report in (Report, Counter), which the
-// daemon shows as it is; Split, the two at once; and the errors a caller
-// acts on (ErrUnsupported, ErrClosed).
+// daemon shows as it is; the flows they hold open (FlowLister, Flow, for
+// `halb flows`); Split, the two at once; and the errors a caller acts on
+// (ErrUnsupported, ErrClosed).
 //
 // It holds no kernel code and must never name a data path's
 // implementation: the daemon turns configuration plus health into a
