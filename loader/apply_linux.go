@@ -160,8 +160,13 @@ func (b *beState) compareKey(k *keyBytes) int {
 		return -1
 	}
 	a := &b.rec.Addr.Bytes
-	return cmp.Or(cmp.Compare(binary.BigEndian.Uint64(a[:8]), k.hi), cmp.Compare(binary.BigEndian.Uint64(a[8:]), k.lo),
-		cmp.Compare(b.rec.Port, k.port))
+	if hi := binary.BigEndian.Uint64(a[:8]); hi != k.hi {
+		return cmp.Compare(hi, k.hi)
+	}
+	if lo := binary.BigEndian.Uint64(a[8:]); lo != k.lo {
+		return cmp.Compare(lo, k.lo)
+	}
+	return cmp.Compare(b.rec.Port, k.port)
 }
 
 // get is the backend of key ap, or nil.
@@ -1122,6 +1127,11 @@ func (d *Datapath) guessTable(s *service.Service, st *svcState, isNew bool) *tab
 		defer close(g.done)
 		g.err = maglev.BuildInto(idx, in.maglevBackends())
 	}()
+	// The build is what the Apply waits for: it takes this thread at
+	// once, and the planning goes on as soon as the runtime has another
+	// (on a busy machine the thread woken for a new goroutine may wait
+	// milliseconds for a core; then the planning waits, not the build).
+	runtime.Gosched()
 	return g
 }
 
