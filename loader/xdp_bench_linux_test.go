@@ -394,7 +394,7 @@ func BenchmarkXDP(b *testing.B) {
 
 	b.Run("lru-lookup", func(b *testing.B) {
 		m, keySize := lruLikeCT(b)
-		if err := m.Put(make([]byte, keySize), uint32(1)); err != nil {
+		if err := m.Put(make([]byte, keySize), halbCtEntry{BackendId: 1}); err != nil {
 			b.Fatal(err)
 		}
 		insns := asm.Instructions{asm.Mov.Imm(asm.R1, 0)}
@@ -523,13 +523,20 @@ func BenchmarkXDP(b *testing.B) {
 				asm.LoadMem(asm.R4, asm.R2, int16(off), asm.DWord),
 				asm.StoreMem(asm.RFP, int16(off-keySize), asm.R4, asm.DWord))
 		}
+		// The value, halb_ct's size (a whole number of words): backend
+		// id 1, the rest 0.
+		valueOff := -keySize - int(m.ValueSize())
+		insns = append(insns, asm.Mov.Imm(asm.R4, 0))
+		for off := valueOff; off < -keySize; off += 8 {
+			insns = append(insns, asm.StoreMem(asm.RFP, int16(off), asm.R4, asm.DWord))
+		}
 		insns = append(insns,
-			asm.StoreImm(asm.RFP, int16(-keySize-8), 1, asm.Word), // the value (halb_ct's is 4 bytes)
+			asm.StoreImm(asm.RFP, int16(valueOff), 1, asm.Word),
 			asm.LoadMapPtr(asm.R1, m.FD()),
 			asm.Mov.Reg(asm.R2, asm.RFP),
 			asm.Add.Imm(asm.R2, int32(-keySize)),
 			asm.Mov.Reg(asm.R3, asm.RFP),
-			asm.Add.Imm(asm.R3, int32(-keySize-8)),
+			asm.Add.Imm(asm.R3, int32(valueOff)),
 			asm.Mov.Imm(asm.R4, 0), // BPF_ANY
 			asm.FnMapUpdateElem.Call(),
 			asm.Mov.Imm(asm.R0, 3), // XDP_TX
@@ -646,12 +653,13 @@ func BenchmarkXDP(b *testing.B) {
 }
 
 // lruLikeCT is an LRU hash of halb_ct's size whose keys are halb_ct's,
-// struct flow, rounded up to whole words (keySize), for the floors that
+// struct flow, rounded up to whole words (keySize), and whose values are
+// halb_ct's, struct ct_entry (16 bytes, two words), for the floors that
 // time the kernel's LRU alone.
 func lruLikeCT(b *testing.B) (m *ebpf.Map, keySize int) {
 	keySize = (int(unsafe.Sizeof(halbFlow{})) + 7) &^ 7
 	m, err := ebpf.NewMap(&ebpf.MapSpec{
-		Name: "halb_bench_lru", Type: ebpf.LRUHash, KeySize: uint32(keySize), ValueSize: 4,
+		Name: "halb_bench_lru", Type: ebpf.LRUHash, KeySize: uint32(keySize), ValueSize: uint32(unsafe.Sizeof(halbCtEntry{})),
 		MaxEntries: DefaultConntrackEntries,
 	})
 	if err != nil {
