@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"log/slog"
 	"runtime/debug"
 	"testing"
 
@@ -31,16 +32,23 @@ func TestMemoryReleasesOnlyAfterAllocating(t *testing.T) {
 	if m.released-at < releaseAfter {
 		t.Fatalf("not released after %d bytes allocated (releaseAfter %d)", m.allocated()-at, releaseAfter)
 	}
+	releasesOnceMore(t, m, "a release")
+	_ = keep
+}
+
+// releasesOnceMore checks that the next tick releases once, and the quiet
+// tick after it not at all.
+func releasesOnceMore(t *testing.T, m *memory, after string) {
+	t.Helper()
 	n := m.count
 	m.releaseIfGrown()
 	if m.count != n+1 {
-		t.Fatalf("the tick after a release made %d releases, want 1", m.count-n)
+		t.Fatalf("the tick after %s made %d releases, want 1", after, m.count-n)
 	}
 	m.releaseIfGrown()
 	if m.count != n+1 {
-		t.Fatalf("a second quiet tick released")
+		t.Fatalf("a second quiet tick after %s released", after)
 	}
-	_ = keep
 }
 
 // TestCodeMapping pins which lines of /proc/self/maps releaseCode pages
@@ -90,4 +98,14 @@ func TestReleaseCodePagesOut(t *testing.T) {
 	if after >= before {
 		t.Errorf("RssFile %d KiB after releaseCode, %d before: nothing paged out", after, before)
 	}
+}
+
+// TestMemoryReleasesAgainAfterApply pins the second pass after the first
+// apply and a reload: the tick after releaseWithCode releases once more,
+// whatever was allocated, and the quiet tick after that does not.
+func TestMemoryReleasesAgainAfterApply(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	m := newMemory()
+	m.releaseWithCode(slog.New(slog.DiscardHandler))
+	releasesOnceMore(t, m, "releaseWithCode")
 }
