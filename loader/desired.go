@@ -41,7 +41,7 @@ type packedBackend struct {
 func packs(b service.Backend) bool { return b.Addr.Is4() && b.Weight <= 0xffff }
 
 func (p packedBackend) is(b service.Backend) bool {
-	return packs(b) && p.addr == b.Addr.As4() && p.port == b.Port && uint32(p.weight) == b.Weight
+	return p.backend() == b
 }
 
 func (p packedBackend) backend() service.Backend {
