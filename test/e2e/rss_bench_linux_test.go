@@ -59,7 +59,9 @@ import (
 //	               Target: under 40 MiB.
 //	rss-anon-MiB   of which the process's own memory: the Go heap, its
 //	               metadata, the stacks.
-//	rss-file-MiB   of which the pages of the binary it has touched.
+//	rss-file-MiB   of which the pages of the binary it has mapped: those
+//	               idling touches, since the daemon pages out what its
+//	               start ran (daemon/memory.go, releaseCode).
 //	rss-pmd-MiB    of those, the ones mapped 2 MiB at a time
 //	               (FilePmdMapped of /proc/PID/smaps_rollup): 0 with the
 //	               binary's page cache dropped, below.
@@ -185,8 +187,7 @@ func idleRSS(b *testing.B, bin string, services, backends int) {
 	cpu := rssCPU(b, proc.Pid()) - cpu0
 	rss, hwm := rssField(b, proc.Pid(), "VmRSS"), rssField(b, proc.Pid(), "VmHWM")
 	// What the RSS is made of: the process's own memory (the Go heap,
-	// its metadata, stacks) and the pages of the binary it has touched,
-	// which no heap work makes smaller.
+	// its metadata, stacks) and the pages of the binary it has mapped.
 	anon, file := rssField(b, proc.Pid(), "RssAnon"), rssField(b, proc.Pid(), "RssFile")
 	pmd, err := halbtest.ProcKiB(strconv.Itoa(proc.Pid()), "smaps_rollup", "FilePmdMapped")
 	if err != nil {
