@@ -743,10 +743,12 @@ static __always_inline void forwarded(const struct decision *d)
 {
 	struct stats *be_stats = count(&halb_backend_stats, d->backend_id, d->len);
 
-	if (d->icmp == PKT_ICMP_TOO_BIG)
-		count_event(EVENT_ICMP_TOO_BIG);
-	if (d->icmp && d->nat)
-		count_event(EVENT_NAT_ICMP);
+	if (unlikely(d->icmp)) {
+		if (d->icmp == PKT_ICMP_TOO_BIG)
+			count_event(EVENT_ICMP_TOO_BIG);
+		if (d->nat)
+			count_event(EVENT_NAT_ICMP);
+	}
 	if (d->new_flow && be_stats)
 		be_stats->new_flows++;
 }

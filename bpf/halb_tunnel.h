@@ -85,29 +85,16 @@ static __always_inline int tun_route(void *ctx, const struct backend *b, __u8 fa
 	return bpf_fib_lookup(ctx, fib, sizeof(*fib), BPF_FIB_LOOKUP_OUTPUT);
 }
 
-/* tun_nexthop finds the next hop toward backend id, whose record is b, for
- * XDP (nat: for a NAT backend, as tun_route): from this CPU's halb_nexthops while it is fresh, else from the FIB,
- * which it then caches. It returns a BPF_FIB_LKUP_RET_ code; on success
- * *out is the entry. The route's MTU comes from a first lookup for the
- * longest packet (FRAG_NEEDED answers with it; success means any length
- * fits), the MACs from a second one that no length can fail; a next hop
- * without a MAC yet (NO_NEIGH) is not cached. */
-static __always_inline int tun_nexthop(struct xdp_md *ctx, const struct backend *b, __u32 id,
-				       __u8 family, __u8 nat, struct nexthop **out)
+/* tun_refill asks the FIB for the next hop of backend b (as
+ * tun_nexthop) and keeps it in nh, this CPU's entry, stamped with gen and
+ * now: the cold half of tun_nexthop, apart so that a fresh entry's
+ * packets do not zero a bpf_fib_lookup they never use. */
+static __always_inline int tun_refill(struct xdp_md *ctx, const struct backend *b, __u8 family,
+				      __u8 nat, struct nexthop *nh, __u32 gen, __u64 now)
 {
-	__u32 gen = halb_nexthop_gen;
-	__u64 now = coarse_ns();
 	struct bpf_fib_lookup fib = {};
-	struct nexthop *nh;
 	__u16 mtu = 0xffff;
 	int rc;
-
-	nh = bpf_map_lookup_elem(&halb_nexthops, &id);
-	if (!nh)
-		return BPF_FIB_LKUP_RET_NOT_FWDED;
-	*out = nh;
-	if (nh->ifindex && nh->gen == gen && now - nh->stamp < NEXTHOP_TTL_NS)
-		return BPF_FIB_LKUP_RET_SUCCESS;
 
 	nh->ifindex = 0;
 	rc = tun_route(ctx, b, family, &fib, 0xffff, nat);
@@ -125,6 +112,29 @@ static __always_inline int tun_nexthop(struct xdp_md *ctx, const struct backend 
 	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
 	nh->ifindex = fib.ifindex;
 	return rc;
+}
+
+/* tun_nexthop finds the next hop toward backend id, whose record is b, for
+ * XDP (nat: for a NAT backend, as tun_route): from this CPU's halb_nexthops while it is fresh, else from the FIB,
+ * which it then caches. It returns a BPF_FIB_LKUP_RET_ code; on success
+ * *out is the entry. The route's MTU comes from a first lookup for the
+ * longest packet (FRAG_NEEDED answers with it; success means any length
+ * fits), the MACs from a second one that no length can fail; a next hop
+ * without a MAC yet (NO_NEIGH) is not cached. */
+static __always_inline int tun_nexthop(struct xdp_md *ctx, const struct backend *b, __u32 id,
+				       __u8 family, __u8 nat, struct nexthop **out)
+{
+	__u32 gen = halb_nexthop_gen;
+	__u64 now = coarse_ns();
+	struct nexthop *nh;
+
+	nh = bpf_map_lookup_elem(&halb_nexthops, &id);
+	if (!nh)
+		return BPF_FIB_LKUP_RET_NOT_FWDED;
+	*out = nh;
+	if (nh->ifindex && nh->gen == gen && now - nh->stamp < NEXTHOP_TTL_NS)
+		return BPF_FIB_LKUP_RET_SUCCESS;
+	return tun_refill(ctx, b, family, nat, nh, gen, now);
 }
 
 /* tun_drop counts a TUN or NAT packet the FIB gave no next hop for. */
