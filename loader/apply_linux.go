@@ -619,6 +619,16 @@ func (d *Datapath) wantBackends(p *servicePlan, n *neighbours) map[netip.AddrPor
 		wantBE[ap] = w
 		order = append(order, ap)
 	}
+	// The wants made here, in one allocation: they go together
+	// (wantsQueued).
+	var wants []wantBackend
+	newWant := func(w wantBackend) *wantBackend {
+		if wants == nil {
+			wants = make([]wantBackend, 0, len(s.Backends))
+		}
+		wants = append(wants, w)
+		return &wants[len(wants)-1]
+	}
 	probs := map[netip.AddrPort]*problem{}
 	note := func(ap netip.AddrPort, weight uint32, reason string, wait bool) {
 		probs[ap] = &problem{reason: reason, wait: wait, weight: weight}
@@ -629,7 +639,7 @@ func (d *Datapath) wantBackends(p *servicePlan, n *neighbours) map[netip.AddrPor
 	unreachable := func(ap netip.AddrPort, weight uint32, reason string) {
 		note(ap, weight, reason, false)
 		if old := st.backends.get(ap); old != nil {
-			set(ap, &wantBackend{via: d.attachmentOf(int(old.rec.Ifindex)), unreachable: true, b: Backend{Weight: weight}})
+			set(ap, newWant(wantBackend{via: d.attachmentOf(int(old.rec.Ifindex)), unreachable: true, b: Backend{Weight: weight}}))
 		}
 	}
 	for _, b := range s.Backends {
@@ -679,7 +689,7 @@ func (d *Datapath) wantBackends(p *servicePlan, n *neighbours) map[netip.AddrPor
 			}
 			d.solicit(via, ap.Addr(), false)
 		}
-		set(ap, &wantBackend{via: via, b: Backend{
+		set(ap, newWant(wantBackend{via: via, b: Backend{
 			Addr:    ap.Addr(),
 			MAC:     mac,
 			Ifindex: via.ifindex,
@@ -687,7 +697,7 @@ func (d *Datapath) wantBackends(p *servicePlan, n *neighbours) map[netip.AddrPor
 			Port:    ap.Port(),
 			Service: st.id,
 			Weight:  b.Weight,
-		}})
+		}}))
 	}
 	// The service's order, which the configuration usually keeps sorted
 	// already: then the sort only checks it.
@@ -1022,7 +1032,7 @@ func (d *Datapath) planTable(p *servicePlan) *tableJob {
 	g := p.guess
 	p.guess = nil
 	in := liveInputs(p.st, p.order)
-	j := &tableJob{st: p.st, isNew: p.isNew, sig: in.signature()}
+	j := &tableJob{st: p.st, isNew: p.isNew, sig: g.signatureOf(in)}
 	if j.sig == p.st.table && !p.isNew {
 		g.drop()
 		return nil
@@ -1075,10 +1085,21 @@ func inputsFor(n int) tableInputs {
 }
 
 // maglevBackends are the backends as maglev.Build takes them.
+// The keys are parts of one string: a string each was 1000 allocations
+// for a service of 1000 backends.
 func (in tableInputs) maglevBackends() []maglev.Backend {
-	mb := make([]maglev.Backend, len(in.keys))
+	var text []byte
+	ends := make([]int, len(in.keys))
 	for i, ap := range in.keys {
-		mb[i] = maglev.Backend{Key: ap.String(), Weight: in.weights[i]}
+		text = ap.AppendTo(text)
+		ends[i] = len(text)
+	}
+	all := string(text)
+	mb := make([]maglev.Backend, len(in.keys))
+	start := 0
+	for i, end := range ends {
+		mb[i] = maglev.Backend{Key: all[start:end], Weight: in.weights[i]}
+		start = end
 	}
 	return mb
 }
@@ -1092,6 +1113,7 @@ func (in tableInputs) maglevBackends() []maglev.Backend {
 // backends, the guess is dropped and the table built again.
 type tableGuess struct {
 	in    tableInputs
+	sig   tableSig // in's, when every backend had an id (else zero)
 	buf   *[]int32 // from tableBufs
 	draft *tableDraft
 	done  chan struct{}
@@ -1118,10 +1140,16 @@ func (d *Datapath) guessTable(s *service.Service, st *svcState, isNew bool) *tab
 		return nil
 	}
 	in, known := guessInputs(s, st)
-	if in.keys == nil || known && in.signature() == st.table {
+	if in.keys == nil {
 		return nil
 	}
-	g := &tableGuess{in: in, buf: tableBufs.Get().(*[]int32), draft: d.maps.draftTable(st.id), done: make(chan struct{})}
+	var sig tableSig
+	if known {
+		if sig = in.signature(); sig == st.table {
+			return nil
+		}
+	}
+	g := &tableGuess{in: in, sig: sig, buf: tableBufs.Get().(*[]int32), draft: d.maps.draftTable(st.id), done: make(chan struct{})}
 	idx := tableOf(g.buf, d.lb.maglevTableSize())
 	go func() {
 		defer close(g.done)
@@ -1192,6 +1220,15 @@ func guessInputs(s *service.Service, st *svcState) (in tableInputs, known bool) 
 	}
 	addNew(func(netip.AddrPort) bool { return true })
 	return in, known
+}
+
+// signatureOf is in's signature, the guess's when the guess was made of
+// the same inputs (g may be nil).
+func (g *tableGuess) signatureOf(in tableInputs) tableSig {
+	if g != nil && g.sig != (tableSig{}) && g.in.sameBuild(in) && slices.Equal(g.in.ids, in.ids) {
+		return g.sig
+	}
+	return in.signature()
 }
 
 // take returns the guess's table when it is the job's (guessed), and

@@ -884,7 +884,7 @@ func (d *Datapath) release() {
 		}
 	}
 	if d.maps != nil {
-		d.maps.closeSpares()
+		d.maps.closeTables()
 	}
 	if d.lb != nil {
 		d.lb.close()

@@ -65,6 +65,18 @@ type mapWriter struct {
 	// again as the next table of any service (takeSpare), at most
 	// maxSpares of them.
 	spares []*ebpf.Map
+	// held are handles on the tables installed last, oldest first, at
+	// most maxSpares of them: when one of them is swapped out, it
+	// becomes a spare without being looked up and opened (two system
+	// calls, some 60 µs a table here). They are in halb_maglev: they
+	// take no kernel memory of their own.
+	held []heldTable
+}
+
+// heldTable is the table installed last for service, held open.
+type heldTable struct {
+	service uint32
+	m       *ebpf.Map
 }
 
 // maxSpares bounds the tables kept to be written again. A table made
@@ -323,20 +335,21 @@ func (w *mapWriter) takeSpare() *ebpf.Map {
 }
 
 // outgoing opens the tables that a swap of services is about to replace,
-// as many as may be kept as spares; nil for a service that has none, or
-// one not of the size a table is now (from an earlier halb). w.mu is
+// as many as may be kept as spares (held, or looked up), and none that
+// is not of the size a table is now (from an earlier halb). w.mu is
 // held.
 func (w *mapWriter) outgoing(services []uint32) []*ebpf.Map {
 	var out []*ebpf.Map
 	for _, service := range services {
-		if len(w.spares)+len(out) >= maxSpares {
-			break
+		m := w.unhold(service)
+		room := len(w.spares)+len(out) < maxSpares
+		if m == nil && room {
+			m, _ = w.lb.openMaglevTable(service)
 		}
-		m, err := w.lb.openMaglevTable(service)
-		if err != nil || m == nil {
+		if m == nil {
 			continue
 		}
-		if !w.lb.fitsMaglev(m) {
+		if !room || !w.lb.fitsMaglev(m) {
 			m.Close()
 			continue
 		}
@@ -345,14 +358,39 @@ func (w *mapWriter) outgoing(services []uint32) []*ebpf.Map {
 	return out
 }
 
-// closeSpares releases the spare tables (on Close).
-func (w *mapWriter) closeSpares() {
+// unhold is service's held table, no longer held, or nil. w.mu is held.
+func (w *mapWriter) unhold(service uint32) *ebpf.Map {
+	i := slices.IndexFunc(w.held, func(h heldTable) bool { return h.service == service })
+	if i < 0 {
+		return nil
+	}
+	m := w.held[i].m
+	w.held = slices.Delete(w.held, i, i+1)
+	return m
+}
+
+// hold keeps t's handle, just installed, letting the oldest go beyond
+// maxSpares. w.mu is held.
+func (w *mapWriter) hold(t *stagedTable) {
+	if len(w.held) == maxSpares {
+		w.held[0].m.Close()
+		w.held = slices.Delete(w.held, 0, 1)
+	}
+	w.held = append(w.held, heldTable{service: t.service, m: t.m})
+}
+
+// closeTables lets the spare tables go, and the handles held on tables
+// installed (on Close).
+func (w *mapWriter) closeTables() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, m := range w.spares {
 		m.Close()
 	}
-	w.spares = nil
+	for _, h := range w.held {
+		h.m.Close()
+	}
+	w.spares, w.held = nil, nil
 }
 
 // spareTables are the spare tables kept, for BenchmarkApply's count of
@@ -441,17 +479,20 @@ func (w *mapWriter) installTables(staged []*stagedTable) error {
 	start := time.Now()
 	err := w.lb.installMaglevTables(services, maps)
 	w.swapTook = time.Since(start)
-	for _, t := range staged {
-		t.discard() // halb_maglev holds its own reference
-	}
 	if err != nil {
 		// Which were swapped is not known: none is kept.
 		for _, m := range old {
 			m.Close()
 		}
+		for _, t := range staged {
+			t.discard()
+		}
 		return err
 	}
 	w.spares = append(w.spares, old...)
+	for _, t := range staged {
+		w.hold(t) // halb_maglev holds its own reference
+	}
 	for _, t := range staged {
 		w.name(t.service, t.ids)
 	}
@@ -482,6 +523,9 @@ func (w *mapWriter) deleteTable(service uint32) error {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if m := w.unhold(service); m != nil {
+		m.Close()
+	}
 	w.name(service, nil)
 	return nil
 }

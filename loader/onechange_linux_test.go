@@ -132,7 +132,8 @@ func sortedGuess(s *service.Service, st *svcState) (in tableInputs, known bool) 
 // most maxSpares of them, and written again, whole, as the next table of
 // any service: the map that served service 1 serves service 2 next with
 // service 2's slots, and a table that names no backend written into a
-// spare names none.
+// spare names none. The handles on the tables installed last are held,
+// as many, and let go when their table is deleted.
 func TestMapWriterSpares(t *testing.T) {
 	lb, err := loadLB(Options{MaglevTableSize: 7, MaxBackends: 8})
 	if err != nil {
@@ -140,7 +141,7 @@ func TestMapWriterSpares(t *testing.T) {
 	}
 	defer lb.close()
 	w := newMapWriter(lb)
-	defer w.closeSpares()
+	defer w.closeTables()
 	stage := func(service uint32, idx []int32, ids []uint32) *stagedTable {
 		t.Helper()
 		st, err := w.draftTable(service).stage(slices.Clone(idx), ids)
@@ -199,8 +200,17 @@ func TestMapWriterSpares(t *testing.T) {
 			t.Fatalf("%d spares, want at most %d", n, maxSpares)
 		}
 	}
-	if n := len(w.spareTables()); n != maxSpares {
-		t.Errorf("%d spares after two swaps of three tables, want %d", n, maxSpares)
+	if n := len(w.spareTables()); n != maxSpares || len(w.held) > maxSpares {
+		t.Errorf("%d spares and %d tables held after two swaps of three tables, want %d and at most %d", n, len(w.held), maxSpares, maxSpares)
+	}
+	// A table deleted is no longer held (the handle would keep it).
+	if err := w.deleteTable(3); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range w.held {
+		if h.service == 3 {
+			t.Errorf("service 3's table is held after its deletion")
+		}
 	}
 	for _, m := range w.spareTables() {
 		if !lb.fitsMaglev(m) {
