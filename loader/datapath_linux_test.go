@@ -519,6 +519,11 @@ func TestDatapathTC(t *testing.T) {
 	if dp.Name() != "tc" || !slices.Equal(dp.Attachments(), []Attachment{{"halb0", HookTCX}}) {
 		t.Fatalf("Name %q, Attachments %v; want tc through tcx on halb0", dp.Name(), dp.Attachments())
 	}
+	// Each program takes the verifier a while: the one no hook runs
+	// is not loaded.
+	if n := len(dp.lb.loaded()); n != 1 {
+		t.Errorf("%d programs loaded for a data path on tc, want halb_tc_lb alone", n)
+	}
 	if err := dp.Apply(context.Background(), []service.Service{svc(web, backend(be11, 1))}); err != nil {
 		t.Fatal(err)
 	}
@@ -533,6 +538,9 @@ func TestDatapathTC(t *testing.T) {
 	dp = b.start(t, cfg, config.ModeXDP)
 	if !slices.Equal(dp.Attachments(), []Attachment{{"halb0", HookXDPNative}}) {
 		t.Errorf("Attachments %v after moving to xdp, want native on halb0", dp.Attachments())
+	}
+	if n := len(dp.lb.loaded()); n != 1 {
+		t.Errorf("%d programs loaded for a data path on native XDP, want halb_xdp_lb alone", n)
 	}
 	if got := pins(t, b.cfg.BPFFS); slices.Contains(got, "halb_tc_lb_halb0") || slices.Contains(got, "halb_tc_lb") {
 		t.Errorf("pins %v: the tc link and program should be gone", got)
