@@ -1448,9 +1448,9 @@ int halb_tc_lb(struct __sk_buff *skb)
 	case VERDICT_REPLY:
 		return tc_nat_reply(skb, &d);
 	default:
-		if (!tc_egress_ok(skb, d.b->ifindex))
-			return TC_ACT_SHOT;
-		action = bpf_redirect(d.b->ifindex, 0);
+		action = TC_ACT_SHOT;
+		if (tc_egress_ok(skb, d.b->ifindex))
+			action = bpf_redirect(d.b->ifindex, 0);
 	}
 	if (action != TC_ACT_SHOT)
 		forwarded(&d);

@@ -561,6 +561,7 @@ func testScheduling(t *testing.T, prog string) {
 			t.Errorf("action %v, want XDP_DROP", action)
 		}
 		tb.wantBackendStats(t, 7, Stats{})
+		tb.wantServiceStats(t, 1, stats(1, 0)) // the service's own: no backend took it
 		tb.wantDrops(t, map[DropReason]uint64{DropNoTxPort: 1})
 	})
 
