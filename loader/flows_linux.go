@@ -169,5 +169,5 @@ func monotonicSeconds() (int64, error) {
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
 		return 0, fmt.Errorf("read the monotonic clock: %w", err)
 	}
-	return ts.Sec, nil
+	return int64(ts.Sec), nil // an int32 on 32-bit ARM
 }
