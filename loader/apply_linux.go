@@ -507,6 +507,7 @@ func (d *Datapath) applyServices(keys []service.Key, want map[service.Key]*servi
 	queued := make([]queuedRecord, 0, total)
 	d.maps.expect(total)
 	builds := d.startBuilds(len(keys))
+	var guessed *tableJob // the one job with a guess, if any
 	for _, key := range keys {
 		n.serve(key)
 		p, err := d.planService(want[key], n, len(plans) == 0 && early == nil)
@@ -526,12 +527,20 @@ func (d *Datapath) applyServices(keys []service.Key, want map[service.Key]*servi
 		plans = append(plans, p)
 		queued = d.queueBackends(p, queued)
 		p.wantsQueued()
-		if p.table = d.planTable(p); p.table != nil {
+		switch p.table = d.planTable(p); {
+		case p.table != nil && p.table.guess != nil:
+			guessed = p.table
+		case p.table != nil:
 			builds.jobs <- p.table
 		}
 	}
 	errs = append(errs, d.forgetReusedIDs(plans))
 	failed := d.writeBackends(queued)
+	if guessed != nil {
+		// Its guess builds and stages it on a goroutine of its own:
+		// this one takes it from there, with no builder in between.
+		guessed.err = d.writeTable(guessed)
+	}
 	builds.wait()
 	d.replanTables(failed)
 	// Before any table names the records just written, and before a
@@ -1114,10 +1123,12 @@ func (in tableInputs) maglevBackends() []maglev.Backend {
 type tableGuess struct {
 	in    tableInputs
 	sig   tableSig // in's, when every backend had an id (else zero)
-	buf   *[]int32 // from tableBufs
+	buf   *[]int32 // from tableBufs; nil once staged
 	draft *tableDraft
-	done  chan struct{}
-	err   error
+	// staged: the table staged from in, when sig is known.
+	staged *stagedTable
+	done   chan struct{}
+	err    error
 }
 
 // earlyGuess starts the guess of the first service of keys, when the
@@ -1150,11 +1161,7 @@ func (d *Datapath) guessTable(s *service.Service, st *svcState, isNew bool) *tab
 		}
 	}
 	g := &tableGuess{in: in, sig: sig, buf: tableBufs.Get().(*[]int32), draft: d.maps.draftTable(st.id), done: make(chan struct{})}
-	idx := tableOf(g.buf, d.lb.maglevTableSize())
-	go func() {
-		defer close(g.done)
-		g.err = maglev.BuildInto(idx, in.maglevBackends())
-	}()
+	go g.build(d.lb.maglevTableSize())
 	// The build is what the Apply waits for: it takes this thread at
 	// once, and the planning goes on as soon as the runtime has another
 	// (on a busy machine the thread woken for a new goroutine may wait
@@ -1231,29 +1238,63 @@ func (g *tableGuess) signatureOf(in tableInputs) tableSig {
 	return in.signature()
 }
 
-// take returns the guess's table when it is the job's (guessed), and
-// its draft either way, and the build's error when it was the job's; the
-// guess is used up.
-func (g *tableGuess) take(guessed bool) ([]int32, *tableDraft, error) {
-	<-g.done
-	if g.err != nil || !guessed {
-		tableBufs.Put(g.buf)
-		if guessed {
-			return nil, g.draft, g.err
-		}
-		return nil, g.draft, nil
+// build builds the guess's table of m slots and, when the guess knows
+// every backend's id (sig), stages it too, on the same thread: handing
+// the table to a builder to stage cost a wake-up of another thread on
+// the way to the swap.
+func (g *tableGuess) build(m int) {
+	defer close(g.done)
+	idx := tableOf(g.buf, m)
+	if g.err = maglev.BuildInto(idx, g.in.maglevBackends()); g.err != nil || g.sig == (tableSig{}) {
+		return
 	}
-	return *g.buf, g.draft, nil
+	draft := g.draft
+	g.draft = nil
+	g.staged, g.err = draft.stage(idx, g.in.ids)
+	tableBufs.Put(g.buf)
+	g.buf = nil
 }
 
-// drop lets a guess that is not needed go, once built.
+// take returns what of the guess serves job j, once it is done: its
+// staged table, when staged from j's inputs; else its table, when built
+// from them (guessed), and its draft, if it has one left; and the build's
+// error when it was j's. The guess is used up.
+func (g *tableGuess) take(j *tableJob) (*stagedTable, []int32, *tableDraft, error) {
+	<-g.done
+	if g.staged != nil && j.guessed && slices.Equal(g.in.ids, j.ids) {
+		return g.staged, nil, nil, nil
+	}
+	draft := g.draft
+	g.draft = nil
+	if g.err != nil && j.guessed {
+		g.drop()
+		return nil, nil, draft, g.err
+	}
+	if g.buf == nil || g.err != nil || !j.guessed {
+		g.drop()
+		return nil, nil, draft, nil
+	}
+	return nil, *g.buf, draft, nil
+}
+
+// drop lets a guess, or what is left of it, go once it is done.
 func (g *tableGuess) drop() {
 	if g == nil {
 		return
 	}
 	<-g.done
-	tableBufs.Put(g.buf)
-	g.draft.discard()
+	if g.buf != nil {
+		tableBufs.Put(g.buf)
+		g.buf = nil
+	}
+	if g.draft != nil {
+		g.draft.discard()
+		g.draft = nil
+	}
+	if g.staged != nil {
+		g.staged.discard()
+		g.staged = nil
+	}
 }
 
 // tableBuilds builds and stages the tables of an Apply on as many
@@ -1333,14 +1374,25 @@ func (d *Datapath) writeTable(j *tableJob) error {
 	var draft *tableDraft
 	if g := j.guess; g != nil {
 		j.guess = nil
-		var err error
-		idx, draft, err = g.take(j.guessed)
-		if err != nil {
-			draft.discard()
+		staged, built, left, err := g.take(j)
+		switch {
+		case err != nil:
+			if left != nil {
+				left.discard()
+			}
 			return fmt.Errorf("service %s: maglev table: %w", st, err)
-		}
-		if idx != nil {
+		case staged != nil:
+			j.staged = staged
+			return nil
+		case built != nil:
+			idx = built
 			defer tableBufs.Put(g.buf)
+		case j.guessed:
+			// Staged with other ids: built again, from the same keys.
+			j.backends = g.in.maglevBackends()
+		}
+		if draft = left; draft == nil {
+			draft = d.maps.draftTable(st.id)
 		}
 	} else if !restart {
 		// The new map is made while the table is built.

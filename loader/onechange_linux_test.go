@@ -228,3 +228,59 @@ func TestMapWriterSpares(t *testing.T) {
 		t.Errorf("a map of 11 slots fits tables of 7")
 	}
 }
+
+// TestGuessStaged: the guess of a table whose backends all have ids is
+// built and staged on its own goroutine; the job made of the same inputs
+// takes the staged table as it is, and one whose ids differ gets a table
+// built again with its own ids, never the guess's.
+func TestGuessStaged(t *testing.T) {
+	lb, err := loadLB(Options{MaglevTableSize: 7, MaxBackends: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.close()
+	d := &Datapath{lb: lb, maps: newMapWriter(lb)}
+	defer d.maps.closeTables()
+	s := service.Service{Key: service.Key{VIP: netip.MustParseAddr("198.51.100.1"), Port: 80, Proto: service.TCP}}
+	var had []beState
+	for i, a := range []string{"192.0.2.1", "192.0.2.2"} {
+		ap := netip.AddrPortFrom(netip.MustParseAddr(a), 80)
+		s.Backends = append(s.Backends, service.Backend{Addr: ap.Addr(), Weight: 1})
+		had = append(had, beState{id: uint32(3 + i), rec: stubRecord(ap, 1)})
+	}
+	st := &svcState{id: 1, table: tableSig{1}, backends: backendSet(nil).add(had)}
+	for _, tc := range []struct {
+		name string
+		ids  []uint32
+	}{
+		{"same ids", []uint32{3, 4}},
+		{"other ids", []uint32{5, 6}},
+	} {
+		g := d.guessTable(&s, st, false)
+		if g == nil {
+			t.Fatalf("%s: no guess", tc.name)
+		}
+		<-g.done
+		if g.staged == nil || g.err != nil {
+			t.Fatalf("%s: guess not staged: %v", tc.name, g.err)
+		}
+		j := &tableJob{st: st, ids: tc.ids, guess: g, guessed: true}
+		if err := d.writeTable(j); err != nil || j.staged == nil {
+			t.Fatalf("%s: writeTable: %v, staged %v", tc.name, err, j.staged)
+		}
+		if tc.name == "same ids" && j.staged != g.staged {
+			t.Errorf("%s: the guess's staged table was not taken", tc.name)
+		}
+		if err := d.maps.installTables([]*stagedTable{j.staged}); err != nil {
+			t.Fatal(err)
+		}
+		table, err := lb.maglevTable(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := slotsOf(table)
+		if len(n) != 2 || n[tc.ids[0]] == 0 || n[tc.ids[1]] == 0 {
+			t.Errorf("%s: table %v, want slots of ids %v only", tc.name, table, tc.ids)
+		}
+	}
+}
