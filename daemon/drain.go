@@ -32,7 +32,7 @@ func (d *Daemon) serveDrain(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "halb runs without a bgp: section: nothing is announced, so nothing to drain", http.StatusConflict)
 		return
 	}
-	who, ok := allowed(w, req)
+	who, ok := d.allowed(w, req)
 	if !ok {
 		return
 	}
@@ -54,7 +54,7 @@ func (d *Daemon) serveUndrain(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "halb runs without a bgp: section: nothing to undrain", http.StatusConflict)
 		return
 	}
-	who, ok := allowed(w, req)
+	who, ok := d.allowed(w, req)
 	if !ok {
 		return
 	}
@@ -74,10 +74,12 @@ func withConn(ctx context.Context, c net.Conn) context.Context {
 
 // allowed names who sent req, and refuses (403) anyone but root or
 // halb's own user: the socket's mode already keeps others out, and a
-// command that changes what halb announces says so twice.
-func allowed(w http.ResponseWriter, req *http.Request) (string, bool) {
+// command that changes what halb announces says so twice. A refusal is
+// logged with who asked for what, as every change is.
+func (d *Daemon) allowed(w http.ResponseWriter, req *http.Request) (string, bool) {
 	cred, err := caller(req.Context())
 	if err != nil {
+		d.log.Warn("control request refused: the caller is not known", "path", req.URL.Path, "err", err)
 		http.Error(w, "who sent this is not known: "+err.Error(), http.StatusForbidden)
 		return "", false
 	}
@@ -87,6 +89,7 @@ func allowed(w http.ResponseWriter, req *http.Request) (string, bool) {
 	}
 	who := fmt.Sprintf("uid %d (%s) pid %d", cred.Uid, name, cred.Pid)
 	if !mayChange(cred.Uid) {
+		d.log.Warn("control request refused: only root may do this", "path", req.URL.Path, "by", who)
 		http.Error(w, "only root may do this; refused for "+who, http.StatusForbidden)
 		return "", false
 	}

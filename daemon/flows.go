@@ -21,7 +21,7 @@ const flowsTimeout = 4 * time.Second
 // addresses, so it is root's and halb's own user's alone (allowed), as
 // ipvsadm -Lnc is root's, whatever mode the control socket was given.
 func (d *Daemon) serveFlows(w http.ResponseWriter, req *http.Request) {
-	who, ok := allowed(w, req)
+	who, ok := d.allowed(w, req)
 	if !ok {
 		return
 	}

@@ -189,7 +189,7 @@ type overrideReply struct {
 // serveOverride takes `halb backend drain|undrain|weight` from root,
 // hands it to the loop and answers with what the loop did.
 func (d *Daemon) serveOverride(w http.ResponseWriter, req *http.Request) {
-	who, ok := allowed(w, req)
+	who, ok := d.allowed(w, req)
 	if !ok {
 		return
 	}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -46,9 +47,10 @@ func (s *vrrpSet) groupOf(name string) ([]*vrrp.Instance, time.Duration) {
 // the rest). A Master released without --force is watched for three
 // advert intervals (up to a bound within the client's timeout): if it took
 // its VIPs back because no peer took over, the release is reported
-// refused.
+// refused. A refused group release resumes the members it had released,
+// so that no member is left holding BACKUP with its VIPs on no node.
 func (d *Daemon) serveVRRP(w http.ResponseWriter, req *http.Request) {
-	who, ok := allowed(w, req)
+	who, ok := d.allowed(w, req)
 	if !ok {
 		return
 	}
@@ -71,27 +73,26 @@ func (d *Daemon) serveVRRP(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, fmt.Sprintf("no VRRP instance %q runs here (halb status lists them)", r.Instance), http.StatusNotFound)
 		return
 	}
-	res := VRRPResult{}
-	wasMaster := insts[0].Status().State == vrrp.Master
-	for i, in := range insts {
-		var err error
-		if action == "release" {
-			err = in.Release(req.Context(), r.Force || i > 0) // the group follows its first member
-		} else {
-			err = in.Resume(req.Context())
-		}
-		if err != nil {
-			http.Error(w, fmt.Sprintf("%s %s refused: %v", action, in.Status().Name, err), http.StatusConflict)
+	d.log.Info("vrrp "+action+" asked", "instances", strings.Join(namesOf(insts), ","), "force", r.Force, "by", who)
+	res := VRRPResult{Instances: namesOf(insts)}
+	if action == "resume" {
+		if err := resumeAll(req.Context(), insts); err != nil {
+			http.Error(w, "resume refused: "+err.Error(), http.StatusConflict)
 			return
 		}
-		res.Instances = append(res.Instances, in.Status().Name)
-	}
-	d.log.Info("vrrp "+action+" asked", "instances", strings.Join(res.Instances, ","), "force", r.Force, "by", who)
-	switch {
-	case action == "resume":
 		res.Message = "resumed: taking part again (with preempt, a higher priority takes the VIPs back after the master down interval)"
+		writeVRRPResult(w, res)
+		return
+	}
+	wasMaster := insts[0].Status().State == vrrp.Master
+	if err := d.releaseGroup(req.Context(), insts, r.Force); err != nil {
+		http.Error(w, "release "+err.Error(), http.StatusConflict)
+		return
+	}
+	switch {
 	case wasMaster && !r.Force:
 		if undone(req, insts[0], interval) {
+			d.resumeReleased(insts[1:], vrrp.ReleaseUndone+" in "+insts[0].Status().Name)
 			http.Error(w, fmt.Sprintf("release %s refused: %s; the VIPs are back here (--force releases anyway)", r.Instance, vrrp.ReleaseUndone+": no peer took over within three advert intervals"), http.StatusConflict)
 			return
 		}
@@ -99,6 +100,56 @@ func (d *Daemon) serveVRRP(w http.ResponseWriter, req *http.Request) {
 	default:
 		res.Message = "released: held in BACKUP until `halb vrrp resume`"
 	}
+	writeVRRPResult(w, res)
+}
+
+// releaseGroup releases a sync group's members, the first as asked and
+// the others with force (the group follows its first member). When one
+// is refused or fails, the members already released are resumed: half a
+// group held in BACKUP would keep its VIPs on no node.
+func (d *Daemon) releaseGroup(ctx context.Context, insts []*vrrp.Instance, force bool) error {
+	for i, in := range insts {
+		if err := in.Release(ctx, force || i > 0); err != nil {
+			d.resumeReleased(insts[:i], "release of "+in.Status().Name+" refused")
+			return fmt.Errorf("%s refused: %w", in.Status().Name, err)
+		}
+	}
+	return nil
+}
+
+// resumeReleased resumes members released by a group release that did
+// not go through, and says so. The asker may have gone (its context
+// ended): the resume is done all the same, within a bound.
+func (d *Daemon) resumeReleased(insts []*vrrp.Instance, why string) {
+	if len(insts) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := resumeAll(ctx, insts)
+	d.log.Warn("vrrp release undone for the rest of the group", "instances", strings.Join(namesOf(insts), ","), "why", why, "err", err)
+}
+
+// resumeAll resumes each of insts, the first error ending it.
+func resumeAll(ctx context.Context, insts []*vrrp.Instance) error {
+	for _, in := range insts {
+		if err := in.Resume(ctx); err != nil {
+			return fmt.Errorf("%s: %w", in.Status().Name, err)
+		}
+	}
+	return nil
+}
+
+// namesOf is the instances' names, for logs and answers.
+func namesOf(insts []*vrrp.Instance) []string {
+	out := make([]string, len(insts))
+	for i, in := range insts {
+		out[i] = in.Status().Name
+	}
+	return out
+}
+
+func writeVRRPResult(w http.ResponseWriter, res VRRPResult) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(res)
 }
