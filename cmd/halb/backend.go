@@ -1,10 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/halb-lb/halb/daemon"
 )
@@ -36,7 +39,7 @@ daemon answers.`,
 		if name == "weight" {
 			use += " W"
 		}
-		return &cobra.Command{
+		sub := &cobra.Command{
 			Use:   use,
 			Short: short,
 			Args:  cobra.ExactArgs(nargs),
@@ -57,6 +60,8 @@ daemon answers.`,
 				return nil
 			},
 		}
+		sub.SetFlagErrorFunc(negativeWeight)
+		return sub
 	}
 	cmd.AddCommand(
 		action("drain", "Weight 0 for BACKEND of SERVICE: no new flows; open flows stay", 2),
@@ -64,4 +69,17 @@ daemon answers.`,
 		action("weight", "Give BACKEND of SERVICE weight W until a reload changes it", 3),
 	)
 	return cmd
+}
+
+// negativeWeight makes `halb backend weight SVC BACKEND -1` the usage error
+// it is (exit 2, naming the weight): the flag parser takes -1 for a
+// shorthand flag and would answer "unknown shorthand flag".
+func negativeWeight(_ *cobra.Command, err error) error {
+	var nerr *pflag.NotExistError
+	if errors.As(err, &nerr) {
+		if n := nerr.GetSpecifiedShortnames(); n != "" && strings.Trim(n, "0123456789") == "" {
+			return &statusError{code: exitBadConfig, msg: fmt.Sprintf("weight -%s: give a whole number from 0 to 65535", n)}
+		}
+	}
+	return err
 }
