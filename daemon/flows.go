@@ -40,7 +40,10 @@ func (d *Daemon) serveFlows(w http.ResponseWriter, req *http.Request) {
 		ctx, cancel := context.WithTimeout(req.Context(), flowsTimeout)
 		defer cancel()
 		var err error
-		if list, err = fl.Flows(ctx, q); err != nil {
+		if list, err = fl.Flows(ctx, q); err == nil {
+			err = ctx.Err() // a lister that overran its time: answer no late list
+		}
+		if err != nil {
 			d.log.Warn("flows: reading the data path's flows", "err", err)
 			http.Error(w, "reading the data path's flows: "+err.Error(), http.StatusInternalServerError)
 			return
@@ -55,14 +58,14 @@ func (d *Daemon) serveFlows(w http.ResponseWriter, req *http.Request) {
 }
 
 // flowQuery reads a flows request against the running config: 400 for a
-// limit that is not a positive number, 404 for a service it does not
-// have.
+// limit that is not a number from 1 to service.MaxFlowLimit, 404 for a
+// service it does not have.
 func flowQuery(v url.Values, cfg *config.Config) (service.FlowQuery, int, string) {
 	q := service.FlowQuery{Service: v.Get("service"), Limit: service.DefaultFlowLimit}
 	if s := v.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			return q, http.StatusBadRequest, "limit " + strconv.Quote(s) + ": give a whole number of at least 1"
+		if err != nil || n < 1 || n > service.MaxFlowLimit {
+			return q, http.StatusBadRequest, "limit " + strconv.Quote(s) + ": give a whole number from 1 to " + strconv.Itoa(service.MaxFlowLimit)
 		}
 		q.Limit = n
 	}

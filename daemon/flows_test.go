@@ -34,8 +34,8 @@ func (l listingDatapath) Flows(_ context.Context, q service.FlowQuery) (service.
 	return out, nil
 }
 
-// flowQuery takes a configured service or none, and a positive limit
-// (1000 unless given); anything else is refused with the status the CLI
+// flowQuery takes a configured service or none, and a limit from 1 to
+// service.MaxFlowLimit (1000 unless given); anything else is refused with the status the CLI
 // turns into exit status 2.
 func TestFlowQuery(t *testing.T) {
 	cfg := overrideConfig(1)
@@ -50,6 +50,9 @@ func TestFlowQuery(t *testing.T) {
 		{"service=nope", http.StatusNotFound, "", 0},
 		{"limit=0", http.StatusBadRequest, "", 0},
 		{"limit=many", http.StatusBadRequest, "", 0},
+		{"limit=10000", http.StatusOK, "", service.MaxFlowLimit},
+		{"limit=10001", http.StatusBadRequest, "", 0},
+		{"limit=99999999999999999999", http.StatusBadRequest, "", 0},
 	} {
 		v, _ := url.ParseQuery(c.query)
 		q, code, msg := flowQuery(v, cfg)

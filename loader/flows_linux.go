@@ -77,6 +77,9 @@ func (lb *kernelLB) listFlows(ctx context.Context, names flowNames, q service.Fl
 	if err != nil {
 		return service.FlowList{}, err
 	}
+	if err := ctx.Err(); err != nil { // ran out during the last batch: no time left to sort
+		return service.FlowList{}, fmt.Errorf("read %s: %w", halbMapHalbCt, err)
+	}
 	out.Partial = !complete
 	out.Sort()
 	return out, nil

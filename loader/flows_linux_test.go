@@ -2,7 +2,9 @@ package loader
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/halb-lb/halb/config"
@@ -152,6 +154,52 @@ func TestListFlowsBounded(t *testing.T) {
 	if _, err := lb.listFlows(cancelled, names, service.FlowQuery{Limit: 100}, flowScanMax); err == nil {
 		t.Error("a listing whose context is done did not fail")
 	}
+}
+
+// A listing as large as a limit may be (service.MaxFlowLimit) out of a
+// fuller table comes back whole and sorted; and a context that ends as the
+// scan ends fails the listing rather than sort and hand back a list its
+// caller no longer waits for.
+func TestListFlowsMany(t *testing.T) {
+	const flows = 30000
+	lb := withFlows(t, flows, func(int) halbCtEntry { return halbCtEntry{BackendId: 1} })
+	names := flowNames{services: map[service.Key]string{}, backends: map[uint32]flowBackend{}}
+	list, err := lb.listFlows(context.Background(), names, service.FlowQuery{Limit: service.MaxFlowLimit}, flowScanMax)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Flows) != service.MaxFlowLimit || list.Total != flows || list.Partial {
+		t.Errorf("listed %d of %d (partial %v), want %d of %d, complete", len(list.Flows), list.Total, list.Partial, service.MaxFlowLimit, flows)
+	}
+	if !slices.IsSortedFunc(list.Flows, func(a, b service.Flow) int { return a.Client.Compare(b.Client) }) {
+		t.Error("the listing is not sorted by client")
+	}
+
+	// How often the scan alone looks at its context, then a context
+	// that is done from the next look on.
+	counting := &doneAfter{Context: context.Background(), ok: -1}
+	if _, err := lb.eachFlow(counting, flowScanMax, func(halbFlow, halbCtEntry) {}); err != nil {
+		t.Fatal(err)
+	}
+	done := &doneAfter{Context: context.Background(), ok: counting.calls}
+	if _, err := lb.listFlows(done, names, service.FlowQuery{Limit: service.MaxFlowLimit}, flowScanMax); !errors.Is(err, context.Canceled) {
+		t.Errorf("a context done as the scan ended (after %d looks): %v, want context.Canceled", counting.calls, err)
+	}
+}
+
+// doneAfter is a context whose Err is nil for its first ok calls and
+// context.Canceled after (never, with ok negative); it counts the calls.
+type doneAfter struct {
+	context.Context
+	ok, calls int
+}
+
+func (c *doneAfter) Err() error {
+	c.calls++
+	if c.ok >= 0 && c.calls > c.ok {
+		return context.Canceled
+	}
+	return nil
 }
 
 // withFlows loads the program's maps with n flows in halb_ct, one a client

@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -29,6 +30,12 @@ type FlowQuery struct {
 
 // DefaultFlowLimit is how many flows `halb flows` shows unless told.
 const DefaultFlowLimit = 1000
+
+// MaxFlowLimit is the most flows one listing may ask for: the daemon
+// holds, sorts and encodes the list within its timeout, and a listing of
+// 100 000 flows took it 5 s or more and grew it by 45 MB. More is refused
+// (400; the CLI exits 2); --service narrows a larger table.
+const MaxFlowLimit = 10000
 
 // Flow is one open flow, client to VIP. Its JSON is part of the control
 // socket's contract (`halb flows --json`).
@@ -82,15 +89,15 @@ func (l *FlowList) Keep(q FlowQuery, f Flow) bool {
 	return true
 }
 
-// Sort puts the listed flows in a stable order: by service, then VIP,
-// then client. Which flows a limit keeps is the table's order; this is
-// only what `halb flows` prints.
+// Sort puts the listed flows in a stable order: by service, then VIP
+// (Key.Compare), then client. Which flows a limit keeps is the table's
+// order; this is only what `halb flows` prints. It allocates nothing.
 func (l *FlowList) Sort() {
 	slices.SortFunc(l.Flows, func(a, b Flow) int {
 		if c := strings.Compare(a.Service, b.Service); c != 0 {
 			return c
 		}
-		if c := strings.Compare(a.Key.String(), b.Key.String()); c != 0 {
+		if c := a.Key.Compare(b.Key); c != 0 {
 			return c
 		}
 		return a.Client.Compare(b.Client)
@@ -111,6 +118,9 @@ func (s *Split) Flows(ctx context.Context, q FlowQuery) (FlowList, error) {
 		out.Flows = append(out.Flows, part.Flows...)
 		out.Total += part.Total
 		out.Partial = out.Partial || part.Partial
+	}
+	if err := ctx.Err(); err != nil {
+		return FlowList{}, fmt.Errorf("flows: %w", err)
 	}
 	out.Sort()
 	return out, errors.Join(errs...)

@@ -15,6 +15,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
@@ -87,6 +88,19 @@ type Key struct {
 
 func (k Key) String() string {
 	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.VIP, k.Port), k.Proto)
+}
+
+// Compare orders keys by VIP (IPv4 first), port, then protocol. It
+// formats nothing: sorting a listing of flows compares keys n log n times,
+// and formatting both at each made a sort of 65 536 flows take seconds.
+func (k Key) Compare(o Key) int {
+	if c := k.VIP.Compare(o.VIP); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(k.Port, o.Port); c != 0 {
+		return c
+	}
+	return cmp.Compare(k.Proto, o.Proto)
 }
 
 // MarshalText is String: a key reads "192.0.2.10:80/tcp" in the status

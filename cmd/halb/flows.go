@@ -41,13 +41,14 @@ and no packet count for a connection, only its state and when it expires,
 so AGE and PACKETS show "-" and STATE and EXPIRES are shown instead.
 
 At most --limit flows are shown (and "N of M flows shown" says when more
-matched); at most 1 048 576 entries of the table are read. Root only: the
-flows show clients' addresses. Exit status 2 on an unknown service, 1 when
-no daemon answers.`,
+matched), --limit itself at most 10000 (use --service to narrow a larger
+table); at most 1 048 576 entries of the table are read. Root only: the
+flows show clients' addresses. Exit status 2 on a --limit out of range or
+an unknown service, 1 when no daemon answers.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if limit < 1 {
-				return &statusError{code: exitBadConfig, msg: fmt.Sprintf("--limit %d: give a whole number of at least 1", limit)}
+			if limit < 1 || limit > service.MaxFlowLimit {
+				return &statusError{code: exitBadConfig, msg: fmt.Sprintf("--limit %d: give a whole number from 1 to %d", limit, service.MaxFlowLimit)}
 			}
 			q := url.Values{"limit": {strconv.Itoa(limit)}}
 			if svc != "" {
@@ -66,7 +67,12 @@ no daemon answers.`,
 		},
 	}
 	cmd.Flags().StringVar(&svc, "service", "", "only the flows of this service (its name in the config)")
-	cmd.Flags().IntVar(&limit, "limit", service.DefaultFlowLimit, "show at most this many flows")
+	cmd.Flags().IntVar(&limit, "limit", service.DefaultFlowLimit, fmt.Sprintf("show at most this many flows (1 to %d)", service.MaxFlowLimit))
+	// A --limit that is no number is as much a usage error as one out of
+	// range: both exit 2, not 1.
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &statusError{code: exitBadConfig, msg: err.Error()}
+	})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the flows as JSON")
 	cmd.Flags().StringVarP(&socket, "socket", "s", "", "control socket (default: control.socket from the config, else /run/halb/halb.sock)")
 	return cmd

@@ -12,17 +12,19 @@ import (
 	"github.com/halb-lb/halb/service"
 )
 
-// halb flows with no daemon exits 1 and says so; a limit below 1 exits 2
-// before asking.
+// halb flows with no daemon exits 1 and says so; a limit below 1, above
+// service.MaxFlowLimit or no number at all exits 2 before asking.
 func TestFlowsNoDaemon(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "none.sock")
 	code, _, errs := run(t, "flows", "-s", sock)
 	if code != exitFailure || !strings.Contains(errs, "no halb daemon answers") {
 		t.Errorf("flows with no daemon: exit %d, %q; want 1", code, errs)
 	}
-	code, _, errs = run(t, "flows", "--limit", "0", "-s", sock)
-	if code != exitBadConfig || !strings.Contains(errs, "at least 1") {
-		t.Errorf("--limit 0: exit %d, %q; want 2", code, errs)
+	for _, limit := range []string{"0", "10001", "99999999999999999999", "many"} {
+		code, _, errs = run(t, "flows", "--limit", limit, "-s", sock)
+		if code != exitBadConfig || !strings.Contains(errs, "--limit") || strings.Contains(errs, "no halb daemon") {
+			t.Errorf("--limit %s: exit %d, %q; want 2, naming --limit", limit, code, errs)
+		}
 	}
 }
 
