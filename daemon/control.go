@@ -57,6 +57,16 @@ type InstanceStatus struct {
 	Released bool `json:"released,omitempty"`
 }
 
+// ShownState is the state as `halb status` and the status page show it:
+// a released instance's BACKUP says that `halb vrrp release` holds it
+// there, or its VIPs' absence would read as an ordinary failover.
+func (s InstanceStatus) ShownState() string {
+	if s.Released {
+		return s.State + " (released)"
+	}
+	return s.State
+}
+
 // BackendStatus is one backend's health.
 type BackendStatus struct {
 	Service   string `json:"service"`

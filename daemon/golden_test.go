@@ -103,7 +103,7 @@ func goldenCases() []goldenCase {
 			Faults: []string{"interface eth1 down", "track script chk_db failed"}, Drops: map[string]uint64{}, Conflicts: map[string]uint64{},
 			Tracking:   []string{"interface eth1 down (weight 0)", "file /run/halb/weight-db holds 3 (weight -5)", "process haproxy: 1 running, min_count 1 (weight -50)"},
 			VirtualIPs: []netip.Prefix{netip.MustParsePrefix("203.0.113.5/24")}},
-		{Name: "VI_3", VRID: 53, Interface: "eth0", State: vrrp.Backup, Priority: 90, Since: since, Reason: "master's adverts",
+		{Name: "VI_3", VRID: 53, Interface: "eth0", State: vrrp.Backup, Priority: 90, Since: since, Reason: "released by the operator", Released: true,
 			Received: 700, Transitions: 1, Drops: map[string]uint64{}, Conflicts: map[string]uint64{}},
 	}
 	backends := []health.Status{

@@ -125,7 +125,7 @@ func pageOf(st Status, rates *rateKeeper, page int, now time.Time) pageView {
 	v := pageView{Refresh: pageRefresh, Now: now.UTC().Format(time.RFC3339), Datapath: st.Datapath, Hooks: st.Hooks,
 		Failed: failedColour, Master: masterColour, Fault: faultColour, Total: len(st.Services)}
 	for _, in := range st.Instances {
-		v.Instances = append(v.Instances, pageInstance{Name: in.Name, Interface: in.Interface, State: in.State, Class: in.State,
+		v.Instances = append(v.Instances, pageInstance{Name: in.Name, Interface: in.Interface, State: in.ShownState(), Class: in.State,
 			VRID: in.VRID, Priority: in.Priority, VIPs: in.VirtualIPs, Since: in.Since.UTC().Format(time.RFC3339), Reason: in.Reason})
 	}
 	pages := (len(st.Services) + pageSize - 1) / pageSize

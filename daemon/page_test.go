@@ -84,7 +84,8 @@ func TestStatusPageReadOnly(t *testing.T) {
 	}
 }
 
-// The page shows each instance's state, priority and VIPs, and each
+// The page shows each instance's state (a released one's says so),
+// priority and VIPs, and each
 // backend's health, weight and override; a failed backend's row is
 // marked failed, one the data path cannot reach a problem.
 func TestStatusPageShows(t *testing.T) {
@@ -92,6 +93,7 @@ func TestStatusPageShows(t *testing.T) {
 	for _, want := range []*regexp.Regexp{
 		regexp.MustCompile(`<td>VI_1</td><td>eth0</td><td class="n">51</td><td class="state MASTER">MASTER</td><td class="n">150</td><td>192.0.2.100/24, 2001:db8::100/64</td>`),
 		regexp.MustCompile(`<td class="state FAULT">FAULT</td>`),
+		regexp.MustCompile(`<td>VI_3</td>.*<td class="state BACKUP">BACKUP \(released\)</td>`),
 		regexp.MustCompile(`<tr class="backend failed"><td>198.51.100.12:80</td><td>unhealthy</td><td class="n">0</td><td></td>.*status 503`),
 		regexp.MustCompile(`<tr class="backend problem"><td>198.51.100.13:80</td><td>no check</td><td class="n">50</td>.*no route`),
 		regexp.MustCompile(`<tr class="backend "><td>198.51.100.11:80</td><td>healthy</td><td class="n">100</td><td>drained by uid 0 \(root\) pid 4242</td>`),

@@ -191,7 +191,7 @@ func writeStatus(w io.Writer, st daemon.Status, now time.Time) error {
 		if len(in.Faults) > 0 {
 			reason = strings.Join(in.Faults, "; ")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n", in.Name, in.Interface, in.VRID, in.State, in.Priority,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n", in.Name, in.Interface, in.VRID, in.ShownState(), in.Priority,
 			now.Sub(in.Since).Round(time.Second), reason, strings.Join(in.VirtualIPs, ", "))
 	}
 	if len(st.Instances) == 0 {
