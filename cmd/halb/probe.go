@@ -33,8 +33,9 @@ func newProbeCmd(f *flags) *cobra.Command {
 			}
 			report := loader.Host{Root: root}.Probe()
 			decision := loader.Choose(mode, report)
-			needed := neededModules(cfg, report)
-			out := probeOutput{report, mode, needed, decision, servicePaths(cfg, decision)}
+			paths := servicePaths(cfg, decision)
+			needed := neededModules(ipvsServices(cfg, paths), report)
+			out := probeOutput{report, mode, needed, decision, paths}
 			if asJSON {
 				return out.writeJSON(cmd.OutOrStdout())
 			}
@@ -55,10 +56,12 @@ func newProbeCmd(f *flags) *cobra.Command {
 // JSON keys are part of the command-line contract.
 type probeOutput struct {
 	loader.Report
-	ConfiguredMode string          `json:"configured_mode"`
-	IPVSNeeded     []moduleNeed    `json:"ipvs_needed"`
-	Decision       loader.Decision `json:"decision"`
-	Services       []servicePath   `json:"services,omitempty"`
+	ConfiguredMode string `json:"configured_mode"`
+	// IPVSNeeded is the modules of the services that run on IPVS here
+	// or, when none does, the modules all would need on IPVS.
+	IPVSNeeded []moduleNeed    `json:"ipvs_needed"`
+	Decision   loader.Decision `json:"decision"`
+	Services   []servicePath   `json:"services,omitempty"`
 }
 
 // servicePath is the data path a configured service takes on this host.
@@ -86,6 +89,25 @@ func servicePaths(cfg *config.Config, d loader.Decision) []servicePath {
 	return out
 }
 
+// ipvsServices is the configured services whose IPVS modules the probe
+// lists: those that run on IPVS here (paths, in the config's order), or
+// all of them when none does, as what the IPVS path would need.
+func ipvsServices(cfg *config.Config, paths []servicePath) []config.Service {
+	if cfg == nil {
+		return nil
+	}
+	var on []config.Service
+	for i, p := range paths {
+		if p.Datapath == config.ModeIPVS {
+			on = append(on, cfg.Services[i])
+		}
+	}
+	if len(on) == 0 {
+		return cfg.Services
+	}
+	return on
+}
+
 func (o probeOutput) writeJSON(w io.Writer) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -98,16 +120,14 @@ func (o probeOutput) writeTable(w io.Writer, note string) error {
 	if note != "" {
 		fmt.Fprintln(w, note)
 	}
-	if err := writeFacts(w, o.Report, o.Decision); err != nil {
-		return err
-	}
-	for _, n := range o.IPVSNeeded {
-		fmt.Fprintf(w, "config needs          %s: %s\n", n.Module, n.State)
-	}
-	for _, p := range o.Services {
-		fmt.Fprintf(w, "service               %s: %s (forward %s)\n", p.Service, p.Datapath, p.Forward)
-	}
-	return nil
+	return writeFacts(w, o)
+}
+
+// ipvsInUse: some of this host's traffic goes through IPVS, so what IPVS
+// needs is needed now, not only were the IPVS path chosen.
+func (o probeOutput) ipvsInUse() bool {
+	return o.Decision.Mode == config.ModeIPVS ||
+		slices.ContainsFunc(o.Services, func(p servicePath) bool { return p.Datapath == config.ModeIPVS })
 }
 
 // loadForProbe reads the config when it can: the probe is useful before
@@ -131,14 +151,14 @@ type moduleNeed struct {
 	State  string `json:"state"` // loaded | built in | loadable | missing
 }
 
-// neededModules lists ip_vs and the scheduler modules the configured
-// services would need on the IPVS data path.
-func neededModules(cfg *config.Config, r loader.Report) []moduleNeed {
-	if cfg == nil || len(cfg.Services) == 0 {
+// neededModules lists ip_vs and the scheduler modules services would need
+// on the IPVS data path.
+func neededModules(services []config.Service, r loader.Report) []moduleNeed {
+	if len(services) == 0 {
 		return []moduleNeed{}
 	}
 	var scheds []string
-	for _, s := range cfg.Services {
+	for _, s := range services {
 		scheds = append(scheds, s.Scheduler)
 	}
 	mods, err := ipvs.Needed(scheds)
@@ -171,9 +191,11 @@ func neededModules(cfg *config.Config, r loader.Report) []moduleNeed {
 	return out
 }
 
-// writeFacts writes the probe's facts and the decision as aligned rows:
-// loader finds out what the kernel has, and this is how a person reads it.
-func writeFacts(w io.Writer, r loader.Report, d loader.Decision) error {
+// writeFacts writes the probe's facts, the decision and the path each
+// service takes as aligned rows, then what the IPVS path needs: loader
+// finds out what the kernel has, and this is how a person reads it.
+func writeFacts(w io.Writer, o probeOutput) error {
+	r, d := o.Report, o.Decision
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
 	row := func(key, value string) { fmt.Fprintf(tw, "%s\t%s\n", key, value) }
@@ -213,19 +235,23 @@ func writeFacts(w io.Writer, r loader.Report, d loader.Decision) error {
 		row("missing capabilities", wordsOrNone(missing))
 	}
 
-	// What this host runs now comes first, ending with the choice; what
-	// the IPVS path would need comes after, under its own heading, so
-	// that "ip_vs: not loaded" under an eBPF choice reads as what it is.
+	// What this host runs now comes first, ending with the choice and
+	// the path each service takes; what the IPVS path needs comes after,
+	// under its own heading, so that "ip_vs: missing" under an eBPF
+	// choice reads as what it is: what IPVS would need, not a blocker.
 	row("datapath", d.Mode)
 	row("reason", d.Reason)
 	for _, warn := range d.Warnings {
 		row("warning", warn)
 	}
-	inUse := "not in use here"
-	if d.Mode == "ipvs" {
-		inUse = "in use"
+	for _, p := range o.Services {
+		row("service", fmt.Sprintf("%s: %s (forward %s)", p.Service, p.Datapath, p.Forward))
 	}
-	fmt.Fprintf(tw, "\nIPVS data path (%s): what it needs\n", inUse)
+	inUse, needs, need := "not in use here", "would need", "would need"
+	if o.ipvsInUse() {
+		inUse, needs, need = "in use", "needs", "config needs"
+	}
+	fmt.Fprintf(tw, "\nIPVS data path (%s): what it %s\n", inUse, needs)
 	i := r.IPVS
 	row("IPVS family", yesNo(i.Family.Supported, i.Family.Error))
 	row("ip_vs", strings.Join([]string{
@@ -238,6 +264,9 @@ func writeFacts(w io.Writer, r loader.Report, d loader.Decision) error {
 		row("IPVS problem", p)
 	}
 	row("IPVS usable", yesNo(i.Usable(), ""))
+	for _, n := range o.IPVSNeeded {
+		row(need, n.Module+": "+n.State)
+	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("format probe table: %w", err)
 	}

@@ -132,6 +132,31 @@ func piTree(t *testing.T) string {
 func probeOutputs() map[string]probeOutput {
 	allCaps := map[string]bool{"CAP_BPF": true, "CAP_PERFMON": true, "CAP_NET_ADMIN": true,
 		"CAP_NET_RAW": true, "CAP_SYS_MODULE": true, "CAP_SYS_ADMIN": true}
+	devHost := loader.Report{
+		KernelRelease:  "6.18.44-fc-v1272",
+		BTF:            loader.BTF{Path: "/sys/kernel/btf/vmlinux", Present: true},
+		BPFFS:          loader.BPFFS{Mounted: true, Mounts: []string{"/sys/fs/bpf"}},
+		XDP:            loader.Feature{Supported: true},
+		SchedCLS:       loader.Feature{Supported: true},
+		XDPLink:        loader.Feature{Supported: true},
+		TCX:            loader.Feature{Supported: true},
+		MmapableArrays: loader.Feature{Supported: true},
+		Capabilities:   loader.Capabilities{CapEff: "000001fffeffffff", Effective: allCaps},
+		IPVS: loader.IPVS{
+			Family:           loader.Feature{Error: "resolve generic netlink family IPVS: not registered, ip_vs is not loaded (no such file or directory)"},
+			Schedulers:       []string{},
+			LoadedSchedulers: []string{},
+			Problems:         []string{"no /lib/modules/6.18.44-fc-v1272: modules not installed"},
+		},
+	}
+	withIPVS := devHost
+	withIPVS.IPVS = loader.IPVS{
+		Family:           devHost.IPVS.Family,
+		Loadable:         true,
+		ModulesDir:       "/lib/modules/6.18.44-fc-v1272",
+		Schedulers:       []string{"lc", "mh", "rr", "wrr"},
+		LoadedSchedulers: []string{},
+	}
 	return map[string]probeOutput{
 		// A Raspberry Pi: no BTF, IPVS as modules, a config whose services
 		// need a scheduler the kernel does not ship.
@@ -191,6 +216,27 @@ func probeOutputs() map[string]probeOutput {
 			Decision: loader.Decision{Mode: "xdp", Reason: "configured: datapath.mode: xdp", Warnings: []string{
 				"XDP programs load but the XDP bpf_link check failed: unshare network namespace for the probe (needs CAP_SYS_ADMIN): operation not permitted"}},
 		},
+		// A host like the development machine with configs/halb.yaml: BTF
+		// and XDP, no IPVS modules at all. Every service runs on XDP, so
+		// the IPVS modules are what that path would need, under its
+		// heading, not a blocker under the choice.
+		"xdp": {
+			Report:         devHost,
+			ConfiguredMode: "auto",
+			IPVSNeeded:     []moduleNeed{{"ip_vs", "missing"}, {"ip_vs_mh", "missing"}, {"ip_vs_sh", "missing"}},
+			Decision:       loader.Decision{Mode: "xdp", Reason: "xdp: BTF present, XDP loads"},
+			Services:       []servicePath{{"web", "dr", "xdp"}, {"web6", "tun", "xdp"}, {"dns", "dr", "xdp"}},
+		},
+		// Mode auto on the same host with IPVS modules shipped, and an
+		// IPVS-only scheduler: web on XDP, db (lc) on IPVS beside it, so
+		// the IPVS path is in use and lists what db needs.
+		"mixed": {
+			Report:         withIPVS,
+			ConfiguredMode: "auto",
+			IPVSNeeded:     []moduleNeed{{Module: "ip_vs", State: "loadable"}, {Module: "ip_vs_lc", State: "loadable"}},
+			Decision:       loader.Decision{Mode: "xdp", Reason: "xdp: BTF present, XDP loads"},
+			Services:       []servicePath{{Service: "web", Forward: "dr", Datapath: "xdp"}, {Service: "db", Forward: "nat", Datapath: "ipvs"}},
+		},
 		// Nothing readable: every section says why.
 		"unknown": {
 			Report: loader.Report{
@@ -219,9 +265,11 @@ func probeOutputs() map[string]probeOutput {
 	}
 }
 
-// The table and the JSON `halb probe` prints for fixed probe results stay
-// byte for byte what they were: the golden files in testdata/ were written
-// by the code before the table moved from loader to cmd/halb.
+// The table and the JSON `halb probe` prints for fixed probe results (made
+// by hand, above) stay byte for byte what the golden files in testdata/
+// say: which data path each service takes goes with what runs now, and the
+// IPVS modules under the IPVS heading, as what it needs when some service
+// runs on it and what it would need when none does.
 func TestProbeOutputGolden(t *testing.T) {
 	for name, out := range probeOutputs() {
 		t.Run(name, func(t *testing.T) {
@@ -263,7 +311,7 @@ func TestWriteFacts(t *testing.T) {
 	}
 	d := loader.Decision{Mode: config.ModeTC, Reason: "tc: because", Warnings: []string{"first", "second"}}
 	var buf bytes.Buffer
-	if err := writeFacts(&buf, r, d); err != nil {
+	if err := writeFacts(&buf, probeOutput{Report: r, Decision: d}); err != nil {
 		t.Fatal(err)
 	}
 	out := buf.String()
@@ -282,7 +330,7 @@ func TestWriteFacts(t *testing.T) {
 		"warning               first\nwarning               second\n",
 		// What the IPVS path would need comes after what runs now,
 		// under its own heading and in its own columns.
-		"\nIPVS data path (not in use here): what it needs\n" +
+		"\nIPVS data path (not in use here): what it would need\n" +
 			"IPVS family      no: resolve generic netlink family IPVS: not registered\n" +
 			"ip_vs            not loaded, not built in, module available\n" +
 			"IPVS schedulers  mh rr wrr  (loaded: none)\n" +
@@ -294,13 +342,41 @@ func TestWriteFacts(t *testing.T) {
 	}
 }
 
+// The IPVS modules the probe lists are those of the services that run on
+// IPVS here, or all services' when none does.
+func TestIPVSServices(t *testing.T) {
+	cfg := &config.Config{Services: []config.Service{{Name: "web", Scheduler: "mh"}, {Name: "db", Scheduler: "lc"}, {Name: "dns", Scheduler: "sh"}}}
+	names := func(ss []config.Service) string {
+		var out []string
+		for _, s := range ss {
+			out = append(out, s.Name)
+		}
+		return strings.Join(out, " ")
+	}
+	for _, c := range []struct {
+		mode, chosen, want string
+	}{
+		{config.ModeAuto, config.ModeXDP, "db"},
+		{config.ModeXDP, config.ModeXDP, "web db dns"},
+		{config.ModeAuto, config.ModeIPVS, "web db dns"},
+	} {
+		cfg.Datapath.Mode = c.mode
+		if got := names(ipvsServices(cfg, servicePaths(cfg, loader.Decision{Mode: c.chosen}))); got != c.want {
+			t.Errorf("mode %s, chosen %s: modules of %q, want those of %q", c.mode, c.chosen, got, c.want)
+		}
+	}
+	if got := ipvsServices(nil, nil); got != nil {
+		t.Errorf("no config: %v, want none", got)
+	}
+}
+
 type failingWriter struct{}
 
 func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
 
 func TestWriteFactsError(t *testing.T) {
 	r := loader.Report{BTF: loader.BTF{Present: true}, BPFFS: loader.BPFFS{Mounted: true}}
-	err := writeFacts(failingWriter{}, r, loader.Decision{})
+	err := writeFacts(failingWriter{}, probeOutput{Report: r})
 	if err == nil || err.Error() != "write probe table: disk full" {
 		t.Fatalf("writeFacts to a failing writer = %v, want the write error", err)
 	}
@@ -311,7 +387,7 @@ func TestWriteFactsError(t *testing.T) {
 func TestWriteFactsEmptyRoot(t *testing.T) {
 	r := loader.Host{Root: t.TempDir(), Kernel: halbtest.NoKernel{}}.Probe()
 	var buf bytes.Buffer
-	if err := writeFacts(&buf, r, loader.Choose(config.ModeAuto, r)); err != nil {
+	if err := writeFacts(&buf, probeOutput{Report: r, Decision: loader.Choose(config.ModeAuto, r)}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(buf.String(), "unknown: read kernel release: ") {
