@@ -45,8 +45,8 @@ func (s *vrrpSet) groupOf(name string) ([]*vrrp.Instance, time.Duration) {
 // serveVRRP is `halb vrrp release|resume INSTANCE [--force]` from root:
 // a sync group goes whole, the named instance first (its refusal stops
 // the rest). A Master released without --force is watched for three
-// advert intervals (up to a bound within the client's timeout): if it took
-// its VIPs back because no peer took over, the release is reported
+// advert intervals (up to a bound within the client's timeout): if
+// no peer took over (it kept its VIPs), the release is reported
 // refused. A refused group release resumes the members it had released,
 // so that no member is left holding BACKUP with its VIPs on no node.
 func (d *Daemon) serveVRRP(w http.ResponseWriter, req *http.Request) {
@@ -92,8 +92,9 @@ func (d *Daemon) serveVRRP(w http.ResponseWriter, req *http.Request) {
 	switch {
 	case wasMaster && !r.Force:
 		if undone(req, insts[0], interval) {
-			d.resumeReleased(insts[1:], vrrp.ReleaseUndone+" in "+insts[0].Status().Name)
-			http.Error(w, fmt.Sprintf("release %s refused: %s; the VIPs are back here (--force releases anyway)", r.Instance, vrrp.ReleaseUndone+": no peer took over within three advert intervals"), http.StatusConflict)
+			d.log.Warn("vrrp release refused: no peer took over within three advert intervals; the VIPs stayed here", "instance", r.Instance)
+			d.resumeReleased(insts[1:], vrrp.ReleaseUndone+" in "+r.Instance)
+			http.Error(w, fmt.Sprintf("release %s refused: %s; the VIPs stayed here (--force releases anyway)", r.Instance, vrrp.ReleaseUndone+": no peer took over within three advert intervals"), http.StatusConflict)
 			return
 		}
 		res.Message = "released: priority 0 sent, held in BACKUP until `halb vrrp resume`"
@@ -103,13 +104,16 @@ func (d *Daemon) serveVRRP(w http.ResponseWriter, req *http.Request) {
 	writeVRRPResult(w, res)
 }
 
-// releaseGroup releases a sync group's members, the first as asked and
-// the others with force (the group follows its first member). When one
-// is refused or fails, the members already released are resumed: half a
-// group held in BACKUP would keep its VIPs on no node.
+// releaseGroup releases a sync group's members, the first as asked, the
+// other Masters likewise (each keeps its VIPs until its own taker's
+// advert: one given up at once would take the whole group to BACKUP) and
+// the other Backups with force (they only hold: the group follows its
+// first member). When one is refused or fails, the members already
+// released are resumed: half a group held in BACKUP would keep its VIPs
+// on no node.
 func (d *Daemon) releaseGroup(ctx context.Context, insts []*vrrp.Instance, force bool) error {
 	for i, in := range insts {
-		if err := in.Release(ctx, force || i > 0); err != nil {
+		if err := in.Release(ctx, force || (i > 0 && in.Status().State != vrrp.Master)); err != nil {
 			d.resumeReleased(insts[:i], "release of "+in.Status().Name+" refused")
 			return fmt.Errorf("%s refused: %w", in.Status().Name, err)
 		}
@@ -156,12 +160,13 @@ func writeVRRPResult(w http.ResponseWriter, res VRRPResult) {
 
 // undone watches a released Master for three advert intervals and half
 // a second more, at most 4 s (the client gives up after 5), and reports
-// whether it took its VIPs back for want of a peer.
+// whether its release ended with it still Master: no peer took over, so
+// it kept its VIPs (vrrp.Machine.ReleaseMastership).
 func undone(req *http.Request, in *vrrp.Instance, interval time.Duration) bool {
 	end := time.Now().Add(min(3*interval+500*time.Millisecond, 4*time.Second))
 	for time.Now().Before(end) {
 		if st := in.Status(); !st.Released {
-			return strings.HasPrefix(st.Reason, vrrp.ReleaseUndone)
+			return st.State == vrrp.Master
 		}
 		select {
 		case <-req.Context().Done():

@@ -20,10 +20,10 @@ import (
 )
 
 // A sync group's release through /v1/vrrp with no peer on either link:
-// the named member is refused (no peer took over: it takes its VIPs
-// back), and the other member, released with it, is resumed too and
-// becomes MASTER again, instead of holding BACKUP with its VIP on no
-// node until someone resumes the group. The request is logged before
+// the named member is refused (no peer took over: it kept its VIPs, and
+// so did the other member, neither leaving MASTER), and the group's
+// other member, released with it, takes part again instead of holding
+// BACKUP with its VIP on no node until someone resumes the group. The request is logged before
 // anything is released, and the undoing after.
 func TestVRRPGroupReleaseRefusedResumesGroup(t *testing.T) {
 	if !inNetns(t) {
@@ -128,6 +128,10 @@ vrrp:
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("not logged: %s\n%s", want, logs.String())
 		}
+	}
+	// Make before break: with no taker, neither member gave its VIPs up.
+	if strings.Contains(logs.String(), "from=MASTER to=BACKUP") {
+		t.Errorf("a member left MASTER during a release no peer took over:\n%s", logs.String())
 	}
 }
 

@@ -161,7 +161,7 @@ func (m *Machine) Deadline() time.Time {
 	case Backup:
 		return m.release.earlier(m.masterDown)
 	case Master:
-		return m.adver
+		return m.release.earlier(m.adver)
 	}
 	return time.Time{}
 }
@@ -259,6 +259,9 @@ func (m *Machine) backupReceive(now time.Time, r Received) []Action {
 
 // §6.4.3, Master.
 func (m *Machine) masterReceive(now time.Time, r Received) []Action {
+	if m.releasing() {
+		return m.releasedReceive(now, r)
+	}
 	if r.Priority == PriorityStop {
 		// Another master is leaving: remind everyone who is master now.
 		m.adver = now.Add(m.p.AdvertInterval)

@@ -3,6 +3,7 @@ package vrrp
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -11,8 +12,8 @@ import (
 // would go nowhere.
 var ErrNoPeer = errors.New("no peer heard within three advert intervals: the VIP would go nowhere (--force releases anyway)")
 
-// ReleaseUndone starts the reason of the transition by which a Master
-// takes its VIPs back when no peer took over after a release.
+// ReleaseUndone starts the refusal of a Master's release that no peer
+// took over (the Master kept its VIPs).
 const ReleaseUndone = "release undone"
 
 // releaseState is an operator's `halb vrrp release`: the machine holds
@@ -40,13 +41,16 @@ func (r releaseState) earlier(t time.Time) time.Time {
 func (m *Machine) Released() bool { return m.release.on }
 
 // ReleaseMastership hands mastership away: a Master says priority 0 (the
-// best backup takes over after its skew time), gives its VIPs up and
-// holds Backup until Resume; a Backup just holds. Backups are silent in
-// VRRP, so a Master cannot know beforehand that one listens: without
-// force it waits three advert intervals for a new master's advert and,
-// when none comes, takes its VIPs back (a transition whose reason starts
-// with ReleaseUndone). A Backup that has heard no master within three
-// intervals is refused without force (ErrNoPeer).
+// best backup takes over after its skew time) and holds Backup until
+// Resume; a Backup just holds. Backups are silent in VRRP, so a Master
+// cannot know beforehand that one listens. With force it gives its VIPs
+// up at once. Without, it makes before it breaks: it keeps its VIPs and
+// says priority 0 each advert interval until a new master's advert is
+// heard (masterReceive: then it gives them up, so two nodes hold them for
+// no longer than that advert takes to arrive), and when none comes within
+// three advert intervals it ends the release and stays Master
+// (releaseTick): the VIPs never left. A Backup that has heard no master
+// within three intervals is refused without force (ErrNoPeer).
 func (m *Machine) ReleaseMastership(now time.Time, force bool) ([]Action, error) {
 	if m.release.on {
 		return nil, nil
@@ -58,17 +62,27 @@ func (m *Machine) ReleaseMastership(now time.Time, force bool) ([]Action, error)
 	if m.state != Master {
 		return nil, nil
 	}
+	acts := []Action{{Kind: SendAdvert, Priority: PriorityStop}}
 	if !force {
 		m.release.trial = now.Add(3 * m.p.AdvertInterval)
+		m.adver = now.Add(m.p.AdvertInterval)
+		return acts, nil
 	}
-	acts := []Action{{Kind: SendAdvert, Priority: PriorityStop}}
 	return append(acts, m.becomeBackup(now, "released by the operator")...), nil
 }
 
+// releasing reports whether a released Master still holds its VIPs,
+// waiting for a new master's advert.
+func (m *Machine) releasing() bool { return m.release.on && m.state == Master }
+
 // Resume ends a release: the machine takes part again, and with preempt
 // a higher priority takes the VIPs back by the usual rules (the master
-// down timer, as the weaker master's adverts are discarded).
+// down timer, as the weaker master's adverts are discarded). A Master
+// still waiting for a taker advertises its own priority again at once.
 func (m *Machine) Resume(now time.Time) []Action {
+	if m.releasing() {
+		m.adver = now
+	}
 	m.release.on, m.release.trial = false, time.Time{}
 	return nil
 }
@@ -82,14 +96,36 @@ func (m *Machine) heard(now time.Time, r Received) {
 	m.release.trial = time.Time{} // someone took over
 }
 
-// releaseTick ends a release's trial that no peer answered: the machine
-// takes its VIPs back. ok says whether it did.
+// releasedReceive is a released Master's answer to an advert: any router
+// that advertises a priority has taken the mastership offered, so the
+// VIPs go to it now (RFC 5798 §6.4.3 would keep them from a lower
+// priority). A priority 0 from another leaving master changes nothing.
+func (m *Machine) releasedReceive(now time.Time, r Received) []Action {
+	if r.Priority == PriorityStop {
+		return nil
+	}
+	m.learnInterval(r)
+	return m.becomeBackup(now, fmt.Sprintf("released by the operator: %s took over at priority %d", r.Src, r.Priority))
+}
+
+// releaseTick is a released Master's advert timer: priority 0 again
+// while the trial lasts, and when it ends with no new master heard, the
+// release ends and the machine advertises as Master again (its VIPs never
+// left). ok says whether it acted.
 func (m *Machine) releaseTick(now time.Time) ([]Action, bool) {
-	if m.release.trial.IsZero() || now.Before(m.release.trial) || m.state != Backup {
+	if !m.releasing() {
 		return nil, false
 	}
-	m.release.on, m.release.trial = false, time.Time{}
-	return m.becomeMaster(now, ReleaseUndone+": no peer took over within three advert intervals"), true
+	if !m.release.trial.IsZero() && !now.Before(m.release.trial) {
+		m.release.on, m.release.trial = false, time.Time{}
+		m.adver = now.Add(m.p.AdvertInterval)
+		return []Action{{Kind: SendAdvert, Priority: m.p.Priority}}, true
+	}
+	if !m.adver.IsZero() && !now.Before(m.adver) {
+		m.adver = now.Add(m.p.AdvertInterval)
+		return []Action{{Kind: SendAdvert, Priority: PriorityStop}}, true
+	}
+	return nil, true
 }
 
 // operatorCmd is `halb vrrp release|resume` for the Run loop.

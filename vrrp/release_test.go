@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -20,6 +21,16 @@ func resume(d time.Duration) func(*Machine) []Action {
 	return func(m *Machine) []Action { return m.Resume(at(d)) }
 }
 
+// released checks Machine.Released, as the instance's status shows it.
+func released(want bool) func(*Machine) []Action {
+	return func(m *Machine) []Action {
+		if m.Released() != want {
+			panic(fmt.Sprintf("released: %v, want %v", m.Released(), want))
+		}
+		return nil
+	}
+}
+
 func errString(err error) string {
 	if err == nil {
 		return "no error"
@@ -27,10 +38,11 @@ func errString(err error) string {
 	return err.Error()
 }
 
-// `halb vrrp release` and `resume` as the machine sees them: priority 0
-// and Backup held until resume, refused on a Backup that heard nobody,
-// undone on a Master no peer answered, and with preempt the VIPs come
-// back after resume.
+// `halb vrrp release` and `resume` as the machine sees them: priority 0,
+// the VIPs kept until a new master's advert (make before break), then
+// Backup held until resume; refused on a Backup that heard nobody, ended
+// on a Master no peer answered (its VIPs never left), and with preempt
+// the VIPs come back after resume.
 func TestRelease(t *testing.T) {
 	v3 := Params{Version: 3, Priority: 100, AdvertInterval: sec, Preempt: true, Primary: self}
 	master := func() []step { // master at down100, as in TestMachine
@@ -41,11 +53,16 @@ func TestRelease(t *testing.T) {
 		name  string
 		steps []step
 	}{
-		{"a master says priority 0, holds backup and stays there while the peer advertises", append(master(),
-			step{do: release(m0+sec, false, nil), actions: "send advert priority 0; give up; MASTER -> BACKUP (released by the operator)", state: Backup, deadline: m0 + 4*sec /* the trial: three intervals */},
-			step{do: recv(m0+sec+skew100, 50, sec, lower), actions: "", state: Backup, deadline: m0 + sec + skew100 + down100},
+		{"a master says priority 0 and keeps its VIPs until the new master's advert, then holds backup while the peer advertises", append(master(),
+			step{do: release(m0+sec, false, nil), actions: "send advert priority 0", state: Master, deadline: m0 + 2*sec},
+			step{do: released(true), actions: "", state: Master, deadline: m0 + 2*sec},
+			// The peer took over after its skew time: its first advert
+			// takes the VIPs from here, whatever its priority.
+			step{do: recv(m0+sec+skew100, 50, sec, lower), actions: "give up; MASTER -> BACKUP (released by the operator: 192.0.2.5 took over at priority 50)", state: Backup, deadline: m0 + sec + skew100 + down100},
+			step{do: recv(m0+2*sec+skew100, 50, sec, lower), actions: "", state: Backup, deadline: m0 + 2*sec + skew100 + down100},
 			// A weaker master, preempt on: released, the machine follows it.
-			step{do: tick(m0 + sec + skew100 + down100), actions: "", state: Backup, deadline: m0 + sec + skew100 + 2*down100},
+			step{do: tick(m0 + 2*sec + skew100 + down100), actions: "", state: Backup, deadline: m0 + 2*sec + skew100 + 2*down100},
+			step{do: released(true), actions: "", state: Backup, deadline: m0 + 2*sec + skew100 + 2*down100},
 		)},
 		{"resume with preempt takes the VIPs back from the weaker master", append(master(),
 			step{do: release(m0+sec, false, nil), skipCheck: true},
@@ -54,10 +71,22 @@ func TestRelease(t *testing.T) {
 			step{do: recv(m0+4*sec, 50, sec, lower), actions: "", state: Backup, deadline: m0 + 2*sec + down100}, // discarded: preempt
 			step{do: tick(m0 + 2*sec + down100), actions: "send advert priority 100; take over; BACKUP -> MASTER (master down timer)", state: Master, deadline: m0 + 3*sec + down100},
 		)},
-		{"no peer takes over: the master takes its VIPs back after three intervals", append(master(),
+		{"no peer takes over: the master keeps its VIPs, says priority 0 each interval, and advertises again after three", append(master(),
 			step{do: release(m0+sec, false, nil), skipCheck: true},
-			step{do: tick(m0 + 4*sec - ms), actions: "", state: Backup, deadline: m0 + 4*sec},
-			step{do: tick(m0 + 4*sec), actions: "send advert priority 100; take over; BACKUP -> MASTER (release undone: no peer took over within three advert intervals)", state: Master, deadline: m0 + 5*sec},
+			step{do: tick(m0 + 2*sec), actions: "send advert priority 0", state: Master, deadline: m0 + 3*sec},
+			// Another master leaving is no taker.
+			step{do: recv(m0+2*sec+ms, 0, sec, lower), actions: "", state: Master, deadline: m0 + 3*sec},
+			step{do: tick(m0 + 3*sec), actions: "send advert priority 0", state: Master, deadline: m0 + 4*sec},
+			step{do: tick(m0 + 4*sec - ms), actions: "", state: Master, deadline: m0 + 4*sec},
+			step{do: tick(m0 + 4*sec), actions: "send advert priority 100", state: Master, deadline: m0 + 5*sec},
+			step{do: released(false), actions: "", state: Master, deadline: m0 + 5*sec},
+			step{do: tick(m0 + 5*sec), actions: "send advert priority 100", state: Master, deadline: m0 + 6*sec},
+		)},
+		{"resume while a released master waits for a taker: its own priority again at once", append(master(),
+			step{do: release(m0+sec, false, nil), skipCheck: true},
+			step{do: resume(m0 + sec + ms), actions: "", state: Master, deadline: m0 + sec + ms},
+			step{do: tick(m0 + sec + ms), actions: "send advert priority 100", state: Master, deadline: m0 + 2*sec + ms},
+			step{do: recv(m0+2*sec, 50, sec, lower), actions: "send advert priority 100; reannounce", state: Master, deadline: m0 + 3*sec},
 		)},
 		{"--force: released even when no peer answers", append(master(),
 			step{do: release(m0+sec, true, nil), actions: "send advert priority 0; give up; MASTER -> BACKUP (released by the operator)", state: Backup, deadline: m0 + sec + down100},

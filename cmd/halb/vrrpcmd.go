@@ -22,11 +22,11 @@ func newVRRPCmd(f *flags) *cobra.Command {
 resume; the members of its sync group go with it. Without --force it is
 refused when the VIPs would go nowhere: on a BACKUP that heard no master
 within three advert intervals, and on a MASTER whose release no peer took
-over within three advert intervals (it takes the VIPs back). VRRP
-backups are silent, so a MASTER learns that no peer listens only by
-offering the mastership: with no peer, its VIPs are on no node for those
-three advert intervals (about 3 s at 1 s adverts) before the refusal.
-halb status shows a released instance as BACKUP (released). resume has
+over within three advert intervals. VRRP backups are silent, so a MASTER
+learns that a peer listens only by offering the mastership: it keeps its
+VIPs while it advertises priority 0 and gives them up at the new master's
+first advert; with no taker they never leave it. --force gives them up at
+once. halb status shows a released instance as BACKUP (released). resume has
 the instance take part again: with preempt, a higher priority takes the
 VIPs back. Root only; the daemon logs who asked. Exit status 2 on an
 unknown instance, 1 when refused or when no daemon answers.`,

@@ -92,6 +92,17 @@ func checkTakeover(t *testing.T, lb1Log, lb2Log string) {
 	if !ok {
 		t.Fatalf("lb2 logged no transition to MASTER after lb1's release at %s:\n%s", released.Format(time.RFC3339Nano), lb2Log)
 	}
+	backup, ok := logTimeAfter(lb1Log, released, "msg=transition", "to=BACKUP")
+	if !ok {
+		t.Fatalf("lb1 logged no transition to BACKUP after its release:\n%s", lb1Log)
+	}
+	// Make before break: lb1 keeps the VIP until lb2's first advert as
+	// Master, sent as it takes over; a lost one is followed by the next.
+	if both := backup.Sub(master); both > 2*interval {
+		t.Errorf("lb1 gave the VIP up %s after lb2 took it, more than two advert intervals", both)
+	} else {
+		t.Logf("lb1 gave the VIP up %s after lb2 logged MASTER (lb2 logs that after it sent its first advert and added the VIP)", both.Round(time.Millisecond))
+	}
 	took := master.Sub(released)
 	t.Logf("lb2 MASTER %s after lb1's release, by their logs (skew time %s, advert interval %s)", took.Round(time.Millisecond), skew.Round(time.Millisecond), interval)
 	if bound := skew + 2*interval; took > bound {
