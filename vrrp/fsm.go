@@ -303,7 +303,7 @@ func (m *Machine) SetPriority(now time.Time, p uint8) []Action {
 		return nil
 	}
 	m.p.Priority = p
-	if m.state == Master {
+	if m.state == Master && !m.releasing() { // a released Master says 0 until its trial ends
 		// Advertise the new priority at once so backups can react.
 		m.adver = now.Add(m.p.AdvertInterval)
 		return []Action{{Kind: SendAdvert, Priority: p}}

@@ -74,13 +74,16 @@ func TestRelease(t *testing.T) {
 		{"no peer takes over: the master keeps its VIPs, says priority 0 each interval, and advertises again after three", append(master(),
 			step{do: release(m0+sec, false, nil), skipCheck: true},
 			step{do: tick(m0 + 2*sec), actions: "send advert priority 0", state: Master, deadline: m0 + 3*sec},
+			// A tracked priority change says nothing: a priority would
+			// withdraw the offer.
+			step{do: func(m *Machine) []Action { return m.SetPriority(at(m0+2*sec), 90) }, actions: "", state: Master, deadline: m0 + 3*sec},
 			// Another master leaving is no taker.
 			step{do: recv(m0+2*sec+ms, 0, sec, lower), actions: "", state: Master, deadline: m0 + 3*sec},
 			step{do: tick(m0 + 3*sec), actions: "send advert priority 0", state: Master, deadline: m0 + 4*sec},
 			step{do: tick(m0 + 4*sec - ms), actions: "", state: Master, deadline: m0 + 4*sec},
-			step{do: tick(m0 + 4*sec), actions: "send advert priority 100", state: Master, deadline: m0 + 5*sec},
+			step{do: tick(m0 + 4*sec), actions: "send advert priority 90", state: Master, deadline: m0 + 5*sec},
 			step{do: released(false), actions: "", state: Master, deadline: m0 + 5*sec},
-			step{do: tick(m0 + 5*sec), actions: "send advert priority 100", state: Master, deadline: m0 + 6*sec},
+			step{do: tick(m0 + 5*sec), actions: "send advert priority 90", state: Master, deadline: m0 + 6*sec},
 		)},
 		{"resume while a released master waits for a taker: its own priority again at once", append(master(),
 			step{do: release(m0+sec, false, nil), skipCheck: true},
