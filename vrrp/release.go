@@ -17,14 +17,15 @@ var ErrNoPeer = errors.New("no peer heard within three advert intervals: the VIP
 const ReleaseUndone = "release undone"
 
 // releaseState is an operator's `halb vrrp release`: the machine holds
-// Backup, whatever its priority and preempt, until Resume.
+// Backup, whatever its priority and preempt, until Resume (a Master
+// without --force first keeps its VIPs until a taker is heard).
 type releaseState struct {
 	on bool
 	// lastPeer is when another router's advert (priority above 0) was
 	// last heard.
 	lastPeer time.Time
-	// trial, when set, is when a released Master that has heard no peer
-	// since takes its VIPs back (without --force).
+	// trial, when set, is when a released Master that has heard no taker
+	// since ends its release and stays Master (without --force).
 	trial time.Time
 }
 
