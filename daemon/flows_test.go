@@ -138,3 +138,39 @@ func TestServeFlows(t *testing.T) {
 		t.Errorf("a caller that cannot be named: %d %s, want 403", rec.Code, rec.Body)
 	}
 }
+
+// A listing whose time ran out is not sent, even when the data path's
+// lister did not notice and answered: the client has given up on it.
+func TestServeFlowsLate(t *testing.T) {
+	cfg := overrideConfig(1)
+	d := &Daemon{cfg: cfg, log: slog.New(slog.DiscardHandler)}
+	d.running.Store(cfg)
+	var asked service.FlowQuery
+	var dp service.Datapath = listingDatapath{asked: &asked}
+	d.datapath.Store(&dp)
+
+	// serveFlows names its caller from the control connection.
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "halb.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("unix", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	ctx, cancel := context.WithCancel(withConn(context.Background(), conn))
+	cancel() // the listing's time is out before the lister answers
+	rec := httptest.NewRecorder()
+	d.serveFlows(rec, httptest.NewRequest(http.MethodGet, "/v1/flows", nil).WithContext(ctx))
+	if rec.Code == http.StatusOK {
+		t.Errorf("a listing past its time: %d %s, want an error, not the list", rec.Code, rec.Body)
+	}
+}
