@@ -122,18 +122,25 @@ func checkFiles(t *testing.T, deb string) {
 }
 
 // checkControl: the conffiles are the two files an operator edits, and
-// installing runs no script: nothing enables or starts halb, or touches
-// a link, an address or a pin, until the operator does.
+// installing runs no script but the postinst's one deb-systemd-helper
+// update-state (the record a purge removes halb's links by): nothing
+// enables or starts halb, or touches a link, an address or a pin, until
+// the operator does.
 func checkControl(t *testing.T, deb string) {
 	conffiles := strings.Fields(run(t, "dpkg-deb", "-I", deb, "conffiles"))
 	if want := []string{"/etc/default/halb", "/etc/halb/halb.yaml"}; !slices.Equal(slices.Sorted(slices.Values(conffiles)), want) {
 		t.Errorf("conffiles %q, want %q", conffiles, want)
 	}
 	info := run(t, "dpkg-deb", "-I", deb)
-	for _, script := range []string{"preinst", "postinst"} {
-		if strings.Contains(info, " "+script+" ") {
-			t.Errorf("the package has a %s:\n%s", script, info)
-		}
+	if strings.Contains(info, " preinst ") {
+		t.Errorf("the package has a preinst:\n%s", info)
+	}
+	postinst := run(t, "dpkg-deb", "-I", deb, "postinst")
+	if cmds := commandLines(postinst); !slices.Equal(cmds, []string{"deb-systemd-helper update-state halb.service >/dev/null || true"}) {
+		t.Errorf("the postinst runs %q, want deb-systemd-helper update-state alone:\n%s", cmds, postinst)
+	}
+	if !strings.Contains(run(t, "dpkg-deb", "-I", deb, "postrm"), "deb-systemd-helper purge halb.service") {
+		t.Error("the postrm does not purge halb.service's links")
 	}
 	for _, field := range []string{"Package: halb", "Architecture: amd64", "Section: net"} {
 		if !strings.Contains(info, "\n "+field+"\n") {
@@ -144,6 +151,25 @@ func checkControl(t *testing.T, deb string) {
 	if m := startsHalb.FindString(prerm); m != "" {
 		t.Errorf("the prerm runs %q:\n%s", m, prerm)
 	}
+}
+
+// commandLines is a maintainer script's lines that run a command: not a
+// comment, a shell keyword, a test or an exit.
+func commandLines(script string) []string {
+	var out []string
+	for line := range strings.Lines(script) {
+		line = strings.TrimSpace(line)
+		first, _, _ := strings.Cut(line, " ")
+		switch first {
+		case "", "set", "case", "esac", ";;", "if", "fi", "exit":
+			continue
+		}
+		if strings.HasPrefix(line, "#") || strings.HasSuffix(line, ")") {
+			continue // a comment, or a case pattern
+		}
+		out = append(out, line)
+	}
+	return out
 }
 
 var startsHalb = regexp.MustCompile(`(systemctl|deb-systemd-invoke|deb-systemd-helper)\s+(start|restart|enable|reload)`)

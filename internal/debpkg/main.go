@@ -5,9 +5,11 @@
 //
 // What the package may do to a host is the contract here: it installs
 // files and nothing else. No maintainer script enables or starts halb or
-// touches a link, an address or a pin on install; the only scripts are the
-// prerm that stops halb and takes its data path away on removal, and the
-// postrm that removes /run/halb on purge (configs/deb). It must never
+// touches a link, an address or a pin on install; the scripts are the
+// postinst that records for deb-systemd-helper the links enabling halb
+// makes (making none), the prerm that stops halb and takes its data path
+// away on removal, and the postrm that removes /run/halb and those links on
+// purge (configs/deb). It must never
 // package a binary built for another architecture (checkBinary).
 package main
 
@@ -93,8 +95,9 @@ func build(o options) (string, error) {
 			Depends:  []string{"procps"},
 			Contents: contents,
 			Scripts: nfpm.Scripts{
-				PreRemove:  filepath.Join(o.root, "configs/deb/prerm"),
-				PostRemove: filepath.Join(o.root, "configs/deb/postrm"),
+				PostInstall: filepath.Join(o.root, "configs/deb/postinst"),
+				PreRemove:   filepath.Join(o.root, "configs/deb/prerm"),
+				PostRemove:  filepath.Join(o.root, "configs/deb/postrm"),
 			},
 			Deb: nfpm.Deb{Compression: "xz"},
 		},

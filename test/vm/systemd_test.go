@@ -42,11 +42,14 @@ var systemdChecks = []string{
 	"exposure-below-5",
 	"stop",
 	"vip-gone-after-stop",
+	"enable",
+	"enable-makes-link",
 	"purge",
 	"purge-removes-binary",
 	"purge-removes-unit",
 	"purge-removes-conffile",
 	"purge-keeps-users-file",
+	"purge-removes-enable-link",
 }
 
 // TestSystemd installs halb's amd64 package in a Debian root booted with

@@ -194,9 +194,15 @@ check exposure-below-5 sh -c "echo '$exposure' | awk '{ for (i = 1; i <= NF; i++
 
 check stop systemctl stop halb
 check vip-gone-after-stop wait_for 10 sh -c '! ip -o addr show dev lan0 | grep -q "192.0.2.10/32"'
+# An operator enables halb; purging takes the link enabling made away
+# (postinst recorded it for deb-systemd-helper, postrm purges it), so that
+# no multi-user.target.wants/halb.service is left dangling.
+check enable systemctl enable halb
+check enable-makes-link test -L /etc/systemd/system/multi-user.target.wants/halb.service
 check purge dpkg --purge halb
 check purge-removes-binary test ! -e /usr/sbin/halb
 check purge-removes-unit test ! -e /usr/lib/systemd/system/halb.service
 check purge-removes-conffile test ! -e /etc/halb/halb.yaml
 check purge-keeps-users-file test -x /etc/halb/notify.sh
+check purge-removes-enable-link sh -c 'links=$(find /etc/systemd -name halb.service); test -z "$links" || { echo "$links"; false; }'
 exit "$failed"
