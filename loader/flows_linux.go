@@ -2,11 +2,9 @@ package loader
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/service"
@@ -113,56 +111,7 @@ func (n flowNames) flow(k halbFlow, v halbCtEntry, now int64) service.Flow {
 // Entries come and go while it reads: a flow may be missed or, rarely,
 // seen twice.
 func (lb *kernelLB) eachFlow(ctx context.Context, scanMax int, f func(halbFlow, halbCtEntry)) (bool, error) {
-	n := min(batchSize, scanMax)
-	keys := make([]halbFlow, n)
-	vals := make([]halbCtEntry, n)
-	var cursor ebpf.MapBatchCursor
-	read := 0
-	for first := true; ; first = false {
-		if err := ctx.Err(); err != nil {
-			return false, fmt.Errorf("read %s: %w", halbMapHalbCt, err)
-		}
-		want := min(n, scanMax-read)
-		got, err := lb.objs.HalbCt.BatchLookup(&cursor, keys[:want], vals[:want], nil)
-		for i := range got {
-			f(keys[i], vals[i])
-		}
-		read += got
-		switch {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return true, nil
-		case first && errors.Is(err, ebpf.ErrNotSupported):
-			return lb.iterateFlows(scanMax, f)
-		case errors.Is(err, unix.ENOSPC) && want < n:
-			// What is left of the bound is smaller than the next bucket
-			// of the hash: the bound is reached.
-			return false, nil
-		case err != nil:
-			return false, fmt.Errorf("read %s: %w", halbMapHalbCt, err)
-		case read >= scanMax:
-			return false, nil
-		}
-	}
-}
-
-// iterateFlows is eachFlow one key at a time, where batches are not
-// supported (before Linux 5.6).
-func (lb *kernelLB) iterateFlows(scanMax int, f func(halbFlow, halbCtEntry)) (bool, error) {
-	var (
-		k halbFlow
-		v halbCtEntry
-	)
-	it := lb.objs.HalbCt.Iterate()
-	for read := 0; read < scanMax; read++ {
-		if !it.Next(&k, &v) {
-			if err := it.Err(); err != nil {
-				return false, fmt.Errorf("read %s: %w", halbMapHalbCt, err)
-			}
-			return true, nil
-		}
-		f(k, v)
-	}
-	return false, nil
+	return eachBatchedUpTo(ctx, lb.objs.HalbCt, halbMapHalbCt, scanMax, f)
 }
 
 // monotonicSeconds is the clock halb_ct's first_seen is read from

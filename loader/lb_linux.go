@@ -15,9 +15,11 @@ package loader
 //go:generate go tool bpf2go -tags linux -type addr -type family -type forward_mode -type service_flags -type backend_flags -type nat_reply_flags -type drop_reason -type event -type nexthop halb ../bpf/halb_lb.c -- -I../bpf -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu -idirafter /usr/include/arm-linux-gnueabihf -O2 -g -Wall -Werror -mcpu=v3
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net"
 	"net/netip"
 	"strings"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/service"
 )
@@ -403,18 +406,28 @@ func (lb *kernelLB) deleteService(key service.Key) error {
 // error reading it with the map's name. It is how the kernelLB's walks
 // read their maps; nothing outside lb_linux.go iterates them.
 func each[K, V any](m *ebpf.Map, name string, f func(K, V)) error {
+	_, err := iterateUpTo(m, name, math.MaxInt, f)
+	return err
+}
+
+// iterateUpTo is each for at most scanMax entries, one at a time. It
+// reports whether it read them all.
+func iterateUpTo[K, V any](m *ebpf.Map, name string, scanMax int, f func(K, V)) (bool, error) {
 	var (
 		k K
 		v V
 	)
 	it := m.Iterate()
-	for it.Next(&k, &v) {
+	for read := 0; read < scanMax; read++ {
+		if !it.Next(&k, &v) {
+			if err := it.Err(); err != nil {
+				return false, fmt.Errorf("read %s: %w", name, err)
+			}
+			return true, nil
+		}
 		f(k, v)
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", name, err)
-	}
-	return nil
+	return false, nil
 }
 
 // eachService calls f with every record of halb_services, for adopt.
@@ -422,27 +435,48 @@ func (lb *kernelLB) eachService(f func(halbServiceKey, halbService)) error {
 	return each(lb.objs.HalbServices, halbMapHalbServices, f)
 }
 
-// eachBatched is each for an array map, read batchSize entries a system
-// call: one lookup and one next-key call an entry would cost each start
-// that adopts halb_backends 200 000 system calls at 100 000 backends,
-// about half a second of its way to "services programmed". On a kernel
-// without batch lookups (before 5.6) it is each.
+// eachBatched is each read batchSize entries a system call: one lookup
+// and one next-key call an entry would cost each start that adopts
+// halb_backends 200 000 system calls at 100 000 backends, about half a
+// second of its way to "services programmed". On a kernel without batch
+// lookups (before 5.6) it is each.
 func eachBatched[K, V any](m *ebpf.Map, name string, f func(K, V)) error {
-	keys := make([]K, batchSize)
-	vals := make([]V, batchSize)
+	_, err := eachBatchedUpTo(context.Background(), m, name, math.MaxInt, f)
+	return err
+}
+
+// eachBatchedUpTo is eachBatched until it has read scanMax entries or ctx
+// is done. It reports whether it read them all. Entries come and go while
+// it reads: one may be missed or, rarely, seen twice.
+func eachBatchedUpTo[K, V any](ctx context.Context, m *ebpf.Map, name string, scanMax int, f func(K, V)) (bool, error) {
+	n := min(batchSize, scanMax)
+	keys := make([]K, n)
+	vals := make([]V, n)
 	var cursor ebpf.MapBatchCursor
+	read := 0
 	for first := true; ; first = false {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
+		if err := ctx.Err(); err != nil {
+			return false, fmt.Errorf("read %s: %w", name, err)
+		}
+		want := min(n, scanMax-read)
+		got, err := m.BatchLookup(&cursor, keys[:want], vals[:want], nil)
+		for i := range got {
 			f(keys[i], vals[i])
 		}
+		read += got
 		switch {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil
+			return true, nil
 		case first && errors.Is(err, ebpf.ErrNotSupported):
-			return each(m, name, f)
+			return iterateUpTo(m, name, scanMax, f)
+		case errors.Is(err, unix.ENOSPC) && want < n:
+			// What is left of the bound is smaller than the next bucket
+			// of a hash: the bound is reached.
+			return false, nil
 		case err != nil:
-			return fmt.Errorf("read %s: %w", name, err)
+			return false, fmt.Errorf("read %s: %w", name, err)
+		case read >= scanMax:
+			return false, nil
 		}
 	}
 }
