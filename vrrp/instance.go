@@ -74,6 +74,10 @@ type Instance struct {
 	// operator carries `halb vrrp release|resume` to the Run loop
 	// (release.go).
 	operator chan operatorCmd
+	// stopped is closed when Run returns, for the callers of the
+	// operator's commands (ask): ctx is Run's own, set as it starts, and
+	// not for other goroutines to read.
+	stopped chan struct{}
 
 	scripts       []scriptState // one per track script
 	scriptResults chan scriptResult
@@ -157,6 +161,7 @@ func newInstance(cfg config.Instance, log *slog.Logger, l link, runScript runPro
 		scriptResults: make(chan scriptResult, 16),
 		trackReadings: make(chan trackReading, 1),
 		operator:      make(chan operatorCmd),
+		stopped:       make(chan struct{}),
 		files:         make([]fileState, len(cfg.TrackFiles)),
 		procs:         make([]procState, len(cfg.TrackProcesses)),
 	}
@@ -210,6 +215,7 @@ func (in *Instance) Status() Status {
 // it was Master, tells the backups with a priority-0 advert. It returns
 // once every goroutine it started has ended.
 func (in *Instance) Run(ctx context.Context) error {
+	defer close(in.stopped)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	in.ctx = ctx

@@ -152,7 +152,7 @@ func (in *Instance) ask(ctx context.Context, cmd operatorCmd) error {
 	case in.operator <- cmd:
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-in.ctx.Done():
+	case <-in.stopped:
 		return errors.New("the instance is stopping")
 	}
 	select {

@@ -1,8 +1,10 @@
 package vrrp
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -120,5 +122,24 @@ func TestRelease(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			runSteps(t, NewMachine(v3), tt.steps)
 		})
+	}
+}
+
+// Instance.Release reaches the Run loop while it runs, even asked as Run
+// starts (under -race, reading Run's ctx from here was a data race), and
+// once Run has returned, answers at once that the instance is stopping
+// rather than waiting for a loop that is gone (the caller's context never
+// ends here).
+func TestOperatorCmdAfterRun(t *testing.T) {
+	cfg := baseConfig()
+	r := startRun(t, cfg, upLAN(cfg), nil)
+	if err := r.Release(context.Background(), true); err != nil {
+		t.Fatalf("release of a running instance: %v", err)
+	}
+	r.waitState(t, Backup)
+	r.stop(t)
+	err := r.Resume(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "stopping") {
+		t.Fatalf("resume after Run returned: %v, want the instance is stopping", err)
 	}
 }
