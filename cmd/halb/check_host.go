@@ -29,17 +29,18 @@ import (
 //
 // held lists the virtual IPs a running halb on this configuration's
 // control socket holds as MASTER: on a kernel that keeps no address
-// marks, that is how one halb added is told from the host's own.
-func hostWarnings(c *config.Config, held map[netip.Addr]bool) []config.Problem {
+// marks, that is how one halb added is told from the host's own. addrs
+// are this host's addresses (vrrp.HostAddrs, listed once for hostProblems
+// too), addrsErr why they could not be listed.
+func hostWarnings(c *config.Config, addrs []vrrp.HostAddr, addrsErr error, held map[netip.Addr]bool) []config.Problem {
 	var warnings []config.Problem
 	warn := func(path, format string, args ...any) {
 		warnings = append(warnings, config.Problem{Path: path, Msg: "warning: " + fmt.Sprintf(format, args...)})
 	}
 
 	foreign := map[netip.Addr]string{} // address -> interface
-	addrs, err := vrrp.HostAddrs()
-	if err != nil {
-		warn("", "cannot list this host's addresses, so virtual IPs already in use go unchecked: %v", err)
+	if addrsErr != nil {
+		warn("", "cannot list this host's addresses, so virtual IPs already in use go unchecked: %v", addrsErr)
 	}
 	for _, a := range addrs {
 		if !a.Halb {
@@ -273,9 +274,9 @@ func heldVIPs(ctx context.Context, socket string) map[netip.Addr]bool {
 // in the file at path: the warnings, and a *config.Error of the
 // problems this host has with the file, nil when none.
 func checkHost(ctx context.Context, path string, c *config.Config) ([]config.Problem, error) {
-	addrs, _ := vrrp.HostAddrs() // none: hostWarnings says so
+	addrs, err := vrrp.HostAddrs() // listed once for both; an error is hostWarnings' to say
 	problems, natWarnings := hostProblems(c, addrs)
-	warnings := append(hostWarnings(c, heldVIPs(ctx, c.Control.Socket)), natWarnings...)
+	warnings := append(hostWarnings(c, addrs, err, heldVIPs(ctx, c.Control.Socket)), natWarnings...)
 	config.Locate(path, warnings)
 	slices.SortStableFunc(warnings, func(a, b config.Problem) int { return cmp.Compare(a.Line, b.Line) })
 	if len(problems) == 0 {
