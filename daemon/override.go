@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -45,11 +46,7 @@ type overrides struct {
 func (o *overrides) snapshot() map[health.Key]Override {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	out := make(map[health.Key]Override, len(o.m))
-	for k, v := range o.m {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(o.m)
 }
 
 func (o *overrides) set(k health.Key, v Override) {
