@@ -293,14 +293,14 @@ func setLinkUp(t *testing.T, h *netlink.Handle, name string, up bool) {
 // waitHeldRoute waits until the route through lan1 is there or not.
 func waitHeldRoute(t *testing.T, h *netlink.Handle, want bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitExtras)
-	for time.Now().Before(deadline) {
-		if heldBy(t, h).route == want {
-			return
+	if err := eventually(waitExtras, func() error {
+		if heldBy(t, h).route != want {
+			return fmt.Errorf("route through lan1 present = %v after %v", !want, waitExtras)
 		}
-		time.Sleep(10 * time.Millisecond)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("route through lan1 present = %v after %v", !want, waitExtras)
 }
 
 // readConfigWithout is the node's config with its routes and rules cut.
@@ -362,14 +362,14 @@ func routeTo(t *testing.T, h *netlink.Handle, dst string) bool {
 // and route, or holds neither.
 func waitKeepalivedHolds(t *testing.T, h *netlink.Handle, want bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitExtras)
-	for time.Now().Before(deadline) {
-		if heldBy(t, h).vip == want && routeTo(t, h, "203.0.113.0/24") == want {
-			return
+	if err := eventually(waitExtras, func() error {
+		if heldBy(t, h).vip != want || routeTo(t, h, "203.0.113.0/24") != want {
+			return fmt.Errorf("keepalived's lan1 VIP and route present = %v after %v, want %v", !want, waitExtras, want)
 		}
-		time.Sleep(10 * time.Millisecond)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("keepalived's lan1 VIP and route present = %v after %v, want %v", !want, waitExtras, want)
 }
 
 // halb and keepalived, each with a VIP on lan1 and a route through it,
