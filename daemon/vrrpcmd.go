@@ -35,7 +35,9 @@ func (s *vrrpSet) groupOf(name string) ([]*vrrp.Instance, time.Duration) {
 	}
 	out := []*vrrp.Instance{r.inst}
 	for _, n := range s.order {
-		if o := s.running[n]; n != name && r.group != "" && o.group == r.group && o.inst != nil {
+		// A reload takes a stopped instance out of running before it
+		// sets order: a name in order may have no running entry.
+		if o, ok := s.running[n]; ok && n != name && r.group != "" && o.group == r.group && o.inst != nil {
 			out = append(out, o.inst)
 		}
 	}
