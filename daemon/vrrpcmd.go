@@ -93,7 +93,7 @@ func (d *Daemon) serveVRRP(w http.ResponseWriter, req *http.Request) {
 	}
 	switch {
 	case wasMaster && !r.Force:
-		if undone(req, insts[0], interval) {
+		if undone(insts[0], interval) {
 			d.log.Warn("vrrp release refused: no peer took over within three advert intervals; the VIPs stayed here", "instance", r.Instance)
 			d.resumeReleased(insts[1:], vrrp.ReleaseUndone+" in "+r.Instance)
 			http.Error(w, fmt.Sprintf("release %s refused: %s; the VIPs stayed here (--force releases anyway)", r.Instance, vrrp.ReleaseUndone+": no peer took over within three advert intervals"), http.StatusConflict)
@@ -163,18 +163,16 @@ func writeVRRPResult(w http.ResponseWriter, res VRRPResult) {
 // undone watches a released Master for three advert intervals and half
 // a second more, at most 4 s (the client gives up after 5), and reports
 // whether its release ended with it still Master: no peer took over, so
-// it kept its VIPs (vrrp.Machine.ReleaseMastership).
-func undone(req *http.Request, in *vrrp.Instance, interval time.Duration) bool {
+// it kept its VIPs (vrrp.Machine.ReleaseMastership). It watches on when
+// the asker has gone (Ctrl-C), within the same bound: the group's other
+// members are resumed on a refusal whether or not anyone reads it.
+func undone(in *vrrp.Instance, interval time.Duration) bool {
 	end := time.Now().Add(min(3*interval+500*time.Millisecond, 4*time.Second))
 	for time.Now().Before(end) {
 		if st := in.Status(); !st.Released {
 			return st.State == vrrp.Master
 		}
-		select {
-		case <-req.Context().Done():
-			return false
-		case <-time.After(50 * time.Millisecond):
-		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	return false
 }
