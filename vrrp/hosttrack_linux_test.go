@@ -211,17 +211,6 @@ func TestHostTrackersAtRunTime(t *testing.T) {
 			t.Logf("instance log:\n%s", log)
 		}
 	}()
-	put := func(path, body string) {
-		t.Helper()
-		// Written whole and renamed in, as a writer should.
-		tmp := path + ".new"
-		if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			t.Fatal(err)
-		}
-	}
 	want := func(what string, prio uint8, state State) {
 		t.Helper()
 		start := time.Now()
@@ -237,11 +226,11 @@ func TestHostTrackersAtRunTime(t *testing.T) {
 	want("no process, no files", 80, Master)
 	proc := s.start("300")
 	want("the process started", 100, Master)
-	put(weightFile, "7\n")
+	putFile(t, weightFile, "7\n")
 	want("the file holds 7 (× 2)", 114, Master)
 	stopProcess(proc)
 	want("the process killed", 94, Master)
-	put(maint, "1\n")
+	putFile(t, maint, "1\n")
 	want("the weight-0 file holds 1", 94, Fault)
 	if f := in.Status().Faults; !slices.Equal(f, []string{"track file " + maint + " not 0"}) {
 		t.Errorf("faults %q", f)
@@ -321,4 +310,17 @@ func BenchmarkCountProcesses(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/float64(max(procs, 1)), "us/process")
 	b.ReportMetric(float64(procs), "processes")
+}
+
+// putFile writes a track file whole and renames it in, as a writer
+// should: a poll never reads it half written.
+func putFile(t *testing.T, path, body string) {
+	t.Helper()
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
 }

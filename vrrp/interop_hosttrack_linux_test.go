@@ -1,7 +1,6 @@
 package vrrp
 
 import (
-	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -39,24 +38,15 @@ func TestKeepalivedTrackFileAndProcess(t *testing.T) {
 	if !hasAddr(halb, vip) || hasAddr(ka, vip) {
 		t.Fatal("halb (150) is not the only master")
 	}
-	put := func(body string) {
-		t.Helper()
-		if err := os.WriteFile(file+".new", []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(file+".new", file); err != nil {
-			t.Fatal(err)
-		}
-	}
 	handOver := func(what string, to, from *netlink.Handle) {
 		t.Helper()
 		took := waitAddr(t, to, vip, true, limit)
 		waitAddr(t, from, vip, false, limit)
 		t.Logf("%s: the VIP moved after %v", what, took.Round(time.Millisecond))
 	}
-	put("-3\n")
+	putFile(t, file, "-3\n")
 	handOver("file -3 (150 - 60 = 90)", ka, halb)
-	put("0\n")
+	putFile(t, file, "0\n")
 	handOver("file 0 (150)", halb, ka)
 	stopProcess(proc)
 	handOver("process killed (150 - 60 = 90)", ka, halb)
