@@ -127,10 +127,7 @@ type statusOverride struct {
 // service svc, nil without one.
 func (d *daemon) override(svc, backend string) *statusOverride {
 	d.t.Helper()
-	out, err := runOut(d.bin, "status", "--json", "-s", d.sock)
-	if err != nil {
-		d.t.Fatal(err)
-	}
+	out := d.statusJSON()
 	var st struct {
 		Backends []struct {
 			Service  string          `json:"service"`

@@ -129,10 +129,7 @@ type instanceStatus struct {
 // instance asks the daemon for its one VRRP instance.
 func (d *daemon) instance() instanceStatus {
 	d.t.Helper()
-	out, err := runOut(d.bin, "status", "--json", "-s", d.sock)
-	if err != nil {
-		d.t.Fatal(err)
-	}
+	out := d.statusJSON()
 	var st struct {
 		Instances []instanceStatus `json:"instances"`
 	}
