@@ -265,11 +265,8 @@ func rssStages(b *testing.B, log string, start time.Time) {
 // logTime is the time stamp of the first line of log, in the text format,
 // with message msg.
 func logTime(log, msg string) (time.Time, error) {
-	for line := range strings.Lines(log) {
-		if strings.Contains(line, ` msg="`+msg+`"`) {
-			stamp, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
-			return time.Parse(time.RFC3339Nano, stamp)
-		}
+	if at, ok := logTimeAfter(log, time.Time{}, ` msg="`+msg+`"`); ok {
+		return at, nil
 	}
 	return time.Time{}, fmt.Errorf("no %q line in the log", msg)
 }
