@@ -5,8 +5,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netlink"
 )
 
 // track_interface with a weight against keepalived, both ways round: the
@@ -26,16 +24,7 @@ func TestKeepalivedTrackInterface(t *testing.T) {
 			if halbTracks {
 				ti = 0
 			}
-			h := l.h[ti]
-			if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink0"}, PeerName: "uplink1"}); err != nil {
-				t.Fatal(err)
-			}
-			for _, n := range []string{"uplink0", "uplink1"} {
-				lk, _ := h.LinkByName(n)
-				if err := h.LinkSetUp(lk); err != nil {
-					t.Fatal(err)
-				}
-			}
+			setLink := addUplink(t, l.h[ti])
 			halbCfg := c.halbConfig(l, 0, 100)
 			kaCfg := c.keepalivedConfig(l, 1, 100)
 			if halbTracks {
@@ -72,16 +61,6 @@ func TestKeepalivedTrackInterface(t *testing.T) {
 				t.Fatal("the tracking node (150) is not the only master")
 			}
 
-			setLink := func(up bool) {
-				lk, _ := h.LinkByName("uplink0")
-				set := h.LinkSetDown
-				if up {
-					set = h.LinkSetUp
-				}
-				if err := set(lk); err != nil {
-					t.Fatal(err)
-				}
-			}
 			setLink(false)
 			took := waitAddr(t, other, vip, true, limit)
 			waitAddr(t, tracker, vip, false, limit)

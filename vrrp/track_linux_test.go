@@ -88,17 +88,7 @@ func addUplink(t *testing.T, h *netlink.Handle) (set func(up bool)) {
 	}
 	return func(up bool) {
 		t.Helper()
-		link, err := h.LinkByName("uplink0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		set := h.LinkSetDown
-		if up {
-			set = h.LinkSetUp
-		}
-		if err := set(link); err != nil {
-			t.Fatalf("uplink0 up=%v: %v", up, err)
-		}
+		setLinkUp(t, h, "uplink0", up)
 	}
 }
 
