@@ -179,7 +179,7 @@ func (m *Machine) Start(now time.Time) []Action {
 }
 
 func (m *Machine) startup(now time.Time, why string) []Action {
-	if m.p.Priority == OwnerPriority {
+	if m.p.Priority == OwnerPriority && !m.release.on { // released, even the owner holds Backup
 		return m.becomeMaster(now, why+", address owner")
 	}
 	return m.becomeBackup(now, why)

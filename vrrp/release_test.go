@@ -143,3 +143,28 @@ func TestOperatorCmdAfterRun(t *testing.T) {
 		t.Fatalf("resume after Run returned: %v, want the instance is stopping", err)
 	}
 }
+
+// A released address owner (priority 255) whose fault clears starts
+// again in Backup, held there like any released machine, not as Master:
+// only resume ends a release.
+func TestReleasedOwnerAfterFault(t *testing.T) {
+	m := NewMachine(Params{Version: 3, Priority: OwnerPriority, AdvertInterval: sec, Primary: self})
+	m.Start(at(0))
+	if _, err := m.ReleaseMastership(at(sec), true); err != nil || m.State() != Backup {
+		t.Fatalf("forced release of the owner: %v, state %s, want Backup", err, m.State())
+	}
+	m.SetFault(at(2*sec), "link down")
+	m.ClearFault(at(3*sec), "link down")
+	if m.State() != Backup || !m.Released() {
+		t.Fatalf("after the fault cleared: %s, released %v; want Backup, still released", m.State(), m.Released())
+	}
+	m.Tick(m.Deadline())
+	if m.State() != Backup {
+		t.Fatalf("at the master down timer: %s, want Backup (held)", m.State())
+	}
+	m.Resume(at(10 * sec))
+	m.Tick(m.Deadline())
+	if m.State() != Master {
+		t.Fatalf("after resume, at the master down timer: %s, want Master", m.State())
+	}
+}
