@@ -159,8 +159,8 @@ func (m *Machine) MasterDownInterval() time.Duration {
 func (m *Machine) Deadline() time.Time {
 	switch m.state {
 	case Backup:
-		return m.release.earlier(m.masterDown)
-	case Master:
+		return m.masterDown
+	case Master: // a released Master's wait for a taker ends on time too
 		return m.release.earlier(m.adver)
 	}
 	return time.Time{}

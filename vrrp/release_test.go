@@ -168,3 +168,29 @@ func TestReleasedOwnerAfterFault(t *testing.T) {
 		t.Fatalf("after resume, at the master down timer: %s, want Master", m.State())
 	}
 }
+
+// A released Master that faults while it waits for a taker gives its VIPs
+// up (Fault), and once the fault clears holds Backup: the wait it gave up
+// no longer sets its next deadline, which would be in the past and wake
+// the Run loop at once, again and again.
+func TestReleasedMasterAfterFault(t *testing.T) {
+	m := NewMachine(Params{Version: 3, Priority: 100, AdvertInterval: sec, Preempt: true, Primary: self})
+	m.Start(at(0))
+	m.Tick(m.Deadline())
+	if m.State() != Master {
+		t.Fatalf("at the master down timer: %s, want Master", m.State())
+	}
+	now := m.Deadline().Add(-sec / 2)
+	if _, err := m.ReleaseMastership(now, false); err != nil {
+		t.Fatal(err)
+	}
+	m.SetFault(now.Add(sec/10), "link down")
+	now = now.Add(10 * sec) // past the three intervals the wait had
+	m.ClearFault(now, "link down")
+	if m.State() != Backup || !m.Released() {
+		t.Fatalf("after the fault cleared: %s, released %v; want Backup, still released", m.State(), m.Released())
+	}
+	if d := m.Deadline(); !d.After(now) {
+		t.Fatalf("deadline %v, not after now (%v): the Run loop would spin", d.Sub(now), now.Sub(at(0)))
+	}
+}
