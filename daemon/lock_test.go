@@ -3,6 +3,7 @@ package daemon
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/halb-lb/halb/config"
 	"github.com/halb-lb/halb/internal/trust/trusttest"
@@ -320,6 +322,17 @@ func TestLockFileStranger(t *testing.T) {
 	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
 	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
 		t.Fatalf("the stranger never took the lock: %v", err)
+	}
+	// The shell has printed "locked"; the holder is named once it has
+	// become sleep.
+	comm := fmt.Sprintf("/proc/%d/comm", holder.Process.Pid)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if b, _ := os.ReadFile(comm); string(b) == "sleep\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stranger's shell never became sleep")
+		}
 	}
 	_, err = acquireLock(path, "control socket x", "fix it")
 	want := []string{"halb pid " + deadPID + ", named in it, is not running",

@@ -140,8 +140,10 @@ func TestListFlowsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list.Flows) != 100 || list.Total != 3000 || !list.Partial {
-		t.Errorf("with a scan bound of 3000: listed %d of %d (partial %v), want 100 of 3000, partial", len(list.Flows), list.Total, list.Partial)
+	// The scan stops at a bucket of the hash: a few entries short of the
+	// bound when the next bucket holds more than is left of it.
+	if len(list.Flows) != 100 || list.Total > 3000 || list.Total < 2900 || !list.Partial {
+		t.Errorf("with a scan bound of 3000: listed %d of %d (partial %v), want 100 of 2900-3000, partial", len(list.Flows), list.Total, list.Partial)
 	}
 	// A bound smaller than a bucket of the hash (the kernel then refuses
 	// the batch) ends the listing as the bound does.

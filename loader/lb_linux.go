@@ -469,9 +469,10 @@ func eachBatchedUpTo[K, V any](ctx context.Context, m *ebpf.Map, name string, sc
 			return true, nil
 		case first && errors.Is(err, ebpf.ErrNotSupported):
 			return iterateUpTo(m, name, scanMax, f)
-		case errors.Is(err, unix.ENOSPC) && want < n:
-			// What is left of the bound is smaller than the next bucket
-			// of a hash: the bound is reached.
+		case errors.Is(err, unix.ENOSPC) && want < batchSize:
+			// The bound cut this batch short (what is left of it, or
+			// scanMax itself) and the next bucket of the hash holds more
+			// entries than that: the bound is reached.
 			return false, nil
 		case err != nil:
 			return false, fmt.Errorf("read %s: %w", name, err)
