@@ -139,8 +139,12 @@ func checkControl(t *testing.T, deb string) {
 	if cmds := commandLines(postinst); !slices.Equal(cmds, []string{"deb-systemd-helper update-state halb.service >/dev/null || true"}) {
 		t.Errorf("the postinst runs %q, want deb-systemd-helper update-state alone:\n%s", cmds, postinst)
 	}
-	if !strings.Contains(run(t, "dpkg-deb", "-I", deb, "postrm"), "deb-systemd-helper purge halb.service") {
+	postrm := run(t, "dpkg-deb", "-I", deb, "postrm")
+	if !strings.Contains(postrm, "deb-systemd-helper purge halb.service") {
 		t.Error("the postrm does not purge halb.service's links")
+	}
+	if !strings.Contains(postrm, "systemctl --system daemon-reload") {
+		t.Error("the postrm leaves systemd holding the removed unit (no daemon-reload)")
 	}
 	for _, field := range []string{"Package: halb", "Architecture: amd64", "Section: net"} {
 		if !strings.Contains(info, "\n "+field+"\n") {
