@@ -5,6 +5,7 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -152,7 +153,7 @@ func pageOf(st Status, rates *rateKeeper, page int, now time.Time) pageView {
 	}
 	for _, s := range shown {
 		ps := pageService{Name: s.Name, Key: s.Key.String(), Datapath: s.Datapath}
-		ps.PacketRate, ps.FlowRate = rate.of(s.Key.String(), "")
+		ps.PacketRate, ps.FlowRate = rate.of(s.Key, netip.AddrPort{})
 		for _, b := range s.Backends {
 			ps.Backends = append(ps.Backends, backendRow(s, b, health[s.Name+" "+b.Addr.String()], rate))
 		}
@@ -191,65 +192,50 @@ func backendRow(s service.Report, b service.BackendReport, h BackendStatus, rate
 		}
 		row.Override += " by " + o.By
 	}
-	row.PacketRate, row.FlowRate = rate.of(s.Key.String(), row.Addr)
+	row.PacketRate, row.FlowRate = rate.of(s.Key, b.Addr)
 	return row
 }
 
-// rateKeeper turns the data path's counters into per-second rates: it
-// keeps the last read of each counter the page showed and the one
-// before, and no more (a service or backend that is gone leaves with the
-// next read), so its memory is bounded by the configuration's size.
-// Reads closer together than a second reuse the last rates: several
-// viewers refreshing make no noise of their own.
+// rateKeeper turns the data path's counters into per-second rates
+// (service.Rates): it keeps the last read of the counters the page showed
+// and no more (a service or backend that is gone leaves with the next
+// read), so its memory is bounded by the configuration's size. Reads
+// closer together than a second reuse the last rates: several viewers
+// refreshing make no noise of their own.
 type rateKeeper struct {
 	mu    sync.Mutex
-	last  map[rateKey]service.Stats
+	last  []service.Report
 	at    time.Time
-	rates map[rateKey][2]float64 // packets/s, new flows/s
+	rates map[service.RateKey]service.Rate
 }
-
-type rateKey struct{ service, backend string }
 
 // rateView is the rates of one read.
 type rateView struct {
 	ready bool
-	rates map[rateKey][2]float64
+	rates map[service.RateKey]service.Rate
 }
 
-func (r rateView) of(service, backend string) (packets, flows string) {
-	v, ok := r.rates[rateKey{service, backend}]
+// of is the packets and new flows per second of a service's total (the
+// zero backend) or one of its backends, "–" where there is no rate.
+func (r rateView) of(key service.Key, backend netip.AddrPort) (packets, flows string) {
+	v, ok := r.rates[service.RateKey{Service: key, Backend: backend}]
 	if !ok {
 		return "–", "–"
 	}
-	return fmt.Sprintf("%.1f", v[0]), fmt.Sprintf("%.1f", v[1])
+	return fmt.Sprintf("%.1f", v.Packets), fmt.Sprintf("%.1f", v.NewFlows)
 }
 
 func (k *rateKeeper) read(services []service.Report, now time.Time) rateView {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.last != nil && now.Sub(k.at) < time.Second {
+	switch {
+	case k.at.IsZero():
+		k.last, k.at = services, now
+		return rateView{}
+	case now.Sub(k.at) < time.Second:
 		return rateView{ready: k.rates != nil, rates: k.rates}
 	}
-	cur := make(map[rateKey]service.Stats, len(services))
-	for _, s := range services {
-		cur[rateKey{s.Key.String(), ""}] = s.Stats
-		for _, b := range s.Backends {
-			cur[rateKey{s.Key.String(), b.Addr.String()}] = b.Stats
-		}
-	}
-	if k.last == nil {
-		k.last, k.at = cur, now
-		return rateView{}
-	}
-	secs := now.Sub(k.at).Seconds()
-	rates := make(map[rateKey][2]float64, len(cur))
-	for key, c := range cur {
-		p, ok := k.last[key]
-		if !ok || c.Packets < p.Packets || c.NewFlows < p.NewFlows {
-			continue // new, or its counters restarted: no rate yet
-		}
-		rates[key] = [2]float64{float64(c.Packets-p.Packets) / secs, float64(c.NewFlows-p.NewFlows) / secs}
-	}
-	k.last, k.at, k.rates = cur, now, rates
-	return rateView{ready: true, rates: rates}
+	k.rates = service.Rates(k.last, services, now.Sub(k.at))
+	k.last, k.at = services, now
+	return rateView{ready: true, rates: k.rates}
 }

@@ -122,18 +122,18 @@ func TestStatusPageRates(t *testing.T) {
 		t.Fatal("rates from one read")
 	}
 	r := k.read(read(1100, 30), t0.Add(2*time.Second))
-	if p, f := r.of(key.String(), "198.51.100.1:80"); p != "500.0" || f != "10.0" {
+	if p, f := r.of(key, netip.MustParseAddrPort("198.51.100.1:80")); p != "500.0" || f != "10.0" {
 		t.Errorf("backend rates %s, %s; want 500.0, 10.0", p, f)
 	}
-	if p, _ := k.read(read(9999, 30), t0.Add(2500*time.Millisecond)).of(key.String(), ""); p != "500.0" {
+	if p, _ := k.read(read(9999, 30), t0.Add(2500*time.Millisecond)).of(key, netip.AddrPort{}); p != "500.0" {
 		t.Errorf("a read half a second later gave %s, want the last rate 500.0", p)
 	}
 	// A restarted counter (the service programmed again) has no rate.
-	if p, _ := k.read(read(5, 1), t0.Add(4*time.Second)).of(key.String(), ""); p != "–" {
+	if p, _ := k.read(read(5, 1), t0.Add(4*time.Second)).of(key, netip.AddrPort{}); p != "–" {
 		t.Errorf("a counter that went back gave %s", p)
 	}
-	if len(k.last) != 2 {
-		t.Errorf("the keeper holds %d reads, want the 2 series of the last", len(k.last))
+	if len(k.last) != 1 || k.at != t0.Add(4*time.Second) {
+		t.Errorf("the keeper holds %d services read at %v, want the last read's 1", len(k.last), k.at)
 	}
 }
 

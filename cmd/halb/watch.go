@@ -43,7 +43,7 @@ func watch(ctx context.Context, w io.Writer, socket string, interval time.Durati
 			return err
 		}
 		if !prevAt.IsZero() {
-			writeRates(w, rates(prev.Services, st.Services, now.Sub(prevAt)))
+			writeRates(w, rateRows(prev.Services, st.Services, now.Sub(prevAt)))
 		}
 		prev, prevAt = st, now
 		select {
@@ -56,45 +56,23 @@ func watch(ctx context.Context, w io.Writer, socket string, interval time.Durati
 
 // rate is one row of per-second rates.
 type rate struct {
-	service, backend         string
-	packets, bytes, newFlows float64
+	service, backend string
+	service.Rate
 }
 
-// rates are the per-second rates between two reports, by service and
-// backend; a service or backend in only one of them has none (new, or
-// gone), and a counter that went down (a data path restarted) counts
-// from zero.
-func rates(prev, cur []service.Report, dt time.Duration) []rate {
-	if dt <= 0 {
-		return nil
-	}
-	sec := dt.Seconds()
-	per := func(a, b service.Stats) (float64, float64, float64) {
-		d := func(x, y uint64) float64 {
-			if y < x {
-				return float64(y) / sec
-			}
-			return float64(y-x) / sec
-		}
-		return d(a.Packets, b.Packets), d(a.Bytes, b.Bytes), d(a.NewFlows, b.NewFlows)
-	}
-	before := map[string]service.Stats{}
-	for _, r := range prev {
-		before[r.Key.String()] = r.Stats
-		for _, b := range r.Backends {
-			before[r.Key.String()+" "+b.Addr.String()] = b.Stats
-		}
-	}
+// rateRows are the rows of the rates between two reports dt apart, in
+// cur's order: a service's total, then its backends. One with no rate
+// (new, or its counters restarted) has no row.
+func rateRows(prev, cur []service.Report, dt time.Duration) []rate {
+	rates := service.Rates(prev, cur, dt)
 	var out []rate
 	for _, r := range cur {
-		if s, ok := before[r.Key.String()]; ok {
-			p, b, n := per(s, r.Stats)
-			out = append(out, rate{service: r.Name + " " + r.Key.String(), backend: "(all)", packets: p, bytes: b, newFlows: n})
+		if v, ok := rates[service.RateKey{Service: r.Key}]; ok {
+			out = append(out, rate{r.Name + " " + r.Key.String(), "(all)", v})
 		}
-		for _, be := range r.Backends {
-			if s, ok := before[r.Key.String()+" "+be.Addr.String()]; ok {
-				p, b, n := per(s, be.Stats)
-				out = append(out, rate{backend: be.Addr.String(), packets: p, bytes: b, newFlows: n})
+		for _, b := range r.Backends {
+			if v, ok := rates[service.RateKey{Service: r.Key, Backend: b.Addr}]; ok {
+				out = append(out, rate{"", b.Addr.String(), v})
 			}
 		}
 	}
@@ -110,7 +88,7 @@ func writeRates(w io.Writer, rows []rate) {
 			fmt.Fprintf(tw, "(%d more rows: halb status --json has every counter)\t\t\t\t\n", len(rows)-watchRows)
 			break
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.0f\n", r.service, r.backend, r.packets, r.bytes, r.newFlows)
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.0f\n", r.service, r.backend, r.Packets, r.Bytes, r.NewFlows)
 	}
 	tw.Flush()
 }

@@ -18,21 +18,22 @@ import (
 	"github.com/halb-lb/halb/service"
 )
 
-// Rates are the counters' differences per second, a counter that went
-// down counts from zero, and a backend new in the second report has none.
-func TestRates(t *testing.T) {
+// The rates table has a service's total, then its backends, in the
+// status's order; a backend with no rate (new, or its counters restarted:
+// service.Rates) has no row.
+func TestRateRows(t *testing.T) {
 	key := service.Key{VIP: netip.MustParseAddr("192.0.2.1"), Port: 80, Proto: service.TCP}
 	be := func(addr string, pk, by, nf uint64) service.BackendReport {
 		return service.BackendReport{Addr: netip.MustParseAddrPort(addr), Stats: service.Stats{Packets: pk, Bytes: by, NewFlows: nf}}
 	}
 	prev := []service.Report{{Name: "web", Key: key, Stats: service.Stats{Packets: 100, Bytes: 1000, NewFlows: 10},
-		Backends: []service.BackendReport{be("198.51.100.1:80", 100, 1000, 10)}}}
+		Backends: []service.BackendReport{be("198.51.100.1:80", 100, 1000, 10), be("198.51.100.3:80", 10, 100, 1)}}}
 	cur := []service.Report{{Name: "web", Key: key, Stats: service.Stats{Packets: 300, Bytes: 5000, NewFlows: 14},
-		Backends: []service.BackendReport{be("198.51.100.1:80", 50, 500, 4), be("198.51.100.2:80", 250, 4500, 10)}}}
-	got := rates(prev, cur, 2*time.Second)
+		Backends: []service.BackendReport{be("198.51.100.1:80", 50, 500, 4), be("198.51.100.2:80", 250, 4500, 10), be("198.51.100.3:80", 30, 300, 1)}}}
+	got := rateRows(prev, cur, 2*time.Second)
 	want := []rate{
-		{service: "web " + key.String(), backend: "(all)", packets: 100, bytes: 2000, newFlows: 2},
-		{backend: "198.51.100.1:80", packets: 25, bytes: 250, newFlows: 2}, // restarted: from zero
+		{"web " + key.String(), "(all)", service.Rate{Packets: 100, Bytes: 2000, NewFlows: 2}},
+		{"", "198.51.100.3:80", service.Rate{Packets: 10, Bytes: 100}},
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("rates:\n got %v\nwant %v", got, want)
