@@ -175,8 +175,9 @@ func (bn *bgpNet) loseNode(t testing.TB, nd *bgpNode, first int, machineUp bool)
 		bn.unplug(nd)
 	}
 	nd.proc.Kill()
-	res := lossResult{withdrawn: bn.routeSince(lost, "the lost node withdrawn", rest...)}
+	res := lossResult{withdrawn: bn.withdrawnSince(lost, "the lost node withdrawn", nd)}
 	nd.gone = true
+	bn.waitRoute("the VIP through the other nodes", rest...)
 
 	res.ok, res.failed = requestAll(conns, "after the loss")
 	return res
@@ -299,9 +300,10 @@ func (bn *bgpNet) drainNode(t testing.TB, nd *bgpNode, drainTime time.Duration, 
 	if err := nd.proc.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	res.withdrawn = bn.routeSince(stopped, "the draining node withdrawn", rest...)
+	res.withdrawn = bn.withdrawnSince(stopped, "the draining node withdrawn", nd)
 	res.exitedFirst = nd.proc.Exited()
 	nd.gone = true
+	bn.waitRoute("the VIP through the other nodes", rest...)
 	busy.rounds(t, 1)
 	select {
 	case <-nd.proc.Done():

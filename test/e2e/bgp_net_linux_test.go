@@ -395,6 +395,31 @@ func (bn *bgpNet) routeSince(since time.Time, what string, nodes ...*bgpNode) ti
 	}
 }
 
+// withdrawnSince waits until nd's path has left the router's RIB and
+// returns the time from since to the first poll that saw it gone. It
+// looks at nd's path alone: on a loaded machine another node's session
+// may drop meanwhile (a BFD of 100 ms × 3 missed by a stalled process)
+// and come back seconds later, and its return says nothing of how soon
+// the router gave up nd.
+func (bn *bgpNet) withdrawnSince(since time.Time, what string, nd *bgpNode) time.Duration {
+	t := bn.t
+	t.Helper()
+	deadline := time.Now().Add(bgpRouteWait)
+	for {
+		rib, err := bn.ribNextHops()
+		if err == nil && !slices.Contains(rib, nd.addr.String()) {
+			return time.Since(since)
+		}
+		if err == nil {
+			err = fmt.Errorf("the router's RIB has the VIP via %v", rib)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, bgpRouteWait, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // routeIs errs unless the RIB and the kernel route the VIP through want;
 // it sets *ribAt, if still 0, to the time since since when the RIB does.
 func (bn *bgpNet) routeIs(want []string, since time.Time, ribAt *time.Duration) error {
