@@ -36,8 +36,12 @@ func TestScriptRiseAndFall(t *testing.T) {
 	}
 }
 
-// A script that hangs is killed at its timeout together with the children
-// it started, and counts as failed.
+// A script that hangs is killed when its time is up together with the
+// children it started, and counts as failed. Its time is up once it hangs
+// with its child started: a fixed 300 ms ran out on a loaded machine
+// before the shell had started anything (1 run in 200 at load 12), and
+// there was no child to look for. The timeout bounds a script that never
+// gets there.
 func TestHangingScriptIsKilled(t *testing.T) {
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "child.pid")
@@ -46,8 +50,23 @@ func TestHangingScriptIsKilled(t *testing.T) {
 	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		defer cancel()
+		for {
+			if data, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(data), "\n") {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
 	start := time.Now()
-	_, err := runProgram(context.Background(), 300*time.Millisecond, []string{script}, nil)
+	_, err := runProgram(ctx, time.Minute, []string{script}, nil)
 	if !errors.Is(err, errTimeout) {
 		t.Fatalf("err = %v, want a timeout", err)
 	}
