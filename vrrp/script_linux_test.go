@@ -130,8 +130,12 @@ func TestHangingTrackScriptMovesMaster(t *testing.T) {
 	l := newLAN(t, false)
 	dir := t.TempDir()
 	flag, pids := filepath.Join(dir, "hang"), filepath.Join(dir, "pids")
+	// The timeout is generous beside a run that does not hang (a few ms,
+	// 30 ms at load 10): at 300 ms, runs on a loaded machine timed out
+	// before the flag was made (two in a row, priority 90 and b Master
+	// before the check hung), and the move came too soon.
 	const (
-		timeout = 300 * time.Millisecond
+		timeout = time.Second
 		fall    = 2
 	)
 	// While the flag exists the check hangs, as one blocked on a dead NFS
@@ -139,11 +143,11 @@ func TestHangingTrackScriptMovesMaster(t *testing.T) {
 	// checks on.
 	check := fmt.Sprintf("if [ -e %s ]; then echo $$ >> %s; exec sleep 60; fi", flag, pids)
 	cfgA := v.config(l, 0, 150, true) + fmt.Sprintf(`      track_scripts:
-        - {command: [/bin/sh, -c, %q], interval: 400ms, timeout: %v, rise: 2, fall: %d, weight: -60}
+        - {command: [/bin/sh, -c, %q], interval: 1500ms, timeout: %v, rise: 2, fall: %d, weight: -60}
 `, check, timeout, fall)
 	a := newNode(t, "a", l.ns[0], cfgA)
 	b := newNode(t, "b", l.ns[1], v.config(l, 1, 100, true))
-	limit := 10 * time.Second
+	limit := 20 * time.Second // bounds a hang: fall runs of interval and timeout take some 5 s
 	a.start(t)
 	waitAddr(t, l.h[0], v.vip(), true, limit)
 	b.start(t)
