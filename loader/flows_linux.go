@@ -114,11 +114,14 @@ func (lb *kernelLB) eachFlow(ctx context.Context, scanMax int, f func(halbFlow, 
 	return eachBatchedUpTo(ctx, lb.objs.HalbCt, halbMapHalbCt, scanMax, f)
 }
 
-// monotonicSeconds is the clock halb_ct's first_seen is read from
-// (bpf_ktime_get_coarse_ns, CLOCK_MONOTONIC), in seconds.
+// monotonicSeconds is the clock halb_ct's first_seen is read from, in
+// seconds: bpf_ktime_get_coarse_ns is CLOCK_MONOTONIC_COARSE, which moves
+// with the tick. CLOCK_MONOTONIC runs up to a tick ahead of it, so a flow
+// stamped just before a second began would read a second older than it
+// is.
 func monotonicSeconds() (int64, error) {
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
 		return 0, fmt.Errorf("read the monotonic clock: %w", err)
 	}
 	return int64(ts.Sec), nil // an int32 on 32-bit ARM
