@@ -112,7 +112,15 @@ bgp:
 		fmt.Fprintf(&b, "    - {address: %s, asn: %d, hold_time: 9s}\n", p, labRouterAS)
 	}
 	b.WriteString(extra)
-	if err := os.WriteFile(l.cfg, []byte(b.String()), 0o600); err != nil {
+	// Written aside and renamed into place: halb may be reading the file
+	// for an earlier SIGHUP (the storm sends them faster than halb
+	// reloads), and a file rewritten in place can then be read empty or
+	// cut short, a valid config without the bgp section.
+	next := l.cfg + ".next"
+	if err := os.WriteFile(next, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, l.cfg); err != nil {
 		t.Fatal(err)
 	}
 }
