@@ -33,19 +33,26 @@ func TestTrackInterfaceAndNotify(t *testing.T) {
 	b.start(t)
 	waitLog(t, b, "to=BACKUP")
 
+	waitCalls(t, callsA, 2, limit)
+	waitCalls(t, callsB, 1, limit)
 	setLink(false)
 	took := waitAddr(t, l.h[1], v.vip(), true, limit)
 	waitAddr(t, l.h[0], v.vip(), false, limit)
 	t.Logf("uplink down: b took over after %v", took.Round(time.Millisecond))
 	waitLog(t, a, "priority changed by tracking")
 
+	waitCalls(t, callsA, 3, limit)
+	waitCalls(t, callsB, 2, limit)
 	setLink(true)
 	took = waitAddr(t, l.h[0], v.vip(), true, limit)
 	waitAddr(t, l.h[1], v.vip(), false, limit)
 	t.Logf("uplink back: a pre-empted after %v", took.Round(time.Millisecond))
 
+	waitCalls(t, callsA, 4, limit)
+	waitCalls(t, callsB, 3, limit)
 	a.stop(syscall.SIGTERM)
 	waitAddr(t, l.h[1], v.vip(), true, limit)
+	waitCalls(t, callsB, 4, limit)
 	b.stop(syscall.SIGTERM)
 
 	want := map[string][]string{
@@ -105,6 +112,22 @@ func notifyRecorder(t *testing.T, dir, node string) (path, log string) {
 	return path, log
 }
 
+// waitCalls waits until the notifyRecorder's file holds n calls. A call
+// not yet started when the next transition comes is dropped for it (a
+// notify script hears the latest state, not every one): a test that wants
+// every call waits for each before it makes the next transition, as a
+// run of the script can take longer than a takeover on a loaded machine.
+func waitCalls(t *testing.T, file string, n int, limit time.Duration) {
+	t.Helper()
+	var data []byte
+	for start := time.Now(); time.Since(start) < limit; time.Sleep(10 * time.Millisecond) {
+		if data, _ = os.ReadFile(file); strings.Count(string(data), "\n") >= n {
+			return
+		}
+	}
+	t.Fatalf("%s holds fewer than %d calls after %v:\n%s", filepath.Base(file), n, limit, data)
+}
+
 // checkCalls compares the calls a notifyRecorder logged with want.
 func checkCalls(t *testing.T, file string, want []string) {
 	t.Helper()
@@ -137,6 +160,7 @@ func TestTrackInterfaceFault(t *testing.T) {
 	b.start(t)
 	waitLog(t, b, "to=BACKUP")
 
+	waitCalls(t, callsA, 2, limit)
 	setLink(false)
 	took := waitAddr(t, l.h[1], v.vip(), true, limit)
 	waitAddr(t, l.h[0], v.vip(), false, limit)
@@ -157,6 +181,7 @@ func TestTrackInterfaceFault(t *testing.T) {
 	waitLog(t, a, "fault cleared")
 	t.Logf("tracked uplink back: a left FAULT and pre-empted after %v", took.Round(time.Millisecond))
 
+	waitCalls(t, callsA, 5, limit)
 	a.stop(syscall.SIGTERM)
 	checkCalls(t, callsA, []string{
 		"INSTANCE VI_T BACKUP 150 BACKUP 192.0.2.100/24",
