@@ -626,11 +626,7 @@ func TestPrepareBPFFSRefusesOutsideSysFsBpf(t *testing.T) {
 		}
 	}
 	// On a bpf filesystem, the same path is fine.
-	parent := t.TempDir()
-	if err := unix.Mount("bpf", parent, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Unmount(parent, 0)
+	parent := halbtest.BPFFS(t)
 	if err := CheckBPFFS(filepath.Join(parent, "halb")); err != nil {
 		t.Errorf("CheckBPFFS under a bpf filesystem: %v", err)
 	}

@@ -1,12 +1,17 @@
 package halbtest
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
+
+// unmountWait bounds how long BPFFS waits for its mount to be let go.
+const unmountWait = 10 * time.Second
 
 // BPFFS mounts a bpf filesystem on a new directory of t's own and returns
 // the directory; it is unmounted when t ends. halb mounts one only on
@@ -24,10 +29,27 @@ func BPFFS(t testing.TB) string {
 	t.Cleanup(func() {
 		var st unix.Statfs_t
 		if unix.Statfs(dir, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
-			if err := unix.Unmount(dir, 0); err != nil {
+			if err := unmount(dir); err != nil {
 				t.Errorf("unmount %s: %v", dir, err)
 			}
 		}
 	})
 	return dir
+}
+
+// unmount unmounts dir, waiting while it is busy. Another process may
+// be reading it for an instant: a halb that finds another halb's program
+// on its interface looks for that one's link pin through every bpf
+// filesystem mounted on the host (loader's findLinkPin), and the tests of
+// other packages run such halbs at the same time as this one. A mount
+// still busy after unmountWait is held for good, and that is an error.
+func unmount(dir string) error {
+	deadline := time.Now().Add(unmountWait)
+	for {
+		err := unix.Unmount(dir, 0)
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
