@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -74,12 +75,15 @@ vrrp:
 		runReturns(t, done, 20*time.Second, "of SIGTERM", &logs)
 	}()
 
+	// The socket's file is there from its bind, a moment before it
+	// listens: wait until it takes a connection.
 	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat(sock); err == nil {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			break
 		}
 		if time.Since(start) > 10*time.Second {
-			t.Fatalf("no control socket within 10s:\n%s", logs.String())
+			t.Fatalf("no control socket answered within 10s:\n%s", logs.String())
 		}
 	}
 	client := controlClient(sock)
