@@ -139,7 +139,13 @@ func TestApplyKeepsLittleHeap(t *testing.T) {
 	all := sh.services()
 	half := all[:sh.nServices/2]
 	more := uint64(len(all)-len(half)) * uint64(sh.nBackends)
+	// Read under the Datapath's lock, between two Applies: a reapply of
+	// its refresher (the netlink watcher's first poke, should it come
+	// after newApplyBench's wait on a loaded machine) would otherwise be
+	// counted with its plans and tables half made.
 	heap := func() uint64 {
+		ab.dp.mu.Lock()
+		defer ab.dp.mu.Unlock()
 		var ms runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&ms)
