@@ -1260,8 +1260,12 @@ func TestDatapathPinsRestored(t *testing.T) {
 		t.Fatalf("pins %v, program %d: want halb_xdp_lb_halb0 and the maps, and a program on halb0", want, prog)
 	}
 
-	// rm -r of the whole directory.
-	if err := os.RemoveAll(b.cfg.BPFFS); err != nil {
+	// rm -r of the whole directory, between two pin checks: one that
+	// pinned a map again mid-way would make the directory not empty.
+	dp.mu.Lock()
+	err := os.RemoveAll(b.cfg.BPFFS)
+	dp.mu.Unlock()
+	if err != nil {
 		t.Fatal(err)
 	}
 	for start := time.Now(); !slices.Equal(pins(t, b.cfg.BPFFS), want); time.Sleep(100 * time.Millisecond) {
@@ -1269,6 +1273,11 @@ func TestDatapathPinsRestored(t *testing.T) {
 			t.Fatalf("pins %v 30s after they were removed, want %v again", pins(t, b.cfg.BPFFS), want)
 		}
 	}
+	// The check logs each pin after making it, under the lock: the log
+	// read under it holds the last one's line.
+	dp.mu.Lock()
+	logged := b.log.String()
+	dp.mu.Unlock()
 	m, err := ebpf.LoadPinnedMap(filepath.Join(b.cfg.BPFFS, "halb_services"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -1278,8 +1287,8 @@ func TestDatapathPinsRestored(t *testing.T) {
 	}
 	m.Close()
 	for _, p := range []string{"halb_services", "halb_xdp_lb", "halb_xdp_lb_halb0"} {
-		if !regexp.MustCompile(`level=WARN msg="restored a pin removed from under halb" .*pin=\S*/` + p + ` .*was=missing`).MatchString(b.log.String()) {
-			t.Errorf("no log line for the restored pin %s:\n%s", p, b.log)
+		if !regexp.MustCompile(`level=WARN msg="restored a pin removed from under halb" .*pin=\S*/` + p + ` .*was=missing`).MatchString(logged) {
+			t.Errorf("no log line for the restored pin %s:\n%s", p, logged)
 		}
 	}
 	// Pins in place are left alone: a check later restores nothing.
