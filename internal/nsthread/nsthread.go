@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -98,26 +99,36 @@ func DoThrowaway(fn func() error) error {
 // did or how it failed, and unlocks it only if that worked. Just never
 // unlocking is not enough: the goroutine may run on the main thread, which
 // the runtime parks rather than ends, and /proc/self/net would then
-// describe the wrong namespace for the rest of the process's life.
+// describe the wrong namespace for the rest of the process's life. It
+// returns once the goroutine's work is all done, the namespace handle it
+// opened closed too: a caller's Close that returns leaves none of it
+// running.
 func onLockedThread(step func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread() // nothing has moved it yet
-			errc <- fmt.Errorf("open this thread's network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		stepErr := step()
-		if err := restore(orig); err != nil {
-			// Left locked: the thread ends with this goroutine.
-			errc <- errors.Join(stepErr, fmt.Errorf("%w: %w", ErrThreadLost, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- stepErr
-	}()
-	return <-errc
+	var (
+		wg  sync.WaitGroup
+		err error
+	)
+	wg.Go(func() { err = stepOnLockedThread(step) })
+	wg.Wait()
+	return err
+}
+
+// stepOnLockedThread is onLockedThread's goroutine: it returns with the
+// thread still locked when the thread could not go home, and the thread
+// then ends with the goroutine.
+func stepOnLockedThread(step func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread() // nothing has moved it yet
+		return fmt.Errorf("open this thread's network namespace: %w", err)
+	}
+	defer orig.Close()
+	stepErr := step()
+	if err := restore(orig); err != nil {
+		// Left locked: the thread ends with this goroutine.
+		return errors.Join(stepErr, fmt.Errorf("%w: %w", ErrThreadLost, err))
+	}
+	runtime.UnlockOSThread()
+	return stepErr
 }
