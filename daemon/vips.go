@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/halb-lb/halb/config"
 )
@@ -42,10 +43,17 @@ import (
 // the VIPs on lo and the sysctls set; it wrote down what it changed in a
 // state file (in LockDir, one per network namespace), and the next halb
 // adopts that and puts it all back at its own stop. A reboot clears it all.
+//
+// The state file is named by the namespace's inode, which the kernel
+// gives again to a namespace made after that one is gone, so the file
+// also holds the namespace's cookie (SO_NETNS_COOKIE, never reused while
+// the host runs): a file left in a namespace that is gone is not adopted,
+// or halb would take away addresses and sysctls it never set in this one.
 type vipHome struct {
-	log   *slog.Logger
-	state string // the state file's path
-	done  vipState
+	log    *slog.Logger
+	state  string // the state file's path
+	cookie uint64 // the network namespace's; 0 on a kernel without (before 5.14)
+	done   vipState
 	// foreign are the VIPs found on lo that halb did not add, logged
 	// once.
 	foreign map[netip.Prefix]bool
@@ -53,8 +61,9 @@ type vipHome struct {
 
 // vipState is what halb changed on the host: the state file's content.
 type vipState struct {
-	Added   []netip.Prefix `json:"added"`
-	Sysctls []savedSysctl  `json:"sysctls"`
+	NetnsCookie uint64         `json:"netns_cookie,omitempty"`
+	Added       []netip.Prefix `json:"added"`
+	Sysctls     []savedSysctl  `json:"sysctls"`
 }
 
 // savedSysctl is one value halb changed: Was is put back while the
@@ -77,7 +86,11 @@ func newVIPHome(log *slog.Logger, dir string) (*vipHome, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &vipHome{log: log, state: filepath.Join(dir, "bgp-vips-netns"+netns+".json"), foreign: map[netip.Prefix]bool{}}
+	cookie, err := netnsCookie()
+	if err != nil {
+		return nil, err
+	}
+	h := &vipHome{log: log, state: filepath.Join(dir, "bgp-vips-netns"+netns+".json"), cookie: cookie, foreign: map[netip.Prefix]bool{}}
 	data, err := os.ReadFile(h.state)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -87,6 +100,12 @@ func newVIPHome(log *slog.Logger, dir string) (*vipHome, error) {
 	}
 	if err := json.Unmarshal(data, &h.done); err != nil {
 		return nil, fmt.Errorf("bgp vips state %s: %w; remove it", h.state, err)
+	}
+	if h.done.NetnsCookie != 0 && h.done.NetnsCookie != h.cookie { // 0: a halb from before cookies
+		log.Warn("bgp vips: state left by a halb in a network namespace that is gone, which had this one's inode; not adopted",
+			"state", h.state, "cookie", h.done.NetnsCookie, "this_cookie", h.cookie)
+		h.done = vipState{}
+		return h, nil
 	}
 	log.Info("bgp vips: adopting what a halb that did not stop left", "state", h.state, "vips", len(h.done.Added), "sysctls", len(h.done.Sysctls))
 	return h, nil
@@ -229,6 +248,7 @@ func (h *vipHome) save() error {
 		}
 		return nil
 	}
+	h.done.NetnsCookie = h.cookie
 	data, err := json.Marshal(h.done)
 	if err != nil {
 		return err
@@ -306,4 +326,23 @@ func AlwaysVIPsNote(services []config.Service) string {
 		note += "; no interface answers ARP for them: halb sets net.ipv4.conf.all.arp_ignore=1 and arp_announce=2, and puts back the values it replaced at stop"
 	}
 	return note + " (IPv6 answers no neighbour solicitation for lo's addresses)"
+}
+
+// netnsCookie is the cookie of the network namespace halb runs in: 0 on
+// a kernel that has none (before 5.14), where the state file is trusted
+// by its name alone.
+func netnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("network namespace cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	switch {
+	case errors.Is(err, unix.ENOPROTOOPT):
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("network namespace cookie: %w", err)
+	}
+	return cookie, nil
 }

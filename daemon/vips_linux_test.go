@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"encoding/json"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -79,6 +80,66 @@ func TestVIPHomePutsBack(t *testing.T) {
 		}
 		checkSysctl(t, "arp_ignore", "2")
 		checkSysctl(t, "arp_announce", "1")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A state file left in a network namespace that is gone, whose inode
+// this one has now, is not adopted: the address it lists, on lo here too
+// but not added by halb, stays. One that this namespace's halb wrote is.
+func TestVIPHomeForeignNamespaceState(t *testing.T) {
+	ns := netnstest.New(t)
+	dir := t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	vip := netip.MustParsePrefix("192.0.2.100/32")
+	err := ns.Do(func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(vip)}); err != nil {
+			return err
+		}
+		h, err := newVIPHome(log, dir)
+		if err != nil {
+			return err
+		}
+		if h.cookie == 0 {
+			t.Fatal("no network namespace cookie on this kernel (5.14 and later have one)")
+		}
+		left := func(cookie uint64) error {
+			data, err := json.Marshal(vipState{NetnsCookie: cookie, Added: []netip.Prefix{vip}})
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(h.state, data, 0o600)
+		}
+		if err := left(h.cookie + 1); err != nil {
+			return err
+		}
+		gone, err := newVIPHome(log, dir)
+		if err != nil {
+			return err
+		}
+		if err := gone.remove(); err != nil {
+			return err
+		}
+		checkLo(t, lo, map[string]bool{vip.String(): true})
+
+		if err := left(h.cookie); err != nil {
+			return err
+		}
+		mine, err := newVIPHome(log, dir)
+		if err != nil {
+			return err
+		}
+		if err := mine.remove(); err != nil {
+			return err
+		}
+		checkLo(t, lo, map[string]bool{vip.String(): false})
 		return nil
 	})
 	if err != nil {
