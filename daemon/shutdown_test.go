@@ -129,12 +129,20 @@ func TestShutdownWaitsForHandlersBeforeClosingDatapath(t *testing.T) {
 				url = "http://" + metrics + url
 			}
 			client := controlClient(sock)
-			answered := make(chan error, 1)
+			// The request's goroutine ends with the subtest: the stuck
+			// one's request fails once Run gives up on it, and its
+			// retries must not run on into the next test, whose
+			// goroutine count they would spoil.
+			reqCtx, stopRequests := context.WithCancel(context.Background())
+			answered, requested := make(chan error, 1), make(chan struct{})
+			defer func() { stopRequests(); <-requested }()
 			go func() {
+				defer close(requested)
 				var resp *http.Response
 				var err error
-				for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(10 * time.Millisecond) {
-					if resp, err = client.Get(url); err == nil {
+				for start := time.Now(); time.Since(start) < 10*time.Second && reqCtx.Err() == nil; time.Sleep(10 * time.Millisecond) {
+					req, _ := http.NewRequestWithContext(reqCtx, http.MethodGet, url, nil)
+					if resp, err = client.Do(req); err == nil {
 						break
 					}
 				}
