@@ -110,33 +110,27 @@ func TestVIPHomeForeignNamespaceState(t *testing.T) {
 		if h.cookie == 0 {
 			t.Fatal("no network namespace cookie on this kernel (5.14 and later have one)")
 		}
-		left := func(cookie uint64) error {
+		// What the next halb does with the file: adopt it, then put back
+		// what it lists at its stop.
+		adoptAndStop := func(cookie uint64) error {
 			data, err := json.Marshal(vipState{NetnsCookie: cookie, Added: []netip.Prefix{vip}})
 			if err != nil {
 				return err
 			}
-			return os.WriteFile(h.state, data, 0o600)
+			if err := os.WriteFile(h.state, data, 0o600); err != nil {
+				return err
+			}
+			next, err := newVIPHome(log, dir)
+			if err != nil {
+				return err
+			}
+			return next.remove()
 		}
-		if err := left(h.cookie + 1); err != nil {
-			return err
-		}
-		gone, err := newVIPHome(log, dir)
-		if err != nil {
-			return err
-		}
-		if err := gone.remove(); err != nil {
+		if err := adoptAndStop(h.cookie + 1); err != nil {
 			return err
 		}
 		checkLo(t, lo, map[string]bool{vip.String(): true})
-
-		if err := left(h.cookie); err != nil {
-			return err
-		}
-		mine, err := newVIPHome(log, dir)
-		if err != nil {
-			return err
-		}
-		if err := mine.remove(); err != nil {
+		if err := adoptAndStop(h.cookie); err != nil {
 			return err
 		}
 		checkLo(t, lo, map[string]bool{vip.String(): false})
