@@ -120,12 +120,14 @@ func notifyRecorder(t *testing.T, dir, node string) (path, log string) {
 func waitCalls(t *testing.T, file string, n int, limit time.Duration) {
 	t.Helper()
 	var data []byte
-	for start := time.Now(); time.Since(start) < limit; time.Sleep(10 * time.Millisecond) {
-		if data, _ = os.ReadFile(file); strings.Count(string(data), "\n") >= n {
-			return
+	if err := eventually(limit, func() error {
+		if data, _ = os.ReadFile(file); strings.Count(string(data), "\n") < n {
+			return fmt.Errorf("%s holds fewer than %d calls after %v:\n%s", filepath.Base(file), n, limit, data)
 		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("%s holds fewer than %d calls after %v:\n%s", filepath.Base(file), n, limit, data)
 }
 
 // checkCalls compares the calls a notifyRecorder logged with want.

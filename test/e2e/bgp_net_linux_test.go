@@ -376,23 +376,12 @@ func (bn *bgpNet) waitRoute(what string, nodes ...*bgpNode) time.Duration {
 
 // routeSince is waitRoute for a change that began at since: it returns
 // the time from since to the first poll of the RIB that saw the nodes.
-// It polls every 20 ms; a poll (vtysh) takes some 10 to 50 ms more.
 func (bn *bgpNet) routeSince(since time.Time, what string, nodes ...*bgpNode) time.Duration {
-	t := bn.t
-	t.Helper()
+	bn.t.Helper()
 	want := addrsOf(nodes...)
 	var ribAt time.Duration
-	deadline := time.Now().Add(bgpRouteWait)
-	for {
-		err := bn.routeIs(want, since, &ribAt)
-		if err == nil {
-			return ribAt
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, bgpRouteWait, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	bn.pollRoute(what, func() error { return bn.routeIs(want, since, &ribAt) })
+	return ribAt
 }
 
 // withdrawnSince waits until nd's path has left the router's RIB and
@@ -402,16 +391,33 @@ func (bn *bgpNet) routeSince(since time.Time, what string, nodes ...*bgpNode) ti
 // and come back seconds later, and its return says nothing of how soon
 // the router gave up nd.
 func (bn *bgpNet) withdrawnSince(since time.Time, what string, nd *bgpNode) time.Duration {
+	bn.t.Helper()
+	var gone time.Duration
+	bn.pollRoute(what, func() error {
+		rib, err := bn.ribNextHops()
+		switch {
+		case err != nil:
+			return err
+		case slices.Contains(rib, nd.addr.String()):
+			return fmt.Errorf("the router's RIB has the VIP via %v", rib)
+		}
+		gone = time.Since(since)
+		return nil
+	})
+	return gone
+}
+
+// pollRoute polls done every 20 ms until it holds, and fails the test
+// when it does not within bgpRouteWait. A poll of the RIB (vtysh) takes
+// some 10 to 50 ms more.
+func (bn *bgpNet) pollRoute(what string, done func() error) {
 	t := bn.t
 	t.Helper()
 	deadline := time.Now().Add(bgpRouteWait)
 	for {
-		rib, err := bn.ribNextHops()
-		if err == nil && !slices.Contains(rib, nd.addr.String()) {
-			return time.Since(since)
-		}
+		err := done()
 		if err == nil {
-			err = fmt.Errorf("the router's RIB has the VIP via %v", rib)
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within %s: %v", what, bgpRouteWait, err)
